@@ -1,0 +1,84 @@
+#pragma once
+// Engine: a loaded model (weights in place, backends, KV pool) and the sessions that run on it.
+// The C ABI (capi/include/tandem.h) wraps these calls one-to-one.
+//
+// Thread-safety: an Engine may be shared by threads; each Session is used by one thread at a time;
+// Session::cancel() and LoadOptions::cancel may be signalled from any thread.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tandem/model/model_config.hpp"
+
+namespace tandem {
+
+class Tokenizer;
+class ChatTemplate;
+class Session;
+
+struct LoadOptions {
+  int threads = 0;                    // 0 = one per physical core
+  int64_t max_context_tokens = 4096;  // per session; requests past it get Error(out_of_range)
+  int64_t max_sessions = 4;           // the KV pool holds max_sessions × max_context_tokens
+  int64_t kv_block_tokens = 16;       // tokens per KV block
+  int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
+  std::string placement;              // placement rules ("" = defaults); see docs/PLACEMENT.md
+  bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them
+  // Progress of loading in [0, 1] with a short stage name; called from the loading thread.
+  std::function<void(float fraction, std::string_view stage)> progress;
+  const std::atomic<bool>* cancel = nullptr;  // loading stops with Error(cancelled) when set
+};
+
+// What went where and how much memory it took.
+struct MemoryReport {
+  struct Line {
+    std::string what;   // "routed experts", "attention", "KV pool", ...
+    std::string device; // "cpu", "cuda:0"
+    uint64_t bytes = 0;
+    bool mapped = false;  // bytes live in the file mapping (paged in on touch), not allocated
+  };
+  std::vector<Line> lines;
+  uint64_t total_bytes() const;
+};
+
+class Engine {
+ public:
+  // `path`: a GGUF file (or the first of a split set) or an HF folder (config.json + safetensors).
+  static std::unique_ptr<Engine> load(const std::string& path, const LoadOptions& options = {});
+  virtual ~Engine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const LoadOptions& options() const = 0;
+  virtual MemoryReport memory_report() const = 0;
+  virtual const Tokenizer* tokenizer() const = 0;        // nullptr when the model has none
+  virtual const ChatTemplate* chat_template() const = 0;  // nullptr when the model has none
+
+  // Throws Error(out_of_memory) when max_sessions are already open.
+  virtual std::unique_ptr<Session> new_session() = 0;
+};
+
+// One sequence: its KV blocks, position and last logits.
+class Session {
+ public:
+  virtual ~Session() = default;
+
+  // Appends `ids` and runs them through the model. Afterwards logits() is the last position's
+  // row; with all_logits, all_logits() holds one row per id of this call.
+  virtual void prefill(std::span<const int32_t> ids, bool all_logits = false) = 0;
+  virtual void decode(int32_t id) = 0;  // prefill of one token
+  virtual std::span<const float> logits() const = 0;      // [vocab]
+  virtual std::span<const float> all_logits() const = 0;  // [T, vocab] of the last prefill
+  virtual int64_t position() const = 0;                   // tokens in the cache
+  virtual const std::vector<int32_t>& tokens() const = 0; // tokens in the cache
+  virtual void reset() = 0;                               // forget everything, free KV blocks
+
+  // Asks a running prefill/decode to stop at the next layer boundary with Error(cancelled).
+  virtual void cancel() = 0;
+};
+
+}  // namespace tandem

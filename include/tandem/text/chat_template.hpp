@@ -1,0 +1,31 @@
+#pragma once
+// Chat templates: a Jinja-subset interpreter that renders HF chat templates exactly as
+// transformers' apply_chat_template does.
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace tandem {
+
+struct ChatRequest {
+  const nlohmann::json* messages = nullptr;  // array of {role, content, tool_calls?, ...}
+  const nlohmann::json* tools = nullptr;     // optional array
+  const nlohmann::json* extra = nullptr;     // optional object: enable_thinking, ...
+  bool add_generation_prompt = false;
+};
+
+class ChatTemplate {
+ public:
+  // Throws Error(corrupt_file / unsupported) naming the construct and line.
+  static std::unique_ptr<ChatTemplate> parse(std::string_view source, std::string bos_token = "",
+                                             std::string eos_token = "");
+  // From a model path: tokenizer_config.json's chat_template, chat_template.jinja, or GGUF
+  // tokenizer.chat_template. Returns nullptr when the model ships none.
+  static std::unique_ptr<ChatTemplate> load(const std::string& model_path);
+  virtual ~ChatTemplate() = default;
+  virtual std::string render(const ChatRequest& request) const = 0;
+};
+
+}  // namespace tandem
