@@ -1,6 +1,7 @@
 #pragma once
 // safetensors reader: one file, or a sharded set via model.safetensors.index.json; zero-copy
 // views over mmapped shards.
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,6 +16,9 @@ class SafetensorsModel {
  public:
   // `path`: a .safetensors file, an index .json, or a folder holding either.
   static SafetensorsModel open(const std::string& path);
+  // Parses one safetensors image already in memory (fuzzing, embedded data). The views point into
+  // `data`, which must outlive the model; `name` stands for the file in error messages.
+  static SafetensorsModel from_memory(const void* data, uint64_t size, const std::string& name);
 
   const TensorTable& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }  // __metadata__
