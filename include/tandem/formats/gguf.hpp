@@ -41,6 +41,10 @@ class GgufFile {
  public:
   // Opens one file, or a whole split set when `path` names one of its parts.
   static GgufFile open(const std::string& path);
+  // Parses one GGUF image already in memory (fuzzing, embedded data); split keys are not followed.
+  // The views point into `data`, which must outlive the file object; `name` stands for the file in
+  // error messages.
+  static GgufFile from_memory(const void* data, uint64_t size, const std::string& name);
 
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
