@@ -19,6 +19,7 @@ namespace tandem {
 struct ModelOverrides {
   std::optional<int64_t> n_group;
   std::optional<int64_t> topk_group;
+  std::optional<double> rope_theta;  // GGUFs without rope.freq_base
 };
 
 struct ModelFiles {

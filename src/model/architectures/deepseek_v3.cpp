@@ -1,0 +1,21 @@
+// DeepSeek-V3 / R1 / Kimi-K2 layout: MLA, sigmoid scores with a selection-only bias
+// (e_score_correction_bias), group-limited top-k, scaled routed output.
+#include "model/architectures/deepseek_common.hpp"
+#include "model/config_keys.hpp"
+
+namespace tandem::model {
+namespace {
+
+void read_hf(const HfKeys& keys, ModelConfig& c) { read_deepseek_hf(keys, c, "noaux_tc"); }
+bool accepts_gguf(const GgufKeys& keys) { return keys.get_int("expert_gating_func").value_or(1) == 2; }
+
+}  // namespace
+
+ArchitectureDescription describe_deepseek_v3() {
+  ArchitectureDescription d{Architecture::deepseek_v3, "deepseek_v3", "deepseek2", read_hf, read_deepseek_gguf,
+                            accepts_gguf, common_hub_names(), common_gguf_names()};
+  add_deepseek_names(d);
+  return d;
+}
+
+}  // namespace tandem::model

@@ -1,0 +1,59 @@
+#pragma once
+// Typed, checked reads of configuration keys, so that architecture files never touch JSON or GGUF
+// values directly and every wrong type becomes an Error naming the file and key.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace tandem {
+class GgufFile;
+}
+
+namespace tandem::model {
+
+// config.json: absent and null keys read as "not there" (HF writes null for unset values).
+class HfKeys {
+ public:
+  HfKeys(const nlohmann::json& root, std::string source) : root_(root), source_(std::move(source)) {}
+
+  bool has(const std::string& key) const;
+  std::optional<int64_t> get_int(const std::string& key) const;
+  std::optional<double> get_float(const std::string& key) const;
+  std::optional<bool> get_bool(const std::string& key) const;
+  std::optional<std::string> get_string(const std::string& key) const;
+  std::vector<int64_t> get_int_list(const std::string& key) const;  // an int or a list of ints
+  int64_t require_int(const std::string& key) const;
+  // Keys nested in an object value (rope_scaling, rope_parameters); absent object = no keys.
+  HfKeys child(const std::string& key) const;
+  const std::string& source() const { return source_; }
+
+ private:
+  const nlohmann::json* find(const std::string& key) const;
+  const nlohmann::json& root_;
+  std::string source_;
+};
+
+// GGUF metadata under "<architecture>.": get("expert_count") reads "deepseek2.expert_count".
+class GgufKeys {
+ public:
+  GgufKeys(const GgufFile& file, std::string prefix) : file_(file), prefix_(std::move(prefix)) {}
+
+  std::optional<int64_t> get_int(const std::string& key) const;
+  std::optional<double> get_float(const std::string& key) const;
+  std::optional<bool> get_bool(const std::string& key) const;
+  std::optional<std::string> get_string(const std::string& key) const;
+  int64_t require_int(const std::string& key) const;
+  bool has_tensor(const std::string& name) const;
+  const GgufFile& file() const { return file_; }
+  std::string source() const;  // the file's path, for messages
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  const GgufFile& file_;
+  std::string prefix_;
+};
+
+}  // namespace tandem::model
