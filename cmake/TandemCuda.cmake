@@ -10,7 +10,8 @@ if(NOT TANDEM_CUDA STREQUAL "OFF")
     # sm_90a for Hopper-only instructions, plus sm_90 SASS and compute_90 PTX for forward compat.
     set(CMAKE_CUDA_ARCHITECTURES OFF)
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 20)
+    # CMake 3.25 knows no C++20 flag for nvcc; the .cu files and the headers they include keep to C++17.
+    set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
     set(TANDEM_CUDA_GENCODE

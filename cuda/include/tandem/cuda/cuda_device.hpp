@@ -1,0 +1,63 @@
+#pragma once
+// The CUDA side of Tandem as host code sees it: device discovery, device buffers and streams, with no
+// CUDA headers here (so the engine and tests compile without nvcc). Every call that can fail throws
+// tandem::Error naming the CUDA call and its error string.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace tandem::cuda {
+
+struct DeviceInfo {
+  std::string name;
+  uint64_t total_bytes = 0;
+  uint64_t free_bytes = 0;
+  int multiprocessors = 0;
+  int compute_major = 0;
+  int compute_minor = 0;
+};
+
+// 0 when there is no driver or no GPU: callers fall back to the CPU, tests skip.
+int device_count() noexcept;
+DeviceInfo device_info(int device);
+
+// An owning allocation in one GPU's memory (cudaMalloc; never managed memory).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(int device, size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  int device() const { return device_; }
+  void upload(const void* host, size_t bytes, size_t offset = 0);
+  void download(void* host, size_t bytes, size_t offset = 0) const;
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  int device_ = 0;
+};
+
+// An ordered queue of GPU work. Kernels below are enqueued on one; synchronize() waits for them.
+class Stream {
+ public:
+  explicit Stream(int device);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  void synchronize();
+  void* native() const { return stream_; }  // cudaStream_t
+  int device() const { return device_; }
+
+ private:
+  void* stream_ = nullptr;
+  int device_ = 0;
+};
+
+}  // namespace tandem::cuda
