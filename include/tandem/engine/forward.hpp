@@ -1,0 +1,46 @@
+#pragma once
+// One forward pass over a batch of sequences: each chunk brings its own ids, first position and
+// block table (a decode token, or a piece of a prompt). Scratch is sized once from
+// max_batch_tokens; nothing is allocated per token.
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "tandem/model/model_config.hpp"
+#include "tandem/model/weights.hpp"
+
+namespace tandem {
+
+class Backend;
+class KvPool;
+class BlockTable;
+
+struct SequenceChunk {
+  std::span<const int32_t> ids;
+  int64_t start_position = 0;  // position of ids[0]; the cache holds positions before it
+  BlockTable* table = nullptr;  // must already hold start_position + ids.size() positions
+  bool all_logits = false;      // logits for every id, else for the last one only
+};
+
+class ForwardPass {
+ public:
+  ForwardPass(const ModelConfig& config, const Weights& weights, Backend& backend, KvPool& kv,
+              int64_t max_batch_tokens);
+  ~ForwardPass();
+
+  // Rows of logits run() writes for this batch: ids.size() per all_logits chunk, else 1.
+  static int64_t logits_rows(std::span<const SequenceChunk> batch);
+
+  // Writes logits [logits_rows(batch), vocab], chunk by chunk. Throws Error(invalid_argument) for
+  // ids outside the vocabulary, Error(out_of_range) for a batch over max_batch_tokens or a table
+  // too small, Error(cancelled) when *cancel is set at a layer boundary.
+  void run(std::span<const SequenceChunk> batch, float* logits, const std::atomic<bool>* cancel = nullptr);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tandem

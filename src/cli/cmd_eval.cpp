@@ -1,0 +1,82 @@
+// `tandem eval -m PATH --ids 1,2,3 --logits-out FILE`: one forward pass over the ids (no BOS
+// added); writes float32 little-endian logits for every position, row-major [T, vocab].
+#include <bit>
+#include <charconv>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "cli/command.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/error.hpp"
+
+namespace tandem::cli {
+namespace {
+
+struct EvalFlags {
+  std::string model_path;
+  std::string ids;
+  std::string logits_out;
+  int threads = 0;
+};
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t comma = text.find(',', pos);
+    if (comma == std::string::npos) comma = text.size();
+    std::string piece = text.substr(pos, comma - pos);
+    while (!piece.empty() && piece.front() == ' ') piece.erase(piece.begin());
+    while (!piece.empty() && piece.back() == ' ') piece.pop_back();
+    int64_t value = 0;
+    const auto [end, ec] = std::from_chars(piece.data(), piece.data() + piece.size(), value);
+    if (piece.empty() || ec != std::errc() || end != piece.data() + piece.size() || value < 0 ||
+        value > INT32_MAX)
+      throw Error(ErrorKind::invalid_argument, fmt::format("--ids: '{}' is not a token id (a non-negative integer)", piece));
+    ids.push_back(static_cast<int32_t>(value));
+    pos = comma + 1;
+  }
+  return ids;
+}
+
+int run_eval(const EvalFlags& flags) {
+  const std::vector<int32_t> ids = parse_ids(flags.ids);
+  LoadOptions options;
+  options.threads = flags.threads;
+  options.max_sessions = 1;
+  options.load_tokenizer = false;
+  options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
+  const auto engine = Engine::load(flags.model_path, options);
+  const int64_t vocab = engine->config().vocab_size;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] >= vocab)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--ids: token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, vocab));
+  const auto session = engine->new_session();
+  session->prefill(ids, /*all_logits=*/true);
+  const auto logits = session->all_logits();
+  static_assert(std::endian::native == std::endian::little, "logits are written as little-endian float32");
+  std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(flags.logits_out.c_str(), "wb"), &std::fclose);
+  if (!out) throw Error(ErrorKind::io, fmt::format("cannot open '{}' for writing", flags.logits_out));
+  if (std::fwrite(logits.data(), sizeof(float), logits.size(), out.get()) != logits.size() ||
+      std::fflush(out.get()) != 0)
+    throw Error(ErrorKind::io, fmt::format("cannot write logits to '{}'", flags.logits_out));
+  return 0;
+}
+
+const RegisterCommand registration{CommandSpec{
+    "eval", "one forward pass over token ids; writes float32 logits [T, vocab]", [](CLI::App& sub) -> CommandRun {
+      auto flags = std::make_shared<EvalFlags>();
+      sub.add_option("-m,--model", flags->model_path, "GGUF file or HF folder")->required();
+      sub.add_option("--ids", flags->ids, "comma-separated token ids (no BOS is added)")->required();
+      sub.add_option("--logits-out", flags->logits_out, "file for float32 logits [T, vocab]")->required();
+      sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
+      return [flags] { return run_eval(*flags); };
+    }}};
+
+}  // namespace
+}  // namespace tandem::cli

@@ -1,0 +1,258 @@
+// Engine::load and the CPU engine: weights bound in place, one backend, one KV pool shared by the
+// sessions, one forward pass (its scratch reused under a lock, so sessions may run on any thread).
+#include "tandem/engine/engine.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+
+#include "tandem/backend/backend.hpp"
+#include "tandem/engine/forward.hpp"
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
+#include "tandem/model/model_files.hpp"
+#include "tandem/text/chat_template.hpp"
+#include "tandem/text/tokenizer.hpp"
+
+namespace tandem {
+
+uint64_t MemoryReport::total_bytes() const {
+  uint64_t total = 0;
+  for (const auto& l : lines) total += l.bytes;
+  return total;
+}
+
+namespace {
+
+void check_options(const LoadOptions& o) {
+  auto positive = [](int64_t v, const char* name) {
+    if (v <= 0) throw Error(ErrorKind::invalid_argument, fmt::format("load option {} must be positive, got {}", name, v));
+  };
+  positive(o.max_context_tokens, "max_context_tokens");
+  positive(o.max_sessions, "max_sessions");
+  positive(o.kv_block_tokens, "kv_block_tokens");
+  positive(o.max_batch_tokens, "max_batch_tokens");
+  if (o.max_batch_tokens > (int64_t{1} << 20) || o.max_context_tokens > (int64_t{1} << 24) || o.max_sessions > 4096)
+    throw Error(ErrorKind::out_of_range, "load options: max_batch_tokens, max_context_tokens or max_sessions too large");
+}
+
+class CpuEngine;
+
+class EngineSession final : public Session {
+ public:
+  explicit EngineSession(CpuEngine& engine);
+  ~EngineSession() override;
+
+  void prefill(std::span<const int32_t> ids, bool all_logits) override;
+  void decode(int32_t id) override {
+    const int32_t one[1] = {id};
+    prefill(one, false);
+  }
+  std::span<const float> logits() const override { return logits_; }
+  std::span<const float> all_logits() const override { return all_logits_; }
+  int64_t position() const override { return static_cast<int64_t>(tokens_.size()); }
+  const std::vector<int32_t>& tokens() const override { return tokens_; }
+  void reset() override;
+  void cancel() override { cancel_.store(true); }
+
+ private:
+  CpuEngine& engine_;
+  BlockTable table_;
+  std::vector<int32_t> tokens_;
+  std::vector<float> logits_, all_logits_;
+  std::atomic<bool> cancel_{false};
+};
+
+class CpuEngine final : public Engine {
+ public:
+  CpuEngine(ModelFiles files, const LoadOptions& options)
+      : files_(std::move(files)), options_(options) {
+    auto step = [&](float fraction, std::string_view stage) {
+      if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
+      if (options_.progress) options_.progress(fraction, stage);
+    };
+    step(0.2f, "binding weights");
+    weights_ = bind_weights(files_);
+    step(0.5f, "allocating KV cache");
+    const ModelConfig& c = files_.config;
+    KvPoolSpec spec;
+    spec.layout = c.attention == AttentionKind::mla ? KvLayout::mla_latent : KvLayout::gqa;
+    spec.layers = c.num_layers;
+    spec.values_per_token = c.kv_values_per_token_per_layer();
+    spec.block_tokens = options_.kv_block_tokens;
+    spec.blocks = options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
+    kv_ = std::make_unique<KvPool>(spec);
+    backend_ = make_cpu_backend(options_.threads);
+    forward_ = std::make_unique<ForwardPass>(c, weights_, *backend_, *kv_, options_.max_batch_tokens);
+    if (options_.load_tokenizer) {
+      step(0.8f, "loading tokenizer");
+      load_text_side();
+    }
+    step(1.0f, "ready");
+  }
+
+  const ModelConfig& config() const override { return files_.config; }
+  const LoadOptions& options() const override { return options_; }
+  const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
+  const ChatTemplate* chat_template() const override { return chat_template_.get(); }
+  const std::vector<std::string>& warnings() const { return files_.warnings; }
+
+  MemoryReport memory_report() const override {
+    std::set<const void*> seen;
+    uint64_t experts = 0, attention = 0, embeddings = 0, other = 0;
+    auto add = [&](const TensorView& v, uint64_t& bucket) {
+      if (!v.empty() && seen.insert(v.data).second) bucket += v.nbytes;
+    };
+    auto add_linear = [&](const LinearWeight& l, uint64_t& bucket) {
+      add(l.weight, bucket);
+      add(l.bias, bucket);
+      add(l.scale_inv, bucket);
+    };
+    add(weights_.token_embedding, embeddings);
+    add_linear(weights_.output, embeddings);
+    add(weights_.output_norm, other);
+    for (const auto& L : weights_.layers) {
+      for (const LinearWeight* l : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b}) add_linear(*l, attention);
+      for (const TensorView* t : {&L.q_norm, &L.k_norm, &L.q_a_norm, &L.kv_a_norm}) add(*t, attention);
+      for (size_t e = 0; e < L.experts.count(); ++e) {
+        add_linear(L.experts.gate[e], experts);
+        add_linear(L.experts.up[e], experts);
+        add_linear(L.experts.down[e], experts);
+      }
+      for (const LinearWeight* l : {&L.ffn_gate, &L.ffn_up, &L.ffn_down, &L.router, &L.shared_gate, &L.shared_up,
+                                    &L.shared_down, &L.shared_expert_gate})
+        add_linear(*l, other);
+      add(L.attn_norm, other);
+      add(L.ffn_norm, other);
+      add(L.router_bias, other);
+    }
+    MemoryReport r;
+    r.lines.push_back({"routed experts", "cpu", experts, true});
+    r.lines.push_back({"attention", "cpu", attention, true});
+    r.lines.push_back({"embeddings + output", "cpu", embeddings, true});
+    r.lines.push_back({"dense FFN, shared experts, router, norms", "cpu", other, true});
+    r.lines.push_back({"KV pool", kv_->spec().device.to_string(), kv_->bytes(), false});
+    return r;
+  }
+
+  std::unique_ptr<Session> new_session() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (open_sessions_ >= options_.max_sessions)
+        throw Error(ErrorKind::out_of_memory,
+                    fmt::format("cannot open a session: all {} sessions (max_sessions) are open", options_.max_sessions));
+      ++open_sessions_;
+    }
+    return std::make_unique<EngineSession>(*this);
+  }
+
+ private:
+  friend class EngineSession;
+
+  void load_text_side() {
+    // The tokenizer and chat template are optional for inference by ids: a model without them (or
+    // one whose files the text layer cannot read yet) still loads.
+    try {
+      if (files_.format == ModelFiles::Format::gguf && files_.gguf)
+        tokenizer_ = Tokenizer::from_gguf(*files_.gguf);
+      else
+        tokenizer_ = Tokenizer::load(files_.directory);
+    } catch (const std::exception& e) {
+      files_.warnings.push_back(std::string("no tokenizer: ") + e.what());
+    }
+    try {
+      chat_template_ = ChatTemplate::load(files_.path);
+    } catch (const std::exception& e) {
+      files_.warnings.push_back(std::string("no chat template: ") + e.what());
+    }
+  }
+
+  ModelFiles files_;
+  LoadOptions options_;
+  Weights weights_;
+  std::unique_ptr<KvPool> kv_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<ForwardPass> forward_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ChatTemplate> chat_template_;
+  std::mutex mutex_;  // session count and the forward pass's scratch
+  int64_t open_sessions_ = 0;
+};
+
+EngineSession::EngineSession(CpuEngine& engine) : engine_(engine) {
+  logits_.assign(static_cast<size_t>(engine.config().vocab_size), 0.0f);
+}
+
+EngineSession::~EngineSession() {
+  std::lock_guard lock(engine_.mutex_);
+  table_.release(*engine_.kv_);
+  --engine_.open_sessions_;
+}
+
+void EngineSession::reset() {
+  std::lock_guard lock(engine_.mutex_);
+  table_.release(*engine_.kv_);
+  tokens_.clear();
+  all_logits_.clear();
+  std::fill(logits_.begin(), logits_.end(), 0.0f);
+}
+
+void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
+  if (ids.empty()) throw Error(ErrorKind::invalid_argument, "prefill: no token ids given");
+  const LoadOptions& o = engine_.options_;
+  const int64_t vocab = engine_.config().vocab_size;
+  const int64_t start = position();
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (start + n > o.max_context_tokens)
+    throw Error(ErrorKind::out_of_range, fmt::format("context of {} tokens would pass max_context_tokens {}",
+                                                     start + n, o.max_context_tokens));
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, vocab));
+
+  std::lock_guard lock(engine_.mutex_);
+  table_.reserve(*engine_.kv_, start + n);
+  if (all_logits)
+    all_logits_.assign(static_cast<size_t>(n * vocab), 0.0f);
+  else
+    all_logits_.clear();
+  // Long prompts go through in chunks of max_batch_tokens; each chunk's KV is in the cache before
+  // the next one attends to it.
+  try {
+    for (int64_t done = 0; done < n;) {
+      const int64_t chunk = std::min(o.max_batch_tokens, n - done);
+      const bool last = done + chunk == n;
+      SequenceChunk c{ids.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), start + done, &table_,
+                      all_logits};
+      if (all_logits) {
+        engine_.forward_->run({&c, 1}, all_logits_.data() + done * vocab, &cancel_);
+      } else if (last) {
+        engine_.forward_->run({&c, 1}, logits_.data(), &cancel_);
+      } else {
+        // Earlier chunks only fill the cache; their one logits row is discarded.
+        engine_.forward_->run({&c, 1}, logits_.data(), &cancel_);
+      }
+      done += chunk;
+    }
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::cancelled) cancel_.store(false);
+    throw;
+  }
+  if (all_logits) std::copy_n(all_logits_.data() + (n - 1) * vocab, vocab, logits_.data());
+  tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::load(const std::string& path, const LoadOptions& options) {
+  check_options(options);
+  if (options.cancel && options.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
+  if (options.progress) options.progress(0.0f, "opening model files");
+  ModelFiles files = open_model_files(path);
+  return std::make_unique<CpuEngine>(std::move(files), options);
+}
+
+}  // namespace tandem

@@ -1,0 +1,89 @@
+#include "tandem/ops/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "tandem/backend/thread_pool.hpp"
+#include "tandem/kv/kv_pool.hpp"
+
+namespace tandem {
+namespace {
+
+std::vector<float>& score_scratch(size_t n) {
+  thread_local std::vector<float> scores;
+  if (scores.size() < n) scores.resize(n);
+  return scores;
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Softmax in place over scores[0, n); returns nothing, scores become probabilities.
+void softmax_in_place(float* scores, int64_t n) {
+  const float max_score = *std::max_element(scores, scores + n);
+  double sum = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    scores[s] = std::exp(scores[s] - max_score);
+    sum += scores[s];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t s = 0; s < n; ++s) scores[s] *= inv;
+}
+
+}  // namespace
+
+void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
+                   int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) {
+  const int64_t group = heads / kv_heads;
+  const int64_t kv_width = kv_heads * head_dim;
+  pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / heads, h = item % heads, g = h / group;
+      const int64_t n = batch.positions[t] + 1;
+      const BlockTable& table = *batch.tables[t];
+      const float* qh = q + (t * heads + h) * head_dim;
+      float* scores = score_scratch(static_cast<size_t>(n)).data();
+      for (int64_t s = 0; s < n; ++s)
+        scores[s] = dot(qh, table.token_values(kv, layer, s) + g * head_dim, head_dim) * softmax_scale;
+      softmax_in_place(scores, n);
+      float* oh = out + (t * heads + h) * head_dim;
+      std::fill(oh, oh + head_dim, 0.0f);
+      for (int64_t s = 0; s < n; ++s) {
+        const float* vh = table.token_values(kv, layer, s) + kv_width + g * head_dim;
+        for (int64_t i = 0; i < head_dim; ++i) oh[i] += scores[s] * vh[i];
+      }
+    }
+  });
+}
+
+void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
+                   const float* q_latent, const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim,
+                   float softmax_scale, float* out) {
+  pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / heads, h = item % heads;
+      const int64_t n = batch.positions[t] + 1;
+      const BlockTable& table = *batch.tables[t];
+      const float* ql = q_latent + (t * heads + h) * kv_lora;
+      const float* qr = q_rope + (t * heads + h) * rope_dim;
+      float* scores = score_scratch(static_cast<size_t>(n)).data();
+      for (int64_t s = 0; s < n; ++s) {
+        const float* cached = table.token_values(kv, layer, s);
+        scores[s] = (dot(ql, cached, kv_lora) + dot(qr, cached + kv_lora, rope_dim)) * softmax_scale;
+      }
+      softmax_in_place(scores, n);
+      float* oh = out + (t * heads + h) * kv_lora;
+      std::fill(oh, oh + kv_lora, 0.0f);
+      for (int64_t s = 0; s < n; ++s) {
+        const float* latent = table.token_values(kv, layer, s);
+        for (int64_t i = 0; i < kv_lora; ++i) oh[i] += scores[s] * latent[i];
+      }
+    }
+  });
+}
+
+}  // namespace tandem
