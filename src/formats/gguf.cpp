@@ -2,7 +2,6 @@
 
 #include <cstring>
 #include <filesystem>
-#include <regex>
 
 #include "formats/checked_shape.hpp"
 #include "tandem/error.hpp"
@@ -283,6 +282,29 @@ GgufFile GgufFile::from_memory(const void* data, uint64_t size, const std::strin
 
 namespace {
 
+struct SplitName {
+  std::string prefix;  // NAME in NAME-0000k-of-0000N.gguf
+  int count = 1;
+};
+
+// Split sets are named NAME-0000k-of-0000N.gguf (k from 1, five digits each).
+std::optional<SplitName> parse_split_name(const std::string& filename) {
+  static constexpr std::string_view kShape = "-00000-of-00000.gguf";
+  if (filename.size() < kShape.size()) return std::nullopt;
+  const size_t at = filename.size() - kShape.size();
+  int count = 0;
+  for (size_t i = 0; i < kShape.size(); ++i) {
+    const char c = filename[at + i];
+    if (kShape[i] == '0') {
+      if (c < '0' || c > '9') return std::nullopt;
+      if (i >= 10) count = count * 10 + (c - '0');
+    } else if (c != kShape[i]) {
+      return std::nullopt;
+    }
+  }
+  return SplitName{filename.substr(0, at), count};
+}
+
 std::optional<int64_t> split_key(const std::map<std::string, GgufValue>& md, const std::string& key, const std::string& file) {
   const auto it = md.find(key);
   if (it == md.end()) return std::nullopt;
@@ -296,12 +318,9 @@ std::optional<int64_t> split_key(const std::map<std::string, GgufValue>& md, con
 }  // namespace
 
 GgufFile GgufFile::open(const std::string& path) {
-  // Split sets are named NAME-0000k-of-0000N.gguf (k from 1); any part opens the whole set.
-  static const std::regex kSplitName(R"(^(.*)-([0-9]{5})-of-([0-9]{5})\.gguf$)");
-  std::smatch m;
-  const std::string filename = std::filesystem::path(path).filename().string();
-  const bool named_as_split = std::regex_match(filename, m, kSplitName);
-  const int name_count = named_as_split ? std::stoi(m[3].str()) : 1;
+  // Any part of a split set opens the whole set.
+  const auto split_name = parse_split_name(std::filesystem::path(path).filename().string());
+  const int name_count = split_name ? split_name->count : 1;
 
   auto open_part = [](const std::string& p, std::shared_ptr<MappedFile>& map) {
     map = std::make_shared<MappedFile>(p);
@@ -309,7 +328,7 @@ GgufFile GgufFile::open(const std::string& path) {
   };
 
   GgufFile out;
-  if (!named_as_split || name_count <= 1) {
+  if (name_count <= 1) {
     std::shared_ptr<MappedFile> map;
     ParsedPart part = open_part(path, map);
     const auto count = split_key(part.metadata, "split.count", path);
@@ -323,7 +342,7 @@ GgufFile GgufFile::open(const std::string& path) {
   }
 
   const std::filesystem::path folder = std::filesystem::path(path).parent_path();
-  const std::string prefix = m[1].str();
+  const std::string& prefix = split_name->prefix;
   int64_t expected_tensors = -1;
   for (int k = 1; k <= name_count; ++k) {
     char suffix[32];
