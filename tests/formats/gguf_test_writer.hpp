@@ -1,5 +1,5 @@
 #pragma once
-// A small GGUF v3 writer for tests: builds files byte by byte from the spec, independently of the
+// A small GGUF v2/v3 writer for tests: builds files byte by byte from the spec, independently of the
 // reader under test, so that splits and corruptions can be made on purpose.
 #include <cstdint>
 #include <cstring>
@@ -12,6 +12,9 @@ namespace tandem::test {
 
 class GgufTestWriter {
  public:
+  explicit GgufTestWriter(uint32_t version = 3, size_t alignment = 32) : version_(version), alignment_(alignment) {
+    if (alignment != 32) kv_u32("general.alignment", static_cast<uint32_t>(alignment));
+  }
   void kv_u32(const std::string& key, uint32_t v) { key_header(key, 4); put(v); }
   void kv_u16(const std::string& key, uint16_t v) { key_header(key, 2); put(v); }
   void kv_i32(const std::string& key, int32_t v) { key_header(key, 5); put(v); }
@@ -47,10 +50,20 @@ class GgufTestWriter {
     ++n_tensors_;
   }
 
+  // A tensor info with a chosen data offset and no data of its own (for corrupt files).
+  void tensor_info_only(const std::string& name, std::vector<uint64_t> dims, uint32_t ggml_type, uint64_t offset) {
+    put_string(infos_, name);
+    put_to(infos_, static_cast<uint32_t>(dims.size()));
+    for (auto it = dims.rbegin(); it != dims.rend(); ++it) put_to(infos_, *it);
+    put_to(infos_, ggml_type);
+    put_to(infos_, offset);
+    ++n_tensors_;
+  }
+
   std::vector<uint8_t> bytes() const {
     std::vector<uint8_t> out;
     put_to(out, uint32_t{0x46554747});
-    put_to(out, uint32_t{3});
+    put_to(out, version_);
     put_to(out, n_tensors_);
     put_to(out, n_kv_);
     out.insert(out.end(), kv_.begin(), kv_.end());
@@ -87,7 +100,8 @@ class GgufTestWriter {
 
   std::vector<uint8_t> kv_, infos_, data_;
   uint64_t n_kv_ = 0, n_tensors_ = 0;
-  size_t alignment_ = 32;
+  uint32_t version_;
+  size_t alignment_;
 };
 
 }  // namespace tandem::test

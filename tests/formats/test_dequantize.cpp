@@ -259,3 +259,40 @@ TEST_CASE("dequantize: quantised fixture GGUFs approximate their F32 weights") {
   WARN("compared " << compared << " quantised tensors with their F32 weights; worst relative RMS error " << worst);
   CHECK(compared >= 30);
 }
+
+TEST_CASE("dequantize: DeepSeek FP8 weights with 128x128 block scales approximate the F32 model") {
+  TANDEM_REQUIRE_FIXTURES(fx);
+  // deepseekv3-fp8 is deepseekv3's F32 weights quantised to e4m3 with one scale per 128x128 block.
+  const auto fp8 = SafetensorsModel::open(fx + "/tiny/deepseekv3-fp8");
+  const auto f32 = SafetensorsModel::open(fx + "/tiny/deepseekv3");
+  int compared = 0;
+  double worst = 0;
+  for (const auto& e : fp8.tensors().entries()) {
+    if (e.view.dtype != DType::f8_e4m3) continue;
+    INFO(e.name);
+    const auto& scale = fp8.tensors().require(e.name + "_scale_inv").view;
+    const int64_t rows = e.view.shape[0], cols = e.view.shape[1];
+    REQUIRE(scale.dtype == DType::f32);
+    REQUIRE(scale.shape == Shape{(rows + 127) / 128, (cols + 127) / 128});
+    const auto& ref = f32.tensors().require(e.name).view;
+    REQUIRE(ref.shape == e.view.shape);
+    std::vector<float> row(static_cast<size_t>(cols));
+    double err = 0, norm = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_row(DType::f8_e4m3, e.view.row_ptr(r), row.data(), cols);
+      const auto* s = reinterpret_cast<const float*>(scale.row_ptr(r / 128));
+      const auto* want = reinterpret_cast<const float*>(ref.row_ptr(r));
+      for (int64_t c = 0; c < cols; ++c) {
+        const double d = row[static_cast<size_t>(c)] * s[c / 128] - want[c];
+        err += d * d;
+        norm += static_cast<double>(want[c]) * want[c];
+      }
+    }
+    const double rel = std::sqrt(err / norm);
+    CHECK(rel < 0.04);  // e4m3 has 3 mantissa bits: ~2.5% RMS
+    worst = std::max(worst, rel);
+    ++compared;
+  }
+  WARN("compared " << compared << " FP8 tensors with the F32 model; worst relative RMS error " << worst);
+  CHECK(compared >= 10);
+}

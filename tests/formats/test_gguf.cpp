@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -90,6 +91,27 @@ TEST_CASE("gguf: a hand-built file gives back its metadata and tensors") {
   CHECK(q.nbytes == 34);
 }
 
+TEST_CASE("gguf: version 2 and a 64-byte alignment") {
+  GgufTestWriter w(2, 64);
+  w.kv_string("general.architecture", "llama");
+  w.tensor("a", {3}, 0, f32_bytes({1, 2, 3}));
+  w.tensor("b", {2}, 30, {0x80, 0x3f, 0x00, 0xc0});  // bf16 1.0, -2.0
+  const auto bytes = w.bytes();
+  const auto g = GgufFile::from_memory(bytes.data(), bytes.size(), "v2.gguf");
+  CHECK(g.version() == 2);
+  CHECK(g.alignment() == 64);
+  const auto& b = g.tensors().require("b").view;
+  CHECK(b.dtype == DType::bf16);
+  CHECK(static_cast<const uint8_t*>(b.data) - bytes.data() == static_cast<ptrdiff_t>(bytes.size() - 4));
+  CHECK((static_cast<const uint8_t*>(b.data) - bytes.data()) % 64 == 0);
+  // Under an alignment of 128, tensor b's offset of 64 is misaligned.
+  auto misaligned = bytes;
+  const std::string key = "general.alignment";
+  const auto at = std::search(misaligned.begin(), misaligned.end(), key.begin(), key.end()) - misaligned.begin();
+  poke<uint32_t>(misaligned, static_cast<size_t>(at) + key.size() + 4, 128);
+  CHECK_THAT(error_of(misaligned), Catch::Contains("past the end") || Catch::Contains("not a multiple of the alignment"));
+}
+
 TEST_CASE("gguf: corrupt files are refused with a clear error") {
   const auto good = sample_writer().bytes();
   auto patched = [&](auto f) {
@@ -127,6 +149,12 @@ TEST_CASE("gguf: corrupt files are refused with a clear error") {
   CHECK_THAT(built([](auto& w) { w.tensor("t", {256}, 16, std::vector<uint8_t>(66)); }),
              Catch::Contains("tensor 't' has GGUF tensor type id 16"));
   CHECK_THAT(built([](auto& w) { w.kv_u32("general.alignment", 24); }), Catch::Contains("alignment 24"));
+  CHECK_THAT(built([](auto& w) { w.tensor("a", {16}, 0, std::vector<uint8_t>(64)); w.tensor_info_only("b", {1}, 0, 4); }),
+             Catch::Contains("tensor 'b': data offset 4 is not a multiple of the alignment 32"));
+  CHECK_THAT(built([](auto& w) { w.tensor("a", {16}, 0, std::vector<uint8_t>(64)); w.tensor_info_only("b", {1}, 0, uint64_t{1} << 63); }),
+             Catch::Contains("tensor 'b'") && Catch::Contains("past the end"));
+  CHECK_THAT(built([](auto& w) { w.tensor_info_only("b", {1}, 0, UINT64_MAX - 31); }),
+             Catch::Contains("tensor 'b'") && Catch::Contains("past the end"));
 
   // Truncated anywhere: an error, never a crash or a read past the end (ASan watches).
   for (size_t n = 0; n < good.size(); ++n) {
