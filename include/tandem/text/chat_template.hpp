@@ -14,6 +14,11 @@ struct ChatRequest {
   const nlohmann::json* tools = nullptr;     // optional array
   const nlohmann::json* extra = nullptr;     // optional object: enable_thinking, ...
   bool add_generation_prompt = false;
+  // The same inputs as ordered_json, which keeps object keys in document order (what `tojson`
+  // prints, e.g. tool schemas). Each one, when set, is used instead of its field above.
+  const nlohmann::ordered_json* ordered_messages = nullptr;
+  const nlohmann::ordered_json* ordered_tools = nullptr;
+  const nlohmann::ordered_json* ordered_extra = nullptr;
 };
 
 class ChatTemplate {
