@@ -1,5 +1,6 @@
 #include "tandem/formats/gguf.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -12,7 +13,10 @@ namespace {
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read little-endian
 constexpr int kMaxArrayNesting = 8;
 // Bounds memory for garbled but in-range counts: a real tokenizer array has < 1M entries.
-constexpr uint64_t kMaxArrayElements = uint64_t{1} << 24;
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 22;
+// Counts are only bounded by the bytes left, which can be gigabytes: containers grow with what is
+// actually parsed rather than being reserved up front from a count.
+constexpr uint64_t kMaxReserve = 4096;
 
 [[noreturn]] void corrupt(const std::string& file, const std::string& what) {
   throw Error(ErrorKind::corrupt_file, file + ": " + what);
@@ -157,7 +161,7 @@ class GgufParser {
       uint64_t offset;
     };
     std::vector<RawInfo> infos;
-    infos.reserve(tensor_count);
+    infos.reserve(std::min(tensor_count, kMaxReserve));
     for (uint64_t i = 0; i < tensor_count; ++i) {
       RawInfo info;
       info.name = r.read_string("the name of tensor #" + std::to_string(i));
@@ -251,7 +255,7 @@ class GgufParser {
         }
         GgufArray arr;
         arr.element_type = static_cast<GgufType>(elem_type);
-        arr.values.reserve(count);
+        arr.values.reserve(std::min(count, kMaxReserve));
         for (uint64_t i = 0; i < count; ++i) arr.values.push_back(read_value(r, elem_type, where, depth + 1, file));
         v.value = std::move(arr);
         break;
