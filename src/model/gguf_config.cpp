@@ -134,7 +134,10 @@ ModelConfig config_from_gguf(const GgufFile& gguf, const ModelOverrides& overrid
     std::erase_if(warnings, [](const std::string& w) { return w.find("expert_group_count") != std::string::npos; });
   if (overrides.n_group) c.n_group = *overrides.n_group;
   if (overrides.topk_group) c.topk_group = *overrides.topk_group;
-  if (overrides.rope_theta) c.rope_theta = *overrides.rope_theta;
+  if (overrides.rope_theta) {
+    c.rope_theta = *overrides.rope_theta;
+    std::erase_if(warnings, [](const std::string& w) { return w.find("rope.freq_base") != std::string::npos; });
+  }
   validate_model_config(c, source);
   return c;
 }
