@@ -1,0 +1,69 @@
+// The `tandem tokenize` output contract: one JSON array of ids and a newline, compared with the
+// manifest's HF ids (tiny model) for a folder, a GGUF, --text and --file.
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "support/fixtures.hpp"
+
+namespace {
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string run(const std::string& args, int& status) {
+  const std::string command = shell_quote(tandem::test::cli_path()) + " " + args + " 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  REQUIRE(pipe);
+  std::string out;
+  std::array<char, 4096> buffer{};
+  size_t n = 0;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe.get())) > 0) out.append(buffer.data(), n);
+  status = pclose(pipe.release());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("tandem tokenize prints the ids as a JSON array", "[tokenizer][cli]") {
+  if (tandem::test::cli_path().empty()) {
+    WARN("skipped: the tandem CLI is not built");
+    return;
+  }
+  const std::string dir = tandem::test::data_dir();
+  std::ifstream manifest_in(dir + "/tiny-manifest.json");
+  const auto manifest = nlohmann::json::parse(manifest_in);
+  const auto& prompt = manifest.at("tokenizer").at("prompts").at(1);
+  const std::string text = prompt.at("text");
+  const std::string expected = prompt.at("ids").dump() + "\n";
+
+  int status = -1;
+  CHECK(run("tokenize -m " + shell_quote(dir + "/tiny-qwen3moe") + " --text " + shell_quote(text), status) ==
+        expected);
+  CHECK(status == 0);
+  CHECK(run("tokenize -m " + shell_quote(dir + "/tiny-deepseekv3/deepseekv3-q8_0.gguf") +
+                " --no-special --text " + shell_quote(text),
+            status) == expected);
+  CHECK(status == 0);
+
+  const std::string file = (std::filesystem::temp_directory_path() / "tandem_tokenize_cli.txt").string();
+  std::ofstream(file, std::ios::binary) << text;
+  CHECK(run("tokenize -m " + shell_quote(dir + "/tiny-qwen3moe/tokenizer.json") + " --file " + shell_quote(file),
+            status) == expected);
+  CHECK(status == 0);
+  std::remove(file.c_str());
+
+  run("tokenize -m /nonexistent --text hi", status);
+  CHECK(status != 0);
+  run("tokenize -m " + shell_quote(dir + "/tiny-qwen3moe") + " --text a --file b", status);
+  CHECK(status != 0);
+}
