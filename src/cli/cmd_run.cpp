@@ -1,0 +1,138 @@
+// `tandem run`: one prompt in, a continuation out.
+//   tandem run -m PATH --ids 1,2,3 -n 24 --temp 0 --print-ids   → the new ids on one line
+//   tandem run -m PATH -p "text" [--chat] [sampling flags]        → the text, streamed
+// With --ids, generation stops only at the model's own EOS ids (config / generation_config / GGUF)
+// as HF generate does; with -p, the tokenizer's EOS token stops it too.
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.hpp"
+#include "cli/generation_flags.hpp"
+#include "cli/progress.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/generate.hpp"
+#include "tandem/error.hpp"
+#include "tandem/text/chat_template.hpp"
+#include "tandem/text/tokenizer.hpp"
+
+namespace tandem::cli {
+namespace {
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    std::string_view item(text.data() + start, end - start);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    int32_t id = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || id < 0)
+      throw Error(ErrorKind::invalid_argument, fmt::format("--ids: '{}' is not a token id", item));
+    ids.push_back(id);
+    start = end + 1;
+  }
+  return ids;
+}
+
+struct RunFlags : GenerationFlags {
+  RunFlags() : GenerationFlags(128) {}
+  std::string ids;
+  std::string prompt;
+  bool chat = false;
+  bool print_ids = false;
+};
+
+int run_command(const RunFlags& flags) {
+  const bool ids_mode = !flags.ids.empty();
+  if (ids_mode == !flags.prompt.empty())
+    throw Error(ErrorKind::invalid_argument, "run: give exactly one of --ids and -p/--prompt");
+  if (flags.chat && ids_mode) throw Error(ErrorKind::invalid_argument, "run: --chat needs -p/--prompt");
+
+  LoadOptions load = flags.load_options();
+  load.load_tokenizer = !(ids_mode && flags.print_ids && flags.stops.empty());
+  ProgressBar progress;
+  load.progress = progress.callback();
+  const auto engine = Engine::load(flags.model_path, load);
+  progress.finish();
+  const Tokenizer* tokenizer = load.load_tokenizer ? engine->tokenizer() : nullptr;
+  const int64_t vocab = engine->config().vocab_size;
+
+  std::vector<int32_t> prompt;
+  if (ids_mode) {
+    prompt = parse_ids(flags.ids);
+    for (int32_t id : prompt)
+      if (id >= vocab)
+        throw Error(ErrorKind::invalid_argument,
+                    fmt::format("--ids: token id {} is outside the vocabulary (size {})", id, vocab));
+  } else {
+    if (!tokenizer) throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
+    if (flags.chat) {
+      const ChatTemplate* tmpl = engine->chat_template();
+      if (!tmpl) throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no chat template", flags.model_path));
+      const nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", flags.prompt}}});
+      ChatRequest request;
+      request.messages = &messages;
+      request.add_generation_prompt = true;
+      prompt = tokenizer->encode(tmpl->render(request), /*add_special=*/false);
+    } else {
+      prompt = tokenizer->encode(flags.prompt, /*add_special=*/true);
+    }
+  }
+
+  GenerateOptions options;
+  options.sampling = flags.sampling();
+  options.max_new_tokens = flags.max_new_tokens;
+  options.stop_strings = flags.stops;
+  if (!flags.ignore_eos) options.eos_ids = eos_ids_for(engine->config(), ids_mode ? nullptr : tokenizer);
+
+  const bool stream_text = !flags.print_ids && tokenizer;
+  const auto session = engine->new_session();
+  const auto result = generate(*session, tokenizer, prompt, options, [&](int32_t, std::string_view text) {
+    if (stream_text && !text.empty()) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+
+  if (!stream_text) {
+    std::string line;
+    for (size_t i = 0; i < result.ids.size(); ++i) line += (i ? " " : "") + std::to_string(result.ids[i]);
+    fmt::print("{}\n", line);
+  } else if (isatty(STDOUT_FILENO)) {
+    fmt::print("\n");
+  }
+  std::fflush(stdout);
+  if (isatty(STDERR_FILENO))
+    fmt::print(stderr, "[prompt {} tokens, {:.1f} tok/s; generated {} tokens, {:.1f} tok/s; stop: {}]\n",
+               result.stats.prompt_tokens, result.stats.prefill_tokens_per_second(),
+               result.stats.generated_tokens, result.stats.decode_tokens_per_second(),
+               stop_reason_name(result.stop));
+  return 0;
+}
+
+const RegisterCommand registered{{"run", "generate a continuation of a prompt (text or token ids)",
+                                  [](CLI::App& sub) -> CommandRun {
+                                    auto flags = std::make_shared<RunFlags>();
+                                    flags->add_to(sub);
+                                    sub.add_option("--ids", flags->ids, "prompt as token ids: 1,2,3 (no BOS added)");
+                                    sub.add_option("-p,--prompt", flags->prompt, "prompt text");
+                                    sub.add_flag("--chat", flags->chat,
+                                                 "wrap the prompt as a user message in the chat template");
+                                    sub.add_flag("--print-ids", flags->print_ids,
+                                                 "print the new token ids on one line instead of text");
+                                    return [flags] { return run_command(*flags); };
+                                  }}};
+
+}  // namespace
+}  // namespace tandem::cli
