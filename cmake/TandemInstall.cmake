@@ -4,7 +4,7 @@ include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
 set(TANDEM_INSTALL_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/Tandem)
-set(install_targets tandem_formats tandem_text tandem_engine tandem tandem_build_flags)
+set(install_targets tandem_formats tandem_text tandem_engine tandem)
 if(TARGET tandem_c)
   list(APPEND install_targets tandem_c)
 endif()
@@ -27,5 +27,9 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/TandemConfigVersion.cmake
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/TandemConfig.cmake ${PROJECT_BINARY_DIR}/TandemConfigVersion.cmake
   DESTINATION ${TANDEM_INSTALL_CMAKEDIR})
+# The .pc file finds the prefix from its own location, so the installed tree can be moved.
+file(RELATIVE_PATH TANDEM_PC_TO_PREFIX ${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_LIBDIR}/pkgconfig
+     ${CMAKE_INSTALL_PREFIX})
+string(REGEX REPLACE "/$" "" TANDEM_PC_TO_PREFIX "${TANDEM_PC_TO_PREFIX}")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/tandem.pc.in ${PROJECT_BINARY_DIR}/tandem.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/tandem.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
