@@ -33,7 +33,11 @@ BoundArgs::BoundArgs(const CallArgs& args, std::initializer_list<const char*> pa
 
 List iterate(const Value& value) {
   if (value.is_undefined()) return {};
-  if (value.is_list()) return value.as_list();
+  if (value.is_list()) {
+    List items = value.as_list();
+    items.is_tuple = false;
+    return items;
+  }
   if (value.is_dict()) {
     List keys;
     for (const auto& [key, item] : value.as_dict().items) keys.emplace_back(key);

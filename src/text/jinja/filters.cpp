@@ -84,7 +84,7 @@ Value items(const Value& value, const CallArgs&) {
   if (value.is_undefined()) return Value(List{});
   if (!value.is_dict()) throw EvalError(fmt::format("filter 'items' expects a mapping, got {}", value.type_name()));
   List out;
-  for (const auto& [key, item] : value.as_dict().items) out.emplace_back(List{Value(key), item});
+  for (const auto& [key, item] : value.as_dict().items) out.emplace_back(make_tuple({Value(key), item}));
   return Value(std::move(out));
 }
 

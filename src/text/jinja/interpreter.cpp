@@ -333,6 +333,7 @@ class Interpreter {
       case Expr::Kind::tuple: {
         List items;
         for (const auto& item : expr.items) items.push_back(eval(*item));
+        items.is_tuple = expr.kind == Expr::Kind::tuple;
         return Value(std::move(items));
       }
       case Expr::Kind::dict: {

@@ -247,7 +247,7 @@ Value dict_method(const Dict& dict, std::string_view method, const CallArgs& arg
     BoundArgs bound(args, {}, method);
     List out;
     for (const auto& [key, value] : dict.items) {
-      if (method == "items") out.emplace_back(List{Value(key), value});
+      if (method == "items") out.emplace_back(make_tuple({Value(key), value}));
       else if (method == "keys") out.emplace_back(key);
       else out.push_back(value);
     }

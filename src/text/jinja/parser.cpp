@@ -6,6 +6,7 @@
 #include <fmt/core.h>
 
 #include "tandem/error.hpp"
+#include "text/jinja/builtins.hpp"
 
 namespace tandem::jinja {
 
@@ -89,6 +90,13 @@ class Parser {
   Body parse_body(std::initializer_list<const char*> end_tags, std::string& end_tag, const char* opened,
                   int opened_line) {
     DepthGuard guard(*this);
+    OpenBlock block{opened, opened_line, end_tags.size() ? *(end_tags.end() - 1) : ""};
+    std::swap(block, open_block_);
+    struct Restore {
+      OpenBlock& slot;
+      OpenBlock saved;
+      ~Restore() { slot = saved; }
+    } restore{open_block_, block};
     Body body;
     while (true) {
       const Token& token = current();
@@ -158,7 +166,12 @@ class Parser {
     static const char* const known_ends[] = {"endif", "endfor", "endset", "endmacro", "endfilter", "else",
                                              "elif", "endgeneration", "endraw"};
     for (const char* end : known_ends)
-      if (name == end) fail(fmt::format("unexpected tag '{}' (no block open that it closes)", name), line);
+      if (name == end) {
+        if (open_block_.expected[0] == '\0') fail(fmt::format("unexpected tag '{}' (no block open that it closes)", name), line);
+        fail(fmt::format("unexpected tag '{}' inside '{}' opened on line {} (expected '{}')", name, open_block_.name,
+                         open_block_.line, open_block_.expected),
+             line);
+      }
     throw Error(ErrorKind::unsupported, fmt::format("chat template line {}: unknown or unsupported tag '{}'", line, name));
   }
 
@@ -583,6 +596,9 @@ class Parser {
         advance();
         filter->name += "." + expect_name("a filter name");
       }
+      if (!is_known_filter(filter->name))
+        throw Error(ErrorKind::unsupported,
+                    fmt::format("chat template line {}: unknown filter '{}'", filter->line, filter->name));
       filter->object = std::move(node);
       if (is_op("(")) parse_arguments(*filter);
       node = std::move(filter);
@@ -600,6 +616,8 @@ class Parser {
         test->negated = accept_name("not");
         // `is none` / `is true`: those names are literal keywords elsewhere, test names here
         test->name = expect_name("a test name after 'is'");
+        if (!is_known_test(test->name))
+          throw Error(ErrorKind::unsupported, fmt::format("chat template line {}: unknown test '{}'", test->line, test->name));
         test->object = std::move(node);
         if (is_op("(")) {
           parse_arguments(*test);
@@ -619,9 +637,16 @@ class Parser {
     }
   }
 
+  struct OpenBlock {
+    const char* name = "";
+    int line = 0;
+    const char* expected = "";
+  };
+
   std::vector<Token> tokens_;
   size_t pos_ = 0;
   int depth_ = 0;
+  OpenBlock open_block_;
 };
 
 }  // namespace

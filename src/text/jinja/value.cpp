@@ -117,17 +117,26 @@ std::string repr_string(const std::string& text) {
 }
 }  // namespace
 
+List make_tuple(std::vector<Value> items) {
+  List tuple;
+  tuple.assign(std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
+  tuple.is_tuple = true;
+  return tuple;
+}
+
 std::string to_repr(const Value& value) {
   if (value.is_string()) return repr_string(value.as_string());
   if (value.is_list()) {
-    std::string out = "[";
+    const List& list = value.as_list();
+    std::string out = list.is_tuple ? "(" : "[";
     bool first = true;
-    for (const auto& item : value.as_list()) {
+    for (const auto& item : list) {
       if (!first) out += ", ";
       first = false;
       out += to_repr(item);
     }
-    return out + "]";
+    if (list.is_tuple && list.size() == 1) out += ",";
+    return out + (list.is_tuple ? ")" : "]");
   }
   if (value.is_dict()) {
     std::string out = "{";
@@ -169,7 +178,7 @@ bool values_equal(const Value& a, const Value& b) {
   if (a.is_string()) return a.as_string() == b.as_string();
   if (a.is_list()) {
     const auto &x = a.as_list(), &y = b.as_list();
-    if (x.size() != y.size()) return false;
+    if (x.size() != y.size() || x.is_tuple != y.is_tuple) return false;
     for (size_t k = 0; k < x.size(); ++k)
       if (!values_equal(x[k], y[k])) return false;
     return true;

@@ -27,7 +27,12 @@ struct Value;
 struct Dict;
 struct Namespace;
 struct Callable;
-using List = std::vector<Value>;
+// A Python list, or a tuple (tuple literals, dict items): the same except in repr and ==.
+struct List : std::vector<Value> {
+  using std::vector<Value>::vector;
+  bool is_tuple = false;
+};
+List make_tuple(std::vector<Value> items);
 
 // jinja2.Undefined: renders empty, is falsy, iterates as empty; remembers what was missing so a
 // strict use (attribute access, arithmetic) can say so.
