@@ -7,7 +7,13 @@
 #include "tandem/error.hpp"
 
 // Each block decoder follows ggml's block layout. The float operations are ordered exactly as the
-// reference (scale * sub-scale first, then * quant, then - min) so results are bit-identical.
+// reference (scale * sub-scale first, then * quant, then - min) so results are bit-identical; a
+// fused multiply-add would round once instead of twice, so contraction stays off even when this
+// file is built for FMA-capable targets (GCC already keeps it off in ISO C++ mode).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
 namespace tandem {
 
 float f16_to_f32(uint16_t h) noexcept {
