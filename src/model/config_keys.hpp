@@ -47,6 +47,9 @@ class GgufKeys {
   std::optional<std::string> get_string(const std::string& key) const;
   int64_t require_int(const std::string& key) const;
   bool has_tensor(const std::string& name) const;
+  // Layers 0..num_layers-1 whose "blk.N.<suffix>" tensor is absent (Qwen's dense layers, which
+  // GGUF metadata does not list).
+  std::vector<int64_t> layers_without(const std::string& suffix, int64_t num_layers) const;
   const GgufFile& file() const { return file_; }
   std::string source() const;  // the file's path, for messages
   const std::string& prefix() const { return prefix_; }

@@ -47,6 +47,13 @@ int64_t GgufKeys::require_int(const std::string& key) const {
 
 bool GgufKeys::has_tensor(const std::string& name) const { return file_.tensors().find(name) != nullptr; }
 
+std::vector<int64_t> GgufKeys::layers_without(const std::string& suffix, int64_t num_layers) const {
+  std::vector<int64_t> layers;
+  for (int64_t layer = 0; layer < num_layers && layer < 4096; ++layer)
+    if (!has_tensor("blk." + std::to_string(layer) + "." + suffix)) layers.push_back(layer);
+  return layers;
+}
+
 namespace {
 
 void read_common(const GgufKeys& keys, const GgufFile& file, ModelConfig& c, std::vector<std::string>& warnings) {

@@ -23,6 +23,7 @@ void read_gguf(const GgufKeys& keys, ModelConfig& c, std::vector<std::string>&) 
   c.norm_topk_prob = keys.get_bool("expert_weights_norm").value_or(false);
   c.rope_layout = RopeLayout::neox;
   c.router = RouterKind::softmax_topk;
+  c.mlp_only_layers = keys.layers_without("ffn_gate_inp.weight", c.num_layers);
 }
 
 }  // namespace
