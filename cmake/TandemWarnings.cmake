@@ -1,7 +1,8 @@
 # tandem_warnings(target): strict warnings for Tandem's own code (errors with TANDEM_WERROR).
 add_library(tandem_build_flags INTERFACE)
 target_compile_options(tandem_build_flags INTERFACE
-  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow=local -Wno-missing-field-initializers>
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wno-missing-field-initializers>
+  $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wshadow=local>
   $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${TANDEM_WERROR}>>:-Werror>)
 if(TANDEM_SANITIZE)
   target_compile_options(tandem_build_flags INTERFACE
