@@ -3,6 +3,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <cctype>
 #include <memory>
 
 #include "tandem/error.hpp"
@@ -23,11 +24,21 @@ pcre2_match_data* thread_match_data() {
 }  // namespace
 
 Regex::Regex(std::string_view pattern, bool literal) : pattern_(pattern) {
+  // PCRE2_LITERAL excludes UCP, so literal text is escaped instead.
+  std::string source;
+  if (literal) {
+    for (char c : pattern) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u < 0x80 && !std::isalnum(u)) source.push_back('\\');
+      source.push_back(c);
+    }
+  } else {
+    source.assign(pattern);
+  }
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
-  uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK;
-  if (literal) options |= PCRE2_LITERAL;
-  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
+  const uint32_t options = PCRE2_UTF | PCRE2_UCP;
+  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), options,
                         &error_code, &error_offset, nullptr);
   if (!code_) {
     PCRE2_UCHAR message[256];
