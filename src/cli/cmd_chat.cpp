@@ -1,17 +1,16 @@
 // `tandem chat`: an interactive multi-turn chat through the model's chat template.
 // Each turn renders the whole conversation; generate() then prefills only the tokens the session
 // does not already hold. Ctrl-C stops a reply (twice at the prompt: exit); Ctrl-D exits with 0.
+#include <fmt/core.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <fmt/core.h>
-#include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
@@ -96,8 +95,11 @@ int chat_command(const ChatFlags& flags) {
   progress.finish();
   const Tokenizer* tokenizer = engine->tokenizer();
   const ChatTemplate* tmpl = engine->chat_template();
-  if (!tokenizer) throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
-  if (!tmpl) throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no chat template", flags.model_path));
+  if (!tokenizer)
+    throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
+  if (!tmpl)
+    throw Error(ErrorKind::unsupported,
+                fmt::format("{}: the model ships no chat template", flags.model_path));
 
   GenerateOptions options;
   options.sampling = flags.sampling();
@@ -113,7 +115,8 @@ int chat_command(const ChatFlags& flags) {
   SigintScope sigint;
   LineReader reader;
   bool interrupted_at_prompt = false;
-  if (interactive) fmt::print(stderr, "Chat with {} — Ctrl-C stops a reply, Ctrl-D exits.\n", flags.model_path);
+  if (interactive)
+    fmt::print(stderr, "Chat with {} — Ctrl-C stops a reply, Ctrl-D exits.\n", flags.model_path);
 
   for (;;) {
     if (interactive) {
@@ -165,13 +168,13 @@ int chat_command(const ChatFlags& flags) {
   }
 }
 
-const RegisterCommand registered{{"chat", "interactive multi-turn chat using the model's chat template",
-                                  [](CLI::App& sub) -> CommandRun {
-                                    auto flags = std::make_shared<ChatFlags>();
-                                    flags->add_to(sub);
-                                    sub.add_option("--system", flags->system, "system prompt");
-                                    return [flags] { return chat_command(*flags); };
-                                  }}};
+const RegisterCommand registered{
+    {"chat", "interactive multi-turn chat using the model's chat template", [](CLI::App& sub) -> CommandRun {
+       auto flags = std::make_shared<ChatFlags>();
+       flags->add_to(sub);
+       sub.add_option("--system", flags->system, "system prompt");
+       return [flags] { return chat_command(*flags); };
+     }}};
 
 }  // namespace
 }  // namespace tandem::cli

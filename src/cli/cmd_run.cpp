@@ -3,15 +3,14 @@
 //   tandem run -m PATH -p "text" [--chat] [sampling flags]        → the text, streamed
 // With --ids, generation stops only at the model's own EOS ids (config / generation_config / GGUF)
 // as HF generate does; with -p, the tokenizer's EOS token stops it too.
+#include <fmt/core.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <fmt/core.h>
-#include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
@@ -75,10 +74,13 @@ int run_command(const RunFlags& flags) {
         throw Error(ErrorKind::invalid_argument,
                     fmt::format("--ids: token id {} is outside the vocabulary (size {})", id, vocab));
   } else {
-    if (!tokenizer) throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
+    if (!tokenizer)
+      throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
     if (flags.chat) {
       const ChatTemplate* tmpl = engine->chat_template();
-      if (!tmpl) throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no chat template", flags.model_path));
+      if (!tmpl)
+        throw Error(ErrorKind::unsupported,
+                    fmt::format("{}: the model ships no chat template", flags.model_path));
       const nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", flags.prompt}}});
       ChatRequest request;
       request.messages = &messages;
@@ -121,18 +123,16 @@ int run_command(const RunFlags& flags) {
   return 0;
 }
 
-const RegisterCommand registered{{"run", "generate a continuation of a prompt (text or token ids)",
-                                  [](CLI::App& sub) -> CommandRun {
-                                    auto flags = std::make_shared<RunFlags>();
-                                    flags->add_to(sub);
-                                    sub.add_option("--ids", flags->ids, "prompt as token ids: 1,2,3 (no BOS added)");
-                                    sub.add_option("-p,--prompt", flags->prompt, "prompt text");
-                                    sub.add_flag("--chat", flags->chat,
-                                                 "wrap the prompt as a user message in the chat template");
-                                    sub.add_flag("--print-ids", flags->print_ids,
-                                                 "print the new token ids on one line instead of text");
-                                    return [flags] { return run_command(*flags); };
-                                  }}};
+const RegisterCommand registered{
+    {"run", "generate a continuation of a prompt (text or token ids)", [](CLI::App& sub) -> CommandRun {
+       auto flags = std::make_shared<RunFlags>();
+       flags->add_to(sub);
+       sub.add_option("--ids", flags->ids, "prompt as token ids: 1,2,3 (no BOS added)");
+       sub.add_option("-p,--prompt", flags->prompt, "prompt text");
+       sub.add_flag("--chat", flags->chat, "wrap the prompt as a user message in the chat template");
+       sub.add_flag("--print-ids", flags->print_ids, "print the new token ids on one line instead of text");
+       return [flags] { return run_command(*flags); };
+     }}};
 
 }  // namespace
 }  // namespace tandem::cli

@@ -1,12 +1,11 @@
 #pragma once
 // Flags shared by `tandem run` and `tandem chat`: sampling, length, stops, and load options.
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "tandem/engine/engine.hpp"
 #include "tandem/text/sampler.hpp"
@@ -42,16 +41,19 @@ struct GenerationFlags {
         ->capture_default_str();
     app.add_option("--min-p", min_p, "drop tokens below min_p x the best one's probability, 0 = off")
         ->capture_default_str();
-    app.add_option("--repeat-penalty", repeat_penalty, "HF repetition penalty, 1 = off")->capture_default_str();
+    app.add_option("--repeat-penalty", repeat_penalty, "HF repetition penalty, 1 = off")
+        ->capture_default_str();
     app.add_option("--repeat-last-n", repeat_last_n, "tokens the penalties look back at, -1 = all")
         ->capture_default_str();
-    app.add_option("--frequency-penalty", frequency_penalty, "OpenAI frequency penalty")->capture_default_str();
+    app.add_option("--frequency-penalty", frequency_penalty, "OpenAI frequency penalty")
+        ->capture_default_str();
     app.add_option("--presence-penalty", presence_penalty, "OpenAI presence penalty")->capture_default_str();
     app.add_option("--seed", seed, "RNG seed (same seed, same text); default random");
     app.add_option("--stop", stops, "stop when the text contains this (repeatable; not printed)");
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past EOS tokens");
     app.add_option("-t,--threads", threads, "CPU threads, 0 = one per physical core")->capture_default_str();
-    app.add_option("-c,--ctx", context_tokens, "context length of the session in tokens")->capture_default_str();
+    app.add_option("-c,--ctx", context_tokens, "context length of the session in tokens")
+        ->capture_default_str();
   }
 
   SamplingParams sampling() const {

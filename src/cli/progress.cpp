@@ -1,12 +1,11 @@
 #include "cli/progress.hpp"
 
+#include <fmt/core.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-
-#include <fmt/core.h>
 
 namespace tandem::cli {
 

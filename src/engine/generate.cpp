@@ -1,10 +1,10 @@
 #include "tandem/engine/generate.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <optional>
-
-#include <fmt/core.h>
 
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
@@ -59,12 +59,18 @@ bool is_cancel(const Error& e) { return e.kind() == ErrorKind::cancelled; }
 
 const char* stop_reason_name(StopReason reason) noexcept {
   switch (reason) {
-    case StopReason::max_tokens: return "max_tokens";
-    case StopReason::eos: return "eos";
-    case StopReason::stop_string: return "stop_string";
-    case StopReason::callback: return "callback";
-    case StopReason::cancelled: return "cancelled";
-    case StopReason::context_full: return "context_full";
+    case StopReason::max_tokens:
+      return "max_tokens";
+    case StopReason::eos:
+      return "eos";
+    case StopReason::stop_string:
+      return "stop_string";
+    case StopReason::callback:
+      return "callback";
+    case StopReason::cancelled:
+      return "cancelled";
+    case StopReason::context_full:
+      return "context_full";
   }
   return "unknown";
 }
@@ -93,7 +99,8 @@ GenerateResult generate(Session& session, const Tokenizer* tokenizer, std::span<
                         const GenerateOptions& options, const TokenCallback& on_token) {
   if (prompt.empty()) throw Error(ErrorKind::invalid_argument, "generate: empty prompt");
   if (!tokenizer && !options.stop_strings.empty())
-    throw Error(ErrorKind::invalid_argument, "generate: stop strings need a tokenizer, and the model has none");
+    throw Error(ErrorKind::invalid_argument,
+                "generate: stop strings need a tokenizer, and the model has none");
   Sampler sampler(options.sampling);
   const StopMatcher stops(options.stop_strings);
 

@@ -1,10 +1,10 @@
 #include "tandem/text/sampler.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
-
-#include <fmt/core.h>
 
 #include "tandem/error.hpp"
 

@@ -8,14 +8,13 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
 
 #include "support/fixtures.hpp"
 #include "tandem/text/chat_template.hpp"
@@ -51,13 +50,16 @@ class PtyProcess {
     if (master_ >= 0) close(master_);
   }
 
-  void type(const std::string& keys) { REQUIRE(write(master_, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size())); }
+  void type(const std::string& keys) {
+    REQUIRE(write(master_, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size()));
+  }
 
   // Reads until `needle` appears after `from` in the output; false on timeout or EOF.
   bool wait_for(const std::string& needle, size_t from, double timeout_s = 60) {
     const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
     while (output.find(needle, from) == std::string::npos) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) return false;
       pollfd p{master_, POLLIN, 0};
       if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
@@ -184,7 +186,8 @@ TEST_CASE("cli chat: two turns through a pty equal greedy runs on the rendered c
     request.messages = &messages;
     request.add_generation_prompt = true;
     const auto ids = tokenizer->encode(tmpl->render(request), false);
-    const auto greedy = run_cli({cli, "run", "-m", model, "--ids", join(ids), "-n", n, "--temp", "0", "--print-ids"});
+    const auto greedy =
+        run_cli({cli, "run", "-m", model, "--ids", join(ids), "-n", n, "--temp", "0", "--print-ids"});
     REQUIRE(greedy.exit_code == 0);
     const std::string expected = tokenizer->decode(parse_ids(greedy.out), /*skip_special=*/true);
     INFO("turn " << i);
@@ -195,8 +198,8 @@ TEST_CASE("cli chat: two turns through a pty equal greedy runs on the rendered c
 
 TEST_CASE("cli chat: Ctrl-C stops a long reply and the chat goes on", "[cli][chat]") {
   const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
-  PtyProcess chat({tandem::test::cli_path(), "chat", "-m", model, "-n", "-1", "--ctx", "32768", "--ignore-eos",
-                   "--seed", "3"});
+  PtyProcess chat({tandem::test::cli_path(), "chat", "-m", model, "-n", "-1", "--ctx", "32768",
+                   "--ignore-eos", "--seed", "3"});
   REQUIRE(chat.wait_for("> ", 0));
   size_t from = chat.output.size();
   chat.type("Write forever\n");

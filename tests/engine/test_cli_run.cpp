@@ -3,13 +3,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
 
 #include "support/fixtures.hpp"
 
@@ -43,7 +42,8 @@ Captured run_cli(const std::vector<std::string>& args) {
   Captured result;
   char buffer[4096];
   ssize_t n;
-  while ((n = read(pipe_fds[0], buffer, sizeof buffer)) > 0) result.out.append(buffer, static_cast<size_t>(n));
+  while ((n = read(pipe_fds[0], buffer, sizeof buffer)) > 0)
+    result.out.append(buffer, static_cast<size_t>(n));
   close(pipe_fds[0]);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -70,7 +70,8 @@ TEST_CASE("cli run --ids --print-ids: greedy ids equal HF generate", "[cli][run]
   for (const auto& gen : manifest_generations()) {
     const auto prompt = gen["prompt_ids"].get<std::vector<int32_t>>();
     const auto greedy = gen["greedy_ids"].get<std::vector<int32_t>>();
-    const auto got = run_cli({"run", "-m", model, "--ids", join(prompt, ","), "-n", "24", "--temp", "0", "--print-ids"});
+    const auto got =
+        run_cli({"run", "-m", model, "--ids", join(prompt, ","), "-n", "24", "--temp", "0", "--print-ids"});
     INFO("prompt: " << gen["prompt"].get<std::string>());
     CHECK(got.exit_code == 0);
     CHECK(got.out == join(greedy, " ") + "\n");
@@ -80,7 +81,8 @@ TEST_CASE("cli run --ids --print-ids: greedy ids equal HF generate", "[cli][run]
 TEST_CASE("cli run -p: greedy text equals HF's decode of the greedy ids", "[cli][run]") {
   const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
   for (const auto& gen : manifest_generations()) {
-    const auto got = run_cli({"run", "-m", model, "-p", gen["prompt"].get<std::string>(), "-n", "24", "--temp", "0"});
+    const auto got =
+        run_cli({"run", "-m", model, "-p", gen["prompt"].get<std::string>(), "-n", "24", "--temp", "0"});
     INFO("prompt: " << gen["prompt"].get<std::string>());
     CHECK(got.exit_code == 0);
     CHECK(got.out == gen["greedy_text"].get<std::string>());
@@ -89,8 +91,9 @@ TEST_CASE("cli run -p: greedy text equals HF's decode of the greedy ids", "[cli]
 
 TEST_CASE("cli run: seeded sampling is reproducible; bad input exits 1", "[cli][run]") {
   const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
-  const std::vector<std::string> sampled = {"run", "-m", model, "--ids", "51,261,220", "-n", "16", "--temp", "1.0",
-                                            "--top-k", "0", "--top-p", "1", "--min-p", "0", "--print-ids"};
+  const std::vector<std::string> sampled = {"run", "-m",      model, "--ids",      "51,261,220", "-n",
+                                            "16",  "--temp",  "1.0", "--top-k",    "0",          "--top-p",
+                                            "1",   "--min-p", "0",   "--print-ids"};
   auto with_seed = [&](const char* seed) {
     auto args = sampled;
     args.insert(args.end(), {"--seed", seed});

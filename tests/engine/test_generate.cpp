@@ -2,12 +2,11 @@
 // argmax loop, EOS / stop strings / callback / cancellation / context limits stop it as documented,
 // and a session's prefix is reused.
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/generate.hpp"
@@ -118,8 +117,8 @@ class PieceTokenizer : public Tokenizer {
 };
 
 PieceTokenizer make_tokenizer() {
-  return PieceTokenizer({"Hel", "lo", " wor", "ld", "!", "\xE4\xB8", "\xAD", "o", " ", "a", "b", "c", "d",
-                         "e", "f", "<eos>"});
+  return PieceTokenizer(
+      {"Hel", "lo", " wor", "ld", "!", "\xE4\xB8", "\xAD", "o", " ", "a", "b", "c", "d", "e", "f", "<eos>"});
 }
 
 struct Collected {

@@ -5,13 +5,12 @@
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <new>
 #include <numeric>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "tandem/error.hpp"
 #include "tandem/text/sampler.hpp"
@@ -77,7 +76,8 @@ std::vector<double> expected_distribution(const std::vector<double>& probs, doub
 
 // Chi-square goodness of fit at significance 0.001 (Wilson–Hilferty critical value); tokens with
 // expected probability 0 must never be drawn.
-void check_distribution(const SamplingParams& params, const std::vector<double>& expected, int draws = 40000) {
+void check_distribution(const SamplingParams& params, const std::vector<double>& expected,
+                        int draws = 40000) {
   Sampler sampler(params);
   const auto logits = log_probs(kProbs);
   std::vector<int> counts(expected.size(), 0);
@@ -226,7 +226,7 @@ TEST_CASE("sampler: repetition, frequency and presence penalties match hand-comp
   CHECK(out[0] == Approx(2.0 / 2 - 1 * 0.5 - 0.25));   // 0.25
   CHECK(out[1] == Approx(-1.0 * 2 - 2 * 0.5 - 0.25));  // -3.25
   CHECK(out[2] == Approx(0.5));
-  CHECK(out[3] == Approx(3.0 / 2 - 1 * 0.5 - 0.25));   // 0.75
+  CHECK(out[3] == Approx(3.0 / 2 - 1 * 0.5 - 0.25));  // 0.75
   CHECK(out[4] == Approx(-2.0));
 
   // The window: the last 3 tokens are 3, 9, -4, so only token 3 is penalised.

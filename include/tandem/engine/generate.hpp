@@ -31,7 +31,7 @@ struct GenerateOptions {
   // Ids that end generation when sampled; they are kept in GenerateResult::ids (as HF generate
   // returns them) but produce no text. See eos_ids_for().
   std::vector<int32_t> eos_ids;
-  bool skip_special_text = false;  // HF skip_special_tokens for the streamed text
+  bool skip_special_text = false;             // HF skip_special_tokens for the streamed text
   const std::atomic<bool>* cancel = nullptr;  // checked before each token
 };
 
@@ -43,7 +43,7 @@ struct GenerateStats {
   int64_t prefilled_tokens = 0;  // the part of it actually run (less when a prefix was reused)
   int64_t generated_tokens = 0;  // sampled ids, EOS included
   double prefill_seconds = 0;
-  double decode_seconds = 0;     // from the end of prefill to the last token
+  double decode_seconds = 0;  // from the end of prefill to the last token
   double prefill_tokens_per_second() const;
   double decode_tokens_per_second() const;  // generated_tokens / decode_seconds
 };

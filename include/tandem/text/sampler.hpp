@@ -18,10 +18,10 @@
 namespace tandem {
 
 struct SamplingParams {
-  float temperature = 0.0f;  // 0 = greedy
-  int32_t top_k = 0;         // 0 = off
-  float top_p = 1.0f;        // 1 = off
-  float min_p = 0.0f;        // 0 = off
+  float temperature = 0.0f;         // 0 = greedy
+  int32_t top_k = 0;                // 0 = off
+  float top_p = 1.0f;               // 1 = off
+  float min_p = 0.0f;               // 0 = off
   float repetition_penalty = 1.0f;  // HF style: divide positive logits, multiply negative
   float frequency_penalty = 0.0f;   // OpenAI style, per occurrence
   float presence_penalty = 0.0f;    // OpenAI style, once per seen token
@@ -52,10 +52,10 @@ class Sampler {
 
   SamplingParams params_;
   std::mt19937_64 rng_;
-  std::vector<float> scratch_;           // [vocab] penalised, tempered logits
-  std::vector<int32_t> order_;           // candidate ids, best first once sorted
-  std::vector<int32_t> counts_;          // [vocab] occurrences in the penalty window, kept zeroed
-  std::vector<double> probs_;            // probabilities of order_'s candidates
+  std::vector<float> scratch_;   // [vocab] penalised, tempered logits
+  std::vector<int32_t> order_;   // candidate ids, best first once sorted
+  std::vector<int32_t> counts_;  // [vocab] occurrences in the penalty window, kept zeroed
+  std::vector<double> probs_;    // probabilities of order_'s candidates
 };
 
 }  // namespace tandem
