@@ -4,10 +4,9 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
 #include "tandem/error.hpp"
@@ -43,11 +42,14 @@ nlohmann::ordered_json read_json(const std::string& path) {
 
 int template_command(const TemplateFlags& flags) {
   auto chat_template = ChatTemplate::load(flags.model_path);
-  if (!chat_template) throw Error(ErrorKind::unsupported, flags.model_path + ": the model ships no chat template");
+  if (!chat_template)
+    throw Error(ErrorKind::unsupported, flags.model_path + ": the model ships no chat template");
 
   nlohmann::ordered_json messages = read_json(flags.messages_path);
-  if (messages.is_object() && messages.contains("messages")) messages = nlohmann::ordered_json(messages["messages"]);
-  if (!messages.is_array()) throw Error(ErrorKind::invalid_argument, flags.messages_path + ": expected a JSON array of messages");
+  if (messages.is_object() && messages.contains("messages"))
+    messages = nlohmann::ordered_json(messages["messages"]);
+  if (!messages.is_array())
+    throw Error(ErrorKind::invalid_argument, flags.messages_path + ": expected a JSON array of messages");
   nlohmann::ordered_json tools, kwargs;
   ChatRequest request;
   request.ordered_messages = &messages;
@@ -68,20 +70,18 @@ int template_command(const TemplateFlags& flags) {
   return 0;
 }
 
-const RegisterCommand registered{{"template", "render a conversation through the model's chat template",
-                                  [](CLI::App& sub) -> CommandRun {
-                                    auto flags = std::make_shared<TemplateFlags>();
-                                    sub.add_option("-m,--model", flags->model_path, "model folder, tokenizer folder or GGUF")
-                                        ->required();
-                                    sub.add_option("--messages", flags->messages_path, "JSON file: an array of messages")
-                                        ->required();
-                                    sub.add_option("--tools", flags->tools_path, "JSON file: an array of tool schemas");
-                                    sub.add_option("--kwargs", flags->kwargs,
-                                                   "JSON object of extra template variables, e.g. {\"enable_thinking\": false}");
-                                    sub.add_flag("--generation-prompt", flags->generation_prompt,
-                                                 "end with the assistant turn's opening (add_generation_prompt)");
-                                    return [flags] { return template_command(*flags); };
-                                  }}};
+const RegisterCommand registered{
+    {"template", "render a conversation through the model's chat template", [](CLI::App& sub) -> CommandRun {
+       auto flags = std::make_shared<TemplateFlags>();
+       sub.add_option("-m,--model", flags->model_path, "model folder, tokenizer folder or GGUF")->required();
+       sub.add_option("--messages", flags->messages_path, "JSON file: an array of messages")->required();
+       sub.add_option("--tools", flags->tools_path, "JSON file: an array of tool schemas");
+       sub.add_option("--kwargs", flags->kwargs,
+                      "JSON object of extra template variables, e.g. {\"enable_thinking\": false}");
+       sub.add_flag("--generation-prompt", flags->generation_prompt,
+                    "end with the assistant turn's opening (add_generation_prompt)");
+       return [flags] { return template_command(*flags); };
+     }}};
 
 }  // namespace
 }  // namespace tandem::cli

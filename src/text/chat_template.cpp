@@ -3,14 +3,14 @@
 // add_generation_prompt, the special tokens, then the caller's extra variables).
 #include "tandem/text/chat_template.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
-
-#include <fmt/core.h>
-#include <nlohmann/json.hpp>
 
 #include "tandem/error.hpp"
 #include "tandem/formats/gguf.hpp"
@@ -41,8 +41,10 @@ class JinjaChatTemplate final : public ChatTemplate {
     if (!request.messages && !request.ordered_messages)
       throw Error(ErrorKind::invalid_argument, "chat template: no messages given");
     jinja::Dict context;
-    jinja::Value messages = request.ordered_messages ? from_json(*request.ordered_messages) : from_json(*request.messages);
-    if (!messages.is_list()) throw Error(ErrorKind::invalid_argument, "chat template: messages must be a JSON array");
+    jinja::Value messages =
+        request.ordered_messages ? from_json(*request.ordered_messages) : from_json(*request.messages);
+    if (!messages.is_list())
+      throw Error(ErrorKind::invalid_argument, "chat template: messages must be a JSON array");
     context.set("messages", std::move(messages));
     jinja::Value tools = request.ordered_tools ? from_json(*request.ordered_tools)
                          : request.tools       ? from_json(*request.tools)
@@ -57,7 +59,8 @@ class JinjaChatTemplate final : public ChatTemplate {
                          : request.extra       ? from_json(*request.extra)
                                                : jinja::Value();
     if (!extra.is_undefined() && !extra.is_none()) {
-      if (!extra.is_dict()) throw Error(ErrorKind::invalid_argument, "chat template: extra variables must be a JSON object");
+      if (!extra.is_dict())
+        throw Error(ErrorKind::invalid_argument, "chat template: extra variables must be a JSON object");
       for (const auto& [key, value] : extra.as_dict().items)
         if (key != "messages" && key != "tools" && key != "documents" && key != "add_generation_prompt")
           context.set(key, value);
@@ -99,7 +102,8 @@ std::string special_token(const nlohmann::json& config, const char* key) {
   if (found->is_string()) return found->get<std::string>();
   if (found->is_object() && found->contains("content") && (*found)["content"].is_string())
     return (*found)["content"].get<std::string>();
-  throw Error(ErrorKind::corrupt_file, fmt::format("tokenizer_config.json: '{}' is neither a string nor an AddedToken", key));
+  throw Error(ErrorKind::corrupt_file,
+              fmt::format("tokenizer_config.json: '{}' is neither a string nor an AddedToken", key));
 }
 
 // tokenizer_config.json's "chat_template": a string, or a list of {name, template} of which
@@ -111,7 +115,8 @@ std::optional<std::string> template_from_config(const nlohmann::json& value, con
       if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
           entry["template"].is_string())
         return entry["template"].get<std::string>();
-    throw Error(ErrorKind::unsupported, file.string() + ": chat_template list has no template named 'default'");
+    throw Error(ErrorKind::unsupported,
+                file.string() + ": chat_template list has no template named 'default'");
   }
   if (value.is_null()) return std::nullopt;
   throw Error(ErrorKind::corrupt_file, file.string() + ": chat_template is neither a string nor a list");
@@ -132,7 +137,8 @@ std::string gguf_token(const GgufFile& gguf, const char* id_key) {
   if (!id || !tokens) return {};
   const auto& values = tokens->as_array().values;
   if (*id < 0 || static_cast<uint64_t>(*id) >= values.size())
-    throw Error(ErrorKind::corrupt_file, fmt::format("{} = {} is outside the vocabulary ({} tokens)", id_key, *id, values.size()));
+    throw Error(ErrorKind::corrupt_file,
+                fmt::format("{} = {} is outside the vocabulary ({} tokens)", id_key, *id, values.size()));
   return values[static_cast<size_t>(*id)].as_string();
 }
 
@@ -156,7 +162,8 @@ std::unique_ptr<ChatTemplate> load_folder(const fs::path& folder, const fs::path
 
   // transformers prefers chat_template.jinja (its current save format) over the older places
   const fs::path jinja_path = template_file ? *template_file : folder / "chat_template.jinja";
-  if (fs::is_regular_file(jinja_path, ec)) return parse_named(read_text_file(jinja_path), bos, eos, jinja_path.string());
+  if (fs::is_regular_file(jinja_path, ec))
+    return parse_named(read_text_file(jinja_path), bos, eos, jinja_path.string());
   const fs::path json_path = folder / "chat_template.json";
   if (fs::is_regular_file(json_path, ec)) {
     nlohmann::json wrapper = read_json_file(json_path);
@@ -178,7 +185,8 @@ std::unique_ptr<ChatTemplate> load_folder(const fs::path& folder, const fs::path
 
 }  // namespace
 
-std::unique_ptr<ChatTemplate> ChatTemplate::parse(std::string_view source, std::string bos_token, std::string eos_token) {
+std::unique_ptr<ChatTemplate> ChatTemplate::parse(std::string_view source, std::string bos_token,
+                                                  std::string eos_token) {
   jinja::LexerOptions options;
   options.trim_blocks = true;
   options.lstrip_blocks = true;
@@ -190,10 +198,12 @@ std::unique_ptr<ChatTemplate> ChatTemplate::load(const std::string& model_path) 
   const fs::path path(model_path);
   std::error_code ec;
   if (fs::is_directory(path, ec)) return load_folder(path, nullptr);
-  if (!fs::is_regular_file(path, ec)) throw Error(ErrorKind::io, model_path + ": no such model file or folder");
+  if (!fs::is_regular_file(path, ec))
+    throw Error(ErrorKind::io, model_path + ": no such model file or folder");
   if (path.extension() == ".gguf" || looks_like_gguf(path)) return load_gguf(model_path);
   if (path.extension() == ".jinja") return load_folder(path.parent_path(), &path);
-  return load_folder(path.has_parent_path() ? path.parent_path() : fs::path("."), nullptr);  // e.g. tokenizer_config.json
+  return load_folder(path.has_parent_path() ? path.parent_path() : fs::path("."),
+                     nullptr);  // e.g. tokenizer_config.json
 }
 
 }  // namespace tandem

@@ -2,15 +2,14 @@
 // (fixtures chat-golden.json), the tiny models' ChatML template (manifest chat example), the
 // places ChatTemplate::load finds a template, and the `tandem template` CLI byte for byte.
 #include <array>
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
 
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
@@ -47,7 +46,8 @@ std::string render_conversation(const tandem::ChatTemplate& tmpl, const ordered_
 
 struct TempDir {
   fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -94,14 +94,16 @@ TEST_CASE("chat templates: Qwen3 and DeepSeek-V3 render chat-golden.json byte fo
     REQUIRE(conversations.size() >= 6);
     for (size_t k = 0; k < conversations.size(); ++k) {
       INFO(name << " conversation " << k << ": " << conversations[k]["messages"].dump());
-      CHECK(render_conversation(*tmpl, conversations[k]) == conversations[k].at("rendered").get<std::string>());
+      CHECK(render_conversation(*tmpl, conversations[k]) ==
+            conversations[k].at("rendered").get<std::string>());
       ++rendered;
     }
   }
   CHECK(rendered == 12);
 }
 
-TEST_CASE("chat templates: the tiny models' ChatML template renders the manifest chat example", "[chat_template]") {
+TEST_CASE("chat templates: the tiny models' ChatML template renders the manifest chat example",
+          "[chat_template]") {
   const ordered_json example = tiny_chat_example();
   const std::string expected = example.at("rendered").get<std::string>();
   tandem::ChatRequest request;
@@ -119,11 +121,12 @@ TEST_CASE("chat templates: the tiny models' ChatML template renders the manifest
   tandem::ChatRequest plain;
   plain.messages = &messages;
   plain.add_generation_prompt = true;
-  CHECK(tandem::ChatTemplate::load((fs::path(tandem::test::data_dir()) / "tiny-qwen3moe").string())->render(plain) ==
-        expected);
+  CHECK(tandem::ChatTemplate::load((fs::path(tandem::test::data_dir()) / "tiny-qwen3moe").string())
+            ->render(plain) == expected);
 }
 
-TEST_CASE("chat templates: load finds tokenizer_config templates, named lists and special tokens", "[chat_template]") {
+TEST_CASE("chat templates: load finds tokenizer_config templates, named lists and special tokens",
+          "[chat_template]") {
   TempDir dir("tandem-chat-template-load");
   const nlohmann::json messages = nlohmann::json::parse(R"([{"role": "user", "content": "hi"}])");
   tandem::ChatRequest request;
@@ -141,7 +144,8 @@ TEST_CASE("chat templates: load finds tokenizer_config templates, named lists an
     REQUIRE(tmpl);
     CHECK(tmpl->render(request) == "<s>[hi]</s>");
     // the tokenizer_config.json path itself names the folder too
-    CHECK(tandem::ChatTemplate::load((dir.path / "tokenizer_config.json").string())->render(request) == "<s>[hi]</s>");
+    CHECK(tandem::ChatTemplate::load((dir.path / "tokenizer_config.json").string())->render(request) ==
+          "<s>[hi]</s>");
   }
   SECTION("chat_template.jinja wins over tokenizer_config.json, as in transformers") {
     write_file(dir.path / "tokenizer_config.json", R"({"bos_token": null, "chat_template": "old"})");
@@ -158,7 +162,8 @@ TEST_CASE("chat templates: load finds tokenizer_config templates, named lists an
       tandem::ChatTemplate::load(dir.path.string());
       FAIL("no error");
     } catch (const tandem::Error& e) {
-      CHECK_THAT(e.what(), Catch::Matchers::Contains("chat_template.jinja") && Catch::Matchers::Contains("unclosed block 'if'"));
+      CHECK_THAT(e.what(), Catch::Matchers::Contains("chat_template.jinja") &&
+                               Catch::Matchers::Contains("unclosed block 'if'"));
     }
   }
   SECTION("a missing path is an io error") {
@@ -178,10 +183,10 @@ TEST_CASE("tandem template prints the rendered text exactly", "[chat_template][c
     const ordered_json example = tiny_chat_example();
     write_file(dir.path / "messages.json", example.at("messages").dump());
     for (const char* model : {"tiny-qwen3moe", "tiny-qwen3moe/qwen3moe-q8_0.gguf"}) {
-      const std::string out = run_cli("template -m " + shell_quote((fs::path(tandem::test::data_dir()) / model).string()) +
-                                          " --messages " + shell_quote((dir.path / "messages.json").string()) +
-                                          " --generation-prompt",
-                                      status);
+      const std::string out = run_cli(
+          "template -m " + shell_quote((fs::path(tandem::test::data_dir()) / model).string()) +
+              " --messages " + shell_quote((dir.path / "messages.json").string()) + " --generation-prompt",
+          status);
       CHECK(status == 0);
       CHECK(out == example.at("rendered").get<std::string>());
     }
@@ -202,7 +207,8 @@ TEST_CASE("tandem template prints the rendered text exactly", "[chat_template][c
           write_file(dir.path / "tools.json", conversation["tools"].dump());
           args += " --tools " + shell_quote((dir.path / "tools.json").string());
         }
-        if (conversation.contains("kwargs")) args += " --kwargs " + shell_quote(conversation["kwargs"].dump());
+        if (conversation.contains("kwargs"))
+          args += " --kwargs " + shell_quote(conversation["kwargs"].dump());
         if (conversation.value("add_generation_prompt", false)) args += " --generation-prompt";
         INFO(args);
         const std::string out = run_cli(args, status);
@@ -214,9 +220,10 @@ TEST_CASE("tandem template prints the rendered text exactly", "[chat_template][c
   }
   SECTION("errors go to stderr with exit status 1 and nothing on stdout") {
     write_file(dir.path / "messages.json", "not json");
-    const std::string out = run_cli("template -m " + shell_quote((fs::path(tandem::test::data_dir()) / "tiny-qwen3moe").string()) +
-                                        " --messages " + shell_quote((dir.path / "messages.json").string()),
-                                    status);
+    const std::string out = run_cli(
+        "template -m " + shell_quote((fs::path(tandem::test::data_dir()) / "tiny-qwen3moe").string()) +
+            " --messages " + shell_quote((dir.path / "messages.json").string()),
+        status);
     CHECK(out.empty());
     CHECK(WEXITSTATUS(status) == 1);
   }

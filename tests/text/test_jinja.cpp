@@ -2,10 +2,9 @@
 // transformers renders). Each expected string was produced by jinja2 3.1.6 rendering the same
 // template and variables in transformers' environment (ImmutableSandboxedEnvironment,
 // loopcontrols, tojson = json.dumps(ensure_ascii=False)); none comes from Tandem.
-#include <string>
-
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "tandem/error.hpp"
 #include "tandem/text/chat_template.hpp"
@@ -48,74 +47,50 @@ std::string error_of(const std::string& source, const std::string& variables_jso
 
 }  // namespace
 
-TEST_CASE("jinja: whitespace control, trim_blocks and lstrip_blocks, comments, raw render as jinja2 does", "[jinja]") {
+TEST_CASE("jinja: whitespace control, trim_blocks and lstrip_blocks, comments, raw render as jinja2 does",
+          "[jinja]") {
   const JinjaCase cases[] = {
-      {"{%- if true -%}\n  a  \n{%- endif -%}\n  b\n{{- ' c ' -}}\n  d",
-       "{}",
-       "ab c d"},
-      {"<ul>\n    {% for i in [1, 2] %}\n    <li>{{ i }}</li>\n    {% endfor %}\n</ul>\n",
-       "{}",
+      {"{%- if true -%}\n  a  \n{%- endif -%}\n  b\n{{- ' c ' -}}\n  d", "{}", "ab c d"},
+      {"<ul>\n    {% for i in [1, 2] %}\n    <li>{{ i }}</li>\n    {% endfor %}\n</ul>\n", "{}",
        "<ul>\n    <li>1</li>\n    <li>2</li>\n</ul>"},
-      {"a {# comment #} b\n{# line comment #}\nc",
-       "{}",
-       "a  b\nc"},
-      {"{% raw %}{{ not parsed }}{% endraw %} ok",
-       "{}",
-       "{{ not parsed }} ok"},
-      {"  {% if true %}\n  yes\n  {% endif %}\n  {{ 'v' }}\n",
-       "{}",
-       "  yes\n  v"},
-      {"a\r\nb\r\n{% if true %}\r\nc\r\n{% endif %}\r\n",
-       "{}",
-       "a\nb\nc\n"},
-      {"  {%+ if true %}x{% endif %}\n  {%- if true +%}\ny{% endif %}",
-       "{}",
-       "  x\ny"},
-      {"x  {% if true %}y{% endif %}\n   {{ 'z' }}  {% if true %}w{% endif %}",
-       "{}",
-       "x  y   z  w"},
-      {"{%- for message in messages %}{{- message }}{%- endfor %}",
-       "{}",
-       ""},
+      {"a {# comment #} b\n{# line comment #}\nc", "{}", "a  b\nc"},
+      {"{% raw %}{{ not parsed }}{% endraw %} ok", "{}", "{{ not parsed }} ok"},
+      {"  {% if true %}\n  yes\n  {% endif %}\n  {{ 'v' }}\n", "{}", "  yes\n  v"},
+      {"a\r\nb\r\n{% if true %}\r\nc\r\n{% endif %}\r\n", "{}", "a\nb\nc\n"},
+      {"  {%+ if true %}x{% endif %}\n  {%- if true +%}\ny{% endif %}", "{}", "  x\ny"},
+      {"x  {% if true %}y{% endif %}\n   {{ 'z' }}  {% if true %}w{% endif %}", "{}", "x  y   z  w"},
+      {"{%- for message in messages %}{{- message }}{%- endfor %}", "{}", ""},
   };
   check_cases(cases);
 }
 
-TEST_CASE("jinja: for loops (loop variables, else, filters, unpacking, break/continue, nesting) render as jinja2 does", "[jinja]") {
+TEST_CASE(
+    "jinja: for loops (loop variables, else, filters, unpacking, break/continue, nesting) render as jinja2 "
+    "does",
+    "[jinja]") {
   const JinjaCase cases[] = {
-      {"{% for x in [1,2,3] %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.revindex }}|{% endfor %}",
-       "{}",
-       "10TrueFalse33|21FalseFalse32|32FalseTrue31|"},
-      {"{% for x in [] %}a{% else %}empty{% endfor %}",
-       "{}",
-       "empty"},
-      {"{% for k, v in d.items() %}{{k}}={{v}};{% endfor %}",
-       "{\"d\": {\"b\": 1, \"a\": [1, 2]}}",
+      {"{% for x in [1,2,3] %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{{ loop.length "
+       "}}{{ loop.revindex }}|{% endfor %}",
+       "{}", "10TrueFalse33|21FalseFalse32|32FalseTrue31|"},
+      {"{% for x in [] %}a{% else %}empty{% endfor %}", "{}", "empty"},
+      {"{% for k, v in d.items() %}{{k}}={{v}};{% endfor %}", "{\"d\": {\"b\": 1, \"a\": [1, 2]}}",
        "b=1;a=[1, 2];"},
-      {"{% for x in xs if x > 1 %}{{ x }}{{ loop.length }}{% endfor %}",
-       "{\"xs\": [1, 2, 3]}",
-       "2232"},
-      {"{% for x in xs|reverse %}{{ x }}{% endfor %}",
-       "{\"xs\": [1, 2, 3]}",
-       "321"},
-      {"{% for x in [1,2,3,4] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %}",
-       "{}",
-       "13"},
-      {"{% for a in [1,2] %}{% for b in [3,4] %}{{ loop.index }}{{ a }}{{ b }} {% endfor %}{{ loop.index }}|{% endfor %}",
-       "{}",
-       "113 214 1|123 224 2|"},
-      {"{% for x in 'abc' %}{{ x }}.{% endfor %} {{ range(3)|list }} {{ range(1, 7, 2)|list }}",
-       "{}",
+      {"{% for x in xs if x > 1 %}{{ x }}{{ loop.length }}{% endfor %}", "{\"xs\": [1, 2, 3]}", "2232"},
+      {"{% for x in xs|reverse %}{{ x }}{% endfor %}", "{\"xs\": [1, 2, 3]}", "321"},
+      {"{% for x in [1,2,3,4] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif "
+       "%}{{ x }}{% endfor %}",
+       "{}", "13"},
+      {"{% for a in [1,2] %}{% for b in [3,4] %}{{ loop.index }}{{ a }}{{ b }} {% endfor %}{{ loop.index "
+       "}}|{% endfor %}",
+       "{}", "113 214 1|123 224 2|"},
+      {"{% for x in 'abc' %}{{ x }}.{% endfor %} {{ range(3)|list }} {{ range(1, 7, 2)|list }}", "{}",
        "a.b.c. [0, 1, 2] [1, 3, 5]"},
       {"{% for x in xs %}{{ loop.previtem }}-{{ loop.nextitem }}-{{ loop.cycle('a','b') }} {% endfor %}",
-       "{\"xs\": [1, 2, 3]}",
-       "-2-a 1-3-b 2--a "},
-      {"{% for i in range(3) %}{{ i }}{% if not loop.last %}, {% endif %}{% endfor %}",
-       "{}",
-       "0, 1, 2"},
-      {"{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %} {% for a in [[1,2]] %}{{ a[0] }}{% endfor %}",
-       "{}",
-       "37 1"},
+       "{\"xs\": [1, 2, 3]}", "-2-a 1-3-b 2--a "},
+      {"{% for i in range(3) %}{{ i }}{% if not loop.last %}, {% endif %}{% endfor %}", "{}", "0, 1, 2"},
+      {"{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %} {% for a in [[1,2]] %}{{ a[0] }}{% endfor "
+       "%}",
+       "{}", "37 1"},
   };
   check_cases(cases);
 }
@@ -123,182 +98,152 @@ TEST_CASE("jinja: for loops (loop variables, else, filters, unpacking, break/con
 TEST_CASE("jinja: set, namespace and scoping render as jinja2 does", "[jinja]") {
   const JinjaCase cases[] = {
       {"{% set ns = namespace(n=0) %}{% for x in xs %}{% set ns.n = ns.n + x %}{% endfor %}{{ ns.n }}",
-       "{\"xs\": [1, 2, 3]}",
-       "6"},
-      {"{% set n = 0 %}{% for x in xs %}{% set n = n + x %}{% endfor %}{{ n }}",
-       "{\"xs\": [1, 2, 3]}",
-       "0"},
-      {"{% set block %}inner {{ 1 + 1 }}{% endset %}[{{ block }}]",
-       "{}",
-       "[inner 2]"},
-      {"{{ loop_var|default(3) }}{% set a, b = [1, 2] %}{{ a }}{{ b }}",
-       "{}",
-       "312"},
-      {"{% set x = 5 %}{% macro f() %}{{ x }}{% endmacro %}{{ f() }}",
-       "{}",
-       "5"},
-      {"{% set content = '' %}{% if true %}{% set content = 'x' %}{% endif %}{{ content }}",
-       "{}",
-       "x"},
-      {"{% set ns = namespace(a=1, b='x') %}{{ ns.a }}{{ ns.b }}{{ ns.c }}|{% set alias = ns %}{% set alias.a = 5 %}{{ ns.a }}",
-       "{}",
-       "1x|5"},
-      {"{% set greeting = 'hi' %}{% for i in [1] %}{% set greeting = 'inner' %}{{ greeting }}{% endfor %}{{ greeting }}",
-       "{}",
-       "innerhi"},
+       "{\"xs\": [1, 2, 3]}", "6"},
+      {"{% set n = 0 %}{% for x in xs %}{% set n = n + x %}{% endfor %}{{ n }}", "{\"xs\": [1, 2, 3]}", "0"},
+      {"{% set block %}inner {{ 1 + 1 }}{% endset %}[{{ block }}]", "{}", "[inner 2]"},
+      {"{{ loop_var|default(3) }}{% set a, b = [1, 2] %}{{ a }}{{ b }}", "{}", "312"},
+      {"{% set x = 5 %}{% macro f() %}{{ x }}{% endmacro %}{{ f() }}", "{}", "5"},
+      {"{% set content = '' %}{% if true %}{% set content = 'x' %}{% endif %}{{ content }}", "{}", "x"},
+      {"{% set ns = namespace(a=1, b='x') %}{{ ns.a }}{{ ns.b }}{{ ns.c }}|{% set alias = ns %}{% set "
+       "alias.a = 5 %}{{ ns.a }}",
+       "{}", "1x|5"},
+      {"{% set greeting = 'hi' %}{% for i in [1] %}{% set greeting = 'inner' %}{{ greeting }}{% endfor %}{{ "
+       "greeting }}",
+       "{}", "innerhi"},
   };
   check_cases(cases);
 }
 
-TEST_CASE("jinja: expressions (slicing, arithmetic, printing, comparisons, conditionals) render as jinja2 does", "[jinja]") {
+TEST_CASE(
+    "jinja: expressions (slicing, arithmetic, printing, comparisons, conditionals) render as jinja2 does",
+    "[jinja]") {
   const JinjaCase cases[] = {
       {"{{ s[::-1] }}|{{ s[1:] }}|{{ s[:-1] }}|{{ s[1:4:2] }}|{{ xs[::-1] }}|{{ xs[-2:] }}",
-       "{\"s\": \"héllo\", \"xs\": [1, 2, 3]}",
-       "olléh|éllo|héll|él|[3, 2, 1]|[2, 3]"},
-      {"{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1.5 + 1 }} {{ 10 / 5 }}",
-       "{}",
-       "3 -4 1 2 3.5 1024 2.5 2.0"},
-      {"{{ none }} {{ true }} {{ false }} {{ undefined_var }}|{{ [1, 'a', none, true] }} {{ {'a': 1, 'b': 'x'} }}",
-       "{}",
-       "None True False |[1, 'a', None, True] {'a': 1, 'b': 'x'}"},
-      {"{{ 'a' ~ 1 ~ none }} {{ 'ab' * 3 }} {{ [1] + [2] }}",
-       "{}",
-       "a1None ababab [1, 2]"},
-      {"{{ 1 if true else 2 }} {{ 1 if false else 2 }} {{ 'x' if false }}|{{ not true }} {{ 1 and 2 }} {{ 0 or 'b' }} {{ 1 < 2 < 3 }} {{ 'a' in 'cat' }} {{ 3 not in [1,2] }} {{ 'k' in {'k': 1} }}",
-       "{}",
-       "1 2 |False 2 b True True True True"},
+       "{\"s\": \"héllo\", \"xs\": [1, 2, 3]}", "olléh|éllo|héll|él|[3, 2, 1]|[2, 3]"},
+      {"{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1.5 + 1 }} {{ 10 / "
+       "5 }}",
+       "{}", "3 -4 1 2 3.5 1024 2.5 2.0"},
+      {"{{ none }} {{ true }} {{ false }} {{ undefined_var }}|{{ [1, 'a', none, true] }} {{ {'a': 1, 'b': "
+       "'x'} }}",
+       "{}", "None True False |[1, 'a', None, True] {'a': 1, 'b': 'x'}"},
+      {"{{ 'a' ~ 1 ~ none }} {{ 'ab' * 3 }} {{ [1] + [2] }}", "{}", "a1None ababab [1, 2]"},
+      {"{{ 1 if true else 2 }} {{ 1 if false else 2 }} {{ 'x' if false }}|{{ not true }} {{ 1 and 2 }} {{ 0 "
+       "or 'b' }} {{ 1 < 2 < 3 }} {{ 'a' in 'cat' }} {{ 3 not in [1,2] }} {{ 'k' in {'k': 1} }}",
+       "{}", "1 2 |False 2 b True True True True"},
       {"{{ 3.14 }} {{ 1e20 }} {{ 0.0001 }} {{ 1e-5 }} {{ 2.0 * 3 }} {{ 100000000000000000.0 }} {{ -0.5 }}",
-       "{}",
-       "3.14 1e+20 0.0001 1e-05 6.0 1e+17 -0.5"},
-      {"{{ \"it's\" }} {{ ['it\\'s', 'a\"b', 'x\\ny'] }}",
-       "{}",
-       "it's [\"it's\", 'a\"b', 'x\\ny']"},
-      {"{% if a %}A{% elif b %}B{% elif c %}C{% else %}D{% endif %}",
-       "{\"c\": 1}",
-       "C"},
-      {"{{ (1, 2) }} {{ [1,2][0] }} {{ 'abc'[1] }} {{ 'abc'[-1] }} {{ xs[10] }}|",
-       "{\"xs\": [1]}",
+       "{}", "3.14 1e+20 0.0001 1e-05 6.0 1e+17 -0.5"},
+      {"{{ \"it's\" }} {{ ['it\\'s', 'a\"b', 'x\\ny'] }}", "{}", "it's [\"it's\", 'a\"b', 'x\\ny']"},
+      {"{% if a %}A{% elif b %}B{% elif c %}C{% else %}D{% endif %}", "{\"c\": 1}", "C"},
+      {"{{ (1, 2) }} {{ [1,2][0] }} {{ 'abc'[1] }} {{ 'abc'[-1] }} {{ xs[10] }}|", "{\"xs\": [1]}",
        "(1, 2) 1 b c |"},
-      {"{% if not (1 and 0) %}t{% endif %}{% if 1 == 1.0 %}e{% endif %}{% if true == 1 %}b{% endif %}",
-       "{}",
+      {"{% if not (1 and 0) %}t{% endif %}{% if 1 == 1.0 %}e{% endif %}{% if true == 1 %}b{% endif %}", "{}",
        "teb"},
       {"{{ 'abc' if 'b' in 'abc' }}{{ [1,2,3][1:] }}{{ (xs|length) - 1 }}{{ xs|length - 1 }}",
-       "{\"xs\": [1, 2, 3]}",
-       "abc[2, 3]22"},
-      {"{{ '%s' }} {{ 10 - 2 - 3 }} {{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 3 * -1 }}",
-       "{}",
-       "%s 5 64 4 -3"},
-      {"{{ \"a\" \"b\" }} {{ '\\u00e9\\x41\\t|' }}",
-       "{}",
-       "ab éA\t|"},
-      {"{{ 0.1 + 0.2 }} {{ 1/3 }} {{ 2**62 }} {{ 1.0e16 }} {{ 123456789.0 }} {{ 5 // 2.0 }}",
-       "{}",
+       "{\"xs\": [1, 2, 3]}", "abc[2, 3]22"},
+      {"{{ '%s' }} {{ 10 - 2 - 3 }} {{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 3 * -1 }}", "{}", "%s 5 64 4 -3"},
+      {"{{ \"a\" \"b\" }} {{ '\\u00e9\\x41\\t|' }}", "{}", "ab éA\t|"},
+      {"{{ 0.1 + 0.2 }} {{ 1/3 }} {{ 2**62 }} {{ 1.0e16 }} {{ 123456789.0 }} {{ 5 // 2.0 }}", "{}",
        "0.30000000000000004 0.3333333333333333 4611686018427387904 1e+16 123456789.0 2.0"},
-      {"{{ {'a': {'b': 1}} }} {{ {'a': {'b': 1}}['a']['b'] }}",
-       "{}",
-       "{'a': {'b': 1}} 1"},
+      {"{{ {'a': {'b': 1}} }} {{ {'a': {'b': 1}}['a']['b'] }}", "{}", "{'a': {'b': 1}} 1"},
   };
   check_cases(cases);
 }
 
 TEST_CASE("jinja: tests (is defined, none, string, mapping, ...) render as jinja2 does", "[jinja]") {
   const JinjaCase cases[] = {
-      {"{% if x is defined %}d{% endif %}{% if y is undefined %}u{% endif %}{% if z is none %}n{% endif %}{% if s is string %}s{% endif %}{% if d is mapping %}m{% endif %}{% if xs is iterable %}i{% endif %}{% if xs is sequence %}q{% endif %}{% if 3 is number %}N{% endif %}{% if t is true %}T{% endif %}{% if f is false %}F{% endif %}{% if f is not true %}!{% endif %}",
+      {"{% if x is defined %}d{% endif %}{% if y is undefined %}u{% endif %}{% if z is none %}n{% endif %}{% "
+       "if s is string %}s{% endif %}{% if d is mapping %}m{% endif %}{% if xs is iterable %}i{% endif %}{% "
+       "if xs is sequence %}q{% endif %}{% if 3 is number %}N{% endif %}{% if t is true %}T{% endif %}{% if "
+       "f is false %}F{% endif %}{% if f is not true %}!{% endif %}",
        "{\"x\": 1, \"z\": null, \"s\": \"a\", \"d\": {}, \"xs\": [], \"t\": true, \"f\": false}",
        "dunsmiqNTF!"},
-      {"{{ x is divisibleby 3 }} {{ x is odd }} {{ x is even }} {{ x is integer }} {{ 1.0 is float }} {{ x is eq 6 }} {{ x is in [6] }}",
-       "{\"x\": 6}",
-       "True False True True True True True"},
-      {"{{ 'x' ~ u ~ 'y' }} {{ u is defined }} {{ u|length }} {{ u|default('d') }} {% for a in u %}no{% endfor %}",
-       "{}",
-       "xy False 0 d "},
+      {"{{ x is divisibleby 3 }} {{ x is odd }} {{ x is even }} {{ x is integer }} {{ 1.0 is float }} {{ x "
+       "is eq 6 }} {{ x is in [6] }}",
+       "{\"x\": 6}", "True False True True True True True"},
+      {"{{ 'x' ~ u ~ 'y' }} {{ u is defined }} {{ u|length }} {{ u|default('d') }} {% for a in u %}no{% "
+       "endfor %}",
+       "{}", "xy False 0 d "},
   };
   check_cases(cases);
 }
 
 TEST_CASE("jinja: filters render as jinja2 does", "[jinja]") {
   const JinjaCase cases[] = {
-      {"{{ '  a b  '|trim }}|{{ xs|length }}|{{ 'héllo'|length }}|{{ 'Hello'|lower }}{{ 'Hello'|upper }}|{{ xs|first }}{{ xs|last }}|{{ xs|join(', ') }}|{{ u|default('dflt') }}|{{ ''|default('e', true) }}",
-       "{\"xs\": [1, 2, 3]}",
-       "a b|3|5|helloHELLO|13|1, 2, 3|dflt|e"},
-      {"{{ d|items|list }}|{{ 'aXbX'|replace('X', '-') }}|{{ '42'|int + 1 }}|{{ 'abc'|capitalize }}|{{ 'hello world'|title }}|{{ xs|map(attribute='n')|join }}|{{ xs|selectattr('n', 'equalto', 2)|list }}|{{ xs|rejectattr('n', 'equalto', 2)|map(attribute='n')|list }}",
+      {"{{ '  a b  '|trim }}|{{ xs|length }}|{{ 'héllo'|length }}|{{ 'Hello'|lower }}{{ 'Hello'|upper }}|{{ "
+       "xs|first }}{{ xs|last }}|{{ xs|join(', ') }}|{{ u|default('dflt') }}|{{ ''|default('e', true) }}",
+       "{\"xs\": [1, 2, 3]}", "a b|3|5|helloHELLO|13|1, 2, 3|dflt|e"},
+      {"{{ d|items|list }}|{{ 'aXbX'|replace('X', '-') }}|{{ '42'|int + 1 }}|{{ 'abc'|capitalize }}|{{ "
+       "'hello world'|title }}|{{ xs|map(attribute='n')|join }}|{{ xs|selectattr('n', 'equalto', 2)|list "
+       "}}|{{ xs|rejectattr('n', 'equalto', 2)|map(attribute='n')|list }}",
        "{\"d\": {\"a\": 1}, \"xs\": [{\"n\": 1}, {\"n\": 2}]}",
        "[('a', 1)]|a-b-|43|Abc|Hello World|12|[{'n': 2}]|[1]"},
-      {"{{ xs|sort|list }} {{ xs|unique|list }} {{ xs|sum }} {{ xs|min }} {{ xs|max }} {{ -3|abs }} {{ 2.5|round }} {{ 'a'|string }}",
-       "{\"xs\": [3, 1, 2, 3]}",
-       "[1, 2, 3, 3] [3, 1, 2] 9 1 3 3 2.0 a"},
-      {"{{ xs|map('upper')|join(',') }} {{ xs|join(',', attribute='0') }}",
-       "{\"xs\": [\"ab\", \"cd\"]}",
+      {"{{ xs|sort|list }} {{ xs|unique|list }} {{ xs|sum }} {{ xs|min }} {{ xs|max }} {{ -3|abs }} {{ "
+       "2.5|round }} {{ 'a'|string }}",
+       "{\"xs\": [3, 1, 2, 3]}", "[1, 2, 3, 3] [3, 1, 2] 9 1 3 3 2.0 a"},
+      {"{{ xs|map('upper')|join(',') }} {{ xs|join(',', attribute='0') }}", "{\"xs\": [\"ab\", \"cd\"]}",
        "AB,CD a,c"},
       {"{{ xs|string }} {{ xs|list|length }} {{ d|length }} {{ d|list }}",
-       "{\"xs\": [1, 2], \"d\": {\"a\": 1}}",
-       "[1, 2] 2 1 ['a']"},
-      {"{% filter upper %}hello {{ 'x' }}{% endfilter %}",
-       "{}",
-       "HELLO X"},
-      {"{{ [3,1,2]|sort(reverse=true) }} {{ xs|sort(attribute='n')|map(attribute='n')|list }} {{ {'b':1,'a':2}|dictsort }}",
-       "{\"xs\": [{\"n\": 2}, {\"n\": 1}]}",
-       "[3, 2, 1] [1, 2] [('a', 2), ('b', 1)]"},
-      {"{{ xs|selectattr('ok')|list|length }} {{ xs|selectattr('v', 'defined')|list|length }} {{ [0, 1, '', 'a']|select|list }} {{ [1,2,3]|reject('odd')|list }}",
-       "{\"xs\": [{\"ok\": true, \"v\": 1}, {\"ok\": false}]}",
-       "1 1 [1, 'a'] [2]"},
-      {"{{ '1.5'|float }} {{ 'x'|int }} {{ '  7 '|int }} {{ 3.9|int }} {{ true|int }} {{ '3.7'|int }}",
-       "{}",
+       "{\"xs\": [1, 2], \"d\": {\"a\": 1}}", "[1, 2] 2 1 ['a']"},
+      {"{% filter upper %}hello {{ 'x' }}{% endfilter %}", "{}", "HELLO X"},
+      {"{{ [3,1,2]|sort(reverse=true) }} {{ xs|sort(attribute='n')|map(attribute='n')|list }} {{ "
+       "{'b':1,'a':2}|dictsort }}",
+       "{\"xs\": [{\"n\": 2}, {\"n\": 1}]}", "[3, 2, 1] [1, 2] [('a', 2), ('b', 1)]"},
+      {"{{ xs|selectattr('ok')|list|length }} {{ xs|selectattr('v', 'defined')|list|length }} {{ [0, 1, '', "
+       "'a']|select|list }} {{ [1,2,3]|reject('odd')|list }}",
+       "{\"xs\": [{\"ok\": true, \"v\": 1}, {\"ok\": false}]}", "1 1 [1, 'a'] [2]"},
+      {"{{ '1.5'|float }} {{ 'x'|int }} {{ '  7 '|int }} {{ 3.9|int }} {{ true|int }} {{ '3.7'|int }}", "{}",
        "1.5 0 7 3 1 3"},
-      {"{{ '  x  '|trim('x ') }}|{{ 'abc'|reverse }}|{{ 'Ab'|first }}|{{ [1,2]|last }}|{{ 'aaa'|replace('a','b',2) }}|{{ ''|first }}|",
-       "{}",
-       "|cba|A|2|bba||"},
+      {"{{ '  x  '|trim('x ') }}|{{ 'abc'|reverse }}|{{ 'Ab'|first }}|{{ [1,2]|last }}|{{ "
+       "'aaa'|replace('a','b',2) }}|{{ ''|first }}|",
+       "{}", "|cba|A|2|bba||"},
   };
   check_cases(cases);
 }
 
 TEST_CASE("jinja: tojson render as jinja2 does", "[jinja]") {
   const JinjaCase cases[] = {
-      {"{{ x|tojson }}|{{ x|tojson(indent=2) }}|{{ 'é\"\\n'|tojson }}|{{ 1.0|tojson }}|{{ x|tojson(sort_keys=true) }}",
+      {"{{ x|tojson }}|{{ x|tojson(indent=2) }}|{{ 'é\"\\n'|tojson }}|{{ 1.0|tojson }}|{{ "
+       "x|tojson(sort_keys=true) }}",
        "{\"x\": {\"b\": [1, 2.5, null, true], \"a\": \"ü\"}}",
-       "{\"b\": [1, 2.5, null, true], \"a\": \"ü\"}|{\n  \"b\": [\n    1,\n    2.5,\n    null,\n    true\n  ],\n  \"a\": \"ü\"\n}|\"é\\\"\\n\"|1.0|{\"a\": \"ü\", \"b\": [1, 2.5, null, true]}"},
-      {"{{ x|tojson(indent=4) }}",
-       "{\"x\": [{\"a\": [], \"b\": {}}, \"日本\", 1.5e+300]}",
+       "{\"b\": [1, 2.5, null, true], \"a\": \"ü\"}|{\n  \"b\": [\n    1,\n    2.5,\n    null,\n    true\n  "
+       "],\n  \"a\": \"ü\"\n}|\"é\\\"\\n\"|1.0|{\"a\": \"ü\", \"b\": [1, 2.5, null, true]}"},
+      {"{{ x|tojson(indent=4) }}", "{\"x\": [{\"a\": [], \"b\": {}}, \"日本\", 1.5e+300]}",
        "[\n    {\n        \"a\": [],\n        \"b\": {}\n    },\n    \"日本\",\n    1.5e+300\n]"},
-      {"{{ 'a\"b'|tojson }} {{ '\\u2028'|tojson }} {{ '\\u007f'|tojson }} {{ 'é'|tojson(ensure_ascii=true) }}",
-       "{}",
-       "\"a\\\"b\" \" \" \"\" \"\\u00e9\""},
+      {"{{ 'a\"b'|tojson }} {{ '\\u2028'|tojson }} {{ '\\u007f'|tojson }} {{ 'é'|tojson(ensure_ascii=true) "
+       "}}",
+       "{}", "\"a\\\"b\" \" \" \"\" \"\\u00e9\""},
   };
   check_cases(cases);
 }
 
 TEST_CASE("jinja: str and dict methods render as jinja2 does", "[jinja]") {
   const JinjaCase cases[] = {
-      {"{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a b c'.rsplit(' ', 1) }} {{ 'xxhixx'.strip('x') }} {{ '  hi '.lstrip() }}|{{ '  hi '.rstrip() }}|",
-       "{}",
-       "['a', 'b', '', 'c'] ['a', 'b'] ['a', 'b c'] ['a b', 'c'] hi hi |  hi|"},
-      {"{{ 'hello'.startswith('he') }} {{ 'hello'.endswith(('lo', 'x')) }} {{ 'hello'.find('l') }} {{ 'hello'.count('l') }} {{ 'Hi'.lower() }}{{ 'Hi'.upper() }} {{ 'a-b'.replace('-', '+') }} {{ '{} and {}'.format(1, 'x') }}",
-       "{}",
-       "True True 2 2 hiHI a+b 1 and x"},
-      {"{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 5) }} {{ d.keys()|list }} {{ d.values()|list }} {{ d['a'] }} {{ d.a }} {{ d.missing }}|",
-       "{\"d\": {\"a\": 1, \"b\": 2}}",
-       "1 None 5 ['a', 'b'] [1, 2] 1 1 |"},
-      {"{% for m in messages %}{% endfor %}{{ 'é'|upper }} {{ 'ÀB'|lower }}",
-       "{}",
-       "É àb"},
+      {"{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a b c'.rsplit(' ', "
+       "1) }} {{ 'xxhixx'.strip('x') }} {{ '  hi '.lstrip() }}|{{ '  hi '.rstrip() }}|",
+       "{}", "['a', 'b', '', 'c'] ['a', 'b'] ['a', 'b c'] ['a b', 'c'] hi hi |  hi|"},
+      {"{{ 'hello'.startswith('he') }} {{ 'hello'.endswith(('lo', 'x')) }} {{ 'hello'.find('l') }} {{ "
+       "'hello'.count('l') }} {{ 'Hi'.lower() }}{{ 'Hi'.upper() }} {{ 'a-b'.replace('-', '+') }} {{ '{} and "
+       "{}'.format(1, 'x') }}",
+       "{}", "True True 2 2 hiHI a+b 1 and x"},
+      {"{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 5) }} {{ d.keys()|list }} {{ d.values()|list }} {{ "
+       "d['a'] }} {{ d.a }} {{ d.missing }}|",
+       "{\"d\": {\"a\": 1, \"b\": 2}}", "1 None 5 ['a', 'b'] [1, 2] 1 1 |"},
+      {"{% for m in messages %}{% endfor %}{{ 'é'|upper }} {{ 'ÀB'|lower }}", "{}", "É àb"},
       {"{{ message.content.split('</think>')[-1].lstrip('\\n') }}",
-       "{\"message\": {\"content\": \"<think>\\nhmm\\n</think>\\n\\nanswer\"}}",
-       "answer"},
-      {"{{ 'one two'.title() }} {{ 'x'.join(['a','b']) }} {{ 'a\\nb'.splitlines() }} {{ 'abc'.rfind('c') }} {{ 'ab'.isalpha() }}",
-       "{}",
-       "One Two axb ['a', 'b'] 2 True"},
+       "{\"message\": {\"content\": \"<think>\\nhmm\\n</think>\\n\\nanswer\"}}", "answer"},
+      {"{{ 'one two'.title() }} {{ 'x'.join(['a','b']) }} {{ 'a\\nb'.splitlines() }} {{ 'abc'.rfind('c') }} "
+       "{{ 'ab'.isalpha() }}",
+       "{}", "One Two axb ['a', 'b'] 2 True"},
   };
   check_cases(cases);
 }
 
 TEST_CASE("jinja: macros and context variables render as jinja2 does", "[jinja]") {
   const JinjaCase cases[] = {
-      {"{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('Bob') }} {{ greet('Al', punct='?') }}",
-       "{}",
-       "Hi Bob! Hi Al?"},
-      {"{{ messages|length }} {{ tools is none }} {{ add_generation_prompt }}",
-       "{}",
-       "0 True False"},
+      {"{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('Bob') }} {{ "
+       "greet('Al', punct='?') }}",
+       "{}", "Hi Bob! Hi Al?"},
+      {"{{ messages|length }} {{ tools is none }} {{ add_generation_prompt }}", "{}", "0 True False"},
   };
   check_cases(cases);
 }
@@ -308,8 +253,10 @@ TEST_CASE("jinja: unknown constructs are errors naming the construct and line", 
   // a filter or test that is never reached still fails: no silently wrong text later
   CHECK_THAT(error_of("line one\n{% if false %}{{ x | frobnicate }}{% endif %}"),
              Contains("line 2") && Contains("unknown filter 'frobnicate'"));
-  CHECK_THAT(error_of("{{ x is frobnicated }}"), Contains("line 1") && Contains("unknown test 'frobnicated'"));
-  CHECK_THAT(error_of("a\nb\n{% frobnicate %}"), Contains("line 3") && Contains("unknown or unsupported tag 'frobnicate'"));
+  CHECK_THAT(error_of("{{ x is frobnicated }}"),
+             Contains("line 1") && Contains("unknown test 'frobnicated'"));
+  CHECK_THAT(error_of("a\nb\n{% frobnicate %}"),
+             Contains("line 3") && Contains("unknown or unsupported tag 'frobnicate'"));
   CHECK_THAT(error_of("{% for m in messages %}\n{% if true %}\nx"),
              Contains("line 2") && Contains("unclosed block 'if'") && Contains("'endif'"));
   CHECK_THAT(error_of("{% for m in messages %}\n{% endif %}"),

@@ -2,10 +2,9 @@
 // Chat templates: a Jinja-subset interpreter that renders HF chat templates exactly as
 // transformers' apply_chat_template does.
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace tandem {
 

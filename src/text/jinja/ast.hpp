@@ -54,16 +54,16 @@ struct MacroParam {
 
 struct Stmt {
   enum class Kind {
-    text,        // text
-    output,      // {{ expr }}
-    if_,         // branches (condition, body); else_body
-    for_,        // for targets in expr [if condition]: body [else: else_body]
-    set,         // set targets = expr | set namespace.attribute = expr | block set (body, filters)
-    macro,       // macro name(params): body
+    text,    // text
+    output,  // {{ expr }}
+    if_,     // branches (condition, body); else_body
+    for_,    // for targets in expr [if condition]: body [else: else_body]
+    set,     // set targets = expr | set namespace.attribute = expr | block set (body, filters)
+    macro,   // macro name(params): body
     break_,
     continue_,
-    filter,      // {% filter f %}body{% endfilter %}: expr is the filter chain over a null operand
-    scope,       // body rendered as is ({% generation %}, {% with %} without bindings)
+    filter,  // {% filter f %}body{% endfilter %}: expr is the filter chain over a null operand
+    scope,   // body rendered as is ({% generation %}, {% with %} without bindings)
   };
   Kind kind;
   int line = 0;

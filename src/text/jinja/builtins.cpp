@@ -1,19 +1,21 @@
 // Shared helpers for the builtins: argument binding, iteration, membership, indexing, slicing,
 // and the global functions.
+#include "text/jinja/builtins.hpp"
+
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <optional>
 
-#include <fmt/core.h>
-
 #include "tandem/error.hpp"
-#include "text/jinja/builtins.hpp"
 #include "text/jinja/unicode.hpp"
 
 namespace tandem::jinja {
 
-BoundArgs::BoundArgs(const CallArgs& args, std::initializer_list<const char*> params, std::string_view function)
+BoundArgs::BoundArgs(const CallArgs& args, std::initializer_list<const char*> params,
+                     std::string_view function)
     : values_(params.size()) {
   if (args.positional.size() > params.size())
     throw EvalError(fmt::format("{}() takes at most {} arguments ({} given)", function, params.size(),
@@ -47,7 +49,8 @@ List iterate(const Value& value) {
     List chars;
     const std::string& text = value.as_string();
     auto offsets = code_point_offsets(text);
-    for (size_t k = 0; k + 1 < offsets.size(); ++k) chars.emplace_back(text.substr(offsets[k], offsets[k + 1] - offsets[k]));
+    for (size_t k = 0; k + 1 < offsets.size(); ++k)
+      chars.emplace_back(text.substr(offsets[k], offsets[k + 1] - offsets[k]));
     return chars;
   }
   throw EvalError(fmt::format("'{}' object is not iterable", value.type_name()));
@@ -71,9 +74,12 @@ bool contains(const Value& container, const Value& item) {
 
 namespace {
 bool integer_index(const Value& index, int64_t& out) {
-  if (index.is_int()) out = index.as_int();
-  else if (index.is_bool()) out = index.as_bool();
-  else return false;
+  if (index.is_int())
+    out = index.as_int();
+  else if (index.is_bool())
+    out = index.as_bool();
+  else
+    return false;
   return true;
 }
 }  // namespace
@@ -105,11 +111,13 @@ Value get_item(const Value& object, const Value& index) {
   return Value::undefined(to_str(index));
 }
 
-Value slice_value(const Value& object, const Value& start_value, const Value& stop_value, const Value& step_value) {
+Value slice_value(const Value& object, const Value& start_value, const Value& stop_value,
+                  const Value& step_value) {
   auto read = [](const Value& v, const char* what) -> std::optional<int64_t> {
     if (v.is_undefined() || v.is_none()) return std::nullopt;
     int64_t out = 0;
-    if (!integer_index(v, out)) throw EvalError(fmt::format("slice {} must be an integer, not {}", what, v.type_name()));
+    if (!integer_index(v, out))
+      throw EvalError(fmt::format("slice {} must be an integer, not {}", what, v.type_name()));
     return out;
   };
   int64_t step = read(step_value, "step").value_or(1);
@@ -158,12 +166,14 @@ Value range_function(const CallArgs& args) {
   int64_t bounds[3] = {0, 0, 1};
   for (size_t k = 0; k < args.positional.size(); ++k)
     if (!integer_index(args.positional[k], bounds[args.positional.size() == 1 ? 1 : k]))
-      throw EvalError(fmt::format("range() argument must be an integer, not {}", args.positional[k].type_name()));
+      throw EvalError(
+          fmt::format("range() argument must be an integer, not {}", args.positional[k].type_name()));
   auto [start, stop, step] = bounds;
   if (step == 0) throw EvalError("range() arg 3 must not be zero");
   List out;
   for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
-    if (out.size() >= max_range_items) throw EvalError(fmt::format("range() longer than {} items", max_range_items));
+    if (out.size() >= max_range_items)
+      throw EvalError(fmt::format("range() longer than {} items", max_range_items));
     out.emplace_back(k);
   }
   return Value(std::move(out));
@@ -172,7 +182,8 @@ Value range_function(const CallArgs& args) {
 Dict keyword_dict(const CallArgs& args, const char* function) {
   Dict dict;
   for (const auto& positional : args.positional) {
-    if (!positional.is_dict()) throw EvalError(fmt::format("{}() positional argument must be a dict", function));
+    if (!positional.is_dict())
+      throw EvalError(fmt::format("{}() positional argument must be a dict", function));
     for (const auto& [key, value] : positional.as_dict().items) dict.set(key, value);
   }
   for (const auto& [key, value] : args.keyword) dict.set(key, value);
@@ -197,16 +208,18 @@ const Dict& builtin_globals() {
     Dict dict;
     dict.set("range", Value(Callable{"range", range_function}));
     dict.set("namespace", Value(Callable{"namespace", [](const CallArgs& args) {
-                                          auto ns = std::make_shared<Namespace>();
-                                          ns->attributes = keyword_dict(args, "namespace");
-                                          return Value(std::move(ns));
-                                        }}));
-    dict.set("dict", Value(Callable{"dict", [](const CallArgs& args) { return Value(keyword_dict(args, "dict")); }}));
-    dict.set("raise_exception", Value(Callable{"raise_exception", [](const CallArgs& args) -> Value {
-                                                BoundArgs bound(args, {"message"}, "raise_exception");
-                                                throw Error(ErrorKind::invalid_argument,
-                                                            "chat template raised an exception: " + to_str(bound[0]));
-                                              }}));
+                                           auto ns = std::make_shared<Namespace>();
+                                           ns->attributes = keyword_dict(args, "namespace");
+                                           return Value(std::move(ns));
+                                         }}));
+    dict.set("dict",
+             Value(Callable{"dict", [](const CallArgs& args) { return Value(keyword_dict(args, "dict")); }}));
+    dict.set("raise_exception",
+             Value(Callable{"raise_exception", [](const CallArgs& args) -> Value {
+                              BoundArgs bound(args, {"message"}, "raise_exception");
+                              throw Error(ErrorKind::invalid_argument,
+                                          "chat template raised an exception: " + to_str(bound[0]));
+                            }}));
     dict.set("strftime_now", Value(Callable{"strftime_now", strftime_now}));
     return dict;
   }();

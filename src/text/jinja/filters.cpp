@@ -1,10 +1,10 @@
 // jinja2's builtin filters (the ones chat templates use), plus transformers' `tojson`.
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <unordered_map>
-
-#include <fmt/core.h>
 
 #include "text/jinja/builtins.hpp"
 #include "text/jinja/json_dump.hpp"
@@ -26,7 +26,8 @@ Value attribute_of(const Value& item, const std::string& path) {
     size_t dot = path.find('.', start);
     std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     if (current.is_undefined()) return current;
-    bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    bool numeric =
+        !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
     current = get_item(current, numeric ? Value(static_cast<int64_t>(std::stoll(part))) : Value(part));
     if (dot == std::string::npos) return current;
     start = dot + 1;
@@ -37,8 +38,10 @@ Value tojson(const Value& value, const CallArgs& args) {
   BoundArgs bound(args, {"ensure_ascii", "indent", "separators", "sort_keys"}, "tojson");
   JsonDumpOptions options;
   options.ensure_ascii = bound[0].truthy();
-  if (bound[1].is_int()) options.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, bound[1].as_int())), ' ');
-  else if (bound[1].is_string()) options.indent = bound[1].as_string();
+  if (bound[1].is_int())
+    options.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, bound[1].as_int())), ' ');
+  else if (bound[1].is_string())
+    options.indent = bound[1].as_string();
   if (bound[2].is_list() && bound[2].as_list().size() == 2)
     options.separators = std::make_pair(to_str(bound[2].as_list()[0]), to_str(bound[2].as_list()[1]));
   options.sort_keys = bound[3].truthy();
@@ -82,7 +85,8 @@ Value default_filter(const Value& value, const CallArgs& args) {
 
 Value items(const Value& value, const CallArgs&) {
   if (value.is_undefined()) return Value(List{});
-  if (!value.is_dict()) throw EvalError(fmt::format("filter 'items' expects a mapping, got {}", value.type_name()));
+  if (!value.is_dict())
+    throw EvalError(fmt::format("filter 'items' expects a mapping, got {}", value.type_name()));
   List out;
   for (const auto& [key, item] : value.as_dict().items) out.emplace_back(make_tuple({Value(key), item}));
   return Value(std::move(out));
@@ -134,7 +138,8 @@ Value to_int(const Value& value, const CallArgs& args) {
   Value fallback = bound.has(0) ? bound[0] : Value(0);
   if (value.is_int()) return value;
   if (value.is_bool()) return Value(int64_t{value.as_bool()});
-  if (value.is_float()) return std::isfinite(value.as_float()) ? Value(static_cast<int64_t>(value.as_float())) : fallback;
+  if (value.is_float())
+    return std::isfinite(value.as_float()) ? Value(static_cast<int64_t>(value.as_float())) : fallback;
   if (!value.is_string()) return fallback;
   std::string text = strip_chars(value.as_string(), nullptr, true, true);
   int base = bound[1].is_int() ? static_cast<int>(bound[1].as_int()) : 10;
@@ -169,8 +174,10 @@ Value map_filter(const Value& value, const CallArgs& args) {
   const Value* attribute = nullptr;
   const Value* fallback = nullptr;
   for (const auto& [key, item] : args.keyword) {
-    if (key == "attribute") attribute = &item;
-    else if (key == "default") fallback = &item;
+    if (key == "attribute")
+      attribute = &item;
+    else if (key == "default")
+      fallback = &item;
   }
   if (attribute) {
     for (const auto& item : iterate(value)) {
@@ -182,7 +189,8 @@ Value map_filter(const Value& value, const CallArgs& args) {
   if (args.positional.empty() || !args.positional[0].is_string())
     throw EvalError("map() needs a filter name or attribute=");
   CallArgs rest{{args.positional.begin() + 1, args.positional.end()}, args.keyword};
-  for (const auto& item : iterate(value)) out.push_back(apply_filter(args.positional[0].as_string(), item, rest));
+  for (const auto& item : iterate(value))
+    out.push_back(apply_filter(args.positional[0].as_string(), item, rest));
   return Value(std::move(out));
 }
 
@@ -196,7 +204,8 @@ Value select_filter(const Value& value, const CallArgs& args, bool by_attribute,
   }
   std::string test;
   if (next < args.positional.size()) test = text_of(args.positional[next++]);
-  CallArgs test_args{{args.positional.begin() + static_cast<std::ptrdiff_t>(next), args.positional.end()}, {}};
+  CallArgs test_args{{args.positional.begin() + static_cast<std::ptrdiff_t>(next), args.positional.end()},
+                     {}};
   List out;
   for (const auto& item : iterate(value)) {
     Value subject = by_attribute ? attribute_of(item, attribute) : item;
@@ -215,7 +224,8 @@ Value sort_filter(const Value& value, const CallArgs& args) {
     if (!case_sensitive && k.is_string()) return Value(to_lower(k.as_string()));
     return k;
   };
-  std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) { return compare_values(key(a), key(b)) < 0; });
+  std::stable_sort(items.begin(), items.end(),
+                   [&](const Value& a, const Value& b) { return compare_values(key(a), key(b)) < 0; });
   if (bound[0].truthy()) std::reverse(items.begin(), items.end());
   return Value(std::move(items));
 }
@@ -232,8 +242,11 @@ Value unique_filter(const Value& value, const CallArgs&) {
 
 Value indent_filter(const Value& value, const CallArgs& args) {
   BoundArgs bound(args, {"width", "first", "blank"}, "indent");
-  std::string pad = bound[0].is_string() ? bound[0].as_string()
-                                         : std::string(static_cast<size_t>(bound[0].is_int() ? std::max<int64_t>(0, bound[0].as_int()) : 4), ' ');
+  std::string pad =
+      bound[0].is_string()
+          ? bound[0].as_string()
+          : std::string(static_cast<size_t>(bound[0].is_int() ? std::max<int64_t>(0, bound[0].as_int()) : 4),
+                        ' ');
   std::string text = text_of(value);
   std::string out;
   size_t start = 0;
@@ -256,12 +269,23 @@ Value escape_html(const Value& value, const CallArgs&) {
   std::string out;
   for (char c : text_of(value)) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return Value(std::move(out));
@@ -269,7 +293,8 @@ Value escape_html(const Value& value, const CallArgs&) {
 
 Value round_filter(const Value& value, const CallArgs& args) {
   BoundArgs bound(args, {"precision", "method"}, "round");
-  if (!value.is_number()) throw EvalError(fmt::format("filter 'round' expects a number, got {}", value.type_name()));
+  if (!value.is_number())
+    throw EvalError(fmt::format("filter 'round' expects a number, got {}", value.type_name()));
   int64_t precision = bound[0].is_int() ? bound[0].as_int() : 0;
   std::string method = bound.has(1) ? text_of(bound[1]) : "common";
   double scale = std::pow(10.0, static_cast<double>(precision));
@@ -311,7 +336,8 @@ Value dictsort(const Value& value, const CallArgs& args) {
     Value k = pair.as_list()[position];
     return !case_sensitive && k.is_string() ? Value(to_lower(k.as_string())) : k;
   };
-  std::stable_sort(pairs.begin(), pairs.end(), [&](const Value& a, const Value& b) { return compare_values(key(a), key(b)) < 0; });
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [&](const Value& a, const Value& b) { return compare_values(key(a), key(b)) < 0; });
   if (bound[2].truthy()) std::reverse(pairs.begin(), pairs.end());
   return Value(std::move(pairs));
 }
@@ -323,7 +349,8 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"count", length},
       {"string", [](const Value& v, const CallArgs&) { return Value(text_of(v)); }},
       {"safe", [](const Value& v, const CallArgs&) { return v; }},
-      {"trim", [](const Value& v, const CallArgs& a) {
+      {"trim",
+       [](const Value& v, const CallArgs& a) {
          BoundArgs bound(a, {"chars"}, "trim");
          std::string chars = bound.has(0) ? text_of(bound[0]) : "";
          return Value(strip_chars(text_of(v), bound.has(0) ? &chars : nullptr, true, true));
@@ -343,7 +370,8 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"reverse", reverse},
       {"int", to_int},
       {"float", to_float},
-      {"abs", [](const Value& v, const CallArgs&) {
+      {"abs",
+       [](const Value& v, const CallArgs&) {
          if (v.is_int()) return Value(v.as_int() < 0 ? -v.as_int() : v.as_int());
          if (v.is_number()) return Value(std::fabs(v.number()));
          throw EvalError(fmt::format("bad operand type for abs(): '{}'", v.type_name()));
@@ -354,9 +382,11 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"reject", [](const Value& v, const CallArgs& a) { return select_filter(v, a, false, false); }},
       {"selectattr", [](const Value& v, const CallArgs& a) { return select_filter(v, a, true, true); }},
       {"rejectattr", [](const Value& v, const CallArgs& a) { return select_filter(v, a, true, false); }},
-      {"attr", [](const Value& v, const CallArgs& a) {
+      {"attr",
+       [](const Value& v, const CallArgs& a) {
          BoundArgs bound(a, {"name"}, "attr");
-         return v.is_dict() || v.is_namespace() ? get_item(v, Value(text_of(bound[0]))) : Value::undefined(text_of(bound[0]));
+         return v.is_dict() || v.is_namespace() ? get_item(v, Value(text_of(bound[0])))
+                                                : Value::undefined(text_of(bound[0]));
        }},
       {"sort", sort_filter},
       {"dictsort", dictsort},
@@ -367,7 +397,8 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"indent", indent_filter},
       {"escape", escape_html},
       {"e", escape_html},
-      {"wordcount", [](const Value& v, const CallArgs&) {
+      {"wordcount",
+       [](const Value& v, const CallArgs&) {
          int64_t words = 0;
          bool in_word = false;
          std::string text = text_of(v);

@@ -1,9 +1,9 @@
 #include "text/jinja/interpreter.hpp"
 
+#include <fmt/core.h>
+
 #include <cmath>
 #include <unordered_map>
-
-#include <fmt/core.h>
 
 #include "tandem/error.hpp"
 #include "text/jinja/builtins.hpp"
@@ -25,7 +25,8 @@ enum class Flow { normal, break_loop, continue_loop };
 [[noreturn]] void operand_error(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined()) undefined_error(a);
   if (b.is_undefined()) undefined_error(b);
-  throw EvalError(fmt::format("unsupported operand type(s) for {}: '{}' and '{}'", op, a.type_name(), b.type_name()));
+  throw EvalError(
+      fmt::format("unsupported operand type(s) for {}: '{}' and '{}'", op, a.type_name(), b.type_name()));
 }
 
 bool is_integral(const Value& v) { return v.is_int() || v.is_bool(); }
@@ -69,9 +70,12 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (is_integral(a) && is_integral(b) && op != "/") {
     int64_t x = integral(a), y = integral(b), r = 0;
     bool overflow = false;
-    if (op == "+") overflow = __builtin_add_overflow(x, y, &r);
-    else if (op == "-") overflow = __builtin_sub_overflow(x, y, &r);
-    else if (op == "*") overflow = __builtin_mul_overflow(x, y, &r);
+    if (op == "+")
+      overflow = __builtin_add_overflow(x, y, &r);
+    else if (op == "-")
+      overflow = __builtin_sub_overflow(x, y, &r);
+    else if (op == "*")
+      overflow = __builtin_mul_overflow(x, y, &r);
     else if (op == "//" || op == "%") {
       if (y == 0) throw EvalError("integer division or modulo by zero");
       if (x == INT64_MIN && y == -1) throw EvalError("integer overflow");
@@ -105,7 +109,9 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
 
 class Interpreter {
  public:
-  Interpreter(const Dict& context, std::string& out) : context_(context), out_(out) { frames_.push_back(&root_); }
+  Interpreter(const Dict& context, std::string& out) : context_(context), out_(out) {
+    frames_.push_back(&root_);
+  }
 
   void run(const Body& body) { exec(body); }
 
@@ -123,7 +129,8 @@ class Interpreter {
   void write(const std::string& text) {
     out_ += text;
     if (out_.size() > max_value_bytes)
-      throw Error(ErrorKind::out_of_range, fmt::format("chat template output exceeds {} bytes", max_value_bytes));
+      throw Error(ErrorKind::out_of_range,
+                  fmt::format("chat template output exceeds {} bytes", max_value_bytes));
   }
 
   Flow exec(const Stmt& stmt) {
@@ -136,19 +143,34 @@ class Interpreter {
 
   Flow exec_statement(const Stmt& stmt) {
     switch (stmt.kind) {
-      case Stmt::Kind::text: write(stmt.text); return Flow::normal;
-      case Stmt::Kind::output: write(to_str(eval(*stmt.expr))); return Flow::normal;
+      case Stmt::Kind::text:
+        write(stmt.text);
+        return Flow::normal;
+      case Stmt::Kind::output:
+        write(to_str(eval(*stmt.expr)));
+        return Flow::normal;
       case Stmt::Kind::if_:
         for (const auto& [condition, body] : stmt.branches)
           if (eval(*condition).truthy()) return exec(body);
         return exec(stmt.else_body);
-      case Stmt::Kind::for_: exec_for(stmt); return Flow::normal;
-      case Stmt::Kind::set: exec_set(stmt); return Flow::normal;
-      case Stmt::Kind::macro: define_macro(stmt); return Flow::normal;
-      case Stmt::Kind::break_: return Flow::break_loop;
-      case Stmt::Kind::continue_: return Flow::continue_loop;
-      case Stmt::Kind::filter: write(to_str(apply_filter_chain(*stmt.expr, Value(capture(stmt.body))))); return Flow::normal;
-      case Stmt::Kind::scope: return exec(stmt.body);
+      case Stmt::Kind::for_:
+        exec_for(stmt);
+        return Flow::normal;
+      case Stmt::Kind::set:
+        exec_set(stmt);
+        return Flow::normal;
+      case Stmt::Kind::macro:
+        define_macro(stmt);
+        return Flow::normal;
+      case Stmt::Kind::break_:
+        return Flow::break_loop;
+      case Stmt::Kind::continue_:
+        return Flow::continue_loop;
+      case Stmt::Kind::filter:
+        write(to_str(apply_filter_chain(*stmt.expr, Value(capture(stmt.body)))));
+        return Flow::normal;
+      case Stmt::Kind::scope:
+        return exec(stmt.body);
     }
     return Flow::normal;
   }
@@ -181,7 +203,8 @@ class Interpreter {
     if (!stmt.attribute.empty()) {
       Value target = lookup(stmt.targets[0]);
       if (!target.is_namespace())
-        throw EvalError(fmt::format("cannot assign attribute '{}' on '{}' (not a namespace)", stmt.attribute, stmt.targets[0]));
+        throw EvalError(fmt::format("cannot assign attribute '{}' on '{}' (not a namespace)", stmt.attribute,
+                                    stmt.targets[0]));
       target.as_namespace().attributes.set(stmt.attribute, eval(*stmt.expr));
       return;
     }
@@ -247,10 +270,12 @@ class Interpreter {
     loop.set("depth0", Value(0));
     loop.set("previtem", k > 0 ? items[k - 1] : Value::undefined("previtem"));
     loop.set("nextitem", k + 1 < length ? items[k + 1] : Value::undefined("nextitem"));
-    loop.set("cycle", Value(Callable{"cycle", [k](const CallArgs& args) {
-                                       if (args.positional.empty()) throw EvalError("loop.cycle() needs at least one value");
-                                       return args.positional[static_cast<size_t>(k) % args.positional.size()];
-                                     }}));
+    loop.set("cycle",
+             Value(Callable{"cycle", [k](const CallArgs& args) {
+                              if (args.positional.empty())
+                                throw EvalError("loop.cycle() needs at least one value");
+                              return args.positional[static_cast<size_t>(k) % args.positional.size()];
+                            }}));
     return Value(std::move(loop));
   }
 
@@ -258,14 +283,16 @@ class Interpreter {
     const Stmt* macro = &stmt;
     Interpreter* self = this;
     (*frames_.back())[stmt.targets[0]] = Value(Callable{stmt.targets[0], [self, macro](const CallArgs& args) {
-      return Value(self->call_macro(*macro, args));
-    }});
+                                                          return Value(self->call_macro(*macro, args));
+                                                        }});
   }
 
   std::string call_macro(const Stmt& macro, const CallArgs& args) {
-    if (call_depth_ >= max_call_depth) throw EvalError(fmt::format("macro recursion deeper than {}", max_call_depth));
+    if (call_depth_ >= max_call_depth)
+      throw EvalError(fmt::format("macro recursion deeper than {}", max_call_depth));
     if (args.positional.size() > macro.params.size())
-      throw EvalError(fmt::format("macro '{}' takes {} arguments, {} given", macro.targets[0], macro.params.size(), args.positional.size()));
+      throw EvalError(fmt::format("macro '{}' takes {} arguments, {} given", macro.targets[0],
+                                  macro.params.size(), args.positional.size()));
     Frame frame;
     for (size_t k = 0; k < macro.params.size(); ++k) {
       const MacroParam& param = macro.params[k];
@@ -318,7 +345,7 @@ class Interpreter {
   // A filter node's chain, innermost first; a null innermost object stands for `operand`
   // (block filters and `set x | f`).
   Value apply_filter_chain(const Expr& filter, const Value& operand) {
-    Value input = !filter.object ? operand
+    Value input = !filter.object                              ? operand
                   : filter.object->kind == Expr::Kind::filter ? apply_filter_chain(*filter.object, operand)
                                                               : eval(*filter.object);
     if (!is_known_filter(filter.name)) throw EvalError(fmt::format("unknown filter '{}'", filter.name));
@@ -327,8 +354,10 @@ class Interpreter {
 
   Value eval(const Expr& expr) {
     switch (expr.kind) {
-      case Expr::Kind::literal: return expr.value;
-      case Expr::Kind::name: return lookup(expr.name);
+      case Expr::Kind::literal:
+        return expr.value;
+      case Expr::Kind::name:
+        return lookup(expr.name);
       case Expr::Kind::list:
       case Expr::Kind::tuple: {
         List items;
@@ -340,7 +369,8 @@ class Interpreter {
         Dict dict;
         for (size_t k = 0; k + 1 < expr.items.size(); k += 2) {
           Value key = eval(*expr.items[k]);
-          if (!key.is_string()) throw EvalError(fmt::format("unsupported dict key of type '{}' (only strings)", key.type_name()));
+          if (!key.is_string())
+            throw EvalError(fmt::format("unsupported dict key of type '{}' (only strings)", key.type_name()));
           dict.set(key.as_string(), eval(*expr.items[k + 1]));
         }
         return Value(std::move(dict));
@@ -355,12 +385,15 @@ class Interpreter {
         }
         return Value::undefined(expr.name);
       }
-      case Expr::Kind::subscript: return get_item(eval(*expr.object), eval(*expr.index));
+      case Expr::Kind::subscript:
+        return get_item(eval(*expr.object), eval(*expr.index));
       case Expr::Kind::slice:
         return slice_value(eval(*expr.object), expr.start ? eval(*expr.start) : Value(),
                            expr.stop ? eval(*expr.stop) : Value(), expr.step ? eval(*expr.step) : Value());
-      case Expr::Kind::call: return eval_call(expr);
-      case Expr::Kind::filter: return apply_filter_chain(expr, Value());
+      case Expr::Kind::call:
+        return eval_call(expr);
+      case Expr::Kind::filter:
+        return apply_filter_chain(expr, Value());
       case Expr::Kind::test: {
         Value subject = eval(*expr.object);
         if (!is_known_test(expr.name)) throw EvalError(fmt::format("unknown test '{}'", expr.name));
@@ -370,7 +403,8 @@ class Interpreter {
         Value operand = eval(*expr.object);
         if (expr.name == "not") return Value(!operand.truthy());
         if (operand.is_undefined()) undefined_error(operand);
-        if (!operand.is_number()) throw EvalError(fmt::format("bad operand type for unary {}: '{}'", expr.name, operand.type_name()));
+        if (!operand.is_number())
+          throw EvalError(fmt::format("bad operand type for unary {}: '{}'", expr.name, operand.type_name()));
         if (expr.name == "+") return operand.is_bool() ? Value(integral(operand)) : operand;
         if (operand.is_float()) return Value(-operand.as_float());
         return arithmetic("-", Value(0), operand);
@@ -388,14 +422,14 @@ class Interpreter {
         for (size_t k = 0; k < expr.ops.size(); ++k) {
           Value right = eval(*expr.items[k]);
           const std::string& op = expr.ops[k];
-          bool result = op == "==" ? values_equal(left, right)
-                        : op == "!=" ? !values_equal(left, right)
-                        : op == "in" ? contains(right, left)
+          bool result = op == "=="       ? values_equal(left, right)
+                        : op == "!="     ? !values_equal(left, right)
+                        : op == "in"     ? contains(right, left)
                         : op == "not in" ? !contains(right, left)
-                        : op == "<" ? compare_values(left, right) < 0
-                        : op == ">" ? compare_values(left, right) > 0
-                        : op == "<=" ? compare_values(left, right) <= 0
-                                     : compare_values(left, right) >= 0;
+                        : op == "<"      ? compare_values(left, right) < 0
+                        : op == ">"      ? compare_values(left, right) > 0
+                        : op == "<="     ? compare_values(left, right) <= 0
+                                         : compare_values(left, right) >= 0;
           if (!result) return Value(false);
           left = std::move(right);
         }
@@ -417,13 +451,15 @@ class Interpreter {
       bool found = false;
       Value result = call_method(object, callee.name, args, found);
       if (found) return result;
-      Value attribute = object.is_dict() || object.is_namespace() ? get_item(object, Value(callee.name)) : Value();
+      Value attribute =
+          object.is_dict() || object.is_namespace() ? get_item(object, Value(callee.name)) : Value();
       if (attribute.is_callable()) return attribute.as_callable().call(args);
       throw EvalError(fmt::format("'{}' object has no method '{}'", object.type_name(), callee.name));
     }
     Value function = eval(callee);
     if (function.is_undefined()) undefined_error(function);
-    if (!function.is_callable()) throw EvalError(fmt::format("'{}' object is not callable", function.type_name()));
+    if (!function.is_callable())
+      throw EvalError(fmt::format("'{}' object is not callable", function.type_name()));
     return function.as_callable().call(eval_arguments(expr));
   }
 

@@ -21,13 +21,27 @@ void dump_string(std::string& out, const std::string& text, bool ensure_ascii) {
   for (size_t pos = 0; pos < text.size();) {
     char32_t cp = decode_code_point(text, pos);
     switch (cp) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (cp < 0x20 || (ensure_ascii && cp >= 0x7F)) {
           if (cp >= 0x10000) {
@@ -67,7 +81,9 @@ class Dumper {
       out += std::to_string(value.as_int());
     } else if (value.is_float()) {
       double f = value.as_float();
-      out += std::isnan(f) ? "NaN" : std::isinf(f) ? (f < 0 ? "-Infinity" : "Infinity") : format_python_float(f);
+      out += std::isnan(f)   ? "NaN"
+             : std::isinf(f) ? (f < 0 ? "-Infinity" : "Infinity")
+                             : format_python_float(f);
     } else if (value.is_string()) {
       dump_string(out, value.as_string(), options_.ensure_ascii);
     } else if (value.is_list()) {
@@ -91,7 +107,8 @@ class Dumper {
         return;
       }
       if (options_.sort_keys)
-        std::stable_sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::stable_sort(items.begin(), items.end(),
+                         [](const auto& a, const auto& b) { return a.first < b.first; });
       out += '{';
       for (size_t k = 0; k < items.size(); ++k) {
         if (k) out += item_separator_;
@@ -103,7 +120,8 @@ class Dumper {
       newline(out, depth);
       out += '}';
     } else {
-      throw EvalError(std::string("tojson: Object of type ") + value.type_name() + " is not JSON serializable");
+      throw EvalError(std::string("tojson: Object of type ") + value.type_name() +
+                      " is not JSON serializable");
     }
   }
 

@@ -1,9 +1,9 @@
 #include "text/jinja/lexer.hpp"
 
+#include <fmt/core.h>
+
 #include <cctype>
 #include <charconv>
-
-#include <fmt/core.h>
 
 #include "tandem/error.hpp"
 #include "text/jinja/unicode.hpp"
@@ -114,7 +114,8 @@ class Lexer {
   size_t lex_comment(size_t body, int line) {
     size_t end = src_.find("#}", body);
     if (end == std::string::npos)
-      throw Error(ErrorKind::corrupt_file, fmt::format("chat template line {}: unclosed comment '{{#'", line));
+      throw Error(ErrorKind::corrupt_file,
+                  fmt::format("chat template line {}: unclosed comment '{{#'", line));
     char modifier = end > body && (src_[end - 1] == '-' || src_[end - 1] == '+') ? src_[end - 1] : '\0';
     return after_tag(end + 2, modifier, true);
   }
@@ -149,7 +150,8 @@ class Lexer {
       if (!text.empty()) tokens_.push_back({TokenKind::text, std::move(text), line});
       return after_tag(j + 2, close_modifier, true);
     }
-    throw Error(ErrorKind::corrupt_file, fmt::format("chat template line {}: unclosed block 'raw' (no endraw)", line));
+    throw Error(ErrorKind::corrupt_file,
+                fmt::format("chat template line {}: unclosed block 'raw' (no endraw)", line));
   }
 
   size_t lex_tag(char kind, size_t pos, int line) {
@@ -161,7 +163,8 @@ class Lexer {
       while (pos < src_.size() && is_space(src_[pos])) ++pos;
       if (pos >= src_.size())
         throw Error(ErrorKind::corrupt_file,
-                    fmt::format("chat template line {}: unclosed tag '{}' (missing '{}')", line, is_block ? "{%" : "{{", closer));
+                    fmt::format("chat template line {}: unclosed tag '{}' (missing '{}')", line,
+                                is_block ? "{%" : "{{", closer));
       int token_line = line_at(pos);
       if (depth == 0) {
         char c = src_[pos];
@@ -182,7 +185,8 @@ class Lexer {
     char c = src_[pos];
     if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
       size_t end = pos;
-      while (end < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[end])) || src_[end] == '_')) ++end;
+      while (end < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[end])) || src_[end] == '_'))
+        ++end;
       tokens_.push_back({TokenKind::name, src_.substr(pos, end - pos), line});
       return end;
     }
@@ -200,7 +204,8 @@ class Lexer {
       tokens_.push_back({TokenKind::op, std::string(1, c), line});
       return pos + 1;
     }
-    throw Error(ErrorKind::corrupt_file, fmt::format("chat template line {}: unexpected character '{}'", line, c));
+    throw Error(ErrorKind::corrupt_file,
+                fmt::format("chat template line {}: unexpected character '{}'", line, c));
   }
 
   size_t lex_number(size_t pos, int line) {
@@ -214,7 +219,8 @@ class Lexer {
       }
     };
     take_digits();
-    if (end + 1 < src_.size() && src_[end] == '.' && std::isdigit(static_cast<unsigned char>(src_[end + 1]))) {
+    if (end + 1 < src_.size() && src_[end] == '.' &&
+        std::isdigit(static_cast<unsigned char>(src_[end + 1]))) {
       is_float = true;
       digits += src_[end++];
       take_digits();
@@ -232,9 +238,11 @@ class Lexer {
     Token token{is_float ? TokenKind::floating : TokenKind::integer, src_.substr(pos, end - pos), line};
     const char* first = digits.data();
     const char* last = digits.data() + digits.size();
-    auto result = is_float ? std::from_chars(first, last, token.floating) : std::from_chars(first, last, token.integer);
+    auto result =
+        is_float ? std::from_chars(first, last, token.floating) : std::from_chars(first, last, token.integer);
     if (result.ec != std::errc() || result.ptr != last)
-      throw Error(ErrorKind::corrupt_file, fmt::format("chat template line {}: bad number '{}'", line, token.text));
+      throw Error(ErrorKind::corrupt_file,
+                  fmt::format("chat template line {}: bad number '{}'", line, token.text));
     tokens_.push_back(std::move(token));
     return end;
   }
@@ -245,7 +253,8 @@ class Lexer {
     size_t k = pos + 1;
     while (true) {
       if (k >= src_.size())
-        throw Error(ErrorKind::corrupt_file, fmt::format("chat template line {}: unterminated string literal", line));
+        throw Error(ErrorKind::corrupt_file,
+                    fmt::format("chat template line {}: unterminated string literal", line));
       char c = src_[k];
       if (c == quote) break;
       if (c != '\\' || k + 1 >= src_.size()) {
@@ -256,26 +265,51 @@ class Lexer {
       char e = src_[k + 1];
       k += 2;
       switch (e) {
-        case 'n': value += '\n'; break;
-        case 't': value += '\t'; break;
-        case 'r': value += '\r'; break;
-        case 'b': value += '\b'; break;
-        case 'f': value += '\f'; break;
-        case 'v': value += '\v'; break;
-        case 'a': value += '\a'; break;
-        case '0': value += '\0'; break;
-        case '\\': value += '\\'; break;
-        case '\'': value += '\''; break;
-        case '"': value += '"'; break;
-        case '\n': break;  // line continuation
+        case 'n':
+          value += '\n';
+          break;
+        case 't':
+          value += '\t';
+          break;
+        case 'r':
+          value += '\r';
+          break;
+        case 'b':
+          value += '\b';
+          break;
+        case 'f':
+          value += '\f';
+          break;
+        case 'v':
+          value += '\v';
+          break;
+        case 'a':
+          value += '\a';
+          break;
+        case '0':
+          value += '\0';
+          break;
+        case '\\':
+          value += '\\';
+          break;
+        case '\'':
+          value += '\'';
+          break;
+        case '"':
+          value += '"';
+          break;
+        case '\n':
+          break;  // line continuation
         case 'x':
         case 'u':
         case 'U': {
           size_t width = e == 'x' ? 2 : e == 'u' ? 4 : 8;
           uint32_t cp = 0;
-          auto result = std::from_chars(src_.data() + k, src_.data() + std::min(k + width, src_.size()), cp, 16);
+          auto result =
+              std::from_chars(src_.data() + k, src_.data() + std::min(k + width, src_.size()), cp, 16);
           if (result.ec != std::errc() || result.ptr != src_.data() + k + width || cp > 0x10FFFF)
-            throw Error(ErrorKind::corrupt_file, fmt::format("chat template line {}: bad \\{} escape in string", line, e));
+            throw Error(ErrorKind::corrupt_file,
+                        fmt::format("chat template line {}: bad \\{} escape in string", line, e));
           append_utf8(value, cp);
           k += width;
           break;

@@ -20,7 +20,7 @@ enum class TokenKind {
   string,       // a string literal, escapes decoded
   integer,
   floating,
-  op,           // punctuation and operators: + - * / // % ** ~ == != < > <= >= = ( ) [ ] { } , . : |
+  op,  // punctuation and operators: + - * / // % ** ~ == != < > <= >= = ( ) [ ] { } , . : |
   end_of_input,
 };
 

@@ -1,8 +1,8 @@
 // Python str and dict methods templates call: content.startswith(...), message.get(...), ...
-#include <algorithm>
-
 #include <fmt/core.h>
 #include <utf8proc.h>
+
+#include <algorithm>
 
 #include "text/jinja/builtins.hpp"
 #include "text/jinja/unicode.hpp"
@@ -12,7 +12,8 @@ namespace tandem::jinja {
 namespace {
 
 const std::string& string_argument(const Value& v, std::string_view method) {
-  if (!v.is_string()) throw EvalError(fmt::format("str.{}() argument must be str, not {}", method, v.type_name()));
+  if (!v.is_string())
+    throw EvalError(fmt::format("str.{}() argument must be str, not {}", method, v.type_name()));
   return v.as_string();
 }
 
@@ -41,7 +42,8 @@ List split_whitespace(const std::string& text, int64_t max_splits, bool from_rig
   }
   auto keep = static_cast<size_t>(max_splits);
   if (!from_right) {
-    for (size_t k = 0; k < keep; ++k) out.emplace_back(text.substr(words[k].first, words[k].second - words[k].first));
+    for (size_t k = 0; k < keep; ++k)
+      out.emplace_back(text.substr(words[k].first, words[k].second - words[k].first));
     // the remainder keeps its inner and trailing whitespace, as Python does
     out.emplace_back(text.substr(words[keep].first));
   } else {
@@ -89,7 +91,8 @@ bool affix_matches(const std::string& text, const Value& affix, bool prefix, std
   auto one = [&](const Value& candidate) {
     const std::string& a = string_argument(candidate, method);
     if (a.size() > text.size()) return false;
-    return prefix ? text.compare(0, a.size(), a) == 0 : text.compare(text.size() - a.size(), a.size(), a) == 0;
+    return prefix ? text.compare(0, a.size(), a) == 0
+                  : text.compare(text.size() - a.size(), a.size(), a) == 0;
   };
   if (affix.is_list()) {
     for (const auto& candidate : affix.as_list())
@@ -134,9 +137,11 @@ std::string format_string(const std::string& pattern, const CallArgs& args) {
     size_t close = pattern.find('}', k);
     if (close == std::string::npos) throw EvalError("str.format: unclosed '{' in format string");
     std::string field = pattern.substr(k + 1, close - k - 1);
-    if (field.find_first_of(":!") != std::string::npos) throw EvalError("str.format: format specs are not supported");
+    if (field.find_first_of(":!") != std::string::npos)
+      throw EvalError("str.format: format specs are not supported");
     const Value* value = nullptr;
-    if (field.empty() || std::all_of(field.begin(), field.end(), [](char d) { return d >= '0' && d <= '9'; })) {
+    if (field.empty() ||
+        std::all_of(field.begin(), field.end(), [](char d) { return d >= '0' && d <= '9'; })) {
       size_t index = field.empty() ? auto_index++ : std::stoul(field);
       if (index >= args.positional.size()) throw EvalError("str.format: replacement index out of range");
       value = &args.positional[index];
@@ -198,7 +203,8 @@ Value string_method(const std::string& text, std::string_view method, const Call
     if (method == "count") {
       if (sub.empty()) return Value(static_cast<int64_t>(code_point_count(text) + 1));
       int64_t count = 0;
-      for (size_t pos = text.find(sub); pos != std::string::npos; pos = text.find(sub, pos + sub.size())) ++count;
+      for (size_t pos = text.find(sub); pos != std::string::npos; pos = text.find(sub, pos + sub.size()))
+        ++count;
       return Value(count);
     }
     size_t pos = method[0] == 'r' ? text.rfind(sub) : text.find(sub);
@@ -231,9 +237,11 @@ Value string_method(const std::string& text, std::string_view method, const Call
     if (!affix_matches(text, bound[0], prefix, method)) return Value(text);
     return Value(prefix ? text.substr(affix.size()) : text.substr(0, text.size() - affix.size()));
   }
-  if (method == "isdigit" || method == "isnumeric" || method == "isdecimal") return Value(all_code_points(text, is_digit));
+  if (method == "isdigit" || method == "isnumeric" || method == "isdecimal")
+    return Value(all_code_points(text, is_digit));
   if (method == "isalpha") return Value(all_code_points(text, is_alpha));
-  if (method == "isalnum") return Value(all_code_points(text, [](char32_t cp) { return is_alpha(cp) || is_digit(cp); }));
+  if (method == "isalnum")
+    return Value(all_code_points(text, [](char32_t cp) { return is_alpha(cp) || is_digit(cp); }));
   if (method == "isspace") return Value(all_code_points(text, is_python_space));
   if (method == "islower") return Value(to_lower(text) == text && to_upper(text) != text);
   if (method == "isupper") return Value(to_upper(text) == text && to_lower(text) != text);
@@ -247,9 +255,12 @@ Value dict_method(const Dict& dict, std::string_view method, const CallArgs& arg
     BoundArgs bound(args, {}, method);
     List out;
     for (const auto& [key, value] : dict.items) {
-      if (method == "items") out.emplace_back(make_tuple({Value(key), value}));
-      else if (method == "keys") out.emplace_back(key);
-      else out.push_back(value);
+      if (method == "items")
+        out.emplace_back(make_tuple({Value(key), value}));
+      else if (method == "keys")
+        out.emplace_back(key);
+      else
+        out.push_back(value);
     }
     return Value(std::move(out));
   }

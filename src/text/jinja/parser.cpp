@@ -1,9 +1,9 @@
 #include "text/jinja/parser.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <initializer_list>
-
-#include <fmt/core.h>
 
 #include "tandem/error.hpp"
 #include "text/jinja/builtins.hpp"
@@ -16,16 +16,25 @@ constexpr int max_nesting = 256;  // keeps hostile templates from exhausting the
 
 std::string describe(const Token& token) {
   switch (token.kind) {
-    case TokenKind::text: return "template text";
-    case TokenKind::var_begin: return "'{{'";
-    case TokenKind::var_end: return "'}}'";
-    case TokenKind::block_begin: return "'{%'";
-    case TokenKind::block_end: return "'%}'";
-    case TokenKind::string: return "string literal";
+    case TokenKind::text:
+      return "template text";
+    case TokenKind::var_begin:
+      return "'{{'";
+    case TokenKind::var_end:
+      return "'}}'";
+    case TokenKind::block_begin:
+      return "'{%'";
+    case TokenKind::block_end:
+      return "'%}'";
+    case TokenKind::string:
+      return "string literal";
     case TokenKind::integer:
-    case TokenKind::floating: return "number " + token.text;
-    case TokenKind::end_of_input: return "end of template";
-    default: return "'" + token.text + "'";
+    case TokenKind::floating:
+      return "number " + token.text;
+    case TokenKind::end_of_input:
+      return "end of template";
+    default:
+      return "'" + token.text + "'";
   }
 }
 
@@ -71,7 +80,8 @@ class Parser {
     advance();
   }
   std::string expect_name(const char* what) {
-    if (current().kind != TokenKind::name) fail(fmt::format("expected {}, got {}", what, describe(current())));
+    if (current().kind != TokenKind::name)
+      fail(fmt::format("expected {}, got {}", what, describe(current())));
     std::string name = current().text;
     advance();
     return name;
@@ -79,7 +89,8 @@ class Parser {
 
   struct DepthGuard {
     explicit DepthGuard(Parser& p) : parser(p) {
-      if (++parser.depth_ > max_nesting) parser.fail(fmt::format("nesting deeper than {} levels", max_nesting));
+      if (++parser.depth_ > max_nesting)
+        parser.fail(fmt::format("nesting deeper than {} levels", max_nesting));
     }
     ~DepthGuard() { --parser.depth_; }
     Parser& parser;
@@ -112,14 +123,16 @@ class Parser {
           auto stmt = std::make_unique<Stmt>(Stmt::Kind::output, token.line);
           advance();
           stmt->expr = parse_tuple_or_expression();
-          if (current().kind != TokenKind::var_end) fail(fmt::format("expected '}}}}', got {}", describe(current())));
+          if (current().kind != TokenKind::var_end)
+            fail(fmt::format("expected '}}}}', got {}", describe(current())));
           advance();
           body.push_back(std::move(stmt));
           break;
         }
         case TokenKind::block_begin: {
           advance();
-          if (current().kind != TokenKind::name) fail(fmt::format("expected a tag name after '{{%', got {}", describe(current())));
+          if (current().kind != TokenKind::name)
+            fail(fmt::format("expected a tag name after '{{%', got {}", describe(current())));
           const std::string& name = current().text;
           for (const char* end : end_tags)
             if (name == end) {
@@ -163,16 +176,18 @@ class Parser {
       expect_block_end("endgeneration");
       return stmt;
     }
-    static const char* const known_ends[] = {"endif", "endfor", "endset", "endmacro", "endfilter", "else",
-                                             "elif", "endgeneration", "endraw"};
+    static const char* const known_ends[] = {"endif", "endfor", "endset",        "endmacro", "endfilter",
+                                             "else",  "elif",   "endgeneration", "endraw"};
     for (const char* end : known_ends)
       if (name == end) {
-        if (open_block_.expected[0] == '\0') fail(fmt::format("unexpected tag '{}' (no block open that it closes)", name), line);
-        fail(fmt::format("unexpected tag '{}' inside '{}' opened on line {} (expected '{}')", name, open_block_.name,
-                         open_block_.line, open_block_.expected),
+        if (open_block_.expected[0] == '\0')
+          fail(fmt::format("unexpected tag '{}' (no block open that it closes)", name), line);
+        fail(fmt::format("unexpected tag '{}' inside '{}' opened on line {} (expected '{}')", name,
+                         open_block_.name, open_block_.line, open_block_.expected),
              line);
       }
-    throw Error(ErrorKind::unsupported, fmt::format("chat template line {}: unknown or unsupported tag '{}'", line, name));
+    throw Error(ErrorKind::unsupported,
+                fmt::format("chat template line {}: unknown or unsupported tag '{}'", line, name));
   }
 
   std::unique_ptr<Stmt> parse_if(int line) {
@@ -214,7 +229,8 @@ class Parser {
     stmt->expr = parse_tuple_or_expression(/*with_conditional=*/false);
     if (accept_name("if")) stmt->condition = parse_expression();
     if (is_name("recursive"))
-      throw Error(ErrorKind::unsupported, fmt::format("chat template line {}: unsupported 'for ... recursive'", line));
+      throw Error(ErrorKind::unsupported,
+                  fmt::format("chat template line {}: unsupported 'for ... recursive'", line));
     expect_block_end("for");
     std::string end;
     stmt->body = parse_body({"else", "endfor"}, end, "for", line);
@@ -446,9 +462,12 @@ class Parser {
       case TokenKind::name: {
         auto node = make(Expr::Kind::literal, line);
         const std::string& name = token.text;
-        if (name == "true" || name == "True") node->value = Value(true);
-        else if (name == "false" || name == "False") node->value = Value(false);
-        else if (name == "none" || name == "None") node->value = Value(None{});
+        if (name == "true" || name == "True")
+          node->value = Value(true);
+        else if (name == "false" || name == "False")
+          node->value = Value(false);
+        else if (name == "none" || name == "None")
+          node->value = Value(None{});
         else {
           node->kind = Expr::Kind::name;
           node->name = name;
@@ -617,7 +636,8 @@ class Parser {
         // `is none` / `is true`: those names are literal keywords elsewhere, test names here
         test->name = expect_name("a test name after 'is'");
         if (!is_known_test(test->name))
-          throw Error(ErrorKind::unsupported, fmt::format("chat template line {}: unknown test '{}'", test->line, test->name));
+          throw Error(ErrorKind::unsupported,
+                      fmt::format("chat template line {}: unknown test '{}'", test->line, test->name));
         test->object = std::move(node);
         if (is_op("(")) {
           parse_arguments(*test);

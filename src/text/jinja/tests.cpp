@@ -1,8 +1,8 @@
 // jinja2's builtin tests: `x is defined`, `x is not none`, `x is divisibleby(3)`, ...
+#include <fmt/core.h>
+
 #include <functional>
 #include <unordered_map>
-
-#include <fmt/core.h>
 
 #include "text/jinja/builtins.hpp"
 #include "text/jinja/unicode.hpp"
@@ -58,28 +58,44 @@ const std::unordered_map<std::string_view, Test>& tests() {
       {"number", [](const Value& v, const CallArgs&) { return v.is_number(); }},
       {"string", [](const Value& v, const CallArgs&) { return v.is_string(); }},
       {"mapping", [](const Value& v, const CallArgs&) { return v.is_dict(); }},
-      {"sequence", [](const Value& v, const CallArgs&) { return v.is_string() || v.is_list() || v.is_dict(); }},
+      {"sequence",
+       [](const Value& v, const CallArgs&) { return v.is_string() || v.is_list() || v.is_dict(); }},
       // jinja2's Undefined defines __iter__, so it counts as iterable
-      {"iterable", [](const Value& v, const CallArgs&) { return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined(); }},
+      {"iterable",
+       [](const Value& v, const CallArgs&) {
+         return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+       }},
       {"callable", [](const Value& v, const CallArgs&) { return v.is_callable(); }},
       {"odd", [](const Value& v, const CallArgs&) { return integer_of(v, "odd") % 2 != 0; }},
       {"even", [](const Value& v, const CallArgs&) { return integer_of(v, "even") % 2 == 0; }},
-      {"divisibleby", [](const Value& v, const CallArgs& a) {
+      {"divisibleby",
+       [](const Value& v, const CallArgs& a) {
          int64_t divisor = integer_of(argument(a, "divisibleby"), "divisibleby");
          if (divisor == 0) throw EvalError("divisibleby(0)");
          return integer_of(v, "divisibleby") % divisor == 0;
        }},
-      {"lower", [](const Value& v, const CallArgs&) { return v.is_string() && to_lower(v.as_string()) == v.as_string(); }},
-      {"upper", [](const Value& v, const CallArgs&) { return v.is_string() && to_upper(v.as_string()) == v.as_string(); }},
+      {"lower", [](const Value& v,
+                   const CallArgs&) { return v.is_string() && to_lower(v.as_string()) == v.as_string(); }},
+      {"upper", [](const Value& v,
+                   const CallArgs&) { return v.is_string() && to_upper(v.as_string()) == v.as_string(); }},
       {"in", [](const Value& v, const CallArgs& a) { return contains(argument(a, "in"), v); }},
       {"sameas", [](const Value& v, const CallArgs& a) { return same_object(v, argument(a, "sameas")); }},
       {"escaped", [](const Value&, const CallArgs&) { return false; }},
-      {"eq", eq}, {"equalto", eq}, {"==", eq},
-      {"ne", ne}, {"!=", ne},
-      {"lt", lt}, {"lessthan", lt}, {"<", lt},
-      {"le", le}, {"<=", le},
-      {"gt", gt}, {"greaterthan", gt}, {">", gt},
-      {"ge", ge}, {">=", ge},
+      {"eq", eq},
+      {"equalto", eq},
+      {"==", eq},
+      {"ne", ne},
+      {"!=", ne},
+      {"lt", lt},
+      {"lessthan", lt},
+      {"<", lt},
+      {"le", le},
+      {"<=", le},
+      {"gt", gt},
+      {"greaterthan", gt},
+      {">", gt},
+      {"ge", ge},
+      {">=", ge},
   };
   return table;
 }

@@ -1,14 +1,18 @@
 #include "text/jinja/unicode.hpp"
 
-#include <algorithm>
-
 #include <utf8proc.h>
+
+#include <algorithm>
 
 namespace tandem::jinja {
 
 char32_t decode_code_point(std::string_view text, size_t& pos) {
   auto byte = static_cast<unsigned char>(text[pos]);
-  int length = byte < 0x80 ? 1 : (byte >> 5) == 0x6 ? 2 : (byte >> 4) == 0xE ? 3 : (byte >> 3) == 0x1E ? 4 : 0;
+  int length = byte < 0x80           ? 1
+               : (byte >> 5) == 0x6  ? 2
+               : (byte >> 4) == 0xE  ? 3
+               : (byte >> 3) == 0x1E ? 4
+                                     : 0;
   if (length <= 1 || pos + length > text.size()) {
     ++pos;
     return byte;
@@ -64,9 +68,24 @@ size_t code_point_count(std::string_view text) {
 
 bool is_python_space(char32_t cp) {
   switch (cp) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x1C: case 0x1D: case 0x1E:
-    case 0x1F: case 0x20: case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029:
-    case 0x202F: case 0x205F: case 0x3000:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x1C:
+    case 0x1D:
+    case 0x1E:
+    case 0x1F:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return cp >= 0x2000 && cp <= 0x200A;
@@ -102,8 +121,12 @@ std::string map_code_points(std::string_view text, Map map) {
   for (size_t pos = 0; pos < text.size(); ++index) append_utf8(out, map(decode_code_point(text, pos), index));
   return out;
 }
-char32_t lower(char32_t cp) { return static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))); }
-char32_t upper(char32_t cp) { return static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(cp))); }
+char32_t lower(char32_t cp) {
+  return static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp)));
+}
+char32_t upper(char32_t cp) {
+  return static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(cp)));
+}
 }  // namespace
 
 std::string to_lower(std::string_view text) {

@@ -3,7 +3,6 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
-
 #include <nlohmann/json.hpp>
 
 #include "text/jinja/unicode.hpp"
@@ -12,16 +11,26 @@ namespace tandem::jinja {
 
 const char* Value::type_name() const {
   switch (data.index()) {
-    case 0: return "Undefined";
-    case 1: return "NoneType";
-    case 2: return "bool";
-    case 3: return "int";
-    case 4: return "float";
-    case 5: return "str";
-    case 6: return "list";
-    case 7: return "dict";
-    case 8: return "Namespace";
-    default: return "function";
+    case 0:
+      return "Undefined";
+    case 1:
+      return "NoneType";
+    case 2:
+      return "bool";
+    case 3:
+      return "int";
+    case 4:
+      return "float";
+    case 5:
+      return "str";
+    case 6:
+      return "list";
+    case 7:
+      return "dict";
+    case 8:
+      return "Namespace";
+    default:
+      return "function";
   }
 }
 
@@ -154,23 +163,33 @@ std::string to_repr(const Value& value) {
 
 std::string to_str(const Value& value) {
   switch (value.data.index()) {
-    case 0: return "";
-    case 1: return "None";
-    case 2: return value.as_bool() ? "True" : "False";
-    case 3: return std::to_string(value.as_int());
-    case 4: return format_python_float(value.as_float());
-    case 5: return value.as_string();
+    case 0:
+      return "";
+    case 1:
+      return "None";
+    case 2:
+      return value.as_bool() ? "True" : "False";
+    case 3:
+      return std::to_string(value.as_int());
+    case 4:
+      return format_python_float(value.as_float());
+    case 5:
+      return value.as_string();
     case 6:
-    case 7: return to_repr(value);
-    case 8: return "<Namespace>";
-    default: return "<function " + value.as_callable().name + ">";
+    case 7:
+      return to_repr(value);
+    case 8:
+      return "<Namespace>";
+    default:
+      return "<function " + value.as_callable().name + ">";
   }
 }
 
 bool values_equal(const Value& a, const Value& b) {
   if (a.is_number() && b.is_number()) {
     if ((a.is_int() || a.is_bool()) && (b.is_int() || b.is_bool()))
-      return (a.is_bool() ? int64_t{a.as_bool()} : a.as_int()) == (b.is_bool() ? int64_t{b.as_bool()} : b.as_int());
+      return (a.is_bool() ? int64_t{a.as_bool()} : a.as_int()) ==
+             (b.is_bool() ? int64_t{b.as_bool()} : b.as_int());
     return a.number() == b.number();
   }
   if (a.data.index() != b.data.index()) return false;
@@ -219,16 +238,21 @@ namespace {
 template <typename Json>
 Value convert_json(const Json& json) {
   switch (json.type()) {
-    case Json::value_t::null: return Value(None{});
-    case Json::value_t::boolean: return Value(json.template get<bool>());
-    case Json::value_t::number_integer: return Value(json.template get<int64_t>());
+    case Json::value_t::null:
+      return Value(None{});
+    case Json::value_t::boolean:
+      return Value(json.template get<bool>());
+    case Json::value_t::number_integer:
+      return Value(json.template get<int64_t>());
     case Json::value_t::number_unsigned: {
       auto u = json.template get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX)) return Value(static_cast<double>(u));
       return Value(static_cast<int64_t>(u));
     }
-    case Json::value_t::number_float: return Value(json.template get<double>());
-    case Json::value_t::string: return Value(json.template get<std::string>());
+    case Json::value_t::number_float:
+      return Value(json.template get<double>());
+    case Json::value_t::string:
+      return Value(json.template get<std::string>());
     case Json::value_t::array: {
       List list;
       list.reserve(json.size());
@@ -241,7 +265,8 @@ Value convert_json(const Json& json) {
       for (const auto& [key, item] : json.items()) dict.items.emplace_back(key, convert_json(item));
       return Value(std::move(dict));
     }
-    default: throw EvalError("unsupported JSON value (binary) in template input");
+    default:
+      throw EvalError("unsupported JSON value (binary) in template input");
   }
 }
 }  // namespace

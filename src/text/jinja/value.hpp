@@ -6,14 +6,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace tandem::jinja {
 
@@ -117,8 +116,7 @@ struct Callable {
 };
 
 inline Value::Value(Dict dict) : data(std::make_shared<const Dict>(std::move(dict))) {}
-inline Value::Value(Callable callable)
-    : data(std::make_shared<const Callable>(std::move(callable))) {}
+inline Value::Value(Callable callable) : data(std::make_shared<const Callable>(std::move(callable))) {}
 
 // str(value) as jinja2 prints it: None -> "None", True -> "True", floats as Python repr, lists
 // and dicts as Python repr, Undefined -> "".
