@@ -191,3 +191,57 @@ TEST_CASE("incremental decoding holds back split characters and flushes U+FFFD",
   CHECK(stream.push(ids[0]).empty());
   CHECK(stream.flush() == "\xEF\xBF\xBD");
 }
+
+// GGUF vocabularies written by the formats tests' writer (independent of the reader), reusing the
+// tiny model's vocabulary under every supported `tokenizer.ggml.pre`.
+#include "formats/gguf_test_writer.hpp"
+
+namespace {
+
+std::vector<uint8_t> tiny_vocab_gguf(const std::string& model, const std::string& pre, bool add_bos) {
+  const auto hf = read_json(tandem::test::data_dir() + "/tiny-qwen3moe/tokenizer.json");
+  std::vector<std::string> tokens(512);
+  for (const auto& [text, id] : hf.at("model").at("vocab").items()) tokens.at(id.get<size_t>()) = text;
+  for (const auto& added : hf.at("added_tokens")) tokens.at(added.at("id").get<size_t>()) = added.at("content");
+  std::vector<std::string> merges;
+  for (const auto& m : hf.at("model").at("merges")) merges.push_back(m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+  tandem::test::GgufTestWriter writer;
+  writer.kv_string("general.architecture", "qwen3moe");
+  writer.kv_string("tokenizer.ggml.model", model);
+  writer.kv_string("tokenizer.ggml.pre", pre);
+  writer.kv_string_array("tokenizer.ggml.tokens", tokens);
+  writer.kv_string_array("tokenizer.ggml.merges", merges);
+  writer.kv_u32("tokenizer.ggml.bos_token_id", 509);
+  writer.kv_bool("tokenizer.ggml.add_bos_token", add_bos);
+  return writer.bytes();
+}
+
+}  // namespace
+
+TEST_CASE("every supported GGUF pre-tokenizer name loads and round-trips text", "[tokenizer][gguf]") {
+  for (const char* pre : {"qwen2", "deepseek-v3", "deepseek-llm", "deepseek-coder", "llama3", "llama-bpe", "gpt-2"}) {
+    INFO(pre);
+    const auto bytes = tiny_vocab_gguf("gpt2", pre, true);
+    const auto gguf = tandem::GgufFile::from_memory(bytes.data(), bytes.size(), "vocab.gguf");
+    const auto tok = Tokenizer::from_gguf(gguf);
+    for (const auto& text : manifest_texts()) {
+      INFO(text);
+      const auto ids = tok->encode(text, true);
+      REQUIRE(!ids.empty());
+      CHECK(ids.front() == 509);  // add_bos_token
+      CHECK(tok->encode(text, false) == std::vector<int32_t>(ids.begin() + 1, ids.end()));
+      CHECK(tok->decode(std::vector<int32_t>(ids.begin() + 1, ids.end())) == text);
+    }
+  }
+  const auto no_bos = tiny_vocab_gguf("gpt2", "qwen2", false);
+  const auto tok = Tokenizer::from_gguf(tandem::GgufFile::from_memory(no_bos.data(), no_bos.size(), "vocab.gguf"));
+  CHECK(tok->encode("Hi", true) == tok->encode("Hi", false));
+  CHECK(tok->bos_id() == 509);
+
+  const auto unknown_pre = tiny_vocab_gguf("gpt2", "no-such-pre", false);
+  CHECK_THROWS_WITH(Tokenizer::from_gguf(tandem::GgufFile::from_memory(unknown_pre.data(), unknown_pre.size(), "x.gguf")),
+                    Catch::Contains("no-such-pre"));
+  const auto spm = tiny_vocab_gguf("llama", "qwen2", false);
+  CHECK_THROWS_WITH(Tokenizer::from_gguf(tandem::GgufFile::from_memory(spm.data(), spm.size(), "x.gguf")),
+                    Catch::Contains("'llama'"));
+}
