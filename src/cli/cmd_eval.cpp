@@ -1,5 +1,6 @@
 // `tandem eval -m PATH --ids 1,2,3 --logits-out FILE`: one forward pass over the ids (no BOS
 // added); writes float32 little-endian logits for every position, row-major [T, vocab].
+#include <algorithm>
 #include <bit>
 #include <charconv>
 #include <cstdio>
@@ -49,7 +50,9 @@ int run_eval(const EvalFlags& flags) {
   options.threads = flags.threads;
   options.max_sessions = 1;
   options.load_tokenizer = false;
+  // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
+  options.max_batch_tokens = std::min<int64_t>(options.max_context_tokens, 512);
   const auto engine = Engine::load(flags.model_path, options);
   const int64_t vocab = engine->config().vocab_size;
   for (size_t i = 0; i < ids.size(); ++i)

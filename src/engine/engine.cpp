@@ -251,7 +251,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const LoadOptions&
   check_options(options);
   if (options.cancel && options.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
   if (options.progress) options.progress(0.0f, "opening model files");
-  ModelFiles files = open_model_files(path);
+  ModelFiles files = open_model_files(path, options.overrides);
   return std::make_unique<CpuEngine>(std::move(files), options);
 }
 

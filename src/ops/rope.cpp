@@ -32,16 +32,14 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& config, int64_t rotary_dim)
   if (rs.type == RopeScalingType::linear) {
     for (double& f : inv_freq_) f /= rs.factor;
   } else if (rs.type == RopeScalingType::yarn) {
-    // As HF transformers computes it: a model that states its original context (DeepSeek-V3)
-    // interpolates by max_position_embeddings / original, and the ramp between beta_fast and
-    // beta_slow rotations (truncated to whole dimensions) blends interpolated and original
-    // frequencies.
-    double factor = rs.factor;
-    double original = static_cast<double>(config.max_position_embeddings);
-    if (rs.original_max_position_embeddings > 0) {
-      original = static_cast<double>(rs.original_max_position_embeddings);
-      factor = static_cast<double>(config.max_position_embeddings) / original;
-    }
+    // As HF transformers 5 computes it: frequencies interpolate by the configured factor (not by
+    // max_position_embeddings / original, which the tiny DeepSeek-V3 golden rules out), and the
+    // ramp between beta_fast and beta_slow rotations, truncated to whole dimensions, blends
+    // interpolated and original frequencies.
+    const double factor = rs.factor;
+    const double original = static_cast<double>(rs.original_max_position_embeddings > 0
+                                                     ? rs.original_max_position_embeddings
+                                                     : config.max_position_embeddings);
     auto correction_dim = [&](double rotations) {
       return static_cast<double>(dim_) * std::log(original / (rotations * 2 * std::numbers::pi)) /
              (2 * std::log(base));

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tandem/model/model_config.hpp"
+#include "tandem/model/model_files.hpp"
 
 namespace tandem {
 
@@ -32,6 +33,7 @@ struct LoadOptions {
   // Progress of loading in [0, 1] with a short stage name; called from the loading thread.
   std::function<void(float fraction, std::string_view stage)> progress;
   const std::atomic<bool>* cancel = nullptr;  // loading stops with Error(cancelled) when set
+  ModelOverrides overrides;  // what a file lacks or gets wrong (expert groups, rope base)
 };
 
 // What went where and how much memory it took.

@@ -1,6 +1,7 @@
 #include "tandem/backend/thread_pool.hpp"
 
 #include <hwloc.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <exception>
@@ -8,18 +9,18 @@
 namespace tandem {
 namespace {
 
-// hwloc's topology is loaded once per pool; pinning failures are harmless (we just run unpinned).
-void pin_current_thread_to_core(int core_index) {
-  hwloc_topology_t topology;
-  if (hwloc_topology_init(&topology) != 0) return;
-  if (hwloc_topology_load(topology) == 0) {
-    const int cores = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE);
-    if (cores > 0) {
-      hwloc_obj_t core = hwloc_get_obj_by_type(topology, HWLOC_OBJ_CORE, static_cast<unsigned>(core_index % cores));
-      if (core && core->cpuset) hwloc_set_cpubind(topology, core->cpuset, HWLOC_CPUBIND_THREAD);
-    }
+// A topology of cores only: caches, NUMA detail and I/O discovery cost memory (and plugins) that
+// pinning does not need.
+bool load_core_topology(hwloc_topology_t* topology) {
+  if (hwloc_topology_init(topology) != 0) return false;
+  hwloc_topology_set_all_types_filter(*topology, HWLOC_TYPE_FILTER_KEEP_NONE);
+  hwloc_topology_set_type_filter(*topology, HWLOC_OBJ_CORE, HWLOC_TYPE_FILTER_KEEP_ALL);
+  hwloc_topology_set_type_filter(*topology, HWLOC_OBJ_PU, HWLOC_TYPE_FILTER_KEEP_ALL);
+  if (hwloc_topology_load(*topology) != 0) {
+    hwloc_topology_destroy(*topology);
+    return false;
   }
-  hwloc_topology_destroy(topology);
+  return true;
 }
 
 }  // namespace
@@ -27,8 +28,8 @@ void pin_current_thread_to_core(int core_index) {
 int ThreadPool::physical_cores() {
   int cores = 0;
   hwloc_topology_t topology;
-  if (hwloc_topology_init(&topology) == 0) {
-    if (hwloc_topology_load(topology) == 0) cores = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE);
+  if (load_core_topology(&topology)) {
+    cores = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE);
     hwloc_topology_destroy(topology);
   }
   if (cores <= 0) cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -39,7 +40,20 @@ ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = physical_cores();
   threads = std::clamp(threads, 1, 1024);
   workers_.reserve(static_cast<size_t>(threads - 1));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  // Worker i runs on core i (mod cores); the caller keeps its own placement. Pinning failures
+  // are harmless: the worker just runs unpinned.
+  hwloc_topology_t topology;
+  const bool have_topology = threads > 1 && load_core_topology(&topology);
+  const int cores = have_topology ? hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE) : 0;
+  for (int i = 1; i < threads; ++i) {
+    workers_.emplace_back([this, i] { worker_loop(i); });
+    if (cores > 0) {
+      hwloc_obj_t core = hwloc_get_obj_by_type(topology, HWLOC_OBJ_CORE, static_cast<unsigned>(i % cores));
+      if (core && core->cpuset)
+        hwloc_set_thread_cpubind(topology, workers_.back().native_handle(), core->cpuset, 0);
+    }
+  }
+  if (have_topology) hwloc_topology_destroy(topology);
 }
 
 ThreadPool::~ThreadPool() {
@@ -52,7 +66,6 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::worker_loop(int index) {
-  pin_current_thread_to_core(index);
   uint64_t seen = 0;
   for (;;) {
     const std::function<void(int64_t, int64_t, int)>* job;

@@ -1,0 +1,234 @@
+// Paged KV cache and sessions: prefill + step-by-step decode equals one full pass (GQA and MLA,
+// across block boundaries, with prompt chunking), sessions sharing a pool, a batch of two
+// sequences in one forward, and the limits' errors.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <numeric>
+
+#include "engine/golden_check.hpp"
+#include "support/fixtures.hpp"
+#include "tandem/backend/backend.hpp"
+#include "tandem/engine/forward.hpp"
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
+#include "tandem/model/model_files.hpp"
+
+using namespace tandem;
+
+namespace {
+
+const std::vector<int32_t> kPromptA = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287};
+const std::vector<int32_t> kPromptB = {13, 400, 17, 5, 311, 90, 211, 7, 99, 450, 3};
+
+std::vector<float> full_pass(Engine& engine, const std::vector<int32_t>& ids) {
+  auto s = engine.new_session();
+  s->prefill(ids, true);
+  return {s->all_logits().begin(), s->all_logits().end()};
+}
+
+void check_rows_equal(std::span<const float> got, std::span<const float> expected, double tolerance) {
+  const double rel = test::relative_max_error(got, expected);
+  INFO("relative max error " << rel);
+  CHECK(rel <= tolerance);
+}
+
+}  // namespace
+
+TEST_CASE("prefill then decode equals one full pass across KV block boundaries", "[engine][kv]") {
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    const std::string dir = test::data_dir() + "/" + name;
+    auto reference_engine = test::load_for_test(dir, 16, 512);
+    const auto reference = full_pass(*reference_engine, kPromptA);
+    const int64_t vocab = reference_engine->config().vocab_size;
+
+    // Blocks of 4 tokens and chunks of 3: every block boundary and chunk boundary is crossed.
+    auto engine = test::load_for_test(dir, 4, 3);
+    auto session = engine->new_session();
+    const size_t k = 6;
+    session->prefill(std::span(kPromptA).first(k), true);
+    INFO(name);
+    check_rows_equal(session->all_logits(), std::span(reference).first(k * static_cast<size_t>(vocab)), 1e-5);
+    for (size_t i = k; i < kPromptA.size(); ++i) {
+      session->decode(kPromptA[i]);
+      INFO("decode at position " << i);
+      check_rows_equal(session->logits(), std::span(reference).subspan(i * static_cast<size_t>(vocab), static_cast<size_t>(vocab)), 1e-5);
+    }
+    CHECK(session->position() == static_cast<int64_t>(kPromptA.size()));
+    CHECK(session->tokens() == kPromptA);
+  }
+}
+
+TEST_CASE("two sessions interleaved in one pool equal each alone", "[engine][kv]") {
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    auto engine = test::load_for_test(test::data_dir() + "/" + name, 4, 512);
+    const auto alone_a = full_pass(*engine, kPromptA);
+    const auto alone_b = full_pass(*engine, kPromptB);
+    const auto vocab = static_cast<size_t>(engine->config().vocab_size);
+    auto a = engine->new_session();
+    auto b = engine->new_session();
+    a->prefill(std::span(kPromptA).first(3));
+    b->prefill(std::span(kPromptB).first(5));
+    size_t ia = 3, ib = 5;
+    while (ia < kPromptA.size() || ib < kPromptB.size()) {
+      if (ia < kPromptA.size()) {
+        a->decode(kPromptA[ia]);
+        check_rows_equal(a->logits(), std::span(alone_a).subspan(ia * vocab, vocab), 1e-5);
+        ++ia;
+      }
+      if (ib < kPromptB.size()) {
+        b->decode(kPromptB[ib]);
+        check_rows_equal(b->logits(), std::span(alone_b).subspan(ib * vocab, vocab), 1e-5);
+        ++ib;
+      }
+    }
+    // reset() frees the blocks and starts over at position 0.
+    a->reset();
+    CHECK(a->position() == 0);
+    a->prefill(kPromptB, true);
+    check_rows_equal(a->all_logits(), alone_b, 1e-6);
+  }
+}
+
+TEST_CASE("a batch of two sequences in one forward equals each run alone", "[engine][kv][batch]") {
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    const ModelFiles files = open_model_files(test::data_dir() + "/" + name);
+    const Weights weights = bind_weights(files);
+    const ModelConfig& c = files.config;
+    auto backend = make_cpu_backend(2);
+    KvPool kv({c.attention == AttentionKind::mla ? KvLayout::mla_latent : KvLayout::gqa, c.num_layers,
+               c.kv_values_per_token_per_layer(), 4, 32, Device::cpu()});
+    ForwardPass forward(c, weights, *backend, kv, 64);
+    const auto vocab = static_cast<size_t>(c.vocab_size);
+
+    auto run_alone = [&](const std::vector<int32_t>& ids) {
+      BlockTable table;
+      table.reserve(kv, static_cast<int64_t>(ids.size()));
+      std::vector<float> logits(ids.size() * vocab);
+      const SequenceChunk chunk{ids, 0, &table, true};
+      forward.run({&chunk, 1}, logits.data());
+      table.release(kv);
+      return logits;
+    };
+    const auto alone_a = run_alone(kPromptA);
+    const auto alone_b = run_alone(kPromptB);
+
+    // A prefills its first 10 tokens alone; then one forward carries A's remaining tokens (a
+    // continuing chunk) and all of B (a fresh prompt).
+    BlockTable ta, tb;
+    ta.reserve(kv, static_cast<int64_t>(kPromptA.size()));
+    tb.reserve(kv, static_cast<int64_t>(kPromptB.size()));
+    std::vector<float> first(10 * vocab);
+    const SequenceChunk head{std::span(kPromptA).first(10), 0, &ta, true};
+    forward.run({&head, 1}, first.data());
+    const SequenceChunk batch[2] = {{std::span(kPromptA).subspan(10), 10, &ta, true}, {kPromptB, 0, &tb, false}};
+    REQUIRE(ForwardPass::logits_rows(batch) == static_cast<int64_t>(kPromptA.size() - 10 + 1));
+    std::vector<float> out(static_cast<size_t>(ForwardPass::logits_rows(batch)) * vocab);
+    forward.run(batch, out.data());
+    INFO(name);
+    check_rows_equal(first, std::span(alone_a).first(10 * vocab), 1e-5);
+    check_rows_equal(std::span(out).first((kPromptA.size() - 10) * vocab), std::span(alone_a).subspan(10 * vocab), 1e-5);
+    check_rows_equal(std::span(out).last(vocab), std::span(alone_b).last(vocab), 1e-5);
+  }
+}
+
+TEST_CASE("limits give typed errors", "[engine][kv][errors]") {
+  SECTION("KV pool exhaustion is out_of_memory and leaves the table as it was") {
+    KvPool pool({KvLayout::gqa, 2, 8, 4, 3, Device::cpu()});
+    BlockTable t;
+    t.reserve(pool, 8);
+    CHECK(pool.free_blocks() == 1);
+    try {
+      t.reserve(pool, 20);
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::out_of_memory);
+    }
+    CHECK(t.blocks().size() == 2);
+    CHECK(pool.free_blocks() == 1);
+    t.release(pool);
+    CHECK(pool.free_blocks() == 3);
+  }
+  SECTION("sessions, context, ids, cancellation") {
+    LoadOptions options;
+    options.max_context_tokens = 12;
+    options.max_sessions = 2;
+    options.kv_block_tokens = 4;
+    options.load_tokenizer = false;
+    auto engine = Engine::load(test::data_dir() + "/tiny-qwen3moe", options);
+    auto s1 = engine->new_session();
+    auto s2 = engine->new_session();
+    try {
+      (void)engine->new_session();
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::out_of_memory);
+    }
+    s1->prefill(std::span(kPromptA).first(10));
+    try {
+      s1->prefill(std::span(kPromptA).subspan(10, 3));
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::out_of_range);
+    }
+    CHECK(s1->position() == 10);
+    const int32_t bad[] = {1, 512};
+    try {
+      s2->prefill(bad);
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::invalid_argument);
+    }
+    s2->cancel();
+    try {
+      s2->prefill(kPromptB);
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::cancelled);
+    }
+    CHECK(s2->position() == 0);
+    s2->prefill(kPromptB);  // the cancel request was consumed
+    CHECK(s2->position() == static_cast<int64_t>(kPromptB.size()));
+    // A closed session gives its slot and blocks back.
+    s1.reset();
+    auto s3 = engine->new_session();
+    s3->prefill(std::span(kPromptA).first(12));
+    CHECK(s3->position() == 12);
+  }
+  SECTION("bad load options") {
+    LoadOptions options;
+    options.kv_block_tokens = 0;
+    CHECK_THROWS_AS(Engine::load(test::data_dir() + "/tiny-qwen3moe", options), Error);
+  }
+}
+
+TEST_CASE("engine reports where memory went and loads with progress", "[engine]") {
+  LoadOptions options;
+  options.max_context_tokens = 64;
+  options.max_sessions = 1;
+  std::vector<float> fractions;
+  options.progress = [&](float f, std::string_view) { fractions.push_back(f); };
+  auto engine = Engine::load(test::data_dir() + "/tiny-deepseekv3", options);
+  REQUIRE(!fractions.empty());
+  CHECK(fractions.back() == 1.0f);
+  CHECK(std::is_sorted(fractions.begin(), fractions.end()));
+  const MemoryReport report = engine->memory_report();
+  const ModelConfig& c = engine->config();
+  uint64_t experts = 0, kv = 0;
+  for (const auto& line : report.lines) {
+    if (line.what == "routed experts") experts = line.bytes;
+    if (line.what == "KV pool") kv = line.bytes;
+  }
+  // Independent counts from the config: F32 routed experts of the MoE layers; KV latent + rope key.
+  const int64_t moe_layers = c.num_layers - c.first_k_dense;
+  CHECK(experts == static_cast<uint64_t>(moe_layers * c.num_experts * 3 * c.moe_intermediate_size * c.hidden_size * 4));
+  CHECK(kv == static_cast<uint64_t>(c.num_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 64 * 4));
+  std::atomic<bool> cancel{true};
+  options.cancel = &cancel;
+  try {
+    (void)Engine::load(test::data_dir() + "/tiny-deepseekv3", options);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::cancelled);
+  }
+}
