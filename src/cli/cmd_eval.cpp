@@ -1,5 +1,7 @@
 // `tandem eval -m PATH --ids 1,2,3 --logits-out FILE`: one forward pass over the ids (no BOS
 // added); writes float32 little-endian logits for every position, row-major [T, vocab].
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -7,8 +9,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <fmt/core.h>
 
 #include "cli/command.hpp"
 #include "tandem/engine/engine.hpp"
@@ -37,7 +37,8 @@ std::vector<int32_t> parse_ids(const std::string& text) {
     const auto [end, ec] = std::from_chars(piece.data(), piece.data() + piece.size(), value);
     if (piece.empty() || ec != std::errc() || end != piece.data() + piece.size() || value < 0 ||
         value > INT32_MAX)
-      throw Error(ErrorKind::invalid_argument, fmt::format("--ids: '{}' is not a token id (a non-negative integer)", piece));
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--ids: '{}' is not a token id (a non-negative integer)", piece));
     ids.push_back(static_cast<int32_t>(value));
     pos = comma + 1;
   }
@@ -57,8 +58,9 @@ int run_eval(const EvalFlags& flags) {
   const int64_t vocab = engine->config().vocab_size;
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] >= vocab)
-      throw Error(ErrorKind::invalid_argument,
-                  fmt::format("--ids: token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, vocab));
+      throw Error(
+          ErrorKind::invalid_argument,
+          fmt::format("--ids: token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, vocab));
   const auto session = engine->new_session();
   session->prefill(ids, /*all_logits=*/true);
   const auto logits = session->all_logits();
@@ -72,7 +74,8 @@ int run_eval(const EvalFlags& flags) {
 }
 
 const RegisterCommand registration{CommandSpec{
-    "eval", "one forward pass over token ids; writes float32 logits [T, vocab]", [](CLI::App& sub) -> CommandRun {
+    "eval", "one forward pass over token ids; writes float32 logits [T, vocab]",
+    [](CLI::App& sub) -> CommandRun {
       auto flags = std::make_shared<EvalFlags>();
       sub.add_option("-m,--model", flags->model_path, "GGUF file or HF folder")->required();
       sub.add_option("--ids", flags->ids, "comma-separated token ids (no BOS is added)")->required();

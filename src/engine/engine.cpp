@@ -28,14 +28,18 @@ namespace {
 
 void check_options(const LoadOptions& o) {
   auto positive = [](int64_t v, const char* name) {
-    if (v <= 0) throw Error(ErrorKind::invalid_argument, fmt::format("load option {} must be positive, got {}", name, v));
+    if (v <= 0)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("load option {} must be positive, got {}", name, v));
   };
   positive(o.max_context_tokens, "max_context_tokens");
   positive(o.max_sessions, "max_sessions");
   positive(o.kv_block_tokens, "kv_block_tokens");
   positive(o.max_batch_tokens, "max_batch_tokens");
-  if (o.max_batch_tokens > (int64_t{1} << 20) || o.max_context_tokens > (int64_t{1} << 24) || o.max_sessions > 4096)
-    throw Error(ErrorKind::out_of_range, "load options: max_batch_tokens, max_context_tokens or max_sessions too large");
+  if (o.max_batch_tokens > (int64_t{1} << 20) || o.max_context_tokens > (int64_t{1} << 24) ||
+      o.max_sessions > 4096)
+    throw Error(ErrorKind::out_of_range,
+                "load options: max_batch_tokens, max_context_tokens or max_sessions too large");
 }
 
 class CpuEngine;
@@ -67,8 +71,7 @@ class EngineSession final : public Session {
 
 class CpuEngine final : public Engine {
  public:
-  CpuEngine(ModelFiles files, const LoadOptions& options)
-      : files_(std::move(files)), options_(options) {
+  CpuEngine(ModelFiles files, const LoadOptions& options) : files_(std::move(files)), options_(options) {
     auto step = [&](float fraction, std::string_view stage) {
       if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
       if (options_.progress) options_.progress(fraction, stage);
@@ -82,7 +85,8 @@ class CpuEngine final : public Engine {
     spec.layers = c.num_layers;
     spec.values_per_token = c.kv_values_per_token_per_layer();
     spec.block_tokens = options_.kv_block_tokens;
-    spec.blocks = options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
+    spec.blocks =
+        options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
     backend_ = make_cpu_backend(options_.threads);
     forward_ = std::make_unique<ForwardPass>(c, weights_, *backend_, *kv_, options_.max_batch_tokens);
@@ -97,7 +101,7 @@ class CpuEngine final : public Engine {
   const LoadOptions& options() const override { return options_; }
   const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
   const ChatTemplate* chat_template() const override { return chat_template_.get(); }
-  const std::vector<std::string>& warnings() const { return files_.warnings; }
+  std::vector<std::string> warnings() const override { return files_.warnings; }
 
   MemoryReport memory_report() const override {
     std::set<const void*> seen;
@@ -114,15 +118,16 @@ class CpuEngine final : public Engine {
     add_linear(weights_.output, embeddings);
     add(weights_.output_norm, other);
     for (const auto& L : weights_.layers) {
-      for (const LinearWeight* l : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b}) add_linear(*l, attention);
+      for (const LinearWeight* l : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b})
+        add_linear(*l, attention);
       for (const TensorView* t : {&L.q_norm, &L.k_norm, &L.q_a_norm, &L.kv_a_norm}) add(*t, attention);
       for (size_t e = 0; e < L.experts.count(); ++e) {
         add_linear(L.experts.gate[e], experts);
         add_linear(L.experts.up[e], experts);
         add_linear(L.experts.down[e], experts);
       }
-      for (const LinearWeight* l : {&L.ffn_gate, &L.ffn_up, &L.ffn_down, &L.router, &L.shared_gate, &L.shared_up,
-                                    &L.shared_down, &L.shared_expert_gate})
+      for (const LinearWeight* l : {&L.ffn_gate, &L.ffn_up, &L.ffn_down, &L.router, &L.shared_gate,
+                                    &L.shared_up, &L.shared_down, &L.shared_expert_gate})
         add_linear(*l, other);
       add(L.attn_norm, other);
       add(L.ffn_norm, other);
@@ -142,7 +147,8 @@ class CpuEngine final : public Engine {
       std::lock_guard lock(mutex_);
       if (open_sessions_ >= options_.max_sessions)
         throw Error(ErrorKind::out_of_memory,
-                    fmt::format("cannot open a session: all {} sessions (max_sessions) are open", options_.max_sessions));
+                    fmt::format("cannot open a session: all {} sessions (max_sessions) are open",
+                                options_.max_sessions));
       ++open_sessions_;
     }
     return std::make_unique<EngineSession>(*this);
@@ -225,8 +231,8 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
     for (int64_t done = 0; done < n;) {
       const int64_t chunk = std::min(o.max_batch_tokens, n - done);
       const bool last = done + chunk == n;
-      SequenceChunk c{ids.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), start + done, &table_,
-                      all_logits};
+      SequenceChunk c{ids.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), start + done,
+                      &table_, all_logits};
       if (all_logits) {
         engine_.forward_->run({&c, 1}, all_logits_.data() + done * vocab, &cancel_);
       } else if (last) {

@@ -47,22 +47,27 @@ struct ForwardPass::Impl {
   FeedForwardWorkspace ffn_ws;
 
   // Activations [max_tokens, width].
-  std::vector<float> hidden, normed, block_out, shared_out, q, k, v, q_a, kv_a, q_latent, q_rope, attended, heads_out;
+  std::vector<float> hidden, normed, block_out, shared_out, q, k, v, q_a, kv_a, q_latent, q_rope, attended,
+      heads_out;
   std::vector<float> router_logits, route_weights, shared_gate;
   std::vector<int32_t> ids, expert_ids;
   std::vector<int64_t> positions;
   std::vector<const BlockTable*> tables;
 
   Impl(const ModelConfig& c, const Weights& weights, Backend& b, KvPool& pool, int64_t max_batch_tokens)
-      : cfg(c), w(weights), backend(b), kv(pool), max_tokens(max_batch_tokens),
+      : cfg(c),
+        w(weights),
+        backend(b),
+        kv(pool),
+        max_tokens(max_batch_tokens),
         rope(c, c.attention == AttentionKind::mla ? c.qk_rope_head_dim : c.head_dim),
         routing(RoutingParams::from_config(c)),
         mla{c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank},
         softmax_scale(static_cast<float>(c.attention == AttentionKind::mla
                                              ? mla_softmax_scale(c)
                                              : 1.0 / std::sqrt(static_cast<double>(c.head_dim)))),
-        ffn_ws(max_batch_tokens, c.hidden_size, widest_intermediate(weights), std::max<int64_t>(1, c.num_experts_per_tok),
-               std::max<int64_t>(1, c.num_experts)) {
+        ffn_ws(max_batch_tokens, c.hidden_size, widest_intermediate(weights),
+               std::max<int64_t>(1, c.num_experts_per_tok), std::max<int64_t>(1, c.num_experts)) {
     for (const auto& l : w.layers)
       layer_vectors.push_back({dequantize_to_vector(l.attn_norm), dequantize_to_vector(l.ffn_norm),
                                dequantize_to_vector(l.q_norm), dequantize_to_vector(l.k_norm),
@@ -72,7 +77,9 @@ struct ForwardPass::Impl {
 
     const auto T = static_cast<size_t>(max_tokens);
     const auto H = static_cast<size_t>(c.hidden_size);
-    auto sized = [T](std::vector<float>& buf, int64_t width) { buf.assign(T * static_cast<size_t>(std::max<int64_t>(width, 1)), 0.0f); };
+    auto sized = [T](std::vector<float>& buf, int64_t width) {
+      buf.assign(T * static_cast<size_t>(std::max<int64_t>(width, 1)), 0.0f);
+    };
     sized(hidden, c.hidden_size);
     sized(normed, c.hidden_size);
     sized(block_out, c.hidden_size);
@@ -108,8 +115,10 @@ struct ForwardPass::Impl {
     backend.linear(L.q, normed.data(), T, q.data());
     backend.linear(L.k, normed.data(), T, k.data());
     backend.linear(L.v, normed.data(), T, v.data());
-    if (!V.q_norm.empty()) backend.rms_norm(q.data(), V.q_norm.data(), T * nh, hd, hd, cfg.rms_norm_eps, q.data());
-    if (!V.k_norm.empty()) backend.rms_norm(k.data(), V.k_norm.data(), T * nkv, hd, hd, cfg.rms_norm_eps, k.data());
+    if (!V.q_norm.empty())
+      backend.rms_norm(q.data(), V.q_norm.data(), T * nh, hd, hd, cfg.rms_norm_eps, q.data());
+    if (!V.k_norm.empty())
+      backend.rms_norm(k.data(), V.k_norm.data(), T * nkv, hd, hd, cfg.rms_norm_eps, k.data());
     backend.rope(rope, q.data(), T, nh * hd, nh, hd, positions.data());
     backend.rope(rope, k.data(), T, nkv * hd, nkv, hd, positions.data());
     const int64_t kv_width = nkv * hd;
@@ -129,25 +138,28 @@ struct ForwardPass::Impl {
     const int64_t nh = mla.heads, q_head = mla.nope + mla.rope, kv_width = mla.kv_lora + mla.rope;
     if (!L.q_a.empty()) {
       backend.linear(L.q_a, normed.data(), T, q_a.data());
-      backend.rms_norm(q_a.data(), V.q_a_norm.data(), T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps, q_a.data());
+      backend.rms_norm(q_a.data(), V.q_a_norm.data(), T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps,
+                       q_a.data());
       backend.linear(L.q_b, q_a.data(), T, q.data());
     } else {
       backend.linear(L.q, normed.data(), T, q.data());
     }
     backend.linear(L.kv_a, normed.data(), T, kv_a.data());
-    backend.rms_norm(kv_a.data(), V.kv_a_norm.data(), T, mla.kv_lora, kv_width, cfg.rms_norm_eps, kv_a.data());
+    backend.rms_norm(kv_a.data(), V.kv_a_norm.data(), T, mla.kv_lora, kv_width, cfg.rms_norm_eps,
+                     kv_a.data());
     backend.rope(rope, kv_a.data() + mla.kv_lora, T, kv_width, 1, mla.rope, positions.data());
     backend.rope(rope, q.data() + mla.nope, T, nh * q_head, nh, q_head, positions.data());
     for (int64_t t = 0; t < T; ++t) {
       float* dst = tables[static_cast<size_t>(t)]->token_values(kv, layer, positions[static_cast<size_t>(t)]);
       std::copy_n(kv_a.data() + t * kv_width, kv_width, dst);
       for (int64_t h = 0; h < nh; ++h)
-        std::copy_n(q.data() + (t * nh + h) * q_head + mla.nope, mla.rope, q_rope.data() + (t * nh + h) * mla.rope);
+        std::copy_n(q.data() + (t * nh + h) * q_head + mla.nope, mla.rope,
+                    q_rope.data() + (t * nh + h) * mla.rope);
     }
     backend.mla_absorb_query(L.kv_b, mla, q.data(), T, q_latent.data());
     const AttentionBatch batch{T, positions.data(), tables.data()};
-    backend.mla_attention(kv, layer, batch, q_latent.data(), q_rope.data(), nh, mla.kv_lora, mla.rope, softmax_scale,
-                          attended.data());
+    backend.mla_attention(kv, layer, batch, q_latent.data(), q_rope.data(), nh, mla.kv_lora, mla.rope,
+                          softmax_scale, attended.data());
     backend.mla_expand_values(L.kv_b, mla, attended.data(), T, heads_out.data());
     backend.linear(L.o, heads_out.data(), T, block_out.data());
   }
@@ -161,16 +173,22 @@ struct ForwardPass::Impl {
       return;
     }
     backend.linear(L.router, normed.data(), T, router_logits.data());
-    route_tokens_to_experts(routing, router_logits.data(), T, V.router_bias.empty() ? nullptr : V.router_bias.data(),
-                            expert_ids.data(), route_weights.data());
-    backend.moe_routed_experts(L.experts, normed.data(), T, H, expert_ids.data(), route_weights.data(), routing.top_k,
-                               ffn_ws, block_out.data());
+    route_tokens_to_experts(routing, router_logits.data(), T,
+                            V.router_bias.empty() ? nullptr : V.router_bias.data(), expert_ids.data(),
+                            route_weights.data());
+    backend.moe_routed_experts(L.experts, normed.data(), T, H, expert_ids.data(), route_weights.data(),
+                               routing.top_k, ffn_ws, block_out.data());
     if (L.shared_gate.empty()) return;
-    backend.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, normed.data(), T, ffn_ws, shared_out.data());
-    if (!L.shared_expert_gate.empty()) backend.linear(L.shared_expert_gate, normed.data(), T, shared_gate.data());
+    backend.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, normed.data(), T, ffn_ws,
+                         shared_out.data());
+    if (!L.shared_expert_gate.empty())
+      backend.linear(L.shared_expert_gate, normed.data(), T, shared_gate.data());
     for (int64_t t = 0; t < T; ++t) {
-      const float g = L.shared_expert_gate.empty() ? 1.0f : 1.0f / (1.0f + std::exp(-shared_gate[static_cast<size_t>(t)]));
-      for (int64_t i = 0; i < H; ++i) block_out[static_cast<size_t>(t * H + i)] += g * shared_out[static_cast<size_t>(t * H + i)];
+      const float g = L.shared_expert_gate.empty()
+                          ? 1.0f
+                          : 1.0f / (1.0f + std::exp(-shared_gate[static_cast<size_t>(t)]));
+      for (int64_t i = 0; i < H; ++i)
+        block_out[static_cast<size_t>(t * H + i)] += g * shared_out[static_cast<size_t>(t * H + i)];
     }
   }
 
@@ -187,7 +205,8 @@ ForwardPass::~ForwardPass() = default;
 
 int64_t ForwardPass::logits_rows(std::span<const SequenceChunk> batch) {
   int64_t rows = 0;
-  for (const auto& c : batch) rows += c.all_logits ? static_cast<int64_t>(c.ids.size()) : (c.ids.empty() ? 0 : 1);
+  for (const auto& c : batch)
+    rows += c.all_logits ? static_cast<int64_t>(c.ids.size()) : (c.ids.empty() ? 0 : 1);
   return rows;
 }
 
@@ -196,19 +215,22 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
   const ModelConfig& cfg = m.cfg;
   int64_t T = 0;
   for (const auto& c : batch) {
-    if (c.table == nullptr) throw Error(ErrorKind::invalid_argument, "forward: a sequence chunk has no block table");
+    if (c.table == nullptr)
+      throw Error(ErrorKind::invalid_argument, "forward: a sequence chunk has no block table");
     const int64_t n = static_cast<int64_t>(c.ids.size());
     if (T + n > m.max_tokens)
       throw Error(ErrorKind::out_of_range,
-                  fmt::format("forward: batch of {} tokens or more is over max_batch_tokens {}", T + n, m.max_tokens));
+                  fmt::format("forward: batch of {} tokens or more is over max_batch_tokens {}", T + n,
+                              m.max_tokens));
     if (c.start_position < 0 || c.table->capacity_tokens(m.kv) < c.start_position + n)
       throw Error(ErrorKind::out_of_range, fmt::format("forward: block table holds {} tokens, chunk needs {}",
                                                        c.table->capacity_tokens(m.kv), c.start_position + n));
     for (int64_t i = 0; i < n; ++i) {
       const int32_t id = c.ids[static_cast<size_t>(i)];
       if (id < 0 || id >= cfg.vocab_size)
-        throw Error(ErrorKind::invalid_argument,
-                    fmt::format("token id {} at index {} is outside the vocabulary [0, {})", id, i, cfg.vocab_size));
+        throw Error(
+            ErrorKind::invalid_argument,
+            fmt::format("token id {} at index {} is outside the vocabulary [0, {})", id, i, cfg.vocab_size));
       m.ids[static_cast<size_t>(T)] = id;
       m.positions[static_cast<size_t>(T)] = c.start_position + i;
       m.tables[static_cast<size_t>(T)] = c.table;
@@ -219,7 +241,8 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
   const int64_t H = cfg.hidden_size;
   m.backend.embedding(m.w.token_embedding, m.ids.data(), T, m.hidden.data());
   for (int64_t layer = 0; layer < cfg.num_layers; ++layer) {
-    if (cancel && cancel->load(std::memory_order_relaxed)) throw Error(ErrorKind::cancelled, "forward pass cancelled");
+    if (cancel && cancel->load(std::memory_order_relaxed))
+      throw Error(ErrorKind::cancelled, "forward pass cancelled");
     const LayerVectors& V = m.layer_vectors[static_cast<size_t>(layer)];
     m.backend.rms_norm(m.hidden.data(), V.attn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
     if (cfg.attention == AttentionKind::mla)
@@ -231,7 +254,8 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
     m.feed_forward(layer, T);
     m.add_to_hidden(T);
   }
-  if (cancel && cancel->load(std::memory_order_relaxed)) throw Error(ErrorKind::cancelled, "forward pass cancelled");
+  if (cancel && cancel->load(std::memory_order_relaxed))
+    throw Error(ErrorKind::cancelled, "forward pass cancelled");
 
   // Only the rows whose logits were asked for go through the final norm and the output matrix.
   int64_t rows = 0, token = 0;

@@ -11,13 +11,17 @@ namespace tandem {
 
 KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   if (spec.layers <= 0 || spec.values_per_token <= 0 || spec.block_tokens <= 0 || spec.blocks <= 0)
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("KV pool: sizes must be positive (layers {}, values per token {}, block tokens {}, blocks {})",
-                            spec.layers, spec.values_per_token, spec.block_tokens, spec.blocks));
+    throw Error(
+        ErrorKind::invalid_argument,
+        fmt::format(
+            "KV pool: sizes must be positive (layers {}, values per token {}, block tokens {}, blocks {})",
+            spec.layers, spec.values_per_token, spec.block_tokens, spec.blocks));
   if (spec.device.kind != DeviceKind::cpu)
-    throw Error(ErrorKind::unsupported, "KV pool: only cpu pools exist in this build, asked for " + spec.device.to_string());
+    throw Error(ErrorKind::unsupported,
+                "KV pool: only cpu pools exist in this build, asked for " + spec.device.to_string());
   if (spec.blocks > std::numeric_limits<int32_t>::max())
-    throw Error(ErrorKind::out_of_range, fmt::format("KV pool: {} blocks is more than block ids can address", spec.blocks));
+    throw Error(ErrorKind::out_of_range,
+                fmt::format("KV pool: {} blocks is more than block ids can address", spec.blocks));
   const double floats = static_cast<double>(spec.layers) * static_cast<double>(spec.values_per_token) *
                         static_cast<double>(spec.block_tokens) * static_cast<double>(spec.blocks);
   if (floats * sizeof(float) > static_cast<double>(std::numeric_limits<int64_t>::max() / 2))
@@ -25,7 +29,8 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   try {
     storage_.assign(static_cast<size_t>(floats), 0.0f);
   } catch (const std::bad_alloc&) {
-    throw Error(ErrorKind::out_of_memory, fmt::format("KV pool: cannot allocate {} bytes", floats * sizeof(float)));
+    throw Error(ErrorKind::out_of_memory,
+                fmt::format("KV pool: cannot allocate {} bytes", floats * sizeof(float)));
   }
   in_use_.assign(static_cast<size_t>(spec.blocks), 0);
   free_ids_.reserve(static_cast<size_t>(spec.blocks));
@@ -41,7 +46,8 @@ int32_t KvPool::allocate_block() {
   std::lock_guard lock(mutex_);
   if (free_ids_.empty())
     throw Error(ErrorKind::out_of_memory,
-                fmt::format("KV pool exhausted: all {} blocks of {} tokens are in use", spec_.blocks, spec_.block_tokens));
+                fmt::format("KV pool exhausted: all {} blocks of {} tokens are in use", spec_.blocks,
+                            spec_.block_tokens));
   const int32_t id = free_ids_.back();
   free_ids_.pop_back();
   in_use_[static_cast<size_t>(id)] = 1;

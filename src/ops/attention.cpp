@@ -36,8 +36,9 @@ void softmax_in_place(float* scores, int64_t n) {
 
 }  // namespace
 
-void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
-                   int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) {
+void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
+                   const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
+                   float* out) {
   const int64_t group = heads / kv_heads;
   const int64_t kv_width = kv_heads * head_dim;
   pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
@@ -61,8 +62,8 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
 }
 
 void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
-                   const float* q_latent, const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim,
-                   float softmax_scale, float* out) {
+                   const float* q_latent, const float* q_rope, int64_t heads, int64_t kv_lora,
+                   int64_t rope_dim, float softmax_scale, float* out) {
   pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads;

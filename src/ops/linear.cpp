@@ -1,7 +1,6 @@
 #include "tandem/ops/linear.hpp"
 
 #include <Eigen/Core>
-
 #include <algorithm>
 
 #include "tandem/backend/thread_pool.hpp"
@@ -61,7 +60,8 @@ void dequantize_weight_rows(const LinearWeight& w, int64_t row_begin, int64_t ro
       for (int64_t c = 0; c < scale_cols; ++c) {
         float scale;
         dequantize_row(w.scale_inv.dtype,
-                       w.scale_inv.row_ptr(scale_row) + c * dtype_traits(w.scale_inv.dtype).block_bytes, &scale, 1);
+                       w.scale_inv.row_ptr(scale_row) + c * dtype_traits(w.scale_inv.dtype).block_bytes,
+                       &scale, 1);
         const int64_t end = std::min(in, (c + 1) * kFp8Block);
         for (int64_t i = c * kFp8Block; i < end; ++i) row[i] *= scale;
       }
@@ -94,7 +94,8 @@ std::vector<float> dequantize_to_vector(const TensorView& view) {
 
 void embedding_lookup(const TensorView& table, const int32_t* ids, int64_t count, float* out) {
   const int64_t width = table.shape.back();
-  for (int64_t t = 0; t < count; ++t) dequantize_row(table.dtype, table.row_ptr(ids[t]), out + t * width, width);
+  for (int64_t t = 0; t < count; ++t)
+    dequantize_row(table.dtype, table.row_ptr(ids[t]), out + t * width, width);
 }
 
 }  // namespace tandem

@@ -1,7 +1,6 @@
 #include "tandem/ops/mla.hpp"
 
 #include <Eigen/Core>
-
 #include <vector>
 
 #include "tandem/backend/thread_pool.hpp"
@@ -22,8 +21,8 @@ float* head_scratch(size_t floats) {
 
 }  // namespace
 
-void mla_absorb_query(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& s, const float* q, int64_t tokens,
-                      float* q_latent) {
+void mla_absorb_query(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& s, const float* q,
+                      int64_t tokens, float* q_latent) {
   const int64_t q_head = s.nope + s.rope;
   pool.parallel_for(s.heads, [&](int64_t begin, int64_t end, int) {
     for (int64_t h = begin; h < end; ++h) {

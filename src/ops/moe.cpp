@@ -17,7 +17,10 @@ void silu_times(float* gate, const float* up, int64_t n) {
 
 FeedForwardWorkspace::FeedForwardWorkspace(int64_t max_tokens, int64_t hidden, int64_t max_intermediate,
                                            int64_t top_k, int64_t experts)
-    : max_tokens_(max_tokens), hidden_(hidden), max_intermediate_(max_intermediate), top_k_(std::max<int64_t>(1, top_k)) {
+    : max_tokens_(max_tokens),
+      hidden_(hidden),
+      max_intermediate_(max_intermediate),
+      top_k_(std::max<int64_t>(1, top_k)) {
   const auto routed = static_cast<size_t>(max_tokens * top_k_);
   gate_.resize(static_cast<size_t>(max_tokens * max_intermediate));
   up_.resize(gate_.size());
@@ -27,8 +30,9 @@ FeedForwardWorkspace::FeedForwardWorkspace(int64_t max_tokens, int64_t hidden, i
   expert_begin_.resize(static_cast<size_t>(experts + 1));
 }
 
-void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
-                  const float* x, int64_t tokens, FeedForwardWorkspace& ws, float* out) {
+void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight& up,
+                  const LinearWeight& down, const float* x, int64_t tokens, FeedForwardWorkspace& ws,
+                  float* out) {
   const int64_t inter = gate.out_features();
   if (tokens > ws.max_tokens_ || inter > ws.max_intermediate_)
     throw Error(ErrorKind::internal, "feed-forward workspace smaller than the batch");
@@ -42,24 +46,28 @@ void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const fl
                         int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
                         FeedForwardWorkspace& ws, float* out) {
   const auto count = static_cast<int64_t>(experts.count());
-  if (tokens > ws.max_tokens_ || top_k > ws.top_k_ || count + 1 > static_cast<int64_t>(ws.expert_begin_.size()))
+  if (tokens > ws.max_tokens_ || top_k > ws.top_k_ ||
+      count + 1 > static_cast<int64_t>(ws.expert_begin_.size()))
     throw Error(ErrorKind::internal, "MoE workspace smaller than the batch");
 
   // Counting sort of (token, slot) pairs by expert.
   std::fill(ws.expert_begin_.begin(), ws.expert_begin_.end(), 0);
   for (int64_t r = 0; r < tokens * top_k; ++r) ++ws.expert_begin_[static_cast<size_t>(expert_ids[r]) + 1];
-  for (int64_t e = 0; e < count; ++e) ws.expert_begin_[static_cast<size_t>(e + 1)] += ws.expert_begin_[static_cast<size_t>(e)];
+  for (int64_t e = 0; e < count; ++e)
+    ws.expert_begin_[static_cast<size_t>(e + 1)] += ws.expert_begin_[static_cast<size_t>(e)];
   {
     thread_local std::vector<int64_t> fill;
     fill.assign(ws.expert_begin_.begin(), ws.expert_begin_.end() - 1);
     for (int64_t r = 0; r < tokens * top_k; ++r)
-      ws.tokens_by_expert_[static_cast<size_t>(fill[static_cast<size_t>(expert_ids[r])]++)] = static_cast<int32_t>(r);
+      ws.tokens_by_expert_[static_cast<size_t>(fill[static_cast<size_t>(expert_ids[r])]++)] =
+          static_cast<int32_t>(r);
   }
 
   // Each expert over its tokens; results land in per-(token, slot) rows, summed in slot order
   // afterwards so the result does not depend on which expert ran first.
   for (int64_t e = 0; e < count; ++e) {
-    const int64_t begin = ws.expert_begin_[static_cast<size_t>(e)], end = ws.expert_begin_[static_cast<size_t>(e + 1)];
+    const int64_t begin = ws.expert_begin_[static_cast<size_t>(e)],
+                  end = ws.expert_begin_[static_cast<size_t>(e + 1)];
     const int64_t n = end - begin;
     if (n == 0) continue;
     for (int64_t i = 0; i < n; ++i) {

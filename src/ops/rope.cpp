@@ -26,7 +26,8 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& config, int64_t rotary_dim)
   const int64_t half = dim_ / 2;
   inv_freq_.resize(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i)
-    inv_freq_[static_cast<size_t>(i)] = 1.0 / std::pow(base, static_cast<double>(2 * i) / static_cast<double>(dim_));
+    inv_freq_[static_cast<size_t>(i)] =
+        1.0 / std::pow(base, static_cast<double>(2 * i) / static_cast<double>(dim_));
 
   const RopeScaling& rs = config.rope_scaling;
   if (rs.type == RopeScalingType::linear) {
@@ -37,9 +38,9 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& config, int64_t rotary_dim)
     // ramp between beta_fast and beta_slow rotations, truncated to whole dimensions, blends
     // interpolated and original frequencies.
     const double factor = rs.factor;
-    const double original = static_cast<double>(rs.original_max_position_embeddings > 0
-                                                     ? rs.original_max_position_embeddings
-                                                     : config.max_position_embeddings);
+    const double original =
+        static_cast<double>(rs.original_max_position_embeddings > 0 ? rs.original_max_position_embeddings
+                                                                    : config.max_position_embeddings);
     auto correction_dim = [&](double rotations) {
       return static_cast<double>(dim_) * std::log(original / (rotations * 2 * std::numbers::pi)) /
              (2 * std::log(base));

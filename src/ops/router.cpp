@@ -13,8 +13,9 @@ void top_k_indices(const double* values, int64_t n, int64_t k, int32_t* out) {
   thread_local std::vector<int32_t> order;
   order.resize(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int32_t a, int32_t b) { return values[a] > values[b] || (values[a] == values[b] && a < b); });
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
   std::copy(order.begin(), order.begin() + k, out);
 }
 
@@ -47,7 +48,8 @@ void route_tokens_to_experts(const RoutingParams& params, const float* logits, i
     if (params.kind == RouterKind::sigmoid_noaux_tc) {
       for (int64_t e = 0; e < n; ++e) {
         scores[static_cast<size_t>(e)] = 1.0 / (1.0 + std::exp(-static_cast<double>(row[e])));
-        choice[static_cast<size_t>(e)] = scores[static_cast<size_t>(e)] + (selection_bias ? selection_bias[e] : 0.0);
+        choice[static_cast<size_t>(e)] =
+            scores[static_cast<size_t>(e)] + (selection_bias ? selection_bias[e] : 0.0);
       }
     } else {
       const double max_logit = *std::max_element(row, row + n);
@@ -79,7 +81,8 @@ void route_tokens_to_experts(const RoutingParams& params, const float* logits, i
       }
       top_k_indices(group_scores.data(), params.n_group, params.topk_group, kept_groups.data());
       for (int64_t g = 0; g < params.n_group; ++g) {
-        if (std::find(kept_groups.begin(), kept_groups.end(), static_cast<int32_t>(g)) != kept_groups.end()) continue;
+        if (std::find(kept_groups.begin(), kept_groups.end(), static_cast<int32_t>(g)) != kept_groups.end())
+          continue;
         std::fill(choice.begin() + g * per_group, choice.begin() + (g + 1) * per_group, 0.0);
       }
     }

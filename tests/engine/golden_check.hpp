@@ -10,7 +10,7 @@
 namespace tandem::test {
 
 struct GoldenResult {
-  double worst_relative = 0;   // max over prompts of max|Δ| / max|golden|
+  double worst_relative = 0;  // max over prompts of max|Δ| / max|golden|
   int64_t argmax_mismatches = 0;
   int64_t positions = 0;
   int prompts = 0;

@@ -1,11 +1,10 @@
 // The `tandem eval` contract, and peak memory of a real run: weights stay in the mapping.
-#include <catch2/catch.hpp>
-
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -150,10 +149,9 @@ TEST_CASE("peak RSS of a small/ GGUF run stays within 1.1x file + KV pool", "[en
   const double kv_bytes = load_and_run(path, ids);
   const double peak = status_kb("VmHWM") * 1024 - rss_before;
   const double file_bytes = static_cast<double>(fs::file_size(path));
-  WARN("VmHWM above the runner's resident set: " << peak / 1e6 << " MB; file " << file_bytes / 1e6
-                                                 << " MB, KV pool " << kv_bytes / 1e6 << " MB, fixed baseline "
-                                                 << baseline / 1e6 << " MB (runner itself: " << rss_before / 1e6
-                                                 << " MB); (peak - baseline) / (file + KV) = "
-                                                 << (peak - baseline) / (file_bytes + kv_bytes));
+  WARN("VmHWM above the runner's resident set: "
+       << peak / 1e6 << " MB; file " << file_bytes / 1e6 << " MB, KV pool " << kv_bytes / 1e6
+       << " MB, fixed baseline " << baseline / 1e6 << " MB (runner itself: " << rss_before / 1e6
+       << " MB); (peak - baseline) / (file + KV) = " << (peak - baseline) / (file_bytes + kv_bytes));
   CHECK(peak <= 1.1 * (file_bytes + kv_bytes) + baseline);
 }

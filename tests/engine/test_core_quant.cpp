@@ -1,6 +1,5 @@
 // The bundled q8_0 GGUFs (no ../shared needed): finite logits, argmax mostly agreeing with golden.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 
 #include "engine/golden_check.hpp"

@@ -1,8 +1,7 @@
 // Correctness against HF transformers on the bundled tiny models (no ../shared needed), plus the
 // shared helpers the other engine tests use.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "engine/golden_check.hpp"
@@ -24,14 +23,17 @@ double relative_max_error(std::span<const float> a, std::span<const float> b) {
 int64_t argmax_mismatches(std::span<const float> a, std::span<const float> b, int64_t width) {
   int64_t mismatches = 0;
   for (size_t row = 0; row + static_cast<size_t>(width) <= a.size(); row += static_cast<size_t>(width)) {
-    const auto ra = a.subspan(row, static_cast<size_t>(width)), rb = b.subspan(row, static_cast<size_t>(width));
-    if (std::max_element(ra.begin(), ra.end()) - ra.begin() != std::max_element(rb.begin(), rb.end()) - rb.begin())
+    const auto ra = a.subspan(row, static_cast<size_t>(width)),
+               rb = b.subspan(row, static_cast<size_t>(width));
+    if (std::max_element(ra.begin(), ra.end()) - ra.begin() !=
+        std::max_element(rb.begin(), rb.end()) - rb.begin())
       ++mismatches;
   }
   return mismatches;
 }
 
-std::unique_ptr<Engine> load_for_test(const std::string& path, int64_t kv_block_tokens, int64_t max_batch_tokens) {
+std::unique_ptr<Engine> load_for_test(const std::string& path, int64_t kv_block_tokens,
+                                      int64_t max_batch_tokens) {
   LoadOptions options;
   options.max_context_tokens = 512;
   options.max_sessions = 2;
@@ -43,7 +45,8 @@ std::unique_ptr<Engine> load_for_test(const std::string& path, int64_t kv_block_
 
 double GoldenResult::fraction_within(double tolerance) const {
   if (position_relative.empty()) return 0;
-  const auto within = std::count_if(position_relative.begin(), position_relative.end(), [&](double r) { return r <= tolerance; });
+  const auto within = std::count_if(position_relative.begin(), position_relative.end(),
+                                    [&](double r) { return r <= tolerance; });
   return static_cast<double>(within) / static_cast<double>(position_relative.size());
 }
 
@@ -75,8 +78,9 @@ GoldenResult compare_with_golden(Engine& engine, const std::string& golden_path)
     result.argmax_mismatches += argmax_mismatches(got, expected, vocab);
     result.positions += static_cast<int64_t>(expected.size()) / vocab;
     for (size_t row = 0; row < expected.size() / static_cast<size_t>(vocab); ++row)
-      result.position_relative.push_back(relative_max_error(got.subspan(row * static_cast<size_t>(vocab), static_cast<size_t>(vocab)),
-                                                            expected.subspan(row * static_cast<size_t>(vocab), static_cast<size_t>(vocab))));
+      result.position_relative.push_back(
+          relative_max_error(got.subspan(row * static_cast<size_t>(vocab), static_cast<size_t>(vocab)),
+                             expected.subspan(row * static_cast<size_t>(vocab), static_cast<size_t>(vocab))));
     ++result.prompts;
   };
   for (int k = 0; k < 4; ++k)

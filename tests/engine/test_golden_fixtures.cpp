@@ -1,14 +1,12 @@
 // Every tiny model in every format against HF golden logits, greedy continuations against the
 // manifest, and quantised files (tiny q8_0, small/ K-quants and IQ4_XS) as "runs, finite, equal to
 // the same forward on dequantised weights".
-#include <catch2/catch.hpp>
-
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "engine/golden_check.hpp"
 #include "support/fixtures.hpp"
@@ -36,10 +34,10 @@ void check_golden(const std::string& model_path, const std::string& golden_path,
                   const ModelOverrides& overrides = {}) {
   auto engine = load_with(model_path, overrides);
   const auto r = test::compare_with_golden(*engine, golden_path);
-  WARN(fs::path(model_path).filename().string() << " (" << fs::path(model_path).parent_path().filename().string()
-                                                << "): " << r.prompts << " prompts, worst max|d|/max|golden| = "
-                                                << r.worst_relative << ", argmax mismatches " << r.argmax_mismatches
-                                                << "/" << r.positions);
+  WARN(fs::path(model_path).filename().string()
+       << " (" << fs::path(model_path).parent_path().filename().string() << "): " << r.prompts
+       << " prompts, worst max|d|/max|golden| = " << r.worst_relative << ", argmax mismatches "
+       << r.argmax_mismatches << "/" << r.positions);
   CHECK(r.prompts >= 4);
   CHECK(r.worst_relative <= tolerance);
   CHECK(r.argmax_mismatches == 0);
@@ -56,10 +54,10 @@ void check_golden_rounded(const std::string& model_path, const std::string& gold
   std::vector<double> sorted = r.position_relative;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted.empty() ? INFINITY : sorted[sorted.size() / 2];
-  WARN(fs::path(model_path).filename().string() << ": median position max|d|/max|golden| = " << median
-                                                << ", worst " << r.worst_relative << ", within " << tolerance << ": "
-                                                << r.fraction_within(tolerance) * 100 << "% of positions, argmax mismatches "
-                                                << r.argmax_mismatches << "/" << r.positions);
+  WARN(fs::path(model_path).filename().string()
+       << ": median position max|d|/max|golden| = " << median << ", worst " << r.worst_relative << ", within "
+       << tolerance << ": " << r.fraction_within(tolerance) * 100 << "% of positions, argmax mismatches "
+       << r.argmax_mismatches << "/" << r.positions);
   CHECK(r.prompts == 5);
   CHECK(median <= tolerance / 2);
   CHECK(r.fraction_within(tolerance) >= 0.97);
@@ -82,7 +80,9 @@ TEST_CASE("every tiny model and format matches HF golden logits", "[engine][gold
     const std::string golden = dir + "/golden.safetensors";
     SECTION(name + " safetensors F32") { check_golden(dir, golden, 1e-3); }
     if (fs::exists(dir + "/" + name + "-f32.gguf")) {
-      SECTION(name + " GGUF F32") { check_golden(dir + "/" + name + "-f32.gguf", golden, 1e-3, overrides_for(name)); }
+      SECTION(name + " GGUF F32") {
+        check_golden(dir + "/" + name + "-f32.gguf", golden, 1e-3, overrides_for(name));
+      }
       SECTION(name + " GGUF BF16") {
         check_golden_rounded(dir + "/" + name + "-bf16.gguf", golden, 2e-2, overrides_for(name));
       }
@@ -94,7 +94,8 @@ TEST_CASE("every tiny model and format matches HF golden logits", "[engine][gold
   }
 }
 
-TEST_CASE("greedy continuations equal the manifest's (F32 safetensors, prefill + decode)", "[engine][greedy][fixtures]") {
+TEST_CASE("greedy continuations equal the manifest's (F32 safetensors, prefill + decode)",
+          "[engine][greedy][fixtures]") {
   TANDEM_REQUIRE_FIXTURES(fx);
   std::ifstream in(fx + "/tiny/manifest.json");
   const auto manifest = nlohmann::json::parse(in);
@@ -109,7 +110,8 @@ TEST_CASE("greedy continuations equal the manifest's (F32 safetensors, prefill +
       std::vector<int32_t> got;
       while (got.size() < expected.size()) {
         const auto logits = session->logits();
-        const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        const auto next =
+            static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
         got.push_back(next);
         if (got.size() < expected.size()) session->decode(next);
       }
@@ -157,15 +159,30 @@ struct DequantisedWeights {
     weights.output = to_f32(w.output);
     for (const auto& L : w.layers) {
       LayerWeights d = L;
-      for (auto [src, dst] : {std::pair{&L.attn_norm, &d.attn_norm}, {&L.ffn_norm, &d.ffn_norm}, {&L.q_norm, &d.q_norm},
-                              {&L.k_norm, &d.k_norm}, {&L.q_a_norm, &d.q_a_norm}, {&L.kv_a_norm, &d.kv_a_norm},
+      for (auto [src, dst] : {std::pair{&L.attn_norm, &d.attn_norm},
+                              {&L.ffn_norm, &d.ffn_norm},
+                              {&L.q_norm, &d.q_norm},
+                              {&L.k_norm, &d.k_norm},
+                              {&L.q_a_norm, &d.q_a_norm},
+                              {&L.kv_a_norm, &d.kv_a_norm},
                               {&L.router_bias, &d.router_bias}})
         *dst = to_f32(*src);
-      for (auto [src, dst] : {std::pair{&L.q, &d.q}, {&L.k, &d.k}, {&L.v, &d.v}, {&L.o, &d.o}, {&L.q_a, &d.q_a},
-                              {&L.q_b, &d.q_b}, {&L.kv_a, &d.kv_a}, {&L.kv_b, &d.kv_b}, {&L.ffn_gate, &d.ffn_gate},
-                              {&L.ffn_up, &d.ffn_up}, {&L.ffn_down, &d.ffn_down}, {&L.router, &d.router},
-                              {&L.shared_gate, &d.shared_gate}, {&L.shared_up, &d.shared_up},
-                              {&L.shared_down, &d.shared_down}, {&L.shared_expert_gate, &d.shared_expert_gate}})
+      for (auto [src, dst] : {std::pair{&L.q, &d.q},
+                              {&L.k, &d.k},
+                              {&L.v, &d.v},
+                              {&L.o, &d.o},
+                              {&L.q_a, &d.q_a},
+                              {&L.q_b, &d.q_b},
+                              {&L.kv_a, &d.kv_a},
+                              {&L.kv_b, &d.kv_b},
+                              {&L.ffn_gate, &d.ffn_gate},
+                              {&L.ffn_up, &d.ffn_up},
+                              {&L.ffn_down, &d.ffn_down},
+                              {&L.router, &d.router},
+                              {&L.shared_gate, &d.shared_gate},
+                              {&L.shared_up, &d.shared_up},
+                              {&L.shared_down, &d.shared_down},
+                              {&L.shared_expert_gate, &d.shared_expert_gate}})
         *dst = to_f32(*src);
       for (size_t e = 0; e < L.experts.count(); ++e) {
         d.experts.gate[e] = to_f32(L.experts.gate[e]);
@@ -206,11 +223,13 @@ void check_quantised_file(const std::string& path, std::span<const int32_t> ids)
 
 }  // namespace
 
-TEST_CASE("tiny q8_0 GGUFs run and equal the forward on their dequantised weights", "[engine][quant][fixtures]") {
+TEST_CASE("tiny q8_0 GGUFs run and equal the forward on their dequantised weights",
+          "[engine][quant][fixtures]") {
   TANDEM_REQUIRE_FIXTURES(fx);
   const std::vector<int32_t> ids = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73};
-  for (const std::string name : {"qwen3moe", "qwen2moe", "deepseekv2lite", "deepseekv3"})
-    SECTION(name) { check_quantised_file(fx + "/tiny/" + name + "/" + name + "-q8_0.gguf", ids); }
+  for (const std::string name : {"qwen3moe", "qwen2moe", "deepseekv2lite", "deepseekv3"}) SECTION(name) {
+      check_quantised_file(fx + "/tiny/" + name + "/" + name + "-q8_0.gguf", ids);
+    }
 }
 
 TEST_CASE("small/ K-quant and IQ4_XS GGUFs load and run", "[engine][quant][fixtures]") {

@@ -1,7 +1,6 @@
 // Operators the tiny fixtures do not reach: DeepSeek-V2 group-limited routing, the noaux_tc
 // selection bias, RoPE layouts with linear scaling. References are the definitions, computed here.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <map>
 
@@ -12,7 +11,8 @@ using namespace tandem;
 
 namespace {
 
-std::map<int32_t, float> routed(const RoutingParams& p, const std::vector<float>& logits, const std::vector<float>* bias) {
+std::map<int32_t, float> routed(const RoutingParams& p, const std::vector<float>& logits,
+                                const std::vector<float>* bias) {
   std::vector<int32_t> ids(static_cast<size_t>(p.top_k));
   std::vector<float> weights(ids.size());
   route_tokens_to_experts(p, logits.data(), 1, bias ? bias->data() : nullptr, ids.data(), weights.data());

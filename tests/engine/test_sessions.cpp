@@ -1,9 +1,8 @@
 // Paged KV cache and sessions: prefill + step-by-step decode equals one full pass (GQA and MLA,
 // across block boundaries, with prompt chunking), sessions sharing a pool, a batch of two
 // sequences in one forward, and the limits' errors.
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <numeric>
 
 #include "engine/golden_check.hpp"
@@ -18,7 +17,8 @@ using namespace tandem;
 
 namespace {
 
-const std::vector<int32_t> kPromptA = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287};
+const std::vector<int32_t> kPromptA = {51, 261, 220, 80, 84, 72,  481, 263, 304,
+                                       86, 77,  280, 78, 87, 220, 73,  287};
 const std::vector<int32_t> kPromptB = {13, 400, 17, 5, 311, 90, 211, 7, 99, 450, 3};
 
 std::vector<float> full_pass(Engine& engine, const std::vector<int32_t>& ids) {
@@ -52,7 +52,9 @@ TEST_CASE("prefill then decode equals one full pass across KV block boundaries",
     for (size_t i = k; i < kPromptA.size(); ++i) {
       session->decode(kPromptA[i]);
       INFO("decode at position " << i);
-      check_rows_equal(session->logits(), std::span(reference).subspan(i * static_cast<size_t>(vocab), static_cast<size_t>(vocab)), 1e-5);
+      check_rows_equal(
+          session->logits(),
+          std::span(reference).subspan(i * static_cast<size_t>(vocab), static_cast<size_t>(vocab)), 1e-5);
     }
     CHECK(session->position() == static_cast<int64_t>(kPromptA.size()));
     CHECK(session->tokens() == kPromptA);
@@ -121,13 +123,15 @@ TEST_CASE("a batch of two sequences in one forward equals each run alone", "[eng
     std::vector<float> first(10 * vocab);
     const SequenceChunk head{std::span(kPromptA).first(10), 0, &ta, true};
     forward.run({&head, 1}, first.data());
-    const SequenceChunk batch[2] = {{std::span(kPromptA).subspan(10), 10, &ta, true}, {kPromptB, 0, &tb, false}};
+    const SequenceChunk batch[2] = {{std::span(kPromptA).subspan(10), 10, &ta, true},
+                                    {kPromptB, 0, &tb, false}};
     REQUIRE(ForwardPass::logits_rows(batch) == static_cast<int64_t>(kPromptA.size() - 10 + 1));
     std::vector<float> out(static_cast<size_t>(ForwardPass::logits_rows(batch)) * vocab);
     forward.run(batch, out.data());
     INFO(name);
     check_rows_equal(first, std::span(alone_a).first(10 * vocab), 1e-5);
-    check_rows_equal(std::span(out).first((kPromptA.size() - 10) * vocab), std::span(alone_a).subspan(10 * vocab), 1e-5);
+    check_rows_equal(std::span(out).first((kPromptA.size() - 10) * vocab),
+                     std::span(alone_a).subspan(10 * vocab), 1e-5);
     check_rows_equal(std::span(out).last(vocab), std::span(alone_b).last(vocab), 1e-5);
   }
 }
@@ -221,7 +225,8 @@ TEST_CASE("engine reports where memory went and loads with progress", "[engine]"
   }
   // Independent counts from the config: F32 routed experts of the MoE layers; KV latent + rope key.
   const int64_t moe_layers = c.num_layers - c.first_k_dense;
-  CHECK(experts == static_cast<uint64_t>(moe_layers * c.num_experts * 3 * c.moe_intermediate_size * c.hidden_size * 4));
+  CHECK(experts ==
+        static_cast<uint64_t>(moe_layers * c.num_experts * 3 * c.moe_intermediate_size * c.hidden_size * 4));
   CHECK(kv == static_cast<uint64_t>(c.num_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 64 * 4));
   std::atomic<bool> cancel{true};
   options.cancel = &cancel;

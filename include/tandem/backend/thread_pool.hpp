@@ -40,7 +40,7 @@ class ThreadPool {
   int pending_ = 0;
   bool stopping_ = false;
   std::exception_ptr failure_;  // the first exception a worker threw, rethrown by the caller
-  std::mutex run_mutex_;  // one parallel_for at a time
+  std::mutex run_mutex_;        // one parallel_for at a time
 };
 
 }  // namespace tandem

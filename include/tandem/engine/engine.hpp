@@ -33,14 +33,14 @@ struct LoadOptions {
   // Progress of loading in [0, 1] with a short stage name; called from the loading thread.
   std::function<void(float fraction, std::string_view stage)> progress;
   const std::atomic<bool>* cancel = nullptr;  // loading stops with Error(cancelled) when set
-  ModelOverrides overrides;  // what a file lacks or gets wrong (expert groups, rope base)
+  ModelOverrides overrides;                   // what a file lacks or gets wrong (expert groups, rope base)
 };
 
 // What went where and how much memory it took.
 struct MemoryReport {
   struct Line {
-    std::string what;   // "routed experts", "attention", "KV pool", ...
-    std::string device; // "cpu", "cuda:0"
+    std::string what;    // "routed experts", "attention", "KV pool", ...
+    std::string device;  // "cpu", "cuda:0"
     uint64_t bytes = 0;
     bool mapped = false;  // bytes live in the file mapping (paged in on touch), not allocated
   };
@@ -57,8 +57,10 @@ class Engine {
   virtual const ModelConfig& config() const = 0;
   virtual const LoadOptions& options() const = 0;
   virtual MemoryReport memory_report() const = 0;
-  virtual const Tokenizer* tokenizer() const = 0;        // nullptr when the model has none
+  virtual const Tokenizer* tokenizer() const = 0;         // nullptr when the model has none
   virtual const ChatTemplate* chat_template() const = 0;  // nullptr when the model has none
+  // What loading worked around (missing GGUF keys, no tokenizer): for the user to see.
+  virtual std::vector<std::string> warnings() const { return {}; }
 
   // Throws Error(out_of_memory) when max_sessions are already open.
   virtual std::unique_ptr<Session> new_session() = 0;
@@ -72,12 +74,12 @@ class Session {
   // Appends `ids` and runs them through the model. Afterwards logits() is the last position's
   // row; with all_logits, all_logits() holds one row per id of this call.
   virtual void prefill(std::span<const int32_t> ids, bool all_logits = false) = 0;
-  virtual void decode(int32_t id) = 0;  // prefill of one token
-  virtual std::span<const float> logits() const = 0;      // [vocab]
-  virtual std::span<const float> all_logits() const = 0;  // [T, vocab] of the last prefill
-  virtual int64_t position() const = 0;                   // tokens in the cache
-  virtual const std::vector<int32_t>& tokens() const = 0; // tokens in the cache
-  virtual void reset() = 0;                               // forget everything, free KV blocks
+  virtual void decode(int32_t id) = 0;                     // prefill of one token
+  virtual std::span<const float> logits() const = 0;       // [vocab]
+  virtual std::span<const float> all_logits() const = 0;   // [T, vocab] of the last prefill
+  virtual int64_t position() const = 0;                    // tokens in the cache
+  virtual const std::vector<int32_t>& tokens() const = 0;  // tokens in the cache
+  virtual void reset() = 0;                                // forget everything, free KV blocks
 
   // Asks a running prefill/decode to stop at the next layer boundary with Error(cancelled).
   virtual void cancel() = 0;

@@ -19,7 +19,7 @@ class BlockTable;
 
 struct SequenceChunk {
   std::span<const int32_t> ids;
-  int64_t start_position = 0;  // position of ids[0]; the cache holds positions before it
+  int64_t start_position = 0;   // position of ids[0]; the cache holds positions before it
   BlockTable* table = nullptr;  // must already hold start_position + ids.size() positions
   bool all_logits = false;      // logits for every id, else for the last one only
 };

@@ -46,8 +46,9 @@ class KvPool {
 
  private:
   size_t offset(int32_t block, int64_t layer, int64_t slot) const {
-    return static_cast<size_t>(((static_cast<int64_t>(block) * spec_.layers + layer) * spec_.block_tokens + slot) *
-                               spec_.values_per_token);
+    return static_cast<size_t>(
+        ((static_cast<int64_t>(block) * spec_.layers + layer) * spec_.block_tokens + slot) *
+        spec_.values_per_token);
   }
 
   KvPoolSpec spec_;

@@ -22,7 +22,7 @@ void mla_absorb_query(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape
                       int64_t tokens, float* q_latent);
 
 // attended: [tokens, heads, kv_lora]; out: [tokens, heads·v].
-void mla_expand_values(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& shape, const float* attended,
-                       int64_t tokens, float* out);
+void mla_expand_values(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& shape,
+                       const float* attended, int64_t tokens, float* out);
 
 }  // namespace tandem

@@ -18,10 +18,10 @@ class FeedForwardWorkspace {
                        int64_t experts);
 
  private:
-  friend void silu_glu_mlp(ThreadPool*, const LinearWeight&, const LinearWeight&, const LinearWeight&, const float*,
-                           int64_t, FeedForwardWorkspace&, float*);
-  friend void moe_routed_experts(ThreadPool*, const ExpertWeights&, const float*, int64_t, int64_t, const int32_t*,
-                                 const float*, int64_t, FeedForwardWorkspace&, float*);
+  friend void silu_glu_mlp(ThreadPool*, const LinearWeight&, const LinearWeight&, const LinearWeight&,
+                           const float*, int64_t, FeedForwardWorkspace&, float*);
+  friend void moe_routed_experts(ThreadPool*, const ExpertWeights&, const float*, int64_t, int64_t,
+                                 const int32_t*, const float*, int64_t, FeedForwardWorkspace&, float*);
   int64_t max_tokens_, hidden_, max_intermediate_, top_k_;
   std::vector<float> gate_, up_, gathered_, expert_out_;
   std::vector<int32_t> tokens_by_expert_;  // token·top_k + slot, grouped by expert
@@ -29,8 +29,9 @@ class FeedForwardWorkspace {
 };
 
 // out[t] = down(silu(gate(x[t])) · up(x[t])); x: [tokens, hidden], out: [tokens, hidden].
-void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
-                  const float* x, int64_t tokens, FeedForwardWorkspace& ws, float* out);
+void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight& up,
+                  const LinearWeight& down, const float* x, int64_t tokens, FeedForwardWorkspace& ws,
+                  float* out);
 
 // out[t] = Σ_i weights[t, i] · expert_{ids[t, i]}(x[t]), computed expert by expert over the tokens
 // routed to it.

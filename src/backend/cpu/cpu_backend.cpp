@@ -31,30 +31,32 @@ class CpuBackend final : public Backend {
             int64_t head_stride, const int64_t* positions) override {
     rope.apply(data, rows, row_stride, heads, head_stride, positions);
   }
-  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
-                     int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
+  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
+                     int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
+                     float* out) override {
     tandem::gqa_attention(pool_, kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
   }
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
-                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
-                     float* out) override {
-    tandem::mla_attention(pool_, kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
+                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim,
+                     float softmax_scale, float* out) override {
+    tandem::mla_attention(pool_, kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
+                          out);
   }
   void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
                         float* q_latent) override {
     tandem::mla_absorb_query(pool_, kv_b, shape, q, tokens, q_latent);
   }
-  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
-                         float* out) override {
+  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended,
+                         int64_t tokens, float* out) override {
     tandem::mla_expand_values(pool_, kv_b, shape, attended, tokens, out);
   }
-  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
-                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
+                    const float* x, int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
     tandem::silu_glu_mlp(&pool_, gate, up, down, x, tokens, ws, out);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
-                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
-                          float* out) override {
+                          const int32_t* expert_ids, const float* weights, int64_t top_k,
+                          FeedForwardWorkspace& ws, float* out) override {
     tandem::moe_routed_experts(&pool_, experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
   }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {

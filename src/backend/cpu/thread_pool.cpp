@@ -9,6 +9,10 @@
 namespace tandem {
 namespace {
 
+// Set while a thread runs a chunk: a parallel_for issued from inside one runs inline instead of
+// waiting for workers that are busy with the outer loop.
+thread_local bool inside_pool_job = false;
+
 // A topology of cores only: caches, NUMA detail and I/O discovery cost memory (and plugins) that
 // pinning does not need.
 bool load_core_topology(hwloc_topology_t* topology) {
@@ -83,11 +87,13 @@ void ThreadPool::worker_loop(int index) {
     std::exception_ptr failure;
     if (index < chunks) {
       const int64_t begin = items * index / chunks, end = items * (index + 1) / chunks;
+      inside_pool_job = true;
       try {
         if (begin < end) (*job)(begin, end, index);
       } catch (...) {
         failure = std::current_exception();
       }
+      inside_pool_job = false;
     }
     {
       std::lock_guard lock(mutex_);
@@ -100,7 +106,7 @@ void ThreadPool::worker_loop(int index) {
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
   const int chunks = static_cast<int>(std::min<int64_t>(n, size()));
-  if (chunks == 1) {
+  if (chunks == 1 || inside_pool_job) {
     fn(0, n, 0);
     return;
   }
@@ -115,11 +121,13 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   }
   wake_.notify_all();
   std::exception_ptr failure;
+  inside_pool_job = true;
   try {
     fn(0, n / chunks, 0);
   } catch (...) {
     failure = std::current_exception();
   }
+  inside_pool_job = false;
   std::unique_lock lock(mutex_);
   done_.wait(lock, [&] { return pending_ == 0; });
   if (!failure) failure = failure_;
