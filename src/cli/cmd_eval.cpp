@@ -1,6 +1,7 @@
 // `tandem eval -m PATH --ids 1,2,3 --logits-out FILE`: one forward pass over the ids (no BOS
 // added); writes float32 little-endian logits for every position, row-major [T, vocab].
 #include <fmt/core.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -8,6 +9,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/command.hpp"
@@ -54,7 +56,17 @@ int run_eval(const EvalFlags& flags) {
   // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
   options.max_batch_tokens = std::min<int64_t>(options.max_context_tokens, 512);
+  // A progress line on a terminal only; logs and pipes stay quiet.
+  if (isatty(STDERR_FILENO)) {
+    options.progress = [](float fraction, std::string_view stage) {
+      const int filled = static_cast<int>(fraction * 30);
+      fmt::print(stderr, "\rloading [{:<30}] {:3d}% {:<24}", std::string(static_cast<size_t>(filled), '#'),
+                 static_cast<int>(fraction * 100), stage);
+      if (fraction >= 1.0f) fmt::print(stderr, "\n");
+    };
+  }
   const auto engine = Engine::load(flags.model_path, options);
+  for (const auto& warning : engine->warnings()) fmt::print(stderr, "tandem: warning: {}\n", warning);
   const int64_t vocab = engine->config().vocab_size;
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] >= vocab)
