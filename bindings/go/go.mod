@@ -1,0 +1,3 @@
+module tandem.dev/bindings
+
+go 1.19

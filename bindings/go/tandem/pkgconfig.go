@@ -1,0 +1,6 @@
+//go:build pkgconfig
+
+package tandem
+
+// #cgo pkg-config: tandem
+import "C"
