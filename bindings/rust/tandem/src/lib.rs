@@ -7,7 +7,8 @@
 //! let ids = session.generate(&model.tokenize("Hello", true)?, &tandem::GenerateOptions::default())?;
 //! # Ok::<(), tandem::Error>(())
 //! ```
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_void};
 use std::fmt;
 use std::ptr;
 
