@@ -14,7 +14,6 @@ for pc in "$prefix"/$multiarch/pkgconfig/*.pc "$prefix"/usr/share/pkgconfig/*.pc
 done
 export PKG_CONFIG_PATH="$prefix/$multiarch/pkgconfig:$prefix/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
 export LD_LIBRARY_PATH="$prefix/$multiarch:${LD_LIBRARY_PATH:-}"
-export PATH="$prefix/usr/bin:$PATH"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON \
   -DCMAKE_PREFIX_PATH="$prefix/usr;$prefix/$multiarch/cmake" \
   -DEigen3_DIR="$prefix/usr/share/eigen3/cmake" -DTANDEM_BUILD_CAPI=ON
