@@ -82,10 +82,6 @@ PreTokenizerChoice choose_pre_tokenizer(const std::string& pre, const std::strin
   return choice;
 }
 
-const GgufArray& require_array(const GgufFile& gguf, const std::string& key) {
-  return gguf.require(key).as_array();
-}
-
 std::optional<int32_t> optional_id(const GgufFile& gguf, const std::string& key, size_t vocab_size,
                                    const std::string& file) {
   const auto value = gguf.get_int(key);
@@ -110,7 +106,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& gguf) {
   if (model != "gpt2")
     throw Error(ErrorKind::unsupported, file + ": tokenizer.ggml.model '" + model +
                                             "' is not supported (only gpt2, byte-level BPE)");
-  const GgufArray& tokens = require_array(gguf, "tokenizer.ggml.tokens");
+  const GgufValue& tokens_value = gguf.require("tokenizer.ggml.tokens");
+  const GgufArray& tokens = tokens_value.as_array();
   if (tokens.values.empty() || tokens.values.size() > (size_t{1} << 24))
     throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.tokens has " +
                                              std::to_string(tokens.values.size()) + " entries");
