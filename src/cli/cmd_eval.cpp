@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cli/command.hpp"
+#include "cli/generation_flags.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
 
@@ -24,6 +25,7 @@ struct EvalFlags {
   std::string ids;
   std::string logits_out;
   int threads = 0;
+  std::string placement;
 };
 
 std::vector<int32_t> parse_ids(const std::string& text) {
@@ -53,6 +55,7 @@ int run_eval(const EvalFlags& flags) {
   options.threads = flags.threads;
   options.max_sessions = 1;
   options.load_tokenizer = false;
+  options.placement = flags.placement;
   // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
   options.max_batch_tokens = std::min<int64_t>(options.max_context_tokens, 512);
@@ -93,6 +96,7 @@ const RegisterCommand registration{CommandSpec{
       sub.add_option("--ids", flags->ids, "comma-separated token ids (no BOS is added)")->required();
       sub.add_option("--logits-out", flags->logits_out, "file for float32 logits [T, vocab]")->required();
       sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
+      add_placement_flag(sub, flags->placement);
       return [flags] { return run_eval(*flags); };
     }}};
 

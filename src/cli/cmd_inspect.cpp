@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "tandem/engine/placement.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/model/weight_summary.hpp"
 
@@ -34,6 +35,20 @@ const char* rope_scaling_name(RopeScalingType t) {
     case RopeScalingType::yarn: return "yarn";
   }
   return "?";
+}
+
+// Where the default rules put each group's bytes on a machine with a GPU (routed experts → host
+// DRAM, the rest → cuda:0): what `run` will do once the CUDA backend can run the rest.
+nlohmann::json describe_placement(const Weights& weights) {
+  const Placement placement = Placement::defaults(/*gpu_available=*/true);
+  nlohmann::json by_device = nlohmann::json::object();
+  nlohmann::json groups = nlohmann::json::array();
+  for (const PlacedBytes& p : place_weights(weights, placement)) {
+    const std::string device = p.device.to_string();
+    by_device[device] = by_device.value(device, uint64_t{0}) + p.bytes;
+    groups.push_back({{"group", weight_group_name(p.group)}, {"device", device}, {"bytes", p.bytes}});
+  }
+  return {{"rules", placement.to_string()}, {"bytes_by_device", by_device}, {"groups", groups}};
 }
 
 nlohmann::json describe(const ModelFiles& files, const WeightSummary& s) {
@@ -127,13 +142,23 @@ void print_table(const nlohmann::json& j) {
   row("total", human_bytes(j["total_bytes"].get<uint64_t>()));
   row("KV cache per token", fmt::format("{} (f16), {} (f32)", human_bytes(j["kv_cache_bytes_per_token"]["f16"].get<uint64_t>()),
                                         human_bytes(j["kv_cache_bytes_per_token"]["f32"].get<uint64_t>())));
+  const auto& p = j["placement"];
+  row("placement (default rules)", p["rules"].get<std::string>() + " (with a GPU)");
+  for (const auto& [device, bytes] : p["bytes_by_device"].items())
+    row("  " + device + (device == "cpu" ? " (host DRAM)" : " (GPU)"), human_bytes(bytes.get<uint64_t>()));
+  // Per group: "  attention (cuda:0)".
+  for (const auto& g : p["groups"])
+    row("  " + g["group"].get<std::string>() + " (" + g["device"].get<std::string>() + ")",
+        human_bytes(g["bytes"].get<uint64_t>()));
   for (const auto& w : j["warnings"]) row("warning", w.get<std::string>());
 }
 
 int inspect_command(const InspectFlags& flags) {
   const ModelFiles files = open_model_files(flags.path);
-  const WeightSummary summary = summarize_weights(bind_weights(files));
-  const nlohmann::json j = describe(files, summary);
+  const Weights weights = bind_weights(files);
+  const WeightSummary summary = summarize_weights(weights);
+  nlohmann::json j = describe(files, summary);
+  j["placement"] = describe_placement(weights);
   if (flags.json) {
     fmt::print("{}\n", j.dump());
   } else {

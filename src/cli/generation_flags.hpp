@@ -1,5 +1,6 @@
 #pragma once
-// Flags shared by `tandem run` and `tandem chat`: sampling, length, stops, and load options.
+// Flags shared by `tandem run` and `tandem chat`: sampling, length, stops, and load options
+// (`--placement` also by `tandem eval`).
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <optional>
@@ -11,6 +12,14 @@
 #include "tandem/text/sampler.hpp"
 
 namespace tandem::cli {
+
+// `--placement RULES`: the one definition, used by run, chat (through GenerationFlags) and eval.
+inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
+  return app.add_option("--placement", rules,
+                        "where weights live: rules like 'experts=cpu,*=cuda:0' (first match wins) or @FILE; "
+                        "default: routed experts on cpu, the rest on cuda:0 when the CUDA backend can run "
+                        "it, else all on cpu (docs/PLACEMENT.md)");
+}
 
 struct GenerationFlags {
   std::string model_path;
@@ -28,6 +37,7 @@ struct GenerationFlags {
   bool ignore_eos = false;
   int threads = 0;
   int64_t context_tokens = 4096;
+  std::string placement;  // LoadOptions::placement
 
   explicit GenerationFlags(int64_t default_max_new_tokens) : max_new_tokens(default_max_new_tokens) {}
 
@@ -54,6 +64,7 @@ struct GenerationFlags {
     app.add_option("-t,--threads", threads, "CPU threads, 0 = one per physical core")->capture_default_str();
     app.add_option("-c,--ctx", context_tokens, "context length of the session in tokens")
         ->capture_default_str();
+    add_placement_flag(app, placement);
   }
 
   SamplingParams sampling() const {
@@ -75,6 +86,7 @@ struct GenerationFlags {
     o.threads = threads;
     o.max_context_tokens = context_tokens;
     o.max_sessions = 1;
+    o.placement = placement;
     return o;
   }
 };

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <mutex>
-#include <set>
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/engine/forward.hpp"
@@ -17,6 +16,11 @@
 #include "tandem/text/tokenizer.hpp"
 
 namespace tandem {
+
+const Placement& Engine::placement() const {
+  static const Placement all_cpu;
+  return all_cpu;
+}
 
 uint64_t MemoryReport::total_bytes() const {
   uint64_t total = 0;
@@ -71,13 +75,19 @@ class EngineSession final : public Session {
 
 class CpuEngine final : public Engine {
  public:
-  CpuEngine(ModelFiles files, const LoadOptions& options) : files_(std::move(files)), options_(options) {
+  CpuEngine(ModelFiles files, const LoadOptions& options, Placement placement)
+      : files_(std::move(files)), options_(options), placement_(std::move(placement)) {
     auto step = [&](float fraction, std::string_view stage) {
       if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
       if (options_.progress) options_.progress(fraction, stage);
     };
     step(0.2f, "binding weights");
     weights_ = bind_weights(files_);
+    // Every role resolved before anything is allocated; a rule the forward pass cannot honour is an
+    // error, never ignored. The forward pass then reads each tensor where the placement put it.
+    placement_.check_layers(files_.config.num_layers);
+    check_placement_runnable(weights_, placement_);
+    apply_placement(weights_, placement_);
     step(0.5f, "allocating KV cache");
     const ModelConfig& c = files_.config;
     KvPoolSpec spec;
@@ -103,41 +113,14 @@ class CpuEngine final : public Engine {
   const ChatTemplate* chat_template() const override { return chat_template_.get(); }
   std::vector<std::string> warnings() const override { return files_.warnings; }
 
+  const Placement& placement() const override { return placement_; }
+
   MemoryReport memory_report() const override {
-    std::set<const void*> seen;
-    uint64_t experts = 0, attention = 0, embeddings = 0, other = 0;
-    auto add = [&](const TensorView& v, uint64_t& bucket) {
-      if (!v.empty() && seen.insert(v.data).second) bucket += v.nbytes;
-    };
-    auto add_linear = [&](const LinearWeight& l, uint64_t& bucket) {
-      add(l.weight, bucket);
-      add(l.bias, bucket);
-      add(l.scale_inv, bucket);
-    };
-    add(weights_.token_embedding, embeddings);
-    add_linear(weights_.output, embeddings);
-    add(weights_.output_norm, other);
-    for (const auto& L : weights_.layers) {
-      for (const LinearWeight* l : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b})
-        add_linear(*l, attention);
-      for (const TensorView* t : {&L.q_norm, &L.k_norm, &L.q_a_norm, &L.kv_a_norm}) add(*t, attention);
-      for (size_t e = 0; e < L.experts.count(); ++e) {
-        add_linear(L.experts.gate[e], experts);
-        add_linear(L.experts.up[e], experts);
-        add_linear(L.experts.down[e], experts);
-      }
-      for (const LinearWeight* l : {&L.ffn_gate, &L.ffn_up, &L.ffn_down, &L.router, &L.shared_gate,
-                                    &L.shared_up, &L.shared_down, &L.shared_expert_gate})
-        add_linear(*l, other);
-      add(L.attn_norm, other);
-      add(L.ffn_norm, other);
-      add(L.router_bias, other);
-    }
     MemoryReport r;
-    r.lines.push_back({"routed experts", "cpu", experts, true});
-    r.lines.push_back({"attention", "cpu", attention, true});
-    r.lines.push_back({"embeddings + output", "cpu", embeddings, true});
-    r.lines.push_back({"dense FFN, shared experts, router, norms", "cpu", other, true});
+    // Host weights stay in the file mapping (paged in on touch); nothing is copied to a device yet.
+    for (const PlacedBytes& p : place_weights(weights_, placement_))
+      r.lines.push_back({weight_group_display_name(p.group), p.device.to_string(), p.bytes,
+                         p.device.kind == DeviceKind::cpu});
     r.lines.push_back({"KV pool", kv_->spec().device.to_string(), kv_->bytes(), false});
     return r;
   }
@@ -177,6 +160,7 @@ class CpuEngine final : public Engine {
 
   ModelFiles files_;
   LoadOptions options_;
+  Placement placement_;
   Weights weights_;
   std::unique_ptr<KvPool> kv_;
   std::unique_ptr<Backend> backend_;
@@ -257,8 +241,10 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const LoadOptions&
   check_options(options);
   if (options.cancel && options.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
   if (options.progress) options.progress(0.0f, "opening model files");
+  // Rules are parsed before the files are opened, so a typo fails fast.
+  Placement placement = Placement::parse(options.placement, cuda_forward_available());
   ModelFiles files = open_model_files(path, options.overrides);
-  return std::make_unique<CpuEngine>(std::move(files), options);
+  return std::make_unique<CpuEngine>(std::move(files), options, std::move(placement));
 }
 
 }  // namespace tandem

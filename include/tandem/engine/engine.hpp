@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tandem/engine/placement.hpp"
 #include "tandem/model/model_config.hpp"
 #include "tandem/model/model_files.hpp"
 
@@ -28,7 +29,7 @@ struct LoadOptions {
   int64_t max_sessions = 4;           // the KV pool holds max_sessions × max_context_tokens
   int64_t kv_block_tokens = 16;       // tokens per KV block
   int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
-  std::string placement;              // placement rules ("" = defaults); see docs/PLACEMENT.md
+  std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
   bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them
   // Progress of loading in [0, 1] with a short stage name; called from the loading thread.
   std::function<void(float fraction, std::string_view stage)> progress;
@@ -39,7 +40,7 @@ struct LoadOptions {
 // What went where and how much memory it took.
 struct MemoryReport {
   struct Line {
-    std::string what;    // "routed experts", "attention", "KV pool", ...
+    std::string what;    // a weight group's display name ("routed experts", "attention", ...) or "KV pool"
     std::string device;  // "cpu", "cuda:0"
     uint64_t bytes = 0;
     bool mapped = false;  // bytes live in the file mapping (paged in on touch), not allocated
@@ -61,6 +62,9 @@ class Engine {
   virtual const ChatTemplate* chat_template() const = 0;  // nullptr when the model has none
   // What loading worked around (missing GGUF keys, no tokenizer): for the user to see.
   virtual std::vector<std::string> warnings() const { return {}; }
+  // Where each weight role lives: LoadOptions::placement resolved at load (an engine that predates
+  // placement reports everything on the CPU).
+  virtual const Placement& placement() const;
 
   // Throws Error(out_of_memory) when max_sessions are already open.
   virtual std::unique_ptr<Session> new_session() = 0;

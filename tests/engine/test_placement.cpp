@@ -1,0 +1,269 @@
+// Placement rules: parsing (groups, layer ranges, first match, @file, errors), every role of the
+// bundled models resolved, memory report bytes per (group, device) adding up to the file's tensor
+// bytes, cuda rules refused clearly, and a forward pass unchanged by an explicit `*=cpu`.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "support/fixtures.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/placement.hpp"
+#include "tandem/error.hpp"
+#include "tandem/model/model_files.hpp"
+#include "tandem/model/weight_summary.hpp"
+#include "tandem/model/weights.hpp"
+
+namespace {
+
+using namespace tandem;
+using Catch::Matchers::Contains;
+
+// The message of the Error `fn` throws, checking its kind.
+template <typename Fn>
+std::string error_message(Fn&& fn, ErrorKind kind) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    CHECK(e.kind() == kind);
+    return e.what();
+  }
+  FAIL("no error thrown");
+  return "";
+}
+
+std::string parse_error(const std::string& rules) {
+  return error_message([&] { (void)Placement::parse(rules, false); }, ErrorKind::invalid_argument);
+}
+
+// The bundled models: HF folders and their Q8_0 GGUFs.
+std::vector<std::string> bundled_models() {
+  const std::string d = test::data_dir();
+  return {d + "/tiny-qwen3moe", d + "/tiny-qwen3moe/qwen3moe-q8_0.gguf", d + "/tiny-deepseekv3",
+          d + "/tiny-deepseekv3/deepseekv3-q8_0.gguf"};
+}
+
+LoadOptions small_options(const std::string& placement = "") {
+  LoadOptions o;
+  o.max_context_tokens = 32;
+  o.max_sessions = 1;
+  o.threads = 2;
+  o.load_tokenizer = false;
+  o.placement = placement;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("placement defaults: experts on cpu, the rest on cuda:0 only with a GPU", "[engine][placement]") {
+  const Placement gpu = Placement::defaults(true);
+  CHECK(gpu.device_for(WeightGroup::experts, 3) == Device::cpu());
+  for (WeightGroup g : kAllWeightGroups)
+    if (g != WeightGroup::experts) CHECK(gpu.device_for(g, 0) == Device::cuda(0));
+  CHECK(gpu.device_for(WeightGroup::embedding) == Device::cuda(0));
+  CHECK(gpu.to_string() == "experts=cpu,*=cuda:0");
+
+  const Placement cpu = Placement::defaults(false);
+  for (WeightGroup g : kAllWeightGroups) CHECK(cpu.device_for(g, 1) == Device::cpu());
+  CHECK(cpu.to_string() == "*=cpu");
+  CHECK(Placement().to_string() == "*=cpu");
+  // "" means the defaults.
+  CHECK(Placement::parse("", true).to_string() == "experts=cpu,*=cuda:0");
+  CHECK(Placement::parse("  ", false).to_string() == "*=cpu");
+}
+
+TEST_CASE("placement rules: groups, devices, first match wins, defaults fill in", "[engine][placement]") {
+  const Placement p = Placement::parse("experts=cpu, attention=cuda:1 ,router=cuda,norms=cpu,*=cuda:0", true);
+  CHECK(p.device_for(WeightGroup::experts, 0) == Device::cpu());
+  CHECK(p.device_for(WeightGroup::attention, 5) == Device::cuda(1));
+  CHECK(p.device_for(WeightGroup::router, 5) == Device::cuda(0));
+  CHECK(p.device_for(WeightGroup::norms) == Device::cpu());
+  CHECK(p.device_for(WeightGroup::dense_ffn, 0) == Device::cuda(0));
+  CHECK(p.rule_for(WeightGroup::dense_ffn, 0).text == "*=cuda:0");
+  CHECK_FALSE(p.rule_for(WeightGroup::dense_ffn, 0).from_defaults);
+
+  // First match wins: a later, more specific rule never overrides an earlier one.
+  const Placement first = Placement::parse("*=cpu,attention=cuda:0", true);
+  CHECK(first.device_for(WeightGroup::attention, 0) == Device::cpu());
+
+  // Roles no user rule names keep their default place.
+  const Placement partial = Placement::parse("shared_experts=cpu", true);
+  CHECK(partial.device_for(WeightGroup::shared_experts, 2) == Device::cpu());
+  CHECK(partial.device_for(WeightGroup::experts, 2) == Device::cpu());
+  CHECK(partial.device_for(WeightGroup::attention, 2) == Device::cuda(0));
+  CHECK(partial.rule_for(WeightGroup::attention, 2).from_defaults);
+  CHECK(Placement::parse("shared_experts=cpu", false).device_for(WeightGroup::attention, 2) == Device::cpu());
+  CHECK(partial.to_string() == "shared_experts=cpu,experts=cpu,*=cuda:0");
+
+  CHECK(parse_device("cpu") == Device::cpu());
+  CHECK(parse_device("cuda") == Device::cuda(0));
+  CHECK(parse_device("cuda:3") == Device::cuda(3));
+}
+
+TEST_CASE("placement rules: layer ranges", "[engine][placement]") {
+  const Placement p = Placement::parse("attention[0-1]=cuda:0,attention[3]=cuda:1,*[4-7]=cuda:2,*=cpu", false);
+  CHECK(p.device_for(WeightGroup::attention, 0) == Device::cuda(0));
+  CHECK(p.device_for(WeightGroup::attention, 1) == Device::cuda(0));
+  CHECK(p.device_for(WeightGroup::attention, 2) == Device::cpu());
+  CHECK(p.device_for(WeightGroup::attention, 3) == Device::cuda(1));
+  CHECK(p.device_for(WeightGroup::experts, 4) == Device::cuda(2));
+  CHECK(p.device_for(WeightGroup::norms, 7) == Device::cuda(2));
+  CHECK(p.device_for(WeightGroup::norms, 8) == Device::cpu());
+  // Roles that are not per layer never fall in a range.
+  CHECK(p.device_for(WeightGroup::norms, kNoLayer) == Device::cpu());
+  CHECK(p.device_for(WeightGroup::embedding) == Device::cpu());
+  // A range past the model's layers would place nothing: refused against the model.
+  CHECK_NOTHROW(p.check_layers(8));
+  CHECK_THROWS_WITH(Placement::parse("experts[10-12]=cpu", false).check_layers(4),
+                    Contains("experts[10-12]=cpu") && Contains("past the model's last layer"));
+}
+
+TEST_CASE("placement rules: errors name the rule and what is wrong", "[engine][placement]") {
+  CHECK_THAT(parse_error("experts=cpu,atention=cuda:0"),
+             Contains("'atention=cuda:0'") && Contains("unknown role group 'atention'") && Contains("attention"));
+  CHECK_THAT(parse_error("experts"), Contains("'experts'") && Contains("expected GROUP=DEVICE"));
+  CHECK_THAT(parse_error("experts=tpu"), Contains("'experts=tpu'") && Contains("unknown device 'tpu'"));
+  CHECK_THAT(parse_error("experts=cuda:x"), Contains("GPU index"));
+  CHECK_THAT(parse_error("experts="), Contains("no device"));
+  CHECK_THAT(parse_error("=cpu"), Contains("no role group"));
+  CHECK_THAT(parse_error("attention[5-2]=cpu"), Contains("'attention[5-2]=cpu'") && Contains("first > last"));
+  CHECK_THAT(parse_error("attention[a-2]=cpu"), Contains("layer range"));
+  CHECK_THAT(parse_error("attention[1-2=cpu"), Contains("']'"));
+  CHECK_THAT(parse_error("embedding[0-3]=cpu"), Contains("not per layer"));
+  CHECK_THAT(parse_error("experts=cpu,,*=cpu"), Contains("rule 2 is empty"));
+  CHECK_THAT(parse_error("experts=cpu=cuda"), Contains("more than one '='"));
+}
+
+TEST_CASE("placement rules from @FILE: one per line, # comments", "[engine][placement]") {
+  const auto path = std::filesystem::temp_directory_path() / "tandem_test_placement_rules.txt";
+  {
+    std::ofstream out(path);
+    out << "# a 24 GB GPU\n"
+           "experts=cpu   # routed experts stay in host DRAM\n"
+           "\n"
+           "attention[0-1]=cuda:0\n"
+           "*=cpu\n";
+  }
+  const Placement p = Placement::parse("@" + path.string(), true);
+  CHECK(p.to_string() == "experts=cpu,attention[0-1]=cuda:0,*=cpu,experts=cpu,*=cuda:0");
+  CHECK(p.device_for(WeightGroup::attention, 1) == Device::cuda(0));
+  CHECK(p.device_for(WeightGroup::attention, 2) == Device::cpu());
+  {
+    std::ofstream out(path);
+    out << "experts=cpu\n# fine\nshared=cpu\n";
+  }
+  CHECK_THAT(parse_error("@" + path.string()),
+             Contains("'shared=cpu'") && Contains("line 3 of") && Contains("unknown role group"));
+  std::filesystem::remove(path);
+  CHECK_THAT(error_message([&] { (void)Placement::parse("@" + path.string(), false); }, ErrorKind::io),
+             Contains(path.string()));
+  CHECK_THAT(parse_error("@"), Contains("rules file path"));
+}
+
+TEST_CASE("every role of the bundled models resolves, bytes per group add up", "[engine][placement]") {
+  for (const std::string& model : bundled_models()) {
+    INFO(model);
+    const ModelFiles files = open_model_files(model);
+    Weights weights = bind_weights(files);
+    const WeightSummary summary = summarize_weights(weights);
+    const Placement gpu = Placement::defaults(true);
+    std::map<std::string, uint64_t> by_device;
+    std::map<WeightGroup, uint64_t> by_group;
+    uint64_t total = 0;
+    for (const PlacedBytes& p : place_weights(weights, gpu)) {
+      by_device[p.device.to_string()] += p.bytes;
+      by_group[p.group] += p.bytes;
+      total += p.bytes;
+    }
+    CHECK(total == summary.total_bytes());
+    CHECK(by_device["cpu"] == summary.routed_expert_bytes);
+    CHECK(by_device["cuda:0"] == summary.other_bytes);
+    for (WeightGroup g : {WeightGroup::embedding, WeightGroup::norms, WeightGroup::attention, WeightGroup::router,
+                          WeightGroup::experts})
+      CHECK(by_group[g] > 0);
+    if (files.config.first_k_dense > 0) CHECK(by_group[WeightGroup::dense_ffn] > 0);
+    if (files.config.num_shared_experts > 0) CHECK(by_group[WeightGroup::shared_experts] > 0);
+
+    // Every bound tensor takes its role's device.
+    apply_placement(weights, Placement::parse("attention[1]=cuda:1,experts=cpu,*=cuda:0", false));
+    CHECK(weights.token_embedding.device == Device::cuda(0));
+    CHECK(weights.output_norm.device == Device::cuda(0));
+    for (size_t l = 0; l < weights.layers.size(); ++l) {
+      const LayerWeights& L = weights.layers[l];
+      CHECK(L.attn_norm.device == Device::cuda(0));
+      CHECK(L.o.weight.device == (l == 1 ? Device::cuda(1) : Device::cuda(0)));
+      if (L.is_moe) {
+        CHECK(L.router.weight.device == Device::cuda(0));
+        for (const LinearWeight& e : L.experts.gate) CHECK(e.weight.device == Device::cpu());
+      }
+    }
+  }
+}
+
+TEST_CASE("memory report: bytes per (group, device) add up to the file's tensor bytes", "[engine][placement]") {
+  for (const std::string& model : bundled_models()) {
+    INFO(model);
+    const ModelFiles files = open_model_files(model);
+    const WeightSummary summary = summarize_weights(bind_weights(files));
+    auto engine = Engine::load(model, small_options("experts=cpu,attention[0]=cpu,*=cpu"));
+    CHECK(engine->placement().to_string() == "experts=cpu,attention[0]=cpu,*=cpu,*=cpu");
+    uint64_t weights_bytes = 0;
+    std::map<std::string, int> seen;
+    for (const auto& line : engine->memory_report().lines) {
+      if (line.what == "KV pool") continue;
+      CHECK(line.device == "cpu");
+      CHECK(line.mapped);
+      CHECK(++seen[line.what] == 1);  // one line per (group, device)
+      weights_bytes += line.bytes;
+    }
+    CHECK(weights_bytes == summary.total_bytes());
+    CHECK(seen.count("routed experts") == 1);
+    CHECK(seen.count("attention") == 1);
+    // The hub files hold exactly the bound tensors (tied or not), so their tensor table agrees.
+    if (files.format == ModelFiles::Format::safetensors) {
+      uint64_t table = 0;
+      for (const TensorEntry& e : files.tensors().entries()) table += e.view.nbytes;
+      CHECK(weights_bytes == table);
+    }
+  }
+}
+
+TEST_CASE("a cuda rule is refused with a clear unsupported error", "[engine][placement]") {
+  const std::string model = test::data_dir() + "/tiny-qwen3moe";
+  const std::string message = error_message(
+      [&] { (void)Engine::load(model, small_options("experts=cpu,attention=cuda:0,*=cpu")); }, ErrorKind::unsupported);
+  CHECK_THAT(message, Contains("'attention=cuda:0'") && Contains("attention") && Contains("CUDA backend") &&
+                          Contains("cannot run that role yet") && Contains("*=cpu"));
+  // A cuda rule that matches nothing in this model is still not ignored.
+  CHECK_THAT(error_message([&] { (void)Engine::load(model, small_options("dense_ffn=cuda:0,*=cpu")); },
+                           ErrorKind::unsupported),
+             Contains("'dense_ffn=cuda:0'") && Contains("*=cpu"));
+  // Parse errors come before the files are opened.
+  CHECK_THAT(error_message([&] { (void)Engine::load("/nonexistent", small_options("bogus=cpu")); },
+                           ErrorKind::invalid_argument),
+             Contains("bogus"));
+  CHECK_THAT(error_message([&] { (void)Engine::load(model, small_options("attention[40-41]=cpu")); },
+                           ErrorKind::invalid_argument),
+             Contains("past the model's last layer"));
+}
+
+TEST_CASE("a forward pass is unchanged by an explicit *=cpu placement", "[engine][placement]") {
+  const std::vector<int32_t> ids = {1, 5, 9, 2, 7, 3};
+  for (const std::string& model : {test::data_dir() + "/tiny-qwen3moe", test::data_dir() + "/tiny-deepseekv3"}) {
+    INFO(model);
+    std::vector<std::vector<float>> results;
+    for (const std::string rules : {"", "*=cpu", "experts=cpu,attention[0-0]=cpu,*=cpu"}) {
+      auto engine = Engine::load(model, small_options(rules));
+      auto session = engine->new_session();
+      session->prefill(ids, /*all_logits=*/true);
+      const auto logits = session->all_logits();
+      results.emplace_back(logits.begin(), logits.end());
+    }
+    REQUIRE(!results[0].empty());
+    CHECK(results[1] == results[0]);
+    CHECK(results[2] == results[0]);
+  }
+}
