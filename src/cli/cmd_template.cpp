@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cli/command.hpp"
+#include "tandem/formats/read_file.hpp"
 #include "tandem/error.hpp"
 #include "tandem/text/chat_template.hpp"
 
@@ -33,11 +34,7 @@ nlohmann::ordered_json parse_json(const std::string& text, const std::string& or
 }
 
 nlohmann::ordered_json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::io, "cannot open " + path);
-  std::ostringstream data;
-  data << in.rdbuf();
-  return parse_json(data.str(), path);
+  return parse_json(read_file_bytes(path), path);
 }
 
 int template_command(const TemplateFlags& flags) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "tandem/formats/read_file.hpp"
 #include "tandem/error.hpp"
 #include "tandem/text/tokenizer.hpp"
 
@@ -20,14 +21,6 @@ struct TokenizeFlags {
   std::string file;
   bool no_special = false;
 };
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::io, "cannot open " + path);
-  std::ostringstream data;
-  data << in.rdbuf();
-  return data.str();
-}
 
 CommandRun setup(CLI::App& sub) {
   auto flags = std::make_shared<TokenizeFlags>();
@@ -43,7 +36,7 @@ CommandRun setup(CLI::App& sub) {
   return [flags, text, file]() {
     if (text->count() == 0 && file->count() == 0)
       throw Error(ErrorKind::invalid_argument, "tokenize: give --text or --file");
-    const std::string input = file->count() ? read_text_file(flags->file) : flags->text;
+    const std::string input = file->count() ? read_file_bytes(flags->file) : flags->text;
     const auto tokenizer = Tokenizer::load(flags->model_path);
     const auto ids = tokenizer->encode(input, !flags->no_special);
     fmt::print("{}\n", nlohmann::json(ids).dump());

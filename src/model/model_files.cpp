@@ -1,5 +1,6 @@
 // open_model_files: decides what a path is (GGUF file or split part, HF folder, a safetensors
 // file or index inside one) and reads its config and tensor table.
+#include "tandem/formats/read_file.hpp"
 #include "tandem/model/model_files.hpp"
 
 #include <cstring>
@@ -17,18 +18,7 @@ namespace fs = std::filesystem;
 
 constexpr uintmax_t kMaxConfigBytes = 16u << 20;
 
-std::string read_text_file(const fs::path& path) {
-  std::error_code ec;
-  const uintmax_t size = fs::file_size(path, ec);
-  if (ec) throw Error(ErrorKind::io, path.string() + ": cannot read: " + ec.message());
-  if (size > kMaxConfigBytes)
-    throw Error(ErrorKind::corrupt_file, path.string() + ": " + std::to_string(size) + " bytes is too large for a config file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::io, path.string() + ": cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+std::string read_text_file(const fs::path& path) { return read_file_bytes(path.string(), kMaxConfigBytes); }
 
 bool starts_with_gguf_magic(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -1,6 +1,7 @@
 // ChatTemplate: HF chat templates rendered the way transformers' apply_chat_template renders
 // them (jinja2 with trim_blocks and lstrip_blocks; messages, tools, documents,
 // add_generation_prompt, the special tokens, then the caller's extra variables).
+#include "tandem/formats/read_file.hpp"
 #include "tandem/text/chat_template.hpp"
 
 #include <fmt/core.h>
@@ -72,14 +73,7 @@ class JinjaChatTemplate final : public ChatTemplate {
   std::string bos_, eos_;
 };
 
-std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::io, "cannot open " + path.string());
-  std::ostringstream data;
-  data << in.rdbuf();
-  if (in.bad()) throw Error(ErrorKind::io, "cannot read " + path.string());
-  return data.str();
-}
+std::string read_text_file(const fs::path& path) { return read_file_bytes(path.string()); }
 
 nlohmann::json read_json_file(const fs::path& path) {
   try {

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "support/cli.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
 #include "tandem/text/chat_template.hpp"
@@ -57,23 +58,9 @@ struct TempDir {
   }
 };
 
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
+using tandem::test::shell_quote;
 
-std::string run_cli(const std::string& args, int& status) {
-  const std::string command = shell_quote(tandem::test::cli_path()) + " " + args + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
-  REQUIRE(pipe);
-  std::string out;
-  std::array<char, 4096> buffer{};
-  size_t n = 0;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe.get())) > 0) out.append(buffer.data(), n);
-  status = pclose(pipe.release());
-  return out;
-}
+using tandem::test::run_cli;
 
 ordered_json tiny_chat_example() {
   auto manifest = ordered_json::parse(read_file(fs::path(tandem::test::data_dir()) / "tiny-manifest.json"));

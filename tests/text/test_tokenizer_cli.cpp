@@ -10,27 +10,14 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "support/cli.hpp"
 #include "support/fixtures.hpp"
 
 namespace {
 
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
+using tandem::test::shell_quote;
 
-std::string run(const std::string& args, int& status) {
-  const std::string command = shell_quote(tandem::test::cli_path()) + " " + args + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
-  REQUIRE(pipe);
-  std::string out;
-  std::array<char, 4096> buffer{};
-  size_t n = 0;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe.get())) > 0) out.append(buffer.data(), n);
-  status = pclose(pipe.release());
-  return out;
-}
+std::string run(const std::string& args, int& status) { return tandem::test::run_cli(args, status); }
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tandem/formats/read_file.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/gguf.hpp"
 #include "tandem/text/tokenizer.hpp"
@@ -16,14 +17,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::io, "cannot open " + path.string());
-  std::ostringstream data;
-  data << in.rdbuf();
-  if (in.bad()) throw Error(ErrorKind::io, "cannot read " + path.string());
-  return data.str();
-}
+std::string read_file(const fs::path& path) { return read_file_bytes(path.string()); }
 
 bool looks_like_gguf(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
