@@ -3,6 +3,9 @@
 // bytes, cuda rules refused clearly, and a forward pass unchanged by an explicit `*=cpu`.
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <sys/wait.h>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -266,4 +269,34 @@ TEST_CASE("a forward pass is unchanged by an explicit *=cpu placement", "[engine
     CHECK(results[1] == results[0]);
     CHECK(results[2] == results[0]);
   }
+}
+
+TEST_CASE("CLI: --placement on eval, run and chat", "[engine][placement][cli]") {
+  namespace fs = std::filesystem;
+  const std::string cli = test::cli_path();
+  REQUIRE(fs::exists(cli));
+  const fs::path tmp = fs::temp_directory_path();
+  const std::string model = test::data_dir() + "/tiny-qwen3moe";
+  const std::string err = (tmp / "tandem_test_placement_err.txt").string();
+  auto run = [&](const std::string& args) {
+    const int status = std::system((cli + " " + args + " > /dev/null 2> " + err).c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  auto read = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string a = (tmp / "tandem_test_placement_a.bin").string();
+  const std::string b = (tmp / "tandem_test_placement_b.bin").string();
+  REQUIRE(run("eval -m " + model + " --ids 1,2,3 --logits-out " + a) == 0);
+  REQUIRE(run("eval -m " + model + " --ids 1,2,3 --logits-out " + b + " --placement '*=cpu'") == 0);
+  CHECK(read(a) == read(b));
+  CHECK(run("eval -m " + model + " --ids 1,2,3 --logits-out " + b + " --placement 'experts=cpu,*=cuda:0'") == 1);
+  CHECK_THAT(read(err), Contains("CUDA backend cannot run that role yet") && Contains("*=cpu"));
+  CHECK(run("run -m " + model + " --ids 1,2 -n 1 --temp 0 --placement 'atention=cpu'") == 1);
+  CHECK_THAT(read(err), Contains("unknown role group 'atention'"));
+  CHECK(run("chat -m " + model + " --placement 'experts=gpu' < /dev/null") == 1);
+  CHECK_THAT(read(err), Contains("unknown device 'gpu'"));
+  CHECK(run("run -m " + model + " --ids 1,2 -n 1 --temp 0 --placement '*=cpu'") == 0);
+  for (const std::string& f : {a, b, err}) fs::remove(f);
 }
