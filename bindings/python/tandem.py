@@ -155,8 +155,31 @@ def _ids_array(ids):
     return (c_int32 * max(len(ids), 1))(*ids), len(ids)
 
 
-class Model:
+class _Owned:
+    """A C handle freed by close(), by `with`, or when garbage-collected."""
+
+    _handle = None
+    _free = None  # the tandem_*_free function, set by the subclass
+
+    def close(self):
+        if self._handle:
+            type(self).__dict__['_free'](self._handle)
+            self._handle = c_void_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class Model(_Owned):
     """A loaded model. Thread-safe for reading (tokenize, info, sessions); close() after its sessions."""
+
+    _free = lib.tandem_model_free
 
     def __init__(self, path, threads=0, max_context_tokens=None, placement=None, progress=None):
         params = lib.tandem_load_default_params()
@@ -170,20 +193,6 @@ class Model:
             params.progress = self._progress
         self._handle = c_void_p()
         check(lib.tandem_model_load(os.fsencode(path), byref(params), byref(self._handle)))
-
-    def close(self):
-        if self._handle:
-            lib.tandem_model_free(self._handle)
-            self._handle = c_void_p()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
     def info(self):
         info = ModelInfo(struct_size=ctypes.sizeof(ModelInfo))
@@ -219,27 +228,15 @@ class Model:
         return Session(self)
 
 
-class Session:
+class Session(_Owned):
     """One sequence with its KV cache. One thread at a time; cancel() from any thread."""
+
+    _free = lib.tandem_session_free
 
     def __init__(self, model):
         self._model = model  # keeps the model alive while the session is
         self._handle = c_void_p()
         check(lib.tandem_session_new(model._handle, byref(self._handle)))
-
-    def close(self):
-        if self._handle:
-            lib.tandem_session_free(self._handle)
-            self._handle = c_void_p()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
     def prefill(self, ids):
         array, n = _ids_array(ids)
