@@ -57,6 +57,10 @@ class LineReader {
         buffer_.erase(0, nl + 1);
         return ReadStatus::line;
       }
+      if (g_interrupted.load()) {  // Ctrl-C arrived before we blocked in read()
+        buffer_.clear();
+        return ReadStatus::interrupted;
+      }
       char chunk[4096];
       const ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
       if (n > 0) {
@@ -119,12 +123,12 @@ int chat_command(const ChatFlags& flags) {
     fmt::print(stderr, "Chat with {} — Ctrl-C stops a reply, Ctrl-D exits.\n", flags.model_path);
 
   for (;;) {
+    g_interrupted.store(false);  // before the prompt, so a Ctrl-C typed right after it counts
     if (interactive) {
       fmt::print("> ");
       std::fflush(stdout);
     }
     std::string line;
-    g_interrupted.store(false);
     const ReadStatus status = reader.read_line(line);
     if (status == ReadStatus::end_of_input) {
       if (interactive) fmt::print("\n");

@@ -128,6 +128,10 @@ double load_and_run(const std::string& path, const std::vector<int32_t>& ids) {
 
 TEST_CASE("peak RSS of a small/ GGUF run stays within 1.1x file + KV pool", "[engine][rss][fixtures]") {
   TANDEM_REQUIRE_FIXTURES(fx);
+#if defined(__SANITIZE_ADDRESS__)
+  WARN("skipped: resident memory is not meaningful under AddressSanitizer (shadow memory, quarantine)");
+  return;
+#endif
   const std::string path = fx + "/small/qwen3moe/qwen3moe-q4_k_m.gguf";
   REQUIRE(fs::exists(path));
   const std::vector<int32_t> ids = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73};
