@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "support/cli.hpp"
 #include "support/fixtures.hpp"
+#include "tandem/formats/read_file.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/placement.hpp"
 #include "tandem/error.hpp"
@@ -276,16 +278,14 @@ TEST_CASE("CLI: --placement on eval, run and chat", "[engine][placement][cli]") 
   const std::string cli = test::cli_path();
   REQUIRE(fs::exists(cli));
   const fs::path tmp = fs::temp_directory_path();
-  const std::string model = test::data_dir() + "/tiny-qwen3moe";
+  const std::string model = test::shell_quote(test::data_dir() + "/tiny-qwen3moe");
   const std::string err = (tmp / "tandem_test_placement_err.txt").string();
   auto run = [&](const std::string& args) {
-    const int status = std::system((cli + " " + args + " > /dev/null 2> " + err).c_str());
+    const std::string command = test::shell_quote(cli) + " " + args + " > /dev/null 2> " + test::shell_quote(err);
+    const int status = std::system(command.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   };
-  auto read = [](const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
+  auto read = [](const std::string& path) { return read_file_bytes(path); };
   const std::string a = (tmp / "tandem_test_placement_a.bin").string();
   const std::string b = (tmp / "tandem_test_placement_b.bin").string();
   REQUIRE(run("eval -m " + model + " --ids 1,2,3 --logits-out " + a) == 0);
