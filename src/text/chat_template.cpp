@@ -66,7 +66,10 @@ class JinjaChatTemplate final : public ChatTemplate {
         if (key != "messages" && key != "tools" && key != "documents" && key != "add_generation_prompt")
           context.set(key, value);
     }
-    return template_.render(context);
+    jinja::RenderLimits limits;
+    limits.max_steps = request.max_steps;
+    limits.cancel = request.cancel;
+    return template_.render(context, limits);
   }
 
   jinja::Template template_;

@@ -2,6 +2,7 @@
 // transformers renders). Each expected string was produced by jinja2 3.1.6 rendering the same
 // template and variables in transformers' environment (ImmutableSandboxedEnvironment,
 // loopcontrols, tojson = json.dumps(ensure_ascii=False)); none comes from Tandem.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -290,4 +291,102 @@ TEST_CASE("jinja: hostile templates fail cleanly instead of exhausting resources
   CHECK_THAT(error_of("{{ " + deep + " }}"), Contains("nesting"));
   CHECK_THAT(error_of("{{ " + std::string(5000, '(') + " }}"), Contains("unclosed tag"));
   CHECK_THAT(error_of("{{ 9223372036854775807 + 1 }}"), Contains("overflow"));
+}
+
+TEST_CASE("jinja: deeply nested JSON input is refused with an error, not a stack overflow", "[jinja][errors]") {
+  using Catch::Matchers::Contains;
+  const auto template_ = tandem::ChatTemplate::parse("{{ messages|length }}{{ tools|length }}");
+  for (size_t depth : {size_t{300}, size_t{20000}, size_t{100000}}) {
+    INFO("depth " << depth);
+    // Built by parsing text only: nlohmann's parser and destructor are iterative, but its copy
+    // constructor and dump recurse, so a deep document must never be copied or dumped.
+    const std::string arrays = std::string(depth, '[') + std::string(depth, ']');
+    std::string objects;
+    for (size_t k = 0; k < depth; ++k) objects += "{\"a\":";
+    objects += "1" + std::string(depth, '}');
+    const auto deep = nlohmann::ordered_json::parse(arrays);
+    const auto extra = nlohmann::ordered_json::parse("{\"kw\": " + arrays + "}");
+    const auto wrapped = nlohmann::json::parse("[" + objects + "]");
+    const auto shallow = nlohmann::ordered_json::array();
+    const auto no_extra = nlohmann::ordered_json::object();
+    for (int where = 0; where < 4; ++where) {
+      tandem::ChatRequest request;
+      request.ordered_messages = where == 0 ? &deep : &shallow;
+      if (where == 1) request.ordered_tools = &deep;
+      request.ordered_extra = where == 2 ? &extra : &no_extra;
+      if (where == 3) {
+        request.ordered_messages = nullptr;
+        request.messages = &wrapped;
+      }
+      try {
+        (void)template_->render(request);
+        FAIL("no error for nesting at depth " << depth << ", place " << where);
+      } catch (const tandem::Error& e) {
+        CHECK(e.kind() == tandem::ErrorKind::invalid_argument);
+        CHECK_THAT(e.what(), Contains("deeper than 256"));
+      }
+    }
+  }
+  // 256 levels are still accepted
+  const auto ok = nlohmann::ordered_json::parse("[" + std::string(255, '[') + std::string(255, ']') + "]");
+  const auto no_tools = nlohmann::ordered_json::array();
+  tandem::ChatRequest request;
+  request.ordered_messages = &ok;
+  request.ordered_tools = &no_tools;
+  CHECK(template_->render(request) == "10");
+}
+
+TEST_CASE("jinja: a template that would run forever stops at the step budget or on cancel",
+          "[jinja][errors]") {
+  using Catch::Matchers::Contains;
+  const auto messages = nlohmann::ordered_json::array();
+  const auto nested = tandem::ChatTemplate::parse(
+      "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
+  const auto silent = tandem::ChatTemplate::parse(
+      "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+  for (const auto* parsed : {nested.get(), silent.get()}) {
+    tandem::ChatRequest request;
+    request.ordered_messages = &messages;
+    request.max_steps = 1'000'000;
+    try {
+      (void)parsed->render(request);
+      FAIL("no error");
+    } catch (const tandem::Error& e) {
+      CHECK(e.kind() == tandem::ErrorKind::out_of_range);
+      CHECK_THAT(e.what(), Contains("budget of 1000000 evaluation steps"));
+    }
+  }
+  {  // the default budget ends it too (in seconds, not hours)
+    tandem::ChatRequest request;
+    request.ordered_messages = &messages;
+    CHECK_THROWS_WITH(silent->render(request), Contains("budget of 50000000 evaluation steps"));
+  }
+  {  // a raised cancel flag stops rendering
+    std::atomic<bool> cancel{true};
+    tandem::ChatRequest request;
+    request.ordered_messages = &messages;
+    request.cancel = &cancel;
+    try {
+      (void)nested->render(request);
+      FAIL("no error");
+    } catch (const tandem::Error& e) {
+      CHECK(e.kind() == tandem::ErrorKind::cancelled);
+    }
+  }
+  {  // ordinary templates are unaffected by the budget
+    tandem::ChatRequest request;
+    request.ordered_messages = &messages;
+    request.max_steps = 1000;
+    CHECK(tandem::ChatTemplate::parse("{% for i in range(3) %}{{ i }}{% endfor %}")->render(request) == "012");
+  }
+}
+
+TEST_CASE("jinja: deeply nested blocks are refused by the parser", "[jinja][errors]") {
+  using Catch::Matchers::Contains;
+  std::string blocks;
+  for (int k = 0; k < 5000; ++k) blocks += "{% if true %}";
+  for (int k = 0; k < 5000; ++k) blocks += "{% endif %}";
+  CHECK_THAT(error_of(blocks), Contains("nesting"));
+  std::string lists = "{{ " + std::string(5000, '[') + std::string(5000, ']') + " }}";
+  CHECK_THAT(error_of(lists), Contains("nesting"));
 }

@@ -1,6 +1,7 @@
 #pragma once
 // A fixed pool of worker threads (pinned to cores with hwloc when available) that runs one
 // parallel_for at a time; the calling thread takes part. Owned by a backend, never global.
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -13,21 +14,29 @@ namespace tandem {
 
 class ThreadPool {
  public:
-  // `threads` <= 0: one per physical core.
+  static constexpr int max_threads = 4096;
+  // `threads` == 0: one per physical core; more than 1024 run as 1024. Throws Error(invalid_argument)
+  // for a negative count or one above max_threads, and Error(out_of_memory) naming the thread when
+  // the OS refuses to start one (the workers already started are stopped and joined first).
   explicit ThreadPool(int threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
-  // Calls fn(begin, end, worker) over [0, n) split into contiguous chunks, one per thread at most;
-  // `worker` in [0, size()) names the thread (for per-thread scratch). Blocks until all are done.
+  // Calls fn(begin, end, worker) over [0, n) split into contiguous chunks (a few per thread, taken
+  // by whichever thread is free, so one thread may run several); `worker` in [0, size()) names the
+  // thread (for per-thread scratch). Blocks until all are done; rethrows the first exception.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
 
   static int physical_cores();
 
  private:
+  static constexpr int kChunksPerThread = 4;
   void worker_loop(int index);
+  std::exception_ptr run_chunks(int worker) noexcept;
+  bool on_busy_thread() const;
+  void stop_workers() noexcept;
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
@@ -35,7 +44,9 @@ class ThreadPool {
   std::condition_variable done_;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t job_items_ = 0;
-  int job_chunks_ = 0;
+  int64_t job_chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};
+  std::atomic<std::thread::id> busy_caller_{};  // the thread running parallel_for, while it does
   uint64_t generation_ = 0;
   int pending_ = 0;
   bool stopping_ = false;

@@ -1,6 +1,8 @@
 #pragma once
 // Chat templates: a Jinja-subset interpreter that renders HF chat templates exactly as
 // transformers' apply_chat_template does.
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -18,6 +20,12 @@ struct ChatRequest {
   const nlohmann::ordered_json* ordered_messages = nullptr;
   const nlohmann::ordered_json* ordered_tools = nullptr;
   const nlohmann::ordered_json* ordered_extra = nullptr;
+  // A template cannot run forever: past this many evaluation steps (statements, loop
+  // iterations, expressions) render throws Error(out_of_range). Real chat templates over long
+  // conversations use well under a million.
+  uint64_t max_steps = 50'000'000;
+  // When set and it becomes true, render throws Error(cancelled) soon after.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class ChatTemplate {

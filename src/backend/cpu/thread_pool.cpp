@@ -3,15 +3,16 @@
 #include <hwloc.h>
 #include <pthread.h>
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <exception>
+#include <system_error>
+
+#include "tandem/error.hpp"
 
 namespace tandem {
 namespace {
-
-// Set while a thread runs a chunk: a parallel_for issued from inside one runs inline instead of
-// waiting for workers that are busy with the outer loop.
-thread_local bool inside_pool_job = false;
 
 // A topology of cores only: caches, NUMA detail and I/O discovery cost memory (and plugins) that
 // pinning does not need.
@@ -41,7 +42,13 @@ int ThreadPool::physical_cores() {
 }
 
 ThreadPool::ThreadPool(int threads) {
-  if (threads <= 0) threads = physical_cores();
+  if (threads < 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("thread count {} is negative (0 means one per physical core)", threads));
+  if (threads > max_threads)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("thread count {} is more than the {} a pool may have", threads, max_threads));
+  if (threads == 0) threads = physical_cores();
   threads = std::clamp(threads, 1, 1024);
   workers_.reserve(static_cast<size_t>(threads - 1));
   // Worker i runs on core i (mod cores); the caller keeps its own placement. Pinning failures
@@ -50,7 +57,17 @@ ThreadPool::ThreadPool(int threads) {
   const bool have_topology = threads > 1 && load_core_topology(&topology);
   const int cores = have_topology ? hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE) : 0;
   for (int i = 1; i < threads; ++i) {
-    workers_.emplace_back([this, i] { worker_loop(i); });
+    try {
+      workers_.emplace_back([this, i] { worker_loop(i); });
+    } catch (const std::exception& e) {
+      // e.g. a process or memory limit: stop and join the workers already running (a vector of
+      // joinable threads must not be destroyed), then say how far we got
+      if (have_topology) hwloc_topology_destroy(topology);
+      stop_workers();
+      throw Error(ErrorKind::out_of_memory,
+                  fmt::format("cannot start worker thread {} of {}: {} (ask for fewer threads)", i + 1, threads,
+                              e.what()));
+    }
     if (cores > 0) {
       hwloc_obj_t core = hwloc_get_obj_by_type(topology, HWLOC_OBJ_CORE, static_cast<unsigned>(i % cores));
       if (core && core->cpuset)
@@ -60,41 +77,29 @@ ThreadPool::ThreadPool(int threads) {
   if (have_topology) hwloc_topology_destroy(topology);
 }
 
-ThreadPool::~ThreadPool() {
+void ThreadPool::stop_workers() noexcept {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
-  for (auto& t : workers_) t.join();
+  for (auto& t : workers_)
+    if (t.joinable()) t.join();
+  workers_.clear();
 }
+
+ThreadPool::~ThreadPool() { stop_workers(); }
 
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t, int)>* job;
-    int64_t items;
-    int chunks;
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
       if (stopping_) return;
       seen = generation_;
-      job = job_;
-      items = job_items_;
-      chunks = job_chunks_;
     }
-    std::exception_ptr failure;
-    if (index < chunks) {
-      const int64_t begin = items * index / chunks, end = items * (index + 1) / chunks;
-      inside_pool_job = true;
-      try {
-        if (begin < end) (*job)(begin, end, index);
-      } catch (...) {
-        failure = std::current_exception();
-      }
-      inside_pool_job = false;
-    }
+    std::exception_ptr failure = run_chunks(index);
     {
       std::lock_guard lock(mutex_);
       if (failure && !failure_) failure_ = failure;
@@ -103,10 +108,39 @@ void ThreadPool::worker_loop(int index) {
   }
 }
 
+// Threads claim chunks from a shared counter until none are left, so a thread the OS preempts
+// (a loaded machine, more threads than free cores) delays only the chunk it holds, not a fixed
+// 1/threads share of the loop.
+std::exception_ptr ThreadPool::run_chunks(int worker) noexcept {
+  const auto& fn = *job_;
+  const int64_t items = job_items_;
+  const int64_t chunks = job_chunks_;
+  try {
+    for (int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next_chunk_.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t begin = items * c / chunks, end = items * (c + 1) / chunks;
+      if (begin < end) fn(begin, end, worker);
+    }
+  } catch (...) {
+    next_chunk_.store(chunks, std::memory_order_relaxed);  // the others stop early too
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
+bool ThreadPool::on_busy_thread() const {
+  const auto self = std::this_thread::get_id();
+  if (busy_caller_.load(std::memory_order_relaxed) == self) return true;
+  for (const auto& worker : workers_)
+    if (worker.get_id() == self) return true;
+  return false;
+}
+
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
-  const int chunks = static_cast<int>(std::min<int64_t>(n, size()));
-  if (chunks == 1 || inside_pool_job) {
+  // A parallel_for issued from inside a chunk of this pool runs inline: the workers it would wait
+  // for are busy with the outer loop.
+  if (size() == 1 || n == 1 || on_busy_thread()) {
     fn(0, n, 0);
     return;
   }
@@ -115,21 +149,17 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     std::lock_guard lock(mutex_);
     job_ = &fn;
     job_items_ = n;
-    job_chunks_ = chunks;
+    job_chunks_ = std::min<int64_t>(n, int64_t{kChunksPerThread} * size());
+    next_chunk_.store(0, std::memory_order_relaxed);
     pending_ = static_cast<int>(workers_.size());
     ++generation_;
   }
+  busy_caller_.store(std::this_thread::get_id(), std::memory_order_relaxed);
   wake_.notify_all();
-  std::exception_ptr failure;
-  inside_pool_job = true;
-  try {
-    fn(0, n / chunks, 0);
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  inside_pool_job = false;
+  std::exception_ptr failure = run_chunks(0);
   std::unique_lock lock(mutex_);
   done_.wait(lock, [&] { return pending_ == 0; });
+  busy_caller_.store(std::thread::id(), std::memory_order_relaxed);
   if (!failure) failure = failure_;
   failure_ = nullptr;
   if (failure) std::rethrow_exception(failure);

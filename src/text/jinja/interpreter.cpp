@@ -109,7 +109,8 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
 
 class Interpreter {
  public:
-  Interpreter(const Dict& context, std::string& out) : context_(context), out_(out) {
+  Interpreter(const Dict& context, std::string& out, const RenderLimits& limits)
+      : context_(context), out_(out), limits_(limits) {
     frames_.push_back(&root_);
   }
 
@@ -126,6 +127,15 @@ class Interpreter {
     return Flow::normal;
   }
 
+  // One unit of work against the render budget; polls the cancellation flag now and then.
+  void step() {
+    if (++steps_ > limits_.max_steps)
+      throw Error(ErrorKind::out_of_range,
+                  fmt::format("chat template exceeds its budget of {} evaluation steps", limits_.max_steps));
+    if (limits_.cancel && (steps_ & 4095) == 0 && limits_.cancel->load(std::memory_order_relaxed))
+      throw Error(ErrorKind::cancelled, "chat template rendering cancelled");
+  }
+
   void write(const std::string& text) {
     out_ += text;
     if (out_.size() > max_value_bytes)
@@ -134,6 +144,7 @@ class Interpreter {
   }
 
   Flow exec(const Stmt& stmt) {
+    step();
     try {
       return exec_statement(stmt);
     } catch (const EvalError& e) {
@@ -225,6 +236,7 @@ class Interpreter {
     if (stmt.condition) {  // `for x in xs if cond`: filtered before loop.* is computed
       List kept;
       for (const auto& item : items) {
+        step();
         Frame frame;
         assign(frame, stmt.targets, item);
         frames_.push_back(&frame);
@@ -240,6 +252,7 @@ class Interpreter {
     }
     auto length = static_cast<int64_t>(items.size());
     for (int64_t k = 0; k < length; ++k) {
+      step();
       Frame frame;
       assign(frame, stmt.targets, items[k]);
       frame["loop"] = loop_object(items, k);
@@ -353,6 +366,7 @@ class Interpreter {
   }
 
   Value eval(const Expr& expr) {
+    step();
     switch (expr.kind) {
       case Expr::Kind::literal:
         return expr.value;
@@ -465,6 +479,8 @@ class Interpreter {
 
   const Dict& context_;
   std::string& out_;
+  const RenderLimits& limits_;
+  uint64_t steps_ = 0;
   Frame root_;
   std::vector<Frame*> frames_;
   int call_depth_ = 0;
@@ -472,9 +488,9 @@ class Interpreter {
 
 }  // namespace
 
-std::string render_template(const Body& body, const Dict& context) {
+std::string render_template(const Body& body, const Dict& context, const RenderLimits& limits) {
   std::string out;
-  Interpreter(context, out).run(body);
+  Interpreter(context, out, limits).run(body);
   return out;
 }
 

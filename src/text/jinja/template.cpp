@@ -11,6 +11,8 @@ Template Template::parse(std::string_view source, const LexerOptions& options) {
   return parsed;
 }
 
-std::string Template::render(const Dict& context) const { return render_template(*body_, context); }
+std::string Template::render(const Dict& context, const RenderLimits& limits) const {
+  return render_template(*body_, context, limits);
+}
 
 }  // namespace tandem::jinja

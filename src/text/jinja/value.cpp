@@ -236,7 +236,10 @@ int compare_values(const Value& a, const Value& b) {
 
 namespace {
 template <typename Json>
-Value convert_json(const Json& json) {
+Value convert_json(const Json& json, int depth) {
+  // untrusted input (chat messages, tools, extra variables): bound the recursion
+  if (depth > max_json_input_depth)
+    throw EvalError("JSON input nested deeper than " + std::to_string(max_json_input_depth) + " levels");
   switch (json.type()) {
     case Json::value_t::null:
       return Value(None{});
@@ -256,13 +259,13 @@ Value convert_json(const Json& json) {
     case Json::value_t::array: {
       List list;
       list.reserve(json.size());
-      for (const auto& item : json) list.push_back(convert_json(item));
+      for (const auto& item : json) list.push_back(convert_json(item, depth + 1));
       return Value(std::move(list));
     }
     case Json::value_t::object: {
       Dict dict;
       dict.items.reserve(json.size());
-      for (const auto& [key, item] : json.items()) dict.items.emplace_back(key, convert_json(item));
+      for (const auto& [key, item] : json.items()) dict.items.emplace_back(key, convert_json(item, depth + 1));
       return Value(std::move(dict));
     }
     default:
@@ -271,7 +274,7 @@ Value convert_json(const Json& json) {
 }
 }  // namespace
 
-Value from_json(const nlohmann::json& json) { return convert_json(json); }
-Value from_json(const nlohmann::ordered_json& json) { return convert_json(json); }
+Value from_json(const nlohmann::json& json) { return convert_json(json, 0); }
+Value from_json(const nlohmann::ordered_json& json) { return convert_json(json, 0); }
 
 }  // namespace tandem::jinja

@@ -132,7 +132,9 @@ int compare_values(const Value& a, const Value& b);
 std::string format_python_float(double value);
 
 // JSON data (messages, tools, kwargs) as template values: objects become dicts, arrays lists.
-// ordered_json keeps the document's key order, which tojson reproduces.
+// ordered_json keeps the document's key order, which tojson reproduces. Throws EvalError for
+// input nested deeper than max_json_input_depth (arrays/objects).
+inline constexpr int max_json_input_depth = 256;
 Value from_json(const nlohmann::json& json);
 Value from_json(const nlohmann::ordered_json& json);
 
