@@ -101,6 +101,7 @@ def _load_library():
         "tandem_free_string": (None, [c_void_p]),
         "tandem_load_default_params": (LoadParams, []),
         "tandem_model_load": (st, [c_char_p, POINTER(LoadParams), POINTER(c_void_p)]),
+        "tandem_model_load_with_overrides": (st, [c_char_p, POINTER(LoadParams), c_char_p, POINTER(c_void_p)]),
         "tandem_model_free": (None, [c_void_p]),
         "tandem_model_get_info": (st, [c_void_p, POINTER(ModelInfo)]),
         "tandem_model_memory_report_json": (st, [c_void_p, POINTER(c_void_p)]),
@@ -181,7 +182,7 @@ class Model(_Owned):
 
     _free = lib.tandem_model_free
 
-    def __init__(self, path, threads=0, max_context_tokens=None, placement=None, progress=None):
+    def __init__(self, path, threads=0, max_context_tokens=None, placement=None, progress=None, override_kv=None):
         params = lib.tandem_load_default_params()
         params.threads = threads
         if max_context_tokens is not None:
@@ -192,7 +193,11 @@ class Model(_Owned):
             self._progress = ProgressFn(lambda fraction, stage, _: progress(fraction, stage.decode()))
             params.progress = self._progress
         self._handle = c_void_p()
-        check(lib.tandem_model_load(os.fsencode(path), byref(params), byref(self._handle)))
+        # override_kv: "KEY=TYPE:VALUE" items (a list, or one comma-separated string), as --override-kv
+        if isinstance(override_kv, (list, tuple)):
+            override_kv = ",".join(override_kv)
+        overrides = override_kv.encode() if override_kv else None
+        check(lib.tandem_model_load_with_overrides(os.fsencode(path), byref(params), overrides, byref(self._handle)))
 
     def info(self):
         info = ModelInfo(struct_size=ctypes.sizeof(ModelInfo))

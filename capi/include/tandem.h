@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TANDEM_ABI_VERSION 1
+#define TANDEM_ABI_VERSION 2
 
 #if defined(_WIN32)
 #  if defined(TANDEM_BUILDING_LIBRARY)
@@ -128,6 +128,16 @@ TANDEM_API tandem_load_params tandem_load_default_params(void);
 TANDEM_API tandem_status tandem_model_load(const char* path, const tandem_load_params* params,
                                            tandem_model** out_model);
 TANDEM_API void tandem_model_free(tandem_model* model);
+
+/* ABI 2. tandem_model_load with GGUF metadata overrides, as `--override-kv` (llama.cpp's
+ * spelling): "KEY=TYPE:VALUE" items separated by commas or newlines, TYPE int, float, bool or str,
+ * e.g. "qwen2moe.rope.freq_base=float:1000000"; NULL or "" = none. A malformed item, a key the
+ * loader reads with another type, or a key neither in the file nor read by the loader gives
+ * TANDEM_STATUS_INVALID_ARGUMENT; so does any override for an HF folder.
+ * (A function rather than a tandem_load_params field: tandem_load_default_params returns the
+ * struct by value, so growing it would overrun the return slot of every ABI 1 caller.) */
+TANDEM_API tandem_status tandem_model_load_with_overrides(const char* path, const tandem_load_params* params,
+                                                          const char* override_kv, tandem_model** out_model);
 
 typedef struct tandem_model_info {
   size_t struct_size;            /* set by the caller: sizeof(tandem_model_info)                   */

@@ -4,6 +4,7 @@
 
 #include "c_api_support.hpp"
 #include "tandem/engine/generate.hpp"
+#include "tandem/model/model_files.hpp"
 #include "tandem/text/chat_template.hpp"
 #include "tandem/text/tokenizer.hpp"
 
@@ -73,8 +74,8 @@ tandem_load_params tandem_load_default_params(void) {
   return params;
 }
 
-tandem_status tandem_model_load(const char* path, const tandem_load_params* params,
-                                tandem_model** out_model) {
+tandem_status tandem_model_load_with_overrides(const char* path, const tandem_load_params* params,
+                                               const char* override_kv, tandem_model** out_model) {
   if (out_model != nullptr) *out_model = nullptr;
   return guarded([&] {
     require(out_model, "out_model");
@@ -83,7 +84,8 @@ tandem_status tandem_model_load(const char* path, const tandem_load_params* para
         read_params(params, tandem_load_default_params(), kLoadParamsV1, "tandem_load_params");
     std::atomic<bool> cancel{cancel_flag_set(merged.cancel_flag)};
     if (cancel.load()) throw Error(ErrorKind::cancelled, fmt::format("loading {} cancelled", path));
-    const LoadOptions options = to_load_options(merged, cancel);
+    LoadOptions options = to_load_options(merged, cancel);
+    if (override_kv != nullptr) options.overrides.metadata = parse_metadata_overrides(override_kv);
     log(TANDEM_LOG_INFO, fmt::format("loading {}", path));
     auto model = std::make_unique<tandem_model>();
     model->engine = Engine::load(path, options);
@@ -91,6 +93,11 @@ tandem_status tandem_model_load(const char* path, const tandem_load_params* para
     log(TANDEM_LOG_INFO, fmt::format("loaded {} ({})", path, model->engine->config().architecture_name));
     *out_model = model.release();
   });
+}
+
+tandem_status tandem_model_load(const char* path, const tandem_load_params* params,
+                                tandem_model** out_model) {
+  return tandem_model_load_with_overrides(path, params, nullptr, out_model);
 }
 
 void tandem_model_free(tandem_model* model) { delete model; }

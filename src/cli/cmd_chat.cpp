@@ -5,15 +5,19 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
+#include "cli/interrupt.hpp"
+#include "cli/model_text.hpp"
 #include "cli/progress.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/generate.hpp"
@@ -23,27 +27,6 @@
 
 namespace tandem::cli {
 namespace {
-
-// Written by the SIGINT handler: lock-free atomics are async-signal-safe.
-std::atomic<bool> g_interrupted{false};
-static_assert(std::atomic<bool>::is_always_lock_free);
-
-extern "C" void on_sigint(int) { g_interrupted.store(true); }
-
-// Installs on_sigint without SA_RESTART, so a blocking read() at the prompt returns EINTR.
-class SigintScope {
- public:
-  SigintScope() {
-    struct sigaction action = {};
-    action.sa_handler = on_sigint;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &previous_);
-  }
-  ~SigintScope() { sigaction(SIGINT, &previous_, nullptr); }
-
- private:
-  struct sigaction previous_ = {};
-};
 
 enum class ReadStatus { line, end_of_input, interrupted };
 
@@ -57,7 +40,7 @@ class LineReader {
         buffer_.erase(0, nl + 1);
         return ReadStatus::line;
       }
-      if (g_interrupted.load()) {  // Ctrl-C arrived before we blocked in read()
+      if (InterruptScope::interrupted()) {  // Ctrl-C arrived before we blocked in read()
         buffer_.clear();
         return ReadStatus::interrupted;
       }
@@ -68,7 +51,7 @@ class LineReader {
         continue;
       }
       if (n < 0 && errno == EINTR) {
-        if (!g_interrupted.load()) continue;
+        if (!InterruptScope::interrupted()) continue;
         buffer_.clear();
         return ReadStatus::interrupted;
       }
@@ -88,42 +71,71 @@ class LineReader {
 struct ChatFlags : GenerationFlags {
   ChatFlags() : GenerationFlags(1024) {}
   std::string system;
+  std::optional<std::string> chat_template;
+  std::string chat_template_file;
 };
 
+// Renders the conversation; while it leaves less than `reply_room` tokens of the context for the
+// reply, drops the oldest non-system turn (a user message and the replies after it) with a notice.
+// Throws Error(out_of_range) when the newest message alone does not fit.
+std::vector<int32_t> fit_prompt(nlohmann::json& messages, const Tokenizer& tokenizer, const ChatTemplate& tmpl,
+                                int64_t context_tokens, int64_t reply_room) {
+  for (;;) {
+    ChatRequest request;
+    request.messages = &messages;
+    request.add_generation_prompt = true;
+    auto prompt = tokenizer.encode(tmpl.render(request), /*add_special=*/false);
+    if (static_cast<int64_t>(prompt.size()) + reply_room <= context_tokens) return prompt;
+    size_t first = 0;
+    while (first < messages.size() && messages[first].value("role", "") == "system") ++first;
+    if (first + 1 >= messages.size())  // only the new message is left
+      throw Error(ErrorKind::out_of_range,
+                  fmt::format("the message takes {} tokens with the template; the context holds {} (-c/--ctx)",
+                              prompt.size(), context_tokens));
+    size_t end = first + 1;  // the oldest turn: its user message and what follows up to the next one
+    while (end + 1 < messages.size() && messages[end].value("role", "") != "user") ++end;
+    messages.erase(messages.begin() + static_cast<std::ptrdiff_t>(first),
+                   messages.begin() + static_cast<std::ptrdiff_t>(end));
+    fmt::print(stderr, "(context full: dropped the oldest turn)\n");
+  }
+}
+
 int chat_command(const ChatFlags& flags) {
+  flags.validate();
   const bool interactive = isatty(STDIN_FILENO) == 1;
   LoadOptions load = flags.load_options();
   ProgressBar progress;
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
-  const Tokenizer* tokenizer = engine->tokenizer();
-  const ChatTemplate* tmpl = engine->chat_template();
-  if (!tokenizer)
-    throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
-  if (!tmpl)
-    throw Error(ErrorKind::unsupported,
-                fmt::format("{}: the model ships no chat template", flags.model_path));
+  const Tokenizer* tokenizer = &require_tokenizer(*engine, flags.model_path);
+  std::unique_ptr<ChatTemplate> custom;
+  if (flags.chat_template || !flags.chat_template_file.empty())
+    custom = chat_template_from_flags(flags.chat_template, flags.chat_template_file, *tokenizer);
+  const ChatTemplate* tmpl = custom ? custom.get() : &require_chat_template(*engine, flags.model_path);
 
   GenerateOptions options;
   options.sampling = flags.sampling();
   options.max_new_tokens = flags.max_new_tokens;
   options.stop_strings = flags.stops;
   options.skip_special_text = true;
-  options.cancel = &g_interrupted;
+  options.cancel = &InterruptScope::flag();
   if (!flags.ignore_eos) options.eos_ids = eos_ids_for(engine->config(), tokenizer);
 
+  // Room a reply needs: all of -n when it is set, else a quarter of the context.
+  const int64_t reply_room = std::min(flags.context_tokens / 2,
+                                      flags.max_new_tokens >= 0 ? flags.max_new_tokens + 1 : flags.context_tokens / 4);
   nlohmann::json messages = nlohmann::json::array();
   if (!flags.system.empty()) messages.push_back({{"role", "system"}, {"content", flags.system}});
   const auto session = engine->new_session();
-  SigintScope sigint;
+  InterruptScope interrupt_scope;
   LineReader reader;
   bool interrupted_at_prompt = false;
   if (interactive)
-    fmt::print(stderr, "Chat with {} — Ctrl-C stops a reply, Ctrl-D exits.\n", flags.model_path);
+    fmt::print(stderr, "Chat with {} — Ctrl-C stops a reply, /clear forgets the conversation, Ctrl-D exits.\n", flags.model_path);
 
   for (;;) {
-    g_interrupted.store(false);  // before the prompt, so a Ctrl-C typed right after it counts
+    InterruptScope::clear();  // before the prompt, so a Ctrl-C typed right after it counts
     if (interactive) {
       fmt::print("> ");
       std::fflush(stdout);
@@ -146,12 +158,17 @@ int chat_command(const ChatFlags& flags) {
     interrupted_at_prompt = false;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
 
+    if (line == "/clear") {
+      messages = nlohmann::json::array();
+      if (!flags.system.empty()) messages.push_back({{"role", "system"}, {"content", flags.system}});
+      session->reset();
+      fmt::print(stderr, "(conversation cleared)\n");
+      continue;
+    }
+
     messages.push_back({{"role", "user"}, {"content", line}});
     try {
-      ChatRequest request;
-      request.messages = &messages;
-      request.add_generation_prompt = true;
-      const auto prompt = tokenizer->encode(tmpl->render(request), /*add_special=*/false);
+      const auto prompt = fit_prompt(messages, *tokenizer, *tmpl, flags.context_tokens, reply_room);
       const auto result = generate(*session, tokenizer, prompt, options, [](int32_t, std::string_view text) {
         std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);
@@ -160,11 +177,14 @@ int chat_command(const ChatFlags& flags) {
       fmt::print("\n");
       std::fflush(stdout);
       fmt::print(stderr, "[{} tokens, {:.1f} tok/s{}]\n", result.stats.generated_tokens,
-                 result.stats.decode_tokens_per_second(),
-                 result.stop == StopReason::cancelled ? ", interrupted" : "");
+                   result.stats.decode_tokens_per_second(),
+                   result.stop == StopReason::cancelled ? ", interrupted" : "");
+      if (result.stop == StopReason::context_full)
+        fmt::print(stderr, "(the context of {} tokens is full: the reply was cut; the oldest turns will be "
+                           "dropped next turn, or type /clear)\n", flags.context_tokens);
       messages.push_back({{"role", "assistant"}, {"content", result.text}});
     } catch (const Error& e) {
-      // The turn failed (context full, ...): forget it and keep the conversation usable.
+      // The turn failed: forget it and keep the conversation usable.
       fmt::print(stderr, "\ntandem: error: {}\n", e.what());
       messages.erase(messages.size() - 1);
       session->reset();
@@ -177,6 +197,8 @@ const RegisterCommand registered{
        auto flags = std::make_shared<ChatFlags>();
        flags->add_to(sub);
        sub.add_option("--system", flags->system, "system prompt");
+       sub.add_option("--chat-template", flags->chat_template, "Jinja chat template text to use instead of the model's");
+       sub.add_option("--chat-template-file", flags->chat_template_file, "read the chat template from a file");
        return [flags] { return chat_command(*flags); };
      }}};
 

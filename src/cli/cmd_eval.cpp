@@ -26,6 +26,7 @@ struct EvalFlags {
   std::string logits_out;
   int threads = 0;
   std::string placement;
+  std::vector<std::string> override_kv;
 };
 
 std::vector<int32_t> parse_ids(const std::string& text) {
@@ -56,6 +57,7 @@ int run_eval(const EvalFlags& flags) {
   options.max_sessions = 1;
   options.load_tokenizer = false;
   options.placement = flags.placement;
+  options.overrides = model_overrides_from(flags.override_kv);
   // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
   options.max_batch_tokens = std::min<int64_t>(options.max_context_tokens, 512);
@@ -97,6 +99,7 @@ const RegisterCommand registration{CommandSpec{
       sub.add_option("--logits-out", flags->logits_out, "file for float32 logits [T, vocab]")->required();
       sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
       add_placement_flag(sub, flags->placement);
+      add_override_kv_flag(sub, flags->override_kv);
       return [flags] { return run_eval(*flags); };
     }}};
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "cli/generation_flags.hpp"
 #include "tandem/engine/placement.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/model/weight_summary.hpp"
@@ -17,6 +18,7 @@ namespace {
 struct InspectFlags {
   std::string path;
   bool json = false;
+  std::vector<std::string> override_kv;
 };
 
 const char* router_name(RouterKind r) {
@@ -154,7 +156,7 @@ void print_table(const nlohmann::json& j) {
 }
 
 int inspect_command(const InspectFlags& flags) {
-  const ModelFiles files = open_model_files(flags.path);
+  const ModelFiles files = open_model_files(flags.path, model_overrides_from(flags.override_kv));
   const Weights weights = bind_weights(files);
   const WeightSummary summary = summarize_weights(weights);
   nlohmann::json j = describe(files, summary);
@@ -173,6 +175,7 @@ const RegisterCommand registered{{"inspect", "show a model's architecture, sizes
                                     sub.add_option("path", flags->path, "GGUF file (or split part) or HF model folder")
                                         ->required();
                                     sub.add_flag("--json", flags->json, "print one JSON object (keys: docs/CLI.md)");
+                                    add_override_kv_flag(sub, flags->override_kv);
                                     return [flags] { return inspect_command(*flags); };
                                   }}};
 

@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <chrono>
+#include <memory>
+#include <optional>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -14,10 +17,13 @@
 
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
+#include "cli/interrupt.hpp"
+#include "cli/model_text.hpp"
 #include "cli/progress.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/generate.hpp"
 #include "tandem/error.hpp"
+#include "tandem/formats/read_file.hpp"
 #include "tandem/text/chat_template.hpp"
 #include "tandem/text/tokenizer.hpp"
 
@@ -46,23 +52,38 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 struct RunFlags : GenerationFlags {
   RunFlags() : GenerationFlags(128) {}
   std::string ids;
-  std::string prompt;
+  std::optional<std::string> prompt;
+  std::string prompt_file;
+  std::optional<std::string> chat_template;
+  std::string chat_template_file;
   bool chat = false;
   bool print_ids = false;
 };
 
 int run_command(const RunFlags& flags) {
+  flags.validate();
   const bool ids_mode = !flags.ids.empty();
-  if (ids_mode == !flags.prompt.empty())
-    throw Error(ErrorKind::invalid_argument, "run: give exactly one of --ids and -p/--prompt");
-  if (flags.chat && ids_mode) throw Error(ErrorKind::invalid_argument, "run: --chat needs -p/--prompt");
+  const int text_sources = (flags.prompt ? 1 : 0) + (flags.prompt_file.empty() ? 0 : 1);
+  if (text_sources > 1) throw Error(ErrorKind::invalid_argument, "run: give -p/--prompt or -f/--file, not both");
+  if (ids_mode == (text_sources == 1))
+    throw Error(ErrorKind::invalid_argument, "run: give exactly one of --ids, -p/--prompt and -f/--file");
+  if (flags.chat && ids_mode) throw Error(ErrorKind::invalid_argument, "run: --chat needs -p/--prompt or -f/--file");
+  if ((flags.chat_template || !flags.chat_template_file.empty()) && !flags.chat)
+    throw Error(ErrorKind::invalid_argument, "run: --chat-template applies with --chat");
+  const std::string prompt_text =
+      flags.prompt ? *flags.prompt : (flags.prompt_file.empty() ? std::string() : read_file_bytes(flags.prompt_file));
 
+  const auto load_start = std::chrono::steady_clock::now();
   LoadOptions load = flags.load_options();
   load.load_tokenizer = !(ids_mode && flags.print_ids && flags.stops.empty());
   ProgressBar progress;
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  for (const auto& warning : engine->warnings())
+    if (!warning.starts_with("no tokenizer: ") && !warning.starts_with("no chat template: "))
+      fmt::print(stderr, "tandem: warning: {}\n", warning);
   const Tokenizer* tokenizer = load.load_tokenizer ? engine->tokenizer() : nullptr;
   const int64_t vocab = engine->config().vocab_size;
 
@@ -74,22 +95,28 @@ int run_command(const RunFlags& flags) {
         throw Error(ErrorKind::invalid_argument,
                     fmt::format("--ids: token id {} is outside the vocabulary (size {})", id, vocab));
   } else {
-    if (!tokenizer)
-      throw Error(ErrorKind::unsupported, fmt::format("{}: the model ships no tokenizer", flags.model_path));
+    tokenizer = &require_tokenizer(*engine, flags.model_path);
     if (flags.chat) {
-      const ChatTemplate* tmpl = engine->chat_template();
-      if (!tmpl)
-        throw Error(ErrorKind::unsupported,
-                    fmt::format("{}: the model ships no chat template", flags.model_path));
-      const nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", flags.prompt}}});
+      std::unique_ptr<ChatTemplate> custom;
+      if (flags.chat_template || !flags.chat_template_file.empty())
+        custom = chat_template_from_flags(flags.chat_template, flags.chat_template_file, *tokenizer);
+      const ChatTemplate& tmpl = custom ? *custom : require_chat_template(*engine, flags.model_path);
+      const nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", prompt_text}}});
       ChatRequest request;
       request.messages = &messages;
       request.add_generation_prompt = true;
-      prompt = tokenizer->encode(tmpl->render(request), /*add_special=*/false);
+      prompt = tokenizer->encode(tmpl.render(request), /*add_special=*/false);
     } else {
-      prompt = tokenizer->encode(flags.prompt, /*add_special=*/true);
+      prompt = tokenizer->encode(prompt_text, /*add_special=*/true);
+      if (prompt.empty())
+        throw Error(ErrorKind::invalid_argument,
+                    "run: the prompt is empty and the model adds no BOS token, so there is nothing to continue");
     }
   }
+  const int64_t trained = engine->config().max_position_embeddings;
+  if (trained > 0 && static_cast<int64_t>(prompt.size()) > trained)
+    fmt::print(stderr, "tandem: warning: the prompt ({} tokens) is longer than the model's trained context ({})\n",
+               prompt.size(), trained);
 
   GenerateOptions options;
   options.sampling = flags.sampling();
@@ -98,6 +125,8 @@ int run_command(const RunFlags& flags) {
   if (!flags.ignore_eos) options.eos_ids = eos_ids_for(engine->config(), ids_mode ? nullptr : tokenizer);
 
   const bool stream_text = !flags.print_ids && tokenizer;
+  InterruptScope interrupt_scope;
+  options.cancel = &InterruptScope::flag();
   const auto session = engine->new_session();
   const auto result = generate(*session, tokenizer, prompt, options, [&](int32_t, std::string_view text) {
     if (stream_text && !text.empty()) {
@@ -115,11 +144,14 @@ int run_command(const RunFlags& flags) {
     fmt::print("\n");
   }
   std::fflush(stdout);
-  if (isatty(STDERR_FILENO))
-    fmt::print(stderr, "[prompt {} tokens, {:.1f} tok/s; generated {} tokens, {:.1f} tok/s; stop: {}]\n",
-               result.stats.prompt_tokens, result.stats.prefill_tokens_per_second(),
-               result.stats.generated_tokens, result.stats.decode_tokens_per_second(),
+  if (flags.stats || isatty(STDERR_FILENO))
+    fmt::print(stderr, "[load {:.2f} s; prompt {} tokens, {:.1f} tok/s; generated {} tokens, {}; stop: {}]\n",
+               load_seconds, result.stats.prompt_tokens, result.stats.prefill_tokens_per_second(),
+               result.stats.generated_tokens,
+               result.stats.decoded_tokens > 0 ? fmt::format("{:.1f} tok/s", result.stats.decode_tokens_per_second())
+                                               : std::string("no decode step"),
                stop_reason_name(result.stop));
+  if (result.stop == StopReason::cancelled) return 130;  // as a shell reports SIGINT
   return 0;
 }
 
@@ -129,6 +161,9 @@ const RegisterCommand registered{
        flags->add_to(sub);
        sub.add_option("--ids", flags->ids, "prompt as token ids: 1,2,3 (no BOS added)");
        sub.add_option("-p,--prompt", flags->prompt, "prompt text");
+       sub.add_option("-f,--file", flags->prompt_file, "read the prompt text from a file");
+       sub.add_option("--chat-template", flags->chat_template, "with --chat: Jinja chat template text to use instead of the model's");
+       sub.add_option("--chat-template-file", flags->chat_template_file, "with --chat: read the chat template from a file");
        sub.add_flag("--chat", flags->chat, "wrap the prompt as a user message in the chat template");
        sub.add_flag("--print-ids", flags->print_ids, "print the new token ids on one line instead of text");
        return [flags] { return run_command(*flags); };

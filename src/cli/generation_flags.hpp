@@ -2,13 +2,18 @@
 // Flags shared by `tandem run` and `tandem chat`: sampling, length, stops, and load options
 // (`--placement` also by `tandem eval`).
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
 #include <cstdint>
+#include <cmath>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cli/llama_compat.hpp"
 #include "tandem/engine/engine.hpp"
+#include "tandem/error.hpp"
+#include "tandem/model/model_files.hpp"
 #include "tandem/text/sampler.hpp"
 
 namespace tandem::cli {
@@ -19,6 +24,24 @@ inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
                         "where weights live: rules like 'experts=cpu,*=cuda:0' (first match wins) or @FILE; "
                         "default: routed experts on cpu, the rest on cuda:0 when the CUDA backend can run "
                         "it, else all on cpu (docs/PLACEMENT.md)");
+}
+
+// `--override-kv KEY=TYPE:VALUE` (repeatable): the one definition, used by every command that
+// reads a model's config (run, chat, eval, inspect, perplexity).
+inline CLI::Option* add_override_kv_flag(CLI::App& app, std::vector<std::string>& specs) {
+  return app.add_option("--override-kv", specs,
+                        "override GGUF metadata key before the config is read, as llama.cpp: KEY=TYPE:VALUE "
+                        "with TYPE int, float, bool or str (repeatable), e.g. "
+                        "qwen2moe.rope.freq_base=float:1000000")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->allow_extra_args(false);
+}
+
+// Parses the specs; throws Error(invalid_argument) for a malformed one.
+inline ModelOverrides model_overrides_from(const std::vector<std::string>& specs) {
+  ModelOverrides o;
+  for (const auto& spec : specs) o.metadata.push_back(parse_metadata_override(spec));
+  return o;
 }
 
 struct GenerationFlags {
@@ -32,18 +55,21 @@ struct GenerationFlags {
   int32_t repeat_last_n = 64;
   float frequency_penalty = 0.0f;
   float presence_penalty = 0.0f;
-  std::optional<uint64_t> seed;  // none: a random seed
+  int64_t seed = -1;  // < 0: a random seed (llama.cpp's -s -1)
   std::vector<std::string> stops;
   bool ignore_eos = false;
   int threads = 0;
   int64_t context_tokens = 4096;
   std::string placement;  // LoadOptions::placement
+  std::vector<std::string> override_kv;
+  bool stats = false;  // print the speed line even when stderr is not a terminal
+  LlamaCompatFlags llama;
 
   explicit GenerationFlags(int64_t default_max_new_tokens) : max_new_tokens(default_max_new_tokens) {}
 
   void add_to(CLI::App& app) {
     app.add_option("-m,--model", model_path, "GGUF file or HF model folder")->required();
-    app.add_option("-n,--max-tokens", max_new_tokens, "tokens to generate at most (-1: until EOS)")
+    app.add_option("-n,--max-tokens,--n-predict", max_new_tokens, "tokens to generate at most (-1: until EOS)")
         ->capture_default_str();
     app.add_option("--temp", temperature, "temperature, 0 = greedy")->capture_default_str();
     app.add_option("--top-k", top_k, "keep the k most likely tokens, 0 = off")->capture_default_str();
@@ -58,13 +84,38 @@ struct GenerationFlags {
     app.add_option("--frequency-penalty", frequency_penalty, "OpenAI frequency penalty")
         ->capture_default_str();
     app.add_option("--presence-penalty", presence_penalty, "OpenAI presence penalty")->capture_default_str();
-    app.add_option("--seed", seed, "RNG seed (same seed, same text); default random");
-    app.add_option("--stop", stops, "stop when the text contains this (repeatable; not printed)");
+    app.add_option("-s,--seed", seed, "RNG seed (same seed, same text); -1 = random")->capture_default_str();
+    app.add_option("--stop", stops, "stop when the text contains this (repeatable; not printed)")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past EOS tokens");
     app.add_option("-t,--threads", threads, "CPU threads, 0 = one per physical core")->capture_default_str();
-    app.add_option("-c,--ctx", context_tokens, "context length of the session in tokens")
+    app.add_option("-c,--ctx,--ctx-size", context_tokens, "context length of the session in tokens")
         ->capture_default_str();
     add_placement_flag(app, placement);
+    add_override_kv_flag(app, override_kv);
+    app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
+    llama.add_to(app);
+  }
+
+  // Values a careful user would not mean: an Error(invalid_argument) naming the flag.
+  void validate() const {
+    const auto fail = [](const std::string& message) { throw Error(ErrorKind::invalid_argument, message); };
+    if (max_new_tokens < -1) fail(fmt::format("-n/--max-tokens must be -1 (until EOS) or more, not {}", max_new_tokens));
+    if (threads < 0) fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", threads));
+    if (context_tokens < 1) fail(fmt::format("-c/--ctx must be at least 1 token, not {}", context_tokens));
+    if (!std::isfinite(temperature) || temperature < 0 || temperature > 100)
+      fail(fmt::format("--temp must be within [0, 100] (0 = greedy), not {}", temperature));
+    if (top_k < 0) fail(fmt::format("--top-k must be 0 (off) or more, not {}", top_k));
+    if (!(top_p > 0 && top_p <= 1)) fail(fmt::format("--top-p must be within (0, 1], not {}", top_p));
+    if (!(min_p >= 0 && min_p <= 1)) fail(fmt::format("--min-p must be within [0, 1], not {}", min_p));
+    if (!(repeat_penalty > 0 && repeat_penalty <= 100))
+      fail(fmt::format("--repeat-penalty must be within (0, 100] (1 = off), not {}", repeat_penalty));
+    if (repeat_last_n < -1) fail(fmt::format("--repeat-last-n must be -1 (all) or more, not {}", repeat_last_n));
+    if (!std::isfinite(frequency_penalty) || std::abs(frequency_penalty) > 100)
+      fail(fmt::format("--frequency-penalty must be within [-100, 100], not {}", frequency_penalty));
+    if (!std::isfinite(presence_penalty) || std::abs(presence_penalty) > 100)
+      fail(fmt::format("--presence-penalty must be within [-100, 100], not {}", presence_penalty));
+    llama.report();
   }
 
   SamplingParams sampling() const {
@@ -77,7 +128,7 @@ struct GenerationFlags {
     p.penalty_last_n = repeat_last_n;
     p.frequency_penalty = frequency_penalty;
     p.presence_penalty = presence_penalty;
-    p.seed = seed ? *seed : std::random_device{}();
+    p.seed = seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}();
     return p;
   }
 
@@ -87,6 +138,7 @@ struct GenerationFlags {
     o.max_context_tokens = context_tokens;
     o.max_sessions = 1;
     o.placement = placement;
+    o.overrides = model_overrides_from(override_kv);
     return o;
   }
 };

@@ -80,7 +80,7 @@ double GenerateStats::prefill_tokens_per_second() const {
 }
 
 double GenerateStats::decode_tokens_per_second() const {
-  return decode_seconds > 0 ? static_cast<double>(generated_tokens) / decode_seconds : 0.0;
+  return decode_seconds > 0 && decoded_tokens > 0 ? static_cast<double>(decoded_tokens) / decode_seconds : 0.0;
 }
 
 std::vector<int32_t> eos_ids_for(const ModelConfig& config, const Tokenizer* tokenizer) {
@@ -173,6 +173,7 @@ GenerateResult generate(Session& session, const Tokenizer* tokenizer, std::span<
     if (options.max_new_tokens >= 0 && n + 1 == options.max_new_tokens) break;  // its logits are not needed
     try {
       session.decode(id);
+      ++result.stats.decoded_tokens;
     } catch (const Error& e) {
       if (is_cancel(e)) {
         session.reset();

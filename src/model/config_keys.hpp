@@ -3,6 +3,7 @@
 // values directly and every wrong type becomes an Error naming the file and key.
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,8 @@
 
 namespace tandem {
 class GgufFile;
+struct GgufValue;
+struct MetadataOverride;
 }
 
 namespace tandem::model {
@@ -39,7 +42,14 @@ class HfKeys {
 // GGUF metadata under "<architecture>.": get("expert_count") reads "deepseek2.expert_count".
 class GgufKeys {
  public:
-  GgufKeys(const GgufFile& file, std::string prefix) : file_(file), prefix_(std::move(prefix)) {}
+  // `--override-kv` values, consulted before the file; `read` collects the override keys looked up.
+  struct Overrides {
+    const std::vector<MetadataOverride>* list = nullptr;
+    std::set<std::string> read;
+  };
+
+  GgufKeys(const GgufFile& file, std::string prefix, Overrides* overrides = nullptr)
+      : file_(file), prefix_(std::move(prefix)), overrides_(overrides) {}
 
   std::optional<int64_t> get_int(const std::string& key) const;
   std::optional<double> get_float(const std::string& key) const;
@@ -55,8 +65,12 @@ class GgufKeys {
   const std::string& prefix() const { return prefix_; }
 
  private:
+  // The value for prefix_ + key: an override (checked to have `want` type), else the file's.
+  const GgufValue* find(const std::string& key, const char* want) const;
+
   const GgufFile& file_;
   std::string prefix_;
+  Overrides* overrides_ = nullptr;
 };
 
 }  // namespace tandem::model

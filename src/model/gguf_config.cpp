@@ -1,6 +1,9 @@
 // ModelConfig from GGUF metadata: "<arch>.*" keys common to the families here, then the
 // family's own keys from its description.
+#include <cctype>
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 
 #include "model/architecture.hpp"
 #include "model/config_keys.hpp"
@@ -13,14 +16,35 @@ namespace tandem::model {
 
 std::string GgufKeys::source() const { return file_.files().empty() ? std::string("GGUF") : file_.files().front(); }
 
+const GgufValue* GgufKeys::find(const std::string& key, const char* want) const {
+  const std::string full = prefix_ + key;
+  if (overrides_ && overrides_->list) {
+    const MetadataOverride* found = nullptr;
+    for (const auto& o : *overrides_->list)
+      if (o.key == full) found = &o;  // the last one given wins
+    if (found) {
+      overrides_->read.insert(full);
+      const std::string_view want_view(want);
+      const GgufType t = found->value.type;
+      const bool ok = (want_view == "int" && t == GgufType::i64) || (want_view == "float" && t == GgufType::f64) ||
+                      (want_view == "bool" && t == GgufType::boolean) || (want_view == "str" && t == GgufType::string);
+      if (!ok)
+        throw Error(ErrorKind::invalid_argument, "--override-kv " + found->spec + ": the loader reads " + full +
+                                                     " as " + want + " (write " + full + "=" + want + ":VALUE)");
+      return &found->value;
+    }
+  }
+  return file_.find(full);
+}
+
 std::optional<int64_t> GgufKeys::get_int(const std::string& key) const {
-  const GgufValue* v = file_.find(prefix_ + key);
+  const GgufValue* v = find(key, "int");
   if (!v) return std::nullopt;
   return v->as_int();
 }
 
 std::optional<double> GgufKeys::get_float(const std::string& key) const {
-  const GgufValue* v = file_.find(prefix_ + key);
+  const GgufValue* v = find(key, "float");
   if (!v) return std::nullopt;
   const double d = v->as_float();
   if (!std::isfinite(d)) throw Error(ErrorKind::corrupt_file, source() + ": " + prefix_ + key + " is not finite");
@@ -28,13 +52,13 @@ std::optional<double> GgufKeys::get_float(const std::string& key) const {
 }
 
 std::optional<bool> GgufKeys::get_bool(const std::string& key) const {
-  const GgufValue* v = file_.find(prefix_ + key);
+  const GgufValue* v = find(key, "bool");
   if (!v) return std::nullopt;
   return v->as_bool();
 }
 
 std::optional<std::string> GgufKeys::get_string(const std::string& key) const {
-  const GgufValue* v = file_.find(prefix_ + key);
+  const GgufValue* v = find(key, "str");
   if (!v) return std::nullopt;
   return v->as_string();
 }
@@ -69,7 +93,8 @@ void read_common(const GgufKeys& keys, const GgufFile& file, ModelConfig& c, std
   } else {
     c.rope_theta = 10000.0;
     warnings.push_back(keys.prefix() + "rope.freq_base is missing: using 10000 as llama.cpp does (config.json "
-                                       "may say otherwise; override with rope_theta)");
+                                       "may say otherwise; override with --override-kv " + keys.prefix() +
+                                       "rope.freq_base=float:1000000 or whatever value config.json gives)");
   }
   if (auto type = keys.get_string("rope.scaling.type")) {
     RopeScaling& rs = c.rope_scaling;
@@ -128,15 +153,85 @@ const ArchitectureDescription& find_gguf_architecture(const GgufFile& file, cons
 
 namespace tandem {
 
+MetadataOverride parse_metadata_override(std::string_view spec) {
+  const std::string text(spec);
+  auto fail = [&](const std::string& why) {
+    return Error(ErrorKind::invalid_argument,
+                 "--override-kv '" + text + "': " + why + " (expected KEY=TYPE:VALUE, TYPE int, float, bool or str)");
+  };
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos) throw fail("no '='");
+  if (eq == 0) throw fail("empty key");
+  const size_t colon = text.find(':', eq + 1);
+  if (colon == std::string::npos) throw fail("no ':' between TYPE and VALUE");
+  MetadataOverride o;
+  o.key = text.substr(0, eq);
+  o.spec = text;
+  const std::string type = text.substr(eq + 1, colon - eq - 1);
+  const std::string value = text.substr(colon + 1);
+  if (type == "int") {
+    int64_t v = 0;
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+    if (value.empty() || ec != std::errc() || end != value.data() + value.size())
+      throw fail("'" + value + "' is not an int");
+    o.value.type = GgufType::i64;
+    o.value.value = v;
+  } else if (type == "float") {
+    char* end = nullptr;
+    const double v = value.empty() ? 0.0 : std::strtod(value.c_str(), &end);
+    if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) ||
+        std::isspace(static_cast<unsigned char>(value.front())))
+      throw fail("'" + value + "' is not a finite float");
+    o.value.type = GgufType::f64;
+    o.value.value = v;
+  } else if (type == "bool") {
+    if (value != "true" && value != "false") throw fail("'" + value + "' is not a bool (true or false)");
+    o.value.type = GgufType::boolean;
+    o.value.value = value == "true";
+  } else if (type == "str") {
+    o.value.type = GgufType::string;
+    o.value.value = value;
+  } else {
+    throw fail("unknown type '" + type + "'");
+  }
+  return o;
+}
+
+std::vector<MetadataOverride> parse_metadata_overrides(std::string_view list) {
+  std::vector<MetadataOverride> out;
+  size_t pos = 0;
+  while (pos <= list.size()) {
+    size_t end = list.find_first_of(",\n", pos);
+    if (end == std::string_view::npos) end = list.size();
+    std::string_view item = list.substr(pos, end - pos);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\r')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\r')) item.remove_suffix(1);
+    if (!item.empty()) out.push_back(parse_metadata_override(item));
+    pos = end + 1;
+  }
+  return out;
+}
+
 ModelConfig config_from_gguf(const GgufFile& gguf, const ModelOverrides& overrides, std::vector<std::string>& warnings) {
   const std::string source = gguf.files().empty() ? std::string("GGUF") : gguf.files().front();
   const model::ArchitectureDescription& arch = model::find_gguf_architecture(gguf, source);
-  const model::GgufKeys keys(gguf, gguf.architecture() + ".");
+  model::GgufKeys::Overrides metadata_overrides;
+  metadata_overrides.list = &overrides.metadata;
+  const model::GgufKeys keys(gguf, gguf.architecture() + ".", &metadata_overrides);
   ModelConfig c;
   c.architecture = arch.id;
   c.architecture_name = std::string(arch.hf_model_type);
   model::read_common(keys, gguf, c, warnings);
   arch.read_gguf(keys, c, warnings);
+  for (const auto& o : overrides.metadata) {
+    if (metadata_overrides.read.count(o.key)) continue;
+    if (!gguf.find(o.key))
+      throw Error(ErrorKind::invalid_argument,
+                  "--override-kv " + o.spec + ": unknown override key " + o.key + " (not in " + source +
+                      ", and the loader reads no such key; keys it reads start with \"" + keys.prefix() + "\")");
+    warnings.push_back("--override-kv " + o.spec + ": the config loader does not read " + o.key +
+                       ", so the override has no effect");
+  }
   if (overrides.n_group || overrides.topk_group)
     std::erase_if(warnings, [](const std::string& w) { return w.find("expert_group_count") != std::string::npos; });
   if (overrides.n_group) c.n_group = *overrides.n_group;

@@ -58,6 +58,11 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
   }
 
   const fs::path dir = fs::is_directory(status) ? p : p.parent_path();
+  if (!overrides.metadata.empty())
+    throw Error(ErrorKind::invalid_argument,
+                "--override-kv " + overrides.metadata.front().spec + ": " + path +
+                    " is not a GGUF file; --override-kv applies to GGUF metadata (for an HF folder, edit "
+                    "its config.json)");
   files.format = ModelFiles::Format::safetensors;
   files.directory = dir.empty() ? std::string(".") : dir.string();
   const fs::path config_path = dir / "config.json";

@@ -327,3 +327,37 @@ TEST_CASE("C ABI: log callback receives load messages") {
   REQUIRE_FALSE(messages.empty());
   CHECK(messages.front().find("tiny-qwen3moe") != std::string::npos);
 }
+
+TEST_CASE("C ABI: tandem_model_load_with_overrides (ABI 2)") {
+  const std::string gguf = tandem::test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf";
+  tandem_model* model = nullptr;
+  tandem_load_params params = tandem_load_default_params();
+  params.threads = 1;
+  params.max_context_tokens = 64;
+  CHECK(tandem_abi_version() == TANDEM_ABI_VERSION);
+  CHECK(TANDEM_ABI_VERSION == 2);
+
+  SECTION("valid overrides load") {
+    const char* overrides = "qwen3moe.rope.freq_base=float:1000000, qwen3moe.attention.layer_norm_rms_epsilon=float:1e-6";
+    INFO(tandem_last_error());
+    REQUIRE(tandem_model_load_with_overrides(gguf.c_str(), &params, overrides, &model) == TANDEM_STATUS_OK);
+    tandem_model_free(model);
+    REQUIRE(tandem_model_load_with_overrides(gguf.c_str(), &params, nullptr, &model) == TANDEM_STATUS_OK);
+    tandem_model_free(model);
+  }
+  SECTION("bad overrides give INVALID_ARGUMENT naming the problem") {
+    const std::pair<const char*, const char*> cases[] = {
+        {"qwen3moe.rope.freq_base=float:abc", "not a finite float"},
+        {"qwen3moe.rope.freq_base", "no '='"},
+        {"qwen3moe.rope.freq_base=double:1", "unknown type"},
+        {"qwen3moe.rope.freq_base=int:5", "as float"},
+        {"qwen3moe.not.a.key=int:5", "unknown override key"},
+    };
+    for (const auto& [spec, message] : cases) {
+      INFO(spec);
+      CHECK(tandem_model_load_with_overrides(gguf.c_str(), &params, spec, &model) == TANDEM_STATUS_INVALID_ARGUMENT);
+      CHECK(model == nullptr);
+      CHECK(std::string(tandem_last_error()).find(message) != std::string::npos);
+    }
+  }
+}

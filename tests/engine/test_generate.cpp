@@ -159,8 +159,21 @@ TEST_CASE("generate: greedy equals a plain argmax loop", "[generate]") {
   CHECK(result.stop == StopReason::max_tokens);
   CHECK(result.stats.prompt_tokens == 5);
   CHECK(result.stats.generated_tokens == 20);
-  // The last token is not run: the session holds the prompt and 19 generated tokens.
+  // The last token is not run: the session holds the prompt and 19 generated tokens, and the
+  // decode rate counts those 19 passes, not the 20 ids.
   CHECK(session.position() == 5 + 19);
+  CHECK(result.stats.decoded_tokens == 19);
+}
+
+TEST_CASE("generate: one new token runs no decode pass and reports no decode rate", "[generate]") {
+  ScriptedSession session(scripted(2, {3}));
+  GenerateOptions options;
+  options.max_new_tokens = 1;
+  const std::vector<int32_t> prompt = {9, 10};
+  const auto result = generate(session, nullptr, prompt, options);
+  CHECK(result.ids.size() == 1);
+  CHECK(result.stats.decoded_tokens == 0);
+  CHECK(result.stats.decode_tokens_per_second() == 0.0);
 }
 
 TEST_CASE("generate: EOS ends generation, is returned as an id, and produces no text", "[generate]") {

@@ -64,14 +64,19 @@ void check_golden_rounded(const std::string& model_path, const std::string& gold
   CHECK(static_cast<double>(r.argmax_mismatches) <= 0.03 * static_cast<double>(r.positions));
 }
 
-// The qwen2moe GGUFs lack rope.freq_base (llama.cpp then uses 10000); config.json says 1e6.
+// The qwen2moe GGUFs lack rope.freq_base (llama.cpp then uses 10000); config.json says 1e6. Given
+// as a user would: `--override-kv qwen2moe.rope.freq_base=float:1000000`.
 ModelOverrides overrides_for(const std::string& name) {
   ModelOverrides o;
-  if (name == "qwen2moe") o.rope_theta = 1e6;
+  if (name == "qwen2moe") o.metadata.push_back(parse_metadata_override("qwen2moe.rope.freq_base=float:1000000"));
   return o;
 }
 
 }  // namespace
+
+static std::string golden_path_for(const std::string& fx, const std::string& name) {
+  return fx + "/tiny/" + name + "/golden.safetensors";
+}
 
 TEST_CASE("every tiny model and format matches HF golden logits", "[engine][golden][fixtures]") {
   TANDEM_REQUIRE_FIXTURES(fx);
@@ -87,6 +92,11 @@ TEST_CASE("every tiny model and format matches HF golden logits", "[engine][gold
         check_golden_rounded(dir + "/" + name + "-bf16.gguf", golden, 2e-2, overrides_for(name));
       }
     }
+  }
+  SECTION("qwen2moe GGUF F32 with ModelOverrides::rope_theta (the older spelling)") {
+    ModelOverrides o;
+    o.rope_theta = 1e6;
+    check_golden(fx + "/tiny/qwen2moe/qwen2moe-f32.gguf", golden_path_for(fx, "qwen2moe"), 1e-3, o);
   }
   SECTION("deepseekv3-fp8 safetensors FP8") {
     const std::string dir = fx + "/tiny/deepseekv3-fp8";

@@ -42,10 +42,11 @@ struct GenerateStats {
   int64_t prompt_tokens = 0;     // the whole prompt
   int64_t prefilled_tokens = 0;  // the part of it actually run (less when a prefix was reused)
   int64_t generated_tokens = 0;  // sampled ids, EOS included
+  int64_t decoded_tokens = 0;    // one-token forward passes run (the first id comes from prefill)
   double prefill_seconds = 0;
   double decode_seconds = 0;  // from the end of prefill to the last token
   double prefill_tokens_per_second() const;
-  double decode_tokens_per_second() const;  // generated_tokens / decode_seconds
+  double decode_tokens_per_second() const;  // decoded_tokens / decode_seconds; 0 when none ran
 };
 
 struct GenerateResult {

@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tandem/formats/gguf.hpp"
@@ -14,12 +15,30 @@
 
 namespace tandem {
 
+// `--override-kv KEY=TYPE:VALUE` (as llama.cpp spells it; TYPE int, float, bool or str): replaces or
+// adds GGUF metadata key KEY before the config is read. `spec` is the text as given, for messages.
+struct MetadataOverride {
+  std::string key;
+  GgufValue value;  // i64, f64, boolean or string
+  std::string spec;
+};
+
+// Throws Error(invalid_argument) naming the spec: missing '=' or ':', empty key, unknown type,
+// malformed value (float:abc, bool:yes).
+MetadataOverride parse_metadata_override(std::string_view spec);
+// A list separated by newlines or commas (so a str value cannot hold either); empty items skipped.
+std::vector<MetadataOverride> parse_metadata_overrides(std::string_view list);
+
 // User overrides for what files may lack or get wrong (e.g. old DeepSeek-V3 GGUFs without
 // expert_group_count).
 struct ModelOverrides {
   std::optional<int64_t> n_group;
   std::optional<int64_t> topk_group;
   std::optional<double> rope_theta;  // GGUFs without rope.freq_base
+  // GGUF metadata overrides, applied where the loader reads metadata. A key the loader reads with
+  // another type, or a key neither in the file nor read by the loader, is an Error; HF folders
+  // reject them (their config is config.json).
+  std::vector<MetadataOverride> metadata;
 };
 
 struct ModelFiles {

@@ -1,0 +1,127 @@
+// `tandem perplexity -m MODEL -f TEXT [--ctx 512] [--batch N] [--chunks N] [--json]`: perplexity
+// of a text file as llama.cpp's perplexity tool measures it (tandem/engine/perplexity.hpp): the
+// text tokenized whole without BOS, non-overlapping --ctx windows, each scoring its second half.
+// Prints a running estimate ([1]6.1234,[2]…) and `Final estimate: PPL = X +/- E`; with --json,
+// stdout is one object {"ppl", "windows", "tokens", "scored", "seconds"} and the running estimate
+// goes to stderr.
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/command.hpp"
+#include "cli/generation_flags.hpp"
+#include "cli/model_text.hpp"
+#include "cli/progress.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/perplexity.hpp"
+#include "tandem/error.hpp"
+#include "tandem/formats/read_file.hpp"
+#include "tandem/model/model_files.hpp"
+#include "tandem/text/tokenizer.hpp"
+
+namespace tandem::cli {
+namespace {
+
+struct PerplexityFlags {
+  std::string model_path;
+  std::string text_path;
+  int64_t ctx = 512;
+  int64_t batch = 0;
+  int64_t chunks = -1;
+  bool json = false;
+  int threads = 0;
+  std::string placement;
+  std::vector<std::string> override_kv;
+};
+
+int run_perplexity(const PerplexityFlags& flags) {
+  if (flags.ctx < 4 || flags.ctx % 2 != 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--ctx must be an even number of at least 4 tokens, not {}", flags.ctx));
+  if (flags.batch < 0) throw Error(ErrorKind::invalid_argument, fmt::format("--batch must be positive, not {}", flags.batch));
+  const std::string text = read_file_bytes(flags.text_path);
+  if (text.empty()) throw Error(ErrorKind::invalid_argument, fmt::format("{}: the text file is empty", flags.text_path));
+
+  const ModelOverrides overrides = model_overrides_from(flags.override_kv);
+  // The trained context is checked before loading: the KV cache is sized for --ctx.
+  const int64_t trained = open_model_files(flags.model_path, overrides).config.max_position_embeddings;
+  if (trained > 0 && flags.ctx > trained)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--ctx {} is beyond the model's trained context of {} tokens", flags.ctx, trained));
+
+  LoadOptions load;
+  load.threads = flags.threads;
+  load.max_sessions = 1;
+  load.max_context_tokens = flags.ctx;
+  load.max_batch_tokens = flags.batch > 0 ? std::min(flags.batch, flags.ctx) : std::min<int64_t>(flags.ctx, 512);
+  load.placement = flags.placement;
+  load.overrides = overrides;
+  ProgressBar progress_bar;
+  load.progress = progress_bar.callback();
+  const auto engine = Engine::load(flags.model_path, load);
+  progress_bar.finish();
+  for (const auto& warning : engine->warnings())
+    if (!warning.starts_with("no tokenizer: ") && !warning.starts_with("no chat template: "))
+      fmt::print(stderr, "tandem: warning: {}\n", warning);
+
+  const Tokenizer* tokenizer = &require_tokenizer(*engine, flags.model_path);
+  std::vector<int32_t> tokens;
+  try {
+    tokens = tokenizer->encode(text, /*add_special=*/false);
+  } catch (const Error& e) {
+    throw Error(e.kind(), fmt::format("{}: {}", flags.text_path, e.what()));
+  }
+  if (static_cast<int64_t>(tokens.size()) < flags.ctx)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("{}: {} tokens is less than one window of --ctx {} tokens", flags.text_path,
+                            tokens.size(), flags.ctx));
+
+  std::FILE* running = flags.json ? stderr : stdout;
+  const int64_t windows = static_cast<int64_t>(tokens.size()) / flags.ctx;
+  fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, {} scored per window\n", tokens.size(),
+             flags.chunks >= 0 ? std::min(windows, flags.chunks) : windows, flags.ctx, flags.ctx / 2 - 1);
+  PerplexityOptions options;
+  options.ctx = flags.ctx;
+  options.max_windows = flags.chunks;
+  const PerplexityResult result =
+      evaluate_perplexity(*engine, tokens, options, [&](const PerplexityResult& so_far) {
+        fmt::print(running, "[{}]{:.4f},", so_far.windows, so_far.ppl);
+        std::fflush(running);
+      });
+  fmt::print(running, "\n");
+  if (flags.json) {
+    const nlohmann::json out = {{"ppl", result.ppl},         {"windows", result.windows},
+                                {"tokens", result.tokens},   {"scored", result.scored},
+                                {"seconds", result.seconds}, {"ppl_error", result.ppl_error}};
+    fmt::print("{}\n", out.dump());
+  } else {
+    fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", result.ppl, result.ppl_error);
+    fmt::print(stderr, "[{} windows, {} scored tokens, {:.2f} s, {:.1f} tok/s]\n", result.windows, result.scored,
+               result.seconds, result.seconds > 0 ? static_cast<double>(result.windows * flags.ctx) / result.seconds : 0.0);
+  }
+  return 0;
+}
+
+const RegisterCommand registered{CommandSpec{
+    "perplexity", "perplexity of a text file (llama.cpp's windows: --ctx tokens, second half scored)",
+    [](CLI::App& sub) -> CommandRun {
+      auto flags = std::make_shared<PerplexityFlags>();
+      sub.add_option("-m,--model", flags->model_path, "GGUF file or HF folder")->required();
+      sub.add_option("-f,--file", flags->text_path, "UTF-8 text file to score")->required();
+      sub.add_option("-c,--ctx", flags->ctx, "window length in tokens (even)")->capture_default_str();
+      sub.add_option("-b,--batch", flags->batch, "tokens per forward pass (default min(ctx, 512))");
+      sub.add_option("--chunks", flags->chunks, "score only the first N windows (default all)");
+      sub.add_flag("--json", flags->json, "print one JSON object {ppl, windows, tokens, scored, seconds}");
+      sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
+      add_placement_flag(sub, flags->placement);
+      add_override_kv_flag(sub, flags->override_kv);
+      return [flags] { return run_perplexity(*flags); };
+    }}};
+
+}  // namespace
+}  // namespace tandem::cli

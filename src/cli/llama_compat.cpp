@@ -1,0 +1,59 @@
+#include "cli/llama_compat.hpp"
+
+#include <fmt/core.h>
+
+#include <array>
+#include <string_view>
+#include <utility>
+
+namespace tandem::cli {
+
+std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* argv) {
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 4> spellings{{
+      {"-ngl", "--n-gpu-layers"},
+      {"-ctk", "--cache-type-k"},
+      {"-ctv", "--cache-type-v"},
+      {"-fa", "--flash-attn"},
+  }};
+  std::vector<std::string> args;
+  args.reserve(static_cast<size_t>(argc));
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    for (const auto& [short_form, long_form] : spellings) {
+      if (arg == short_form) {
+        arg = long_form;
+      } else if (arg.size() > short_form.size() && arg.starts_with(short_form) && arg[short_form.size()] == '=') {
+        arg = std::string(long_form) + arg.substr(short_form.size());
+      }
+    }
+    args.push_back(std::move(arg));
+  }
+  return args;
+}
+
+void LlamaCompatFlags::add_to(CLI::App& app) {
+  auto* group = app.add_option_group("llama.cpp spellings", "accepted so llama.cpp command lines run; see docs/CLI.md");
+  group->add_option("--n-gpu-layers,--gpu-layers", n_gpu_layers,
+                    "llama.cpp's layer offload (-ngl); Tandem places weights by role: use --placement");
+  group->add_option("--cache-type-k", cache_type_k, "llama.cpp's KV cache type for K (-ctk); not selectable yet");
+  group->add_option("--cache-type-v", cache_type_v, "llama.cpp's KV cache type for V (-ctv); not selectable yet");
+  flash_attn = group->add_option("--flash-attn", flash_attn_value, "llama.cpp's flash attention switch (-fa); Tandem chooses itself")
+      ->expected(0, 1);
+  group->add_flag("--no-mmap", no_mmap, "llama.cpp's; Tandem always maps weight files (pages stay shared)");
+  group->add_flag("--mlock", mlock, "llama.cpp's; not supported (weights stay mapped and pageable)");
+}
+
+void LlamaCompatFlags::report() const {
+  const auto note = [](std::string_view text) { fmt::print(stderr, "tandem: note: {}\n", text); };
+  if (!n_gpu_layers.empty())
+    note("-ngl/--n-gpu-layers is ignored: Tandem places weights by role, not by layer count; use "
+         "--placement (e.g. 'experts=cpu,*=cuda:0', docs/PLACEMENT.md); the default already puts routed "
+         "experts on the CPU and the rest on the GPU when the CUDA backend can run it");
+  if (!cache_type_k.empty() || !cache_type_v.empty())
+    note("-ctk/-ctv (--cache-type-k/v) are ignored: this build keeps the KV cache in float32");
+  if (flash_attn != nullptr && flash_attn->count() > 0) note("-fa/--flash-attn is ignored: Tandem picks its attention kernel itself");
+  if (no_mmap) note("--no-mmap is ignored: Tandem always maps weight files read-only");
+  if (mlock) note("--mlock is ignored: weights stay mapped and pageable");
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,28 @@
+#pragma once
+// llama.cpp users' habits. Its multi-letter single-dash flags (-ngl, -ctk, -ctv, -fa) are
+// rewritten to their long spellings before parsing (CLI11 would read `-ngl` as `-n gl`), and the
+// flags that do not apply to Tandem are accepted and answered with what to use instead, so a
+// llama.cpp command line runs rather than failing on a parser error. docs/CLI.md lists them.
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+namespace tandem::cli {
+
+// argv with -ngl → --n-gpu-layers, -ctk → --cache-type-k, -ctv → --cache-type-v, -fa → --flash-attn.
+std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* argv);
+
+struct LlamaCompatFlags {
+  std::string n_gpu_layers;  // empty: not given
+  std::string cache_type_k, cache_type_v;
+  CLI::Option* flash_attn = nullptr;  // takes an optional value (on|off|auto), so its count says it was given
+  std::string flash_attn_value;
+  bool no_mmap = false;
+  bool mlock = false;
+
+  void add_to(CLI::App& app);
+  // One note on stderr for each given flag that Tandem does not use, saying what to use instead.
+  void report() const;
+};
+
+}  // namespace tandem::cli

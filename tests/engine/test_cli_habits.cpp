@@ -1,0 +1,168 @@
+// CLI habits (issue 14): flags a careful user would not mean are refused with the flag's name; a
+// flag given twice takes its last value; llama.cpp spellings run; speed lines count decode steps;
+// a failed tokenizer is reported with its cause. Runs the bundled trained model.
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "support/cli.hpp"
+#include "support/fixtures.hpp"
+
+namespace {
+
+using tandem::test::run_cli_captured;
+using tandem::test::shell_quote;
+
+std::string bundled() { return shell_quote(tandem::test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf"); }
+std::string tiny_folder() { return tandem::test::data_dir() + "/tiny-qwen3moe"; }
+
+// `run --ids` with the bundled model's first reference prompt.
+std::string run_ids(const std::string& extra) {
+  return "run -m " + bundled() + " --ids 322,2102,1195,2609,325 --print-ids --temp 0 " + extra;
+}
+
+size_t count_words(const std::string& line) {
+  std::istringstream in(line);
+  size_t n = 0;
+  for (std::string w; in >> w;) ++n;
+  return n;
+}
+
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    char pattern[] = "/tmp/tandem-habits-XXXXXX";
+    path = mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(path / name, std::ios::binary) << text;
+    return (path / name).string();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cli habits: values a user would not mean are refused, naming the flag", "[cli][habits]") {
+  const struct {
+    const char* flags;
+    const char* names;
+  } cases[] = {
+      {"-n -2", "-n/--max-tokens"},     {"-t -5", "-t/--threads"},  {"--temp 1e30", "--temp"},
+      {"--temp nan", "--temp"},         {"--top-p 1.5", "--top-p"}, {"--min-p -1", "--min-p"},
+      {"--repeat-penalty 0", "--repeat-penalty"}, {"-c 0", "-c/--ctx"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.flags);
+    const auto r = run_cli_captured(run_ids(c.flags));
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find(c.names) != std::string::npos);
+    CHECK(r.out.empty());
+  }
+}
+
+TEST_CASE("cli habits: a flag given twice takes the last value, as llama.cpp does", "[cli][habits]") {
+  const auto r = run_cli_captured(run_ids("-n 3 -n 5"));
+  REQUIRE(r.exit_code == 0);
+  CHECK(count_words(r.out) == 5);
+  const auto predict = run_cli_captured(run_ids("--n-predict 4"));
+  REQUIRE(predict.exit_code == 0);
+  CHECK(count_words(predict.out) == 4);
+  // --n-predict and -n are one flag: the five ids are the first five of the four-plus-one.
+  CHECK(r.out.rfind(predict.out.substr(0, predict.out.size() - 1), 0) == 0);
+}
+
+TEST_CASE("cli habits: llama.cpp's offload and cache flags run, with a note saying what to use", "[cli][habits]") {
+  const auto plain = run_cli_captured(run_ids("-n 4"));
+  const auto r = run_cli_captured(run_ids("-n 4 -ngl 99 -ctk q8_0 -ctv q8_0 -fa --no-mmap --mlock"));
+  REQUIRE(plain.exit_code == 0);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == plain.out);
+  CHECK(r.err.find("--placement") != std::string::npos);
+  CHECK(r.err.find("-ctk/-ctv") != std::string::npos);
+  CHECK(r.err.find("--no-mmap") != std::string::npos);
+  CHECK(r.err.find("--mlock") != std::string::npos);
+  CHECK(r.err.find("-fa/--flash-attn") != std::string::npos);
+  CHECK(r.err.find("At Most") == std::string::npos);
+}
+
+TEST_CASE("cli habits: -s seeds sampling; -s -1 is random", "[cli][habits]") {
+  const std::string sampled = "run -m " + bundled() + " --ids 322,2102 --print-ids -n 12 --temp 1.5 --top-k 0 --top-p 1 --min-p 0 ";
+  const auto a = run_cli_captured(sampled + "-s 7");
+  const auto b = run_cli_captured(sampled + "--seed 7");
+  REQUIRE(a.exit_code == 0);
+  CHECK(a.out == b.out);
+  CHECK(run_cli_captured(sampled + "-s -1").exit_code == 0);
+}
+
+TEST_CASE("cli habits: -f reads the prompt from a file; -p \"\" says why it cannot run", "[cli][habits]") {
+  TempDir dir;
+  const std::string prompt = "def read_config(path):\n";
+  const std::string file = dir.write("prompt.txt", prompt);
+  const std::string base = "run -m " + bundled() + " -n 8 --temp 0 ";
+  const auto from_file = run_cli_captured(base + "-f " + shell_quote(file));
+  const auto from_flag = run_cli_captured(base + "-p " + shell_quote(prompt));
+  REQUIRE(from_file.exit_code == 0);
+  CHECK(from_file.out == from_flag.out);
+  CHECK_FALSE(from_file.out.empty());
+
+  const auto empty = run_cli_captured(base + "-p ''");
+  CHECK(empty.exit_code == 1);
+  CHECK(empty.err.find("prompt is empty") != std::string::npos);
+  const auto both = run_cli_captured(base + "-p x -f " + shell_quote(file));
+  CHECK(both.exit_code == 1);
+  CHECK(both.err.find("not both") != std::string::npos);
+  const auto device = run_cli_captured(base + "-f /dev/zero");
+  CHECK(device.exit_code == 1);
+  CHECK(device.err.find("/dev/zero") != std::string::npos);
+}
+
+TEST_CASE("cli habits: --stats prints load time and counts decode steps, not tokens", "[cli][habits]") {
+  const auto r = run_cli_captured(run_ids("-n 6 --stats"));
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.err.find("[load ") != std::string::npos);
+  CHECK(r.err.find("generated 6 tokens, ") != std::string::npos);
+  CHECK(r.err.find("stop: max_tokens") != std::string::npos);
+  // One new token comes from the prefill's logits: there is no decode step to time.
+  const auto one = run_cli_captured(run_ids("-n 1 -v"));
+  REQUIRE(one.exit_code == 0);
+  CHECK(one.err.find("generated 1 tokens, no decode step") != std::string::npos);
+  // Without --stats and with stderr not a terminal, no speed line.
+  CHECK(run_cli_captured(run_ids("-n 2")).err.find("[load ") == std::string::npos);
+}
+
+TEST_CASE("cli habits: --chat-template takes Jinja text or a file, and refuses built-in names", "[cli][habits]") {
+  TempDir dir;
+  const std::string tmpl = "{% for m in messages %}<<{{ m.content }}>>{% endfor %}";
+  const std::string file = dir.write("t.jinja", tmpl);
+  const std::string base = "run -m " + bundled() + " -n 3 --temp 0 --chat -p hello ";
+  const auto inline_text = run_cli_captured(base + "--chat-template " + shell_quote(tmpl));
+  const auto from_file = run_cli_captured(base + "--chat-template-file " + shell_quote(file));
+  REQUIRE(inline_text.exit_code == 0);
+  CHECK(inline_text.out == from_file.out);
+  // The same prompt through the plain path renders to the same text, so the same continuation.
+  const auto plain = run_cli_captured("run -m " + bundled() + " -n 3 --temp 0 -p '<<hello>>'");
+  REQUIRE(plain.exit_code == 0);
+  CHECK(inline_text.out == plain.out);
+
+  const auto named = run_cli_captured(base + "--chat-template chatml");
+  CHECK(named.exit_code == 1);
+  CHECK(named.err.find("built-in template names") != std::string::npos);
+}
+
+TEST_CASE("cli habits: a tokenizer that fails to load is reported with its cause", "[cli][habits]") {
+  TempDir dir;
+  for (const auto& entry : std::filesystem::directory_iterator(tiny_folder()))
+    std::filesystem::copy_file(entry.path(), dir.path / entry.path().filename());
+  dir.write("tokenizer.json", "{\"model\": {\"type\": \"Unigram\"}}");
+  const auto r = run_cli_captured("run -m " + shell_quote(dir.path.string()) + " -p hi -n 2");
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("cannot load the model's tokenizer") != std::string::npos);
+  CHECK(r.err.find("ships no tokenizer") == std::string::npos);
+}
