@@ -104,6 +104,28 @@ uint64_t min_encoded_bytes(GgufType t) {
 
 bool valid_gguf_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufType::f64); }
 
+// [offset, offset + nbytes) of one tensor in the data section.
+struct DataRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  size_t tensor = 0;
+};
+
+// Tensors sharing bytes would alias weights meant to be independent, and no writer produces them:
+// one of the offsets is wrong, and we cannot tell which. In offset order the first overlap is
+// always with the range just before, so sorting makes this O(n log n).
+void check_no_overlap(std::vector<DataRange> ranges, const std::vector<TensorEntry>& tensors, const std::string& file) {
+  std::sort(ranges.begin(), ranges.end(), [](const DataRange& a, const DataRange& b) { return a.begin < b.begin; });
+  const auto describe = [&](const DataRange& d) {
+    return "'" + tensors[d.tensor].name + "' [offset " + std::to_string(d.begin) + ", " + std::to_string(d.end - d.begin) +
+           " bytes]";
+  };
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].begin < ranges[i - 1].end)
+      corrupt(file, "tensors " + describe(ranges[i - 1]) + " and " + describe(ranges[i]) + " overlap in the data section");
+  }
+}
+
 struct ParsedPart {
   uint32_t version = 0;
   uint64_t alignment = 32;
@@ -190,6 +212,8 @@ class GgufParser {
 
     const uint64_t data_start = (r.pos() + part.alignment - 1) / part.alignment * part.alignment;
     if (data_start > size && !infos.empty()) corrupt(file, "data section starts past the end of the file");
+    std::vector<DataRange> ranges;
+    ranges.reserve(infos.size());
     for (RawInfo& info : infos) {
       const std::string where = "tensor '" + info.name + "'";
       if (!formats::checked_elements(info.shape)) corrupt(file, where + ": shape " + info.shape.to_string() + " overflows");
@@ -209,6 +233,7 @@ class GgufParser {
         corrupt(file, where + ": data [offset " + std::to_string(info.offset) + ", " + std::to_string(*nbytes) +
                           " bytes] extends past the end of the file (" + std::to_string(size) + " bytes)");
       }
+      ranges.push_back({info.offset, info.offset + *nbytes, part.tensors.size()});
       TensorEntry e;
       e.name = std::move(info.name);
       e.file = file;
@@ -218,6 +243,7 @@ class GgufParser {
       e.view.nbytes = *nbytes;
       part.tensors.push_back(std::move(e));
     }
+    check_no_overlap(std::move(ranges), part.tensors, file);
     return part;
   }
 

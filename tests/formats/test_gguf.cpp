@@ -163,6 +163,47 @@ TEST_CASE("gguf: corrupt files are refused with a clear error") {
   }
 }
 
+TEST_CASE("gguf: tensors whose data overlap are refused, naming both") {
+  auto built = [](auto f) {
+    GgufTestWriter w;
+    f(w);
+    return error_of(w.bytes());
+  };
+  // "b" starts inside "a".
+  CHECK_THAT(built([](auto& w) { w.tensor("a", {16}, 0, std::vector<uint8_t>(64)); w.tensor_info_only("b", {8}, 0, 32); }),
+             Catch::Contains("'a' [offset 0, 64 bytes]") && Catch::Contains("'b' [offset 32, 32 bytes]") &&
+                 Catch::Contains("overlap"));
+  // The same offset twice.
+  CHECK_THAT(built([](auto& w) { w.tensor("a", {16}, 0, std::vector<uint8_t>(64)); w.tensor_info_only("b", {1}, 0, 0); }),
+             Catch::Contains("'a'") && Catch::Contains("'b'") && Catch::Contains("overlap"));
+  // "inner" is listed after a later tensor and lies inside the first.
+  CHECK_THAT(built([](auto& w) {
+               w.tensor("big", {64}, 0, std::vector<uint8_t>(256));
+               w.tensor("after", {8}, 0, std::vector<uint8_t>(32));
+               w.tensor_info_only("inner", {8}, 0, 64);
+             }),
+             Catch::Contains("'big'") && Catch::Contains("'inner'") && Catch::Contains("overlap"));
+  // Listed out of offset order, touching but not overlapping: fine.
+  GgufTestWriter w;
+  w.tensor_info_only("c", {8}, 0, 64);
+  w.tensor("a", {8}, 0, std::vector<uint8_t>(32));
+  w.tensor("b", {8}, 0, std::vector<uint8_t>(32));
+  auto bytes = w.bytes();
+  bytes.resize(bytes.size() + 32);
+  CHECK(error_of(bytes) == "no error");
+  try {
+    GgufTestWriter o;
+    o.tensor("a", {16}, 0, std::vector<uint8_t>(64));
+    o.tensor_info_only("b", {8}, 0, 32);
+    const auto ob = o.bytes();
+    GgufFile::from_memory(ob.data(), ob.size(), "mem.gguf");
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::corrupt_file);
+    CHECK_THAT(e.what(), Catch::StartsWith("mem.gguf: "));
+  }
+}
+
 TEST_CASE("gguf: truncating the bundled tiny model anywhere gives an error") {
   const MappedFile map(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf");
   const auto whole = GgufFile::from_memory(map.data(), map.size(), "whole");
