@@ -204,6 +204,54 @@ TEST_CASE("gguf: tensors whose data overlap are refused, naming both") {
   }
 }
 
+TEST_CASE("gguf: arrays nested deeper than 8 are refused") {
+  auto nested = [](int depth) {
+    GgufTestWriter w;
+    w.kv_nested_empty("deep", depth);
+    return error_of(w.bytes());
+  };
+  CHECK(nested(8) == "no error");
+  CHECK_THAT(nested(9), Catch::Contains("metadata key 'deep': arrays nested deeper than 8"));
+  CHECK_THAT(nested(100000), Catch::Contains("arrays nested deeper than 8"));
+}
+
+TEST_CASE("gguf: metadata that would take far more memory than its bytes is refused") {
+  // Each one-byte element becomes a 48-byte value: 4 MB of u8 would take 200 MB.
+  GgufTestWriter one;
+  one.kv_u8_array("bytes", uint64_t{1} << 22);
+  const auto one_bytes = one.bytes();
+  try {
+    GgufFile::from_memory(one_bytes.data(), one_bytes.size(), "mem.gguf");
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::corrupt_file);
+    CHECK_THAT(e.what(), Catch::Contains("mem.gguf: metadata key 'bytes'") &&
+                             Catch::Contains("metadata would take more than"));
+  }
+  // Arrays each below the element limit add up.
+  GgufTestWriter many;
+  for (int i = 0; i < 8; ++i) many.kv_u8_array("bytes" + std::to_string(i), uint64_t{1} << 20);
+  CHECK_THAT(error_of(many.bytes()), Catch::Contains("metadata would take more than"));
+
+  // A large real vocabulary's worth of metadata is fine: 300k tokens, scores, types and merges.
+  GgufTestWriter vocab;
+  const size_t n = 300000;
+  std::vector<std::string> tokens(n), merges(n);
+  for (size_t i = 0; i < n; ++i) {
+    tokens[i] = "tok" + std::to_string(i);
+    merges[i] = "t" + std::to_string(i) + " ok" + std::to_string(i);
+  }
+  vocab.kv_string_array("tokenizer.ggml.tokens", tokens);
+  vocab.kv_i32_array("tokenizer.ggml.scores", n);
+  vocab.kv_i32_array("tokenizer.ggml.token_type", n, 1);
+  vocab.kv_string_array("tokenizer.ggml.merges", merges);
+  CHECK(error_of(vocab.bytes()) == "no error");
+  // Past the fixed allowance but within the factor: 2M empty strings, 96 MB parsed from 16 MB.
+  GgufTestWriter empties;
+  empties.kv_string_array("empty", std::vector<std::string>(size_t{1} << 21));
+  CHECK(error_of(empties.bytes()) == "no error");
+}
+
 TEST_CASE("gguf: truncating the bundled tiny model anywhere gives an error") {
   const MappedFile map(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf");
   const auto whole = GgufFile::from_memory(map.data(), map.size(), "whole");
