@@ -1,5 +1,7 @@
 #include "tandem/formats/read_file.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -18,7 +20,7 @@ std::string read_file_bytes(const std::string& path, uint64_t max_bytes) {
                 path + ": " + std::to_string(size) + " bytes is more than the " + std::to_string(max_bytes) +
                     " this file may have");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::io, path + ": cannot open");
+  if (!in) throw Error(ErrorKind::io, path + ": cannot open: " + std::strerror(errno));
   std::ostringstream data;
   data << in.rdbuf();
   if (in.bad()) throw Error(ErrorKind::io, path + ": cannot read");

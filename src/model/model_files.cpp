@@ -3,10 +3,7 @@
 #include "tandem/formats/read_file.hpp"
 #include "tandem/model/model_files.hpp"
 
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "tandem/error.hpp"
 #include "tandem/model/config_readers.hpp"
@@ -19,12 +16,6 @@ namespace fs = std::filesystem;
 constexpr uintmax_t kMaxConfigBytes = 16u << 20;
 
 std::string read_text_file(const fs::path& path) { return read_file_bytes(path.string(), kMaxConfigBytes); }
-
-bool starts_with_gguf_magic(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
-}
 
 void apply_overrides(const ModelOverrides& overrides, ModelConfig& config, const std::string& source) {
   if (overrides.n_group) config.n_group = *overrides.n_group;
@@ -49,7 +40,7 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
 
   ModelFiles files;
   files.path = path;
-  if (fs::is_regular_file(status) && starts_with_gguf_magic(p)) {
+  if (fs::is_regular_file(status) && has_gguf_magic(path)) {
     files.format = ModelFiles::Format::gguf;
     files.directory = p.parent_path().empty() ? std::string(".") : p.parent_path().string();
     files.gguf = std::make_shared<const GgufFile>(GgufFile::open(path));

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/gguf_test_writer.hpp"
+#include "formats/unreadable_file.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/gguf.hpp"
@@ -250,6 +251,36 @@ TEST_CASE("gguf: metadata that would take far more memory than its bytes is refu
   GgufTestWriter empties;
   empties.kv_string_array("empty", std::vector<std::string>(size_t{1} << 21));
   CHECK(error_of(empties.bytes()) == "no error");
+}
+
+TEST_CASE("gguf: has_gguf_magic tells GGUF files apart and reports why a file cannot be read") {
+  const fs::path dir = fs::temp_directory_path() / ("tandem-magic-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  CHECK(has_gguf_magic(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf"));
+  CHECK_FALSE(has_gguf_magic(test::data_dir() + "/tiny-qwen3moe/config.json"));
+  CHECK_FALSE(has_gguf_magic(dir.string()));
+  std::ofstream(dir / "short.gguf") << "GG";
+  CHECK_FALSE(has_gguf_magic((dir / "short.gguf").string()));
+  try {
+    has_gguf_magic((dir / "missing.gguf").string());
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::io);
+    CHECK_THAT(e.what(), Catch::Contains("missing.gguf: cannot open: No such file or directory"));
+  }
+  if (const auto unreadable = test::unreadable_file(dir)) {
+    try {
+      has_gguf_magic(*unreadable);
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::io);
+      CHECK_THAT(e.what(), Catch::Contains(*unreadable + ": cannot open: Permission denied"));
+    }
+  } else {
+    WARN("skipped the unreadable-file case: no file here that this user cannot read");
+  }
+  fs::remove_all(dir);
 }
 
 TEST_CASE("gguf: truncating the bundled tiny model anywhere gives an error") {
