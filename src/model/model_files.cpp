@@ -45,6 +45,7 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
     files.directory = p.parent_path().empty() ? std::string(".") : p.parent_path().string();
     files.gguf = std::make_shared<const GgufFile>(GgufFile::open(path));
     files.config = config_from_gguf(*files.gguf, overrides, files.warnings);
+    drop_special_ids_outside_vocab(files.config, path, files.warnings);
     return files;
   }
 
@@ -56,9 +57,12 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
     throw Error(ErrorKind::io, path + ": not a GGUF file, and no config.json in " + files.directory +
                                    " (expected a GGUF file or an HF model folder)");
   files.config = parse_hf_config(read_text_file(config_path), config_path.string());
+  drop_special_ids_outside_vocab(files.config, config_path.string(), files.warnings);
   const fs::path generation_path = dir / "generation_config.json";
-  if (fs::exists(generation_path, ec))
+  if (fs::exists(generation_path, ec)) {
     apply_hf_generation_config(read_text_file(generation_path), generation_path.string(), files.config);
+    drop_special_ids_outside_vocab(files.config, generation_path.string(), files.warnings);
+  }
   apply_overrides(overrides, files.config, config_path.string());
   files.safetensors = std::make_shared<const SafetensorsModel>(SafetensorsModel::open(path));
   return files;
