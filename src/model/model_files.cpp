@@ -36,7 +36,11 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
   std::error_code ec;
   const fs::path p(path);
   const auto status = fs::status(p, ec);
-  if (ec || !fs::exists(status)) throw Error(ErrorKind::io, path + ": no such file or folder");
+  if (!fs::exists(status)) {
+    // A folder on the way that we may not search also fails here: say so rather than "no such file".
+    if (ec && status.type() != fs::file_type::not_found) throw Error(ErrorKind::io, path + ": cannot access: " + ec.message());
+    throw Error(ErrorKind::io, path + ": no such file or folder");
+  }
 
   ModelFiles files;
   files.path = path;

@@ -44,6 +44,28 @@ TEST_CASE("an unreadable model file is reported with the system's reason", "[mod
   fs::remove_all(dir);
 }
 
+TEST_CASE("a model behind a folder we may not search is reported with the system's reason",
+          "[model][files][errors]") {
+  if (::geteuid() == 0) {
+    WARN("skipped: root may search any folder");
+    return;
+  }
+  const fs::path dir = test::scratch_dir("unsearchable");
+  fs::create_directories(dir / "locked");
+  std::ofstream(dir / "locked" / "model.gguf") << "GGUF";
+  fs::permissions(dir / "locked", fs::perms::none);
+  const std::string path = (dir / "locked" / "model.gguf").string();
+  try {
+    open_model_files(path);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::io);
+    CHECK_THAT(e.what(), Catch::Contains(path + ": cannot access: Permission denied"));
+  }
+  fs::permissions(dir / "locked", fs::perms::owner_all);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("BOS / EOS ids outside the vocabulary are dropped with a warning", "[model][files][config]") {
   const fs::path dir = test::scratch_dir("special-ids");
   const std::string tiny = test::data_dir() + "/tiny-qwen3moe";
