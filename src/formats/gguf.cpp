@@ -14,9 +14,14 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read little-endian
 constexpr int kMaxArrayNesting = 8;
 // Bounds memory for garbled but in-range counts: a real tokenizer array has < 1M entries.
 constexpr uint64_t kMaxArrayElements = uint64_t{1} << 22;
-// Counts are only bounded by the bytes left, which can be gigabytes: containers grow with what is
-// actually parsed rather than being reserved up front from a count.
+// Tensor counts are only bounded by the bytes left, which can be gigabytes: the info list grows with
+// what is actually parsed rather than being reserved up front from a count.
 constexpr uint64_t kMaxReserve = 4096;
+// Parsed metadata may cost this many times the bytes it was read from, plus a fixed allowance. A
+// real vocabulary costs ~4x its bytes; a one-byte array element costs a whole GgufValue (48 bytes),
+// so without a bound a few MB of file could take gigabytes.
+constexpr uint64_t kMetadataMemoryFactor = 16;
+constexpr uint64_t kMetadataMemoryAllowance = uint64_t{64} << 20;
 
 [[noreturn]] void corrupt(const std::string& file, const std::string& what) {
   throw Error(ErrorKind::corrupt_file, file + ": " + what);
@@ -104,6 +109,55 @@ uint64_t min_encoded_bytes(GgufType t) {
 
 bool valid_gguf_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufType::f64); }
 
+// Charges the memory parsed metadata will hold against what the bytes read so far allow.
+class MetadataBudget {
+ public:
+  explicit MetadataBudget(const std::string& file) : file_(file) {}
+
+  // `cost` more bytes of memory, for values that reach at least byte `encoded_end` of the file (an
+  // array is charged up front, with the least its elements can occupy).
+  void charge(uint64_t cost, uint64_t encoded_end, const std::string& where) {
+    used_ += cost;
+    encoded_end_ = std::max(encoded_end_, encoded_end);
+    const uint64_t limit = kMetadataMemoryAllowance + kMetadataMemoryFactor * encoded_end_;
+    if (used_ > limit) {
+      corrupt(file_, where + ": metadata would take more than " + std::to_string(limit) + " bytes of memory (" +
+                         std::to_string(kMetadataMemoryFactor) + "x its " + std::to_string(encoded_end_) +
+                         " bytes in the file + " + std::to_string(kMetadataMemoryAllowance >> 20) + " MiB)");
+    }
+  }
+
+ private:
+  const std::string& file_;
+  uint64_t used_ = 0;
+  uint64_t encoded_end_ = 0;
+};
+
+// What one map entry costs beyond its value's own heap: the node, its key and the red-black links.
+constexpr uint64_t kMapNodeBytes = sizeof(std::pair<const std::string, GgufValue>) + 32;
+
+// [offset, offset + nbytes) of one tensor in the data section.
+struct DataRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  size_t tensor = 0;
+};
+
+// Tensors sharing bytes would alias weights meant to be independent, and no writer produces them:
+// one of the offsets is wrong, and we cannot tell which. In offset order the first overlap is
+// always with the range just before, so sorting makes this O(n log n).
+void check_no_overlap(std::vector<DataRange> ranges, const std::vector<TensorEntry>& tensors, const std::string& file) {
+  std::sort(ranges.begin(), ranges.end(), [](const DataRange& a, const DataRange& b) { return a.begin < b.begin; });
+  const auto describe = [&](const DataRange& d) {
+    return "'" + tensors[d.tensor].name + "' [offset " + std::to_string(d.begin) + ", " + std::to_string(d.end - d.begin) +
+           " bytes]";
+  };
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].begin < ranges[i - 1].end)
+      corrupt(file, "tensors " + describe(ranges[i - 1]) + " and " + describe(ranges[i]) + " overlap in the data section");
+  }
+}
+
 struct ParsedPart {
   uint32_t version = 0;
   uint64_t alignment = 32;
@@ -136,11 +190,13 @@ class GgufParser {
       corrupt(file, "tensor count " + std::to_string(tensor_count) + " is impossible in a file of " + std::to_string(size) + " bytes");
     }
 
+    MetadataBudget budget(file);
     for (uint64_t i = 0; i < kv_count; ++i) {
       std::string key = r.read_string("metadata key #" + std::to_string(i));
       const std::string where = "metadata key '" + key + "'";
+      budget.charge(kMapNodeBytes + key.size(), r.pos(), where);
       const uint32_t type = r.read<uint32_t>(where.c_str());
-      GgufValue value = read_value(r, type, where, 0, file);
+      GgufValue value = read_value(r, type, where, 0, file, budget);
       if (!part.metadata.emplace(std::move(key), std::move(value)).second) corrupt(file, "duplicate " + where);
     }
     if (const auto it = part.metadata.find("general.alignment"); it != part.metadata.end()) {
@@ -190,6 +246,8 @@ class GgufParser {
 
     const uint64_t data_start = (r.pos() + part.alignment - 1) / part.alignment * part.alignment;
     if (data_start > size && !infos.empty()) corrupt(file, "data section starts past the end of the file");
+    std::vector<DataRange> ranges;
+    ranges.reserve(infos.size());
     for (RawInfo& info : infos) {
       const std::string where = "tensor '" + info.name + "'";
       if (!formats::checked_elements(info.shape)) corrupt(file, where + ": shape " + info.shape.to_string() + " overflows");
@@ -209,6 +267,7 @@ class GgufParser {
         corrupt(file, where + ": data [offset " + std::to_string(info.offset) + ", " + std::to_string(*nbytes) +
                           " bytes] extends past the end of the file (" + std::to_string(size) + " bytes)");
       }
+      ranges.push_back({info.offset, info.offset + *nbytes, part.tensors.size()});
       TensorEntry e;
       e.name = std::move(info.name);
       e.file = file;
@@ -218,10 +277,12 @@ class GgufParser {
       e.view.nbytes = *nbytes;
       part.tensors.push_back(std::move(e));
     }
+    check_no_overlap(std::move(ranges), part.tensors, file);
     return part;
   }
 
-  static GgufValue read_value(ByteReader& r, uint32_t type, const std::string& where, int depth, const std::string& file) {
+  static GgufValue read_value(ByteReader& r, uint32_t type, const std::string& where, int depth, const std::string& file,
+                              MetadataBudget& budget) {
     if (!valid_gguf_type(type)) corrupt(file, where + ": unknown value type " + std::to_string(type));
     GgufValue v;
     v.type = static_cast<GgufType>(type);
@@ -243,7 +304,12 @@ class GgufParser {
         v.value = b != 0;
         break;
       }
-      case GgufType::string: v.value = r.read_string(where); break;
+      case GgufType::string: {
+        std::string s = r.read_string(where);
+        budget.charge(s.size(), r.pos(), where);
+        v.value = std::move(s);
+        break;
+      }
       case GgufType::array: {
         if (depth >= kMaxArrayNesting) corrupt(file, where + ": arrays nested deeper than " + std::to_string(kMaxArrayNesting));
         const uint32_t elem_type = r.read<uint32_t>(w);
@@ -253,10 +319,14 @@ class GgufParser {
           corrupt(file, where + ": array count " + std::to_string(count) + " exceeds what the " +
                             std::to_string(r.remaining()) + " bytes left can hold");
         }
+        // Charged and reserved in full before parsing: the count is bounded by the bytes left and the
+        // budget, and an exact reserve avoids the 2x of growing by doubling.
+        budget.charge(count * sizeof(GgufValue), r.pos() + count * min_encoded_bytes(static_cast<GgufType>(elem_type)),
+                      where);
         GgufArray arr;
         arr.element_type = static_cast<GgufType>(elem_type);
-        arr.values.reserve(std::min(count, kMaxReserve));
-        for (uint64_t i = 0; i < count; ++i) arr.values.push_back(read_value(r, elem_type, where, depth + 1, file));
+        arr.values.reserve(count);
+        for (uint64_t i = 0; i < count; ++i) arr.values.push_back(read_value(r, elem_type, where, depth + 1, file, budget));
         v.value = std::move(arr);
         break;
       }

@@ -1,5 +1,6 @@
 // bind_weights: the architecture's name table + the config's shapes → Weights. Every tensor is
 // checked against the shape the config implies; views stay in the mapping.
+#include <charconv>
 #include <string>
 
 #include "model/architecture.hpp"
@@ -20,6 +21,7 @@ class WeightBinder {
       : table_(files.tensors()), names_(names), c_(files.config), merged_experts_(files.format == ModelFiles::Format::gguf) {}
 
   Weights bind() {
+    check_no_layers_beyond_config();
     Weights w;
     const int64_t hidden = c_.hidden_size;
     w.token_embedding = tensor(TensorRole::token_embedding, -1, {c_.vocab_size, hidden});
@@ -36,6 +38,37 @@ class WeightBinder {
   }
 
  private:
+  // Layers past the configured count would otherwise be ignored: the model would run with part of
+  // its layers and no sign of it. A DeepSeek hub checkpoint's MTP layers follow the last one.
+  void check_no_layers_beyond_config() const {
+    const std::string& pattern = names_.pattern(TensorRole::attn_norm);
+    const size_t at = pattern.find("{L}");
+    if (at == std::string::npos) return;
+    const std::string_view prefix = std::string_view(pattern).substr(0, at);  // "blk.", "model.layers."
+    const int64_t allowed = c_.num_layers + (merged_experts_ ? 0 : c_.num_nextn_predict_layers);
+    for (const TensorEntry& e : table_.entries()) {
+      if (!e.name.starts_with(prefix)) continue;
+      const char* first = e.name.data() + prefix.size();
+      const char* last = e.name.data() + e.name.size();
+      int64_t layer = 0;
+      const auto [end, ec] = std::from_chars(first, last, layer);
+      // A number too large for int64 is beyond the config too.
+      const bool is_layer = end != first && end != last && *end == '.';
+      if (!is_layer || (ec == std::errc() && layer < allowed)) continue;
+      std::string limit;
+      if (merged_experts_) {
+        limit = "block_count=" + std::to_string(c_.num_layers);
+      } else {
+        limit = "num_hidden_layers=" + std::to_string(c_.num_layers);
+        if (c_.num_nextn_predict_layers > 0)
+          limit += " + num_nextn_predict_layers=" + std::to_string(c_.num_nextn_predict_layers);
+      }
+      throw Error(ErrorKind::corrupt_file, e.file + ": has layer tensors beyond " + limit + " (tensor " + e.name +
+                                               " is in layer " + std::string(first, end) +
+                                               "); the config or the file is wrong");
+    }
+  }
+
   LayerWeights bind_layer(int64_t L) {
     LayerWeights lw;
     const int64_t hidden = c_.hidden_size;

@@ -3,10 +3,7 @@
 #include "tandem/formats/read_file.hpp"
 #include "tandem/model/model_files.hpp"
 
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "tandem/error.hpp"
 #include "tandem/model/config_readers.hpp"
@@ -19,12 +16,6 @@ namespace fs = std::filesystem;
 constexpr uintmax_t kMaxConfigBytes = 16u << 20;
 
 std::string read_text_file(const fs::path& path) { return read_file_bytes(path.string(), kMaxConfigBytes); }
-
-bool starts_with_gguf_magic(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
-}
 
 void apply_overrides(const ModelOverrides& overrides, ModelConfig& config, const std::string& source) {
   if (overrides.n_group) config.n_group = *overrides.n_group;
@@ -45,15 +36,20 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
   std::error_code ec;
   const fs::path p(path);
   const auto status = fs::status(p, ec);
-  if (ec || !fs::exists(status)) throw Error(ErrorKind::io, path + ": no such file or folder");
+  if (!fs::exists(status)) {
+    // A folder on the way that we may not search also fails here: say so rather than "no such file".
+    if (ec && status.type() != fs::file_type::not_found) throw Error(ErrorKind::io, path + ": cannot access: " + ec.message());
+    throw Error(ErrorKind::io, path + ": no such file or folder");
+  }
 
   ModelFiles files;
   files.path = path;
-  if (fs::is_regular_file(status) && starts_with_gguf_magic(p)) {
+  if (fs::is_regular_file(status) && has_gguf_magic(path)) {
     files.format = ModelFiles::Format::gguf;
     files.directory = p.parent_path().empty() ? std::string(".") : p.parent_path().string();
     files.gguf = std::make_shared<const GgufFile>(GgufFile::open(path));
     files.config = config_from_gguf(*files.gguf, overrides, files.warnings);
+    drop_special_ids_outside_vocab(files.config, path, files.warnings);
     return files;
   }
 
@@ -70,9 +66,12 @@ ModelFiles open_model_files(const std::string& path, const ModelOverrides& overr
     throw Error(ErrorKind::io, path + ": not a GGUF file, and no config.json in " + files.directory +
                                    " (expected a GGUF file or an HF model folder)");
   files.config = parse_hf_config(read_text_file(config_path), config_path.string());
+  drop_special_ids_outside_vocab(files.config, config_path.string(), files.warnings);
   const fs::path generation_path = dir / "generation_config.json";
-  if (fs::exists(generation_path, ec))
+  if (fs::exists(generation_path, ec)) {
     apply_hf_generation_config(read_text_file(generation_path), generation_path.string(), files.config);
+    drop_special_ids_outside_vocab(files.config, generation_path.string(), files.warnings);
+  }
   apply_overrides(overrides, files.config, config_path.string());
   files.safetensors = std::make_shared<const SafetensorsModel>(SafetensorsModel::open(path));
   return files;

@@ -28,6 +28,7 @@ void validate_model_config(const ModelConfig& c, const std::string& source) {
   check_range(source, "vocab_size", c.vocab_size, 1, kMaxDim);
   check_range(source, "hidden_size", c.hidden_size, 1, kMaxDim);
   check_range(source, "num_hidden_layers", c.num_layers, 1, kMaxLayers);
+  check_range(source, "num_nextn_predict_layers", c.num_nextn_predict_layers, 0, kMaxLayers);
   check_range(source, "max_position_embeddings", c.max_position_embeddings, 1, int64_t{1} << 30);
   check_range(source, "num_attention_heads", c.num_heads, 1, kMaxDim);
   check_range(source, "num_key_value_heads", c.num_kv_heads, 1, c.num_heads);

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -84,12 +83,6 @@ nlohmann::json read_json_file(const fs::path& path) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::corrupt_file, path.string() + ": not valid JSON: " + e.what());
   }
-}
-
-bool looks_like_gguf(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::string_view(magic, 4) == "GGUF";
 }
 
 // "bos_token": "<s>", {"content": "<s>", ...} (an AddedToken) or null
@@ -197,7 +190,7 @@ std::unique_ptr<ChatTemplate> ChatTemplate::load(const std::string& model_path) 
   if (fs::is_directory(path, ec)) return load_folder(path, nullptr);
   if (!fs::is_regular_file(path, ec))
     throw Error(ErrorKind::io, model_path + ": no such model file or folder");
-  if (path.extension() == ".gguf" || looks_like_gguf(path)) return load_gguf(model_path);
+  if (path.extension() == ".gguf" || has_gguf_magic(path.string())) return load_gguf(model_path);
   if (path.extension() == ".jinja") return load_folder(path.parent_path(), &path);
   return load_folder(path.has_parent_path() ? path.parent_path() : fs::path("."),
                      nullptr);  // e.g. tokenizer_config.json

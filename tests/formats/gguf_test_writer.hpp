@@ -38,6 +38,28 @@ class GgufTestWriter {
       for (int32_t x : inner) put(x);
     }
   }
+  // `depth` arrays, each holding the next, the innermost an empty i32 array.
+  void kv_nested_empty(const std::string& key, int depth) {
+    key_header(key, 9);
+    for (int d = 1; d < depth; ++d) {
+      put(uint32_t{9});
+      put(uint64_t{1});
+    }
+    put(uint32_t{5});
+    put(uint64_t{0});
+  }
+  void kv_u8_array(const std::string& key, uint64_t count, uint8_t value = 0) {
+    key_header(key, 9);
+    put(uint32_t{0});
+    put(count);
+    kv_.insert(kv_.end(), count, value);
+  }
+  void kv_i32_array(const std::string& key, uint64_t count, int32_t value = 0) {
+    key_header(key, 9);
+    put(uint32_t{5});
+    put(count);
+    for (uint64_t i = 0; i < count; ++i) put(value);
+  }
   // `dims` outermost first, as the reader reports them; written innermost first as GGUF stores.
   void tensor(const std::string& name, std::vector<uint64_t> dims, uint32_t ggml_type, const std::vector<uint8_t>& bytes) {
     put_string(infos_, name);

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/gguf_test_writer.hpp"
+#include "formats/unreadable_file.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/gguf.hpp"
@@ -161,6 +162,125 @@ TEST_CASE("gguf: corrupt files are refused with a clear error") {
     const std::vector<uint8_t> cut(good.begin(), good.begin() + static_cast<ptrdiff_t>(n));
     CHECK_THROWS_AS(GgufFile::from_memory(cut.data(), cut.size(), "cut.gguf"), Error);
   }
+}
+
+TEST_CASE("gguf: tensors whose data overlap are refused, naming both") {
+  auto built = [](auto f) {
+    GgufTestWriter w;
+    f(w);
+    return error_of(w.bytes());
+  };
+  // "b" starts inside "a".
+  CHECK_THAT(built([](auto& w) { w.tensor("a", {16}, 0, std::vector<uint8_t>(64)); w.tensor_info_only("b", {8}, 0, 32); }),
+             Catch::Contains("'a' [offset 0, 64 bytes]") && Catch::Contains("'b' [offset 32, 32 bytes]") &&
+                 Catch::Contains("overlap"));
+  // The same offset twice.
+  CHECK_THAT(built([](auto& w) { w.tensor("a", {16}, 0, std::vector<uint8_t>(64)); w.tensor_info_only("b", {1}, 0, 0); }),
+             Catch::Contains("'a'") && Catch::Contains("'b'") && Catch::Contains("overlap"));
+  // "inner" is listed after a later tensor and lies inside the first.
+  CHECK_THAT(built([](auto& w) {
+               w.tensor("big", {64}, 0, std::vector<uint8_t>(256));
+               w.tensor("after", {8}, 0, std::vector<uint8_t>(32));
+               w.tensor_info_only("inner", {8}, 0, 64);
+             }),
+             Catch::Contains("'big'") && Catch::Contains("'inner'") && Catch::Contains("overlap"));
+  // Listed out of offset order, touching but not overlapping: fine.
+  GgufTestWriter w;
+  w.tensor_info_only("c", {8}, 0, 64);
+  w.tensor("a", {8}, 0, std::vector<uint8_t>(32));
+  w.tensor("b", {8}, 0, std::vector<uint8_t>(32));
+  auto bytes = w.bytes();
+  bytes.resize(bytes.size() + 32);
+  CHECK(error_of(bytes) == "no error");
+  try {
+    GgufTestWriter o;
+    o.tensor("a", {16}, 0, std::vector<uint8_t>(64));
+    o.tensor_info_only("b", {8}, 0, 32);
+    const auto ob = o.bytes();
+    GgufFile::from_memory(ob.data(), ob.size(), "mem.gguf");
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::corrupt_file);
+    CHECK_THAT(e.what(), Catch::StartsWith("mem.gguf: "));
+  }
+}
+
+TEST_CASE("gguf: arrays nested deeper than 8 are refused") {
+  auto nested = [](int depth) {
+    GgufTestWriter w;
+    w.kv_nested_empty("deep", depth);
+    return error_of(w.bytes());
+  };
+  CHECK(nested(8) == "no error");
+  CHECK_THAT(nested(9), Catch::Contains("metadata key 'deep': arrays nested deeper than 8"));
+  CHECK_THAT(nested(100000), Catch::Contains("arrays nested deeper than 8"));
+}
+
+TEST_CASE("gguf: metadata that would take far more memory than its bytes is refused") {
+  // Each one-byte element becomes a 48-byte value: 4 MB of u8 would take 200 MB.
+  GgufTestWriter one;
+  one.kv_u8_array("bytes", uint64_t{1} << 22);
+  const auto one_bytes = one.bytes();
+  try {
+    GgufFile::from_memory(one_bytes.data(), one_bytes.size(), "mem.gguf");
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::corrupt_file);
+    CHECK_THAT(e.what(), Catch::Contains("mem.gguf: metadata key 'bytes'") &&
+                             Catch::Contains("metadata would take more than"));
+  }
+  // Arrays each below the element limit add up.
+  GgufTestWriter many;
+  for (int i = 0; i < 8; ++i) many.kv_u8_array("bytes" + std::to_string(i), uint64_t{1} << 20);
+  CHECK_THAT(error_of(many.bytes()), Catch::Contains("metadata would take more than"));
+
+  // A large real vocabulary's worth of metadata is fine: 300k tokens, scores, types and merges.
+  GgufTestWriter vocab;
+  const size_t n = 300000;
+  std::vector<std::string> tokens(n), merges(n);
+  for (size_t i = 0; i < n; ++i) {
+    tokens[i] = "tok" + std::to_string(i);
+    merges[i] = "t" + std::to_string(i) + " ok" + std::to_string(i);
+  }
+  vocab.kv_string_array("tokenizer.ggml.tokens", tokens);
+  vocab.kv_i32_array("tokenizer.ggml.scores", n);
+  vocab.kv_i32_array("tokenizer.ggml.token_type", n, 1);
+  vocab.kv_string_array("tokenizer.ggml.merges", merges);
+  CHECK(error_of(vocab.bytes()) == "no error");
+  // Past the fixed allowance but within the factor: 2M empty strings, 96 MB parsed from 16 MB.
+  GgufTestWriter empties;
+  empties.kv_string_array("empty", std::vector<std::string>(size_t{1} << 21));
+  CHECK(error_of(empties.bytes()) == "no error");
+}
+
+TEST_CASE("gguf: has_gguf_magic tells GGUF files apart and reports why a file cannot be read") {
+  const fs::path dir = fs::temp_directory_path() / ("tandem-magic-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  CHECK(has_gguf_magic(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf"));
+  CHECK_FALSE(has_gguf_magic(test::data_dir() + "/tiny-qwen3moe/config.json"));
+  CHECK_FALSE(has_gguf_magic(dir.string()));
+  std::ofstream(dir / "short.gguf") << "GG";
+  CHECK_FALSE(has_gguf_magic((dir / "short.gguf").string()));
+  try {
+    has_gguf_magic((dir / "missing.gguf").string());
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::io);
+    CHECK_THAT(e.what(), Catch::Contains("missing.gguf: cannot open: No such file or directory"));
+  }
+  if (const auto unreadable = test::unreadable_file(dir)) {
+    try {
+      has_gguf_magic(*unreadable);
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::io);
+      CHECK_THAT(e.what(), Catch::Contains(*unreadable + ": cannot open: Permission denied"));
+    }
+  } else {
+    WARN("skipped the unreadable-file case: no file here that this user cannot read");
+  }
+  fs::remove_all(dir);
 }
 
 TEST_CASE("gguf: truncating the bundled tiny model anywhere gives an error") {

@@ -2,6 +2,7 @@
 // GGUF converter's merged expert tensors sliced back to the hub's per-expert tensors.
 #include <cstring>
 
+#include "model/gguf_patch.hpp"
 #include "model/model_test_support.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
@@ -182,4 +183,40 @@ TEST_CASE("tensors that do not fit the config give errors naming them", "[model]
   tied.config.tie_word_embeddings = true;
   const Weights w = bind_weights(tied);
   CHECK(w.output.weight.data == w.token_embedding.data);
+}
+
+TEST_CASE("layer tensors beyond the configured layer count are refused", "[model][weights][errors]") {
+  auto error_of = [](const ModelFiles& files) -> std::string {
+    try {
+      bind_weights(files);
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::corrupt_file);
+      return e.what();
+    }
+    return "";
+  };
+  const std::string tiny = tandem::test::data_dir() + "/tiny-qwen3moe";
+
+  SECTION("GGUF block_count") {
+    const auto dir = tandem::test::scratch_dir("block-count");
+    auto bytes = tandem::test::read_bytes(tiny + "/qwen3moe-q8_0.gguf");
+    tandem::test::patch_gguf_u32(bytes, "qwen3moe.block_count", 2);
+    const std::string path = (dir / "shallow.gguf").string();
+    tandem::test::write_bytes(path, bytes);
+    const ModelFiles files = open_model_files(path);
+    REQUIRE(files.config.num_layers == 2);
+    const std::string error = error_of(files);
+    CHECK_THAT(error, Catch::StartsWith(path + ": has layer tensors beyond block_count=2 (tensor blk.2."));
+    CHECK_THAT(error, Catch::Contains("is in layer 2"));
+    std::filesystem::remove_all(dir);
+  }
+  SECTION("HF num_hidden_layers, with DeepSeek's MTP layers allowed after the last") {
+    ModelFiles files = open_model_files(tiny);
+    REQUIRE(files.config.num_layers == 3);
+    files.config.num_layers = 2;
+    CHECK_THAT(error_of(files), Catch::Contains("has layer tensors beyond num_hidden_layers=2 (tensor model.layers.2."));
+    files.config.num_nextn_predict_layers = 1;
+    CHECK(error_of(files).empty());
+    CHECK(bind_weights(files).layers.size() == 2);
+  }
 }

@@ -37,6 +37,11 @@ struct GgufValue {
   const GgufArray& as_array() const;
 };
 
+// Whether `path` is a regular file that starts with the GGUF magic; false for folders and shorter
+// or other files. Throws Error(io) with the system's reason when the file cannot be opened or
+// read, so that an unreadable GGUF is not reported as some other format.
+bool has_gguf_magic(const std::string& path);
+
 class GgufFile {
  public:
   // Opens one file, or a whole split set when `path` names one of its parts.

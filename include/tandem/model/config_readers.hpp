@@ -24,6 +24,11 @@ void apply_hf_generation_config(std::string_view json_text, const std::string& s
 ModelConfig config_from_gguf(const GgufFile& gguf, const ModelOverrides& overrides,
                              std::vector<std::string>& warnings);
 
+// Drops BOS / EOS ids outside [0, vocab_size), adding a warning naming `source` for each: a wrong
+// id in an otherwise good file should not make the model unusable, nor index past the vocabulary.
+void drop_special_ids_outside_vocab(ModelConfig& config, const std::string& source,
+                                    std::vector<std::string>& warnings);
+
 // Checks sizes and their relations (heads divide, top-k within experts, groups divide experts,
 // limits that keep later products from overflowing). Throws Error(corrupt_file) naming `source`.
 void validate_model_config(const ModelConfig& config, const std::string& source);

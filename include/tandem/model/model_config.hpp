@@ -42,6 +42,7 @@ struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
+  int64_t num_nextn_predict_layers = 0;  // DeepSeek-V3 hub: MTP layers stored after the last (not run)
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;

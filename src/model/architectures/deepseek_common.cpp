@@ -19,6 +19,7 @@ void read_deepseek_hf(const HfKeys& keys, ModelConfig& c, const char* default_to
   c.rope_layout = keys.get_bool("rope_interleave").value_or(true) ? RopeLayout::interleaved : RopeLayout::neox;
   c.first_k_dense = keys.get_int("first_k_dense_replace").value_or(0);
   c.moe_layer_freq = keys.get_int("moe_layer_freq").value_or(1);
+  c.num_nextn_predict_layers = keys.get_int("num_nextn_predict_layers").value_or(0);
   c.num_shared_experts = keys.get_int("n_shared_experts").value_or(0);
   c.routed_scaling_factor = keys.get_float("routed_scaling_factor").value_or(1.0);
   c.n_group = keys.get_int("n_group").value_or(1);

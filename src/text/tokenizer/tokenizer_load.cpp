@@ -1,7 +1,6 @@
 // Tokenizer::load: a model or tokenizer folder, a tokenizer.json file, or a GGUF file. A folder's
 // tokenizer_config.json supplies the BOS / EOS tokens that tokenizer.json does not name.
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -18,12 +17,6 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string read_file(const fs::path& path) { return read_file_bytes(path.string()); }
-
-bool looks_like_gguf(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::string_view(magic, 4) == "GGUF";
-}
 
 // "bos_token": "<s>" or {"content": "<s>", ...}
 std::string special_token_text(const nlohmann::json& config, const char* key) {
@@ -79,7 +72,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path_text) {
   }
   if (!fs::is_regular_file(path, ec))
     throw Error(ErrorKind::io, path_text + ": no such tokenizer file or folder");
-  if (path.extension() == ".gguf" || looks_like_gguf(path)) return from_gguf(GgufFile::open(path_text));
+  if (path.extension() == ".gguf" || has_gguf_magic(path.string())) return from_gguf(GgufFile::open(path_text));
   return load_json(path);
 }
 
