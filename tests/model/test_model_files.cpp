@@ -13,6 +13,8 @@
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
 #include "tandem/model/model_files.hpp"
+#include "tandem/text/chat_template.hpp"
+#include "tandem/text/tokenizer.hpp"
 
 using namespace tandem;
 namespace fs = std::filesystem;
@@ -80,6 +82,11 @@ TEST_CASE("BOS / EOS ids outside the vocabulary are dropped with a warning", "[m
     CHECK(has_warning(files,
                       path + ": EOS token id 100000 is outside the vocabulary of 512 tokens; ignoring it"));
     CHECK_NOTHROW(bind_weights(files));  // the model stays usable
+    // ... and so do its tokenizer and chat template, without the bad id
+    const auto tokenizer = Tokenizer::from_gguf(*files.gguf);
+    CHECK(tokenizer->eos_id() == -1);
+    CHECK_FALSE(tokenizer->encode("hello", false).empty());
+    CHECK_NOTHROW(ChatTemplate::load(path));
   }
   SECTION("HF config.json and generation_config.json") {
     std::string config = test::read_text(tiny + "/config.json");

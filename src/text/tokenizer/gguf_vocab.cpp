@@ -82,14 +82,12 @@ PreTokenizerChoice choose_pre_tokenizer(const std::string& pre, const std::strin
   return choice;
 }
 
-std::optional<int32_t> optional_id(const GgufFile& gguf, const std::string& key, size_t vocab_size,
-                                   const std::string& file) {
+std::optional<int32_t> optional_id(const GgufFile& gguf, const std::string& key, size_t vocab_size) {
   const auto value = gguf.get_int(key);
   if (!value) return std::nullopt;
-  if (*value < 0 || static_cast<uint64_t>(*value) >= vocab_size)
-    throw Error(ErrorKind::corrupt_file, file + ": " + key + " = " + std::to_string(*value) +
-                                             " is outside the vocabulary of " +
-                                             std::to_string(vocab_size) + " tokens");
+  // An id outside the vocabulary is dropped, not fatal: the model loader already warns about it
+  // (src/model/special_token_ids.cpp), and the rest of the tokenizer is sound.
+  if (*value < 0 || static_cast<uint64_t>(*value) >= vocab_size) return std::nullopt;
   return static_cast<int32_t>(*value);
 }
 
@@ -161,8 +159,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& gguf) {
   }
   parts.decoder = text::make_byte_level_decoder();
 
-  parts.bos_id = optional_id(gguf, "tokenizer.ggml.bos_token_id", vocab_size, file).value_or(-1);
-  parts.eos_id = optional_id(gguf, "tokenizer.ggml.eos_token_id", vocab_size, file).value_or(-1);
+  parts.bos_id = optional_id(gguf, "tokenizer.ggml.bos_token_id", vocab_size).value_or(-1);
+  parts.eos_id = optional_id(gguf, "tokenizer.ggml.eos_token_id", vocab_size).value_or(-1);
   // llama.cpp's default for byte-level BPE vocabularies is no BOS unless the file asks for it.
   const bool add_bos = optional_bool(gguf, "tokenizer.ggml.add_bos_token");
   const bool add_eos = optional_bool(gguf, "tokenizer.ggml.add_eos_token");
