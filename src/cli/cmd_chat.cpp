@@ -108,6 +108,7 @@ int chat_command(const ChatFlags& flags) {
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
+  warn_past_trained_context(engine->config(), flags.context_tokens, "-c/--ctx");
   const Tokenizer* tokenizer = &require_tokenizer(*engine, flags.model_path);
   std::unique_ptr<ChatTemplate> custom;
   if (flags.chat_template || !flags.chat_template_file.empty())

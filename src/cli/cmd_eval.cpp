@@ -72,6 +72,7 @@ int run_eval(const EvalFlags& flags) {
   }
   const auto engine = Engine::load(flags.model_path, options);
   for (const auto& warning : engine->warnings()) fmt::print(stderr, "tandem: warning: {}\n", warning);
+  warn_past_trained_context(engine->config(), static_cast<int64_t>(ids.size()), "--ids");
   const int64_t vocab = engine->config().vocab_size;
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] >= vocab)

@@ -113,10 +113,10 @@ int run_command(const RunFlags& flags) {
                     "run: the prompt is empty and the model adds no BOS token, so there is nothing to continue");
     }
   }
-  const int64_t trained = engine->config().max_position_embeddings;
-  if (trained > 0 && static_cast<int64_t>(prompt.size()) > trained)
-    fmt::print(stderr, "tandem: warning: the prompt ({} tokens) is longer than the model's trained context ({})\n",
-               prompt.size(), trained);
+  if (static_cast<int64_t>(prompt.size()) > engine->config().max_position_embeddings)
+    warn_past_trained_context(engine->config(), static_cast<int64_t>(prompt.size()), "the prompt");
+  else
+    warn_past_trained_context(engine->config(), flags.context_tokens, "-c/--ctx");
 
   GenerateOptions options;
   options.sampling = flags.sampling();

@@ -43,8 +43,12 @@ int template_command(const TemplateFlags& flags) {
     throw Error(ErrorKind::unsupported, flags.model_path + ": the model ships no chat template");
 
   nlohmann::ordered_json messages = read_json(flags.messages_path);
-  if (messages.is_object() && messages.contains("messages"))
-    messages = nlohmann::ordered_json(messages["messages"]);
+  // Moved, not copied: nlohmann's copy recurses, and the document may be nested arbitrarily deep
+  // (the template layer refuses depth past its limit with an error).
+  if (messages.is_object() && messages.contains("messages")) {
+    nlohmann::ordered_json inner = std::move(messages["messages"]);
+    messages = std::move(inner);
+  }
   if (!messages.is_array())
     throw Error(ErrorKind::invalid_argument, flags.messages_path + ": expected a JSON array of messages");
   nlohmann::ordered_json tools, kwargs;
@@ -52,6 +56,12 @@ int template_command(const TemplateFlags& flags) {
   request.ordered_messages = &messages;
   if (!flags.tools_path.empty()) {
     tools = read_json(flags.tools_path);
+    if (tools.is_object() && tools.contains("tools")) {
+      nlohmann::ordered_json inner = std::move(tools["tools"]);
+      tools = std::move(inner);
+    }
+    if (!tools.is_array())
+      throw Error(ErrorKind::invalid_argument, flags.tools_path + ": expected a JSON array of tool schemas");
     request.ordered_tools = &tools;
   }
   if (!flags.kwargs.empty()) {

@@ -44,6 +44,15 @@ inline ModelOverrides model_overrides_from(const std::vector<std::string>& specs
   return o;
 }
 
+// A context past the model's trained one runs (RoPE extrapolates) but its quality is untested: say so.
+inline void warn_past_trained_context(const ModelConfig& config, int64_t tokens, const char* what) {
+  if (config.max_position_embeddings > 0 && tokens > config.max_position_embeddings)
+    fmt::print(stderr,
+               "tandem: warning: {} ({} tokens) is longer than the model's trained context ({} tokens); "
+               "output past it may degrade\n",
+               what, tokens, config.max_position_embeddings);
+}
+
 struct GenerationFlags {
   std::string model_path;
   int64_t max_new_tokens;

@@ -166,3 +166,14 @@ TEST_CASE("cli habits: a tokenizer that fails to load is reported with its cause
   CHECK(r.err.find("cannot load the model's tokenizer") != std::string::npos);
   CHECK(r.err.find("ships no tokenizer") == std::string::npos);
 }
+
+TEST_CASE("cli habits: a context past the model's trained one is a warning", "[cli][habits]") {
+  // The bundled model was trained at 4096 tokens.
+  const auto past = run_cli_captured(run_ids("-n 2 -c 8192"));
+  REQUIRE(past.exit_code == 0);
+  CHECK(past.err.find("-c/--ctx (8192 tokens) is longer than the model's trained context (4096 tokens)") !=
+        std::string::npos);
+  const auto within = run_cli_captured(run_ids("-n 2 -c 4096"));
+  REQUIRE(within.exit_code == 0);
+  CHECK(within.err.find("trained context") == std::string::npos);
+}

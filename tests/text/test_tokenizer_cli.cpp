@@ -54,3 +54,32 @@ TEST_CASE("tandem tokenize prints the ids as a JSON array", "[tokenizer][cli]") 
   run("tokenize -m " + shell_quote(dir + "/tiny-qwen3moe") + " --text a --file b", status);
   CHECK(status != 0);
 }
+
+TEST_CASE("tandem template refuses --tools that is not an array and deep JSON without crashing",
+          "[chat_template][cli]") {
+  if (tandem::test::cli_path().empty()) {
+    WARN("skipped: the tandem CLI is not built");
+    return;
+  }
+  const std::string model = shell_quote(tandem::test::data_dir() + "/tiny-qwen3moe");
+  const auto dir = std::filesystem::temp_directory_path() / "tandem-template-cli";
+  std::filesystem::create_directories(dir);
+  const auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name, std::ios::binary) << text;
+    return shell_quote((dir / name).string());
+  };
+  const std::string messages = write("messages.json", R"([{"role": "user", "content": "hi"}])");
+  const std::string tools_object = write("tools.json", R"({"type": "function", "function": {"name": "f"}})");
+  const std::string deep = write("deep.json", "{\"messages\": [" + std::string(20000, '[') +
+                                                  std::string(20000, ']') + "]}");
+
+  const auto bad_tools = tandem::test::run_cli_captured("template -m " + model + " --messages " + messages +
+                                                        " --tools " + tools_object);
+  CHECK(bad_tools.exit_code == 1);
+  CHECK(bad_tools.err.find("expected a JSON array of tool schemas") != std::string::npos);
+
+  const auto deep_run = tandem::test::run_cli_captured("template -m " + model + " --messages " + deep);
+  CHECK(deep_run.exit_code == 1);
+  CHECK(deep_run.err.find("deeper than 256") != std::string::npos);
+  std::filesystem::remove_all(dir);
+}
