@@ -1,6 +1,11 @@
 // ThreadPool: every index is visited exactly once whatever the chunking, nested loops run inline,
 // exceptions reach the caller, bad thread counts are refused.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <string>
 #include <catch2/catch.hpp>
 #include <stdexcept>
 #include <vector>
@@ -53,4 +58,41 @@ TEST_CASE("thread pool: negative and absurd thread counts are refused", "[thread
   CHECK_THROWS_AS(tandem::ThreadPool(-5), tandem::Error);
   CHECK_THROWS_AS(tandem::ThreadPool(tandem::ThreadPool::max_threads + 1), tandem::Error);
   CHECK(tandem::ThreadPool(0).size() == tandem::ThreadPool::physical_cores());
+}
+
+TEST_CASE("thread pool: when the OS refuses a worker, the pool fails cleanly instead of hanging",
+          "[thread_pool]") {
+#if defined(__SANITIZE_ADDRESS__)
+  WARN("skipped under AddressSanitizer: its shadow memory cannot live under an address-space limit");
+  return;
+#else
+  // In a child process: cap the address space so thread stacks run out after a few workers, then
+  // ask for 2000. alarm() turns a deadlock into a failed test rather than a hung suite.
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    alarm(30);
+    struct rlimit limit {};
+    getrlimit(RLIMIT_AS, &limit);
+    limit.rlim_cur = rlim_t{512} << 20;
+    if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(3);
+    try {
+      tandem::ThreadPool pool(2000);
+      _exit(pool.size() == 2000 ? 4 : 5);  // the limit did not bite: inconclusive
+    } catch (const tandem::Error& e) {
+      const bool names_it = std::string(e.what()).find("cannot start worker thread") != std::string::npos;
+      _exit(e.kind() == tandem::ErrorKind::out_of_memory && names_it ? 0 : 1);
+    } catch (...) {
+      _exit(2);
+    }
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));  // not killed by SIGALRM (a hang) or a crash
+  if (WEXITSTATUS(status) == 4) {
+    WARN("inconclusive: 2000 threads fit under the address-space limit here");
+    return;
+  }
+  CHECK(WEXITSTATUS(status) == 0);
+#endif
 }
