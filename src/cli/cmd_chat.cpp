@@ -84,6 +84,7 @@ std::vector<int32_t> fit_prompt(nlohmann::json& messages, const Tokenizer& token
     ChatRequest request;
     request.messages = &messages;
     request.add_generation_prompt = true;
+    request.cancel = &InterruptScope::flag();  // Ctrl-C stops a runaway template too
     auto prompt = tokenizer.encode(tmpl.render(request), /*add_special=*/false);
     if (static_cast<int64_t>(prompt.size()) + reply_room <= context_tokens) return prompt;
     size_t first = 0;
@@ -108,7 +109,8 @@ int chat_command(const ChatFlags& flags) {
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
-  warn_past_trained_context(engine->config(), flags.context_tokens, "-c/--ctx");
+  const int64_t context_tokens = engine->options().max_context_tokens;
+  warn_past_trained_context(engine->config(), context_tokens, "-c/--ctx");
   const Tokenizer* tokenizer = &require_tokenizer(*engine, flags.model_path);
   std::unique_ptr<ChatTemplate> custom;
   if (flags.chat_template || !flags.chat_template_file.empty())
@@ -124,8 +126,8 @@ int chat_command(const ChatFlags& flags) {
   if (!flags.ignore_eos) options.eos_ids = eos_ids_for(engine->config(), tokenizer);
 
   // Room a reply needs: all of -n when it is set, else a quarter of the context.
-  const int64_t reply_room = std::min(flags.context_tokens / 2,
-                                      flags.max_new_tokens >= 0 ? flags.max_new_tokens + 1 : flags.context_tokens / 4);
+  const int64_t reply_room = std::min(context_tokens / 2,
+                                      flags.max_new_tokens >= 0 ? flags.max_new_tokens + 1 : context_tokens / 4);
   nlohmann::json messages = nlohmann::json::array();
   if (!flags.system.empty()) messages.push_back({{"role", "system"}, {"content", flags.system}});
   const auto session = engine->new_session();
@@ -169,7 +171,7 @@ int chat_command(const ChatFlags& flags) {
 
     messages.push_back({{"role", "user"}, {"content", line}});
     try {
-      const auto prompt = fit_prompt(messages, *tokenizer, *tmpl, flags.context_tokens, reply_room);
+      const auto prompt = fit_prompt(messages, *tokenizer, *tmpl, context_tokens, reply_room);
       const auto result = generate(*session, tokenizer, prompt, options, [](int32_t, std::string_view text) {
         std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);
@@ -182,7 +184,7 @@ int chat_command(const ChatFlags& flags) {
                    result.stop == StopReason::cancelled ? ", interrupted" : "");
       if (result.stop == StopReason::context_full)
         fmt::print(stderr, "(the context of {} tokens is full: the reply was cut; the oldest turns will be "
-                           "dropped next turn, or type /clear)\n", flags.context_tokens);
+                           "dropped next turn, or type /clear)\n", context_tokens);
       messages.push_back({{"role", "assistant"}, {"content", result.text}});
     } catch (const Error& e) {
       // The turn failed: forget it and keep the conversation usable.

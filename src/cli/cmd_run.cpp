@@ -116,7 +116,7 @@ int run_command(const RunFlags& flags) {
   if (static_cast<int64_t>(prompt.size()) > engine->config().max_position_embeddings)
     warn_past_trained_context(engine->config(), static_cast<int64_t>(prompt.size()), "the prompt");
   else
-    warn_past_trained_context(engine->config(), flags.context_tokens, "-c/--ctx");
+    warn_past_trained_context(engine->config(), engine->options().max_context_tokens, "-c/--ctx");
 
   GenerateOptions options;
   options.sampling = flags.sampling();

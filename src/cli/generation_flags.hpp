@@ -68,7 +68,7 @@ struct GenerationFlags {
   std::vector<std::string> stops;
   bool ignore_eos = false;
   int threads = 0;
-  int64_t context_tokens = 4096;
+  int64_t context_tokens = 0;  // 0: the model's trained context, at most 4096
   std::string placement;  // LoadOptions::placement
   std::vector<std::string> override_kv;
   bool stats = false;  // print the speed line even when stderr is not a terminal
@@ -98,7 +98,8 @@ struct GenerationFlags {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past EOS tokens");
     app.add_option("-t,--threads", threads, "CPU threads, 0 = one per physical core")->capture_default_str();
-    app.add_option("-c,--ctx,--ctx-size", context_tokens, "context length of the session in tokens")
+    app.add_option("-c,--ctx,--ctx-size", context_tokens,
+                   "context length of the session in tokens (0 = the model's trained context, at most 4096)")
         ->capture_default_str();
     add_placement_flag(app, placement);
     add_override_kv_flag(app, override_kv);
@@ -111,7 +112,9 @@ struct GenerationFlags {
     const auto fail = [](const std::string& message) { throw Error(ErrorKind::invalid_argument, message); };
     if (max_new_tokens < -1) fail(fmt::format("-n/--max-tokens must be -1 (until EOS) or more, not {}", max_new_tokens));
     if (threads < 0) fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", threads));
-    if (context_tokens < 1) fail(fmt::format("-c/--ctx must be at least 1 token, not {}", context_tokens));
+    if (context_tokens < 0 || context_tokens > (int64_t{1} << 24))
+      fail(fmt::format("-c/--ctx must be within [1, {}] tokens (0 = the model's), not {}", int64_t{1} << 24,
+                       context_tokens));
     if (!std::isfinite(temperature) || temperature < 0 || temperature > 100)
       fail(fmt::format("--temp must be within [0, 100] (0 = greedy), not {}", temperature));
     if (top_k < 0) fail(fmt::format("--top-k must be 0 (off) or more, not {}", top_k));

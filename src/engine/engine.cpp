@@ -36,17 +36,27 @@ void check_options(const LoadOptions& o) {
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("load option {} must be positive, got {}", name, v));
   };
-  positive(o.max_context_tokens, "max_context_tokens");
+  if (o.max_context_tokens != 0) positive(o.max_context_tokens, "max_context_tokens");  // 0: the model's
   positive(o.max_sessions, "max_sessions");
   positive(o.kv_block_tokens, "kv_block_tokens");
   positive(o.max_batch_tokens, "max_batch_tokens");
-  if (o.max_batch_tokens > (int64_t{1} << 20) || o.max_context_tokens > (int64_t{1} << 24) ||
-      o.max_sessions > 4096)
-    throw Error(ErrorKind::out_of_range,
-                "load options: max_batch_tokens, max_context_tokens or max_sessions too large");
+  const auto at_most = [](int64_t v, int64_t limit, const char* what) {
+    if (v > limit)
+      throw Error(ErrorKind::out_of_range, fmt::format("{} of {} is more than the {} supported", what, v, limit));
+  };
+  at_most(o.max_batch_tokens, int64_t{1} << 20, "a batch (max_batch_tokens)");
+  at_most(o.max_context_tokens, int64_t{1} << 24, "a context (max_context_tokens, the CLI's -c/--ctx)");
+  at_most(o.max_sessions, 4096, "max_sessions");
 }
 
 class CpuEngine;
+
+// LoadOptions::max_context_tokens == 0: the model's trained context, at most 4096 tokens (a KV cache
+// for a 128k-token context by default would surprise anyone on a small machine).
+int64_t default_context_tokens(const ModelConfig& config) {
+  constexpr int64_t cap = 4096;
+  return config.max_position_embeddings > 0 ? std::min(config.max_position_embeddings, cap) : cap;
+}
 
 class EngineSession final : public Session {
  public:
@@ -77,6 +87,7 @@ class CpuEngine final : public Engine {
  public:
   CpuEngine(ModelFiles files, const LoadOptions& options, Placement placement)
       : files_(std::move(files)), options_(options), placement_(std::move(placement)) {
+    if (options_.max_context_tokens == 0) options_.max_context_tokens = default_context_tokens(files_.config);
     auto step = [&](float fraction, std::string_view stage) {
       if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
       if (options_.progress) options_.progress(fraction, stage);
@@ -196,8 +207,10 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
   const int64_t start = position();
   const int64_t n = static_cast<int64_t>(ids.size());
   if (start + n > o.max_context_tokens)
-    throw Error(ErrorKind::out_of_range, fmt::format("context of {} tokens would pass max_context_tokens {}",
-                                                     start + n, o.max_context_tokens));
+    throw Error(ErrorKind::out_of_range,
+                fmt::format("{} tokens would not fit the session's context of {} tokens (the CLI's -c/--ctx, "
+                            "max_context_tokens in the API)",
+                            start + n, o.max_context_tokens));
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= vocab)
       throw Error(ErrorKind::invalid_argument,

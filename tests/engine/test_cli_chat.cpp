@@ -10,10 +10,12 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/fixtures.hpp"
@@ -210,6 +212,46 @@ TEST_CASE("cli chat: Ctrl-C stops a long reply and the chat goes on", "[cli][cha
   REQUIRE(chat.wait_for(" tok/s, interrupted]", from, 30));
   const size_t after = chat.output.find(" tok/s, interrupted]", from);
   REQUIRE(chat.wait_for("> ", after));
+  chat.type("\x04");
+  CHECK(chat.wait_exit() == 0);
+}
+
+TEST_CASE("cli chat: Ctrl-C stops a runaway chat template and the chat goes on", "[cli][chat]") {
+  const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
+  const auto template_file = std::filesystem::temp_directory_path() / "tandem-runaway-template.jinja";
+  std::ofstream(template_file) << "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x";
+  PtyProcess chat({tandem::test::cli_path(), "chat", "-m", model, "-n", "4", "--chat-template-file",
+                   template_file.string()});
+  REQUIRE(chat.wait_for("> ", 0));
+  size_t from = chat.output.size();
+  chat.type("hello\n");
+  REQUIRE(chat.wait_for("hello\n", from));
+  from = chat.output.find("hello\n", from) + 6;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // rendering is under way
+  chat.type("\x03");
+  REQUIRE(chat.wait_for("tandem: error:", from, 30));
+  REQUIRE(chat.wait_for("> ", from));
+  chat.type("\x04");
+  CHECK(chat.wait_exit() == 0);
+  std::filesystem::remove(template_file);
+}
+
+TEST_CASE("cli chat: a full context drops the oldest turns; /clear forgets the conversation", "[cli][chat]") {
+  const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
+  PtyProcess chat({tandem::test::cli_path(), "chat", "-m", model, "-n", "4", "--ctx", "48", "--seed", "1",
+                   "--ignore-eos"});
+  REQUIRE(chat.wait_for("> ", 0));
+  size_t from = chat.output.size();
+  // Each turn is ~14 tokens of template and text plus 4 of reply: the third no longer fits 48 - 5.
+  for (const char* line : {"one two three", "four five six", "seven eight nine"}) {
+    chat.type(std::string(line) + "\n");
+    REQUIRE(chat.wait_for(" tok/s]", from, 30));
+    from = chat.output.find(" tok/s]", from) + 7;
+  }
+  CHECK(chat.output.find("(context full: dropped the oldest turn)") != std::string::npos);
+  CHECK(chat.output.find("tandem: error:") == std::string::npos);
+  chat.type("/clear\n");
+  REQUIRE(chat.wait_for("(conversation cleared)", from, 30));
   chat.type("\x04");
   CHECK(chat.wait_exit() == 0);
 }

@@ -56,7 +56,7 @@ TEST_CASE("cli habits: values a user would not mean are refused, naming the flag
   } cases[] = {
       {"-n -2", "-n/--max-tokens"},     {"-t -5", "-t/--threads"},  {"--temp 1e30", "--temp"},
       {"--temp nan", "--temp"},         {"--top-p 1.5", "--top-p"}, {"--min-p -1", "--min-p"},
-      {"--repeat-penalty 0", "--repeat-penalty"}, {"-c 0", "-c/--ctx"},
+      {"--repeat-penalty 0", "--repeat-penalty"}, {"-c -1", "-c/--ctx"},
   };
   for (const auto& c : cases) {
     INFO(c.flags);

@@ -203,6 +203,23 @@ TEST_CASE("limits give typed errors", "[engine][kv][errors]") {
     LoadOptions options;
     options.kv_block_tokens = 0;
     CHECK_THROWS_AS(Engine::load(test::data_dir() + "/tiny-qwen3moe", options), Error);
+    options = LoadOptions{};
+    options.max_context_tokens = -3;
+    CHECK_THROWS_AS(Engine::load(test::data_dir() + "/tiny-qwen3moe", options), Error);
+    options.max_context_tokens = int64_t{1} << 30;
+    CHECK_THROWS_WITH(Engine::load(test::data_dir() + "/tiny-qwen3moe", options),
+                      Catch::Contains("-c/--ctx") && Catch::Contains("1073741824"));
+  }
+  SECTION("max_context_tokens 0 takes the model's trained context, at most 4096") {
+    LoadOptions options;
+    options.max_context_tokens = 0;
+    options.max_sessions = 1;
+    options.load_tokenizer = false;
+    auto engine = Engine::load(test::data_dir() + "/tiny-qwen3moe", options);
+    REQUIRE(engine->config().max_position_embeddings == 1024);
+    CHECK(engine->options().max_context_tokens == 1024);
+    auto bundled = Engine::load(test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf", options);
+    CHECK(bundled->options().max_context_tokens == std::min<int64_t>(4096, bundled->config().max_position_embeddings));
   }
 }
 

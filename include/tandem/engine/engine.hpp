@@ -25,7 +25,9 @@ class Session;
 
 struct LoadOptions {
   int threads = 0;                    // 0 = one per physical core
-  int64_t max_context_tokens = 4096;  // per session; requests past it get Error(out_of_range)
+  // Per session; requests past it get Error(out_of_range). 0: the model's trained context, at most
+  // 4096; options() reports the value chosen.
+  int64_t max_context_tokens = 4096;
   int64_t max_sessions = 4;           // the KV pool holds max_sessions × max_context_tokens
   int64_t kv_block_tokens = 16;       // tokens per KV block
   int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
