@@ -5,12 +5,13 @@
 
 #include <algorithm>
 #include <charconv>
-#include <fstream>
+#include <sstream>
 #include <set>
 #include <type_traits>
 #include <utility>
 
 #include "tandem/error.hpp"
+#include "tandem/formats/read_file.hpp"
 #include "tandem/model/weights.hpp"
 
 namespace tandem {
@@ -210,8 +211,14 @@ Placement Placement::parse(std::string_view rules, bool gpu_available) {
   if (!rules.empty() && rules.front() == '@') {
     const std::string path(trim(rules.substr(1)));
     if (path.empty()) throw Error(ErrorKind::invalid_argument, "placement: '@' must be followed by a rules file path");
-    std::ifstream in(path);
-    if (!in) throw Error(ErrorKind::io, fmt::format("placement: cannot read rules file '{}'", path));
+    // A rules file is a few lines: 1 MB is generous, and a device or FIFO is refused, not read forever.
+    std::string text;
+    try {
+      text = read_file_bytes(path, uint64_t{1} << 20);
+    } catch (const Error& e) {
+      throw Error(e.kind(), fmt::format("placement: rules file: {}", e.what()));
+    }
+    std::istringstream in(text);
     std::string line;
     for (int number = 1; std::getline(in, line); ++number) {
       std::string_view body = line;
@@ -226,7 +233,6 @@ Placement Placement::parse(std::string_view rules, bool gpu_available) {
         pos = comma + 1;
       }
     }
-    if (in.bad()) throw Error(ErrorKind::io, fmt::format("placement: error reading rules file '{}'", path));
   } else if (!rules.empty()) {
     size_t pos = 0;
     int number = 1;

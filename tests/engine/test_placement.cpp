@@ -166,6 +166,16 @@ TEST_CASE("placement rules from @FILE: one per line, # comments", "[engine][plac
   CHECK_THAT(error_message([&] { (void)Placement::parse("@" + path.string(), false); }, ErrorKind::io),
              Contains(path.string()));
   CHECK_THAT(parse_error("@"), Contains("rules file path"));
+  // A device or an oversized file is refused, never read without end.
+  CHECK_THAT(error_message([&] { (void)Placement::parse("@/dev/zero", false); }, ErrorKind::io),
+             Contains("/dev/zero") && Contains("not a regular file"));
+  {
+    std::ofstream out(path);
+    out << std::string((size_t{1} << 20) + 1, '#');
+  }
+  CHECK_THAT(error_message([&] { (void)Placement::parse("@" + path.string(), false); }, ErrorKind::corrupt_file),
+             Contains(path.string()));
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("every role of the bundled models resolves, bytes per group add up", "[engine][placement]") {
