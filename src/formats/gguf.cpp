@@ -321,12 +321,26 @@ class GgufParser {
         }
         // Charged and reserved in full before parsing: the count is bounded by the bytes left and the
         // budget, and an exact reserve avoids the 2x of growing by doubling.
-        budget.charge(count * sizeof(GgufValue), r.pos() + count * min_encoded_bytes(static_cast<GgufType>(elem_type)),
+        const uint64_t element_bytes =
+            elem_type == static_cast<uint32_t>(GgufType::string) ? sizeof(uint64_t) : sizeof(GgufValue);
+        budget.charge(count * element_bytes, r.pos() + count * min_encoded_bytes(static_cast<GgufType>(elem_type)),
                       where);
         GgufArray arr;
         arr.element_type = static_cast<GgufType>(elem_type);
-        arr.values.reserve(count);
-        for (uint64_t i = 0; i < count; ++i) arr.values.push_back(read_value(r, elem_type, where, depth + 1, file, budget));
+        if (arr.element_type == GgufType::string) {
+          arr.string_ends.reserve(count);
+          for (uint64_t i = 0; i < count; ++i) {
+            const std::string s = r.read_string(where);
+            budget.charge(s.size(), r.pos(), where);
+            arr.string_bytes += s;
+            arr.string_ends.push_back(arr.string_bytes.size());
+          }
+          arr.string_bytes.shrink_to_fit();
+        } else {
+          arr.values.reserve(count);
+          for (uint64_t i = 0; i < count; ++i)
+            arr.values.push_back(read_value(r, elem_type, where, depth + 1, file, budget));
+        }
         v.value = std::move(arr);
         break;
       }

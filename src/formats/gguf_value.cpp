@@ -1,6 +1,8 @@
 #include "tandem/error.hpp"
 #include "tandem/formats/gguf.hpp"
 
+#include <string>
+
 namespace tandem {
 namespace {
 
@@ -59,6 +61,16 @@ const std::string& GgufValue::as_string() const {
 const GgufArray& GgufValue::as_array() const {
   if (const auto* a = std::get_if<GgufArray>(&value)) return *a;
   mismatch(type, "an array");
+}
+
+std::string_view GgufArray::string_at(size_t i) const {
+  if (element_type != GgufType::string)
+    throw Error(ErrorKind::corrupt_file,
+                std::string("GGUF array of ") + gguf_type_name(element_type) + " read as an array of strings");
+  if (i >= string_ends.size())
+    throw Error(ErrorKind::internal, "GGUF string array index " + std::to_string(i) + " out of range");
+  const uint64_t begin = i == 0 ? 0 : string_ends[i - 1];
+  return std::string_view(string_bytes).substr(begin, string_ends[i] - begin);
 }
 
 }  // namespace tandem

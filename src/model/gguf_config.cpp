@@ -120,7 +120,7 @@ void read_common(const GgufKeys& keys, const GgufFile& file, ModelConfig& c, std
   if (auto vocab = keys.get_int("vocab_size")) {
     c.vocab_size = *vocab;
   } else if (const GgufValue* tokens = file.find("tokenizer.ggml.tokens")) {
-    c.vocab_size = static_cast<int64_t>(tokens->as_array().values.size());
+    c.vocab_size = static_cast<int64_t>(tokens->as_array().size());
   } else if (const TensorEntry* embd = file.tensors().find("token_embd.weight")) {
     c.vocab_size = embd->view.shape[0];
   }

@@ -125,10 +125,10 @@ std::string gguf_token(const GgufFile& gguf, const char* id_key) {
   auto id = gguf.get_int(id_key);
   const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens");
   if (!id || !tokens) return {};
-  const auto& values = tokens->as_array().values;
+  const GgufArray& values = tokens->as_array();
   // Out of the vocabulary: the template gets no such token (the model loader warns about the id).
   if (*id < 0 || static_cast<uint64_t>(*id) >= values.size()) return {};
-  return values[static_cast<size_t>(*id)].as_string();
+  return std::string(values.string_at(static_cast<size_t>(*id)));
 }
 
 std::unique_ptr<ChatTemplate> load_gguf(const std::string& path) {

@@ -70,9 +70,11 @@ TEST_CASE("gguf: a hand-built file gives back its metadata and tensors") {
   CHECK(g.get_float("qwen3moe.rope.freq_base") == 1e6);
   CHECK(g.require("flag").as_bool());
   const auto& toks = g.require("tokenizer.ggml.tokens").as_array();
-  REQUIRE(toks.values.size() == 3);
-  CHECK(toks.values[1].as_string() == "bc");
-  CHECK(toks.values[2].as_string().empty());
+  REQUIRE(toks.size() == 3);
+  CHECK(toks.values.empty());  // strings are stored compactly
+  CHECK(toks.string_at(1) == "bc");
+  CHECK(toks.string_at(2).empty());
+  CHECK_THROWS_AS(toks.string_at(3), tandem::Error);
   const auto& nested = g.require("nested").as_array();
   REQUIRE(nested.values.size() == 3);
   CHECK(nested.values[0].as_array().values[1].as_int() == 2);
@@ -247,10 +249,17 @@ TEST_CASE("gguf: metadata that would take far more memory than its bytes is refu
   vocab.kv_i32_array("tokenizer.ggml.token_type", n, 1);
   vocab.kv_string_array("tokenizer.ggml.merges", merges);
   CHECK(error_of(vocab.bytes()) == "no error");
-  // Past the fixed allowance but within the factor: 2M empty strings, 96 MB parsed from 16 MB.
+  // 2M empty strings (16 MB of file) parse, stored compactly: 8 bytes of offset each, no more.
   GgufTestWriter empties;
   empties.kv_string_array("empty", std::vector<std::string>(size_t{1} << 21));
-  CHECK(error_of(empties.bytes()) == "no error");
+  const auto empty_bytes = empties.bytes();
+  CHECK(error_of(empty_bytes) == "no error");
+  const auto parsed = GgufFile::from_memory(empty_bytes.data(), empty_bytes.size(), "empties.gguf");
+  const GgufArray& array = parsed.require("empty").as_array();
+  CHECK(array.size() == (size_t{1} << 21));
+  CHECK(array.string_bytes.empty());
+  CHECK(array.string_ends.capacity() * sizeof(uint64_t) + array.values.capacity() * sizeof(GgufValue) <=
+        empty_bytes.size());
 }
 
 TEST_CASE("gguf: has_gguf_magic tells GGUF files apart and reports why a file cannot be read") {
@@ -368,7 +377,7 @@ TEST_CASE("gguf: every fixture GGUF opens, and f32 GGUFs equal the safetensors b
         ++opened;
         CHECK(g.version() == 3);
         CHECK(g.get_int(g.architecture() + ".block_count") == layers);
-        CHECK(g.require("tokenizer.ggml.tokens").as_array().values.size() == static_cast<size_t>(vocab));
+        CHECK(g.require("tokenizer.ggml.tokens").as_array().size() == static_cast<size_t>(vocab));
         const auto& emb = g.tensors().require("token_embd.weight").view;
         CHECK(emb.shape == Shape{vocab, hidden});
         for (const auto& e : g.tensors().entries()) {

@@ -245,3 +245,20 @@ TEST_CASE("every supported GGUF pre-tokenizer name loads and round-trips text", 
   CHECK_THROWS_WITH(Tokenizer::from_gguf(tandem::GgufFile::from_memory(spm.data(), spm.size(), "x.gguf")),
                     Catch::Contains("'llama'"));
 }
+
+TEST_CASE("a GGUF vocabulary of millions of empty entries is refused, not held in memory", "[tokenizer][gguf]") {
+  tandem::test::GgufTestWriter writer;
+  writer.kv_string("general.architecture", "qwen3moe");
+  writer.kv_string("tokenizer.ggml.model", "gpt2");
+  std::vector<std::string> tokens(size_t{1} << 20);
+  tokens[0] = "a";
+  writer.kv_string_array("tokenizer.ggml.tokens", tokens);
+  const auto bytes = writer.bytes();
+  const auto gguf = tandem::GgufFile::from_memory(bytes.data(), bytes.size(), "empties.gguf");
+  CHECK_THROWS_WITH(Tokenizer::from_gguf(gguf), Catch::Contains("empties.gguf") &&
+                                                    Catch::Contains("1048575 empty entries of 1048576"));
+  // A few empty entries (placeholders) are fine.
+  const auto few = tiny_vocab_gguf("gpt2", "qwen2", false);
+  const auto few_gguf = tandem::GgufFile::from_memory(few.data(), few.size(), "vocab.gguf");
+  CHECK_NOTHROW(Tokenizer::from_gguf(few_gguf));
+}

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -22,7 +23,16 @@ enum class GgufType : uint32_t {
 struct GgufValue;
 struct GgufArray {
   GgufType element_type = GgufType::u8;
+  // Elements of every type but string. String arrays (vocabularies: 100k+ entries) are kept
+  // compact instead: their bytes concatenated, plus each one's end offset, so that a file of
+  // millions of short strings costs about its own size in memory, not 48 bytes per entry more.
   std::vector<GgufValue> values;
+  std::string string_bytes;
+  std::vector<uint64_t> string_ends;
+
+  size_t size() const { return element_type == GgufType::string ? string_ends.size() : values.size(); }
+  // Element i of a string array; throws Error(corrupt_file) for another element type or i >= size().
+  std::string_view string_at(size_t i) const;
 };
 
 struct GgufValue {

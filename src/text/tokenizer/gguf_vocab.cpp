@@ -106,21 +106,30 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& gguf) {
                                             "' is not supported (only gpt2, byte-level BPE)");
   const GgufValue& tokens_value = gguf.require("tokenizer.ggml.tokens");
   const GgufArray& tokens = tokens_value.as_array();
-  if (tokens.values.empty() || tokens.values.size() > (size_t{1} << 24))
-    throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.tokens has " +
-                                             std::to_string(tokens.values.size()) + " entries");
+  if (tokens.element_type != GgufType::string || tokens.size() == 0 || tokens.size() > (size_t{1} << 24))
+    throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.tokens has " + std::to_string(tokens.size()) +
+                                             " entries (expected 1 to 16M strings)");
+  // A real vocabulary has no (or a handful of) empty entries. Millions of them cost the file 8
+  // bytes each but the tokenizer ~100 (a string and its map entries): refuse such a file.
+  size_t empty = 0;
+  for (size_t id = 0; id < tokens.size(); ++id) empty += tokens.string_at(id).empty();
+  if (empty > 256 && empty > tokens.size() / 100)
+    throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.tokens has " + std::to_string(empty) +
+                                             " empty entries of " + std::to_string(tokens.size()));
   const GgufValue* types_value = gguf.find("tokenizer.ggml.token_type");
   const GgufArray* types = types_value ? &types_value->as_array() : nullptr;
-  if (types && types->values.size() != tokens.values.size())
+  if (types && types->size() != tokens.size())
     throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.token_type has " +
-                                             std::to_string(types->values.size()) + " entries for " +
-                                             std::to_string(tokens.values.size()) + " tokens");
+                                             std::to_string(types->size()) + " entries for " +
+                                             std::to_string(tokens.size()) + " tokens");
+  if (types && types->element_type == GgufType::string)
+    throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.token_type holds strings, not integers");
 
   text::TokenizerParts parts;
   std::vector<std::string> vocab;
-  vocab.reserve(tokens.values.size());
-  for (size_t id = 0; id < tokens.values.size(); ++id) {
-    vocab.push_back(tokens.values[id].as_string());
+  vocab.reserve(tokens.size());
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    vocab.emplace_back(tokens.string_at(id));
     const int64_t type = types ? types->values[id].as_int() : normal;
     if (type == control || type == user_defined) {
       text::AddedToken added;
@@ -133,10 +142,12 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& gguf) {
 
   std::vector<std::pair<std::string, std::string>> merges;
   if (const GgufValue* merges_value = gguf.find("tokenizer.ggml.merges")) {
-    const auto& list = merges_value->as_array().values;
+    const GgufArray& list = merges_value->as_array();
+    if (list.element_type != GgufType::string)
+      throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.merges is not an array of strings");
     merges.reserve(list.size());
     for (size_t i = 0; i < list.size(); ++i) {
-      const std::string& merge = list[i].as_string();
+      const std::string merge(list.string_at(i));
       const size_t space = merge.find(' ', 1);
       if (space == std::string::npos)
         throw Error(ErrorKind::corrupt_file, file + ": tokenizer.ggml.merges[" + std::to_string(i) +
