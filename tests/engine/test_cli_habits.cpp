@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -176,4 +179,40 @@ TEST_CASE("cli habits: a context past the model's trained one is a warning", "[c
   const auto within = run_cli_captured(run_ids("-n 2 -c 4096"));
   REQUIRE(within.exit_code == 0);
   CHECK(within.err.find("trained context") == std::string::npos);
+}
+
+TEST_CASE("cli habits: Ctrl-C in run prints the statistics with stop reason cancelled", "[cli][habits]") {
+  int err_pipe[2];
+  REQUIRE(pipe(err_pipe) == 0);
+  const std::string cli = tandem::test::cli_path();
+  const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    dup2(err_pipe[1], STDERR_FILENO);
+    close(err_pipe[0]);
+    close(err_pipe[1]);
+    if (FILE* null = std::fopen("/dev/null", "w")) dup2(fileno(null), STDOUT_FILENO);
+    execl(cli.c_str(), cli.c_str(), "run", "-m", model.c_str(), "--ids", "1,2,3", "-n", "-1", "--ignore-eos",
+          "-c", "1000000", "--stats", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(err_pipe[1]);
+  std::string err;
+  char buffer[4096];
+  // Wait until loading is over (the context warning is printed after load), then interrupt.
+  while (err.find("trained context") == std::string::npos) {
+    const ssize_t n = read(err_pipe[0], buffer, sizeof buffer);
+    if (n <= 0) break;
+    err.append(buffer, static_cast<size_t>(n));
+  }
+  usleep(300 * 1000);
+  kill(pid, SIGINT);
+  for (ssize_t n; (n = read(err_pipe[0], buffer, sizeof buffer)) > 0;) err.append(buffer, static_cast<size_t>(n));
+  close(err_pipe[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 130);
+  CHECK(err.find("stop: cancelled]") != std::string::npos);
 }
