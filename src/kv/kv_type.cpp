@@ -21,16 +21,19 @@ bool cpu_has_f16c() noexcept {
   return has;
 }
 
-__attribute__((target("avx,f16c"))) void encode_f16_f16c(const float* src, uint16_t* dst, int64_t n) noexcept {
+__attribute__((target("avx,f16c"))) void encode_f16_f16c(const float* src, uint16_t* dst,
+                                                         int64_t n) noexcept {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m128i h =
+        _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
   }
   for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
 }
 
-__attribute__((target("avx,f16c"))) void decode_f16_f16c(const uint16_t* src, float* dst, int64_t n) noexcept {
+__attribute__((target("avx,f16c"))) void decode_f16_f16c(const uint16_t* src, float* dst,
+                                                         int64_t n) noexcept {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));

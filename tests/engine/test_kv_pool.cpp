@@ -63,9 +63,10 @@ TEST_CASE("KV types: names, parsing, sizes", "[kv]") {
 TEST_CASE("KV row conversion rounds to nearest even and widens exactly", "[kv]") {
   // Values covering normals, subnormal halves, ties, overflow to infinity, and lengths with and
   // without a vector tail; the scalar reference converters are the ground truth.
-  std::vector<float> src = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 65520.0f, 1e-7f, -3e-5f, 6.1e-5f,
-                            1.0009765625f + 0.00048828125f, 3.14159265f, -1e30f, 0.333333f, 1.00390625f,
-                            2.0f, 7.77e-3f, 123.456f};
+  std::vector<float> src = {0.0f,        -0.0f,   1.0f,      -2.5f,       65504.0f,
+                            65520.0f,    1e-7f,   -3e-5f,    6.1e-5f,     1.0009765625f + 0.00048828125f,
+                            3.14159265f, -1e30f,  0.333333f, 1.00390625f, 2.0f,
+                            7.77e-3f,    123.456f};
   for (const KvType type : {KvType::f16, KvType::bf16, KvType::f32}) {
     std::vector<uint8_t> stored(src.size() * kv_type_bytes(type));
     kv_encode_row(type, src.data(), stored.data(), static_cast<int64_t>(src.size()));
@@ -116,7 +117,8 @@ TEST_CASE("KV pool: reference counts, sharing, copy-on-write, release", "[kv]") 
   for (int64_t p = 0; p < 10; ++p)
     for (int64_t layer = 0; layer < 2; ++layer)
       for (int64_t plane = 0; plane < 2; ++plane)
-        a.write_row(pool, layer, plane, p, row_values(static_cast<float>(p * 4 + layer * 2 + plane), 12).data());
+        a.write_row(pool, layer, plane, p,
+                    row_values(static_cast<float>(p * 4 + layer * 2 + plane), 12).data());
 
   // b shares a's first 6 positions: two blocks, each now with two references.
   BlockTable b = a.share_prefix(pool, 6);
@@ -196,7 +198,8 @@ TEST_CASE("BlockTable::truncate releases whole blocks past the kept positions", 
 }
 
 TEST_CASE("Session::truncate keeps a prefix; continuing equals a fresh session", "[engine][kv]") {
-  const std::vector<int32_t> prompt = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287};
+  const std::vector<int32_t> prompt = {51, 261, 220, 80, 84, 72,  481, 263, 304,
+                                       86, 77,  280, 78, 87, 220, 73,  287};
   for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
     INFO(name);
     for (const KvType type : {KvType::f32, KvType::f16}) {
@@ -223,7 +226,8 @@ TEST_CASE("Session::truncate keeps a prefix; continuing equals a fresh session",
       fresh->prefill(whole, true);
       const auto f = fresh->all_logits();
       const auto got = s->all_logits();
-      CHECK(test::relative_max_error(got, f.subspan(6 * static_cast<size_t>(engine->config().vocab_size))) <= 1e-6);
+      CHECK(test::relative_max_error(got, f.subspan(6 * static_cast<size_t>(engine->config().vocab_size))) <=
+            1e-6);
       s->truncate(0);
       CHECK(s->position() == 0);
     }
@@ -246,7 +250,8 @@ TEST_CASE("Session::truncate keeps a prefix; continuing equals a fresh session",
 }
 
 TEST_CASE("generate reuses the longest common prefix and equals a fresh session", "[engine][generate][kv]") {
-  const std::vector<int32_t> first = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287};
+  const std::vector<int32_t> first = {51, 261, 220, 80, 84, 72,  481, 263, 304,
+                                      86, 77,  280, 78, 87, 220, 73,  287};
   std::vector<int32_t> diverging(first.begin(), first.begin() + 9);  // same 9 tokens, then others
   diverging.insert(diverging.end(), {400, 17, 5, 311, 90});
   GenerateOptions options;

@@ -76,7 +76,8 @@ class KvPool {
 
  private:
   size_t offset(int32_t block, int64_t layer, int64_t plane, int64_t slot) const {
-    return static_cast<size_t>(((layer * spec_.blocks + block) * planes_ + plane) * spec_.block_tokens + slot) *
+    return static_cast<size_t>(((layer * spec_.blocks + block) * planes_ + plane) * spec_.block_tokens +
+                               slot) *
            row_bytes_;
   }
   void check_in_use(int32_t id, const char* what) const;  // mutex_ held
