@@ -27,6 +27,7 @@ struct EvalFlags {
   int threads = 0;
   std::string placement;
   std::vector<std::string> override_kv;
+  std::string kv_type;  // --kv-type; "" = default
 };
 
 std::vector<int32_t> parse_ids(const std::string& text) {
@@ -57,6 +58,7 @@ int run_eval(const EvalFlags& flags) {
   options.max_sessions = 1;
   options.load_tokenizer = false;
   options.placement = flags.placement;
+  options.kv_type = kv_type_from_flag(flags.kv_type);
   options.overrides = model_overrides_from(flags.override_kv);
   // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
@@ -101,6 +103,7 @@ const RegisterCommand registration{CommandSpec{
       sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
       add_placement_flag(sub, flags->placement);
       add_override_kv_flag(sub, flags->override_kv);
+      add_kv_type_flag(sub, flags->kv_type);
       return [flags] { return run_eval(*flags); };
     }}};
 

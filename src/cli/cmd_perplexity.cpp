@@ -37,6 +37,7 @@ struct PerplexityFlags {
   int threads = 0;
   std::string placement;
   std::vector<std::string> override_kv;
+  std::string kv_type;  // --kv-type; "" = default
 };
 
 int run_perplexity(const PerplexityFlags& flags) {
@@ -48,6 +49,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   if (text.empty()) throw Error(ErrorKind::invalid_argument, fmt::format("{}: the text file is empty", flags.text_path));
 
   const ModelOverrides overrides = model_overrides_from(flags.override_kv);
+  const KvType kv_type = kv_type_from_flag(flags.kv_type);
   // The trained context is checked before loading: the KV cache is sized for --ctx.
   const int64_t trained = open_model_files(flags.model_path, overrides).config.max_position_embeddings;
   if (trained > 0 && flags.ctx > trained)
@@ -60,6 +62,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   load.max_context_tokens = flags.ctx;
   load.max_batch_tokens = flags.batch > 0 ? std::min(flags.batch, flags.ctx) : std::min<int64_t>(flags.ctx, 512);
   load.placement = flags.placement;
+  load.kv_type = kv_type;
   load.overrides = overrides;
   ProgressBar progress_bar;
   load.progress = progress_bar.callback();
@@ -120,6 +123,7 @@ const RegisterCommand registered{CommandSpec{
       sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
       add_placement_flag(sub, flags->placement);
       add_override_kv_flag(sub, flags->override_kv);
+      add_kv_type_flag(sub, flags->kv_type);
       return [flags] { return run_perplexity(*flags); };
     }}};
 

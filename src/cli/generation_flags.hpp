@@ -26,6 +26,23 @@ inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
                         "it, else all on cpu (docs/PLACEMENT.md)");
 }
 
+// `--kv-type f32|f16|bf16`: the one definition, used by every command that runs a model (run,
+// chat, eval, perplexity). An empty string means the default (LoadOptions::kv_type, f16).
+inline CLI::Option* add_kv_type_flag(CLI::App& app, std::string& type) {
+  return app.add_option("--kv-type", type,
+                        "KV cache element type: f16 (default, as llama.cpp), bf16, or f32 (exact float32 "
+                        "attention inputs; twice the memory)");
+}
+
+// The --kv-type value as a KvType ("" = the default); Error(invalid_argument) naming the flag.
+inline KvType kv_type_from_flag(const std::string& type) {
+  if (type.empty()) return LoadOptions{}.kv_type;
+  if (!is_kv_type_name(type))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--kv-type must be f32, f16 or bf16, not '{}'", type));
+  return parse_kv_type(type);
+}
+
 // `--override-kv KEY=TYPE:VALUE` (repeatable): the one definition, used by every command that
 // reads a model's config (run, chat, eval, inspect, perplexity).
 inline CLI::Option* add_override_kv_flag(CLI::App& app, std::vector<std::string>& specs) {
@@ -71,6 +88,7 @@ struct GenerationFlags {
   int64_t context_tokens = 0;  // 0: the model's trained context, at most 4096
   std::string placement;  // LoadOptions::placement
   std::vector<std::string> override_kv;
+  std::string kv_type;  // --kv-type; "" = default, or llama.cpp's -ctk/-ctv when both name it
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;
 
@@ -103,6 +121,7 @@ struct GenerationFlags {
         ->capture_default_str();
     add_placement_flag(app, placement);
     add_override_kv_flag(app, override_kv);
+    add_kv_type_flag(app, kv_type);
     app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
     llama.add_to(app);
   }
@@ -127,7 +146,15 @@ struct GenerationFlags {
       fail(fmt::format("--frequency-penalty must be within [-100, 100], not {}", frequency_penalty));
     if (!std::isfinite(presence_penalty) || std::abs(presence_penalty) > 100)
       fail(fmt::format("--presence-penalty must be within [-100, 100], not {}", presence_penalty));
-    llama.report();
+    llama.report(kv_type_name(resolved_kv_type()));
+  }
+
+  // --kv-type when given; else llama.cpp's -ctk/-ctv when both name the same supported type; else
+  // the default.
+  KvType resolved_kv_type() const {
+    if (!kv_type.empty()) return kv_type_from_flag(kv_type);
+    if (const auto from_llama = llama.kv_type()) return parse_kv_type(*from_llama);
+    return LoadOptions{}.kv_type;
   }
 
   SamplingParams sampling() const {
@@ -150,6 +177,7 @@ struct GenerationFlags {
     o.max_context_tokens = context_tokens;
     o.max_sessions = 1;
     o.placement = placement;
+    o.kv_type = resolved_kv_type();
     o.overrides = model_overrides_from(override_kv);
     return o;
   }

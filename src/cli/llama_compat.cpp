@@ -1,5 +1,7 @@
 #include "cli/llama_compat.hpp"
 
+#include "tandem/kv/kv_type.hpp"
+
 #include <fmt/core.h>
 
 #include <array>
@@ -35,22 +37,30 @@ void LlamaCompatFlags::add_to(CLI::App& app) {
   auto* group = app.add_option_group("llama.cpp spellings", "accepted so llama.cpp command lines run; see docs/CLI.md");
   group->add_option("--n-gpu-layers,--gpu-layers", n_gpu_layers,
                     "llama.cpp's layer offload (-ngl); Tandem places weights by role: use --placement");
-  group->add_option("--cache-type-k", cache_type_k, "llama.cpp's KV cache type for K (-ctk); not selectable yet");
-  group->add_option("--cache-type-v", cache_type_v, "llama.cpp's KV cache type for V (-ctv); not selectable yet");
+  group->add_option("--cache-type-k", cache_type_k, "llama.cpp's KV cache type for K (-ctk); with -ctv naming the same f32/f16/bf16, as --kv-type");
+  group->add_option("--cache-type-v", cache_type_v, "llama.cpp's KV cache type for V (-ctv); with -ctk naming the same f32/f16/bf16, as --kv-type");
   flash_attn = group->add_option("--flash-attn", flash_attn_value, "llama.cpp's flash attention switch (-fa); Tandem chooses itself")
       ->expected(0, 1);
   group->add_flag("--no-mmap", no_mmap, "llama.cpp's; Tandem always maps weight files (pages stay shared)");
   group->add_flag("--mlock", mlock, "llama.cpp's; not supported (weights stay mapped and pageable)");
 }
 
-void LlamaCompatFlags::report() const {
+std::optional<std::string> LlamaCompatFlags::kv_type() const {
+  if (cache_type_k.empty() || cache_type_k != cache_type_v || !is_kv_type_name(cache_type_k)) return std::nullopt;
+  return cache_type_k;
+}
+
+void LlamaCompatFlags::report(std::string_view kv_type_used) const {
   const auto note = [](std::string_view text) { fmt::print(stderr, "tandem: note: {}\n", text); };
   if (!n_gpu_layers.empty())
     note("-ngl/--n-gpu-layers is ignored: Tandem places weights by role, not by layer count; use "
          "--placement (e.g. 'experts=cpu,*=cuda:0', docs/PLACEMENT.md); the default already puts routed "
          "experts on the CPU and the rest on the GPU when the CUDA backend can run it");
-  if (!cache_type_k.empty() || !cache_type_v.empty())
-    note("-ctk/-ctv (--cache-type-k/v) are ignored: this build keeps the KV cache in float32");
+  if ((!cache_type_k.empty() || !cache_type_v.empty()) && kv_type() != std::optional<std::string>(kv_type_used))
+    note(fmt::format("-ctk/-ctv (--cache-type-k/v) {}/{} are not used: the KV cache is {} (one type for K and V: "
+                     "--kv-type f32|f16|bf16, or -ctk and -ctv naming the same one)",
+                     cache_type_k.empty() ? "-" : cache_type_k, cache_type_v.empty() ? "-" : cache_type_v,
+                     kv_type_used));
   if (flash_attn != nullptr && flash_attn->count() > 0) note("-fa/--flash-attn is ignored: Tandem picks its attention kernel itself");
   if (no_mmap) note("--no-mmap is ignored: Tandem always maps weight files read-only");
   if (mlock) note("--mlock is ignored: weights stay mapped and pageable");

@@ -4,6 +4,7 @@
 // flags that do not apply to Tandem are accepted and answered with what to use instead, so a
 // llama.cpp command line runs rather than failing on a parser error. docs/CLI.md lists them.
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,8 +22,12 @@ struct LlamaCompatFlags {
   bool mlock = false;
 
   void add_to(CLI::App& app);
-  // One note on stderr for each given flag that Tandem does not use, saying what to use instead.
-  void report() const;
+  // The KV type -ctk/-ctv select: both given and naming the same type Tandem has (f32, f16,
+  // bf16); otherwise nothing.
+  std::optional<std::string> kv_type() const;
+  // One note on stderr for each given flag that Tandem does not use, saying what to use instead;
+  // `kv_type_used` is the KV cache type the command runs with.
+  void report(std::string_view kv_type_used) const;
 };
 
 }  // namespace tandem::cli

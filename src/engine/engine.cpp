@@ -40,6 +40,9 @@ void check_options(const LoadOptions& o) {
   positive(o.max_sessions, "max_sessions");
   positive(o.kv_block_tokens, "kv_block_tokens");
   positive(o.max_batch_tokens, "max_batch_tokens");
+  if (o.kv_type != KvType::f32 && o.kv_type != KvType::f16 && o.kv_type != KvType::bf16)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("load option kv_type {} is not a KV type", static_cast<int>(o.kv_type)));
   const auto at_most = [](int64_t v, int64_t limit, const char* what) {
     if (v > limit)
       throw Error(ErrorKind::out_of_range, fmt::format("{} of {} is more than the {} supported", what, v, limit));
@@ -73,6 +76,7 @@ class EngineSession final : public Session {
   int64_t position() const override { return static_cast<int64_t>(tokens_.size()); }
   const std::vector<int32_t>& tokens() const override { return tokens_; }
   void reset() override;
+  void truncate(int64_t tokens) override;
   void cancel() override { cancel_.store(true); }
 
  private:
@@ -106,6 +110,7 @@ class CpuEngine final : public Engine {
     spec.layers = c.num_layers;
     spec.values_per_token = c.kv_values_per_token_per_layer();
     spec.block_tokens = options_.kv_block_tokens;
+    spec.dtype = options_.kv_type;
     spec.blocks =
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
@@ -200,6 +205,17 @@ void EngineSession::reset() {
   std::fill(logits_.begin(), logits_.end(), 0.0f);
 }
 
+void EngineSession::truncate(int64_t tokens) {
+  if (tokens < 0 || tokens > position())
+    throw Error(ErrorKind::out_of_range,
+                fmt::format("truncate: cannot keep {} tokens of a session holding {}", tokens, position()));
+  std::lock_guard lock(engine_.mutex_);
+  table_.truncate(*engine_.kv_, tokens);
+  tokens_.resize(static_cast<size_t>(tokens));
+  all_logits_.clear();
+  std::fill(logits_.begin(), logits_.end(), 0.0f);
+}
+
 void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
   if (ids.empty()) throw Error(ErrorKind::invalid_argument, "prefill: no token ids given");
   const LoadOptions& o = engine_.options_;
@@ -218,6 +234,9 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
 
   std::lock_guard lock(engine_.mutex_);
   table_.reserve(*engine_.kv_, start + n);
+  // A block shared with another table (a shared prefix) is copied before this session writes
+  // into it.
+  table_.make_writable(*engine_.kv_, start, start + n);
   if (all_logits)
     all_logits_.assign(static_cast<size_t>(n * vocab), 0.0f);
   else

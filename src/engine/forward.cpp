@@ -123,9 +123,10 @@ struct ForwardPass::Impl {
     backend.rope(rope, k.data(), T, nkv * hd, nkv, hd, positions.data());
     const int64_t kv_width = nkv * hd;
     for (int64_t t = 0; t < T; ++t) {
-      float* dst = tables[static_cast<size_t>(t)]->token_values(kv, layer, positions[static_cast<size_t>(t)]);
-      std::copy_n(k.data() + t * kv_width, kv_width, dst);
-      std::copy_n(v.data() + t * kv_width, kv_width, dst + kv_width);
+      const BlockTable& table = *tables[static_cast<size_t>(t)];
+      const int64_t p = positions[static_cast<size_t>(t)];
+      table.write_row(kv, layer, 0, p, k.data() + t * kv_width);
+      table.write_row(kv, layer, 1, p, v.data() + t * kv_width);
     }
     const AttentionBatch batch{T, positions.data(), tables.data()};
     backend.gqa_attention(kv, layer, batch, q.data(), nh, nkv, hd, softmax_scale, heads_out.data());
@@ -150,8 +151,8 @@ struct ForwardPass::Impl {
     backend.rope(rope, kv_a.data() + mla.kv_lora, T, kv_width, 1, mla.rope, positions.data());
     backend.rope(rope, q.data() + mla.nope, T, nh * q_head, nh, q_head, positions.data());
     for (int64_t t = 0; t < T; ++t) {
-      float* dst = tables[static_cast<size_t>(t)]->token_values(kv, layer, positions[static_cast<size_t>(t)]);
-      std::copy_n(kv_a.data() + t * kv_width, kv_width, dst);
+      tables[static_cast<size_t>(t)]->write_row(kv, layer, 0, positions[static_cast<size_t>(t)],
+                                                kv_a.data() + t * kv_width);
       for (int64_t h = 0; h < nh; ++h)
         std::copy_n(q.data() + (t * nh + h) * q_head + mla.nope, mla.rope,
                     q_rope.data() + (t * nh + h) * mla.rope);
@@ -225,6 +226,14 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
     if (c.start_position < 0 || c.table->capacity_tokens(m.kv) < c.start_position + n)
       throw Error(ErrorKind::out_of_range, fmt::format("forward: block table holds {} tokens, chunk needs {}",
                                                        c.table->capacity_tokens(m.kv), c.start_position + n));
+    // The rows written must be this sequence's alone (a shared block is copied first, by the owner
+    // of the table: BlockTable::make_writable).
+    const int64_t bt = m.kv.spec().block_tokens;
+    for (int64_t b = c.start_position / bt; n > 0 && b <= (c.start_position + n - 1) / bt; ++b)
+      if (m.kv.ref_count(c.table->blocks()[static_cast<size_t>(b)]) != 1)
+        throw Error(ErrorKind::internal,
+                    fmt::format("forward: positions {}..{} fall in a shared KV block; call make_writable first",
+                                b * bt, (b + 1) * bt - 1));
     for (int64_t i = 0; i < n; ++i) {
       const int32_t id = c.ids[static_cast<size_t>(i)];
       if (id < 0 || id >= cfg.vocab_size)

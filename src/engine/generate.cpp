@@ -112,13 +112,16 @@ GenerateResult generate(Session& session, const Tokenizer* tokenizer, std::span<
     return result;
   }
 
-  // Reuse what the session already holds when it is a proper prefix of the prompt.
+  // Reuse the longest common prefix of what the session holds and the prompt; at least one prompt
+  // token is prefilled so its logits exist.
   const auto& held = session.tokens();
-  size_t reused = 0;
-  if (held.size() < prompt.size() && std::equal(held.begin(), held.end(), prompt.begin()))
-    reused = held.size();
-  else if (!held.empty() || session.position() != 0)
+  const size_t common = static_cast<size_t>(
+      std::mismatch(held.begin(), held.end(), prompt.begin(), prompt.end()).first - held.begin());
+  const size_t reused = std::min(common, prompt.size() - 1);
+  if (reused == 0 && session.position() != 0)
     session.reset();
+  else if (static_cast<int64_t>(reused) != session.position())
+    session.truncate(static_cast<int64_t>(reused));
   const auto suffix = prompt.subspan(reused);
   result.stats.prefilled_tokens = static_cast<int64_t>(suffix.size());
 

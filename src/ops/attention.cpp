@@ -6,6 +6,7 @@
 
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/kv/kv_pool.hpp"
+#include "tandem/kv/kv_type.hpp"
 
 namespace tandem {
 namespace {
@@ -14,6 +15,20 @@ std::vector<float>& score_scratch(size_t n) {
   thread_local std::vector<float> scores;
   if (scores.size() < n) scores.resize(n);
   return scores;
+}
+
+// A cached row (or a slice of one) as float32: an f32 pool's rows are read in place, so f32 results
+// are bit-exact with a float cache; f16/bf16 rows are widened into per-thread scratch first.
+std::vector<float>& row_scratch(size_t n) {
+  thread_local std::vector<float> row;
+  if (row.size() < n) row.resize(n);
+  return row;
+}
+
+const float* read_values(const KvPool& kv, const std::byte* row, int64_t first, int64_t n, float* scratch) {
+  if (kv.dtype() == KvType::f32) return reinterpret_cast<const float*>(row) + first;
+  kv_decode_row(kv.dtype(), row + static_cast<size_t>(first) * kv_type_bytes(kv.dtype()), scratch, n);
+  return scratch;
 }
 
 float dot(const float* a, const float* b, int64_t n) {
@@ -40,21 +55,23 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
                    const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                    float* out) {
   const int64_t group = heads / kv_heads;
-  const int64_t kv_width = kv_heads * head_dim;
   pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
+    float* scratch = row_scratch(static_cast<size_t>(head_dim)).data();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads, g = h / group;
       const int64_t n = batch.positions[t] + 1;
       const BlockTable& table = *batch.tables[t];
       const float* qh = q + (t * heads + h) * head_dim;
       float* scores = score_scratch(static_cast<size_t>(n)).data();
-      for (int64_t s = 0; s < n; ++s)
-        scores[s] = dot(qh, table.token_values(kv, layer, s) + g * head_dim, head_dim) * softmax_scale;
+      for (int64_t s = 0; s < n; ++s) {
+        const float* kh = read_values(kv, table.row(kv, layer, 0, s), g * head_dim, head_dim, scratch);
+        scores[s] = dot(qh, kh, head_dim) * softmax_scale;
+      }
       softmax_in_place(scores, n);
       float* oh = out + (t * heads + h) * head_dim;
       std::fill(oh, oh + head_dim, 0.0f);
       for (int64_t s = 0; s < n; ++s) {
-        const float* vh = table.token_values(kv, layer, s) + kv_width + g * head_dim;
+        const float* vh = read_values(kv, table.row(kv, layer, 1, s), g * head_dim, head_dim, scratch);
         for (int64_t i = 0; i < head_dim; ++i) oh[i] += scores[s] * vh[i];
       }
     }
@@ -65,6 +82,7 @@ void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
                    const float* q_latent, const float* q_rope, int64_t heads, int64_t kv_lora,
                    int64_t rope_dim, float softmax_scale, float* out) {
   pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
+    float* scratch = row_scratch(static_cast<size_t>(kv_lora + rope_dim)).data();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads;
       const int64_t n = batch.positions[t] + 1;
@@ -73,14 +91,14 @@ void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
       const float* qr = q_rope + (t * heads + h) * rope_dim;
       float* scores = score_scratch(static_cast<size_t>(n)).data();
       for (int64_t s = 0; s < n; ++s) {
-        const float* cached = table.token_values(kv, layer, s);
+        const float* cached = read_values(kv, table.row(kv, layer, 0, s), 0, kv_lora + rope_dim, scratch);
         scores[s] = (dot(ql, cached, kv_lora) + dot(qr, cached + kv_lora, rope_dim)) * softmax_scale;
       }
       softmax_in_place(scores, n);
       float* oh = out + (t * heads + h) * kv_lora;
       std::fill(oh, oh + kv_lora, 0.0f);
       for (int64_t s = 0; s < n; ++s) {
-        const float* latent = table.token_values(kv, layer, s);
+        const float* latent = read_values(kv, table.row(kv, layer, 0, s), 0, kv_lora, scratch);
         for (int64_t i = 0; i < kv_lora; ++i) oh[i] += scores[s] * latent[i];
       }
     }

@@ -79,6 +79,19 @@ TEST_CASE("tandem eval writes [T, vocab] float32 logits matching golden", "[engi
   CHECK(test::argmax_mismatches(got, expected, 512) == 0);
   fs::remove(out);
 
+  // --kv-type: f32 reproduces the engine's f32 logits bit for bit; bf16 stays close; a type that
+  // does not exist is an error.
+  REQUIRE(run_cli({"eval", "-m", dir, "--ids", join_ids(ids), "--logits-out", out, "--kv-type", "f32"}) == 0);
+  const auto f32 = read_floats(out);
+  auto engine = test::load_for_test(dir, 16, 512, KvType::f32);
+  auto session = engine->new_session();
+  session->prefill(ids, true);
+  CHECK(f32 == std::vector<float>(session->all_logits().begin(), session->all_logits().end()));
+  REQUIRE(run_cli({"eval", "-m", dir, "--ids", join_ids(ids), "--logits-out", out, "--kv-type", "bf16"}) == 0);
+  CHECK(test::relative_max_error(read_floats(out), f32) <= 5e-3);
+  CHECK(run_cli({"eval", "-m", dir, "--ids", "1", "--logits-out", out, "--kv-type", "q8_0"}) == 1);
+  fs::remove(out);
+
   for (const std::string bad : {"1,2,512", "1,-2,3", "", "1,,2", "abc", "99999999999"}) {
     INFO("--ids '" << bad << "'");
     CHECK(run_cli({"eval", "-m", dir, "--ids", bad, "--logits-out", out}) == 1);

@@ -89,10 +89,34 @@ TEST_CASE("cli habits: llama.cpp's offload and cache flags run, with a note sayi
   CHECK(r.out == plain.out);
   CHECK(r.err.find("--placement") != std::string::npos);
   CHECK(r.err.find("-ctk/-ctv") != std::string::npos);
+  CHECK(r.err.find("q8_0/q8_0 are not used: the KV cache is f16") != std::string::npos);
   CHECK(r.err.find("--no-mmap") != std::string::npos);
   CHECK(r.err.find("--mlock") != std::string::npos);
   CHECK(r.err.find("-fa/--flash-attn") != std::string::npos);
   CHECK(r.err.find("At Most") == std::string::npos);
+}
+
+TEST_CASE("cli habits: --kv-type, and -ctk/-ctv naming one supported type, choose the KV cache type", "[cli][habits][kv]") {
+  const auto f32 = run_cli_captured(run_ids("-n 6 --kv-type f32"));
+  const auto ctk = run_cli_captured(run_ids("-n 6 -ctk f32 -ctv f32"));
+  const auto bf16 = run_cli_captured(run_ids("-n 6 --cache-type-k=bf16 --cache-type-v bf16"));
+  REQUIRE(f32.exit_code == 0);
+  REQUIRE(ctk.exit_code == 0);
+  REQUIRE(bf16.exit_code == 0);
+  CHECK(ctk.out == f32.out);
+  CHECK(ctk.err.find("-ctk/-ctv") == std::string::npos);  // used, so no note
+  CHECK(bf16.err.find("-ctk/-ctv") == std::string::npos);
+  // K and V differing, or one of them only: the note says what is used.
+  const auto mixed = run_cli_captured(run_ids("-n 2 -ctk f16 -ctv f32"));
+  REQUIRE(mixed.exit_code == 0);
+  CHECK(mixed.err.find("f16/f32 are not used: the KV cache is f16") != std::string::npos);
+  // --kv-type wins over -ctk/-ctv.
+  const auto both = run_cli_captured(run_ids("-n 2 --kv-type bf16 -ctk f32 -ctv f32"));
+  REQUIRE(both.exit_code == 0);
+  CHECK(both.err.find("the KV cache is bf16") != std::string::npos);
+  const auto bad = run_cli_captured(run_ids("-n 2 --kv-type q4_0"));
+  CHECK(bad.exit_code != 0);
+  CHECK(bad.err.find("--kv-type must be f32, f16 or bf16, not 'q4_0'") != std::string::npos);
 }
 
 TEST_CASE("cli habits: -s seeds sampling; -s -1 is random", "[cli][habits]") {

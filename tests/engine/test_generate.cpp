@@ -45,10 +45,16 @@ class ScriptedSession : public Session {
     tokens_.clear();
     ++resets;
   }
+  void truncate(int64_t tokens) override {
+    if (tokens < 0 || tokens > position()) throw Error(ErrorKind::out_of_range, "truncate past the end");
+    tokens_.resize(static_cast<size_t>(tokens));
+    truncations.push_back(tokens);
+  }
   void cancel() override {}
 
   std::vector<int64_t> prefilled;  // sizes of each prefill/decode call
   int resets = 0;
+  std::vector<int64_t> truncations;  // arguments of each truncate call
   int64_t cancel_at_ = -1;  // throw Error(cancelled) when the cache would pass this many tokens
 
  private:
@@ -303,6 +309,32 @@ TEST_CASE("generate: a session holding a prefix of the prompt prefills only the 
   generate(session, nullptr, other, options);
   CHECK(session.resets == 1);
   CHECK(session.prefilled.front() == 4);
+}
+
+TEST_CASE("generate: a prompt diverging mid-way keeps the common prefix and prefills the rest", "[generate]") {
+  ScriptedSession session(hashed_logits);
+  GenerateOptions options;
+  options.max_new_tokens = 3;
+  const std::vector<int32_t> first = {1, 2, 3, 4, 5, 6};
+  (void)generate(session, nullptr, first, options);
+  const std::vector<int32_t> edited = {1, 2, 3, 9, 9};
+  session.prefilled.clear();
+  const auto r = generate(session, nullptr, edited, options);
+  CHECK(session.resets == 0);
+  CHECK(session.truncations == std::vector<int64_t>{3});
+  CHECK(session.prefilled.front() == 2);
+  CHECK(r.stats.prefilled_tokens == 2);
+  ScriptedSession fresh(hashed_logits);
+  CHECK(generate(fresh, nullptr, edited, options).ids == r.ids);
+
+  // The whole prompt already held: it keeps all but the last token, which is prefilled again.
+  ScriptedSession held(hashed_logits);
+  held.prefill(std::vector<int32_t>{1, 2, 3, 9, 9, 4}, false);
+  session.prefilled.clear();
+  const auto again = generate(held, nullptr, edited, options);
+  CHECK(held.truncations == std::vector<int64_t>{4});
+  CHECK(again.stats.prefilled_tokens == 1);
+  CHECK(again.ids == r.ids);
 }
 
 TEST_CASE("generate: eos ids come from the config and the tokenizer", "[generate]") {

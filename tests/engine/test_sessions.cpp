@@ -244,7 +244,19 @@ TEST_CASE("engine reports where memory went and loads with progress", "[engine]"
   const int64_t moe_layers = c.num_layers - c.first_k_dense;
   CHECK(experts ==
         static_cast<uint64_t>(moe_layers * c.num_experts * 3 * c.moe_intermediate_size * c.hidden_size * 4));
-  CHECK(kv == static_cast<uint64_t>(c.num_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 64 * 4));
+  // The default KV type is f16: two bytes a value.
+  CHECK(kv == static_cast<uint64_t>(c.num_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 64 * 2));
+  for (const KvType type : {KvType::f32, KvType::bf16}) {
+    LoadOptions typed = options;
+    typed.progress = nullptr;
+    typed.kv_type = type;
+    const MemoryReport typed_report = Engine::load(test::data_dir() + "/tiny-deepseekv3", typed)->memory_report();
+    uint64_t typed_kv = 0;
+    for (const auto& line : typed_report.lines)
+      if (line.what == "KV pool") typed_kv = line.bytes;
+    CHECK(typed_kv == static_cast<uint64_t>(c.num_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 64) *
+                          kv_type_bytes(type));
+  }
   std::atomic<bool> cancel{true};
   options.cancel = &cancel;
   try {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tandem/engine/placement.hpp"
+#include "tandem/kv/kv_type.hpp"
 #include "tandem/model/model_config.hpp"
 #include "tandem/model/model_files.hpp"
 
@@ -30,6 +31,7 @@ struct LoadOptions {
   int64_t max_context_tokens = 4096;
   int64_t max_sessions = 4;           // the KV pool holds max_sessions × max_context_tokens
   int64_t kv_block_tokens = 16;       // tokens per KV block
+  KvType kv_type = KvType::f16;       // KV cache element type (f32 for bit-exact float maths)
   int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
   bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them
@@ -86,6 +88,10 @@ class Session {
   virtual int64_t position() const = 0;                    // tokens in the cache
   virtual const std::vector<int32_t>& tokens() const = 0;  // tokens in the cache
   virtual void reset() = 0;                                // forget everything, free KV blocks
+  // Keeps the first `tokens` positions and forgets the rest, returning the KV blocks past them;
+  // logits() and all_logits() are cleared until the next prefill. Error(out_of_range) when
+  // `tokens` is negative or more than position().
+  virtual void truncate(int64_t tokens) = 0;
 
   // Asks a running prefill/decode to stop at the next layer boundary with Error(cancelled).
   virtual void cancel() = 0;

@@ -2,8 +2,10 @@
 // The generation loop over a Session: prompt ids → prefill → sample → decode → … until EOS, a stop
 // string, max_new_tokens, the callback or cancellation says stop.
 //
-// Prompt reuse: when the session already holds a prefix of `prompt` (the previous turn of a chat),
-// only the new suffix is prefilled; otherwise the session is reset and the whole prompt prefilled.
+// Prompt reuse: the session keeps the longest common prefix of what it holds and `prompt` (the
+// previous turn of a chat, or an edited prompt that diverges mid-way) and drops the rest
+// (Session::truncate); only the remainder is prefilled, and always at least the prompt's last
+// token, whose logits start sampling. With nothing in common the session is reset.
 // The last sampled token is not decoded into the session (its logits would never be used), so after
 // a reply the session holds prompt + reply minus its last token; the next prompt's suffix covers it.
 #include <atomic>

@@ -16,15 +16,16 @@ struct AttentionBatch {
   const BlockTable* const* tables = nullptr;  // [tokens]
 };
 
-// GQA. q: [tokens, heads·head_dim] (roped); out: [tokens, heads·head_dim]. The cache holds K then
-// V (kv_heads·head_dim each) per token; query head h reads kv head h / (heads / kv_heads).
+// GQA. q: [tokens, heads·head_dim] (roped); out: [tokens, heads·head_dim]. The cache holds a K
+// plane and a V plane (rows of kv_heads·head_dim) per layer; query head h reads kv head
+// h / (heads / kv_heads). Rows are read in the pool's KvType and widened to float32 on the fly.
 void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
                    const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                    float* out);
 
 // MLA in absorbed form. q_latent: [tokens, heads, kv_lora] (q_nope already multiplied into the
-// latent space by kv_b's K part); q_rope: [tokens, heads, rope] (roped). The cache holds the
-// normalised latent then the roped key per token. out: [tokens, heads, kv_lora], the
+// latent space by kv_b's K part); q_rope: [tokens, heads, rope] (roped). The cache holds one plane
+// whose rows are the normalised latent then the roped key. out: [tokens, heads, kv_lora], the
 // attention-weighted latent (kv_b's V part is applied by the caller).
 void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
                    const float* q_latent, const float* q_rope, int64_t heads, int64_t kv_lora,
