@@ -142,38 +142,6 @@ std::vector<PlacementRule> default_rules(bool gpu_available) {
   return rules;
 }
 
-// Calls fn(group, layer, view) for every bound tensor, in summarize_weights' order (embedding
-// before output, so a tied output counts as embedding). W: Weights or const Weights.
-template <typename W, typename Fn>
-void for_each_role(W& w, Fn&& fn) {
-  using View = std::conditional_t<std::is_const_v<W>, const TensorView, TensorView>;
-  using Linear = std::conditional_t<std::is_const_v<W>, const LinearWeight, LinearWeight>;
-  auto linear = [&](WeightGroup g, int64_t layer, Linear& l) {
-    fn(g, layer, static_cast<View&>(l.weight));
-    fn(g, layer, static_cast<View&>(l.bias));
-    fn(g, layer, static_cast<View&>(l.scale_inv));
-  };
-  fn(WeightGroup::embedding, kNoLayer, static_cast<View&>(w.token_embedding));
-  fn(WeightGroup::norms, kNoLayer, static_cast<View&>(w.output_norm));
-  linear(WeightGroup::output, kNoLayer, w.output);
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    auto& l = w.layers[i];
-    const auto layer = static_cast<int64_t>(i);
-    fn(WeightGroup::norms, layer, static_cast<View&>(l.attn_norm));
-    fn(WeightGroup::norms, layer, static_cast<View&>(l.ffn_norm));
-    for (View* v : {&l.q_norm, &l.k_norm, &l.q_a_norm, &l.kv_a_norm}) fn(WeightGroup::attention, layer, *v);
-    for (Linear* lw : {&l.q, &l.k, &l.v, &l.o, &l.q_a, &l.q_b, &l.kv_a, &l.kv_b})
-      linear(WeightGroup::attention, layer, *lw);
-    for (Linear* lw : {&l.ffn_gate, &l.ffn_up, &l.ffn_down}) linear(WeightGroup::dense_ffn, layer, *lw);
-    linear(WeightGroup::router, layer, l.router);
-    fn(WeightGroup::router, layer, static_cast<View&>(l.router_bias));
-    for (Linear* lw : {&l.shared_gate, &l.shared_up, &l.shared_down, &l.shared_expert_gate})
-      linear(WeightGroup::shared_experts, layer, *lw);
-    for (auto* experts : {&l.experts.gate, &l.experts.up, &l.experts.down})
-      for (Linear& e : *experts) linear(WeightGroup::experts, layer, e);
-  }
-}
-
 std::string layers_text(const std::set<int64_t>& layers) {
   if (layers.empty() || *layers.begin() == kNoLayer) return "";
   return layers.size() == 1 ? fmt::format(" (layer {})", *layers.begin())
@@ -278,7 +246,7 @@ void Placement::check_layers(int64_t num_layers) const {
 std::vector<PlacedBytes> place_weights(const Weights& weights, const Placement& placement) {
   std::set<std::pair<const void*, uint64_t>> seen;
   std::vector<PlacedBytes> out;
-  for_each_role(weights, [&](WeightGroup g, int64_t layer, const TensorView& v) {
+  for_each_weight_tensor(weights, [&](WeightGroup g, int64_t layer, const TensorView& v, TensorRole) {
     if (v.empty() || !seen.insert({v.data, v.nbytes}).second) return;
     const Device d = placement.device_for(g, layer);
     for (PlacedBytes& p : out)
@@ -293,7 +261,7 @@ std::vector<PlacedBytes> place_weights(const Weights& weights, const Placement& 
 }
 
 void apply_placement(Weights& weights, const Placement& placement) {
-  for_each_role(weights, [&](WeightGroup g, int64_t layer, TensorView& v) {
+  for_each_weight_tensor(weights, [&](WeightGroup g, int64_t layer, TensorView& v, TensorRole) {
     if (!v.empty()) v.device = placement.device_for(g, layer);
   });
 }
@@ -306,7 +274,7 @@ void check_placement_runnable(const Weights& weights, const Placement& placement
   const PlacementRule* rule = nullptr;
   WeightGroup group = WeightGroup::embedding;
   std::set<int64_t> layers;
-  for_each_role(weights, [&](WeightGroup g, int64_t layer, const TensorView& v) {
+  for_each_weight_tensor(weights, [&](WeightGroup g, int64_t layer, const TensorView& v, TensorRole) {
     if (v.empty()) return;
     const PlacementRule& r = placement.rule_for(g, layer);
     if (r.device.kind != DeviceKind::cuda) return;

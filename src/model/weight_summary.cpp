@@ -1,5 +1,7 @@
 #include "tandem/model/weight_summary.hpp"
 
+#include "tandem/model/weight_roles.hpp"
+
 #include <set>
 #include <utility>
 
@@ -20,12 +22,6 @@ class SummaryBuilder {
       summary.other_bytes += v.nbytes;
     }
   }
-  void add(const LinearWeight& w, bool routed_expert = false) {
-    add(w.weight, routed_expert);
-    add(w.bias, routed_expert);
-    add(w.scale_inv, routed_expert, /*is_parameter=*/false);
-  }
-
   WeightSummary summary;
 
  private:
@@ -36,20 +32,9 @@ class SummaryBuilder {
 
 WeightSummary summarize_weights(const Weights& w) {
   SummaryBuilder b;
-  b.add(w.token_embedding, false);
-  b.add(w.output_norm, false);
-  b.add(w.output);
-  for (const LayerWeights& l : w.layers) {
-    for (const TensorView* v : {&l.attn_norm, &l.ffn_norm, &l.q_norm, &l.k_norm, &l.q_a_norm, &l.kv_a_norm})
-      b.add(*v, false);
-    for (const LinearWeight* lw : {&l.q, &l.k, &l.v, &l.o, &l.q_a, &l.q_b, &l.kv_a, &l.kv_b, &l.ffn_gate, &l.ffn_up,
-                                   &l.ffn_down, &l.router, &l.shared_gate, &l.shared_up, &l.shared_down,
-                                   &l.shared_expert_gate})
-      b.add(*lw);
-    b.add(l.router_bias, false, /*is_parameter=*/false);
-    for (const auto* experts : {&l.experts.gate, &l.experts.up, &l.experts.down})
-      for (const LinearWeight& e : *experts) b.add(e, /*routed_expert=*/true);
-  }
+  for_each_weight_tensor(w, [&](WeightGroup g, int64_t, const TensorView& v, TensorRole role) {
+    b.add(v, /*routed_expert=*/g == WeightGroup::experts, /*is_parameter=*/role == TensorRole::parameter);
+  });
   return b.summary;
 }
 

@@ -14,6 +14,7 @@
 #include "tandem/engine/forward.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_files.hpp"
+#include "tandem/model/weight_roles.hpp"
 #include "tandem/ops/linear.hpp"
 
 using namespace tandem;
@@ -183,45 +184,12 @@ struct DequantisedWeights {
     }
     return out;
   }
-  explicit DequantisedWeights(const Weights& w) {
+  explicit DequantisedWeights(const Weights& w) : weights(w) {
     storage.reserve(4096);
-    weights.token_embedding = to_f32(w.token_embedding);
-    weights.output_norm = to_f32(w.output_norm);
-    weights.output = to_f32(w.output);
-    for (const auto& L : w.layers) {
-      LayerWeights d = L;
-      for (auto [src, dst] : {std::pair{&L.attn_norm, &d.attn_norm},
-                              {&L.ffn_norm, &d.ffn_norm},
-                              {&L.q_norm, &d.q_norm},
-                              {&L.k_norm, &d.k_norm},
-                              {&L.q_a_norm, &d.q_a_norm},
-                              {&L.kv_a_norm, &d.kv_a_norm},
-                              {&L.router_bias, &d.router_bias}})
-        *dst = to_f32(*src);
-      for (auto [src, dst] : {std::pair{&L.q, &d.q},
-                              {&L.k, &d.k},
-                              {&L.v, &d.v},
-                              {&L.o, &d.o},
-                              {&L.q_a, &d.q_a},
-                              {&L.q_b, &d.q_b},
-                              {&L.kv_a, &d.kv_a},
-                              {&L.kv_b, &d.kv_b},
-                              {&L.ffn_gate, &d.ffn_gate},
-                              {&L.ffn_up, &d.ffn_up},
-                              {&L.ffn_down, &d.ffn_down},
-                              {&L.router, &d.router},
-                              {&L.shared_gate, &d.shared_gate},
-                              {&L.shared_up, &d.shared_up},
-                              {&L.shared_down, &d.shared_down},
-                              {&L.shared_expert_gate, &d.shared_expert_gate}})
-        *dst = to_f32(*src);
-      for (size_t e = 0; e < L.experts.count(); ++e) {
-        d.experts.gate[e] = to_f32(L.experts.gate[e]);
-        d.experts.up[e] = to_f32(L.experts.up[e]);
-        d.experts.down[e] = to_f32(L.experts.down[e]);
-      }
-      weights.layers.push_back(std::move(d));
-    }
+    // Every role, through the one enumeration the memory report and placement use.
+    for_each_weight(weights, [&](WeightGroup, int64_t, auto& tensor_or_linear, auto...) {
+      tensor_or_linear = to_f32(tensor_or_linear);
+    });
     REQUIRE(storage.size() <= 4096);  // reserve keeps the pointers stable
   }
 };

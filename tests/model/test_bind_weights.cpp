@@ -1,12 +1,16 @@
 // bind_weights over every fixture file: shapes from the config, views into the mapping, and the
 // GGUF converter's merged expert tensors sliced back to the hub's per-expert tensors.
+#include <algorithm>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "model/gguf_patch.hpp"
 #include "model/model_test_support.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/error.hpp"
 #include "tandem/model/model_files.hpp"
+#include "tandem/model/weight_roles.hpp"
 
 using namespace tandem;
 using tandem::test::fixture_models;
@@ -218,5 +222,39 @@ TEST_CASE("layer tensors beyond the configured layer count are refused", "[model
     files.config.num_nextn_predict_layers = 1;
     CHECK(error_of(files).empty());
     CHECK(bind_weights(files).layers.size() == 2);
+  }
+}
+
+TEST_CASE("for_each_weight_tensor meets every tensor of the file, each once", "[model][weights]") {
+  for (const std::string& path : {tandem::test::data_dir() + "/tiny-qwen3moe",
+                                 tandem::test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf",
+                                 tandem::test::data_dir() + "/tiny-deepseekv3",
+                                 tandem::test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf"}) {
+    INFO(path);
+    const ModelFiles files = open_model_files(path);
+    const Weights weights = bind_weights(files);
+    std::set<const void*> visited;
+    std::map<const void*, int> non_expert_visits;
+    size_t expert_views = 0;
+    for_each_weight_tensor(weights, [&](WeightGroup g, int64_t layer, const TensorView& v, TensorRole) {
+      if (v.empty()) return;
+      visited.insert(v.data);
+      if (g == WeightGroup::experts) {
+        ++expert_views;
+        CHECK(layer >= 0);
+      } else {
+        ++non_expert_visits[v.data];
+      }
+    });
+    // Every tensor of the file is reached (a merged expert tensor through its first expert's slice).
+    size_t unvisited = 0;
+    for (const auto& entry : files.tensors().entries()) unvisited += visited.count(entry.view.data) == 0;
+    CHECK(unvisited == 0);
+    // Nothing is listed twice, but a tied output projection, which is the embedding.
+    for (const auto& [data, visits] : non_expert_visits)
+      CHECK(visits <= (data == weights.token_embedding.data ? 2 : 1));
+    const auto moe_layers = std::count_if(weights.layers.begin(), weights.layers.end(),
+                                          [](const LayerWeights& l) { return l.is_moe; });
+    CHECK(expert_views == static_cast<size_t>(3 * files.config.num_experts * moe_layers));
   }
 }

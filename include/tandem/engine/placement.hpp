@@ -12,33 +12,15 @@
 #include <string_view>
 #include <vector>
 
+#include "tandem/model/weight_roles.hpp"
 #include "tandem/tensor/device.hpp"
 
 namespace tandem {
 
-struct Weights;
-
-// Role groups a rule can name. Which tensors each holds (docs/PLACEMENT.md):
-//   embedding       token embedding                                   (not per layer)
-//   output          output projection (lm head; counted with embedding when tied)   (not per layer)
-//   norms           attn_norm, ffn_norm per layer; the final output norm (not per layer)
-//   attention       q/k/v/o or MLA q_a/q_b/kv_a/kv_b, and their inner norms (q_norm, k_norm,
-//                   q_a_norm, kv_a_norm)
-//   router          router weight and DeepSeek-V3's score correction bias
-//   experts         routed experts
-//   shared_experts  shared expert(s) and Qwen2-MoE's shared-expert gate
-//   dense_ffn       the FFN of dense layers
-enum class WeightGroup : uint8_t { embedding, output, norms, attention, router, experts, shared_experts, dense_ffn };
-inline constexpr size_t kWeightGroupCount = 8;
-inline constexpr std::array<WeightGroup, kWeightGroupCount> kAllWeightGroups = {
-    WeightGroup::embedding, WeightGroup::output,         WeightGroup::norms,    WeightGroup::attention,
-    WeightGroup::router,    WeightGroup::experts,        WeightGroup::shared_experts, WeightGroup::dense_ffn};
-
+// Role groups (WeightGroup, kAllWeightGroups, kNoLayer) are in tandem/model/weight_roles.hpp.
 const char* weight_group_name(WeightGroup g);          // the rule name: "experts", "dense_ffn", ...
 const char* weight_group_display_name(WeightGroup g);  // for reports: "routed experts", "dense FFN", ...
 
-// Layer index of roles that are not per layer (embedding, output, the output norm).
-inline constexpr int64_t kNoLayer = -1;
 
 struct PlacementRule {
   bool any_group = false;          // `*`
