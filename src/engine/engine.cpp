@@ -115,7 +115,17 @@ class CpuEngine final : public Engine {
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
     backend_ = make_cpu_backend(options_.threads);
-    forward_ = std::make_unique<ForwardPass>(c, weights_, *backend_, *kv_, options_.max_batch_tokens);
+    // Each role group runs on the backend of the device its placement rule names. Only host
+    // backends exist in this build (check_placement_runnable refused any other device above).
+    forward_ = std::make_unique<ForwardPass>(
+        c, weights_,
+        [this](WeightGroup group, int64_t layer) -> Backend& {
+          const Device device = placement_.device_for(group, layer);
+          if (device.kind != DeviceKind::cpu)
+            throw Error(ErrorKind::internal, "no backend for " + device.to_string());
+          return *backend_;
+        },
+        *kv_, options_.max_batch_tokens);
     if (options_.load_tokenizer) {
       step(0.8f, "loading tokenizer");
       load_text_side();

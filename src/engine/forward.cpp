@@ -35,7 +35,8 @@ int64_t widest_intermediate(const Weights& w) {
 struct ForwardPass::Impl {
   const ModelConfig& cfg;
   const Weights& w;
-  Backend& backend;
+  ForwardPass::BackendForRole backend_for;
+  std::vector<Backend*> backends;  // the distinct ones, each synchronised at the end of a pass
   KvPool& kv;
   int64_t max_tokens;
   RotaryEmbedding rope;
@@ -54,10 +55,11 @@ struct ForwardPass::Impl {
   std::vector<int64_t> positions;
   std::vector<const BlockTable*> tables;
 
-  Impl(const ModelConfig& c, const Weights& weights, Backend& b, KvPool& pool, int64_t max_batch_tokens)
+  Impl(const ModelConfig& c, const Weights& weights, ForwardPass::BackendForRole route, KvPool& pool,
+       int64_t max_batch_tokens)
       : cfg(c),
         w(weights),
-        backend(b),
+        backend_for(std::move(route)),
         kv(pool),
         max_tokens(max_batch_tokens),
         rope(c, c.attention == AttentionKind::mla ? c.qk_rope_head_dim : c.head_dim),
@@ -106,21 +108,30 @@ struct ForwardPass::Impl {
     positions.assign(T, 0);
     tables.assign(T, nullptr);
     (void)H;
+    const auto note = [&](Backend& b) {
+      if (std::find(backends.begin(), backends.end(), &b) == backends.end()) backends.push_back(&b);
+    };
+    for (WeightGroup g : kAllWeightGroups) {
+      note(backend_for(g, kNoLayer));
+      for (int64_t layer = 0; layer < c.num_layers; ++layer) note(backend_for(g, layer));
+    }
   }
+
+  Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
 
   void attention_gqa(int64_t layer, int64_t T) {
     const LayerWeights& L = w.layers[static_cast<size_t>(layer)];
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
     const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
-    backend.linear(L.q, normed.data(), T, q.data());
-    backend.linear(L.k, normed.data(), T, k.data());
-    backend.linear(L.v, normed.data(), T, v.data());
+    on(WeightGroup::attention, layer).linear(L.q, normed.data(), T, q.data());
+    on(WeightGroup::attention, layer).linear(L.k, normed.data(), T, k.data());
+    on(WeightGroup::attention, layer).linear(L.v, normed.data(), T, v.data());
     if (!V.q_norm.empty())
-      backend.rms_norm(q.data(), V.q_norm.data(), T * nh, hd, hd, cfg.rms_norm_eps, q.data());
+      on(WeightGroup::attention, layer).rms_norm(q.data(), V.q_norm.data(), T * nh, hd, hd, cfg.rms_norm_eps, q.data());
     if (!V.k_norm.empty())
-      backend.rms_norm(k.data(), V.k_norm.data(), T * nkv, hd, hd, cfg.rms_norm_eps, k.data());
-    backend.rope(rope, q.data(), T, nh * hd, nh, hd, positions.data());
-    backend.rope(rope, k.data(), T, nkv * hd, nkv, hd, positions.data());
+      on(WeightGroup::attention, layer).rms_norm(k.data(), V.k_norm.data(), T * nkv, hd, hd, cfg.rms_norm_eps, k.data());
+    on(WeightGroup::attention, layer).rope(rope, q.data(), T, nh * hd, nh, hd, positions.data());
+    on(WeightGroup::attention, layer).rope(rope, k.data(), T, nkv * hd, nkv, hd, positions.data());
     const int64_t kv_width = nkv * hd;
     for (int64_t t = 0; t < T; ++t) {
       const BlockTable& table = *tables[static_cast<size_t>(t)];
@@ -129,8 +140,8 @@ struct ForwardPass::Impl {
       table.write_row(kv, layer, 1, p, v.data() + t * kv_width);
     }
     const AttentionBatch batch{T, positions.data(), tables.data()};
-    backend.gqa_attention(kv, layer, batch, q.data(), nh, nkv, hd, softmax_scale, heads_out.data());
-    backend.linear(L.o, heads_out.data(), T, block_out.data());
+    on(WeightGroup::attention, layer).gqa_attention(kv, layer, batch, q.data(), nh, nkv, hd, softmax_scale, heads_out.data());
+    on(WeightGroup::attention, layer).linear(L.o, heads_out.data(), T, block_out.data());
   }
 
   void attention_mla(int64_t layer, int64_t T) {
@@ -138,18 +149,18 @@ struct ForwardPass::Impl {
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
     const int64_t nh = mla.heads, q_head = mla.nope + mla.rope, kv_width = mla.kv_lora + mla.rope;
     if (!L.q_a.empty()) {
-      backend.linear(L.q_a, normed.data(), T, q_a.data());
-      backend.rms_norm(q_a.data(), V.q_a_norm.data(), T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps,
+      on(WeightGroup::attention, layer).linear(L.q_a, normed.data(), T, q_a.data());
+      on(WeightGroup::attention, layer).rms_norm(q_a.data(), V.q_a_norm.data(), T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps,
                        q_a.data());
-      backend.linear(L.q_b, q_a.data(), T, q.data());
+      on(WeightGroup::attention, layer).linear(L.q_b, q_a.data(), T, q.data());
     } else {
-      backend.linear(L.q, normed.data(), T, q.data());
+      on(WeightGroup::attention, layer).linear(L.q, normed.data(), T, q.data());
     }
-    backend.linear(L.kv_a, normed.data(), T, kv_a.data());
-    backend.rms_norm(kv_a.data(), V.kv_a_norm.data(), T, mla.kv_lora, kv_width, cfg.rms_norm_eps,
+    on(WeightGroup::attention, layer).linear(L.kv_a, normed.data(), T, kv_a.data());
+    on(WeightGroup::attention, layer).rms_norm(kv_a.data(), V.kv_a_norm.data(), T, mla.kv_lora, kv_width, cfg.rms_norm_eps,
                      kv_a.data());
-    backend.rope(rope, kv_a.data() + mla.kv_lora, T, kv_width, 1, mla.rope, positions.data());
-    backend.rope(rope, q.data() + mla.nope, T, nh * q_head, nh, q_head, positions.data());
+    on(WeightGroup::attention, layer).rope(rope, kv_a.data() + mla.kv_lora, T, kv_width, 1, mla.rope, positions.data());
+    on(WeightGroup::attention, layer).rope(rope, q.data() + mla.nope, T, nh * q_head, nh, q_head, positions.data());
     for (int64_t t = 0; t < T; ++t) {
       tables[static_cast<size_t>(t)]->write_row(kv, layer, 0, positions[static_cast<size_t>(t)],
                                                 kv_a.data() + t * kv_width);
@@ -157,12 +168,12 @@ struct ForwardPass::Impl {
         std::copy_n(q.data() + (t * nh + h) * q_head + mla.nope, mla.rope,
                     q_rope.data() + (t * nh + h) * mla.rope);
     }
-    backend.mla_absorb_query(L.kv_b, mla, q.data(), T, q_latent.data());
+    on(WeightGroup::attention, layer).mla_absorb_query(L.kv_b, mla, q.data(), T, q_latent.data());
     const AttentionBatch batch{T, positions.data(), tables.data()};
-    backend.mla_attention(kv, layer, batch, q_latent.data(), q_rope.data(), nh, mla.kv_lora, mla.rope,
+    on(WeightGroup::attention, layer).mla_attention(kv, layer, batch, q_latent.data(), q_rope.data(), nh, mla.kv_lora, mla.rope,
                           softmax_scale, attended.data());
-    backend.mla_expand_values(L.kv_b, mla, attended.data(), T, heads_out.data());
-    backend.linear(L.o, heads_out.data(), T, block_out.data());
+    on(WeightGroup::attention, layer).mla_expand_values(L.kv_b, mla, attended.data(), T, heads_out.data());
+    on(WeightGroup::attention, layer).linear(L.o, heads_out.data(), T, block_out.data());
   }
 
   void feed_forward(int64_t layer, int64_t T) {
@@ -170,20 +181,20 @@ struct ForwardPass::Impl {
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
     const int64_t H = cfg.hidden_size;
     if (!L.is_moe) {
-      backend.silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, normed.data(), T, ffn_ws, block_out.data());
+      on(WeightGroup::dense_ffn, layer).silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, normed.data(), T, ffn_ws, block_out.data());
       return;
     }
-    backend.linear(L.router, normed.data(), T, router_logits.data());
+    on(WeightGroup::router, layer).linear(L.router, normed.data(), T, router_logits.data());
     route_tokens_to_experts(routing, router_logits.data(), T,
                             V.router_bias.empty() ? nullptr : V.router_bias.data(), expert_ids.data(),
                             route_weights.data());
-    backend.moe_routed_experts(L.experts, normed.data(), T, H, expert_ids.data(), route_weights.data(),
+    on(WeightGroup::experts, layer).moe_routed_experts(L.experts, normed.data(), T, H, expert_ids.data(), route_weights.data(),
                                routing.top_k, ffn_ws, block_out.data());
     if (L.shared_gate.empty()) return;
-    backend.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, normed.data(), T, ffn_ws,
+    on(WeightGroup::shared_experts, layer).silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, normed.data(), T, ffn_ws,
                          shared_out.data());
     if (!L.shared_expert_gate.empty())
-      backend.linear(L.shared_expert_gate, normed.data(), T, shared_gate.data());
+      on(WeightGroup::shared_experts, layer).linear(L.shared_expert_gate, normed.data(), T, shared_gate.data());
     for (int64_t t = 0; t < T; ++t) {
       const float g = L.shared_expert_gate.empty()
                           ? 1.0f
@@ -198,9 +209,14 @@ struct ForwardPass::Impl {
   }
 };
 
+ForwardPass::ForwardPass(const ModelConfig& config, const Weights& weights, BackendForRole backend_for, KvPool& kv,
+                         int64_t max_batch_tokens)
+    : impl_(std::make_unique<Impl>(config, weights, std::move(backend_for), kv, max_batch_tokens)) {}
+
 ForwardPass::ForwardPass(const ModelConfig& config, const Weights& weights, Backend& backend, KvPool& kv,
                          int64_t max_batch_tokens)
-    : impl_(std::make_unique<Impl>(config, weights, backend, kv, max_batch_tokens)) {}
+    : ForwardPass(config, weights, [&backend](WeightGroup, int64_t) -> Backend& { return backend; }, kv,
+                  max_batch_tokens) {}
 
 ForwardPass::~ForwardPass() = default;
 
@@ -248,18 +264,18 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
   }
   if (T == 0) return;
   const int64_t H = cfg.hidden_size;
-  m.backend.embedding(m.w.token_embedding, m.ids.data(), T, m.hidden.data());
+  m.on(WeightGroup::embedding, kNoLayer).embedding(m.w.token_embedding, m.ids.data(), T, m.hidden.data());
   for (int64_t layer = 0; layer < cfg.num_layers; ++layer) {
     if (cancel && cancel->load(std::memory_order_relaxed))
       throw Error(ErrorKind::cancelled, "forward pass cancelled");
     const LayerVectors& V = m.layer_vectors[static_cast<size_t>(layer)];
-    m.backend.rms_norm(m.hidden.data(), V.attn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
+    m.on(WeightGroup::norms, layer).rms_norm(m.hidden.data(), V.attn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
     if (cfg.attention == AttentionKind::mla)
       m.attention_mla(layer, T);
     else
       m.attention_gqa(layer, T);
     m.add_to_hidden(T);
-    m.backend.rms_norm(m.hidden.data(), V.ffn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
+    m.on(WeightGroup::norms, layer).rms_norm(m.hidden.data(), V.ffn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
     m.feed_forward(layer, T);
     m.add_to_hidden(T);
   }
@@ -276,11 +292,11 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
       std::copy_n(m.hidden.data() + t * H, H, m.normed.data() + rows * H);
     token += n;
   }
-  m.backend.rms_norm(m.normed.data(), m.output_norm.data(), rows, H, H, cfg.rms_norm_eps, m.normed.data());
+  m.on(WeightGroup::norms, kNoLayer).rms_norm(m.normed.data(), m.output_norm.data(), rows, H, H, cfg.rms_norm_eps, m.normed.data());
   // The logits row count may exceed max_tokens' scratch only if every chunk wants all logits,
   // which the token limit above already bounds.
-  m.backend.linear(m.w.output, m.normed.data(), rows, logits);
-  m.backend.synchronize();
+  m.on(WeightGroup::output, kNoLayer).linear(m.w.output, m.normed.data(), rows, logits);
+  for (Backend* b : m.backends) b->synchronize();
 }
 
 }  // namespace tandem

@@ -1,6 +1,7 @@
 // Placement rules: parsing (groups, layer ranges, first match, @file, errors), every role of the
 // bundled models resolved, memory report bytes per (group, device) adding up to the file's tensor
 // bytes, cuda rules refused clearly, and a forward pass unchanged by an explicit `*=cpu`.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -15,7 +16,10 @@
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/formats/read_file.hpp"
+#include "tandem/backend/backend.hpp"
 #include "tandem/engine/engine.hpp"
+#include "tandem/engine/forward.hpp"
+#include "tandem/kv/kv_pool.hpp"
 #include "tandem/engine/placement.hpp"
 #include "tandem/error.hpp"
 #include "tandem/model/model_files.hpp"
@@ -265,21 +269,125 @@ TEST_CASE("a cuda rule is refused with a clear unsupported error", "[engine][pla
              Contains("past the model's last layer"));
 }
 
-TEST_CASE("a forward pass is unchanged by an explicit *=cpu placement", "[engine][placement]") {
+namespace {
+
+// A backend that forwards every call to a real one and records which calls it received, so a test
+// can see which backend each role group ran on.
+class RecordingBackend final : public Backend {
+ public:
+  explicit RecordingBackend(Backend& inner) : inner_(inner) {}
+  std::map<std::string, int> calls;
+
+  Device device() const override { return inner_.device(); }
+  int threads() const override { return inner_.threads(); }
+  void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
+    ++calls["embedding"];
+    inner_.embedding(table, ids, count, out);
+  }
+  void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
+    ++calls["linear"];
+    inner_.linear(w, x, rows, y);
+  }
+  void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
+                float* out) override {
+    ++calls["rms_norm"];
+    inner_.rms_norm(x, weight, rows, dim, stride, eps, out);
+  }
+  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+            int64_t head_stride, const int64_t* positions) override {
+    ++calls["rope"];
+    inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
+  }
+  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
+    ++calls["attention"];
+    inner_.gqa_attention(kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
+  }
+  void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
+                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                     float* out) override {
+    ++calls["attention"];
+    inner_.mla_attention(kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
+  }
+  void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
+                        float* q_latent) override {
+    ++calls["mla_absorb_query"];
+    inner_.mla_absorb_query(kv_b, shape, q, tokens, q_latent);
+  }
+  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
+                         float* out) override {
+    ++calls["mla_expand_values"];
+    inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
+  }
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
+                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
+    ++calls["silu_glu_mlp"];
+    inner_.silu_glu_mlp(gate, up, down, x, tokens, ws, out);
+  }
+  void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          float* out) override {
+    ++calls["moe_routed_experts"];
+    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+  }
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
+    inner_.parallel_for(n, fn);
+  }
+  void synchronize() override {
+    ++calls["synchronize"];
+    inner_.synchronize();
+  }
+
+ private:
+  Backend& inner_;
+};
+
+std::vector<float> run_forward(const ModelFiles& files, const Weights& weights, ForwardPass::BackendForRole route,
+                               const std::vector<int32_t>& ids) {
+  const ModelConfig& c = files.config;
+  KvPool kv({c.attention == AttentionKind::mla ? KvLayout::mla_latent : KvLayout::gqa, c.num_layers,
+             c.kv_values_per_token_per_layer(), 4, 8, Device::cpu(), KvType::f32});
+  ForwardPass forward(c, weights, std::move(route), kv, 64);
+  BlockTable table;
+  table.reserve(kv, static_cast<int64_t>(ids.size()));
+  std::vector<float> logits(ids.size() * static_cast<size_t>(c.vocab_size));
+  const SequenceChunk chunk{ids, 0, &table, true};
+  forward.run({&chunk, 1}, logits.data());
+  table.release(kv);
+  return logits;
+}
+
+}  // namespace
+
+TEST_CASE("placement executes: each role group runs on the backend its rule names", "[engine][placement]") {
   const std::vector<int32_t> ids = {1, 5, 9, 2, 7, 3};
   for (const std::string& model : {test::data_dir() + "/tiny-qwen3moe", test::data_dir() + "/tiny-deepseekv3"}) {
     INFO(model);
-    std::vector<std::vector<float>> results;
-    for (const std::string rules : {"", "*=cpu", "experts=cpu,attention[0-0]=cpu,*=cpu"}) {
-      auto engine = Engine::load(model, small_options(rules));
-      auto session = engine->new_session();
-      session->prefill(ids, /*all_logits=*/true);
-      const auto logits = session->all_logits();
-      results.emplace_back(logits.begin(), logits.end());
-    }
-    REQUIRE(!results[0].empty());
-    CHECK(results[1] == results[0]);
-    CHECK(results[2] == results[0]);
+    const ModelFiles files = open_model_files(model);
+    const Weights weights = bind_weights(files);
+    auto cpu = make_cpu_backend(2);
+    const auto alone = run_forward(files, weights, [&](WeightGroup, int64_t) -> Backend& { return *cpu; }, ids);
+
+    // Two backends: "experts=B, attention[0-0]=B, *=A", resolved through a real Placement.
+    const Placement placement = Placement::parse("experts=cuda:1,attention[0-0]=cuda:1,*=cpu", true);
+    RecordingBackend a(*cpu), b(*cpu);
+    const auto split = run_forward(files, weights, [&](WeightGroup g, int64_t layer) -> Backend& {
+      return placement.device_for(g, layer) == Device::cuda(1) ? static_cast<Backend&>(b) : a;
+    }, ids);
+    CHECK(split == alone);  // the same kernels, so bit for bit
+
+    // B ran the routed experts of every MoE layer and layer 0's attention, nothing else.
+    const auto moe_layers = std::count_if(weights.layers.begin(), weights.layers.end(),
+                                          [](const LayerWeights& l) { return l.is_moe; });
+    CHECK(b.calls["moe_routed_experts"] == moe_layers);
+    CHECK(b.calls["attention"] == 1);
+    CHECK(b.calls["embedding"] == 0);
+    CHECK(b.calls["rms_norm"] <= 2);  // layer 0's q/k norms (Qwen3) or q_a/kv_a norms (MLA)
+    CHECK(a.calls["moe_routed_experts"] == 0);
+    CHECK(a.calls["attention"] == files.config.num_layers - 1);
+    CHECK(a.calls["embedding"] == 1);
+    CHECK(b.calls["synchronize"] == 1);
+    CHECK(a.calls["synchronize"] == 1);
   }
 }
 

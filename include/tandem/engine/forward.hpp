@@ -4,11 +4,13 @@
 // max_batch_tokens; nothing is allocated per token.
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include "tandem/model/model_config.hpp"
+#include "tandem/model/weight_roles.hpp"
 #include "tandem/model/weights.hpp"
 
 namespace tandem {
@@ -26,6 +28,13 @@ struct SequenceChunk {
 
 class ForwardPass {
  public:
+  // The backend each role group runs on (placement made executable): embedding, norms, attention,
+  // router, experts, shared_experts, dense_ffn and output each call their own. Activations are
+  // float32 host rows, so today's backends (all host ones) hand them over without copies.
+  using BackendForRole = std::function<Backend&(WeightGroup group, int64_t layer)>;
+  ForwardPass(const ModelConfig& config, const Weights& weights, BackendForRole backend_for, KvPool& kv,
+              int64_t max_batch_tokens);
+  // Every role on one backend.
   ForwardPass(const ModelConfig& config, const Weights& weights, Backend& backend, KvPool& kv,
               int64_t max_batch_tokens);
   ~ForwardPass();
