@@ -7,6 +7,7 @@
 #include "tandem/formats/dequantize.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #define TANDEM_KV_F16C 1
 #endif
@@ -17,7 +18,13 @@ namespace {
 #if TANDEM_KV_F16C
 // The build targets baseline x86-64; F16C is chosen at run time, once.
 bool cpu_has_f16c() noexcept {
-  static const bool has = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  // CPUID.1:ECX bit 29 (clang 14's __builtin_cpu_supports does not know "f16c"); "avx" also
+  // checks that the OS saves the YMM state.
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
+    return __builtin_cpu_supports("avx") && (ecx & (1u << 29)) != 0;
+  }();
   return has;
 }
 

@@ -30,7 +30,7 @@ struct GgufArray {
   std::string string_bytes;
   std::vector<uint64_t> string_ends;
 
-  size_t size() const { return element_type == GgufType::string ? string_ends.size() : values.size(); }
+  size_t size() const;  // defined below, once GgufValue is complete
   // Element i of a string array; throws Error(corrupt_file) for another element type or i >= size().
   std::string_view string_at(size_t i) const;
 };
@@ -46,6 +46,10 @@ struct GgufValue {
   const std::string& as_string() const;
   const GgufArray& as_array() const;
 };
+
+inline size_t GgufArray::size() const {
+  return element_type == GgufType::string ? string_ends.size() : values.size();
+}
 
 // Whether `path` is a regular file that starts with the GGUF magic; false for folders and shorter
 // or other files. Throws Error(io) with the system's reason when the file cannot be opened or
