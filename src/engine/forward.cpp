@@ -51,6 +51,7 @@ struct ForwardPass::Impl {
   std::vector<float> hidden, normed, block_out, shared_out, q, k, v, q_a, kv_a, q_latent, q_rope, attended,
       heads_out;
   std::vector<float> router_logits, route_weights, shared_gate;
+  RouterScratch router_scratch;
   std::vector<int32_t> ids, expert_ids;
   std::vector<int64_t> positions;
   std::vector<const BlockTable*> tables;
@@ -187,7 +188,7 @@ struct ForwardPass::Impl {
     on(WeightGroup::router, layer).linear(L.router, normed.data(), T, router_logits.data());
     route_tokens_to_experts(routing, router_logits.data(), T,
                             V.router_bias.empty() ? nullptr : V.router_bias.data(), expert_ids.data(),
-                            route_weights.data());
+                            route_weights.data(), router_scratch);
     on(WeightGroup::experts, layer).moe_routed_experts(L.experts, normed.data(), T, H, expert_ids.data(), route_weights.data(),
                                routing.top_k, ffn_ws, block_out.data());
     if (L.shared_gate.empty()) return;

@@ -11,19 +11,11 @@
 namespace tandem {
 namespace {
 
-std::vector<float>& score_scratch(size_t n) {
-  thread_local std::vector<float> scores;
-  if (scores.size() < n) scores.resize(n);
-  return scores;
-}
-
-// A cached row (or a slice of one) as float32: an f32 pool's rows are read in place, so f32 results
-// are bit-exact with a float cache; f16/bf16 rows are widened into per-thread scratch first.
-std::vector<float>& row_scratch(size_t n) {
-  thread_local std::vector<float> row;
-  if (row.size() < n) row.resize(n);
-  return row;
-}
+// Per-worker scratch slots (ThreadPool::scratch): attention scores, and a cached row widened to
+// float32 when the pool stores f16/bf16 (an f32 pool's rows are read in place, so f32 results are
+// bit-exact with a float cache).
+constexpr int kScoresSlot = 0;
+constexpr int kRowSlot = 1;
 
 const float* read_values(const KvPool& kv, const std::byte* row, int64_t first, int64_t n, float* scratch) {
   if (kv.dtype() == KvType::f32) return reinterpret_cast<const float*>(row) + first;
@@ -55,14 +47,14 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
                    const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                    float* out) {
   const int64_t group = heads / kv_heads;
-  pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
-    float* scratch = row_scratch(static_cast<size_t>(head_dim)).data();
+  pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int worker) {
+    float* scratch = pool.scratch(worker, kRowSlot, static_cast<size_t>(head_dim));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads, g = h / group;
       const int64_t n = batch.positions[t] + 1;
       const BlockTable& table = *batch.tables[t];
       const float* qh = q + (t * heads + h) * head_dim;
-      float* scores = score_scratch(static_cast<size_t>(n)).data();
+      float* scores = pool.scratch(worker, kScoresSlot, static_cast<size_t>(n));
       for (int64_t s = 0; s < n; ++s) {
         const float* kh = read_values(kv, table.row(kv, layer, 0, s), g * head_dim, head_dim, scratch);
         scores[s] = dot(qh, kh, head_dim) * softmax_scale;
@@ -81,15 +73,15 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
 void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
                    const float* q_latent, const float* q_rope, int64_t heads, int64_t kv_lora,
                    int64_t rope_dim, float softmax_scale, float* out) {
-  pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int) {
-    float* scratch = row_scratch(static_cast<size_t>(kv_lora + rope_dim)).data();
+  pool.parallel_for(batch.tokens * heads, [&](int64_t begin, int64_t end, int worker) {
+    float* scratch = pool.scratch(worker, kRowSlot, static_cast<size_t>(kv_lora + rope_dim));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads;
       const int64_t n = batch.positions[t] + 1;
       const BlockTable& table = *batch.tables[t];
       const float* ql = q_latent + (t * heads + h) * kv_lora;
       const float* qr = q_rope + (t * heads + h) * rope_dim;
-      float* scores = score_scratch(static_cast<size_t>(n)).data();
+      float* scores = pool.scratch(worker, kScoresSlot, static_cast<size_t>(n));
       for (int64_t s = 0; s < n; ++s) {
         const float* cached = read_values(kv, table.row(kv, layer, 0, s), 0, kv_lora + rope_dim, scratch);
         scores[s] = (dot(ql, cached, kv_lora) + dot(qr, cached + kv_lora, rope_dim)) * softmax_scale;

@@ -15,18 +15,12 @@ constexpr int64_t kFp8Block = 128;
 
 using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-// Grown once to the widest tile a thread meets, then reused: no allocation per call afterwards.
-std::vector<float>& tile_scratch(size_t floats) {
-  thread_local std::vector<float> scratch;
-  if (scratch.size() < floats) scratch.resize(floats);
-  return scratch;
-}
-
-void linear_tile(const LinearWeight& w, int64_t o0, int64_t o1, const float* x, int64_t rows, float* y) {
+// `scratch`: room for kTileRows dequantised rows.
+void linear_tile(const LinearWeight& w, int64_t o0, int64_t o1, const float* x, int64_t rows, float* y,
+                 float* scratch) {
   const int64_t in = w.in_features(), out = w.out_features();
-  std::vector<float>& scratch = tile_scratch(static_cast<size_t>((o1 - o0) * in));
-  dequantize_weight_rows(w, o0, o1, scratch.data());
-  Eigen::Map<const RowMajor> wt(scratch.data(), o1 - o0, in);
+  dequantize_weight_rows(w, o0, o1, scratch);
+  Eigen::Map<const RowMajor> wt(scratch, o1 - o0, in);
   Eigen::Map<const RowMajor> xm(x, rows, in);
   Eigen::Map<RowMajor, 0, Eigen::OuterStride<>> ym(y + o0, rows, o1 - o0, Eigen::OuterStride<>(out));
   ym.noalias() = xm * wt.transpose();
@@ -72,14 +66,20 @@ void dequantize_weight_rows(const LinearWeight& w, int64_t row_begin, int64_t ro
 void linear(ThreadPool* pool, const LinearWeight& w, const float* x, int64_t rows, float* y) {
   const int64_t out = w.out_features();
   const int64_t tiles = (out + kTileRows - 1) / kTileRows;
-  auto run = [&](int64_t begin, int64_t end, int) {
+  const auto tile_floats = static_cast<size_t>(kTileRows * w.in_features());
+  auto run = [&](int64_t begin, int64_t end, float* scratch) {
     for (int64_t tile = begin; tile < end; ++tile)
-      linear_tile(w, tile * kTileRows, std::min(out, (tile + 1) * kTileRows), x, rows, y);
+      linear_tile(w, tile * kTileRows, std::min(out, (tile + 1) * kTileRows), x, rows, y, scratch);
   };
-  if (pool && tiles > 1)
-    pool->parallel_for(tiles, run);
-  else
-    run(0, tiles, 0);
+  if (pool) {
+    // Each worker dequantises into its own scratch, owned by the pool (no per-call allocation).
+    pool->parallel_for(tiles, [&](int64_t begin, int64_t end, int worker) {
+      run(begin, end, pool->scratch(worker, 0, tile_floats));
+    });
+  } else {
+    std::vector<float> scratch(tile_floats);
+    run(0, tiles, scratch.data());
+  }
 }
 
 std::vector<float> dequantize_to_vector(const TensorView& view) {

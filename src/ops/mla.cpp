@@ -13,20 +13,14 @@ using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Row
 using Strided = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
 using ConstStrided = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
 
-float* head_scratch(size_t floats) {
-  thread_local std::vector<float> scratch;
-  if (scratch.size() < floats) scratch.resize(floats);
-  return scratch.data();
-}
-
 }  // namespace
 
 void mla_absorb_query(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& s, const float* q,
                       int64_t tokens, float* q_latent) {
   const int64_t q_head = s.nope + s.rope;
-  pool.parallel_for(s.heads, [&](int64_t begin, int64_t end, int) {
+  pool.parallel_for(s.heads, [&](int64_t begin, int64_t end, int worker) {
     for (int64_t h = begin; h < end; ++h) {
-      float* w = head_scratch(static_cast<size_t>(s.nope * s.kv_lora));
+      float* w = pool.scratch(worker, 0, static_cast<size_t>(s.nope * s.kv_lora));
       const int64_t first = h * (s.nope + s.v);
       dequantize_weight_rows(kv_b, first, first + s.nope, w);
       Eigen::Map<const RowMajor> wk(w, s.nope, s.kv_lora);
@@ -39,9 +33,9 @@ void mla_absorb_query(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape
 
 void mla_expand_values(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& s, const float* attended,
                        int64_t tokens, float* out) {
-  pool.parallel_for(s.heads, [&](int64_t begin, int64_t end, int) {
+  pool.parallel_for(s.heads, [&](int64_t begin, int64_t end, int worker) {
     for (int64_t h = begin; h < end; ++h) {
-      float* w = head_scratch(static_cast<size_t>(s.v * s.kv_lora));
+      float* w = pool.scratch(worker, 0, static_cast<size_t>(s.v * s.kv_lora));
       const int64_t first = h * (s.nope + s.v) + s.nope;
       dequantize_weight_rows(kv_b, first, first + s.v, w);
       Eigen::Map<const RowMajor> wv(w, s.v, s.kv_lora);

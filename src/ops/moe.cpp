@@ -28,6 +28,7 @@ FeedForwardWorkspace::FeedForwardWorkspace(int64_t max_tokens, int64_t hidden, i
   expert_out_.resize(routed * static_cast<size_t>(hidden));
   tokens_by_expert_.resize(routed);
   expert_begin_.resize(static_cast<size_t>(experts + 1));
+  expert_fill_.resize(static_cast<size_t>(experts));
 }
 
 void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight& up,
@@ -55,13 +56,10 @@ void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const fl
   for (int64_t r = 0; r < tokens * top_k; ++r) ++ws.expert_begin_[static_cast<size_t>(expert_ids[r]) + 1];
   for (int64_t e = 0; e < count; ++e)
     ws.expert_begin_[static_cast<size_t>(e + 1)] += ws.expert_begin_[static_cast<size_t>(e)];
-  {
-    thread_local std::vector<int64_t> fill;
-    fill.assign(ws.expert_begin_.begin(), ws.expert_begin_.end() - 1);
-    for (int64_t r = 0; r < tokens * top_k; ++r)
-      ws.tokens_by_expert_[static_cast<size_t>(fill[static_cast<size_t>(expert_ids[r])]++)] =
-          static_cast<int32_t>(r);
-  }
+  std::copy(ws.expert_begin_.begin(), ws.expert_begin_.begin() + count, ws.expert_fill_.begin());
+  for (int64_t r = 0; r < tokens * top_k; ++r)
+    ws.tokens_by_expert_[static_cast<size_t>(ws.expert_fill_[static_cast<size_t>(expert_ids[r])]++)] =
+        static_cast<int32_t>(r);
 
   // Each expert over its tokens; results land in per-(token, slot) rows, summed in slot order
   // afterwards so the result does not depend on which expert ran first.

@@ -9,8 +9,7 @@ namespace tandem {
 namespace {
 
 // Indices of the k largest values (ties: lower index first, like a stable sort).
-void top_k_indices(const double* values, int64_t n, int64_t k, int32_t* out) {
-  thread_local std::vector<int32_t> order;
+void top_k_indices(const double* values, int64_t n, int64_t k, int32_t* out, std::vector<int32_t>& order) {
   order.resize(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
@@ -34,11 +33,14 @@ RoutingParams RoutingParams::from_config(const ModelConfig& config) {
 }
 
 void route_tokens_to_experts(const RoutingParams& params, const float* logits, int64_t tokens,
-                             const float* selection_bias, int32_t* expert_ids, float* weights) {
+                             const float* selection_bias, int32_t* expert_ids, float* weights,
+                             RouterScratch& scratch) {
   const int64_t n = params.experts, k = params.top_k;
-  // Reused across calls: routing runs every layer of every step.
-  thread_local std::vector<double> scores, choice, group_scores;
-  thread_local std::vector<int32_t> kept_groups;
+  std::vector<double>& scores = scratch.scores;
+  std::vector<double>& choice = scratch.choice;
+  std::vector<double>& group_scores = scratch.group_scores;
+  std::vector<int32_t>& kept_groups = scratch.kept_groups;
+  std::vector<int32_t>& order = scratch.order;
   scores.resize(static_cast<size_t>(n));
   choice.resize(static_cast<size_t>(n));
   group_scores.resize(static_cast<size_t>(params.n_group));
@@ -79,7 +81,7 @@ void route_tokens_to_experts(const RoutingParams& params, const float* logits, i
           group_scores[static_cast<size_t>(g)] = *std::max_element(gs, gs + per_group);
         }
       }
-      top_k_indices(group_scores.data(), params.n_group, params.topk_group, kept_groups.data());
+      top_k_indices(group_scores.data(), params.n_group, params.topk_group, kept_groups.data(), order);
       for (int64_t g = 0; g < params.n_group; ++g) {
         if (std::find(kept_groups.begin(), kept_groups.end(), static_cast<int32_t>(g)) != kept_groups.end())
           continue;
@@ -89,7 +91,7 @@ void route_tokens_to_experts(const RoutingParams& params, const float* logits, i
 
     int32_t* ids = expert_ids + t * k;
     float* w = weights + t * k;
-    top_k_indices(choice.data(), n, k, ids);
+    top_k_indices(choice.data(), n, k, ids, order);
     double sum = 0;
     for (int64_t i = 0; i < k; ++i) sum += scores[static_cast<size_t>(ids[i])];
     const double denominator = params.kind == RouterKind::sigmoid_noaux_tc ? sum + 1e-20 : sum;

@@ -15,7 +15,8 @@ std::map<int32_t, float> routed(const RoutingParams& p, const std::vector<float>
                                 const std::vector<float>* bias) {
   std::vector<int32_t> ids(static_cast<size_t>(p.top_k));
   std::vector<float> weights(ids.size());
-  route_tokens_to_experts(p, logits.data(), 1, bias ? bias->data() : nullptr, ids.data(), weights.data());
+  RouterScratch scratch;
+  route_tokens_to_experts(p, logits.data(), 1, bias ? bias->data() : nullptr, ids.data(), weights.data(), scratch);
   std::map<int32_t, float> out;
   for (size_t i = 0; i < ids.size(); ++i) out[ids[i]] = weights[i];
   return out;

@@ -35,11 +35,16 @@ TEST_CASE("thread pool: every index once, worker ids in range", "[thread_pool]")
 TEST_CASE("thread pool: a parallel_for inside a chunk runs inline", "[thread_pool]") {
   tandem::ThreadPool pool(4);
   std::atomic<int64_t> total{0};
-  pool.parallel_for(8, [&](int64_t begin, int64_t end, int) {
+  std::atomic<bool> other_worker{false};
+  pool.parallel_for(8, [&](int64_t begin, int64_t end, int outer) {
     for (int64_t i = begin; i < end; ++i)
-      pool.parallel_for(10, [&](int64_t b, int64_t e, int) { total.fetch_add(e - b); });
+      pool.parallel_for(10, [&](int64_t b, int64_t e, int inner) {
+        total.fetch_add(e - b);
+        if (inner != outer) other_worker = true;  // it would share another thread's scratch
+      });
   });
   CHECK(total.load() == 80);
+  CHECK_FALSE(other_worker.load());
 }
 
 TEST_CASE("thread pool: the first exception reaches the caller and the pool stays usable", "[thread_pool]") {
@@ -95,4 +100,26 @@ TEST_CASE("thread pool: when the OS refuses a worker, the pool fails cleanly ins
   }
   CHECK(WEXITSTATUS(status) == 0);
 #endif
+}
+
+TEST_CASE("thread pool: per-worker scratch is distinct per worker and kept between loops", "[thread_pool]") {
+  tandem::ThreadPool pool(3);
+  std::vector<float*> first(3, nullptr);
+  for (int worker = 0; worker < 3; ++worker) first[static_cast<size_t>(worker)] = pool.scratch(worker, 0, 64);
+  CHECK(first[0] != first[1]);
+  CHECK(first[1] != first[2]);
+  CHECK(pool.scratch(1, 1, 64) != first[1]);  // another slot
+  CHECK(pool.scratch(1, 0, 32) == first[1]);  // a smaller request reuses the buffer
+  // Written from every worker at once: each sees only its own values.
+  std::atomic<bool> clobbered{false};
+  for (int repeat = 0; repeat < 50; ++repeat)
+    pool.parallel_for(300, [&](int64_t begin, int64_t end, int worker) {
+      float* s = pool.scratch(worker, 0, 256);
+      for (int64_t i = begin; i < end; ++i) {
+        for (int j = 0; j < 256; ++j) s[j] = static_cast<float>(i);
+        for (int j = 0; j < 256; ++j)
+          if (s[j] != static_cast<float>(i)) clobbered = true;
+      }
+    });
+  CHECK_FALSE(clobbered.load());
 }

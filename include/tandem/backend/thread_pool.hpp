@@ -31,11 +31,17 @@ class ThreadPool {
 
   static int physical_cores();
 
+  // Per-worker scratch for kernels run through parallel_for: buffer `slot` (< kScratchSlots) of
+  // `worker`, grown to the largest size asked and kept for the pool's life, so kernels neither
+  // allocate per call nor keep thread_local state. Only the thread running as `worker` may use it.
+  static constexpr int kScratchSlots = 2;
+  float* scratch(int worker, int slot, size_t floats);
+
  private:
   static constexpr int kChunksPerThread = 4;
   void worker_loop(int index);
   std::exception_ptr run_chunks(int worker) noexcept;
-  bool on_busy_thread() const;
+  int busy_worker_index() const;  // this thread's worker index inside a running loop, else -1
   void stop_workers() noexcept;
 
   std::vector<std::thread> workers_;
@@ -52,6 +58,7 @@ class ThreadPool {
   bool stopping_ = false;
   std::exception_ptr failure_;  // the first exception a worker threw, rethrown by the caller
   std::mutex run_mutex_;        // one parallel_for at a time
+  std::vector<std::vector<float>> scratch_;  // [worker][slot]
 };
 
 }  // namespace tandem

@@ -26,6 +26,7 @@ class FeedForwardWorkspace {
   std::vector<float> gate_, up_, gathered_, expert_out_;
   std::vector<int32_t> tokens_by_expert_;  // token·top_k + slot, grouped by expert
   std::vector<int64_t> expert_begin_;      // [experts + 1] offsets into tokens_by_expert_
+  std::vector<int64_t> expert_fill_;       // [experts] next free slot of each expert while grouping
 };
 
 // out[t] = down(silu(gate(x[t])) · up(x[t])); x: [tokens, hidden], out: [tokens, hidden].

@@ -50,6 +50,7 @@ ThreadPool::ThreadPool(int threads) {
                 fmt::format("thread count {} is more than the {} a pool may have", threads, max_threads));
   if (threads == 0) threads = physical_cores();
   threads = std::clamp(threads, 1, 1024);
+  scratch_.resize(static_cast<size_t>(threads) * kScratchSlots);
   workers_.reserve(static_cast<size_t>(threads - 1));
   // Worker i runs on core i (mod cores); the caller keeps its own placement. Pinning failures
   // are harmless: the worker just runs unpinned.
@@ -128,23 +129,38 @@ std::exception_ptr ThreadPool::run_chunks(int worker) noexcept {
   return nullptr;
 }
 
-bool ThreadPool::on_busy_thread() const {
+int ThreadPool::busy_worker_index() const {
   const auto self = std::this_thread::get_id();
-  if (busy_caller_.load(std::memory_order_relaxed) == self) return true;
-  for (const auto& worker : workers_)
-    if (worker.get_id() == self) return true;
-  return false;
+  if (busy_caller_.load(std::memory_order_relaxed) == self) return 0;
+  for (size_t i = 0; i < workers_.size(); ++i)
+    if (workers_[i].get_id() == self) return static_cast<int>(i) + 1;
+  return -1;
+}
+
+float* ThreadPool::scratch(int worker, int slot, size_t floats) {
+  std::vector<float>& buffer = scratch_[static_cast<size_t>(worker) * kScratchSlots + static_cast<size_t>(slot)];
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
-  // A parallel_for issued from inside a chunk of this pool runs inline: the workers it would wait
-  // for are busy with the outer loop.
-  if (size() == 1 || n == 1 || on_busy_thread()) {
-    fn(0, n, 0);
+  // Issued from inside a chunk of this pool: run inline (the workers it would wait for are busy
+  // with the outer loop), under the calling thread's own worker index so its scratch stays its own.
+  if (const int self = busy_worker_index(); self >= 0) {
+    fn(0, n, self);
     return;
   }
   std::lock_guard run_lock(run_mutex_);
+  busy_caller_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  struct ClearCaller {
+    std::atomic<std::thread::id>& caller;
+    ~ClearCaller() { caller.store(std::thread::id(), std::memory_order_relaxed); }
+  } clear_caller{busy_caller_};
+  if (size() == 1 || n == 1) {
+    fn(0, n, 0);
+    return;
+  }
   {
     std::lock_guard lock(mutex_);
     job_ = &fn;
@@ -154,12 +170,10 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     pending_ = static_cast<int>(workers_.size());
     ++generation_;
   }
-  busy_caller_.store(std::this_thread::get_id(), std::memory_order_relaxed);
   wake_.notify_all();
   std::exception_ptr failure = run_chunks(0);
   std::unique_lock lock(mutex_);
   done_.wait(lock, [&] { return pending_ == 0; });
-  busy_caller_.store(std::thread::id(), std::memory_order_relaxed);
   if (!failure) failure = failure_;
   failure_ = nullptr;
   if (failure) std::rethrow_exception(failure);
