@@ -1,0 +1,54 @@
+// `tandem synth --preset P [--layers N] [--quant Q] [--seed S] -o FILE.gguf`: writes a synthetic
+// model (real shapes and metadata, random weights) for benchmarks; prints its size and the time.
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <fmt/core.h>
+
+#include "cli/command.hpp"
+#include "tandem/model/synth.hpp"
+
+namespace tandem::cli {
+namespace {
+
+struct SynthFlags {
+  std::string preset;
+  int64_t layers = 0;
+  std::string quant = "q4_k_m";
+  uint64_t seed = 1;
+  std::string output;
+};
+
+CommandRun setup(CLI::App& sub) {
+  auto flags = std::make_shared<SynthFlags>();
+  std::string presets;
+  for (const SynthPreset& p : synth_presets()) presets += (presets.empty() ? "" : "|") + std::string(p.name);
+  sub.add_option("--preset", flags->preset, "the model imitated: " + presets)->required();
+  sub.add_option("--layers", flags->layers, "keep the first N layers (default: all)");
+  sub.add_option("--quant", flags->quant, "q4_k_m (llama-quantize's mix, default), q8_0, iq4_xs or bf16");
+  sub.add_option("--seed", flags->seed, "seed of the random weights (default 1)");
+  sub.add_option("-o,--output", flags->output, "the GGUF file to write")->required();
+  return [flags]() {
+    SynthOptions options;
+    options.preset = flags->preset;
+    synth_preset(options.preset);  // an unknown name fails before anything else
+    options.quant = synth_quant_from_name(flags->quant);
+    options.layers = flags->layers;
+    options.seed = flags->seed;
+    const auto start = std::chrono::steady_clock::now();
+    const uint64_t bytes = write_synthetic_model(options, flags->output);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const SynthPreset& p = synth_preset(options.preset);
+    fmt::print("wrote {}: {} {} layers {}, {} bytes ({:.2f} GiB) in {:.1f} s ({:.0f} MB/s)\n", flags->output,
+               p.model_name, options.layers ? options.layers : p.layers, synth_quant_name(options.quant), bytes,
+               static_cast<double>(bytes) / (1u << 30), seconds, static_cast<double>(bytes) / 1e6 / seconds);
+    return 0;
+  };
+}
+
+const RegisterCommand registered{
+    {"synth", "write a synthetic model (a real model's shapes, random weights) for benchmarks", setup}};
+
+}  // namespace
+}  // namespace tandem::cli

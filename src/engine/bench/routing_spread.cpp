@@ -1,0 +1,146 @@
+#include "tandem/engine/bench/routing_spread.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "tandem/backend/backend.hpp"
+#include "tandem/engine/forward.hpp"
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
+
+namespace tandem {
+namespace {
+
+constexpr int64_t kMaxSpreadTokens = 65536;
+constexpr int64_t kChunkTokens = 512;
+
+// Forwards every call to the real backend; notes which experts each MoE call routes to.
+class RoutingRecorder final : public Backend {
+ public:
+  RoutingRecorder(Backend& inner, int64_t moe_layers, int64_t experts)
+      : inner_(inner), hit_(static_cast<size_t>(moe_layers), std::vector<bool>(static_cast<size_t>(experts))) {}
+
+  std::vector<int64_t> hits() const {
+    std::vector<int64_t> out;
+    for (const auto& layer : hit_) out.push_back(std::count(layer.begin(), layer.end(), true));
+    return out;
+  }
+
+  Device device() const override { return inner_.device(); }
+  int threads() const override { return inner_.threads(); }
+  void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
+    moe_call_ = 0;  // a forward pass starts: MoE calls count from the first MoE layer again
+    inner_.embedding(table, ids, count, out);
+  }
+  void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override { inner_.linear(w, x, rows, y); }
+  void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
+                float* out) override {
+    inner_.rms_norm(x, weight, rows, dim, stride, eps, out);
+  }
+  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+            int64_t head_stride, const int64_t* positions) override {
+    inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
+  }
+  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
+    inner_.gqa_attention(kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
+  }
+  void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
+                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                     float* out) override {
+    inner_.mla_attention(kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
+  }
+  void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
+                        float* q_latent) override {
+    inner_.mla_absorb_query(kv_b, shape, q, tokens, q_latent);
+  }
+  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
+                         float* out) override {
+    inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
+  }
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
+                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
+    inner_.silu_glu_mlp(gate, up, down, x, tokens, ws, out);
+  }
+  void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          float* out) override {
+    if (moe_call_ < hit_.size()) {
+      std::vector<bool>& hit = hit_[moe_call_];
+      for (int64_t i = 0; i < tokens * top_k; ++i)
+        if (expert_ids[i] >= 0 && static_cast<size_t>(expert_ids[i]) < hit.size()) hit[static_cast<size_t>(expert_ids[i])] = true;
+    }
+    ++moe_call_;
+    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+  }
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
+    inner_.parallel_for(n, fn);
+  }
+  void synchronize() override { inner_.synchronize(); }
+
+ private:
+  Backend& inner_;
+  std::vector<std::vector<bool>> hit_;
+  size_t moe_call_ = 0;
+};
+
+}  // namespace
+
+double RoutingSpread::mean_fraction() const {
+  if (experts_hit.empty() || experts <= 0) return 0.0;
+  double sum = 0;
+  for (int64_t h : experts_hit) sum += static_cast<double>(h) / static_cast<double>(experts);
+  return sum / static_cast<double>(experts_hit.size());
+}
+
+double RoutingSpread::uniform_fraction(int64_t tokens, int64_t top_k, int64_t experts) {
+  if (experts <= 0) return 0.0;
+  return 1.0 - std::pow(1.0 - static_cast<double>(top_k) / static_cast<double>(experts), static_cast<double>(tokens));
+}
+
+RoutingSpread measure_routing_spread(const ModelFiles& files, int64_t tokens, int threads, uint64_t seed) {
+  const ModelConfig& c = files.config;
+  const int64_t limit = std::min(kMaxSpreadTokens, c.max_position_embeddings > 0 ? c.max_position_embeddings : kMaxSpreadTokens);
+  if (tokens < 1 || tokens > limit)
+    throw Error(ErrorKind::out_of_range, "routing spread over " + std::to_string(tokens) + " tokens: outside 1.." +
+                                             std::to_string(limit) + " (the model's context, at most " +
+                                             std::to_string(kMaxSpreadTokens) + ")");
+  const Weights weights = bind_weights(files);
+  int64_t moe_layers = 0;
+  for (const LayerWeights& l : weights.layers) moe_layers += l.is_moe;
+
+  KvPoolSpec spec;
+  spec.layout = c.attention == AttentionKind::mla ? KvLayout::mla_latent : KvLayout::gqa;
+  spec.layers = c.num_layers;
+  spec.values_per_token = c.kv_values_per_token_per_layer();
+  spec.block_tokens = 16;
+  spec.blocks = (tokens + spec.block_tokens - 1) / spec.block_tokens;
+  KvPool kv(spec);
+  auto cpu = make_cpu_backend(threads);
+  RoutingRecorder recorder(*cpu, moe_layers, c.num_experts);
+  ForwardPass forward(c, weights, recorder, kv, std::min(tokens, kChunkTokens));
+
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(tokens));
+  for (int32_t& id : ids) id = pick(rng);
+  BlockTable table;
+  table.reserve(kv, tokens);
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+  for (int64_t at = 0; at < tokens; at += kChunkTokens) {
+    const int64_t n = std::min(kChunkTokens, tokens - at);
+    const SequenceChunk chunk{std::span<const int32_t>(ids).subspan(static_cast<size_t>(at), static_cast<size_t>(n)), at,
+                              &table, false};
+    forward.run({&chunk, 1}, logits.data());
+  }
+  table.release(kv);
+
+  RoutingSpread spread;
+  spread.tokens = tokens;
+  spread.experts = c.num_experts;
+  spread.experts_hit = recorder.hits();
+  return spread;
+}
+
+}  // namespace tandem

@@ -1,0 +1,157 @@
+// tandem synth: a synthetic DeepSeek-V2-Lite cut to two layers (one dense, one MoE) loads and
+// runs, its tensors follow llama-quantize's Q4_K_M mix, its vocabulary loads as a tokenizer, and
+// its routers spread tokens over the experts as a trained model's do. Bad input is refused.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "support/cli.hpp"
+#include "tandem/engine/bench/routing_spread.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/error.hpp"
+#include "tandem/formats/dequantize.hpp"
+#include "tandem/formats/gguf.hpp"
+#include "tandem/model/synth.hpp"
+#include "tandem/text/tokenizer.hpp"
+
+using namespace tandem;
+namespace fs = std::filesystem;
+
+namespace {
+
+// One synthetic file shared by the cases below (written once: it is ~650 MB).
+const std::string& synthetic_v2_lite() {
+  static const std::string path = [] {
+    const std::string p = (fs::temp_directory_path() / "tandem_test_synth_v2lite.gguf").string();
+    SynthOptions options;
+    options.preset = "deepseek-v2-lite";
+    options.layers = 2;
+    options.seed = 7;
+    const uint64_t bytes = write_synthetic_model(options, p);
+    REQUIRE(fs::file_size(p) == bytes);
+    return p;
+  }();
+  return path;
+}
+
+struct RemoveAtExit {
+  ~RemoveAtExit() {
+    std::error_code ignored;
+    fs::remove(fs::temp_directory_path() / "tandem_test_synth_v2lite.gguf", ignored);
+  }
+} remove_at_exit;
+
+DType type_of(const GgufFile& f, const std::string& name) {
+  const TensorEntry* e = f.tensors().find(name);
+  REQUIRE(e != nullptr);
+  return e->view.dtype;
+}
+
+}  // namespace
+
+TEST_CASE("synth: the file carries the preset's metadata and the Q4_K_M mix", "[engine][synth]") {
+  const GgufFile f = GgufFile::open(synthetic_v2_lite());
+  CHECK(f.architecture() == "deepseek2");
+  CHECK(f.get_int("deepseek2.block_count") == 2);
+  CHECK(f.get_int("deepseek2.leading_dense_block_count") == 1);
+  CHECK(f.get_int("deepseek2.expert_count") == 64);
+  CHECK(f.get_int("deepseek2.expert_used_count") == 6);
+  CHECK(f.get_int("general.file_type") == 15);
+  CHECK(f.require("tokenizer.ggml.tokens").as_array().size() == 102400);
+
+  // llama-quantize's choices for a 2-layer model: layer 1 is a "more bits" layer, layer 0 is not.
+  CHECK(type_of(f, "token_embd.weight") == DType::q4_k);
+  CHECK(type_of(f, "output.weight") == DType::q6_k);
+  CHECK(type_of(f, "output_norm.weight") == DType::f32);
+  CHECK(type_of(f, "blk.0.attn_norm.weight") == DType::f32);
+  CHECK(type_of(f, "blk.0.attn_q.weight") == DType::q4_k);
+  CHECK(type_of(f, "blk.0.attn_kv_b.weight") == DType::q4_k);
+  CHECK(type_of(f, "blk.1.attn_kv_b.weight") == DType::q6_k);
+  CHECK(type_of(f, "blk.0.ffn_gate.weight") == DType::q4_k);
+  CHECK(type_of(f, "blk.0.ffn_down.weight") == DType::q5_0);  // 10944-wide rows: not whole 256-blocks
+  CHECK(type_of(f, "blk.1.ffn_down_shexp.weight") == DType::q6_k);
+  CHECK(type_of(f, "blk.1.ffn_gate_exps.weight") == DType::q4_k);
+  CHECK(type_of(f, "blk.1.ffn_gate_inp.weight") == DType::f32);
+  // 1408-wide expert rows are not whole 256-blocks: Q6_K falls back to Q8_0 (and Q4_K to Q5_0).
+  CHECK(type_of(f, "blk.1.ffn_down_exps.weight") == DType::q8_0);
+  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.4.ffn_down_exps.weight", 27, 64, 1408) == DType::q5_0);
+  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.5.ffn_down_exps.weight", 27, 64, 1408) == DType::q8_0);
+  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.24.ffn_down_exps.weight", 48, 128, 768) == DType::q4_k);
+  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.26.attn_v.weight", 48, 128, 2048) == DType::q6_k);
+  // Mixtral (8 experts): attn_v and attn_k at Q8_0, attn_output at Q5_K.
+  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.3.attn_v.weight", 32, 8, 4096) == DType::q8_0);
+  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.3.attn_output.weight", 32, 8, 4096) == DType::q5_k);
+  CHECK(synth_matrix_type(SynthQuant::iq4_xs, "blk.3.ffn_up_exps.weight", 48, 128, 2048) == DType::iq4_xs);
+
+  // Weights decode to about the RMS they were drawn at: 1/sqrt(2048) for a q projection row.
+  const TensorView& q = f.tensors().find("blk.0.attn_q.weight")->view;
+  std::vector<float> row(2048);
+  double sum_sq = 0, sum = 0;
+  for (int r = 0; r < 16; ++r) {
+    dequantize_row(q.dtype, q.row_ptr(r), row.data(), 2048);
+    for (float v : row) {
+      sum_sq += double{v} * v;
+      sum += v;
+    }
+  }
+  const double rms = std::sqrt(sum_sq / (16 * 2048));
+  CHECK(rms == Approx(1.0 / std::sqrt(2048.0)).epsilon(0.1));
+  CHECK(std::abs(sum / (16 * 2048)) < 0.05 * rms);
+}
+
+TEST_CASE("synth: the model loads, tokenizes and runs with finite logits", "[engine][synth]") {
+  LoadOptions options;
+  options.threads = 2;
+  options.max_context_tokens = 64;
+  options.max_sessions = 1;
+  const auto engine = Engine::load(synthetic_v2_lite(), options);
+  CHECK(engine->config().num_experts == 64);
+  REQUIRE(engine->tokenizer() != nullptr);
+  const std::vector<int32_t> ids = engine->tokenizer()->encode("Hello, synthetic world!", false);
+  CHECK(ids.size() == 23);  // no merges: one token per byte
+  auto session = engine->new_session();
+  session->prefill(ids);
+  session->decode(5);
+  const auto logits = session->logits();
+  REQUIRE(logits.size() == 102400);
+  bool finite = true;
+  float lo = logits[0], hi = logits[0];
+  for (float v : logits) {
+    finite = finite && std::isfinite(v);
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  CHECK(finite);
+  CHECK(hi - lo > 1.0f);  // not a constant row
+}
+
+TEST_CASE("synth: routing spreads over the experts as uniform routing would", "[engine][synth]") {
+  const ModelFiles files = open_model_files(synthetic_v2_lite());
+  const int64_t tokens = 96;
+  const RoutingSpread spread = measure_routing_spread(files, tokens, 2, 3);
+  REQUIRE(spread.experts_hit.size() == 1);
+  const double uniform = RoutingSpread::uniform_fraction(tokens, 6, 64);
+  INFO("hit " << spread.experts_hit[0] << " of 64; uniform routing would hit a fraction " << uniform);
+  CHECK(spread.mean_fraction() > 0.5 * uniform);
+  CHECK(spread.mean_fraction() > 0.8);  // collapsed routing hits a few experts
+}
+
+TEST_CASE("synth CLI: writes a file, refuses bad input with clear errors", "[engine][synth][cli]") {
+  using test::run_cli_captured;
+  using test::shell_quote;
+  const fs::path out = fs::temp_directory_path() / "tandem_test_synth_cli.gguf";
+  auto r = run_cli_captured("synth --preset nope -o " + shell_quote(out.string()));
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("unknown preset 'nope'") && Catch::Contains("qwen3-30b-a3b"));
+  r = run_cli_captured("synth --preset mixtral-8x7b --quant q3_k -o " + shell_quote(out.string()));
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("unknown quant type 'q3_k'"));
+  r = run_cli_captured("synth --preset deepseek-v3 --layers 62 -o " + shell_quote(out.string()));
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("--layers 62 is outside 1..61"));
+  r = run_cli_captured("synth --preset qwen3-30b-a3b --layers 1 -o /nonexistent-tandem-dir/x.gguf");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("/nonexistent-tandem-dir/x.gguf") && Catch::Contains("cannot create"));
+  CHECK_FALSE(fs::exists(out));
+}
