@@ -13,8 +13,6 @@
 
 namespace tandem {
 
-class ThreadPool;
-
 // The shapes and metadata of a published model, as llama.cpp's converter writes them.
 struct SynthPreset {
   std::string_view name;        // "qwen3-30b-a3b"
@@ -77,9 +75,6 @@ DType synth_matrix_type(SynthQuant quant, const std::string& name, int64_t layer
 // stream of values is a function of `seed` only. Quantised types are drawn as random codes with
 // scales chosen for the RMS, so no float quantiser runs.
 void fill_random_blocks(DType dtype, float rms, uint64_t seed, uint8_t* out, int64_t blocks);
-// The same for `bytes` of a tensor in `dtype`, cut over the pool (each piece seeded from `seed`
-// and its offset), for large in-memory buffers.
-void fill_random_bytes(ThreadPool& pool, DType dtype, float rms, uint64_t seed, uint8_t* out, uint64_t bytes);
 
 struct SynthOptions {
   std::string preset;

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/model/synth.hpp"
@@ -153,23 +152,6 @@ void fill_random_blocks(DType dtype, float rms, uint64_t seed, uint8_t* out, int
         throw Error(ErrorKind::unsupported, "no random fill for " + std::string(dtype_name(dtype)) + " blocks");
     }
   }
-}
-
-void fill_random_bytes(ThreadPool& pool, DType dtype, float rms, uint64_t seed, uint8_t* out, uint64_t bytes) {
-  const auto block_bytes = static_cast<uint64_t>(dtype_traits(dtype).block_bytes);
-  if (bytes % block_bytes)
-    throw Error(ErrorKind::internal, "fill_random_bytes: not whole " + std::string(dtype_name(dtype)) + " blocks");
-  constexpr uint64_t kPieceBlocks = 4096;
-  const uint64_t blocks = bytes / block_bytes;
-  const auto pieces = static_cast<int64_t>((blocks + kPieceBlocks - 1) / kPieceBlocks);
-  pool.parallel_for(pieces, [&](int64_t begin, int64_t end, int) {
-    for (int64_t p = begin; p < end; ++p) {
-      const uint64_t first = static_cast<uint64_t>(p) * kPieceBlocks;
-      const uint64_t count = std::min(kPieceBlocks, blocks - first);
-      fill_random_blocks(dtype, rms, seed ^ (first * 0x9e3779b97f4a7c15ull), out + first * block_bytes,
-                         static_cast<int64_t>(count));
-    }
-  });
 }
 
 }  // namespace tandem

@@ -1,0 +1,44 @@
+#pragma once
+// One MoE layer of a preset, built in memory (random weights in the stored types `tandem synth`
+// writes), run through the CPU backend's moe_routed_experts with random top-k routing per token:
+// how close the expert kernels come to this machine's stream read bandwidth (decode, small
+// batches) and what matrix throughput they reach (prefill, large batches).
+#include <cstdint>
+#include <string>
+
+#include "tandem/model/synth.hpp"
+
+namespace tandem {
+
+struct ExpertBenchOptions {
+  std::string preset;
+  SynthQuant quant = SynthQuant::q4_k_m;
+  int64_t batch = 1;          // tokens per step, 1..kMaxBatch
+  int threads = 0;            // 0: one per physical core
+  double min_seconds = 2.0;   // time the steps for at least this long (after warm-up)
+  uint64_t stream_bytes = uint64_t{1} << 30;  // the stream read probe's buffer
+  uint64_t seed = 1;
+  static constexpr int64_t kMaxBatch = 16384;
+};
+
+struct ExpertBenchResult {
+  std::string preset;
+  SynthQuant quant = SynthQuant::q4_k_m;
+  int64_t batch = 0, top_k = 0, experts = 0, hidden = 0, moe_intermediate = 0;
+  DType gate_type = DType::f32, up_type = DType::f32, down_type = DType::f32;
+  int threads = 0;
+  int64_t steps = 0;
+  double seconds_per_step = 0;            // mean over the timed steps
+  double expert_bytes_per_step = 0;       // mean bytes of the distinct experts hit per step
+  uint64_t layer_bytes = 0;               // all experts of the layer
+  double achieved_gbps = 0;               // expert bytes read / time
+  double stream_read_gbps = 0;            // measured in the same run, same threads
+  double ratio = 0;                       // achieved / stream
+  double tflops = 0;                      // 2·3·hidden·moe_intermediate·batch·top_k per step / time
+};
+
+// Error(invalid_argument) for an unknown preset, a batch outside 1..kMaxBatch or threads outside
+// 0..1024; Error(out_of_memory) when the layer would not fit in memory.
+ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options);
+
+}  // namespace tandem

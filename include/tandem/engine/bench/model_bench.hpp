@@ -1,0 +1,41 @@
+#pragma once
+// A whole model's prefill and decode speed as llama-bench measures them (pp = one prompt of p
+// tokens from an empty cache, tg = n decode steps from an empty cache; repetitions, mean ± sd of
+// tok/s), next to the decode roofline this machine's stream bandwidth implies for the file, and
+// the routers' spread over the experts.
+#include <cstdint>
+#include <string>
+
+namespace tandem {
+
+struct ModelBenchOptions {
+  std::string model_path;
+  int64_t prompt_tokens = 512;   // pp
+  int64_t gen_tokens = 128;      // tg
+  int threads = 0;               // 0: one per physical core
+  int reps = 5;
+  int64_t spread_tokens = 4096;  // tokens of the routing-spread prompt; 0 skips it
+  uint64_t stream_bytes = uint64_t{1} << 30;
+  uint64_t seed = 1;
+  static constexpr int kMaxReps = 100;
+};
+
+struct ModelBenchResult {
+  int threads = 0;
+  double prefill_tok_s = 0, prefill_tok_s_sd = 0;
+  double decode_tok_s = 0, decode_tok_s_sd = 0;
+  double stream_read_gbps = 0;
+  // Weight bytes one decode token reads: every non-expert weight, top_k experts of each MoE layer
+  // (the layer's mean expert size), one embedding row and the whole output projection.
+  double decode_bytes_per_token = 0;
+  double decode_roofline_tok_s = 0;  // stream_read_gbps / decode_bytes_per_token
+  double experts_hit_fraction = 0;   // per MoE layer over the spread prompt, averaged (0 when skipped)
+  double experts_hit_uniform = 0;    // what uniform random routing would give for those tokens
+  int64_t model_bytes = 0, parameters = 0;
+};
+
+// Error(out_of_range) for prompt or generated tokens outside 1..the model's context (at most
+// 65536) or reps outside 1..kMaxReps; errors from loading the model pass through.
+ModelBenchResult run_model_bench(const ModelBenchOptions& options);
+
+}  // namespace tandem

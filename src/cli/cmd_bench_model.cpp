@@ -1,0 +1,87 @@
+// `tandem bench model -m FILE [-p 512] [-n 128] [-t N] [-r REPS] [--json]`: prefill and decode
+// speed as llama-bench measures them, the decode roofline implied by the file and this machine's
+// stream bandwidth, and how widely the routers spread tokens over the experts.
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/bench_command.hpp"
+#include "tandem/engine/bench/model_bench.hpp"
+#include "tandem/error.hpp"
+
+namespace tandem::cli {
+namespace {
+
+struct ModelFlags {
+  ModelBenchOptions options;
+  uint64_t stream_mib = 1024;
+  bool json = false;
+};
+
+CommandRun setup(CLI::App& sub) {
+  auto flags = std::make_shared<ModelFlags>();
+  ModelBenchOptions& opt = flags->options;
+  sub.add_option("-m,--model", opt.model_path, "GGUF file or HF model folder")->required();
+  sub.add_option("-p,--n-prompt", opt.prompt_tokens, "prompt tokens of the prefill test (default 512)");
+  sub.add_option("-n,--n-gen", opt.gen_tokens, "decode steps of the generation test (default 128)");
+  sub.add_option("-t,--threads", opt.threads, "threads (default 0: one per physical core)");
+  sub.add_option("-r,--repetitions", opt.reps, "repetitions of each test (default 5)");
+  sub.add_option("--spread-tokens", opt.spread_tokens,
+                 "tokens of the prompt that measures the routing spread (default 4096; 0 skips it)");
+  sub.add_option("--stream-mib", flags->stream_mib, "the stream read probe's buffer in MiB (default 1024)");
+  sub.add_option("--seed", opt.seed, "seed of the random token ids (default 1)");
+  sub.add_flag("--json", flags->json, "print one JSON object");
+  return [flags]() {
+    ModelBenchOptions o = flags->options;
+    if (flags->stream_mib < 1 || flags->stream_mib > (uint64_t{1} << 20))
+      throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
+    o.stream_bytes = flags->stream_mib << 20;
+    const ModelBenchResult r = run_model_bench(o);
+    if (flags->json) {
+      nlohmann::ordered_json j;
+      j["model"] = o.model_path;
+      j["threads"] = r.threads;
+      j["n_prompt"] = o.prompt_tokens;
+      j["n_gen"] = o.gen_tokens;
+      j["repetitions"] = o.reps;
+      j["prefill_tok_s"] = r.prefill_tok_s;
+      j["prefill_tok_s_sd"] = r.prefill_tok_s_sd;
+      j["decode_tok_s"] = r.decode_tok_s;
+      j["decode_tok_s_sd"] = r.decode_tok_s_sd;
+      j["decode_roofline_tok_s"] = r.decode_roofline_tok_s;
+      j["decode_roofline_ratio"] = r.decode_tok_s / r.decode_roofline_tok_s;
+      j["decode_bytes_per_token"] = r.decode_bytes_per_token;
+      j["stream_read_gbps"] = r.stream_read_gbps;
+      j["experts_hit_fraction"] = r.experts_hit_fraction;
+      j["experts_hit_uniform"] = r.experts_hit_uniform;
+      j["spread_tokens"] = o.spread_tokens;
+      j["model_bytes"] = r.model_bytes;
+      j["parameters"] = r.parameters;
+      fmt::print("{}\n", j.dump());
+      return 0;
+    }
+    const std::string name = std::filesystem::path(o.model_path).filename().string();
+    fmt::print("| model | size | params | threads | test | t/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    const std::string size = fmt::format("{:.2f} GiB", static_cast<double>(r.model_bytes) / (1u << 30));
+    const std::string params = fmt::format("{:.2f} B", static_cast<double>(r.parameters) / 1e9);
+    fmt::print("| {} | {} | {} | {} | pp{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.prompt_tokens,
+               r.prefill_tok_s, r.prefill_tok_s_sd);
+    fmt::print("| {} | {} | {} | {} | tg{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.gen_tokens,
+               r.decode_tok_s, r.decode_tok_s_sd);
+    fmt::print("decode roofline {:.1f} tok/s ({:.1f} MB read per token at {:.2f} GB/s stream read); decode at {:.3f} of it\n",
+               r.decode_roofline_tok_s, r.decode_bytes_per_token / 1e6, r.stream_read_gbps,
+               r.decode_tok_s / r.decode_roofline_tok_s);
+    if (o.spread_tokens > 0)
+      fmt::print("experts hit per MoE layer over {} tokens: {:.3f} (uniform routing: {:.3f})\n", o.spread_tokens,
+                 r.experts_hit_fraction, r.experts_hit_uniform);
+    return 0;
+  };
+}
+
+const RegisterBench registered{{"model", "prefill and decode tok/s as llama-bench measures them, with the decode roofline", setup}};
+
+}  // namespace
+}  // namespace tandem::cli
