@@ -22,6 +22,12 @@ const Placement& Engine::placement() const {
   return all_cpu;
 }
 
+KvPool& Engine::kv_pool() { throw Error(ErrorKind::unsupported, "this engine has no shared KV pool"); }
+
+void Engine::run_batch(std::span<const SequenceChunk>, float*, const std::atomic<bool>*) {
+  throw Error(ErrorKind::unsupported, "this engine cannot run a batch of sequences");
+}
+
 uint64_t MemoryReport::total_bytes() const {
   uint64_t total = 0;
   for (const auto& l : lines) total += l.bytes;
@@ -161,6 +167,12 @@ class CpuEngine final : public Engine {
       ++open_sessions_;
     }
     return std::make_unique<EngineSession>(*this);
+  }
+
+  KvPool& kv_pool() override { return *kv_; }
+  void run_batch(std::span<const SequenceChunk> batch, float* logits, const std::atomic<bool>* cancel) override {
+    std::lock_guard lock(mutex_);
+    forward_->run(batch, logits, cancel);
   }
 
  private:

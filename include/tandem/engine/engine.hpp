@@ -23,6 +23,8 @@ namespace tandem {
 class Tokenizer;
 class ChatTemplate;
 class Session;
+class KvPool;
+struct SequenceChunk;
 
 struct LoadOptions {
   int threads = 0;                    // 0 = one per physical core
@@ -72,6 +74,12 @@ class Engine {
 
   // Throws Error(out_of_memory) when max_sessions are already open.
   virtual std::unique_ptr<Session> new_session() = 0;
+
+  // For a scheduler batching many sequences (engine/scheduler.hpp): the KV pool their block tables
+  // draw from, and one forward pass over chunks of several sequences (ForwardPass::run's contract),
+  // serialised with the sessions' passes. An engine without them throws Error(unsupported).
+  virtual KvPool& kv_pool();
+  virtual void run_batch(std::span<const SequenceChunk> batch, float* logits, const std::atomic<bool>* cancel);
 };
 
 // One sequence: its KV blocks, position and last logits.

@@ -1,0 +1,373 @@
+#include "tandem/engine/scheduler.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iterator>
+
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/forward.hpp"
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
+#include "tandem/text/token_text_stream.hpp"
+
+namespace tandem {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+}  // namespace
+
+struct Scheduler::Sequence {
+  Sequence(uint64_t id_, SequenceParams p, const Tokenizer* tokenizer)
+      : id(id_),
+        params(std::move(p)),
+        sampler(params.sampling),
+        text(tokenizer, params.skip_special_text, params.stop_strings),
+        tokens(params.prompt),
+        submitted(Clock::now()) {
+    result.prompt_tokens = static_cast<int64_t>(params.prompt.size());
+  }
+
+  uint64_t id;
+  SequenceParams params;
+  Sampler sampler;
+  TokenTextStream text;
+  BlockTable table;
+  std::vector<int32_t> tokens;  // prompt + sampled ids; the KV holds the first `cached`
+  int64_t cached = 0;
+  SequenceResult result;
+  Clock::time_point submitted;
+  bool admitted_once = false;
+  bool done = false;
+  int64_t pending() const { return static_cast<int64_t>(tokens.size()) - cached; }
+};
+
+struct Scheduler::Planned {
+  Sequence* seq;
+  int64_t tokens;
+};
+
+Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOptions options)
+    : engine_(engine), tokenizer_(tokenizer), options_(options) {
+  const LoadOptions& load = engine.options();
+  if (options_.max_batch_tokens == 0) options_.max_batch_tokens = load.max_batch_tokens;
+  if (options_.max_running <= 0 || options_.max_running > 4096)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("scheduler: max_running must be within [1, 4096], not {}", options_.max_running));
+  if (options_.max_batch_tokens <= 0 || options_.max_batch_tokens > load.max_batch_tokens)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("scheduler: max_batch_tokens must be within [1, {}] (the engine's max_batch_tokens), not {}",
+                            load.max_batch_tokens, options_.max_batch_tokens));
+  if (options_.max_waiting < 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("scheduler: max_waiting must not be negative, not {}", options_.max_waiting));
+  (void)engine_.kv_pool();  // Error(unsupported) now rather than at the first step
+  vocab_ = engine.config().vocab_size;
+  max_context_tokens_ = load.max_context_tokens;
+  logits_.assign(static_cast<size_t>(options_.max_running * vocab_), 0.0f);
+  stats_.step_seconds_buckets.assign(std::size(SchedulerStats::kStepBuckets) + 1, 0);
+  stats_.kv_blocks_total = engine_.kv_pool().spec().blocks;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  stop_forward_.store(true);
+  wake_.notify_all();
+  thread_.join();
+}
+
+int64_t Scheduler::blocks_for(int64_t tokens) const {
+  const int64_t b = engine_.kv_pool().spec().block_tokens;
+  return (tokens + b - 1) / b;
+}
+
+uint64_t Scheduler::submit(SequenceParams params) {
+  if (params.prompt.empty()) throw Error(ErrorKind::invalid_argument, "the prompt has no tokens");
+  const auto n = static_cast<int64_t>(params.prompt.size());
+  if (n > max_context_tokens_)
+    throw Error(ErrorKind::out_of_range,
+                fmt::format("the prompt has {} tokens; the context holds {}", n, max_context_tokens_));
+  for (size_t i = 0; i < params.prompt.size(); ++i)
+    if (params.prompt[i] < 0 || params.prompt[i] >= vocab_)
+      throw Error(ErrorKind::invalid_argument, fmt::format("token id {} at index {} is outside the vocabulary [0, {})",
+                                                           params.prompt[i], i, vocab_));
+  std::lock_guard lock(mutex_);
+  if (stopping_) throw Error(ErrorKind::cancelled, "the scheduler is shutting down");
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting)
+    throw Error(ErrorKind::out_of_memory,
+                fmt::format("{} requests are already waiting (the queue's limit)", waiting_.size()));
+  const uint64_t id = next_id_++;
+  auto seq = std::make_unique<Sequence>(id, std::move(params), tokenizer_);  // validates sampling and stops
+  stats_.prompt_tokens += seq->result.prompt_tokens;
+  ++stats_.submitted;
+  live_ids_.insert(id);
+  waiting_.push_back(std::move(seq));
+  wake_.notify_one();
+  return id;
+}
+
+bool Scheduler::cancel(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  if (!live_ids_.count(id)) return false;
+  cancel_requests_.insert(id);
+  wake_.notify_one();
+  return true;
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard lock(mutex_);
+  SchedulerStats s = stats_;
+  s.waiting = static_cast<int64_t>(waiting_.size());
+  s.kv_blocks_in_use = s.kv_blocks_total - engine_.kv_pool().free_blocks();
+  return s;
+}
+
+void Scheduler::loop() {
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !waiting_.empty() || !running_.empty(); });
+      if (stopping_) break;
+    }
+    try {
+      step();
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::cancelled && stop_forward_.load()) continue;  // shutting down
+      for (auto& seq : running_)
+        if (!seq->done) finish(*seq, StopReason::cancelled, e.what());
+      retire_finished();
+    } catch (const std::exception& e) {
+      // A failed forward pass (or a bug) fails the sequences it touched, never the server.
+      for (auto& seq : running_)
+        if (!seq->done) finish(*seq, StopReason::cancelled, e.what());
+      retire_finished();
+    }
+  }
+  // Shutting down: everyone still here is cancelled.
+  for (auto& seq : running_)
+    if (!seq->done) finish(*seq, StopReason::cancelled);
+  retire_finished();
+  std::deque<std::unique_ptr<Sequence>> left;
+  {
+    std::lock_guard lock(mutex_);
+    left.swap(waiting_);
+  }
+  for (auto& seq : left) finish(*seq, StopReason::cancelled);
+}
+
+void Scheduler::admit_and_cancel() {
+  std::vector<std::unique_ptr<Sequence>> cancelled_waiting;
+  std::vector<Sequence*> cancelled_running;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (cancel_requests_.count((*it)->id)) {
+        cancelled_waiting.push_back(std::move(*it));
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto& seq : running_)
+      if (cancel_requests_.count(seq->id)) cancelled_running.push_back(seq.get());
+    KvPool& pool = engine_.kv_pool();
+    while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
+      Sequence& next = *waiting_.front();
+      // Admit only what can start: room for its whole prompt (or, alone, whatever there is).
+      if (!running_.empty() && pool.free_blocks() < blocks_for(static_cast<int64_t>(next.tokens.size()) + 1)) break;
+      if (!next.admitted_once) {
+        next.admitted_once = true;
+        next.result.queue_seconds = seconds_between(next.submitted, Clock::now());
+      }
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+    }
+    stats_.running = static_cast<int64_t>(running_.size());
+  }
+  for (auto& seq : cancelled_waiting) finish(*seq, StopReason::cancelled);
+  for (Sequence* seq : cancelled_running) finish(*seq, StopReason::cancelled);
+}
+
+void Scheduler::preempt(Sequence& victim) {
+  victim.table.release(engine_.kv_pool());
+  victim.cached = 0;
+  ++victim.result.preemptions;
+  auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == &victim; });
+  std::lock_guard lock(mutex_);
+  ++stats_.preemptions;
+  waiting_.push_front(std::move(*it));
+  running_.erase(it);
+  stats_.running = static_cast<int64_t>(running_.size());
+}
+
+// Decode tokens first (one per sequence that has sampled), then prompt chunks in admission order
+// with what is left of the budget; blocks are reserved for every planned token, preempting the
+// most recently admitted sequence when the pool is empty. False when nothing can run.
+bool Scheduler::plan_batch(std::vector<Planned>& plan) {
+  plan.clear();
+  int64_t budget = options_.max_batch_tokens;
+  for (auto& seq : running_)
+    if (!seq->done && seq->pending() == 1 && budget > 0) {
+      plan.push_back({seq.get(), 1});
+      --budget;
+    }
+  for (auto& seq : running_)
+    if (!seq->done && seq->pending() > 1 && budget > 0) {
+      const int64_t n = std::min(seq->pending(), budget);
+      plan.push_back({seq.get(), n});
+      budget -= n;
+    }
+  KvPool& pool = engine_.kv_pool();
+  for (size_t i = 0; i < plan.size();) {
+    Sequence& seq = *plan[i].seq;
+    try {
+      seq.table.reserve(pool, seq.cached + plan[i].tokens);
+      ++i;
+      continue;
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::out_of_memory) throw;
+    }
+    if (running_.size() == 1) {
+      finish(seq, StopReason::cancelled, "the KV pool cannot hold this sequence");
+      plan.erase(plan.begin() + static_cast<std::ptrdiff_t>(i));
+      continue;
+    }
+    Sequence* victim = running_.back().get();
+    const auto at = std::find_if(plan.begin(), plan.end(), [&](const Planned& p) { return p.seq == victim; });
+    if (at != plan.end()) {
+      const auto index = static_cast<size_t>(at - plan.begin());
+      plan.erase(at);
+      if (index < i) --i;
+    }
+    preempt(*victim);  // i now points at the same sequence, or (when it was the victim) the next
+  }
+  return !plan.empty();
+}
+
+void Scheduler::step() {
+  admit_and_cancel();
+  retire_finished();
+  std::vector<Planned> plan;
+  if (!plan_batch(plan)) {
+    retire_finished();
+    return;
+  }
+  std::vector<SequenceChunk> chunks;
+  chunks.reserve(plan.size());
+  int64_t prefill_tokens = 0;
+  for (const Planned& p : plan) {
+    Sequence& s = *p.seq;
+    s.table.make_writable(engine_.kv_pool(), s.cached, s.cached + p.tokens);
+    chunks.push_back({std::span<const int32_t>(s.tokens).subspan(static_cast<size_t>(s.cached),
+                                                                  static_cast<size_t>(p.tokens)),
+                      s.cached, &s.table, false});
+    if (p.tokens > 1 || s.cached < static_cast<int64_t>(s.params.prompt.size())) prefill_tokens += p.tokens;
+  }
+  const auto start = Clock::now();
+  engine_.run_batch(chunks, logits_.data(), &stop_forward_);
+  const double seconds = seconds_between(start, Clock::now());
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.steps;
+    stats_.prefilled_tokens += prefill_tokens;
+    stats_.step_seconds_sum += seconds;
+    for (size_t b = 0; b < std::size(SchedulerStats::kStepBuckets); ++b)
+      if (seconds <= SchedulerStats::kStepBuckets[b]) ++stats_.step_seconds_buckets[b];
+    ++stats_.step_seconds_buckets.back();
+  }
+  after_forward(plan);
+  retire_finished();
+}
+
+void Scheduler::after_forward(std::vector<Planned>& plan) {
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& seq = *plan[i].seq;
+    seq.cached += plan[i].tokens;
+    if (seq.pending() != 0 || seq.done) continue;  // a prompt chunk short of the end: no token yet
+    sample_next(seq, std::span<const float>(logits_).subspan(i * static_cast<size_t>(vocab_),
+                                                             static_cast<size_t>(vocab_)));
+  }
+}
+
+void Scheduler::sample_next(Sequence& seq, std::span<const float> logits) {
+  const int32_t id = seq.sampler.sample(logits, seq.tokens);
+  seq.tokens.push_back(id);
+  seq.result.ids.push_back(id);
+  if (seq.result.ids.size() == 1) seq.result.first_token_seconds = seconds_between(seq.submitted, Clock::now());
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.generated_tokens;
+  }
+  const auto& eos = seq.params.eos_ids;
+  if (std::find(eos.begin(), eos.end(), id) != eos.end()) return finish(seq, StopReason::eos);
+  bool stopped = false;
+  std::string text = seq.text.push(id, stopped);
+  seq.result.text += text;
+  bool keep_going = true;
+  if (seq.params.on_token) {
+    try {
+      keep_going = seq.params.on_token(id, text);
+    } catch (...) {
+      keep_going = false;  // a callback's failure stops its own sequence only
+    }
+  }
+  if (stopped) return finish(seq, StopReason::stop_string);
+  if (!keep_going) return finish(seq, StopReason::callback);
+  const int64_t generated = static_cast<int64_t>(seq.result.ids.size());
+  if (seq.params.max_new_tokens >= 0 && generated >= seq.params.max_new_tokens)
+    return finish(seq, StopReason::max_tokens);
+  // The new id must fit the context to be run next step.
+  if (static_cast<int64_t>(seq.tokens.size()) > max_context_tokens_) return finish(seq, StopReason::context_full);
+}
+
+void Scheduler::finish(Sequence& seq, StopReason reason, std::string error) {
+  if (seq.done) return;
+  seq.done = true;
+  seq.result.stop = reason;
+  seq.result.error = std::move(error);
+  if (reason != StopReason::stop_string && seq.result.error.empty()) {
+    bool stopped = false;
+    std::string rest = seq.text.flush(stopped);
+    if (stopped) seq.result.stop = StopReason::stop_string;
+    if (!rest.empty()) {
+      seq.result.text += rest;
+      if (seq.params.on_token) try {
+          seq.params.on_token(-1, rest);
+        } catch (...) {
+        }
+    }
+  }
+  seq.table.release(engine_.kv_pool());
+  seq.result.total_seconds = std::max(seconds_between(seq.submitted, Clock::now()), 1e-9);
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.finished;
+    live_ids_.erase(seq.id);
+    cancel_requests_.erase(seq.id);
+    if (reason == StopReason::cancelled) ++stats_.cancelled;
+    if (!seq.result.error.empty()) ++stats_.failed;
+  }
+  if (seq.params.on_finish) {
+    try {
+      seq.params.on_finish(seq.result);
+    } catch (...) {
+      // A callback's failure is its own; the scheduler goes on.
+    }
+  }
+}
+
+void Scheduler::retire_finished() {
+  std::erase_if(running_, [](const auto& seq) { return seq->done; });
+  std::lock_guard lock(mutex_);
+  stats_.running = static_cast<int64_t>(running_.size());
+}
+
+}  // namespace tandem

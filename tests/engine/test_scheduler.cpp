@@ -1,0 +1,283 @@
+// The continuous-batching scheduler: several sequences of different lengths batched together give
+// exactly the tokens each gives alone (greedy and seeded sampling), also when a small KV pool forces
+// preemption and recomputation and a tiny token budget forces prompt chunking; cancellation, stop
+// strings, limits, and every KV block returned at the end.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <future>
+#include <map>
+#include <mutex>
+
+#include "support/fixtures.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/generate.hpp"
+#include "tandem/engine/scheduler.hpp"
+#include "tandem/kv/kv_pool.hpp"
+#include "tandem/error.hpp"
+#include "tandem/text/tokenizer.hpp"
+
+using namespace tandem;
+
+namespace {
+
+std::unique_ptr<Engine> load(const std::string& name, int64_t sessions, int64_t context, int64_t block_tokens,
+                             int64_t max_batch_tokens) {
+  LoadOptions o;
+  o.threads = 2;
+  o.max_sessions = sessions;
+  o.max_context_tokens = context;
+  o.kv_block_tokens = block_tokens;
+  o.max_batch_tokens = max_batch_tokens;
+  return Engine::load(test::data_dir() + "/" + name, o);
+}
+
+std::vector<std::vector<int32_t>> prompts() {
+  return {{51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287},
+          {13, 400, 17},
+          {5, 311, 90, 211, 7, 99, 450, 3, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34},
+          {300},
+          {42, 43, 44, 45, 46, 47, 48}};
+}
+
+GenerateResult solo(Engine& engine, const std::vector<int32_t>& prompt, const SamplingParams& sampling,
+                    int64_t max_new_tokens) {
+  auto session = engine.new_session();
+  GenerateOptions options;
+  options.sampling = sampling;
+  options.max_new_tokens = max_new_tokens;
+  return generate(*session, engine.tokenizer(), prompt, options);
+}
+
+struct Collected {
+  std::mutex mutex;
+  std::map<uint64_t, SequenceResult> results;
+  std::map<uint64_t, std::string> streamed;
+};
+
+// Submits every prompt at once and waits for all of them.
+std::vector<SequenceResult> run_batched(Scheduler& scheduler, const std::vector<std::vector<int32_t>>& ps,
+                                        const std::vector<SamplingParams>& sampling, int64_t max_new_tokens,
+                                        std::vector<std::string>* streamed = nullptr) {
+  std::vector<std::promise<SequenceResult>> done(ps.size());
+  std::vector<std::string> text(ps.size());
+  for (size_t i = 0; i < ps.size(); ++i) {
+    SequenceParams p;
+    p.prompt = ps[i];
+    p.sampling = sampling[i];
+    p.max_new_tokens = max_new_tokens;
+    p.skip_special_text = false;  // as generate() by default
+    p.on_token = [&text, i](int32_t, std::string_view t) {
+      text[i] += t;
+      return true;
+    };
+    p.on_finish = [&done, i](const SequenceResult& r) { done[i].set_value(r); };
+    scheduler.submit(std::move(p));
+  }
+  std::vector<SequenceResult> out;
+  for (auto& d : done) out.push_back(d.get_future().get());
+  if (streamed) *streamed = text;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("scheduler: greedy batched outputs equal solo outputs", "[scheduler]") {
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    INFO(name);
+    auto engine = load(name, 6, 128, 4, 16);
+    const auto ps = prompts();
+    const SamplingParams greedy;
+    std::vector<GenerateResult> alone;
+    for (const auto& p : ps) alone.push_back(solo(*engine, p, greedy, 20));
+
+    // Budget of 16 tokens a step: prompts go in chunks beside the others' decode tokens.
+    Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 5, .max_batch_tokens = 16, .max_waiting = 8});
+    std::vector<std::string> streamed;
+    const auto batched = run_batched(scheduler, ps, std::vector<SamplingParams>(ps.size(), greedy), 20, &streamed);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      INFO("sequence " << i);
+      CHECK(batched[i].ids == alone[i].ids);
+      CHECK(batched[i].text == alone[i].text);
+      CHECK(streamed[i] == alone[i].text);
+      CHECK(batched[i].stop == StopReason::max_tokens);
+      CHECK(batched[i].prompt_tokens == static_cast<int64_t>(ps[i].size()));
+    }
+    const auto stats = scheduler.stats();
+    CHECK(stats.kv_blocks_in_use == 0);
+    CHECK(stats.finished == 5);
+    CHECK(stats.generated_tokens == 5 * 20);
+    // Sequences really shared steps: fewer steps than running them one after another.
+    int64_t serial_steps = 0;
+    for (const auto& p : ps) serial_steps += (static_cast<int64_t>(p.size()) + 15) / 16 + 19;
+    CHECK(stats.steps < serial_steps);
+    CHECK(stats.step_seconds_buckets.back() == stats.steps);
+  }
+}
+
+TEST_CASE("scheduler: seeded sampling per sequence equals the same seed alone", "[scheduler]") {
+  auto engine = load("tiny-qwen3moe", 4, 128, 16, 64);
+  const auto ps = prompts();
+  std::vector<SamplingParams> sampling(ps.size());
+  for (size_t i = 0; i < ps.size(); ++i) {
+    sampling[i].temperature = 0.9f;
+    sampling[i].top_p = 0.95f;
+    sampling[i].seed = 1000 + i;
+  }
+  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 3, .max_batch_tokens = 64, .max_waiting = 8});
+  const auto batched = run_batched(scheduler, ps, sampling, 16);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    INFO("sequence " << i);
+    CHECK(batched[i].ids == solo(*engine, ps[i], sampling[i], 16).ids);
+  }
+}
+
+TEST_CASE("scheduler: a full KV pool preempts and recomputes, outputs unchanged", "[scheduler]") {
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    INFO(name);
+    // One session's worth of KV (64 tokens in blocks of 4) for five sequences of up to 26 + 30 tokens.
+    auto engine = load(name, 1, 64, 4, 32);
+    const auto ps = prompts();
+    std::vector<GenerateResult> alone;
+    for (const auto& p : ps) alone.push_back(solo(*engine, p, {}, 30));
+    Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 5, .max_batch_tokens = 32, .max_waiting = 8});
+    const auto batched = run_batched(scheduler, ps, std::vector<SamplingParams>(ps.size()), 30);
+    int64_t preemptions = 0;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      INFO("sequence " << i);
+      CHECK(batched[i].error.empty());
+      CHECK(batched[i].ids == alone[i].ids);
+      preemptions += batched[i].preemptions;
+    }
+    const auto stats = scheduler.stats();
+    CHECK(preemptions > 0);
+    CHECK(stats.preemptions == preemptions);
+    CHECK(stats.kv_blocks_in_use == 0);
+    CHECK(stats.prefilled_tokens > stats.prompt_tokens);  // recomputation ran
+  }
+}
+
+TEST_CASE("scheduler: cancel stops one sequence and frees its blocks; the others go on", "[scheduler]") {
+  auto engine = load("tiny-qwen3moe", 2, 256, 16, 64);
+  const auto ps = prompts();
+  const auto alone = solo(*engine, ps[1], {}, 40);
+  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
+
+  std::promise<void> three_tokens;
+  std::promise<SequenceResult> long_done, short_done;
+  int seen = 0;
+  SequenceParams endless;
+  endless.prompt = ps[0];
+  endless.max_new_tokens = -1;  // until the context is full: only cancel stops it in time
+  endless.on_token = [&](int32_t, std::string_view) {
+    if (++seen == 3) three_tokens.set_value();
+    return true;
+  };
+  endless.on_finish = [&](const SequenceResult& r) { long_done.set_value(r); };
+  const uint64_t id = scheduler.submit(std::move(endless));
+  SequenceParams other;
+  other.prompt = ps[1];
+  other.max_new_tokens = 40;
+  other.on_finish = [&](const SequenceResult& r) { short_done.set_value(r); };
+  scheduler.submit(std::move(other));
+
+  three_tokens.get_future().wait();
+  CHECK(scheduler.cancel(id));
+  const auto cancelled = long_done.get_future().get();
+  CHECK(cancelled.stop == StopReason::cancelled);
+  CHECK(cancelled.ids.size() < 100);
+  const auto finished = short_done.get_future().get();
+  CHECK(finished.ids == alone.ids);
+  CHECK_FALSE(scheduler.cancel(id));  // gone
+  CHECK(scheduler.stats().kv_blocks_in_use == 0);
+  CHECK(scheduler.stats().cancelled == 1);
+}
+
+TEST_CASE("scheduler: a callback returning false, stop strings and the context limit end a sequence",
+          "[scheduler]") {
+  auto engine = load("tiny-qwen3moe", 2, 40, 16, 64);
+  const auto ps = prompts();
+  const auto alone = solo(*engine, ps[0], {}, 12);
+  REQUIRE(alone.text.size() > 4);
+  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
+
+  // A stop string taken from the middle of the solo text: the text ends right before it.
+  const std::string stop = alone.text.substr(alone.text.size() / 2, 3);
+  SequenceParams p;
+  p.prompt = ps[0];
+  p.max_new_tokens = 12;
+  p.stop_strings = {stop};
+  p.skip_special_text = false;
+  std::promise<SequenceResult> done;
+  p.on_finish = [&](const SequenceResult& r) { done.set_value(r); };
+  scheduler.submit(std::move(p));
+  const auto r = done.get_future().get();
+  CHECK(r.stop == StopReason::stop_string);
+  CHECK(r.text == alone.text.substr(0, alone.text.find(stop)));
+
+  SequenceParams q;
+  q.prompt = ps[0];
+  q.max_new_tokens = 12;
+  q.on_token = [](int32_t, std::string_view) { return false; };
+  std::promise<SequenceResult> done_q;
+  q.on_finish = [&](const SequenceResult& res) { done_q.set_value(res); };
+  scheduler.submit(std::move(q));
+  const auto rq = done_q.get_future().get();
+  CHECK(rq.stop == StopReason::callback);
+  CHECK(rq.ids.size() == 1);
+
+  SequenceParams full;
+  full.prompt = ps[2];  // 26 tokens of a 40-token context
+  full.max_new_tokens = -1;
+  std::promise<SequenceResult> done_full;
+  full.on_finish = [&](const SequenceResult& res) { done_full.set_value(res); };
+  scheduler.submit(std::move(full));
+  const auto rf = done_full.get_future().get();
+  CHECK(rf.stop == StopReason::context_full);
+  CHECK(rf.ids.size() == 40 - 26 + 1);
+  CHECK(scheduler.stats().kv_blocks_in_use == 0);
+}
+
+TEST_CASE("scheduler: bad sequences are refused at submit", "[scheduler]") {
+  auto engine = load("tiny-qwen3moe", 1, 32, 16, 64);
+  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 1, .max_batch_tokens = 64, .max_waiting = 1});
+  SequenceParams empty;
+  CHECK_THROWS_AS(scheduler.submit(empty), Error);
+  SequenceParams too_long;
+  too_long.prompt.assign(33, 5);
+  try {
+    scheduler.submit(too_long);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::out_of_range);
+  }
+  SequenceParams bad_id;
+  bad_id.prompt = {1, static_cast<int32_t>(engine->config().vocab_size)};
+  CHECK_THROWS_AS(scheduler.submit(bad_id), Error);
+  SequenceParams bad_sampling;
+  bad_sampling.prompt = {1, 2};
+  bad_sampling.sampling.top_p = 2.0f;
+  CHECK_THROWS_AS(scheduler.submit(bad_sampling), Error);
+  CHECK_THROWS_AS(Scheduler(*engine, nullptr, {.max_running = 1, .max_batch_tokens = 65, .max_waiting = 1}), Error);
+  CHECK(scheduler.stats().submitted == 0);
+}
+
+TEST_CASE("scheduler: shutting down cancels what is queued and running", "[scheduler]") {
+  auto engine = load("tiny-qwen3moe", 1, 256, 16, 64);
+  std::vector<std::promise<SequenceResult>> done(3);
+  {
+    Scheduler scheduler(*engine, nullptr, {.max_running = 1, .max_batch_tokens = 64, .max_waiting = 8});
+    for (size_t i = 0; i < done.size(); ++i) {
+      SequenceParams p;
+      p.prompt = {1, 2, 3};
+      p.max_new_tokens = -1;
+      p.on_finish = [&done, i](const SequenceResult& r) { done[i].set_value(r); };
+      scheduler.submit(std::move(p));
+    }
+  }
+  for (auto& d : done) {
+    auto f = d.get_future();
+    REQUIRE(f.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+    CHECK(f.get().stop == StopReason::cancelled);
+  }
+  CHECK(engine->kv_pool().free_blocks() == engine->kv_pool().spec().blocks);
+}
