@@ -9,6 +9,12 @@ pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 if(TANDEM_BUILD_CLI)
   find_package(CLI11 REQUIRED)
+  # `tandem serve` / `tandem bench serve` (src/server); without Debian's libcpp-httplib-dev the CLI
+  # is built without them.
+  pkg_check_modules(HTTPLIB IMPORTED_TARGET cpp-httplib)
+  if(NOT HTTPLIB_FOUND)
+    message(WARNING "cpp-httplib not found (apt-get install libcpp-httplib-dev): building without `tandem serve`")
+  endif()
 endif()
 if(TANDEM_BUILD_TESTS)
   find_package(Catch2 2 REQUIRED)

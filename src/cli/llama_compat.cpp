@@ -11,7 +11,8 @@
 namespace tandem::cli {
 
 std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* argv) {
-  static constexpr std::array<std::pair<std::string_view, std::string_view>, 4> spellings{{
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 5> spellings{{
+      {"-np", "--parallel"},
       {"-ngl", "--n-gpu-layers"},
       {"-ctk", "--cache-type-k"},
       {"-ctv", "--cache-type-v"},
