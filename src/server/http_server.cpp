@@ -203,7 +203,22 @@ struct HttpServer::Impl {
       try {
         text = chat_template->render(request);
       } catch (const Error& e) {
-        throw ApiError(400, std::string("the chat template cannot render these messages: ") + e.what());
+        // Templates like Qwen3's read a tool-calling turn's content as text, where OpenAI sends
+        // null: try again with "" before giving up.
+        ojson patched = r.messages;
+        bool changed = false;
+        for (auto& m : patched)
+          if (m.contains("content") && m["content"].is_null()) {
+            m["content"] = "";
+            changed = true;
+          }
+        request.ordered_messages = &patched;
+        try {
+          if (!changed) throw;
+          text = chat_template->render(request);
+        } catch (const Error&) {
+          throw ApiError(400, std::string("the chat template cannot render these messages: ") + e.what());
+        }
       }
       std::string_view tail = text;
       while (!tail.empty() && (tail.back() == '\n' || tail.back() == ' ')) tail.remove_suffix(1);

@@ -122,7 +122,10 @@ void ReplyParser::run(ReplyDelta& out, bool at_end) {
       };
       const auto close = buf.find(kThinkClose);
       if (close == std::string_view::npos) {
-        const size_t keep = at_end ? 0 : partial_suffix(buf, kThinkClose);
+        size_t keep = at_end ? 0 : partial_suffix(buf, kThinkClose);
+        // Whitespace right before </think> is trimmed, so it waits until more text follows it.
+        while (!at_end && keep < buf.size() && (buf[buf.size() - keep - 1] == '\n' || buf[buf.size() - keep - 1] == ' '))
+          ++keep;
         add(buf.substr(0, buf.size() - keep));
         buffer_.erase(0, buf.size() - keep);
         return;
