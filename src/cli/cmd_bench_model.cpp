@@ -57,6 +57,7 @@ CommandRun setup(CLI::App& sub) {
       j["stream_read_gbps"] = r.stream_read_gbps;
       j["experts_hit_fraction"] = r.experts_hit_fraction;
       j["experts_hit_uniform"] = r.experts_hit_uniform;
+      j["experts_hit_per_layer"] = r.experts_hit_per_layer;
       j["spread_tokens"] = o.spread_tokens;
       j["model_bytes"] = r.model_bytes;
       j["parameters"] = r.parameters;

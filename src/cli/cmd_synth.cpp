@@ -17,6 +17,7 @@ struct SynthFlags {
   int64_t layers = 0;
   std::string quant = "q4_k_m";
   uint64_t seed = 1;
+  float residual_scale = kSynthResidualScale;
   std::string output;
 };
 
@@ -28,6 +29,9 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--layers", flags->layers, "keep the first N layers (default: all)");
   sub.add_option("--quant", flags->quant, "q4_k_m (llama-quantize's mix, default), q8_0, iq4_xs or bf16");
   sub.add_option("--seed", flags->seed, "seed of the random weights (default 1)");
+  sub.add_option("--residual-scale", flags->residual_scale,
+                 "RMS·sqrt(in) of the matrices writing into the residual stream (default 0.05; 1 = plain scaling, "
+                 "under which routing collapses)");
   sub.add_option("-o,--output", flags->output, "the GGUF file to write")->required();
   return [flags]() {
     SynthOptions options;
@@ -36,6 +40,7 @@ CommandRun setup(CLI::App& sub) {
     options.quant = synth_quant_from_name(flags->quant);
     options.layers = flags->layers;
     options.seed = flags->seed;
+    options.residual_scale = flags->residual_scale;
     const auto start = std::chrono::steady_clock::now();
     const uint64_t bytes = write_synthetic_model(options, flags->output);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -100,6 +100,10 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
         Approx(j["stream_read_gbps"].get<double>() * 1e9 / bytes).epsilon(1e-9));
   // A trained router spreads 64 tokens over most experts of each layer.
   const double hit = j["experts_hit_fraction"];
+  REQUIRE(j["experts_hit_per_layer"].size() == 4);  // the bundled model's four MoE layers
+  double sum = 0;
+  for (const auto& layer : j["experts_hit_per_layer"]) sum += layer.get<double>();
+  CHECK(hit == Approx(sum / 4));
   CHECK(hit <= 1.0);
   CHECK(hit > 0.5 * j["experts_hit_uniform"].get<double>());
 }

@@ -150,6 +150,9 @@ TEST_CASE("synth CLI: writes a file, refuses bad input with clear errors", "[eng
   r = run_cli_captured("synth --preset deepseek-v3 --layers 62 -o " + shell_quote(out.string()));
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("--layers 62 is outside 1..61"));
+  r = run_cli_captured("synth --preset qwen3-30b-a3b --residual-scale 0 -o " + shell_quote(out.string()));
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("--residual-scale") && Catch::Contains("outside (0, 10]"));
   r = run_cli_captured("synth --preset qwen3-30b-a3b --layers 1 -o /nonexistent-tandem-dir/x.gguf");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("/nonexistent-tandem-dir/x.gguf") && Catch::Contains("cannot create"));

@@ -61,8 +61,13 @@ struct SynthTensor {
   float rms = 0.0f;
 };
 
+// RMS·sqrt(in) of the matrices that write into the residual stream (attention output, FFN and
+// expert down); those that read a normalised input get 1, token embeddings RMS 1.
+inline constexpr float kSynthResidualScale = 0.05f;
+
 // The tensors of a model cut to `layers` layers (0 = all), in file order, with types from `quant`.
-std::vector<SynthTensor> synth_tensors(const SynthPreset& preset, int64_t layers, SynthQuant quant);
+std::vector<SynthTensor> synth_tensors(const SynthPreset& preset, int64_t layers, SynthQuant quant,
+                                       float residual_scale = kSynthResidualScale);
 
 // The stored type llama-quantize gives a matrix (by its GGUF name, in a model of `layers` layers,
 // `row_elems` wide): Q6_K for output.weight and for attn_v / attn_kv_b / ffn_down* on the layers
@@ -81,6 +86,7 @@ struct SynthOptions {
   int64_t layers = 0;  // 0: the preset's count
   SynthQuant quant = SynthQuant::q4_k_m;
   uint64_t seed = 1;
+  float residual_scale = kSynthResidualScale;  // in (0, 10]
 };
 
 // The whole file planned: metadata, vocabulary and tensor infos (no data yet).

@@ -137,6 +137,8 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   if (o.spread_tokens > 0 && c.num_experts > 0) {
     const RoutingSpread spread = measure_routing_spread(files, o.spread_tokens, o.threads, o.seed + 1);
     r.experts_hit_fraction = spread.mean_fraction();
+    for (int64_t hit : spread.experts_hit)
+      r.experts_hit_per_layer.push_back(static_cast<double>(hit) / static_cast<double>(spread.experts));
     r.experts_hit_uniform = RoutingSpread::uniform_fraction(o.spread_tokens, c.num_experts_per_tok, c.num_experts);
   }
   return r;

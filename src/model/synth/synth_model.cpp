@@ -3,7 +3,7 @@
 //
 // Scaling keeps routing spread as a trained model's does: token embeddings have RMS 1, matrices
 // that read a normalised input have RMS 1/sqrt(in) (outputs of RMS ~1), and the matrices that
-// write into the residual stream (attention output, FFN/expert down) are kResidualScale smaller.
+// write into the residual stream (attention output, FFN/expert down) are kSynthResidualScale smaller.
 // The residual stream then stays dominated by each token's own embedding through every layer, so
 // routers see distinct inputs per token. With all matrices at 1/sqrt(in) the layer outputs swamp
 // the embeddings, attention averages tokens together, and routing collapses onto a few experts.
@@ -18,19 +18,19 @@
 namespace tandem {
 namespace {
 
-constexpr float kResidualScale = 0.05f;
 constexpr int64_t kWriteChunkBlocks = 16384;
 
 struct TensorList {
   const SynthPreset& p;
   int64_t layers;
   SynthQuant quant;
+  float residual_scale;
   std::vector<SynthTensor> out;
 
   void matrix(const std::string& name, std::vector<int64_t> dims, bool writes_residual) {
     const int64_t in = dims.back();
     const DType t = synth_matrix_type(quant, name, layers, p.experts, in);
-    const float rms = (writes_residual ? kResidualScale : 1.0f) / std::sqrt(static_cast<float>(in));
+    const float rms = (writes_residual ? residual_scale : 1.0f) / std::sqrt(static_cast<float>(in));
     out.push_back({name, t, std::move(dims), SynthTensor::Fill::random, rms});
   }
   void vector(const std::string& name, int64_t size, SynthTensor::Fill fill) {
@@ -186,9 +186,12 @@ void set_model_metadata(GgufWriter& w, const SynthPreset& p, int64_t layers, Syn
 
 }  // namespace
 
-std::vector<SynthTensor> synth_tensors(const SynthPreset& preset, int64_t layers, SynthQuant quant) {
+std::vector<SynthTensor> synth_tensors(const SynthPreset& preset, int64_t layers, SynthQuant quant,
+                                       float residual_scale) {
   layers = checked_layers(preset, layers);
-  TensorList list{preset, layers, quant, {}};
+  if (!(residual_scale > 0.0f && residual_scale <= 10.0f))
+    throw Error(ErrorKind::invalid_argument, "--residual-scale " + std::to_string(residual_scale) + " is outside (0, 10]");
+  TensorList list{preset, layers, quant, residual_scale, {}};
   const DType embedding_type = synth_matrix_type(quant, "token_embd.weight", layers, preset.experts, preset.hidden);
   list.out.push_back({"token_embd.weight", embedding_type, {preset.vocab, preset.hidden}, SynthTensor::Fill::random, 1.0f});
   for (int64_t layer = 0; layer < layers; ++layer) {
@@ -215,7 +218,7 @@ GgufWriter plan_synthetic_model(const SynthOptions& options) {
 
 uint64_t write_synthetic_model(const SynthOptions& options, const std::string& path) {
   const SynthPreset& p = synth_preset(options.preset);
-  const std::vector<SynthTensor> tensors = synth_tensors(p, options.layers, options.quant);
+  const std::vector<SynthTensor> tensors = synth_tensors(p, options.layers, options.quant, options.residual_scale);
   const GgufWriter w = plan_synthetic_model(options);
   std::vector<uint8_t> chunk;
   size_t index = 0;

@@ -5,6 +5,7 @@
 // the routers' spread over the experts.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tandem {
 
@@ -31,6 +32,7 @@ struct ModelBenchResult {
   double decode_roofline_tok_s = 0;  // stream_read_gbps / decode_bytes_per_token
   double experts_hit_fraction = 0;   // per MoE layer over the spread prompt, averaged (0 when skipped)
   double experts_hit_uniform = 0;    // what uniform random routing would give for those tokens
+  std::vector<double> experts_hit_per_layer;  // per MoE layer, in layer order
   int64_t model_bytes = 0, parameters = 0;
 };
 
