@@ -59,6 +59,7 @@ TEST_CASE("synth: the file carries the preset's metadata and the Q4_K_M mix", "[
   CHECK(f.get_int("deepseek2.expert_used_count") == 6);
   CHECK(f.get_int("general.file_type") == 15);
   CHECK(f.require("tokenizer.ggml.tokens").as_array().size() == 102400);
+  CHECK(f.require("tokenizer.ggml.merges").as_array().element_type == GgufType::string);  // llama.cpp needs the key
 
   // llama-quantize's choices for a 2-layer model: layer 1 is a "more bits" layer, layer 0 is not.
   CHECK(type_of(f, "token_embd.weight") == DType::q4_k);

@@ -127,6 +127,9 @@ void set_vocabulary(GgufWriter& w, const SynthPreset& p) {
   w.set_string("tokenizer.ggml.pre", std::string(p.tokenizer_pre));
   w.set_string_array("tokenizer.ggml.tokens", tokens);
   w.set_i32_array("tokenizer.ggml.token_type", types);
+  // No merges (text encodes one token per byte), but the key is there: llama.cpp refuses a gpt2
+  // vocabulary without it, and the peers must load the same file.
+  w.set_string_array("tokenizer.ggml.merges", {});
   w.set_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(p.bos));
   w.set_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(p.eos));
   w.set_u32("tokenizer.ggml.padding_token_id", static_cast<uint32_t>(p.bos));
