@@ -11,6 +11,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sys/socket.h>
 
 #include "server/chat_page.hpp"
 #include "tandem/engine/engine.hpp"
@@ -62,6 +63,14 @@ void send_error(httplib::Response& res, const ApiError& e) {
 
 int64_t unix_time() { return static_cast<int64_t>(std::time(nullptr)); }
 
+// httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed when Debian built the
+// library): a burst of new connections past it has SYNs dropped and retried a second later. Linux
+// takes a second listen() on a listening socket as a new backlog.
+class ListeningServer : public httplib::Server {
+ public:
+  void widen_backlog(int backlog) { ::listen(svr_sock_, backlog); }
+};
+
 }  // namespace
 
 struct HttpServer::Impl {
@@ -72,7 +81,7 @@ struct HttpServer::Impl {
   ToolCallSyntax tool_syntax = ToolCallSyntax::none;
   std::vector<int32_t> eos_ids;
   std::unique_ptr<Scheduler> scheduler;
-  httplib::Server http;
+  ListeningServer http;
   int64_t created = unix_time();
   std::mutex counters_mutex;
   HttpCounters counters;
@@ -504,11 +513,13 @@ int HttpServer::bind() {
     const int port = impl_->http.bind_to_any_port(o.host);
     if (port <= 0) throw Error(ErrorKind::io, fmt::format("cannot listen on {}: no free port", o.host));
     o.port = port;
+    impl_->http.widen_backlog(1024);
     return port;
   }
   if (!impl_->http.bind_to_port(o.host, o.port))
     throw Error(ErrorKind::io, fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)", o.host,
                                            o.port));
+  impl_->http.widen_backlog(1024);
   return o.port;
 }
 
