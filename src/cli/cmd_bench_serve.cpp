@@ -47,6 +47,7 @@ int run(ServeBenchFlags& flags) {
     j["prompt_tokens"] = b.prompt_tokens;
     j["max_tokens"] = b.max_tokens;
     j["requests_per_client"] = b.requests_per_client;
+    j["repetitions"] = b.repetitions;
     j["results"] = nlohmann::ordered_json::array();
     for (const auto& r : rows)
       j["results"].push_back({{"clients", r.clients},
@@ -56,19 +57,22 @@ int run(ServeBenchFlags& flags) {
                               {"output_tokens_per_second", r.output_tokens_per_second},
                               {"decode_tokens_per_second", r.decode_tokens_per_second},
                               {"speedup", r.speedup},
+                              {"decode_speedup", r.decode_speedup},
                               {"ttft_ms", percentiles_json(r.ttft_ms)},
                               {"itl_ms", percentiles_json(r.itl_ms)}});
     fmt::print("{}\n", j.dump());
     return 0;
   }
-  fmt::print("model {}: prompt {} tokens, {} tokens per reply, {} requests per client, parallel {}\n",
-             flags.model_path, b.prompt_tokens, b.max_tokens, b.requests_per_client, flags.parallel);
-  fmt::print("| clients | requests | output tok/s | speedup | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms |\n");
-  fmt::print("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  fmt::print("model {}: prompt {} tokens, {} tokens per reply, {} requests per client, parallel {}, median of {}\n",
+             flags.model_path, b.prompt_tokens, b.max_tokens, b.requests_per_client, flags.parallel, b.repetitions);
+  fmt::print(
+      "| clients | requests | output tok/s | speedup | decode tok/s | decode speedup | TTFT p50/p90/p99 ms | ITL "
+      "p50/p90/p99 ms |\n");
+  fmt::print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const auto& r : rows)
-    fmt::print("| {} | {} | {:.1f} | {:.2f}x | {:.1f} / {:.1f} / {:.1f} | {:.2f} / {:.2f} / {:.2f} |\n", r.clients,
-               r.requests, r.output_tokens_per_second, r.speedup, r.ttft_ms.p50, r.ttft_ms.p90, r.ttft_ms.p99,
-               r.itl_ms.p50, r.itl_ms.p90, r.itl_ms.p99);
+    fmt::print("| {} | {} | {:.1f} | {:.2f}x | {:.1f} | {:.2f}x | {:.1f} / {:.1f} / {:.1f} | {:.2f} / {:.2f} / {:.2f} |\n",
+               r.clients, r.requests, r.output_tokens_per_second, r.speedup, r.decode_tokens_per_second,
+               r.decode_speedup, r.ttft_ms.p50, r.ttft_ms.p90, r.ttft_ms.p99, r.itl_ms.p50, r.itl_ms.p90, r.itl_ms.p99);
   return 0;
 }
 
@@ -89,6 +93,9 @@ const RegisterBench registered{
        sub.add_option("--max-tokens", flags->bench.max_tokens, "tokens of each reply (EOS ignored)")
            ->capture_default_str();
        sub.add_option("--seed", flags->bench.seed, "seed of the random prompts")->capture_default_str();
+       sub.add_option("-r,--repetitions", flags->bench.repetitions,
+                      "sweeps to run (levels interleaved); each level reports its median")
+           ->capture_default_str();
        sub.add_flag("--json", flags->json, "print one JSON object");
        return [flags, parallel] {
          flags->parallel_given = parallel->count() > 0;

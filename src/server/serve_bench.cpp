@@ -131,8 +131,12 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
     one_request(client, body_for(rng));
   }
 
-  std::vector<ServeBenchRow> rows;
-  for (int64_t clients : o.clients) {
+  if (o.repetitions < 1 || o.repetitions > 100)
+    throw Error(ErrorKind::invalid_argument, fmt::format("--repetitions {} is outside 1..100", o.repetitions));
+  std::vector<std::vector<ServeBenchRow>> runs(o.clients.size());
+  for (int64_t rep = 0; rep < o.repetitions; ++rep)
+  for (size_t level = 0; level < o.clients.size(); ++level) {
+    const int64_t clients = o.clients[level];
     std::vector<std::vector<RequestTiming>> timings(static_cast<size_t>(clients));
     std::vector<std::string> errors(static_cast<size_t>(clients));
     std::vector<std::thread> threads;
@@ -177,11 +181,21 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
     row.decode_tokens_per_second = decode_tps_sum;
     row.ttft_ms = percentiles(std::move(ttft));
     row.itl_ms = percentiles(std::move(gaps));
-    rows.push_back(row);
+    runs[level].push_back(row);
+  }
+  std::vector<ServeBenchRow> rows;
+  for (auto& level : runs) {
+    std::sort(level.begin(), level.end(), [](const ServeBenchRow& a, const ServeBenchRow& b) {
+      return a.decode_tokens_per_second < b.decode_tokens_per_second;
+    });
+    rows.push_back(level[level.size() / 2]);
   }
   const auto one = std::find_if(rows.begin(), rows.end(), [](const ServeBenchRow& r) { return r.clients == 1; });
   if (one != rows.end())
-    for (auto& r : rows) r.speedup = r.output_tokens_per_second / one->output_tokens_per_second;
+    for (auto& r : rows) {
+      r.speedup = r.output_tokens_per_second / one->output_tokens_per_second;
+      if (one->decode_tokens_per_second > 0) r.decode_speedup = r.decode_tokens_per_second / one->decode_tokens_per_second;
+    }
   return rows;
 }
 

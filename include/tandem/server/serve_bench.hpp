@@ -21,6 +21,9 @@ struct ServeBenchOptions {
   int64_t parallel = 0;          // 0: the largest concurrency
   int64_t max_batch_tokens = 0;  // 0: the engine's
   uint64_t seed = 1;
+  // The sweep runs this many times (levels interleaved, so a machine whose load drifts affects
+  // every level alike); each level reports its median run by decode tok/s.
+  int64_t repetitions = 3;
 };
 
 struct Percentiles {
@@ -37,6 +40,7 @@ struct ServeBenchRow {
   Percentiles ttft_ms;                  // request sent → first streamed token
   Percentiles itl_ms;                   // gaps between streamed events after the first
   double speedup = 0;                   // output_tokens_per_second over the 1-client row's (0 without one)
+  double decode_speedup = 0;            // decode_tokens_per_second over the 1-client row's
 };
 
 // Runs the whole sweep; the engine must have been loaded with max_sessions ≥ parallel.
