@@ -52,7 +52,7 @@ TEST_CASE("serve: a port in use is an error naming it", "[server][cli]") {
 
 TEST_CASE("bench serve: --json has a row per concurrency with every token counted", "[server][cli]") {
   const auto r = test::run_cli_captured("bench serve -m " + kModel +
-                                        " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 5 --json");
+                                        " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 5 -r 1 --json");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
