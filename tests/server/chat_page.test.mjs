@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { chromium } from 'playwright-core';
-import { withServer, metrics, SKIP } from './serve.mjs';
+import path from 'node:path';
+import { withServer, metrics, SKIP, dataDir } from './serve.mjs';
 
 const browserPath = process.env.CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => fs.existsSync(p));
 if (!browserPath) {
@@ -11,6 +12,9 @@ if (!browserPath) {
   process.exit(SKIP);
 }
 
+// The bundled trained model (~100 tok/s here): slow enough that a long reply is still running when
+// Stop is pressed (the tiny fixtures finish 3000 tokens in a fraction of a second).
+const model = path.join(dataDir, 'trained-qwen3moe', 'qwen3moe-q4_k_m.gguf');
 await withServer(['-c', '4096', '--parallel', '2'], async ({ url }) => {
   const browser = await chromium.launch({ executablePath: browserPath, args: ['--no-sandbox'] });
   try {
@@ -54,8 +58,9 @@ await withServer(['-c', '4096', '--parallel', '2'], async ({ url }) => {
     assert.equal(m['tandem_sequences_cancelled_total'], 1);
     assert.equal(m['tandem_client_disconnects_total'], 1);
     assert.ok(m['tandem_generation_tokens_total'] < 16 + 3000, 'the stopped reply did not run to its end');
+    assert.match(await page.textContent('#status'), /^stopped$/);
   } finally {
     await browser.close();
   }
   console.log('chat page test passed');
-});
+}, model);

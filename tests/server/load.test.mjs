@@ -13,9 +13,9 @@ async function ask(url, prompt, stream, signal) {
     method: 'POST', signal, headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ messages: [{ role: 'user', content: prompt }], max_tokens: 24, temperature: 0, stream }),
   });
-  assert.equal(res.status, 200, await res.clone().text());
-  if (!stream) return (await res.json()).choices[0].message.content;
   const body = await res.text();
+  assert.equal(res.status, 200, body);
+  if (!stream) return JSON.parse(body).choices[0].message.content;
   let text = '';
   assert.ok(body.trimEnd().endsWith('data: [DONE]'));
   for (const line of body.split('\n'))
