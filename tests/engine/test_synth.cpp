@@ -12,6 +12,7 @@
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/formats/gguf.hpp"
+#include "tandem/model/config_readers.hpp"
 #include "tandem/model/synth.hpp"
 #include "tandem/text/tokenizer.hpp"
 
@@ -136,6 +137,48 @@ TEST_CASE("synth: routing spreads over the experts as uniform routing would", "[
   INFO("hit " << spread.experts_hit[0] << " of 64; uniform routing would hit a fraction " << uniform);
   CHECK(spread.mean_fraction() > 0.5 * uniform);
   CHECK(spread.mean_fraction() > 0.8);  // collapsed routing hits a few experts
+}
+
+TEST_CASE("synth: every preset's metadata reads as the published model's config", "[engine][synth]") {
+  const fs::path path = fs::temp_directory_path() / "tandem_test_synth_metadata.gguf";
+  auto read_config = [&](const std::string& preset, std::vector<std::string>& warnings) {
+    SynthOptions options;
+    options.preset = preset;
+    plan_synthetic_metadata(options).write(path.string(), [](const auto&, auto&) {});
+    const GgufFile f = GgufFile::open(path.string());
+    const auto tokenizer = Tokenizer::from_gguf(f);
+    CHECK(tokenizer->decode(tokenizer->encode("héllo, wörld", false)) == "héllo, wörld");
+    return config_from_gguf(f, {}, warnings);
+  };
+  std::vector<std::string> warnings;
+  ModelConfig c = read_config("qwen3-30b-a3b", warnings);
+  CHECK(c.architecture == Architecture::qwen3_moe);
+  CHECK((c.num_layers == 48 && c.hidden_size == 2048 && c.num_heads == 32 && c.num_kv_heads == 4 && c.head_dim == 128));
+  CHECK((c.num_experts == 128 && c.num_experts_per_tok == 8 && c.moe_intermediate_size == 768 && c.norm_topk_prob));
+  CHECK((c.vocab_size == 151936 && c.rope_theta == 1e6 && c.qk_norm));
+  CHECK(c.eos_token_ids == std::vector<int64_t>{151645});
+  c = read_config("qwen3-235b-a22b", warnings);
+  CHECK((c.num_layers == 94 && c.hidden_size == 4096 && c.num_heads == 64 && c.moe_intermediate_size == 1536));
+  c = read_config("deepseek-v3", warnings);
+  CHECK(c.architecture == Architecture::deepseek_v3);
+  CHECK((c.attention == AttentionKind::mla && c.q_lora_rank == 1536 && c.kv_lora_rank == 512));
+  CHECK((c.qk_nope_head_dim == 128 && c.qk_rope_head_dim == 64 && c.v_head_dim == 128 && c.num_heads == 128));
+  CHECK((c.router == RouterKind::sigmoid_noaux_tc && c.n_group == 8 && c.topk_group == 4));
+  CHECK((c.num_experts == 256 && c.num_experts_per_tok == 8 && c.num_shared_experts == 1 && c.first_k_dense == 3));
+  CHECK((c.routed_scaling_factor == 2.5 && c.norm_topk_prob && c.intermediate_size == 18432));
+  CHECK((c.rope_scaling.type == RopeScalingType::yarn && c.rope_scaling.factor == 40));
+  CHECK(c.rope_scaling.mscale_all_dim == Approx(1.0));
+  c = read_config("deepseek-v2-lite", warnings);
+  CHECK(c.architecture == Architecture::deepseek_v2);
+  CHECK((c.q_lora_rank == 0 && c.router == RouterKind::softmax_topk && c.num_shared_experts == 2));
+  CHECK((c.num_experts == 64 && c.num_experts_per_tok == 6 && c.first_k_dense == 1 && !c.norm_topk_prob));
+  CHECK(c.rope_scaling.mscale_all_dim == Approx(0.707));
+  c = read_config("mixtral-8x7b", warnings);
+  CHECK(c.architecture == Architecture::mixtral);
+  CHECK((c.num_experts == 8 && c.num_experts_per_tok == 2 && c.moe_intermediate_size == 14336 && c.num_kv_heads == 8));
+  CHECK(c.rms_norm_eps == Approx(1e-5));
+  CHECK(warnings.empty());
+  fs::remove(path);
 }
 
 TEST_CASE("synth CLI: writes a file, refuses bad input with clear errors", "[engine][synth][cli]") {

@@ -89,6 +89,8 @@ struct SynthOptions {
   float residual_scale = kSynthResidualScale;  // in (0, 10]
 };
 
+// The metadata and vocabulary alone (a few MB: for checking what a preset's file will say).
+GgufWriter plan_synthetic_metadata(const SynthOptions& options);
 // The whole file planned: metadata, vocabulary and tensor infos (no data yet).
 GgufWriter plan_synthetic_model(const SynthOptions& options);
 // Plans and writes the file in constant memory; returns its size in bytes. Error(invalid_argument)

@@ -209,13 +209,19 @@ std::vector<SynthTensor> synth_tensors(const SynthPreset& preset, int64_t layers
   return std::move(list.out);
 }
 
+GgufWriter plan_synthetic_metadata(const SynthOptions& options) {
+  const SynthPreset& p = synth_preset(options.preset);
+  GgufWriter w;
+  set_model_metadata(w, p, checked_layers(p, options.layers), options.quant);
+  set_vocabulary(w, p);
+  return w;
+}
+
 GgufWriter plan_synthetic_model(const SynthOptions& options) {
   const SynthPreset& p = synth_preset(options.preset);
-  const int64_t layers = checked_layers(p, options.layers);
-  GgufWriter w;
-  set_model_metadata(w, p, layers, options.quant);
-  set_vocabulary(w, p);
-  for (const SynthTensor& t : synth_tensors(p, layers, options.quant)) w.add_tensor(t.name, t.dtype, t.dims);
+  GgufWriter w = plan_synthetic_metadata(options);
+  for (const SynthTensor& t : synth_tensors(p, options.layers, options.quant, options.residual_scale))
+    w.add_tensor(t.name, t.dtype, t.dims);
   return w;
 }
 
