@@ -10,8 +10,12 @@ if(NOT TANDEM_CUDA STREQUAL "OFF")
     # sm_90a for Hopper-only instructions, plus sm_90 SASS and compute_90 PTX for forward compat.
     set(CMAKE_CUDA_ARCHITECTURES OFF)
     enable_language(CUDA)
-    # CMake 3.25 knows no C++20 flag for nvcc; the .cu files and the headers they include keep to C++17.
-    set(CMAKE_CUDA_STANDARD 17)
+    # CMake before 3.26 knows no C++20 flag for nvcc (12.0+ accepts -std=c++20): teach it.
+    if(NOT DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    endif()
+    set(CMAKE_CUDA_STANDARD 20)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
     set(TANDEM_CUDA_GENCODE

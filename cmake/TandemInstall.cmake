@@ -8,6 +8,9 @@ set(install_targets tandem_formats tandem_text tandem_engine tandem)
 if(TARGET tandem_c)
   list(APPEND install_targets tandem_c)
 endif()
+if(TARGET tandem_cuda)  # tandem_engine links it (privately) in CUDA builds
+  list(APPEND install_targets tandem_cuda)
+endif()
 install(TARGETS ${install_targets} EXPORT TandemTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

@@ -1,6 +1,6 @@
 #include <cuda_runtime.h>
 
-#include <fmt/core.h>
+#include "text.cuh"
 
 #include "tandem/cuda/cuda_device.hpp"
 #include "tandem/error.hpp"
@@ -11,7 +11,7 @@ namespace {
 void check(cudaError_t status, const char* call) {
   if (status != cudaSuccess)
     throw Error(status == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
-                fmt::format("CUDA: {} failed: {}", call, cudaGetErrorString(status)));
+                text("CUDA: ", call, " failed: ", cudaGetErrorString(status)));
 }
 }  // namespace
 
@@ -61,13 +61,16 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 
 void DeviceBuffer::upload(const void* host, size_t bytes, size_t offset) {
   if (offset > bytes_ || bytes > bytes_ - offset)
-    throw Error(ErrorKind::out_of_range, fmt::format("DeviceBuffer::upload of {} bytes at {} into {}", bytes, offset, bytes_));
+    throw Error(ErrorKind::out_of_range, text("DeviceBuffer::upload of ", bytes, " bytes at ", offset, " into ", bytes_));
   check(cudaMemcpy(static_cast<char*>(data_) + offset, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(H2D)");
+  // From pageable memory cudaMemcpy may return before the DMA lands; kernels on non-blocking
+  // streams do not wait for it, so wait here.
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 void DeviceBuffer::download(void* host, size_t bytes, size_t offset) const {
   if (offset > bytes_ || bytes > bytes_ - offset)
-    throw Error(ErrorKind::out_of_range, fmt::format("DeviceBuffer::download of {} bytes at {} from {}", bytes, offset, bytes_));
+    throw Error(ErrorKind::out_of_range, text("DeviceBuffer::download of ", bytes, " bytes at ", offset, " from ", bytes_));
   check(cudaMemcpy(host, static_cast<const char*>(data_) + offset, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(D2H)");
 }
 
@@ -84,6 +87,30 @@ Stream::~Stream() {
 
 void Stream::synchronize() {
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "cudaStreamSynchronize");
+}
+
+void Stream::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream_)),
+        "cudaMemcpyAsync(H2D)");
+}
+
+void Stream::copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream_)),
+        "cudaMemcpyAsync(D2H)");
+  synchronize();
+}
+
+void Stream::copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream_)),
+        "cudaMemcpyAsync(D2D)");
+}
+
+void Stream::zero(void* device_dst, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemsetAsync(device_dst, 0, bytes, static_cast<cudaStream_t>(stream_)), "cudaMemsetAsync");
 }
 
 }  // namespace tandem::cuda

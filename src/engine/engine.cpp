@@ -5,9 +5,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cuda_backend.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
@@ -121,15 +123,22 @@ class CpuEngine final : public Engine {
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
     backend_ = make_cpu_backend(options_.threads);
-    // Each role group runs on the backend of the device its placement rule names. Only host
-    // backends exist in this build (check_placement_runnable refused any other device above).
+    // One CUDA backend per GPU the placement names (check_placement_runnable vouched for them).
+    for (WeightGroup g : kAllWeightGroups)
+      for (int64_t layer = kNoLayer; layer < c.num_layers; ++layer) {  // kNoLayer = -1, then each layer
+        const Device device = placement_.device_for(g, layer);
+        if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
+          gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
+      }
+    // Each role group runs on the backend of the device its placement rule names.
     forward_ = std::make_unique<ForwardPass>(
         c, weights_,
         [this](WeightGroup group, int64_t layer) -> Backend& {
           const Device device = placement_.device_for(group, layer);
-          if (device.kind != DeviceKind::cpu)
-            throw Error(ErrorKind::internal, "no backend for " + device.to_string());
-          return *backend_;
+          if (device.kind == DeviceKind::cpu) return *backend_;
+          const auto it = gpu_backends_.find(device.index);
+          if (it == gpu_backends_.end()) throw Error(ErrorKind::internal, "no backend for " + device.to_string());
+          return *it->second;
         },
         *kv_, options_.max_batch_tokens);
     if (options_.load_tokenizer) {
@@ -202,6 +211,7 @@ class CpuEngine final : public Engine {
   Weights weights_;
   std::unique_ptr<KvPool> kv_;
   std::unique_ptr<Backend> backend_;
+  std::map<int, std::unique_ptr<Backend>> gpu_backends_;  // by GPU index
   std::unique_ptr<ForwardPass> forward_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_template_;
@@ -296,7 +306,9 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const LoadOptions&
   if (options.cancel && options.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
   if (options.progress) options.progress(0.0f, "opening model files");
   // Rules are parsed before the files are opened, so a typo fails fast.
-  Placement placement = Placement::parse(options.placement, cuda_forward_available());
+  // The defaults keep every role on the CPU until the CUDA backend is verified and fast on a GPU;
+  // rules that name cuda use it where it is built and a GPU is present.
+  Placement placement = Placement::parse(options.placement, /*gpu_available=*/false);
   ModelFiles files = open_model_files(path, options.overrides);
   return std::make_unique<CpuEngine>(std::move(files), options, std::move(placement));
 }

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "tandem/backend/cuda_backend.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/read_file.hpp"
 #include "tandem/model/weights.hpp"
@@ -266,10 +267,19 @@ void apply_placement(Weights& weights, const Placement& placement) {
   });
 }
 
-bool cuda_forward_available() { return false; }
+bool cuda_forward_available() { return cuda_backend_built() && cuda_device_count() > 0; }
 
 void check_placement_runnable(const Weights& weights, const Placement& placement) {
-  if (cuda_forward_available()) return;
+  if (cuda_forward_available()) {
+    // Every cuda rule the user wrote must name a GPU that is there, whether or not it matches a role.
+    const int gpus = cuda_device_count();
+    for (const PlacementRule& r : placement.rules())
+      if (r.device.kind == DeviceKind::cuda && r.device.index >= gpus)
+        throw Error(ErrorKind::invalid_argument,
+                    fmt::format("placement rule '{}' asks for {}, but this machine has {} CUDA device{} (cuda:0-{})",
+                                r.text, r.device.to_string(), gpus, gpus == 1 ? "" : "s", gpus - 1));
+    return;
+  }
   // The first role (in model order) a cuda rule claims, and the layers that rule claims for it.
   const PlacementRule* rule = nullptr;
   WeightGroup group = WeightGroup::embedding;
@@ -282,8 +292,11 @@ void check_placement_runnable(const Weights& weights, const Placement& placement
     if (&r == rule && g == group) layers.insert(layer);
   });
   const std::string advice =
-      "this build's forward pass runs on the CPU only (the CUDA kernels are not wired to the backend "
-      "yet); use --placement '*=cpu' (or leave cuda out of the rules)";
+      cuda_backend_built()
+          ? "no CUDA device is visible to this process (no GPU, or no driver); use --placement '*=cpu' (or "
+            "leave cuda out of the rules)"
+          : "this build has no CUDA backend (configure with -DTANDEM_CUDA=ON where nvcc is installed); use "
+            "--placement '*=cpu' (or leave cuda out of the rules)";
   if (rule != nullptr)
     throw Error(ErrorKind::unsupported,
                 fmt::format("placement rule '{}' puts {}{} on {}, but the CUDA backend cannot run that role yet: {}",

@@ -79,12 +79,13 @@ std::vector<PlacedBytes> place_weights(const Weights& weights, const Placement& 
 // Sets each bound tensor's `device` to where the placement puts its role.
 void apply_placement(Weights& weights, const Placement& placement);
 
-// Whether this build's forward pass can run roles on a CUDA device. False today: the kernels in
-// cuda/ are not wired to the Backend interface yet.
+// Whether this build's forward pass can run roles on a CUDA device: the CUDA backend is built in
+// and at least one GPU is visible.
 bool cuda_forward_available();
 
 // Throws Error(unsupported) when `placement` puts any role of `weights` on a device the forward
-// pass cannot run (today: anything on cuda), naming the rule and role and suggesting `*=cpu`.
+// pass cannot run (anything on cuda without the CUDA backend or a GPU), naming the rule and role
+// and suggesting `*=cpu`; Error(invalid_argument) for a rule naming a GPU this machine lacks.
 void check_placement_runnable(const Weights& weights, const Placement& placement);
 
 }  // namespace tandem

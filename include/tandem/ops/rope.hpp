@@ -21,6 +21,8 @@ class RotaryEmbedding {
   // YaRN's magnitude correction applied to cos/sin (1 without YaRN).
   double attention_factor() const { return attention_factor_; }
   const std::vector<double>& inverse_frequencies() const { return inv_freq_; }
+  RopeLayout layout() const { return layout_; }
+  int64_t rotary_dim() const { return dim_; }
 
  private:
   int64_t dim_;

@@ -52,6 +52,12 @@ class Stream {
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
   void synchronize();
+  // Copies ordered with the kernels on this stream. From/to pageable host memory they return once
+  // the host side is safe to reuse (H2D) or filled (D2H waits for the stream up to the copy).
+  void copy_to_device(void* device_dst, const void* host_src, size_t bytes);
+  void copy_to_host(void* host_dst, const void* device_src, size_t bytes);
+  void copy_on_device(void* device_dst, const void* device_src, size_t bytes);
+  void zero(void* device_dst, size_t bytes);
   void* native() const { return stream_; }  // cudaStream_t
   int device() const { return device_; }
 

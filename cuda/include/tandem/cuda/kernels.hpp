@@ -1,24 +1,115 @@
 #pragma once
 // CUDA kernels over device pointers, enqueued on a Stream. Activations are float32 row-major;
-// weights stay in their stored type (the same bytes as in the file), as on the CPU.
+// weights stay in their stored type (the same bytes as in the file), as on the CPU, and are
+// dequantised in registers. No CUDA headers here: host code includes this with any C++20 compiler.
+//
+// Weight types the kernels read (weight_type_supported): f32, f16, bf16, f8_e4m3 (with 128×128
+// block scales), q4_0, q8_0, q4_k, q5_k, q6_k, iq4_xs. Others throw Error(unsupported).
 #include <cstdint>
 
 #include "tandem/cuda/cuda_device.hpp"
+#include "tandem/kv/kv_type.hpp"
 #include "tandem/tensor/dtype.hpp"
 
 namespace tandem::cuda {
 
-// y[rows, out] = x[rows, in] · Wᵀ for W [out, in] stored as f32, f16, bf16 or q8_0.
-// One warp per output row and token block: a memory-bound GEMV for decode (rows small).
-// Throws Error(unsupported) for other stored types.
+bool weight_type_supported(DType t) noexcept;
+
+// A weight matrix [out_features, in_features] in device memory, rows of row_bytes(type, in).
+struct DeviceWeight {
+  DType type = DType::f32;
+  const void* data = nullptr;
+  int64_t out_features = 0, in_features = 0;
+  const float* block_scales = nullptr;  // FP8: [ceil(out/128), ceil(in/128)], else null
+  const float* bias = nullptr;          // [out_features] or null
+};
+
+// y[rows, out] = x[rows, in] · Wᵀ (+ bias). A GEMV per output row and tile of up to 8 tokens: one
+// warp streams the row once, dequantising 32 values at a time in registers.
+void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y);
+// The same without scales or bias (kept for callers holding a bare stored matrix).
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
             const float* x, int64_t rows, float* y);
 
-// out[r] = x[r] / rms(x[r]) * weight, per row of `dim` values.
+// out[r - row_begin] = W[r] as float32 for r in [row_begin, row_end) (FP8 block scales applied).
+void dequantize_rows(Stream& stream, const DeviceWeight& w, int64_t row_begin, int64_t row_end, float* out);
+
+// out[t] = table[ids[t]] dequantised; table [rows, width] stored as `type`; ids on the device and
+// checked by the caller.
+void embedding(Stream& stream, DType type, const void* table, int64_t width, const int32_t* ids, int64_t count,
+               float* out);
+
+// out[r·stride + i] = x[r·stride + i] / rms(x[r·stride, +dim)) · weight[i] (sum of squares in double,
+// as the CPU reference). In place when out == x.
+void rms_norm(Stream& stream, const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
+              double eps, float* out);
+// The contiguous form (stride == dim), single-precision eps.
 void rms_norm(Stream& stream, const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
               float* out);
 
-// out[r, i] = silu(gate[r, i]) * up[r, i].
+// Rotary embedding in place, as RotaryEmbedding::apply: vector h of token t at data + t·row_stride +
+// h·head_stride; positions [rows] and inv_freq [rotary_dim / 2] (float64, the CPU's table) on the
+// device. neox: pairs (i, i + d/2); else (2i, 2i + 1). cos/sin are scaled by attention_factor.
+void rope(Stream& stream, float* data, int64_t rows, int64_t row_stride, int64_t heads, int64_t head_stride,
+          const int64_t* positions, const double* inv_freq, int64_t rotary_dim, bool neox,
+          double attention_factor);
+
+// One layer of a paged KV cache as the attention kernels read it: block id b's rows of plane p,
+// slot s are at layer_base + b·block_stride + (p·block_tokens + s)·row_bytes (the KvPool layout).
+struct PagedKv {
+  const void* layer_base = nullptr;
+  KvType type = KvType::f32;
+  int64_t block_tokens = 16;
+  int64_t block_stride = 0;  // bytes
+  int64_t row_bytes = 0;
+};
+
+// The tokens of a batch on the device: token t sits at positions[t] of the sequence whose block ids
+// are block_tables[t·table_stride, +ceil((positions[t] + 1) / block_tokens)).
+struct DeviceBatch {
+  int64_t tokens = 0;
+  const int64_t* positions = nullptr;
+  const int32_t* block_tables = nullptr;
+  int64_t table_stride = 0;
+  int64_t max_context = 0;  // ≥ every positions[t] + 1 (sizes the score scratch)
+};
+
+// Score scratch the attention kernels need: tokens · heads · max_context floats.
+inline int64_t attention_scratch_floats(const DeviceBatch& b, int64_t heads) {
+  return b.tokens * heads * b.max_context;
+}
+
+// Causal GQA attention (ops/attention.hpp semantics): q [tokens, heads·head_dim] roped; the K plane
+// (0) and V plane (1) hold kv_heads·head_dim values per row. out [tokens, heads·head_dim].
+void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
+                   int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores, float* out);
+
+// Absorbed MLA attention over the latent cache (one plane: kv_lora latent then rope key).
+// q_latent [tokens, heads, kv_lora], q_rope [tokens, heads, rope_dim]; out [tokens, heads, kv_lora].
+void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
+                   const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                   float* scores, float* out);
+
+// MLA absorption with kv_b dequantised to float32 [heads·(nope + v), kv_lora] (dequantize_rows):
+// q_latent[t, h] = W_K(h)ᵀ · q[t, h, :nope] for q [tokens, heads·(nope + rope)].
+void mla_absorb_query(Stream& stream, const float* kv_b, int64_t heads, int64_t nope, int64_t rope, int64_t v,
+                      int64_t kv_lora, const float* q, int64_t tokens, float* q_latent);
+// out[t, h·v + i] = W_V(h)[i] · attended[t, h] for attended [tokens, heads, kv_lora].
+void mla_expand_values(Stream& stream, const float* kv_b, int64_t heads, int64_t nope, int64_t v, int64_t kv_lora,
+                       const float* attended, int64_t tokens, float* out);
+
+// out[i] = silu(gate[i]) · up[i].
 void silu_glu(Stream& stream, const float* gate, const float* up, int64_t count, float* out);
+
+// out[i] = a[i] + b[i] (the residual add; out may alias a).
+void add(Stream& stream, const float* a, const float* b, int64_t count, float* out);
+
+// dst[rows[i]·width, +width) = src[i·width, +width) for i < count (scatter of gathered rows).
+void scatter_rows(Stream& stream, const float* src, const int32_t* rows, int64_t count, int64_t width, float* dst);
+
+// out[t] = Σ_s weights[t·top_k + s] · slots[(t·top_k + s)·width, +width), summed in slot order
+// (the MoE combine, as ops/moe.cpp).
+void weighted_sum_slots(Stream& stream, const float* slots, const float* weights, int64_t tokens, int64_t top_k,
+                        int64_t width, float* out);
 
 }  // namespace tandem::cuda

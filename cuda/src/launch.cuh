@@ -1,0 +1,69 @@
+#pragma once
+// What every kernel file shares: the native stream, launch checks, grid sizes, warp reductions.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "tandem/cuda/cuda_device.hpp"
+#include "text.cuh"
+#include "tandem/error.hpp"
+
+namespace tandem::cuda::detail {
+
+using cuda::text;
+
+inline cudaStream_t native(Stream& s) { return static_cast<cudaStream_t>(s.native()); }
+
+inline void check_launch(const char* kernel) {
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess)
+    throw Error(ErrorKind::internal, text("CUDA: launching ", kernel, " failed: ", cudaGetErrorString(status)));
+}
+
+// A grid dimension, refused (never truncated) past CUDA's limit.
+inline unsigned grid_dim(int64_t n, const char* what, int64_t limit = 0x7fffffff) {
+  if (n <= 0 || n > limit)
+    throw Error(ErrorKind::out_of_range, text("CUDA: ", what, " needs ", n, " blocks, outside [1, ", limit, "]"));
+  return static_cast<unsigned>(n);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// Sum over a block whose size is a multiple of 32 (≤ 1024); every thread gets the total.
+template <typename T>
+__device__ T block_sum(T v, T* shared32) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  T total = 0;
+  for (int w = 0; w < warps; ++w) total += shared32[w];
+  return total;
+}
+__device__ __forceinline__ float block_max(float v, float* shared32) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  float m = -INFINITY;
+  for (int w = 0; w < warps; ++w) m = fmaxf(m, shared32[w]);
+  return m;
+}
+
+}  // namespace tandem::cuda::detail

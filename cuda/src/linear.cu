@@ -1,0 +1,155 @@
+// Linear layers, dequantisation and the embedding lookup over stored weight types (dequant.cuh).
+// The linear kernel is a GEMV for decode and small batches: one warp per output row streams the
+// row once, 32 values per lane step dequantised in registers, applied to a tile of up to kTile
+// tokens. Prefill-sized batches re-read the weight once per tile (tensor-core GEMM comes later).
+#include "dequant.cuh"
+#include "launch.cuh"
+#include "tandem/cuda/kernels.hpp"
+
+namespace tandem::cuda {
+
+using detail::Decoder;
+using detail::dispatch_weight_type;
+
+namespace {
+
+constexpr int kWarps = 4;  // output rows per block
+constexpr int kTile = 8;   // tokens per block
+constexpr int64_t kFp8Block = 128;
+
+template <typename D>
+__global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features, int64_t in_features,
+                              const float* block_scales, int64_t scale_cols, const float* bias, const float* x,
+                              int64_t rows, float* y) {
+  const int lane = threadIdx.x % 32;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (o >= out_features) return;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int nrows = static_cast<int>(rows - r0 < kTile ? rows - r0 : kTile);
+  const uint8_t* w = weight + o * row_bytes;
+  const float* xt = x + r0 * in_features;
+  float acc[kTile] = {};
+  const int64_t chunks = in_features / 32;
+  float v[32];
+  for (int64_t c = lane; c < chunks; c += 32) {
+    D::chunk(w, c, v);
+    if (block_scales != nullptr) {
+      const float s = block_scales[(o / kFp8Block) * scale_cols + (c * 32) / kFp8Block];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) v[j] = __fmul_rn(v[j], s);
+    }
+#pragma unroll
+    for (int r = 0; r < kTile; ++r) {
+      if (r < nrows) {
+        const float* xr = xt + r * in_features + c * 32;
+        float a = 0.f;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) a += v[j] * xr[j];
+        acc[r] += a;
+      }
+    }
+  }
+  if constexpr (D::plain) {  // a tail narrower than 32 values
+    for (int64_t i = chunks * 32 + lane; i < in_features; i += 32) {
+      float wi = D::element(w, i);
+      if (block_scales != nullptr) wi = __fmul_rn(wi, block_scales[(o / kFp8Block) * scale_cols + i / kFp8Block]);
+      for (int r = 0; r < nrows; ++r) acc[r] += wi * xt[r * in_features + i];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) {
+    const float s = detail::warp_sum(acc[r]);
+    if (lane == 0 && r < nrows) y[(r0 + r) * out_features + o] = s + (bias != nullptr ? bias[o] : 0.f);
+  }
+}
+
+// One block per row: out[row] = W[row] as float32 (with FP8 block scales).
+template <typename D>
+__global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int64_t in_features,
+                                  const float* block_scales, int64_t scale_cols, const int32_t* row_ids,
+                                  int64_t row_begin, float* out) {
+  const int64_t r = blockIdx.x;
+  const int64_t src = row_ids != nullptr ? row_ids[r] : row_begin + r;
+  const uint8_t* w = weight + src * row_bytes;
+  float* dst = out + r * in_features;
+  if constexpr (D::plain) {
+    for (int64_t i = threadIdx.x; i < in_features; i += blockDim.x) {
+      float v = D::element(w, i);
+      if (block_scales != nullptr) v = __fmul_rn(v, block_scales[(src / kFp8Block) * scale_cols + i / kFp8Block]);
+      dst[i] = v;
+    }
+  } else {
+    float v[32];
+    for (int64_t c = threadIdx.x; c < in_features / 32; c += blockDim.x) {
+      D::chunk(w, c, v);
+#pragma unroll
+      for (int j = 0; j < 32; ++j) dst[c * 32 + j] = v[j];
+    }
+  }
+}
+
+int64_t checked_row_bytes(DType type, int64_t in_features, const char* what) {
+  if (!weight_type_supported(type))
+    throw Error(ErrorKind::unsupported,
+                text("cuda::", what, ": weights stored as ", dtype_name(type), " have no CUDA kernel yet (supported: f32, f16, bf16, f8_e4m3, q4_0, q8_0, q4_k, q5_k, q6_k, iq4_xs)"));
+  const auto bytes = tandem::row_bytes(type, in_features);
+  if (!bytes)
+    throw Error(ErrorKind::invalid_argument,
+                text("cuda::", what, ": ", in_features, " values are not whole ", dtype_name(type), " blocks"));
+  return static_cast<int64_t>(*bytes);
+}
+
+int64_t scale_columns(const DeviceWeight& w) { return (w.in_features + kFp8Block - 1) / kFp8Block; }
+
+}  // namespace
+
+bool weight_type_supported(DType t) noexcept {
+  return dispatch_weight_type(t, [](auto) {});
+}
+
+void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y) {
+  if (rows <= 0 || w.out_features <= 0) return;
+  const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
+  const dim3 grid(detail::grid_dim((w.out_features + kWarps - 1) / kWarps, "linear"),
+                  detail::grid_dim((rows + kTile - 1) / kTile, "linear (token tiles)", 65535));
+  dispatch_weight_type(w.type, [&](auto decoder) {
+    using D = decltype(decoder);
+    linear_kernel<D><<<grid, kWarps * 32, 0, detail::native(stream)>>>(
+        static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.block_scales, scale_columns(w),
+        w.bias, x, rows, y);
+  });
+  detail::check_launch("linear");
+}
+
+void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
+            const float* x, int64_t rows, float* y) {
+  linear(stream, DeviceWeight{weight_type, weight, out_features, in_features, nullptr, nullptr}, x, rows, y);
+}
+
+void dequantize_rows(Stream& stream, const DeviceWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  if (row_end <= row_begin) return;
+  if (row_begin < 0 || row_end > w.out_features)
+    throw Error(ErrorKind::out_of_range, text("cuda::dequantize_rows: rows [", row_begin, ", ", row_end, ") of a ", w.out_features, "-row weight"));
+  const int64_t rb = checked_row_bytes(w.type, w.in_features, "dequantize_rows");
+  dispatch_weight_type(w.type, [&](auto decoder) {
+    using D = decltype(decoder);
+    dequantize_kernel<D><<<detail::grid_dim(row_end - row_begin, "dequantize_rows"), 128, 0,
+                           detail::native(stream)>>>(static_cast<const uint8_t*>(w.data), rb, w.in_features,
+                                                     w.block_scales, scale_columns(w), nullptr, row_begin, out);
+  });
+  detail::check_launch("dequantize_rows");
+}
+
+void embedding(Stream& stream, DType type, const void* table, int64_t width, const int32_t* ids, int64_t count,
+               float* out) {
+  if (count <= 0) return;
+  const int64_t rb = checked_row_bytes(type, width, "embedding");
+  dispatch_weight_type(type, [&](auto decoder) {
+    using D = decltype(decoder);
+    dequantize_kernel<D><<<detail::grid_dim(count, "embedding"), 128, 0, detail::native(stream)>>>(
+        static_cast<const uint8_t*>(table), rb, width, nullptr, 0, ids, 0, out);
+  });
+  detail::check_launch("embedding");
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,38 @@
+// Rotary position embedding in place, as RotaryEmbedding::apply: the angle in double from the
+// CPU's inverse-frequency table, cos/sin scaled by the attention factor, then rounded to float.
+#include "launch.cuh"
+#include "tandem/cuda/kernels.hpp"
+
+namespace tandem::cuda {
+namespace {
+
+// One block per token; threads over (head, pair).
+__global__ void rope_kernel(float* data, int64_t row_stride, int64_t heads, int64_t head_stride,
+                            const int64_t* positions, const double* inv_freq, int64_t half, bool neox,
+                            double attention_factor) {
+  const int64_t t = blockIdx.x;
+  const double pos = static_cast<double>(positions[t]);
+  for (int64_t item = threadIdx.x; item < heads * half; item += blockDim.x) {
+    const int64_t h = item / half, i = item % half;
+    const double angle = inv_freq[i] * pos;
+    const float c = static_cast<float>(cos(angle) * attention_factor);
+    const float s = static_cast<float>(sin(angle) * attention_factor);
+    float* v = data + t * row_stride + h * head_stride;
+    const int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    v[b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+  }
+}
+
+}  // namespace
+
+void rope(Stream& stream, float* data, int64_t rows, int64_t row_stride, int64_t heads, int64_t head_stride,
+          const int64_t* positions, const double* inv_freq, int64_t rotary_dim, bool neox, double attention_factor) {
+  if (rows <= 0 || heads <= 0 || rotary_dim < 2) return;
+  rope_kernel<<<detail::grid_dim(rows, "rope"), 128, 0, detail::native(stream)>>>(
+      data, row_stride, heads, head_stride, positions, inv_freq, rotary_dim / 2, neox, attention_factor);
+  detail::check_launch("rope");
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,27 @@
+// Whether the CUDA backend is in this build (TANDEM_WITH_CUDA, set when tandem_engine links
+// tandem_cuda) and how many GPUs it sees. Without it, asking for the backend is a clear error.
+#include <string>
+
+#include "tandem/backend/cuda_backend.hpp"
+#include "tandem/error.hpp"
+
+#ifdef TANDEM_WITH_CUDA
+#include "tandem/cuda/cuda_device.hpp"
+#endif
+
+namespace tandem {
+
+#ifdef TANDEM_WITH_CUDA
+bool cuda_backend_built() noexcept { return true; }
+int cuda_device_count() noexcept { return cuda::device_count(); }
+#else
+bool cuda_backend_built() noexcept { return false; }
+int cuda_device_count() noexcept { return 0; }
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  throw Error(ErrorKind::unsupported, "cuda:" + std::to_string(device) +
+                                          " requested, but this build has no CUDA backend (configure with "
+                                          "-DTANDEM_CUDA=ON where nvcc is installed)");
+}
+#endif
+
+}  // namespace tandem

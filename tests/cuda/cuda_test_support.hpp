@@ -1,0 +1,122 @@
+#pragma once
+// Shared by the CUDA tests: GPU detection (tests skip, saying so, without one), random inputs and
+// random weights in every stored type the CUDA kernels read.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "tandem/cuda/cuda_device.hpp"
+#include "tandem/formats/dequantize.hpp"
+#include "tandem/model/weights.hpp"
+#include "tandem/tensor/dtype.hpp"
+
+namespace tandem::test {
+
+inline bool have_gpu() {
+  if (cuda::device_count() > 0) return true;
+  WARN("skipped: no CUDA device on this machine");
+  return false;
+}
+
+inline std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// A linear weight that owns its bytes (and FP8 block scales, and an optional f32 bias).
+struct OwnedWeight {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales, bias;
+  LinearWeight w;
+};
+
+// Offsets of the f16 scale fields in one block of each quantised type; random bytes elsewhere
+// make valid blocks once these hold sane scales.
+inline std::vector<int> f16_fields(DType t) {
+  switch (t) {
+    case DType::q4_0:
+    case DType::q8_0:
+    case DType::iq4_xs: return {0};
+    case DType::q4_k:
+    case DType::q5_k: return {0, 2};
+    case DType::q6_k: return {208};
+    default: return {};
+  }
+}
+
+inline OwnedWeight random_weight(DType t, int64_t out, int64_t in, uint32_t seed, bool with_bias = false) {
+  OwnedWeight o;
+  std::mt19937 rng(seed);
+  const auto row = *row_bytes(t, in);
+  o.bytes.resize(static_cast<size_t>(row) * static_cast<size_t>(out));
+  const auto values = random_floats(static_cast<size_t>(out * in), seed + 1, 0.5f);
+  if (t == DType::f32) {
+    std::memcpy(o.bytes.data(), values.data(), o.bytes.size());
+  } else if (t == DType::f16 || t == DType::bf16) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      const uint16_t b = t == DType::f16 ? f32_to_f16(values[i]) : f32_to_bf16(values[i]);
+      std::memcpy(o.bytes.data() + 2 * i, &b, 2);
+    }
+  } else {
+    for (auto& b : o.bytes) b = static_cast<uint8_t>(rng());
+    if (t == DType::f8_e4m3) {
+      for (auto& b : o.bytes)
+        if ((b & 0x7f) == 0x7f) b ^= 1;  // no NaN patterns
+    } else {
+      const auto& tr = dtype_traits(t);
+      std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+      for (size_t blk = 0; blk < o.bytes.size() / static_cast<size_t>(tr.block_bytes); ++blk)
+        for (int off : f16_fields(t)) {
+          const uint16_t h = f32_to_f16(scale(rng));
+          std::memcpy(o.bytes.data() + blk * static_cast<size_t>(tr.block_bytes) + static_cast<size_t>(off), &h, 2);
+        }
+    }
+  }
+  o.w.weight.dtype = t;
+  o.w.weight.shape = Shape{out, in};
+  o.w.weight.data = o.bytes.data();
+  o.w.weight.nbytes = o.bytes.size();
+  if (t == DType::f8_e4m3) {
+    const int64_t so = (out + 127) / 128, si = (in + 127) / 128;
+    std::uniform_real_distribution<float> scale(0.001f, 0.01f);
+    o.scales.resize(static_cast<size_t>(so * si));
+    for (auto& s : o.scales) s = scale(rng);
+    o.w.scale_inv.dtype = DType::f32;
+    o.w.scale_inv.shape = Shape{so, si};
+    o.w.scale_inv.data = o.scales.data();
+    o.w.scale_inv.nbytes = o.scales.size() * 4;
+  }
+  if (with_bias) {
+    o.bias = random_floats(static_cast<size_t>(out), seed + 2);
+    o.w.bias.dtype = DType::f32;
+    o.w.bias.shape = Shape{out};
+    o.w.bias.data = o.bias.data();
+    o.w.bias.nbytes = o.bias.size() * 4;
+  }
+  return o;
+}
+
+// max |a - b| / max |b| (infinite when sizes differ or a is not finite).
+inline double relative_error(std::span<const float> a, std::span<const float> b) {
+  if (a.size() != b.size()) return INFINITY;
+  double diff = 0, scale = 1e-30;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return diff / scale;
+}
+
+inline const DType kCudaWeightTypes[] = {DType::f32,  DType::f16,  DType::bf16, DType::f8_e4m3, DType::q4_0,
+                                         DType::q8_0, DType::q4_k, DType::q5_k, DType::q6_k,    DType::iq4_xs};
+
+}  // namespace tandem::test

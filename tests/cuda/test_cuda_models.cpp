@@ -1,0 +1,150 @@
+// Whole models on the GPU: the bundled tiny models (F32 safetensors, Q8_0 GGUF) and the trained
+// Qwen3-MoE Q4_K_M give the same logits with roles on cuda:0 as on the CPU, within the fixtures'
+// tolerance (max |Δlogit| / max |logit| ≤ 1e-3, same argmax everywhere), and the same greedy
+// continuation. Runs on the GPU machine; skips, saying so, without a GPU.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <string>
+
+#include "cuda/cuda_test_support.hpp"
+#include "support/fixtures.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/error.hpp"
+#include "tandem/formats/safetensors.hpp"
+
+using namespace tandem;
+using test::have_gpu;
+using test::relative_error;
+
+namespace {
+
+std::unique_ptr<Engine> load(const std::string& path, const std::string& placement) {
+  LoadOptions o;
+  o.kv_type = KvType::f32;
+  o.max_context_tokens = 512;
+  o.max_sessions = 1;
+  o.kv_block_tokens = 16;
+  o.max_batch_tokens = 64;
+  o.load_tokenizer = false;
+  o.placement = placement;
+  return Engine::load(path, o);
+}
+
+std::vector<float> prompt_logits(Engine& engine, const std::vector<int32_t>& ids) {
+  auto session = engine.new_session();
+  session->prefill(ids, /*all_logits=*/true);
+  const auto all = session->all_logits();
+  return {all.begin(), all.end()};
+}
+
+std::vector<int32_t> greedy(Engine& engine, const std::vector<int32_t>& prompt, size_t count) {
+  auto session = engine.new_session();
+  session->prefill(prompt);
+  std::vector<int32_t> got;
+  while (got.size() < count) {
+    const auto logits = session->logits();
+    got.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    if (got.size() < count) session->decode(got.back());
+  }
+  return got;
+}
+
+int64_t argmax_mismatches(const std::vector<float>& a, const std::vector<float>& b, int64_t vocab) {
+  int64_t n = 0;
+  for (size_t row = 0; row + size_t(vocab) <= a.size(); row += size_t(vocab))
+    n += std::max_element(a.begin() + long(row), a.begin() + long(row) + vocab) - a.begin() !=
+         std::max_element(b.begin() + long(row), b.begin() + long(row) + vocab) - b.begin();
+  return n;
+}
+
+// The golden prompts of a tiny model folder, or a fixed prompt when there is none.
+std::vector<std::vector<int32_t>> prompts(const std::string& folder) {
+  std::vector<std::vector<int32_t>> out;
+  const std::string golden = folder + "/golden.safetensors";
+  if (std::filesystem::exists(golden)) {
+    const auto st = SafetensorsModel::open(golden);
+    for (int k = 0; k < 4; ++k) {
+      const TensorEntry* e = st.tensors().find("prompt" + std::to_string(k) + ".ids");
+      if (e == nullptr) continue;
+      const auto* p = static_cast<const int32_t*>(e->view.data);
+      out.emplace_back(p, p + e->view.shape.elements());
+    }
+  }
+  if (out.empty()) out.push_back({1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11, 120});
+  return out;
+}
+
+void check_model(const std::string& path, const std::string& folder,
+                 const std::vector<std::string>& placements = {"*=cuda:0", "experts=cpu,*=cuda:0",
+                                                                "attention=cuda:0,*=cpu"}) {
+  const auto cpu = load(path, "*=cpu");
+  const int64_t vocab = cpu->config().vocab_size;
+  const auto all_prompts = prompts(folder);
+  for (const std::string& placement : placements) {
+    const auto gpu = load(path, placement);
+    for (size_t k = 0; k < all_prompts.size(); ++k) {
+      const auto expected = prompt_logits(*cpu, all_prompts[k]);
+      const auto got = prompt_logits(*gpu, all_prompts[k]);
+      INFO(path << " --placement '" << placement << "' prompt " << k);
+      CHECK(relative_error(got, expected) <= 1e-3);
+      CHECK(argmax_mismatches(got, expected, vocab) == 0);
+    }
+    INFO(path << " --placement '" << placement << "' greedy");
+    CHECK(greedy(*gpu, all_prompts[0], 24) == greedy(*cpu, all_prompts[0], 24));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda whole model: tiny Qwen3-MoE (F32 and Q8_0) on cuda:0 equals the CPU", "[cuda][model]") {
+  if (!have_gpu()) return;
+  const std::string folder = test::data_dir() + "/tiny-qwen3moe";
+  check_model(folder, folder);
+  check_model(folder + "/qwen3moe-q8_0.gguf", folder);
+}
+
+TEST_CASE("cuda whole model: tiny DeepSeek-V3 (MLA, F32 and Q8_0) on cuda:0 equals the CPU", "[cuda][model]") {
+  if (!have_gpu()) return;
+  const std::string folder = test::data_dir() + "/tiny-deepseekv3";
+  check_model(folder, folder);
+  check_model(folder + "/deepseekv3-q8_0.gguf", folder);
+}
+
+TEST_CASE("cuda whole model: trained Qwen3-MoE Q4_K_M on cuda:0 equals the CPU", "[cuda][model]") {
+  if (!have_gpu()) return;
+  const std::string folder = test::data_dir() + "/trained-qwen3moe";
+  check_model(folder + "/qwen3moe-q4_k_m.gguf", folder);
+}
+
+TEST_CASE("cuda whole model: every fixture architecture and weight type on cuda:0 equals the CPU",
+          "[cuda][model][fixtures]") {
+  if (!have_gpu()) return;
+  TANDEM_REQUIRE_FIXTURES(fx);
+  const std::vector<std::string> all_gpu = {"*=cuda:0"};
+  for (const std::string name : {"qwen3moe", "deepseekv3", "deepseekv2lite", "qwen2moe", "mixtral", "deepseekv3-fp8"}) {
+    const std::string folder = fx + "/tiny/" + name;
+    check_model(folder, folder, all_gpu);
+    if (std::filesystem::exists(folder + "/" + name + "-bf16.gguf")) check_model(folder + "/" + name + "-bf16.gguf", folder, all_gpu);
+  }
+  for (const std::string name : {"qwen3moe", "deepseekv3"})
+    for (const std::string quant : {"q4_k_m", "q5_k_m", "q6_k", "q8_0", "iq4_xs"}) {
+      const std::string folder = fx + "/small/" + name;
+      check_model(folder + "/" + name + "-" + quant + ".gguf", folder, all_gpu);
+    }
+  for (const std::string name : {"qwen3moe", "deepseekv3"}) check_model(fx + "/trained/" + name, fx + "/trained/" + name, all_gpu);
+}
+
+TEST_CASE("cuda placement: a rule naming a missing GPU is a clear error", "[cuda][model]") {
+  if (!have_gpu()) return;
+  const int count = cuda::device_count();
+  const std::string rule = "*=cuda:" + std::to_string(count);
+  try {
+    (void)load(test::data_dir() + "/tiny-qwen3moe", rule);
+    FAIL("loading with " << rule << " did not throw");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::invalid_argument);
+    CHECK(std::string(e.what()).find("'" + rule + "'") != std::string::npos);
+    CHECK(std::string(e.what()).find("CUDA device") != std::string::npos);
+  }
+}
