@@ -112,6 +112,77 @@ struct Decoder<DType::q4_0> : BlockDecoder<32, 18> {
   }
 };
 
+// Q4_1: f16 d, f16 m, 16 bytes of nibbles; q·d + m.
+template <>
+struct Decoder<DType::q4_1> : BlockDecoder<32, 20> {
+  __device__ __forceinline__ static void chunk(const uint8_t* row, int64_t c, float* y) {
+    const uint8_t* b = row + c * 20;
+    const float d = load_f16(b), m = load_f16(b + 2);
+    const uint8_t* qs = b + 4;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      y[j] = __fadd_rn(__fmul_rn(static_cast<float>(qs[j] & 0xf), d), m);
+      y[j + 16] = __fadd_rn(__fmul_rn(static_cast<float>(qs[j] >> 4), d), m);
+    }
+  }
+};
+
+__device__ __forceinline__ uint32_t load_u32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
+         (static_cast<uint32_t>(p[3]) << 24);
+}
+
+// Q5_0: f16 d, 32-bit qh (bit j = fifth bit of value j), 16 bytes of nibbles; (q - 16)·d.
+template <>
+struct Decoder<DType::q5_0> : BlockDecoder<32, 22> {
+  __device__ __forceinline__ static void chunk(const uint8_t* row, int64_t c, float* y) {
+    const uint8_t* b = row + c * 22;
+    const float d = load_f16(b);
+    const uint32_t qh = load_u32(b + 2);
+    const uint8_t* qs = b + 6;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (qs[j] & 0xf) | static_cast<int>(((qh >> j) & 1u) << 4);
+      const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
+      y[j] = __fmul_rn(static_cast<float>(lo - 16), d);
+      y[j + 16] = __fmul_rn(static_cast<float>(hi - 16), d);
+    }
+  }
+};
+
+// Q5_1: f16 d, f16 m, 32-bit qh, 16 bytes of nibbles; q·d + m.
+template <>
+struct Decoder<DType::q5_1> : BlockDecoder<32, 24> {
+  __device__ __forceinline__ static void chunk(const uint8_t* row, int64_t c, float* y) {
+    const uint8_t* b = row + c * 24;
+    const float d = load_f16(b), m = load_f16(b + 2);
+    const uint32_t qh = load_u32(b + 4);
+    const uint8_t* qs = b + 8;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (qs[j] & 0xf) | static_cast<int>(((qh >> j) & 1u) << 4);
+      const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
+      y[j] = __fadd_rn(__fmul_rn(static_cast<float>(lo), d), m);
+      y[j + 16] = __fadd_rn(__fmul_rn(static_cast<float>(hi), d), m);
+    }
+  }
+};
+
+// IQ4_NL: f16 d, 16 bytes of non-linear nibbles.
+template <>
+struct Decoder<DType::iq4_nl> : BlockDecoder<32, 18> {
+  __device__ __forceinline__ static void chunk(const uint8_t* row, int64_t c, float* y) {
+    const uint8_t* b = row + c * 18;
+    const float d = load_f16(b);
+    const uint8_t* qs = b + 2;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      y[j] = __fmul_rn(d, static_cast<float>(kIq4NonLinear[qs[j] & 0xf]));
+      y[j + 16] = __fmul_rn(d, static_cast<float>(kIq4NonLinear[qs[j] >> 4]));
+    }
+  }
+};
+
 // Q8_0: f16 d, 32 int8 quants.
 template <>
 struct Decoder<DType::q8_0> : BlockDecoder<32, 34> {
@@ -214,6 +285,10 @@ bool dispatch_weight_type(DType t, Fn&& fn) {
     case DType::bf16: fn(Decoder<DType::bf16>{}); return true;
     case DType::f8_e4m3: fn(Decoder<DType::f8_e4m3>{}); return true;
     case DType::q4_0: fn(Decoder<DType::q4_0>{}); return true;
+    case DType::q4_1: fn(Decoder<DType::q4_1>{}); return true;
+    case DType::q5_0: fn(Decoder<DType::q5_0>{}); return true;
+    case DType::q5_1: fn(Decoder<DType::q5_1>{}); return true;
+    case DType::iq4_nl: fn(Decoder<DType::iq4_nl>{}); return true;
     case DType::q8_0: fn(Decoder<DType::q8_0>{}); return true;
     case DType::q4_k: fn(Decoder<DType::q4_k>{}); return true;
     case DType::q5_k: fn(Decoder<DType::q5_k>{}); return true;

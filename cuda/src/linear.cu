@@ -91,7 +91,7 @@ __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int6
 int64_t checked_row_bytes(DType type, int64_t in_features, const char* what) {
   if (!weight_type_supported(type))
     throw Error(ErrorKind::unsupported,
-                text("cuda::", what, ": weights stored as ", dtype_name(type), " have no CUDA kernel yet (supported: f32, f16, bf16, f8_e4m3, q4_0, q8_0, q4_k, q5_k, q6_k, iq4_xs)"));
+                text("cuda::", what, ": weights stored as ", dtype_name(type), " have no CUDA kernel yet (supported: f32, f16, bf16, f8_e4m3, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)"));
   const auto bytes = tandem::row_bytes(type, in_features);
   if (!bytes)
     throw Error(ErrorKind::invalid_argument,

@@ -270,6 +270,10 @@ void apply_placement(Weights& weights, const Placement& placement) {
 bool cuda_forward_available() { return cuda_backend_built() && cuda_device_count() > 0; }
 
 void check_placement_runnable(const Weights& weights, const Placement& placement) {
+  // Without a cuda rule there is nothing to check (and no reason to wake the CUDA driver).
+  if (std::none_of(placement.rules().begin(), placement.rules().end(),
+                   [](const PlacementRule& r) { return r.device.kind == DeviceKind::cuda; }))
+    return;
   if (cuda_forward_available()) {
     // Every cuda rule the user wrote must name a GPU that is there, whether or not it matches a role.
     const int gpus = cuda_device_count();

@@ -43,8 +43,12 @@ struct OwnedWeight {
 inline std::vector<int> f16_fields(DType t) {
   switch (t) {
     case DType::q4_0:
+    case DType::q5_0:
     case DType::q8_0:
+    case DType::iq4_nl:
     case DType::iq4_xs: return {0};
+    case DType::q4_1:
+    case DType::q5_1:
     case DType::q4_k:
     case DType::q5_k: return {0, 2};
     case DType::q6_k: return {208};
@@ -117,6 +121,7 @@ inline double relative_error(std::span<const float> a, std::span<const float> b)
 }
 
 inline const DType kCudaWeightTypes[] = {DType::f32,  DType::f16,  DType::bf16, DType::f8_e4m3, DType::q4_0,
-                                         DType::q8_0, DType::q4_k, DType::q5_k, DType::q6_k,    DType::iq4_xs};
+                                         DType::q4_1, DType::q5_0, DType::q5_1, DType::q8_0,    DType::q4_k,
+                                         DType::q5_k, DType::q6_k, DType::iq4_nl, DType::iq4_xs};
 
 }  // namespace tandem::test

@@ -4,7 +4,8 @@
 // dequantised in registers. No CUDA headers here: host code includes this with any C++20 compiler.
 //
 // Weight types the kernels read (weight_type_supported): f32, f16, bf16, f8_e4m3 (with 128×128
-// block scales), q4_0, q8_0, q4_k, q5_k, q6_k, iq4_xs. Others throw Error(unsupported).
+// block scales), q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, iq4_nl, iq4_xs. Others throw
+// Error(unsupported).
 #include <cstdint>
 
 #include "tandem/cuda/cuda_device.hpp"
