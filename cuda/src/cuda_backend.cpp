@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -31,6 +33,7 @@ class CudaBackend final : public Backend {
   int threads() const override { return 1; }
 
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (count <= 0) return;
     const int64_t width = table.shape.back();
     auto* d_ids = upload(kIndex, ids, static_cast<size_t>(count));
@@ -40,6 +43,7 @@ class CudaBackend final : public Backend {
   }
 
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (rows <= 0) return;
     const cuda::DeviceWeight dw = weight(w);
     const float* d_x = upload(kIn, x, static_cast<size_t>(rows * dw.in_features));
@@ -50,6 +54,7 @@ class CudaBackend final : public Backend {
 
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (rows <= 0) return;
     const int64_t span = (rows - 1) * stride + dim;
     float* d_x = upload(kIn, x, static_cast<size_t>(span));
@@ -67,6 +72,7 @@ class CudaBackend final : public Backend {
 
   void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (rows <= 0 || heads <= 0) return;
     const int64_t span = (rows - 1) * row_stride + (heads - 1) * head_stride + rope.rotary_dim();
     float* d_data = upload(kIn, data, static_cast<size_t>(span));
@@ -80,6 +86,7 @@ class CudaBackend final : public Backend {
 
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (batch.tokens <= 0) return;
     const cuda::DeviceBatch db = stage_batch(kv, layer, batch);
     const float* d_q = upload(kIn, q, static_cast<size_t>(batch.tokens * heads * head_dim));
@@ -92,6 +99,7 @@ class CudaBackend final : public Backend {
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
                      const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                      float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (batch.tokens <= 0) return;
     const cuda::DeviceBatch db = stage_batch(kv, layer, batch);
     const float* d_ql = upload(kIn, q_latent, static_cast<size_t>(batch.tokens * heads * kv_lora));
@@ -105,6 +113,7 @@ class CudaBackend final : public Backend {
 
   void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& s, const float* q, int64_t tokens,
                         float* q_latent) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (tokens <= 0) return;
     const float* d_kv_b = dequantized(kv_b);
     const float* d_q = upload(kIn, q, static_cast<size_t>(tokens * s.heads * (s.nope + s.rope)));
@@ -115,6 +124,7 @@ class CudaBackend final : public Backend {
 
   void mla_expand_values(const LinearWeight& kv_b, const MlaShape& s, const float* attended, int64_t tokens,
                          float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (tokens <= 0) return;
     const float* d_kv_b = dequantized(kv_b);
     const float* d_a = upload(kIn, attended, static_cast<size_t>(tokens * s.heads * s.kv_lora));
@@ -125,6 +135,7 @@ class CudaBackend final : public Backend {
 
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
                     int64_t tokens, FeedForwardWorkspace&, float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (tokens <= 0) return;
     const cuda::DeviceWeight g = weight(gate), u = weight(up), d = weight(down);
     const float* d_x = upload(kIn, x, static_cast<size_t>(tokens * g.in_features));
@@ -141,6 +152,7 @@ class CudaBackend final : public Backend {
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace&,
                           float* out) override {
+    stream_.make_current();  // the calling thread may not have used this GPU yet
     if (tokens <= 0) return;
     const auto count = static_cast<int64_t>(experts.count());
     const int64_t pairs = tokens * top_k;
@@ -188,6 +200,21 @@ class CudaBackend final : public Backend {
     download(out, d_out, tokens * hidden);
   }
 
+  void upload_weight(const LinearWeight& w) {
+    stream_.make_current();
+    (void)weight(w);
+  }
+  void upload_table(const TensorView& table) {
+    stream_.make_current();
+    if (!cuda::weight_type_supported(table.dtype))
+      throw Error(ErrorKind::unsupported,
+                  fmt::format("the CUDA backend cannot read an embedding stored as {} yet; place it on the CPU "
+                              "with --placement (e.g. 'embedding=cpu')",
+                              dtype_name(table.dtype)));
+    (void)resident(table);
+  }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
     if (n > 0) fn(0, n, 0);
   }
@@ -233,18 +260,18 @@ class CudaBackend final : public Backend {
   // ---- weights, uploaded once ----
   const void* resident(const TensorView& v) {
     if (v.data == nullptr) throw Error(ErrorKind::internal, "CUDA backend: a weight without data");
-    auto it = weights_.find(v.data);
+    auto it = weights_.find({v.data, v.nbytes});
     if (it == weights_.end()) {
       cuda::DeviceBuffer b = allocate(v.nbytes, "a weight");
       stream_.copy_to_device(b.data(), v.data, v.nbytes);
       weight_bytes_ += v.nbytes;
-      it = weights_.emplace(v.data, std::move(b)).first;
+      it = weights_.emplace(HostRange{v.data, v.nbytes}, std::move(b)).first;
     }
     return it->second.data();
   }
   // A small tensor (bias, FP8 block scales) as float32 on the device, converted once.
   const float* resident_floats(const TensorView& v) {
-    auto it = floats_.find(v.data);
+    auto it = floats_.find({v.data, v.nbytes});
     if (it == floats_.end()) {
       const int64_t n = v.shape.elements();
       std::vector<float> host(static_cast<size_t>(n));
@@ -252,7 +279,7 @@ class CudaBackend final : public Backend {
       cuda::DeviceBuffer b = allocate(host.size() * sizeof(float), "a bias or scale table");
       stream_.copy_to_device(b.data(), host.data(), host.size() * sizeof(float));
       weight_bytes_ += b.bytes();
-      it = floats_.emplace(v.data, std::move(b)).first;
+      it = floats_.emplace(HostRange{v.data, v.nbytes}, std::move(b)).first;
     }
     return static_cast<const float*>(it->second.data());
   }
@@ -331,7 +358,9 @@ class CudaBackend final : public Backend {
 
   int device_;
   cuda::Stream stream_;
-  std::unordered_map<const void*, cuda::DeviceBuffer> weights_, floats_;
+  // Device copies by the host bytes they were made from (a view is its data pointer and size).
+  using HostRange = std::pair<const void*, uint64_t>;
+  std::map<HostRange, cuda::DeviceBuffer> weights_, floats_;
   uint64_t weight_bytes_ = 0;
   cuda::DeviceBuffer scratch_[kCount];
   std::vector<float> gathered_;
@@ -339,6 +368,19 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+void cuda_backend_upload(Backend& backend, const LinearWeight& weight) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend); cuda != nullptr && !weight.empty()) cuda->upload_weight(weight);
+}
+
+void cuda_backend_upload(Backend& backend, const TensorView& table) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend); cuda != nullptr && !table.empty()) cuda->upload_table(table);
+}
+
+uint64_t cuda_backend_weight_bytes(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->weight_bytes() : 0;
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   const int count = cuda::device_count();

@@ -89,6 +89,8 @@ void Stream::synchronize() {
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "cudaStreamSynchronize");
 }
 
+void Stream::make_current() { check(cudaSetDevice(device_), "cudaSetDevice"); }
+
 void Stream::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
   check(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream_)),

@@ -22,6 +22,9 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
                                           " requested, but this build has no CUDA backend (configure with "
                                           "-DTANDEM_CUDA=ON where nvcc is installed)");
 }
+void cuda_backend_upload(Backend&, const LinearWeight&) {}
+void cuda_backend_upload(Backend&, const TensorView&) {}
+uint64_t cuda_backend_weight_bytes(const Backend&) { return 0; }
 #endif
 
 }  // namespace tandem

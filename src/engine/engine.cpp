@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <tuple>
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
@@ -14,6 +15,7 @@
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_files.hpp"
+#include "tandem/model/weight_roles.hpp"
 #include "tandem/text/chat_template.hpp"
 #include "tandem/text/tokenizer.hpp"
 
@@ -130,6 +132,22 @@ class CpuEngine final : public Engine {
         if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
           gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
       }
+    if (!gpu_backends_.empty()) {
+      // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
+      // load, not the first step.
+      step(0.6f, "uploading weights to the GPU");
+      auto upload_to = [&](WeightGroup g, int64_t layer) -> Backend* {
+        const Device device = placement_.device_for(g, layer);
+        return device.kind == DeviceKind::cuda ? gpu_backends_.at(device.index).get() : nullptr;
+      };
+      for_each_weight(weights_, [&](WeightGroup g, int64_t layer, auto&&... item) {
+        if constexpr (sizeof...(item) == 1) {  // a LinearWeight
+          if (Backend* b = upload_to(g, layer)) cuda_backend_upload(*b, item...);
+        } else if (g == WeightGroup::embedding) {  // the table; norms and router biases stay host vectors
+          if (Backend* b = upload_to(g, layer)) cuda_backend_upload(*b, std::get<0>(std::forward_as_tuple(item...)));
+        }
+      });
+    }
     // Each role group runs on the backend of the device its placement rule names.
     forward_ = std::make_unique<ForwardPass>(
         c, weights_,

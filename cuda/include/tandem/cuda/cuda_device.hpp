@@ -52,6 +52,9 @@ class Stream {
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
   void synchronize();
+  // Makes this stream's GPU the calling thread's current device (CUDA's current device is per
+  // thread; launches and copies go to it).
+  void make_current();
   // Copies ordered with the kernels on this stream. From/to pageable host memory they return once
   // the host side is safe to reuse (H2D) or filled (D2H waits for the stream up to the copy).
   void copy_to_device(void* device_dst, const void* host_src, size_t bytes);
