@@ -101,7 +101,9 @@ uint64_t Scheduler::submit(SequenceParams params) {
                                                            params.prompt[i], i, vocab_));
   std::lock_guard lock(mutex_);
   if (stopping_) throw Error(ErrorKind::cancelled, "the scheduler is shutting down");
-  if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting)
+  // Free running slots take waiting sequences at the next step, so they count as room too.
+  const int64_t free_slots = std::max<int64_t>(0, options_.max_running - stats_.running);
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting + free_slots)
     throw Error(ErrorKind::out_of_memory,
                 fmt::format("{} requests are already waiting (the queue's limit)", waiting_.size()));
   const uint64_t id = next_id_++;

@@ -281,3 +281,37 @@ TEST_CASE("scheduler: shutting down cancels what is queued and running", "[sched
   }
   CHECK(engine->kv_pool().free_blocks() == engine->kv_pool().spec().blocks);
 }
+
+TEST_CASE("scheduler: the queue limit counts waiting sequences past the free slots", "[scheduler]") {
+  auto engine = load("tiny-qwen3moe", 1, 256, 16, 64);
+  Scheduler scheduler(*engine, nullptr, {.max_running = 1, .max_batch_tokens = 64, .max_waiting = 1});
+  std::vector<std::promise<SequenceResult>> done(2);
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < 2; ++i) {
+    SequenceParams p;
+    p.prompt = {1, 2, 3};
+    p.max_new_tokens = -1;
+    p.on_finish = [&done, i](const SequenceResult& r) { done[i].set_value(r); };
+    ids.push_back(scheduler.submit(std::move(p)));  // one runs (or is about to), one waits
+  }
+  SequenceParams third;
+  third.prompt = {1, 2, 3};
+  try {
+    scheduler.submit(third);
+    FAIL("the third sequence was queued");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::out_of_memory);
+  }
+  for (uint64_t id : ids) scheduler.cancel(id);
+  for (auto& d : done) CHECK(d.get_future().get().stop == StopReason::cancelled);
+  CHECK(scheduler.stats().kv_blocks_in_use == 0);
+  // With both gone, a slot is free again: no waiting room is needed.
+  Scheduler no_queue(*engine, nullptr, {.max_running = 1, .max_batch_tokens = 64, .max_waiting = 0});
+  std::promise<SequenceResult> ok;
+  SequenceParams p;
+  p.prompt = {1, 2, 3};
+  p.max_new_tokens = 2;
+  p.on_finish = [&](const SequenceResult& r) { ok.set_value(r); };
+  no_queue.submit(std::move(p));
+  CHECK(ok.get_future().get().ids.size() == 2);
+}

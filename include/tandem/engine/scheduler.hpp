@@ -35,7 +35,7 @@ class Tokenizer;
 struct SchedulerOptions {
   int64_t max_running = 4;        // sequences decoding at once (llama-server's --parallel)
   int64_t max_batch_tokens = 0;   // tokens per step; 0 = the engine's LoadOptions::max_batch_tokens
-  int64_t max_waiting = 256;      // queued sequences past which submit() refuses
+  int64_t max_waiting = 256;      // sequences that may wait when every running slot is taken
 };
 
 struct SequenceResult {
@@ -98,7 +98,8 @@ class Scheduler {
 
   // Queues a sequence and returns its id. Throws Error(invalid_argument) for an empty prompt or ids
   // outside the vocabulary, Error(out_of_range) for a prompt that does not fit the context,
-  // Error(out_of_memory) when max_waiting sequences already wait. on_finish is not called then.
+  // Error(out_of_memory) when max_waiting sequences already wait with every slot taken. on_finish
+  // is not called then.
   uint64_t submit(SequenceParams params);
   // Asks a queued or running sequence to stop (StopReason::cancelled) at the next step boundary;
   // false when no such sequence is in the scheduler.
