@@ -63,16 +63,21 @@ int run(ServeBenchFlags& flags) {
     fmt::print("{}\n", j.dump());
     return 0;
   }
-  fmt::print("model {}: prompt {} tokens, {} tokens per reply, {} requests per client, parallel {}, median of {}\n",
-             flags.model_path, b.prompt_tokens, b.max_tokens, b.requests_per_client, flags.parallel, b.repetitions);
   fmt::print(
-      "| clients | requests | output tok/s | speedup | decode tok/s | decode speedup | TTFT p50/p90/p99 ms | ITL "
+      "model {}: prompt {} tokens, {} tokens per reply, {} requests per client, parallel {}, median of {}\n",
+      flags.model_path, b.prompt_tokens, b.max_tokens, b.requests_per_client, flags.parallel, b.repetitions);
+  fmt::print(
+      "| clients | requests | output tok/s | speedup | decode tok/s | decode speedup | TTFT p50/p90/p99 ms | "
+      "ITL "
       "p50/p90/p99 ms |\n");
   fmt::print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const auto& r : rows)
-    fmt::print("| {} | {} | {:.1f} | {:.2f}x | {:.1f} | {:.2f}x | {:.1f} / {:.1f} / {:.1f} | {:.2f} / {:.2f} / {:.2f} |\n",
-               r.clients, r.requests, r.output_tokens_per_second, r.speedup, r.decode_tokens_per_second,
-               r.decode_speedup, r.ttft_ms.p50, r.ttft_ms.p90, r.ttft_ms.p99, r.itl_ms.p50, r.itl_ms.p90, r.itl_ms.p99);
+    fmt::print(
+        "| {} | {} | {:.1f} | {:.2f}x | {:.1f} | {:.2f}x | {:.1f} / {:.1f} / {:.1f} | {:.2f} / {:.2f} / "
+        "{:.2f} |\n",
+        r.clients, r.requests, r.output_tokens_per_second, r.speedup, r.decode_tokens_per_second,
+        r.decode_speedup, r.ttft_ms.p50, r.ttft_ms.p90, r.ttft_ms.p99, r.itl_ms.p50, r.itl_ms.p90,
+        r.itl_ms.p99);
   return 0;
 }
 

@@ -36,11 +36,14 @@ extern "C" void on_sigterm(int) { g_terminate.store(true); }
 int serve_command(const ServeCommandFlags& flags) {
   flags.validate();
   if (flags.port < 0 || flags.port > 65535)
-    throw Error(ErrorKind::invalid_argument, fmt::format("--port must be within [0, 65535], not {}", flags.port));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--port must be within [0, 65535], not {}", flags.port));
   if (flags.max_queue < 0 || flags.max_queue > 100000)
-    throw Error(ErrorKind::invalid_argument, fmt::format("--queue must be within [0, 100000], not {}", flags.max_queue));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--queue must be within [0, 100000], not {}", flags.max_queue));
   if (flags.max_body_mb < 1 || flags.max_body_mb > 1024)
-    throw Error(ErrorKind::invalid_argument, fmt::format("--max-body must be within [1, 1024] MB, not {}", flags.max_body_mb));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--max-body must be within [1, 1024] MB, not {}", flags.max_body_mb));
   if (flags.reasoning_format != "deepseek" && flags.reasoning_format != "none")
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("--reasoning-format must be deepseek or none, not '{}'", flags.reasoning_format));
@@ -53,7 +56,8 @@ int serve_command(const ServeCommandFlags& flags) {
   progress.finish();
   require_tokenizer(*engine, flags.model_path);
   const ChatTemplate* tmpl = engine->chat_template();
-  if (!tmpl) fmt::print(stderr, "tandem: warning: the model has no chat template: /v1/chat/completions answers 400\n");
+  if (!tmpl)
+    fmt::print(stderr, "tandem: warning: the model has no chat template: /v1/chat/completions answers 400\n");
 
   server::ServerOptions options;
   options.host = flags.host;
@@ -96,7 +100,8 @@ const RegisterCommand registered{
      [](CLI::App& sub) -> CommandRun {
        auto flags = std::make_shared<ServeCommandFlags>();
        flags->add_to(sub);
-       sub.add_option("--host", flags->host, "address to listen on (loopback by default)")->capture_default_str();
+       sub.add_option("--host", flags->host, "address to listen on (loopback by default)")
+           ->capture_default_str();
        sub.add_option("--port", flags->port, "port to listen on; 0 = any free port")->capture_default_str();
        sub.add_option("--api-key", flags->api_key, "require 'Authorization: Bearer KEY' on the API");
        sub.add_option("-a,--alias", flags->alias, "model id /v1/models lists (default: the file name)");

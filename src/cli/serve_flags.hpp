@@ -1,9 +1,10 @@
 #pragma once
 // Flags shared by `tandem serve` and `tandem bench serve`: the model and how it is loaded, and the
 // server's batching limits.
+#include <fmt/core.h>
+
 #include <CLI/CLI.hpp>
 #include <filesystem>
-#include <fmt/core.h>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,8 @@ struct ServeFlags {
 
   void add_to(CLI::App& app) {
     app.add_option("-m,--model", model_path, "GGUF file or HF model folder")->required();
-    app.add_option("--parallel", parallel, "sequences decoded at once, each with a context of KV (llama.cpp: -np)")
+    app.add_option("--parallel", parallel,
+                   "sequences decoded at once, each with a context of KV (llama.cpp: -np)")
         ->capture_default_str();
     app.add_option("--max-batch-tokens,-b,--batch-size", max_batch_tokens,
                    "tokens one scheduler step runs: every running sequence's decode token plus prompt chunks")
@@ -41,13 +43,15 @@ struct ServeFlags {
 
   void validate() const {
     const auto fail = [](const std::string& m) { throw Error(ErrorKind::invalid_argument, m); };
-    if (parallel < 1 || parallel > 1024) fail(fmt::format("--parallel must be within [1, 1024], not {}", parallel));
+    if (parallel < 1 || parallel > 1024)
+      fail(fmt::format("--parallel must be within [1, 1024], not {}", parallel));
     if (max_batch_tokens < 1 || max_batch_tokens > (1 << 20))
       fail(fmt::format("--max-batch-tokens must be within [1, {}], not {}", 1 << 20, max_batch_tokens));
     if (context_tokens < 0 || context_tokens > (int64_t{1} << 24))
       fail(fmt::format("-c/--ctx must be within [1, {}] tokens (0 = the model's), not {}", int64_t{1} << 24,
                        context_tokens));
-    if (threads < 0) fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", threads));
+    if (threads < 0)
+      fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", threads));
   }
 
   LoadOptions load_options() const {

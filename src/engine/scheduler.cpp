@@ -59,9 +59,11 @@ Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOption
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("scheduler: max_running must be within [1, 4096], not {}", options_.max_running));
   if (options_.max_batch_tokens <= 0 || options_.max_batch_tokens > load.max_batch_tokens)
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("scheduler: max_batch_tokens must be within [1, {}] (the engine's max_batch_tokens), not {}",
-                            load.max_batch_tokens, options_.max_batch_tokens));
+    throw Error(
+        ErrorKind::invalid_argument,
+        fmt::format(
+            "scheduler: max_batch_tokens must be within [1, {}] (the engine's max_batch_tokens), not {}",
+            load.max_batch_tokens, options_.max_batch_tokens));
   if (options_.max_waiting < 0)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("scheduler: max_waiting must not be negative, not {}", options_.max_waiting));
@@ -97,8 +99,9 @@ uint64_t Scheduler::submit(SequenceParams params) {
                 fmt::format("the prompt has {} tokens; the context holds {}", n, max_context_tokens_));
   for (size_t i = 0; i < params.prompt.size(); ++i)
     if (params.prompt[i] < 0 || params.prompt[i] >= vocab_)
-      throw Error(ErrorKind::invalid_argument, fmt::format("token id {} at index {} is outside the vocabulary [0, {})",
-                                                           params.prompt[i], i, vocab_));
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("token id {} at index {} is outside the vocabulary [0, {})", params.prompt[i],
+                              i, vocab_));
   std::lock_guard lock(mutex_);
   if (stopping_) throw Error(ErrorKind::cancelled, "the scheduler is shutting down");
   // Free running slots take waiting sequences at the next step, so they count as room too.
@@ -184,7 +187,8 @@ void Scheduler::admit_and_cancel() {
     while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
       Sequence& next = *waiting_.front();
       // Admit only what can start: room for its whole prompt (or, alone, whatever there is).
-      if (!running_.empty() && pool.free_blocks() < blocks_for(static_cast<int64_t>(next.tokens.size()) + 1)) break;
+      if (!running_.empty() && pool.free_blocks() < blocks_for(static_cast<int64_t>(next.tokens.size()) + 1))
+        break;
       if (!next.admitted_once) {
         next.admitted_once = true;
         next.result.queue_seconds = seconds_between(next.submitted, Clock::now());
@@ -269,7 +273,7 @@ void Scheduler::step() {
     Sequence& s = *p.seq;
     s.table.make_writable(engine_.kv_pool(), s.cached, s.cached + p.tokens);
     chunks.push_back({std::span<const int32_t>(s.tokens).subspan(static_cast<size_t>(s.cached),
-                                                                  static_cast<size_t>(p.tokens)),
+                                                                 static_cast<size_t>(p.tokens)),
                       s.cached, &s.table, false});
     if (p.tokens > 1 || s.cached < static_cast<int64_t>(s.params.prompt.size())) prefill_tokens += p.tokens;
   }
@@ -303,7 +307,8 @@ void Scheduler::sample_next(Sequence& seq, std::span<const float> logits) {
   const int32_t id = seq.sampler.sample(logits, seq.tokens);
   seq.tokens.push_back(id);
   seq.result.ids.push_back(id);
-  if (seq.result.ids.size() == 1) seq.result.first_token_seconds = seconds_between(seq.submitted, Clock::now());
+  if (seq.result.ids.size() == 1)
+    seq.result.first_token_seconds = seconds_between(seq.submitted, Clock::now());
   {
     std::lock_guard lock(mutex_);
     ++stats_.generated_tokens;
@@ -327,7 +332,8 @@ void Scheduler::sample_next(Sequence& seq, std::span<const float> logits) {
   if (seq.params.max_new_tokens >= 0 && generated >= seq.params.max_new_tokens)
     return finish(seq, StopReason::max_tokens);
   // The new id must fit the context to be run next step.
-  if (static_cast<int64_t>(seq.tokens.size()) > max_context_tokens_) return finish(seq, StopReason::context_full);
+  if (static_cast<int64_t>(seq.tokens.size()) > max_context_tokens_)
+    return finish(seq, StopReason::context_full);
 }
 
 void Scheduler::finish(Sequence& seq, StopReason reason, std::string error) {

@@ -2,8 +2,8 @@
 
 namespace tandem::server {
 
-nlohmann::json error_body(int status, const std::string& message, const std::string& type, const std::string& param,
-                          const std::string& code) {
+nlohmann::json error_body(int status, const std::string& message, const std::string& type,
+                          const std::string& param, const std::string& code) {
   std::string t = type;
   if (t.empty()) {
     if (status == 401)

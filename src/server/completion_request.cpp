@@ -27,7 +27,8 @@ double number(const ojson& body, const char* name, double lo, double hi, double 
   if (!v) return fallback;
   if (!v->is_number()) bad(name, fmt::format("'{}' must be a number", name));
   const double x = v->get<double>();
-  if (!std::isfinite(x) || x < lo || x > hi) bad(name, fmt::format("'{}' must be within [{}, {}], not {}", name, lo, hi, x));
+  if (!std::isfinite(x) || x < lo || x > hi)
+    bad(name, fmt::format("'{}' must be within [{}, {}], not {}", name, lo, hi, x));
   return x;
 }
 
@@ -68,13 +69,16 @@ void parse_messages(const ojson& body, CompletionRequest& r, const RequestLimits
     const ojson* role = field(m, "role");
     if (!role || !role->is_string()) bad(where + ".role", fmt::format("'{}.role' must be a string", where));
     const std::string r_name = role->get<std::string>();
-    if (r_name != "system" && r_name != "user" && r_name != "assistant" && r_name != "tool" && r_name != "developer")
-      bad(where + ".role", fmt::format("'{}.role' must be system, developer, user, assistant or tool, not '{}'",
-                                       where, r_name));
+    if (r_name != "system" && r_name != "user" && r_name != "assistant" && r_name != "tool" &&
+        r_name != "developer")
+      bad(where + ".role",
+          fmt::format("'{}.role' must be system, developer, user, assistant or tool, not '{}'", where,
+                      r_name));
     ojson out = m;
     if (r_name == "developer") out["role"] = "system";
     const auto content = m.find("content");
-    const bool has_tool_calls = m.contains("tool_calls") && m["tool_calls"].is_array() && !m["tool_calls"].empty();
+    const bool has_tool_calls =
+        m.contains("tool_calls") && m["tool_calls"].is_array() && !m["tool_calls"].empty();
     if (content == m.end() || content->is_null()) {
       if (r_name != "assistant" || !has_tool_calls)
         bad(where + ".content", fmt::format("'{}.content' is required", where));
@@ -83,7 +87,8 @@ void parse_messages(const ojson& body, CompletionRequest& r, const RequestLimits
       out["content"] = message_text(*content, where + ".content");
     }
     if (const auto calls = m.find("tool_calls"); calls != m.end() && !calls->is_null()) {
-      if (!calls->is_array()) bad(where + ".tool_calls", fmt::format("'{}.tool_calls' must be an array", where));
+      if (!calls->is_array())
+        bad(where + ".tool_calls", fmt::format("'{}.tool_calls' must be an array", where));
       for (const auto& call : *calls) {
         if (!call.is_object() || !call.contains("function") || !call["function"].is_object() ||
             !call["function"].contains("name") || !call["function"]["name"].is_string())
@@ -105,7 +110,8 @@ void parse_messages(const ojson& body, CompletionRequest& r, const RequestLimits
   if (const ojson* tools = field(body, "tools")) {
     if (!tools->is_array()) bad("tools", "'tools' must be an array");
     for (size_t i = 0; i < tools->size(); ++i)
-      if (!(*tools)[i].is_object()) bad(fmt::format("tools[{}]", i), fmt::format("'tools[{}]' must be an object", i));
+      if (!(*tools)[i].is_object())
+        bad(fmt::format("tools[{}]", i), fmt::format("'tools[{}]' must be an object", i));
     if (!tools->empty()) r.tools = *tools;
   }
   if (const ojson* choice = field(body, "tool_choice"); choice && choice->is_string() && *choice == "none")
@@ -148,7 +154,9 @@ std::string message_text(const ojson& content, const std::string& where) {
     for (const auto& part : content) {
       if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
           !part["text"].is_string())
-        bad(where, fmt::format("'{}' parts must be {{\"type\": \"text\", \"text\": ...}} (only text is supported)", where));
+        bad(where,
+            fmt::format("'{}' parts must be {{\"type\": \"text\", \"text\": ...}} (only text is supported)",
+                        where));
       text += part["text"].get<std::string>();
     }
     return text;
@@ -156,7 +164,8 @@ std::string message_text(const ojson& content, const std::string& where) {
   bad(where, fmt::format("'{}' must be a string or an array of text parts", where));
 }
 
-CompletionRequest parse_completion_request(const ojson& body, Endpoint endpoint, const RequestLimits& limits) {
+CompletionRequest parse_completion_request(const ojson& body, Endpoint endpoint,
+                                           const RequestLimits& limits) {
   if (!body.is_object()) bad("", "the request body must be a JSON object");
   CompletionRequest r;
   r.endpoint = endpoint;
@@ -200,7 +209,8 @@ CompletionRequest parse_completion_request(const ojson& body, Endpoint endpoint,
       bad("stop", "'stop' must be a string or an array of strings");
     }
     if (r.stop.size() > limits.max_stop_strings)
-      bad("stop", fmt::format("'stop' has {} strings; at most {} are accepted", r.stop.size(), limits.max_stop_strings));
+      bad("stop", fmt::format("'stop' has {} strings; at most {} are accepted", r.stop.size(),
+                              limits.max_stop_strings));
     std::erase_if(r.stop, [](const std::string& s) { return s.empty(); });
   }
   r.ignore_eos = boolean(body, "ignore_eos", false);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,7 +12,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sys/socket.h>
 
 #include "server/chat_page.hpp"
 #include "tandem/engine/engine.hpp"
@@ -58,7 +58,8 @@ void send_json(httplib::Response& res, int status, const ojson& body) {
 
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status();
-  res.set_content(e.body().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
+  res.set_content(e.body().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                  "application/json");
 }
 
 int64_t unix_time() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -92,13 +93,14 @@ struct HttpServer::Impl {
       : engine(e), tokenizer(e.tokenizer()), chat_template(t), options(std::move(o)) {
     if (!tokenizer) throw Error(ErrorKind::unsupported, "serve: the model has no tokenizer");
     if (options.parallel <= 0) throw Error(ErrorKind::invalid_argument, "--parallel must be at least 1");
-    if (options.max_queue < 0) throw Error(ErrorKind::invalid_argument, "the queue limit must not be negative");
-    if (options.timeout_seconds <= 0) throw Error(ErrorKind::invalid_argument, "--timeout must be at least 1 second");
+    if (options.max_queue < 0)
+      throw Error(ErrorKind::invalid_argument, "the queue limit must not be negative");
+    if (options.timeout_seconds <= 0)
+      throw Error(ErrorKind::invalid_argument, "--timeout must be at least 1 second");
     tool_syntax = detect_tool_call_syntax(*tokenizer);
     eos_ids = eos_ids_for(engine.config(), tokenizer);
     scheduler = std::make_unique<Scheduler>(
-        engine, tokenizer,
-        SchedulerOptions{options.parallel, options.max_batch_tokens, options.max_queue});
+        engine, tokenizer, SchedulerOptions{options.parallel, options.max_batch_tokens, options.max_queue});
     setup_routes();
   }
 
@@ -116,9 +118,10 @@ struct HttpServer::Impl {
   }
 
   void setup_routes() {
-    const int threads = options.http_threads > 0
-                            ? options.http_threads
-                            : static_cast<int>(std::min<int64_t>(options.parallel + options.max_queue + 8, 1024));
+    const int threads =
+        options.http_threads > 0
+            ? options.http_threads
+            : static_cast<int>(std::min<int64_t>(options.parallel + options.max_queue + 8, 1024));
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(options.max_body_bytes);
     http.set_read_timeout(options.timeout_seconds);
@@ -237,8 +240,8 @@ struct HttpServer::Impl {
       ids = r.prompt_ids;
       for (int32_t id : ids)
         if (id >= engine.config().vocab_size)
-          throw ApiError(400, fmt::format("token id {} in 'prompt' is outside the vocabulary", id), "invalid_request_error",
-                         "prompt");
+          throw ApiError(400, fmt::format("token id {} in 'prompt' is outside the vocabulary", id),
+                         "invalid_request_error", "prompt");
     } else {
       ids = tokenizer->encode(r.prompt_text, /*add_special=*/true);
     }
@@ -246,13 +249,14 @@ struct HttpServer::Impl {
     const auto n = static_cast<int64_t>(ids.size());
     const int64_t want = r.max_tokens.value_or(1);
     if (n + want > context())
-      throw ApiError(400,
-                     fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens "
-                                 "({} in the messages, {} in the completion). Please reduce the length of the "
-                                 "messages or completion.",
-                                 context(), n + want, n, want),
-                     "invalid_request_error", r.endpoint == Endpoint::chat ? "messages" : "prompt",
-                     "context_length_exceeded");
+      throw ApiError(
+          400,
+          fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens "
+                      "({} in the messages, {} in the completion). Please reduce the length of the "
+                      "messages or completion.",
+                      context(), n + want, n, want),
+          "invalid_request_error", r.endpoint == Endpoint::chat ? "messages" : "prompt",
+          "context_length_exceeded");
     return ids;
   }
 
@@ -272,9 +276,10 @@ struct HttpServer::Impl {
       limits.max_tokens = options.max_tokens_limit > 0 ? options.max_tokens_limit : context();
       CompletionRequest r = parse_completion_request(body, endpoint, limits);
       if (!r.model.empty() && r.model != options.model_id)
-        throw ApiError(404, fmt::format("The model '{}' does not exist (this server serves '{}')", r.model,
-                                        options.model_id),
-                       "invalid_request_error", "model", "model_not_found");
+        throw ApiError(
+            404,
+            fmt::format("The model '{}' does not exist (this server serves '{}')", r.model, options.model_id),
+            "invalid_request_error", "model", "model_not_found");
       start_generation(std::move(r), res);
     } catch (const ApiError& e) {
       send_error(res, e);
@@ -312,17 +317,19 @@ struct HttpServer::Impl {
       id = scheduler->submit(std::move(p));
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::out_of_memory)
-        throw ApiError(429, std::string("The server is busy: ") + e.what() + "; retry later", "rate_limit_error", "",
-                       "rate_limit_exceeded");
-      if (e.kind() == ErrorKind::cancelled) throw ApiError(503, "The server is shutting down", "server_error");
+        throw ApiError(429, std::string("The server is busy: ") + e.what() + "; retry later",
+                       "rate_limit_error", "", "rate_limit_exceeded");
+      if (e.kind() == ErrorKind::cancelled)
+        throw ApiError(503, "The server is shutting down", "server_error");
       throw ApiError(400, e.what());
     }
     const uint64_t request_number = next_request++;
     const bool chat = r.endpoint == Endpoint::chat;
     const std::string response_id = fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", request_number);
     const bool split_reasoning = chat && !r.reasoning_inline.value_or(options.reasoning_inline);
-    auto parser = std::make_shared<ReplyParser>(chat ? tool_syntax : ToolCallSyntax::none,
-                                                chat && !r.tools.is_null(), split_reasoning, starts_in_reasoning);
+    auto parser =
+        std::make_shared<ReplyParser>(chat ? tool_syntax : ToolCallSyntax::none, chat && !r.tools.is_null(),
+                                      split_reasoning, starts_in_reasoning);
     auto state = std::make_shared<StreamState>();
     state->id = id;
     state->response_id = response_id;
@@ -401,8 +408,10 @@ struct HttpServer::Impl {
       calls.push_back(std::move(c));
     }
     if (!s.stream) return true;
-    if (!s.chat) return write_event(sink, chunk(s, {{"index", 0}, {"text", d.content}, {"logprobs", nullptr},
-                                                    {"finish_reason", nullptr}}));
+    if (!s.chat)
+      return write_event(
+          sink,
+          chunk(s, {{"index", 0}, {"text", d.content}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
     ojson delta = ojson::object();
     if (!s.sent_role) {
       delta["role"] = "assistant";
@@ -411,7 +420,8 @@ struct HttpServer::Impl {
     if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
     if (!d.content.empty()) delta["content"] = d.content;
     if (!calls.empty()) delta["tool_calls"] = calls;
-    return write_event(sink, chunk(s, {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
+    return write_event(
+        sink, chunk(s, {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
   }
 
   // Runs on the connection's thread until the sequence ends or the client goes away (a failed
@@ -419,8 +429,10 @@ struct HttpServer::Impl {
   bool pump(Channel& channel, ReplyParser& parser, StreamState& s, httplib::DataSink& sink) {
     if (s.stream && s.chat && !s.sent_role) {
       s.sent_role = true;
-      if (!write_event(sink, chunk(s, {{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}},
-                                       {"logprobs", nullptr}, {"finish_reason", nullptr}})))
+      if (!write_event(sink, chunk(s, {{"index", 0},
+                                       {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                       {"logprobs", nullptr},
+                                       {"finish_reason", nullptr}})))
         return false;
     }
     for (;;) {
@@ -450,12 +462,15 @@ struct HttpServer::Impl {
         if (!result.error.empty()) {
           if (!write_event(sink, error_body(500, result.error))) return false;
         } else if (s.chat) {
-          if (!write_event(sink, chunk(s, {{"index", 0}, {"delta", ojson::object()}, {"logprobs", nullptr},
+          if (!write_event(sink, chunk(s, {{"index", 0},
+                                           {"delta", ojson::object()},
+                                           {"logprobs", nullptr},
                                            {"finish_reason", reason}})))
             return false;
         } else {
-          if (!write_event(sink, chunk(s, {{"index", 0}, {"text", ""}, {"logprobs", nullptr},
-                                           {"finish_reason", reason}})))
+          if (!write_event(
+                  sink,
+                  chunk(s, {{"index", 0}, {"text", ""}, {"logprobs", nullptr}, {"finish_reason", reason}})))
             return false;
         }
         if (s.include_usage) {
@@ -475,21 +490,25 @@ struct HttpServer::Impl {
           message["content"] = s.content.empty() && tools ? ojson(nullptr) : ojson(s.content);
           if (!s.reasoning.empty()) message["reasoning_content"] = s.reasoning;
           if (tools) message["tool_calls"] = s.tool_calls;
-          body = {{"id", s.response_id},
-                  {"object", "chat.completion"},
-                  {"created", s.created},
-                  {"model", options.model_id},
-                  {"choices", ojson::array({{{"index", 0}, {"message", message}, {"logprobs", nullptr},
-                                             {"finish_reason", reason}}})},
-                  {"usage", usage(s, result)}};
+          body = {
+              {"id", s.response_id},
+              {"object", "chat.completion"},
+              {"created", s.created},
+              {"model", options.model_id},
+              {"choices",
+               ojson::array(
+                   {{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", reason}}})},
+              {"usage", usage(s, result)}};
         } else {
-          body = {{"id", s.response_id},
-                  {"object", "text_completion"},
-                  {"created", s.created},
-                  {"model", options.model_id},
-                  {"choices", ojson::array({{{"index", 0}, {"text", s.content}, {"logprobs", nullptr},
-                                             {"finish_reason", reason}}})},
-                  {"usage", usage(s, result)}};
+          body = {
+              {"id", s.response_id},
+              {"object", "text_completion"},
+              {"created", s.created},
+              {"model", options.model_id},
+              {"choices",
+               ojson::array(
+                   {{{"index", 0}, {"text", s.content}, {"logprobs", nullptr}, {"finish_reason", reason}}})},
+              {"usage", usage(s, result)}};
         }
         const std::string text_body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         if (!sink.write(text_body.data(), text_body.size())) return false;
@@ -503,9 +522,7 @@ struct HttpServer::Impl {
 HttpServer::HttpServer(Engine& engine, const ChatTemplate* chat_template, ServerOptions options)
     : impl_(std::make_unique<Impl>(engine, chat_template, std::move(options))) {}
 
-HttpServer::~HttpServer() {
-  stop();
-}
+HttpServer::~HttpServer() { stop(); }
 
 int HttpServer::bind() {
   auto& o = impl_->options;
@@ -517,8 +534,9 @@ int HttpServer::bind() {
     return port;
   }
   if (!impl_->http.bind_to_port(o.host, o.port))
-    throw Error(ErrorKind::io, fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)", o.host,
-                                           o.port));
+    throw Error(
+        ErrorKind::io,
+        fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)", o.host, o.port));
   impl_->http.widen_backlog(1024);
   return o.port;
 }

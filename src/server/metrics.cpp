@@ -14,8 +14,9 @@ void metric(std::string& out, const char* name, const char* type, const char* he
 
 std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
   std::string out;
-  out += "# HELP tandem_http_requests_total HTTP requests answered, by status code.\n"
-         "# TYPE tandem_http_requests_total counter\n";
+  out +=
+      "# HELP tandem_http_requests_total HTTP requests answered, by status code.\n"
+      "# TYPE tandem_http_requests_total counter\n";
   int64_t total = 0;
   for (const auto& [status, count] : http.responses_by_status) {
     out += fmt::format("tandem_http_requests_total{{code=\"{}\"}} {}\n", status, count);
@@ -36,27 +37,32 @@ std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
          static_cast<double>(s.cancelled));
   metric(out, "tandem_prompt_tokens_total", "counter", "Prompt tokens of submitted sequences.",
          static_cast<double>(s.prompt_tokens));
-  metric(out, "tandem_prefill_tokens_total", "counter", "Tokens run through prefill (recomputation included).",
-         static_cast<double>(s.prefilled_tokens));
-  metric(out, "tandem_generation_tokens_total", "counter", "Tokens sampled.", static_cast<double>(s.generated_tokens));
-  metric(out, "tandem_prefix_cache_hit_tokens_total", "counter", "Prompt tokens whose KV came from the prefix cache.",
-         static_cast<double>(s.cached_prompt_tokens));
+  metric(out, "tandem_prefill_tokens_total", "counter",
+         "Tokens run through prefill (recomputation included).", static_cast<double>(s.prefilled_tokens));
+  metric(out, "tandem_generation_tokens_total", "counter", "Tokens sampled.",
+         static_cast<double>(s.generated_tokens));
+  metric(out, "tandem_prefix_cache_hit_tokens_total", "counter",
+         "Prompt tokens whose KV came from the prefix cache.", static_cast<double>(s.cached_prompt_tokens));
   metric(out, "tandem_preemptions_total", "counter", "Sequences preempted (KV freed, recomputed later).",
          static_cast<double>(s.preemptions));
   metric(out, "tandem_requests_running", "gauge", "Sequences being decoded.", static_cast<double>(s.running));
-  metric(out, "tandem_requests_waiting", "gauge", "Sequences queued (the queue length).", static_cast<double>(s.waiting));
-  metric(out, "tandem_kv_blocks_total", "gauge", "KV cache blocks in the pool.", static_cast<double>(s.kv_blocks_total));
+  metric(out, "tandem_requests_waiting", "gauge", "Sequences queued (the queue length).",
+         static_cast<double>(s.waiting));
+  metric(out, "tandem_kv_blocks_total", "gauge", "KV cache blocks in the pool.",
+         static_cast<double>(s.kv_blocks_total));
   metric(out, "tandem_kv_blocks_in_use", "gauge", "KV cache blocks held by sequences.",
          static_cast<double>(s.kv_blocks_in_use));
   metric(out, "tandem_kv_blocks_free", "gauge", "KV cache blocks free.",
          static_cast<double>(s.kv_blocks_total - s.kv_blocks_in_use));
-  out += "# HELP tandem_step_seconds Time of one scheduler step (one batched forward pass).\n"
-         "# TYPE tandem_step_seconds histogram\n";
+  out +=
+      "# HELP tandem_step_seconds Time of one scheduler step (one batched forward pass).\n"
+      "# TYPE tandem_step_seconds histogram\n";
   for (size_t b = 0; b < std::size(SchedulerStats::kStepBuckets); ++b)
     out += fmt::format("tandem_step_seconds_bucket{{le=\"{}\"}} {}\n", SchedulerStats::kStepBuckets[b],
                        s.step_seconds_buckets.empty() ? 0 : s.step_seconds_buckets[b]);
   out += fmt::format("tandem_step_seconds_bucket{{le=\"+Inf\"}} {}\n", s.steps);
-  out += fmt::format("tandem_step_seconds_sum {}\ntandem_step_seconds_count {}\n", s.step_seconds_sum, s.steps);
+  out +=
+      fmt::format("tandem_step_seconds_sum {}\ntandem_step_seconds_count {}\n", s.step_seconds_sum, s.steps);
   (void)total;
   return out;
 }

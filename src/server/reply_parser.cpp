@@ -35,13 +35,17 @@ std::string_view trim(std::string_view s) {
 }  // namespace
 
 ToolCallSyntax detect_tool_call_syntax(const Tokenizer& tokenizer) {
-  if (tokenizer.token_id(kDsCallsBegin) >= 0 && tokenizer.token_id(kDsSep) >= 0) return ToolCallSyntax::deepseek_v3;
+  if (tokenizer.token_id(kDsCallsBegin) >= 0 && tokenizer.token_id(kDsSep) >= 0)
+    return ToolCallSyntax::deepseek_v3;
   if (tokenizer.token_id(kQwenOpen) >= 0 && tokenizer.token_id(kQwenClose) >= 0) return ToolCallSyntax::qwen3;
   return ToolCallSyntax::none;
 }
 
-ReplyParser::ReplyParser(ToolCallSyntax syntax, bool parse_tools, bool split_reasoning, bool starts_in_reasoning)
-    : syntax_(syntax), parse_tools_(parse_tools && syntax != ToolCallSyntax::none), split_reasoning_(split_reasoning) {
+ReplyParser::ReplyParser(ToolCallSyntax syntax, bool parse_tools, bool split_reasoning,
+                         bool starts_in_reasoning)
+    : syntax_(syntax),
+      parse_tools_(parse_tools && syntax != ToolCallSyntax::none),
+      split_reasoning_(split_reasoning) {
   if (split_reasoning_ && starts_in_reasoning) mode_ = Mode::reasoning;
 }
 
@@ -94,8 +98,10 @@ bool ReplyParser::parse_tool_block(std::string_view block, ReplyDelta& out) {
     if (nl == std::string_view::npos) return false;
     ToolCall call{std::string(trim(rest.substr(0, nl))), "{}"};
     std::string_view args = trim(rest.substr(nl + 1));
-    if (args.starts_with("```json")) args.remove_prefix(7);
-    else if (args.starts_with("```")) args.remove_prefix(3);
+    if (args.starts_with("```json"))
+      args.remove_prefix(7);
+    else if (args.starts_with("```"))
+      args.remove_prefix(3);
     if (args.ends_with("```")) args.remove_suffix(3);
     args = trim(args);
     if (call.name.empty()) return false;
@@ -124,7 +130,8 @@ void ReplyParser::run(ReplyDelta& out, bool at_end) {
       if (close == std::string_view::npos) {
         size_t keep = at_end ? 0 : partial_suffix(buf, kThinkClose);
         // Whitespace right before </think> is trimmed, so it waits until more text follows it.
-        while (!at_end && keep < buf.size() && (buf[buf.size() - keep - 1] == '\n' || buf[buf.size() - keep - 1] == ' '))
+        while (!at_end && keep < buf.size() &&
+               (buf[buf.size() - keep - 1] == '\n' || buf[buf.size() - keep - 1] == ' '))
           ++keep;
         add(buf.substr(0, buf.size() - keep));
         buffer_.erase(0, buf.size() - keep);
@@ -153,7 +160,8 @@ void ReplyParser::run(ReplyDelta& out, bool at_end) {
         continue;
       }
       // DeepSeek-V3: the buffer starts after <｜tool▁calls▁begin｜>; calls until <｜tool▁calls▁end｜>.
-      const std::string_view rest = trim(buf).empty() ? std::string_view() : buf.substr(buf.find_first_not_of(" \t\r\n"));
+      const std::string_view rest =
+          trim(buf).empty() ? std::string_view() : buf.substr(buf.find_first_not_of(" \t\r\n"));
       if (rest.starts_with(kDsCallsEnd)) {
         buffer_.erase(0, buf.size() - rest.size() + kDsCallsEnd.size());
         mode_ = Mode::content;
@@ -171,8 +179,8 @@ void ReplyParser::run(ReplyDelta& out, bool at_end) {
         buffer_.erase(0, buf.size() - rest.size() + end + kDsCallEnd.size());
         continue;
       }
-      if (rest.size() < kDsCallBegin.size() && (kDsCallBegin.starts_with(rest) || kDsCallsEnd.starts_with(rest)) &&
-          !at_end)
+      if (rest.size() < kDsCallBegin.size() &&
+          (kDsCallBegin.starts_with(rest) || kDsCallsEnd.starts_with(rest)) && !at_end)
         return;  // a marker still arriving
       // Something else inside the block: leave tool mode and show it.
       mode_ = Mode::content;
@@ -200,7 +208,8 @@ void ReplyParser::run(ReplyDelta& out, bool at_end) {
       size_t keep = 0;
       if (!at_end) {
         if (split_reasoning_) keep = std::max(keep, partial_suffix(buf, kThinkOpen));
-        if (parse_tools_ && syntax_ == ToolCallSyntax::qwen3) keep = std::max(keep, partial_suffix(buf, kQwenOpen));
+        if (parse_tools_ && syntax_ == ToolCallSyntax::qwen3)
+          keep = std::max(keep, partial_suffix(buf, kQwenOpen));
         if (parse_tools_ && syntax_ == ToolCallSyntax::deepseek_v3)
           keep = std::max({keep, partial_suffix(buf, kDsCallsBegin), partial_suffix(buf, kDsCallBegin)});
       }

@@ -65,7 +65,8 @@ RequestTiming one_request(httplib::Client& client, const std::string& body) {
       const std::string_view event(buffer.data(), cut);
       if (!event.starts_with("data: {")) continue;
       const auto j = nlohmann::json::parse(event.substr(6));
-      if (j.contains("usage") && j["usage"].is_object()) t.tokens = j["usage"]["completion_tokens"].get<int64_t>();
+      if (j.contains("usage") && j["usage"].is_object())
+        t.tokens = j["usage"]["completion_tokens"].get<int64_t>();
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const auto now = Clock::now();
       if (j["choices"][0].value("text", "").empty()) continue;
@@ -81,8 +82,9 @@ RequestTiming one_request(httplib::Client& client, const std::string& body) {
   };
   const auto result = client.send(req);
   if (!result || result->status != 200)
-    throw Error(ErrorKind::internal, fmt::format("bench serve: a request failed ({})",
-                                                 result ? std::to_string(result->status) : httplib::to_string(result.error())));
+    throw Error(ErrorKind::internal,
+                fmt::format("bench serve: a request failed ({})",
+                            result ? std::to_string(result->status) : httplib::to_string(result.error())));
   if (t.ttft_ms >= 0) t.decode_ms = ms_between(first, last);
   return t;
 }
@@ -92,9 +94,11 @@ RequestTiming one_request(httplib::Client& client, const std::string& body) {
 std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptions& o) {
   if (o.clients.empty()) throw Error(ErrorKind::invalid_argument, "--clients lists no concurrency");
   for (int64_t c : o.clients)
-    if (c < 1 || c > 1024) throw Error(ErrorKind::invalid_argument, fmt::format("--clients {} is outside 1..1024", c));
+    if (c < 1 || c > 1024)
+      throw Error(ErrorKind::invalid_argument, fmt::format("--clients {} is outside 1..1024", c));
   if (o.requests_per_client < 1 || o.requests_per_client > 10000)
-    throw Error(ErrorKind::invalid_argument, fmt::format("--requests {} is outside 1..10000", o.requests_per_client));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--requests {} is outside 1..10000", o.requests_per_client));
   if (o.prompt_tokens < 1 || o.max_tokens < 1)
     throw Error(ErrorKind::invalid_argument, "--prompt-tokens and --max-tokens must be at least 1");
   const int64_t most = *std::max_element(o.clients.begin(), o.clients.end());
@@ -120,9 +124,11 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
   const int64_t vocab = engine.config().vocab_size;
   const auto body_for = [&](std::mt19937_64& r) {
     nlohmann::json prompt = nlohmann::json::array();
-    for (int64_t i = 0; i < o.prompt_tokens; ++i) prompt.push_back(static_cast<int64_t>(r() % static_cast<uint64_t>(vocab)));
-    return nlohmann::json{{"prompt", prompt},    {"max_tokens", o.max_tokens}, {"temperature", 0},
-                          {"ignore_eos", true}, {"stream", true},            {"stream_options", {{"include_usage", true}}}}
+    for (int64_t i = 0; i < o.prompt_tokens; ++i)
+      prompt.push_back(static_cast<int64_t>(r() % static_cast<uint64_t>(vocab)));
+    return nlohmann::json{{"prompt", prompt}, {"max_tokens", o.max_tokens},
+                          {"temperature", 0}, {"ignore_eos", true},
+                          {"stream", true},   {"stream_options", {{"include_usage", true}}}}
         .dump();
   };
   {  // warm-up: pages the weights in
@@ -132,57 +138,59 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
   }
 
   if (o.repetitions < 1 || o.repetitions > 100)
-    throw Error(ErrorKind::invalid_argument, fmt::format("--repetitions {} is outside 1..100", o.repetitions));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--repetitions {} is outside 1..100", o.repetitions));
   std::vector<std::vector<ServeBenchRow>> runs(o.clients.size());
   for (int64_t rep = 0; rep < o.repetitions; ++rep)
-  for (size_t level = 0; level < o.clients.size(); ++level) {
-    const int64_t clients = o.clients[level];
-    std::vector<std::vector<RequestTiming>> timings(static_cast<size_t>(clients));
-    std::vector<std::string> errors(static_cast<size_t>(clients));
-    std::vector<std::thread> threads;
-    const auto start = Clock::now();
-    for (int64_t c = 0; c < clients; ++c) {
-      std::mt19937_64 r(o.seed * 7919 + static_cast<uint64_t>(c) + static_cast<uint64_t>(clients) * 104729);
-      std::vector<std::string> bodies;
-      for (int64_t k = 0; k < o.requests_per_client; ++k) bodies.push_back(body_for(r));
-      threads.emplace_back([&, c, bodies = std::move(bodies)] {
-        try {
-          httplib::Client client("127.0.0.1", port);
-          client.set_read_timeout(600);
-          for (const auto& body : bodies) timings[static_cast<size_t>(c)].push_back(one_request(client, body));
-        } catch (const std::exception& e) {
-          errors[static_cast<size_t>(c)] = e.what();
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    const double seconds = ms_between(start, Clock::now()) / 1000.0;
-    for (const auto& e : errors)
-      if (!e.empty()) throw Error(ErrorKind::internal, e);
-    ServeBenchRow row;
-    row.clients = clients;
-    row.requests = clients * o.requests_per_client;
-    row.seconds = seconds;
-    std::vector<double> ttft, gaps;
-    double decode_tps_sum = 0;
-    for (const auto& per_client : timings) {
-      int64_t after_first = 0;
-      double decode_ms = 0;
-      for (const auto& t : per_client) {
-        row.output_tokens += t.tokens;
-        if (t.ttft_ms >= 0) ttft.push_back(t.ttft_ms);
-        gaps.insert(gaps.end(), t.gaps_ms.begin(), t.gaps_ms.end());
-        after_first += std::max<int64_t>(t.tokens - 1, 0);
-        decode_ms += t.decode_ms;
+    for (size_t level = 0; level < o.clients.size(); ++level) {
+      const int64_t clients = o.clients[level];
+      std::vector<std::vector<RequestTiming>> timings(static_cast<size_t>(clients));
+      std::vector<std::string> errors(static_cast<size_t>(clients));
+      std::vector<std::thread> threads;
+      const auto start = Clock::now();
+      for (int64_t c = 0; c < clients; ++c) {
+        std::mt19937_64 r(o.seed * 7919 + static_cast<uint64_t>(c) + static_cast<uint64_t>(clients) * 104729);
+        std::vector<std::string> bodies;
+        for (int64_t k = 0; k < o.requests_per_client; ++k) bodies.push_back(body_for(r));
+        threads.emplace_back([&, c, bodies = std::move(bodies)] {
+          try {
+            httplib::Client client("127.0.0.1", port);
+            client.set_read_timeout(600);
+            for (const auto& body : bodies)
+              timings[static_cast<size_t>(c)].push_back(one_request(client, body));
+          } catch (const std::exception& e) {
+            errors[static_cast<size_t>(c)] = e.what();
+          }
+        });
       }
-      if (decode_ms > 0) decode_tps_sum += static_cast<double>(after_first) / (decode_ms / 1000.0);
+      for (auto& t : threads) t.join();
+      const double seconds = ms_between(start, Clock::now()) / 1000.0;
+      for (const auto& e : errors)
+        if (!e.empty()) throw Error(ErrorKind::internal, e);
+      ServeBenchRow row;
+      row.clients = clients;
+      row.requests = clients * o.requests_per_client;
+      row.seconds = seconds;
+      std::vector<double> ttft, gaps;
+      double decode_tps_sum = 0;
+      for (const auto& per_client : timings) {
+        int64_t after_first = 0;
+        double decode_ms = 0;
+        for (const auto& t : per_client) {
+          row.output_tokens += t.tokens;
+          if (t.ttft_ms >= 0) ttft.push_back(t.ttft_ms);
+          gaps.insert(gaps.end(), t.gaps_ms.begin(), t.gaps_ms.end());
+          after_first += std::max<int64_t>(t.tokens - 1, 0);
+          decode_ms += t.decode_ms;
+        }
+        if (decode_ms > 0) decode_tps_sum += static_cast<double>(after_first) / (decode_ms / 1000.0);
+      }
+      row.output_tokens_per_second = static_cast<double>(row.output_tokens) / seconds;
+      row.decode_tokens_per_second = decode_tps_sum;
+      row.ttft_ms = percentiles(std::move(ttft));
+      row.itl_ms = percentiles(std::move(gaps));
+      runs[level].push_back(row);
     }
-    row.output_tokens_per_second = static_cast<double>(row.output_tokens) / seconds;
-    row.decode_tokens_per_second = decode_tps_sum;
-    row.ttft_ms = percentiles(std::move(ttft));
-    row.itl_ms = percentiles(std::move(gaps));
-    runs[level].push_back(row);
-  }
   std::vector<ServeBenchRow> rows;
   for (auto& level : runs) {
     std::sort(level.begin(), level.end(), [](const ServeBenchRow& a, const ServeBenchRow& b) {
@@ -190,11 +198,13 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
     });
     rows.push_back(level[level.size() / 2]);
   }
-  const auto one = std::find_if(rows.begin(), rows.end(), [](const ServeBenchRow& r) { return r.clients == 1; });
+  const auto one =
+      std::find_if(rows.begin(), rows.end(), [](const ServeBenchRow& r) { return r.clients == 1; });
   if (one != rows.end())
     for (auto& r : rows) {
       r.speedup = r.output_tokens_per_second / one->output_tokens_per_second;
-      if (one->decode_tokens_per_second > 0) r.decode_speedup = r.decode_tokens_per_second / one->decode_tokens_per_second;
+      if (one->decode_tokens_per_second > 0)
+        r.decode_speedup = r.decode_tokens_per_second / one->decode_tokens_per_second;
     }
   return rows;
 }

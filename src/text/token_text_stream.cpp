@@ -7,7 +7,8 @@
 
 namespace tandem {
 
-TokenTextStream::TokenTextStream(const Tokenizer* tokenizer, bool skip_special, std::vector<std::string> stops)
+TokenTextStream::TokenTextStream(const Tokenizer* tokenizer, bool skip_special,
+                                 std::vector<std::string> stops)
     : stops_(std::move(stops)) {
   for (const auto& s : stops_)
     if (s.empty()) throw Error(ErrorKind::invalid_argument, "an empty stop string");

@@ -12,8 +12,8 @@
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/generate.hpp"
 #include "tandem/engine/scheduler.hpp"
-#include "tandem/kv/kv_pool.hpp"
 #include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
 #include "tandem/text/tokenizer.hpp"
 
 using namespace tandem;
@@ -34,7 +34,8 @@ std::unique_ptr<Engine> load(const std::string& name, int64_t sessions, int64_t 
 std::vector<std::vector<int32_t>> prompts() {
   return {{51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287},
           {13, 400, 17},
-          {5, 311, 90, 211, 7, 99, 450, 3, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34},
+          {5,  311, 90, 211, 7,  99, 450, 3,  17, 18, 19, 20, 21,
+           22, 23,  24, 25,  26, 27, 28,  29, 30, 31, 32, 33, 34},
           {300},
           {42, 43, 44, 45, 46, 47, 48}};
 }
@@ -91,9 +92,11 @@ TEST_CASE("scheduler: greedy batched outputs equal solo outputs", "[scheduler]")
     for (const auto& p : ps) alone.push_back(solo(*engine, p, greedy, 20));
 
     // Budget of 16 tokens a step: prompts go in chunks beside the others' decode tokens.
-    Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 5, .max_batch_tokens = 16, .max_waiting = 8});
+    Scheduler scheduler(*engine, engine->tokenizer(),
+                        {.max_running = 5, .max_batch_tokens = 16, .max_waiting = 8});
     std::vector<std::string> streamed;
-    const auto batched = run_batched(scheduler, ps, std::vector<SamplingParams>(ps.size(), greedy), 20, &streamed);
+    const auto batched =
+        run_batched(scheduler, ps, std::vector<SamplingParams>(ps.size(), greedy), 20, &streamed);
     for (size_t i = 0; i < ps.size(); ++i) {
       INFO("sequence " << i);
       CHECK(batched[i].ids == alone[i].ids);
@@ -123,7 +126,8 @@ TEST_CASE("scheduler: seeded sampling per sequence equals the same seed alone", 
     sampling[i].top_p = 0.95f;
     sampling[i].seed = 1000 + i;
   }
-  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 3, .max_batch_tokens = 64, .max_waiting = 8});
+  Scheduler scheduler(*engine, engine->tokenizer(),
+                      {.max_running = 3, .max_batch_tokens = 64, .max_waiting = 8});
   const auto batched = run_batched(scheduler, ps, sampling, 16);
   for (size_t i = 0; i < ps.size(); ++i) {
     INFO("sequence " << i);
@@ -139,7 +143,8 @@ TEST_CASE("scheduler: a full KV pool preempts and recomputes, outputs unchanged"
     const auto ps = prompts();
     std::vector<GenerateResult> alone;
     for (const auto& p : ps) alone.push_back(solo(*engine, p, {}, 30));
-    Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 5, .max_batch_tokens = 32, .max_waiting = 8});
+    Scheduler scheduler(*engine, engine->tokenizer(),
+                        {.max_running = 5, .max_batch_tokens = 32, .max_waiting = 8});
     const auto batched = run_batched(scheduler, ps, std::vector<SamplingParams>(ps.size()), 30);
     int64_t preemptions = 0;
     for (size_t i = 0; i < ps.size(); ++i) {
@@ -160,7 +165,8 @@ TEST_CASE("scheduler: cancel stops one sequence and frees its blocks; the others
   auto engine = load("tiny-qwen3moe", 2, 256, 16, 64);
   const auto ps = prompts();
   const auto alone = solo(*engine, ps[1], {}, 40);
-  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
+  Scheduler scheduler(*engine, engine->tokenizer(),
+                      {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
 
   std::promise<void> three_tokens;
   std::promise<SequenceResult> long_done, short_done;
@@ -198,7 +204,8 @@ TEST_CASE("scheduler: a callback returning false, stop strings and the context l
   const auto ps = prompts();
   const auto alone = solo(*engine, ps[0], {}, 12);
   REQUIRE(alone.text.size() > 4);
-  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
+  Scheduler scheduler(*engine, engine->tokenizer(),
+                      {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
 
   // A stop string taken from the middle of the solo text: the text ends right before it.
   const std::string stop = alone.text.substr(alone.text.size() / 2, 3);
@@ -239,7 +246,8 @@ TEST_CASE("scheduler: a callback returning false, stop strings and the context l
 
 TEST_CASE("scheduler: bad sequences are refused at submit", "[scheduler]") {
   auto engine = load("tiny-qwen3moe", 1, 32, 16, 64);
-  Scheduler scheduler(*engine, engine->tokenizer(), {.max_running = 1, .max_batch_tokens = 64, .max_waiting = 1});
+  Scheduler scheduler(*engine, engine->tokenizer(),
+                      {.max_running = 1, .max_batch_tokens = 64, .max_waiting = 1});
   SequenceParams empty;
   CHECK_THROWS_AS(scheduler.submit(empty), Error);
   SequenceParams too_long;
@@ -257,7 +265,8 @@ TEST_CASE("scheduler: bad sequences are refused at submit", "[scheduler]") {
   bad_sampling.prompt = {1, 2};
   bad_sampling.sampling.top_p = 2.0f;
   CHECK_THROWS_AS(scheduler.submit(bad_sampling), Error);
-  CHECK_THROWS_AS(Scheduler(*engine, nullptr, {.max_running = 1, .max_batch_tokens = 65, .max_waiting = 1}), Error);
+  CHECK_THROWS_AS(Scheduler(*engine, nullptr, {.max_running = 1, .max_batch_tokens = 65, .max_waiting = 1}),
+                  Error);
   CHECK(scheduler.stats().submitted == 0);
 }
 

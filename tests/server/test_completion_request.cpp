@@ -72,7 +72,8 @@ TEST_CASE("request: bad fields are 400s naming the field", "[server][request]") 
   CHECK(error_param(R"({"messages": [{"role": "wizard", "content": "x"}]})") == "messages[0].role");
   CHECK(error_param(R"({"messages": [{"role": "user"}]})") == "messages[0].content");
   CHECK(error_param(R"({"messages": [{"role": "user", "content": 5}]})") == "messages[0].content");
-  CHECK(error_param(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})") == "messages[0].content");
+  CHECK(error_param(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})") ==
+        "messages[0].content");
   const std::string ok = R"("messages": [{"role": "user", "content": "x"}])";
   CHECK(error_param("{" + ok + R"(, "model": 3})") == "model");
   CHECK(error_param("{" + ok + R"(, "max_tokens": "10"})") == "max_tokens");
@@ -95,11 +96,12 @@ TEST_CASE("request: bad fields are 400s naming the field", "[server][request]") 
 
 TEST_CASE("request: completion prompts as text, one-string arrays or token ids", "[server][request]") {
   const RequestLimits limits{.max_tokens = 100};
-  CHECK(parse_completion_request(ojson::parse(R"({"prompt": "abc"})"), Endpoint::completion, limits).prompt_text == "abc");
-  CHECK(parse_completion_request(ojson::parse(R"({"prompt": ["abc"]})"), Endpoint::completion, limits).prompt_text ==
-        "abc");
-  CHECK(parse_completion_request(ojson::parse(R"({"prompt": [1, 2, 3]})"), Endpoint::completion, limits).prompt_ids ==
-        std::vector<int32_t>{1, 2, 3});
+  CHECK(parse_completion_request(ojson::parse(R"({"prompt": "abc"})"), Endpoint::completion, limits)
+            .prompt_text == "abc");
+  CHECK(parse_completion_request(ojson::parse(R"({"prompt": ["abc"]})"), Endpoint::completion, limits)
+            .prompt_text == "abc");
+  CHECK(parse_completion_request(ojson::parse(R"({"prompt": [1, 2, 3]})"), Endpoint::completion, limits)
+            .prompt_ids == std::vector<int32_t>{1, 2, 3});
   CHECK(error_param(R"({})", Endpoint::completion) == "prompt");
   CHECK(error_param(R"({"prompt": 5})", Endpoint::completion) == "prompt");
   CHECK(error_param(R"({"prompt": [1, -2]})", Endpoint::completion) == "prompt");

@@ -42,8 +42,8 @@ std::vector<std::string> by_token(const Tokenizer& tok, const std::string& s) {
 
 // The template's rendering of the last assistant turn: everything after the prompt that ends
 // before it (rendered with add_generation_prompt), minus the end-of-turn marker.
-std::string rendered_reply(const ChatTemplate& tmpl, const nlohmann::json& messages, const nlohmann::json& tools,
-                           const std::string& end_marker) {
+std::string rendered_reply(const ChatTemplate& tmpl, const nlohmann::json& messages,
+                           const nlohmann::json& tools, const std::string& end_marker) {
   nlohmann::json before = messages;
   before.erase(before.size() - 1);
   ChatRequest prefix;
@@ -61,7 +61,8 @@ std::string rendered_reply(const ChatTemplate& tmpl, const nlohmann::json& messa
   return reply.substr(0, end);
 }
 
-const nlohmann::json kTools = nlohmann::json::parse(R"([{"type": "function", "function": {"name": "get_weather",
+const nlohmann::json kTools =
+    nlohmann::json::parse(R"([{"type": "function", "function": {"name": "get_weather",
   "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
   "required": ["city"]}}}])");
 
@@ -107,7 +108,8 @@ TEST_CASE("reply parser: Qwen3 tool calls rendered by the real template parse ba
   CHECK(feed(plain, whole(reply)).content.find("<tool_call>") != std::string::npos);
 }
 
-TEST_CASE("reply parser: DeepSeek-V3 tool-call tokens rendered by the real template parse back", "[server][tools]") {
+TEST_CASE("reply parser: DeepSeek-V3 tool-call tokens rendered by the real template parse back",
+          "[server][tools]") {
   TANDEM_REQUIRE_FIXTURES(fx);
   const std::string dir = fx + "/tokenizers/deepseek_v3";
   const auto tok = Tokenizer::load(dir);
@@ -147,7 +149,10 @@ TEST_CASE("reply parser: <think> goes to reasoning, or stays inline", "[server][
   CHECK(d.content == "answer");
   // Reasoning then a tool call.
   ReplyParser both(ToolCallSyntax::qwen3, true, true);
-  const auto t = feed(both, by_char("<think>plan</think>\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>"));
+  const auto t = feed(
+      both,
+      by_char(
+          "<think>plan</think>\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>"));
   CHECK(t.reasoning == "plan");
   REQUIRE(t.tool_calls.size() == 1);
   CHECK(t.tool_calls[0].name == "f");

@@ -2,11 +2,12 @@
 // a port in use is an error, and bench serve's JSON has a row per concurrency with every reply's
 // tokens counted.
 #include <arpa/inet.h>
-#include <catch2/catch.hpp>
 #include <netinet/in.h>
-#include <nlohmann/json.hpp>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
@@ -18,12 +19,12 @@ const std::string kModel = test::shell_quote(test::data_dir() + "/tiny-qwen3moe"
 }
 
 TEST_CASE("serve: bad flags exit 1 naming the flag", "[server][cli]") {
-  for (const auto& [args, flag] : std::vector<std::pair<std::string, std::string>>{
-           {"--port 70000", "--port"},
-           {"--parallel 0", "--parallel"},
-           {"--max-batch-tokens 0", "--max-batch-tokens"},
-           {"--reasoning-format xml", "--reasoning-format"},
-           {"--max-body 0", "--max-body"}}) {
+  for (const auto& [args, flag] :
+       std::vector<std::pair<std::string, std::string>>{{"--port 70000", "--port"},
+                                                        {"--parallel 0", "--parallel"},
+                                                        {"--max-batch-tokens 0", "--max-batch-tokens"},
+                                                        {"--reasoning-format xml", "--reasoning-format"},
+                                                        {"--max-body 0", "--max-body"}}) {
     const auto r = test::run_cli_captured("serve -m " + kModel + " " + args);
     INFO(args << ": " << r.err);
     CHECK(r.exit_code == 1);
@@ -51,8 +52,9 @@ TEST_CASE("serve: a port in use is an error naming it", "[server][cli]") {
 }
 
 TEST_CASE("bench serve: --json has a row per concurrency with every token counted", "[server][cli]") {
-  const auto r = test::run_cli_captured("bench serve -m " + kModel +
-                                        " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 5 -r 1 --json");
+  const auto r =
+      test::run_cli_captured("bench serve -m " + kModel +
+                             " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 5 -r 1 --json");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);

@@ -33,16 +33,16 @@ class Engine;
 class Tokenizer;
 
 struct SchedulerOptions {
-  int64_t max_running = 4;        // sequences decoding at once (llama-server's --parallel)
-  int64_t max_batch_tokens = 0;   // tokens per step; 0 = the engine's LoadOptions::max_batch_tokens
-  int64_t max_waiting = 256;      // sequences that may wait when every running slot is taken
+  int64_t max_running = 4;       // sequences decoding at once (llama-server's --parallel)
+  int64_t max_batch_tokens = 0;  // tokens per step; 0 = the engine's LoadOptions::max_batch_tokens
+  int64_t max_waiting = 256;     // sequences that may wait when every running slot is taken
 };
 
 struct SequenceResult {
   std::vector<int32_t> ids;  // sampled ids, EOS included
   std::string text;          // everything streamed, concatenated
   StopReason stop = StopReason::max_tokens;
-  std::string error;         // set when the sequence failed (stop is then cancelled)
+  std::string error;  // set when the sequence failed (stop is then cancelled)
   int64_t prompt_tokens = 0;
   int64_t cached_prompt_tokens = 0;  // prompt tokens whose KV came from a cache instead of a forward pass
   int64_t preemptions = 0;
@@ -72,17 +72,18 @@ struct SchedulerStats {
   int64_t kv_blocks_in_use = 0;
   int64_t steps = 0;
   int64_t submitted = 0;
-  int64_t finished = 0;   // left the scheduler for any reason
-  int64_t cancelled = 0;  // of those, by cancel() or shutdown
-  int64_t failed = 0;     // of those, with an error
-  int64_t prompt_tokens = 0;     // over all finished and running sequences' prompts
+  int64_t finished = 0;       // left the scheduler for any reason
+  int64_t cancelled = 0;      // of those, by cancel() or shutdown
+  int64_t failed = 0;         // of those, with an error
+  int64_t prompt_tokens = 0;  // over all finished and running sequences' prompts
   int64_t cached_prompt_tokens = 0;
   int64_t prefilled_tokens = 0;  // tokens run through prefill chunks (recomputation included)
   int64_t generated_tokens = 0;  // sampled ids
   int64_t preemptions = 0;
   // Step latency: counts of steps at or below each bound (seconds), cumulative as Prometheus wants,
   // plus their sum; the last bucket is +Inf (= steps).
-  static constexpr double kStepBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5};
+  static constexpr double kStepBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                            0.1,   0.25,   0.5,   1.0,  2.5};
   std::vector<int64_t> step_seconds_buckets;  // size(kStepBuckets) + 1
   double step_seconds_sum = 0;
 };

@@ -8,8 +8,8 @@ namespace tandem::server {
 
 class ApiError : public std::runtime_error {
  public:
-  ApiError(int status, std::string message, std::string type = "invalid_request_error", std::string param = {},
-           std::string code = {})
+  ApiError(int status, std::string message, std::string type = "invalid_request_error",
+           std::string param = {}, std::string code = {})
       : std::runtime_error(std::move(message)),
         status_(status),
         type_(std::move(type)),

@@ -17,16 +17,16 @@ enum class Endpoint { chat, completion };
 
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::chat;
-  std::string model;                    // "" when the client sent none
-  nlohmann::ordered_json messages;      // chat: [{role, content (string or null), ...}]
-  nlohmann::ordered_json tools;         // chat: null or an array
+  std::string model;                // "" when the client sent none
+  nlohmann::ordered_json messages;  // chat: [{role, content (string or null), ...}]
+  nlohmann::ordered_json tools;     // chat: null or an array
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // chat_template_kwargs
-  std::string prompt_text;              // completion: the prompt as text
-  std::vector<int32_t> prompt_ids;      // completion: the prompt as token ids (when sent as numbers)
+  std::string prompt_text;          // completion: the prompt as text
+  std::vector<int32_t> prompt_ids;  // completion: the prompt as token ids (when sent as numbers)
   bool stream = false;
-  bool include_usage = false;           // stream_options.include_usage
-  std::optional<int64_t> max_tokens;    // max_completion_tokens or max_tokens
-  SamplingParams sampling;              // temperature 1, top_p 1 unless given (OpenAI's defaults)
+  bool include_usage = false;         // stream_options.include_usage
+  std::optional<int64_t> max_tokens;  // max_completion_tokens or max_tokens
+  SamplingParams sampling;            // temperature 1, top_p 1 unless given (OpenAI's defaults)
   bool seed_given = false;
   std::vector<std::string> stop;
   bool ignore_eos = false;

@@ -18,17 +18,17 @@ namespace tandem::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;                  // 0: any free port (bind() says which)
-  std::string api_key;              // "" = no key needed
-  std::string model_id = "tandem";  // what /v1/models lists and requests may name
-  int64_t parallel = 4;             // sequences decoding at once
-  int64_t max_batch_tokens = 0;     // per scheduler step; 0 = the engine's
-  int64_t max_queue = 64;           // requests waiting past the running ones; more → 429
+  int port = 8080;                          // 0: any free port (bind() says which)
+  std::string api_key;                      // "" = no key needed
+  std::string model_id = "tandem";          // what /v1/models lists and requests may name
+  int64_t parallel = 4;                     // sequences decoding at once
+  int64_t max_batch_tokens = 0;             // per scheduler step; 0 = the engine's
+  int64_t max_queue = 64;                   // requests waiting past the running ones; more → 429
   size_t max_body_bytes = size_t{8} << 20;  // larger bodies → 413
-  int64_t max_tokens_limit = 0;     // largest max_tokens a request may ask; 0 = the context
-  int timeout_seconds = 600;        // a client that stalls reading or writing this long is dropped
-  bool reasoning_inline = false;    // keep <think>…</think> in content instead of reasoning_content
-  int http_threads = 0;             // 0: parallel + max_queue + 8
+  int64_t max_tokens_limit = 0;             // largest max_tokens a request may ask; 0 = the context
+  int timeout_seconds = 600;                // a client that stalls reading or writing this long is dropped
+  bool reasoning_inline = false;            // keep <think>…</think> in content instead of reasoning_content
+  int http_threads = 0;                     // 0: parallel + max_queue + 8
 };
 
 class HttpServer {

@@ -38,7 +38,8 @@ class ReplyParser {
  public:
   // `parse_tools`: the request offered tools. `split_reasoning`: <think> goes to reasoning (else
   // it stays in content). `starts_in_reasoning`: the prompt already opened a <think> block.
-  ReplyParser(ToolCallSyntax syntax, bool parse_tools, bool split_reasoning, bool starts_in_reasoning = false);
+  ReplyParser(ToolCallSyntax syntax, bool parse_tools, bool split_reasoning,
+              bool starts_in_reasoning = false);
 
   ReplyDelta push(std::string_view text);
   ReplyDelta finish();  // what is held back; an unfinished tool call becomes content
