@@ -176,7 +176,8 @@ class CpuEngine final : public Engine {
 
   MemoryReport memory_report() const override {
     MemoryReport r;
-    // Host weights stay in the file mapping (paged in on touch); nothing is copied to a device yet.
+    // Host weights stay in the file mapping (paged in on touch); weights placed on a GPU were copied
+    // there at load (these bytes, allocated: not mapped).
     for (const PlacedBytes& p : place_weights(weights_, placement_))
       r.lines.push_back({weight_group_display_name(p.group), p.device.to_string(), p.bytes,
                          p.device.kind == DeviceKind::cpu});

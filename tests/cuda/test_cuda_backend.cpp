@@ -53,6 +53,28 @@ TEST_CASE("cuda backend: asking for a GPU that is not there is a clear error", "
   }
 }
 
+TEST_CASE("cuda backend: a weight type without a kernel is a clear error, before any upload", "[cuda]") {
+  if (!have_gpu()) return;
+  Backends b;
+  std::vector<uint8_t> bytes(static_cast<size_t>(*row_bytes(DType::q2_k, 256)) * 4);
+  LinearWeight w;
+  w.weight.dtype = DType::q2_k;
+  w.weight.shape = Shape{4, 256};
+  w.weight.data = bytes.data();
+  w.weight.nbytes = bytes.size();
+  std::vector<float> x(256), y(4);
+  try {
+    b.gpu->linear(w, x.data(), 1, y.data());
+    FAIL("a q2_k weight did not throw");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(std::string(e.what()).find("q2_k") != std::string::npos);
+    CHECK(std::string(e.what()).find("--placement") != std::string::npos);
+  }
+  CHECK(cuda_backend_weight_bytes(*b.gpu) == 0);
+  CHECK_THROWS_AS(cuda_backend_upload(*b.gpu, w), Error);
+}
+
 TEST_CASE("cuda dequantisation equals the gguf-py reference bit for bit", "[cuda]") {
   if (!have_gpu()) return;
   const auto blocks = SafetensorsModel::open(test::data_dir() + "/quant-blocks.safetensors");
