@@ -109,6 +109,7 @@ TEST_CASE("cuda linear equals the CPU reference for every stored type", "[cuda]"
     for (auto [out, in] : {std::pair<int64_t, int64_t>{96, 512}, {130, 768}, {7, 256}}) {
       if (plain && in == 256) in = 300;  // a width that is not a whole number of 32-value chunks
       const auto w = random_weight(t, out, in, ++seed, /*with_bias=*/t == DType::f32);
+      b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
       for (int64_t rows : {1, 5, 17}) {
         const auto x = random_floats(static_cast<size_t>(rows * in), ++seed);
         std::vector<float> expected(static_cast<size_t>(rows * out)), got(expected.size());
@@ -127,6 +128,7 @@ TEST_CASE("cuda embedding equals the CPU lookup for every stored type", "[cuda]"
   for (DType t : test::kCudaWeightTypes) {
     const int64_t vocab = 40, width = t == DType::f32 || t == DType::bf16 ? 200 : 512;
     const auto table = random_weight(t, vocab, width, 7);
+    b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
     TensorView view = table.w.weight;
     const std::vector<int32_t> ids = {0, 39, 5, 5, 17, 23, 1};
     const auto n = static_cast<int64_t>(ids.size());
@@ -249,6 +251,7 @@ TEST_CASE("cuda MLA absorption and value expansion equal the CPU reference", "[c
   const MlaShape shape{4, 16, 8, 24, 64};
   for (DType t : {DType::f32, DType::bf16, DType::q8_0, DType::f8_e4m3}) {
     const auto kv_b = random_weight(t, shape.heads * (shape.nope + shape.v), shape.kv_lora, 21);
+    b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
     for (int64_t tokens : {1, 6}) {
       const auto q = random_floats(static_cast<size_t>(tokens * shape.heads * (shape.nope + shape.rope)), 22);
       std::vector<float> expected(static_cast<size_t>(tokens * shape.heads * shape.kv_lora)), got(expected.size());
@@ -272,6 +275,7 @@ TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda
   for (DType t : {DType::f32, DType::bf16, DType::q8_0}) {
     const auto gate = random_weight(t, inter, hidden, 31), up = random_weight(t, inter, hidden, 32),
                down = random_weight(t, hidden, inter, 33);
+    b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
     for (int64_t tokens : {1, 6}) {
       const auto x = random_floats(static_cast<size_t>(tokens * hidden), 34);
       std::vector<float> expected(x.size()), got(x.size());

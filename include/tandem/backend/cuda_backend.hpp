@@ -6,7 +6,8 @@
 // host float32 activations, so each call copies its inputs to the device, runs its kernels on the
 // backend's stream and copies its outputs back before returning. Weights are uploaded once (at load
 // by the engine through cuda_backend_upload, else the first time a call sees them), cached by the
-// host bytes they come from. Norm weights and biases of the forward pass's host vectors are copied
+// host bytes they come from (address and size), so those bytes must stay valid and unchanged while
+// the backend lives, as the engine's file mapping does. Norm weights and biases of the forward pass's host vectors are copied
 // per call (they are small). The KV pool stays in host
 // memory, where the forward pass writes it; each attention call copies the blocks its batch reads
 // (that layer's part of them) to the device. Correct, and slow next to the CPU on large contexts:
