@@ -267,11 +267,20 @@ struct HttpServer::Impl {
     }
     try {
       ojson body;
+      // Copying or destroying nested JSON recurses: a body nested deeper than any real request is
+      // refused while it is parsed (its deep parts are never built).
+      constexpr int kMaxDepth = 64;
+      bool too_deep = false;
       try {
-        body = ojson::parse(req.body);
+        body = ojson::parse(req.body, [&](int depth, ojson::parse_event_t, ojson&) {
+          if (depth > kMaxDepth) too_deep = true;
+          return depth <= kMaxDepth;
+        });
       } catch (const nlohmann::json::exception& e) {
         throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
       }
+      if (too_deep)
+        throw ApiError(400, fmt::format("the request body nests JSON deeper than {} levels", kMaxDepth));
       RequestLimits limits;
       limits.max_tokens = options.max_tokens_limit > 0 ? options.max_tokens_limit : context();
       CompletionRequest r = parse_completion_request(body, endpoint, limits);

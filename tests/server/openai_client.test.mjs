@@ -89,6 +89,9 @@ await withServer(['--api-key', 'sekrit', '-c', '256', '--parallel', '2'], async 
   let res = await raw('{"messages": [');
   assert.equal(res.status, 400);
   assert.equal((await res.json()).error.type, 'invalid_request_error');
+  res = await raw('{"messages": ' + '['.repeat(100000) + ']'.repeat(100000) + '}');
+  assert.equal(res.status, 400);
+  assert.match((await res.json()).error.message, /deeper than/);
   res = await raw(JSON.stringify({ messages, max_tokens: 2, temperature: 0, frobnicate: true }));
   assert.equal(res.status, 200);
   res = await raw(JSON.stringify({ messages }), {});
