@@ -19,7 +19,9 @@ install(TARGETS ${install_targets} EXPORT TandemTargets
 if(TARGET tandem_cli)
   install(TARGETS tandem_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/tandem DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# include/tandem/server belongs to tandem_server, which only the CLI links: not part of the package.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/tandem DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+        PATTERN server EXCLUDE)
 if(EXISTS ${PROJECT_SOURCE_DIR}/capi/include/tandem.h)
   install(FILES ${PROJECT_SOURCE_DIR}/capi/include/tandem.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 endif()
