@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "cli/command.hpp"
@@ -15,6 +16,8 @@
 #include "cli/serve_flags.hpp"
 #include "tandem/engine/scheduler.hpp"
 #include "tandem/server/http_server.hpp"
+#include "tandem/text/chat_template.hpp"
+#include "tandem/text/tokenizer.hpp"
 
 namespace tandem::cli {
 namespace {
@@ -28,6 +31,8 @@ struct ServeCommandFlags : ServeFlags {
   int64_t max_body_mb = 8;
   int timeout = 600;
   std::string reasoning_format = "deepseek";
+  std::optional<std::string> chat_template;
+  std::string chat_template_file;
 };
 
 std::atomic<bool> g_terminate{false};  // SIGTERM: a process has one disposition per signal
@@ -54,8 +59,11 @@ int serve_command(const ServeCommandFlags& flags) {
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
-  require_tokenizer(*engine, flags.model_path);
-  const ChatTemplate* tmpl = engine->chat_template();
+  const Tokenizer& tokenizer = require_tokenizer(*engine, flags.model_path);
+  std::unique_ptr<ChatTemplate> custom;
+  if (flags.chat_template || !flags.chat_template_file.empty())
+    custom = chat_template_from_flags(flags.chat_template, flags.chat_template_file, tokenizer);
+  const ChatTemplate* tmpl = custom ? custom.get() : engine->chat_template();
   if (!tmpl)
     fmt::print(stderr, "tandem: warning: the model has no chat template: /v1/chat/completions answers 400\n");
 
@@ -111,6 +119,8 @@ const RegisterCommand registered{
            ->capture_default_str();
        sub.add_option("--timeout", flags->timeout, "seconds a stalled client may take to read or write")
            ->capture_default_str();
+       sub.add_option("--chat-template", flags->chat_template, "Jinja chat template text to use instead of the model's");
+       sub.add_option("--chat-template-file", flags->chat_template_file, "read the chat template from a file");
        sub.add_option("--reasoning-format", flags->reasoning_format,
                       "deepseek: <think> text goes to reasoning_content; none: keep it inline in content")
            ->capture_default_str();

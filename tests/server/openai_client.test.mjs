@@ -2,9 +2,25 @@
 // completions, stop strings, and the errors clients see (401, 404, 400), the server staying up.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { withServer, metrics } from './serve.mjs';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { withServer, metrics, dataDir } from './serve.mjs';
 
-await withServer(['--api-key', 'sekrit', '-c', '256', '--parallel', '2'], async ({ url }) => {
+// The tiny fixture's own template ignores tools; with ../shared/fixtures present the server runs
+// the real Qwen3 template (--chat-template-file), which renders them.
+const fixtures = process.env.TANDEM_FIXTURES ?? path.join(dataDir, '..', '..', '..', 'shared', 'fixtures');
+const qwen3Config = path.join(fixtures, 'tokenizers', 'qwen3', 'tokenizer_config.json');
+const templateArgs = [];
+if (fs.existsSync(qwen3Config)) {
+  const file = path.join(os.tmpdir(), `tandem-qwen3-template-${process.pid}.jinja`);
+  fs.writeFileSync(file, JSON.parse(fs.readFileSync(qwen3Config, 'utf8')).chat_template);
+  templateArgs.push('--chat-template-file', file);
+} else {
+  console.log('note: ../shared/fixtures not found: the tools checks are skipped');
+}
+
+await withServer(['--api-key', 'sekrit', '-c', '2048', '--parallel', '2', ...templateArgs], async ({ url }) => {
   const client = new OpenAI({ baseURL: url + '/v1', apiKey: 'sekrit', maxRetries: 0 });
 
   const models = await client.models.list();
@@ -54,6 +70,19 @@ await withServer(['--api-key', 'sekrit', '-c', '256', '--parallel', '2'], async 
     assert.equal(cut.choices[0].finish_reason, 'stop');
   }
 
+  // Tools reach the template: the prompt grows by their rendered schemas; a tool result goes back in.
+  if (templateArgs.length) {
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const withTools = await client.chat.completions.create({ model, messages, tools, max_tokens: 2, temperature: 0 });
+  assert.ok(withTools.usage.prompt_tokens > plain.usage.prompt_tokens + 20);
+  const toolTurn = await client.chat.completions.create({ model, tools, max_tokens: 2, temperature: 0, messages: [
+    ...messages,
+    { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Oslo"}' } }] },
+    { role: 'tool', tool_call_id: 'c1', content: 'sunny' }] });
+  assert.ok(toolTurn.usage.prompt_tokens > withTools.usage.prompt_tokens);
+  }
+
   const completion = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
   assert.equal(completion.object, 'text_completion');
   assert.equal(typeof completion.choices[0].text, 'string');
@@ -81,7 +110,7 @@ await withServer(['--api-key', 'sekrit', '-c', '256', '--parallel', '2'], async 
   await expectError(400, client.chat.completions.create({ model, messages: [] }));
   await expectError(400, client.chat.completions.create({ model, messages, temperature: 'hot' }), (e) => assert.equal(e.param, 'temperature'));
   await expectError(400, client.chat.completions.create({ model, messages, max_tokens: 100000 }));
-  await expectError(400, client.chat.completions.create({ model, messages: [{ role: 'user', content: 'word '.repeat(400) }] }),
+  await expectError(400, client.chat.completions.create({ model, messages: [{ role: 'user', content: 'word '.repeat(3000) }] }),
     (e) => assert.equal(e.code, 'context_length_exceeded'));
   // Raw requests: malformed JSON, unknown fields ignored, no key.
   const raw = (body, headers = { Authorization: 'Bearer sekrit' }) =>
@@ -94,6 +123,7 @@ await withServer(['--api-key', 'sekrit', '-c', '256', '--parallel', '2'], async 
   assert.match((await res.json()).error.message, /deeper than/);
   res = await raw(JSON.stringify({ messages, max_tokens: 2, temperature: 0, frobnicate: true }));
   assert.equal(res.status, 200);
+  assert.equal((await res.json()).usage.completion_tokens, 2);  // (the headers come before the reply)
   res = await raw(JSON.stringify({ messages }), {});
   assert.equal(res.status, 401);
   res = await fetch(url + '/health');
