@@ -40,6 +40,7 @@ CommandRun setup(CLI::App& sub) {
       throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
     o.stream_bytes = flags->stream_mib << 20;
     const ModelBenchResult r = run_model_bench(o);
+    for (const std::string& w : r.warnings) fmt::print(stderr, "tandem: warning: {}\n", w);
     if (flags->json) {
       nlohmann::ordered_json j;
       j["model"] = o.model_path;

@@ -101,6 +101,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   };
   {
     const auto engine = Engine::load(o.model_path, load);
+    r.warnings = engine->warnings();
     {
       auto backend = make_cpu_backend(o.threads);  // the same thread count as the engine's
       r.threads = backend->threads();

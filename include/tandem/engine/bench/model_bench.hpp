@@ -34,6 +34,7 @@ struct ModelBenchResult {
   double experts_hit_uniform = 0;    // what uniform random routing would give for those tokens
   std::vector<double> experts_hit_per_layer;  // per MoE layer, in layer order
   int64_t model_bytes = 0, parameters = 0;
+  std::vector<std::string> warnings;  // what loading worked around (Engine::warnings)
 };
 
 // Error(out_of_range) for prompt or generated tokens outside 1..the model's context (at most
