@@ -285,6 +285,7 @@ typedef struct tandem_generate_stats {
   int64_t generated_tokens;
   double prefill_seconds;
   double decode_seconds;
+  int64_t cached_prompt_tokens;  /* prompt tokens adopted from the prefix cache (appended)        */
 } tandem_generate_stats;
 
 /* Generates a continuation of `prompt` (when the session already holds a prefix of it, only the

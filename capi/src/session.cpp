@@ -196,6 +196,7 @@ tandem_status tandem_session_generate(tandem_session* session, const int32_t* pr
       stats.generated_tokens = result.stats.generated_tokens;
       stats.prefill_seconds = result.stats.prefill_seconds;
       stats.decode_seconds = result.stats.decode_seconds;
+      stats.cached_prompt_tokens = result.stats.cached_prompt_tokens;
       write_out_struct(out_stats, stats, kGenerateStatsV1, "tandem_generate_stats");
     }
     if (result.stop == StopReason::cancelled) {

@@ -1,9 +1,12 @@
-// `tandem perplexity -m MODEL -f TEXT [--ctx 512] [--batch N] [--chunks N] [--json]`: perplexity
-// of a text file as llama.cpp's perplexity tool measures it (tandem/engine/perplexity.hpp): the
-// text tokenized whole without BOS, non-overlapping --ctx windows, each scoring its second half.
-// Prints a running estimate ([1]6.1234,[2]…) and `Final estimate: PPL = X +/- E`; with --json,
-// stdout is one object {"ppl", "windows", "tokens", "scored", "seconds"} and the running estimate
-// goes to stderr.
+// `tandem perplexity -m MODEL -f TEXT [--ctx 512] [--batch N] [--chunks N] [--kv-type T]
+// [--kv-policy P] [--kv-compare] [--json]`: perplexity of a text file as llama.cpp's perplexity
+// tool measures it (tandem/engine/perplexity.hpp): the text tokenized whole without BOS,
+// non-overlapping --ctx windows, each scoring its second half. Prints a running estimate
+// ([1]6.1234,[2]…) and `Final estimate: PPL = X +/- E`; with --json, stdout is one object
+// {"ppl", "windows", "tokens", "scored", "seconds", "ppl_error", "kv_type", "kv_policy",
+// "kv_bytes_per_token"} (plus "ppl_exact" and "kl_mean" with --kv-compare) and the running
+// estimate goes to stderr. The KV setting applies inside each window; a retention policy runs
+// the window in chunks of --batch tokens (default 32), cutting the cache back after each.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -38,6 +41,8 @@ struct PerplexityFlags {
   std::string placement;
   std::vector<std::string> override_kv;
   std::string kv_type;  // --kv-type; "" = default
+  std::string kv_policy;  // --kv-policy; "" = full
+  bool kv_compare = false;
 };
 
 int run_perplexity(const PerplexityFlags& flags) {
@@ -50,6 +55,8 @@ int run_perplexity(const PerplexityFlags& flags) {
 
   const ModelOverrides overrides = model_overrides_from(flags.override_kv);
   const KvType kv_type = kv_type_from_flag(flags.kv_type);
+  const std::string kv_policy = kv_policy_from_flag(flags.kv_policy);
+  const bool bounded = !kv_policy.empty() && kv_policy != "full";
   // The trained context is checked before loading: the KV cache is sized for --ctx.
   const int64_t trained = open_model_files(flags.model_path, overrides).config.max_position_embeddings;
   if (trained > 0 && flags.ctx > trained)
@@ -60,9 +67,11 @@ int run_perplexity(const PerplexityFlags& flags) {
   load.threads = flags.threads;
   load.max_sessions = 1;
   load.max_context_tokens = flags.ctx;
-  load.max_batch_tokens = flags.batch > 0 ? std::min(flags.batch, flags.ctx) : std::min<int64_t>(flags.ctx, 512);
+  load.max_batch_tokens = flags.batch > 0 ? std::min(flags.batch, flags.ctx)
+                                          : std::min<int64_t>(flags.ctx, bounded ? 32 : 512);
   load.placement = flags.placement;
   load.kv_type = kv_type;
+  load.kv_policy = kv_policy;
   load.overrides = overrides;
   ProgressBar progress_bar;
   load.progress = progress_bar.callback();
@@ -71,6 +80,24 @@ int run_perplexity(const PerplexityFlags& flags) {
   for (const auto& warning : engine->warnings())
     if (!warning.starts_with("no tokenizer: ") && !warning.starts_with("no chat template: "))
       fmt::print(stderr, "tandem: warning: {}\n", warning);
+
+  // --kv-compare: the exact cache (f32, every token) on a second engine over the same mapping.
+  std::unique_ptr<Engine> exact;
+  if (flags.kv_compare) {
+    LoadOptions exact_load = load;
+    exact_load.kv_type = KvType::f32;
+    exact_load.kv_policy.clear();
+    exact_load.max_batch_tokens = std::min<int64_t>(flags.ctx, 512);
+    exact_load.load_tokenizer = false;
+    exact_load.progress = nullptr;
+    exact = Engine::load(flags.model_path, exact_load);
+  }
+  uint64_t kv_bytes = 0;
+  for (const auto& line : engine->memory_report().lines)
+    if (line.what == "KV pool") kv_bytes = line.bytes;
+  const int64_t block_tokens = load.kv_block_tokens;
+  const double kv_bytes_per_token =
+      static_cast<double>(kv_bytes) / static_cast<double>((flags.ctx + block_tokens - 1) / block_tokens * block_tokens);
 
   const Tokenizer* tokenizer = &require_tokenizer(*engine, flags.model_path);
   std::vector<int32_t> tokens;
@@ -91,6 +118,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   PerplexityOptions options;
   options.ctx = flags.ctx;
   options.max_windows = flags.chunks;
+  options.exact = exact.get();
   const PerplexityResult result =
       evaluate_perplexity(*engine, tokens, options, [&](const PerplexityResult& so_far) {
         fmt::print(running, "[{}]{:.4f},", so_far.windows, so_far.ppl);
@@ -100,10 +128,20 @@ int run_perplexity(const PerplexityFlags& flags) {
   if (flags.json) {
     const nlohmann::json out = {{"ppl", result.ppl},         {"windows", result.windows},
                                 {"tokens", result.tokens},   {"scored", result.scored},
-                                {"seconds", result.seconds}, {"ppl_error", result.ppl_error}};
-    fmt::print("{}\n", out.dump());
+                                {"seconds", result.seconds}, {"ppl_error", result.ppl_error},
+                                {"kv_type", kv_type_name(kv_type)}, {"kv_policy", bounded ? kv_policy : "full"},
+                                {"kv_bytes_per_token", kv_bytes_per_token}};
+    nlohmann::json with_compare = out;
+    if (exact) {
+      with_compare["ppl_exact"] = result.ppl_exact;
+      with_compare["kl_mean"] = result.kl_mean;
+    }
+    fmt::print("{}\n", with_compare.dump());
   } else {
     fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", result.ppl, result.ppl_error);
+    if (exact)
+      fmt::print("Exact cache (f32, full): PPL = {:.4f}, change {:+.3f} %, mean KL = {:.6f}\n", result.ppl_exact,
+                 100.0 * (result.ppl / result.ppl_exact - 1.0), result.kl_mean);
     fmt::print(stderr, "[{} windows, {} scored tokens, {:.2f} s, {:.1f} tok/s]\n", result.windows, result.scored,
                result.seconds, result.seconds > 0 ? static_cast<double>(result.windows * flags.ctx) / result.seconds : 0.0);
   }
@@ -124,6 +162,10 @@ const RegisterCommand registered{CommandSpec{
       add_placement_flag(sub, flags->placement);
       add_override_kv_flag(sub, flags->override_kv);
       add_kv_type_flag(sub, flags->kv_type);
+      add_kv_policy_flag(sub, flags->kv_policy);
+      sub.add_flag("--kv-compare", flags->kv_compare,
+                   "also run the exact cache (f32, full) and report kl_mean, the mean KL divergence of "
+                   "next-token distributions (exact ‖ this setting)");
       return [flags] { return run_perplexity(*flags); };
     }}};
 

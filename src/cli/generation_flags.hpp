@@ -13,6 +13,7 @@
 #include "cli/llama_compat.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
+#include "tandem/kv/retention.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/text/sampler.hpp"
 
@@ -26,12 +27,13 @@ inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
                         "it, else all on cpu (docs/PLACEMENT.md)");
 }
 
-// `--kv-type f32|f16|bf16`: the one definition, used by every command that runs a model (run,
+// `--kv-type f32|f16|bf16|fp8|int8|int4`: the one definition, used by every command that runs a model (run,
 // chat, eval, perplexity). An empty string means the default (LoadOptions::kv_type, f16).
 inline CLI::Option* add_kv_type_flag(CLI::App& app, std::string& type) {
   return app.add_option("--kv-type", type,
-                        "KV cache element type: f16 (default, as llama.cpp), bf16, or f32 (exact float32 "
-                        "attention inputs; twice the memory)");
+                        "KV cache element type: f16 (default, as llama.cpp), bf16, f32 (exact float32 "
+                        "attention inputs; twice the memory), or quantised: fp8 (E4M3), int8, int4 (keys per "
+                        "channel, values per token; docs/KV.md)");
 }
 
 // The --kv-type value as a KvType ("" = the default); Error(invalid_argument) naming the flag.
@@ -39,8 +41,26 @@ inline KvType kv_type_from_flag(const std::string& type) {
   if (type.empty()) return LoadOptions{}.kv_type;
   if (!is_kv_type_name(type))
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("--kv-type must be f32, f16 or bf16, not '{}'", type));
+                fmt::format("--kv-type must be f32, f16, bf16, fp8, int8 or int4, not '{}'", type));
   return parse_kv_type(type);
+}
+
+// `--kv-policy full|sinks:S,W|h2o:BUDGET|snapkv:BUDGET`: the retention policy of the session's KV
+// cache (run, chat, perplexity). An empty string means full.
+inline CLI::Option* add_kv_policy_flag(CLI::App& app, std::string& policy) {
+  return app.add_option("--kv-policy", policy,
+                        "KV retention: full (default), sinks:S,W (first S + last W tokens), h2o:BUDGET (heavy "
+                        "hitters + recent), snapkv:BUDGET (observation-window selection); docs/KV.md");
+}
+
+// The --kv-policy value checked ("" = full); Error(invalid_argument) naming the flag.
+inline std::string kv_policy_from_flag(const std::string& policy) {
+  if (policy.empty()) return policy;
+  try {
+    return RetentionPolicy::parse(policy).to_string();
+  } catch (const Error& e) {
+    throw Error(ErrorKind::invalid_argument, fmt::format("--kv-policy: {}", e.what()));
+  }
 }
 
 // `--override-kv KEY=TYPE:VALUE` (repeatable): the one definition, used by every command that
@@ -89,6 +109,7 @@ struct GenerationFlags {
   std::string placement;  // LoadOptions::placement
   std::vector<std::string> override_kv;
   std::string kv_type;  // --kv-type; "" = default, or llama.cpp's -ctk/-ctv when both name it
+  std::string kv_policy;  // --kv-policy; "" = full
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;
 
@@ -122,6 +143,7 @@ struct GenerationFlags {
     add_placement_flag(app, placement);
     add_override_kv_flag(app, override_kv);
     add_kv_type_flag(app, kv_type);
+    add_kv_policy_flag(app, kv_policy);
     app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
     llama.add_to(app);
   }
@@ -147,6 +169,7 @@ struct GenerationFlags {
     if (!std::isfinite(presence_penalty) || std::abs(presence_penalty) > 100)
       fail(fmt::format("--presence-penalty must be within [-100, 100], not {}", presence_penalty));
     llama.report(kv_type_name(resolved_kv_type()));
+    (void)kv_policy_from_flag(kv_policy);
   }
 
   // --kv-type when given; else llama.cpp's -ctk/-ctv when both name the same supported type; else
@@ -178,6 +201,7 @@ struct GenerationFlags {
     o.max_sessions = 1;
     o.placement = placement;
     o.kv_type = resolved_kv_type();
+    o.kv_policy = kv_policy_from_flag(kv_policy);
     o.overrides = model_overrides_from(override_kv);
     return o;
   }

@@ -14,6 +14,8 @@
 #include "tandem/engine/forward.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
+#include "tandem/kv/prefix_cache.hpp"
+#include "tandem/kv/retention.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/model/weight_roles.hpp"
 #include "tandem/text/chat_template.hpp"
@@ -50,9 +52,10 @@ void check_options(const LoadOptions& o) {
   positive(o.max_sessions, "max_sessions");
   positive(o.kv_block_tokens, "kv_block_tokens");
   positive(o.max_batch_tokens, "max_batch_tokens");
-  if (o.kv_type != KvType::f32 && o.kv_type != KvType::f16 && o.kv_type != KvType::bf16)
+  if (static_cast<int>(o.kv_type) < 0 || static_cast<int>(o.kv_type) > static_cast<int>(KvType::int4))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("load option kv_type {} is not a KV type", static_cast<int>(o.kv_type)));
+  if (!o.kv_policy.empty()) (void)RetentionPolicy::parse(o.kv_policy);
   const auto at_most = [](int64_t v, int64_t limit, const char* what) {
     if (v > limit)
       throw Error(ErrorKind::out_of_range, fmt::format("{} of {} is more than the {} supported", what, v, limit));
@@ -85,6 +88,8 @@ class EngineSession final : public Session {
   std::span<const float> all_logits() const override { return all_logits_; }
   int64_t position() const override { return static_cast<int64_t>(tokens_.size()); }
   const std::vector<int32_t>& tokens() const override { return tokens_; }
+  std::vector<int64_t> cached_positions() const override { return slot_positions_; }
+  int64_t cached_prompt_tokens() const override { return cached_tokens_; }
   void reset() override;
   void truncate(int64_t tokens) override;
   void cancel() override { cancel_.store(true); }
@@ -93,6 +98,11 @@ class EngineSession final : public Session {
   CpuEngine& engine_;
   BlockTable table_;
   std::vector<int32_t> tokens_;
+  // The position each cache slot holds (slot i = position i until a retention policy evicts).
+  std::vector<int64_t> slot_positions_;
+  RetentionState retention_;
+  std::vector<uint64_t> block_keys_;  // prefix-cache keys of the full blocks, in order
+  int64_t cached_tokens_ = 0;
   std::vector<float> logits_, all_logits_;
   std::atomic<bool> cancel_{false};
 };
@@ -102,6 +112,7 @@ class CpuEngine final : public Engine {
   CpuEngine(ModelFiles files, const LoadOptions& options, Placement placement)
       : files_(std::move(files)), options_(options), placement_(std::move(placement)) {
     if (options_.max_context_tokens == 0) options_.max_context_tokens = default_context_tokens(files_.config);
+    if (!options_.kv_policy.empty()) retention_policy_ = RetentionPolicy::parse(options_.kv_policy);
     auto step = [&](float fraction, std::string_view stage) {
       if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
       if (options_.progress) options_.progress(fraction, stage);
@@ -124,6 +135,7 @@ class CpuEngine final : public Engine {
     spec.blocks =
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
+    if (options_.kv_prefix_cache) prefix_cache_ = std::make_unique<PrefixCache>(*kv_);
     backend_ = make_cpu_backend(options_.threads);
     // One CUDA backend per GPU the placement names (check_placement_runnable vouched for them).
     for (WeightGroup g : kAllWeightGroups)
@@ -229,16 +241,18 @@ class CpuEngine final : public Engine {
   Placement placement_;
   Weights weights_;
   std::unique_ptr<KvPool> kv_;
+  std::unique_ptr<PrefixCache> prefix_cache_;  // after kv_: destroyed first, releasing its blocks
   std::unique_ptr<Backend> backend_;
   std::map<int, std::unique_ptr<Backend>> gpu_backends_;  // by GPU index
   std::unique_ptr<ForwardPass> forward_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_template_;
+  RetentionPolicy retention_policy_;
   std::mutex mutex_;  // session count and the forward pass's scratch
   int64_t open_sessions_ = 0;
 };
 
-EngineSession::EngineSession(CpuEngine& engine) : engine_(engine) {
+EngineSession::EngineSession(CpuEngine& engine) : engine_(engine), retention_(engine.retention_policy_) {
   logits_.assign(static_cast<size_t>(engine.config().vocab_size), 0.0f);
 }
 
@@ -252,6 +266,9 @@ void EngineSession::reset() {
   std::lock_guard lock(engine_.mutex_);
   table_.release(*engine_.kv_);
   tokens_.clear();
+  slot_positions_.clear();
+  retention_.truncate(0);
+  block_keys_.clear();
   all_logits_.clear();
   std::fill(logits_.begin(), logits_.end(), 0.0f);
 }
@@ -261,7 +278,13 @@ void EngineSession::truncate(int64_t tokens) {
     throw Error(ErrorKind::out_of_range,
                 fmt::format("truncate: cannot keep {} tokens of a session holding {}", tokens, position()));
   std::lock_guard lock(engine_.mutex_);
-  table_.truncate(*engine_.kv_, tokens);
+  // Slots hold ascending positions: keep those before `tokens`.
+  const auto slots = static_cast<int64_t>(
+      std::lower_bound(slot_positions_.begin(), slot_positions_.end(), tokens) - slot_positions_.begin());
+  table_.truncate(*engine_.kv_, slots);
+  slot_positions_.resize(static_cast<size_t>(slots));
+  retention_.truncate(slots);
+  block_keys_.resize(std::min(block_keys_.size(), static_cast<size_t>(slots / engine_.kv_->spec().block_tokens)));
   tokens_.resize(static_cast<size_t>(tokens));
   all_logits_.clear();
   std::fill(logits_.begin(), logits_.end(), 0.0f);
@@ -273,49 +296,117 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
   const int64_t vocab = engine_.config().vocab_size;
   const int64_t start = position();
   const int64_t n = static_cast<int64_t>(ids.size());
-  if (start + n > o.max_context_tokens)
-    throw Error(ErrorKind::out_of_range,
-                fmt::format("{} tokens would not fit the session's context of {} tokens (the CLI's -c/--ctx, "
-                            "max_context_tokens in the API)",
-                            start + n, o.max_context_tokens));
+  const auto slots_before = static_cast<int64_t>(slot_positions_.size());
+  // A bounded retention policy checks each chunk against the context (the cache is cut back
+  // between chunks); without one, the whole prompt must fit.
+  const bool bounded = !retention_.policy().is_full();
+  const auto check_fits = [&](int64_t slots, int64_t more) {
+    if (slots + more > o.max_context_tokens)
+      throw Error(ErrorKind::out_of_range,
+                  fmt::format("{} tokens would not fit the session's context of {} tokens (the CLI's -c/--ctx, "
+                              "max_context_tokens in the API)",
+                              slots + more, o.max_context_tokens));
+  };
+  if (!bounded) check_fits(slots_before, n);
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= vocab)
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, vocab));
 
   std::lock_guard lock(engine_.mutex_);
-  table_.reserve(*engine_.kv_, start + n);
-  // A block shared with another table (a shared prefix) is copied before this session writes
-  // into it.
-  table_.make_writable(*engine_.kv_, start, start + n);
+  KvPool& kv = *engine_.kv_;
+  const int64_t bt = kv.spec().block_tokens;
+  PrefixCache* cache = bounded ? nullptr : engine_.prefix_cache_.get();
+  // Cached blocks no session holds give way when this session needs blocks (one more for a
+  // copy-on-write of a shared partial block).
+  const auto make_room = [&](int64_t slots) {
+    if (engine_.prefix_cache_)
+      engine_.prefix_cache_->make_room((slots + bt - 1) / bt - static_cast<int64_t>(table_.blocks().size()) + 1);
+  };
+  // A new sequence adopts the longest cached prefix of its prompt (whole blocks, leaving at least
+  // one token to run for the logits).
+  cached_tokens_ = 0;
+  if (cache && !all_logits && slots_before == 0) {
+    const std::vector<uint64_t> keys = cache->block_keys(ids.first(static_cast<size_t>(n - 1)));
+    for (const int32_t block : cache->adopt(keys)) table_.adopt(kv, block);
+    block_keys_.assign(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(table_.blocks().size()));
+    cached_tokens_ = static_cast<int64_t>(table_.blocks().size()) * bt;
+    for (int64_t p = 0; p < cached_tokens_; ++p) slot_positions_.push_back(p);
+  }
+  if (!bounded) {
+    make_room(slots_before + n);
+    table_.reserve(kv, slots_before + n);
+    // A block shared with another table (a shared prefix) is copied before this session writes
+    // into it.
+    table_.make_writable(kv, slots_before, slots_before + n);
+  }
   if (all_logits)
     all_logits_.assign(static_cast<size_t>(n * vocab), 0.0f);
   else
     all_logits_.clear();
   // Long prompts go through in chunks of max_batch_tokens; each chunk's KV is in the cache before
-  // the next one attends to it.
+  // the next one attends to it (and a retention policy has cut the cache back).
+  bool evicted = false;
   try {
-    for (int64_t done = 0; done < n;) {
+    for (int64_t done = cached_tokens_; done < n;) {
       const int64_t chunk = std::min(o.max_batch_tokens, n - done);
-      const bool last = done + chunk == n;
+      const auto slots = static_cast<int64_t>(slot_positions_.size());
+      if (bounded) {
+        check_fits(slots, chunk);
+        make_room(slots + chunk);
+        table_.reserve(kv, slots + chunk);
+        table_.make_writable(kv, slots, slots + chunk);
+      }
       SequenceChunk c{ids.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), start + done,
                       &table_, all_logits};
-      if (all_logits) {
-        engine_.forward_->run({&c, 1}, all_logits_.data() + done * vocab, &cancel_);
-      } else if (last) {
-        engine_.forward_->run({&c, 1}, logits_.data(), &cancel_);
-      } else {
-        // Earlier chunks only fill the cache; their one logits row is discarded.
-        engine_.forward_->run({&c, 1}, logits_.data(), &cancel_);
+      c.start_slot = slots;
+      c.attention_rows = retention_.attention_rows(chunk, slots + chunk);
+      // Earlier chunks only fill the cache unless all logits are asked for; their one logits row
+      // is discarded.
+      engine_.forward_->run({&c, 1}, all_logits ? all_logits_.data() + done * vocab : logits_.data(), &cancel_);
+      for (int64_t i = 0; i < chunk; ++i) slot_positions_.push_back(start + done + i);
+      retention_.observe(chunk, slots + chunk);
+      const std::vector<int64_t> kept = retention_.evict(slots + chunk);
+      if (!kept.empty()) {
+        table_.compact(kv, kept);
+        for (size_t i = 0; i < kept.size(); ++i) slot_positions_[i] = slot_positions_[static_cast<size_t>(kept[i])];
+        slot_positions_.resize(kept.size());
+        evicted = true;
       }
       done += chunk;
     }
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::cancelled) cancel_.store(false);
+    // The session stays as it was before this call; after an eviction that cannot be undone, it
+    // is emptied.
+    if (evicted) {
+      table_.release(kv);
+      tokens_.clear();
+      slot_positions_.clear();
+      retention_.truncate(0);
+      block_keys_.clear();
+    } else {
+      table_.truncate(kv, slots_before);
+      slot_positions_.resize(static_cast<size_t>(slots_before));
+      retention_.truncate(slots_before);
+      block_keys_.resize(std::min(block_keys_.size(), static_cast<size_t>(slots_before / bt)));
+    }
+    cached_tokens_ = 0;
     throw;
   }
   if (all_logits) std::copy_n(all_logits_.data() + (n - 1) * vocab, vocab, logits_.data());
   tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+  // Every block this session filled joins the prefix cache (its keys chain from the first block).
+  if (cache) {
+    const auto full = static_cast<size_t>(position() / bt);
+    if (full > block_keys_.size()) {
+      for (size_t b = block_keys_.size(); b < full; ++b)
+        block_keys_.push_back(PrefixCache::chain_key(
+            b == 0 ? 0 : block_keys_[b - 1],
+            std::span<const int32_t>(tokens_).subspan(b * static_cast<size_t>(bt), static_cast<size_t>(bt))));
+      cache->insert(block_keys_, std::span<const int32_t>(table_.blocks()).first(full));
+    }
+  }
 }
 
 }  // namespace

@@ -53,8 +53,10 @@ struct ForwardPass::Impl {
   std::vector<float> router_logits, route_weights, shared_gate;
   RouterScratch router_scratch;
   std::vector<int32_t> ids, expert_ids;
-  std::vector<int64_t> positions;
-  std::vector<const BlockTable*> tables;
+  std::vector<int64_t> positions, slots;
+  std::vector<BlockTable*> tables;
+  std::vector<float*> attention_rows;
+  bool with_attention_rows = false;
 
   Impl(const ModelConfig& c, const Weights& weights, ForwardPass::BackendForRole route, KvPool& pool,
        int64_t max_batch_tokens)
@@ -107,7 +109,9 @@ struct ForwardPass::Impl {
     expert_ids.assign(T * static_cast<size_t>(std::max<int64_t>(1, c.num_experts_per_tok)), 0);
     ids.assign(T, 0);
     positions.assign(T, 0);
+    slots.assign(T, 0);
     tables.assign(T, nullptr);
+    attention_rows.assign(T, nullptr);
     (void)H;
     const auto note = [&](Backend& b) {
       if (std::find(backends.begin(), backends.end(), &b) == backends.end()) backends.push_back(&b);
@@ -119,6 +123,10 @@ struct ForwardPass::Impl {
   }
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
+
+  AttentionBatch attention_batch(int64_t T) const {
+    return {T, slots.data(), tables.data(), with_attention_rows ? attention_rows.data() : nullptr};
+  }
 
   void attention_gqa(int64_t layer, int64_t T) {
     const LayerWeights& L = w.layers[static_cast<size_t>(layer)];
@@ -135,12 +143,12 @@ struct ForwardPass::Impl {
     on(WeightGroup::attention, layer).rope(rope, k.data(), T, nkv * hd, nkv, hd, positions.data());
     const int64_t kv_width = nkv * hd;
     for (int64_t t = 0; t < T; ++t) {
-      const BlockTable& table = *tables[static_cast<size_t>(t)];
-      const int64_t p = positions[static_cast<size_t>(t)];
-      table.write_row(kv, layer, 0, p, k.data() + t * kv_width);
-      table.write_row(kv, layer, 1, p, v.data() + t * kv_width);
+      BlockTable& table = *tables[static_cast<size_t>(t)];
+      const int64_t slot = slots[static_cast<size_t>(t)];
+      table.write_row(kv, layer, 0, slot, k.data() + t * kv_width);
+      table.write_row(kv, layer, 1, slot, v.data() + t * kv_width);
     }
-    const AttentionBatch batch{T, positions.data(), tables.data()};
+    const AttentionBatch batch = attention_batch(T);
     on(WeightGroup::attention, layer).gqa_attention(kv, layer, batch, q.data(), nh, nkv, hd, softmax_scale, heads_out.data());
     on(WeightGroup::attention, layer).linear(L.o, heads_out.data(), T, block_out.data());
   }
@@ -163,14 +171,14 @@ struct ForwardPass::Impl {
     on(WeightGroup::attention, layer).rope(rope, kv_a.data() + mla.kv_lora, T, kv_width, 1, mla.rope, positions.data());
     on(WeightGroup::attention, layer).rope(rope, q.data() + mla.nope, T, nh * q_head, nh, q_head, positions.data());
     for (int64_t t = 0; t < T; ++t) {
-      tables[static_cast<size_t>(t)]->write_row(kv, layer, 0, positions[static_cast<size_t>(t)],
+      tables[static_cast<size_t>(t)]->write_row(kv, layer, 0, slots[static_cast<size_t>(t)],
                                                 kv_a.data() + t * kv_width);
       for (int64_t h = 0; h < nh; ++h)
         std::copy_n(q.data() + (t * nh + h) * q_head + mla.nope, mla.rope,
                     q_rope.data() + (t * nh + h) * mla.rope);
     }
     on(WeightGroup::attention, layer).mla_absorb_query(L.kv_b, mla, q.data(), T, q_latent.data());
-    const AttentionBatch batch{T, positions.data(), tables.data()};
+    const AttentionBatch batch = attention_batch(T);
     on(WeightGroup::attention, layer).mla_attention(kv, layer, batch, q_latent.data(), q_rope.data(), nh, mla.kv_lora, mla.rope,
                           softmax_scale, attended.data());
     on(WeightGroup::attention, layer).mla_expand_values(L.kv_b, mla, attended.data(), T, heads_out.data());
@@ -232,6 +240,7 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
   Impl& m = *impl_;
   const ModelConfig& cfg = m.cfg;
   int64_t T = 0;
+  m.with_attention_rows = false;
   for (const auto& c : batch) {
     if (c.table == nullptr)
       throw Error(ErrorKind::invalid_argument, "forward: a sequence chunk has no block table");
@@ -240,13 +249,15 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
       throw Error(ErrorKind::out_of_range,
                   fmt::format("forward: batch of {} tokens or more is over max_batch_tokens {}", T + n,
                               m.max_tokens));
-    if (c.start_position < 0 || c.table->capacity_tokens(m.kv) < c.start_position + n)
+    const int64_t start_slot = c.start_slot < 0 ? c.start_position : c.start_slot;
+    if (c.start_position < 0 || start_slot > c.start_position ||
+        c.table->capacity_tokens(m.kv) < start_slot + n)
       throw Error(ErrorKind::out_of_range, fmt::format("forward: block table holds {} tokens, chunk needs {}",
-                                                       c.table->capacity_tokens(m.kv), c.start_position + n));
+                                                       c.table->capacity_tokens(m.kv), start_slot + n));
     // The rows written must be this sequence's alone (a shared block is copied first, by the owner
     // of the table: BlockTable::make_writable).
     const int64_t bt = m.kv.spec().block_tokens;
-    for (int64_t b = c.start_position / bt; n > 0 && b <= (c.start_position + n - 1) / bt; ++b)
+    for (int64_t b = start_slot / bt; n > 0 && b <= (start_slot + n - 1) / bt; ++b)
       if (m.kv.ref_count(c.table->blocks()[static_cast<size_t>(b)]) != 1)
         throw Error(ErrorKind::internal,
                     fmt::format("forward: positions {}..{} fall in a shared KV block; call make_writable first",
@@ -259,7 +270,10 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
             fmt::format("token id {} at index {} is outside the vocabulary [0, {})", id, i, cfg.vocab_size));
       m.ids[static_cast<size_t>(T)] = id;
       m.positions[static_cast<size_t>(T)] = c.start_position + i;
+      m.slots[static_cast<size_t>(T)] = start_slot + i;
       m.tables[static_cast<size_t>(T)] = c.table;
+      m.attention_rows[static_cast<size_t>(T)] = c.attention_rows ? c.attention_rows + i * (start_slot + n) : nullptr;
+      if (c.attention_rows) m.with_attention_rows = true;
       ++T;
     }
   }

@@ -135,6 +135,8 @@ GenerateResult generate(Session& session, const Tokenizer* tokenizer, std::span<
     return result;
   }
   result.stats.prefill_seconds = seconds_since(prefill_start);
+  result.stats.cached_prompt_tokens = session.cached_prompt_tokens();
+  result.stats.prefilled_tokens -= result.stats.cached_prompt_tokens;
 
   std::optional<IncrementalDecoder> decoder;
   if (tokenizer) decoder.emplace(*tokenizer, options.skip_special_text);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <vector>
 
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
@@ -16,6 +17,27 @@ double token_nll(std::span<const float> logits_row, int32_t target) {
   double sum = 0;
   for (float v : logits_row) sum += std::exp(static_cast<double>(v) - max_logit);
   return std::log(sum) + max_logit - static_cast<double>(logits_row[static_cast<size_t>(target)]);
+}
+
+namespace {
+// log-softmax of a row into `out`, in double.
+void log_softmax(std::span<const float> row, std::vector<double>& out) {
+  const float max_logit = *std::max_element(row.begin(), row.end());
+  double sum = 0;
+  for (float v : row) sum += std::exp(static_cast<double>(v) - max_logit);
+  const double log_sum = std::log(sum) + max_logit;
+  out.resize(row.size());
+  for (size_t i = 0; i < row.size(); ++i) out[i] = static_cast<double>(row[i]) - log_sum;
+}
+}  // namespace
+
+double logits_kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits) {
+  std::vector<double> lp, lq;
+  log_softmax(p_logits, lp);
+  log_softmax(q_logits, lq);
+  double kl = 0;
+  for (size_t i = 0; i < lp.size(); ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
+  return std::max(0.0, kl);
 }
 
 PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> tokens,
@@ -33,6 +55,12 @@ PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> to
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("perplexity: the text has {} tokens, fewer than one window of {} (--ctx)", n, ctx));
   const int64_t vocab = engine.config().vocab_size;
+  if (options.exact) {
+    if (options.exact->config().vocab_size != vocab)
+      throw Error(ErrorKind::invalid_argument, "perplexity: the exact engine has another vocabulary");
+    if (ctx > options.exact->options().max_context_tokens)
+      throw Error(ErrorKind::invalid_argument, "perplexity: the window exceeds the exact engine's context");
+  }
   for (int64_t i = 0; i < n; ++i)
     if (tokens[static_cast<size_t>(i)] < 0 || tokens[static_cast<size_t>(i)] >= vocab)
       throw Error(ErrorKind::invalid_argument,
@@ -44,9 +72,10 @@ PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> to
 
   PerplexityResult result;
   result.tokens = n;
-  double nll_square_sum = 0;
+  double nll_square_sum = 0, exact_nll_sum = 0, kl_sum = 0;
   const auto start = std::chrono::steady_clock::now();
   const auto session = engine.new_session();
+  const auto exact_session = options.exact ? options.exact->new_session() : nullptr;
   for (int64_t w = 0; w < windows; ++w) {
     if (options.cancel && options.cancel->load())
       throw Error(ErrorKind::cancelled, "perplexity: cancelled");
@@ -54,12 +83,26 @@ PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> to
     session->reset();
     session->prefill(window, /*all_logits=*/true);
     const auto logits = session->all_logits();
+    if (exact_session) {
+      exact_session->reset();
+      exact_session->prefill(window, /*all_logits=*/true);
+    }
     for (int64_t j = ctx / 2; j < ctx - 1; ++j) {
-      const double nll = token_nll(logits.subspan(static_cast<size_t>(j * vocab), static_cast<size_t>(vocab)),
-                                   window[static_cast<size_t>(j + 1)]);
+      const auto row = logits.subspan(static_cast<size_t>(j * vocab), static_cast<size_t>(vocab));
+      const double nll = token_nll(row, window[static_cast<size_t>(j + 1)]);
       result.nll_sum += nll;
       nll_square_sum += nll * nll;
       ++result.scored;
+      if (exact_session) {
+        const auto exact_row =
+            exact_session->all_logits().subspan(static_cast<size_t>(j * vocab), static_cast<size_t>(vocab));
+        exact_nll_sum += token_nll(exact_row, window[static_cast<size_t>(j + 1)]);
+        kl_sum += logits_kl_divergence(exact_row, row);
+      }
+    }
+    if (exact_session) {
+      result.ppl_exact = std::exp(exact_nll_sum / static_cast<double>(result.scored));
+      result.kl_mean = kl_sum / static_cast<double>(result.scored);
     }
     result.windows = w + 1;
     const double mean = result.nll_sum / static_cast<double>(result.scored);

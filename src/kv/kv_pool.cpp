@@ -8,6 +8,7 @@
 #include <new>
 
 #include "tandem/error.hpp"
+#include "tandem/kv/kv_quant.hpp"
 
 namespace tandem {
 
@@ -28,12 +29,21 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   if (spec.blocks > std::numeric_limits<int32_t>::max())
     throw Error(ErrorKind::out_of_range,
                 fmt::format("KV pool: {} blocks is more than block ids can address", spec.blocks));
+  if (spec.block_tokens > (int64_t{1} << 16) || spec.values_per_token > (int64_t{1} << 24))
+    throw Error(ErrorKind::out_of_range,
+                fmt::format("KV pool: {} tokens per block or {} values per token is beyond what a pool holds",
+                            spec.block_tokens, spec.values_per_token));
   planes_ = spec.layout == KvLayout::gqa ? 2 : 1;
   row_width_ = spec.values_per_token / planes_;
-  row_bytes_ = static_cast<size_t>(row_width_) * kv_type_bytes(spec.dtype);
-  const double total = static_cast<double>(spec.layers) * static_cast<double>(spec.values_per_token) *
-                       static_cast<double>(spec.block_tokens) * static_cast<double>(spec.blocks) *
-                       static_cast<double>(kv_type_bytes(spec.dtype));
+  channel_keys_ = spec.layout == KvLayout::gqa && spec.dtype == KvType::int4;
+  row_bytes_ = kv_row_bytes(spec.dtype, row_width_);
+  for (int64_t p = 0; p < planes_; ++p) {
+    plane_bytes_[p] = per_channel_plane(p) ? kv_channel_block_bytes(row_width_, spec.block_tokens)
+                                           : static_cast<size_t>(spec.block_tokens) * row_bytes_;
+    block_layer_bytes_ += plane_bytes_[p];
+  }
+  const double total = static_cast<double>(spec.layers) * static_cast<double>(spec.blocks) *
+                       static_cast<double>(block_layer_bytes_);
   if (total > static_cast<double>(std::numeric_limits<int64_t>::max() / 2))
     throw Error(ErrorKind::out_of_memory, "KV pool: requested size overflows");
   bytes_ = static_cast<uint64_t>(total);
@@ -94,15 +104,35 @@ int32_t KvPool::copy_block(int32_t id) {
     check_in_use(id, "copied");
   }
   const int32_t fresh = allocate_block();
-  // One layer's rows of one block are contiguous: planes × slots rows.
-  const size_t block_bytes = static_cast<size_t>(planes_ * spec_.block_tokens) * row_bytes_;
+  // One layer's planes of one block are contiguous.
   for (int64_t layer = 0; layer < spec_.layers; ++layer)
-    std::memcpy(row(fresh, layer, 0, 0), row(id, layer, 0, 0), block_bytes);
+    std::memcpy(plane_data(fresh, layer, 0), plane_data(id, layer, 0), block_layer_bytes_);
   return fresh;
+}
+
+void KvPool::seal_block(int32_t block, int64_t layer, int64_t plane, const float* rows, int64_t tokens) {
+  kv_channel_encode_block(rows, tokens, row_width_, spec_.block_tokens, plane_data(block, layer, plane));
+}
+
+const float* KvPool::values(int32_t block, int64_t layer, int64_t plane, int64_t slot, int64_t first, int64_t n,
+                            float* scratch) const {
+  if (per_channel_plane(plane)) {
+    kv_channel_decode_values(plane_data(block, layer, plane), row_width_, spec_.block_tokens, slot, first, n,
+                             scratch);
+    return scratch;
+  }
+  const std::byte* r = row(block, layer, plane, slot);
+  if (spec_.dtype == KvType::f32) return reinterpret_cast<const float*>(r) + first;
+  kv_decode_values(spec_.dtype, r, row_width_, first, n, scratch);
+  return scratch;
 }
 
 void BlockTable::reserve(KvPool& pool, int64_t tokens) {
   const int64_t bt = pool.spec().block_tokens;
+  if (pool.per_channel_plane(0) && open_block_.empty()) {
+    open_block_.assign(static_cast<size_t>(pool.spec().layers), 0);
+    open_keys_.assign(static_cast<size_t>(pool.spec().layers * bt * pool.row_width()), 0.0f);
+  }
   const size_t needed = static_cast<size_t>((tokens + bt - 1) / bt);
   const size_t had = blocks_.size();
   try {
@@ -118,6 +148,15 @@ void BlockTable::reserve(KvPool& pool, int64_t tokens) {
 
 void BlockTable::release(KvPool& pool) { truncate(pool, 0); }
 
+void BlockTable::adopt(KvPool& pool, int32_t block) {
+  if (pool.per_channel_plane(0) && open_block_.empty()) {
+    open_block_.assign(static_cast<size_t>(pool.spec().layers), 0);
+    open_keys_.assign(static_cast<size_t>(pool.spec().layers * pool.spec().block_tokens * pool.row_width()), 0.0f);
+  }
+  blocks_.push_back(block);
+  for (int64_t& open : open_block_) open = static_cast<int64_t>(blocks_.size());
+}
+
 void BlockTable::truncate(KvPool& pool, int64_t tokens) {
   const int64_t bt = pool.spec().block_tokens;
   const size_t keep = static_cast<size_t>((std::max<int64_t>(tokens, 0) + bt - 1) / bt);
@@ -125,6 +164,92 @@ void BlockTable::truncate(KvPool& pool, int64_t tokens) {
     pool.release_block(blocks_.back());
     blocks_.pop_back();
   }
+  reopen(pool, std::max<int64_t>(tokens, 0));
+}
+
+void BlockTable::unseal(const KvPool& pool, int64_t layer, int64_t block_index) {
+  const int64_t bt = pool.spec().block_tokens, width = pool.row_width();
+  float* rows = open_rows(pool, layer);
+  const int32_t block = blocks_[static_cast<size_t>(block_index)];
+  for (int64_t s = 0; s < bt; ++s) pool.read_row(block, layer, 0, s, rows + s * width);
+  open_block_[static_cast<size_t>(layer)] = block_index;
+}
+
+void BlockTable::reopen(const KvPool& pool, int64_t tokens) {
+  if (open_block_.empty()) return;
+  const int64_t bt = pool.spec().block_tokens;
+  for (int64_t layer = 0; layer < pool.spec().layers; ++layer) {
+    int64_t& open = open_block_[static_cast<size_t>(layer)];
+    if (tokens % bt == 0)
+      open = std::min(open, tokens / bt);
+    else if (open > tokens / bt)
+      unseal(pool, layer, tokens / bt);
+  }
+}
+
+void BlockTable::write_row(KvPool& pool, int64_t layer, int64_t plane, int64_t position, const float* values) {
+  const int64_t bt = pool.spec().block_tokens;
+  const int64_t index = position / bt, slot = position % bt;
+  if (!pool.per_channel_plane(plane)) {
+    pool.write_row(blocks_[static_cast<size_t>(index)], layer, plane, slot, values);
+    return;
+  }
+  int64_t& open = open_block_[static_cast<size_t>(layer)];
+  if (index < open) unseal(pool, layer, index);  // rewriting a sealed block
+  open = index;
+  const int64_t width = pool.row_width();
+  float* rows = open_rows(pool, layer);
+  std::copy_n(values, width, rows + slot * width);
+  if (slot == bt - 1) {
+    pool.seal_block(blocks_[static_cast<size_t>(index)], layer, plane, rows, bt);
+    open = index + 1;
+  }
+}
+
+const float* BlockTable::values(const KvPool& pool, int64_t layer, int64_t plane, int64_t position,
+                                int64_t first, int64_t n, float* scratch) const {
+  const int64_t bt = pool.spec().block_tokens;
+  const int64_t index = position / bt;
+  if (pool.per_channel_plane(plane) && !open_block_.empty() && index >= open_block_[static_cast<size_t>(layer)])
+    return open_keys_.data() + (layer * bt + position % bt) * pool.row_width() + first;
+  return pool.values(blocks_[static_cast<size_t>(index)], layer, plane, position % bt, first, n, scratch);
+}
+
+void BlockTable::compact(KvPool& pool, std::span<const int64_t> kept) {
+  const auto n = static_cast<int64_t>(kept.size());
+  int64_t first_moved = n;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t from = kept[static_cast<size_t>(i)];
+    if (from < i || (i > 0 && from <= kept[static_cast<size_t>(i - 1)]) || from >= capacity_tokens(pool))
+      throw Error(ErrorKind::internal, fmt::format("KV compact: slot {} cannot move to {}", from, i));
+    if (from != i && first_moved == n) first_moved = i;
+  }
+  if (first_moved < n) {
+    make_writable(pool, first_moved, n);
+    const int64_t bt = pool.spec().block_tokens, width = pool.row_width();
+    for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
+      for (int64_t plane = 0; plane < pool.planes(); ++plane) {
+        if (!pool.per_channel_plane(plane)) {
+          for (int64_t i = first_moved; i < n; ++i) {
+            const int64_t from = kept[static_cast<size_t>(i)];
+            if (from == i) continue;
+            std::memcpy(pool.row(block_of(pool, i), layer, plane, i % bt),
+                        pool.row(block_of(pool, from), layer, plane, from % bt), pool.row_bytes());
+          }
+          continue;
+        }
+        // Per-channel keys: every row from the first changed block on is read before any is
+        // written, then written again in order (the blocks are sealed anew as they fill).
+        const int64_t start = first_moved / bt * bt;
+        compact_scratch_.resize(static_cast<size_t>((n - start) * width));
+        for (int64_t i = start; i < n; ++i)
+          read_row(pool, layer, plane, kept[static_cast<size_t>(i)], compact_scratch_.data() + (i - start) * width);
+        open_block_[static_cast<size_t>(layer)] = start / bt;
+        for (int64_t i = start; i < n; ++i)
+          write_row(pool, layer, plane, i, compact_scratch_.data() + (i - start) * width);
+      }
+  }
+  truncate(pool, n);
 }
 
 BlockTable BlockTable::share_prefix(KvPool& pool, int64_t tokens) const {
@@ -139,6 +264,9 @@ BlockTable BlockTable::share_prefix(KvPool& pool, int64_t tokens) const {
     pool.retain_block(blocks_[i]);
     shared.blocks_.push_back(blocks_[i]);
   }
+  shared.open_block_ = open_block_;
+  shared.open_keys_ = open_keys_;
+  shared.reopen(pool, tokens);
   return shared;
 }
 

@@ -5,6 +5,7 @@
 
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
+#include "tandem/kv/kv_quant.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
@@ -58,24 +59,53 @@ const char* kv_type_name(KvType t) noexcept {
       return "f16";
     case KvType::bf16:
       return "bf16";
+    case KvType::fp8:
+      return "fp8";
+    case KvType::int8:
+      return "int8";
+    case KvType::int4:
+      return "int4";
   }
   return "unknown";
 }
 
 bool is_kv_type_name(std::string_view name) noexcept {
-  return name == "f32" || name == "f16" || name == "bf16";
+  return name == "f32" || name == "f16" || name == "bf16" || name == "fp8" || name == "int8" || name == "int4";
 }
 
 KvType parse_kv_type(std::string_view name) {
   if (name == "f32") return KvType::f32;
   if (name == "f16") return KvType::f16;
   if (name == "bf16") return KvType::bf16;
+  if (name == "fp8") return KvType::fp8;
+  if (name == "int8") return KvType::int8;
+  if (name == "int4") return KvType::int4;
   throw Error(ErrorKind::invalid_argument,
-              "unknown KV cache type '" + std::string(name) + "': use f32, f16 or bf16");
+              "unknown KV cache type '" + std::string(name) + "': use f32, f16, bf16, fp8, int8 or int4");
+}
+
+namespace {
+KvQuantRow quant_row(KvType t) {
+  return t == KvType::fp8 ? KvQuantRow::fp8 : t == KvType::int8 ? KvQuantRow::int8 : KvQuantRow::int4;
+}
+}  // namespace
+
+size_t kv_row_bytes(KvType t, int64_t n) noexcept {
+  if (kv_type_is_quantised(t)) return kv_quant_row_bytes(quant_row(t), n);
+  return static_cast<size_t>(n) * kv_type_bytes(t);
+}
+
+void kv_decode_values(KvType t, const void* row, int64_t width, int64_t first, int64_t n, float* dst) noexcept {
+  if (kv_type_is_quantised(t)) return kv_quant_decode_values(quant_row(t), row, width, first, n, dst);
+  kv_decode_row(t, static_cast<const std::byte*>(row) + static_cast<size_t>(first) * kv_type_bytes(t), dst, n);
 }
 
 void kv_encode_row(KvType t, const float* src, void* dst, int64_t n) noexcept {
   switch (t) {
+    case KvType::fp8:
+    case KvType::int8:
+    case KvType::int4:
+      return kv_quant_encode_row(quant_row(t), src, dst, n);
     case KvType::f32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return;
@@ -97,6 +127,10 @@ void kv_encode_row(KvType t, const float* src, void* dst, int64_t n) noexcept {
 
 void kv_decode_row(KvType t, const void* src, float* dst, int64_t n) noexcept {
   switch (t) {
+    case KvType::fp8:
+    case KvType::int8:
+    case KvType::int4:
+      return kv_quant_decode_values(quant_row(t), src, n, 0, n, dst);
     case KvType::f32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return;

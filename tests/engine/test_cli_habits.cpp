@@ -116,7 +116,7 @@ TEST_CASE("cli habits: --kv-type, and -ctk/-ctv naming one supported type, choos
   CHECK(both.err.find("the KV cache is bf16") != std::string::npos);
   const auto bad = run_cli_captured(run_ids("-n 2 --kv-type q4_0"));
   CHECK(bad.exit_code != 0);
-  CHECK(bad.err.find("--kv-type must be f32, f16 or bf16, not 'q4_0'") != std::string::npos);
+  CHECK(bad.err.find("--kv-type must be f32, f16, bf16, fp8, int8 or int4, not 'q4_0'") != std::string::npos);
 }
 
 TEST_CASE("cli habits: -s seeds sampling; -s -1 is random", "[cli][habits]") {

@@ -56,7 +56,7 @@ TEST_CASE("KV types: names, parsing, sizes", "[kv]") {
     FAIL("no error");
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::invalid_argument);
-    CHECK(std::string(e.what()).find("f32, f16 or bf16") != std::string::npos);
+    CHECK(std::string(e.what()).find("f32, f16, bf16, fp8, int8 or int4") != std::string::npos);
   }
 }
 

@@ -34,6 +34,14 @@ struct LoadOptions {
   int64_t max_sessions = 4;           // the KV pool holds max_sessions × max_context_tokens
   int64_t kv_block_tokens = 16;       // tokens per KV block
   KvType kv_type = KvType::f16;       // KV cache element type (f32 for bit-exact float maths)
+  // Retention policy of every session's cache: "" or "full", "sinks:S,W", "h2o:BUDGET",
+  // "snapkv:BUDGET" (tandem/kv/retention.hpp). A bounded policy lets a session run past
+  // max_context_tokens positions: only the kept tokens (plus one chunk) must fit.
+  std::string kv_policy;
+  // Keep full KV blocks of finished prompts and let a new session adopt the longest cached prefix
+  // of its prompt (tandem/kv/prefix_cache.hpp). Off by default; sessions with a bounded kv_policy
+  // and prefills asking for all logits neither adopt nor add blocks.
+  bool kv_prefix_cache = false;
   int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
   bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them
@@ -95,7 +103,16 @@ class Session {
   virtual std::span<const float> all_logits() const = 0;   // [T, vocab] of the last prefill
   virtual int64_t position() const = 0;                    // tokens in the cache
   virtual const std::vector<int32_t>& tokens() const = 0;  // tokens in the cache
+  // Positions whose KV the cache holds, ascending: all of [0, position()) unless a retention
+  // policy (LoadOptions::kv_policy) evicted some.
+  virtual std::vector<int64_t> cached_positions() const {
+    std::vector<int64_t> all(static_cast<size_t>(position()));
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+    return all;
+  }
   virtual void reset() = 0;                                // forget everything, free KV blocks
+  // Tokens the last prefill took from the prefix cache instead of computing them.
+  virtual int64_t cached_prompt_tokens() const { return 0; }
   // Keeps the first `tokens` positions and forgets the rest, returning the KV blocks past them;
   // logits() and all_logits() are cleared until the next prefill. Error(out_of_range) when
   // `tokens` is negative or more than position().

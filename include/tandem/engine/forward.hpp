@@ -21,9 +21,15 @@ class BlockTable;
 
 struct SequenceChunk {
   std::span<const int32_t> ids;
-  int64_t start_position = 0;   // position of ids[0]; the cache holds positions before it
-  BlockTable* table = nullptr;  // must already hold start_position + ids.size() positions
+  int64_t start_position = 0;   // position of ids[0] (RoPE); the cache holds positions before it
+  BlockTable* table = nullptr;  // must already hold start_slot + ids.size() slots
   bool all_logits = false;      // logits for every id, else for the last one only
+  // The cache slot of ids[0]; -1: start_position. A retention policy that evicted tokens keeps
+  // fewer slots than positions: the kept tokens fill slots [0, start_slot) in position order.
+  int64_t start_slot = -1;
+  // Optional [ids.size(), start_slot + ids.size()], zeroed by the caller: row i receives token i's
+  // attention probabilities per slot, summed over heads and layers (for H2O and SnapKV).
+  float* attention_rows = nullptr;
 };
 
 class ForwardPass {

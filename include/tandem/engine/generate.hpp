@@ -47,6 +47,7 @@ struct GenerateStats {
   int64_t decoded_tokens = 0;    // one-token forward passes run (the first id comes from prefill)
   double prefill_seconds = 0;
   double decode_seconds = 0;  // from the end of prefill to the last token
+  int64_t cached_prompt_tokens = 0;  // prompt tokens adopted from the prefix cache (not prefilled)
   double prefill_tokens_per_second() const;
   double decode_tokens_per_second() const;  // decoded_tokens / decode_seconds; 0 when none ran
 };

@@ -17,6 +17,10 @@ class Engine;
 struct PerplexityOptions {
   int64_t ctx = 512;         // window length in tokens: even, >= 4
   int64_t max_windows = -1;  // < 0: every full window of the stream
+  // When set, every window also runs on this engine (the exact cache: f32, full) and the result
+  // reports its perplexity and the mean KL divergence KL(exact ‖ this engine) of the next-token
+  // distributions at the scored positions.
+  Engine* exact = nullptr;
   const std::atomic<bool>* cancel = nullptr;  // checked between windows; stops with Error(cancelled)
 };
 
@@ -28,6 +32,8 @@ struct PerplexityResult {
   int64_t scored = 0;      // NLL terms
   double nll_sum = 0;
   double seconds = 0;      // wall time of the forward passes
+  double ppl_exact = 0;    // with PerplexityOptions::exact: its perplexity
+  double kl_mean = 0;      // with PerplexityOptions::exact: mean KL(exact ‖ this) in nats
 };
 
 // Called after each window with the estimate so far (for a running display).
@@ -42,5 +48,8 @@ PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> to
 
 // The NLL of `target` under one row of logits: logsumexp(row) - row[target], in double.
 double token_nll(std::span<const float> logits_row, int32_t target);
+
+// KL(p ‖ q) in nats of the softmax distributions of two logits rows, in double.
+double logits_kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits);
 
 }  // namespace tandem

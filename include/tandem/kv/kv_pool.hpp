@@ -1,22 +1,32 @@
 #pragma once
 // Paged KV cache: a pool of fixed-size blocks with an explicit capacity, shared by sequences.
 //
-// Layout, in the pool's element type (KvType), as an attention kernel reads it:
-//   storage[layer][block][plane][slot][row_width]
+// Layout, as an attention kernel reads it:
+//   storage[layer][block][plane] — one layer's planes of one block are contiguous, and one layer's
+//   whole cache is one contiguous range of blocks.
 //   GQA:        two planes, K then V, each row kv_heads·head_dim wide (values_per_token / 2)
 //   MLA latent: one plane, each row the normalised latent (kv_lora_rank) then the roped key
 //               (qk_rope_head_dim)
-// so one layer's K (or V) rows of one block are contiguous, and one layer's whole cache is one
-// contiguous range of blocks.
+// A plane is either per-token — block_tokens rows of kv_row_bytes(dtype, row_width) each, slot
+// after slot (f32/f16/bf16 values; fp8/int8/int4 codes followed by their group scales, see
+// kv_quant.hpp) — or, for the K plane of an int4 GQA cache, per-channel (KIVI): the block's
+// block_tokens rows of 4-bit codes, slot-major, then one (f16 scale, f16 min) pair per channel
+// computed over the block's tokens (kv_channel_block_bytes). A per-channel block can only be
+// quantised once all its tokens are known, so a BlockTable keeps the key rows of its open (last,
+// partial) block in float32 per layer — KIVI's full-precision residual — and quantises ("seals")
+// the block when its last slot is written. The MLA latent is both key and value and is always
+// quantised per token.
 //
 // Blocks are addressed by id and reference-counted: a block may belong to several BlockTables (a
 // shared prefix); it returns to the free list when its last reference is released. A table
 // writes only into blocks it holds alone: make_writable() copies a shared block into a fresh one
 // first (copy-on-write). Storage is allocated once, at construction.
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "tandem/kv/kv_type.hpp"
@@ -46,8 +56,15 @@ class KvPool {
   KvType dtype() const { return spec_.dtype; }
   int64_t planes() const { return planes_; }
   int64_t row_width() const { return row_width_; }  // values per row of one plane
-  size_t row_bytes() const { return row_bytes_; }
+  size_t row_bytes() const { return row_bytes_; }   // one row of a per-token plane
   uint64_t bytes() const { return bytes_; }
+  // Bytes one token takes over all layers and planes, scales included.
+  double bytes_per_token() const {
+    return static_cast<double>(block_layer_bytes_ * static_cast<size_t>(spec_.layers)) /
+           static_cast<double>(spec_.block_tokens);
+  }
+  // True for the K plane of an int4 GQA pool (quantised per channel over a block).
+  bool per_channel_plane(int64_t plane) const { return plane == 0 && channel_keys_; }
   int64_t free_blocks() const;
 
   // A block with one reference; Error(out_of_memory) when every block is in use.
@@ -60,31 +77,49 @@ class KvPool {
   // A fresh block (one reference) holding a copy of every layer's rows of `id`.
   int32_t copy_block(int32_t id);
 
+  // One plane of one block (its whole per-token rows, or a per-channel block).
+  std::byte* plane_data(int32_t block, int64_t layer, int64_t plane) {
+    return storage_.get() + offset(block, layer, plane);
+  }
+  const std::byte* plane_data(int32_t block, int64_t layer, int64_t plane) const {
+    return storage_.get() + offset(block, layer, plane);
+  }
+  // One row of a per-token plane.
   std::byte* row(int32_t block, int64_t layer, int64_t plane, int64_t slot) {
-    return storage_.get() + offset(block, layer, plane, slot);
+    return plane_data(block, layer, plane) + static_cast<size_t>(slot) * row_bytes_;
   }
   const std::byte* row(int32_t block, int64_t layer, int64_t plane, int64_t slot) const {
-    return storage_.get() + offset(block, layer, plane, slot);
+    return plane_data(block, layer, plane) + static_cast<size_t>(slot) * row_bytes_;
   }
-  // Converts `row_width()` floats into the pool's type.
+  // Converts `row_width()` floats into the pool's type (a per-token plane; per-channel planes are
+  // written whole by seal_block).
   void write_row(int32_t block, int64_t layer, int64_t plane, int64_t slot, const float* values) {
     kv_encode_row(spec_.dtype, values, row(block, layer, plane, slot), row_width_);
   }
-  void read_row(int32_t block, int64_t layer, int64_t plane, int64_t slot, float* values) const {
-    kv_decode_row(spec_.dtype, row(block, layer, plane, slot), values, row_width_);
+  // Quantises `tokens` rows [tokens][row_width] into a per-channel plane of a block.
+  void seal_block(int32_t block, int64_t layer, int64_t plane, const float* rows, int64_t tokens);
+  // Values [first, first + n) of a stored row as float32: a pointer into the pool itself for f32,
+  // else into `scratch` (n floats), where they are widened or dequantised.
+  const float* values(int32_t block, int64_t layer, int64_t plane, int64_t slot, int64_t first, int64_t n,
+                      float* scratch) const;
+  void read_row(int32_t block, int64_t layer, int64_t plane, int64_t slot, float* out) const {
+    const float* v = values(block, layer, plane, slot, 0, row_width_, out);
+    if (v != out) std::copy_n(v, row_width_, out);
   }
 
  private:
-  size_t offset(int32_t block, int64_t layer, int64_t plane, int64_t slot) const {
-    return static_cast<size_t>(((layer * spec_.blocks + block) * planes_ + plane) * spec_.block_tokens +
-                               slot) *
-           row_bytes_;
+  size_t offset(int32_t block, int64_t layer, int64_t plane) const {
+    return static_cast<size_t>(layer * spec_.blocks + block) * block_layer_bytes_ +
+           (plane == 0 ? 0 : plane_bytes_[0]);
   }
   void check_in_use(int32_t id, const char* what) const;  // mutex_ held
 
   KvPoolSpec spec_;
   int64_t planes_ = 1, row_width_ = 0;
+  bool channel_keys_ = false;
   size_t row_bytes_ = 0;
+  size_t plane_bytes_[2] = {0, 0};  // one plane of one block
+  size_t block_layer_bytes_ = 0;    // all planes of one block, one layer
   uint64_t bytes_ = 0;
   std::unique_ptr<std::byte[]> storage_;
   mutable std::mutex mutex_;
@@ -105,8 +140,16 @@ class BlockTable {
   // table keeps what it had.
   void reserve(KvPool& pool, int64_t tokens);
   void release(KvPool& pool);  // drops every block reference
+  // Appends a full block already retained for this table (a prefix cache hit); the table must
+  // hold whole blocks only, all of them full.
+  void adopt(KvPool& pool, int32_t block);
   // Keeps the blocks holding positions [0, tokens) and releases the rest.
   void truncate(KvPool& pool, int64_t tokens);
+  // Keeps the rows of slots `kept` (ascending, each < the slots in use) and moves them to slots
+  // [0, kept.size()), in every layer and plane; blocks past them are released. Rows move as
+  // stored, except per-channel key rows, which are dequantised and sealed again from the first
+  // block that changes.
+  void compact(KvPool& pool, std::span<const int64_t> kept);
   // A new table sharing this one's blocks for positions [0, tokens) (each gains a reference).
   // Error(out_of_range) when this table holds fewer positions.
   BlockTable share_prefix(KvPool& pool, int64_t tokens) const;
@@ -126,13 +169,34 @@ class BlockTable {
   const std::byte* row(const KvPool& pool, int64_t layer, int64_t plane, int64_t position) const {
     return pool.row(block_of(pool, position), layer, plane, position % pool.spec().block_tokens);
   }
-  // Writes one position's row; the block must be this table's alone (see make_writable).
-  void write_row(KvPool& pool, int64_t layer, int64_t plane, int64_t position, const float* values) const {
-    pool.write_row(block_of(pool, position), layer, plane, position % pool.spec().block_tokens, values);
+  // Writes one position's row; the block must be this table's alone (see make_writable). A
+  // per-channel plane's row goes to the open block's float32 rows; the block is sealed when its
+  // last slot is written.
+  void write_row(KvPool& pool, int64_t layer, int64_t plane, int64_t position, const float* values);
+  // Values [first, first + n) of one position's row as float32 (see KvPool::values); rows of the
+  // open per-channel block are read from the table's float32 copy.
+  const float* values(const KvPool& pool, int64_t layer, int64_t plane, int64_t position, int64_t first,
+                      int64_t n, float* scratch) const;
+  void read_row(const KvPool& pool, int64_t layer, int64_t plane, int64_t position, float* out) const {
+    const float* v = values(pool, layer, plane, position, 0, pool.row_width(), out);
+    if (v != out) std::copy_n(v, pool.row_width(), out);
   }
 
  private:
+  float* open_rows(const KvPool& pool, int64_t layer) {
+    return open_keys_.data() + layer * pool.spec().block_tokens * pool.row_width();
+  }
+  // After the table shrank to `tokens` positions: a per-channel block that now holds a partial
+  // prefix is reopened (its rows dequantised into the open rows).
+  void reopen(const KvPool& pool, int64_t tokens);
+  void unseal(const KvPool& pool, int64_t layer, int64_t block_index);
+
   std::vector<int32_t> blocks_;
+  // Per-channel key planes only: per layer, the index in blocks_ of the open block (earlier
+  // blocks are sealed) and its key rows [layers][block_tokens][row_width].
+  std::vector<int64_t> open_block_;
+  std::vector<float> open_keys_;
+  std::vector<float> compact_scratch_;
 };
 
 }  // namespace tandem

@@ -12,13 +12,17 @@ class BlockTable;
 
 struct AttentionBatch {
   int64_t tokens = 0;
-  const int64_t* positions = nullptr;         // [tokens]
+  const int64_t* positions = nullptr;         // [tokens]: cache slots (the last one attended)
   const BlockTable* const* tables = nullptr;  // [tokens]
+  // Optional, for retention policies: when attention_rows[t] is set, token t's attention
+  // probabilities, summed over its heads, are added to attention_rows[t][0, positions[t]].
+  float* const* attention_rows = nullptr;     // [tokens]
 };
 
 // GQA. q: [tokens, heads·head_dim] (roped); out: [tokens, heads·head_dim]. The cache holds a K
 // plane and a V plane (rows of kv_heads·head_dim) per layer; query head h reads kv head
-// h / (heads / kv_heads). Rows are read in the pool's KvType and widened to float32 on the fly.
+// h / (heads / kv_heads). Rows are read in the pool's KvType and widened (or dequantised) to
+// float32 on the fly, once per (token, KV head) for all the query heads that share it.
 void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const AttentionBatch& batch,
                    const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                    float* out);
