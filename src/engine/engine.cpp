@@ -338,7 +338,7 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
     table_.reserve(kv, slots_before + n);
     // A block shared with another table (a shared prefix) is copied before this session writes
     // into it.
-    table_.make_writable(kv, slots_before, slots_before + n);
+    table_.make_writable(kv, slots_before + cached_tokens_, slots_before + n);
   }
   if (all_logits)
     all_logits_.assign(static_cast<size_t>(n * vocab), 0.0f);

@@ -72,9 +72,15 @@ ScaleMin int4_params(const float* x, int64_t n, int64_t stride) noexcept {
   p.scale = f16_to_f32(p.scale_bits);
   return p;
 }
+// round(q) within [lo, hi]; a NaN (a broken activation) becomes lo rather than undefined behaviour.
+float clamped_round(float q, float lo, float hi) noexcept {
+  const float r = std::nearbyint(q);
+  return r >= lo ? std::min(r, hi) : lo;
+}
+
 uint8_t int4_code(float x, const ScaleMin& p) noexcept {
   if (!(p.scale > 0)) return 0;
-  return static_cast<uint8_t>(std::clamp(std::nearbyint((x - p.min) / p.scale), 0.0f, 15.0f));
+  return static_cast<uint8_t>(clamped_round((x - p.min) / p.scale, 0.0f, 15.0f));
 }
 
 }  // namespace
@@ -154,7 +160,7 @@ void kv_quant_encode_row(KvQuantRow format, const float* src, void* dst, int64_t
       if (format == KvQuantRow::fp8)
         out[i] = static_cast<std::byte>(f32_to_e4m3(scaled));
       else
-        out[i] = static_cast<std::byte>(static_cast<int8_t>(std::clamp(std::nearbyint(scaled), -127.0f, 127.0f)));
+        out[i] = static_cast<std::byte>(static_cast<int8_t>(clamped_round(scaled, -127.0f, 127.0f)));
     }
   }
 }

@@ -1,0 +1,45 @@
+#pragma once
+// `tandem bench kv`: what the prefix cache saves. Time to first token (the prefill of an N-token
+// prompt, its last logits included) from a cold cache, and with the prompt's first M tokens cached
+// in the host tier (the KV pool's prefix cache, adopted by a new session); then the decode speed
+// of each session, so the cost of decoding over adopted blocks shows. Each is the median over the
+// repetitions; every repetition uses fresh random token ids, so nothing else is cached. The SSD
+// tier does not exist yet: its figures are absent.
+#include <cstdint>
+#include <string>
+
+#include "tandem/kv/kv_type.hpp"
+#include "tandem/model/model_config.hpp"
+
+namespace tandem {
+
+struct KvBenchOptions {
+  std::string model_path;
+  int64_t prompt_tokens = 4064;  // N (+ decode_tokens: the trained models' 4096 context)
+  int64_t cached_tokens = 3936;  // M: rounded down to whole KV blocks, below N
+  int64_t decode_tokens = 32;    // decode steps timed after each prefill
+  int threads = 0;               // 0: one per physical core
+  int reps = 3;
+  KvType kv_type = KvType::f16;
+  uint64_t seed = 1;
+  static constexpr int kMaxReps = 100;
+};
+
+struct KvBenchResult {
+  int64_t cached_tokens = 0;  // M as used (whole blocks)
+  double ttft_cold_s = 0, ttft_host_s = 0;
+  double decode_tok_s_cold = 0, decode_tok_s_host = 0;
+  // Cold prefill FLOPs over the uncached suffix's FLOPs: the speed-up a compute-bound prefill
+  // could reach (projections, experts and attention counted from the config).
+  double speedup_limit = 0;
+};
+
+// Multiply-adds of prefilling positions [first, last) of one sequence: per token, the projections,
+// the routed (top-k) and shared experts or dense MLP; per (query, key) pair, the attention.
+double prefill_flops(const ModelConfig& config, int64_t first, int64_t last);
+
+// Error(out_of_range) for N outside 2..65536, M outside 0..N-1, decode tokens outside 1..4096 or
+// reps outside 1..kMaxReps; errors from loading the model pass through.
+KvBenchResult run_kv_bench(const KvBenchOptions& options);
+
+}  // namespace tandem

@@ -1,0 +1,141 @@
+#include "tandem/engine/bench/kv_bench.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <vector>
+
+#include "tandem/engine/engine.hpp"
+#include "tandem/error.hpp"
+
+namespace tandem {
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+double prefill_flops(const ModelConfig& c, int64_t first, int64_t last) {
+  const auto H = static_cast<double>(c.hidden_size);
+  const auto heads = static_cast<double>(c.num_heads);
+  double attention_proj = 0, per_pair = 0;
+  if (c.attention == AttentionKind::mla) {
+    const double q_head = static_cast<double>(c.qk_nope_head_dim + c.qk_rope_head_dim);
+    const auto lora = static_cast<double>(c.kv_lora_rank), rope = static_cast<double>(c.qk_rope_head_dim);
+    const double q = c.q_lora_rank > 0 ? H * static_cast<double>(c.q_lora_rank) + static_cast<double>(c.q_lora_rank) * heads * q_head
+                                       : H * heads * q_head;
+    attention_proj = q + H * (lora + rope) + heads * static_cast<double>(c.qk_nope_head_dim) * lora +
+                     heads * static_cast<double>(c.v_head_dim) * lora + heads * static_cast<double>(c.v_head_dim) * H;
+    per_pair = heads * (lora + rope) + heads * lora;
+  } else {
+    const auto hd = static_cast<double>(c.head_dim), kv = static_cast<double>(c.num_kv_heads);
+    attention_proj = 2 * H * heads * hd + 2 * H * kv * hd;
+    per_pair = 2 * heads * hd;
+  }
+  double per_token = 0;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    per_token += attention_proj;
+    if (c.is_moe_layer(layer)) {
+      const double shared = c.shared_expert_intermediate_size > 0
+                                ? static_cast<double>(c.shared_expert_intermediate_size)
+                                : static_cast<double>(c.num_shared_experts * c.moe_intermediate_size);
+      per_token += H * static_cast<double>(c.num_experts) +
+                   3 * H * (static_cast<double>(c.num_experts_per_tok * c.moe_intermediate_size) + shared);
+    } else {
+      per_token += 3 * H * static_cast<double>(c.intermediate_size);
+    }
+  }
+  // Token p attends to p + 1 positions.
+  const double pairs = (static_cast<double>(last) * static_cast<double>(last + 1) -
+                        static_cast<double>(first) * static_cast<double>(first + 1)) / 2;
+  return 2 * (per_token * static_cast<double>(last - first) + per_pair * static_cast<double>(c.num_layers) * pairs);
+}
+
+KvBenchResult run_kv_bench(const KvBenchOptions& o) {
+  const auto check = [](int64_t v, int64_t lo, int64_t hi, const char* what) {
+    if (v < lo || v > hi)
+      throw Error(ErrorKind::out_of_range, fmt::format("bench kv: {} {} is outside {}..{}", what, v, lo, hi));
+  };
+  check(o.prompt_tokens, 2, 65536, "--prompt-tokens");
+  check(o.cached_tokens, 0, o.prompt_tokens - 1, "--cached-tokens");
+  check(o.decode_tokens, 1, 4096, "--decode-tokens");
+  check(o.reps, 1, KvBenchOptions::kMaxReps, "--repetitions");
+
+  LoadOptions load;
+  load.threads = o.threads;
+  load.kv_type = o.kv_type;
+  load.kv_prefix_cache = true;
+  load.load_tokenizer = false;
+  load.max_context_tokens = o.prompt_tokens + o.decode_tokens;
+  // One session at a time, the cached prefix of the previous repetitions, and room to spare.
+  load.max_sessions = 3;
+  const auto engine = Engine::load(o.model_path, load);
+  const ModelConfig& config = engine->config();
+  if (load.max_context_tokens > config.max_position_embeddings && config.max_position_embeddings > 0)
+    throw Error(ErrorKind::out_of_range,
+                fmt::format("bench kv: {} prompt + {} decode tokens exceed the model's context of {}", o.prompt_tokens,
+                            o.decode_tokens, config.max_position_embeddings));
+  const int64_t bt = engine->options().kv_block_tokens;
+
+  KvBenchResult r;
+  r.cached_tokens = o.cached_tokens / bt * bt;
+  r.speedup_limit = prefill_flops(config, 0, o.prompt_tokens) / prefill_flops(config, r.cached_tokens, o.prompt_tokens);
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
+  const auto random_prompt = [&] {
+    std::vector<int32_t> ids(static_cast<size_t>(o.prompt_tokens));
+    for (auto& id : ids) id = token(rng);
+    return ids;
+  };
+  // Prefill then decode; returns (prefill seconds, decode tok/s).
+  const auto timed = [&](Session& s, const std::vector<int32_t>& prompt, int64_t expect_cached) {
+    const auto start = std::chrono::steady_clock::now();
+    s.prefill(prompt);
+    const double ttft = seconds_since(start);
+    if (s.cached_prompt_tokens() != expect_cached)
+      throw Error(ErrorKind::internal, fmt::format("bench kv: {} prompt tokens came from the cache, expected {}",
+                                                   s.cached_prompt_tokens(), expect_cached));
+    const auto decode_start = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < o.decode_tokens; ++i) s.decode(token(rng));
+    return std::pair{ttft, static_cast<double>(o.decode_tokens) / seconds_since(decode_start)};
+  };
+  {  // warm-up: the first pass pays for page faults and thread start
+    const auto session = engine->new_session();
+    (void)timed(*session, random_prompt(), 0);
+  }
+  std::vector<double> cold, host, cold_decode, host_decode;
+  for (int rep = 0; rep < o.reps; ++rep) {
+    {
+      const auto session = engine->new_session();
+      const auto [ttft, tok_s] = timed(*session, random_prompt(), 0);
+      cold.push_back(ttft);
+      cold_decode.push_back(tok_s);
+    }
+    const std::vector<int32_t> prompt = random_prompt();
+    if (r.cached_tokens > 0) {  // another request with the same first M tokens fills the cache
+      const auto writer = engine->new_session();
+      writer->prefill(std::span<const int32_t>(prompt).first(static_cast<size_t>(r.cached_tokens)));
+    }
+    const auto session = engine->new_session();
+    const auto [ttft, tok_s] = timed(*session, prompt, r.cached_tokens);
+    host.push_back(ttft);
+    host_decode.push_back(tok_s);
+  }
+  r.ttft_cold_s = median(cold);
+  r.ttft_host_s = median(host);
+  r.decode_tok_s_cold = median(cold_decode);
+  r.decode_tok_s_host = median(host_decode);
+  return r;
+}
+
+}  // namespace tandem
