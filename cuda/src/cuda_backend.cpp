@@ -321,6 +321,16 @@ class CudaBackend final : public Backend {
   // Copies this layer's part of every block the batch reads into a compact device array (blocks
   // renumbered in first-use order) and uploads positions and renumbered block tables.
   cuda::DeviceBatch stage_batch(const KvPool& kv, int64_t layer, const AttentionBatch& batch) {
+    // The kernels read f32/f16/bf16 rows; quantised KV and a retention policy's attention sums run
+    // on the CPU for now.
+    if (kv_type_is_quantised(kv.dtype()))
+      throw Error(ErrorKind::unsupported,
+                  fmt::format("CUDA attention: a {} KV cache is read on the CPU only (use --kv-type f16, bf16 or f32, "
+                              "or place attention on the cpu)",
+                              kv_type_name(kv.dtype())));
+    if (batch.attention_rows != nullptr)
+      throw Error(ErrorKind::unsupported,
+                  "CUDA attention: the h2o and snapkv KV policies need the CPU's attention (place attention on the cpu)");
     const int64_t bt = kv.spec().block_tokens;
     const auto block_bytes = static_cast<size_t>(kv.planes() * bt) * kv.row_bytes();
     int64_t stride = 1, max_context = 1;
