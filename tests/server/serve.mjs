@@ -66,9 +66,12 @@ export async function withServer(extraArgs, body, model) {
     console.error('--- server log ---\n' + server.log());
   } finally {
     const alive = server.alive();
-    await server.stop();
+    const code = await server.stop();
     if (!alive) {
       console.error('the server died during the test');
+      failed = true;
+    } else if (code !== 0) {  // Ctrl-C stops it cleanly; a sanitizer report at exit does not
+      console.error(`the server exited with ${code} after Ctrl-C:\n` + server.log());
       failed = true;
     }
   }
