@@ -28,6 +28,7 @@ struct EvalFlags {
   std::string placement;
   std::vector<std::string> override_kv;
   std::string kv_type;  // --kv-type; "" = default
+  std::string cpu_kernels;  // --cpu-kernels; "" = fast
 };
 
 std::vector<int32_t> parse_ids(const std::string& text) {
@@ -59,6 +60,7 @@ int run_eval(const EvalFlags& flags) {
   options.load_tokenizer = false;
   options.placement = flags.placement;
   options.kv_type = kv_type_from_flag(flags.kv_type);
+  options.cpu_kernels = cpu_kernels_from_flag(flags.cpu_kernels);
   options.overrides = model_overrides_from(flags.override_kv);
   // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
@@ -104,6 +106,7 @@ const RegisterCommand registration{CommandSpec{
       add_placement_flag(sub, flags->placement);
       add_override_kv_flag(sub, flags->override_kv);
       add_kv_type_flag(sub, flags->kv_type);
+      add_cpu_kernels_flag(sub, flags->cpu_kernels);
       return [flags] { return run_eval(*flags); };
     }}};
 

@@ -43,6 +43,7 @@ struct PerplexityFlags {
   std::string kv_type;  // --kv-type; "" = default
   std::string kv_policy;  // --kv-policy; "" = full
   bool kv_compare = false;
+  std::string cpu_kernels;  // --cpu-kernels; "" = fast
 };
 
 int run_perplexity(const PerplexityFlags& flags) {
@@ -72,6 +73,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   load.placement = flags.placement;
   load.kv_type = kv_type;
   load.kv_policy = kv_policy;
+  load.cpu_kernels = cpu_kernels_from_flag(flags.cpu_kernels);
   load.overrides = overrides;
   ProgressBar progress_bar;
   load.progress = progress_bar.callback();
@@ -166,6 +168,7 @@ const RegisterCommand registered{CommandSpec{
       sub.add_flag("--kv-compare", flags->kv_compare,
                    "also run the exact cache (f32, full) and report kl_mean, the mean KL divergence of "
                    "next-token distributions (exact ‖ this setting)");
+      add_cpu_kernels_flag(sub, flags->cpu_kernels);
       return [flags] { return run_perplexity(*flags); };
     }}};
 

@@ -36,6 +36,21 @@ inline CLI::Option* add_kv_type_flag(CLI::App& app, std::string& type) {
                         "channel, values per token; docs/KV.md)");
 }
 
+inline CLI::Option* add_cpu_kernels_flag(CLI::App& app, std::string& kernels) {
+  return app.add_option("--cpu-kernels", kernels,
+                        "CPU kernels: fast (quantised SIMD kernels, the default) or reference "
+                        "(dequantise-then-float32, to compare against)");
+}
+
+// The --cpu-kernels value ("" = fast); Error(invalid_argument) naming the flag.
+inline CpuKernels cpu_kernels_from_flag(const std::string& kernels) {
+  if (kernels.empty()) return LoadOptions{}.cpu_kernels;
+  const auto parsed = parse_cpu_kernels(kernels);
+  if (!parsed)
+    throw Error(ErrorKind::invalid_argument, fmt::format("--cpu-kernels must be fast or reference, not '{}'", kernels));
+  return *parsed;
+}
+
 // The --kv-type value as a KvType ("" = the default); Error(invalid_argument) naming the flag.
 inline KvType kv_type_from_flag(const std::string& type) {
   if (type.empty()) return LoadOptions{}.kv_type;
@@ -110,6 +125,7 @@ struct GenerationFlags {
   std::vector<std::string> override_kv;
   std::string kv_type;  // --kv-type; "" = default, or llama.cpp's -ctk/-ctv when both name it
   std::string kv_policy;  // --kv-policy; "" = full
+  std::string cpu_kernels;  // --cpu-kernels; "" = fast
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;
 
@@ -144,6 +160,7 @@ struct GenerationFlags {
     add_override_kv_flag(app, override_kv);
     add_kv_type_flag(app, kv_type);
     add_kv_policy_flag(app, kv_policy);
+    add_cpu_kernels_flag(app, cpu_kernels);
     app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
     llama.add_to(app);
   }
@@ -202,6 +219,7 @@ struct GenerationFlags {
     o.placement = placement;
     o.kv_type = resolved_kv_type();
     o.kv_policy = kv_policy_from_flag(kv_policy);
+    o.cpu_kernels = cpu_kernels_from_flag(cpu_kernels);
     o.overrides = model_overrides_from(override_kv);
     return o;
   }

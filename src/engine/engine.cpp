@@ -8,6 +8,8 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <set>
+#include <type_traits>
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
@@ -41,6 +43,22 @@ uint64_t MemoryReport::total_bytes() const {
 }
 
 namespace {
+
+// One line per type of CPU-placed linear weights the fast CPU kernels lack (those layers run on
+// the reference path).
+std::vector<std::string> reference_fallback_notices(const Weights& weights, const Placement& placement) {
+  std::set<DType> types;
+  for_each_weight(weights, [&](WeightGroup group, int64_t layer, const auto& item, auto...) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(item)>, LinearWeight>)
+      if (!item.empty() && placement.device_for(group, layer).kind == DeviceKind::cpu &&
+          !cpu_fast_kernel_available(item.weight.dtype))
+        types.insert(item.weight.dtype);
+  });
+  std::vector<std::string> notices;
+  for (DType t : types)
+    notices.push_back(fmt::format("no fast CPU kernel for {} weights: they run on the reference path", dtype_name(t)));
+  return notices;
+}
 
 void check_options(const LoadOptions& o) {
   auto positive = [](int64_t v, const char* name) {
@@ -123,6 +141,9 @@ class CpuEngine final : public Engine {
     // error, never ignored. The forward pass then reads each tensor where the placement put it.
     placement_.check_layers(files_.config.num_layers);
     check_placement_runnable(weights_, placement_);
+    if (options_.cpu_kernels == CpuKernels::fast)
+      for (std::string& notice : reference_fallback_notices(weights_, placement_))
+        files_.warnings.push_back(std::move(notice));
     apply_placement(weights_, placement_);
     step(0.5f, "allocating KV cache");
     const ModelConfig& c = files_.config;
@@ -136,7 +157,7 @@ class CpuEngine final : public Engine {
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
     if (options_.kv_prefix_cache) prefix_cache_ = std::make_unique<PrefixCache>(*kv_);
-    backend_ = make_cpu_backend(options_.threads);
+    backend_ = make_cpu_backend(options_.threads, options_.cpu_kernels);
     // One CUDA backend per GPU the placement names (check_placement_runnable vouched for them).
     for (WeightGroup g : kAllWeightGroups)
       for (int64_t layer = kNoLayer; layer < c.num_layers; ++layer) {  // kNoLayer = -1, then each layer

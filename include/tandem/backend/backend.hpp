@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 
+#include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/model/weights.hpp"
 #include "tandem/ops/attention.hpp"
 #include "tandem/ops/mla.hpp"
@@ -49,7 +50,7 @@ class Backend {
   virtual void synchronize() = 0;
 };
 
-// `threads` <= 0: one per physical core.
-std::unique_ptr<Backend> make_cpu_backend(int threads);
+// `threads` <= 0: one per physical core. `kernels`: the fast SIMD kernels or the reference path.
+std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels = CpuKernels::fast);
 
 }  // namespace tandem

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/engine/placement.hpp"
 #include "tandem/kv/kv_type.hpp"
 #include "tandem/model/model_config.hpp"
@@ -49,6 +50,7 @@ struct LoadOptions {
   std::function<void(float fraction, std::string_view stage)> progress;
   const std::atomic<bool>* cancel = nullptr;  // loading stops with Error(cancelled) when set
   ModelOverrides overrides;                   // what a file lacks or gets wrong (expert groups, rope base)
+  CpuKernels cpu_kernels = CpuKernels::fast;  // fast SIMD kernels, or the reference path (to compare)
 };
 
 // What went where and how much memory it took.

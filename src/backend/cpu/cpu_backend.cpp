@@ -1,5 +1,9 @@
-// The CPU backend: reference kernels from ops/ on a hwloc-pinned thread pool. Fast AVX-512/AMX
-// kernels replace these per weight type later, behind the same calls.
+// The CPU backend: on a hwloc-pinned thread pool, the fast quantised kernels (FastCpuOps) for
+// linear layers, MLPs and routed experts whose weight types have one, the reference operators
+// from ops/ for the rest (and for everything with CpuKernels::reference).
+#include <optional>
+
+#include "backend/cpu/fast_ops.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/ops/linear.hpp"
@@ -12,7 +16,9 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads) {}
+  CpuBackend(int threads, CpuKernels kernels) : pool_(threads) {
+    if (kernels == CpuKernels::fast) fast_.emplace(pool_, kernels::best_isa_level());
+  }
 
   Device device() const override { return Device::cpu(); }
   int threads() const override { return pool_.size(); }
@@ -21,7 +27,10 @@ class CpuBackend final : public Backend {
     embedding_lookup(table, ids, count, out);
   }
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
-    tandem::linear(&pool_, w, x, rows, y);
+    if (fast_ && fast_->supports(w))
+      fast_->linear(w, x, rows, y);
+    else
+      tandem::linear(&pool_, w, x, rows, y);
   }
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
@@ -52,12 +61,14 @@ class CpuBackend final : public Backend {
   }
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                     const float* x, int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
-    tandem::silu_glu_mlp(&pool_, gate, up, down, x, tokens, ws, out);
+    if (!(fast_ && fast_->silu_glu_mlp(gate, up, down, x, tokens, out)))
+      tandem::silu_glu_mlp(&pool_, gate, up, down, x, tokens, ws, out);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k,
                           FeedForwardWorkspace& ws, float* out) override {
-    tandem::moe_routed_experts(&pool_, experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+    if (!(fast_ && fast_->moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out)))
+      tandem::moe_routed_experts(&pool_, experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
   }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
     pool_.parallel_for(n, fn);
@@ -66,10 +77,27 @@ class CpuBackend final : public Backend {
 
  private:
   ThreadPool pool_;
+  std::optional<FastCpuOps> fast_;  // empty: the reference path only
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels) {
+  return std::make_unique<CpuBackend>(threads, kernels);
+}
+
+std::string_view cpu_kernels_name(CpuKernels kernels) noexcept {
+  return kernels == CpuKernels::fast ? "fast" : "reference";
+}
+
+std::optional<CpuKernels> parse_cpu_kernels(std::string_view name) noexcept {
+  if (name == "fast") return CpuKernels::fast;
+  if (name == "reference") return CpuKernels::reference;
+  return std::nullopt;
+}
+
+bool cpu_fast_kernel_available(DType type) noexcept { return kernels::weight_kind_for(type).has_value(); }
+
+std::string_view cpu_kernel_isa() noexcept { return kernels::isa_level_name(kernels::best_isa_level()); }
 
 }  // namespace tandem

@@ -1,0 +1,24 @@
+#pragma once
+// Which kernels the CPU backend runs: `fast` (quantised SIMD kernels chosen by CPU features, the
+// default) or `reference` (dequantise-then-float32, ops/linear), so both can be measured on the
+// same file. Weight types without a fast kernel run on the reference path either way.
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "tandem/tensor/dtype.hpp"
+
+namespace tandem {
+
+enum class CpuKernels : uint8_t { fast, reference };
+
+std::string_view cpu_kernels_name(CpuKernels kernels) noexcept;
+std::optional<CpuKernels> parse_cpu_kernels(std::string_view name) noexcept;
+
+// Whether the fast path has a kernel for weights stored as `type`.
+bool cpu_fast_kernel_available(DType type) noexcept;
+
+// The instruction set the fast kernels use on this CPU ("avx512", "avx2" or "scalar").
+std::string_view cpu_kernel_isa() noexcept;
+
+}  // namespace tandem

@@ -1,0 +1,385 @@
+// AVX2 + FMA + F16C kernels. Built with -mavx2 -mfma -mf16c: this file must not instantiate
+// library templates or shared inline functions; intrinsics and its own internal functions only.
+//
+// Quantised types: one sub-block of 32 unsigned weight bytes per register, vpmaddubsw against the
+// int8 activations (u8·s8 pairs to int16, no saturation for these ranges), vpmaddwd against the
+// sub-block scale. Signed weights (Q8_0, IQ4_XS) go through |w| and sign(a, w).
+// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/quant_layouts.hpp"
+
+namespace tandem::kernels::avx2 {
+namespace {
+
+inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+template <class Act>
+inline const Act* act_row(const void* x, int64_t stride, int t) {
+  return reinterpret_cast<const Act*>(static_cast<const uint8_t*>(x) + t * stride);
+}
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 p = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
+}
+
+// Q4_K / Q5_K: W[s] holds sub-block s (32 values) as unsigned bytes.
+template <int NT, bool Q5>
+void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8K* a[NT];
+  __m256 acc[NT];
+  float mins[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8K>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+    mins[t] = 0;
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * block_bytes;
+    const float d = half(blk), dmin = half(blk + 2);
+    int sc[8], mn[8];
+    unpack_k4_scales(blk + 4, sc, mn);
+    const uint8_t* qs = blk + (Q5 ? 48 : 16);
+    __m256i W[8];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = load32(qs + 32 * c);
+      W[2 * c] = _mm256_and_si256(q, m4);
+      W[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    }
+    if constexpr (Q5) {
+      const __m256i qh = load32(blk + 16);
+      for (int s = 0; s < 8; ++s) {
+        const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << s));
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+        W[s] = _mm256_or_si256(W[s], _mm256_and_si256(set, _mm256_set1_epi8(16)));
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8K& ab = a[t][b];
+      __m256i sum = _mm256_setzero_si256();
+      for (int s = 0; s < 8; ++s) {
+        const __m256i p = _mm256_maddubs_epi16(W[s], load32(ab.q + 32 * s));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, _mm256_set1_epi16(static_cast<short>(sc[s]))));
+      }
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * ab.d), acc[t]);
+      int summ = 0;
+      for (int s = 0; s < 8; ++s) summ += mn[s] * (ab.sums[2 * s] + ab.sums[2 * s + 1]);
+      mins[t] += dmin * ab.d * static_cast<float>(summ);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - mins[t];
+}
+
+template <int NT>
+void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8K* a[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8K>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * kQ6KBytes;
+    const float d = half(blk + 208);
+    const auto* scales = reinterpret_cast<const int8_t*>(blk + 192);
+    __m256i W[8], S[8];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = load32(blk + 64 * h), l1 = load32(blk + 64 * h + 32);
+      const __m256i qh = load32(blk + 128 + 32 * h);
+      for (int quarter = 0; quarter < 4; ++quarter) {
+        const __m256i l = quarter % 2 == 0 ? l0 : l1;
+        const __m256i low =
+            quarter < 2 ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+        const __m256i high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * quarter)), m3);
+        W[4 * h + quarter] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+      }
+    }
+    for (int s = 0; s < 8; ++s)
+      S[s] = _mm256_set_m128i(_mm_set1_epi16(scales[2 * s + 1]), _mm_set1_epi16(scales[2 * s]));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8K& ab = a[t][b];
+      __m256i sum = _mm256_setzero_si256();
+      for (int s = 0; s < 8; ++s) {
+        const __m256i p = _mm256_maddubs_epi16(W[s], load32(ab.q + 32 * s));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, S[s]));
+      }
+      const __m256i offset = _mm256_madd_epi16(sc16, load32(ab.sums));
+      sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(offset, 5));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * ab.d), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]);
+}
+
+template <int NT>
+void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8K* a[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8K>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i lut =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * kIq4XsBytes;
+    const float d = half(blk);
+    __m256i V[8], M[8];
+    int ls[8];
+    for (int s = 0; s < 8; ++s) {
+      ls[s] = iq4_xs_scale(blk, s);
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 8 + 16 * s));
+      const __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+      V[s] = _mm256_shuffle_epi8(lut, nib);
+      M[s] = _mm256_abs_epi8(V[s]);
+    }
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8K& ab = a[t][b];
+      __m256i sum = _mm256_setzero_si256();
+      for (int s = 0; s < 8; ++s) {
+        const __m256i p = _mm256_maddubs_epi16(M[s], _mm256_sign_epi8(load32(ab.q + 32 * s), V[s]));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, _mm256_set1_epi16(static_cast<short>(ls[s]))));
+      }
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * ab.d), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]);
+}
+
+template <int NT>
+void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ8_0Bytes;
+    const float d = half(blk);
+    const __m256i q = load32(blk + 2);
+    const __m256i magnitude = _mm256_abs_epi8(q);
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(load32(ab.q), q));
+      const __m256i dot = _mm256_madd_epi16(p, ones);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]);
+}
+
+template <int NT>
+void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[NT];
+  float offset[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+    offset[t] = 0;
+  }
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ4_0Bytes;
+    const float d = half(blk);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(W, load32(ab.q)), ones);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      offset[t] += 8.0f * d * ab.d * static_cast<float>(ab.sum);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
+}
+
+inline __m256 load8_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+inline __m256 load8_f16(const uint8_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 load8_bf16(const uint8_t* p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+// E4M3 bits shifted into an f16 (value × 2^-8, exact); the caller folds 256 into the block scale.
+inline __m256 load8_f8(const uint8_t* p) {
+  const __m128i v = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x7f)), 7),
+                                 _mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x80)), 8));
+  return _mm256_cvtph_ps(h);
+}
+inline float tail_f32(const uint8_t* p) {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+inline float tail_f16(const uint8_t* p) { return half(p); }
+inline float tail_bf16(const uint8_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float tail_f8(const uint8_t* p) {
+  return _cvtsh_ss(static_cast<unsigned short>(((p[0] & 0x7f) << 7) | ((p[0] & 0x80) << 8)));
+}
+
+template <int NT, __m256 (*Load)(const uint8_t*), float (*Tail)(const uint8_t*), int Bytes>
+void dot_float(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const float* a[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<float>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 8 <= in; i += 8) {
+    const __m256 v = Load(w + Bytes * i);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(a[t] + i), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float sum = hsum(acc[t]);
+    for (int64_t j = i; j < in; ++j) sum += Tail(w + Bytes * j) * a[t][j];
+    y[t * ys] = sum;
+  }
+}
+
+template <int NT>
+void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float* scales, float* y,
+            int64_t ys) {
+  const float* a[NT];
+  __m256 acc[NT];
+  float tail[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<float>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+    tail[t] = 0;
+  }
+  for (int64_t c = 0; c * kFp8Block < in; ++c) {
+    const int64_t begin = c * kFp8Block, end = begin + kFp8Block < in ? begin + kFp8Block : in;
+    const float scale = scales[c] * 256.0f;
+    __m256 part[NT];
+    for (int t = 0; t < NT; ++t) part[t] = _mm256_setzero_ps();
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      const __m256 v = load8_f8(w + i);
+      for (int t = 0; t < NT; ++t) part[t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(a[t] + i), part[t]);
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(part[t], _mm256_set1_ps(scale), acc[t]);
+      for (int64_t j = i; j < end; ++j) tail[t] += scale * tail_f8(w + j) * a[t][j];
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) + tail[t];
+}
+
+#define TANDEM_DISPATCH(name, kernel)                                                                    \
+  void name(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y, \
+            int64_t ys) {                                                                                \
+    switch (tokens) {                                                                                    \
+      case 1:                                                                                            \
+        kernel<1>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+      case 2:                                                                                            \
+        kernel<2>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+      case 3:                                                                                            \
+        kernel<3>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+      default:                                                                                           \
+        kernel<4>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+    }                                                                                                    \
+  }
+
+template <int NT>
+void dot_q4k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_k4<NT, false>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_q5k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_k4<NT, true>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_f32(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_float<NT, load8_f32, tail_f32, 4>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_f16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_float<NT, load8_f16, tail_f16, 2>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_bf16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_float<NT, load8_bf16, tail_bf16, 2>(w, x, xs, in, y, ys);
+}
+
+TANDEM_DISPATCH(entry_q4_k, dot_q4k)
+TANDEM_DISPATCH(entry_q5_k, dot_q5k)
+TANDEM_DISPATCH(entry_q6_k, dot_q6k)
+TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
+TANDEM_DISPATCH(entry_q8_0, dot_q80)
+TANDEM_DISPATCH(entry_q4_0, dot_q40)
+TANDEM_DISPATCH(entry_f32, dot_f32)
+TANDEM_DISPATCH(entry_f16, dot_f16)
+TANDEM_DISPATCH(entry_bf16, dot_bf16)
+#undef TANDEM_DISPATCH
+
+void entry_f8(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float* scales,
+              float* y, int64_t ys) {
+  switch (tokens) {
+    case 1:
+      dot_f8<1>(w, x, xs, in, scales, y, ys);
+      break;
+    case 2:
+      dot_f8<2>(w, x, xs, in, scales, y, ys);
+      break;
+    case 3:
+      dot_f8<3>(w, x, xs, in, scales, y, ys);
+      break;
+    default:
+      dot_f8<4>(w, x, xs, in, scales, y, ys);
+      break;
+  }
+}
+
+}  // namespace
+
+void fill_kernels(KernelTable& t) noexcept {
+  t.dot[static_cast<int>(WeightKind::q4_k)] = entry_q4_k;
+  t.dot[static_cast<int>(WeightKind::q5_k)] = entry_q5_k;
+  t.dot[static_cast<int>(WeightKind::q6_k)] = entry_q6_k;
+  t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
+  t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
+  t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
+  t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
+  t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
+  t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;
+  t.dot[static_cast<int>(WeightKind::f8_e4m3)] = entry_f8;
+}
+
+}  // namespace tandem::kernels::avx2

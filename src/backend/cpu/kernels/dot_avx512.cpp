@@ -1,0 +1,416 @@
+// AVX-512 (F/BW/VL/DQ + VNNI) kernels. Built with -mavx512* flags: this file must not instantiate
+// library templates or shared inline functions (they could be linked into baseline code); it uses
+// intrinsics and its own internal functions only.
+//
+// Quantised types: weights unpacked to unsigned bytes, products with the int8 activations by
+// vpmaddubsw (u8·s8 pairs to int16, no saturation for these ranges) then vpdpwssd against the
+// sub-block scales (VNNI), so a 256-value block costs two instructions per 64 values and token.
+// IQ4_XS (signed table values up to ±127) and Q4_0/Q8_0 use vpdpbusd directly.
+// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/quant_layouts.hpp"
+
+namespace tandem::kernels::avx512 {
+namespace {
+
+inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+template <class Act>
+inline const Act* act_row(const void* x, int64_t stride, int t) {
+  return reinterpret_cast<const Act*>(static_cast<const uint8_t*>(x) + t * stride);
+}
+
+inline __m512i pair_scales(int low, int high) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(static_cast<short>(low))),
+                            _mm256_set1_epi16(static_cast<short>(high)), 1);
+}
+
+inline __m512i load64(const void* p) { return _mm512_loadu_si512(p); }
+
+// Q4_K / Q5_K: W[k] holds values 64k..64k+63 (sub-blocks 2k, 2k+1) as unsigned bytes.
+template <int NT, bool Q5>
+void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8K* a[NT];
+  __m512 acc[NT];
+  float mins[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8K>(x, xs, t);
+    acc[t] = _mm512_setzero_ps();
+    mins[t] = 0;
+  }
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  const __m512i sixteen = _mm512_set1_epi8(16);
+  const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * block_bytes;
+    const float d = half(blk), dmin = half(blk + 2);
+    int sc[8], mn[8];
+    unpack_k4_scales(blk + 4, sc, mn);
+    const uint8_t* qs = blk + (Q5 ? 48 : 16);
+    __m512i W[4], S[4];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i q = load64(qs + 64 * h);
+      const __m512i lo = _mm512_and_si512(q, m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+      W[2 * h] = _mm512_shuffle_i64x2(lo, hi, 0x44);
+      W[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
+    }
+    if constexpr (Q5) {
+      const __m512i qh =
+          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+      for (int k = 0; k < 4; ++k) {
+        const __m512i bit =
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * k)))),
+                               _mm256_set1_epi8(static_cast<char>(1 << (2 * k + 1))), 1);
+        W[k] = _mm512_mask_add_epi8(W[k], _mm512_test_epi8_mask(qh, bit), W[k], sixteen);
+      }
+    }
+    for (int k = 0; k < 4; ++k) S[k] = pair_scales(sc[2 * k], sc[2 * k + 1]);
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8K& ab = a[t][b];
+      __m512i sum = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k)
+        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
+      int summ = 0;
+      for (int s = 0; s < 8; ++s) summ += mn[s] * (ab.sums[2 * s] + ab.sums[2 * s + 1]);
+      mins[t] += dmin * ab.d * static_cast<float>(summ);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]) - mins[t];
+}
+
+alignas(64) constexpr int16_t kQ6ScaleIndex[4][32] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8,  8,  8,  8,  8,  8,  8,  8,  9,  9,  9,  9,  9,  9,  9,  9,
+     10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
+     14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+template <int NT>
+void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8K* a[NT];
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8K>(x, xs, t);
+    acc[t] = _mm512_setzero_ps();
+  }
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m3 = _mm512_set1_epi8(3);
+  // Shift counts per 16-bit lane: the low 256 bits take one quarter's 2-bit field, the high the next.
+  const __m512i shift01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i shift23 =
+      _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(4)), _mm256_set1_epi16(6), 1);
+  __m512i index[4];
+  for (int k = 0; k < 4; ++k) index[k] = _mm512_load_si512(kQ6ScaleIndex[k]);
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * kQ6KBytes;
+    const float d = half(blk + 208);
+    __m512i W[4], S[4];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i l = load64(blk + 64 * h);
+      const __m512i qh =
+          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h)));
+      const __m512i h01 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift01), m3), 4);
+      const __m512i h23 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift23), m3), 4);
+      W[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), h01);
+      W[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), h23);
+    }
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+    const __m512i scv = _mm512_castsi256_si512(sc16);
+    for (int k = 0; k < 4; ++k) S[k] = _mm512_permutexvar_epi16(index[k], scv);
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8K& ab = a[t][b];
+      __m512i sum = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k)
+        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
+      const __m256i offset =
+          _mm256_madd_epi16(sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.sums)));
+      sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(_mm256_slli_epi32(offset, 5)));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
+}
+
+// IQ4_XS: table values + 128 as unsigned bytes through vpshufb, vpdpbusd, then the sub-block scales;
+// the +128 comes back out through the activation sums.
+template <int NT>
+void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8K* a[NT];
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8K>(x, xs, t);
+    acc[t] = _mm512_setzero_ps();
+  }
+  alignas(16) uint8_t table[16];
+  for (int i = 0; i < 16; ++i) table[i] = static_cast<uint8_t>(kIq4Values[i] + 128);
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * kIq4XsBytes;
+    const float d = half(blk);
+    int ls[8];
+    for (int s = 0; s < 8; ++s) ls[s] = iq4_xs_scale(blk, s);
+    __m512i W[4], S[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * k));
+      const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      W[k] = _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
+      S[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(ls[2 * k])),
+                                _mm256_set1_epi32(ls[2 * k + 1]), 1);
+    }
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8K& ab = a[t][b];
+      __m512i sum = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k)
+        sum = _mm512_add_epi32(
+            sum, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), W[k], load64(ab.q + 64 * k)),
+                                    S[k]));
+      int offset = 0;
+      for (int s = 0; s < 8; ++s) offset += ls[s] * (ab.sums[2 * s] + ab.sums[2 * s + 1]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
+      acc[t] = _mm512_mask_add_ps(acc[t], 1, acc[t],
+                                  _mm512_set1_ps(-128.0f * d * ab.d * static_cast<float>(offset)));
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
+}
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+template <int NT>
+void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ8_0Bytes;
+    const float d = half(blk);
+    const __m256i q = load32(blk + 2);
+    const __m256i magnitude = _mm256_abs_epi8(q);
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i signed_act = _mm256_sign_epi8(load32(ab.q), q);
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_act);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
+  }
+}
+
+template <int NT>
+void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[NT];
+  float offset[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+    offset[t] = 0;
+  }
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ4_0Bytes;
+    const float d = half(blk);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      offset[t] += 8.0f * d * ab.d * static_cast<float>(ab.sum);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
+  }
+}
+
+// Float weights: 16 values to float32 per step, FMA against float32 activations.
+inline __m512 load16_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16_f16(const uint8_t* p) { return _mm512_cvtph_ps(load32(p)); }
+inline __m512 load16_bf16(const uint8_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load32(p)), 16));
+}
+// E4M3 -> the f16 with the same bits shifted into place (exponent bias 15 instead of 7), i.e. the
+// value times 2^-8, exact for normals and subnormals; the caller multiplies 256 back into the
+// block scale. (0x7f, E4M3's NaN, reads as 480: weights never hold NaN.)
+inline __m512 load16_f8(const uint8_t* p) {
+  const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7f)), 7),
+                                    _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8));
+  return _mm512_cvtph_ps(h);
+}
+inline float tail_f32(const uint8_t* p) {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+inline float tail_f16(const uint8_t* p) { return half(p); }
+inline float tail_bf16(const uint8_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float tail_f8(const uint8_t* p) {
+  return _cvtsh_ss(static_cast<unsigned short>(((p[0] & 0x7f) << 7) | ((p[0] & 0x80) << 8)));
+}
+
+template <int NT, __m512 (*Load)(const uint8_t*), float (*Tail)(const uint8_t*), int Bytes>
+void dot_float(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const float* a[NT];
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<float>(x, xs, t);
+    acc[t] = _mm512_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 16 <= in; i += 16) {
+    const __m512 v = Load(w + Bytes * i);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(a[t] + i), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float sum = _mm512_reduce_add_ps(acc[t]);
+    for (int64_t j = i; j < in; ++j) sum += Tail(w + Bytes * j) * a[t][j];
+    y[t * ys] = sum;
+  }
+}
+
+template <int NT>
+void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float* scales, float* y,
+            int64_t ys) {
+  const float* a[NT];
+  __m512 acc[NT];
+  float tail[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<float>(x, xs, t);
+    acc[t] = _mm512_setzero_ps();
+    tail[t] = 0;
+  }
+  for (int64_t c = 0; c * kFp8Block < in; ++c) {
+    const int64_t begin = c * kFp8Block, end = begin + kFp8Block < in ? begin + kFp8Block : in;
+    const float scale = scales[c] * 256.0f;
+    __m512 part[NT];
+    for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_ps();
+    int64_t i = begin;
+    for (; i + 16 <= end; i += 16) {
+      const __m512 v = load16_f8(w + i);
+      for (int t = 0; t < NT; ++t) part[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(a[t] + i), part[t]);
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm512_fmadd_ps(part[t], _mm512_set1_ps(scale), acc[t]);
+      for (int64_t j = i; j < end; ++j) tail[t] += scale * tail_f8(w + j) * a[t][j];
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]) + tail[t];
+}
+
+// One entry point per type: dispatch on the token count to the unrolled kernels.
+#define TANDEM_DISPATCH(name, kernel)                                                                    \
+  void name(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y, \
+            int64_t ys) {                                                                                \
+    switch (tokens) {                                                                                    \
+      case 1:                                                                                            \
+        kernel<1>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+      case 2:                                                                                            \
+        kernel<2>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+      case 3:                                                                                            \
+        kernel<3>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+      default:                                                                                           \
+        kernel<4>(w, x, xs, in, y, ys);                                                                  \
+        break;                                                                                           \
+    }                                                                                                    \
+  }
+
+template <int NT>
+void dot_q4k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_k4<NT, false>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_q5k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_k4<NT, true>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_f32(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_float<NT, load16_f32, tail_f32, 4>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_f16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_float<NT, load16_f16, tail_f16, 2>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_bf16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_float<NT, load16_bf16, tail_bf16, 2>(w, x, xs, in, y, ys);
+}
+
+TANDEM_DISPATCH(entry_q4_k, dot_q4k)
+TANDEM_DISPATCH(entry_q5_k, dot_q5k)
+TANDEM_DISPATCH(entry_q6_k, dot_q6k)
+TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
+TANDEM_DISPATCH(entry_q8_0, dot_q80)
+TANDEM_DISPATCH(entry_q4_0, dot_q40)
+TANDEM_DISPATCH(entry_f32, dot_f32)
+TANDEM_DISPATCH(entry_f16, dot_f16)
+TANDEM_DISPATCH(entry_bf16, dot_bf16)
+#undef TANDEM_DISPATCH
+
+void entry_f8(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float* scales,
+              float* y, int64_t ys) {
+  switch (tokens) {
+    case 1:
+      dot_f8<1>(w, x, xs, in, scales, y, ys);
+      break;
+    case 2:
+      dot_f8<2>(w, x, xs, in, scales, y, ys);
+      break;
+    case 3:
+      dot_f8<3>(w, x, xs, in, scales, y, ys);
+      break;
+    default:
+      dot_f8<4>(w, x, xs, in, scales, y, ys);
+      break;
+  }
+}
+
+}  // namespace
+
+void fill_kernels(KernelTable& t) noexcept {
+  t.dot[static_cast<int>(WeightKind::q4_k)] = entry_q4_k;
+  t.dot[static_cast<int>(WeightKind::q5_k)] = entry_q5_k;
+  t.dot[static_cast<int>(WeightKind::q6_k)] = entry_q6_k;
+  t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
+  t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
+  t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
+  t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
+  t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
+  t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;
+  t.dot[static_cast<int>(WeightKind::f8_e4m3)] = entry_f8;
+}
+
+}  // namespace tandem::kernels::avx512

@@ -1,0 +1,39 @@
+#pragma once
+// Row-times-tokens dot products against weights in their stored type. One call: one weight row
+// (`in` values) against up to kMaxTokens activation rows:
+//   y[t * y_stride] = Σ_i W[i] · x_t[i]   for t < tokens
+// where x_t is the t-th activation row (`x + t * x_stride` bytes), in the format the weight type
+// asks for (ActFormat). FP8 rows take `block_scales`: one float per 128 columns (the row's
+// scale_inv row); other types ignore it.
+//
+// Each kernel exists at every IsaLevel; the scalar one is the reference for the others. Plain
+// declarations only: the ISA files that define them are built with their own -m flags.
+#include <cstdint>
+
+namespace tandem::kernels {
+
+constexpr int kMaxTokens = 4;
+
+enum class ActFormat : uint8_t { f32, q8k, q8 };
+
+// The kernels a weight type has (its index in a KernelTable).
+enum class WeightKind : uint8_t { q4_k, q5_k, q6_k, iq4_xs, q8_0, q4_0, f32, f16, bf16, f8_e4m3, count };
+
+using DotFn = void (*)(const uint8_t* w, const void* x, int64_t x_stride, int tokens, int64_t in,
+                       const float* block_scales, float* y, int64_t y_stride);
+
+struct KernelTable {
+  DotFn dot[static_cast<int>(WeightKind::count)];
+};
+
+namespace scalar {
+void fill_kernels(KernelTable& t) noexcept;
+}
+namespace avx2 {
+void fill_kernels(KernelTable& t) noexcept;
+}
+namespace avx512 {
+void fill_kernels(KernelTable& t) noexcept;
+}
+
+}  // namespace tandem::kernels

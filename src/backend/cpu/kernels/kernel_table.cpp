@@ -1,0 +1,140 @@
+#include "backend/cpu/kernels/kernel_table.hpp"
+
+#include <cpuid.h>
+
+#include <string>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+#include "tandem/error.hpp"
+
+namespace tandem::kernels {
+namespace {
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
+  bool os_ymm = false, os_zmm = false;
+};
+
+CpuFeatures detect() noexcept {
+  CpuFeatures f;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  f.fma = (c >> 12) & 1u;
+  f.f16c = (c >> 29) & 1u;
+  const bool osxsave = (c >> 27) & 1u;
+  if (osxsave) {
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    f.os_ymm = (lo & 0x6u) == 0x6u;    // XMM and YMM state
+    f.os_zmm = (lo & 0xe6u) == 0xe6u;  // plus opmask and ZMM state
+  }
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.avx2 = (b >> 5) & 1u;
+    f.avx512f = (b >> 16) & 1u;
+    f.avx512dq = (b >> 17) & 1u;
+    f.avx512bw = (b >> 30) & 1u;
+    f.avx512vl = (b >> 31) & 1u;
+    f.avx512vnni = (c >> 11) & 1u;
+  }
+  return f;
+}
+
+}  // namespace
+
+const char* isa_level_name(IsaLevel level) noexcept {
+  switch (level) {
+    case IsaLevel::scalar:
+      return "scalar";
+    case IsaLevel::avx2:
+      return "avx2";
+    case IsaLevel::avx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+bool isa_level_supported(IsaLevel level) noexcept {
+  const CpuFeatures f = detect();
+  const bool avx2 = f.os_ymm && f.avx2 && f.fma && f.f16c;
+  switch (level) {
+    case IsaLevel::scalar:
+      return true;
+    case IsaLevel::avx2:
+      return avx2;
+    case IsaLevel::avx512:
+      return avx2 && f.os_zmm && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni;
+  }
+  return false;
+}
+
+IsaLevel best_isa_level() noexcept {
+  if (isa_level_supported(IsaLevel::avx512)) return IsaLevel::avx512;
+  if (isa_level_supported(IsaLevel::avx2)) return IsaLevel::avx2;
+  return IsaLevel::scalar;
+}
+
+std::optional<WeightKind> weight_kind_for(DType type) noexcept {
+  switch (type) {
+    case DType::q4_k:
+      return WeightKind::q4_k;
+    case DType::q5_k:
+      return WeightKind::q5_k;
+    case DType::q6_k:
+      return WeightKind::q6_k;
+    case DType::iq4_xs:
+      return WeightKind::iq4_xs;
+    case DType::q8_0:
+      return WeightKind::q8_0;
+    case DType::q4_0:
+      return WeightKind::q4_0;
+    case DType::f32:
+      return WeightKind::f32;
+    case DType::f16:
+      return WeightKind::f16;
+    case DType::bf16:
+      return WeightKind::bf16;
+    case DType::f8_e4m3:
+      return WeightKind::f8_e4m3;
+    default:
+      return std::nullopt;
+  }
+}
+
+ActFormat act_format(WeightKind kind) noexcept {
+  switch (kind) {
+    case WeightKind::q4_k:
+    case WeightKind::q5_k:
+    case WeightKind::q6_k:
+    case WeightKind::iq4_xs:
+      return ActFormat::q8k;
+    case WeightKind::q8_0:
+    case WeightKind::q4_0:
+      return ActFormat::q8;
+    default:
+      return ActFormat::f32;
+  }
+}
+
+int64_t act_block_values(ActFormat format) noexcept {
+  return format == ActFormat::q8k ? 256 : format == ActFormat::q8 ? 32 : 1;
+}
+
+int64_t act_block_bytes(ActFormat format) noexcept {
+  return format == ActFormat::q8k  ? static_cast<int64_t>(sizeof(ActQ8K))
+         : format == ActFormat::q8 ? static_cast<int64_t>(sizeof(ActQ8))
+                                   : 4;
+}
+
+KernelTable make_kernel_table(IsaLevel level) {
+  if (!isa_level_supported(level))
+    throw Error(ErrorKind::unsupported,
+                std::string("this CPU cannot run the ") + isa_level_name(level) + " kernels");
+  KernelTable t{};
+  scalar::fill_kernels(t);
+  if (level == IsaLevel::avx2) avx2::fill_kernels(t);
+  if (level == IsaLevel::avx512) avx512::fill_kernels(t);
+  return t;
+}
+
+}  // namespace tandem::kernels

@@ -1,0 +1,44 @@
+#include "backend/cpu/kernels/matmul_tile.hpp"
+
+#include <algorithm>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+
+namespace tandem::kernels {
+
+int64_t act_row_bytes(ActFormat format, int64_t in) noexcept {
+  return in / act_block_values(format) * act_block_bytes(format);
+}
+
+void quantize_rows(ActFormat format, const float* x, int64_t x_stride, int64_t in, int64_t row_begin,
+                   int64_t row_end, uint8_t* dst) {
+  const int64_t bytes = act_row_bytes(format, in);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    if (format == ActFormat::q8k)
+      quantize_act_q8k(x + r * x_stride, in, reinterpret_cast<ActQ8K*>(dst + r * bytes));
+    else if (format == ActFormat::q8)
+      quantize_act_q8(x + r * x_stride, in, reinterpret_cast<ActQ8*>(dst + r * bytes));
+  }
+}
+
+void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
+                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride) {
+  const DotFn dot = table.dot[static_cast<int>(kind)];
+  const int64_t in = w.in_features();
+  constexpr int64_t kFp8Rows = 128;
+  for (int64_t t0 = 0; t0 < tokens; t0 += kMaxTokens) {
+    const int n = static_cast<int>(std::min<int64_t>(kMaxTokens, tokens - t0));
+    const uint8_t* xt = x.data + t0 * x.stride;
+    float* yt = y + t0 * y_stride;
+    for (int64_t o = o0; o < o1; ++o) {
+      const float* scales =
+          w.scale_inv.empty() ? nullptr : reinterpret_cast<const float*>(w.scale_inv.row_ptr(o / kFp8Rows));
+      dot(w.weight.row_ptr(o), xt, x.stride, n, in, scales, yt + (o - o0), y_stride);
+    }
+  }
+  if (bias)
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t o = o0; o < o1; ++o) y[t * y_stride + (o - o0)] += bias[o];
+}
+
+}  // namespace tandem::kernels

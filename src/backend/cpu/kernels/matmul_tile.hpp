@@ -1,0 +1,31 @@
+#pragma once
+// The pieces every fast CPU operator is built from: quantise activation rows into the format a
+// weight type's kernel reads, and compute a tile of output rows for a run of tokens, four tokens
+// per kernel call so each weight block is unpacked once for four tokens.
+#include <cstdint>
+
+#include "backend/cpu/kernels/kernel_table.hpp"
+#include "tandem/model/weights.hpp"
+
+namespace tandem::kernels {
+
+// Activation rows in a kernel's format: row t at data + t·stride bytes.
+struct ActRows {
+  const uint8_t* data = nullptr;
+  int64_t stride = 0;
+};
+
+// Bytes one row of `in` values takes in `format`.
+int64_t act_row_bytes(ActFormat format, int64_t in) noexcept;
+
+// Quantises rows [row_begin, row_end) of x (row stride x_stride floats) into dst (row stride
+// act_row_bytes). For ActFormat::f32 it copies nothing: use the floats directly.
+void quantize_rows(ActFormat format, const float* x, int64_t x_stride, int64_t in, int64_t row_begin,
+                   int64_t row_end, uint8_t* dst);
+
+// y[t·y_stride + (o − o0)] = Σ_i W[o, i]·x_t[i] (+ bias[o]) for t < tokens, o in [o0, o1). `y`
+// points at the tile's first column; `bias`: the whole float bias or nullptr.
+void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
+                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride);
+
+}  // namespace tandem::kernels

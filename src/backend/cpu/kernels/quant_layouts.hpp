@@ -1,0 +1,41 @@
+#pragma once
+// Block sizes and small decoders of the stored weight layouts the kernels read (the layouts are
+// documented with the reference decoders in src/formats/dequantize.cpp). Internal linkage on
+// purpose: this header is included by files built for different ISAs, and a shared inline
+// function could otherwise be linked in its AVX-512 build on a CPU without AVX-512.
+#include <cstdint>
+
+namespace tandem::kernels {
+namespace {
+
+constexpr int64_t kQ4KBytes = 144;    // f16 d, f16 dmin, 12 bytes of scales/mins, 128 bytes of nibbles
+constexpr int64_t kQ5KBytes = 176;    // as Q4_K plus 32 bytes of fifth bits before the nibbles
+constexpr int64_t kQ6KBytes = 210;    // 128 low nibbles, 64 high 2-bit parts, 16 int8 scales, f16 d
+constexpr int64_t kIq4XsBytes = 136;  // f16 d, u16 scales_h, 4 bytes scales_l, 128 bytes of nibbles
+constexpr int64_t kQ8_0Bytes = 34;    // f16 d, 32 int8
+constexpr int64_t kQ4_0Bytes = 18;    // f16 d, 16 bytes of nibbles
+constexpr int64_t kFp8Block = 128;    // DeepSeek's FP8 block scale covers 128×128
+
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// The 6-bit scale/min pairs of Q4_K and Q5_K's 8 sub-blocks, packed in 12 bytes.
+inline void unpack_k4_scales(const uint8_t* p, int* scale, int* min) {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      scale[j] = p[j] & 63;
+      min[j] = p[j + 4] & 63;
+    } else {
+      scale[j] = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
+      min[j] = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
+    }
+  }
+}
+
+// IQ4_XS sub-block scale (already minus 32).
+inline int iq4_xs_scale(const uint8_t* blk, int sub) {
+  const int scales_h = blk[2] | (blk[3] << 8);
+  return (((blk[4 + sub / 2] >> (4 * (sub % 2))) & 0xf) | (((scales_h >> (2 * sub)) & 3) << 4)) - 32;
+}
+
+}  // namespace
+}  // namespace tandem::kernels

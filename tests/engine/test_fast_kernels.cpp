@@ -1,0 +1,424 @@
+// The fast CPU kernels (src/backend/cpu/kernels) against their references: every kernel at every
+// ISA level this CPU has (each forced in turn) against the scalar kernel on the same quantised
+// activations, and against dequantise-then-float32 on the unquantised activations within the
+// activation-rounding bound Σ|w_i|·d_block/2; the backend's fast linear, MLP and MoE against the
+// reference operators at edge shapes; perplexity of the bundled trained model fast vs reference.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/kernel_table.hpp"
+#include "backend/cpu/kernels/matmul_tile.hpp"
+#include "support/fixtures.hpp"
+#include "tandem/backend/backend.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/perplexity.hpp"
+#include "tandem/formats/dequantize.hpp"
+#include "tandem/ops/linear.hpp"
+#include "tandem/ops/moe.hpp"
+#include "tandem/text/tokenizer.hpp"
+
+using namespace tandem;
+using namespace tandem::kernels;
+
+namespace {
+
+constexpr DType kTypes[] = {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0,
+                            DType::q4_0, DType::f32,  DType::f16,  DType::bf16,   DType::f8_e4m3};
+
+void put_half(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// Random rows of `type` with well-scaled block scales (every bit pattern of the quants is valid).
+std::vector<uint8_t> random_weights(DType type, int64_t rows, int64_t in, std::mt19937& rng) {
+  const auto& tr = dtype_traits(type);
+  const int64_t blocks = rows * in / tr.block_elems;
+  std::vector<uint8_t> bytes(static_cast<size_t>(blocks * tr.block_bytes));
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& b : bytes) b = static_cast<uint8_t>(byte(rng));
+  std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* p = bytes.data() + b * tr.block_bytes;
+    switch (type) {
+      case DType::q4_k:
+      case DType::q5_k:
+        put_half(p, scale(rng));
+        put_half(p + 2, scale(rng));
+        break;
+      case DType::q6_k:
+        put_half(p + 208, scale(rng));
+        break;
+      case DType::iq4_xs:
+      case DType::q8_0:
+      case DType::q4_0:
+        put_half(p, scale(rng));
+        break;
+      case DType::f32: {
+        const float v = normal(rng);
+        std::memcpy(p, &v, 4);
+        break;
+      }
+      case DType::f16:
+        put_half(p, normal(rng));
+        break;
+      case DType::bf16: {
+        const uint16_t h = f32_to_bf16(normal(rng));
+        std::memcpy(p, &h, 2);
+        break;
+      }
+      case DType::f8_e4m3:
+        if ((p[0] & 0x7f) == 0x7f) p[0] = 0x3f;  // no NaN weights
+        break;
+      default:
+        FAIL("no generator for this type");
+    }
+  }
+  return bytes;
+}
+
+// Activations whose blocks differ in scale (as hidden states do), with an outlier now and then.
+std::vector<float> random_activations(int64_t rows, int64_t in, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * in));
+  for (int64_t i = 0; i < rows * in; ++i) {
+    const float block_scale = 0.1f + static_cast<float>((i / 32) % 7);
+    x[static_cast<size_t>(i)] = normal(rng) * block_scale * (u(rng) < 0.01f ? 20.0f : 1.0f);
+  }
+  return x;
+}
+
+struct Case {
+  DType type;
+  int64_t rows, in;
+  std::vector<uint8_t> weight_bytes;
+  std::vector<float> scales;  // FP8 block scales [ceil(rows/128), ceil(in/128)]
+  LinearWeight weight;
+  std::vector<float> dequantised;  // [rows, in], FP8 scales applied
+
+  Case(DType t, int64_t r, int64_t n, std::mt19937& rng) : type(t), rows(r), in(n) {
+    weight_bytes = random_weights(t, r, n, rng);
+    weight.weight.dtype = t;
+    weight.weight.shape = Shape{r, n};
+    weight.weight.data = weight_bytes.data();
+    weight.weight.nbytes = weight_bytes.size();
+    if (t == DType::f8_e4m3) {
+      const int64_t sr = (r + 127) / 128, sc = (n + 127) / 128;
+      std::uniform_real_distribution<float> s(0.5f, 2.0f);
+      for (int64_t i = 0; i < sr * sc; ++i) scales.push_back(s(rng));
+      weight.scale_inv.dtype = DType::f32;
+      weight.scale_inv.shape = Shape{sr, sc};
+      weight.scale_inv.data = scales.data();
+      weight.scale_inv.nbytes = scales.size() * 4;
+    }
+    dequantised.resize(static_cast<size_t>(r * n));
+    dequantize_weight_rows(weight, 0, r, dequantised.data());
+  }
+  const float* w_row(int64_t o) const { return dequantised.data() + o * in; }
+};
+
+// Per value, the largest error the activation format's rounding can add (d / 2 of its block).
+std::vector<double> rounding_bound(ActFormat format, const float* x, int64_t in) {
+  std::vector<double> bound(static_cast<size_t>(in), 0.0);
+  const int64_t block = act_block_values(format);
+  if (block == 1) return bound;
+  for (int64_t b = 0; b < in / block; ++b) {
+    double amax = 0;
+    for (int64_t i = b * block; i < (b + 1) * block; ++i) amax = std::max(amax, std::fabs(double(x[i])));
+    for (int64_t i = b * block; i < (b + 1) * block; ++i)
+      bound[static_cast<size_t>(i)] = amax / 254.0 * 1.0001;
+  }
+  return bound;
+}
+
+std::vector<float> dequantised_activations(ActFormat format, const uint8_t* q, int64_t in) {
+  std::vector<float> x(static_cast<size_t>(in));
+  if (format == ActFormat::q8k) {
+    for (int64_t b = 0; b < in / 256; ++b) {
+      const auto* blk = reinterpret_cast<const ActQ8K*>(q) + b;
+      for (int i = 0; i < 256; ++i) x[static_cast<size_t>(b * 256 + i)] = blk->d * blk->q[i];
+    }
+  } else {
+    for (int64_t b = 0; b < in / 32; ++b) {
+      const auto* blk = reinterpret_cast<const ActQ8*>(q) + b;
+      for (int i = 0; i < 32; ++i) x[static_cast<size_t>(b * 32 + i)] = blk->d * blk->q[i];
+    }
+  }
+  return x;
+}
+
+std::vector<IsaLevel> levels_here() {
+  std::vector<IsaLevel> out;
+  for (IsaLevel l : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512})
+    if (isa_level_supported(l))
+      out.push_back(l);
+    else
+      WARN("this CPU lacks " << isa_level_name(l) << ": its kernels are not tested here");
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("activation quantisation: Q8K and Q8 blocks round within d/2 and carry exact sums",
+          "[engine][kernels]") {
+  std::mt19937 rng(7);
+  const auto x = random_activations(1, 512, rng);
+  std::vector<ActQ8K> k(2);
+  quantize_act_q8k(x.data(), 512, k.data());
+  for (int b = 0; b < 2; ++b) {
+    for (int g = 0; g < 16; ++g) {
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) sum += k[b].q[g * 16 + i];
+      CHECK(k[b].sums[g] == sum);
+    }
+    for (int i = 0; i < 256; ++i)
+      CHECK(std::fabs(x[static_cast<size_t>(b * 256 + i)] - k[b].d * k[b].q[i]) <= k[b].d * 0.5001f);
+  }
+  std::vector<ActQ8> q(16);
+  quantize_act_q8(x.data(), 512, q.data());
+  for (int b = 0; b < 16; ++b) {
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) {
+      sum += q[b].q[i];
+      CHECK(std::fabs(x[static_cast<size_t>(b * 32 + i)] - q[b].d * q[b].q[i]) <= q[b].d * 0.5001f);
+    }
+    CHECK(q[b].sum == sum);
+  }
+  std::vector<float> zeros(256, 0.0f);
+  quantize_act_q8k(zeros.data(), 256, k.data());
+  CHECK(k[0].d == 0.0f);
+  CHECK(k[0].q[17] == 0);
+}
+
+TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and dequantise-then-f32",
+          "[engine][kernels]") {
+  std::mt19937 rng(42);
+  const KernelTable reference = make_kernel_table(IsaLevel::scalar);
+  for (IsaLevel level : levels_here()) {
+    const KernelTable table = make_kernel_table(level);
+    for (DType type : kTypes) {
+      const WeightKind kind = *weight_kind_for(type);
+      const ActFormat format = act_format(kind);
+      const bool quantised = format != ActFormat::f32;
+      // K-quants take whole 256-value rows; float types get odd widths and partial FP8 blocks too.
+      for (int64_t in : quantised ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{256, 200, 37}) {
+        const int64_t rows = 3, tokens = 4;
+        const Case c(type, rows, in, rng);
+        const auto x = random_activations(tokens, in, rng);
+        const int64_t stride = act_row_bytes(format, in);
+        std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
+        quantize_rows(format, x.data(), in, in, 0, tokens, q.data());
+        const ActRows xa = quantised ? ActRows{q.data(), stride}
+                                     : ActRows{reinterpret_cast<const uint8_t*>(x.data()), in * 4};
+        for (int nt = 1; nt <= tokens; ++nt) {
+          for (int64_t o = 0; o < rows; ++o) {
+            INFO(isa_level_name(level)
+                 << " " << dtype_name(type) << " in=" << in << " tokens=" << nt << " row=" << o);
+            const float* scales =
+                c.scales.empty() ? nullptr : c.scales.data() + (o / 128) * ((in + 127) / 128);
+            float y[kMaxTokens], y_ref[kMaxTokens];
+            table.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), xa.data, xa.stride, nt, in, scales,
+                                              y, 1);
+            reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), xa.data, xa.stride, nt, in,
+                                                  scales, y_ref, 1);
+            for (int t = 0; t < nt; ++t) {
+              const float* xt = x.data() + t * in;
+              const auto xq = quantised ? dequantised_activations(format, q.data() + t * stride, in)
+                                        : std::vector<float>(xt, xt + in);
+              const auto bound = rounding_bound(format, xt, in);
+              double exact_q = 0, magnitude = 0, exact = 0, rounding = 0;
+              for (int64_t i = 0; i < in; ++i) {
+                const double w = c.w_row(o)[i];
+                exact_q += w * xq[static_cast<size_t>(i)];
+                magnitude += std::fabs(w * xt[i]) + std::fabs(w * xq[static_cast<size_t>(i)]);
+                exact += w * xt[i];
+                rounding += std::fabs(w) * bound[static_cast<size_t>(i)];
+              }
+              // Same integer sums, float order differs: float32 rounding only.
+              CHECK(std::fabs(y[t] - y_ref[t]) <= 2e-6 * magnitude + 1e-6);
+              CHECK(std::fabs(y[t] - exact_q) <= 2e-6 * magnitude + 1e-6);
+              // Against the unquantised activations: within the activation rounding bound.
+              CHECK(std::fabs(y[t] - exact) <= rounding + 2e-6 * magnitude + 1e-6);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fast linear equals the reference linear within the activation rounding bound",
+          "[engine][kernels]") {
+  std::mt19937 rng(3);
+  const auto fast = make_cpu_backend(2, CpuKernels::fast);
+  const auto reference = make_cpu_backend(2, CpuKernels::reference);
+  for (DType type : kTypes) {
+    const WeightKind kind = *weight_kind_for(type);
+    const ActFormat format = act_format(kind);
+    // 37 rows: not a multiple of the 16-row tile; 70 tokens: 17 groups of four and a remainder.
+    for (const int64_t tokens : {int64_t{1}, int64_t{3}, int64_t{70}}) {
+      INFO(dtype_name(type) << " tokens=" << tokens);
+      const int64_t rows = 37, in = 512;
+      Case c(type, rows, in, rng);
+      std::vector<float> bias(rows);
+      for (auto& b : bias) b = std::uniform_real_distribution<float>(-1, 1)(rng);
+      if (type == DType::f32) {
+        c.weight.bias.dtype = DType::f32;
+        c.weight.bias.shape = Shape{rows};
+        c.weight.bias.data = bias.data();
+        c.weight.bias.nbytes = bias.size() * 4;
+      }
+      const auto x = random_activations(tokens, in, rng);
+      std::vector<float> y(static_cast<size_t>(tokens * rows)), y_ref(y.size());
+      fast->linear(c.weight, x.data(), tokens, y.data());
+      reference->linear(c.weight, x.data(), tokens, y_ref.data());
+      for (int64_t t = 0; t < tokens; ++t) {
+        const auto bound = rounding_bound(format, x.data() + t * in, in);
+        for (int64_t o = 0; o < rows; ++o) {
+          double rounding = 0, magnitude = 0;
+          for (int64_t i = 0; i < in; ++i) {
+            rounding += std::fabs(c.w_row(o)[i]) * bound[static_cast<size_t>(i)];
+            magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
+          }
+          const size_t k = static_cast<size_t>(t * rows + o);
+          CHECK(std::fabs(y[k] - y_ref[k]) <= rounding + 4e-6 * magnitude + 1e-5);
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+struct Experts {
+  std::vector<Case> gate, up, down;
+  ExpertWeights weights;
+};
+
+Experts make_experts(int64_t count, int64_t hidden, int64_t inter, DType gate_type, DType down_type,
+                     std::mt19937& rng) {
+  Experts e;
+  e.gate.reserve(static_cast<size_t>(count));
+  e.up.reserve(static_cast<size_t>(count));
+  e.down.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    e.gate.emplace_back(gate_type, inter, hidden, rng);
+    e.up.emplace_back(gate_type, inter, hidden, rng);
+    e.down.emplace_back(down_type, hidden, inter, rng);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    e.weights.gate.push_back(e.gate[static_cast<size_t>(i)].weight);
+    e.weights.up.push_back(e.up[static_cast<size_t>(i)].weight);
+    e.weights.down.push_back(e.down[static_cast<size_t>(i)].weight);
+  }
+  return e;
+}
+
+double relative_max_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return diff / scale;
+}
+
+}  // namespace
+
+TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][moe]") {
+  std::mt19937 rng(11);
+  const auto fast = make_cpu_backend(2, CpuKernels::fast);
+  const auto reference = make_cpu_backend(2, CpuKernels::reference);
+  const int64_t hidden = 256, inter = 512, count = 6, top_k = 2;
+  struct Mix {
+    DType gate, down;
+    // Relative max error against the reference: two activation roundings (x, then the SiLU
+    // product, heavy-tailed with random weights) for the integer kernels; float32 order otherwise.
+    double tolerance;
+  };
+  for (const Mix mix : {Mix{DType::q4_k, DType::q6_k, 8e-2}, Mix{DType::iq4_xs, DType::q8_0, 8e-2},
+                        Mix{DType::bf16, DType::f32, 1e-5}}) {
+    const Experts e = make_experts(count, hidden, inter, mix.gate, mix.down, rng);
+    // 1 token (decode), 5, and 150 (an expert gets more than one 64-token block).
+    for (const int64_t tokens : {int64_t{1}, int64_t{5}, int64_t{150}}) {
+      INFO(dtype_name(mix.gate) << "/" << dtype_name(mix.down) << " tokens=" << tokens);
+      auto x = random_activations(tokens, hidden, rng);
+      for (auto& v : x) v *= 0.1f;
+      std::vector<int32_t> ids(static_cast<size_t>(tokens * top_k));
+      std::vector<float> weights(ids.size());
+      for (int64_t t = 0; t < tokens; ++t) {
+        const auto first = static_cast<int32_t>(rng() % count);
+        ids[static_cast<size_t>(t * top_k)] = first;
+        ids[static_cast<size_t>(t * top_k + 1)] =
+            static_cast<int32_t>((first + 1 + rng() % (count - 1)) % count);
+        weights[static_cast<size_t>(t * top_k)] = 0.7f;
+        weights[static_cast<size_t>(t * top_k + 1)] = 0.3f;
+      }
+      FeedForwardWorkspace ws(tokens, hidden, inter, top_k, count);
+      std::vector<float> y(static_cast<size_t>(tokens * hidden)), y_ref(y.size());
+      fast->moe_routed_experts(e.weights, x.data(), tokens, hidden, ids.data(), weights.data(), top_k, ws,
+                               y.data());
+      reference->moe_routed_experts(e.weights, x.data(), tokens, hidden, ids.data(), weights.data(), top_k,
+                                    ws, y_ref.data());
+      const double moe_error = relative_max_error(y, y_ref);
+      CHECK(moe_error <= mix.tolerance);
+
+      // Tight: the same operator composed from the fast linear (same quantisation of each row), so
+      // grouping, the fused SiLU, the (token, slot) rows and the weighted sum must agree to float32.
+      std::vector<float> composed(y.size(), 0.0f), g(static_cast<size_t>(inter)), u(g.size()), d(hidden);
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t s = 0; s < top_k; ++s) {
+          const auto ex = static_cast<size_t>(ids[static_cast<size_t>(t * top_k + s)]);
+          fast->linear(e.weights.gate[ex], x.data() + t * hidden, 1, g.data());
+          fast->linear(e.weights.up[ex], x.data() + t * hidden, 1, u.data());
+          for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+          fast->linear(e.weights.down[ex], g.data(), 1, d.data());
+          for (int64_t i = 0; i < hidden; ++i)
+            composed[static_cast<size_t>(t * hidden + i)] +=
+                weights[static_cast<size_t>(t * top_k + s)] * d[static_cast<size_t>(i)];
+        }
+      CHECK(relative_max_error(y, composed) <= 1e-5);
+
+      fast->silu_glu_mlp(e.weights.gate[1], e.weights.up[1], e.weights.down[1], x.data(), tokens, ws,
+                         y.data());
+      reference->silu_glu_mlp(e.weights.gate[1], e.weights.up[1], e.weights.down[1], x.data(), tokens, ws,
+                              y_ref.data());
+      const double mlp_error = relative_max_error(y, y_ref);
+      CHECK(mlp_error <= mix.tolerance);
+      WARN(dtype_name(mix.gate) << "/" << dtype_name(mix.down) << " tokens=" << tokens
+                                << ": relative max error MoE " << moe_error << ", MLP " << mlp_error);
+    }
+  }
+}
+
+TEST_CASE("perplexity of the bundled trained Q4_K_M model: fast kernels within 0.3 % of the reference",
+          "[engine][kernels][perplexity]") {
+  const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
+  std::ifstream in(std::string(TANDEM_SOURCE_DIR) + "/src/engine/perplexity.cpp", std::ios::binary);
+  REQUIRE(in);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  double ppl[2] = {};
+  for (const CpuKernels kernels : {CpuKernels::fast, CpuKernels::reference}) {
+    LoadOptions options;
+    options.max_sessions = 1;
+    options.max_context_tokens = 128;
+    options.threads = 2;
+    options.cpu_kernels = kernels;
+    const auto engine = Engine::load(path, options);
+    const auto tokens = engine->tokenizer()->encode(text, /*add_special=*/false);
+    PerplexityOptions p;
+    p.ctx = 128;
+    p.max_windows = 6;
+    ppl[static_cast<int>(kernels)] = evaluate_perplexity(*engine, tokens, p).ppl;
+  }
+  WARN("perplexity fast " << ppl[0] << ", reference " << ppl[1]);
+  CHECK(ppl[0] > 1.0);
+  CHECK(std::fabs(ppl[0] / ppl[1] - 1.0) <= 0.003);
+}
