@@ -29,7 +29,7 @@ using test::relative_error;
 namespace {
 
 struct Backends {
-  std::unique_ptr<Backend> cpu = make_cpu_backend(2);
+  std::unique_ptr<Backend> cpu = make_cpu_backend(2, CpuKernels::reference);  // the reference operators
   std::unique_ptr<Backend> gpu = make_cuda_backend(0);
 };
 

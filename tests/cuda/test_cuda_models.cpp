@@ -28,6 +28,7 @@ std::unique_ptr<Engine> load(const std::string& path, const std::string& placeme
   o.max_batch_tokens = 64;
   o.load_tokenizer = false;
   o.placement = placement;
+  o.cpu_kernels = CpuKernels::reference;  // the CPU side as the yardstick: float32 activations, as the GPU's
   return Engine::load(path, o);
 }
 
