@@ -43,22 +43,26 @@ inline float hsum(__m256 v) {
 template <int NT, bool Q5>
 void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
-  __m256 acc[NT];
-  float mins[NT];
+  __m256 acc[NT], mins[NT];
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm256_setzero_ps();
-    mins[t] = 0;
+    mins[t] = _mm256_setzero_ps();
   }
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * block_bytes;
     const float d = half(blk), dmin = half(blk + 2);
-    int sc[8], mn[8];
-    unpack_k4_scales(blk + 4, sc, mn);
+    uint32_t r[4];
+    unpack_k4_scale_words(blk + 4, r);
+    const __m128i scale_bytes = _mm_set_epi32(static_cast<int>(r[3]), static_cast<int>(r[2]),
+                                              static_cast<int>(r[1]), static_cast<int>(r[0]));
+    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
-    __m256i W[8];
+    __m256i W[8], S[8];
+    for (int s = 0; s < 8; ++s)
+      S[s] = _mm256_set1_epi16(static_cast<short>((r[s / 4] >> (8 * (s % 4))) & 0xffu));
     for (int c = 0; c < 4; ++c) {
       const __m256i q = load32(qs + 32 * c);
       W[2 * c] = _mm256_and_si256(q, m4);
@@ -77,15 +81,14 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
       __m256i sum = _mm256_setzero_si256();
       for (int s = 0; s < 8; ++s) {
         const __m256i p = _mm256_maddubs_epi16(W[s], load32(ab.q + 32 * s));
-        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, _mm256_set1_epi16(static_cast<short>(sc[s]))));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, S[s]));
       }
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * ab.d), acc[t]);
-      int summ = 0;
-      for (int s = 0; s < 8; ++s) summ += mn[s] * (ab.sums[2 * s] + ab.sums[2 * s + 1]);
-      mins[t] += dmin * ab.d * static_cast<float>(summ);
+      const __m256i m = _mm256_madd_epi16(load32(ab.sums), mins16);
+      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), mins[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - mins[t];
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - hsum(mins[t]);
 }
 
 template <int NT>

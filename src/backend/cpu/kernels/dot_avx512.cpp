@@ -33,32 +33,41 @@ inline const Act* act_row(const void* x, int64_t stride, int t) {
   return reinterpret_cast<const Act*>(static_cast<const uint8_t*>(x) + t * stride);
 }
 
-inline __m512i pair_scales(int low, int high) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(static_cast<short>(low))),
-                            _mm256_set1_epi16(static_cast<short>(high)), 1);
-}
-
 inline __m512i load64(const void* p) { return _mm512_loadu_si512(p); }
 
-// Q4_K / Q5_K: W[k] holds values 64k..64k+63 (sub-blocks 2k, 2k+1) as unsigned bytes.
+// Q4_K / Q5_K: W[k] holds values 64k..64k+63 (sub-blocks 2k, 2k+1) as unsigned bytes; S[k] the
+// two sub-blocks' scales per 16-bit lane. The minimums: Σ_s min_s·(sum of sub-block s) with the
+// activation's 16-value sums, one vpmaddwd per token.
+alignas(64) constexpr int16_t kPairIndex[4][32] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+    {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5},
+    {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
+
 template <int NT, bool Q5>
 void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
   __m512 acc[NT];
-  float mins[NT];
+  __m256 mins[NT];
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
-    mins[t] = 0;
+    mins[t] = _mm256_setzero_ps();
   }
   const __m512i m4 = _mm512_set1_epi8(0x0f);
   const __m512i sixteen = _mm512_set1_epi8(16);
+  __m512i pair_index[4];
+  for (int k = 0; k < 4; ++k) pair_index[k] = _mm512_load_si512(kPairIndex[k]);
   const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * block_bytes;
     const float d = half(blk), dmin = half(blk + 2);
-    int sc[8], mn[8];
-    unpack_k4_scales(blk + 4, sc, mn);
+    uint32_t r[4];
+    unpack_k4_scale_words(blk + 4, r);
+    const __m128i scale_bytes = _mm_set_epi32(static_cast<int>(r[3]), static_cast<int>(r[2]),
+                                              static_cast<int>(r[1]), static_cast<int>(r[0]));
+    const __m512i scales16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scale_bytes));
+    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m512i W[4], S[4];
     for (int h = 0; h < 2; ++h) {
@@ -78,19 +87,22 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
         W[k] = _mm512_mask_add_epi8(W[k], _mm512_test_epi8_mask(qh, bit), W[k], sixteen);
       }
     }
-    for (int k = 0; k < 4; ++k) S[k] = pair_scales(sc[2 * k], sc[2 * k + 1]);
+    for (int k = 0; k < 4; ++k) S[k] = _mm512_permutexvar_epi16(pair_index[k], scales16);
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
       __m512i sum = _mm512_setzero_si512();
       for (int k = 0; k < 4; ++k)
         sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
-      int summ = 0;
-      for (int s = 0; s < 8; ++s) summ += mn[s] * (ab.sums[2 * s] + ab.sums[2 * s + 1]);
-      mins[t] += dmin * ab.d * static_cast<float>(summ);
+      const __m256i m =
+          _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.sums)), mins16);
+      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), mins[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]) - mins[t];
+  for (int t = 0; t < NT; ++t) {
+    const __m128 m = _mm_add_ps(_mm256_castps256_ps128(mins[t]), _mm256_extractf128_ps(mins[t], 1));
+    y[t * ys] = _mm512_reduce_add_ps(acc[t]) - _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(m, m), m));
+  }
 }
 
 alignas(64) constexpr int16_t kQ6ScaleIndex[4][32] = {

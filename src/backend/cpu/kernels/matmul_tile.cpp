@@ -26,6 +26,8 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
   const DotFn dot = table.dot[static_cast<int>(kind)];
   const int64_t in = w.in_features();
   constexpr int64_t kFp8Rows = 128;
+  const uint8_t* rows = static_cast<const uint8_t*>(w.weight.data);
+  const auto row_stride = static_cast<int64_t>(w.weight.row_stride_bytes());
   for (int64_t t0 = 0; t0 < tokens; t0 += kMaxTokens) {
     const int n = static_cast<int>(std::min<int64_t>(kMaxTokens, tokens - t0));
     const uint8_t* xt = x.data + t0 * x.stride;
@@ -33,7 +35,7 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
     for (int64_t o = o0; o < o1; ++o) {
       const float* scales =
           w.scale_inv.empty() ? nullptr : reinterpret_cast<const float*>(w.scale_inv.row_ptr(o / kFp8Rows));
-      dot(w.weight.row_ptr(o), xt, x.stride, n, in, scales, yt + (o - o0), y_stride);
+      dot(rows + o * row_stride, xt, x.stride, n, in, scales, yt + (o - o0), y_stride);
     }
   }
   if (bias)
