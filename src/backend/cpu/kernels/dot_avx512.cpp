@@ -5,7 +5,7 @@
 // Quantised types: weights unpacked to unsigned bytes, products with the int8 activations by
 // vpmaddubsw (u8·s8 pairs to int16, no saturation for these ranges) then vpdpwssd against the
 // sub-block scales (VNNI), so a 256-value block costs two instructions per 64 values and token.
-// IQ4_XS (signed table values up to ±127) and Q4_0/Q8_0 use vpdpbusd directly.
+// Q4_0/Q8_0 use vpdpbusd directly; IQ4_XS's signed table values go through |v| and the activation's sign.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -158,8 +158,8 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
 }
 
-// IQ4_XS: table values + 128 as unsigned bytes through vpshufb, vpdpbusd, then the sub-block scales;
-// the +128 comes back out through the activation sums.
+// IQ4_XS: table values through vpshufb, then |v| · (a with v's sign) by vpmaddubsw (|v|, |a| <= 127:
+// no saturation) and vpdpwssd against the two sub-blocks' scales.
 template <int NT>
 void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
@@ -168,36 +168,34 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
   }
-  alignas(16) uint8_t table[16];
-  for (int i = 0; i < 16; ++i) table[i] = static_cast<uint8_t>(kIq4Values[i] + 128);
-  const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
   const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m512i zero = _mm512_setzero_si512();
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * kIq4XsBytes;
     const float d = half(blk);
-    int ls[8];
-    for (int s = 0; s < 8; ++s) ls[s] = iq4_xs_scale(blk, s);
-    __m512i W[4], S[4];
+    __m512i M[4], S[4];
+    __mmask64 negative[4];
     for (int k = 0; k < 4; ++k) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * k));
       const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
       const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-      W[k] = _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
-      S[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(ls[2 * k])),
-                                _mm256_set1_epi32(ls[2 * k + 1]), 1);
+      const __m512i v = _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
+      M[k] = _mm512_abs_epi8(v);
+      negative[k] = _mm512_movepi8_mask(v);
+      S[k] = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_set1_epi16(static_cast<short>(iq4_xs_scale(blk, 2 * k)))),
+          _mm256_set1_epi16(static_cast<short>(iq4_xs_scale(blk, 2 * k + 1))), 1);
     }
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
       __m512i sum = _mm512_setzero_si512();
-      for (int k = 0; k < 4; ++k)
-        sum = _mm512_add_epi32(
-            sum, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), W[k], load64(ab.q + 64 * k)),
-                                    S[k]));
-      int offset = 0;
-      for (int s = 0; s < 8; ++s) offset += ls[s] * (ab.sums[2 * s] + ab.sums[2 * s + 1]);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i act = load64(ab.q + 64 * k);
+        const __m512i signed_act = _mm512_mask_sub_epi8(act, negative[k], zero, act);
+        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(M[k], signed_act), S[k]);
+      }
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
-      acc[t] = _mm512_mask_add_ps(acc[t], 1, acc[t],
-                                  _mm512_set1_ps(-128.0f * d * ab.d * static_cast<float>(offset)));
     }
   }
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);

@@ -1,0 +1,78 @@
+// The fast CPU dot-product kernels alone, per weight type, ISA level and tokens per call: one
+// 2048-wide weight row block after another (256 rows, L2-resident, or 32768 rows, DRAM), reported
+// as weight bytes per CPU second (Google Benchmark's CPU time, so a loaded machine still gives a
+// per-core figure). Random weights and activations; the values do not change the timing.
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/kernel_table.hpp"
+#include "backend/cpu/kernels/matmul_tile.hpp"
+#include "tandem/formats/dequantize.hpp"
+
+using namespace tandem;
+using namespace tandem::kernels;
+
+namespace {
+
+constexpr int64_t kIn = 2048;
+
+void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
+  if (!isa_level_supported(level)) {
+    state.SkipWithError("this CPU lacks the ISA level");
+    return;
+  }
+  const int64_t rows = state.range(0);
+  const int tokens = static_cast<int>(state.range(1));
+  const auto& tr = dtype_traits(type);
+  const int64_t row_bytes = kIn / tr.block_elems * tr.block_bytes;
+  std::vector<uint8_t> w(static_cast<size_t>(rows * row_bytes));
+  std::mt19937 rng(1);
+  for (auto& b : w) b = static_cast<uint8_t>(rng() & 0x3f);  // small values: no NaN/Inf in any type
+  std::vector<float> x(static_cast<size_t>(kIn * tokens));
+  for (auto& v : x) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
+  const WeightKind kind = *weight_kind_for(type);
+  const ActFormat format = act_format(kind);
+  const int64_t stride = format == ActFormat::f32 ? kIn * 4 : act_row_bytes(format, kIn);
+  std::vector<uint8_t> q(static_cast<size_t>(stride * tokens));
+  if (format == ActFormat::f32)
+    std::memcpy(q.data(), x.data(), q.size());
+  else
+    quantize_rows(format, x.data(), kIn, kIn, 0, tokens, q.data());
+  std::vector<float> scales(16 * 16, 1.0f);
+  const KernelTable table = make_kernel_table(level);
+  const DotFn dot = table.dot[static_cast<int>(kind)];
+  std::vector<float> y(static_cast<size_t>(rows * tokens));
+  for (auto _ : state) {
+    for (int64_t r = 0; r < rows; ++r)
+      dot(w.data() + r * row_bytes, q.data(), stride, tokens, kIn, scales.data(), y.data() + r, rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * rows * row_bytes);
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn * tokens),
+                                               benchmark::Counter::kIsRate);
+}
+
+void register_all() {
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::bf16,
+                     DType::f16, DType::f32, DType::f8_e4m3})
+    for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512}) {
+      const std::string name = std::string("dot/") + std::string(dtype_name(type)) + "/" + isa_level_name(level);
+      benchmark::RegisterBenchmark(name.c_str(), bench_dot, type, level)
+          ->ArgsProduct({{256, 32768}, {1, 4}})
+          ->ArgNames({"rows", "tokens"});
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
