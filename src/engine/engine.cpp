@@ -153,6 +153,7 @@ class CpuEngine final : public Engine {
     spec.values_per_token = c.kv_values_per_token_per_layer();
     spec.block_tokens = options_.kv_block_tokens;
     spec.dtype = options_.kv_type;
+    if (spec.layout == KvLayout::mla_latent) spec.rope_values = c.qk_rope_head_dim;
     spec.blocks =
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);

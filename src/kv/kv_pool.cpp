@@ -36,7 +36,11 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   planes_ = spec.layout == KvLayout::gqa ? 2 : 1;
   row_width_ = spec.values_per_token / planes_;
   channel_keys_ = spec.layout == KvLayout::gqa && spec.dtype == KvType::int4;
-  row_bytes_ = kv_row_bytes(spec.dtype, row_width_);
+  if (spec.rope_values < 0 || spec.rope_values >= row_width_ || (spec.rope_values > 0 && spec.layout != KvLayout::mla_latent))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("KV pool: {} rope values do not fit an MLA row of {}", spec.rope_values, row_width_));
+  quantised_width_ = kv_type_is_quantised(spec.dtype) ? row_width_ - spec.rope_values : row_width_;
+  row_bytes_ = kv_row_bytes(spec.dtype, quantised_width_) + 2 * static_cast<size_t>(row_width_ - quantised_width_);
   for (int64_t p = 0; p < planes_; ++p) {
     plane_bytes_[p] = per_channel_plane(p) ? kv_channel_block_bytes(row_width_, spec.block_tokens)
                                            : static_cast<size_t>(spec.block_tokens) * row_bytes_;
@@ -123,8 +127,22 @@ const float* KvPool::values(int32_t block, int64_t layer, int64_t plane, int64_t
   }
   const std::byte* r = row(block, layer, plane, slot);
   if (spec_.dtype == KvType::f32) return reinterpret_cast<const float*>(r) + first;
-  kv_decode_values(spec_.dtype, r, row_width_, first, n, scratch);
+  const int64_t q = quantised_width_;
+  if (first < q) kv_decode_values(spec_.dtype, r, q, first, std::min(n, q - first), scratch);
+  if (first + n > q) {
+    const int64_t tail = std::max(first, q);
+    kv_decode_row(KvType::f16, r + kv_row_bytes(spec_.dtype, q) + 2 * static_cast<size_t>(tail - q),
+                  scratch + (tail - first), first + n - tail);
+  }
   return scratch;
+}
+
+void KvPool::write_row(int32_t block, int64_t layer, int64_t plane, int64_t slot, const float* values) {
+  std::byte* r = row(block, layer, plane, slot);
+  kv_encode_row(spec_.dtype, values, r, quantised_width_);
+  if (quantised_width_ < row_width_)
+    kv_encode_row(KvType::f16, values + quantised_width_, r + kv_row_bytes(spec_.dtype, quantised_width_),
+                  row_width_ - quantised_width_);
 }
 
 void BlockTable::reserve(KvPool& pool, int64_t tokens) {

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "tandem/backend/thread_pool.hpp"
+#include "tandem/error.hpp"
+#include "tandem/formats/dequantize.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/kv/kv_quant.hpp"
 #include "tandem/kv/kv_type.hpp"
@@ -255,8 +257,10 @@ TEST_CASE("Attention over a quantised cache equals attention over its dequantise
     }
 
     // MLA: one latent plane, quantised per token.
-    KvPool mla(spec_for(KvLayout::mla_latent, type, kv_lora + rope)),
-        mla_exact(spec_for(KvLayout::mla_latent, KvType::f32, kv_lora + rope));
+    // The roped key (the last `rope` values) stays f16 in a quantised pool.
+    KvPoolSpec mla_spec = spec_for(KvLayout::mla_latent, type, kv_lora + rope);
+    mla_spec.rope_values = rope;
+    KvPool mla(mla_spec), mla_exact(spec_for(KvLayout::mla_latent, KvType::f32, kv_lora + rope));
     CHECK_FALSE(mla.per_channel_plane(0));
     BlockTable m, me;
     m.reserve(mla, n);
@@ -266,6 +270,11 @@ TEST_CASE("Attention over a quantised cache equals attention over its dequantise
       m.write_row(mla, 0, 0, p, latent.data() + p * (kv_lora + rope));
       m.read_row(mla, 0, 0, p, lrow.data());
       me.write_row(mla_exact, 0, 0, p, lrow.data());
+      if (type != KvType::f32)
+        for (int64_t i = kv_lora; i < kv_lora + rope; ++i) {
+          const float x = latent[static_cast<size_t>(p * (kv_lora + rope) + i)];
+          CHECK(lrow[static_cast<size_t>(i)] == (type == KvType::bf16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x))));
+        }
     }
     const BlockTable* mt[3] = {&m, &m, &m};
     const BlockTable* met[3] = {&me, &me, &me};
@@ -290,4 +299,13 @@ TEST_CASE("KV pool bytes per token follow the format", "[kv][kvquant]") {
   CHECK(per_token(KvLayout::gqa, KvType::fp8, 512) == 2.0 * (512 + 2 * 16));
   CHECK(per_token(KvLayout::gqa, KvType::int4, 512) == (256 + 4.0 * 512 / 16) + (256 + 4 * 16));
   CHECK(per_token(KvLayout::mla_latent, KvType::int4, 576) == 288 + 4 * 18);
+  // DeepSeek-V3's row: a 512-value latent quantised, the 64-value roped key in f16.
+  KvPoolSpec mla = spec_for(KvLayout::mla_latent, KvType::fp8, 576, 1);
+  mla.layers = 1;
+  mla.rope_values = 64;
+  CHECK(KvPool(mla).bytes_per_token() == 512 + 2 * 16 + 2 * 64);
+  mla.dtype = KvType::f16;
+  CHECK(KvPool(mla).bytes_per_token() == 2 * 576);
+  mla.rope_values = 576;
+  CHECK_THROWS_AS(KvPool(mla), Error);
 }
