@@ -5,7 +5,9 @@
 # Usage: scripts/kv-table.sh [TANDEM_BINARY]   (default build/bin/tandem)
 # Environment: FIXTURES (default ../shared/fixtures/trained), CTX (2048), CHUNKS (all windows;
 # set e.g. 4 for a quick look), THREADS (0: one per core), SETTINGS (override the list below,
-# space-separated TYPE/POLICY pairs), JSON_DIR (keep each run's JSON there).
+# space-separated TYPE/POLICY pairs), MODELS ("qwen3moe deepseekv3"), JSON_DIR (keep each run's
+# JSON there; the table covers every JSON in it, so runs split over several calls add up),
+# TABLE_ONLY=1 (run nothing, print the table of JSON_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tandem=${1:-build/bin/tandem}
@@ -22,7 +24,9 @@ settings=${SETTINGS:-"f32/full f16/full bf16/full fp8/full int8/full int4/full
 chunks=()
 [ -n "${CHUNKS:-}" ] && chunks=(--chunks "$CHUNKS")
 
-for model in qwen3moe deepseekv3; do
+models=${MODELS:-qwen3moe deepseekv3}
+[ -n "${TABLE_ONLY:-}" ] && models=""
+for model in $models; do
   for setting in $settings; do
     type=${setting%%/*}
     policy=${setting#*/}
