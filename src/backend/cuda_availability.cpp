@@ -14,9 +14,17 @@ namespace tandem {
 #ifdef TANDEM_WITH_CUDA
 bool cuda_backend_built() noexcept { return true; }
 int cuda_device_count() noexcept { return cuda::device_count(); }
+uint64_t cuda_device_total_bytes(int device) noexcept {
+  try {
+    return device >= 0 && device < cuda::device_count() ? cuda::device_info(device).total_bytes : 0;
+  } catch (...) {
+    return 0;
+  }
+}
 #else
 bool cuda_backend_built() noexcept { return false; }
 int cuda_device_count() noexcept { return 0; }
+uint64_t cuda_device_total_bytes(int) noexcept { return 0; }
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   throw Error(ErrorKind::unsupported, "cuda:" + std::to_string(device) +
                                           " requested, but this build has no CUDA backend (configure with "

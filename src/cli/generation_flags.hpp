@@ -27,6 +27,37 @@ inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
                         "it, else all on cpu (docs/PLACEMENT.md)");
 }
 
+// llama.cpp's placement spellings and the VRAM budget (docs/PLACEMENT.md), into `flags`; `-ngl`
+// is rewritten to --n-gpu-layers and `-ot` to --override-tensor before parsing. `with_ngl`: also
+// register --n-gpu-layers (run and chat have it among the llama.cpp spellings).
+inline void add_placement_shorthand_flags(CLI::App& app, PlacementFlags& flags, std::string& vram_total,
+                                          bool with_ngl) {
+  if (with_ngl)
+    app.add_option("--n-gpu-layers,--gpu-layers", flags.n_gpu_layers,
+                   "llama.cpp's -ngl: the last N layers on cuda:0 (N > layers, -1 or 'all': everything)");
+  app.add_flag("--cpu-moe", flags.cpu_moe, "all routed experts on the CPU (the rest on the GPU when one is usable)");
+  app.add_option("--n-cpu-moe", flags.n_cpu_moe, "routed experts of the first N layers on the CPU");
+  app.add_option("--override-tensor", flags.override_tensor,
+                 "llama.cpp's -ot REGEX=DEVICE[,...]: tensors whose file name matches go to DEVICE (CPU, CUDA0, "
+                 "cuda:N); repeatable")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--vram-budget", flags.vram_budget,
+                 "GPU memory to use (24G, 500M, 80%): the non-expert part, KV and buffers first, then routed "
+                 "experts layer by layer");
+  app.add_option("--vram-total", vram_total, "the card's memory for planning (default: asked from cuda:0)");
+}
+
+// --vram-total's text as bytes ("" = ask the card).
+inline uint64_t vram_total_from_flag(const std::string& text) {
+  if (text.empty()) return 0;
+  try {
+    return parse_vram_budget(text, 0);
+  } catch (const Error&) {
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--vram-total '{}': expected bytes with an optional K/M/G/T suffix (80G)", text));
+  }
+}
+
 // `--kv-type f32|f16|bf16|fp8|int8|int4`: the one definition, used by every command that runs a model (run,
 // chat, eval, perplexity). An empty string means the default (LoadOptions::kv_type, f16).
 inline CLI::Option* add_kv_type_flag(CLI::App& app, std::string& type) {
@@ -122,6 +153,8 @@ struct GenerationFlags {
   int threads = 0;
   int64_t context_tokens = 0;  // 0: the model's trained context, at most 4096
   std::string placement;  // LoadOptions::placement
+  PlacementFlags placement_flags;  // LoadOptions::placement_flags (-ngl comes through llama)
+  std::string vram_total;
   std::vector<std::string> override_kv;
   std::string kv_type;  // --kv-type; "" = default, or llama.cpp's -ctk/-ctv when both name it
   std::string kv_policy;  // --kv-policy; "" = full
@@ -157,6 +190,7 @@ struct GenerationFlags {
                    "context length of the session in tokens (0 = the model's trained context, at most 4096)")
         ->capture_default_str();
     add_placement_flag(app, placement);
+    add_placement_shorthand_flags(app, placement_flags, vram_total, /*with_ngl=*/false);
     add_override_kv_flag(app, override_kv);
     add_kv_type_flag(app, kv_type);
     add_kv_policy_flag(app, kv_policy);
@@ -217,6 +251,9 @@ struct GenerationFlags {
     o.max_context_tokens = context_tokens;
     o.max_sessions = 1;
     o.placement = placement;
+    o.placement_flags = placement_flags;
+    o.placement_flags.n_gpu_layers = llama.n_gpu_layers;
+    o.placement_flags.vram_total_bytes = vram_total_from_flag(vram_total);
     o.kv_type = resolved_kv_type();
     o.kv_policy = kv_policy_from_flag(kv_policy);
     o.cpu_kernels = cpu_kernels_from_flag(cpu_kernels);

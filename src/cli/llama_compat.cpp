@@ -1,5 +1,6 @@
 #include "cli/llama_compat.hpp"
 
+#include "tandem/engine/placement.hpp"
 #include "tandem/kv/kv_type.hpp"
 
 #include <fmt/core.h>
@@ -11,9 +12,10 @@
 namespace tandem::cli {
 
 std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* argv) {
-  static constexpr std::array<std::pair<std::string_view, std::string_view>, 5> spellings{{
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 6> spellings{{
       {"-np", "--parallel"},
       {"-ngl", "--n-gpu-layers"},
+      {"-ot", "--override-tensor"},
       {"-ctk", "--cache-type-k"},
       {"-ctv", "--cache-type-v"},
       {"-fa", "--flash-attn"},
@@ -37,7 +39,8 @@ std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* ar
 void LlamaCompatFlags::add_to(CLI::App& app) {
   auto* group = app.add_option_group("llama.cpp spellings", "accepted so llama.cpp command lines run; see docs/CLI.md");
   group->add_option("--n-gpu-layers,--gpu-layers", n_gpu_layers,
-                    "llama.cpp's layer offload (-ngl); Tandem places weights by role: use --placement");
+                    "llama.cpp's -ngl: the last N layers on cuda:0 (N > layers, -1 or 'all': everything); "
+                    "without a usable GPU everything stays on the CPU (docs/PLACEMENT.md)");
   group->add_option("--cache-type-k", cache_type_k, "llama.cpp's KV cache type for K (-ctk); with -ctv naming the same f32/f16/bf16, as --kv-type");
   group->add_option("--cache-type-v", cache_type_v, "llama.cpp's KV cache type for V (-ctv); with -ctk naming the same f32/f16/bf16, as --kv-type");
   flash_attn = group->add_option("--flash-attn", flash_attn_value, "llama.cpp's flash attention switch (-fa); Tandem chooses itself")
@@ -53,10 +56,10 @@ std::optional<std::string> LlamaCompatFlags::kv_type() const {
 
 void LlamaCompatFlags::report(std::string_view kv_type_used) const {
   const auto note = [](std::string_view text) { fmt::print(stderr, "tandem: note: {}\n", text); };
-  if (!n_gpu_layers.empty())
-    note("-ngl/--n-gpu-layers is ignored: Tandem places weights by role, not by layer count; use "
-         "--placement (e.g. 'experts=cpu,*=cuda:0', docs/PLACEMENT.md); the default already puts routed "
-         "experts on the CPU and the rest on the GPU when the CUDA backend can run it");
+  if (!n_gpu_layers.empty() && !cuda_forward_available())
+    note(fmt::format("-ngl/--n-gpu-layers {}: no GPU the CUDA backend can use here, so every layer runs on the "
+                     "CPU (placement rules: --placement, docs/PLACEMENT.md)",
+                     n_gpu_layers));
   if ((!cache_type_k.empty() || !cache_type_v.empty()) && kv_type() != std::optional<std::string>(kv_type_used))
     note(fmt::format("-ctk/-ctv (--cache-type-k/v) {}/{} are not used: the KV cache is {} (one type for K and V: "
                      "--kv-type f32|f16|bf16, or -ctk and -ctv naming the same one)",

@@ -10,11 +10,11 @@
 
 namespace tandem::cli {
 
-// argv with -ngl → --n-gpu-layers, -ctk → --cache-type-k, -ctv → --cache-type-v, -fa → --flash-attn.
+// argv with -ngl → --n-gpu-layers, -ot → --override-tensor, -ctk → --cache-type-k, -ctv → --cache-type-v, -fa → --flash-attn.
 std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* argv);
 
 struct LlamaCompatFlags {
-  std::string n_gpu_layers;  // empty: not given
+  std::string n_gpu_layers;  // empty: not given; becomes PlacementFlags::n_gpu_layers
   std::string cache_type_k, cache_type_v;
   CLI::Option* flash_attn = nullptr;  // takes an optional value (on|off|auto), so its count says it was given
   std::string flash_attn_value;

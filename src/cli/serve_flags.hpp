@@ -22,6 +22,8 @@ struct ServeFlags {
   int64_t context_tokens = 0;
   int threads = 0;
   std::string placement, kv_type;
+  PlacementFlags placement_flags;
+  std::string vram_total;
   std::vector<std::string> override_kv;
 
   void add_to(CLI::App& app) {
@@ -37,6 +39,7 @@ struct ServeFlags {
         ->capture_default_str();
     app.add_option("-t,--threads", threads, "CPU threads, 0 = one per physical core")->capture_default_str();
     add_placement_flag(app, placement);
+    add_placement_shorthand_flags(app, placement_flags, vram_total, /*with_ngl=*/true);
     add_kv_type_flag(app, kv_type);
     add_override_kv_flag(app, override_kv);
   }
@@ -61,6 +64,8 @@ struct ServeFlags {
     o.max_sessions = parallel;  // the KV pool holds a full context for each running sequence
     o.max_batch_tokens = max_batch_tokens;
     o.placement = placement;
+    o.placement_flags = placement_flags;
+    o.placement_flags.vram_total_bytes = vram_total_from_flag(vram_total);
     o.kv_type = kv_type_from_flag(kv_type);
     o.overrides = model_overrides_from(override_kv);
     return o;

@@ -137,6 +137,13 @@ class CpuEngine final : public Engine {
     };
     step(0.2f, "binding weights");
     weights_ = bind_weights(files_);
+    if (options_.placement_flags.any()) {
+      PlanRequest request{options_.placement, options_.placement_flags,
+                          cuda_forward_available() || options_.placement_flags.vram_total_bytes > 0,
+                          options_.max_sessions, options_.max_context_tokens, options_.kv_type,
+                          options_.max_batch_tokens};
+      placement_ = plan_placement(files_, weights_, request).placement;
+    }
     // Every role resolved before anything is allocated; a rule the forward pass cannot honour is an
     // error, never ignored. The forward pass then reads each tensor where the placement put it.
     placement_.check_layers(files_.config.num_layers);

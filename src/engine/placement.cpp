@@ -173,7 +173,20 @@ Placement Placement::defaults(bool gpu_available) {
   return p;
 }
 
+PlacementRule parse_placement_rule(std::string_view text) { return parse_rule(trim(text), ""); }
+
+Placement Placement::from_rules(std::vector<PlacementRule> rules, bool gpu_available) {
+  Placement p;
+  p.rules_ = std::move(rules);
+  for (PlacementRule& r : default_rules(gpu_available)) p.rules_.push_back(std::move(r));
+  return p;
+}
+
 Placement Placement::parse(std::string_view rules, bool gpu_available) {
+  return from_rules(parse_rule_list(rules), gpu_available);
+}
+
+std::vector<PlacementRule> Placement::parse_rule_list(std::string_view rules) {
   Placement p;
   p.rules_.clear();
   rules = trim(rules);
@@ -217,8 +230,7 @@ Placement Placement::parse(std::string_view rules, bool gpu_available) {
       ++number;
     }
   }
-  for (PlacementRule& r : default_rules(gpu_available)) p.rules_.push_back(std::move(r));
-  return p;
+  return std::move(p.rules_);
 }
 
 const PlacementRule& Placement::rule_for(WeightGroup g, int64_t layer) const {

@@ -23,6 +23,8 @@ namespace tandem {
 bool cuda_backend_built() noexcept;
 // CUDA devices this process can use: 0 without the backend, a driver or a GPU.
 int cuda_device_count() noexcept;
+// A GPU's total memory in bytes; 0 without the backend, a GPU or a driver answer.
+uint64_t cuda_device_total_bytes(int device) noexcept;
 
 // A backend on GPU `device`. Throws Error(unsupported) when the build has no CUDA backend,
 // Error(invalid_argument) naming the devices present when `device` is not one of them.

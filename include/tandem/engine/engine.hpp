@@ -15,6 +15,7 @@
 
 #include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/engine/placement.hpp"
+#include "tandem/engine/placement_plan.hpp"
 #include "tandem/kv/kv_type.hpp"
 #include "tandem/model/model_config.hpp"
 #include "tandem/model/model_files.hpp"
@@ -45,6 +46,7 @@ struct LoadOptions {
   bool kv_prefix_cache = false;
   int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
+  PlacementFlags placement_flags;     // -ngl, --cpu-moe, --n-cpu-moe, -ot, --vram-budget (after `placement`)
   bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them
   // Progress of loading in [0, 1] with a short stage name; called from the loading thread.
   std::function<void(float fraction, std::string_view stage)> progress;

@@ -47,6 +47,10 @@ class Placement {
   // Throws Error(invalid_argument) naming the rule and what is wrong; Error(io) when FILE cannot
   // be read.
   static Placement parse(std::string_view rules, bool gpu_available);
+  // The rules of `parse` without the defaults (for composing with other rule sources).
+  static std::vector<PlacementRule> parse_rule_list(std::string_view rules);
+  // `rules` in order, then the defaults for `gpu_available`.
+  static Placement from_rules(std::vector<PlacementRule> rules, bool gpu_available);
   // The defaults alone: experts=cpu,*=cuda:0 with a GPU, *=cpu without.
   static Placement defaults(bool gpu_available);
 
@@ -66,6 +70,8 @@ class Placement {
 
 // Parses one device: "cpu", "cuda" (= cuda:0), "cuda:N". Throws Error(invalid_argument).
 Device parse_device(std::string_view text);
+// Parses one rule "GROUP[FIRST-LAST]=DEVICE". Throws Error(invalid_argument) naming the rule.
+PlacementRule parse_placement_rule(std::string_view text);
 
 // Bytes of bound weights per (group, device), each tensor counted once (tied embeddings count with
 // `embedding`; the same dedup as summarize_weights, so the total equals its total_bytes()).

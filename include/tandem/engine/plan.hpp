@@ -1,0 +1,71 @@
+#pragma once
+// `tandem plan`'s model of speed: from a placement and the machine's rates, decode and prefill
+// tokens per second, before any weight is loaded. The model (docs/PLACEMENT.md):
+//   decode, one token: each layer reads, on each device, the bytes of its non-expert tensors and
+//     top_k/num_experts of its routed experts; the layer takes the slower device's bytes/bandwidth,
+//     plus kLayerSyncSeconds when its roles span two devices; the embedding reads one row, the
+//     output head all of it. tok/s = 1 / Σ.
+//   prefill, one pass of N tokens: per layer and device, max(FLOPs / compute rate, bytes /
+//     bandwidth) with every expert read once; FLOPs = 2 × weight elements per token (routed experts
+//     × top_k/num_experts) + causal attention 2·heads·(qk+v width)·N/2 per token; the slower device
+//     bounds the layer. tok/s = N / Σ.
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "tandem/engine/placement.hpp"
+#include "tandem/model/model_config.hpp"
+
+namespace tandem {
+
+// One GPU→CPU→GPU hand-off per layer, as measured on the GPU machine (DESIGN: 24-33 µs eager or
+// with stream memory operations in a graph).
+inline constexpr double kLayerSyncSeconds = 30e-6;
+// Compute rates assumed where none is measured (GFLOP/s): per CPU core with AVX-512/AMX-class
+// kernels, and one H200-class GPU at ~40 % of its dense BF16 peak.
+inline constexpr double kAssumedCpuGflopsPerCore = 50.0;
+inline constexpr double kAssumedGpuGflops = 400'000.0;
+// Bandwidths assumed for a GPU the process cannot measure (GB/s): H200 HBM3e at ~80 % of 4.8 TB/s,
+// pinned PCIe 5.0 x16 as measured on the GPU machine.
+inline constexpr double kAssumedVramGbps = 3800.0;
+inline constexpr double kAssumedPcieGbps = 55.0;
+
+struct MachineRates {
+  double dram_read_gbps = 0;  // 1e9 bytes/s
+  bool dram_measured = false;
+  bool gpu_present = false;
+  double vram_read_gbps = kAssumedVramGbps;
+  double pcie_gbps = kAssumedPcieGbps;
+  bool gpu_measured = false;
+  double cpu_gflops = 0;
+  double gpu_gflops = kAssumedGpuGflops;
+  int threads = 1;
+};
+
+struct PerformancePrediction {
+  double decode_tok_s = 0;
+  double prefill_4k_tok_s = 0;
+  double prefill_8k_tok_s = 0;
+  uint64_t decode_bytes_cpu = 0;  // bytes one decode token reads on the CPU
+  uint64_t decode_bytes_gpu = 0;  // ... and on GPUs
+  int64_t split_layers = 0;       // layers whose roles span the CPU and a GPU (each pays the sync)
+  double decode_flops_per_token = 0;
+};
+
+// The cost of one decode token and of prefill, by the model above.
+PerformancePrediction predict_performance(const ModelConfig& config, const Weights& weights,
+                                          const Placement& placement, const MachineRates& rates);
+// Prefill of one `tokens`-token pass.
+double predict_prefill_tok_s(const ModelConfig& config, const Weights& weights, const Placement& placement,
+                             const MachineRates& rates, int64_t tokens);
+
+// Measured rates cached in $XDG_CACHE_HOME/tandem/machine-rates.json (or ~/.cache/tandem/...),
+// keyed by machine: host name, CPU model and thread count. Nothing when the file is missing,
+// unreadable or has no entry for the key.
+std::string machine_rates_key(int threads);
+std::string machine_rates_cache_path();
+std::optional<double> cached_dram_read_gbps(const std::string& key);
+// Best effort: a cache that cannot be written is not an error.
+void store_dram_read_gbps(const std::string& key, double gbps);
+
+}  // namespace tandem

@@ -1,0 +1,167 @@
+// `tandem plan -m FILE [--vram-budget B] [--threads N] [--json]`: where each weight group goes and
+// how fast decode and prefill should run there, from the file's metadata and tensor table (the
+// weights are mapped, never read) and this machine's measured (or cached) bandwidth.
+#include <memory>
+#include <string>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.hpp"
+#include "cli/generation_flags.hpp"
+#include "tandem/backend/backend.hpp"
+#include "tandem/backend/stream_bandwidth.hpp"
+#include "tandem/engine/placement_plan.hpp"
+#include "tandem/engine/plan.hpp"
+#include "tandem/model/model_files.hpp"
+
+namespace tandem::cli {
+namespace {
+
+struct PlanFlags {
+  std::string model_path;
+  std::string placement;
+  PlacementFlags placement_flags;
+  std::string vram_total;
+  std::string kv_type;
+  int threads = 0;
+  int64_t context_tokens = 4096;
+  int64_t parallel = 1;
+  int64_t max_batch_tokens = 512;
+  double dram_gbps = 0;  // 0: measure (or read the cache)
+  uint64_t stream_mib = 1024;
+  bool remeasure = false;
+  bool json = false;
+};
+
+std::string gib(uint64_t bytes) {
+  const auto b = static_cast<double>(bytes);
+  return bytes >= (uint64_t{1} << 30) ? fmt::format("{:.2f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
+}
+
+int plan_command(const PlanFlags& f) {
+  const auto fail = [](const std::string& m) { throw Error(ErrorKind::invalid_argument, m); };
+  if (f.threads < 0) fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", f.threads));
+  if (f.context_tokens < 1 || f.context_tokens > (int64_t{1} << 24))
+    fail(fmt::format("-c/--ctx must be within [1, {}], not {}", int64_t{1} << 24, f.context_tokens));
+  if (f.parallel < 1 || f.parallel > 1024) fail(fmt::format("--parallel must be within [1, 1024], not {}", f.parallel));
+  if (f.max_batch_tokens < 1 || f.max_batch_tokens > (1 << 20))
+    fail(fmt::format("--max-batch-tokens must be within [1, {}], not {}", 1 << 20, f.max_batch_tokens));
+  if (f.dram_gbps < 0 || f.dram_gbps > 1e6) fail(fmt::format("--dram-gbps must be within (0, 1e6], not {}", f.dram_gbps));
+  if (f.stream_mib < 1 || f.stream_mib > (uint64_t{1} << 20))
+    fail(fmt::format("--stream-mib must be within [1, 1048576], not {}", f.stream_mib));
+
+  const ModelFiles files = open_model_files(f.model_path);
+  const Weights weights = bind_weights(files);
+  PlanRequest request;
+  request.rules = f.placement;
+  request.flags = f.placement_flags;
+  request.flags.vram_total_bytes = vram_total_from_flag(f.vram_total);
+  request.gpu_available = cuda_forward_available() || request.flags.vram_total_bytes > 0;
+  request.max_sessions = f.parallel;
+  request.context_tokens = f.context_tokens;
+  request.kv_type = kv_type_from_flag(f.kv_type);
+  request.max_batch_tokens = f.max_batch_tokens;
+  const PlacementPlan plan = plan_placement(files, weights, request);
+
+  MachineRates rates;
+  auto cpu = make_cpu_backend(f.threads);
+  rates.threads = cpu->threads();
+  rates.cpu_gflops = kAssumedCpuGflopsPerCore * rates.threads;
+  rates.gpu_present = cuda_forward_available();
+  std::string dram_source = "given (--dram-gbps)";
+  if (f.dram_gbps > 0) {
+    rates.dram_read_gbps = f.dram_gbps;
+  } else {
+    const std::string key = machine_rates_key(rates.threads);
+    const std::optional<double> cached = f.remeasure ? std::nullopt : cached_dram_read_gbps(key);
+    if (cached) {
+      rates.dram_read_gbps = *cached;
+      dram_source = "cached (" + machine_rates_cache_path() + ")";
+    } else {
+      StreamReadOptions so;
+      so.buffer_bytes = f.stream_mib << 20;
+      rates.dram_read_gbps = measure_stream_read_gbps(*cpu, so);
+      store_dram_read_gbps(key, rates.dram_read_gbps);
+      dram_source = "measured";
+    }
+    rates.dram_measured = true;
+  }
+  const PerformancePrediction p = predict_performance(files.config, weights, plan.placement, rates);
+
+  nlohmann::ordered_json groups = nlohmann::ordered_json::array();
+  for (const PlanLine& l : plan.lines)
+    groups.push_back({{"group", l.what}, {"device", l.device.to_string()}, {"bytes", l.bytes}});
+  const std::string gpu_rates = rates.gpu_present ? "assumed (not measured yet)" : "no GPU visible";
+  if (f.json) {
+    nlohmann::ordered_json j;
+    j["model"] = f.model_path;
+    j["decode_tok_s"] = p.decode_tok_s;
+    j["prefill_4k_tok_s"] = p.prefill_4k_tok_s;
+    j["prefill_8k_tok_s"] = p.prefill_8k_tok_s;
+    j["vram_bytes"] = plan.vram_bytes;
+    j["placement"] = {{"rules", plan.placement.to_string()}, {"groups", groups}};
+    j["vram_budget_bytes"] = plan.vram_budget_bytes;
+    j["vram_total_bytes"] = plan.vram_total_bytes;
+    j["expert_layers_on_gpu"] = plan.expert_layers_on_gpu;
+    j["kv_pool_bytes"] = plan.kv_pool_bytes;
+    j["buffer_bytes"] = plan.buffer_bytes;
+    j["decode_bytes_per_token_cpu"] = p.decode_bytes_cpu;
+    j["decode_bytes_per_token_gpu"] = p.decode_bytes_gpu;
+    j["decode_flops_per_token"] = p.decode_flops_per_token;
+    j["split_layers"] = p.split_layers;
+    j["layer_sync_seconds"] = kLayerSyncSeconds;
+    j["threads"] = rates.threads;
+    j["dram_read_gbps"] = rates.dram_read_gbps;
+    j["dram_source"] = dram_source;
+    j["gpu_present"] = rates.gpu_present;
+    j["vram_read_gbps"] = rates.vram_read_gbps;
+    j["pcie_gbps"] = rates.pcie_gbps;
+    j["gpu_rates"] = gpu_rates;
+    j["cpu_gflops"] = rates.cpu_gflops;
+    j["gpu_gflops"] = rates.gpu_gflops;
+    fmt::print("{}\n", j.dump());
+    return 0;
+  }
+  fmt::print("placement rules  {}\n", plan.placement.to_string());
+  fmt::print("{:<20}{:<10}{:>14}\n", "group", "device", "bytes");
+  for (const PlanLine& l : plan.lines) fmt::print("{:<20}{:<10}{:>14}  {}\n", l.what, l.device.to_string(), l.bytes, gib(l.bytes));
+  fmt::print("VRAM             {}", gib(plan.vram_bytes));
+  if (plan.vram_budget_bytes > 0)
+    fmt::print(" of a {} budget ({} routed-expert layers on the GPU)", gib(plan.vram_budget_bytes), plan.expert_layers_on_gpu);
+  if (plan.vram_total_bytes > 0) fmt::print("; card {}", gib(plan.vram_total_bytes));
+  fmt::print("\n");
+  fmt::print("DRAM read        {:.2f} GB/s, {} threads ({})\n", rates.dram_read_gbps, rates.threads, dram_source);
+  fmt::print("VRAM, PCIe       {:.0f} GB/s, {:.0f} GB/s ({})\n", rates.vram_read_gbps, rates.pcie_gbps, gpu_rates);
+  fmt::print("decode           {:.2f} tok/s ({:.1f} MB/token on the CPU, {:.1f} MB/token on GPUs, {} split layers at "
+             "{:.0f} us each)\n",
+             p.decode_tok_s, static_cast<double>(p.decode_bytes_cpu) / 1e6, static_cast<double>(p.decode_bytes_gpu) / 1e6,
+             p.split_layers, kLayerSyncSeconds * 1e6);
+  fmt::print("prefill 4k, 8k   {:.1f} tok/s, {:.1f} tok/s (CPU {:.0f} GFLOP/s, GPU {:.0f} GFLOP/s assumed)\n",
+             p.prefill_4k_tok_s, p.prefill_8k_tok_s, rates.cpu_gflops, rates.gpu_gflops);
+  return 0;
+}
+
+const RegisterCommand registered{
+    {"plan", "place a model's weights (VRAM budget, llama.cpp spellings) and predict its speed, without loading it",
+     [](CLI::App& sub) -> CommandRun {
+       auto f = std::make_shared<PlanFlags>();
+       sub.add_option("-m,--model", f->model_path, "GGUF file or HF model folder")->required();
+       add_placement_flag(sub, f->placement);
+       add_placement_shorthand_flags(sub, f->placement_flags, f->vram_total, /*with_ngl=*/true);
+       add_kv_type_flag(sub, f->kv_type);
+       sub.add_option("-t,--threads", f->threads, "CPU threads, 0 = one per physical core")->capture_default_str();
+       sub.add_option("-c,--ctx,--ctx-size", f->context_tokens, "context per session for the KV pool")
+           ->capture_default_str();
+       sub.add_option("--parallel", f->parallel, "sessions the KV pool holds")->capture_default_str();
+       sub.add_option("--max-batch-tokens,-b,--batch-size", f->max_batch_tokens, "tokens per forward pass (buffers)")
+           ->capture_default_str();
+       sub.add_option("--dram-gbps", f->dram_gbps, "use this DRAM read bandwidth (GB/s) instead of measuring");
+       sub.add_option("--stream-mib", f->stream_mib, "the stream read probe's buffer in MiB")->capture_default_str();
+       sub.add_flag("--remeasure", f->remeasure, "measure even when the cache has this machine");
+       sub.add_flag("--json", f->json, "print one JSON object (keys: docs/CLI.md)");
+       return [f] { return plan_command(*f); };
+     }}};
+
+}  // namespace
+}  // namespace tandem::cli

@@ -1,0 +1,79 @@
+// The machine-rates cache of `tandem plan`: a small JSON file keyed by machine.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "tandem/engine/plan.hpp"
+
+namespace tandem {
+namespace {
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  return "unknown cpu";
+}
+
+nlohmann::json read_cache() {
+  std::ifstream in(machine_rates_cache_path());
+  if (!in) return nlohmann::json::object();
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() ? j : nlohmann::json::object();
+}
+
+}  // namespace
+
+std::string machine_rates_key(int threads) {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  return std::string(host) + " | " + cpu_model_name() + " | " + std::to_string(threads) + " threads";
+}
+
+std::string machine_rates_cache_path() {
+  std::filesystem::path base;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    base = xdg;
+  } else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+    base = std::filesystem::path(home) / ".cache";
+  } else {
+    base = std::filesystem::temp_directory_path();
+  }
+  return (base / "tandem" / "machine-rates.json").string();
+}
+
+std::optional<double> cached_dram_read_gbps(const std::string& key) {
+  const nlohmann::json j = read_cache();
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_object()) return std::nullopt;
+  const auto v = it->find("dram_read_gbps");
+  if (v == it->end() || !v->is_number() || !(v->get<double>() > 0)) return std::nullopt;
+  return v->get<double>();
+}
+
+void store_dram_read_gbps(const std::string& key, double gbps) {
+  nlohmann::json j = read_cache();
+  j[key]["dram_read_gbps"] = gbps;
+  const std::filesystem::path path = machine_rates_cache_path();
+  std::error_code ec;
+  std::filesystem::create_directories(path.parent_path(), ec);
+  const std::filesystem::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp);
+    if (!out) return;
+    out << j.dump(2) << "\n";
+    if (!out) return;
+  }
+  std::filesystem::rename(tmp, path, ec);
+}
+
+}  // namespace tandem

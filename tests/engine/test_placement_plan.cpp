@@ -1,0 +1,323 @@
+// The placement planner: llama.cpp's spellings (-ngl, --cpu-moe, --n-cpu-moe, -ot) resolved to
+// per-role devices on the bundled models, --vram-budget parsing and fitting, and `tandem plan`
+// (JSON keys, the budget kept, the CPU-only decode prediction against its definition).
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <tuple>
+
+#include "support/cli.hpp"
+#include "support/fixtures.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/placement_plan.hpp"
+#include "tandem/engine/plan.hpp"
+#include "tandem/error.hpp"
+#include "tandem/model/model_files.hpp"
+#include "tandem/model/weight_roles.hpp"
+
+namespace {
+
+using namespace tandem;
+using Catch::Matchers::Contains;
+
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+struct Model {
+  ModelFiles files;
+  Weights weights;
+  explicit Model(const std::string& path) : files(open_model_files(path)), weights(bind_weights(files)) {}
+};
+
+const Model& qwen() {
+  static const Model m(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf");
+  return m;
+}
+const Model& deepseek() {
+  static const Model m(test::data_dir() + "/tiny-deepseekv3/deepseekv3-q8_0.gguf");
+  return m;
+}
+
+// The placement these flags resolve to, planned as on a machine with a GPU.
+Placement resolve(const Model& m, const PlacementFlags& flags, const std::string& rules = "", bool gpu = true) {
+  PlanRequest r;
+  r.rules = rules;
+  r.flags = flags;
+  r.gpu_available = gpu;
+  r.context_tokens = 32;
+  return plan_placement(m.files, m.weights, r).placement;
+}
+
+template <typename Fn>
+std::string error_message(Fn&& fn, ErrorKind kind) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    CHECK(e.kind() == kind);
+    return e.what();
+  }
+  FAIL("no error thrown");
+  return "";
+}
+
+const Device cpu = Device::cpu();
+const Device gpu0 = Device::cuda(0);
+
+}  // namespace
+
+TEST_CASE("-ngl N: the last N layers on cuda:0, the rest on the CPU; past the layers, everything", "[engine][plan]") {
+  const Model& m = qwen();  // 3 layers
+  PlacementFlags f;
+  f.n_gpu_layers = "2";
+  const Placement two = resolve(m, f);
+  for (WeightGroup g : {WeightGroup::attention, WeightGroup::norms, WeightGroup::experts, WeightGroup::router}) {
+    CHECK(two.device_for(g, 0) == cpu);
+    CHECK(two.device_for(g, 1) == gpu0);
+    CHECK(two.device_for(g, 2) == gpu0);
+  }
+  CHECK(two.device_for(WeightGroup::embedding) == cpu);
+  CHECK(two.device_for(WeightGroup::output) == cpu);
+  CHECK(two.device_for(WeightGroup::norms, kNoLayer) == cpu);
+  CHECK(two.to_string() == "*[1-2]=cuda:0,*=cpu,*=cpu");
+
+  for (const char* all : {"99", "all", "-1", "4"}) {
+    f.n_gpu_layers = all;
+    const Placement p = resolve(m, f);
+    for (WeightGroup g : kAllWeightGroups) CHECK(p.device_for(g, 1) == gpu0);
+    CHECK(p.device_for(WeightGroup::embedding) == gpu0);
+    CHECK(p.device_for(WeightGroup::output) == gpu0);
+  }
+  f.n_gpu_layers = "3";  // every layer, not the output (llama.cpp's n_layer)
+  CHECK(resolve(m, f).device_for(WeightGroup::attention, 0) == gpu0);
+  CHECK(resolve(m, f).device_for(WeightGroup::output) == cpu);
+  f.n_gpu_layers = "0";
+  for (WeightGroup g : kAllWeightGroups) CHECK(resolve(m, f).device_for(g, 0) == cpu);
+  // Without a GPU, -ngl places nothing: everything stays on the CPU.
+  f.n_gpu_layers = "99";
+  for (WeightGroup g : kAllWeightGroups) CHECK(resolve(m, f, "", false).device_for(g, 2) == cpu);
+  f.n_gpu_layers = "many";
+  CHECK_THAT(error_message([&] { resolve(m, f); }, ErrorKind::invalid_argument),
+             Contains("-ngl/--n-gpu-layers 'many'"));
+}
+
+TEST_CASE("--cpu-moe and --n-cpu-moe: routed experts on the CPU, the rest on the GPU", "[engine][plan]") {
+  const Model& m = deepseek();  // 3 layers, layer 0 dense
+  PlacementFlags f;
+  f.cpu_moe = true;
+  const Placement p = resolve(m, f);
+  for (int64_t l = 0; l < 3; ++l) {
+    CHECK(p.device_for(WeightGroup::experts, l) == cpu);
+    CHECK(p.device_for(WeightGroup::attention, l) == gpu0);
+    CHECK(p.device_for(WeightGroup::shared_experts, l) == gpu0);
+    CHECK(p.device_for(WeightGroup::dense_ffn, l) == gpu0);
+  }
+  CHECK(p.device_for(WeightGroup::embedding) == gpu0);
+  // No GPU: unchanged, everything on the CPU.
+  for (WeightGroup g : kAllWeightGroups) CHECK(resolve(m, f, "", false).device_for(g, 1) == cpu);
+
+  PlacementFlags n;
+  n.n_cpu_moe = 2;
+  const Placement q = resolve(m, n);
+  CHECK(q.device_for(WeightGroup::experts, 0) == cpu);
+  CHECK(q.device_for(WeightGroup::experts, 1) == cpu);
+  CHECK(q.device_for(WeightGroup::experts, 2) == cpu);  // the GPU defaults keep the other experts on the CPU
+  CHECK(q.device_for(WeightGroup::attention, 0) == gpu0);
+  // With -ngl 99 the layers past N put their experts on the GPU, as in llama.cpp.
+  n.n_gpu_layers = "99";
+  const Placement r = resolve(m, n);
+  CHECK(r.device_for(WeightGroup::experts, 1) == cpu);
+  CHECK(r.device_for(WeightGroup::experts, 2) == gpu0);
+  CHECK(r.to_string().starts_with("experts[0-1]=cpu,*=cuda:0"));
+  // --placement comes first.
+  CHECK(resolve(m, n, "experts[1]=cuda:0").device_for(WeightGroup::experts, 1) == gpu0);
+}
+
+TEST_CASE("-ot REGEX=DEVICE: file tensor names to devices, in flag order", "[engine][plan]") {
+  const Model& m = qwen();
+  PlacementFlags f;
+  f.n_gpu_layers = "99";
+  f.override_tensor = {"blk\\.[01]\\.ffn_.*_exps=CPU", "blk\\.2\\.attn_q\\.=cpu,output=CUDA0"};
+  const Placement p = resolve(m, f);
+  CHECK(p.device_for(WeightGroup::experts, 0) == cpu);
+  CHECK(p.device_for(WeightGroup::experts, 1) == cpu);
+  CHECK(p.device_for(WeightGroup::experts, 2) == gpu0);
+  CHECK(p.device_for(WeightGroup::attention, 2) == cpu);  // a group of a layer moves as a whole
+  CHECK(p.device_for(WeightGroup::attention, 1) == gpu0);
+  CHECK(p.device_for(WeightGroup::output) == gpu0);
+  CHECK(p.to_string().starts_with("experts[0-1]=cpu,attention[2]=cpu,"));
+  // The first -ot wins over a later one and over -ngl.
+  PlacementFlags order;
+  order.override_tensor = {"exps=CPU", "blk\\.0\\.=CUDA1"};
+  const Placement o = resolve(m, order);
+  CHECK(o.device_for(WeightGroup::experts, 0) == cpu);
+  CHECK(o.device_for(WeightGroup::attention, 0) == Device::cuda(1));
+  CHECK(o.device_for(WeightGroup::attention, 1) == cpu);  // -ot alone: the rest keeps today's default
+
+  const auto err = [&](const std::string& ot) {
+    PlacementFlags bad;
+    bad.override_tensor = {ot};
+    return error_message([&] { resolve(m, bad); }, ErrorKind::invalid_argument);
+  };
+  CHECK_THAT(err("blk\\.(0=CPU"), Contains("bad regular expression 'blk\\.(0'") && Contains("parenthesis"));
+  CHECK_THAT(err("exps=GPU"), Contains("unknown device 'GPU'") && Contains("CUDA0"));
+  CHECK_THAT(err("exps"), Contains("expected REGEX=DEVICE"));
+  CHECK_THAT(err("no_such_tensor=CPU"), Contains("matches none of this model's"));
+}
+
+TEST_CASE("--vram-budget text: binary units, percentages of the card, clear errors", "[engine][plan]") {
+  CHECK(parse_vram_budget("24G", 0) == 24 * kGiB);
+  CHECK(parse_vram_budget("500M", 0) == uint64_t{500} << 20);
+  CHECK(parse_vram_budget("1.5GiB", 0) == 3 * kGiB / 2);
+  CHECK(parse_vram_budget("123456", 0) == 123456);
+  CHECK(parse_vram_budget("80%", 100 * kGiB) == 80 * kGiB);
+  CHECK_THAT(error_message([] { parse_vram_budget("80%", 0); }, ErrorKind::invalid_argument),
+             Contains("needs the card's memory"));
+  CHECK_THAT(error_message([] { parse_vram_budget("200G", 141 * kGiB); }, ErrorKind::invalid_argument),
+             Contains("larger than the card") && Contains("141.00 GiB"));
+  for (const char* bad : {"", "G", "12Q", "-5G", "0", "150%"})
+    CHECK_THROWS_AS(parse_vram_budget(bad, 100 * kGiB), Error);
+}
+
+TEST_CASE("--vram-budget: the non-expert part first, then routed experts by layer within the budget", "[engine][plan]") {
+  const Model& m = qwen();
+  PlanRequest r;
+  r.gpu_available = true;
+  r.context_tokens = 32;
+  r.flags.vram_total_bytes = 2 * kGiB;
+  r.flags.vram_budget = "2G";
+  const PlacementPlan all = plan_placement(qwen().files, qwen().weights, r);
+  CHECK(all.expert_layers_on_gpu == 3);
+  CHECK(all.vram_bytes <= all.vram_budget_bytes);
+  CHECK(all.placement.device_for(WeightGroup::experts, 2) == gpu0);
+
+  // The non-expert part alone, then room for exactly one layer of experts.
+  PlanRequest base = r;
+  base.flags.vram_budget = "";
+  base.flags.cpu_moe = true;
+  const PlacementPlan fixed = plan_placement(m.files, m.weights, base);
+  CHECK(fixed.placement.device_for(WeightGroup::experts, 0) == cpu);
+  uint64_t layer0 = 0;
+  for (const PlacedBytes& p : place_weights(m.weights, all.placement))
+    if (p.group == WeightGroup::experts) layer0 = p.bytes / 3;  // the tiny model's layers are alike
+  r.flags.vram_budget = std::to_string(fixed.vram_bytes + layer0 + layer0 / 2);
+  const PlacementPlan one = plan_placement(m.files, m.weights, r);
+  CHECK(one.expert_layers_on_gpu == 1);
+  CHECK(one.placement.device_for(WeightGroup::experts, 0) == gpu0);
+  CHECK(one.placement.device_for(WeightGroup::experts, 1) == cpu);
+  CHECK(one.vram_bytes == fixed.vram_bytes + layer0);
+  CHECK(one.vram_bytes <= one.vram_budget_bytes);
+  CHECK(one.kv_pool_bytes == planned_kv_pool_bytes(m.files.config, r));
+  CHECK(one.kv_pool_bytes == uint64_t{32} * 3 * m.files.config.kv_values_per_token_per_layer() * 2);
+
+  r.flags.vram_budget = std::to_string(fixed.vram_bytes - 1);
+  CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::out_of_memory),
+             Contains("too small") && Contains("attention") && Contains("KV pool") && Contains("working buffers"));
+  r.flags.vram_budget = "3G";
+  CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::invalid_argument),
+             Contains("larger than the card"));
+  r.flags.vram_budget = "1G";
+  r.gpu_available = false;
+  r.flags.vram_total_bytes = 0;
+  CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::invalid_argument),
+             Contains("no GPU"));
+}
+
+TEST_CASE("an engine loads with llama.cpp's spellings; without a GPU everything stays on the CPU", "[engine][plan]") {
+  if (cuda_forward_available()) {
+    WARN("skipped: this machine has a GPU, so the CPU-only fallback is not what runs");
+    return;
+  }
+  LoadOptions o;
+  o.max_context_tokens = 32;
+  o.max_sessions = 1;
+  o.threads = 2;
+  o.load_tokenizer = false;
+  o.placement_flags.cpu_moe = true;
+  o.placement_flags.n_gpu_layers = "99";
+  const auto engine = Engine::load(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf", o);
+  for (WeightGroup g : kAllWeightGroups) CHECK(engine->placement().device_for(g, 1) == cpu);
+}
+
+namespace {
+
+// Bytes one decode token reads by definition: routed experts top_k/num_experts of theirs, the
+// embedding one row, every other tensor all of its bytes (each tensor once per group).
+double decode_bytes_by_definition(const Model& m) {
+  const ModelConfig& c = m.files.config;
+  std::set<std::tuple<const void*, uint64_t, WeightGroup>> seen;
+  double bytes = 0;
+  for_each_weight_tensor(m.weights, [&](WeightGroup g, int64_t, const TensorView& v, TensorRole) {
+    if (v.empty() || !seen.insert({v.data, v.nbytes, g}).second) return;
+    const auto b = static_cast<double>(v.nbytes);
+    if (g == WeightGroup::experts)
+      bytes += b * static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.num_experts);
+    else if (g == WeightGroup::embedding)
+      bytes += b / static_cast<double>(c.vocab_size);
+    else
+      bytes += b;
+  });
+  return bytes;
+}
+
+nlohmann::json plan_json(const std::string& args) {
+  const auto r = test::run_cli_captured("plan " + args + " --json");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  return nlohmann::json::parse(r.out);
+}
+
+void check_plan_file(const std::string& path) {
+  const Model m(path);
+  const nlohmann::json cpu_only = plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10");
+  for (const char* key : {"decode_tok_s", "prefill_4k_tok_s", "prefill_8k_tok_s", "vram_bytes", "placement"})
+    CHECK(cpu_only.contains(key));
+  CHECK(cpu_only["vram_bytes"] == 0);
+  CHECK(cpu_only["placement"]["rules"] == "*=cpu");
+  const double expected = 10e9 / decode_bytes_by_definition(m);
+  CHECK(cpu_only["decode_tok_s"].get<double>() == Approx(expected).epsilon(1e-6));
+  CHECK(cpu_only["prefill_4k_tok_s"].get<double>() > 0);
+  // A longer prompt attends over more keys per token: never faster.
+  CHECK(cpu_only["prefill_8k_tok_s"].get<double>() <= cpu_only["prefill_4k_tok_s"].get<double>());
+
+  const nlohmann::json budget = plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10 --vram-budget 4G --vram-total 80G");
+  CHECK(budget["vram_bytes"].get<uint64_t>() <= 4 * kGiB);
+  CHECK(budget["vram_bytes"].get<uint64_t>() > 0);
+  CHECK(budget["vram_budget_bytes"] == 4 * kGiB);
+  CHECK(budget["placement"]["groups"].is_array());
+  CHECK(budget["decode_tok_s"].get<double>() > cpu_only["decode_tok_s"].get<double>());
+
+  const auto small = test::run_cli_captured("plan -m " + test::shell_quote(path) + " --dram-gbps 10 --vram-budget 100M --vram-total 80G");
+  CHECK(small.exit_code != 0);
+  CHECK_THAT(small.err, Contains("too small") && Contains("needed") && Contains("CUDA reserve"));
+}
+
+}  // namespace
+
+TEST_CASE("tandem plan on the bundled models: keys, budget, CPU-only decode = bandwidth / bytes per token",
+          "[engine][plan][cli]") {
+  check_plan_file(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf");
+  check_plan_file(test::data_dir() + "/tiny-deepseekv3/deepseekv3-q8_0.gguf");
+}
+
+TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli][synth]") {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "tandem-plan-test";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "qwen3-30b-1l.gguf").string();
+  const auto synth = test::run_cli_captured("synth --preset qwen3-30b-a3b --layers 1 --quant q4_k_m -o " + test::shell_quote(path));
+  REQUIRE(synth.exit_code == 0);
+  check_plan_file(path);
+  // The measured bandwidth is cached per machine and read back.
+  setenv("XDG_CACHE_HOME", dir.string().c_str(), 1);
+  const nlohmann::json measured = plan_json("-m " + test::shell_quote(path) + " --stream-mib 64");
+  CHECK(measured["dram_source"] == "measured");
+  const nlohmann::json cached = plan_json("-m " + test::shell_quote(path));
+  CHECK(cached["dram_source"].get<std::string>().starts_with("cached"));
+  CHECK(cached["dram_read_gbps"] == measured["dram_read_gbps"]);
+  const Model m(path);
+  CHECK(cached["decode_tok_s"].get<double>() ==
+        Approx(cached["dram_read_gbps"].get<double>() * 1e9 / decode_bytes_by_definition(m)).epsilon(1e-6));
+  unsetenv("XDG_CACHE_HOME");
+  std::filesystem::remove_all(dir);
+}
