@@ -51,8 +51,9 @@ uint64_t vram_total_bytes(const PlacementFlags& flags) {
 
 uint64_t planned_kv_pool_bytes(const ModelConfig& c, const PlanRequest& r) {
   const int64_t blocks_per_session = (r.context_tokens + kPlanKvBlockTokens - 1) / kPlanKvBlockTokens;
-  return static_cast<uint64_t>(r.max_sessions * blocks_per_session * kPlanKvBlockTokens) *
-         static_cast<uint64_t>(c.num_layers * c.kv_values_per_token_per_layer()) * kv_type_bytes(r.kv_type);
+  // One row holding a token's values of one layer (quantised types: codes plus their scales).
+  return static_cast<uint64_t>(r.max_sessions * blocks_per_session * kPlanKvBlockTokens * c.num_layers) *
+         kv_row_bytes(r.kv_type, c.kv_values_per_token_per_layer());
 }
 
 uint64_t planned_buffer_bytes(const ModelConfig& c, int64_t max_batch_tokens) {
