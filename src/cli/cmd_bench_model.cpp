@@ -10,6 +10,8 @@
 
 #include "cli/bench_command.hpp"
 #include "tandem/engine/bench/model_bench.hpp"
+#include "tandem/engine/plan.hpp"
+#include "tandem/model/model_files.hpp"
 #include "tandem/error.hpp"
 
 namespace tandem::cli {
@@ -40,6 +42,14 @@ CommandRun setup(CLI::App& sub) {
       throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
     o.stream_bytes = flags->stream_mib << 20;
     const ModelBenchResult r = run_model_bench(o);
+    // What `tandem plan` predicts for the bench's placement (all on the CPU) at the bandwidth measured here.
+    MachineRates rates;
+    rates.dram_read_gbps = r.stream_read_gbps;
+    rates.threads = r.threads;
+    rates.cpu_gflops = kAssumedCpuGflopsPerCore * r.threads;
+    const ModelFiles files = open_model_files(o.model_path);
+    const double plan_decode_tok_s =
+        predict_performance(files.config, bind_weights(files), Placement(), rates).decode_tok_s;
     for (const std::string& w : r.warnings) fmt::print(stderr, "tandem: warning: {}\n", w);
     if (flags->json) {
       nlohmann::ordered_json j;
@@ -55,6 +65,8 @@ CommandRun setup(CLI::App& sub) {
       j["decode_roofline_tok_s"] = r.decode_roofline_tok_s;
       j["decode_roofline_ratio"] = r.decode_tok_s / r.decode_roofline_tok_s;
       j["decode_bytes_per_token"] = r.decode_bytes_per_token;
+      j["plan_decode_tok_s"] = plan_decode_tok_s;
+      j["plan_decode_fraction"] = r.decode_tok_s / plan_decode_tok_s;
       j["stream_read_gbps"] = r.stream_read_gbps;
       j["experts_hit_fraction"] = r.experts_hit_fraction;
       j["experts_hit_uniform"] = r.experts_hit_uniform;
@@ -76,6 +88,8 @@ CommandRun setup(CLI::App& sub) {
     fmt::print("decode roofline {:.1f} tok/s ({:.1f} MB read per token at {:.2f} GB/s stream read); decode at {:.3f} of it\n",
                r.decode_roofline_tok_s, r.decode_bytes_per_token / 1e6, r.stream_read_gbps,
                r.decode_tok_s / r.decode_roofline_tok_s);
+    fmt::print("plan_decode_tok_s {:.1f} (tandem plan's prediction at this bandwidth); decode at {:.3f} of it\n",
+               plan_decode_tok_s, r.decode_tok_s / plan_decode_tok_s);
     if (o.spread_tokens > 0)
       fmt::print("experts hit per MoE layer over {} tokens: {:.3f} (uniform routing: {:.3f})\n", o.spread_tokens,
                  r.experts_hit_fraction, r.experts_hit_uniform);

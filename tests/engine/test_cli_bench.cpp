@@ -98,6 +98,11 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
   CHECK(bytes < j["model_bytes"].get<double>());  // top-k experts and one embedding row, not the whole file
   CHECK(j["decode_roofline_tok_s"].get<double>() ==
         Approx(j["stream_read_gbps"].get<double>() * 1e9 / bytes).epsilon(1e-9));
+  // tandem plan's prediction at the same bandwidth, and the fraction of it achieved.
+  REQUIRE(j.contains("plan_decode_tok_s"));
+  CHECK(j["plan_decode_tok_s"].get<double>() > 0);
+  CHECK(j["plan_decode_fraction"].get<double>() ==
+        Approx(j["decode_tok_s"].get<double>() / j["plan_decode_tok_s"].get<double>()).epsilon(1e-9));
   // A trained router spreads 64 tokens over most experts of each layer.
   const double hit = j["experts_hit_fraction"];
   REQUIRE(j["experts_hit_per_layer"].size() == 4);  // the bundled model's four MoE layers
