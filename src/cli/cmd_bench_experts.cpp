@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_command.hpp"
+#include "cli/generation_flags.hpp"
 #include "tandem/engine/bench/expert_bench.hpp"
 #include "tandem/error.hpp"
 
@@ -22,6 +23,7 @@ struct ExpertsFlags {
   double seconds = 2.0;
   uint64_t stream_mib = 1024;
   uint64_t seed = 1;
+  std::string cpu_kernels;
   bool json = false;
 };
 
@@ -34,6 +36,7 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--seconds", flags->seconds, "time steps for at least this long (default 2)");
   sub.add_option("--stream-mib", flags->stream_mib, "the stream read probe's buffer in MiB (default 1024)");
   sub.add_option("--seed", flags->seed, "seed of the weights, inputs and routing (default 1)");
+  add_cpu_kernels_flag(sub, flags->cpu_kernels);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     ExpertBenchOptions options;
@@ -46,6 +49,7 @@ CommandRun setup(CLI::App& sub) {
       throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
     options.stream_bytes = flags->stream_mib << 20;
     options.seed = flags->seed;
+    options.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
     const ExpertBenchResult r = run_expert_bench(options);
     if (flags->json) {
       nlohmann::ordered_json j;
@@ -53,6 +57,8 @@ CommandRun setup(CLI::App& sub) {
       j["quant"] = std::string(synth_quant_name(r.quant));
       j["batch"] = r.batch;
       j["threads"] = r.threads;
+      j["cpu_kernels"] = std::string(cpu_kernels_name(options.kernels));
+      j["cpu_isa"] = std::string(cpu_kernel_isa());
       j["experts"] = r.experts;
       j["top_k"] = r.top_k;
       j["hidden"] = r.hidden;

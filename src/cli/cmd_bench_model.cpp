@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_command.hpp"
+#include "cli/generation_flags.hpp"
 #include "tandem/engine/bench/model_bench.hpp"
 #include "tandem/engine/plan.hpp"
 #include "tandem/model/model_files.hpp"
@@ -20,6 +21,7 @@ namespace {
 struct ModelFlags {
   ModelBenchOptions options;
   uint64_t stream_mib = 1024;
+  std::string cpu_kernels;
   bool json = false;
 };
 
@@ -35,12 +37,14 @@ CommandRun setup(CLI::App& sub) {
                  "tokens of the prompt that measures the routing spread (default 4096; 0 skips it)");
   sub.add_option("--stream-mib", flags->stream_mib, "the stream read probe's buffer in MiB (default 1024)");
   sub.add_option("--seed", opt.seed, "seed of the random token ids (default 1)");
+  add_cpu_kernels_flag(sub, flags->cpu_kernels);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     ModelBenchOptions o = flags->options;
     if (flags->stream_mib < 1 || flags->stream_mib > (uint64_t{1} << 20))
       throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
     o.stream_bytes = flags->stream_mib << 20;
+    o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
     const ModelBenchResult r = run_model_bench(o);
     // What `tandem plan` predicts for the bench's placement (all on the CPU) at the bandwidth measured here.
     MachineRates rates;
@@ -55,6 +59,8 @@ CommandRun setup(CLI::App& sub) {
       nlohmann::ordered_json j;
       j["model"] = o.model_path;
       j["threads"] = r.threads;
+      j["cpu_kernels"] = std::string(cpu_kernels_name(o.kernels));
+      j["cpu_isa"] = std::string(cpu_kernel_isa());
       j["n_prompt"] = o.prompt_tokens;
       j["n_gen"] = o.gen_tokens;
       j["repetitions"] = o.reps;

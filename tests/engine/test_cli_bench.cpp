@@ -37,6 +37,7 @@ TEST_CASE("bench experts: JSON keys and consistent values", "[engine][bench][cli
   CHECK(j["gate_type"] == "q4_k");
   CHECK(j["down_type"] == "q4_k");
   CHECK(j["threads"] == 1);
+  CHECK(j["cpu_kernels"] == "fast");
   // Batch 1, top 8: exactly eight distinct experts read per step.
   CHECK(j["expert_bytes_per_step"].get<double>() == kQwen3ExpertBytes * 8);
   const double achieved = j["achieved_gbps"], stream = j["stream_read_gbps"];
@@ -52,6 +53,11 @@ TEST_CASE("bench experts: JSON keys and consistent values", "[engine][bench][cli
   CHECK(bytes > kQwen3ExpertBytes * 8);
   CHECK(bytes <= kQwen3ExpertBytes * 128);
   CHECK(big["batch"] == 64);
+
+  // The reference kernels read the same bytes per step (batch 1: eight experts).
+  const auto ref = run_json("bench experts --preset qwen3-30b-a3b -t 1 --seconds 0.1 --stream-mib 64 --cpu-kernels reference --json");
+  CHECK(ref["cpu_kernels"] == "reference");
+  CHECK(ref["expert_bytes_per_step"].get<double>() == kQwen3ExpertBytes * 8);
 }
 
 TEST_CASE("bench experts and model refuse sizes past their limits", "[engine][bench][cli]") {

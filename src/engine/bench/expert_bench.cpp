@@ -125,7 +125,7 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
                                               std::to_string(r.layer_bytes >> 20) + " MiB) and the stream probe do not fit in 80% of this machine's " +
                                               std::to_string(memory >> 20) + " MiB");
 
-  auto backend = make_cpu_backend(options.threads);
+  auto backend = make_cpu_backend(options.threads, options.kernels);
   r.threads = backend->threads();
   StreamReadOptions stream;
   stream.buffer_bytes = options.stream_bytes;

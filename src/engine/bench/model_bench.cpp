@@ -93,6 +93,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.max_sessions = 1;
   load.max_context_tokens = std::max<int64_t>({o.prompt_tokens, o.gen_tokens, 33});  // 33: the warm-up
   load.load_tokenizer = false;
+  load.cpu_kernels = o.kernels;
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
   auto random_ids = [&](int64_t n) {
@@ -104,7 +105,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     const auto engine = Engine::load(o.model_path, load);
     r.warnings = engine->warnings();
     auto probe_stream = [&] {
-      auto backend = make_cpu_backend(o.threads);  // the same thread count as the engine's
+      auto backend = make_cpu_backend(o.threads, o.kernels);  // the same threads as the engine's
       r.threads = backend->threads();
       StreamReadOptions stream;
       stream.buffer_bytes = o.stream_bytes;
@@ -140,7 +141,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   }
   r.decode_roofline_tok_s = r.stream_read_gbps * 1e9 / r.decode_bytes_per_token;
   if (o.spread_tokens > 0 && c.num_experts > 0) {
-    const RoutingSpread spread = measure_routing_spread(files, o.spread_tokens, o.threads, o.seed + 1);
+    const RoutingSpread spread = measure_routing_spread(files, o.spread_tokens, o.threads, o.seed + 1, o.kernels);
     r.experts_hit_fraction = spread.mean_fraction();
     for (int64_t hit : spread.experts_hit)
       r.experts_hit_per_layer.push_back(static_cast<double>(hit) / static_cast<double>(spread.experts));

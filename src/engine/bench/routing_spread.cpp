@@ -99,7 +99,8 @@ double RoutingSpread::uniform_fraction(int64_t tokens, int64_t top_k, int64_t ex
   return 1.0 - std::pow(1.0 - static_cast<double>(top_k) / static_cast<double>(experts), static_cast<double>(tokens));
 }
 
-RoutingSpread measure_routing_spread(const ModelFiles& files, int64_t tokens, int threads, uint64_t seed) {
+RoutingSpread measure_routing_spread(const ModelFiles& files, int64_t tokens, int threads, uint64_t seed,
+                                     CpuKernels kernels) {
   const ModelConfig& c = files.config;
   const int64_t limit = std::min(kMaxSpreadTokens, c.max_position_embeddings > 0 ? c.max_position_embeddings : kMaxSpreadTokens);
   if (tokens < 1 || tokens > limit)
@@ -117,7 +118,7 @@ RoutingSpread measure_routing_spread(const ModelFiles& files, int64_t tokens, in
   spec.block_tokens = 16;
   spec.blocks = (tokens + spec.block_tokens - 1) / spec.block_tokens;
   KvPool kv(spec);
-  auto cpu = make_cpu_backend(threads);
+  auto cpu = make_cpu_backend(threads, kernels);
   RoutingRecorder recorder(*cpu, moe_layers, c.num_experts);
   ForwardPass forward(c, weights, recorder, kv, std::min(tokens, kChunkTokens));
 

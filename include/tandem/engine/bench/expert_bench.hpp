@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/model/synth.hpp"
 
 namespace tandem {
@@ -18,6 +19,7 @@ struct ExpertBenchOptions {
   double min_seconds = 2.0;   // time the steps for at least this long (after warm-up)
   uint64_t stream_bytes = uint64_t{1} << 30;  // the stream read probe's buffer
   uint64_t seed = 1;
+  CpuKernels kernels = CpuKernels::fast;  // the CPU backend's kernels (reference: to compare)
   static constexpr int64_t kMaxBatch = 16384;
 };
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tandem/backend/cpu_kernels.hpp"
+
 namespace tandem {
 
 struct ModelBenchOptions {
@@ -18,6 +20,7 @@ struct ModelBenchOptions {
   int64_t spread_tokens = 4096;  // tokens of the routing-spread prompt; 0 skips it
   uint64_t stream_bytes = uint64_t{1} << 30;
   uint64_t seed = 1;
+  CpuKernels kernels = CpuKernels::fast;  // LoadOptions::cpu_kernels (reference: to compare)
   static constexpr int kMaxReps = 100;
 };
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/model/model_files.hpp"
 
 namespace tandem {
@@ -22,6 +23,7 @@ struct RoutingSpread {
 // Runs `tokens` random token ids (seeded) as one prompt through the model on a CPU backend of
 // `threads` threads (0 = one per core) and records every MoE layer's expert ids. Error(out_of_range)
 // for tokens outside 1..the model's context (at most 65536).
-RoutingSpread measure_routing_spread(const ModelFiles& files, int64_t tokens, int threads, uint64_t seed = 1);
+RoutingSpread measure_routing_spread(const ModelFiles& files, int64_t tokens, int threads, uint64_t seed = 1,
+                                     CpuKernels kernels = CpuKernels::fast);
 
 }  // namespace tandem
