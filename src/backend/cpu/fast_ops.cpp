@@ -42,7 +42,7 @@ bool FastCpuOps::supports(const LinearWeight& w) const {
   if (*kind == WeightKind::f8_e4m3) {
     const TensorView& s = w.scale_inv;
     if (s.empty() || s.dtype != DType::f32 || s.shape.rank != 2 || s.shape[0] * 128 < out ||
-        s.shape.back() * 128 < in)
+        s.shape.back() * 128 < in || s.shape.back() > kernels::kMaxFp8ScaleColumns)
       return false;
   } else if (!w.scale_inv.empty()) {
     return false;

@@ -1,6 +1,7 @@
 #include "backend/cpu/kernels/matmul_tile.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 
@@ -28,14 +29,21 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
   constexpr int64_t kFp8Rows = 128;
   const uint8_t* rows = static_cast<const uint8_t*>(w.weight.data);
   const auto row_stride = static_cast<int64_t>(w.weight.row_stride_bytes());
+  // FP8 block scales copied out of the file: a float in a mapping need not be 4-byte aligned.
+  float scales[kMaxFp8ScaleColumns];
+  int64_t scale_row = -1;
   for (int64_t t0 = 0; t0 < tokens; t0 += kMaxTokens) {
     const int n = static_cast<int>(std::min<int64_t>(kMaxTokens, tokens - t0));
     const uint8_t* xt = x.data + t0 * x.stride;
     float* yt = y + t0 * y_stride;
     for (int64_t o = o0; o < o1; ++o) {
-      const float* scales =
-          w.scale_inv.empty() ? nullptr : reinterpret_cast<const float*>(w.scale_inv.row_ptr(o / kFp8Rows));
-      dot(rows + o * row_stride, xt, x.stride, n, in, scales, yt + (o - o0), y_stride);
+      if (!w.scale_inv.empty() && o / kFp8Rows != scale_row) {
+        scale_row = o / kFp8Rows;
+        std::memcpy(scales, w.scale_inv.row_ptr(scale_row),
+                    static_cast<size_t>(w.scale_inv.shape.back()) * 4);
+      }
+      dot(rows + o * row_stride, xt, x.stride, n, in, w.scale_inv.empty() ? nullptr : scales, yt + (o - o0),
+          y_stride);
     }
   }
   if (bias)

@@ -15,6 +15,10 @@ struct ActRows {
   int64_t stride = 0;
 };
 
+// FP8 weights with more 128-column scale blocks than this (in_features > 65,536) take the
+// reference path.
+constexpr int64_t kMaxFp8ScaleColumns = 512;
+
 // Bytes one row of `in` values takes in `format`.
 int64_t act_row_bytes(ActFormat format, int64_t in) noexcept;
 
