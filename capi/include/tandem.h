@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TANDEM_ABI_VERSION 2
+#define TANDEM_ABI_VERSION 3
 
 #if defined(_WIN32)
 #  if defined(TANDEM_BUILDING_LIBRARY)
@@ -285,7 +285,7 @@ typedef struct tandem_generate_stats {
   int64_t generated_tokens;
   double prefill_seconds;
   double decode_seconds;
-  int64_t cached_prompt_tokens;  /* prompt tokens adopted from the prefix cache (appended)        */
+  int64_t cached_prompt_tokens;  /* ABI 3: prompt tokens adopted from the prefix cache             */
 } tandem_generate_stats;
 
 /* Generates a continuation of `prompt` (when the session already holds a prefix of it, only the
