@@ -66,7 +66,11 @@ await withServer(['-c', '512', '--parallel', '8', '--queue', '64', '--max-batch-
   assert.equal(m['tandem_sequences_submitted_total'], seen);
   assert.equal(m['tandem_sequences_finished_total'], seen);
   assert.ok(m['tandem_sequences_cancelled_total'] <= aborted);
-  assert.equal(m['tandem_client_disconnects_total'], m['tandem_sequences_cancelled_total']);
+  // Every cancel comes from a disconnect; a client may also hang up after its sequence finished
+  // (before or while its reply is written), which counts a disconnect and cancels nothing.
+  assert.ok(m['tandem_sequences_cancelled_total'] <= m['tandem_client_disconnects_total']);
+  assert.ok(m['tandem_client_disconnects_total'] <= aborted,
+            `${m['tandem_client_disconnects_total']} disconnects, ${aborted} clients hung up`);
   assert.ok(m['tandem_generation_tokens_total'] >= completed.length);
   assert.equal(m['tandem_step_seconds_count'], m['tandem_step_seconds_bucket{le="+Inf"}']);
   // Still serving.

@@ -57,6 +57,12 @@ export async function metrics(url) {
 // Runs `body`, always stopping the server; exits 1 on failure.
 export async function withServer(extraArgs, body, model) {
   const server = await startServer(extraArgs, model);
+  // A stuck request or shutdown fails the test with the server's log, well before ctest's timeout.
+  const watchdog = setTimeout(() => {
+    console.error('the test did not finish within 150 s\n--- server log ---\n' + server.log());
+    process.exit(1);
+  }, 150000);
+  watchdog.unref();
   let failed = false;
   try {
     await body(server);
