@@ -33,7 +33,7 @@ class ThreadPool {
 
   // Per-worker scratch for kernels run through parallel_for: buffer `slot` (< kScratchSlots) of
   // `worker`, grown to the largest size asked and kept for the pool's life, so kernels neither
-  // allocate per call nor keep thread_local state. Only the thread running as `worker` may use it.
+  // allocate per call nor keep per-thread globals. Only the thread running as `worker` may use it.
   static constexpr int kScratchSlots = 2;
   float* scratch(int worker, int slot, size_t floats);
 

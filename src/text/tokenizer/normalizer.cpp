@@ -59,8 +59,9 @@ class ReplaceNormalizer final : public Normalizer {
       : regex_(pattern, literal), content_(std::move(content)) {}
   void normalize(std::string& text) const override {
     std::string out;
+    RegexMatch match;
     size_t pos = 0, begin = 0, end = 0;
-    while (pos <= text.size() && regex_.find(text, pos, begin, end)) {
+    while (pos <= text.size() && regex_.find(text, pos, match, begin, end)) {
       out.append(text, pos, begin - pos);
       out.append(content_);
       if (end == begin) {  // empty match: keep the next character and move on

@@ -37,9 +37,10 @@ class SplitPreTokenizer final : public PreTokenizer {
     std::vector<std::string_view> out;
     out.reserve(list.pieces.size() * 2);
     std::vector<Span> spans;
+    RegexMatch match;
     for (std::string_view piece : list.pieces) {
       spans.clear();
-      find_spans(piece, spans);
+      find_spans(piece, match, spans);
       apply_behavior(spans);
       for (const Span& s : spans)
         if (s.end > s.begin && !(behavior_ == SplitBehavior::removed && s.is_match))
@@ -49,9 +50,9 @@ class SplitPreTokenizer final : public PreTokenizer {
   }
 
  private:
-  void find_spans(std::string_view piece, std::vector<Span>& spans) const {
+  void find_spans(std::string_view piece, RegexMatch& match, std::vector<Span>& spans) const {
     size_t pos = 0, begin = 0, end = 0;
-    while (pos < piece.size() && regex_.find(piece, pos, begin, end)) {
+    while (pos < piece.size() && regex_.find(piece, pos, match, begin, end)) {
       if (end == begin) {  // an empty match splits nothing; look again one character on
         size_t next = begin + 1;
         while (next < piece.size() && (static_cast<unsigned char>(piece[next]) & 0xC0) == 0x80)

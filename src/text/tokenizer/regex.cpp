@@ -9,19 +9,11 @@
 #include "tandem/error.hpp"
 
 namespace tandem::text {
-namespace {
-
-// One match-data block per thread, reused by every pattern: only the overall match is read.
-pcre2_match_data* thread_match_data() {
-  struct Holder {
-    pcre2_match_data* data = pcre2_match_data_create(1, nullptr);
-    ~Holder() { pcre2_match_data_free(data); }
-  };
-  thread_local Holder holder;
-  return holder.data;
+RegexMatch::RegexMatch() : data_(pcre2_match_data_create(1, nullptr)) {
+  if (!data_) throw Error(ErrorKind::out_of_memory, "tokenizer regex: no memory for match data");
 }
 
-}  // namespace
+RegexMatch::~RegexMatch() { pcre2_match_data_free(data_); }
 
 Regex::Regex(std::string_view pattern, bool literal) : pattern_(pattern) {
   // PCRE2_LITERAL excludes UCP, so literal text is escaped instead.
@@ -52,9 +44,9 @@ Regex::Regex(std::string_view pattern, bool literal) : pattern_(pattern) {
 
 Regex::~Regex() { pcre2_code_free(code_); }
 
-bool Regex::find(std::string_view subject, size_t start, size_t& match_begin,
+bool Regex::find(std::string_view subject, size_t start, RegexMatch& match, size_t& match_begin,
                  size_t& match_end) const {
-  pcre2_match_data* data = thread_match_data();
+  pcre2_match_data* data = match.data();
   const auto* text = reinterpret_cast<PCRE2_SPTR>(subject.data());
   const int rc = jit_ ? pcre2_jit_match(code_, text, subject.size(), start, 0, data, nullptr)
                       : pcre2_match(code_, text, subject.size(), start, PCRE2_NO_UTF_CHECK, data,
