@@ -7,6 +7,7 @@
 #include <fmt/core.h>
 
 #include "cli/command.hpp"
+#include "tandem/error.hpp"
 #include "tandem/model/synth.hpp"
 
 namespace tandem::cli {
@@ -14,7 +15,8 @@ namespace {
 
 struct SynthFlags {
   std::string preset;
-  int64_t layers = 0;
+  int64_t layers = 0;  // 0: not given (all of the preset's layers)
+  bool layers_given = false;
   std::string quant = "q4_k_m";
   uint64_t seed = 1;
   float residual_scale = kSynthResidualScale;
@@ -26,7 +28,13 @@ CommandRun setup(CLI::App& sub) {
   std::string presets;
   for (const SynthPreset& p : synth_presets()) presets += (presets.empty() ? "" : "|") + std::string(p.name);
   sub.add_option("--preset", flags->preset, "the model imitated: " + presets)->required();
-  sub.add_option("--layers", flags->layers, "keep the first N layers (default: all)");
+  sub.add_option_function<int64_t>(
+      "--layers",
+      [flags](int64_t n) {
+        flags->layers = n;
+        flags->layers_given = true;
+      },
+      "keep the first N layers (default: all)");
   sub.add_option("--quant", flags->quant, "q4_k_m (llama-quantize's mix, default), q8_0, iq4_xs or bf16");
   sub.add_option("--seed", flags->seed, "seed of the random weights (default 1)");
   sub.add_option("--residual-scale", flags->residual_scale,
@@ -38,6 +46,9 @@ CommandRun setup(CLI::App& sub) {
     options.preset = flags->preset;
     synth_preset(options.preset);  // an unknown name fails before anything else
     options.quant = synth_quant_from_name(flags->quant);
+    if (flags->layers_given && flags->layers < 1)  // 0 would silently mean "every layer"
+      throw tandem::Error(tandem::ErrorKind::invalid_argument,
+                          fmt::format("--layers {} must be at least 1", flags->layers));
     options.layers = flags->layers;
     options.seed = flags->seed;
     options.residual_scale = flags->residual_scale;

@@ -194,6 +194,9 @@ TEST_CASE("synth CLI: writes a file, refuses bad input with clear errors", "[eng
   r = run_cli_captured("synth --preset deepseek-v3 --layers 62 -o " + shell_quote(out.string()));
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("--layers 62 is outside 1..61"));
+  r = run_cli_captured("synth --preset qwen3-30b-a3b --layers 0 -o " + shell_quote(out.string()));
+  CHECK(r.exit_code == 1);  // 0 must not quietly mean every layer (a 17 GB file)
+  CHECK_THAT(r.err, Catch::Contains("--layers 0 must be at least 1"));
   r = run_cli_captured("synth --preset qwen3-30b-a3b --residual-scale 0 -o " + shell_quote(out.string()));
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("--residual-scale") && Catch::Contains("outside (0, 10]"));
