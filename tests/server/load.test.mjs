@@ -2,19 +2,45 @@
 // at a random moment. No crash; every completed greedy reply equals the reply to the same request
 // sent alone; afterwards no KV block is in use and the metrics add up.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { withServer, metrics } from './serve.mjs';
 
 const CLIENTS = 32;
 const prompts = ['Hi', 'Tell me about the sea', 'What is 2 + 2?', 'Write a poem about autumn leaves falling',
   'Translate: good morning', 'List three colours', 'Why is the sky blue? Explain at length please', 'Bye'];
 
-async function ask(url, prompt, stream, signal) {
-  const res = await fetch(url + '/v1/chat/completions', {
-    method: 'POST', signal, headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ messages: [{ role: 'user', content: prompt }], max_tokens: 24, temperature: 0, stream }),
+// node:http rather than fetch: an aborted undici fetch could leave its promise pending forever
+// (seen once in ~20 runs on a loaded machine), and a hung-up client here is just a closed socket.
+function ask(url, prompt, stream, hangUpAfterMs) {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const settle = (fn, value) => { if (!settled) { settled = true; fn(value); } };
+    const req = http.request(url + '/v1/chat/completions', {
+      method: 'POST', agent: false, headers: { 'Content-Type': 'application/json' },
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => { body += chunk; });
+      res.on('end', () => {
+        try {
+          settle(resolve, parseReply(res.statusCode, body, stream));
+        } catch (e) {
+          settle(reject, e);
+        }
+      });
+      res.on('error', () => settle(reject, new HungUp()));
+    });
+    req.on('error', (e) => settle(reject, hangUpAfterMs !== undefined ? new HungUp() : e));
+    req.on('close', () => settle(reject, new HungUp()));
+    if (hangUpAfterMs !== undefined) setTimeout(() => req.destroy(), hangUpAfterMs);
+    req.end(JSON.stringify({ messages: [{ role: 'user', content: prompt }], max_tokens: 24, temperature: 0, stream }));
   });
-  const body = await res.text();
-  assert.equal(res.status, 200, body);
+}
+
+class HungUp extends Error {}
+
+function parseReply(status, body, stream) {
+  assert.equal(status, 200, body);
   if (!stream) return JSON.parse(body).choices[0].message.content;
   let text = '';
   assert.ok(body.trimEnd().endsWith('data: [DONE]'));
@@ -32,14 +58,13 @@ await withServer(['-c', '512', '--parallel', '8', '--queue', '64', '--max-batch-
   const outcomes = await Promise.all(Array.from({ length: CLIENTS }, async (_, i) => {
     const prompt = i % prompts.length;
     const stream = i % 2 === 0;
-    const controller = new AbortController();
     const hangUp = random() < 0.25;
-    if (hangUp) setTimeout(() => controller.abort(), 20 + random() * 400);
+    const hangUpAfterMs = hangUp ? 20 + random() * 400 : undefined;
     try {
-      const text = await ask(url, prompts[prompt], stream, controller.signal);
+      const text = await ask(url, prompts[prompt], stream, hangUpAfterMs);
       return { prompt, text, completed: true };
     } catch (e) {
-      if (e.name !== 'AbortError') throw e;
+      if (!(e instanceof HungUp)) throw e;
       return { prompt, completed: false };
     }
   }));
