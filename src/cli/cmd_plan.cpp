@@ -1,6 +1,7 @@
 // `tandem plan -m FILE [--vram-budget B] [--threads N] [--json]`: where each weight group goes and
 // how fast decode and prefill should run there, from the file's metadata and tensor table (the
 // weights are mapped, never read) and this machine's measured (or cached) bandwidth.
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -10,6 +11,7 @@
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/gpu_bandwidth.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
 #include "tandem/engine/placement_plan.hpp"
 #include "tandem/engine/plan.hpp"
@@ -74,7 +76,7 @@ int plan_command(const PlanFlags& f) {
     rates.dram_read_gbps = f.dram_gbps;
   } else {
     const std::string key = machine_rates_key(rates.threads);
-    const std::optional<double> cached = f.remeasure ? std::nullopt : cached_dram_read_gbps(key);
+    const std::optional<double> cached = f.remeasure ? std::nullopt : cached_machine_rate(key, "dram_read_gbps");
     if (cached) {
       rates.dram_read_gbps = *cached;
       dram_source = "cached (" + machine_rates_cache_path() + ")";
@@ -82,17 +84,45 @@ int plan_command(const PlanFlags& f) {
       StreamReadOptions so;
       so.buffer_bytes = f.stream_mib << 20;
       rates.dram_read_gbps = measure_stream_read_gbps(*cpu, so);
-      store_dram_read_gbps(key, rates.dram_read_gbps);
+      store_machine_rate(key, "dram_read_gbps", rates.dram_read_gbps);
       dram_source = "measured";
     }
     rates.dram_measured = true;
+  }
+  std::string gpu_rates = "no GPU visible";
+  double pcie_h2d_gbps = 0, pcie_d2h_gbps = 0;
+  if (rates.gpu_present) {
+    const std::string key = gpu_rates_key(0);
+    const auto cached = [&](const char* field) {
+      return f.remeasure ? std::nullopt : cached_machine_rate(key, field);
+    };
+    const auto vram = cached("vram_read_gbps"), h2d = cached("pcie_h2d_gbps"), d2h = cached("pcie_d2h_gbps");
+    if (vram && h2d && d2h) {
+      rates.vram_read_gbps = *vram;
+      pcie_h2d_gbps = *h2d;
+      pcie_d2h_gbps = *d2h;
+      gpu_rates = "cached (" + machine_rates_cache_path() + ")";
+    } else if (const auto measured = measure_gpu_bandwidth(0)) {
+      rates.vram_read_gbps = measured->vram_read_gbps;
+      pcie_h2d_gbps = measured->host_to_device_gbps;
+      pcie_d2h_gbps = measured->device_to_host_gbps;
+      store_machine_rate(key, "vram_read_gbps", rates.vram_read_gbps);
+      store_machine_rate(key, "pcie_h2d_gbps", pcie_h2d_gbps);
+      store_machine_rate(key, "pcie_d2h_gbps", pcie_d2h_gbps);
+      gpu_rates = "measured on cuda:0";
+    }
+    if (pcie_h2d_gbps > 0 && pcie_d2h_gbps > 0) {
+      rates.pcie_gbps = std::min(pcie_h2d_gbps, pcie_d2h_gbps);
+      rates.gpu_measured = true;
+    } else {
+      gpu_rates = "assumed (not measured)";
+    }
   }
   const PerformancePrediction p = predict_performance(files.config, weights, plan.placement, rates);
 
   nlohmann::ordered_json groups = nlohmann::ordered_json::array();
   for (const PlanLine& l : plan.lines)
     groups.push_back({{"group", l.what}, {"device", l.device.to_string()}, {"bytes", l.bytes}});
-  const std::string gpu_rates = rates.gpu_present ? "assumed (not measured yet)" : "no GPU visible";
   if (f.json) {
     nlohmann::ordered_json j;
     j["model"] = f.model_path;
@@ -117,6 +147,8 @@ int plan_command(const PlanFlags& f) {
     j["gpu_present"] = rates.gpu_present;
     j["vram_read_gbps"] = rates.vram_read_gbps;
     j["pcie_gbps"] = rates.pcie_gbps;
+    j["pcie_h2d_gbps"] = pcie_h2d_gbps;
+    j["pcie_d2h_gbps"] = pcie_d2h_gbps;
     j["gpu_rates"] = gpu_rates;
     j["cpu_gflops"] = rates.cpu_gflops;
     j["gpu_gflops"] = rates.gpu_gflops;

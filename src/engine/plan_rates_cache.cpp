@@ -39,6 +39,12 @@ std::string machine_rates_key(int threads) {
   return std::string(host) + " | " + cpu_model_name() + " | " + std::to_string(threads) + " threads";
 }
 
+std::string gpu_rates_key(int device) {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  return std::string(host) + " | " + cpu_model_name() + " | cuda:" + std::to_string(device);
+}
+
 std::string machine_rates_cache_path() {
   std::filesystem::path base;
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
@@ -51,18 +57,18 @@ std::string machine_rates_cache_path() {
   return (base / "tandem" / "machine-rates.json").string();
 }
 
-std::optional<double> cached_dram_read_gbps(const std::string& key) {
+std::optional<double> cached_machine_rate(const std::string& key, const std::string& field) {
   const nlohmann::json j = read_cache();
   const auto it = j.find(key);
   if (it == j.end() || !it->is_object()) return std::nullopt;
-  const auto v = it->find("dram_read_gbps");
+  const auto v = it->find(field);
   if (v == it->end() || !v->is_number() || !(v->get<double>() > 0)) return std::nullopt;
   return v->get<double>();
 }
 
-void store_dram_read_gbps(const std::string& key, double gbps) {
+void store_machine_rate(const std::string& key, const std::string& field, double value) {
   nlohmann::json j = read_cache();
-  j[key]["dram_read_gbps"] = gbps;
+  j[key][field] = value;
   const std::filesystem::path path = machine_rates_cache_path();
   std::error_code ec;
   std::filesystem::create_directories(path.parent_path(), ec);

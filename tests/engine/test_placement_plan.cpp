@@ -312,9 +312,21 @@ TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli]
   setenv("XDG_CACHE_HOME", dir.string().c_str(), 1);
   const nlohmann::json measured = plan_json("-m " + test::shell_quote(path) + " --stream-mib 64");
   CHECK(measured["dram_source"] == "measured");
+  if (!measured["gpu_present"].get<bool>()) {
+    CHECK(measured["gpu_rates"] == "no GPU visible");
+    CHECK(measured["pcie_h2d_gbps"] == 0.0);
+  } else {  // measured on cuda:0 the first time, cached the second
+    CHECK(measured["gpu_rates"] == "measured on cuda:0");
+    CHECK(measured["pcie_gbps"].get<double>() > 1.0);
+    CHECK(measured["vram_read_gbps"].get<double>() > measured["pcie_gbps"].get<double>());
+  }
   const nlohmann::json cached = plan_json("-m " + test::shell_quote(path));
   CHECK(cached["dram_source"].get<std::string>().starts_with("cached"));
   CHECK(cached["dram_read_gbps"] == measured["dram_read_gbps"]);
+  if (cached["gpu_present"].get<bool>()) {
+    CHECK(cached["gpu_rates"].get<std::string>().starts_with("cached"));
+    CHECK(cached["vram_read_gbps"] == measured["vram_read_gbps"]);
+  }
   const Model m(path);
   CHECK(cached["decode_tok_s"].get<double>() ==
         Approx(cached["dram_read_gbps"].get<double>() * 1e9 / decode_bytes_by_definition(m)).epsilon(1e-6));

@@ -60,12 +60,14 @@ double predict_prefill_tok_s(const ModelConfig& config, const Weights& weights, 
                              const MachineRates& rates, int64_t tokens);
 
 // Measured rates cached in $XDG_CACHE_HOME/tandem/machine-rates.json (or ~/.cache/tandem/...),
-// keyed by machine: host name, CPU model and thread count. Nothing when the file is missing,
-// unreadable or has no entry for the key.
+// keyed by machine: host name, CPU model and thread count (GPU rates: the GPU's index in place of
+// the thread count). Fields: dram_read_gbps, vram_read_gbps, pcie_h2d_gbps, pcie_d2h_gbps.
+// Nothing when the file is missing, unreadable or has no positive value for the key and field.
 std::string machine_rates_key(int threads);
+std::string gpu_rates_key(int device);
 std::string machine_rates_cache_path();
-std::optional<double> cached_dram_read_gbps(const std::string& key);
+std::optional<double> cached_machine_rate(const std::string& key, const std::string& field);
 // Best effort: a cache that cannot be written is not an error.
-void store_dram_read_gbps(const std::string& key, double gbps);
+void store_machine_rate(const std::string& key, const std::string& field, double value);
 
 }  // namespace tandem
