@@ -39,7 +39,12 @@ class ThreadPool {
 
  private:
   static constexpr int kChunksPerThread = 4;
+  // A worker that finished a loop, and a caller waiting for its workers, poll this long before
+  // sleeping on a condition variable: a decode step issues hundreds of short loops, and a futex
+  // wake-up per loop and thread cost more than the loops themselves on small models.
+  static constexpr int kSpinMicroseconds = 30;
   void worker_loop(int index);
+  bool wait_for_job(uint64_t& seen);  // false: stopping
   std::exception_ptr run_chunks(int worker) noexcept;
   int busy_worker_index() const;  // this thread's worker index inside a running loop, else -1
   void stop_workers() noexcept;
@@ -53,9 +58,11 @@ class ThreadPool {
   int64_t job_chunks_ = 0;
   std::atomic<int64_t> next_chunk_{0};
   std::atomic<std::thread::id> busy_caller_{};  // the thread running parallel_for, while it does
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stopping_ = false;
+  // Published (release) after the job's fields; workers poll or sleep on it. Changed only by the
+  // caller, under mutex_, so a worker checking it under mutex_ before sleeping misses no wake-up.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};  // workers still in the current loop; the last one wakes the caller
+  std::atomic<bool> stopping_{false};
   std::exception_ptr failure_;  // the first exception a worker threw, rethrown by the caller
   std::mutex run_mutex_;        // one parallel_for at a time
   std::vector<std::vector<float>> scratch_;  // [worker][slot]

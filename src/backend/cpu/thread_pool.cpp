@@ -1,11 +1,15 @@
 #include "tandem/backend/thread_pool.hpp"
 
 #include <hwloc.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <pthread.h>
 
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 #include <system_error>
 
@@ -13,6 +17,12 @@
 
 namespace tandem {
 namespace {
+
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
 
 // A topology of cores only: caches, NUMA detail and I/O discovery cost memory (and plugins) that
 // pinning does not need.
@@ -81,7 +91,7 @@ ThreadPool::ThreadPool(int threads) {
 void ThreadPool::stop_workers() noexcept {
   {
     std::lock_guard lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true, std::memory_order_release);
   }
   wake_.notify_all();
   for (auto& t : workers_)
@@ -91,20 +101,45 @@ void ThreadPool::stop_workers() noexcept {
 
 ThreadPool::~ThreadPool() { stop_workers(); }
 
+namespace {
+// Polls `ready` for about `micros` microseconds; true as soon as it holds.
+template <class Ready>
+bool spin_until(Ready&& ready, int micros) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    for (int p = 0; p < 8; ++p) spin_pause();
+    if ((i & 15) == 15 && std::chrono::steady_clock::now() >= deadline) return ready();
+  }
+}
+}  // namespace
+
+bool ThreadPool::wait_for_job(uint64_t& seen) {
+  const auto ready = [&] {
+    return stopping_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+  };
+  if (!spin_until(ready, kSpinMicroseconds)) {
+    std::unique_lock lock(mutex_);
+    wake_.wait(lock, ready);
+  }
+  if (stopping_.load(std::memory_order_acquire)) return false;
+  seen = generation_.load(std::memory_order_acquire);
+  return true;
+}
+
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
-  for (;;) {
-    {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-    }
+  while (wait_for_job(seen)) {
     std::exception_ptr failure = run_chunks(index);
-    {
+    if (failure) {
       std::lock_guard lock(mutex_);
-      if (failure && !failure_) failure_ = failure;
-      if (--pending_ == 0) done_.notify_one();
+      if (!failure_) failure_ = failure;
+    }
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // The caller checks pending_ under mutex_ before it sleeps: taking the mutex here means it
+      // is either asleep (and woken) or has not checked yet (and sees 0).
+      std::lock_guard lock(mutex_);
+      done_.notify_one();
     }
   }
 }
@@ -161,19 +196,23 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n, 0);
     return;
   }
+  job_ = &fn;
+  job_items_ = n;
+  job_chunks_ = std::min<int64_t>(n, int64_t{kChunksPerThread} * size());
+  next_chunk_.store(0, std::memory_order_relaxed);
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   {
     std::lock_guard lock(mutex_);
-    job_ = &fn;
-    job_items_ = n;
-    job_chunks_ = std::min<int64_t>(n, int64_t{kChunksPerThread} * size());
-    next_chunk_.store(0, std::memory_order_relaxed);
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);  // publishes the job's fields above
   }
   wake_.notify_all();
   std::exception_ptr failure = run_chunks(0);
-  std::unique_lock lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  const auto all_done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(all_done, kSpinMicroseconds)) {
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, all_done);
+  }
+  std::lock_guard lock(mutex_);
   if (!failure) failure = failure_;
   failure_ = nullptr;
   if (failure) std::rethrow_exception(failure);
