@@ -7,6 +7,8 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(HWLOC REQUIRED IMPORTED_TARGET hwloc)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+# The KV disk tier's asynchronous I/O (liburing-dev); without it the tier uses preadv/pwritev.
+pkg_check_modules(URING IMPORTED_TARGET liburing)
 if(TANDEM_BUILD_CLI)
   find_package(CLI11 REQUIRED)
   # `tandem serve` / `tandem bench serve` (src/server); without Debian's libcpp-httplib-dev the CLI

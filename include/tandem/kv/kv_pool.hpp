@@ -63,6 +63,8 @@ class KvPool {
   int64_t row_width() const { return row_width_; }  // values per row of one plane
   size_t row_bytes() const { return row_bytes_; }   // one row of a per-token plane
   uint64_t bytes() const { return bytes_; }
+  // One block's planes in one layer (contiguous at plane_data(block, layer, 0)).
+  size_t block_layer_bytes() const { return block_layer_bytes_; }
   // Bytes one token takes over all layers and planes, scales included.
   double bytes_per_token() const {
     return static_cast<double>(block_layer_bytes_ * static_cast<size_t>(spec_.layers)) /

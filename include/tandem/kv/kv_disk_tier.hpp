@@ -1,0 +1,124 @@
+#pragma once
+// The SSD tier of the prefix cache: full KV blocks as files in a directory, so a block the host
+// tier lets go of — or a later process serving the same model — finds them again.
+//
+// One file per block, `<tier id>-<chain key>.kvb` (16 hex digits each; the tier id hashes the
+// model identity, KV type and block shape, so models sharing a directory never look at each
+// other's files). A record is a 128-byte header — magic, format version, model identity, KV type,
+// layout, block shape (layers, values per token, tokens per block, rope values), the block's
+// token-hash chain key, payload length, the payload's xxHash3-64 and the header's own — then the
+// payload: the block's bytes layer after layer, exactly as the pool stores them (one layer's
+// planes of one block are contiguous). Reads land straight in pool blocks and writes leave from
+// them (no staging copy), through io_uring when the sandbox allows it, else preadv/pwritev.
+//
+// A record is used only when every header field matches this tier and the payload checksum holds:
+// a corrupt, truncated or foreign (other model, KV type or shape) record is counted, deleted and
+// reported as a miss (the caller recomputes the block). At construction the directory is scanned
+// and every record of this tier's name is checked (header, length): that index survives the
+// process, bounded by `max_bytes` with least-recently-used eviction (file times carry the order
+// from one process to the next; a hit refreshes its file's time). A write that fails (a full disk)
+// is counted and dropped with one warning — the host tier goes on without it.
+//
+// Not thread-safe: the prefix cache calls it under the engine's lock.
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace tandem {
+
+class KvPool;
+class AsyncFileIo;
+
+struct KvDiskTierOptions {
+  std::string dir;         // an existing, writable directory
+  uint64_t max_bytes = 0;  // records of this tier kept at most (headers included)
+  bool try_io_uring = true;
+};
+
+struct KvDiskStats {
+  std::string io;  // "io_uring" or "preadv/pwritev (io_uring unavailable: …)"
+  int64_t records = 0;  // records of this tier in the index
+  uint64_t bytes = 0;   // their size on disk
+  int64_t found_at_start = 0;  // records the directory scan indexed
+  int64_t written = 0;         // records written (completed)
+  int64_t write_failures = 0;  // writes that failed (full disk, I/O error); their blocks stay host-only
+  int64_t loaded = 0;          // records read back into the pool and used
+  int64_t rejected_corrupt = 0;    // bad magic, version, header or payload checksum
+  int64_t rejected_truncated = 0;  // shorter (or longer) than the header says
+  int64_t rejected_foreign = 0;    // another model identity, KV type, layout or block shape
+  int64_t evicted = 0;             // records deleted to stay within max_bytes
+};
+
+// "64G", "512M", "1.5T", "4096" (bytes): K/M/G/T binary (1024-based), an optional trailing B or
+// iB. Error(invalid_argument) naming `flag` for anything else, or zero.
+uint64_t parse_byte_size(std::string_view text, std::string_view flag);
+
+class KvDiskTier {
+ public:
+  // Error(invalid_argument) when `dir` is missing, not a directory or not writable, when
+  // max_bytes is smaller than one record or larger than the file system holding `dir`.
+  KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity, KvPool& pool);
+  ~KvDiskTier();  // waits for the writes in flight
+  KvDiskTier(const KvDiskTier&) = delete;
+  KvDiskTier& operator=(const KvDiskTier&) = delete;
+
+  // Size of one record: header plus the payload of one block.
+  uint64_t record_bytes() const { return record_bytes_; }
+  bool contains(uint64_t key) const { return index_.count(key) != 0; }
+
+  // Writes pool block `block` under `key`, asynchronously, unless the key is on disk already. The
+  // block must not change or be freed before its write completes: wait_for(block) before
+  // releasing it (cached blocks are full and never written again).
+  void store(uint64_t key, int32_t block);
+  // Waits for any write still reading from `block`.
+  void wait_for(int32_t block);
+  // Reads the records of keys[i] into pool blocks blocks[i], all at once, and checks them.
+  // Returns n: keys [0, n) were found good and their blocks hold the records; from the first
+  // missing or rejected key on, the blocks' contents are undefined (the caller frees them).
+  size_t load(std::span<const uint64_t> keys, std::span<const int32_t> blocks);
+  // Waits for every write in flight.
+  void flush();
+  // Flushes, then asks the kernel to drop this tier's files from the page cache (fdatasync and
+  // POSIX_FADV_DONTNEED per file), so the next reads come from the device: what a benchmark of
+  // the disk tier needs. A file system without a page cache (tmpfs) ignores it.
+  void drop_page_cache();
+
+  KvDiskStats stats();
+  const std::string& dir() const { return dir_; }
+  std::string path_of(uint64_t key) const;  // the record's file name for `key`
+
+ private:
+  struct Entry {
+    std::list<uint64_t>::iterator lru;  // position in lru_ (front: least recently used)
+    uint64_t bytes = 0;
+  };
+  struct PendingWrite;
+
+  void scan();
+  void make_room(uint64_t bytes);
+  void forget(uint64_t key, bool delete_file);
+  void touch(uint64_t key);
+  void reap_writes(bool wait);
+  void finish_write(PendingWrite& write);
+
+  std::string dir_;
+  uint64_t max_bytes_ = 0;
+  uint64_t model_identity_ = 0;
+  uint64_t tier_id_ = 0;
+  KvPool& pool_;
+  uint64_t payload_bytes_ = 0, record_bytes_ = 0;
+  std::unique_ptr<AsyncFileIo> io_;
+  std::unordered_map<uint64_t, Entry> index_;
+  std::list<uint64_t> lru_;
+  uint64_t bytes_ = 0;
+  std::list<std::unique_ptr<PendingWrite>> writes_;
+  KvDiskStats stats_;
+  bool warned_write_failure_ = false;
+};
+
+}  // namespace tandem

@@ -1,0 +1,397 @@
+#include "tandem/kv/kv_disk_tier.hpp"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstddef>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "kv/async_file_io.hpp"
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
+
+namespace tandem {
+namespace {
+
+constexpr char kMagic[8] = {'T', 'N', 'D', 'M', 'K', 'V', 'B', 'K'};
+constexpr uint32_t kVersion = 1;
+
+struct RecordHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t header_bytes;
+  uint64_t model_identity;
+  uint32_t dtype;
+  uint32_t layout;
+  int64_t layers;
+  int64_t values_per_token;
+  int64_t block_tokens;
+  int64_t rope_values;
+  uint64_t chain_key;
+  uint64_t payload_bytes;
+  uint64_t payload_xxh3;
+  uint8_t reserved[32];
+  uint64_t header_xxh3;  // of every byte before it
+};
+static_assert(sizeof(RecordHeader) == 128, "the record header is 128 bytes on disk");
+
+uint64_t header_checksum(const RecordHeader& h) { return XXH3_64bits(&h, offsetof(RecordHeader, header_xxh3)); }
+
+// This tier's header: everything but the key and the payload checksum.
+RecordHeader tier_header(uint64_t model_identity, const KvPool& pool, uint64_t payload_bytes) {
+  RecordHeader h;
+  std::memset(&h, 0, sizeof h);
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.version = kVersion;
+  h.header_bytes = sizeof(RecordHeader);
+  h.model_identity = model_identity;
+  const KvPoolSpec& s = pool.spec();
+  h.dtype = static_cast<uint32_t>(s.dtype);
+  h.layout = static_cast<uint32_t>(s.layout);
+  h.layers = s.layers;
+  h.values_per_token = s.values_per_token;
+  h.block_tokens = s.block_tokens;
+  h.rope_values = s.rope_values;
+  h.payload_bytes = payload_bytes;
+  return h;
+}
+
+enum class Verdict { good, corrupt, truncated, foreign };
+
+// Checks a header read from a file of `file_bytes` named for `key` against this tier's `expected`.
+Verdict check_header(const RecordHeader& h, const RecordHeader& expected, uint64_t key, uint64_t file_bytes) {
+  if (file_bytes < sizeof(RecordHeader)) return Verdict::truncated;
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion ||
+      h.header_bytes != sizeof(RecordHeader) || h.header_xxh3 != header_checksum(h))
+    return Verdict::corrupt;
+  if (h.model_identity != expected.model_identity || h.dtype != expected.dtype || h.layout != expected.layout ||
+      h.layers != expected.layers || h.values_per_token != expected.values_per_token ||
+      h.block_tokens != expected.block_tokens || h.rope_values != expected.rope_values || h.chain_key != key)
+    return Verdict::foreign;
+  if (h.payload_bytes != expected.payload_bytes) return Verdict::corrupt;
+  if (file_bytes != sizeof(RecordHeader) + h.payload_bytes) return Verdict::truncated;
+  return Verdict::good;
+}
+
+uint64_t payload_checksum(const KvPool& pool, int32_t block) {
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
+    XXH3_64bits_update(&state, pool.plane_data(block, layer, 0), pool.block_layer_bytes());
+  return XXH3_64bits_digest(&state);
+}
+
+void fill_payload_iov(std::vector<iovec>& iov, KvPool& pool, int32_t block) {
+  for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
+    iov.push_back({pool.plane_data(block, layer, 0), pool.block_layer_bytes()});
+}
+
+bool parse_record_name(const std::string& name, uint64_t& tier, uint64_t& key) {
+  if (name.size() != 16 + 1 + 16 + 4 || name[16] != '-' || name.compare(33, 4, ".kvb") != 0) return false;
+  const auto hex = [](std::string_view s, uint64_t& out) {
+    out = 0;
+    for (const char c : s) {
+      int d = -1;
+      if (c >= '0' && c <= '9') d = c - '0';
+      if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+      if (d < 0) return false;
+      out = out << 4 | static_cast<uint64_t>(d);
+    }
+    return true;
+  };
+  return hex(std::string_view(name).substr(0, 16), tier) && hex(std::string_view(name).substr(17, 16), key);
+}
+
+[[noreturn]] void fail(const std::string& message) { throw Error(ErrorKind::invalid_argument, message); }
+
+}  // namespace
+
+uint64_t parse_byte_size(std::string_view text, std::string_view flag) {
+  const auto bad = [&] {
+    fail(fmt::format("{} '{}': expected bytes with an optional K/M/G/T suffix (binary: 64G, 512M, 1.5T)", flag,
+                     text));
+  };
+  size_t end = 0;
+  while (end < text.size() && (std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '.')) ++end;
+  if (end == 0) bad();
+  double value = 0;
+  try {
+    value = std::stod(std::string(text.substr(0, end)));
+  } catch (const std::exception&) {
+    bad();
+  }
+  std::string unit;
+  for (const char c : text.substr(end)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::map<std::string, int> shifts = {
+      {"", 0},  {"b", 0},   {"k", 10}, {"kb", 10}, {"kib", 10}, {"m", 20}, {"mb", 20},  {"mib", 20},
+      {"g", 30}, {"gb", 30}, {"gib", 30}, {"t", 40}, {"tb", 40}, {"tib", 40}};
+  const auto it = shifts.find(unit);
+  if (it == shifts.end()) bad();
+  const double bytes = std::floor(value * static_cast<double>(uint64_t{1} << it->second));
+  if (!(bytes >= 1)) fail(fmt::format("{} '{}': must be at least one byte", flag, text));
+  if (bytes > 1e18) bad();
+  return static_cast<uint64_t>(bytes);
+}
+
+struct KvDiskTier::PendingWrite {
+  AsyncFileIo::Request request;
+  RecordHeader header;
+  int fd = -1;
+  uint64_t key = 0;
+  int32_t block = -1;
+};
+
+KvDiskTier::KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity, KvPool& pool)
+    : dir_(options.dir), max_bytes_(options.max_bytes), model_identity_(model_identity), pool_(pool) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (dir_.empty()) fail("--kv-disk: no directory given");
+  if (!fs::exists(dir_, ec)) fail(fmt::format("--kv-disk '{}' does not exist (create the directory first)", dir_));
+  if (!fs::is_directory(dir_, ec)) fail(fmt::format("--kv-disk '{}' is not a directory", dir_));
+  {
+    const std::string probe = fmt::format("{}/.tandem-kv-probe-{}", dir_, getpid());
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail(fmt::format("--kv-disk '{}' is not writable: {}", dir_, std::strerror(errno)));
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
+  payload_bytes_ = pool.block_layer_bytes() * static_cast<uint64_t>(pool.spec().layers);
+  record_bytes_ = sizeof(RecordHeader) + payload_bytes_;
+  struct statvfs vfs {};
+  if (statvfs(dir_.c_str(), &vfs) == 0) {
+    const auto total = static_cast<uint64_t>(vfs.f_blocks) * static_cast<uint64_t>(vfs.f_frsize);
+    if (total > 0 && max_bytes_ > total)
+      fail(fmt::format("--kv-disk-size {:.2f} GiB is larger than the file system holding '{}' ({:.2f} GiB)",
+                       static_cast<double>(max_bytes_) / (1 << 30), dir_, static_cast<double>(total) / (1 << 30)));
+  }
+  if (max_bytes_ < record_bytes_)
+    fail(fmt::format("--kv-disk-size {} bytes holds no KV block: one record of this model takes {} bytes", max_bytes_,
+                     record_bytes_));
+  const RecordHeader h = tier_header(model_identity, pool, payload_bytes_);
+  tier_id_ = XXH3_64bits(&h, offsetof(RecordHeader, chain_key));
+  io_ = std::make_unique<AsyncFileIo>(64, options.try_io_uring);
+  stats_.io = io_->description();
+  scan();
+}
+
+KvDiskTier::~KvDiskTier() { flush(); }
+
+std::string KvDiskTier::path_of(uint64_t key) const { return fmt::format("{}/{:016x}-{:016x}.kvb", dir_, tier_id_, key); }
+
+void KvDiskTier::scan() {
+  namespace fs = std::filesystem;
+  const RecordHeader expected = tier_header(model_identity_, pool_, payload_bytes_);
+  std::vector<std::pair<fs::file_time_type, uint64_t>> found;
+  std::error_code ec;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir_, ec)) {
+    uint64_t tier = 0, key = 0;
+    if (!parse_record_name(entry.path().filename().string(), tier, key) || tier != tier_id_) continue;
+    const std::string path = entry.path().string();
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st {};
+    RecordHeader h{};
+    Verdict v = Verdict::truncated;
+    if (fstat(fd, &st) == 0 && pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h))
+      v = check_header(h, expected, key, static_cast<uint64_t>(st.st_size));
+    ::close(fd);
+    if (v != Verdict::good) {
+      ++(v == Verdict::corrupt ? stats_.rejected_corrupt
+                                : v == Verdict::foreign ? stats_.rejected_foreign : stats_.rejected_truncated);
+      ::unlink(path.c_str());
+      continue;
+    }
+    found.emplace_back(entry.last_write_time(ec), key);
+  }
+  std::sort(found.begin(), found.end());
+  for (const auto& [time, key] : found) {
+    lru_.push_back(key);
+    index_[key] = Entry{std::prev(lru_.end()), record_bytes_};
+    bytes_ += record_bytes_;
+  }
+  stats_.found_at_start = static_cast<int64_t>(found.size());
+  make_room(0);
+}
+
+void KvDiskTier::make_room(uint64_t bytes) {
+  while (!lru_.empty() && bytes_ + bytes > max_bytes_) {
+    forget(lru_.front(), true);
+    ++stats_.evicted;
+  }
+}
+
+void KvDiskTier::forget(uint64_t key, bool delete_file) {
+  const auto it = index_.find(key);
+  if (it == index_.end()) return;
+  bytes_ -= it->second.bytes;
+  lru_.erase(it->second.lru);
+  index_.erase(it);
+  if (delete_file) ::unlink(path_of(key).c_str());
+}
+
+void KvDiskTier::touch(uint64_t key) {
+  const auto it = index_.find(key);
+  if (it != index_.end()) lru_.splice(lru_.end(), lru_, it->second.lru);
+}
+
+void KvDiskTier::store(uint64_t key, int32_t block) {
+  reap_writes(false);
+  if (contains(key)) return;
+  make_room(record_bytes_);
+  auto write = std::make_unique<PendingWrite>();
+  write->key = key;
+  write->block = block;
+  const std::string path = path_of(key);
+  write->fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (write->fd < 0) {
+    write->request.result = -errno;
+    write->request.done = true;
+    finish_write(*write);
+    return;
+  }
+  write->header = tier_header(model_identity_, pool_, payload_bytes_);
+  write->header.chain_key = key;
+  write->header.payload_xxh3 = payload_checksum(pool_, block);
+  write->header.header_xxh3 = header_checksum(write->header);
+  write->request.write = true;
+  write->request.fd = write->fd;
+  write->request.iov.push_back({&write->header, sizeof(RecordHeader)});
+  fill_payload_iov(write->request.iov, pool_, block);
+  // In the index from now on (so its bytes count and a second store of the key is skipped); a
+  // failed write takes it out again.
+  lru_.push_back(key);
+  index_[key] = Entry{std::prev(lru_.end()), record_bytes_};
+  bytes_ += record_bytes_;
+  io_->submit(write->request);
+  writes_.push_back(std::move(write));
+  reap_writes(false);
+}
+
+void KvDiskTier::finish_write(PendingWrite& write) {
+  if (write.fd >= 0) ::close(write.fd);
+  write.fd = -1;
+  if (write.request.result == static_cast<int64_t>(record_bytes_)) {
+    ++stats_.written;
+    return;
+  }
+  forget(write.key, false);
+  ::unlink(path_of(write.key).c_str());
+  ++stats_.write_failures;
+  if (!warned_write_failure_) {
+    warned_write_failure_ = true;
+    const int64_t r = write.request.result;
+    fmt::print(stderr,
+               "tandem: warning: KV disk tier '{}': a block could not be written ({}); blocks that cannot be "
+               "written stay in host memory only\n",
+               dir_, r < 0 ? std::strerror(static_cast<int>(-r)) : fmt::format("{} of {} bytes", r, record_bytes_));
+  }
+}
+
+void KvDiskTier::reap_writes(bool wait) {
+  if (writes_.empty()) return;
+  io_->reap(wait);
+  for (auto it = writes_.begin(); it != writes_.end();) {
+    if (!(*it)->request.done) {
+      ++it;
+      continue;
+    }
+    finish_write(**it);
+    it = writes_.erase(it);
+  }
+}
+
+void KvDiskTier::wait_for(int32_t block) {
+  const auto pending = [&] {
+    return std::any_of(writes_.begin(), writes_.end(), [&](const auto& w) { return w->block == block; });
+  };
+  reap_writes(false);
+  while (pending()) reap_writes(true);
+}
+
+void KvDiskTier::flush() {
+  while (!writes_.empty()) reap_writes(true);
+}
+
+size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t> blocks) {
+  flush();
+  const size_t n = std::min(keys.size(), blocks.size());
+  struct Read {
+    AsyncFileIo::Request request;
+    RecordHeader header{};
+    int fd = -1;
+    uint64_t file_bytes = 0;
+  };
+  std::vector<Read> reads(n);  // sized once: requests stay where the ring points
+  size_t submitted = 0;
+  for (; submitted < n && contains(keys[submitted]); ++submitted) {
+    Read& r = reads[submitted];
+    r.fd = ::open(path_of(keys[submitted]).c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (r.fd < 0 || fstat(r.fd, &st) != 0) {  // gone from under us: a miss
+      forget(keys[submitted], false);
+      break;
+    }
+    r.file_bytes = static_cast<uint64_t>(st.st_size);
+    r.request.fd = r.fd;
+    r.request.iov.push_back({&r.header, sizeof(RecordHeader)});
+    fill_payload_iov(r.request.iov, pool_, blocks[submitted]);
+    io_->submit(r.request);
+  }
+  io_->drain();
+  const RecordHeader expected = tier_header(model_identity_, pool_, payload_bytes_);
+  size_t good = 0;
+  for (; good < submitted; ++good) {
+    Read& r = reads[good];
+    Verdict v = r.request.result < static_cast<int64_t>(sizeof(RecordHeader))
+                    ? Verdict::truncated
+                    : check_header(r.header, expected, keys[good], r.file_bytes);
+    if (v == Verdict::good && r.request.result != static_cast<int64_t>(record_bytes_)) v = Verdict::truncated;
+    if (v == Verdict::good && payload_checksum(pool_, blocks[good]) != r.header.payload_xxh3) v = Verdict::corrupt;
+    if (v != Verdict::good) {
+      ++(v == Verdict::corrupt ? stats_.rejected_corrupt
+                                : v == Verdict::foreign ? stats_.rejected_foreign : stats_.rejected_truncated);
+      forget(keys[good], true);
+      break;
+    }
+    futimens(r.fd, nullptr);  // the file's time carries the LRU order to the next process
+    touch(keys[good]);
+  }
+  for (Read& r : reads)
+    if (r.fd >= 0) ::close(r.fd);
+  stats_.loaded += static_cast<int64_t>(good);
+  return good;
+}
+
+void KvDiskTier::drop_page_cache() {
+  flush();
+  for (const uint64_t key : lru_) {
+    const int fd = ::open(path_of(key).c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+KvDiskStats KvDiskTier::stats() {
+  reap_writes(false);
+  KvDiskStats s = stats_;
+  s.records = static_cast<int64_t>(index_.size());
+  s.bytes = bytes_;
+  return s;
+}
+
+}  // namespace tandem
