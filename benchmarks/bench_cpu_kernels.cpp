@@ -4,6 +4,7 @@
 // per-core figure). Random weights and activations; the values do not change the timing.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -56,7 +57,56 @@ void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
                                                benchmark::Counter::kIsRate);
 }
 
+// Prefill tiles: matmul_tile over `rows` × 2048 weights and `tokens` tokens, as FastCpuOps calls it
+// (16-row strips; the AMX table takes its tile kernels at >= kTileMinTokens tokens, the avx512 table
+// the 4-token dot kernels). "emulated" is the AMX tile code with the tile instructions in plain C++
+// (correctness only: slow by design). Reported as multiply-adds per CPU second.
+void bench_tile(benchmark::State& state, DType type, int variant) {
+  const IsaLevel level = variant == 0 ? IsaLevel::avx512 : IsaLevel::amx;
+  if (!isa_level_supported(variant == 2 ? IsaLevel::avx512 : level)) {
+    state.SkipWithError("this CPU lacks the ISA level");
+    return;
+  }
+  const KernelTable table = variant == 2 ? make_emulated_amx_table() : make_kernel_table(level);
+  const int64_t rows = state.range(0), tokens = state.range(1);
+  const auto& tr = dtype_traits(type);
+  const int64_t row_bytes = kIn / tr.block_elems * tr.block_bytes;
+  std::vector<uint8_t> w(static_cast<size_t>(rows * row_bytes));
+  std::mt19937 rng(1);
+  for (auto& b : w) b = static_cast<uint8_t>(rng() & 0x3f);
+  LinearWeight weight;
+  weight.weight.dtype = type;
+  weight.weight.shape = Shape{rows, kIn};
+  weight.weight.data = w.data();
+  weight.weight.nbytes = w.size();
+  std::vector<float> x(static_cast<size_t>(kIn * tokens));
+  for (auto& v : x) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
+  const WeightKind kind = *weight_kind_for(type);
+  const ActFormat format = act_format(kind);
+  const int64_t stride = act_row_bytes(format, kIn);
+  std::vector<uint8_t> q(static_cast<size_t>(stride * tokens));
+  quantize_rows(format, x.data(), kIn, kIn, 0, tokens, q.data());
+  std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, kind, kIn)) + 1);
+  std::vector<float> y(static_cast<size_t>(rows * tokens));
+  for (auto _ : state) {
+    for (int64_t o = 0; o < rows; o += 16)
+      matmul_tile(table, weight, kind, {q.data(), stride}, tokens, o, std::min<int64_t>(rows, o + 16), nullptr,
+                  y.data() + o, rows, workspace.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn * tokens),
+                                               benchmark::Counter::kIsRate);
+}
+
 void register_all() {
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
+    for (int variant = 0; variant < 3; ++variant) {
+      const char* names[] = {"avx512", "amx", "emulated_amx"};
+      const std::string name = std::string("tile/") + std::string(dtype_name(type)) + "/" + names[variant];
+      benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)
+          ->ArgsProduct({{256}, {16, 64, 256}})
+          ->ArgNames({"rows", "tokens"});
+    }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::bf16,
                      DType::f16, DType::f32, DType::f8_e4m3})
     for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512}) {

@@ -156,7 +156,7 @@ std::vector<float> dequantised_activations(ActFormat format, const uint8_t* q, i
 
 std::vector<IsaLevel> levels_here() {
   std::vector<IsaLevel> out;
-  for (IsaLevel l : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512})
+  for (IsaLevel l : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512, IsaLevel::amx})
     if (isa_level_supported(l))
       out.push_back(l);
     else
@@ -247,6 +247,68 @@ TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and de
               // Against the unquantised activations: within the activation rounding bound.
               CHECK(std::fabs(y[t] - exact) <= rounding + 2e-6 * magnitude + 1e-6);
             }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("tile kernels (AMX, and emulated) match the scalar dot kernel through matmul_tile",
+          "[engine][kernels][amx]") {
+  struct Table {
+    const char* name;
+    KernelTable table;
+  };
+  std::vector<Table> tables;
+  if (isa_level_supported(IsaLevel::avx512))
+    tables.push_back({"emulated amx", make_emulated_amx_table()});
+  else
+    WARN("this CPU lacks avx512: the emulated AMX tile kernels are not tested here");
+  if (isa_level_supported(IsaLevel::amx))
+    tables.push_back({"amx", make_kernel_table(IsaLevel::amx)});
+  else
+    WARN("SKIPPED: this CPU (or OS) lacks AMX-TILE/AMX-INT8: the hardware tile kernels are not tested here");
+  if (tables.empty()) return;
+  std::mt19937 rng(5);
+  const KernelTable reference = make_kernel_table(IsaLevel::scalar);
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k}) {
+    const WeightKind kind = *weight_kind_for(type);
+    for (const int64_t in : {int64_t{256}, int64_t{768}}) {
+      // 37 rows: two full strips and a partial one; tiles of 16 tokens plus remainders.
+      const int64_t rows = 37;
+      const Case c(type, rows, in, rng);
+      for (const int64_t tokens : {int64_t{16}, int64_t{17}, int64_t{40}}) {
+        const auto x = random_activations(tokens, in, rng);
+        const int64_t stride = act_row_bytes(ActFormat::q8k, in);
+        std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
+        quantize_rows(ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
+        std::vector<float> y_ref(static_cast<size_t>(tokens * rows));
+        for (int64_t o = 0; o < rows; ++o)
+          for (int64_t t = 0; t < tokens; ++t)
+            reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride, 1, in,
+                                                  nullptr, &y_ref[static_cast<size_t>(t * rows + o)], 1);
+        for (const Table& tb : tables) {
+          REQUIRE(tb.table.tile[static_cast<int>(kind)] != nullptr);
+          const int64_t ws_bytes = matmul_tile_workspace_bytes(tb.table, kind, in);
+          REQUIRE(ws_bytes > 0);
+          std::vector<uint8_t> workspace(static_cast<size_t>(ws_bytes));
+          // Columns [3, 37): the first strip starts at an offset; y has a wider stride than the tile.
+          const int64_t o0 = 3, y_stride = rows + 5;
+          std::vector<float> y(static_cast<size_t>(tokens * y_stride), -99.0f);
+          matmul_tile(tb.table, c.weight, kind, {q.data(), stride}, tokens, o0, rows, nullptr, y.data(), y_stride,
+                      workspace.data() + 1);  // misaligned on purpose: matmul_tile aligns it
+          for (int64_t t = 0; t < tokens; ++t) {
+            for (int64_t o = o0; o < rows; ++o) {
+              INFO(tb.name << " " << dtype_name(type) << " in=" << in << " tokens=" << tokens << " t=" << t
+                           << " row=" << o);
+              double magnitude = 0;
+              for (int64_t i = 0; i < in; ++i)
+                magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
+              CHECK(std::fabs(y[static_cast<size_t>(t * y_stride + o - o0)] - y_ref[static_cast<size_t>(t * rows + o)]) <=
+                    2e-6 * magnitude + 1e-6);
+            }
+            for (int64_t o = rows - o0; o < y_stride; ++o) CHECK(y[static_cast<size_t>(t * y_stride + o)] == -99.0f);
           }
         }
       }

@@ -28,6 +28,19 @@ T* grown(std::vector<T>& v, int64_t n) {
 
 WeightKind kind_of(const LinearWeight& w) { return *kernels::weight_kind_for(w.weight.dtype); }
 
+// Scratch slot 1 of each worker holds the tile kernels' workspace (slot 0: the MLP's gate/up tiles).
+constexpr int kTileWorkspaceSlot = 1;
+
+}  // namespace
+
+void* FastCpuOps::tile_workspace(int worker, const LinearWeight& w) {
+  const int64_t bytes = kernels::matmul_tile_workspace_bytes(table_, kind_of(w), w.in_features());
+  if (bytes == 0) return nullptr;
+  return pool_.scratch(worker, kTileWorkspaceSlot, static_cast<size_t>((bytes + 3) / 4));
+}
+
+namespace {
+
 }  // namespace
 
 FastCpuOps::FastCpuOps(ThreadPool& pool, kernels::IsaLevel level)
@@ -93,10 +106,11 @@ void FastCpuOps::linear(const LinearWeight& w, const float* x, int64_t rows, flo
   const ActRows xa = quantize(kernels::act_format(kind), x, rows, in, act_);
   const float* bias = bias_of(w, bias_);
   const int64_t tiles = (out + kRowTile - 1) / kRowTile;
-  pool_.parallel_for(tiles, [&](int64_t begin, int64_t end, int) {
+  pool_.parallel_for(tiles, [&](int64_t begin, int64_t end, int worker) {
+    void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, w) : nullptr;
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t o0 = tile * kRowTile, o1 = std::min(out, o0 + kRowTile);
-      kernels::matmul_tile(table_, w, kind, xa, rows, o0, o1, bias, y + o0, out);
+      kernels::matmul_tile(table_, w, kind, xa, rows, o0, o1, bias, y + o0, out, workspace);
     }
   });
 }
@@ -121,17 +135,19 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
   // Phase 1: gate and up tiles of every group, fused with SiLU into `hidden`.
   build_items(false);
   pool_.parallel_for(static_cast<int64_t>(items_.size()), [&](int64_t begin, int64_t end, int worker) {
-    float* g = pool_.scratch(worker, 0, static_cast<size_t>(kTokenBlock * kRowTile));
-    float* u = pool_.scratch(worker, 1, static_cast<size_t>(kTokenBlock * kRowTile));
+    float* g = pool_.scratch(worker, 0, static_cast<size_t>(2 * kTokenBlock * kRowTile));
+    float* u = g + kTokenBlock * kRowTile;
     for (int64_t i = begin; i < end; ++i) {
       const Item& it = items_[static_cast<size_t>(i)];
       const Group& group = groups_[static_cast<size_t>(it.group)];
       const ActRows rows{x.data + it.row0 * x.stride, x.stride};
       const int64_t width = it.o1 - it.o0;
+      void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.gate) : nullptr;
       kernels::matmul_tile(table_, *group.gate, kind_of(*group.gate), rows, it.rows, it.o0, it.o1, nullptr, g,
-                           width);
+                           width, workspace);
+      workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.up) : nullptr;
       kernels::matmul_tile(table_, *group.up, kind_of(*group.up), rows, it.rows, it.o0, it.o1, nullptr, u,
-                           width);
+                           width, workspace);
       for (int64_t t = 0; t < it.rows; ++t) {
         float* h = hidden + (it.row0 + t) * inter + it.o0;
         for (int64_t o = 0; o < width; ++o) {
@@ -145,12 +161,13 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
   // Phase 2: the down projection of every group's rows.
   const ActRows h = quantize(kernels::act_format(kind_of(*first.down)), hidden, total_rows, inter, act_down_);
   build_items(true);
-  pool_.parallel_for(static_cast<int64_t>(items_.size()), [&](int64_t begin, int64_t end, int) {
+  pool_.parallel_for(static_cast<int64_t>(items_.size()), [&](int64_t begin, int64_t end, int worker) {
     for (int64_t i = begin; i < end; ++i) {
       const Item& it = items_[static_cast<size_t>(i)];
       const Group& group = groups_[static_cast<size_t>(it.group)];
+      void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.down) : nullptr;
       kernels::matmul_tile(table_, *group.down, kind_of(*group.down), {h.data + it.row0 * h.stride, h.stride},
-                           it.rows, it.o0, it.o1, nullptr, down_out + it.row0 * out + it.o0, out);
+                           it.rows, it.o0, it.o1, nullptr, down_out + it.row0 * out + it.o0, out, workspace);
     }
   });
 }

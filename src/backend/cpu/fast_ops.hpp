@@ -48,6 +48,8 @@ class FastCpuOps {
   void run_groups(kernels::ActRows x, int64_t total_rows, float* down_out);
   bool supports_ffn(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down) const;
   void build_items(bool down_phase);
+  // The calling worker's workspace for matmul_tile on `w` (nullptr when its kernels need none).
+  void* tile_workspace(int worker, const LinearWeight& w);
   const float* bias_of(const LinearWeight& w, std::vector<float>& storage);
   kernels::ActRows quantize(kernels::ActFormat format, const float* x, int64_t rows, int64_t in,
                             std::vector<uint8_t>& storage);

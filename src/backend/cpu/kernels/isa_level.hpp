@@ -9,6 +9,7 @@ enum class IsaLevel : uint8_t {
   scalar,  // portable C++: the reference every SIMD kernel is tested against
   avx2,    // AVX2 + FMA + F16C
   avx512,  // AVX-512 F/BW/VL/DQ + VNNI (+ F16C/FMA)
+  amx,     // avx512 plus AMX-TILE/AMX-INT8 tiles for prefill (Linux grants the tile state per process)
 };
 
 const char* isa_level_name(IsaLevel level) noexcept;

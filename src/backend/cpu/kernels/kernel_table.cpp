@@ -1,8 +1,12 @@
 #include "backend/cpu/kernels/kernel_table.hpp"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "tandem/error.hpp"
@@ -13,8 +17,19 @@ namespace {
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
-  bool os_ymm = false, os_zmm = false;
+  bool amx_tile = false, amx_int8 = false;
+  bool os_ymm = false, os_zmm = false, os_tiles = false;
 };
+
+// Linux (5.16+) enables the 8 KiB tile state only for processes that ask; asking again is harmless.
+bool tile_state_granted() noexcept {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 CpuFeatures detect() noexcept {
   CpuFeatures f;
@@ -28,6 +43,7 @@ CpuFeatures detect() noexcept {
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     f.os_ymm = (lo & 0x6u) == 0x6u;    // XMM and YMM state
     f.os_zmm = (lo & 0xe6u) == 0xe6u;  // plus opmask and ZMM state
+    f.os_tiles = (lo & 0x60000u) == 0x60000u;  // XTILECFG and XTILEDATA
   }
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.avx2 = (b >> 5) & 1u;
@@ -36,10 +52,20 @@ CpuFeatures detect() noexcept {
     f.avx512bw = (b >> 30) & 1u;
     f.avx512vl = (b >> 31) & 1u;
     f.avx512vnni = (c >> 11) & 1u;
+    f.amx_tile = (d >> 24) & 1u;
+    f.amx_int8 = (d >> 25) & 1u;
   }
   return f;
 }
 
+}  // namespace
+
+namespace {
+IsaLevel limit_level(std::string_view name) noexcept {
+  for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512})
+    if (name == isa_level_name(level)) return level;
+  return IsaLevel::amx;  // unknown names cap nothing
+}
 }  // namespace
 
 const char* isa_level_name(IsaLevel level) noexcept {
@@ -50,6 +76,8 @@ const char* isa_level_name(IsaLevel level) noexcept {
       return "avx2";
     case IsaLevel::avx512:
       return "avx512";
+    case IsaLevel::amx:
+      return "amx";
   }
   return "?";
 }
@@ -57,20 +85,28 @@ const char* isa_level_name(IsaLevel level) noexcept {
 bool isa_level_supported(IsaLevel level) noexcept {
   const CpuFeatures f = detect();
   const bool avx2 = f.os_ymm && f.avx2 && f.fma && f.f16c;
+  const bool avx512 = avx2 && f.os_zmm && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni;
   switch (level) {
     case IsaLevel::scalar:
       return true;
     case IsaLevel::avx2:
       return avx2;
     case IsaLevel::avx512:
-      return avx2 && f.os_zmm && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni;
+      return avx512;
+    case IsaLevel::amx:
+      return avx512 && f.amx_tile && f.amx_int8 && f.os_tiles && tile_state_granted();
   }
   return false;
 }
 
 IsaLevel best_isa_level() noexcept {
-  if (isa_level_supported(IsaLevel::avx512)) return IsaLevel::avx512;
-  if (isa_level_supported(IsaLevel::avx2)) return IsaLevel::avx2;
+  // TANDEM_CPU_ISA=scalar|avx2|avx512 caps the choice (to hold one level against another on one CPU).
+  const char* cap = std::getenv("TANDEM_CPU_ISA");
+  const std::string_view limit = cap ? cap : "";
+  for (IsaLevel level : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2}) {
+    if (!limit.empty() && static_cast<int>(level) > static_cast<int>(limit_level(limit))) continue;
+    if (isa_level_supported(level)) return level;
+  }
   return IsaLevel::scalar;
 }
 
@@ -133,7 +169,14 @@ KernelTable make_kernel_table(IsaLevel level) {
   KernelTable t{};
   scalar::fill_kernels(t);
   if (level == IsaLevel::avx2) avx2::fill_kernels(t);
-  if (level == IsaLevel::avx512) avx512::fill_kernels(t);
+  if (level == IsaLevel::avx512 || level == IsaLevel::amx) avx512::fill_kernels(t);
+  if (level == IsaLevel::amx) amx::fill_kernels(t);
+  return t;
+}
+
+KernelTable make_emulated_amx_table() {
+  KernelTable t = make_kernel_table(IsaLevel::avx512);
+  amx::fill_emulated_kernels(t);
   return t;
 }
 

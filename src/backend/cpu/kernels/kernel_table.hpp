@@ -16,5 +16,8 @@ int64_t act_block_bytes(ActFormat format) noexcept;   // 4, sizeof(ActQ8K), size
 
 // The kernels of `level` (which must be supported by this CPU).
 KernelTable make_kernel_table(IsaLevel level);
+// The avx512 table plus the AMX tile kernels with every tile instruction emulated in plain code (the
+// rest of each kernel is the real one): tests the tile layouts on an AVX-512 CPU without AMX. Slow.
+KernelTable make_emulated_amx_table();
 
 }  // namespace tandem::kernels

@@ -4,8 +4,15 @@
 #include <cstring>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/tile_layout.hpp"
 
 namespace tandem::kernels {
+
+int64_t tile_workspace_bytes(int64_t in) noexcept { return tile_workspace_size(in); }
+
+int64_t matmul_tile_workspace_bytes(const KernelTable& table, WeightKind kind, int64_t in) noexcept {
+  return table.tile[static_cast<int>(kind)] ? tile_workspace_bytes(in) + kTileWorkspaceAlign : 0;
+}
 
 int64_t act_row_bytes(ActFormat format, int64_t in) noexcept {
   return in / act_block_values(format) * act_block_bytes(format);
@@ -23,7 +30,23 @@ void quantize_rows(ActFormat format, const float* x, int64_t x_stride, int64_t i
 }
 
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
-                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride) {
+                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace) {
+  const TileFn tile = table.tile[static_cast<int>(kind)];
+  if (tile && workspace && tokens >= kTileMinTokens && w.scale_inv.empty()) {
+    const auto address = reinterpret_cast<uintptr_t>(workspace);
+    auto* aligned = static_cast<uint8_t*>(workspace) + ((kTileWorkspaceAlign - address % kTileWorkspaceAlign) % kTileWorkspaceAlign);
+    const uint8_t* rows = static_cast<const uint8_t*>(w.weight.data);
+    const auto row_stride = static_cast<int64_t>(w.weight.row_stride_bytes());
+    for (int64_t o = o0; o < o1; o += kTileRows) {
+      const int n = static_cast<int>(std::min<int64_t>(kTileRows, o1 - o));
+      tile(rows + o * row_stride, row_stride, n, x.data, x.stride, tokens, w.in_features(), y + (o - o0), y_stride,
+           aligned);
+    }
+    if (bias)
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t o = o0; o < o1; ++o) y[t * y_stride + (o - o0)] += bias[o];
+    return;
+  }
   const DotFn dot = table.dot[static_cast<int>(kind)];
   const int64_t in = w.in_features();
   constexpr int64_t kFp8Rows = 128;

@@ -28,8 +28,14 @@ void quantize_rows(ActFormat format, const float* x, int64_t x_stride, int64_t i
                    int64_t row_end, uint8_t* dst);
 
 // y[t·y_stride + (o − o0)] = Σ_i W[o, i]·x_t[i] (+ bias[o]) for t < tokens, o in [o0, o1). `y`
-// points at the tile's first column; `bias`: the whole float bias or nullptr.
+// points at the tile's first column; `bias`: the whole float bias or nullptr. With a workspace of
+// matmul_tile_workspace_bytes (the calling thread's own) and at least kTileMinTokens tokens, a type
+// with a tile kernel in `table` takes it; otherwise (or with workspace == nullptr) the dot kernels.
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
-                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride);
+                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace);
+
+// Bytes of workspace matmul_tile may use for this weight type and width (0: none), alignment slack included.
+constexpr int64_t kTileWorkspaceAlign = 64;
+int64_t matmul_tile_workspace_bytes(const KernelTable& table, WeightKind kind, int64_t in) noexcept;
 
 }  // namespace tandem::kernels
