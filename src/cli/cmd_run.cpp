@@ -151,6 +151,10 @@ int run_command(const RunFlags& flags) {
                result.stats.decoded_tokens > 0 ? fmt::format("{:.1f} tok/s", result.stats.decode_tokens_per_second())
                                                : std::string("no decode step"),
                stop_reason_name(result.stop));
+  if (flags.stats || isatty(STDERR_FILENO))
+    if (const auto disk = engine->kv_disk_stats())
+      fmt::print(stderr, "[prompt tokens from the prefix cache: {}] {}\n", result.stats.cached_prompt_tokens,
+                 kv_disk_summary(*disk));
   if (result.stop == StopReason::cancelled) return 130;  // as a shell reports SIGINT
   return 0;
 }

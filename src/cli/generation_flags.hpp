@@ -3,6 +3,7 @@
 // (`--placement` also by `tandem eval`).
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <algorithm>
 #include <cstdint>
 #include <cmath>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "cli/llama_compat.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
+#include "tandem/kv/kv_disk_tier.hpp"
 #include "tandem/kv/retention.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/text/sampler.hpp"
@@ -136,6 +138,52 @@ inline void warn_past_trained_context(const ModelConfig& config, int64_t tokens,
                what, tokens, config.max_position_embeddings);
 }
 
+// `--kv-disk DIR --kv-disk-size SIZE`: the prefix cache's SSD tier (docs/KV.md), for the commands
+// whose sessions use the prefix cache (run, chat, bench kv). A directory turns the cache on.
+struct KvDiskFlags {
+  std::string dir, size;
+
+  void add_to(CLI::App& app) {
+    app.add_option("--kv-disk", dir,
+                   "directory for the KV prefix cache's SSD tier: prompt prefixes' KV blocks are kept there and "
+                   "reused by later runs of the same model and KV type (turns the prefix cache on)");
+    app.add_option("--kv-disk-size", size,
+                   "bytes the SSD tier may take, least recently used records deleted past it (64G, 512M; default: "
+                   "64G or half the file system, whichever is less)");
+  }
+
+  // Checks the directory (exists, is one, writable) and the size; Error(invalid_argument) naming
+  // the flag. Fills LoadOptions::kv_disk_dir/kv_disk_bytes.
+  void apply(LoadOptions& o) const {
+    if (dir.empty()) {
+      if (!size.empty()) throw Error(ErrorKind::invalid_argument, "--kv-disk-size needs --kv-disk DIR");
+      return;
+    }
+    KvDiskTier::check_directory(dir);
+    const uint64_t total = KvDiskTier::file_system_bytes(dir);
+    uint64_t bytes = uint64_t{64} << 30;
+    if (!size.empty())
+      bytes = parse_byte_size(size, "--kv-disk-size");
+    else if (total > 0)
+      bytes = std::min(bytes, total / 2);
+    if (total > 0 && bytes > total)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--kv-disk-size {} is larger than the file system holding '{}' ({:.2f} GiB)", size, dir,
+                              static_cast<double>(total) / (1 << 30)));
+    o.kv_disk_dir = dir;
+    o.kv_disk_bytes = bytes;
+  }
+};
+
+// One line for --stats: which I/O the tier uses and what it did.
+inline std::string kv_disk_summary(const KvDiskStats& s) {
+  return fmt::format(
+      "[kv disk: {}; {} records ({:.1f} MiB), {} found at start; {} blocks read back, {} written, {} write failures; "
+      "rejected {} corrupt, {} truncated, {} foreign; {} evicted]",
+      s.io, s.records, static_cast<double>(s.bytes) / (1 << 20), s.found_at_start, s.loaded, s.written,
+      s.write_failures, s.rejected_corrupt, s.rejected_truncated, s.rejected_foreign, s.evicted);
+}
+
 struct GenerationFlags {
   std::string model_path;
   int64_t max_new_tokens;
@@ -159,6 +207,7 @@ struct GenerationFlags {
   std::string kv_type;  // --kv-type; "" = default, or llama.cpp's -ctk/-ctv when both name it
   std::string kv_policy;  // --kv-policy; "" = full
   std::string cpu_kernels;  // --cpu-kernels; "" = fast
+  KvDiskFlags kv_disk;
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;
 
@@ -195,6 +244,7 @@ struct GenerationFlags {
     add_kv_type_flag(app, kv_type);
     add_kv_policy_flag(app, kv_policy);
     add_cpu_kernels_flag(app, cpu_kernels);
+    kv_disk.add_to(app);
     app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
     llama.add_to(app);
   }
@@ -221,6 +271,8 @@ struct GenerationFlags {
       fail(fmt::format("--presence-penalty must be within [-100, 100], not {}", presence_penalty));
     llama.report(kv_type_name(resolved_kv_type()));
     (void)kv_policy_from_flag(kv_policy);
+    LoadOptions checked;
+    kv_disk.apply(checked);
   }
 
   // --kv-type when given; else llama.cpp's -ctk/-ctv when both name the same supported type; else
@@ -258,6 +310,7 @@ struct GenerationFlags {
     o.kv_policy = kv_policy_from_flag(kv_policy);
     o.cpu_kernels = cpu_kernels_from_flag(cpu_kernels);
     o.overrides = model_overrides_from(override_kv);
+    kv_disk.apply(o);
     return o;
   }
 };

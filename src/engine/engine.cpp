@@ -17,6 +17,7 @@
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/kv/prefix_cache.hpp"
+#include "tandem/model/model_identity.hpp"
 #include "tandem/kv/retention.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/model/weight_roles.hpp"
@@ -164,7 +165,16 @@ class CpuEngine final : public Engine {
     spec.blocks =
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
-    if (options_.kv_prefix_cache) prefix_cache_ = std::make_unique<PrefixCache>(*kv_);
+    if (!options_.kv_disk_dir.empty()) {
+      options_.kv_prefix_cache = true;
+      KvDiskTierOptions disk_options;
+      disk_options.dir = options_.kv_disk_dir;
+      disk_options.max_bytes = options_.kv_disk_bytes;
+      auto disk = std::make_unique<KvDiskTier>(disk_options, model_identity(files_), *kv_);
+      prefix_cache_ = std::make_unique<PrefixCache>(*kv_, std::move(disk));
+    } else if (options_.kv_prefix_cache) {
+      prefix_cache_ = std::make_unique<PrefixCache>(*kv_);
+    }
     backend_ = make_cpu_backend(options_.threads, options_.cpu_kernels);
     // One CUDA backend per GPU the placement names (check_placement_runnable vouched for them).
     for (WeightGroup g : kAllWeightGroups)
@@ -212,6 +222,12 @@ class CpuEngine final : public Engine {
   const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
   const ChatTemplate* chat_template() const override { return chat_template_.get(); }
   std::vector<std::string> warnings() const override { return files_.warnings; }
+  std::optional<KvDiskStats> kv_disk_stats() override {
+    std::lock_guard lock(mutex_);
+    if (!prefix_cache_ || !prefix_cache_->disk()) return std::nullopt;
+    prefix_cache_->disk()->flush();  // counts the writes in flight as they end
+    return prefix_cache_->disk()->stats();
+  }
 
   const Placement& placement() const override { return placement_; }
 

@@ -156,27 +156,12 @@ struct KvDiskTier::PendingWrite {
 
 KvDiskTier::KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity, KvPool& pool)
     : dir_(options.dir), max_bytes_(options.max_bytes), model_identity_(model_identity), pool_(pool) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (dir_.empty()) fail("--kv-disk: no directory given");
-  if (!fs::exists(dir_, ec)) fail(fmt::format("--kv-disk '{}' does not exist (create the directory first)", dir_));
-  if (!fs::is_directory(dir_, ec)) fail(fmt::format("--kv-disk '{}' is not a directory", dir_));
-  {
-    const std::string probe = fmt::format("{}/.tandem-kv-probe-{}", dir_, getpid());
-    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail(fmt::format("--kv-disk '{}' is not writable: {}", dir_, std::strerror(errno)));
-    ::close(fd);
-    ::unlink(probe.c_str());
-  }
+  check_directory(dir_);
   payload_bytes_ = pool.block_layer_bytes() * static_cast<uint64_t>(pool.spec().layers);
   record_bytes_ = sizeof(RecordHeader) + payload_bytes_;
-  struct statvfs vfs {};
-  if (statvfs(dir_.c_str(), &vfs) == 0) {
-    const auto total = static_cast<uint64_t>(vfs.f_blocks) * static_cast<uint64_t>(vfs.f_frsize);
-    if (total > 0 && max_bytes_ > total)
-      fail(fmt::format("--kv-disk-size {:.2f} GiB is larger than the file system holding '{}' ({:.2f} GiB)",
-                       static_cast<double>(max_bytes_) / (1 << 30), dir_, static_cast<double>(total) / (1 << 30)));
-  }
+  if (const uint64_t total = file_system_bytes(dir_); total > 0 && max_bytes_ > total)
+    fail(fmt::format("--kv-disk-size {:.2f} GiB is larger than the file system holding '{}' ({:.2f} GiB)",
+                     static_cast<double>(max_bytes_) / (1 << 30), dir_, static_cast<double>(total) / (1 << 30)));
   if (max_bytes_ < record_bytes_)
     fail(fmt::format("--kv-disk-size {} bytes holds no KV block: one record of this model takes {} bytes", max_bytes_,
                      record_bytes_));
@@ -188,6 +173,25 @@ KvDiskTier::KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity
 }
 
 KvDiskTier::~KvDiskTier() { flush(); }
+
+void KvDiskTier::check_directory(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (dir.empty()) fail("--kv-disk: no directory given");
+  if (!fs::exists(dir, ec)) fail(fmt::format("--kv-disk '{}' does not exist (create the directory first)", dir));
+  if (!fs::is_directory(dir, ec)) fail(fmt::format("--kv-disk '{}' is not a directory", dir));
+  const std::string probe = fmt::format("{}/.tandem-kv-probe-{}", dir, getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(fmt::format("--kv-disk '{}' is not writable: {}", dir, std::strerror(errno)));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+uint64_t KvDiskTier::file_system_bytes(const std::string& dir) {
+  struct statvfs vfs {};
+  if (statvfs(dir.c_str(), &vfs) != 0) return 0;
+  return static_cast<uint64_t>(vfs.f_blocks) * static_cast<uint64_t>(vfs.f_frsize);
+}
 
 std::string KvDiskTier::path_of(uint64_t key) const { return fmt::format("{}/{:016x}-{:016x}.kvb", dir_, tier_id_, key); }
 
@@ -352,22 +356,27 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
   }
   io_->drain();
   const RecordHeader expected = tier_header(model_identity_, pool_, payload_bytes_);
-  size_t good = 0;
-  for (; good < submitted; ++good) {
-    Read& r = reads[good];
+  // Every record read is checked (a bad one is deleted, so the next eviction rewrites it); the
+  // run the caller gets ends at the first bad one.
+  size_t good = submitted;
+  for (size_t i = 0; i < submitted; ++i) {
+    Read& r = reads[i];
     Verdict v = r.request.result < static_cast<int64_t>(sizeof(RecordHeader))
                     ? Verdict::truncated
-                    : check_header(r.header, expected, keys[good], r.file_bytes);
+                    : check_header(r.header, expected, keys[i], r.file_bytes);
     if (v == Verdict::good && r.request.result != static_cast<int64_t>(record_bytes_)) v = Verdict::truncated;
-    if (v == Verdict::good && payload_checksum(pool_, blocks[good]) != r.header.payload_xxh3) v = Verdict::corrupt;
+    if (v == Verdict::good && payload_checksum(pool_, blocks[i]) != r.header.payload_xxh3) v = Verdict::corrupt;
     if (v != Verdict::good) {
       ++(v == Verdict::corrupt ? stats_.rejected_corrupt
                                 : v == Verdict::foreign ? stats_.rejected_foreign : stats_.rejected_truncated);
-      forget(keys[good], true);
-      break;
+      forget(keys[i], true);
+      good = std::min(good, i);
+      continue;
     }
-    futimens(r.fd, nullptr);  // the file's time carries the LRU order to the next process
-    touch(keys[good]);
+    if (i < good) {
+      futimens(r.fd, nullptr);  // the file's time carries the LRU order to the next process
+      touch(keys[i]);
+    }
   }
   for (Read& r : reads)
     if (r.fd >= 0) ::close(r.fd);

@@ -5,11 +5,16 @@
 
 #include <algorithm>
 
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_disk_tier.hpp"
 #include "tandem/kv/kv_pool.hpp"
 
 namespace tandem {
 
+PrefixCache::PrefixCache(KvPool& pool, std::unique_ptr<KvDiskTier> disk) : pool_(pool), disk_(std::move(disk)) {}
+
 PrefixCache::~PrefixCache() {
+  if (disk_) disk_->flush();  // the writes read from the blocks released below
   for (const auto& [key, entry] : entries_) pool_.release_block(entry.block);
 }
 
@@ -30,14 +35,48 @@ std::vector<uint64_t> PrefixCache::block_keys(std::span<const int32_t> tokens) c
 
 std::vector<int32_t> PrefixCache::adopt(std::span<const uint64_t> keys) {
   std::vector<int32_t> blocks;
-  for (const uint64_t key : keys) {
-    const auto it = entries_.find(key);
-    if (it == entries_.end()) break;
-    pool_.retain_block(it->second.block);
-    blocks.push_back(it->second.block);
+  while (blocks.size() < keys.size()) {
+    const size_t i = blocks.size();
+    if (const auto it = entries_.find(keys[i]); it != entries_.end()) {
+      pool_.retain_block(it->second.block);
+      blocks.push_back(it->second.block);
+      continue;
+    }
+    // Continued from disk: the run of keys there and not in memory.
+    size_t end = i;
+    while (disk_ && end < keys.size() && entries_.count(keys[end]) == 0 && disk_->contains(keys[end])) ++end;
+    if (end == i) break;
+    adopt_from_disk(keys.subspan(i, end - i), blocks);
+    if (blocks.size() < end) break;  // a record was missing or bad: the rest is recomputed
   }
   touch(keys.first(blocks.size()));
   return blocks;
+}
+
+void PrefixCache::adopt_from_disk(std::span<const uint64_t> keys, std::vector<int32_t>& blocks) {
+  // Fresh blocks for the run: unreferenced cached blocks give way (the ones adopted so far are
+  // held by the caller now); a pool that still has no room shortens the run.
+  make_room(static_cast<int64_t>(keys.size()));
+  std::vector<int32_t> fresh;
+  try {
+    while (fresh.size() < keys.size()) fresh.push_back(pool_.allocate_block());
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::out_of_memory) {
+      for (const int32_t b : fresh) pool_.release_block(b);
+      throw;
+    }
+  }
+  const size_t good = disk_->load(keys.first(fresh.size()), fresh);
+  for (size_t i = 0; i < fresh.size(); ++i) {
+    if (i >= good) {
+      pool_.release_block(fresh[i]);
+      continue;
+    }
+    // The fresh block's one reference is the cache's; the caller gets another.
+    entries_.emplace(keys[i], Entry{fresh[i], 0});
+    pool_.retain_block(fresh[i]);
+    blocks.push_back(fresh[i]);
+  }
 }
 
 void PrefixCache::touch(std::span<const uint64_t> chain) {
@@ -49,6 +88,7 @@ void PrefixCache::insert(std::span<const uint64_t> chain, std::span<const int32_
     if (entries_.count(chain[i]) != 0) continue;
     pool_.retain_block(blocks[i]);
     entries_.emplace(chain[i], Entry{blocks[i], 0});
+    if (disk_) disk_->store(chain[i], blocks[i]);  // write-through: full blocks never change
   }
   touch(chain.first(std::min(chain.size(), blocks.size())));
 }
@@ -61,6 +101,7 @@ void PrefixCache::make_room(int64_t blocks) {
           (victim == entries_.end() || it->second.last_use < victim->second.last_use))
         victim = it;
     if (victim == entries_.end()) return;
+    if (disk_) disk_->wait_for(victim->second.block);  // its write still reads from it
     pool_.release_block(victim->second.block);
     entries_.erase(victim);
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -16,6 +17,7 @@
 #include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/engine/placement.hpp"
 #include "tandem/engine/placement_plan.hpp"
+#include "tandem/kv/kv_disk_tier.hpp"
 #include "tandem/kv/kv_type.hpp"
 #include "tandem/model/model_config.hpp"
 #include "tandem/model/model_files.hpp"
@@ -44,6 +46,11 @@ struct LoadOptions {
   // of its prompt (tandem/kv/prefix_cache.hpp). Off by default; sessions with a bounded kv_policy
   // and prefills asking for all logits neither adopt nor add blocks.
   bool kv_prefix_cache = false;
+  // The prefix cache's SSD tier (tandem/kv/kv_disk_tier.hpp): an existing writable directory and
+  // the bytes its records may take. A directory turns the prefix cache on; blocks there survive
+  // the process and serve later ones loading the same model with the same KV type.
+  std::string kv_disk_dir;
+  uint64_t kv_disk_bytes = 0;
   int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
   PlacementFlags placement_flags;     // -ngl, --cpu-moe, --n-cpu-moe, -ot, --vram-budget (after `placement`)
@@ -80,6 +87,9 @@ class Engine {
   virtual const ChatTemplate* chat_template() const = 0;  // nullptr when the model has none
   // What loading worked around (missing GGUF keys, no tokenizer): for the user to see.
   virtual std::vector<std::string> warnings() const { return {}; }
+  // The KV disk tier's counters once its writes in flight are done (LoadOptions::kv_disk_dir);
+  // nullopt without one.
+  virtual std::optional<KvDiskStats> kv_disk_stats() { return std::nullopt; }
   // Where each weight role lives: LoadOptions::placement resolved at load (an engine that predates
   // placement reports everything on the CPU).
   virtual const Placement& placement() const;

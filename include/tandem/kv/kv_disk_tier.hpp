@@ -67,6 +67,12 @@ class KvDiskTier {
   KvDiskTier(const KvDiskTier&) = delete;
   KvDiskTier& operator=(const KvDiskTier&) = delete;
 
+  // Error(invalid_argument) when `dir` is missing, not a directory or not writable (a file is
+  // made and removed to find out).
+  static void check_directory(const std::string& dir);
+  // The size of the file system holding `dir` (0 when unknown).
+  static uint64_t file_system_bytes(const std::string& dir);
+
   // Size of one record: header plus the payload of one block.
   uint64_t record_bytes() const { return record_bytes_; }
   bool contains(uint64_t key) const { return index_.count(key) != 0; }
@@ -79,7 +85,8 @@ class KvDiskTier {
   void wait_for(int32_t block);
   // Reads the records of keys[i] into pool blocks blocks[i], all at once, and checks them.
   // Returns n: keys [0, n) were found good and their blocks hold the records; from the first
-  // missing or rejected key on, the blocks' contents are undefined (the caller frees them).
+  // missing or rejected key on, the blocks' contents are undefined (the caller frees them). Every
+  // record read is checked, and each bad one counted and deleted.
   size_t load(std::span<const uint64_t> keys, std::span<const int32_t> blocks);
   // Waits for every write in flight.
   void flush();

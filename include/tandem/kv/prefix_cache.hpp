@@ -7,8 +7,15 @@
 // whole prefixes. The cache holds one reference to each cached block; a session adopting one
 // takes another (shared blocks are copy-on-write, and full blocks are never written again). When
 // the pool needs blocks, cached blocks no session holds are freed, least recently used first.
+//
+// With an SSD tier (kv_disk_tier.hpp) under it, every block joining the cache is also written to
+// disk (write-through, asynchronously, straight from the pool), so a block freed from memory —
+// or cached by an earlier process serving the same model — is still found: adopt() continues a
+// run that ends in memory with the records that follow it on disk, read back into fresh blocks
+// (all at once, before the prefill of the rest; a bad record ends the run and is recomputed).
 // Not thread-safe: the engine calls it under its lock.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -16,11 +23,12 @@
 namespace tandem {
 
 class KvPool;
+class KvDiskTier;
 
 class PrefixCache {
  public:
-  explicit PrefixCache(KvPool& pool) : pool_(pool) {}
-  ~PrefixCache();  // releases every cached block
+  explicit PrefixCache(KvPool& pool, std::unique_ptr<KvDiskTier> disk = nullptr);
+  ~PrefixCache();  // waits for the disk writes in flight, releases every cached block
   PrefixCache(const PrefixCache&) = delete;
   PrefixCache& operator=(const PrefixCache&) = delete;
 
@@ -29,7 +37,8 @@ class PrefixCache {
   // Key of one block of ids after the block whose key is `parent` (0: the first block).
   static uint64_t chain_key(uint64_t parent, std::span<const int32_t> block_ids);
 
-  // The longest cached run of `keys` from the first: its block ids, each retained for the caller.
+  // The longest cached run of `keys` from the first — in memory, then continued from the disk
+  // tier: its block ids, each retained for the caller. Blocks read from disk join the cache.
   std::vector<int32_t> adopt(std::span<const uint64_t> keys);
   // Caches blocks[i] under chain[i] (one more reference each) where that key is not cached yet;
   // `chain` is a whole prefix's keys from the first block, `blocks` the session's blocks for them.
@@ -39,6 +48,7 @@ class PrefixCache {
   void make_room(int64_t blocks);
 
   int64_t cached_blocks() const { return static_cast<int64_t>(entries_.size()); }
+  KvDiskTier* disk() { return disk_.get(); }  // nullptr without an SSD tier
 
  private:
   struct Entry {
@@ -46,6 +56,9 @@ class PrefixCache {
     uint64_t last_use;
   };
   KvPool& pool_;
+  std::unique_ptr<KvDiskTier> disk_;
+  // Adopts the disk tier's run of `keys` into fresh blocks (appended to `blocks`, retained).
+  void adopt_from_disk(std::span<const uint64_t> keys, std::vector<int32_t>& blocks);
   // Marks a chain used, its deepest block least recent (so eviction trims chains from the end).
   void touch(std::span<const uint64_t> chain);
 

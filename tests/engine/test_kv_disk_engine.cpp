@@ -1,0 +1,172 @@
+// The SSD tier under the prefix cache, end to end: an engine (as a later process) loading the same
+// model with the same --kv-disk directory adopts the prompt prefix from disk and gives the cold
+// run's logits bit-for-bit and its greedy tokens; a corrupted record is recomputed (same tokens,
+// fewer cached); another KV type finds nothing; `tandem run --kv-disk` works and refuses bad flags.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "support/cli.hpp"
+#include "support/fixtures.hpp"
+#include "tandem/engine/engine.hpp"
+#include "tandem/engine/generate.hpp"
+
+using namespace tandem;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::vector<int32_t> kPrompt = {51, 261, 220, 80, 84, 72, 481, 263, 304, 86, 77, 280, 78, 87, 220, 73, 287, 9};
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() / ("tandem-kvdisk-engine-" + name + "-" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::unique_ptr<Engine> load(const std::string& name, KvType type, const std::string& disk_dir) {
+  LoadOptions o;
+  o.max_context_tokens = 64;
+  o.max_sessions = 2;
+  o.kv_block_tokens = 4;
+  o.kv_type = type;
+  o.kv_disk_dir = disk_dir;
+  o.kv_disk_bytes = uint64_t{1} << 30;
+  o.load_tokenizer = false;
+  return Engine::load(test::data_dir() + "/" + name, o);
+}
+
+GenerateResult greedy(Engine& engine) {
+  GenerateOptions options;
+  options.sampling.temperature = 0;
+  options.max_new_tokens = 8;
+  auto session = engine.new_session();
+  return generate(*session, nullptr, kPrompt, options);
+}
+
+std::vector<float> logits_of(Session& s) { return {s.logits().begin(), s.logits().end()}; }
+
+}  // namespace
+
+TEST_CASE("KV disk tier: a later engine adopts the prefix from disk with the cold run's logits and tokens",
+          "[engine][kv][disk]") {
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    for (const KvType type : {KvType::f16, KvType::int4}) {
+      INFO(name << " " << kv_type_name(type));
+      TempDir dir(std::string(name) + "-" + kv_type_name(type));
+      const auto off = load(name, type, "");
+      const GenerateResult cold = greedy(*off);
+      CHECK(cold.stats.cached_prompt_tokens == 0);
+      auto cold_session = off->new_session();  // the chunks a hit runs: 16 adopted, then 2
+      cold_session->prefill(std::span<const int32_t>(kPrompt).first(16));
+      cold_session->prefill(std::span<const int32_t>(kPrompt).subspan(16));
+      const std::vector<float> cold_logits = logits_of(*cold_session);
+      {
+        const auto first = load(name, type, dir.path.string());
+        const GenerateResult r = greedy(*first);
+        CHECK(r.stats.cached_prompt_tokens == 0);
+        CHECK(r.ids == cold.ids);
+        const auto stats = first->kv_disk_stats();
+        REQUIRE(stats);
+        CHECK(stats->written >= 4);  // every full block of prompt and output went through
+        CHECK(stats->loaded == 0);
+      }
+      {  // a later process: memory is empty, the disk has the blocks
+        const auto later = load(name, type, dir.path.string());
+        auto session = later->new_session();
+        session->prefill(kPrompt);
+        CHECK(session->cached_prompt_tokens() == 16);
+        CHECK(logits_of(*session) == cold_logits);
+        session.reset();
+        const GenerateResult r = greedy(*later);  // now from the host tier
+        CHECK(r.stats.cached_prompt_tokens == 16);
+        CHECK(r.ids == cold.ids);
+        CHECK(later->kv_disk_stats()->loaded == 4);
+        CHECK(later->kv_disk_stats()->found_at_start >= 4);
+      }
+    }
+  }
+}
+
+TEST_CASE("KV disk tier: a corrupt record is recomputed; another KV type finds nothing", "[engine][kv][disk]") {
+  TempDir dir("corrupt");
+  const auto off = load("tiny-qwen3moe", KvType::f16, "");
+  const GenerateResult cold = greedy(*off);
+  { (void)greedy(*load("tiny-qwen3moe", KvType::f16, dir.path.string())); }
+  // Flip one payload byte of every record: the prompt's four are rejected, nothing is adopted.
+  int flipped = 0;
+  for (const auto& entry : fs::directory_iterator(dir.path)) {
+    std::fstream f(entry.path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(200);
+    c = static_cast<char>(c ^ 1);
+    f.write(&c, 1);
+    ++flipped;
+  }
+  REQUIRE(flipped >= 4);
+  {
+    const auto later = load("tiny-qwen3moe", KvType::f16, dir.path.string());
+    const GenerateResult r = greedy(*later);
+    CHECK(r.stats.cached_prompt_tokens == 0);
+    CHECK(r.ids == cold.ids);
+    const auto stats = later->kv_disk_stats();
+    CHECK(stats->rejected_corrupt == 4);
+    CHECK(stats->loaded == 0);
+  }
+  const auto other_type = load("tiny-qwen3moe", KvType::bf16, dir.path.string());
+  CHECK(other_type->kv_disk_stats()->found_at_start == 0);  // f16 records are another tier's files
+  CHECK(greedy(*other_type).stats.cached_prompt_tokens == 0);
+}
+
+TEST_CASE("tandem run --kv-disk: reuses the prefix across processes; bad flags exit 1 naming them",
+          "[engine][kv][disk][cli]") {
+  TempDir dir("cli");
+  const std::string model = test::shell_quote(test::data_dir() + "/tiny-qwen3moe");
+  const std::string ids = "51,261,220,80,84,72,481,263,304,86,77,280,78,87,220,73,287,9,51,261,220,80,84,72,481,263,304,86,77,280,78,87,220,73,287,9";
+  const std::string run = "run -m " + model + " --ids " + ids + " -n 6 --temp 0 --print-ids --stats";
+  const auto plain = test::run_cli_captured(run);
+  REQUIRE(plain.exit_code == 0);
+  const std::string disk = " --kv-disk " + test::shell_quote(dir.path.string()) + " --kv-disk-size 64M";
+  const auto first = test::run_cli_captured(run + disk);
+  const auto second = test::run_cli_captured(run + disk);
+  REQUIRE(first.exit_code == 0);
+  REQUIRE(second.exit_code == 0);
+  CHECK(first.out == plain.out);
+  CHECK(second.out == plain.out);
+  CHECK(first.err.find("[prompt tokens from the prefix cache: 0]") != std::string::npos);
+  CHECK(second.err.find("[prompt tokens from the prefix cache: 32]") != std::string::npos);  // 2 blocks of 16
+  CHECK(second.err.find("kv disk: ") != std::string::npos);
+
+  { std::ofstream(dir.path / "file") << "x"; }
+  const struct {
+    std::string flags, says;
+  } bad[] = {
+      {" --kv-disk " + test::shell_quote(dir.path.string() + "/missing"), "does not exist"},
+      {" --kv-disk /proc", "is not writable"},
+      {" --kv-disk " + test::shell_quote(dir.path.string() + "/file"), "is not a directory"},
+      {disk + "x", "--kv-disk-size '64Mx'"},
+      {" --kv-disk " + test::shell_quote(dir.path.string()) + " --kv-disk-size 0", "--kv-disk-size"},
+      {" --kv-disk " + test::shell_quote(dir.path.string()) + " --kv-disk-size 1000P", "--kv-disk-size"},
+      {" --kv-disk-size 1G", "--kv-disk-size needs --kv-disk"},
+  };
+  for (const auto& b : bad) {
+    INFO(b.flags);
+    const auto r = test::run_cli_captured(run + b.flags);
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find(b.says) != std::string::npos);
+    CHECK(r.out.empty());
+  }
+}
