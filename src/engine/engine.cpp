@@ -228,6 +228,12 @@ class CpuEngine final : public Engine {
     prefix_cache_->disk()->flush();  // counts the writes in flight as they end
     return prefix_cache_->disk()->stats();
   }
+  void evict_prefix_cache() override {
+    std::lock_guard lock(mutex_);
+    if (!prefix_cache_) return;
+    prefix_cache_->drop_unreferenced();
+    if (prefix_cache_->disk()) prefix_cache_->disk()->drop_page_cache();
+  }
 
   const Placement& placement() const override { return placement_; }
 

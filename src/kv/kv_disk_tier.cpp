@@ -4,7 +4,9 @@
 #include <xxhash.h>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -384,14 +386,44 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
   return good;
 }
 
-void KvDiskTier::drop_page_cache() {
+double KvDiskTier::drop_page_cache() {
   flush();
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  uint64_t pages = 0, resident = 0;
+  std::vector<unsigned char> in_core;
   for (const uint64_t key : lru_) {
     const int fd = ::open(path_of(key).c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
     fdatasync(fd);
     posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    void* map = mmap(nullptr, record_bytes_, PROT_READ, MAP_SHARED, fd, 0);
+    if (map != MAP_FAILED) {
+      in_core.assign((record_bytes_ + page - 1) / page, 0);
+      if (mincore(map, record_bytes_, in_core.data()) == 0) {
+        pages += in_core.size();
+        for (const unsigned char c : in_core) resident += c & 1;
+      }
+      munmap(map, record_bytes_);
+    }
     ::close(fd);
+  }
+  stats_.page_cache_resident = pages ? static_cast<double>(resident) / static_cast<double>(pages) : 0.0;
+  return stats_.page_cache_resident;
+}
+
+std::string KvDiskTier::file_system_type(const std::string& dir) {
+  struct statfs fs {};
+  if (statfs(dir.c_str(), &fs) != 0) return "unknown";
+  switch (static_cast<uint64_t>(fs.f_type)) {
+    case 0xEF53: return "ext4";
+    case 0x58465342: return "xfs";
+    case 0x9123683E: return "btrfs";
+    case 0x01021994: return "tmpfs";
+    case 0x794C7630: return "overlayfs";
+    case 0x6969: return "nfs";
+    case 0x2FC12FC1: return "zfs";
+    case 0x65735546: return "fuse";
+    default: return fmt::format("0x{:x}", static_cast<uint64_t>(fs.f_type));
   }
 }
 

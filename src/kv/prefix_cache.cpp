@@ -93,6 +93,18 @@ void PrefixCache::insert(std::span<const uint64_t> chain, std::span<const int32_
   touch(chain.first(std::min(chain.size(), blocks.size())));
 }
 
+void PrefixCache::drop_unreferenced() {
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (pool_.ref_count(it->second.block) != 1) {
+      ++it;
+      continue;
+    }
+    if (disk_) disk_->wait_for(it->second.block);
+    pool_.release_block(it->second.block);
+    it = entries_.erase(it);
+  }
+}
+
 void PrefixCache::make_room(int64_t blocks) {
   while (pool_.free_blocks() < blocks) {
     auto victim = entries_.end();

@@ -42,6 +42,12 @@ TEST_CASE("bench kv runs cold and with a cached prefix", "[engine][kv][bench]") 
   CHECK(r.cached_tokens == 32);
   CHECK(r.ttft_cold_s > 0);
   CHECK(r.ttft_host_s > 0);
+  CHECK(r.ttft_disk_s > 0);
+  CHECK(r.decode_tok_s_disk > 0);
+  CHECK(!r.disk_fs.empty());
+  CHECK(!r.disk_io.empty());
+  CHECK(r.disk_page_cache_resident >= 0);
+  CHECK(r.disk_page_cache_resident <= 1);
   CHECK(r.decode_tok_s_cold > 0);
   CHECK(r.decode_tok_s_host > 0);
   CHECK(r.speedup_limit > 40.0 / 8 * 0.9);

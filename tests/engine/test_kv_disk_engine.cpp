@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "support/cli.hpp"
@@ -169,4 +170,21 @@ TEST_CASE("tandem run --kv-disk: reuses the prefix across processes; bad flags e
     CHECK(r.err.find(b.says) != std::string::npos);
     CHECK(r.out.empty());
   }
+}
+
+TEST_CASE("tandem bench kv --json reports the SSD tier's TTFT", "[engine][kv][disk][cli][bench]") {
+  TempDir dir("bench");
+  const auto r = test::run_cli_captured("bench kv -m " + test::shell_quote(test::data_dir() + "/tiny-qwen3moe") +
+                                        " --prompt-tokens 40 --cached-tokens 32 --decode-tokens 2 -r 1 -t 1 --kv-disk " +
+                                        test::shell_quote(dir.path.string()) + " --json");
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["cached_tokens"] == 32);
+  CHECK(j["ttft_disk_s"].get<double>() > 0);
+  CHECK(j["speedup_disk"].get<double>() > 0);
+  CHECK(j["decode_tok_s_disk"].get<double>() > 0);
+  CHECK(!j["disk_fs"].get<std::string>().empty());
+  CHECK(!j["disk_io"].get<std::string>().empty());
+  CHECK(j["disk_page_cache_resident"].get<double>() >= 0);
+  CHECK(fs::is_empty(dir.path));  // its record directory is gone
 }

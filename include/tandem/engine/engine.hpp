@@ -90,6 +90,10 @@ class Engine {
   // The KV disk tier's counters once its writes in flight are done (LoadOptions::kv_disk_dir);
   // nullopt without one.
   virtual std::optional<KvDiskStats> kv_disk_stats() { return std::nullopt; }
+  // Frees the prefix cache's blocks no session holds (the host tier); with a disk tier, also asks
+  // the kernel to drop its files from the page cache, so the next hits read from the device
+  // (KvDiskStats::page_cache_resident says how far that worked). For benchmarks of the tiers.
+  virtual void evict_prefix_cache() {}
   // Where each weight role lives: LoadOptions::placement resolved at load (an engine that predates
   // placement reports everything on the CPU).
   virtual const Placement& placement() const;

@@ -52,6 +52,7 @@ struct KvDiskStats {
   int64_t rejected_truncated = 0;  // shorter (or longer) than the header says
   int64_t rejected_foreign = 0;    // another model identity, KV type, layout or block shape
   int64_t evicted = 0;             // records deleted to stay within max_bytes
+  double page_cache_resident = -1;  // after the last drop_page_cache(); -1 before any
 };
 
 // "64G", "512M", "1.5T", "4096" (bytes): K/M/G/T binary (1024-based), an optional trailing B or
@@ -92,8 +93,12 @@ class KvDiskTier {
   void flush();
   // Flushes, then asks the kernel to drop this tier's files from the page cache (fdatasync and
   // POSIX_FADV_DONTNEED per file), so the next reads come from the device: what a benchmark of
-  // the disk tier needs. A file system without a page cache (tmpfs) ignores it.
-  void drop_page_cache();
+  // the disk tier needs. Returns the fraction of the records' bytes still cached afterwards
+  // (mincore): 0 when it worked, 1 on tmpfs (memory is the device there).
+  double drop_page_cache();
+  // The file system type holding `dir` ("ext4", "xfs", "tmpfs", "overlayfs", ... or its magic
+  // number in hex).
+  static std::string file_system_type(const std::string& dir);
 
   KvDiskStats stats();
   const std::string& dir() const { return dir_; }

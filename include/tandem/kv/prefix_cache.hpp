@@ -49,6 +49,8 @@ class PrefixCache {
 
   int64_t cached_blocks() const { return static_cast<int64_t>(entries_.size()); }
   KvDiskTier* disk() { return disk_.get(); }  // nullptr without an SSD tier
+  // Frees every cached block no session holds (the disk tier keeps its copies).
+  void drop_unreferenced();
 
  private:
   struct Entry {

@@ -2,9 +2,13 @@
 // `tandem bench kv`: what the prefix cache saves. Time to first token (the prefill of an N-token
 // prompt, its last logits included) from a cold cache, and with the prompt's first M tokens cached
 // in the host tier (the KV pool's prefix cache, adopted by a new session); then the decode speed
-// of each session, so the cost of decoding over adopted blocks shows. Each is the median over the
-// repetitions; every repetition uses fresh random token ids, so nothing else is cached. The SSD
-// tier does not exist yet: its figures are absent.
+// of each session, so the cost of decoding over adopted blocks shows; then the same with the
+// prefix read back from the SSD tier (a second engine with LoadOptions::kv_disk_dir: a writer
+// session fills the prefix, which is written through to disk; the host tier is dropped and the
+// records' pages are dropped from the page cache — Engine::evict_prefix_cache — before the timed
+// session adopts it). Each is the median over the repetitions; every repetition uses fresh random
+// token ids, so nothing else is cached. The cold and host figures come from an engine without the
+// disk tier (no write-through cost in them).
 #include <cstdint>
 #include <string>
 
@@ -22,6 +26,9 @@ struct KvBenchOptions {
   int reps = 3;
   KvType kv_type = KvType::f16;
   uint64_t seed = 1;
+  // Where the disk tier's records go: a fresh subdirectory of this (removed afterwards); "" = the
+  // system's temporary directory (often tmpfs, that is memory: disk_fs says).
+  std::string disk_dir;
   static constexpr int kMaxReps = 100;
 };
 
@@ -29,6 +36,12 @@ struct KvBenchResult {
   int64_t cached_tokens = 0;  // M as used (whole blocks)
   double ttft_cold_s = 0, ttft_host_s = 0;
   double decode_tok_s_cold = 0, decode_tok_s_host = 0;
+  double ttft_disk_s = 0, decode_tok_s_disk = 0;
+  std::string disk_fs;  // file system type of disk_dir ("ext4", "tmpfs", ...)
+  std::string disk_io;  // "io_uring" or the preadv/pwritev fallback and why
+  // Fraction of the records' bytes still in the page cache when the timed reads began (the
+  // largest over the repetitions): 0 = read from the device.
+  double disk_page_cache_resident = 0;
   // Cold prefill FLOPs over the uncached suffix's FLOPs: the speed-up a compute-bound prefill
   // could reach (projections, experts and attention counted from the config).
   double speedup_limit = 0;
