@@ -1,14 +1,21 @@
 // CudaBackend: the Backend calls of the forward pass on one GPU, over the kernels of
 // tandem/cuda/kernels.hpp. Host C++ (no CUDA headers): it needs only the engine's headers, so
-// tandem_cuda does not link the engine (the engine links it). Staging of activations and KV
-// blocks per call is the interim described in tandem/backend/cuda_backend.hpp.
+// tandem_cuda does not link the engine (the engine links it).
+//
+// Device-resident: activations are DeviceBuffers in VRAM (allocate), every op reads and writes
+// them there on the backend's stream; the only host round trip inside a step is the routed
+// experts' ids (a few int32 per token), which the host groups by expert. The KV layers this
+// backend runs attention for live in VRAM (kv_attach): the pool's block ids and layout, written by
+// kv_append and read by the attention kernels in place; a copy-on-write block copy of the pool is
+// repeated here (KvPool's block-copy listener).
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <utility>
-#include <unordered_map>
 #include <vector>
 
 #include "tandem/backend/cuda_backend.hpp"
@@ -22,162 +29,224 @@
 namespace tandem {
 namespace {
 
-// Device scratch, one growing buffer per use; each call's buffers are distinct slots.
-enum Slot : int { kIn, kOut, kGate, kUp, kWide, kVector, kIndex, kPositions, kTables, kKv, kScores, kSlots, kCount };
+// Device scratch, one growing buffer per use.
+enum Slot : int { kGate, kUp, kWide, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kCount };
+
+class CudaEvent final : public BackendEvent {
+ public:
+  explicit CudaEvent(int device) : event(device) {}
+  void synchronize() override { event.synchronize(); }
+  cuda::Event event;
+};
 
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device), stream_(device) {}
+  ~CudaBackend() override {
+    try {
+      stream_.synchronize();
+    } catch (...) {  // a failed step already reported its error
+    }
+  }
 
   Device device() const override { return Device::cuda(device_); }
   int threads() const override { return 1; }
 
+  // ---- memory, copies, events ----
+  DeviceBuffer allocate(size_t bytes) override {
+    return DeviceBuffer(this, device(), device_memory(std::max<size_t>(bytes, 1), "activations"), bytes, false);
+  }
+  DeviceBuffer allocate_host(size_t bytes) override {
+    return DeviceBuffer(this, Device::cpu(), cuda::pinned_host_allocate(bytes), bytes, true);
+  }
+  void free_buffer(void* data, size_t, bool pinned_host) noexcept override {
+    if (pinned_host)
+      cuda::pinned_host_free(data);
+    else
+      cuda::device_free(data);
+  }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override {
+    stream_.make_current();
+    stream_.copy_to_device(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    stream_.make_current();
+    stream_.copy_to_host_async(dst, src, bytes);
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    stream_.make_current();
+    stream_.copy_on_device(dst, src, bytes);
+  }
+  std::unique_ptr<BackendEvent> create_event() override { return std::make_unique<CudaEvent>(device_); }
+  void record(BackendEvent& event) override { own(event).event.record(stream_); }
+  void wait(BackendEvent& event) override {
+    // Another backend's event: a host backend's work is done when its calls return.
+    if (auto* e = dynamic_cast<CudaEvent*>(&event)) e->event.wait_on(stream_);
+  }
+  void synchronize() override { stream_.synchronize(); }
+
+  const float* prepare_vector(const TensorView& view) override {
+    if (view.empty()) return nullptr;
+    stream_.make_current();
+    return resident_floats(view);
+  }
+
+  // ---- KV ----
+  void kv_attach(KvPool& kv, int64_t layer) override {
+    stream_.make_current();
+    if (layer < 0 || layer >= kv.spec().layers)
+      throw Error(ErrorKind::internal, fmt::format("CUDA kv_attach: layer {} outside the pool", layer));
+    const KvType type = kv.dtype();
+    if (type != KvType::f32 && type != KvType::f16 && type != KvType::bf16)
+      throw Error(ErrorKind::unsupported,
+                  fmt::format("a {} KV cache is not supported by the CUDA backend yet: use --kv-type f16, bf16 or f32, "
+                              "or place attention on the cpu with --placement",
+                              kv_type_name(type)));
+    if (kv_ != nullptr && kv_ != &kv)
+      throw Error(ErrorKind::internal, "CUDA backend: attention layers of two KV pools on one backend");
+    const size_t block_bytes = layer_block_bytes(kv);
+    if (static_cast<uint64_t>(block_bytes) * static_cast<uint64_t>(kv.spec().blocks) *
+            static_cast<uint64_t>(kv.spec().layers) != kv.bytes())
+      throw Error(ErrorKind::internal, "CUDA backend: the KV pool's layout is not the one its kernels read");
+    if (kv_layers_.contains(layer)) return;
+    const size_t bytes = block_bytes * static_cast<size_t>(kv.spec().blocks);
+    cuda::DeviceBuffer planes = allocate_named(bytes, "the KV cache of one layer");
+    stream_.zero(planes.data(), bytes);
+    kv_bytes_ += bytes;
+    kv_layers_.emplace(layer, std::move(planes));
+    if (kv_ == nullptr) {
+      kv_ = &kv;
+      copy_listener_ = std::make_shared<KvPool::BlockCopyListener>(
+          [this](int32_t from, int32_t to) { copy_kv_block(from, to); });
+      kv.add_block_copy_listener(copy_listener_);
+    }
+  }
+  void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
+                 int64_t row_stride) override {
+    stream_.make_current();
+    if (batch.tokens <= 0) return;
+    check_batch(kv, batch);
+    if (plane < 0 || plane >= kv.planes())
+      throw Error(ErrorKind::internal, fmt::format("CUDA kv_append: plane {} of {}", plane, kv.planes()));
+    cuda::kv_append(stream_, planes(layer), paged(kv, layer), plane, batch.tokens, batch.positions, batch.block_tables,
+                    batch.table_stride, rows, row_stride, kv.row_width());
+  }
+
+  // ---- ops ----
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (count <= 0) return;
-    const int64_t width = table.shape.back();
-    auto* d_ids = upload(kIndex, ids, static_cast<size_t>(count));
-    float* d_out = scratch(kOut, count * width);
-    cuda::embedding(stream_, table.dtype, resident(table), width, d_ids, count, d_out);
-    download(out, d_out, count * width);
+    if (!cuda::weight_type_supported(table.dtype)) throw unsupported_embedding(table.dtype);
+    cuda::embedding(stream_, table.dtype, resident(table), table.shape.back(), ids, count, out);
   }
 
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (rows <= 0) return;
-    const cuda::DeviceWeight dw = weight(w);
-    const float* d_x = upload(kIn, x, static_cast<size_t>(rows * dw.in_features));
-    float* d_y = scratch(kOut, rows * dw.out_features);
-    cuda::linear(stream_, dw, d_x, rows, d_y);
-    download(y, d_y, rows * dw.out_features);
+    cuda::linear(stream_, weight(w), x, rows, y);
   }
 
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (rows <= 0) return;
-    const int64_t span = (rows - 1) * stride + dim;
-    float* d_x = upload(kIn, x, static_cast<size_t>(span));
-    const float* d_w = upload(kVector, weight, static_cast<size_t>(dim));
-    cuda::rms_norm(stream_, d_x, d_w, rows, dim, stride, eps, d_x);
-    if (out == x || stride == dim) {
-      download(out, d_x, span);
-      return;
-    }
-    // Only the normalised values: the gaps between rows of `out` keep what they held.
-    std::vector<float> host(static_cast<size_t>(span));
-    download(host.data(), d_x, span);
-    for (int64_t r = 0; r < rows; ++r) std::copy_n(host.data() + r * stride, dim, out + r * stride);
+    if (weight == nullptr || dim <= 0 || stride < dim)
+      throw Error(ErrorKind::internal, fmt::format("CUDA rms_norm: dim {} stride {} or no weight", dim, stride));
+    cuda::rms_norm(stream_, x, weight, rows, dim, stride, eps, out);
   }
 
   void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (rows <= 0 || heads <= 0) return;
-    const int64_t span = (rows - 1) * row_stride + (heads - 1) * head_stride + rope.rotary_dim();
-    float* d_data = upload(kIn, data, static_cast<size_t>(span));
-    const int64_t* d_pos = upload(kPositions, positions, static_cast<size_t>(rows));
     const std::vector<double>& freq = rope.inverse_frequencies();
-    const double* d_freq = upload(kVector, freq.data(), freq.size());
-    cuda::rope(stream_, d_data, rows, row_stride, heads, head_stride, d_pos, d_freq, rope.rotary_dim(),
-               rope.layout() == RopeLayout::neox, rope.attention_factor());
-    download(data, d_data, span);  // in place: values outside the rotated parts come back unchanged
+    cuda::rope(stream_, data, rows, row_stride, heads, head_stride, positions, resident_doubles(freq),
+               rope.rotary_dim(), rope.layout() == RopeLayout::neox, rope.attention_factor());
   }
 
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (batch.tokens <= 0) return;
-    const cuda::DeviceBatch db = stage_batch(kv, layer, batch);
-    const float* d_q = upload(kIn, q, static_cast<size_t>(batch.tokens * heads * head_dim));
+    check_batch(kv, batch);
+    const cuda::DeviceBatch db = device_batch(batch);
     float* d_scores = scratch(kScores, cuda::attention_scratch_floats(db, heads));
-    float* d_out = scratch(kOut, batch.tokens * heads * head_dim);
-    cuda::gqa_attention(stream_, paged(kv), db, d_q, heads, kv_heads, head_dim, softmax_scale, d_scores, d_out);
-    download(out, d_out, batch.tokens * heads * head_dim);
+    cuda::gqa_attention(stream_, paged(kv, layer), db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out);
   }
 
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
                      const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                      float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (batch.tokens <= 0) return;
-    const cuda::DeviceBatch db = stage_batch(kv, layer, batch);
-    const float* d_ql = upload(kIn, q_latent, static_cast<size_t>(batch.tokens * heads * kv_lora));
-    const float* d_qr = upload(kGate, q_rope, static_cast<size_t>(batch.tokens * heads * rope_dim));
+    check_batch(kv, batch);
+    const cuda::DeviceBatch db = device_batch(batch);
     float* d_scores = scratch(kScores, cuda::attention_scratch_floats(db, heads));
-    float* d_out = scratch(kOut, batch.tokens * heads * kv_lora);
-    cuda::mla_attention(stream_, paged(kv), db, d_ql, d_qr, heads, kv_lora, rope_dim, softmax_scale, d_scores,
-                        d_out);
-    download(out, d_out, batch.tokens * heads * kv_lora);
+    cuda::mla_attention(stream_, paged(kv, layer), db, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
+                        d_scores, out);
   }
 
   void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& s, const float* q, int64_t tokens,
                         float* q_latent) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (tokens <= 0) return;
-    const float* d_kv_b = dequantized(kv_b);
-    const float* d_q = upload(kIn, q, static_cast<size_t>(tokens * s.heads * (s.nope + s.rope)));
-    float* d_out = scratch(kOut, tokens * s.heads * s.kv_lora);
-    cuda::mla_absorb_query(stream_, d_kv_b, s.heads, s.nope, s.rope, s.v, s.kv_lora, d_q, tokens, d_out);
-    download(q_latent, d_out, tokens * s.heads * s.kv_lora);
+    cuda::mla_absorb_query(stream_, dequantized(kv_b), s.heads, s.nope, s.rope, s.v, s.kv_lora, q, tokens, q_latent);
   }
 
   void mla_expand_values(const LinearWeight& kv_b, const MlaShape& s, const float* attended, int64_t tokens,
                          float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (tokens <= 0) return;
-    const float* d_kv_b = dequantized(kv_b);
-    const float* d_a = upload(kIn, attended, static_cast<size_t>(tokens * s.heads * s.kv_lora));
-    float* d_out = scratch(kOut, tokens * s.heads * s.v);
-    cuda::mla_expand_values(stream_, d_kv_b, s.heads, s.nope, s.v, s.kv_lora, d_a, tokens, d_out);
-    download(out, d_out, tokens * s.heads * s.v);
+    cuda::mla_expand_values(stream_, dequantized(kv_b), s.heads, s.nope, s.v, s.kv_lora, attended, tokens, out);
   }
 
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
                     int64_t tokens, FeedForwardWorkspace&, float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (tokens <= 0) return;
     const cuda::DeviceWeight g = weight(gate), u = weight(up), d = weight(down);
-    const float* d_x = upload(kIn, x, static_cast<size_t>(tokens * g.in_features));
     float* d_gate = scratch(kGate, tokens * g.out_features);
     float* d_up = scratch(kUp, tokens * u.out_features);
-    float* d_out = scratch(kOut, tokens * d.out_features);
-    cuda::linear(stream_, g, d_x, tokens, d_gate);
-    cuda::linear(stream_, u, d_x, tokens, d_up);
+    cuda::linear(stream_, g, x, tokens, d_gate);
+    cuda::linear(stream_, u, x, tokens, d_up);
     cuda::silu_glu(stream_, d_gate, d_up, tokens * g.out_features, d_gate);
-    cuda::linear(stream_, d, d_gate, tokens, d_out);
-    download(out, d_out, tokens * d.out_features);
+    cuda::linear(stream_, d, d_gate, tokens, out);
   }
 
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace&,
                           float* out) override {
-    stream_.make_current();  // the calling thread may not have used this GPU yet
+    stream_.make_current();
     if (tokens <= 0) return;
     const auto count = static_cast<int64_t>(experts.count());
     const int64_t pairs = tokens * top_k;
-    // Counting sort of (token, slot) pairs by expert, as ops/moe.cpp; the tokens' rows gathered in
-    // that order on the host, so each expert reads one contiguous slice.
-    std::vector<int64_t> begin(static_cast<size_t>(count + 1), 0);
+    // The ids come to the host (pairs int32) to group the (token, slot) pairs by expert, a counting
+    // sort as ops/moe.cpp; the rows are gathered on the device in that order, so each expert reads
+    // one contiguous slice.
+    host_ids_.resize(static_cast<size_t>(pairs));
+    stream_.copy_to_host(host_ids_.data(), expert_ids, host_ids_.size() * sizeof(int32_t));  // waits
+    std::vector<int64_t>& begin = begin_;
+    begin.assign(static_cast<size_t>(count + 1), 0);
     for (int64_t r = 0; r < pairs; ++r) {
-      const int32_t e = expert_ids[r];
+      const int32_t e = host_ids_[static_cast<size_t>(r)];
       if (e < 0 || e >= count)
         throw Error(ErrorKind::internal, fmt::format("MoE: expert id {} outside [0, {})", e, count));
       ++begin[static_cast<size_t>(e) + 1];
     }
     for (int64_t e = 0; e < count; ++e) begin[static_cast<size_t>(e + 1)] += begin[static_cast<size_t>(e)];
-    std::vector<int64_t> fill(begin.begin(), begin.end() - 1);
-    std::vector<int32_t> slot_of(static_cast<size_t>(pairs));
-    gathered_.resize(static_cast<size_t>(pairs * hidden));
+    fill_.assign(begin.begin(), begin.end() - 1);
+    // index[0, pairs): the (token, slot) pair of each grouped row; index[pairs, 2·pairs): its token.
+    index_.resize(static_cast<size_t>(2 * pairs));
     for (int64_t r = 0; r < pairs; ++r) {
-      const int64_t i = fill[static_cast<size_t>(expert_ids[r])]++;
-      slot_of[static_cast<size_t>(i)] = static_cast<int32_t>(r);
-      std::copy_n(x + (r / top_k) * hidden, hidden, gathered_.data() + i * hidden);
+      const int64_t i = fill_[static_cast<size_t>(host_ids_[static_cast<size_t>(r)])]++;
+      index_[static_cast<size_t>(i)] = static_cast<int32_t>(r);
+      index_[static_cast<size_t>(pairs + i)] = static_cast<int32_t>(r / top_k);
     }
-    const float* d_x = upload(kIn, gathered_.data(), gathered_.size());
-    const int32_t* d_slot_of = upload(kIndex, slot_of.data(), slot_of.size());
-    const float* d_weights = upload(kVector, weights, static_cast<size_t>(pairs));
-    float* d_down = scratch(kOut, pairs * hidden);
+    auto* d_index = static_cast<int32_t*>(scratch_bytes(kIndex, index_.size() * sizeof(int32_t)));
+    stream_.copy_to_device(d_index, index_.data(), index_.size() * sizeof(int32_t));
+    float* d_x = scratch(kGathered, pairs * hidden);
+    cuda::gather_rows(stream_, x, hidden, d_index + pairs, pairs, hidden, d_x, hidden);
+    float* d_down = scratch(kDown, pairs * hidden);
     int64_t widest = 1;
     for (int64_t e = 0; e < count; ++e) widest = std::max(widest, experts.gate[static_cast<size_t>(e)].out_features());
     float* d_gate = scratch(kGate, pairs * widest);
@@ -194,10 +263,39 @@ class CudaBackend final : public Backend {
       cuda::linear(stream_, d, d_gate, n, d_down + b * hidden);
     }
     float* d_slots = scratch(kSlots, pairs * hidden);
-    cuda::scatter_rows(stream_, d_down, d_slot_of, pairs, hidden, d_slots);
-    float* d_out = scratch(kWide, tokens * hidden);
-    cuda::weighted_sum_slots(stream_, d_slots, d_weights, tokens, top_k, hidden, d_out);
-    download(out, d_out, tokens * hidden);
+    cuda::scatter_rows(stream_, d_down, d_index, pairs, hidden, d_slots);
+    cuda::weighted_sum_slots(stream_, d_slots, weights, tokens, top_k, hidden, out);
+  }
+
+  void router_topk(const RoutingParams& p, const float* logits, int64_t tokens, const float* selection_bias,
+                   int32_t* expert_ids, float* weights) override {
+    stream_.make_current();
+    if (tokens <= 0) return;
+    cuda::RouterSpec spec;
+    spec.kind = static_cast<int>(p.kind);
+    spec.experts = p.experts;
+    spec.top_k = p.top_k;
+    spec.n_group = p.n_group;
+    spec.topk_group = p.topk_group;
+    spec.norm_topk_prob = p.norm_topk_prob;
+    spec.routed_scaling_factor = p.routed_scaling_factor;
+    auto* d_scratch = static_cast<double*>(
+        scratch_bytes(kRouter, static_cast<size_t>(tokens * (2 * p.experts + p.n_group)) * sizeof(double)));
+    cuda::router_topk(stream_, spec, logits, tokens, selection_bias, d_scratch, expert_ids, weights);
+  }
+
+  void add(const float* a, const float* b, int64_t count, float* out) override {
+    stream_.make_current();
+    cuda::add(stream_, a, b, count, out);
+  }
+  void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override {
+    stream_.make_current();
+    cuda::gated_add(stream_, acc, x, gate_logits, rows, width);
+  }
+  void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
+                   float* dst, int64_t dst_stride) override {
+    stream_.make_current();
+    cuda::gather_rows(stream_, src, src_stride, rows, count, width, dst, dst_stride);
   }
 
   void upload_weight(const LinearWeight& w) {
@@ -206,30 +304,53 @@ class CudaBackend final : public Backend {
   }
   void upload_table(const TensorView& table) {
     stream_.make_current();
-    if (!cuda::weight_type_supported(table.dtype))
-      throw Error(ErrorKind::unsupported,
-                  fmt::format("the CUDA backend cannot read an embedding stored as {} yet; place it on the CPU "
-                              "with --placement (e.g. 'embedding=cpu')",
-                              dtype_name(table.dtype)));
+    if (!cuda::weight_type_supported(table.dtype)) throw unsupported_embedding(table.dtype);
     (void)resident(table);
   }
   uint64_t weight_bytes() const { return weight_bytes_; }
+  uint64_t kv_bytes() const { return kv_bytes_; }
 
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
     if (n > 0) fn(0, n, 0);
   }
-  void synchronize() override { stream_.synchronize(); }
 
  private:
-  // ---- host ⇄ device staging ----
-  template <typename T>
-  T* upload(Slot slot, const T* host, size_t count) {
-    auto* d = static_cast<T*>(scratch_bytes(slot, count * sizeof(T)));
-    stream_.copy_to_device(d, host, count * sizeof(T));
-    return d;
+  static Error unsupported_embedding(DType type) {
+    return Error(ErrorKind::unsupported,
+                 fmt::format("the CUDA backend cannot read an embedding stored as {} yet; place it on the CPU "
+                             "with --placement (e.g. 'embedding=cpu')",
+                             dtype_name(type)));
   }
-  void download(float* host, const float* device, int64_t count) {
-    stream_.copy_to_host(host, device, static_cast<size_t>(count) * sizeof(float));
+  CudaEvent& own(BackendEvent& event) {
+    auto* e = dynamic_cast<CudaEvent*>(&event);
+    if (e == nullptr) throw Error(ErrorKind::internal, "CUDA backend: recording an event another backend made");
+    return *e;
+  }
+
+  // ---- device memory ----
+  void* device_memory(size_t bytes, const char* what) {
+    try {
+      return cuda::device_allocate(device_, bytes);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::out_of_memory) throw;
+      throw out_of_memory(bytes, what);
+    }
+  }
+  cuda::DeviceBuffer allocate_named(size_t bytes, const char* what) {
+    try {
+      return cuda::DeviceBuffer(device_, bytes);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::out_of_memory) throw;
+      throw out_of_memory(bytes, what);
+    }
+  }
+  Error out_of_memory(size_t bytes, const char* what) const {
+    const cuda::DeviceInfo info = cuda::device_info(device_);
+    return Error(ErrorKind::out_of_memory,
+                 fmt::format("cuda:{} is out of memory: {} needs {} bytes, {} of {} are free ({} bytes of weights and "
+                             "{} of KV cache on it so far); place fewer roles on it with --placement (e.g. "
+                             "experts=cpu) or shrink --ctx-size/--parallel",
+                             device_, what, bytes, info.free_bytes, info.total_bytes, weight_bytes_, kv_bytes_));
   }
   float* scratch(Slot slot, int64_t floats) {
     return static_cast<float*>(scratch_bytes(slot, static_cast<size_t>(std::max<int64_t>(floats, 1)) * sizeof(float)));
@@ -240,48 +361,50 @@ class CudaBackend final : public Backend {
       const size_t grown = std::max(bytes, b.bytes() * 2);
       stream_.synchronize();  // earlier work on the stream may still read the old buffer
       b = cuda::DeviceBuffer();
-      b = allocate(grown, "working memory");
+      b = allocate_named(grown, "working memory");
     }
     return b.data();
-  }
-  cuda::DeviceBuffer allocate(size_t bytes, const char* what) {
-    try {
-      return cuda::DeviceBuffer(device_, bytes);
-    } catch (const Error& e) {
-      if (e.kind() != ErrorKind::out_of_memory) throw;
-      const cuda::DeviceInfo info = cuda::device_info(device_);
-      throw Error(ErrorKind::out_of_memory,
-                  fmt::format("cuda:{} is out of memory: {} needs {} bytes, {} of {} are free ({} bytes of weights "
-                              "uploaded so far); place fewer roles on it with --placement (e.g. experts=cpu)",
-                              device_, what, bytes, info.free_bytes, info.total_bytes, weight_bytes_));
-    }
   }
 
   // ---- weights, uploaded once ----
   const void* resident(const TensorView& v) {
     if (v.data == nullptr) throw Error(ErrorKind::internal, "CUDA backend: a weight without data");
+    std::lock_guard lock(weights_mutex_);
     auto it = weights_.find({v.data, v.nbytes});
     if (it == weights_.end()) {
-      cuda::DeviceBuffer b = allocate(v.nbytes, "a weight");
+      cuda::DeviceBuffer b = allocate_named(v.nbytes, "a weight");
       stream_.copy_to_device(b.data(), v.data, v.nbytes);
       weight_bytes_ += v.nbytes;
       it = weights_.emplace(HostRange{v.data, v.nbytes}, std::move(b)).first;
     }
     return it->second.data();
   }
-  // A small tensor (bias, FP8 block scales) as float32 on the device, converted once.
+  // A small tensor (bias, FP8 block scales, a norm weight) as float32 on the device, converted once.
   const float* resident_floats(const TensorView& v) {
+    std::lock_guard lock(weights_mutex_);
     auto it = floats_.find({v.data, v.nbytes});
     if (it == floats_.end()) {
       const int64_t n = v.shape.elements();
       std::vector<float> host(static_cast<size_t>(n));
       dequantize_row(v.dtype, v.data, host.data(), n);
-      cuda::DeviceBuffer b = allocate(host.size() * sizeof(float), "a bias or scale table");
+      cuda::DeviceBuffer b = allocate_named(host.size() * sizeof(float), "a bias, scale or norm table");
       stream_.copy_to_device(b.data(), host.data(), host.size() * sizeof(float));
       weight_bytes_ += b.bytes();
       it = floats_.emplace(HostRange{v.data, v.nbytes}, std::move(b)).first;
     }
     return static_cast<const float*>(it->second.data());
+  }
+  // A RoPE inverse-frequency table, uploaded once per table.
+  const double* resident_doubles(const std::vector<double>& table) {
+    std::lock_guard lock(weights_mutex_);
+    const HostRange key{table.data(), table.size() * sizeof(double)};
+    auto it = floats_.find(key);
+    if (it == floats_.end()) {
+      cuda::DeviceBuffer b = allocate_named(std::max<size_t>(key.second, 8), "a RoPE table");
+      stream_.copy_to_device(b.data(), table.data(), key.second);
+      it = floats_.emplace(key, std::move(b)).first;
+    }
+    return static_cast<const double*>(it->second.data());
   }
   cuda::DeviceWeight weight(const LinearWeight& w) {
     if (w.empty() || w.weight.shape.rank != 2)
@@ -308,73 +431,65 @@ class CudaBackend final : public Backend {
     return out;
   }
 
-  // ---- the KV blocks a batch reads ----
-  cuda::PagedKv paged(const KvPool& kv) const {
+  // ---- the KV layers in VRAM ----
+  static size_t layer_block_bytes(const KvPool& kv) {
+    return static_cast<size_t>(kv.planes() * kv.spec().block_tokens) * kv.row_bytes();
+  }
+  void* planes(int64_t layer) {
+    const auto it = kv_layers_.find(layer);
+    if (it == kv_layers_.end())
+      throw Error(ErrorKind::internal, fmt::format("CUDA backend: KV layer {} was not attached to this GPU", layer));
+    return it->second.data();
+  }
+  cuda::PagedKv paged(const KvPool& kv, int64_t layer) {
     cuda::PagedKv p;
-    p.layer_base = scratch_[kKv].data();
+    p.layer_base = planes(layer);
     p.type = kv.dtype();
     p.block_tokens = kv.spec().block_tokens;
     p.row_bytes = static_cast<int64_t>(kv.row_bytes());
-    p.block_stride = kv.planes() * p.block_tokens * p.row_bytes;
+    p.block_stride = static_cast<int64_t>(layer_block_bytes(kv));
     return p;
   }
-  // Copies this layer's part of every block the batch reads into a compact device array (blocks
-  // renumbered in first-use order) and uploads positions and renumbered block tables.
-  cuda::DeviceBatch stage_batch(const KvPool& kv, int64_t layer, const AttentionBatch& batch) {
-    // The kernels read f32/f16/bf16 rows; quantised KV and a retention policy's attention sums run
-    // on the CPU for now.
-    if (kv_type_is_quantised(kv.dtype()))
-      throw Error(ErrorKind::unsupported,
-                  fmt::format("CUDA attention: a {} KV cache is read on the CPU only (use --kv-type f16, bf16 or f32, "
-                              "or place attention on the cpu)",
-                              kv_type_name(kv.dtype())));
+  void check_batch(const KvPool& kv, const AttentionBatch& batch) const {
+    if (&kv != kv_) throw Error(ErrorKind::internal, "CUDA attention: a KV pool this backend was not attached to");
     if (batch.attention_rows != nullptr)
       throw Error(ErrorKind::unsupported,
                   "CUDA attention: the h2o and snapkv KV policies need the CPU's attention (place attention on the cpu)");
-    const int64_t bt = kv.spec().block_tokens;
-    const auto block_bytes = static_cast<size_t>(kv.planes() * bt) * kv.row_bytes();
-    int64_t stride = 1, max_context = 1;
-    for (int64_t t = 0; t < batch.tokens; ++t) {
-      stride = std::max(stride, batch.positions[t] / bt + 1);
-      max_context = std::max(max_context, batch.positions[t] + 1);
-    }
-    std::unordered_map<int32_t, int32_t> compact;
-    std::vector<int32_t> tables(static_cast<size_t>(batch.tokens * stride), 0);
-    kv_staging_.clear();
-    for (int64_t t = 0; t < batch.tokens; ++t) {
-      const std::vector<int32_t>& blocks = batch.tables[t]->blocks();
-      const int64_t used = batch.positions[t] / bt + 1;
-      if (used > static_cast<int64_t>(blocks.size()))
-        throw Error(ErrorKind::internal, "CUDA attention: a position past its block table");
-      for (int64_t b = 0; b < used; ++b) {
-        const int32_t id = blocks[static_cast<size_t>(b)];
-        auto [it, fresh] = compact.emplace(id, static_cast<int32_t>(compact.size()));
-        if (fresh) {
-          const std::byte* src = kv.row(id, layer, 0, 0);
-          kv_staging_.insert(kv_staging_.end(), src, src + block_bytes);
-        }
-        tables[static_cast<size_t>(t * stride + b)] = it->second;
-      }
-    }
-    upload(kKv, kv_staging_.data(), kv_staging_.size());
+    if (batch.block_tables == nullptr || batch.table_stride <= 0 || batch.positions == nullptr ||
+        batch.max_context <= 0 || batch.max_context > batch.table_stride * kv.spec().block_tokens)
+      throw Error(ErrorKind::internal, "CUDA attention: a batch without device block tables");
+  }
+  static cuda::DeviceBatch device_batch(const AttentionBatch& batch) {
     cuda::DeviceBatch db;
     db.tokens = batch.tokens;
-    db.positions = upload(kPositions, batch.positions, static_cast<size_t>(batch.tokens));
-    db.block_tables = upload(kTables, tables.data(), tables.size());
-    db.table_stride = stride;
-    db.max_context = max_context;
+    db.positions = batch.positions;
+    db.block_tables = batch.block_tables;
+    db.table_stride = batch.table_stride;
+    db.max_context = batch.max_context;
     return db;
+  }
+  void copy_kv_block(int32_t from, int32_t to) {
+    stream_.make_current();
+    const size_t bytes = layer_block_bytes(*kv_);
+    for (auto& [layer, buffer] : kv_layers_) {
+      auto* base = static_cast<std::byte*>(buffer.data());
+      stream_.copy_on_device(base + static_cast<size_t>(to) * bytes, base + static_cast<size_t>(from) * bytes, bytes);
+    }
   }
 
   int device_;
   cuda::Stream stream_;
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
   using HostRange = std::pair<const void*, uint64_t>;
+  std::mutex weights_mutex_;
   std::map<HostRange, cuda::DeviceBuffer> weights_, floats_;
-  uint64_t weight_bytes_ = 0;
+  uint64_t weight_bytes_ = 0, kv_bytes_ = 0;
   cuda::DeviceBuffer scratch_[kCount];
-  std::vector<float> gathered_;
-  std::vector<std::byte> kv_staging_;
+  const KvPool* kv_ = nullptr;
+  std::map<int64_t, cuda::DeviceBuffer> kv_layers_;
+  std::shared_ptr<KvPool::BlockCopyListener> copy_listener_;
+  std::vector<int32_t> host_ids_, index_;
+  std::vector<int64_t> begin_, fill_;
 };
 
 }  // namespace
@@ -390,6 +505,11 @@ void cuda_backend_upload(Backend& backend, const TensorView& table) {
 uint64_t cuda_backend_weight_bytes(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->weight_bytes() : 0;
+}
+
+uint64_t cuda_backend_kv_bytes(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->kv_bytes() : 0;
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

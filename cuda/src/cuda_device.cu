@@ -74,6 +74,60 @@ void DeviceBuffer::download(void* host, size_t bytes, size_t offset) const {
   check(cudaMemcpy(host, static_cast<const char*>(data_) + offset, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(D2H)");
 }
 
+void* device_allocate(int device, size_t bytes) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  void* data = nullptr;
+  const cudaError_t status = cudaMalloc(&data, bytes == 0 ? 1 : bytes);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // an allocation failure is not sticky; clear it for later launch checks
+    throw Error(status == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
+                text("CUDA: cudaMalloc of ", bytes, " bytes on cuda:", device, " failed: ", cudaGetErrorString(status)));
+  }
+  return data;
+}
+
+void device_free(void* data) noexcept {
+  if (data) cudaFree(data);
+}
+
+void* pinned_host_allocate(size_t bytes) {
+  void* data = nullptr;
+  const cudaError_t status = cudaHostAlloc(&data, bytes == 0 ? 1 : bytes, cudaHostAllocPortable);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(ErrorKind::out_of_memory,
+                text("CUDA: cudaHostAlloc of ", bytes, " pinned bytes failed: ", cudaGetErrorString(status)));
+  }
+  return data;
+}
+
+void pinned_host_free(void* data) noexcept {
+  if (data) cudaFreeHost(data);
+}
+
+Event::Event(int device) : device_(device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  event_ = e;
+}
+
+Event::~Event() {
+  if (event_) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void Event::record(Stream& stream) {
+  check(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(stream.native())),
+        "cudaEventRecord");
+}
+
+void Event::wait_on(Stream& stream) {
+  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream.native()), static_cast<cudaEvent_t>(event_), 0),
+        "cudaStreamWaitEvent");
+}
+
+void Event::synchronize() { check(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cudaEventSynchronize"); }
+
 Stream::Stream(int device) : device_(device) {
   check(cudaSetDevice(device), "cudaSetDevice");
   cudaStream_t s = nullptr;
@@ -102,6 +156,12 @@ void Stream::copy_to_host(void* host_dst, const void* device_src, size_t bytes) 
   check(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream_)),
         "cudaMemcpyAsync(D2H)");
   synchronize();
+}
+
+void Stream::copy_to_host_async(void* host_dst, const void* device_src, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream_)),
+        "cudaMemcpyAsync(D2H)");
 }
 
 void Stream::copy_on_device(void* device_dst, const void* device_src, size_t bytes) {

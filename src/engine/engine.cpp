@@ -183,6 +183,16 @@ class CpuEngine final : public Engine {
         if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
           gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
       }
+    // A retention policy moves KV rows inside the host planes (BlockTable::compact); a GPU keeps
+    // its attention layers' KV in its own memory, which compaction does not reach yet.
+    if (!retention_policy_.is_full())
+      for (int64_t layer = 0; layer < c.num_layers; ++layer)
+        if (placement_.device_for(WeightGroup::attention, layer).kind == DeviceKind::cuda)
+          throw Error(ErrorKind::unsupported,
+                      fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "
+                                  "VRAM, which retention policies cannot compact yet (attention of layer {} is on {})",
+                                  retention_policy_.to_string(), layer,
+                                  placement_.device_for(WeightGroup::attention, layer).to_string()));
     if (!gpu_backends_.empty()) {
       // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
       // load, not the first step.
@@ -245,6 +255,10 @@ class CpuEngine final : public Engine {
       r.lines.push_back({weight_group_display_name(p.group), p.device.to_string(), p.bytes,
                          p.device.kind == DeviceKind::cpu});
     r.lines.push_back({"KV pool", kv_->spec().device.to_string(), kv_->bytes(), false});
+    // The KV layers whose attention runs on a GPU also live in its memory.
+    for (const auto& [index, gpu] : gpu_backends_)
+      if (const uint64_t bytes = cuda_backend_kv_bytes(*gpu); bytes > 0)
+        r.lines.push_back({"KV cache", Device::cuda(index).to_string(), bytes, false});
     return r;
   }
 

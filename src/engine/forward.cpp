@@ -3,12 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <deque>
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
-#include "tandem/ops/linear.hpp"
 #include "tandem/ops/moe.hpp"
 #include "tandem/ops/rope.hpp"
 #include "tandem/ops/router.hpp"
@@ -16,9 +17,26 @@
 namespace tandem {
 namespace {
 
-// The small per-layer vectors (norm weights, router bias) as float32, read once at load.
+// The activation buffers of a pass, [max_tokens, width] each. The main backend (attention's) holds
+// the residual stream; every other backend a role group runs on holds its own set, filled by copies.
+enum Act : int {
+  kHidden, kNormed, kBlockOut, kSharedOut, kQ, kK, kV, kQa, kKva, kQLatent, kQRope, kAttended, kHeadsOut,
+  kRouterLogits, kRouteWeights, kSharedGate, kExpertIds, kIds, kPositions, kSlots, kLogitRows, kActCount
+};
+
+size_t element_bytes(Act a) {
+  switch (a) {
+    case kExpertIds: case kIds: case kLogitRows: return sizeof(int32_t);
+    case kPositions: case kSlots: return sizeof(int64_t);
+    default: return sizeof(float);
+  }
+}
+
+// Per layer, the small vector weights as each backend that reads them prepared them.
 struct LayerVectors {
-  std::vector<float> attn_norm, ffn_norm, q_norm, k_norm, q_a_norm, kv_a_norm, router_bias;
+  const float *attn_norm = nullptr, *ffn_norm = nullptr;                                    // norms' backend
+  const float *q_norm = nullptr, *k_norm = nullptr, *q_a_norm = nullptr, *kv_a_norm = nullptr;  // attention's
+  const float* router_bias = nullptr;                                                       // router's
 };
 
 int64_t widest_intermediate(const Weights& w) {
@@ -30,33 +48,48 @@ int64_t widest_intermediate(const Weights& w) {
   return widest;
 }
 
+bool on_host(const Backend& b) { return b.device().kind == DeviceKind::cpu; }
+
+// One backend's set of activation buffers.
+struct Mirror {
+  Backend* backend = nullptr;
+  std::array<DeviceBuffer, kActCount> act;
+  DeviceBuffer tables;  // flat int32 block tables [tokens, stride], grown to the largest pass
+  DeviceBuffer logits;  // a device backend's logits rows, grown; host backends write the caller's
+  std::unique_ptr<BackendEvent> event;
+
+  float* f(Act a) const { return act[a].as<float>(); }
+  int32_t* i32(Act a) const { return act[a].as<int32_t>(); }
+  int64_t* i64(Act a) const { return act[a].as<int64_t>(); }
+};
+
 }  // namespace
 
 struct ForwardPass::Impl {
   const ModelConfig& cfg;
   const Weights& w;
   ForwardPass::BackendForRole backend_for;
-  std::vector<Backend*> backends;  // the distinct ones, each synchronised at the end of a pass
   KvPool& kv;
   int64_t max_tokens;
   RotaryEmbedding rope;
   RoutingParams routing;
   MlaShape mla;
   float softmax_scale;
+  FeedForwardWorkspace ffn_ws;  // host backends' MoE/MLP grouping scratch
+  std::array<int64_t, kActCount> width{};
+  std::deque<Mirror> mirrors;  // mirrors[0]: the main backend (a deque: references stay valid)
   std::vector<LayerVectors> layer_vectors;
-  std::vector<float> output_norm;
-  FeedForwardWorkspace ffn_ws;
+  const float* output_norm = nullptr;
+  DeviceBuffer staging;  // pinned host bytes for copies between two devices
 
-  // Activations [max_tokens, width].
-  std::vector<float> hidden, normed, block_out, shared_out, q, k, v, q_a, kv_a, q_latent, q_rope, attended,
-      heads_out;
-  std::vector<float> router_logits, route_weights, shared_gate;
-  RouterScratch router_scratch;
-  std::vector<int32_t> ids, expert_ids;
+  // The pass's inputs as host data, uploaded to every backend once per pass.
+  std::vector<int32_t> ids, logit_rows, flat_tables;
   std::vector<int64_t> positions, slots;
   std::vector<BlockTable*> tables;
+  std::vector<const BlockTable*> read_tables;
   std::vector<float*> attention_rows;
-  bool with_attention_rows = false;
+  bool with_attention_rows = false, any_device = false;
+  int64_t table_stride = 1, max_context = 1;
 
   Impl(const ModelConfig& c, const Weights& weights, ForwardPass::BackendForRole route, KvPool& pool,
        int64_t max_batch_tokens)
@@ -73,116 +106,177 @@ struct ForwardPass::Impl {
                                              : 1.0 / std::sqrt(static_cast<double>(c.head_dim)))),
         ffn_ws(max_batch_tokens, c.hidden_size, widest_intermediate(weights),
                std::max<int64_t>(1, c.num_experts_per_tok), std::max<int64_t>(1, c.num_experts)) {
-    for (const auto& l : w.layers)
-      layer_vectors.push_back({dequantize_to_vector(l.attn_norm), dequantize_to_vector(l.ffn_norm),
-                               dequantize_to_vector(l.q_norm), dequantize_to_vector(l.k_norm),
-                               dequantize_to_vector(l.q_a_norm), dequantize_to_vector(l.kv_a_norm),
-                               dequantize_to_vector(l.router_bias)});
-    output_norm = dequantize_to_vector(w.output_norm);
+    const int64_t H = c.hidden_size, k = std::max<int64_t>(1, c.num_experts_per_tok);
+    width[kHidden] = width[kNormed] = width[kBlockOut] = width[kSharedOut] = H;
+    if (c.attention == AttentionKind::gqa) {
+      width[kQ] = width[kHeadsOut] = c.num_heads * c.head_dim;
+      width[kK] = width[kV] = c.num_kv_heads * c.head_dim;
+    } else {
+      width[kQ] = c.num_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim);
+      width[kQa] = c.q_lora_rank;
+      width[kKva] = c.kv_lora_rank + c.qk_rope_head_dim;
+      width[kQLatent] = width[kAttended] = c.num_heads * c.kv_lora_rank;
+      width[kQRope] = c.num_heads * c.qk_rope_head_dim;
+      width[kHeadsOut] = c.num_heads * c.v_head_dim;
+    }
+    width[kRouterLogits] = c.num_experts;
+    width[kRouteWeights] = width[kExpertIds] = k;
+    width[kSharedGate] = width[kIds] = width[kPositions] = width[kSlots] = width[kLogitRows] = 1;
+
+    // The main backend first: attention's (of layer 0), where the residual stream lives.
+    mirror(c.num_layers > 0 ? backend_for(WeightGroup::attention, 0) : backend_for(WeightGroup::embedding, kNoLayer));
+    for (WeightGroup g : kAllWeightGroups) {
+      mirror(backend_for(g, kNoLayer));
+      for (int64_t layer = 0; layer < c.num_layers; ++layer) mirror(backend_for(g, layer));
+    }
+    for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+      const LayerWeights& l = w.layers[static_cast<size_t>(layer)];
+      Backend& norms = on(WeightGroup::norms, layer);
+      Backend& attention = on(WeightGroup::attention, layer);
+      LayerVectors v;
+      v.attn_norm = norms.prepare_vector(l.attn_norm);
+      v.ffn_norm = norms.prepare_vector(l.ffn_norm);
+      v.q_norm = attention.prepare_vector(l.q_norm);
+      v.k_norm = attention.prepare_vector(l.k_norm);
+      v.q_a_norm = attention.prepare_vector(l.q_a_norm);
+      v.kv_a_norm = attention.prepare_vector(l.kv_a_norm);
+      v.router_bias = on(WeightGroup::router, layer).prepare_vector(l.router_bias);
+      layer_vectors.push_back(v);
+      attention.kv_attach(kv, layer);
+    }
+    output_norm = on(WeightGroup::norms, kNoLayer).prepare_vector(w.output_norm);
 
     const auto T = static_cast<size_t>(max_tokens);
-    const auto H = static_cast<size_t>(c.hidden_size);
-    auto sized = [T](std::vector<float>& buf, int64_t width) {
-      buf.assign(T * static_cast<size_t>(std::max<int64_t>(width, 1)), 0.0f);
-    };
-    sized(hidden, c.hidden_size);
-    sized(normed, c.hidden_size);
-    sized(block_out, c.hidden_size);
-    sized(shared_out, c.hidden_size);
-    if (c.attention == AttentionKind::gqa) {
-      sized(q, c.num_heads * c.head_dim);
-      sized(k, c.num_kv_heads * c.head_dim);
-      sized(v, c.num_kv_heads * c.head_dim);
-      sized(heads_out, c.num_heads * c.head_dim);
-    } else {
-      sized(q, c.num_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim));
-      sized(q_a, c.q_lora_rank);
-      sized(kv_a, c.kv_lora_rank + c.qk_rope_head_dim);
-      sized(q_latent, c.num_heads * c.kv_lora_rank);
-      sized(q_rope, c.num_heads * c.qk_rope_head_dim);
-      sized(attended, c.num_heads * c.kv_lora_rank);
-      sized(heads_out, c.num_heads * c.v_head_dim);
-    }
-    sized(router_logits, c.num_experts);
-    sized(route_weights, c.num_experts_per_tok);
-    sized(shared_gate, 1);
-    expert_ids.assign(T * static_cast<size_t>(std::max<int64_t>(1, c.num_experts_per_tok)), 0);
     ids.assign(T, 0);
+    logit_rows.assign(T, 0);
     positions.assign(T, 0);
     slots.assign(T, 0);
     tables.assign(T, nullptr);
+    read_tables.assign(T, nullptr);
     attention_rows.assign(T, nullptr);
-    (void)H;
-    const auto note = [&](Backend& b) {
-      if (std::find(backends.begin(), backends.end(), &b) == backends.end()) backends.push_back(&b);
-    };
-    for (WeightGroup g : kAllWeightGroups) {
-      note(backend_for(g, kNoLayer));
-      for (int64_t layer = 0; layer < c.num_layers; ++layer) note(backend_for(g, layer));
-    }
   }
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
+  Mirror& main() { return mirrors.front(); }
 
-  AttentionBatch attention_batch(int64_t T) const {
-    return {T, slots.data(), tables.data(), with_attention_rows ? attention_rows.data() : nullptr};
+  // The mirror of a backend, made (its buffers allocated once) the first time it is asked for.
+  Mirror& mirror(Backend& b) {
+    for (Mirror& m : mirrors)
+      if (m.backend == &b) return m;
+    Mirror m;
+    m.backend = &b;
+    for (int a = 0; a < kActCount; ++a)
+      m.act[static_cast<size_t>(a)] = b.allocate(static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) *
+                                                 element_bytes(static_cast<Act>(a)));
+    m.event = b.create_event();
+    any_device = any_device || !on_host(b);
+    mirrors.push_back(std::move(m));
+    return mirrors.back();
+  }
+
+  // Moves bytes between two backends' buffers, in order with both backends' work.
+  void transfer(Mirror& from, const void* src, Mirror& to, void* dst, size_t bytes) {
+    if (&from == &to || bytes == 0) return;
+    if (on_host(*from.backend)) {  // host work is done when its call returns
+      to.backend->copy_to_device(dst, src, bytes);
+      return;
+    }
+    if (on_host(*to.backend)) {
+      from.backend->copy_to_host(dst, src, bytes);
+      from.backend->record(*from.event);
+      from.event->synchronize();
+      return;
+    }
+    // Two devices: through pinned host memory.
+    if (staging.bytes() < bytes) staging = main().backend->allocate_host(std::max(bytes, 2 * staging.bytes()));
+    from.backend->copy_to_host(staging.data(), src, bytes);
+    from.backend->record(*from.event);
+    from.event->synchronize();
+    to.backend->copy_to_device(dst, staging.data(), bytes);
+    to.backend->record(*to.event);
+    to.event->synchronize();  // before the staging bytes are reused
+  }
+  size_t act_bytes(Act a, int64_t rows) const {
+    return static_cast<size_t>(rows * std::max<int64_t>(1, width[a])) * element_bytes(a);
+  }
+  // Main's rows of `a` to backend b's buffer, and back.
+  Mirror& send(Backend& b, Act a, int64_t rows) {
+    Mirror& m = mirror(b);
+    transfer(main(), main().act[a].data(), m, m.act[a].data(), act_bytes(a, rows));
+    return m;
+  }
+  void back(Mirror& m, Act a, int64_t rows) { transfer(m, m.act[a].data(), main(), main().act[a].data(), act_bytes(a, rows)); }
+
+  AttentionBatch attention_batch(const Mirror& m, int64_t T) const {
+    AttentionBatch b;
+    b.tokens = T;
+    b.positions = m.i64(kSlots);
+    b.tables = read_tables.data();
+    b.write_tables = tables.data();
+    b.attention_rows = with_attention_rows ? attention_rows.data() : nullptr;
+    b.block_tables = m.tables.empty() ? nullptr : m.tables.as<int32_t>();
+    b.table_stride = table_stride;
+    b.max_context = max_context;
+    return b;
+  }
+
+  void rms_norm(int64_t layer, const float* weight, int64_t T) {
+    Backend& b = on(WeightGroup::norms, layer);
+    Mirror& m = send(b, kHidden, T);
+    const int64_t H = cfg.hidden_size;
+    b.rms_norm(m.f(kHidden), weight, T, H, H, cfg.rms_norm_eps, m.f(kNormed));
+    back(m, kNormed, T);
   }
 
   void attention_gqa(int64_t layer, int64_t T) {
     const LayerWeights& L = w.layers[static_cast<size_t>(layer)];
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
-    const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
-    on(WeightGroup::attention, layer).linear(L.q, normed.data(), T, q.data());
-    on(WeightGroup::attention, layer).linear(L.k, normed.data(), T, k.data());
-    on(WeightGroup::attention, layer).linear(L.v, normed.data(), T, v.data());
-    if (!V.q_norm.empty())
-      on(WeightGroup::attention, layer).rms_norm(q.data(), V.q_norm.data(), T * nh, hd, hd, cfg.rms_norm_eps, q.data());
-    if (!V.k_norm.empty())
-      on(WeightGroup::attention, layer).rms_norm(k.data(), V.k_norm.data(), T * nkv, hd, hd, cfg.rms_norm_eps, k.data());
-    on(WeightGroup::attention, layer).rope(rope, q.data(), T, nh * hd, nh, hd, positions.data());
-    on(WeightGroup::attention, layer).rope(rope, k.data(), T, nkv * hd, nkv, hd, positions.data());
-    const int64_t kv_width = nkv * hd;
-    for (int64_t t = 0; t < T; ++t) {
-      BlockTable& table = *tables[static_cast<size_t>(t)];
-      const int64_t slot = slots[static_cast<size_t>(t)];
-      table.write_row(kv, layer, 0, slot, k.data() + t * kv_width);
-      table.write_row(kv, layer, 1, slot, v.data() + t * kv_width);
-    }
-    const AttentionBatch batch = attention_batch(T);
-    on(WeightGroup::attention, layer).gqa_attention(kv, layer, batch, q.data(), nh, nkv, hd, softmax_scale, heads_out.data());
-    on(WeightGroup::attention, layer).linear(L.o, heads_out.data(), T, block_out.data());
+    const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim, kv_width = nkv * hd;
+    Backend& b = on(WeightGroup::attention, layer);
+    Mirror& m = send(b, kNormed, T);
+    float *q = m.f(kQ), *k = m.f(kK), *v = m.f(kV);
+    b.linear(L.q, m.f(kNormed), T, q);
+    b.linear(L.k, m.f(kNormed), T, k);
+    b.linear(L.v, m.f(kNormed), T, v);
+    if (V.q_norm) b.rms_norm(q, V.q_norm, T * nh, hd, hd, cfg.rms_norm_eps, q);
+    if (V.k_norm) b.rms_norm(k, V.k_norm, T * nkv, hd, hd, cfg.rms_norm_eps, k);
+    b.rope(rope, q, T, nh * hd, nh, hd, m.i64(kPositions));
+    b.rope(rope, k, T, kv_width, nkv, hd, m.i64(kPositions));
+    const AttentionBatch batch = attention_batch(m, T);
+    b.kv_append(kv, layer, 0, batch, k, kv_width);
+    b.kv_append(kv, layer, 1, batch, v, kv_width);
+    b.gqa_attention(kv, layer, batch, q, nh, nkv, hd, softmax_scale, m.f(kHeadsOut));
+    b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
+    back(m, kBlockOut, T);
   }
 
   void attention_mla(int64_t layer, int64_t T) {
     const LayerWeights& L = w.layers[static_cast<size_t>(layer)];
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
     const int64_t nh = mla.heads, q_head = mla.nope + mla.rope, kv_width = mla.kv_lora + mla.rope;
+    Backend& b = on(WeightGroup::attention, layer);
+    Mirror& m = send(b, kNormed, T);
+    float *q = m.f(kQ), *kv_a = m.f(kKva);
     if (!L.q_a.empty()) {
-      on(WeightGroup::attention, layer).linear(L.q_a, normed.data(), T, q_a.data());
-      on(WeightGroup::attention, layer).rms_norm(q_a.data(), V.q_a_norm.data(), T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps,
-                       q_a.data());
-      on(WeightGroup::attention, layer).linear(L.q_b, q_a.data(), T, q.data());
+      b.linear(L.q_a, m.f(kNormed), T, m.f(kQa));
+      b.rms_norm(m.f(kQa), V.q_a_norm, T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps, m.f(kQa));
+      b.linear(L.q_b, m.f(kQa), T, q);
     } else {
-      on(WeightGroup::attention, layer).linear(L.q, normed.data(), T, q.data());
+      b.linear(L.q, m.f(kNormed), T, q);
     }
-    on(WeightGroup::attention, layer).linear(L.kv_a, normed.data(), T, kv_a.data());
-    on(WeightGroup::attention, layer).rms_norm(kv_a.data(), V.kv_a_norm.data(), T, mla.kv_lora, kv_width, cfg.rms_norm_eps,
-                     kv_a.data());
-    on(WeightGroup::attention, layer).rope(rope, kv_a.data() + mla.kv_lora, T, kv_width, 1, mla.rope, positions.data());
-    on(WeightGroup::attention, layer).rope(rope, q.data() + mla.nope, T, nh * q_head, nh, q_head, positions.data());
-    for (int64_t t = 0; t < T; ++t) {
-      tables[static_cast<size_t>(t)]->write_row(kv, layer, 0, slots[static_cast<size_t>(t)],
-                                                kv_a.data() + t * kv_width);
-      for (int64_t h = 0; h < nh; ++h)
-        std::copy_n(q.data() + (t * nh + h) * q_head + mla.nope, mla.rope,
-                    q_rope.data() + (t * nh + h) * mla.rope);
-    }
-    on(WeightGroup::attention, layer).mla_absorb_query(L.kv_b, mla, q.data(), T, q_latent.data());
-    const AttentionBatch batch = attention_batch(T);
-    on(WeightGroup::attention, layer).mla_attention(kv, layer, batch, q_latent.data(), q_rope.data(), nh, mla.kv_lora, mla.rope,
-                          softmax_scale, attended.data());
-    on(WeightGroup::attention, layer).mla_expand_values(L.kv_b, mla, attended.data(), T, heads_out.data());
-    on(WeightGroup::attention, layer).linear(L.o, heads_out.data(), T, block_out.data());
+    b.linear(L.kv_a, m.f(kNormed), T, kv_a);
+    b.rms_norm(kv_a, V.kv_a_norm, T, mla.kv_lora, kv_width, cfg.rms_norm_eps, kv_a);
+    b.rope(rope, kv_a + mla.kv_lora, T, kv_width, 1, mla.rope, m.i64(kPositions));
+    b.rope(rope, q + mla.nope, T, nh * q_head, nh, q_head, m.i64(kPositions));
+    const AttentionBatch batch = attention_batch(m, T);
+    b.kv_append(kv, layer, 0, batch, kv_a, kv_width);
+    b.gather_rows(q + mla.nope, q_head, nullptr, T * nh, mla.rope, m.f(kQRope), mla.rope);
+    b.mla_absorb_query(L.kv_b, mla, q, T, m.f(kQLatent));
+    b.mla_attention(kv, layer, batch, m.f(kQLatent), m.f(kQRope), nh, mla.kv_lora, mla.rope, softmax_scale,
+                    m.f(kAttended));
+    b.mla_expand_values(L.kv_b, mla, m.f(kAttended), T, m.f(kHeadsOut));
+    b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
+    back(m, kBlockOut, T);
   }
 
   void feed_forward(int64_t layer, int64_t T) {
@@ -190,31 +284,69 @@ struct ForwardPass::Impl {
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
     const int64_t H = cfg.hidden_size;
     if (!L.is_moe) {
-      on(WeightGroup::dense_ffn, layer).silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, normed.data(), T, ffn_ws, block_out.data());
+      Backend& b = on(WeightGroup::dense_ffn, layer);
+      Mirror& m = send(b, kNormed, T);
+      b.silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, m.f(kNormed), T, ffn_ws, m.f(kBlockOut));
+      back(m, kBlockOut, T);
       return;
     }
-    on(WeightGroup::router, layer).linear(L.router, normed.data(), T, router_logits.data());
-    route_tokens_to_experts(routing, router_logits.data(), T,
-                            V.router_bias.empty() ? nullptr : V.router_bias.data(), expert_ids.data(),
-                            route_weights.data(), router_scratch);
-    on(WeightGroup::experts, layer).moe_routed_experts(L.experts, normed.data(), T, H, expert_ids.data(), route_weights.data(),
-                               routing.top_k, ffn_ws, block_out.data());
+    Backend& router = on(WeightGroup::router, layer);
+    Mirror& r = send(router, kNormed, T);
+    router.linear(L.router, r.f(kNormed), T, r.f(kRouterLogits));
+    router.router_topk(routing, r.f(kRouterLogits), T, V.router_bias, r.i32(kExpertIds), r.f(kRouteWeights));
+    back(r, kExpertIds, T);
+    back(r, kRouteWeights, T);
+
+    Backend& experts = on(WeightGroup::experts, layer);
+    Mirror& x = send(experts, kNormed, T);
+    send(experts, kExpertIds, T);
+    send(experts, kRouteWeights, T);
+    experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(kExpertIds), x.f(kRouteWeights), routing.top_k,
+                               ffn_ws, x.f(kBlockOut));
+    back(x, kBlockOut, T);
     if (L.shared_gate.empty()) return;
-    on(WeightGroup::shared_experts, layer).silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, normed.data(), T, ffn_ws,
-                         shared_out.data());
-    if (!L.shared_expert_gate.empty())
-      on(WeightGroup::shared_experts, layer).linear(L.shared_expert_gate, normed.data(), T, shared_gate.data());
-    for (int64_t t = 0; t < T; ++t) {
-      const float g = L.shared_expert_gate.empty()
-                          ? 1.0f
-                          : 1.0f / (1.0f + std::exp(-shared_gate[static_cast<size_t>(t)]));
-      for (int64_t i = 0; i < H; ++i)
-        block_out[static_cast<size_t>(t * H + i)] += g * shared_out[static_cast<size_t>(t * H + i)];
+
+    Backend& shared = on(WeightGroup::shared_experts, layer);
+    Mirror& s = send(shared, kNormed, T);
+    shared.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, s.f(kNormed), T, ffn_ws, s.f(kSharedOut));
+    back(s, kSharedOut, T);
+    const bool gated = !L.shared_expert_gate.empty();
+    if (gated) {
+      shared.linear(L.shared_expert_gate, s.f(kNormed), T, s.f(kSharedGate));
+      back(s, kSharedGate, T);
     }
+    main().backend->gated_add(main().f(kBlockOut), main().f(kSharedOut), gated ? main().f(kSharedGate) : nullptr, T,
+                              H);
   }
 
   void add_to_hidden(int64_t T) {
-    for (size_t i = 0; i < static_cast<size_t>(T * cfg.hidden_size); ++i) hidden[i] += block_out[i];
+    main().backend->add(main().f(kHidden), main().f(kBlockOut), T * cfg.hidden_size, main().f(kHidden));
+  }
+
+  // The pass's host inputs to every backend's buffers.
+  void upload_inputs(int64_t T, int64_t rows) {
+    if (any_device) {
+      flat_tables.assign(static_cast<size_t>(T * table_stride), 0);
+      for (int64_t t = 0; t < T; ++t) {
+        const std::vector<int32_t>& blocks = tables[static_cast<size_t>(t)]->blocks();
+        const auto n = std::min<size_t>(blocks.size(), static_cast<size_t>(table_stride));
+        std::copy_n(blocks.begin(), n, flat_tables.begin() + t * table_stride);
+      }
+    }
+    for (Mirror& m : mirrors) {
+      Backend& b = *m.backend;
+      b.copy_to_device(m.act[kIds].data(), ids.data(), act_bytes(kIds, T));
+      b.copy_to_device(m.act[kPositions].data(), positions.data(), act_bytes(kPositions, T));
+      b.copy_to_device(m.act[kSlots].data(), slots.data(), act_bytes(kSlots, T));
+      b.copy_to_device(m.act[kLogitRows].data(), logit_rows.data(), act_bytes(kLogitRows, rows));
+      if (on_host(b)) continue;  // host kernels read the BlockTables themselves
+      const size_t bytes = flat_tables.size() * sizeof(int32_t);
+      if (m.tables.bytes() < bytes) {
+        b.synchronize();  // earlier work may still read the old tables
+        m.tables = b.allocate(std::max(bytes, 2 * m.tables.bytes()));
+      }
+      b.copy_to_device(m.tables.data(), flat_tables.data(), bytes);
+    }
   }
 };
 
@@ -239,8 +371,11 @@ int64_t ForwardPass::logits_rows(std::span<const SequenceChunk> batch) {
 void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const std::atomic<bool>* cancel) {
   Impl& m = *impl_;
   const ModelConfig& cfg = m.cfg;
-  int64_t T = 0;
+  int64_t T = 0, rows = 0;
   m.with_attention_rows = false;
+  m.table_stride = 1;
+  m.max_context = 1;
+  const int64_t bt = m.kv.spec().block_tokens;
   for (const auto& c : batch) {
     if (c.table == nullptr)
       throw Error(ErrorKind::invalid_argument, "forward: a sequence chunk has no block table");
@@ -256,7 +391,6 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
                                                        c.table->capacity_tokens(m.kv), start_slot + n));
     // The rows written must be this sequence's alone (a shared block is copied first, by the owner
     // of the table: BlockTable::make_writable).
-    const int64_t bt = m.kv.spec().block_tokens;
     for (int64_t b = start_slot / bt; n > 0 && b <= (start_slot + n - 1) / bt; ++b)
       if (m.kv.ref_count(c.table->blocks()[static_cast<size_t>(b)]) != 1)
         throw Error(ErrorKind::internal,
@@ -268,29 +402,39 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
         throw Error(
             ErrorKind::invalid_argument,
             fmt::format("token id {} at index {} is outside the vocabulary [0, {})", id, i, cfg.vocab_size));
-      m.ids[static_cast<size_t>(T)] = id;
-      m.positions[static_cast<size_t>(T)] = c.start_position + i;
-      m.slots[static_cast<size_t>(T)] = start_slot + i;
-      m.tables[static_cast<size_t>(T)] = c.table;
-      m.attention_rows[static_cast<size_t>(T)] = c.attention_rows ? c.attention_rows + i * (start_slot + n) : nullptr;
+      const auto t = static_cast<size_t>(T);
+      m.ids[t] = id;
+      m.positions[t] = c.start_position + i;
+      m.slots[t] = start_slot + i;
+      m.tables[t] = c.table;
+      m.read_tables[t] = c.table;
+      m.attention_rows[t] = c.attention_rows ? c.attention_rows + i * (start_slot + n) : nullptr;
       if (c.attention_rows) m.with_attention_rows = true;
+      if (c.all_logits || i == n - 1) m.logit_rows[static_cast<size_t>(rows++)] = static_cast<int32_t>(T);
+      m.table_stride = std::max(m.table_stride, (start_slot + i) / bt + 1);
+      m.max_context = std::max(m.max_context, start_slot + i + 1);
       ++T;
     }
   }
   if (T == 0) return;
   const int64_t H = cfg.hidden_size;
-  m.on(WeightGroup::embedding, kNoLayer).embedding(m.w.token_embedding, m.ids.data(), T, m.hidden.data());
+  m.upload_inputs(T, rows);
+
+  Backend& embed = m.on(WeightGroup::embedding, kNoLayer);
+  Mirror& e = m.mirror(embed);
+  embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));
+  m.back(e, kHidden, T);
   for (int64_t layer = 0; layer < cfg.num_layers; ++layer) {
     if (cancel && cancel->load(std::memory_order_relaxed))
       throw Error(ErrorKind::cancelled, "forward pass cancelled");
     const LayerVectors& V = m.layer_vectors[static_cast<size_t>(layer)];
-    m.on(WeightGroup::norms, layer).rms_norm(m.hidden.data(), V.attn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
+    m.rms_norm(layer, V.attn_norm, T);
     if (cfg.attention == AttentionKind::mla)
       m.attention_mla(layer, T);
     else
       m.attention_gqa(layer, T);
     m.add_to_hidden(T);
-    m.on(WeightGroup::norms, layer).rms_norm(m.hidden.data(), V.ffn_norm.data(), T, H, H, cfg.rms_norm_eps, m.normed.data());
+    m.rms_norm(layer, V.ffn_norm, T);
     m.feed_forward(layer, T);
     m.add_to_hidden(T);
   }
@@ -298,20 +442,26 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
     throw Error(ErrorKind::cancelled, "forward pass cancelled");
 
   // Only the rows whose logits were asked for go through the final norm and the output matrix.
-  int64_t rows = 0, token = 0;
-  for (const auto& c : batch) {
-    const int64_t n = static_cast<int64_t>(c.ids.size());
-    if (n == 0) continue;
-    const int64_t first = c.all_logits ? token : token + n - 1;
-    for (int64_t t = first; t < token + n; ++t, ++rows)
-      std::copy_n(m.hidden.data() + t * H, H, m.normed.data() + rows * H);
-    token += n;
+  Mirror& main = m.main();
+  main.backend->gather_rows(main.f(kHidden), H, main.i32(kLogitRows), rows, H, main.f(kNormed), H);
+  Backend& norm = m.on(WeightGroup::norms, kNoLayer);
+  Mirror& nm = m.send(norm, kNormed, rows);
+  norm.rms_norm(nm.f(kNormed), m.output_norm, rows, H, H, cfg.rms_norm_eps, nm.f(kNormed));
+  m.back(nm, kNormed, rows);
+  Backend& output = m.on(WeightGroup::output, kNoLayer);
+  Mirror& o = m.send(output, kNormed, rows);
+  if (on_host(output)) {
+    output.linear(m.w.output, o.f(kNormed), rows, logits);
+  } else {
+    const size_t bytes = static_cast<size_t>(rows * cfg.vocab_size) * sizeof(float);
+    if (o.logits.bytes() < bytes) {
+      output.synchronize();
+      o.logits = output.allocate(bytes);
+    }
+    output.linear(m.w.output, o.f(kNormed), rows, o.logits.as<float>());
+    output.copy_to_host(logits, o.logits.data(), bytes);
   }
-  m.on(WeightGroup::norms, kNoLayer).rms_norm(m.normed.data(), m.output_norm.data(), rows, H, H, cfg.rms_norm_eps, m.normed.data());
-  // The logits row count may exceed max_tokens' scratch only if every chunk wants all logits,
-  // which the token limit above already bounds.
-  m.on(WeightGroup::output, kNoLayer).linear(m.w.output, m.normed.data(), rows, logits);
-  for (Backend* b : m.backends) b->synchronize();
+  for (Mirror& each : m.mirrors) each.backend->synchronize();
 }
 
 }  // namespace tandem

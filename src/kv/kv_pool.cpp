@@ -111,7 +111,25 @@ int32_t KvPool::copy_block(int32_t id) {
   // One layer's planes of one block are contiguous.
   for (int64_t layer = 0; layer < spec_.layers; ++layer)
     std::memcpy(plane_data(fresh, layer, 0), plane_data(id, layer, 0), block_layer_bytes_);
+  std::vector<std::shared_ptr<BlockCopyListener>> listeners;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& weak : copy_listeners_)
+      if (auto listener = weak.lock()) listeners.push_back(std::move(listener));
+  }
+  try {
+    for (const auto& listener : listeners) (*listener)(id, fresh);
+  } catch (...) {
+    release_block(fresh);
+    throw;
+  }
   return fresh;
+}
+
+void KvPool::add_block_copy_listener(std::weak_ptr<BlockCopyListener> listener) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(copy_listeners_, [](const auto& weak) { return weak.expired(); });
+  copy_listeners_.push_back(std::move(listener));
 }
 
 void KvPool::seal_block(int32_t block, int64_t layer, int64_t plane, const float* rows, int64_t tokens) {

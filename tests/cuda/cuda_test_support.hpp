@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "tandem/backend/backend.hpp"
 #include "tandem/cuda/cuda_device.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/model/weights.hpp"
@@ -118,6 +119,21 @@ inline double relative_error(std::span<const float> a, std::span<const float> b)
     scale = std::max(scale, std::fabs(double(b[i])));
   }
   return diff / scale;
+}
+
+// Host vector → a buffer of backend `b` (its memory: VRAM for the GPU), and back.
+template <typename T>
+DeviceBuffer put(Backend& b, const std::vector<T>& v) {
+  DeviceBuffer d = b.allocate(v.size() * sizeof(T));
+  b.copy_to_device(d.data(), v.data(), v.size() * sizeof(T));
+  return d;
+}
+template <typename T = float>
+std::vector<T> get(Backend& b, const DeviceBuffer& d, size_t n) {
+  std::vector<T> v(n);
+  b.copy_to_host(v.data(), d.data(), n * sizeof(T));
+  b.synchronize();
+  return v;
 }
 
 inline const DType kCudaWeightTypes[] = {DType::f32,  DType::f16,  DType::bf16, DType::f8_e4m3, DType::q4_0,

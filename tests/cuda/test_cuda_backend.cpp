@@ -24,6 +24,8 @@ using namespace tandem;
 using test::have_gpu;
 using test::random_floats;
 using test::random_weight;
+using test::get;
+using test::put;
 using test::relative_error;
 
 namespace {
@@ -62,9 +64,9 @@ TEST_CASE("cuda backend: a weight type without a kernel is a clear error, before
   w.weight.shape = Shape{4, 256};
   w.weight.data = bytes.data();
   w.weight.nbytes = bytes.size();
-  std::vector<float> x(256), y(4);
+  DeviceBuffer x = put(*b.gpu, std::vector<float>(256)), y = b.gpu->allocate(4 * sizeof(float));
   try {
-    b.gpu->linear(w, x.data(), 1, y.data());
+    b.gpu->linear(w, x.as<float>(), 1, y.as<float>());
     FAIL("a q2_k weight did not throw");
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::unsupported);
@@ -106,17 +108,19 @@ TEST_CASE("cuda linear equals the CPU reference for every stored type", "[cuda]"
   uint32_t seed = 100;
   for (DType t : test::kCudaWeightTypes) {
     const bool plain = !is_quantised(t);
-    for (auto [out, in] : {std::pair<int64_t, int64_t>{96, 512}, {130, 768}, {7, 256}}) {
-      if (plain && in == 256) in = 300;  // a width that is not a whole number of 32-value chunks
+    for (auto [out_, in_] : {std::pair<int64_t, int64_t>{96, 512}, {130, 768}, {7, 256}}) {
+      const int64_t out = out_, in = plain && in_ == 256 ? 300 : in_;  // a width that is not a whole number of 32-value chunks
       const auto w = random_weight(t, out, in, ++seed, /*with_bias=*/t == DType::f32);
       b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
       for (int64_t rows : {1, 5, 17}) {
         const auto x = random_floats(static_cast<size_t>(rows * in), ++seed);
-        std::vector<float> expected(static_cast<size_t>(rows * out)), got(expected.size());
-        b.cpu->linear(w.w, x.data(), rows, expected.data());
-        b.gpu->linear(w.w, x.data(), rows, got.data());
+        auto run = [&](Backend& be) {
+          DeviceBuffer dx = put(be, x), dy = be.allocate(static_cast<size_t>(rows * out) * sizeof(float));
+          be.linear(w.w, dx.as<float>(), rows, dy.as<float>());
+          return get(be, dy, static_cast<size_t>(rows * out));
+        };
         INFO(type_name(t) << " [" << out << ", " << in << "] rows " << rows);
-        CHECK(relative_error(got, expected) < 2e-5);
+        CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 2e-5);
       }
     }
   }
@@ -132,29 +136,32 @@ TEST_CASE("cuda embedding equals the CPU lookup for every stored type", "[cuda]"
     TensorView view = table.w.weight;
     const std::vector<int32_t> ids = {0, 39, 5, 5, 17, 23, 1};
     const auto n = static_cast<int64_t>(ids.size());
-    std::vector<float> expected(static_cast<size_t>(n * width)), got(expected.size());
-    b.cpu->embedding(view, ids.data(), n, expected.data());
-    b.gpu->embedding(view, ids.data(), n, got.data());
+    auto run = [&](Backend& be) {
+      DeviceBuffer d_ids = put(be, ids), out = be.allocate(static_cast<size_t>(n * width) * sizeof(float));
+      be.embedding(view, d_ids.as<int32_t>(), n, out.as<float>());
+      return get(be, out, static_cast<size_t>(n * width));
+    };
     INFO(type_name(t));
-    CHECK(got == expected);
+    CHECK(run(*b.gpu) == run(*b.cpu));
   }
 }
 
 TEST_CASE("cuda rms_norm equals the CPU reference, strided and in place", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;
-  for (auto [rows, dim, stride] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 64}, {7, 100, 130}, {33, 512, 512}}) {
+  for (auto [rows_, dim_, stride_] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 64}, {7, 100, 130}, {33, 512, 512}}) {
+    const int64_t rows = rows_, dim = dim_, stride = stride_;  // lambdas below capture them
     const auto x = random_floats(static_cast<size_t>(rows * stride), 3);
     const auto w = random_floats(static_cast<size_t>(dim), 4);
-    std::vector<float> expected(x.size(), -1.f), got(x.size(), -1.f);
-    b.cpu->rms_norm(x.data(), w.data(), rows, dim, stride, 1e-6, expected.data());
-    b.gpu->rms_norm(x.data(), w.data(), rows, dim, stride, 1e-6, got.data());
+    auto run = [&](Backend& be, bool in_place) {
+      DeviceBuffer dx = put(be, x), dw = put(be, w), out = put(be, std::vector<float>(x.size(), -1.f));
+      float* dst = in_place ? dx.as<float>() : out.as<float>();
+      be.rms_norm(dx.as<float>(), dw.as<float>(), rows, dim, stride, 1e-6, dst);
+      return get(be, in_place ? dx : out, x.size());
+    };
     INFO("rows " << rows << " dim " << dim << " stride " << stride);
-    CHECK(relative_error(got, expected) < 1e-6);
-    std::vector<float> in_place_cpu = x, in_place_gpu = x;
-    b.cpu->rms_norm(in_place_cpu.data(), w.data(), rows, dim, stride, 1e-6, in_place_cpu.data());
-    b.gpu->rms_norm(in_place_gpu.data(), w.data(), rows, dim, stride, 1e-6, in_place_gpu.data());
-    CHECK(relative_error(in_place_gpu, in_place_cpu) < 1e-6);
+    CHECK(relative_error(run(*b.gpu, false), run(*b.cpu, false)) < 1e-6);
+    CHECK(relative_error(run(*b.gpu, true), run(*b.cpu, true)) < 1e-6);
   }
 }
 
@@ -177,71 +184,166 @@ TEST_CASE("cuda rope equals RotaryEmbedding::apply (neox, interleaved, YaRN)", "
       const RotaryEmbedding rope(c, 32);
       const int64_t rows = 9, heads = 3, head_stride = 48, row_stride = heads * head_stride + 5;
       const std::vector<int64_t> positions = {0, 1, 2, 17, 100, 511, 1023, 2047, 3999};
-      auto expected = random_floats(static_cast<size_t>(rows * row_stride), 5);
-      auto got = expected;
-      b.cpu->rope(rope, expected.data(), rows, row_stride, heads, head_stride, positions.data());
-      b.gpu->rope(rope, got.data(), rows, row_stride, heads, head_stride, positions.data());
+      const auto data = random_floats(static_cast<size_t>(rows * row_stride), 5);
+      auto run = [&](Backend& be) {
+        DeviceBuffer d = put(be, data), pos = put(be, positions);
+        be.rope(rope, d.as<float>(), rows, row_stride, heads, head_stride, pos.as<int64_t>());
+        return get(be, d, data.size());
+      };
       INFO((layout == RopeLayout::neox ? "neox" : "interleaved") << (yarn ? " yarn" : ""));
-      CHECK(relative_error(got, expected) < 1e-6);
+      CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 1e-6);
     }
 }
 
 namespace {
 
-// Two sequences in one pool with every cached row random; a batch of a 3-token chunk of the first
-// and one decode token of the second.
+// Two sequences in one pool, every cached row random and written through each backend's
+// kv_append (so the GPU's VRAM planes and the pool's host planes hold the same rows); a batch of a
+// 3-token chunk of the first and one decode token of the second.
 struct AttentionSetup {
   KvPool pool;
   BlockTable a, b;
+  int64_t layer;
   std::vector<int64_t> positions = {37, 38, 39, 22};
-  std::vector<const BlockTable*> tables;
+  std::vector<BlockTable*> tables;
+  std::vector<const BlockTable*> read_tables;
 
-  AttentionSetup(KvLayout layout, KvType type, int64_t width, int64_t layer)
-      : pool(KvPoolSpec{layout, 2, width, 16, 12, Device::cpu(), type}) {
+  AttentionSetup(KvLayout layout, KvType type, int64_t width, int64_t layer_)
+      : pool(KvPoolSpec{layout, 2, width, 16, 12, Device::cpu(), type}), layer(layer_) {
     a.reserve(pool, 40);
     b.reserve(pool, 23);
-    const int64_t planes = pool.planes(), row = pool.row_width();
-    uint32_t seed = 50;
-    for (BlockTable* t : {&a, &b})
-      for (int64_t p = 0; p < t->capacity_tokens(pool); ++p)
-        for (int64_t plane = 0; plane < planes; ++plane)
-          t->write_row(pool, layer, plane, p, random_floats(static_cast<size_t>(row), ++seed).data());
     tables = {&a, &a, &a, &b};
+    read_tables = {&a, &a, &a, &b};
   }
-  AttentionBatch batch() const { return AttentionBatch{4, positions.data(), tables.data()}; }
+  // Flat block tables [tokens, stride] as the forward pass uploads them.
+  std::vector<int32_t> flat(const std::vector<BlockTable*>& t, int64_t stride) const {
+    std::vector<int32_t> out(t.size() * static_cast<size_t>(stride), 0);
+    for (size_t i = 0; i < t.size(); ++i)
+      for (int64_t j = 0; j < stride && j < static_cast<int64_t>(t[i]->blocks().size()); ++j)
+        out[i * static_cast<size_t>(stride) + static_cast<size_t>(j)] = t[i]->blocks()[static_cast<size_t>(j)];
+    return out;
+  }
+  // Fills every slot of both tables on `be` (rows seeded per slot, so every backend writes the same).
+  void fill(Backend& be) {
+    be.kv_attach(pool, layer);
+    const int64_t row = pool.row_width();
+    std::vector<int64_t> slots;
+    std::vector<BlockTable*> owners;
+    for (BlockTable* t : {&a, &b})
+      for (int64_t p = 0; p < t->capacity_tokens(pool); ++p) slots.push_back(p), owners.push_back(t);
+    const auto n = static_cast<int64_t>(slots.size());
+    std::vector<const BlockTable*> read(owners.begin(), owners.end());
+    const int64_t stride = 3;
+    DeviceBuffer d_slots = put(be, slots), d_tables = put(be, flat(owners, stride));
+    for (int64_t plane = 0; plane < pool.planes(); ++plane) {
+      const auto rows = random_floats(static_cast<size_t>(n * row), 50 + static_cast<uint32_t>(plane));
+      DeviceBuffer d_rows = put(be, rows);
+      AttentionBatch batch;
+      batch.tokens = n;
+      batch.positions = d_slots.as<int64_t>();
+      batch.tables = read.data();
+      batch.write_tables = owners.data();
+      batch.block_tables = d_tables.as<int32_t>();
+      batch.table_stride = stride;
+      batch.max_context = 48;
+      be.kv_append(pool, layer, plane, batch, d_rows.as<float>(), row);
+    }
+    be.synchronize();
+  }
+  // The batch on `be`, its device parts kept in `keep`.
+  AttentionBatch batch(Backend& be, std::vector<DeviceBuffer>& keep) const {
+    keep.push_back(put(be, positions));
+    keep.push_back(put(be, flat(tables, 3)));
+    AttentionBatch bt;
+    bt.tokens = 4;
+    bt.positions = keep[keep.size() - 2].as<int64_t>();
+    bt.tables = read_tables.data();
+    bt.write_tables = tables.data();
+    bt.block_tables = keep.back().as<int32_t>();
+    bt.table_stride = 3;
+    bt.max_context = 40;
+    return bt;
+  }
 };
 
 }  // namespace
 
-TEST_CASE("cuda GQA attention over the paged pool equals the CPU reference (f32, f16, bf16 KV)", "[cuda]") {
+TEST_CASE("cuda GQA attention over the paged pool in VRAM equals the CPU reference (f32, f16, bf16 KV)", "[cuda]") {
   if (!have_gpu()) return;
-  Backends b;
   for (KvType type : {KvType::f32, KvType::f16, KvType::bf16}) {
+    Backends b;
     const int64_t heads = 8, kv_heads = 2, head_dim = 64;
     AttentionSetup s(KvLayout::gqa, type, 2 * kv_heads * head_dim, 1);
+    s.fill(*b.cpu);
+    s.fill(*b.gpu);
     const auto q = random_floats(static_cast<size_t>(4 * heads * head_dim), 9);
-    std::vector<float> expected(q.size()), got(q.size());
-    b.cpu->gqa_attention(s.pool, 1, s.batch(), q.data(), heads, kv_heads, head_dim, 0.125f, expected.data());
-    b.gpu->gqa_attention(s.pool, 1, s.batch(), q.data(), heads, kv_heads, head_dim, 0.125f, got.data());
+    auto run = [&](Backend& be) {
+      std::vector<DeviceBuffer> keep;
+      const AttentionBatch batch = s.batch(be, keep);
+      DeviceBuffer dq = put(be, q), out = be.allocate(q.size() * sizeof(float));
+      be.gqa_attention(s.pool, 1, batch, dq.as<float>(), heads, kv_heads, head_dim, 0.125f, out.as<float>());
+      return get(be, out, q.size());
+    };
     INFO(kv_type_name(type));
-    CHECK(relative_error(got, expected) < 1e-5);
+    CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 1e-5);
   }
 }
 
-TEST_CASE("cuda MLA attention over the latent cache equals the CPU reference", "[cuda]") {
+TEST_CASE("cuda MLA attention over the latent cache in VRAM equals the CPU reference", "[cuda]") {
   if (!have_gpu()) return;
-  Backends b;
   for (KvType type : {KvType::f32, KvType::f16, KvType::bf16}) {
+    Backends b;
     const int64_t heads = 4, kv_lora = 64, rope_dim = 16;
     AttentionSetup s(KvLayout::mla_latent, type, kv_lora + rope_dim, 0);
+    s.fill(*b.cpu);
+    s.fill(*b.gpu);
     const auto ql = random_floats(static_cast<size_t>(4 * heads * kv_lora), 10);
     const auto qr = random_floats(static_cast<size_t>(4 * heads * rope_dim), 11);
-    std::vector<float> expected(ql.size()), got(ql.size());
-    b.cpu->mla_attention(s.pool, 0, s.batch(), ql.data(), qr.data(), heads, kv_lora, rope_dim, 0.1f,
-                         expected.data());
-    b.gpu->mla_attention(s.pool, 0, s.batch(), ql.data(), qr.data(), heads, kv_lora, rope_dim, 0.1f, got.data());
+    auto run = [&](Backend& be) {
+      std::vector<DeviceBuffer> keep;
+      const AttentionBatch batch = s.batch(be, keep);
+      DeviceBuffer dl = put(be, ql), dr = put(be, qr), out = be.allocate(ql.size() * sizeof(float));
+      be.mla_attention(s.pool, 0, batch, dl.as<float>(), dr.as<float>(), heads, kv_lora, rope_dim, 0.1f,
+                       out.as<float>());
+      return get(be, out, ql.size());
+    };
     INFO(kv_type_name(type));
-    CHECK(relative_error(got, expected) < 1e-5);
+    CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 1e-5);
+  }
+}
+
+TEST_CASE("cuda kv_append and copy-on-write keep the VRAM planes equal to the host pool's", "[cuda]") {
+  if (!have_gpu()) return;
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16}) {
+    Backends b;
+    const int64_t heads = 4, kv_heads = 2, head_dim = 32;
+    AttentionSetup s(KvLayout::gqa, type, 2 * kv_heads * head_dim, 1);
+    s.fill(*b.cpu);
+    s.fill(*b.gpu);
+    // A shared prefix made writable: the pool copies block 0 of `a`; the GPU must copy it too.
+    BlockTable shared = s.a.share_prefix(s.pool, 16);
+    s.a.make_writable(s.pool, 0, 16);
+    shared.release(s.pool);
+    const auto q = random_floats(static_cast<size_t>(4 * heads * head_dim), 12);
+    auto run = [&](Backend& be) {
+      std::vector<DeviceBuffer> keep;
+      const AttentionBatch batch = s.batch(be, keep);
+      DeviceBuffer dq = put(be, q), out = be.allocate(q.size() * sizeof(float));
+      be.gqa_attention(s.pool, 1, batch, dq.as<float>(), heads, kv_heads, head_dim, 0.2f, out.as<float>());
+      return get(be, out, q.size());
+    };
+    INFO(kv_type_name(type));
+    CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 1e-5);
+  }
+  // Quantised KV types have no device kernels: a clear error naming the flag.
+  Backends b;
+  KvPool pool(KvPoolSpec{KvLayout::gqa, 1, 64, 16, 4, Device::cpu(), KvType::int8});
+  try {
+    b.gpu->kv_attach(pool, 0);
+    FAIL("an int8 KV pool was attached to the GPU");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(std::string(e.what()).find("--kv-type") != std::string::npos);
   }
 }
 
@@ -254,15 +356,22 @@ TEST_CASE("cuda MLA absorption and value expansion equal the CPU reference", "[c
     b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
     for (int64_t tokens : {1, 6}) {
       const auto q = random_floats(static_cast<size_t>(tokens * shape.heads * (shape.nope + shape.rope)), 22);
-      std::vector<float> expected(static_cast<size_t>(tokens * shape.heads * shape.kv_lora)), got(expected.size());
-      b.cpu->mla_absorb_query(kv_b.w, shape, q.data(), tokens, expected.data());
-      b.gpu->mla_absorb_query(kv_b.w, shape, q.data(), tokens, got.data());
+      const auto latent_n = static_cast<size_t>(tokens * shape.heads * shape.kv_lora);
+      const auto out_n = static_cast<size_t>(tokens * shape.heads * shape.v);
+      auto absorb = [&](Backend& be) {
+        DeviceBuffer dq = put(be, q), out = be.allocate(latent_n * sizeof(float));
+        be.mla_absorb_query(kv_b.w, shape, dq.as<float>(), tokens, out.as<float>());
+        return get(be, out, latent_n);
+      };
+      const auto expected = absorb(*b.cpu);
       INFO(type_name(t) << " tokens " << tokens);
-      CHECK(relative_error(got, expected) < 1e-5);
-      std::vector<float> out_cpu(static_cast<size_t>(tokens * shape.heads * shape.v)), out_gpu(out_cpu.size());
-      b.cpu->mla_expand_values(kv_b.w, shape, expected.data(), tokens, out_cpu.data());
-      b.gpu->mla_expand_values(kv_b.w, shape, expected.data(), tokens, out_gpu.data());
-      CHECK(relative_error(out_gpu, out_cpu) < 1e-5);
+      CHECK(relative_error(absorb(*b.gpu), expected) < 1e-5);
+      auto expand = [&](Backend& be) {
+        DeviceBuffer da = put(be, expected), out = be.allocate(out_n * sizeof(float));
+        be.mla_expand_values(kv_b.w, shape, da.as<float>(), tokens, out.as<float>());
+        return get(be, out, out_n);
+      };
+      CHECK(relative_error(expand(*b.gpu), expand(*b.cpu)) < 1e-5);
     }
   }
 }
@@ -278,11 +387,13 @@ TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda
     b.gpu = make_cuda_backend(0);  // uploads are cached by host address, which a freed weight hands on
     for (int64_t tokens : {1, 6}) {
       const auto x = random_floats(static_cast<size_t>(tokens * hidden), 34);
-      std::vector<float> expected(x.size()), got(x.size());
-      b.cpu->silu_glu_mlp(gate.w, up.w, down.w, x.data(), tokens, ws, expected.data());
-      b.gpu->silu_glu_mlp(gate.w, up.w, down.w, x.data(), tokens, ws, got.data());
+      auto run = [&](Backend& be) {
+        DeviceBuffer dx = put(be, x), out = be.allocate(x.size() * sizeof(float));
+        be.silu_glu_mlp(gate.w, up.w, down.w, dx.as<float>(), tokens, ws, out.as<float>());
+        return get(be, out, x.size());
+      };
       INFO(type_name(t) << " tokens " << tokens);
-      CHECK(relative_error(got, expected) < 2e-5);
+      CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 2e-5);
     }
     std::vector<test::OwnedWeight> owned;
     ExpertWeights ew;
@@ -300,14 +411,95 @@ TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda
     const std::vector<int32_t> ids = {0, 1, 2, 0, 3, 1, 1, 2, 0, 3, 2, 3};  // expert 0..3, none twice per token
     const auto weights = random_floats(static_cast<size_t>(tokens * top_k), 43);
     const auto x = random_floats(static_cast<size_t>(tokens * hidden), 44);
-    std::vector<float> expected(x.size()), got(x.size());
-    b.cpu->moe_routed_experts(ew, x.data(), tokens, hidden, ids.data(), weights.data(), top_k, ws, expected.data());
-    b.gpu->moe_routed_experts(ew, x.data(), tokens, hidden, ids.data(), weights.data(), top_k, ws, got.data());
+    auto run = [&](Backend& be) {
+      DeviceBuffer dx = put(be, x), di = put(be, ids), dw = put(be, weights), out = be.allocate(x.size() * sizeof(float));
+      be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k, ws,
+                            out.as<float>());
+      return get(be, out, x.size());
+    };
     INFO(type_name(t) << " routed experts");
-    CHECK(relative_error(got, expected) < 2e-5);
+    CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 2e-5);
   }
 }
 
+TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cuda]") {
+  if (!have_gpu()) return;
+  Backends b;
+  for (RouterKind kind : {RouterKind::softmax_topk, RouterKind::softmax_group_topk, RouterKind::sigmoid_noaux_tc})
+    for (int64_t tokens : {1, 7, 70}) {
+      RoutingParams p;
+      p.kind = kind;
+      p.experts = kind == RouterKind::sigmoid_noaux_tc ? 64 : 60;
+      p.top_k = kind == RouterKind::sigmoid_noaux_tc ? 8 : 4;
+      p.norm_topk_prob = kind != RouterKind::softmax_group_topk;
+      p.routed_scaling_factor = kind == RouterKind::sigmoid_noaux_tc ? 2.5 : 1.0;
+      p.n_group = kind == RouterKind::softmax_topk ? 1 : 4;
+      p.topk_group = kind == RouterKind::softmax_topk ? 1 : 2;
+      const auto logits = random_floats(static_cast<size_t>(tokens * p.experts), 70 + static_cast<uint32_t>(tokens));
+      const auto bias = random_floats(static_cast<size_t>(p.experts), 71, 0.1f);
+      const bool with_bias = kind == RouterKind::sigmoid_noaux_tc;
+      const auto pairs = static_cast<size_t>(tokens * p.top_k);
+      auto run = [&](Backend& be) {
+        DeviceBuffer dl = put(be, logits), db = put(be, bias), ids = be.allocate(pairs * 4), w = be.allocate(pairs * 4);
+        be.router_topk(p, dl.as<float>(), tokens, with_bias ? db.as<float>() : nullptr, ids.as<int32_t>(), w.as<float>());
+        return std::pair{get<int32_t>(be, ids, pairs), get(be, w, pairs)};
+      };
+      const auto [gpu_ids, gpu_w] = run(*b.gpu);
+      const auto [cpu_ids, cpu_w] = run(*b.cpu);
+      INFO("kind " << static_cast<int>(kind) << " tokens " << tokens);
+      CHECK(gpu_ids == cpu_ids);
+      CHECK(relative_error(gpu_w, cpu_w) < 1e-6);
+    }
+}
+
+TEST_CASE("cuda add, gated_add and gather_rows equal the CPU backend", "[cuda]") {
+  if (!have_gpu()) return;
+  Backends b;
+  for (auto [rows_, width_] : {std::pair<int64_t, int64_t>{1, 64}, {9, 1000}, {130, 2048}}) {
+    const int64_t rows = rows_, width = width_;  // the lambda below captures them
+    const auto x = random_floats(static_cast<size_t>(rows * width), 60), y = random_floats(x.size(), 61);
+    const auto gate = random_floats(static_cast<size_t>(rows), 62, 3.f);
+    std::vector<int32_t> pick;
+    for (int64_t r = rows - 1; r >= 0; r -= 2) pick.push_back(static_cast<int32_t>(r));
+    auto run = [&](Backend& be) {
+      DeviceBuffer dx = put(be, x), dy = put(be, y), dg = put(be, gate), dp = put(be, pick);
+      DeviceBuffer sum = be.allocate(x.size() * 4), acc = put(be, x), acc1 = put(be, x);
+      DeviceBuffer rows_out = be.allocate(pick.size() * static_cast<size_t>(width) * 4);
+      DeviceBuffer slice = be.allocate(static_cast<size_t>(rows * 8) * 4);
+      be.add(dx.as<float>(), dy.as<float>(), rows * width, sum.as<float>());
+      be.gated_add(acc.as<float>(), dy.as<float>(), dg.as<float>(), rows, width);
+      be.gated_add(acc1.as<float>(), dy.as<float>(), nullptr, rows, width);
+      be.gather_rows(dx.as<float>(), width, dp.as<int32_t>(), static_cast<int64_t>(pick.size()), width,
+                     rows_out.as<float>(), width);
+      be.gather_rows(dx.as<float>() + 3, width, nullptr, rows, 8, slice.as<float>(), 8);
+      return std::vector<std::vector<float>>{get(be, sum, x.size()), get(be, acc, x.size()), get(be, acc1, x.size()),
+                                             get(be, rows_out, pick.size() * static_cast<size_t>(width)),
+                                             get(be, slice, static_cast<size_t>(rows * 8))};
+    };
+    const auto gpu = run(*b.gpu), cpu = run(*b.cpu);
+    INFO("rows " << rows << " width " << width);
+    CHECK(gpu[0] == cpu[0]);
+    CHECK(relative_error(gpu[1], cpu[1]) < 1e-6);  // the sigmoid's expf may differ by an ulp
+    CHECK(gpu[2] == cpu[2]);
+    CHECK(gpu[3] == cpu[3]);
+    CHECK(gpu[4] == cpu[4]);
+  }
+}
+
+TEST_CASE("cuda backend buffers: copies, events and pinned host memory", "[cuda]") {
+  if (!have_gpu()) return;
+  Backends b;
+  const auto x = random_floats(5000, 80);
+  DeviceBuffer d = put(*b.gpu, x), e = b.gpu->allocate(x.size() * 4), pinned = b.gpu->allocate_host(x.size() * 4);
+  CHECK(d.device() == Device::cuda(0));
+  CHECK(pinned.pinned_host());
+  b.gpu->copy(e.data(), d.data(), x.size() * 4);
+  b.gpu->copy_to_host(pinned.data(), e.data(), x.size() * 4);
+  auto event = b.gpu->create_event();
+  b.gpu->record(*event);
+  event->synchronize();
+  CHECK(std::memcmp(pinned.data(), x.data(), x.size() * 4) == 0);
+}
 TEST_CASE("cuda residual add and SiLU-GLU kernels", "[cuda]") {
   if (!have_gpu()) return;
   const int64_t n = 1000;

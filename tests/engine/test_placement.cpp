@@ -16,7 +16,7 @@
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/formats/read_file.hpp"
-#include "tandem/backend/backend.hpp"
+#include "tandem/backend/forwarding_backend.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/kv/kv_pool.hpp"
@@ -276,13 +276,11 @@ namespace {
 
 // A backend that forwards every call to a real one and records which calls it received, so a test
 // can see which backend each role group ran on.
-class RecordingBackend final : public Backend {
+class RecordingBackend final : public ForwardingBackend {
  public:
-  explicit RecordingBackend(Backend& inner) : inner_(inner) {}
+  explicit RecordingBackend(Backend& inner) : ForwardingBackend(inner) {}
   std::map<std::string, int> calls;
 
-  Device device() const override { return inner_.device(); }
-  int threads() const override { return inner_.threads(); }
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
     ++calls["embedding"];
     inner_.embedding(table, ids, count, out);
@@ -296,11 +294,6 @@ class RecordingBackend final : public Backend {
     ++calls["rms_norm"];
     inner_.rms_norm(x, weight, rows, dim, stride, eps, out);
   }
-  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
-            int64_t head_stride, const int64_t* positions) override {
-    ++calls["rope"];
-    inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
-  }
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
     ++calls["attention"];
@@ -312,20 +305,10 @@ class RecordingBackend final : public Backend {
     ++calls["attention"];
     inner_.mla_attention(kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
   }
-  void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
-                        float* q_latent) override {
-    ++calls["mla_absorb_query"];
-    inner_.mla_absorb_query(kv_b, shape, q, tokens, q_latent);
-  }
-  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
-                         float* out) override {
-    ++calls["mla_expand_values"];
-    inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
-  }
-  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
-                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
-    ++calls["silu_glu_mlp"];
-    inner_.silu_glu_mlp(gate, up, down, x, tokens, ws, out);
+  void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
+                 int64_t row_stride) override {
+    ++calls["kv_append"];
+    inner_.kv_append(kv, layer, plane, batch, rows, row_stride);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
@@ -333,16 +316,19 @@ class RecordingBackend final : public Backend {
     ++calls["moe_routed_experts"];
     inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
   }
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
-    inner_.parallel_for(n, fn);
+  void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
+                   int32_t* expert_ids, float* weights) override {
+    ++calls["router_topk"];
+    inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights);
+  }
+  void add(const float* a, const float* b, int64_t count, float* out) override {
+    ++calls["add"];
+    inner_.add(a, b, count, out);
   }
   void synchronize() override {
     ++calls["synchronize"];
     inner_.synchronize();
   }
-
- private:
-  Backend& inner_;
 };
 
 std::vector<float> run_forward(const ModelFiles& files, const Weights& weights, ForwardPass::BackendForRole route,
@@ -391,6 +377,30 @@ TEST_CASE("placement executes: each role group runs on the backend its rule name
     CHECK(a.calls["embedding"] == 1);
     CHECK(b.calls["synchronize"] == 1);
     CHECK(a.calls["synchronize"] == 1);
+    // The glue between kernels is backend ops too, on the main backend (attention of layer 0: B).
+    CHECK(b.calls["kv_append"] == (files.config.attention == AttentionKind::mla ? 1 : 2));
+    CHECK(a.calls["kv_append"] == (files.config.attention == AttentionKind::mla ? 1 : 2) * (files.config.num_layers - 1));
+    CHECK(b.calls["add"] == 2 * files.config.num_layers);
+    CHECK(a.calls["add"] == 0);
+    CHECK(a.calls["router_topk"] == moe_layers);
+  }
+}
+
+TEST_CASE("mixed placement: experts on a second CPU backend give the same logits", "[engine][placement]") {
+  const std::vector<int32_t> ids = {4, 8, 15, 16, 23, 42, 7};
+  for (const std::string& model : {test::data_dir() + "/tiny-qwen3moe", test::data_dir() + "/tiny-deepseekv3"}) {
+    INFO(model);
+    const ModelFiles files = open_model_files(model);
+    const Weights weights = bind_weights(files);
+    auto main = make_cpu_backend(2);
+    auto experts = make_cpu_backend(1);
+    const auto alone = run_forward(files, weights, [&](WeightGroup, int64_t) -> Backend& { return *main; }, ids);
+    // Each backend allocates its own activations; rows cross between them by copies.
+    const auto split = run_forward(files, weights, [&](WeightGroup g, int64_t) -> Backend& {
+      return g == WeightGroup::experts || g == WeightGroup::router || g == WeightGroup::norms ? *experts : *main;
+    }, ids);
+    REQUIRE(split.size() == alone.size());
+    CHECK(split == alone);
   }
 }
 

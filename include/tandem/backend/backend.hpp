@@ -1,21 +1,39 @@
 #pragma once
-// Backend: the small interface the forward pass runs on — where its buffers live and the kernels
-// it calls. The CPU backend (backend/cpu) implements it now; the CUDA backend of a later issue
-// implements the same calls. The engine never includes a backend's internals.
+// Backend: the small interface the forward pass runs on — where its buffers live, how bytes move
+// in and out of them, and the kernels it calls. The CPU backend (backend/cpu) and the CUDA backend
+// (cuda/) implement it. The engine never includes a backend's internals.
+//
+// Memory: activations are float32 row-major [rows, width] (ids int32, positions int64) in buffers
+// the backend allocated (DeviceBuffer). Every pointer argument of an op below points into this
+// backend's memory, except where a comment says "host". The forward pass never dereferences them.
+// Work is ordered on one stream per backend: copies and ops run in call order; synchronize() (or an
+// event) is the only point where the host may assume they finished. The CPU backend runs every call
+// to completion before returning.
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 
 #include "tandem/backend/cpu_kernels.hpp"
+#include "tandem/backend/device_buffer.hpp"
 #include "tandem/model/weights.hpp"
 #include "tandem/ops/attention.hpp"
 #include "tandem/ops/mla.hpp"
+#include "tandem/ops/router.hpp"
 #include "tandem/tensor/device.hpp"
 
 namespace tandem {
 
 class RotaryEmbedding;
 class FeedForwardWorkspace;
+class KvPool;
+
+// A point in a backend's stream of work.
+class BackendEvent {
+ public:
+  virtual ~BackendEvent() = default;
+  virtual void synchronize() = 0;  // the host waits until the work before the point is done
+};
 
 class Backend {
  public:
@@ -23,11 +41,49 @@ class Backend {
   virtual Device device() const = 0;
   virtual int threads() const = 0;
 
-  // Activations: float32, row-major [rows, width], in this backend's memory.
+  // ---- memory, copies, events ----
+  // `bytes` of this backend's memory (at least 1 byte is allocated). Error(out_of_memory) naming
+  // the bytes when it cannot.
+  virtual DeviceBuffer allocate(size_t bytes) = 0;
+  // Host memory the device copies from and to fastest (pinned); plain host memory on the CPU.
+  virtual DeviceBuffer allocate_host(size_t bytes) = 0;
+  // Called by DeviceBuffer only.
+  virtual void free_buffer(void* data, size_t bytes, bool pinned_host) noexcept = 0;
+  // Asynchronous on the stream. The host side of copy_to_device may be reused once the call
+  // returns for pageable memory, once the stream passed the copy for pinned memory; the host side
+  // of copy_to_host is filled once the stream passed the copy (synchronize, or an event).
+  virtual void copy_to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within this backend's memory
+  virtual std::unique_ptr<BackendEvent> create_event() = 0;
+  virtual void record(BackendEvent& event) = 0;     // the event marks the work issued so far
+  virtual void wait(BackendEvent& event) = 0;       // later work on this stream waits for it
+  virtual void synchronize() = 0;                   // the host waits for all work issued so far
+
+  // ---- prepared weights ----
+  // A small vector weight (a norm's weight, a router's selection bias) as float32 in this
+  // backend's memory, converted once and owned by the backend (cached by the view's bytes, which
+  // must stay valid while the backend lives). Null for an empty view.
+  virtual const float* prepare_vector(const TensorView& view) = 0;
+
+  // ---- the KV cache ----
+  // This backend runs attention for `layer` of `kv`: from now on it keeps that layer's data where
+  // its kernels read it (the CPU backend: the pool's own host planes; a GPU: planes in its memory
+  // with the pool's block ids and layout, copied along when the pool copies a block). The pool
+  // stays the bookkeeping (block ids, references, tables). Error(unsupported) for a KV type the
+  // backend cannot hold.
+  virtual void kv_attach(KvPool& kv, int64_t layer) = 0;
+  // Writes row t of `rows` (row_stride floats apart) into the slot batch.positions[t] of token t's
+  // sequence, plane `plane` of `layer`, for every token of the batch.
+  virtual void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
+                         int64_t row_stride) = 0;
+
+  // ---- ops ----
   virtual void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) = 0;
   virtual void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) = 0;
   virtual void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
                         double eps, float* out) = 0;
+  // positions: [rows] int64.
   virtual void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
                     int64_t head_stride, const int64_t* positions) = 0;
   virtual void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
@@ -45,9 +101,22 @@ class Backend {
   virtual void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens,
                                   int64_t hidden, const int32_t* expert_ids, const float* weights,
                                   int64_t top_k, FeedForwardWorkspace& ws, float* out) = 0;
-  // Runs fn(begin, end) over [0, n) on this backend's workers (host-side loops of the forward).
+  // Each token's experts from its router logits [tokens, experts], as route_tokens_to_experts
+  // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].
+  virtual void router_topk(const RoutingParams& params, const float* logits, int64_t tokens,
+                           const float* selection_bias, int32_t* expert_ids, float* weights) = 0;
+  // out[i] = a[i] + b[i] (the residual add; out may be a).
+  virtual void add(const float* a, const float* b, int64_t count, float* out) = 0;
+  // acc[r, i] += g(r) · x[r, i] for rows [rows, width]; g(r) = sigmoid(gate_logits[r]) when
+  // gate_logits is given, else 1 (a shared expert's output, gated as Qwen2-MoE's).
+  virtual void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) = 0;
+  // dst[i·dst_stride, +width) = src[r·src_stride, +width) with r = rows[i] (int32), or r = i when
+  // rows is null; for i < count. The logits rows of a batch; MLA's rope part of each query head.
+  virtual void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
+                           float* dst, int64_t dst_stride) = 0;
+
+  // Runs fn(begin, end) over [0, n) on this backend's workers (host-side loops).
   virtual void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) = 0;
-  virtual void synchronize() = 0;
 };
 
 // `threads` <= 0: one per physical core. `kernels`: the fast SIMD kernels or the reference path.

@@ -2,16 +2,18 @@
 // The CUDA backend: the forward pass's Backend calls run as CUDA kernels (cuda/, tandem_cuda) on one
 // GPU. Built when CMake finds nvcc (TANDEM_CUDA); these declarations exist in every build.
 //
-// Interim, until device-resident activation buffers land (Backend v2): the Backend interface takes
-// host float32 activations, so each call copies its inputs to the device, runs its kernels on the
-// backend's stream and copies its outputs back before returning. Weights are uploaded once (at load
-// by the engine through cuda_backend_upload, else the first time a call sees them), cached by the
-// host bytes they come from (address and size), so those bytes must stay valid and unchanged while
-// the backend lives, as the engine's file mapping does. Norm weights and biases of the forward pass's host vectors are copied
-// per call (they are small). The KV pool stays in host
-// memory, where the forward pass writes it; each attention call copies the blocks its batch reads
-// (that layer's part of them) to the device. Correct, and slow next to the CPU on large contexts:
-// the point of this slice is every op on the GPU checked against its CPU reference.
+// Device-resident (Backend v2): activations are buffers the forward pass allocated through
+// Backend::allocate (VRAM), and every op reads and writes them there on the backend's stream; the
+// routed experts' ids come to the host (a few int32 per token) to group rows by expert. Weights are
+// uploaded once (at load by the engine through cuda_backend_upload, else the first time a call sees
+// them), cached by the host bytes they come from (address and size), so those bytes must stay valid
+// and unchanged while the backend lives, as the engine's file mapping does; norm weights and router
+// biases are prepared (prepare_vector) the same way. The KV layers this backend runs attention for
+// live in VRAM (kv_attach): the host KvPool keeps block ids, references and tables, the GPU the rows,
+// with the same block ids and layout; kv_append and the attention kernels use them in place, and a
+// copy-on-write block copy of the pool is repeated on the GPU. KV types: f32, f16, bf16 (fp8, int8
+// and int4 → Error(unsupported) naming --kv-type); retention policies that compact or score rows
+// need attention on the CPU (the engine refuses the combination at load).
 #include <cstdint>
 #include <memory>
 
@@ -37,5 +39,7 @@ void cuda_backend_upload(Backend& backend, const LinearWeight& weight);
 void cuda_backend_upload(Backend& backend, const TensorView& table);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);
+// Bytes of KV cache `backend` holds on its GPU (0 for other backends).
+uint64_t cuda_backend_kv_bytes(const Backend& backend);
 
 }  // namespace tandem

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -83,6 +84,10 @@ class KvPool {
   int32_t ref_count(int32_t id) const;  // 0 for a free block
   // A fresh block (one reference) holding a copy of every layer's rows of `id`.
   int32_t copy_block(int32_t id);
+  // Told (from, to) after copy_block copied a block: a backend that holds layers of this pool in
+  // its own memory (a GPU) copies its planes along. Held weakly: a listener that is gone is skipped.
+  using BlockCopyListener = std::function<void(int32_t from, int32_t to)>;
+  void add_block_copy_listener(std::weak_ptr<BlockCopyListener> listener);
 
   // One plane of one block (its whole per-token rows, or a per-channel block).
   std::byte* plane_data(int32_t block, int64_t layer, int64_t plane) {
@@ -131,6 +136,7 @@ class KvPool {
   mutable std::mutex mutex_;
   std::vector<int32_t> free_ids_;
   std::vector<int32_t> refs_;
+  std::vector<std::weak_ptr<BlockCopyListener>> copy_listeners_;  // under mutex_
 };
 
 // The blocks of one sequence, in position order. Not thread-safe; the pool is.

@@ -1,18 +1,39 @@
 // The CPU backend: on a hwloc-pinned thread pool, the fast quantised kernels (FastCpuOps) for
 // linear layers, MLPs and routed experts whose weight types have one, the reference operators
 // from ops/ for the rest (and for everything with CpuKernels::reference).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "backend/cpu/fast_ops.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/thread_pool.hpp"
+#include "tandem/error.hpp"
+#include "tandem/kv/kv_pool.hpp"
 #include "tandem/ops/linear.hpp"
 #include "tandem/ops/moe.hpp"
 #include "tandem/ops/norm.hpp"
 #include "tandem/ops/rope.hpp"
+#include "tandem/ops/router.hpp"
 
 namespace tandem {
 namespace {
+
+constexpr std::align_val_t kBufferAlignment{64};
+
+// Work on the CPU is done when its call returns: an event has nothing to wait for.
+class CpuEvent final : public BackendEvent {
+ public:
+  void synchronize() override {}
+};
 
 class CpuBackend final : public Backend {
  public:
@@ -22,6 +43,60 @@ class CpuBackend final : public Backend {
 
   Device device() const override { return Device::cpu(); }
   int threads() const override { return pool_.size(); }
+
+  // Host memory is this backend's memory: buffers are aligned host allocations, copies memcpy.
+  DeviceBuffer allocate(size_t bytes) override { return host_buffer(bytes, false); }
+  DeviceBuffer allocate_host(size_t bytes) override { return host_buffer(bytes, true); }
+  void free_buffer(void* data, size_t, bool) noexcept override { ::operator delete(data, kBufferAlignment); }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
+  }
+  std::unique_ptr<BackendEvent> create_event() override { return std::make_unique<CpuEvent>(); }
+  void record(BackendEvent&) override {}
+  void wait(BackendEvent&) override {}
+  void synchronize() override {}
+
+  const float* prepare_vector(const TensorView& view) override {
+    if (view.empty()) return nullptr;
+    std::lock_guard lock(prepared_mutex_);
+    auto it = prepared_.find({view.data, view.nbytes});
+    if (it == prepared_.end())
+      it = prepared_.emplace(std::pair{view.data, view.nbytes}, dequantize_to_vector(view)).first;
+    return it->second.data();
+  }
+
+  // The pool's own host planes are where the reference attention reads, whatever the KV type.
+  void kv_attach(KvPool&, int64_t) override {}
+  void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
+                 int64_t row_stride) override {
+    if (batch.write_tables == nullptr) throw Error(ErrorKind::internal, "kv_append: a batch without block tables");
+    for (int64_t t = 0; t < batch.tokens; ++t)
+      batch.write_tables[t]->write_row(kv, layer, plane, batch.positions[t], rows + t * row_stride);
+  }
+
+  void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
+                   int32_t* expert_ids, float* weights) override {
+    std::lock_guard lock(router_mutex_);
+    route_tokens_to_experts(params, logits, tokens, selection_bias, expert_ids, weights, router_scratch_);
+  }
+  void add(const float* a, const float* b, int64_t count, float* out) override {
+    for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
+  }
+  void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float g = gate_logits == nullptr ? 1.0f : 1.0f / (1.0f + std::exp(-gate_logits[r]));
+      for (int64_t i = 0; i < width; ++i) acc[r * width + i] += g * x[r * width + i];
+    }
+  }
+  void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
+                   float* dst, int64_t dst_stride) override {
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t r = rows == nullptr ? i : rows[i];
+      std::memmove(dst + i * dst_stride, src + r * src_stride, static_cast<size_t>(width) * sizeof(float));
+    }
+  }
 
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
     embedding_lookup(table, ids, count, out);
@@ -73,11 +148,21 @@ class CpuBackend final : public Backend {
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
     pool_.parallel_for(n, fn);
   }
-  void synchronize() override {}
 
  private:
+  DeviceBuffer host_buffer(size_t bytes, bool pinned) {
+    const size_t size = std::max<size_t>(bytes, 1);
+    void* data = ::operator new(size, kBufferAlignment, std::nothrow);
+    if (data == nullptr)
+      throw Error(ErrorKind::out_of_memory, fmt::format("cannot allocate {} bytes of host memory", size));
+    return DeviceBuffer(this, Device::cpu(), data, size, pinned);
+  }
+
   ThreadPool pool_;
   std::optional<FastCpuOps> fast_;  // empty: the reference path only
+  std::mutex prepared_mutex_, router_mutex_;
+  std::map<std::pair<const void*, uint64_t>, std::vector<float>> prepared_;  // by the view's bytes
+  RouterScratch router_scratch_;
 };
 
 }  // namespace

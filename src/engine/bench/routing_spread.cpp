@@ -4,7 +4,7 @@
 #include <cmath>
 #include <random>
 
-#include "tandem/backend/backend.hpp"
+#include "tandem/backend/forwarding_backend.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
@@ -16,10 +16,10 @@ constexpr int64_t kMaxSpreadTokens = 65536;
 constexpr int64_t kChunkTokens = 512;
 
 // Forwards every call to the real backend; notes which experts each MoE call routes to.
-class RoutingRecorder final : public Backend {
+class RoutingRecorder final : public ForwardingBackend {
  public:
   RoutingRecorder(Backend& inner, int64_t moe_layers, int64_t experts)
-      : inner_(inner), hit_(static_cast<size_t>(moe_layers), std::vector<bool>(static_cast<size_t>(experts))) {}
+      : ForwardingBackend(inner), hit_(static_cast<size_t>(moe_layers), std::vector<bool>(static_cast<size_t>(experts))) {}
 
   std::vector<int64_t> hits() const {
     std::vector<int64_t> out;
@@ -27,42 +27,11 @@ class RoutingRecorder final : public Backend {
     return out;
   }
 
-  Device device() const override { return inner_.device(); }
-  int threads() const override { return inner_.threads(); }
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
     moe_call_ = 0;  // a forward pass starts: MoE calls count from the first MoE layer again
     inner_.embedding(table, ids, count, out);
   }
-  void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override { inner_.linear(w, x, rows, y); }
-  void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
-                float* out) override {
-    inner_.rms_norm(x, weight, rows, dim, stride, eps, out);
-  }
-  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
-            int64_t head_stride, const int64_t* positions) override {
-    inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
-  }
-  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
-                     int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
-    inner_.gqa_attention(kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
-  }
-  void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
-                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
-                     float* out) override {
-    inner_.mla_attention(kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
-  }
-  void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
-                        float* q_latent) override {
-    inner_.mla_absorb_query(kv_b, shape, q, tokens, q_latent);
-  }
-  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
-                         float* out) override {
-    inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
-  }
-  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
-                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
-    inner_.silu_glu_mlp(gate, up, down, x, tokens, ws, out);
-  }
+  // The ids are read here, so the inner backend must be a host one (the CPU backend is).
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
                           float* out) override {
@@ -74,13 +43,8 @@ class RoutingRecorder final : public Backend {
     ++moe_call_;
     inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
   }
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
-    inner_.parallel_for(n, fn);
-  }
-  void synchronize() override { inner_.synchronize(); }
 
  private:
-  Backend& inner_;
   std::vector<std::vector<bool>> hit_;
   size_t moe_call_ = 0;
 };

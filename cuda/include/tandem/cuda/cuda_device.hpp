@@ -44,6 +44,32 @@ class DeviceBuffer {
   int device_ = 0;
 };
 
+// Raw allocations for owners that keep their own handles (the backend's DeviceBuffers): device
+// memory (cudaMalloc) and pinned host memory (cudaHostAlloc). The allocations throw
+// Error(out_of_memory) naming the bytes; the frees never throw.
+void* device_allocate(int device, size_t bytes);
+void device_free(void* data) noexcept;
+void* pinned_host_allocate(size_t bytes);
+void pinned_host_free(void* data) noexcept;
+
+class Stream;
+
+// A CUDA event (timing disabled): a point in a stream that the host or another stream waits for.
+class Event {
+ public:
+  explicit Event(int device);
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(Stream& stream);
+  void wait_on(Stream& stream);  // later work on `stream` waits for the recorded point
+  void synchronize();
+
+ private:
+  void* event_ = nullptr;  // cudaEvent_t
+  int device_ = 0;
+};
+
 // An ordered queue of GPU work. Kernels below are enqueued on one; synchronize() waits for them.
 class Stream {
  public:
@@ -59,6 +85,8 @@ class Stream {
   // the host side is safe to reuse (H2D) or filled (D2H waits for the stream up to the copy).
   void copy_to_device(void* device_dst, const void* host_src, size_t bytes);
   void copy_to_host(void* host_dst, const void* device_src, size_t bytes);
+  // D2H without waiting: the host bytes are filled once the stream passes the copy.
+  void copy_to_host_async(void* host_dst, const void* device_src, size_t bytes);
   void copy_on_device(void* device_dst, const void* device_src, size_t bytes);
   void zero(void* device_dst, size_t bytes);
   void* native() const { return stream_; }  // cudaStream_t

@@ -113,4 +113,32 @@ void scatter_rows(Stream& stream, const float* src, const int32_t* rows, int64_t
 void weighted_sum_slots(Stream& stream, const float* slots, const float* weights, int64_t tokens, int64_t top_k,
                         int64_t width, float* out);
 
+// ---- the forward pass's glue between kernels (glue.cu) ----
+
+// Writes row t of rows (row_stride floats apart, row_width values) into slot slots[t] of its
+// sequence, plane `plane`: block block_tables[t·table_stride + slots[t] / block_tokens], converted
+// to kv.type (f32, f16 or bf16; round to nearest even). Error(unsupported) for other types.
+void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t tokens,
+               const int64_t* slots, const int32_t* block_tables, int64_t table_stride, const float* rows,
+               int64_t row_stride, int64_t row_width);
+
+// Routing as route_tokens_to_experts (ops/router.cpp), one thread per token, in double. kind: 0
+// softmax top-k, 1 softmax with group-limited choice (V2), 2 sigmoid with selection bias and
+// grouped choice (V3), matching RouterKind's order. scratch: tokens · (2·experts + n_group) doubles.
+struct RouterSpec {
+  int kind = 0;
+  int64_t experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
+};
+void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, int64_t tokens,
+                 const float* selection_bias, double* scratch, int32_t* expert_ids, float* weights);
+
+// acc[r, i] += g(r) · x[r, i]; g = sigmoid(gate_logits[r]) or 1 when gate_logits is null.
+void gated_add(Stream& stream, float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width);
+
+// dst[i·dst_stride, +width) = src[r·src_stride, +width), r = rows ? rows[i] : i.
+void gather_rows(Stream& stream, const float* src, int64_t src_stride, const int32_t* rows, int64_t count,
+                 int64_t width, float* dst, int64_t dst_stride);
+
 }  // namespace tandem::cuda

@@ -1,0 +1,192 @@
+// The forward pass's glue between kernels, on the device: KV row writes, router top-k, the shared
+// expert's gated add, row gathers. Each mirrors a CPU reference (cpu_backend.cpp, ops/router.cpp).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "launch.cuh"
+#include "tandem/cuda/kernels.hpp"
+
+namespace tandem::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+template <typename T>
+__device__ __forceinline__ T encode(float v);
+template <>
+__device__ __forceinline__ float encode<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half encode<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 encode<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t block_stride, int64_t row_bytes,
+                                 int64_t plane, const int64_t* slots, const int32_t* block_tables,
+                                 int64_t table_stride, const float* rows, int64_t row_stride, int64_t row_width) {
+  const int64_t t = blockIdx.x;
+  const int64_t slot = slots[t];
+  const int32_t block = block_tables[t * table_stride + slot / block_tokens];
+  T* dst = reinterpret_cast<T*>(layer_base + block * block_stride +
+                                (plane * block_tokens + slot % block_tokens) * row_bytes);
+  const float* src = rows + t * row_stride;
+  for (int64_t i = threadIdx.x; i < row_width; i += blockDim.x) dst[i] = encode<T>(src[i]);
+}
+
+// Indices of the k largest values, ties to the lower index (as a stable partial sort).
+__device__ void top_k(const double* values, int64_t n, int64_t k, int32_t* out) {
+  for (int64_t j = 0; j < k; ++j) {
+    int32_t best = -1;
+    for (int64_t i = 0; i < n; ++i) {
+      bool taken = false;
+      for (int64_t p = 0; p < j; ++p) taken = taken || out[p] == i;
+      if (taken) continue;
+      if (best < 0 || values[i] > values[best]) best = static_cast<int32_t>(i);
+    }
+    out[j] = best;
+  }
+}
+
+__global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
+                              double* scratch, int32_t* expert_ids, float* weights) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const int64_t n = spec.experts, k = spec.top_k;
+  double* scores = scratch + t * (2 * n + spec.n_group);
+  double* choice = scores + n;
+  double* group_scores = choice + n;
+  const float* row = logits + t * n;
+  if (spec.kind == 2) {
+    for (int64_t e = 0; e < n; ++e) {
+      scores[e] = 1.0 / (1.0 + exp(-static_cast<double>(row[e])));
+      choice[e] = scores[e] + (bias ? static_cast<double>(bias[e]) : 0.0);
+    }
+  } else {
+    float max_logit = row[0];
+    for (int64_t e = 1; e < n; ++e) max_logit = fmaxf(max_logit, row[e]);
+    double sum = 0;
+    for (int64_t e = 0; e < n; ++e)
+      sum += scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
+    for (int64_t e = 0; e < n; ++e) choice[e] = scores[e] /= sum;
+  }
+  int32_t* ids = expert_ids + t * k;
+  if (spec.kind != 0 && spec.n_group > 1) {
+    const int64_t per_group = n / spec.n_group;
+    for (int64_t g = 0; g < spec.n_group; ++g) {
+      const double* gs = choice + g * per_group;
+      double best = -INFINITY, second = -INFINITY;
+      for (int64_t i = 0; i < per_group; ++i) {
+        if (gs[i] > best) {
+          second = best;
+          best = gs[i];
+        } else if (gs[i] > second) {
+          second = gs[i];
+        }
+      }
+      group_scores[g] = spec.kind == 2 && per_group > 1 ? best + second : best;
+    }
+    int32_t kept[64];  // topk_group <= 64, checked by the caller
+    top_k(group_scores, spec.n_group, spec.topk_group, kept);
+    for (int64_t g = 0; g < spec.n_group; ++g) {
+      bool keep = false;
+      for (int64_t j = 0; j < spec.topk_group; ++j) keep = keep || kept[j] == g;
+      if (!keep)
+        for (int64_t i = 0; i < per_group; ++i) choice[g * per_group + i] = 0.0;
+    }
+  }
+  top_k(choice, n, k, ids);
+  double sum = 0;
+  for (int64_t i = 0; i < k; ++i) sum += scores[ids[i]];
+  const double denominator = spec.kind == 2 ? sum + 1e-20 : sum;
+  for (int64_t i = 0; i < k; ++i) {
+    double value = scores[ids[i]];
+    if (spec.norm_topk_prob) value /= denominator;
+    weights[t * k + i] = static_cast<float>(value * spec.routed_scaling_factor);
+  }
+}
+
+__global__ void gated_add_kernel(float* acc, const float* x, const float* gate_logits, int64_t width) {
+  const int64_t r = blockIdx.x;
+  const float g = gate_logits ? __fdiv_rn(1.f, __fadd_rn(1.f, expf(-gate_logits[r]))) : 1.f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    acc[r * width + i] = __fadd_rn(acc[r * width + i], __fmul_rn(g, x[r * width + i]));
+}
+
+__global__ void gather_rows_kernel(const float* src, int64_t src_stride, const int32_t* rows, int64_t width,
+                                   float* dst, int64_t dst_stride) {
+  const int64_t i = blockIdx.x;
+  const int64_t r = rows ? rows[i] : i;
+  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) dst[i * dst_stride + j] = src[r * src_stride + j];
+}
+
+}  // namespace
+
+void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t tokens,
+               const int64_t* slots, const int32_t* block_tables, int64_t table_stride, const float* rows,
+               int64_t row_stride, int64_t row_width) {
+  if (tokens <= 0) return;
+  if (layer_base == nullptr || slots == nullptr || block_tables == nullptr || table_stride <= 0)
+    throw Error(ErrorKind::internal, "CUDA kv_append: missing KV planes, slots or block tables");
+  const unsigned grid = detail::grid_dim(tokens, "kv_append");
+  auto* base = static_cast<char*>(layer_base);
+  cudaStream_t s = detail::native(stream);
+  switch (kv.type) {
+    case KvType::f32:
+      kv_append_kernel<float><<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane,
+                                                        slots, block_tables, table_stride, rows, row_stride,
+                                                        row_width);
+      break;
+    case KvType::f16:
+      kv_append_kernel<__half><<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane,
+                                                         slots, block_tables, table_stride, rows, row_stride,
+                                                         row_width);
+      break;
+    case KvType::bf16:
+      kv_append_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes,
+                                                                plane, slots, block_tables, table_stride, rows,
+                                                                row_stride, row_width);
+      break;
+    default:
+      throw Error(ErrorKind::unsupported, "CUDA kv_append: the KV type has no device kernel (use --kv-type f16, "
+                                          "bf16 or f32)");
+  }
+  detail::check_launch("kv_append");
+}
+
+void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, int64_t tokens,
+                 const float* selection_bias, double* scratch, int32_t* expert_ids, float* weights) {
+  if (tokens <= 0) return;
+  if (spec.experts <= 0 || spec.top_k <= 0 || spec.top_k > spec.experts || spec.n_group <= 0 ||
+      spec.topk_group <= 0 || spec.topk_group > spec.n_group || spec.topk_group > 64 ||
+      spec.experts % spec.n_group != 0)
+    throw Error(ErrorKind::invalid_argument,
+                text("CUDA router: ", spec.experts, " experts, top ", spec.top_k, ", ", spec.n_group, " groups, top ",
+                     spec.topk_group, " groups is not a routing the kernel takes"));
+  const auto grid = detail::grid_dim((tokens + 63) / 64, "router_topk");
+  router_kernel<<<grid, 64, 0, detail::native(stream)>>>(spec, logits, tokens, selection_bias, scratch, expert_ids,
+                                                         weights);
+  detail::check_launch("router_topk");
+}
+
+void gated_add(Stream& stream, float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) {
+  if (rows <= 0 || width <= 0) return;
+  gated_add_kernel<<<detail::grid_dim(rows, "gated_add"), 256, 0, detail::native(stream)>>>(acc, x, gate_logits,
+                                                                                            width);
+  detail::check_launch("gated_add");
+}
+
+void gather_rows(Stream& stream, const float* src, int64_t src_stride, const int32_t* rows, int64_t count,
+                 int64_t width, float* dst, int64_t dst_stride) {
+  if (count <= 0 || width <= 0) return;
+  gather_rows_kernel<<<detail::grid_dim(count, "gather_rows"), kThreads, 0, detail::native(stream)>>>(
+      src, src_stride, rows, width, dst, dst_stride);
+  detail::check_launch("gather_rows");
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,91 @@
+#pragma once
+// ForwardingBackend: passes every call to another backend. Wrappers that watch a forward pass
+// (the routing-spread recorder, tests that record which backend ran what) derive from it and
+// override the calls they look at. Buffers are the inner backend's (it allocates and frees them).
+#include "tandem/backend/backend.hpp"
+
+namespace tandem {
+
+class ForwardingBackend : public Backend {
+ public:
+  explicit ForwardingBackend(Backend& inner) : inner_(inner) {}
+
+  Device device() const override { return inner_.device(); }
+  int threads() const override { return inner_.threads(); }
+  DeviceBuffer allocate(size_t bytes) override { return inner_.allocate(bytes); }
+  DeviceBuffer allocate_host(size_t bytes) override { return inner_.allocate_host(bytes); }
+  void free_buffer(void* data, size_t bytes, bool pinned_host) noexcept override {
+    inner_.free_buffer(data, bytes, pinned_host);
+  }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override { inner_.copy_to_device(dst, src, bytes); }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override { inner_.copy_to_host(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { inner_.copy(dst, src, bytes); }
+  std::unique_ptr<BackendEvent> create_event() override { return inner_.create_event(); }
+  void record(BackendEvent& event) override { inner_.record(event); }
+  void wait(BackendEvent& event) override { inner_.wait(event); }
+  void synchronize() override { inner_.synchronize(); }
+  const float* prepare_vector(const TensorView& view) override { return inner_.prepare_vector(view); }
+  void kv_attach(KvPool& kv, int64_t layer) override { inner_.kv_attach(kv, layer); }
+  void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
+                 int64_t row_stride) override {
+    inner_.kv_append(kv, layer, plane, batch, rows, row_stride);
+  }
+  void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
+    inner_.embedding(table, ids, count, out);
+  }
+  void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override { inner_.linear(w, x, rows, y); }
+  void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
+                float* out) override {
+    inner_.rms_norm(x, weight, rows, dim, stride, eps, out);
+  }
+  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+            int64_t head_stride, const int64_t* positions) override {
+    inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
+  }
+  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
+    inner_.gqa_attention(kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
+  }
+  void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
+                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                     float* out) override {
+    inner_.mla_attention(kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
+  }
+  void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
+                        float* q_latent) override {
+    inner_.mla_absorb_query(kv_b, shape, q, tokens, q_latent);
+  }
+  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
+                         float* out) override {
+    inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
+  }
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
+                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
+    inner_.silu_glu_mlp(gate, up, down, x, tokens, ws, out);
+  }
+  void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          float* out) override {
+    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+  }
+  void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
+                   int32_t* expert_ids, float* weights) override {
+    inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights);
+  }
+  void add(const float* a, const float* b, int64_t count, float* out) override { inner_.add(a, b, count, out); }
+  void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override {
+    inner_.gated_add(acc, x, gate_logits, rows, width);
+  }
+  void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
+                   float* dst, int64_t dst_stride) override {
+    inner_.gather_rows(src, src_stride, rows, count, width, dst, dst_stride);
+  }
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
+    inner_.parallel_for(n, fn);
+  }
+
+ protected:
+  Backend& inner_;
+};
+
+}  // namespace tandem
