@@ -394,17 +394,19 @@ class CudaBackend final : public Backend {
     }
     return static_cast<const float*>(it->second.data());
   }
-  // A RoPE inverse-frequency table, uploaded once per table.
+  // A RoPE inverse-frequency table, uploaded once per table; uploaded again when the host table at
+  // that address changed (a freed RotaryEmbedding's address handed on to another).
   const double* resident_doubles(const std::vector<double>& table) {
     std::lock_guard lock(weights_mutex_);
-    const HostRange key{table.data(), table.size() * sizeof(double)};
-    auto it = floats_.find(key);
-    if (it == floats_.end()) {
-      cuda::DeviceBuffer b = allocate_named(std::max<size_t>(key.second, 8), "a RoPE table");
-      stream_.copy_to_device(b.data(), table.data(), key.second);
-      it = floats_.emplace(key, std::move(b)).first;
+    const size_t bytes = table.size() * sizeof(double);
+    RopeTable& entry = rope_tables_[table.data()];
+    if (entry.host != table) {
+      if (entry.device.bytes() < std::max<size_t>(bytes, 8))
+        entry.device = allocate_named(std::max<size_t>(bytes, 8), "a RoPE table");
+      stream_.copy_to_device(entry.device.data(), table.data(), bytes);  // in order with earlier readers
+      entry.host = table;
     }
-    return static_cast<const double*>(it->second.data());
+    return static_cast<const double*>(entry.device.data());
   }
   cuda::DeviceWeight weight(const LinearWeight& w) {
     if (w.empty() || w.weight.shape.rank != 2)
@@ -483,6 +485,11 @@ class CudaBackend final : public Backend {
   using HostRange = std::pair<const void*, uint64_t>;
   std::mutex weights_mutex_;
   std::map<HostRange, cuda::DeviceBuffer> weights_, floats_;
+  struct RopeTable {
+    std::vector<double> host;
+    cuda::DeviceBuffer device;
+  };
+  std::map<const void*, RopeTable> rope_tables_;
   uint64_t weight_bytes_ = 0, kv_bytes_ = 0;
   cuda::DeviceBuffer scratch_[kCount];
   const KvPool* kv_ = nullptr;

@@ -175,7 +175,9 @@ struct ForwardPass::Impl {
   }
 
   // Moves bytes between two backends' buffers, in order with both backends' work.
-  void transfer(Mirror& from, const void* src, Mirror& to, void* dst, size_t bytes) {
+  // `wait` false: a device-to-host copy is only queued; the host reads nothing of it until a later
+  // transfer from the same backend waits (one wait for several rows sent together).
+  void transfer(Mirror& from, const void* src, Mirror& to, void* dst, size_t bytes, bool wait = true) {
     if (&from == &to || bytes == 0) return;
     if (on_host(*from.backend)) {  // host work is done when its call returns
       to.backend->copy_to_device(dst, src, bytes);
@@ -183,8 +185,10 @@ struct ForwardPass::Impl {
     }
     if (on_host(*to.backend)) {
       from.backend->copy_to_host(dst, src, bytes);
-      from.backend->record(*from.event);
-      from.event->synchronize();
+      if (wait) {
+        from.backend->record(*from.event);
+        from.event->synchronize();
+      }
       return;
     }
     // Two devices: through pinned host memory.
@@ -200,9 +204,9 @@ struct ForwardPass::Impl {
     return static_cast<size_t>(rows * std::max<int64_t>(1, width[a])) * element_bytes(a);
   }
   // Main's rows of `a` to backend b's buffer, and back.
-  Mirror& send(Backend& b, Act a, int64_t rows) {
+  Mirror& send(Backend& b, Act a, int64_t rows, bool wait = true) {
     Mirror& m = mirror(b);
-    transfer(main(), main().act[a].data(), m, m.act[a].data(), act_bytes(a, rows));
+    transfer(main(), main().act[a].data(), m, m.act[a].data(), act_bytes(a, rows), wait);
     return m;
   }
   void back(Mirror& m, Act a, int64_t rows) { transfer(m, m.act[a].data(), main(), main().act[a].data(), act_bytes(a, rows)); }
@@ -294,13 +298,13 @@ struct ForwardPass::Impl {
     Mirror& r = send(router, kNormed, T);
     router.linear(L.router, r.f(kNormed), T, r.f(kRouterLogits));
     router.router_topk(routing, r.f(kRouterLogits), T, V.router_bias, r.i32(kExpertIds), r.f(kRouteWeights));
-    back(r, kExpertIds, T);
-    back(r, kRouteWeights, T);
+    transfer(r, r.act[kExpertIds].data(), main(), main().act[kExpertIds].data(), act_bytes(kExpertIds, T), false);
+    back(r, kRouteWeights, T);  // waits for both
 
     Backend& experts = on(WeightGroup::experts, layer);
-    Mirror& x = send(experts, kNormed, T);
-    send(experts, kExpertIds, T);
-    send(experts, kRouteWeights, T);
+    Mirror& x = send(experts, kNormed, T, false);
+    send(experts, kExpertIds, T, false);
+    send(experts, kRouteWeights, T);  // waits for all three
     experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(kExpertIds), x.f(kRouteWeights), routing.top_k,
                                ffn_ws, x.f(kBlockOut));
     back(x, kBlockOut, T);
@@ -309,12 +313,11 @@ struct ForwardPass::Impl {
     Backend& shared = on(WeightGroup::shared_experts, layer);
     Mirror& s = send(shared, kNormed, T);
     shared.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, s.f(kNormed), T, ffn_ws, s.f(kSharedOut));
-    back(s, kSharedOut, T);
     const bool gated = !L.shared_expert_gate.empty();
-    if (gated) {
-      shared.linear(L.shared_expert_gate, s.f(kNormed), T, s.f(kSharedGate));
-      back(s, kSharedGate, T);
-    }
+    if (gated) shared.linear(L.shared_expert_gate, s.f(kNormed), T, s.f(kSharedGate));
+    if (gated)
+      transfer(s, s.act[kSharedGate].data(), main(), main().act[kSharedGate].data(), act_bytes(kSharedGate, T), false);
+    back(s, kSharedOut, T);  // waits for both
     main().backend->gated_add(main().f(kBlockOut), main().f(kSharedOut), gated ? main().f(kSharedGate) : nullptr, T,
                               H);
   }

@@ -149,3 +149,66 @@ TEST_CASE("cuda placement: a rule naming a missing GPU is a clear error", "[cuda
     CHECK(std::string(e.what()).find("CUDA device") != std::string::npos);
   }
 }
+
+TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CPU; other KV options are refused",
+          "[cuda][model]") {
+  if (!have_gpu()) return;
+  const std::string folder = test::data_dir() + "/tiny-qwen3moe";
+  const std::vector<int32_t> prompt = {1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11, 120, 13, 14, 150, 16, 17};
+  for (KvType type : {KvType::f16, KvType::bf16}) {
+    auto options = [&](const std::string& placement) {
+      LoadOptions o;
+      o.kv_type = type;
+      o.max_context_tokens = 128;
+      o.max_sessions = 2;
+      o.kv_block_tokens = 4;
+      o.kv_prefix_cache = true;
+      o.load_tokenizer = false;
+      o.placement = placement;
+      o.cpu_kernels = CpuKernels::reference;
+      return o;
+    };
+    // The second session adopts the first one's full blocks (by id: the GPU reads them in VRAM).
+    auto twice = [&](Engine& engine, int64_t& cached) {
+      auto first = engine.new_session();
+      first->prefill(prompt);
+      auto second = engine.new_session();
+      second->prefill(prompt);  // last row only: a prefill asking for all logits does not adopt
+      cached = second->cached_prompt_tokens();
+      const auto last = second->logits();
+      return std::vector<float>(last.begin(), last.end());
+    };
+    const auto cpu = Engine::load(folder, options("*=cpu"));
+    const auto gpu = Engine::load(folder, options("*=cuda:0"));
+    int64_t cached_cpu = 0, cached_gpu = 0;
+    const auto expected = twice(*cpu, cached_cpu);
+    const auto got = twice(*gpu, cached_gpu);
+    INFO(kv_type_name(type));
+    CHECK(cached_gpu == cached_cpu);
+    CHECK(cached_gpu > 0);
+    CHECK(relative_error(got, expected) <= 1e-3);
+    CHECK(argmax_mismatches(got, expected, cpu->config().vocab_size) == 0);
+  }
+  LoadOptions o;
+  o.max_context_tokens = 64;
+  o.max_sessions = 1;
+  o.load_tokenizer = false;
+  o.placement = "*=cuda:0";
+  o.kv_type = KvType::int8;
+  try {
+    (void)Engine::load(folder, o);
+    FAIL("an int8 KV cache with attention on cuda:0 loaded");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(std::string(e.what()).find("--kv-type") != std::string::npos);
+  }
+  o.kv_type = KvType::f16;
+  o.kv_policy = "sinks:4,32";
+  try {
+    (void)Engine::load(folder, o);
+    FAIL("a retention policy with attention on cuda:0 loaded");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(std::string(e.what()).find("--kv-policy") != std::string::npos);
+  }
+}
