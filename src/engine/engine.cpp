@@ -183,16 +183,23 @@ class CpuEngine final : public Engine {
         if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
           gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
       }
-    // A retention policy moves KV rows inside the host planes (BlockTable::compact); a GPU keeps
-    // its attention layers' KV in its own memory, which compaction does not reach yet.
-    if (!retention_policy_.is_full())
-      for (int64_t layer = 0; layer < c.num_layers; ++layer)
-        if (placement_.device_for(WeightGroup::attention, layer).kind == DeviceKind::cuda)
-          throw Error(ErrorKind::unsupported,
-                      fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "
-                                  "VRAM, which retention policies cannot compact yet (attention of layer {} is on {})",
-                                  retention_policy_.to_string(), layer,
-                                  placement_.device_for(WeightGroup::attention, layer).to_string()));
+    // A retention policy moves KV rows inside the host planes (BlockTable::compact) and the SSD
+    // tier reads and fills host blocks; a GPU keeps its attention layers' KV in its own memory,
+    // which neither reaches yet.
+    for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+      const Device device = placement_.device_for(WeightGroup::attention, layer);
+      if (device.kind != DeviceKind::cuda) continue;
+      if (!retention_policy_.is_full())
+        throw Error(ErrorKind::unsupported,
+                    fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "
+                                "VRAM, which retention policies cannot compact yet (attention of layer {} is on {})",
+                                retention_policy_.to_string(), layer, device.to_string()));
+      if (!options_.kv_disk_dir.empty())
+        throw Error(ErrorKind::unsupported,
+                    fmt::format("--kv-disk needs attention on the cpu: the CUDA backend keeps the KV cache in VRAM, "
+                                "which the SSD tier does not read or fill yet (attention of layer {} is on {})",
+                                layer, device.to_string()));
+    }
     if (!gpu_backends_.empty()) {
       // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
       // load, not the first step.
@@ -204,7 +211,7 @@ class CpuEngine final : public Engine {
       for_each_weight(weights_, [&](WeightGroup g, int64_t layer, auto&&... item) {
         if constexpr (sizeof...(item) == 1) {  // a LinearWeight
           if (Backend* b = upload_to(g, layer)) cuda_backend_upload(*b, item...);
-        } else if (g == WeightGroup::embedding) {  // the table; norms and router biases stay host vectors
+        } else if (g == WeightGroup::embedding) {  // the table; the forward pass prepares norms and biases
           if (Backend* b = upload_to(g, layer)) cuda_backend_upload(*b, std::get<0>(std::forward_as_tuple(item...)));
         }
       });

@@ -211,4 +211,14 @@ TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CP
     CHECK(e.kind() == ErrorKind::unsupported);
     CHECK(std::string(e.what()).find("--kv-policy") != std::string::npos);
   }
+  o.kv_policy.clear();
+  o.kv_disk_dir = (std::filesystem::temp_directory_path() / "tandem_test_cuda_kv_disk").string();
+  try {
+    (void)Engine::load(folder, o);
+    FAIL("the SSD KV tier with attention on cuda:0 loaded");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(std::string(e.what()).find("--kv-disk") != std::string::npos);
+  }
+  std::filesystem::remove_all(o.kv_disk_dir);
 }
