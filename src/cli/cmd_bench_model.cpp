@@ -38,6 +38,7 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--stream-mib", flags->stream_mib, "the stream read probe's buffer in MiB (default 1024)");
   sub.add_option("--seed", opt.seed, "seed of the random token ids (default 1)");
   add_cpu_kernels_flag(sub, flags->cpu_kernels);
+  add_placement_flag(sub, opt.placement);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     ModelBenchOptions o = flags->options;
@@ -80,6 +81,7 @@ CommandRun setup(CLI::App& sub) {
       j["spread_tokens"] = o.spread_tokens;
       j["model_bytes"] = r.model_bytes;
       j["parameters"] = r.parameters;
+      j["placement"] = o.placement;
       fmt::print("{}\n", j.dump());
       return 0;
     }

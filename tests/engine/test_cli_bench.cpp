@@ -84,6 +84,9 @@ TEST_CASE("bench experts and model refuse sizes past their limits", "[engine][be
   r = run_cli_captured("bench model -m " + model + " -r 1000");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("-r 1000 is outside 1..100"));
+  r = run_cli_captured("bench model -m " + model + " --placement 'atention=cpu'");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("unknown role group 'atention'"));
   r = run_cli_captured("bench model -m /nonexistent-tandem-model.gguf");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("/nonexistent-tandem-model.gguf"));
@@ -117,6 +120,7 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
   CHECK(hit == Approx(sum / 4));
   CHECK(hit <= 1.0);
   CHECK(hit > 0.5 * j["experts_hit_uniform"].get<double>());
+  CHECK(j["placement"] == "");  // the engine's default placement
 }
 
 

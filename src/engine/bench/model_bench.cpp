@@ -94,6 +94,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.max_context_tokens = std::max<int64_t>({o.prompt_tokens, o.gen_tokens, 33});  // 33: the warm-up
   load.load_tokenizer = false;
   load.cpu_kernels = o.kernels;
+  load.placement = o.placement;
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
   auto random_ids = [&](int64_t n) {

@@ -21,6 +21,7 @@ struct ModelBenchOptions {
   uint64_t stream_bytes = uint64_t{1} << 30;
   uint64_t seed = 1;
   CpuKernels kernels = CpuKernels::fast;  // LoadOptions::cpu_kernels (reference: to compare)
+  std::string placement;                  // LoadOptions::placement ("" = all on the CPU)
   static constexpr int kMaxReps = 100;
 };
 
