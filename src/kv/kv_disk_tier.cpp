@@ -30,6 +30,9 @@ namespace {
 
 constexpr char kMagic[8] = {'T', 'N', 'D', 'M', 'K', 'V', 'B', 'K'};
 constexpr uint32_t kVersion = 1;
+// Requests in flight at once (each write holds an open file): a 4k-token prompt's blocks (256 at
+// 16 tokens a block) are written without waiting for the disk.
+constexpr unsigned kRequestsInFlight = 256;
 
 struct RecordHeader {
   char magic[8];
@@ -169,7 +172,7 @@ KvDiskTier::KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity
                      record_bytes_));
   const RecordHeader h = tier_header(model_identity, pool, payload_bytes_);
   tier_id_ = XXH3_64bits(&h, offsetof(RecordHeader, chain_key));
-  io_ = std::make_unique<AsyncFileIo>(64, options.try_io_uring);
+  io_ = std::make_unique<AsyncFileIo>(kRequestsInFlight, options.try_io_uring);
   stats_.io = io_->description();
   scan();
 }
