@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <vector>
 
@@ -58,16 +59,19 @@ void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
 }
 
 // Prefill tiles: matmul_tile over `rows` × 2048 weights and `tokens` tokens, as FastCpuOps calls it
-// (16-row strips; the AMX table takes its tile kernels at >= kTileMinTokens tokens, the avx512 table
-// the 4-token dot kernels). "emulated" is the AMX tile code with the tile instructions in plain C++
+// (16-row strips; at >= kTileMinTokens tokens the tile kernels of the level: "avx512" vpdpbusd on
+// packed strips, "amx" TDPBSUD; "avx512_dot" the 4-token dot kernels alone). "emulated_amx" is the AMX tile code with the tile instructions in plain C++
 // (correctness only: slow by design). Reported as multiply-adds per CPU second.
-void bench_tile(benchmark::State& state, DType type, int variant) {
-  const IsaLevel level = variant == 0 ? IsaLevel::avx512 : IsaLevel::amx;
-  if (!isa_level_supported(variant == 2 ? IsaLevel::avx512 : level)) {
+enum Variant { avx512_dot, avx512_tile, amx_tile, emulated_amx_tile };
+
+void bench_tile(benchmark::State& state, DType type, Variant variant) {
+  const IsaLevel level = variant == amx_tile ? IsaLevel::amx : IsaLevel::avx512;
+  if (!isa_level_supported(level)) {
     state.SkipWithError("this CPU lacks the ISA level");
     return;
   }
-  const KernelTable table = variant == 2 ? make_emulated_amx_table() : make_kernel_table(level);
+  KernelTable table = variant == emulated_amx_tile ? make_emulated_amx_table() : make_kernel_table(level);
+  if (variant == avx512_dot) std::fill(std::begin(table.tile), std::end(table.tile), nullptr);
   const int64_t rows = state.range(0), tokens = state.range(1);
   const auto& tr = dtype_traits(type);
   const int64_t row_bytes = kIn / tr.block_elems * tr.block_bytes;
@@ -100,11 +104,11 @@ void bench_tile(benchmark::State& state, DType type, int variant) {
 
 void register_all() {
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
-    for (int variant = 0; variant < 3; ++variant) {
-      const char* names[] = {"avx512", "amx", "emulated_amx"};
+    for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile}) {
+      const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx"};
       const std::string name = std::string("tile/") + std::string(dtype_name(type)) + "/" + names[variant];
       benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)
-          ->ArgsProduct({{256}, {16, 64, 256}})
+          ->ArgsProduct({{256}, {8, 16, 64, 256}})
           ->ArgNames({"rows", "tokens"});
     }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::bf16,

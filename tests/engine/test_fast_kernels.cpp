@@ -254,17 +254,19 @@ TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and de
   }
 }
 
-TEST_CASE("tile kernels (AMX, and emulated) match the scalar dot kernel through matmul_tile",
+TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel through matmul_tile",
           "[engine][kernels][amx]") {
   struct Table {
     const char* name;
     KernelTable table;
   };
   std::vector<Table> tables;
-  if (isa_level_supported(IsaLevel::avx512))
+  if (isa_level_supported(IsaLevel::avx512)) {
+    tables.push_back({"avx512", make_kernel_table(IsaLevel::avx512)});
     tables.push_back({"emulated amx", make_emulated_amx_table()});
-  else
-    WARN("this CPU lacks avx512: the emulated AMX tile kernels are not tested here");
+  } else {
+    WARN("this CPU lacks avx512: its tile kernels and the emulated AMX ones are not tested here");
+  }
   if (isa_level_supported(IsaLevel::amx))
     tables.push_back({"amx", make_kernel_table(IsaLevel::amx)});
   else
@@ -275,10 +277,11 @@ TEST_CASE("tile kernels (AMX, and emulated) match the scalar dot kernel through 
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k}) {
     const WeightKind kind = *weight_kind_for(type);
     for (const int64_t in : {int64_t{256}, int64_t{768}}) {
-      // 37 rows: two full strips and a partial one; tiles of 16 tokens plus remainders.
+      // 37 rows: two full strips and a partial one; token counts from the threshold up, with every
+      // remainder of the 4-token (AVX-512) and 16-token (AMX) steps.
       const int64_t rows = 37;
       const Case c(type, rows, in, rng);
-      for (const int64_t tokens : {int64_t{16}, int64_t{17}, int64_t{40}}) {
+      for (const int64_t tokens : {int64_t{8}, int64_t{11}, int64_t{14}, int64_t{17}, int64_t{40}}) {
         const auto x = random_activations(tokens, in, rng);
         const int64_t stride = act_row_bytes(ActFormat::q8k, in);
         std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));

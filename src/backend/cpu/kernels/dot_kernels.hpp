@@ -22,12 +22,12 @@ enum class WeightKind : uint8_t { q4_k, q5_k, q6_k, iq4_xs, q8_0, q4_0, f32, f16
 using DotFn = void (*)(const uint8_t* w, const void* x, int64_t x_stride, int tokens, int64_t in,
                        const float* block_scales, float* y, int64_t y_stride);
 
-// Tile kernels (AMX): a strip of `rows` <= kTileRows weight rows (row i at w + i·row_stride) against
+// Tile kernels (AVX-512 VNNI, AMX): a strip of `rows` <= kTileRows weight rows (row i at w + i·row_stride) against
 // `tokens` activation rows, y[t·y_stride + i] = Σ_k W[i, k]·x_t[k], with the integer sums of the
 // scalar dot kernel. `workspace`: tile_workspace_bytes(in) bytes, 64-byte aligned, owned by the
 // calling thread. nullptr in a table: the type has none (matmul_tile uses the dot kernels).
 constexpr int kTileRows = 16;
-constexpr int64_t kTileMinTokens = 16;  // fewer tokens per call: the dot kernels are as fast
+constexpr int64_t kTileMinTokens = 8;  // fewer tokens per call: the dot kernels are faster (packing the strip costs ~5 tokens)
 using TileFn = void (*)(const uint8_t* w, int64_t row_stride, int rows, const void* x, int64_t x_stride,
                         int64_t tokens, int64_t in, float* y, int64_t y_stride, uint8_t* workspace);
 int64_t tile_workspace_bytes(int64_t in) noexcept;
@@ -45,6 +45,7 @@ void fill_kernels(KernelTable& t) noexcept;
 }
 namespace avx512 {
 void fill_kernels(KernelTable& t) noexcept;
+void fill_tile_kernels(KernelTable& t) noexcept;  // vpdpbusd on packed 16-row strips
 }
 namespace amx {
 void fill_kernels(KernelTable& t) noexcept;           // the tile kernels; needs AMX-TILE/INT8 enabled

@@ -169,7 +169,10 @@ KernelTable make_kernel_table(IsaLevel level) {
   KernelTable t{};
   scalar::fill_kernels(t);
   if (level == IsaLevel::avx2) avx2::fill_kernels(t);
-  if (level == IsaLevel::avx512 || level == IsaLevel::amx) avx512::fill_kernels(t);
+  if (level == IsaLevel::avx512 || level == IsaLevel::amx) {
+    avx512::fill_kernels(t);
+    avx512::fill_tile_kernels(t);
+  }
   if (level == IsaLevel::amx) amx::fill_kernels(t);
   return t;
 }

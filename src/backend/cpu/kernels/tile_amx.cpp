@@ -2,10 +2,8 @@
 // like dot_avx512.cpp, this file must not instantiate library templates or shared inline functions.
 //
 // One call computes a strip of up to 16 weight rows against all its tokens, 16 tokens per result tile:
-//  1. pack: the strip's quants, unpacked to unsigned bytes, gathered into AMX's B-tile order
-//     (per 4 consecutive values, the 16 rows side by side: [value / 4][row][4]), and per scale group
-//     (32 values for Q4_K/Q5_K, 16 for Q6_K) and row the float factors of the group's dot product and
-//     of the activation's group sum (the K-quants' minimums, Q6_K's −32 offset);
+//  1. pack (tile_pack.hpp): the strip's quants as unsigned bytes in AMX's B-tile order, and per
+//     scale group the float factors of the group's dot product and of the activation's group sum;
 //  2. per 16 tokens and 256-value block: one TDPBSUD per scale group, A = the Q8K activations read in
 //     place (signed, tokens × group bytes, row stride = the activation row stride), B = the packed
 //     weights (unsigned) → int32 [token][row]; then per token, in AVX-512, Σ_g dot_g·(d·scale_g)
@@ -26,8 +24,8 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
-#include "backend/cpu/kernels/quant_layouts.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
+#include "backend/cpu/kernels/tile_pack.hpp"
 
 namespace tandem::kernels::amx {
 namespace {
@@ -134,111 +132,6 @@ struct EmulatedTiles {
   }
   void release() {}
 };
-
-inline float half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-// Byte offsets of the strip's rows (zero for lanes past `rows`, which the mask leaves untouched).
-struct StripRows {
-  __m512i offsets;
-  __mmask16 valid;
-  StripRows(int64_t row_stride, int rows) {
-    alignas(64) int32_t o[16];
-    for (int i = 0; i < 16; ++i) o[i] = i < rows ? static_cast<int32_t>(i * row_stride) : 0;
-    offsets = _mm512_load_si512(o);
-    valid = static_cast<__mmask16>((1u << rows) - 1u);
-  }
-  // The 4 bytes at `p` (inside row 0) and at the same place of every other row.
-  __m512i gather(const uint8_t* p) const {
-    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, offsets, p, 1);
-  }
-};
-
-float* scale_block(uint8_t* ws, int64_t in, int64_t b) {
-  return reinterpret_cast<float*>(ws + tile_scales_offset(in) + b * kTileScaleBlockBytes);
-}
-
-// Q4_K / Q5_K: scale group s = values 32s..32s+31 = the low (s even) or high (s odd) nibbles of
-// qs[32·(s/2) + l]; Q5_K's fifth bit of value 32s + l is bit s of qh[l].
-template <bool Q5>
-void pack_k4(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
-  const StripRows strip(row_stride, rows);
-  const __m512i m4 = _mm512_set1_epi32(0x0f0f0f0f), one = _mm512_set1_epi32(0x01010101);
-  const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
-  for (int64_t b = 0; b < in / 256; ++b) {
-    const uint8_t* blk = w + b * block_bytes;
-    auto* packed = reinterpret_cast<__m512i*>(ws + tile_packed_offset(in) + b * kTilePackedBlockBytes);
-    const uint8_t* qs = blk + (Q5 ? 48 : 16);
-    for (int k4 = 0; k4 < 8; ++k4) {
-      const __m512i high = Q5 ? strip.gather(blk + 16 + 4 * k4) : _mm512_setzero_si512();
-      for (int j = 0; j < 4; ++j) {
-        const __m512i q = strip.gather(qs + 32 * j + 4 * k4);
-        __m512i lo = _mm512_and_si512(q, m4);
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(q, 4), m4);
-        if (Q5) {
-          lo = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 2 * j), one), 4));
-          hi = _mm512_or_si512(hi, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 2 * j + 1), one), 4));
-        }
-        _mm512_store_si512(packed + (2 * j) * 8 + k4, lo);
-        _mm512_store_si512(packed + (2 * j + 1) * 8 + k4, hi);
-      }
-    }
-    float* dot_scale = scale_block(ws, in, b);
-    float* sum_scale = dot_scale + 256;
-    for (int r = 0; r < kTileRows; ++r) {
-      int sc[8] = {}, mn[8] = {};
-      float d = 0, dmin = 0;
-      if (r < rows) {
-        const uint8_t* row_blk = blk + r * row_stride;
-        d = half(row_blk);
-        dmin = half(row_blk + 2);
-        unpack_k4_scales(row_blk + 4, sc, mn);
-      }
-      for (int s = 0; s < 8; ++s) {
-        dot_scale[s * 16 + r] = d * static_cast<float>(sc[s]);
-        sum_scale[s * 16 + r] = dmin * static_cast<float>(mn[s]);
-      }
-    }
-  }
-}
-
-// Q6_K: value 128h + 32q + l = low nibble (q < 2) or high nibble (q >= 2) of ql[64h + 32·(q%2) + l],
-// plus bits 2q, 2q+1 of qh[32h + l] as bits 4-5; scale group g = 16 values, int8 scale; u − 32.
-void pack_q6k(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
-  const StripRows strip(row_stride, rows);
-  const __m512i m4 = _mm512_set1_epi32(0x0f0f0f0f), m2 = _mm512_set1_epi32(0x03030303);
-  for (int64_t b = 0; b < in / 256; ++b) {
-    const uint8_t* blk = w + b * kQ6KBytes;
-    auto* packed = reinterpret_cast<__m512i*>(ws + tile_packed_offset(in) + b * kTilePackedBlockBytes);
-    for (int h = 0; h < 2; ++h)
-      for (int k4 = 0; k4 < 8; ++k4) {
-        const __m512i a = strip.gather(blk + 64 * h + 4 * k4);
-        const __m512i c = strip.gather(blk + 64 * h + 32 + 4 * k4);
-        const __m512i hb = strip.gather(blk + 128 + 32 * h + 4 * k4);
-        const __m512i low[4] = {_mm512_and_si512(a, m4), _mm512_and_si512(c, m4),
-                                _mm512_and_si512(_mm512_srli_epi32(a, 4), m4),
-                                _mm512_and_si512(_mm512_srli_epi32(c, 4), m4)};
-        for (int q = 0; q < 4; ++q) {
-          const __m512i top = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, 2 * q), m2), 4);
-          _mm512_store_si512(packed + 32 * h + 8 * q + k4, _mm512_or_si512(low[q], top));
-        }
-      }
-    float* dot_scale = scale_block(ws, in, b);
-    float* sum_scale = dot_scale + 256;
-    for (int r = 0; r < kTileRows; ++r) {
-      const uint8_t* row_blk = blk + r * row_stride;
-      const float d = r < rows ? half(row_blk + 208) : 0.0f;
-      for (int g = 0; g < 16; ++g) {
-        const float s = r < rows ? d * static_cast<float>(static_cast<int8_t>(row_blk[192 + g])) : 0.0f;
-        dot_scale[g * 16 + r] = s;
-        sum_scale[g * 16 + r] = 32.0f * s;
-      }
-    }
-  }
-}
 
 // G scale groups per 256-value block (8: Q4_K/Q5_K, 16: Q6_K).
 template <int G, class Tiles>

@@ -1,0 +1,116 @@
+// AVX-512 VNNI tile kernels for prefill (Q4_K, Q5_K, Q6_K at >= kTileMinTokens tokens): a strip of 16
+// weight rows packed once (tile_pack.hpp: [value / 4][row][4] unsigned bytes), then per 4 tokens one
+// vpdpbusd per 4 values feeds all 16 rows (the packed weights against the token's 4 int8 activations,
+// broadcast), so the weight unpacking is paid once per strip instead of once per 4 tokens and each
+// instruction does 64 multiply-adds. Per scale group, the int32 sums are scaled in float as in
+// tile_amx.cpp. Built with the AVX-512 flags; intrinsics and internal functions only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstring>
+
+#include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/tile_layout.hpp"
+#include "backend/cpu/kernels/tile_pack.hpp"
+
+namespace tandem::kernels::avx512 {
+namespace {
+
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// NT tokens (rows x0, x0 + xs, ...) against the packed strip; G scale groups per 256-value block.
+template <int G, int NT>
+void strip_tokens(const uint8_t* ws, int64_t in, const uint8_t* x0, int64_t xs, float* y, int64_t ys,
+                  __mmask16 row_mask) {
+  constexpr int kGroup = 256 / G, kSteps = kGroup / 4;
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const auto* packed = reinterpret_cast<const __m512i*>(ws + tile_packed_offset(in) + b * kTilePackedBlockBytes);
+    const auto* dot_scale = reinterpret_cast<const float*>(ws + tile_scales_offset(in) + b * kTileScaleBlockBytes);
+    const float* sum_scale = dot_scale + 256;
+    const ActQ8K* ab[NT];
+    __m512 blk[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      ab[t] = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
+      blk[t] = _mm512_setzero_ps();
+    }
+    for (int g = 0; g < G; ++g) {
+      __m512i dot[NT];
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int k = 0; k < kSteps; ++k) {
+        const __m512i wv = _mm512_load_si512(packed + g * kSteps + k);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t)
+          dot[t] = _mm512_dpbusd_epi32(dot[t], wv, broadcast4(ab[t]->q + g * kGroup + 4 * k));
+      }
+      const __m512 ds = _mm512_load_ps(dot_scale + g * 16), ss = _mm512_load_ps(sum_scale + g * 16);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const int group_sum = G == 8 ? ab[t]->sums[2 * g] + ab[t]->sums[2 * g + 1] : ab[t]->sums[g];
+        blk[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), ds, blk[t]);
+        blk[t] = _mm512_fnmadd_ps(_mm512_set1_ps(static_cast<float>(group_sum)), ss, blk[t]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(blk[t], _mm512_set1_ps(ab[t]->d), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, acc[t]);
+}
+
+template <int G>
+void strip(const uint8_t* ws, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in, float* y,
+           int64_t ys) {
+  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
+  const auto* x0 = static_cast<const uint8_t*>(x);
+  int64_t t = 0;
+  for (; t + 4 <= tokens; t += 4) strip_tokens<G, 4>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
+  switch (tokens - t) {
+    case 3:
+      strip_tokens<G, 3>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
+      break;
+    case 2:
+      strip_tokens<G, 2>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
+      break;
+    case 1:
+      strip_tokens<G, 1>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
+      break;
+    default:
+      break;
+  }
+}
+
+template <WeightKind Kind>
+void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, int64_t x_stride, int64_t tokens,
+                 int64_t in, float* y, int64_t y_stride, uint8_t* workspace) {
+  if (rows <= 0 || tokens <= 0) return;
+  if constexpr (Kind == WeightKind::q6_k) {
+    pack_q6k(w, row_stride, rows, in, workspace);
+    strip<16>(workspace, rows, x, x_stride, tokens, in, y, y_stride);
+  } else {
+    pack_k4<Kind == WeightKind::q5_k>(w, row_stride, rows, in, workspace);
+    strip<8>(workspace, rows, x, x_stride, tokens, in, y, y_stride);
+  }
+}
+
+}  // namespace
+
+void fill_tile_kernels(KernelTable& t) noexcept {
+  t.tile[static_cast<int>(WeightKind::q4_k)] = tile_kernel<WeightKind::q4_k>;
+  t.tile[static_cast<int>(WeightKind::q5_k)] = tile_kernel<WeightKind::q5_k>;
+  t.tile[static_cast<int>(WeightKind::q6_k)] = tile_kernel<WeightKind::q6_k>;
+}
+
+}  // namespace tandem::kernels::avx512
