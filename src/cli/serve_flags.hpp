@@ -1,6 +1,7 @@
 #pragma once
 // Flags shared by `tandem serve` and `tandem bench serve`: the model and how it is loaded, and the
 // server's batching limits.
+#include <cstdint>
 #include <fmt/core.h>
 
 #include <CLI/CLI.hpp>

@@ -153,6 +153,23 @@ class CpuEngine final : public Engine {
       for (std::string& notice : reference_fallback_notices(weights_, placement_))
         files_.warnings.push_back(std::move(notice));
     apply_placement(weights_, placement_);
+    // A retention policy moves KV rows inside the host planes (BlockTable::compact) and the SSD
+    // tier reads and fills host blocks; a GPU keeps its attention layers' KV in its own memory,
+    // which neither reaches yet.
+    for (int64_t layer = 0; layer < files_.config.num_layers; ++layer) {
+      const Device device = placement_.device_for(WeightGroup::attention, layer);
+      if (device.kind != DeviceKind::cuda) continue;
+      if (!retention_policy_.is_full())
+        throw Error(ErrorKind::unsupported,
+                    fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "
+                                "VRAM, which retention policies cannot compact yet (attention of layer {} is on {})",
+                                retention_policy_.to_string(), layer, device.to_string()));
+      if (!options_.kv_disk_dir.empty())
+        throw Error(ErrorKind::unsupported,
+                    fmt::format("--kv-disk needs attention on the cpu: the CUDA backend keeps the KV cache in VRAM, "
+                                "which the SSD tier does not read or fill yet (attention of layer {} is on {})",
+                                layer, device.to_string()));
+    }
     step(0.5f, "allocating KV cache");
     const ModelConfig& c = files_.config;
     KvPoolSpec spec;
@@ -183,23 +200,6 @@ class CpuEngine final : public Engine {
         if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
           gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
       }
-    // A retention policy moves KV rows inside the host planes (BlockTable::compact) and the SSD
-    // tier reads and fills host blocks; a GPU keeps its attention layers' KV in its own memory,
-    // which neither reaches yet.
-    for (int64_t layer = 0; layer < c.num_layers; ++layer) {
-      const Device device = placement_.device_for(WeightGroup::attention, layer);
-      if (device.kind != DeviceKind::cuda) continue;
-      if (!retention_policy_.is_full())
-        throw Error(ErrorKind::unsupported,
-                    fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "
-                                "VRAM, which retention policies cannot compact yet (attention of layer {} is on {})",
-                                retention_policy_.to_string(), layer, device.to_string()));
-      if (!options_.kv_disk_dir.empty())
-        throw Error(ErrorKind::unsupported,
-                    fmt::format("--kv-disk needs attention on the cpu: the CUDA backend keeps the KV cache in VRAM, "
-                                "which the SSD tier does not read or fill yet (attention of layer {} is on {})",
-                                layer, device.to_string()));
-    }
     if (!gpu_backends_.empty()) {
       // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
       // load, not the first step.

@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the CUDA tests: GPU detection (tests skip, saying so, without one), random inputs and
 // random weights in every stored type the CUDA kernels read.
+#include <cstdint>
 #include <catch2/catch.hpp>
 
 #include <algorithm>

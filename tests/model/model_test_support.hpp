@@ -1,5 +1,6 @@
 #pragma once
 // Shared by the model tests: the fixture models and a field-by-field config comparison.
+#include <cstdint>
 #include <cmath>
 #include <string>
 #include <vector>

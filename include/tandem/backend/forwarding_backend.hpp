@@ -1,4 +1,5 @@
 #pragma once
+#include <cstdint>
 // ForwardingBackend: passes every call to another backend. Wrappers that watch a forward pass
 // (the routing-spread recorder, tests that record which backend ran what) derive from it and
 // override the calls they look at. Buffers are the inner backend's (it allocates and frees them).

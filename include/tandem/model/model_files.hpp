@@ -2,6 +2,7 @@
 // Opening a model from what users download: a GGUF file (or the first of a split set) or an HF
 // folder (config.json + safetensors shards). Yields the typed config and the tensor table; the
 // architecture description then binds tensors to roles (bind_weights).
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>

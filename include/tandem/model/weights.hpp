@@ -2,6 +2,7 @@
 // Weights: every tensor the forward pass reads, by role, still in its stored type and place
 // (views into the file mapping). Hub names and GGUF names both bind to these roles, so operators
 // never see a file format. Unused roles are empty views.
+#include <cstdint>
 #include <vector>
 
 #include "tandem/tensor/tensor_view.hpp"

@@ -1,6 +1,7 @@
 #pragma once
 // The Tokenizer implementation: added tokens → normalizer → pre-tokenizer → BPE → post-processor,
 // and back through the decoder. Built by the tokenizer.json and GGUF loaders.
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <unordered_map>

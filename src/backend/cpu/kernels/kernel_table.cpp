@@ -62,7 +62,7 @@ CpuFeatures detect() noexcept {
 
 namespace {
 IsaLevel limit_level(std::string_view name) noexcept {
-  for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512})
+  for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512, IsaLevel::amx})
     if (name == isa_level_name(level)) return level;
   return IsaLevel::amx;  // unknown names cap nothing
 }
@@ -100,9 +100,13 @@ bool isa_level_supported(IsaLevel level) noexcept {
 }
 
 IsaLevel best_isa_level() noexcept {
-  // TANDEM_CPU_ISA=scalar|avx2|avx512 caps the choice (to hold one level against another on one CPU).
+  // TANDEM_CPU_ISA=scalar|avx2|avx512|amx caps the choice (to hold one level against another on one
+  // CPU). AMX is opt-in: on the GPU machine's Xeon the AMX tile kernels, which gather each strip's
+  // quants into B-tile order per call, beat the AVX-512 tile kernels only for Q4_K at >= 64 tokens
+  // (171 vs 142 GMAC/s) and lose for Q5_K/Q6_K and short batches; pp512 of the 8-layer
+  // Qwen3-30B-A3B file was 658 (amx) vs 696 (avx512) tok/s. Weights repacked at load would change that.
   const char* cap = std::getenv("TANDEM_CPU_ISA");
-  const std::string_view limit = cap ? cap : "";
+  const std::string_view limit = cap ? cap : "avx512";
   for (IsaLevel level : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2}) {
     if (!limit.empty() && static_cast<int>(level) > static_cast<int>(limit_level(limit))) continue;
     if (isa_level_supported(level)) return level;

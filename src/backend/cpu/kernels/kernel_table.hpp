@@ -1,5 +1,6 @@
 #pragma once
 // Which kernel serves a stored weight type, and the table of kernels for one IsaLevel.
+#include <cstdint>
 #include <optional>
 
 #include "backend/cpu/kernels/dot_kernels.hpp"

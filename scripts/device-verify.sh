@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU-machine call that builds and checks what only that machine can: the CUDA tests, the AMX tile
+# kernels, the CLI on cuda:0 placements, then the CUDA/AMX benchmarks. Each step has its own time
+# limit and log under OUT (default /tmp/tandem-verify), so a hang or crash in one leaves the others.
+# Usage: scripts/device-verify.sh [BUILD_DIR]   Environment: STEPS (default "build cuda amx cli bench").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-gpu}
+out=${OUT:-/tmp/tandem-verify}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="/tmp/tandem-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+step() {  # name seconds command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "== $name rc=$rc $((SECONDS - t0))s"
+  tail -n "${TAIL:-15}" "$out/$name.log"
+}
+for s in ${STEPS:-build cuda amx cli bench}; do
+  case $s in
+    build) step build 300 env TANDEM_DEVICE_TARGETS="test_cuda test_engine tandem_cli bench_cpu_kernels" \
+             TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh "$build" ;;
+    cuda) step cuda 150 "$build/bin/test_cuda" --durations yes ${CUDA_FILTER:-} ;;
+    amx) step amx 60 "$build/bin/test_engine" "[amx]" ;;
+    placement) step placement 120 "$build/bin/test_engine" "[placement]" ;;
+    cli) step cli 60 bash -c "for p in '*=cpu' '*=cuda:0' 'experts=cpu,*=cuda:0'; do echo \"-- \$p\"; $build/bin/tandem run -m tests/data/tiny-qwen3moe --ids 1,2,3 -n 16 --temp 0 --placement \"\$p\"; done" ;;
+    bench) step bench 200 env REPS=${REPS:-2} GEN=${GEN:-64} bash scripts/device-bench-cuda.sh "$build" ;;
+    amxbench) step amxbench 150 env ONLY_AMX=1 bash scripts/kernels-bench.sh "$build" ;;
+  esac
+done
