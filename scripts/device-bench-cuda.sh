@@ -23,7 +23,7 @@ set -f  # the rules contain '*': no globbing of PLACEMENTS
 for placement in ${PLACEMENTS:-"*=cpu" "*=cuda:0" "experts=cpu,*=cuda:0"}; do
   if out=$("$tandem" bench model -m "$model" -p "${PROMPT:-512}" -n "${GEN:-128}" -r "${REPS:-3}" -t 16 \
              --spread-tokens 0 --placement "$placement" --json); then
-    printf '{"bench":"model","preset":"qwen3-30b-a3b","layers":8,"placement":"%s","result":%s}\n' "$placement" "$out"
+    printf '{"bench":"model","preset":"qwen3-30b-a3b","layers":%s,"placement":"%s","result":%s}\n' "${LAYERS:-8}" "$placement" "$out"
   else
     echo "bench model --placement '$placement' failed" >&2
     status=1

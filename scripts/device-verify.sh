@@ -26,6 +26,11 @@ for s in ${STEPS:-build cuda amx cli bench}; do
     placement) step placement 120 "$build/bin/test_engine" "[placement]" ;;
     cli) step cli 60 bash -c "for p in '*=cpu' '*=cuda:0' 'experts=cpu,*=cuda:0'; do echo \"-- \$p\"; $build/bin/tandem run -m tests/data/tiny-qwen3moe --ids 1,2,3 -n 16 --temp 0 --placement \"\$p\"; done" ;;
     bench) step bench 200 env REPS=${REPS:-2} GEN=${GEN:-64} bash scripts/device-bench-cuda.sh "$build" ;;
+    profile) step profile 200 bash -c "m=/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf; [ -s \$m ] || $build/bin/tandem synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o \$m; \
+               for p in \${PROFILE_PLACEMENTS:-'*=cuda:0' 'experts=cpu,*=cuda:0'}; do echo \"-- \$p\"; \
+               TANDEM_PROFILE_OPS=1 $build/bin/tandem run -m \$m -p 'hello world' -n 32 --temp 0 --ignore-eos --placement \"\$p\" --stats 2>&1 >/dev/null | head -30; done" ;;
+    bench48) step bench48 400 env MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} PROMPT=${PROMPT:-512} \
+               LAYERS=48 PLACEMENTS="${PLACEMENTS:-experts=cpu,*=cuda:0 *=cuda:0}" bash -c "[ -s \$MODEL ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$MODEL; bash scripts/device-bench-cuda.sh $build" ;;
     amxbench) step amxbench 150 env ONLY_AMX=1 bash scripts/kernels-bench.sh "$build" ;;
   esac
 done

@@ -30,6 +30,10 @@ namespace tandem {
 namespace {
 
 // Device scratch, one growing buffer per use.
+// Batches of at most this many tokens run the routed experts pair by pair on the device
+// (cuda::moe_by_pairs); larger ones group the pairs by expert through the host.
+constexpr int64_t kPairwiseMaxTokens = 16;
+
 enum Slot : int { kGate, kUp, kWide, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kCount };
 
 class CudaEvent final : public BackendEvent {
@@ -220,6 +224,15 @@ class CudaBackend final : public Backend {
     if (tokens <= 0) return;
     const auto count = static_cast<int64_t>(experts.count());
     const int64_t pairs = tokens * top_k;
+    // Few tokens (decode): pair by pair on the device, no host round trip. Many: grouped by expert,
+    // so each expert's rows are read once per tile of its tokens.
+    if (tokens <= kPairwiseMaxTokens) {
+      if (const cuda::ExpertTable* table = expert_table(experts)) {
+        float* d_act = scratch(kGate, pairs * table->intermediate);
+        cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out);
+        return;
+      }
+    }
     // The ids come to the host (pairs int32) to group the (token, slot) pairs by expert, a counting
     // sort as ops/moe.cpp; the rows are gathered on the device in that order, so each expert reads
     // one contiguous slice.
@@ -425,6 +438,66 @@ class CudaBackend final : public Backend {
     if (!w.bias.empty()) d.bias = resident_floats(w.bias);
     return d;
   }
+  // The device table of a layer's expert pointers, made once; null when the experts are not alike
+  // (gate and up of one stored type, down of one, the same shapes in every expert, no bias), which the pairwise
+  // kernels need.
+  const cuda::ExpertTable* expert_table(const ExpertWeights& experts) {
+    const auto found = expert_tables_.find(&experts);
+    if (found != expert_tables_.end()) return found->second.usable ? &found->second.table : nullptr;
+    ExpertTableEntry& entry = expert_tables_[&experts];
+    const auto count = static_cast<int64_t>(experts.count());
+    if (count == 0 || experts.up.size() != experts.gate.size() || experts.down.size() != experts.gate.size())
+      return nullptr;
+    std::vector<const void*> pointers(static_cast<size_t>(6 * count), nullptr);
+    cuda::ExpertTable& t = entry.table;
+    bool scaled = false;
+    for (int64_t e = 0; e < count; ++e) {
+      const auto i = static_cast<size_t>(e);
+      const cuda::DeviceWeight g = weight(experts.gate[i]), u = weight(experts.up[i]), d = weight(experts.down[i]);
+      if (e == 0) {
+        t.experts = count;
+        t.intermediate = g.out_features;
+        t.gate_type = g.type;
+        t.up_type = u.type;
+        t.down_type = d.type;
+        scaled = g.block_scales != nullptr;
+      }
+      const bool alike = g.type == t.gate_type && u.type == t.up_type && d.type == t.down_type &&
+                         g.type == u.type && g.out_features == t.intermediate &&
+                         u.out_features == t.intermediate && d.in_features == t.intermediate &&
+                         u.in_features == g.in_features && d.out_features == g.in_features && g.bias == nullptr &&
+                         u.bias == nullptr && d.bias == nullptr && (g.block_scales != nullptr) == scaled &&
+                         (u.block_scales != nullptr) == scaled && (d.block_scales != nullptr) == scaled;
+      if (!alike) return nullptr;
+      pointers[i] = g.data;
+      pointers[static_cast<size_t>(count) + i] = u.data;
+      pointers[static_cast<size_t>(2 * count) + i] = d.data;
+      pointers[static_cast<size_t>(3 * count) + i] = g.block_scales;
+      pointers[static_cast<size_t>(4 * count) + i] = u.block_scales;
+      pointers[static_cast<size_t>(5 * count) + i] = d.block_scales;
+      if (e == 0) {
+        t.gate_row_bytes = static_cast<int64_t>(row_bytes(g.type, g.in_features).value_or(0));
+        t.up_row_bytes = static_cast<int64_t>(row_bytes(u.type, u.in_features).value_or(0));
+        t.down_row_bytes = static_cast<int64_t>(row_bytes(d.type, d.in_features).value_or(0));
+        if (t.gate_row_bytes == 0 || t.up_row_bytes == 0 || t.down_row_bytes == 0) return nullptr;
+      }
+    }
+    entry.pointers = allocate_named(pointers.size() * sizeof(void*), "the experts' pointer tables");
+    stream_.copy_to_device(entry.pointers.data(), pointers.data(), pointers.size() * sizeof(void*));
+    const auto* base = static_cast<const void* const*>(entry.pointers.data());
+    t.gate = base;
+    t.up = base + count;
+    t.down = base + 2 * count;
+    if (scaled) {
+      const auto* scales = reinterpret_cast<const float* const*>(base);
+      t.gate_scales = scales + 3 * count;
+      t.up_scales = scales + 4 * count;
+      t.down_scales = scales + 5 * count;
+    }
+    entry.usable = true;
+    return &entry.table;
+  }
+
   // kv_b as float32 [rows, kv_lora], dequantised on the device per call (not kept).
   const float* dequantized(const LinearWeight& w) {
     const cuda::DeviceWeight d = weight(w);
@@ -495,6 +568,12 @@ class CudaBackend final : public Backend {
   const KvPool* kv_ = nullptr;
   std::map<int64_t, cuda::DeviceBuffer> kv_layers_;
   std::shared_ptr<KvPool::BlockCopyListener> copy_listener_;
+  struct ExpertTableEntry {
+    cuda::DeviceBuffer pointers;
+    cuda::ExpertTable table;
+    bool usable = false;
+  };
+  std::map<const ExpertWeights*, ExpertTableEntry> expert_tables_;
   std::vector<int32_t> host_ids_, index_;
   std::vector<int64_t> begin_, fill_;
 };

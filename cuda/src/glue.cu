@@ -53,9 +53,13 @@ __device__ void top_k(const double* values, int64_t n, int64_t k, int32_t* out) 
   }
 }
 
+// One warp per token: the lanes share the exponentials and each round of the top-k scan; sums and
+// the group choice stay serial on lane 0, in the reference's order, so ids and weights equal the
+// one-thread version's.
 __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
                               double* scratch, int32_t* expert_ids, float* weights) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x;
   if (t >= tokens) return;
   const int64_t n = spec.experts, k = spec.top_k;
   double* scores = scratch + t * (2 * n + spec.n_group);
@@ -63,22 +67,27 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
   double* group_scores = choice + n;
   const float* row = logits + t * n;
   if (spec.kind == 2) {
-    for (int64_t e = 0; e < n; ++e) {
+    for (int64_t e = lane; e < n; e += 32) {
       scores[e] = 1.0 / (1.0 + exp(-static_cast<double>(row[e])));
       choice[e] = scores[e] + (bias ? static_cast<double>(bias[e]) : 0.0);
     }
   } else {
-    float max_logit = row[0];
-    for (int64_t e = 1; e < n; ++e) max_logit = fmaxf(max_logit, row[e]);
-    double sum = 0;
-    for (int64_t e = 0; e < n; ++e)
-      sum += scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
-    for (int64_t e = 0; e < n; ++e) choice[e] = scores[e] /= sum;
+    float max_logit = -INFINITY;
+    for (int64_t e = lane; e < n; e += 32) max_logit = fmaxf(max_logit, row[e]);
+    max_logit = detail::warp_max(max_logit);
+    for (int64_t e = lane; e < n; e += 32) scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
+    __syncwarp();
+    if (lane == 0) {
+      double sum = 0;
+      for (int64_t e = 0; e < n; ++e) sum += scores[e];
+      for (int64_t e = 0; e < n; ++e) choice[e] = scores[e] /= sum;
+    }
   }
+  __syncwarp();
   int32_t* ids = expert_ids + t * k;
   if (spec.kind != 0 && spec.n_group > 1) {
     const int64_t per_group = n / spec.n_group;
-    for (int64_t g = 0; g < spec.n_group; ++g) {
+    for (int64_t g = lane; g < spec.n_group; g += 32) {
       const double* gs = choice + g * per_group;
       double best = -INFINITY, second = -INFINITY;
       for (int64_t i = 0; i < per_group; ++i) {
@@ -91,16 +100,44 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
       }
       group_scores[g] = spec.kind == 2 && per_group > 1 ? best + second : best;
     }
-    int32_t kept[64];  // topk_group <= 64, checked by the caller
-    top_k(group_scores, spec.n_group, spec.topk_group, kept);
-    for (int64_t g = 0; g < spec.n_group; ++g) {
-      bool keep = false;
-      for (int64_t j = 0; j < spec.topk_group; ++j) keep = keep || kept[j] == g;
-      if (!keep)
-        for (int64_t i = 0; i < per_group; ++i) choice[g * per_group + i] = 0.0;
+    __syncwarp();
+    if (lane == 0) {
+      int32_t kept[64];  // topk_group <= 64, checked by the caller
+      top_k(group_scores, spec.n_group, spec.topk_group, kept);
+      for (int64_t g = 0; g < spec.n_group; ++g) {
+        bool keep = false;
+        for (int64_t j = 0; j < spec.topk_group; ++j) keep = keep || kept[j] == g;
+        if (!keep)
+          for (int64_t i = 0; i < per_group; ++i) choice[g * per_group + i] = 0.0;
+      }
     }
+    __syncwarp();
   }
-  top_k(choice, n, k, ids);
+  // k rounds of a warp-wide arg-max over the experts not yet taken (ties to the lower index, as a
+  // stable partial sort); a taken expert's choice becomes -inf (the scores keep the weights).
+  for (int64_t j = 0; j < k; ++j) {
+    double best = -INFINITY;
+    int32_t best_index = 0x7fffffff;
+    for (int64_t i = lane; i < n; i += 32)
+      if (choice[i] > best || (best_index == 0x7fffffff && choice[i] == best)) {
+        best = choice[i];
+        best_index = static_cast<int32_t>(i);
+      }
+    for (int off = 16; off > 0; off /= 2) {
+      const double other = __shfl_xor_sync(0xffffffffu, best, off);
+      const int32_t other_index = __shfl_xor_sync(0xffffffffu, best_index, off);
+      if (other > best || (other == best && other_index < best_index)) {
+        best = other;
+        best_index = other_index;
+      }
+    }
+    if (lane == 0) {
+      ids[j] = best_index;
+      choice[best_index] = -INFINITY;
+    }
+    __syncwarp();
+  }
+  if (lane != 0) return;
   double sum = 0;
   for (int64_t i = 0; i < k; ++i) sum += scores[ids[i]];
   const double denominator = spec.kind == 2 ? sum + 1e-20 : sum;
@@ -168,8 +205,7 @@ void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, in
     throw Error(ErrorKind::invalid_argument,
                 text("CUDA router: ", spec.experts, " experts, top ", spec.top_k, ", ", spec.n_group, " groups, top ",
                      spec.topk_group, " groups is not a routing the kernel takes"));
-  const auto grid = detail::grid_dim((tokens + 63) / 64, "router_topk");
-  router_kernel<<<grid, 64, 0, detail::native(stream)>>>(spec, logits, tokens, selection_bias, scratch, expert_ids,
+  router_kernel<<<detail::grid_dim(tokens, "router_topk"), 32, 0, detail::native(stream)>>>(spec, logits, tokens, selection_bias, scratch, expert_ids,
                                                          weights);
   detail::check_launch("router_topk");
 }

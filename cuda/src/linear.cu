@@ -1,7 +1,10 @@
 // Linear layers, dequantisation and the embedding lookup over stored weight types (dequant.cuh).
 // The linear kernel is a GEMV for decode and small batches: one warp per output row streams the
 // row once, 32 values per lane step dequantised in registers, applied to a tile of up to kTile
-// tokens. Prefill-sized batches re-read the weight once per tile (tensor-core GEMM comes later).
+// tokens (x staged in shared memory when it fits). Prefill-sized batches re-read the weight once per
+// tile (tensor-core GEMM comes later).
+#include <algorithm>
+
 #include "dequant.cuh"
 #include "launch.cuh"
 #include "tandem/cuda/kernels.hpp"
@@ -13,21 +16,38 @@ using detail::dispatch_weight_type;
 
 namespace {
 
-constexpr int kWarps = 4;  // output rows per block
+constexpr int kWarps = 4;         // output rows per block, x read from global memory
+constexpr int kSharedWarps = 16;  // output rows per block, x staged in shared memory (read once per block)
+constexpr int64_t kSharedBytes = 48 * 1024;  // the default dynamic shared-memory limit of a block
 constexpr int kTile = 8;   // tokens per block
 constexpr int64_t kFp8Block = 128;
 
-template <typename D>
+// x rows staged in shared memory, 33 floats per 32 values: lane l reading value j of its chunk c
+// hits bank (c + j) mod 32, so a warp's 32 lanes (32 consecutive chunks) never share a bank. Read
+// straight from global memory, the same access pattern touches 32 cache lines per instruction.
+__device__ __forceinline__ int64_t padded_index(int64_t i) { return (i >> 5) * 33 + (i & 31); }
+__host__ __device__ constexpr int64_t padded_floats(int64_t n) { return (n + 31) / 32 * 33; }
+
+template <typename D, bool SharedX>
 __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features, int64_t in_features,
                               const float* block_scales, int64_t scale_cols, const float* bias, const float* x,
-                              int64_t rows, float* y) {
+                              int64_t rows, int tile, float* y) {
+  extern __shared__ float xs[];
   const int lane = threadIdx.x % 32;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (o >= out_features) return;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  const int nrows = static_cast<int>(rows - r0 < kTile ? rows - r0 : kTile);
-  const uint8_t* w = weight + o * row_bytes;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * tile;
+  const int nrows = static_cast<int>(rows - r0 < tile ? rows - r0 : tile);
+  const int64_t stride = SharedX ? padded_floats(in_features) : in_features;
   const float* xt = x + r0 * in_features;
+  if constexpr (SharedX) {
+    for (int r = 0; r < nrows; ++r)
+      for (int64_t i = threadIdx.x; i < in_features; i += blockDim.x)
+        xs[r * stride + padded_index(i)] = xt[r * in_features + i];
+    __syncthreads();
+    xt = xs;
+  }
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (o >= out_features) return;
+  const uint8_t* w = weight + o * row_bytes;
   float acc[kTile] = {};
   const int64_t chunks = in_features / 32;
   float v[32];
@@ -38,10 +58,11 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
 #pragma unroll
       for (int j = 0; j < 32; ++j) v[j] = __fmul_rn(v[j], s);
     }
+    const int64_t base = SharedX ? c * 33 : c * 32;
 #pragma unroll
     for (int r = 0; r < kTile; ++r) {
       if (r < nrows) {
-        const float* xr = xt + r * in_features + c * 32;
+        const float* xr = xt + r * stride + base;
         float a = 0.f;
 #pragma unroll
         for (int j = 0; j < 32; ++j) a += v[j] * xr[j];
@@ -53,7 +74,7 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
     for (int64_t i = chunks * 32 + lane; i < in_features; i += 32) {
       float wi = D::element(w, i);
       if (block_scales != nullptr) wi = __fmul_rn(wi, block_scales[(o / kFp8Block) * scale_cols + i / kFp8Block]);
-      for (int r = 0; r < nrows; ++r) acc[r] += wi * xt[r * in_features + i];
+      for (int r = 0; r < nrows; ++r) acc[r] += wi * xt[r * stride + (SharedX ? padded_index(i) : i)];
     }
   }
 #pragma unroll
@@ -110,13 +131,26 @@ bool weight_type_supported(DType t) noexcept {
 void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y) {
   if (rows <= 0 || w.out_features <= 0) return;
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
-  const dim3 grid(detail::grid_dim((w.out_features + kWarps - 1) / kWarps, "linear"),
-                  detail::grid_dim((rows + kTile - 1) / kTile, "linear (token tiles)", 65535));
+  // As many tokens per block as fit the shared-memory budget (a decode token up to ~11.9k inputs);
+  // wider rows read x from global memory.
+  const int64_t row_floats = padded_floats(w.in_features);
+  const auto tile = static_cast<int>(std::min<int64_t>(kTile, kSharedBytes / (row_floats * 4)));
+  const bool shared = tile >= 1;
+  const int warps = shared ? kSharedWarps : kWarps;
+  const int token_tile = shared ? tile : kTile;
+  const dim3 grid(detail::grid_dim((w.out_features + warps - 1) / warps, "linear"),
+                  detail::grid_dim((rows + token_tile - 1) / token_tile, "linear (token tiles)", 65535));
+  const auto shared_bytes = shared ? static_cast<size_t>(std::min<int64_t>(rows, tile) * row_floats * 4) : 0;
   dispatch_weight_type(w.type, [&](auto decoder) {
     using D = decltype(decoder);
-    linear_kernel<D><<<grid, kWarps * 32, 0, detail::native(stream)>>>(
-        static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.block_scales, scale_columns(w),
-        w.bias, x, rows, y);
+    if (shared)
+      linear_kernel<D, true><<<grid, warps * 32, shared_bytes, detail::native(stream)>>>(
+          static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.block_scales, scale_columns(w),
+          w.bias, x, rows, token_tile, y);
+    else
+      linear_kernel<D, false><<<grid, warps * 32, 0, detail::native(stream)>>>(
+          static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.block_scales, scale_columns(w),
+          w.bias, x, rows, token_tile, y);
   });
   detail::check_launch("linear");
 }

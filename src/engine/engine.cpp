@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -12,6 +14,7 @@
 #include <type_traits>
 
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/error.hpp"
@@ -216,15 +219,26 @@ class CpuEngine final : public Engine {
         }
       });
     }
+    // TANDEM_PROFILE_OPS: every backend call waited for and timed (a table on stderr at exit).
+    if (const char* profile = std::getenv("TANDEM_PROFILE_OPS"); profile != nullptr && *profile != '\0' &&
+                                                                  std::string_view(profile) != "0") {
+      timed_backends_.emplace(backend_.get(), std::make_unique<OpTimingBackend>(*backend_, "cpu"));
+      for (const auto& [index, gpu] : gpu_backends_)
+        timed_backends_.emplace(gpu.get(), std::make_unique<OpTimingBackend>(*gpu, fmt::format("cuda:{}", index)));
+    }
     // Each role group runs on the backend of the device its placement rule names.
     forward_ = std::make_unique<ForwardPass>(
         c, weights_,
         [this](WeightGroup group, int64_t layer) -> Backend& {
           const Device device = placement_.device_for(group, layer);
-          if (device.kind == DeviceKind::cpu) return *backend_;
-          const auto it = gpu_backends_.find(device.index);
-          if (it == gpu_backends_.end()) throw Error(ErrorKind::internal, "no backend for " + device.to_string());
-          return *it->second;
+          Backend* b = backend_.get();
+          if (device.kind != DeviceKind::cpu) {
+            const auto it = gpu_backends_.find(device.index);
+            if (it == gpu_backends_.end()) throw Error(ErrorKind::internal, "no backend for " + device.to_string());
+            b = it->second.get();
+          }
+          const auto timed = timed_backends_.find(b);
+          return timed != timed_backends_.end() ? *timed->second : *b;
         },
         *kv_, options_.max_batch_tokens);
     if (options_.load_tokenizer) {
@@ -316,6 +330,7 @@ class CpuEngine final : public Engine {
   std::unique_ptr<PrefixCache> prefix_cache_;  // after kv_: destroyed first, releasing its blocks
   std::unique_ptr<Backend> backend_;
   std::map<int, std::unique_ptr<Backend>> gpu_backends_;  // by GPU index
+  std::map<const Backend*, std::unique_ptr<OpTimingBackend>> timed_backends_;  // TANDEM_PROFILE_OPS
   std::unique_ptr<ForwardPass> forward_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_template_;

@@ -99,6 +99,26 @@ void mla_absorb_query(Stream& stream, const float* kv_b, int64_t heads, int64_t 
 void mla_expand_values(Stream& stream, const float* kv_b, int64_t heads, int64_t nope, int64_t v, int64_t kv_lora,
                        const float* attended, int64_t tokens, float* out);
 
+// One layer's routed experts as device tables of per-expert pointers (each array [experts], in
+// device memory), for kernels that pick the expert by an id they read on the device.
+struct ExpertTable {
+  int64_t experts = 0, intermediate = 0;
+  DType gate_type = DType::f32, up_type = DType::f32, down_type = DType::f32;
+  int64_t gate_row_bytes = 0, up_row_bytes = 0, down_row_bytes = 0;
+  const void* const* gate = nullptr;  // [experts] → [intermediate, hidden] stored rows
+  const void* const* up = nullptr;
+  const void* const* down = nullptr;  // [experts] → [hidden, intermediate]
+  const float* const* gate_scales = nullptr;  // FP8 block scales per expert, or null (all experts alike)
+  const float* const* up_scales = nullptr;
+  const float* const* down_scales = nullptr;
+};
+
+// The routed experts of few tokens, pair by pair: act [tokens·top_k, intermediate] is scratch;
+// out[t] = Σ_s weights[t, s] · down_e(silu(gate_e · x[t]) · up_e · x[t]) with e = ids[t, s], the
+// sum in slot order. Gate and up must share one stored type (Error(internal) otherwise).
+void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
+                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out);
+
 // out[i] = silu(gate[i]) · up[i].
 void silu_glu(Stream& stream, const float* gate, const float* up, int64_t count, float* out);
 

@@ -1,0 +1,150 @@
+// The routed experts of a few tokens without the host: each (token, slot) pair reads its expert id
+// on the device and the expert's rows through a table of per-expert pointers, so a decode step needs
+// no copy of the ids to the host, no grouping and three launches per layer instead of four per hit
+// expert. Each output row is the linear kernel's dot product (lanes over 32-value chunks, then a warp
+// sum) and the combine is weighted_sum_slots' (slot order, _rn): the results equal the grouped path.
+#include "dequant.cuh"
+#include "launch.cuh"
+#include "tandem/cuda/kernels.hpp"
+
+namespace tandem::cuda {
+
+using detail::dispatch_weight_type;
+
+namespace {
+
+constexpr int kWarps = 16;  // output rows per block
+constexpr int64_t kFp8Block = 128;
+constexpr int64_t kSharedBytes = 48 * 1024;  // the default dynamic shared-memory limit of a block
+
+// Inputs staged in shared memory 33 floats per 32 values (see linear.cu: no bank conflicts when
+// the 32 lanes read 32 consecutive chunks).
+__device__ __forceinline__ int64_t padded_index(int64_t i) { return (i >> 5) * 33 + (i & 31); }
+__host__ __device__ constexpr int64_t padded_floats(int64_t n) { return (n + 31) / 32 * 33; }
+
+// count rows of n floats, `stride` apart in x, into xs with the padded layout.
+__device__ __forceinline__ void stage(const float* x, int64_t stride, int count, int64_t n, float* xs) {
+  for (int r = 0; r < count; ++r)
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xs[r * padded_floats(n) + padded_index(i)] = x[r * stride + i];
+  __syncthreads();
+}
+
+template <typename D, bool Padded>
+__device__ __forceinline__ float row_dot(const uint8_t* w, const float* scales, int64_t scale_cols, int64_t o,
+                                         const float* x, int64_t in_features, int lane) {
+  float acc = 0.f;
+  float v[32];
+  for (int64_t c = lane; c < in_features / 32; c += 32) {
+    D::chunk(w, c, v);
+    if (scales != nullptr) {
+      const float s = scales[(o / kFp8Block) * scale_cols + (c * 32) / kFp8Block];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) v[j] = __fmul_rn(v[j], s);
+    }
+    const float* xr = x + (Padded ? c * 33 : c * 32);
+    float a = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) a += v[j] * xr[j];
+    acc += a;
+  }
+  if constexpr (D::plain) {
+    for (int64_t i = (in_features / 32) * 32 + lane; i < in_features; i += 32) {
+      float wi = D::element(w, i);
+      if (scales != nullptr) wi = __fmul_rn(wi, scales[(o / kFp8Block) * scale_cols + i / kFp8Block]);
+      acc += wi * x[Padded ? padded_index(i) : i];
+    }
+  }
+  return detail::warp_sum(acc);
+}
+
+// act[p, o] = silu(gate_e[o] · x[t]) · (up_e[o] · x[t]) for pair p = (t, slot), e = ids[p].
+template <typename D, bool SharedX>
+__global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t top_k, const float* x, int64_t hidden,
+                               float* act) {
+  extern __shared__ float xs[];
+  const int lane = threadIdx.x % 32;
+  const int64_t p = blockIdx.y, t = p / top_k;
+  const float* xt = x + t * hidden;
+  if constexpr (SharedX) {
+    stage(xt, hidden, 1, hidden, xs);
+    xt = xs;
+  }
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (o >= table.intermediate) return;
+  const int32_t e = ids[p];
+  if (e < 0 || e >= table.experts) return;
+  const auto* gate = static_cast<const uint8_t*>(table.gate[e]) + o * table.gate_row_bytes;
+  const auto* up = static_cast<const uint8_t*>(table.up[e]) + o * table.up_row_bytes;
+  const int64_t cols = (hidden + kFp8Block - 1) / kFp8Block;
+  const float g = row_dot<D, SharedX>(gate, table.gate_scales ? table.gate_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  const float u = row_dot<D, SharedX>(up, table.up_scales ? table.up_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  if (lane == 0) act[p * table.intermediate + o] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
+}
+
+// out[t, o] = Σ_s weights[t, s] · (down_e[o] · act[(t, s)]), e = ids[(t, s)], in slot order.
+template <typename D, bool SharedX>
+__global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k,
+                            const float* act, int64_t hidden, float* out) {
+  extern __shared__ float xs[];
+  const int lane = threadIdx.x % 32;
+  const int64_t t = blockIdx.y;
+  const float* rows = act + t * top_k * table.intermediate;  // the token's top_k activation rows
+  const int64_t row_stride = SharedX ? padded_floats(table.intermediate) : table.intermediate;
+  if constexpr (SharedX) {
+    stage(rows, table.intermediate, static_cast<int>(top_k), table.intermediate, xs);
+    rows = xs;
+  }
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (o >= hidden) return;
+  const int64_t cols = (table.intermediate + kFp8Block - 1) / kFp8Block;
+  float sum = 0.f;
+  for (int64_t s = 0; s < top_k; ++s) {
+    const int64_t p = t * top_k + s;
+    const int32_t e = ids[p];
+    if (e < 0 || e >= table.experts) continue;
+    const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
+    const float d = row_dot<D, SharedX>(down, table.down_scales ? table.down_scales[e] : nullptr, cols, o,
+                                        rows + s * row_stride, table.intermediate, lane);
+    sum = __fadd_rn(sum, __fmul_rn(weights[p], d));
+  }
+  if (lane == 0) out[t * hidden + o] = sum;
+}
+
+}  // namespace
+
+void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
+                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out) {
+  if (tokens <= 0) return;
+  if (table.gate_type != table.up_type)
+    throw Error(ErrorKind::internal, "cuda::moe_by_pairs: the experts' gate and up differ in type");
+  const dim3 gate_grid(detail::grid_dim((table.intermediate + kWarps - 1) / kWarps, "moe gate/up"),
+                       detail::grid_dim(tokens * top_k, "moe gate/up (pairs)", 65535));
+  const dim3 down_grid(detail::grid_dim((hidden + kWarps - 1) / kWarps, "moe down"),
+                       detail::grid_dim(tokens, "moe down (tokens)", 65535));
+  const auto x_bytes = static_cast<size_t>(padded_floats(hidden) * 4);
+  const auto act_bytes = static_cast<size_t>(top_k * padded_floats(table.intermediate) * 4);
+  const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
+    using D = decltype(decoder);
+    if (x_bytes <= kSharedBytes)
+      gate_up_kernel<D, true><<<gate_grid, kWarps * 32, x_bytes, detail::native(stream)>>>(table, ids, top_k, x,
+                                                                                           hidden, act);
+    else
+      gate_up_kernel<D, false><<<gate_grid, kWarps * 32, 0, detail::native(stream)>>>(table, ids, top_k, x, hidden,
+                                                                                      act);
+  });
+  if (!gate_known) throw Error(ErrorKind::unsupported, text("cuda::moe_by_pairs: no kernel for ", dtype_name(table.gate_type)));
+  detail::check_launch("moe gate/up");
+  const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
+    using D = decltype(decoder);
+    if (act_bytes <= kSharedBytes)
+      down_kernel<D, true><<<down_grid, kWarps * 32, act_bytes, detail::native(stream)>>>(table, ids, weights, top_k,
+                                                                                          act, hidden, out);
+    else
+      down_kernel<D, false><<<down_grid, kWarps * 32, 0, detail::native(stream)>>>(table, ids, weights, top_k, act,
+                                                                                   hidden, out);
+  });
+  if (!down_known) throw Error(ErrorKind::unsupported, text("cuda::moe_by_pairs: no kernel for ", dtype_name(table.down_type)));
+  detail::check_launch("moe down");
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,67 @@
+#pragma once
+// OpTimingBackend: a ForwardingBackend that waits for each call to finish (synchronize) and adds its
+// wall time to a per-op table, split into single-token calls (decode) and batches (prefill). The
+// engine wraps its backends in one when TANDEM_PROFILE_OPS is set and prints the table when it is
+// destroyed: a profile of the forward pass where no nsys/perf is at hand. The waits cost time of
+// their own (launch gaps are no longer hidden), so the table ranks ops; it does not predict speed.
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "tandem/backend/forwarding_backend.hpp"
+
+namespace tandem {
+
+class OpTimingBackend final : public ForwardingBackend {
+ public:
+  OpTimingBackend(Backend& inner, std::string label) : ForwardingBackend(inner), label_(std::move(label)) {}
+  ~OpTimingBackend() override;
+
+  struct Entry {
+    int64_t calls = 0;
+    double seconds = 0;
+  };
+  const std::map<std::string, Entry>& table() const { return table_; }
+  std::string report() const;  // one line per op, slowest first
+
+  void copy_to_device(void* dst, const void* src, size_t bytes) override;
+  void copy_to_host(void* dst, const void* src, size_t bytes) override;
+  void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
+                 int64_t row_stride) override;
+  void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override;
+  void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override;
+  void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
+                float* out) override;
+  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+            int64_t head_stride, const int64_t* positions) override;
+  void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override;
+  void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
+                     const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                     float* out) override;
+  void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
+                        float* q_latent) override;
+  void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
+                         float* out) override;
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
+                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override;
+  void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          float* out) override;
+  void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
+                   int32_t* expert_ids, float* weights) override;
+  void add(const float* a, const float* b, int64_t count, float* out) override;
+  void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override;
+  void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
+                   float* dst, int64_t dst_stride) override;
+
+ private:
+  template <class Fn>
+  void timed(const char* op, int64_t tokens, Fn&& fn);
+
+  std::string label_;
+  std::map<std::string, Entry> table_;
+};
+
+}  // namespace tandem
