@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -61,6 +62,8 @@ class CudaBackend final : public Backend {
     return DeviceBuffer(this, device(), device_memory(std::max<size_t>(bytes, 1), "activations"), bytes, false);
   }
   DeviceBuffer allocate_host(size_t bytes) override {
+    refuse_while_recording("pinned host memory allocated");
+    ++allocations_;
     return DeviceBuffer(this, Device::cpu(), cuda::pinned_host_allocate(bytes), bytes, true);
   }
   void free_buffer(void* data, size_t, bool pinned_host) noexcept override {
@@ -87,7 +90,44 @@ class CudaBackend final : public Backend {
     // Another backend's event: a host backend's work is done when its calls return.
     if (auto* e = dynamic_cast<CudaEvent*>(&event)) e->event.wait_on(stream_);
   }
-  void synchronize() override { stream_.synchronize(); }
+  void synchronize() override {
+    refuse_while_recording("a wait for the GPU");
+    stream_.synchronize();
+  }
+
+  // ---- recording (CUDA graphs) ----
+  class Recording final : public BackendGraph {
+   public:
+    Recording(CudaBackend& backend, cuda::Graph graph)
+        : backend_(backend), graph_(std::move(graph)), allocations_(backend.allocations_) {}
+    bool replay() override {
+      // Any allocation since the recording may have replaced a buffer it reads or writes.
+      if (backend_.allocations_ != allocations_) return false;
+      backend_.stream_.make_current();
+      graph_.launch(backend_.stream_);
+      return true;
+    }
+
+   private:
+    CudaBackend& backend_;
+    cuda::Graph graph_;
+    uint64_t allocations_;
+  };
+  std::unique_ptr<BackendGraph> record_graph(const std::function<void()>& issue) override {
+    stream_.make_current();
+    cuda::Graph::begin_capture(stream_);
+    recording_ = true;
+    bool issued = true;
+    try {
+      issue();
+    } catch (...) {  // not recordable (or a real error, which the caller's unrecorded run reports)
+      issued = false;
+    }
+    recording_ = false;
+    cuda::Graph graph = cuda::Graph::end_capture(stream_);
+    if (!issued || graph.empty()) return nullptr;
+    return std::make_unique<Recording>(*this, std::move(graph));
+  }
 
   const float* prepare_vector(const TensorView& view) override {
     if (view.empty()) return nullptr;
@@ -341,7 +381,12 @@ class CudaBackend final : public Backend {
   }
 
   // ---- device memory ----
+  void refuse_while_recording(const char* what) const {
+    if (recording_) throw Error(ErrorKind::internal, fmt::format("CUDA graph: {} while recording", what));
+  }
   void* device_memory(size_t bytes, const char* what) {
+    refuse_while_recording("device memory allocated");
+    ++allocations_;
     try {
       return cuda::device_allocate(device_, bytes);
     } catch (const Error& e) {
@@ -350,6 +395,8 @@ class CudaBackend final : public Backend {
     }
   }
   cuda::DeviceBuffer allocate_named(size_t bytes, const char* what) {
+    refuse_while_recording("device memory allocated");
+    ++allocations_;
     try {
       return cuda::DeviceBuffer(device_, bytes);
     } catch (const Error& e) {
@@ -372,6 +419,7 @@ class CudaBackend final : public Backend {
     cuda::DeviceBuffer& b = scratch_[slot];
     if (b.bytes() < bytes) {
       const size_t grown = std::max(bytes, b.bytes() * 2);
+      refuse_while_recording("working memory grown");
       stream_.synchronize();  // earlier work on the stream may still read the old buffer
       b = cuda::DeviceBuffer();
       b = allocate_named(grown, "working memory");
@@ -554,6 +602,8 @@ class CudaBackend final : public Backend {
 
   int device_;
   cuda::Stream stream_;
+  bool recording_ = false;
+  uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
   using HostRange = std::pair<const void*, uint64_t>;
   std::mutex weights_mutex_;

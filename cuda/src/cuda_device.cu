@@ -175,4 +175,54 @@ void Stream::zero(void* device_dst, size_t bytes) {
   check(cudaMemsetAsync(device_dst, 0, bytes, static_cast<cudaStream_t>(stream_)), "cudaMemsetAsync");
 }
 
+Graph::~Graph() { reset(); }
+
+Graph::Graph(Graph&& o) noexcept : graph_(o.graph_), exec_(o.exec_) { o.graph_ = o.exec_ = nullptr; }
+
+Graph& Graph::operator=(Graph&& o) noexcept {
+  if (this != &o) {
+    reset();
+    graph_ = o.graph_;
+    exec_ = o.exec_;
+    o.graph_ = o.exec_ = nullptr;
+  }
+  return *this;
+}
+
+void Graph::reset() noexcept {
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  graph_ = exec_ = nullptr;
+}
+
+void Graph::begin_capture(Stream& stream) {
+  check(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream.native()), cudaStreamCaptureModeThreadLocal),
+        "cudaStreamBeginCapture");
+}
+
+Graph Graph::end_capture(Stream& stream) noexcept {
+  Graph g;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(static_cast<cudaStream_t>(stream.native()), &graph);
+  if (ended != cudaSuccess || graph == nullptr) {
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // the failed recording's error is answered by the empty graph
+    return g;
+  }
+  g.graph_ = graph;
+  cudaGraphExec_t exec = nullptr;
+  if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    g.reset();
+    return g;
+  }
+  g.exec_ = exec;
+  return g;
+}
+
+void Graph::launch(Stream& stream) {
+  check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream.native())),
+        "cudaGraphLaunch");
+}
+
 }  // namespace tandem::cuda

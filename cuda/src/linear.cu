@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "dequant.cuh"
+#include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "tandem/cuda/kernels.hpp"
 
@@ -17,7 +18,8 @@ using detail::dispatch_weight_type;
 namespace {
 
 constexpr int kWarps = 4;         // output rows per block, x read from global memory
-constexpr int kSharedWarps = 16;  // output rows per block, x staged in shared memory (read once per block)
+constexpr int kSharedWarps = 16;
+constexpr int kLaneWarps = 8;  // output rows per block of the Q4_K/Q6_K lane kernel  // output rows per block, x staged in shared memory (read once per block)
 constexpr int64_t kSharedBytes = 48 * 1024;  // the default dynamic shared-memory limit of a block
 constexpr int kTile = 8;   // tokens per block
 constexpr int64_t kFp8Block = 128;
@@ -84,6 +86,31 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
   }
 }
 
+// Q4_K/Q6_K rows, a warp per row, each 256-value block loaded by the whole warp (lane_blocks.cuh).
+template <typename D>
+__global__ void linear_lanes_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features,
+                                    int64_t in_features, const float* bias, const float* x, int64_t rows, float* y) {
+  const int lane = threadIdx.x % 32;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kLaneWarps + threadIdx.x / 32;
+  if (o >= out_features) return;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int nrows = static_cast<int>(rows - r0 < kTile ? rows - r0 : kTile);
+  const uint8_t* w = weight + o * row_bytes;
+  const float* xt = x + r0 * in_features;
+  float acc[kTile] = {};
+  const int64_t blocks = in_features / 256;
+  // Unrolled so each lane has several blocks' loads in flight: a decode GEMV is bound by how many
+  // bytes are outstanding, not by arithmetic.
+#pragma unroll 8
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    detail::LaneBlocks<D>::template accumulate<kTile>(w, blk, lane, xt, in_features, nrows, acc);
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) {
+    const float s = detail::warp_sum(acc[r]);
+    if (lane == 0 && r < nrows) y[(r0 + r) * out_features + o] = s + (bias != nullptr ? bias[o] : 0.f);
+  }
+}
+
 // One block per row: out[row] = W[row] as float32 (with FP8 block scales).
 template <typename D>
 __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int64_t in_features,
@@ -131,6 +158,19 @@ bool weight_type_supported(DType t) noexcept {
 void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y) {
   if (rows <= 0 || w.out_features <= 0) return;
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
+  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0;
+  if ((w.type == DType::q4_k || w.type == DType::q6_k) && w.block_scales == nullptr && aligned) {
+    const dim3 grid(detail::grid_dim((w.out_features + kLaneWarps - 1) / kLaneWarps, "linear"),
+                    detail::grid_dim((rows + kTile - 1) / kTile, "linear (token tiles)", 65535));
+    dispatch_weight_type(w.type, [&](auto decoder) {
+      using D = decltype(decoder);
+      if constexpr (detail::LaneBlocks<D>::available)
+        linear_lanes_kernel<D><<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(
+            static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.bias, x, rows, y);
+    });
+    detail::check_launch("linear (lanes)");
+    return;
+  }
   // As many tokens per block as fit the shared-memory budget (a decode token up to ~11.9k inputs);
   // wider rows read x from global memory.
   const int64_t row_floats = padded_floats(w.in_features);

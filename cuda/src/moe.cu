@@ -4,6 +4,7 @@
 // expert. Each output row is the linear kernel's dot product (lanes over 32-value chunks, then a warp
 // sum) and the combine is weighted_sum_slots' (slot order, _rn): the results equal the grouped path.
 #include "dequant.cuh"
+#include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "tandem/cuda/kernels.hpp"
 
@@ -32,6 +33,15 @@ __device__ __forceinline__ void stage(const float* x, int64_t stride, int count,
 template <typename D, bool Padded>
 __device__ __forceinline__ float row_dot(const uint8_t* w, const float* scales, int64_t scale_cols, int64_t o,
                                          const float* x, int64_t in_features, int lane) {
+  if constexpr (!Padded && detail::LaneBlocks<D>::available) {
+    if (scales == nullptr) {
+      float lane_acc[1] = {0.f};
+#pragma unroll 8
+      for (int64_t blk = 0; blk < in_features / 256; ++blk)
+        detail::LaneBlocks<D>::template accumulate<1>(w, blk, lane, x, 0, 1, lane_acc);
+      return detail::warp_sum(lane_acc[0]);
+    }
+  }
   float acc = 0.f;
   float v[32];
   for (int64_t c = lane; c < in_features / 32; c += 32) {
@@ -125,7 +135,7 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   const auto act_bytes = static_cast<size_t>(top_k * padded_floats(table.intermediate) * 4);
   const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
-    if (x_bytes <= kSharedBytes)
+    if (x_bytes <= kSharedBytes && !detail::LaneBlocks<D>::available)
       gate_up_kernel<D, true><<<gate_grid, kWarps * 32, x_bytes, detail::native(stream)>>>(table, ids, top_k, x,
                                                                                            hidden, act);
     else
@@ -136,7 +146,7 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   detail::check_launch("moe gate/up");
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
     using D = decltype(decoder);
-    if (act_bytes <= kSharedBytes)
+    if (act_bytes <= kSharedBytes && !detail::LaneBlocks<D>::available)
       down_kernel<D, true><<<down_grid, kWarps * 32, act_bytes, detail::native(stream)>>>(table, ids, weights, top_k,
                                                                                           act, hidden, out);
     else

@@ -241,6 +241,9 @@ class CpuEngine final : public Engine {
           return timed != timed_backends_.end() ? *timed->second : *b;
         },
         *kv_, options_.max_batch_tokens);
+    const char* graphs = std::getenv("TANDEM_CUDA_GRAPHS");
+    forward_->set_record_graphs(options_.cuda_graphs && !(graphs != nullptr && std::string_view(graphs) == "0") &&
+                                timed_backends_.empty());
     if (options_.load_tokenizer) {
       step(0.8f, "loading tokenizer");
       load_text_side();
@@ -253,6 +256,7 @@ class CpuEngine final : public Engine {
   const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
   const ChatTemplate* chat_template() const override { return chat_template_.get(); }
   std::vector<std::string> warnings() const override { return files_.warnings; }
+  int64_t replayed_passes() const override { return forward_->replayed_passes(); }
   std::optional<KvDiskStats> kv_disk_stats() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_ || !prefix_cache_->disk()) return std::nullopt;

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <deque>
+#include <map>
+#include <optional>
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/error.hpp"
@@ -16,6 +19,10 @@
 
 namespace tandem {
 namespace {
+
+// Passes of at most this many tokens are recorded (the CUDA backend's routed experts of larger
+// batches group rows by expert on the host, which a recording cannot hold).
+constexpr int64_t kRecordedMaxTokens = 16;
 
 // The activation buffers of a pass, [max_tokens, width] each. The main backend (attention's) holds
 // the residual stream; every other backend a role group runs on holds its own set, filled by copies.
@@ -90,6 +97,18 @@ struct ForwardPass::Impl {
   std::vector<float*> attention_rows;
   bool with_attention_rows = false, any_device = false;
   int64_t table_stride = 1, max_context = 1;
+
+  // Recorded passes (CUDA graphs) by shape; an empty optional: seen once, not recorded yet; a null
+  // recording: the backend could not record this shape.
+  bool record_graphs = true;
+  int64_t replayed_passes = 0;
+  struct Shape {
+    int64_t tokens, rows, table_stride;
+    auto operator<=>(const Shape&) const = default;
+  };
+  std::map<Shape, std::optional<std::unique_ptr<BackendGraph>>> recordings;
+
+  void compute(int64_t T, int64_t rows, float* logits, const std::atomic<bool>* cancel);
 
   Impl(const ModelConfig& c, const Weights& weights, ForwardPass::BackendForRole route, KvPool& pool,
        int64_t max_batch_tokens)
@@ -364,6 +383,13 @@ ForwardPass::ForwardPass(const ModelConfig& config, const Weights& weights, Back
 
 ForwardPass::~ForwardPass() = default;
 
+int64_t ForwardPass::replayed_passes() const { return impl_->replayed_passes; }
+
+void ForwardPass::set_record_graphs(bool on) {
+  impl_->record_graphs = on;
+  if (!on) impl_->recordings.clear();
+}
+
 int64_t ForwardPass::logits_rows(std::span<const SequenceChunk> batch) {
   int64_t rows = 0;
   for (const auto& c : batch)
@@ -420,9 +446,53 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
     }
   }
   if (T == 0) return;
-  const int64_t H = cfg.hidden_size;
+  // A pass that runs wholly on one GPU, with few tokens, is recorded once per shape (tokens, logits
+  // rows, block-table width) and replayed as one launch: its kernels' arguments must then hold for
+  // every later pass of that shape, so the block tables get a fixed width (the next power of two)
+  // and the attention scratch the context that width holds; positions, slots and tables are read
+  // from the device buffers, which are refreshed before each replay.
+  const bool recordable = m.record_graphs && m.mirrors.size() == 1 && !on_host(*m.main().backend) &&
+                          !m.with_attention_rows && T <= kRecordedMaxTokens;
+  if (recordable) {
+    m.table_stride = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(m.table_stride)));
+    m.max_context = m.table_stride * bt;
+  }
   m.upload_inputs(T, rows);
+  Backend& output = m.on(WeightGroup::output, kNoLayer);
+  Mirror& o = m.mirror(output);
+  const size_t logits_bytes = static_cast<size_t>(rows * cfg.vocab_size) * sizeof(float);
+  if (!on_host(output) && o.logits.bytes() < logits_bytes) {
+    output.synchronize();
+    o.logits = output.allocate(logits_bytes);
+  }
+  auto compute = [&](const std::atomic<bool>* stop) { m.compute(T, rows, logits, stop); };
+  bool replayed = false;
+  if (recordable) {
+    const Impl::Shape shape{T, rows, m.table_stride};
+    auto [entry, first_pass] = m.recordings.try_emplace(shape, std::nullopt);
+    std::optional<std::unique_ptr<BackendGraph>>& recording = entry->second;
+    if (!first_pass) {  // the first pass of a shape runs unrecorded: it makes the buffers the shape needs
+      replayed = recording.has_value() && *recording && (*recording)->replay();
+      const bool stale = recording.has_value() && *recording && !replayed;
+      if (!recording.has_value() || stale) {
+        if (cancel && cancel->load(std::memory_order_relaxed))
+          throw Error(ErrorKind::cancelled, "forward pass cancelled");
+        recording = m.main().backend->record_graph([&] { compute(nullptr); });  // null: not recordable
+        replayed = *recording && (*recording)->replay();
+      }
+    }
+  }
+  if (replayed)
+    ++m.replayed_passes;
+  else
+    compute(cancel);
+  if (!on_host(output)) output.copy_to_host(logits, o.logits.data(), logits_bytes);
+  for (Mirror& each : m.mirrors) each.backend->synchronize();
+}
 
+void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const std::atomic<bool>* cancel) {
+  Impl& m = *this;
+  const int64_t H = cfg.hidden_size;
   Backend& embed = m.on(WeightGroup::embedding, kNoLayer);
   Mirror& e = m.mirror(embed);
   embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));
@@ -453,18 +523,7 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
   m.back(nm, kNormed, rows);
   Backend& output = m.on(WeightGroup::output, kNoLayer);
   Mirror& o = m.send(output, kNormed, rows);
-  if (on_host(output)) {
-    output.linear(m.w.output, o.f(kNormed), rows, logits);
-  } else {
-    const size_t bytes = static_cast<size_t>(rows * cfg.vocab_size) * sizeof(float);
-    if (o.logits.bytes() < bytes) {
-      output.synchronize();
-      o.logits = output.allocate(bytes);
-    }
-    output.linear(m.w.output, o.f(kNormed), rows, o.logits.as<float>());
-    output.copy_to_host(logits, o.logits.data(), bytes);
-  }
-  for (Mirror& each : m.mirrors) each.backend->synchronize();
+  output.linear(m.w.output, o.f(kNormed), rows, on_host(output) ? logits : o.logits.as<float>());
 }
 
 }  // namespace tandem

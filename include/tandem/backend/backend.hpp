@@ -35,6 +35,16 @@ class BackendEvent {
   virtual void synchronize() = 0;  // the host waits until the work before the point is done
 };
 
+// Work a backend recorded once and runs again as one unit (a CUDA graph): the same kernels with the
+// same arguments, reading whatever the buffers hold when it runs.
+class BackendGraph {
+ public:
+  virtual ~BackendGraph() = default;
+  // Queues the recorded work on the backend's stream; false (nothing queued) when a buffer the
+  // recording used has since been replaced, so the work must be recorded again.
+  virtual bool replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -114,6 +124,15 @@ class Backend {
   // rows is null; for i < count. The logits rows of a batch; MLA's rope part of each query head.
   virtual void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
                            float* dst, int64_t dst_stride) = 0;
+
+  // ---- recording ----
+  // Records the work `issue` queues on this backend instead of running it. Null when the backend
+  // cannot record (the CPU), or when `issue` did something a recording cannot hold (a wait on the
+  // host, a new allocation): then none of its work ran, and the caller runs it without recording.
+  virtual std::unique_ptr<BackendGraph> record_graph(const std::function<void()>& issue) {
+    (void)issue;
+    return nullptr;
+  }
 
   // Runs fn(begin, end) over [0, n) on this backend's workers (host-side loops).
   virtual void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) = 0;

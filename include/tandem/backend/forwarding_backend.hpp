@@ -81,6 +81,9 @@ class ForwardingBackend : public Backend {
                    float* dst, int64_t dst_stride) override {
     inner_.gather_rows(src, src_stride, rows, count, width, dst, dst_stride);
   }
+  std::unique_ptr<BackendGraph> record_graph(const std::function<void()>& issue) override {
+    return inner_.record_graph(issue);
+  }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
     inner_.parallel_for(n, fn);
   }

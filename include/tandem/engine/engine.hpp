@@ -60,6 +60,9 @@ struct LoadOptions {
   const std::atomic<bool>* cancel = nullptr;  // loading stops with Error(cancelled) when set
   ModelOverrides overrides;                   // what a file lacks or gets wrong (expert groups, rope base)
   CpuKernels cpu_kernels = CpuKernels::fast;  // fast SIMD kernels, or the reference path (to compare)
+  // A decode step that runs wholly on one GPU is recorded once and replayed as one launch (a CUDA
+  // graph). false: kernels are launched one by one (TANDEM_CUDA_GRAPHS=0 in the environment too).
+  bool cuda_graphs = true;
 };
 
 // What went where and how much memory it took.
@@ -90,6 +93,8 @@ class Engine {
   // The KV disk tier's counters once its writes in flight are done (LoadOptions::kv_disk_dir);
   // nullopt without one.
   virtual std::optional<KvDiskStats> kv_disk_stats() { return std::nullopt; }
+  // Forward passes replayed from a recording (a CUDA graph) so far (LoadOptions::cuda_graphs).
+  virtual int64_t replayed_passes() const { return 0; }
   // Frees the prefix cache's blocks no session holds (the host tier); with a disk tier, also asks
   // the kernel to drop its files from the page cache, so the next hits read from the device
   // (KvDiskStats::page_cache_resident says how far that worked). For benchmarks of the tiers.

@@ -53,6 +53,11 @@ class ForwardPass {
   // too small, Error(cancelled) when *cancel is set at a layer boundary.
   void run(std::span<const SequenceChunk> batch, float* logits, const std::atomic<bool>* cancel = nullptr);
 
+  // Whether passes that run wholly on one GPU are recorded and replayed (CUDA graphs; on by
+  // default). Off: every kernel is launched one by one (to compare the two, or to profile).
+  void set_record_graphs(bool on);
+  int64_t replayed_passes() const;  // passes replayed from a recording so far
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

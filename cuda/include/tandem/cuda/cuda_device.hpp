@@ -97,4 +97,28 @@ class Stream {
   int device_ = 0;
 };
 
+// Work recorded from a stream (a CUDA graph, instantiated) and launched again as one unit. Recording
+// starts with begin_capture: the stream's work is then recorded, not run, until end_capture. A call
+// that cannot be recorded (a copy from pageable host memory, a wait on the host) makes the CUDA call
+// fail, which the wrappers throw; end_capture then returns an empty Graph.
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph();
+  Graph(Graph&& o) noexcept;
+  Graph& operator=(Graph&& o) noexcept;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  static void begin_capture(Stream& stream);
+  static Graph end_capture(Stream& stream) noexcept;
+  bool empty() const { return exec_ == nullptr; }
+  void launch(Stream& stream);
+
+ private:
+  void reset() noexcept;
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+};
+
 }  // namespace tandem::cuda
