@@ -17,6 +17,7 @@
 #include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
 #include "tandem/engine/forward.hpp"
+#include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/kv/prefix_cache.hpp"
@@ -39,6 +40,11 @@ KvPool& Engine::kv_pool() { throw Error(ErrorKind::unsupported, "this engine has
 void Engine::run_batch(std::span<const SequenceChunk>, float*, const std::atomic<bool>*) {
   throw Error(ErrorKind::unsupported, "this engine cannot run a batch of sequences");
 }
+
+Scheduler& Engine::scheduler() { throw Error(ErrorKind::unsupported, "this engine has no scheduler"); }
+int64_t Engine::adopt_cached_prefix(std::span<const int32_t>, BlockTable&) { return 0; }
+void Engine::cache_prefix(std::span<const int32_t>, const BlockTable&) {}
+void Engine::make_kv_room(int64_t) {}
 
 uint64_t MemoryReport::total_bytes() const {
   uint64_t total = 0;
@@ -88,6 +94,14 @@ void check_options(const LoadOptions& o) {
 }
 
 class CpuEngine;
+
+// Takes a unique_lock again when leaving a scope that released it, also by an exception.
+struct RelockOnExit {
+  std::unique_lock<std::mutex>& lock;
+  ~RelockOnExit() {
+    if (!lock.owns_lock()) lock.lock();
+  }
+};
 
 // LoadOptions::max_context_tokens == 0: the model's trained context, at most 4096 tokens (a KV cache
 // for a 128k-token context by default would surprise anyone on a small machine).
@@ -305,6 +319,43 @@ class CpuEngine final : public Engine {
     forward_->run(batch, logits, cancel);
   }
 
+  Scheduler& scheduler() override {
+    std::lock_guard lock(scheduler_mutex_);
+    if (!scheduler_)
+      scheduler_ = std::make_unique<Scheduler>(*this, tokenizer_.get(),
+                                               SchedulerOptions{.max_running = options_.max_sessions});
+    return *scheduler_;
+  }
+
+  int64_t adopt_cached_prefix(std::span<const int32_t> tokens, BlockTable& table) override {
+    std::lock_guard lock(mutex_);
+    if (!prefix_cache_ || tokens.size() < 2 || !retention_policy_.is_full()) return 0;
+    const std::vector<uint64_t> keys = prefix_cache_->block_keys(tokens.first(tokens.size() - 1));
+    for (const int32_t block : prefix_cache_->adopt(keys)) table.adopt(*kv_, block);
+    return static_cast<int64_t>(table.blocks().size()) * kv_->spec().block_tokens;
+  }
+  void cache_prefix(std::span<const int32_t> tokens, const BlockTable& table) override {
+    std::lock_guard lock(mutex_);
+    if (!prefix_cache_ || !retention_policy_.is_full()) return;
+    const std::vector<uint64_t> keys = prefix_cache_->block_keys(tokens);
+    const size_t full = std::min(keys.size(), table.blocks().size());
+    try {
+      prefix_cache_->insert(std::span<const uint64_t>(keys).first(full),
+                            std::span<const int32_t>(table.blocks()).first(full));
+    } catch (const std::exception&) {
+      // Caching is an optimisation: a block that cannot be kept is computed again later.
+    }
+  }
+  void make_kv_room(int64_t blocks) override {
+    std::lock_guard lock(mutex_);
+    if (prefix_cache_) prefix_cache_->make_room(blocks);
+  }
+  PrefixCacheCounts prefix_cache_counts() override {
+    std::lock_guard lock(mutex_);
+    if (!prefix_cache_) return {};
+    return {prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks()};
+  }
+
  private:
   friend class EngineSession;
 
@@ -339,8 +390,10 @@ class CpuEngine final : public Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_template_;
   RetentionPolicy retention_policy_;
-  std::mutex mutex_;  // session count and the forward pass's scratch
+  std::mutex mutex_;  // session count, the prefix cache, the sessions' tables and the forward pass's scratch
   int64_t open_sessions_ = 0;
+  std::mutex scheduler_mutex_;
+  std::unique_ptr<Scheduler> scheduler_;  // last: stopped first, while everything it uses is alive
 };
 
 EngineSession::EngineSession(CpuEngine& engine) : engine_(engine), retention_(engine.retention_policy_) {
@@ -404,7 +457,7 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, vocab));
 
-  std::lock_guard lock(engine_.mutex_);
+  std::unique_lock lock(engine_.mutex_);
   KvPool& kv = *engine_.kv_;
   const int64_t bt = kv.spec().block_tokens;
   PrefixCache* cache = bounded ? nullptr : engine_.prefix_cache_.get();
@@ -453,8 +506,14 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
       c.start_slot = slots;
       c.attention_rows = retention_.attention_rows(chunk, slots + chunk);
       // Earlier chunks only fill the cache unless all logits are asked for; their one logits row
-      // is discarded.
-      engine_.forward_->run({&c, 1}, all_logits ? all_logits_.data() + done * vocab : logits_.data(), &cancel_);
+      // is discarded. The pass runs in the engine's scheduler, beside other sessions' chunks; the
+      // engine's lock is not held meanwhile.
+      {
+        lock.unlock();
+        const RelockOnExit relock{lock};
+        engine_.scheduler().run_chunk(c, all_logits ? all_logits_.data() + done * vocab : logits_.data(),
+                                      &cancel_);
+      }
       for (int64_t i = 0; i < chunk; ++i) slot_positions_.push_back(start + done + i);
       retention_.observe(chunk, slots + chunk);
       const std::vector<int64_t> kept = retention_.evict(slots + chunk);

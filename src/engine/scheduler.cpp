@@ -51,6 +51,15 @@ struct Scheduler::Planned {
   int64_t tokens;
 };
 
+struct Scheduler::SessionChunk {
+  const SequenceChunk* chunk;
+  float* logits;
+  const std::atomic<bool>* cancel;
+  bool done = false;  // under mutex_
+  std::exception_ptr error;
+  bool cancelled() const { return cancel && cancel->load(); }
+};
+
 Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOptions options)
     : engine_(engine), tokenizer_(tokenizer), options_(options) {
   const LoadOptions& load = engine.options();
@@ -70,7 +79,7 @@ Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOption
   (void)engine_.kv_pool();  // Error(unsupported) now rather than at the first step
   vocab_ = engine.config().vocab_size;
   max_context_tokens_ = load.max_context_tokens;
-  logits_.assign(static_cast<size_t>(options_.max_running * vocab_), 0.0f);
+  logits_.assign(static_cast<size_t>(std::min<int64_t>(options_.max_running, load.max_batch_tokens) * vocab_), 0.0f);
   stats_.step_seconds_buckets.assign(std::size(SchedulerStats::kStepBuckets) + 1, 0);
   stats_.kv_blocks_total = engine_.kv_pool().spec().blocks;
   thread_ = std::thread([this] { loop(); });
@@ -127,11 +136,23 @@ bool Scheduler::cancel(uint64_t id) {
   return true;
 }
 
+void Scheduler::run_chunk(const SequenceChunk& chunk, float* logits, const std::atomic<bool>* cancel) {
+  SessionChunk request{&chunk, logits, cancel};
+  std::unique_lock lock(mutex_);
+  if (stopping_) throw Error(ErrorKind::cancelled, "the scheduler is shutting down");
+  session_chunks_.push_back(&request);
+  wake_.notify_one();
+  session_chunk_done_.wait(lock, [&] { return request.done; });
+  if (request.error) std::rethrow_exception(request.error);
+}
+
 SchedulerStats Scheduler::stats() const {
   std::lock_guard lock(mutex_);
   SchedulerStats s = stats_;
   s.waiting = static_cast<int64_t>(waiting_.size());
-  s.kv_blocks_in_use = s.kv_blocks_total - engine_.kv_pool().free_blocks();
+  const PrefixCacheCounts cache = engine_.prefix_cache_counts();
+  s.kv_blocks_cached = cache.blocks;
+  s.kv_blocks_in_use = s.kv_blocks_total - engine_.kv_pool().free_blocks() - cache.blocks_held_only_by_cache;
   return s;
 }
 
@@ -139,7 +160,9 @@ void Scheduler::loop() {
   for (;;) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !waiting_.empty() || !running_.empty(); });
+      wake_.wait(lock, [&] {
+        return stopping_ || !waiting_.empty() || !running_.empty() || !session_chunks_.empty();
+      });
       if (stopping_) break;
     }
     try {
@@ -166,11 +189,73 @@ void Scheduler::loop() {
     left.swap(waiting_);
   }
   for (auto& seq : left) finish(*seq, StopReason::cancelled);
+  std::vector<SessionChunk*> chunks;
+  {
+    std::lock_guard lock(mutex_);
+    chunks.assign(session_chunks_.begin(), session_chunks_.end());
+    session_chunks_.clear();
+  }
+  finish_session_chunks(chunks,
+                        std::make_exception_ptr(Error(ErrorKind::cancelled, "the scheduler is shutting down")));
+}
+
+// The sessions' chunks for this step, oldest first, as many as the forward pass holds.
+std::vector<Scheduler::SessionChunk*> Scheduler::take_session_chunks() {
+  std::vector<SessionChunk*> taken, cancelled;
+  {
+    std::unique_lock lock(mutex_);
+    if (!last_session_tables_.empty()) {
+      // A decode loop samples and comes straight back: waiting a fraction of a step for the
+      // sessions of the last step lets them share this one instead of alternating.
+      const auto all_back = [&] {
+        for (const void* table : last_session_tables_)
+          if (std::none_of(session_chunks_.begin(), session_chunks_.end(),
+                           [&](const SessionChunk* c) { return c->chunk->table == table; }))
+            return false;
+        return true;
+      };
+      const double wait_seconds = std::clamp(last_step_seconds_ / 2, 0.0002, 0.005);
+      wake_.wait_for(lock, std::chrono::duration<double>(wait_seconds), [&] { return stopping_ || all_back(); });
+    }
+    const int64_t capacity = engine_.options().max_batch_tokens;
+    int64_t used = 0;
+    for (auto it = session_chunks_.begin(); it != session_chunks_.end();) {
+      SessionChunk* c = *it;
+      const auto n = static_cast<int64_t>(c->chunk->ids.size());
+      if (c->cancelled()) {
+        cancelled.push_back(c);
+      } else if (used + n <= capacity) {
+        taken.push_back(c);
+        used += n;
+      } else {
+        ++it;
+        continue;
+      }
+      it = session_chunks_.erase(it);
+    }
+  }
+  finish_session_chunks(cancelled, std::make_exception_ptr(Error(ErrorKind::cancelled, "cancelled")));
+  last_session_tables_.clear();
+  for (const SessionChunk* c : taken) last_session_tables_.push_back(c->chunk->table);
+  return taken;
+}
+
+void Scheduler::finish_session_chunks(std::vector<SessionChunk*>& chunks, std::exception_ptr error) {
+  if (chunks.empty()) return;
+  {
+    std::lock_guard lock(mutex_);
+    for (SessionChunk* c : chunks) {
+      c->error = error;
+      c->done = true;
+    }
+  }
+  session_chunk_done_.notify_all();
+  chunks.clear();
 }
 
 void Scheduler::admit_and_cancel() {
   std::vector<std::unique_ptr<Sequence>> cancelled_waiting;
-  std::vector<Sequence*> cancelled_running;
+  std::vector<Sequence*> cancelled_running, admitted;
   {
     std::lock_guard lock(mutex_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
@@ -187,19 +272,51 @@ void Scheduler::admit_and_cancel() {
     while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
       Sequence& next = *waiting_.front();
       // Admit only what can start: room for its whole prompt (or, alone, whatever there is).
-      if (!running_.empty() && pool.free_blocks() < blocks_for(static_cast<int64_t>(next.tokens.size()) + 1))
-        break;
+      const int64_t needed = blocks_for(static_cast<int64_t>(next.tokens.size()) + 1);
+      if (!running_.empty() && pool.free_blocks() < needed) engine_.make_kv_room(needed);
+      if (!running_.empty() && pool.free_blocks() < needed) break;
       if (!next.admitted_once) {
         next.admitted_once = true;
         next.result.queue_seconds = seconds_between(next.submitted, Clock::now());
       }
+      admitted.push_back(waiting_.front().get());
       running_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();
     }
     stats_.running = static_cast<int64_t>(running_.size());
   }
+  for (Sequence* seq : admitted) adopt_cached_prefix(*seq);
   for (auto& seq : cancelled_waiting) finish(*seq, StopReason::cancelled);
   for (Sequence* seq : cancelled_running) finish(*seq, StopReason::cancelled);
+}
+
+// A sequence starting from an empty cache (new, or preempted) takes what the prefix cache holds of
+// its tokens; the first admission's share is what its result reports.
+void Scheduler::adopt_cached_prefix(Sequence& seq) {
+  if (seq.cached != 0 || !seq.table.blocks().empty()) return;
+  const int64_t adopted = engine_.adopt_cached_prefix(seq.tokens, seq.table);
+  seq.cached = adopted;
+  if (adopted == 0 || seq.result.preemptions > 0) return;
+  seq.result.cached_prompt_tokens = adopted;
+  std::lock_guard lock(mutex_);
+  stats_.cached_prompt_tokens += adopted;
+}
+
+// Reserves the blocks for `tokens` more tokens, freeing cached blocks no one holds when the pool
+// is short. False when even that leaves too few.
+bool Scheduler::reserve_with_room(Sequence& seq, int64_t tokens) {
+  KvPool& pool = engine_.kv_pool();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      seq.table.reserve(pool, seq.cached + tokens);
+      return true;
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::out_of_memory) throw;
+    }
+    if (attempt == 0)
+      engine_.make_kv_room(blocks_for(seq.cached + tokens) - static_cast<int64_t>(seq.table.blocks().size()) + 1);
+  }
+  return false;
 }
 
 void Scheduler::preempt(Sequence& victim) {
@@ -217,9 +334,8 @@ void Scheduler::preempt(Sequence& victim) {
 // Decode tokens first (one per sequence that has sampled), then prompt chunks in admission order
 // with what is left of the budget; blocks are reserved for every planned token, preempting the
 // most recently admitted sequence when the pool is empty. False when nothing can run.
-bool Scheduler::plan_batch(std::vector<Planned>& plan) {
+bool Scheduler::plan_batch(std::vector<Planned>& plan, int64_t budget) {
   plan.clear();
-  int64_t budget = options_.max_batch_tokens;
   for (auto& seq : running_)
     if (!seq->done && seq->pending() == 1 && budget > 0) {
       plan.push_back({seq.get(), 1});
@@ -231,15 +347,11 @@ bool Scheduler::plan_batch(std::vector<Planned>& plan) {
       plan.push_back({seq.get(), n});
       budget -= n;
     }
-  KvPool& pool = engine_.kv_pool();
   for (size_t i = 0; i < plan.size();) {
     Sequence& seq = *plan[i].seq;
-    try {
-      seq.table.reserve(pool, seq.cached + plan[i].tokens);
+    if (reserve_with_room(seq, plan[i].tokens)) {
       ++i;
       continue;
-    } catch (const Error& e) {
-      if (e.kind() != ErrorKind::out_of_memory) throw;
     }
     if (running_.size() == 1) {
       finish(seq, StopReason::cancelled, "the KV pool cannot hold this sequence");
@@ -261,34 +373,85 @@ bool Scheduler::plan_batch(std::vector<Planned>& plan) {
 void Scheduler::step() {
   admit_and_cancel();
   retire_finished();
+  std::vector<SessionChunk*> sessions = take_session_chunks();
+  int64_t session_tokens = 0;
+  for (const SessionChunk* c : sessions) session_tokens += static_cast<int64_t>(c->chunk->ids.size());
+  // The sessions' chunks come first: they already hold their blocks and a thread waits on each.
+  const int64_t budget =
+      std::min(options_.max_batch_tokens, engine_.options().max_batch_tokens - session_tokens);
   std::vector<Planned> plan;
-  if (!plan_batch(plan)) {
+  try {
+    plan_batch(plan, budget);
+  } catch (...) {
+    finish_session_chunks(sessions, std::current_exception());
+    throw;
+  }
+  if (plan.empty() && sessions.empty()) {
     retire_finished();
     return;
   }
   std::vector<SequenceChunk> chunks;
-  chunks.reserve(plan.size());
+  chunks.reserve(plan.size() + sessions.size());
   int64_t prefill_tokens = 0;
-  for (const Planned& p : plan) {
-    Sequence& s = *p.seq;
-    s.table.make_writable(engine_.kv_pool(), s.cached, s.cached + p.tokens);
-    chunks.push_back({std::span<const int32_t>(s.tokens).subspan(static_cast<size_t>(s.cached),
-                                                                 static_cast<size_t>(p.tokens)),
-                      s.cached, &s.table, false});
-    if (p.tokens > 1 || s.cached < static_cast<int64_t>(s.params.prompt.size())) prefill_tokens += p.tokens;
+  try {
+    for (const Planned& p : plan) {
+      Sequence& s = *p.seq;
+      s.table.make_writable(engine_.kv_pool(), s.cached, s.cached + p.tokens);
+      chunks.push_back({std::span<const int32_t>(s.tokens).subspan(static_cast<size_t>(s.cached),
+                                                                   static_cast<size_t>(p.tokens)),
+                        s.cached, &s.table, false});
+      if (p.tokens > 1 || s.cached < static_cast<int64_t>(s.params.prompt.size())) prefill_tokens += p.tokens;
+    }
+  } catch (...) {
+    finish_session_chunks(sessions, std::current_exception());
+    throw;
   }
+  for (const SessionChunk* c : sessions) chunks.push_back(*c->chunk);
+  const auto rows = static_cast<size_t>(ForwardPass::logits_rows(chunks));
+  if (logits_.size() < rows * static_cast<size_t>(vocab_)) logits_.resize(rows * static_cast<size_t>(vocab_));
+  // A session alone in its step can be stopped inside the pass; beside others, at its end.
+  const std::atomic<bool>* cancel = &stop_forward_;
+  if (plan.empty() && sessions.size() == 1 && sessions[0]->cancel) cancel = sessions[0]->cancel;
   const auto start = Clock::now();
-  engine_.run_batch(chunks, logits_.data(), &stop_forward_);
+  try {
+    engine_.run_batch(chunks, logits_.data(), cancel);
+  } catch (...) {
+    finish_session_chunks(sessions, std::current_exception());
+    if (plan.empty()) return;
+    throw;  // the loop fails the sequences of this step
+  }
   const double seconds = seconds_between(start, Clock::now());
+  last_step_seconds_ = seconds;
   {
     std::lock_guard lock(mutex_);
     ++stats_.steps;
+    if (chunks.size() > 1) ++stats_.batched_steps;
+    stats_.session_chunks += static_cast<int64_t>(sessions.size());
     stats_.prefilled_tokens += prefill_tokens;
     stats_.step_seconds_sum += seconds;
     for (size_t b = 0; b < std::size(SchedulerStats::kStepBuckets); ++b)
       if (seconds <= SchedulerStats::kStepBuckets[b]) ++stats_.step_seconds_buckets[b];
     ++stats_.step_seconds_buckets.back();
   }
+  // The sessions' rows follow the sequences' one row each.
+  std::vector<SessionChunk*> cancelled;
+  {
+    size_t row = plan.size();
+    std::vector<SessionChunk*> ran;
+    for (SessionChunk* c : sessions) {
+      const auto n = static_cast<size_t>(ForwardPass::logits_rows({c->chunk, 1}));
+      if (c->cancelled())
+        cancelled.push_back(c);
+      else {
+        std::copy_n(logits_.data() + row * static_cast<size_t>(vocab_), n * static_cast<size_t>(vocab_),
+                    c->logits);
+        ran.push_back(c);
+      }
+      row += n;
+    }
+    finish_session_chunks(ran, nullptr);
+  }
+  finish_session_chunks(cancelled, std::make_exception_ptr(Error(ErrorKind::cancelled, "cancelled")));
   after_forward(plan);
   retire_finished();
 }
@@ -298,6 +461,10 @@ void Scheduler::after_forward(std::vector<Planned>& plan) {
     Sequence& seq = *plan[i].seq;
     seq.cached += plan[i].tokens;
     if (seq.pending() != 0 || seq.done) continue;  // a prompt chunk short of the end: no token yet
+    // A prompt just finished: sequences sharing its start (a system prompt) may adopt it now.
+    if (seq.result.ids.empty())
+      engine_.cache_prefix(std::span<const int32_t>(seq.tokens).first(static_cast<size_t>(seq.cached)),
+                           seq.table);
     sample_next(seq, std::span<const float>(logits_).subspan(i * static_cast<size_t>(vocab_),
                                                              static_cast<size_t>(vocab_)));
   }
@@ -353,6 +520,8 @@ void Scheduler::finish(Sequence& seq, StopReason reason, std::string error) {
         }
     }
   }
+  // What it computed stays for later sequences with the same start.
+  engine_.cache_prefix(std::span<const int32_t>(seq.tokens).first(static_cast<size_t>(seq.cached)), seq.table);
   seq.table.release(engine_.kv_pool());
   seq.result.total_seconds = std::max(seconds_between(seq.submitted, Clock::now()), 1e-9);
   {

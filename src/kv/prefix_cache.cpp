@@ -105,6 +105,13 @@ void PrefixCache::drop_unreferenced() {
   }
 }
 
+int64_t PrefixCache::idle_blocks() const {
+  int64_t idle = 0;
+  for (const auto& [key, entry] : entries_)
+    if (pool_.ref_count(entry.block) == 1) ++idle;
+  return idle;
+}
+
 void PrefixCache::make_room(int64_t blocks) {
   while (pool_.free_blocks() < blocks) {
     auto victim = entries_.end();

@@ -28,7 +28,15 @@ class Tokenizer;
 class ChatTemplate;
 class Session;
 class KvPool;
+class BlockTable;
+class Scheduler;
 struct SequenceChunk;
+
+// What the prefix cache (LoadOptions::kv_prefix_cache) holds.
+struct PrefixCacheCounts {
+  int64_t blocks = 0;                     // blocks it keeps
+  int64_t blocks_held_only_by_cache = 0;  // of those, blocks no sequence or session holds too
+};
 
 struct LoadOptions {
   int threads = 0;                    // 0 = one per physical core
@@ -111,6 +119,21 @@ class Engine {
   // serialised with the sessions' passes. An engine without them throws Error(unsupported).
   virtual KvPool& kv_pool();
   virtual void run_batch(std::span<const SequenceChunk> batch, float* logits, const std::atomic<bool>* cancel);
+
+  // The engine's own scheduler, started at first use (max_running = max_sessions): every Session's
+  // forward passes go through it, so sessions used from several threads share steps instead of
+  // taking turns; sequences may be submitted to it too. Error(unsupported) without one.
+  virtual Scheduler& scheduler();
+
+  // The prefix cache for a scheduler's sequences; without one they do nothing. adopt_cached_prefix
+  // puts into an empty `table` the cached blocks of the longest cached whole-block prefix of
+  // `tokens` (the last token always left to run) and returns the tokens they hold; cache_prefix
+  // adds the full blocks of `tokens` that `table` holds; make_kv_room frees cached blocks no table
+  // holds until the pool has `blocks` free or none is left to free.
+  virtual int64_t adopt_cached_prefix(std::span<const int32_t> tokens, BlockTable& table);
+  virtual void cache_prefix(std::span<const int32_t> tokens, const BlockTable& table);
+  virtual void make_kv_room(int64_t blocks);
+  virtual PrefixCacheCounts prefix_cache_counts() { return {}; }
 };
 
 // One sequence: its KV blocks, position and last logits.
@@ -141,7 +164,8 @@ class Session {
   // `tokens` is negative or more than position().
   virtual void truncate(int64_t tokens) = 0;
 
-  // Asks a running prefill/decode to stop at the next layer boundary with Error(cancelled).
+  // Asks a running prefill/decode to stop with Error(cancelled): at the next layer boundary when
+  // its pass runs alone, at the end of its step when it shares one with other sequences.
   virtual void cancel() = 0;
 };
 

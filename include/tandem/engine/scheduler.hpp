@@ -9,12 +9,24 @@
 // be recomputed (prompt + what it generated so far), so a full pool slows sequences down instead
 // of failing them. Greedy output does not depend on what a sequence was batched with.
 //
+// With the engine's prefix cache (LoadOptions::kv_prefix_cache) a sequence adopts the longest
+// cached whole-block prefix of its prompt when admitted, and its full blocks join the cache once its
+// prompt has run and when it leaves; cached blocks no sequence holds give way before anyone is
+// preempted.
+//
+// Sessions (engine.hpp) run their forward passes through the engine's own scheduler
+// (Engine::scheduler): run_chunk puts a session's chunk into the next step beside the scheduler's
+// own sequences and other sessions' chunks, so sessions used from several threads share steps
+// instead of taking turns. A session that ran in the last step is waited for a moment (a decode
+// loop samples and comes straight back), so concurrent decode loops settle into shared steps.
+//
 // Thread-safety: submit, cancel and stats may be called from any thread; callbacks run on the
 // scheduler's thread and must not call back into it (except cancel).
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -31,6 +43,7 @@ namespace tandem {
 
 class Engine;
 class Tokenizer;
+struct SequenceChunk;
 
 struct SchedulerOptions {
   int64_t max_running = 4;       // sequences decoding at once (llama-server's --parallel)
@@ -69,7 +82,7 @@ struct SchedulerStats {
   int64_t running = 0;
   int64_t waiting = 0;
   int64_t kv_blocks_total = 0;
-  int64_t kv_blocks_in_use = 0;
+  int64_t kv_blocks_in_use = 0;  // held by sequences or sessions (not by the prefix cache alone)
   int64_t steps = 0;
   int64_t submitted = 0;
   int64_t finished = 0;       // left the scheduler for any reason
@@ -80,6 +93,9 @@ struct SchedulerStats {
   int64_t prefilled_tokens = 0;  // tokens run through prefill chunks (recomputation included)
   int64_t generated_tokens = 0;  // sampled ids
   int64_t preemptions = 0;
+  int64_t batched_steps = 0;   // steps whose forward pass ran more than one sequence or session chunk
+  int64_t session_chunks = 0;  // chunks run for sessions (run_chunk)
+  int64_t kv_blocks_cached = 0;  // blocks the engine's prefix cache holds (some may also be in use)
   // Step latency: counts of steps at or below each bound (seconds), cumulative as Prometheus wants,
   // plus their sum; the last bucket is +Inf (= steps).
   static constexpr double kStepBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -106,6 +122,13 @@ class Scheduler {
   // false when no such sequence is in the scheduler.
   bool cancel(uint64_t id);
 
+  // Runs one chunk of a session (ForwardPass::run's contract for a batch of one: `logits` gets
+  // ForwardPass::logits_rows rows) in the next step, beside whatever else runs then, and returns when
+  // it ran. Throws what the pass threw, Error(cancelled) when *cancel is set before or during the
+  // step or the scheduler shuts down. The chunk's table must hold its slots already. Blocks the
+  // caller; never call it from a callback.
+  void run_chunk(const SequenceChunk& chunk, float* logits, const std::atomic<bool>* cancel);
+
   SchedulerStats stats() const;
   const SchedulerOptions& options() const { return options_; }
   int64_t max_context_tokens() const { return max_context_tokens_; }
@@ -113,10 +136,15 @@ class Scheduler {
  private:
   struct Sequence;
   struct Planned;
+  struct SessionChunk;
   void loop();
+  std::vector<SessionChunk*> take_session_chunks();
+  void finish_session_chunks(std::vector<SessionChunk*>& chunks, std::exception_ptr error);
+  bool reserve_with_room(Sequence& seq, int64_t tokens);
+  void adopt_cached_prefix(Sequence& seq);
   void step();
   void admit_and_cancel();
-  bool plan_batch(std::vector<Planned>& plan);
+  bool plan_batch(std::vector<Planned>& plan, int64_t budget);
   void preempt(Sequence& victim);
   void after_forward(std::vector<Planned>& plan);
   void sample_next(Sequence& seq, std::span<const float> logits);
@@ -129,15 +157,19 @@ class Scheduler {
   SchedulerOptions options_;
   int64_t vocab_ = 0;
   int64_t max_context_tokens_ = 0;
-  std::vector<float> logits_;  // [max_running, vocab]
+  std::vector<float> logits_;  // [rows of a step, vocab], grown when a step needs more
 
   std::vector<std::unique_ptr<Sequence>> running_;  // loop thread only, in admission order
+  std::vector<const void*> last_session_tables_;     // loop thread only: the sessions of the last step
+  double last_step_seconds_ = 0;                     // loop thread only
 
   mutable std::mutex mutex_;  // guards everything below
   std::condition_variable wake_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::unordered_set<uint64_t> cancel_requests_;
   std::unordered_set<uint64_t> live_ids_;
+  std::deque<SessionChunk*> session_chunks_;  // waiting for a step, oldest first
+  std::condition_variable session_chunk_done_;
   uint64_t next_id_ = 1;
   bool stopping_ = false;
   SchedulerStats stats_;

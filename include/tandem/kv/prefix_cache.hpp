@@ -48,6 +48,8 @@ class PrefixCache {
   void make_room(int64_t blocks);
 
   int64_t cached_blocks() const { return static_cast<int64_t>(entries_.size()); }
+  // Cached blocks no session holds (only the cache's reference keeps them).
+  int64_t idle_blocks() const;
   KvDiskTier* disk() { return disk_.get(); }  // nullptr without an SSD tier
   // Frees every cached block no session holds (the disk tier keeps its copies).
   void drop_unreferenced();
