@@ -361,3 +361,46 @@ TEST_CASE("C ABI: tandem_model_load_with_overrides (ABI 2)") {
     }
   }
 }
+
+TEST_CASE("C ABI: sessions generating on several threads give HF's greedy ids and their solo ids") {
+  tandem_load_params load = tandem_load_default_params();
+  load.threads = 2;
+  load.max_sessions = 4;
+  load.max_context_tokens = 256;
+  tandem_model* raw_model = nullptr;
+  REQUIRE(tandem_model_load(tiny_model_path().c_str(), &load, &raw_model) == TANDEM_STATUS_OK);
+  ModelGuard model{raw_model};
+
+  const auto run = [&](int index, std::vector<int32_t>& out, tandem_status& status) {
+    const auto prompt_ids = manifest_generation(index)["prompt_ids"].get<std::vector<int32_t>>();
+    const auto expected = manifest_generation(index)["greedy_ids"].get<std::vector<int32_t>>();
+    tandem_session* session = nullptr;
+    status = tandem_session_new(model.model, &session);
+    if (status != TANDEM_STATUS_OK) return;
+    tandem_generate_params params = tandem_generate_default_params();
+    params.max_new_tokens = static_cast<int64_t>(expected.size());
+    params.stop_at_eos = 0;
+    out.assign(expected.size(), -1);
+    size_t count = 0;
+    status = tandem_session_generate(session, prompt_ids.data(), prompt_ids.size(), &params, out.data(), out.size(),
+                                     &count, nullptr);
+    out.resize(count);
+    tandem_session_free(session);
+  };
+  std::vector<std::vector<int32_t>> alone(4), together(4);
+  for (int i = 0; i < 4; ++i) {
+    tandem_status status = TANDEM_STATUS_OK;
+    run(i, alone[i], status);
+    REQUIRE(status == TANDEM_STATUS_OK);
+  }
+  std::vector<tandem_status> statuses(4, TANDEM_STATUS_OK);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&, i] { run(i, together[i], statuses[i]); });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) {
+    INFO("generation " << i);
+    CHECK(statuses[i] == TANDEM_STATUS_OK);
+    CHECK(together[i] == alone[i]);
+    CHECK(together[i] == manifest_generation(i)["greedy_ids"].get<std::vector<int32_t>>());
+  }
+}

@@ -1,17 +1,23 @@
 // Paged KV cache and sessions: prefill + step-by-step decode equals one full pass (GQA and MLA,
 // across block boundaries, with prompt chunking), sessions sharing a pool, a batch of two
-// sequences in one forward, and the limits' errors.
+// sequences in one forward, sessions on several threads sharing the engine scheduler's steps (their
+// tokens equal to each alone), and the limits' errors.
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <latch>
 #include <numeric>
+#include <thread>
 
 #include "engine/golden_check.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/engine/forward.hpp"
+#include "tandem/engine/generate.hpp"
+#include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_files.hpp"
+#include "tandem/text/tokenizer.hpp"
 
 using namespace tandem;
 
@@ -265,4 +271,119 @@ TEST_CASE("engine reports where memory went and loads with progress", "[engine]"
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::cancelled);
   }
+}
+
+namespace {
+
+// Generates from each prompt on its own thread, all started together.
+std::vector<GenerateResult> generate_concurrently(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+                                                  int64_t max_new_tokens) {
+  std::vector<GenerateResult> results(prompts.size());
+  std::vector<std::string> errors(prompts.size());
+  std::latch start(static_cast<std::ptrdiff_t>(prompts.size()));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    threads.emplace_back([&, i] {
+      try {
+        auto session = engine.new_session();
+        GenerateOptions options;
+        options.max_new_tokens = max_new_tokens;
+        start.arrive_and_wait();
+        results[i] = generate(*session, engine.tokenizer(), prompts[i], options);
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors) CHECK(e.empty());
+  return results;
+}
+
+}  // namespace
+
+TEST_CASE("sessions on several threads share scheduler steps and give their solo tokens",
+          "[engine][kv][batch][sessions]") {
+  struct Case {
+    std::string path;
+    bool text_prompts;
+  };
+  for (const Case& c : {Case{test::data_dir() + "/tiny-qwen3moe", false}, Case{test::data_dir() + "/tiny-deepseekv3", false},
+                        Case{test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf", true}}) {
+    INFO(c.path);
+    LoadOptions o;
+    o.threads = 2;
+    o.max_sessions = 4;
+    o.max_context_tokens = 256;
+    o.max_batch_tokens = 64;
+    auto engine = Engine::load(c.path, o);
+    std::vector<std::vector<int32_t>> prompts = {kPromptA, kPromptB, {300, 7, 9}, {42, 43, 44, 45, 46, 47, 48}};
+    if (c.text_prompts) {
+      REQUIRE(engine->tokenizer() != nullptr);
+      prompts.clear();
+      for (const char* text : {"Once upon a time, there was a little girl named", "The cat sat on the",
+                               "Tom and Lily went to the park. They saw a big", "One day, a bird"})
+        prompts.push_back(engine->tokenizer()->encode(text));
+    }
+    const int64_t new_tokens = 16;
+    std::vector<GenerateResult> alone;
+    for (const auto& p : prompts) alone.push_back(generate_concurrently(*engine, {p}, new_tokens)[0]);
+    const SchedulerStats before = engine->scheduler().stats();
+    CHECK(before.batched_steps == 0);  // one session at a time never shares a step
+
+    const auto together = generate_concurrently(*engine, prompts, new_tokens);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      INFO("prompt " << i);
+      CHECK(together[i].ids == alone[i].ids);
+      CHECK(together[i].text == alone[i].text);
+      CHECK(static_cast<int64_t>(together[i].ids.size()) == new_tokens);
+    }
+    const SchedulerStats after = engine->scheduler().stats();
+    INFO("steps " << after.steps - before.steps << ", batched " << after.batched_steps);
+    CHECK(after.batched_steps > 0);
+    // Sharing steps takes fewer of them than the sessions ran alone.
+    CHECK(after.steps - before.steps < before.steps);
+    CHECK(after.session_chunks - before.session_chunks == before.session_chunks);
+    CHECK(after.kv_blocks_in_use == 0);
+  }
+}
+
+TEST_CASE("a session's cancel stops it while other sessions share its steps", "[engine][kv][batch][sessions]") {
+  LoadOptions o;
+  o.threads = 2;
+  o.max_sessions = 2;
+  o.max_context_tokens = 256;
+  auto engine = Engine::load(test::data_dir() + "/tiny-qwen3moe", o);
+  auto reference = engine->new_session();
+  GenerateOptions options;
+  options.max_new_tokens = 40;
+  const GenerateResult expected = generate(*reference, engine->tokenizer(), kPromptB, options);
+  reference.reset();
+
+  auto cancelled_session = engine->new_session();
+  std::atomic<bool> started{false};
+  GenerateResult other;
+  std::thread runner([&] {
+    auto session = engine->new_session();
+    started.store(true);
+    other = generate(*session, engine->tokenizer(), kPromptB, options);
+  });
+  while (!started.load()) std::this_thread::yield();
+  GenerateOptions until_cancelled;
+  until_cancelled.max_new_tokens = 200;
+  int64_t seen = 0;
+  const GenerateResult stopped =
+      generate(*cancelled_session, engine->tokenizer(), kPromptA, until_cancelled, [&](int32_t, std::string_view) {
+        if (++seen == 5) cancelled_session->cancel();
+        return true;
+      });
+  runner.join();
+  CHECK(stopped.stop == StopReason::cancelled);
+  CHECK(stopped.ids.size() == 5);
+  CHECK(other.ids == expected.ids);
+  // The cancelled session is usable again: the same prompt gives the reference's first tokens.
+  GenerateOptions five;
+  five.max_new_tokens = 5;
+  CHECK(generate(*cancelled_session, engine->tokenizer(), kPromptA, five).ids == stopped.ids);
+  cancelled_session.reset();
+  CHECK(engine->scheduler().stats().kv_blocks_in_use == 0);
 }
