@@ -54,6 +54,7 @@ int run(ServeBenchFlags& flags) {
                               {"requests", r.requests},
                               {"seconds", r.seconds},
                               {"output_tokens", r.output_tokens},
+                              {"cached_prompt_tokens", r.cached_prompt_tokens},
                               {"output_tokens_per_second", r.output_tokens_per_second},
                               {"decode_tokens_per_second", r.decode_tokens_per_second},
                               {"speedup", r.speedup},

@@ -92,8 +92,11 @@ int serve_command(const ServeCommandFlags& flags) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     http.stop();
   });
-  fmt::print(stderr, "model {} (context {} tokens, {} parallel, batch {} tokens)\n", options.model_id,
-             engine->options().max_context_tokens, flags.parallel, flags.max_batch_tokens);
+  fmt::print(stderr, "model {} (context {} tokens, {} parallel, batch {} tokens, prefix cache {})\n",
+             options.model_id, engine->options().max_context_tokens, flags.parallel, flags.max_batch_tokens,
+             !engine->options().kv_prefix_cache       ? "off"
+             : engine->options().kv_disk_dir.empty() ? "on"
+                                                     : "on, SSD tier in " + engine->options().kv_disk_dir);
   fmt::print(stderr, "listening on http://{}:{}\n", flags.host, port);
   std::fflush(stderr);
   http.run();

@@ -1,6 +1,7 @@
 #pragma once
-// Flags shared by `tandem serve` and `tandem bench serve`: the model and how it is loaded, and the
-// server's batching limits.
+// Flags shared by `tandem serve` and `tandem bench serve`: the model and how it is loaded (the prefix
+// cache is on unless --no-prefix-cache; --kv-disk adds its SSD tier), and the server's batching
+// limits.
 #include <cstdint>
 #include <fmt/core.h>
 
@@ -26,6 +27,8 @@ struct ServeFlags {
   PlacementFlags placement_flags;
   std::string vram_total;
   std::vector<std::string> override_kv;
+  bool no_prefix_cache = false;
+  KvDiskFlags kv_disk;
 
   void add_to(CLI::App& app) {
     app.add_option("-m,--model", model_path, "GGUF file or HF model folder")->required();
@@ -43,6 +46,10 @@ struct ServeFlags {
     add_placement_shorthand_flags(app, placement_flags, vram_total, /*with_ngl=*/true);
     add_kv_type_flag(app, kv_type);
     add_override_kv_flag(app, override_kv);
+    app.add_flag("--no-prefix-cache", no_prefix_cache,
+                 "do not keep prompts' KV blocks for later requests that start the same way (a repeated system "
+                 "prompt, the turns of a chat); on by default");
+    kv_disk.add_to(app);
   }
 
   void validate() const {
@@ -56,6 +63,10 @@ struct ServeFlags {
                        context_tokens));
     if (threads < 0)
       fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", threads));
+    if (no_prefix_cache && !kv_disk.dir.empty())
+      fail("--kv-disk is the prefix cache's SSD tier: it cannot go with --no-prefix-cache");
+    LoadOptions checked;
+    kv_disk.apply(checked);
   }
 
   LoadOptions load_options() const {
@@ -69,6 +80,8 @@ struct ServeFlags {
     o.placement_flags.vram_total_bytes = vram_total_from_flag(vram_total);
     o.kv_type = kv_type_from_flag(kv_type);
     o.overrides = model_overrides_from(override_kv);
+    o.kv_prefix_cache = !no_prefix_cache;
+    kv_disk.apply(o);
     return o;
   }
 

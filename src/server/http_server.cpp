@@ -171,12 +171,14 @@ struct HttpServer::Impl {
     http.Get("/health", health);
     http.Get("/v1/health", health);
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      // The scheduler before the counters: a sequence a disconnect cancelled is counted by then.
+      const SchedulerStats stats = scheduler->stats();
       HttpCounters c;
       {
         std::lock_guard lock(counters_mutex);
         c = counters;
       }
-      res.set_content(prometheus_text(scheduler->stats(), c), "text/plain; version=0.0.4");
+      res.set_content(prometheus_text(stats, c), "text/plain; version=0.0.4");
     });
     const auto models = [this](const httplib::Request&, httplib::Response& res) {
       ojson model = {{"id", options.model_id},
@@ -353,10 +355,11 @@ struct HttpServer::Impl {
     };
     const auto release = [this, channel, state](bool) {
       std::lock_guard lock(channel->mutex);
-      if (!channel->finished && scheduler->cancel(state->id)) {
-        std::lock_guard counters_lock(counters_mutex);
-        ++counters.client_disconnects;
-      }
+      if (channel->finished) return;
+      // The count goes up under the same lock as the cancel: /metrics reads the scheduler first,
+      // so once it shows the sequence gone it also shows the disconnect.
+      std::lock_guard counters_lock(counters_mutex);
+      if (scheduler->cancel(state->id)) ++counters.client_disconnects;
     };
     res.status = 200;
     if (r.stream) {

@@ -52,8 +52,12 @@ std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
          static_cast<double>(s.kv_blocks_total));
   metric(out, "tandem_kv_blocks_in_use", "gauge", "KV cache blocks held by sequences.",
          static_cast<double>(s.kv_blocks_in_use));
-  metric(out, "tandem_kv_blocks_free", "gauge", "KV cache blocks free.",
+  metric(out, "tandem_kv_blocks_free", "gauge",
+         "KV cache blocks free (cached blocks no sequence holds included: they give way when needed).",
          static_cast<double>(s.kv_blocks_total - s.kv_blocks_in_use));
+  metric(out, "tandem_kv_blocks_cached", "gauge",
+         "KV cache blocks held by the prefix cache (some may be in use by sequences too).",
+         static_cast<double>(s.kv_blocks_cached));
   out +=
       "# HELP tandem_step_seconds Time of one scheduler step (one batched forward pass).\n"
       "# TYPE tandem_step_seconds histogram\n";

@@ -44,6 +44,7 @@ struct RequestTiming {
   double ttft_ms = -1;
   std::vector<double> gaps_ms;
   int64_t tokens = 0;
+  int64_t cached_prompt_tokens = 0;
   double decode_ms = 0;  // first token → last event
 };
 
@@ -65,8 +66,10 @@ RequestTiming one_request(httplib::Client& client, const std::string& body) {
       const std::string_view event(buffer.data(), cut);
       if (!event.starts_with("data: {")) continue;
       const auto j = nlohmann::json::parse(event.substr(6));
-      if (j.contains("usage") && j["usage"].is_object())
+      if (j.contains("usage") && j["usage"].is_object()) {
         t.tokens = j["usage"]["completion_tokens"].get<int64_t>();
+        t.cached_prompt_tokens = j["usage"]["prompt_tokens_details"].value("cached_tokens", int64_t{0});
+      }
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const auto now = Clock::now();
       if (j["choices"][0].value("text", "").empty()) continue;
@@ -149,7 +152,10 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
       std::vector<std::thread> threads;
       const auto start = Clock::now();
       for (int64_t c = 0; c < clients; ++c) {
-        std::mt19937_64 r(o.seed * 7919 + static_cast<uint64_t>(c) + static_cast<uint64_t>(clients) * 104729);
+        // Every repetition, level and client sends prompts of its own, so no request finds another's
+        // prompt in the prefix cache (cached_prompt_tokens in the rows says whether any did).
+        std::mt19937_64 r(o.seed * 7919 + static_cast<uint64_t>(c) + static_cast<uint64_t>(clients) * 104729 +
+                          static_cast<uint64_t>(rep) * 15485863);
         std::vector<std::string> bodies;
         for (int64_t k = 0; k < o.requests_per_client; ++k) bodies.push_back(body_for(r));
         threads.emplace_back([&, c, bodies = std::move(bodies)] {
@@ -178,6 +184,7 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
         double decode_ms = 0;
         for (const auto& t : per_client) {
           row.output_tokens += t.tokens;
+          row.cached_prompt_tokens += t.cached_prompt_tokens;
           if (t.ttft_ms >= 0) ttft.push_back(t.ttft_ms);
           gaps.insert(gaps.end(), t.gaps_ms.begin(), t.gaps_ms.end());
           after_first += std::max<int64_t>(t.tokens - 1, 0);

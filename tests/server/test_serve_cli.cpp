@@ -1,6 +1,6 @@
 // `tandem serve` and `tandem bench serve` command-line contracts: bad flags exit 1 naming the flag,
 // a port in use is an error, and bench serve's JSON has a row per concurrency with every reply's
-// tokens counted.
+// tokens counted and no prompt served from the prefix cache.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -24,7 +24,10 @@ TEST_CASE("serve: bad flags exit 1 naming the flag", "[server][cli]") {
                                                         {"--parallel 0", "--parallel"},
                                                         {"--max-batch-tokens 0", "--max-batch-tokens"},
                                                         {"--reasoning-format xml", "--reasoning-format"},
-                                                        {"--max-body 0", "--max-body"}}) {
+                                                        {"--max-body 0", "--max-body"},
+                                                        {"--kv-disk /nonexistent/tandem-kv", "--kv-disk"},
+                                                        {"--kv-disk-size 1G", "--kv-disk"},
+                                                        {"--no-prefix-cache --kv-disk /tmp", "--no-prefix-cache"}}) {
     const auto r = test::run_cli_captured("serve -m " + kModel + " " + args);
     INFO(args << ": " << r.err);
     CHECK(r.exit_code == 1);
@@ -54,7 +57,7 @@ TEST_CASE("serve: a port in use is an error naming it", "[server][cli]") {
 TEST_CASE("bench serve: --json has a row per concurrency with every token counted", "[server][cli]") {
   const auto r =
       test::run_cli_captured("bench serve -m " + kModel +
-                             " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 5 -r 1 --json");
+                             " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 40 -r 2 --json");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
@@ -67,6 +70,8 @@ TEST_CASE("bench serve: --json has a row per concurrency with every token counte
     CHECK(row["clients"] == clients);
     CHECK(row["requests"] == clients * 2);
     CHECK(row["output_tokens"] == clients * 2 * 8);
+    // Each repetition sends prompts of its own: none is served from the prefix cache.
+    CHECK(row["cached_prompt_tokens"] == 0);
     CHECK(row["output_tokens_per_second"].get<double>() > 0);
     CHECK(row["ttft_ms"]["p50"].get<double>() > 0);
     CHECK(row["ttft_ms"]["p50"].get<double>() <= row["ttft_ms"]["p99"].get<double>());

@@ -2,7 +2,8 @@
 // `tandem bench serve`: a load generator over loopback HTTP against an in-process HttpServer. For
 // each concurrency, that many client threads each send `requests_per_client` streaming
 // /v1/completions requests back to back (random prompt ids, greedy, EOS ignored so every reply
-// has max_tokens tokens) and record when each SSE event arrives.
+// has max_tokens tokens) and record when each SSE event arrives. Prompts differ between requests,
+// levels and repetitions, so the server's prefix cache does not shorten prefills.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -35,6 +36,7 @@ struct ServeBenchRow {
   int64_t requests = 0;
   double seconds = 0;                   // wall time from the first request sent to the last reply read
   int64_t output_tokens = 0;            // completion tokens over all requests (usage)
+  int64_t cached_prompt_tokens = 0;     // prompt tokens the prefix cache served (usage; 0 when prompts differ)
   double output_tokens_per_second = 0;  // aggregate throughput: output_tokens / seconds
   double decode_tokens_per_second = 0;  // sum over clients of their tokens after the first / time after TTFT
   Percentiles ttft_ms;                  // request sent → first streamed token
