@@ -324,3 +324,59 @@ TEST_CASE("scheduler: the queue limit counts waiting sequences past the free slo
   no_queue.submit(std::move(p));
   CHECK(ok.get_future().get().ids.size() == 2);
 }
+
+TEST_CASE("scheduler: sequences adopt and fill the engine's prefix cache, outputs unchanged", "[scheduler][prefix]") {
+  // A pool of 2 sequences x 64 tokens in 4-token blocks: cached blocks must give way to new ones.
+  LoadOptions o;
+  o.threads = 2;
+  o.max_sessions = 2;
+  o.max_context_tokens = 64;
+  o.kv_block_tokens = 4;
+  o.max_batch_tokens = 16;
+  o.kv_prefix_cache = true;
+  auto cached_engine = Engine::load(test::data_dir() + "/tiny-qwen3moe", o);
+  o.kv_prefix_cache = false;
+  auto plain_engine = Engine::load(test::data_dir() + "/tiny-qwen3moe", o);
+
+  const auto base = prompts()[2];  // 26 tokens
+  std::vector<std::vector<int32_t>> ps = {base, base, base};
+  ps[1].back() = 400;                  // shares 24 tokens: 6 whole blocks
+  ps[2].insert(ps[2].begin() + 10, 7);  // shares 10 tokens: 2 whole blocks
+  const SamplingParams greedy;
+  Scheduler scheduler(*cached_engine, cached_engine->tokenizer(),
+                      {.max_running = 2, .max_batch_tokens = 16, .max_waiting = 8});
+  std::vector<SequenceResult> got;
+  for (const auto& p : ps) got.push_back(run_batched(scheduler, {p}, {greedy}, 20)[0]);
+  CHECK(got[0].cached_prompt_tokens == 0);
+  CHECK(got[1].cached_prompt_tokens == 24);
+  CHECK(got[2].cached_prompt_tokens == 8);
+  // A whole finished sequence (prompt and reply) is cached: the same prompt again adopts all but
+  // its last token's block.
+  const auto again = run_batched(scheduler, {base}, {greedy}, 20)[0];
+  CHECK(again.cached_prompt_tokens == 24);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    INFO("prompt " << i);
+    CHECK(got[i].ids == solo(*plain_engine, ps[i], greedy, 20).ids);
+  }
+  CHECK(again.ids == got[0].ids);
+
+  // Then more distinct prompts than the pool holds with everything cached: cached blocks give way
+  // (no preemption, no failure), and outputs stay those of the engine without a cache.
+  std::vector<std::vector<int32_t>> many;
+  for (int32_t k = 0; k < 6; ++k) {
+    std::vector<int32_t> p(30);
+    for (int32_t i = 0; i < 30; ++i) p[static_cast<size_t>(i)] = 100 + 37 * k + i;
+    many.push_back(p);
+  }
+  const auto batched = run_batched(scheduler, many, std::vector<SamplingParams>(many.size(), greedy), 20);
+  for (size_t i = 0; i < many.size(); ++i) {
+    INFO("prompt " << i);
+    CHECK(batched[i].error.empty());
+    CHECK(batched[i].ids == solo(*plain_engine, many[i], greedy, 20).ids);
+  }
+  const auto stats = scheduler.stats();
+  CHECK(stats.preemptions == 0);
+  CHECK(stats.kv_blocks_in_use == 0);
+  CHECK(stats.kv_blocks_cached > 0);
+  CHECK(stats.cached_prompt_tokens == 24 + 8 + 24);
+}
