@@ -55,6 +55,7 @@ struct Scheduler::SessionChunk {
   const SequenceChunk* chunk;
   float* logits;
   const std::atomic<bool>* cancel;
+  std::thread::id caller = std::this_thread::get_id();
   bool done = false;  // under mutex_
   std::exception_ptr error;
   bool cancelled() const { return cancel && cancel->load(); }
@@ -207,10 +208,12 @@ std::vector<Scheduler::SessionChunk*> Scheduler::take_session_chunks() {
     if (!last_session_tables_.empty()) {
       // A decode loop samples and comes straight back: waiting a fraction of a step for the
       // sessions of the last step lets them share this one instead of alternating.
+      // A session whose thread waits on another session's chunk cannot come back meanwhile.
       const auto all_back = [&] {
-        for (const void* table : last_session_tables_)
-          if (std::none_of(session_chunks_.begin(), session_chunks_.end(),
-                           [&](const SessionChunk* c) { return c->chunk->table == table; }))
+        for (const auto& [table, caller] : last_session_tables_)
+          if (std::none_of(session_chunks_.begin(), session_chunks_.end(), [&](const SessionChunk* c) {
+                return c->chunk->table == table || c->caller == caller;
+              }))
             return false;
         return true;
       };
@@ -236,7 +239,7 @@ std::vector<Scheduler::SessionChunk*> Scheduler::take_session_chunks() {
   }
   finish_session_chunks(cancelled, std::make_exception_ptr(Error(ErrorKind::cancelled, "cancelled")));
   last_session_tables_.clear();
-  for (const SessionChunk* c : taken) last_session_tables_.push_back(c->chunk->table);
+  for (const SessionChunk* c : taken) last_session_tables_.emplace_back(c->chunk->table, c->caller);
   return taken;
 }
 

@@ -34,6 +34,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "tandem/engine/generate.hpp"
@@ -160,7 +161,8 @@ class Scheduler {
   std::vector<float> logits_;  // [rows of a step, vocab], grown when a step needs more
 
   std::vector<std::unique_ptr<Sequence>> running_;  // loop thread only, in admission order
-  std::vector<const void*> last_session_tables_;     // loop thread only: the sessions of the last step
+  // Loop thread only: the sessions of the last step (table, calling thread).
+  std::vector<std::pair<const void*, std::thread::id>> last_session_tables_;
   double last_step_seconds_ = 0;                     // loop thread only
 
   mutable std::mutex mutex_;  // guards everything below
