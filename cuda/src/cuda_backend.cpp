@@ -337,6 +337,13 @@ class CudaBackend final : public Backend {
     cuda::router_topk(stream_, spec, logits, tokens, selection_bias, d_scratch, expert_ids, weights);
   }
 
+  void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
+                              int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
+                              float* deferred_weights) override {
+    stream_.make_current();
+    cuda::split_deferred_experts(stream_, expert_ids, weights, tokens, top_k, defer, kept_ids, kept_weights,
+                                 deferred_ids, deferred_weights);
+  }
   void add(const float* a, const float* b, int64_t count, float* out) override {
     stream_.make_current();
     cuda::add(stream_, a, b, count, out);

@@ -1,5 +1,6 @@
-// The forward pass's glue between kernels, on the device: KV row writes, router top-k, the shared
-// expert's gated add, row gathers. Each mirrors a CPU reference (cpu_backend.cpp, ops/router.cpp).
+// The forward pass's glue between kernels, on the device: KV row writes, router top-k, expert
+// deferral's split, the shared expert's gated add, row gathers. Each mirrors a CPU reference
+// (cpu_backend.cpp, ops/router.cpp, ops/expert_deferral.cpp).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -148,6 +149,32 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
   }
 }
 
+// Slot i is kept when fewer than top_k - defer slots beat it (a larger weight, or equal and
+// earlier); kept and deferred slots keep their routing order.
+__global__ void split_deferred_kernel(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
+                                      int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
+                                      float* deferred_weights) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const int64_t keep = top_k - defer;
+  const int32_t* id = expert_ids + t * top_k;
+  const float* w = weights + t * top_k;
+  int64_t kept = 0, deferred = 0;
+  for (int64_t i = 0; i < top_k; ++i) {
+    int64_t beaten_by = 0;
+    for (int64_t j = 0; j < top_k; ++j) beaten_by += (w[j] > w[i] || (w[j] == w[i] && j < i)) ? 1 : 0;
+    if (beaten_by < keep) {
+      kept_ids[t * keep + kept] = id[i];
+      kept_weights[t * keep + kept] = w[i];
+      ++kept;
+    } else {
+      deferred_ids[t * defer + deferred] = id[i];
+      deferred_weights[t * defer + deferred] = w[i];
+      ++deferred;
+    }
+  }
+}
+
 __global__ void gated_add_kernel(float* acc, const float* x, const float* gate_logits, int64_t width) {
   const int64_t r = blockIdx.x;
   const float g = gate_logits ? __fdiv_rn(1.f, __fadd_rn(1.f, expf(-gate_logits[r]))) : 1.f;
@@ -208,6 +235,19 @@ void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, in
   router_kernel<<<detail::grid_dim(tokens, "router_topk"), 32, 0, detail::native(stream)>>>(spec, logits, tokens, selection_bias, scratch, expert_ids,
                                                          weights);
   detail::check_launch("router_topk");
+}
+
+void split_deferred_experts(Stream& stream, const int32_t* expert_ids, const float* weights, int64_t tokens,
+                            int64_t top_k, int64_t defer, int32_t* kept_ids, float* kept_weights,
+                            int32_t* deferred_ids, float* deferred_weights) {
+  if (tokens <= 0) return;
+  if (defer <= 0 || defer >= top_k || top_k > 64)
+    throw Error(ErrorKind::invalid_argument,
+                text("CUDA expert deferral: ", defer, " of ", top_k, " routed experts per token cannot be deferred"));
+  const auto grid = detail::grid_dim((tokens + 63) / 64, "split_deferred_experts");
+  split_deferred_kernel<<<grid, 64, 0, detail::native(stream)>>>(expert_ids, weights, tokens, top_k, defer, kept_ids,
+                                                                 kept_weights, deferred_ids, deferred_weights);
+  detail::check_launch("split_deferred_experts");
 }
 
 void gated_add(Stream& stream, float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) {

@@ -39,6 +39,7 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--seed", opt.seed, "seed of the random token ids (default 1)");
   add_cpu_kernels_flag(sub, flags->cpu_kernels);
   add_placement_flag(sub, opt.placement);
+  add_defer_experts_flag(sub, opt.defer_experts);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     ModelBenchOptions o = flags->options;
@@ -46,6 +47,7 @@ CommandRun setup(CLI::App& sub) {
       throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
     o.stream_bytes = flags->stream_mib << 20;
     o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
+    o.defer_experts = defer_experts_from_flag(o.defer_experts);
     const ModelBenchResult r = run_model_bench(o);
     // What `tandem plan` predicts for the bench's placement (all on the CPU) at the bandwidth measured here.
     MachineRates rates;
@@ -82,6 +84,7 @@ CommandRun setup(CLI::App& sub) {
       j["model_bytes"] = r.model_bytes;
       j["parameters"] = r.parameters;
       j["placement"] = o.placement;
+      j["defer_experts"] = o.defer_experts;
       fmt::print("{}\n", j.dump());
       return 0;
     }

@@ -29,6 +29,7 @@ struct EvalFlags {
   std::vector<std::string> override_kv;
   std::string kv_type;  // --kv-type; "" = default
   std::string cpu_kernels;  // --cpu-kernels; "" = fast
+  int64_t defer_experts = 0;  // --defer-experts; 0 = off
 };
 
 std::vector<int32_t> parse_ids(const std::string& text) {
@@ -61,6 +62,7 @@ int run_eval(const EvalFlags& flags) {
   options.placement = flags.placement;
   options.kv_type = kv_type_from_flag(flags.kv_type);
   options.cpu_kernels = cpu_kernels_from_flag(flags.cpu_kernels);
+  options.defer_experts = defer_experts_from_flag(flags.defer_experts);
   options.overrides = model_overrides_from(flags.override_kv);
   // Scratch and KV sized for exactly this pass: eval's peak memory is the mapped weights plus little.
   options.max_context_tokens = std::max<int64_t>(static_cast<int64_t>(ids.size()), 1);
@@ -107,6 +109,7 @@ const RegisterCommand registration{CommandSpec{
       add_override_kv_flag(sub, flags->override_kv);
       add_kv_type_flag(sub, flags->kv_type);
       add_cpu_kernels_flag(sub, flags->cpu_kernels);
+      add_defer_experts_flag(sub, flags->defer_experts);
       return [flags] { return run_eval(*flags); };
     }}};
 

@@ -4,7 +4,8 @@
 // non-overlapping --ctx windows, each scoring its second half. Prints a running estimate
 // ([1]6.1234,[2]…) and `Final estimate: PPL = X +/- E`; with --json, stdout is one object
 // {"ppl", "windows", "tokens", "scored", "seconds", "ppl_error", "kv_type", "kv_policy",
-// "kv_bytes_per_token"} (plus "ppl_exact" and "kl_mean" with --kv-compare) and the running
+// "kv_bytes_per_token", "defer_experts"} (plus "ppl_exact" and "kl_mean" with --kv-compare; the
+// exact run also defers --defer-experts) and the running
 // estimate goes to stderr. The KV setting applies inside each window; a retention policy runs
 // the window in chunks of --batch tokens (default 32), cutting the cache back after each.
 #include <fmt/core.h>
@@ -44,6 +45,7 @@ struct PerplexityFlags {
   std::string kv_policy;  // --kv-policy; "" = full
   bool kv_compare = false;
   std::string cpu_kernels;  // --cpu-kernels; "" = fast
+  int64_t defer_experts = 0;  // --defer-experts; 0 = off
 };
 
 int run_perplexity(const PerplexityFlags& flags) {
@@ -74,6 +76,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   load.kv_type = kv_type;
   load.kv_policy = kv_policy;
   load.cpu_kernels = cpu_kernels_from_flag(flags.cpu_kernels);
+  load.defer_experts = defer_experts_from_flag(flags.defer_experts);
   load.overrides = overrides;
   ProgressBar progress_bar;
   load.progress = progress_bar.callback();
@@ -115,8 +118,9 @@ int run_perplexity(const PerplexityFlags& flags) {
 
   std::FILE* running = flags.json ? stderr : stdout;
   const int64_t windows = static_cast<int64_t>(tokens.size()) / flags.ctx;
-  fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, {} scored per window\n", tokens.size(),
-             flags.chunks >= 0 ? std::min(windows, flags.chunks) : windows, flags.ctx, flags.ctx / 2 - 1);
+  fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, {} scored per window, defer-experts {}\n",
+             tokens.size(), flags.chunks >= 0 ? std::min(windows, flags.chunks) : windows, flags.ctx,
+             flags.ctx / 2 - 1, load.defer_experts);
   PerplexityOptions options;
   options.ctx = flags.ctx;
   options.max_windows = flags.chunks;
@@ -132,7 +136,7 @@ int run_perplexity(const PerplexityFlags& flags) {
                                 {"tokens", result.tokens},   {"scored", result.scored},
                                 {"seconds", result.seconds}, {"ppl_error", result.ppl_error},
                                 {"kv_type", kv_type_name(kv_type)}, {"kv_policy", bounded ? kv_policy : "full"},
-                                {"kv_bytes_per_token", kv_bytes_per_token}};
+                                {"kv_bytes_per_token", kv_bytes_per_token}, {"defer_experts", load.defer_experts}};
     nlohmann::json with_compare = out;
     if (exact) {
       with_compare["ppl_exact"] = result.ppl_exact;
@@ -141,6 +145,8 @@ int run_perplexity(const PerplexityFlags& flags) {
     fmt::print("{}\n", with_compare.dump());
   } else {
     fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", result.ppl, result.ppl_error);
+    if (load.defer_experts > 0)
+      fmt::print("Expert deferral: {} routed expert(s) per token added one layer later\n", load.defer_experts);
     if (exact)
       fmt::print("Exact cache (f32, full): PPL = {:.4f}, change {:+.3f} %, mean KL = {:.6f}\n", result.ppl_exact,
                  100.0 * (result.ppl / result.ppl_exact - 1.0), result.kl_mean);
@@ -169,6 +175,7 @@ const RegisterCommand registered{CommandSpec{
                    "also run the exact cache (f32, full) and report kl_mean, the mean KL divergence of "
                    "next-token distributions (exact ‖ this setting)");
       add_cpu_kernels_flag(sub, flags->cpu_kernels);
+      add_defer_experts_flag(sub, flags->defer_experts);
       return [flags] { return run_perplexity(*flags); };
     }}};
 

@@ -75,6 +75,24 @@ inline CLI::Option* add_cpu_kernels_flag(CLI::App& app, std::string& kernels) {
                         "(dequantise-then-float32, to compare against)");
 }
 
+// `--defer-experts N`: expert deferral (LoadOptions::defer_experts), used by every command that
+// runs a model (run, chat, eval, perplexity, bench model). N at least the model's experts per
+// token is refused when the model loads.
+inline CLI::Option* add_defer_experts_flag(CLI::App& app, int64_t& defer) {
+  return app.add_option("--defer-experts", defer,
+                        "expert deferral: each token's N lowest-weighted routed experts join the residual stream "
+                        "one layer later (more CPU/GPU overlap; costs some accuracy, docs/PERF.md); N below the "
+                        "model's experts per token, 0 = off")
+      ->capture_default_str();
+}
+
+// The --defer-experts value checked for sign; Error(invalid_argument) naming the flag.
+inline int64_t defer_experts_from_flag(int64_t defer) {
+  if (defer < 0)
+    throw Error(ErrorKind::invalid_argument, fmt::format("--defer-experts must be 0 (off) or more, not {}", defer));
+  return defer;
+}
+
 // The --cpu-kernels value ("" = fast); Error(invalid_argument) naming the flag.
 inline CpuKernels cpu_kernels_from_flag(const std::string& kernels) {
   if (kernels.empty()) return LoadOptions{}.cpu_kernels;
@@ -207,6 +225,7 @@ struct GenerationFlags {
   std::string kv_type;  // --kv-type; "" = default, or llama.cpp's -ctk/-ctv when both name it
   std::string kv_policy;  // --kv-policy; "" = full
   std::string cpu_kernels;  // --cpu-kernels; "" = fast
+  int64_t defer_experts = 0;  // --defer-experts; 0 = off
   KvDiskFlags kv_disk;
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;
@@ -244,6 +263,7 @@ struct GenerationFlags {
     add_kv_type_flag(app, kv_type);
     add_kv_policy_flag(app, kv_policy);
     add_cpu_kernels_flag(app, cpu_kernels);
+    add_defer_experts_flag(app, defer_experts);
     kv_disk.add_to(app);
     app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
     llama.add_to(app);
@@ -271,6 +291,7 @@ struct GenerationFlags {
       fail(fmt::format("--presence-penalty must be within [-100, 100], not {}", presence_penalty));
     llama.report(kv_type_name(resolved_kv_type()));
     (void)kv_policy_from_flag(kv_policy);
+    (void)defer_experts_from_flag(defer_experts);
     LoadOptions checked;
     kv_disk.apply(checked);
   }
@@ -309,6 +330,7 @@ struct GenerationFlags {
     o.kv_type = resolved_kv_type();
     o.kv_policy = kv_policy_from_flag(kv_policy);
     o.cpu_kernels = cpu_kernels_from_flag(cpu_kernels);
+    o.defer_experts = defer_experts_from_flag(defer_experts);
     o.overrides = model_overrides_from(override_kv);
     kv_disk.apply(o);
     return o;

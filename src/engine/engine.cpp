@@ -254,7 +254,7 @@ class CpuEngine final : public Engine {
           const auto timed = timed_backends_.find(b);
           return timed != timed_backends_.end() ? *timed->second : *b;
         },
-        *kv_, options_.max_batch_tokens);
+        *kv_, options_.max_batch_tokens, options_.defer_experts);
     const char* graphs = std::getenv("TANDEM_CUDA_GRAPHS");
     forward_->set_record_graphs(options_.cuda_graphs && !(graphs != nullptr && std::string_view(graphs) == "0") &&
                                 timed_backends_.empty());

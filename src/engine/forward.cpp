@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <utility>
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/error.hpp"
@@ -28,12 +29,24 @@ constexpr int64_t kRecordedMaxTokens = 16;
 // the residual stream; every other backend a role group runs on holds its own set, filled by copies.
 enum Act : int {
   kHidden, kNormed, kBlockOut, kSharedOut, kQ, kK, kV, kQa, kKva, kQLatent, kQRope, kAttended, kHeadsOut,
-  kRouterLogits, kRouteWeights, kSharedGate, kExpertIds, kIds, kPositions, kSlots, kLogitRows, kActCount
+  kRouterLogits, kRouteWeights, kSharedGate, kExpertIds, kIds, kPositions, kSlots, kLogitRows,
+  // Expert deferral: each token's kept routing, and per deferred part its input rows, routing and
+  // output, twice (DeferredSlots: layer L's part waits in one while layer L+1 fills the other).
+  kKeptIds, kKeptWeights, kDeferredIn0, kDeferredIds0, kDeferredWeights0, kDeferredOut0, kDeferredIn1,
+  kDeferredIds1, kDeferredWeights1, kDeferredOut1, kActCount
 };
+
+struct DeferredSlot {
+  Act in, ids, weights, out;
+};
+constexpr std::array<DeferredSlot, 2> kDeferredSlots = {
+    DeferredSlot{kDeferredIn0, kDeferredIds0, kDeferredWeights0, kDeferredOut0},
+    DeferredSlot{kDeferredIn1, kDeferredIds1, kDeferredWeights1, kDeferredOut1}};
 
 size_t element_bytes(Act a) {
   switch (a) {
-    case kExpertIds: case kIds: case kLogitRows: return sizeof(int32_t);
+    case kExpertIds: case kIds: case kLogitRows: case kKeptIds: case kDeferredIds0: case kDeferredIds1:
+      return sizeof(int32_t);
     case kPositions: case kSlots: return sizeof(int64_t);
     default: return sizeof(float);
   }
@@ -82,12 +95,24 @@ struct ForwardPass::Impl {
   RoutingParams routing;
   MlaShape mla;
   float softmax_scale;
+  int64_t defer;  // routed experts per token deferred to the next layer (0: off)
   FeedForwardWorkspace ffn_ws;  // host backends' MoE/MLP grouping scratch
   std::array<int64_t, kActCount> width{};
   std::deque<Mirror> mirrors;  // mirrors[0]: the main backend (a deque: references stay valid)
   std::vector<LayerVectors> layer_vectors;
   const float* output_norm = nullptr;
   DeviceBuffer staging;  // pinned host bytes for copies between two devices
+  // A layer's deferred part: its rows and routing on the experts' mirror `on`, in `slot`. Layer L
+  // leaves it in `produced`; layer L+1 takes it as `waiting`, issues its experts call once that
+  // layer's attention and router are queued (a host experts backend computes it while a GPU runs
+  // them), and adds its output after its own feed-forward.
+  struct DeferredPart {
+    Mirror* on = nullptr;
+    const ExpertWeights* experts = nullptr;
+    DeferredSlot slot{};
+    bool issued = false;
+  };
+  DeferredPart produced, waiting;
 
   // The pass's inputs as host data, uploaded to every backend once per pass.
   std::vector<int32_t> ids, logit_rows, flat_tables;
@@ -111,7 +136,7 @@ struct ForwardPass::Impl {
   void compute(int64_t T, int64_t rows, float* logits, const std::atomic<bool>* cancel);
 
   Impl(const ModelConfig& c, const Weights& weights, ForwardPass::BackendForRole route, KvPool& pool,
-       int64_t max_batch_tokens)
+       int64_t max_batch_tokens, int64_t defer_experts)
       : cfg(c),
         w(weights),
         backend_for(std::move(route)),
@@ -123,9 +148,19 @@ struct ForwardPass::Impl {
         softmax_scale(static_cast<float>(c.attention == AttentionKind::mla
                                              ? mla_softmax_scale(c)
                                              : 1.0 / std::sqrt(static_cast<double>(c.head_dim)))),
+        defer(defer_experts),
         ffn_ws(max_batch_tokens, c.hidden_size, widest_intermediate(weights),
                std::max<int64_t>(1, c.num_experts_per_tok), std::max<int64_t>(1, c.num_experts)) {
     const int64_t H = c.hidden_size, k = std::max<int64_t>(1, c.num_experts_per_tok);
+    if (defer < 0 || (defer > 0 && defer >= c.num_experts_per_tok))
+      throw Error(ErrorKind::invalid_argument,
+                  c.num_experts_per_tok <= 1
+                      ? fmt::format("--defer-experts {}: the model routes each token to {} expert(s); expert "
+                                    "deferral needs at least 2 (use 0)",
+                                    defer, std::max<int64_t>(0, c.num_experts_per_tok))
+                      : fmt::format("--defer-experts {}: must be within 0..{} (fewer than the {} routed experts per "
+                                    "token of this model; 0 = off)",
+                                    defer, c.num_experts_per_tok - 1, c.num_experts_per_tok));
     width[kHidden] = width[kNormed] = width[kBlockOut] = width[kSharedOut] = H;
     if (c.attention == AttentionKind::gqa) {
       width[kQ] = width[kHeadsOut] = c.num_heads * c.head_dim;
@@ -141,6 +176,13 @@ struct ForwardPass::Impl {
     width[kRouterLogits] = c.num_experts;
     width[kRouteWeights] = width[kExpertIds] = k;
     width[kSharedGate] = width[kIds] = width[kPositions] = width[kSlots] = width[kLogitRows] = 1;
+    if (defer > 0) {  // else these stay 1 value per token
+      width[kKeptIds] = width[kKeptWeights] = k - defer;
+      for (const DeferredSlot& d : kDeferredSlots) {
+        width[d.in] = width[d.out] = H;
+        width[d.ids] = width[d.weights] = defer;
+      }
+    }
 
     // The main backend first: attention's (of layer 0), where the residual stream lives.
     mirror(c.num_layers > 0 ? backend_for(WeightGroup::attention, 0) : backend_for(WeightGroup::embedding, kNoLayer));
@@ -308,25 +350,46 @@ struct ForwardPass::Impl {
     const int64_t H = cfg.hidden_size;
     if (!L.is_moe) {
       Backend& b = on(WeightGroup::dense_ffn, layer);
+      issue_waiting_deferral(T);
       Mirror& m = send(b, kNormed, T);
       b.silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, m.f(kNormed), T, ffn_ws, m.f(kBlockOut));
       back(m, kBlockOut, T);
       return;
     }
+    // The last layer defers nothing: no later layer would take its deferred part.
+    const bool deferring = defer > 0 && layer + 1 < cfg.num_layers;
+    const DeferredSlot& slot = kDeferredSlots[static_cast<size_t>(layer % 2)];
+    const Act ids = deferring ? kKeptIds : kExpertIds, weights = deferring ? kKeptWeights : kRouteWeights;
+    const int64_t top_k = deferring ? routing.top_k - defer : routing.top_k;
     Backend& router = on(WeightGroup::router, layer);
     Mirror& r = send(router, kNormed, T);
     router.linear(L.router, r.f(kNormed), T, r.f(kRouterLogits));
     router.router_topk(routing, r.f(kRouterLogits), T, V.router_bias, r.i32(kExpertIds), r.f(kRouteWeights));
-    transfer(r, r.act[kExpertIds].data(), main(), main().act[kExpertIds].data(), act_bytes(kExpertIds, T), false);
-    back(r, kRouteWeights, T);  // waits for both
+    if (deferring)
+      router.split_deferred_experts(r.i32(kExpertIds), r.f(kRouteWeights), T, routing.top_k, defer, r.i32(kKeptIds),
+                                    r.f(kKeptWeights), r.i32(slot.ids), r.f(slot.weights));
+    // The previous layer's deferred experts, while this layer's queued work runs on its devices.
+    issue_waiting_deferral(T);
+    if (deferring)
+      for (Act a : {slot.ids, slot.weights})
+        transfer(r, r.act[a].data(), main(), main().act[a].data(), act_bytes(a, T), false);
+    transfer(r, r.act[ids].data(), main(), main().act[ids].data(), act_bytes(ids, T), false);
+    back(r, weights, T);  // waits for all
 
     Backend& experts = on(WeightGroup::experts, layer);
     Mirror& x = send(experts, kNormed, T, false);
-    send(experts, kExpertIds, T, false);
-    send(experts, kRouteWeights, T);  // waits for all three
-    experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(kExpertIds), x.f(kRouteWeights), routing.top_k,
-                               ffn_ws, x.f(kBlockOut));
+    if (deferring)
+      for (Act a : {slot.ids, slot.weights}) send(experts, a, T, false);
+    send(experts, ids, T, false);
+    send(experts, weights, T);  // waits for all
+    experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(ids), x.f(weights), top_k, ffn_ws,
+                               x.f(kBlockOut));
     back(x, kBlockOut, T);
+    if (deferring) {
+      // The input rows are kept apart: the next layer overwrites kNormed before the part runs.
+      experts.copy(x.f(slot.in), x.f(kNormed), act_bytes(kNormed, T));
+      produced = DeferredPart{&x, &L.experts, slot, false};
+    }
     if (L.shared_gate.empty()) return;
 
     Backend& shared = on(WeightGroup::shared_experts, layer);
@@ -343,6 +406,27 @@ struct ForwardPass::Impl {
 
   void add_to_hidden(int64_t T) {
     main().backend->add(main().f(kHidden), main().f(kBlockOut), T * cfg.hidden_size, main().f(kHidden));
+  }
+
+  // The waiting deferred part's experts call, once.
+  void issue_waiting_deferral(int64_t T) {
+    if (waiting.on == nullptr || waiting.issued) return;
+    Mirror& x = *waiting.on;
+    const DeferredSlot& d = waiting.slot;
+    x.backend->moe_routed_experts(*waiting.experts, x.f(d.in), T, cfg.hidden_size, x.i32(d.ids), x.f(d.weights),
+                                  defer, ffn_ws, x.f(d.out));
+    waiting.issued = true;
+  }
+
+  // The waiting deferred part (issued now if it was not) joins the residual stream.
+  void add_waiting_deferral(int64_t T) {
+    if (waiting.on == nullptr) return;
+    issue_waiting_deferral(T);
+    Mirror& from = *waiting.on;
+    const Act a = waiting.slot.out;
+    transfer(from, from.act[a].data(), main(), main().act[a].data(), act_bytes(a, T));
+    main().backend->add(main().f(kHidden), main().f(a), T * cfg.hidden_size, main().f(kHidden));
+    waiting = {};
   }
 
   // The pass's host inputs to every backend's buffers.
@@ -373,13 +457,13 @@ struct ForwardPass::Impl {
 };
 
 ForwardPass::ForwardPass(const ModelConfig& config, const Weights& weights, BackendForRole backend_for, KvPool& kv,
-                         int64_t max_batch_tokens)
-    : impl_(std::make_unique<Impl>(config, weights, std::move(backend_for), kv, max_batch_tokens)) {}
+                         int64_t max_batch_tokens, int64_t defer_experts)
+    : impl_(std::make_unique<Impl>(config, weights, std::move(backend_for), kv, max_batch_tokens, defer_experts)) {}
 
 ForwardPass::ForwardPass(const ModelConfig& config, const Weights& weights, Backend& backend, KvPool& kv,
-                         int64_t max_batch_tokens)
+                         int64_t max_batch_tokens, int64_t defer_experts)
     : ForwardPass(config, weights, [&backend](WeightGroup, int64_t) -> Backend& { return backend; }, kv,
-                  max_batch_tokens) {}
+                  max_batch_tokens, defer_experts) {}
 
 ForwardPass::~ForwardPass() = default;
 
@@ -493,6 +577,7 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
 void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const std::atomic<bool>* cancel) {
   Impl& m = *this;
   const int64_t H = cfg.hidden_size;
+  m.produced = m.waiting = {};  // a cancelled pass may have left them
   Backend& embed = m.on(WeightGroup::embedding, kNoLayer);
   Mirror& e = m.mirror(embed);
   embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));
@@ -508,9 +593,13 @@ void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const st
       m.attention_gqa(layer, T);
     m.add_to_hidden(T);
     m.rms_norm(layer, V.ffn_norm, T);
+    m.waiting = std::exchange(m.produced, {});  // the previous layer's deferred part, if any
     m.feed_forward(layer, T);
     m.add_to_hidden(T);
+    m.add_waiting_deferral(T);
   }
+  m.waiting = std::exchange(m.produced, {});  // none: the last layer defers nothing
+  m.add_waiting_deferral(T);
   if (cancel && cancel->load(std::memory_order_relaxed))
     throw Error(ErrorKind::cancelled, "forward pass cancelled");
 

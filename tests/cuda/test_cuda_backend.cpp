@@ -496,6 +496,33 @@ TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cud
     }
 }
 
+TEST_CASE("cuda split_deferred_experts equals the CPU backend", "[cuda][deferral]") {
+  if (!have_gpu()) return;
+  Backends b;
+  for (auto [tokens_, top_k_] : {std::pair<int64_t, int64_t>{1, 2}, {70, 8}, {300, 6}}) {
+    const int64_t tokens = tokens_, top_k = top_k_;
+    std::vector<int32_t> ids(static_cast<size_t>(tokens * top_k));
+    auto weights = random_floats(ids.size(), 90);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ids[i] = static_cast<int32_t>(i % 61);
+      weights[i] = std::round(weights[i] * 4.f) / 4.f;  // coarse, so ties happen
+    }
+    for (int64_t defer = 1; defer < top_k; ++defer) {
+      const auto kept = static_cast<size_t>(tokens * (top_k - defer)), deferred = static_cast<size_t>(tokens * defer);
+      auto run = [&](Backend& be) {
+        DeviceBuffer di = put(be, ids), dw = put(be, weights), ki = be.allocate(kept * 4), kw = be.allocate(kept * 4),
+                     qi = be.allocate(deferred * 4), qw = be.allocate(deferred * 4);
+        be.split_deferred_experts(di.as<int32_t>(), dw.as<float>(), tokens, top_k, defer, ki.as<int32_t>(),
+                                  kw.as<float>(), qi.as<int32_t>(), qw.as<float>());
+        return std::tuple{get<int32_t>(be, ki, kept), get(be, kw, kept), get<int32_t>(be, qi, deferred),
+                          get(be, qw, deferred)};
+      };
+      INFO("tokens " << tokens << " top_k " << top_k << " defer " << defer);
+      CHECK(run(*b.gpu) == run(*b.cpu));
+    }
+  }
+}
+
 TEST_CASE("cuda add, gated_add and gather_rows equal the CPU backend", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;

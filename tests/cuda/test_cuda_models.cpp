@@ -20,8 +20,9 @@ using test::relative_error;
 
 namespace {
 
-std::unique_ptr<Engine> load(const std::string& path, const std::string& placement) {
+std::unique_ptr<Engine> load(const std::string& path, const std::string& placement, int64_t defer_experts = 0) {
   LoadOptions o;
+  o.defer_experts = defer_experts;
   o.kv_type = KvType::f32;
   o.max_context_tokens = 512;
   o.max_sessions = 1;
@@ -111,6 +112,25 @@ TEST_CASE("cuda whole model: tiny DeepSeek-V3 (MLA, F32 and Q8_0) on cuda:0 equa
   const std::string folder = test::data_dir() + "/tiny-deepseekv3";
   check_model(folder, folder);
   check_model(folder + "/deepseekv3-q8_0.gguf", folder);
+}
+
+TEST_CASE("cuda whole model: expert deferral on cuda:0 and hybrid equals the CPU's", "[cuda][model][deferral]") {
+  if (!have_gpu()) return;
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    const std::string folder = test::data_dir() + "/" + name;
+    const auto cpu = load(folder, "*=cpu", 1);
+    const auto cpu_plain = load(folder, "*=cpu");
+    const auto all_prompts = prompts(folder);
+    for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0", "router=cpu,*=cuda:0"}) {
+      const auto gpu = load(folder, placement, 1);
+      for (size_t k = 0; k < all_prompts.size(); ++k) {
+        const auto expected = prompt_logits(*cpu, all_prompts[k]);
+        INFO(name << " --placement '" << placement << "' --defer-experts 1, prompt " << k);
+        CHECK(relative_error(prompt_logits(*gpu, all_prompts[k]), expected) <= 1e-3);
+        CHECK(prompt_logits(*cpu_plain, all_prompts[k]) != expected);  // deferral did something
+      }
+    }
+  }
 }
 
 TEST_CASE("cuda whole model: trained Qwen3-MoE Q4_K_M on cuda:0 equals the CPU", "[cuda][model]") {

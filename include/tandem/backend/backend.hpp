@@ -115,6 +115,12 @@ class Backend {
   // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].
   virtual void router_topk(const RoutingParams& params, const float* logits, int64_t tokens,
                            const float* selection_bias, int32_t* expert_ids, float* weights) = 0;
+  // Expert deferral's split of each token's routing (tandem/ops/expert_deferral.hpp): of
+  // expert_ids/weights [tokens, top_k], the `defer` lowest-weighted go to deferred_* [tokens, defer],
+  // the rest, in routing order, to kept_* [tokens, top_k - defer] (ties: the later slot is deferred).
+  virtual void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
+                                      int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
+                                      float* deferred_weights) = 0;
   // out[i] = a[i] + b[i] (the residual add; out may be a).
   virtual void add(const float* a, const float* b, int64_t count, float* out) = 0;
   // acc[r, i] += g(r) · x[r, i] for rows [rows, width]; g(r) = sigmoid(gate_logits[r]) when

@@ -73,6 +73,12 @@ class ForwardingBackend : public Backend {
                    int32_t* expert_ids, float* weights) override {
     inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights);
   }
+  void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
+                              int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
+                              float* deferred_weights) override {
+    inner_.split_deferred_experts(expert_ids, weights, tokens, top_k, defer, kept_ids, kept_weights, deferred_ids,
+                                  deferred_weights);
+  }
   void add(const float* a, const float* b, int64_t count, float* out) override { inner_.add(a, b, count, out); }
   void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override {
     inner_.gated_add(acc, x, gate_logits, rows, width);

@@ -71,6 +71,9 @@ struct LoadOptions {
   // A decode step that runs wholly on one GPU is recorded once and replayed as one launch (a CUDA
   // graph). false: kernels are launched one by one (TANDEM_CUDA_GRAPHS=0 in the environment too).
   bool cuda_graphs = true;
+  // Expert deferral (tandem/engine/forward.hpp): routed experts per token whose output joins the
+  // residual stream one layer later; 0 = off. Error(invalid_argument) unless below the model's top-k.
+  int64_t defer_experts = 0;
 };
 
 // What went where and how much memory it took.

@@ -38,11 +38,16 @@ class ForwardPass {
   // router, experts, shared_experts, dense_ffn and output each call their own. Activations are
   // float32 host rows, so today's backends (all host ones) hand them over without copies.
   using BackendForRole = std::function<Backend&(WeightGroup group, int64_t layer)>;
+  // `defer_experts` > 0: expert deferral (tandem/ops/expert_deferral.hpp). In every MoE layer but
+  // the model's last, each token's `defer_experts` lowest-weighted routed experts run apart, into a
+  // buffer of the experts' backend, and their output joins the residual stream after the next
+  // layer's feed-forward (the last layer adds all its experts at once, before the final norm).
+  // Error(invalid_argument) unless 0 <= defer_experts < the model's experts per token (or 0).
   ForwardPass(const ModelConfig& config, const Weights& weights, BackendForRole backend_for, KvPool& kv,
-              int64_t max_batch_tokens);
+              int64_t max_batch_tokens, int64_t defer_experts = 0);
   // Every role on one backend.
   ForwardPass(const ModelConfig& config, const Weights& weights, Backend& backend, KvPool& kv,
-              int64_t max_batch_tokens);
+              int64_t max_batch_tokens, int64_t defer_experts = 0);
   ~ForwardPass();
 
   // Rows of logits run() writes for this batch: ids.size() per all_logits chunk, else 1.

@@ -22,6 +22,7 @@
 #include "tandem/ops/moe.hpp"
 #include "tandem/ops/norm.hpp"
 #include "tandem/ops/rope.hpp"
+#include "tandem/ops/expert_deferral.hpp"
 #include "tandem/ops/router.hpp"
 
 namespace tandem {
@@ -80,6 +81,12 @@ class CpuBackend final : public Backend {
                    int32_t* expert_ids, float* weights) override {
     std::lock_guard lock(router_mutex_);
     route_tokens_to_experts(params, logits, tokens, selection_bias, expert_ids, weights, router_scratch_);
+  }
+  void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
+                              int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
+                              float* deferred_weights) override {
+    tandem::split_deferred_experts(expert_ids, weights, tokens, top_k, defer, kept_ids, kept_weights, deferred_ids,
+                                   deferred_weights);
   }
   void add(const float* a, const float* b, int64_t count, float* out) override {
     for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];

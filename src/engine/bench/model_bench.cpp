@@ -95,6 +95,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.load_tokenizer = false;
   load.cpu_kernels = o.kernels;
   load.placement = o.placement;
+  load.defer_experts = o.defer_experts;
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
   auto random_ids = [&](int64_t n) {

@@ -154,6 +154,12 @@ struct RouterSpec {
 void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, int64_t tokens,
                  const float* selection_bias, double* scratch, int32_t* expert_ids, float* weights);
 
+// Expert deferral's split of each token's routing, as split_deferred_experts (ops/expert_deferral.cpp):
+// one thread per token; the caller checks 0 < defer < top_k <= 64.
+void split_deferred_experts(Stream& stream, const int32_t* expert_ids, const float* weights, int64_t tokens,
+                            int64_t top_k, int64_t defer, int32_t* kept_ids, float* kept_weights,
+                            int32_t* deferred_ids, float* deferred_weights);
+
 // acc[r, i] += g(r) · x[r, i]; g = sigmoid(gate_logits[r]) or 1 when gate_logits is null.
 void gated_add(Stream& stream, float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width);
 

@@ -22,6 +22,7 @@ struct ModelBenchOptions {
   uint64_t seed = 1;
   CpuKernels kernels = CpuKernels::fast;  // LoadOptions::cpu_kernels (reference: to compare)
   std::string placement;                  // LoadOptions::placement ("" = all on the CPU)
+  int64_t defer_experts = 0;              // LoadOptions::defer_experts (0 = off)
   static constexpr int kMaxReps = 100;
 };
 

@@ -1,4 +1,4 @@
-#include "tandem/engine/expert_deferral.hpp"
+#include "tandem/ops/expert_deferral.hpp"
 
 #include <fmt/format.h>
 
