@@ -94,6 +94,14 @@ void OpTimingBackend::router_topk(const RoutingParams& params, const float* logi
                                   const float* selection_bias, int32_t* expert_ids, float* weights) {
   timed("router_topk", tokens, [&] { inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights); });
 }
+void OpTimingBackend::split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens,
+                                             int64_t top_k, int64_t defer, int32_t* kept_ids, float* kept_weights,
+                                             int32_t* deferred_ids, float* deferred_weights) {
+  timed("split_deferred_experts", tokens, [&] {
+    inner_.split_deferred_experts(expert_ids, weights, tokens, top_k, defer, kept_ids, kept_weights, deferred_ids,
+                                  deferred_weights);
+  });
+}
 void OpTimingBackend::add(const float* a, const float* b, int64_t count, float* out) {
   timed("add", 0, [&] { inner_.add(a, b, count, out); });
 }

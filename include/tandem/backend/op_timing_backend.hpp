@@ -51,6 +51,9 @@ class OpTimingBackend final : public ForwardingBackend {
                           float* out) override;
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override;
+  void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
+                              int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
+                              float* deferred_weights) override;
   void add(const float* a, const float* b, int64_t count, float* out) override;
   void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override;
   void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
