@@ -110,8 +110,9 @@ void dispatch_kv(KvType type, Fn&& fn) {
     case KvType::f32: fn(std::integral_constant<KvType, KvType::f32>{}); return;
     case KvType::f16: fn(std::integral_constant<KvType, KvType::f16>{}); return;
     case KvType::bf16: fn(std::integral_constant<KvType, KvType::bf16>{}); return;
+    default: break;  // quantised KV types have no CUDA attention kernel (refused at kv_attach)
   }
-  throw Error(ErrorKind::unsupported, "cuda attention: unknown KV type");
+  throw Error(ErrorKind::unsupported, "cuda attention: no kernel for this KV type");
 }
 
 }  // namespace
