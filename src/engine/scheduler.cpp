@@ -210,9 +210,9 @@ std::vector<Scheduler::SessionChunk*> Scheduler::take_session_chunks() {
       // sessions of the last step lets them share this one instead of alternating.
       // A session whose thread waits on another session's chunk cannot come back meanwhile.
       const auto all_back = [&] {
-        for (const auto& [table, caller] : last_session_tables_)
+        for (const auto& last : last_session_tables_)  // not a structured binding: clang 14 cannot capture one
           if (std::none_of(session_chunks_.begin(), session_chunks_.end(), [&](const SessionChunk* c) {
-                return c->chunk->table == table || c->caller == caller;
+                return c->chunk->table == last.first || c->caller == last.second;
               }))
             return false;
         return true;
