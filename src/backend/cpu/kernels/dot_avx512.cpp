@@ -49,6 +49,7 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
   const ActQ8K* a[NT];
   __m512 acc[NT];
   __m256 mins[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
@@ -57,6 +58,7 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
   const __m512i m4 = _mm512_set1_epi8(0x0f);
   const __m512i sixteen = _mm512_set1_epi8(16);
   __m512i pair_index[4];
+  #pragma GCC unroll 8
   for (int k = 0; k < 4; ++k) pair_index[k] = _mm512_load_si512(kPairIndex[k]);
   const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
   for (int64_t b = 0; b < in / 256; ++b) {
@@ -70,6 +72,7 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
     const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m512i W[4], S[4];
+    #pragma GCC unroll 8
     for (int h = 0; h < 2; ++h) {
       const __m512i q = load64(qs + 64 * h);
       const __m512i lo = _mm512_and_si512(q, m4);
@@ -80,6 +83,7 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
     if constexpr (Q5) {
       const __m512i qh =
           _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+      #pragma GCC unroll 8
       for (int k = 0; k < 4; ++k) {
         const __m512i bit =
             _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * k)))),
@@ -87,10 +91,13 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
         W[k] = _mm512_mask_add_epi8(W[k], _mm512_test_epi8_mask(qh, bit), W[k], sixteen);
       }
     }
+    #pragma GCC unroll 8
     for (int k = 0; k < 4; ++k) S[k] = _mm512_permutexvar_epi16(pair_index[k], scales16);
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
       __m512i sum = _mm512_setzero_si512();
+      #pragma GCC unroll 8
       for (int k = 0; k < 4; ++k)
         sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
@@ -99,6 +106,7 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
       mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), mins[t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     const __m128 m = _mm_add_ps(_mm256_castps256_ps128(mins[t]), _mm256_extractf128_ps(mins[t], 1));
     y[t * ys] = _mm512_reduce_add_ps(acc[t]) - _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(m, m), m));
@@ -117,6 +125,7 @@ template <int NT>
 void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
   __m512 acc[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
@@ -127,11 +136,13 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   const __m512i shift23 =
       _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(4)), _mm256_set1_epi16(6), 1);
   __m512i index[4];
+  #pragma GCC unroll 8
   for (int k = 0; k < 4; ++k) index[k] = _mm512_load_si512(kQ6ScaleIndex[k]);
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * kQ6KBytes;
     const float d = half(blk + 208);
     __m512i W[4], S[4];
+    #pragma GCC unroll 8
     for (int h = 0; h < 2; ++h) {
       const __m512i l = load64(blk + 64 * h);
       const __m512i qh =
@@ -143,10 +154,13 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     }
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
     const __m512i scv = _mm512_castsi256_si512(sc16);
+    #pragma GCC unroll 8
     for (int k = 0; k < 4; ++k) S[k] = _mm512_permutexvar_epi16(index[k], scv);
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
       __m512i sum = _mm512_setzero_si512();
+      #pragma GCC unroll 8
       for (int k = 0; k < 4; ++k)
         sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
       const __m256i offset =
@@ -155,6 +169,7 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
 }
 
@@ -164,6 +179,7 @@ template <int NT>
 void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
   __m512 acc[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
@@ -176,6 +192,7 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
     const float d = half(blk);
     __m512i M[4], S[4];
     __mmask64 negative[4];
+    #pragma GCC unroll 8
     for (int k = 0; k < 4; ++k) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * k));
       const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -187,9 +204,11 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
           _mm512_castsi256_si512(_mm256_set1_epi16(static_cast<short>(iq4_xs_scale(blk, 2 * k)))),
           _mm256_set1_epi16(static_cast<short>(iq4_xs_scale(blk, 2 * k + 1))), 1);
     }
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
       __m512i sum = _mm512_setzero_si512();
+      #pragma GCC unroll 8
       for (int k = 0; k < 4; ++k) {
         const __m512i act = load64(ab.q + 64 * k);
         const __m512i signed_act = _mm512_mask_sub_epi8(act, negative[k], zero, act);
@@ -198,6 +217,7 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
 }
 
@@ -207,6 +227,7 @@ template <int NT>
 void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
   __m256 acc[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
     acc[t] = _mm256_setzero_ps();
@@ -216,6 +237,7 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     const float d = half(blk);
     const __m256i q = load32(blk + 2);
     const __m256i magnitude = _mm256_abs_epi8(q);
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
       const __m256i signed_act = _mm256_sign_epi8(load32(ab.q), q);
@@ -223,6 +245,7 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
     y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
@@ -234,6 +257,7 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   const ActQ8* a[NT];
   __m256 acc[NT];
   float offset[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
     acc[t] = _mm256_setzero_ps();
@@ -245,6 +269,7 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     const float d = half(blk);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
     const __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
       const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
@@ -252,6 +277,7 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
       offset[t] += 8.0f * d * ab.d * static_cast<float>(ab.sum);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
     y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
@@ -293,6 +319,7 @@ template <int NT, __m512 (*Load)(const uint8_t*), float (*Tail)(const uint8_t*),
 void dot_float(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const float* a[NT];
   __m512 acc[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<float>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
@@ -300,8 +327,10 @@ void dot_float(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
   int64_t i = 0;
   for (; i + 16 <= in; i += 16) {
     const __m512 v = Load(w + Bytes * i);
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(a[t] + i), acc[t]);
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     float sum = _mm512_reduce_add_ps(acc[t]);
     for (int64_t j = i; j < in; ++j) sum += Tail(w + Bytes * j) * a[t][j];
@@ -315,6 +344,7 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
   const float* a[NT];
   __m512 acc[NT];
   float tail[NT];
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<float>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
@@ -324,17 +354,21 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
     const int64_t begin = c * kFp8Block, end = begin + kFp8Block < in ? begin + kFp8Block : in;
     const float scale = scales[c] * 256.0f;
     __m512 part[NT];
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_ps();
     int64_t i = begin;
     for (; i + 16 <= end; i += 16) {
       const __m512 v = load16_f8(w + i);
+      #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) part[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(a[t] + i), part[t]);
     }
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       acc[t] = _mm512_fmadd_ps(part[t], _mm512_set1_ps(scale), acc[t]);
       for (int64_t j = i; j < end; ++j) tail[t] += scale * tail_f8(w + j) * a[t][j];
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]) + tail[t];
 }
 
