@@ -269,8 +269,8 @@ class CudaBackend final : public Backend {
     if (tokens <= kPairwiseMaxTokens) {
       if (const cuda::ExpertTable* table = expert_table(experts)) {
         float* d_act = scratch(kGate, pairs * table->intermediate);
-        cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out);
-        return;
+        if (cuda::pairwise_aligned(x, d_act))
+          return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out);
       }
     }
     // The ids come to the host (pairs int32) to group the (token, slot) pairs by expert, a counting

@@ -8,6 +8,7 @@
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
+#include "staged_rows.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -18,17 +19,14 @@ using detail::dispatch_weight_type;
 namespace {
 
 constexpr int kWarps = 4;         // output rows per block, x read from global memory
-constexpr int kSharedWarps = 16;
-constexpr int kLaneWarps = 8;  // output rows per block of the Q4_K/Q6_K lane kernel  // output rows per block, x staged in shared memory (read once per block)
-constexpr int64_t kSharedBytes = 48 * 1024;  // the default dynamic shared-memory limit of a block
-constexpr int kTile = 8;   // tokens per block
-constexpr int64_t kFp8Block = 128;
+constexpr int kSharedWarps = 16;  // output rows per block, x staged in shared memory (read once per block)
+constexpr int kLaneWarps = 8;     // output rows per block of the Q4_K/Q6_K lane kernel
+constexpr int kTile = 8;          // tokens per block
 
-// x rows staged in shared memory, 33 floats per 32 values: lane l reading value j of its chunk c
-// hits bank (c + j) mod 32, so a warp's 32 lanes (32 consecutive chunks) never share a bank. Read
-// straight from global memory, the same access pattern touches 32 cache lines per instruction.
-__device__ __forceinline__ int64_t padded_index(int64_t i) { return (i >> 5) * 33 + (i & 31); }
-__host__ __device__ constexpr int64_t padded_floats(int64_t n) { return (n + 31) / 32 * 33; }
+using detail::kFp8Block;
+using detail::kSharedBytes;
+using detail::padded_floats;
+using detail::padded_index;
 
 template <typename D, bool SharedX>
 __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features, int64_t in_features,
@@ -41,10 +39,7 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
   const int64_t stride = SharedX ? padded_floats(in_features) : in_features;
   const float* xt = x + r0 * in_features;
   if constexpr (SharedX) {
-    for (int r = 0; r < nrows; ++r)
-      for (int64_t i = threadIdx.x; i < in_features; i += blockDim.x)
-        xs[r * stride + padded_index(i)] = xt[r * in_features + i];
-    __syncthreads();
+    detail::stage_rows(xt, in_features, nrows, in_features, xs);
     xt = xs;
   }
   const int64_t o = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;

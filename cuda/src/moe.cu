@@ -1,11 +1,14 @@
 // The routed experts of a few tokens without the host: each (token, slot) pair reads its expert id
 // on the device and the expert's rows through a table of per-expert pointers, so a decode step needs
-// no copy of the ids to the host, no grouping and three launches per layer instead of four per hit
-// expert. Each output row is the linear kernel's dot product (lanes over 32-value chunks, then a warp
-// sum) and the combine is weighted_sum_slots' (slot order, _rn): the results equal the grouped path.
+// no copy of the ids to the host, no grouping and two launches per layer instead of four per hit
+// expert. Each output row is the linear kernel's dot product (Q4_K/Q6_K: lane_blocks.cuh; other
+// types: lanes over 32-value chunks, then a warp sum) and the combine is weighted_sum_slots' (slot
+// order, _rn): the results equal the grouped path. An id outside the table (the router never makes
+// one) leaves its pair out of the sum.
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
+#include "staged_rows.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -15,20 +18,12 @@ using detail::dispatch_weight_type;
 namespace {
 
 constexpr int kWarps = 16;  // output rows per block
-constexpr int64_t kFp8Block = 128;
-constexpr int64_t kSharedBytes = 48 * 1024;  // the default dynamic shared-memory limit of a block
 
-// Inputs staged in shared memory 33 floats per 32 values (see linear.cu: no bank conflicts when
-// the 32 lanes read 32 consecutive chunks).
-__device__ __forceinline__ int64_t padded_index(int64_t i) { return (i >> 5) * 33 + (i & 31); }
-__host__ __device__ constexpr int64_t padded_floats(int64_t n) { return (n + 31) / 32 * 33; }
-
-// count rows of n floats, `stride` apart in x, into xs with the padded layout.
-__device__ __forceinline__ void stage(const float* x, int64_t stride, int count, int64_t n, float* xs) {
-  for (int r = 0; r < count; ++r)
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xs[r * padded_floats(n) + padded_index(i)] = x[r * stride + i];
-  __syncthreads();
-}
+using detail::kFp8Block;
+using detail::kSharedBytes;
+using detail::padded_floats;
+using detail::padded_index;
+using detail::stage_rows;
 
 template <typename D, bool Padded>
 __device__ __forceinline__ float row_dot(const uint8_t* w, const float* scales, int64_t scale_cols, int64_t o,
@@ -76,7 +71,7 @@ __global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t to
   const int64_t p = blockIdx.y, t = p / top_k;
   const float* xt = x + t * hidden;
   if constexpr (SharedX) {
-    stage(xt, hidden, 1, hidden, xs);
+    stage_rows(xt, hidden, 1, hidden, xs);
     xt = xs;
   }
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -101,7 +96,7 @@ __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* 
   const float* rows = act + t * top_k * table.intermediate;  // the token's top_k activation rows
   const int64_t row_stride = SharedX ? padded_floats(table.intermediate) : table.intermediate;
   if constexpr (SharedX) {
-    stage(rows, table.intermediate, static_cast<int>(top_k), table.intermediate, xs);
+    stage_rows(rows, table.intermediate, static_cast<int>(top_k), table.intermediate, xs);
     rows = xs;
   }
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -122,11 +117,17 @@ __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* 
 
 }  // namespace
 
+bool pairwise_aligned(const float* x, const float* act) noexcept {
+  return reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(act) % 16 == 0;
+}
+
 void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
                   const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out) {
   if (tokens <= 0) return;
   if (table.gate_type != table.up_type)
     throw Error(ErrorKind::internal, "cuda::moe_by_pairs: the experts' gate and up differ in type");
+  if (!pairwise_aligned(x, act))
+    throw Error(ErrorKind::internal, "cuda::moe_by_pairs: x and act must be 16-byte aligned");
   const dim3 gate_grid(detail::grid_dim((table.intermediate + kWarps - 1) / kWarps, "moe gate/up"),
                        detail::grid_dim(tokens * top_k, "moe gate/up (pairs)", 65535));
   const dim3 down_grid(detail::grid_dim((hidden + kWarps - 1) / kWarps, "moe down"),

@@ -7,6 +7,9 @@
 #include <vector>
 
 namespace tandem {
+namespace {
+constexpr int64_t kOutputRows = 32768;  // wider than any layer's linear of the supported models
+}  // namespace
 
 template <class Fn>
 void OpTimingBackend::timed(const char* op, int64_t tokens, Fn&& fn) {
@@ -49,7 +52,8 @@ void OpTimingBackend::embedding(const TensorView& table, const int32_t* ids, int
   timed("embedding", count, [&] { inner_.embedding(table, ids, count, out); });
 }
 void OpTimingBackend::linear(const LinearWeight& w, const float* x, int64_t rows, float* y) {
-  timed(w.out_features() > 32768 ? "linear (output)" : "linear", rows, [&] { inner_.linear(w, x, rows, y); });
+  // A vocabulary-wide matrix (the output projection) apart from the layers' linears.
+  timed(w.out_features() > kOutputRows ? "linear (output)" : "linear", rows, [&] { inner_.linear(w, x, rows, y); });
 }
 void OpTimingBackend::rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
                                double eps, float* out) {

@@ -377,6 +377,33 @@ TEST_CASE("cuda MLA absorption and value expansion equal the CPU reference", "[c
   }
 }
 
+namespace {
+
+// `count` experts of random weights (gate/up [inter, hidden] of one type, down [hidden, inter] of
+// another) that own their bytes; seeds seed + 3e, + 1, + 2.
+struct RandomExperts {
+  std::vector<test::OwnedWeight> owned;
+  ExpertWeights weights;
+};
+RandomExperts random_experts(DType gate_type, DType down_type, int64_t count, int64_t hidden, int64_t inter,
+                             uint32_t seed) {
+  RandomExperts r;
+  for (int64_t e = 0; e < count; ++e) {
+    const uint32_t s = seed + 3 * static_cast<uint32_t>(e);
+    r.owned.push_back(random_weight(gate_type, inter, hidden, s));
+    r.owned.push_back(random_weight(gate_type, inter, hidden, s + 1));
+    r.owned.push_back(random_weight(down_type, hidden, inter, s + 2));
+  }
+  for (int64_t e = 0; e < count; ++e) {  // after the pushes: the views point into settled vectors
+    r.weights.gate.push_back(r.owned[static_cast<size_t>(3 * e)].w);
+    r.weights.up.push_back(r.owned[static_cast<size_t>(3 * e + 1)].w);
+    r.weights.down.push_back(r.owned[static_cast<size_t>(3 * e + 2)].w);
+  }
+  return r;
+}
+
+}  // namespace
+
 TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;
@@ -396,18 +423,8 @@ TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda
       INFO(type_name(t) << " tokens " << tokens);
       CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 2e-5);
     }
-    std::vector<test::OwnedWeight> owned;
-    ExpertWeights ew;
-    for (int64_t e = 0; e < experts; ++e) {
-      owned.push_back(random_weight(t, inter, hidden, 40 + 3 * uint32_t(e)));
-      owned.push_back(random_weight(t, inter, hidden, 41 + 3 * uint32_t(e)));
-      owned.push_back(random_weight(t, hidden, inter, 42 + 3 * uint32_t(e)));
-    }
-    for (int64_t e = 0; e < experts; ++e) {
-      ew.gate.push_back(owned[size_t(3 * e)].w);
-      ew.up.push_back(owned[size_t(3 * e + 1)].w);
-      ew.down.push_back(owned[size_t(3 * e + 2)].w);
-    }
+    const RandomExperts random = random_experts(t, t, experts, hidden, inter, 40);
+    const ExpertWeights& ew = random.weights;
     const int64_t tokens = 6;
     const std::vector<int32_t> ids = {0, 1, 2, 0, 3, 1, 1, 2, 0, 3, 2, 3};  // expert 0..3, none twice per token
     const auto weights = random_floats(static_cast<size_t>(tokens * top_k), 43);
@@ -434,18 +451,8 @@ TEST_CASE("cuda routed experts: few tokens pair by pair equal many tokens groupe
                                       std::pair{DType::q8_0, DType::q8_0}, std::pair{DType::f8_e4m3, DType::f8_e4m3},
                                       std::pair{DType::bf16, DType::bf16}}) {
     b.gpu = make_cuda_backend(0);
-    std::vector<test::OwnedWeight> owned;
-    ExpertWeights ew;
-    for (int64_t e = 0; e < experts; ++e) {
-      owned.push_back(random_weight(gate_type, inter, hidden, 140 + 3 * uint32_t(e)));
-      owned.push_back(random_weight(gate_type, inter, hidden, 141 + 3 * uint32_t(e)));
-      owned.push_back(random_weight(down_type, hidden, inter, 142 + 3 * uint32_t(e)));
-    }
-    for (int64_t e = 0; e < experts; ++e) {
-      ew.gate.push_back(owned[size_t(3 * e)].w);
-      ew.up.push_back(owned[size_t(3 * e + 1)].w);
-      ew.down.push_back(owned[size_t(3 * e + 2)].w);
-    }
+    const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 140);
+    const ExpertWeights& ew = random.weights;
     std::vector<int32_t> ids;
     for (int64_t t = 0; t < many; ++t)
       for (int64_t s = 0; s < top_k; ++s) ids.push_back(static_cast<int32_t>((t * 5 + s * 3) % experts));

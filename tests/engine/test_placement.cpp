@@ -17,6 +17,7 @@
 #include "support/fixtures.hpp"
 #include "tandem/formats/read_file.hpp"
 #include "tandem/backend/forwarding_backend.hpp"
+#include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/kv/kv_pool.hpp"
@@ -383,6 +384,38 @@ TEST_CASE("placement executes: each role group runs on the backend its rule name
     CHECK(b.calls["add"] == 2 * files.config.num_layers);
     CHECK(a.calls["add"] == 0);
     CHECK(a.calls["router_topk"] == moe_layers);
+  }
+}
+
+TEST_CASE("op timing: a timed backend gives the same logits and counts every call it forwards", "[engine][placement]") {
+  const std::vector<int32_t> ids = {1, 5, 9, 2, 7, 3};
+  for (const std::string& model : {test::data_dir() + "/tiny-qwen3moe", test::data_dir() + "/tiny-deepseekv3"}) {
+    INFO(model);
+    const ModelFiles files = open_model_files(model);
+    const Weights weights = bind_weights(files);
+    auto cpu = make_cpu_backend(2);
+    RecordingBackend counted(*cpu);
+    const auto expected = run_forward(files, weights, [&](WeightGroup, int64_t) -> Backend& { return counted; }, ids);
+    OpTimingBackend timed(*cpu, "cpu");
+    const auto got = run_forward(files, weights, [&](WeightGroup, int64_t) -> Backend& { return timed; }, ids);
+    CHECK(got == expected);  // timing only waits: the same kernels, bit for bit
+    auto calls = [&](const std::string& op) {
+      int64_t n = 0;
+      for (const auto& [name, entry] : timed.table())
+        if (name == op || name.rfind(op + " (", 0) == 0) n += entry.calls;
+      return n;
+    };
+    CHECK(calls("linear") == counted.calls["linear"]);  // "linear (output) ..." included
+    CHECK(calls("moe_routed_experts") == counted.calls["moe_routed_experts"]);
+    CHECK(calls("router_topk") == counted.calls["router_topk"]);
+    CHECK(calls("kv_append") == counted.calls["kv_append"]);
+    CHECK(calls("add") == counted.calls["add"]);
+    CHECK(calls(files.config.attention == AttentionKind::mla ? "mla_attention" : "gqa_attention") ==
+          counted.calls["attention"]);
+    // Six prompt tokens in one pass: every call is a batch.
+    for (const auto& [name, entry] : timed.table()) CHECK(name.find("(1 token)") == std::string::npos);
+    CHECK(timed.report().find("moe_routed_experts (batch)") != std::string::npos);
+    CHECK(timed.record_graph([] {}) == nullptr);  // its waits cannot be recorded
   }
 }
 

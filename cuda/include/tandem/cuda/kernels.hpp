@@ -115,7 +115,9 @@ struct ExpertTable {
 
 // The routed experts of few tokens, pair by pair: act [tokens·top_k, intermediate] is scratch;
 // out[t] = Σ_s weights[t, s] · down_e(silu(gate_e · x[t]) · up_e · x[t]) with e = ids[t, s], the
-// sum in slot order. Gate and up must share one stored type (Error(internal) otherwise).
+// sum in slot order. Gate and up must share one stored type, x and act be 16-byte aligned
+// (pairwise_aligned; the Q4_K/Q6_K rows read them as float4): Error(internal) otherwise.
+bool pairwise_aligned(const float* x, const float* act) noexcept;
 void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
                   const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out);
 

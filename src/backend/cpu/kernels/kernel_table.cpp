@@ -64,7 +64,7 @@ namespace {
 IsaLevel limit_level(std::string_view name) noexcept {
   for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512, IsaLevel::amx})
     if (name == isa_level_name(level)) return level;
-  return IsaLevel::amx;  // unknown names cap nothing
+  return IsaLevel::avx512;  // an unknown name keeps the default cap (AMX stays opt-in)
 }
 }  // namespace
 
