@@ -19,7 +19,7 @@ step() {  # name seconds command...
 }
 for s in ${STEPS:-build cuda amx cli bench}; do
   case $s in
-    build) step build 300 env TANDEM_DEVICE_TARGETS="test_cuda test_engine tandem_cli bench_cpu_kernels" \
+    build) step build 300 env TANDEM_DEVICE_TARGETS="test_cuda test_engine tandem_cli bench_cpu_kernels bench_cuda_kernels" \
              TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh "$build" ;;
     cuda) step cuda 150 "$build/bin/test_cuda" --durations yes ${CUDA_FILTER:-} ;;
     amx) step amx 60 "$build/bin/test_engine" "[amx]" ;;
@@ -33,6 +33,10 @@ for s in ${STEPS:-build cuda amx cli bench}; do
                LAYERS=48 PLACEMENTS="${PLACEMENTS:-experts=cpu,*=cuda:0 *=cuda:0}" bash -c "[ -s \$MODEL ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$MODEL; bash scripts/device-bench-cuda.sh $build" ;;
     bench48eager) step bench48eager 300 env TANDEM_CUDA_GRAPHS=0 MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} \
                PROMPT=${PROMPT:-512} LAYERS=48 PLACEMENTS="*=cuda:0" bash scripts/device-bench-cuda.sh "$build" ;;
+    kernels) step kernels 150 "$build/bin/bench_cuda_kernels" --benchmark_min_time=${KERNEL_SECONDS:-0.05} \
+               --benchmark_counters_tabular=true ${KERNEL_FILTER:+--benchmark_filter=$KERNEL_FILTER} ;;
+    experts) step experts 200 bash -c "for p in qwen3-30b-a3b deepseek-v3; do for t in \${THREADS_LIST:-1 4 8 16}; do \
+               $build/bin/tandem bench experts --preset \$p --quant q4_k_m --batch \${BATCH:-1} -t \$t --seconds 1 --json; done; done" ;;
     amxbench) step amxbench 150 env ONLY_AMX=1 bash scripts/kernels-bench.sh "$build" ;;
   esac
 done

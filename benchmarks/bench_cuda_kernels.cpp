@@ -1,0 +1,294 @@
+// The CUDA kernels of one decode step alone, at the shapes of a Qwen3-30B-A3B layer (hidden 2048,
+// 32 query heads and 4 KV heads of 128, 128 experts of 768, top 8) and a DeepSeek-V3 MLA layer:
+// each benchmark records 32 back-to-back calls into a CUDA graph (as a decode step replays them)
+// and reports the time per call and the weight or KV bytes read per second, so the per-kernel
+// latency that bounds decode is visible without a profiler. Skips without a GPU.
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "tandem/cuda/cuda_device.hpp"
+#include "tandem/cuda/kernels.hpp"
+#include "tandem/tensor/dtype.hpp"
+
+using namespace tandem;
+
+namespace {
+
+constexpr int kCallsPerGraph = 32;
+
+struct Gpu {
+  cuda::Stream stream{0};
+  std::mt19937 rng{7};
+  std::vector<cuda::DeviceBuffer> buffers;
+
+  // Bytes small enough that no weight type decodes to NaN or Inf.
+  void* random_bytes(size_t bytes) {
+    std::vector<uint8_t> host(bytes);
+    for (auto& b : host) b = static_cast<uint8_t>(rng() & 0x3b);
+    buffers.emplace_back(0, bytes);
+    buffers.back().upload(host.data(), bytes);
+    return buffers.back().data();
+  }
+  float* random_floats(size_t count) {
+    std::vector<float> host(count);
+    for (auto& v : host) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
+    buffers.emplace_back(0, count * 4);
+    buffers.back().upload(host.data(), count * 4);
+    return static_cast<float*>(buffers.back().data());
+  }
+  template <typename T>
+  T* upload(const std::vector<T>& host) {
+    buffers.emplace_back(0, host.size() * sizeof(T));
+    buffers.back().upload(host.data(), host.size() * sizeof(T));
+    return static_cast<T*>(buffers.back().data());
+  }
+};
+
+// Times `call` replayed kCallsPerGraph times per graph launch; bytes: what one call reads.
+void run_timed(benchmark::State& state, Gpu& gpu, const std::function<void()>& call, double bytes) {
+  call();  // first call outside the graph: lazy module loading, warm caches
+  gpu.stream.synchronize();
+  cuda::Graph::begin_capture(gpu.stream);
+  for (int i = 0; i < kCallsPerGraph; ++i) call();
+  cuda::Graph graph = cuda::Graph::end_capture(gpu.stream);
+  if (graph.empty()) {
+    state.SkipWithError("the calls could not be recorded");
+    return;
+  }
+  graph.launch(gpu.stream);
+  gpu.stream.synchronize();
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    graph.launch(gpu.stream);
+    gpu.stream.synchronize();
+    const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+    state.SetIterationTime(dt.count() / kCallsPerGraph);
+  }
+  state.counters["bytes/call"] = bytes;
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9 * static_cast<double>(state.iterations()),
+                                              benchmark::Counter::kIsRate);
+}
+
+bool have_gpu(benchmark::State& state) {
+  if (cuda::device_count() > 0) return true;
+  state.SkipWithError("no CUDA GPU");
+  return false;
+}
+
+int64_t stored_row_bytes(DType type, int64_t in) { return static_cast<int64_t>(*row_bytes(type, in)); }
+
+// y = W x for one token (or a few): range(0) out, range(1) in, range(2) tokens.
+void bench_linear(benchmark::State& state, DType type) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t out = state.range(0), in = state.range(1), tokens = state.range(2);
+  const size_t wbytes = static_cast<size_t>(out * stored_row_bytes(type, in));
+  const cuda::DeviceWeight w{type, gpu.random_bytes(wbytes), out, in, nullptr, nullptr};
+  const float* x = gpu.random_floats(static_cast<size_t>(in * tokens));
+  float* y = gpu.random_floats(static_cast<size_t>(out * tokens));
+  run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y); }, static_cast<double>(wbytes));
+}
+
+// One layer's routed experts, pair by pair: range(0) tokens; 128 experts of hidden 2048 ×
+// intermediate 768, top 8 (Qwen3-30B-A3B), gate/up Q4_K, down `down`.
+void bench_moe(benchmark::State& state, DType down) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t tokens = state.range(0), experts = 128, hidden = 2048, inter = 768, top_k = 8;
+  cuda::ExpertTable t;
+  t.experts = experts;
+  t.intermediate = inter;
+  t.gate_type = t.up_type = DType::q4_k;
+  t.down_type = down;
+  t.gate_row_bytes = t.up_row_bytes = stored_row_bytes(DType::q4_k, hidden);
+  t.down_row_bytes = stored_row_bytes(down, inter);
+  std::vector<const void*> gate(experts), up(experts), dn(experts);
+  for (int64_t e = 0; e < experts; ++e) {
+    gate[e] = gpu.random_bytes(static_cast<size_t>(inter * t.gate_row_bytes));
+    up[e] = gpu.random_bytes(static_cast<size_t>(inter * t.up_row_bytes));
+    dn[e] = gpu.random_bytes(static_cast<size_t>(hidden * t.down_row_bytes));
+  }
+  t.gate = gpu.upload(gate);
+  t.up = gpu.upload(up);
+  t.down = gpu.upload(dn);
+  std::vector<int32_t> ids(static_cast<size_t>(tokens * top_k));
+  std::vector<float> weights(ids.size(), 0.125f);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(gpu.rng() % experts);
+  const int32_t* d_ids = gpu.upload(ids);
+  const float* d_weights = gpu.upload(weights);
+  const float* x = gpu.random_floats(static_cast<size_t>(tokens * hidden));
+  float* act = gpu.random_floats(static_cast<size_t>(tokens * top_k * inter));
+  float* y = gpu.random_floats(static_cast<size_t>(tokens * hidden));
+  const double bytes = static_cast<double>(tokens * top_k * inter * (2 * t.gate_row_bytes) +
+                                           tokens * top_k * hidden * t.down_row_bytes);
+  run_timed(state, gpu,
+            [&] { cuda::moe_by_pairs(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, act, y); }, bytes);
+}
+
+// A paged f16 cache of one layer (block_tokens 16), every token of the batch at position
+// range(0) − 1 of its own sequence; range(1) tokens.
+struct PagedCache {
+  cuda::PagedKv kv;
+  cuda::DeviceBatch batch;
+  float* scores = nullptr;
+  double bytes = 0;
+};
+PagedCache paged_cache(Gpu& gpu, int64_t context, int64_t tokens, int64_t row_values, int64_t planes, int64_t heads) {
+  PagedCache c;
+  const int64_t bt = 16, blocks_per_seq = (context + bt - 1) / bt;
+  c.kv.type = KvType::f16;
+  c.kv.block_tokens = bt;
+  c.kv.row_bytes = row_values * 2;
+  c.kv.block_stride = planes * bt * c.kv.row_bytes;
+  c.kv.layer_base = gpu.random_bytes(static_cast<size_t>(tokens * blocks_per_seq * c.kv.block_stride));
+  std::vector<int32_t> tables(static_cast<size_t>(tokens * blocks_per_seq));
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(i);
+  std::vector<int64_t> positions(static_cast<size_t>(tokens), context - 1);
+  c.batch.tokens = tokens;
+  c.batch.positions = gpu.upload(positions);
+  c.batch.block_tables = gpu.upload(tables);
+  c.batch.table_stride = blocks_per_seq;
+  c.batch.max_context = blocks_per_seq * bt;
+  c.scores = gpu.random_floats(static_cast<size_t>(cuda::attention_scratch_floats(c.batch, heads)));
+  c.bytes = static_cast<double>(tokens * context * planes * c.kv.row_bytes);
+  return c;
+}
+
+// Qwen3-30B-A3B's GQA decode: range(0) context, range(1) tokens (sequences).
+void bench_gqa(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t heads = 32, kv_heads = 4, dim = 128, tokens = state.range(1);
+  PagedCache c = paged_cache(gpu, state.range(0), tokens, kv_heads * dim, 2, heads);
+  const float* q = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
+  float* out = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
+  run_timed(state, gpu,
+            [&] { cuda::gqa_attention(gpu.stream, c.kv, c.batch, q, heads, kv_heads, dim, 0.088f, c.scores, out); },
+            c.bytes);
+}
+
+// DeepSeek-V3's absorbed MLA decode (128 heads, latent 512 + rope 64): range(0) context.
+void bench_mla(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t heads = 128, lora = 512, rope = 64, tokens = state.range(1);
+  PagedCache c = paged_cache(gpu, state.range(0), tokens, lora + rope, 1, heads);
+  const float* ql = gpu.random_floats(static_cast<size_t>(tokens * heads * lora));
+  const float* qr = gpu.random_floats(static_cast<size_t>(tokens * heads * rope));
+  float* out = gpu.random_floats(static_cast<size_t>(tokens * heads * lora));
+  run_timed(state, gpu,
+            [&] { cuda::mla_attention(gpu.stream, c.kv, c.batch, ql, qr, heads, lora, rope, 0.07f, c.scores, out); },
+            c.bytes);
+}
+
+// Router top-k: range(0) tokens; range(1) kind (0 Qwen3 softmax 128/8, 2 DeepSeek-V3 sigmoid 256/8
+// in 8 groups of which 4 kept).
+void bench_router(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t tokens = state.range(0);
+  cuda::RouterSpec spec;
+  spec.kind = static_cast<int>(state.range(1));
+  spec.experts = spec.kind == 2 ? 256 : 128;
+  spec.top_k = 8;
+  if (spec.kind == 2) {
+    spec.n_group = 8;
+    spec.topk_group = 4;
+    spec.norm_topk_prob = true;
+    spec.routed_scaling_factor = 2.5;
+  }
+  const float* logits = gpu.random_floats(static_cast<size_t>(tokens * spec.experts));
+  const float* bias = spec.kind == 2 ? gpu.random_floats(static_cast<size_t>(spec.experts)) : nullptr;
+  gpu.buffers.emplace_back(0, static_cast<size_t>(tokens * (2 * spec.experts + spec.n_group)) * sizeof(double));
+  auto* scratch = static_cast<double*>(gpu.buffers.back().data());
+  gpu.buffers.emplace_back(0, static_cast<size_t>(tokens * spec.top_k) * 4);
+  auto* ids = static_cast<int32_t*>(gpu.buffers.back().data());
+  float* weights = gpu.random_floats(static_cast<size_t>(tokens * spec.top_k));
+  run_timed(state, gpu, [&] { cuda::router_topk(gpu.stream, spec, logits, tokens, bias, scratch, ids, weights); },
+            static_cast<double>(tokens * spec.experts * 4));
+}
+
+// RMSNorm of range(0) rows of range(1) values (2048: the hidden state; 128: q/k norm per head).
+void bench_rms_norm(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t rows = state.range(0), dim = state.range(1);
+  float* x = gpu.random_floats(static_cast<size_t>(rows * dim));
+  const float* w = gpu.random_floats(static_cast<size_t>(dim));
+  float* y = gpu.random_floats(static_cast<size_t>(rows * dim));
+  run_timed(state, gpu, [&] { cuda::rms_norm(gpu.stream, x, w, rows, dim, 1e-6f, y); },
+            static_cast<double>(rows * dim * 4));
+}
+
+// RoPE (neox) over 32 query heads of 128 for range(0) tokens.
+void bench_rope(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t tokens = state.range(0), heads = 32, dim = 128;
+  float* data = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
+  std::vector<int64_t> positions(static_cast<size_t>(tokens), 100);
+  std::vector<double> inv(static_cast<size_t>(dim / 2));
+  for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0 / std::pow(1e6, 2.0 * static_cast<double>(i) / dim);
+  const int64_t* d_pos = gpu.upload(positions);
+  const double* d_inv = gpu.upload(inv);
+  run_timed(state, gpu,
+            [&] { cuda::rope(gpu.stream, data, tokens, heads * dim, heads, dim, d_pos, d_inv, dim, true, 1.0); },
+            static_cast<double>(tokens * heads * dim * 4));
+}
+
+void bench_add(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t n = state.range(0);
+  const float* a = gpu.random_floats(static_cast<size_t>(n));
+  float* b = gpu.random_floats(static_cast<size_t>(n));
+  run_timed(state, gpu, [&] { cuda::add(gpu.stream, a, b, n, b); }, static_cast<double>(n * 8));
+}
+
+void register_all() {
+  const auto manual = [](benchmark::internal::Benchmark* b) { b->UseManualTime()->Unit(benchmark::kMicrosecond); };
+  // q (2048→4096), k/v (2048→512), o (4096→2048), the output matrix (2048→151936), router (2048→128).
+  for (DType type : {DType::q4_k, DType::q6_k, DType::q8_0, DType::bf16, DType::f32}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("linear/") + std::string(dtype_name(type))).c_str(),
+                                           bench_linear, type);
+    manual(b);
+    for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 2048}, {512, 2048}, {2048, 4096}, {128, 2048}})
+      for (int64_t tokens : {1, 4, 16}) b->Args({out, in, tokens});
+    if (type == DType::q6_k) b->Args({151936, 2048, 1});
+  }
+  for (DType down : {DType::q4_k, DType::q6_k})
+    manual(benchmark::RegisterBenchmark((std::string("moe_pairs/down_") + std::string(dtype_name(down))).c_str(),
+                                        bench_moe, down)
+               ->Arg(1)
+               ->Arg(4)
+               ->Arg(16));
+  manual(benchmark::RegisterBenchmark("gqa_attention/f16", bench_gqa)
+             ->Args({64, 1})
+             ->Args({1024, 1})
+             ->Args({4096, 1})
+             ->Args({32768, 1})
+             ->Args({1024, 16})
+             ->Args({512, 512}));
+  manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla)->Args({64, 1})->Args({4096, 1})->Args({32768, 1}));
+  manual(benchmark::RegisterBenchmark("router_topk", bench_router)->Args({1, 0})->Args({16, 0})->Args({1, 2})->Args({16, 2}));
+  manual(benchmark::RegisterBenchmark("rms_norm", bench_rms_norm)->Args({1, 2048})->Args({32, 128})->Args({16, 2048}));
+  manual(benchmark::RegisterBenchmark("rope", bench_rope)->Arg(1)->Arg(16));
+  manual(benchmark::RegisterBenchmark("add", bench_add)->Arg(2048)->Arg(16 * 2048));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
