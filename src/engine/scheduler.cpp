@@ -61,22 +61,28 @@ struct Scheduler::SessionChunk {
   bool cancelled() const { return cancel && cancel->load(); }
 };
 
-Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOptions options)
-    : engine_(engine), tokenizer_(tokenizer), options_(options) {
-  const LoadOptions& load = engine.options();
-  if (options_.max_batch_tokens == 0) options_.max_batch_tokens = load.max_batch_tokens;
-  if (options_.max_running <= 0 || options_.max_running > 4096)
+// The options with 0 resolved, checked against the engine.
+SchedulerOptions Scheduler::checked_options(SchedulerOptions options) const {
+  const LoadOptions& load = engine_.options();
+  if (options.max_batch_tokens == 0) options.max_batch_tokens = load.max_batch_tokens;
+  if (options.max_running <= 0 || options.max_running > 4096)
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("scheduler: max_running must be within [1, 4096], not {}", options_.max_running));
-  if (options_.max_batch_tokens <= 0 || options_.max_batch_tokens > load.max_batch_tokens)
+                fmt::format("scheduler: max_running must be within [1, 4096], not {}", options.max_running));
+  if (options.max_batch_tokens <= 0 || options.max_batch_tokens > load.max_batch_tokens)
     throw Error(
         ErrorKind::invalid_argument,
         fmt::format(
             "scheduler: max_batch_tokens must be within [1, {}] (the engine's max_batch_tokens), not {}",
-            load.max_batch_tokens, options_.max_batch_tokens));
-  if (options_.max_waiting < 0)
+            load.max_batch_tokens, options.max_batch_tokens));
+  if (options.max_waiting < 0)
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("scheduler: max_waiting must not be negative, not {}", options_.max_waiting));
+                fmt::format("scheduler: max_waiting must not be negative, not {}", options.max_waiting));
+  return options;
+}
+
+Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOptions options)
+    : engine_(engine), tokenizer_(tokenizer), options_(checked_options(options)) {
+  const LoadOptions& load = engine.options();
   (void)engine_.kv_pool();  // Error(unsupported) now rather than at the first step
   vocab_ = engine.config().vocab_size;
   max_context_tokens_ = load.max_context_tokens;
@@ -84,6 +90,18 @@ Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOption
   stats_.step_seconds_buckets.assign(std::size(SchedulerStats::kStepBuckets) + 1, 0);
   stats_.kv_blocks_total = engine_.kv_pool().spec().blocks;
   thread_ = std::thread([this] { loop(); });
+}
+
+void Scheduler::set_options(SchedulerOptions options) {
+  options = checked_options(options);
+  std::lock_guard lock(mutex_);
+  options_ = options;
+  wake_.notify_one();  // more running slots may admit someone now
+}
+
+SchedulerOptions Scheduler::options() const {
+  std::lock_guard lock(mutex_);
+  return options_;
 }
 
 Scheduler::~Scheduler() {
@@ -323,6 +341,10 @@ bool Scheduler::reserve_with_room(Sequence& seq, int64_t tokens) {
 }
 
 void Scheduler::preempt(Sequence& victim) {
+  // With the prefix cache its full blocks stay cached (and written through to the SSD tier): if
+  // no one needs them before it comes back, it adopts them instead of recomputing them.
+  engine_.cache_prefix(std::span<const int32_t>(victim.tokens).first(static_cast<size_t>(victim.cached)),
+                       victim.table);
   victim.table.release(engine_.kv_pool());
   victim.cached = 0;
   ++victim.result.preemptions;
@@ -381,7 +403,7 @@ void Scheduler::step() {
   for (const SessionChunk* c : sessions) session_tokens += static_cast<int64_t>(c->chunk->ids.size());
   // The sessions' chunks come first: they already hold their blocks and a thread waits on each.
   const int64_t budget =
-      std::min(options_.max_batch_tokens, engine_.options().max_batch_tokens - session_tokens);
+      std::min(options().max_batch_tokens, engine_.options().max_batch_tokens - session_tokens);
   std::vector<Planned> plan;
   try {
     plan_batch(plan, budget);

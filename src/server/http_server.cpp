@@ -12,6 +12,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <unordered_set>
 
 #include "server/chat_page.hpp"
 #include "tandem/engine/engine.hpp"
@@ -38,6 +39,32 @@ struct Channel {
   std::string text;  // streamed, not yet taken
   bool finished = false;
   SequenceResult result;
+};
+
+// The server's sequences still in the engine's scheduler, so that a server going away cancels them
+// and waits until they have left (their callbacks hold only shared state, but their KV blocks and
+// the metrics should be settled when the server is gone).
+class LiveSequences {
+ public:
+  void add(uint64_t id) {
+    std::lock_guard lock(mutex_);
+    ids_.insert(id);
+  }
+  void remove(uint64_t id) {
+    std::lock_guard lock(mutex_);
+    ids_.erase(id);
+    changed_.notify_all();
+  }
+  void cancel_all_and_wait(Scheduler& scheduler) {
+    std::unique_lock lock(mutex_);
+    for (uint64_t id : ids_) scheduler.cancel(id);
+    changed_.wait(lock, [&] { return ids_.empty(); });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::unordered_set<uint64_t> ids_;
 };
 
 const char* finish_reason(const SequenceResult& r, bool tool_calls) {
@@ -81,7 +108,8 @@ struct HttpServer::Impl {
   ServerOptions options;
   ToolCallSyntax tool_syntax = ToolCallSyntax::none;
   std::vector<int32_t> eos_ids;
-  std::unique_ptr<Scheduler> scheduler;
+  Scheduler* scheduler = nullptr;  // the engine's: C++ sessions and the C ABI share its steps
+  std::shared_ptr<LiveSequences> live = std::make_shared<LiveSequences>();
   ListeningServer http;
   int64_t created = unix_time();
   std::mutex counters_mutex;
@@ -99,10 +127,11 @@ struct HttpServer::Impl {
       throw Error(ErrorKind::invalid_argument, "--timeout must be at least 1 second");
     tool_syntax = detect_tool_call_syntax(*tokenizer);
     eos_ids = eos_ids_for(engine.config(), tokenizer);
-    scheduler = std::make_unique<Scheduler>(
-        engine, tokenizer, SchedulerOptions{options.parallel, options.max_batch_tokens, options.max_queue});
+    scheduler = &engine.scheduler();
+    scheduler->set_options(SchedulerOptions{options.parallel, options.max_batch_tokens, options.max_queue});
     setup_routes();
   }
+  ~Impl() { live->cancel_all_and_wait(*scheduler); }
 
   int64_t context() const { return scheduler->max_context_tokens(); }
 
@@ -317,15 +346,22 @@ struct HttpServer::Impl {
       channel->changed.notify_one();
       return true;
     };
-    p.on_finish = [channel](const SequenceResult& result) {
-      std::lock_guard lock(channel->mutex);
-      channel->result = result;
-      channel->finished = true;
-      channel->changed.notify_one();
+    // The id is known only once submit returns, which may be after the sequence ended.
+    auto id_slot = std::make_shared<std::atomic<uint64_t>>(0);
+    p.on_finish = [channel, live = live, id_slot](const SequenceResult& result) {
+      {
+        std::lock_guard lock(channel->mutex);
+        channel->result = result;
+        channel->finished = true;
+        channel->changed.notify_one();
+      }
+      if (const uint64_t id = id_slot->exchange(UINT64_MAX); id != 0) live->remove(id);
     };
     uint64_t id = 0;
     try {
       id = scheduler->submit(std::move(p));
+      live->add(id);
+      if (id_slot->exchange(id) == UINT64_MAX) live->remove(id);  // it finished already
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::out_of_memory)
         throw ApiError(429, std::string("The server is busy: ") + e.what() + "; retry later",

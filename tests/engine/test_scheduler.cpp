@@ -161,6 +161,41 @@ TEST_CASE("scheduler: a full KV pool preempts and recomputes, outputs unchanged"
   }
 }
 
+TEST_CASE("scheduler: a preempted sequence leaves its blocks in the prefix cache, outputs unchanged",
+          "[scheduler][prefix]") {
+  // As above, with the prefix cache: a victim's full blocks are cached before they are released, so
+  // a victim coming back adopts what no one needed meanwhile instead of recomputing it.
+  LoadOptions o;
+  o.threads = 2;
+  o.max_sessions = 1;
+  o.max_context_tokens = 64;
+  o.kv_block_tokens = 4;
+  o.max_batch_tokens = 32;
+  auto plain = Engine::load(test::data_dir() + "/tiny-qwen3moe", o);
+  o.kv_prefix_cache = true;
+  auto cached = Engine::load(test::data_dir() + "/tiny-qwen3moe", o);
+  const auto ps = prompts();
+  std::vector<GenerateResult> alone;
+  for (const auto& p : ps) alone.push_back(solo(*plain, p, {}, 30));
+  const SchedulerOptions limits{.max_running = 5, .max_batch_tokens = 32, .max_waiting = 8};
+  Scheduler scheduler(*cached, cached->tokenizer(), limits);
+  const auto batched = run_batched(scheduler, ps, std::vector<SamplingParams>(ps.size()), 30);
+  int64_t preemptions = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    INFO("sequence " << i);
+    CHECK(batched[i].error.empty());
+    CHECK(batched[i].ids == alone[i].ids);
+    // Only the first admission's adoption is the prompt's cache hit (distinct prompts: none).
+    CHECK(batched[i].cached_prompt_tokens == 0);
+    preemptions += batched[i].preemptions;
+  }
+  const auto stats = scheduler.stats();
+  CHECK(preemptions > 0);
+  CHECK(stats.preemptions == preemptions);
+  CHECK(stats.kv_blocks_in_use == 0);
+  CHECK(stats.cached_prompt_tokens == 0);
+}
+
 TEST_CASE("scheduler: cancel stops one sequence and frees its blocks; the others go on", "[scheduler]") {
   auto engine = load("tiny-qwen3moe", 2, 256, 16, 64);
   const auto ps = prompts();

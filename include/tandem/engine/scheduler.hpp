@@ -14,10 +14,11 @@
 // prompt has run and when it leaves; cached blocks no sequence holds give way before anyone is
 // preempted.
 //
-// Sessions (engine.hpp) run their forward passes through the engine's own scheduler
-// (Engine::scheduler): run_chunk puts a session's chunk into the next step beside the scheduler's
-// own sequences and other sessions' chunks, so sessions used from several threads share steps
-// instead of taking turns. A session that ran in the last step is waited for a moment (a decode
+// The engine's own scheduler (Engine::scheduler) is the process's one step loop: `tandem serve`
+// submits its requests there (set_options gives it the server's limits), and sessions (engine.hpp)
+// run their forward passes through it: run_chunk puts a session's chunk into the next step beside
+// the scheduler's own sequences and other sessions' chunks, so sessions used from several threads
+// share steps instead of taking turns. A session that ran in the last step is waited for a moment (a decode
 // loop samples and comes straight back), so concurrent decode loops settle into shared steps.
 //
 // Thread-safety: submit, cancel and stats may be called from any thread; callbacks run on the
@@ -130,14 +131,20 @@ class Scheduler {
   // caller; never call it from a callback.
   void run_chunk(const SequenceChunk& chunk, float* logits, const std::atomic<bool>* cancel);
 
+  // Changes the limits (the server's --parallel, --queue and --max-batch-tokens on the engine's
+  // scheduler); they apply from the next step. Sequences already running past a lower max_running
+  // finish. Throws Error(invalid_argument) as the constructor does.
+  void set_options(SchedulerOptions options);
+  SchedulerOptions options() const;
+
   SchedulerStats stats() const;
-  const SchedulerOptions& options() const { return options_; }
   int64_t max_context_tokens() const { return max_context_tokens_; }
 
  private:
   struct Sequence;
   struct Planned;
   struct SessionChunk;
+  SchedulerOptions checked_options(SchedulerOptions options) const;
   void loop();
   std::vector<SessionChunk*> take_session_chunks();
   void finish_session_chunks(std::vector<SessionChunk*>& chunks, std::exception_ptr error);
@@ -155,7 +162,6 @@ class Scheduler {
 
   Engine& engine_;
   const Tokenizer* tokenizer_;
-  SchedulerOptions options_;
   int64_t vocab_ = 0;
   int64_t max_context_tokens_ = 0;
   std::vector<float> logits_;  // [rows of a step, vocab], grown when a step needs more
@@ -166,6 +172,7 @@ class Scheduler {
   double last_step_seconds_ = 0;                     // loop thread only
 
   mutable std::mutex mutex_;  // guards everything below
+  SchedulerOptions options_;
   std::condition_variable wake_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::unordered_set<uint64_t> cancel_requests_;

@@ -1,7 +1,9 @@
 #pragma once
 // `tandem serve`: an OpenAI-compatible HTTP server over one Engine, batching concurrent requests
-// through a Scheduler. Endpoints (docs/SERVER.md): POST /v1/chat/completions, POST /v1/completions,
-// GET /v1/models, GET /health, GET /metrics, and the chat page at /. Built on cpp-httplib; each
+// through the engine's Scheduler (Engine::scheduler(), the one C++ sessions and the C ABI use, so
+// everything in the process shares one step loop; the server sets its limits). Endpoints
+// (docs/SERVER.md): POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+// GET /metrics, and the chat page at /. Built on cpp-httplib; each
 // connection is served by one of a fixed pool of threads that waits on its sequence's tokens.
 #include <cstddef>
 #include <cstdint>
@@ -35,7 +37,7 @@ class HttpServer {
  public:
   // `chat_template` may be null (then /v1/chat/completions answers 400). Throws Error for bad options.
   HttpServer(Engine& engine, const ChatTemplate* chat_template, ServerOptions options);
-  ~HttpServer();
+  ~HttpServer();  // cancels the server's sequences still in the scheduler and waits until they left
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
@@ -44,7 +46,7 @@ class HttpServer {
   int bind();
   void run();   // serves until stop(); bind() first
   void stop();  // from any thread
-  Scheduler& scheduler();
+  Scheduler& scheduler();  // the engine's
 
  private:
   struct Impl;
