@@ -6,6 +6,7 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -155,7 +156,8 @@ PagedCache paged_cache(Gpu& gpu, int64_t context, int64_t tokens, int64_t row_va
   c.batch.block_tables = gpu.upload(tables);
   c.batch.table_stride = blocks_per_seq;
   c.batch.max_context = blocks_per_seq * bt;
-  c.scores = gpu.random_floats(static_cast<size_t>(cuda::attention_scratch_floats(c.batch, heads)));
+  c.scores = gpu.random_floats(static_cast<size_t>(
+      std::max(cuda::attention_scratch_floats(c.batch, heads), cuda::gqa_attention_scratch_floats(c.batch, heads, 4, 128))));
   c.bytes = static_cast<double>(tokens * context * planes * c.kv.row_bytes);
   return c;
 }

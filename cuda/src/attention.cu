@@ -2,11 +2,15 @@
 // per (token, head); its warps score the cached keys (one key per warp step), the block takes the
 // softmax (sum in double, as the reference), then threads over the value width accumulate the
 // weighted values in position order. Scores live in caller-provided scratch, so any context length
-// fits. Split-K flash-decoding and a prefill flash-attention replace this later.
+// fits. GQA shapes split_attention.cu supports go there instead (split-K flash decoding); this
+// kernel stays as the path for the others and as the CUDA-side reference its tests compare with.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "launch.cuh"
+#include "split_attention.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -123,6 +127,20 @@ void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, 
   if (kv_heads <= 0 || heads % kv_heads != 0)
     throw Error(ErrorKind::invalid_argument,
                 text("cuda gqa_attention: ", heads, " heads are not a multiple of ", kv_heads, " kv heads"));
+  if (detail::split_attention_supported(batch.tokens, heads, kv_heads, head_dim, kv)) {
+    detail::split_gqa_attention(stream, kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out);
+    return;
+  }
+  gqa_attention_unsplit(stream, kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out);
+}
+
+void gqa_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q,
+                           int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores,
+                           float* out) {
+  if (batch.tokens <= 0) return;
+  if (kv_heads <= 0 || heads % kv_heads != 0)
+    throw Error(ErrorKind::invalid_argument,
+                text("cuda gqa_attention: ", heads, " heads are not a multiple of ", kv_heads, " kv heads"));
   const unsigned grid = detail::grid_dim(batch.tokens * heads, "gqa_attention");
   const auto shared = static_cast<size_t>(head_dim) * sizeof(float);
   dispatch_kv(kv.type, [&](auto k) {
@@ -130,6 +148,11 @@ void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, 
         kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out);
   });
   detail::check_launch("gqa_attention");
+}
+
+int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  return std::max(attention_scratch_floats(b, heads),
+                  detail::split_attention_scratch_floats(b, heads, kv_heads, head_dim));
 }
 
 void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,

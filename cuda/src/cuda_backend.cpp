@@ -214,7 +214,7 @@ class CudaBackend final : public Backend {
     if (batch.tokens <= 0) return;
     check_batch(kv, batch);
     const cuda::DeviceBatch db = device_batch(batch);
-    float* d_scores = scratch(kScores, cuda::attention_scratch_floats(db, heads));
+    float* d_scores = scratch(kScores, cuda::gqa_attention_scratch_floats(db, heads, kv_heads, head_dim));
     cuda::gqa_attention(stream_, paged(kv, layer), db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out);
   }
 

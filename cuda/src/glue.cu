@@ -54,16 +54,17 @@ __device__ void top_k(const double* values, int64_t n, int64_t k, int32_t* out) 
   }
 }
 
-// One warp per token: the lanes share the exponentials and each round of the top-k scan; sums and
-// the group choice stay serial on lane 0, in the reference's order, so ids and weights equal the
-// one-thread version's.
+// One warp per token: the lanes share the exponentials, the softmax sum and each round of the top-k
+// scan; the group choice and the final weights stay on lane 0, in the reference's order. The
+// per-token arrays live in shared memory when they fit (always, for real routers), else in scratch.
 __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
-                              double* scratch, int32_t* expert_ids, float* weights) {
+                              double* scratch, bool in_shared, int32_t* expert_ids, float* weights) {
+  extern __shared__ double token_arrays[];
   const int64_t t = blockIdx.x;
   const int lane = threadIdx.x;
   if (t >= tokens) return;
   const int64_t n = spec.experts, k = spec.top_k;
-  double* scores = scratch + t * (2 * n + spec.n_group);
+  double* scores = in_shared ? token_arrays : scratch + t * (2 * n + spec.n_group);
   double* choice = scores + n;
   double* group_scores = choice + n;
   const float* row = logits + t * n;
@@ -78,11 +79,10 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
     max_logit = detail::warp_max(max_logit);
     for (int64_t e = lane; e < n; e += 32) scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
     __syncwarp();
-    if (lane == 0) {
-      double sum = 0;
-      for (int64_t e = 0; e < n; ++e) sum += scores[e];
-      for (int64_t e = 0; e < n; ++e) choice[e] = scores[e] /= sum;
-    }
+    double part = 0;
+    for (int64_t e = lane; e < n; e += 32) part += scores[e];
+    const double sum = detail::warp_sum(part);
+    for (int64_t e = lane; e < n; e += 32) choice[e] = scores[e] /= sum;
   }
   __syncwarp();
   int32_t* ids = expert_ids + t * k;
@@ -232,8 +232,10 @@ void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, in
     throw Error(ErrorKind::invalid_argument,
                 text("CUDA router: ", spec.experts, " experts, top ", spec.top_k, ", ", spec.n_group, " groups, top ",
                      spec.topk_group, " groups is not a routing the kernel takes"));
-  router_kernel<<<detail::grid_dim(tokens, "router_topk"), 32, 0, detail::native(stream)>>>(spec, logits, tokens, selection_bias, scratch, expert_ids,
-                                                         weights);
+  const auto arrays = static_cast<size_t>(2 * spec.experts + spec.n_group) * sizeof(double);
+  const bool in_shared = arrays <= 48 * 1024;
+  router_kernel<<<detail::grid_dim(tokens, "router_topk"), 32, in_shared ? arrays : 0, detail::native(stream)>>>(
+      spec, logits, tokens, selection_bias, scratch, in_shared, expert_ids, weights);
   detail::check_launch("router_topk");
 }
 

@@ -18,6 +18,7 @@ using detail::dispatch_weight_type;
 namespace {
 
 constexpr int kWarps = 16;  // output rows per block
+constexpr int kSlotsInFlight = 8;  // down rows of one output read together
 
 using detail::kFp8Block;
 using detail::kSharedBytes;
@@ -25,16 +26,17 @@ using detail::padded_floats;
 using detail::padded_index;
 using detail::stage_rows;
 
+// This lane's share of the dot product of stored row o with x (warp_sum of it is the row's dot).
 template <typename D, bool Padded>
-__device__ __forceinline__ float row_dot(const uint8_t* w, const float* scales, int64_t scale_cols, int64_t o,
-                                         const float* x, int64_t in_features, int lane) {
+__device__ __forceinline__ float lane_dot(const uint8_t* w, const float* scales, int64_t scale_cols, int64_t o,
+                                          const float* x, int64_t in_features, int lane) {
   if constexpr (!Padded && detail::LaneBlocks<D>::available) {
     if (scales == nullptr) {
       float lane_acc[1] = {0.f};
 #pragma unroll 8
       for (int64_t blk = 0; blk < in_features / 256; ++blk)
         detail::LaneBlocks<D>::template accumulate<1>(w, blk, lane, x, 0, 1, lane_acc);
-      return detail::warp_sum(lane_acc[0]);
+      return lane_acc[0];
     }
   }
   float acc = 0.f;
@@ -59,7 +61,7 @@ __device__ __forceinline__ float row_dot(const uint8_t* w, const float* scales, 
       acc += wi * x[Padded ? padded_index(i) : i];
     }
   }
-  return detail::warp_sum(acc);
+  return acc;
 }
 
 // act[p, o] = silu(gate_e[o] · x[t]) · (up_e[o] · x[t]) for pair p = (t, slot), e = ids[p].
@@ -81,8 +83,11 @@ __global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t to
   const auto* gate = static_cast<const uint8_t*>(table.gate[e]) + o * table.gate_row_bytes;
   const auto* up = static_cast<const uint8_t*>(table.up[e]) + o * table.up_row_bytes;
   const int64_t cols = (hidden + kFp8Block - 1) / kFp8Block;
-  const float g = row_dot<D, SharedX>(gate, table.gate_scales ? table.gate_scales[e] : nullptr, cols, o, xt, hidden, lane);
-  const float u = row_dot<D, SharedX>(up, table.up_scales ? table.up_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  // Both rows' loads in flight together: the two dot products are independent until their sums.
+  float g = lane_dot<D, SharedX>(gate, table.gate_scales ? table.gate_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  float u = lane_dot<D, SharedX>(up, table.up_scales ? table.up_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  g = detail::warp_sum(g);
+  u = detail::warp_sum(u);
   if (lane == 0) act[p * table.intermediate + o] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
 }
 
@@ -102,15 +107,29 @@ __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* 
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (o >= hidden) return;
   const int64_t cols = (table.intermediate + kFp8Block - 1) / kFp8Block;
+  // kSlotsInFlight slots' rows are read at once (their loads overlap), then summed in slot order.
   float sum = 0.f;
-  for (int64_t s = 0; s < top_k; ++s) {
-    const int64_t p = t * top_k + s;
-    const int32_t e = ids[p];
-    if (e < 0 || e >= table.experts) continue;
-    const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
-    const float d = row_dot<D, SharedX>(down, table.down_scales ? table.down_scales[e] : nullptr, cols, o,
-                                        rows + s * row_stride, table.intermediate, lane);
-    sum = __fadd_rn(sum, __fmul_rn(weights[p], d));
+  for (int64_t s0 = 0; s0 < top_k; s0 += kSlotsInFlight) {
+    float part[kSlotsInFlight];
+#pragma unroll
+    for (int j = 0; j < kSlotsInFlight; ++j) {
+      part[j] = 0.f;
+      const int64_t s = s0 + j;
+      if (s >= top_k) continue;
+      const int32_t e = ids[t * top_k + s];
+      if (e < 0 || e >= table.experts) continue;
+      const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
+      part[j] = lane_dot<D, SharedX>(down, table.down_scales ? table.down_scales[e] : nullptr, cols, o,
+                                     rows + s * row_stride, table.intermediate, lane);
+    }
+#pragma unroll
+    for (int j = 0; j < kSlotsInFlight; ++j) {
+      const int64_t s = s0 + j;
+      if (s >= top_k) break;
+      const int32_t e = ids[t * top_k + s];
+      if (e < 0 || e >= table.experts) continue;
+      sum = __fadd_rn(sum, __fmul_rn(weights[t * top_k + s], detail::warp_sum(part[j])));
+    }
   }
   if (lane == 0) out[t * hidden + o] = sum;
 }

@@ -1,18 +1,24 @@
 // Rotary position embedding in place, as RotaryEmbedding::apply: the angle in double from the
 // CPU's inverse-frequency table, cos/sin scaled by the attention factor, then rounded to float.
+#include <algorithm>
+
 #include "launch.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
 namespace {
 
-// One block per token; threads over (head, pair).
+constexpr int kThreads = 128;
+
+// Blocks (token, share of the (head, pair) items); a thread per item, so the double-precision sin
+// and cos of one decode token's 2,048 pairs spread over 16 blocks instead of 16 rounds of one.
 __global__ void rope_kernel(float* data, int64_t row_stride, int64_t heads, int64_t head_stride,
                             const int64_t* positions, const double* inv_freq, int64_t half, bool neox,
                             double attention_factor) {
   const int64_t t = blockIdx.x;
   const double pos = static_cast<double>(positions[t]);
-  for (int64_t item = threadIdx.x; item < heads * half; item += blockDim.x) {
+  for (int64_t item = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x; item < heads * half;
+       item += static_cast<int64_t>(gridDim.y) * kThreads) {
     const int64_t h = item / half, i = item % half;
     const double angle = inv_freq[i] * pos;
     const float c = static_cast<float>(cos(angle) * attention_factor);
@@ -30,7 +36,10 @@ __global__ void rope_kernel(float* data, int64_t row_stride, int64_t heads, int6
 void rope(Stream& stream, float* data, int64_t rows, int64_t row_stride, int64_t heads, int64_t head_stride,
           const int64_t* positions, const double* inv_freq, int64_t rotary_dim, bool neox, double attention_factor) {
   if (rows <= 0 || heads <= 0 || rotary_dim < 2) return;
-  rope_kernel<<<detail::grid_dim(rows, "rope"), 128, 0, detail::native(stream)>>>(
+  const int64_t items = heads * (rotary_dim / 2);
+  const dim3 grid(detail::grid_dim(rows, "rope"),
+                  static_cast<unsigned>(std::min<int64_t>((items + kThreads - 1) / kThreads, 64)));
+  rope_kernel<<<grid, kThreads, 0, detail::native(stream)>>>(
       data, row_stride, heads, head_stride, positions, inv_freq, rotary_dim / 2, neox, attention_factor);
   detail::check_launch("rope");
 }

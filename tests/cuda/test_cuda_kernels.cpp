@@ -2,7 +2,9 @@
 // Runs on the GPU machine; skips, saying so, where there is no GPU.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -128,4 +130,104 @@ TEST_CASE("cuda rms_norm and silu_glu match the CPU formulas", "[cuda]") {
       CHECK(z[k] == Approx(g / (1 + std::exp(-g)) * y[k]).margin(1e-5).epsilon(1e-5));
     }
   }
+}
+
+namespace {
+
+// A paged cache of `tokens` sequences, each at its own context (contexts[t] positions filled with
+// random rows; block ids shuffled so a sequence's blocks are not contiguous).
+struct RandomPagedCache {
+  cuda::DeviceBuffer planes, positions, tables;
+  cuda::PagedKv kv;
+  cuda::DeviceBatch batch;
+};
+RandomPagedCache random_paged_cache(KvType type, const std::vector<int64_t>& contexts, int64_t row_values,
+                                    uint32_t seed) {
+  RandomPagedCache c;
+  const int64_t bt = 16, elem = type == KvType::f32 ? 4 : 2;
+  int64_t stride = 1, max_context = 1;
+  for (int64_t n : contexts) stride = std::max(stride, (n + bt - 1) / bt), max_context = std::max(max_context, n);
+  const auto tokens = static_cast<int64_t>(contexts.size()), blocks = tokens * stride;
+  c.kv.type = type;
+  c.kv.block_tokens = bt;
+  c.kv.row_bytes = row_values * elem;
+  c.kv.block_stride = 2 * bt * c.kv.row_bytes;
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(blocks));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  // Values as the type stores them: f32 floats, or 16-bit halves/bfloats of small normal values.
+  const auto values = random_floats(static_cast<size_t>(blocks * 2 * bt * row_values), seed + 1);
+  std::vector<uint8_t> bytes(values.size() * static_cast<size_t>(elem));
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (type == KvType::f32) {
+      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+    } else {
+      uint32_t bits;
+      std::memcpy(&bits, &values[i], 4);
+      const auto v = static_cast<uint16_t>(type == KvType::bf16 ? bits >> 16 : ((bits >> 16) & 0x8000) | 0x3800 |
+                                                                                    ((bits >> 13) & 0x3ff));
+      std::memcpy(bytes.data() + 2 * i, &v, 2);
+    }
+  }
+  c.planes = cuda::DeviceBuffer(0, bytes.size());
+  c.planes.upload(bytes.data(), bytes.size());
+  std::vector<int64_t> pos;
+  for (int64_t n : contexts) pos.push_back(n - 1);
+  c.positions = cuda::DeviceBuffer(0, pos.size() * 8);
+  c.positions.upload(pos.data(), pos.size() * 8);
+  c.tables = cuda::DeviceBuffer(0, ids.size() * 4);
+  c.tables.upload(ids.data(), ids.size() * 4);
+  c.kv.layer_base = c.planes.data();
+  c.batch.tokens = tokens;
+  c.batch.positions = static_cast<const int64_t*>(c.positions.data());
+  c.batch.block_tables = static_cast<const int32_t*>(c.tables.data());
+  c.batch.table_stride = stride;
+  c.batch.max_context = stride * bt;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("cuda split-K GQA attention equals the one-block-per-head kernel at every supported shape",
+          "[cuda][attention]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int64_t heads, kv_heads, head_dim;
+  };
+  const std::vector<std::vector<int64_t>> batches = {{1}, {17}, {300}, {5000}, {3, 64, 1000}, {40000}};
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16})
+    for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 256}})
+      for (const auto& contexts : batches) {
+        if (contexts.size() == 1 && contexts[0] == 40000 && (type != KvType::f16 || s.head_dim != 128)) continue;
+        RandomPagedCache c = random_paged_cache(type, contexts, s.kv_heads * s.head_dim, 5);
+        const auto tokens = static_cast<int64_t>(contexts.size());
+        const auto q = random_floats(static_cast<size_t>(tokens * s.heads * s.head_dim), 6);
+        const int64_t scratch_floats = cuda::gqa_attention_scratch_floats(c.batch, s.heads, s.kv_heads, s.head_dim);
+        cuda::Stream stream(0);
+        cuda::DeviceBuffer dq(0, q.size() * 4), scratch(0, static_cast<size_t>(scratch_floats) * 4),
+            split_out(0, q.size() * 4), plain_out(0, q.size() * 4);
+        dq.upload(q.data(), q.size() * 4);
+        const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
+        const auto* qp = static_cast<const float*>(dq.data());
+        auto* sp = static_cast<float*>(scratch.data());
+        cuda::gqa_attention(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale, sp,
+                            static_cast<float*>(split_out.data()));
+        cuda::gqa_attention_unsplit(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale, sp,
+                                    static_cast<float*>(plain_out.data()));
+        stream.synchronize();
+        std::vector<float> a(q.size()), b(q.size());
+        split_out.download(a.data(), a.size() * 4);
+        plain_out.download(b.data(), b.size() * 4);
+        double max_err = 0, max_ref = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          max_err = std::max(max_err, static_cast<double>(std::abs(a[i] - b[i])));
+          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
+        }
+        INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim << " tokens "
+                                << tokens << " context " << contexts.back() << ": max err " << max_err << " of "
+                                << max_ref);
+        CHECK(max_ref > 0);
+        CHECK(max_err <= 2e-5 * max_ref + 1e-6);
+      }
 }

@@ -82,8 +82,16 @@ inline int64_t attention_scratch_floats(const DeviceBatch& b, int64_t heads) {
 
 // Causal GQA attention (ops/attention.hpp semantics): q [tokens, heads·head_dim] roped; the K plane
 // (0) and V plane (1) hold kv_heads·head_dim values per row. out [tokens, heads·head_dim].
+// Shapes with head_dim 64/128/256 and at most 32 query heads per KV head run as split-K flash
+// decoding (a block per token, KV head and split of the positions; results within float rounding of
+// the reference, whose softmax sums in double); others, and gqa_attention_unsplit always, one block
+// per (token, head). scores: gqa_attention_scratch_floats of scratch.
 void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
                    int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores, float* out);
+void gqa_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q,
+                           int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores,
+                           float* out);
+int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim);
 
 // Absorbed MLA attention over the latent cache (one plane: kv_lora latent then rope key).
 // q_latent [tokens, heads, kv_lora], q_rope [tokens, heads, rope_dim]; out [tokens, heads, kv_lora].

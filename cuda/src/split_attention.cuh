@@ -1,0 +1,16 @@
+#pragma once
+// Split-K decode attention for GQA (split_attention.cu), which gqa_attention uses for the shapes it
+// supports: head_dim 64/128/256, at most 32 query heads per KV head, f32/f16/bf16 cache.
+#include <cstdint>
+
+#include "tandem/cuda/kernels.hpp"
+
+namespace tandem::cuda::detail {
+
+bool split_attention_supported(int64_t tokens, int64_t heads, int64_t kv_heads, int64_t head_dim, const PagedKv& kv);
+// Floats of scratch the split kernels need for the batch (the per-split partial results).
+int64_t split_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim);
+void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
+                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out);
+
+}  // namespace tandem::cuda::detail
