@@ -264,16 +264,20 @@ class CudaBackend final : public Backend {
     if (tokens <= 0) return;
     const auto count = static_cast<int64_t>(experts.count());
     const int64_t pairs = tokens * top_k;
-    // Few tokens (decode): pair by pair on the device, no host round trip. Many: grouped by expert,
-    // so each expert's rows are read once per tile of its tokens.
-    if (tokens <= kPairwiseMaxTokens) {
-      if (const cuda::ExpertTable* table = expert_table(experts)) {
+    // Few tokens (decode): pair by pair on the device. Many: grouped by expert on the device, so
+    // each expert's rows are read once per tile of its tokens. Neither goes through the host.
+    if (const cuda::ExpertTable* table = expert_table(experts)) {
+      if (tokens <= kPairwiseMaxTokens) {
         float* d_act = scratch(kGate, pairs * table->intermediate);
         if (cuda::pairwise_aligned(x, d_act))
           return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out);
+      } else {
+        void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens,
+                                                                                                  hidden, top_k)));
+        return cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out);
       }
     }
-    // The ids come to the host (pairs int32) to group the (token, slot) pairs by expert, a counting
+    // Experts whose weights differ in type or shape: the ids come to the host (pairs int32) to group the (token, slot) pairs by expert, a counting
     // sort as ops/moe.cpp; the rows are gathered on the device in that order, so each expert reads
     // one contiguous slice.
     host_ids_.resize(static_cast<size_t>(pairs));

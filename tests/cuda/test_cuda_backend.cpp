@@ -473,6 +473,100 @@ TEST_CASE("cuda routed experts: few tokens pair by pair equal many tokens groupe
   }
 }
 
+namespace {
+
+// The experts uploaded as the kernels' pointer tables (what the backend's expert tables hold).
+struct UploadedExperts {
+  std::vector<cuda::DeviceBuffer> buffers;
+  cuda::ExpertTable table;
+};
+UploadedExperts upload_experts(const ExpertWeights& ew) {
+  UploadedExperts u;
+  const auto count = static_cast<int64_t>(ew.count());
+  auto up_view = [&](const TensorView& v) -> const void* {
+    if (v.empty()) return nullptr;
+    u.buffers.emplace_back(0, v.nbytes);
+    u.buffers.back().upload(v.data, v.nbytes);
+    return u.buffers.back().data();
+  };
+  std::vector<const void*> ptrs(static_cast<size_t>(6 * count));
+  for (int64_t e = 0; e < count; ++e) {
+    const auto i = static_cast<size_t>(e);
+    ptrs[i] = up_view(ew.gate[i].weight);
+    ptrs[static_cast<size_t>(count) + i] = up_view(ew.up[i].weight);
+    ptrs[static_cast<size_t>(2 * count) + i] = up_view(ew.down[i].weight);
+    ptrs[static_cast<size_t>(3 * count) + i] = up_view(ew.gate[i].scale_inv);
+    ptrs[static_cast<size_t>(4 * count) + i] = up_view(ew.up[i].scale_inv);
+    ptrs[static_cast<size_t>(5 * count) + i] = up_view(ew.down[i].scale_inv);
+  }
+  u.buffers.emplace_back(0, ptrs.size() * sizeof(void*));
+  u.buffers.back().upload(ptrs.data(), ptrs.size() * sizeof(void*));
+  const auto* table = static_cast<const void* const*>(u.buffers.back().data());
+  cuda::ExpertTable& t = u.table;
+  t.experts = count;
+  t.intermediate = ew.gate[0].out_features();
+  t.gate_type = ew.gate[0].weight.dtype;
+  t.up_type = ew.up[0].weight.dtype;
+  t.down_type = ew.down[0].weight.dtype;
+  t.gate_row_bytes = static_cast<int64_t>(*row_bytes(t.gate_type, ew.gate[0].in_features()));
+  t.up_row_bytes = static_cast<int64_t>(*row_bytes(t.up_type, ew.up[0].in_features()));
+  t.down_row_bytes = static_cast<int64_t>(*row_bytes(t.down_type, ew.down[0].in_features()));
+  t.gate = table;
+  t.up = table + count;
+  t.down = table + 2 * count;
+  if (!ew.gate[0].scale_inv.empty()) {
+    t.gate_scales = reinterpret_cast<const float* const*>(table + 3 * count);
+    t.up_scales = reinterpret_cast<const float* const*>(table + 4 * count);
+    t.down_scales = reinterpret_cast<const float* const*>(table + 5 * count);
+  }
+  return u;
+}
+
+}  // namespace
+
+TEST_CASE("cuda routed experts grouped on the device equal them pair by pair, at prefill sizes", "[cuda]") {
+  if (!have_gpu()) return;
+  const int64_t hidden = 512, inter = 256, experts = 16, top_k = 4;
+  for (auto [gate_type, down_type] : {std::pair{DType::q4_k, DType::q4_k}, std::pair{DType::q4_k, DType::q6_k},
+                                      std::pair{DType::q8_0, DType::q8_0}, std::pair{DType::f8_e4m3, DType::f8_e4m3},
+                                      std::pair{DType::bf16, DType::bf16}, std::pair{DType::iq4_xs, DType::q5_k}}) {
+    const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 150);
+    const UploadedExperts up = upload_experts(random.weights);
+    for (int64_t tokens : {17, 61, 300}) {
+      std::vector<int32_t> ids;  // skewed: expert 0 takes most tokens' first slot (tiles longer than 8)
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t s = 0; s < top_k; ++s)
+          ids.push_back(static_cast<int32_t>(s == 0 && t % 3 != 0 ? 0 : (t * 7 + s * 5) % experts));
+      const auto weights = random_floats(static_cast<size_t>(tokens * top_k), 151);
+      const auto x = random_floats(static_cast<size_t>(tokens * hidden), 152);
+      cuda::Stream stream(0);
+      auto put_dev = [](const auto& host) {
+        cuda::DeviceBuffer b(0, host.size() * sizeof(host[0]));
+        b.upload(host.data(), b.bytes());
+        return b;
+      };
+      cuda::DeviceBuffer dx = put_dev(x), di = put_dev(ids), dw = put_dev(weights);
+      const auto out_bytes = static_cast<size_t>(tokens * hidden) * 4;
+      cuda::DeviceBuffer grouped(0, out_bytes), pairwise(0, out_bytes),
+          act(0, static_cast<size_t>(tokens * top_k * inter) * 4),
+          work(0, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(up.table, tokens, hidden, top_k)));
+      const auto* xp = static_cast<const float*>(dx.data());
+      const auto* ip = static_cast<const int32_t*>(di.data());
+      const auto* wp = static_cast<const float*>(dw.data());
+      cuda::moe_grouped(stream, up.table, xp, tokens, hidden, ip, wp, top_k, work.data(),
+                        static_cast<float*>(grouped.data()));
+      cuda::moe_by_pairs(stream, up.table, xp, tokens, hidden, ip, wp, top_k, static_cast<float*>(act.data()),
+                         static_cast<float*>(pairwise.data()));
+      stream.synchronize();
+      std::vector<float> a(static_cast<size_t>(tokens * hidden)), b(a.size());
+      grouped.download(a.data(), out_bytes);
+      pairwise.download(b.data(), out_bytes);
+      INFO(type_name(gate_type) << " / " << type_name(down_type) << ", " << tokens << " tokens");
+      CHECK(relative_error(a, b) < 1e-6);
+    }
+  }
+}
+
 TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;

@@ -1,0 +1,227 @@
+// The routed experts of many tokens (prefill) without the host: the (token, slot) pairs are grouped
+// by expert on the device, then one launch covers gate+up of every hit expert and one its down
+// projection, each block taking one expert's row range for a tile of up to kTile of its pairs, so an
+// expert's rows are read once per tile instead of once per pair (moe.cu) and no launch is made per
+// expert (the host-grouped path of cuda_backend.cpp). Each pair's dot products run in the same order
+// as the linear kernel's, and the combine is weighted_sum_slots', so the results equal the pairwise
+// and host-grouped paths; the order of pairs within an expert (atomics) does not change any value.
+#include "dequant.cuh"
+#include "lane_blocks.cuh"
+#include "launch.cuh"
+#include "staged_rows.cuh"
+#include "tandem/cuda/kernels.hpp"
+
+namespace tandem::cuda {
+
+using detail::dispatch_weight_type;
+
+namespace {
+
+constexpr int kWarps = 8;  // output rows per block
+constexpr int kTile = 8;   // pairs per block
+using detail::kFp8Block;
+
+// The grouping, in one block: counts per expert, offsets, pairs in expert order (order[i] = pair),
+// and the tiles (tile_expert[j], tile_begin[j] into order; tile count in tiles[0]). Pairs whose id
+// is outside the table are left out (their slots are zeroed so the combine adds nothing).
+__global__ void group_kernel(const int32_t* ids, int64_t pairs, int64_t experts, int64_t width, int32_t* counts,
+                             int32_t* order, int32_t* tiles, int32_t* tile_expert, int32_t* tile_begin,
+                             float* slots) {
+  for (int64_t e = threadIdx.x; e < 2 * experts + 1; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  int32_t* fill = counts + experts + 1;  // [experts]
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int32_t e = ids[p];
+    if (e >= 0 && e < experts) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t offset = 0, tile = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int32_t n = counts[e];
+      fill[e] = offset;
+      for (int32_t b = 0; b < n; b += kTile) {
+        tile_expert[tile] = static_cast<int32_t>(e);
+        tile_begin[tile] = offset + b;
+        ++tile;
+      }
+      counts[e] = offset;  // now the expert's first index in order
+      offset += n;
+    }
+    counts[experts] = offset;
+    tiles[0] = tile;
+  }
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int32_t e = ids[p];
+    if (e >= 0 && e < experts) {
+      order[atomicAdd(&fill[e], 1)] = static_cast<int32_t>(p);
+    } else {
+      for (int64_t j = 0; j < width; ++j) slots[p * width + j] = 0.f;
+    }
+  }
+}
+
+// gathered[i] = x[token of order[i]].
+__global__ void gather_pairs_kernel(const float* x, int64_t hidden, const int32_t* order, const int32_t* counts,
+                                    int64_t experts, int64_t top_k, float* gathered) {
+  const int64_t i = blockIdx.x;
+  if (i >= counts[experts]) return;
+  const float* src = x + (order[i] / top_k) * hidden;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) gathered[i * hidden + j] = src[j];
+}
+
+// acc[r] += row o of w · x[r] for r < nrows (x rows `in` apart), in the linear kernels' order.
+template <typename D>
+__device__ __forceinline__ void tile_dot(const uint8_t* w, const float* scales, int64_t scale_cols, int64_t o,
+                                         const float* x, int64_t in, int nrows, int lane, float* acc) {
+  if constexpr (detail::LaneBlocks<D>::available) {
+    if (scales == nullptr) {
+#pragma unroll 8
+      for (int64_t blk = 0; blk < in / 256; ++blk)
+        detail::LaneBlocks<D>::template accumulate<kTile>(w, blk, lane, x, in, nrows, acc);
+      return;
+    }
+  }
+  float v[32];
+  for (int64_t c = lane; c < in / 32; c += 32) {
+    D::chunk(w, c, v);
+    if (scales != nullptr) {
+      const float s = scales[(o / kFp8Block) * scale_cols + (c * 32) / kFp8Block];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) v[j] = __fmul_rn(v[j], s);
+    }
+#pragma unroll
+    for (int r = 0; r < kTile; ++r) {
+      if (r < nrows) {
+        const float* xr = x + r * in + c * 32;
+        float a = 0.f;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) a += v[j] * xr[j];
+        acc[r] += a;
+      }
+    }
+  }
+  if constexpr (D::plain) {
+    for (int64_t i = (in / 32) * 32 + lane; i < in; i += 32) {
+      float wi = D::element(w, i);
+      if (scales != nullptr) wi = __fmul_rn(wi, scales[(o / kFp8Block) * scale_cols + i / kFp8Block]);
+      for (int r = 0; r < nrows; ++r) acc[r] += wi * x[r * in + i];
+    }
+  }
+}
+
+struct TileSpan {
+  int32_t expert, begin, rows;
+};
+__device__ __forceinline__ bool tile_span(const int32_t* tiles, const int32_t* tile_expert, const int32_t* tile_begin,
+                                          const int32_t* counts, TileSpan& s) {
+  const int32_t j = static_cast<int32_t>(blockIdx.y);
+  if (j >= tiles[0]) return false;
+  s.expert = tile_expert[j];
+  s.begin = tile_begin[j];
+  const int32_t end = counts[s.expert + 1];  // the next expert's first index, or the total
+  s.rows = end - s.begin < kTile ? end - s.begin : kTile;
+  return true;
+}
+
+// act[i, o] = silu(gate_e[o] · gathered[i]) · (up_e[o] · gathered[i]) for the tile's indices i.
+template <typename D>
+__global__ void grouped_gate_up_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
+                                       const int32_t* tile_begin, const int32_t* counts, const float* gathered,
+                                       int64_t hidden, float* act) {
+  TileSpan s;
+  if (!tile_span(tiles, tile_expert, tile_begin, counts, s)) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (o >= table.intermediate) return;
+  const auto* gate = static_cast<const uint8_t*>(table.gate[s.expert]) + o * table.gate_row_bytes;
+  const auto* up = static_cast<const uint8_t*>(table.up[s.expert]) + o * table.up_row_bytes;
+  const int64_t cols = (hidden + kFp8Block - 1) / kFp8Block;
+  const float* x = gathered + static_cast<int64_t>(s.begin) * hidden;
+  float g[kTile] = {}, u[kTile] = {};
+  tile_dot<D>(gate, table.gate_scales ? table.gate_scales[s.expert] : nullptr, cols, o, x, hidden, s.rows, lane, g);
+  tile_dot<D>(up, table.up_scales ? table.up_scales[s.expert] : nullptr, cols, o, x, hidden, s.rows, lane, u);
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) {
+    const float gs = detail::warp_sum(g[r]), us = detail::warp_sum(u[r]);
+    if (lane == 0 && r < s.rows)
+      act[(s.begin + r) * table.intermediate + o] = __fmul_rn(__fdiv_rn(gs, __fadd_rn(1.f, expf(-gs))), us);
+  }
+}
+
+// slots[order[i], o] = down_e[o] · act[i] for the tile's indices i.
+template <typename D>
+__global__ void grouped_down_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
+                                    const int32_t* tile_begin, const int32_t* counts, const int32_t* order,
+                                    const float* act, int64_t hidden, float* slots) {
+  TileSpan s;
+  if (!tile_span(tiles, tile_expert, tile_begin, counts, s)) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (o >= hidden) return;
+  const auto* down = static_cast<const uint8_t*>(table.down[s.expert]) + o * table.down_row_bytes;
+  const int64_t cols = (table.intermediate + kFp8Block - 1) / kFp8Block;
+  float acc[kTile] = {};
+  tile_dot<D>(down, table.down_scales ? table.down_scales[s.expert] : nullptr, cols, o,
+              act + static_cast<int64_t>(s.begin) * table.intermediate, table.intermediate, s.rows, lane, acc);
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) {
+    const float d = detail::warp_sum(acc[r]);
+    if (lane == 0 && r < s.rows) slots[static_cast<int64_t>(order[s.begin + r]) * hidden + o] = d;
+  }
+}
+
+}  // namespace
+
+int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k) {
+  const int64_t pairs = tokens * top_k, max_tiles = pairs / kTile + table.experts + 1;
+  const int64_t ints = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles;
+  const int64_t floats = pairs * hidden /* gathered */ + pairs * table.intermediate /* act */ + pairs * hidden;
+  return (ints + 4) / 4 * 16 + floats * 4;
+}
+
+void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
+                 const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out) {
+  if (tokens <= 0) return;
+  if (table.gate_type != table.up_type)
+    throw Error(ErrorKind::internal, "cuda::moe_grouped: the experts' gate and up differ in type");
+  const int64_t pairs = tokens * top_k, max_tiles = pairs / kTile + table.experts + 1;
+  auto* ints = static_cast<int32_t*>(scratch);
+  int32_t* counts = ints;                          // [2·experts + 1]
+  int32_t* order = counts + 2 * table.experts + 1;  // [pairs]
+  int32_t* tiles = order + pairs;                   // [1]
+  int32_t* tile_expert = tiles + 1;                 // [max_tiles]
+  int32_t* tile_begin = tile_expert + max_tiles;    // [max_tiles]
+  const int64_t int_count = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles;
+  auto* floats = reinterpret_cast<float*>(ints + (int_count + 4) / 4 * 4);
+  float* gathered = floats;                      // [pairs, hidden]
+  float* act = gathered + pairs * hidden;        // [pairs, intermediate]
+  float* slots = act + pairs * table.intermediate;  // [pairs, hidden], by pair
+  cudaStream_t s = detail::native(stream);
+  group_kernel<<<1, 1024, 0, s>>>(ids, pairs, table.experts, hidden, counts, order, tiles, tile_expert, tile_begin,
+                                  slots);
+  detail::check_launch("moe grouping");
+  gather_pairs_kernel<<<detail::grid_dim(pairs, "moe gather"), 256, 0, s>>>(x, hidden, order, counts, table.experts,
+                                                                            top_k, gathered);
+  detail::check_launch("moe gather");
+  const dim3 gate_grid(detail::grid_dim((table.intermediate + kWarps - 1) / kWarps, "moe gate/up"),
+                       detail::grid_dim(max_tiles, "moe gate/up (tiles)", 65535));
+  const dim3 down_grid(detail::grid_dim((hidden + kWarps - 1) / kWarps, "moe down"),
+                       detail::grid_dim(max_tiles, "moe down (tiles)", 65535));
+  const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
+    grouped_gate_up_kernel<decltype(decoder)><<<gate_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin,
+                                                                               counts, gathered, hidden, act);
+  });
+  if (!gate_known) throw Error(ErrorKind::unsupported, text("cuda::moe_grouped: no kernel for ", dtype_name(table.gate_type)));
+  detail::check_launch("moe gate/up (grouped)");
+  const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
+    grouped_down_kernel<decltype(decoder)><<<down_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin,
+                                                                            counts, order, act, hidden, slots);
+  });
+  if (!down_known) throw Error(ErrorKind::unsupported, text("cuda::moe_grouped: no kernel for ", dtype_name(table.down_type)));
+  detail::check_launch("moe down (grouped)");
+  weighted_sum_slots(stream, slots, weights, tokens, top_k, hidden, out);
+}
+
+}  // namespace tandem::cuda
