@@ -35,7 +35,7 @@ namespace {
 // (cuda::moe_by_pairs); larger ones group the pairs by expert through the host.
 constexpr int64_t kPairwiseMaxTokens = 16;
 
-enum Slot : int { kGate, kUp, kWide, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kCount };
+enum Slot : int { kGate, kUp, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kCount };
 
 class CudaEvent final : public BackendEvent {
  public:
@@ -234,14 +234,14 @@ class CudaBackend final : public Backend {
                         float* q_latent) override {
     stream_.make_current();
     if (tokens <= 0) return;
-    cuda::mla_absorb_query(stream_, dequantized(kv_b), s.heads, s.nope, s.rope, s.v, s.kv_lora, q, tokens, q_latent);
+    cuda::mla_absorb_query(stream_, weight(kv_b), s.heads, s.nope, s.rope, s.v, s.kv_lora, q, tokens, q_latent);
   }
 
   void mla_expand_values(const LinearWeight& kv_b, const MlaShape& s, const float* attended, int64_t tokens,
                          float* out) override {
     stream_.make_current();
     if (tokens <= 0) return;
-    cuda::mla_expand_values(stream_, dequantized(kv_b), s.heads, s.nope, s.v, s.kv_lora, attended, tokens, out);
+    cuda::mla_expand_values(stream_, weight(kv_b), s.heads, s.nope, s.v, s.kv_lora, attended, tokens, out);
   }
 
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
@@ -558,12 +558,6 @@ class CudaBackend final : public Backend {
   }
 
   // kv_b as float32 [rows, kv_lora], dequantised on the device per call (not kept).
-  const float* dequantized(const LinearWeight& w) {
-    const cuda::DeviceWeight d = weight(w);
-    float* out = scratch(kWide, d.out_features * d.in_features);
-    cuda::dequantize_rows(stream_, d, 0, d.out_features, out);
-    return out;
-  }
 
   // ---- the KV layers in VRAM ----
   static size_t layer_block_bytes(const KvPool& kv) {

@@ -99,13 +99,13 @@ void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, 
                    const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                    float* scores, float* out);
 
-// MLA absorption with kv_b dequantised to float32 [heads·(nope + v), kv_lora] (dequantize_rows):
-// q_latent[t, h] = W_K(h)ᵀ · q[t, h, :nope] for q [tokens, heads·(nope + rope)].
-void mla_absorb_query(Stream& stream, const float* kv_b, int64_t heads, int64_t nope, int64_t rope, int64_t v,
+// MLA absorption from kv_b's stored rows [heads·(nope + v), kv_lora] (kv_lora a multiple of 32, at
+// most 1024): q_latent[t, h] = W_K(h)ᵀ · q[t, h, :nope] for q [tokens, heads·(nope + rope)].
+void mla_absorb_query(Stream& stream, const DeviceWeight& kv_b, int64_t heads, int64_t nope, int64_t rope, int64_t v,
                       int64_t kv_lora, const float* q, int64_t tokens, float* q_latent);
 // out[t, h·v + i] = W_V(h)[i] · attended[t, h] for attended [tokens, heads, kv_lora].
-void mla_expand_values(Stream& stream, const float* kv_b, int64_t heads, int64_t nope, int64_t v, int64_t kv_lora,
-                       const float* attended, int64_t tokens, float* out);
+void mla_expand_values(Stream& stream, const DeviceWeight& kv_b, int64_t heads, int64_t nope, int64_t v,
+                       int64_t kv_lora, const float* attended, int64_t tokens, float* out);
 
 // One layer's routed experts as device tables of per-expert pointers (each array [experts], in
 // device memory), for kernels that pick the expert by an id they read on the device.
