@@ -97,8 +97,9 @@ void bench_linear(benchmark::State& state, DType type) {
 }
 
 // One layer's routed experts, pair by pair: range(0) tokens; 128 experts of hidden 2048 ×
-// intermediate 768, top 8 (Qwen3-30B-A3B), gate/up Q4_K, down `down`.
-void bench_moe(benchmark::State& state, DType down) {
+// intermediate 768, top 8 (Qwen3-30B-A3B), gate/up Q4_K, down `down`; pair by pair or grouped by
+// expert (prefill). Bytes: the expert rows each pair reads.
+void bench_moe(benchmark::State& state, DType down, bool grouped) {
   if (!have_gpu(state)) return;
   Gpu gpu;
   const int64_t tokens = state.range(0), experts = 128, hidden = 2048, inter = 768, top_k = 8;
@@ -128,6 +129,13 @@ void bench_moe(benchmark::State& state, DType down) {
   float* y = gpu.random_floats(static_cast<size_t>(tokens * hidden));
   const double bytes = static_cast<double>(tokens * top_k * inter * (2 * t.gate_row_bytes) +
                                            tokens * top_k * hidden * t.down_row_bytes);
+  if (grouped) {
+    gpu.buffers.emplace_back(0, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(t, tokens, hidden, top_k)));
+    void* work = gpu.buffers.back().data();
+    run_timed(state, gpu,
+              [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y); }, bytes);
+    return;
+  }
   run_timed(state, gpu,
             [&] { cuda::moe_by_pairs(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, act, y); }, bytes);
 }
@@ -262,14 +270,21 @@ void register_all() {
     manual(b);
     for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 2048}, {512, 2048}, {2048, 4096}, {128, 2048}})
       for (int64_t tokens : {1, 4, 16}) b->Args({out, in, tokens});
+    b->Args({4096, 2048, 512});  // prefill: the tensor-core path
     if (type == DType::q6_k) b->Args({151936, 2048, 1});
   }
-  for (DType down : {DType::q4_k, DType::q6_k})
+  for (DType down : {DType::q4_k, DType::q6_k}) {
     manual(benchmark::RegisterBenchmark((std::string("moe_pairs/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down)
+                                        bench_moe, down, false)
                ->Arg(1)
                ->Arg(4)
                ->Arg(16));
+    manual(benchmark::RegisterBenchmark((std::string("moe_grouped/down_") + std::string(dtype_name(down))).c_str(),
+                                        bench_moe, down, true)
+               ->Arg(64)
+               ->Arg(512)
+               ->Arg(4096));
+  }
   manual(benchmark::RegisterBenchmark("gqa_attention/f16", bench_gqa)
              ->Args({64, 1})
              ->Args({1024, 1})

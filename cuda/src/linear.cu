@@ -1,14 +1,15 @@
 // Linear layers, dequantisation and the embedding lookup over stored weight types (dequant.cuh).
 // The linear kernel is a GEMV for decode and small batches: one warp per output row streams the
 // row once, 32 values per lane step dequantised in registers, applied to a tile of up to kTile
-// tokens (x staged in shared memory when it fits). Prefill-sized batches re-read the weight once per
-// tile (tensor-core GEMM comes later).
+// tokens (x staged in shared memory when it fits). Batches of kTensorCoreMinRows tokens and more go
+// to the tensor cores (linear_tensor_cores.cu) when their shape allows.
 #include <algorithm>
 
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "staged_rows.cuh"
+#include "tensor_core_linear.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -153,6 +154,7 @@ bool weight_type_supported(DType t) noexcept {
 void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y) {
   if (rows <= 0 || w.out_features <= 0) return;
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
+  if (detail::tensor_core_linear_supported(w, x, rows)) return detail::tensor_core_linear(stream, w, rb, x, rows, y);
   const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0;
   if ((w.type == DType::q4_k || w.type == DType::q6_k) && w.block_scales == nullptr && aligned) {
     const dim3 grid(detail::grid_dim((w.out_features + kLaneWarps - 1) / kLaneWarps, "linear"),
