@@ -1,15 +1,17 @@
 // The routed experts of many tokens (prefill) without the host: the (token, slot) pairs are grouped
 // by expert on the device, then one launch covers gate+up of every hit expert and one its down
-// projection, each block taking one expert's row range for a tile of up to kTile of its pairs, so an
-// expert's rows are read once per tile instead of once per pair (moe.cu) and no launch is made per
-// expert (the host-grouped path of cuda_backend.cpp). Each pair's dot products run in the same order
-// as the linear kernel's, and the combine is weighted_sum_slots', so the results equal the pairwise
-// and host-grouped paths; the order of pairs within an expert (atomics) does not change any value.
+// projection, each block taking one expert's row range for a tile of its pairs, so an expert's rows
+// are read once per tile instead of once per pair (moe.cu) and no launch is made per expert (the
+// host-grouped path of cuda_backend.cpp). From kTensorCoreMinTokens tokens the tiles are 64 pairs on
+// the tensor cores (3xTF32, float32 accuracy); below, 8 pairs on the CUDA cores with each pair's dot
+// products in the linear kernel's order, so those equal the pairwise path bit for bit. The order of
+// pairs within an expert (atomics) changes no value; the combine is weighted_sum_slots'.
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "staged_rows.cuh"
 #include "tandem/cuda/kernels.hpp"
+#include "tensor_core_tiles.cuh"
 
 namespace tandem::cuda {
 
@@ -20,13 +22,14 @@ namespace {
 constexpr int kWarps = 8;  // output rows per block
 constexpr int kTile = 8;   // pairs per block
 using detail::kFp8Block;
+namespace tc = detail::tc;
 
 // The grouping, in one block: counts per expert, offsets, pairs in expert order (order[i] = pair),
 // and the tiles (tile_expert[j], tile_begin[j] into order; tile count in tiles[0]). Pairs whose id
 // is outside the table are left out (their slots are zeroed so the combine adds nothing).
-__global__ void group_kernel(const int32_t* ids, int64_t pairs, int64_t experts, int64_t width, int32_t* counts,
-                             int32_t* order, int32_t* tiles, int32_t* tile_expert, int32_t* tile_begin,
-                             float* slots) {
+__global__ void group_kernel(const int32_t* ids, int64_t pairs, int64_t experts, int64_t width, int32_t tile_pairs,
+                             int32_t* counts, int32_t* order, int32_t* tiles, int32_t* tile_expert,
+                             int32_t* tile_begin, float* slots) {
   for (int64_t e = threadIdx.x; e < 2 * experts + 1; e += blockDim.x) counts[e] = 0;
   __syncthreads();
   int32_t* fill = counts + experts + 1;  // [experts]
@@ -40,7 +43,7 @@ __global__ void group_kernel(const int32_t* ids, int64_t pairs, int64_t experts,
     for (int64_t e = 0; e < experts; ++e) {
       const int32_t n = counts[e];
       fill[e] = offset;
-      for (int32_t b = 0; b < n; b += kTile) {
+      for (int32_t b = 0; b < n; b += tile_pairs) {
         tile_expert[tile] = static_cast<int32_t>(e);
         tile_begin[tile] = offset + b;
         ++tile;
@@ -115,13 +118,13 @@ struct TileSpan {
   int32_t expert, begin, rows;
 };
 __device__ __forceinline__ bool tile_span(const int32_t* tiles, const int32_t* tile_expert, const int32_t* tile_begin,
-                                          const int32_t* counts, TileSpan& s) {
+                                          const int32_t* counts, TileSpan& s, int32_t tile_pairs = kTile) {
   const int32_t j = static_cast<int32_t>(blockIdx.y);
   if (j >= tiles[0]) return false;
   s.expert = tile_expert[j];
   s.begin = tile_begin[j];
   const int32_t end = counts[s.expert + 1];  // the next expert's first index, or the total
-  s.rows = end - s.begin < kTile ? end - s.begin : kTile;
+  s.rows = end - s.begin < tile_pairs ? end - s.begin : tile_pairs;
   return true;
 }
 
@@ -172,10 +175,103 @@ __global__ void grouped_down_kernel(ExpertTable table, const int32_t* tiles, con
   }
 }
 
+// The tensor-core versions (tensor_core_tiles.cuh), tiles of 64 pairs × 64 rows: gate and up of the
+// tile's pairs together, then SiLU-GLU on the accumulators (the two fragments share their layout).
+template <typename D>
+__global__ void __launch_bounds__(tc::kThreads)
+    grouped_gate_up_tc_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
+                              const int32_t* tile_begin, const int32_t* counts, const float* gathered, int64_t hidden,
+                              float* act) {
+  constexpr int kShared = 3 * tc::kOperandFloats > tc::kResultFloats ? 3 * tc::kOperandFloats : tc::kResultFloats;
+  __shared__ __align__(32) float shared[kShared];
+  TileSpan s;
+  if (!tile_span(tiles, tile_expert, tile_begin, counts, s, tc::kRows)) return;
+  float* xs = shared;
+  float* gs = shared + tc::kOperandFloats;
+  float* us = shared + 2 * tc::kOperandFloats;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * tc::kOut;
+  const tc::WeightRows gate{static_cast<const uint8_t*>(table.gate[s.expert]), table.gate_row_bytes, table.intermediate,
+                            hidden, table.gate_scales ? table.gate_scales[s.expert] : nullptr};
+  const tc::WeightRows up{static_cast<const uint8_t*>(table.up[s.expert]), table.up_row_bytes, table.intermediate,
+                          hidden, table.up_scales ? table.up_scales[s.expert] : nullptr};
+  const float* a = gathered + static_cast<int64_t>(s.begin) * hidden;
+  tc::FragC g[2][2], u[2][2];
+  tc::zero(g);
+  tc::zero(u);
+  for (int64_t k0 = 0; k0 < hidden; k0 += tc::kStep) {
+    tc::stage_activations(a, hidden, s.rows, k0, xs);
+    tc::stage_weights<D>(gate, o0, k0, gs);
+    tc::stage_weights<D>(up, o0, k0, us);
+    __syncthreads();
+    tc::multiply_step(xs, gs, g);
+    tc::multiply_step(xs, us, u);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < g[i][j].num_elements; ++e) {
+        const float gv = g[i][j].x[e];
+        g[i][j].x[e] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.f, expf(-gv))), u[i][j].x[e]);
+      }
+  tc::store(g, shared);
+  __syncthreads();
+  for (int e = threadIdx.x; e < tc::kRows * tc::kOut; e += tc::kThreads) {
+    const int m = e / tc::kOut, c = e % tc::kOut;
+    const int64_t o = o0 + c;
+    if (m < s.rows && o < table.intermediate)
+      act[(static_cast<int64_t>(s.begin) + m) * table.intermediate + o] = shared[m * tc::kLdOut + c];
+  }
+}
+
+template <typename D>
+__global__ void __launch_bounds__(tc::kThreads)
+    grouped_down_tc_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
+                           const int32_t* tile_begin, const int32_t* counts, const int32_t* order, const float* act,
+                           int64_t hidden, float* slots) {
+  constexpr int kShared = 2 * tc::kOperandFloats > tc::kResultFloats ? 2 * tc::kOperandFloats : tc::kResultFloats;
+  __shared__ __align__(32) float shared[kShared];
+  TileSpan s;
+  if (!tile_span(tiles, tile_expert, tile_begin, counts, s, tc::kRows)) return;
+  float* xs = shared;
+  float* ws = shared + tc::kOperandFloats;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * tc::kOut;
+  const tc::WeightRows down{static_cast<const uint8_t*>(table.down[s.expert]), table.down_row_bytes, hidden,
+                            table.intermediate, table.down_scales ? table.down_scales[s.expert] : nullptr};
+  const float* a = act + static_cast<int64_t>(s.begin) * table.intermediate;
+  tc::FragC acc[2][2];
+  tc::zero(acc);
+  for (int64_t k0 = 0; k0 < table.intermediate; k0 += tc::kStep) {
+    tc::stage_activations(a, table.intermediate, s.rows, k0, xs);
+    tc::stage_weights<D>(down, o0, k0, ws);
+    __syncthreads();
+    tc::multiply_step(xs, ws, acc);
+    __syncthreads();
+  }
+  tc::store(acc, shared);
+  __syncthreads();
+  for (int e = threadIdx.x; e < tc::kRows * tc::kOut; e += tc::kThreads) {
+    const int m = e / tc::kOut, c = e % tc::kOut;
+    const int64_t o = o0 + c;
+    if (m < s.rows && o < hidden) slots[static_cast<int64_t>(order[s.begin + m]) * hidden + o] = shared[m * tc::kLdOut + c];
+  }
+}
+
+// Tiles of 64 pairs on the tensor cores from this many tokens (rows a multiple of 32 wide), else 8.
+constexpr int64_t kTensorCoreMinTokens = 32;
+bool use_tensor_cores(const ExpertTable& table, int64_t tokens, int64_t hidden) {
+  return tokens >= kTensorCoreMinTokens && hidden % tc::kStep == 0 && table.intermediate % tc::kStep == 0;
+}
+int64_t tile_pairs(const ExpertTable& table, int64_t tokens, int64_t hidden) {
+  return use_tensor_cores(table, tokens, hidden) ? tc::kRows : kTile;
+}
+
 }  // namespace
 
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k) {
-  const int64_t pairs = tokens * top_k, max_tiles = pairs / kTile + table.experts + 1;
+  const int64_t pairs = tokens * top_k, max_tiles = pairs / tile_pairs(table, tokens, hidden) + table.experts + 1;
   const int64_t ints = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles;
   const int64_t floats = pairs * hidden /* gathered */ + pairs * table.intermediate /* act */ + pairs * hidden;
   return (ints + 4) / 4 * 16 + floats * 4;
@@ -186,7 +282,9 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   if (tokens <= 0) return;
   if (table.gate_type != table.up_type)
     throw Error(ErrorKind::internal, "cuda::moe_grouped: the experts' gate and up differ in type");
-  const int64_t pairs = tokens * top_k, max_tiles = pairs / kTile + table.experts + 1;
+  const bool tensor_cores = use_tensor_cores(table, tokens, hidden);
+  const int64_t per_tile = tile_pairs(table, tokens, hidden);
+  const int64_t pairs = tokens * top_k, max_tiles = pairs / per_tile + table.experts + 1;
   auto* ints = static_cast<int32_t*>(scratch);
   int32_t* counts = ints;                          // [2·experts + 1]
   int32_t* order = counts + 2 * table.experts + 1;  // [pairs]
@@ -199,25 +297,36 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   float* act = gathered + pairs * hidden;        // [pairs, intermediate]
   float* slots = act + pairs * table.intermediate;  // [pairs, hidden], by pair
   cudaStream_t s = detail::native(stream);
-  group_kernel<<<1, 1024, 0, s>>>(ids, pairs, table.experts, hidden, counts, order, tiles, tile_expert, tile_begin,
-                                  slots);
+  group_kernel<<<1, 1024, 0, s>>>(ids, pairs, table.experts, hidden, static_cast<int32_t>(per_tile), counts, order,
+                                  tiles, tile_expert, tile_begin, slots);
   detail::check_launch("moe grouping");
   gather_pairs_kernel<<<detail::grid_dim(pairs, "moe gather"), 256, 0, s>>>(x, hidden, order, counts, table.experts,
                                                                             top_k, gathered);
   detail::check_launch("moe gather");
-  const dim3 gate_grid(detail::grid_dim((table.intermediate + kWarps - 1) / kWarps, "moe gate/up"),
+  const int64_t rows_per_block = tensor_cores ? tc::kOut : kWarps;
+  const dim3 gate_grid(detail::grid_dim((table.intermediate + rows_per_block - 1) / rows_per_block, "moe gate/up"),
                        detail::grid_dim(max_tiles, "moe gate/up (tiles)", 65535));
-  const dim3 down_grid(detail::grid_dim((hidden + kWarps - 1) / kWarps, "moe down"),
+  const dim3 down_grid(detail::grid_dim((hidden + rows_per_block - 1) / rows_per_block, "moe down"),
                        detail::grid_dim(max_tiles, "moe down (tiles)", 65535));
   const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
-    grouped_gate_up_kernel<decltype(decoder)><<<gate_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin,
-                                                                               counts, gathered, hidden, act);
+    using D = decltype(decoder);
+    if (tensor_cores)
+      grouped_gate_up_tc_kernel<D><<<gate_grid, tc::kThreads, 0, s>>>(table, tiles, tile_expert, tile_begin, counts,
+                                                                      gathered, hidden, act);
+    else
+      grouped_gate_up_kernel<D><<<gate_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin, counts,
+                                                                  gathered, hidden, act);
   });
   if (!gate_known) throw Error(ErrorKind::unsupported, text("cuda::moe_grouped: no kernel for ", dtype_name(table.gate_type)));
   detail::check_launch("moe gate/up (grouped)");
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
-    grouped_down_kernel<decltype(decoder)><<<down_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin,
-                                                                            counts, order, act, hidden, slots);
+    using D = decltype(decoder);
+    if (tensor_cores)
+      grouped_down_tc_kernel<D><<<down_grid, tc::kThreads, 0, s>>>(table, tiles, tile_expert, tile_begin, counts,
+                                                                   order, act, hidden, slots);
+    else
+      grouped_down_kernel<D><<<down_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin, counts, order,
+                                                               act, hidden, slots);
   });
   if (!down_known) throw Error(ErrorKind::unsupported, text("cuda::moe_grouped: no kernel for ", dtype_name(table.down_type)));
   detail::check_launch("moe down (grouped)");

@@ -525,7 +525,7 @@ UploadedExperts upload_experts(const ExpertWeights& ew) {
 
 }  // namespace
 
-TEST_CASE("cuda routed experts grouped on the device equal them pair by pair, at prefill sizes", "[cuda]") {
+TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equal them pair by pair", "[cuda]") {
   if (!have_gpu()) return;
   const int64_t hidden = 512, inter = 256, experts = 16, top_k = 4;
   for (auto [gate_type, down_type] : {std::pair{DType::q4_k, DType::q4_k}, std::pair{DType::q4_k, DType::q6_k},
@@ -563,7 +563,8 @@ TEST_CASE("cuda routed experts grouped on the device equal them pair by pair, at
       grouped.download(a.data(), out_bytes);
       pairwise.download(b.data(), out_bytes);
       INFO(type_name(gate_type) << " / " << type_name(down_type) << ", " << tokens << " tokens");
-      CHECK(relative_error(a, b) < 1e-6);
+      // From 32 tokens the tiles run on the tensor cores (3xTF32: float32 accuracy, another order).
+      CHECK(relative_error(a, b) < (tokens >= 32 ? 1e-5 : 1e-6));
     }
   }
 }
