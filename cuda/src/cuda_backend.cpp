@@ -244,8 +244,8 @@ class CudaBackend final : public Backend {
     cuda::mla_expand_values(stream_, weight(kv_b), s.heads, s.nope, s.v, s.kv_lora, attended, tokens, out);
   }
 
-  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
-                    int64_t tokens, FeedForwardWorkspace&, float* out) override {
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
+                    const float* x, int64_t tokens, float* out) override {
     stream_.make_current();
     if (tokens <= 0) return;
     const cuda::DeviceWeight g = weight(gate), u = weight(up), d = weight(down);
@@ -257,8 +257,15 @@ class CudaBackend final : public Backend {
     cuda::linear(stream_, d, d_gate, tokens, out);
   }
 
+  // Queued on the stream like every call: the event the caller records after it is the wait.
+  void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                                 const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                 float* out) override {
+    moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
+  }
+
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
-                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace&,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k,
                           float* out) override {
     stream_.make_current();
     if (tokens <= 0) return;

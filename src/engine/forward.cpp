@@ -59,15 +59,6 @@ struct LayerVectors {
   const float* router_bias = nullptr;                                                       // router's
 };
 
-int64_t widest_intermediate(const Weights& w) {
-  int64_t widest = 1;
-  for (const auto& layer : w.layers) {
-    widest = std::max({widest, layer.ffn_gate.out_features(), layer.shared_gate.out_features()});
-    for (const auto& g : layer.experts.gate) widest = std::max(widest, g.out_features());
-  }
-  return widest;
-}
-
 bool on_host(const Backend& b) { return b.device().kind == DeviceKind::cpu; }
 
 // One backend's set of activation buffers.
@@ -77,6 +68,10 @@ struct Mirror {
   DeviceBuffer tables;  // flat int32 block tables [tokens, stride], grown to the largest pass
   DeviceBuffer logits;  // a device backend's logits rows, grown; host backends write the caller's
   std::unique_ptr<BackendEvent> event;
+  // Routed experts submitted here (moe_routed_experts_submit) are done once these are: the layer's
+  // kept experts, and each deferred slot's part.
+  std::unique_ptr<BackendEvent> experts_done;
+  std::array<std::unique_ptr<BackendEvent>, 2> deferred_done;
 
   float* f(Act a) const { return act[a].as<float>(); }
   int32_t* i32(Act a) const { return act[a].as<int32_t>(); }
@@ -96,21 +91,20 @@ struct ForwardPass::Impl {
   MlaShape mla;
   float softmax_scale;
   int64_t defer;  // routed experts per token deferred to the next layer (0: off)
-  FeedForwardWorkspace ffn_ws;  // host backends' MoE/MLP grouping scratch
   std::array<int64_t, kActCount> width{};
   std::deque<Mirror> mirrors;  // mirrors[0]: the main backend (a deque: references stay valid)
   std::vector<LayerVectors> layer_vectors;
   const float* output_norm = nullptr;
   DeviceBuffer staging;  // pinned host bytes for copies between two devices
-  // A layer's deferred part: its rows and routing on the experts' mirror `on`, in `slot`. Layer L
-  // leaves it in `produced`; layer L+1 takes it as `waiting`, issues its experts call once that
-  // layer's attention and router are queued (a host experts backend computes it while a GPU runs
-  // them), and adds its output after its own feed-forward.
+  // A layer's deferred part: its experts call was issued on the experts' mirror `on` right after the
+  // layer's kept experts, its output lands in `slot`.out. Layer L leaves it in `produced`; layer L+1
+  // takes it as `waiting` and adds its output after its own feed-forward, waiting for `done` first
+  // when it was submitted (the experts apart from the main backend: a host experts backend computes
+  // it while a GPU runs layer L+1's attention).
   struct DeferredPart {
     Mirror* on = nullptr;
-    const ExpertWeights* experts = nullptr;
     DeferredSlot slot{};
-    bool issued = false;
+    BackendEvent* done = nullptr;  // null: issued in order with the main backend's work
   };
   DeferredPart produced, waiting;
 
@@ -148,9 +142,7 @@ struct ForwardPass::Impl {
         softmax_scale(static_cast<float>(c.attention == AttentionKind::mla
                                              ? mla_softmax_scale(c)
                                              : 1.0 / std::sqrt(static_cast<double>(c.head_dim)))),
-        defer(defer_experts),
-        ffn_ws(max_batch_tokens, c.hidden_size, widest_intermediate(weights),
-               std::max<int64_t>(1, c.num_experts_per_tok), std::max<int64_t>(1, c.num_experts)) {
+        defer(defer_experts) {
     const int64_t H = c.hidden_size, k = std::max<int64_t>(1, c.num_experts_per_tok);
     if (defer < 0 || (defer > 0 && defer >= c.num_experts_per_tok))
       throw Error(ErrorKind::invalid_argument,
@@ -230,6 +222,8 @@ struct ForwardPass::Impl {
       m.act[static_cast<size_t>(a)] = b.allocate(static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) *
                                                  element_bytes(static_cast<Act>(a)));
     m.event = b.create_event();
+    m.experts_done = b.create_event();
+    for (auto& e : m.deferred_done) e = b.create_event();
     any_device = any_device || !on_host(b);
     mirrors.push_back(std::move(m));
     return mirrors.back();
@@ -240,7 +234,9 @@ struct ForwardPass::Impl {
   // transfer from the same backend waits (one wait for several rows sent together).
   void transfer(Mirror& from, const void* src, Mirror& to, void* dst, size_t bytes, bool wait = true) {
     if (&from == &to || bytes == 0) return;
-    if (on_host(*from.backend)) {  // host work is done when its call returns
+    // Host work is done when its call returns (submitted routed experts: once their event is; the
+    // callers wait for it before they move the output).
+    if (on_host(*from.backend)) {
       to.backend->copy_to_device(dst, src, bytes);
       return;
     }
@@ -350,9 +346,8 @@ struct ForwardPass::Impl {
     const int64_t H = cfg.hidden_size;
     if (!L.is_moe) {
       Backend& b = on(WeightGroup::dense_ffn, layer);
-      issue_waiting_deferral(T);
       Mirror& m = send(b, kNormed, T);
-      b.silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, m.f(kNormed), T, ffn_ws, m.f(kBlockOut));
+      b.silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, m.f(kNormed), T, m.f(kBlockOut));
       back(m, kBlockOut, T);
       return;
     }
@@ -365,41 +360,66 @@ struct ForwardPass::Impl {
     Mirror& r = send(router, kNormed, T);
     router.linear(L.router, r.f(kNormed), T, r.f(kRouterLogits));
     router.router_topk(routing, r.f(kRouterLogits), T, V.router_bias, r.i32(kExpertIds), r.f(kRouteWeights));
-    if (deferring)
-      router.split_deferred_experts(r.i32(kExpertIds), r.f(kRouteWeights), T, routing.top_k, defer, r.i32(kKeptIds),
-                                    r.f(kKeptWeights), r.i32(slot.ids), r.f(slot.weights));
-    // The previous layer's deferred experts, while this layer's queued work runs on its devices.
-    issue_waiting_deferral(T);
-    if (deferring)
+    if (deferring) {
+      router.split_deferred_experts(r.i32(kExpertIds), r.f(kRouteWeights), T, routing.top_k, defer,
+                                    r.i32(kKeptIds), r.f(kKeptWeights), r.i32(slot.ids), r.f(slot.weights));
       for (Act a : {slot.ids, slot.weights})
         transfer(r, r.act[a].data(), main(), main().act[a].data(), act_bytes(a, T), false);
+    }
     transfer(r, r.act[ids].data(), main(), main().act[ids].data(), act_bytes(ids, T), false);
     back(r, weights, T);  // waits for all
 
+    // Experts on a backend apart from the main one run while the host issues the shared expert (and
+    // the deferred part while it issues the next layer): submitted, waited for where their output
+    // is added. On the main backend they are called in order like everything else.
     Backend& experts = on(WeightGroup::experts, layer);
     Mirror& x = send(experts, kNormed, T, false);
-    if (deferring)
+    const bool overlap = &x != &main();
+    if (deferring) {
       for (Act a : {slot.ids, slot.weights}) send(experts, a, T, false);
+      // A submitted part needs rows of its own: the next layer's rows overwrite kNormed while it runs.
+      if (overlap)
+        transfer(main(), main().act[kNormed].data(), x, x.act[slot.in].data(), act_bytes(kNormed, T), false);
+    }
     send(experts, ids, T, false);
     send(experts, weights, T);  // waits for all
-    experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(ids), x.f(weights), top_k, ffn_ws,
-                               x.f(kBlockOut));
-    back(x, kBlockOut, T);
-    if (deferring) {
-      // The input rows are kept apart: the next layer overwrites kNormed before the part runs.
-      experts.copy(x.f(slot.in), x.f(kNormed), act_bytes(kNormed, T));
-      produced = DeferredPart{&x, &L.experts, slot, false};
+    if (overlap) {
+      experts.moe_routed_experts_submit(L.experts, x.f(kNormed), T, H, x.i32(ids), x.f(weights), top_k,
+                                        x.f(kBlockOut));
+      experts.record(*x.experts_done);
+    } else {
+      experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(ids), x.f(weights), top_k,
+                                 x.f(kBlockOut));
     }
-    if (L.shared_gate.empty()) return;
+    if (deferring) {
+      BackendEvent* done = nullptr;
+      if (overlap) {
+        experts.moe_routed_experts_submit(L.experts, x.f(slot.in), T, H, x.i32(slot.ids), x.f(slot.weights),
+                                          defer, x.f(slot.out));
+        done = x.deferred_done[static_cast<size_t>(layer % 2)].get();
+        experts.record(*done);
+      } else {
+        experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(slot.ids), x.f(slot.weights), defer,
+                                   x.f(slot.out));
+      }
+      produced = DeferredPart{&x, slot, done};
+    }
 
-    Backend& shared = on(WeightGroup::shared_experts, layer);
-    Mirror& s = send(shared, kNormed, T);
-    shared.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, s.f(kNormed), T, ffn_ws, s.f(kSharedOut));
-    const bool gated = !L.shared_expert_gate.empty();
-    if (gated) shared.linear(L.shared_expert_gate, s.f(kNormed), T, s.f(kSharedGate));
+    const bool shared_expert = !L.shared_gate.empty(), gated = !L.shared_expert_gate.empty();
+    Mirror* s = nullptr;
+    if (shared_expert) {
+      Backend& shared = on(WeightGroup::shared_experts, layer);
+      s = &send(shared, kNormed, T);
+      shared.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, s->f(kNormed), T, s->f(kSharedOut));
+      if (gated) shared.linear(L.shared_expert_gate, s->f(kNormed), T, s->f(kSharedGate));
+    }
+    if (overlap) x.experts_done->synchronize();
+    back(x, kBlockOut, T);
+    if (!shared_expert) return;
     if (gated)
-      transfer(s, s.act[kSharedGate].data(), main(), main().act[kSharedGate].data(), act_bytes(kSharedGate, T), false);
-    back(s, kSharedOut, T);  // waits for both
+      transfer(*s, s->act[kSharedGate].data(), main(), main().act[kSharedGate].data(),
+               act_bytes(kSharedGate, T), false);
+    back(*s, kSharedOut, T);  // waits for both
     main().backend->gated_add(main().f(kBlockOut), main().f(kSharedOut), gated ? main().f(kSharedGate) : nullptr, T,
                               H);
   }
@@ -408,20 +428,10 @@ struct ForwardPass::Impl {
     main().backend->add(main().f(kHidden), main().f(kBlockOut), T * cfg.hidden_size, main().f(kHidden));
   }
 
-  // The waiting deferred part's experts call, once.
-  void issue_waiting_deferral(int64_t T) {
-    if (waiting.on == nullptr || waiting.issued) return;
-    Mirror& x = *waiting.on;
-    const DeferredSlot& d = waiting.slot;
-    x.backend->moe_routed_experts(*waiting.experts, x.f(d.in), T, cfg.hidden_size, x.i32(d.ids), x.f(d.weights),
-                                  defer, ffn_ws, x.f(d.out));
-    waiting.issued = true;
-  }
-
-  // The waiting deferred part (issued now if it was not) joins the residual stream.
+  // The waiting deferred part joins the residual stream (once it is done, when it was submitted).
   void add_waiting_deferral(int64_t T) {
     if (waiting.on == nullptr) return;
-    issue_waiting_deferral(T);
+    if (waiting.done != nullptr) waiting.done->synchronize();
     Mirror& from = *waiting.on;
     const Act a = waiting.slot.out;
     transfer(from, from.act[a].data(), main(), main().act[a].data(), act_bytes(a, T));
@@ -566,10 +576,20 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
       }
     }
   }
-  if (replayed)
+  if (replayed) {
     ++m.replayed_passes;
-  else
-    compute(cancel);
+  } else {
+    try {
+      compute(cancel);
+    } catch (...) {
+      // Submitted routed experts may still run on buffers the next pass writes: let them finish.
+      for (Mirror& each : m.mirrors) try {
+          each.backend->synchronize();
+        } catch (...) {  // the first error is the one to report
+        }
+      throw;
+    }
+  }
   if (!on_host(output)) output.copy_to_host(logits, o.logits.data(), logits_bytes);
   for (Mirror& each : m.mirrors) each.backend->synchronize();
 }

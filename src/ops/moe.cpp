@@ -13,30 +13,19 @@ void silu_times(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-}  // namespace
-
-FeedForwardWorkspace::FeedForwardWorkspace(int64_t max_tokens, int64_t hidden, int64_t max_intermediate,
-                                           int64_t top_k, int64_t experts)
-    : max_tokens_(max_tokens),
-      hidden_(hidden),
-      max_intermediate_(max_intermediate),
-      top_k_(std::max<int64_t>(1, top_k)) {
-  const auto routed = static_cast<size_t>(max_tokens * top_k_);
-  gate_.resize(static_cast<size_t>(max_tokens * max_intermediate));
-  up_.resize(gate_.size());
-  gathered_.resize(static_cast<size_t>(max_tokens * hidden));
-  expert_out_.resize(routed * static_cast<size_t>(hidden));
-  tokens_by_expert_.resize(routed);
-  expert_begin_.resize(static_cast<size_t>(experts + 1));
-  expert_fill_.resize(static_cast<size_t>(experts));
+template <class T>
+void grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
 }
+
+}  // namespace
 
 void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight& up,
                   const LinearWeight& down, const float* x, int64_t tokens, FeedForwardWorkspace& ws,
                   float* out) {
   const int64_t inter = gate.out_features();
-  if (tokens > ws.max_tokens_ || inter > ws.max_intermediate_)
-    throw Error(ErrorKind::internal, "feed-forward workspace smaller than the batch");
+  grow(ws.gate_, tokens * inter);
+  grow(ws.up_, tokens * inter);
   linear(pool, gate, x, tokens, ws.gate_.data());
   linear(pool, up, x, tokens, ws.up_.data());
   silu_times(ws.gate_.data(), ws.up_.data(), tokens * inter);
@@ -47,13 +36,26 @@ void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const fl
                         int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
                         FeedForwardWorkspace& ws, float* out) {
   const auto count = static_cast<int64_t>(experts.count());
-  if (tokens > ws.max_tokens_ || top_k > ws.top_k_ ||
-      count + 1 > static_cast<int64_t>(ws.expert_begin_.size()))
-    throw Error(ErrorKind::internal, "MoE workspace smaller than the batch");
+  const int64_t routed = tokens * top_k;
+  for (int64_t r = 0; r < routed; ++r)
+    if (expert_ids[r] < 0 || expert_ids[r] >= count)
+      throw Error(ErrorKind::internal, "expert id out of range");
+  grow(ws.expert_out_, routed * hidden);
+  grow(ws.tokens_by_expert_, routed);
+  ws.expert_begin_.assign(static_cast<size_t>(count + 1), 0);
+  grow(ws.expert_fill_, count);
 
   // Counting sort of (token, slot) pairs by expert.
-  std::fill(ws.expert_begin_.begin(), ws.expert_begin_.end(), 0);
   for (int64_t r = 0; r < tokens * top_k; ++r) ++ws.expert_begin_[static_cast<size_t>(expert_ids[r]) + 1];
+  int64_t largest = 0, widest = 1;  // the most rows of one expert, the widest intermediate
+  for (int64_t e = 0; e < count; ++e) {
+    const int64_t n = ws.expert_begin_[static_cast<size_t>(e + 1)];
+    if (n > 0) widest = std::max(widest, experts.gate[static_cast<size_t>(e)].out_features());
+    largest = std::max(largest, n);
+  }
+  grow(ws.gate_, largest * widest);
+  grow(ws.up_, largest * widest);
+  grow(ws.gathered_, largest * hidden);
   for (int64_t e = 0; e < count; ++e)
     ws.expert_begin_[static_cast<size_t>(e + 1)] += ws.expert_begin_[static_cast<size_t>(e)];
   std::copy(ws.expert_begin_.begin(), ws.expert_begin_.begin() + count, ws.expert_fill_.begin());

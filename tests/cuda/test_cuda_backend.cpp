@@ -408,8 +408,7 @@ RandomExperts random_experts(DType gate_type, DType down_type, int64_t count, in
 TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;
-  const int64_t hidden = 256, inter = 96, experts = 4, top_k = 2, max_tokens = 16;
-  FeedForwardWorkspace ws(max_tokens, hidden, inter, top_k, experts);
+  const int64_t hidden = 256, inter = 96, experts = 4, top_k = 2;
   for (DType t : {DType::f32, DType::bf16, DType::q8_0}) {
     const auto gate = random_weight(t, inter, hidden, 31), up = random_weight(t, inter, hidden, 32),
                down = random_weight(t, hidden, inter, 33);
@@ -418,7 +417,7 @@ TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda
       const auto x = random_floats(static_cast<size_t>(tokens * hidden), 34);
       auto run = [&](Backend& be) {
         DeviceBuffer dx = put(be, x), out = be.allocate(x.size() * sizeof(float));
-        be.silu_glu_mlp(gate.w, up.w, down.w, dx.as<float>(), tokens, ws, out.as<float>());
+        be.silu_glu_mlp(gate.w, up.w, down.w, dx.as<float>(), tokens, out.as<float>());
         return get(be, out, x.size());
       };
       INFO(type_name(t) << " tokens " << tokens);
@@ -430,14 +429,25 @@ TEST_CASE("cuda SiLU-GLU MLP and routed experts equal the CPU reference", "[cuda
     const std::vector<int32_t> ids = {0, 1, 2, 0, 3, 1, 1, 2, 0, 3, 2, 3};  // expert 0..3, none twice per token
     const auto weights = random_floats(static_cast<size_t>(tokens * top_k), 43);
     const auto x = random_floats(static_cast<size_t>(tokens * hidden), 44);
-    auto run = [&](Backend& be) {
+    auto run = [&](Backend& be, bool submitted) {
       DeviceBuffer dx = put(be, x), di = put(be, ids), dw = put(be, weights), out = be.allocate(x.size() * sizeof(float));
-      be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k, ws,
-                            out.as<float>());
+      if (submitted) {  // the split call, waited for through an event
+        auto done = be.create_event();
+        be.moe_routed_experts_submit(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(),
+                                     top_k, out.as<float>());
+        be.record(*done);
+        done->synchronize();
+      } else {
+        be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k,
+                              out.as<float>());
+      }
       return get(be, out, x.size());
     };
     INFO(type_name(t) << " routed experts");
-    CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 2e-5);
+    const std::vector<float> gpu = run(*b.gpu, false);
+    CHECK(relative_error(gpu, run(*b.cpu, false)) < 2e-5);
+    CHECK(run(*b.gpu, true) == gpu);
+    CHECK(run(*b.cpu, true) == run(*b.cpu, false));
   }
 }
 
@@ -446,7 +456,6 @@ TEST_CASE("cuda routed experts: few tokens pair by pair equal many tokens groupe
   if (!have_gpu()) return;
   Backends b;
   const int64_t hidden = 512, inter = 256, experts = 8, top_k = 3, many = 20, few = 5;  // 20 > 16 >= 5
-  FeedForwardWorkspace ws(many, hidden, inter, top_k, experts);
   // {gate/up type, down type}: Q4_K_M stores some layers' down projections as Q6_K.
   for (auto [gate_type, down_type] : {std::pair{DType::q4_k, DType::q4_k}, std::pair{DType::q4_k, DType::q6_k},
                                       std::pair{DType::q8_0, DType::q8_0}, std::pair{DType::f8_e4m3, DType::f8_e4m3},
@@ -462,7 +471,7 @@ TEST_CASE("cuda routed experts: few tokens pair by pair equal many tokens groupe
     auto run = [&](Backend& be, int64_t tokens) {
       DeviceBuffer dx = put(be, x), di = put(be, ids), dw = put(be, weights);
       DeviceBuffer out = be.allocate(static_cast<size_t>(tokens * hidden) * sizeof(float));
-      be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k, ws,
+      be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k,
                             out.as<float>());
       return get(be, out, static_cast<size_t>(tokens * hidden));
     };

@@ -141,7 +141,6 @@ std::vector<float> emulate_first_token(const TinyModel& m, int32_t id, int64_t d
     widest = std::max({widest, l.ffn_gate.out_features(), l.shared_gate.out_features()});
     for (const auto& g : l.experts.gate) widest = std::max(widest, g.out_features());
   }
-  FeedForwardWorkspace ws(1, H, widest, std::max<int64_t>(1, k), std::max<int64_t>(1, c.num_experts));
   const auto vec = [](int64_t n) { return std::vector<float>(static_cast<size_t>(n)); };
   std::vector<float> h = vec(H), x = vec(H), ffn = vec(H), shared = vec(H), gate = vec(1);
   std::optional<std::vector<float>> waiting;  // the previous layer's deferred part
@@ -174,7 +173,7 @@ std::vector<float> emulate_first_token(const TinyModel& m, int32_t id, int64_t d
     b->rms_norm(h.data(), b->prepare_vector(L.ffn_norm), 1, H, H, c.rms_norm_eps, x.data());
     std::optional<std::vector<float>> deferred_now;
     if (!L.is_moe) {
-      b->silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, x.data(), 1, ws, ffn.data());
+      b->silu_glu_mlp(L.ffn_gate, L.ffn_up, L.ffn_down, x.data(), 1, ffn.data());
     } else {
       std::vector<float> logits = vec(c.num_experts), weights = vec(k);
       std::vector<int32_t> ids(static_cast<size_t>(k));
@@ -193,15 +192,16 @@ std::vector<float> emulate_first_token(const TinyModel& m, int32_t id, int64_t d
           (is_deferred[i] ? deferred_ids : kept_ids).push_back(ids[i]);
           (is_deferred[i] ? deferred_w : kept_w).push_back(weights[i]);
         }
-        b->moe_routed_experts(L.experts, x.data(), 1, H, kept_ids.data(), kept_w.data(), k - defer, ws, ffn.data());
+        b->moe_routed_experts(L.experts, x.data(), 1, H, kept_ids.data(), kept_w.data(), k - defer,
+                              ffn.data());
         deferred_now = vec(H);
-        b->moe_routed_experts(L.experts, x.data(), 1, H, deferred_ids.data(), deferred_w.data(), defer, ws,
+        b->moe_routed_experts(L.experts, x.data(), 1, H, deferred_ids.data(), deferred_w.data(), defer,
                               deferred_now->data());
       } else {
-        b->moe_routed_experts(L.experts, x.data(), 1, H, ids.data(), weights.data(), k, ws, ffn.data());
+        b->moe_routed_experts(L.experts, x.data(), 1, H, ids.data(), weights.data(), k, ffn.data());
       }
       if (!L.shared_gate.empty()) {
-        b->silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, x.data(), 1, ws, shared.data());
+        b->silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, x.data(), 1, shared.data());
         const bool gated = !L.shared_expert_gate.empty();
         if (gated) b->linear(L.shared_expert_gate, x.data(), 1, gate.data());
         b->gated_add(ffn.data(), shared.data(), gated ? gate.data() : nullptr, 1, H);

@@ -312,10 +312,10 @@ class RecordingBackend final : public ForwardingBackend {
     inner_.kv_append(kv, layer, plane, batch, rows, row_stride);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
-                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k,
                           float* out) override {
     ++calls["moe_routed_experts"];
-    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {

@@ -8,7 +8,8 @@
 // backend's memory, except where a comment says "host". The forward pass never dereferences them.
 // Work is ordered on one stream per backend: copies and ops run in call order; synchronize() (or an
 // event) is the only point where the host may assume they finished. The CPU backend runs every call
-// to completion before returning.
+// to completion before returning, except moe_routed_experts_submit, which its workers run while the
+// caller goes on (any later call on that backend waits for it first, so the order holds).
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -107,10 +108,18 @@ class Backend {
   virtual void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended,
                                  int64_t tokens, float* out) = 0;
   virtual void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
-                            const float* x, int64_t tokens, FeedForwardWorkspace& ws, float* out) = 0;
+                            const float* x, int64_t tokens, float* out) = 0;
   virtual void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens,
                                   int64_t hidden, const int32_t* expert_ids, const float* weights,
-                                  int64_t top_k, FeedForwardWorkspace& ws, float* out) = 0;
+                                  int64_t top_k, float* out) = 0;
+  // The routed experts, started: the work of moe_routed_experts, returning at once, so that the
+  // caller can issue other backends' work (a GPU's shared expert) while it runs. The CPU backend runs
+  // it on its workers; a GPU queues it on its stream like any call. x, expert_ids, weights, the
+  // workspace and out stay the call's until an event recorded after it (record) is synchronized, or
+  // this backend is: only then may the host or another backend read out, or anyone change the inputs.
+  virtual void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens,
+                                         int64_t hidden, const int32_t* expert_ids, const float* weights,
+                                         int64_t top_k, float* out) = 0;
   // Each token's experts from its router logits [tokens, experts], as route_tokens_to_experts
   // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].
   virtual void router_topk(const RoutingParams& params, const float* logits, int64_t tokens,

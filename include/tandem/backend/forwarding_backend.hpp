@@ -60,14 +60,19 @@ class ForwardingBackend : public Backend {
                          float* out) override {
     inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
   }
-  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, const float* x,
-                    int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
-    inner_.silu_glu_mlp(gate, up, down, x, tokens, ws, out);
+  void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
+                    const float* x, int64_t tokens, float* out) override {
+    inner_.silu_glu_mlp(gate, up, down, x, tokens, out);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
-                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k,
                           float* out) override {
-    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
+  }
+  void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                                 const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                 float* out) override {
+    inner_.moe_routed_experts_submit(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {

@@ -11,18 +11,14 @@ namespace tandem {
 
 class ThreadPool;
 
-// Buffers sized once for the largest batch; no allocation per call.
+// Buffers grown to the largest batch seen, then reused: no allocation per step. One per caller
+// (the CPU backend owns its own); one call at a time.
 class FeedForwardWorkspace {
- public:
-  FeedForwardWorkspace(int64_t max_tokens, int64_t hidden, int64_t max_intermediate, int64_t top_k,
-                       int64_t experts);
-
  private:
   friend void silu_glu_mlp(ThreadPool*, const LinearWeight&, const LinearWeight&, const LinearWeight&,
                            const float*, int64_t, FeedForwardWorkspace&, float*);
   friend void moe_routed_experts(ThreadPool*, const ExpertWeights&, const float*, int64_t, int64_t,
                                  const int32_t*, const float*, int64_t, FeedForwardWorkspace&, float*);
-  int64_t max_tokens_, hidden_, max_intermediate_, top_k_;
   std::vector<float> gate_, up_, gathered_, expert_out_;
   std::vector<int32_t> tokens_by_expert_;  // token·top_k + slot, grouped by expert
   std::vector<int64_t> expert_begin_;      // [experts + 1] offsets into tokens_by_expert_

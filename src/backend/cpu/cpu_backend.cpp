@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -18,11 +19,11 @@
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
+#include "tandem/ops/expert_deferral.hpp"
 #include "tandem/ops/linear.hpp"
 #include "tandem/ops/moe.hpp"
 #include "tandem/ops/norm.hpp"
 #include "tandem/ops/rope.hpp"
-#include "tandem/ops/expert_deferral.hpp"
 #include "tandem/ops/router.hpp"
 
 namespace tandem {
@@ -30,10 +31,19 @@ namespace {
 
 constexpr std::align_val_t kBufferAlignment{64};
 
-// Work on the CPU is done when its call returns: an event has nothing to wait for.
+// Work on the CPU is done when its call returns, but for submitted routed experts: an event marks
+// the last task submitted before it (0: none) and waits for it on the pool.
 class CpuEvent final : public BackendEvent {
  public:
-  void synchronize() override {}
+  explicit CpuEvent(ThreadPool& pool) : pool_(pool) {}
+  void synchronize() override {
+    if (ticket_ != 0) pool_.join(ticket_);
+  }
+  void mark(uint64_t ticket) { ticket_ = ticket; }
+
+ private:
+  ThreadPool& pool_;
+  uint64_t ticket_ = 0;
 };
 
 class CpuBackend final : public Backend {
@@ -42,22 +52,38 @@ class CpuBackend final : public Backend {
     if (kernels == CpuKernels::fast) fast_.emplace(pool_, kernels::best_isa_level());
   }
 
+  ~CpuBackend() override {
+    try {
+      drain();       // a submitted task uses the kernels and workspaces destroyed below
+    } catch (...) {  // its failure was the caller's to collect
+    }
+  }
+
   Device device() const override { return Device::cpu(); }
   int threads() const override { return pool_.size(); }
 
   // Host memory is this backend's memory: buffers are aligned host allocations, copies memcpy.
   DeviceBuffer allocate(size_t bytes) override { return host_buffer(bytes, false); }
   DeviceBuffer allocate_host(size_t bytes) override { return host_buffer(bytes, true); }
-  void free_buffer(void* data, size_t, bool) noexcept override { ::operator delete(data, kBufferAlignment); }
+  void free_buffer(void* data, size_t, bool) noexcept override {
+    try {
+      drain();       // submitted work may still use the buffer
+    } catch (...) {  // its failure was the caller's to collect
+    }
+    ::operator delete(data, kBufferAlignment);
+  }
   void copy_to_device(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
   void copy_to_host(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override {
+    drain();
     if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
   }
-  std::unique_ptr<BackendEvent> create_event() override { return std::make_unique<CpuEvent>(); }
-  void record(BackendEvent&) override {}
-  void wait(BackendEvent&) override {}
-  void synchronize() override {}
+  std::unique_ptr<BackendEvent> create_event() override { return std::make_unique<CpuEvent>(pool_); }
+  void record(BackendEvent& event) override {
+    if (auto* e = dynamic_cast<CpuEvent*>(&event)) e->mark(last_submitted_.load(std::memory_order_acquire));
+  }
+  void wait(BackendEvent&) override {}  // this backend's later calls wait for its own work anyway
+  void synchronize() override { drain(); }
 
   const float* prepare_vector(const TensorView& view) override {
     if (view.empty()) return nullptr;
@@ -72,6 +98,7 @@ class CpuBackend final : public Backend {
   void kv_attach(KvPool&, int64_t) override {}
   void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
                  int64_t row_stride) override {
+    drain();
     if (batch.write_tables == nullptr) throw Error(ErrorKind::internal, "kv_append: a batch without block tables");
     for (int64_t t = 0; t < batch.tokens; ++t)
       batch.write_tables[t]->write_row(kv, layer, plane, batch.positions[t], rows + t * row_stride);
@@ -79,19 +106,23 @@ class CpuBackend final : public Backend {
 
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {
+    drain();
     std::lock_guard lock(router_mutex_);
     route_tokens_to_experts(params, logits, tokens, selection_bias, expert_ids, weights, router_scratch_);
   }
   void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
                               int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
                               float* deferred_weights) override {
+    drain();
     tandem::split_deferred_experts(expert_ids, weights, tokens, top_k, defer, kept_ids, kept_weights, deferred_ids,
                                    deferred_weights);
   }
   void add(const float* a, const float* b, int64_t count, float* out) override {
+    drain();
     for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
   }
   void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override {
+    drain();
     for (int64_t r = 0; r < rows; ++r) {
       const float g = gate_logits == nullptr ? 1.0f : 1.0f / (1.0f + std::exp(-gate_logits[r]));
       for (int64_t i = 0; i < width; ++i) acc[r * width + i] += g * x[r * width + i];
@@ -99,6 +130,7 @@ class CpuBackend final : public Backend {
   }
   void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
                    float* dst, int64_t dst_stride) override {
+    drain();
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = rows == nullptr ? i : rows[i];
       std::memmove(dst + i * dst_stride, src + r * src_stride, static_cast<size_t>(width) * sizeof(float));
@@ -106,9 +138,11 @@ class CpuBackend final : public Backend {
   }
 
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
+    drain();
     embedding_lookup(table, ids, count, out);
   }
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
+    drain();
     if (fast_ && fast_->supports(w))
       fast_->linear(w, x, rows, y);
     else
@@ -116,47 +150,78 @@ class CpuBackend final : public Backend {
   }
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
+    drain();
     tandem::rms_norm(x, weight, rows, dim, stride, eps, out);
   }
   void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
+    drain();
     rope.apply(data, rows, row_stride, heads, head_stride, positions);
   }
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                      int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                      float* out) override {
+    drain();
     tandem::gqa_attention(pool_, kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
   }
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
                      const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim,
                      float softmax_scale, float* out) override {
+    drain();
     tandem::mla_attention(pool_, kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
                           out);
   }
   void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
                         float* q_latent) override {
+    drain();
     tandem::mla_absorb_query(pool_, kv_b, shape, q, tokens, q_latent);
   }
   void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended,
                          int64_t tokens, float* out) override {
+    drain();
     tandem::mla_expand_values(pool_, kv_b, shape, attended, tokens, out);
   }
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
-                    const float* x, int64_t tokens, FeedForwardWorkspace& ws, float* out) override {
-    if (!(fast_ && fast_->silu_glu_mlp(gate, up, down, x, tokens, out)))
-      tandem::silu_glu_mlp(&pool_, gate, up, down, x, tokens, ws, out);
+                    const float* x, int64_t tokens, float* out) override {
+    drain();
+    if (fast_ && fast_->silu_glu_mlp(gate, up, down, x, tokens, out)) return;
+    std::lock_guard lock(ffn_mutex_);
+    tandem::silu_glu_mlp(&pool_, gate, up, down, x, tokens, ffn_ws_, out);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k,
-                          FeedForwardWorkspace& ws, float* out) override {
-    if (!(fast_ && fast_->moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out)))
-      tandem::moe_routed_experts(&pool_, experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+                          float* out) override {
+    drain();
+    routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
+  }
+  void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                                 const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                 float* out) override {
+    // Tasks run in submission order: no drain. The pool's driver worker runs it with the others.
+    last_submitted_.store(pool_.submit([this, &experts, x, tokens, hidden, expert_ids, weights, top_k, out] {
+      routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
+    }),
+                          std::memory_order_release);
   }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) override {
+    drain();
     pool_.parallel_for(n, fn);
   }
 
  private:
+  // Waits for the routed experts submitted so far (rethrowing their failure): every other call
+  // runs after them, as on a stream.
+  void drain() {
+    if (const uint64_t last = last_submitted_.load(std::memory_order_acquire); last != 0) pool_.join(last);
+  }
+  void routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                      const int32_t* expert_ids, const float* weights, int64_t top_k, float* out) {
+    if (fast_ && fast_->moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out))
+      return;
+    std::lock_guard lock(ffn_mutex_);
+    tandem::moe_routed_experts(&pool_, experts, x, tokens, hidden, expert_ids, weights, top_k, ffn_ws_, out);
+  }
+
   DeviceBuffer host_buffer(size_t bytes, bool pinned) {
     const size_t size = std::max<size_t>(bytes, 1);
     void* data = ::operator new(size, kBufferAlignment, std::nothrow);
@@ -170,6 +235,9 @@ class CpuBackend final : public Backend {
   std::mutex prepared_mutex_, router_mutex_;
   std::map<std::pair<const void*, uint64_t>, std::vector<float>> prepared_;  // by the view's bytes
   RouterScratch router_scratch_;
+  std::mutex ffn_mutex_;  // the reference MLP/MoE workspace below serves one call at a time
+  FeedForwardWorkspace ffn_ws_;
+  std::atomic<uint64_t> last_submitted_{0};  // the pool's ticket of the last routed experts submitted
 };
 
 }  // namespace

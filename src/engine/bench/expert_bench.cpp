@@ -165,10 +165,9 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
     }
     return static_cast<uint64_t>(std::count(hit.begin(), hit.end(), true));
   };
-  FeedForwardWorkspace ws(options.batch, p.hidden, p.moe_intermediate, p.top_k, p.experts);
   auto step = [&]() {
-    backend->moe_routed_experts(weights, x.data(), options.batch, p.hidden, ids.data(), route_weights.data(), p.top_k,
-                                ws, out.data());
+    backend->moe_routed_experts(weights, x.data(), options.batch, p.hidden, ids.data(), route_weights.data(),
+                                p.top_k, out.data());
     backend->synchronize();
   };
   for (int i = 0; i < kWarmupSteps; ++i) {

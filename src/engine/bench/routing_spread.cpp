@@ -33,18 +33,28 @@ class RoutingRecorder final : public ForwardingBackend {
   }
   // The ids are read here, so the inner backend must be a host one (the CPU backend is).
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
-                          const int32_t* expert_ids, const float* weights, int64_t top_k, FeedForwardWorkspace& ws,
+                          const int32_t* expert_ids, const float* weights, int64_t top_k,
                           float* out) override {
-    if (moe_call_ < hit_.size()) {
-      std::vector<bool>& hit = hit_[moe_call_];
-      for (int64_t i = 0; i < tokens * top_k; ++i)
-        if (expert_ids[i] >= 0 && static_cast<size_t>(expert_ids[i]) < hit.size()) hit[static_cast<size_t>(expert_ids[i])] = true;
-    }
-    ++moe_call_;
-    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, ws, out);
+    note(expert_ids, tokens * top_k);
+    inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
+  }
+  void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
+                                 const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                 float* out) override {
+    note(expert_ids, tokens * top_k);
+    inner_.moe_routed_experts_submit(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
 
  private:
+  void note(const int32_t* expert_ids, int64_t pairs) {
+    if (moe_call_ < hit_.size()) {
+      std::vector<bool>& hit = hit_[moe_call_];
+      for (int64_t i = 0; i < pairs; ++i)
+        if (expert_ids[i] >= 0 && static_cast<size_t>(expert_ids[i]) < hit.size()) hit[static_cast<size_t>(expert_ids[i])] = true;
+    }
+    ++moe_call_;
+  }
+
   std::vector<std::vector<bool>> hit_;
   size_t moe_call_ = 0;
 };
