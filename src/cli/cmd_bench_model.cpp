@@ -11,6 +11,7 @@
 #include "cli/bench_command.hpp"
 #include "cli/generation_flags.hpp"
 #include "tandem/engine/bench/model_bench.hpp"
+#include "tandem/engine/placement.hpp"
 #include "tandem/engine/plan.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/error.hpp"
@@ -49,14 +50,25 @@ CommandRun setup(CLI::App& sub) {
     o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
     o.defer_experts = defer_experts_from_flag(o.defer_experts);
     const ModelBenchResult r = run_model_bench(o);
-    // What `tandem plan` predicts for the bench's placement (all on the CPU) at the bandwidth measured here.
+    // What `tandem plan` predicts for the bench's placement at the DRAM bandwidth measured here and
+    // the GPU's cached (or measured) HBM and PCIe rates.
     MachineRates rates;
     rates.dram_read_gbps = r.stream_read_gbps;
     rates.threads = r.threads;
     rates.cpu_gflops = kAssumedCpuGflopsPerCore * r.threads;
     const ModelFiles files = open_model_files(o.model_path);
-    const double plan_decode_tok_s =
-        predict_performance(files.config, bind_weights(files), Placement(), rates).decode_tok_s;
+    const Weights weights = bind_weights(files);
+    const Placement placement = Placement::parse(o.placement, /*gpu_available=*/false);  // as Engine::load
+    bool on_gpu = false;
+    for (const PlacementRule& rule : placement.rules()) on_gpu = on_gpu || rule.device.kind == DeviceKind::cuda;
+    double pcie_h2d = 0, pcie_d2h = 0;
+    if (on_gpu) load_gpu_rates(rates, false, pcie_h2d, pcie_d2h);
+    const PerformancePrediction plan = predict_performance(files.config, weights, placement, rates);
+    const double plan_decode_tok_s = plan.decode_tok_s;
+    // With every weight on the GPU, the decode roofline is the GPU's: HBM bytes per token at its rate.
+    const bool all_gpu = on_gpu && plan.decode_bytes_cpu == 0 && plan.decode_bytes_gpu > 0;
+    const double hbm_roofline_tok_s =
+        all_gpu ? rates.vram_read_gbps * 1e9 / static_cast<double>(plan.decode_bytes_gpu) : 0.0;
     for (const std::string& w : r.warnings) fmt::print(stderr, "tandem: warning: {}\n", w);
     if (flags->json) {
       nlohmann::ordered_json j;
@@ -74,6 +86,11 @@ CommandRun setup(CLI::App& sub) {
       j["decode_roofline_tok_s"] = r.decode_roofline_tok_s;
       j["decode_roofline_ratio"] = r.decode_tok_s / r.decode_roofline_tok_s;
       j["decode_bytes_per_token"] = r.decode_bytes_per_token;
+      if (all_gpu) {
+        j["hbm_read_gbps"] = rates.vram_read_gbps;
+        j["decode_hbm_roofline_tok_s"] = hbm_roofline_tok_s;
+        j["decode_hbm_roofline_ratio"] = r.decode_tok_s / hbm_roofline_tok_s;
+      }
       j["plan_decode_tok_s"] = plan_decode_tok_s;
       j["plan_decode_fraction"] = r.decode_tok_s / plan_decode_tok_s;
       j["stream_read_gbps"] = r.stream_read_gbps;
@@ -99,7 +116,11 @@ CommandRun setup(CLI::App& sub) {
     fmt::print("decode roofline {:.1f} tok/s ({:.1f} MB read per token at {:.2f} GB/s stream read); decode at {:.3f} of it\n",
                r.decode_roofline_tok_s, r.decode_bytes_per_token / 1e6, r.stream_read_gbps,
                r.decode_tok_s / r.decode_roofline_tok_s);
-    fmt::print("plan_decode_tok_s {:.1f} (tandem plan's prediction at this bandwidth); decode at {:.3f} of it\n",
+    if (all_gpu)
+      fmt::print("decode HBM roofline {:.1f} tok/s ({:.1f} MB read per token at {:.0f} GB/s HBM read); decode at {:.3f} of it\n",
+                 hbm_roofline_tok_s, static_cast<double>(plan.decode_bytes_gpu) / 1e6, rates.vram_read_gbps,
+                 r.decode_tok_s / hbm_roofline_tok_s);
+    fmt::print("plan_decode_tok_s {:.1f} (tandem plan's prediction for this placement and these rates); decode at {:.3f} of it\n",
                plan_decode_tok_s, r.decode_tok_s / plan_decode_tok_s);
     if (o.spread_tokens > 0)
       fmt::print("experts hit per MoE layer over {} tokens: {:.3f} (uniform routing: {:.3f})\n", o.spread_tokens,

@@ -89,35 +89,8 @@ int plan_command(const PlanFlags& f) {
     }
     rates.dram_measured = true;
   }
-  std::string gpu_rates = "no GPU visible";
   double pcie_h2d_gbps = 0, pcie_d2h_gbps = 0;
-  if (rates.gpu_present) {
-    const std::string key = gpu_rates_key(0);
-    const auto cached = [&](const char* field) {
-      return f.remeasure ? std::nullopt : cached_machine_rate(key, field);
-    };
-    const auto vram = cached("vram_read_gbps"), h2d = cached("pcie_h2d_gbps"), d2h = cached("pcie_d2h_gbps");
-    if (vram && h2d && d2h) {
-      rates.vram_read_gbps = *vram;
-      pcie_h2d_gbps = *h2d;
-      pcie_d2h_gbps = *d2h;
-      gpu_rates = "cached (" + machine_rates_cache_path() + ")";
-    } else if (const auto measured = measure_gpu_bandwidth(0)) {
-      rates.vram_read_gbps = measured->vram_read_gbps;
-      pcie_h2d_gbps = measured->host_to_device_gbps;
-      pcie_d2h_gbps = measured->device_to_host_gbps;
-      store_machine_rate(key, "vram_read_gbps", rates.vram_read_gbps);
-      store_machine_rate(key, "pcie_h2d_gbps", pcie_h2d_gbps);
-      store_machine_rate(key, "pcie_d2h_gbps", pcie_d2h_gbps);
-      gpu_rates = "measured on cuda:0";
-    }
-    if (pcie_h2d_gbps > 0 && pcie_d2h_gbps > 0) {
-      rates.pcie_gbps = std::min(pcie_h2d_gbps, pcie_d2h_gbps);
-      rates.gpu_measured = true;
-    } else {
-      gpu_rates = "assumed (not measured)";
-    }
-  }
+  const std::string gpu_rates = load_gpu_rates(rates, f.remeasure, pcie_h2d_gbps, pcie_d2h_gbps);
   const PerformancePrediction p = predict_performance(files.config, weights, plan.placement, rates);
 
   nlohmann::ordered_json groups = nlohmann::ordered_json::array();

@@ -1,6 +1,7 @@
 // The machine-rates cache of `tandem plan`: a small JSON file keyed by machine.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +9,8 @@
 #include <sstream>
 #include <string>
 
+#include "tandem/backend/gpu_bandwidth.hpp"
+#include "tandem/engine/placement.hpp"
 #include "tandem/engine/plan.hpp"
 
 namespace tandem {
@@ -80,6 +83,36 @@ void store_machine_rate(const std::string& key, const std::string& field, double
     if (!out) return;
   }
   std::filesystem::rename(tmp, path, ec);
+}
+
+std::string load_gpu_rates(MachineRates& rates, bool remeasure, double& pcie_h2d_gbps, double& pcie_d2h_gbps) {
+  pcie_h2d_gbps = pcie_d2h_gbps = 0;
+  rates.gpu_present = cuda_forward_available();
+  if (!rates.gpu_present) return "no GPU visible";
+  std::string source = "assumed (not measured)";
+  const std::string key = gpu_rates_key(0);
+  const auto cached = [&](const char* field) { return remeasure ? std::nullopt : cached_machine_rate(key, field); };
+  const auto vram = cached("vram_read_gbps"), h2d = cached("pcie_h2d_gbps"), d2h = cached("pcie_d2h_gbps");
+  if (vram && h2d && d2h) {
+    rates.vram_read_gbps = *vram;
+    pcie_h2d_gbps = *h2d;
+    pcie_d2h_gbps = *d2h;
+    source = "cached (" + machine_rates_cache_path() + ")";
+  } else if (const auto measured = measure_gpu_bandwidth(0)) {
+    rates.vram_read_gbps = measured->vram_read_gbps;
+    pcie_h2d_gbps = measured->host_to_device_gbps;
+    pcie_d2h_gbps = measured->device_to_host_gbps;
+    store_machine_rate(key, "vram_read_gbps", rates.vram_read_gbps);
+    store_machine_rate(key, "pcie_h2d_gbps", pcie_h2d_gbps);
+    store_machine_rate(key, "pcie_d2h_gbps", pcie_d2h_gbps);
+    source = "measured on cuda:0";
+  }
+  if (pcie_h2d_gbps > 0 && pcie_d2h_gbps > 0) {
+    rates.pcie_gbps = std::min(pcie_h2d_gbps, pcie_d2h_gbps);
+    rates.gpu_measured = true;
+    return source;
+  }
+  return "assumed (not measured)";
 }
 
 }  // namespace tandem

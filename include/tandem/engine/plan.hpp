@@ -70,4 +70,10 @@ std::optional<double> cached_machine_rate(const std::string& key, const std::str
 // Best effort: a cache that cannot be written is not an error.
 void store_machine_rate(const std::string& key, const std::string& field, double value);
 
+// GPU 0's HBM read and pinned PCIe rates into `rates` (gpu_present, vram_read_gbps, pcie_gbps,
+// gpu_measured), from the cache or measured (then cached); `remeasure` ignores the cache. Returns
+// where they came from ("cached (PATH)", "measured on cuda:0", "assumed (not measured)" or "no GPU
+// visible"); pcie_h2d/d2h get the two directions (0 when not measured).
+std::string load_gpu_rates(MachineRates& rates, bool remeasure, double& pcie_h2d_gbps, double& pcie_d2h_gbps);
+
 }  // namespace tandem
