@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TANDEM_ABI_VERSION 3
+#define TANDEM_ABI_VERSION 4
 
 #if defined(_WIN32)
 #  if defined(TANDEM_BUILDING_LIBRARY)
@@ -139,6 +139,32 @@ TANDEM_API void tandem_model_free(tandem_model* model);
 TANDEM_API tandem_status tandem_model_load_with_overrides(const char* path, const tandem_load_params* params,
                                                           const char* override_kv, tandem_model** out_model);
 
+/* ABI 4. The KV cache settings added after ABI 1, in a struct that grows safely (it is filled
+ * through a pointer, never returned by value): set struct_size = sizeof(tandem_kv_params), call
+ * tandem_kv_default_params, change what you need and pass it to tandem_model_load_with_kv. */
+typedef struct tandem_kv_params {
+  size_t struct_size;
+  const char* kv_type;       /* "f16" (default), "bf16", "f32", "fp8", "int8", "int4"; NULL = default */
+  int32_t prefix_cache;      /* keep prompts' full KV blocks for later sessions that start alike      */
+  /* The prefix cache's SSD tier (docs/KV.md): an existing writable directory, or NULL / "" for none.
+   * Blocks written there serve later processes loading the same model with the same KV type. A
+   * directory turns prefix_cache on. */
+  const char* kv_disk_dir;
+  uint64_t kv_disk_bytes;    /* bytes its records may take; 0 = 64 GiB or half the file system      */
+} tandem_kv_params;
+
+/* Fills the fields of *params that fit in params->struct_size (which the caller sets) with the
+ * defaults: f16, no prefix cache, no SSD tier. */
+TANDEM_API tandem_status tandem_kv_default_params(tandem_kv_params* params);
+
+/* ABI 4. tandem_model_load_with_overrides with KV cache settings; `kv` may be NULL (defaults).
+ * An unknown kv_type, a kv_disk_dir that is missing, not a directory or not writable, a
+ * kv_disk_bytes without a directory or larger than its file system give
+ * TANDEM_STATUS_INVALID_ARGUMENT. */
+TANDEM_API tandem_status tandem_model_load_with_kv(const char* path, const tandem_load_params* params,
+                                                   const char* override_kv, const tandem_kv_params* kv,
+                                                   tandem_model** out_model);
+
 typedef struct tandem_model_info {
   size_t struct_size;            /* set by the caller: sizeof(tandem_model_info)                   */
   const char* architecture;      /* "qwen3_moe", ...; borrowed, valid while the model lives        */
@@ -163,6 +189,34 @@ TANDEM_API tandem_status tandem_model_get_info(const tandem_model* model, tandem
 /* What went where: a JSON array of {"what", "device", "bytes", "mapped"} objects, one per line of
  * the engine's memory report. Free *out_json with tandem_free_string. */
 TANDEM_API tandem_status tandem_model_memory_report_json(const tandem_model* model, char** out_json);
+
+/* ABI 4. What the model's scheduler and KV cache are doing now (counters since load). Every
+ * session's forward passes go through one scheduler per model, which batches the passes of
+ * sessions used from several threads into shared steps. */
+typedef struct tandem_engine_stats {
+  size_t struct_size;              /* set by the caller: sizeof(tandem_engine_stats)                */
+  int64_t running_sequences;       /* sequences the scheduler decodes (tandem serve's requests)     */
+  int64_t waiting_sequences;       /* sequences queued for a running slot                           */
+  int64_t steps;                   /* forward passes the scheduler ran                              */
+  int64_t batched_steps;           /* of those, passes that ran more than one sequence or session    */
+  int64_t session_chunks;          /* sessions' prefill/decode chunks run                           */
+  int64_t preemptions;             /* sequences whose blocks were taken back when the pool ran out  */
+  int64_t kv_block_tokens;         /* tokens per KV block                                           */
+  int64_t kv_blocks_total;         /* the pool: max_sessions x max_context_tokens, in blocks         */
+  int64_t kv_blocks_in_use;        /* held by sessions or sequences                                 */
+  int64_t kv_blocks_free;          /* total - in use (cached blocks no one holds count as free)      */
+  int64_t kv_blocks_cached;        /* held by the prefix cache (some may also be in use)             */
+  int64_t prefix_hit_tokens;       /* prompt tokens adopted from the prefix cache instead of run     */
+  int64_t kv_disk_records;         /* blocks in the SSD tier (0 without one)                         */
+  int64_t kv_disk_loaded;          /* blocks read back from the SSD tier and used                   */
+  int64_t kv_disk_written;         /* blocks written to the SSD tier                                */
+  int64_t kv_disk_rejected;        /* records found corrupt, truncated or another model's            */
+} tandem_engine_stats;
+
+/* Fills the fields of *out_stats that fit in out_stats->struct_size (which the caller sets). Safe
+ * from any thread while sessions run; the counters are read one after another, not atomically
+ * together. With an SSD tier it waits for the tier's writes in flight. */
+TANDEM_API tandem_status tandem_model_get_stats(const tandem_model* model, tandem_engine_stats* out_stats);
 
 /* ---- Text -------------------------------------------------------------------------------------- */
 

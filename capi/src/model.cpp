@@ -1,9 +1,12 @@
 // Loading a model and describing it: tandem_model_* calls.
+#include <algorithm>
 #include <atomic>
 #include <nlohmann/json.hpp>
 
 #include "c_api_support.hpp"
 #include "tandem/engine/generate.hpp"
+#include "tandem/kv/kv_disk_tier.hpp"
+#include "tandem/kv/kv_type.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/text/chat_template.hpp"
 #include "tandem/text/tokenizer.hpp"
@@ -15,6 +18,40 @@ namespace {
 
 const size_t kLoadParamsV1 = TANDEM_V1_SIZE(tandem_load_params, cancel_flag);
 const size_t kModelInfoV1 = TANDEM_V1_SIZE(tandem_model_info, total_bytes);
+const size_t kKvParamsV1 = TANDEM_V1_SIZE(tandem_kv_params, kv_disk_bytes);  // ABI 4
+
+tandem_kv_params default_kv_params() {
+  const LoadOptions defaults;
+  tandem_kv_params kv{};
+  kv.struct_size = sizeof(kv);
+  kv.kv_type = nullptr;
+  kv.prefix_cache = defaults.kv_prefix_cache ? 1 : 0;
+  kv.kv_disk_dir = nullptr;
+  kv.kv_disk_bytes = 0;
+  return kv;
+}
+
+// The KV settings into `options`, checked as the CLI checks --kv-type and --kv-disk.
+void apply_kv_params(const tandem_kv_params& kv, LoadOptions& options) {
+  if (kv.kv_type != nullptr && kv.kv_type[0] != '\0') options.kv_type = parse_kv_type(kv.kv_type);
+  options.kv_prefix_cache = kv.prefix_cache != 0;
+  const bool disk = kv.kv_disk_dir != nullptr && kv.kv_disk_dir[0] != '\0';
+  if (!disk) {
+    if (kv.kv_disk_bytes != 0)
+      throw Error(ErrorKind::invalid_argument, "tandem_kv_params.kv_disk_bytes is set without a kv_disk_dir");
+    return;
+  }
+  KvDiskTier::check_directory(kv.kv_disk_dir);
+  const uint64_t total = KvDiskTier::file_system_bytes(kv.kv_disk_dir);
+  uint64_t bytes = kv.kv_disk_bytes;
+  if (bytes == 0) bytes = total > 0 ? std::min(uint64_t{64} << 30, total / 2) : uint64_t{64} << 30;
+  if (total > 0 && bytes > total)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("tandem_kv_params.kv_disk_bytes {} is larger than the file system holding '{}' ({} bytes)",
+                            bytes, kv.kv_disk_dir, total));
+  options.kv_disk_dir = kv.kv_disk_dir;
+  options.kv_disk_bytes = bytes;
+}
 
 bool cancel_flag_set(const int32_t* flag) {
   // The caller's flag is a plain int32_t another thread writes; read it atomically.
@@ -74,18 +111,25 @@ tandem_load_params tandem_load_default_params(void) {
   return params;
 }
 
-tandem_status tandem_model_load_with_overrides(const char* path, const tandem_load_params* params,
-                                               const char* override_kv, tandem_model** out_model) {
+tandem_status tandem_kv_default_params(tandem_kv_params* params) {
+  return guarded([&] { write_out_struct(params, default_kv_params(), kKvParamsV1, "tandem_kv_params"); });
+}
+
+tandem_status tandem_model_load_with_kv(const char* path, const tandem_load_params* params,
+                                        const char* override_kv, const tandem_kv_params* kv,
+                                        tandem_model** out_model) {
   if (out_model != nullptr) *out_model = nullptr;
   return guarded([&] {
     require(out_model, "out_model");
     if (require(path, "path") == '\0') throw Error(ErrorKind::invalid_argument, "path must not be empty");
     const tandem_load_params merged =
         read_params(params, tandem_load_default_params(), kLoadParamsV1, "tandem_load_params");
+    const tandem_kv_params kv_merged = read_params(kv, default_kv_params(), kKvParamsV1, "tandem_kv_params");
     std::atomic<bool> cancel{cancel_flag_set(merged.cancel_flag)};
     if (cancel.load()) throw Error(ErrorKind::cancelled, fmt::format("loading {} cancelled", path));
     LoadOptions options = to_load_options(merged, cancel);
     if (override_kv != nullptr) options.overrides.metadata = parse_metadata_overrides(override_kv);
+    apply_kv_params(kv_merged, options);
     log(TANDEM_LOG_INFO, fmt::format("loading {}", path));
     auto model = std::make_unique<tandem_model>();
     model->engine = Engine::load(path, options);
@@ -93,6 +137,11 @@ tandem_status tandem_model_load_with_overrides(const char* path, const tandem_lo
     log(TANDEM_LOG_INFO, fmt::format("loaded {} ({})", path, model->engine->config().architecture_name));
     *out_model = model.release();
   });
+}
+
+tandem_status tandem_model_load_with_overrides(const char* path, const tandem_load_params* params,
+                                               const char* override_kv, tandem_model** out_model) {
+  return tandem_model_load_with_kv(path, params, override_kv, nullptr, out_model);
 }
 
 tandem_status tandem_model_load(const char* path, const tandem_load_params* params,

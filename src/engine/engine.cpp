@@ -332,7 +332,9 @@ class CpuEngine final : public Engine {
     if (!prefix_cache_ || tokens.size() < 2 || !retention_policy_.is_full()) return 0;
     const std::vector<uint64_t> keys = prefix_cache_->block_keys(tokens.first(tokens.size() - 1));
     for (const int32_t block : prefix_cache_->adopt(keys)) table.adopt(*kv_, block);
-    return static_cast<int64_t>(table.blocks().size()) * kv_->spec().block_tokens;
+    const int64_t adopted = static_cast<int64_t>(table.blocks().size()) * kv_->spec().block_tokens;
+    prefix_hit_tokens_ += adopted;
+    return adopted;
   }
   void cache_prefix(std::span<const int32_t> tokens, const BlockTable& table) override {
     std::lock_guard lock(mutex_);
@@ -353,7 +355,7 @@ class CpuEngine final : public Engine {
   PrefixCacheCounts prefix_cache_counts() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_) return {};
-    return {prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks()};
+    return {prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks(), prefix_hit_tokens_};
   }
 
  private:
@@ -392,6 +394,7 @@ class CpuEngine final : public Engine {
   RetentionPolicy retention_policy_;
   std::mutex mutex_;  // session count, the prefix cache, the sessions' tables and the forward pass's scratch
   int64_t open_sessions_ = 0;
+  int64_t prefix_hit_tokens_ = 0;  // under mutex_
   std::mutex scheduler_mutex_;
   std::unique_ptr<Scheduler> scheduler_;  // last: stopped first, while everything it uses is alive
 };
@@ -475,6 +478,7 @@ void EngineSession::prefill(std::span<const int32_t> ids, bool all_logits) {
     for (const int32_t block : cache->adopt(keys)) table_.adopt(kv, block);
     block_keys_.assign(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(table_.blocks().size()));
     cached_tokens_ = static_cast<int64_t>(table_.blocks().size()) * bt;
+    engine_.prefix_hit_tokens_ += cached_tokens_;
     for (int64_t p = 0; p < cached_tokens_; ++p) slot_positions_.push_back(p);
   }
   if (!bounded) {

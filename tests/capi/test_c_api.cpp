@@ -335,7 +335,7 @@ TEST_CASE("C ABI: tandem_model_load_with_overrides (ABI 2)") {
   params.threads = 1;
   params.max_context_tokens = 64;
   CHECK(tandem_abi_version() == TANDEM_ABI_VERSION);
-  CHECK(TANDEM_ABI_VERSION == 3);
+  CHECK(TANDEM_ABI_VERSION == 4);
 
   SECTION("valid overrides load") {
     const char* overrides = "qwen3moe.rope.freq_base=float:1000000, qwen3moe.attention.layer_norm_rms_epsilon=float:1e-6";

@@ -36,6 +36,7 @@ struct SequenceChunk;
 struct PrefixCacheCounts {
   int64_t blocks = 0;                     // blocks it keeps
   int64_t blocks_held_only_by_cache = 0;  // of those, blocks no sequence or session holds too
+  int64_t hit_tokens = 0;                 // tokens sessions and sequences adopted from it since load
 };
 
 struct LoadOptions {
