@@ -203,14 +203,19 @@ TEST_CASE("scheduler: cancel stops one sequence and frees its blocks; the others
   Scheduler scheduler(*engine, engine->tokenizer(),
                       {.max_running = 2, .max_batch_tokens = 64, .max_waiting = 8});
 
-  std::promise<void> three_tokens;
+  std::promise<void> three_tokens, cancel_sent;
   std::promise<SequenceResult> long_done, short_done;
   int seen = 0;
   SequenceParams endless;
   endless.prompt = ps[0];
   endless.max_new_tokens = -1;  // until the context is full: only cancel stops it in time
   endless.on_token = [&](int32_t, std::string_view) {
-    if (++seen == 3) three_tokens.set_value();
+    if (++seen == 3) {
+      // The step loop waits here until the cancel is in, so a loaded machine that delays this
+      // thread cannot let the sequence run on meanwhile.
+      three_tokens.set_value();
+      cancel_sent.get_future().wait();
+    }
     return true;
   };
   endless.on_finish = [&](const SequenceResult& r) { long_done.set_value(r); };
@@ -223,9 +228,10 @@ TEST_CASE("scheduler: cancel stops one sequence and frees its blocks; the others
 
   three_tokens.get_future().wait();
   CHECK(scheduler.cancel(id));
+  cancel_sent.set_value();
   const auto cancelled = long_done.get_future().get();
   CHECK(cancelled.stop == StopReason::cancelled);
-  CHECK(cancelled.ids.size() < 100);
+  CHECK(cancelled.ids.size() == 3);  // cancelled at the end of the step that sampled the third
   const auto finished = short_done.get_future().get();
   CHECK(finished.ids == alone.ids);
   CHECK_FALSE(scheduler.cancel(id));  // gone
