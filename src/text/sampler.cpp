@@ -17,6 +17,27 @@ namespace {
               fmt::format("sampling parameter {} = {} is out of range (expected {})", name, value, expected));
 }
 
+// The first maximum of `row` (the lowest id among ties), NaN counting as -inf; 0 when nothing is
+// above -inf. Sixteen running maxima instead of one: a single running maximum makes each step wait
+// on the last (~6 ns per entry, a millisecond per 152k-entry vocabulary, per sequence per step).
+int32_t first_argmax(std::span<const float> row) {
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  constexpr size_t kLanes = 16;
+  float lane[kLanes];
+  std::fill(lane, lane + kLanes, neg_inf);
+  const size_t n = row.size();
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (size_t l = 0; l < kLanes; ++l) lane[l] = row[i + l] > lane[l] ? row[i + l] : lane[l];  // NaN: false
+  float best = neg_inf;
+  for (float m : lane) best = m > best ? m : best;
+  for (; i < n; ++i) best = row[i] > best ? row[i] : best;
+  if (best == neg_inf) return 0;
+  for (size_t j = 0; j < n; ++j)
+    if (row[j] == best) return static_cast<int32_t>(j);
+  return 0;
+}
+
 }  // namespace
 
 void validate(const SamplingParams& p) {
@@ -67,18 +88,16 @@ void Sampler::apply_penalties(std::span<const int32_t> history) {
   }
 }
 
-int32_t Sampler::argmax() const {
-  // First maximum = lowest id among ties; all -inf gives id 0.
-  int32_t best = 0;
-  for (size_t i = 1; i < scratch_.size(); ++i)
-    if (scratch_[i] > scratch_[best]) best = static_cast<int32_t>(i);
-  return best;
-}
+int32_t Sampler::argmax() const { return first_argmax(scratch_); }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
   if (logits.empty()) throw Error(ErrorKind::invalid_argument, "sampler: empty logits row");
   if (logits.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
     throw Error(ErrorKind::invalid_argument, "sampler: logits row longer than the int32 id range");
+
+  // Greedy without penalties reads the row in place (no copy): the common case of every
+  // sequence of a batched step, run one after another on the scheduler's thread.
+  if (params_.temperature == 0.0f && !has_penalties()) return first_argmax(logits);
 
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
   const size_t vocab = logits.size();
