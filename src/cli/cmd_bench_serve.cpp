@@ -1,5 +1,6 @@
 // `tandem bench serve -m MODEL [--clients 1,4,16,32] [--json]`: throughput, time to first token and
-// inter-token latency per concurrency, through `tandem serve`'s HTTP server on loopback.
+// inter-token latency per concurrency, through `tandem serve`'s HTTP server on loopback (--direct:
+// straight to the engine's scheduler, the ceiling of the HTTP figures).
 #include <fmt/core.h>
 #include <signal.h>
 
@@ -48,6 +49,7 @@ int run(ServeBenchFlags& flags) {
     j["max_tokens"] = b.max_tokens;
     j["requests_per_client"] = b.requests_per_client;
     j["repetitions"] = b.repetitions;
+    j["direct"] = b.direct;
     j["results"] = nlohmann::ordered_json::array();
     for (const auto& r : rows)
       j["results"].push_back({{"clients", r.clients},
@@ -65,8 +67,9 @@ int run(ServeBenchFlags& flags) {
     return 0;
   }
   fmt::print(
-      "model {}: prompt {} tokens, {} tokens per reply, {} requests per client, parallel {}, median of {}\n",
-      flags.model_path, b.prompt_tokens, b.max_tokens, b.requests_per_client, flags.parallel, b.repetitions);
+      "model {}: prompt {} tokens, {} tokens per reply, {} requests per client, parallel {}, median of {}{}\n",
+      flags.model_path, b.prompt_tokens, b.max_tokens, b.requests_per_client, flags.parallel, b.repetitions,
+      b.direct ? ", direct to the scheduler (no HTTP)" : "");
   fmt::print(
       "| clients | requests | output tok/s | speedup | decode tok/s | decode speedup | TTFT p50/p90/p99 ms | "
       "ITL "
@@ -102,6 +105,9 @@ const RegisterBench registered{
        sub.add_option("-r,--repetitions", flags->bench.repetitions,
                       "sweeps to run (levels interleaved); each level reports its median")
            ->capture_default_str();
+       sub.add_flag("--direct", flags->bench.direct,
+                    "submit the same sequences to the engine's scheduler in-process, without HTTP: what batching "
+                    "alone gives (the ceiling of the HTTP figures)");
        sub.add_flag("--json", flags->json, "print one JSON object");
        return [flags, parallel] {
          flags->parallel_given = parallel->count() > 0;

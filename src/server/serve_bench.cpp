@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
 #include "tandem/engine/engine.hpp"
+#include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
 #include "tandem/server/http_server.hpp"
 
@@ -92,6 +95,48 @@ RequestTiming one_request(httplib::Client& client, const std::string& body) {
   return t;
 }
 
+// The same request submitted to the scheduler directly: each sampled id is an event.
+RequestTiming one_sequence(Scheduler& scheduler, std::vector<int32_t> prompt, int64_t max_tokens) {
+  struct Shared {
+    std::mutex mutex;
+    std::condition_variable done_changed;
+    bool done = false;
+    std::string error;
+    RequestTiming timing;
+    Clock::time_point start, last;
+  } shared;
+  SequenceParams p;
+  p.prompt = std::move(prompt);
+  p.max_new_tokens = max_tokens;  // no EOS ids: every reply has max_tokens tokens
+  p.on_token = [&shared](int32_t id, std::string_view) {
+    if (id < 0) return true;
+    const auto now = Clock::now();
+    RequestTiming& t = shared.timing;  // only this callback and, after done, the caller touch it
+    if (t.ttft_ms < 0) {
+      t.ttft_ms = ms_between(shared.start, now);
+    } else {
+      t.gaps_ms.push_back(ms_between(shared.last, now));
+      t.decode_ms += ms_between(shared.last, now);
+    }
+    shared.last = now;
+    ++t.tokens;
+    return true;
+  };
+  p.on_finish = [&shared](const SequenceResult& r) {
+    std::lock_guard lock(shared.mutex);
+    shared.timing.cached_prompt_tokens = r.cached_prompt_tokens;
+    shared.error = r.error;
+    shared.done = true;
+    shared.done_changed.notify_one();
+  };
+  shared.start = Clock::now();
+  scheduler.submit(std::move(p));
+  std::unique_lock lock(shared.mutex);
+  shared.done_changed.wait(lock, [&] { return shared.done; });
+  if (!shared.error.empty()) throw Error(ErrorKind::internal, "bench serve: a sequence failed: " + shared.error);
+  return shared.timing;
+}
+
 }  // namespace
 
 std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptions& o) {
@@ -105,44 +150,64 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
   if (o.prompt_tokens < 1 || o.max_tokens < 1)
     throw Error(ErrorKind::invalid_argument, "--prompt-tokens and --max-tokens must be at least 1");
   const int64_t most = *std::max_element(o.clients.begin(), o.clients.end());
+  if (o.repetitions < 1 || o.repetitions > 100)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--repetitions {} is outside 1..100", o.repetitions));
   ServerOptions so;
   so.port = 0;
   so.parallel = o.parallel > 0 ? o.parallel : most;
   so.max_batch_tokens = o.max_batch_tokens;
   so.max_queue = most * 2;
   so.model_id = "bench";
-  HttpServer server(engine, engine.chat_template(), so);
-  const int port = server.bind();
-  std::thread serving([&] { server.run(); });
+  std::unique_ptr<HttpServer> server;
+  std::thread serving;
+  int port = 0;
+  if (o.direct) {
+    engine.scheduler().set_options(SchedulerOptions{so.parallel, so.max_batch_tokens, so.max_queue});
+  } else {
+    server = std::make_unique<HttpServer>(engine, engine.chat_template(), so);
+    port = server->bind();
+    serving = std::thread([&] { server->run(); });
+  }
   struct Stop {
-    HttpServer& s;
+    std::unique_ptr<HttpServer>& s;
     std::thread& t;
     ~Stop() {
-      s.stop();
+      if (!s) return;
+      s->stop();
       t.join();
     }
   } stop{server, serving};
 
-  std::mt19937_64 rng(o.seed);
   const int64_t vocab = engine.config().vocab_size;
-  const auto body_for = [&](std::mt19937_64& r) {
-    nlohmann::json prompt = nlohmann::json::array();
+  const auto prompt_for = [&](std::mt19937_64& r) {
+    std::vector<int32_t> prompt;
     for (int64_t i = 0; i < o.prompt_tokens; ++i)
-      prompt.push_back(static_cast<int64_t>(r() % static_cast<uint64_t>(vocab)));
-    return nlohmann::json{{"prompt", prompt}, {"max_tokens", o.max_tokens},
-                          {"temperature", 0}, {"ignore_eos", true},
-                          {"stream", true},   {"stream_options", {{"include_usage", true}}}}
-        .dump();
+      prompt.push_back(static_cast<int32_t>(r() % static_cast<uint64_t>(vocab)));
+    return prompt;
   };
-  {  // warm-up: pages the weights in
+  // One client's requests in turn: over its own HTTP connection, or straight to the scheduler.
+  const auto run_client = [&](const std::vector<std::vector<int32_t>>& prompts, std::vector<RequestTiming>& out) {
+    if (o.direct) {
+      for (const auto& prompt : prompts) out.push_back(one_sequence(engine.scheduler(), prompt, o.max_tokens));
+      return;
+    }
     httplib::Client client("127.0.0.1", port);
     client.set_read_timeout(600);
-    one_request(client, body_for(rng));
+    for (const auto& prompt : prompts) {
+      const std::string body = nlohmann::json{{"prompt", prompt},    {"max_tokens", o.max_tokens},
+                                              {"temperature", 0},    {"ignore_eos", true},
+                                              {"stream", true},      {"stream_options", {{"include_usage", true}}}}
+                                   .dump();
+      out.push_back(one_request(client, body));
+    }
+  };
+  {  // warm-up: pages the weights in
+    std::mt19937_64 rng(o.seed);
+    std::vector<RequestTiming> ignored;
+    run_client({prompt_for(rng)}, ignored);
   }
 
-  if (o.repetitions < 1 || o.repetitions > 100)
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("--repetitions {} is outside 1..100", o.repetitions));
   std::vector<std::vector<ServeBenchRow>> runs(o.clients.size());
   for (int64_t rep = 0; rep < o.repetitions; ++rep)
     for (size_t level = 0; level < o.clients.size(); ++level) {
@@ -156,14 +221,11 @@ std::vector<ServeBenchRow> run_serve_bench(Engine& engine, const ServeBenchOptio
         // prompt in the prefix cache (cached_prompt_tokens in the rows says whether any did).
         std::mt19937_64 r(o.seed * 7919 + static_cast<uint64_t>(c) + static_cast<uint64_t>(clients) * 104729 +
                           static_cast<uint64_t>(rep) * 15485863);
-        std::vector<std::string> bodies;
-        for (int64_t k = 0; k < o.requests_per_client; ++k) bodies.push_back(body_for(r));
-        threads.emplace_back([&, c, bodies = std::move(bodies)] {
+        std::vector<std::vector<int32_t>> prompts;
+        for (int64_t k = 0; k < o.requests_per_client; ++k) prompts.push_back(prompt_for(r));
+        threads.emplace_back([&, c, prompts = std::move(prompts)] {
           try {
-            httplib::Client client("127.0.0.1", port);
-            client.set_read_timeout(600);
-            for (const auto& body : bodies)
-              timings[static_cast<size_t>(c)].push_back(one_request(client, body));
+            run_client(prompts, timings[static_cast<size_t>(c)]);
           } catch (const std::exception& e) {
             errors[static_cast<size_t>(c)] = e.what();
           }

@@ -55,12 +55,17 @@ TEST_CASE("serve: a port in use is an error naming it", "[server][cli]") {
 }
 
 TEST_CASE("bench serve: --json has a row per concurrency with every token counted", "[server][cli]") {
+  // Over HTTP, and (--direct) straight to the engine's scheduler: the same rows.
+  const bool direct = GENERATE(false, true);
+  INFO("direct " << direct);
   const auto r =
       test::run_cli_captured("bench serve -m " + kModel +
-                             " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 40 -r 2 --json");
+                             " -t 1 --clients 1,3 --requests 2 --max-tokens 8 --prompt-tokens 40 -r 2 --json" +
+                             (direct ? " --direct" : ""));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["direct"] == direct);
   CHECK(j["parallel"] == 3);
   CHECK(j["max_tokens"] == 8);
   REQUIRE(j["results"].size() == 2);

@@ -2,7 +2,8 @@
 // `tandem bench serve`: a load generator over loopback HTTP against an in-process HttpServer. For
 // each concurrency, that many client threads each send `requests_per_client` streaming
 // /v1/completions requests back to back (random prompt ids, greedy, EOS ignored so every reply
-// has max_tokens tokens) and record when each SSE event arrives. Prompts differ between requests,
+// has max_tokens tokens) and record when each SSE event arrives (`direct`: the same sequences
+// submitted to the engine's Scheduler, timed at its token callbacks, no HTTP). Prompts differ between requests,
 // levels and repetitions, so the server's prefix cache does not shorten prefills.
 #include <cstdint>
 #include <string>
@@ -25,6 +26,9 @@ struct ServeBenchOptions {
   // The sweep runs this many times (levels interleaved, so a machine whose load drifts affects
   // every level alike); each level reports its median run by decode tok/s.
   int64_t repetitions = 3;
+  // Submit to the engine's scheduler in-process instead of over HTTP: the same sequences, timed at
+  // the scheduler's token callbacks. What batching alone gives, the ceiling of the HTTP figures.
+  bool direct = false;
 };
 
 struct Percentiles {
