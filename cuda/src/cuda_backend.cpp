@@ -21,6 +21,7 @@
 
 #include "tandem/backend/cuda_backend.hpp"
 #include "tandem/cuda/cuda_device.hpp"
+#include "expert_streamer.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
@@ -331,6 +332,23 @@ class CudaBackend final : public Backend {
     cuda::weighted_sum_slots(stream_, d_slots, weights, tokens, top_k, hidden, out);
   }
 
+  bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
+                             int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
+                             float* out) override {
+    stream_.make_current();
+    if (tokens <= 0) return true;
+    refuse_while_recording("experts streamed in");
+    if (!streamer_) streamer_ = std::make_unique<cuda::ExpertStreamer>(device_);
+    const cuda::ExpertTable* table = streamer_->acquire(experts, stream_);
+    if (table == nullptr) return false;
+    void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens, hidden,
+                                                                                              top_k)));
+    cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out);
+    streamer_->release(stream_);
+    if (next != nullptr) streamer_->prefetch(*next, stream_);
+    return true;
+  }
+
   void router_topk(const RoutingParams& p, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {
     stream_.make_current();
@@ -636,6 +654,7 @@ class CudaBackend final : public Backend {
     bool usable = false;
   };
   std::map<const ExpertWeights*, ExpertTableEntry> expert_tables_;
+  std::unique_ptr<cuda::ExpertStreamer> streamer_;  // experts in host memory, streamed for prefill
   std::vector<int32_t> host_ids_, index_;
   std::vector<int64_t> begin_, fill_;
 };

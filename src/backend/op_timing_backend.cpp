@@ -101,6 +101,15 @@ void OpTimingBackend::moe_routed_experts_submit(const ExpertWeights& experts, co
     inner_.moe_routed_experts_submit(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   });
 }
+bool OpTimingBackend::stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x,
+                                            int64_t tokens, int64_t hidden, const int32_t* expert_ids,
+                                            const float* weights, int64_t top_k, float* out) {
+  bool done = false;
+  timed("moe_streamed_experts", tokens, [&] {
+    done = inner_.stream_routed_experts(experts, next, x, tokens, hidden, expert_ids, weights, top_k, out);
+  });
+  return done;
+}
 void OpTimingBackend::router_topk(const RoutingParams& params, const float* logits, int64_t tokens,
                                   const float* selection_bias, int32_t* expert_ids, float* weights) {
   timed("router_topk", tokens, [&] { inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights); });

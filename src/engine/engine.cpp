@@ -258,6 +258,16 @@ class CpuEngine final : public Engine {
     const char* graphs = std::getenv("TANDEM_CUDA_GRAPHS");
     forward_->set_record_graphs(options_.cuda_graphs && !(graphs != nullptr && std::string_view(graphs) == "0") &&
                                 timed_backends_.empty());
+    int64_t stream_min = options_.stream_experts_min_tokens;
+    if (const char* env = std::getenv("TANDEM_STREAM_EXPERTS_MIN_TOKENS")) {
+      char* end = nullptr;
+      const long long v = std::strtoll(env, &end, 10);
+      if (end == env || *end != '\0' || v < 0)
+        throw Error(ErrorKind::invalid_argument,
+                    fmt::format("TANDEM_STREAM_EXPERTS_MIN_TOKENS='{}' is not a token count (0 turns streaming off)", env));
+      stream_min = v;
+    }
+    forward_->set_stream_experts_min_tokens(stream_min);
     if (options_.load_tokenizer) {
       step(0.8f, "loading tokenizer");
       load_text_side();
@@ -271,6 +281,7 @@ class CpuEngine final : public Engine {
   const ChatTemplate* chat_template() const override { return chat_template_.get(); }
   std::vector<std::string> warnings() const override { return files_.warnings; }
   int64_t replayed_passes() const override { return forward_->replayed_passes(); }
+  int64_t streamed_expert_layers() const override { return forward_->streamed_expert_layers(); }
   std::optional<KvDiskStats> kv_disk_stats() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_ || !prefix_cache_->disk()) return std::nullopt;

@@ -120,7 +120,9 @@ struct ForwardPass::Impl {
   // Recorded passes (CUDA graphs) by shape; an empty optional: seen once, not recorded yet; a null
   // recording: the backend could not record this shape.
   bool record_graphs = true;
+  int64_t stream_min_tokens = 0;
   int64_t replayed_passes = 0;
+  int64_t streamed_layers = 0;
   struct Shape {
     int64_t tokens, rows, table_stride;
     auto operator<=>(const Shape&) const = default;
@@ -369,10 +371,24 @@ struct ForwardPass::Impl {
     transfer(r, r.act[ids].data(), main(), main().act[ids].data(), act_bytes(ids, T), false);
     back(r, weights, T);  // waits for all
 
+    // A prefill whose experts live in host memory and whose router runs on a GPU: the GPU streams
+    // the layer's experts in and computes them (the next MoE layer's copy starting now).
+    Backend& experts = on(WeightGroup::experts, layer);
+    if (!deferring && stream_min_tokens > 0 && T >= stream_min_tokens && on_host(experts) && !on_host(router)) {
+      const ExpertWeights* next = nullptr;
+      for (int64_t l = layer + 1; l < cfg.num_layers && next == nullptr; ++l)
+        if (w.layers[static_cast<size_t>(l)].is_moe) next = &w.layers[static_cast<size_t>(l)].experts;
+      if (router.stream_routed_experts(L.experts, next, r.f(kNormed), T, H, r.i32(ids), r.f(weights), top_k,
+                                       r.f(kBlockOut))) {
+        ++streamed_layers;
+        back(r, kBlockOut, T);
+        add_shared_expert(layer, T);
+        return;
+      }
+    }
     // Experts on a backend apart from the main one run while the host issues the shared expert (and
     // the deferred part while it issues the next layer): submitted, waited for where their output
     // is added. On the main backend they are called in order like everything else.
-    Backend& experts = on(WeightGroup::experts, layer);
     Mirror& x = send(experts, kNormed, T, false);
     const bool overlap = &x != &main();
     if (deferring) {
@@ -422,6 +438,23 @@ struct ForwardPass::Impl {
     back(*s, kSharedOut, T);  // waits for both
     main().backend->gated_add(main().f(kBlockOut), main().f(kSharedOut), gated ? main().f(kSharedGate) : nullptr, T,
                               H);
+  }
+
+  // The layer's shared expert (sigmoid-gated where the model has a gate), added to main's kBlockOut.
+  void add_shared_expert(int64_t layer, int64_t T) {
+    const LayerWeights& L = w.layers[static_cast<size_t>(layer)];
+    if (L.shared_gate.empty()) return;
+    const bool gated = !L.shared_expert_gate.empty();
+    Backend& shared = on(WeightGroup::shared_experts, layer);
+    Mirror& s = send(shared, kNormed, T);
+    shared.silu_glu_mlp(L.shared_gate, L.shared_up, L.shared_down, s.f(kNormed), T, s.f(kSharedOut));
+    if (gated) {
+      shared.linear(L.shared_expert_gate, s.f(kNormed), T, s.f(kSharedGate));
+      transfer(s, s.act[kSharedGate].data(), main(), main().act[kSharedGate].data(), act_bytes(kSharedGate, T), false);
+    }
+    back(s, kSharedOut, T);  // waits for both
+    main().backend->gated_add(main().f(kBlockOut), main().f(kSharedOut), gated ? main().f(kSharedGate) : nullptr, T,
+                              cfg.hidden_size);
   }
 
   void add_to_hidden(int64_t T) {
@@ -478,6 +511,9 @@ ForwardPass::ForwardPass(const ModelConfig& config, const Weights& weights, Back
 ForwardPass::~ForwardPass() = default;
 
 int64_t ForwardPass::replayed_passes() const { return impl_->replayed_passes; }
+int64_t ForwardPass::streamed_expert_layers() const { return impl_->streamed_layers; }
+
+void ForwardPass::set_stream_experts_min_tokens(int64_t tokens) { impl_->stream_min_tokens = tokens; }
 
 void ForwardPass::set_record_graphs(bool on) {
   impl_->record_graphs = on;

@@ -20,8 +20,10 @@ using test::relative_error;
 
 namespace {
 
-std::unique_ptr<Engine> load(const std::string& path, const std::string& placement, int64_t defer_experts = 0) {
+std::unique_ptr<Engine> load(const std::string& path, const std::string& placement, int64_t defer_experts = 0,
+                             int64_t stream_experts_min_tokens = 0) {
   LoadOptions o;
+  o.stream_experts_min_tokens = stream_experts_min_tokens;
   o.defer_experts = defer_experts;
   o.kv_type = KvType::f32;
   o.max_context_tokens = 512;
@@ -278,5 +280,33 @@ TEST_CASE("cuda graphs: replayed decode steps equal launching the kernels one by
     CHECK(mismatched_steps == 0);
     CHECK(recorded->replayed_passes() >= 60);  // all but the first two passes of each shape
     CHECK(launched->replayed_passes() == 0);
+  }
+}
+
+TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal the CPU", "[cuda][model][stream]") {
+  if (!have_gpu()) return;
+  const std::string data = test::data_dir();
+  // Safetensors (one tensor per expert) and GGUF (experts merged in one tensor); MLA with shared experts.
+  const std::vector<std::string> models = {data + "/tiny-qwen3moe", data + "/tiny-qwen3moe/qwen3moe-q8_0.gguf",
+                                           data + "/tiny-deepseekv3", data + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf"};
+  for (const std::string& path : models) {
+    if (!std::filesystem::exists(path)) {
+      WARN("skipped: " << path << " is missing");
+      continue;
+    }
+    const auto cpu = load(path, "*=cpu");
+    // Prompts of 40 tokens: every MoE layer streams (from 8 tokens), in chunks of up to 64.
+    const auto streamed = load(path, "experts=cpu,*=cuda:0", 0, 8);
+    std::vector<int32_t> ids;
+    for (int32_t i = 0; i < 40; ++i) ids.push_back(1 + (i * 37) % 200);
+    const auto expected = prompt_logits(*cpu, ids);
+    const auto got = prompt_logits(*streamed, ids);
+    INFO(path);
+    CHECK(streamed->streamed_expert_layers() > 0);
+    CHECK(relative_error(got, expected) <= 1e-3);
+    CHECK(argmax_mismatches(got, expected, cpu->config().vocab_size) == 0);
+    // A second prompt reuses the slots (and the prefetched first layer).
+    const auto again = prompt_logits(*streamed, ids);
+    CHECK(relative_error(again, got) == 0);
   }
 }

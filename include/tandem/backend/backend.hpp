@@ -120,6 +120,17 @@ class Backend {
   virtual void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens,
                                          int64_t hidden, const int32_t* expert_ids, const float* weights,
                                          int64_t top_k, float* out) = 0;
+  // The routed experts of a prefill-sized batch, whose weights live in host memory (placed on the
+  // CPU), computed on this device after streaming them in (`next`: the next MoE layer's experts,
+  // whose copy may start now, or null); inputs and out in this backend's memory. False when this
+  // backend cannot (the CPU backend, experts of mixed types, no room for them): nothing was done.
+  virtual bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
+                                     int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                     float* out) {
+    (void)experts, (void)next, (void)x, (void)tokens, (void)hidden, (void)expert_ids, (void)weights, (void)top_k,
+        (void)out;
+    return false;
+  }
   // Each token's experts from its router logits [tokens, experts], as route_tokens_to_experts
   // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].
   virtual void router_topk(const RoutingParams& params, const float* logits, int64_t tokens,

@@ -74,6 +74,11 @@ class ForwardingBackend : public Backend {
                                  float* out) override {
     inner_.moe_routed_experts_submit(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
+  bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
+                                     int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                     float* out) override {
+    return inner_.stream_routed_experts(experts, next, x, tokens, hidden, expert_ids, weights, top_k, out);
+  }
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {
     inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights);

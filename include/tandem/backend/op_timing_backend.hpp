@@ -53,6 +53,9 @@ class OpTimingBackend final : public ForwardingBackend {
   void moe_routed_experts_submit(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                                  const int32_t* expert_ids, const float* weights, int64_t top_k,
                                  float* out) override;
+  bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
+                                     int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
+                                     float* out) override;
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override;
   void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,

@@ -75,6 +75,11 @@ struct LoadOptions {
   // Expert deferral (tandem/engine/forward.hpp): routed experts per token whose output joins the
   // residual stream one layer later; 0 = off. Error(invalid_argument) unless below the model's top-k.
   int64_t defer_experts = 0;
+  // Hybrid prefill: a pass of at least this many tokens whose routed experts live in host memory
+  // (placed on the CPU) and whose router runs on a GPU streams each MoE layer's experts over PCIe
+  // and computes them on that GPU (the next layer's copy overlapping); 0 = never.
+  // TANDEM_STREAM_EXPERTS_MIN_TOKENS in the environment overrides it.
+  int64_t stream_experts_min_tokens = 128;
 };
 
 // What went where and how much memory it took.
@@ -107,6 +112,9 @@ class Engine {
   virtual std::optional<KvDiskStats> kv_disk_stats() { return std::nullopt; }
   // Forward passes replayed from a recording (a CUDA graph) so far (LoadOptions::cuda_graphs).
   virtual int64_t replayed_passes() const { return 0; }
+  // MoE layers whose host-memory experts were streamed to a GPU for a prefill so far
+  // (LoadOptions::stream_experts_min_tokens).
+  virtual int64_t streamed_expert_layers() const { return 0; }
   // Frees the prefix cache's blocks no session holds (the host tier); with a disk tier, also asks
   // the kernel to drop its files from the page cache, so the next hits read from the device
   // (KvDiskStats::page_cache_resident says how far that worked). For benchmarks of the tiers.

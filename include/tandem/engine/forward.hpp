@@ -62,6 +62,10 @@ class ForwardPass {
   // default). Off: every kernel is launched one by one (to compare the two, or to profile).
   void set_record_graphs(bool on);
   int64_t replayed_passes() const;  // passes replayed from a recording so far
+  int64_t streamed_expert_layers() const;  // MoE layers whose experts were streamed to a GPU so far
+  // Passes of at least `tokens` tokens stream routed experts that live in host memory to the GPU
+  // that runs the router (Backend::stream_routed_experts); 0 = never (the default).
+  void set_stream_experts_min_tokens(int64_t tokens);
 
  private:
   struct Impl;

@@ -1,0 +1,71 @@
+#pragma once
+// Routed experts that live in host memory, streamed over PCIe into VRAM for a prefill on the GPU
+// (issue 17's prefill): two slots, each one layer's experts, so the copy of the next layer's experts
+// (on a copy stream) overlaps the compute of this one. The host ranges are page-locked once
+// (register_host_memory) so the copies run at PCIe speed; where the driver refuses, they still
+// copy, staged. Host code only (no CUDA headers).
+#include <cstdint>
+#include <deque>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "tandem/cuda/cuda_device.hpp"
+#include "tandem/cuda/kernels.hpp"
+#include "tandem/model/weights.hpp"
+
+namespace tandem::cuda {
+
+class ExpertStreamer {
+ public:
+  explicit ExpertStreamer(int device);
+  ~ExpertStreamer();
+  ExpertStreamer(const ExpertStreamer&) = delete;
+  ExpertStreamer& operator=(const ExpertStreamer&) = delete;
+
+  // The experts as a kernel table over VRAM rows; work `compute` issues after this call sees the
+  // copied rows. Null when they cannot be streamed (mixed types or shapes, or no VRAM for a slot).
+  const ExpertTable* acquire(const ExpertWeights& experts, Stream& compute);
+  // The compute stream's reads of the acquired slot are all issued (the slot may be refilled after them).
+  void release(Stream& compute);
+  // Starts copying `next` into the other slot (after the compute that still reads it).
+  void prefetch(const ExpertWeights& next, Stream& compute);
+
+  uint64_t bytes_copied() const { return bytes_copied_; }
+
+ private:
+  struct Range {  // one contiguous host range copied to `offset` in a slot
+    const uint8_t* host;
+    uint64_t bytes, offset;
+  };
+  struct Layout {  // where each expert's matrices land in a slot
+    std::vector<Range> ranges;
+    std::vector<uint64_t> offsets;  // [6 · experts]: gate, up, down, gate/up/down scales (~0: none)
+    uint64_t bytes = 0;
+    ExpertTable shape;  // types, sizes, row bytes (no pointers)
+    bool usable = false;
+  };
+  struct Slot {
+    explicit Slot(int device) : copied(device), released(device) {}
+    DeviceBuffer data, pointers;
+    void* host_pointers = nullptr;  // pinned [6 · experts] pointers for the table upload
+    size_t host_pointer_bytes = 0;
+    ExpertTable table;
+    const ExpertWeights* holds = nullptr;
+    Event copied, released;
+    bool ever_released = false, ever_copied = false;
+  };
+
+  Layout layout_of(const ExpertWeights& experts) const;
+  bool fill(Slot& slot, const ExpertWeights& experts, Stream& compute);
+  void register_range(const uint8_t* host, uint64_t bytes);
+
+  int device_;
+  Stream copy_stream_;
+  std::deque<Slot> slots_;  // two; a deque: slots hold events and never move
+  int last_ = 1;  // the slot acquired last
+  std::set<std::pair<const void*, uint64_t>> registered_;
+  uint64_t bytes_copied_ = 0;
+};
+
+}  // namespace tandem::cuda
