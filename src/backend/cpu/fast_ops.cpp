@@ -1,8 +1,10 @@
 #include "backend/cpu/fast_ops.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
@@ -44,7 +46,11 @@ namespace {
 }  // namespace
 
 FastCpuOps::FastCpuOps(ThreadPool& pool, kernels::IsaLevel level)
-    : pool_(pool), level_(level), table_(kernels::make_kernel_table(level)) {}
+    : pool_(pool),
+      level_(level),
+      table_(kernels::make_kernel_table(level)),
+      gate_up_queue_(pool.size()),
+      down_queue_(pool.size()) {}
 
 bool FastCpuOps::supports(const LinearWeight& w) const {
   if (w.empty() || w.weight.device.kind != DeviceKind::cpu || w.weight.shape.rank != 2) return false;
@@ -127,6 +133,27 @@ void FastCpuOps::build_items(bool down_phase) {
   }
 }
 
+// One gate/up item: both tiles into g and u ([rows][width] each), then SiLU(g)·u into `hidden`.
+void FastCpuOps::gate_up_item(const Item& it, ActRows x, float* hidden, int64_t inter, float* g, float* u,
+                              int worker) {
+  const Group& group = groups_[static_cast<size_t>(it.group)];
+  const ActRows rows{x.data + it.row0 * x.stride, x.stride};
+  const int64_t width = it.o1 - it.o0;
+  void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.gate) : nullptr;
+  kernels::matmul_tile(table_, *group.gate, kind_of(*group.gate), rows, it.rows, it.o0, it.o1, nullptr, g, width,
+                       workspace);
+  workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.up) : nullptr;
+  kernels::matmul_tile(table_, *group.up, kind_of(*group.up), rows, it.rows, it.o0, it.o1, nullptr, u, width,
+                       workspace);
+  for (int64_t t = 0; t < it.rows; ++t) {
+    float* h = hidden + (it.row0 + t) * inter + it.o0;
+    for (int64_t o = 0; o < width; ++o) {
+      const float gv = g[t * width + o];
+      h[o] = gv / (1.0f + std::exp(-gv)) * u[t * width + o];
+    }
+  }
+}
+
 void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
   const Group& first = groups_.front();
   const int64_t inter = first.gate->out_features(), out = first.down->out_features();
@@ -137,25 +164,7 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
   pool_.parallel_for(static_cast<int64_t>(items_.size()), [&](int64_t begin, int64_t end, int worker) {
     float* g = pool_.scratch(worker, 0, static_cast<size_t>(2 * kTokenBlock * kRowTile));
     float* u = g + kTokenBlock * kRowTile;
-    for (int64_t i = begin; i < end; ++i) {
-      const Item& it = items_[static_cast<size_t>(i)];
-      const Group& group = groups_[static_cast<size_t>(it.group)];
-      const ActRows rows{x.data + it.row0 * x.stride, x.stride};
-      const int64_t width = it.o1 - it.o0;
-      void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.gate) : nullptr;
-      kernels::matmul_tile(table_, *group.gate, kind_of(*group.gate), rows, it.rows, it.o0, it.o1, nullptr, g,
-                           width, workspace);
-      workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.up) : nullptr;
-      kernels::matmul_tile(table_, *group.up, kind_of(*group.up), rows, it.rows, it.o0, it.o1, nullptr, u,
-                           width, workspace);
-      for (int64_t t = 0; t < it.rows; ++t) {
-        float* h = hidden + (it.row0 + t) * inter + it.o0;
-        for (int64_t o = 0; o < width; ++o) {
-          const float gv = g[t * width + o];
-          h[o] = gv / (1.0f + std::exp(-gv)) * u[t * width + o];
-        }
-      }
-    }
+    for (int64_t i = begin; i < end; ++i) gate_up_item(items_[static_cast<size_t>(i)], x, hidden, inter, g, u, worker);
   });
 
   // Phase 2: the down projection of every group's rows.
@@ -172,13 +181,122 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
   });
 }
 
+namespace {
+
+// Waits (pause, then yield: on a loaded machine the thread finishing the awaited work may need this
+// core) until ready() holds or failed() does; false if failed.
+template <class Ready, class Failed>
+bool wait_until(Ready&& ready, Failed&& failed) {
+  for (int i = 0; !ready(); ++i) {
+    if (failed()) return false;
+    if (i < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// One dispatch for the whole operator, in two kinds of items, each taken from a PartitionedItems
+// (one contiguous part per thread, then stealing): the gate/up items of build_items, then the down
+// items (group × output row tile), both group by group, so a thread's down items mostly belong to
+// the groups its own gate/up items finished. The thread finishing a group's last gate/up item
+// quantises that group's SiLU rows and marks the group ready; a down item of a group not ready yet
+// waits for it (every gate/up item is claimed before any down item is, so that is at most one
+// item's time). The thread finishing an output tile's last group sums that tile of each token's
+// routed rows in slot order: the arithmetic of run_groups and the separate weighted sum, so both
+// give the same bits at any thread count.
+void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& combine, float* out) {
+  const Group& first = groups_.front();
+  const int64_t inter = first.gate->out_features(), out_features = first.down->out_features();
+  float* hidden = grown(hidden_, total_rows * inter);
+  const ActFormat down_format = kernels::act_format(kind_of(*first.down));
+  const int64_t down_stride = kernels::act_row_bytes(down_format, inter);
+  uint8_t* hidden_q = down_format == ActFormat::f32 ? nullptr : grown(act_down_, total_rows * down_stride);
+  const ActRows h = hidden_q ? ActRows{hidden_q, down_stride}
+                             : ActRows{reinterpret_cast<const uint8_t*>(hidden), inter * 4};
+  // Down rows go to [sorted row][out_features] for the weighted sum, or straight to `out` (the MLP).
+  float* down_out = combine.weights ? grown(down_out_, total_rows * out_features) : out;
+
+  build_items(false);
+  const auto gate_up_items = static_cast<int64_t>(items_.size());
+  const auto groups = static_cast<int64_t>(groups_.size());
+  const int64_t down_tiles = (out_features + kRowTile - 1) / kRowTile;
+  int32_t* items_left = grown(items_left_, groups);
+  int32_t* ready = grown(group_ready_, groups);
+  int32_t* groups_left = grown(tile_groups_left_, down_tiles);
+  std::fill(items_left, items_left + groups, 0);
+  std::fill(ready, ready + groups, 0);
+  std::fill(groups_left, groups_left + down_tiles, static_cast<int32_t>(groups));
+  for (const Item& it : items_) ++items_left[it.group];
+  gate_up_queue_.reset(gate_up_items);
+  down_queue_.reset(groups * down_tiles);
+
+  std::atomic<bool> failed{false};
+  constexpr size_t scratch_floats = 2 * kTokenBlock * kRowTile;
+  pool_.parallel_for(pool_.size(), [&](int64_t, int64_t, int worker) {
+    try {
+      float* g = pool_.scratch(worker, 0, scratch_floats);
+      float* u = g + scratch_floats / 2;
+      int part = worker % gate_up_queue_.parts();
+      for (int64_t i = gate_up_queue_.take(part); i >= 0; i = gate_up_queue_.take(part)) {
+        const Item& it = items_[static_cast<size_t>(i)];
+        gate_up_item(it, x, hidden, inter, g, u, worker);
+        if (std::atomic_ref(items_left[it.group]).fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          const Group& group = groups_[static_cast<size_t>(it.group)];
+          if (hidden_q)
+            kernels::quantize_rows(down_format, hidden, inter, inter, group.row0, group.row0 + group.rows, hidden_q);
+          std::atomic_ref(ready[it.group]).store(1, std::memory_order_release);
+        }
+      }
+      part = worker % down_queue_.parts();
+      for (int64_t j = down_queue_.take(part); j >= 0; j = down_queue_.take(part)) {
+        const int64_t gi = j / down_tiles, tile = j % down_tiles;
+        if (!wait_until([&] { return std::atomic_ref(ready[gi]).load(std::memory_order_acquire) != 0; },
+                        [&] { return failed.load(std::memory_order_relaxed); }))
+          return;
+        const Group& group = groups_[static_cast<size_t>(gi)];
+        const int64_t o0 = tile * kRowTile, o1 = std::min(out_features, o0 + kRowTile);
+        for (int64_t r = group.row0; r < group.row0 + group.rows; r += kTokenBlock) {  // the blocks of run_groups
+          const int64_t rows = std::min(kTokenBlock, group.row0 + group.rows - r);
+          void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.down) : nullptr;
+          kernels::matmul_tile(table_, *group.down, kind_of(*group.down), {h.data + r * h.stride, h.stride}, rows, o0,
+                               o1, nullptr, down_out + r * out_features + o0, out_features, workspace);
+        }
+        if (!combine.weights || std::atomic_ref(groups_left[tile]).fetch_sub(1, std::memory_order_acq_rel) != 1)
+          continue;
+        for (int64_t t = 0; t < combine.tokens; ++t) {
+          float* o = out + t * out_features;
+          std::fill(o + o0, o + o1, 0.0f);
+          for (int64_t s = 0; s < combine.top_k; ++s) {
+            const float w = combine.weights[t * combine.top_k + s];
+            const float* y = down_out + static_cast<int64_t>(combine.position[t * combine.top_k + s]) * out_features;
+            for (int64_t k = o0; k < o1; ++k) o[k] += w * y[k];
+          }
+        }
+      }
+    } catch (...) {
+      failed.store(true, std::memory_order_relaxed);
+      throw;
+    }
+  });
+}
+
 bool FastCpuOps::silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                               const float* x, int64_t tokens, float* out) {
   if (!supports_ffn(gate, up, down)) return false;
   std::lock_guard lock(mutex_);
   groups_.assign(1, Group{&gate, &up, &down, 0, tokens});
   const ActRows xa = quantize(kernels::act_format(kind_of(gate)), x, tokens, gate.in_features(), act_);
-  run_groups(xa, tokens, out);
+  if (tokens <= single_dispatch_rows_)
+    run_groups_fused(xa, tokens, Combine{tokens, 1, nullptr, nullptr}, out);
+  else
+    run_groups(xa, tokens, out);
   return true;
 }
 
@@ -232,6 +350,10 @@ bool FastCpuOps::moe_routed_experts(const ExpertWeights& experts, const float* x
     std::memcpy(gathered + i * tok.stride, tok.data + (order[i] / top_k) * tok.stride,
                 static_cast<size_t>(tok.stride));
 
+  if (routed <= single_dispatch_rows_) {
+    run_groups_fused({gathered, tok.stride}, routed, Combine{tokens, top_k, weights, position}, out);
+    return true;
+  }
   float* down_out = grown(down_out_, routed * hidden);
   run_groups({gathered, tok.stride}, routed, down_out);
 

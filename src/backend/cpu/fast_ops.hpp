@@ -2,16 +2,21 @@
 // The CPU backend's fast operators: linear layers, the SiLU-GLU MLP and routed experts on the
 // quantised kernels of backend/cpu/kernels. Activations are quantised once per call into
 // workspace this object owns (grown to the largest batch, then reused: no allocation per step).
-// The MoE operator runs two dispatches over (expert × token block × row tile) items for every
-// expert hit — gate+up fused with SiLU, then down — and a routing-weighted sum; no barrier per
-// expert. Types without a kernel are not handled here (supports() is false): the backend calls
-// the reference operators for them.
+// The MoE operator (and the MLP, as one group) runs as one dispatch when it has few rows
+// (decode): work items for the gate+up tiles of every expert hit (fused with SiLU), then one item
+// per output row tile of the down projection over every expert, which also sums that tile of each
+// token's routed rows with the routing weights; a per-expert counter, not a barrier, releases an
+// expert's down rows once its gate/up tiles are done. Larger batches run two dispatches over
+// (expert × token block × row tile) items and a routing-weighted sum. Results are the same bit for
+// bit either way and at any thread count. Types without a kernel are not handled here
+// (supports() is false): the backend calls the reference operators for them.
 #include <cstdint>
 #include <mutex>
 #include <vector>
 
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
+#include "backend/cpu/partitioned_items.hpp"
 #include "tandem/model/weights.hpp"
 
 namespace tandem {
@@ -32,6 +37,11 @@ class FastCpuOps {
   bool moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k, float* out);
 
+  // Routed rows (tokens × top-k; tokens for the MLP) up to which the MoE and the MLP run as one
+  // dispatch; above, as two. Both give the same bits: tests set 0 to compare them.
+  static constexpr int64_t kSingleDispatchRows = 256;
+  void set_single_dispatch_rows(int64_t rows) { single_dispatch_rows_ = rows; }
+
  private:
   struct Group {  // one expert (or the dense MLP) over sorted rows [row0, row0 + rows)
     const LinearWeight* gate;
@@ -44,10 +54,22 @@ class FastCpuOps {
     int64_t row0, rows, o0, o1;
   };
 
+  // How sorted down rows become output rows: out[t] = Σ_s weights[t·top_k + s] · down[position[t·top_k
+  // + s]] in slot order; weights == nullptr: out row r = down row r (the MLP, one group).
+  struct Combine {
+    int64_t tokens = 0, top_k = 1;
+    const float* weights = nullptr;
+    const int32_t* position = nullptr;
+  };
+
   // x: the groups' input rows in sorted order, in the gate/up kernels' format; down_out: [rows, out].
   void run_groups(kernels::ActRows x, int64_t total_rows, float* down_out);
+  // The same as run_groups then `combine`, in one dispatch (for at most kFusedMaxRows rows).
+  void run_groups_fused(kernels::ActRows x, int64_t total_rows, const Combine& combine, float* out);
   bool supports_ffn(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down) const;
   void build_items(bool down_phase);
+  void gate_up_item(const Item& it, kernels::ActRows x, float* hidden, int64_t inter, float* g, float* u,
+                    int worker);
   // The calling worker's workspace for matmul_tile on `w` (nullptr when its kernels need none).
   void* tile_workspace(int worker, const LinearWeight& w);
   const float* bias_of(const LinearWeight& w, std::vector<float>& storage);
@@ -57,6 +79,7 @@ class FastCpuOps {
   ThreadPool& pool_;
   kernels::IsaLevel level_;
   kernels::KernelTable table_;
+  int64_t single_dispatch_rows_ = kSingleDispatchRows;
   std::mutex mutex_;  // the workspace below serves one call at a time
   std::vector<uint8_t> act_, act_tokens_, act_down_;
   std::vector<float> hidden_, down_out_, bias_;
@@ -64,6 +87,10 @@ class FastCpuOps {
   std::vector<int64_t> expert_begin_;
   std::vector<Group> groups_;
   std::vector<Item> items_;
+  // run_groups_fused's state (its counters used through atomic_ref): per group, gate/up items left
+  // and ready; per output row tile, groups left.
+  std::vector<int32_t> items_left_, group_ready_, tile_groups_left_;
+  PartitionedItems gate_up_queue_, down_queue_;
 };
 
 }  // namespace tandem

@@ -1,0 +1,198 @@
+// The fast MoE and MLP operators' scheduling (src/backend/cpu/fast_ops.cpp): the single-dispatch
+// path (per-expert readiness instead of a barrier, down items summed per output tile) against the
+// two-dispatch path, bit for bit, at several thread counts (more threads than cores included), for
+// decode-sized batches, skewed routing (one expert with many rows: the tile kernels), several top-k,
+// every activation format, and widths that are not a multiple of the 16-row tile. The two paths and
+// the reference operators are compared in test_fast_kernels.cpp.
+#include <catch2/catch.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/fast_ops.hpp"
+#include "tandem/backend/thread_pool.hpp"
+#include "tandem/formats/dequantize.hpp"
+
+using namespace tandem;
+
+namespace {
+
+void put_half(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// Random rows of `type`: random quants, small block scales, no NaN or Inf.
+struct RandomMatrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales;  // FP8 block scales
+  LinearWeight weight;
+
+  RandomMatrix(DType type, int64_t rows, int64_t in, std::mt19937& rng) {
+    const auto& tr = dtype_traits(type);
+    const int64_t blocks = rows * in / tr.block_elems;
+    bytes.resize(static_cast<size_t>(blocks * tr.block_bytes));
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+    std::normal_distribution<float> normal(0.0f, 0.1f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* p = bytes.data() + b * tr.block_bytes;
+      switch (type) {
+        case DType::q4_k:
+        case DType::q5_k:
+          put_half(p, scale(rng));
+          put_half(p + 2, scale(rng));
+          break;
+        case DType::q6_k:
+          put_half(p + 208, scale(rng));
+          break;
+        case DType::iq4_xs:
+        case DType::q8_0:
+        case DType::q4_0:
+          put_half(p, scale(rng));
+          break;
+        case DType::f32: {
+          const float v = normal(rng);
+          std::memcpy(p, &v, 4);
+          break;
+        }
+        case DType::f16:
+          put_half(p, normal(rng));
+          break;
+        case DType::bf16: {
+          const uint16_t h = f32_to_bf16(normal(rng));
+          std::memcpy(p, &h, 2);
+          break;
+        }
+        case DType::f8_e4m3:
+          if ((p[0] & 0x7f) >= 0x60) p[0] &= 0x9f;  // no NaN, modest values
+          break;
+        default:
+          FAIL("no generator for this type");
+      }
+    }
+    weight.weight.dtype = type;
+    weight.weight.shape = Shape{rows, in};
+    weight.weight.data = bytes.data();
+    weight.weight.nbytes = bytes.size();
+    if (type == DType::f8_e4m3) {
+      const int64_t sr = (rows + 127) / 128, sc = (in + 127) / 128;
+      std::uniform_real_distribution<float> s(0.01f, 0.05f);
+      for (int64_t i = 0; i < sr * sc; ++i) scales.push_back(s(rng));
+      weight.scale_inv.dtype = DType::f32;
+      weight.scale_inv.shape = Shape{sr, sc};
+      weight.scale_inv.data = scales.data();
+      weight.scale_inv.nbytes = scales.size() * 4;
+    }
+  }
+};
+
+struct Experts {
+  std::vector<RandomMatrix> matrices;  // gate, up, down of each expert
+  ExpertWeights weights;
+
+  Experts(int64_t count, int64_t hidden, int64_t inter, DType gate_type, DType down_type, std::mt19937& rng) {
+    matrices.reserve(static_cast<size_t>(3 * count));
+    for (int64_t e = 0; e < count; ++e) {
+      matrices.emplace_back(gate_type, inter, hidden, rng);
+      matrices.emplace_back(gate_type, inter, hidden, rng);
+      matrices.emplace_back(down_type, hidden, inter, rng);
+    }
+    for (int64_t e = 0; e < count; ++e) {
+      weights.gate.push_back(matrices[static_cast<size_t>(3 * e)].weight);
+      weights.up.push_back(matrices[static_cast<size_t>(3 * e + 1)].weight);
+      weights.down.push_back(matrices[static_cast<size_t>(3 * e + 2)].weight);
+    }
+  }
+};
+
+struct Routing {
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+};
+
+// Distinct experts per token; `skewed`: every token's first expert is expert 0 (one big group).
+Routing random_routing(int64_t tokens, int64_t top_k, int64_t count, bool skewed, std::mt19937& rng) {
+  Routing r;
+  std::uniform_real_distribution<float> w(0.05f, 1.0f);
+  std::vector<int32_t> pool(static_cast<size_t>(count));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t e = 0; e < count; ++e) pool[static_cast<size_t>(e)] = static_cast<int32_t>(e);
+    // A partial Fisher-Yates shuffle; skewed keeps expert 0 in the first slot.
+    for (int64_t s = skewed ? 1 : 0; s < top_k; ++s)
+      std::swap(pool[static_cast<size_t>(s)], pool[static_cast<size_t>(s + static_cast<int64_t>(rng() % static_cast<uint32_t>(count - s)))]);
+    for (int64_t s = 0; s < top_k; ++s) {
+      r.ids.push_back(pool[static_cast<size_t>(s)]);
+      r.weights.push_back(w(rng));
+    }
+  }
+  return r;
+}
+
+std::vector<float> random_rows(int64_t rows, int64_t width, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * width));
+  for (auto& v : x) v = normal(rng);
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread count",
+          "[engine][kernels][moe]") {
+  struct Mix {
+    DType gate, down;
+    int64_t hidden, inter;  // the float types take widths that are not a multiple of 16
+  };
+  const Mix mixes[] = {{DType::q4_k, DType::q6_k, 512, 768},  {DType::q5_k, DType::q8_0, 256, 512},
+                       {DType::iq4_xs, DType::q4_0, 256, 256}, {DType::bf16, DType::f32, 200, 72},
+                       {DType::f16, DType::f8_e4m3, 256, 136}};
+  std::mt19937 rng(7);
+  const kernels::IsaLevel level = kernels::best_isa_level();
+  for (const Mix& mix : mixes) {
+    const int64_t count = 12;
+    const Experts experts(count, mix.hidden, mix.inter, mix.gate, mix.down, rng);
+    struct Shape {
+      int64_t tokens, top_k;
+      bool skewed;
+    };
+    // 1 token (decode), a few, 16 x top-8 (128 rows), and skewed batches where expert 0 gets every
+    // token: 40 rows (tile kernels) and 100 rows (two 64-row blocks) in one group.
+    for (const Shape shape : {Shape{1, 8, false}, Shape{1, 2, false}, Shape{3, 4, false}, Shape{16, 8, false},
+                              Shape{40, 2, true}, Shape{100, 2, true}}) {
+      INFO(dtype_name(mix.gate) << "/" << dtype_name(mix.down) << " tokens=" << shape.tokens
+                                << " top_k=" << shape.top_k << (shape.skewed ? " skewed" : ""));
+      const Routing routing = random_routing(shape.tokens, shape.top_k, count, shape.skewed, rng);
+      const std::vector<float> x = random_rows(shape.tokens, mix.hidden, rng);
+      std::vector<float> two_dispatch(x.size()), mlp_two_dispatch(x.size());
+      {
+        ThreadPool pool(2);
+        FastCpuOps ops(pool, level);
+        ops.set_single_dispatch_rows(0);
+        REQUIRE(ops.moe_routed_experts(experts.weights, x.data(), shape.tokens, mix.hidden, routing.ids.data(),
+                                       routing.weights.data(), shape.top_k, two_dispatch.data()));
+        REQUIRE(ops.silu_glu_mlp(experts.weights.gate[3], experts.weights.up[3], experts.weights.down[3], x.data(),
+                                 shape.tokens, mlp_two_dispatch.data()));
+      }
+      bool finite = true;
+      for (float v : two_dispatch) finite = finite && std::isfinite(v);
+      REQUIRE(finite);
+      for (const int threads : {1, 2, 3, 5}) {
+        INFO("threads=" << threads);
+        ThreadPool pool(threads);
+        FastCpuOps ops(pool, level);
+        std::vector<float> y(x.size(), -1.0f), mlp(x.size(), -1.0f);
+        for (int repeat = 0; repeat < 2; ++repeat) {  // the second call reuses the grown workspace
+          REQUIRE(ops.moe_routed_experts(experts.weights, x.data(), shape.tokens, mix.hidden, routing.ids.data(),
+                                         routing.weights.data(), shape.top_k, y.data()));
+          CHECK(std::memcmp(y.data(), two_dispatch.data(), y.size() * 4) == 0);
+          REQUIRE(ops.silu_glu_mlp(experts.weights.gate[3], experts.weights.up[3], experts.weights.down[3],
+                                   x.data(), shape.tokens, mlp.data()));
+          CHECK(std::memcmp(mlp.data(), mlp_two_dispatch.data(), mlp.size() * 4) == 0);
+        }
+      }
+    }
+  }
+}
