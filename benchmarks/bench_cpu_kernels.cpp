@@ -5,14 +5,19 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <iterator>
+#include <numeric>
 #include <random>
 #include <vector>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
+#include "backend/cpu/fast_ops.hpp"
+#include "tandem/backend/thread_pool.hpp"
 #include "tandem/formats/dequantize.hpp"
 
 using namespace tandem;
@@ -102,7 +107,91 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
                                                benchmark::Counter::kIsRate);
 }
 
+// ThreadPool dispatch: one empty loop over every thread (the shape of the fused MoE's one dispatch
+// per layer), real time per call. gap_us: the caller busy-waits this long between calls, as it
+// would while a GPU runs a layer's attention; beyond ThreadPool::kSpinMicroseconds the workers
+// have gone to sleep and the call pays their wake-up.
+void bench_dispatch(benchmark::State& state) {
+  ThreadPool pool(static_cast<int>(state.range(0)));
+  const auto gap = std::chrono::microseconds(state.range(1));
+  std::atomic<int64_t> calls{0};
+  for (auto _ : state) {
+    const auto idle_until = std::chrono::steady_clock::now() + gap;
+    while (std::chrono::steady_clock::now() < idle_until) {
+    }
+    const auto start = std::chrono::steady_clock::now();
+    pool.parallel_for(pool.size(), [&](int64_t, int64_t, int) { calls.fetch_add(1, std::memory_order_relaxed); });
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  benchmark::DoNotOptimize(calls.load());
+}
+
+// One Qwen3-30B-A3B MoE layer (128 experts of 2048 -> 768 -> 2048, Q4_K, top 8) through FastCpuOps,
+// as `tandem bench experts` runs it, with the operator's one dispatch (dispatches:1) or the two of
+// larger batches (dispatches:2), so both schedules can be compared at any thread count on one
+// machine. Fresh random routing every step (so the experts come from DRAM, not a cache); real
+// time of the operator only; bytes/s = expert bytes read.
+void bench_moe(benchmark::State& state) {
+  constexpr int64_t kExperts = 128, kHidden = 2048, kInter = 768, kTopK = 8;
+  const int64_t gate_bytes = kInter * (kHidden / 256) * 144, down_bytes = kHidden * (kInter / 256) * 144;
+  const int64_t expert_bytes = 2 * gate_bytes + down_bytes;
+  static const std::vector<uint8_t> weights = [&] {
+    std::vector<uint8_t> w(static_cast<size_t>(kExperts * expert_bytes));
+    uint32_t v = 1;
+    for (auto& b : w) b = static_cast<uint8_t>(((v = v * 1664525u + 1013904223u) >> 24) & 0x3f);  // no NaN scales
+    return w;
+  }();
+  auto view = [&](int64_t offset, int64_t rows, int64_t in) {
+    LinearWeight l;
+    l.weight.dtype = DType::q4_k;
+    l.weight.shape = Shape{rows, in};
+    l.weight.data = weights.data() + offset;
+    l.weight.nbytes = static_cast<size_t>(rows * (in / 256) * 144);
+    return l;
+  };
+  ExpertWeights experts;
+  for (int64_t e = 0; e < kExperts; ++e) {
+    const int64_t base = e * expert_bytes;
+    experts.gate.push_back(view(base, kInter, kHidden));
+    experts.up.push_back(view(base + gate_bytes, kInter, kHidden));
+    experts.down.push_back(view(base + 2 * gate_bytes, kHidden, kInter));
+  }
+  ThreadPool pool(static_cast<int>(state.range(0)));
+  FastCpuOps ops(pool, best_isa_level());
+  const int64_t tokens = state.range(1);
+  if (state.range(2) == 2) ops.set_single_dispatch_rows(0);
+  std::mt19937 rng(3);
+  std::vector<float> x(static_cast<size_t>(tokens * kHidden)), out(x.size());
+  for (auto& v : x) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
+  std::vector<int32_t> ids(static_cast<size_t>(tokens * kTopK)), all(kExperts);
+  std::iota(all.begin(), all.end(), 0);
+  const std::vector<float> route(ids.size(), 1.0f / kTopK);
+  int64_t bytes = 0;
+  for (auto _ : state) {
+    std::vector<bool> hit(kExperts);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t k = 0; k < kTopK; ++k) {
+        std::swap(all[static_cast<size_t>(k)], all[static_cast<size_t>(k + static_cast<int64_t>(rng() % (kExperts - k)))]);
+        ids[static_cast<size_t>(t * kTopK + k)] = all[static_cast<size_t>(k)];
+        hit[static_cast<size_t>(all[static_cast<size_t>(k)])] = true;
+      }
+    bytes += std::count(hit.begin(), hit.end(), true) * expert_bytes;
+    const auto start = std::chrono::steady_clock::now();
+    ops.moe_routed_experts(experts, x.data(), tokens, kHidden, ids.data(), route.data(), kTopK, out.data());
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  state.SetBytesProcessed(bytes);
+}
+
 void register_all() {
+  benchmark::RegisterBenchmark("pool/dispatch", bench_dispatch)
+      ->ArgsProduct({{1, 2, 4, 8, 16}, {0, 100}})
+      ->ArgNames({"threads", "gap_us"})
+      ->UseManualTime();
+  benchmark::RegisterBenchmark("moe/qwen3-30b-a3b/q4_k", bench_moe)
+      ->ArgsProduct({{1, 2, 4, 8, 16}, {1, 4, 16}, {1, 2}})
+      ->ArgNames({"threads", "batch", "dispatches"})
+      ->UseManualTime();
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
     for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile}) {
       const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx"};

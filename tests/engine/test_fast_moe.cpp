@@ -6,12 +6,15 @@
 // the reference operators are compared in test_fast_kernels.cpp.
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "backend/cpu/fast_ops.hpp"
+#include "backend/cpu/partitioned_items.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/formats/dequantize.hpp"
 
@@ -193,6 +196,43 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
           CHECK(std::memcmp(mlp.data(), mlp_two_dispatch.data(), mlp.size() * 4) == 0);
         }
       }
+    }
+  }
+}
+
+TEST_CASE("PartitionedItems: every item taken exactly once, owners first, thieves from the back",
+          "[engine][kernels][moe]") {
+  for (const int parts : {1, 3, 8}) {
+    PartitionedItems queue(parts);
+    for (const int64_t items : {int64_t{0}, int64_t{1}, int64_t{5}, int64_t{1001}}) {
+      INFO("parts=" << parts << " items=" << items);
+      // One thread alone (the others never came): its own part forwards, then each other part backwards.
+      queue.reset(items);
+      std::vector<int64_t> order;
+      int victim = 1 % parts;
+      for (int64_t i = queue.take(1 % parts, victim); i >= 0; i = queue.take(1 % parts, victim)) order.push_back(i);
+      REQUIRE(static_cast<int64_t>(order.size()) == items);
+      std::vector<int64_t> expected;
+      const auto begin = [&](int p) { return items * p / parts; };
+      for (int64_t i = begin(1 % parts); i < begin(1 % parts + 1); ++i) expected.push_back(i);
+      for (int k = 1; k < parts; ++k) {
+        const int p = (1 + k) % parts;
+        for (int64_t i = begin(p + 1) - 1; i >= begin(p); --i) expected.push_back(i);
+      }
+      CHECK(order == expected);
+      // Many threads at once (more than cores): each item once.
+      queue.reset(items);
+      std::vector<std::atomic<int>> taken(static_cast<size_t>(items));
+      std::vector<std::thread> threads;
+      for (int t = 0; t < 6; ++t)
+        threads.emplace_back([&, t] {
+          const int own = t % parts;
+          int v = own;
+          for (int64_t i = queue.take(own, v); i >= 0; i = queue.take(own, v))
+            taken[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
+        });
+      for (auto& th : threads) th.join();
+      for (const auto& n : taken) CHECK(n.load() == 1);
     }
   }
 }

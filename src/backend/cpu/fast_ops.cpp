@@ -203,7 +203,7 @@ bool wait_until(Ready&& ready, Failed&& failed) {
 }  // namespace
 
 // One dispatch for the whole operator, in two kinds of items, each taken from a PartitionedItems
-// (one contiguous part per thread, then stealing): the gate/up items of build_items, then the down
+// (one contiguous part per thread, then stealing from the others' back ends): the gate/up items of build_items, then the down
 // items (group × output row tile), both group by group, so a thread's down items mostly belong to
 // the groups its own gate/up items finished. The thread finishing a group's last gate/up item
 // quantises that group's SiLU rows and marks the group ready; a down item of a group not ready yet
@@ -243,8 +243,9 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
     try {
       float* g = pool_.scratch(worker, 0, scratch_floats);
       float* u = g + scratch_floats / 2;
-      int part = worker % gate_up_queue_.parts();
-      for (int64_t i = gate_up_queue_.take(part); i >= 0; i = gate_up_queue_.take(part)) {
+      const int own = worker % gate_up_queue_.parts();
+      int victim = own;
+      for (int64_t i = gate_up_queue_.take(own, victim); i >= 0; i = gate_up_queue_.take(own, victim)) {
         const Item& it = items_[static_cast<size_t>(i)];
         gate_up_item(it, x, hidden, inter, g, u, worker);
         if (std::atomic_ref(items_left[it.group]).fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -254,8 +255,8 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
           std::atomic_ref(ready[it.group]).store(1, std::memory_order_release);
         }
       }
-      part = worker % down_queue_.parts();
-      for (int64_t j = down_queue_.take(part); j >= 0; j = down_queue_.take(part)) {
+      victim = own;
+      for (int64_t j = down_queue_.take(own, victim); j >= 0; j = down_queue_.take(own, victim)) {
         const int64_t gi = j / down_tiles, tile = j % down_tiles;
         if (!wait_until([&] { return std::atomic_ref(ready[gi]).load(std::memory_order_acquire) != 0; },
                         [&] { return failed.load(std::memory_order_relaxed); }))
