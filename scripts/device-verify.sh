@@ -3,6 +3,8 @@
 # kernels, the CLI on cuda:0 placements, then the CUDA/AMX benchmarks. Each step has its own time
 # limit and log under OUT (default /tmp/tandem-verify), so a hang or crash in one leaves the others.
 # Usage: scripts/device-verify.sh [BUILD_DIR]   Environment: STEPS (default "build cuda amx cli bench").
+# CPU MoE scaling: STEPS="build experts cpumoe" (bench experts at 1-16 threads for both presets; the
+# ThreadPool's dispatch cost and the Qwen3 MoE layer with one vs two dispatches, bench_cpu_kernels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu}
@@ -35,8 +37,10 @@ for s in ${STEPS:-build cuda amx cli bench}; do
                PROMPT=${PROMPT:-512} LAYERS=48 PLACEMENTS="*=cuda:0" bash scripts/device-bench-cuda.sh "$build" ;;
     kernels) step kernels 150 "$build/bin/bench_cuda_kernels" --benchmark_min_time=${KERNEL_SECONDS:-0.05} \
                --benchmark_counters_tabular=true ${KERNEL_FILTER:+--benchmark_filter=$KERNEL_FILTER} ;;
-    experts) step experts 200 bash -c "for p in qwen3-30b-a3b deepseek-v3; do for t in \${THREADS_LIST:-1 4 8 16}; do \
+    experts) step experts 300 bash -c "for p in qwen3-30b-a3b deepseek-v3; do for t in \${THREADS_LIST:-1 2 4 8 16}; do \
                $build/bin/tandem bench experts --preset \$p --quant q4_k_m --batch \${BATCH:-1} -t \$t --seconds 1 --json; done; done" ;;
     amxbench) step amxbench 150 env ONLY_AMX=1 bash scripts/kernels-bench.sh "$build" ;;
+    cpumoe) step cpumoe 300 "$build/bin/bench_cpu_kernels" --benchmark_filter='^(pool/|moe/)' --benchmark_min_time=${KERNEL_SECONDS:-0.2} \
+               --benchmark_counters_tabular=true ;;
   esac
 done
