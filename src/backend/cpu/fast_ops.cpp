@@ -4,7 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <thread>
+#include <chrono>
 
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
@@ -183,21 +183,31 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
 
 namespace {
 
-// Waits (pause, then yield: on a loaded machine the thread finishing the awaited work may need this
-// core) until ready() holds or failed() does; false if failed.
-template <class Ready, class Failed>
-bool wait_until(Ready&& ready, Failed&& failed) {
-  for (int i = 0; !ready(); ++i) {
-    if (failed()) return false;
-    if (i < 4096) {
+// A group's readiness flag: 0 while its gate/up items run, 1 ready, 2 abandoned (a thread threw).
+constexpr int32_t kGroupRunning = 0, kGroupReady = 1, kGroupAbandoned = 2;
+
+// Waits until `flag` leaves kGroupRunning and says whether it became ready. Polls for ~30 µs (the
+// awaited item normally runs on another core and ends within microseconds), then blocks in the
+// kernel (atomic wait): on an oversubscribed machine a spinning or yielding waiter keeps the core
+// from the very thread it waits for.
+bool wait_for_group(int32_t& flag) {
+  const std::atomic_ref<int32_t> state(flag);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(30);
+  for (int i = 0;; ++i) {
+    const int32_t v = state.load(std::memory_order_acquire);
+    if (v != kGroupRunning) return v == kGroupReady;
 #if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
+    __builtin_ia32_pause();
 #endif
-    } else {
-      std::this_thread::yield();
-    }
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= deadline) state.wait(kGroupRunning, std::memory_order_acquire);
   }
-  return true;
+}
+
+void set_group(int32_t& flag, int32_t value) {
+  const std::atomic_ref<int32_t> state(flag);
+  int32_t running = kGroupRunning;
+  if (state.compare_exchange_strong(running, value, std::memory_order_release, std::memory_order_relaxed))
+    state.notify_all();  // no system call unless a thread sleeps on it
 }
 
 }  // namespace
@@ -231,13 +241,12 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
   int32_t* ready = grown(group_ready_, groups);
   int32_t* groups_left = grown(tile_groups_left_, down_tiles);
   std::fill(items_left, items_left + groups, 0);
-  std::fill(ready, ready + groups, 0);
+  std::fill(ready, ready + groups, kGroupRunning);
   std::fill(groups_left, groups_left + down_tiles, static_cast<int32_t>(groups));
   for (const Item& it : items_) ++items_left[it.group];
   gate_up_queue_.reset(gate_up_items);
   down_queue_.reset(groups * down_tiles);
 
-  std::atomic<bool> failed{false};
   constexpr size_t scratch_floats = 2 * kTokenBlock * kRowTile;
   pool_.parallel_for(pool_.size(), [&](int64_t, int64_t, int worker) {
     try {
@@ -252,15 +261,13 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
           const Group& group = groups_[static_cast<size_t>(it.group)];
           if (hidden_q)
             kernels::quantize_rows(down_format, hidden, inter, inter, group.row0, group.row0 + group.rows, hidden_q);
-          std::atomic_ref(ready[it.group]).store(1, std::memory_order_release);
+          set_group(ready[it.group], kGroupReady);
         }
       }
       victim = own;
       for (int64_t j = down_queue_.take(own, victim); j >= 0; j = down_queue_.take(own, victim)) {
         const int64_t gi = j / down_tiles, tile = j % down_tiles;
-        if (!wait_until([&] { return std::atomic_ref(ready[gi]).load(std::memory_order_acquire) != 0; },
-                        [&] { return failed.load(std::memory_order_relaxed); }))
-          return;
+        if (!wait_for_group(ready[gi])) return;
         const Group& group = groups_[static_cast<size_t>(gi)];
         const int64_t o0 = tile * kRowTile, o1 = std::min(out_features, o0 + kRowTile);
         for (int64_t r = group.row0; r < group.row0 + group.rows; r += kTokenBlock) {  // the blocks of run_groups
@@ -282,7 +289,7 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
         }
       }
     } catch (...) {
-      failed.store(true, std::memory_order_relaxed);
+      for (int64_t gi = 0; gi < groups; ++gi) set_group(ready[gi], kGroupAbandoned);  // release every waiter
       throw;
     }
   });
