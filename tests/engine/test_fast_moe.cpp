@@ -195,6 +195,18 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
                                    x.data(), shape.tokens, mlp.data()));
           CHECK(std::memcmp(mlp.data(), mlp_two_dispatch.data(), mlp.size() * 4) == 0);
         }
+        // Called from inside a loop of its own pool: the single dispatch runs inline, one thread
+        // taking every item (its own part, then all the others).
+        std::fill(y.begin(), y.end(), -1.0f);
+        std::fill(mlp.begin(), mlp.end(), -1.0f);
+        pool.parallel_for(1, [&](int64_t, int64_t, int) {
+          ops.moe_routed_experts(experts.weights, x.data(), shape.tokens, mix.hidden, routing.ids.data(),
+                                 routing.weights.data(), shape.top_k, y.data());
+          ops.silu_glu_mlp(experts.weights.gate[3], experts.weights.up[3], experts.weights.down[3], x.data(),
+                           shape.tokens, mlp.data());
+        });
+        CHECK(std::memcmp(y.data(), two_dispatch.data(), y.size() * 4) == 0);
+        CHECK(std::memcmp(mlp.data(), mlp_two_dispatch.data(), mlp.size() * 4) == 0);
       }
     }
   }

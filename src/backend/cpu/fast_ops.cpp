@@ -196,6 +196,7 @@ constexpr int32_t kGroupRunning = 0, kGroupReady = 1, kGroupAbandoned = 2;
 // from the very thread it waits for.
 bool wait_for_group(int32_t& flag) {
   const std::atomic_ref<int32_t> state(flag);
+  if (const int32_t v = state.load(std::memory_order_acquire); v != kGroupRunning) return v == kGroupReady;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(30);
   for (int i = 0;; ++i) {
     const int32_t v = state.load(std::memory_order_acquire);
@@ -308,7 +309,7 @@ bool FastCpuOps::silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, 
   std::lock_guard lock(mutex_);
   groups_.assign(1, Group{&gate, &up, &down, 0, tokens});
   const ActRows xa = quantize(kernels::act_format(kind_of(gate)), x, tokens, gate.in_features(), act_);
-  if (tokens <= single_dispatch_rows_)
+  if (tokens <= single_dispatch_rows_ && pool_.size() > 1)
     run_groups_fused(xa, tokens, Combine{tokens, 1, nullptr, nullptr}, out);
   else
     run_groups(xa, tokens, out);
@@ -365,7 +366,7 @@ bool FastCpuOps::moe_routed_experts(const ExpertWeights& experts, const float* x
     std::memcpy(gathered + i * tok.stride, tok.data + (order[i] / top_k) * tok.stride,
                 static_cast<size_t>(tok.stride));
 
-  if (routed <= single_dispatch_rows_) {
+  if (routed <= single_dispatch_rows_ && pool_.size() > 1) {
     run_groups_fused({gathered, tok.stride}, routed, Combine{tokens, top_k, weights, position}, out);
     return true;
   }

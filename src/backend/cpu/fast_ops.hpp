@@ -38,7 +38,8 @@ class FastCpuOps {
                           const int32_t* expert_ids, const float* weights, int64_t top_k, float* out);
 
   // Routed rows (tokens × top-k; tokens for the MLP) up to which the MoE and the MLP run as one
-  // dispatch; above, as two. Both give the same bits: tests set 0 to compare them.
+  // dispatch on a pool of several threads; above (or on one thread, where the single dispatch's
+  // per-item atomics only cost), as two. Both give the same bits: tests set 0 to compare them.
   static constexpr int64_t kSingleDispatchRows = 256;
   void set_single_dispatch_rows(int64_t rows) { single_dispatch_rows_ = rows; }
 
