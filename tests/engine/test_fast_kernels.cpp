@@ -281,7 +281,8 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
       // remainder of the 4-token (AVX-512) and 16-token (AMX) steps.
       const int64_t rows = 37;
       const Case c(type, rows, in, rng);
-      for (const int64_t tokens : {int64_t{8}, int64_t{11}, int64_t{14}, int64_t{17}, int64_t{40}}) {
+      for (const int64_t tokens :
+           {int64_t{16}, int64_t{17}, int64_t{18}, int64_t{19}, int64_t{27}, int64_t{30}, int64_t{40}}) {
         const auto x = random_activations(tokens, in, rng);
         const int64_t stride = act_row_bytes(ActFormat::q8k, in);
         std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
