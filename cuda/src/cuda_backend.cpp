@@ -8,25 +8,27 @@
 // backend runs attention for live in VRAM (kv_attach): the pool's block ids and layout, written by
 // kv_append and read by the attention kernels in place; a copy-on-write block copy of the pool is
 // repeated here (KvPool's block-copy listener).
+#include "tandem/backend/cuda_backend.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <functional>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
 
-#include "tandem/backend/cuda_backend.hpp"
+#include "tandem/backend/rope_tables.hpp"
 #include "tandem/cuda/cuda_device.hpp"
 #include "expert_streamer.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/kv/kv_pool.hpp"
-#include "tandem/ops/rope.hpp"
 
 namespace tandem {
 namespace {
@@ -200,13 +202,14 @@ class CudaBackend final : public Backend {
     cuda::rms_norm(stream_, x, weight, rows, dim, stride, eps, out);
   }
 
-  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+  void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
     stream_.make_current();
     if (rows <= 0 || heads <= 0) return;
-    const std::vector<double>& freq = rope.inverse_frequencies();
-    cuda::rope(stream_, data, rows, row_stride, heads, head_stride, positions, resident_doubles(freq),
-               rope.rotary_dim(), rope.layout() == RopeLayout::neox, rope.attention_factor());
+    const PreparedRope& prepared = prepared_rope(rope);
+    cuda::rope(stream_, data, rows, row_stride, heads, head_stride, positions,
+               static_cast<const double*>(prepared.table.data()), rope.rotary_dim,
+               rope.layout == RopeLayout::neox, prepared.attention_factor);
   }
 
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
@@ -491,19 +494,24 @@ class CudaBackend final : public Backend {
     }
     return static_cast<const float*>(it->second.data());
   }
-  // A RoPE inverse-frequency table, uploaded once per table; uploaded again when the host table at
-  // that address changed (a freed RotaryEmbedding's address handed on to another).
-  const double* resident_doubles(const std::vector<double>& table) {
+  // The RoPE tables of `params` in VRAM, built and uploaded the first time they are asked for.
+  struct PreparedRope {
+    RopeParams params;
+    cuda::DeviceBuffer table;  // the inverse frequencies, double
+    double attention_factor = 1.0;
+  };
+  const PreparedRope& prepared_rope(const RopeParams& params) {
     std::lock_guard lock(weights_mutex_);
-    const size_t bytes = table.size() * sizeof(double);
-    RopeTable& entry = rope_tables_[table.data()];
-    if (entry.host != table) {
-      if (entry.device.bytes() < std::max<size_t>(bytes, 8))
-        entry.device = allocate_named(std::max<size_t>(bytes, 8), "a RoPE table");
-      stream_.copy_to_device(entry.device.data(), table.data(), bytes);  // in order with earlier readers
-      entry.host = table;
-    }
-    return static_cast<const double*>(entry.device.data());
+    for (const PreparedRope& r : ropes_)
+      if (r.params == params) return r;
+    const RopeTables tables = rope_tables(params);
+    const size_t bytes = tables.inverse_frequencies.size() * sizeof(double);
+    PreparedRope& r = ropes_.emplace_back();
+    r.params = params;
+    r.attention_factor = tables.attention_factor;
+    r.table = allocate_named(std::max<size_t>(bytes, 8), "a RoPE table");
+    stream_.copy_to_device(r.table.data(), tables.inverse_frequencies.data(), bytes);
+    return r;
   }
   cuda::DeviceWeight weight(const LinearWeight& w) {
     if (w.empty() || w.weight.shape.rank != 2)
@@ -638,11 +646,7 @@ class CudaBackend final : public Backend {
   using HostRange = std::pair<const void*, uint64_t>;
   std::mutex weights_mutex_;
   std::map<HostRange, cuda::DeviceBuffer> weights_, floats_;
-  struct RopeTable {
-    std::vector<double> host;
-    cuda::DeviceBuffer device;
-  };
-  std::map<const void*, RopeTable> rope_tables_;
+  std::deque<PreparedRope> ropes_;  // one per RopeParams value seen
   uint64_t weight_bytes_ = 0, kv_bytes_ = 0;
   cuda::DeviceBuffer scratch_[kCount];
   const KvPool* kv_ = nullptr;

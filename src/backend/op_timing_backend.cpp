@@ -59,8 +59,8 @@ void OpTimingBackend::rms_norm(const float* x, const float* weight, int64_t rows
                                double eps, float* out) {
   timed("rms_norm", rows, [&] { inner_.rms_norm(x, weight, rows, dim, stride, eps, out); });
 }
-void OpTimingBackend::rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
-                           int64_t head_stride, const int64_t* positions) {
+void OpTimingBackend::rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride,
+                           int64_t heads, int64_t head_stride, const int64_t* positions) {
   timed("rope", rows, [&] { inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions); });
 }
 void OpTimingBackend::gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,

@@ -86,7 +86,7 @@ struct ForwardPass::Impl {
   ForwardPass::BackendForRole backend_for;
   KvPool& kv;
   int64_t max_tokens;
-  RotaryEmbedding rope;
+  RopeParams rope;
   RoutingParams routing;
   MlaShape mla;
   float softmax_scale;
@@ -138,7 +138,7 @@ struct ForwardPass::Impl {
         backend_for(std::move(route)),
         kv(pool),
         max_tokens(max_batch_tokens),
-        rope(c, c.attention == AttentionKind::mla ? c.qk_rope_head_dim : c.head_dim),
+        rope(RopeParams::from_config(c, c.attention == AttentionKind::mla ? c.qk_rope_head_dim : c.head_dim)),
         routing(RoutingParams::from_config(c)),
         mla{c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank},
         softmax_scale(static_cast<float>(c.attention == AttentionKind::mla

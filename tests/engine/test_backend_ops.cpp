@@ -2,7 +2,6 @@
 // glue ops the forward pass runs between kernels (kv_append, router_topk, add, gated_add,
 // gather_rows), each against a straightforward loop.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -12,6 +11,7 @@
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/kv/kv_pool.hpp"
+#include "tandem/ops/rope.hpp"
 #include "tandem/ops/router.hpp"
 
 using namespace tandem;
@@ -225,4 +225,38 @@ TEST_CASE("kv pool: a block copy is told to its listeners while they live", "[ba
   CHECK(seen.size() == 1);
   for (int32_t id : {a, copy, again}) pool.release_block(id);
   CHECK(pool.free_blocks() == 4);
+}
+
+TEST_CASE("cpu backend: rope from plain RopeParams equals RotaryEmbedding, per distinct params",
+          "[backend][engine][rope]") {
+  auto b = make_cpu_backend(2);
+  const int64_t rows = 5, heads = 2, head_stride = 40, row_stride = heads * head_stride + 3;
+  const std::vector<int64_t> positions = {0, 3, 64, 1000, 4095};
+  const auto data = random_values(static_cast<size_t>(rows * row_stride), 17);
+  std::vector<RopeParams> all;
+  for (RopeLayout layout : {RopeLayout::neox, RopeLayout::interleaved})
+    for (RopeScalingType scaling : {RopeScalingType::none, RopeScalingType::linear, RopeScalingType::yarn}) {
+      ModelConfig c;
+      c.rope_theta = 50000.0;
+      c.rope_layout = layout;
+      c.max_position_embeddings = 8192;
+      c.rope_scaling.type = scaling;
+      c.rope_scaling.factor = 4.0;
+      c.rope_scaling.original_max_position_embeddings = 2048;
+      all.push_back(RopeParams::from_config(c, 32));
+    }
+  // Twice round: the backend's tables for each value, built once, stay apart.
+  for (int round = 0; round < 2; ++round)
+    for (const RopeParams& p : all) {
+      INFO("round " << round << " layout " << static_cast<int>(p.layout) << " scaling "
+                    << static_cast<int>(p.scaling.type));
+      DeviceBuffer d = put(*b, data), pos = put(*b, positions);
+      b->rope(p, d.as<float>(), rows, row_stride, heads, head_stride, pos.as<int64_t>());
+      std::vector<float> want = data;
+      RotaryEmbedding(p).apply(want.data(), rows, row_stride, heads, head_stride, positions.data());
+      CHECK(get(*b, d, data.size()) == want);
+      CHECK(want != data);
+    }
+  CHECK(rope_tables(all[0]).inverse_frequencies != rope_tables(all[1]).inverse_frequencies);  // linear scales
+  CHECK(rope_tables(all[2]).attention_factor != 1.0);                                         // YaRN's mscale
 }

@@ -17,6 +17,7 @@
 
 #include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/backend/device_buffer.hpp"
+#include "tandem/backend/op_params.hpp"
 #include "tandem/model/weights.hpp"
 #include "tandem/ops/attention.hpp"
 #include "tandem/ops/mla.hpp"
@@ -25,8 +26,6 @@
 
 namespace tandem {
 
-class RotaryEmbedding;
-class FeedForwardWorkspace;
 class KvPool;
 
 // A point in a backend's stream of work.
@@ -94,8 +93,10 @@ class Backend {
   virtual void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) = 0;
   virtual void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
                         double eps, float* out) = 0;
-  // positions: [rows] int64.
-  virtual void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+  // Rotates `heads` vectors of each row in place (vector h of row t at data + t·row_stride +
+  // h·head_stride) by its position: positions [rows] int64. The backend builds its tables from
+  // `rope` once per distinct value (rope_tables).
+  virtual void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
                     int64_t head_stride, const int64_t* positions) = 0;
   virtual void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                              int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,

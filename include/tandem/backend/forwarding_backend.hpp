@@ -39,7 +39,7 @@ class ForwardingBackend : public Backend {
                 float* out) override {
     inner_.rms_norm(x, weight, rows, dim, stride, eps, out);
   }
-  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+  void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
     inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
   }

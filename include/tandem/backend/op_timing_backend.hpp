@@ -33,7 +33,7 @@ class OpTimingBackend final : public ForwardingBackend {
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override;
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override;
-  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+  void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override;
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override;

@@ -33,6 +33,7 @@ struct RopeScaling {
   double beta_slow = 1.0;
   double mscale = 1.0;
   double mscale_all_dim = 0.0;
+  bool operator==(const RopeScaling&) const = default;
 };
 
 struct ModelConfig {

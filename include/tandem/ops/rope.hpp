@@ -4,14 +4,18 @@
 #include <cstdint>
 #include <vector>
 
+#include "tandem/backend/op_params.hpp"
+#include "tandem/backend/rope_tables.hpp"
 #include "tandem/model/model_config.hpp"
 
 namespace tandem {
 
 class RotaryEmbedding {
  public:
+  explicit RotaryEmbedding(const RopeParams& params);
   // `rotary_dim`: the rotated width (head_dim for GQA, qk_rope_head_dim for MLA).
-  RotaryEmbedding(const ModelConfig& config, int64_t rotary_dim);
+  RotaryEmbedding(const ModelConfig& config, int64_t rotary_dim)
+      : RotaryEmbedding(RopeParams::from_config(config, rotary_dim)) {}
 
   // Rotates `heads` vectors of each of `rows` tokens in place: vector h of token t starts at
   // data + t·row_stride + h·head_stride; positions[t] is token t's position.
@@ -19,20 +23,16 @@ class RotaryEmbedding {
              const int64_t* positions) const;
 
   // YaRN's magnitude correction applied to cos/sin (1 without YaRN).
-  double attention_factor() const { return attention_factor_; }
-  const std::vector<double>& inverse_frequencies() const { return inv_freq_; }
-  RopeLayout layout() const { return layout_; }
-  int64_t rotary_dim() const { return dim_; }
+  double attention_factor() const { return tables_.attention_factor; }
+  const std::vector<double>& inverse_frequencies() const { return tables_.inverse_frequencies; }
+  RopeLayout layout() const { return params_.layout; }
+  int64_t rotary_dim() const { return params_.rotary_dim; }
+  const RopeParams& params() const { return params_; }
 
  private:
-  int64_t dim_;
-  RopeLayout layout_;
-  std::vector<double> inv_freq_;  // [dim/2]
-  double attention_factor_ = 1.0;
+  RopeParams params_;
+  RopeTables tables_;
 };
-
-// YaRN's mscale(scale, m) = 0.1·m·ln(scale) + 1 for scale > 1, else 1.
-double yarn_mscale(double scale, double mscale);
 
 // Softmax scale of MLA attention: 1/sqrt(qk_nope + qk_rope), times mscale(factor, mscale_all_dim)²
 // under YaRN (DeepSeek-V2/V3).

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <new>
@@ -153,10 +154,10 @@ class CpuBackend final : public Backend {
     drain();
     tandem::rms_norm(x, weight, rows, dim, stride, eps, out);
   }
-  void rope(const RotaryEmbedding& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
+  void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
     drain();
-    rope.apply(data, rows, row_stride, heads, head_stride, positions);
+    prepared_rope(rope).apply(data, rows, row_stride, heads, head_stride, positions);
   }
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                      int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
@@ -209,6 +210,13 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // The reference rotation for `params`, its tables built the first time they are asked for.
+  const RotaryEmbedding& prepared_rope(const RopeParams& params) {
+    std::lock_guard lock(prepared_mutex_);
+    for (const RotaryEmbedding& r : ropes_)
+      if (r.params() == params) return r;
+    return ropes_.emplace_back(params);
+  }
   // Waits for the routed experts submitted so far (rethrowing their failure): every other call
   // runs after them, as on a stream.
   void drain() {
@@ -234,6 +242,7 @@ class CpuBackend final : public Backend {
   std::optional<FastCpuOps> fast_;  // empty: the reference path only
   std::mutex prepared_mutex_, router_mutex_;
   std::map<std::pair<const void*, uint64_t>, std::vector<float>> prepared_;  // by the view's bytes
+  std::deque<RotaryEmbedding> ropes_;  // one per RopeParams value seen (a model has one or two)
   RouterScratch router_scratch_;
   std::mutex ffn_mutex_;  // the reference MLP/MoE workspace below serves one call at a time
   FeedForwardWorkspace ffn_ws_;
