@@ -12,11 +12,9 @@
 #include <utility>
 
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/op_params.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
-#include "tandem/ops/moe.hpp"
-#include "tandem/ops/rope.hpp"
-#include "tandem/ops/router.hpp"
 
 namespace tandem {
 namespace {

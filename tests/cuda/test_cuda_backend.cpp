@@ -1,8 +1,7 @@
-// Every op of the CUDA backend against the CPU backend (the reference operators of src/ops), at
-// several shapes and for every stored type the kernels read. Runs on the GPU machine; skips,
-// saying so, without a GPU (where it checks the clear error instead).
+// Every op of the CUDA backend against the CPU backend (its reference operators, src/backend/cpu/reference),
+// at several shapes and for every stored type the kernels read. Runs on the GPU machine; skips, saying so,
+// without a GPU (where it checks the clear error instead).
 #include <catch2/catch.hpp>
-
 #include <string>
 #include <tuple>
 #include <utility>
@@ -10,15 +9,15 @@
 #include "cuda/cuda_test_support.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/linear.hpp"
+#include "tandem/backend/cpu/reference/moe.hpp"
+#include "tandem/backend/cpu/reference/rope.hpp"
 #include "tandem/backend/cuda_backend.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/safetensors.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_config.hpp"
-#include "tandem/ops/linear.hpp"
-#include "tandem/ops/moe.hpp"
-#include "tandem/ops/rope.hpp"
 
 using namespace tandem;
 using test::have_gpu;

@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/rope.hpp"
+#include "tandem/backend/cpu/reference/router.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/kv/kv_pool.hpp"
-#include "tandem/ops/rope.hpp"
-#include "tandem/ops/router.hpp"
 
 using namespace tandem;
 

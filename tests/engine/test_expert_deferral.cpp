@@ -1,8 +1,7 @@
 // Expert deferral: the split of each token's routing (the lowest weights go later, nothing is
 // lost), and the forward pass with deferral against an emulation written here from backend ops.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -14,14 +13,14 @@
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/expert_deferral.hpp"
+#include "tandem/backend/cpu/reference/moe.hpp"
+#include "tandem/backend/cpu/reference/rope.hpp"
+#include "tandem/backend/cpu/reference/router.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_files.hpp"
-#include "tandem/ops/expert_deferral.hpp"
-#include "tandem/ops/moe.hpp"
-#include "tandem/ops/rope.hpp"
-#include "tandem/ops/router.hpp"
 
 namespace tandem::test {
 

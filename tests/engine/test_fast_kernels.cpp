@@ -15,11 +15,11 @@
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/linear.hpp"
+#include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/perplexity.hpp"
 #include "tandem/formats/dequantize.hpp"
-#include "tandem/ops/linear.hpp"
-#include "tandem/ops/moe.hpp"
 #include "tandem/text/tokenizer.hpp"
 
 using namespace tandem;

@@ -11,11 +11,11 @@
 #include "engine/golden_check.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/linear.hpp"
 #include "tandem/engine/forward.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/model/weight_roles.hpp"
-#include "tandem/ops/linear.hpp"
 
 using namespace tandem;
 namespace fs = std::filesystem;

@@ -6,13 +6,13 @@
 #include <random>
 #include <vector>
 
+#include "tandem/backend/cpu/reference/attention.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/kv/kv_quant.hpp"
 #include "tandem/kv/kv_type.hpp"
-#include "tandem/ops/attention.hpp"
 
 using namespace tandem;
 

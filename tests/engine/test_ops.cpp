@@ -4,8 +4,8 @@
 #include <cmath>
 #include <map>
 
-#include "tandem/ops/rope.hpp"
-#include "tandem/ops/router.hpp"
+#include "tandem/backend/cpu/reference/rope.hpp"
+#include "tandem/backend/cpu/reference/router.hpp"
 
 using namespace tandem;
 

@@ -19,9 +19,6 @@
 #include "tandem/backend/device_buffer.hpp"
 #include "tandem/backend/op_params.hpp"
 #include "tandem/model/weights.hpp"
-#include "tandem/ops/attention.hpp"
-#include "tandem/ops/mla.hpp"
-#include "tandem/ops/router.hpp"
 #include "tandem/tensor/device.hpp"
 
 namespace tandem {
@@ -136,8 +133,8 @@ class Backend {
   // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].
   virtual void router_topk(const RoutingParams& params, const float* logits, int64_t tokens,
                            const float* selection_bias, int32_t* expert_ids, float* weights) = 0;
-  // Expert deferral's split of each token's routing (tandem/ops/expert_deferral.hpp): of
-  // expert_ids/weights [tokens, top_k], the `defer` lowest-weighted go to deferred_* [tokens, defer],
+  // Expert deferral's split of each token's routing (tandem/backend/cpu/reference/expert_deferral.hpp defines
+  // it): of expert_ids/weights [tokens, top_k], the `defer` lowest-weighted go to deferred_* [tokens, defer],
   // the rest, in routing order, to kept_* [tokens, top_k - defer] (ties: the later slot is deferred).
   virtual void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
                                       int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,

@@ -1,11 +1,57 @@
 #pragma once
 // The plain-data parameters of Backend ops: values a backend of any device reads (or prepares
-// its own tables from), no host objects.
+// its own tables from). The CPU backend's reference operators
+// (tandem/backend/cpu/reference/) take them too.
 #include <cstdint>
 
 #include "tandem/model/model_config.hpp"
 
 namespace tandem {
+
+class BlockTable;
+
+// A batch of tokens for attention and KV writes: token t belongs to the sequence whose block table
+// is tables[t] and sits at cache slot positions[t]; it attends to slots [0, positions[t]] of that
+// sequence, which must already be in the cache.
+struct AttentionBatch {
+  int64_t tokens = 0;
+  const int64_t* positions = nullptr;         // [tokens]: cache slots (the last one attended); backend memory
+  const BlockTable* const* tables = nullptr;  // [tokens], host objects: what host kernels read
+  // Optional, for retention policies (host backends): when attention_rows[t] is set, token t's
+  // attention probabilities, summed over its heads, are added to attention_rows[t][0, positions[t]].
+  float* const* attention_rows = nullptr;  // [tokens]
+  // The same tables as plain data in backend memory, for device kernels: token t's block ids are
+  // block_tables[t·table_stride, +positions[t] / block_tokens + 1).
+  const int32_t* block_tables = nullptr;
+  int64_t table_stride = 0;
+  int64_t max_context = 0;  // ≥ every positions[t] + 1
+  // The same tables, writable: where a host backend's kv_append writes (an int4 pool's open key
+  // rows live in the table).
+  BlockTable* const* write_tables = nullptr;
+};
+
+// MLA's head shape: query heads, their no-position (nope) and rotary (rope) widths, the value width
+// and the latent (kv_lora) width.
+struct MlaShape {
+  int64_t heads = 0, nope = 0, rope = 0, v = 0, kv_lora = 0;
+};
+
+// How a router chooses each token's experts (every RouterKind).
+struct RoutingParams {
+  RouterKind kind = RouterKind::softmax_topk;
+  int64_t experts = 0;
+  int64_t top_k = 0;
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+
+  static RoutingParams from_config(const ModelConfig& config);
+};
+
+// Softmax scale of MLA attention: 1/sqrt(qk_nope + qk_rope), times mscale(factor, mscale_all_dim)²
+// under YaRN (DeepSeek-V2/V3).
+double mla_softmax_scale(const ModelConfig& config);
 
 // Rotary position embedding, as the model configures it. A backend builds its tables from it
 // (rope_tables, tandem/backend/rope_tables.hpp) once per distinct value.

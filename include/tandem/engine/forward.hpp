@@ -38,7 +38,7 @@ class ForwardPass {
   // router, experts, shared_experts, dense_ffn and output each call their own. Activations are
   // float32 host rows, so today's backends (all host ones) hand them over without copies.
   using BackendForRole = std::function<Backend&(WeightGroup group, int64_t layer)>;
-  // `defer_experts` > 0: expert deferral (tandem/ops/expert_deferral.hpp). In every MoE layer but
+  // `defer_experts` > 0: expert deferral (Backend::split_deferred_experts). In every MoE layer but
   // the model's last, each token's `defer_experts` lowest-weighted routed experts run apart, into a
   // buffer of the experts' backend, and their output joins the residual stream after the next
   // layer's feed-forward (the last layer adds all its experts at once, before the final norm).

@@ -17,15 +17,17 @@
 
 #include "backend/cpu/fast_ops.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/attention.hpp"
+#include "tandem/backend/cpu/reference/expert_deferral.hpp"
+#include "tandem/backend/cpu/reference/linear.hpp"
+#include "tandem/backend/cpu/reference/mla.hpp"
+#include "tandem/backend/cpu/reference/moe.hpp"
+#include "tandem/backend/cpu/reference/norm.hpp"
+#include "tandem/backend/cpu/reference/rope.hpp"
+#include "tandem/backend/cpu/reference/router.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
-#include "tandem/ops/expert_deferral.hpp"
-#include "tandem/ops/linear.hpp"
-#include "tandem/ops/moe.hpp"
-#include "tandem/ops/norm.hpp"
-#include "tandem/ops/rope.hpp"
-#include "tandem/ops/router.hpp"
 
 namespace tandem {
 namespace {

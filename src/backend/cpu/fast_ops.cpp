@@ -6,10 +6,10 @@
 #include <cstring>
 #include <chrono>
 
+#include "tandem/backend/cpu/reference/linear.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/dequantize.hpp"
-#include "tandem/ops/linear.hpp"
 
 namespace tandem {
 namespace {

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
 #include "tandem/error.hpp"
-#include "tandem/ops/moe.hpp"
 
 namespace tandem {
 namespace {

@@ -34,8 +34,4 @@ class RotaryEmbedding {
   RopeTables tables_;
 };
 
-// Softmax scale of MLA attention: 1/sqrt(qk_nope + qk_rope), times mscale(factor, mscale_all_dim)²
-// under YaRN (DeepSeek-V2/V3).
-double mla_softmax_scale(const ModelConfig& config);
-
 }  // namespace tandem

@@ -3,21 +3,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "tandem/model/model_config.hpp"
+#include "tandem/backend/op_params.hpp"
 
 namespace tandem {
-
-struct RoutingParams {
-  RouterKind kind = RouterKind::softmax_topk;
-  int64_t experts = 0;
-  int64_t top_k = 0;
-  bool norm_topk_prob = false;
-  double routed_scaling_factor = 1.0;
-  int64_t n_group = 1;
-  int64_t topk_group = 1;
-
-  static RoutingParams from_config(const ModelConfig& config);
-};
 
 // logits: [tokens, experts]; selection_bias: [experts] or null (DeepSeek-V3's
 // e_score_correction_bias, used to choose experts, never to weight them).

@@ -1,31 +1,16 @@
 #pragma once
+// The CPU backend's reference attention (AttentionBatch: tandem/backend/op_params.hpp).
 // Causal attention over a paged KV cache, for a batch of tokens from several sequences: token t
 // belongs to the sequence whose block table is tables[t] and sits at positions[t]; it attends to
 // positions [0, positions[t]] of that sequence, which must already be in the cache.
 #include <cstdint>
 
+#include "tandem/backend/op_params.hpp"
+
 namespace tandem {
 
 class ThreadPool;
 class KvPool;
-class BlockTable;
-
-struct AttentionBatch {
-  int64_t tokens = 0;
-  const int64_t* positions = nullptr;   // [tokens]: cache slots (the last one attended); backend memory
-  const BlockTable* const* tables = nullptr;  // [tokens], host objects: what host kernels read
-  // Optional, for retention policies (host backends): when attention_rows[t] is set, token t's
-  // attention probabilities, summed over its heads, are added to attention_rows[t][0, positions[t]].
-  float* const* attention_rows = nullptr;     // [tokens]
-  // The same tables as plain data in backend memory, for device kernels: token t's block ids are
-  // block_tables[t·table_stride, +positions[t] / block_tokens + 1).
-  const int32_t* block_tables = nullptr;
-  int64_t table_stride = 0;
-  int64_t max_context = 0;  // ≥ every positions[t] + 1
-  // The same tables, writable: where a host backend's kv_append writes (an int4 pool's open key
-  // rows live in the table).
-  BlockTable* const* write_tables = nullptr;
-};
 
 // GQA. q: [tokens, heads·head_dim] (roped); out: [tokens, heads·head_dim]. The cache holds a K
 // plane and a V plane (rows of kv_heads·head_dim) per layer; query head h reads kv head

@@ -7,15 +7,12 @@
 // Parallel over heads; each head's K or V rows are dequantised into per-thread scratch.
 #include <cstdint>
 
+#include "tandem/backend/op_params.hpp"
 #include "tandem/model/weights.hpp"
 
 namespace tandem {
 
 class ThreadPool;
-
-struct MlaShape {
-  int64_t heads = 0, nope = 0, rope = 0, v = 0, kv_lora = 0;
-};
 
 // q: [tokens, heads·(nope + rope)] (nope part first in each head); q_latent: [tokens, heads, kv_lora].
 void mla_absorb_query(ThreadPool& pool, const LinearWeight& kv_b, const MlaShape& shape, const float* q,

@@ -1,4 +1,4 @@
-#include "tandem/ops/linear.hpp"
+#include "tandem/backend/cpu/reference/linear.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>

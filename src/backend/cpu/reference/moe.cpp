@@ -1,10 +1,10 @@
-#include "tandem/ops/moe.hpp"
+#include "tandem/backend/cpu/reference/moe.hpp"
 
 #include <algorithm>
 #include <cmath>
 
+#include "tandem/backend/cpu/reference/linear.hpp"
 #include "tandem/error.hpp"
-#include "tandem/ops/linear.hpp"
 
 namespace tandem {
 namespace {

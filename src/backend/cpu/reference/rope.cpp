@@ -1,19 +1,9 @@
-#include "tandem/ops/rope.hpp"
+#include "tandem/backend/cpu/reference/rope.hpp"
 
 #include <algorithm>
 #include <cmath>
 
 namespace tandem {
-
-double mla_softmax_scale(const ModelConfig& config) {
-  double scale = 1.0 / std::sqrt(static_cast<double>(config.qk_nope_head_dim + config.qk_rope_head_dim));
-  const RopeScaling& rs = config.rope_scaling;
-  if (rs.type != RopeScalingType::none && rs.mscale_all_dim != 0.0) {
-    const double m = yarn_mscale(rs.factor, rs.mscale_all_dim);
-    scale *= m * m;
-  }
-  return scale;
-}
 
 RotaryEmbedding::RotaryEmbedding(const RopeParams& params) : params_(params), tables_(rope_tables(params)) {}
 

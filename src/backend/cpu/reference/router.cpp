@@ -1,4 +1,4 @@
-#include "tandem/ops/router.hpp"
+#include "tandem/backend/cpu/reference/router.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -19,18 +19,6 @@ void top_k_indices(const double* values, int64_t n, int64_t k, int32_t* out, std
 }
 
 }  // namespace
-
-RoutingParams RoutingParams::from_config(const ModelConfig& config) {
-  RoutingParams p;
-  p.kind = config.router;
-  p.experts = config.num_experts;
-  p.top_k = config.num_experts_per_tok;
-  p.norm_topk_prob = config.norm_topk_prob;
-  p.routed_scaling_factor = config.routed_scaling_factor;
-  p.n_group = std::max<int64_t>(1, config.n_group);
-  p.topk_group = std::max<int64_t>(1, config.topk_group);
-  return p;
-}
 
 void route_tokens_to_experts(const RoutingParams& params, const float* logits, int64_t tokens,
                              const float* selection_bias, int32_t* expert_ids, float* weights,

@@ -1,4 +1,4 @@
-#include "tandem/ops/norm.hpp"
+#include "tandem/backend/cpu/reference/norm.hpp"
 
 #include <cmath>
 

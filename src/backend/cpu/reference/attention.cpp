@@ -1,4 +1,4 @@
-#include "tandem/ops/attention.hpp"
+#include "tandem/backend/cpu/reference/attention.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -58,7 +58,8 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
         const float* qg = q + (t * heads + g * group) * head_dim;
         for (int64_t s = 0; s < n; ++s) {
           const float* kh = table.values(kv, layer, 0, s, g * head_dim, head_dim, row);
-          for (int64_t j = 0; j < group; ++j) scores[j * n + s] = dot(qg + j * head_dim, kh, head_dim) * softmax_scale;
+          for (int64_t j = 0; j < group; ++j)
+            scores[j * n + s] = dot(qg + j * head_dim, kh, head_dim) * softmax_scale;
         }
         for (int64_t j = 0; j < group; ++j) softmax_in_place(scores + j * n, n);
         float* og = out + (t * heads + g * group) * head_dim;

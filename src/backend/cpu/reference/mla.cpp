@@ -1,10 +1,10 @@
-#include "tandem/ops/mla.hpp"
+#include "tandem/backend/cpu/reference/mla.hpp"
 
 #include <Eigen/Core>
 #include <vector>
 
+#include "tandem/backend/cpu/reference/linear.hpp"
 #include "tandem/backend/thread_pool.hpp"
-#include "tandem/ops/linear.hpp"
 
 namespace tandem {
 namespace {

@@ -1,4 +1,4 @@
-#include "tandem/ops/expert_deferral.hpp"
+#include "tandem/backend/cpu/reference/expert_deferral.hpp"
 
 #include <fmt/format.h>
 
