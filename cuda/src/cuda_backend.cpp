@@ -152,8 +152,7 @@ class CudaBackend final : public Backend {
     if (kv_ != nullptr && kv_ != &kv)
       throw Error(ErrorKind::internal, "CUDA backend: attention layers of two KV pools on one backend");
     const size_t block_bytes = layer_block_bytes(kv);
-    if (static_cast<uint64_t>(block_bytes) * static_cast<uint64_t>(kv.spec().blocks) *
-            static_cast<uint64_t>(kv.spec().layers) != kv.bytes())
+    if (block_bytes != kv.block_layer_bytes())
       throw Error(ErrorKind::internal, "CUDA backend: the KV pool's layout is not the one its kernels read");
     if (kv_layers_.contains(layer)) return;
     const size_t bytes = block_bytes * static_cast<size_t>(kv.spec().blocks);

@@ -99,7 +99,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   }
   uint64_t kv_bytes = 0;
   for (const auto& line : engine->memory_report().lines)
-    if (line.what == "KV pool") kv_bytes = line.bytes;
+    if (line.what == "KV pool" || line.what == "KV cache") kv_bytes += line.bytes;  // host planes, GPU layers
   const int64_t block_tokens = load.kv_block_tokens;
   const double kv_bytes_per_token =
       static_cast<double>(kv_bytes) / static_cast<double>((flags.ctx + block_tokens - 1) / block_tokens * block_tokens);

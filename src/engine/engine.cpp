@@ -196,6 +196,10 @@ class CpuEngine final : public Engine {
     spec.block_tokens = options_.kv_block_tokens;
     spec.dtype = options_.kv_type;
     if (spec.layout == KvLayout::mla_latent) spec.rope_values = c.qk_rope_head_dim;
+    // A GPU that runs a layer's attention keeps that layer's rows in VRAM: no host copy of them.
+    for (int64_t layer = 0; layer < c.num_layers; ++layer)
+      spec.device_layers.push_back(placement_.device_for(WeightGroup::attention, layer).kind !=
+                                   DeviceKind::cpu);
     spec.blocks =
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);

@@ -46,7 +46,15 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
                                            : static_cast<size_t>(spec.block_tokens) * row_bytes_;
     block_layer_bytes_ += plane_bytes_[p];
   }
-  const double total = static_cast<double>(spec.layers) * static_cast<double>(spec.blocks) *
+  if (!spec.device_layers.empty() && static_cast<int64_t>(spec.device_layers.size()) != spec.layers)
+    throw Error(ErrorKind::invalid_argument, fmt::format("KV pool: device_layers names {} layers of {}",
+                                                         spec.device_layers.size(), spec.layers));
+  int64_t host_layers = 0;
+  for (int64_t layer = 0; layer < spec.layers; ++layer) {
+    const bool device = !spec.device_layers.empty() && spec.device_layers[static_cast<size_t>(layer)];
+    host_index_.push_back(device ? -1 : host_layers++);
+  }
+  const double total = static_cast<double>(host_layers) * static_cast<double>(spec.blocks) *
                        static_cast<double>(block_layer_bytes_);
   if (total > static_cast<double>(std::numeric_limits<int64_t>::max() / 2))
     throw Error(ErrorKind::out_of_memory, "KV pool: requested size overflows");
@@ -60,6 +68,12 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   refs_.assign(static_cast<size_t>(spec.blocks), 0);
   free_ids_.reserve(static_cast<size_t>(spec.blocks));
   for (int64_t b = spec.blocks - 1; b >= 0; --b) free_ids_.push_back(static_cast<int32_t>(b));
+}
+
+void KvPool::no_host_planes(int64_t layer) {
+  throw Error(
+      ErrorKind::internal,
+      fmt::format("KV pool: layer {} lives on a device backend; the pool holds no host rows for it", layer));
 }
 
 int64_t KvPool::free_blocks() const {
@@ -108,9 +122,10 @@ int32_t KvPool::copy_block(int32_t id) {
     check_in_use(id, "copied");
   }
   const int32_t fresh = allocate_block();
-  // One layer's planes of one block are contiguous.
+  // One layer's planes of one block are contiguous. Device layers: the listeners copy them.
   for (int64_t layer = 0; layer < spec_.layers; ++layer)
-    std::memcpy(plane_data(fresh, layer, 0), plane_data(id, layer, 0), block_layer_bytes_);
+    if (on_host(layer))
+      std::memcpy(plane_data(fresh, layer, 0), plane_data(id, layer, 0), block_layer_bytes_);
   std::vector<std::shared_ptr<BlockCopyListener>> listeners;
   {
     std::lock_guard lock(mutex_);
@@ -215,6 +230,7 @@ void BlockTable::reopen(const KvPool& pool, int64_t tokens) {
   if (open_block_.empty()) return;
   const int64_t bt = pool.spec().block_tokens;
   for (int64_t layer = 0; layer < pool.spec().layers; ++layer) {
+    if (!pool.on_host(layer)) continue;
     int64_t& open = open_block_[static_cast<size_t>(layer)];
     if (tokens % bt == 0)
       open = std::min(open, tokens / bt);
@@ -264,7 +280,7 @@ void BlockTable::compact(KvPool& pool, std::span<const int64_t> kept) {
     make_writable(pool, first_moved, n);
     const int64_t bt = pool.spec().block_tokens, width = pool.row_width();
     for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
-      for (int64_t plane = 0; plane < pool.planes(); ++plane) {
+      for (int64_t plane = 0; plane < pool.planes() && pool.on_host(layer); ++plane) {
         if (!pool.per_channel_plane(plane)) {
           for (int64_t i = first_moved; i < n; ++i) {
             const int64_t from = kept[static_cast<size_t>(i)];

@@ -211,6 +211,15 @@ TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CP
     CHECK(cached_gpu > 0);
     CHECK(relative_error(got, expected) <= 1e-3);
     CHECK(argmax_mismatches(got, expected, cpu->config().vocab_size) == 0);
+    // The KV layers live in VRAM only: no host planes for them, the same bytes on the GPU.
+    auto bytes_of = [](Engine& engine, const std::string& what) {
+      uint64_t bytes = 0;
+      for (const auto& line : engine.memory_report().lines)
+        if (line.what == what) bytes += line.bytes;
+      return bytes;
+    };
+    CHECK(bytes_of(*gpu, "KV pool") == 0);
+    CHECK(bytes_of(*gpu, "KV cache") == bytes_of(*cpu, "KV pool"));
   }
   LoadOptions o;
   o.max_context_tokens = 64;

@@ -180,6 +180,45 @@ TEST_CASE("KV pool: reference counts, sharing, copy-on-write, release", "[kv]") 
   CHECK_THROWS_AS(pool.copy_block(0), Error);
 }
 
+TEST_CASE("KV pool: layers a device keeps have no host planes; the others work as before", "[kv]") {
+  KvPoolSpec spec = small_spec(KvType::f16, 3);
+  spec.layers = 3;
+  const KvPool full(spec);
+  spec.device_layers = {false, true, false};  // layer 1's attention runs on a GPU
+  KvPool pool(spec);
+  CHECK(pool.bytes() == full.bytes() / 3 * 2);
+  CHECK(pool.on_host(0));
+  CHECK_FALSE(pool.on_host(1));
+  CHECK(pool.on_host(2));
+  BlockTable t;
+  t.reserve(pool, 6);
+  for (int64_t p = 0; p < 6; ++p)
+    for (int64_t layer : {0, 2})
+      for (int64_t plane = 0; plane < 2; ++plane)
+        t.write_row(pool, layer, plane, p,
+                    row_values(static_cast<float>(p * 8 + layer * 2 + plane), 12).data());
+  CHECK_THROWS_AS(t.write_row(pool, 1, 0, 0, row_values(1.0f, 12).data()), Error);
+  CHECK_THROWS_AS(pool.plane_data(t.blocks()[0], 1, 0), Error);
+  // Each host layer's rows are its own (the compact layout maps layer 2 next to layer 0).
+  CHECK(read(pool, t, 2, 1, 5)[0] == Approx(row_values(5 * 8 + 4 + 1, 12)[0]).epsilon(1e-3));
+  CHECK(read(pool, t, 0, 0, 3)[0] == Approx(row_values(3 * 8, 12)[0]).epsilon(1e-3));
+  // Copy-on-write copies the host layers and tells the listeners (a GPU copies its own layer).
+  int copies = 0;
+  auto listener = std::make_shared<KvPool::BlockCopyListener>([&](int32_t, int32_t) { ++copies; });
+  pool.add_block_copy_listener(listener);
+  BlockTable shared = t.share_prefix(pool, 4);
+  shared.make_writable(pool, 0, 4);
+  CHECK(copies == 1);
+  CHECK(read(pool, shared, 2, 0, 2) == read(pool, t, 2, 0, 2));
+  shared.release(pool);
+  t.release(pool);
+  // All layers on a device: nothing on the host; a wrong-sized list is refused.
+  spec.device_layers = {true, true, true};
+  CHECK(KvPool(spec).bytes() == 0);
+  spec.device_layers = {true};
+  CHECK_THROWS_AS(KvPool(spec), Error);
+}
+
 TEST_CASE("BlockTable::truncate releases whole blocks past the kept positions", "[kv]") {
   KvPool pool(small_spec(KvType::f32, 4));
   BlockTable t;

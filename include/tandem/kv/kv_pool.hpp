@@ -50,6 +50,10 @@ struct KvPoolSpec {
   // fp8 on the rope part alone costs +0.96 % perplexity, on the latent alone +0.13 %), as
   // DeepSeek's own FP8 MLA cache keeps its rope part in bf16.
   int64_t rope_values = 0;
+  // [layers], or empty (all false): true for a layer whose attention runs on a device backend,
+  // which keeps that layer's rows in its own memory (Backend::kv_attach). The pool holds no host
+  // planes for such a layer (block ids and references still cover it).
+  std::vector<bool> device_layers;
 };
 
 class KvPool {
@@ -63,7 +67,9 @@ class KvPool {
   int64_t planes() const { return planes_; }
   int64_t row_width() const { return row_width_; }  // values per row of one plane
   size_t row_bytes() const { return row_bytes_; }   // one row of a per-token plane
-  uint64_t bytes() const { return bytes_; }
+  uint64_t bytes() const { return bytes_; }         // the host planes
+  // Whether the pool holds host planes for `layer` (not a device_layers one).
+  bool on_host(int64_t layer) const { return host_index_[static_cast<size_t>(layer)] >= 0; }
   // One block's planes in one layer (contiguous at plane_data(block, layer, 0)).
   size_t block_layer_bytes() const { return block_layer_bytes_; }
   // Bytes one token takes over all layers and planes, scales included.
@@ -119,9 +125,12 @@ class KvPool {
 
  private:
   size_t offset(int32_t block, int64_t layer, int64_t plane) const {
-    return static_cast<size_t>(layer * spec_.blocks + block) * block_layer_bytes_ +
+    const int64_t host = host_index_[static_cast<size_t>(layer)];
+    if (host < 0) no_host_planes(layer);
+    return static_cast<size_t>(host * spec_.blocks + block) * block_layer_bytes_ +
            (plane == 0 ? 0 : plane_bytes_[0]);
   }
+  [[noreturn]] static void no_host_planes(int64_t layer);
   void check_in_use(int32_t id, const char* what) const;  // mutex_ held
 
   KvPoolSpec spec_;
@@ -132,6 +141,7 @@ class KvPool {
   size_t plane_bytes_[2] = {0, 0};  // one plane of one block
   size_t block_layer_bytes_ = 0;    // all planes of one block, one layer
   uint64_t bytes_ = 0;
+  std::vector<int64_t> host_index_;  // [layers]: the layer's place among the host planes, or -1
   std::unique_ptr<std::byte[]> storage_;
   mutable std::mutex mutex_;
   std::vector<int32_t> free_ids_;
