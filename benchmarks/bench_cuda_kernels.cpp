@@ -165,7 +165,8 @@ PagedCache paged_cache(Gpu& gpu, int64_t context, int64_t tokens, int64_t row_va
   c.batch.table_stride = blocks_per_seq;
   c.batch.max_context = blocks_per_seq * bt;
   c.scores = gpu.random_floats(static_cast<size_t>(
-      std::max(cuda::attention_scratch_floats(c.batch, heads), cuda::gqa_attention_scratch_floats(c.batch, heads, 4, 128))));
+      std::max(cuda::gqa_attention_scratch_floats(c.batch, heads, 4, 128),
+               cuda::mla_attention_scratch_floats(c.batch, heads, 512))));
   c.bytes = static_cast<double>(tokens * context * planes * c.kv.row_bytes);
   return c;
 }
@@ -292,7 +293,12 @@ void register_all() {
              ->Args({32768, 1})
              ->Args({1024, 16})
              ->Args({512, 512}));
-  manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla)->Args({64, 1})->Args({4096, 1})->Args({32768, 1}));
+  manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla)
+             ->Args({64, 1})
+             ->Args({4096, 1})
+             ->Args({32768, 1})
+             ->Args({512, 16})
+             ->Args({512, 512}));
   manual(benchmark::RegisterBenchmark("router_topk", bench_router)->Args({1, 0})->Args({16, 0})->Args({1, 2})->Args({16, 2}));
   manual(benchmark::RegisterBenchmark("rms_norm", bench_rms_norm)->Args({1, 2048})->Args({32, 128})->Args({16, 2048}));
   manual(benchmark::RegisterBenchmark("rope", bench_rope)->Arg(1)->Arg(16));

@@ -2,8 +2,8 @@
 // per (token, head); its warps score the cached keys (one key per warp step), the block takes the
 // softmax (sum in double, as the reference), then threads over the value width accumulate the
 // weighted values in position order. Scores live in caller-provided scratch, so any context length
-// fits. GQA shapes split_attention.cu supports go there instead (split-K flash decoding); this
-// kernel stays as the path for the others and as the CUDA-side reference its tests compare with.
+// fits. GQA and MLA shapes split_attention.cu supports go there instead (split-K flash decoding);
+// these kernels stay as the path for the others and as the CUDA-side reference their tests compare with.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -158,6 +158,22 @@ int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_
 void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
                    const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                    float* scores, float* out) {
+  if (batch.tokens <= 0) return;
+  if (detail::split_mla_supported(batch.tokens, heads, kv_lora, rope_dim, kv)) {
+    detail::split_mla_attention(stream, kv, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, scores,
+                                out);
+    return;
+  }
+  mla_attention_unsplit(stream, kv, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, scores, out);
+}
+
+int64_t mla_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora) {
+  return std::max(attention_scratch_floats(b, heads), detail::split_mla_scratch_floats(b, heads, kv_lora));
+}
+
+void mla_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
+                           const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                           float* scores, float* out) {
   if (batch.tokens <= 0) return;
   const unsigned grid = detail::grid_dim(batch.tokens * heads, "mla_attention");
   const auto shared = static_cast<size_t>(kv_lora + rope_dim) * sizeof(float);

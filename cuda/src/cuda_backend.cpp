@@ -228,7 +228,7 @@ class CudaBackend final : public Backend {
     if (batch.tokens <= 0) return;
     check_batch(kv, batch);
     const cuda::DeviceBatch db = device_batch(batch);
-    float* d_scores = scratch(kScores, cuda::attention_scratch_floats(db, heads));
+    float* d_scores = scratch(kScores, cuda::mla_attention_scratch_floats(db, heads, kv_lora));
     cuda::mla_attention(stream_, paged(kv, layer), db, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
                         d_scores, out);
   }

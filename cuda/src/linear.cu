@@ -82,32 +82,59 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
   }
 }
 
-// Q4_K/Q6_K rows, a warp per row, each 256-value block loaded by the whole warp (lane_blocks.cuh).
+// Q4_K/Q6_K rows, each 256-value block loaded by the whole warp (lane_blocks.cuh). A row's blocks are
+// shared among `splits` warps of the block (1, 2, 4 or 8; blocks part, part + splits, …), whose sums
+// meet in shared memory in part order: a warp keeps only a few 128-byte loads in flight, so a matrix
+// of few rows (K/V, O, the router) needs more warps than rows to keep enough of HBM's bandwidth busy.
 template <typename D>
-__global__ void linear_lanes_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features,
-                                    int64_t in_features, const float* bias, const float* x, int64_t rows, float* y) {
-  const int lane = threadIdx.x % 32;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * kLaneWarps + threadIdx.x / 32;
-  if (o >= out_features) return;
+__global__ void __launch_bounds__(kLaneWarps * 32)
+    linear_lanes_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features, int64_t in_features,
+                        const float* bias, const float* x, int64_t rows, int splits, float* y) {
+  __shared__ float partial[kLaneWarps][kTile];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
   const int nrows = static_cast<int>(rows - r0 < kTile ? rows - r0 : kTile);
-  const uint8_t* w = weight + o * row_bytes;
-  const float* xt = x + r0 * in_features;
   float acc[kTile] = {};
-  const int64_t blocks = in_features / 256;
-  // Unrolled so each lane has several blocks' loads in flight: a decode GEMV is bound by how many
-  // bytes are outstanding, not by arithmetic.
+  if (o < out_features) {
+    const uint8_t* w = weight + o * row_bytes;
+    const float* xt = x + r0 * in_features;
+    const int64_t blocks = in_features / 256;
 #pragma unroll 8
-  for (int64_t blk = 0; blk < blocks; ++blk)
-    detail::LaneBlocks<D>::template accumulate<kTile>(w, blk, lane, xt, in_features, nrows, acc);
-#pragma unroll
-  for (int r = 0; r < kTile; ++r) {
-    const float s = detail::warp_sum(acc[r]);
-    if (lane == 0 && r < nrows) y[(r0 + r) * out_features + o] = s + (bias != nullptr ? bias[o] : 0.f);
+    for (int64_t blk = part; blk < blocks; blk += splits)
+      detail::LaneBlocks<D>::template accumulate<kTile>(w, blk, lane, xt, in_features, nrows, acc);
   }
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) acc[r] = detail::warp_sum(acc[r]);
+  if (splits > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < kTile; ++r) partial[warp][r] = acc[r];
+    __syncthreads();
+    if (part != 0) return;
+#pragma unroll
+    for (int r = 0; r < kTile; ++r) {
+      float sum = 0.f;
+      for (int j = 0; j < splits; ++j) sum += partial[warp + j][r];
+      acc[r] = sum;
+    }
+  }
+  if (o >= out_features) return;
+#pragma unroll
+  for (int r = 0; r < kTile; ++r)
+    if (lane == 0 && r < nrows) y[(r0 + r) * out_features + o] = acc[r] + (bias != nullptr ? bias[o] : 0.f);
 }
 
-// One block per row: out[row] = W[row] as float32 (with FP8 block scales).
+// Warps per row for the lane kernel: enough that the launch has ~kTargetWarps warps, at most one per
+// 256-value block and kLaneWarps.
+constexpr int64_t kTargetWarps = 8192;
+int lane_splits(int64_t out_features, int64_t in_features, int64_t token_tiles) {
+  int splits = 1;
+  while (splits < kLaneWarps && out_features * token_tiles * splits < kTargetWarps && 2 * splits <= in_features / 256)
+    splits *= 2;
+  return splits;
+}
+
 template <typename D>
 __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int64_t in_features,
                                   const float* block_scales, int64_t scale_cols, const int32_t* row_ids,
@@ -157,13 +184,16 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
   if (detail::tensor_core_linear_supported(w, x, rows)) return detail::tensor_core_linear(stream, w, rb, x, rows, y);
   const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0;
   if ((w.type == DType::q4_k || w.type == DType::q6_k) && w.block_scales == nullptr && aligned) {
-    const dim3 grid(detail::grid_dim((w.out_features + kLaneWarps - 1) / kLaneWarps, "linear"),
-                    detail::grid_dim((rows + kTile - 1) / kTile, "linear (token tiles)", 65535));
+    const int64_t token_tiles = (rows + kTile - 1) / kTile;
+    const int splits = lane_splits(w.out_features, w.in_features, token_tiles);
+    const int64_t rows_per_block = kLaneWarps / splits;
+    const dim3 grid(detail::grid_dim((w.out_features + rows_per_block - 1) / rows_per_block, "linear"),
+                    detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
     dispatch_weight_type(w.type, [&](auto decoder) {
       using D = decltype(decoder);
       if constexpr (detail::LaneBlocks<D>::available)
         linear_lanes_kernel<D><<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(
-            static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.bias, x, rows, y);
+            static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.bias, x, rows, splits, y);
     });
     detail::check_launch("linear (lanes)");
     return;

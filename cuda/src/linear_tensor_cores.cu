@@ -18,15 +18,19 @@ __global__ void __launch_bounds__(tc::kThreads) linear_tc_kernel(tc::WeightRows 
   const int64_t o0 = static_cast<int64_t>(blockIdx.x) * tc::kOut, r0 = static_cast<int64_t>(blockIdx.y) * tc::kRows;
   const float* a = x + r0 * w.in_features;
   const int64_t n = rows - r0 < tc::kRows ? rows - r0 : tc::kRows;
-  tc::FragC acc[2][2];
+  tc::FragC acc[2][2], part[2][2];
   tc::zero(acc);
+  tc::zero(part);
+  int steps = 0;
   for (int64_t k0 = 0; k0 < w.in_features; k0 += tc::kStep) {
     tc::stage_activations(a, w.in_features, n, k0, xs);
     tc::stage_weights<D>(w, o0, k0, ws);
     __syncthreads();
-    tc::multiply_step(xs, ws, acc);
+    tc::multiply_step(xs, ws, part);
+    if (++steps == tc::kPromoteSteps) tc::promote(part, acc), steps = 0;
     __syncthreads();
   }
+  tc::promote(part, acc);
   tc::store(acc, shared);
   __syncthreads();
   for (int e = threadIdx.x; e < tc::kRows * tc::kOut; e += tc::kThreads) {

@@ -195,18 +195,24 @@ __global__ void __launch_bounds__(tc::kThreads)
   const tc::WeightRows up{static_cast<const uint8_t*>(table.up[s.expert]), table.up_row_bytes, table.intermediate,
                           hidden, table.up_scales ? table.up_scales[s.expert] : nullptr};
   const float* a = gathered + static_cast<int64_t>(s.begin) * hidden;
-  tc::FragC g[2][2], u[2][2];
+  tc::FragC g[2][2], u[2][2], g_part[2][2], u_part[2][2];
   tc::zero(g);
   tc::zero(u);
+  tc::zero(g_part);
+  tc::zero(u_part);
+  int steps = 0;
   for (int64_t k0 = 0; k0 < hidden; k0 += tc::kStep) {
     tc::stage_activations(a, hidden, s.rows, k0, xs);
     tc::stage_weights<D>(gate, o0, k0, gs);
     tc::stage_weights<D>(up, o0, k0, us);
     __syncthreads();
-    tc::multiply_step(xs, gs, g);
-    tc::multiply_step(xs, us, u);
+    tc::multiply_step(xs, gs, g_part);
+    tc::multiply_step(xs, us, u_part);
+    if (++steps == tc::kPromoteSteps) tc::promote(g_part, g), tc::promote(u_part, u), steps = 0;
     __syncthreads();
   }
+  tc::promote(g_part, g);
+  tc::promote(u_part, u);
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -241,15 +247,19 @@ __global__ void __launch_bounds__(tc::kThreads)
   const tc::WeightRows down{static_cast<const uint8_t*>(table.down[s.expert]), table.down_row_bytes, hidden,
                             table.intermediate, table.down_scales ? table.down_scales[s.expert] : nullptr};
   const float* a = act + static_cast<int64_t>(s.begin) * table.intermediate;
-  tc::FragC acc[2][2];
+  tc::FragC acc[2][2], part[2][2];
   tc::zero(acc);
+  tc::zero(part);
+  int steps = 0;
   for (int64_t k0 = 0; k0 < table.intermediate; k0 += tc::kStep) {
     tc::stage_activations(a, table.intermediate, s.rows, k0, xs);
     tc::stage_weights<D>(down, o0, k0, ws);
     __syncthreads();
-    tc::multiply_step(xs, ws, acc);
+    tc::multiply_step(xs, ws, part);
+    if (++steps == tc::kPromoteSteps) tc::promote(part, acc), steps = 0;
     __syncthreads();
   }
+  tc::promote(part, acc);
   tc::store(acc, shared);
   __syncthreads();
   for (int e = threadIdx.x; e < tc::kRows * tc::kOut; e += tc::kThreads) {

@@ -4,7 +4,8 @@
 // over its split with four positions' K and V loads in flight at a time; a second kernel merges the
 // splits. The split length depends only on the token's own context length, the KV heads and the
 // batch size (never on the capacity the batch was sized for), so a recorded pass and an eager one
-// split alike and give the same bits.
+// split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way, its
+// blocks sharing each staged latent row among eight query heads.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -60,9 +61,9 @@ __device__ __forceinline__ void load_slice(const uint8_t* p, float* out) {
   }
 }
 
-__device__ __forceinline__ int64_t split_length(int64_t n, int64_t target_splits) {
-  const int64_t quanta = (n + kSplitQuantum - 1) / kSplitQuantum;
-  return kSplitQuantum * ((quanta + target_splits - 1) / target_splits);
+__device__ __forceinline__ int64_t split_length(int64_t n, int64_t target_splits, int64_t quantum = kSplitQuantum) {
+  const int64_t quanta = (n + quantum - 1) / quantum;
+  return quantum * ((quanta + target_splits - 1) / target_splits);
 }
 
 // Block (split, kv head, token); warp w takes query head kv_head · group + w. Each lane holds D values
@@ -146,10 +147,10 @@ __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int6
 // out[t, h] = Σ_s e^(m_s − M) acc_s / Σ_s e^(m_s − M) l_s over the token's splits; a block per
 // (token, head), a thread per value. Tokens whose context fit one split were written already.
 __global__ void merge_kernel(DeviceBatch batch, int64_t heads, int64_t head_dim, int64_t target_splits,
-                             int64_t split_stride, const float* partials, float* out) {
+                             int64_t quantum, int64_t split_stride, const float* partials, float* out) {
   const int64_t t = blockIdx.x / heads, h = blockIdx.x % heads;
   const int64_t n = batch.positions[t] + 1;
-  const int64_t len = split_length(n, target_splits);
+  const int64_t len = split_length(n, target_splits, quantum);
   const int64_t splits = (n + len - 1) / len;
   if (splits == 1) return;
   const float* part = partials + (t * heads + h) * split_stride * (head_dim + 2);
@@ -172,6 +173,130 @@ int64_t target_splits(int64_t tokens, int64_t kv_heads) {
 // Splits the grid provides room for: enough for any context up to max_context.
 int64_t split_slots(const DeviceBatch& b, int64_t kv_heads) {
   return std::min(target_splits(b.tokens, kv_heads), (b.max_context + kSplitQuantum - 1) / kSplitQuantum);
+}
+
+
+// Absorbed MLA (one latent plane shared by every head, as MQA): block (split, group of kMlaHeads query
+// heads, token). Each step stages kMlaTile cached rows (latent + rope key) in shared memory as floats;
+// warp w scores them for head w (lane = position) and updates that head's running max and sum; then
+// every thread adds the tile's weighted latent values for kMlaMaxValues columns of all the group's
+// heads. A cached row is read from memory once per group instead of once per head and position.
+constexpr int kMlaHeads = 8;
+constexpr int kMlaThreads = 32 * kMlaHeads;
+constexpr int kMlaTile = 32;        // positions per step (splits are multiples of it)
+constexpr int kMlaMaxValues = 4;    // latent columns per thread: kv_lora ≤ 4 · kMlaThreads
+constexpr int64_t kMlaMaxWidth = 4 * kMlaThreads + 128;  // latent + rope key
+
+int64_t mla_groups(int64_t heads) { return (heads + kMlaHeads - 1) / kMlaHeads; }
+int64_t mla_target_splits(int64_t tokens, int64_t heads) {
+  const int64_t blocks = tokens * mla_groups(heads);
+  return std::max<int64_t>(1, (kTargetBlocks + blocks - 1) / blocks);
+}
+int64_t mla_split_slots(const DeviceBatch& b, int64_t heads) {
+  return std::min(mla_target_splits(b.tokens, heads), (b.max_context + kMlaTile - 1) / kMlaTile);
+}
+size_t mla_shared_bytes(int64_t width) {
+  return static_cast<size_t>(kMlaHeads * width + kMlaTile * (width + 1) + kMlaHeads * kMlaTile + 2 * kMlaHeads) *
+         sizeof(float);
+}
+
+template <KvType K>
+__device__ __forceinline__ float kv_value(const uint8_t* row, int i) {
+  if constexpr (K == KvType::f32) return reinterpret_cast<const float*>(row)[i];
+  else if constexpr (K == KvType::f16) return __half2float(reinterpret_cast<const __half*>(row)[i]);
+  else return __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[i]) << 16);
+}
+
+template <KvType K>
+__global__ void __launch_bounds__(kMlaThreads)
+    mla_split_kernel(PagedKv kv, DeviceBatch batch, const float* q_latent, const float* q_rope, int64_t heads,
+                     int kv_lora, int rope_dim, float softmax_scale, int64_t target_splits, int64_t split_stride,
+                     float* partials, float* out) {
+  extern __shared__ float smem[];
+  const int width = kv_lora + rope_dim, ld = width + 1;  // odd row stride: lanes on different rows, no conflicts
+  float* qs = smem;                          // [kMlaHeads][width]
+  float* ks = qs + kMlaHeads * width;        // [kMlaTile][ld]
+  float* ps = ks + kMlaTile * ld;            // [kMlaHeads][kMlaTile] this tile's e^(score − max)
+  float* rescale = ps + kMlaHeads * kMlaTile;  // [kMlaHeads]
+  float* sums = rescale + kMlaHeads;           // [kMlaHeads]
+  const int64_t t = blockIdx.z, h0 = static_cast<int64_t>(blockIdx.y) * kMlaHeads, split = blockIdx.x;
+  const int64_t n = batch.positions[t] + 1;
+  const int64_t len = split_length(n, target_splits, kMlaTile);
+  const int64_t splits = (n + len - 1) / len;
+  if (split >= splits) return;
+  const int64_t begin = split * len, end = begin + len < n ? begin + len : n;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const bool head_valid = h0 + warp < heads;
+  for (int i = threadIdx.x; i < kMlaHeads * width; i += kMlaThreads) {
+    const int64_t h = h0 + i / width;
+    const int c = i % width;
+    qs[i] = h >= heads ? 0.f
+            : c < kv_lora ? q_latent[(t * heads + h) * kv_lora + c]
+                          : q_rope[(t * heads + h) * rope_dim + (c - kv_lora)];
+  }
+  const int32_t* table = batch.block_tables + t * batch.table_stride;
+  const auto* base = static_cast<const uint8_t*>(kv.layer_base);
+  float acc[kMlaHeads][kMlaMaxValues] = {};
+  float m = -INFINITY, l = 0.f;  // this warp's head
+  for (int64_t s0 = begin; s0 < end; s0 += kMlaTile) {
+    const int count = static_cast<int>(end - s0 < kMlaTile ? end - s0 : kMlaTile);
+    __syncthreads();  // the previous tile's readers are done (and qs is staged)
+    for (int p = warp; p < count; p += kMlaHeads) {
+      const int64_t s = s0 + p;
+      const uint8_t* row = base + static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride +
+                           (s % kv.block_tokens) * kv.row_bytes;  // plane 0
+      for (int c = lane; c < width; c += 32) ks[p * ld + c] = kv_value<K>(row, c);
+    }
+    __syncthreads();
+    float score = -INFINITY;
+    if (head_valid && lane < count) {
+      const float* qh = qs + warp * width;
+      const float* kp = ks + lane * ld;
+      float latent = 0.f, rope = 0.f;
+      for (int c = 0; c < kv_lora; ++c) latent += qh[c] * kp[c];
+      for (int c = kv_lora; c < width; ++c) rope += qh[c] * kp[c];
+      score = __fmul_rn(__fadd_rn(latent, rope), softmax_scale);
+    }
+    const float m_new = fmaxf(m, warp_max(score));
+    const float e = score == -INFINITY ? 0.f : expf(score - m_new);
+    const float correction = m == -INFINITY ? 0.f : expf(m - m_new);
+    l = l * correction + warp_sum(e);
+    m = m_new;
+    ps[warp * kMlaTile + lane] = e;
+    if (lane == 0) rescale[warp] = correction;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kMlaMaxValues; ++j) {
+      const int c = threadIdx.x + j * kMlaThreads;
+      if (c < kv_lora) {
+#pragma unroll
+        for (int h = 0; h < kMlaHeads; ++h) acc[h][j] *= rescale[h];
+        for (int p = 0; p < count; ++p) {
+          const float v = ks[p * ld + c];
+#pragma unroll
+          for (int h = 0; h < kMlaHeads; ++h) acc[h][j] += ps[h * kMlaTile + p] * v;
+        }
+      }
+    }
+  }
+  if (lane == 0) sums[warp] = l;
+  if (splits > 1 && head_valid && lane < 2) {
+    float* part = partials + ((t * heads + h0 + warp) * split_stride + split) * (kv_lora + 2);
+    part[lane] = lane == 0 ? m : l;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < kMlaHeads; ++h) {
+    if (h0 + h >= heads) break;
+    const float inv = 1.f / sums[h];
+#pragma unroll
+    for (int j = 0; j < kMlaMaxValues; ++j) {
+      const int c = threadIdx.x + j * kMlaThreads;
+      if (c >= kv_lora) continue;
+      if (splits == 1) out[(t * heads + h0 + h) * kv_lora + c] = acc[h][j] * inv;
+      else partials[((t * heads + h0 + h) * split_stride + split) * (kv_lora + 2) + 2 + c] = acc[h][j];
+    }
+  }
 }
 
 }  // namespace
@@ -208,8 +333,47 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   check_launch("gqa_attention (splits)");
   if (slots > 1) {
     merge_kernel<<<grid_dim(batch.tokens * heads, "gqa_attention (merge)"), 128, 0, native(stream)>>>(
-        batch, heads, head_dim, target, slots, scratch, out);
+        batch, heads, head_dim, target, kSplitQuantum, slots, scratch, out);
     check_launch("gqa_attention (merge)");
+  }
+}
+
+bool split_mla_supported(int64_t tokens, int64_t heads, int64_t kv_lora, int64_t rope_dim, const PagedKv& kv) {
+  const bool type = kv.type == KvType::f32 || kv.type == KvType::f16 || kv.type == KvType::bf16;
+  return type && kv_lora > 0 && kv_lora <= kMlaMaxValues * kMlaThreads && rope_dim >= 0 &&
+         kv_lora + rope_dim <= kMlaMaxWidth && tokens <= 65535 && mla_groups(heads) <= 65535;
+}
+
+int64_t split_mla_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora) {
+  const int64_t slots = mla_split_slots(b, heads);
+  return slots > 1 ? b.tokens * heads * slots * (kv_lora + 2) : 0;
+}
+
+void split_mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
+                         const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                         float* scratch, float* out) {
+  const int64_t slots = mla_split_slots(batch, heads), target = mla_target_splits(batch.tokens, heads);
+  const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(mla_groups(heads)),
+                  static_cast<unsigned>(batch.tokens));
+  const size_t shared = mla_shared_bytes(kv_lora + rope_dim);
+  auto launch = [&](auto k) {
+    auto* kernel = mla_split_kernel<decltype(k)::value>;
+    // Above 48 KiB of dynamic shared memory a kernel must opt in (DeepSeek's 576-wide rows take ~93 KiB).
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)) !=
+        cudaSuccess)
+      check_launch("mla_attention (shared memory opt-in)");
+    kernel<<<grid, kMlaThreads, shared, native(stream)>>>(kv, batch, q_latent, q_rope, heads,
+                                                          static_cast<int>(kv_lora), static_cast<int>(rope_dim),
+                                                          softmax_scale, target, slots, scratch, out);
+  };
+  if (kv.type == KvType::f32) launch(std::integral_constant<KvType, KvType::f32>{});
+  else if (kv.type == KvType::f16) launch(std::integral_constant<KvType, KvType::f16>{});
+  else launch(std::integral_constant<KvType, KvType::bf16>{});
+  check_launch("mla_attention (splits)");
+  if (slots > 1) {
+    merge_kernel<<<grid_dim(batch.tokens * heads, "mla_attention (merge)"), 128, 0, native(stream)>>>(
+        batch, heads, kv_lora, target, kMlaTile, slots, scratch, out);
+    check_launch("mla_attention (merge)");
   }
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// Split-K decode attention for GQA (split_attention.cu), which gqa_attention uses for the shapes it
-// supports: head_dim 64/128/256, at most 32 query heads per KV head, f32/f16/bf16 cache.
+// Split-K decode attention (split_attention.cu), which gqa_attention uses for the shapes it supports
+// (head_dim 64/128/256, at most 32 query heads per KV head, f32/f16/bf16 cache) and mla_attention for
+// latents of at most 1024 values (f32/f16/bf16 cache).
 #include <cstdint>
 
 #include "tandem/cuda/kernels.hpp"
@@ -12,5 +13,11 @@ bool split_attention_supported(int64_t tokens, int64_t heads, int64_t kv_heads, 
 int64_t split_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim);
 void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
                          int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out);
+
+bool split_mla_supported(int64_t tokens, int64_t heads, int64_t kv_lora, int64_t rope_dim, const PagedKv& kv);
+int64_t split_mla_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora);
+void split_mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
+                         const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                         float* scratch, float* out);
 
 }  // namespace tandem::cuda::detail

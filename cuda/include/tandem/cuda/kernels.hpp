@@ -95,9 +95,16 @@ int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_
 
 // Absorbed MLA attention over the latent cache (one plane: kv_lora latent then rope key).
 // q_latent [tokens, heads, kv_lora], q_rope [tokens, heads, rope_dim]; out [tokens, heads, kv_lora].
+// Latents of at most 1024 values in an f32/f16/bf16 cache run as split-K flash decoding (a block per
+// token, group of 8 heads and split of the positions, each staged row shared by the group); others,
+// and mla_attention_unsplit always, one block per (token, head). scores: mla_attention_scratch_floats.
 void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
                    const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                    float* scores, float* out);
+void mla_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
+                           const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                           float* scores, float* out);
+int64_t mla_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora);
 
 // MLA absorption from kv_b's stored rows [heads·(nope + v), kv_lora] (kv_lora a multiple of 32, at
 // most 1024): q_latent[t, h] = W_K(h)ᵀ · q[t, h, :nope] for q [tokens, heads·(nope + rope)].
