@@ -99,7 +99,7 @@ void bench_linear(benchmark::State& state, DType type) {
 // One layer's routed experts, pair by pair: range(0) tokens; 128 experts of hidden 2048 ×
 // intermediate 768, top 8 (Qwen3-30B-A3B), gate/up Q4_K, down `down`; pair by pair or grouped by
 // expert (prefill). Bytes: the expert rows each pair reads.
-void bench_moe(benchmark::State& state, DType down, bool grouped) {
+void bench_moe(benchmark::State& state, DType down, bool grouped, cuda::GroupedTiles tiles) {
   if (!have_gpu(state)) return;
   Gpu gpu;
   const int64_t tokens = state.range(0), experts = 128, hidden = 2048, inter = 768, top_k = 8;
@@ -133,7 +133,7 @@ void bench_moe(benchmark::State& state, DType down, bool grouped) {
     gpu.buffers.emplace_back(0, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(t, tokens, hidden, top_k)));
     void* work = gpu.buffers.back().data();
     run_timed(state, gpu,
-              [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y); }, bytes);
+              [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y, tiles); }, bytes);
     return;
   }
   run_timed(state, gpu,
@@ -276,15 +276,18 @@ void register_all() {
   }
   for (DType down : {DType::q4_k, DType::q6_k}) {
     manual(benchmark::RegisterBenchmark((std::string("moe_pairs/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down, false)
+                                        bench_moe, down, false, cuda::GroupedTiles::automatic)
                ->Arg(1)
                ->Arg(4)
                ->Arg(16));
-    manual(benchmark::RegisterBenchmark((std::string("moe_grouped/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down, true)
-               ->Arg(64)
-               ->Arg(512)
-               ->Arg(4096));
+    for (auto [name, tiles] : {std::pair{"moe_grouped/", cuda::GroupedTiles::automatic},
+                               std::pair{"moe_grouped_cuda_cores/", cuda::GroupedTiles::cuda_cores},
+                               std::pair{"moe_grouped_tensor_cores/", cuda::GroupedTiles::tensor_cores}})
+      manual(benchmark::RegisterBenchmark((std::string(name) + "down_" + std::string(dtype_name(down))).c_str(),
+                                          bench_moe, down, true, tiles)
+                 ->Arg(64)
+                 ->Arg(512)
+                 ->Arg(4096));
   }
   manual(benchmark::RegisterBenchmark("gqa_attention/f16", bench_gqa)
              ->Args({64, 1})

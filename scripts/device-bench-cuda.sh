@@ -6,8 +6,9 @@
 # Needs the tandem binary from scripts/device-build.sh with CUDA (BUILD_DIR, default build-gpu).
 # Usage: scripts/device-bench-cuda.sh [BUILD_DIR]
 # Environment: REPS (default 3), PROMPT (512), GEN (128), MODEL (/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf),
-#   PLACEMENTS (default "*=cpu *=cuda:0 experts=cpu,*=cuda:0"), BENCH_FLAGS (more bench model flags,
-#   e.g. "--defer-experts 1").
+#   PLACEMENTS (default "*=cpu *=cuda:0 experts=cpu,*=cuda:0"; "budget=24G" is the default placement
+#   under --vram-budget 24G), BENCH_FLAGS (more bench model flags, e.g. "--defer-experts 1"),
+#   PRESET (the synth preset named in the output, default qwen3-30b-a3b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu}
@@ -22,9 +23,10 @@ fi
 status=0
 set -f  # the rules contain '*': no globbing of PLACEMENTS
 for placement in ${PLACEMENTS:-"*=cpu" "*=cuda:0" "experts=cpu,*=cuda:0"}; do
+  if [[ $placement == budget=* ]]; then where=(--vram-budget "${placement#budget=}"); else where=(--placement "$placement"); fi
   if out=$("$tandem" bench model -m "$model" -p "${PROMPT:-512}" -n "${GEN:-128}" -r "${REPS:-3}" -t 16 \
-             --spread-tokens 0 --placement "$placement" ${BENCH_FLAGS:-} --json); then
-    printf '{"bench":"model","preset":"qwen3-30b-a3b","layers":%s,"placement":"%s","result":%s}\n' "${LAYERS:-8}" "$placement" "$out"
+             --spread-tokens 0 "${where[@]}" ${BENCH_FLAGS:-} --json); then
+    printf '{"bench":"model","preset":"%s","layers":%s,"placement":"%s","result":%s}\n' "${PRESET:-qwen3-30b-a3b}" "${LAYERS:-8}" "$placement" "$out"
   else
     echo "bench model --placement '$placement' failed" >&2
     status=1

@@ -33,6 +33,7 @@ for s in ${STEPS:-build cuda amx cli bench}; do
                TANDEM_PROFILE_OPS=1 $build/bin/tandem run -m \$m -p 'hello world' -n 32 --temp 0 --ignore-eos --placement \"\$p\" --stats 2>&1 >/dev/null | head -30; done" ;;
     bench48) step bench48 400 env MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} PROMPT=${PROMPT:-512} \
                LAYERS=48 PLACEMENTS="${PLACEMENTS:-experts=cpu,*=cuda:0 *=cuda:0}" bash -c "[ -s \$MODEL ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$MODEL; bash scripts/device-bench-cuda.sh $build" ;;
+    benchds) step benchds 560 env FREE_QWEN48=1 bash scripts/device-bench-deepseek.sh "$build" ;;
     bench48eager) step bench48eager 300 env TANDEM_CUDA_GRAPHS=0 MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} \
                PROMPT=${PROMPT:-512} LAYERS=48 PLACEMENTS="*=cuda:0" bash scripts/device-bench-cuda.sh "$build" ;;
     kernels) step kernels 150 "$build/bin/bench_cuda_kernels" --benchmark_min_time=${KERNEL_SECONDS:-0.05} \

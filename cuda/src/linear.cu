@@ -126,8 +126,10 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 }
 
 // Warps per row for the lane kernel: enough that the launch has ~kTargetWarps warps, at most one per
-// 256-value block and kLaneWarps.
-constexpr int64_t kTargetWarps = 8192;
+// 256-value block and kLaneWarps. On the H200 (bench_cuda_kernels, a4c13b3) splitting helped the
+// 512- and 128-row matrices (7.7 → 5.0 and 7.5 → 3.9 µs) and cost the 4096- and 2048-row ones
+// (9.1 → 12.4 and 13.3 → 13.9 µs at 8192 warps), so only matrices under 2048 rows are split.
+constexpr int64_t kTargetWarps = 2048;
 int lane_splits(int64_t out_features, int64_t in_features, int64_t token_tiles) {
   int splits = 1;
   while (splits < kLaneWarps && out_features * token_tiles * splits < kTargetWarps && 2 * splits <= in_features / 256)

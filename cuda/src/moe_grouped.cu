@@ -2,9 +2,11 @@
 // by expert on the device, then one launch covers gate+up of every hit expert and one its down
 // projection, each block taking one expert's row range for a tile of its pairs, so an expert's rows
 // are read once per tile instead of once per pair (moe.cu) and no launch is made per expert (the
-// host-grouped path of cuda_backend.cpp). From kTensorCoreMinTokens tokens the tiles are 64 pairs on
-// the tensor cores (3xTF32, float32 accuracy); below, 8 pairs on the CUDA cores with each pair's dot
-// products in the linear kernel's order, so those equal the pairwise path bit for bit. The order of
+// host-grouped path of cuda_backend.cpp). Tiles are 8 pairs on the CUDA cores, each pair's dot
+// products in the linear kernel's order (equal to the pairwise path bit for bit), or, once the experts
+// average kGroupedTensorCorePairs pairs, 64 pairs on the tensor cores (3xTF32, float32 accuracy): a
+// tensor-core tile dequantises its expert's rows whether it holds 64 pairs or 2, so with few pairs per
+// expert the CUDA-core tiles, which read each row once per 8 pairs at the GEMV's speed, cost less. The order of
 // pairs within an expert (atomics) changes no value; the combine is weighted_sum_slots'.
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
@@ -182,8 +184,7 @@ __global__ void __launch_bounds__(tc::kThreads)
     grouped_gate_up_tc_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
                               const int32_t* tile_begin, const int32_t* counts, const float* gathered, int64_t hidden,
                               float* act) {
-  constexpr int kShared = 3 * tc::kOperandFloats > tc::kResultFloats ? 3 * tc::kOperandFloats : tc::kResultFloats;
-  __shared__ __align__(32) float shared[kShared];
+  extern __shared__ __align__(128) float shared[];  // gate_up_shared_bytes: over 48 KiB, opted in
   TileSpan s;
   if (!tile_span(tiles, tile_expert, tile_begin, counts, s, tc::kRows)) return;
   float* xs = shared;
@@ -269,39 +270,50 @@ __global__ void __launch_bounds__(tc::kThreads)
   }
 }
 
-// Tiles of 64 pairs on the tensor cores from this many tokens (rows a multiple of 32 wide), else 8.
-constexpr int64_t kTensorCoreMinTokens = 32;
-bool use_tensor_cores(const ExpertTable& table, int64_t tokens, int64_t hidden) {
-  return tokens >= kTensorCoreMinTokens && hidden % tc::kStep == 0 && table.intermediate % tc::kStep == 0;
+constexpr size_t gate_up_shared_bytes() {
+  return sizeof(float) * (3 * tc::kOperandFloats > tc::kResultFloats ? 3 * tc::kOperandFloats : tc::kResultFloats);
 }
-int64_t tile_pairs(const ExpertTable& table, int64_t tokens, int64_t hidden) {
-  return use_tensor_cores(table, tokens, hidden) ? tc::kRows : kTile;
+
+// Tiles of 64 pairs on the tensor cores (rows a multiple of tc::kStep wide), else 8 on the CUDA cores.
+bool tensor_cores_fit(const ExpertTable& table, int64_t hidden) {
+  return hidden % tc::kStep == 0 && table.intermediate % tc::kStep == 0;
 }
+bool use_tensor_cores(const ExpertTable& table, int64_t pairs, int64_t hidden, GroupedTiles tiles) {
+  if (!tensor_cores_fit(table, hidden) || tiles == GroupedTiles::cuda_cores) return false;
+  return tiles == GroupedTiles::tensor_cores || pairs >= kGroupedTensorCorePairs * table.experts;
+}
+// Enough tile slots for either tile size: a tile per kTile pairs, plus one partial tile per expert.
+int64_t max_tiles(const ExpertTable& table, int64_t pairs) { return pairs / kTile + table.experts + 1; }
 
 }  // namespace
 
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k) {
-  const int64_t pairs = tokens * top_k, max_tiles = pairs / tile_pairs(table, tokens, hidden) + table.experts + 1;
-  const int64_t ints = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles;
+  const int64_t pairs = tokens * top_k;
+  const int64_t ints = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles(table, pairs);
   const int64_t floats = pairs * hidden /* gathered */ + pairs * table.intermediate /* act */ + pairs * hidden;
   return (ints + 4) / 4 * 16 + floats * 4;
 }
 
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
-                 const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out) {
+                 const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out,
+                 GroupedTiles tile_kind) {
   if (tokens <= 0) return;
   if (table.gate_type != table.up_type)
     throw Error(ErrorKind::internal, "cuda::moe_grouped: the experts' gate and up differ in type");
-  const bool tensor_cores = use_tensor_cores(table, tokens, hidden);
-  const int64_t per_tile = tile_pairs(table, tokens, hidden);
-  const int64_t pairs = tokens * top_k, max_tiles = pairs / per_tile + table.experts + 1;
+  if (tile_kind == GroupedTiles::tensor_cores && !tensor_cores_fit(table, hidden))
+    throw Error(ErrorKind::invalid_argument, text("cuda::moe_grouped: tensor-core tiles need widths that are multiples of ",
+                                                  tc::kStep, " (hidden ", hidden, ", intermediate ", table.intermediate, ")"));
+  const int64_t pairs = tokens * top_k;
+  const bool tensor_cores = use_tensor_cores(table, pairs, hidden, tile_kind);
+  const int64_t per_tile = tensor_cores ? tc::kRows : kTile;
+  const int64_t tile_slots = max_tiles(table, pairs);
   auto* ints = static_cast<int32_t*>(scratch);
   int32_t* counts = ints;                          // [2·experts + 1]
   int32_t* order = counts + 2 * table.experts + 1;  // [pairs]
   int32_t* tiles = order + pairs;                   // [1]
-  int32_t* tile_expert = tiles + 1;                 // [max_tiles]
-  int32_t* tile_begin = tile_expert + max_tiles;    // [max_tiles]
-  const int64_t int_count = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles;
+  int32_t* tile_expert = tiles + 1;                 // [tile_slots]
+  int32_t* tile_begin = tile_expert + tile_slots;   // [tile_slots]
+  const int64_t int_count = (2 * table.experts + 1) + pairs + 1 + 2 * tile_slots;
   auto* floats = reinterpret_cast<float*>(ints + (int_count + 4) / 4 * 4);
   float* gathered = floats;                      // [pairs, hidden]
   float* act = gathered + pairs * hidden;        // [pairs, intermediate]
@@ -315,15 +327,19 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   detail::check_launch("moe gather");
   const int64_t rows_per_block = tensor_cores ? tc::kOut : kWarps;
   const dim3 gate_grid(detail::grid_dim((table.intermediate + rows_per_block - 1) / rows_per_block, "moe gate/up"),
-                       detail::grid_dim(max_tiles, "moe gate/up (tiles)", 65535));
+                       detail::grid_dim(tile_slots, "moe gate/up (tiles)", 65535));
   const dim3 down_grid(detail::grid_dim((hidden + rows_per_block - 1) / rows_per_block, "moe down"),
-                       detail::grid_dim(max_tiles, "moe down (tiles)", 65535));
+                       detail::grid_dim(tile_slots, "moe down (tiles)", 65535));
   const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
-    if (tensor_cores)
-      grouped_gate_up_tc_kernel<D><<<gate_grid, tc::kThreads, 0, s>>>(table, tiles, tile_expert, tile_begin, counts,
-                                                                      gathered, hidden, act);
-    else
+    if (tensor_cores) {
+      constexpr size_t shared = gate_up_shared_bytes();
+      if (cudaFuncSetAttribute(grouped_gate_up_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(shared)) != cudaSuccess)
+        detail::check_launch("moe gate/up (shared memory opt-in)");
+      grouped_gate_up_tc_kernel<D><<<gate_grid, tc::kThreads, shared, s>>>(table, tiles, tile_expert, tile_begin,
+                                                                           counts, gathered, hidden, act);
+    } else
       grouped_gate_up_kernel<D><<<gate_grid, kWarps * 32, 0, s>>>(table, tiles, tile_expert, tile_begin, counts,
                                                                   gathered, hidden, act);
   });

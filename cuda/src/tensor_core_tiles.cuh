@@ -1,8 +1,10 @@
 #pragma once
 // The pieces the tensor-core kernels share (linear_tensor_cores.cu, moe_grouped.cu): a block of four
-// warps computes 64 rows of activations × 64 weight rows, stepping through the inputs 32 at a time;
-// each step stages the activations and the weight rows' 32-value chunks (dequantised by dequant.cuh's
-// decoders, FP8 block scales applied) in shared memory and multiplies them with TF32 WMMA fragments.
+// warps computes 64 rows of activations × 64 weight rows, stepping through the inputs 64 at a time;
+// each step stages the activations and the weight rows' two 32-value chunks (dequantised by
+// dequant.cuh's decoders, one chunk per thread, FP8 block scales applied) in shared memory and
+// multiplies them with TF32 WMMA fragments. (Steps of 32, where half the threads dequantised and the
+// rest waited at the barrier, took 620 µs for 512 tokens × 4096 × 2048 Q4_K on the H200.)
 // Each float is split into a TF32 part and a TF32 remainder and three products are summed (3xTF32),
 // so results keep float32 accuracy.
 #include <mma.h>
@@ -16,7 +18,7 @@ namespace tandem::cuda::detail::tc {
 
 using namespace nvcuda;
 
-constexpr int kRows = 64, kOut = 64, kStep = 32;
+constexpr int kRows = 64, kOut = 64, kStep = 64;
 constexpr int kLd = kStep + 4;     // shared row stride (floats) of an operand tile
 constexpr int kLdOut = kOut + 4;   // shared row stride of a result tile
 constexpr int kThreads = 128;      // 4 warps, each 32 rows × 32 outputs
@@ -52,14 +54,15 @@ __device__ __forceinline__ void zero(FragC (&acc)[2][2]) {
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 }
 
-// xs[m][0, 32) = a[m · in + k0, +32) for m < rows (16-byte aligned rows), zeros past them.
+// xs[m][0, kStep) = a[m · in + k0, +kStep) for m < rows (16-byte aligned rows), zeros past them.
 __device__ __forceinline__ void stage_activations(const float* a, int64_t in, int64_t rows, int64_t k0, float* xs) {
+  static_assert(kThreads == 2 * kRows && kStep == 64);
   const int token = threadIdx.x / 2, half = threadIdx.x % 2;
-  float* dst = xs + token * kLd + half * 16;
+  float* dst = xs + token * kLd + half * 32;
   if (token < rows) {
-    const float4* src = reinterpret_cast<const float4*>(a + token * in + k0 + half * 16);
+    const float4* src = reinterpret_cast<const float4*>(a + token * in + k0 + half * 32);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 8; ++i) {
       const float4 v = src[i];
       dst[4 * i] = v.x;
       dst[4 * i + 1] = v.y;
@@ -68,22 +71,23 @@ __device__ __forceinline__ void stage_activations(const float* a, int64_t in, in
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < 16; ++i) dst[i] = 0.f;
+    for (int i = 0; i < 32; ++i) dst[i] = 0.f;
   }
 }
 
-// ws[n][0, 32) = W[o0 + n][k0, +32) dequantised, for the first kOut threads; zeros past the rows.
+// ws[n][0, kStep) = W[o0 + n][k0, +kStep) dequantised, a 32-value chunk per thread; zeros past the rows.
 template <typename D>
 __device__ __forceinline__ void stage_weights(const WeightRows& w, int64_t o0, int64_t k0, float* ws) {
-  const int n = threadIdx.x;
-  if (n >= kOut) return;
-  float* dst = ws + n * kLd;
+  static_assert(kThreads == 2 * kOut && kStep == 64);
+  const int n = threadIdx.x % kOut, half = threadIdx.x / kOut;
+  const int64_t k = k0 + 32 * half;
+  float* dst = ws + n * kLd + 32 * half;
   const int64_t o = o0 + n;
   if (o < w.out_features) {
     float v[32];
-    D::chunk(w.data + o * w.row_bytes, k0 / 32, v);
+    D::chunk(w.data + o * w.row_bytes, k / 32, v);
     if (w.scales != nullptr) {
-      const float s = w.scales[(o / kFp8Block) * ((w.in_features + kFp8Block - 1) / kFp8Block) + k0 / kFp8Block];
+      const float s = w.scales[(o / kFp8Block) * ((w.in_features + kFp8Block - 1) / kFp8Block) + k / kFp8Block];
 #pragma unroll
       for (int i = 0; i < 32; ++i) v[i] = __fmul_rn(v[i], s);
     }
@@ -95,7 +99,7 @@ __device__ __forceinline__ void stage_weights(const WeightRows& w, int64_t o0, i
   }
 }
 
-// acc += the staged activations × the staged weights over one 32-input step (this warp's 32 × 32).
+// acc += the staged activations × the staged weights over one kStep-input step (this warp's 32 × 32).
 __device__ __forceinline__ void multiply_step(const float* xs, const float* ws, FragC (&acc)[2][2]) {
   const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
 #pragma unroll
@@ -124,7 +128,7 @@ __device__ __forceinline__ void multiply_step(const float* xs, const float* ws, 
 // number of steps (2.5e-4 relative over 12,800 inputs on an H200): the kernels accumulate kPromoteSteps
 // steps in the fragments, then add them into float32 registers rounded to nearest (as DeepSeek-V3's FP8
 // GEMMs promote their partial sums), which keeps long inputs within float32 rounding.
-constexpr int kPromoteSteps = 8;  // 256 inputs
+constexpr int kPromoteSteps = 256 / kStep;
 __device__ __forceinline__ void promote(FragC (&part)[2][2], FragC (&total)[2][2]) {
 #pragma unroll
   for (int i = 0; i < 2; ++i)

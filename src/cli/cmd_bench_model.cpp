@@ -1,4 +1,5 @@
-// `tandem bench model -m FILE [-p 512] [-n 128] [-t N] [-r REPS] [--json]`: prefill and decode
+// `tandem bench model -m FILE [-p 512] [-n 128] [-t N] [-r REPS] [--placement R] [--vram-budget B]
+// [--json]`: prefill and decode
 // speed as llama-bench measures them, the decode roofline implied by the file and this machine's
 // stream bandwidth, and how widely the routers spread tokens over the experts.
 #include <filesystem>
@@ -23,6 +24,7 @@ struct ModelFlags {
   ModelBenchOptions options;
   uint64_t stream_mib = 1024;
   std::string cpu_kernels;
+  std::string vram_total;
   bool json = false;
 };
 
@@ -40,6 +42,7 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--seed", opt.seed, "seed of the random token ids (default 1)");
   add_cpu_kernels_flag(sub, flags->cpu_kernels);
   add_placement_flag(sub, opt.placement);
+  add_placement_shorthand_flags(sub, opt.placement_flags, flags->vram_total, /*with_ngl=*/false);
   add_defer_experts_flag(sub, opt.defer_experts);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
@@ -49,6 +52,7 @@ CommandRun setup(CLI::App& sub) {
     o.stream_bytes = flags->stream_mib << 20;
     o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
     o.defer_experts = defer_experts_from_flag(o.defer_experts);
+    o.placement_flags.vram_total_bytes = vram_total_from_flag(flags->vram_total);
     const ModelBenchResult r = run_model_bench(o);
     // What `tandem plan` predicts for the bench's placement at the DRAM bandwidth measured here and
     // the GPU's cached (or measured) HBM and PCIe rates.
@@ -58,7 +62,7 @@ CommandRun setup(CLI::App& sub) {
     rates.cpu_gflops = kAssumedCpuGflopsPerCore * r.threads;
     const ModelFiles files = open_model_files(o.model_path);
     const Weights weights = bind_weights(files);
-    const Placement placement = Placement::parse(o.placement, /*gpu_available=*/false);  // as Engine::load
+    const Placement placement = Placement::parse(r.placement, /*gpu_available=*/false);  // as the engine resolved it
     bool on_gpu = false;
     for (const PlacementRule& rule : placement.rules()) on_gpu = on_gpu || rule.device.kind == DeviceKind::cuda;
     double pcie_h2d = 0, pcie_d2h = 0;
@@ -101,6 +105,8 @@ CommandRun setup(CLI::App& sub) {
       j["model_bytes"] = r.model_bytes;
       j["parameters"] = r.parameters;
       j["placement"] = o.placement;
+      j["placement_resolved"] = r.placement;
+      j["vram_budget"] = o.placement_flags.vram_budget;
       j["defer_experts"] = o.defer_experts;
       fmt::print("{}\n", j.dump());
       return 0;

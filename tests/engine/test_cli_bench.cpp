@@ -8,6 +8,7 @@
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cuda_backend.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
 
 namespace {
@@ -87,6 +88,14 @@ TEST_CASE("bench experts and model refuse sizes past their limits", "[engine][be
   r = run_cli_captured("bench model -m " + model + " --placement 'atention=cpu'");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("unknown role group 'atention'"));
+  if (!(tandem::cuda_device_count() > 0)) {  // a budget for a card that is not there
+    r = run_cli_captured("bench model -m " + model + " --vram-budget 24G");
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("--vram-budget 24G: no GPU is visible"));
+  }
+  r = run_cli_captured("bench model -m " + model + " --vram-budget 24Q --vram-total 80G");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("24Q"));
   r = run_cli_captured("bench model -m /nonexistent-tandem-model.gguf");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("/nonexistent-tandem-model.gguf"));
@@ -120,7 +129,9 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
   CHECK(hit == Approx(sum / 4));
   CHECK(hit <= 1.0);
   CHECK(hit > 0.5 * j["experts_hit_uniform"].get<double>());
-  CHECK(j["placement"] == "");  // the engine's default placement
+  CHECK(j["placement"] == "");  // the engine's default placement, as the engine resolved it:
+  if (!(tandem::cuda_device_count() > 0)) CHECK(j["placement_resolved"] == "*=cpu");
+  CHECK(j["vram_budget"] == "");
 }
 
 

@@ -95,6 +95,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.load_tokenizer = false;
   load.cpu_kernels = o.kernels;
   load.placement = o.placement;
+  load.placement_flags = o.placement_flags;
   load.defer_experts = o.defer_experts;
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
@@ -106,6 +107,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   {
     const auto engine = Engine::load(o.model_path, load);
     r.warnings = engine->warnings();
+    r.placement = engine->placement().to_string();
     auto probe_stream = [&] {
       auto backend = make_cpu_backend(o.threads, o.kernels);  // the same threads as the engine's
       r.threads = backend->threads();

@@ -138,11 +138,16 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
 
 // The routed experts of many tokens (prefill), grouped by expert on the device: one launch for
 // gate+up of every hit expert and one for the down projections, each expert's rows read once per
-// tile of up to 8 of its pairs; equal to moe_by_pairs. scratch: moe_grouped_scratch_bytes, 16-byte
-// aligned. Gate and up must share one stored type.
+// tile of its pairs: 8 pairs on the CUDA cores (equal to moe_by_pairs bit for bit) or 64 on the
+// tensor cores (3xTF32, float32 accuracy in another order). `automatic` takes the tensor cores
+// when the experts average kGroupedTensorCorePairs pairs or more (tiles mostly full).
+// scratch: moe_grouped_scratch_bytes, 16-byte aligned. Gate and up must share one stored type.
+enum class GroupedTiles { automatic, cuda_cores, tensor_cores };
+inline constexpr int64_t kGroupedTensorCorePairs = 64;
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k);
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
-                 const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out);
+                 const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out,
+                 GroupedTiles tiles = GroupedTiles::automatic);
 
 // out[i] = silu(gate[i]) · up[i].
 void silu_glu(Stream& stream, const float* gate, const float* up, int64_t count, float* out);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "tandem/backend/cpu_kernels.hpp"
+#include "tandem/engine/placement_plan.hpp"
 
 namespace tandem {
 
@@ -22,6 +23,7 @@ struct ModelBenchOptions {
   uint64_t seed = 1;
   CpuKernels kernels = CpuKernels::fast;  // LoadOptions::cpu_kernels (reference: to compare)
   std::string placement;                  // LoadOptions::placement ("" = all on the CPU)
+  PlacementFlags placement_flags;         // LoadOptions::placement_flags (--vram-budget, --cpu-moe, -ot, …)
   int64_t defer_experts = 0;              // LoadOptions::defer_experts (0 = off)
   static constexpr int kMaxReps = 100;
 };
@@ -31,6 +33,7 @@ struct ModelBenchResult {
   double prefill_tok_s = 0, prefill_tok_s_sd = 0;
   double decode_tok_s = 0, decode_tok_s_sd = 0;
   double stream_read_gbps = 0;
+  std::string placement;  // the rules the engine resolved (placement_flags applied), Placement::to_string
   // Weight bytes one decode token reads: every non-expert weight, top_k experts of each MoE layer
   // (the layer's mean expert size), one embedding row and the whole output projection.
   double decode_bytes_per_token = 0;
