@@ -6,7 +6,7 @@
 // products in the linear kernel's order (equal to the pairwise path bit for bit), or, once the experts
 // average kGroupedTensorCorePairs pairs, 64 pairs on the tensor cores (3xTF32, float32 accuracy): a
 // tensor-core tile dequantises its expert's rows whether it holds 64 pairs or 2, so with few pairs per
-// expert the CUDA-core tiles, which read each row once per 8 pairs at the GEMV's speed, cost less. The order of
+// expert the CUDA-core tiles, which read each row once per 8 pairs, cost less. The order of
 // pairs within an expert (atomics) changes no value; the combine is weighted_sum_slots'.
 #include "dequant.cuh"
 #include "lane_blocks.cuh"

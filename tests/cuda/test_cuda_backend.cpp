@@ -565,12 +565,14 @@ TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equ
       const auto* wp = static_cast<const float*>(dw.data());
       cuda::moe_by_pairs(stream, up.table, xp, tokens, hidden, ip, wp, top_k, static_cast<float*>(act.data()),
                          static_cast<float*>(pairwise.data()));
+      stream.synchronize();
       std::vector<float> a(static_cast<size_t>(tokens * hidden)), b(a.size());
       pairwise.download(b.data(), out_bytes);
       for (auto tiles : {cuda::GroupedTiles::cuda_cores, cuda::GroupedTiles::tensor_cores,
                          cuda::GroupedTiles::automatic}) {
         cuda::moe_grouped(stream, up.table, xp, tokens, hidden, ip, wp, top_k, work.data(),
                           static_cast<float*>(grouped.data()), tiles);
+        stream.synchronize();
         grouped.download(a.data(), out_bytes);
         const bool tensor_cores = tiles == cuda::GroupedTiles::tensor_cores ||
                                   (tiles == cuda::GroupedTiles::automatic &&

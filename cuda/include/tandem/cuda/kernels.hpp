@@ -140,10 +140,12 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
 // gate+up of every hit expert and one for the down projections, each expert's rows read once per
 // tile of its pairs: 8 pairs on the CUDA cores (equal to moe_by_pairs bit for bit) or 64 on the
 // tensor cores (3xTF32, float32 accuracy in another order). `automatic` takes the tensor cores
-// when the experts average kGroupedTensorCorePairs pairs or more (tiles mostly full).
+// when the experts average kGroupedTensorCorePairs pairs or more: on the H200 (Qwen3-30B-A3B's
+// layer, bench_cuda_kernels) the CUDA cores took 1.27 ms at 4 pairs per expert and 7.7 ms at 32,
+// the tensor cores 4.7-4.8 ms for both.
 // scratch: moe_grouped_scratch_bytes, 16-byte aligned. Gate and up must share one stored type.
 enum class GroupedTiles { automatic, cuda_cores, tensor_cores };
-inline constexpr int64_t kGroupedTensorCorePairs = 64;
+inline constexpr int64_t kGroupedTensorCorePairs = 16;
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k);
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
                  const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out,
