@@ -33,6 +33,9 @@ for s in ${STEPS:-build cuda amx cli bench}; do
                TANDEM_PROFILE_OPS=1 $build/bin/tandem run -m \$m -p 'hello world' -n 32 --temp 0 --ignore-eos --placement \"\$p\" --stats 2>&1 >/dev/null | head -30; done" ;;
     bench48) step bench48 400 env MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} PROMPT=${PROMPT:-512} \
                LAYERS=48 PLACEMENTS="${PLACEMENTS:-experts=cpu,*=cuda:0 *=cuda:0}" bash -c "[ -s \$MODEL ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$MODEL; bash scripts/device-bench-cuda.sh $build" ;;
+    hybridprobe) step hybridprobe 400 bash -c "set -f; m=/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf; [ -s \$m ] || $build/bin/tandem synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o \$m >/dev/null; \
+               b='$build/bin/tandem bench model -m '\$m' -r 1 -t 16 --spread-tokens 0 --json'; h='--placement experts=cpu,*=cuda:0'; \
+               IFS=';'; for c in \${PROBE_CASES:-'-p 16 -n 16;-p 512 -n 4'}; do IFS=' '; echo \"-- hybrid \$c\"; scripts/device-hang-probe.sh \${PROBE_SECONDS:-60} \$b \$c \$h; IFS=';'; done" ;;
     benchds) step benchds 560 env FREE_QWEN48=1 bash scripts/device-bench-deepseek.sh "$build" ;;
     bench48eager) step bench48eager 300 env TANDEM_CUDA_GRAPHS=0 MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} \
                PROMPT=${PROMPT:-512} LAYERS=48 PLACEMENTS="*=cuda:0" bash scripts/device-bench-cuda.sh "$build" ;;

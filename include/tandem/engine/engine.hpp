@@ -78,8 +78,11 @@ struct LoadOptions {
   // Hybrid prefill: a pass of at least this many tokens whose routed experts live in host memory
   // (placed on the CPU) and whose router runs on a GPU streams each MoE layer's experts over PCIe
   // and computes them on that GPU (the next layer's copy overlapping); 0 = never.
-  // TANDEM_STREAM_EXPERTS_MIN_TOKENS in the environment overrides it.
-  int64_t stream_experts_min_tokens = 128;
+  // TANDEM_STREAM_EXPERTS_MIN_TOKENS in the environment overrides it. Off by default: on the H200
+  // machine a 128- or 512-token pass of an 8-layer Qwen3-30B-A3B file never finished with it (the
+  // pass thread stuck on the CPU with the GPU idle, most likely page-locking the mapped file), while
+  // the same pass with the experts computed on the CPU took 0.3 s. Opt in to measure it.
+  int64_t stream_experts_min_tokens = 0;
 };
 
 // What went where and how much memory it took.
