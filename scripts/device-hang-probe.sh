@@ -25,7 +25,7 @@ if kill -0 "$pid" 2>/dev/null; then
     sampler=/tmp/tandem-stack-sample
     [ -x $sampler ] || cc -O1 -o $sampler "$(dirname "$0")/stack-sample.c"
     for round in 1 2; do
-      "$sampler" "$pid" "${threads[@]}" > /tmp/tandem-stack-sample.txt
+      timeout 10 "$sampler" "$pid" "${threads[@]}" > /tmp/tandem-stack-sample.txt || echo "  (the sampler timed out: a thread stuck in the kernel never reaches its ptrace stop)"
       # One addr2line per binary and sample: it reads the binary's symbols once.
       awk '$1 != "thread" && $2 !~ /\.so/ {print $2}' /tmp/tandem-stack-sample.txt | sort -u | while read -r bin; do
         awk -v b="$bin" '$2 == b {print $3}' /tmp/tandem-stack-sample.txt | addr2line -f -C -s -e "$bin" |

@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "tandem/error.hpp"
 #include "tandem/tensor/dtype.hpp"
@@ -19,6 +21,8 @@ uint64_t aligned(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 }  // namespace
 
 ExpertStreamer::ExpertStreamer(int device) : device_(device), copy_stream_(device) {
+  const char* lock = std::getenv("TANDEM_STREAM_EXPERTS_PAGELOCK");
+  page_lock_ = lock == nullptr || std::string_view(lock) != "0";
   slots_.emplace_back(device);
   slots_.emplace_back(device);
 }
@@ -103,7 +107,7 @@ void ExpertStreamer::register_range(const uint8_t* host, uint64_t bytes) {
   const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(host) + page - 1) / page * page;
   const uintptr_t end = (reinterpret_cast<uintptr_t>(host) + bytes) / page * page;
-  if (end <= begin) return;
+  if (end <= begin || !page_lock_) return;
   const std::pair<const void*, uint64_t> key{reinterpret_cast<const void*>(begin), end - begin};
   if (registered_.count(key)) return;
   if (register_host_memory(key.first, key.second)) registered_.insert(key);

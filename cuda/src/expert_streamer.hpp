@@ -3,7 +3,8 @@
 // (issue 17's prefill): two slots, each one layer's experts, so the copy of the next layer's experts
 // (on a copy stream) overlaps the compute of this one. The host ranges are page-locked once
 // (register_host_memory) so the copies run at PCIe speed; where the driver refuses, they still
-// copy, staged. Host code only (no CUDA headers).
+// copy, staged. TANDEM_STREAM_EXPERTS_PAGELOCK=0 skips the page-locking (every copy staged by the
+// driver): the H200 runs stalled with it, this tells the two apart. Host code only (no CUDA headers).
 #include <cstdint>
 #include <deque>
 #include <set>
@@ -61,6 +62,7 @@ class ExpertStreamer {
   void register_range(const uint8_t* host, uint64_t bytes);
 
   int device_;
+  bool page_lock_ = true;
   Stream copy_stream_;
   std::deque<Slot> slots_;  // two; a deque: slots hold events and never move
   int last_ = 1;  // the slot acquired last
