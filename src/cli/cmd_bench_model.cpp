@@ -44,6 +44,7 @@ CommandRun setup(CLI::App& sub) {
   add_placement_flag(sub, opt.placement);
   add_placement_shorthand_flags(sub, opt.placement_flags, flags->vram_total, /*with_ngl=*/false);
   add_defer_experts_flag(sub, opt.defer_experts);
+  add_ubatch_flag(sub, opt.ubatch);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     ModelBenchOptions o = flags->options;
@@ -52,6 +53,7 @@ CommandRun setup(CLI::App& sub) {
     o.stream_bytes = flags->stream_mib << 20;
     o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
     o.defer_experts = defer_experts_from_flag(o.defer_experts);
+    (void)ubatch_from_flag(o.ubatch, 0);  // the range check, naming the flag
     o.placement_flags.vram_total_bytes = vram_total_from_flag(flags->vram_total);
     const ModelBenchResult r = run_model_bench(o);
     // What `tandem plan` predicts for the bench's placement at the DRAM bandwidth measured here and
@@ -108,6 +110,8 @@ CommandRun setup(CLI::App& sub) {
       j["placement_resolved"] = r.placement;
       j["vram_budget"] = o.placement_flags.vram_budget;
       j["defer_experts"] = o.defer_experts;
+      j["ubatch"] = r.ubatch;
+      j["prefill_passes"] = r.prefill_passes;
       fmt::print("{}\n", j.dump());
       return 0;
     }
@@ -119,6 +123,8 @@ CommandRun setup(CLI::App& sub) {
                r.prefill_tok_s, r.prefill_tok_s_sd);
     fmt::print("| {} | {} | {} | {} | tg{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.gen_tokens,
                r.decode_tok_s, r.decode_tok_s_sd);
+    fmt::print("prefill in passes of up to {} tokens (--ubatch): {} per pp{} prompt\n", r.ubatch, r.prefill_passes,
+               o.prompt_tokens);
     fmt::print("decode roofline {:.1f} tok/s ({:.1f} MB read per token at {:.2f} GB/s stream read); decode at {:.3f} of it\n",
                r.decode_roofline_tok_s, r.decode_bytes_per_token / 1e6, r.stream_read_gbps,
                r.decode_tok_s / r.decode_roofline_tok_s);

@@ -86,6 +86,29 @@ inline CLI::Option* add_defer_experts_flag(CLI::App& app, int64_t& defer) {
       ->capture_default_str();
 }
 
+// `--ubatch N` (llama.cpp's -ub, rewritten): tokens per forward pass, so a longer prompt runs in
+// chunks of N (LoadOptions::max_batch_tokens); used by run, chat and bench model (serve's
+// --max-batch-tokens takes the same spellings). 0 = the default pass size.
+inline CLI::Option* add_ubatch_flag(CLI::App& app, int64_t& ubatch) {
+  return app.add_option("--ubatch,--ubatch-size", ubatch,
+                        "tokens per forward pass: longer prompts run in chunks of N (llama.cpp's -ub); larger passes "
+                        "read each expert once for more tokens; 0 = the default, " +
+                            std::to_string(LoadOptions{}.max_batch_tokens));
+}
+
+// The --ubatch value as LoadOptions::max_batch_tokens (0 = the default; never above a known context:
+// a pass longer than the context would only size buffers no chunk fills); Error(invalid_argument)
+// naming the flag.
+inline int64_t ubatch_from_flag(int64_t ubatch, int64_t context_tokens) {
+  constexpr int64_t kMax = int64_t{1} << 20;
+  if (ubatch < 0 || ubatch > kMax)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--ubatch must be within [1, {}] tokens per pass (0 = the default, {}), not {}", kMax,
+                            LoadOptions{}.max_batch_tokens, ubatch));
+  const int64_t tokens = ubatch == 0 ? LoadOptions{}.max_batch_tokens : ubatch;
+  return context_tokens > 0 ? std::min(tokens, context_tokens) : tokens;
+}
+
 // The --defer-experts value checked for sign; Error(invalid_argument) naming the flag.
 inline int64_t defer_experts_from_flag(int64_t defer) {
   if (defer < 0)
@@ -226,6 +249,7 @@ struct GenerationFlags {
   std::string kv_policy;  // --kv-policy; "" = full
   std::string cpu_kernels;  // --cpu-kernels; "" = fast
   int64_t defer_experts = 0;  // --defer-experts; 0 = off
+  int64_t ubatch = 0;         // --ubatch; 0 = the default pass size
   KvDiskFlags kv_disk;
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;
@@ -264,6 +288,7 @@ struct GenerationFlags {
     add_kv_policy_flag(app, kv_policy);
     add_cpu_kernels_flag(app, cpu_kernels);
     add_defer_experts_flag(app, defer_experts);
+    add_ubatch_flag(app, ubatch);
     kv_disk.add_to(app);
     app.add_flag("--stats,-v,--verbose", stats, "print load time and speed on stderr even when it is not a terminal");
     llama.add_to(app);
@@ -292,6 +317,7 @@ struct GenerationFlags {
     llama.report(kv_type_name(resolved_kv_type()));
     (void)kv_policy_from_flag(kv_policy);
     (void)defer_experts_from_flag(defer_experts);
+    (void)ubatch_from_flag(ubatch, context_tokens);
     LoadOptions checked;
     kv_disk.apply(checked);
   }
@@ -331,6 +357,7 @@ struct GenerationFlags {
     o.kv_policy = kv_policy_from_flag(kv_policy);
     o.cpu_kernels = cpu_kernels_from_flag(cpu_kernels);
     o.defer_experts = defer_experts_from_flag(defer_experts);
+    o.max_batch_tokens = ubatch_from_flag(ubatch, context_tokens);
     o.overrides = model_overrides_from(override_kv);
     kv_disk.apply(o);
     return o;

@@ -12,13 +12,14 @@
 namespace tandem::cli {
 
 std::vector<std::string> rewrite_llama_spellings(int argc, const char* const* argv) {
-  static constexpr std::array<std::pair<std::string_view, std::string_view>, 6> spellings{{
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 7> spellings{{
       {"-np", "--parallel"},
       {"-ngl", "--n-gpu-layers"},
       {"-ot", "--override-tensor"},
       {"-ctk", "--cache-type-k"},
       {"-ctv", "--cache-type-v"},
       {"-fa", "--flash-attn"},
+      {"-ub", "--ubatch"},
   }};
   std::vector<std::string> args;
   args.reserve(static_cast<size_t>(argc));

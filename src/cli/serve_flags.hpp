@@ -35,7 +35,7 @@ struct ServeFlags {
     app.add_option("--parallel", parallel,
                    "sequences decoded at once, each with a context of KV (llama.cpp: -np)")
         ->capture_default_str();
-    app.add_option("--max-batch-tokens,-b,--batch-size", max_batch_tokens,
+    app.add_option("--max-batch-tokens,-b,--batch-size,--ubatch,--ubatch-size", max_batch_tokens,
                    "tokens one scheduler step runs: every running sequence's decode token plus prompt chunks")
         ->capture_default_str();
     app.add_option("-c,--ctx,--ctx-size", context_tokens,

@@ -96,6 +96,9 @@ TEST_CASE("bench experts and model refuse sizes past their limits", "[engine][be
   r = run_cli_captured("bench model -m " + model + " --vram-budget 24Q --vram-total 80G");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("24Q"));
+  r = run_cli_captured("bench model -m " + model + " --ubatch -2");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("--ubatch must be within [1, 1048576]") && Catch::Contains("not -2"));
   r = run_cli_captured("bench model -m /nonexistent-tandem-model.gguf");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("/nonexistent-tandem-model.gguf"));
@@ -132,6 +135,21 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
   CHECK(j["placement"] == "");  // the engine's default placement, as the engine resolved it:
   if (!(tandem::cuda_device_count() > 0)) CHECK(j["placement_resolved"] == "*=cpu");
   CHECK(j["vram_budget"] == "");
+  CHECK(j["ubatch"] == 33);  // the default 512 tokens per pass, cut to the bench's context (33: its warm-up)
+  CHECK(j["prefill_passes"] == 1);
+}
+
+TEST_CASE("bench model --ubatch: the prompt runs in passes of N tokens, counted by the scheduler",
+          "[engine][bench][cli]") {
+  const std::string model = shell_quote(tandem::test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf");
+  for (const auto& [ubatch, passes] : {std::pair{7, 6}, std::pair{20, 2}, std::pair{40, 1}, std::pair{0, 1}}) {
+    INFO("--ubatch " << ubatch);
+    const auto j = run_json("bench model -m " + model + " -p 40 -n 2 -r 1 -t 1 --spread-tokens 0 --stream-mib 16 --ubatch " +
+                            std::to_string(ubatch) + " --json");
+    CHECK(j["ubatch"] == (ubatch == 0 ? 40 : ubatch));  // the default 512, cut to the 40-token context
+    CHECK(j["prefill_passes"] == passes);
+    CHECK(j["prefill_tok_s"].get<double>() > 0);
+  }
 }
 
 

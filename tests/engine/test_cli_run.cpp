@@ -107,3 +107,26 @@ TEST_CASE("cli run: seeded sampling is reproducible; bad input exits 1", "[cli][
   CHECK(run_cli({"run", "-m", model, "--ids", "1,99999", "--print-ids"}).exit_code == 1);
   CHECK(run_cli({"run", "-m", model + "/missing", "--ids", "1", "--print-ids"}).exit_code == 1);
 }
+
+TEST_CASE("cli run --ubatch / -ub: prompts in chunks of N give HF's greedy ids; bad N exits 1", "[cli][run]") {
+  const std::string model = tandem::test::data_dir() + "/tiny-qwen3moe";
+  for (const auto& gen : manifest_generations()) {
+    const auto prompt = gen["prompt_ids"].get<std::vector<int32_t>>();
+    const auto greedy = gen["greedy_ids"].get<std::vector<int32_t>>();
+    INFO("prompt: " << gen["prompt"].get<std::string>());
+    // One token per pass, a chunk that does not divide the prompt, llama.cpp's spelling.
+    for (const std::vector<std::string>& chunking :
+         {std::vector<std::string>{"--ubatch", "1"}, {"--ubatch", "3"}, {"-ub", "2"}, {"--ubatch-size=5"}}) {
+      std::vector<std::string> args{"run", "-m", model, "--ids", join(prompt, ","), "-n", "24", "--temp", "0",
+                                    "--print-ids"};
+      args.insert(args.end(), chunking.begin(), chunking.end());
+      INFO(chunking.front());
+      const auto got = run_cli(args);
+      CHECK(got.exit_code == 0);
+      CHECK(got.out == join(greedy, " ") + "\n");
+    }
+  }
+  for (const char* bad : {"-1", "2000000"})
+    CHECK(run_cli({"run", "-m", model, "--ids", "1,2,3", "--print-ids", "--ubatch", bad}).exit_code == 1);
+  CHECK(run_cli({"run", "-m", model, "--ids", "1,2,3", "--print-ids", "--ubatch", "0x"}).exit_code != 0);  // CLI11's
+}

@@ -6,10 +6,13 @@
 #include <random>
 #include <vector>
 
+#include <fmt/core.h>
+
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
 #include "tandem/engine/bench/routing_spread.hpp"
 #include "tandem/engine/engine.hpp"
+#include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
 #include "tandem/model/weight_roles.hpp"
 #include "tandem/model/weight_summary.hpp"
@@ -97,6 +100,12 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.placement = o.placement;
   load.placement_flags = o.placement_flags;
   load.defer_experts = o.defer_experts;
+  if (o.ubatch < 0 || o.ubatch > (int64_t{1} << 20))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("bench model: ubatch must be within [1, {}] tokens per pass (0 = the default), not {}",
+                            int64_t{1} << 20, o.ubatch));
+  if (o.ubatch > 0) load.max_batch_tokens = o.ubatch;
+  load.max_batch_tokens = std::min(load.max_batch_tokens, load.max_context_tokens);
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
   auto random_ids = [&](int64_t n) {
@@ -108,6 +117,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     const auto engine = Engine::load(o.model_path, load);
     r.warnings = engine->warnings();
     r.placement = engine->placement().to_string();
+    r.ubatch = engine->options().max_batch_tokens;
     auto probe_stream = [&] {
       auto backend = make_cpu_backend(o.threads, o.kernels);  // the same threads as the engine's
       r.threads = backend->threads();
@@ -125,9 +135,11 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     for (int rep = 0; rep < o.reps; ++rep) {
       session->reset();
       const std::vector<int32_t> prompt = random_ids(o.prompt_tokens);
+      const int64_t chunks_before = engine->scheduler().stats().session_chunks;
       const auto start = std::chrono::steady_clock::now();
       session->prefill(prompt);
       pp.push_back(static_cast<double>(o.prompt_tokens) / seconds_since(start));
+      r.prefill_passes = engine->scheduler().stats().session_chunks - chunks_before;
     }
     for (int rep = 0; rep < o.reps; ++rep) {
       session->reset();

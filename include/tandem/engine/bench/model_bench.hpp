@@ -25,6 +25,7 @@ struct ModelBenchOptions {
   std::string placement;                  // LoadOptions::placement ("" = all on the CPU)
   PlacementFlags placement_flags;         // LoadOptions::placement_flags (--vram-budget, --cpu-moe, -ot, …)
   int64_t defer_experts = 0;              // LoadOptions::defer_experts (0 = off)
+  int64_t ubatch = 0;                     // LoadOptions::max_batch_tokens: tokens per pass (0 = the default)
   static constexpr int kMaxReps = 100;
 };
 
@@ -33,6 +34,8 @@ struct ModelBenchResult {
   double prefill_tok_s = 0, prefill_tok_s_sd = 0;
   double decode_tok_s = 0, decode_tok_s_sd = 0;
   double stream_read_gbps = 0;
+  int64_t ubatch = 0;            // tokens per forward pass the engine ran with
+  int64_t prefill_passes = 0;    // forward passes of one pp prompt (its chunks), counted by the scheduler
   std::string placement;  // the rules the engine resolved (placement_flags applied), Placement::to_string
   // Weight bytes one decode token reads: every non-expert weight, top_k experts of each MoE layer
   // (the layer's mean expert size), one embedding row and the whole output projection.
