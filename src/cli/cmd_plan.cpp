@@ -114,6 +114,8 @@ int plan_command(const PlanFlags& f) {
     j["decode_flops_per_token"] = p.decode_flops_per_token;
     j["split_layers"] = p.split_layers;
     j["layer_sync_seconds"] = kLayerSyncSeconds;
+    j["gpu_layer_seconds"] = kGpuLayerSeconds;
+    j["gpu_decode_read_fraction"] = kGpuDecodeReadFraction;
     j["threads"] = rates.threads;
     j["dram_read_gbps"] = rates.dram_read_gbps;
     j["dram_source"] = dram_source;

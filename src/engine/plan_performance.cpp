@@ -99,15 +99,18 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
                                           const MachineRates& rates) {
   check_rates(rates);
   const std::vector<LayerCost> costs = layer_costs(c, weights, placement);
-  const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9};
+  const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9 * kGpuDecodeReadFraction};
   PerformancePrediction p;
   double seconds = 0, bytes[2] = {0, 0};
-  for (const LayerCost& cost : costs) {
+  for (size_t i = 0; i < costs.size(); ++i) {
+    const LayerCost& cost = costs[i];
+    const bool transformer_layer = i > 0;  // costs[0]: the embedding, final norm and output head
     double t = 0;
     for (int d = 0; d < 2; ++d) {
       bytes[d] += cost.decode_bytes[d];
-      if (cost.used[d]) t = std::max(t, cost.decode_bytes[d] / bw[d]);
       p.decode_flops_per_token += cost.flops_per_token[d] + cost.once_flops[d];
+      if (!cost.used[d]) continue;
+      t += cost.decode_bytes[d] / bw[d] + (d == 1 && transformer_layer ? kGpuLayerSeconds : 0.0);
     }
     const bool split = cost.used[0] && cost.used[1];
     p.split_layers += split ? 1 : 0;

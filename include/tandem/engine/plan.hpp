@@ -2,9 +2,11 @@
 // `tandem plan`'s model of speed: from a placement and the machine's rates, decode and prefill
 // tokens per second, before any weight is loaded. The model (docs/PLACEMENT.md):
 //   decode, one token: each layer reads, on each device, the bytes of its non-expert tensors and
-//     top_k/num_experts of its routed experts; the layer takes the slower device's bytes/bandwidth,
-//     plus kLayerSyncSeconds when its roles span two devices; the embedding reads one row, the
-//     output head all of it. tok/s = 1 / Σ.
+//     top_k/num_experts of its routed experts; the embedding reads one row, the output head all of
+//     it. On the CPU a layer takes bytes / DRAM bandwidth; on a GPU, bytes / (kGpuDecodeReadFraction
+//     × VRAM bandwidth) plus kGpuLayerSeconds of kernel latency per transformer layer. A layer whose
+//     roles span the CPU and a GPU takes both in turn (attention, then the routed experts it waits
+//     for) plus kLayerSyncSeconds. tok/s = 1 / Σ.
 //   prefill, one pass of N tokens: per layer and device, max(FLOPs / compute rate, bytes /
 //     bandwidth) with every expert read once; FLOPs = 2 × weight elements per token (routed experts
 //     × top_k/num_experts) + causal attention 2·heads·(qk+v width)·N/2 per token; the slower device
@@ -18,9 +20,18 @@
 
 namespace tandem {
 
-// One GPU→CPU→GPU hand-off per layer, as measured on the GPU machine (DESIGN: 24-33 µs eager or
-// with stream memory operations in a graph).
-inline constexpr double kLayerSyncSeconds = 30e-6;
+// Decode on a GPU, fitted to the H200 machine (2026-12-04, 48-layer Qwen3-30B-A3B Q4_K_M, docs/PERF.md):
+// the GEMV kernels read big matrices at ~0.19 of the HBM bandwidth the probe measures (the output
+// head: 255 MB in 310 µs, 824 of 4,355 GB/s), and a transformer layer's ~15 small kernels take
+// ~110 µs beyond their bytes (all on cuda:0: 8.09 ms per token = 48 × (110 µs + 40 MB at 824 GB/s)
+// + the head).
+inline constexpr double kGpuDecodeReadFraction = 0.19;
+inline constexpr double kGpuLayerSeconds = 110e-6;
+// One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
+// down, the CPU pool woken, the output copied up. Fitted on the same machine: the hybrid
+// (experts=cpu,*=cuda:0, 16 threads) took 26.8 ms per token = 48 × (123 µs GPU + 308 µs of expert
+// bytes at the 74 GB/s measured + 121 µs) + the head. (DESIGN's 24-33 µs is the bare round trip.)
+inline constexpr double kLayerSyncSeconds = 120e-6;
 // Compute rates assumed where none is measured (GFLOP/s): per CPU core with AVX-512/AMX-class
 // kernels, and one H200-class GPU at ~40 % of its dense BF16 peak.
 inline constexpr double kAssumedCpuGflopsPerCore = 50.0;
