@@ -105,18 +105,6 @@ void pinned_host_free(void* data) noexcept {
   if (data) cudaFreeHost(data);
 }
 
-bool register_host_memory(const void* data, size_t bytes) noexcept {
-  if (data == nullptr || bytes == 0) return false;
-  const cudaError_t status =
-      cudaHostRegister(const_cast<void*>(data), bytes, cudaHostRegisterPortable | cudaHostRegisterReadOnly);
-  if (status != cudaSuccess) cudaGetLastError();  // clear it: an unregistered range still copies, slower
-  return status == cudaSuccess;
-}
-
-void unregister_host_memory(const void* data) noexcept {
-  if (data != nullptr && cudaHostUnregister(const_cast<void*>(data)) != cudaSuccess) cudaGetLastError();
-}
-
 Event::Event(int device) : device_(device) {
   check(cudaSetDevice(device), "cudaSetDevice");
   cudaEvent_t e = nullptr;

@@ -1,7 +1,5 @@
 #include "expert_streamer.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -22,7 +20,7 @@ uint64_t aligned(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 ExpertStreamer::ExpertStreamer(int device) : device_(device), copy_stream_(device) {
   const char* lock = std::getenv("TANDEM_STREAM_EXPERTS_PAGELOCK");
-  page_lock_ = lock == nullptr || std::string_view(lock) != "0";
+  mirror_ = lock == nullptr || std::string_view(lock) != "0";
   slots_.emplace_back(device);
   slots_.emplace_back(device);
 }
@@ -33,7 +31,7 @@ ExpertStreamer::~ExpertStreamer() {
   } catch (...) {  // a failed device: nothing left to wait for
   }
   for (Slot& s : slots_) pinned_host_free(s.host_pointers);
-  for (const auto& [data, bytes] : registered_) unregister_host_memory(data);
+  for (const auto& [experts, data] : mirrors_) pinned_host_free(data);
 }
 
 ExpertStreamer::Layout ExpertStreamer::layout_of(const ExpertWeights& ew) const {
@@ -101,16 +99,21 @@ ExpertStreamer::Layout ExpertStreamer::layout_of(const ExpertWeights& ew) const 
   return l;
 }
 
-void ExpertStreamer::register_range(const uint8_t* host, uint64_t bytes) {
-  // Whole pages inside the range only: a page shared with a neighbouring range is never locked twice.
-  static_assert(sizeof(uintptr_t) == 8);
-  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(host) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(host) + bytes) / page * page;
-  if (end <= begin || !page_lock_) return;
-  const std::pair<const void*, uint64_t> key{reinterpret_cast<const void*>(begin), end - begin};
-  if (registered_.count(key)) return;
-  if (register_host_memory(key.first, key.second)) registered_.insert(key);
+const uint8_t* ExpertStreamer::mirror_of(const ExpertWeights& experts, const Layout& l) {
+  if (!mirror_) return nullptr;
+  if (const auto it = mirrors_.find(&experts); it != mirrors_.end()) return static_cast<const uint8_t*>(it->second);
+  void* data = nullptr;
+  try {
+    data = pinned_host_allocate(l.bytes);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::out_of_memory) throw;
+    mirror_ = false;  // the host is out of pinned memory: the mapping from now on
+    return nullptr;
+  }
+  auto* base = static_cast<uint8_t*>(data);
+  for (const Range& r : l.ranges) std::memcpy(base + r.offset, r.host, r.bytes);
+  mirrors_.emplace(&experts, data);
+  return base;
 }
 
 bool ExpertStreamer::fill(Slot& slot, const ExpertWeights& experts, Stream& compute) {
@@ -146,11 +149,12 @@ bool ExpertStreamer::fill(Slot& slot, const ExpertWeights& experts, Stream& comp
   for (size_t i = 0; i < l.offsets.size(); ++i) ptrs[i] = l.offsets[i] == kNone ? nullptr : base + l.offsets[i];
   if (slot.ever_released) slot.released.wait_on(copy_stream_);  // the compute still reading the slot
   copy_stream_.make_current();
-  for (const Range& r : l.ranges) {
-    register_range(r.host, r.bytes);
-    copy_stream_.copy_to_device(base + r.offset, r.host, r.bytes);
-    bytes_copied_ += r.bytes;
+  if (const uint8_t* mirror = mirror_of(experts, l)) {
+    copy_stream_.copy_to_device(base, mirror, l.bytes);  // one DMA from pinned memory
+  } else {
+    for (const Range& r : l.ranges) copy_stream_.copy_to_device(base + r.offset, r.host, r.bytes);
   }
+  for (const Range& r : l.ranges) bytes_copied_ += r.bytes;
   copy_stream_.copy_to_device(slot.pointers.data(), slot.host_pointers, pointer_bytes);
   slot.copied.record(copy_stream_);
   slot.ever_copied = true;

@@ -1,13 +1,15 @@
 #pragma once
 // Routed experts that live in host memory, streamed over PCIe into VRAM for a prefill on the GPU
 // (issue 17's prefill): two slots, each one layer's experts, so the copy of the next layer's experts
-// (on a copy stream) overlaps the compute of this one. The host ranges are page-locked once
-// (register_host_memory) so the copies run at PCIe speed; where the driver refuses, they still
-// copy, staged. TANDEM_STREAM_EXPERTS_PAGELOCK=0 skips the page-locking (every copy staged by the
-// driver): the H200 runs stalled with it, this tells the two apart. Host code only (no CUDA headers).
+// (on a copy stream) overlaps the compute of this one. So that the copies run at PCIe speed, each
+// layer's experts are first copied once into a pinned host mirror in the slot's layout (one DMA per
+// layer afterwards); page-locking the mapped file in place instead (cudaHostRegister) stalled for
+// minutes on the H200 machine. The mirrors cost host memory equal to the streamed experts; where
+// pinned memory runs out, and with TANDEM_STREAM_EXPERTS_PAGELOCK=0, the copies come from the
+// mapping, staged by the driver (slower). Host code only (no CUDA headers).
 #include <cstdint>
 #include <deque>
-#include <set>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -59,14 +61,16 @@ class ExpertStreamer {
 
   Layout layout_of(const ExpertWeights& experts) const;
   bool fill(Slot& slot, const ExpertWeights& experts, Stream& compute);
-  void register_range(const uint8_t* host, uint64_t bytes);
+  // The pinned copy of `experts` in `layout`'s slot order, made on first use; null when pinned
+  // memory is refused (then every later layer copies from the mapping too).
+  const uint8_t* mirror_of(const ExpertWeights& experts, const Layout& layout);
 
   int device_;
-  bool page_lock_ = true;
+  bool mirror_ = true;  // false: copy from the mapping (TANDEM_STREAM_EXPERTS_PAGELOCK=0, or pinned memory refused)
   Stream copy_stream_;
   std::deque<Slot> slots_;  // two; a deque: slots hold events and never move
   int last_ = 1;  // the slot acquired last
-  std::set<std::pair<const void*, uint64_t>> registered_;
+  std::map<const ExpertWeights*, void*> mirrors_;  // pinned, freed with the streamer
   uint64_t bytes_copied_ = 0;
 };
 

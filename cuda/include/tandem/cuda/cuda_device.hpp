@@ -51,11 +51,6 @@ void* device_allocate(int device, size_t bytes);
 void device_free(void* data) noexcept;
 void* pinned_host_allocate(size_t bytes);
 void pinned_host_free(void* data) noexcept;
-// Page-locks existing host memory (read-only to the GPU, e.g. a file mapping) so copies from it run
-// at PCIe speed asynchronously; false when the driver refuses (the memory still copies, staged and
-// slower). `data` and `bytes` should be page-aligned; unregister with the same `data`.
-bool register_host_memory(const void* data, size_t bytes) noexcept;
-void unregister_host_memory(const void* data) noexcept;
 
 class Stream;
 
