@@ -5,6 +5,8 @@
 # Usage: scripts/device-verify.sh [BUILD_DIR]   Environment: STEPS (default "build cuda amx cli bench").
 # CPU MoE scaling: STEPS="build experts cpumoe" (bench experts at 1-16 threads for both presets; the
 # ThreadPool's dispatch cost and the Qwen3 MoE layer with one vs two dispatches, bench_cpu_kernels).
+# Hybrid prefill streaming (opt-in): STEPS="build bench48stream" (48-layer file, pp4096 in one
+# --ubatch 4096 pass, experts streamed from their pinned mirrors; STREAM_MIN, UBATCH, PROMPT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu}
@@ -36,6 +38,9 @@ for s in ${STEPS:-build cuda amx cli bench}; do
     hybridprobe) step hybridprobe 400 bash -c "set -f; m=/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf; [ -s \$m ] || $build/bin/tandem synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o \$m >/dev/null; \
                b='$build/bin/tandem bench model -m '\$m' -r 1 -t 16 --spread-tokens 0 --json'; h='--placement experts=cpu,*=cuda:0'; \
                IFS=';'; for c in \${PROBE_CASES:-'-p 16 -n 16;-p 512 -n 4'}; do IFS=' '; echo \"-- hybrid \$c\"; scripts/device-hang-probe.sh \${PROBE_SECONDS:-60} \$b \$c \$h; IFS=';'; done" ;;
+    bench48stream) step bench48stream 400 env TANDEM_STREAM_EXPERTS_MIN_TOKENS=${STREAM_MIN:-128} MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf \
+               REPS=1 GEN=${GEN:-8} PROMPT=${PROMPT:-4096} LAYERS=48 BENCH_FLAGS="--ubatch ${UBATCH:-4096}" PLACEMENTS="experts=cpu,*=cuda:0" \
+               bash -c "[ -s \$MODEL ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$MODEL; bash scripts/device-bench-cuda.sh $build" ;;
     benchds) step benchds 560 env FREE_QWEN48=1 bash scripts/device-bench-deepseek.sh "$build" ;;
     bench48eager) step bench48eager 300 env TANDEM_CUDA_GRAPHS=0 MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} \
                PROMPT=${PROMPT:-512} LAYERS=48 PLACEMENTS="*=cuda:0" bash scripts/device-bench-cuda.sh "$build" ;;
