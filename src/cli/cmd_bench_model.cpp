@@ -53,7 +53,7 @@ CommandRun setup(CLI::App& sub) {
     o.stream_bytes = flags->stream_mib << 20;
     o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
     o.defer_experts = defer_experts_from_flag(o.defer_experts);
-    (void)ubatch_from_flag(o.ubatch, 0);  // the range check, naming the flag
+    o.ubatch = ubatch_from_flag(o.ubatch, 0);  // the range check naming the flag; the bench cuts it to its context
     o.placement_flags.vram_total_bytes = vram_total_from_flag(flags->vram_total);
     const ModelBenchResult r = run_model_bench(o);
     // What `tandem plan` predicts for the bench's placement at the DRAM bandwidth measured here and

@@ -295,6 +295,21 @@ void check_plan_file(const std::string& path) {
       budget["decode_bytes_per_token_gpu"].get<double>() /
           (budget["vram_read_gbps"].get<double>() * 1e9 * budget["gpu_decode_read_fraction"].get<double>());
   CHECK(budget["decode_tok_s"].get<double>() == Approx(1.0 / gpu_seconds).epsilon(1e-6));
+  // Routed experts on the CPU, the rest on the GPU: each MoE layer runs both sides in turn and pays
+  // the hand-off; every layer pays the GPU's kernel latency; the embedding and head stay on the GPU.
+  const nlohmann::json hybrid =
+      plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10 --placement 'experts=cpu,*=cuda:0' --vram-total 80G");
+  int64_t moe_layers = 0;
+  for (const LayerWeights& layer : m.weights.layers) moe_layers += layer.is_moe ? 1 : 0;
+  CHECK(hybrid["split_layers"] == moe_layers);  // a dense layer runs wholly on the GPU
+  const double hybrid_seconds =
+      static_cast<double>(m.files.config.num_layers) * hybrid["gpu_layer_seconds"].get<double>() +
+      static_cast<double>(moe_layers) * hybrid["layer_sync_seconds"].get<double>() +
+      hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 +
+      hybrid["decode_bytes_per_token_gpu"].get<double>() /
+          (hybrid["vram_read_gbps"].get<double>() * 1e9 * hybrid["gpu_decode_read_fraction"].get<double>());
+  CHECK(hybrid["decode_bytes_per_token_cpu"].get<double>() > 0);
+  CHECK(hybrid["decode_tok_s"].get<double>() == Approx(1.0 / hybrid_seconds).epsilon(1e-6));
   // Which placement wins depends on the model (a tiny one decodes faster from 10 GB/s of DRAM than
   // through a GPU's kernel latency); from DRAM a thousand times slower, the GPU's always does.
   const std::string slow_dram = "-m " + test::shell_quote(path) + " --dram-gbps 0.01";

@@ -79,9 +79,9 @@ struct LoadOptions {
   // (placed on the CPU) and whose router runs on a GPU streams each MoE layer's experts over PCIe
   // and computes them on that GPU (the next layer's copy overlapping); 0 = never.
   // TANDEM_STREAM_EXPERTS_MIN_TOKENS in the environment overrides it. Off by default: on the H200
-  // machine a 128- or 512-token pass of an 8-layer Qwen3-30B-A3B file never finished with it (the
-  // pass thread stuck on the CPU with the GPU idle, most likely page-locking the mapped file), while
-  // the same pass with the experts computed on the CPU took 0.3 s. Opt in to measure it.
+  // machine it stalled page-locking the mapped file (a 128- or 512-token pass of an 8-layer
+  // Qwen3-30B-A3B file never finished; without the page-lock it finished, slower than the CPU).
+  // The streamer now copies from pinned mirrors instead, not yet measured: opt in to measure it.
   int64_t stream_experts_min_tokens = 0;
 };
 
