@@ -11,6 +11,8 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "tandem/cuda/cuda_device.hpp"
@@ -84,7 +86,8 @@ bool have_gpu(benchmark::State& state) {
 
 int64_t stored_row_bytes(DType type, int64_t in) { return static_cast<int64_t>(*row_bytes(type, in)); }
 
-// y = W x for one token (or a few): range(0) out, range(1) in, range(2) tokens.
+// y = W x for one token (or a few): range(0) out, range(1) in, range(2) tokens, range(3) the
+// tensor-core math of 32+ tokens (0 bf16, 1 3xTF32).
 void bench_linear(benchmark::State& state, DType type) {
   if (!have_gpu(state)) return;
   Gpu gpu;
@@ -93,13 +96,18 @@ void bench_linear(benchmark::State& state, DType type) {
   const cuda::DeviceWeight w{type, gpu.random_bytes(wbytes), out, in, nullptr, nullptr};
   const float* x = gpu.random_floats(static_cast<size_t>(in * tokens));
   float* y = gpu.random_floats(static_cast<size_t>(out * tokens));
-  run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y); }, static_cast<double>(wbytes));
+  const auto math = state.range(3) == 0 ? cuda::TensorCoreMath::bf16 : cuda::TensorCoreMath::tf32x3;
+  run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y, math); }, static_cast<double>(wbytes));
+  state.counters["TFLOP/s"] = benchmark::Counter(2e-12 * static_cast<double>(out * in * tokens) *
+                                                     static_cast<double>(state.iterations()),
+                                                 benchmark::Counter::kIsRate);
 }
 
 // One layer's routed experts, pair by pair: range(0) tokens; 128 experts of hidden 2048 ×
 // intermediate 768, top 8 (Qwen3-30B-A3B), gate/up Q4_K, down `down`; pair by pair or grouped by
 // expert (prefill). Bytes: the expert rows each pair reads.
-void bench_moe(benchmark::State& state, DType down, bool grouped, cuda::GroupedTiles tiles) {
+void bench_moe(benchmark::State& state, DType down, bool grouped, cuda::GroupedTiles tiles,
+               cuda::TensorCoreMath math) {
   if (!have_gpu(state)) return;
   Gpu gpu;
   const int64_t tokens = state.range(0), experts = 128, hidden = 2048, inter = 768, top_k = 8;
@@ -133,7 +141,7 @@ void bench_moe(benchmark::State& state, DType down, bool grouped, cuda::GroupedT
     gpu.buffers.emplace_back(0, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(t, tokens, hidden, top_k)));
     void* work = gpu.buffers.back().data();
     run_timed(state, gpu,
-              [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y, tiles); }, bytes);
+              [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y, tiles, math); }, bytes);
     return;
   }
   run_timed(state, gpu,
@@ -270,21 +278,25 @@ void register_all() {
                                            bench_linear, type);
     manual(b);
     for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 2048}, {512, 2048}, {2048, 4096}, {128, 2048}})
-      for (int64_t tokens : {1, 4, 16}) b->Args({out, in, tokens});
-    b->Args({4096, 2048, 512});  // prefill: the tensor-core path
-    if (type == DType::q6_k) b->Args({151936, 2048, 1});
+      for (int64_t tokens : {1, 4, 16}) b->Args({out, in, tokens, 0});
+    for (int64_t math : {0, 1}) b->Args({4096, 2048, 512, math});  // prefill: the tensor-core tiles
+    b->Args({4096, 2048, 4096, 0});
+    if (type == DType::q6_k) b->Args({151936, 2048, 1, 0});
   }
   for (DType down : {DType::q4_k, DType::q6_k}) {
     manual(benchmark::RegisterBenchmark((std::string("moe_pairs/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down, false, cuda::GroupedTiles::automatic)
+                                        bench_moe, down, false, cuda::GroupedTiles::automatic,
+                                        cuda::TensorCoreMath::bf16)
                ->Arg(1)
                ->Arg(4)
                ->Arg(16));
-    for (auto [name, tiles] : {std::pair{"moe_grouped/", cuda::GroupedTiles::automatic},
-                               std::pair{"moe_grouped_cuda_cores/", cuda::GroupedTiles::cuda_cores},
-                               std::pair{"moe_grouped_tensor_cores/", cuda::GroupedTiles::tensor_cores}})
+    using cuda::GroupedTiles, cuda::TensorCoreMath;
+    for (auto [name, tiles, math] : {std::tuple{"moe_grouped/", GroupedTiles::automatic, TensorCoreMath::bf16},
+                                     std::tuple{"moe_grouped_cuda_cores/", GroupedTiles::cuda_cores, TensorCoreMath::bf16},
+                                     std::tuple{"moe_grouped_tensor_cores/", GroupedTiles::tensor_cores, TensorCoreMath::bf16},
+                                     std::tuple{"moe_grouped_tf32x3/", GroupedTiles::tensor_cores, TensorCoreMath::tf32x3}})
       manual(benchmark::RegisterBenchmark((std::string(name) + "down_" + std::string(dtype_name(down))).c_str(),
-                                          bench_moe, down, true, tiles)
+                                          bench_moe, down, true, tiles, math)
                  ->Arg(64)
                  ->Arg(512)
                  ->Arg(4096));

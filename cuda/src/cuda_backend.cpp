@@ -59,6 +59,7 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::cuda(device_); }
   int threads() const override { return 1; }
+  void set_prefill_bf16(bool bf16) { prefill_bf16_ = bf16; }
 
   // ---- memory, copies, events ----
   DeviceBuffer allocate(size_t bytes) override {
@@ -189,7 +190,7 @@ class CudaBackend final : public Backend {
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
     stream_.make_current();
     if (rows <= 0) return;
-    cuda::linear(stream_, weight(w), x, rows, y);
+    cuda::linear(stream_, weight(w), x, rows, y, math_for(w.weight.dtype));
   }
 
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
@@ -254,10 +255,10 @@ class CudaBackend final : public Backend {
     const cuda::DeviceWeight g = weight(gate), u = weight(up), d = weight(down);
     float* d_gate = scratch(kGate, tokens * g.out_features);
     float* d_up = scratch(kUp, tokens * u.out_features);
-    cuda::linear(stream_, g, x, tokens, d_gate);
-    cuda::linear(stream_, u, x, tokens, d_up);
+    cuda::linear(stream_, g, x, tokens, d_gate, math_for(g.type));
+    cuda::linear(stream_, u, x, tokens, d_up, math_for(u.type));
     cuda::silu_glu(stream_, d_gate, d_up, tokens * g.out_features, d_gate);
-    cuda::linear(stream_, d, d_gate, tokens, out);
+    cuda::linear(stream_, d, d_gate, tokens, out, math_for(d.type));
   }
 
   // Queued on the stream like every call: the event the caller records after it is the wait.
@@ -284,7 +285,8 @@ class CudaBackend final : public Backend {
       } else {
         void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens,
                                                                                                   hidden, top_k)));
-        return cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out);
+        return cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out,
+                                 cuda::GroupedTiles::automatic, math_for(*table));
       }
     }
     // Experts whose weights differ in type or shape: the ids come to the host (pairs int32) to group the (token, slot) pairs by expert, a counting
@@ -324,14 +326,19 @@ class CudaBackend final : public Backend {
       const cuda::DeviceWeight g = weight(experts.gate[static_cast<size_t>(e)]);
       const cuda::DeviceWeight u = weight(experts.up[static_cast<size_t>(e)]);
       const cuda::DeviceWeight d = weight(experts.down[static_cast<size_t>(e)]);
-      cuda::linear(stream_, g, d_x + b * hidden, n, d_gate);
-      cuda::linear(stream_, u, d_x + b * hidden, n, d_up);
+      cuda::linear(stream_, g, d_x + b * hidden, n, d_gate, math_for(g.type));
+      cuda::linear(stream_, u, d_x + b * hidden, n, d_up, math_for(u.type));
       cuda::silu_glu(stream_, d_gate, d_up, n * g.out_features, d_gate);
-      cuda::linear(stream_, d, d_gate, n, d_down + b * hidden);
+      cuda::linear(stream_, d, d_gate, n, d_down + b * hidden, math_for(d.type));
     }
     float* d_slots = scratch(kSlots, pairs * hidden);
     cuda::scatter_rows(stream_, d_down, d_index, pairs, hidden, d_slots);
     cuda::weighted_sum_slots(stream_, d_slots, weights, tokens, top_k, hidden, out);
+  }
+
+  void prepare_streamed_experts(const ExpertWeights& experts) override {
+    if (!streamer_) streamer_ = std::make_unique<cuda::ExpertStreamer>(device_);
+    streamer_->mirror(experts);
   }
 
   bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
@@ -345,7 +352,8 @@ class CudaBackend final : public Backend {
     if (table == nullptr) return false;
     void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens, hidden,
                                                                                               top_k)));
-    cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out);
+    cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out,
+                      cuda::GroupedTiles::automatic, math_for(*table));
     streamer_->release(stream_);
     if (next != nullptr) streamer_->prefetch(*next, stream_);
     return true;
@@ -512,6 +520,18 @@ class CudaBackend final : public Backend {
     stream_.copy_to_device(r.table.data(), tables.inverse_frequencies.data(), bytes);
     return r;
   }
+  // The tensor cores' math for a weight type: F32 and F16 weights ask for float32 compute (3xTF32),
+  // as do all types when bf16 prefill is off; the rest carry more error than bf16 operands add.
+  cuda::TensorCoreMath math_for(DType t) const {
+    return prefill_bf16_ && t != DType::f32 && t != DType::f16 ? cuda::TensorCoreMath::bf16
+                                                                : cuda::TensorCoreMath::tf32x3;
+  }
+  cuda::TensorCoreMath math_for(const cuda::ExpertTable& t) const {
+    return math_for(t.gate_type) == cuda::TensorCoreMath::bf16 && math_for(t.down_type) == cuda::TensorCoreMath::bf16
+               ? cuda::TensorCoreMath::bf16
+               : cuda::TensorCoreMath::tf32x3;
+  }
+
   cuda::DeviceWeight weight(const LinearWeight& w) {
     if (w.empty() || w.weight.shape.rank != 2)
       throw Error(ErrorKind::internal, "CUDA backend: a linear weight that is not a matrix");
@@ -639,6 +659,7 @@ class CudaBackend final : public Backend {
 
   int device_;
   cuda::Stream stream_;
+  bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
@@ -680,6 +701,10 @@ uint64_t cuda_backend_weight_bytes(const Backend& backend) {
 uint64_t cuda_backend_kv_bytes(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->kv_bytes() : 0;
+}
+
+void cuda_backend_set_prefill_bf16(Backend& backend, bool bf16) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_prefill_bf16(bf16);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

@@ -4,9 +4,10 @@
 // (on a copy stream) overlaps the compute of this one. So that the copies run at PCIe speed, each
 // layer's experts are first copied once into a pinned host mirror in the slot's layout (one DMA per
 // layer afterwards); page-locking the mapped file in place instead (cudaHostRegister) stalled for
-// minutes on the H200 machine. The mirrors cost host memory equal to the streamed experts; where
-// pinned memory runs out, and with TANDEM_STREAM_EXPERTS_PAGELOCK=0, the copies come from the
-// mapping, staged by the driver (slower). Host code only (no CUDA headers).
+// minutes on the H200 machine. The mirrors cost host memory equal to the streamed experts; a layer
+// whose mirror pinned memory refuses is not streamed (the CPU computes it). With
+// TANDEM_STREAM_EXPERTS_PAGELOCK=0 the copies come from the mapping, staged by the driver (slower
+// than the CPU; for measurements). Host code only (no CUDA headers).
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -34,6 +35,8 @@ class ExpertStreamer {
   // Starts copying `next` into the other slot (after the compute that still reads it).
   void prefetch(const ExpertWeights& next, Stream& compute);
 
+  // Makes the pinned mirror of `experts` now (at load), not on their first acquire.
+  void mirror(const ExpertWeights& experts);
   uint64_t bytes_copied() const { return bytes_copied_; }
 
  private:
@@ -66,7 +69,8 @@ class ExpertStreamer {
   const uint8_t* mirror_of(const ExpertWeights& experts, const Layout& layout);
 
   int device_;
-  bool mirror_ = true;  // false: copy from the mapping (TANDEM_STREAM_EXPERTS_PAGELOCK=0, or pinned memory refused)
+  bool staged_ = false;  // copy from the mapping, staged by the driver (TANDEM_STREAM_EXPERTS_PAGELOCK=0)
+  bool mirror_ = true;   // false once pinned memory was refused: no more streaming
   Stream copy_stream_;
   std::deque<Slot> slots_;  // two; a deque: slots hold events and never move
   int last_ = 1;  // the slot acquired last

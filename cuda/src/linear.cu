@@ -180,10 +180,11 @@ bool weight_type_supported(DType t) noexcept {
   return dispatch_weight_type(t, [](auto) {});
 }
 
-void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y) {
+void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y, TensorCoreMath math) {
   if (rows <= 0 || w.out_features <= 0) return;
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
-  if (detail::tensor_core_linear_supported(w, x, rows)) return detail::tensor_core_linear(stream, w, rb, x, rows, y);
+  if (detail::tensor_core_linear_supported(w, x, rows))
+    return detail::tensor_core_linear(stream, w, rb, x, rows, y, math);
   const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0;
   if ((w.type == DType::q4_k || w.type == DType::q6_k) && w.block_scales == nullptr && aligned) {
     const int64_t token_tiles = (rows + kTile - 1) / kTile;

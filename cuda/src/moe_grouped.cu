@@ -4,10 +4,12 @@
 // are read once per tile instead of once per pair (moe.cu) and no launch is made per expert (the
 // host-grouped path of cuda_backend.cpp). Tiles are 8 pairs on the CUDA cores, each pair's dot
 // products in the linear kernel's order (equal to the pairwise path bit for bit), or, once the experts
-// average kGroupedTensorCorePairs pairs, 64 pairs on the tensor cores (3xTF32, float32 accuracy): a
+// average kGroupedTensorCorePairs pairs, 64 pairs on the tensor cores (bf16 tiles, or 3xTF32 with
+// float32 accuracy): a
 // tensor-core tile dequantises its expert's rows whether it holds 64 pairs or 2, so with few pairs per
 // expert the CUDA-core tiles, which read each row once per 8 pairs, cost less. The order of
 // pairs within an expert (atomics) changes no value; the combine is weighted_sum_slots'.
+#include "bf16_tiles.cuh"
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
@@ -25,6 +27,7 @@ constexpr int kWarps = 8;  // output rows per block
 constexpr int kTile = 8;   // pairs per block
 using detail::kFp8Block;
 namespace tc = detail::tc;
+namespace bf16 = detail::bf16;
 
 // The grouping, in one block: counts per expert, offsets, pairs in expert order (order[i] = pair),
 // and the tiles (tile_expert[j], tile_begin[j] into order; tile count in tiles[0]). Pairs whose id
@@ -270,6 +273,69 @@ __global__ void __launch_bounds__(tc::kThreads)
   }
 }
 
+// The bf16 tiles (bf16_tiles.cuh): gate+up take 64 rows of each matrix per block (the tile's 128
+// weight rows), SiLU-GLU on the result tile; down takes 128 rows of its matrix.
+struct GateUpRows {
+  bf16::MatrixRows gate, up;
+  __device__ __forceinline__ bf16::RowRef operator()(int n) const {
+    return n < bf16::kCols / 2 ? gate(n) : up(n - bf16::kCols / 2);
+  }
+};
+
+template <typename D>
+__global__ void __launch_bounds__(bf16::kThreads)
+    grouped_gate_up_bf16_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
+                                const int32_t* tile_begin, const int32_t* counts, const float* gathered,
+                                int64_t hidden, float* act) {
+  extern __shared__ __align__(128) float shared[];  // bf16::shared_bytes<D>(), opted in
+  TileSpan s;
+  if (!tile_span(tiles, tile_expert, tile_begin, counts, s, bf16::kRows)) return;
+  constexpr int kHalf = bf16::kCols / 2;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kHalf;
+  const GateUpRows row_of{
+      {static_cast<const uint8_t*>(table.gate[s.expert]), table.gate_row_bytes, table.intermediate, hidden, o0,
+       table.gate_scales ? table.gate_scales[s.expert] : nullptr},
+      {static_cast<const uint8_t*>(table.up[s.expert]), table.up_row_bytes, table.intermediate, hidden, o0,
+       table.up_scales ? table.up_scales[s.expert] : nullptr}};
+  bf16::multiply_tile<D>(gathered + static_cast<int64_t>(s.begin) * hidden, hidden, s.rows, row_of, reinterpret_cast<unsigned char*>(shared));
+  const float* out = shared;
+  for (int e = threadIdx.x; e < bf16::kRows * kHalf; e += bf16::kThreads) {
+    const int m = e / kHalf, c = e % kHalf;
+    const int64_t o = o0 + c;
+    if (m < s.rows && o < table.intermediate) {
+      const float gv = out[m * bf16::kLdOut + c], uv = out[m * bf16::kLdOut + kHalf + c];
+      act[(static_cast<int64_t>(s.begin) + m) * table.intermediate + o] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.f, expf(-gv))), uv);
+    }
+  }
+}
+
+template <typename D>
+__global__ void __launch_bounds__(bf16::kThreads)
+    grouped_down_bf16_kernel(ExpertTable table, const int32_t* tiles, const int32_t* tile_expert,
+                             const int32_t* tile_begin, const int32_t* counts, const int32_t* order, const float* act,
+                             int64_t hidden, float* slots) {
+  extern __shared__ __align__(128) float shared[];  // bf16::shared_bytes<D>(), opted in
+  TileSpan s;
+  if (!tile_span(tiles, tile_expert, tile_begin, counts, s, bf16::kRows)) return;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * bf16::kCols;
+  const bf16::MatrixRows row_of{static_cast<const uint8_t*>(table.down[s.expert]), table.down_row_bytes, hidden,
+                                table.intermediate, o0, table.down_scales ? table.down_scales[s.expert] : nullptr};
+  bf16::multiply_tile<D>(act + static_cast<int64_t>(s.begin) * table.intermediate, table.intermediate, s.rows, row_of,
+                         reinterpret_cast<unsigned char*>(shared));
+  const float* out = shared;
+  for (int e = threadIdx.x; e < bf16::kRows * bf16::kCols; e += bf16::kThreads) {
+    const int m = e / bf16::kCols, c = e % bf16::kCols;
+    const int64_t o = o0 + c;
+    if (m < s.rows && o < hidden) slots[static_cast<int64_t>(order[s.begin + m]) * hidden + o] = out[m * bf16::kLdOut + c];
+  }
+}
+
+template <typename Kernel>
+void opt_in_shared(Kernel kernel, size_t bytes, const char* what) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) != cudaSuccess)
+    detail::check_launch(what);
+}
+
 constexpr size_t gate_up_shared_bytes() {
   return sizeof(float) * (3 * tc::kOperandFloats > tc::kResultFloats ? 3 * tc::kOperandFloats : tc::kResultFloats);
 }
@@ -296,7 +362,7 @@ int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int6
 
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
                  const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out,
-                 GroupedTiles tile_kind) {
+                 GroupedTiles tile_kind, TensorCoreMath math) {
   if (tokens <= 0) return;
   if (table.gate_type != table.up_type)
     throw Error(ErrorKind::internal, "cuda::moe_grouped: the experts' gate and up differ in type");
@@ -305,6 +371,7 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
                                                   tc::kStep, " (hidden ", hidden, ", intermediate ", table.intermediate, ")"));
   const int64_t pairs = tokens * top_k;
   const bool tensor_cores = use_tensor_cores(table, pairs, hidden, tile_kind);
+  static_assert(tc::kRows == bf16::kRows, "both tensor-core tiles take 64 pairs");
   const int64_t per_tile = tensor_cores ? tc::kRows : kTile;
   const int64_t tile_slots = max_tiles(table, pairs);
   auto* ints = static_cast<int32_t*>(scratch);
@@ -325,18 +392,22 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   gather_pairs_kernel<<<detail::grid_dim(pairs, "moe gather"), 256, 0, s>>>(x, hidden, order, counts, table.experts,
                                                                             top_k, gathered);
   detail::check_launch("moe gather");
-  const int64_t rows_per_block = tensor_cores ? tc::kOut : kWarps;
-  const dim3 gate_grid(detail::grid_dim((table.intermediate + rows_per_block - 1) / rows_per_block, "moe gate/up"),
+  const bool bf16_tiles = tensor_cores && math == TensorCoreMath::bf16;
+  const int64_t gate_rows_per_block = bf16_tiles ? bf16::kCols / 2 : tensor_cores ? tc::kOut : kWarps;
+  const int64_t down_rows_per_block = bf16_tiles ? bf16::kCols : tensor_cores ? tc::kOut : kWarps;
+  const dim3 gate_grid(detail::grid_dim((table.intermediate + gate_rows_per_block - 1) / gate_rows_per_block, "moe gate/up"),
                        detail::grid_dim(tile_slots, "moe gate/up (tiles)", 65535));
-  const dim3 down_grid(detail::grid_dim((hidden + rows_per_block - 1) / rows_per_block, "moe down"),
+  const dim3 down_grid(detail::grid_dim((hidden + down_rows_per_block - 1) / down_rows_per_block, "moe down"),
                        detail::grid_dim(tile_slots, "moe down (tiles)", 65535));
   const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
-    if (tensor_cores) {
+    if (bf16_tiles) {
+      opt_in_shared(grouped_gate_up_bf16_kernel<D>, bf16::shared_bytes<D>(), "moe gate/up (bf16, shared memory opt-in)");
+      grouped_gate_up_bf16_kernel<D><<<gate_grid, bf16::kThreads, bf16::shared_bytes<D>(), s>>>(
+          table, tiles, tile_expert, tile_begin, counts, gathered, hidden, act);
+    } else if (tensor_cores) {
       constexpr size_t shared = gate_up_shared_bytes();
-      if (cudaFuncSetAttribute(grouped_gate_up_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(shared)) != cudaSuccess)
-        detail::check_launch("moe gate/up (shared memory opt-in)");
+      opt_in_shared(grouped_gate_up_tc_kernel<D>, shared, "moe gate/up (shared memory opt-in)");
       grouped_gate_up_tc_kernel<D><<<gate_grid, tc::kThreads, shared, s>>>(table, tiles, tile_expert, tile_begin,
                                                                            counts, gathered, hidden, act);
     } else
@@ -347,7 +418,11 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   detail::check_launch("moe gate/up (grouped)");
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
     using D = decltype(decoder);
-    if (tensor_cores)
+    if (bf16_tiles) {
+      opt_in_shared(grouped_down_bf16_kernel<D>, bf16::shared_bytes<D>(), "moe down (bf16, shared memory opt-in)");
+      grouped_down_bf16_kernel<D><<<down_grid, bf16::kThreads, bf16::shared_bytes<D>(), s>>>(
+          table, tiles, tile_expert, tile_begin, counts, order, act, hidden, slots);
+    } else if (tensor_cores)
       grouped_down_tc_kernel<D><<<down_grid, tc::kThreads, 0, s>>>(table, tiles, tile_expert, tile_begin, counts,
                                                                    order, act, hidden, slots);
     else

@@ -13,6 +13,8 @@
 #include <set>
 #include <type_traits>
 
+#include <unistd.h>
+
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
@@ -91,6 +93,28 @@ void check_options(const LoadOptions& o) {
   at_most(o.max_batch_tokens, int64_t{1} << 20, "a batch (max_batch_tokens)");
   at_most(o.max_context_tokens, int64_t{1} << 24, "a context (max_context_tokens, the CLI's -c/--ctx)");
   at_most(o.max_sessions, 4096, "max_sessions");
+  if (o.stream_experts_min_tokens < LoadOptions::kStreamExpertsAutomatic)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("load option stream_experts_min_tokens {} is not a token count (0: never, -1: automatic)",
+                            o.stream_experts_min_tokens));
+}
+
+// LoadOptions::kStreamExpertsAutomatic resolved: streaming when some MoE layer's experts live in
+// host memory under a router on a GPU and their pinned copies take at most 40 % of the memory.
+int64_t automatic_stream_min_tokens(const ModelConfig& c, const Weights& weights, const Placement& placement) {
+  uint64_t bytes = 0;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const LayerWeights& L = weights.layers[static_cast<size_t>(layer)];
+    if (!L.is_moe || placement.device_for(WeightGroup::experts, layer).kind != DeviceKind::cpu ||
+        placement.device_for(WeightGroup::router, layer).kind != DeviceKind::cuda)
+      continue;
+    for (const auto* list : {&L.experts.gate, &L.experts.up, &L.experts.down})
+      for (const LinearWeight& w : *list) bytes += w.weight.nbytes + w.scale_inv.nbytes;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (bytes == 0 || pages <= 0 || page <= 0) return 0;
+  const double memory = static_cast<double>(pages) * static_cast<double>(page);
+  return static_cast<double>(bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
 }
 
 class CpuEngine;
@@ -221,6 +245,7 @@ class CpuEngine final : public Engine {
         if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
           gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
       }
+    for (auto& [index, gpu] : gpu_backends_) cuda_backend_set_prefill_bf16(*gpu, options_.cuda_prefill_bf16);
     if (!gpu_backends_.empty()) {
       // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
       // load, not the first step.
@@ -263,6 +288,7 @@ class CpuEngine final : public Engine {
     forward_->set_record_graphs(options_.cuda_graphs && !(graphs != nullptr && std::string_view(graphs) == "0") &&
                                 timed_backends_.empty());
     int64_t stream_min = options_.stream_experts_min_tokens;
+    if (stream_min < 0) stream_min = automatic_stream_min_tokens(c, weights_, placement_);
     if (const char* env = std::getenv("TANDEM_STREAM_EXPERTS_MIN_TOKENS")) {
       char* end = nullptr;
       const long long v = std::strtoll(env, &end, 10);
@@ -271,6 +297,7 @@ class CpuEngine final : public Engine {
                     fmt::format("TANDEM_STREAM_EXPERTS_MIN_TOKENS='{}' is not a token count (0 turns streaming off)", env));
       stream_min = v;
     }
+    if (stream_min > 0 && !gpu_backends_.empty()) step(0.7f, "copying streamed experts to pinned memory");
     forward_->set_stream_experts_min_tokens(stream_min);
     if (options_.load_tokenizer) {
       step(0.8f, "loading tokenizer");

@@ -511,7 +511,17 @@ ForwardPass::~ForwardPass() = default;
 int64_t ForwardPass::replayed_passes() const { return impl_->replayed_passes; }
 int64_t ForwardPass::streamed_expert_layers() const { return impl_->streamed_layers; }
 
-void ForwardPass::set_stream_experts_min_tokens(int64_t tokens) { impl_->stream_min_tokens = tokens; }
+void ForwardPass::set_stream_experts_min_tokens(int64_t tokens) {
+  impl_->stream_min_tokens = tokens;
+  if (tokens <= 0 || impl_->defer > 0) return;  // deferral turns streaming off (but for the last layer)
+  // The layers that will stream get ready now (pinned copies of their experts), not on the first pass.
+  for (int64_t layer = 0; layer < impl_->cfg.num_layers; ++layer) {
+    const LayerWeights& L = impl_->w.layers[static_cast<size_t>(layer)];
+    if (!L.is_moe) continue;
+    Backend& router = impl_->on(WeightGroup::router, layer);
+    if (on_host(impl_->on(WeightGroup::experts, layer)) && !on_host(router)) router.prepare_streamed_experts(L.experts);
+  }
+}
 
 void ForwardPass::set_record_graphs(bool on) {
   impl_->record_graphs = on;

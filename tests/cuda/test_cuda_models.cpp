@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <string>
 
@@ -20,9 +21,11 @@ using test::relative_error;
 
 namespace {
 
+// Prefill on the GPU in float32-accurate tiles unless prefill_bf16 (the bf16 tiles have their own test).
 std::unique_ptr<Engine> load(const std::string& path, const std::string& placement, int64_t defer_experts = 0,
-                             int64_t stream_experts_min_tokens = 0) {
+                             int64_t stream_experts_min_tokens = 0, bool prefill_bf16 = false) {
   LoadOptions o;
+  o.cuda_prefill_bf16 = prefill_bf16;
   o.stream_experts_min_tokens = stream_experts_min_tokens;
   o.defer_experts = defer_experts;
   o.kv_type = KvType::f32;
@@ -114,6 +117,62 @@ TEST_CASE("cuda whole model: tiny DeepSeek-V3 (MLA, F32 and Q8_0) on cuda:0 equa
   const std::string folder = test::data_dir() + "/tiny-deepseekv3";
   check_model(folder, folder);
   check_model(folder + "/deepseekv3-q8_0.gguf", folder);
+}
+
+// Mean negative log-likelihood of each next id under the logits of the position before it.
+double mean_nll(const std::vector<float>& logits, const std::vector<int32_t>& ids, int64_t vocab) {
+  double total = 0;
+  for (size_t t = 0; t + 1 < ids.size(); ++t) {
+    const float* row = logits.data() + t * static_cast<size_t>(vocab);
+    const double top = *std::max_element(row, row + vocab);
+    double sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - top);
+    total += top + std::log(sum) - row[ids[t + 1]];
+  }
+  return total / static_cast<double>(ids.size() - 1);
+}
+
+TEST_CASE("cuda whole model: bf16 prefill tiles on quantised files stay within their error", "[cuda][model]") {
+  if (!have_gpu()) return;
+  const std::string data = test::data_dir();
+  for (const std::string& path : {data + "/tiny-qwen3moe/qwen3moe-q8_0.gguf", data + "/tiny-deepseekv3/deepseekv3-q8_0.gguf",
+                                 data + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf"}) {
+    if (!std::filesystem::exists(path)) {
+      WARN("skipped: " << path << " is missing");
+      continue;
+    }
+    const auto cpu = load(path, "*=cpu");
+    const int64_t vocab = cpu->config().vocab_size;
+    std::vector<int32_t> ids;  // 150 tokens: passes of 64, 64 and 22 (tiles from 32 tokens)
+    for (int32_t i = 0; i < 150; ++i) ids.push_back(1 + (i * 37) % 200);
+    const auto expected = prompt_logits(*cpu, ids);
+    for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
+      const auto precise = prompt_logits(*load(path, placement), ids);
+      const auto got = prompt_logits(*load(path, placement, 0, 0, /*prefill_bf16=*/true), ids);
+      const double error = relative_error(got, expected);
+      int64_t positions_off = 0;  // positions whose logits differ by more than 1e-2 (a routing choice flipped)
+      for (size_t row = 0; row < got.size(); row += static_cast<size_t>(vocab))
+        positions_off += relative_error(std::span(got).subspan(row, size_t(vocab)),
+                                        std::span(expected).subspan(row, size_t(vocab))) > 1e-2;
+      const double nll = mean_nll(got, ids, vocab), nll_cpu = mean_nll(expected, ids, vocab);
+      const int64_t flips = argmax_mismatches(got, expected, vocab);
+      INFO(path << " --placement '" << placement << "': bf16 tiles " << error << " from the CPU (3xTF32 "
+                << relative_error(precise, expected) << "), " << positions_off << " of 150 positions off by 1e-2, "
+                << flips << " argmax differ, NLL " << nll << " vs " << nll_cpu);
+      CHECK(relative_error(precise, expected) <= 1e-3);
+      CHECK(got != precise);  // the bf16 tiles ran
+      // Measured on the H200: 1e-2 or less on the tiny files and the trained file on cuda:0; on the
+      // trained file in hybrid a near-tied routing choice flipped and the later positions moved with
+      // it (0.158 at most, 64 of 150 positions beyond 1e-2, 5 argmax differ) while its NLL stayed
+      // within 0.12 % (11.552 vs 11.565): the likelihood is the measure that matters there.
+      const bool trained = path.find("trained") != std::string::npos;
+      CHECK(error <= (trained ? 0.25 : 1e-2));
+      CHECK(flips <= 15);  // a tenth: random tiny models have near ties
+      CHECK(std::fabs(nll - nll_cpu) <= 3e-3 * nll_cpu);  // the issue's perplexity bound: 0.3 %
+      UNSCOPED_INFO("bf16 prefill: " << path << " '" << placement << "' " << error << ", " << positions_off
+                                     << " positions off, " << flips << " flips, NLL " << nll << " vs " << nll_cpu);
+    }
+  }
 }
 
 TEST_CASE("cuda whole model: expert deferral on cuda:0 and hybrid equals the CPU's", "[cuda][model][deferral]") {
@@ -318,4 +377,25 @@ TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal
     const auto again = prompt_logits(*streamed, ids);
     CHECK(relative_error(again, got) == 0);
   }
+  // The default (automatic) streams passes of 256+ tokens when the experts' pinned copies are small
+  // beside the machine's memory, as the tiny model's are.
+  LoadOptions o;
+  o.kv_type = KvType::f32;
+  o.max_context_tokens = 512;
+  o.max_batch_tokens = 512;
+  o.load_tokenizer = false;
+  o.cpu_kernels = CpuKernels::reference;
+  o.cuda_prefill_bf16 = false;
+  o.placement = "experts=cpu,*=cuda:0";
+  REQUIRE(o.stream_experts_min_tokens == LoadOptions::kStreamExpertsAutomatic);
+  const std::string tiny = data + "/tiny-qwen3moe/qwen3moe-q8_0.gguf";
+  const auto automatic = Engine::load(tiny, o);
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < 300; ++i) ids.push_back(1 + (i * 37) % 200);
+  const auto short_prompt = std::vector<int32_t>(ids.begin(), ids.begin() + 200);
+  (void)prompt_logits(*automatic, short_prompt);
+  CHECK(automatic->streamed_expert_layers() == 0);  // below 256 tokens
+  const auto got = prompt_logits(*automatic, ids);
+  CHECK(automatic->streamed_expert_layers() > 0);
+  CHECK(relative_error(got, prompt_logits(*load(tiny, "*=cpu"), ids)) <= 1e-3);
 }

@@ -122,6 +122,9 @@ class Backend {
   // CPU), computed on this device after streaming them in (`next`: the next MoE layer's experts,
   // whose copy may start now, or null); inputs and out in this backend's memory. False when this
   // backend cannot (the CPU backend, experts of mixed types, no room for them): nothing was done.
+  // Readies `experts` for stream_routed_experts now (at load) rather than on the first streamed
+  // pass: the CUDA backend copies them into pinned host memory. Nothing for other backends.
+  virtual void prepare_streamed_experts(const ExpertWeights& experts) { (void)experts; }
   virtual bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
                                      int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
                                      float* out) {

@@ -74,6 +74,7 @@ class ForwardingBackend : public Backend {
                                  float* out) override {
     inner_.moe_routed_experts_submit(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
+  void prepare_streamed_experts(const ExpertWeights& experts) override { inner_.prepare_streamed_experts(experts); }
   bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
                                      int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
                                      float* out) override {

@@ -72,17 +72,24 @@ struct LoadOptions {
   // A decode step that runs wholly on one GPU is recorded once and replayed as one launch (a CUDA
   // graph). false: kernels are launched one by one (TANDEM_CUDA_GRAPHS=0 in the environment too).
   bool cuda_graphs = true;
+  // Prefill passes of 32+ tokens multiply on the GPU's tensor cores with bf16 operands (quantised,
+  // BF16 and FP8 weights: ~1.6e-3 of an output's RMS, below their own quantisation error); false:
+  // float32-accurate 3xTF32 tiles, about 1.6x slower. F32 and F16 weights always take 3xTF32.
+  bool cuda_prefill_bf16 = true;
   // Expert deferral (tandem/engine/forward.hpp): routed experts per token whose output joins the
   // residual stream one layer later; 0 = off. Error(invalid_argument) unless below the model's top-k.
   int64_t defer_experts = 0;
   // Hybrid prefill: a pass of at least this many tokens whose routed experts live in host memory
   // (placed on the CPU) and whose router runs on a GPU streams each MoE layer's experts over PCIe
-  // and computes them on that GPU (the next layer's copy overlapping); 0 = never.
-  // TANDEM_STREAM_EXPERTS_MIN_TOKENS in the environment overrides it. Off by default: on the H200
-  // machine it stalled page-locking the mapped file (a 128- or 512-token pass of an 8-layer
-  // Qwen3-30B-A3B file never finished; without the page-lock it finished, slower than the CPU).
-  // The streamer now copies from pinned mirrors instead, not yet measured: opt in to measure it.
-  int64_t stream_experts_min_tokens = 0;
+  // and computes them on that GPU (the next layer's copy overlapping); 0 = never. The experts are
+  // copied into pinned host memory at load (host memory equal to them, beside the mapping).
+  // kStreamExpertsAutomatic: kStreamExpertsAutoTokens when those copies take at most 40 % of the
+  // machine's memory, else never (48-layer Qwen3-30B-A3B Q4_K_M on the H200 machine, one 4096-token
+  // pass: 1,617 tok/s streamed, 302 with the CPU computing the experts).
+  // TANDEM_STREAM_EXPERTS_MIN_TOKENS in the environment overrides it.
+  static constexpr int64_t kStreamExpertsAutomatic = -1;
+  static constexpr int64_t kStreamExpertsAutoTokens = 256;
+  int64_t stream_experts_min_tokens = kStreamExpertsAutomatic;
 };
 
 // What went where and how much memory it took.

@@ -25,9 +25,16 @@ struct DeviceWeight {
   const float* bias = nullptr;          // [out_features] or null
 };
 
+// How the tensor-core tiles of prefill multiply: operands rounded to bf16 (the default: ~1.6e-3 of an
+// output's RMS), or each float split into two TF32 parts and three products summed (float32 accuracy,
+// about a third of the speed).
+enum class TensorCoreMath { bf16, tf32x3 };
+
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias). A GEMV per output row and tile of up to 8 tokens: one
-// warp streams the row once, dequantising 32 values at a time in registers.
-void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y);
+// warp streams the row once, dequantising 32 values at a time in registers; from 32 tokens (inputs a
+// multiple of 64 wide) tiles on the tensor cores, multiplying as `math` says.
+void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y,
+            TensorCoreMath math = TensorCoreMath::bf16);
 // The same without scales or bias (kept for callers holding a bare stored matrix).
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
             const float* x, int64_t rows, float* y);
@@ -139,17 +146,17 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
 // The routed experts of many tokens (prefill), grouped by expert on the device: one launch for
 // gate+up of every hit expert and one for the down projections, each expert's rows read once per
 // tile of its pairs: 8 pairs on the CUDA cores (equal to moe_by_pairs bit for bit) or 64 on the
-// tensor cores (3xTF32, float32 accuracy in another order). `automatic` takes the tensor cores
-// when the experts average kGroupedTensorCorePairs pairs or more: on the H200 (Qwen3-30B-A3B's
-// layer, bench_cuda_kernels) the CUDA cores took 1.27 ms at 4 pairs per expert and 7.7 ms at 32,
-// the tensor cores 4.7-4.8 ms for both.
+// tensor cores, multiplying as `math` says (3xTF32: float32 accuracy in another order). `automatic`
+// takes the tensor cores when the experts average
+// kGroupedTensorCorePairs pairs or more: on the H200 (Qwen3-30B-A3B's layer, bench_cuda_kernels)
+// the CUDA cores took 1.27 ms at 4 pairs per expert and 7.7 ms at 32, the 3xTF32 tiles 4.7-4.8 ms.
 // scratch: moe_grouped_scratch_bytes, 16-byte aligned. Gate and up must share one stored type.
 enum class GroupedTiles { automatic, cuda_cores, tensor_cores };
 inline constexpr int64_t kGroupedTensorCorePairs = 16;
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k);
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
                  const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out,
-                 GroupedTiles tiles = GroupedTiles::automatic);
+                 GroupedTiles tiles = GroupedTiles::automatic, TensorCoreMath math = TensorCoreMath::bf16);
 
 // out[i] = silu(gate[i]) · up[i].
 void silu_glu(Stream& stream, const float* gate, const float* up, int64_t count, float* out);
