@@ -612,8 +612,9 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const LoadOptions&
   if (options.cancel && options.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
   if (options.progress) options.progress(0.0f, "opening model files");
   // Rules are parsed before the files are opened, so a typo fails fast.
-  // The defaults keep every role on the CPU until the CUDA backend is verified and fast on a GPU;
-  // rules that name cuda use it where it is built and a GPU is present.
+  // The defaults keep every role on the CPU (docs/PLACEMENT.md, Status: options refused with attention
+  // on a GPU would fail the load rather than fall back); rules and flags that name cuda use it where
+  // it is built and a GPU is present.
   Placement placement = Placement::parse(options.placement, /*gpu_available=*/false);
   ModelFiles files = open_model_files(path, options.overrides);
   return std::make_unique<CpuEngine>(std::move(files), options, std::move(placement));
