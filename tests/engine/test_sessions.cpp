@@ -215,6 +215,10 @@ TEST_CASE("limits give typed errors", "[engine][kv][errors]") {
     options.max_context_tokens = int64_t{1} << 30;
     CHECK_THROWS_WITH(Engine::load(test::data_dir() + "/tiny-qwen3moe", options),
                       Catch::Contains("-c/--ctx") && Catch::Contains("1073741824"));
+    options = LoadOptions{};
+    options.stream_experts_min_tokens = -2;  // -1 is automatic, 0 never
+    CHECK_THROWS_WITH(Engine::load(test::data_dir() + "/tiny-qwen3moe", options),
+                      Catch::Contains("stream_experts_min_tokens -2"));
   }
   SECTION("max_context_tokens 0 takes the model's trained context, at most 4096") {
     LoadOptions options;
