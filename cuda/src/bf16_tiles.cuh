@@ -49,9 +49,9 @@ struct Segment {
   static constexpr int kValues = D::block_elems >= kStep ? D::block_elems : kStep;
   static constexpr int kBytes = kValues / D::block_elems * D::block_bytes;
   // Copied in 4-byte words from the word holding the first byte (Q6_K's 210-byte blocks start at
-  // 2 mod 4; the last word may then reach up to 3 bytes past the block, inside the allocation for
-  // device buffers, which CUDA rounds up to 256 bytes), so a row takes up to this many words; rows an odd number of words apart in shared
-  // memory, so the lanes of a warp (consecutive rows) decode from distinct banks.
+  // 2 mod 4; the other types' segments are whole words at word-aligned offsets of device buffers),
+  // so a row takes up to this many words; rows an odd number of words apart in shared memory, so
+  // the lanes of a warp (consecutive rows) decode from distinct banks.
   static constexpr int kWords = (kBytes + (kBytes % 4 == 0 ? 0 : 3) + 3) / 4;
   static constexpr int kStrideWords = kWords % 2 == 1 ? kWords : kWords + 1;
   static constexpr size_t kBufferBytes = size_t{kCols} * kStrideWords * 4;
@@ -75,7 +75,8 @@ __device__ __forceinline__ void wait_copies() {
 
 // raw[n] = the stored bytes of row_of(n) for the step at k0, copied asynchronously: a warp per row,
 // lanes on consecutive words (coalesced; each thread decoding its own row from global memory read
-// 32 rows per load instruction). The caller commits and waits.
+// 32 rows per load instruction). A last word that would reach past the segment (Q6_K) is read byte
+// by byte instead, so nothing past the weight is read. The caller commits, waits and syncs.
 template <typename D, typename RowOf>
 __device__ __forceinline__ void copy_raw_weights(const RowOf& row_of, int64_t k0, uint32_t* raw) {
   using S = Segment<D>;
@@ -87,8 +88,13 @@ __device__ __forceinline__ void copy_raw_weights(const RowOf& row_of, int64_t k0
     const uint8_t* start = r.data + offset;
     const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(start) % 4);
     const uint8_t* first = start - shift;
-    const int words = (shift + S::kBytes + 3) / 4;
-    for (int w = lane; w < words; w += 32) copy_async4(raw + n * S::kStrideWords + w, first + 4 * w);
+    const int whole = (shift + S::kBytes) / 4, tail = (shift + S::kBytes) % 4;
+    for (int w = lane; w < whole; w += 32) copy_async4(raw + n * S::kStrideWords + w, first + 4 * w);
+    if (tail != 0 && lane == 0) {
+      uint32_t v = 0;
+      for (int b = 0; b < tail; ++b) v |= static_cast<uint32_t>(first[4 * whole + b]) << (8 * b);
+      raw[n * S::kStrideWords + whole] = v;
+    }
   }
 }
 

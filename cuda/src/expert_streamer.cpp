@@ -113,7 +113,7 @@ const uint8_t* ExpertStreamer::mirror_of(const ExpertWeights& experts, const Lay
     data = pinned_host_allocate(l.bytes);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::out_of_memory) throw;
-    mirror_ = false;  // the host is out of pinned memory: the mapping from now on
+    mirror_ = false;  // the host is out of pinned memory: no layer is streamed from now on
     return nullptr;
   }
   auto* base = static_cast<uint8_t*>(data);

@@ -64,8 +64,8 @@ class ExpertStreamer {
 
   Layout layout_of(const ExpertWeights& experts) const;
   bool fill(Slot& slot, const ExpertWeights& experts, Stream& compute);
-  // The pinned copy of `experts` in `layout`'s slot order, made on first use; null when pinned
-  // memory is refused (then every later layer copies from the mapping too).
+  // The pinned copy of `experts` in `layout`'s slot order, made once (at load through mirror(), else
+  // on first use); null once pinned memory has been refused.
   const uint8_t* mirror_of(const ExpertWeights& experts, const Layout& layout);
 
   int device_;

@@ -20,6 +20,13 @@ inline void check_launch(const char* kernel) {
     throw Error(ErrorKind::internal, text("CUDA: launching ", kernel, " failed: ", cudaGetErrorString(status)));
 }
 
+// Lets `kernel` take `bytes` of dynamic shared memory (past the default 48 KiB), before its launch.
+template <typename Kernel>
+void opt_in_shared_memory(Kernel kernel, size_t bytes, const char* what) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) != cudaSuccess)
+    check_launch(what);
+}
+
 // A grid dimension, refused (never truncated) past CUDA's limit.
 inline unsigned grid_dim(int64_t n, const char* what, int64_t limit = 0x7fffffff) {
   if (n <= 0 || n > limit)

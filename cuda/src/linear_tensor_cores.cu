@@ -71,11 +71,9 @@ void tensor_core_linear(Stream& stream, const DeviceWeight& w, int64_t row_bytes
     const dim3 grid(grid_dim((w.out_features + bf16::kCols - 1) / bf16::kCols, "linear (bf16 tiles)"),
                     grid_dim((rows + bf16::kRows - 1) / bf16::kRows, "linear (bf16 tiles, token tiles)", 65535));
     const bool known = dispatch_weight_type(w.type, [&](auto decoder) {
-      auto kernel = linear_bf16_kernel<decltype(decoder)>;
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(bf16::shared_bytes<decltype(decoder)>())) != cudaSuccess)
-        check_launch("linear (bf16 tiles, shared memory opt-in)");
-      kernel<<<grid, bf16::kThreads, bf16::shared_bytes<decltype(decoder)>(), native(stream)>>>(rows_of, w.bias, x, rows, y);
+      using D = decltype(decoder);
+      opt_in_shared_memory(linear_bf16_kernel<D>, bf16::shared_bytes<D>(), "linear (bf16 tiles, shared memory opt-in)");
+      linear_bf16_kernel<D><<<grid, bf16::kThreads, bf16::shared_bytes<D>(), native(stream)>>>(rows_of, w.bias, x, rows, y);
     });
     if (!known) throw Error(ErrorKind::unsupported, text("cuda::linear (tensor cores): no kernel for ", dtype_name(w.type)));
     check_launch("linear (bf16 tiles)");

@@ -330,12 +330,6 @@ __global__ void __launch_bounds__(bf16::kThreads)
   }
 }
 
-template <typename Kernel>
-void opt_in_shared(Kernel kernel, size_t bytes, const char* what) {
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) != cudaSuccess)
-    detail::check_launch(what);
-}
-
 constexpr size_t gate_up_shared_bytes() {
   return sizeof(float) * (3 * tc::kOperandFloats > tc::kResultFloats ? 3 * tc::kOperandFloats : tc::kResultFloats);
 }
@@ -402,12 +396,12 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
     if (bf16_tiles) {
-      opt_in_shared(grouped_gate_up_bf16_kernel<D>, bf16::shared_bytes<D>(), "moe gate/up (bf16, shared memory opt-in)");
+      detail::opt_in_shared_memory(grouped_gate_up_bf16_kernel<D>, bf16::shared_bytes<D>(), "moe gate/up (bf16, shared memory opt-in)");
       grouped_gate_up_bf16_kernel<D><<<gate_grid, bf16::kThreads, bf16::shared_bytes<D>(), s>>>(
           table, tiles, tile_expert, tile_begin, counts, gathered, hidden, act);
     } else if (tensor_cores) {
       constexpr size_t shared = gate_up_shared_bytes();
-      opt_in_shared(grouped_gate_up_tc_kernel<D>, shared, "moe gate/up (shared memory opt-in)");
+      detail::opt_in_shared_memory(grouped_gate_up_tc_kernel<D>, shared, "moe gate/up (shared memory opt-in)");
       grouped_gate_up_tc_kernel<D><<<gate_grid, tc::kThreads, shared, s>>>(table, tiles, tile_expert, tile_begin,
                                                                            counts, gathered, hidden, act);
     } else
@@ -419,7 +413,7 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
     using D = decltype(decoder);
     if (bf16_tiles) {
-      opt_in_shared(grouped_down_bf16_kernel<D>, bf16::shared_bytes<D>(), "moe down (bf16, shared memory opt-in)");
+      detail::opt_in_shared_memory(grouped_down_bf16_kernel<D>, bf16::shared_bytes<D>(), "moe down (bf16, shared memory opt-in)");
       grouped_down_bf16_kernel<D><<<down_grid, bf16::kThreads, bf16::shared_bytes<D>(), s>>>(
           table, tiles, tile_expert, tile_begin, counts, order, act, hidden, slots);
     } else if (tensor_cores)

@@ -99,22 +99,14 @@ void check_options(const LoadOptions& o) {
                             o.stream_experts_min_tokens));
 }
 
-// LoadOptions::kStreamExpertsAutomatic resolved: streaming when some MoE layer's experts live in
-// host memory under a router on a GPU and their pinned copies take at most 40 % of the memory.
-int64_t automatic_stream_min_tokens(const ModelConfig& c, const Weights& weights, const Placement& placement) {
-  uint64_t bytes = 0;
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
-    const LayerWeights& L = weights.layers[static_cast<size_t>(layer)];
-    if (!L.is_moe || placement.device_for(WeightGroup::experts, layer).kind != DeviceKind::cpu ||
-        placement.device_for(WeightGroup::router, layer).kind != DeviceKind::cuda)
-      continue;
-    for (const auto* list : {&L.experts.gate, &L.experts.up, &L.experts.down})
-      for (const LinearWeight& w : *list) bytes += w.weight.nbytes + w.scale_inv.nbytes;
-  }
+// LoadOptions::kStreamExpertsAutomatic resolved from the bytes that could stream
+// (ForwardPass::streamable_expert_bytes): streaming when there are some and their pinned copies take
+// at most 40 % of the machine's memory.
+int64_t automatic_stream_min_tokens(uint64_t streamable_bytes) {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  if (bytes == 0 || pages <= 0 || page <= 0) return 0;
+  if (streamable_bytes == 0 || pages <= 0 || page <= 0) return 0;
   const double memory = static_cast<double>(pages) * static_cast<double>(page);
-  return static_cast<double>(bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
+  return static_cast<double>(streamable_bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
 }
 
 class CpuEngine;
@@ -288,7 +280,7 @@ class CpuEngine final : public Engine {
     forward_->set_record_graphs(options_.cuda_graphs && !(graphs != nullptr && std::string_view(graphs) == "0") &&
                                 timed_backends_.empty());
     int64_t stream_min = options_.stream_experts_min_tokens;
-    if (stream_min < 0) stream_min = automatic_stream_min_tokens(c, weights_, placement_);
+    if (stream_min < 0) stream_min = automatic_stream_min_tokens(forward_->streamable_expert_bytes());
     if (const char* env = std::getenv("TANDEM_STREAM_EXPERTS_MIN_TOKENS")) {
       char* end = nullptr;
       const long long v = std::strtoll(env, &end, 10);

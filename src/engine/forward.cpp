@@ -211,6 +211,12 @@ struct ForwardPass::Impl {
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
   Mirror& main() { return mirrors.front(); }
+  // A MoE layer whose experts live in host memory and whose router runs on a GPU: the layer that
+  // GPU can stream the experts in for (Backend::stream_routed_experts).
+  bool can_stream_experts(int64_t layer) {
+    return w.layers[static_cast<size_t>(layer)].is_moe && on_host(on(WeightGroup::experts, layer)) &&
+           !on_host(on(WeightGroup::router, layer));
+  }
 
   // The mirror of a backend, made (its buffers allocated once) the first time it is asked for.
   Mirror& mirror(Backend& b) {
@@ -372,7 +378,7 @@ struct ForwardPass::Impl {
     // A prefill whose experts live in host memory and whose router runs on a GPU: the GPU streams
     // the layer's experts in and computes them (the next MoE layer's copy starting now).
     Backend& experts = on(WeightGroup::experts, layer);
-    if (!deferring && stream_min_tokens > 0 && T >= stream_min_tokens && on_host(experts) && !on_host(router)) {
+    if (!deferring && stream_min_tokens > 0 && T >= stream_min_tokens && can_stream_experts(layer)) {
       const ExpertWeights* next = nullptr;
       for (int64_t l = layer + 1; l < cfg.num_layers && next == nullptr; ++l)
         if (w.layers[static_cast<size_t>(l)].is_moe) next = &w.layers[static_cast<size_t>(l)].experts;
@@ -515,12 +521,20 @@ void ForwardPass::set_stream_experts_min_tokens(int64_t tokens) {
   impl_->stream_min_tokens = tokens;
   if (tokens <= 0 || impl_->defer > 0) return;  // deferral turns streaming off (but for the last layer)
   // The layers that will stream get ready now (pinned copies of their experts), not on the first pass.
+  for (int64_t layer = 0; layer < impl_->cfg.num_layers; ++layer)
+    if (impl_->can_stream_experts(layer))
+      impl_->on(WeightGroup::router, layer).prepare_streamed_experts(impl_->w.layers[static_cast<size_t>(layer)].experts);
+}
+
+uint64_t ForwardPass::streamable_expert_bytes() const {
+  uint64_t bytes = 0;
   for (int64_t layer = 0; layer < impl_->cfg.num_layers; ++layer) {
-    const LayerWeights& L = impl_->w.layers[static_cast<size_t>(layer)];
-    if (!L.is_moe) continue;
-    Backend& router = impl_->on(WeightGroup::router, layer);
-    if (on_host(impl_->on(WeightGroup::experts, layer)) && !on_host(router)) router.prepare_streamed_experts(L.experts);
+    if (!impl_->can_stream_experts(layer)) continue;
+    const ExpertWeights& e = impl_->w.layers[static_cast<size_t>(layer)].experts;
+    for (const auto* list : {&e.gate, &e.up, &e.down})
+      for (const LinearWeight& m : *list) bytes += m.weight.nbytes + m.scale_inv.nbytes;
   }
+  return bytes;
 }
 
 void ForwardPass::set_record_graphs(bool on) {

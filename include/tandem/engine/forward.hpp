@@ -65,7 +65,11 @@ class ForwardPass {
   int64_t streamed_expert_layers() const;  // MoE layers whose experts were streamed to a GPU so far
   // Passes of at least `tokens` tokens stream routed experts that live in host memory to the GPU
   // that runs the router (Backend::stream_routed_experts); 0 = never (the default).
+  // At load, with tokens > 0, the GPUs prepare (Backend::prepare_streamed_experts) the layers they
+  // will stream.
   void set_stream_experts_min_tokens(int64_t tokens);
+  // Bytes of the routed experts that could stream (in host memory, their router on a GPU).
+  uint64_t streamable_expert_bytes() const;
 
  private:
   struct Impl;
