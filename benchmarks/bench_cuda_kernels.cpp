@@ -192,6 +192,45 @@ void bench_gqa(benchmark::State& state) {
             c.bytes);
 }
 
+// Qwen3-30B-A3B's GQA over one sequence's prompt (causal, positions 0 … range(0) − 1); range(1) 1:
+// the tensor-core flash kernel, 0: the float32 split-K kernel it replaces in prefill.
+void bench_gqa_prefill(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  Gpu gpu;
+  const int64_t heads = 32, kv_heads = 4, dim = 128, tokens = state.range(0);
+  PagedCache c = paged_cache(gpu, tokens, 1, kv_heads * dim, 2, heads);
+  // Small finite halves (random bytes could be NaN): sign, exponent 0x0e (~2^-1), random mantissa.
+  std::vector<uint16_t> halves(static_cast<size_t>(c.kv.block_stride / 2 * ((tokens + 15) / 16)));
+  for (auto& h : halves) h = static_cast<uint16_t>((gpu.rng() & 0x83ffu) | 0x3800u);
+  c.kv.layer_base = gpu.upload(halves);
+  std::vector<int32_t> table(static_cast<size_t>(c.batch.table_stride)), rows;
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  std::vector<int64_t> positions;
+  for (int64_t t = 0; t < tokens; ++t) {
+    rows.insert(rows.end(), table.begin(), table.end());
+    positions.push_back(t);
+  }
+  c.batch.tokens = tokens;
+  c.batch.positions = gpu.upload(positions);
+  c.batch.block_tables = gpu.upload(rows);
+  c.batch.one_sequence = true;
+  c.scores = gpu.random_floats(static_cast<size_t>(cuda::gqa_attention_scratch_floats(c.batch, heads, kv_heads, dim)));
+  const float* q = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
+  float* out = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
+  const bool flash = state.range(1) != 0;
+  run_timed(state, gpu,
+            [&] {
+              if (flash) cuda::flash_gqa_attention(gpu.stream, c.kv, c.batch, q, heads, kv_heads, dim, 0.088f, out);
+              else cuda::gqa_attention(gpu.stream, c.kv, c.batch, q, heads, kv_heads, dim, 0.088f, c.scores, out);
+            },
+            static_cast<double>(tokens * 2 * kv_heads * dim * 2));
+  // Q·Kᵀ and P·V over the causal triangle: 2 · 2 · dim multiply-adds per (head, query, key ≤ query).
+  state.counters["TFLOP/s"] = benchmark::Counter(
+      4.0 * static_cast<double>(heads * dim) * static_cast<double>(tokens) * static_cast<double>(tokens + 1) / 2 *
+          1e-12 * static_cast<double>(state.iterations()),
+      benchmark::Counter::kIsRate);
+}
+
 // DeepSeek-V3's absorbed MLA decode (128 heads, latent 512 + rope 64): range(0) context.
 void bench_mla(benchmark::State& state) {
   if (!have_gpu(state)) return;
@@ -308,6 +347,11 @@ void register_all() {
              ->Args({32768, 1})
              ->Args({1024, 16})
              ->Args({512, 512}));
+  manual(benchmark::RegisterBenchmark("gqa_prefill/f16", bench_gqa_prefill)
+             ->Args({512, 0})
+             ->Args({512, 1})
+             ->Args({4096, 0})
+             ->Args({4096, 1}));
   manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla)
              ->Args({64, 1})
              ->Args({4096, 1})

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "dequant.cuh"
+#include "mma.cuh"
 #include "staged_rows.cuh"
 
 namespace tandem::cuda::detail::bf16 {
@@ -38,10 +39,6 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // A weight row's stored bytes for one step's kStep inputs, as the raw stage copies them: the whole
 // block holding them (K-quants, IQ4_XS: 256 values) or the kStep values' blocks (or plain values).
 template <typename D>
@@ -64,16 +61,6 @@ constexpr size_t shared_bytes() {
   return 2 * kStageValues * sizeof(__nv_bfloat16) + 2 * Segment<D>::kBufferBytes;
 }
 
-__device__ __forceinline__ void copy_async4(void* shared, const void* global) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(shared)), "l"(global));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n"); }
-template <int Pending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-}
-
-// raw[n] = the stored bytes of row_of(n) for the step at k0, copied asynchronously: a warp per row,
 // lanes on consecutive words (coalesced; each thread decoding its own row from global memory read
 // 32 rows per load instruction). A last word that would reach past the segment (Q6_K) is read byte
 // by byte instead, so nothing past the weight is read. The caller commits, waits and syncs.
@@ -157,20 +144,6 @@ __device__ __forceinline__ void store_activations(const ActivationRegisters& x, 
   }
 }
 
-__device__ __forceinline__ void ldmatrix_x4(const __nv_bfloat16* p, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(p)));
-}
-
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // acc += this warp's 32 rows × 32 weight rows of the staged step.
 __device__ __forceinline__ void multiply_step(const __nv_bfloat16* xs, const __nv_bfloat16* ws, Accumulators& acc) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -186,7 +159,7 @@ __device__ __forceinline__ void multiply_step(const __nv_bfloat16* xs, const __n
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) mma(acc[i][j], a[i], b[j / 2][(j % 2) * 2], b[j / 2][(j % 2) * 2 + 1]);
+      for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], a[i], b[j / 2][(j % 2) * 2], b[j / 2][(j % 2) * 2 + 1]);
   }
 }
 

@@ -218,8 +218,13 @@ class CudaBackend final : public Backend {
     if (batch.tokens <= 0) return;
     check_batch(kv, batch);
     const cuda::DeviceBatch db = device_batch(batch);
+    const cuda::PagedKv pkv = paged(kv, layer);
+    if (prefill_bf16_ && cuda::flash_attention_supported(db, heads, kv_heads, head_dim, pkv)) {
+      cuda::flash_gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, out);
+      return;
+    }
     float* d_scores = scratch(kScores, cuda::gqa_attention_scratch_floats(db, heads, kv_heads, head_dim));
-    cuda::gqa_attention(stream_, paged(kv, layer), db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out);
+    cuda::gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out);
   }
 
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
@@ -646,6 +651,7 @@ class CudaBackend final : public Backend {
     db.block_tables = batch.block_tables;
     db.table_stride = batch.table_stride;
     db.max_context = batch.max_context;
+    db.one_sequence = batch.one_sequence;
     return db;
   }
   void copy_kv_block(int32_t from, int32_t to) {

@@ -113,6 +113,7 @@ struct ForwardPass::Impl {
   std::vector<const BlockTable*> read_tables;
   std::vector<float*> attention_rows;
   bool with_attention_rows = false, any_device = false;
+  bool one_sequence = false;  // this pass's tokens are one chunk of one sequence
   int64_t table_stride = 1, max_context = 1;
 
   // Recorded passes (CUDA graphs) by shape; an empty optional: seen once, not recorded yet; a null
@@ -284,6 +285,7 @@ struct ForwardPass::Impl {
     b.block_tables = m.tables.empty() ? nullptr : m.tables.as<int32_t>();
     b.table_stride = table_stride;
     b.max_context = max_context;
+    b.one_sequence = one_sequence;
     return b;
   }
 
@@ -554,6 +556,7 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
   const ModelConfig& cfg = m.cfg;
   int64_t T = 0, rows = 0;
   m.with_attention_rows = false;
+  m.one_sequence = batch.size() == 1;
   m.table_stride = 1;
   m.max_context = 1;
   const int64_t bt = m.kv.spec().block_tokens;

@@ -232,6 +232,105 @@ TEST_CASE("cuda split-K GQA attention equals the one-block-per-head kernel at ev
       }
 }
 
+namespace {
+
+// One sequence's prompt chunk over a paged cache: positions [0, start + tokens) filled with random
+// rows in shuffled blocks; token t sits at position start + t, and every token's table row is the
+// sequence's one table (as the forward pass uploads it).
+RandomPagedCache one_sequence_cache(KvType type, int64_t start, int64_t tokens, int64_t row_values, uint32_t seed) {
+  const int64_t n = start + tokens;
+  RandomPagedCache c = random_paged_cache(type, {n}, row_values, seed);
+  std::vector<int32_t> table(static_cast<size_t>(c.batch.table_stride));
+  c.tables.download(table.data(), table.size() * 4);
+  std::vector<int32_t> rows;
+  std::vector<int64_t> pos;
+  for (int64_t t = 0; t < tokens; ++t) {
+    rows.insert(rows.end(), table.begin(), table.end());
+    pos.push_back(start + t);
+  }
+  c.tables = cuda::DeviceBuffer(0, rows.size() * 4);
+  c.tables.upload(rows.data(), rows.size() * 4);
+  c.positions = cuda::DeviceBuffer(0, pos.size() * 8);
+  c.positions.upload(pos.data(), pos.size() * 8);
+  c.batch.tokens = tokens;
+  c.batch.positions = static_cast<const int64_t*>(c.positions.data());
+  c.batch.block_tables = static_cast<const int32_t*>(c.tables.data());
+  c.batch.one_sequence = true;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("cuda flash prefill attention equals the float32 kernel within its operands' rounding",
+          "[cuda][attention]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int64_t heads, kv_heads, head_dim;
+  };
+  struct Chunk {
+    int64_t start, tokens;
+  };
+  for (KvType type : {KvType::f16, KvType::bf16})
+    // Qwen3-30B-A3B (32/4 × 128), plain MHA at 64, a wide group, two KV heads of 64
+    for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 64}})
+      // whole tiles, a partial last tile, a chunk after a cached prefix (not tile-aligned), a long prompt
+      for (Chunk ch : {Chunk{0, 64}, Chunk{0, 200}, Chunk{37, 100}, Chunk{1000, 513}, Chunk{0, 2048}}) {
+        if (ch.tokens == 2048 && s.heads != 32) continue;
+        RandomPagedCache c = one_sequence_cache(type, ch.start, ch.tokens, s.kv_heads * s.head_dim, 11);
+        REQUIRE(cuda::flash_attention_supported(c.batch, s.heads, s.kv_heads, s.head_dim, c.kv));
+        const auto q = random_floats(static_cast<size_t>(ch.tokens * s.heads * s.head_dim), 12);
+        std::vector<float> q3(q.size());
+        for (size_t i = 0; i < q.size(); ++i) q3[i] = 3.f * q[i];  // sharper softmax than unit queries
+        const int64_t scratch_floats = cuda::attention_scratch_floats(c.batch, s.heads);
+        cuda::Stream stream(0);
+        cuda::DeviceBuffer dq(0, q3.size() * 4), scratch(0, static_cast<size_t>(scratch_floats) * 4),
+            flash_out(0, q3.size() * 4), plain_out(0, q3.size() * 4);
+        dq.upload(q3.data(), q3.size() * 4);
+        const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
+        const auto* qp = static_cast<const float*>(dq.data());
+        cuda::flash_gqa_attention(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
+                                  static_cast<float*>(flash_out.data()));
+        cuda::gqa_attention_unsplit(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
+                                    static_cast<float*>(scratch.data()), static_cast<float*>(plain_out.data()));
+        stream.synchronize();
+        std::vector<float> a(q3.size()), b(q3.size());
+        flash_out.download(a.data(), a.size() * 4);
+        plain_out.download(b.data(), b.size() * 4);
+        double max_err = 0, max_ref = 0, sum_err = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          const double e = std::abs(static_cast<double>(a[i]) - b[i]);
+          max_err = std::max(max_err, e);
+          sum_err += e;
+          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
+        }
+        INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim << " chunk "
+                                << ch.start << "+" << ch.tokens << ": max err " << max_err << " mean err "
+                                << sum_err / static_cast<double>(a.size()) << " of " << max_ref);
+        CHECK(max_ref > 0);
+        CHECK(std::isfinite(max_err));
+        // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8.
+        CHECK(max_err <= (type == KvType::f16 ? 2e-3 : 1.5e-2) * max_ref);
+        CHECK(max_err > 0);  // the tensor-core path really ran (float32 would match to ~1e-7)
+      }
+}
+
+TEST_CASE("cuda flash prefill attention applies only where it can", "[cuda][attention]") {
+  if (!have_gpu()) return;
+  RandomPagedCache c = one_sequence_cache(KvType::f16, 0, 64, 4 * 128, 13);
+  CHECK(cuda::flash_attention_supported(c.batch, 32, 4, 128, c.kv));
+  cuda::DeviceBatch b = c.batch;
+  b.one_sequence = false;
+  CHECK_FALSE(cuda::flash_attention_supported(b, 32, 4, 128, c.kv));  // tokens of several sequences
+  b = c.batch;
+  b.tokens = 63;
+  CHECK_FALSE(cuda::flash_attention_supported(b, 32, 4, 128, c.kv));  // decode-sized: split-K instead
+  CHECK_FALSE(cuda::flash_attention_supported(c.batch, 16, 2, 256, c.kv));  // head_dim 256
+  CHECK_FALSE(cuda::flash_attention_supported(c.batch, 30, 4, 128, c.kv));  // heads not a multiple
+  cuda::PagedKv f32 = c.kv;
+  f32.type = KvType::f32;
+  CHECK_FALSE(cuda::flash_attention_supported(c.batch, 32, 4, 128, f32));  // float32 cache: exact kernels
+}
+
 TEST_CASE("cuda split-K MLA attention equals the one-block-per-head kernel", "[cuda][attention]") {
   if (!have_gpu()) return;
   struct Shape {

@@ -39,7 +39,8 @@ void cuda_backend_upload(Backend& backend, const LinearWeight& weight);
 void cuda_backend_upload(Backend& backend, const TensorView& table);
 // Prefill tiles of 32+ tokens on the tensor cores multiply in bf16 (true, the default; quantised,
 // BF16 and FP8 weights) or float32-accurate 3xTF32 (false); F32 and F16 weights always take 3xTF32.
-// Nothing for other backends.
+// true also lets prompt chunks of 64+ tokens over an f16/bf16 cache attend on the tensor cores
+// (cuda::flash_gqa_attention). Nothing for other backends.
 void cuda_backend_set_prefill_bf16(Backend& backend, bool bf16);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);

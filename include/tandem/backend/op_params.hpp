@@ -25,6 +25,9 @@ struct AttentionBatch {
   const int32_t* block_tables = nullptr;
   int64_t table_stride = 0;
   int64_t max_context = 0;  // ≥ every positions[t] + 1
+  // Every token is of one sequence at increasing positions (one prompt chunk): device backends may
+  // then share each cached tile among many query tokens (flash attention).
+  bool one_sequence = false;
   // The same tables, writable: where a host backend's kv_append writes (an int4 pool's open key
   // rows live in the table).
   BlockTable* const* write_tables = nullptr;

@@ -80,6 +80,9 @@ struct DeviceBatch {
   const int32_t* block_tables = nullptr;
   int64_t table_stride = 0;
   int64_t max_context = 0;  // ≥ every positions[t] + 1 (sizes the score scratch)
+  // Every token is of one sequence, at increasing positions (a prompt chunk): lets prefill attention
+  // share each cached tile among a block of query tokens (flash_gqa_attention).
+  bool one_sequence = false;
 };
 
 // Score scratch the attention kernels need: tokens · heads · max_context floats.
@@ -99,6 +102,17 @@ void gqa_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch&
                            int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores,
                            float* out);
 int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim);
+
+// Causal GQA attention of one sequence's prompt chunk on the tensor cores (flash attention: a block
+// per 64 query tokens and head, 64-position K/V tiles copied as stored into shared memory, online
+// softmax in float32, mma.sync for Q·Kᵀ and P·V). Q and the probabilities are rounded to the cache's
+// type (f16: 2⁻¹¹, bf16: 2⁻⁸ relative); K and V are used exactly. Applies when
+// flash_attention_supported: batch.one_sequence, at least 64 tokens, an f16 or bf16 cache, head_dim
+// 64 or 128, 16-byte aligned rows. No scratch.
+bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                               const PagedKv& kv);
+void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
+                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out);
 
 // Absorbed MLA attention over the latent cache (one plane: kv_lora latent then rope key).
 // q_latent [tokens, heads, kv_lora], q_rope [tokens, heads, rope_dim]; out [tokens, heads, kv_lora].
