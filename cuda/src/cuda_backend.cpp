@@ -38,7 +38,7 @@ namespace {
 // (cuda::moe_by_pairs); larger ones group the pairs by expert through the host.
 constexpr int64_t kPairwiseMaxTokens = 16;
 
-enum Slot : int { kGate, kUp, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kCount };
+enum Slot : int { kGate, kUp, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kMla, kCount };
 
 class CudaEvent final : public BackendEvent {
  public:
@@ -237,6 +237,20 @@ class CudaBackend final : public Backend {
     float* d_scores = scratch(kScores, cuda::mla_attention_scratch_floats(db, heads, kv_lora));
     cuda::mla_attention(stream_, paged(kv, layer), db, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
                         d_scores, out);
+  }
+
+  bool mla_prefill_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const LinearWeight& kv_b,
+                             const MlaShape& s, const float* q, float softmax_scale, float* out) override {
+    stream_.make_current();
+    if (!prefill_bf16_ || batch.tokens <= 0 || batch.attention_rows != nullptr) return false;
+    check_batch(kv, batch);
+    const cuda::DeviceBatch db = device_batch(batch);
+    const cuda::PagedKv pkv = paged(kv, layer);
+    if (!cuda::flash_mla_supported(db, s.heads, s.nope, s.rope, s.v, s.kv_lora, pkv)) return false;
+    void* work = scratch_bytes(kMla, cuda::flash_mla_scratch_bytes(db, s.heads, s.kv_lora));
+    cuda::flash_mla_prefill(stream_, pkv, db, weight(kv_b), math_for(kv_b.weight.dtype), q, s.heads, s.nope, s.rope,
+                            s.v, s.kv_lora, softmax_scale, work, out);
+    return true;
   }
 
   void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& s, const float* q, int64_t tokens,

@@ -7,6 +7,9 @@
 // accumulators; the probabilities go back into the tensor cores, in the cache's type, as the A
 // operand of O += P·V without passing through shared memory. The last query tiles (the most
 // positions) are started first.
+// MLA prompts (flash_mla_prefill) take the same kernel in multi-head form: the chunk's context is
+// decompressed once through kv_b into dense K = [k_nope | k_rope] and V rows per head (in the cache's
+// type), and the kernel reads those instead of the paged planes.
 // Error: K and V are used exactly; Q and P are rounded to the cache's 16-bit type (f16 2⁻¹¹, bf16
 // 2⁻⁸ relative), accumulation and softmax in float32.
 #include <cuda_bf16.h>
@@ -29,10 +32,6 @@ constexpr int64_t kMinTokens = 64;  // fewer query tokens: the split-K kernel ke
 template <int D>
 constexpr int row_stride() {  // shared row stride in 16-bit values: rows 16-byte aligned, ldmatrix conflict-free
   return D + 8;
-}
-template <int D>
-constexpr size_t shared_bytes() {
-  return size_t{2} * 2 * kKeyTile * row_stride<D>() * 2;  // two stages of K and V
 }
 
 template <KvType K>
@@ -63,21 +62,53 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // Thread (warp w, lane 4r + c) holds rows r and r + 8 of the warp's 16 query tokens, and in each
 // 8-wide column tile of S and O the columns 2c and 2c + 1 (the mma accumulator layout).
-template <KvType K, int D>
+// Where a block reads position s's K and V rows for KV head g: the paged planes (GQA: plane 0 K,
+// plane 1 V, the head's slice of each row) or dense rows [positions][kv_heads][Dqk or Dv] (MLA).
+struct KvRows {
+  PagedKv paged;
+  const uint8_t* k = nullptr;  // dense only
+  const uint8_t* v = nullptr;
+  int kv_heads = 1;
+};
+
+template <bool kPaged, int Dqk, int Dv>
+struct RowAddress {
+  const KvRows& r;
+  const int32_t* table;
+  __device__ __forceinline__ void operator()(int64_t s, int g, const uint8_t*& k, const uint8_t*& v) const {
+    if constexpr (kPaged) {
+      const uint8_t* block = static_cast<const uint8_t*>(r.paged.layer_base) +
+                             static_cast<int64_t>(table[s / r.paged.block_tokens]) * r.paged.block_stride;
+      const int64_t slot = s % r.paged.block_tokens;
+      k = block + slot * r.paged.row_bytes + static_cast<int64_t>(g) * Dqk * 2;
+      v = block + (r.paged.block_tokens + slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dv * 2;
+    } else {
+      const int64_t row = s * r.kv_heads + g;
+      k = r.k + row * Dqk * 2;
+      v = r.v + row * Dv * 2;
+    }
+  }
+};
+
+template <int Dqk, int Dv>
+constexpr size_t kernel_shared_bytes() {
+  return size_t{2} * kKeyTile * (row_stride<Dqk>() + row_stride<Dv>()) * 2;  // two stages of K and V
+}
+
+template <KvType K, bool kPaged, int Dqk, int Dv>
 __global__ void __launch_bounds__(kThreads)
-    flash_kernel(PagedKv kv, DeviceBatch batch, const float* q, int heads, int group, float scale_log2, float* out) {
-  constexpr int kLd = row_stride<D>();
+    flash_kernel(KvRows rows, DeviceBatch batch, const float* q, int heads, int group, float scale_log2, float* out) {
+  constexpr int kLdK = row_stride<Dqk>(), kLdV = row_stride<Dv>();
   extern __shared__ uint4 shared_words[];
-  auto* k_stage = reinterpret_cast<uint16_t*>(shared_words);  // [2][kKeyTile][kLd]
-  uint16_t* v_stage = k_stage + 2 * kKeyTile * kLd;
+  auto* k_stage = reinterpret_cast<uint16_t*>(shared_words);  // [2][kKeyTile][kLdK]
+  uint16_t* v_stage = k_stage + 2 * kKeyTile * kLdK;             // [2][kKeyTile][kLdV]
   const int64_t T = batch.tokens;
   const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kQueryTile;
   const int h = static_cast<int>(blockIdx.y), g = h / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
   const int64_t last = t0 + kQueryTile - 1 < T ? t0 + kQueryTile - 1 : T - 1;
   const int64_t n_end = batch.positions[last] + 1;  // one sequence, increasing positions: the tile's widest
-  const int32_t* table = batch.block_tables + last * batch.table_stride;
-  const auto* base = static_cast<const uint8_t*>(kv.layer_base);
+  const RowAddress<kPaged, Dqk, Dv> address{rows, batch.block_tables + last * batch.table_stride};
 
   const int64_t ta = t0 + warp * 16 + r, tb = ta + 8;
   // Rows past the batch attend to position 0 only (finite sums) and are not written.
@@ -85,12 +116,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t warp_last = t0 + warp * 16 + 15 < T ? t0 + warp * 16 + 15 : T - 1;
   const int64_t warp_end = t0 + warp * 16 < T ? batch.positions[warp_last] + 1 : 1;
 
-  uint32_t qf[D / 16][4];
+  uint32_t qf[Dqk / 16][4];
   {
-    const float* qa = q + ((ta < T ? ta : T - 1) * heads + h) * int64_t{D} + 2 * c;
-    const float* qb = q + ((tb < T ? tb : T - 1) * heads + h) * int64_t{D} + 2 * c;
+    const float* qa = q + ((ta < T ? ta : T - 1) * heads + h) * int64_t{Dqk} + 2 * c;
+    const float* qb = q + ((tb < T ? tb : T - 1) * heads + h) * int64_t{Dqk} + 2 * c;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+    for (int kk = 0; kk < Dqk / 16; ++kk) {
       const float2 a0 = *reinterpret_cast<const float2*>(qa + 16 * kk);
       const float2 b0 = *reinterpret_cast<const float2*>(qb + 16 * kk);
       const float2 a1 = *reinterpret_cast<const float2*>(qa + 16 * kk + 8);
@@ -104,22 +135,24 @@ __global__ void __launch_bounds__(kThreads)
 
   // Tile positions past n_end copy row n_end − 1 (a block the table holds); the mask drops them.
   auto copy_tile = [&](int64_t s0, int stage) {
-    constexpr int kChunks = D * 2 / 16;
+    constexpr int kChunksK = Dqk * 2 / 16, kChunks = kChunksK + Dv * 2 / 16;  // 16-byte pieces of a K and V row
     for (int i = threadIdx.x; i < kKeyTile * kChunks; i += kThreads) {
       const int row = i / kChunks, chunk = i % kChunks;
       const int64_t s = s0 + row < n_end ? s0 + row : n_end - 1;
-      const uint8_t* block = base + static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride;
-      const int64_t slot = s % kv.block_tokens, offset = (static_cast<int64_t>(g) * D + chunk * 8) * 2;
-      const int shared_at = (stage * kKeyTile + row) * kLd + chunk * 8;
-      detail::copy_async16(k_stage + shared_at, block + slot * kv.row_bytes + offset);
-      detail::copy_async16(v_stage + shared_at, block + (kv.block_tokens + slot) * kv.row_bytes + offset);
+      const uint8_t *k, *v;
+      address(s, g, k, v);
+      if (chunk < kChunksK)
+        detail::copy_async16(k_stage + (stage * kKeyTile + row) * kLdK + chunk * 8, k + chunk * 16);
+      else
+        detail::copy_async16(v_stage + (stage * kKeyTile + row) * kLdV + (chunk - kChunksK) * 8,
+                             v + (chunk - kChunksK) * 16);
     }
     detail::commit_copies();
   };
 
-  float o[D / 8][4];
+  float o[Dv / 8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  for (int n = 0; n < Dv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;  // in log2 units; l: this thread's columns
   const int64_t tiles = (n_end + kKeyTile - 1) / kKeyTile;
   copy_tile(0, 0);
@@ -133,17 +166,17 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const int64_t s0 = i * kKeyTile;
     if (s0 < warp_end) {  // else every row of this warp is causally before the tile
-      const uint16_t* ks = k_stage + (i % 2) * kKeyTile * kLd;
-      const uint16_t* vs = v_stage + (i % 2) * kKeyTile * kLd;
+      const uint16_t* ks = k_stage + (i % 2) * kKeyTile * kLdK;
+      const uint16_t* vs = v_stage + (i % 2) * kKeyTile * kLdV;
       float s[kKeyTile / 8][4];
 #pragma unroll
       for (int j = 0; j < kKeyTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
+      for (int kk = 0; kk < Dqk / 16; ++kk)
 #pragma unroll
         for (int p = 0; p < kKeyTile / 16; ++p) {
           uint32_t b[4];
-          detail::ldmatrix_x4(ks + (p * 16 + lane % 8 + (lane / 16) * 8) * kLd + kk * 16 + ((lane / 8) % 2) * 8, b);
+          detail::ldmatrix_x4(ks + (p * 16 + lane % 8 + (lane / 16) * 8) * kLdK + kk * 16 + ((lane / 8) % 2) * 8, b);
           mma<K>(s[2 * p], qf[kk], b[0], b[1]);
           mma<K>(s[2 * p + 1], qf[kk], b[2], b[3]);
         }
@@ -167,7 +200,7 @@ __global__ void __launch_bounds__(kThreads)
       l_a *= ca;
       l_b *= cb;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
+      for (int n = 0; n < Dv / 8; ++n) {
         o[n][0] *= ca;
         o[n][1] *= ca;
         o[n][2] *= cb;
@@ -189,9 +222,9 @@ __global__ void __launch_bounds__(kThreads)
                                pack<K>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                pack<K>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-        for (int np = 0; np < D / 16; ++np) {
+        for (int np = 0; np < Dv / 16; ++np) {
           uint32_t b[4];
-          detail::ldmatrix_x4_trans(vs + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLd + np * 16 + (lane / 16) * 8,
+          detail::ldmatrix_x4_trans(vs + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLdV + np * 16 + (lane / 16) * 8,
                                     b);
           mma<K>(o[2 * np], a, b[0], b[1]);
           mma<K>(o[2 * np + 1], a, b[2], b[3]);
@@ -202,24 +235,95 @@ __global__ void __launch_bounds__(kThreads)
   }
   const float inv_a = 1.f / quad_sum(l_a), inv_b = 1.f / quad_sum(l_b);
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
+  for (int n = 0; n < Dv / 8; ++n) {
     if (ta < T)
-      *reinterpret_cast<float2*>(out + (ta * heads + h) * int64_t{D} + 8 * n + 2 * c) =
+      *reinterpret_cast<float2*>(out + (ta * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
           make_float2(o[n][0] * inv_a, o[n][1] * inv_a);
     if (tb < T)
-      *reinterpret_cast<float2*>(out + (tb * heads + h) * int64_t{D} + 8 * n + 2 * c) =
+      *reinterpret_cast<float2*>(out + (tb * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
           make_float2(o[n][2] * inv_b, o[n][3] * inv_b);
   }
 }
+
+// MLA's context, decompressed: latent[s] = the cache row's kv_lora values as floats (zeros past the
+// sequence), for kv_b's product.
+template <KvType K>
+__global__ void gather_latent_kernel(PagedKv kv, DeviceBatch batch, int kv_lora, float* latent) {
+  const int64_t s = blockIdx.x;
+  const int64_t last = batch.tokens - 1, n = batch.positions[last] + 1;
+  float* row = latent + s * kv_lora;
+  if (s >= n) {
+    for (int i = threadIdx.x; i < kv_lora; i += blockDim.x) row[i] = 0.f;
+    return;
+  }
+  const int32_t* table = batch.block_tables + last * batch.table_stride;
+  const uint8_t* cached = static_cast<const uint8_t*>(kv.layer_base) +
+                          static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride +
+                          (s % kv.block_tokens) * kv.row_bytes;
+  for (int i = threadIdx.x; i < kv_lora; i += blockDim.x) {
+    const uint16_t bits = reinterpret_cast<const uint16_t*>(cached)[i];
+    row[i] = K == KvType::f16 ? __half2float(__ushort_as_half(bits)) : __uint_as_float(static_cast<uint32_t>(bits) << 16);
+  }
+}
+
+// K[s][h] = [kv_b's nope rows · latent | the cached rope key], V[s][h] = kv_b's value rows · latent, in
+// the cache's type: a block per position.
+template <KvType K, int kNope, int kRope, int kV>
+__global__ void build_heads_kernel(PagedKv kv, DeviceBatch batch, const float* expanded, int heads, int kv_lora,
+                                   uint16_t* k_rows, uint16_t* v_rows) {
+  const int64_t s = blockIdx.x;
+  const int64_t last = batch.tokens - 1, n = batch.positions[last] + 1;
+  const uint16_t* rope = nullptr;
+  if (s < n) {
+    const int32_t* table = batch.block_tables + last * batch.table_stride;
+    rope = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(kv.layer_base) +
+                                             static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride +
+                                             (s % kv.block_tokens) * kv.row_bytes) +
+           kv_lora;
+  }
+  auto to16 = [](float f) -> uint16_t {
+    if constexpr (K == KvType::f16) return __half_as_ushort(__float2half_rn(f));
+    else return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+  };
+  const float* e = expanded + s * heads * (kNope + kV);
+  for (int i = threadIdx.x; i < heads * (kNope + kRope); i += blockDim.x) {
+    const int h = i / (kNope + kRope), c = i % (kNope + kRope);
+    k_rows[(s * heads) * (kNope + kRope) + i] =
+        c < kNope ? to16(e[h * (kNope + kV) + c]) : (rope != nullptr ? rope[c - kNope] : uint16_t{0});
+  }
+  for (int i = threadIdx.x; i < heads * kV; i += blockDim.x) {
+    const int h = i / kV, c = i % kV;
+    v_rows[(s * heads) * kV + i] = to16(e[h * (kNope + kV) + kNope + c]);
+  }
+}
+
+template <KvType K, bool kPaged, int Dqk, int Dv>
+void launch_flash(Stream& stream, const KvRows& rows, const DeviceBatch& batch, const float* q, int64_t heads,
+                  int64_t group, float softmax_scale, float* out) {
+  const dim3 grid(detail::grid_dim((batch.tokens + kQueryTile - 1) / kQueryTile, "flash attention"),
+                  static_cast<unsigned>(heads));
+  auto* kernel = flash_kernel<K, kPaged, Dqk, Dv>;
+  constexpr size_t shared = kernel_shared_bytes<Dqk, Dv>();
+  detail::opt_in_shared_memory(kernel, shared, "flash attention (shared memory opt-in)");
+  kernel<<<grid, kThreads, shared, detail::native(stream)>>>(rows, batch, q, static_cast<int>(heads),
+                                                            static_cast<int>(group),
+                                                            softmax_scale * static_cast<float>(M_LOG2E), out);
+  detail::check_launch("flash attention");
+}
+
+bool aligned16(const PagedKv& kv) {
+  return reinterpret_cast<uintptr_t>(kv.layer_base) % 16 == 0 && kv.row_bytes % 16 == 0 && kv.block_stride % 16 == 0;
+}
+
+constexpr int kMlaNope = 128, kMlaRope = 64, kMlaV = 128;  // DeepSeek-V2, V2-Lite, V3 and R1
 
 }  // namespace
 
 bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim,
                                const PagedKv& kv) {
-  const bool aligned = reinterpret_cast<uintptr_t>(kv.layer_base) % 16 == 0 && kv.row_bytes % 16 == 0 &&
-                       kv.block_stride % 16 == 0;
   return b.one_sequence && b.tokens >= kMinTokens && (kv.type == KvType::f16 || kv.type == KvType::bf16) &&
-         (head_dim == 64 || head_dim == 128) && kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535 && aligned;
+         (head_dim == 64 || head_dim == 128) && kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535 &&
+         aligned16(kv);
 }
 
 void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
@@ -229,24 +333,63 @@ void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
     throw Error(ErrorKind::internal,
                 text("cuda flash_gqa_attention: unsupported batch or shape (", batch.tokens, " tokens, ", heads, "/",
                      kv_heads, " heads of ", head_dim, ")"));
-  const dim3 grid(detail::grid_dim((batch.tokens + kQueryTile - 1) / kQueryTile, "flash_gqa_attention"),
-                  static_cast<unsigned>(heads));
-  const float scale_log2 = softmax_scale * static_cast<float>(M_LOG2E);
-  auto launch = [&](auto k, auto d) {
-    constexpr KvType kType = decltype(k)::value;
-    constexpr int kDim = decltype(d)::value;
-    auto* kernel = flash_kernel<kType, kDim>;
-    detail::opt_in_shared_memory(kernel, shared_bytes<kDim>(), "flash_gqa_attention (shared memory opt-in)");
-    kernel<<<grid, kThreads, shared_bytes<kDim>(), detail::native(stream)>>>(
-        kv, batch, q, static_cast<int>(heads), static_cast<int>(heads / kv_heads), scale_log2, out);
-  };
+  KvRows rows;
+  rows.paged = kv;
+  const int64_t group = heads / kv_heads;
   auto by_dim = [&](auto k) {
-    if (head_dim == 64) launch(k, std::integral_constant<int, 64>{});
-    else launch(k, std::integral_constant<int, 128>{});
+    constexpr KvType kType = decltype(k)::value;
+    if (head_dim == 64) launch_flash<kType, true, 64, 64>(stream, rows, batch, q, heads, group, softmax_scale, out);
+    else launch_flash<kType, true, 128, 128>(stream, rows, batch, q, heads, group, softmax_scale, out);
   };
   if (kv.type == KvType::f16) by_dim(std::integral_constant<KvType, KvType::f16>{});
   else by_dim(std::integral_constant<KvType, KvType::bf16>{});
-  detail::check_launch("flash_gqa_attention");
+}
+
+bool flash_mla_supported(const DeviceBatch& b, int64_t heads, int64_t nope, int64_t rope, int64_t v, int64_t kv_lora,
+                         const PagedKv& kv) {
+  return b.one_sequence && b.tokens >= kMinTokens && (kv.type == KvType::f16 || kv.type == KvType::bf16) &&
+         nope == kMlaNope && rope == kMlaRope && v == kMlaV && kv_lora > 0 && kv_lora % 2 == 0 &&
+         kv.row_bytes >= (kv_lora + rope) * 2 && heads > 0 && heads <= 65535 && b.max_context > 0;
+}
+
+size_t flash_mla_scratch_bytes(const DeviceBatch& b, int64_t heads, int64_t kv_lora) {
+  const auto n = static_cast<size_t>(b.max_context), h = static_cast<size_t>(heads);
+  const size_t floats = n * static_cast<size_t>(kv_lora) + n * h * (kMlaNope + kMlaV);
+  const size_t halves = n * h * (kMlaNope + kMlaRope + kMlaV);
+  return floats * 4 + halves * 2 + 64;
+}
+
+void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const DeviceWeight& kv_b,
+                       TensorCoreMath math, const float* q, int64_t heads, int64_t nope, int64_t rope, int64_t v,
+                       int64_t kv_lora, float softmax_scale, void* scratch, float* out) {
+  if (batch.tokens <= 0) return;
+  if (!flash_mla_supported(batch, heads, nope, rope, v, kv_lora, kv) ||
+      kv_b.out_features != heads * (nope + v) || kv_b.in_features != kv_lora)
+    throw Error(ErrorKind::internal,
+                text("cuda flash_mla_prefill: unsupported batch or shape (", batch.tokens, " tokens, ", heads,
+                     " heads, nope ", nope, " rope ", rope, " v ", v, " latent ", kv_lora, ")"));
+  const int64_t n = batch.max_context;
+  auto* latent = static_cast<float*>(scratch);
+  float* expanded = latent + n * kv_lora;
+  auto* k_rows = reinterpret_cast<uint16_t*>(expanded + n * heads * (nope + v));
+  uint16_t* v_rows = k_rows + n * heads * (nope + rope);
+  const unsigned blocks = detail::grid_dim(n, "flash_mla_prefill (positions)");
+  auto run = [&](auto k) {
+    constexpr KvType kType = decltype(k)::value;
+    gather_latent_kernel<kType><<<blocks, 128, 0, detail::native(stream)>>>(kv, batch, static_cast<int>(kv_lora), latent);
+    detail::check_launch("flash_mla_prefill (latent)");
+    linear(stream, kv_b, latent, n, expanded, math);
+    build_heads_kernel<kType, kMlaNope, kMlaRope, kMlaV><<<blocks, 256, 0, detail::native(stream)>>>(
+        kv, batch, expanded, static_cast<int>(heads), static_cast<int>(kv_lora), k_rows, v_rows);
+    detail::check_launch("flash_mla_prefill (heads)");
+    KvRows rows;
+    rows.k = reinterpret_cast<const uint8_t*>(k_rows);
+    rows.v = reinterpret_cast<const uint8_t*>(v_rows);
+    rows.kv_heads = static_cast<int>(heads);
+    launch_flash<kType, false, kMlaNope + kMlaRope, kMlaV>(stream, rows, batch, q, heads, 1, softmax_scale, out);
+  };
+  if (kv.type == KvType::f16) run(std::integral_constant<KvType, KvType::f16>{});
+  else run(std::integral_constant<KvType, KvType::bf16>{});
 }
 
 }  // namespace tandem::cuda

@@ -84,6 +84,14 @@ void OpTimingBackend::mla_expand_values(const LinearWeight& kv_b, const MlaShape
                                         int64_t tokens, float* out) {
   timed("mla_expand_values", tokens, [&] { inner_.mla_expand_values(kv_b, shape, attended, tokens, out); });
 }
+bool OpTimingBackend::mla_prefill_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch,
+                                            const LinearWeight& kv_b, const MlaShape& shape, const float* q,
+                                            float softmax_scale, float* out) {
+  bool done = false;
+  timed("mla_prefill_attention", batch.tokens,
+        [&] { done = inner_.mla_prefill_attention(kv, layer, batch, kv_b, shape, q, softmax_scale, out); });
+  return done;
+}
 void OpTimingBackend::silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                                    const float* x, int64_t tokens, float* out) {
   timed("silu_glu_mlp", tokens, [&] { inner_.silu_glu_mlp(gate, up, down, x, tokens, out); });

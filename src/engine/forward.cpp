@@ -339,11 +339,13 @@ struct ForwardPass::Impl {
     b.rope(rope, q + mla.nope, T, nh * q_head, nh, q_head, m.i64(kPositions));
     const AttentionBatch batch = attention_batch(m, T);
     b.kv_append(kv, layer, 0, batch, kv_a, kv_width);
-    b.gather_rows(q + mla.nope, q_head, nullptr, T * nh, mla.rope, m.f(kQRope), mla.rope);
-    b.mla_absorb_query(L.kv_b, mla, q, T, m.f(kQLatent));
-    b.mla_attention(kv, layer, batch, m.f(kQLatent), m.f(kQRope), nh, mla.kv_lora, mla.rope, softmax_scale,
-                    m.f(kAttended));
-    b.mla_expand_values(L.kv_b, mla, m.f(kAttended), T, m.f(kHeadsOut));
+    if (!b.mla_prefill_attention(kv, layer, batch, L.kv_b, mla, q, softmax_scale, m.f(kHeadsOut))) {
+      b.gather_rows(q + mla.nope, q_head, nullptr, T * nh, mla.rope, m.f(kQRope), mla.rope);
+      b.mla_absorb_query(L.kv_b, mla, q, T, m.f(kQLatent));
+      b.mla_attention(kv, layer, batch, m.f(kQLatent), m.f(kQRope), nh, mla.kv_lora, mla.rope, softmax_scale,
+                      m.f(kAttended));
+      b.mla_expand_values(L.kv_b, mla, m.f(kAttended), T, m.f(kHeadsOut));
+    }
     b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
     back(m, kBlockOut, T);
   }

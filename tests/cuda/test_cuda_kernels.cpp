@@ -314,6 +314,70 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
       }
 }
 
+TEST_CASE("cuda flash MLA prefill equals the absorbed float32 path within its operands' rounding",
+          "[cuda][attention]") {
+  if (!have_gpu()) return;
+  struct Chunk {
+    int64_t start, tokens;
+  };
+  const int64_t nope = 128, rope = 64, v = 128, kv_lora = 512;
+  for (KvType type : {KvType::f16, KvType::bf16})
+    for (int64_t heads : {16, 128})  // DeepSeek-V2-Lite's and V3's heads
+      for (Chunk ch : {Chunk{0, 64}, Chunk{0, 300}, Chunk{90, 200}}) {
+        if (heads == 128 && ch.tokens != 300) continue;
+        RandomPagedCache c = one_sequence_cache(type, ch.start, ch.tokens, kv_lora + rope, 21);
+        REQUIRE(cuda::flash_mla_supported(c.batch, heads, nope, rope, v, kv_lora, c.kv));
+        const int64_t T = ch.tokens;
+        const auto q = random_floats(static_cast<size_t>(T * heads * (nope + rope)), 22);
+        std::vector<float> q_rope(static_cast<size_t>(T * heads * rope));
+        for (int64_t r = 0; r < T * heads; ++r)
+          for (int64_t i = 0; i < rope; ++i)
+            q_rope[static_cast<size_t>(r * rope + i)] = q[static_cast<size_t>(r * (nope + rope) + nope + i)];
+        auto w = random_floats(static_cast<size_t>(heads * (nope + v) * kv_lora), 23);
+        for (auto& x : w) x *= 0.05f;
+        cuda::Stream stream(0);
+        cuda::DeviceBuffer dq(0, q.size() * 4), dr(0, q_rope.size() * 4), dw(0, w.size() * 4),
+            q_latent(0, static_cast<size_t>(T * heads * kv_lora) * 4),
+            attended(0, static_cast<size_t>(T * heads * kv_lora) * 4),
+            scores(0, static_cast<size_t>(cuda::attention_scratch_floats(c.batch, heads)) * 4),
+            work(0, cuda::flash_mla_scratch_bytes(c.batch, heads, kv_lora)),
+            flash_out(0, static_cast<size_t>(T * heads * v) * 4), plain_out(0, static_cast<size_t>(T * heads * v) * 4);
+        dq.upload(q.data(), q.size() * 4);
+        dr.upload(q_rope.data(), q_rope.size() * 4);
+        dw.upload(w.data(), w.size() * 4);
+        cuda::DeviceWeight kv_b;
+        kv_b.type = DType::f32;
+        kv_b.data = dw.data();
+        kv_b.out_features = heads * (nope + v);
+        kv_b.in_features = kv_lora;
+        const float scale = 1.f / std::sqrt(static_cast<float>(nope + rope));
+        const auto* qp = static_cast<const float*>(dq.data());
+        cuda::flash_mla_prefill(stream, c.kv, c.batch, kv_b, cuda::TensorCoreMath::tf32x3, qp, heads, nope, rope, v,
+                                kv_lora, scale, work.data(), static_cast<float*>(flash_out.data()));
+        cuda::mla_absorb_query(stream, kv_b, heads, nope, rope, v, kv_lora, qp, T, static_cast<float*>(q_latent.data()));
+        cuda::mla_attention_unsplit(stream, c.kv, c.batch, static_cast<const float*>(q_latent.data()),
+                                    static_cast<const float*>(dr.data()), heads, kv_lora, rope, scale,
+                                    static_cast<float*>(scores.data()), static_cast<float*>(attended.data()));
+        cuda::mla_expand_values(stream, kv_b, heads, nope, v, kv_lora, static_cast<const float*>(attended.data()), T,
+                                static_cast<float*>(plain_out.data()));
+        stream.synchronize();
+        std::vector<float> a(static_cast<size_t>(T * heads * v)), b(a.size());
+        flash_out.download(a.data(), a.size() * 4);
+        plain_out.download(b.data(), b.size() * 4);
+        double max_err = 0, max_ref = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          max_err = std::max(max_err, std::abs(static_cast<double>(a[i]) - b[i]));
+          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
+        }
+        INFO(kv_type_name(type) << " heads " << heads << " chunk " << ch.start << "+" << T << ": max err " << max_err
+                                << " of " << max_ref);
+        CHECK(max_ref > 0);
+        CHECK(std::isfinite(max_err));
+        // K, V, Q and P in the cache's type (the expanded K and V are rounded once more than the latent).
+        CHECK(max_err <= (type == KvType::f16 ? 4e-3 : 3e-2) * max_ref);
+      }
+}
+
 TEST_CASE("cuda flash prefill attention applies only where it can", "[cuda][attention]") {
   if (!have_gpu()) return;
   RandomPagedCache c = one_sequence_cache(KvType::f16, 0, 64, 4 * 128, 13);

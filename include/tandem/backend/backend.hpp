@@ -105,6 +105,17 @@ class Backend {
                                 int64_t tokens, float* q_latent) = 0;
   virtual void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended,
                                  int64_t tokens, float* out) = 0;
+  // MLA attention of one prompt chunk straight from the unabsorbed q [tokens, heads·(nope + rope)]
+  // (rope part rotated) to the heads' values out [tokens, heads·v] — what mla_absorb_query,
+  // mla_attention and mla_expand_values give together — in multi-head form (K and V expanded from
+  // the latent cache through kv_b), where that is cheaper. Returns false, having done nothing, where
+  // the backend has no such path for this batch; the caller then takes the three calls.
+  virtual bool mla_prefill_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch,
+                                     const LinearWeight& kv_b, const MlaShape& shape, const float* q,
+                                     float softmax_scale, float* out) {
+    (void)kv, (void)layer, (void)batch, (void)kv_b, (void)shape, (void)q, (void)softmax_scale, (void)out;
+    return false;
+  }
   virtual void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                             const float* x, int64_t tokens, float* out) = 0;
   virtual void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens,

@@ -60,6 +60,10 @@ class ForwardingBackend : public Backend {
                          float* out) override {
     inner_.mla_expand_values(kv_b, shape, attended, tokens, out);
   }
+  bool mla_prefill_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const LinearWeight& kv_b,
+                             const MlaShape& shape, const float* q, float softmax_scale, float* out) override {
+    return inner_.mla_prefill_attention(kv, layer, batch, kv_b, shape, q, softmax_scale, out);
+  }
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                     const float* x, int64_t tokens, float* out) override {
     inner_.silu_glu_mlp(gate, up, down, x, tokens, out);

@@ -44,6 +44,8 @@ class OpTimingBackend final : public ForwardingBackend {
                         float* q_latent) override;
   void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
                          float* out) override;
+  bool mla_prefill_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const LinearWeight& kv_b,
+                             const MlaShape& shape, const float* q, float softmax_scale, float* out) override;
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                     const float* x, int64_t tokens, float* out) override;
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,

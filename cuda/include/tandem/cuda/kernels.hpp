@@ -114,6 +114,21 @@ bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_h
 void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
                          int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out);
 
+// MLA attention of one sequence's prompt chunk in multi-head form on the tensor cores: the context's
+// latent rows (positions [0, batch.max_context), max_context = the last token's position + 1) are
+// expanded through kv_b (`math`) into per-head K = [k_nope | cached k_rope] and V rows in the cache's
+// type, then flash_gqa_attention's kernel runs with one KV head per query head. q [tokens,
+// heads·(nope + rope)] (rope part rotated, unabsorbed); out [tokens, heads·v]: what
+// mla_absorb_query, mla_attention and mla_expand_values give together. Applies when
+// flash_mla_supported: as flash_attention_supported, and DeepSeek's nope 128, rope 64, v 128.
+// scratch: flash_mla_scratch_bytes (~0.9 GB for 128 heads at 4k positions).
+bool flash_mla_supported(const DeviceBatch& b, int64_t heads, int64_t nope, int64_t rope, int64_t v, int64_t kv_lora,
+                         const PagedKv& kv);
+size_t flash_mla_scratch_bytes(const DeviceBatch& b, int64_t heads, int64_t kv_lora);
+void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const DeviceWeight& kv_b,
+                       TensorCoreMath math, const float* q, int64_t heads, int64_t nope, int64_t rope, int64_t v,
+                       int64_t kv_lora, float softmax_scale, void* scratch, float* out);
+
 // Absorbed MLA attention over the latent cache (one plane: kv_lora latent then rope key).
 // q_latent [tokens, heads, kv_lora], q_rope [tokens, heads, rope_dim]; out [tokens, heads, kv_lora].
 // Latents of at most 1024 values in an f32/f16/bf16 cache run as split-K flash decoding (a block per
