@@ -88,25 +88,26 @@ inline CLI::Option* add_defer_experts_flag(CLI::App& app, int64_t& defer) {
 
 // `--ubatch N` (llama.cpp's -ub, rewritten): tokens per forward pass, so a longer prompt runs in
 // chunks of N (LoadOptions::max_batch_tokens); used by run, chat and bench model (serve's
-// --max-batch-tokens takes the same spellings). 0 = the default pass size.
+// --max-batch-tokens takes the same spellings). 0 = automatic (LoadOptions::kBatchTokensAutomatic).
 inline CLI::Option* add_ubatch_flag(CLI::App& app, int64_t& ubatch) {
   return app.add_option("--ubatch,--ubatch-size", ubatch,
                         "tokens per forward pass: longer prompts run in chunks of N (llama.cpp's -ub); larger passes "
-                        "read each expert once for more tokens; 0 = the default, " +
-                            std::to_string(LoadOptions{}.max_batch_tokens));
+                        "read each expert once for more tokens; 0 = automatic: " +
+                            std::to_string(LoadOptions::kDefaultBatchTokens) + ", or " +
+                            std::to_string(LoadOptions::kStreamedBatchTokens) +
+                            " when routed experts stream to the GPU (at most the context)");
 }
 
-// The --ubatch value as LoadOptions::max_batch_tokens (0 = the default; never above a known context:
+// The --ubatch value as LoadOptions::max_batch_tokens (0 = automatic; never above a known context:
 // a pass longer than the context would only size buffers no chunk fills); Error(invalid_argument)
 // naming the flag.
 inline int64_t ubatch_from_flag(int64_t ubatch, int64_t context_tokens) {
   constexpr int64_t kMax = int64_t{1} << 20;
   if (ubatch < 0 || ubatch > kMax)
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("--ubatch must be within [1, {}] tokens per pass (0 = the default, {}), not {}", kMax,
-                            LoadOptions{}.max_batch_tokens, ubatch));
-  const int64_t tokens = ubatch == 0 ? LoadOptions{}.max_batch_tokens : ubatch;
-  return context_tokens > 0 ? std::min(tokens, context_tokens) : tokens;
+                fmt::format("--ubatch must be within [1, {}] tokens per pass (0 = automatic), not {}", kMax, ubatch));
+  if (ubatch == LoadOptions::kBatchTokensAutomatic) return ubatch;  // the engine caps it at the context
+  return context_tokens > 0 ? std::min(ubatch, context_tokens) : ubatch;
 }
 
 // The --defer-experts value checked for sign; Error(invalid_argument) naming the flag.
@@ -249,7 +250,7 @@ struct GenerationFlags {
   std::string kv_policy;  // --kv-policy; "" = full
   std::string cpu_kernels;  // --cpu-kernels; "" = fast
   int64_t defer_experts = 0;  // --defer-experts; 0 = off
-  int64_t ubatch = 0;         // --ubatch; 0 = the default pass size
+  int64_t ubatch = 0;         // --ubatch; 0 = automatic
   KvDiskFlags kv_disk;
   bool stats = false;  // print the speed line even when stderr is not a terminal
   LlamaCompatFlags llama;

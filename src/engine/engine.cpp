@@ -81,7 +81,7 @@ void check_options(const LoadOptions& o) {
   if (o.max_context_tokens != 0) positive(o.max_context_tokens, "max_context_tokens");  // 0: the model's
   positive(o.max_sessions, "max_sessions");
   positive(o.kv_block_tokens, "kv_block_tokens");
-  positive(o.max_batch_tokens, "max_batch_tokens");
+  if (o.max_batch_tokens != LoadOptions::kBatchTokensAutomatic) positive(o.max_batch_tokens, "max_batch_tokens");
   if (static_cast<int>(o.kv_type) < 0 || static_cast<int>(o.kv_type) > static_cast<int>(KvType::int4))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("load option kv_type {} is not a KV type", static_cast<int>(o.kv_type)));
@@ -164,6 +164,9 @@ class CpuEngine final : public Engine {
   CpuEngine(ModelFiles files, const LoadOptions& options, Placement placement)
       : files_(std::move(files)), options_(options), placement_(std::move(placement)) {
     if (options_.max_context_tokens == 0) options_.max_context_tokens = default_context_tokens(files_.config);
+    const bool automatic_batch = options_.max_batch_tokens == LoadOptions::kBatchTokensAutomatic;
+    if (automatic_batch)
+      options_.max_batch_tokens = std::min(LoadOptions::kDefaultBatchTokens, options_.max_context_tokens);
     if (!options_.kv_policy.empty()) retention_policy_ = RetentionPolicy::parse(options_.kv_policy);
     auto step = [&](float fraction, std::string_view stage) {
       if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
@@ -291,6 +294,11 @@ class CpuEngine final : public Engine {
     }
     if (stream_min > 0 && !gpu_backends_.empty()) step(0.7f, "copying streamed experts to pinned memory");
     forward_->set_stream_experts_min_tokens(stream_min);
+    if (automatic_batch && stream_min > 0 && forward_->streamable_expert_bytes() > 0 &&
+        options_.placement_flags.vram_budget.empty()) {
+      options_.max_batch_tokens = std::min(LoadOptions::kStreamedBatchTokens, options_.max_context_tokens);
+      forward_->set_max_batch_tokens(options_.max_batch_tokens);
+    }
     if (options_.load_tokenizer) {
       step(0.8f, "loading tokenizer");
       load_text_side();

@@ -541,6 +541,31 @@ uint64_t ForwardPass::streamable_expert_bytes() const {
   return bytes;
 }
 
+void ForwardPass::set_max_batch_tokens(int64_t tokens) {
+  Impl& m = *impl_;
+  if (tokens <= 0)
+    throw Error(ErrorKind::invalid_argument, fmt::format("forward: max_batch_tokens must be positive, not {}", tokens));
+  if (tokens == m.max_tokens) return;
+  m.recordings.clear();  // they hold the old buffers' addresses
+  m.max_tokens = tokens;
+  for (Mirror& each : m.mirrors) {
+    each.backend->synchronize();
+    for (int a = 0; a < kActCount; ++a) {
+      auto& buffer = each.act[static_cast<size_t>(a)];
+      buffer = DeviceBuffer();
+      buffer = each.backend->allocate(static_cast<size_t>(tokens * std::max<int64_t>(1, m.width[a])) *
+                                      element_bytes(static_cast<Act>(a)));
+    }
+  }
+  const auto T = static_cast<size_t>(tokens);
+  for (auto* v : {&m.positions, &m.slots}) v->assign(T, 0);
+  m.ids.assign(T, 0);
+  m.logit_rows.assign(T, 0);
+  m.tables.assign(T, nullptr);
+  m.read_tables.assign(T, nullptr);
+  m.attention_rows.assign(T, nullptr);
+}
+
 void ForwardPass::set_record_graphs(bool on) {
   impl_->record_graphs = on;
   if (!on) impl_->recordings.clear();

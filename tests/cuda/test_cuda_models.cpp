@@ -380,17 +380,20 @@ TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal
   }
   // The default (automatic) streams passes of 256+ tokens when the experts' pinned copies are small
   // beside the machine's memory, as the tiny model's are.
+  // The automatic pass size is then 4096 tokens (every pass copies the streamed experts), cut to the
+  // context.
   LoadOptions o;
   o.kv_type = KvType::f32;
-  o.max_context_tokens = 512;
-  o.max_batch_tokens = 512;
+  o.max_context_tokens = 1024;
   o.load_tokenizer = false;
   o.cpu_kernels = CpuKernels::reference;
   o.cuda_prefill_bf16 = false;
   o.placement = "experts=cpu,*=cuda:0";
   REQUIRE(o.stream_experts_min_tokens == LoadOptions::kStreamExpertsAutomatic);
+  REQUIRE(o.max_batch_tokens == LoadOptions::kBatchTokensAutomatic);
   const std::string tiny = data + "/tiny-qwen3moe/qwen3moe-q8_0.gguf";
   const auto automatic = Engine::load(tiny, o);
+  CHECK(automatic->options().max_batch_tokens == 1024);
   std::vector<int32_t> ids;
   for (int32_t i = 0; i < 300; ++i) ids.push_back(1 + (i * 37) % 200);
   const auto short_prompt = std::vector<int32_t>(ids.begin(), ids.begin() + 200);

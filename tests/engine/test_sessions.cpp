@@ -219,6 +219,20 @@ TEST_CASE("limits give typed errors", "[engine][kv][errors]") {
     options.stream_experts_min_tokens = -2;  // -1 is automatic, 0 never
     CHECK_THROWS_WITH(Engine::load(test::data_dir() + "/tiny-qwen3moe", options),
                       Catch::Contains("stream_experts_min_tokens -2"));
+    options = LoadOptions{};
+    options.max_batch_tokens = -1;  // 0 is automatic
+    CHECK_THROWS_WITH(Engine::load(test::data_dir() + "/tiny-qwen3moe", options),
+                      Catch::Contains("max_batch_tokens must be positive, got -1"));
+  }
+  SECTION("max_batch_tokens 0 (automatic) is 512 tokens on the CPU, at most the context") {
+    LoadOptions options;
+    options.load_tokenizer = false;
+    REQUIRE(options.max_batch_tokens == LoadOptions::kBatchTokensAutomatic);
+    options.max_context_tokens = 1024;
+    CHECK(Engine::load(test::data_dir() + "/tiny-qwen3moe", options)->options().max_batch_tokens ==
+          LoadOptions::kDefaultBatchTokens);
+    options.max_context_tokens = 100;
+    CHECK(Engine::load(test::data_dir() + "/tiny-qwen3moe", options)->options().max_batch_tokens == 100);
   }
   SECTION("max_context_tokens 0 takes the model's trained context, at most 4096") {
     LoadOptions options;

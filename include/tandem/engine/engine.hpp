@@ -60,7 +60,14 @@ struct LoadOptions {
   // the process and serve later ones loading the same model with the same KV type.
   std::string kv_disk_dir;
   uint64_t kv_disk_bytes = 0;
-  int64_t max_batch_tokens = 512;     // tokens one forward pass may take (prompt chunks)
+  // Tokens one forward pass may take (prompt chunks). kBatchTokensAutomatic: kDefaultBatchTokens,
+  // or kStreamedBatchTokens when routed experts stream to a GPU for prefill (each pass copies every
+  // streamed expert over PCIe, so fewer, larger passes copy less) and no --vram-budget planned the
+  // buffers; never more than max_context_tokens. options() reports the value chosen.
+  static constexpr int64_t kBatchTokensAutomatic = 0;
+  static constexpr int64_t kDefaultBatchTokens = 512;
+  static constexpr int64_t kStreamedBatchTokens = 4096;
+  int64_t max_batch_tokens = kBatchTokensAutomatic;
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
   PlacementFlags placement_flags;     // -ngl, --cpu-moe, --n-cpu-moe, -ot, --vram-budget (after `placement`)
   bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them

@@ -70,6 +70,10 @@ class ForwardPass {
   void set_stream_experts_min_tokens(int64_t tokens);
   // Bytes of the routed experts that could stream (in host memory, their router on a GPU).
   uint64_t streamable_expert_bytes() const;
+  // Passes of up to `tokens` tokens from now on (the constructor's max_batch_tokens until then): the
+  // activation buffers are made again at that size and recorded passes dropped. Error(invalid_argument)
+  // unless positive.
+  void set_max_batch_tokens(int64_t tokens);
 
  private:
   struct Impl;
