@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "tandem/cuda/cuda_device.hpp"
+#include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/tensor/dtype.hpp"
 
@@ -87,7 +88,8 @@ bool have_gpu(benchmark::State& state) {
 int64_t stored_row_bytes(DType type, int64_t in) { return static_cast<int64_t>(*row_bytes(type, in)); }
 
 // y = W x for one token (or a few): range(0) out, range(1) in, range(2) tokens, range(3) the
-// tensor-core math of 32+ tokens (0 bf16, 1 3xTF32).
+// tensor-core math of 32+ tokens (0 bf16 tiles, 1 3xTF32 tiles, 2 the weight dequantised to bf16 and
+// cuBLAS, as the CUDA backend does from 256 tokens).
 void bench_linear(benchmark::State& state, DType type) {
   if (!have_gpu(state)) return;
   Gpu gpu;
@@ -97,7 +99,27 @@ void bench_linear(benchmark::State& state, DType type) {
   const float* x = gpu.random_floats(static_cast<size_t>(in * tokens));
   float* y = gpu.random_floats(static_cast<size_t>(out * tokens));
   const auto math = state.range(3) == 0 ? cuda::TensorCoreMath::bf16 : cuda::TensorCoreMath::tf32x3;
-  run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y, math); }, static_cast<double>(wbytes));
+  cuda::BlasGemm blas(0);
+  if (state.range(3) == 2) {
+    if (!blas.available()) {
+      state.SkipWithError(("no cuBLAS: " + blas.why_not()).c_str());
+      return;
+    }
+    gpu.buffers.emplace_back(0, static_cast<size_t>(out * in) * 2);
+    void* w16 = gpu.buffers.back().data();
+    gpu.buffers.emplace_back(0, static_cast<size_t>(tokens * in) * 2);
+    void* x16 = gpu.buffers.back().data();
+    run_timed(
+        state, gpu,
+        [&] {
+          cuda::dequantize_bf16(gpu.stream, w, w16);
+          cuda::round_bf16(gpu.stream, x, tokens * in, x16);
+          blas.gemm_bf16(gpu.stream, w16, x16, tokens, out, in, y);
+        },
+        static_cast<double>(wbytes));
+  } else {
+    run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y, math); }, static_cast<double>(wbytes));
+  }
   state.counters["TFLOP/s"] = benchmark::Counter(2e-12 * static_cast<double>(out * in * tokens) *
                                                      static_cast<double>(state.iterations()),
                                                  benchmark::Counter::kIsRate);
@@ -320,6 +342,8 @@ void register_all() {
       for (int64_t tokens : {1, 4, 16}) b->Args({out, in, tokens, 0});
     for (int64_t math : {0, 1}) b->Args({4096, 2048, 512, math});  // prefill: the tensor-core tiles
     b->Args({4096, 2048, 4096, 0});
+    if (type == DType::q4_k || type == DType::bf16)
+      for (int64_t tokens : {512, 4096}) b->Args({4096, 2048, tokens, 2});
     if (type == DType::q6_k) b->Args({151936, 2048, 1, 0});
   }
   for (DType down : {DType::q4_k, DType::q6_k}) {

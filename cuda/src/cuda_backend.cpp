@@ -13,16 +13,19 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "tandem/backend/rope_tables.hpp"
+#include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/cuda_device.hpp"
 #include "expert_streamer.hpp"
 #include "tandem/cuda/kernels.hpp"
@@ -38,7 +41,7 @@ namespace {
 // (cuda::moe_by_pairs); larger ones group the pairs by expert through the host.
 constexpr int64_t kPairwiseMaxTokens = 16;
 
-enum Slot : int { kGate, kUp, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kMla, kCount };
+enum Slot : int { kGate, kUp, kGathered, kDown, kSlots, kScores, kIndex, kRouter, kMla, kBlasWeight, kBlasInput, kCount };
 
 class CudaEvent final : public BackendEvent {
  public:
@@ -49,7 +52,10 @@ class CudaEvent final : public BackendEvent {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device), stream_(device) {}
+  explicit CudaBackend(int device) : device_(device), stream_(device), blas_(device) {
+    const char* blas = std::getenv("TANDEM_CUDA_BLAS");
+    blas_enabled_ = !(blas != nullptr && std::string_view(blas) == "0");
+  }
   ~CudaBackend() override {
     try {
       stream_.synchronize();
@@ -190,7 +196,28 @@ class CudaBackend final : public Backend {
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override {
     stream_.make_current();
     if (rows <= 0) return;
+    if (blas_linear(w, x, rows, y)) return;
     cuda::linear(stream_, weight(w), x, rows, y, math_for(w.weight.dtype));
+  }
+
+  // Prefill batches of kBlasMinRows+ tokens with bf16 math multiply through cuBLAS when it loads
+  // (TANDEM_CUDA_BLAS=0: never): the same bf16 operands as the tiles, the weight dequantised to bf16
+  // once per call into working memory (weights of more than kBlasMaxWeightValues values, the output
+  // matrix of a large vocabulary, stay on the tiles).
+  static constexpr int64_t kBlasMinRows = 256;
+  static constexpr int64_t kBlasMaxWeightValues = int64_t{64} << 20;
+  bool blas_linear(const LinearWeight& w, const float* x, int64_t rows, float* y) {
+    if (!blas_enabled_ || rows < kBlasMinRows || math_for(w.weight.dtype) != cuda::TensorCoreMath::bf16) return false;
+    const cuda::DeviceWeight dw = weight(w);
+    if (dw.bias != nullptr || dw.in_features % 32 != 0 || dw.out_features * dw.in_features > kBlasMaxWeightValues ||
+        !blas_.available())
+      return false;
+    void* w16 = scratch_bytes(kBlasWeight, static_cast<size_t>(dw.out_features * dw.in_features) * 2);
+    void* x16 = scratch_bytes(kBlasInput, static_cast<size_t>(rows * dw.in_features) * 2);
+    cuda::dequantize_bf16(stream_, dw, w16);
+    cuda::round_bf16(stream_, x, rows * dw.in_features, x16);
+    blas_.gemm_bf16(stream_, w16, x16, rows, dw.out_features, dw.in_features, y);
+    return true;
   }
 
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
@@ -680,6 +707,8 @@ class CudaBackend final : public Backend {
   int device_;
   cuda::Stream stream_;
   bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
+  cuda::BlasGemm blas_;
+  bool blas_enabled_ = true;
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).

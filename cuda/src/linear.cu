@@ -3,6 +3,8 @@
 // row once, 32 values per lane step dequantised in registers, applied to a tile of up to kTile
 // tokens (x staged in shared memory when it fits). Batches of kTensorCoreMinRows tokens and more go
 // to the tensor cores (linear_tensor_cores.cu) when their shape allows.
+#include <cuda_bf16.h>
+
 #include <algorithm>
 
 #include "dequant.cuh"
@@ -137,28 +139,37 @@ int lane_splits(int64_t out_features, int64_t in_features, int64_t token_tiles) 
   return splits;
 }
 
-template <typename D>
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// out[r] = row (row_ids[r] or row_begin + r) of the weight as float32, or rounded to bf16.
+template <typename D, typename Out>
 __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int64_t in_features,
                                   const float* block_scales, int64_t scale_cols, const int32_t* row_ids,
-                                  int64_t row_begin, float* out) {
+                                  int64_t row_begin, Out* out) {
   const int64_t r = blockIdx.x;
   const int64_t src = row_ids != nullptr ? row_ids[r] : row_begin + r;
   const uint8_t* w = weight + src * row_bytes;
-  float* dst = out + r * in_features;
+  Out* dst = out + r * in_features;
   if constexpr (D::plain) {
     for (int64_t i = threadIdx.x; i < in_features; i += blockDim.x) {
       float v = D::element(w, i);
       if (block_scales != nullptr) v = __fmul_rn(v, block_scales[(src / kFp8Block) * scale_cols + i / kFp8Block]);
-      dst[i] = v;
+      store(dst + i, v);
     }
   } else {
     float v[32];
     for (int64_t c = threadIdx.x; c < in_features / 32; c += blockDim.x) {
       D::chunk(w, c, v);
 #pragma unroll
-      for (int j = 0; j < 32; ++j) dst[c * 32 + j] = v[j];
+      for (int j = 0; j < 32; ++j) store(dst + c * 32 + j, v[j]);
     }
   }
+}
+
+__global__ void round_bf16_kernel(const float* x, int64_t count, __nv_bfloat16* out) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
+    out[i] = __float2bfloat16_rn(x[i]);
 }
 
 int64_t checked_row_bytes(DType type, int64_t in_features, const char* what) {
@@ -237,11 +248,31 @@ void dequantize_rows(Stream& stream, const DeviceWeight& w, int64_t row_begin, i
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "dequantize_rows");
   dispatch_weight_type(w.type, [&](auto decoder) {
     using D = decltype(decoder);
-    dequantize_kernel<D><<<detail::grid_dim(row_end - row_begin, "dequantize_rows"), 128, 0,
-                           detail::native(stream)>>>(static_cast<const uint8_t*>(w.data), rb, w.in_features,
-                                                     w.block_scales, scale_columns(w), nullptr, row_begin, out);
+    dequantize_kernel<D, float><<<detail::grid_dim(row_end - row_begin, "dequantize_rows"), 128, 0,
+                                  detail::native(stream)>>>(static_cast<const uint8_t*>(w.data), rb, w.in_features,
+                                                            w.block_scales, scale_columns(w), nullptr, row_begin, out);
   });
   detail::check_launch("dequantize_rows");
+}
+
+void dequantize_bf16(Stream& stream, const DeviceWeight& w, void* out) {
+  if (w.out_features <= 0) return;
+  const int64_t rb = checked_row_bytes(w.type, w.in_features, "dequantize_bf16");
+  dispatch_weight_type(w.type, [&](auto decoder) {
+    using D = decltype(decoder);
+    dequantize_kernel<D, __nv_bfloat16><<<detail::grid_dim(w.out_features, "dequantize_bf16"), 128, 0,
+                                          detail::native(stream)>>>(
+        static_cast<const uint8_t*>(w.data), rb, w.in_features, w.block_scales, scale_columns(w), nullptr, 0,
+        static_cast<__nv_bfloat16*>(out));
+  });
+  detail::check_launch("dequantize_bf16");
+}
+
+void round_bf16(Stream& stream, const float* x, int64_t count, void* out) {
+  if (count <= 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096));
+  round_bf16_kernel<<<blocks, 256, 0, detail::native(stream)>>>(x, count, static_cast<__nv_bfloat16*>(out));
+  detail::check_launch("round_bf16");
 }
 
 void embedding(Stream& stream, DType type, const void* table, int64_t width, const int32_t* ids, int64_t count,
@@ -250,7 +281,7 @@ void embedding(Stream& stream, DType type, const void* table, int64_t width, con
   const int64_t rb = checked_row_bytes(type, width, "embedding");
   dispatch_weight_type(type, [&](auto decoder) {
     using D = decltype(decoder);
-    dequantize_kernel<D><<<detail::grid_dim(count, "embedding"), 128, 0, detail::native(stream)>>>(
+    dequantize_kernel<D, float><<<detail::grid_dim(count, "embedding"), 128, 0, detail::native(stream)>>>(
         static_cast<const uint8_t*>(table), rb, width, nullptr, 0, ids, 0, out);
   });
   detail::check_launch("embedding");

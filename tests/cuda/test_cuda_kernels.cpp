@@ -8,7 +8,9 @@
 #include <random>
 #include <vector>
 
+#include "cuda_test_support.hpp"
 #include "support/fixtures.hpp"
+#include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/formats/gguf.hpp"
@@ -99,6 +101,48 @@ TEST_CASE("cuda linear matches the CPU reference for f16 and bf16 weights", "[cu
     w.data = bits.data();
     w.nbytes = bits.size() * 2;
     for (int64_t rows : {1, 8, 17}) check_linear(w, rows);
+  }
+}
+
+TEST_CASE("cuda cuBLAS GEMM over bf16-rounded operands equals the bf16 tensor-core tiles", "[cuda]") {
+  if (!have_gpu()) return;
+  cuda::BlasGemm blas(0);
+  if (!blas.available()) {
+    WARN("skipped: cuBLAS is not loadable here (" << blas.why_not() << ")");
+    return;
+  }
+  const int64_t out = 384, in = 1024, rows = 300;
+  const auto x = random_floats(static_cast<size_t>(rows * in), 32);
+  cuda::Stream stream(0);
+  cuda::DeviceBuffer dx(0, x.size() * 4), tiles(0, static_cast<size_t>(rows * out) * 4),
+      gemm(0, static_cast<size_t>(rows * out) * 4), w16(0, static_cast<size_t>(out * in) * 2),
+      x16(0, x.size() * 2);
+  dx.upload(x.data(), x.size() * 4);
+  for (DType t : {DType::q4_k, DType::q6_k, DType::q8_0, DType::iq4_xs, DType::bf16, DType::f8_e4m3}) {
+    const test::OwnedWeight o = test::random_weight(t, out, in, 31);
+    cuda::DeviceBuffer bytes(0, o.bytes.size()), scales(0, std::max<size_t>(4, o.scales.size() * 4));
+    bytes.upload(o.bytes.data(), o.bytes.size());
+    if (!o.scales.empty()) scales.upload(o.scales.data(), o.scales.size() * 4);
+    cuda::DeviceWeight w{t, bytes.data(), out, in, o.scales.empty() ? nullptr : static_cast<const float*>(scales.data()),
+                         nullptr};
+    const auto* xp = static_cast<const float*>(dx.data());
+    cuda::linear(stream, w, xp, rows, static_cast<float*>(tiles.data()), cuda::TensorCoreMath::bf16);
+    cuda::dequantize_bf16(stream, w, w16.data());
+    cuda::round_bf16(stream, xp, rows * in, x16.data());
+    blas.gemm_bf16(stream, w16.data(), x16.data(), rows, out, in, static_cast<float*>(gemm.data()));
+    stream.synchronize();
+    std::vector<float> a(static_cast<size_t>(rows * out)), b(a.size());
+    gemm.download(a.data(), a.size() * 4);
+    tiles.download(b.data(), b.size() * 4);
+    double max_err = 0, max_ref = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      max_err = std::max(max_err, std::abs(static_cast<double>(a[i]) - b[i]));
+      max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
+    }
+    INFO(dtype_name(t) << ": max err " << max_err << " of " << max_ref);
+    CHECK(max_ref > 0);
+    // The same bf16 operands; only the float32 accumulation order differs.
+    CHECK(max_err <= 1e-4 * max_ref);
   }
 }
 

@@ -41,6 +41,10 @@ void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_f
 
 // out[r - row_begin] = W[r] as float32 for r in [row_begin, row_end) (FP8 block scales applied).
 void dequantize_rows(Stream& stream, const DeviceWeight& w, int64_t row_begin, int64_t row_end, float* out);
+// out [out_features, in_features] = the whole weight rounded to bf16 (FP8 block scales applied), and
+// out [count] = x rounded to bf16: the operands of a large-batch GEMM (BlasGemm).
+void dequantize_bf16(Stream& stream, const DeviceWeight& w, void* out);
+void round_bf16(Stream& stream, const float* x, int64_t count, void* out);
 
 // out[t] = table[ids[t]] dequantised; table [rows, width] stored as `type`; ids on the device and
 // checked by the caller.
