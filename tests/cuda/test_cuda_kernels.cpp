@@ -33,6 +33,24 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
   return v;
 }
 
+// How far `got` is from `ref`: the largest absolute difference, the largest |ref| and the mean
+// absolute difference.
+struct Deviation {
+  double max_err = 0, max_ref = 0, mean_err = 0;
+};
+Deviation deviation(const std::vector<float>& got, const std::vector<float>& ref) {
+  Deviation d;
+  for (size_t i = 0; i < got.size() && i < ref.size(); ++i) {
+    const double e = std::abs(static_cast<double>(got[i]) - ref[i]);
+    d.max_err = std::max(d.max_err, e);
+    d.mean_err += e;
+    d.max_ref = std::max(d.max_ref, static_cast<double>(std::abs(ref[i])));
+  }
+  if (!got.empty()) d.mean_err /= static_cast<double>(got.size());
+  if (got.size() != ref.size()) d.max_err = INFINITY;
+  return d;
+}
+
 // y = x · Wᵀ on the CPU in double, W dequantised row by row from its stored bytes.
 std::vector<double> reference_linear(const TensorView& w, const std::vector<float>& x, int64_t rows) {
   const int64_t out = w.shape[0], in = w.shape.back();
@@ -134,11 +152,7 @@ TEST_CASE("cuda cuBLAS GEMM over bf16-rounded operands equals the bf16 tensor-co
     std::vector<float> a(static_cast<size_t>(rows * out)), b(a.size());
     gemm.download(a.data(), a.size() * 4);
     tiles.download(b.data(), b.size() * 4);
-    double max_err = 0, max_ref = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      max_err = std::max(max_err, std::abs(static_cast<double>(a[i]) - b[i]));
-      max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
-    }
+    const auto [max_err, max_ref, mean_err] = deviation(a, b);
     INFO(dtype_name(t) << ": max err " << max_err << " of " << max_ref);
     CHECK(max_ref > 0);
     // The same bf16 operands; only the float32 accumulation order differs.
@@ -263,11 +277,7 @@ TEST_CASE("cuda split-K GQA attention equals the one-block-per-head kernel at ev
         std::vector<float> a(q.size()), b(q.size());
         split_out.download(a.data(), a.size() * 4);
         plain_out.download(b.data(), b.size() * 4);
-        double max_err = 0, max_ref = 0;
-        for (size_t i = 0; i < a.size(); ++i) {
-          max_err = std::max(max_err, static_cast<double>(std::abs(a[i] - b[i])));
-          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
-        }
+        const auto [max_err, max_ref, mean_err] = deviation(a, b);
         INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim << " tokens "
                                 << tokens << " context " << contexts.back() << ": max err " << max_err << " of "
                                 << max_ref);
@@ -340,16 +350,10 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
         std::vector<float> a(q3.size()), b(q3.size());
         flash_out.download(a.data(), a.size() * 4);
         plain_out.download(b.data(), b.size() * 4);
-        double max_err = 0, max_ref = 0, sum_err = 0;
-        for (size_t i = 0; i < a.size(); ++i) {
-          const double e = std::abs(static_cast<double>(a[i]) - b[i]);
-          max_err = std::max(max_err, e);
-          sum_err += e;
-          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
-        }
+        const auto [max_err, max_ref, mean_err] = deviation(a, b);
         INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim << " chunk "
                                 << ch.start << "+" << ch.tokens << ": max err " << max_err << " mean err "
-                                << sum_err / static_cast<double>(a.size()) << " of " << max_ref);
+                                << mean_err << " of " << max_ref);
         CHECK(max_ref > 0);
         CHECK(std::isfinite(max_err));
         // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8.
@@ -408,11 +412,7 @@ TEST_CASE("cuda flash MLA prefill equals the absorbed float32 path within its op
         std::vector<float> a(static_cast<size_t>(T * heads * v)), b(a.size());
         flash_out.download(a.data(), a.size() * 4);
         plain_out.download(b.data(), b.size() * 4);
-        double max_err = 0, max_ref = 0;
-        for (size_t i = 0; i < a.size(); ++i) {
-          max_err = std::max(max_err, std::abs(static_cast<double>(a[i]) - b[i]));
-          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
-        }
+        const auto [max_err, max_ref, mean_err] = deviation(a, b);
         INFO(kv_type_name(type) << " heads " << heads << " chunk " << ch.start << "+" << T << ": max err " << max_err
                                 << " of " << max_ref);
         CHECK(max_ref > 0);
@@ -475,11 +475,7 @@ TEST_CASE("cuda split-K MLA attention equals the one-block-per-head kernel", "[c
         std::vector<float> a(ql.size()), b(ql.size());
         split_out.download(a.data(), a.size() * 4);
         plain_out.download(b.data(), b.size() * 4);
-        double max_err = 0, max_ref = 0;
-        for (size_t i = 0; i < a.size(); ++i) {
-          max_err = std::max(max_err, static_cast<double>(std::abs(a[i] - b[i])));
-          max_ref = std::max(max_ref, static_cast<double>(std::abs(b[i])));
-        }
+        const auto [max_err, max_ref, mean_err] = deviation(a, b);
         INFO(kv_type_name(type) << " heads " << s.heads << " latent " << s.kv_lora << " + " << s.rope << " tokens "
                                 << tokens << " context " << contexts.back() << ": max err " << max_err << " of "
                                 << max_ref);
