@@ -111,7 +111,8 @@ typedef struct tandem_load_params {
   int32_t threads;                /* 0 = one per physical core                                    */
   int64_t max_context_tokens;     /* per session; longer requests give OUT_OF_RANGE               */
   int64_t max_sessions;           /* sessions open at once                                        */
-  int64_t max_batch_tokens;       /* tokens one forward pass may take                             */
+  int64_t max_batch_tokens;       /* tokens one forward pass may take; 0 = automatic (the default:
+                                   * 4096 when experts stream to a GPU for prefill, else 512)     */
   int32_t load_tokenizer;         /* also load the tokenizer and chat template when shipped       */
   tandem_progress_fn progress;    /* may be NULL                                                  */
   void* progress_user_data;

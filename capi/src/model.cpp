@@ -64,13 +64,16 @@ LoadOptions to_load_options(const tandem_load_params& params, std::atomic<bool>&
                 fmt::format("tandem_load_params.threads is {}, must be >= 0", params.threads));
   }
   for (auto [value, name] : {std::pair{params.max_context_tokens, "max_context_tokens"},
-                             std::pair{params.max_sessions, "max_sessions"},
-                             std::pair{params.max_batch_tokens, "max_batch_tokens"}}) {
+                             std::pair{params.max_sessions, "max_sessions"}}) {
     if (value <= 0) {
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("tandem_load_params.{} is {}, must be > 0", name, value));
     }
   }
+  if (params.max_batch_tokens < 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("tandem_load_params.max_batch_tokens is {}, must be >= 0 (0 = automatic)",
+                            params.max_batch_tokens));
   LoadOptions options;
   options.threads = params.threads;
   options.max_context_tokens = params.max_context_tokens;

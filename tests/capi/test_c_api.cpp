@@ -206,6 +206,11 @@ TEST_CASE("C ABI: error paths give a status and a message") {
     params.max_context_tokens = -5;
     CHECK(tandem_model_load(tiny_model_path().c_str(), &params, &model) == TANDEM_STATUS_INVALID_ARGUMENT);
     CHECK(std::string(tandem_last_error()).find("max_context_tokens") != std::string::npos);
+    params = tandem_load_default_params();
+    CHECK(params.max_batch_tokens == 0);  // automatic
+    params.max_batch_tokens = -1;
+    CHECK(tandem_model_load(tiny_model_path().c_str(), &params, &model) == TANDEM_STATUS_INVALID_ARGUMENT);
+    CHECK(std::string(tandem_last_error()).find("max_batch_tokens is -1, must be >= 0") != std::string::npos);
     tandem_sampler_params sampling = tandem_sampler_default_params();
     sampling.top_p = 3.0f;
     tandem_sampler* sampler = nullptr;
