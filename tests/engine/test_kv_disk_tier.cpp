@@ -2,10 +2,14 @@
 // fallback alike); a second tier on the same directory — a later process — finds them; a flipped
 // byte, a truncated file, another model identity or another KV type is detected, counted and not
 // used; the size limit evicts the least recently used records; bad directories and sizes are
-// refused with a clear error.
+// refused with a clear error; a write the file system refuses (a full disk) leaves the block in
+// host memory only, counted, and the tier keeps working.
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cstring>
 #include <filesystem>
@@ -220,6 +224,61 @@ TEST_CASE("KV disk tier: corrupt, truncated and foreign records are detected, co
     store_one(tier);
     CHECK(tier.load(key, std::vector<int32_t>{target}) == 1);
     CHECK(bytes_of(pool, target) == bytes_of(pool, a));
+  }
+}
+
+namespace {
+
+// While alive, files this process writes may not grow past `bytes` (RLIMIT_FSIZE; writes past it
+// fail with EFBIG, as on a full disk, instead of raising SIGXFSZ).
+struct FileSizeLimit {
+  rlimit saved{};
+  void (*saved_handler)(int) = nullptr;
+  explicit FileSizeLimit(rlim_t bytes) {
+    saved_handler = std::signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &saved);
+    rlimit limited = saved;
+    limited.rlim_cur = bytes;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &limited) == 0);
+  }
+  ~FileSizeLimit() {
+    setrlimit(RLIMIT_FSIZE, &saved);
+    std::signal(SIGXFSZ, saved_handler);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("KV disk tier: a write the disk refuses leaves the block host-only, counted; the tier goes on",
+          "[kv][disk]") {
+  for (const bool uring : {true, false}) {
+    INFO("io_uring asked for: " << uring);
+    TempDir dir("full");
+    KvPool pool(small_spec());
+    const int32_t a = pool.allocate_block(), b = pool.allocate_block();
+    fill(pool, a, 5);
+    fill(pool, b, 6);
+    KvDiskTier tier(options(dir, uint64_t{1} << 30, uring), kModel, pool);
+    {
+      const FileSizeLimit full(tier.record_bytes() / 2);
+      tier.store(301, a);
+      tier.flush();
+    }
+    KvDiskStats s = tier.stats();
+    CHECK(s.write_failures == 1);
+    CHECK(s.written == 0);
+    CHECK(s.records == 0);
+    CHECK(s.bytes == 0);
+    CHECK_FALSE(tier.contains(301));
+    CHECK_FALSE(fs::exists(tier.path_of(301)));  // no partial record left to be found later
+    const int32_t x = pool.allocate_block();
+    CHECK(tier.load(std::vector<uint64_t>{301}, std::vector<int32_t>{x}) == 0);
+    // Room again: the next block is written and read back.
+    tier.store(302, b);
+    tier.flush();
+    CHECK(tier.stats().written == 1);
+    REQUIRE(tier.load(std::vector<uint64_t>{302}, std::vector<int32_t>{x}) == 1);
+    CHECK(bytes_of(pool, x) == bytes_of(pool, b));
   }
 }
 
