@@ -9,9 +9,11 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <vector>
 
 #include "support/cli.hpp"
+#include "support/file_size_limit.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/generate.hpp"
@@ -98,6 +100,28 @@ TEST_CASE("KV disk tier: a later engine adopts the prefix from disk with the col
       }
     }
   }
+}
+
+TEST_CASE("KV disk tier: a disk that refuses every write loses no request; the host tier still serves",
+          "[engine][kv][disk]") {
+  TempDir dir("full");
+  const auto off = load("tiny-qwen3moe", KvType::f16, "");
+  const GenerateResult cold = greedy(*off);
+  const auto engine = load("tiny-qwen3moe", KvType::f16, dir.path.string());
+  std::optional<KvDiskStats> stats;
+  {
+    const test::FileSizeLimit full(64);  // smaller than any record
+    const GenerateResult first = greedy(*engine);
+    CHECK(first.ids == cold.ids);
+    const GenerateResult again = greedy(*engine);  // the prefix from the host tier
+    CHECK(again.ids == cold.ids);
+    CHECK(again.stats.cached_prompt_tokens == 16);
+    stats = engine->kv_disk_stats();  // waits for the writes in flight while the limit holds
+  }
+  REQUIRE(stats);
+  CHECK(stats->write_failures >= 4);
+  CHECK(stats->written == 0);
+  CHECK(stats->records == 0);
 }
 
 TEST_CASE("KV disk tier: a corrupt record is recomputed; another KV type finds nothing", "[engine][kv][disk]") {

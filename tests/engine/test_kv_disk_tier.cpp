@@ -6,10 +6,7 @@
 // host memory only, counted, and the tier keeps working.
 #include <catch2/catch.hpp>
 
-#include <sys/resource.h>
 #include <unistd.h>
-
-#include <csignal>
 
 #include <cstring>
 #include <filesystem>
@@ -17,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "support/file_size_limit.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_disk_tier.hpp"
 #include "tandem/kv/kv_pool.hpp"
@@ -227,28 +225,6 @@ TEST_CASE("KV disk tier: corrupt, truncated and foreign records are detected, co
   }
 }
 
-namespace {
-
-// While alive, files this process writes may not grow past `bytes` (RLIMIT_FSIZE; writes past it
-// fail with EFBIG, as on a full disk, instead of raising SIGXFSZ).
-struct FileSizeLimit {
-  rlimit saved{};
-  void (*saved_handler)(int) = nullptr;
-  explicit FileSizeLimit(rlim_t bytes) {
-    saved_handler = std::signal(SIGXFSZ, SIG_IGN);
-    getrlimit(RLIMIT_FSIZE, &saved);
-    rlimit limited = saved;
-    limited.rlim_cur = bytes;
-    REQUIRE(setrlimit(RLIMIT_FSIZE, &limited) == 0);
-  }
-  ~FileSizeLimit() {
-    setrlimit(RLIMIT_FSIZE, &saved);
-    std::signal(SIGXFSZ, saved_handler);
-  }
-};
-
-}  // namespace
-
 TEST_CASE("KV disk tier: a write the disk refuses leaves the block host-only, counted; the tier goes on",
           "[kv][disk]") {
   for (const bool uring : {true, false}) {
@@ -260,7 +236,7 @@ TEST_CASE("KV disk tier: a write the disk refuses leaves the block host-only, co
     fill(pool, b, 6);
     KvDiskTier tier(options(dir, uint64_t{1} << 30, uring), kModel, pool);
     {
-      const FileSizeLimit full(tier.record_bytes() / 2);
+      const test::FileSizeLimit full(tier.record_bytes() / 2);
       tier.store(301, a);
       tier.flush();
     }
