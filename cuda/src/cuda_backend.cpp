@@ -443,11 +443,13 @@ class CudaBackend final : public Backend {
     cuda::gather_rows(stream_, src, src_stride, rows, count, width, dst, dst_stride);
   }
 
-  void upload_weight(const LinearWeight& w) {
+  void prepare(WeightGroup, const LinearWeight& w) override {
+    if (w.empty()) return;
     stream_.make_current();
     (void)weight(w);
   }
-  void upload_table(const TensorView& table) {
+  void prepare_table(WeightGroup, const TensorView& table) override {
+    if (table.empty()) return;
     stream_.make_current();
     if (!cuda::weight_type_supported(table.dtype)) throw unsupported_embedding(table.dtype);
     (void)resident(table);
@@ -733,14 +735,6 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
-
-void cuda_backend_upload(Backend& backend, const LinearWeight& weight) {
-  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend); cuda != nullptr && !weight.empty()) cuda->upload_weight(weight);
-}
-
-void cuda_backend_upload(Backend& backend, const TensorView& table) {
-  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend); cuda != nullptr && !table.empty()) cuda->upload_table(table);
-}
 
 uint64_t cuda_backend_weight_bytes(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);

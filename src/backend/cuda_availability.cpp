@@ -30,8 +30,6 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
                                           " requested, but this build has no CUDA backend (configure with "
                                           "-DTANDEM_CUDA=ON where nvcc is installed)");
 }
-void cuda_backend_upload(Backend&, const LinearWeight&) {}
-void cuda_backend_upload(Backend&, const TensorView&) {}
 void cuda_backend_set_prefill_bf16(Backend&, bool) {}
 uint64_t cuda_backend_weight_bytes(const Backend&) { return 0; }
 uint64_t cuda_backend_kv_bytes(const Backend&) { return 0; }

@@ -251,9 +251,9 @@ class CpuEngine final : public Engine {
       };
       for_each_weight(weights_, [&](WeightGroup g, int64_t layer, auto&&... item) {
         if constexpr (sizeof...(item) == 1) {  // a LinearWeight
-          if (Backend* b = upload_to(g, layer)) cuda_backend_upload(*b, item...);
+          if (Backend* b = upload_to(g, layer)) b->prepare(g, item...);
         } else if (g == WeightGroup::embedding) {  // the table; the forward pass prepares norms and biases
-          if (Backend* b = upload_to(g, layer)) cuda_backend_upload(*b, std::get<0>(std::forward_as_tuple(item...)));
+          if (Backend* b = upload_to(g, layer)) b->prepare_table(g, std::get<0>(std::forward_as_tuple(item...)));
         }
       });
     }

@@ -73,7 +73,7 @@ TEST_CASE("cuda backend: a weight type without a kernel is a clear error, before
     CHECK(std::string(e.what()).find("--placement") != std::string::npos);
   }
   CHECK(cuda_backend_weight_bytes(*b.gpu) == 0);
-  CHECK_THROWS_AS(cuda_backend_upload(*b.gpu, w), Error);
+  CHECK_THROWS_AS(b.gpu->prepare(WeightGroup::attention, w), Error);
 }
 
 TEST_CASE("cuda dequantisation equals the gguf-py reference bit for bit", "[cuda]") {

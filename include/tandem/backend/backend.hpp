@@ -18,6 +18,7 @@
 #include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/backend/device_buffer.hpp"
 #include "tandem/backend/op_params.hpp"
+#include "tandem/model/weight_roles.hpp"
 #include "tandem/model/weights.hpp"
 #include "tandem/tensor/device.hpp"
 
@@ -72,6 +73,13 @@ class Backend {
   // backend's memory, converted once and owned by the backend (cached by the view's bytes, which
   // must stay valid while the backend lives). Null for an empty view.
   virtual const float* prepare_vector(const TensorView& view) = 0;
+  // Readies a linear's matrix (bias and FP8 scales with it) or an embedding table, of role group
+  // `role`, for this backend's kernels now, at load, instead of at its first use: a GPU uploads it
+  // to its memory (counted in its weight bytes). Throws the errors first use would (a stored type
+  // without a kernel, out of memory naming the bytes). The CPU reads the mapping as it is: nothing
+  // to do (the default).
+  virtual void prepare(WeightGroup role, const LinearWeight& w) { (void)role, (void)w; }
+  virtual void prepare_table(WeightGroup role, const TensorView& table) { (void)role, (void)table; }
 
   // ---- the KV cache ----
   // This backend runs attention for `layer` of `kv`: from now on it keeps that layer's data where

@@ -5,7 +5,7 @@
 // Device-resident (Backend v2): activations are buffers the forward pass allocated through
 // Backend::allocate (VRAM), and every op reads and writes them there on the backend's stream; the
 // routed experts' ids come to the host (a few int32 per token) to group rows by expert. Weights are
-// uploaded once (at load by the engine through cuda_backend_upload, else the first time a call sees
+// uploaded once (at load by the engine through Backend::prepare, else the first time a call sees
 // them), cached by the host bytes they come from (address and size), so those bytes must stay valid
 // and unchanged while the backend lives, as the engine's file mapping does; norm weights and router
 // biases are prepared (prepare_vector) the same way. The KV layers this backend runs attention for
@@ -32,11 +32,6 @@ uint64_t cuda_device_total_bytes(int device) noexcept;
 // Error(invalid_argument) naming the devices present when `device` is not one of them.
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
-// Uploads a weight (a linear's matrix, bias and FP8 scales; or an embedding table) to `backend`'s
-// GPU now, at load, instead of at its first use; nothing for other backends. Throws the errors
-// first use would (a stored type without a kernel, out of GPU memory with the bytes needed).
-void cuda_backend_upload(Backend& backend, const LinearWeight& weight);
-void cuda_backend_upload(Backend& backend, const TensorView& table);
 // Prefill tiles of 32+ tokens on the tensor cores multiply in bf16 (true, the default; quantised,
 // BF16 and FP8 weights) or float32-accurate 3xTF32 (false); F32 and F16 weights always take 3xTF32.
 // true also lets prompt chunks of 64+ tokens over an f16/bf16 cache attend on the tensor cores

@@ -26,6 +26,8 @@ class ForwardingBackend : public Backend {
   void wait(BackendEvent& event) override { inner_.wait(event); }
   void synchronize() override { inner_.synchronize(); }
   const float* prepare_vector(const TensorView& view) override { return inner_.prepare_vector(view); }
+  void prepare(WeightGroup role, const LinearWeight& w) override { inner_.prepare(role, w); }
+  void prepare_table(WeightGroup role, const TensorView& table) override { inner_.prepare_table(role, table); }
   void kv_attach(KvPool& kv, int64_t layer) override { inner_.kv_attach(kv, layer); }
   void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
                  int64_t row_stride) override {
