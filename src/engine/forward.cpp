@@ -200,6 +200,11 @@ struct ForwardPass::Impl {
     }
     output_norm = on(WeightGroup::norms, kNoLayer).prepare_vector(w.output_norm);
 
+    size_host_inputs();
+  }
+
+  // The per-token host inputs of a pass, max_tokens each.
+  void size_host_inputs() {
     const auto T = static_cast<size_t>(max_tokens);
     ids.assign(T, 0);
     logit_rows.assign(T, 0);
@@ -208,6 +213,15 @@ struct ForwardPass::Impl {
     tables.assign(T, nullptr);
     read_tables.assign(T, nullptr);
     attention_rows.assign(T, nullptr);
+  }
+  // A mirror's activation buffers, [max_tokens, width] each (the old ones freed first).
+  void allocate_activations(Mirror& m) {
+    for (int a = 0; a < kActCount; ++a) {
+      DeviceBuffer& buffer = m.act[static_cast<size_t>(a)];
+      buffer = DeviceBuffer();
+      buffer = m.backend->allocate(static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) *
+                                   element_bytes(static_cast<Act>(a)));
+    }
   }
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
@@ -225,9 +239,7 @@ struct ForwardPass::Impl {
       if (m.backend == &b) return m;
     Mirror m;
     m.backend = &b;
-    for (int a = 0; a < kActCount; ++a)
-      m.act[static_cast<size_t>(a)] = b.allocate(static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) *
-                                                 element_bytes(static_cast<Act>(a)));
+    allocate_activations(m);
     m.event = b.create_event();
     m.experts_done = b.create_event();
     for (auto& e : m.deferred_done) e = b.create_event();
@@ -549,21 +561,10 @@ void ForwardPass::set_max_batch_tokens(int64_t tokens) {
   m.recordings.clear();  // they hold the old buffers' addresses
   m.max_tokens = tokens;
   for (Mirror& each : m.mirrors) {
-    each.backend->synchronize();
-    for (int a = 0; a < kActCount; ++a) {
-      auto& buffer = each.act[static_cast<size_t>(a)];
-      buffer = DeviceBuffer();
-      buffer = each.backend->allocate(static_cast<size_t>(tokens * std::max<int64_t>(1, m.width[a])) *
-                                      element_bytes(static_cast<Act>(a)));
-    }
+    each.backend->synchronize();  // nothing queued may still use the old buffers
+    m.allocate_activations(each);
   }
-  const auto T = static_cast<size_t>(tokens);
-  for (auto* v : {&m.positions, &m.slots}) v->assign(T, 0);
-  m.ids.assign(T, 0);
-  m.logit_rows.assign(T, 0);
-  m.tables.assign(T, nullptr);
-  m.read_tables.assign(T, nullptr);
-  m.attention_rows.assign(T, nullptr);
+  m.size_host_inputs();
 }
 
 void ForwardPass::set_record_graphs(bool on) {

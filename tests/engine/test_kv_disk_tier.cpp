@@ -57,6 +57,13 @@ void fill(KvPool& pool, int32_t block, uint32_t seed) {
   }
 }
 
+// A new block of `pool` holding the pattern of `seed`.
+int32_t filled_block(KvPool& pool, uint32_t seed) {
+  const int32_t block = pool.allocate_block();
+  fill(pool, block, seed);
+  return block;
+}
+
 std::vector<std::byte> bytes_of(const KvPool& pool, int32_t block) {
   std::vector<std::byte> out;
   for (int64_t layer = 0; layer < pool.spec().layers; ++layer) {
@@ -83,9 +90,7 @@ TEST_CASE("KV disk tier: blocks round-trip bit-exactly, and a later tier finds t
     INFO("io_uring asked for: " << uring);
     TempDir dir("roundtrip");
     KvPool pool(small_spec());
-    const int32_t a = pool.allocate_block(), b = pool.allocate_block();
-    fill(pool, a, 1);
-    fill(pool, b, 2);
+    const int32_t a = filled_block(pool, 1), b = filled_block(pool, 2);
     const auto want_a = bytes_of(pool, a), want_b = bytes_of(pool, b);
     {
       KvDiskTier tier(options(dir, uint64_t{1} << 30, uring), kModel, pool);
@@ -231,9 +236,7 @@ TEST_CASE("KV disk tier: a write the disk refuses leaves the block host-only, co
     INFO("io_uring asked for: " << uring);
     TempDir dir("full");
     KvPool pool(small_spec());
-    const int32_t a = pool.allocate_block(), b = pool.allocate_block();
-    fill(pool, a, 5);
-    fill(pool, b, 6);
+    const int32_t a = filled_block(pool, 5), b = filled_block(pool, 6);
     KvDiskTier tier(options(dir, uint64_t{1} << 30, uring), kModel, pool);
     {
       const test::FileSizeLimit full(tier.record_bytes() / 2);

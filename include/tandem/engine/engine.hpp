@@ -83,7 +83,8 @@ struct LoadOptions {
   // BF16 and FP8 weights: ~1.6e-3 of an output's RMS, below their own quantisation error); false:
   // float32-accurate 3xTF32 tiles, about 1.6x slower. F32 and F16 weights always take 3xTF32.
   // Prompt chunks of 64+ tokens over an f16/bf16 cache also attend on the tensor cores (flash
-  // attention, queries and probabilities in the cache's type); false: the float32 kernels.
+  // attention, GQA and DeepSeek's MLA; queries and probabilities in the cache's type), and linears
+  // of 256+ tokens go through cuBLAS when it loads (the same bf16 operands); false: neither.
   bool cuda_prefill_bf16 = true;
   // Expert deferral (tandem/engine/forward.hpp): routed experts per token whose output joins the
   // residual stream one layer later; 0 = off. Error(invalid_argument) unless below the model's top-k.
