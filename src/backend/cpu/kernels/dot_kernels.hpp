@@ -37,9 +37,16 @@ using TileFn = void (*)(const uint8_t* w, int64_t row_stride, int rows, const vo
                         int64_t tokens, int64_t in, float* y, int64_t y_stride, uint8_t* workspace);
 int64_t tile_workspace_bytes(int64_t in) noexcept;
 
+// How far ahead of the row a dot kernel reads matmul_tile asks the caches for the weight bytes
+// (software prefetch into L2): on the GPU machine's Xeon the hardware prefetchers alone kept too few
+// lines in flight — one core streamed Q4_K experts for one token at 6.0 GB/s, 9.2 with it; 16 cores
+// 63 → 85 GB/s (docs/PERF.md, "Software prefetch"). 0 turns it off; TANDEM_CPU_PREFETCH=BYTES sets it.
+constexpr int64_t kDefaultPrefetchBytes = 4096;
+
 struct KernelTable {
   DotFn dot[static_cast<int>(WeightKind::count)];
   TileFn tile[static_cast<int>(WeightKind::count)];
+  int64_t prefetch_bytes = kDefaultPrefetchBytes;
 };
 
 namespace scalar {

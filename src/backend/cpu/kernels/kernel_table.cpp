@@ -166,11 +166,27 @@ int64_t act_block_bytes(ActFormat format) noexcept {
                                    : 4;
 }
 
+namespace {
+
+int64_t prefetch_bytes_from_environment() {
+  const char* text = std::getenv("TANDEM_CPU_PREFETCH");
+  if (text == nullptr || *text == '\0') return kDefaultPrefetchBytes;
+  char* end = nullptr;
+  const long long bytes = std::strtoll(text, &end, 10);
+  if (*end != '\0' || bytes < 0 || bytes > (1 << 20))
+    throw Error(ErrorKind::invalid_argument,
+                std::string("TANDEM_CPU_PREFETCH must be a byte count from 0 to 1048576, not '") + text + "'");
+  return bytes;
+}
+
+}  // namespace
+
 KernelTable make_kernel_table(IsaLevel level) {
   if (!isa_level_supported(level))
     throw Error(ErrorKind::unsupported,
                 std::string("this CPU cannot run the ") + isa_level_name(level) + " kernels");
   KernelTable t{};
+  t.prefetch_bytes = prefetch_bytes_from_environment();
   scalar::fill_kernels(t);
   if (level == IsaLevel::avx2) avx2::fill_kernels(t);
   if (level == IsaLevel::avx512 || level == IsaLevel::amx) {

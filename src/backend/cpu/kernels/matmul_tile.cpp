@@ -7,6 +7,16 @@
 #include "backend/cpu/kernels/tile_layout.hpp"
 
 namespace tandem::kernels {
+namespace {
+
+constexpr int64_t kCacheLine = 64;
+
+// Asks for the cache lines of data[begin, begin + bytes) ∩ data[0, size) to be brought into L2.
+void prefetch_lines(const uint8_t* data, int64_t begin, int64_t bytes, int64_t size) {
+  for (int64_t at = begin; at < std::min(begin + bytes, size); at += kCacheLine) __builtin_prefetch(data + at, 0, 2);
+}
+
+}  // namespace
 
 int64_t tile_workspace_bytes(int64_t in) noexcept { return tile_workspace_size(in); }
 
@@ -55,6 +65,10 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
   // FP8 block scales copied out of the file: a float in a mapping need not be 4-byte aligned.
   float scales[kMaxFp8ScaleColumns];
   int64_t scale_row = -1;
+  // Each row asks for the lines `prefetch_bytes` past its own, once, on the first pass over the
+  // rows (later passes find them in cache), up to the matrix's end.
+  const int64_t ahead = table.prefetch_bytes;
+  const int64_t matrix_bytes = w.out_features() * row_stride;
   for (int64_t t0 = 0; t0 < tokens; t0 += kMaxTokens) {
     const int n = static_cast<int>(std::min<int64_t>(kMaxTokens, tokens - t0));
     const uint8_t* xt = x.data + t0 * x.stride;
@@ -65,6 +79,7 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
         std::memcpy(scales, w.scale_inv.row_ptr(scale_row),
                     static_cast<size_t>(w.scale_inv.shape.back()) * 4);
       }
+      if (ahead > 0 && t0 == 0) prefetch_lines(rows, o * row_stride + ahead, row_stride, matrix_bytes);
       dot(rows + o * row_stride, xt, x.stride, n, in, w.scale_inv.empty() ? nullptr : scales, yt + (o - o0),
           y_stride);
     }
