@@ -19,11 +19,17 @@ struct AlignedFree {
   void operator()(uint64_t* p) const { ::operator delete(p, std::align_val_t{64}); }
 };
 
+// How far ahead the probe asks for lines, as the CPU kernels do (kernels::kDefaultPrefetchBytes):
+// without it one Xeon core read 7.9 GB/s of the 16 it can, and a kernel that prefetches "beat" the
+// roofline it was divided by.
+constexpr uint64_t kPrefetchWords = 4096 / sizeof(uint64_t);
+
 // Sums a chunk with eight independent accumulators (one cache line per iteration), so the loop is
 // bound by the loads, not by a dependency chain.
 uint64_t read_chunk(const uint64_t* p, uint64_t words) {
   uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
   for (uint64_t i = 0; i + 8 <= words; i += 8) {
+    if (i + kPrefetchWords < words) __builtin_prefetch(p + i + kPrefetchWords, 0, 2);
     a0 += p[i];
     a1 ^= p[i + 1];
     a2 += p[i + 2];

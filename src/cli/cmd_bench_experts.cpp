@@ -72,6 +72,7 @@ CommandRun setup(CLI::App& sub) {
       j["achieved_gbps"] = r.achieved_gbps;
       j["stream_read_gbps"] = r.stream_read_gbps;
       j["ratio"] = r.ratio;
+      j["layer_copies"] = r.layer_copies;
       j["tflops"] = r.tflops;
       fmt::print("{}\n", j.dump());
       return 0;
@@ -79,8 +80,9 @@ CommandRun setup(CLI::App& sub) {
     fmt::print("{} {} MoE layer: {} experts (top {}), {}x{} gate/up {} down {}, batch {}, {} threads\n", r.preset,
                synth_quant_name(r.quant), r.experts, r.top_k, r.hidden, r.moe_intermediate, dtype_name(r.gate_type),
                dtype_name(r.down_type), r.batch, r.threads);
-    fmt::print("{:.3f} ms/step over {} steps, {:.1f} MB of experts read per step\n", r.seconds_per_step * 1e3,
-               r.steps, r.expert_bytes_per_step / 1e6);
+    fmt::print("{:.3f} ms/step over {} steps, {:.1f} MB of experts read per step, {} cop{} of the layer in turn\n",
+               r.seconds_per_step * 1e3, r.steps, r.expert_bytes_per_step / 1e6, r.layer_copies,
+               r.layer_copies == 1 ? "y" : "ies");
     fmt::print("achieved {:.2f} GB/s, stream read {:.2f} GB/s, ratio {:.3f}, {:.3f} TFLOP/s\n", r.achieved_gbps,
                r.stream_read_gbps, r.ratio, r.tflops);
     return 0;

@@ -39,6 +39,8 @@ TEST_CASE("bench experts: JSON keys and consistent values", "[engine][bench][cli
   CHECK(j["down_type"] == "q4_k");
   CHECK(j["threads"] == 1);
   CHECK(j["cpu_kernels"] == "fast");
+  // The copies cycled through span at least the stream probe's buffer (64 MiB here; one 340 MB layer).
+  CHECK(j["layer_copies"] == 1);
   // Batch 1, top 8: exactly eight distinct experts read per step.
   CHECK(j["expert_bytes_per_step"].get<double>() == kQwen3ExpertBytes * 8);
   const double achieved = j["achieved_gbps"], stream = j["stream_read_gbps"];

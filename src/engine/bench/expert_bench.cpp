@@ -119,11 +119,17 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
   const uint64_t down_expert = *row_bytes(r.down_type, p.moe_intermediate) * static_cast<uint64_t>(p.hidden);
   const uint64_t expert_bytes = gate_expert + up_expert + down_expert;
   r.layer_bytes = expert_bytes * static_cast<uint64_t>(p.experts);
+  r.layer_copies =
+      static_cast<int64_t>(std::max<uint64_t>(1, (options.stream_bytes + r.layer_bytes - 1) / r.layer_bytes));
   const uint64_t memory = physical_memory_bytes();
   if (memory && r.layer_bytes + options.stream_bytes > memory / 10 * 8)
     throw Error(ErrorKind::out_of_memory, "bench experts: one " + std::string(p.name) + " layer (" +
                                               std::to_string(r.layer_bytes >> 20) + " MiB) and the stream probe do not fit in 80% of this machine's " +
                                               std::to_string(memory >> 20) + " MiB");
+  // Fewer copies where memory is short: the figure then says how many it cycled through.
+  if (memory)
+    r.layer_copies = std::clamp<int64_t>(
+        static_cast<int64_t>((memory / 10 * 8 - options.stream_bytes) / r.layer_bytes), 1, r.layer_copies);
 
   auto backend = make_cpu_backend(options.threads, options.kernels);
   r.threads = backend->threads();
@@ -133,14 +139,18 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
 
   const auto e = static_cast<uint64_t>(p.experts);
   const float in_rms = 1.0f / std::sqrt(static_cast<float>(p.hidden));
-  const AlignedBytes gate = random_tensor(*backend, r.gate_type, in_rms, options.seed * 3 + 0, gate_expert * e);
-  const AlignedBytes up = random_tensor(*backend, r.up_type, in_rms, options.seed * 3 + 1, up_expert * e);
-  const AlignedBytes down = random_tensor(*backend, r.down_type, 0.05f / std::sqrt(static_cast<float>(p.moe_intermediate)),
-                                          options.seed * 3 + 2, down_expert * e);
-  ExpertWeights weights;
-  weights.gate = expert_views(gate, r.gate_type, p.experts, p.moe_intermediate, p.hidden);
-  weights.up = expert_views(up, r.up_type, p.experts, p.moe_intermediate, p.hidden);
-  weights.down = expert_views(down, r.down_type, p.experts, p.hidden, p.moe_intermediate);
+  std::vector<AlignedBytes> storage;
+  std::vector<ExpertWeights> layers(static_cast<size_t>(r.layer_copies));
+  for (int64_t c = 0; c < r.layer_copies; ++c) {
+    const uint64_t seed = (options.seed + static_cast<uint64_t>(c)) * 3;
+    storage.push_back(random_tensor(*backend, r.gate_type, in_rms, seed + 0, gate_expert * e));
+    layers[static_cast<size_t>(c)].gate = expert_views(storage.back(), r.gate_type, p.experts, p.moe_intermediate, p.hidden);
+    storage.push_back(random_tensor(*backend, r.up_type, in_rms, seed + 1, up_expert * e));
+    layers[static_cast<size_t>(c)].up = expert_views(storage.back(), r.up_type, p.experts, p.moe_intermediate, p.hidden);
+    storage.push_back(random_tensor(*backend, r.down_type, 0.05f / std::sqrt(static_cast<float>(p.moe_intermediate)),
+                                    seed + 2, down_expert * e));
+    layers[static_cast<size_t>(c)].down = expert_views(storage.back(), r.down_type, p.experts, p.hidden, p.moe_intermediate);
+  }
 
   const auto tokens = static_cast<size_t>(options.batch);
   const auto k = static_cast<size_t>(p.top_k);
@@ -165,7 +175,10 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
     }
     return static_cast<uint64_t>(std::count(hit.begin(), hit.end(), true));
   };
+  int64_t next_layer = 0;
   auto step = [&]() {
+    const ExpertWeights& weights = layers[static_cast<size_t>(next_layer)];
+    next_layer = (next_layer + 1) % r.layer_copies;
     backend->moe_routed_experts(weights, x.data(), options.batch, p.hidden, ids.data(), route_weights.data(),
                                 p.top_k, out.data());
     backend->synchronize();

@@ -33,6 +33,10 @@ struct ExpertBenchResult {
   double seconds_per_step = 0;            // mean over the timed steps
   double expert_bytes_per_step = 0;       // mean bytes of the distinct experts hit per step
   uint64_t layer_bytes = 0;               // all experts of the layer
+  // Copies of the layer the steps take in turn, so that they cycle through as many bytes as the
+  // stream probe reads (1 GiB by default): the GPU machine's 300 MB L3 held most of one
+  // Qwen3-30B-A3B layer (340 MB), which then "read" faster than memory.
+  int64_t layer_copies = 1;
   double achieved_gbps = 0;               // expert bytes read / time
   double stream_read_gbps = 0;            // measured in the same run, same threads
   double ratio = 0;                       // achieved / stream
