@@ -109,7 +109,7 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
 
 // ThreadPool dispatch: one empty loop over every thread (the shape of the fused MoE's one dispatch
 // per layer), real time per call. gap_us: the caller busy-waits this long between calls, as it
-// would while a GPU runs a layer's attention; beyond ThreadPool::kSpinMicroseconds the workers
+// would while a GPU runs a layer's attention; beyond ThreadPool::kDefaultSpinMicroseconds the workers
 // have gone to sleep and the call pays their wake-up.
 void bench_dispatch(benchmark::State& state) {
   ThreadPool pool(static_cast<int>(state.range(0)));

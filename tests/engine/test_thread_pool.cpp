@@ -8,17 +8,19 @@
 #include <string>
 #include <catch2/catch.hpp>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/error.hpp"
 
 TEST_CASE("thread pool: every index once, worker ids in range", "[thread_pool]") {
-  for (int threads : {1, 2, 3, 8}) {
-    tandem::ThreadPool pool(threads);
+  // Spin windows: none (every wait sleeps at once), the default, and long (no one ever sleeps).
+  for (const auto& [threads, spin] : {std::pair{1, 30}, {2, 30}, {3, 30}, {8, 30}, {3, 0}, {3, 100000}}) {
+    tandem::ThreadPool pool(threads, spin);
     REQUIRE(pool.size() == threads);
     for (int64_t n : {1, 2, 5, 31, 1000}) {
-      INFO("threads " << threads << ", n " << n);
+      INFO("threads " << threads << ", spin " << spin << " us, n " << n);
       std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
       std::atomic<bool> bad_worker{false};
       for (int repeat = 0; repeat < 20; ++repeat)
@@ -63,6 +65,8 @@ TEST_CASE("thread pool: negative and absurd thread counts are refused", "[thread
   CHECK_THROWS_AS(tandem::ThreadPool(-5), tandem::Error);
   CHECK_THROWS_AS(tandem::ThreadPool(tandem::ThreadPool::max_threads + 1), tandem::Error);
   CHECK(tandem::ThreadPool(0).size() == tandem::ThreadPool::physical_cores());
+  CHECK_THROWS_WITH(tandem::ThreadPool(2, -1), Catch::Contains("spin"));
+  CHECK_THROWS_WITH(tandem::ThreadPool(2, tandem::ThreadPool::kMaxSpinMicroseconds + 1), Catch::Contains("spin"));
 }
 
 TEST_CASE("thread pool: when the OS refuses a worker, the pool fails cleanly instead of hanging",

@@ -25,7 +25,14 @@ class ThreadPool {
   // `threads` == 0: one per physical core; more than 1024 run as 1024. Throws Error(invalid_argument)
   // for a negative count or one above max_threads, and Error(out_of_memory) naming the thread when
   // the OS refuses to start one (the workers already started are stopped and joined first).
-  explicit ThreadPool(int threads);
+  // `spin_microseconds`: how long an idle worker, and a caller waiting for its workers, poll before
+  // sleeping on a condition variable (0..kMaxSpinMicroseconds; Error(invalid_argument) outside).
+  // A decode step issues hundreds of short loops, and a futex wake-up per loop and thread cost
+  // more than the loops themselves on small models; a hybrid step leaves the workers idle for a
+  // GPU's layer between two loops, longer than the default.
+  static constexpr int kDefaultSpinMicroseconds = 30;
+  static constexpr int kMaxSpinMicroseconds = 1000000;
+  explicit ThreadPool(int threads, int spin_microseconds = kDefaultSpinMicroseconds);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -56,10 +63,7 @@ class ThreadPool {
 
  private:
   static constexpr int kChunksPerThread = 4;
-  // A worker that finished a loop, and a caller waiting for its workers, poll this long before
-  // sleeping on a condition variable: a decode step issues hundreds of short loops, and a futex
-  // wake-up per loop and thread cost more than the loops themselves on small models.
-  static constexpr int kSpinMicroseconds = 30;
+  int spin_microseconds_ = kDefaultSpinMicroseconds;
   enum class Work { stop, loop, task };
   struct Task {
     uint64_t ticket;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -49,9 +50,21 @@ class CpuEvent final : public BackendEvent {
   uint64_t ticket_ = 0;
 };
 
+// TANDEM_CPU_SPIN_US=N: how long the pool's idle threads poll before they sleep (ThreadPool).
+int spin_microseconds_from_environment() {
+  const char* text = std::getenv("TANDEM_CPU_SPIN_US");
+  if (text == nullptr || *text == '\0') return ThreadPool::kDefaultSpinMicroseconds;
+  char* end = nullptr;
+  const long long us = std::strtoll(text, &end, 10);
+  if (*end != '\0' || us < 0 || us > ThreadPool::kMaxSpinMicroseconds)
+    throw Error(ErrorKind::invalid_argument, fmt::format("TANDEM_CPU_SPIN_US must be microseconds from 0 to {}, not '{}'",
+                                                         ThreadPool::kMaxSpinMicroseconds, text));
+  return static_cast<int>(us);
+}
+
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, CpuKernels kernels) : pool_(threads) {
+  CpuBackend(int threads, CpuKernels kernels) : pool_(threads, spin_microseconds_from_environment()) {
     if (kernels == CpuKernels::fast) fast_.emplace(pool_, kernels::best_isa_level());
   }
 

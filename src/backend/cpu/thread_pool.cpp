@@ -51,7 +51,10 @@ int ThreadPool::physical_cores() {
   return cores;
 }
 
-ThreadPool::ThreadPool(int threads) {
+ThreadPool::ThreadPool(int threads, int spin_microseconds) : spin_microseconds_(spin_microseconds) {
+  if (spin_microseconds < 0 || spin_microseconds > kMaxSpinMicroseconds)
+    throw Error(ErrorKind::invalid_argument, fmt::format("thread pool spin time {} µs is outside 0..{}", spin_microseconds,
+                                                         kMaxSpinMicroseconds));
   if (threads < 0)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("thread count {} is negative (0 means one per physical core)", threads));
@@ -133,7 +136,7 @@ ThreadPool::Work ThreadPool::wait_for_work(uint64_t& seen, bool driver, Task& ta
            (driver && queued_.load(std::memory_order_acquire) > 0);
   };
   for (;;) {
-    if (!spin_until(ready, kSpinMicroseconds)) {
+    if (!spin_until(ready, spin_microseconds_)) {
       std::unique_lock lock(mutex_);
       (driver ? driver_wake_ : wake_).wait(lock, ready);
     }
@@ -247,7 +250,7 @@ void ThreadPool::join(uint64_t ticket) {
       return done(ticket) || (open != 0 && open != helped);
     };
     for (;;) {
-      if (!spin_until(ready, kSpinMicroseconds)) {
+      if (!spin_until(ready, spin_microseconds_)) {
         std::unique_lock lock(mutex_);
         task_progress_.wait(lock, ready);
       }
@@ -356,7 +359,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   if (by_driver && joining_.load(std::memory_order_acquire) > 0) task_progress_.notify_all();
   std::exception_ptr failure = run_chunks(caller);
   const auto all_done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
-  spin_until(all_done, kSpinMicroseconds);
+  spin_until(all_done, spin_microseconds_);
   std::unique_lock lock(mutex_);
   done_.wait(lock, all_done);
   if (by_driver) driver_loop_.store(0, std::memory_order_release);
