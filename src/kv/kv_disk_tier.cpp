@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -302,10 +303,13 @@ void KvDiskTier::finish_write(PendingWrite& write) {
   if (!warned_write_failure_) {
     warned_write_failure_ = true;
     const int64_t r = write.request.result;
-    fmt::print(stderr,
-               "tandem: warning: KV disk tier '{}': a block could not be written ({}); blocks that cannot be "
-               "written stay in host memory only\n",
-               dir_, r < 0 ? std::strerror(static_cast<int>(-r)) : fmt::format("{} of {} bytes", r, record_bytes_));
+    // fputs, not fmt::print: a stderr the same full disk (or file size limit) refuses must not turn
+    // the warning into an exception.
+    const std::string warning = fmt::format(
+        "tandem: warning: KV disk tier '{}': a block could not be written ({}); blocks that cannot be "
+        "written stay in host memory only\n",
+        dir_, r < 0 ? std::strerror(static_cast<int>(-r)) : fmt::format("{} of {} bytes", r, record_bytes_));
+    std::fputs(warning.c_str(), stderr);
   }
 }
 
