@@ -63,7 +63,8 @@ bool on_host(const Backend& b) { return b.device().kind == DeviceKind::cpu; }
 struct Mirror {
   Backend* backend = nullptr;
   std::array<DeviceBuffer, kActCount> act;
-  DeviceBuffer tables;  // flat int32 block tables [tokens, stride], grown to the largest pass
+  DeviceBuffer tables;     // flat int32 block tables [tokens, stride], grown to the largest pass
+  DeviceBuffer open_rows;  // int32 open-rows slots [tokens] (an int4 cache on a host backend)
   DeviceBuffer logits;  // a device backend's logits rows, grown; host backends write the caller's
   std::unique_ptr<BackendEvent> event;
   // Routed experts submitted here (moe_routed_experts_submit) are done once these are: the layer's
@@ -107,12 +108,11 @@ struct ForwardPass::Impl {
   DeferredPart produced, waiting;
 
   // The pass's inputs as host data, uploaded to every backend once per pass.
-  std::vector<int32_t> ids, logit_rows, flat_tables;
+  std::vector<int32_t> ids, logit_rows, flat_tables, open_rows;
   std::vector<int64_t> positions, slots;
-  std::vector<BlockTable*> tables;
-  std::vector<const BlockTable*> read_tables;
+  std::vector<const BlockTable*> tables;  // each token's sequence, flattened into flat_tables and open_rows
   std::vector<float*> attention_rows;
-  bool with_attention_rows = false, any_device = false;
+  bool with_attention_rows = false;
   bool one_sequence = false;  // this pass's tokens are one chunk of one sequence
   int64_t table_stride = 1, max_context = 1;
 
@@ -211,7 +211,7 @@ struct ForwardPass::Impl {
     positions.assign(T, 0);
     slots.assign(T, 0);
     tables.assign(T, nullptr);
-    read_tables.assign(T, nullptr);
+    open_rows.assign(T, KvPool::kNoOpenRows);
     attention_rows.assign(T, nullptr);
   }
   // A mirror's activation buffers, [max_tokens, width] each (the old ones freed first).
@@ -243,7 +243,6 @@ struct ForwardPass::Impl {
     m.event = b.create_event();
     m.experts_done = b.create_event();
     for (auto& e : m.deferred_done) e = b.create_event();
-    any_device = any_device || !on_host(b);
     mirrors.push_back(std::move(m));
     return mirrors.back();
   }
@@ -291,10 +290,9 @@ struct ForwardPass::Impl {
     AttentionBatch b;
     b.tokens = T;
     b.positions = m.i64(kSlots);
-    b.tables = read_tables.data();
-    b.write_tables = tables.data();
     b.attention_rows = with_attention_rows ? attention_rows.data() : nullptr;
     b.block_tables = m.tables.empty() ? nullptr : m.tables.as<int32_t>();
+    b.open_rows = m.open_rows.empty() ? nullptr : m.open_rows.as<int32_t>();
     b.table_stride = table_stride;
     b.max_context = max_context;
     b.one_sequence = one_sequence;
@@ -494,27 +492,34 @@ struct ForwardPass::Impl {
 
   // The pass's host inputs to every backend's buffers.
   void upload_inputs(int64_t T, int64_t rows) {
-    if (any_device) {
-      flat_tables.assign(static_cast<size_t>(T * table_stride), 0);
-      for (int64_t t = 0; t < T; ++t) {
-        const std::vector<int32_t>& blocks = tables[static_cast<size_t>(t)]->blocks();
-        const auto n = std::min<size_t>(blocks.size(), static_cast<size_t>(table_stride));
-        std::copy_n(blocks.begin(), n, flat_tables.begin() + t * table_stride);
-      }
+    flat_tables.assign(static_cast<size_t>(T * table_stride), 0);
+    for (int64_t t = 0; t < T; ++t) {
+      const BlockTable& table = *tables[static_cast<size_t>(t)];
+      const auto n = std::min<size_t>(table.blocks().size(), static_cast<size_t>(table_stride));
+      std::copy_n(table.blocks().begin(), n, flat_tables.begin() + t * table_stride);
+      open_rows[static_cast<size_t>(t)] = table.open_rows();
     }
+    const bool per_channel = kv.per_channel_plane(0);
     for (Mirror& m : mirrors) {
       Backend& b = *m.backend;
       b.copy_to_device(m.act[kIds].data(), ids.data(), act_bytes(kIds, T));
       b.copy_to_device(m.act[kPositions].data(), positions.data(), act_bytes(kPositions, T));
       b.copy_to_device(m.act[kSlots].data(), slots.data(), act_bytes(kSlots, T));
       b.copy_to_device(m.act[kLogitRows].data(), logit_rows.data(), act_bytes(kLogitRows, rows));
-      if (on_host(b)) continue;  // host kernels read the BlockTables themselves
       const size_t bytes = flat_tables.size() * sizeof(int32_t);
       if (m.tables.bytes() < bytes) {
-        b.synchronize();  // earlier work may still read the old tables
+        if (!m.tables.empty()) b.synchronize();  // earlier work may still read the old tables
         m.tables = b.allocate(std::max(bytes, 2 * m.tables.bytes()));
       }
       b.copy_to_device(m.tables.data(), flat_tables.data(), bytes);
+      // The open rows are host memory of the pool: only host kernels take their slots.
+      if (!per_channel || !on_host(b)) continue;
+      const size_t open_bytes = static_cast<size_t>(T) * sizeof(int32_t);
+      if (m.open_rows.bytes() < open_bytes) {
+        if (!m.open_rows.empty()) b.synchronize();
+        m.open_rows = b.allocate(static_cast<size_t>(max_tokens) * sizeof(int32_t));
+      }
+      b.copy_to_device(m.open_rows.data(), open_rows.data(), open_bytes);
     }
   }
 };
@@ -619,7 +624,6 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
       m.positions[t] = c.start_position + i;
       m.slots[t] = start_slot + i;
       m.tables[t] = c.table;
-      m.read_tables[t] = c.table;
       m.attention_rows[t] = c.attention_rows ? c.attention_rows + i * (start_slot + n) : nullptr;
       if (c.attention_rows) m.with_attention_rows = true;
       if (c.all_logits || i == n - 1) m.logit_rows[static_cast<size_t>(rows++)] = static_cast<int32_t>(T);

@@ -65,6 +65,10 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   } catch (const std::bad_alloc&) {
     throw Error(ErrorKind::out_of_memory, fmt::format("KV pool: cannot allocate {} bytes", bytes_));
   }
+  if (channel_keys_) {
+    open_capacity_ = static_cast<size_t>(std::min<int64_t>(spec.blocks + kSpareOpenSlots, std::numeric_limits<int32_t>::max()));
+    open_slots_ = std::make_unique<std::unique_ptr<OpenRows>[]>(open_capacity_);
+  }
   refs_.assign(static_cast<size_t>(spec.blocks), 0);
   free_ids_.reserve(static_cast<size_t>(spec.blocks));
   for (int64_t b = spec.blocks - 1; b >= 0; --b) free_ids_.push_back(static_cast<int32_t>(b));
@@ -178,12 +182,95 @@ void KvPool::write_row(int32_t block, int64_t layer, int64_t plane, int64_t slot
                   row_width_ - quantised_width_);
 }
 
+size_t KvPool::checked_open(int32_t open) const {
+  const auto i = static_cast<size_t>(open);
+  if (open < 0 || i >= open_capacity_ || !open_slots_[i] || !open_slots_[i]->in_use.load(std::memory_order_relaxed))
+    throw Error(ErrorKind::internal, fmt::format("KV pool: open-rows slot {} is not in use", open));
+  return i;
+}
+
+int32_t KvPool::acquire_open_rows() {
+  if (!channel_keys_)
+    throw Error(ErrorKind::internal, "KV pool: open-rows slots are for per-channel (int4 GQA) key planes");
+  std::lock_guard lock(mutex_);
+  int32_t id;
+  if (!free_open_slots_.empty()) {
+    id = free_open_slots_.back();
+    free_open_slots_.pop_back();
+  } else {
+    if (open_made_ >= open_capacity_)
+      throw Error(ErrorKind::out_of_memory,
+                  fmt::format("KV pool: all {} open-rows slots of this int4 cache are held (one per sequence)",
+                              open_capacity_));
+    auto slot = std::make_unique<OpenRows>();
+    try {
+      slot->open_block.assign(static_cast<size_t>(spec_.layers), 0);
+      slot->rows.assign(static_cast<size_t>(spec_.layers * spec_.block_tokens * row_width_), 0.0f);
+    } catch (const std::bad_alloc&) {
+      throw Error(ErrorKind::out_of_memory, "KV pool: cannot allocate a sequence's open key rows");
+    }
+    id = static_cast<int32_t>(open_made_);
+    open_slots_[open_made_++] = std::move(slot);
+  }
+  OpenRows& slot = *open_slots_[static_cast<size_t>(id)];
+  std::fill(slot.open_block.begin(), slot.open_block.end(), 0);
+  std::fill(slot.rows.begin(), slot.rows.end(), 0.0f);
+  slot.in_use.store(true, std::memory_order_relaxed);
+  return id;
+}
+
+void KvPool::release_open_rows(int32_t open) {
+  checked_open(open);
+  std::lock_guard lock(mutex_);
+  open_slots_[static_cast<size_t>(open)]->in_use.store(false, std::memory_order_relaxed);
+  free_open_slots_.push_back(open);
+}
+
+int32_t KvPool::copy_open_rows(int32_t open) {
+  const OpenRows& from = open_rows_at(open);
+  const int32_t id = acquire_open_rows();
+  OpenRows& to = open_rows_at(id);
+  to.open_block = from.open_block;
+  to.rows = from.rows;
+  return id;
+}
+
+void KvPool::unseal(const int32_t* blocks, int32_t open, int64_t layer, int64_t index) {
+  float* rows = open_rows(open, layer);
+  for (int64_t s = 0; s < spec_.block_tokens; ++s) read_row(blocks[index], layer, 0, s, rows + s * row_width_);
+  open_block(open, layer) = index;
+}
+
+void KvPool::write_position(const int32_t* blocks, int32_t open, int64_t layer, int64_t plane, int64_t position,
+                            const float* values) {
+  const int64_t bt = spec_.block_tokens;
+  const int64_t index = position / bt, slot = position % bt;
+  if (!per_channel_plane(plane)) {
+    write_row(blocks[index], layer, plane, slot, values);
+    return;
+  }
+  if (index < open_block(open, layer)) unseal(blocks, open, layer, index);  // rewriting a sealed block
+  open_block(open, layer) = index;
+  float* rows = open_rows(open, layer);
+  std::copy_n(values, row_width_, rows + slot * row_width_);
+  if (slot == bt - 1) {
+    seal_block(blocks[index], layer, plane, rows, bt);
+    open_block(open, layer) = index + 1;
+  }
+}
+
+const float* KvPool::values_at(const int32_t* blocks, int32_t open, int64_t layer, int64_t plane, int64_t position,
+                               int64_t first, int64_t n, float* scratch) const {
+  const int64_t bt = spec_.block_tokens;
+  const int64_t index = position / bt;
+  if (per_channel_plane(plane) && index >= open_block(open, layer))
+    return open_rows(open, layer) + (position % bt) * row_width_ + first;
+  return values(blocks[index], layer, plane, position % bt, first, n, scratch);
+}
+
 void BlockTable::reserve(KvPool& pool, int64_t tokens) {
   const int64_t bt = pool.spec().block_tokens;
-  if (pool.per_channel_plane(0) && open_block_.empty()) {
-    open_block_.assign(static_cast<size_t>(pool.spec().layers), 0);
-    open_keys_.assign(static_cast<size_t>(pool.spec().layers * bt * pool.row_width()), 0.0f);
-  }
+  ensure_open_rows(pool);
   const size_t needed = static_cast<size_t>((tokens + bt - 1) / bt);
   const size_t had = blocks_.size();
   try {
@@ -197,15 +284,17 @@ void BlockTable::reserve(KvPool& pool, int64_t tokens) {
   }
 }
 
-void BlockTable::release(KvPool& pool) { truncate(pool, 0); }
+void BlockTable::release(KvPool& pool) {
+  truncate(pool, 0);
+  if (open_ != KvPool::kNoOpenRows) pool.release_open_rows(std::exchange(open_, KvPool::kNoOpenRows));
+}
 
 void BlockTable::adopt(KvPool& pool, int32_t block) {
-  if (pool.per_channel_plane(0) && open_block_.empty()) {
-    open_block_.assign(static_cast<size_t>(pool.spec().layers), 0);
-    open_keys_.assign(static_cast<size_t>(pool.spec().layers * pool.spec().block_tokens * pool.row_width()), 0.0f);
-  }
+  ensure_open_rows(pool);
   blocks_.push_back(block);
-  for (int64_t& open : open_block_) open = static_cast<int64_t>(blocks_.size());
+  if (open_ != KvPool::kNoOpenRows)
+    for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
+      pool.open_block(open_, layer) = static_cast<int64_t>(blocks_.size());
 }
 
 void BlockTable::truncate(KvPool& pool, int64_t tokens) {
@@ -218,53 +307,17 @@ void BlockTable::truncate(KvPool& pool, int64_t tokens) {
   reopen(pool, std::max<int64_t>(tokens, 0));
 }
 
-void BlockTable::unseal(const KvPool& pool, int64_t layer, int64_t block_index) {
-  const int64_t bt = pool.spec().block_tokens, width = pool.row_width();
-  float* rows = open_rows(pool, layer);
-  const int32_t block = blocks_[static_cast<size_t>(block_index)];
-  for (int64_t s = 0; s < bt; ++s) pool.read_row(block, layer, 0, s, rows + s * width);
-  open_block_[static_cast<size_t>(layer)] = block_index;
-}
-
-void BlockTable::reopen(const KvPool& pool, int64_t tokens) {
-  if (open_block_.empty()) return;
+void BlockTable::reopen(KvPool& pool, int64_t tokens) {
+  if (open_ == KvPool::kNoOpenRows) return;
   const int64_t bt = pool.spec().block_tokens;
   for (int64_t layer = 0; layer < pool.spec().layers; ++layer) {
     if (!pool.on_host(layer)) continue;
-    int64_t& open = open_block_[static_cast<size_t>(layer)];
+    int64_t& open = pool.open_block(open_, layer);
     if (tokens % bt == 0)
       open = std::min(open, tokens / bt);
     else if (open > tokens / bt)
-      unseal(pool, layer, tokens / bt);
+      pool.unseal(blocks_.data(), open_, layer, tokens / bt);
   }
-}
-
-void BlockTable::write_row(KvPool& pool, int64_t layer, int64_t plane, int64_t position, const float* values) {
-  const int64_t bt = pool.spec().block_tokens;
-  const int64_t index = position / bt, slot = position % bt;
-  if (!pool.per_channel_plane(plane)) {
-    pool.write_row(blocks_[static_cast<size_t>(index)], layer, plane, slot, values);
-    return;
-  }
-  int64_t& open = open_block_[static_cast<size_t>(layer)];
-  if (index < open) unseal(pool, layer, index);  // rewriting a sealed block
-  open = index;
-  const int64_t width = pool.row_width();
-  float* rows = open_rows(pool, layer);
-  std::copy_n(values, width, rows + slot * width);
-  if (slot == bt - 1) {
-    pool.seal_block(blocks_[static_cast<size_t>(index)], layer, plane, rows, bt);
-    open = index + 1;
-  }
-}
-
-const float* BlockTable::values(const KvPool& pool, int64_t layer, int64_t plane, int64_t position,
-                                int64_t first, int64_t n, float* scratch) const {
-  const int64_t bt = pool.spec().block_tokens;
-  const int64_t index = position / bt;
-  if (pool.per_channel_plane(plane) && !open_block_.empty() && index >= open_block_[static_cast<size_t>(layer)])
-    return open_keys_.data() + (layer * bt + position % bt) * pool.row_width() + first;
-  return pool.values(blocks_[static_cast<size_t>(index)], layer, plane, position % bt, first, n, scratch);
 }
 
 void BlockTable::compact(KvPool& pool, std::span<const int64_t> kept) {
@@ -279,6 +332,7 @@ void BlockTable::compact(KvPool& pool, std::span<const int64_t> kept) {
   if (first_moved < n) {
     make_writable(pool, first_moved, n);
     const int64_t bt = pool.spec().block_tokens, width = pool.row_width();
+    std::vector<float> moved;
     for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
       for (int64_t plane = 0; plane < pool.planes() && pool.on_host(layer); ++plane) {
         if (!pool.per_channel_plane(plane)) {
@@ -293,12 +347,11 @@ void BlockTable::compact(KvPool& pool, std::span<const int64_t> kept) {
         // Per-channel keys: every row from the first changed block on is read before any is
         // written, then written again in order (the blocks are sealed anew as they fill).
         const int64_t start = first_moved / bt * bt;
-        compact_scratch_.resize(static_cast<size_t>((n - start) * width));
+        moved.resize(static_cast<size_t>((n - start) * width));
         for (int64_t i = start; i < n; ++i)
-          read_row(pool, layer, plane, kept[static_cast<size_t>(i)], compact_scratch_.data() + (i - start) * width);
-        open_block_[static_cast<size_t>(layer)] = start / bt;
-        for (int64_t i = start; i < n; ++i)
-          write_row(pool, layer, plane, i, compact_scratch_.data() + (i - start) * width);
+          read_row(pool, layer, plane, kept[static_cast<size_t>(i)], moved.data() + (i - start) * width);
+        pool.open_block(open_, layer) = start / bt;
+        for (int64_t i = start; i < n; ++i) write_row(pool, layer, plane, i, moved.data() + (i - start) * width);
       }
   }
   truncate(pool, n);
@@ -316,8 +369,7 @@ BlockTable BlockTable::share_prefix(KvPool& pool, int64_t tokens) const {
     pool.retain_block(blocks_[i]);
     shared.blocks_.push_back(blocks_[i]);
   }
-  shared.open_block_ = open_block_;
-  shared.open_keys_ = open_keys_;
+  if (open_ != KvPool::kNoOpenRows) shared.open_ = pool.copy_open_rows(open_);
   shared.reopen(pool, tokens);
   return shared;
 }

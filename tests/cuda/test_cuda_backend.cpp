@@ -235,14 +235,12 @@ struct AttentionSetup {
   int64_t layer;
   std::vector<int64_t> positions = {37, 38, 39, 22};
   std::vector<BlockTable*> tables;
-  std::vector<const BlockTable*> read_tables;
 
   AttentionSetup(KvLayout layout, KvType type, int64_t width, int64_t layer_)
       : pool(KvPoolSpec{layout, 2, width, 16, 12, Device::cpu(), type}), layer(layer_) {
     a.reserve(pool, 40);
     b.reserve(pool, 23);
     tables = {&a, &a, &a, &b};
-    read_tables = {&a, &a, &a, &b};
   }
   // Flat block tables [tokens, stride] as the forward pass uploads them.
   std::vector<int32_t> flat(const std::vector<BlockTable*>& t, int64_t stride) const {
@@ -261,7 +259,6 @@ struct AttentionSetup {
     for (BlockTable* t : {&a, &b})
       for (int64_t p = 0; p < t->capacity_tokens(pool); ++p) slots.push_back(p), owners.push_back(t);
     const auto n = static_cast<int64_t>(slots.size());
-    std::vector<const BlockTable*> read(owners.begin(), owners.end());
     const int64_t stride = 3;
     DeviceBuffer d_slots = put(be, slots), d_tables = put(be, flat(owners, stride));
     for (int64_t plane = 0; plane < pool.planes(); ++plane) {
@@ -270,8 +267,6 @@ struct AttentionSetup {
       AttentionBatch batch;
       batch.tokens = n;
       batch.positions = d_slots.as<int64_t>();
-      batch.tables = read.data();
-      batch.write_tables = owners.data();
       batch.block_tables = d_tables.as<int32_t>();
       batch.table_stride = stride;
       batch.max_context = 48;
@@ -286,8 +281,6 @@ struct AttentionSetup {
     AttentionBatch bt;
     bt.tokens = 4;
     bt.positions = keep[keep.size() - 2].as<int64_t>();
-    bt.tables = read_tables.data();
-    bt.write_tables = tables.data();
     bt.block_tables = keep.back().as<int32_t>();
     bt.table_stride = 3;
     bt.max_context = 40;

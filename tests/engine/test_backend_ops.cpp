@@ -175,18 +175,25 @@ TEST_CASE("cpu backend: kv_append writes each token's row at its slot", "[backen
     c.reserve(pool, 3);
     b->kv_attach(pool, 1);
     // Slots 0..8 of a (crossing blocks, so int4 keys get sealed) and 0..2 of c, in one batch.
+    // The batch as plain data: each token's block ids (a row of 3) and open-rows slot.
     std::vector<int64_t> slots;
     std::vector<BlockTable*> tables;
-    std::vector<const BlockTable*> read;
-    for (int64_t s = 0; s < 9; ++s) slots.push_back(s), tables.push_back(&a), read.push_back(&a);
-    for (int64_t s = 0; s < 3; ++s) slots.push_back(s), tables.push_back(&c), read.push_back(&c);
+    std::vector<int32_t> flat, open;
+    for (int64_t s = 0; s < 9; ++s) slots.push_back(s), tables.push_back(&a);
+    for (int64_t s = 0; s < 3; ++s) slots.push_back(s), tables.push_back(&c);
+    for (const BlockTable* t : tables) {
+      for (size_t i = 0; i < 3; ++i) flat.push_back(i < t->blocks().size() ? t->blocks()[i] : 0);
+      open.push_back(t->open_rows());
+    }
+    CHECK((type == KvType::int4) == (a.open_rows() != KvPool::kNoOpenRows));
     const auto n = static_cast<int64_t>(slots.size());
     const auto rows = random_values(static_cast<size_t>(n * width), 12);
     AttentionBatch batch;
     batch.tokens = n;
     batch.positions = slots.data();
-    batch.tables = read.data();
-    batch.write_tables = tables.data();
+    batch.block_tables = flat.data();
+    batch.table_stride = 3;
+    batch.open_rows = open.data();
     for (int64_t plane : {0, 1}) b->kv_append(pool, 1, plane, batch, rows.data(), width);
     std::vector<float> got(static_cast<size_t>(width)), want(static_cast<size_t>(width));
     for (int64_t t = 0; t < n; ++t)

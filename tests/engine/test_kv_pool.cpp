@@ -219,6 +219,51 @@ TEST_CASE("KV pool: layers a device keeps have no host planes; the others work a
   CHECK_THROWS_AS(KvPool(spec), Error);
 }
 
+TEST_CASE("KV pool: an int4 sequence's open key rows are a pool slot its table holds, read by plain data",
+          "[kv]") {
+  // f16 has no per-channel plane: no slot, and asking for one is an internal error.
+  KvPool plain(small_spec(KvType::f16));
+  BlockTable f;
+  f.reserve(plain, 5);
+  CHECK(f.open_rows() == KvPool::kNoOpenRows);
+  CHECK_THROWS_AS(plain.acquire_open_rows(), Error);
+  f.release(plain);
+
+  KvPool pool(small_spec(KvType::int4, 8));
+  BlockTable a;
+  a.reserve(pool, 6);  // block 0 sealed once slot 3 is written, block 1 open
+  REQUIRE(a.open_rows() != KvPool::kNoOpenRows);
+  for (int64_t p = 0; p < 6; ++p) a.write_row(pool, 1, 0, p, row_values(static_cast<float>(p), 12).data());
+  CHECK(pool.open_block(a.open_rows(), 1) == 1);
+  // The open block's keys read back exactly, through the table and through its plain data.
+  std::vector<float> scratch(12);
+  for (int64_t p = 4; p < 6; ++p) {
+    const float* v = pool.values_at(a.blocks().data(), a.open_rows(), 1, 0, p, 0, 12, scratch.data());
+    CHECK(std::vector<float>(v, v + 12) == row_values(static_cast<float>(p), 12));
+    CHECK(a.values(pool, 1, 0, p, 0, 12, scratch.data()) == v);
+  }
+  // A shared prefix gets a slot of its own holding the same rows; writing one leaves the other.
+  BlockTable b = a.share_prefix(pool, 6);
+  REQUIRE(b.open_rows() != a.open_rows());
+  b.make_writable(pool, 5, 6);
+  b.write_row(pool, 1, 0, 5, row_values(40.0f, 12).data());
+  const float* in_a = pool.values_at(a.blocks().data(), a.open_rows(), 1, 0, 5, 0, 12, scratch.data());
+  CHECK(std::vector<float>(in_a, in_a + 12) == row_values(5.0f, 12));
+  // A moved table takes its slot along; an unknown slot is an internal error, not a wild read.
+  BlockTable moved = std::move(b);
+  CHECK(b.open_rows() == KvPool::kNoOpenRows);
+  CHECK_THROWS_AS(pool.values_at(moved.blocks().data(), 9999, 1, 0, 5, 0, 12, scratch.data()), Error);
+  // Released tables give their slots back: many sequences one after another never run out.
+  moved.release(pool);
+  a.release(pool);
+  for (int i = 0; i < 1000; ++i) {
+    BlockTable t;
+    t.reserve(pool, 1);
+    t.release(pool);
+  }
+  CHECK(pool.free_blocks() == 8);
+}
+
 TEST_CASE("BlockTable::truncate releases whole blocks past the kept positions", "[kv]") {
   KvPool pool(small_spec(KvType::f32, 4));
   BlockTable t;

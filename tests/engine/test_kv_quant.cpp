@@ -210,6 +210,27 @@ TEST_CASE("int4 per-channel key blocks: error per channel, open block, truncate,
   CHECK(pool.free_blocks() == 8);
 }
 
+// What the attention kernels read of `tokens` tokens of one sequence: its block ids (one row per
+// token) and its open-rows slot, as the forward pass flattens them.
+struct OneSequence {
+  std::vector<int32_t> blocks, open;
+  AttentionBatch batch;
+  OneSequence(const BlockTable& t, const int64_t* positions, int64_t tokens, float* const* rows = nullptr) {
+    for (int64_t k = 0; k < tokens; ++k) {
+      blocks.insert(blocks.end(), t.blocks().begin(), t.blocks().end());
+      open.push_back(t.open_rows());
+    }
+    batch.tokens = tokens;
+    batch.positions = positions;
+    batch.block_tables = blocks.data();
+    batch.table_stride = static_cast<int64_t>(t.blocks().size());
+    batch.open_rows = open.data();
+    batch.attention_rows = rows;
+  }
+  OneSequence(const OneSequence&) = delete;
+  OneSequence& operator=(const OneSequence&) = delete;
+};
+
 TEST_CASE("Attention over a quantised cache equals attention over its dequantised rows", "[kv][kvquant]") {
   ThreadPool threads(2);
   const int64_t heads = 4, kv_heads = 2, head_dim = 32, width = kv_heads * head_dim;
@@ -236,17 +257,15 @@ TEST_CASE("Attention over a quantised cache equals attention over its dequantise
         e.write_row(exact, 1, plane, p, row.data());
       }
     const int64_t positions[3] = {44, 20, 3};
-    const BlockTable* tables[3] = {&t, &t, &t};
-    const BlockTable* exact_tables[3] = {&e, &e, &e};
     std::vector<float> got(static_cast<size_t>(3 * heads * head_dim)), want(got.size()), again(got.size());
-    gqa_attention(threads, pool, 1, {3, positions, tables}, q.data(), heads, kv_heads, head_dim, 0.17f, got.data());
-    gqa_attention(threads, exact, 1, {3, positions, exact_tables}, q.data(), heads, kv_heads, head_dim, 0.17f,
+    gqa_attention(threads, pool, 1, OneSequence(t, positions, 3).batch, q.data(), heads, kv_heads, head_dim, 0.17f, got.data());
+    gqa_attention(threads, exact, 1, OneSequence(e, positions, 3).batch, q.data(), heads, kv_heads, head_dim, 0.17f,
                   want.data());
     for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-6).epsilon(1e-6));
     // The attention rows (for retention policies) do not change the output; they sum to heads.
     std::vector<float> sums(static_cast<size_t>(3 * n), 0.0f);
     float* rows[3] = {sums.data(), sums.data() + n, sums.data() + 2 * n};
-    gqa_attention(threads, pool, 1, {3, positions, tables, rows}, q.data(), heads, kv_heads, head_dim, 0.17f,
+    gqa_attention(threads, pool, 1, OneSequence(t, positions, 3, rows).batch, q.data(), heads, kv_heads, head_dim, 0.17f,
                   again.data());
     CHECK(again == got);
     for (int t3 = 0; t3 < 3; ++t3) {
@@ -276,12 +295,10 @@ TEST_CASE("Attention over a quantised cache equals attention over its dequantise
           CHECK(lrow[static_cast<size_t>(i)] == (type == KvType::bf16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x))));
         }
     }
-    const BlockTable* mt[3] = {&m, &m, &m};
-    const BlockTable* met[3] = {&me, &me, &me};
     std::vector<float> mgot(static_cast<size_t>(3 * mla_heads * kv_lora)), mwant(mgot.size());
-    mla_attention(threads, mla, 0, {3, positions, mt}, q_lat.data(), q_rope.data(), mla_heads, kv_lora, rope, 0.1f,
+    mla_attention(threads, mla, 0, OneSequence(m, positions, 3).batch, q_lat.data(), q_rope.data(), mla_heads, kv_lora, rope, 0.1f,
                   mgot.data());
-    mla_attention(threads, mla_exact, 0, {3, positions, met}, q_lat.data(), q_rope.data(), mla_heads, kv_lora, rope,
+    mla_attention(threads, mla_exact, 0, OneSequence(me, positions, 3).batch, q_lat.data(), q_rope.data(), mla_heads, kv_lora, rope,
                   0.1f, mwant.data());
     for (size_t i = 0; i < mgot.size(); ++i) CHECK(mgot[i] == Approx(mwant[i]).margin(1e-6).epsilon(1e-6));
   }

@@ -8,30 +8,32 @@
 
 namespace tandem {
 
-class BlockTable;
-
-// A batch of tokens for attention and KV writes: token t belongs to the sequence whose block table
-// is tables[t] and sits at cache slot positions[t]; it attends to slots [0, positions[t]] of that
-// sequence, which must already be in the cache.
+// A batch of tokens for attention and KV writes: token t belongs to the sequence whose block ids
+// are row t of block_tables and sits at cache slot positions[t]; it attends to slots
+// [0, positions[t]] of that sequence, which must already be in the cache.
 struct AttentionBatch {
   int64_t tokens = 0;
-  const int64_t* positions = nullptr;         // [tokens]: cache slots (the last one attended); backend memory
-  const BlockTable* const* tables = nullptr;  // [tokens], host objects: what host kernels read
-  // Optional, for retention policies (host backends): when attention_rows[t] is set, token t's
-  // attention probabilities, summed over its heads, are added to attention_rows[t][0, positions[t]].
-  float* const* attention_rows = nullptr;  // [tokens]
-  // The same tables as plain data in backend memory, for device kernels: token t's block ids are
+  const int64_t* positions = nullptr;  // [tokens]: cache slots (the last one attended); backend memory
+  // Token t's sequence as plain data in backend memory: its block ids are
   // block_tables[t·table_stride, +positions[t] / block_tokens + 1).
   const int32_t* block_tables = nullptr;
   int64_t table_stride = 0;
   int64_t max_context = 0;  // ≥ every positions[t] + 1
+  // [tokens], backend memory: the KvPool open-rows slot of token t's sequence, for a pool with
+  // per-channel (int4) key planes, whose open block's keys live there (host kernels); null otherwise.
+  const int32_t* open_rows = nullptr;
+  // Optional, for retention policies (host backends): when attention_rows[t] is set, token t's
+  // attention probabilities, summed over its heads, are added to attention_rows[t][0, positions[t]].
+  float* const* attention_rows = nullptr;  // [tokens]
   // Every token is of one sequence at increasing positions (one prompt chunk): device backends may
   // then share each cached tile among many query tokens (flash attention).
   bool one_sequence = false;
-  // The same tables, writable: where a host backend's kv_append writes (an int4 pool's open key
-  // rows live in the table).
-  BlockTable* const* write_tables = nullptr;
 };
+
+// Token t's open-rows slot, or -1 (KvPool::kNoOpenRows) when the batch has none.
+inline int32_t open_rows_of(const AttentionBatch& batch, int64_t t) {
+  return batch.open_rows != nullptr ? batch.open_rows[t] : -1;
+}
 
 // MLA's head shape: query heads, their no-position (nope) and rotary (rope) widths, the value width
 // and the latent (kv_lora) width.

@@ -12,9 +12,14 @@
 // kv_quant.hpp) — or, for the K plane of an int4 GQA cache, per-channel (KIVI): the block's
 // block_tokens rows of 4-bit codes, slot-major, then one (f16 scale, f16 min) pair per channel
 // computed over the block's tokens (kv_channel_block_bytes). A per-channel block can only be
-// quantised once all its tokens are known, so a BlockTable keeps the key rows of its open (last,
-// partial) block in float32 per layer — KIVI's full-precision residual — and quantises ("seals")
-// the block when its last slot is written. The MLA latent is both key and value and is always
+// quantised once all its tokens are known, so each sequence holds an *open-rows slot* of the pool:
+// per layer, the index (in the sequence's block list) of its open (last, partial) block and that
+// block's key rows in float32 — KIVI's full-precision residual; the block is quantised ("sealed")
+// when its last slot is written.
+//
+// Kernels address a sequence by plain data only: its block ids in position order (a row of a flat
+// int32 table) and its open-rows slot (write_position, values_at); BlockTable is the owner's view
+// of the same two things. The MLA latent is both key and value and is always
 // quantised per token.
 //
 // Blocks are addressed by id and reference-counted: a block may belong to several BlockTables (a
@@ -23,11 +28,13 @@
 // first (copy-on-write). Storage is allocated once, at construction.
 #include <cstddef>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "tandem/kv/kv_type.hpp"
@@ -123,7 +130,51 @@ class KvPool {
     if (v != out) std::copy_n(v, row_width_, out);
   }
 
+  // ---- a sequence by plain data: `blocks` its block ids (blocks[position / block_tokens]),
+  // `open` its open-rows slot (kNoOpenRows where the pool has no per-channel plane) ----
+  static constexpr int32_t kNoOpenRows = -1;
+  // Writes one position's row; its block must be the sequence's alone. A per-channel plane's row
+  // goes to the open rows (a sealed block written again is reopened first); the block is sealed when
+  // its last slot is written.
+  void write_position(const int32_t* blocks, int32_t open, int64_t layer, int64_t plane, int64_t position,
+                      const float* values);
+  // Values [first, first + n) of one position's row as float32 (see values); rows of the open
+  // per-channel block come from the open rows.
+  const float* values_at(const int32_t* blocks, int32_t open, int64_t layer, int64_t plane, int64_t position,
+                         int64_t first, int64_t n, float* scratch) const;
+
+  // ---- open-rows slots (per-channel pools; owned by BlockTables) ----
+  // A slot with every layer's open block at index 0; Error(unsupported) where the pool has no
+  // per-channel plane. Storage: layers · block_tokens · row_width floats, kept for reuse when released.
+  int32_t acquire_open_rows();
+  void release_open_rows(int32_t open);
+  int32_t copy_open_rows(int32_t open);  // a new slot holding the same open indices and rows
+  int64_t& open_block(int32_t open, int64_t layer) { return open_rows_at(open).open_block[static_cast<size_t>(layer)]; }
+  int64_t open_block(int32_t open, int64_t layer) const {
+    return open_rows_at(open).open_block[static_cast<size_t>(layer)];
+  }
+  float* open_rows(int32_t open, int64_t layer) {
+    return open_rows_at(open).rows.data() + layer * spec_.block_tokens * row_width_;
+  }
+  const float* open_rows(int32_t open, int64_t layer) const {
+    return open_rows_at(open).rows.data() + layer * spec_.block_tokens * row_width_;
+  }
+  // Reads block blocks[index] of `layer` back into the open rows and makes it the open block.
+  void unseal(const int32_t* blocks, int32_t open, int64_t layer, int64_t index);
+
  private:
+  struct OpenRows {
+    std::vector<int64_t> open_block;  // [layers]
+    std::vector<float> rows;          // [layers][block_tokens][row_width]
+    std::atomic<bool> in_use{false};
+  };
+  // A fixed array of slots, each made on first use (under mutex_) and never moved, so kernels read
+  // a slot without a lock; a slot's content belongs to the table holding it. Its size bounds the
+  // sequences a per-channel pool serves at once: a sequence with a token holds a block.
+  static constexpr int64_t kSpareOpenSlots = 256;
+  OpenRows& open_rows_at(int32_t open) { return *open_slots_[checked_open(open)]; }
+  const OpenRows& open_rows_at(int32_t open) const { return *open_slots_[checked_open(open)]; }
+  size_t checked_open(int32_t open) const;
   size_t offset(int32_t block, int64_t layer, int64_t plane) const {
     const int64_t host = host_index_[static_cast<size_t>(layer)];
     if (host < 0) no_host_planes(layer);
@@ -147,6 +198,10 @@ class KvPool {
   std::vector<int32_t> free_ids_;
   std::vector<int32_t> refs_;
   std::vector<std::weak_ptr<BlockCopyListener>> copy_listeners_;  // under mutex_
+  std::unique_ptr<std::unique_ptr<OpenRows>[]> open_slots_;  // [open_capacity_], per-channel pools only
+  size_t open_capacity_ = 0;
+  size_t open_made_ = 0;                  // under mutex_
+  std::vector<int32_t> free_open_slots_;  // under mutex_
 };
 
 // The blocks of one sequence, in position order. Not thread-safe; the pool is.
@@ -155,13 +210,20 @@ class BlockTable {
   BlockTable() = default;
   BlockTable(const BlockTable&) = delete;
   BlockTable& operator=(const BlockTable&) = delete;
-  BlockTable(BlockTable&&) noexcept = default;
-  BlockTable& operator=(BlockTable&&) noexcept = default;
+  // A moved-from table holds nothing (its open-rows slot goes with the blocks). A table moved into
+  // must hold nothing either (release it first): like its blocks, its slot needs the pool to go back.
+  BlockTable(BlockTable&& other) noexcept
+      : blocks_(std::move(other.blocks_)), open_(std::exchange(other.open_, KvPool::kNoOpenRows)) {}
+  BlockTable& operator=(BlockTable&& other) noexcept {
+    blocks_ = std::move(other.blocks_);
+    open_ = std::exchange(other.open_, KvPool::kNoOpenRows);
+    return *this;
+  }
 
   // Makes room for `tokens` positions, taking blocks from the pool; on Error(out_of_memory) the
   // table keeps what it had.
   void reserve(KvPool& pool, int64_t tokens);
-  void release(KvPool& pool);  // drops every block reference
+  void release(KvPool& pool);  // drops every block reference and the open-rows slot
   // Appends a full block already retained for this table (a prefix cache hit); the table must
   // hold whole blocks only, all of them full.
   void adopt(KvPool& pool, int32_t block);
@@ -184,6 +246,8 @@ class BlockTable {
     return static_cast<int64_t>(blocks_.size()) * pool.spec().block_tokens;
   }
   const std::vector<int32_t>& blocks() const { return blocks_; }
+  // The open-rows slot kernels take with the block ids (KvPool::kNoOpenRows without per-channel keys).
+  int32_t open_rows() const { return open_; }
   int32_t block_of(const KvPool& pool, int64_t position) const {
     return blocks_[static_cast<size_t>(position / pool.spec().block_tokens)];
   }
@@ -191,34 +255,31 @@ class BlockTable {
   const std::byte* row(const KvPool& pool, int64_t layer, int64_t plane, int64_t position) const {
     return pool.row(block_of(pool, position), layer, plane, position % pool.spec().block_tokens);
   }
-  // Writes one position's row; the block must be this table's alone (see make_writable). A
-  // per-channel plane's row goes to the open block's float32 rows; the block is sealed when its
-  // last slot is written.
-  void write_row(KvPool& pool, int64_t layer, int64_t plane, int64_t position, const float* values);
-  // Values [first, first + n) of one position's row as float32 (see KvPool::values); rows of the
-  // open per-channel block are read from the table's float32 copy.
+  // Writes one position's row; the block must be this table's alone (see make_writable).
+  // KvPool::write_position over this table's blocks and open rows.
+  void write_row(KvPool& pool, int64_t layer, int64_t plane, int64_t position, const float* values) {
+    pool.write_position(blocks_.data(), open_, layer, plane, position, values);
+  }
+  // KvPool::values_at over this table's blocks and open rows.
   const float* values(const KvPool& pool, int64_t layer, int64_t plane, int64_t position, int64_t first,
-                      int64_t n, float* scratch) const;
+                      int64_t n, float* scratch) const {
+    return pool.values_at(blocks_.data(), open_, layer, plane, position, first, n, scratch);
+  }
   void read_row(const KvPool& pool, int64_t layer, int64_t plane, int64_t position, float* out) const {
     const float* v = values(pool, layer, plane, position, 0, pool.row_width(), out);
     if (v != out) std::copy_n(v, pool.row_width(), out);
   }
 
  private:
-  float* open_rows(const KvPool& pool, int64_t layer) {
-    return open_keys_.data() + layer * pool.spec().block_tokens * pool.row_width();
+  void ensure_open_rows(KvPool& pool) {
+    if (pool.per_channel_plane(0) && open_ == KvPool::kNoOpenRows) open_ = pool.acquire_open_rows();
   }
   // After the table shrank to `tokens` positions: a per-channel block that now holds a partial
   // prefix is reopened (its rows dequantised into the open rows).
-  void reopen(const KvPool& pool, int64_t tokens);
-  void unseal(const KvPool& pool, int64_t layer, int64_t block_index);
+  void reopen(KvPool& pool, int64_t tokens);
 
   std::vector<int32_t> blocks_;
-  // Per-channel key planes only: per layer, the index in blocks_ of the open block (earlier
-  // blocks are sealed) and its key rows [layers][block_tokens][row_width].
-  std::vector<int64_t> open_block_;
-  std::vector<float> open_keys_;
-  std::vector<float> compact_scratch_;
+  int32_t open_ = KvPool::kNoOpenRows;  // per-channel key planes only: the pool's open-rows slot
 };
 
 }  // namespace tandem

@@ -50,6 +50,14 @@ class CpuEvent final : public BackendEvent {
   uint64_t ticket_ = 0;
 };
 
+// The plain-data view of a batch's sequences the host kernels read (AttentionBatch).
+void check_tables(const KvPool& kv, const AttentionBatch& batch, const char* op) {
+  if (batch.tokens > 0 && (batch.block_tables == nullptr || batch.table_stride <= 0))
+    throw Error(ErrorKind::internal, fmt::format("{}: a batch without block tables", op));
+  if (batch.tokens > 0 && kv.per_channel_plane(0) && batch.open_rows == nullptr)
+    throw Error(ErrorKind::internal, fmt::format("{}: an int4 cache's batch without open-rows slots", op));
+}
+
 // TANDEM_CPU_SPIN_US=N: how long the pool's idle threads poll before they sleep (ThreadPool).
 int spin_microseconds_from_environment() {
   const char* text = std::getenv("TANDEM_CPU_SPIN_US");
@@ -115,9 +123,10 @@ class CpuBackend final : public Backend {
   void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
                  int64_t row_stride) override {
     drain();
-    if (batch.write_tables == nullptr) throw Error(ErrorKind::internal, "kv_append: a batch without block tables");
+    check_tables(kv, batch, "kv_append");
     for (int64_t t = 0; t < batch.tokens; ++t)
-      batch.write_tables[t]->write_row(kv, layer, plane, batch.positions[t], rows + t * row_stride);
+      kv.write_position(batch.block_tables + t * batch.table_stride, open_rows_of(batch, t), layer, plane,
+                        batch.positions[t], rows + t * row_stride);
   }
 
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
@@ -178,12 +187,14 @@ class CpuBackend final : public Backend {
                      int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                      float* out) override {
     drain();
+    check_tables(kv, batch, "gqa_attention");
     tandem::gqa_attention(pool_, kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
   }
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
                      const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim,
                      float softmax_scale, float* out) override {
     drain();
+    check_tables(kv, batch, "mla_attention");
     tandem::mla_attention(pool_, kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
                           out);
   }

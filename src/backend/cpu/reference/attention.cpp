@@ -51,13 +51,14 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item * per_item / kv_heads;
       const int64_t n = batch.positions[t] + 1;
-      const BlockTable& table = *batch.tables[t];
+      const int32_t* blocks = batch.block_tables + t * batch.table_stride;
+      const int32_t open = open_rows_of(batch, t);
       float* scores = pool.scratch(worker, kScoresSlot, static_cast<size_t>(group * n));
       float* sum_row = sums ? batch.attention_rows[t] : nullptr;
       for (int64_t g = item * per_item % kv_heads; g < item * per_item % kv_heads + per_item; ++g) {
         const float* qg = q + (t * heads + g * group) * head_dim;
         for (int64_t s = 0; s < n; ++s) {
-          const float* kh = table.values(kv, layer, 0, s, g * head_dim, head_dim, row);
+          const float* kh = kv.values_at(blocks, open, layer, 0, s, g * head_dim, head_dim, row);
           for (int64_t j = 0; j < group; ++j)
             scores[j * n + s] = dot(qg + j * head_dim, kh, head_dim) * softmax_scale;
         }
@@ -65,7 +66,7 @@ void gqa_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
         float* og = out + (t * heads + g * group) * head_dim;
         std::fill(og, og + group * head_dim, 0.0f);
         for (int64_t s = 0; s < n; ++s) {
-          const float* vh = table.values(kv, layer, 1, s, g * head_dim, head_dim, row);
+          const float* vh = kv.values_at(blocks, open, layer, 1, s, g * head_dim, head_dim, row);
           for (int64_t j = 0; j < group; ++j) {
             const float p = scores[j * n + s];
             float* oh = og + j * head_dim;
@@ -90,21 +91,22 @@ void mla_attention(ThreadPool& pool, const KvPool& kv, int64_t layer, const Atte
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item * per_item / heads;
       const int64_t n = batch.positions[t] + 1;
-      const BlockTable& table = *batch.tables[t];
+      const int32_t* blocks = batch.block_tables + t * batch.table_stride;
+      const int32_t open = open_rows_of(batch, t);
       float* scores = pool.scratch(worker, kScoresSlot, static_cast<size_t>(n));
       float* sum_row = sums ? batch.attention_rows[t] : nullptr;
       for (int64_t h = item * per_item % heads; h < item * per_item % heads + per_item; ++h) {
         const float* ql = q_latent + (t * heads + h) * kv_lora;
         const float* qr = q_rope + (t * heads + h) * rope_dim;
         for (int64_t s = 0; s < n; ++s) {
-          const float* cached = table.values(kv, layer, 0, s, 0, kv_lora + rope_dim, row);
+          const float* cached = kv.values_at(blocks, open, layer, 0, s, 0, kv_lora + rope_dim, row);
           scores[s] = (dot(ql, cached, kv_lora) + dot(qr, cached + kv_lora, rope_dim)) * softmax_scale;
         }
         softmax_in_place(scores, n);
         float* oh = out + (t * heads + h) * kv_lora;
         std::fill(oh, oh + kv_lora, 0.0f);
         for (int64_t s = 0; s < n; ++s) {
-          const float* latent = table.values(kv, layer, 0, s, 0, kv_lora, row);
+          const float* latent = kv.values_at(blocks, open, layer, 0, s, 0, kv_lora, row);
           for (int64_t i = 0; i < kv_lora; ++i) oh[i] += scores[s] * latent[i];
         }
         if (sum_row)
