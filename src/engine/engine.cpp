@@ -15,6 +15,7 @@
 
 #include <unistd.h>
 
+#include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
@@ -284,14 +285,8 @@ class CpuEngine final : public Engine {
                                 timed_backends_.empty());
     int64_t stream_min = options_.stream_experts_min_tokens;
     if (stream_min < 0) stream_min = automatic_stream_min_tokens(forward_->streamable_expert_bytes());
-    if (const char* env = std::getenv("TANDEM_STREAM_EXPERTS_MIN_TOKENS")) {
-      char* end = nullptr;
-      const long long v = std::strtoll(env, &end, 10);
-      if (end == env || *end != '\0' || v < 0)
-        throw Error(ErrorKind::invalid_argument,
-                    fmt::format("TANDEM_STREAM_EXPERTS_MIN_TOKENS='{}' is not a token count (0 turns streaming off)", env));
-      stream_min = v;
-    }
+    // A token count; 0 turns streaming off.
+    if (const auto env = integer_from_environment("TANDEM_STREAM_EXPERTS_MIN_TOKENS", 0, INT64_MAX)) stream_min = *env;
     if (stream_min > 0 && !gpu_backends_.empty()) step(0.7f, "copying streamed experts to pinned memory");
     forward_->set_stream_experts_min_tokens(stream_min);
     if (automatic_batch && stream_min > 0 && forward_->streamable_expert_bytes() > 0 &&

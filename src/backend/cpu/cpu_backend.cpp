@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "backend/cpu/fast_ops.hpp"
+#include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/attention.hpp"
 #include "tandem/backend/cpu/reference/expert_deferral.hpp"
@@ -60,14 +60,8 @@ void check_tables(const KvPool& kv, const AttentionBatch& batch, const char* op)
 
 // TANDEM_CPU_SPIN_US=N: how long the pool's idle threads poll before they sleep (ThreadPool).
 int spin_microseconds_from_environment() {
-  const char* text = std::getenv("TANDEM_CPU_SPIN_US");
-  if (text == nullptr || *text == '\0') return ThreadPool::kDefaultSpinMicroseconds;
-  char* end = nullptr;
-  const long long us = std::strtoll(text, &end, 10);
-  if (*end != '\0' || us < 0 || us > ThreadPool::kMaxSpinMicroseconds)
-    throw Error(ErrorKind::invalid_argument, fmt::format("TANDEM_CPU_SPIN_US must be microseconds from 0 to {}, not '{}'",
-                                                         ThreadPool::kMaxSpinMicroseconds, text));
-  return static_cast<int>(us);
+  return static_cast<int>(integer_from_environment("TANDEM_CPU_SPIN_US", 0, ThreadPool::kMaxSpinMicroseconds)
+                              .value_or(ThreadPool::kDefaultSpinMicroseconds));
 }
 
 class CpuBackend final : public Backend {

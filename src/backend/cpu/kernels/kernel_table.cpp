@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "core/environment.hpp"
 #include "tandem/error.hpp"
 
 namespace tandem::kernels {
@@ -166,27 +167,12 @@ int64_t act_block_bytes(ActFormat format) noexcept {
                                    : 4;
 }
 
-namespace {
-
-int64_t prefetch_bytes_from_environment() {
-  const char* text = std::getenv("TANDEM_CPU_PREFETCH");
-  if (text == nullptr || *text == '\0') return kDefaultPrefetchBytes;
-  char* end = nullptr;
-  const long long bytes = std::strtoll(text, &end, 10);
-  if (*end != '\0' || bytes < 0 || bytes > (1 << 20))
-    throw Error(ErrorKind::invalid_argument,
-                std::string("TANDEM_CPU_PREFETCH must be a byte count from 0 to 1048576, not '") + text + "'");
-  return bytes;
-}
-
-}  // namespace
-
 KernelTable make_kernel_table(IsaLevel level) {
   if (!isa_level_supported(level))
     throw Error(ErrorKind::unsupported,
                 std::string("this CPU cannot run the ") + isa_level_name(level) + " kernels");
   KernelTable t{};
-  t.prefetch_bytes = prefetch_bytes_from_environment();
+  t.prefetch_bytes = integer_from_environment("TANDEM_CPU_PREFETCH", 0, int64_t{1} << 20).value_or(kDefaultPrefetchBytes);
   scalar::fill_kernels(t);
   if (level == IsaLevel::avx2) avx2::fill_kernels(t);
   if (level == IsaLevel::avx512 || level == IsaLevel::amx) {
