@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/cpu/fast_attention.hpp"
 #include "backend/cpu/fast_ops.hpp"
 #include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
@@ -182,6 +183,9 @@ class CpuBackend final : public Backend {
                      float* out) override {
     drain();
     check_tables(kv, batch, "gqa_attention");
+    if (fast_ && fast_gqa_attention_supports(batch, heads, kv_heads, head_dim))
+      return fast_gqa_attention(pool_, fast_->level(), kv, layer, batch, q, heads, kv_heads, head_dim,
+                                softmax_scale, out);
     tandem::gqa_attention(pool_, kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
   }
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,

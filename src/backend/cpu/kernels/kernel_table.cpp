@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/attention_block.hpp"
 #include "core/environment.hpp"
 #include "tandem/error.hpp"
 
@@ -187,6 +188,23 @@ KernelTable make_emulated_amx_table() {
   KernelTable t = make_kernel_table(IsaLevel::avx512);
   amx::fill_emulated_kernels(t);
   return t;
+}
+
+}  // namespace tandem::kernels
+
+namespace tandem::kernels {
+
+AttendKeysFn attend_keys_for(IsaLevel level) noexcept {
+  switch (level) {
+    case IsaLevel::scalar:
+      return scalar::attend_keys;
+    case IsaLevel::avx2:
+      return avx2::attend_keys;
+    case IsaLevel::avx512:
+    case IsaLevel::amx:
+      return avx512::attend_keys;
+  }
+  return scalar::attend_keys;
 }
 
 }  // namespace tandem::kernels

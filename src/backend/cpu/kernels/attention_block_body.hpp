@@ -1,0 +1,128 @@
+#pragma once
+// The body of attend_keys (attention_block.hpp), written once with 16-float GCC/Clang vector types
+// and included by attention_{scalar,avx2,avx512}.cpp, each compiled for its ISA: the compiler maps a
+// 16-float vector onto one zmm, two ymm or four xmm registers. Internal linkage, so each ISA's copy
+// stays its own.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backend/cpu/kernels/attention_block.hpp"
+
+namespace {
+
+using tandem::kernels::AttendBlock;
+using tandem::kernels::kAttendKeys;
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+static_assert(sizeof(vf) == kAttendKeys * sizeof(float));
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float s) { return vf{} + s; }
+inline vf select(vi mask, vf yes, vf no) { return (vf)(((vi)yes & mask) | ((vi)no & ~mask)); }
+
+// exp(x) for x ≤ 0 (scores minus their running max), relative error ~2e-7 over the range that does
+// not underflow: x = n·ln2 + g with |g| ≤ ln2/2, exp(g) by its degree-6 Taylor polynomial, 2^n built
+// in the exponent bits. Below -87 it returns ~2^-126 instead of a denormal or 0; callers mask the
+// keys a row may not see.
+inline vf exp_nonpositive(vf x) {
+  const vf lo = splat(-87.0f);
+  x = select(x < lo, lo, x);
+  const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const vf g = (x - n * 0.693359375f) + n * 2.12194440e-4f;              // Cody-Waite: ln2 in two parts
+  vf p = splat(1.0f / 720);
+  p = p * g + 1.0f / 120;
+  p = p * g + 1.0f / 24;
+  p = p * g + 1.0f / 6;
+  p = p * g + 0.5f;
+  p = p * g + 1.0f;
+  p = p * g + 1.0f;
+  const vi exponent = (__builtin_convertvector(n, vi) + 127) << 23;
+  return p * (vf)exponent;
+}
+
+// scores[r] = scale · (q[r] · keys) for rows [r0, r0 + N): N rows share each load of a key column.
+template <int N>
+inline void score_rows(const AttendBlock& b, int64_t r0) {
+  vf acc[N];
+  const float* q[N];
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    acc[i] = vf{};
+    q[i] = b.q[r0 + i];
+  }
+  for (int64_t d = 0; d < b.head_dim; ++d) {
+    const vf k = load(b.keys_t + d * kAttendKeys);
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i) acc[i] += q[i][d] * k;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) store(b.scores + (r0 + i) * kAttendKeys, acc[i] * b.scale);
+}
+
+// acc_row[d0, d0 + 16·C) = alpha · acc_row + Σ_{c < visible} p[c] · values[c][d0, d0 + 16·C).
+template <int C>
+inline void accumulate_values(const AttendBlock& b, float* acc_row, const float* p, int64_t visible, float alpha,
+                              int64_t d0) {
+  vf a[C];
+#pragma GCC unroll 8
+  for (int i = 0; i < C; ++i) a[i] = load(acc_row + d0 + 16 * i) * alpha;
+  for (int64_t c = 0; c < visible; ++c) {
+    const vf pc = splat(p[c]);
+    const float* v = b.values + c * b.head_dim + d0;
+#pragma GCC unroll 8
+    for (int i = 0; i < C; ++i) a[i] += pc * load(v + 16 * i);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < C; ++i) store(acc_row + d0 + 16 * i, a[i]);
+}
+
+inline void attend_keys_body(const AttendBlock& b) {
+  int64_t r = 0;
+  for (; r + 8 <= b.rows; r += 8) score_rows<8>(b, r);
+  for (; r + 4 <= b.rows; r += 4) score_rows<4>(b, r);
+  for (; r < b.rows; ++r) score_rows<1>(b, r);
+
+  vi lane;
+  for (int i = 0; i < kAttendKeys; ++i) lane[i] = i;
+  const vf minus_inf = splat(-std::numeric_limits<float>::infinity());
+  for (r = 0; r < b.rows; ++r) {
+    const int64_t visible = b.visible[r];
+    if (visible <= 0) continue;
+    float* scores = b.scores + r * kAttendKeys;
+    const vi seen = lane < (vi{} + static_cast<int32_t>(visible));
+    const vf s = select(seen, load(scores), minus_inf);
+    float block_max = s[0];
+    for (int i = 1; i < kAttendKeys; ++i) block_max = std::max(block_max, s[i]);
+    const float old_max = b.max[r], new_max = std::max(old_max, block_max);
+    const vf p = select(seen, exp_nonpositive(s - new_max), vf{});
+    float block_sum = 0;
+    for (int i = 0; i < kAttendKeys; ++i) block_sum += p[i];
+    const float alpha = std::exp(old_max - new_max);  // 0 before the first block (old_max = -inf)
+    b.max[r] = new_max;
+    b.sum[r] = b.sum[r] * alpha + block_sum;
+    store(scores, p);
+
+    float* acc_row = b.acc + r * b.head_dim;
+    int64_t d0 = 0;
+    for (; d0 + 128 <= b.head_dim; d0 += 128) accumulate_values<8>(b, acc_row, scores, visible, alpha, d0);
+    switch ((b.head_dim - d0) / 16) {
+      case 7: accumulate_values<7>(b, acc_row, scores, visible, alpha, d0); break;
+      case 6: accumulate_values<6>(b, acc_row, scores, visible, alpha, d0); break;
+      case 5: accumulate_values<5>(b, acc_row, scores, visible, alpha, d0); break;
+      case 4: accumulate_values<4>(b, acc_row, scores, visible, alpha, d0); break;
+      case 3: accumulate_values<3>(b, acc_row, scores, visible, alpha, d0); break;
+      case 2: accumulate_values<2>(b, acc_row, scores, visible, alpha, d0); break;
+      case 1: accumulate_values<1>(b, acc_row, scores, visible, alpha, d0); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,158 @@
+// The CPU's flash attention (backend/cpu/fast_attention.cpp, one key block at a time with an online
+// softmax) against the reference attention (backend/cpu/reference/attention.cpp) on the same cache:
+// every KV type, every ISA build this CPU runs, head widths 16–256, query groups 1–16, prompt chunks
+// after a cached prefix (key blocks cut mid-block, several tokens per item) and decode batches of
+// separate sequences.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/fast_attention.hpp"
+#include "backend/cpu/kernels/isa_level.hpp"
+#include "tandem/backend/cpu/reference/attention.hpp"
+#include "tandem/backend/thread_pool.hpp"
+#include "tandem/kv/kv_pool.hpp"
+#include "tandem/kv/kv_type.hpp"
+
+using namespace tandem;
+
+namespace {
+
+std::vector<float> normal_values(int64_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Sequences in one pool: each a BlockTable filled with `length` random K/V rows on layer 1.
+struct Cache {
+  KvPool pool;
+  std::vector<BlockTable> tables;
+  Cache(KvType type, int64_t width, const std::vector<int64_t>& lengths, uint32_t seed)
+      : pool([&] {
+          KvPoolSpec s;
+          s.layout = KvLayout::gqa;
+          s.layers = 2;
+          s.values_per_token = 2 * width;
+          s.block_tokens = 16;
+          s.blocks = 64;
+          s.dtype = type;
+          return s;
+        }()),
+        tables(lengths.size()) {
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      tables[i].reserve(pool, lengths[i]);
+      for (int64_t p = 0; p < lengths[i]; ++p)
+        for (int64_t plane = 0; plane < 2; ++plane) {
+          // Keys with a few large channels, as real ones have; values plain.
+          std::vector<float> row = normal_values(width, seed++, 1.0f);
+          if (plane == 0)
+            for (int64_t c = 3; c < width; c += 11) row[static_cast<size_t>(c)] *= 8.0f;
+          tables[i].write_row(pool, 1, plane, p, row.data());
+        }
+    }
+  }
+  ~Cache() {
+    for (BlockTable& t : tables) t.release(pool);
+  }
+};
+
+// The flat tables the forward pass hands to a backend: token k of sequence seq[k] at positions[k].
+struct Batch {
+  std::vector<int32_t> blocks, open;
+  std::vector<int64_t> positions;
+  AttentionBatch batch;
+  Batch(const Cache& cache, const std::vector<int>& seq, std::vector<int64_t> pos, bool one_sequence)
+      : positions(std::move(pos)) {
+    int64_t stride = 0;
+    for (const BlockTable& t : cache.tables) stride = std::max<int64_t>(stride, static_cast<int64_t>(t.blocks().size()));
+    for (int s : seq) {
+      const BlockTable& t = cache.tables[static_cast<size_t>(s)];
+      std::vector<int32_t> row(t.blocks().begin(), t.blocks().end());
+      row.resize(static_cast<size_t>(stride), -1);
+      blocks.insert(blocks.end(), row.begin(), row.end());
+      open.push_back(t.open_rows());
+    }
+    batch.tokens = static_cast<int64_t>(seq.size());
+    batch.positions = positions.data();
+    batch.block_tables = blocks.data();
+    batch.table_stride = stride;
+    batch.open_rows = open.data();
+    batch.one_sequence = one_sequence;
+  }
+};
+
+void compare(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t heads, int64_t kv_heads,
+             int64_t head_dim) {
+  REQUIRE(fast_gqa_attention_supports(b.batch, heads, kv_heads, head_dim));
+  const int64_t n = b.batch.tokens * heads * head_dim;
+  const std::vector<float> q = normal_values(n, 7, 1.0f);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  std::vector<float> want(static_cast<size_t>(n));
+  gqa_attention(threads, cache.pool, 1, b.batch, q.data(), heads, kv_heads, head_dim, scale, want.data());
+  for (kernels::IsaLevel level : {kernels::IsaLevel::scalar, kernels::IsaLevel::avx2, kernels::IsaLevel::avx512}) {
+    if (!kernels::isa_level_supported(level)) continue;
+    INFO("isa " << kernels::isa_level_name(level));
+    std::vector<float> got(static_cast<size_t>(n), std::nanf(""));
+    fast_gqa_attention(threads, level, cache.pool, 1, b.batch, q.data(), heads, kv_heads, head_dim, scale, got.data());
+    // Float32 sums in another order: differences of a few ulp of the largest output.
+    double worst = 0, largest = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto k = static_cast<size_t>(i);
+      worst = std::max(worst, std::fabs(static_cast<double>(got[k]) - want[k]));
+      largest = std::max(largest, std::fabs(static_cast<double>(want[k])));
+    }
+    INFO("worst difference " << worst << ", largest output " << largest);
+    CHECK(worst <= 4e-6 * largest);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("CPU flash attention equals the reference: every KV type, prompt chunks after a prefix",
+          "[fast_attention]") {
+  ThreadPool threads(3);
+  for (const KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4}) {
+    for (const auto& [heads, kv_heads, head_dim] :
+         {std::tuple<int64_t, int64_t, int64_t>{8, 2, 128}, {12, 4, 64}, {16, 1, 16}, {4, 4, 256}, {32, 2, 48}}) {
+      INFO(kv_type_name(type) << " heads " << heads << " kv_heads " << kv_heads << " head_dim " << head_dim);
+      // A 61-token sequence: a 20-token prefix already cached, then a chunk of 41 tokens (positions
+      // 20..60: key blocks end mid-block, items of 8 tokens and one of 1).
+      const Cache cache(type, kv_heads * head_dim, {61}, 100);
+      std::vector<int64_t> positions;
+      for (int64_t p = 20; p < 61; ++p) positions.push_back(p);
+      const Batch chunk(cache, std::vector<int>(positions.size(), 0), positions, true);
+      compare(threads, cache, chunk, heads, kv_heads, head_dim);
+      // One token of it alone (decode), and a chunk of one token at position 0.
+      const Batch last(cache, {0}, {60}, true), first(cache, {0}, {0}, true);
+      compare(threads, cache, last, heads, kv_heads, head_dim);
+      compare(threads, cache, first, heads, kv_heads, head_dim);
+    }
+  }
+}
+
+TEST_CASE("CPU flash attention equals the reference on a decode batch of separate sequences", "[fast_attention]") {
+  ThreadPool threads(2);
+  for (const KvType type : {KvType::f16, KvType::int4}) {
+    INFO(kv_type_name(type));
+    const int64_t heads = 16, kv_heads = 4, head_dim = 64;
+    const Cache cache(type, kv_heads * head_dim, {5, 33, 16, 80}, 300);
+    const Batch decode(cache, {0, 1, 2, 3, 1}, {4, 32, 15, 79, 17}, false);
+    compare(threads, cache, decode, heads, kv_heads, head_dim);
+  }
+}
+
+TEST_CASE("CPU flash attention leaves to the reference what it does not serve", "[fast_attention]") {
+  AttentionBatch batch;
+  CHECK(fast_gqa_attention_supports(batch, 8, 2, 64));
+  CHECK_FALSE(fast_gqa_attention_supports(batch, 8, 2, 40));   // head width not a multiple of 16
+  CHECK_FALSE(fast_gqa_attention_supports(batch, 8, 3, 64));   // heads not a multiple of KV heads
+  CHECK_FALSE(fast_gqa_attention_supports(batch, 256, 1, 64));  // a query group wider than an item's rows
+  float row[4] = {};
+  float* rows[1] = {row};
+  batch.attention_rows = rows;  // retention policies read the probabilities: reference only
+  CHECK_FALSE(fast_gqa_attention_supports(batch, 8, 2, 64));
+}
