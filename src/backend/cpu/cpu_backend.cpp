@@ -67,7 +67,8 @@ int spin_microseconds_from_environment() {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, CpuKernels kernels) : pool_(threads, spin_microseconds_from_environment()) {
+  CpuBackend(int threads, CpuKernels kernels)
+      : pool_(threads, spin_microseconds_from_environment()), router_scratch_(static_cast<size_t>(pool_.size())) {
     if (kernels == CpuKernels::fast) fast_.emplace(pool_, kernels::best_isa_level());
   }
 
@@ -128,7 +129,13 @@ class CpuBackend final : public Backend {
                    int32_t* expert_ids, float* weights) override {
     drain();
     std::lock_guard lock(router_mutex_);
-    route_tokens_to_experts(params, logits, tokens, selection_bias, expert_ids, weights, router_scratch_);
+    const int64_t n = params.experts, k = params.top_k;
+    if (tokens * n < 4096 || pool_.size() == 1)
+      return route_tokens_to_experts(params, logits, tokens, selection_bias, expert_ids, weights, router_scratch_[0]);
+    pool_.parallel_for(tokens, [&](int64_t t0, int64_t t1, int worker) {
+      route_tokens_to_experts(params, logits + t0 * n, t1 - t0, selection_bias, expert_ids + t0 * k, weights + t0 * k,
+                              router_scratch_[static_cast<size_t>(worker)]);
+    });
   }
   void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
                               int64_t defer, int32_t* kept_ids, float* kept_weights, int32_t* deferred_ids,
@@ -139,14 +146,18 @@ class CpuBackend final : public Backend {
   }
   void add(const float* a, const float* b, int64_t count, float* out) override {
     drain();
-    for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
+    over_rows(count, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) out[i] = a[i] + b[i];
+    });
   }
   void gated_add(float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) override {
     drain();
-    for (int64_t r = 0; r < rows; ++r) {
-      const float g = gate_logits == nullptr ? 1.0f : 1.0f / (1.0f + std::exp(-gate_logits[r]));
-      for (int64_t i = 0; i < width; ++i) acc[r * width + i] += g * x[r * width + i];
-    }
+    over_rows(rows, width, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float g = gate_logits == nullptr ? 1.0f : 1.0f / (1.0f + std::exp(-gate_logits[r]));
+        for (int64_t i = 0; i < width; ++i) acc[r * width + i] += g * x[r * width + i];
+      }
+    });
   }
   void gather_rows(const float* src, int64_t src_stride, const int32_t* rows, int64_t count, int64_t width,
                    float* dst, int64_t dst_stride) override {
@@ -171,12 +182,17 @@ class CpuBackend final : public Backend {
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
     drain();
-    tandem::rms_norm(x, weight, rows, dim, stride, eps, out);
+    over_rows(rows, dim, [&](int64_t r0, int64_t r1) {
+      tandem::rms_norm(x + r0 * stride, weight, r1 - r0, dim, stride, eps, out + r0 * stride);
+    });
   }
   void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override {
     drain();
-    prepared_rope(rope).apply(data, rows, row_stride, heads, head_stride, positions);
+    const RotaryEmbedding& rotary = prepared_rope(rope);
+    over_rows(rows, heads * rope.rotary_dim, [&](int64_t r0, int64_t r1) {
+      rotary.apply(data + r0 * row_stride, r1 - r0, row_stride, heads, head_stride, positions + r0);
+    });
   }
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                      int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
@@ -235,6 +251,18 @@ class CpuBackend final : public Backend {
 
  private:
   // The reference rotation for `params`, its tables built the first time they are asked for.
+  // fn(r0, r1) over [0, rows) on the pool when the rows hold enough values to pay for a dispatch
+  // (each row is computed as the single-threaded operator would: the same bits at any thread count).
+  template <typename Fn>
+  void over_rows(int64_t rows, int64_t values_per_row, Fn&& fn) {
+    constexpr int64_t kValuesPerDispatch = 16384;
+    if (pool_.size() == 1 || rows < 2 || rows * values_per_row < kValuesPerDispatch) return fn(0, rows);
+    const int64_t chunk = std::max<int64_t>(1, kValuesPerDispatch / 4 / std::max<int64_t>(1, values_per_row));
+    pool_.parallel_for((rows + chunk - 1) / chunk, [&](int64_t begin, int64_t end, int) {
+      fn(begin * chunk, std::min(rows, end * chunk));
+    });
+  }
+
   const RotaryEmbedding& prepared_rope(const RopeParams& params) {
     std::lock_guard lock(prepared_mutex_);
     for (const RotaryEmbedding& r : ropes_)
@@ -267,7 +295,7 @@ class CpuBackend final : public Backend {
   std::mutex prepared_mutex_, router_mutex_;
   std::map<std::pair<const void*, uint64_t>, std::vector<float>> prepared_;  // by the view's bytes
   std::deque<RotaryEmbedding> ropes_;  // one per RopeParams value seen (a model has one or two)
-  RouterScratch router_scratch_;
+  std::vector<RouterScratch> router_scratch_;  // per pool worker
   std::mutex ffn_mutex_;  // the reference MLP/MoE workspace below serves one call at a time
   FeedForwardWorkspace ffn_ws_;
   std::atomic<uint64_t> last_submitted_{0};  // the pool's ticket of the last routed experts submitted
