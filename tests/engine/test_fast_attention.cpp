@@ -1,5 +1,5 @@
-// The CPU's flash attention (backend/cpu/fast_attention.cpp, one key block at a time with an online
-// softmax) against the reference attention (backend/cpu/reference/attention.cpp) on the same cache:
+// The CPU's flash attention for GQA and MLA (backend/cpu/fast_attention.cpp, one key block at a time
+// with an online softmax) against the reference attention (backend/cpu/reference/attention.cpp) on the same cache:
 // every KV type, every ISA build this CPU runs, head widths 16–256, query groups 1–16, prompt chunks
 // after a cached prefix (key blocks cut mid-block, several tokens per item) and decode batches of
 // separate sequences.
@@ -31,12 +31,14 @@ std::vector<float> normal_values(int64_t n, uint32_t seed, float scale) {
 struct Cache {
   KvPool pool;
   std::vector<BlockTable> tables;
-  Cache(KvType type, int64_t width, const std::vector<int64_t>& lengths, uint32_t seed)
+  // GQA: `width` values per key and per value row; MLA: one latent row of `width` values.
+  Cache(KvType type, int64_t width, const std::vector<int64_t>& lengths, uint32_t seed,
+        KvLayout layout = KvLayout::gqa)
       : pool([&] {
           KvPoolSpec s;
-          s.layout = KvLayout::gqa;
+          s.layout = layout;
           s.layers = 2;
-          s.values_per_token = 2 * width;
+          s.values_per_token = layout == KvLayout::gqa ? 2 * width : width;
           s.block_tokens = 16;
           s.blocks = 64;
           s.dtype = type;
@@ -46,7 +48,7 @@ struct Cache {
     for (size_t i = 0; i < lengths.size(); ++i) {
       tables[i].reserve(pool, lengths[i]);
       for (int64_t p = 0; p < lengths[i]; ++p)
-        for (int64_t plane = 0; plane < 2; ++plane) {
+        for (int64_t plane = 0; plane < (layout == KvLayout::gqa ? 2 : 1); ++plane) {
           // Keys with a few large channels, as real ones have; values plain.
           std::vector<float> row = normal_values(width, seed++, 1.0f);
           if (plane == 0)
@@ -110,6 +112,31 @@ void compare(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t he
   }
 }
 
+void compare_mla(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t heads, int64_t kv_lora,
+                 int64_t rope) {
+  REQUIRE(fast_mla_attention_supports(b.batch, heads, kv_lora));
+  const int64_t rows = b.batch.tokens * heads;
+  const std::vector<float> q_latent = normal_values(rows * kv_lora, 8, 0.3f), q_rope = normal_values(rows * rope, 9, 1.0f);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kv_lora / 4 + rope));
+  std::vector<float> want(static_cast<size_t>(rows * kv_lora));
+  mla_attention(threads, cache.pool, 1, b.batch, q_latent.data(), q_rope.data(), heads, kv_lora, rope, scale,
+                want.data());
+  for (kernels::IsaLevel level : {kernels::IsaLevel::scalar, kernels::IsaLevel::avx2, kernels::IsaLevel::avx512}) {
+    if (!kernels::isa_level_supported(level)) continue;
+    INFO("isa " << kernels::isa_level_name(level));
+    std::vector<float> got(want.size(), std::nanf(""));
+    fast_mla_attention(threads, level, cache.pool, 1, b.batch, q_latent.data(), q_rope.data(), heads, kv_lora, rope,
+                       scale, got.data());
+    double worst = 0, largest = 0;
+    for (size_t k = 0; k < want.size(); ++k) {
+      worst = std::max(worst, std::fabs(static_cast<double>(got[k]) - want[k]));
+      largest = std::max(largest, std::fabs(static_cast<double>(want[k])));
+    }
+    INFO("worst difference " << worst << ", largest output " << largest);
+    CHECK(worst <= 4e-6 * largest);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("CPU flash attention equals the reference: every KV type, prompt chunks after a prefix",
@@ -145,14 +172,33 @@ TEST_CASE("CPU flash attention equals the reference on a decode batch of separat
   }
 }
 
+TEST_CASE("CPU flash attention equals the reference for MLA (latent keys, absorbed queries)", "[fast_attention]") {
+  ThreadPool threads(3);
+  for (const KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4}) {
+    for (const auto& [heads, kv_lora, rope] : {std::tuple<int64_t, int64_t, int64_t>{16, 128, 32}, {5, 64, 16}, {128, 32, 8}}) {
+      INFO(kv_type_name(type) << " heads " << heads << " kv_lora " << kv_lora << " rope " << rope);
+      const Cache cache(type, kv_lora + rope, {50, 19}, 500, KvLayout::mla_latent);
+      std::vector<int64_t> positions;
+      for (int64_t p = 13; p < 50; ++p) positions.push_back(p);
+      compare_mla(threads, cache, Batch(cache, std::vector<int>(positions.size(), 0), positions, true), heads, kv_lora,
+                  rope);
+      compare_mla(threads, cache, Batch(cache, {1, 0, 1}, {18, 49, 0}, false), heads, kv_lora, rope);
+    }
+  }
+}
+
 TEST_CASE("CPU flash attention leaves to the reference what it does not serve", "[fast_attention]") {
   AttentionBatch batch;
   CHECK(fast_gqa_attention_supports(batch, 8, 2, 64));
   CHECK_FALSE(fast_gqa_attention_supports(batch, 8, 2, 40));   // head width not a multiple of 16
   CHECK_FALSE(fast_gqa_attention_supports(batch, 8, 3, 64));   // heads not a multiple of KV heads
   CHECK_FALSE(fast_gqa_attention_supports(batch, 256, 1, 64));  // a query group wider than an item's rows
+  CHECK(fast_mla_attention_supports(batch, 128, 512));
+  CHECK_FALSE(fast_mla_attention_supports(batch, 128, 500));
+  CHECK_FALSE(fast_mla_attention_supports(batch, 129, 512));
   float row[4] = {};
   float* rows[1] = {row};
   batch.attention_rows = rows;  // retention policies read the probabilities: reference only
   CHECK_FALSE(fast_gqa_attention_supports(batch, 8, 2, 64));
+  CHECK_FALSE(fast_mla_attention_supports(batch, 16, 512));
 }

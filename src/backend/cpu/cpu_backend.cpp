@@ -209,6 +209,9 @@ class CpuBackend final : public Backend {
                      float softmax_scale, float* out) override {
     drain();
     check_tables(kv, batch, "mla_attention");
+    if (fast_ && fast_mla_attention_supports(batch, heads, kv_lora))
+      return fast_mla_attention(pool_, fast_->level(), kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim,
+                                softmax_scale, out);
     tandem::mla_attention(pool_, kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
                           out);
   }

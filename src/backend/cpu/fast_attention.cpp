@@ -14,50 +14,51 @@ namespace {
 
 using kernels::kAttendKeys;
 
-// Query rows of one work item at most (tokens of a block × the KV head's query group): bounds the
-// per-item state (running max/sum/values) that lives in the worker's scratch.
-constexpr int64_t kMaxRows = 128;
 // Query tokens of one sequence per work item: each key block is widened once for all of them.
 constexpr int64_t kTokensPerItem = 8;
 
-constexpr int kTileSlot = 0;  // transposed keys, values, scores, running state
+constexpr int kTileSlot = 0;  // transposed keys, values, scores, running state (+ MLA's joined queries)
 constexpr int kRowSlot = 1;   // one cached key row widened to float32
 
-}  // namespace
+// What differs between GQA and MLA: where a head's query, key, value and output rows are.
+struct Problem {
+  int64_t kv_heads = 0, group = 0;      // query heads = kv_heads · group
+  int64_t key_dim = 0, value_dim = 0;
+  const float* q = nullptr;             // GQA: [tokens][heads][key_dim]; MLA: q_latent [tokens][heads][value_dim]
+  const float* q_rope = nullptr;        // MLA: [tokens][heads][key_dim - value_dim]; GQA: null
+  bool values_in_key_row = false;       // MLA: a value is the first value_dim of its key row (plane 0)
+  float* out = nullptr;                 // [tokens][heads][value_dim]
+};
 
-bool fast_gqa_attention_supports(const AttentionBatch& batch, int64_t heads, int64_t kv_heads, int64_t head_dim) {
-  return batch.attention_rows == nullptr && head_dim > 0 && head_dim % 16 == 0 && kv_heads > 0 &&
-         heads % kv_heads == 0 && heads / kv_heads <= kMaxRows;
-}
-
-void fast_gqa_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
-                        const AttentionBatch& batch, const float* q, int64_t heads, int64_t kv_heads,
-                        int64_t head_dim, float softmax_scale, float* out) {
+void flash_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
+                     const AttentionBatch& batch, const Problem& p, float softmax_scale) {
   const kernels::AttendKeysFn attend = kernels::attend_keys_for(level);
-  const int64_t group = heads / kv_heads;
+  const int64_t group = p.group, heads = p.kv_heads * p.group, kd = p.key_dim, vd = p.value_dim;
+  const int64_t rope = kd - vd;
   // A prompt chunk shares its cache rows among its tokens; a batch of sequences does not.
-  const int64_t per_item = batch.one_sequence ? std::clamp<int64_t>(kMaxRows / group, 1, kTokensPerItem) : 1;
+  const int64_t per_item = batch.one_sequence ? std::clamp<int64_t>(kFlashMaxRows / group, 1, kTokensPerItem) : 1;
   const int64_t token_blocks = (batch.tokens + per_item - 1) / per_item;
-  const int64_t hd = head_dim;
 
-  pool.parallel_for(token_blocks * kv_heads, [&](int64_t begin, int64_t end, int worker) {
-    std::array<const float*, kMaxRows> q_rows;
-    std::array<int64_t, kMaxRows> visible;
-    float* widened = pool.scratch(worker, kRowSlot, static_cast<size_t>(hd));
-    const size_t rows_cap = static_cast<size_t>(per_item * group);
-    float* tile = pool.scratch(worker, kTileSlot,
-                               static_cast<size_t>(2 * kAttendKeys * hd) + rows_cap * (kAttendKeys + 2 + hd));
-    float* keys_t = tile;
-    float* values = keys_t + kAttendKeys * hd;
-    float* scores = values + kAttendKeys * hd;
+  pool.parallel_for(token_blocks * p.kv_heads, [&](int64_t begin, int64_t end, int worker) {
+    std::array<const float*, kFlashMaxRows> q_rows;
+    std::array<int64_t, kFlashMaxRows> visible;
+    float* widened = pool.scratch(worker, kRowSlot, static_cast<size_t>(kd));
+    const auto rows_cap = static_cast<size_t>(per_item * group);
+    const size_t joined_q = p.q_rope != nullptr ? rows_cap * static_cast<size_t>(kd) : 0;
+    float* keys_t = pool.scratch(worker, kTileSlot,
+                                 static_cast<size_t>(kAttendKeys * (kd + vd)) +
+                                     rows_cap * static_cast<size_t>(kAttendKeys + 2 + vd) + joined_q);
+    float* values = keys_t + kAttendKeys * kd;
+    float* scores = values + kAttendKeys * vd;
     float* max = scores + rows_cap * kAttendKeys;
     float* sum = max + rows_cap;
     float* acc = sum + rows_cap;
+    float* q_joined = acc + rows_cap * static_cast<size_t>(vd);
 
     for (int64_t item = begin; item < end; ++item) {
       // Later tokens of a prompt chunk read more keys: the last blocks go first, to balance the pool.
-      const int64_t block = token_blocks - 1 - item / kv_heads;
-      const int64_t g = item % kv_heads;
+      const int64_t block = token_blocks - 1 - item / p.kv_heads;
+      const int64_t g = item % p.kv_heads;
       const int64_t t0 = block * per_item, t1 = std::min(batch.tokens, t0 + per_item);
       // The token reading the most keys names the block ids (its row covers every key of the item).
       int64_t widest = t0;
@@ -69,16 +70,24 @@ void fast_gqa_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool&
 
       const int64_t rows = (t1 - t0) * group;
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t t = t0 + r / group, h = g * group + r % group;
-        q_rows[static_cast<size_t>(r)] = q + (t * heads + h) * hd;
+        const int64_t head_row = (t0 + r / group) * heads + g * group + r % group;
+        if (p.q_rope == nullptr) {
+          q_rows[static_cast<size_t>(r)] = p.q + head_row * kd;
+        } else {  // MLA: [latent query | rotary query], as the cached row is [latent | rotary key]
+          float* joined = q_joined + r * kd;
+          std::memcpy(joined, p.q + head_row * vd, static_cast<size_t>(vd) * sizeof(float));
+          std::memcpy(joined + vd, p.q_rope + head_row * rope, static_cast<size_t>(rope) * sizeof(float));
+          q_rows[static_cast<size_t>(r)] = joined;
+        }
       }
       std::fill(max, max + rows, -std::numeric_limits<float>::infinity());
       std::fill(sum, sum + rows, 0.0f);
-      std::fill(acc, acc + rows * hd, 0.0f);
+      std::fill(acc, acc + rows * vd, 0.0f);
 
       kernels::AttendBlock b;
       b.rows = rows;
-      b.head_dim = hd;
+      b.key_dim = kd;
+      b.value_dim = vd;
       b.q = q_rows.data();
       b.visible = visible.data();
       b.keys_t = keys_t;
@@ -88,33 +97,72 @@ void fast_gqa_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool&
       b.sum = sum;
       b.acc = acc;
       b.scores = scores;
+      const int64_t key_first = p.values_in_key_row ? 0 : g * kd;
       for (int64_t k0 = 0; k0 < keys; k0 += kAttendKeys) {
         const int64_t n = std::min(kAttendKeys, keys - k0);
         for (int64_t c = 0; c < n; ++c) {
-          const float* k = kv.values_at(blocks, open, layer, 0, k0 + c, g * hd, hd, widened);
-          for (int64_t d = 0; d < hd; ++d) keys_t[d * kAttendKeys + c] = k[d];
-          float* v_row = values + c * hd;
-          const float* v = kv.values_at(blocks, open, layer, 1, k0 + c, g * hd, hd, v_row);
-          if (v != v_row) std::memcpy(v_row, v, static_cast<size_t>(hd) * sizeof(float));
+          const float* k = kv.values_at(blocks, open, layer, 0, k0 + c, key_first, kd, widened);
+          for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = k[d];
+          float* v_row = values + c * vd;
+          const float* v =
+              p.values_in_key_row ? k : kv.values_at(blocks, open, layer, 1, k0 + c, g * vd, vd, v_row);
+          if (v != v_row) std::memcpy(v_row, v, static_cast<size_t>(vd) * sizeof(float));
         }
         for (int64_t c = n; c < kAttendKeys; ++c) {  // unread columns: finite, masked by `visible`
-          for (int64_t d = 0; d < hd; ++d) keys_t[d * kAttendKeys + c] = 0.0f;
-          std::fill(values + c * hd, values + (c + 1) * hd, 0.0f);
+          for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = 0.0f;
+          std::fill(values + c * vd, values + (c + 1) * vd, 0.0f);
         }
         for (int64_t r = 0; r < rows; ++r)
-          visible[static_cast<size_t>(r)] =
-              std::clamp<int64_t>(batch.positions[t0 + r / group] + 1 - k0, 0, n);
+          visible[static_cast<size_t>(r)] = std::clamp<int64_t>(batch.positions[t0 + r / group] + 1 - k0, 0, n);
         attend(b);
       }
 
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t t = t0 + r / group, h = g * group + r % group;
-        float* o = out + (t * heads + h) * hd;
+        const int64_t head_row = (t0 + r / group) * heads + g * group + r % group;
+        float* o = p.out + head_row * vd;
         const float inv = 1.0f / sum[r];
-        for (int64_t d = 0; d < hd; ++d) o[d] = acc[r * hd + d] * inv;
+        for (int64_t d = 0; d < vd; ++d) o[d] = acc[r * vd + d] * inv;
       }
     }
   });
+}
+
+}  // namespace
+
+bool fast_gqa_attention_supports(const AttentionBatch& batch, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  return batch.attention_rows == nullptr && head_dim > 0 && head_dim % 16 == 0 && kv_heads > 0 &&
+         heads % kv_heads == 0 && heads / kv_heads <= kFlashMaxRows;
+}
+
+bool fast_mla_attention_supports(const AttentionBatch& batch, int64_t heads, int64_t kv_lora) {
+  return batch.attention_rows == nullptr && kv_lora > 0 && kv_lora % 16 == 0 && heads > 0 && heads <= kFlashMaxRows;
+}
+
+void fast_gqa_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
+                        const AttentionBatch& batch, const float* q, int64_t heads, int64_t kv_heads,
+                        int64_t head_dim, float softmax_scale, float* out) {
+  Problem p;
+  p.kv_heads = kv_heads;
+  p.group = heads / kv_heads;
+  p.key_dim = p.value_dim = head_dim;
+  p.q = q;
+  p.out = out;
+  flash_attention(pool, level, kv, layer, batch, p, softmax_scale);
+}
+
+void fast_mla_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
+                        const AttentionBatch& batch, const float* q_latent, const float* q_rope, int64_t heads,
+                        int64_t kv_lora, int64_t rope_dim, float softmax_scale, float* out) {
+  Problem p;
+  p.kv_heads = 1;
+  p.group = heads;
+  p.key_dim = kv_lora + rope_dim;
+  p.value_dim = kv_lora;
+  p.q = q_latent;
+  p.q_rope = q_rope;
+  p.values_in_key_row = true;
+  p.out = out;
+  flash_attention(pool, level, kv, layer, batch, p, softmax_scale);
 }
 
 }  // namespace tandem

@@ -15,15 +15,16 @@ inline constexpr int64_t kAttendKeys = 16;
 
 struct AttendBlock {
   int64_t rows = 0;
-  int64_t head_dim = 0;               // a multiple of 16
-  const float* const* q = nullptr;    // [rows]: each row's query (head_dim values)
+  int64_t key_dim = 0;                // query and key width (GQA: head_dim; MLA: kv_lora + rope)
+  int64_t value_dim = 0;              // a multiple of 16 (GQA: head_dim; MLA: kv_lora)
+  const float* const* q = nullptr;    // [rows]: each row's query (key_dim values)
   const int64_t* visible = nullptr;   // [rows]: keys of this block row r may read: c < visible[r] (0..16)
-  const float* keys_t = nullptr;      // [head_dim][kAttendKeys]: the block's keys, transposed
-  const float* values = nullptr;      // [kAttendKeys][head_dim]
+  const float* keys_t = nullptr;      // [key_dim][kAttendKeys]: the block's keys, transposed
+  const float* values = nullptr;      // [kAttendKeys][value_dim]
   float scale = 1.0f;                 // softmax scale, applied to the dot products
   float* max = nullptr;               // [rows]: running maximum score (-inf before the first block)
   float* sum = nullptr;               // [rows]: running sum of exp(score - max)
-  float* acc = nullptr;               // [rows][head_dim]: running Σ exp(score - max) · value
+  float* acc = nullptr;               // [rows][value_dim]: running Σ exp(score - max) · value
   float* scores = nullptr;            // [rows][kAttendKeys]: workspace
 };
 

@@ -57,7 +57,7 @@ inline void score_rows(const AttendBlock& b, int64_t r0) {
     acc[i] = vf{};
     q[i] = b.q[r0 + i];
   }
-  for (int64_t d = 0; d < b.head_dim; ++d) {
+  for (int64_t d = 0; d < b.key_dim; ++d) {
     const vf k = load(b.keys_t + d * kAttendKeys);
 #pragma GCC unroll 16
     for (int i = 0; i < N; ++i) acc[i] += q[i][d] * k;
@@ -75,7 +75,7 @@ inline void accumulate_values(const AttendBlock& b, float* acc_row, const float*
   for (int i = 0; i < C; ++i) a[i] = load(acc_row + d0 + 16 * i) * alpha;
   for (int64_t c = 0; c < visible; ++c) {
     const vf pc = splat(p[c]);
-    const float* v = b.values + c * b.head_dim + d0;
+    const float* v = b.values + c * b.value_dim + d0;
 #pragma GCC unroll 8
     for (int i = 0; i < C; ++i) a[i] += pc * load(v + 16 * i);
   }
@@ -109,10 +109,10 @@ inline void attend_keys_body(const AttendBlock& b) {
     b.sum[r] = b.sum[r] * alpha + block_sum;
     store(scores, p);
 
-    float* acc_row = b.acc + r * b.head_dim;
+    float* acc_row = b.acc + r * b.value_dim;
     int64_t d0 = 0;
-    for (; d0 + 128 <= b.head_dim; d0 += 128) accumulate_values<8>(b, acc_row, scores, visible, alpha, d0);
-    switch ((b.head_dim - d0) / 16) {
+    for (; d0 + 128 <= b.value_dim; d0 += 128) accumulate_values<8>(b, acc_row, scores, visible, alpha, d0);
+    switch ((b.value_dim - d0) / 16) {
       case 7: accumulate_values<7>(b, acc_row, scores, visible, alpha, d0); break;
       case 6: accumulate_values<6>(b, acc_row, scores, visible, alpha, d0); break;
       case 5: accumulate_values<5>(b, acc_row, scores, visible, alpha, d0); break;
