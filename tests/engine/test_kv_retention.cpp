@@ -208,7 +208,9 @@ TEST_CASE("A bounded session runs past its context and keeps what its policy say
     auto b = full->new_session();
     a->prefill(prompt, true);
     b->prefill(prompt, true);
-    CHECK(test::relative_max_error(a->all_logits(), b->all_logits()) == 0.0);
+    // h2o reads attention probabilities, so its attention runs on the reference kernel, the full
+    // cache's on the flash kernel (fast_attention.cpp): float32 rounding apart, the same logits.
+    CHECK(test::relative_max_error(a->all_logits(), b->all_logits()) <= 2e-6);
   }
 }
 
