@@ -200,7 +200,7 @@ void register_all() {
           ->ArgsProduct({{256}, {8, 16, 64, 256}})
           ->ArgNames({"rows", "tokens"});
     }
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::bf16,
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0, DType::bf16,
                      DType::f16, DType::f32, DType::f8_e4m3})
     for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512}) {
       const std::string name = std::string("dot/") + std::string(dtype_name(type)) + "/" + isa_level_name(level);

@@ -54,6 +54,7 @@ struct RandomMatrix {
         case DType::iq4_xs:
         case DType::q8_0:
         case DType::q4_0:
+        case DType::q5_0:
           put_half(p, scale(rng));
           break;
         case DType::f32: {
@@ -150,7 +151,7 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
     int64_t hidden, inter;  // the float types take widths that are not a multiple of 16
   };
   const Mix mixes[] = {{DType::q4_k, DType::q6_k, 512, 768},  {DType::q5_k, DType::q8_0, 256, 512},
-                       {DType::iq4_xs, DType::q4_0, 256, 256}, {DType::bf16, DType::f32, 200, 72},
+                       {DType::iq4_xs, DType::q4_0, 256, 256}, {DType::q4_k, DType::q5_0, 256, 1408 / 2}, {DType::bf16, DType::f32, 200, 72},
                        {DType::f16, DType::f8_e4m3, 256, 136}};
   std::mt19937 rng(7);
   const kernels::IsaLevel level = kernels::best_isa_level();

@@ -221,6 +221,43 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
 }
 
+// Q5_0: Q4_0 with a fifth bit per value and 16, not 8, as the offset.
+template <int NT>
+void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[NT];
+  float offset[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+    offset[t] = 0;
+  }
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bit_of_byte = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ5_0Bytes;
+    const float d = half(blk);
+    int32_t high;
+    std::memcpy(&high, blk + 2, 4);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 6));
+    // Byte i of `bits`: byte i / 8 of the mask, tested against bit i % 8, becomes 0x10 where set.
+    const __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32(high), spread);
+    const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, bit_of_byte), bit_of_byte),
+                                           _mm256_set1_epi8(0x10));
+    const __m256i W = _mm256_or_si256(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
+                                      fifth);
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(W, load32(ab.q)), ones);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      offset[t] += 16.0f * d * ab.d * static_cast<float>(ab.sum);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
+}
+
 inline __m256 load8_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
 inline __m256 load8_f16(const uint8_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -347,6 +384,7 @@ TANDEM_DISPATCH(entry_q6_k, dot_q6k)
 TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
 TANDEM_DISPATCH(entry_q8_0, dot_q80)
 TANDEM_DISPATCH(entry_q4_0, dot_q40)
+TANDEM_DISPATCH(entry_q5_0, dot_q50)
 TANDEM_DISPATCH(entry_f32, dot_f32)
 TANDEM_DISPATCH(entry_f16, dot_f16)
 TANDEM_DISPATCH(entry_bf16, dot_bf16)
@@ -379,6 +417,7 @@ void fill_kernels(KernelTable& t) noexcept {
   t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
   t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
   t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
+  t.dot[static_cast<int>(WeightKind::q5_0)] = entry_q5_0;
   t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
   t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
   t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;

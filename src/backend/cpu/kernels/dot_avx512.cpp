@@ -284,6 +284,42 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   }
 }
 
+// Q5_0: Q4_0 with a fifth bit per value (from a 32-bit mask) and 16, not 8, as the offset.
+template <int NT>
+void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[NT];
+  float offset[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm256_setzero_ps();
+    offset[t] = 0;
+  }
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ5_0Bytes;
+    const float d = half(blk);
+    uint32_t high;
+    std::memcpy(&high, blk + 2, 4);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 6));
+    const __m256i W = _mm256_or_si256(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
+                                      _mm256_maskz_set1_epi8(high, 0x10));  // byte i: value i's fifth bit
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      offset[t] += 16.0f * d * ab.d * static_cast<float>(ab.sum);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
+  }
+}
+
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
 inline __m512 load16_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16_f16(const uint8_t* p) { return _mm512_cvtph_ps(load32(p)); }
@@ -419,6 +455,7 @@ TANDEM_DISPATCH(entry_q6_k, dot_q6k)
 TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
 TANDEM_DISPATCH(entry_q8_0, dot_q80)
 TANDEM_DISPATCH(entry_q4_0, dot_q40)
+TANDEM_DISPATCH(entry_q5_0, dot_q50)
 TANDEM_DISPATCH(entry_f32, dot_f32)
 TANDEM_DISPATCH(entry_f16, dot_f16)
 TANDEM_DISPATCH(entry_bf16, dot_bf16)
@@ -451,6 +488,7 @@ void fill_kernels(KernelTable& t) noexcept {
   t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
   t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
   t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
+  t.dot[static_cast<int>(WeightKind::q5_0)] = entry_q5_0;
   t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
   t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
   t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;

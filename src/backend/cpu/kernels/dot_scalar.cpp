@@ -208,6 +208,26 @@ void dot_q4_0(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t i
   }
 }
 
+void dot_q5_0(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
+              int64_t ys) {
+  for (int t = 0; t < tokens; ++t) {
+    const ActQ8* a = act_row<ActQ8>(x, xs, t);
+    float sum = 0;
+    for (int64_t b = 0; b < in / 32; ++b) {
+      const uint8_t* blk = w + b * kQ5_0Bytes;
+      const uint32_t high = static_cast<uint32_t>(blk[2]) | static_cast<uint32_t>(blk[3]) << 8 |
+                            static_cast<uint32_t>(blk[4]) << 16 | static_cast<uint32_t>(blk[5]) << 24;
+      int32_t s = 0;
+      for (int j = 0; j < 16; ++j) {
+        s += ((blk[6 + j] & 0xf) | ((high >> j) & 1) << 4) * a[b].q[j];
+        s += ((blk[6 + j] >> 4) | ((high >> (j + 16)) & 1) << 4) * a[b].q[j + 16];
+      }
+      sum += load_half(blk) * a[b].d * static_cast<float>(s - 16 * a[b].sum);
+    }
+    y[t * ys] = sum;
+  }
+}
+
 template <float (*Load)(const uint8_t*), int Bytes>
 void dot_float(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
                int64_t ys) {
@@ -256,6 +276,7 @@ void fill_kernels(KernelTable& t) noexcept {
   set(WeightKind::iq4_xs, dot_iq4_xs);
   set(WeightKind::q8_0, dot_q8_0);
   set(WeightKind::q4_0, dot_q4_0);
+  set(WeightKind::q5_0, dot_q5_0);
   set(WeightKind::f32, dot_float<load_f32, 4>);
   set(WeightKind::f16, dot_float<load_half, 2>);
   set(WeightKind::bf16, dot_float<load_bf16, 2>);

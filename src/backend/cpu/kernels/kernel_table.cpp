@@ -130,6 +130,8 @@ std::optional<WeightKind> weight_kind_for(DType type) noexcept {
       return WeightKind::q8_0;
     case DType::q4_0:
       return WeightKind::q4_0;
+    case DType::q5_0:
+      return WeightKind::q5_0;
     case DType::f32:
       return WeightKind::f32;
     case DType::f16:
@@ -152,6 +154,7 @@ ActFormat act_format(WeightKind kind) noexcept {
       return ActFormat::q8k;
     case WeightKind::q8_0:
     case WeightKind::q4_0:
+    case WeightKind::q5_0:
       return ActFormat::q8;
     default:
       return ActFormat::f32;

@@ -14,6 +14,10 @@ constexpr int64_t kQ6KBytes = 210;    // 128 low nibbles, 64 high 2-bit parts, 1
 constexpr int64_t kIq4XsBytes = 136;  // f16 d, u16 scales_h, 4 bytes scales_l, 128 bytes of nibbles
 constexpr int64_t kQ8_0Bytes = 34;    // f16 d, 32 int8
 constexpr int64_t kQ4_0Bytes = 18;    // f16 d, 16 bytes of nibbles
+// f16 d, 4 bytes of fifth bits (bit j: value j), 16 bytes of nibbles (byte j: values j and j + 16);
+// value = (nibble | fifth bit << 4) - 16. Q4_K_M's type for rows whose width is not a multiple of 256
+// (DeepSeek-V2-Lite's 1408-wide expert down projections).
+constexpr int64_t kQ5_0Bytes = 22;
 constexpr int64_t kFp8Block = 128;    // DeepSeek's FP8 block scale covers 128×128
 
 constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
