@@ -520,3 +520,54 @@ TEST_CASE("perplexity of the bundled trained Q4_K_M model: fast kernels within 0
   CHECK(ppl[0] > 1.0);
   CHECK(std::fabs(ppl[0] / ppl[1] - 1.0) <= 0.003);
 }
+
+TEST_CASE("fast MLA products with kv_b equal the reference: absorbed queries (f16 key rows), expanded values",
+          "[engine][kernels][mla]") {
+  std::mt19937 rng(11);
+  const auto fast = make_cpu_backend(2, CpuKernels::fast);
+  const auto reference = make_cpu_backend(2, CpuKernels::reference);
+  MlaShape s;
+  s.heads = 3, s.nope = 32, s.rope = 16, s.v = 48, s.kv_lora = 256;
+  for (DType type : {DType::q4_k, DType::q6_k, DType::q5_0, DType::q8_0, DType::bf16}) {
+    const ActFormat format = act_format(*weight_kind_for(type));
+    const Case kv_b(type, s.heads * (s.nope + s.v), s.kv_lora, rng);
+    // 1 and 5 tokens: the dot kernels; 20: the tile kernels where the type has them.
+    for (const int64_t tokens : {int64_t{1}, int64_t{5}, int64_t{20}}) {
+      INFO(dtype_name(type) << " tokens=" << tokens);
+      const auto q = random_activations(tokens * s.heads, s.nope + s.rope, rng);
+      std::vector<float> latent(static_cast<size_t>(tokens * s.heads * s.kv_lora)), latent_ref(latent.size());
+      fast->mla_absorb_query(kv_b.weight, s, q.data(), tokens, latent.data());
+      reference->mla_absorb_query(kv_b.weight, s, q.data(), tokens, latent_ref.data());
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t h = 0; h < s.heads; ++h)
+          for (int64_t c = 0; c < s.kv_lora; ++c) {
+            double magnitude = 0;  // the key rows are rounded to f16 (relative 2^-11)
+            for (int64_t r = 0; r < s.nope; ++r)
+              magnitude += std::fabs(kv_b.w_row(h * (s.nope + s.v) + r)[c] *
+                                     q[static_cast<size_t>((t * s.heads + h) * (s.nope + s.rope) + r)]);
+            const auto k = static_cast<size_t>((t * s.heads + h) * s.kv_lora + c);
+            CHECK(std::fabs(latent[k] - latent_ref[k]) <= 5e-4 * magnitude + 1e-6);
+          }
+
+      const auto attended = random_activations(tokens * s.heads, s.kv_lora, rng);
+      std::vector<float> out(static_cast<size_t>(tokens * s.heads * s.v)), out_ref(out.size());
+      fast->mla_expand_values(kv_b.weight, s, attended.data(), tokens, out.data());
+      reference->mla_expand_values(kv_b.weight, s, attended.data(), tokens, out_ref.data());
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t h = 0; h < s.heads; ++h) {
+          const float* a = attended.data() + (t * s.heads + h) * s.kv_lora;
+          const auto bound = rounding_bound(format, a, s.kv_lora);
+          for (int64_t o = 0; o < s.v; ++o) {
+            const float* w = kv_b.w_row(h * (s.nope + s.v) + s.nope + o);
+            double rounding = 0, magnitude = 0;
+            for (int64_t i = 0; i < s.kv_lora; ++i) {
+              rounding += std::fabs(w[i]) * bound[static_cast<size_t>(i)];
+              magnitude += std::fabs(w[i] * a[i]);
+            }
+            const auto k = static_cast<size_t>((t * s.heads + h) * s.v + o);
+            CHECK(std::fabs(out[k] - out_ref[k]) <= rounding + 4e-6 * magnitude + 1e-5);
+          }
+        }
+    }
+  }
+}

@@ -218,11 +218,13 @@ class CpuBackend final : public Backend {
   void mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
                         float* q_latent) override {
     drain();
+    if (fast_ && fast_->mla_absorb_query(kv_b, shape, q, tokens, q_latent)) return;
     tandem::mla_absorb_query(pool_, kv_b, shape, q, tokens, q_latent);
   }
   void mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended,
                          int64_t tokens, float* out) override {
     drain();
+    if (fast_ && fast_->mla_expand_values(kv_b, shape, attended, tokens, out)) return;
     tandem::mla_expand_values(pool_, kv_b, shape, attended, tokens, out);
   }
   void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,

@@ -11,12 +11,14 @@
 // bit either way and at any thread count. Types without a kernel are not handled here
 // (supports() is false): the backend calls the reference operators for them.
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <vector>
 
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "backend/cpu/partitioned_items.hpp"
+#include "tandem/backend/op_params.hpp"
 #include "tandem/model/weights.hpp"
 
 namespace tandem {
@@ -36,6 +38,17 @@ class FastCpuOps {
                     const float* x, int64_t tokens, float* out);
   bool moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k, float* out);
+
+  // MLA's per-head products with kv_b, as the reference (backend/cpu/reference/mla.cpp) defines them
+  // (fast_mla.cpp). Expanding reads kv_b's value rows in their stored type. Absorbing multiplies by
+  // each head's key rows transposed, which the stored rows cannot give a dot kernel: those are kept,
+  // made on first use from kv_b, as f16 [heads · kv_lora][nope] (2 bytes per weight of kv_b's key
+  // half: 2 MiB a layer for DeepSeek-V2-Lite, 16 MiB for V3). Both return false when kv_b is not
+  // served here (the reference runs).
+  bool mla_absorb_query(const LinearWeight& kv_b, const MlaShape& shape, const float* q, int64_t tokens,
+                        float* q_latent);
+  bool mla_expand_values(const LinearWeight& kv_b, const MlaShape& shape, const float* attended, int64_t tokens,
+                         float* out);
 
   // Routed rows (tokens × top-k; tokens for the MLP) up to which the MoE and the MLP run as one
   // dispatch on a pool of several threads; above (or on one thread, where the single dispatch's
@@ -77,6 +90,14 @@ class FastCpuOps {
   kernels::ActRows quantize(kernels::ActFormat format, const float* x, int64_t rows, int64_t in,
                             std::vector<uint8_t>& storage);
 
+  struct AbsorbedKeys {
+    std::vector<uint8_t> source;  // kv_b's type, shape and first and last bytes: a new weight at a freed
+                                  // weight's address is not taken for it
+    std::vector<uint16_t> f16;
+    LinearWeight weight;  // views f16
+  };
+  const LinearWeight& absorbed_keys(const LinearWeight& kv_b, const MlaShape& shape);
+
   ThreadPool& pool_;
   kernels::IsaLevel level_;
   kernels::KernelTable table_;
@@ -92,6 +113,8 @@ class FastCpuOps {
   // and ready; per output row tile, groups left.
   std::vector<int32_t> items_left_, group_ready_, tile_groups_left_;
   PartitionedItems gate_up_queue_, down_queue_;
+  std::mutex absorbed_mutex_;
+  std::map<const void*, AbsorbedKeys> absorbed_;  // by kv_b's data
 };
 
 }  // namespace tandem
