@@ -34,6 +34,8 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("-m,--model", opt.model_path, "GGUF file or HF model folder")->required();
   sub.add_option("-p,--n-prompt", opt.prompt_tokens, "prompt tokens of the prefill test (default 512)");
   sub.add_option("-n,--n-gen", opt.gen_tokens, "decode steps of the generation test (default 128)");
+  sub.add_option("-d,--n-depth", opt.depth,
+                 "tokens already in the cache when each test starts, as llama-bench's -d (default 0; not timed)");
   sub.add_option("-t,--threads", opt.threads, "threads (default 0: one per physical core)");
   sub.add_option("-r,--repetitions", opt.reps, "repetitions of each test (default 5)");
   sub.add_option("--spread-tokens", opt.spread_tokens,
@@ -84,6 +86,7 @@ CommandRun setup(CLI::App& sub) {
       j["cpu_isa"] = std::string(cpu_kernel_isa());
       j["n_prompt"] = o.prompt_tokens;
       j["n_gen"] = o.gen_tokens;
+      j["n_depth"] = o.depth;
       j["repetitions"] = o.reps;
       j["prefill_tok_s"] = r.prefill_tok_s;
       j["prefill_tok_s_sd"] = r.prefill_tok_s_sd;
@@ -119,10 +122,11 @@ CommandRun setup(CLI::App& sub) {
     fmt::print("| model | size | params | threads | test | t/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
     const std::string size = fmt::format("{:.2f} GiB", static_cast<double>(r.model_bytes) / (1u << 30));
     const std::string params = fmt::format("{:.2f} B", static_cast<double>(r.parameters) / 1e9);
-    fmt::print("| {} | {} | {} | {} | pp{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.prompt_tokens,
-               r.prefill_tok_s, r.prefill_tok_s_sd);
-    fmt::print("| {} | {} | {} | {} | tg{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.gen_tokens,
-               r.decode_tok_s, r.decode_tok_s_sd);
+    const std::string at_depth = o.depth > 0 ? fmt::format(" @ d{}", o.depth) : "";  // llama-bench's spelling
+    fmt::print("| {} | {} | {} | {} | pp{}{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.prompt_tokens,
+               at_depth, r.prefill_tok_s, r.prefill_tok_s_sd);
+    fmt::print("| {} | {} | {} | {} | tg{}{} | {:.2f} ± {:.2f} |\n", name, size, params, r.threads, o.gen_tokens,
+               at_depth, r.decode_tok_s, r.decode_tok_s_sd);
     fmt::print("prefill in passes of up to {} tokens (--ubatch): {} per pp{} prompt\n", r.ubatch, r.prefill_passes,
                o.prompt_tokens);
     fmt::print("decode roofline {:.1f} tok/s ({:.1f} MB read per token at {:.2f} GB/s stream read); decode at {:.3f} of it\n",

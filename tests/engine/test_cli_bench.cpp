@@ -154,6 +154,25 @@ TEST_CASE("bench model --ubatch: the prompt runs in passes of N tokens, counted 
   }
 }
 
+TEST_CASE("bench model -d: each test starts from N cached tokens, which are not timed", "[engine][bench][cli]") {
+  const std::string model = shell_quote(tandem::test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf");
+  const std::string flags = " -p 8 -n 2 -r 1 -t 1 --spread-tokens 0 --stream-mib 16 --ubatch 8";
+  const auto j = run_json("bench model -m " + model + flags + " -d 20 --json");
+  CHECK(j["n_depth"] == 20);
+  CHECK(j["prefill_passes"] == 1);  // the 8 timed tokens; the 20 before them (3 passes) are not counted
+  CHECK(j["prefill_tok_s"].get<double>() > 0);
+  CHECK(j["decode_tok_s"].get<double>() > 0);
+  const auto table = run_cli_captured("bench model -m " + model + flags + " -d 20");
+  CHECK(table.exit_code == 0);
+  CHECK_THAT(table.out, Catch::Contains("| pp8 @ d20 |") && Catch::Contains("| tg2 @ d20 |"));
+  const auto refused = run_cli_captured("bench model -m " + model + flags + " -d 100000000");
+  CHECK(refused.exit_code == 1);
+  CHECK_THAT(refused.err, Catch::Contains("-d 100000000 leaves no room for the tests"));
+  const auto negative = run_cli_captured("bench model -m " + model + flags + " -d -3");
+  CHECK(negative.exit_code == 1);
+  CHECK_THAT(negative.err, Catch::Contains("-d -3 is negative"));
+}
+
 
 TEST_CASE("stream read probe: a plausible bandwidth, bad sizes refused", "[engine][bench]") {
   auto backend = tandem::make_cpu_backend(2);

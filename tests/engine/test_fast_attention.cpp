@@ -87,8 +87,9 @@ struct Batch {
   }
 };
 
+// min_split_keys: CpuFlashAttention's, lowered to make short decode contexts split their keys.
 void compare(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t heads, int64_t kv_heads,
-             int64_t head_dim) {
+             int64_t head_dim, int64_t min_split_keys = CpuFlashAttention::kMinSplitKeys) {
   REQUIRE(fast_gqa_attention_supports(b.batch, heads, kv_heads, head_dim));
   const int64_t n = b.batch.tokens * heads * head_dim;
   const std::vector<float> q = normal_values(n, 7, 1.0f);
@@ -99,7 +100,9 @@ void compare(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t he
     if (!kernels::isa_level_supported(level)) continue;
     INFO("isa " << kernels::isa_level_name(level));
     std::vector<float> got(static_cast<size_t>(n), std::nanf(""));
-    fast_gqa_attention(threads, level, cache.pool, 1, b.batch, q.data(), heads, kv_heads, head_dim, scale, got.data());
+    CpuFlashAttention flash(threads, level);
+    flash.set_min_split_keys(min_split_keys);
+    flash.gqa(cache.pool, 1, b.batch, q.data(), heads, kv_heads, head_dim, scale, got.data());
     // Float32 sums in another order: differences of a few ulp of the largest output.
     double worst = 0, largest = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -113,7 +116,7 @@ void compare(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t he
 }
 
 void compare_mla(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t heads, int64_t kv_lora,
-                 int64_t rope) {
+                 int64_t rope, int64_t min_split_keys = CpuFlashAttention::kMinSplitKeys) {
   REQUIRE(fast_mla_attention_supports(b.batch, heads, kv_lora));
   const int64_t rows = b.batch.tokens * heads;
   const std::vector<float> q_latent = normal_values(rows * kv_lora, 8, 0.3f), q_rope = normal_values(rows * rope, 9, 1.0f);
@@ -125,8 +128,9 @@ void compare_mla(ThreadPool& threads, const Cache& cache, const Batch& b, int64_
     if (!kernels::isa_level_supported(level)) continue;
     INFO("isa " << kernels::isa_level_name(level));
     std::vector<float> got(want.size(), std::nanf(""));
-    fast_mla_attention(threads, level, cache.pool, 1, b.batch, q_latent.data(), q_rope.data(), heads, kv_lora, rope,
-                       scale, got.data());
+    CpuFlashAttention flash(threads, level);
+    flash.set_min_split_keys(min_split_keys);
+    flash.mla(cache.pool, 1, b.batch, q_latent.data(), q_rope.data(), heads, kv_lora, rope, scale, got.data());
     double worst = 0, largest = 0;
     for (size_t k = 0; k < want.size(); ++k) {
       worst = std::max(worst, std::fabs(static_cast<double>(got[k]) - want[k]));
@@ -162,13 +166,23 @@ TEST_CASE("CPU flash attention equals the reference: every KV type, prompt chunk
 }
 
 TEST_CASE("CPU flash attention equals the reference on a decode batch of separate sequences", "[fast_attention]") {
-  ThreadPool threads(2);
+  ThreadPool threads(12);  // more threads than a decode step's items: its keys are split
   for (const KvType type : {KvType::f16, KvType::int4}) {
     INFO(kv_type_name(type));
     const int64_t heads = 16, kv_heads = 4, head_dim = 64;
     const Cache cache(type, kv_heads * head_dim, {5, 33, 16, 80}, 300);
     const Batch decode(cache, {0, 1, 2, 3, 1}, {4, 32, 15, 79, 17}, false);
     compare(threads, cache, decode, heads, kv_heads, head_dim);
+    // Fewer items than threads: each item's keys split into ranges (16, 32 keys) and merged, including
+    // ranges past a short sequence's end and ranges a row sees none of.
+    for (const int64_t min_split : {16, 32}) {
+      INFO("keys per split at least " << min_split);
+      const Batch one(cache, {3}, {79}, false), two(cache, {3, 0}, {79, 4}, false);
+      compare(threads, cache, one, heads, kv_heads, head_dim, min_split);
+      compare(threads, cache, two, heads, kv_heads, head_dim, min_split);
+      const Batch chunk(cache, {3, 3}, {70, 79}, true);  // a prompt chunk of two tokens, split too
+      compare(threads, cache, chunk, heads, kv_heads, head_dim, min_split);
+    }
   }
 }
 
@@ -183,6 +197,8 @@ TEST_CASE("CPU flash attention equals the reference for MLA (latent keys, absorb
       compare_mla(threads, cache, Batch(cache, std::vector<int>(positions.size(), 0), positions, true), heads, kv_lora,
                   rope);
       compare_mla(threads, cache, Batch(cache, {1, 0, 1}, {18, 49, 0}, false), heads, kv_lora, rope);
+      // Decode with its keys split into ranges of 16 whose states are merged.
+      compare_mla(threads, cache, Batch(cache, {0}, {49}, false), heads, kv_lora, rope, 16);
     }
   }
 }

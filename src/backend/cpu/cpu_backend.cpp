@@ -69,7 +69,10 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(int threads, CpuKernels kernels)
       : pool_(threads, spin_microseconds_from_environment()), router_scratch_(static_cast<size_t>(pool_.size())) {
-    if (kernels == CpuKernels::fast) fast_.emplace(pool_, kernels::best_isa_level());
+    if (kernels == CpuKernels::fast) {
+      fast_.emplace(pool_, kernels::best_isa_level());
+      flash_.emplace(pool_, fast_->level());
+    }
   }
 
   ~CpuBackend() override {
@@ -199,9 +202,8 @@ class CpuBackend final : public Backend {
                      float* out) override {
     drain();
     check_tables(kv, batch, "gqa_attention");
-    if (fast_ && fast_gqa_attention_supports(batch, heads, kv_heads, head_dim))
-      return fast_gqa_attention(pool_, fast_->level(), kv, layer, batch, q, heads, kv_heads, head_dim,
-                                softmax_scale, out);
+    if (flash_ && fast_gqa_attention_supports(batch, heads, kv_heads, head_dim))
+      return flash_->gqa(kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
     tandem::gqa_attention(pool_, kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);
   }
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
@@ -209,9 +211,8 @@ class CpuBackend final : public Backend {
                      float softmax_scale, float* out) override {
     drain();
     check_tables(kv, batch, "mla_attention");
-    if (fast_ && fast_mla_attention_supports(batch, heads, kv_lora))
-      return fast_mla_attention(pool_, fast_->level(), kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim,
-                                softmax_scale, out);
+    if (flash_ && fast_mla_attention_supports(batch, heads, kv_lora))
+      return flash_->mla(kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, out);
     tandem::mla_attention(pool_, kv, layer, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale,
                           out);
   }
@@ -297,6 +298,7 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   std::optional<FastCpuOps> fast_;  // empty: the reference path only
+  std::optional<CpuFlashAttention> flash_;
   std::mutex prepared_mutex_, router_mutex_;
   std::map<std::pair<const void*, uint64_t>, std::vector<float>> prepared_;  // by the view's bytes
   std::deque<RotaryEmbedding> ropes_;  // one per RopeParams value seen (a model has one or two)

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "backend/cpu/kernels/attention_block.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/kv/kv_pool.hpp"
 
@@ -20,8 +20,12 @@ constexpr int64_t kTokensPerItem = 8;
 constexpr int kTileSlot = 0;  // transposed keys, values, scores, running state (+ MLA's joined queries)
 constexpr int kRowSlot = 1;   // one cached key row widened to float32
 
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+}  // namespace
+
 // What differs between GQA and MLA: where a head's query, key, value and output rows are.
-struct Problem {
+struct CpuFlashAttention::Problem {
   int64_t kv_heads = 0, group = 0;      // query heads = kv_heads · group
   int64_t key_dim = 0, value_dim = 0;
   const float* q = nullptr;             // GQA: [tokens][heads][key_dim]; MLA: q_latent [tokens][heads][value_dim]
@@ -30,45 +34,77 @@ struct Problem {
   float* out = nullptr;                 // [tokens][heads][value_dim]
 };
 
-void flash_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
-                     const AttentionBatch& batch, const Problem& p, float softmax_scale) {
-  const kernels::AttendKeysFn attend = kernels::attend_keys_for(level);
+CpuFlashAttention::CpuFlashAttention(ThreadPool& pool, kernels::IsaLevel level)
+    : pool_(pool), attend_(kernels::attend_keys_for(level)) {}
+
+void CpuFlashAttention::run(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const Problem& p,
+                            float softmax_scale) {
+  std::lock_guard lock(mutex_);
   const int64_t group = p.group, heads = p.kv_heads * p.group, kd = p.key_dim, vd = p.value_dim;
   const int64_t rope = kd - vd;
   // A prompt chunk shares its cache rows among its tokens; a batch of sequences does not.
   const int64_t per_item = batch.one_sequence ? std::clamp<int64_t>(kFlashMaxRows / group, 1, kTokensPerItem) : 1;
   const int64_t token_blocks = (batch.tokens + per_item - 1) / per_item;
+  const int64_t items = token_blocks * p.kv_heads;
+  const auto rows_cap = per_item * group;
 
-  pool.parallel_for(token_blocks * p.kv_heads, [&](int64_t begin, int64_t end, int worker) {
+  // Fewer items than threads (decode): each item's keys in `splits` ranges of split_keys, a multiple
+  // of the key block, each range's softmax state kept in partials_ and merged below.
+  int64_t longest = 0;
+  for (int64_t t = 0; t < batch.tokens; ++t) longest = std::max(longest, batch.positions[t] + 1);
+  int64_t splits = 1;
+  if (items < pool_.size() && longest >= 2 * min_split_keys_)
+    splits = std::min((2 * pool_.size() + items - 1) / items, longest / min_split_keys_);
+  const int64_t split_keys = (longest + splits - 1) / splits / kAttendKeys * kAttendKeys + kAttendKeys;
+  const int64_t state_floats = rows_cap * (2 + vd);  // max, sum, acc of one (item, split)
+  if (splits > 1) {
+    const auto need = static_cast<size_t>(items * splits * state_floats);
+    if (partials_.size() < need) partials_.resize(need);
+  }
+
+  // The rows (token, head) of item i: t0 + r / group, g · group + r % group.
+  const auto item_tokens = [&](int64_t item) {
+    // Later tokens of a prompt chunk read more keys: the last blocks go first, to balance the pool.
+    const int64_t block = token_blocks - 1 - item / p.kv_heads;
+    const int64_t t0 = block * per_item;
+    return std::pair{t0, std::min(batch.tokens, t0 + per_item)};
+  };
+
+  pool_.parallel_for(items * splits, [&](int64_t begin, int64_t end, int worker) {
     std::array<const float*, kFlashMaxRows> q_rows;
     std::array<int64_t, kFlashMaxRows> visible;
-    float* widened = pool.scratch(worker, kRowSlot, static_cast<size_t>(kd));
-    const auto rows_cap = static_cast<size_t>(per_item * group);
-    const size_t joined_q = p.q_rope != nullptr ? rows_cap * static_cast<size_t>(kd) : 0;
-    float* keys_t = pool.scratch(worker, kTileSlot,
-                                 static_cast<size_t>(kAttendKeys * (kd + vd)) +
-                                     rows_cap * static_cast<size_t>(kAttendKeys + 2 + vd) + joined_q);
+    float* widened = pool_.scratch(worker, kRowSlot, static_cast<size_t>(kd));
+    const int64_t joined_q = p.q_rope != nullptr ? rows_cap * kd : 0;
+    float* keys_t = pool_.scratch(worker, kTileSlot,
+                                  static_cast<size_t>(kAttendKeys * (kd + vd) + rows_cap * kAttendKeys + joined_q +
+                                                      (splits > 1 ? 0 : state_floats)));
     float* values = keys_t + kAttendKeys * kd;
     float* scores = values + kAttendKeys * vd;
-    float* max = scores + rows_cap * kAttendKeys;
-    float* sum = max + rows_cap;
-    float* acc = sum + rows_cap;
-    float* q_joined = acc + rows_cap * static_cast<size_t>(vd);
+    float* q_joined = scores + rows_cap * kAttendKeys;
 
-    for (int64_t item = begin; item < end; ++item) {
-      // Later tokens of a prompt chunk read more keys: the last blocks go first, to balance the pool.
-      const int64_t block = token_blocks - 1 - item / p.kv_heads;
+    for (int64_t work = begin; work < end; ++work) {
+      const int64_t item = work / splits, split = work % splits;
       const int64_t g = item % p.kv_heads;
-      const int64_t t0 = block * per_item, t1 = std::min(batch.tokens, t0 + per_item);
+      const auto [t0, t1] = item_tokens(item);
       // The token reading the most keys names the block ids (its row covers every key of the item).
       int64_t widest = t0;
       for (int64_t t = t0; t < t1; ++t)
         if (batch.positions[t] > batch.positions[widest]) widest = t;
       const int64_t keys = batch.positions[widest] + 1;
+      const int64_t k_begin = split * split_keys, k_end = std::min(keys, k_begin + split_keys);
       const int32_t* blocks = batch.block_tables + widest * batch.table_stride;
       const int32_t open = open_rows_of(batch, widest);
 
+      float* state = splits > 1 ? partials_.data() + work * state_floats : q_joined + joined_q;
+      float* max = state;
+      float* sum = max + rows_cap;
+      float* acc = sum + rows_cap;
       const int64_t rows = (t1 - t0) * group;
+      std::fill(max, max + rows, kMinusInf);
+      std::fill(sum, sum + rows, 0.0f);
+      std::fill(acc, acc + rows * vd, 0.0f);
+      if (k_begin >= k_end) continue;  // a split past this item's keys: an empty state
+
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t head_row = (t0 + r / group) * heads + g * group + r % group;
         if (p.q_rope == nullptr) {
@@ -80,9 +116,6 @@ void flash_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv
           q_rows[static_cast<size_t>(r)] = joined;
         }
       }
-      std::fill(max, max + rows, -std::numeric_limits<float>::infinity());
-      std::fill(sum, sum + rows, 0.0f);
-      std::fill(acc, acc + rows * vd, 0.0f);
 
       kernels::AttendBlock b;
       b.rows = rows;
@@ -98,8 +131,8 @@ void flash_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv
       b.acc = acc;
       b.scores = scores;
       const int64_t key_first = p.values_in_key_row ? 0 : g * kd;
-      for (int64_t k0 = 0; k0 < keys; k0 += kAttendKeys) {
-        const int64_t n = std::min(kAttendKeys, keys - k0);
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += kAttendKeys) {
+        const int64_t n = std::min(kAttendKeys, k_end - k0);
         for (int64_t c = 0; c < n; ++c) {
           const float* k = kv.values_at(blocks, open, layer, 0, k0 + c, key_first, kd, widened);
           for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = k[d];
@@ -114,9 +147,10 @@ void flash_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv
         }
         for (int64_t r = 0; r < rows; ++r)
           visible[static_cast<size_t>(r)] = std::clamp<int64_t>(batch.positions[t0 + r / group] + 1 - k0, 0, n);
-        attend(b);
+        attend_(b);
       }
 
+      if (splits > 1) continue;
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t head_row = (t0 + r / group) * heads + g * group + r % group;
         float* o = p.out + head_row * vd;
@@ -125,9 +159,34 @@ void flash_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv
       }
     }
   });
-}
+  if (splits == 1) return;
 
-}  // namespace
+  // Merge each item's split states: out = Σ_s e^(m_s − m) acc_s / Σ_s e^(m_s − m) sum_s, m = max_s m_s.
+  pool_.parallel_for(items, [&](int64_t begin, int64_t end, int) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t g = item % p.kv_heads;
+      const auto [t0, t1] = item_tokens(item);
+      const float* first = partials_.data() + item * splits * state_floats;
+      for (int64_t r = 0; r < (t1 - t0) * group; ++r) {
+        float m = kMinusInf;
+        for (int64_t s = 0; s < splits; ++s) m = std::max(m, first[s * state_floats + r]);
+        float* o = p.out + ((t0 + r / group) * heads + g * group + r % group) * vd;
+        std::fill(o, o + vd, 0.0f);
+        float total = 0;
+        for (int64_t s = 0; s < splits; ++s) {
+          const float* state = first + s * state_floats;
+          if (state[rows_cap + r] == 0.0f) continue;  // no key of this range is visible to the row
+          const float weight = std::exp(state[r] - m);
+          total += weight * state[rows_cap + r];
+          const float* acc = state + 2 * rows_cap + r * vd;
+          for (int64_t d = 0; d < vd; ++d) o[d] += weight * acc[d];
+        }
+        const float inv = 1.0f / total;
+        for (int64_t d = 0; d < vd; ++d) o[d] *= inv;
+      }
+    }
+  });
+}
 
 bool fast_gqa_attention_supports(const AttentionBatch& batch, int64_t heads, int64_t kv_heads, int64_t head_dim) {
   return batch.attention_rows == nullptr && head_dim > 0 && head_dim % 16 == 0 && kv_heads > 0 &&
@@ -138,21 +197,20 @@ bool fast_mla_attention_supports(const AttentionBatch& batch, int64_t heads, int
   return batch.attention_rows == nullptr && kv_lora > 0 && kv_lora % 16 == 0 && heads > 0 && heads <= kFlashMaxRows;
 }
 
-void fast_gqa_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
-                        const AttentionBatch& batch, const float* q, int64_t heads, int64_t kv_heads,
-                        int64_t head_dim, float softmax_scale, float* out) {
+void CpuFlashAttention::gqa(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
+                            int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) {
   Problem p;
   p.kv_heads = kv_heads;
   p.group = heads / kv_heads;
   p.key_dim = p.value_dim = head_dim;
   p.q = q;
   p.out = out;
-  flash_attention(pool, level, kv, layer, batch, p, softmax_scale);
+  run(kv, layer, batch, p, softmax_scale);
 }
 
-void fast_mla_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool& kv, int64_t layer,
-                        const AttentionBatch& batch, const float* q_latent, const float* q_rope, int64_t heads,
-                        int64_t kv_lora, int64_t rope_dim, float softmax_scale, float* out) {
+void CpuFlashAttention::mla(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
+                            const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
+                            float* out) {
   Problem p;
   p.kv_heads = 1;
   p.group = heads;
@@ -162,7 +220,7 @@ void fast_mla_attention(ThreadPool& pool, kernels::IsaLevel level, const KvPool&
   p.q_rope = q_rope;
   p.values_in_key_row = true;
   p.out = out;
-  flash_attention(pool, level, kv, layer, batch, p, softmax_scale);
+  run(kv, layer, batch, p, softmax_scale);
 }
 
 }  // namespace tandem

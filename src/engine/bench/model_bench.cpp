@@ -78,6 +78,10 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   };
   check_tokens("-p", o.prompt_tokens);
   check_tokens("-n", o.gen_tokens);
+  if (o.depth < 0) throw Error(ErrorKind::invalid_argument, "-d " + std::to_string(o.depth) + " is negative");
+  if (o.depth + std::max(o.prompt_tokens, o.gen_tokens) > context)
+    throw Error(ErrorKind::out_of_range, "-d " + std::to_string(o.depth) + " leaves no room for the tests in " +
+                                             std::to_string(context) + " tokens of context (the depth plus -p or -n)");
   if (o.spread_tokens != 0) check_tokens("--spread-tokens", o.spread_tokens);
 
   ModelBenchResult r;
@@ -92,7 +96,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   LoadOptions load;
   load.threads = o.threads;
   load.max_sessions = 1;
-  load.max_context_tokens = std::max<int64_t>({o.prompt_tokens, o.gen_tokens, 33});  // 33: the warm-up
+  load.max_context_tokens = o.depth + std::max<int64_t>({o.prompt_tokens, o.gen_tokens, 33});  // 33: the warm-up
   load.load_tokenizer = false;
   load.cpu_kernels = o.kernels;
   load.placement = o.placement;
@@ -127,8 +131,13 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     session->prefill(random_ids(std::min<int64_t>(o.prompt_tokens, 32)));
     session->decode(pick(rng));
     std::vector<double> pp, tg;
-    for (int rep = 0; rep < o.reps; ++rep) {
+    // Each test starts from an empty cache, or from `depth` cached tokens of context (not timed).
+    auto start_test = [&] {
       session->reset();
+      if (o.depth > 0) session->prefill(random_ids(o.depth));
+    };
+    for (int rep = 0; rep < o.reps; ++rep) {
+      start_test();
       const std::vector<int32_t> prompt = random_ids(o.prompt_tokens);
       const int64_t chunks_before = engine->scheduler().stats().session_chunks;
       const auto start = std::chrono::steady_clock::now();
@@ -137,7 +146,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
       r.prefill_passes = engine->scheduler().stats().session_chunks - chunks_before;
     }
     for (int rep = 0; rep < o.reps; ++rep) {
-      session->reset();
+      start_test();
       const std::vector<int32_t> ids = random_ids(o.gen_tokens);
       const auto start = std::chrono::steady_clock::now();
       for (int32_t id : ids) session->decode(id);

@@ -16,6 +16,7 @@ struct ModelBenchOptions {
   std::string model_path;
   int64_t prompt_tokens = 512;   // pp
   int64_t gen_tokens = 128;      // tg
+  int64_t depth = 0;             // tokens in the cache before each test (llama-bench's -d), not timed
   int threads = 0;               // 0: one per physical core
   int reps = 5;
   int64_t spread_tokens = 4096;  // tokens of the routing-spread prompt; 0 skips it
