@@ -277,9 +277,11 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
   if (tables.empty()) return;
   std::mt19937 rng(5);
   const KernelTable reference = make_kernel_table(IsaLevel::scalar);
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k}) {
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q8_0, DType::q5_0}) {
     const WeightKind kind = *weight_kind_for(type);
-    for (const int64_t in : {int64_t{256}, int64_t{768}}) {
+    const ActFormat format = act_format(kind);
+    for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{1408}}) {
+      if (in % 256 != 0 && format == ActFormat::q8k) continue;  // K-quants come in 256-value blocks
       // 37 rows: two full strips and a partial one; token counts from the threshold up, with every
       // remainder of the 4-token (AVX-512) and 16-token (AMX) steps.
       const int64_t rows = 37;
@@ -287,9 +289,9 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
       for (const int64_t tokens :
            {int64_t{16}, int64_t{17}, int64_t{18}, int64_t{19}, int64_t{27}, int64_t{30}, int64_t{40}}) {
         const auto x = random_activations(tokens, in, rng);
-        const int64_t stride = act_row_bytes(ActFormat::q8k, in);
+        const int64_t stride = act_row_bytes(format, in);
         std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
-        quantize_rows(ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
+        quantize_rows(format, x.data(), in, in, 0, tokens, q.data());
         std::vector<float> y_ref(static_cast<size_t>(tokens * rows));
         for (int64_t o = 0; o < rows; ++o)
           for (int64_t t = 0; t < tokens; ++t)

@@ -60,6 +60,77 @@ struct StripRows {
   }
 };
 
+// For the 16 bytes at `p` of every row: out[k] = dword k of rows 0..15 side by side (4 outputs). Rows
+// r, r + 4, r + 8, r + 12 share a register, one per 128-bit lane, so a 4×4 dword transpose inside the
+// lanes puts row 4L + j of lane L at dword 4L + j.
+inline void transpose16(const StripRows& strip, const uint8_t* p, __m512i out[4]) {
+  const auto row = [&](int r) {
+    return r < strip.rows ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + r * strip.row_stride))
+                          : _mm_setzero_si128();
+  };
+  __m512i a[4];
+  for (int i = 0; i < 4; ++i) {
+    a[i] = _mm512_castsi128_si512(row(i));
+    a[i] = _mm512_inserti32x4(a[i], row(i + 4), 1);
+    a[i] = _mm512_inserti32x4(a[i], row(i + 8), 2);
+    a[i] = _mm512_inserti32x4(a[i], row(i + 12), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpacklo_epi32(a[2], a[3]);
+  const __m512i t2 = _mm512_unpackhi_epi32(a[0], a[1]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+  out[0] = _mm512_unpacklo_epi64(t0, t1);
+  out[1] = _mm512_unpackhi_epi64(t0, t1);
+  out[2] = _mm512_unpacklo_epi64(t2, t3);
+  out[3] = _mm512_unpackhi_epi64(t2, t3);
+}
+
+// Q8_0 and Q5_0 strips (32-value blocks, one f16 scale per row and block): per block, 8 × 64 bytes of
+// unsigned quants in [value / 4][row][4] order, then the 16 rows' float scales (kTileQ8BlockBytes in
+// all; in · 18 bytes fit in tile_workspace_size(in)). Q8_0's int8 quants are stored + 128 (xor 0x80),
+// Q5_0's as nibble | fifth bit << 4; the kernels subtract 128 or 16 times the activation block's sum.
+constexpr int64_t kTileQ8BlockBytes = 8 * 64 + 16 * 4;
+
+inline void pack_q8_0(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
+  const StripRows strip{row_stride, rows};
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ8_0Bytes;
+    auto* packed = reinterpret_cast<__m512i*>(ws + b * kTileQ8BlockBytes);
+    __m512i quads[8];
+    strip.transpose(blk + 2, quads);
+    for (int k = 0; k < 8; ++k) _mm512_store_si512(packed + k, _mm512_xor_si512(quads[k], flip));
+    auto* scale = reinterpret_cast<float*>(packed + 8);
+    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? tile_half(blk + r * row_stride) : 0.0f;
+  }
+}
+
+inline void pack_q5_0(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
+  const StripRows strip{row_stride, rows};
+  const __m512i m4 = _mm512_set1_epi32(0x0f0f0f0f);
+  const __m512i row_index = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __mmask16 present = static_cast<__mmask16>((1u << rows) - 1u);
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kQ5_0Bytes;
+    auto* packed = reinterpret_cast<__m512i*>(ws + b * kTileQ8BlockBytes);
+    __m512i quads[4];
+    transpose16(strip, blk + 6, quads);
+    // Each row's 32 fifth bits; the 4 bits of values 4k..4k+3 spread to bit 4 of their bytes.
+    const __m512i high = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), present,
+                                                     _mm512_mullo_epi32(row_index, _mm512_set1_epi32(static_cast<int>(row_stride))),
+                                                     blk + 2, 1);
+    for (int k = 0; k < 8; ++k) {
+      const __m512i bits = _mm512_srli_epi32(high, 4 * k);
+      __m512i fifth = _mm512_setzero_si512();
+      for (int i = 0; i < 4; ++i)
+        fifth = _mm512_or_si512(fifth, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, i), _mm512_set1_epi32(1)),
+                                                         8 * i + 4));
+      const __m512i nibbles = k < 4 ? _mm512_and_si512(quads[k], m4) : _mm512_and_si512(_mm512_srli_epi32(quads[k - 4], 4), m4);
+      _mm512_store_si512(packed + k, _mm512_or_si512(nibbles, fifth));
+    }
+    auto* scale = reinterpret_cast<float*>(packed + 8);
+    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? tile_half(blk + r * row_stride) : 0.0f;
+  }
+}
+
 inline float* scale_block(uint8_t* ws, int64_t in, int64_t b) {
   return reinterpret_cast<float*>(ws + tile_scales_offset(in) + b * kTileScaleBlockBytes);
 }
