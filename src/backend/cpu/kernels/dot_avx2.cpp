@@ -194,36 +194,9 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]);
 }
 
-template <int NT>
-void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  const ActQ8* a[NT];
-  __m256 acc[NT];
-  float offset[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
-    offset[t] = 0;
-  }
-  const __m128i m4 = _mm_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t b = 0; b < in / 32; ++b) {
-    const uint8_t* blk = w + b * kQ4_0Bytes;
-    const float d = half(blk);
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    const __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    for (int t = 0; t < NT; ++t) {
-      const ActQ8& ab = a[t][b];
-      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(W, load32(ab.q)), ones);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += 8.0f * d * ab.d * static_cast<float>(ab.sum);
-    }
-  }
-  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
-}
-
-// Q5_0: Q4_0 with a fifth bit per value and 16, not 8, as the offset.
-template <int NT>
-void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+// Q4_0, and Q5_0 (Q5: a fifth bit per value from a 32-bit mask; offset 16, not 8).
+template <int NT, bool Q5>
+void dot_q4_or_q5_0(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
   __m256 acc[NT];
   float offset[NT];
@@ -237,25 +210,34 @@ void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
   const __m256i bit_of_byte = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
   for (int64_t b = 0; b < in / 32; ++b) {
-    const uint8_t* blk = w + b * kQ5_0Bytes;
+    const uint8_t* blk = w + b * (Q5 ? kQ5_0Bytes : kQ4_0Bytes);
     const float d = half(blk);
-    int32_t high;
-    std::memcpy(&high, blk + 2, 4);
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 6));
-    // Byte i of `bits`: byte i / 8 of the mask, tested against bit i % 8, becomes 0x10 where set.
-    const __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32(high), spread);
-    const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, bit_of_byte), bit_of_byte),
-                                           _mm256_set1_epi8(0x10));
-    const __m256i W = _mm256_or_si256(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
-                                      fifth);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q5 ? 6 : 2)));
+    __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if constexpr (Q5) {
+      int32_t high;
+      std::memcpy(&high, blk + 2, 4);
+      // Byte i of `bits`: byte i / 8 of the mask, tested against bit i % 8, becomes 0x10 where set.
+      const __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32(high), spread);
+      W = _mm256_or_si256(W, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, bit_of_byte), bit_of_byte),
+                                              _mm256_set1_epi8(0x10)));
+    }
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
       const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(W, load32(ab.q)), ones);
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += 16.0f * d * ab.d * static_cast<float>(ab.sum);
+      offset[t] += (Q5 ? 16.0f : 8.0f) * d * ab.d * static_cast<float>(ab.sum);
     }
   }
   for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
+}
+template <int NT>
+void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_q4_or_q5_0<NT, false>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_q4_or_q5_0<NT, true>(w, x, xs, in, y, ys);
 }
 
 inline __m256 load8_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }

@@ -252,8 +252,9 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   }
 }
 
-template <int NT>
-void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+// Q4_0, and Q5_0 (Q5: a fifth bit per value from a 32-bit mask; offset 16, not 8).
+template <int NT, bool Q5>
+void dot_q4_or_q5_0(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
   __m256 acc[NT];
   float offset[NT];
@@ -265,16 +266,21 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   }
   const __m128i m4 = _mm_set1_epi8(0x0f);
   for (int64_t b = 0; b < in / 32; ++b) {
-    const uint8_t* blk = w + b * kQ4_0Bytes;
+    const uint8_t* blk = w + b * (Q5 ? kQ5_0Bytes : kQ4_0Bytes);
     const float d = half(blk);
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    const __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q5 ? 6 : 2)));
+    __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if constexpr (Q5) {
+      uint32_t high;
+      std::memcpy(&high, blk + 2, 4);
+      W = _mm256_or_si256(W, _mm256_maskz_set1_epi8(high, 0x10));  // byte i: value i's fifth bit
+    }
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
       const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += 8.0f * d * ab.d * static_cast<float>(ab.sum);
+      offset[t] += (Q5 ? 16.0f : 8.0f) * d * ab.d * static_cast<float>(ab.sum);
     }
   }
   #pragma GCC unroll 8
@@ -283,41 +289,13 @@ void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
   }
 }
-
-// Q5_0: Q4_0 with a fifth bit per value (from a 32-bit mask) and 16, not 8, as the offset.
+template <int NT>
+void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_q4_or_q5_0<NT, false>(w, x, xs, in, y, ys);
+}
 template <int NT>
 void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  const ActQ8* a[NT];
-  __m256 acc[NT];
-  float offset[NT];
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
-    offset[t] = 0;
-  }
-  const __m128i m4 = _mm_set1_epi8(0x0f);
-  for (int64_t b = 0; b < in / 32; ++b) {
-    const uint8_t* blk = w + b * kQ5_0Bytes;
-    const float d = half(blk);
-    uint32_t high;
-    std::memcpy(&high, blk + 2, 4);
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 6));
-    const __m256i W = _mm256_or_si256(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
-                                      _mm256_maskz_set1_epi8(high, 0x10));  // byte i: value i's fifth bit
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const ActQ8& ab = a[t][b];
-      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += 16.0f * d * ab.d * static_cast<float>(ab.sum);
-    }
-  }
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
-  }
+  dot_q4_or_q5_0<NT, true>(w, x, xs, in, y, ys);
 }
 
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
