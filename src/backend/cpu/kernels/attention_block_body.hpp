@@ -25,7 +25,22 @@ inline vf load(const float* p) {
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float s) { return vf{} + s; }
+
 inline vf select(vi mask, vf yes, vf no) { return (vf)(((vi)yes & mask) | ((vi)no & ~mask)); }
+
+// Horizontal maximum and sum: lanes 8..15 folded onto 0..7, then 4..7 onto 0..3, then four scalars.
+inline float reduce_max(vf v) {
+  vf w = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v = select(v > w, v, w);
+  w = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  v = select(v > w, v, w);
+  return std::max(std::max(v[0], v[1]), std::max(v[2], v[3]));
+}
+inline float reduce_sum(vf v) {
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  return (v[0] + v[1]) + (v[2] + v[3]);
+}
 
 // exp(x) for x ≤ 0 (scores minus their running max), relative error ~2e-7 over the range that does
 // not underflow: x = n·ln2 + g with |g| ≤ ln2/2, exp(g) by its degree-6 Taylor polynomial, 2^n built
@@ -98,12 +113,10 @@ inline void attend_keys_body(const AttendBlock& b) {
     float* scores = b.scores + r * kAttendKeys;
     const vi seen = lane < (vi{} + static_cast<int32_t>(visible));
     const vf s = select(seen, load(scores), minus_inf);
-    float block_max = s[0];
-    for (int i = 1; i < kAttendKeys; ++i) block_max = std::max(block_max, s[i]);
+    const float block_max = reduce_max(s);
     const float old_max = b.max[r], new_max = std::max(old_max, block_max);
     const vf p = select(seen, exp_nonpositive(s - new_max), vf{});
-    float block_sum = 0;
-    for (int i = 0; i < kAttendKeys; ++i) block_sum += p[i];
+    const float block_sum = reduce_sum(p);
     const float alpha = std::exp(old_max - new_max);  // 0 before the first block (old_max = -inf)
     b.max[r] = new_max;
     b.sum[r] = b.sum[r] * alpha + block_sum;
