@@ -30,7 +30,7 @@ using namespace tandem::kernels;
 namespace {
 
 constexpr DType kTypes[] = {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0,
-                            DType::q4_0, DType::q5_0, DType::f32,  DType::f16,  DType::bf16,   DType::f8_e4m3};
+                            DType::q4_0, DType::q5_0, DType::q4_1, DType::q5_1, DType::f32,  DType::f16,  DType::bf16,   DType::f8_e4m3};
 
 void put_half(uint8_t* p, float v) {
   const uint16_t h = f32_to_f16(v);
@@ -63,6 +63,13 @@ std::vector<uint8_t> random_weights(DType type, int64_t rows, int64_t in, std::m
       case DType::q5_0:
         put_half(p, scale(rng));
         break;
+      case DType::q4_1:
+      case DType::q5_1: {  // a minimum near −d · 8 (or 16), as quantised rows centred on zero have
+        const float d = scale(rng);
+        put_half(p, d);
+        put_half(p + 2, -d * (type == DType::q5_1 ? 16.0f : 8.0f) * std::uniform_real_distribution<float>(0.5f, 1.5f)(rng));
+        break;
+      }
       case DType::f32: {
         const float v = normal(rng);
         std::memcpy(p, &v, 4);

@@ -252,9 +252,10 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   }
 }
 
-// Q4_0, and Q5_0 (Q5: a fifth bit per value from a 32-bit mask; offset 16, not 8).
-template <int NT, bool Q5>
-void dot_q4_or_q5_0(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+// Q4_0 and Q5_0 (Q5: a fifth bit per value from a 32-bit mask; offset 16, not 8), and Q4_1 / Q5_1
+// (Min: unsigned quants, plus the block minimum times the activation block's sum).
+template <int NT, bool Q5, bool Min>
+void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
   __m256 acc[NT];
   float offset[NT];
@@ -266,13 +267,13 @@ void dot_q4_or_q5_0(const uint8_t* w, const void* x, int64_t xs, int64_t in, flo
   }
   const __m128i m4 = _mm_set1_epi8(0x0f);
   for (int64_t b = 0; b < in / 32; ++b) {
-    const uint8_t* blk = w + b * (Q5 ? kQ5_0Bytes : kQ4_0Bytes);
+    const uint8_t* blk = w + b * small_block_bytes<Q5, Min>();
     const float d = half(blk);
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q5 ? 6 : 2)));
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + small_block_nibble_offset<Q5, Min>()));
     __m256i W = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
     if constexpr (Q5) {
       uint32_t high;
-      std::memcpy(&high, blk + 2, 4);
+      std::memcpy(&high, blk + small_block_high_offset<Min>(), 4);
       W = _mm256_or_si256(W, _mm256_maskz_set1_epi8(high, 0x10));  // byte i: value i's fifth bit
     }
     #pragma GCC unroll 8
@@ -280,7 +281,7 @@ void dot_q4_or_q5_0(const uint8_t* w, const void* x, int64_t xs, int64_t in, flo
       const ActQ8& ab = a[t][b];
       const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += (Q5 ? 16.0f : 8.0f) * d * ab.d * static_cast<float>(ab.sum);
+      offset[t] += (Min ? -half(blk + 2) : (Q5 ? 16.0f : 8.0f) * d) * ab.d * static_cast<float>(ab.sum);
     }
   }
   #pragma GCC unroll 8
@@ -291,11 +292,19 @@ void dot_q4_or_q5_0(const uint8_t* w, const void* x, int64_t xs, int64_t in, flo
 }
 template <int NT>
 void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_q4_or_q5_0<NT, false>(w, x, xs, in, y, ys);
+  dot_small_block<NT, false, false>(w, x, xs, in, y, ys);
 }
 template <int NT>
 void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_q4_or_q5_0<NT, true>(w, x, xs, in, y, ys);
+  dot_small_block<NT, true, false>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_q41(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_small_block<NT, false, true>(w, x, xs, in, y, ys);
+}
+template <int NT>
+void dot_q51(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  dot_small_block<NT, true, true>(w, x, xs, in, y, ys);
 }
 
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
@@ -434,6 +443,8 @@ TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
 TANDEM_DISPATCH(entry_q8_0, dot_q80)
 TANDEM_DISPATCH(entry_q4_0, dot_q40)
 TANDEM_DISPATCH(entry_q5_0, dot_q50)
+TANDEM_DISPATCH(entry_q4_1, dot_q41)
+TANDEM_DISPATCH(entry_q5_1, dot_q51)
 TANDEM_DISPATCH(entry_f32, dot_f32)
 TANDEM_DISPATCH(entry_f16, dot_f16)
 TANDEM_DISPATCH(entry_bf16, dot_bf16)
@@ -467,6 +478,8 @@ void fill_kernels(KernelTable& t) noexcept {
   t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
   t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
   t.dot[static_cast<int>(WeightKind::q5_0)] = entry_q5_0;
+  t.dot[static_cast<int>(WeightKind::q4_1)] = entry_q4_1;
+  t.dot[static_cast<int>(WeightKind::q5_1)] = entry_q5_1;
   t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
   t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
   t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;

@@ -190,39 +190,31 @@ void dot_q8_0(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t i
   }
 }
 
-void dot_q4_0(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
-              int64_t ys) {
+// Q4_0 / Q5_0 (value = d · (q − 8 or 16)) and Q4_1 / Q5_1 (value = d · q + m); Q5: a fifth bit per
+// value, bit j of a 32-bit mask for value j.
+template <bool Q5, bool Min>
+void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
+                     int64_t ys) {
   for (int t = 0; t < tokens; ++t) {
     const ActQ8* a = act_row<ActQ8>(x, xs, t);
     float sum = 0;
     for (int64_t b = 0; b < in / 32; ++b) {
-      const uint8_t* blk = w + b * kQ4_0Bytes;
+      const uint8_t* blk = w + b * small_block_bytes<Q5, Min>();
+      const uint8_t* h = blk + small_block_high_offset<Min>();
+      const uint32_t high = Q5 ? static_cast<uint32_t>(h[0]) | static_cast<uint32_t>(h[1]) << 8 |
+                                     static_cast<uint32_t>(h[2]) << 16 | static_cast<uint32_t>(h[3]) << 24
+                               : 0;
+      const uint8_t* qs = blk + small_block_nibble_offset<Q5, Min>();
       int32_t s = 0;
       for (int j = 0; j < 16; ++j) {
-        s += (blk[2 + j] & 0xf) * a[b].q[j];
-        s += (blk[2 + j] >> 4) * a[b].q[j + 16];
+        s += ((qs[j] & 0xf) | ((high >> j) & 1) << 4) * a[b].q[j];
+        s += ((qs[j] >> 4) | ((high >> (j + 16)) & 1) << 4) * a[b].q[j + 16];
       }
-      sum += load_half(blk) * a[b].d * static_cast<float>(s - 8 * a[b].sum);
-    }
-    y[t * ys] = sum;
-  }
-}
-
-void dot_q5_0(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
-              int64_t ys) {
-  for (int t = 0; t < tokens; ++t) {
-    const ActQ8* a = act_row<ActQ8>(x, xs, t);
-    float sum = 0;
-    for (int64_t b = 0; b < in / 32; ++b) {
-      const uint8_t* blk = w + b * kQ5_0Bytes;
-      const uint32_t high = static_cast<uint32_t>(blk[2]) | static_cast<uint32_t>(blk[3]) << 8 |
-                            static_cast<uint32_t>(blk[4]) << 16 | static_cast<uint32_t>(blk[5]) << 24;
-      int32_t s = 0;
-      for (int j = 0; j < 16; ++j) {
-        s += ((blk[6 + j] & 0xf) | ((high >> j) & 1) << 4) * a[b].q[j];
-        s += ((blk[6 + j] >> 4) | ((high >> (j + 16)) & 1) << 4) * a[b].q[j + 16];
-      }
-      sum += load_half(blk) * a[b].d * static_cast<float>(s - 16 * a[b].sum);
+      const float d = load_half(blk);
+      if constexpr (Min)
+        sum += d * a[b].d * static_cast<float>(s) + load_half(blk + 2) * a[b].d * static_cast<float>(a[b].sum);
+      else
+        sum += d * a[b].d * static_cast<float>(s - (Q5 ? 16 : 8) * a[b].sum);
     }
     y[t * ys] = sum;
   }
@@ -275,8 +267,10 @@ void fill_kernels(KernelTable& t) noexcept {
   set(WeightKind::q6_k, dot_q6_k);
   set(WeightKind::iq4_xs, dot_iq4_xs);
   set(WeightKind::q8_0, dot_q8_0);
-  set(WeightKind::q4_0, dot_q4_0);
-  set(WeightKind::q5_0, dot_q5_0);
+  set(WeightKind::q4_0, dot_small_block<false, false>);
+  set(WeightKind::q5_0, dot_small_block<true, false>);
+  set(WeightKind::q4_1, dot_small_block<false, true>);
+  set(WeightKind::q5_1, dot_small_block<true, true>);
   set(WeightKind::f32, dot_float<load_f32, 4>);
   set(WeightKind::f16, dot_float<load_half, 2>);
   set(WeightKind::bf16, dot_float<load_bf16, 2>);

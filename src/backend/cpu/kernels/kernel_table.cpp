@@ -132,6 +132,10 @@ std::optional<WeightKind> weight_kind_for(DType type) noexcept {
       return WeightKind::q4_0;
     case DType::q5_0:
       return WeightKind::q5_0;
+    case DType::q4_1:
+      return WeightKind::q4_1;
+    case DType::q5_1:
+      return WeightKind::q5_1;
     case DType::f32:
       return WeightKind::f32;
     case DType::f16:
@@ -155,6 +159,8 @@ ActFormat act_format(WeightKind kind) noexcept {
     case WeightKind::q8_0:
     case WeightKind::q4_0:
     case WeightKind::q5_0:
+    case WeightKind::q4_1:
+    case WeightKind::q5_1:
       return ActFormat::q8;
     default:
       return ActFormat::f32;

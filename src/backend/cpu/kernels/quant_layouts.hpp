@@ -18,6 +18,24 @@ constexpr int64_t kQ4_0Bytes = 18;    // f16 d, 16 bytes of nibbles
 // value = (nibble | fifth bit << 4) - 16. Q4_K_M's type for rows whose width is not a multiple of 256
 // (DeepSeek-V2-Lite's 1408-wide expert down projections).
 constexpr int64_t kQ5_0Bytes = 22;
+// Q4_1 / Q5_1: Q4_0 / Q5_0 with an f16 minimum after d (value = d · q + m, q unsigned): Q5_K_M's type
+// for rows whose width is not a multiple of 256.
+constexpr int64_t kQ4_1Bytes = 20;
+constexpr int64_t kQ5_1Bytes = 24;
+
+// The 32-value block types: bytes, and where the fifth bits and the nibbles start.
+template <bool Q5, bool Min>
+constexpr int64_t small_block_bytes() {
+  return Q5 ? (Min ? kQ5_1Bytes : kQ5_0Bytes) : (Min ? kQ4_1Bytes : kQ4_0Bytes);
+}
+template <bool Min>
+constexpr int64_t small_block_high_offset() {
+  return Min ? 4 : 2;
+}
+template <bool Q5, bool Min>
+constexpr int64_t small_block_nibble_offset() {
+  return small_block_high_offset<Min>() + (Q5 ? 4 : 0);
+}
 constexpr int64_t kFp8Block = 128;    // DeepSeek's FP8 block scale covers 128×128
 
 constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
