@@ -87,6 +87,7 @@ CommandRun setup(CLI::App& sub) {
       j["n_prompt"] = o.prompt_tokens;
       j["n_gen"] = o.gen_tokens;
       j["n_depth"] = o.depth;
+      j["depth_passes"] = r.depth_passes;
       j["repetitions"] = o.reps;
       j["prefill_tok_s"] = r.prefill_tok_s;
       j["prefill_tok_s_sd"] = r.prefill_tok_s_sd;

@@ -159,9 +159,11 @@ TEST_CASE("bench model -d: each test starts from N cached tokens, which are not 
   const std::string flags = " -p 8 -n 2 -r 1 -t 1 --spread-tokens 0 --stream-mib 16 --ubatch 8";
   const auto j = run_json("bench model -m " + model + flags + " -d 20 --json");
   CHECK(j["n_depth"] == 20);
-  CHECK(j["prefill_passes"] == 1);  // the 8 timed tokens; the 20 before them (3 passes) are not counted
+  CHECK(j["depth_passes"] == 3);    // the 20 cached tokens, in passes of 8, before each test
+  CHECK(j["prefill_passes"] == 1);  // the 8 timed tokens only
   CHECK(j["prefill_tok_s"].get<double>() > 0);
   CHECK(j["decode_tok_s"].get<double>() > 0);
+  CHECK(run_json("bench model -m " + model + flags + " --json")["depth_passes"] == 0);
   const auto table = run_cli_captured("bench model -m " + model + flags + " -d 20");
   CHECK(table.exit_code == 0);
   CHECK_THAT(table.out, Catch::Contains("| pp8 @ d20 |") && Catch::Contains("| tg2 @ d20 |"));

@@ -23,30 +23,22 @@ bool shape_fits(const LinearWeight& kv_b, const MlaShape& s) {
          kv_b.out_features() == s.heads * (s.nope + s.v);
 }
 
-// What identifies a weight's contents cheaply: its type, shape and its first and last 64 bytes.
-std::vector<uint8_t> fingerprint(const LinearWeight& w) {
-  const TensorView& t = w.weight;
-  std::vector<uint8_t> f(sizeof(DType) + 2 * sizeof(int64_t));
-  const int64_t rows = t.shape[0], cols = t.shape[1];
-  std::memcpy(f.data(), &t.dtype, sizeof(DType));
-  std::memcpy(f.data() + sizeof(DType), &rows, sizeof rows);
-  std::memcpy(f.data() + sizeof(DType) + sizeof rows, &cols, sizeof cols);
-  const auto* bytes = static_cast<const uint8_t*>(t.data);
-  const uint64_t size = t.row_stride_bytes() * static_cast<uint64_t>(rows), edge = std::min<uint64_t>(64, size);
-  f.insert(f.end(), bytes, bytes + edge);
-  f.insert(f.end(), bytes + size - edge, bytes + size);
-  return f;
-}
 
 }  // namespace
 
 const LinearWeight& FastCpuOps::absorbed_keys(const LinearWeight& kv_b, const MlaShape& s) {
   std::lock_guard lock(absorbed_mutex_);
-  std::vector<uint8_t> source = fingerprint(kv_b);
+  const TensorView& view = kv_b.weight;
+  WeightFingerprint source{view.dtype, view.shape[0], view.shape[1], {}};
+  const auto* bytes = static_cast<const uint8_t*>(view.data);
+  const uint64_t size = view.row_stride_bytes() * static_cast<uint64_t>(view.shape[0]);
+  const uint64_t edge = std::min<uint64_t>(source.edges.size() / 2, size);
+  std::memcpy(source.edges.data(), bytes, edge);
+  std::memcpy(source.edges.data() + source.edges.size() / 2, bytes + size - edge, edge);
   auto [it, made] = absorbed_.try_emplace(kv_b.weight.data);
   AbsorbedKeys& keys = it->second;
   if (!made && keys.source == source) return keys.weight;
-  keys.source = std::move(source);
+  keys.source = source;
   try {
     keys.f16.resize(static_cast<size_t>(s.heads * s.kv_lora * s.nope));
     pool_.parallel_for(s.heads, [&](int64_t begin, int64_t end, int worker) {

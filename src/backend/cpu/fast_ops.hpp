@@ -10,6 +10,7 @@
 // (expert × token block × row tile) items and a routing-weighted sum. Results are the same bit for
 // bit either way and at any thread count. Types without a kernel are not handled here
 // (supports() is false): the backend calls the reference operators for them.
+#include <array>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -90,9 +91,16 @@ class FastCpuOps {
   kernels::ActRows quantize(kernels::ActFormat format, const float* x, int64_t rows, int64_t in,
                             std::vector<uint8_t>& storage);
 
+  // What tells a weight's contents apart cheaply (a new weight at a freed weight's address is not
+  // taken for it): type, shape, its first and last 64 bytes. Fixed size: checked on every call.
+  struct WeightFingerprint {
+    DType dtype = DType::f32;
+    int64_t rows = 0, cols = 0;
+    std::array<uint8_t, 128> edges{};
+    bool operator==(const WeightFingerprint&) const = default;
+  };
   struct AbsorbedKeys {
-    std::vector<uint8_t> source;  // kv_b's type, shape and first and last bytes: a new weight at a freed
-                                  // weight's address is not taken for it
+    WeightFingerprint source;
     std::vector<uint16_t> f16;
     LinearWeight weight;  // views f16
   };

@@ -134,7 +134,10 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     // Each test starts from an empty cache, or from `depth` cached tokens of context (not timed).
     auto start_test = [&] {
       session->reset();
-      if (o.depth > 0) session->prefill(random_ids(o.depth));
+      if (o.depth == 0) return;
+      const int64_t before = engine->scheduler().stats().session_chunks;
+      session->prefill(random_ids(o.depth));
+      r.depth_passes = engine->scheduler().stats().session_chunks - before;
     };
     for (int rep = 0; rep < o.reps; ++rep) {
       start_test();

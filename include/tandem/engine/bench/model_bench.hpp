@@ -37,6 +37,7 @@ struct ModelBenchResult {
   double stream_read_gbps = 0;
   int64_t ubatch = 0;            // tokens per forward pass the engine ran with
   int64_t prefill_passes = 0;    // forward passes of one pp prompt (its chunks), counted by the scheduler
+  int64_t depth_passes = 0;      // forward passes that cached the -d tokens before a test (not timed)
   std::string placement;  // the rules the engine resolved (placement_flags applied), Placement::to_string
   // Weight bytes one decode token reads: every non-expert weight, top_k experts of each MoE layer
   // (the layer's mean expert size), one embedding row and the whole output projection.

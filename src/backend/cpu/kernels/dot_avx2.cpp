@@ -233,21 +233,13 @@ void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, fl
   for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
 }
 template <int NT>
-void dot_q40(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_small_block<NT, false, false>(w, x, xs, in, y, ys);
-}
+constexpr auto dot_q40 = dot_small_block<NT, false, false>;
 template <int NT>
-void dot_q50(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_small_block<NT, true, false>(w, x, xs, in, y, ys);
-}
+constexpr auto dot_q50 = dot_small_block<NT, true, false>;
 template <int NT>
-void dot_q41(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_small_block<NT, false, true>(w, x, xs, in, y, ys);
-}
+constexpr auto dot_q41 = dot_small_block<NT, false, true>;
 template <int NT>
-void dot_q51(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_small_block<NT, true, true>(w, x, xs, in, y, ys);
-}
+constexpr auto dot_q51 = dot_small_block<NT, true, true>;
 
 inline __m256 load8_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
 inline __m256 load8_f16(const uint8_t* p) {
