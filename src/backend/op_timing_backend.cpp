@@ -17,8 +17,10 @@ void OpTimingBackend::timed(const char* op, int64_t tokens, Fn&& fn) {
   fn();
   inner_.synchronize();
   Entry& e = table_[fmt::format("{}{}", op, tokens == 0 ? "" : tokens == 1 ? " (1 token)" : " (batch)")];
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ++e.calls;
-  e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  e.seconds += seconds;
+  e.max_seconds = std::max(e.max_seconds, seconds);
 }
 
 OpTimingBackend::~OpTimingBackend() {
@@ -32,9 +34,9 @@ std::string OpTimingBackend::report() const {
   for (const auto& [name, e] : rows) total += e.seconds;
   std::string out = fmt::format("[ops on {}: {:.3f} s in {} kinds of call]\n", label_, total, rows.size());
   for (const auto& [name, e] : rows)
-    out += fmt::format("  {:<34} {:>9} calls {:>10.3f} ms {:>9.1f} us/call {:>5.1f} %\n", name, e.calls,
-                       e.seconds * 1e3, e.seconds * 1e6 / static_cast<double>(e.calls),
-                       total > 0 ? 100.0 * e.seconds / total : 0.0);
+    out += fmt::format("  {:<34} {:>9} calls {:>10.3f} ms {:>9.1f} us/call {:>5.1f} % {:>10.1f} us max\n", name,
+                       e.calls, e.seconds * 1e3, e.seconds * 1e6 / static_cast<double>(e.calls),
+                       total > 0 ? 100.0 * e.seconds / total : 0.0, e.max_seconds * 1e6);
   return out;
 }
 

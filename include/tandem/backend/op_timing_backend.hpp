@@ -21,6 +21,7 @@ class OpTimingBackend final : public ForwardingBackend {
   struct Entry {
     int64_t calls = 0;
     double seconds = 0;
+    double max_seconds = 0;  // the slowest call: a first use (loading, growing) shows here
   };
   const std::map<std::string, Entry>& table() const { return table_; }
   std::string report() const;  // one line per op, slowest first
