@@ -18,6 +18,7 @@
 #include "tandem/cuda/cuda_device.hpp"
 #include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
+#include "tandem/cuda/moe_blas.hpp"
 #include "tandem/tensor/dtype.hpp"
 
 using namespace tandem;
@@ -79,6 +80,22 @@ void run_timed(benchmark::State& state, Gpu& gpu, const std::function<void()>& c
                                               benchmark::Counter::kIsRate);
 }
 
+// The same for a call that waits for the stream itself (it cannot be recorded): each call timed alone.
+void run_eager(benchmark::State& state, Gpu& gpu, const std::function<void()>& call, double bytes) {
+  call();
+  gpu.stream.synchronize();
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call();
+    gpu.stream.synchronize();
+    const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+    state.SetIterationTime(dt.count());
+  }
+  state.counters["bytes/call"] = bytes;
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9 * static_cast<double>(state.iterations()),
+                                              benchmark::Counter::kIsRate);
+}
+
 bool have_gpu(benchmark::State& state) {
   if (cuda::device_count() > 0) return true;
   state.SkipWithError("no CUDA GPU");
@@ -128,7 +145,8 @@ void bench_linear(benchmark::State& state, DType type) {
 // One layer's routed experts, pair by pair: range(0) tokens; 128 experts of hidden 2048 ×
 // intermediate 768, top 8 (Qwen3-30B-A3B), gate/up Q4_K, down `down`; pair by pair or grouped by
 // expert (prefill). Bytes: the expert rows each pair reads.
-void bench_moe(benchmark::State& state, DType down, bool grouped, cuda::GroupedTiles tiles,
+enum class MoeRun { pairs, grouped, blas };
+void bench_moe(benchmark::State& state, DType down, MoeRun how, cuda::GroupedTiles tiles,
                cuda::TensorCoreMath math) {
   if (!have_gpu(state)) return;
   Gpu gpu;
@@ -159,15 +177,31 @@ void bench_moe(benchmark::State& state, DType down, bool grouped, cuda::GroupedT
   float* y = gpu.random_floats(static_cast<size_t>(tokens * hidden));
   const double bytes = static_cast<double>(tokens * top_k * inter * (2 * t.gate_row_bytes) +
                                            tokens * top_k * hidden * t.down_row_bytes);
-  if (grouped) {
+  cuda::BlasGemm blas(0);
+  cuda::MoeBlasHost host;
+  if (how == MoeRun::blas) {
+    if (!blas.available()) {
+      state.SkipWithError(("no cuBLAS: " + blas.why_not()).c_str());
+      return;
+    }
+    gpu.buffers.emplace_back(0, static_cast<size_t>(cuda::moe_blas_scratch_bytes(t, tokens, hidden, top_k)));
+    void* work = gpu.buffers.back().data();
+    run_eager(
+        state, gpu,
+        [&] { cuda::moe_blas(gpu.stream, blas, t, x, tokens, hidden, d_ids, d_weights, top_k, work, host, y); },
+        bytes);
+  } else if (how == MoeRun::grouped) {
     gpu.buffers.emplace_back(0, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(t, tokens, hidden, top_k)));
     void* work = gpu.buffers.back().data();
     run_timed(state, gpu,
               [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y, tiles, math); }, bytes);
-    return;
+  } else {
+    run_timed(state, gpu,
+              [&] { cuda::moe_by_pairs(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, act, y); }, bytes);
   }
-  run_timed(state, gpu,
-            [&] { cuda::moe_by_pairs(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, act, y); }, bytes);
+  state.counters["TFLOP/s"] = benchmark::Counter(2e-12 * static_cast<double>(tokens * top_k * 3 * inter * hidden) *
+                                                     static_cast<double>(state.iterations()),
+                                                 benchmark::Counter::kIsRate);
 }
 
 // A paged f16 cache of one layer (block_tokens 16), every token of the batch at position
@@ -348,7 +382,7 @@ void register_all() {
   }
   for (DType down : {DType::q4_k, DType::q6_k}) {
     manual(benchmark::RegisterBenchmark((std::string("moe_pairs/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down, false, cuda::GroupedTiles::automatic,
+                                        bench_moe, down, MoeRun::pairs, cuda::GroupedTiles::automatic,
                                         cuda::TensorCoreMath::bf16)
                ->Arg(1)
                ->Arg(4)
@@ -359,10 +393,18 @@ void register_all() {
                                      std::tuple{"moe_grouped_tensor_cores/", GroupedTiles::tensor_cores, TensorCoreMath::bf16},
                                      std::tuple{"moe_grouped_tf32x3/", GroupedTiles::tensor_cores, TensorCoreMath::tf32x3}})
       manual(benchmark::RegisterBenchmark((std::string(name) + "down_" + std::string(dtype_name(down))).c_str(),
-                                          bench_moe, down, true, tiles, math)
+                                          bench_moe, down, MoeRun::grouped, tiles, math)
                  ->Arg(64)
                  ->Arg(512)
                  ->Arg(4096));
+    // Through cuBLAS (the CUDA backend's path from kBlasMoePairsPerExpert pairs per expert): eager,
+    // each call waits for the stream once for the grouping.
+    manual(benchmark::RegisterBenchmark((std::string("moe_blas/down_") + std::string(dtype_name(down))).c_str(),
+                                        bench_moe, down, MoeRun::blas, cuda::GroupedTiles::automatic,
+                                        cuda::TensorCoreMath::bf16)
+               ->Arg(512)
+               ->Arg(1024)
+               ->Arg(4096));
   }
   manual(benchmark::RegisterBenchmark("gqa_attention/f16", bench_gqa)
              ->Args({64, 1})

@@ -26,6 +26,7 @@
 
 #include "tandem/backend/rope_tables.hpp"
 #include "tandem/cuda/blas_gemm.hpp"
+#include "tandem/cuda/moe_blas.hpp"
 #include "tandem/cuda/cuda_device.hpp"
 #include "expert_streamer.hpp"
 #include "tandem/cuda/kernels.hpp"
@@ -220,6 +221,19 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  // Prefill passes averaging kBlasMoePairsPerExpert+ pairs per expert, bf16 math: the hit experts
+  // dequantised to bf16 once and multiplied by cuBLAS (cuda::moe_blas; it waits for the stream once,
+  // so never while recording a graph).
+  bool blas_moe(const cuda::ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
+                const int32_t* expert_ids, const float* weights, int64_t top_k, float* out) {
+    if (!blas_enabled_ || recording_ || tokens * top_k < cuda::kBlasMoePairsPerExpert * table.experts ||
+        math_for(table) != cuda::TensorCoreMath::bf16 || !cuda::moe_blas_fits(table, hidden) || !blas_.available())
+      return false;
+    void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_blas_scratch_bytes(table, tokens, hidden, top_k)));
+    cuda::moe_blas(stream_, blas_, table, x, tokens, hidden, expert_ids, weights, top_k, work, moe_blas_host_, out);
+    return true;
+  }
+
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
     stream_.make_current();
@@ -328,6 +342,8 @@ class CudaBackend final : public Backend {
         float* d_act = scratch(kGate, pairs * table->intermediate);
         if (cuda::pairwise_aligned(x, d_act))
           return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out);
+      } else if (blas_moe(*table, x, tokens, hidden, expert_ids, weights, top_k, out)) {
+        return;
       } else {
         void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens,
                                                                                                   hidden, top_k)));
@@ -396,10 +412,12 @@ class CudaBackend final : public Backend {
     if (!streamer_) streamer_ = std::make_unique<cuda::ExpertStreamer>(device_);
     const cuda::ExpertTable* table = streamer_->acquire(experts, stream_);
     if (table == nullptr) return false;
-    void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens, hidden,
-                                                                                              top_k)));
-    cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out,
-                      cuda::GroupedTiles::automatic, math_for(*table));
+    if (!blas_moe(*table, x, tokens, hidden, expert_ids, weights, top_k, out)) {
+      void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(*table, tokens, hidden,
+                                                                                                top_k)));
+      cuda::moe_grouped(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, work, out,
+                        cuda::GroupedTiles::automatic, math_for(*table));
+    }
     streamer_->release(stream_);
     if (next != nullptr) streamer_->prefetch(*next, stream_);
     return true;
@@ -710,6 +728,7 @@ class CudaBackend final : public Backend {
   cuda::Stream stream_;
   bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
   cuda::BlasGemm blas_;
+  cuda::MoeBlasHost moe_blas_host_;
   bool blas_enabled_ = true;
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)

@@ -13,7 +13,9 @@
 #include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/backend/cpu/reference/rope.hpp"
 #include "tandem/backend/cuda_backend.hpp"
+#include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
+#include "tandem/cuda/moe_blas.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/safetensors.hpp"
 #include "tandem/kv/kv_pool.hpp"
@@ -552,6 +554,23 @@ UploadedExperts upload_experts(const ExpertWeights& ew) {
   return u;
 }
 
+// Routing skewed so that expert 0 takes most tokens' first slot (tiles longer than 8), over the first
+// `spread` experts.
+std::vector<int32_t> skewed_ids(int64_t tokens, int64_t top_k, int64_t spread) {
+  std::vector<int32_t> ids;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t s = 0; s < top_k; ++s)
+      ids.push_back(static_cast<int32_t>(s == 0 && t % 3 != 0 ? 0 : (t * 7 + s * 5) % spread));
+  return ids;
+}
+
+template <typename Host>
+cuda::DeviceBuffer put_dev(const Host& host) {
+  cuda::DeviceBuffer b(0, host.size() * sizeof(host[0]));
+  b.upload(host.data(), b.bytes());
+  return b;
+}
+
 }  // namespace
 
 TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equal them pair by pair", "[cuda]") {
@@ -563,18 +582,10 @@ TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equ
     const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 150);
     const UploadedExperts up = upload_experts(random.weights);
     for (int64_t tokens : {17, 61, 300}) {
-      std::vector<int32_t> ids;  // skewed: expert 0 takes most tokens' first slot (tiles longer than 8)
-      for (int64_t t = 0; t < tokens; ++t)
-        for (int64_t s = 0; s < top_k; ++s)
-          ids.push_back(static_cast<int32_t>(s == 0 && t % 3 != 0 ? 0 : (t * 7 + s * 5) % experts));
+      const std::vector<int32_t> ids = skewed_ids(tokens, top_k, experts);
       const auto weights = random_floats(static_cast<size_t>(tokens * top_k), 151);
       const auto x = random_floats(static_cast<size_t>(tokens * hidden), 152);
       cuda::Stream stream(0);
-      auto put_dev = [](const auto& host) {
-        cuda::DeviceBuffer b(0, host.size() * sizeof(host[0]));
-        b.upload(host.data(), b.bytes());
-        return b;
-      };
       cuda::DeviceBuffer dx = put_dev(x), di = put_dev(ids), dw = put_dev(weights);
       const auto out_bytes = static_cast<size_t>(tokens * hidden) * 4;
       cuda::DeviceBuffer grouped(0, out_bytes), pairwise(0, out_bytes),
@@ -609,6 +620,60 @@ TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equ
         const double error = relative_error(a, b);
         CHECK(error < (bf16 ? 1e-2 : tf32x3 ? 3e-5 : 1e-6));
       }
+    }
+  }
+}
+
+TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, within bf16 rounding, the pairs",
+          "[cuda]") {
+  if (!have_gpu()) return;
+  cuda::BlasGemm blas(0);
+  if (!blas.available()) {
+    WARN("skipped: cuBLAS is not loadable here (" << blas.why_not() << ")");
+    return;
+  }
+  const int64_t hidden = 512, inter = 256, experts = 16, top_k = 4, tokens = 300;
+  for (auto [gate_type, down_type] : {std::pair{DType::q4_k, DType::q4_k}, std::pair{DType::q4_k, DType::q6_k},
+                                      std::pair{DType::q8_0, DType::q8_0}, std::pair{DType::f8_e4m3, DType::f8_e4m3},
+                                      std::pair{DType::bf16, DType::bf16}, std::pair{DType::iq4_xs, DType::q5_k}}) {
+    const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 160);
+    const UploadedExperts up = upload_experts(random.weights);
+    std::vector<int32_t> ids = skewed_ids(tokens, top_k, 13);  // experts 13-15 never hit
+    ids[9] = static_cast<int32_t>(experts);  // outside the table: the pair adds nothing
+    const auto weights = random_floats(static_cast<size_t>(tokens * top_k), 161);
+    const auto x = random_floats(static_cast<size_t>(tokens * hidden), 162);
+    cuda::Stream stream(0);
+    cuda::DeviceBuffer dx = put_dev(x), di = put_dev(ids), dw = put_dev(weights);
+    const auto out_bytes = static_cast<size_t>(tokens * hidden) * 4;
+    cuda::DeviceBuffer out(0, out_bytes), act(0, static_cast<size_t>(tokens * top_k * inter) * 4),
+        work(0, static_cast<size_t>(cuda::moe_grouped_scratch_bytes(up.table, tokens, hidden, top_k)));
+    const auto* xp = static_cast<const float*>(dx.data());
+    const auto* ip = static_cast<const int32_t*>(di.data());
+    const auto* wp = static_cast<const float*>(dw.data());
+    auto download = [&] {
+      stream.synchronize();
+      std::vector<float> v(static_cast<size_t>(tokens * hidden));
+      out.download(v.data(), out_bytes);
+      return v;
+    };
+    cuda::moe_by_pairs(stream, up.table, xp, tokens, hidden, ip, wp, top_k, static_cast<float*>(act.data()),
+                       static_cast<float*>(out.data()));
+    const std::vector<float> pairwise = download();
+    cuda::moe_grouped(stream, up.table, xp, tokens, hidden, ip, wp, top_k, work.data(), static_cast<float*>(out.data()),
+                      cuda::GroupedTiles::tensor_cores, cuda::TensorCoreMath::bf16);
+    const std::vector<float> tiles = download();
+    const int64_t expert_bytes = 3 * inter * hidden * 2;
+    for (int64_t chunk : {int64_t{1} << 30, 2 * expert_bytes, expert_bytes}) {  // one chunk, five, thirteen
+      cuda::DeviceBuffer blas_work(0, static_cast<size_t>(cuda::moe_blas_scratch_bytes(up.table, tokens, hidden, top_k, chunk)));
+      cuda::MoeBlasHost host;
+      cuda::moe_blas(stream, blas, up.table, xp, tokens, hidden, ip, wp, top_k, blas_work.data(), host,
+                     static_cast<float*>(out.data()), chunk);
+      const std::vector<float> got = download();
+      INFO(type_name(gate_type) << " / " << type_name(down_type) << ", weight chunks of " << chunk << " bytes");
+      // The same bf16 operands as the tiles, in another accumulation order; the float32 pairs differ by
+      // the bf16 rounding of both operands (the grouped test's bound).
+      CHECK(relative_error(got, tiles) < 2e-3);
+      CHECK(relative_error(got, pairwise) < 1e-2);
     }
   }
 }

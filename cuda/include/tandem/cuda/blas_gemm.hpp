@@ -23,6 +23,10 @@ class BlasGemm {
   // y [rows, out] float32 = x [rows, in] bf16 · w [out, in]ᵀ bf16, queued on `stream` (device
   // pointers). Error(internal) naming cuBLAS's status when a call fails; call only when available().
   void gemm_bf16(Stream& stream, const void* w, const void* x, int64_t rows, int64_t out, int64_t in, float* y);
+  // The same for `count` problems of one shape at once: w, x and y are device arrays of [count]
+  // device pointers (cublasGemmBatchedEx).
+  void gemm_bf16_batched(Stream& stream, const void* const* w, const void* const* x, float* const* y, int64_t count,
+                         int64_t rows, int64_t out, int64_t in);
 
  private:
   int device_;
@@ -31,6 +35,7 @@ class BlasGemm {
   void* library_ = nullptr;  // dlopen handle
   void* handle_ = nullptr;   // cublasHandle_t
   void* gemm_ = nullptr;     // cublasGemmEx
+  void* gemm_batched_ = nullptr;  // cublasGemmBatchedEx
   void* set_stream_ = nullptr;
   void* destroy_ = nullptr;
 };

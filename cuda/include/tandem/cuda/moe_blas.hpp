@@ -1,0 +1,48 @@
+#pragma once
+// The routed experts of a large prefill pass through cuBLAS. The grouped tile kernels
+// (cuda::moe_grouped) dequantise an expert's rows again for every 64 of its pairs and reach ~45
+// TFLOP/s; with hundreds of pairs per expert it pays to dequantise each hit expert once to bf16 and
+// let cuBLAS multiply: gate and up as one [2·intermediate, hidden] GEMM per expert, then the down
+// projection, over the pairs gathered in expert order (operands bf16, accumulation and outputs
+// float32 — the bf16 tiles' rounding, in another order), experts with the same (padded) number of
+// pairs in one batched call. The grouping needs the counts on the host
+// (cuBLAS takes sizes from the host), so one call waits for the stream once; prefill only.
+#include <cstdint>
+#include <vector>
+
+#include "tandem/cuda/cuda_device.hpp"
+
+namespace tandem::cuda {
+
+class BlasGemm;
+struct ExpertTable;
+
+// Worth it from this many pairs per expert on average (bench_cuda_kernels moe_blas vs moe_grouped).
+inline constexpr int64_t kBlasMoePairsPerExpert = 64;
+// The experts' bf16 copies are made a chunk at a time, at most this many bytes (at least one expert).
+inline constexpr int64_t kBlasMoeWeightChunkBytes = int64_t{256} << 20;
+
+// Whether the shapes suit this path (hidden and intermediate multiples of 32; gate and up one type).
+bool moe_blas_fits(const ExpertTable& table, int64_t hidden) noexcept;
+int64_t moe_blas_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k,
+                               int64_t chunk_bytes = kBlasMoeWeightChunkBytes);
+
+// The host side's grouping, kept between calls (no allocation per call once grown).
+struct MoeBlasHost {
+  struct Batch {
+    int64_t chunk, pointer, count, rows;  // first hit index of its chunk, offset in pointers, experts, rows each
+  };
+  std::vector<int32_t> ids, index, hit, order;
+  std::vector<int64_t> begin, fill;
+  std::vector<void*> pointers;
+  std::vector<Batch> batches;
+};
+
+// out[t] = Σ_s weights[t, s] · down_e(silu(gate_e · x[t]) · up_e · x[t]), e = ids[t, s], summed in
+// slot order; an id outside the table leaves its pair out. scratch: moe_blas_scratch_bytes, 256-byte
+// aligned, sized with the same chunk_bytes. Requires moe_blas_fits and blas.available().
+void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const float* x, int64_t tokens,
+              int64_t hidden, const int32_t* ids, const float* weights, int64_t top_k, void* scratch,
+              MoeBlasHost& host, float* out, int64_t chunk_bytes = kBlasMoeWeightChunkBytes);
+
+}  // namespace tandem::cuda

@@ -1,0 +1,272 @@
+// The routed experts of a large prefill pass through cuBLAS (see moe_blas.hpp): the host groups the
+// (token, slot) pairs by expert, the device gathers their rows as bf16 in that order, each chunk of
+// hit experts is dequantised to bf16 in one launch, cuBLAS multiplies per expert, and the combine adds
+// each token's slots in slot order.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "dequant.cuh"
+#include "launch.cuh"
+#include "staged_rows.cuh"
+#include "tandem/cuda/blas_gemm.hpp"
+#include "tandem/cuda/kernels.hpp"
+#include "tandem/cuda/moe_blas.hpp"
+
+namespace tandem::cuda {
+
+using detail::dispatch_weight_type;
+
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // one warp per row in the dequantisation
+
+// xg[position[p]] = bf16(x[p / top_k]) for each (token, slot) pair p that is not left out.
+__global__ void gather_bf16_kernel(const float* x, int64_t hidden, const int32_t* position, int64_t top_k,
+                                   __nv_bfloat16* xg) {
+  const int64_t p = blockIdx.x;
+  const int32_t row = position[p];
+  if (row < 0) return;
+  const float* src = x + (p / top_k) * hidden;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
+    xg[static_cast<int64_t>(row) * hidden + j] = __float2bfloat16_rn(src[j]);
+}
+
+// One matrix of expert hit[first + blockIdx.y] as bf16, at out + blockIdx.y · 3·I·H: part 0 is gate
+// [I, H] then up [I, H] (one [2I, H] matrix), part 1 down [H, I] after them. One warp per row, lanes
+// over 32-value chunks, 64 bytes stored per chunk.
+template <typename D>
+__global__ void dequantize_experts_kernel(ExpertTable table, int part, const int32_t* hit, int64_t first,
+                                          int64_t hidden, __nv_bfloat16* out) {
+  const int64_t e = hit[first + blockIdx.y];
+  const int64_t inter = table.intermediate;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int64_t rows = part == 0 ? 2 * inter : hidden, width = part == 0 ? hidden : inter;
+  if (r >= rows) return;
+  const uint8_t* row;
+  const float* scales;
+  int64_t o = r;
+  if (part == 0) {
+    const bool up = r >= inter;
+    o = up ? r - inter : r;
+    row = static_cast<const uint8_t*>(up ? table.up[e] : table.gate[e]) + o * (up ? table.up_row_bytes : table.gate_row_bytes);
+    scales = up ? (table.up_scales ? table.up_scales[e] : nullptr) : (table.gate_scales ? table.gate_scales[e] : nullptr);
+  } else {
+    row = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
+    scales = table.down_scales ? table.down_scales[e] : nullptr;
+  }
+  __nv_bfloat16* dst = out + static_cast<int64_t>(blockIdx.y) * 3 * inter * hidden + (part == 0 ? 0 : 2 * inter * hidden) +
+                       r * width;
+  const int64_t scale_cols = (width + detail::kFp8Block - 1) / detail::kFp8Block;
+  float v[32];
+  for (int64_t c = threadIdx.x % 32; c < width / 32; c += 32) {
+    D::chunk(row, c, v);
+    if (scales != nullptr) {
+      const float s = scales[(o / detail::kFp8Block) * scale_cols + (c * 32) / detail::kFp8Block];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) v[j] = __fmul_rn(v[j], s);
+    }
+    uint4 packed[4];
+    auto* words = reinterpret_cast<__nv_bfloat162*>(packed);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) words[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+    auto* d = reinterpret_cast<uint4*>(dst + c * 32);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) d[j] = packed[j];
+  }
+}
+
+// act[i, o] = bf16(silu(gu[i, o]) · gu[i, I + o]), as the bf16 tiles' SiLU (moe_grouped.cu).
+__global__ void silu_glu_bf16_kernel(const float* gu, int64_t rows, int64_t inter, __nv_bfloat16* act) {
+  const int64_t n = rows * inter;
+  for (int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; k < n; k += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = k / inter, o = k % inter;
+    const float g = gu[i * 2 * inter + o], u = gu[i * 2 * inter + inter + o];
+    act[k] = __float2bfloat16_rn(__fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u));
+  }
+}
+
+// out[t] = Σ_s weights[t, s] · y[position[t, s]] in slot order (weighted_sum_slots' arithmetic); a pair
+// left out (position −1) adds nothing.
+__global__ void combine_kernel(const float* y, const int32_t* position, const float* weights, int64_t top_k,
+                               int64_t width, float* out) {
+  const int64_t t = blockIdx.x;
+  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
+    float acc = 0.f;
+    for (int64_t s = 0; s < top_k; ++s) {
+      const int32_t p = position[t * top_k + s];
+      const float v = p >= 0 ? y[static_cast<int64_t>(p) * width + j] : 0.f;
+      acc = __fadd_rn(acc, __fmul_rn(weights[t * top_k + s], v));
+    }
+    out[t * width + j] = acc;
+  }
+}
+
+constexpr int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Each expert's rows start a multiple of kRowAlign apart, so experts with the same padded count form
+// one batched GEMM (the pad rows are computed and never read).
+constexpr int64_t kRowAlign = 32;
+
+struct Layout {
+  int64_t rows;  // grouped rows, pads included, at most
+  int64_t index, pointers, xg, gu, act, y, w, total;
+  int64_t chunk_experts;
+};
+Layout layout(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k, int64_t chunk_bytes) {
+  const int64_t pairs = tokens * top_k, inter = table.intermediate;
+  const int64_t per_expert = 3 * inter * hidden * 2;
+  Layout l{};
+  l.rows = pairs + table.experts * (kRowAlign - 1);
+  l.chunk_experts = std::clamp<int64_t>(chunk_bytes / std::max<int64_t>(per_expert, 1), 1, table.experts);
+  l.index = 0;
+  l.pointers = l.index + align256((pairs + table.experts) * 4);
+  l.xg = l.pointers + align256(6 * table.experts * static_cast<int64_t>(sizeof(void*)));
+  l.gu = l.xg + align256(l.rows * hidden * 2);
+  l.act = l.gu + align256(l.rows * 2 * inter * 4);
+  l.y = l.act + align256(l.rows * inter * 2);
+  l.w = l.y + align256(l.rows * hidden * 4);
+  l.total = l.w + align256(l.chunk_experts * per_expert);
+  return l;
+}
+
+}  // namespace
+
+bool moe_blas_fits(const ExpertTable& table, int64_t hidden) noexcept {
+  return table.experts > 0 && table.gate_type == table.up_type && hidden > 0 && hidden % 32 == 0 &&
+         table.intermediate > 0 && table.intermediate % 32 == 0 && weight_type_supported(table.gate_type) &&
+         weight_type_supported(table.down_type);
+}
+
+int64_t moe_blas_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k,
+                               int64_t chunk_bytes) {
+  return layout(table, tokens, hidden, top_k, chunk_bytes).total;
+}
+
+void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const float* x, int64_t tokens,
+              int64_t hidden, const int32_t* ids, const float* weights, int64_t top_k, void* scratch,
+              MoeBlasHost& host, float* out, int64_t chunk_bytes) {
+  if (tokens <= 0) return;
+  if (!moe_blas_fits(table, hidden))
+    throw Error(ErrorKind::internal, text("cuda::moe_blas: unsuitable experts (hidden ", hidden, ", intermediate ",
+                                          table.intermediate, ", gate/up/down ", dtype_name(table.gate_type), "/",
+                                          dtype_name(table.up_type), "/", dtype_name(table.down_type), ")"));
+  const int64_t pairs = tokens * top_k, inter = table.intermediate, experts = table.experts;
+  const Layout l = layout(table, tokens, hidden, top_k, chunk_bytes);
+  auto* base = static_cast<unsigned char*>(scratch);
+  auto* index = reinterpret_cast<int32_t*>(base + l.index);  // position [pairs] | hit [experts]
+  auto* pointers = reinterpret_cast<void**>(base + l.pointers);
+  auto* xg = reinterpret_cast<__nv_bfloat16*>(base + l.xg);
+  auto* gu = reinterpret_cast<float*>(base + l.gu);
+  auto* act = reinterpret_cast<__nv_bfloat16*>(base + l.act);
+  auto* y = reinterpret_cast<float*>(base + l.y);
+  auto* w = reinterpret_cast<__nv_bfloat16*>(base + l.w);
+
+  // The grouping on the host (cuBLAS takes its sizes from there): each hit expert's rows, padded.
+  host.ids.resize(static_cast<size_t>(pairs));
+  stream.copy_to_host(host.ids.data(), ids, host.ids.size() * sizeof(int32_t));  // waits for the router
+  host.begin.assign(static_cast<size_t>(experts + 1), 0);  // counts, then padded first rows
+  for (const int32_t e : host.ids)
+    if (e >= 0 && e < experts) ++host.begin[static_cast<size_t>(e) + 1];
+  host.hit.clear();
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t n = host.begin[static_cast<size_t>(e) + 1];
+    if (n > 0) host.hit.push_back(static_cast<int32_t>(e));
+    host.begin[static_cast<size_t>(e) + 1] = host.begin[static_cast<size_t>(e)] + (n + kRowAlign - 1) / kRowAlign * kRowAlign;
+  }
+  host.index.resize(static_cast<size_t>(pairs + experts));
+  int32_t* position = host.index.data();
+  host.fill.assign(host.begin.begin(), host.begin.end() - 1);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int32_t e = host.ids[static_cast<size_t>(p)];
+    position[p] = e >= 0 && e < experts ? static_cast<int32_t>(host.fill[static_cast<size_t>(e)]++) : -1;
+  }
+  std::copy(host.hit.begin(), host.hit.end(), position + pairs);
+
+  // The batched GEMMs: per chunk of hit experts, experts of one padded row count together; per
+  // batch six pointer arrays (gate/up weight, rows in, rows out; down the same).
+  const auto hits = static_cast<int64_t>(host.hit.size());
+  const int64_t expert_values = 3 * inter * hidden;
+  host.pointers.clear();
+  host.batches.clear();
+  for (int64_t c0 = 0; c0 < hits; c0 += l.chunk_experts) {
+    const int64_t c1 = std::min(hits, c0 + l.chunk_experts);
+    host.order.clear();
+    for (int64_t j = c0; j < c1; ++j) host.order.push_back(static_cast<int32_t>(j));
+    auto padded = [&](int32_t j) {
+      const auto e = static_cast<size_t>(host.hit[static_cast<size_t>(j)]);
+      return host.begin[e + 1] - host.begin[e];
+    };
+    std::stable_sort(host.order.begin(), host.order.end(), [&](int32_t a, int32_t b) { return padded(a) < padded(b); });
+    for (size_t i = 0; i < host.order.size();) {
+      size_t k = i;
+      while (k < host.order.size() && padded(host.order[k]) == padded(host.order[i])) ++k;
+      const auto n = static_cast<int64_t>(k - i);
+      host.batches.push_back({c0, static_cast<int64_t>(host.pointers.size()), n, padded(host.order[i])});
+      const size_t at = host.pointers.size();
+      host.pointers.resize(at + static_cast<size_t>(6 * n));
+      void** ptr = host.pointers.data() + at;
+      for (int64_t q = 0; q < n; ++q) {
+        const int32_t j = host.order[i + static_cast<size_t>(q)];
+        const int64_t row = host.begin[static_cast<size_t>(host.hit[static_cast<size_t>(j)])];
+        __nv_bfloat16* weights_j = w + (j - c0) * expert_values;
+        ptr[q] = weights_j;
+        ptr[n + q] = xg + row * hidden;
+        ptr[2 * n + q] = gu + row * 2 * inter;
+        ptr[3 * n + q] = weights_j + 2 * inter * hidden;
+        ptr[4 * n + q] = act + row * inter;
+        ptr[5 * n + q] = y + row * hidden;
+      }
+      i = k;
+    }
+  }
+  stream.copy_to_device(index, host.index.data(), host.index.size() * sizeof(int32_t));
+  if (!host.pointers.empty())
+    stream.copy_to_device(pointers, host.pointers.data(), host.pointers.size() * sizeof(void*));
+
+  cudaStream_t s = detail::native(stream);
+  gather_bf16_kernel<<<detail::grid_dim(pairs, "moe_blas gather"), 256, 0, s>>>(x, hidden, index, top_k, xg);
+  detail::check_launch("moe_blas gather");
+  const int32_t* d_hit = index + pairs;
+  size_t batch = 0;
+  for (int64_t c0 = 0; c0 < hits; c0 += l.chunk_experts) {
+    const int64_t c1 = std::min(hits, c0 + l.chunk_experts);
+    for (int part = 0; part < 2; ++part) {
+      const int64_t rows = part == 0 ? 2 * inter : hidden;
+      const dim3 grid(detail::grid_dim((rows + kRowsPerBlock - 1) / kRowsPerBlock, "moe_blas dequantise"),
+                      detail::grid_dim(c1 - c0, "moe_blas dequantise (experts)", 65535));
+      const DType type = part == 0 ? table.gate_type : table.down_type;
+      const bool known = dispatch_weight_type(type, [&](auto decoder) {
+        dequantize_experts_kernel<decltype(decoder)><<<grid, kRowsPerBlock * 32, 0, s>>>(table, part, d_hit, c0,
+                                                                                        hidden, w);
+      });
+      if (!known) throw Error(ErrorKind::unsupported, text("cuda::moe_blas: no kernel for ", dtype_name(type)));
+    }
+    detail::check_launch("moe_blas dequantise");
+    size_t end = batch;
+    while (end < host.batches.size() && host.batches[end].chunk == c0) ++end;
+    for (size_t b = batch; b < end; ++b) {
+      const MoeBlasHost::Batch& g = host.batches[b];
+      void* const* ptr = pointers + g.pointer;
+      blas.gemm_bf16_batched(stream, ptr, ptr + g.count, reinterpret_cast<float* const*>(ptr + 2 * g.count), g.count,
+                             g.rows, 2 * inter, hidden);
+    }
+    const int64_t first = host.begin[static_cast<size_t>(host.hit[static_cast<size_t>(c0)])];
+    const int64_t last = host.begin[static_cast<size_t>(host.hit[static_cast<size_t>(c1 - 1)]) + 1];
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(((last - first) * inter + 255) / 256, 8192));
+    silu_glu_bf16_kernel<<<blocks, 256, 0, s>>>(gu + first * 2 * inter, last - first, inter, act + first * inter);
+    detail::check_launch("moe_blas silu");
+    for (size_t b = batch; b < end; ++b) {
+      const MoeBlasHost::Batch& g = host.batches[b];
+      void* const* ptr = pointers + g.pointer + 3 * g.count;
+      blas.gemm_bf16_batched(stream, ptr, ptr + g.count, reinterpret_cast<float* const*>(ptr + 2 * g.count), g.count,
+                             g.rows, hidden, inter);
+    }
+    batch = end;
+  }
+  combine_kernel<<<detail::grid_dim(tokens, "moe_blas combine"), 128, 0, s>>>(y, index, weights, top_k, hidden,
+                                                                               out);
+  detail::check_launch("moe_blas combine");
+}
+
+}  // namespace tandem::cuda
