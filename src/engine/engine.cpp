@@ -73,6 +73,17 @@ std::vector<std::string> reference_fallback_notices(const Weights& weights, cons
   return notices;
 }
 
+// Whether every MoE layer's routed experts run on a GPU (resident there, not streamed in).
+bool routed_experts_all_on_gpu(const ModelConfig& c, const Placement& placement) {
+  bool any = false;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    if (!c.is_moe_layer(layer)) continue;
+    if (placement.device_for(WeightGroup::experts, layer).kind != DeviceKind::cuda) return false;
+    any = true;
+  }
+  return any;
+}
+
 void check_options(const LoadOptions& o) {
   auto positive = [](int64_t v, const char* name) {
     if (v <= 0)
@@ -175,17 +186,27 @@ class CpuEngine final : public Engine {
     };
     step(0.2f, "binding weights");
     weights_ = bind_weights(files_);
+    uint64_t budget_left = UINT64_MAX;  // VRAM a longer pass may still take (a --vram-budget's rest)
     if (options_.placement_flags.any()) {
       PlanRequest request{options_.placement, options_.placement_flags,
                           cuda_forward_available() || options_.placement_flags.vram_total_bytes > 0,
                           options_.max_sessions, options_.max_context_tokens, options_.kv_type,
                           options_.max_batch_tokens};
-      placement_ = plan_placement(files_, weights_, request).placement;
+      PlacementPlan plan = plan_placement(files_, weights_, request);
+      if (plan.vram_budget_bytes > 0)
+        budget_left = plan.vram_budget_bytes > plan.vram_bytes ? plan.vram_budget_bytes - plan.vram_bytes : 0;
+      placement_ = std::move(plan.placement);
     }
     // Every role resolved before anything is allocated; a rule the forward pass cannot honour is an
     // error, never ignored. The forward pass then reads each tensor where the placement put it.
     placement_.check_layers(files_.config.num_layers);
     check_placement_runnable(weights_, placement_);
+    if (automatic_batch && routed_experts_all_on_gpu(files_.config, placement_)) {
+      const int64_t longer = std::min(LoadOptions::kGpuExpertsBatchTokens, options_.max_context_tokens);
+      const uint64_t more = planned_buffer_bytes(files_.config, longer) -
+                            planned_buffer_bytes(files_.config, options_.max_batch_tokens);
+      if (longer > options_.max_batch_tokens && more <= budget_left) options_.max_batch_tokens = longer;
+    }
     if (options_.cpu_kernels == CpuKernels::fast)
       for (std::string& notice : reference_fallback_notices(weights_, placement_))
         files_.warnings.push_back(std::move(notice));

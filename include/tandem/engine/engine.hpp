@@ -63,10 +63,13 @@ struct LoadOptions {
   // Tokens one forward pass may take (prompt chunks). kBatchTokensAutomatic: kDefaultBatchTokens,
   // or kStreamedBatchTokens when routed experts stream to a GPU for prefill (each pass copies every
   // streamed expert over PCIe, so fewer, larger passes copy less) and no --vram-budget planned the
-  // buffers; never more than max_context_tokens. options() reports the value chosen.
+  // buffers, or kGpuExpertsBatchTokens when every layer's routed experts live on a GPU (its cuBLAS
+  // path needs many tokens per expert) and the longer pass's buffers fit what a --vram-budget left;
+  // never more than max_context_tokens. options() reports the value chosen.
   static constexpr int64_t kBatchTokensAutomatic = 0;
   static constexpr int64_t kDefaultBatchTokens = 512;
   static constexpr int64_t kStreamedBatchTokens = 4096;
+  static constexpr int64_t kGpuExpertsBatchTokens = 4096;
   int64_t max_batch_tokens = kBatchTokensAutomatic;
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
   PlacementFlags placement_flags;     // -ngl, --cpu-moe, --n-cpu-moe, -ot, --vram-budget (after `placement`)
