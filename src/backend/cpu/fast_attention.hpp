@@ -21,7 +21,7 @@ namespace tandem {
 class KvPool;
 class ThreadPool;
 
-inline constexpr int64_t kFlashMaxRows = 128;  // query rows of one work item at most
+inline constexpr int64_t kFlashMaxRows = kernels::kAttendMaxRows;  // query rows of one work item at most
 
 // Whether CpuFlashAttention serves this call (false: use the reference).
 bool fast_gqa_attention_supports(const AttentionBatch& batch, int64_t heads, int64_t kv_heads, int64_t head_dim);

@@ -12,9 +12,10 @@
 namespace tandem::kernels {
 
 inline constexpr int64_t kAttendKeys = 16;
+inline constexpr int64_t kAttendMaxRows = 128;  // query rows of one block at most
 
 struct AttendBlock {
-  int64_t rows = 0;
+  int64_t rows = 0;                   // at most kAttendMaxRows
   int64_t key_dim = 0;                // query and key width (GQA: head_dim; MLA: kv_lora + rope)
   int64_t value_dim = 0;              // a multiple of 16 (GQA: head_dim; MLA: kv_lora)
   const float* const* q = nullptr;    // [rows]: each row's query (key_dim values)
