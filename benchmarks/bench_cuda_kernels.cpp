@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <tuple>
@@ -55,6 +56,12 @@ struct Gpu {
   }
 };
 
+void report_bytes(benchmark::State& state, double bytes) {
+  state.counters["bytes/call"] = bytes;
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9 * static_cast<double>(state.iterations()),
+                                              benchmark::Counter::kIsRate);
+}
+
 // Times `call` replayed kCallsPerGraph times per graph launch; bytes: what one call reads.
 void run_timed(benchmark::State& state, Gpu& gpu, const std::function<void()>& call, double bytes) {
   call();  // first call outside the graph: lazy module loading, warm caches
@@ -75,9 +82,7 @@ void run_timed(benchmark::State& state, Gpu& gpu, const std::function<void()>& c
     const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
     state.SetIterationTime(dt.count() / kCallsPerGraph);
   }
-  state.counters["bytes/call"] = bytes;
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9 * static_cast<double>(state.iterations()),
-                                              benchmark::Counter::kIsRate);
+  report_bytes(state, bytes);
 }
 
 // The same for a call that waits for the stream itself (it cannot be recorded): each call timed alone.
@@ -91,9 +96,7 @@ void run_eager(benchmark::State& state, Gpu& gpu, const std::function<void()>& c
     const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
     state.SetIterationTime(dt.count());
   }
-  state.counters["bytes/call"] = bytes;
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9 * static_cast<double>(state.iterations()),
-                                              benchmark::Counter::kIsRate);
+  report_bytes(state, bytes);
 }
 
 bool have_gpu(benchmark::State& state) {
@@ -380,31 +383,24 @@ void register_all() {
       for (int64_t tokens : {512, 4096}) b->Args({4096, 2048, tokens, 2});
     if (type == DType::q6_k) b->Args({151936, 2048, 1, 0});
   }
+  using cuda::GroupedTiles, cuda::TensorCoreMath;
+  const auto moe = [&](const char* name, DType down, MoeRun how, GroupedTiles tiles, TensorCoreMath math,
+                       std::initializer_list<int64_t> tokens) {
+    auto* b = benchmark::RegisterBenchmark((std::string(name) + "down_" + std::string(dtype_name(down))).c_str(),
+                                           bench_moe, down, how, tiles, math);
+    for (int64_t t : tokens) b->Arg(t);
+    manual(b);
+  };
   for (DType down : {DType::q4_k, DType::q6_k}) {
-    manual(benchmark::RegisterBenchmark((std::string("moe_pairs/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down, MoeRun::pairs, cuda::GroupedTiles::automatic,
-                                        cuda::TensorCoreMath::bf16)
-               ->Arg(1)
-               ->Arg(4)
-               ->Arg(16));
-    using cuda::GroupedTiles, cuda::TensorCoreMath;
+    moe("moe_pairs/", down, MoeRun::pairs, GroupedTiles::automatic, TensorCoreMath::bf16, {1, 4, 16});
     for (auto [name, tiles, math] : {std::tuple{"moe_grouped/", GroupedTiles::automatic, TensorCoreMath::bf16},
                                      std::tuple{"moe_grouped_cuda_cores/", GroupedTiles::cuda_cores, TensorCoreMath::bf16},
                                      std::tuple{"moe_grouped_tensor_cores/", GroupedTiles::tensor_cores, TensorCoreMath::bf16},
                                      std::tuple{"moe_grouped_tf32x3/", GroupedTiles::tensor_cores, TensorCoreMath::tf32x3}})
-      manual(benchmark::RegisterBenchmark((std::string(name) + "down_" + std::string(dtype_name(down))).c_str(),
-                                          bench_moe, down, MoeRun::grouped, tiles, math)
-                 ->Arg(64)
-                 ->Arg(512)
-                 ->Arg(4096));
+      moe(name, down, MoeRun::grouped, tiles, math, {64, 512, 4096});
     // Through cuBLAS (the CUDA backend's path from kBlasMoePairsPerExpert pairs per expert): eager,
     // each call waits for the stream once for the grouping.
-    manual(benchmark::RegisterBenchmark((std::string("moe_blas/down_") + std::string(dtype_name(down))).c_str(),
-                                        bench_moe, down, MoeRun::blas, cuda::GroupedTiles::automatic,
-                                        cuda::TensorCoreMath::bf16)
-               ->Arg(512)
-               ->Arg(1024)
-               ->Arg(4096));
+    moe("moe_blas/", down, MoeRun::blas, GroupedTiles::automatic, TensorCoreMath::bf16, {512, 1024, 4096});
   }
   manual(benchmark::RegisterBenchmark("gqa_attention/f16", bench_gqa)
              ->Args({64, 1})

@@ -30,13 +30,16 @@ __global__ void scatter_rows_kernel(const float* src, const int32_t* rows, int64
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) d[j] = s[j];
 }
 
-__global__ void weighted_sum_slots_kernel(const float* slots, const float* weights, int64_t top_k, int64_t width,
-                                          float* out) {
+__global__ void weighted_sum_slots_kernel(const float* slots, const int32_t* slot_rows, const float* weights,
+                                          int64_t top_k, int64_t width, float* out) {
   const int64_t t = blockIdx.x;
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
     float acc = 0.f;
-    for (int64_t s = 0; s < top_k; ++s)
-      acc = __fadd_rn(acc, __fmul_rn(weights[t * top_k + s], slots[(t * top_k + s) * width + j]));
+    for (int64_t s = 0; s < top_k; ++s) {
+      const int64_t row = slot_rows != nullptr ? slot_rows[t * top_k + s] : t * top_k + s;
+      const float v = row >= 0 ? slots[row * width + j] : 0.f;
+      acc = __fadd_rn(acc, __fmul_rn(weights[t * top_k + s], v));
+    }
     out[t * width + j] = acc;
   }
 }
@@ -63,10 +66,10 @@ void scatter_rows(Stream& stream, const float* src, const int32_t* rows, int64_t
 }
 
 void weighted_sum_slots(Stream& stream, const float* slots, const float* weights, int64_t tokens, int64_t top_k,
-                        int64_t width, float* out) {
+                        int64_t width, float* out, const int32_t* slot_rows) {
   if (tokens <= 0) return;
   weighted_sum_slots_kernel<<<detail::grid_dim(tokens, "weighted_sum_slots"), 128, 0, detail::native(stream)>>>(
-      slots, weights, top_k, width, out);
+      slots, slot_rows, weights, top_k, width, out);
   detail::check_launch("weighted_sum_slots");
 }
 

@@ -1,10 +1,11 @@
 // The routed experts of a large prefill pass through cuBLAS (see moe_blas.hpp): the host groups the
 // (token, slot) pairs by expert, the device gathers their rows as bf16 in that order, each chunk of
-// hit experts is dequantised to bf16 in one launch, cuBLAS multiplies per expert, and the combine adds
-// each token's slots in slot order.
+// hit experts is dequantised to bf16 in two launches, cuBLAS multiplies the experts of one padded size
+// together, and weighted_sum_slots adds each token's slots in slot order.
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "dequant.cuh"
 #include "launch.cuh"
@@ -86,22 +87,6 @@ __global__ void silu_glu_bf16_kernel(const float* gu, int64_t rows, int64_t inte
   }
 }
 
-// out[t] = Σ_s weights[t, s] · y[position[t, s]] in slot order (weighted_sum_slots' arithmetic); a pair
-// left out (position −1) adds nothing.
-__global__ void combine_kernel(const float* y, const int32_t* position, const float* weights, int64_t top_k,
-                               int64_t width, float* out) {
-  const int64_t t = blockIdx.x;
-  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
-    float acc = 0.f;
-    for (int64_t s = 0; s < top_k; ++s) {
-      const int32_t p = position[t * top_k + s];
-      const float v = p >= 0 ? y[static_cast<int64_t>(p) * width + j] : 0.f;
-      acc = __fadd_rn(acc, __fmul_rn(weights[t * top_k + s], v));
-    }
-    out[t * width + j] = acc;
-  }
-}
-
 constexpr int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Each expert's rows start a multiple of kRowAlign apart, so experts with the same padded count form
@@ -153,6 +138,9 @@ void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const fl
                                           dtype_name(table.up_type), "/", dtype_name(table.down_type), ")"));
   const int64_t pairs = tokens * top_k, inter = table.intermediate, experts = table.experts;
   const Layout l = layout(table, tokens, hidden, top_k, chunk_bytes);
+  if (l.rows > INT32_MAX)
+    throw Error(ErrorKind::out_of_range, text("cuda::moe_blas: ", tokens, " tokens × top-", top_k,
+                                              " need more grouped rows than int32 positions hold"));
   auto* base = static_cast<unsigned char*>(scratch);
   auto* index = reinterpret_cast<int32_t*>(base + l.index);  // position [pairs] | hit [experts]
   auto* pointers = reinterpret_cast<void**>(base + l.pointers);
@@ -264,9 +252,7 @@ void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const fl
     }
     batch = end;
   }
-  combine_kernel<<<detail::grid_dim(tokens, "moe_blas combine"), 128, 0, s>>>(y, index, weights, top_k, hidden,
-                                                                               out);
-  detail::check_launch("moe_blas combine");
+  weighted_sum_slots(stream, y, weights, tokens, top_k, hidden, out, index);
 }
 
 }  // namespace tandem::cuda

@@ -203,9 +203,10 @@ class CpuEngine final : public Engine {
     check_placement_runnable(weights_, placement_);
     if (automatic_batch && routed_experts_all_on_gpu(files_.config, placement_)) {
       const int64_t longer = std::min(LoadOptions::kGpuExpertsBatchTokens, options_.max_context_tokens);
-      const uint64_t more = planned_buffer_bytes(files_.config, longer) -
-                            planned_buffer_bytes(files_.config, options_.max_batch_tokens);
-      if (longer > options_.max_batch_tokens && more <= budget_left) options_.max_batch_tokens = longer;
+      if (longer > options_.max_batch_tokens &&
+          planned_buffer_bytes(files_.config, longer) - planned_buffer_bytes(files_.config, options_.max_batch_tokens) <=
+              budget_left)
+        options_.max_batch_tokens = longer;
     }
     if (options_.cpu_kernels == CpuKernels::fast)
       for (std::string& notice : reference_fallback_notices(weights_, placement_))

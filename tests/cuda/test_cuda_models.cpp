@@ -233,6 +233,23 @@ TEST_CASE("cuda placement: a rule naming a missing GPU is a clear error", "[cuda
   }
 }
 
+TEST_CASE("cuda automatic pass size: 4096 tokens when every MoE layer's experts live on the GPU, else 512",
+          "[cuda][model]") {
+  if (!have_gpu()) return;
+  auto pass_tokens = [](const std::string& placement) {
+    LoadOptions o;
+    o.max_context_tokens = 8192;
+    o.max_sessions = 1;
+    o.load_tokenizer = false;
+    o.stream_experts_min_tokens = 0;  // no streaming: its own rule would also choose 4096
+    o.placement = placement;
+    return Engine::load(test::data_dir() + "/tiny-qwen3moe", o)->options().max_batch_tokens;
+  };
+  CHECK(pass_tokens("*=cuda:0") == LoadOptions::kGpuExpertsBatchTokens);
+  CHECK(pass_tokens("experts=cpu,*=cuda:0") == LoadOptions::kDefaultBatchTokens);
+  CHECK(pass_tokens("*=cpu") == LoadOptions::kDefaultBatchTokens);
+}
+
 TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CPU; other KV options are refused",
           "[cuda][model]") {
   if (!have_gpu()) return;

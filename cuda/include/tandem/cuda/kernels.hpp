@@ -201,9 +201,10 @@ void add(Stream& stream, const float* a, const float* b, int64_t count, float* o
 void scatter_rows(Stream& stream, const float* src, const int32_t* rows, int64_t count, int64_t width, float* dst);
 
 // out[t] = Σ_s weights[t·top_k + s] · slots[(t·top_k + s)·width, +width), summed in slot order
-// (the MoE combine, as ops/moe.cpp).
+// (the MoE combine, as ops/moe.cpp). With slot_rows, slot (t, s) is row slot_rows[t·top_k + s] of
+// slots instead, and a negative row adds nothing (a pair left out).
 void weighted_sum_slots(Stream& stream, const float* slots, const float* weights, int64_t tokens, int64_t top_k,
-                        int64_t width, float* out);
+                        int64_t width, float* out, const int32_t* slot_rows = nullptr);
 
 // ---- the forward pass's glue between kernels (glue.cu) ----
 
