@@ -253,6 +253,25 @@ class CudaBackend final : public Backend {
                rope.layout == RopeLayout::neox, prepared.attention_factor);
   }
 
+  void add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim, double eps,
+                    float* out) override {
+    stream_.make_current();
+    if (rows <= 0) return;
+    if (weight == nullptr || dim <= 0)
+      throw Error(ErrorKind::internal, fmt::format("CUDA add_rms_norm: dim {} or no weight", dim));
+    cuda::add_rms_norm(stream_, hidden, delta, weight, rows, dim, eps, out);
+  }
+
+  void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
+                      const float* norm_weight, double eps, const int64_t* positions) override {
+    stream_.make_current();
+    if (rows <= 0 || heads <= 0) return;
+    const PreparedRope& prepared = prepared_rope(rope);
+    cuda::head_norm_rope(stream_, data, rows, heads, head_dim, norm_weight, eps, positions,
+                         static_cast<const double*>(prepared.table.data()), rope.rotary_dim,
+                         rope.layout == RopeLayout::neox, prepared.attention_factor);
+  }
+
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
     stream_.make_current();

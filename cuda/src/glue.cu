@@ -54,12 +54,15 @@ __device__ void top_k(const double* values, int64_t n, int64_t k, int32_t* out) 
   }
 }
 
+constexpr int64_t kPickedInShared = 64;
+
 // One warp per token: the lanes share the exponentials, the softmax sum and each round of the top-k
 // scan; the group choice and the final weights stay on lane 0, in the reference's order. The
 // per-token arrays live in shared memory when they fit (always, for real routers), else in scratch.
 __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
                               double* scratch, bool in_shared, int32_t* expert_ids, float* weights) {
   extern __shared__ double token_arrays[];
+  __shared__ int32_t picked[kPickedInShared];  // the ids chosen so far, read back without a global round trip
   const int64_t t = blockIdx.x;
   const int lane = threadIdx.x;
   if (t >= tokens) return;
@@ -134,16 +137,18 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
     }
     if (lane == 0) {
       ids[j] = best_index;
+      if (j < kPickedInShared) picked[j] = best_index;
       choice[best_index] = -INFINITY;
     }
     __syncwarp();
   }
   if (lane != 0) return;
+  const auto id_of = [&](int64_t i) { return i < kPickedInShared ? picked[i] : ids[i]; };
   double sum = 0;
-  for (int64_t i = 0; i < k; ++i) sum += scores[ids[i]];
+  for (int64_t i = 0; i < k; ++i) sum += scores[id_of(i)];
   const double denominator = spec.kind == 2 ? sum + 1e-20 : sum;
   for (int64_t i = 0; i < k; ++i) {
-    double value = scores[ids[i]];
+    double value = scores[id_of(i)];
     if (spec.norm_topk_prob) value /= denominator;
     weights[t * k + i] = static_cast<float>(value * spec.routed_scaling_factor);
   }

@@ -1,10 +1,19 @@
 #pragma once
-// Q4_K and Q6_K rows read by a whole warp at a time: for each 256-value block, every lane loads
-// one contiguous piece of the quants (4 bytes of Q4_K nibbles, 2+2+2 bytes of Q6_K), so a warp's
-// load is one coalesced transaction, and takes the 8 values those bytes hold against the matching
-// activations (float4/float2 loads). The GEMV over dequant.cuh's decoders gives each lane a whole
-// 32-value chunk instead: 32 byte loads per lane, 32 cache lines per warp load of x. Sums are in a
-// different order from the reference (which dequantises, then dots), within float rounding.
+// Rows read by a whole warp at a time, in 256-value blocks: for each block every lane loads one
+// contiguous piece (4 bytes of Q4_K nibbles, 2+2+2 bytes of Q6_K, 2×4 values of a plain row), so a
+// warp's load is one coalesced transaction, and takes the 8 values those bytes hold against the
+// matching activations (float4/float2 loads). The GEMV over dequant.cuh's decoders gives each lane a
+// whole 32-value chunk instead: 32 byte loads per lane, 32 cache lines per warp load of x.
+//
+// A block is read in two steps, load (its bytes into registers) and dot, so that the loops below
+// issue the loads of several blocks before the first product: a decode GEMV is bound by how many
+// loads each warp keeps in flight, and a loop that loads and multiplies one block at a time waits a
+// full memory latency per block (on the H200, ~15 µs for a 2048×4096 Q4_K matrix whose bytes take 1
+// µs to stream). Sums are in a different order from the reference (which dequantises, then dots),
+// within float rounding; the batched loops add the blocks in the same order as one at a time.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #include "dequant.cuh"
@@ -16,22 +25,49 @@ struct LaneBlocks {
   static constexpr bool available = false;
 };
 
-// acc[r] += Σ over the lane's 8 values v of block `blk`: w_v · x[r · x_stride + v], for r < nrows.
+// Byte k (0–11) of the three words w0, w1, w2.
+__device__ __forceinline__ int byte_of(uint32_t w0, uint32_t w1, uint32_t w2, int k) {
+  const uint32_t word = k < 4 ? w0 : (k < 8 ? w1 : w2);
+  return static_cast<int>((word >> ((k & 3) * 8)) & 0xffu);
+}
+
 template <>
 struct LaneBlocks<Decoder<DType::q4_k>> {
   static constexpr bool available = true;
+  static constexpr int64_t kBlockBytes = 144;
+  struct Raw {
+    uint32_t head[4];  // d, dmin (f16 each), then the 12 bytes of packed 6-bit scales and minimums
+    uint32_t q;        // this lane's 8 nibbles
+  };
+  // Rows must be 4-byte aligned (144-byte blocks keep that from the row's start).
+  __device__ __forceinline__ static Raw load(const uint8_t* row, int64_t blk, int lane) {
+    const auto* b = reinterpret_cast<const uint32_t*>(row + blk * kBlockBytes);
+    Raw r;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.head[i] = b[i];
+    r.q = b[4 + 8 * (lane >> 3) + (lane & 7)];  // bytes 16 + 32·g + 4·(lane mod 8)
+    return r;
+  }
+  // acc[r] += Σ over the lane's 8 values v of block `blk`: w_v · x[r · x_stride + v], for r < nrows.
   template <int Tile>
-  __device__ __forceinline__ static void accumulate(const uint8_t* row, int64_t blk, int lane, const float* x,
-                                                    int64_t x_stride, int nrows, float* acc) {
-    const uint8_t* b = row + blk * 144;
+  __device__ __forceinline__ static void dot(const Raw& raw, int64_t blk, int lane, const float* x, int64_t x_stride,
+                                             int nrows, float* acc) {
     const int g = lane >> 3, i0 = (lane & 7) * 4;  // sub-blocks 2g (low nibbles) and 2g+1 (high)
-    const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 16 + 32 * g + i0);
-    const float d = load_f16(b), dmin = load_f16(b + 2);
-    int sc0, m0, sc1, m1;
-    k4_scale_min(b + 4, 2 * g, sc0, m0);
-    k4_scale_min(b + 4, 2 * g + 1, sc1, m1);
-    const float dl0 = __fmul_rn(d, static_cast<float>(sc0)), ml0 = __fmul_rn(dmin, static_cast<float>(m0));
-    const float dl1 = __fmul_rn(d, static_cast<float>(sc1)), ml1 = __fmul_rn(dmin, static_cast<float>(m1));
+    const uint32_t q = raw.q;
+    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(raw.head[0] & 0xffffu)));
+    const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(raw.head[0] >> 16)));
+    int sc[2], mn[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // the packing of k4_scale_min, for sub-block j = 2g + h
+      const int j = 2 * g + h;
+      const int a = byte_of(raw.head[1], raw.head[2], raw.head[3], j);
+      const int b = byte_of(raw.head[1], raw.head[2], raw.head[3], j + 4);
+      const int c = byte_of(raw.head[1], raw.head[2], raw.head[3], j >= 4 ? j - 4 : j);
+      sc[h] = j < 4 ? (a & 63) : ((b & 0xf) | ((c >> 6) << 4));
+      mn[h] = j < 4 ? (b & 63) : ((b >> 4) | ((a >> 6) << 4));
+    }
+    const float dl0 = __fmul_rn(d, static_cast<float>(sc[0])), ml0 = __fmul_rn(dmin, static_cast<float>(mn[0]));
+    const float dl1 = __fmul_rn(d, static_cast<float>(sc[1])), ml1 = __fmul_rn(dmin, static_cast<float>(mn[1]));
     const int64_t base = blk * 256 + 64 * g + i0;
 #pragma unroll
     for (int r = 0; r < Tile; ++r) {
@@ -52,26 +88,41 @@ struct LaneBlocks<Decoder<DType::q4_k>> {
 template <>
 struct LaneBlocks<Decoder<DType::q6_k>> {
   static constexpr bool available = true;
-  template <int Tile>
-  __device__ __forceinline__ static void accumulate(const uint8_t* row, int64_t blk, int lane, const float* x,
-                                                    int64_t x_stride, int nrows, float* acc) {
-    const uint8_t* b = row + blk * 210;
+  static constexpr int64_t kBlockBytes = 210;
+  struct Raw {
+    uint32_t l0, l1, h;  // 16-bit pieces of the low nibbles (two) and the high bits
+    uint32_t d;          // f16 bits
+    int scale[4];        // the lane's scale of each quarter
+  };
+  // Rows must be 2-byte aligned (210-byte blocks keep that from the row's start).
+  __device__ __forceinline__ static Raw load(const uint8_t* row, int64_t blk, int lane) {
+    const uint8_t* b = row + blk * kBlockBytes;
     const int half = lane >> 4, jp = (lane & 15) * 2;  // values 128·half + 32·quarter + {jp, jp + 1}
-    const auto l0 = static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(b + half * 64 + jp));
-    const auto l1 = static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(b + half * 64 + 32 + jp));
-    const auto h = static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(b + 128 + half * 32 + jp));
+    Raw r;
+    r.l0 = *reinterpret_cast<const uint16_t*>(b + half * 64 + jp);
+    r.l1 = *reinterpret_cast<const uint16_t*>(b + half * 64 + 32 + jp);
+    r.h = *reinterpret_cast<const uint16_t*>(b + 128 + half * 32 + jp);
+    r.d = *reinterpret_cast<const uint16_t*>(b + 208);
     const auto* scales = reinterpret_cast<const int8_t*>(b + 192);
-    const float d = load_f16(b + 208);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) r.scale[q] = scales[(4 * half + q) * 2 + (jp >= 16 ? 1 : 0)];
+    return r;
+  }
+  template <int Tile>
+  __device__ __forceinline__ static void dot(const Raw& raw, int64_t blk, int lane, const float* x, int64_t x_stride,
+                                             int nrows, float* acc) {
+    const int half = lane >> 4, jp = (lane & 15) * 2;
+    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(raw.d)));
     float v[8];  // quarter q: values 2q (j = jp) and 2q + 1 (j = jp + 1)
     float dl[4];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const uint32_t low = (q & 1) ? l1 : l0;
+      const uint32_t low = (q & 1) ? raw.l1 : raw.l0;
       const int shift = q >= 2 ? 4 : 0;
-      v[2 * q] = static_cast<float>(static_cast<int>(((low >> shift) & 0xf) | (((h >> (2 * q)) & 3) << 4)) - 32);
+      v[2 * q] = static_cast<float>(static_cast<int>(((low >> shift) & 0xf) | (((raw.h >> (2 * q)) & 3) << 4)) - 32);
       v[2 * q + 1] =
-          static_cast<float>(static_cast<int>(((low >> (8 + shift)) & 0xf) | (((h >> (8 + 2 * q)) & 3) << 4)) - 32);
-      dl[q] = __fmul_rn(d, static_cast<float>(scales[(4 * half + q) * 2 + (jp >= 16 ? 1 : 0)]));
+          static_cast<float>(static_cast<int>(((low >> (8 + shift)) & 0xf) | (((raw.h >> (8 + 2 * q)) & 3) << 4)) - 32);
+      dl[q] = __fmul_rn(d, static_cast<float>(raw.scale[q]));
     }
     const int64_t base = blk * 256 + 128 * half + jp;
 #pragma unroll
@@ -88,5 +139,121 @@ struct LaneBlocks<Decoder<DType::q6_k>> {
     }
   }
 };
+
+// Plain rows (f32, f16, bf16) for the linear kernel: lane l takes values 4l…4l+3 and 128+4l…128+4l+3
+// of each 256-value block. Rows must be 16-byte aligned and a whole number of blocks wide, which the
+// caller checks (the expert kernels keep the chunk path for them: tiny models' rows are narrower).
+template <typename D>
+struct PlainLaneBlocks {
+  static constexpr bool available = false;
+};
+
+template <>
+struct PlainLaneBlocks<Decoder<DType::f32>> {
+  static constexpr bool available = true;
+  struct Raw {
+    float4 a, b;
+  };
+  __device__ __forceinline__ static Raw load(const uint8_t* row, int64_t blk, int lane) {
+    const auto* p = reinterpret_cast<const float4*>(row) + blk * 64;
+    return {p[lane], p[32 + lane]};
+  }
+  __device__ __forceinline__ static void values(const Raw& raw, float* v) {
+    v[0] = raw.a.x, v[1] = raw.a.y, v[2] = raw.a.z, v[3] = raw.a.w;
+    v[4] = raw.b.x, v[5] = raw.b.y, v[6] = raw.b.z, v[7] = raw.b.w;
+  }
+};
+
+template <typename Wide>
+struct PlainLaneBlocks16 {
+  static constexpr bool available = true;
+  struct Raw {
+    uint2 a, b;  // four 16-bit values each
+  };
+  __device__ __forceinline__ static Raw load(const uint8_t* row, int64_t blk, int lane) {
+    const auto* p = reinterpret_cast<const uint2*>(row) + blk * 64;
+    return {p[lane], p[32 + lane]};
+  }
+  __device__ __forceinline__ static void values(const Raw& raw, float* v) {
+    const uint32_t words[4] = {raw.a.x, raw.a.y, raw.b.x, raw.b.y};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = Wide::widen(static_cast<unsigned short>(words[i] & 0xffffu));
+      v[2 * i + 1] = Wide::widen(static_cast<unsigned short>(words[i] >> 16));
+    }
+  }
+};
+
+struct WidenF16 {
+  __device__ __forceinline__ static float widen(unsigned short bits) { return __half2float(__ushort_as_half(bits)); }
+};
+struct WidenBf16 {
+  __device__ __forceinline__ static float widen(unsigned short bits) {
+    return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+  }
+};
+
+template <>
+struct PlainLaneBlocks<Decoder<DType::f16>> : PlainLaneBlocks16<WidenF16> {};
+template <>
+struct PlainLaneBlocks<Decoder<DType::bf16>> : PlainLaneBlocks16<WidenBf16> {};
+
+// The dot of a plain block, as LaneBlocks::dot: values 4l… against x[4l…], 128+4l… against x[128+4l…].
+template <typename P>
+struct PlainDot : P {
+  template <int Tile>
+  __device__ __forceinline__ static void dot(const typename P::Raw& raw, int64_t blk, int lane, const float* x,
+                                             int64_t x_stride, int nrows, float* acc) {
+    float v[8];
+    P::values(raw, v);
+    const int64_t base = blk * 256 + 4 * lane;
+#pragma unroll
+    for (int r = 0; r < Tile; ++r) {
+      if (r < nrows) {
+        const float4 xa = *reinterpret_cast<const float4*>(x + r * x_stride + base);
+        const float4 xb = *reinterpret_cast<const float4*>(x + r * x_stride + base + 128);
+        acc[r] += ((v[0] * xa.x + v[1] * xa.y) + (v[2] * xa.z + v[3] * xa.w)) +
+                  ((v[4] * xb.x + v[5] * xb.y) + (v[6] * xb.z + v[7] * xb.w));
+      }
+    }
+  }
+};
+
+// acc[r] += this lane's share of row · x[r] over blocks first, first + step, … < blocks, the loads of
+// Batch blocks issued before their products. L: LaneBlocks<D> or PlainDot<PlainLaneBlocks<D>>.
+template <typename L, int Tile, int Batch>
+__device__ __forceinline__ void lane_row_dot(const uint8_t* row, int64_t first, int64_t blocks, int64_t step, int lane,
+                                             const float* x, int64_t x_stride, int nrows, float* acc) {
+  for (int64_t blk0 = first; blk0 < blocks; blk0 += Batch * step) {
+    typename L::Raw raw[Batch];
+#pragma unroll
+    for (int u = 0; u < Batch; ++u)
+      if (blk0 + u * step < blocks) raw[u] = L::load(row, blk0 + u * step, lane);
+#pragma unroll
+    for (int u = 0; u < Batch; ++u)
+      if (blk0 + u * step < blocks) L::template dot<Tile>(raw[u], blk0 + u * step, lane, x, x_stride, nrows, acc);
+  }
+}
+
+// Two rows against one x row (an expert's gate and up), both rows' loads in flight together.
+template <typename L, int Batch>
+__device__ __forceinline__ void lane_row_dot2(const uint8_t* row_a, const uint8_t* row_b, int64_t blocks, int lane,
+                                              const float* x, float& acc_a, float& acc_b) {
+  for (int64_t blk0 = 0; blk0 < blocks; blk0 += Batch) {
+    typename L::Raw ra[Batch], rb[Batch];
+#pragma unroll
+    for (int u = 0; u < Batch; ++u)
+      if (blk0 + u < blocks) {
+        ra[u] = L::load(row_a, blk0 + u, lane);
+        rb[u] = L::load(row_b, blk0 + u, lane);
+      }
+#pragma unroll
+    for (int u = 0; u < Batch; ++u)
+      if (blk0 + u < blocks) {
+        L::template dot<1>(ra[u], blk0 + u, lane, x, 0, 1, &acc_a);
+        L::template dot<1>(rb[u], blk0 + u, lane, x, 0, 1, &acc_b);
+      }
+  }
+}
 
 }  // namespace tandem::cuda::detail

@@ -84,38 +84,36 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
   }
 }
 
-// Q4_K/Q6_K rows, each 256-value block loaded by the whole warp (lane_blocks.cuh). A row's blocks are
-// shared among `splits` warps of the block (1, 2, 4 or 8; blocks part, part + splits, …), whose sums
-// meet in shared memory in part order: a warp keeps only a few 128-byte loads in flight, so a matrix
-// of few rows (K/V, O, the router) needs more warps than rows to keep enough of HBM's bandwidth busy.
-template <typename D>
+// Rows read a 256-value block at a time by the whole warp (lane_blocks.cuh: Q4_K/Q6_K, and plain
+// f32/f16/bf16 rows), Batch blocks' loads in flight per warp. A row's blocks are shared among
+// `splits` warps of the block (1, 2, 4 or 8; blocks part, part + splits, …), whose sums meet in
+// shared memory in part order: a warp keeps only a few loads in flight, so a matrix of few rows
+// (K/V, O, the router) needs more warps than rows to keep enough of HBM's bandwidth busy. Tile 1 is
+// the decode token's kernel (no per-row guards); Tile kTile takes up to kTile tokens.
+template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features, int64_t in_features,
                         const float* bias, const float* x, int64_t rows, int splits, float* y) {
-  __shared__ float partial[kLaneWarps][kTile];
+  constexpr int kBatch = Tile == 1 ? 8 : 4;
+  __shared__ float partial[kLaneWarps][Tile];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
   const int64_t o = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  const int nrows = static_cast<int>(rows - r0 < kTile ? rows - r0 : kTile);
-  float acc[kTile] = {};
-  if (o < out_features) {
-    const uint8_t* w = weight + o * row_bytes;
-    const float* xt = x + r0 * in_features;
-    const int64_t blocks = in_features / 256;
-#pragma unroll 8
-    for (int64_t blk = part; blk < blocks; blk += splits)
-      detail::LaneBlocks<D>::template accumulate<kTile>(w, blk, lane, xt, in_features, nrows, acc);
-  }
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * Tile;
+  const int nrows = static_cast<int>(rows - r0 < Tile ? rows - r0 : Tile);
+  float acc[Tile] = {};
+  if (o < out_features)
+    detail::lane_row_dot<L, Tile, kBatch>(weight + o * row_bytes, part, in_features / 256, splits, lane,
+                                          x + r0 * in_features, in_features, nrows, acc);
 #pragma unroll
-  for (int r = 0; r < kTile; ++r) acc[r] = detail::warp_sum(acc[r]);
+  for (int r = 0; r < Tile; ++r) acc[r] = detail::warp_sum(acc[r]);
   if (splits > 1) {
     if (lane == 0)
 #pragma unroll
-      for (int r = 0; r < kTile; ++r) partial[warp][r] = acc[r];
+      for (int r = 0; r < Tile; ++r) partial[warp][r] = acc[r];
     __syncthreads();
     if (part != 0) return;
 #pragma unroll
-    for (int r = 0; r < kTile; ++r) {
+    for (int r = 0; r < Tile; ++r) {
       float sum = 0.f;
       for (int j = 0; j < splits; ++j) sum += partial[warp + j][r];
       acc[r] = sum;
@@ -123,7 +121,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   }
   if (o >= out_features) return;
 #pragma unroll
-  for (int r = 0; r < kTile; ++r)
+  for (int r = 0; r < Tile; ++r)
     if (lane == 0 && r < nrows) y[(r0 + r) * out_features + o] = acc[r] + (bias != nullptr ? bias[o] : 0.f);
 }
 
@@ -196,18 +194,34 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
   if (detail::tensor_core_linear_supported(w, x, rows))
     return detail::tensor_core_linear(stream, w, rb, x, rows, y, math);
-  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0;
-  if ((w.type == DType::q4_k || w.type == DType::q6_k) && w.block_scales == nullptr && aligned) {
-    const int64_t token_tiles = (rows + kTile - 1) / kTile;
+  const bool x_aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const auto base = reinterpret_cast<uintptr_t>(w.data);
+  const bool quantised_lanes = (w.type == DType::q4_k && base % 4 == 0) || (w.type == DType::q6_k && base % 2 == 0);
+  const bool plain_lanes = (w.type == DType::f32 || w.type == DType::f16 || w.type == DType::bf16) &&
+                           w.in_features % 256 == 0 && base % 16 == 0;
+  if ((quantised_lanes || plain_lanes) && w.block_scales == nullptr && x_aligned) {
+    const int tile = rows == 1 ? 1 : kTile;
+    const int64_t token_tiles = (rows + tile - 1) / tile;
     const int splits = lane_splits(w.out_features, w.in_features, token_tiles);
     const int64_t rows_per_block = kLaneWarps / splits;
     const dim3 grid(detail::grid_dim((w.out_features + rows_per_block - 1) / rows_per_block, "linear"),
                     detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
+    const auto launch = [&](auto kernel) {
+      kernel<<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(static_cast<const uint8_t*>(w.data), rb,
+                                                                   w.out_features, w.in_features, w.bias, x, rows,
+                                                                   splits, y);
+    };
     dispatch_weight_type(w.type, [&](auto decoder) {
       using D = decltype(decoder);
-      if constexpr (detail::LaneBlocks<D>::available)
-        linear_lanes_kernel<D><<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(
-            static_cast<const uint8_t*>(w.data), rb, w.out_features, w.in_features, w.bias, x, rows, splits, y);
+      if constexpr (detail::LaneBlocks<D>::available) {
+        using L = detail::LaneBlocks<D>;
+        if (tile == 1) launch(linear_lanes_kernel<L, 1>);
+        else launch(linear_lanes_kernel<L, kTile>);
+      } else if constexpr (detail::PlainLaneBlocks<D>::available) {
+        using L = detail::PlainDot<detail::PlainLaneBlocks<D>>;
+        if (tile == 1) launch(linear_lanes_kernel<L, 1>);
+        else launch(linear_lanes_kernel<L, kTile>);
+      }
     });
     detail::check_launch("linear (lanes)");
     return;

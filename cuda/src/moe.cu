@@ -33,9 +33,7 @@ __device__ __forceinline__ float lane_dot(const uint8_t* w, const float* scales,
   if constexpr (!Padded && detail::LaneBlocks<D>::available) {
     if (scales == nullptr) {
       float lane_acc[1] = {0.f};
-#pragma unroll 8
-      for (int64_t blk = 0; blk < in_features / 256; ++blk)
-        detail::LaneBlocks<D>::template accumulate<1>(w, blk, lane, x, 0, 1, lane_acc);
+      detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(w, 0, in_features / 256, 1, lane, x, 0, 1, lane_acc);
       return lane_acc[0];
     }
   }
@@ -84,8 +82,17 @@ __global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t to
   const auto* up = static_cast<const uint8_t*>(table.up[e]) + o * table.up_row_bytes;
   const int64_t cols = (hidden + kFp8Block - 1) / kFp8Block;
   // Both rows' loads in flight together: the two dot products are independent until their sums.
-  float g = lane_dot<D, SharedX>(gate, table.gate_scales ? table.gate_scales[e] : nullptr, cols, o, xt, hidden, lane);
-  float u = lane_dot<D, SharedX>(up, table.up_scales ? table.up_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  float g = 0.f, u = 0.f;
+  bool paired = false;
+  if constexpr (!SharedX && detail::LaneBlocks<D>::available)
+    if (table.gate_scales == nullptr && table.up_scales == nullptr) {
+      detail::lane_row_dot2<detail::LaneBlocks<D>, 4>(gate, up, hidden / 256, lane, xt, g, u);
+      paired = true;
+    }
+  if (!paired) {
+    g = lane_dot<D, SharedX>(gate, table.gate_scales ? table.gate_scales[e] : nullptr, cols, o, xt, hidden, lane);
+    u = lane_dot<D, SharedX>(up, table.up_scales ? table.up_scales[e] : nullptr, cols, o, xt, hidden, lane);
+  }
   g = detail::warp_sum(g);
   u = detail::warp_sum(u);
   if (lane == 0) act[p * table.intermediate + o] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
@@ -134,6 +141,45 @@ __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* 
   if (lane == 0) out[t * hidden + o] = sum;
 }
 
+constexpr int kDownRows = 2;    // output rows per block of the slot-parallel down kernel
+constexpr int kSlotWarps = 8;   // warps per output row: slot s on warp s mod kSlotWarps
+constexpr int64_t kMaxSlots = 64;
+
+// out[t, o] as down_kernel computes it, bit for bit, with each (row, slot) dot on a warp of its own:
+// a token's top_k down rows are all read at once, where down_kernel's one warp per row read them
+// kSlotsInFlight after kSlotsInFlight and could keep only a quarter of the GPU's warps busy (Qwen3's
+// 2,048 rows). Rows read as LaneBlocks, no block scales, top_k <= kMaxSlots.
+template <typename D>
+__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32)
+    down_slots_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
+                      int64_t hidden, float* out) {
+  __shared__ float dots[kDownRows][kMaxSlots];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int row = warp / kSlotWarps, slot_warp = warp % kSlotWarps;
+  const int64_t t = blockIdx.y, o = static_cast<int64_t>(blockIdx.x) * kDownRows + row;
+  const float* rows = act + t * top_k * table.intermediate;  // the token's top_k activation rows
+  if (o < hidden)
+    for (int64_t s = slot_warp; s < top_k; s += kSlotWarps) {
+      const int32_t e = ids[t * top_k + s];
+      float part = 0.f;
+      if (e >= 0 && e < table.experts) {
+        const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
+        detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(down, 0, table.intermediate / 256, 1, lane,
+                                                          rows + s * table.intermediate, 0, 1, &part);
+      }
+      part = detail::warp_sum(part);
+      if (lane == 0) dots[row][s] = part;
+    }
+  __syncthreads();
+  if (o >= hidden || slot_warp != 0 || lane != 0) return;
+  float sum = 0.f;
+  for (int64_t s = 0; s < top_k; ++s) {
+    const int32_t e = ids[t * top_k + s];
+    if (e >= 0 && e < table.experts) sum = __fadd_rn(sum, __fmul_rn(weights[t * top_k + s], dots[row][s]));
+  }
+  out[t * hidden + o] = sum;
+}
+
 }  // namespace
 
 bool pairwise_aligned(const float* x, const float* act) noexcept {
@@ -166,6 +212,15 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   detail::check_launch("moe gate/up");
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
     using D = decltype(decoder);
+    if constexpr (detail::LaneBlocks<D>::available) {
+      if (table.down_scales == nullptr && top_k <= kMaxSlots) {
+        const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
+                        detail::grid_dim(tokens, "moe down (tokens)", 65535));
+        down_slots_kernel<D><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
+            table, ids, weights, top_k, act, hidden, out);
+        return;
+      }
+    }
     if (act_bytes <= kSharedBytes && !detail::LaneBlocks<D>::available)
       down_kernel<D, true><<<down_grid, kWarps * 32, act_bytes, detail::native(stream)>>>(table, ids, weights, top_k,
                                                                                           act, hidden, out);

@@ -85,9 +85,7 @@ __device__ __forceinline__ void tile_dot(const uint8_t* w, const float* scales, 
                                          const float* x, int64_t in, int nrows, int lane, float* acc) {
   if constexpr (detail::LaneBlocks<D>::available) {
     if (scales == nullptr) {
-#pragma unroll 8
-      for (int64_t blk = 0; blk < in / 256; ++blk)
-        detail::LaneBlocks<D>::template accumulate<kTile>(w, blk, lane, x, in, nrows, acc);
+      detail::lane_row_dot<detail::LaneBlocks<D>, kTile, 4>(w, 0, in / 256, 1, lane, x, in, nrows, acc);
       return;
     }
   }

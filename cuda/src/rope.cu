@@ -31,7 +31,61 @@ __global__ void rope_kernel(float* data, int64_t row_stride, int64_t heads, int6
   }
 }
 
+constexpr int kHeadThreads = 64;
+constexpr int64_t kMaxFusedHeadDim = 1024;
+
+// Block (token, head): the head's values normalised into shared memory (the sum of squares in double,
+// as rms_norm), then each rotary pair rotated as rope_kernel does, the rest copied back.
+__global__ void head_norm_rope_kernel(float* data, int64_t heads, int64_t head_dim, const float* norm_weight,
+                                      double eps, const int64_t* positions, const double* inv_freq, int64_t half,
+                                      bool neox, double attention_factor) {
+  __shared__ float values[kMaxFusedHeadDim];
+  __shared__ double partial[32];
+  const int64_t t = blockIdx.x;
+  float* v = data + (t * heads + blockIdx.y) * head_dim;
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < head_dim; i += kHeadThreads) {
+    values[i] = v[i];
+    sum += static_cast<double>(values[i]) * values[i];
+  }
+  if (norm_weight != nullptr) {
+    sum = detail::block_sum(sum, partial);
+    const float inv = static_cast<float>(1.0 / sqrt(sum / static_cast<double>(head_dim) + eps));
+    for (int64_t i = threadIdx.x; i < head_dim; i += kHeadThreads)
+      values[i] = __fmul_rn(__fmul_rn(values[i], inv), norm_weight[i]);
+  }
+  __syncthreads();
+  const double pos = static_cast<double>(positions[t]);
+  for (int64_t i = threadIdx.x; i < half; i += kHeadThreads) {
+    const double angle = inv_freq[i] * pos;
+    const float c = static_cast<float>(cos(angle) * attention_factor);
+    const float s = static_cast<float>(sin(angle) * attention_factor);
+    const int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    const float x0 = values[a], x1 = values[b];
+    v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    v[b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+  }
+  for (int64_t i = 2 * half + threadIdx.x; i < head_dim; i += kHeadThreads) v[i] = values[i];
+}
+
 }  // namespace
+
+void head_norm_rope(Stream& stream, float* data, int64_t rows, int64_t heads, int64_t head_dim,
+                    const float* norm_weight, double eps, const int64_t* positions, const double* inv_freq,
+                    int64_t rotary_dim, bool neox, double attention_factor) {
+  if (rows <= 0 || heads <= 0) return;
+  if (head_dim > kMaxFusedHeadDim || rotary_dim > head_dim) {
+    if (norm_weight != nullptr) rms_norm(stream, data, norm_weight, rows * heads, head_dim, head_dim, eps, data);
+    rope(stream, data, rows, heads * head_dim, heads, head_dim, positions, inv_freq, rotary_dim, neox,
+         attention_factor);
+    return;
+  }
+  const dim3 grid(detail::grid_dim(rows, "head_norm_rope"), detail::grid_dim(heads, "head_norm_rope (heads)", 65535));
+  head_norm_rope_kernel<<<grid, kHeadThreads, 0, detail::native(stream)>>>(
+      data, heads, head_dim, norm_weight, eps, positions, inv_freq, rotary_dim < 2 ? 0 : rotary_dim / 2, neox,
+      attention_factor);
+  detail::check_launch("head_norm_rope");
+}
 
 void rope(Stream& stream, float* data, int64_t rows, int64_t row_stride, int64_t heads, int64_t head_stride,
           const int64_t* positions, const double* inv_freq, int64_t rotary_dim, bool neox, double attention_factor) {

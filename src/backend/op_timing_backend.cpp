@@ -57,6 +57,15 @@ void OpTimingBackend::linear(const LinearWeight& w, const float* x, int64_t rows
   // A vocabulary-wide matrix (the output projection) apart from the layers' linears.
   timed(w.out_features() > kOutputRows ? "linear (output)" : "linear", rows, [&] { inner_.linear(w, x, rows, y); });
 }
+void OpTimingBackend::add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows,
+                                   int64_t dim, double eps, float* out) {
+  timed("add_rms_norm", rows, [&] { inner_.add_rms_norm(hidden, delta, weight, rows, dim, eps, out); });
+}
+void OpTimingBackend::head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads,
+                                     int64_t head_dim, const float* norm_weight, double eps,
+                                     const int64_t* positions) {
+  timed("head_norm_rope", rows, [&] { inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions); });
+}
 void OpTimingBackend::rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
                                double eps, float* out) {
   timed("rms_norm", rows, [&] { inner_.rms_norm(x, weight, rows, dim, stride, eps, out); });

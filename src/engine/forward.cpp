@@ -317,10 +317,8 @@ struct ForwardPass::Impl {
     b.linear(L.q, m.f(kNormed), T, q);
     b.linear(L.k, m.f(kNormed), T, k);
     b.linear(L.v, m.f(kNormed), T, v);
-    if (V.q_norm) b.rms_norm(q, V.q_norm, T * nh, hd, hd, cfg.rms_norm_eps, q);
-    if (V.k_norm) b.rms_norm(k, V.k_norm, T * nkv, hd, hd, cfg.rms_norm_eps, k);
-    b.rope(rope, q, T, nh * hd, nh, hd, m.i64(kPositions));
-    b.rope(rope, k, T, kv_width, nkv, hd, m.i64(kPositions));
+    b.head_norm_rope(rope, q, T, nh, hd, V.q_norm, cfg.rms_norm_eps, m.i64(kPositions));
+    b.head_norm_rope(rope, k, T, nkv, hd, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions));
     const AttentionBatch batch = attention_batch(m, T);
     b.kv_append(kv, layer, 0, batch, k, kv_width);
     b.kv_append(kv, layer, 1, batch, v, kv_width);
@@ -477,6 +475,19 @@ struct ForwardPass::Impl {
 
   void add_to_hidden(int64_t T) {
     main().backend->add(main().f(kHidden), main().f(kBlockOut), T * cfg.hidden_size, main().f(kHidden));
+  }
+
+  // add_to_hidden, then rms_norm(layer, weight): one fused call where the norms run on the main
+  // backend, which holds kHidden.
+  void add_to_hidden_and_norm(int64_t layer, const float* weight, int64_t T) {
+    Backend& b = on(WeightGroup::norms, layer);
+    if (&mirror(b) != &main()) {
+      add_to_hidden(T);
+      rms_norm(layer, weight, T);
+      return;
+    }
+    b.add_rms_norm(main().f(kHidden), main().f(kBlockOut), weight, T, cfg.hidden_size, cfg.rms_norm_eps,
+                   main().f(kNormed));
   }
 
   // The waiting deferred part joins the residual stream (once it is done, when it was submitted).
@@ -695,21 +706,26 @@ void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const st
   Mirror& e = m.mirror(embed);
   embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));
   m.back(e, kHidden, T);
+  bool normed = false;  // kNormed already holds this layer's attention norm (fused with the last add)
   for (int64_t layer = 0; layer < cfg.num_layers; ++layer) {
     if (cancel && cancel->load(std::memory_order_relaxed))
       throw Error(ErrorKind::cancelled, "forward pass cancelled");
     const LayerVectors& V = m.layer_vectors[static_cast<size_t>(layer)];
-    m.rms_norm(layer, V.attn_norm, T);
+    if (!std::exchange(normed, false)) m.rms_norm(layer, V.attn_norm, T);
     if (cfg.attention == AttentionKind::mla)
       m.attention_mla(layer, T);
     else
       m.attention_gqa(layer, T);
-    m.add_to_hidden(T);
-    m.rms_norm(layer, V.ffn_norm, T);
+    m.add_to_hidden_and_norm(layer, V.ffn_norm, T);
     m.waiting = std::exchange(m.produced, {});  // the previous layer's deferred part, if any
     m.feed_forward(layer, T);
-    m.add_to_hidden(T);
-    m.add_waiting_deferral(T);
+    if (m.waiting.on == nullptr && layer + 1 < cfg.num_layers) {
+      m.add_to_hidden_and_norm(layer + 1, m.layer_vectors[static_cast<size_t>(layer + 1)].attn_norm, T);
+      normed = true;
+    } else {
+      m.add_to_hidden(T);
+      m.add_waiting_deferral(T);
+    }
   }
   m.waiting = std::exchange(m.produced, {});  // none: the last layer defers nothing
   m.add_waiting_deferral(T);

@@ -103,6 +103,20 @@ class Backend {
   // `rope` once per distinct value (rope_tables).
   virtual void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
                     int64_t head_stride, const int64_t* positions) = 0;
+  // Fused steps a backend may do in one pass over the rows (a GPU: one launch instead of two); the
+  // defaults are the two calls. add_rms_norm: hidden += delta (rows·dim values), then out =
+  // RMSNorm(hidden) (rows of dim, contiguous). head_norm_rope: each of the `heads` head_dim-wide
+  // vectors of a row RMS-normalised by norm_weight (none when null), then rotated by its position.
+  virtual void add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim,
+                            double eps, float* out) {
+    add(hidden, delta, rows * dim, hidden);
+    rms_norm(hidden, weight, rows, dim, dim, eps, out);
+  }
+  virtual void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
+                              const float* norm_weight, double eps, const int64_t* positions) {
+    if (norm_weight != nullptr) rms_norm(data, norm_weight, rows * heads, head_dim, head_dim, eps, data);
+    this->rope(rope, data, rows, heads * head_dim, heads, head_dim, positions);
+  }
   virtual void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                              int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                              float* out) = 0;

@@ -45,6 +45,14 @@ class ForwardingBackend : public Backend {
             int64_t head_stride, const int64_t* positions) override {
     inner_.rope(rope, data, rows, row_stride, heads, head_stride, positions);
   }
+  void add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim, double eps,
+                    float* out) override {
+    inner_.add_rms_norm(hidden, delta, weight, rows, dim, eps, out);
+  }
+  void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
+                      const float* norm_weight, double eps, const int64_t* positions) override {
+    inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions);
+  }
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
     inner_.gqa_attention(kv, layer, batch, q, heads, kv_heads, head_dim, softmax_scale, out);

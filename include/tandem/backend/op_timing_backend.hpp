@@ -34,6 +34,10 @@ class OpTimingBackend final : public ForwardingBackend {
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override;
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override;
+  void add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim, double eps,
+                    float* out) override;
+  void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
+                      const float* norm_weight, double eps, const int64_t* positions) override;
   void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override;
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,

@@ -58,6 +58,10 @@ void rms_norm(Stream& stream, const float* x, const float* weight, int64_t rows,
 // The contiguous form (stride == dim), single-precision eps.
 void rms_norm(Stream& stream, const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
               float* out);
+// hidden += delta (rows·dim values), then out = RMSNorm(hidden) over rows of dim: the residual add and
+// the next norm in one launch, each value read once.
+void add_rms_norm(Stream& stream, float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim,
+                  double eps, float* out);
 
 // Rotary embedding in place, as RotaryEmbedding::apply: vector h of token t at data + t·row_stride +
 // h·head_stride; positions [rows] and inv_freq [rotary_dim / 2] (float64, the CPU's table) on the
@@ -65,6 +69,11 @@ void rms_norm(Stream& stream, const float* x, const float* weight, int64_t rows,
 void rope(Stream& stream, float* data, int64_t rows, int64_t row_stride, int64_t heads, int64_t head_stride,
           const int64_t* positions, const double* inv_freq, int64_t rotary_dim, bool neox,
           double attention_factor);
+// rms_norm of each head_dim-wide vector by norm_weight (skipped when null), then rope, in place, over
+// rows of heads·head_dim values: one launch for what is otherwise two (q/k norms of Qwen3).
+void head_norm_rope(Stream& stream, float* data, int64_t rows, int64_t heads, int64_t head_dim,
+                    const float* norm_weight, double eps, const int64_t* positions, const double* inv_freq,
+                    int64_t rotary_dim, bool neox, double attention_factor);
 
 // One layer of a paged KV cache as the attention kernels read it: block id b's rows of plane p,
 // slot s are at layer_base + b·block_stride + (p·block_tokens + s)·row_bytes (the KvPool layout).
