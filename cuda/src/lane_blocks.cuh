@@ -35,6 +35,88 @@ template <>
 struct LaneBlocks<Decoder<DType::q4_k>> {
   static constexpr bool available = true;
   static constexpr int64_t kBlockBytes = 144;
+  // Rows 16-byte aligned are read wide: a warp step covers kUnitBlocks consecutive blocks, 8 lanes
+  // each, every lane loading its block's 16-byte head and 16 bytes of nibbles (32 values) as two
+  // uint4. Per register that keeps 2.5× the bytes in flight of the narrow form below (a whole head
+  // per 4 bytes of nibbles), which is what bounds a decode GEMV.
+  static constexpr int64_t kUnitBlocks = 4;
+  struct Wide {
+    uint4 head, q;
+  };
+  __device__ __forceinline__ static Wide load_wide(const uint8_t* row, int64_t blk, int lane) {
+    const auto* b = reinterpret_cast<const uint4*>(row + blk * kBlockBytes);  // 9 uint4 per block
+    return {b[0], b[1 + (lane & 7)]};
+  }
+  // The sub-block scale (6 bits) and minimum of sub-block j (0–7), from the head's words 1–3.
+  __device__ __forceinline__ static void scale_min(const uint4& head, int j, int& scale, int& min) {
+    const int a = byte_of(head.y, head.z, head.w, j);
+    const int b = byte_of(head.y, head.z, head.w, j + 4);
+    const int c = byte_of(head.y, head.z, head.w, j >= 4 ? j - 4 : j);
+    scale = j < 4 ? (a & 63) : ((b & 0xf) | ((c >> 6) << 4));
+    min = j < 4 ? (b & 63) : ((b >> 4) | ((a >> 6) << 4));
+  }
+  // A lane's part of a block from its sums: (dl0·lo − ml0·sa) + (dl1·hi − ml1·sb).
+  __device__ __forceinline__ static float finish(const uint4& head, int g, float lo, float hi, float sa, float sb) {
+    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(head.x & 0xffffu)));
+    const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(head.x >> 16)));
+    int sc0, mn0, sc1, mn1;
+    scale_min(head, 2 * g, sc0, mn0);
+    scale_min(head, 2 * g + 1, sc1, mn1);
+    const float dl0 = __fmul_rn(d, static_cast<float>(sc0)), ml0 = __fmul_rn(dmin, static_cast<float>(mn0));
+    const float dl1 = __fmul_rn(d, static_cast<float>(sc1)), ml1 = __fmul_rn(dmin, static_cast<float>(mn1));
+    return (dl0 * lo - ml0 * sa) + (dl1 * hi - ml1 * sb);
+  }
+  // lo/hi += the lane's low/high nibbles of word set q against xa/xb (4 values each).
+  __device__ __forceinline__ static void nibble_dots(uint32_t q, const float4& xa, const float4& xb, float& lo,
+                                                     float& hi) {
+    lo += static_cast<float>(q & 0xf) * xa.x + static_cast<float>((q >> 8) & 0xf) * xa.y +
+          static_cast<float>((q >> 16) & 0xf) * xa.z + static_cast<float>((q >> 24) & 0xf) * xa.w;
+    hi += static_cast<float>((q >> 4) & 0xf) * xb.x + static_cast<float>((q >> 12) & 0xf) * xb.y +
+          static_cast<float>((q >> 20) & 0xf) * xb.z + static_cast<float>((q >> 28) & 0xf) * xb.w;
+  }
+  template <int Tile>
+  __device__ __forceinline__ static void dot_wide(const Wide& raw, int64_t blk, int lane, const float* x,
+                                                  int64_t x_stride, int nrows, float* acc) {
+    const int p = lane & 7, g = p >> 1, i0 = (p & 1) * 16;  // nibble bytes 32g + i0 … + 15
+    const uint32_t q[4] = {raw.q.x, raw.q.y, raw.q.z, raw.q.w};
+    const int64_t base = blk * 256 + 64 * g + i0;  // low nibbles: values base…+15; high: base+32…+47
+#pragma unroll
+    for (int r = 0; r < Tile; ++r) {
+      if (r < nrows) {
+        float lo = 0.f, hi = 0.f, sa = 0.f, sb = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const float4 xa = *reinterpret_cast<const float4*>(x + r * x_stride + base + 4 * w);
+          const float4 xb = *reinterpret_cast<const float4*>(x + r * x_stride + base + 32 + 4 * w);
+          nibble_dots(q[w], xa, xb, lo, hi);
+          sa += (xa.x + xa.y) + (xa.z + xa.w);
+          sb += (xb.x + xb.y) + (xb.z + xb.w);
+        }
+        acc[r] += finish(raw.head, g, lo, hi, sa, sb);
+      }
+    }
+  }
+  // dot_wide<1> of two rows' pieces of block `blk` against one x row, each x value loaded once.
+  __device__ __forceinline__ static void dot_wide2(const Wide& ra, const Wide& rb, int64_t blk, int lane,
+                                                   const float* x, float& acc_a, float& acc_b) {
+    const int p = lane & 7, g = p >> 1, i0 = (p & 1) * 16;
+    const uint32_t qa[4] = {ra.q.x, ra.q.y, ra.q.z, ra.q.w}, qb[4] = {rb.q.x, rb.q.y, rb.q.z, rb.q.w};
+    const int64_t base = blk * 256 + 64 * g + i0;
+    float lo_a = 0.f, hi_a = 0.f, lo_b = 0.f, hi_b = 0.f, sa = 0.f, sb = 0.f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float4 xa = *reinterpret_cast<const float4*>(x + base + 4 * w);
+      const float4 xb = *reinterpret_cast<const float4*>(x + base + 32 + 4 * w);
+      nibble_dots(qa[w], xa, xb, lo_a, hi_a);
+      nibble_dots(qb[w], xa, xb, lo_b, hi_b);
+      sa += (xa.x + xa.y) + (xa.z + xa.w);
+      sb += (xb.x + xb.y) + (xb.z + xb.w);
+    }
+    acc_a += finish(ra.head, g, lo_a, hi_a, sa, sb);
+    acc_b += finish(rb.head, g, lo_b, hi_b, sa, sb);
+  }
+
+  // The narrow form: each lane loads the whole head and 4 bytes of nibbles (8 values) of every block.
   struct Raw {
     uint32_t head[4];  // d, dmin (f16 each), then the 12 bytes of packed 6-bit scales and minimums
     uint32_t q;        // this lane's 8 nibbles
@@ -89,6 +171,7 @@ template <>
 struct LaneBlocks<Decoder<DType::q6_k>> {
   static constexpr bool available = true;
   static constexpr int64_t kBlockBytes = 210;
+  static constexpr int64_t kUnitBlocks = 1;
   struct Raw {
     uint32_t l0, l1, h;  // 16-bit pieces of the low nibbles (two) and the high bits
     uint32_t d;          // f16 bits
@@ -201,6 +284,7 @@ struct PlainLaneBlocks<Decoder<DType::bf16>> : PlainLaneBlocks16<WidenBf16> {};
 // The dot of a plain block, as LaneBlocks::dot: values 4l… against x[4l…], 128+4l… against x[128+4l…].
 template <typename P>
 struct PlainDot : P {
+  static constexpr int64_t kUnitBlocks = 1;
   template <int Tile>
   __device__ __forceinline__ static void dot(const typename P::Raw& raw, int64_t blk, int lane, const float* x,
                                              int64_t x_stride, int nrows, float* acc) {
@@ -219,41 +303,91 @@ struct PlainDot : P {
   }
 };
 
-// acc[r] += this lane's share of row · x[r] over blocks first, first + step, … < blocks, the loads of
-// Batch blocks issued before their products. L: LaneBlocks<D> or PlainDot<PlainLaneBlocks<D>>.
+// acc[r] += this lane's share of row · x[r] over the row's units first, first + step, … (a unit:
+// L::kUnitBlocks consecutive 256-value blocks, the last one cut at `blocks`), the loads of Batch
+// units issued before their products. L: LaneBlocks<D> or PlainDot<PlainLaneBlocks<D>>. A row
+// that L reads wide but that is not 16-byte aligned is read narrow, unit by unit.
 template <typename L, int Tile, int Batch>
 __device__ __forceinline__ void lane_row_dot(const uint8_t* row, int64_t first, int64_t blocks, int64_t step, int lane,
                                              const float* x, int64_t x_stride, int nrows, float* acc) {
-  for (int64_t blk0 = first; blk0 < blocks; blk0 += Batch * step) {
-    typename L::Raw raw[Batch];
+  constexpr int64_t U = L::kUnitBlocks;
+  const int64_t units = (blocks + U - 1) / U;
+  if constexpr (U > 1) {
+    if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+      constexpr int kUnits = Batch / U > 0 ? Batch / U : 1;  // Batch counts blocks
+      for (int64_t u0 = first; u0 < units; u0 += kUnits * step) {
+        typename L::Wide raw[kUnits];
 #pragma unroll
-    for (int u = 0; u < Batch; ++u)
-      if (blk0 + u * step < blocks) raw[u] = L::load(row, blk0 + u * step, lane);
+        for (int b = 0; b < kUnits; ++b) {
+          const int64_t blk = (u0 + b * step) * U + lane / (32 / U);
+          if (u0 + b * step < units && blk < blocks) raw[b] = L::load_wide(row, blk, lane);
+        }
 #pragma unroll
-    for (int u = 0; u < Batch; ++u)
-      if (blk0 + u * step < blocks) L::template dot<Tile>(raw[u], blk0 + u * step, lane, x, x_stride, nrows, acc);
+        for (int b = 0; b < kUnits; ++b) {
+          const int64_t blk = (u0 + b * step) * U + lane / (32 / U);
+          if (u0 + b * step < units && blk < blocks) L::template dot_wide<Tile>(raw[b], blk, lane, x, x_stride, nrows, acc);
+        }
+      }
+      return;
+    }
+  }
+  if constexpr (U == 1) {
+    for (int64_t blk0 = first; blk0 < blocks; blk0 += Batch * step) {
+      typename L::Raw raw[Batch];
+#pragma unroll
+      for (int b = 0; b < Batch; ++b)
+        if (blk0 + b * step < blocks) raw[b] = L::load(row, blk0 + b * step, lane);
+#pragma unroll
+      for (int b = 0; b < Batch; ++b)
+        if (blk0 + b * step < blocks) L::template dot<Tile>(raw[b], blk0 + b * step, lane, x, x_stride, nrows, acc);
+    }
+  } else {
+    for (int64_t u = first; u < units; u += step) {
+      const int64_t end = (u + 1) * U < blocks ? (u + 1) * U : blocks;
+      for (int64_t blk0 = u * U; blk0 < end; blk0 += Batch) {
+        typename L::Raw raw[Batch];
+#pragma unroll
+        for (int b = 0; b < Batch; ++b)
+          if (blk0 + b < end) raw[b] = L::load(row, blk0 + b, lane);
+#pragma unroll
+        for (int b = 0; b < Batch; ++b)
+          if (blk0 + b < end) L::template dot<Tile>(raw[b], blk0 + b, lane, x, x_stride, nrows, acc);
+      }
+    }
   }
 }
 
-// Two rows against one x row (an expert's gate and up), both rows' loads in flight together.
+// Two rows against one x row (an expert's gate and up), both rows' loads in flight together (Batch
+// blocks of each); the sums as lane_row_dot's over all units.
 template <typename L, int Batch>
 __device__ __forceinline__ void lane_row_dot2(const uint8_t* row_a, const uint8_t* row_b, int64_t blocks, int lane,
                                               const float* x, float& acc_a, float& acc_b) {
-  for (int64_t blk0 = 0; blk0 < blocks; blk0 += Batch) {
-    typename L::Raw ra[Batch], rb[Batch];
+  constexpr int64_t U = L::kUnitBlocks;
+  if constexpr (U > 1) {
+    if (reinterpret_cast<uintptr_t>(row_a) % 16 == 0 && reinterpret_cast<uintptr_t>(row_b) % 16 == 0) {
+      const int64_t units = (blocks + U - 1) / U;
+      constexpr int kUnits = Batch / U > 0 ? Batch / U : 1;  // Batch counts blocks
+      for (int64_t u0 = 0; u0 < units; u0 += kUnits) {
+        typename L::Wide ra[kUnits], rb[kUnits];
 #pragma unroll
-    for (int u = 0; u < Batch; ++u)
-      if (blk0 + u < blocks) {
-        ra[u] = L::load(row_a, blk0 + u, lane);
-        rb[u] = L::load(row_b, blk0 + u, lane);
-      }
+        for (int b = 0; b < kUnits; ++b) {
+          const int64_t blk = (u0 + b) * U + lane / (32 / U);
+          if (u0 + b < units && blk < blocks) {
+            ra[b] = L::load_wide(row_a, blk, lane);
+            rb[b] = L::load_wide(row_b, blk, lane);
+          }
+        }
 #pragma unroll
-    for (int u = 0; u < Batch; ++u)
-      if (blk0 + u < blocks) {
-        L::template dot<1>(ra[u], blk0 + u, lane, x, 0, 1, &acc_a);
-        L::template dot<1>(rb[u], blk0 + u, lane, x, 0, 1, &acc_b);
+        for (int b = 0; b < kUnits; ++b) {
+          const int64_t blk = (u0 + b) * U + lane / (32 / U);
+          if (u0 + b < units && blk < blocks) L::dot_wide2(ra[b], rb[b], blk, lane, x, acc_a, acc_b);
+        }
       }
+      return;
+    }
   }
+  lane_row_dot<L, 1, 4>(row_a, 0, blocks, 1, lane, x, 0, 1, &acc_a);
+  lane_row_dot<L, 1, 4>(row_b, 0, blocks, 1, lane, x, 0, 1, &acc_b);
 }
 
 }  // namespace tandem::cuda::detail

@@ -126,14 +126,13 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 }
 
 // Warps per row for the lane kernel: enough that the launch has ~kTargetWarps warps, at most one per
-// 256-value block and kLaneWarps. On the H200 (bench_cuda_kernels, a4c13b3) splitting helped the
+// unit of the row (lane_row_dot) and kLaneWarps. On the H200 (bench_cuda_kernels, a4c13b3) splitting helped the
 // 512- and 128-row matrices (7.7 → 5.0 and 7.5 → 3.9 µs) and cost the 4096- and 2048-row ones
 // (9.1 → 12.4 and 13.3 → 13.9 µs at 8192 warps), so only matrices under 2048 rows are split.
 constexpr int64_t kTargetWarps = 2048;
-int lane_splits(int64_t out_features, int64_t in_features, int64_t token_tiles) {
+int lane_splits(int64_t out_features, int64_t units, int64_t token_tiles) {
   int splits = 1;
-  while (splits < kLaneWarps && out_features * token_tiles * splits < kTargetWarps && 2 * splits <= in_features / 256)
-    splits *= 2;
+  while (splits < kLaneWarps && out_features * token_tiles * splits < kTargetWarps && 2 * splits <= units) splits *= 2;
   return splits;
 }
 
@@ -202,11 +201,12 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
   if ((quantised_lanes || plain_lanes) && w.block_scales == nullptr && x_aligned) {
     const int tile = rows == 1 ? 1 : kTile;
     const int64_t token_tiles = (rows + tile - 1) / tile;
-    const int splits = lane_splits(w.out_features, w.in_features, token_tiles);
-    const int64_t rows_per_block = kLaneWarps / splits;
-    const dim3 grid(detail::grid_dim((w.out_features + rows_per_block - 1) / rows_per_block, "linear"),
-                    detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
-    const auto launch = [&](auto kernel) {
+    const auto launch = [&](auto kernel, int64_t unit_blocks) {
+      const int64_t units = (w.in_features / 256 + unit_blocks - 1) / unit_blocks;
+      const int splits = lane_splits(w.out_features, units, token_tiles);
+      const int64_t rows_per_block = kLaneWarps / splits;
+      const dim3 grid(detail::grid_dim((w.out_features + rows_per_block - 1) / rows_per_block, "linear"),
+                      detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
       kernel<<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(static_cast<const uint8_t*>(w.data), rb,
                                                                    w.out_features, w.in_features, w.bias, x, rows,
                                                                    splits, y);
@@ -215,12 +215,12 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
       using D = decltype(decoder);
       if constexpr (detail::LaneBlocks<D>::available) {
         using L = detail::LaneBlocks<D>;
-        if (tile == 1) launch(linear_lanes_kernel<L, 1>);
-        else launch(linear_lanes_kernel<L, kTile>);
+        if (tile == 1) launch(linear_lanes_kernel<L, 1>, L::kUnitBlocks);
+        else launch(linear_lanes_kernel<L, kTile>, L::kUnitBlocks);
       } else if constexpr (detail::PlainLaneBlocks<D>::available) {
         using L = detail::PlainDot<detail::PlainLaneBlocks<D>>;
-        if (tile == 1) launch(linear_lanes_kernel<L, 1>);
-        else launch(linear_lanes_kernel<L, kTile>);
+        if (tile == 1) launch(linear_lanes_kernel<L, 1>, L::kUnitBlocks);
+        else launch(linear_lanes_kernel<L, kTile>, L::kUnitBlocks);
       }
     });
     detail::check_launch("linear (lanes)");

@@ -18,6 +18,7 @@ using detail::dispatch_weight_type;
 namespace {
 
 constexpr int kWarps = 16;  // output rows per block
+constexpr int kGateWarps = 8;  // gate_up_kernel's: its ~80 registers per thread leave 3 blocks of 8 warps per SM
 constexpr int kSlotsInFlight = 8;  // down rows of one output read together
 
 using detail::kFp8Block;
@@ -64,8 +65,9 @@ __device__ __forceinline__ float lane_dot(const uint8_t* w, const float* scales,
 
 // act[p, o] = silu(gate_e[o] · x[t]) · (up_e[o] · x[t]) for pair p = (t, slot), e = ids[p].
 template <typename D, bool SharedX>
-__global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t top_k, const float* x, int64_t hidden,
-                               float* act) {
+__global__ void __launch_bounds__(kGateWarps * 32)
+    gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t top_k, const float* x, int64_t hidden,
+                   float* act) {
   extern __shared__ float xs[];
   const int lane = threadIdx.x % 32;
   const int64_t p = blockIdx.y, t = p / top_k;
@@ -74,7 +76,7 @@ __global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t to
     stage_rows(xt, hidden, 1, hidden, xs);
     xt = xs;
   }
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kGateWarps + threadIdx.x / 32;
   if (o >= table.intermediate) return;
   const int32_t e = ids[p];
   if (e < 0 || e >= table.experts) return;
@@ -86,7 +88,7 @@ __global__ void gate_up_kernel(ExpertTable table, const int32_t* ids, int64_t to
   bool paired = false;
   if constexpr (!SharedX && detail::LaneBlocks<D>::available)
     if (table.gate_scales == nullptr && table.up_scales == nullptr) {
-      detail::lane_row_dot2<detail::LaneBlocks<D>, 4>(gate, up, hidden / 256, lane, xt, g, u);
+      detail::lane_row_dot2<detail::LaneBlocks<D>, 8>(gate, up, hidden / 256, lane, xt, g, u);
       paired = true;
     }
   if (!paired) {
@@ -141,7 +143,7 @@ __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* 
   if (lane == 0) out[t * hidden + o] = sum;
 }
 
-constexpr int kDownRows = 2;    // output rows per block of the slot-parallel down kernel
+constexpr int kDownRows = 1;    // output rows per block of the slot-parallel down kernel
 constexpr int kSlotWarps = 8;   // warps per output row: slot s on warp s mod kSlotWarps
 constexpr int64_t kMaxSlots = 64;
 
@@ -150,7 +152,7 @@ constexpr int64_t kMaxSlots = 64;
 // kSlotsInFlight after kSlotsInFlight and could keep only a quarter of the GPU's warps busy (Qwen3's
 // 2,048 rows). Rows read as LaneBlocks, no block scales, top_k <= kMaxSlots.
 template <typename D>
-__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32)
+__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
     down_slots_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
                       int64_t hidden, float* out) {
   __shared__ float dots[kDownRows][kMaxSlots];
@@ -193,7 +195,7 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
     throw Error(ErrorKind::internal, "cuda::moe_by_pairs: the experts' gate and up differ in type");
   if (!pairwise_aligned(x, act))
     throw Error(ErrorKind::internal, "cuda::moe_by_pairs: x and act must be 16-byte aligned");
-  const dim3 gate_grid(detail::grid_dim((table.intermediate + kWarps - 1) / kWarps, "moe gate/up"),
+  const dim3 gate_grid(detail::grid_dim((table.intermediate + kGateWarps - 1) / kGateWarps, "moe gate/up"),
                        detail::grid_dim(tokens * top_k, "moe gate/up (pairs)", 65535));
   const dim3 down_grid(detail::grid_dim((hidden + kWarps - 1) / kWarps, "moe down"),
                        detail::grid_dim(tokens, "moe down (tokens)", 65535));
@@ -202,10 +204,10 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
     if (x_bytes <= kSharedBytes && !detail::LaneBlocks<D>::available)
-      gate_up_kernel<D, true><<<gate_grid, kWarps * 32, x_bytes, detail::native(stream)>>>(table, ids, top_k, x,
+      gate_up_kernel<D, true><<<gate_grid, kGateWarps * 32, x_bytes, detail::native(stream)>>>(table, ids, top_k, x,
                                                                                            hidden, act);
     else
-      gate_up_kernel<D, false><<<gate_grid, kWarps * 32, 0, detail::native(stream)>>>(table, ids, top_k, x, hidden,
+      gate_up_kernel<D, false><<<gate_grid, kGateWarps * 32, 0, detail::native(stream)>>>(table, ids, top_k, x, hidden,
                                                                                       act);
   });
   if (!gate_known) throw Error(ErrorKind::unsupported, text("cuda::moe_by_pairs: no kernel for ", dtype_name(table.gate_type)));
