@@ -370,8 +370,8 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
         CHECK(max_ref > 0);
         CHECK(std::isfinite(max_err));
         // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8; fp8/int8 K and V are
-        // dequantised into f16 tiles (one more f16 rounding each).
-        CHECK(max_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 3e-3) * max_ref);
+        // dequantised into f16 tiles (one more f16 rounding each: at most twice the f16 cache's error).
+        CHECK(max_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 4e-3) * max_ref);
       }
 }
 

@@ -93,8 +93,8 @@ TEST_CASE("cuda kv_append writes fp8/int8 rows byte for byte as KvPool::write_ro
         cuda::kv_append(stream, planes.data(), kv, plane, tokens, static_cast<const int64_t*>(d_slots.data()),
                         static_cast<const int32_t*>(d_tables.data()), blocks, static_cast<const float*>(d_rows.data()),
                         width, width);
+        stream.synchronize();  // before the next plane's rows overwrite d_rows
       }
-      stream.synchronize();
       std::vector<uint8_t> device(planes.bytes());
       planes.download(device.data(), device.size());
       int64_t rows_differing = 0, first_token = -1, first_plane = -1;
@@ -212,9 +212,10 @@ TEST_CASE("cuda GQA attention over fp8/int8 KV in VRAM equals the CPU backend ov
         const bool flash = prefill && s.head_dim != 32;
         INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim
                                 << (prefill ? " prefill" : " decode") << ": error " << relative_error(got, expected));
-        // The same dequantised floats on both sides: float rounding only, except in the flash tiles
-        // (Q, P and the dequantised K and V in f16).
-        CHECK(relative_error(got, expected) <= (flash ? 3e-3 : 1e-5));
+        // The same dequantised floats on both sides: float rounding only (the kernel tests' 2e-5), except
+        // in the flash tiles: Q, P and the dequantised K and V in f16, one rounding more than an f16
+        // cache's (whose bound is 2e-3).
+        CHECK(relative_error(got, expected) <= (flash ? 4e-3 : 2e-5));
       }
     }
 }
@@ -249,7 +250,7 @@ TEST_CASE("cuda MLA attention over an fp8/int8 latent cache in VRAM equals the C
       const auto got = run(*gpu);
       INFO(kv_type_name(type) << " heads " << s.heads << " latent " << s.kv_lora << " + " << s.rope << ": error "
                               << relative_error(got, expected));
-      CHECK(relative_error(got, expected) <= 1e-5);
+      CHECK(relative_error(got, expected) <= 2e-5);
     }
 }
 
@@ -257,7 +258,14 @@ TEST_CASE("cuda MLA prefill (flash) over an fp8/int8 latent cache equals the CPU
           "[cuda][kv][attention]") {
   if (!have_gpu()) return;
   const MlaShape shape{16, 128, 64, 128, 512};  // DeepSeek-V2-Lite's heads
-  const auto kv_b = random_weight(DType::f32, shape.heads * (shape.nope + shape.v), shape.kv_lora, 93);
+  // kv_b's values at 0.05 (as the kernel test's): expanded keys of ~1, scores of order one
+  auto kv_b = random_weight(DType::f32, shape.heads * (shape.nope + shape.v), shape.kv_lora, 93);
+  for (size_t i = 0; i + 4 <= kv_b.bytes.size(); i += 4) {
+    float w;
+    std::memcpy(&w, kv_b.bytes.data() + i, 4);
+    w *= 0.1f;
+    std::memcpy(kv_b.bytes.data() + i, &w, 4);
+  }
   for (KvType type : kQuantisedKinds) {
     auto cpu = make_cpu_backend(2, CpuKernels::reference);
     auto gpu = make_cuda_backend(0);
