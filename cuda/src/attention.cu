@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "kv_rows.cuh"
 #include "launch.cuh"
 #include "split_attention.cuh"
 #include "tandem/cuda/kernels.hpp"
@@ -18,12 +19,7 @@ namespace {
 
 constexpr int kThreads = 128;
 
-template <KvType K>
-__device__ __forceinline__ float kv_load(const uint8_t* row, int64_t i) {
-  if constexpr (K == KvType::f32) return reinterpret_cast<const float*>(row)[i];
-  else if constexpr (K == KvType::f16) return __half2float(reinterpret_cast<const __half*>(row)[i]);
-  else return __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[i]) << 16);
-}
+using detail::kv_value;
 
 __device__ __forceinline__ const uint8_t* kv_row(const PagedKv& kv, const int32_t* table, int64_t plane, int64_t pos) {
   const int64_t block = table[pos / kv.block_tokens];
@@ -57,13 +53,14 @@ __global__ void gqa_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_
   const int32_t* table = batch.block_tables + t * batch.table_stride;
   float* scores = scratch + static_cast<int64_t>(blockIdx.x) * batch.max_context;
   for (int64_t i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = q[(t * heads + h) * head_dim + i];
+  const int64_t width = kv_heads * head_dim;  // a K or V row, all of it coded in an fp8/int8 cache
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   float local_max = -INFINITY;
   for (int64_t s = warp; s < n; s += warps) {
     const uint8_t* k = kv_row(kv, table, 0, s);
     float d = 0.f;
-    for (int64_t i = lane; i < head_dim; i += 32) d += qs[i] * kv_load<K>(k, g * head_dim + i);
+    for (int64_t i = lane; i < head_dim; i += 32) d += qs[i] * kv_value<K>(k, g * head_dim + i, width);
     d = __fmul_rn(detail::warp_sum(d), softmax_scale);
     if (lane == 0) scores[s] = d;
     local_max = fmaxf(local_max, d);
@@ -72,7 +69,7 @@ __global__ void gqa_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_
   block_softmax(scores, n, local_max);
   for (int64_t i = threadIdx.x; i < head_dim; i += blockDim.x) {
     float acc = 0.f;
-    for (int64_t s = 0; s < n; ++s) acc += scores[s] * kv_load<K>(kv_row(kv, table, 1, s), g * head_dim + i);
+    for (int64_t s = 0; s < n; ++s) acc += scores[s] * kv_value<K>(kv_row(kv, table, 1, s), g * head_dim + i, width);
     out[(t * heads + h) * head_dim + i] = acc;
   }
 }
@@ -93,8 +90,8 @@ __global__ void mla_kernel(PagedKv kv, DeviceBatch batch, const float* q_latent,
   for (int64_t s = warp; s < n; s += warps) {
     const uint8_t* row = kv_row(kv, table, 0, s);
     float latent = 0.f, rope = 0.f;
-    for (int64_t i = lane; i < kv_lora; i += 32) latent += qs[i] * kv_load<K>(row, i);
-    for (int64_t i = lane; i < rope_dim; i += 32) rope += qs[kv_lora + i] * kv_load<K>(row, kv_lora + i);
+    for (int64_t i = lane; i < kv_lora; i += 32) latent += qs[i] * kv_value<K>(row, i, kv_lora);
+    for (int64_t i = lane; i < rope_dim; i += 32) rope += qs[kv_lora + i] * kv_value<K>(row, kv_lora + i, kv_lora);
     const float d = __fmul_rn(__fadd_rn(detail::warp_sum(latent), detail::warp_sum(rope)), softmax_scale);
     if (lane == 0) scores[s] = d;
     local_max = fmaxf(local_max, d);
@@ -103,7 +100,7 @@ __global__ void mla_kernel(PagedKv kv, DeviceBatch batch, const float* q_latent,
   block_softmax(scores, n, local_max);
   for (int64_t i = threadIdx.x; i < kv_lora; i += blockDim.x) {
     float acc = 0.f;
-    for (int64_t s = 0; s < n; ++s) acc += scores[s] * kv_load<K>(kv_row(kv, table, 0, s), i);
+    for (int64_t s = 0; s < n; ++s) acc += scores[s] * kv_value<K>(kv_row(kv, table, 0, s), i, kv_lora);
     out[(t * heads + h) * kv_lora + i] = acc;
   }
 }
@@ -114,9 +111,19 @@ void dispatch_kv(KvType type, Fn&& fn) {
     case KvType::f32: fn(std::integral_constant<KvType, KvType::f32>{}); return;
     case KvType::f16: fn(std::integral_constant<KvType, KvType::f16>{}); return;
     case KvType::bf16: fn(std::integral_constant<KvType, KvType::bf16>{}); return;
-    default: break;  // quantised KV types have no CUDA attention kernel (refused at kv_attach)
+    case KvType::fp8: fn(std::integral_constant<KvType, KvType::fp8>{}); return;
+    case KvType::int8: fn(std::integral_constant<KvType, KvType::int8>{}); return;
+    default: break;  // int4 has no CUDA attention kernel (refused at kv_attach)
   }
   throw Error(ErrorKind::unsupported, "cuda attention: no kernel for this KV type");
+}
+
+// A quantised cache's rows must end in exactly the f16 tail the kernels expect: none for GQA, the
+// rope key for MLA (values that are not there would be read as codes).
+void check_tail(const PagedKv& kv, int64_t rope_values, const char* what) {
+  if (detail::kv_quantised(kv.type) && kv.rope_values != rope_values)
+    throw Error(ErrorKind::invalid_argument, text("cuda ", what, ": the fp8/int8 cache keeps ", kv.rope_values,
+                                                  " f16 values per row, the kernel expects ", rope_values));
 }
 
 }  // namespace
@@ -127,6 +134,7 @@ void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, 
   if (kv_heads <= 0 || heads % kv_heads != 0)
     throw Error(ErrorKind::invalid_argument,
                 text("cuda gqa_attention: ", heads, " heads are not a multiple of ", kv_heads, " kv heads"));
+  check_tail(kv, 0, "gqa_attention");
   if (detail::split_attention_supported(batch.tokens, heads, kv_heads, head_dim, kv)) {
     detail::split_gqa_attention(stream, kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out);
     return;
@@ -141,6 +149,7 @@ void gqa_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch&
   if (kv_heads <= 0 || heads % kv_heads != 0)
     throw Error(ErrorKind::invalid_argument,
                 text("cuda gqa_attention: ", heads, " heads are not a multiple of ", kv_heads, " kv heads"));
+  check_tail(kv, 0, "gqa_attention");
   const unsigned grid = detail::grid_dim(batch.tokens * heads, "gqa_attention");
   const auto shared = static_cast<size_t>(head_dim) * sizeof(float);
   dispatch_kv(kv.type, [&](auto k) {
@@ -159,6 +168,7 @@ void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, 
                    const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                    float* scores, float* out) {
   if (batch.tokens <= 0) return;
+  check_tail(kv, rope_dim, "mla_attention");
   if (detail::split_mla_supported(batch.tokens, heads, kv_lora, rope_dim, kv)) {
     detail::split_mla_attention(stream, kv, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, scores,
                                 out);
@@ -175,6 +185,7 @@ void mla_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch&
                            const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                            float* scores, float* out) {
   if (batch.tokens <= 0) return;
+  check_tail(kv, rope_dim, "mla_attention");
   const unsigned grid = detail::grid_dim(batch.tokens * heads, "mla_attention");
   const auto shared = static_cast<size_t>(kv_lora + rope_dim) * sizeof(float);
   dispatch_kv(kv.type, [&](auto k) {

@@ -5,9 +5,10 @@
 // Device-resident: activations are DeviceBuffers in VRAM (allocate), every op reads and writes
 // them there on the backend's stream; the only host round trip inside a step is the routed
 // experts' ids (a few int32 per token), which the host groups by expert. The KV layers this
-// backend runs attention for live in VRAM (kv_attach): the pool's block ids and layout, written by
-// kv_append and read by the attention kernels in place; a copy-on-write block copy of the pool is
-// repeated here (KvPool's block-copy listener).
+// backend runs attention for live in VRAM (kv_attach): the pool's block ids and layout (f32, f16,
+// bf16, or fp8/int8 codes with their group scales), written by kv_append and read by the attention
+// kernels in place; a copy-on-write block copy of the pool is repeated here (KvPool's block-copy
+// listener), raw bytes, scales included.
 #include "tandem/backend/cuda_backend.hpp"
 
 #include <fmt/format.h>
@@ -152,10 +153,10 @@ class CudaBackend final : public Backend {
     if (layer < 0 || layer >= kv.spec().layers)
       throw Error(ErrorKind::internal, fmt::format("CUDA kv_attach: layer {} outside the pool", layer));
     const KvType type = kv.dtype();
-    if (type != KvType::f32 && type != KvType::f16 && type != KvType::bf16)
+    if (type == KvType::int4)
       throw Error(ErrorKind::unsupported,
-                  fmt::format("a {} KV cache is not supported by the CUDA backend yet: use --kv-type f16, bf16 or f32, "
-                              "or place attention on the cpu with --placement",
+                  fmt::format("a {} KV cache is not supported by the CUDA backend yet: use --kv-type int8, fp8, f16, "
+                              "bf16 or f32, or place attention on the cpu with --placement",
                               kv_type_name(type)));
     if (kv_ != nullptr && kv_ != &kv)
       throw Error(ErrorKind::internal, "CUDA backend: attention layers of two KV pools on one backend");
@@ -713,6 +714,7 @@ class CudaBackend final : public Backend {
     p.block_tokens = kv.spec().block_tokens;
     p.row_bytes = static_cast<int64_t>(kv.row_bytes());
     p.block_stride = static_cast<int64_t>(layer_block_bytes(kv));
+    p.rope_values = kv_type_is_quantised(kv.dtype()) ? kv.spec().rope_values : 0;  // the f16 tail of MLA rows
     return p;
   }
   void check_batch(const KvPool& kv, const AttentionBatch& batch) const {

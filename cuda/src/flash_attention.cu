@@ -10,13 +10,16 @@
 // MLA prompts (flash_mla_prefill) take the same kernel in multi-head form: the chunk's context is
 // decompressed once through kv_b into dense K = [k_nope | k_rope] and V rows per head (in the cache's
 // type), and the kernel reads those instead of the paged planes.
-// Error: K and V are used exactly; Q and P are rounded to the cache's 16-bit type (f16 2⁻¹¹, bf16
-// 2⁻⁸ relative), accumulation and softmax in float32.
+// An fp8/int8 cache is read as stored too, but dequantised on its way into shared memory (code ·
+// group scale, rounded to f16; plain loads instead of cp.async), and the tiles multiply in f16.
+// Error: K and V are used exactly (fp8/int8: rounded to f16, 2⁻¹¹ relative); Q and P are rounded to
+// the cache's 16-bit type (f16 2⁻¹¹, bf16 2⁻⁸ relative), accumulation and softmax in float32.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
 
+#include "kv_rows.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
 #include "tandem/cuda/kernels.hpp"
@@ -71,6 +74,21 @@ struct KvRows {
   int kv_heads = 1;
 };
 
+// Eight values [first, first + 8) of an fp8/int8 row of `width` coded values, as f16, into 16 bytes of
+// shared memory (the eight share a 32-value group: first is a multiple of 8).
+template <KvType Stored>
+__device__ __forceinline__ void dequantise8(const uint8_t* row, int64_t first, int64_t width, uint16_t* shared) {
+  const float scale = detail::group_scale(row, width, first / kKvGroupValues);
+  uint32_t words[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __half2 h = __floats2half2_rn(detail::code_value<Stored>(row[first + 2 * i]) * scale,
+                                        detail::code_value<Stored>(row[first + 2 * i + 1]) * scale);
+    words[i] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  *reinterpret_cast<uint4*>(shared) = make_uint4(words[0], words[1], words[2], words[3]);
+}
+
 template <bool kPaged, int Dqk, int Dv>
 struct RowAddress {
   const KvRows& r;
@@ -95,9 +113,10 @@ constexpr size_t kernel_shared_bytes() {
   return size_t{2} * kKeyTile * (row_stride<Dqk>() + row_stride<Dv>()) * 2;  // two stages of K and V
 }
 
-template <KvType K, bool kPaged, int Dqk, int Dv>
+template <KvType Stored, bool kPaged, int Dqk, int Dv>
 __global__ void __launch_bounds__(kThreads)
     flash_kernel(KvRows rows, DeviceBatch batch, const float* q, int heads, int group, float scale_log2, float* out) {
+  constexpr KvType K = detail::kv_tile_type(Stored);  // the tiles' 16-bit type
   constexpr int kLdK = row_stride<Dqk>(), kLdV = row_stride<Dv>();
   extern __shared__ uint4 shared_words[];
   auto* k_stage = reinterpret_cast<uint16_t*>(shared_words);  // [2][kKeyTile][kLdK]
@@ -136,18 +155,37 @@ __global__ void __launch_bounds__(kThreads)
   // Tile positions past n_end copy row n_end − 1 (a block the table holds); the mask drops them.
   auto copy_tile = [&](int64_t s0, int stage) {
     constexpr int kChunksK = Dqk * 2 / 16, kChunks = kChunksK + Dv * 2 / 16;  // 16-byte pieces of a K and V row
-    for (int i = threadIdx.x; i < kKeyTile * kChunks; i += kThreads) {
-      const int row = i / kChunks, chunk = i % kChunks;
-      const int64_t s = s0 + row < n_end ? s0 + row : n_end - 1;
-      const uint8_t *k, *v;
-      address(s, g, k, v);
-      if (chunk < kChunksK)
-        detail::copy_async16(k_stage + (stage * kKeyTile + row) * kLdK + chunk * 8, k + chunk * 16);
-      else
-        detail::copy_async16(v_stage + (stage * kKeyTile + row) * kLdV + (chunk - kChunksK) * 8,
-                             v + (chunk - kChunksK) * 16);
+    if constexpr (detail::kv_quantised(Stored)) {  // paged GQA rows (Dqk == Dv), kv_heads · Dqk coded values
+      const int64_t width = static_cast<int64_t>(rows.kv_heads) * Dqk;
+      const auto* base = static_cast<const uint8_t*>(rows.paged.layer_base);
+      for (int i = threadIdx.x; i < kKeyTile * kChunks; i += kThreads) {
+        const int row = i / kChunks, chunk = i % kChunks;
+        const int64_t s = s0 + row < n_end ? s0 + row : n_end - 1;
+        const int32_t* table = batch.block_tables + last * batch.table_stride;
+        const uint8_t* block = base + static_cast<int64_t>(table[s / rows.paged.block_tokens]) * rows.paged.block_stride;
+        const int64_t slot = s % rows.paged.block_tokens;
+        if (chunk < kChunksK)
+          dequantise8<Stored>(block + slot * rows.paged.row_bytes, static_cast<int64_t>(g) * Dqk + chunk * 8, width,
+                              k_stage + (stage * kKeyTile + row) * kLdK + chunk * 8);
+        else
+          dequantise8<Stored>(block + (rows.paged.block_tokens + slot) * rows.paged.row_bytes,
+                              static_cast<int64_t>(g) * Dv + (chunk - kChunksK) * 8, width,
+                              v_stage + (stage * kKeyTile + row) * kLdV + (chunk - kChunksK) * 8);
+      }
+    } else {
+      for (int i = threadIdx.x; i < kKeyTile * kChunks; i += kThreads) {
+        const int row = i / kChunks, chunk = i % kChunks;
+        const int64_t s = s0 + row < n_end ? s0 + row : n_end - 1;
+        const uint8_t *k, *v;
+        address(s, g, k, v);
+        if (chunk < kChunksK)
+          detail::copy_async16(k_stage + (stage * kKeyTile + row) * kLdK + chunk * 8, k + chunk * 16);
+        else
+          detail::copy_async16(v_stage + (stage * kKeyTile + row) * kLdV + (chunk - kChunksK) * 8,
+                               v + (chunk - kChunksK) * 16);
+      }
     }
-    detail::commit_copies();
+    detail::commit_copies();  // fp8/int8: an empty group, so the waits below count alike for every kind
   };
 
   float o[Dv / 8][4];
@@ -260,17 +298,16 @@ __global__ void gather_latent_kernel(PagedKv kv, DeviceBatch batch, int kv_lora,
   const uint8_t* cached = static_cast<const uint8_t*>(kv.layer_base) +
                           static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride +
                           (s % kv.block_tokens) * kv.row_bytes;
-  for (int i = threadIdx.x; i < kv_lora; i += blockDim.x) {
-    const uint16_t bits = reinterpret_cast<const uint16_t*>(cached)[i];
-    row[i] = K == KvType::f16 ? __half2float(__ushort_as_half(bits)) : __uint_as_float(static_cast<uint32_t>(bits) << 16);
-  }
+  for (int i = threadIdx.x; i < kv_lora; i += blockDim.x) row[i] = detail::kv_value<K>(cached, i, kv_lora);
 }
 
 // K[s][h] = [kv_b's nope rows · latent | the cached rope key], V[s][h] = kv_b's value rows · latent, in
-// the cache's type: a block per position.
-template <KvType K, int kNope, int kRope, int kV>
+// the cache's 16-bit type (f16 for fp8/int8, whose rope key is stored in f16): a block per position.
+template <KvType Stored, int kNope, int kRope, int kV>
 __global__ void build_heads_kernel(PagedKv kv, DeviceBatch batch, const float* expanded, int heads, int kv_lora,
                                    uint16_t* k_rows, uint16_t* v_rows) {
+  constexpr KvType K = detail::kv_tile_type(Stored);
+  const int64_t rope_offset = detail::kv_quantised(Stored) ? detail::quantised_row_bytes(kv_lora) : 2 * kv_lora;
   const int64_t s = blockIdx.x;
   const int64_t last = batch.tokens - 1, n = batch.positions[last] + 1;
   const uint16_t* rope = nullptr;
@@ -278,8 +315,7 @@ __global__ void build_heads_kernel(PagedKv kv, DeviceBatch batch, const float* e
     const int32_t* table = batch.block_tables + last * batch.table_stride;
     rope = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(kv.layer_base) +
                                              static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride +
-                                             (s % kv.block_tokens) * kv.row_bytes) +
-           kv_lora;
+                                             (s % kv.block_tokens) * kv.row_bytes + rope_offset);
   }
   auto to16 = [](float f) -> uint16_t {
     if constexpr (K == KvType::f16) return __half_as_ushort(__float2half_rn(f));
@@ -297,12 +333,12 @@ __global__ void build_heads_kernel(PagedKv kv, DeviceBatch batch, const float* e
   }
 }
 
-template <KvType K, bool kPaged, int Dqk, int Dv>
+template <KvType Stored, bool kPaged, int Dqk, int Dv>
 void launch_flash(Stream& stream, const KvRows& rows, const DeviceBatch& batch, const float* q, int64_t heads,
                   int64_t group, float softmax_scale, float* out) {
   const dim3 grid(detail::grid_dim((batch.tokens + kQueryTile - 1) / kQueryTile, "flash attention"),
                   static_cast<unsigned>(heads));
-  auto* kernel = flash_kernel<K, kPaged, Dqk, Dv>;
+  auto* kernel = flash_kernel<Stored, kPaged, Dqk, Dv>;
   constexpr size_t shared = kernel_shared_bytes<Dqk, Dv>();
   detail::opt_in_shared_memory(kernel, shared, "flash attention (shared memory opt-in)");
   kernel<<<grid, kThreads, shared, detail::native(stream)>>>(rows, batch, q, static_cast<int>(heads),
@@ -311,8 +347,22 @@ void launch_flash(Stream& stream, const KvRows& rows, const DeviceBatch& batch, 
   detail::check_launch("flash attention");
 }
 
+// cp.async copies 16-byte pieces of f16/bf16 rows; fp8/int8 rows are read bytewise.
 bool aligned16(const PagedKv& kv) {
-  return reinterpret_cast<uintptr_t>(kv.layer_base) % 16 == 0 && kv.row_bytes % 16 == 0 && kv.block_stride % 16 == 0;
+  return detail::kv_quantised(kv.type) ||
+         (reinterpret_cast<uintptr_t>(kv.layer_base) % 16 == 0 && kv.row_bytes % 16 == 0 && kv.block_stride % 16 == 0);
+}
+bool tile_kind(KvType t) { return t == KvType::f16 || t == KvType::bf16 || detail::kv_quantised(t); }
+
+// Calls fn with the cache kind as a constant (f16, bf16, fp8 or int8; the callers checked).
+template <typename Fn>
+void by_tile_kind(KvType type, Fn&& fn) {
+  switch (type) {
+    case KvType::fp8: fn(std::integral_constant<KvType, KvType::fp8>{}); break;
+    case KvType::int8: fn(std::integral_constant<KvType, KvType::int8>{}); break;
+    case KvType::bf16: fn(std::integral_constant<KvType, KvType::bf16>{}); break;
+    default: fn(std::integral_constant<KvType, KvType::f16>{}); break;
+  }
 }
 
 constexpr int kMlaNope = 128, kMlaRope = 64, kMlaV = 128;  // DeepSeek-V2, V2-Lite, V3 and R1
@@ -321,9 +371,9 @@ constexpr int kMlaNope = 128, kMlaRope = 64, kMlaV = 128;  // DeepSeek-V2, V2-Li
 
 bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim,
                                const PagedKv& kv) {
-  return b.one_sequence && b.tokens >= kMinTokens && (kv.type == KvType::f16 || kv.type == KvType::bf16) &&
-         (head_dim == 64 || head_dim == 128) && kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535 &&
-         aligned16(kv);
+  return b.one_sequence && b.tokens >= kMinTokens && tile_kind(kv.type) && (head_dim == 64 || head_dim == 128) &&
+         kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535 && aligned16(kv) &&
+         !(detail::kv_quantised(kv.type) && kv.rope_values != 0);
 }
 
 void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
@@ -335,21 +385,22 @@ void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
                      kv_heads, " heads of ", head_dim, ")"));
   KvRows rows;
   rows.paged = kv;
+  rows.kv_heads = static_cast<int>(kv_heads);
   const int64_t group = heads / kv_heads;
-  auto by_dim = [&](auto k) {
+  by_tile_kind(kv.type, [&](auto k) {
     constexpr KvType kType = decltype(k)::value;
     if (head_dim == 64) launch_flash<kType, true, 64, 64>(stream, rows, batch, q, heads, group, softmax_scale, out);
     else launch_flash<kType, true, 128, 128>(stream, rows, batch, q, heads, group, softmax_scale, out);
-  };
-  if (kv.type == KvType::f16) by_dim(std::integral_constant<KvType, KvType::f16>{});
-  else by_dim(std::integral_constant<KvType, KvType::bf16>{});
+  });
 }
 
 bool flash_mla_supported(const DeviceBatch& b, int64_t heads, int64_t nope, int64_t rope, int64_t v, int64_t kv_lora,
                          const PagedKv& kv) {
-  return b.one_sequence && b.tokens >= kMinTokens && (kv.type == KvType::f16 || kv.type == KvType::bf16) &&
-         nope == kMlaNope && rope == kMlaRope && v == kMlaV && kv_lora > 0 && kv_lora % 2 == 0 &&
-         kv.row_bytes >= (kv_lora + rope) * 2 && heads > 0 && heads <= 65535 && b.max_context > 0;
+  const bool quantised = detail::kv_quantised(kv.type);
+  const int64_t stored_row_bytes = quantised ? detail::quantised_row_bytes(kv_lora) + 2 * rope : (kv_lora + rope) * 2;
+  return b.one_sequence && b.tokens >= kMinTokens && tile_kind(kv.type) && nope == kMlaNope && rope == kMlaRope &&
+         v == kMlaV && kv_lora > 0 && kv_lora % 2 == 0 && kv.row_bytes >= stored_row_bytes &&
+         (!quantised || kv.rope_values == rope) && heads > 0 && heads <= 65535 && b.max_context > 0;
 }
 
 size_t flash_mla_scratch_bytes(const DeviceBatch& b, int64_t heads, int64_t kv_lora) {
@@ -374,7 +425,7 @@ void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& bat
   auto* k_rows = reinterpret_cast<uint16_t*>(expanded + n * heads * (nope + v));
   uint16_t* v_rows = k_rows + n * heads * (nope + rope);
   const unsigned blocks = detail::grid_dim(n, "flash_mla_prefill (positions)");
-  auto run = [&](auto k) {
+  by_tile_kind(kv.type, [&](auto k) {
     constexpr KvType kType = decltype(k)::value;
     gather_latent_kernel<kType><<<blocks, 128, 0, detail::native(stream)>>>(kv, batch, static_cast<int>(kv_lora), latent);
     detail::check_launch("flash_mla_prefill (latent)");
@@ -386,10 +437,9 @@ void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& bat
     rows.k = reinterpret_cast<const uint8_t*>(k_rows);
     rows.v = reinterpret_cast<const uint8_t*>(v_rows);
     rows.kv_heads = static_cast<int>(heads);
-    launch_flash<kType, false, kMlaNope + kMlaRope, kMlaV>(stream, rows, batch, q, heads, 1, softmax_scale, out);
-  };
-  if (kv.type == KvType::f16) run(std::integral_constant<KvType, KvType::f16>{});
-  else run(std::integral_constant<KvType, KvType::bf16>{});
+    launch_flash<detail::kv_tile_type(kType), false, kMlaNope + kMlaRope, kMlaV>(stream, rows, batch, q, heads, 1,
+                                                                               softmax_scale, out);
+  });
 }
 
 }  // namespace tandem::cuda

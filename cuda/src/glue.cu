@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kv_rows.cuh"
 #include "launch.cuh"
 #include "tandem/cuda/kernels.hpp"
 
@@ -38,6 +39,36 @@ __global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t
                                 (plane * block_tokens + slot % block_tokens) * row_bytes);
   const float* src = rows + t * row_stride;
   for (int64_t i = threadIdx.x; i < row_width; i += blockDim.x) dst[i] = encode<T>(src[i]);
+}
+
+// fp8/int8 rows as kv_quant_encode_row writes them: a warp per group of values (its absmax by a warp
+// reduction, the scale rounded up to f16, then the codes); the MLA rope tail after the scales in f16.
+template <KvType K>
+__global__ void kv_append_quantised_kernel(char* layer_base, int64_t block_tokens, int64_t block_stride,
+                                           int64_t row_bytes, int64_t plane, const int64_t* slots,
+                                           const int32_t* block_tables, int64_t table_stride, const float* rows,
+                                           int64_t row_stride, int64_t row_width, int64_t rope_values) {
+  const int64_t t = blockIdx.x;
+  const int64_t slot = slots[t];
+  const int32_t block = block_tables[t * table_stride + slot / block_tokens];
+  auto* dst = reinterpret_cast<uint8_t*>(layer_base + block * block_stride +
+                                         (plane * block_tokens + slot % block_tokens) * row_bytes);
+  const float* src = rows + t * row_stride;
+  const int64_t width = row_width - rope_values, group = kv_group_values(width), groups = width / group;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int64_t k = warp; k < groups; k += warps) {
+    const float* x = src + k * group;
+    float absmax = 0.f;
+    for (int64_t i = lane; i < group; i += 32) absmax = fmaxf(absmax, fabsf(x[i]));
+    absmax = detail::warp_max(absmax);
+    const uint16_t bits = detail::f16_round_up(__fdiv_rn(absmax, detail::kv_code_max<K>()));
+    if (lane == 0) detail::store_u16_bytes(dst + width + 2 * k, bits);
+    const float scale = detail::f16_bits_to_float(bits);
+    for (int64_t i = lane; i < group; i += 32) dst[k * group + i] = detail::encode_code<K>(x[i], scale);
+  }
+  uint8_t* tail = dst + detail::quantised_row_bytes(width);
+  for (int64_t i = threadIdx.x; i < rope_values; i += blockDim.x)
+    detail::store_u16_bytes(tail + 2 * i, __half_as_ushort(__float2half_rn(src[width + i])));
 }
 
 // Indices of the k largest values, ties to the lower index (as a stable partial sort).
@@ -202,6 +233,9 @@ void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plan
   if (tokens <= 0) return;
   if (layer_base == nullptr || slots == nullptr || block_tables == nullptr || table_stride <= 0)
     throw Error(ErrorKind::internal, "CUDA kv_append: missing KV planes, slots or block tables");
+  if (kv.rope_values < 0 || kv.rope_values >= row_width)
+    throw Error(ErrorKind::internal, text("CUDA kv_append: ", kv.rope_values, " f16 values at the end of a row of ",
+                                          row_width));
   const unsigned grid = detail::grid_dim(tokens, "kv_append");
   auto* base = static_cast<char*>(layer_base);
   cudaStream_t s = detail::native(stream);
@@ -221,9 +255,19 @@ void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plan
                                                                 plane, slots, block_tables, table_stride, rows,
                                                                 row_stride, row_width);
       break;
+    case KvType::fp8:
+      kv_append_quantised_kernel<KvType::fp8><<<grid, kThreads, 0, s>>>(
+          base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane, slots, block_tables, table_stride, rows,
+          row_stride, row_width, kv.rope_values);
+      break;
+    case KvType::int8:
+      kv_append_quantised_kernel<KvType::int8><<<grid, kThreads, 0, s>>>(
+          base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane, slots, block_tables, table_stride, rows,
+          row_stride, row_width, kv.rope_values);
+      break;
     default:
       throw Error(ErrorKind::unsupported, "CUDA kv_append: the KV type has no device kernel (use --kv-type f16, "
-                                          "bf16 or f32)");
+                                          "bf16, f32, fp8 or int8)");
   }
   detail::check_launch("kv_append");
 }

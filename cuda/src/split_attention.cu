@@ -5,12 +5,14 @@
 // splits. The split length depends only on the token's own context length, the KV heads and the
 // batch size (never on the capacity the batch was sized for), so a recorded pass and an eager one
 // split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way, its
-// blocks sharing each staged latent row among eight query heads.
+// blocks sharing each staged latent row among eight query heads. fp8/int8 rows are dequantised as
+// they are loaded (each code times its group's f16 scale, in registers or the staged tile).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 
+#include "kv_rows.cuh"
 #include "launch.cuh"
 #include "split_attention.cuh"
 
@@ -21,9 +23,17 @@ constexpr int kPositionsInFlight = 4;
 constexpr int64_t kSplitQuantum = 16;  // positions; splits start on block_tokens-sized boundaries
 constexpr int64_t kTargetBlocks = 528;  // ~4 blocks per SM of an H200
 
-// D consecutive values of a K or V row as floats (one vector load of D elements).
+// Values [first, first + D) of a K or V row as floats: one vector load of D elements, or for fp8/int8
+// D codes and their group's scale (D divides the 32-value groups: head_dim is 64, 128 or 256).
 template <KvType K, int D>
-__device__ __forceinline__ void load_slice(const uint8_t* p, float* out) {
+__device__ __forceinline__ void load_slice(const uint8_t* row, int64_t first, int64_t width, float* out) {
+  if constexpr (kv_quantised(K)) {
+    const float scale = group_scale(row, width, first / kKvGroupValues);
+#pragma unroll
+    for (int i = 0; i < D; ++i) out[i] = code_value<K>(row[first + i]) * scale;
+    return;
+  }
+  const uint8_t* p = row + first * (K == KvType::f32 ? 4 : 2);
   if constexpr (K == KvType::f32) {
 #pragma unroll
     for (int i = 0; i < D; i += 2) {
@@ -89,8 +99,7 @@ __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int6
     qv[i] = qh[i];
     acc[i] = 0.f;
   }
-  constexpr int kElem = K == KvType::f32 ? 4 : 2;
-  const int64_t slice = (g * head_dim + lane * D) * kElem;  // this lane's bytes within a row
+  const int64_t first = g * head_dim + lane * D, width = kv_heads * head_dim;  // this lane's values of a row
   const int32_t* table = batch.block_tables + t * batch.table_stride;
   const auto* base = static_cast<const uint8_t*>(kv.layer_base);
   float m = -INFINITY, l = 0.f;
@@ -102,8 +111,8 @@ __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int6
     for (int p = 0; p < kPositionsInFlight; ++p) {
       const int64_t s = s0 + p < end ? s0 + p : end - 1;
       const int64_t slot = s % kv.block_tokens;
-      load_slice<K, D>(blk + slot * kv.row_bytes + slice, kx[p]);
-      load_slice<K, D>(blk + (kv.block_tokens + slot) * kv.row_bytes + slice, vx[p]);
+      load_slice<K, D>(blk + slot * kv.row_bytes, first, width, kx[p]);
+      load_slice<K, D>(blk + (kv.block_tokens + slot) * kv.row_bytes, first, width, vx[p]);
     }
     float score[kPositionsInFlight];
     float step_max = m;
@@ -201,13 +210,6 @@ size_t mla_shared_bytes(int64_t width) {
 }
 
 template <KvType K>
-__device__ __forceinline__ float kv_value(const uint8_t* row, int i) {
-  if constexpr (K == KvType::f32) return reinterpret_cast<const float*>(row)[i];
-  else if constexpr (K == KvType::f16) return __half2float(reinterpret_cast<const __half*>(row)[i]);
-  else return __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[i]) << 16);
-}
-
-template <KvType K>
 __global__ void __launch_bounds__(kMlaThreads)
     mla_split_kernel(PagedKv kv, DeviceBatch batch, const float* q_latent, const float* q_rope, int64_t heads,
                      int kv_lora, int rope_dim, float softmax_scale, int64_t target_splits, int64_t split_stride,
@@ -245,7 +247,7 @@ __global__ void __launch_bounds__(kMlaThreads)
       const int64_t s = s0 + p;
       const uint8_t* row = base + static_cast<int64_t>(table[s / kv.block_tokens]) * kv.block_stride +
                            (s % kv.block_tokens) * kv.row_bytes;  // plane 0
-      for (int c = lane; c < width; c += 32) ks[p * ld + c] = kv_value<K>(row, c);
+      for (int c = lane; c < width; c += 32) ks[p * ld + c] = kv_value<K>(row, c, kv_lora);
     }
     __syncthreads();
     float score = -INFINITY;
@@ -303,7 +305,8 @@ __global__ void __launch_bounds__(kMlaThreads)
 
 bool split_attention_supported(int64_t tokens, int64_t heads, int64_t kv_heads, int64_t head_dim,
                                const PagedKv& kv) {
-  const bool type = kv.type == KvType::f32 || kv.type == KvType::f16 || kv.type == KvType::bf16;
+  const bool type = kv.type == KvType::f32 || kv.type == KvType::f16 || kv.type == KvType::bf16 ||
+                    kv_quantised(kv.type);
   return type && (head_dim == 64 || head_dim == 128 || head_dim == 256) && kv_heads > 0 && heads % kv_heads == 0 &&
          heads / kv_heads <= 32 && kv.block_tokens % kSplitQuantum == 0 && tokens <= 65535 && kv_heads <= 65535;
 }
@@ -327,9 +330,13 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
     else if (head_dim == 128) launch(k, std::integral_constant<int, 4>{});
     else launch(k, std::integral_constant<int, 8>{});
   };
-  if (kv.type == KvType::f32) by_dim(std::integral_constant<KvType, KvType::f32>{});
-  else if (kv.type == KvType::f16) by_dim(std::integral_constant<KvType, KvType::f16>{});
-  else by_dim(std::integral_constant<KvType, KvType::bf16>{});
+  switch (kv.type) {
+    case KvType::f32: by_dim(std::integral_constant<KvType, KvType::f32>{}); break;
+    case KvType::f16: by_dim(std::integral_constant<KvType, KvType::f16>{}); break;
+    case KvType::fp8: by_dim(std::integral_constant<KvType, KvType::fp8>{}); break;
+    case KvType::int8: by_dim(std::integral_constant<KvType, KvType::int8>{}); break;
+    default: by_dim(std::integral_constant<KvType, KvType::bf16>{}); break;
+  }
   check_launch("gqa_attention (splits)");
   if (slots > 1) {
     merge_kernel<<<grid_dim(batch.tokens * heads, "gqa_attention (merge)"), 128, 0, native(stream)>>>(
@@ -339,7 +346,8 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
 }
 
 bool split_mla_supported(int64_t tokens, int64_t heads, int64_t kv_lora, int64_t rope_dim, const PagedKv& kv) {
-  const bool type = kv.type == KvType::f32 || kv.type == KvType::f16 || kv.type == KvType::bf16;
+  const bool type = kv.type == KvType::f32 || kv.type == KvType::f16 || kv.type == KvType::bf16 ||
+                    kv_quantised(kv.type);
   return type && kv_lora > 0 && kv_lora <= kMlaMaxValues * kMlaThreads && rope_dim >= 0 &&
          kv_lora + rope_dim <= kMlaMaxWidth && tokens <= 65535 && mla_groups(heads) <= 65535;
 }
@@ -366,9 +374,13 @@ void split_mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
                                                           static_cast<int>(kv_lora), static_cast<int>(rope_dim),
                                                           softmax_scale, target, slots, scratch, out);
   };
-  if (kv.type == KvType::f32) launch(std::integral_constant<KvType, KvType::f32>{});
-  else if (kv.type == KvType::f16) launch(std::integral_constant<KvType, KvType::f16>{});
-  else launch(std::integral_constant<KvType, KvType::bf16>{});
+  switch (kv.type) {
+    case KvType::f32: launch(std::integral_constant<KvType, KvType::f32>{}); break;
+    case KvType::f16: launch(std::integral_constant<KvType, KvType::f16>{}); break;
+    case KvType::fp8: launch(std::integral_constant<KvType, KvType::fp8>{}); break;
+    case KvType::int8: launch(std::integral_constant<KvType, KvType::int8>{}); break;
+    default: launch(std::integral_constant<KvType, KvType::bf16>{}); break;
+  }
   check_launch("mla_attention (splits)");
   if (slots > 1) {
     merge_kernel<<<grid_dim(batch.tokens * heads, "mla_attention (merge)"), 128, 0, native(stream)>>>(

@@ -1,7 +1,7 @@
 #pragma once
 // Split-K decode attention (split_attention.cu), which gqa_attention uses for the shapes it supports
-// (head_dim 64/128/256, at most 32 query heads per KV head, f32/f16/bf16 cache) and mla_attention for
-// latents of at most 1024 values (f32/f16/bf16 cache).
+// (head_dim 64/128/256, at most 32 query heads per KV head, f32/f16/bf16/fp8/int8 cache) and
+// mla_attention for latents of at most 1024 values (any cache kind but int4).
 #include <cstdint>
 
 #include "tandem/cuda/kernels.hpp"

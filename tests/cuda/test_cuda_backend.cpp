@@ -386,7 +386,7 @@ TEST_CASE("cuda MLA attention over the latent cache in VRAM equals the CPU refer
 
 TEST_CASE("cuda kv_append and copy-on-write keep the VRAM planes equal to the host pool's", "[cuda]") {
   if (!have_gpu()) return;
-  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16}) {
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8}) {
     Backends b;
     const int64_t heads = 4, kv_heads = 2, head_dim = 32;
     AttentionSetup s(KvLayout::gqa, type, 2 * kv_heads * head_dim, 1);
@@ -407,15 +407,15 @@ TEST_CASE("cuda kv_append and copy-on-write keep the VRAM planes equal to the ho
     INFO(kv_type_name(type));
     CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < 1e-5);
   }
-  // Quantised KV types have no device kernels: a clear error naming the flag.
+  // int4 has no device kernels: a clear error naming the flag.
   Backends b;
-  KvPool pool(KvPoolSpec{KvLayout::gqa, 1, 64, 16, 4, Device::cpu(), KvType::int8});
+  KvPool pool(KvPoolSpec{KvLayout::gqa, 1, 64, 16, 4, Device::cpu(), KvType::int4});
   try {
     b.gpu->kv_attach(pool, 0);
-    FAIL("an int8 KV pool was attached to the GPU");
+    FAIL("an int4 KV pool was attached to the GPU");
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::unsupported);
-    CHECK(std::string(e.what()).find("--kv-type") != std::string::npos);
+    CHECK(std::string(e.what()).find("--kv-type int8, fp8") != std::string::npos);
   }
 }
 

@@ -14,6 +14,7 @@
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/formats/gguf.hpp"
+#include "tandem/kv/kv_type.hpp"
 
 using namespace tandem;
 
@@ -193,22 +194,26 @@ TEST_CASE("cuda rms_norm and silu_glu match the CPU formulas", "[cuda]") {
 namespace {
 
 // A paged cache of `tokens` sequences, each at its own context (contexts[t] positions filled with
-// random rows; block ids shuffled so a sequence's blocks are not contiguous).
+// random rows; block ids shuffled so a sequence's blocks are not contiguous). fp8/int8 rows are
+// encoded by the CPU's kv_encode_row, their last rope_values values in f16 (as KvPool writes MLA rows).
 struct RandomPagedCache {
   cuda::DeviceBuffer planes, positions, tables;
   cuda::PagedKv kv;
   cuda::DeviceBatch batch;
 };
 RandomPagedCache random_paged_cache(KvType type, const std::vector<int64_t>& contexts, int64_t row_values,
-                                    uint32_t seed) {
+                                    uint32_t seed, int64_t rope_values = 0) {
   RandomPagedCache c;
   const int64_t bt = 16, elem = type == KvType::f32 ? 4 : 2;
+  const bool quantised = type == KvType::fp8 || type == KvType::int8;
+  const int64_t coded = row_values - rope_values;
   int64_t stride = 1, max_context = 1;
   for (int64_t n : contexts) stride = std::max(stride, (n + bt - 1) / bt), max_context = std::max(max_context, n);
   const auto tokens = static_cast<int64_t>(contexts.size()), blocks = tokens * stride;
   c.kv.type = type;
   c.kv.block_tokens = bt;
-  c.kv.row_bytes = row_values * elem;
+  c.kv.row_bytes = quantised ? static_cast<int64_t>(kv_row_bytes(type, coded)) + 2 * rope_values : row_values * elem;
+  c.kv.rope_values = quantised ? rope_values : 0;
   c.kv.block_stride = 2 * bt * c.kv.row_bytes;
   std::mt19937 rng(seed);
   std::vector<int32_t> ids(static_cast<size_t>(blocks));
@@ -217,7 +222,14 @@ RandomPagedCache random_paged_cache(KvType type, const std::vector<int64_t>& con
   // Values as the type stores them: f32 floats, or 16-bit halves/bfloats of small normal values.
   const auto values = random_floats(static_cast<size_t>(blocks * 2 * bt * row_values), seed + 1);
   std::vector<uint8_t> bytes(values.size() * static_cast<size_t>(elem));
-  for (size_t i = 0; i < values.size(); ++i) {
+  if (quantised) bytes.assign(static_cast<size_t>(blocks * 2 * bt * c.kv.row_bytes), 0);
+  for (size_t r = 0; quantised && r < static_cast<size_t>(blocks * 2 * bt); ++r) {
+    uint8_t* row = bytes.data() + r * static_cast<size_t>(c.kv.row_bytes);
+    const float* v = values.data() + r * static_cast<size_t>(row_values);
+    kv_encode_row(type, v, row, coded);
+    kv_encode_row(KvType::f16, v + coded, row + kv_row_bytes(type, coded), rope_values);
+  }
+  for (size_t i = 0; !quantised && i < values.size(); ++i) {
     if (type == KvType::f32) {
       std::memcpy(bytes.data() + 4 * i, &values[i], 4);
     } else {
@@ -254,7 +266,7 @@ TEST_CASE("cuda split-K GQA attention equals the one-block-per-head kernel at ev
     int64_t heads, kv_heads, head_dim;
   };
   const std::vector<std::vector<int64_t>> batches = {{1}, {17}, {300}, {5000}, {3, 64, 1000}, {40000}};
-  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16})
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8})
     for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 256}})
       for (const auto& contexts : batches) {
         if (contexts.size() == 1 && contexts[0] == 40000 && (type != KvType::f16 || s.head_dim != 128)) continue;
@@ -291,9 +303,10 @@ namespace {
 // One sequence's prompt chunk over a paged cache: positions [0, start + tokens) filled with random
 // rows in shuffled blocks; token t sits at position start + t, and every token's table row is the
 // sequence's one table (as the forward pass uploads it).
-RandomPagedCache one_sequence_cache(KvType type, int64_t start, int64_t tokens, int64_t row_values, uint32_t seed) {
+RandomPagedCache one_sequence_cache(KvType type, int64_t start, int64_t tokens, int64_t row_values, uint32_t seed,
+                                    int64_t rope_values = 0) {
   const int64_t n = start + tokens;
-  RandomPagedCache c = random_paged_cache(type, {n}, row_values, seed);
+  RandomPagedCache c = random_paged_cache(type, {n}, row_values, seed, rope_values);
   std::vector<int32_t> table(static_cast<size_t>(c.batch.table_stride));
   c.tables.download(table.data(), table.size() * 4);
   std::vector<int32_t> rows;
@@ -324,7 +337,7 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
   struct Chunk {
     int64_t start, tokens;
   };
-  for (KvType type : {KvType::f16, KvType::bf16})
+  for (KvType type : {KvType::f16, KvType::bf16, KvType::fp8, KvType::int8})
     // Qwen3-30B-A3B (32/4 × 128), plain MHA at 64, a wide group, two KV heads of 64
     for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 64}})
       // whole tiles, a partial last tile, a chunk after a cached prefix (not tile-aligned), a long prompt
@@ -356,8 +369,9 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
                                 << mean_err << " of " << max_ref);
         CHECK(max_ref > 0);
         CHECK(std::isfinite(max_err));
-        // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8.
-        CHECK(max_err <= (type == KvType::f16 ? 2e-3 : 1.5e-2) * max_ref);
+        // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8; fp8/int8 K and V are
+        // dequantised into f16 tiles (one more f16 rounding each: at most twice the f16 cache's error).
+        CHECK(max_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 4e-3) * max_ref);
       }
 }
 
@@ -368,11 +382,11 @@ TEST_CASE("cuda flash MLA prefill equals the absorbed float32 path within its op
     int64_t start, tokens;
   };
   const int64_t nope = 128, rope = 64, v = 128, kv_lora = 512;
-  for (KvType type : {KvType::f16, KvType::bf16})
+  for (KvType type : {KvType::f16, KvType::bf16, KvType::fp8, KvType::int8})
     for (int64_t heads : {16, 128})  // DeepSeek-V2-Lite's and V3's heads
       for (Chunk ch : {Chunk{0, 64}, Chunk{0, 300}, Chunk{90, 200}}) {
         if (heads == 128 && ch.tokens != 300) continue;
-        RandomPagedCache c = one_sequence_cache(type, ch.start, ch.tokens, kv_lora + rope, 21);
+        RandomPagedCache c = one_sequence_cache(type, ch.start, ch.tokens, kv_lora + rope, 21, rope);
         REQUIRE(cuda::flash_mla_supported(c.batch, heads, nope, rope, v, kv_lora, c.kv));
         const int64_t T = ch.tokens;
         const auto q = random_floats(static_cast<size_t>(T * heads * (nope + rope)), 22);
@@ -416,8 +430,9 @@ TEST_CASE("cuda flash MLA prefill equals the absorbed float32 path within its op
                                 << " of " << max_ref);
         CHECK(max_ref > 0);
         CHECK(std::isfinite(max_err));
-        // K, V, Q and P in the cache's type (the expanded K and V are rounded once more than the latent).
-        CHECK(max_err <= (type == KvType::f16 ? 4e-3 : 3e-2) * max_ref);
+        // K, V, Q and P in the cache's type (the expanded K and V are rounded once more than the latent);
+        // fp8/int8: the dequantised latent is exact, the tiles f16.
+        CHECK(max_err <= (type == KvType::bf16 ? 3e-2 : 4e-3) * max_ref);
       }
 }
 
@@ -446,12 +461,12 @@ TEST_CASE("cuda split-K MLA attention equals the one-block-per-head kernel", "[c
   std::vector<int64_t> prefill;  // a 200-token chunk: token i sees i + 1 positions
   for (int64_t i = 1; i <= 200; ++i) prefill.push_back(i);
   const std::vector<std::vector<int64_t>> batches = {{1}, {17}, {300}, {5000}, {3, 64, 1000}, prefill};
-  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16})
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8})
     // DeepSeek-V3 (128 heads), V2-Lite (16), the tiny fixtures' latent (64 + 16), a partial head group
     for (Shape s : {Shape{128, 512, 64}, Shape{16, 512, 64}, Shape{4, 64, 16}, Shape{12, 256, 32}})
       for (const auto& contexts : batches) {
         if (contexts.size() > 3 && s.heads > 16) continue;  // the long chunk once per small shape is enough
-        RandomPagedCache c = random_paged_cache(type, contexts, s.kv_lora + s.rope, 7);
+        RandomPagedCache c = random_paged_cache(type, contexts, s.kv_lora + s.rope, 7, s.rope);
         const auto tokens = static_cast<int64_t>(contexts.size());
         const auto ql = random_floats(static_cast<size_t>(tokens * s.heads * s.kv_lora), 8);
         const auto qr = random_floats(static_cast<size_t>(tokens * s.heads * s.rope), 9);

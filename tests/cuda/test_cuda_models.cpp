@@ -23,12 +23,13 @@ namespace {
 
 // Prefill on the GPU in float32-accurate tiles unless prefill_bf16 (the bf16 tiles have their own test).
 std::unique_ptr<Engine> load(const std::string& path, const std::string& placement, int64_t defer_experts = 0,
-                             int64_t stream_experts_min_tokens = 0, bool prefill_bf16 = false) {
+                             int64_t stream_experts_min_tokens = 0, bool prefill_bf16 = false,
+                             KvType kv_type = KvType::f32) {
   LoadOptions o;
   o.cuda_prefill_bf16 = prefill_bf16;
   o.stream_experts_min_tokens = stream_experts_min_tokens;
   o.defer_experts = defer_experts;
-  o.kv_type = KvType::f32;
+  o.kv_type = kv_type;
   o.max_context_tokens = 512;
   o.max_sessions = 1;
   o.kv_block_tokens = 16;
@@ -85,20 +86,21 @@ std::vector<std::vector<int32_t>> prompts(const std::string& folder) {
 
 void check_model(const std::string& path, const std::string& folder,
                  const std::vector<std::string>& placements = {"*=cuda:0", "experts=cpu,*=cuda:0",
-                                                                "attention=cuda:0,*=cpu"}) {
-  const auto cpu = load(path, "*=cpu");
+                                                                "attention=cuda:0,*=cpu"},
+                 KvType kv_type = KvType::f32) {
+  const auto cpu = load(path, "*=cpu", 0, 0, false, kv_type);
   const int64_t vocab = cpu->config().vocab_size;
   const auto all_prompts = prompts(folder);
   for (const std::string& placement : placements) {
-    const auto gpu = load(path, placement);
+    const auto gpu = load(path, placement, 0, 0, false, kv_type);
     for (size_t k = 0; k < all_prompts.size(); ++k) {
       const auto expected = prompt_logits(*cpu, all_prompts[k]);
       const auto got = prompt_logits(*gpu, all_prompts[k]);
-      INFO(path << " --placement '" << placement << "' prompt " << k);
+      INFO(path << " --placement '" << placement << "' --kv-type " << kv_type_name(kv_type) << " prompt " << k);
       CHECK(relative_error(got, expected) <= 1e-3);
       CHECK(argmax_mismatches(got, expected, vocab) == 0);
     }
-    INFO(path << " --placement '" << placement << "' greedy");
+    INFO(path << " --placement '" << placement << "' --kv-type " << kv_type_name(kv_type) << " greedy");
     CHECK(greedy(*gpu, all_prompts[0], 24) == greedy(*cpu, all_prompts[0], 24));
   }
 }
@@ -117,6 +119,21 @@ TEST_CASE("cuda whole model: tiny DeepSeek-V3 (MLA, F32 and Q8_0) on cuda:0 equa
   const std::string folder = test::data_dir() + "/tiny-deepseekv3";
   check_model(folder, folder);
   check_model(folder + "/deepseekv3-q8_0.gguf", folder);
+}
+
+// A quantised cache on both sides: the GPU encodes the rows the CPU would (the same codes, up to the
+// float rounding of the K/V projections feeding them) and attends over the same dequantised values.
+TEST_CASE("cuda whole model: fp8 and int8 KV in VRAM equal the CPU with the same KV type", "[cuda][model][kv]") {
+  if (!have_gpu()) return;
+  const std::vector<std::string> all_gpu = {"*=cuda:0"};
+  for (KvType type : {KvType::fp8, KvType::int8}) {
+    for (const std::string name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+      const std::string folder = test::data_dir() + "/" + name;
+      check_model(folder, folder, all_gpu, type);
+    }
+    const std::string trained = test::data_dir() + "/trained-qwen3moe";  // head_dim 64: split-K decode
+    check_model(trained + "/qwen3moe-q4_k_m.gguf", trained, all_gpu, type);
+  }
 }
 
 // Mean negative log-likelihood of each next id under the logits of the position before it.
@@ -250,12 +267,13 @@ TEST_CASE("cuda automatic pass size: 4096 tokens when every MoE layer's experts 
   CHECK(pass_tokens("*=cpu") == LoadOptions::kDefaultBatchTokens);
 }
 
-TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CPU; other KV options are refused",
+TEST_CASE("cuda whole model: f16/bf16/fp8/int8 KV in VRAM with prefix reuse equals the CPU; other KV options are "
+          "refused",
           "[cuda][model]") {
   if (!have_gpu()) return;
   const std::string folder = test::data_dir() + "/tiny-qwen3moe";
   const std::vector<int32_t> prompt = {1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11, 120, 13, 14, 150, 16, 17};
-  for (KvType type : {KvType::f16, KvType::bf16}) {
+  for (KvType type : {KvType::f16, KvType::bf16, KvType::fp8, KvType::int8}) {
     auto options = [&](const std::string& placement) {
       LoadOptions o;
       o.kv_type = type;
@@ -303,10 +321,10 @@ TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CP
   o.max_sessions = 1;
   o.load_tokenizer = false;
   o.placement = "*=cuda:0";
-  o.kv_type = KvType::int8;
+  o.kv_type = KvType::int4;
   try {
     (void)Engine::load(folder, o);
-    FAIL("an int8 KV cache with attention on cuda:0 loaded");
+    FAIL("an int4 KV cache with attention on cuda:0 loaded");
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::unsupported);
     CHECK(std::string(e.what()).find("--kv-type") != std::string::npos);

@@ -77,12 +77,16 @@ void head_norm_rope(Stream& stream, float* data, int64_t rows, int64_t heads, in
 
 // One layer of a paged KV cache as the attention kernels read it: block id b's rows of plane p,
 // slot s are at layer_base + b·block_stride + (p·block_tokens + s)·row_bytes (the KvPool layout).
+// An fp8/int8 row is its codes, then its f16 group scales (kv_quant.hpp), then rope_values values in
+// f16: the MLA rope key (KvPoolSpec::rope_values), which stays unquantised. The kernels read the codes
+// and scales in place (no dequantised copy of the cache); int4 has no CUDA kernel.
 struct PagedKv {
   const void* layer_base = nullptr;
   KvType type = KvType::f32;
   int64_t block_tokens = 16;
   int64_t block_stride = 0;  // bytes
   int64_t row_bytes = 0;
+  int64_t rope_values = 0;  // fp8/int8 MLA rows only; 0 otherwise
 };
 
 // The tokens of a batch on the device: token t sits at positions[t] of the sequence whose block ids
@@ -119,9 +123,10 @@ int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_
 // Causal GQA attention of one sequence's prompt chunk on the tensor cores (flash attention: a block
 // per 64 query tokens and head, 64-position K/V tiles copied as stored into shared memory, online
 // softmax in float32, mma.sync for Q·Kᵀ and P·V). Q and the probabilities are rounded to the cache's
-// type (f16: 2⁻¹¹, bf16: 2⁻⁸ relative); K and V are used exactly. Applies when
-// flash_attention_supported: batch.one_sequence, at least 64 tokens, an f16 or bf16 cache, head_dim
-// 64 or 128, 16-byte aligned rows. No scratch.
+// type (f16: 2⁻¹¹, bf16: 2⁻⁸ relative); K and V are used exactly (fp8/int8: dequantised into f16 tiles,
+// 2⁻¹¹ relative, and Q and P in f16). Applies when flash_attention_supported: batch.one_sequence, at
+// least 64 tokens, an f16, bf16, fp8 or int8 cache, head_dim 64 or 128, 16-byte aligned f16/bf16 rows.
+// No scratch.
 bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim,
                                const PagedKv& kv);
 void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
@@ -130,7 +135,7 @@ void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
 // MLA attention of one sequence's prompt chunk in multi-head form on the tensor cores: the context's
 // latent rows (positions [0, batch.max_context), max_context = the last token's position + 1) are
 // expanded through kv_b (`math`) into per-head K = [k_nope | cached k_rope] and V rows in the cache's
-// type, then flash_gqa_attention's kernel runs with one KV head per query head. q [tokens,
+// 16-bit type (f16 for an fp8/int8 cache, whose rope key is stored in f16), then flash_gqa_attention's kernel runs with one KV head per query head. q [tokens,
 // heads·(nope + rope)] (rope part rotated, unabsorbed); out [tokens, heads·v]: what
 // mla_absorb_query, mla_attention and mla_expand_values give together. Applies when
 // flash_mla_supported: as flash_attention_supported, and DeepSeek's nope 128, rope 64, v 128.
@@ -144,7 +149,7 @@ void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& bat
 
 // Absorbed MLA attention over the latent cache (one plane: kv_lora latent then rope key).
 // q_latent [tokens, heads, kv_lora], q_rope [tokens, heads, rope_dim]; out [tokens, heads, kv_lora].
-// Latents of at most 1024 values in an f32/f16/bf16 cache run as split-K flash decoding (a block per
+// Latents of at most 1024 values (any cache kind but int4) run as split-K flash decoding (a block per
 // token, group of 8 heads and split of the positions, each staged row shared by the group); others,
 // and mla_attention_unsplit always, one block per (token, head). scores: mla_attention_scratch_floats.
 void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
@@ -219,7 +224,8 @@ void weighted_sum_slots(Stream& stream, const float* slots, const float* weights
 
 // Writes row t of rows (row_stride floats apart, row_width values) into slot slots[t] of its
 // sequence, plane `plane`: block block_tables[t·table_stride + slots[t] / block_tokens], converted
-// to kv.type (f32, f16 or bf16; round to nearest even). Error(unsupported) for other types.
+// to kv.type: f32, f16 or bf16 (round to nearest even), or fp8/int8 rows byte for byte as the CPU's
+// kv_quant_encode_row writes them (the last kv.rope_values values in f16). Error(unsupported) for int4.
 void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t tokens,
                const int64_t* slots, const int32_t* block_tables, int64_t table_stride, const float* rows,
                int64_t row_stride, int64_t row_width);
