@@ -394,6 +394,9 @@ class CpuEngine final : public Engine {
     for (const auto& [index, gpu] : gpu_backends_)
       if (const uint64_t bytes = cuda_backend_kv_bytes(*gpu); bytes > 0)
         r.lines.push_back({"KV cache", Device::cuda(index).to_string(), bytes, false});
+    // Their prefix cache's blocks freed from VRAM, in pinned host memory.
+    if (prefix_cache_ && prefix_cache_->host() && prefix_cache_->host()->bytes() > 0)
+      r.lines.push_back({"KV host tier", Device::cpu().to_string(), prefix_cache_->host()->bytes(), false});
     return r;
   }
 

@@ -386,6 +386,10 @@ TEST_CASE("cuda whole model: a prefix evicted from VRAM to the host or disk tier
       CHECK(host.loaded == 5);
       CHECK(host.stored >= 6);
       CHECK_FALSE(engine->kv_disk_stats().has_value());
+      uint64_t reported = 0;
+      for (const auto& line : engine->memory_report().lines)
+        if (line.what == "KV host tier" && line.device == "cpu") reported += line.bytes;
+      CHECK(reported == host.capacity_bytes);
     }
   }
   std::filesystem::remove_all(disk_dir);

@@ -53,6 +53,7 @@ class KvHostTier {
   void touch(uint64_t key);
   void clear();  // drops every block
   KvHostStats stats() const;
+  uint64_t bytes() const { return memory_.bytes(); }  // its pinned memory, fixed at construction
 
  private:
   struct Entry {
