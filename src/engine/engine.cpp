@@ -454,7 +454,13 @@ class CpuEngine final : public Engine {
   PrefixCacheCounts prefix_cache_counts() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_) return {};
-    return {prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks(), prefix_hit_tokens_};
+    PrefixCacheCounts counts{prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks(), prefix_hit_tokens_};
+    if (const KvHostTier* host = prefix_cache_->host()) {
+      const KvHostStats s = host->stats();
+      counts.host_tier_blocks = s.blocks;
+      counts.host_tier_loaded_blocks = s.loaded;
+    }
+    return counts;
   }
 
  private:

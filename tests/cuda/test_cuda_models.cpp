@@ -328,7 +328,8 @@ TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CP
 // The VRAM pool holds one prompt: a second one evicts the first's cached blocks, which go to the
 // host tier (pinned memory) or, with none, stay on the SSD tier; the first prompt again adopts
 // them from there (copied back into VRAM) and its logits equal those of its cold run bit for bit
-// (4-token passes both times: the same kernels over the same KV bytes).
+// (4-token passes both times: the same kernels over the same KV bytes). The SSD records are a CPU
+// pool's too: an engine with attention on the CPU adopts them, its logits within 1e-3 of the GPU's.
 TEST_CASE("cuda whole model: a prefix evicted from VRAM to the host or disk tier and adopted back gives the cold "
           "run's logits bit for bit",
           "[cuda][model][kv]") {
@@ -379,6 +380,17 @@ TEST_CASE("cuda whole model: a prefix evicted from VRAM to the host or disk tier
       CHECK_FALSE(engine->kv_host_stats().has_value());
       REQUIRE(engine->kv_disk_stats().has_value());
       CHECK(engine->kv_disk_stats()->loaded == 5);
+      // The records are the ones a CPU pool writes: an engine with attention on the CPU adopts them.
+      LoadOptions on_cpu = o;
+      on_cpu.placement = "*=cpu";
+      const auto cpu_engine = Engine::load(folder, on_cpu);
+      CHECK(cpu_engine->kv_disk_stats()->found_at_start >= 6);
+      auto session = cpu_engine->new_session();
+      session->prefill(first);
+      CHECK(session->cached_prompt_tokens() == 20);
+      CHECK(cpu_engine->kv_disk_stats()->loaded == 5);
+      CHECK(cpu_engine->kv_disk_stats()->rejected_foreign == 0);
+      CHECK(relative_error(session->logits(), cold) <= 1e-3);
     } else {
       REQUIRE(engine->kv_host_stats().has_value());
       const KvHostStats host = *engine->kv_host_stats();
@@ -390,6 +402,9 @@ TEST_CASE("cuda whole model: a prefix evicted from VRAM to the host or disk tier
       for (const auto& line : engine->memory_report().lines)
         if (line.what == "KV host tier" && line.device == "cpu") reported += line.bytes;
       CHECK(reported == host.capacity_bytes);
+      const PrefixCacheCounts counts = engine->prefix_cache_counts();
+      CHECK(counts.host_tier_blocks == host.blocks);
+      CHECK(counts.host_tier_loaded_blocks == 5);
     }
   }
   std::filesystem::remove_all(disk_dir);

@@ -38,6 +38,10 @@ struct PrefixCacheCounts {
   int64_t blocks = 0;                     // blocks it keeps
   int64_t blocks_held_only_by_cache = 0;  // of those, blocks no sequence or session holds too
   int64_t hit_tokens = 0;                 // tokens sessions and sequences adopted from it since load
+  // Its host tier (attention on a GPU, LoadOptions::kv_host_bytes; 0 without one): blocks held, and
+  // blocks copied back from it into the KV pool since load.
+  int64_t host_tier_blocks = 0;
+  int64_t host_tier_loaded_blocks = 0;
 };
 
 struct LoadOptions {
