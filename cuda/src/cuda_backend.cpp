@@ -734,8 +734,9 @@ class CudaBackend final : public Backend {
     stream_.make_current();
     const size_t bytes = layer_block_bytes(*kv_);
     for (auto& [layer, buffer] : kv_layers_)
-      stream_.copy_to_host_async(host + static_cast<size_t>(layer) * bytes,
-                                 static_cast<const std::byte*>(buffer.data()) + static_cast<size_t>(block) * bytes, bytes);
+      stream_.copy_to_host_async(
+          host + static_cast<size_t>(layer) * bytes,
+          static_cast<const std::byte*>(buffer.data()) + static_cast<size_t>(block) * bytes, bytes);
     stream_.synchronize();
   }
   void kv_block_from_host(int32_t block, const std::byte* host) {
@@ -751,7 +752,9 @@ class CudaBackend final : public Backend {
     explicit KvBlockTransfer(CudaBackend& backend) : backend_(backend) {}
     bool holds_layer(int64_t layer) const override { return backend_.kv_layers_.contains(layer); }
     void to_host(int32_t block, std::byte* host) override { backend_.kv_block_to_host(block, host); }
-    void from_host(int32_t block, const std::byte* host) override { backend_.kv_block_from_host(block, host); }
+    void from_host(int32_t block, const std::byte* host) override {
+      backend_.kv_block_from_host(block, host);
+    }
 
    private:
     CudaBackend& backend_;

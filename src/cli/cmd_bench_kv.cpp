@@ -36,9 +36,10 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--kv-disk", opt.disk_dir,
                  "directory for the SSD tier's records (a fresh subdirectory, removed afterwards; default: the "
                  "system's temporary directory, often tmpfs — memory, not a disk)");
-  sub.add_option("--placement", opt.placement,
-                 "where weights and attention run, as for run (e.g. '*=cuda:0'); with attention on a GPU the prefix "
-                 "is also timed from VRAM (ttft_device_s), and the host figure reads it from pinned host memory");
+  sub.add_option(
+      "--placement", opt.placement,
+      "where weights and attention run, as for run (e.g. '*=cuda:0'); with attention on a GPU the prefix "
+      "is also timed from VRAM (ttft_device_s), and the host figure reads it from pinned host memory");
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     KvBenchOptions o = flags->options;
@@ -81,9 +82,9 @@ CommandRun setup(CLI::App& sub) {
     fmt::print("| cold | {:.4f} | 1.00x | | {:.2f} |\n", r.ttft_cold_s, r.decode_tok_s_cold);
     if (r.device_tier) {
       const double device_speedup = r.ttft_cold_s / r.ttft_device_s;
-      fmt::print("| device ({} of {} cached in VRAM) | {:.4f} | {:.2f}x | {:.2f} | {:.2f} |\n", r.cached_tokens,
-                 o.prompt_tokens, r.ttft_device_s, device_speedup, device_speedup / r.speedup_limit,
-                 r.decode_tok_s_device);
+      fmt::print("| device ({} of {} cached in VRAM) | {:.4f} | {:.2f}x | {:.2f} | {:.2f} |\n",
+                 r.cached_tokens, o.prompt_tokens, r.ttft_device_s, device_speedup,
+                 device_speedup / r.speedup_limit, r.decode_tok_s_device);
     }
     fmt::print("| host ({} of {} cached) | {:.4f} | {:.2f}x | {:.2f} | {:.2f} |\n", r.cached_tokens, o.prompt_tokens,
                r.ttft_host_s, host_speedup, host_speedup / r.speedup_limit, r.decode_tok_s_host);

@@ -157,7 +157,7 @@ struct KvDiskTier::PendingWrite {
   RecordHeader header;
   int fd = -1;
   uint64_t key = 0;
-  int32_t block = -1;              // the pool block the write reads from; -1 when staged
+  int32_t block = -1;             // the pool block the write reads from; -1 when staged
   std::vector<std::byte> staged;  // a pool with device layers: the block's bytes, exported
 };
 

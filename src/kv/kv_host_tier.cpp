@@ -15,7 +15,8 @@ KvHostTier::KvHostTier(KvPool& pool, int64_t blocks, Backend& memory_from) : poo
   if (blocks < 0) throw Error(ErrorKind::invalid_argument, fmt::format("KV host tier: {} blocks", blocks));
   const size_t block_bytes = pool.block_bytes();
   if (blocks > 0 && static_cast<uint64_t>(blocks) > std::numeric_limits<size_t>::max() / block_bytes)
-    throw Error(ErrorKind::out_of_memory, fmt::format("KV host tier: {} blocks of {} bytes overflow", blocks, block_bytes));
+    throw Error(ErrorKind::out_of_memory,
+                fmt::format("KV host tier: {} blocks of {} bytes overflow", blocks, block_bytes));
   if (blocks > 0) memory_ = memory_from.allocate_host(static_cast<size_t>(blocks) * block_bytes);
   free_slots_.reserve(static_cast<size_t>(blocks));
   for (int64_t slot = blocks - 1; slot >= 0; --slot) free_slots_.push_back(slot);

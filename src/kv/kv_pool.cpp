@@ -164,9 +164,12 @@ std::vector<std::shared_ptr<KvPool::BlockTransfer>> KvPool::live_transfers() con
       if (auto transfer = weak.lock()) live.push_back(std::move(transfer));
   }
   for (int64_t layer = 0; layer < spec_.layers; ++layer)
-    if (!on_host(layer) && std::none_of(live.begin(), live.end(), [&](const auto& t) { return t->holds_layer(layer); }))
-      throw Error(ErrorKind::internal,
-                  fmt::format("KV pool: no backend holds device layer {}, so its blocks cannot move to host memory", layer));
+    if (!on_host(layer) &&
+        std::none_of(live.begin(), live.end(), [&](const auto& t) { return t->holds_layer(layer); }))
+      throw Error(
+          ErrorKind::internal,
+          fmt::format("KV pool: no backend holds device layer {}, so its blocks cannot move to host memory",
+                      layer));
   return live;
 }
 
@@ -177,19 +180,23 @@ void KvPool::check_block(int32_t block, const char* what) const {
 
 void KvPool::export_block(int32_t block, std::byte* host) const {
   check_block(block, "exported");
-  const auto transfers = has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
+  const auto transfers =
+      has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
   for (int64_t layer = 0; layer < spec_.layers; ++layer)
     if (on_host(layer))
-      std::memcpy(host + static_cast<size_t>(layer) * block_layer_bytes_, plane_data(block, layer, 0), block_layer_bytes_);
+      std::memcpy(host + static_cast<size_t>(layer) * block_layer_bytes_, plane_data(block, layer, 0),
+                  block_layer_bytes_);
   for (const auto& transfer : transfers) transfer->to_host(block, host);
 }
 
 void KvPool::import_block(int32_t block, const std::byte* host) {
   check_block(block, "imported");
-  const auto transfers = has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
+  const auto transfers =
+      has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
   for (int64_t layer = 0; layer < spec_.layers; ++layer)
     if (on_host(layer))
-      std::memcpy(plane_data(block, layer, 0), host + static_cast<size_t>(layer) * block_layer_bytes_, block_layer_bytes_);
+      std::memcpy(plane_data(block, layer, 0), host + static_cast<size_t>(layer) * block_layer_bytes_,
+                  block_layer_bytes_);
   for (const auto& transfer : transfers) transfer->from_host(block, host);
 }
 

@@ -115,7 +115,8 @@ void PrefixCache::insert(std::span<const uint64_t> chain, std::span<const int32_
   touch(chain.first(std::min(chain.size(), blocks.size())));
 }
 
-PrefixCache::Entries::iterator PrefixCache::free_cached(Entries::iterator it, std::span<const uint64_t> keep) {
+PrefixCache::Entries::iterator PrefixCache::free_cached(Entries::iterator it,
+                                                        std::span<const uint64_t> keep) {
   if (host_) host_->store(it->first, it->second.block, keep);
   if (disk_) disk_->wait_for(it->second.block);  // its write still reads from it
   pool_.release_block(it->second.block);

@@ -4,9 +4,9 @@
 // continuation. Runs on the GPU machine; skips, saying so, without a GPU.
 #include <catch2/catch.hpp>
 
-#include <algorithm>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -330,9 +330,10 @@ TEST_CASE("cuda whole model: f16/bf16 KV in VRAM with prefix reuse equals the CP
 // them from there (copied back into VRAM) and its logits equal those of its cold run bit for bit
 // (4-token passes both times: the same kernels over the same KV bytes). The SSD records are a CPU
 // pool's too: an engine with attention on the CPU adopts them, its logits within 1e-3 of the GPU's.
-TEST_CASE("cuda whole model: a prefix evicted from VRAM to the host or disk tier and adopted back gives the cold "
-          "run's logits bit for bit",
-          "[cuda][model][kv]") {
+TEST_CASE(
+    "cuda whole model: a prefix evicted from VRAM to the host or disk tier and adopted back gives the cold "
+    "run's logits bit for bit",
+    "[cuda][model][kv]") {
   if (!have_gpu()) return;
   const std::string folder = test::data_dir() + "/tiny-qwen3moe";
   const std::filesystem::path disk_dir =

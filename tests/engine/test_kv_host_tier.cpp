@@ -45,16 +45,21 @@ class FakeDeviceLayers final : public KvPool::BlockTransfer {
  public:
   explicit FakeDeviceLayers(const KvPool& pool) : layer_bytes_(pool.block_layer_bytes()) {
     for (int64_t layer = 0; layer < pool.spec().layers; ++layer)
-      if (!pool.on_host(layer)) layers_[layer].assign(layer_bytes_ * static_cast<size_t>(pool.spec().blocks), std::byte{0});
+      if (!pool.on_host(layer))
+        layers_[layer].assign(layer_bytes_ * static_cast<size_t>(pool.spec().blocks), std::byte{0});
   }
-  std::byte* data(int32_t block, int64_t layer) { return layers_.at(layer).data() + static_cast<size_t>(block) * layer_bytes_; }
+  std::byte* data(int32_t block, int64_t layer) {
+    return layers_.at(layer).data() + static_cast<size_t>(block) * layer_bytes_;
+  }
 
   bool holds_layer(int64_t layer) const override { return layers_.count(layer) != 0; }
   void to_host(int32_t block, std::byte* host) override {
-    for (auto& [layer, bytes] : layers_) std::memcpy(host + static_cast<size_t>(layer) * layer_bytes_, data(block, layer), layer_bytes_);
+    for (auto& [layer, bytes] : layers_)
+      std::memcpy(host + static_cast<size_t>(layer) * layer_bytes_, data(block, layer), layer_bytes_);
   }
   void from_host(int32_t block, const std::byte* host) override {
-    for (auto& [layer, bytes] : layers_) std::memcpy(data(block, layer), host + static_cast<size_t>(layer) * layer_bytes_, layer_bytes_);
+    for (auto& [layer, bytes] : layers_)
+      std::memcpy(data(block, layer), host + static_cast<size_t>(layer) * layer_bytes_, layer_bytes_);
   }
 
  private:
@@ -128,7 +133,8 @@ TEST_CASE("KV pool: a block with device layers exports and imports bit-exactly",
   CHECK(d.bytes(b) == d.bytes(a));
   CHECK(d.bytes(c) == want_c);  // other blocks untouched
   // Layer by layer in the serialised bytes: layer 1 (device) sits at one block_layer_bytes.
-  CHECK(std::memcmp(host.data() + pool.block_layer_bytes(), d.device->data(a, 1), pool.block_layer_bytes()) == 0);
+  CHECK(std::memcmp(host.data() + pool.block_layer_bytes(), d.device->data(a, 1), pool.block_layer_bytes()) ==
+        0);
   CHECK_THROWS_AS(pool.export_block(5, host.data()), Error);  // a free block
 
   // Without a live transfer for its device layers, the pool refuses instead of inventing bytes.
@@ -259,7 +265,8 @@ TEST_CASE("Prefix cache: a device pool's idle blocks go to the host tier and are
   CHECK(cache.adopt(other).empty());
 }
 
-TEST_CASE("Prefix cache: making room for a run from a full host tier does not push that run out", "[kv][host][prefix]") {
+TEST_CASE("Prefix cache: making room for a run from a full host tier does not push that run out",
+          "[kv][host][prefix]") {
   DevicePool d(device_spec(4));
   KvPool& pool = d.pool;
   const auto cpu = make_cpu_backend(1);
@@ -280,7 +287,7 @@ TEST_CASE("Prefix cache: making room for a run from a full host tier does not pu
     return bytes;
   };
   const auto want = cache_filled(keys_one, 200);
-  cache.make_room(4);  // one's 3 blocks to the host tier
+  cache.make_room(4);                 // one's 3 blocks to the host tier
   (void)cache_filled(keys_two, 300);  // two takes the whole pool
   // Adopting one frees three of two's blocks into the host tier, which has one free slot: the
   // other two must drop two's blocks, not one's.
@@ -314,9 +321,10 @@ TEST_CASE("Prefix cache: a host tier of 0 blocks is no tier", "[kv][host][prefix
   CHECK(pool.free_blocks() == 4);
 }
 
-TEST_CASE("KV disk tier: device layers are written and read through the block transfer, same records as a "
-          "host pool's",
-          "[kv][host][disk]") {
+TEST_CASE(
+    "KV disk tier: device layers are written and read through the block transfer, same records as a "
+    "host pool's",
+    "[kv][host][disk]") {
   TempDir dir("disk");
   KvDiskTierOptions o;
   o.dir = dir.path.string();
@@ -383,7 +391,8 @@ TEST_CASE("KV disk tier: device layers are written and read through the block tr
   }
 }
 
-TEST_CASE("Prefix cache: a device pool without a host tier adopts its freed blocks from disk", "[kv][host][disk][prefix]") {
+TEST_CASE("Prefix cache: a device pool without a host tier adopts its freed blocks from disk",
+          "[kv][host][disk][prefix]") {
   TempDir dir("prefix");
   KvDiskTierOptions o;
   o.dir = dir.path.string();
