@@ -8,7 +8,8 @@
 // backend runs attention for live in VRAM (kv_attach): the pool's block ids and layout (f32, f16,
 // bf16, or fp8/int8 codes with their group scales), written by kv_append and read by the attention
 // kernels in place; a copy-on-write block copy of the pool is repeated here (KvPool's block-copy
-// listener), raw bytes, scales included.
+// listener), raw bytes, scales included, and the prefix cache's tiers move blocks to and from host
+// memory through this backend (KvPool's block transfer).
 #include "tandem/backend/cuda_backend.hpp"
 
 #include <fmt/format.h>
@@ -174,6 +175,8 @@ class CudaBackend final : public Backend {
       copy_listener_ = std::make_shared<KvPool::BlockCopyListener>(
           [this](int32_t from, int32_t to) { copy_kv_block(from, to); });
       kv.add_block_copy_listener(copy_listener_);
+      block_transfer_ = std::make_shared<KvBlockTransfer>(*this);
+      kv.add_block_transfer(block_transfer_);
     }
   }
   void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
@@ -745,6 +748,39 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // A block's planes of the layers in VRAM to and from host memory (the prefix cache's host and
+  // disk tiers), in KvPool::export_block's layout: layer l at l · layer_block_bytes. Synchronous:
+  // the host bytes are complete (to_host) or free to reuse (from_host) on return.
+  void kv_block_to_host(int32_t block, std::byte* host) {
+    stream_.make_current();
+    const size_t bytes = layer_block_bytes(*kv_);
+    for (auto& [layer, buffer] : kv_layers_)
+      stream_.copy_to_host_async(
+          host + static_cast<size_t>(layer) * bytes,
+          static_cast<const std::byte*>(buffer.data()) + static_cast<size_t>(block) * bytes, bytes);
+    stream_.synchronize();
+  }
+  void kv_block_from_host(int32_t block, const std::byte* host) {
+    stream_.make_current();
+    const size_t bytes = layer_block_bytes(*kv_);
+    for (auto& [layer, buffer] : kv_layers_)
+      stream_.copy_to_device(static_cast<std::byte*>(buffer.data()) + static_cast<size_t>(block) * bytes,
+                             host + static_cast<size_t>(layer) * bytes, bytes);
+    stream_.synchronize();
+  }
+  class KvBlockTransfer final : public KvPool::BlockTransfer {
+   public:
+    explicit KvBlockTransfer(CudaBackend& backend) : backend_(backend) {}
+    bool holds_layer(int64_t layer) const override { return backend_.kv_layers_.contains(layer); }
+    void to_host(int32_t block, std::byte* host) override { backend_.kv_block_to_host(block, host); }
+    void from_host(int32_t block, const std::byte* host) override {
+      backend_.kv_block_from_host(block, host);
+    }
+
+   private:
+    CudaBackend& backend_;
+  };
+
   int device_;
   cuda::Stream stream_;
   bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
@@ -763,6 +799,7 @@ class CudaBackend final : public Backend {
   const KvPool* kv_ = nullptr;
   std::map<int64_t, cuda::DeviceBuffer> kv_layers_;
   std::shared_ptr<KvPool::BlockCopyListener> copy_listener_;
+  std::shared_ptr<KvBlockTransfer> block_transfer_;
   struct ExpertTableEntry {
     cuda::DeviceBuffer pointers;
     cuda::ExpertTable table;

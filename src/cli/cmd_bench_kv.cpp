@@ -1,6 +1,7 @@
 // `tandem bench kv -m MODEL --prompt-tokens N --cached-tokens M [--json]`: time to first token
-// of an N-token prompt cold, with M of its tokens cached in the host tier (the prefix cache) and
-// with them read back from the SSD tier (`--kv-disk DIR`, page cache dropped first), the decode
+// of an N-token prompt cold, with M of its tokens cached in the host tier (the prefix cache; with
+// attention on a GPU, `--placement`, also in VRAM) and with them read back from the SSD tier
+// (`--kv-disk DIR`, page cache dropped first), the decode
 // speed after each, and the compute-bound limit of the speed-up (tandem/engine/bench/kv_bench.hpp).
 #include <memory>
 #include <string>
@@ -35,6 +36,10 @@ CommandRun setup(CLI::App& sub) {
   sub.add_option("--kv-disk", opt.disk_dir,
                  "directory for the SSD tier's records (a fresh subdirectory, removed afterwards; default: the "
                  "system's temporary directory, often tmpfs — memory, not a disk)");
+  sub.add_option(
+      "--placement", opt.placement,
+      "where weights and attention run, as for run (e.g. '*=cuda:0'); with attention on a GPU the prefix "
+      "is also timed from VRAM (ttft_device_s), and the host figure reads it from pinned host memory");
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     KvBenchOptions o = flags->options;
@@ -51,6 +56,11 @@ CommandRun setup(CLI::App& sub) {
       j["ttft_cold_s"] = r.ttft_cold_s;
       j["ttft_host_s"] = r.ttft_host_s;
       j["ttft_disk_s"] = r.ttft_disk_s;
+      if (r.device_tier) {
+        j["ttft_device_s"] = r.ttft_device_s;
+        j["speedup_device"] = r.ttft_cold_s / r.ttft_device_s;
+        j["decode_tok_s_device"] = r.decode_tok_s_device;
+      }
       j["speedup_host"] = host_speedup;
       j["speedup_disk"] = disk_speedup;
       j["speedup_limit"] = r.speedup_limit;
@@ -70,6 +80,12 @@ CommandRun setup(CLI::App& sub) {
     fmt::print("| tier | TTFT (s) | speed-up | of the compute-bound limit ({:.1f}x) | decode tok/s |\n", r.speedup_limit);
     fmt::print("| --- | ---: | ---: | ---: | ---: |\n");
     fmt::print("| cold | {:.4f} | 1.00x | | {:.2f} |\n", r.ttft_cold_s, r.decode_tok_s_cold);
+    if (r.device_tier) {
+      const double device_speedup = r.ttft_cold_s / r.ttft_device_s;
+      fmt::print("| device ({} of {} cached in VRAM) | {:.4f} | {:.2f}x | {:.2f} | {:.2f} |\n",
+                 r.cached_tokens, o.prompt_tokens, r.ttft_device_s, device_speedup,
+                 device_speedup / r.speedup_limit, r.decode_tok_s_device);
+    }
     fmt::print("| host ({} of {} cached) | {:.4f} | {:.2f}x | {:.2f} | {:.2f} |\n", r.cached_tokens, o.prompt_tokens,
                r.ttft_host_s, host_speedup, host_speedup / r.speedup_limit, r.decode_tok_s_host);
     fmt::print("| disk ({} of {} cached; {}, {}, {:.0f} % of it in the page cache) | {:.4f} | {:.2f}x | {:.2f} | {:.2f} |\n",

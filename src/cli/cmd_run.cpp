@@ -155,6 +155,8 @@ int run_command(const RunFlags& flags) {
     if (const auto disk = engine->kv_disk_stats())
       fmt::print(stderr, "[prompt tokens from the prefix cache: {}] {}\n", result.stats.cached_prompt_tokens,
                  kv_disk_summary(*disk));
+  if (flags.stats || isatty(STDERR_FILENO))
+    if (const auto host = engine->kv_host_stats()) fmt::print(stderr, "{}\n", kv_host_summary(*host));
   if (result.stop == StopReason::cancelled) return 130;  // as a shell reports SIGINT
   return 0;
 }

@@ -97,6 +97,9 @@ int serve_command(const ServeCommandFlags& flags) {
              !engine->options().kv_prefix_cache       ? "off"
              : engine->options().kv_disk_dir.empty() ? "on"
                                                      : "on, SSD tier in " + engine->options().kv_disk_dir);
+  if (const auto host = engine->kv_host_stats())
+    fmt::print(stderr, "prefix cache host tier: {} blocks, {:.1f} MiB pinned\n", host->capacity_blocks,
+               static_cast<double>(host->capacity_bytes) / (1 << 20));
   fmt::print(stderr, "listening on http://{}:{}\n", flags.host, port);
   std::fflush(stderr);
   http.run();

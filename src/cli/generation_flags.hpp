@@ -181,9 +181,10 @@ inline void warn_past_trained_context(const ModelConfig& config, int64_t tokens,
 }
 
 // `--kv-disk DIR --kv-disk-size SIZE`: the prefix cache's SSD tier (docs/KV.md), for the commands
-// whose sessions use the prefix cache (run, chat, bench kv). A directory turns the cache on.
+// whose sessions use the prefix cache (run, chat, serve). A directory turns the cache on.
+// `--kv-host-size SIZE`: its host tier when attention runs on a GPU.
 struct KvDiskFlags {
-  std::string dir, size;
+  std::string dir, size, host_size;
 
   void add_to(CLI::App& app) {
     app.add_option("--kv-disk", dir,
@@ -192,11 +193,17 @@ struct KvDiskFlags {
     app.add_option("--kv-disk-size", size,
                    "bytes the SSD tier may take, least recently used records deleted past it (64G, 512M; default: "
                    "64G or half the file system, whichever is less)");
+    app.add_option(
+        "--kv-host-size", host_size,
+        "pinned host memory for the prefix cache's blocks that the GPU's KV pool lets go of, when attention "
+        "runs on a GPU (8G, 512M; 0 = none; default: the GPU's KV pool size, at most a quarter of RAM)");
   }
 
-  // Checks the directory (exists, is one, writable) and the size; Error(invalid_argument) naming
-  // the flag. Fills LoadOptions::kv_disk_dir/kv_disk_bytes.
+  // Checks the directory (exists, is one, writable) and the sizes; Error(invalid_argument) naming
+  // the flag. Fills LoadOptions::kv_disk_dir/kv_disk_bytes/kv_host_bytes.
   void apply(LoadOptions& o) const {
+    if (!host_size.empty())
+      o.kv_host_bytes = host_size == "0" ? 0 : parse_byte_size(host_size, "--kv-host-size");
     if (dir.empty()) {
       if (!size.empty()) throw Error(ErrorKind::invalid_argument, "--kv-disk-size needs --kv-disk DIR");
       return;
@@ -216,6 +223,14 @@ struct KvDiskFlags {
     o.kv_disk_bytes = bytes;
   }
 };
+
+// One line for --stats: the host tier's blocks and hits.
+inline std::string kv_host_summary(const KvHostStats& s) {
+  return fmt::format(
+      "[kv host: {} of {} blocks ({:.1f} MiB pinned); {} blocks copied back, {} stored, {} evicted]",
+      s.blocks, s.capacity_blocks, static_cast<double>(s.capacity_bytes) / (1 << 20), s.loaded, s.stored,
+      s.evicted);
+}
 
 // One line for --stats: which I/O the tier uses and what it did.
 inline std::string kv_disk_summary(const KvDiskStats& s) {

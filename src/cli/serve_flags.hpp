@@ -65,6 +65,8 @@ struct ServeFlags {
       fail(fmt::format("-t/--threads must be 0 (one per physical core) or more, not {}", threads));
     if (no_prefix_cache && !kv_disk.dir.empty())
       fail("--kv-disk is the prefix cache's SSD tier: it cannot go with --no-prefix-cache");
+    if (no_prefix_cache && !kv_disk.host_size.empty())
+      fail("--kv-host-size is the prefix cache's host tier: it cannot go with --no-prefix-cache");
     LoadOptions checked;
     kv_disk.apply(checked);
   }

@@ -22,6 +22,7 @@
 #include "tandem/engine/forward.hpp"
 #include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
+#include "tandem/kv/kv_host_tier.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/kv/prefix_cache.hpp"
 #include "tandem/model/model_identity.hpp"
@@ -121,6 +122,28 @@ int64_t automatic_stream_min_tokens(uint64_t streamable_bytes) {
   return static_cast<double>(streamable_bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
 }
 
+// The host tier's blocks for a pool with device layers (LoadOptions::kv_host_bytes): by default the
+// device layers' own bytes, at most a quarter of the machine's memory; 0 without device layers.
+int64_t host_tier_blocks(const KvPool& pool, std::optional<uint64_t> asked_bytes) {
+  if (!pool.has_device_layers()) return 0;
+  uint64_t bytes = 0;
+  if (asked_bytes) {
+    bytes = *asked_bytes;
+    if (bytes > 0 && bytes < pool.block_bytes())
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--kv-host-size {} bytes holds no KV block: one block of this model takes {} bytes", bytes,
+                              pool.block_bytes()));
+  } else {
+    int64_t device_layers = 0;
+    for (int64_t layer = 0; layer < pool.spec().layers; ++layer) device_layers += pool.on_host(layer) ? 0 : 1;
+    bytes = static_cast<uint64_t>(pool.spec().blocks) * pool.block_layer_bytes() * static_cast<uint64_t>(device_layers);
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0)
+      bytes = std::min(bytes, static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 4);
+  }
+  return static_cast<int64_t>(bytes / pool.block_bytes());
+}
+
 class CpuEngine;
 
 // Takes a unique_lock again when leaving a scope that released it, also by an exception.
@@ -212,9 +235,8 @@ class CpuEngine final : public Engine {
       for (std::string& notice : reference_fallback_notices(weights_, placement_))
         files_.warnings.push_back(std::move(notice));
     apply_placement(weights_, placement_);
-    // A retention policy moves KV rows inside the host planes (BlockTable::compact) and the SSD
-    // tier reads and fills host blocks; a GPU keeps its attention layers' KV in its own memory,
-    // which neither reaches yet.
+    // A retention policy moves KV rows inside the host planes (BlockTable::compact); a GPU keeps
+    // its attention layers' KV in its own memory, which it does not reach yet.
     for (int64_t layer = 0; layer < files_.config.num_layers; ++layer) {
       const Device device = placement_.device_for(WeightGroup::attention, layer);
       if (device.kind != DeviceKind::cuda) continue;
@@ -223,11 +245,6 @@ class CpuEngine final : public Engine {
                     fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "
                                 "VRAM, which retention policies cannot compact yet (attention of layer {} is on {})",
                                 retention_policy_.to_string(), layer, device.to_string()));
-      if (!options_.kv_disk_dir.empty())
-        throw Error(ErrorKind::unsupported,
-                    fmt::format("--kv-disk needs attention on the cpu: the CUDA backend keeps the KV cache in VRAM, "
-                                "which the SSD tier does not read or fill yet (attention of layer {} is on {})",
-                                layer, device.to_string()));
     }
     step(0.5f, "allocating KV cache");
     const ModelConfig& c = files_.config;
@@ -245,16 +262,6 @@ class CpuEngine final : public Engine {
     spec.blocks =
         options_.max_sessions * ((options_.max_context_tokens + spec.block_tokens - 1) / spec.block_tokens);
     kv_ = std::make_unique<KvPool>(spec);
-    if (!options_.kv_disk_dir.empty()) {
-      options_.kv_prefix_cache = true;
-      KvDiskTierOptions disk_options;
-      disk_options.dir = options_.kv_disk_dir;
-      disk_options.max_bytes = options_.kv_disk_bytes;
-      auto disk = std::make_unique<KvDiskTier>(disk_options, model_identity(files_), *kv_);
-      prefix_cache_ = std::make_unique<PrefixCache>(*kv_, std::move(disk));
-    } else if (options_.kv_prefix_cache) {
-      prefix_cache_ = std::make_unique<PrefixCache>(*kv_);
-    }
     backend_ = make_cpu_backend(options_.threads, options_.cpu_kernels);
     // One CUDA backend per GPU the placement names (check_placement_runnable vouched for them).
     for (WeightGroup g : kAllWeightGroups)
@@ -263,6 +270,26 @@ class CpuEngine final : public Engine {
         if (device.kind == DeviceKind::cuda && !gpu_backends_.contains(device.index))
           gpu_backends_.emplace(device.index, make_cuda_backend(device.index));
       }
+    if (!options_.kv_disk_dir.empty()) options_.kv_prefix_cache = true;
+    if (options_.kv_prefix_cache) {
+      std::unique_ptr<KvDiskTier> disk;
+      if (!options_.kv_disk_dir.empty()) {
+        KvDiskTierOptions disk_options;
+        disk_options.dir = options_.kv_disk_dir;
+        disk_options.max_bytes = options_.kv_disk_bytes;
+        disk = std::make_unique<KvDiskTier>(disk_options, model_identity(files_), *kv_);
+      }
+      // Layers whose KV lives on a GPU: blocks the VRAM pool frees go to pinned host memory first.
+      std::unique_ptr<KvHostTier> host;
+      if (const int64_t blocks = host_tier_blocks(*kv_, options_.kv_host_bytes); blocks > 0) {
+        step(0.55f, "allocating the KV host tier");
+        int64_t first_device_layer = 0;
+        while (kv_->on_host(first_device_layer)) ++first_device_layer;
+        const Device gpu = placement_.device_for(WeightGroup::attention, first_device_layer);
+        host = std::make_unique<KvHostTier>(*kv_, blocks, *gpu_backends_.at(gpu.index));
+      }
+      prefix_cache_ = std::make_unique<PrefixCache>(*kv_, std::move(disk), std::move(host));
+    }
     for (auto& [index, gpu] : gpu_backends_) cuda_backend_set_prefill_bf16(*gpu, options_.cuda_prefill_bf16);
     if (!gpu_backends_.empty()) {
       // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
@@ -336,11 +363,21 @@ class CpuEngine final : public Engine {
     prefix_cache_->disk()->flush();  // counts the writes in flight as they end
     return prefix_cache_->disk()->stats();
   }
+  std::optional<KvHostStats> kv_host_stats() override {
+    std::lock_guard lock(mutex_);
+    if (!prefix_cache_ || !prefix_cache_->host()) return std::nullopt;
+    return prefix_cache_->host()->stats();
+  }
   void evict_prefix_cache() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_) return;
     prefix_cache_->drop_unreferenced();
+    if (prefix_cache_->host()) prefix_cache_->host()->clear();
     if (prefix_cache_->disk()) prefix_cache_->disk()->drop_page_cache();
+  }
+  void evict_prefix_cache_to_host() override {
+    std::lock_guard lock(mutex_);
+    if (prefix_cache_) prefix_cache_->drop_unreferenced();
   }
 
   const Placement& placement() const override { return placement_; }
@@ -357,6 +394,9 @@ class CpuEngine final : public Engine {
     for (const auto& [index, gpu] : gpu_backends_)
       if (const uint64_t bytes = cuda_backend_kv_bytes(*gpu); bytes > 0)
         r.lines.push_back({"KV cache", Device::cuda(index).to_string(), bytes, false});
+    // Their prefix cache's blocks freed from VRAM, in pinned host memory.
+    if (prefix_cache_ && prefix_cache_->host() && prefix_cache_->host()->bytes() > 0)
+      r.lines.push_back({"KV host tier", Device::cpu().to_string(), prefix_cache_->host()->bytes(), false});
     return r;
   }
 
@@ -414,7 +454,13 @@ class CpuEngine final : public Engine {
   PrefixCacheCounts prefix_cache_counts() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_) return {};
-    return {prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks(), prefix_hit_tokens_};
+    PrefixCacheCounts counts{prefix_cache_->cached_blocks(), prefix_cache_->idle_blocks(), prefix_hit_tokens_};
+    if (const KvHostTier* host = prefix_cache_->host()) {
+      const KvHostStats s = host->stats();
+      counts.host_tier_blocks = s.blocks;
+      counts.host_tier_loaded_blocks = s.loaded;
+    }
+    return counts;
   }
 
  private:
@@ -443,10 +489,12 @@ class CpuEngine final : public Engine {
   Placement placement_;
   Weights weights_;
   std::unique_ptr<KvPool> kv_;
-  std::unique_ptr<PrefixCache> prefix_cache_;  // after kv_: destroyed first, releasing its blocks
   std::unique_ptr<Backend> backend_;
   std::map<int, std::unique_ptr<Backend>> gpu_backends_;  // by GPU index
   std::map<const Backend*, std::unique_ptr<OpTimingBackend>> timed_backends_;  // TANDEM_PROFILE_OPS
+  // After kv_ and the backends: destroyed first, releasing its blocks and its host tier's pinned
+  // memory (a GPU backend's) while both are there.
+  std::unique_ptr<PrefixCache> prefix_cache_;
   std::unique_ptr<ForwardPass> forward_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_template_;

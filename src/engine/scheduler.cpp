@@ -171,6 +171,8 @@ SchedulerStats Scheduler::stats() const {
   s.waiting = static_cast<int64_t>(waiting_.size());
   const PrefixCacheCounts cache = engine_.prefix_cache_counts();
   s.kv_blocks_cached = cache.blocks;
+  s.kv_host_tier_blocks = cache.host_tier_blocks;
+  s.kv_host_tier_loaded_blocks = cache.host_tier_loaded_blocks;
   s.kv_blocks_in_use = s.kv_blocks_total - engine_.kv_pool().free_blocks() - cache.blocks_held_only_by_cache;
   return s;
 }

@@ -157,7 +157,8 @@ struct KvDiskTier::PendingWrite {
   RecordHeader header;
   int fd = -1;
   uint64_t key = 0;
-  int32_t block = -1;
+  int32_t block = -1;             // the pool block the write reads from; -1 when staged
+  std::vector<std::byte> staged;  // a pool with device layers: the block's bytes, exported
 };
 
 KvDiskTier::KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity, KvPool& pool)
@@ -274,12 +275,28 @@ void KvDiskTier::store(uint64_t key, int32_t block) {
   }
   write->header = tier_header(model_identity_, pool_, payload_bytes_);
   write->header.chain_key = key;
-  write->header.payload_xxh3 = payload_checksum(pool_, block);
-  write->header.header_xxh3 = header_checksum(write->header);
   write->request.write = true;
   write->request.fd = write->fd;
   write->request.iov.push_back({&write->header, sizeof(RecordHeader)});
-  fill_payload_iov(write->request.iov, pool_, block);
+  if (pool_.has_device_layers()) {
+    // A GPU's layers cannot be written from where they are: the block's bytes are copied out
+    // (same layout), and the write reads from that copy.
+    write->staged.resize(payload_bytes_);
+    try {
+      pool_.export_block(block, write->staged.data());
+    } catch (...) {
+      ::close(write->fd);
+      ::unlink(path.c_str());
+      throw;
+    }
+    write->block = -1;
+    write->header.payload_xxh3 = XXH3_64bits(write->staged.data(), write->staged.size());
+    write->request.iov.push_back({write->staged.data(), write->staged.size()});
+  } else {
+    write->header.payload_xxh3 = payload_checksum(pool_, block);
+    fill_payload_iov(write->request.iov, pool_, block);
+  }
+  write->header.header_xxh3 = header_checksum(write->header);
   // In the index from now on (so its bytes count and a second store of the key is skipped); a
   // failed write takes it out again.
   lru_.push_back(key);
@@ -346,7 +363,9 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
     RecordHeader header{};
     int fd = -1;
     uint64_t file_bytes = 0;
+    std::vector<std::byte> staged;  // a pool with device layers: the payload, imported once checked
   };
+  const bool staged = pool_.has_device_layers();
   std::vector<Read> reads(n);  // sized once: requests stay where the ring points
   size_t submitted = 0;
   for (; submitted < n && contains(keys[submitted]); ++submitted) {
@@ -360,7 +379,12 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
     r.file_bytes = static_cast<uint64_t>(st.st_size);
     r.request.fd = r.fd;
     r.request.iov.push_back({&r.header, sizeof(RecordHeader)});
-    fill_payload_iov(r.request.iov, pool_, blocks[submitted]);
+    if (staged) {
+      r.staged.resize(payload_bytes_);
+      r.request.iov.push_back({r.staged.data(), r.staged.size()});
+    } else {
+      fill_payload_iov(r.request.iov, pool_, blocks[submitted]);
+    }
     io_->submit(r.request);
   }
   io_->drain();
@@ -374,7 +398,9 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
                     ? Verdict::truncated
                     : check_header(r.header, expected, keys[i], r.file_bytes);
     if (v == Verdict::good && r.request.result != static_cast<int64_t>(record_bytes_)) v = Verdict::truncated;
-    if (v == Verdict::good && payload_checksum(pool_, blocks[i]) != r.header.payload_xxh3) v = Verdict::corrupt;
+    if (v == Verdict::good && (staged ? XXH3_64bits(r.staged.data(), r.staged.size())
+                                      : payload_checksum(pool_, blocks[i])) != r.header.payload_xxh3)
+      v = Verdict::corrupt;
     if (v != Verdict::good) {
       ++(v == Verdict::corrupt ? stats_.rejected_corrupt
                                 : v == Verdict::foreign ? stats_.rejected_foreign : stats_.rejected_truncated);
@@ -389,6 +415,8 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
   }
   for (Read& r : reads)
     if (r.fd >= 0) ::close(r.fd);
+  if (staged)
+    for (size_t i = 0; i < good; ++i) pool_.import_block(blocks[i], reads[i].staged.data());
   stats_.loaded += static_cast<int64_t>(good);
   return good;
 }

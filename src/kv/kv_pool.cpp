@@ -49,12 +49,11 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
   if (!spec.device_layers.empty() && static_cast<int64_t>(spec.device_layers.size()) != spec.layers)
     throw Error(ErrorKind::invalid_argument, fmt::format("KV pool: device_layers names {} layers of {}",
                                                          spec.device_layers.size(), spec.layers));
-  int64_t host_layers = 0;
   for (int64_t layer = 0; layer < spec.layers; ++layer) {
     const bool device = !spec.device_layers.empty() && spec.device_layers[static_cast<size_t>(layer)];
-    host_index_.push_back(device ? -1 : host_layers++);
+    host_index_.push_back(device ? -1 : host_layers_++);
   }
-  const double total = static_cast<double>(host_layers) * static_cast<double>(spec.blocks) *
+  const double total = static_cast<double>(host_layers_) * static_cast<double>(spec.blocks) *
                        static_cast<double>(block_layer_bytes_);
   if (total > static_cast<double>(std::numeric_limits<int64_t>::max() / 2))
     throw Error(ErrorKind::out_of_memory, "KV pool: requested size overflows");
@@ -149,6 +148,56 @@ void KvPool::add_block_copy_listener(std::weak_ptr<BlockCopyListener> listener) 
   std::lock_guard lock(mutex_);
   std::erase_if(copy_listeners_, [](const auto& weak) { return weak.expired(); });
   copy_listeners_.push_back(std::move(listener));
+}
+
+void KvPool::add_block_transfer(std::weak_ptr<BlockTransfer> transfer) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(transfers_, [](const auto& weak) { return weak.expired(); });
+  transfers_.push_back(std::move(transfer));
+}
+
+std::vector<std::shared_ptr<KvPool::BlockTransfer>> KvPool::live_transfers() const {
+  std::vector<std::shared_ptr<BlockTransfer>> live;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& weak : transfers_)
+      if (auto transfer = weak.lock()) live.push_back(std::move(transfer));
+  }
+  for (int64_t layer = 0; layer < spec_.layers; ++layer)
+    if (!on_host(layer) &&
+        std::none_of(live.begin(), live.end(), [&](const auto& t) { return t->holds_layer(layer); }))
+      throw Error(
+          ErrorKind::internal,
+          fmt::format("KV pool: no backend holds device layer {}, so its blocks cannot move to host memory",
+                      layer));
+  return live;
+}
+
+void KvPool::check_block(int32_t block, const char* what) const {
+  std::lock_guard lock(mutex_);
+  check_in_use(block, what);
+}
+
+void KvPool::export_block(int32_t block, std::byte* host) const {
+  check_block(block, "exported");
+  const auto transfers =
+      has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
+  for (int64_t layer = 0; layer < spec_.layers; ++layer)
+    if (on_host(layer))
+      std::memcpy(host + static_cast<size_t>(layer) * block_layer_bytes_, plane_data(block, layer, 0),
+                  block_layer_bytes_);
+  for (const auto& transfer : transfers) transfer->to_host(block, host);
+}
+
+void KvPool::import_block(int32_t block, const std::byte* host) {
+  check_block(block, "imported");
+  const auto transfers =
+      has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
+  for (int64_t layer = 0; layer < spec_.layers; ++layer)
+    if (on_host(layer))
+      std::memcpy(plane_data(block, layer, 0), host + static_cast<size_t>(layer) * block_layer_bytes_,
+                  block_layer_bytes_);
+  for (const auto& transfer : transfers) transfer->from_host(block, host);
 }
 
 void KvPool::seal_block(int32_t block, int64_t layer, int64_t plane, const float* rows, int64_t tokens) {

@@ -7,11 +7,13 @@
 
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_disk_tier.hpp"
+#include "tandem/kv/kv_host_tier.hpp"
 #include "tandem/kv/kv_pool.hpp"
 
 namespace tandem {
 
-PrefixCache::PrefixCache(KvPool& pool, std::unique_ptr<KvDiskTier> disk) : pool_(pool), disk_(std::move(disk)) {}
+PrefixCache::PrefixCache(KvPool& pool, std::unique_ptr<KvDiskTier> disk, std::unique_ptr<KvHostTier> host)
+    : pool_(pool), disk_(std::move(disk)), host_(std::move(host)) {}
 
 PrefixCache::~PrefixCache() {
   if (disk_) disk_->flush();  // the writes read from the blocks released below
@@ -42,21 +44,31 @@ std::vector<int32_t> PrefixCache::adopt(std::span<const uint64_t> keys) {
       blocks.push_back(it->second.block);
       continue;
     }
-    // Continued from disk: the run of keys there and not in memory.
-    size_t end = i;
-    while (disk_ && end < keys.size() && entries_.count(keys[end]) == 0 && disk_->contains(keys[end])) ++end;
+    // Continued from the host tier, else from disk: the run of keys there and not in the pool.
+    const auto run_end = [&](auto&& holds) {
+      size_t end = i;
+      while (end < keys.size() && entries_.count(keys[end]) == 0 && holds(keys[end])) ++end;
+      return end;
+    };
+    Tier tier = Tier::host;
+    size_t end = host_ ? run_end([&](uint64_t key) { return host_->contains(key); }) : i;
+    if (end == i && disk_) {
+      tier = Tier::disk;
+      end = run_end([&](uint64_t key) { return disk_->contains(key); });
+    }
     if (end == i) break;
-    adopt_from_disk(keys.subspan(i, end - i), blocks);
-    if (blocks.size() < end) break;  // a record was missing or bad: the rest is recomputed
+    adopt_from(tier, keys.subspan(i, end - i), blocks);
+    if (blocks.size() < end) break;  // no room, or a block was missing or bad: the rest is recomputed
   }
   touch(keys.first(blocks.size()));
   return blocks;
 }
 
-void PrefixCache::adopt_from_disk(std::span<const uint64_t> keys, std::vector<int32_t>& blocks) {
+void PrefixCache::adopt_from(Tier tier, std::span<const uint64_t> keys, std::vector<int32_t>& blocks) {
   // Fresh blocks for the run: unreferenced cached blocks give way (the ones adopted so far are
-  // held by the caller now); a pool that still has no room shortens the run.
-  make_room(static_cast<int64_t>(keys.size()));
+  // held by the caller now), going to the host tier without pushing the run out of it; a pool
+  // that still has no room shortens the run.
+  make_room(static_cast<int64_t>(keys.size()), tier == Tier::host ? keys : std::span<const uint64_t>{});
   std::vector<int32_t> fresh;
   try {
     while (fresh.size() < keys.size()) fresh.push_back(pool_.allocate_block());
@@ -66,7 +78,17 @@ void PrefixCache::adopt_from_disk(std::span<const uint64_t> keys, std::vector<in
       throw;
     }
   }
-  const size_t good = disk_->load(keys.first(fresh.size()), fresh);
+  size_t good = 0;
+  try {
+    if (tier == Tier::disk) {
+      good = disk_->load(keys.first(fresh.size()), fresh);
+    } else {
+      while (good < fresh.size() && host_->load(keys[good], fresh[good])) ++good;
+    }
+  } catch (...) {
+    for (const int32_t b : fresh) pool_.release_block(b);
+    throw;
+  }
   for (size_t i = 0; i < fresh.size(); ++i) {
     if (i >= good) {
       pool_.release_block(fresh[i]);
@@ -93,15 +115,21 @@ void PrefixCache::insert(std::span<const uint64_t> chain, std::span<const int32_
   touch(chain.first(std::min(chain.size(), blocks.size())));
 }
 
+PrefixCache::Entries::iterator PrefixCache::free_cached(Entries::iterator it,
+                                                        std::span<const uint64_t> keep) {
+  if (host_) host_->store(it->first, it->second.block, keep);
+  if (disk_) disk_->wait_for(it->second.block);  // its write still reads from it
+  pool_.release_block(it->second.block);
+  return entries_.erase(it);
+}
+
 void PrefixCache::drop_unreferenced() {
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (pool_.ref_count(it->second.block) != 1) {
       ++it;
       continue;
     }
-    if (disk_) disk_->wait_for(it->second.block);
-    pool_.release_block(it->second.block);
-    it = entries_.erase(it);
+    it = free_cached(it, {});
   }
 }
 
@@ -112,7 +140,9 @@ int64_t PrefixCache::idle_blocks() const {
   return idle;
 }
 
-void PrefixCache::make_room(int64_t blocks) {
+void PrefixCache::make_room(int64_t blocks) { make_room(blocks, {}); }
+
+void PrefixCache::make_room(int64_t blocks, std::span<const uint64_t> keep) {
   while (pool_.free_blocks() < blocks) {
     auto victim = entries_.end();
     for (auto it = entries_.begin(); it != entries_.end(); ++it)
@@ -120,9 +150,7 @@ void PrefixCache::make_room(int64_t blocks) {
           (victim == entries_.end() || it->second.last_use < victim->second.last_use))
         victim = it;
     if (victim == entries_.end()) return;
-    if (disk_) disk_->wait_for(victim->second.block);  // its write still reads from it
-    pool_.release_block(victim->second.block);
-    entries_.erase(victim);
+    free_cached(victim, keep);
   }
 }
 

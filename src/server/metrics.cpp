@@ -58,6 +58,12 @@ std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
   metric(out, "tandem_kv_blocks_cached", "gauge",
          "KV cache blocks held by the prefix cache (some may be in use by sequences too).",
          static_cast<double>(s.kv_blocks_cached));
+  metric(out, "tandem_kv_host_tier_blocks", "gauge",
+         "KV blocks in the prefix cache's host tier (pinned memory; attention on a GPU, else 0).",
+         static_cast<double>(s.kv_host_tier_blocks));
+  metric(out, "tandem_kv_host_tier_loaded_blocks_total", "counter",
+         "KV blocks copied back from the host tier into the GPU's pool (host-tier hits).",
+         static_cast<double>(s.kv_host_tier_loaded_blocks));
   out +=
       "# HELP tandem_step_seconds Time of one scheduler step (one batched forward pass).\n"
       "# TYPE tandem_step_seconds histogram\n";

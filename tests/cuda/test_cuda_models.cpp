@@ -4,8 +4,11 @@
 // continuation. Runs on the GPU machine; skips, saying so, without a GPU.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -338,16 +341,92 @@ TEST_CASE("cuda whole model: f16/bf16/fp8/int8 KV in VRAM with prefix reuse equa
     CHECK(e.kind() == ErrorKind::unsupported);
     CHECK(std::string(e.what()).find("--kv-policy") != std::string::npos);
   }
-  o.kv_policy.clear();
-  o.kv_disk_dir = (std::filesystem::temp_directory_path() / "tandem_test_cuda_kv_disk").string();
-  try {
-    (void)Engine::load(folder, o);
-    FAIL("the SSD KV tier with attention on cuda:0 loaded");
-  } catch (const Error& e) {
-    CHECK(e.kind() == ErrorKind::unsupported);
-    CHECK(std::string(e.what()).find("--kv-disk") != std::string::npos);
+}
+
+// The VRAM pool holds one prompt: a second one evicts the first's cached blocks, which go to the
+// host tier (pinned memory) or, with none, stay on the SSD tier; the first prompt again adopts
+// them from there (copied back into VRAM) and its logits equal those of its cold run bit for bit
+// (4-token passes both times: the same kernels over the same KV bytes). The SSD records are a CPU
+// pool's too: an engine with attention on the CPU adopts them, its logits within 1e-3 of the GPU's.
+TEST_CASE(
+    "cuda whole model: a prefix evicted from VRAM to the host or disk tier and adopted back gives the cold "
+    "run's logits bit for bit",
+    "[cuda][model][kv]") {
+  if (!have_gpu()) return;
+  const std::string folder = test::data_dir() + "/tiny-qwen3moe";
+  const std::filesystem::path disk_dir =
+      std::filesystem::temp_directory_path() / ("tandem_test_cuda_kv_tiers_" + std::to_string(::getpid()));
+  std::vector<int32_t> first, second;
+  for (int32_t i = 0; i < 24; ++i) first.push_back(1 + (i * 37) % 250);
+  for (int32_t i = 0; i < 31; ++i) second.push_back(3 + (i * 53) % 240);
+  for (const bool through_disk : {false, true}) {
+    INFO((through_disk ? "disk tier, no host tier" : "host tier"));
+    LoadOptions o;
+    o.kv_type = KvType::f16;
+    o.max_context_tokens = 32;  // the pool: 8 blocks of 4 tokens, one prompt's worth
+    o.max_sessions = 1;
+    o.kv_block_tokens = 4;
+    o.max_batch_tokens = 4;
+    o.kv_prefix_cache = true;
+    o.load_tokenizer = false;
+    o.placement = "*=cuda:0";
+    o.cpu_kernels = CpuKernels::reference;
+    if (through_disk) {
+      std::filesystem::remove_all(disk_dir);
+      std::filesystem::create_directories(disk_dir);
+      o.kv_disk_dir = disk_dir.string();
+      o.kv_disk_bytes = uint64_t{1} << 30;
+      o.kv_host_bytes = 0;
+    }
+    const auto engine = Engine::load(folder, o);
+    const auto last_logits = [&](const std::vector<int32_t>& prompt, int64_t& cached) {
+      auto session = engine->new_session();
+      session->prefill(prompt);
+      cached = session->cached_prompt_tokens();
+      const auto logits = session->logits();
+      return std::vector<float>(logits.begin(), logits.end());
+    };
+    int64_t cached = -1;
+    const std::vector<float> cold = last_logits(first, cached);
+    CHECK(cached == 0);
+    (void)last_logits(second, cached);  // takes the whole pool: the first prompt's blocks leave VRAM
+    CHECK(cached == 0);
+    const std::vector<float> warm = last_logits(first, cached);
+    CHECK(cached == 20);  // 5 whole blocks before the last token
+    REQUIRE(warm.size() == cold.size());
+    CHECK(std::memcmp(warm.data(), cold.data(), cold.size() * sizeof(float)) == 0);
+    if (through_disk) {
+      CHECK_FALSE(engine->kv_host_stats().has_value());
+      REQUIRE(engine->kv_disk_stats().has_value());
+      CHECK(engine->kv_disk_stats()->loaded == 5);
+      // The records are the ones a CPU pool writes: an engine with attention on the CPU adopts them.
+      LoadOptions on_cpu = o;
+      on_cpu.placement = "*=cpu";
+      const auto cpu_engine = Engine::load(folder, on_cpu);
+      CHECK(cpu_engine->kv_disk_stats()->found_at_start >= 6);
+      auto session = cpu_engine->new_session();
+      session->prefill(first);
+      CHECK(session->cached_prompt_tokens() == 20);
+      CHECK(cpu_engine->kv_disk_stats()->loaded == 5);
+      CHECK(cpu_engine->kv_disk_stats()->rejected_foreign == 0);
+      CHECK(relative_error(session->logits(), cold) <= 1e-3);
+    } else {
+      REQUIRE(engine->kv_host_stats().has_value());
+      const KvHostStats host = *engine->kv_host_stats();
+      CHECK(host.capacity_blocks == 8);  // by default, the VRAM pool's size
+      CHECK(host.loaded == 5);
+      CHECK(host.stored >= 6);
+      CHECK_FALSE(engine->kv_disk_stats().has_value());
+      uint64_t reported = 0;
+      for (const auto& line : engine->memory_report().lines)
+        if (line.what == "KV host tier" && line.device == "cpu") reported += line.bytes;
+      CHECK(reported == host.capacity_bytes);
+      const PrefixCacheCounts counts = engine->prefix_cache_counts();
+      CHECK(counts.host_tier_blocks == host.blocks);
+      CHECK(counts.host_tier_loaded_blocks == 5);
+    }
   }
-  std::filesystem::remove_all(o.kv_disk_dir);
+  std::filesystem::remove_all(disk_dir);
 }
 
 // Decode on cuda:0 is recorded once per shape and replayed (a CUDA graph): the logits of every step

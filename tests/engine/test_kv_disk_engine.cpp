@@ -174,6 +174,12 @@ TEST_CASE("tandem run --kv-disk: reuses the prefix across processes; bad flags e
   CHECK(first.err.find("[prompt tokens from the prefix cache: 0]") != std::string::npos);
   CHECK(second.err.find("[prompt tokens from the prefix cache: 32]") != std::string::npos);  // 2 blocks of 16
   CHECK(second.err.find("kv disk: ") != std::string::npos);
+  // Attention on the CPU: the pool is host memory, so --kv-host-size is accepted and no tier is made.
+  const auto host_sized = test::run_cli_captured(run + disk + " --kv-host-size 8G");
+  REQUIRE(host_sized.exit_code == 0);
+  CHECK(host_sized.out == plain.out);
+  CHECK(host_sized.err.find("[prompt tokens from the prefix cache: 32]") != std::string::npos);
+  CHECK(host_sized.err.find("kv host: ") == std::string::npos);
 
   { std::ofstream(dir.path / "file") << "x"; }
   const struct {
@@ -186,6 +192,8 @@ TEST_CASE("tandem run --kv-disk: reuses the prefix across processes; bad flags e
       {" --kv-disk " + test::shell_quote(dir.path.string()) + " --kv-disk-size 0", "--kv-disk-size"},
       {" --kv-disk " + test::shell_quote(dir.path.string()) + " --kv-disk-size 1000P", "--kv-disk-size"},
       {" --kv-disk-size 1G", "--kv-disk-size needs --kv-disk"},
+      {" --kv-host-size 8Q", "--kv-host-size '8Q': expected bytes"},
+      {" --kv-host-size 12x", "--kv-host-size '12x': expected bytes"},
   };
   for (const auto& b : bad) {
     INFO(b.flags);
@@ -210,5 +218,6 @@ TEST_CASE("tandem bench kv --json reports the SSD tier's TTFT", "[engine][kv][di
   CHECK(!j["disk_fs"].get<std::string>().empty());
   CHECK(!j["disk_io"].get<std::string>().empty());
   CHECK(j["disk_page_cache_resident"].get<double>() >= 0);
+  CHECK_FALSE(j.contains("ttft_device_s"));  // attention on the CPU: no VRAM tier
   CHECK(fs::is_empty(dir.path));  // its record directory is gone
 }

@@ -61,6 +61,9 @@ await withServer(args, async ({ url }) => {
   assert.ok(m['tandem_kv_blocks_cached'] > 0);
   assert.equal(m['tandem_kv_blocks_in_use'], 0);
   assert.equal(m['tandem_kv_blocks_free'], m['tandem_kv_blocks_total']);
+  // Attention on the CPU: the pool is host memory already, so there is no host tier.
+  assert.equal(m['tandem_kv_host_tier_blocks'], 0);
+  assert.equal(m['tandem_kv_host_tier_loaded_blocks_total'], 0);
   // The prefill skipped the cached tokens.
   assert.equal(m['tandem_prefill_tokens_total'], plainMetrics['tandem_prefill_tokens_total'] - second - turn);
   assert.equal(plainMetrics['tandem_kv_blocks_cached'], 0);

@@ -18,6 +18,7 @@
 #include "tandem/engine/placement.hpp"
 #include "tandem/engine/placement_plan.hpp"
 #include "tandem/kv/kv_disk_tier.hpp"
+#include "tandem/kv/kv_host_tier.hpp"
 #include "tandem/kv/kv_type.hpp"
 #include "tandem/model/model_config.hpp"
 #include "tandem/model/model_files.hpp"
@@ -37,6 +38,10 @@ struct PrefixCacheCounts {
   int64_t blocks = 0;                     // blocks it keeps
   int64_t blocks_held_only_by_cache = 0;  // of those, blocks no sequence or session holds too
   int64_t hit_tokens = 0;                 // tokens sessions and sequences adopted from it since load
+  // Its host tier (attention on a GPU, LoadOptions::kv_host_bytes; 0 without one): blocks held, and
+  // blocks copied back from it into the KV pool since load.
+  int64_t host_tier_blocks = 0;
+  int64_t host_tier_loaded_blocks = 0;
 };
 
 struct LoadOptions {
@@ -60,6 +65,11 @@ struct LoadOptions {
   // the process and serve later ones loading the same model with the same KV type.
   std::string kv_disk_dir;
   uint64_t kv_disk_bytes = 0;
+  // The prefix cache's host tier (tandem/kv/kv_host_tier.hpp), for the layers whose attention runs
+  // on a GPU: pinned host memory the VRAM pool's freed cached blocks go to. nullopt: the GPU
+  // layers' KV pool size, at most a quarter of the machine's memory; 0: none. Unused when every
+  // attention layer is on the CPU (that pool is host memory already) or without the prefix cache.
+  std::optional<uint64_t> kv_host_bytes;
   // Tokens one forward pass may take (prompt chunks). kBatchTokensAutomatic: kDefaultBatchTokens,
   // or kStreamedBatchTokens when routed experts stream to a GPU for prefill (each pass copies every
   // streamed expert over PCIe, so fewer, larger passes copy less) and no --vram-budget planned the
@@ -133,15 +143,21 @@ class Engine {
   // The KV disk tier's counters once its writes in flight are done (LoadOptions::kv_disk_dir);
   // nullopt without one.
   virtual std::optional<KvDiskStats> kv_disk_stats() { return std::nullopt; }
+  // The KV host tier's counters (LoadOptions::kv_host_bytes); nullopt without one.
+  virtual std::optional<KvHostStats> kv_host_stats() { return std::nullopt; }
   // Forward passes replayed from a recording (a CUDA graph) so far (LoadOptions::cuda_graphs).
   virtual int64_t replayed_passes() const { return 0; }
   // MoE layers whose host-memory experts were streamed to a GPU for a prefill so far
   // (LoadOptions::stream_experts_min_tokens).
   virtual int64_t streamed_expert_layers() const { return 0; }
-  // Frees the prefix cache's blocks no session holds (the host tier); with a disk tier, also asks
-  // the kernel to drop its files from the page cache, so the next hits read from the device
-  // (KvDiskStats::page_cache_resident says how far that worked). For benchmarks of the tiers.
+  // Frees the prefix cache's blocks no session holds from the KV pool and empties the host tier;
+  // with a disk tier, also asks the kernel to drop its files from the page cache, so the next hits
+  // read from the device (KvDiskStats::page_cache_resident says how far that worked). For
+  // benchmarks of the tiers.
   virtual void evict_prefix_cache() {}
+  // Frees the prefix cache's blocks no session holds from the KV pool only: with a host tier (a
+  // GPU's pool) they move there, and the next hits are copied back from it. For benchmarks.
+  virtual void evict_prefix_cache_to_host() {}
   // Where each weight role lives: LoadOptions::placement resolved at load (an engine that predates
   // placement reports everything on the CPU).
   virtual const Placement& placement() const;

@@ -98,6 +98,8 @@ struct SchedulerStats {
   int64_t batched_steps = 0;   // steps whose forward pass ran more than one sequence or session chunk
   int64_t session_chunks = 0;  // chunks run for sessions (run_chunk)
   int64_t kv_blocks_cached = 0;  // blocks the engine's prefix cache holds (some may also be in use)
+  int64_t kv_host_tier_blocks = 0;         // blocks in its host tier (PrefixCacheCounts)
+  int64_t kv_host_tier_loaded_blocks = 0;  // blocks copied back from the host tier since load
   // Step latency: counts of steps at or below each bound (seconds), cumulative as Prometheus wants,
   // plus their sum; the last bucket is +Inf (= steps).
   static constexpr double kStepBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

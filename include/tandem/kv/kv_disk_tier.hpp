@@ -9,7 +9,10 @@
 // token-hash chain key, payload length, the payload's xxHash3-64 and the header's own — then the
 // payload: the block's bytes layer after layer, exactly as the pool stores them (one layer's
 // planes of one block are contiguous). Reads land straight in pool blocks and writes leave from
-// them (no staging copy), through io_uring when the sandbox allows it, else preadv/pwritev.
+// them (no staging copy), through io_uring when the sandbox allows it, else preadv/pwritev. A pool
+// whose layers live on a GPU (KvPoolSpec::device_layers) is read and written through a copy of the
+// block in host memory (KvPool::export_block/import_block): same layout, same records, so a record
+// written with attention on a GPU serves attention on the CPU and back (same model and KV type).
 //
 // A record is used only when every header field matches this tier and the payload checksum holds:
 // a corrupt, truncated or foreign (other model, KV type or shape) record is counted, deleted and
@@ -80,7 +83,8 @@ class KvDiskTier {
 
   // Writes pool block `block` under `key`, asynchronously, unless the key is on disk already. The
   // block must not change or be freed before its write completes: wait_for(block) before
-  // releasing it (cached blocks are full and never written again).
+  // releasing it (cached blocks are full and never written again). A pool with device layers:
+  // the block is copied out first (the write then needs nothing of the pool).
   void store(uint64_t key, int32_t block);
   // Waits for any write still reading from `block`.
   void wait_for(int32_t block);

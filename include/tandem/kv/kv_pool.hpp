@@ -102,6 +102,30 @@ class KvPool {
   using BlockCopyListener = std::function<void(int32_t from, int32_t to)>;
   void add_block_copy_listener(std::weak_ptr<BlockCopyListener> listener);
 
+  // ---- one block's bytes in host memory, whatever holds its layers (the prefix cache's tiers) ----
+  // Serialised layout: every layer's planes of the block, layer after layer (block_bytes() in all,
+  // block_layer_bytes() a layer) — the layout a pool without device layers stores, so a block
+  // exported from a GPU's layers equals the one a CPU pool would hold.
+  size_t block_bytes() const { return block_layer_bytes_ * static_cast<size_t>(spec_.layers); }
+  bool has_device_layers() const { return host_layers_ < spec_.layers; }
+  // Moves the planes of the device layers a backend holds to and from host memory. Registered by
+  // that backend when it attaches a layer (Backend::kv_attach); held weakly: a transfer that is
+  // gone is skipped, and a device layer no live transfer holds makes export/import Error(internal).
+  class BlockTransfer {
+   public:
+    virtual ~BlockTransfer() = default;
+    virtual bool holds_layer(int64_t layer) const = 0;
+    // Copies `block`'s planes of each layer this transfer holds to `host` + layer · block_layer_bytes
+    // (from it, for from_host), and returns once the copy is complete.
+    virtual void to_host(int32_t block, std::byte* host) = 0;
+    virtual void from_host(int32_t block, const std::byte* host) = 0;
+  };
+  void add_block_transfer(std::weak_ptr<BlockTransfer> transfer);
+  // Copies block `block` (in use) out to `host` (block_bytes()) / in from it: host layers by
+  // memcpy, device layers through their transfer.
+  void export_block(int32_t block, std::byte* host) const;
+  void import_block(int32_t block, const std::byte* host);
+
   // One plane of one block (its whole per-token rows, or a per-channel block).
   std::byte* plane_data(int32_t block, int64_t layer, int64_t plane) {
     return storage_.get() + offset(block, layer, plane);
@@ -198,6 +222,11 @@ class KvPool {
   std::vector<int32_t> free_ids_;
   std::vector<int32_t> refs_;
   std::vector<std::weak_ptr<BlockCopyListener>> copy_listeners_;  // under mutex_
+  std::vector<std::weak_ptr<BlockTransfer>> transfers_;           // under mutex_
+  int64_t host_layers_ = 0;
+  // The live transfers, after checking that each device layer has one.
+  std::vector<std::shared_ptr<BlockTransfer>> live_transfers() const;
+  void check_block(int32_t block, const char* what) const;
   std::unique_ptr<std::unique_ptr<OpenRows>[]> open_slots_;  // [open_capacity_], per-channel pools only
   size_t open_capacity_ = 0;
   size_t open_made_ = 0;                  // under mutex_

@@ -13,6 +13,7 @@
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_disk_tier.hpp"
+#include "tandem/kv/kv_pool.hpp"
 
 namespace tandem {
 namespace {
@@ -74,6 +75,7 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
   check(o.cached_tokens, 0, o.prompt_tokens - 1, "--cached-tokens");
   check(o.decode_tokens, 1, 4096, "--decode-tokens");
   check(o.reps, 1, KvBenchOptions::kMaxReps, "--repetitions");
+  KvBenchResult r;
 
   LoadOptions load;
   load.threads = o.threads;
@@ -83,7 +85,10 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
   load.max_context_tokens = o.prompt_tokens + o.decode_tokens;
   // One session at a time, the cached prefix of the previous repetitions, and room to spare.
   load.max_sessions = 3;
+  load.placement = o.placement;
   auto engine = Engine::load(o.model_path, load);
+  // Attention on a GPU: the prefix is timed where the pool keeps it (VRAM), then from the host tier.
+  r.device_tier = engine->kv_pool().has_device_layers();
   const ModelConfig& config = engine->config();
   if (load.max_context_tokens > config.max_position_embeddings && config.max_position_embeddings > 0)
     throw Error(ErrorKind::out_of_range,
@@ -91,7 +96,6 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
                             o.decode_tokens, config.max_position_embeddings));
   const int64_t bt = engine->options().kv_block_tokens;
 
-  KvBenchResult r;
   r.cached_tokens = o.cached_tokens / bt * bt;
   r.speedup_limit = prefill_flops(config, 0, o.prompt_tokens) / prefill_flops(config, r.cached_tokens, o.prompt_tokens);
   std::mt19937_64 rng(o.seed);
@@ -117,7 +121,20 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
     const auto session = engine->new_session();
     (void)timed(*session, random_prompt(), 0);
   }
-  std::vector<double> cold, host, cold_decode, host_decode;
+  // A prompt whose first M tokens another request put in the cache: the TTFT and decode speed of a
+  // session adopting them; with `to_host`, the pool's idle cached blocks are moved to the host
+  // tier first, so they are copied back from there.
+  const auto cached_run = [&](bool to_host) {
+    const std::vector<int32_t> prompt = random_prompt();
+    if (r.cached_tokens > 0) {
+      const auto writer = engine->new_session();
+      writer->prefill(std::span<const int32_t>(prompt).first(static_cast<size_t>(r.cached_tokens)));
+    }
+    if (to_host) engine->evict_prefix_cache_to_host();
+    const auto session = engine->new_session();
+    return timed(*session, prompt, r.cached_tokens);
+  };
+  std::vector<double> cold, host, device, cold_decode, host_decode, device_decode;
   for (int rep = 0; rep < o.reps; ++rep) {
     {
       const auto session = engine->new_session();
@@ -125,13 +142,12 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
       cold.push_back(ttft);
       cold_decode.push_back(tok_s);
     }
-    const std::vector<int32_t> prompt = random_prompt();
-    if (r.cached_tokens > 0) {  // another request with the same first M tokens fills the cache
-      const auto writer = engine->new_session();
-      writer->prefill(std::span<const int32_t>(prompt).first(static_cast<size_t>(r.cached_tokens)));
+    if (r.device_tier) {
+      const auto [ttft, tok_s] = cached_run(false);
+      device.push_back(ttft);
+      device_decode.push_back(tok_s);
     }
-    const auto session = engine->new_session();
-    const auto [ttft, tok_s] = timed(*session, prompt, r.cached_tokens);
+    const auto [ttft, tok_s] = cached_run(r.device_tier);
     host.push_back(ttft);
     host_decode.push_back(tok_s);
   }
@@ -139,6 +155,10 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
   r.ttft_host_s = median(host);
   r.decode_tok_s_cold = median(cold_decode);
   r.decode_tok_s_host = median(host_decode);
+  if (r.device_tier) {
+    r.ttft_device_s = median(device);
+    r.decode_tok_s_device = median(device_decode);
+  }
   engine.reset();
 
   // The SSD tier: a fresh record directory, an engine writing through to it.

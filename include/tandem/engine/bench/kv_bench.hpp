@@ -9,6 +9,11 @@
 // session adopts it). Each is the median over the repetitions; every repetition uses fresh random
 // token ids, so nothing else is cached. The cold and host figures come from an engine without the
 // disk tier (no write-through cost in them).
+//
+// With attention on a GPU (KvBenchOptions::placement), the KV pool is VRAM: the prefix still there
+// is timed as the device tier, the host figure adopts it from the host tier (the pool's idle cached
+// blocks moved there first — Engine::evict_prefix_cache_to_host), and the disk figure drops both
+// before adopting from the SSD tier.
 #include <cstdint>
 #include <string>
 
@@ -29,6 +34,7 @@ struct KvBenchOptions {
   // Where the disk tier's records go: a fresh subdirectory of this (removed afterwards); "" = the
   // system's temporary directory (often tmpfs, that is memory: disk_fs says).
   std::string disk_dir;
+  std::string placement;  // LoadOptions::placement ("" = all on the CPU)
   static constexpr int kMaxReps = 100;
 };
 
@@ -37,6 +43,8 @@ struct KvBenchResult {
   double ttft_cold_s = 0, ttft_host_s = 0;
   double decode_tok_s_cold = 0, decode_tok_s_host = 0;
   double ttft_disk_s = 0, decode_tok_s_disk = 0;
+  bool device_tier = false;  // attention on a GPU: the pool is VRAM, below it the host tier
+  double ttft_device_s = 0, decode_tok_s_device = 0;  // the prefix in VRAM (device_tier only)
   std::string disk_fs;  // file system type of disk_dir ("ext4", "tmpfs", ...)
   std::string disk_io;  // "io_uring" or the preadv/pwritev fallback and why
   // Fraction of the records' bytes still in the page cache when the timed reads began (the
