@@ -1,5 +1,5 @@
 // `tandem bench model -m FILE [-p 512] [-n 128] [-t N] [-r REPS] [--placement R] [--vram-budget B]
-// [--json]`: prefill and decode
+// [--kv-type T] [--json]`: prefill and decode
 // speed as llama-bench measures them, the decode roofline implied by the file and this machine's
 // stream bandwidth, and how widely the routers spread tokens over the experts.
 #include <filesystem>
@@ -25,6 +25,7 @@ struct ModelFlags {
   uint64_t stream_mib = 1024;
   std::string cpu_kernels;
   std::string vram_total;
+  std::string kv_type;
   bool json = false;
 };
 
@@ -47,6 +48,7 @@ CommandRun setup(CLI::App& sub) {
   add_placement_shorthand_flags(sub, opt.placement_flags, flags->vram_total, /*with_ngl=*/false);
   add_defer_experts_flag(sub, opt.defer_experts);
   add_ubatch_flag(sub, opt.ubatch);
+  add_kv_type_flag(sub, flags->kv_type);
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     ModelBenchOptions o = flags->options;
@@ -54,6 +56,7 @@ CommandRun setup(CLI::App& sub) {
       throw Error(ErrorKind::invalid_argument, "--stream-mib " + std::to_string(flags->stream_mib) + " is outside 1..1048576");
     o.stream_bytes = flags->stream_mib << 20;
     o.kernels = cpu_kernels_from_flag(flags->cpu_kernels);
+    o.kv_type = kv_type_from_flag(flags->kv_type);
     o.defer_experts = defer_experts_from_flag(o.defer_experts);
     o.ubatch = ubatch_from_flag(o.ubatch, 0);  // the range check naming the flag; the bench cuts it to its context
     o.placement_flags.vram_total_bytes = vram_total_from_flag(flags->vram_total);
@@ -84,6 +87,7 @@ CommandRun setup(CLI::App& sub) {
       j["threads"] = r.threads;
       j["cpu_kernels"] = std::string(cpu_kernels_name(o.kernels));
       j["cpu_isa"] = std::string(cpu_kernel_isa());
+      j["kv_type"] = std::string(kv_type_name(o.kv_type));
       j["n_prompt"] = o.prompt_tokens;
       j["n_gen"] = o.gen_tokens;
       j["n_depth"] = o.depth;

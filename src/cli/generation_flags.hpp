@@ -25,8 +25,8 @@ namespace tandem::cli {
 inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
   return app.add_option("--placement", rules,
                         "where weights live: rules like 'experts=cpu,*=cuda:0' (first match wins) or @FILE; "
-                        "default: routed experts on cpu, the rest on cuda:0 when the CUDA backend can run "
-                        "it, else all on cpu (docs/PLACEMENT.md)");
+                        "default: all on cpu; --vram-budget, --cpu-moe or --n-cpu-moe switch to the hybrid "
+                        "defaults, routed experts on cpu and the rest on cuda:0 (docs/PLACEMENT.md)");
 }
 
 // llama.cpp's placement spellings and the VRAM budget (docs/PLACEMENT.md), into `flags`; `-ngl`

@@ -139,6 +139,17 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
   CHECK(j["vram_budget"] == "");
   CHECK(j["ubatch"] == 33);  // the default 512 tokens per pass, cut to the bench's context (33: its warm-up)
   CHECK(j["prefill_passes"] == 1);
+  CHECK(j["kv_type"] == "f16");
+}
+
+TEST_CASE("bench model --kv-type: the timed engine's KV cache type; an unknown type is refused", "[engine][bench][cli]") {
+  const std::string model = shell_quote(tandem::test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf");
+  const auto j = run_json("bench model -m " + model + " -p 8 -n 2 -r 1 -t 1 --spread-tokens 0 --stream-mib 16 --kv-type int4 --json");
+  CHECK(j["kv_type"] == "int4");
+  CHECK(j["decode_tok_s"].get<double>() > 0);
+  const auto bad = run_cli_captured("bench model -m " + model + " -p 8 -n 2 -r 1 --kv-type q3");
+  CHECK(bad.exit_code != 0);
+  CHECK(bad.err.find("--kv-type must be") != std::string::npos);
 }
 
 TEST_CASE("bench model --ubatch: the prompt runs in passes of N tokens, counted by the scheduler",

@@ -102,6 +102,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.placement = o.placement;
   load.placement_flags = o.placement_flags;
   load.defer_experts = o.defer_experts;
+  load.kv_type = o.kv_type;
   // A negative ubatch reaches Engine::load, which refuses it; none is longer than the bench's context.
   if (o.ubatch != 0) load.max_batch_tokens = o.ubatch;
   load.max_batch_tokens = std::min(load.max_batch_tokens, load.max_context_tokens);

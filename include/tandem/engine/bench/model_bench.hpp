@@ -9,6 +9,7 @@
 
 #include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/engine/placement_plan.hpp"
+#include "tandem/kv/kv_type.hpp"
 
 namespace tandem {
 
@@ -27,6 +28,7 @@ struct ModelBenchOptions {
   PlacementFlags placement_flags;         // LoadOptions::placement_flags (--vram-budget, --cpu-moe, -ot, …)
   int64_t defer_experts = 0;              // LoadOptions::defer_experts (0 = off)
   int64_t ubatch = 0;                     // LoadOptions::max_batch_tokens: tokens per pass (0 = the default)
+  KvType kv_type = KvType::f16;           // LoadOptions::kv_type (--kv-type)
   static constexpr int kMaxReps = 100;
 };
 
