@@ -4,7 +4,7 @@
 Usage: ncu-decode-step.py NCU.csv [STEP]
 
 NCU.csv is what `ncu --csv --log-file NCU.csv --metrics gpu__time_duration.sum,dram__bytes_read.sum
-tandem bench model ... --placement '*=cuda:0'` wrote (scripts/device-decode-profile.sh), run with
+tandem bench model ... --placement '*=cuda:0'` wrote (`STEPS="build ncu" scripts/device-verify.sh`), run with
 TANDEM_CUDA_GRAPHS=0 so that ncu sees each launch. A step begins at the embedding lookup (a
 dequantize_kernel reading token ids, one block per token): STEP counts steps back from the last
 complete one (default 1, the last). Prints the kernels of that step grouped by name and launch

@@ -247,8 +247,8 @@ struct PlainLaneBlocks<Decoder<DType::f32>> {
   }
 };
 
-template <typename Wide>
-struct PlainLaneBlocks16 {
+template <typename Widen>
+struct PlainLaneBlocks16 {  // Widen::widen: 16 stored bits to float
   static constexpr bool available = true;
   struct Raw {
     uint2 a, b;  // four 16-bit values each
@@ -261,8 +261,8 @@ struct PlainLaneBlocks16 {
     const uint32_t words[4] = {raw.a.x, raw.a.y, raw.b.x, raw.b.y};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      v[2 * i] = Wide::widen(static_cast<unsigned short>(words[i] & 0xffffu));
-      v[2 * i + 1] = Wide::widen(static_cast<unsigned short>(words[i] >> 16));
+      v[2 * i] = Widen::widen(static_cast<unsigned short>(words[i] & 0xffffu));
+      v[2 * i + 1] = Widen::widen(static_cast<unsigned short>(words[i] >> 16));
     }
   }
 };

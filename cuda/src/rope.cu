@@ -46,7 +46,7 @@ __global__ void head_norm_rope_kernel(float* data, int64_t heads, int64_t head_d
   double sum = 0;
   for (int64_t i = threadIdx.x; i < head_dim; i += kHeadThreads) {
     values[i] = v[i];
-    sum += static_cast<double>(values[i]) * values[i];
+    if (norm_weight != nullptr) sum += static_cast<double>(values[i]) * values[i];
   }
   if (norm_weight != nullptr) {
     sum = detail::block_sum(sum, partial);
@@ -74,7 +74,10 @@ void head_norm_rope(Stream& stream, float* data, int64_t rows, int64_t heads, in
                     const float* norm_weight, double eps, const int64_t* positions, const double* inv_freq,
                     int64_t rotary_dim, bool neox, double attention_factor) {
   if (rows <= 0 || heads <= 0) return;
-  if (head_dim > kMaxFusedHeadDim || rotary_dim > head_dim) {
+  if (rotary_dim > head_dim)
+    throw Error(ErrorKind::invalid_argument,
+                text("cuda::head_norm_rope: a rotary width of ", rotary_dim, " exceeds the head's ", head_dim, " values"));
+  if (head_dim > kMaxFusedHeadDim) {
     if (norm_weight != nullptr) rms_norm(stream, data, norm_weight, rows * heads, head_dim, head_dim, eps, data);
     rope(stream, data, rows, heads * head_dim, heads, head_dim, positions, inv_freq, rotary_dim, neox,
          attention_factor);

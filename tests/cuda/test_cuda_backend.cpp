@@ -272,6 +272,10 @@ TEST_CASE("cuda add_rms_norm and head_norm_rope equal the CPU's two calls each",
         CHECK(relative_error(gpu, cpu) < 1e-6);
         CHECK(gpu != data);
       }
+  ModelConfig c;
+  const RopeParams too_wide = RopeParams::from_config(c, 256);
+  DeviceBuffer d = put(*b.gpu, random_floats(2 * 128, 16)), pos = put(*b.gpu, std::vector<int64_t>{0, 1});
+  CHECK_THROWS_AS(b.gpu->head_norm_rope(too_wide, d.as<float>(), 2, 1, 128, nullptr, 1e-6, pos.as<int64_t>()), Error);
 }
 
 namespace {
@@ -525,31 +529,34 @@ TEST_CASE("cuda routed experts: few tokens pair by pair equal many tokens groupe
           "[cuda]") {
   if (!have_gpu()) return;
   Backends b;
-  const int64_t hidden = 512, inter = 256, experts = 8, top_k = 3, many = 20, few = 5;  // 20 > 16 >= 5
-  // {gate/up type, down type}: Q4_K_M stores some layers' down projections as Q6_K.
+  const int64_t hidden = 512, inter = 256, experts = 16, many = 20, few = 5;  // 20 > 16 >= 5
+  // {gate/up type, down type}: Q4_K_M stores some layers' down projections as Q6_K. Top 10: more slots
+  // than the pairwise down kernel has warps per row (8), so a warp takes two.
   for (auto [gate_type, down_type] : {std::pair{DType::q4_k, DType::q4_k}, std::pair{DType::q4_k, DType::q6_k},
                                       std::pair{DType::q8_0, DType::q8_0}, std::pair{DType::f8_e4m3, DType::f8_e4m3},
                                       std::pair{DType::bf16, DType::bf16}}) {
-    b.gpu = make_cuda_backend(0);
-    const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 140);
-    const ExpertWeights& ew = random.weights;
-    std::vector<int32_t> ids;
-    for (int64_t t = 0; t < many; ++t)
-      for (int64_t s = 0; s < top_k; ++s) ids.push_back(static_cast<int32_t>((t * 5 + s * 3) % experts));
-    const auto weights = random_floats(static_cast<size_t>(many * top_k), 143);
-    const auto x = random_floats(static_cast<size_t>(many * hidden), 144);
-    auto run = [&](Backend& be, int64_t tokens) {
-      DeviceBuffer dx = put(be, x), di = put(be, ids), dw = put(be, weights);
-      DeviceBuffer out = be.allocate(static_cast<size_t>(tokens * hidden) * sizeof(float));
-      be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k,
-                            out.as<float>());
-      return get(be, out, static_cast<size_t>(tokens * hidden));
-    };
-    INFO(type_name(gate_type) << " / " << type_name(down_type));
-    const std::vector<float> grouped = run(*b.gpu, many), pairwise = run(*b.gpu, few), cpu = run(*b.cpu, many);
-    CHECK(relative_error(grouped, cpu) < 2e-5);
-    const std::vector<float> grouped_few(grouped.begin(), grouped.begin() + few * hidden);
-    CHECK(relative_error(pairwise, grouped_few) < 1e-6);
+    for (const int64_t top_k : {int64_t{3}, int64_t{10}}) {
+      b.gpu = make_cuda_backend(0);
+      const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 140);
+      const ExpertWeights& ew = random.weights;
+      std::vector<int32_t> ids;
+      for (int64_t t = 0; t < many; ++t)
+        for (int64_t s = 0; s < top_k; ++s) ids.push_back(static_cast<int32_t>((t * 5 + s * 3) % experts));
+      const auto weights = random_floats(static_cast<size_t>(many * top_k), 143);
+      const auto x = random_floats(static_cast<size_t>(many * hidden), 144);
+      auto run = [&](Backend& be, int64_t tokens) {
+        DeviceBuffer dx = put(be, x), di = put(be, ids), dw = put(be, weights);
+        DeviceBuffer out = be.allocate(static_cast<size_t>(tokens * hidden) * sizeof(float));
+        be.moe_routed_experts(ew, dx.as<float>(), tokens, hidden, di.as<int32_t>(), dw.as<float>(), top_k,
+                              out.as<float>());
+        return get(be, out, static_cast<size_t>(tokens * hidden));
+      };
+      INFO(type_name(gate_type) << " / " << type_name(down_type) << ", top " << top_k);
+      const std::vector<float> grouped = run(*b.gpu, many), pairwise = run(*b.gpu, few), cpu = run(*b.cpu, many);
+      CHECK(relative_error(grouped, cpu) < 2e-5);
+      const std::vector<float> grouped_few(grouped.begin(), grouped.begin() + few * hidden);
+      CHECK(relative_error(pairwise, grouped_few) < 1e-6);
+    }
   }
 }
 
