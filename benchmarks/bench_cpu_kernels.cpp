@@ -69,6 +69,31 @@ void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
 // (correctness only: slow by design). Reported as multiply-adds per CPU second.
 enum Variant { avx512_dot, avx512_tile, amx_tile, emulated_amx_tile };
 
+// `rows` × 2048 random weights of `type` and `tokens` activation rows quantised for its kernels.
+struct MatmulCase {
+  std::vector<uint8_t> w;
+  LinearWeight weight;
+  WeightKind kind;
+  int64_t stride;
+  std::vector<uint8_t> q;
+  MatmulCase(DType type, int64_t rows, int64_t tokens) : kind(*weight_kind_for(type)) {
+    const auto& tr = dtype_traits(type);
+    w.resize(static_cast<size_t>(rows * (kIn / tr.block_elems * tr.block_bytes)));
+    std::mt19937 rng(1);
+    for (auto& b : w) b = static_cast<uint8_t>(rng() & 0x3f);
+    weight.weight.dtype = type;
+    weight.weight.shape = Shape{rows, kIn};
+    weight.weight.data = w.data();
+    weight.weight.nbytes = w.size();
+    std::vector<float> x(static_cast<size_t>(kIn * tokens));
+    for (auto& v : x) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
+    const ActFormat format = act_format(kind);
+    stride = act_row_bytes(format, kIn);
+    q.resize(static_cast<size_t>(stride * tokens));
+    quantize_rows(format, x.data(), kIn, kIn, 0, tokens, q.data());
+  }
+};
+
 void bench_tile(benchmark::State& state, DType type, Variant variant) {
   const IsaLevel level = variant == amx_tile ? IsaLevel::amx : IsaLevel::avx512;
   if (!isa_level_supported(level)) {
@@ -78,32 +103,39 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
   KernelTable table = variant == emulated_amx_tile ? make_emulated_amx_table() : make_kernel_table(level);
   if (variant == avx512_dot) std::fill(std::begin(table.tile), std::end(table.tile), nullptr);
   const int64_t rows = state.range(0), tokens = state.range(1);
-  const auto& tr = dtype_traits(type);
-  const int64_t row_bytes = kIn / tr.block_elems * tr.block_bytes;
-  std::vector<uint8_t> w(static_cast<size_t>(rows * row_bytes));
-  std::mt19937 rng(1);
-  for (auto& b : w) b = static_cast<uint8_t>(rng() & 0x3f);
-  LinearWeight weight;
-  weight.weight.dtype = type;
-  weight.weight.shape = Shape{rows, kIn};
-  weight.weight.data = w.data();
-  weight.weight.nbytes = w.size();
-  std::vector<float> x(static_cast<size_t>(kIn * tokens));
-  for (auto& v : x) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
-  const WeightKind kind = *weight_kind_for(type);
-  const ActFormat format = act_format(kind);
-  const int64_t stride = act_row_bytes(format, kIn);
-  std::vector<uint8_t> q(static_cast<size_t>(stride * tokens));
-  quantize_rows(format, x.data(), kIn, kIn, 0, tokens, q.data());
-  std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, kind, kIn)) + 1);
+  const MatmulCase c(type, rows, tokens);
+  std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, c.kind, kIn)) + 1);
   std::vector<float> y(static_cast<size_t>(rows * tokens));
   for (auto _ : state) {
     for (int64_t o = 0; o < rows; o += 16)
-      matmul_tile(table, weight, kind, {q.data(), stride}, tokens, o, std::min<int64_t>(rows, o + 16), nullptr,
+      matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, tokens, o, std::min<int64_t>(rows, o + 16), nullptr,
                   y.data() + o, rows, workspace.data());
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn * tokens),
+                                               benchmark::Counter::kIsRate);
+}
+
+// Decode's matrix-vector product: matmul_tile at one token over `rows` × 2048 of the AVX-512
+// kernels, in runs of 64 rows as one pool worker takes its share of a layer, with the weight
+// prefetch: 256 rows stay in L2, 32,768 (37-54 MB) come from DRAM. Weight bytes per CPU second.
+void bench_gemv(benchmark::State& state, DType type) {
+  if (!isa_level_supported(IsaLevel::avx512)) {
+    state.SkipWithError("this CPU lacks the ISA level");
+    return;
+  }
+  const KernelTable table = make_kernel_table(IsaLevel::avx512);
+  const int64_t rows = state.range(0);
+  const MatmulCase c(type, rows, 1);
+  std::vector<float> y(static_cast<size_t>(rows));
+  for (auto _ : state) {
+    for (int64_t o = 0; o < rows; o += 64)
+      matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, 1, o, std::min<int64_t>(rows, o + 64), nullptr,
+                  y.data() + o, rows, nullptr);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(c.w.size()));
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn),
                                                benchmark::Counter::kIsRate);
 }
 
@@ -200,6 +232,10 @@ void register_all() {
           ->ArgsProduct({{256}, {8, 16, 64, 256}})
           ->ArgNames({"rows", "tokens"});
     }
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k}) {
+    const std::string name = std::string("gemv/") + std::string(dtype_name(type));
+    benchmark::RegisterBenchmark(name.c_str(), bench_gemv, type)->Arg(256)->Arg(32768)->ArgName("rows");
+  }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0, DType::bf16,
                      DType::f16, DType::f32, DType::f8_e4m3})
     for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512}) {

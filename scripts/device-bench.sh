@@ -26,7 +26,7 @@ if [ ! -s "$model" ]; then
 fi
 printf '{"bench":"model","preset":"qwen3-30b-a3b","layers":8,"result":%s}\n' \
   "$("$tandem" bench model -m "$model" -p "${PROMPT:-512}" -n "${GEN:-128}" -r "$reps" -t 16 \
-      --spread-tokens "${SPREAD:-4096}" --json)"
+      --spread-tokens "${SPREAD:-4096}" --placement '*=cpu' --json)"
 
 for preset in qwen3-30b-a3b deepseek-v3; do
   for t in $threads_list; do

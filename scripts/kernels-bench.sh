@@ -21,7 +21,7 @@ synth=/tmp/kernels-q3-8l.gguf
 [ -f "$synth" ] || "$tandem" synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o "$synth"
 for isa in amx avx512; do
   echo "== bench model, TANDEM_CPU_ISA=$isa, -t 16"
-  TANDEM_CPU_ISA=$isa "$tandem" bench model -m "$synth" -p 512 -n 64 -r 3 -t 16 --spread-tokens 0 --json
+  TANDEM_CPU_ISA=$isa "$tandem" bench model -m "$synth" -p 512 -n 64 -r 3 -t 16 --spread-tokens 0 --placement '*=cpu' --json
 done
 [ "${ONLY_AMX:-0}" = 1 ] && exit 0
 prompt=$(head -c 2000 src/engine/forward.cpp)

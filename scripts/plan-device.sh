@@ -20,8 +20,8 @@ model=${MODEL:-/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf}
 if [ ! -s "$model" ]; then
   "$tandem" synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o "$model" >&2
 fi
-printf '{"run":"plan_cpu","result":%s}\n' "$("$tandem" plan -m "$model" -t 16 --json)"
+printf '{"run":"plan_cpu","result":%s}\n' "$("$tandem" plan -m "$model" -t 16 --placement '*=cpu' --json)"
 printf '{"run":"plan_24g","result":%s}\n' "$("$tandem" plan -m "$model" -t 16 --vram-budget 24G -c 32768 --json)"
 "$tandem" plan -m "$model" -t 16 --vram-budget 24G -c 32768 >&2
 printf '{"run":"bench_model","result":%s}\n' \
-  "$("$tandem" bench model -m "$model" -p 512 -n 128 -r "${REPS:-3}" -t 16 --spread-tokens 0 --json)"
+  "$("$tandem" bench model -m "$model" -p 512 -n 128 -r "${REPS:-3}" -t 16 --spread-tokens 0 --placement '*=cpu' --json)"

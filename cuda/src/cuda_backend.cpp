@@ -154,7 +154,7 @@ class CudaBackend final : public Backend {
     if (layer < 0 || layer >= kv.spec().layers)
       throw Error(ErrorKind::internal, fmt::format("CUDA kv_attach: layer {} outside the pool", layer));
     const KvType type = kv.dtype();
-    if (type == KvType::int4)
+    if (!cuda_kv_type_supported(type))
       throw Error(ErrorKind::unsupported,
                   fmt::format("a {} KV cache is not supported by the CUDA backend yet: use --kv-type int8, fp8, f16, "
                               "bf16 or f32, or place attention on the cpu with --placement",

@@ -60,6 +60,7 @@ CommandRun setup(CLI::App& sub) {
     o.defer_experts = defer_experts_from_flag(o.defer_experts);
     o.ubatch = ubatch_from_flag(o.ubatch, 0);  // the range check naming the flag; the bench cuts it to its context
     o.placement_flags.vram_total_bytes = vram_total_from_flag(flags->vram_total);
+    o.gpu_by_default = true;
     const ModelBenchResult r = run_model_bench(o);
     // What `tandem plan` predicts for the bench's placement at the DRAM bandwidth measured here and
     // the GPU's cached (or measured) HBM and PCIe rates.

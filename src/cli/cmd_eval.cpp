@@ -105,7 +105,7 @@ const RegisterCommand registration{CommandSpec{
       sub.add_option("--ids", flags->ids, "comma-separated token ids (no BOS is added)")->required();
       sub.add_option("--logits-out", flags->logits_out, "file for float32 logits [T, vocab]")->required();
       sub.add_option("-t,--threads", flags->threads, "worker threads (0 = one per physical core)");
-      add_placement_flag(sub, flags->placement);
+      add_placement_flag(sub, flags->placement, /*gpu_by_default=*/false);
       add_override_kv_flag(sub, flags->override_kv);
       add_kv_type_flag(sub, flags->kv_type);
       add_cpu_kernels_flag(sub, flags->cpu_kernels);

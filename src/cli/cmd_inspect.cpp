@@ -40,7 +40,7 @@ const char* rope_scaling_name(RopeScalingType t) {
 }
 
 // Where the default rules put each group's bytes on a machine with a GPU (routed experts → host
-// DRAM, the rest → cuda:0): what `run` will do once the CUDA backend can run the rest.
+// DRAM, the rest → cuda:0): what `run` does there unless an option needs the CPU (docs/PLACEMENT.md).
 nlohmann::json describe_placement(const Weights& weights) {
   const Placement placement = Placement::defaults(/*gpu_available=*/true);
   nlohmann::json by_device = nlohmann::json::object();

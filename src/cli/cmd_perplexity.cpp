@@ -73,6 +73,7 @@ int run_perplexity(const PerplexityFlags& flags) {
   load.max_batch_tokens = flags.batch > 0 ? std::min(flags.batch, flags.ctx)
                                           : std::min<int64_t>(flags.ctx, bounded ? 32 : 512);
   load.placement = flags.placement;
+  load.gpu_by_default = true;
   load.kv_type = kv_type;
   load.kv_policy = kv_policy;
   load.cpu_kernels = cpu_kernels_from_flag(flags.cpu_kernels);

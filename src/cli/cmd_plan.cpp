@@ -60,6 +60,7 @@ int plan_command(const PlanFlags& f) {
   request.flags = f.placement_flags;
   request.flags.vram_total_bytes = vram_total_from_flag(f.vram_total);
   request.gpu_available = cuda_forward_available() || request.flags.vram_total_bytes > 0;
+  request.gpu_by_default = true;
   request.max_sessions = f.parallel;
   request.context_tokens = f.context_tokens;
   request.kv_type = kv_type_from_flag(f.kv_type);
@@ -109,6 +110,8 @@ int plan_command(const PlanFlags& f) {
     j["expert_layers_on_gpu"] = plan.expert_layers_on_gpu;
     j["kv_pool_bytes"] = plan.kv_pool_bytes;
     j["buffer_bytes"] = plan.buffer_bytes;
+    j["cuda_working_bytes"] = plan.cuda_working_bytes;
+    j["gpu_defaults_declined"] = plan.gpu_defaults_declined;
     j["decode_bytes_per_token_cpu"] = p.decode_bytes_cpu;
     j["decode_bytes_per_token_gpu"] = p.decode_bytes_gpu;
     j["decode_flops_per_token"] = p.decode_flops_per_token;
@@ -131,6 +134,8 @@ int plan_command(const PlanFlags& f) {
     return 0;
   }
   fmt::print("placement rules  {}\n", plan.placement.to_string());
+  if (!plan.gpu_defaults_declined.empty())
+    fmt::print("                 (all on the cpu, not the hybrid defaults: {})\n", plan.gpu_defaults_declined);
   fmt::print("{:<20}{:<10}{:>14}\n", "group", "device", "bytes");
   for (const PlanLine& l : plan.lines) fmt::print("{:<20}{:<10}{:>14}  {}\n", l.what, l.device.to_string(), l.bytes, gib(l.bytes));
   fmt::print("VRAM             {}", gib(plan.vram_bytes));

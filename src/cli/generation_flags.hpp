@@ -21,12 +21,18 @@
 
 namespace tandem::cli {
 
-// `--placement RULES`: the one definition, used by run, chat (through GenerationFlags) and eval.
-inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules) {
+// `--placement RULES`: the one definition, used by run, chat (through GenerationFlags), serve,
+// perplexity, bench model and plan (`gpu_by_default`: LoadOptions::gpu_by_default) and eval (false:
+// eval compares logits with the CPU's, so it stays there unless told).
+inline CLI::Option* add_placement_flag(CLI::App& app, std::string& rules, bool gpu_by_default = true) {
   return app.add_option("--placement", rules,
-                        "where weights live: rules like 'experts=cpu,*=cuda:0' (first match wins) or @FILE; "
-                        "default: all on cpu; --vram-budget, --cpu-moe or --n-cpu-moe switch to the hybrid "
-                        "defaults, routed experts on cpu and the rest on cuda:0 (docs/PLACEMENT.md)");
+                        gpu_by_default
+                            ? "where weights live: rules like 'experts=cpu,*=cuda:0' (first match wins) or @FILE; "
+                              "default: with a usable GPU, routed experts on cpu and the rest on cuda:0 (all on cpu "
+                              "when an option needs the CPU's attention or it does not fit; a notice says why); "
+                              "without one, all on cpu (docs/PLACEMENT.md)"
+                            : "where weights live: rules like 'experts=cpu,*=cuda:0' (first match wins) or @FILE; "
+                              "default: all on cpu (docs/PLACEMENT.md)");
 }
 
 // llama.cpp's placement spellings and the VRAM budget (docs/PLACEMENT.md), into `flags`; `-ngl`
@@ -367,6 +373,7 @@ struct GenerationFlags {
     o.max_sessions = 1;
     o.placement = placement;
     o.placement_flags = placement_flags;
+    o.gpu_by_default = true;
     o.placement_flags.n_gpu_layers = llama.n_gpu_layers;
     o.placement_flags.vram_total_bytes = vram_total_from_flag(vram_total);
     o.kv_type = resolved_kv_type();

@@ -79,6 +79,7 @@ struct ServeFlags {
     o.max_batch_tokens = max_batch_tokens;
     o.placement = placement;
     o.placement_flags = placement_flags;
+    o.gpu_by_default = true;
     o.placement_flags.vram_total_bytes = vram_total_from_flag(vram_total);
     o.kv_type = kv_type_from_flag(kv_type);
     o.overrides = model_overrides_from(override_kv);

@@ -210,14 +210,34 @@ class CpuEngine final : public Engine {
     step(0.2f, "binding weights");
     weights_ = bind_weights(files_);
     uint64_t budget_left = UINT64_MAX;  // VRAM a longer pass may still take (a --vram-budget's rest)
-    if (options_.placement_flags.any()) {
-      PlanRequest request{options_.placement, options_.placement_flags,
-                          cuda_forward_available() || options_.placement_flags.vram_total_bytes > 0,
-                          options_.max_sessions, options_.max_context_tokens, options_.kv_type,
-                          options_.max_batch_tokens};
+    const bool gpu_visible = cuda_forward_available();
+    if (options_.placement_flags.any() || (options_.gpu_by_default && gpu_visible)) {
+      PlanRequest request;
+      request.rules = options_.placement;
+      request.flags = options_.placement_flags;
+      request.gpu_available = gpu_visible || options_.placement_flags.vram_total_bytes > 0;
+      request.gpu_by_default = options_.gpu_by_default && gpu_visible;
+      request.max_sessions = options_.max_sessions;
+      request.context_tokens = options_.max_context_tokens;
+      request.kv_type = options_.kv_type;
+      request.max_batch_tokens = options_.max_batch_tokens;
+      // Without a budget an automatic pass size may grow to the streamed one below: fit that.
+      if (automatic_batch && options_.placement_flags.vram_budget.empty())
+        request.max_batch_tokens = std::min(LoadOptions::kStreamedBatchTokens, options_.max_context_tokens);
+      request.stream_experts_min_tokens = options_.stream_experts_min_tokens == LoadOptions::kStreamExpertsAutomatic
+                                              ? LoadOptions::kStreamExpertsAutoTokens
+                                              : options_.stream_experts_min_tokens;
+      if (!retention_policy_.is_full())
+        request.cpu_attention_reason = fmt::format("--kv-policy {} needs the CPU's attention",
+                                                   retention_policy_.to_string());
       PlacementPlan plan = plan_placement(files_, weights_, request);
       if (plan.vram_budget_bytes > 0)
         budget_left = plan.vram_budget_bytes > plan.vram_bytes ? plan.vram_budget_bytes - plan.vram_bytes : 0;
+      if (!plan.gpu_defaults_declined.empty())
+        files_.warnings.push_back(fmt::format(
+            "placement: everything on the cpu, not the hybrid defaults (routed experts on the cpu, the rest on "
+            "cuda:0), because {}; --placement chooses (docs/PLACEMENT.md)",
+            plan.gpu_defaults_declined));
       placement_ = std::move(plan.placement);
     }
     // Every role resolved before anything is allocated; a rule the forward pass cannot honour is an
@@ -677,9 +697,8 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const LoadOptions&
   if (options.cancel && options.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
   if (options.progress) options.progress(0.0f, "opening model files");
   // Rules are parsed before the files are opened, so a typo fails fast.
-  // The defaults keep every role on the CPU (docs/PLACEMENT.md, Status: options refused with attention
-  // on a GPU would fail the load rather than fall back); rules and flags that name cuda use it where
-  // it is built and a GPU is present.
+  // Without a GPU (or LoadOptions::gpu_by_default) the defaults keep every role on the CPU; rules and
+  // flags that name cuda use it where it is built and a GPU is present (docs/PLACEMENT.md).
   Placement placement = Placement::parse(options.placement, /*gpu_available=*/false);
   ModelFiles files = open_model_files(path, options.overrides);
   return std::make_unique<CpuEngine>(std::move(files), options, std::move(placement));

@@ -66,12 +66,121 @@ uint64_t planned_buffer_bytes(const ModelConfig& c, int64_t max_batch_tokens) {
   return static_cast<uint64_t>(max_batch_tokens * floats_per_row) * sizeof(float);
 }
 
+namespace {
+
+constexpr int64_t kBlasMinRows = 256;                       // cuda_backend.cpp: dense linears through cuBLAS
+constexpr int64_t kBlasMaxWeightValues = int64_t{64} << 20;  // its largest weight (bf16 copy)
+constexpr int64_t kBlasMoePairsPerExpert = 64;              // cuda/moe_blas.hpp
+constexpr int64_t kBlasMoeChunkBytes = int64_t{256} << 20;  // its dequantised experts per chunk
+constexpr int64_t kMoeRowAlign = 32;                         // moe_blas.cu: rows per expert padded to this
+
+uint64_t align256(int64_t bytes) { return static_cast<uint64_t>((bytes + 255) / 256 * 256); }
+
+// The routed experts' scratch at one pass of `tokens` (moe_blas.cu's layout, or moe_grouped.cu's).
+uint64_t expert_scratch_bytes(const ModelConfig& c, int64_t tokens) {
+  const int64_t experts = c.num_experts, inter = c.moe_intermediate_size, hidden = c.hidden_size;
+  const int64_t pairs = tokens * std::max<int64_t>(c.num_experts_per_tok, 1);
+  if (experts <= 0 || inter <= 0) return 0;
+  if (pairs >= kBlasMoePairsPerExpert * experts) {
+    const int64_t rows = pairs + experts * (kMoeRowAlign - 1);
+    const int64_t per_expert = 3 * inter * hidden * 2;
+    const int64_t chunk = std::clamp<int64_t>(kBlasMoeChunkBytes / std::max<int64_t>(per_expert, 1), 1, experts);
+    return align256((pairs + experts) * 4) + align256(6 * experts * 8) + align256(rows * hidden * 2) +
+           align256(rows * 2 * inter * 4) + align256(rows * inter * 2) + align256(rows * hidden * 4) +
+           align256(chunk * per_expert);
+  }
+  return static_cast<uint64_t>((2 * experts + 2 * pairs) * 4 + (2 * pairs * hidden + pairs * inter) * 4);
+}
+
+}  // namespace
+
+uint64_t planned_cuda_working_bytes(const ModelConfig& c, const Weights& weights, const Placement& placement,
+                                    int64_t max_batch_tokens, int64_t stream_experts_min_tokens) {
+  if (placement.device_for(WeightGroup::attention, 0).kind != DeviceKind::cuda) return 0;
+  const int64_t tokens = std::max<int64_t>(max_batch_tokens, 1);
+  uint64_t total = 0;
+  if (tokens >= kBlasMinRows) {
+    int64_t widest_values = 0, widest_in = 0;
+    for_each_weight(weights, [&](WeightGroup g, int64_t layer, auto&&... item) {
+      if constexpr (sizeof...(item) == 1) {
+        const LinearWeight& w = (item, ...);
+        if (g == WeightGroup::experts || w.empty() || w.weight.shape.rank != 2 ||
+            placement.device_for(g, layer).kind != DeviceKind::cuda)
+          return;
+        const int64_t values = w.weight.shape[0] * w.weight.shape[1];
+        if (values > kBlasMaxWeightValues) return;
+        widest_values = std::max(widest_values, values);
+        widest_in = std::max(widest_in, w.weight.shape[1]);
+      }
+    });
+    total += static_cast<uint64_t>(widest_values * 2 + tokens * widest_in * 2);
+  }
+  bool resident = false, streamed = false;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (static_cast<size_t>(l) >= weights.layers.size() || !weights.layers[static_cast<size_t>(l)].is_moe) continue;
+    if (placement.device_for(WeightGroup::experts, l).kind == DeviceKind::cuda)
+      resident = true;
+    else if (placement.device_for(WeightGroup::router, l).kind == DeviceKind::cuda && stream_experts_min_tokens > 0 &&
+             tokens >= stream_experts_min_tokens)
+      streamed = true;
+  }
+  if (resident || streamed) total += expert_scratch_bytes(c, tokens);
+  if (streamed) {
+    const std::vector<uint64_t> per_layer = expert_bytes_per_layer(weights, c.num_layers);
+    total += 2 * (per_layer.empty() ? 0 : *std::max_element(per_layer.begin(), per_layer.end()));
+  }
+  return total;
+}
+
+namespace {
+
+// Why the automatic hybrid defaults cannot serve this load ("" = they can): the CPU's attention is
+// needed, a KV or weight type they would put on the GPU has no CUDA kernel, or they do not fit.
+std::string gpu_defaults_blocker(const Weights& weights, const PlanRequest& request, const PlacementPlan& plan) {
+  if (!request.cpu_attention_reason.empty()) return request.cpu_attention_reason;
+  if (!cuda_kv_type_supported(request.kv_type))
+    return fmt::format("--kv-type {} has no CUDA attention kernel yet", kv_type_name(request.kv_type));
+  std::string weight_type;
+  for_each_weight_tensor(weights, [&](WeightGroup g, int64_t layer, const TensorView& v, TensorRole) {
+    if (!weight_type.empty() || v.empty() || g == WeightGroup::norms) return;
+    const PlacementRule& r = plan.placement.rule_for(g, layer);
+    if (r.from_defaults && r.device.kind == DeviceKind::cuda && !cuda_weight_type_supported(v.dtype))
+      weight_type = fmt::format("the {} weights include {} tensors, which the CUDA backend cannot read yet",
+                                weight_group_display_name(g), dtype_name(v.dtype));
+  });
+  if (!weight_type.empty()) return weight_type;
+  const uint64_t free = cuda_device_count() > 0 ? cuda_device_free_bytes(0) : plan.vram_total_bytes;
+  if (free > 0 && plan.vram_bytes > free)
+    return fmt::format("they need {} on cuda:0 (context {} x {} sessions), more than its {} free", gib(plan.vram_bytes),
+                       request.context_tokens, request.max_sessions, gib(free));
+  return "";
+}
+
+PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights, const PlanRequest& request,
+                                 bool gpu_defaults);
+
+}  // namespace
+
 PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, const PlanRequest& request) {
+  const bool asked = request.flags.wants_gpu_defaults();
+  const bool automatic = request.gpu_available && request.gpu_by_default && !asked;
+  PlacementPlan plan = plan_with_defaults(files, weights, request, request.gpu_available && (asked || automatic));
+  if (!automatic) return plan;
+  std::string blocker = gpu_defaults_blocker(weights, request, plan);
+  if (blocker.empty()) return plan;
+  plan = plan_with_defaults(files, weights, request, false);
+  plan.gpu_defaults_declined = std::move(blocker);
+  return plan;
+}
+
+namespace {
+
+PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights, const PlanRequest& request,
+                                 const bool gpu_defaults) {
   const ModelConfig& c = files.config;
   const PlacementFlags& flags = request.flags;
   std::vector<PlacementRule> rules = Placement::parse_rule_list(request.rules);
   for (PlacementRule& r : placement_shorthand_rules(flags, files, weights, request.gpu_available)) rules.push_back(std::move(r));
-  const bool gpu_defaults = request.gpu_available && flags.wants_gpu_defaults();
 
   PlacementPlan plan;
   plan.kv_pool_bytes = planned_kv_pool_bytes(c, request);
@@ -89,7 +198,10 @@ PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, co
   // The KV pool and working buffers live with attention.
   const Device attention_device = plan.placement.device_for(WeightGroup::attention, 0);
   const bool on_gpu = attention_device.kind == DeviceKind::cuda;
-  const uint64_t fixed_gpu = on_gpu ? plan.kv_pool_bytes + plan.buffer_bytes + kCudaContextReserveBytes : 0;
+  plan.cuda_working_bytes = planned_cuda_working_bytes(c, weights, plan.placement, request.max_batch_tokens,
+                                                       request.stream_experts_min_tokens);
+  const uint64_t fixed_gpu =
+      on_gpu ? plan.kv_pool_bytes + plan.buffer_bytes + plan.cuda_working_bytes + kCudaContextReserveBytes : 0;
   uint64_t gpu_bytes = gpu_weight_bytes(weights, plan.placement) + fixed_gpu;
 
   if (plan.vram_budget_bytes > 0) {
@@ -100,10 +212,11 @@ PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, co
           needed += fmt::format("\n  {:<16} {}", weight_group_display_name(p.group), gib(p.bytes));
       if (on_gpu)
         needed += fmt::format("\n  {:<16} {} ({} sessions x {} tokens at {})\n  {:<16} {} ({} tokens per pass)\n  "
-                              "{:<16} {}",
+                              "{:<16} {} (cuBLAS copies, expert rows; --ubatch shortens passes)\n  {:<16} {}",
                               "KV pool", gib(plan.kv_pool_bytes), request.max_sessions, request.context_tokens,
                               kv_type_name(request.kv_type), "working buffers", gib(plan.buffer_bytes),
-                              request.max_batch_tokens, "CUDA reserve", gib(kCudaContextReserveBytes));
+                              request.max_batch_tokens, "CUDA working", gib(plan.cuda_working_bytes),
+                              "CUDA reserve", gib(kCudaContextReserveBytes));
       throw Error(ErrorKind::out_of_memory,
                   fmt::format("--vram-budget {} ({}) is too small for what must be on the GPU: {} needed{}\nraise "
                               "the budget, shorten the context (-c) or sessions, or move groups to the CPU with "
@@ -114,12 +227,20 @@ PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, co
     // need the expert cache). Only layers whose experts the defaults place are candidates.
     if (gpu_defaults) {
       const std::vector<uint64_t> per_layer = expert_bytes_per_layer(weights, c.num_layers);
+      // The first resident layer brings the experts' scratch along when nothing streamed needed it.
+      std::vector<PlacementRule> resident = rules;
+      resident.push_back(parse_placement_rule("experts=cuda:0"));
+      const uint64_t resident_working = planned_cuda_working_bytes(
+          c, weights, Placement::from_rules(resident, gpu_defaults), request.max_batch_tokens,
+          request.stream_experts_min_tokens);
+      uint64_t first_extra = resident_working > plan.cuda_working_bytes ? resident_working - plan.cuda_working_bytes : 0;
       std::vector<PlacementRule> fill;
       for (int64_t l = 0; l < c.num_layers; ++l) {
         const uint64_t b = per_layer[static_cast<size_t>(l)];
         if (b == 0 || !plan.placement.rule_for(WeightGroup::experts, l).from_defaults) continue;
-        if (gpu_bytes + b > plan.vram_budget_bytes) break;
-        gpu_bytes += b;
+        if (gpu_bytes + b + first_extra > plan.vram_budget_bytes) break;
+        gpu_bytes += b + first_extra;
+        first_extra = 0;
         fill.push_back(parse_placement_rule(fmt::format("experts[{}]=cuda:0", l)));
         ++plan.expert_layers_on_gpu;
       }
@@ -135,17 +256,24 @@ PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, co
       }
       for (PlacementRule& r : merged) rules.push_back(std::move(r));
       plan.placement = Placement::from_rules(rules, gpu_defaults);
+      plan.cuda_working_bytes = planned_cuda_working_bytes(c, weights, plan.placement, request.max_batch_tokens,
+                                                           request.stream_experts_min_tokens);
     }
   }
   for (const PlacedBytes& p : place_weights(weights, plan.placement))
     plan.lines.push_back({weight_group_display_name(p.group), p.device, p.bytes});
   plan.lines.push_back({"KV pool", on_gpu ? attention_device : Device::cpu(), plan.kv_pool_bytes});
   plan.lines.push_back({"working buffers", on_gpu ? attention_device : Device::cpu(), plan.buffer_bytes});
-  if (on_gpu) plan.lines.push_back({"CUDA reserve", attention_device, kCudaContextReserveBytes});
+  if (on_gpu) {
+    plan.lines.push_back({"CUDA working memory", attention_device, plan.cuda_working_bytes});
+    plan.lines.push_back({"CUDA reserve", attention_device, kCudaContextReserveBytes});
+  }
   plan.vram_bytes = 0;
   for (const PlanLine& l : plan.lines)
     if (l.device.kind == DeviceKind::cuda) plan.vram_bytes += l.bytes;
   return plan;
 }
+
+}  // namespace
 
 }  // namespace tandem

@@ -10,6 +10,7 @@
 
 #include "cuda_test_support.hpp"
 #include "support/fixtures.hpp"
+#include "tandem/backend/cuda_backend.hpp"
 #include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/formats/dequantize.hpp"
@@ -94,6 +95,15 @@ void check_linear(const TensorView& w, int64_t rows) {
 }
 
 }  // namespace
+
+TEST_CASE("the planner's list of CUDA weight types is the kernels' dispatch", "[cuda]") {
+  // Host code on both sides: no GPU needed. The placement planner decides with the list whether the
+  // automatic hybrid defaults can put a tensor on the GPU.
+  for (int t = 0; t <= static_cast<int>(DType::iq4_xs); ++t) {
+    INFO(dtype_name(static_cast<DType>(t)));
+    CHECK(cuda_weight_type_supported(static_cast<DType>(t)) == cuda::weight_type_supported(static_cast<DType>(t)));
+  }
+}
 
 TEST_CASE("cuda linear matches the CPU reference for q8_0 weights from a real GGUF", "[cuda]") {
   if (!have_gpu()) return;

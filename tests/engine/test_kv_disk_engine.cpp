@@ -161,7 +161,8 @@ TEST_CASE("tandem run --kv-disk: reuses the prefix across processes; bad flags e
   TempDir dir("cli");
   const std::string model = test::shell_quote(test::data_dir() + "/tiny-qwen3moe");
   const std::string ids = "51,261,220,80,84,72,481,263,304,86,77,280,78,87,220,73,287,9,51,261,220,80,84,72,481,263,304,86,77,280,78,87,220,73,287,9";
-  const std::string run = "run -m " + model + " --ids " + ids + " -n 6 --temp 0 --print-ids --stats";
+  // On the CPU where a GPU is visible too, so every run takes the same path and gives the same tokens.
+  const std::string run = "run -m " + model + " --ids " + ids + " -n 6 --temp 0 --print-ids --stats --placement '*=cpu'";
   const auto plain = test::run_cli_captured(run);
   REQUIRE(plain.exit_code == 0);
   const std::string disk = " --kv-disk " + test::shell_quote(dir.path.string()) + " --kv-disk-size 64M";

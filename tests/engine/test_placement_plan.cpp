@@ -11,6 +11,7 @@
 
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
+#include "tandem/backend/cuda_backend.hpp"
 #include "tandem/engine/engine.hpp"
 #include "tandem/engine/placement_plan.hpp"
 #include "tandem/engine/plan.hpp"
@@ -224,6 +225,132 @@ TEST_CASE("--vram-budget: the non-expert part first, then routed experts by laye
              Contains("no GPU"));
 }
 
+TEST_CASE("the automatic hybrid defaults: experts on the CPU, the rest on the GPU, or all on the CPU saying why",
+          "[engine][plan]") {
+  const Model& m = qwen();
+  PlanRequest r;
+  r.gpu_available = true;
+  r.gpu_by_default = true;
+  r.context_tokens = 32;
+  r.flags.vram_total_bytes = 80 * kGiB;  // planning for a card when this machine has none
+  const PlacementPlan hybrid = plan_placement(m.files, m.weights, r);
+  CHECK(hybrid.gpu_defaults_declined.empty());
+  CHECK(hybrid.placement.to_string() == "experts=cpu,*=cuda:0");
+  for (int64_t layer = 0; layer < m.files.config.num_layers; ++layer) {
+    CHECK(hybrid.placement.device_for(WeightGroup::experts, layer) == cpu);
+    CHECK(hybrid.placement.device_for(WeightGroup::attention, layer) == gpu0);
+    CHECK(hybrid.placement.device_for(WeightGroup::router, layer) == gpu0);
+  }
+  CHECK(hybrid.placement.device_for(WeightGroup::output) == gpu0);
+  CHECK(hybrid.vram_bytes > 0);
+
+  const auto all_on_cpu = [&](const PlacementPlan& p) {
+    CHECK(p.vram_bytes == 0);
+    for (WeightGroup g : kAllWeightGroups)
+      for (int64_t layer = kNoLayer; layer < m.files.config.num_layers; ++layer) CHECK(p.placement.device_for(g, layer) == cpu);
+  };
+  SECTION("a load that needs the CPU's attention") {
+    r.cpu_attention_reason = "--kv-policy sinks:4,64 needs the CPU's attention";
+    const PlacementPlan p = plan_placement(m.files, m.weights, r);
+    CHECK(p.gpu_defaults_declined == r.cpu_attention_reason);
+    all_on_cpu(p);
+  }
+  SECTION("a KV type without a CUDA kernel") {
+    r.kv_type = KvType::int4;
+    const PlacementPlan p = plan_placement(m.files, m.weights, r);
+    CHECK_THAT(p.gpu_defaults_declined, Contains("--kv-type int4"));
+    all_on_cpu(p);
+    r.kv_type = KvType::bf16;
+    CHECK(plan_placement(m.files, m.weights, r).gpu_defaults_declined.empty());
+  }
+  SECTION("more than the card holds: 1,024 sessions of 16M tokens") {
+    r.max_sessions = 1024;
+    r.context_tokens = int64_t{1} << 24;
+    const PlacementPlan p = plan_placement(m.files, m.weights, r);
+    CHECK_THAT(p.gpu_defaults_declined, Contains("free") && Contains("cuda:0"));
+    all_on_cpu(p);
+  }
+  SECTION("a flag that asks for the hybrid defaults is the user's choice: no fall-back") {
+    r.cpu_attention_reason = "--kv-disk needs the CPU's attention";
+    r.flags.cpu_moe = true;
+    const PlacementPlan p = plan_placement(m.files, m.weights, r);
+    CHECK(p.gpu_defaults_declined.empty());
+    CHECK(p.placement.device_for(WeightGroup::attention, 0) == gpu0);
+  }
+  SECTION("rules of the user's come first; the defaults fill the rest") {
+    r.rules = "output=cpu";
+    const PlacementPlan p = plan_placement(m.files, m.weights, r);
+    CHECK(p.placement.device_for(WeightGroup::output) == cpu);
+    CHECK(p.placement.device_for(WeightGroup::attention, 1) == gpu0);
+  }
+  SECTION("no GPU: the CPU does everything, and nothing was declined") {
+    r.gpu_available = false;
+    r.flags.vram_total_bytes = 0;
+    const PlacementPlan p = plan_placement(m.files, m.weights, r);
+    CHECK(p.gpu_defaults_declined.empty());
+    all_on_cpu(p);
+  }
+  SECTION("without gpu_by_default the defaults stay on the CPU") {
+    r.gpu_by_default = false;
+    all_on_cpu(plan_placement(m.files, m.weights, r));
+  }
+}
+
+TEST_CASE("the CUDA backend's working memory is planned with attention on the GPU and counted in the budget",
+          "[engine][plan]") {
+  const Model& m = qwen();
+  const ModelConfig& c = m.files.config;
+  const Placement all_gpu = Placement::parse("*=cuda:0", true);
+  const Placement hybrid = Placement::parse("experts=cpu,*=cuda:0", true);
+  CHECK(planned_cuda_working_bytes(c, m.weights, Placement::parse("*=cpu", true), 4096, 256) == 0);
+  CHECK(planned_cuda_working_bytes(c, m.weights, Placement::parse("attention=cpu,*=cuda:0", true), 4096, 256) == 0);
+  // Hybrid, no streaming and passes below cuBLAS's 256 rows: nothing beyond the buffers.
+  CHECK(planned_cuda_working_bytes(c, m.weights, hybrid, 128, 0) == 0);
+  // Passes grow the scratch; resident experts add their pairs' rows.
+  const uint64_t dense_512 = planned_cuda_working_bytes(c, m.weights, hybrid, 512, 0);
+  CHECK(dense_512 > 0);
+  CHECK(planned_cuda_working_bytes(c, m.weights, hybrid, 4096, 0) > dense_512);
+  const uint64_t resident = planned_cuda_working_bytes(c, m.weights, all_gpu, 512, 0);
+  const uint64_t pairs = 512 * static_cast<uint64_t>(c.num_experts_per_tok);
+  // At least every (token, expert) pair's gathered input and output rows in float32.
+  CHECK(resident >= dense_512 + pairs * static_cast<uint64_t>(c.hidden_size) * 2 * 4);
+  // Streaming host experts for prefill adds two slots of the largest layer's experts, once the
+  // passes are long enough to stream.
+  uint64_t layer_experts = 0;
+  for (const PlacedBytes& p : place_weights(m.weights, all_gpu))
+    if (p.group == WeightGroup::experts) layer_experts = p.bytes / static_cast<uint64_t>(c.num_layers);
+  const uint64_t streamed = planned_cuda_working_bytes(c, m.weights, hybrid, 512, 256);
+  CHECK(streamed == resident + 2 * layer_experts);
+  CHECK(planned_cuda_working_bytes(c, m.weights, hybrid, 512, 1024) == dense_512);
+
+  // A budget that holds everything but the working memory is refused, naming it.
+  PlanRequest r;
+  r.rules = "*=cuda:0";
+  r.gpu_available = true;
+  r.context_tokens = 32;
+  r.max_batch_tokens = 4096;
+  r.flags.vram_total_bytes = 80 * kGiB;
+  const PlacementPlan plan = plan_placement(m.files, m.weights, r);
+  CHECK(plan.cuda_working_bytes == planned_cuda_working_bytes(c, m.weights, plan.placement, 4096, 256));
+  bool listed = false;
+  for (const PlanLine& l : plan.lines) listed = listed || (l.what == "CUDA working memory" && l.bytes == plan.cuda_working_bytes);
+  CHECK(listed);
+  r.flags.vram_budget = std::to_string(plan.vram_bytes - plan.cuda_working_bytes / 2);
+  CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::out_of_memory),
+             Contains("CUDA working") && Contains("--ubatch"));
+  r.flags.vram_budget = std::to_string(plan.vram_bytes);
+  CHECK(plan_placement(m.files, m.weights, r).vram_bytes == plan.vram_bytes);
+}
+
+TEST_CASE("the weight and KV types the CUDA backend reads, known in every build", "[engine][plan]") {
+  for (DType t : {DType::f32, DType::f16, DType::bf16, DType::f8_e4m3, DType::q4_0, DType::q8_0, DType::q4_k,
+                  DType::q5_k, DType::q6_k, DType::iq4_xs})
+    CHECK(cuda_weight_type_supported(t));
+  for (DType t : {DType::q2_k, DType::q3_k, DType::i32, DType::f64}) CHECK_FALSE(cuda_weight_type_supported(t));
+  CHECK(cuda_kv_type_supported(KvType::f16));
+  CHECK_FALSE(cuda_kv_type_supported(KvType::int4));
+}
+
 TEST_CASE("an engine loads with llama.cpp's spellings; without a GPU everything stays on the CPU", "[engine][plan]") {
   if (cuda_forward_available()) {
     WARN("skipped: this machine has a GPU, so the CPU-only fallback is not what runs");
@@ -238,6 +365,14 @@ TEST_CASE("an engine loads with llama.cpp's spellings; without a GPU everything 
   o.placement_flags.n_gpu_layers = "99";
   const auto engine = Engine::load(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf", o);
   for (WeightGroup g : kAllWeightGroups) CHECK(engine->placement().device_for(g, 1) == cpu);
+
+  // The CLI's automatic defaults: no GPU, so the CPU does everything, and no notice about it.
+  LoadOptions automatic = o;
+  automatic.placement_flags = {};
+  automatic.gpu_by_default = true;
+  const auto plain = Engine::load(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf", automatic);
+  for (WeightGroup g : kAllWeightGroups) CHECK(plain->placement().device_for(g, 1) == cpu);
+  for (const std::string& w : plain->warnings()) CHECK_THAT(w, !Contains("placement"));
 }
 
 namespace {
@@ -270,11 +405,11 @@ nlohmann::json plan_json(const std::string& args) {
 
 void check_plan_file(const std::string& path) {
   const Model m(path);
-  const nlohmann::json cpu_only = plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10");
+  const nlohmann::json cpu_only = plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10 --placement '*=cpu'");
   for (const char* key : {"decode_tok_s", "prefill_4k_tok_s", "prefill_8k_tok_s", "vram_bytes", "placement"})
     CHECK(cpu_only.contains(key));
   CHECK(cpu_only["vram_bytes"] == 0);
-  CHECK(cpu_only["placement"]["rules"] == "*=cpu");
+  CHECK(cpu_only["placement"]["rules"] == "*=cpu,*=cpu");  // the rule, then the defaults
   const double expected = 10e9 / decode_bytes_by_definition(m);
   CHECK(cpu_only["decode_tok_s"].get<double>() == Approx(expected).epsilon(1e-6));
   CHECK(cpu_only["prefill_4k_tok_s"].get<double>() > 0);
@@ -314,7 +449,7 @@ void check_plan_file(const std::string& path) {
   // through a GPU's kernel latency); from DRAM a thousand times slower, the GPU's always does.
   const std::string slow_dram = "-m " + test::shell_quote(path) + " --dram-gbps 0.01";
   CHECK(plan_json(slow_dram + " --vram-budget 4G --vram-total 80G")["decode_tok_s"].get<double>() >
-        plan_json(slow_dram)["decode_tok_s"].get<double>());
+        plan_json(slow_dram + " --placement '*=cpu'")["decode_tok_s"].get<double>());
 
   const auto small = test::run_cli_captured("plan -m " + test::shell_quote(path) + " --dram-gbps 10 --vram-budget 100M --vram-total 80G");
   CHECK(small.exit_code != 0);
@@ -348,13 +483,20 @@ TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli]
     CHECK(measured["pcie_gbps"].get<double>() > 1.0);
     CHECK(measured["vram_read_gbps"].get<double>() > measured["pcie_gbps"].get<double>());
   }
-  const nlohmann::json cached = plan_json("-m " + test::shell_quote(path));
+  const nlohmann::json cached = plan_json("-m " + test::shell_quote(path) + " --placement '*=cpu'");
   CHECK(cached["dram_source"].get<std::string>().starts_with("cached"));
   CHECK(cached["dram_read_gbps"] == measured["dram_read_gbps"]);
   if (cached["gpu_present"].get<bool>()) {
     CHECK(cached["gpu_rates"].get<std::string>().starts_with("cached"));
     CHECK(cached["vram_read_gbps"] == measured["vram_read_gbps"]);
   }
+  // The CUDA working memory at 4,096-token passes with every expert on the GPU: cuBLAS's grouped rows
+  // of 32,768 (token, expert) pairs and a 256 MiB chunk of dequantised experts, about 1 GB
+  // (docs/PLACEMENT.md).
+  const nlohmann::json gpu = plan_json("-m " + test::shell_quote(path) +
+                                       " --dram-gbps 10 --vram-total 80G --placement '*=cuda:0' --max-batch-tokens 4096");
+  CHECK(gpu["cuda_working_bytes"].get<double>() > 0.9e9);
+  CHECK(gpu["cuda_working_bytes"].get<double>() < 1.2e9);
   const Model m(path);
   CHECK(cached["decode_tok_s"].get<double>() ==
         Approx(cached["dram_read_gbps"].get<double>() * 1e9 / decode_bytes_by_definition(m)).epsilon(1e-6));

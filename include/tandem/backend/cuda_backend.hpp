@@ -18,6 +18,8 @@
 #include <memory>
 
 #include "tandem/backend/backend.hpp"
+#include "tandem/kv/kv_type.hpp"
+#include "tandem/tensor/dtype.hpp"
 
 namespace tandem {
 
@@ -27,6 +29,14 @@ bool cuda_backend_built() noexcept;
 int cuda_device_count() noexcept;
 // A GPU's total memory in bytes; 0 without the backend, a GPU or a driver answer.
 uint64_t cuda_device_total_bytes(int device) noexcept;
+// A GPU's free memory in bytes now; 0 without the backend, a GPU or a driver answer.
+uint64_t cuda_device_free_bytes(int device) noexcept;
+
+// What the CUDA backend's kernels read, in every build (so a machine without a GPU plans the same):
+// the stored weight types of its linears, experts and embedding tables, and the KV cache types of
+// its attention. A test holds the weight list to the kernels' own dispatch.
+bool cuda_weight_type_supported(DType type) noexcept;
+bool cuda_kv_type_supported(KvType type) noexcept;
 
 // A backend on GPU `device`. Throws Error(unsupported) when the build has no CUDA backend,
 // Error(invalid_argument) naming the devices present when `device` is not one of them.

@@ -82,6 +82,12 @@ struct LoadOptions {
   static constexpr int64_t kGpuExpertsBatchTokens = 4096;
   int64_t max_batch_tokens = kBatchTokensAutomatic;
   std::string placement;              // placement rules ("" = defaults, "@FILE"); see docs/PLACEMENT.md
+  // The defaults for what no rule places: false, everything on the CPU unless a placement flag asks
+  // for the hybrid ones; true (the CLI's and server's choice), on a machine with a usable GPU the
+  // hybrid defaults (routed experts on the CPU, the rest on cuda:0) unless this load needs the CPU's
+  // attention (a retention policy), a KV or weight type has no CUDA kernel, or they do
+  // not fit the GPU's free memory; then everything stays on the CPU and warnings() says why.
+  bool gpu_by_default = false;
   PlacementFlags placement_flags;     // -ngl, --cpu-moe, --n-cpu-moe, -ot, --vram-budget (after `placement`)
   bool load_tokenizer = true;         // also load tokenizer + chat template when the model ships them
   // Progress of loading in [0, 1] with a short stage name; called from the loading thread.

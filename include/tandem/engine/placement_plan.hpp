@@ -58,6 +58,16 @@ struct PlanRequest {
   std::string rules;        // --placement (parsed rules come first)
   PlacementFlags flags;
   bool gpu_available = false;  // the GPU defaults apply (and the budget can be met) only with a GPU
+  // The hybrid defaults apply with a GPU even when no flag asks for them (the CLI's default on a GPU
+  // machine; LoadOptions::gpu_by_default). They fall back to all on the CPU, saying why in
+  // PlacementPlan::gpu_defaults_declined, when this load needs the CPU's attention
+  // (`cpu_attention_reason`), the KV type or a weight type they would put on the GPU has no CUDA
+  // kernel, or what they put on the GPU does not fit its free memory.
+  bool gpu_by_default = false;
+  std::string cpu_attention_reason;  // e.g. "--kv-policy sinks:4,64 compacts KV rows in host memory"
+  // Prefill passes of this many tokens or more stream host experts to the GPU (the CUDA working
+  // memory then holds two layers' experts); 0: never.
+  int64_t stream_experts_min_tokens = 256;
   int64_t max_sessions = 1;
   int64_t context_tokens = 4096;  // per session
   KvType kv_type = KvType::f16;
@@ -65,7 +75,8 @@ struct PlanRequest {
 };
 
 struct PlanLine {
-  std::string what;  // a weight group's display name, "KV pool", "working buffers", "CUDA reserve"
+  std::string what;  // a weight group's display name, "KV pool", "working buffers", "CUDA working memory",
+                     // "CUDA reserve"
   Device device;
   uint64_t bytes = 0;
 };
@@ -78,6 +89,8 @@ struct PlacementPlan {
   uint64_t vram_total_bytes = 0;    // 0: no card known
   uint64_t kv_pool_bytes = 0;
   uint64_t buffer_bytes = 0;        // working buffers on the attention device
+  uint64_t cuda_working_bytes = 0;  // what the CUDA backend's own scratch grows to (planned_cuda_working_bytes)
+  std::string gpu_defaults_declined;  // why the automatic hybrid defaults stayed on the CPU ("" = they did not)
   int64_t expert_layers_on_gpu = 0;  // layers whose routed experts the budget fill put on the GPU
 };
 
@@ -86,6 +99,15 @@ uint64_t planned_kv_pool_bytes(const ModelConfig& config, const PlanRequest& req
 // Activations of one forward pass of max_batch_tokens rows, f32: the residual stream and its
 // normed copy, q/k/v/attention output, the widest FFN's gate/up/act, and the logits.
 uint64_t planned_buffer_bytes(const ModelConfig& config, int64_t max_batch_tokens);
+
+// The CUDA backend's scratch on the attention device at passes of `max_batch_tokens` tokens, as its
+// slots grow to the largest call (cuda/src/cuda_backend.cpp): the bf16 copies of the widest dense
+// weight on the GPU and of its input for cuBLAS (passes of 256+ tokens), and, when routed experts
+// run there (resident, or streamed from host memory for prefill), their gathered rows, activations
+// and outputs per (token, expert) pair, the cuBLAS path's chunk of dequantised experts, and for
+// streaming the two slots of one layer's experts each. 0 when attention is not on a GPU.
+uint64_t planned_cuda_working_bytes(const ModelConfig& config, const Weights& weights, const Placement& placement,
+                                    int64_t max_batch_tokens, int64_t stream_experts_min_tokens);
 
 // Rules (--placement, then shorthands, then the budget fill, then the defaults) resolved for
 // these weights. With a budget: Error(out_of_memory) listing what the non-expert part needs when it

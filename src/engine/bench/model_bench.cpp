@@ -101,6 +101,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
   load.cpu_kernels = o.kernels;
   load.placement = o.placement;
   load.placement_flags = o.placement_flags;
+  load.gpu_by_default = o.gpu_by_default;
   load.defer_experts = o.defer_experts;
   load.kv_type = o.kv_type;
   // A negative ubatch reaches Engine::load, which refuses it; none is longer than the bench's context.

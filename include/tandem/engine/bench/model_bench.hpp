@@ -24,7 +24,8 @@ struct ModelBenchOptions {
   uint64_t stream_bytes = uint64_t{1} << 30;
   uint64_t seed = 1;
   CpuKernels kernels = CpuKernels::fast;  // LoadOptions::cpu_kernels (reference: to compare)
-  std::string placement;                  // LoadOptions::placement ("" = all on the CPU)
+  std::string placement;                  // LoadOptions::placement ("" = the defaults)
+  bool gpu_by_default = false;            // LoadOptions::gpu_by_default (the CLI's: true)
   PlacementFlags placement_flags;         // LoadOptions::placement_flags (--vram-budget, --cpu-moe, -ot, …)
   int64_t defer_experts = 0;              // LoadOptions::defer_experts (0 = off)
   int64_t ubatch = 0;                     // LoadOptions::max_batch_tokens: tokens per pass (0 = the default)

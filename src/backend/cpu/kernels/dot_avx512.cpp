@@ -44,6 +44,86 @@ alignas(64) constexpr int16_t kPairIndex[4][32] = {
     {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5},
     {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
 
+// The 12 scale bytes of a Q4_K/Q5_K block at p as [scales 0-7, mins 0-7] (unpack_k4_scale_words in
+// vector operations: two byte shuffles and three masks instead of scalar bit fields and four moves
+// into a vector register). The 16-byte load reads 4 bytes past the scales, inside the block.
+inline __m128i k4_scale_bytes(const uint8_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  // [b0-3 | b8-11 | b4-7 | b8-11] and the bytes whose top two bits extend scales/mins 4-7.
+  const __m128i t1 = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i t2 = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i low = _mm_and_si128(t1, _mm_setr_epi8(0x3f, 0x3f, 0x3f, 0x3f, 0x0f, 0x0f, 0x0f, 0x0f, 0x3f, 0x3f,
+                                                        0x3f, 0x3f, 0, 0, 0, 0));
+  const __m128i high_nibble = _mm_and_si128(_mm_srli_epi16(t1, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                                                  0x0f, 0x0f, 0x0f, 0x0f));
+  const __m128i top_bits = _mm_and_si128(_mm_srli_epi16(t2, 2), _mm_setr_epi8(0, 0, 0, 0, 0x30, 0x30, 0x30, 0x30, 0,
+                                                                              0, 0, 0, 0x30, 0x30, 0x30, 0x30));
+  return _mm_or_si128(_mm_or_si128(low, high_nibble), top_bits);
+}
+
+// A Q4_K/Q5_K block unpacked for the products: W[k] holds values 64k..64k+63 as unsigned bytes,
+// S[k] their two sub-blocks' scales per 16-bit lane, mins16 each minimum twice (one per 16 values),
+// d_dmin [d, dmin].
+struct K4Block {
+  __m512i W[4], S[4];
+  __m256i mins16;
+  __m128 d_dmin;
+};
+
+struct K4Constants {
+  __m512i pair_index[4];
+  K4Constants() {
+    for (int k = 0; k < 4; ++k) pair_index[k] = _mm512_load_si512(kPairIndex[k]);
+  }
+};
+
+template <bool Q5>
+__attribute__((always_inline)) inline void unpack_k4(const uint8_t* blk, const K4Constants& c, K4Block& k) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  uint32_t d_dmin_bits;
+  __builtin_memcpy(&d_dmin_bits, blk, 4);
+  k.d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin_bits)));
+  const __m128i scale_bytes = k4_scale_bytes(blk + 4);
+  const __m512i scales16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scale_bytes));
+  k.mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
+  const uint8_t* qs = blk + (Q5 ? 48 : 16);
+  #pragma GCC unroll 8
+  for (int h = 0; h < 2; ++h) {
+    const __m512i q = load64(qs + 64 * h);
+    const __m512i lo = _mm512_and_si512(q, m4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    k.W[2 * h] = _mm512_shuffle_i64x2(lo, hi, 0x44);
+    k.W[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
+  }
+  if constexpr (Q5) {
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+    #pragma GCC unroll 8
+    for (int k4 = 0; k4 < 4; ++k4) {
+      const __m512i bit =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * k4)))),
+                             _mm256_set1_epi8(static_cast<char>(1 << (2 * k4 + 1))), 1);
+      k.W[k4] = _mm512_mask_add_epi8(k.W[k4], _mm512_test_epi8_mask(qh, bit), k.W[k4], sixteen);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int k4 = 0; k4 < 4; ++k4) k.S[k4] = _mm512_permutexvar_epi16(c.pair_index[k4], scales16);
+}
+
+// One token's products with an unpacked block, into acc (the scaled sums) and mins (the minimums'
+// terms, subtracted once at the end).
+__attribute__((always_inline)) inline void accumulate_k4(const K4Block& k, const ActQ8K& ab, __m512& acc,
+                                                         __m256& mins) {
+  __m512i sum = _mm512_setzero_si512();
+  #pragma GCC unroll 8
+  for (int k4 = 0; k4 < 4; ++k4)
+    sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(k.W[k4], load64(ab.q + 64 * k4)), k.S[k4]);
+  const __m128 scaled = _mm_mul_ps(k.d_dmin, _mm_set1_ps(ab.d));  // [d·a.d, dmin·a.d]
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_broadcastss_ps(scaled), acc);
+  const __m256i m = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.sums)), k.mins16);
+  mins = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_broadcastss_ps(_mm_movehdup_ps(scaled)), mins);
+}
+
 template <int NT, bool Q5>
 void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
@@ -55,62 +135,16 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
     acc[t] = _mm512_setzero_ps();
     mins[t] = _mm256_setzero_ps();
   }
-  const __m512i m4 = _mm512_set1_epi8(0x0f);
-  const __m512i sixteen = _mm512_set1_epi8(16);
-  __m512i pair_index[4];
-  #pragma GCC unroll 8
-  for (int k = 0; k < 4; ++k) pair_index[k] = _mm512_load_si512(kPairIndex[k]);
+  const K4Constants c;
   const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
   for (int64_t b = 0; b < in / 256; ++b) {
-    const uint8_t* blk = w + b * block_bytes;
-    const float d = half(blk), dmin = half(blk + 2);
-    uint32_t r[4];
-    unpack_k4_scale_words(blk + 4, r);
-    const __m128i scale_bytes = _mm_set_epi32(static_cast<int>(r[3]), static_cast<int>(r[2]),
-                                              static_cast<int>(r[1]), static_cast<int>(r[0]));
-    const __m512i scales16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scale_bytes));
-    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
-    const uint8_t* qs = blk + (Q5 ? 48 : 16);
-    __m512i W[4], S[4];
+    K4Block k;
+    unpack_k4<Q5>(w + b * block_bytes, c, k);
     #pragma GCC unroll 8
-    for (int h = 0; h < 2; ++h) {
-      const __m512i q = load64(qs + 64 * h);
-      const __m512i lo = _mm512_and_si512(q, m4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-      W[2 * h] = _mm512_shuffle_i64x2(lo, hi, 0x44);
-      W[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
-    }
-    if constexpr (Q5) {
-      const __m512i qh =
-          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
-      #pragma GCC unroll 8
-      for (int k = 0; k < 4; ++k) {
-        const __m512i bit =
-            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * k)))),
-                               _mm256_set1_epi8(static_cast<char>(1 << (2 * k + 1))), 1);
-        W[k] = _mm512_mask_add_epi8(W[k], _mm512_test_epi8_mask(qh, bit), W[k], sixteen);
-      }
-    }
-    #pragma GCC unroll 8
-    for (int k = 0; k < 4; ++k) S[k] = _mm512_permutexvar_epi16(pair_index[k], scales16);
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const ActQ8K& ab = a[t][b];
-      __m512i sum = _mm512_setzero_si512();
-      #pragma GCC unroll 8
-      for (int k = 0; k < 4; ++k)
-        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
-      const __m256i m =
-          _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.sums)), mins16);
-      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), mins[t]);
-    }
+    for (int t = 0; t < NT; ++t) accumulate_k4(k, a[t][b], acc[t], mins[t]);
   }
   #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    const __m128 m = _mm_add_ps(_mm256_castps256_ps128(mins[t]), _mm256_extractf128_ps(mins[t], 1));
-    y[t * ys] = _mm512_reduce_add_ps(acc[t]) - _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(m, m), m));
-  }
+  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[t], _mm512_zextps256_ps512(mins[t])));
 }
 
 alignas(64) constexpr int16_t kQ6ScaleIndex[4][32] = {
@@ -121,6 +155,54 @@ alignas(64) constexpr int16_t kQ6ScaleIndex[4][32] = {
     {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
      14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
 
+// A Q6_K block unpacked for the products: W[k] values 64k..64k+63 as unsigned 6-bit bytes (offset
+// 32), S[k] their 16-value groups' scales per 16-bit lane, sc16 the 16 scales, d the block scale.
+struct Q6Block {
+  __m512i W[4], S[4];
+  __m256i sc16;
+  float d;
+};
+
+struct Q6Constants {
+  __m512i index[4];
+  // Shift counts per 16-bit lane: the low 256 bits take one quarter's 2-bit field, the high the next.
+  __m512i shift01, shift23;
+  Q6Constants()
+      : shift01(_mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1)),
+        shift23(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(4)), _mm256_set1_epi16(6), 1)) {
+    for (int k = 0; k < 4; ++k) index[k] = _mm512_load_si512(kQ6ScaleIndex[k]);
+  }
+};
+
+__attribute__((always_inline)) inline void unpack_q6k(const uint8_t* blk, const Q6Constants& c, Q6Block& k) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m3 = _mm512_set1_epi8(3);
+  k.d = half(blk + 208);
+  #pragma GCC unroll 8
+  for (int h = 0; h < 2; ++h) {
+    const __m512i l = load64(blk + 64 * h);
+    const __m512i qh =
+        _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h)));
+    const __m512i h01 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, c.shift01), m3), 4);
+    const __m512i h23 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, c.shift23), m3), 4);
+    k.W[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), h01);
+    k.W[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), h23);
+  }
+  k.sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+  const __m512i scv = _mm512_castsi256_si512(k.sc16);
+  #pragma GCC unroll 8
+  for (int k4 = 0; k4 < 4; ++k4) k.S[k4] = _mm512_permutexvar_epi16(c.index[k4], scv);
+}
+
+__attribute__((always_inline)) inline void accumulate_q6k(const Q6Block& k, const ActQ8K& ab, __m512& acc) {
+  __m512i sum = _mm512_setzero_si512();
+  #pragma GCC unroll 8
+  for (int k4 = 0; k4 < 4; ++k4)
+    sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(k.W[k4], load64(ab.q + 64 * k4)), k.S[k4]);
+  const __m256i offset = _mm256_madd_epi16(k.sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.sums)));
+  sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(_mm256_slli_epi32(offset, 5)));
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(k.d * ab.d), acc);
+}
+
 template <int NT>
 void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
@@ -130,44 +212,12 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     a[t] = act_row<ActQ8K>(x, xs, t);
     acc[t] = _mm512_setzero_ps();
   }
-  const __m512i m4 = _mm512_set1_epi8(0x0f), m3 = _mm512_set1_epi8(3);
-  // Shift counts per 16-bit lane: the low 256 bits take one quarter's 2-bit field, the high the next.
-  const __m512i shift01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-  const __m512i shift23 =
-      _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(4)), _mm256_set1_epi16(6), 1);
-  __m512i index[4];
-  #pragma GCC unroll 8
-  for (int k = 0; k < 4; ++k) index[k] = _mm512_load_si512(kQ6ScaleIndex[k]);
+  const Q6Constants c;
   for (int64_t b = 0; b < in / 256; ++b) {
-    const uint8_t* blk = w + b * kQ6KBytes;
-    const float d = half(blk + 208);
-    __m512i W[4], S[4];
+    Q6Block k;
+    unpack_q6k(w + b * kQ6KBytes, c, k);
     #pragma GCC unroll 8
-    for (int h = 0; h < 2; ++h) {
-      const __m512i l = load64(blk + 64 * h);
-      const __m512i qh =
-          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h)));
-      const __m512i h01 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift01), m3), 4);
-      const __m512i h23 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift23), m3), 4);
-      W[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), h01);
-      W[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), h23);
-    }
-    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
-    const __m512i scv = _mm512_castsi256_si512(sc16);
-    #pragma GCC unroll 8
-    for (int k = 0; k < 4; ++k) S[k] = _mm512_permutexvar_epi16(index[k], scv);
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const ActQ8K& ab = a[t][b];
-      __m512i sum = _mm512_setzero_si512();
-      #pragma GCC unroll 8
-      for (int k = 0; k < 4; ++k)
-        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(W[k], load64(ab.q + 64 * k)), S[k]);
-      const __m256i offset =
-          _mm256_madd_epi16(sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.sums)));
-      sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(_mm256_slli_epi32(offset, 5)));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * ab.d), acc[t]);
-    }
+    for (int t = 0; t < NT; ++t) accumulate_q6k(k, a[t][b], acc[t]);
   }
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
