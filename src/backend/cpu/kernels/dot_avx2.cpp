@@ -15,6 +15,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 
 namespace tandem::kernels::avx2 {
@@ -39,7 +40,15 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
 }
 
-// Q4_K / Q5_K: W[s] holds sub-block s (32 values) as unsigned bytes.
+// Q4_K / Q5_K: W[s] holds sub-block s (32 values) as unsigned bytes, S[s] its scale in every
+// 16-bit lane (a byte shuffle of the unpacked scales: kScaleLane[s] puts byte s in each lane).
+alignas(32) constexpr int8_t kScaleLane[8][32] = {
+#define TANDEM_LANE(s)                                                                                              \
+  {s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1}
+    TANDEM_LANE(0), TANDEM_LANE(1), TANDEM_LANE(2), TANDEM_LANE(3),
+    TANDEM_LANE(4), TANDEM_LANE(5), TANDEM_LANE(6), TANDEM_LANE(7)};
+#undef TANDEM_LANE
+
 template <int NT, bool Q5>
 void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
@@ -50,19 +59,21 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
     mins[t] = _mm256_setzero_ps();
   }
   const __m256i m4 = _mm256_set1_epi8(0x0f);
+  __m256i lane[8];
+  for (int s = 0; s < 8; ++s) lane[s] = _mm256_load_si256(reinterpret_cast<const __m256i*>(kScaleLane[s]));
   const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * block_bytes;
-    const float d = half(blk), dmin = half(blk + 2);
-    uint32_t r[4];
-    unpack_k4_scale_words(blk + 4, r);
-    const __m128i scale_bytes = _mm_set_epi32(static_cast<int>(r[3]), static_cast<int>(r[2]),
-                                              static_cast<int>(r[1]), static_cast<int>(r[0]));
+    uint32_t d_dmin_bits;
+    std::memcpy(&d_dmin_bits, blk, 4);
+    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin_bits)));  // [d, dmin, 0, 0]
+    const __m128i scale_bytes = k4_scale_bytes(blk + 4);
     const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
+    // The scale bytes in both 128-bit halves, for the in-lane byte shuffles.
+    const __m256i scales = _mm256_broadcastsi128_si256(scale_bytes);
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m256i W[8], S[8];
-    for (int s = 0; s < 8; ++s)
-      S[s] = _mm256_set1_epi16(static_cast<short>((r[s / 4] >> (8 * (s % 4))) & 0xffu));
+    for (int s = 0; s < 8; ++s) S[s] = _mm256_shuffle_epi8(scales, lane[s]);
     for (int c = 0; c < 4; ++c) {
       const __m256i q = load32(qs + 32 * c);
       W[2 * c] = _mm256_and_si256(q, m4);
@@ -83,12 +94,13 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
         const __m256i p = _mm256_maddubs_epi16(W[s], load32(ab.q + 32 * s));
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, S[s]));
       }
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * ab.d), acc[t]);
+      const __m128 scaled = _mm_mul_ps(d_dmin, _mm_set1_ps(ab.d));  // [d·a.d, dmin·a.d]
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_broadcastss_ps(scaled), acc[t]);
       const __m256i m = _mm256_madd_epi16(load32(ab.sums), mins16);
-      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), mins[t]);
+      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_broadcastss_ps(_mm_movehdup_ps(scaled)), mins[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - hsum(mins[t]);
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(_mm256_sub_ps(acc[t], mins[t]));
 }
 
 template <int NT>

@@ -17,6 +17,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 
 namespace tandem::kernels::avx512 {
@@ -43,23 +44,6 @@ alignas(64) constexpr int16_t kPairIndex[4][32] = {
     {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
     {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5},
     {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
-
-// The 12 scale bytes of a Q4_K/Q5_K block at p as [scales 0-7, mins 0-7] (unpack_k4_scale_words in
-// vector operations: two byte shuffles and three masks instead of scalar bit fields and four moves
-// into a vector register). The 16-byte load reads 4 bytes past the scales, inside the block.
-inline __m128i k4_scale_bytes(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  // [b0-3 | b8-11 | b4-7 | b8-11] and the bytes whose top two bits extend scales/mins 4-7.
-  const __m128i t1 = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-  const __m128i t2 = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-  const __m128i low = _mm_and_si128(t1, _mm_setr_epi8(0x3f, 0x3f, 0x3f, 0x3f, 0x0f, 0x0f, 0x0f, 0x0f, 0x3f, 0x3f,
-                                                        0x3f, 0x3f, 0, 0, 0, 0));
-  const __m128i high_nibble = _mm_and_si128(_mm_srli_epi16(t1, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                                                                  0x0f, 0x0f, 0x0f, 0x0f));
-  const __m128i top_bits = _mm_and_si128(_mm_srli_epi16(t2, 2), _mm_setr_epi8(0, 0, 0, 0, 0x30, 0x30, 0x30, 0x30, 0,
-                                                                              0, 0, 0, 0x30, 0x30, 0x30, 0x30));
-  return _mm_or_si128(_mm_or_si128(low, high_nibble), top_bits);
-}
 
 // A Q4_K/Q5_K block unpacked for the products: W[k] holds values 64k..64k+63 as unsigned bytes,
 // S[k] their two sub-blocks' scales per 16-bit lane, mins16 each minimum twice (one per 16 values),
