@@ -284,7 +284,8 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
   if (tables.empty()) return;
   std::mt19937 rng(5);
   const KernelTable reference = make_kernel_table(IsaLevel::scalar);
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q8_0, DType::q5_0}) {
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q8_0, DType::q4_0, DType::q5_0, DType::q4_1,
+                     DType::q5_1}) {
     const WeightKind kind = *weight_kind_for(type);
     const ActFormat format = act_format(kind);
     for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{1408}}) {
