@@ -103,6 +103,18 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
   for (int t = 0; t < NT; ++t) y[t * ys] = hsum(_mm256_sub_ps(acc[t], mins[t]));
 }
 
+// Q6_K: kQ6ScalePair[s] puts byte 2s in both bytes of each 16-bit lane of the low 128 bits, byte
+// 2s + 1 in the high ones.
+alignas(32) constexpr int8_t kQ6ScalePair[8][32] = {
+#define TANDEM_PAIR(s)                                                                                              \
+  {2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s),   \
+   2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1,         \
+   2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1,       \
+   2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1}
+    TANDEM_PAIR(0), TANDEM_PAIR(1), TANDEM_PAIR(2), TANDEM_PAIR(3),
+    TANDEM_PAIR(4), TANDEM_PAIR(5), TANDEM_PAIR(6), TANDEM_PAIR(7)};
+#undef TANDEM_PAIR
+
 template <int NT>
 void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
@@ -112,6 +124,8 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     acc[t] = _mm256_setzero_ps();
   }
   const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+  __m256i pair[8];
+  for (int s = 0; s < 8; ++s) pair[s] = _mm256_load_si256(reinterpret_cast<const __m256i*>(kQ6ScalePair[s]));
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * kQ6KBytes;
     const float d = half(blk + 208);
@@ -128,8 +142,10 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
         W[4 * h + quarter] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
       }
     }
-    for (int s = 0; s < 8; ++s)
-      S[s] = _mm256_set_m128i(_mm_set1_epi16(scales[2 * s + 1]), _mm_set1_epi16(scales[2 * s]));
+    // Scale 2s in every 16-bit lane of the low half, 2s + 1 of the high half: the byte twice, then an
+    // arithmetic shift sign-extends it.
+    const __m256i scale_bytes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    for (int s = 0; s < 8; ++s) S[s] = _mm256_srai_epi16(_mm256_shuffle_epi8(scale_bytes, pair[s]), 8);
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
