@@ -334,15 +334,15 @@ template <int NT>
 constexpr auto dot_q51 = dot_small_block<NT, true, true>;
 
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
-inline __m512 load16_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16_f16(const uint8_t* p) { return _mm512_cvtph_ps(load32(p)); }
-inline __m512 load16_bf16(const uint8_t* p) {
+inline __m512 load_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_f16(const uint8_t* p) { return _mm512_cvtph_ps(load32(p)); }
+inline __m512 load_bf16(const uint8_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load32(p)), 16));
 }
 // E4M3 -> the f16 with the same bits shifted into place (exponent bias 15 instead of 7), i.e. the
 // value times 2^-8, exact for normals and subnormals; the caller multiplies 256 back into the
 // block scale. (0x7f, E4M3's NaN, reads as 480: weights never hold NaN.)
-inline __m512 load16_f8(const uint8_t* p) {
+inline __m512 load_f8(const uint8_t* p) {
   const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7f)), 7),
                                     _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8));
@@ -407,7 +407,7 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
     for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_ps();
     int64_t i = begin;
     for (; i + 16 <= end; i += 16) {
-      const __m512 v = load16_f8(w + i);
+      const __m512 v = load_f8(w + i);
       #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) part[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(a[t] + i), part[t]);
     }
@@ -421,95 +421,10 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]) + tail[t];
 }
 
-// One entry point per type: dispatch on the token count to the unrolled kernels.
-#define TANDEM_DISPATCH(name, kernel)                                                                    \
-  void name(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y, \
-            int64_t ys) {                                                                                \
-    switch (tokens) {                                                                                    \
-      case 1:                                                                                            \
-        kernel<1>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      case 2:                                                                                            \
-        kernel<2>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      case 3:                                                                                            \
-        kernel<3>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      default:                                                                                           \
-        kernel<4>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-    }                                                                                                    \
-  }
-
-template <int NT>
-void dot_q4k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_k4<NT, false>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_q5k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_k4<NT, true>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_f32(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load16_f32, tail_f32, 4>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_f16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load16_f16, tail_f16, 2>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_bf16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load16_bf16, tail_bf16, 2>(w, x, xs, in, y, ys);
-}
-
-TANDEM_DISPATCH(entry_q4_k, dot_q4k)
-TANDEM_DISPATCH(entry_q5_k, dot_q5k)
-TANDEM_DISPATCH(entry_q6_k, dot_q6k)
-TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
-TANDEM_DISPATCH(entry_q8_0, dot_q80)
-TANDEM_DISPATCH(entry_q4_0, dot_q40)
-TANDEM_DISPATCH(entry_q5_0, dot_q50)
-TANDEM_DISPATCH(entry_q4_1, dot_q41)
-TANDEM_DISPATCH(entry_q5_1, dot_q51)
-TANDEM_DISPATCH(entry_f32, dot_f32)
-TANDEM_DISPATCH(entry_f16, dot_f16)
-TANDEM_DISPATCH(entry_bf16, dot_bf16)
-#undef TANDEM_DISPATCH
-
-void entry_f8(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float* scales,
-              float* y, int64_t ys) {
-  switch (tokens) {
-    case 1:
-      dot_f8<1>(w, x, xs, in, scales, y, ys);
-      break;
-    case 2:
-      dot_f8<2>(w, x, xs, in, scales, y, ys);
-      break;
-    case 3:
-      dot_f8<3>(w, x, xs, in, scales, y, ys);
-      break;
-    default:
-      dot_f8<4>(w, x, xs, in, scales, y, ys);
-      break;
-  }
-}
+#include "backend/cpu/kernels/dot_entries.inc"
 
 }  // namespace
 
-void fill_kernels(KernelTable& t) noexcept {
-  t.dot[static_cast<int>(WeightKind::q4_k)] = entry_q4_k;
-  t.dot[static_cast<int>(WeightKind::q5_k)] = entry_q5_k;
-  t.dot[static_cast<int>(WeightKind::q6_k)] = entry_q6_k;
-  t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
-  t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
-  t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
-  t.dot[static_cast<int>(WeightKind::q5_0)] = entry_q5_0;
-  t.dot[static_cast<int>(WeightKind::q4_1)] = entry_q4_1;
-  t.dot[static_cast<int>(WeightKind::q5_1)] = entry_q5_1;
-  t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
-  t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
-  t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;
-  t.dot[static_cast<int>(WeightKind::f8_e4m3)] = entry_f8;
-}
+void fill_kernels(KernelTable& t) noexcept { fill_dot_entries(t); }
 
 }  // namespace tandem::kernels::avx512
