@@ -257,16 +257,33 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
+// The 32-value block types' loop: blocks into two accumulators per token, even and odd, since one
+// chain's FMA latency would bound a block per 4 cycles; `block(b, sums)` adds block b into sums[t].
+template <int NT, class Block>
+__attribute__((always_inline)) inline void even_odd_blocks(int64_t blocks, __m256 (&acc)[2][NT], const Block& block) {
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    block(b, acc[0]);
+    block(b + 1, acc[1]);
+  }
+  if (b < blocks) block(b, acc[0]);
+}
+inline float sum_both(__m256 even, __m256 odd) {
+  const __m256 v = _mm256_add_ps(even, odd);
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  return _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
+}
+
 template <int NT>
 void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
-  __m256 acc[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
   }
-  for (int64_t b = 0; b < in / 32; ++b) {
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
     const uint8_t* blk = w + b * kQ8_0Bytes;
     const float d = half(blk);
     const __m256i q = load32(blk + 2);
@@ -276,13 +293,13 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
       const ActQ8& ab = a[t][b];
       const __m256i signed_act = _mm256_sign_epi8(load32(ab.q), q);
       const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_act);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
-  }
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
+    y[t * ys] = sum_both(acc[0][t], acc[1][t]);
   }
 }
 
@@ -291,16 +308,16 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
 template <int NT, bool Q5, bool Min>
 void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
-  __m256 acc[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
   float offset[NT];
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
     offset[t] = 0;
   }
   const __m128i m4 = _mm_set1_epi8(0x0f);
-  for (int64_t b = 0; b < in / 32; ++b) {
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
     const uint8_t* blk = w + b * small_block_bytes<Q5, Min>();
     const float d = half(blk);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + small_block_nibble_offset<Q5, Min>()));
@@ -313,15 +330,19 @@ void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, fl
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
-      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += (Min ? -half(blk + 2) : (Q5 ? 16.0f : 8.0f) * d) * ab.d * static_cast<float>(ab.sum);
+      __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
+      if constexpr (Min) {
+        offset[t] -= half(blk + 2) * ab.d * static_cast<float>(ab.sum);
+      } else {  // the unsigned quants' offset times the activation sum, exact in the integer lanes
+        dot = _mm256_sub_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128((Q5 ? 16 : 8) * ab.sum)));
+      }
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
-  }
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
+    y[t * ys] = sum_both(acc[0][t], acc[1][t]) - offset[t];
   }
 }
 template <int NT>
