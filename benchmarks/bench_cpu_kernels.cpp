@@ -224,8 +224,10 @@ void register_all() {
       ->ArgsProduct({{1, 2, 4, 8, 16}, {1, 4, 16}, {1, 2}})
       ->ArgNames({"threads", "batch", "dispatches"})
       ->UseManualTime();
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q4_0, DType::q4_1, DType::q5_1})
     for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile}) {
+      const bool k_quant = type == DType::q4_k || type == DType::q5_k || type == DType::q6_k;
+      if (!k_quant && (variant == amx_tile || variant == emulated_amx_tile)) continue;  // AVX-512 tiles only
       const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx"};
       const std::string name = std::string("tile/") + std::string(dtype_name(type)) + "/" + names[variant];
       benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)

@@ -16,6 +16,7 @@
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "support/fixtures.hpp"
+#include "support/random_weights.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/linear.hpp"
 #include "tandem/backend/cpu/reference/moe.hpp"
@@ -31,67 +32,6 @@ namespace {
 
 constexpr DType kTypes[] = {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0,
                             DType::q4_0, DType::q5_0, DType::q4_1, DType::q5_1, DType::f32,  DType::f16,  DType::bf16,   DType::f8_e4m3};
-
-void put_half(uint8_t* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-
-// Random rows of `type` with well-scaled block scales (every bit pattern of the quants is valid).
-std::vector<uint8_t> random_weights(DType type, int64_t rows, int64_t in, std::mt19937& rng) {
-  const auto& tr = dtype_traits(type);
-  const int64_t blocks = rows * in / tr.block_elems;
-  std::vector<uint8_t> bytes(static_cast<size_t>(blocks * tr.block_bytes));
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (auto& b : bytes) b = static_cast<uint8_t>(byte(rng));
-  std::uniform_real_distribution<float> scale(0.002f, 0.02f);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t b = 0; b < blocks; ++b) {
-    uint8_t* p = bytes.data() + b * tr.block_bytes;
-    switch (type) {
-      case DType::q4_k:
-      case DType::q5_k:
-        put_half(p, scale(rng));
-        put_half(p + 2, scale(rng));
-        break;
-      case DType::q6_k:
-        put_half(p + 208, scale(rng));
-        break;
-      case DType::iq4_xs:
-      case DType::q8_0:
-      case DType::q4_0:
-      case DType::q5_0:
-        put_half(p, scale(rng));
-        break;
-      case DType::q4_1:
-      case DType::q5_1: {  // a minimum near −d · 8 (or 16), as quantised rows centred on zero have
-        const float d = scale(rng);
-        put_half(p, d);
-        put_half(p + 2, -d * (type == DType::q5_1 ? 16.0f : 8.0f) * std::uniform_real_distribution<float>(0.5f, 1.5f)(rng));
-        break;
-      }
-      case DType::f32: {
-        const float v = normal(rng);
-        std::memcpy(p, &v, 4);
-        break;
-      }
-      case DType::f16:
-        put_half(p, normal(rng));
-        break;
-      case DType::bf16: {
-        const uint16_t h = f32_to_bf16(normal(rng));
-        std::memcpy(p, &h, 2);
-        break;
-      }
-      case DType::f8_e4m3:
-        if ((p[0] & 0x7f) == 0x7f) p[0] = 0x3f;  // no NaN weights
-        break;
-      default:
-        FAIL("no generator for this type");
-    }
-  }
-  return bytes;
-}
 
 // Activations whose blocks differ in scale (as hidden states do), with an outlier now and then.
 std::vector<float> random_activations(int64_t rows, int64_t in, std::mt19937& rng) {
@@ -114,7 +54,7 @@ struct Case {
   std::vector<float> dequantised;  // [rows, in], FP8 scales applied
 
   Case(DType t, int64_t r, int64_t n, std::mt19937& rng) : type(t), rows(r), in(n) {
-    weight_bytes = random_weights(t, r, n, rng);
+    weight_bytes = test::random_weight_rows(t, r, n, rng);
     weight.weight.dtype = t;
     weight.weight.shape = Shape{r, n};
     weight.weight.data = weight_bytes.data();
@@ -284,7 +224,8 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
   if (tables.empty()) return;
   std::mt19937 rng(5);
   const KernelTable reference = make_kernel_table(IsaLevel::scalar);
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q8_0, DType::q5_0}) {
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q8_0, DType::q4_0, DType::q5_0, DType::q4_1,
+                     DType::q5_1}) {
     const WeightKind kind = *weight_kind_for(type);
     const ActFormat format = act_format(kind);
     for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{1408}}) {

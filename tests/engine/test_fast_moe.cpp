@@ -15,6 +15,7 @@
 
 #include "backend/cpu/fast_ops.hpp"
 #include "backend/cpu/partitioned_items.hpp"
+#include "support/random_weights.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/formats/dequantize.hpp"
 
@@ -22,61 +23,14 @@ using namespace tandem;
 
 namespace {
 
-void put_half(uint8_t* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-
 // Random rows of `type`: random quants, small block scales, no NaN or Inf.
 struct RandomMatrix {
   std::vector<uint8_t> bytes;
   std::vector<float> scales;  // FP8 block scales
   LinearWeight weight;
 
-  RandomMatrix(DType type, int64_t rows, int64_t in, std::mt19937& rng) {
-    const auto& tr = dtype_traits(type);
-    const int64_t blocks = rows * in / tr.block_elems;
-    bytes.resize(static_cast<size_t>(blocks * tr.block_bytes));
-    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
-    std::uniform_real_distribution<float> scale(0.002f, 0.02f);
-    std::normal_distribution<float> normal(0.0f, 0.1f);
-    for (int64_t b = 0; b < blocks; ++b) {
-      uint8_t* p = bytes.data() + b * tr.block_bytes;
-      switch (type) {
-        case DType::q4_k:
-        case DType::q5_k:
-          put_half(p, scale(rng));
-          put_half(p + 2, scale(rng));
-          break;
-        case DType::q6_k:
-          put_half(p + 208, scale(rng));
-          break;
-        case DType::iq4_xs:
-        case DType::q8_0:
-        case DType::q4_0:
-        case DType::q5_0:
-          put_half(p, scale(rng));
-          break;
-        case DType::f32: {
-          const float v = normal(rng);
-          std::memcpy(p, &v, 4);
-          break;
-        }
-        case DType::f16:
-          put_half(p, normal(rng));
-          break;
-        case DType::bf16: {
-          const uint16_t h = f32_to_bf16(normal(rng));
-          std::memcpy(p, &h, 2);
-          break;
-        }
-        case DType::f8_e4m3:
-          if ((p[0] & 0x7f) >= 0x60) p[0] &= 0x9f;  // no NaN, modest values
-          break;
-        default:
-          FAIL("no generator for this type");
-      }
-    }
+  RandomMatrix(DType type, int64_t rows, int64_t in, std::mt19937& rng)
+      : bytes(test::random_weight_rows(type, rows, in, rng, 0.1f, /*modest_fp8=*/true)) {
     weight.weight.dtype = type;
     weight.weight.shape = Shape{rows, in};
     weight.weight.data = bytes.data();

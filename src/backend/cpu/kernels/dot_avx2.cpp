@@ -15,6 +15,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 
 namespace tandem::kernels::avx2 {
@@ -39,7 +40,15 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
 }
 
-// Q4_K / Q5_K: W[s] holds sub-block s (32 values) as unsigned bytes.
+// Q4_K / Q5_K: W[s] holds sub-block s (32 values) as unsigned bytes, S[s] its scale in every
+// 16-bit lane (a byte shuffle of the unpacked scales: kScaleLane[s] puts byte s in each lane).
+alignas(32) constexpr int8_t kScaleLane[8][32] = {
+#define TANDEM_LANE(s)                                                                                              \
+  {s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1, s, -1}
+    TANDEM_LANE(0), TANDEM_LANE(1), TANDEM_LANE(2), TANDEM_LANE(3),
+    TANDEM_LANE(4), TANDEM_LANE(5), TANDEM_LANE(6), TANDEM_LANE(7)};
+#undef TANDEM_LANE
+
 template <int NT, bool Q5>
 void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8K* a[NT];
@@ -50,19 +59,21 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
     mins[t] = _mm256_setzero_ps();
   }
   const __m256i m4 = _mm256_set1_epi8(0x0f);
+  __m256i lane[8];
+  for (int s = 0; s < 8; ++s) lane[s] = _mm256_load_si256(reinterpret_cast<const __m256i*>(kScaleLane[s]));
   const int64_t block_bytes = Q5 ? kQ5KBytes : kQ4KBytes;
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * block_bytes;
-    const float d = half(blk), dmin = half(blk + 2);
-    uint32_t r[4];
-    unpack_k4_scale_words(blk + 4, r);
-    const __m128i scale_bytes = _mm_set_epi32(static_cast<int>(r[3]), static_cast<int>(r[2]),
-                                              static_cast<int>(r[1]), static_cast<int>(r[0]));
+    uint32_t d_dmin_bits;
+    std::memcpy(&d_dmin_bits, blk, 4);
+    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin_bits)));  // [d, dmin, 0, 0]
+    const __m128i scale_bytes = k4_scale_bytes(blk + 4);
     const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scale_bytes, scale_bytes));
+    // The scale bytes in both 128-bit halves, for the in-lane byte shuffles.
+    const __m256i scales = _mm256_broadcastsi128_si256(scale_bytes);
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m256i W[8], S[8];
-    for (int s = 0; s < 8; ++s)
-      S[s] = _mm256_set1_epi16(static_cast<short>((r[s / 4] >> (8 * (s % 4))) & 0xffu));
+    for (int s = 0; s < 8; ++s) S[s] = _mm256_shuffle_epi8(scales, lane[s]);
     for (int c = 0; c < 4; ++c) {
       const __m256i q = load32(qs + 32 * c);
       W[2 * c] = _mm256_and_si256(q, m4);
@@ -83,13 +94,26 @@ void dot_k4(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, i
         const __m256i p = _mm256_maddubs_epi16(W[s], load32(ab.q + 32 * s));
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, S[s]));
       }
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * ab.d), acc[t]);
+      const __m128 scaled = _mm_mul_ps(d_dmin, _mm_set1_ps(ab.d));  // [d·a.d, dmin·a.d]
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_broadcastss_ps(scaled), acc[t]);
       const __m256i m = _mm256_madd_epi16(load32(ab.sums), mins16);
-      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), mins[t]);
+      mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_broadcastss_ps(_mm_movehdup_ps(scaled)), mins[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - hsum(mins[t]);
+  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(_mm256_sub_ps(acc[t], mins[t]));
 }
+
+// Q6_K: kQ6ScalePair[s] puts byte 2s in both bytes of each 16-bit lane of the low 128 bits, byte
+// 2s + 1 in the high ones.
+alignas(32) constexpr int8_t kQ6ScalePair[8][32] = {
+#define TANDEM_PAIR(s)                                                                                              \
+  {2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s),   \
+   2 * (s), 2 * (s), 2 * (s), 2 * (s), 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1,         \
+   2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1,       \
+   2 * (s) + 1, 2 * (s) + 1, 2 * (s) + 1}
+    TANDEM_PAIR(0), TANDEM_PAIR(1), TANDEM_PAIR(2), TANDEM_PAIR(3),
+    TANDEM_PAIR(4), TANDEM_PAIR(5), TANDEM_PAIR(6), TANDEM_PAIR(7)};
+#undef TANDEM_PAIR
 
 template <int NT>
 void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
@@ -100,6 +124,8 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
     acc[t] = _mm256_setzero_ps();
   }
   const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+  __m256i pair[8];
+  for (int s = 0; s < 8; ++s) pair[s] = _mm256_load_si256(reinterpret_cast<const __m256i*>(kQ6ScalePair[s]));
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blk = w + b * kQ6KBytes;
     const float d = half(blk + 208);
@@ -116,8 +142,10 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
         W[4 * h + quarter] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
       }
     }
-    for (int s = 0; s < 8; ++s)
-      S[s] = _mm256_set_m128i(_mm_set1_epi16(scales[2 * s + 1]), _mm_set1_epi16(scales[2 * s]));
+    // Scale 2s in every 16-bit lane of the low half, 2s + 1 of the high half: the byte twice, then an
+    // arithmetic shift sign-extends it.
+    const __m256i scale_bytes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    for (int s = 0; s < 8; ++s) S[s] = _mm256_srai_epi16(_mm256_shuffle_epi8(scale_bytes, pair[s]), 8);
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
     for (int t = 0; t < NT; ++t) {
       const ActQ8K& ab = a[t][b];
@@ -241,16 +269,16 @@ constexpr auto dot_q41 = dot_small_block<NT, false, true>;
 template <int NT>
 constexpr auto dot_q51 = dot_small_block<NT, true, true>;
 
-inline __m256 load8_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
-inline __m256 load8_f16(const uint8_t* p) {
+inline __m256 load_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+inline __m256 load_f16(const uint8_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline __m256 load8_bf16(const uint8_t* p) {
+inline __m256 load_bf16(const uint8_t* p) {
   return _mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 // E4M3 bits shifted into an f16 (value × 2^-8, exact); the caller folds 256 into the block scale.
-inline __m256 load8_f8(const uint8_t* p) {
+inline __m256 load_f8(const uint8_t* p) {
   const __m128i v = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x7f)), 7),
                                  _mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x80)), 8));
@@ -310,7 +338,7 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
     for (int t = 0; t < NT; ++t) part[t] = _mm256_setzero_ps();
     int64_t i = begin;
     for (; i + 8 <= end; i += 8) {
-      const __m256 v = load8_f8(w + i);
+      const __m256 v = load_f8(w + i);
       for (int t = 0; t < NT; ++t) part[t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(a[t] + i), part[t]);
     }
     for (int t = 0; t < NT; ++t) {
@@ -321,94 +349,10 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
   for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) + tail[t];
 }
 
-#define TANDEM_DISPATCH(name, kernel)                                                                    \
-  void name(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y, \
-            int64_t ys) {                                                                                \
-    switch (tokens) {                                                                                    \
-      case 1:                                                                                            \
-        kernel<1>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      case 2:                                                                                            \
-        kernel<2>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      case 3:                                                                                            \
-        kernel<3>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      default:                                                                                           \
-        kernel<4>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-    }                                                                                                    \
-  }
-
-template <int NT>
-void dot_q4k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_k4<NT, false>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_q5k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_k4<NT, true>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_f32(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load8_f32, tail_f32, 4>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_f16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load8_f16, tail_f16, 2>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_bf16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load8_bf16, tail_bf16, 2>(w, x, xs, in, y, ys);
-}
-
-TANDEM_DISPATCH(entry_q4_k, dot_q4k)
-TANDEM_DISPATCH(entry_q5_k, dot_q5k)
-TANDEM_DISPATCH(entry_q6_k, dot_q6k)
-TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
-TANDEM_DISPATCH(entry_q8_0, dot_q80)
-TANDEM_DISPATCH(entry_q4_0, dot_q40)
-TANDEM_DISPATCH(entry_q5_0, dot_q50)
-TANDEM_DISPATCH(entry_q4_1, dot_q41)
-TANDEM_DISPATCH(entry_q5_1, dot_q51)
-TANDEM_DISPATCH(entry_f32, dot_f32)
-TANDEM_DISPATCH(entry_f16, dot_f16)
-TANDEM_DISPATCH(entry_bf16, dot_bf16)
-#undef TANDEM_DISPATCH
-
-void entry_f8(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float* scales,
-              float* y, int64_t ys) {
-  switch (tokens) {
-    case 1:
-      dot_f8<1>(w, x, xs, in, scales, y, ys);
-      break;
-    case 2:
-      dot_f8<2>(w, x, xs, in, scales, y, ys);
-      break;
-    case 3:
-      dot_f8<3>(w, x, xs, in, scales, y, ys);
-      break;
-    default:
-      dot_f8<4>(w, x, xs, in, scales, y, ys);
-      break;
-  }
-}
+#include "backend/cpu/kernels/dot_entries.inc"
 
 }  // namespace
 
-void fill_kernels(KernelTable& t) noexcept {
-  t.dot[static_cast<int>(WeightKind::q4_k)] = entry_q4_k;
-  t.dot[static_cast<int>(WeightKind::q5_k)] = entry_q5_k;
-  t.dot[static_cast<int>(WeightKind::q6_k)] = entry_q6_k;
-  t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
-  t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
-  t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
-  t.dot[static_cast<int>(WeightKind::q5_0)] = entry_q5_0;
-  t.dot[static_cast<int>(WeightKind::q4_1)] = entry_q4_1;
-  t.dot[static_cast<int>(WeightKind::q5_1)] = entry_q5_1;
-  t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
-  t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
-  t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;
-  t.dot[static_cast<int>(WeightKind::f8_e4m3)] = entry_f8;
-}
+void fill_kernels(KernelTable& t) noexcept { fill_dot_entries(t); }
 
 }  // namespace tandem::kernels::avx2

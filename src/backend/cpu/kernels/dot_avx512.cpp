@@ -17,6 +17,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 
 namespace tandem::kernels::avx512 {
@@ -43,23 +44,6 @@ alignas(64) constexpr int16_t kPairIndex[4][32] = {
     {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
     {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5},
     {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
-
-// The 12 scale bytes of a Q4_K/Q5_K block at p as [scales 0-7, mins 0-7] (unpack_k4_scale_words in
-// vector operations: two byte shuffles and three masks instead of scalar bit fields and four moves
-// into a vector register). The 16-byte load reads 4 bytes past the scales, inside the block.
-inline __m128i k4_scale_bytes(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  // [b0-3 | b8-11 | b4-7 | b8-11] and the bytes whose top two bits extend scales/mins 4-7.
-  const __m128i t1 = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-  const __m128i t2 = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-  const __m128i low = _mm_and_si128(t1, _mm_setr_epi8(0x3f, 0x3f, 0x3f, 0x3f, 0x0f, 0x0f, 0x0f, 0x0f, 0x3f, 0x3f,
-                                                        0x3f, 0x3f, 0, 0, 0, 0));
-  const __m128i high_nibble = _mm_and_si128(_mm_srli_epi16(t1, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                                                                  0x0f, 0x0f, 0x0f, 0x0f));
-  const __m128i top_bits = _mm_and_si128(_mm_srli_epi16(t2, 2), _mm_setr_epi8(0, 0, 0, 0, 0x30, 0x30, 0x30, 0x30, 0,
-                                                                              0, 0, 0, 0x30, 0x30, 0x30, 0x30));
-  return _mm_or_si128(_mm_or_si128(low, high_nibble), top_bits);
-}
 
 // A Q4_K/Q5_K block unpacked for the products: W[k] holds values 64k..64k+63 as unsigned bytes,
 // S[k] their two sub-blocks' scales per 16-bit lane, mins16 each minimum twice (one per 16 values),
@@ -273,16 +257,33 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
+// The 32-value block types' loop: blocks into two accumulators per token, even and odd, since one
+// chain's FMA latency would bound a block per 4 cycles; `block(b, sums)` adds block b into sums[t].
+template <int NT, class Block>
+__attribute__((always_inline)) inline void even_odd_blocks(int64_t blocks, __m256 (&acc)[2][NT], const Block& block) {
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    block(b, acc[0]);
+    block(b + 1, acc[1]);
+  }
+  if (b < blocks) block(b, acc[0]);
+}
+inline float sum_both(__m256 even, __m256 odd) {
+  const __m256 v = _mm256_add_ps(even, odd);
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  return _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
+}
+
 template <int NT>
 void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
-  __m256 acc[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
   }
-  for (int64_t b = 0; b < in / 32; ++b) {
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
     const uint8_t* blk = w + b * kQ8_0Bytes;
     const float d = half(blk);
     const __m256i q = load32(blk + 2);
@@ -292,13 +293,13 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
       const ActQ8& ab = a[t][b];
       const __m256i signed_act = _mm256_sign_epi8(load32(ab.q), q);
       const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_act);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
-  }
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
+    y[t * ys] = sum_both(acc[0][t], acc[1][t]);
   }
 }
 
@@ -307,16 +308,16 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
 template <int NT, bool Q5, bool Min>
 void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
-  __m256 acc[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
   float offset[NT];
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
     offset[t] = 0;
   }
   const __m128i m4 = _mm_set1_epi8(0x0f);
-  for (int64_t b = 0; b < in / 32; ++b) {
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
     const uint8_t* blk = w + b * small_block_bytes<Q5, Min>();
     const float d = half(blk);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + small_block_nibble_offset<Q5, Min>()));
@@ -329,15 +330,19 @@ void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, fl
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
-      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += (Min ? -half(blk + 2) : (Q5 ? 16.0f : 8.0f) * d) * ab.d * static_cast<float>(ab.sum);
+      __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
+      if constexpr (Min) {
+        offset[t] -= half(blk + 2) * ab.d * static_cast<float>(ab.sum);
+      } else {  // the unsigned quants' offset times the activation sum, exact in the integer lanes
+        dot = _mm256_sub_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128((Q5 ? 16 : 8) * ab.sum)));
+      }
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
-  }
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-    y[t * ys] = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s)) - offset[t];
+    y[t * ys] = sum_both(acc[0][t], acc[1][t]) - offset[t];
   }
 }
 template <int NT>
@@ -350,15 +355,15 @@ template <int NT>
 constexpr auto dot_q51 = dot_small_block<NT, true, true>;
 
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
-inline __m512 load16_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16_f16(const uint8_t* p) { return _mm512_cvtph_ps(load32(p)); }
-inline __m512 load16_bf16(const uint8_t* p) {
+inline __m512 load_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_f16(const uint8_t* p) { return _mm512_cvtph_ps(load32(p)); }
+inline __m512 load_bf16(const uint8_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load32(p)), 16));
 }
 // E4M3 -> the f16 with the same bits shifted into place (exponent bias 15 instead of 7), i.e. the
 // value times 2^-8, exact for normals and subnormals; the caller multiplies 256 back into the
 // block scale. (0x7f, E4M3's NaN, reads as 480: weights never hold NaN.)
-inline __m512 load16_f8(const uint8_t* p) {
+inline __m512 load_f8(const uint8_t* p) {
   const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7f)), 7),
                                     _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8));
@@ -423,7 +428,7 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
     for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_ps();
     int64_t i = begin;
     for (; i + 16 <= end; i += 16) {
-      const __m512 v = load16_f8(w + i);
+      const __m512 v = load_f8(w + i);
       #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) part[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(a[t] + i), part[t]);
     }
@@ -437,95 +442,10 @@ void dot_f8(const uint8_t* w, const void* x, int64_t xs, int64_t in, const float
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]) + tail[t];
 }
 
-// One entry point per type: dispatch on the token count to the unrolled kernels.
-#define TANDEM_DISPATCH(name, kernel)                                                                    \
-  void name(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y, \
-            int64_t ys) {                                                                                \
-    switch (tokens) {                                                                                    \
-      case 1:                                                                                            \
-        kernel<1>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      case 2:                                                                                            \
-        kernel<2>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      case 3:                                                                                            \
-        kernel<3>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-      default:                                                                                           \
-        kernel<4>(w, x, xs, in, y, ys);                                                                  \
-        break;                                                                                           \
-    }                                                                                                    \
-  }
-
-template <int NT>
-void dot_q4k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_k4<NT, false>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_q5k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_k4<NT, true>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_f32(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load16_f32, tail_f32, 4>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_f16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load16_f16, tail_f16, 2>(w, x, xs, in, y, ys);
-}
-template <int NT>
-void dot_bf16(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
-  dot_float<NT, load16_bf16, tail_bf16, 2>(w, x, xs, in, y, ys);
-}
-
-TANDEM_DISPATCH(entry_q4_k, dot_q4k)
-TANDEM_DISPATCH(entry_q5_k, dot_q5k)
-TANDEM_DISPATCH(entry_q6_k, dot_q6k)
-TANDEM_DISPATCH(entry_iq4_xs, dot_iq4xs)
-TANDEM_DISPATCH(entry_q8_0, dot_q80)
-TANDEM_DISPATCH(entry_q4_0, dot_q40)
-TANDEM_DISPATCH(entry_q5_0, dot_q50)
-TANDEM_DISPATCH(entry_q4_1, dot_q41)
-TANDEM_DISPATCH(entry_q5_1, dot_q51)
-TANDEM_DISPATCH(entry_f32, dot_f32)
-TANDEM_DISPATCH(entry_f16, dot_f16)
-TANDEM_DISPATCH(entry_bf16, dot_bf16)
-#undef TANDEM_DISPATCH
-
-void entry_f8(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float* scales,
-              float* y, int64_t ys) {
-  switch (tokens) {
-    case 1:
-      dot_f8<1>(w, x, xs, in, scales, y, ys);
-      break;
-    case 2:
-      dot_f8<2>(w, x, xs, in, scales, y, ys);
-      break;
-    case 3:
-      dot_f8<3>(w, x, xs, in, scales, y, ys);
-      break;
-    default:
-      dot_f8<4>(w, x, xs, in, scales, y, ys);
-      break;
-  }
-}
+#include "backend/cpu/kernels/dot_entries.inc"
 
 }  // namespace
 
-void fill_kernels(KernelTable& t) noexcept {
-  t.dot[static_cast<int>(WeightKind::q4_k)] = entry_q4_k;
-  t.dot[static_cast<int>(WeightKind::q5_k)] = entry_q5_k;
-  t.dot[static_cast<int>(WeightKind::q6_k)] = entry_q6_k;
-  t.dot[static_cast<int>(WeightKind::iq4_xs)] = entry_iq4_xs;
-  t.dot[static_cast<int>(WeightKind::q8_0)] = entry_q8_0;
-  t.dot[static_cast<int>(WeightKind::q4_0)] = entry_q4_0;
-  t.dot[static_cast<int>(WeightKind::q5_0)] = entry_q5_0;
-  t.dot[static_cast<int>(WeightKind::q4_1)] = entry_q4_1;
-  t.dot[static_cast<int>(WeightKind::q5_1)] = entry_q5_1;
-  t.dot[static_cast<int>(WeightKind::f32)] = entry_f32;
-  t.dot[static_cast<int>(WeightKind::f16)] = entry_f16;
-  t.dot[static_cast<int>(WeightKind::bf16)] = entry_bf16;
-  t.dot[static_cast<int>(WeightKind::f8_e4m3)] = entry_f8;
-}
+void fill_kernels(KernelTable& t) noexcept { fill_dot_entries(t); }
 
 }  // namespace tandem::kernels::avx512

@@ -1,4 +1,4 @@
-// AVX-512 VNNI tile kernels for prefill (Q4_K, Q5_K, Q6_K, Q8_0, Q5_0 at >= kTileMinTokens tokens): a strip of 16
+// AVX-512 VNNI tile kernels for prefill (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 at >= kTileMinTokens tokens): a strip of 16
 // weight rows packed once (tile_pack.hpp: [value / 4][row][4] unsigned bytes), then per 4 tokens one
 // vpdpbusd per 4 values feeds all 16 rows (the packed weights against the token's 4 int8 activations,
 // broadcast), so the weight unpacking is paid once per strip instead of once per 4 tokens and each
@@ -92,15 +92,16 @@ void strip(const uint8_t* ws, int rows, const void* x, int64_t xs, int64_t token
   }
 }
 
-// Q8_0 / Q5_0 strips (pack_q8_0, pack_q5_0) against ActQ8 rows: per 32-value block, 8 vpdpbusd for
-// all 16 rows, then (sum − offset · activation sum) · row scale · activation scale.
-template <int NT>
+// Strips of the 32-value block types (pack_q8_0, pack_small) against ActQ8 rows: per block, 8
+// vpdpbusd for all 16 rows, then (sum − offset · activation sum) · row scale · activation scale, plus
+// (Min) the row minimum · activation scale · activation sum.
+template <int NT, bool Min>
 void strip_tokens_q8(const uint8_t* ws, int64_t in, const uint8_t* x0, int64_t xs, float* y, int64_t ys,
                      __mmask16 row_mask, float offset) {
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < in / 32; ++b) {
-    const auto* packed = reinterpret_cast<const __m512i*>(ws + b * kTileQ8BlockBytes);
+    const auto* packed = reinterpret_cast<const __m512i*>(ws + b * tile_small_block_bytes<Min>());
     const __m512 scale = _mm512_load_ps(reinterpret_cast<const float*>(packed + 8));
     const ActQ8* ab[NT];
     __m512i dot[NT];
@@ -120,26 +121,30 @@ void strip_tokens_q8(const uint8_t* ws, int64_t in, const uint8_t* x0, int64_t x
       const __m512 sums = _mm512_sub_ps(_mm512_cvtepi32_ps(dot[t]),
                                         _mm512_set1_ps(offset * static_cast<float>(ab[t]->sum)));
       acc[t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(scale, _mm512_set1_ps(ab[t]->d)), acc[t]);
+      if constexpr (Min)
+        acc[t] = _mm512_fmadd_ps(_mm512_load_ps(reinterpret_cast<const float*>(packed + 9)),
+                                 _mm512_set1_ps(ab[t]->d * static_cast<float>(ab[t]->sum)), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, acc[t]);
 }
 
+template <bool Min>
 void strip_q8(const uint8_t* ws, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in, float* y,
               int64_t ys, float offset) {
   const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
   const auto* x0 = static_cast<const uint8_t*>(x);
   int64_t t = 0;
-  for (; t + 4 <= tokens; t += 4) strip_tokens_q8<4>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
+  for (; t + 4 <= tokens; t += 4) strip_tokens_q8<4, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
   switch (tokens - t) {
     case 3:
-      strip_tokens_q8<3>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
+      strip_tokens_q8<3, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
       break;
     case 2:
-      strip_tokens_q8<2>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
+      strip_tokens_q8<2, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
       break;
     case 1:
-      strip_tokens_q8<1>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
+      strip_tokens_q8<1, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
       break;
     default:
       break;
@@ -152,10 +157,13 @@ void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, 
   if (rows <= 0 || tokens <= 0) return;
   if constexpr (Kind == WeightKind::q8_0) {
     pack_q8_0(w, row_stride, rows, in, workspace);
-    strip_q8(workspace, rows, x, x_stride, tokens, in, y, y_stride, 128.0f);
-  } else if constexpr (Kind == WeightKind::q5_0) {
-    pack_q5_0(w, row_stride, rows, in, workspace);
-    strip_q8(workspace, rows, x, x_stride, tokens, in, y, y_stride, 16.0f);
+    strip_q8<false>(workspace, rows, x, x_stride, tokens, in, y, y_stride, 128.0f);
+  } else if constexpr (Kind == WeightKind::q4_0 || Kind == WeightKind::q5_0 || Kind == WeightKind::q4_1 ||
+                       Kind == WeightKind::q5_1) {
+    constexpr bool kQ5 = Kind == WeightKind::q5_0 || Kind == WeightKind::q5_1;
+    constexpr bool kMin = Kind == WeightKind::q4_1 || Kind == WeightKind::q5_1;
+    pack_small<kQ5, kMin>(w, row_stride, rows, in, workspace);
+    strip_q8<kMin>(workspace, rows, x, x_stride, tokens, in, y, y_stride, kMin ? 0.0f : kQ5 ? 16.0f : 8.0f);
   } else if constexpr (Kind == WeightKind::q6_k) {
     pack_q6k(w, row_stride, rows, in, workspace);
     strip<16>(workspace, rows, x, x_stride, tokens, in, y, y_stride);
@@ -173,6 +181,9 @@ void fill_tile_kernels(KernelTable& t) noexcept {
   t.tile[static_cast<int>(WeightKind::q6_k)] = tile_kernel<WeightKind::q6_k>;
   t.tile[static_cast<int>(WeightKind::q8_0)] = tile_kernel<WeightKind::q8_0>;
   t.tile[static_cast<int>(WeightKind::q5_0)] = tile_kernel<WeightKind::q5_0>;
+  t.tile[static_cast<int>(WeightKind::q4_0)] = tile_kernel<WeightKind::q4_0>;
+  t.tile[static_cast<int>(WeightKind::q4_1)] = tile_kernel<WeightKind::q4_1>;
+  t.tile[static_cast<int>(WeightKind::q5_1)] = tile_kernel<WeightKind::q5_1>;
 }
 
 }  // namespace tandem::kernels::avx512

@@ -83,11 +83,17 @@ inline void transpose16(const StripRows& strip, const uint8_t* p, __m512i out[4]
   out[3] = _mm512_unpackhi_epi64(t2, t3);
 }
 
-// Q8_0 and Q5_0 strips (32-value blocks, one f16 scale per row and block): per block, 8 × 64 bytes of
-// unsigned quants in [value / 4][row][4] order, then the 16 rows' float scales (kTileQ8BlockBytes in
-// all; in · 18 bytes fit in tile_workspace_size(in)). Q8_0's int8 quants are stored + 128 (xor 0x80),
-// Q5_0's as nibble | fifth bit << 4; the kernels subtract 128 or 16 times the activation block's sum.
+// Strips of the 32-value block types (one f16 scale per row and block; Q4_1/Q5_1 also an f16
+// minimum): per block, 8 × 64 bytes of unsigned quants in [value / 4][row][4] order, then the 16 rows'
+// float scales, then (Q4_1/Q5_1) their float minimums — tile_small_block_bytes<Min>() in all; in · 20
+// bytes at most fit in tile_workspace_size(in). Q8_0's int8 quants are stored + 128 (xor 0x80), the
+// others as nibble | fifth bit << 4; the kernels subtract 128, 8 or 16 times the activation block's
+// sum (Q4_1/Q5_1: add the minimum times it).
 constexpr int64_t kTileQ8BlockBytes = 8 * 64 + 16 * 4;
+template <bool Min>
+constexpr int64_t tile_small_block_bytes() {
+  return kTileQ8BlockBytes + (Min ? 16 * 4 : 0);
+}
 
 inline void pack_q8_0(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
   const StripRows strip{row_stride, rows};
@@ -103,31 +109,41 @@ inline void pack_q8_0(const uint8_t* w, int64_t row_stride, int rows, int64_t in
   }
 }
 
-inline void pack_q5_0(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
+// Q4_0, Q5_0, Q4_1, Q5_1 (small_block_* offsets): nibbles of byte j are values j and j + 16; Q5's
+// fifth bit of value j is bit j of a 32-bit word.
+template <bool Q5, bool Min>
+inline void pack_small(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
   const StripRows strip{row_stride, rows};
   const __m512i m4 = _mm512_set1_epi32(0x0f0f0f0f);
   const __m512i row_index = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __mmask16 present = static_cast<__mmask16>((1u << rows) - 1u);
+  constexpr int64_t kBytes = small_block_bytes<Q5, Min>();
   for (int64_t b = 0; b < in / 32; ++b) {
-    const uint8_t* blk = w + b * kQ5_0Bytes;
-    auto* packed = reinterpret_cast<__m512i*>(ws + b * kTileQ8BlockBytes);
+    const uint8_t* blk = w + b * kBytes;
+    auto* packed = reinterpret_cast<__m512i*>(ws + b * tile_small_block_bytes<Min>());
     __m512i quads[4];
-    transpose16(strip, blk + 6, quads);
-    // Each row's 32 fifth bits; the 4 bits of values 4k..4k+3 spread to bit 4 of their bytes.
-    const __m512i high = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), present,
-                                                     _mm512_mullo_epi32(row_index, _mm512_set1_epi32(static_cast<int>(row_stride))),
-                                                     blk + 2, 1);
+    transpose16(strip, blk + small_block_nibble_offset<Q5, Min>(), quads);
+    __m512i high = _mm512_setzero_si512();
+    if constexpr (Q5)  // each row's 32 fifth bits
+      high = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), present,
+                                         _mm512_mullo_epi32(row_index, _mm512_set1_epi32(static_cast<int>(row_stride))),
+                                         blk + small_block_high_offset<Min>(), 1);
     for (int k = 0; k < 8; ++k) {
-      const __m512i bits = _mm512_srli_epi32(high, 4 * k);
-      __m512i fifth = _mm512_setzero_si512();
-      for (int i = 0; i < 4; ++i)
-        fifth = _mm512_or_si512(fifth, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, i), _mm512_set1_epi32(1)),
-                                                         8 * i + 4));
-      const __m512i nibbles = k < 4 ? _mm512_and_si512(quads[k], m4) : _mm512_and_si512(_mm512_srli_epi32(quads[k - 4], 4), m4);
-      _mm512_store_si512(packed + k, _mm512_or_si512(nibbles, fifth));
+      __m512i value = k < 4 ? _mm512_and_si512(quads[k], m4) : _mm512_and_si512(_mm512_srli_epi32(quads[k - 4], 4), m4);
+      if constexpr (Q5) {  // the 4 bits of values 4k..4k+3 spread to bit 4 of their bytes
+        const __m512i bits = _mm512_srli_epi32(high, 4 * k);
+        for (int i = 0; i < 4; ++i)
+          value = _mm512_or_si512(
+              value, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, i), _mm512_set1_epi32(1)), 8 * i + 4));
+      }
+      _mm512_store_si512(packed + k, value);
     }
     auto* scale = reinterpret_cast<float*>(packed + 8);
     for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? tile_half(blk + r * row_stride) : 0.0f;
+    if constexpr (Min) {
+      auto* minimum = reinterpret_cast<float*>(packed + 9);
+      for (int r = 0; r < kTileRows; ++r) minimum[r] = r < rows ? tile_half(blk + r * row_stride + 2) : 0.0f;
+    }
   }
 }
 
