@@ -149,7 +149,10 @@ std::string gpu_defaults_blocker(const Weights& weights, const PlanRequest& requ
                                 weight_group_display_name(g), dtype_name(v.dtype));
   });
   if (!weight_type.empty()) return weight_type;
-  const uint64_t free = cuda_device_count() > 0 ? cuda_device_free_bytes(0) : plan.vram_total_bytes;
+  // A card given with --vram-total is the one planned for, whatever this machine has.
+  const uint64_t free = request.flags.vram_total_bytes > 0 ? request.flags.vram_total_bytes
+                        : cuda_device_count() > 0         ? cuda_device_free_bytes(0)
+                                                          : plan.vram_total_bytes;
   if (free > 0 && plan.vram_bytes > free)
     return fmt::format("they need {} on cuda:0 (context {} x {} sessions), more than its {} free", gib(plan.vram_bytes),
                        request.context_tokens, request.max_sessions, gib(free));

@@ -464,6 +464,28 @@ TEST_CASE("tandem plan on the bundled models: keys, budget, CPU-only decode = ba
   check_plan_file(test::data_dir() + "/tiny-deepseekv3/deepseekv3-q8_0.gguf");
 }
 
+TEST_CASE("tandem plan: the hybrid split by default for a card, declined with the reason when it cannot serve",
+          "[engine][plan][cli]") {
+  const std::string model = "-m " + test::shell_quote(test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf");
+  // --vram-total plans for a card this machine need not have.
+  const nlohmann::json hybrid = plan_json(model + " --dram-gbps 10 --vram-total 24G");
+  CHECK(hybrid["placement"]["rules"] == "experts=cpu,*=cuda:0");
+  CHECK(hybrid["gpu_defaults_declined"] == "");
+  CHECK(hybrid["vram_bytes"].get<uint64_t>() > 0);
+  CHECK(hybrid["split_layers"].get<int64_t>() > 0);
+  const nlohmann::json int4 = plan_json(model + " --dram-gbps 10 --vram-total 24G --kv-type int4");
+  CHECK(int4["placement"]["rules"] == "*=cpu");
+  CHECK(int4["vram_bytes"] == 0);
+  CHECK_THAT(int4["gpu_defaults_declined"].get<std::string>(), Contains("--kv-type int4"));
+  // A 100 MiB card cannot hold even the KV pool of 8 sessions of 4k tokens and the CUDA reserve.
+  const nlohmann::json small = plan_json(model + " --dram-gbps 10 --vram-total 100M --parallel 8 -c 4096");
+  CHECK(small["placement"]["rules"] == "*=cpu");
+  CHECK_THAT(small["gpu_defaults_declined"].get<std::string>(), Contains("free"));
+  const auto text = test::run_cli_captured("plan " + model + " --dram-gbps 10 --vram-total 24G --kv-type int4");
+  CHECK(text.exit_code == 0);
+  CHECK_THAT(text.out, Contains("not the hybrid defaults") && Contains("--kv-type int4"));
+}
+
 TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli][synth]") {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "tandem-plan-test";
   std::filesystem::create_directories(dir);

@@ -15,6 +15,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/even_odd_blocks.hpp"
 #include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 
@@ -201,13 +202,13 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
 template <int NT>
 void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
-  __m256 acc[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
   }
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t b = 0; b < in / 32; ++b) {
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
     const uint8_t* blk = w + b * kQ8_0Bytes;
     const float d = half(blk);
     const __m256i q = load32(blk + 2);
@@ -216,10 +217,11 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
       const ActQ8& ab = a[t][b];
       const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(load32(ab.q), q));
       const __m256i dot = _mm256_madd_epi16(p, ones);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
-  }
-  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]);
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
+  for (int t = 0; t < NT; ++t) y[t * ys] = sum_both(acc[0][t], acc[1][t]);
 }
 
 // Q4_0 and Q5_0 (Q5: a fifth bit per value from a 32-bit mask; offset 16, not 8), and Q4_1 / Q5_1
@@ -227,18 +229,18 @@ void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
 template <int NT, bool Q5, bool Min>
 void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
-  __m256 acc[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
   float offset[NT];
   for (int t = 0; t < NT; ++t) {
     a[t] = act_row<ActQ8>(x, xs, t);
-    acc[t] = _mm256_setzero_ps();
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
     offset[t] = 0;
   }
   const __m128i m4 = _mm_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
   const __m256i bit_of_byte = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
-  for (int64_t b = 0; b < in / 32; ++b) {
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
     const uint8_t* blk = w + b * small_block_bytes<Q5, Min>();
     const float d = half(blk);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + small_block_nibble_offset<Q5, Min>()));
@@ -253,12 +255,13 @@ void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, fl
     }
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
-      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(W, load32(ab.q)), ones);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), acc[t]);
-      offset[t] += (Min ? -half(blk + 2) : (Q5 ? 16.0f : 8.0f) * d) * ab.d * static_cast<float>(ab.sum);
+      const __m256i dot =
+          small_block_correction<Q5, Min>(_mm256_madd_epi16(_mm256_maddubs_epi16(W, load32(ab.q)), ones), ab, blk, offset[t]);
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
-  }
-  for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]) - offset[t];
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
+  for (int t = 0; t < NT; ++t) y[t * ys] = sum_both(acc[0][t], acc[1][t]) - offset[t];
 }
 template <int NT>
 constexpr auto dot_q40 = dot_small_block<NT, false, false>;

@@ -17,6 +17,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/even_odd_blocks.hpp"
 #include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 
@@ -257,23 +258,6 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// The 32-value block types' loop: blocks into two accumulators per token, even and odd, since one
-// chain's FMA latency would bound a block per 4 cycles; `block(b, sums)` adds block b into sums[t].
-template <int NT, class Block>
-__attribute__((always_inline)) inline void even_odd_blocks(int64_t blocks, __m256 (&acc)[2][NT], const Block& block) {
-  int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2) {
-    block(b, acc[0]);
-    block(b + 1, acc[1]);
-  }
-  if (b < blocks) block(b, acc[0]);
-}
-inline float sum_both(__m256 even, __m256 odd) {
-  const __m256 v = _mm256_add_ps(even, odd);
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  return _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(s, s), s));
-}
-
 template <int NT>
 void dot_q80(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
   const ActQ8* a[NT];
@@ -330,12 +314,8 @@ void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int64_t in, fl
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const ActQ8& ab = a[t][b];
-      __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q));
-      if constexpr (Min) {
-        offset[t] -= half(blk + 2) * ab.d * static_cast<float>(ab.sum);
-      } else {  // the unsigned quants' offset times the activation sum, exact in the integer lanes
-        dot = _mm256_sub_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128((Q5 ? 16 : 8) * ab.sum)));
-      }
+      const __m256i dot =
+          small_block_correction<Q5, Min>(_mm256_dpbusd_epi32(_mm256_setzero_si256(), W, load32(ab.q)), ab, blk, offset[t]);
       sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
     }
   };
