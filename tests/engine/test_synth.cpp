@@ -85,6 +85,16 @@ TEST_CASE("synth: the file carries the preset's metadata and the Q4_K_M mix", "[
   CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.3.attn_v.weight", 32, 8, 4096) == DType::q8_0);
   CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.3.attn_output.weight", 32, 8, 4096) == DType::q5_k);
   CHECK(synth_matrix_type(SynthQuant::iq4_xs, "blk.3.ffn_up_exps.weight", 48, 128, 2048) == DType::iq4_xs);
+  // Q5_K_M: the same rules on a Q5_K base; Q5_K rows that are not whole 256-blocks fall back to Q5_1.
+  CHECK(synth_quant_from_name("q5_k_m") == SynthQuant::q5_k_m);
+  CHECK(synth_quant_name(SynthQuant::q5_k_m) == "q5_k_m");
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "blk.24.ffn_gate_exps.weight", 48, 128, 2048) == DType::q5_k);
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "blk.24.ffn_down_exps.weight", 48, 128, 768) == DType::q5_k);
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "blk.26.attn_v.weight", 48, 128, 2048) == DType::q6_k);
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "blk.4.ffn_down_exps.weight", 27, 64, 1408) == DType::q5_1);
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "blk.5.ffn_down_exps.weight", 27, 64, 1408) == DType::q8_0);
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "output.weight", 48, 128, 2048) == DType::q6_k);
+  CHECK(synth_matrix_type(SynthQuant::q5_k_m, "blk.3.attn_k.weight", 32, 8, 4096) == DType::q8_0);
 
   // Weights decode to about the RMS they were drawn at: 1/sqrt(2048) for a q projection row.
   const TensorView& q = f.tensors().find("blk.0.attn_q.weight")->view;
