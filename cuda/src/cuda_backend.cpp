@@ -209,8 +209,8 @@ class CudaBackend final : public Backend {
   // (TANDEM_CUDA_BLAS=0: never): the same bf16 operands as the tiles, the weight dequantised to bf16
   // once per call into working memory (weights of more than kBlasMaxWeightValues values, the output
   // matrix of a large vocabulary, stay on the tiles).
-  static constexpr int64_t kBlasMinRows = 256;
-  static constexpr int64_t kBlasMaxWeightValues = int64_t{64} << 20;
+  static constexpr int64_t kBlasMinRows = kCudaBlasMinRows;  // tandem/backend/cuda_working_memory.hpp
+  static constexpr int64_t kBlasMaxWeightValues = kCudaBlasMaxWeightValues;
   bool blas_linear(const LinearWeight& w, const float* x, int64_t rows, float* y) {
     if (!blas_enabled_ || rows < kBlasMinRows || math_for(w.weight.dtype) != cuda::TensorCoreMath::bf16) return false;
     const cuda::DeviceWeight dw = weight(w);

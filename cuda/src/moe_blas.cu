@@ -87,32 +87,8 @@ __global__ void silu_glu_bf16_kernel(const float* gu, int64_t rows, int64_t inte
   }
 }
 
-constexpr int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
-// Each expert's rows start a multiple of kRowAlign apart, so experts with the same padded count form
-// one batched GEMM (the pad rows are computed and never read).
-constexpr int64_t kRowAlign = 32;
-
-struct Layout {
-  int64_t rows;  // grouped rows, pads included, at most
-  int64_t index, pointers, xg, gu, act, y, w, total;
-  int64_t chunk_experts;
-};
-Layout layout(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k, int64_t chunk_bytes) {
-  const int64_t pairs = tokens * top_k, inter = table.intermediate;
-  const int64_t per_expert = 3 * inter * hidden * 2;
-  Layout l{};
-  l.rows = pairs + table.experts * (kRowAlign - 1);
-  l.chunk_experts = std::clamp<int64_t>(chunk_bytes / std::max<int64_t>(per_expert, 1), 1, table.experts);
-  l.index = 0;
-  l.pointers = l.index + align256((pairs + table.experts) * 4);
-  l.xg = l.pointers + align256(6 * table.experts * static_cast<int64_t>(sizeof(void*)));
-  l.gu = l.xg + align256(l.rows * hidden * 2);
-  l.act = l.gu + align256(l.rows * 2 * inter * 4);
-  l.y = l.act + align256(l.rows * inter * 2);
-  l.w = l.y + align256(l.rows * hidden * 4);
-  l.total = l.w + align256(l.chunk_experts * per_expert);
-  return l;
+CudaMoeBlasLayout layout(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k, int64_t chunk_bytes) {
+  return cuda_moe_blas_layout(table.experts, table.intermediate, tokens, hidden, top_k, chunk_bytes);
 }
 
 }  // namespace
@@ -137,7 +113,7 @@ void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const fl
                                           table.intermediate, ", gate/up/down ", dtype_name(table.gate_type), "/",
                                           dtype_name(table.up_type), "/", dtype_name(table.down_type), ")"));
   const int64_t pairs = tokens * top_k, inter = table.intermediate, experts = table.experts;
-  const Layout l = layout(table, tokens, hidden, top_k, chunk_bytes);
+  const CudaMoeBlasLayout l = layout(table, tokens, hidden, top_k, chunk_bytes);
   if (l.rows > INT32_MAX)
     throw Error(ErrorKind::out_of_range, text("cuda::moe_blas: ", tokens, " tokens × top-", top_k,
                                               " need more grouped rows than int32 positions hold"));
@@ -160,7 +136,7 @@ void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const fl
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t n = host.begin[static_cast<size_t>(e) + 1];
     if (n > 0) host.hit.push_back(static_cast<int32_t>(e));
-    host.begin[static_cast<size_t>(e) + 1] = host.begin[static_cast<size_t>(e)] + (n + kRowAlign - 1) / kRowAlign * kRowAlign;
+    host.begin[static_cast<size_t>(e) + 1] = host.begin[static_cast<size_t>(e)] + (n + kCudaMoeRowAlign - 1) / kCudaMoeRowAlign * kCudaMoeRowAlign;
   }
   host.index.resize(static_cast<size_t>(pairs + experts));
   int32_t* position = host.index.data();

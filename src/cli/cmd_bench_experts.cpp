@@ -30,7 +30,7 @@ struct ExpertsFlags {
 CommandRun setup(CLI::App& sub) {
   auto flags = std::make_shared<ExpertsFlags>();
   sub.add_option("--preset", flags->preset, "the model whose MoE layer runs (as tandem synth --preset)")->required();
-  sub.add_option("--quant", flags->quant, "q4_k_m (default), q8_0, iq4_xs or bf16");
+  sub.add_option("--quant", flags->quant, "q4_k_m (default), q5_k_m, q8_0, iq4_xs or bf16");
   sub.add_option("--batch", flags->batch, "tokens per step (default 1, at most 16384)");
   sub.add_option("-t,--threads", flags->threads, "threads (default 0: one per physical core)");
   sub.add_option("--seconds", flags->seconds, "time steps for at least this long (default 2)");

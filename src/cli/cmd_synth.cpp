@@ -35,7 +35,7 @@ CommandRun setup(CLI::App& sub) {
         flags->layers_given = true;
       },
       "keep the first N layers (default: all)");
-  sub.add_option("--quant", flags->quant, "q4_k_m (llama-quantize's mix, default), q8_0, iq4_xs or bf16");
+  sub.add_option("--quant", flags->quant, "q4_k_m (llama-quantize's mix, default), q5_k_m (its Q5_K mix), q8_0, iq4_xs or bf16");
   sub.add_option("--seed", flags->seed, "seed of the random weights (default 1)");
   sub.add_option("--residual-scale", flags->residual_scale,
                  "RMS·sqrt(in) of the matrices writing into the residual stream (default 0.05; 1 = plain scaling, "

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "tandem/backend/cuda_backend.hpp"
+#include "tandem/backend/cuda_working_memory.hpp"
 #include "tandem/error.hpp"
 #include "tandem/model/model_files.hpp"
 #include "tandem/model/weight_roles.hpp"
@@ -68,27 +69,15 @@ uint64_t planned_buffer_bytes(const ModelConfig& c, int64_t max_batch_tokens) {
 
 namespace {
 
-constexpr int64_t kBlasMinRows = 256;                       // cuda_backend.cpp: dense linears through cuBLAS
-constexpr int64_t kBlasMaxWeightValues = int64_t{64} << 20;  // its largest weight (bf16 copy)
-constexpr int64_t kBlasMoePairsPerExpert = 64;              // cuda/moe_blas.hpp
-constexpr int64_t kBlasMoeChunkBytes = int64_t{256} << 20;  // its dequantised experts per chunk
-constexpr int64_t kMoeRowAlign = 32;                         // moe_blas.cu: rows per expert padded to this
-
-uint64_t align256(int64_t bytes) { return static_cast<uint64_t>((bytes + 255) / 256 * 256); }
-
-// The routed experts' scratch at one pass of `tokens` (moe_blas.cu's layout, or moe_grouped.cu's).
+// The routed experts' scratch at one pass of `tokens`: the cuBLAS path's layout from 64 pairs per expert
+// on, below it the grouped tiles' gathered rows, activations and outputs (moe_grouped.cu's, whose
+// tile bookkeeping — a few ints per 64 pairs — is left out).
 uint64_t expert_scratch_bytes(const ModelConfig& c, int64_t tokens) {
   const int64_t experts = c.num_experts, inter = c.moe_intermediate_size, hidden = c.hidden_size;
-  const int64_t pairs = tokens * std::max<int64_t>(c.num_experts_per_tok, 1);
+  const int64_t top_k = std::max<int64_t>(c.num_experts_per_tok, 1), pairs = tokens * top_k;
   if (experts <= 0 || inter <= 0) return 0;
-  if (pairs >= kBlasMoePairsPerExpert * experts) {
-    const int64_t rows = pairs + experts * (kMoeRowAlign - 1);
-    const int64_t per_expert = 3 * inter * hidden * 2;
-    const int64_t chunk = std::clamp<int64_t>(kBlasMoeChunkBytes / std::max<int64_t>(per_expert, 1), 1, experts);
-    return align256((pairs + experts) * 4) + align256(6 * experts * 8) + align256(rows * hidden * 2) +
-           align256(rows * 2 * inter * 4) + align256(rows * inter * 2) + align256(rows * hidden * 4) +
-           align256(chunk * per_expert);
-  }
+  if (pairs >= kCudaBlasMoePairsPerExpert * experts)
+    return static_cast<uint64_t>(cuda_moe_blas_layout(experts, inter, tokens, hidden, top_k).total);
   return static_cast<uint64_t>((2 * experts + 2 * pairs) * 4 + (2 * pairs * hidden + pairs * inter) * 4);
 }
 
@@ -99,7 +88,7 @@ uint64_t planned_cuda_working_bytes(const ModelConfig& c, const Weights& weights
   if (placement.device_for(WeightGroup::attention, 0).kind != DeviceKind::cuda) return 0;
   const int64_t tokens = std::max<int64_t>(max_batch_tokens, 1);
   uint64_t total = 0;
-  if (tokens >= kBlasMinRows) {
+  if (tokens >= kCudaBlasMinRows) {
     int64_t widest_values = 0, widest_in = 0;
     for_each_weight(weights, [&](WeightGroup g, int64_t layer, auto&&... item) {
       if constexpr (sizeof...(item) == 1) {
@@ -108,7 +97,7 @@ uint64_t planned_cuda_working_bytes(const ModelConfig& c, const Weights& weights
             placement.device_for(g, layer).kind != DeviceKind::cuda)
           return;
         const int64_t values = w.weight.shape[0] * w.weight.shape[1];
-        if (values > kBlasMaxWeightValues) return;
+        if (values > kCudaBlasMaxWeightValues) return;
         widest_values = std::max(widest_values, values);
         widest_in = std::max(widest_in, w.weight.shape[1]);
       }

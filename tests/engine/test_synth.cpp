@@ -77,14 +77,30 @@ TEST_CASE("synth: the file carries the preset's metadata and the Q4_K_M mix", "[
   CHECK(type_of(f, "blk.1.ffn_gate_inp.weight") == DType::f32);
   // 1408-wide expert rows are not whole 256-blocks: Q6_K falls back to Q8_0 (and Q4_K to Q5_0).
   CHECK(type_of(f, "blk.1.ffn_down_exps.weight") == DType::q8_0);
-  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.4.ffn_down_exps.weight", 27, 64, 1408) == DType::q5_0);
-  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.5.ffn_down_exps.weight", 27, 64, 1408) == DType::q8_0);
-  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.24.ffn_down_exps.weight", 48, 128, 768) == DType::q4_k);
-  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.26.attn_v.weight", 48, 128, 2048) == DType::q6_k);
-  // Mixtral (8 experts): attn_v and attn_k at Q8_0, attn_output at Q5_K.
-  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.3.attn_v.weight", 32, 8, 4096) == DType::q8_0);
-  CHECK(synth_matrix_type(SynthQuant::q4_k_m, "blk.3.attn_output.weight", 32, 8, 4096) == DType::q5_k);
+  // llama-quantize's rules for both K-quant mixes, which differ in the base type: Q6_K where more bits
+  // pay (DeepSeek-V2-Lite's 27 layers: 5 is one, 4 is not), Q8_0 k/v and Q5_K attn_output for 8-expert
+  // models (Mixtral), rows that are not whole 256-blocks falling back (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0).
+  struct MixCase {
+    const char* name;
+    int64_t layers, experts, row;
+    DType q4_k_m, q5_k_m;
+  };
+  for (const MixCase& m : {MixCase{"blk.4.ffn_down_exps.weight", 27, 64, 1408, DType::q5_0, DType::q5_1},
+                           MixCase{"blk.5.ffn_down_exps.weight", 27, 64, 1408, DType::q8_0, DType::q8_0},
+                           MixCase{"blk.24.ffn_down_exps.weight", 48, 128, 768, DType::q4_k, DType::q5_k},
+                           MixCase{"blk.24.ffn_gate_exps.weight", 48, 128, 2048, DType::q4_k, DType::q5_k},
+                           MixCase{"blk.26.attn_v.weight", 48, 128, 2048, DType::q6_k, DType::q6_k},
+                           MixCase{"output.weight", 48, 128, 2048, DType::q6_k, DType::q6_k},
+                           MixCase{"blk.3.attn_v.weight", 32, 8, 4096, DType::q8_0, DType::q8_0},
+                           MixCase{"blk.3.attn_k.weight", 32, 8, 4096, DType::q8_0, DType::q8_0},
+                           MixCase{"blk.3.attn_output.weight", 32, 8, 4096, DType::q5_k, DType::q5_k}}) {
+    INFO(m.name << " of " << m.layers << " layers, " << m.experts << " experts");
+    CHECK(synth_matrix_type(SynthQuant::q4_k_m, m.name, m.layers, m.experts, m.row) == m.q4_k_m);
+    CHECK(synth_matrix_type(SynthQuant::q5_k_m, m.name, m.layers, m.experts, m.row) == m.q5_k_m);
+  }
   CHECK(synth_matrix_type(SynthQuant::iq4_xs, "blk.3.ffn_up_exps.weight", 48, 128, 2048) == DType::iq4_xs);
+  CHECK(synth_quant_from_name("q5_k_m") == SynthQuant::q5_k_m);
+  CHECK(synth_quant_name(SynthQuant::q5_k_m) == "q5_k_m");
 
   // Weights decode to about the RMS they were drawn at: 1/sqrt(2048) for a q projection row.
   const TensorView& q = f.tensors().find("blk.0.attn_q.weight")->view;

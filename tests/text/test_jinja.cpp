@@ -363,6 +363,19 @@ TEST_CASE("jinja: a template that would run forever stops at the step budget or 
     CHECK_THROWS_WITH(silent->render(request), Contains("budget of 50000000 evaluation steps"));
   }
 #endif
+  {  // building a large value each pass is work too: one step per list item or 64 bytes of string
+    // (found by fuzz_template: ran for 20 minutes inside the default budget of steps)
+    for (const char* busy :
+         {"{% for i in range(250470) %}{% for j in range(1000000) ,%}x{% endfor %}{% endfor %}",
+          "{% for i in range(250470) %}{% set s = 'x' * 1000000 %}{% endfor %}",
+          "{% for i in range(250470) %}{% set s = range(1000)|list|join(',') %}{% endfor %}"}) {
+      INFO(busy);
+      tandem::ChatRequest request;
+      request.ordered_messages = &messages;
+      request.max_steps = 1'000'000;
+      CHECK_THROWS_WITH(tandem::ChatTemplate::parse(busy)->render(request), Contains("budget of 1000000 evaluation steps"));
+    }
+  }
   {  // a raised cancel flag stops rendering
     std::atomic<bool> cancel{true};
     tandem::ChatRequest request;

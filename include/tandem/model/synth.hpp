@@ -46,8 +46,8 @@ struct SynthPreset {
 const std::vector<SynthPreset>& synth_presets();
 const SynthPreset& synth_preset(std::string_view name);
 
-// The stored-type recipes: llama-quantize's Q4_K_M mix, or one type for every matrix.
-enum class SynthQuant { q4_k_m, q8_0, iq4_xs, bf16 };
+// The stored-type recipes: llama-quantize's Q4_K_M and Q5_K_M mixes, or one type for every matrix.
+enum class SynthQuant { q4_k_m, q5_k_m, q8_0, iq4_xs, bf16 };
 SynthQuant synth_quant_from_name(std::string_view name);  // Error(invalid_argument) when unknown
 std::string_view synth_quant_name(SynthQuant quant);
 

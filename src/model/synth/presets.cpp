@@ -152,15 +152,16 @@ const SynthPreset& synth_preset(std::string_view name) {
 }
 
 SynthQuant synth_quant_from_name(std::string_view name) {
-  for (SynthQuant q : {SynthQuant::q4_k_m, SynthQuant::q8_0, SynthQuant::iq4_xs, SynthQuant::bf16})
+  for (SynthQuant q : {SynthQuant::q4_k_m, SynthQuant::q5_k_m, SynthQuant::q8_0, SynthQuant::iq4_xs, SynthQuant::bf16})
     if (synth_quant_name(q) == name) return q;
   throw Error(ErrorKind::invalid_argument,
-              "unknown quant type '" + std::string(name) + "' (q4_k_m, q8_0, iq4_xs, bf16)");
+              "unknown quant type '" + std::string(name) + "' (q4_k_m, q5_k_m, q8_0, iq4_xs, bf16)");
 }
 
 std::string_view synth_quant_name(SynthQuant quant) {
   switch (quant) {
     case SynthQuant::q4_k_m: return "q4_k_m";
+    case SynthQuant::q5_k_m: return "q5_k_m";
     case SynthQuant::q8_0: return "q8_0";
     case SynthQuant::iq4_xs: return "iq4_xs";
     case SynthQuant::bf16: return "bf16";

@@ -35,11 +35,14 @@ DType fallback_for_row(DType t, int64_t row_elems) {
 
 DType synth_matrix_type(SynthQuant quant, const std::string& name, int64_t layers, int64_t experts,
                         int64_t row_elems) {
+  // Q4_K_M and Q5_K_M share their rules (Q6_K where more bits pay, Q8_0 for 8-expert models' k/v);
+  // they differ in the base type.
   DType t = DType::q4_k;
   switch (quant) {
     case SynthQuant::q8_0: return DType::q8_0;
     case SynthQuant::bf16: return DType::bf16;
     case SynthQuant::iq4_xs: return fallback_for_row(DType::iq4_xs, row_elems);
+    case SynthQuant::q5_k_m: t = DType::q5_k; break;
     case SynthQuant::q4_k_m: break;
   }
   const int64_t layer = layer_of(name);

@@ -102,6 +102,7 @@ int64_t checked_layers(const SynthPreset& p, int64_t layers) {
 uint32_t file_type_id(SynthQuant quant) {  // llama_ftype
   switch (quant) {
     case SynthQuant::q4_k_m: return 15;
+    case SynthQuant::q5_k_m: return 17;
     case SynthQuant::q8_0: return 7;
     case SynthQuant::iq4_xs: return 30;
     case SynthQuant::bf16: return 32;

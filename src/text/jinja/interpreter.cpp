@@ -136,6 +136,21 @@ class Interpreter {
       throw Error(ErrorKind::cancelled, "chat template rendering cancelled");
   }
 
+  // A value a call, filter or operator built charges the budget for its size — a list or dict one step
+  // per item, a string one per 64 bytes — so a loop re-building range(1000000) (or a long string)
+  // each pass is bounded by the work it does, not only by its iterations.
+  Value charged(Value v) {
+    uint64_t size = 0;
+    if (v.is_list()) size = v.as_list().size();
+    else if (v.is_dict()) size = v.as_dict().items.size();
+    else if (v.is_string()) size = v.as_string().size() / 64;
+    if (size > 0) {
+      steps_ += size - 1;
+      step();
+    }
+    return v;
+  }
+
   void write(const std::string& text) {
     out_ += text;
     if (out_.size() > max_value_bytes)
@@ -362,7 +377,7 @@ class Interpreter {
                   : filter.object->kind == Expr::Kind::filter ? apply_filter_chain(*filter.object, operand)
                                                               : eval(*filter.object);
     if (!is_known_filter(filter.name)) throw EvalError(fmt::format("unknown filter '{}'", filter.name));
-    return apply_filter(filter.name, input, eval_arguments(filter));
+    return charged(apply_filter(filter.name, input, eval_arguments(filter)));
   }
 
   Value eval(const Expr& expr) {
@@ -428,8 +443,8 @@ class Interpreter {
         if (expr.name == "and") return left.truthy() ? eval(*expr.right) : left;
         if (expr.name == "or") return left.truthy() ? left : eval(*expr.right);
         Value right = eval(*expr.right);
-        if (expr.name == "~") return Value(to_str(left) + to_str(right));
-        return arithmetic(expr.name, left, right);
+        if (expr.name == "~") return charged(Value(to_str(left) + to_str(right)));
+        return charged(arithmetic(expr.name, left, right));
       }
       case Expr::Kind::compare: {
         Value left = eval(*expr.object);
@@ -464,17 +479,17 @@ class Interpreter {
       CallArgs args = eval_arguments(expr);
       bool found = false;
       Value result = call_method(object, callee.name, args, found);
-      if (found) return result;
+      if (found) return charged(std::move(result));
       Value attribute =
           object.is_dict() || object.is_namespace() ? get_item(object, Value(callee.name)) : Value();
-      if (attribute.is_callable()) return attribute.as_callable().call(args);
+      if (attribute.is_callable()) return charged(attribute.as_callable().call(args));
       throw EvalError(fmt::format("'{}' object has no method '{}'", object.type_name(), callee.name));
     }
     Value function = eval(callee);
     if (function.is_undefined()) undefined_error(function);
     if (!function.is_callable())
       throw EvalError(fmt::format("'{}' object is not callable", function.type_name()));
-    return function.as_callable().call(eval_arguments(expr));
+    return charged(function.as_callable().call(eval_arguments(expr)));
   }
 
   const Dict& context_;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tandem/backend/cuda_working_memory.hpp"
 #include "tandem/cuda/cuda_device.hpp"
 
 namespace tandem::cuda {
@@ -17,11 +18,10 @@ namespace tandem::cuda {
 class BlasGemm;
 struct ExpertTable;
 
-// Taken from this many pairs per expert on average: on the H200 (bench_cuda_kernels, Qwen3-30B-A3B's
-// layer) the grouped tiles and this path were even at 32 (1.70 vs 1.63 ms), this 3.2× faster at 256.
-inline constexpr int64_t kBlasMoePairsPerExpert = 64;
-// The experts' bf16 copies are made a chunk at a time, at most this many bytes (at least one expert).
-inline constexpr int64_t kBlasMoeWeightChunkBytes = int64_t{256} << 20;
+// When this path is taken and how its scratch is laid out: tandem/backend/cuda_working_memory.hpp
+// (shared with the placement planner).
+inline constexpr int64_t kBlasMoePairsPerExpert = kCudaBlasMoePairsPerExpert;
+inline constexpr int64_t kBlasMoeWeightChunkBytes = kCudaBlasMoeWeightChunkBytes;
 
 // Whether the shapes suit this path (hidden and intermediate multiples of 32; gate and up one type).
 bool moe_blas_fits(const ExpertTable& table, int64_t hidden) noexcept;

@@ -15,7 +15,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
-#include "backend/cpu/kernels/even_odd_blocks.hpp"
+#include "backend/cpu/kernels/small_block_dot.hpp"
 #include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
 

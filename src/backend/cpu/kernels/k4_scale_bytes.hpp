@@ -1,8 +1,8 @@
 #pragma once
 // A Q4_K/Q5_K block's packed 6-bit scales and minimums unpacked in a vector register (SSSE3 byte
 // shuffles), for the files built with -mavx2 or -mavx512*. Internal linkage on purpose, as
-// quant_layouts.hpp: each ISA's file compiles its own copy. The scalar equivalent, the reference
-// for it, is quant_layouts.hpp's unpack_k4_scale_words.
+// quant_layouts.hpp: each ISA's file compiles its own copy. The scalar kernel's unpack_k4_scales
+// (quant_layouts.hpp) is its reference, through the kernel tests at every ISA level.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -10,9 +10,8 @@
 namespace tandem::kernels {
 namespace {
 
-// The 12 scale bytes of a Q4_K/Q5_K block at p as [scales 0-7, mins 0-7] (unpack_k4_scale_words in
-// vector operations: two byte shuffles and three masks instead of scalar bit fields and four moves
-// into a vector register). The 16-byte load reads 4 bytes past the scales, inside the block.
+// The 12 scale bytes of a Q4_K/Q5_K block at p as [scales 0-7, mins 0-7] bytes: two byte shuffles and
+// three masks. The 16-byte load reads 4 bytes past the scales, inside the block.
 inline __m128i k4_scale_bytes(const uint8_t* p) {
   const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   // [b0-3 | b8-11 | b4-7 | b8-11] and the bytes whose top two bits extend scales/mins 4-7.

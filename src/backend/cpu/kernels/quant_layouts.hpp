@@ -53,19 +53,6 @@ inline void unpack_k4_scales(const uint8_t* p, int* scale, int* min) {
   }
 }
 
-// The same pairs four bytes at a time: words r[0], r[1] hold the 8 scales, r[2], r[3] the 8 mins
-// (one byte each, little-endian). Shifting a word moves bits across bytes; each mask keeps only
-// the bits of the byte's own source.
-inline void unpack_k4_scale_words(const uint8_t* p, uint32_t* r) {
-  uint32_t w[3];
-  __builtin_memcpy(w, p, 12);
-  constexpr uint32_t low6 = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
-  r[0] = w[0] & low6;
-  r[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);
-  r[2] = w[1] & low6;
-  r[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4);
-}
-
 // IQ4_XS sub-block scale (already minus 32).
 inline int iq4_xs_scale(const uint8_t* blk, int sub) {
   const int scales_h = blk[2] | (blk[3] << 8);

@@ -1,5 +1,6 @@
 #pragma once
-// The 32-value block types' dot-kernel loop and correction, for the files built with -mavx2 or -mavx512*. Internal
+// What the 32-value block types' dot kernels (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1) share across ISAs: the block
+// loop and the offset/minimum correction, for the files built with -mavx2 or -mavx512*. Internal
 // linkage on purpose, as quant_layouts.hpp: each ISA's file compiles its own copy.
 #include <immintrin.h>
 
