@@ -97,18 +97,26 @@ TEST_CASE("cuda kv_append writes fp8/int8 rows byte for byte as KvPool::write_ro
       }
       std::vector<uint8_t> device(planes.bytes());
       planes.download(device.data(), device.size());
-      int64_t rows_differing = 0, first_token = -1, first_plane = -1;
+      int64_t rows_differing = 0, first_token = -1, first_plane = -1, first_byte = -1;
+      int first_got = -1, first_expected = -1;
       for (int64_t plane = 0; plane < pool.planes(); ++plane)
         for (int64_t t = 0; t < tokens; ++t) {
           const int32_t id = ids[static_cast<size_t>(t / bt)];
           const uint8_t* got = device.data() + static_cast<size_t>(id) * block_bytes +
                                static_cast<size_t>(plane * bt + t % bt) * pool.row_bytes();
-          if (std::memcmp(got, pool.row(id, 0, plane, t % bt), pool.row_bytes()) != 0) {
-            if (rows_differing++ == 0) first_token = t, first_plane = plane;
+          const auto* expected = reinterpret_cast<const uint8_t*>(pool.row(id, 0, plane, t % bt));
+          if (std::memcmp(got, expected, pool.row_bytes()) != 0) {
+            if (rows_differing++ == 0) {
+              first_token = t, first_plane = plane;
+              for (size_t b = 0; b < pool.row_bytes() && first_byte < 0; ++b)
+                if (got[b] != expected[b]) first_byte = static_cast<int64_t>(b), first_got = got[b], first_expected = expected[b];
+            }
           }
         }
       INFO(kv_type_name(type) << " row of " << width << " (" << l.rope_values << " rope values): " << rows_differing
-                              << " rows differ, the first token " << first_token << " of plane " << first_plane);
+                              << " rows differ, the first token " << first_token << " of plane " << first_plane
+                              << " at byte " << first_byte << " of " << pool.row_bytes() << " (device " << first_got
+                              << ", host " << first_expected << ")");
       CHECK(rows_differing == 0);
     }
 }
