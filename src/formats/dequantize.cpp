@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "formats/k_quant_scales.hpp"
 #include "tandem/error.hpp"
 
 // Each block decoder follows ggml's block layout. The float operations are ordered exactly as the
@@ -192,24 +193,11 @@ void block_q3_k(const uint8_t* b, float* y) {
   }
 }
 
-// K-quant 6-bit scale/min pairs for 8 sub-blocks packed in 12 bytes (Q4_K, Q5_K).
-void unpack_k4_scales(const uint8_t* p, int* scale, int* min) {
-  for (int j = 0; j < 8; ++j) {
-    if (j < 4) {
-      scale[j] = p[j] & 63;
-      min[j] = p[j + 4] & 63;
-    } else {
-      scale[j] = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
-      min[j] = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
-    }
-  }
-}
-
 // Q4_K: 8 sub-blocks of 32; each 64-value chunk shares 32 bytes (low nibbles first).
 void block_q4_k(const uint8_t* b, float* y) {
   const float d = load_f16(b), dmin = load_f16(b + 2);
   int scale[8], min[8];
-  unpack_k4_scales(b + 4, scale, min);
+  formats::unpack_k4_scales(b + 4, scale, min);
   const uint8_t* qs = b + 16;
   for (int i = 0; i < 256; ++i) {
     const int sub = i / 32, chunk = i / 64, lane = i % 32;
@@ -224,7 +212,7 @@ void block_q4_k(const uint8_t* b, float* y) {
 void block_q5_k(const uint8_t* b, float* y) {
   const float d = load_f16(b), dmin = load_f16(b + 2);
   int scale[8], min[8];
-  unpack_k4_scales(b + 4, scale, min);
+  formats::unpack_k4_scales(b + 4, scale, min);
   const uint8_t* qh = b + 16;
   const uint8_t* qs = b + 48;
   for (int i = 0; i < 256; ++i) {

@@ -5,6 +5,8 @@
 // function could otherwise be linked in its AVX-512 build on a CPU without AVX-512.
 #include <cstdint>
 
+#include "formats/k_quant_scales.hpp"
+
 namespace tandem::kernels {
 namespace {
 
@@ -40,18 +42,7 @@ constexpr int64_t kFp8Block = 128;    // DeepSeek's FP8 block scale covers 128×
 
 constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
-// The 6-bit scale/min pairs of Q4_K and Q5_K's 8 sub-blocks, packed in 12 bytes.
-inline void unpack_k4_scales(const uint8_t* p, int* scale, int* min) {
-  for (int j = 0; j < 8; ++j) {
-    if (j < 4) {
-      scale[j] = p[j] & 63;
-      min[j] = p[j + 4] & 63;
-    } else {
-      scale[j] = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
-      min[j] = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
-    }
-  }
-}
+using formats::unpack_k4_scales;
 
 // IQ4_XS sub-block scale (already minus 32).
 inline int iq4_xs_scale(const uint8_t* blk, int sub) {
