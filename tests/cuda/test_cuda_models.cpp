@@ -91,6 +91,11 @@ void check_model(const std::string& path, const std::string& folder,
                  const std::vector<std::string>& placements = {"*=cuda:0", "experts=cpu,*=cuda:0",
                                                                 "attention=cuda:0,*=cpu"},
                  KvType kv_type = KvType::f32) {
+  // An fp8 cache: a K/V value the two backends project a float rounding apart can land on
+  // neighbouring codes (1/16 apart at 3 mantissa bits), which moves the logits by more than the
+  // float32 paths' 1e-3 (measured on the H200: up to 1.7e-3 on tiny-qwen3moe); int8 codes are 1/127
+  // of a group's scale apart and stay within it.
+  const double tolerance = kv_type == KvType::fp8 ? 5e-3 : 1e-3;
   const auto cpu = load(path, "*=cpu", 0, 0, false, kv_type);
   const int64_t vocab = cpu->config().vocab_size;
   const auto all_prompts = prompts(folder);
@@ -100,7 +105,7 @@ void check_model(const std::string& path, const std::string& folder,
       const auto expected = prompt_logits(*cpu, all_prompts[k]);
       const auto got = prompt_logits(*gpu, all_prompts[k]);
       INFO(path << " --placement '" << placement << "' --kv-type " << kv_type_name(kv_type) << " prompt " << k);
-      CHECK(relative_error(got, expected) <= 1e-3);
+      CHECK(relative_error(got, expected) <= tolerance);
       CHECK(argmax_mismatches(got, expected, vocab) == 0);
     }
     INFO(path << " --placement '" << placement << "' --kv-type " << kv_type_name(kv_type) << " greedy");
