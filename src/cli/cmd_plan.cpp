@@ -118,6 +118,7 @@ int plan_command(const PlanFlags& f) {
     j["split_layers"] = p.split_layers;
     j["layer_sync_seconds"] = kLayerSyncSeconds;
     j["gpu_layer_seconds"] = kGpuLayerSeconds;
+    j["gpu_token_seconds"] = kGpuTokenSeconds;
     j["gpu_decode_read_fraction"] = kGpuDecodeReadFraction;
     j["threads"] = rates.threads;
     j["dram_read_gbps"] = rates.dram_read_gbps;

@@ -116,6 +116,7 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
     p.split_layers += split ? 1 : 0;
     seconds += t + (split ? kLayerSyncSeconds : 0.0);
   }
+  if (!costs.empty() && costs[0].used[1]) seconds += kGpuTokenSeconds;  // the output head on a GPU
   p.decode_bytes_cpu = static_cast<uint64_t>(std::llround(bytes[0]));
   p.decode_bytes_gpu = static_cast<uint64_t>(std::llround(bytes[1]));
   p.decode_tok_s = seconds > 0 ? 1.0 / seconds : 0.0;

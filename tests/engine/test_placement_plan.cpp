@@ -426,6 +426,7 @@ void check_plan_file(const std::string& path) {
   REQUIRE(budget["decode_bytes_per_token_cpu"] == 0);
   REQUIRE(budget["split_layers"] == 0);
   const double gpu_seconds =
+      budget["gpu_token_seconds"].get<double>() +
       static_cast<double>(m.files.config.num_layers) * budget["gpu_layer_seconds"].get<double>() +
       budget["decode_bytes_per_token_gpu"].get<double>() /
           (budget["vram_read_gbps"].get<double>() * 1e9 * budget["gpu_decode_read_fraction"].get<double>());
@@ -438,6 +439,7 @@ void check_plan_file(const std::string& path) {
   for (const LayerWeights& layer : m.weights.layers) moe_layers += layer.is_moe ? 1 : 0;
   CHECK(hybrid["split_layers"] == moe_layers);  // a dense layer runs wholly on the GPU
   const double hybrid_seconds =
+      hybrid["gpu_token_seconds"].get<double>() +
       static_cast<double>(m.files.config.num_layers) * hybrid["gpu_layer_seconds"].get<double>() +
       static_cast<double>(moe_layers) * hybrid["layer_sync_seconds"].get<double>() +
       hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 +

@@ -6,7 +6,8 @@
 //     it. On the CPU a layer takes bytes / DRAM bandwidth; on a GPU, bytes / (kGpuDecodeReadFraction
 //     × VRAM bandwidth) plus kGpuLayerSeconds of kernel latency per transformer layer. A layer whose
 //     roles span the CPU and a GPU takes both in turn (attention, then the routed experts it waits
-//     for) plus kLayerSyncSeconds. tok/s = 1 / Σ.
+//     for) plus kLayerSyncSeconds. With the output head on a GPU a token adds kGpuTokenSeconds.
+//     tok/s = 1 / Σ.
 //   prefill, one pass of N tokens: per layer and device, max(FLOPs / compute rate, bytes /
 //     bandwidth) with every expert read once; FLOPs = 2 × weight elements per token (routed experts
 //     × top_k/num_experts) + causal attention 2·heads·(qk+v width)·N/2 per token; the slower device
@@ -20,18 +21,20 @@
 
 namespace tandem {
 
-// Decode on a GPU, fitted to the H200 machine (2026-12-04, 48-layer Qwen3-30B-A3B Q4_K_M, docs/PERF.md):
-// the GEMV kernels read big matrices at ~0.19 of the HBM bandwidth the probe measures (the output
-// head: 255 MB in 310 µs, 824 of 4,355 GB/s), and a transformer layer's ~15 small kernels take
-// ~110 µs beyond their bytes (all on cuda:0: 8.09 ms per token = 48 × (110 µs + 40 MB at 824 GB/s)
-// + the head).
+// Decode on a GPU, fitted to the H200 machine (2026-12-05, Qwen3-30B-A3B Q4_K_M files of 8 and 48
+// layers, docs/PERF.md): the GEMV kernels read big matrices at ~0.19 of the HBM bandwidth the probe
+// measures (the output head: 255 MB in 310 µs, 824 of 4,355 GB/s); a transformer layer's small
+// kernels take ~62 µs beyond their bytes, and a token ~200 µs more (the step's launch, the logits
+// copied to the host and sampled): all on cuda:0, 1.34 ms per token at 8 layers and 5.48 ms at 48
+// = n × (62 µs + 34.7 MB at 824 GB/s) + the head + 200 µs.
 inline constexpr double kGpuDecodeReadFraction = 0.19;
-inline constexpr double kGpuLayerSeconds = 110e-6;
+inline constexpr double kGpuLayerSeconds = 62e-6;
+inline constexpr double kGpuTokenSeconds = 200e-6;
 // One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
-// down, the CPU pool woken, the output copied up. Fitted on the same machine: the hybrid
-// (experts=cpu,*=cuda:0, 16 threads) took 26.8 ms per token = 48 × (123 µs GPU + 308 µs of expert
-// bytes at the 74 GB/s measured + 121 µs) + the head. (DESIGN's 24-33 µs is the bare round trip.)
-inline constexpr double kLayerSyncSeconds = 120e-6;
+// down, the CPU pool woken, the output copied up. Fitted on the same machine: the 48-layer hybrid
+// (experts=cpu,*=cuda:0, 16 threads) took 19.9 ms per token = 48 × (76 µs GPU + 184 µs of expert
+// bytes at the 124 GB/s probe + 145 µs) + the head + 200 µs. (DESIGN's 24-33 µs is the bare round trip.)
+inline constexpr double kLayerSyncSeconds = 145e-6;
 // Compute rates assumed where none is measured (GFLOP/s): per CPU core with AVX-512/AMX-class
 // kernels, and one H200-class GPU at ~40 % of its dense BF16 peak.
 inline constexpr double kAssumedCpuGflopsPerCore = 50.0;
