@@ -14,6 +14,7 @@
 #include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "staged_rows.cuh"
+#include "tandem/backend/cuda_working_memory.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tensor_core_tiles.cuh"
 
@@ -24,7 +25,7 @@ using detail::dispatch_weight_type;
 namespace {
 
 constexpr int kWarps = 8;  // output rows per block
-constexpr int kTile = 8;   // pairs per block
+constexpr int kTile = static_cast<int>(kCudaMoeGroupedTilePairs);  // pairs per block
 using detail::kFp8Block;
 namespace tc = detail::tc;
 namespace bf16 = detail::bf16;
@@ -340,16 +341,11 @@ bool use_tensor_cores(const ExpertTable& table, int64_t pairs, int64_t hidden, G
   if (!tensor_cores_fit(table, hidden) || tiles == GroupedTiles::cuda_cores) return false;
   return tiles == GroupedTiles::tensor_cores || pairs >= kGroupedTensorCorePairs * table.experts;
 }
-// Enough tile slots for either tile size: a tile per kTile pairs, plus one partial tile per expert.
-int64_t max_tiles(const ExpertTable& table, int64_t pairs) { return pairs / kTile + table.experts + 1; }
 
 }  // namespace
 
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k) {
-  const int64_t pairs = tokens * top_k;
-  const int64_t ints = (2 * table.experts + 1) + pairs + 1 + 2 * max_tiles(table, pairs);
-  const int64_t floats = pairs * hidden /* gathered */ + pairs * table.intermediate /* act */ + pairs * hidden;
-  return (ints + 4) / 4 * 16 + floats * 4;
+  return cuda_moe_grouped_layout(table.experts, table.intermediate, tokens, hidden, top_k).total;
 }
 
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
@@ -365,15 +361,16 @@ void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64
   const bool tensor_cores = use_tensor_cores(table, pairs, hidden, tile_kind);
   static_assert(tc::kRows == bf16::kRows, "both tensor-core tiles take 64 pairs");
   const int64_t per_tile = tensor_cores ? tc::kRows : kTile;
-  const int64_t tile_slots = max_tiles(table, pairs);
+  // Enough tile slots for either tile size (the layout counts kTile pairs a tile).
+  const CudaMoeGroupedLayout layout = cuda_moe_grouped_layout(table.experts, table.intermediate, tokens, hidden, top_k);
+  const int64_t tile_slots = layout.tile_slots;
   auto* ints = static_cast<int32_t*>(scratch);
   int32_t* counts = ints;                          // [2·experts + 1]
   int32_t* order = counts + 2 * table.experts + 1;  // [pairs]
   int32_t* tiles = order + pairs;                   // [1]
   int32_t* tile_expert = tiles + 1;                 // [tile_slots]
   int32_t* tile_begin = tile_expert + tile_slots;   // [tile_slots]
-  const int64_t int_count = (2 * table.experts + 1) + pairs + 1 + 2 * tile_slots;
-  auto* floats = reinterpret_cast<float*>(ints + (int_count + 4) / 4 * 4);
+  auto* floats = reinterpret_cast<float*>(static_cast<char*>(scratch) + layout.floats_offset);
   float* gathered = floats;                      // [pairs, hidden]
   float* act = gathered + pairs * hidden;        // [pairs, intermediate]
   float* slots = act + pairs * table.intermediate;  // [pairs, hidden], by pair

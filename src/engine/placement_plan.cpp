@@ -70,15 +70,14 @@ uint64_t planned_buffer_bytes(const ModelConfig& c, int64_t max_batch_tokens) {
 namespace {
 
 // The routed experts' scratch at one pass of `tokens`: the cuBLAS path's layout from 64 pairs per expert
-// on, below it the grouped tiles' gathered rows, activations and outputs (moe_grouped.cu's, whose
-// tile bookkeeping — a few ints per 64 pairs — is left out).
+// on, below it the grouped tiles' layout.
 uint64_t expert_scratch_bytes(const ModelConfig& c, int64_t tokens) {
   const int64_t experts = c.num_experts, inter = c.moe_intermediate_size, hidden = c.hidden_size;
   const int64_t top_k = std::max<int64_t>(c.num_experts_per_tok, 1), pairs = tokens * top_k;
   if (experts <= 0 || inter <= 0) return 0;
   if (pairs >= kCudaBlasMoePairsPerExpert * experts)
     return static_cast<uint64_t>(cuda_moe_blas_layout(experts, inter, tokens, hidden, top_k).total);
-  return static_cast<uint64_t>((2 * experts + 2 * pairs) * 4 + (2 * pairs * hidden + pairs * inter) * 4);
+  return static_cast<uint64_t>(cuda_moe_grouped_layout(experts, inter, tokens, hidden, top_k).total);
 }
 
 }  // namespace

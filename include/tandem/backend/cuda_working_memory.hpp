@@ -52,4 +52,25 @@ inline CudaMoeBlasLayout cuda_moe_blas_layout(int64_t experts, int64_t intermedi
   return l;
 }
 
+// The grouped tiles' scratch (moe_grouped.cu), below the cuBLAS path's pair count: int bookkeeping —
+// per-expert counts and offsets, the pairs' order, the tile count and each tile's expert and first
+// pair, with a tile slot per kCudaMoeGroupedTilePairs pairs plus a partial one per expert — then, 16-byte
+// aligned, the gathered input rows, the activations and the per-pair outputs in float32.
+inline constexpr int64_t kCudaMoeGroupedTilePairs = 8;
+
+struct CudaMoeGroupedLayout {
+  int64_t tile_slots = 0, ints = 0, floats_offset = 0, total = 0;  // offsets and total in bytes
+};
+
+inline CudaMoeGroupedLayout cuda_moe_grouped_layout(int64_t experts, int64_t intermediate, int64_t tokens,
+                                                    int64_t hidden, int64_t top_k) {
+  const int64_t pairs = tokens * top_k;
+  CudaMoeGroupedLayout l;
+  l.tile_slots = pairs / kCudaMoeGroupedTilePairs + experts + 1;
+  l.ints = (2 * experts + 1) + pairs + 1 + 2 * l.tile_slots;
+  l.floats_offset = (l.ints + 4) / 4 * 16;
+  l.total = l.floats_offset + (pairs * hidden + pairs * intermediate + pairs * hidden) * 4;
+  return l;
+}
+
 }  // namespace tandem
