@@ -22,8 +22,8 @@ bool cuda_weight_type_supported(DType type) noexcept {
   }
 }
 
-bool cuda_kv_type_supported(KvType type) noexcept {
-  return type != KvType::int4;
+bool cuda_kv_type_supported(KvType type, bool mla_latent) noexcept {
+  return type != KvType::int4 && !(mla_latent && kv_type_is_quantised(type));
 }
 
 #ifdef TANDEM_WITH_CUDA
