@@ -263,8 +263,9 @@ class CpuEngine final : public Engine {
       if (cuda_kv_type_supported(options_.kv_type) &&
           !cuda_kv_type_supported(options_.kv_type, files_.config.attention == AttentionKind::mla))
         throw Error(ErrorKind::unsupported,
-                    fmt::format("--kv-type {} with MLA attention on {} (layer {}): the CUDA backend's {} latent rows "
-                                "do not match the CPU's yet; use --kv-type f16 or bf16, or attention on the cpu",
+                    fmt::format("--kv-type {} with MLA attention on {} (layer {}): the CUDA backend's attention over "
+                                "an {} latent cache does not match the CPU's yet; use --kv-type f16 or bf16, or "
+                                "attention on the cpu",
                                 kv_type_name(options_.kv_type), device.to_string(), layer,
                                 kv_type_name(options_.kv_type)));
       if (!retention_policy_.is_full())
