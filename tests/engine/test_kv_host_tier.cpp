@@ -99,6 +99,14 @@ struct DevicePool {
   }
   void fill(int32_t block, uint32_t seed) { ::fill(pool, device.get(), block, seed); }
   std::vector<std::byte> bytes(int32_t block) { return bytes_of(pool, device.get(), block); }
+  // Takes free blocks for `tokens`, overwrites them (device layers included) and gives them back:
+  // whatever a later adoption reads must come from a tier, not from bytes left in the pool.
+  void scribble(int64_t tokens, uint32_t seed) {
+    BlockTable t;
+    t.reserve(pool, tokens);
+    for (const int32_t b : t.blocks()) fill(b, seed);
+    t.release(pool);
+  }
 };
 
 struct TempDir {
@@ -233,12 +241,7 @@ TEST_CASE("Prefix cache: a device pool's idle blocks go to the host tier and are
   cache.make_room(4);
   CHECK(cache.cached_blocks() == 0);
   CHECK(cache.host()->stats().blocks == 3);
-  {
-    BlockTable scribble;
-    scribble.reserve(pool, 16);
-    for (const int32_t b : scribble.blocks()) d.fill(b, 7);
-    scribble.release(pool);
-  }
+  d.scribble(16, 7);
   const std::vector<int32_t> adopted = cache.adopt(keys);
   REQUIRE(adopted.size() == 3);
   for (size_t i = 0; i < 3; ++i) CHECK(d.bytes(adopted[i]) == want[i]);
@@ -414,12 +417,7 @@ TEST_CASE("Prefix cache: a device pool without a host tier adopts its freed bloc
     t.release(pool);
   }
   cache.drop_unreferenced();
-  {
-    BlockTable scribble;
-    scribble.reserve(pool, 16);
-    for (const int32_t b : scribble.blocks()) d.fill(b, 8);
-    scribble.release(pool);
-  }
+  d.scribble(16, 8);
   const std::vector<int32_t> adopted = cache.adopt(keys);
   REQUIRE(adopted.size() == 2);
   for (size_t i = 0; i < 2; ++i) CHECK(d.bytes(adopted[i]) == want[i]);
