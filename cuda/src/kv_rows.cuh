@@ -32,6 +32,20 @@ __device__ __forceinline__ void store_u16_bytes(uint8_t* p, uint16_t v) {
 }
 __device__ __forceinline__ float f16_bits_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
 
+// v stored as f16 at p: one 16-bit store where p is 2-byte aligned (the rope tail of every row of an
+// even width), else bytewise from a 32-bit copy of the bits. The H100 lost the low byte of the f16
+// when it was stored bytewise straight from the conversion (every MLA rope key had its low 8 bits
+// zeroed: the kv_append byte test, 2026-12-05), though the PTX is right.
+__device__ __forceinline__ void store_f16(uint8_t* p, float v) {
+  const uint32_t bits = __half_as_ushort(__float2half_rn(v));
+  if ((reinterpret_cast<uintptr_t>(p) & 1) == 0) {
+    *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(bits);
+  } else {
+    p[0] = static_cast<uint8_t>(bits & 0xffu);
+    p[1] = static_cast<uint8_t>(bits >> 8);
+  }
+}
+
 // An E4M3 code's value (0x7f/0xff are NaN; the encoder writes them only for a NaN input).
 __device__ __forceinline__ float e4m3_value(uint8_t code) {
   const int exponent = (code >> 3) & 15, mantissa = code & 7;

@@ -22,9 +22,7 @@ bool cuda_weight_type_supported(DType type) noexcept {
   }
 }
 
-bool cuda_kv_type_supported(KvType type, bool mla_latent) noexcept {
-  return type != KvType::int4 && !(mla_latent && kv_type_is_quantised(type));
-}
+bool cuda_kv_type_supported(KvType type) noexcept { return type != KvType::int4; }
 
 #ifdef TANDEM_WITH_CUDA
 bool cuda_backend_built() noexcept { return true; }

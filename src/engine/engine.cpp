@@ -260,14 +260,6 @@ class CpuEngine final : public Engine {
     for (int64_t layer = 0; layer < files_.config.num_layers; ++layer) {
       const Device device = placement_.device_for(WeightGroup::attention, layer);
       if (device.kind != DeviceKind::cuda) continue;
-      if (cuda_kv_type_supported(options_.kv_type) &&
-          !cuda_kv_type_supported(options_.kv_type, files_.config.attention == AttentionKind::mla))
-        throw Error(ErrorKind::unsupported,
-                    fmt::format("--kv-type {} with MLA attention on {} (layer {}): the CUDA backend's attention over "
-                                "an {} latent cache does not match the CPU's yet; use --kv-type f16 or bf16, or "
-                                "attention on the cpu",
-                                kv_type_name(options_.kv_type), device.to_string(), layer,
-                                kv_type_name(options_.kv_type)));
       if (!retention_policy_.is_full())
         throw Error(ErrorKind::unsupported,
                     fmt::format("--kv-policy {} needs attention on the cpu: the CUDA backend keeps the KV cache in "

@@ -124,13 +124,11 @@ namespace {
 
 // Why the automatic hybrid defaults cannot serve this load ("" = they can): the CPU's attention is
 // needed, a KV or weight type they would put on the GPU has no CUDA kernel, or they do not fit.
-std::string gpu_defaults_blocker(const ModelConfig& config, const Weights& weights, const PlanRequest& request,
+std::string gpu_defaults_blocker(const Weights& weights, const PlanRequest& request,
                                  const PlacementPlan& plan) {
   if (!request.cpu_attention_reason.empty()) return request.cpu_attention_reason;
-  const bool mla = config.attention == AttentionKind::mla;
-  if (!cuda_kv_type_supported(request.kv_type, mla))
-    return fmt::format("--kv-type {} has no CUDA attention kernel {}yet", kv_type_name(request.kv_type),
-                       mla && cuda_kv_type_supported(request.kv_type) ? "for an MLA latent cache " : "");
+  if (!cuda_kv_type_supported(request.kv_type))
+    return fmt::format("--kv-type {} has no CUDA attention kernel yet", kv_type_name(request.kv_type));
   std::string weight_type;
   for_each_weight_tensor(weights, [&](WeightGroup g, int64_t layer, const TensorView& v, TensorRole) {
     if (!weight_type.empty() || v.empty() || g == WeightGroup::norms) return;
@@ -160,7 +158,7 @@ PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, co
   const bool automatic = request.gpu_available && request.gpu_by_default && !asked;
   PlacementPlan plan = plan_with_defaults(files, weights, request, request.gpu_available && (asked || automatic));
   if (!automatic) return plan;
-  std::string blocker = gpu_defaults_blocker(files.config, weights, request, plan);
+  std::string blocker = gpu_defaults_blocker(weights, request, plan);
   if (blocker.empty()) return plan;
   plan = plan_with_defaults(files, weights, request, false);
   plan.gpu_defaults_declined = std::move(blocker);

@@ -262,12 +262,12 @@ TEST_CASE("the automatic hybrid defaults: experts on the CPU, the rest on the GP
     all_on_cpu(p);
     r.kv_type = KvType::bf16;
     CHECK(plan_placement(m.files, m.weights, r).gpu_defaults_declined.empty());
-    // fp8 runs on the GPU for GQA, not yet for an MLA latent cache
+    // fp8 runs on the GPU for GQA and for an MLA latent cache
     r.kv_type = KvType::fp8;
     CHECK(plan_placement(m.files, m.weights, r).gpu_defaults_declined.empty());
     const PlacementPlan mla = plan_placement(deepseek().files, deepseek().weights, r);
-    CHECK_THAT(mla.gpu_defaults_declined, Contains("--kv-type fp8") && Contains("MLA"));
-    CHECK(mla.vram_bytes == 0);
+    CHECK(mla.gpu_defaults_declined.empty());
+    CHECK(mla.vram_bytes > 0);
   }
   SECTION("more than the card holds: 1,024 sessions of 16M tokens") {
     r.max_sessions = 1024;
@@ -357,9 +357,7 @@ TEST_CASE("the weight and KV types the CUDA backend reads, known in every build"
   CHECK(cuda_kv_type_supported(KvType::fp8));
   CHECK(cuda_kv_type_supported(KvType::int8));
   CHECK_FALSE(cuda_kv_type_supported(KvType::int4));
-  CHECK(cuda_kv_type_supported(KvType::bf16, true));  // an MLA latent cache
-  CHECK_FALSE(cuda_kv_type_supported(KvType::fp8, true));
-  CHECK_FALSE(cuda_kv_type_supported(KvType::int8, true));
+  CHECK(cuda_kv_type_supported(KvType::bf16));
 }
 
 TEST_CASE("an engine loads with llama.cpp's spellings; without a GPU everything stays on the CPU", "[engine][plan]") {

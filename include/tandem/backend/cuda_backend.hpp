@@ -34,12 +34,10 @@ uint64_t cuda_device_free_bytes(int device) noexcept;
 
 // What the CUDA backend's kernels read, in every build (so a machine without a GPU plans the same):
 // the stored weight types of its linears, experts and embedding tables, and the KV cache types of
-// its attention. A test holds the weight list to the kernels' own dispatch. An MLA model's latent
-// cache (`mla_latent`) takes f32, f16 and bf16 on the GPU: the device's MLA attention over fp8/int8
-// latent rows differs from the CPU's (test_cuda, found on the H200), so the engine refuses them until
-// that is fixed.
+// its attention (GQA rows and MLA latent rows alike). A test holds the weight list to the kernels' own
+// dispatch.
 bool cuda_weight_type_supported(DType type) noexcept;
-bool cuda_kv_type_supported(KvType type, bool mla_latent = false) noexcept;
+bool cuda_kv_type_supported(KvType type) noexcept;
 
 // A backend on GPU `device`. Throws Error(unsupported) when the build has no CUDA backend,
 // Error(invalid_argument) naming the devices present when `device` is not one of them.
