@@ -8,6 +8,7 @@
 # Decode kernels under Nsight Compute: STEPS="build ncu" (one eager decode step of the 8-layer file on
 # cuda:0, each kernel's time and DRAM bytes, summarised by scripts/ncu-decode-step.py; a private rates
 # cache, since the bandwidth probes run under ncu too and would poison the one bench and plan read).
+# NCU_FLAGS="--cache-control none" keeps the caches warm between kernels (closer to a replayed step).
 # Hybrid prefill streaming (opt-in): STEPS="build bench48stream" (48-layer file, pp4096 in one
 # --ubatch 4096 pass, experts streamed from their pinned mirrors; STREAM_MIN, UBATCH, PROMPT).
 set -uo pipefail
@@ -37,7 +38,7 @@ for s in ${STEPS:-build cuda amx cli bench}; do
                for p in \${PROFILE_PLACEMENTS:-'*=cuda:0' 'experts=cpu,*=cuda:0'}; do echo \"-- \$p\"; \
                TANDEM_PROFILE_OPS=1 $build/bin/tandem run -m \$m -p 'hello world' -n 32 --temp 0 --ignore-eos --placement \"\$p\" --stats 2>&1 >/dev/null | head -30; done" ;;
     ncu) step ncu 150 bash -c "m=/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf; [ -s \$m ] || $build/bin/tandem synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o \$m >/dev/null; \
-               XDG_CACHE_HOME=$out/ncu-cache TANDEM_CUDA_GRAPHS=0 \$(command -v ncu || echo /usr/local/cuda/bin/ncu) --clock-control none \
+               XDG_CACHE_HOME=$out/ncu-cache TANDEM_CUDA_GRAPHS=0 \$(command -v ncu || echo /usr/local/cuda/bin/ncu) --clock-control none \${NCU_FLAGS:-} \
                --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --log-file $out/decode-ncu.csv \
                $build/bin/tandem bench model -m \$m -p 4 -n 3 -r 1 --spread-tokens 0 --placement '*=cuda:0' >/dev/null 2>&1; \
                python3 scripts/ncu-decode-step.py $out/decode-ncu.csv" ;;

@@ -190,6 +190,16 @@ class CudaBackend final : public Backend {
                     batch.table_stride, rows, row_stride, kv.row_width());
   }
 
+  void kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows, const float* v_rows,
+                      int64_t row_stride) override {
+    stream_.make_current();
+    if (batch.tokens <= 0) return;
+    check_batch(kv, batch);
+    if (kv.planes() != 2) throw Error(ErrorKind::internal, "CUDA kv_append_pair: the pool has one plane");
+    cuda::kv_append_pair(stream_, planes(layer), paged(kv, layer), batch.tokens, batch.positions, batch.block_tables,
+                         batch.table_stride, k_rows, v_rows, row_stride, kv.row_width());
+  }
+
   // ---- ops ----
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
     stream_.make_current();
@@ -203,6 +213,20 @@ class CudaBackend final : public Backend {
     if (rows <= 0) return;
     if (blas_linear(w, x, rows, y)) return;
     cuda::linear(stream_, weight(w), x, rows, y, math_for(w.weight.dtype));
+  }
+
+  void linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x, int64_t rows) override {
+    constexpr int kMaxAtOnce = 8;
+    if (rows >= kBlasMinRows || count > kMaxAtOnce) return Backend::linears(ws, ys, count, x, rows);
+    stream_.make_current();
+    if (rows <= 0) return;
+    cuda::DeviceWeight device[kMaxAtOnce];
+    cuda::TensorCoreMath maths[kMaxAtOnce];
+    for (int i = 0; i < count; ++i) {
+      device[i] = weight(*ws[i]);
+      maths[i] = math_for(ws[i]->weight.dtype);
+    }
+    cuda::linears(stream_, device, ys, count, x, rows, maths);
   }
 
   // Prefill batches of kBlasMinRows+ tokens with bf16 math multiply through cuBLAS when it loads

@@ -31,8 +31,10 @@ __device__ __forceinline__ __nv_bfloat16 encode<__nv_bfloat16>(float v) {
 template <typename T>
 __global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t block_stride, int64_t row_bytes,
                                  int64_t plane, const int64_t* slots, const int32_t* block_tables,
-                                 int64_t table_stride, const float* rows, int64_t row_stride, int64_t row_width) {
+                                 int64_t table_stride, const float* rows, const float* next_plane_rows,
+                                 int64_t row_stride, int64_t row_width) {
   const int64_t t = blockIdx.x;
+  if (blockIdx.y == 1) plane += 1, rows = next_plane_rows;
   const int64_t slot = slots[t];
   const int32_t block = block_tables[t * table_stride + slot / block_tokens];
   T* dst = reinterpret_cast<T*>(layer_base + block * block_stride +
@@ -47,8 +49,10 @@ template <KvType K>
 __global__ void kv_append_quantised_kernel(char* layer_base, int64_t block_tokens, int64_t block_stride,
                                            int64_t row_bytes, int64_t plane, const int64_t* slots,
                                            const int32_t* block_tables, int64_t table_stride, const float* rows,
-                                           int64_t row_stride, int64_t row_width, int64_t rope_values) {
+                                           const float* next_plane_rows, int64_t row_stride, int64_t row_width,
+                                           int64_t rope_values) {
   const int64_t t = blockIdx.x;
+  if (blockIdx.y == 1) plane += 1, rows = next_plane_rows;
   const int64_t slot = slots[t];
   const int32_t block = block_tables[t * table_stride + slot / block_tokens];
   auto* dst = reinterpret_cast<uint8_t*>(layer_base + block * block_stride +
@@ -68,7 +72,7 @@ __global__ void kv_append_quantised_kernel(char* layer_base, int64_t block_token
   }
   uint8_t* tail = dst + detail::quantised_row_bytes(width);
   for (int64_t i = threadIdx.x; i < rope_values; i += blockDim.x)
-    detail::store_u16_bytes(tail + 2 * i, __half_as_ushort(__float2half_rn(src[width + i])));
+    detail::store_f16(tail + 2 * i, src[width + i]);
 }
 
 // Indices of the k largest values, ties to the lower index (as a stable partial sort).
@@ -227,49 +231,57 @@ __global__ void gather_rows_kernel(const float* src, int64_t src_stride, const i
 
 }  // namespace
 
-void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t tokens,
-               const int64_t* slots, const int32_t* block_tables, int64_t table_stride, const float* rows,
-               int64_t row_stride, int64_t row_width) {
+namespace {
+
+// kv_append of `planes` (1 or 2) consecutive planes from `plane`, the second's rows at next_plane_rows:
+// one launch, blockIdx.y the plane.
+void launch_kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t planes,
+                      int64_t tokens, const int64_t* slots, const int32_t* block_tables, int64_t table_stride,
+                      const float* rows, const float* next_plane_rows, int64_t row_stride, int64_t row_width) {
   if (tokens <= 0) return;
   if (layer_base == nullptr || slots == nullptr || block_tables == nullptr || table_stride <= 0)
     throw Error(ErrorKind::internal, "CUDA kv_append: missing KV planes, slots or block tables");
   if (kv.rope_values < 0 || kv.rope_values >= row_width)
     throw Error(ErrorKind::internal, text("CUDA kv_append: ", kv.rope_values, " f16 values at the end of a row of ",
                                           row_width));
-  const unsigned grid = detail::grid_dim(tokens, "kv_append");
+  const dim3 grid(detail::grid_dim(tokens, "kv_append"), static_cast<unsigned>(planes));
   auto* base = static_cast<char*>(layer_base);
   cudaStream_t s = detail::native(stream);
+  const auto plain = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane, slots, block_tables,
+                                     table_stride, rows, next_plane_rows, row_stride, row_width);
+  };
+  const auto quantised = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane, slots, block_tables,
+                                     table_stride, rows, next_plane_rows, row_stride, row_width, kv.rope_values);
+  };
   switch (kv.type) {
-    case KvType::f32:
-      kv_append_kernel<float><<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane,
-                                                        slots, block_tables, table_stride, rows, row_stride,
-                                                        row_width);
-      break;
-    case KvType::f16:
-      kv_append_kernel<__half><<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane,
-                                                         slots, block_tables, table_stride, rows, row_stride,
-                                                         row_width);
-      break;
-    case KvType::bf16:
-      kv_append_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(base, kv.block_tokens, kv.block_stride, kv.row_bytes,
-                                                                plane, slots, block_tables, table_stride, rows,
-                                                                row_stride, row_width);
-      break;
-    case KvType::fp8:
-      kv_append_quantised_kernel<KvType::fp8><<<grid, kThreads, 0, s>>>(
-          base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane, slots, block_tables, table_stride, rows,
-          row_stride, row_width, kv.rope_values);
-      break;
-    case KvType::int8:
-      kv_append_quantised_kernel<KvType::int8><<<grid, kThreads, 0, s>>>(
-          base, kv.block_tokens, kv.block_stride, kv.row_bytes, plane, slots, block_tables, table_stride, rows,
-          row_stride, row_width, kv.rope_values);
-      break;
+    case KvType::f32: plain(kv_append_kernel<float>); break;
+    case KvType::f16: plain(kv_append_kernel<__half>); break;
+    case KvType::bf16: plain(kv_append_kernel<__nv_bfloat16>); break;
+    case KvType::fp8: quantised(kv_append_quantised_kernel<KvType::fp8>); break;
+    case KvType::int8: quantised(kv_append_quantised_kernel<KvType::int8>); break;
     default:
       throw Error(ErrorKind::unsupported, "CUDA kv_append: the KV type has no device kernel (use --kv-type f16, "
                                           "bf16, f32, fp8 or int8)");
   }
   detail::check_launch("kv_append");
+}
+
+}  // namespace
+
+void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t tokens,
+               const int64_t* slots, const int32_t* block_tables, int64_t table_stride, const float* rows,
+               int64_t row_stride, int64_t row_width) {
+  launch_kv_append(stream, layer_base, kv, plane, 1, tokens, slots, block_tables, table_stride, rows, nullptr,
+                   row_stride, row_width);
+}
+
+void kv_append_pair(Stream& stream, void* layer_base, const PagedKv& kv, int64_t tokens, const int64_t* slots,
+                    const int32_t* block_tables, int64_t table_stride, const float* k_rows, const float* v_rows,
+                    int64_t row_stride, int64_t row_width) {
+  launch_kv_append(stream, layer_base, kv, 0, 2, tokens, slots, block_tables, table_stride, k_rows, v_rows,
+                   row_stride, row_width);
 }
 
 void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, int64_t tokens,

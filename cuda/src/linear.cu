@@ -84,6 +84,17 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
   }
 }
 
+// Up to kMaxLaneGroup matrices of one type and width read by one launch (the lane kernel's rows are
+// theirs in turn: row o of the launch is row o - end[m - 1] of matrix m), e.g. a layer's q, k and v.
+constexpr int kMaxLaneGroup = 4;
+struct LaneGroup {
+  const uint8_t* weight[kMaxLaneGroup] = {};
+  const float* bias[kMaxLaneGroup] = {};
+  float* y[kMaxLaneGroup] = {};
+  int64_t end[kMaxLaneGroup] = {};  // rows of matrices 0..m together
+  int count = 0;
+};
+
 // Rows read a 256-value block at a time by the whole warp (lane_blocks.cuh: Q4_K/Q6_K, and plain
 // f32/f16/bf16 rows), Batch blocks' loads in flight per warp. A row's blocks are shared among
 // `splits` warps of the block (1, 2, 4 or 8; blocks part, part + splits, …), whose sums meet in
@@ -92,17 +103,21 @@ __global__ void linear_kernel(const uint8_t* weight, int64_t row_bytes, int64_t 
 // the decode token's kernel (no per-row guards); Tile kTile takes up to kTile tokens.
 template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
-    linear_lanes_kernel(const uint8_t* weight, int64_t row_bytes, int64_t out_features, int64_t in_features,
-                        const float* bias, const float* x, int64_t rows, int splits, float* y) {
+    linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
+                        int splits) {
   constexpr int kBatch = Tile == 1 ? 8 : 4;
   __shared__ float partial[kLaneWarps][Tile];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
+  int m = 0;
+  while (m + 1 < group.count && row >= group.end[m]) ++m;
+  const int64_t first = m == 0 ? 0 : group.end[m - 1];
+  const int64_t o = row - first, out_features = group.end[m] - first;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * Tile;
   const int nrows = static_cast<int>(rows - r0 < Tile ? rows - r0 : Tile);
   float acc[Tile] = {};
   if (o < out_features)
-    detail::lane_row_dot<L, Tile, kBatch>(weight + o * row_bytes, part, in_features / 256, splits, lane,
+    detail::lane_row_dot<L, Tile, kBatch>(group.weight[m] + o * row_bytes, part, in_features / 256, splits, lane,
                                           x + r0 * in_features, in_features, nrows, acc);
 #pragma unroll
   for (int r = 0; r < Tile; ++r) acc[r] = detail::warp_sum(acc[r]);
@@ -120,9 +135,10 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
     }
   }
   if (o >= out_features) return;
+  const float* bias = group.bias[m];
 #pragma unroll
   for (int r = 0; r < Tile; ++r)
-    if (lane == 0 && r < nrows) y[(r0 + r) * out_features + o] = acc[r] + (bias != nullptr ? bias[o] : 0.f);
+    if (lane == 0 && r < nrows) group.y[m][(r0 + r) * out_features + o] = acc[r] + (bias != nullptr ? bias[o] : 0.f);
 }
 
 // Warps per row for the lane kernel: enough that the launch has ~kTargetWarps warps, at most one per
@@ -182,6 +198,53 @@ int64_t checked_row_bytes(DType type, int64_t in_features, const char* what) {
 
 int64_t scale_columns(const DeviceWeight& w) { return (w.in_features + kFp8Block - 1) / kFp8Block; }
 
+// The lane kernel takes Q4_K/Q6_K rows and plain f32/f16/bf16 rows of whole 256-value blocks, without
+// FP8 block scales, from aligned addresses.
+bool lane_kernel_takes(const DeviceWeight& w, const float* x) {
+  const bool x_aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const auto base = reinterpret_cast<uintptr_t>(w.data);
+  const bool quantised_lanes = (w.type == DType::q4_k && base % 4 == 0) || (w.type == DType::q6_k && base % 2 == 0);
+  const bool plain_lanes = (w.type == DType::f32 || w.type == DType::f16 || w.type == DType::bf16) &&
+                           w.in_features % 256 == 0 && base % 16 == 0;
+  return (quantised_lanes || plain_lanes) && w.block_scales == nullptr && x_aligned;
+}
+
+void add_to_group(LaneGroup& group, const DeviceWeight& w, float* y) {
+  const int m = group.count++;
+  group.weight[m] = static_cast<const uint8_t*>(w.data);
+  group.bias[m] = w.bias;
+  group.y[m] = y;
+  group.end[m] = (m == 0 ? 0 : group.end[m - 1]) + w.out_features;
+}
+
+void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t row_bytes, int64_t in_features,
+                  const float* x, int64_t rows) {
+  const int tile = rows == 1 ? 1 : kTile;
+  const int64_t token_tiles = (rows + tile - 1) / tile;
+  const int64_t out_features = group.end[group.count - 1];
+  const auto launch = [&](auto kernel, int64_t unit_blocks) {
+    const int64_t units = (in_features / 256 + unit_blocks - 1) / unit_blocks;
+    const int splits = lane_splits(out_features, units, token_tiles);
+    const int64_t rows_per_block = kLaneWarps / splits;
+    const dim3 grid(detail::grid_dim((out_features + rows_per_block - 1) / rows_per_block, "linear"),
+                    detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
+    kernel<<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(group, row_bytes, in_features, x, rows, splits);
+  };
+  dispatch_weight_type(type, [&](auto decoder) {
+    using D = decltype(decoder);
+    if constexpr (detail::LaneBlocks<D>::available) {
+      using L = detail::LaneBlocks<D>;
+      if (tile == 1) launch(linear_lanes_kernel<L, 1>, L::kUnitBlocks);
+      else launch(linear_lanes_kernel<L, kTile>, L::kUnitBlocks);
+    } else if constexpr (detail::PlainLaneBlocks<D>::available) {
+      using L = detail::PlainDot<detail::PlainLaneBlocks<D>>;
+      if (tile == 1) launch(linear_lanes_kernel<L, 1>, L::kUnitBlocks);
+      else launch(linear_lanes_kernel<L, kTile>, L::kUnitBlocks);
+    }
+  });
+  detail::check_launch("linear (lanes)");
+}
+
 }  // namespace
 
 bool weight_type_supported(DType t) noexcept {
@@ -193,37 +256,10 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
   if (detail::tensor_core_linear_supported(w, x, rows))
     return detail::tensor_core_linear(stream, w, rb, x, rows, y, math);
-  const bool x_aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  const auto base = reinterpret_cast<uintptr_t>(w.data);
-  const bool quantised_lanes = (w.type == DType::q4_k && base % 4 == 0) || (w.type == DType::q6_k && base % 2 == 0);
-  const bool plain_lanes = (w.type == DType::f32 || w.type == DType::f16 || w.type == DType::bf16) &&
-                           w.in_features % 256 == 0 && base % 16 == 0;
-  if ((quantised_lanes || plain_lanes) && w.block_scales == nullptr && x_aligned) {
-    const int tile = rows == 1 ? 1 : kTile;
-    const int64_t token_tiles = (rows + tile - 1) / tile;
-    const auto launch = [&](auto kernel, int64_t unit_blocks) {
-      const int64_t units = (w.in_features / 256 + unit_blocks - 1) / unit_blocks;
-      const int splits = lane_splits(w.out_features, units, token_tiles);
-      const int64_t rows_per_block = kLaneWarps / splits;
-      const dim3 grid(detail::grid_dim((w.out_features + rows_per_block - 1) / rows_per_block, "linear"),
-                      detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
-      kernel<<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(static_cast<const uint8_t*>(w.data), rb,
-                                                                   w.out_features, w.in_features, w.bias, x, rows,
-                                                                   splits, y);
-    };
-    dispatch_weight_type(w.type, [&](auto decoder) {
-      using D = decltype(decoder);
-      if constexpr (detail::LaneBlocks<D>::available) {
-        using L = detail::LaneBlocks<D>;
-        if (tile == 1) launch(linear_lanes_kernel<L, 1>, L::kUnitBlocks);
-        else launch(linear_lanes_kernel<L, kTile>, L::kUnitBlocks);
-      } else if constexpr (detail::PlainLaneBlocks<D>::available) {
-        using L = detail::PlainDot<detail::PlainLaneBlocks<D>>;
-        if (tile == 1) launch(linear_lanes_kernel<L, 1>, L::kUnitBlocks);
-        else launch(linear_lanes_kernel<L, kTile>, L::kUnitBlocks);
-      }
-    });
-    detail::check_launch("linear (lanes)");
+  if (lane_kernel_takes(w, x)) {
+    LaneGroup group;
+    add_to_group(group, w, y);
+    launch_lanes(stream, group, w.type, rb, w.in_features, x, rows);
     return;
   }
   // As many tokens per block as fit the shared-memory budget (a decode token up to ~11.9k inputs);
@@ -248,6 +284,34 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
           w.bias, x, rows, token_tile, y);
   });
   detail::check_launch("linear");
+}
+
+void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const float* x, int64_t rows,
+             const TensorCoreMath* maths) {
+  // Consecutive matrices the lane kernel takes, of one type and width, share a launch; the others
+  // (and batches for the tensor cores) go one by one.
+  for (int i = 0; i < count;) {
+    const DeviceWeight& w = ws[i];
+    if (rows <= 0 || w.out_features <= 0 || detail::tensor_core_linear_supported(w, x, rows) ||
+        !lane_kernel_takes(w, x)) {
+      linear(stream, w, x, rows, ys[i], maths[i]);
+      ++i;
+      continue;
+    }
+    const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
+    LaneGroup group;
+    add_to_group(group, w, ys[i]);
+    int j = i + 1;
+    for (; j < count && group.count < kMaxLaneGroup; ++j) {
+      const DeviceWeight& o = ws[j];
+      if (o.type != w.type || o.in_features != w.in_features || o.out_features <= 0 ||
+          detail::tensor_core_linear_supported(o, x, rows) || !lane_kernel_takes(o, x))
+        break;
+      add_to_group(group, o, ys[j]);
+    }
+    launch_lanes(stream, group, w.type, rb, w.in_features, x, rows);
+    i = j;
+  }
 }
 
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,

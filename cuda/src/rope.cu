@@ -31,41 +31,51 @@ __global__ void rope_kernel(float* data, int64_t row_stride, int64_t heads, int6
   }
 }
 
-constexpr int kHeadThreads = 64;
+constexpr int kHeadWarps = 8;  // heads per block, a warp each
 constexpr int64_t kMaxFusedHeadDim = 1024;
 
-// Block (token, head): the head's values normalised into shared memory (the sum of squares in double,
-// as rms_norm), then each rotary pair rotated as rope_kernel does, the rest copied back.
-__global__ void head_norm_rope_kernel(float* data, int64_t heads, int64_t head_dim, const float* norm_weight,
-                                      double eps, const int64_t* positions, const double* inv_freq, int64_t half,
-                                      bool neox, double attention_factor) {
-  __shared__ float values[kMaxFusedHeadDim];
-  __shared__ double partial[32];
+// Block (token, kHeadWarps heads): the token's cos/sin computed once into shared memory (as
+// rope_kernel: the angle in double, scaled, rounded to float), then warp w normalises head w's values
+// (the sum of squares in double, as rms_norm) and rotates each pair; the rest are copied back. The
+// trigonometry of a decode token's 32 query heads is done 4 times instead of 32.
+__global__ void __launch_bounds__(kHeadWarps * 32)
+    head_norm_rope_kernel(float* data, int64_t heads, int64_t head_dim, const float* norm_weight, double eps,
+                          const int64_t* positions, const double* inv_freq, int64_t half, bool neox,
+                          double attention_factor) {
+  __shared__ float values[kHeadWarps][kMaxFusedHeadDim];
+  __shared__ float cos_of[kMaxFusedHeadDim / 2], sin_of[kMaxFusedHeadDim / 2];
   const int64_t t = blockIdx.x;
-  float* v = data + (t * heads + blockIdx.y) * head_dim;
-  double sum = 0;
-  for (int64_t i = threadIdx.x; i < head_dim; i += kHeadThreads) {
-    values[i] = v[i];
-    if (norm_weight != nullptr) sum += static_cast<double>(values[i]) * values[i];
-  }
-  if (norm_weight != nullptr) {
-    sum = detail::block_sum(sum, partial);
-    const float inv = static_cast<float>(1.0 / sqrt(sum / static_cast<double>(head_dim) + eps));
-    for (int64_t i = threadIdx.x; i < head_dim; i += kHeadThreads)
-      values[i] = __fmul_rn(__fmul_rn(values[i], inv), norm_weight[i]);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const double pos = static_cast<double>(positions[t]);
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const double angle = inv_freq[i] * pos;
+    cos_of[i] = static_cast<float>(cos(angle) * attention_factor);
+    sin_of[i] = static_cast<float>(sin(angle) * attention_factor);
   }
   __syncthreads();
-  const double pos = static_cast<double>(positions[t]);
-  for (int64_t i = threadIdx.x; i < half; i += kHeadThreads) {
-    const double angle = inv_freq[i] * pos;
-    const float c = static_cast<float>(cos(angle) * attention_factor);
-    const float s = static_cast<float>(sin(angle) * attention_factor);
+  const int64_t h = static_cast<int64_t>(blockIdx.y) * kHeadWarps + warp;
+  if (h >= heads) return;
+  float* v = data + (t * heads + h) * head_dim;
+  float* own = values[warp];
+  double sum = 0;
+  for (int64_t i = lane; i < head_dim; i += 32) {
+    own[i] = v[i];
+    if (norm_weight != nullptr) sum += static_cast<double>(own[i]) * own[i];
+  }
+  if (norm_weight != nullptr) {
+    sum = detail::warp_sum(sum);
+    const float inv = static_cast<float>(1.0 / sqrt(sum / static_cast<double>(head_dim) + eps));
+    for (int64_t i = lane; i < head_dim; i += 32) own[i] = __fmul_rn(__fmul_rn(own[i], inv), norm_weight[i]);
+  }
+  __syncwarp();
+  for (int64_t i = lane; i < half; i += 32) {
+    const float c = cos_of[i], s = sin_of[i];
     const int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-    const float x0 = values[a], x1 = values[b];
+    const float x0 = own[a], x1 = own[b];
     v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
     v[b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
   }
-  for (int64_t i = 2 * half + threadIdx.x; i < head_dim; i += kHeadThreads) v[i] = values[i];
+  for (int64_t i = 2 * half + lane; i < head_dim; i += 32) v[i] = own[i];
 }
 
 }  // namespace
@@ -83,8 +93,9 @@ void head_norm_rope(Stream& stream, float* data, int64_t rows, int64_t heads, in
          attention_factor);
     return;
   }
-  const dim3 grid(detail::grid_dim(rows, "head_norm_rope"), detail::grid_dim(heads, "head_norm_rope (heads)", 65535));
-  head_norm_rope_kernel<<<grid, kHeadThreads, 0, detail::native(stream)>>>(
+  const dim3 grid(detail::grid_dim(rows, "head_norm_rope"),
+                  detail::grid_dim((heads + kHeadWarps - 1) / kHeadWarps, "head_norm_rope (heads)", 65535));
+  head_norm_rope_kernel<<<grid, kHeadWarps * 32, 0, detail::native(stream)>>>(
       data, heads, head_dim, norm_weight, eps, positions, inv_freq, rotary_dim < 2 ? 0 : rotary_dim / 2, neox,
       attention_factor);
   detail::check_launch("head_norm_rope");

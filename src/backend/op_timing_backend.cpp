@@ -50,12 +50,20 @@ void OpTimingBackend::kv_append(KvPool& kv, int64_t layer, int64_t plane, const 
                                 const float* rows, int64_t row_stride) {
   timed("kv_append", batch.tokens, [&] { inner_.kv_append(kv, layer, plane, batch, rows, row_stride); });
 }
+void OpTimingBackend::kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows,
+                                     const float* v_rows, int64_t row_stride) {
+  timed("kv_append_pair", batch.tokens, [&] { inner_.kv_append_pair(kv, layer, batch, k_rows, v_rows, row_stride); });
+}
 void OpTimingBackend::embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) {
   timed("embedding", count, [&] { inner_.embedding(table, ids, count, out); });
 }
 void OpTimingBackend::linear(const LinearWeight& w, const float* x, int64_t rows, float* y) {
   // A vocabulary-wide matrix (the output projection) apart from the layers' linears.
   timed(w.out_features() > kOutputRows ? "linear (output)" : "linear", rows, [&] { inner_.linear(w, x, rows, y); });
+}
+void OpTimingBackend::linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x,
+                              int64_t rows) {
+  timed("linears", rows, [&] { inner_.linears(ws, ys, count, x, rows); });
 }
 void OpTimingBackend::add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows,
                                    int64_t dim, double eps, float* out) {

@@ -314,14 +314,13 @@ struct ForwardPass::Impl {
     Backend& b = on(WeightGroup::attention, layer);
     Mirror& m = send(b, kNormed, T);
     float *q = m.f(kQ), *k = m.f(kK), *v = m.f(kV);
-    b.linear(L.q, m.f(kNormed), T, q);
-    b.linear(L.k, m.f(kNormed), T, k);
-    b.linear(L.v, m.f(kNormed), T, v);
+    const LinearWeight* qkv[] = {&L.q, &L.k, &L.v};
+    float* const outs[] = {q, k, v};
+    b.linears(qkv, outs, 3, m.f(kNormed), T);
     b.head_norm_rope(rope, q, T, nh, hd, V.q_norm, cfg.rms_norm_eps, m.i64(kPositions));
     b.head_norm_rope(rope, k, T, nkv, hd, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions));
     const AttentionBatch batch = attention_batch(m, T);
-    b.kv_append(kv, layer, 0, batch, k, kv_width);
-    b.kv_append(kv, layer, 1, batch, v, kv_width);
+    b.kv_append_pair(kv, layer, batch, k, v, kv_width);
     b.gqa_attention(kv, layer, batch, q, nh, nkv, hd, softmax_scale, m.f(kHeadsOut));
     b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
     back(m, kBlockOut, T);
@@ -334,14 +333,15 @@ struct ForwardPass::Impl {
     Backend& b = on(WeightGroup::attention, layer);
     Mirror& m = send(b, kNormed, T);
     float *q = m.f(kQ), *kv_a = m.f(kKva);
-    if (!L.q_a.empty()) {
-      b.linear(L.q_a, m.f(kNormed), T, m.f(kQa));
+    // The query's first projection and the latent's read the same rows: one call.
+    const bool q_lora = !L.q_a.empty();
+    const LinearWeight* first[] = {q_lora ? &L.q_a : &L.q, &L.kv_a};
+    float* const first_out[] = {q_lora ? m.f(kQa) : q, kv_a};
+    b.linears(first, first_out, 2, m.f(kNormed), T);
+    if (q_lora) {
       b.rms_norm(m.f(kQa), V.q_a_norm, T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps, m.f(kQa));
       b.linear(L.q_b, m.f(kQa), T, q);
-    } else {
-      b.linear(L.q, m.f(kNormed), T, q);
     }
-    b.linear(L.kv_a, m.f(kNormed), T, kv_a);
     b.rms_norm(kv_a, V.kv_a_norm, T, mla.kv_lora, kv_width, cfg.rms_norm_eps, kv_a);
     b.rope(rope, kv_a + mla.kv_lora, T, kv_width, 1, mla.rope, m.i64(kPositions));
     b.rope(rope, q + mla.nope, T, nh * q_head, nh, q_head, m.i64(kPositions));

@@ -156,6 +156,62 @@ TEST_CASE("cuda linear equals the CPU reference for every stored type", "[cuda]"
   }
 }
 
+TEST_CASE("cuda linears (several matrices of one input, one launch where they agree) equal the CPU's calls",
+          "[cuda]") {
+  if (!have_gpu()) return;
+  Backends b;
+  // A layer's q, k and v (4096/512/512 rows of 2048), a group whose middle matrix has another type
+  // (the Q4_K_M mix's Q6_K attn_v: three launches), bf16 rows with a bias, and row counts of one
+  // decode token, a few tokens and a prompt for the tensor cores.
+  struct Group {
+    std::vector<DType> types;
+    std::vector<int64_t> outs;
+    int64_t in;
+  };
+  const Group groups[] = {{{DType::q4_k, DType::q4_k, DType::q4_k}, {4096, 512, 512}, 2048},
+                          {{DType::q4_k, DType::q6_k, DType::q4_k}, {256, 96, 130}, 1024},
+                          {{DType::bf16, DType::bf16}, {300, 7}, 512},
+                          {{DType::q8_0, DType::q8_0}, {64, 40}, 512}};
+  uint32_t seed = 700;
+  for (const Group& g : groups) {
+    std::vector<test::OwnedWeight> ws;
+    for (size_t i = 0; i < g.types.size(); ++i)
+      ws.push_back(random_weight(g.types[i], g.outs[i], g.in, ++seed, /*with_bias=*/g.types[i] == DType::bf16));
+    std::vector<const LinearWeight*> pointers;
+    for (const auto& w : ws) pointers.push_back(&w.w);
+    b.gpu = make_cuda_backend(0);
+    for (int64_t rows : {1, 3, 40}) {
+      const auto x = random_floats(static_cast<size_t>(rows * g.in), ++seed);
+      auto run = [&](Backend& be, bool together) {
+        DeviceBuffer dx = put(be, x);
+        std::vector<DeviceBuffer> dys;
+        std::vector<float*> ys;
+        for (int64_t out : g.outs) {
+          dys.push_back(be.allocate(static_cast<size_t>(rows * out) * sizeof(float)));
+          ys.push_back(dys.back().as<float>());
+        }
+        if (together)
+          be.linears(pointers.data(), ys.data(), static_cast<int>(ys.size()), dx.as<float>(), rows);
+        else
+          for (size_t i = 0; i < ys.size(); ++i) be.linear(*pointers[i], dx.as<float>(), rows, ys[i]);
+        std::vector<float> all;
+        for (size_t i = 0; i < ys.size(); ++i) {
+          const auto y = get(be, dys[i], static_cast<size_t>(rows * g.outs[i]));
+          all.insert(all.end(), y.begin(), y.end());
+        }
+        return all;
+      };
+      INFO(type_name(g.types[0]) << " group of " << g.types.size() << ", rows " << rows);
+      const auto reference = run(*b.cpu, false);
+      const auto one_by_one = run(*b.gpu, false);
+      const auto together = run(*b.gpu, true);
+      // The same dot products; only a matrix's warps per row may differ in a shared launch.
+      CHECK(relative_error(together, one_by_one) < 2e-6);
+      CHECK(relative_error(together, reference) < (rows >= 32 ? 1e-2 : 2e-5));
+    }
+  }
+}
+
 TEST_CASE("cuda embedding equals the CPU lookup for every stored type", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;

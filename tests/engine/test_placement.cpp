@@ -290,6 +290,10 @@ class RecordingBackend final : public ForwardingBackend {
     ++calls["linear"];
     inner_.linear(w, x, rows, y);
   }
+  void linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x, int64_t rows) override {
+    calls["linear"] += count;  // one call, `count` matrices
+    inner_.linears(ws, ys, count, x, rows);
+  }
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override {
     ++calls["rms_norm"];
@@ -310,6 +314,11 @@ class RecordingBackend final : public ForwardingBackend {
                  int64_t row_stride) override {
     ++calls["kv_append"];
     inner_.kv_append(kv, layer, plane, batch, rows, row_stride);
+  }
+  void kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows, const float* v_rows,
+                      int64_t row_stride) override {
+    calls["kv_append"] += 2;  // one call, two planes
+    inner_.kv_append_pair(kv, layer, batch, k_rows, v_rows, row_stride);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k,
@@ -405,10 +414,12 @@ TEST_CASE("op timing: a timed backend gives the same logits and counts every cal
         if (name == op || name.rfind(op + " (", 0) == 0) n += entry.calls;
       return n;
     };
-    CHECK(calls("linear") == counted.calls["linear"]);  // "linear (output) ..." included
+    // "linear (output) ..." included; a layer's q, k, v (MLA: its two first projections) in one linears call
+    const int64_t per_linears = files.config.attention == AttentionKind::mla ? 2 : 3;
+    CHECK(calls("linear") + per_linears * calls("linears") == counted.calls["linear"]);
     CHECK(calls("moe_routed_experts") == counted.calls["moe_routed_experts"]);
     CHECK(calls("router_topk") == counted.calls["router_topk"]);
-    CHECK(calls("kv_append") == counted.calls["kv_append"]);
+    CHECK(calls("kv_append") + 2 * calls("kv_append_pair") == counted.calls["kv_append"]);  // a pair: two planes
     CHECK(calls("add") == counted.calls["add"]);
     CHECK(calls(files.config.attention == AttentionKind::mla ? "mla_attention" : "gqa_attention") ==
           counted.calls["attention"]);

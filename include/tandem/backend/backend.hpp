@@ -96,6 +96,11 @@ class Backend {
   // ---- ops ----
   virtual void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) = 0;
   virtual void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) = 0;
+  // ys[i] = x · ws[i]ᵀ for `count` matrices of one input (a layer's q, k and v): a GPU may read
+  // several in one launch; the default is a call each.
+  virtual void linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x, int64_t rows) {
+    for (int i = 0; i < count; ++i) linear(*ws[i], x, rows, ys[i]);
+  }
   virtual void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
                         double eps, float* out) = 0;
   // Rotates `heads` vectors of each row in place (vector h of row t at data + t·row_stride +
@@ -111,6 +116,12 @@ class Backend {
                             double eps, float* out) {
     add(hidden, delta, rows * dim, hidden);
     rms_norm(hidden, weight, rows, dim, dim, eps, out);
+  }
+  // kv_append of K rows into plane 0 and V rows into plane 1 (a GQA layer's two planes).
+  virtual void kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows,
+                              const float* v_rows, int64_t row_stride) {
+    kv_append(kv, layer, 0, batch, k_rows, row_stride);
+    kv_append(kv, layer, 1, batch, v_rows, row_stride);
   }
   virtual void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
                               const float* norm_weight, double eps, const int64_t* positions) {

@@ -33,6 +33,13 @@ class ForwardingBackend : public Backend {
                  int64_t row_stride) override {
     inner_.kv_append(kv, layer, plane, batch, rows, row_stride);
   }
+  void linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x, int64_t rows) override {
+    inner_.linears(ws, ys, count, x, rows);
+  }
+  void kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows, const float* v_rows,
+                      int64_t row_stride) override {
+    inner_.kv_append_pair(kv, layer, batch, k_rows, v_rows, row_stride);
+  }
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override {
     inner_.embedding(table, ids, count, out);
   }

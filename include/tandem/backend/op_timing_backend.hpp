@@ -30,8 +30,11 @@ class OpTimingBackend final : public ForwardingBackend {
   void copy_to_host(void* dst, const void* src, size_t bytes) override;
   void kv_append(KvPool& kv, int64_t layer, int64_t plane, const AttentionBatch& batch, const float* rows,
                  int64_t row_stride) override;
+  void kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows, const float* v_rows,
+                      int64_t row_stride) override;
   void embedding(const TensorView& table, const int32_t* ids, int64_t count, float* out) override;
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y) override;
+  void linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x, int64_t rows) override;
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride, double eps,
                 float* out) override;
   void add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim, double eps,

@@ -36,6 +36,10 @@ enum class TensorCoreMath { bf16, tf32x3 };
 void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y,
             TensorCoreMath math = TensorCoreMath::bf16);
 // The same without scales or bias (kept for callers holding a bare stored matrix).
+// ys[i] = x · ws[i]ᵀ for `count` matrices of one input: consecutive ones the decode kernel takes, of
+// one type and width, are read by one launch (a layer's q, k and v); the rest as linear() each.
+void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const float* x, int64_t rows,
+             const TensorCoreMath* maths);
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
             const float* x, int64_t rows, float* y);
 
@@ -229,6 +233,10 @@ void weighted_sum_slots(Stream& stream, const float* slots, const float* weights
 void kv_append(Stream& stream, void* layer_base, const PagedKv& kv, int64_t plane, int64_t tokens,
                const int64_t* slots, const int32_t* block_tables, int64_t table_stride, const float* rows,
                int64_t row_stride, int64_t row_width);
+// kv_append of a GQA layer's K rows (plane 0) and V rows (plane 1) in one launch.
+void kv_append_pair(Stream& stream, void* layer_base, const PagedKv& kv, int64_t tokens, const int64_t* slots,
+                    const int32_t* block_tables, int64_t table_stride, const float* k_rows, const float* v_rows,
+                    int64_t row_stride, int64_t row_width);
 
 // Routing as route_tokens_to_experts (ops/router.cpp), one thread per token, in double. kind: 0
 // softmax top-k, 1 softmax with group-limited choice (V2), 2 sigmoid with selection bias and
