@@ -160,15 +160,17 @@ TEST_CASE("cuda linears (several matrices of one input, one launch where they ag
           "[cuda]") {
   if (!have_gpu()) return;
   Backends b;
-  // A layer's q, k and v (4096/512/512 rows of 2048), a group whose middle matrix has another type
-  // (the Q4_K_M mix's Q6_K attn_v: three launches), bf16 rows with a bias, and row counts of one
-  // decode token, a few tokens and a prompt for the tensor cores.
+  // A layer's q, k and v (4096/512/512 rows of 2048), matrices whose boundaries fall inside a block of
+  // the launch (4093 and 3 rows), a group whose middle matrix has another type (the Q4_K_M mix's Q6_K
+  // attn_v: three launches), bf16 rows with a bias, a type the lane kernel does not take (Q8_0: a
+  // launch each), and row counts of one decode token, a few tokens and a prompt for the tensor cores.
   struct Group {
     std::vector<DType> types;
     std::vector<int64_t> outs;
     int64_t in;
   };
   const Group groups[] = {{{DType::q4_k, DType::q4_k, DType::q4_k}, {4096, 512, 512}, 2048},
+                          {{DType::q4_k, DType::q4_k, DType::q4_k}, {4093, 3, 517}, 2048},
                           {{DType::q4_k, DType::q6_k, DType::q4_k}, {256, 96, 130}, 1024},
                           {{DType::bf16, DType::bf16}, {300, 7}, 512},
                           {{DType::q8_0, DType::q8_0}, {64, 40}, 512}};
@@ -306,12 +308,13 @@ TEST_CASE("cuda add_rms_norm and head_norm_rope equal the CPU's two calls each",
   }
   for (RopeLayout layout : {RopeLayout::neox, RopeLayout::interleaved})
     for (auto [head_dim_, rotary_] : {std::pair<int64_t, int64_t>{128, 128}, {64, 32}, {1100, 64}})
+      for (int64_t heads_ : {5, 13})  // one block of 8 heads a token, and a second one partly filled
       for (bool with_norm : {true, false}) {
         ModelConfig c;
         c.rope_theta = 1000000.0;
         c.rope_layout = layout;
         c.max_position_embeddings = 4096;
-        const int64_t head_dim = head_dim_, rows = 4, heads = 5;
+        const int64_t head_dim = head_dim_, rows = 4, heads = heads_;
         const RopeParams rope = RopeParams::from_config(c, rotary_);
         const std::vector<int64_t> positions = {0, 7, 300, 4000};
         const auto data = random_floats(static_cast<size_t>(rows * heads * head_dim), 14);
@@ -323,7 +326,7 @@ TEST_CASE("cuda add_rms_norm and head_norm_rope equal the CPU's two calls each",
           return get(be, d, data.size());
         };
         INFO((layout == RopeLayout::neox ? "neox" : "interleaved")
-             << " head_dim " << head_dim << " rotary " << rotary_ << (with_norm ? " normed" : ""));
+             << " head_dim " << head_dim << " rotary " << rotary_ << " heads " << heads << (with_norm ? " normed" : ""));
         const auto gpu = run(*b.gpu), cpu = run(*b.cpu);
         CHECK(relative_error(gpu, cpu) < 1e-6);
         CHECK(gpu != data);

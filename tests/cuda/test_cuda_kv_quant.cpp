@@ -55,9 +55,11 @@ TEST_CASE("cuda kv_append writes fp8/int8 rows byte for byte as KvPool::write_ro
     KvLayout layout;
     int64_t values_per_token, rope_values;
   };
-  // GQA with 4 KV heads of 128 (K and V rows of 512), MLA's 512-value latent + 64-value rope key, and
-  // GQA rows of 48 values (one group per row: 32 does not divide 48)
-  const Layout layouts[] = {{KvLayout::gqa, 1024, 0}, {KvLayout::mla_latent, 576, 64}, {KvLayout::gqa, 96, 0}};
+  // GQA with 4 KV heads of 128 (K and V rows of 512), MLA's 512-value latent + 64-value rope key, a
+  // latent of 33 (rows of 51 bytes: every other row's rope tail starts at an odd byte, store_f16's
+  // bytewise branch), and GQA rows of 48 values (one group per row: 32 does not divide 48)
+  const Layout layouts[] = {{KvLayout::gqa, 1024, 0}, {KvLayout::mla_latent, 576, 64}, {KvLayout::mla_latent, 41, 8},
+                            {KvLayout::gqa, 96, 0}};
   for (KvType type : kQuantisedKinds)
     for (const Layout& l : layouts) {
       const int64_t bt = 16, blocks = 4, tokens = bt * blocks - 5;  // the last block partly written

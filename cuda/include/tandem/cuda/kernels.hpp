@@ -35,11 +35,12 @@ enum class TensorCoreMath { bf16, tf32x3 };
 // multiple of 64 wide) tiles on the tensor cores, multiplying as `math` says.
 void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y,
             TensorCoreMath math = TensorCoreMath::bf16);
-// The same without scales or bias (kept for callers holding a bare stored matrix).
 // ys[i] = x · ws[i]ᵀ for `count` matrices of one input: consecutive ones the decode kernel takes, of
-// one type and width, are read by one launch (a layer's q, k and v); the rest as linear() each.
+// one type and width, are read by one launch (a layer's q, k and v); the rest as linear() each, with
+// maths[i].
 void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const float* x, int64_t rows,
              const TensorCoreMath* maths);
+// The same as linear() without scales or bias (kept for callers holding a bare stored matrix).
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
             const float* x, int64_t rows, float* y);
 
