@@ -30,6 +30,7 @@
 #include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/moe_blas.hpp"
 #include "tandem/cuda/cuda_device.hpp"
+#include "expert_cache.hpp"
 #include "expert_streamer.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/error.hpp"
@@ -384,7 +385,10 @@ class CudaBackend final : public Backend {
     const int64_t pairs = tokens * top_k;
     // Few tokens (decode): pair by pair on the device. Many: grouped by expert on the device, so
     // each expert's rows are read once per tile of its tokens. Neither goes through the host.
-    if (const cuda::ExpertTable* table = expert_table(experts)) {
+    // Experts in host memory that this backend caches: the cache's table (the ids are the held ones).
+    const auto cached = expert_caches_.find(&experts);
+    if (const cuda::ExpertTable* table =
+            cached != expert_caches_.end() ? &cached->second->table() : expert_table(experts)) {
       if (tokens <= kPairwiseMaxTokens) {
         float* d_act = scratch(kGate, pairs * table->intermediate);
         if (cuda::pairwise_aligned(x, d_act))
@@ -443,6 +447,37 @@ class CudaBackend final : public Backend {
     float* d_slots = scratch(kSlots, pairs * hidden);
     cuda::scatter_rows(stream_, d_down, d_index, pairs, hidden, d_slots);
     cuda::weighted_sum_slots(stream_, d_slots, weights, tokens, top_k, hidden, out);
+  }
+
+  bool cache_experts(const ExpertWeights& experts, std::span<const int32_t> ids) override {
+    stream_.make_current();
+    refuse_while_recording("experts cached");
+    auto found = expert_caches_.find(&experts);
+    if (found == expert_caches_.end()) {
+      if (ids.empty()) return false;
+      std::unique_ptr<cuda::ExpertCache> cache;
+      try {
+        cache = cuda::ExpertCache::make(device_, experts, static_cast<int64_t>(ids.size()));
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::out_of_memory) throw;
+        return false;  // no room: the layer's experts stay on the CPU
+      }
+      if (!cache) return false;
+      weight_bytes_ += cache->bytes();
+      found = expert_caches_.emplace(&experts, std::move(cache)).first;
+    }
+    found->second->hold(ids, stream_);
+    return true;
+  }
+
+  void split_cached_experts(const ExpertWeights& experts, const int32_t* ids, int64_t pairs, int32_t* held,
+                            int32_t* rest, uint32_t* counts) override {
+    stream_.make_current();
+    const auto found = expert_caches_.find(&experts);
+    if (found == expert_caches_.end())
+      throw Error(ErrorKind::internal, "CUDA split_cached_experts: these experts are not cached here");
+    cuda::split_cached_experts(stream_, ids, pairs, found->second->held_map(), found->second->table().experts, held,
+                               rest, counts);
   }
 
   void prepare_streamed_experts(const ExpertWeights& experts) override {
@@ -831,6 +866,7 @@ class CudaBackend final : public Backend {
   };
   std::map<const ExpertWeights*, ExpertTableEntry> expert_tables_;
   std::unique_ptr<cuda::ExpertStreamer> streamer_;  // experts in host memory, streamed for prefill
+  std::map<const ExpertWeights*, std::unique_ptr<cuda::ExpertCache>> expert_caches_;  // held hot experts
   std::vector<int32_t> host_ids_, index_;
   std::vector<int64_t> begin_, fill_;
 };

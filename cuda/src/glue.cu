@@ -189,6 +189,20 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
   }
 }
 
+// The expert cache's split (split_cached_experts, ops in backend/cpu/reference/expert_cache_split.cpp):
+// one thread per pair. Ids outside [0, experts) go to neither side and are not counted.
+__global__ void split_cached_kernel(const int32_t* ids, int64_t pairs, const int32_t* held_map, int64_t experts,
+                                    int32_t* held, int32_t* rest, uint32_t* counts) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  const int32_t e = ids[p];
+  const bool valid = e >= 0 && e < experts;
+  const bool is_held = valid && held_map[e] != 0;
+  held[p] = is_held ? e : -1;
+  rest[p] = valid && !is_held ? e : -1;
+  if (counts != nullptr && valid) atomicAdd(&counts[e], 1u);
+}
+
 // Slot i is kept when fewer than top_k - defer slots beat it (a larger weight, or equal and
 // earlier); kept and deferred slots keep their routing order.
 __global__ void split_deferred_kernel(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,
@@ -311,6 +325,15 @@ void split_deferred_experts(Stream& stream, const int32_t* expert_ids, const flo
   split_deferred_kernel<<<grid, 64, 0, detail::native(stream)>>>(expert_ids, weights, tokens, top_k, defer, kept_ids,
                                                                  kept_weights, deferred_ids, deferred_weights);
   detail::check_launch("split_deferred_experts");
+}
+
+void split_cached_experts(Stream& stream, const int32_t* expert_ids, int64_t pairs, const int32_t* held_map,
+                          int64_t experts, int32_t* held, int32_t* rest, uint32_t* counts) {
+  if (pairs <= 0) return;
+  const auto grid = detail::grid_dim((pairs + 255) / 256, "split_cached_experts");
+  split_cached_kernel<<<grid, 256, 0, detail::native(stream)>>>(expert_ids, pairs, held_map, experts, held, rest,
+                                                                counts);
+  detail::check_launch("split_cached_experts");
 }
 
 void gated_add(Stream& stream, float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width) {

@@ -141,6 +141,10 @@ void OpTimingBackend::router_topk(const RoutingParams& params, const float* logi
                                   const float* selection_bias, int32_t* expert_ids, float* weights) {
   timed("router_topk", tokens, [&] { inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights); });
 }
+void OpTimingBackend::split_cached_experts(const ExpertWeights& experts, const int32_t* ids, int64_t pairs,
+                                           int32_t* held, int32_t* rest, uint32_t* counts) {
+  timed("split_cached_experts", pairs, [&] { inner_.split_cached_experts(experts, ids, pairs, held, rest, counts); });
+}
 void OpTimingBackend::split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens,
                                              int64_t top_k, int64_t defer, int32_t* kept_ids, float* kept_weights,
                                              int32_t* deferred_ids, float* deferred_weights) {

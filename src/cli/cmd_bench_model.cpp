@@ -75,7 +75,8 @@ CommandRun setup(CLI::App& sub) {
     for (const PlacementRule& rule : placement.rules()) on_gpu = on_gpu || rule.device.kind == DeviceKind::cuda;
     double pcie_h2d = 0, pcie_d2h = 0;
     if (on_gpu) load_gpu_rates(rates, false, pcie_h2d, pcie_d2h);
-    const PerformancePrediction plan = predict_performance(files.config, weights, placement, rates);
+    const PerformancePrediction plan =
+        predict_performance(files.config, weights, placement, rates, r.expert_cache_per_layer);
     const double plan_decode_tok_s = plan.decode_tok_s;
     // With every weight on the GPU, the decode roofline is the GPU's: HBM bytes per token at its rate.
     const bool all_gpu = on_gpu && plan.decode_bytes_cpu == 0 && plan.decode_bytes_gpu > 0;
@@ -119,6 +120,9 @@ CommandRun setup(CLI::App& sub) {
       j["placement_resolved"] = r.placement;
       j["vram_budget"] = o.placement_flags.vram_budget;
       j["defer_experts"] = o.defer_experts;
+      j["expert_cache_per_layer"] = r.expert_cache_per_layer;
+      j["expert_cache_layers"] = r.expert_cache_layers;
+      j["expert_cache_held_fraction"] = r.expert_cache_held_fraction;
       j["ubatch"] = r.ubatch;
       j["prefill_passes"] = r.prefill_passes;
       fmt::print("{}\n", j.dump());

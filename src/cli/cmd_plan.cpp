@@ -92,7 +92,8 @@ int plan_command(const PlanFlags& f) {
   }
   double pcie_h2d_gbps = 0, pcie_d2h_gbps = 0;
   const std::string gpu_rates = load_gpu_rates(rates, f.remeasure, pcie_h2d_gbps, pcie_d2h_gbps);
-  const PerformancePrediction p = predict_performance(files.config, weights, plan.placement, rates);
+  const PerformancePrediction p =
+      predict_performance(files.config, weights, plan.placement, rates, plan.expert_cache_per_layer);
 
   nlohmann::ordered_json groups = nlohmann::ordered_json::array();
   for (const PlanLine& l : plan.lines)
@@ -108,6 +109,9 @@ int plan_command(const PlanFlags& f) {
     j["vram_budget_bytes"] = plan.vram_budget_bytes;
     j["vram_total_bytes"] = plan.vram_total_bytes;
     j["expert_layers_on_gpu"] = plan.expert_layers_on_gpu;
+    j["expert_cache_bytes"] = plan.expert_cache_bytes;
+    j["expert_cache_per_layer"] = plan.expert_cache_per_layer;
+    j["expert_cache_layers"] = plan.expert_cache_layers;
     j["kv_pool_bytes"] = plan.kv_pool_bytes;
     j["buffer_bytes"] = plan.buffer_bytes;
     j["cuda_working_bytes"] = plan.cuda_working_bytes;
@@ -144,6 +148,9 @@ int plan_command(const PlanFlags& f) {
     fmt::print(" of a {} budget ({} routed-expert layers on the GPU)", gib(plan.vram_budget_bytes), plan.expert_layers_on_gpu);
   if (plan.vram_total_bytes > 0) fmt::print("; card {}", gib(plan.vram_total_bytes));
   fmt::print("\n");
+  if (plan.expert_cache_per_layer > 0)
+    fmt::print("expert cache     {} experts held in each of {} layers ({}), the most routed ones\n",
+               plan.expert_cache_per_layer, plan.expert_cache_layers, gib(plan.expert_cache_bytes));
   fmt::print("DRAM read        {:.2f} GB/s, {} threads ({})\n", rates.dram_read_gbps, rates.threads, dram_source);
   fmt::print("VRAM, PCIe       {:.0f} GB/s, {:.0f} GB/s ({})\n", rates.vram_read_gbps, rates.pcie_gbps, gpu_rates);
   fmt::print("decode           {:.2f} tok/s ({:.1f} MB/token on the CPU, {:.1f} MB/token on GPUs, {} split layers at "

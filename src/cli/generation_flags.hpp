@@ -52,6 +52,10 @@ inline void add_placement_shorthand_flags(CLI::App& app, PlacementFlags& flags, 
   app.add_option("--vram-budget", flags.vram_budget,
                  "GPU memory to use (24G, 500M, 80%): the non-expert part, KV and buffers first, then routed "
                  "experts layer by layer");
+  app.add_option("--expert-cache", flags.expert_cache,
+                 "GPU expert cache: each CPU-expert layer's most routed experts held in VRAM and run there. "
+                 "Default: with --vram-budget, what whole expert layers leave of it; 'off'; or a size (8G, "
+                 "50% of the budget) taken before whole layers");
   app.add_option("--vram-total", vram_total, "the card's memory for planning (default: asked from cuda:0)");
 }
 

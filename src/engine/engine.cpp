@@ -239,6 +239,7 @@ class CpuEngine final : public Engine {
             "cuda:0), because {}; --placement chooses (docs/PLACEMENT.md)",
             plan.gpu_defaults_declined));
       placement_ = std::move(plan.placement);
+      expert_cache_per_layer_ = plan.expert_cache_per_layer;
     }
     // Every role resolved before anything is allocated; a rule the forward pass cannot honour is an
     // error, never ignored. The forward pass then reads each tensor where the placement put it.
@@ -358,6 +359,10 @@ class CpuEngine final : public Engine {
     if (const auto env = integer_from_environment("TANDEM_STREAM_EXPERTS_MIN_TOKENS", 0, INT64_MAX)) stream_min = *env;
     if (stream_min > 0 && !gpu_backends_.empty()) step(0.7f, "copying streamed experts to pinned memory");
     forward_->set_stream_experts_min_tokens(stream_min);
+    if (expert_cache_per_layer_ > 0) {
+      step(0.75f, "filling the GPU expert cache");
+      forward_->set_expert_cache(expert_cache_per_layer_);
+    }
     if (automatic_batch && stream_min > 0 && forward_->streamable_expert_bytes() > 0 &&
         options_.placement_flags.vram_budget.empty()) {
       options_.max_batch_tokens = std::min(LoadOptions::kStreamedBatchTokens, options_.max_context_tokens);
@@ -377,6 +382,14 @@ class CpuEngine final : public Engine {
   std::vector<std::string> warnings() const override { return files_.warnings; }
   int64_t replayed_passes() const override { return forward_->replayed_passes(); }
   int64_t streamed_expert_layers() const override { return forward_->streamed_expert_layers(); }
+  ForwardPass::ExpertCacheStats expert_cache_stats() override {
+    std::lock_guard lock(mutex_);
+    return forward_->expert_cache_stats();
+  }
+  int64_t refresh_expert_cache() override {
+    std::lock_guard lock(mutex_);
+    return forward_->refresh_expert_cache(kExpertCacheRefreshTokens);
+  }
   std::optional<KvDiskStats> kv_disk_stats() override {
     std::lock_guard lock(mutex_);
     if (!prefix_cache_ || !prefix_cache_->disk()) return std::nullopt;
@@ -429,6 +442,7 @@ class CpuEngine final : public Engine {
                                 options_.max_sessions));
       ++open_sessions_;
     }
+    refresh_expert_cache();  // a new request: hold what the earlier ones routed to most
     return std::make_unique<EngineSession>(*this);
   }
 
@@ -519,6 +533,7 @@ class CpuEngine final : public Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_template_;
   RetentionPolicy retention_policy_;
+  int64_t expert_cache_per_layer_ = 0;  // the plan's GPU expert cache (0: none)
   std::mutex mutex_;  // session count, the prefix cache, the sessions' tables and the forward pass's scratch
   int64_t open_sessions_ = 0;
   int64_t prefix_hit_tokens_ = 0;  // under mutex_

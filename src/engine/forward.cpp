@@ -31,7 +31,10 @@ enum Act : int {
   // Expert deferral: each token's kept routing, and per deferred part its input rows, routing and
   // output, twice (DeferredSlots: layer L's part waits in one while layer L+1 fills the other).
   kKeptIds, kKeptWeights, kDeferredIn0, kDeferredIds0, kDeferredWeights0, kDeferredOut0, kDeferredIn1,
-  kDeferredIds1, kDeferredWeights1, kDeferredOut1, kActCount
+  kDeferredIds1, kDeferredWeights1, kDeferredOut1,
+  // The expert cache: the routed pairs the router's GPU holds the experts of, the rest (for the
+  // experts' backend; -1 where the other side has the pair), and the GPU's part of the output.
+  kHeldIds, kRestIds, kCachedOut, kActCount
 };
 
 struct DeferredSlot {
@@ -44,6 +47,7 @@ constexpr std::array<DeferredSlot, 2> kDeferredSlots = {
 size_t element_bytes(Act a) {
   switch (a) {
     case kExpertIds: case kIds: case kLogitRows: case kKeptIds: case kDeferredIds0: case kDeferredIds1:
+    case kHeldIds: case kRestIds:
       return sizeof(int32_t);
     case kPositions: case kSlots: return sizeof(int64_t);
     default: return sizeof(float);
@@ -128,6 +132,21 @@ struct ForwardPass::Impl {
   };
   std::map<Shape, std::optional<std::unique_ptr<BackendGraph>>> recordings;
 
+  // The expert cache, per layer: whether the router's GPU holds some of its experts, which (in the
+  // order held), and how often each expert was routed to since the last refresh (uint32 [experts]
+  // in the router's memory, counted by split_cached_experts).
+  struct CachedLayer {
+    bool active = false;
+    std::vector<int32_t> held;
+    DeviceBuffer counts;
+    std::vector<uint32_t> baseline;  // the counts as last uploaded (the pairs before them are tallied)
+  };
+  std::vector<CachedLayer> cached_layers;
+  int64_t cache_per_layer = 0;
+  // Pairs counted by every cached layer up to the last refresh, and of them those the GPU held.
+  uint64_t counted_pairs = 0, held_pairs = 0;
+  int64_t tokens_since_refresh = 0;
+
   void compute(int64_t T, int64_t rows, float* logits, const std::atomic<bool>* cancel);
 
   Impl(const ModelConfig& c, const Weights& weights, ForwardPass::BackendForRole route, KvPool& pool,
@@ -169,6 +188,8 @@ struct ForwardPass::Impl {
     width[kRouterLogits] = c.num_experts;
     width[kRouteWeights] = width[kExpertIds] = k;
     width[kSharedGate] = width[kIds] = width[kPositions] = width[kSlots] = width[kLogitRows] = 1;
+    width[kHeldIds] = width[kRestIds] = k;
+    width[kCachedOut] = H;
     if (defer > 0) {  // else these stay 1 value per token
       width[kKeptIds] = width[kKeptWeights] = k - defer;
       for (const DeferredSlot& d : kDeferredSlots) {
@@ -226,8 +247,11 @@ struct ForwardPass::Impl {
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
   Mirror& main() { return mirrors.front(); }
+  bool cache_active(int64_t layer) const {
+    return !cached_layers.empty() && cached_layers[static_cast<size_t>(layer)].active;
+  }
   // A MoE layer whose experts live in host memory and whose router runs on a GPU: the layer that
-  // GPU can stream the experts in for (Backend::stream_routed_experts).
+  // GPU can stream the experts in for (Backend::stream_routed_experts), and can cache some of.
   bool can_stream_experts(int64_t layer) {
     return w.layers[static_cast<size_t>(layer)].is_moe && on_host(on(WeightGroup::experts, layer)) &&
            !on_host(on(WeightGroup::router, layer));
@@ -402,6 +426,15 @@ struct ForwardPass::Impl {
         return;
       }
     }
+    // The expert cache: the router's GPU computes the pairs of the experts it holds (below, while the
+    // experts' backend runs the rest), and counts every pair's expert.
+    const bool cached = cache_active(layer);
+    const Act host_ids = cached ? kRestIds : ids;
+    if (cached) {
+      router.split_cached_experts(L.experts, r.i32(ids), T * top_k, r.i32(kHeldIds), r.i32(kRestIds),
+                                  cached_layers[static_cast<size_t>(layer)].counts.as<uint32_t>());
+      transfer(r, r.act[kRestIds].data(), main(), main().act[kRestIds].data(), act_bytes(kRestIds, T), false);
+    }
     // Experts on a backend apart from the main one run while the host issues the shared expert (and
     // the deferred part while it issues the next layer): submitted, waited for where their output
     // is added. On the main backend they are called in order like everything else.
@@ -413,16 +446,19 @@ struct ForwardPass::Impl {
       if (overlap)
         transfer(main(), main().act[kNormed].data(), x, x.act[slot.in].data(), act_bytes(kNormed, T), false);
     }
-    send(experts, ids, T, false);
+    send(experts, host_ids, T, false);
     send(experts, weights, T);  // waits for all
     if (overlap) {
-      experts.moe_routed_experts_submit(L.experts, x.f(kNormed), T, H, x.i32(ids), x.f(weights), top_k,
+      experts.moe_routed_experts_submit(L.experts, x.f(kNormed), T, H, x.i32(host_ids), x.f(weights), top_k,
                                         x.f(kBlockOut));
       experts.record(*x.experts_done);
     } else {
-      experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(ids), x.f(weights), top_k,
+      experts.moe_routed_experts(L.experts, x.f(kNormed), T, H, x.i32(host_ids), x.f(weights), top_k,
                                  x.f(kBlockOut));
     }
+    if (cached)
+      router.moe_routed_experts(L.experts, r.f(kNormed), T, H, r.i32(kHeldIds), r.f(weights), top_k,
+                                r.f(kCachedOut));
     if (deferring) {
       BackendEvent* done = nullptr;
       if (overlap) {
@@ -447,6 +483,10 @@ struct ForwardPass::Impl {
     }
     if (overlap) x.experts_done->synchronize();
     back(x, kBlockOut, T);
+    if (cached) {
+      back(r, kCachedOut, T);
+      main().backend->add(main().f(kBlockOut), main().f(kCachedOut), T * H, main().f(kBlockOut));
+    }
     if (!shared_expert) return;
     if (gated)
       transfer(*s, s->act[kSharedGate].data(), main(), main().act[kSharedGate].data(),
@@ -569,6 +609,118 @@ uint64_t ForwardPass::streamable_expert_bytes() const {
   return bytes;
 }
 
+int64_t ForwardPass::set_expert_cache(int64_t experts_per_layer) {
+  Impl& m = *impl_;
+  if (experts_per_layer < 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("expert cache: {} experts per layer (0 = off)", experts_per_layer));
+  if (!m.cached_layers.empty() && experts_per_layer != m.cache_per_layer)
+    throw Error(ErrorKind::invalid_argument, "expert cache: its size is set once per forward pass");
+  if (experts_per_layer == 0 || !m.cached_layers.empty()) return expert_cache_layers();
+  m.cached_layers.clear();
+  m.cached_layers.resize(static_cast<size_t>(m.cfg.num_layers));
+  m.cache_per_layer = experts_per_layer;
+  for (int64_t layer = 0; layer < m.cfg.num_layers; ++layer) {
+    if (!m.can_stream_experts(layer)) continue;
+    const ExpertWeights& experts = m.w.layers[static_cast<size_t>(layer)].experts;
+    const auto count = static_cast<int64_t>(experts.count());
+    if (experts_per_layer >= count) continue;  // a whole layer belongs on the GPU by placement
+    Impl::CachedLayer& c = m.cached_layers[static_cast<size_t>(layer)];
+    // Until something was counted: the lowest numbers.
+    c.held.resize(static_cast<size_t>(experts_per_layer));
+    for (int64_t i = 0; i < experts_per_layer; ++i) c.held[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    Backend& router = m.on(WeightGroup::router, layer);
+    if (!router.cache_experts(experts, c.held)) {
+      c.held.clear();
+      continue;
+    }
+    c.baseline.assign(static_cast<size_t>(count), 0);
+    c.counts = router.allocate(static_cast<size_t>(count) * sizeof(uint32_t));
+    router.copy_to_device(c.counts.data(), c.baseline.data(), c.counts.bytes());
+    router.synchronize();
+    c.active = true;
+  }
+  return expert_cache_layers();
+}
+
+int64_t ForwardPass::expert_cache_layers() const {
+  int64_t n = 0;
+  for (const Impl::CachedLayer& c : impl_->cached_layers) n += c.active;
+  return n;
+}
+
+int64_t ForwardPass::refresh_expert_cache(int64_t min_tokens) {
+  Impl& m = *impl_;
+  if (expert_cache_layers() == 0 || m.tokens_since_refresh < std::max<int64_t>(1, min_tokens)) return 0;
+  m.tokens_since_refresh = 0;
+  int64_t copied = 0;
+  std::vector<uint32_t> counts;
+  std::vector<int32_t> order;
+  for (int64_t layer = 0; layer < m.cfg.num_layers && !m.cached_layers.empty(); ++layer) {
+    Impl::CachedLayer& c = m.cached_layers[static_cast<size_t>(layer)];
+    if (!c.active) continue;
+    Backend& router = m.on(WeightGroup::router, layer);
+    const auto count = static_cast<int64_t>(c.baseline.size());
+    counts.resize(static_cast<size_t>(count));
+    router.copy_to_host(counts.data(), c.counts.data(), c.counts.bytes());
+    router.synchronize();
+    std::vector<char> was_held(static_cast<size_t>(count), 0);
+    for (const int32_t e : c.held) was_held[static_cast<size_t>(e)] = 1;
+    for (int64_t e = 0; e < count; ++e) {
+      const uint64_t fresh = counts[static_cast<size_t>(e)] - c.baseline[static_cast<size_t>(e)];
+      m.counted_pairs += fresh;
+      if (was_held[static_cast<size_t>(e)]) m.held_pairs += fresh;
+    }
+    // The most routed experts; on equal counts the held one stays (no copy), then the lower number.
+    order.resize(static_cast<size_t>(count));
+    for (int64_t e = 0; e < count; ++e) order[static_cast<size_t>(e)] = static_cast<int32_t>(e);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      const uint32_t ca = counts[static_cast<size_t>(a)], cb = counts[static_cast<size_t>(b)];
+      if (ca != cb) return ca > cb;
+      return was_held[static_cast<size_t>(a)] > was_held[static_cast<size_t>(b)];
+    });
+    std::vector<int32_t> next(order.begin(), order.begin() + m.cache_per_layer);
+    for (const int32_t e : next) copied += !was_held[static_cast<size_t>(e)];
+    if (!std::is_permutation(next.begin(), next.end(), c.held.begin(), c.held.end())) {
+      if (!router.cache_experts(m.w.layers[static_cast<size_t>(layer)].experts, next))
+        throw Error(ErrorKind::internal, "expert cache: a GPU declined experts it held before");
+      c.held = std::move(next);
+    }
+    // Older traffic counts half from now on, so the choice follows what recent requests route to.
+    for (uint32_t& v : counts) v /= 2;
+    c.baseline = counts;
+    router.copy_to_device(c.counts.data(), counts.data(), c.counts.bytes());
+    router.synchronize();
+  }
+  return copied;
+}
+
+ForwardPass::ExpertCacheStats ForwardPass::expert_cache_stats() const {
+  const Impl& m = *impl_;
+  ExpertCacheStats st;
+  st.layers = expert_cache_layers();
+  st.experts_per_layer = st.layers > 0 ? m.cache_per_layer : 0;
+  st.counted_pairs = m.counted_pairs;
+  st.held_pairs = m.held_pairs;
+  std::vector<uint32_t> counts;
+  for (int64_t layer = 0; layer < m.cfg.num_layers && !m.cached_layers.empty(); ++layer) {
+    const Impl::CachedLayer& c = m.cached_layers[static_cast<size_t>(layer)];
+    if (!c.active) continue;
+    Backend& router = m.backend_for(WeightGroup::router, layer);
+    counts.resize(c.baseline.size());
+    router.copy_to_host(counts.data(), c.counts.data(), c.counts.bytes());
+    router.synchronize();
+    std::vector<char> held(c.baseline.size(), 0);
+    for (const int32_t e : c.held) held[static_cast<size_t>(e)] = 1;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      const uint64_t fresh = counts[e] - c.baseline[e];
+      st.counted_pairs += fresh;
+      if (held[e]) st.held_pairs += fresh;
+    }
+  }
+  return st;
+}
+
 void ForwardPass::set_max_batch_tokens(int64_t tokens) {
   Impl& m = *impl_;
   if (tokens <= 0)
@@ -644,6 +796,7 @@ void ForwardPass::run(std::span<const SequenceChunk> batch, float* logits, const
     }
   }
   if (T == 0) return;
+  m.tokens_since_refresh += T;
   // A pass that runs wholly on one GPU, with few tokens, is recorded once per shape (tokens, logits
   // rows, block-table width) and replayed as one launch: its kernels' arguments must then hold for
   // every later pass of that shape, so the block tables get a fixed width (the next power of two)

@@ -167,6 +167,31 @@ PlacementPlan plan_placement(const ModelFiles& files, const Weights& weights, co
 
 namespace {
 
+// The expert cache within `bytes`: the same number of experts in each MoE layer whose experts stay
+// in host memory with the router on a GPU (less than all of them: a whole layer is placed instead).
+void size_expert_cache(PlacementPlan& plan, const Weights& weights, const ModelConfig& c, uint64_t bytes) {
+  const std::vector<uint64_t> per_layer = expert_bytes_per_layer(weights, c.num_layers);
+  uint64_t per_held = 0;  // one held expert in every cached layer
+  int64_t layers = 0, fewest = INT64_MAX;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = weights.layers[static_cast<size_t>(l)];
+    const auto count = static_cast<int64_t>(L.experts.count());
+    if (!L.is_moe || count < 2 || !L.experts.gate[0].scale_inv.empty() ||
+        plan.placement.device_for(WeightGroup::experts, l).kind != DeviceKind::cpu ||
+        plan.placement.device_for(WeightGroup::router, l).kind != DeviceKind::cuda)
+      continue;
+    per_held += per_layer[static_cast<size_t>(l)] / static_cast<uint64_t>(count);
+    fewest = std::min(fewest, count);
+    ++layers;
+  }
+  if (layers == 0 || per_held == 0) return;
+  const int64_t held = std::min<int64_t>(static_cast<int64_t>(bytes / per_held), fewest - 1);
+  if (held <= 0) return;
+  plan.expert_cache_per_layer = held;
+  plan.expert_cache_layers = layers;
+  plan.expert_cache_bytes = static_cast<uint64_t>(held) * per_held;
+}
+
 PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights, const PlanRequest& request,
                                  const bool gpu_defaults) {
   const ModelConfig& c = files.config;
@@ -174,6 +199,14 @@ PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights
   std::vector<PlacementRule> rules = Placement::parse_rule_list(request.rules);
   for (PlacementRule& r : placement_shorthand_rules(flags, files, weights, request.gpu_available)) rules.push_back(std::move(r));
 
+  if (flags.explicit_expert_cache()) {
+    (void)parse_vram_budget(flags.expert_cache, uint64_t{1} << 50, "--expert-cache");  // its text alone
+    if (!request.gpu_available)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--expert-cache {}: no GPU is visible to this process, so no experts can be held in "
+                              "VRAM; leave it out to run on the CPU",
+                              flags.expert_cache));
+  }
   PlacementPlan plan;
   plan.kv_pool_bytes = planned_kv_pool_bytes(c, request);
   plan.buffer_bytes = planned_buffer_bytes(c, request.max_batch_tokens);
@@ -195,6 +228,7 @@ PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights
   const uint64_t fixed_gpu =
       on_gpu ? plan.kv_pool_bytes + plan.buffer_bytes + plan.cuda_working_bytes + kCudaContextReserveBytes : 0;
   uint64_t gpu_bytes = gpu_weight_bytes(weights, plan.placement) + fixed_gpu;
+  uint64_t cache_bytes = 0, first_extra = 0;
 
   if (plan.vram_budget_bytes > 0) {
     if (gpu_bytes > plan.vram_budget_bytes) {
@@ -215,8 +249,15 @@ PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights
                               "--placement (e.g. 'attention=cpu')",
                               flags.vram_budget, gib(plan.vram_budget_bytes), gib(gpu_bytes), needed));
     }
-    // Fill what is left with routed experts, whole layers in layer order (hot experts per layer
-    // need the expert cache). Only layers whose experts the defaults place are candidates.
+    // --expert-cache SIZE: the cache's share comes first, whole expert layers fill what is left.
+    if (gpu_defaults && flags.explicit_expert_cache()) {
+      cache_bytes = std::min(parse_vram_budget(flags.expert_cache, plan.vram_budget_bytes, "--expert-cache"),
+                             plan.vram_budget_bytes - gpu_bytes);
+      gpu_bytes += cache_bytes;
+    }
+    // Fill what is left with routed experts, whole layers in layer order (the expert cache then
+    // holds the most routed experts of the other layers in what remains). Only layers whose experts
+    // the defaults place are candidates.
     if (gpu_defaults) {
       const std::vector<uint64_t> per_layer = expert_bytes_per_layer(weights, c.num_layers);
       // The first resident layer brings the experts' scratch along when nothing streamed needed it.
@@ -225,7 +266,7 @@ PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights
       const uint64_t resident_working = planned_cuda_working_bytes(
           c, weights, Placement::from_rules(resident, gpu_defaults), request.max_batch_tokens,
           request.stream_experts_min_tokens);
-      uint64_t first_extra = resident_working > plan.cuda_working_bytes ? resident_working - plan.cuda_working_bytes : 0;
+      first_extra = resident_working > plan.cuda_working_bytes ? resident_working - plan.cuda_working_bytes : 0;
       std::vector<PlacementRule> fill;
       for (int64_t l = 0; l < c.num_layers; ++l) {
         const uint64_t b = per_layer[static_cast<size_t>(l)];
@@ -250,12 +291,23 @@ PlacementPlan plan_with_defaults(const ModelFiles& files, const Weights& weights
       plan.placement = Placement::from_rules(rules, gpu_defaults);
       plan.cuda_working_bytes = planned_cuda_working_bytes(c, weights, plan.placement, request.max_batch_tokens,
                                                            request.stream_experts_min_tokens);
+      if (flags.expert_cache.empty()) cache_bytes = plan.vram_budget_bytes - std::min(plan.vram_budget_bytes, gpu_bytes);
+      // Held experts run on the GPU too: their rows' scratch (first_extra is 0 once a resident
+      // layer brought it).
+      cache_bytes -= std::min(cache_bytes, first_extra);
     }
+  } else if (gpu_defaults && flags.explicit_expert_cache()) {
+    cache_bytes = parse_vram_budget(flags.expert_cache, plan.vram_total_bytes, "--expert-cache");
+  }
+  if (gpu_defaults && cache_bytes > 0) {
+    size_expert_cache(plan, weights, c, cache_bytes);
+    if (plan.expert_cache_bytes > 0) plan.cuda_working_bytes += first_extra;
   }
   for (const PlacedBytes& p : place_weights(weights, plan.placement))
     plan.lines.push_back({weight_group_display_name(p.group), p.device, p.bytes});
   plan.lines.push_back({"KV pool", on_gpu ? attention_device : Device::cpu(), plan.kv_pool_bytes});
   plan.lines.push_back({"working buffers", on_gpu ? attention_device : Device::cpu(), plan.buffer_bytes});
+  if (plan.expert_cache_bytes > 0) plan.lines.push_back({"expert cache", Device::cuda(0), plan.expert_cache_bytes});
   if (on_gpu) {
     plan.lines.push_back({"CUDA working memory", attention_device, plan.cuda_working_bytes});
     plan.lines.push_back({"CUDA reserve", attention_device, kCudaContextReserveBytes});

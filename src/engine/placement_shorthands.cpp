@@ -137,10 +137,15 @@ void add_layer_rules(std::vector<PlacementRule>& rules, const std::map<WeightGro
 }  // namespace
 
 bool PlacementFlags::any() const {
-  return !n_gpu_layers.empty() || cpu_moe || n_cpu_moe >= 0 || !override_tensor.empty() || !vram_budget.empty();
+  return !n_gpu_layers.empty() || cpu_moe || n_cpu_moe >= 0 || !override_tensor.empty() || !vram_budget.empty() ||
+         explicit_expert_cache();
 }
 
-bool PlacementFlags::wants_gpu_defaults() const { return !vram_budget.empty() || cpu_moe || n_cpu_moe >= 0; }
+bool PlacementFlags::explicit_expert_cache() const { return !expert_cache.empty() && expert_cache != "off"; }
+
+bool PlacementFlags::wants_gpu_defaults() const {
+  return !vram_budget.empty() || cpu_moe || n_cpu_moe >= 0 || explicit_expert_cache();
+}
 
 std::vector<PlacementRule> placement_shorthand_rules(const PlacementFlags& flags, const ModelFiles& files,
                                                      const Weights& weights, bool gpu_available) {
@@ -198,12 +203,12 @@ std::vector<PlacementRule> placement_shorthand_rules(const PlacementFlags& flags
   return rules;
 }
 
-uint64_t parse_vram_budget(std::string_view text, uint64_t card_total_bytes) {
+uint64_t parse_vram_budget(std::string_view text, uint64_t card_total_bytes, std::string_view flag) {
   const std::string t = lower(text);
   const auto bad = [&] {
-    fail(fmt::format("--vram-budget '{}': expected bytes with an optional K/M/G/T suffix (binary: 24G, 500M, "
-                     "1.5GiB) or a percentage of the card (80%)",
-                     text));
+    fail(fmt::format("{} '{}': expected bytes with an optional K/M/G/T suffix (binary: 24G, 500M, "
+                     "1.5GiB) or a percentage of {} (80%)",
+                     flag, text, flag == "--vram-budget" ? "the card" : "the budget"));
   };
   if (t.empty()) bad();
   size_t end = 0;
@@ -218,11 +223,11 @@ uint64_t parse_vram_budget(std::string_view text, uint64_t card_total_bytes) {
   const std::string unit = t.substr(end);
   double bytes = 0;
   if (unit == "%") {
-    if (value <= 0 || value > 100) fail(fmt::format("--vram-budget '{}': a percentage must be within (0, 100]", text));
+    if (value <= 0 || value > 100) fail(fmt::format("{} '{}': a percentage must be within (0, 100]", flag, text));
     if (card_total_bytes == 0)
-      fail(fmt::format("--vram-budget '{}': a percentage needs the card's memory, but no GPU is visible (give "
+      fail(fmt::format("{} '{}': a percentage needs the card's memory, but no GPU is visible (give "
                        "bytes, or --vram-total)",
-                       text));
+                       flag, text));
     bytes = value / 100.0 * static_cast<double>(card_total_bytes);
   } else {
     static const std::map<std::string, int> shifts = {{"", 0},    {"b", 0},    {"k", 10},   {"kb", 10},
@@ -236,8 +241,9 @@ uint64_t parse_vram_budget(std::string_view text, uint64_t card_total_bytes) {
   if (!(bytes >= 1) || bytes > 1e18) bad();
   const auto result = static_cast<uint64_t>(bytes);
   if (card_total_bytes > 0 && result > card_total_bytes)
-    fail(fmt::format("--vram-budget '{}' ({:.2f} GiB) is larger than the card ({:.2f} GiB); give at most 100%", text,
-                     bytes / (1 << 30), static_cast<double>(card_total_bytes) / (1 << 30)));
+    fail(fmt::format("{} '{}' ({:.2f} GiB) is larger than {} ({:.2f} GiB); give at most 100%", flag, text,
+                     bytes / (1 << 30), flag == "--vram-budget" ? "the card" : "the budget",
+                     static_cast<double>(card_total_bytes) / (1 << 30)));
   return result;
 }
 

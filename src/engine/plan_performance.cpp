@@ -22,7 +22,8 @@ struct LayerCost {
   bool used[2] = {false, false};
 };
 
-std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights, const Placement& placement) {
+std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights, const Placement& placement,
+                                   int64_t expert_cache_per_layer = 0) {
   std::vector<LayerCost> costs(static_cast<size_t>(c.num_layers + 1));
   const double expert_share =
       c.num_experts > 0 ? static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.num_experts) : 1.0;
@@ -44,10 +45,20 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
         cost.decode_bytes[d] += bytes;
         cost.once_flops[d] += flops;
         break;
-      case WeightGroup::experts:
-        cost.decode_bytes[d] += bytes * expert_share;
+      case WeightGroup::experts: {
+        // The GPU expert cache takes its share of a host layer's pairs (at least held/experts; more
+        // where routing is skewed).
+        const LayerWeights& L = weights.layers[static_cast<size_t>(std::max<int64_t>(layer, 0))];
+        const double held =
+            d == 0 && layer >= 0 && expert_cache_per_layer > 0 && L.experts.count() > 0 &&
+                    placement.device_for(WeightGroup::router, layer).kind == DeviceKind::cuda
+                ? std::min(1.0, static_cast<double>(expert_cache_per_layer) / static_cast<double>(L.experts.count()))
+                : 0.0;
+        cost.decode_bytes[0] += d == 0 ? bytes * expert_share * (1.0 - held) : 0.0;
+        cost.decode_bytes[1] += d == 1 ? bytes * expert_share : bytes * expert_share * held;
         cost.flops_per_token[d] += flops * expert_share;
         break;
+      }
       default:
         cost.decode_bytes[d] += bytes;
         cost.flops_per_token[d] += flops;
@@ -96,9 +107,9 @@ double predict_prefill_tok_s(const ModelConfig& c, const Weights& weights, const
 }
 
 PerformancePrediction predict_performance(const ModelConfig& c, const Weights& weights, const Placement& placement,
-                                          const MachineRates& rates) {
+                                          const MachineRates& rates, int64_t expert_cache_per_layer) {
   check_rates(rates);
-  const std::vector<LayerCost> costs = layer_costs(c, weights, placement);
+  const std::vector<LayerCost> costs = layer_costs(c, weights, placement, expert_cache_per_layer);
   const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9 * kGpuDecodeReadFraction};
   PerformancePrediction p;
   double seconds = 0, bytes[2] = {0, 0};

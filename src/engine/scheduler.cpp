@@ -279,6 +279,7 @@ void Scheduler::finish_session_chunks(std::vector<SessionChunk*>& chunks, std::e
 void Scheduler::admit_and_cancel() {
   std::vector<std::unique_ptr<Sequence>> cancelled_waiting;
   std::vector<Sequence*> cancelled_running, admitted;
+  bool was_idle = false;
   {
     std::lock_guard lock(mutex_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
@@ -292,6 +293,7 @@ void Scheduler::admit_and_cancel() {
     for (auto& seq : running_)
       if (cancel_requests_.count(seq->id)) cancelled_running.push_back(seq.get());
     KvPool& pool = engine_.kv_pool();
+    was_idle = running_.empty() && session_chunks_.empty();
     while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
       Sequence& next = *waiting_.front();
       // Admit only what can start: room for its whole prompt (or, alone, whatever there is).
@@ -308,6 +310,8 @@ void Scheduler::admit_and_cancel() {
     }
     stats_.running = static_cast<int64_t>(running_.size());
   }
+  // Requests arriving at an idle engine: the GPU expert cache follows what earlier ones routed to.
+  if (was_idle && !admitted.empty()) engine_.refresh_expert_cache();
   for (Sequence* seq : admitted) adopt_cached_prefix(*seq);
   for (auto& seq : cancelled_waiting) finish(*seq, StopReason::cancelled);
   for (Sequence* seq : cancelled_running) finish(*seq, StopReason::cancelled);

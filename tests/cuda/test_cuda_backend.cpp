@@ -9,6 +9,7 @@
 #include "cuda/cuda_test_support.hpp"
 #include "support/fixtures.hpp"
 #include "tandem/backend/backend.hpp"
+#include "tandem/backend/cpu/reference/expert_cache_split.hpp"
 #include "tandem/backend/cpu/reference/linear.hpp"
 #include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/backend/cpu/reference/rope.hpp"
@@ -910,4 +911,66 @@ TEST_CASE("cuda residual add and SiLU-GLU kernels", "[cuda]") {
   std::vector<float> sum(static_cast<size_t>(n));
   da.download(sum.data(), sum.size() * 4);
   for (size_t i = 0; i < sum.size(); ++i) CHECK(sum[i] == a[i] + c[i]);
+}
+
+TEST_CASE("cuda expert cache: the split equals the host's, held experts' pairs equal the CPU's, a new choice "
+          "copies in only what changed",
+          "[cuda][expert-cache]") {
+  if (!have_gpu()) return;
+  Backends b;
+  const int64_t hidden = 256, inter = 512, count = 8, top_k = 4;
+  for (const auto& [gate_type, down_type] : {std::pair{DType::q4_k, DType::q6_k}, std::pair{DType::q8_0, DType::q8_0}}) {
+    b.gpu = make_cuda_backend(0);
+    cuda_backend_set_prefill_bf16(*b.gpu, false);  // 80 tokens go to the tiles: float32-accurate ones here
+    const RandomExperts random = random_experts(gate_type, down_type, count, hidden, inter, 70);
+    const ExpertWeights& ew = random.weights;
+    for (const std::vector<int32_t>& holding : {std::vector<int32_t>{1, 4, 6}, std::vector<int32_t>{6, 2, 7}}) {
+      REQUIRE(b.gpu->cache_experts(ew, holding));
+      std::vector<int32_t> map(static_cast<size_t>(count), 0);
+      for (const int32_t e : holding) map[static_cast<size_t>(e)] = 1;
+      for (const int64_t tokens : {1, 5, 80}) {  // pair by pair, grouped
+        const int64_t pairs = tokens * top_k;
+        std::vector<int32_t> ids(static_cast<size_t>(pairs));
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t s = 0; s < top_k; ++s)
+            ids[static_cast<size_t>(t * top_k + s)] = static_cast<int32_t>((t * 5 + s * 3 + t / 3) % count);
+        const auto weights = random_floats(static_cast<size_t>(pairs), 71);
+        const auto x = random_floats(static_cast<size_t>(tokens * hidden), 72);
+        // The split, on the GPU and on the host (counts added to what is there).
+        std::vector<uint32_t> counts(static_cast<size_t>(count), 3);
+        DeviceBuffer di = put(*b.gpu, ids), held = b.gpu->allocate(ids.size() * 4), rest = b.gpu->allocate(ids.size() * 4),
+                     dc = put(*b.gpu, counts);
+        b.gpu->split_cached_experts(ew, di.as<int32_t>(), pairs, held.as<int32_t>(), rest.as<int32_t>(),
+                                    dc.as<uint32_t>());
+        std::vector<int32_t> host_held(ids.size()), host_rest(ids.size());
+        split_cached_experts(ids.data(), pairs, map.data(), count, host_held.data(), host_rest.data(), counts.data());
+        INFO(type_name(gate_type) << "/" << type_name(down_type) << " tokens " << tokens);
+        CHECK(get<int32_t>(*b.gpu, held, ids.size()) == host_held);
+        CHECK(get<int32_t>(*b.gpu, rest, ids.size()) == host_rest);
+        CHECK(get<uint32_t>(*b.gpu, dc, counts.size()) == counts);
+        // The held pairs on the GPU against the CPU's same pairs (the rest given weight 0).
+        DeviceBuffer dx = put(*b.gpu, x), dw = put(*b.gpu, weights), out = b.gpu->allocate(x.size() * 4);
+        b.gpu->moe_routed_experts(ew, dx.as<float>(), tokens, hidden, held.as<int32_t>(), dw.as<float>(), top_k,
+                                  out.as<float>());
+        std::vector<float> held_weights = weights;
+        for (size_t p = 0; p < ids.size(); ++p)
+          if (host_held[p] < 0) held_weights[p] = 0.f;
+        DeviceBuffer cx = put(*b.cpu, x), ci = put(*b.cpu, ids), cw = put(*b.cpu, held_weights),
+                     cout = b.cpu->allocate(x.size() * 4);
+        b.cpu->moe_routed_experts(ew, cx.as<float>(), tokens, hidden, ci.as<int32_t>(), cw.as<float>(), top_k,
+                                  cout.as<float>());
+        CHECK(relative_error(get(*b.gpu, out, x.size()), get(*b.cpu, cout, x.size())) < 2e-5);
+      }
+    }
+    CHECK_THROWS_AS(b.gpu->cache_experts(ew, std::vector<int32_t>{1, 2, 3, 4}), Error);  // over the capacity
+    CHECK_THROWS_AS(b.gpu->cache_experts(ew, std::vector<int32_t>{1, 1}), Error);
+    CHECK_THROWS_AS(b.gpu->cache_experts(ew, std::vector<int32_t>{8}), Error);
+  }
+  // Experts of mixed types are declined: nothing held.
+  RandomExperts mixed = random_experts(DType::q8_0, DType::q8_0, 4, hidden, inter, 80);
+  const RandomExperts other = random_experts(DType::bf16, DType::q8_0, 1, hidden, inter, 90);
+  mixed.weights.gate[2] = other.weights.gate[0];
+  mixed.weights.up[2] = other.weights.up[0];
+  CHECK_FALSE(b.gpu->cache_experts(mixed.weights, std::vector<int32_t>{0, 1}));
+  CHECK_FALSE(b.cpu->cache_experts(mixed.weights, std::vector<int32_t>{0, 1}));
 }

@@ -522,3 +522,59 @@ TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal
   CHECK(automatic->streamed_expert_layers() > 0);
   CHECK(relative_error(got, prompt_logits(*load(tiny, "*=cpu"), ids)) <= 1e-3);
 }
+
+TEST_CASE("cuda hybrid: the GPU expert cache (half of each layer's experts) equals the CPU, before and after a "
+          "refresh; greedy as with the cache off",
+          "[cuda][model][expert-cache]") {
+  if (!have_gpu()) return;
+  for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
+    const std::string folder = test::data_dir() + "/" + name;
+    const ModelFiles files = open_model_files(folder);
+    const Weights weights = bind_weights(files);
+    uint64_t per_expert = 0;
+    int64_t moe_layers = 0;
+    for (const LayerWeights& l : weights.layers) {
+      if (!l.is_moe) continue;
+      per_expert = l.experts.gate[0].weight.nbytes + l.experts.up[0].weight.nbytes + l.experts.down[0].weight.nbytes;
+      ++moe_layers;
+    }
+    const int64_t half = files.config.num_experts / 2;
+    auto hybrid = [&](const std::string& cache) {
+      LoadOptions o;
+      o.cuda_prefill_bf16 = false;
+      o.stream_experts_min_tokens = 0;
+      o.kv_type = KvType::f32;
+      o.max_context_tokens = 512;
+      o.kv_block_tokens = 16;
+      o.max_batch_tokens = 64;
+      o.load_tokenizer = false;
+      o.placement = "experts=cpu,*=cuda:0";
+      o.placement_flags.expert_cache = cache;
+      o.cpu_kernels = CpuKernels::reference;
+      return Engine::load(folder, o);
+    };
+    const auto cached = hybrid(std::to_string(per_expert * static_cast<uint64_t>(moe_layers * half)));
+    const auto off = hybrid("off");
+    const auto cpu = load(folder, "*=cpu");
+    INFO(name);
+    REQUIRE(cached->expert_cache_stats().layers == moe_layers);
+    CHECK(cached->expert_cache_stats().experts_per_layer == half);
+    CHECK(off->expert_cache_stats().layers == 0);
+    const auto all_prompts = prompts(folder);
+    const int64_t vocab = files.config.vocab_size;
+    for (int round = 0; round < 2; ++round) {  // the lowest numbers held, then the most routed
+      for (size_t k = 0; k < all_prompts.size(); ++k) {
+        INFO("round " << round << " prompt " << k);
+        const auto expected = prompt_logits(*cpu, all_prompts[k]);
+        const auto got = prompt_logits(*cached, all_prompts[k]);
+        CHECK(relative_error(got, expected) <= 1e-3);
+        CHECK(argmax_mismatches(got, expected, vocab) == 0);
+      }
+      CHECK(greedy(*cached, all_prompts[0], 24) == greedy(*off, all_prompts[0], 24));
+      const ForwardPass::ExpertCacheStats stats = cached->expert_cache_stats();
+      CHECK(stats.held_pairs > 0);
+      CHECK(stats.held_pairs < stats.counted_pairs);
+      if (round == 0) (void)cached->refresh_expert_cache();  // new_session refreshes too
+    }
+  }
+}

@@ -203,6 +203,7 @@ TEST_CASE("--vram-budget: the non-expert part first, then routed experts by laye
   for (const PlacedBytes& p : place_weights(m.weights, all.placement))
     if (p.group == WeightGroup::experts) layer0 = p.bytes / 3;  // the tiny model's layers are alike
   r.flags.vram_budget = std::to_string(fixed.vram_bytes + layer0 + layer0 / 2);
+  r.flags.expert_cache = "off";  // whole layers only (the cache's share: the next test case)
   const PlacementPlan one = plan_placement(m.files, m.weights, r);
   CHECK(one.expert_layers_on_gpu == 1);
   CHECK(one.placement.device_for(WeightGroup::experts, 0) == gpu0);
@@ -211,6 +212,9 @@ TEST_CASE("--vram-budget: the non-expert part first, then routed experts by laye
   CHECK(one.vram_bytes <= one.vram_budget_bytes);
   CHECK(one.kv_pool_bytes == planned_kv_pool_bytes(m.files.config, r));
   CHECK(one.kv_pool_bytes == uint64_t{32} * 3 * m.files.config.kv_values_per_token_per_layer() * 2);
+
+  CHECK(one.expert_cache_per_layer == 0);
+  r.flags.expert_cache = "";
 
   r.flags.vram_budget = std::to_string(fixed.vram_bytes - 1);
   CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::out_of_memory),
@@ -223,6 +227,68 @@ TEST_CASE("--vram-budget: the non-expert part first, then routed experts by laye
   r.flags.vram_total_bytes = 0;
   CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::invalid_argument),
              Contains("no GPU"));
+}
+
+TEST_CASE("--expert-cache: what whole expert layers leave of the budget holds experts of every other layer",
+          "[engine][plan][expert-cache]") {
+  const Model& m = qwen();
+  PlanRequest r;
+  r.gpu_available = true;
+  r.context_tokens = 32;
+  r.flags.vram_total_bytes = 2 * kGiB;
+  r.flags.cpu_moe = true;
+  const PlacementPlan fixed = plan_placement(m.files, m.weights, r);
+  r.flags.cpu_moe = false;
+  uint64_t layer0 = 0;  // the tiny model's expert layers are alike: 8 experts of layer0 / 8 bytes
+  for (const PlacedBytes& p : place_weights(m.weights, fixed.placement))
+    if (p.group == WeightGroup::experts) layer0 = p.bytes / 3;
+  const uint64_t expert = layer0 / 8;
+  REQUIRE(expert * 8 == layer0);
+
+  // Automatic: one whole layer, then 2 experts in each of the 2 other layers (2 · 2 · expert).
+  r.flags.vram_budget = std::to_string(fixed.vram_bytes + layer0 + 4 * expert + expert / 2);
+  const PlacementPlan automatic = plan_placement(m.files, m.weights, r);
+  CHECK(automatic.expert_layers_on_gpu == 1);
+  CHECK(automatic.expert_cache_per_layer == 2);
+  CHECK(automatic.expert_cache_layers == 2);
+  CHECK(automatic.expert_cache_bytes == 4 * expert);
+  CHECK(automatic.vram_bytes == fixed.vram_bytes + layer0 + 4 * expert);
+  CHECK(automatic.vram_bytes <= automatic.vram_budget_bytes);
+  bool listed = false;
+  for (const PlanLine& l : automatic.lines) listed = listed || (l.what == "expert cache" && l.device == gpu0 && l.bytes == 4 * expert);
+  CHECK(listed);
+
+  // A size: the cache's share first. With all of a layer's bytes for it no whole layer fits after,
+  // so every layer holds some (fewer than all: the working memory of experts on the GPU comes out).
+  r.flags.expert_cache = std::to_string(layer0);
+  const PlacementPlan sized = plan_placement(m.files, m.weights, r);
+  CHECK(sized.expert_layers_on_gpu == 0);
+  CHECK(sized.expert_cache_layers == 3);
+  CHECK(sized.expert_cache_per_layer >= 1);
+  CHECK(sized.expert_cache_per_layer <= 2);
+  CHECK(sized.vram_bytes <= sized.vram_budget_bytes);
+  r.flags.expert_cache = "50%";  // of the budget
+  CHECK(plan_placement(m.files, m.weights, r).expert_cache_per_layer >= 1);
+
+  // Off, nothing left over, or a budget that fits everything: no cache.
+  r.flags.expert_cache = "off";
+  CHECK(plan_placement(m.files, m.weights, r).expert_cache_bytes == 0);
+  r.flags.expert_cache = "";
+  r.flags.vram_budget = "2G";
+  const PlacementPlan all = plan_placement(m.files, m.weights, r);
+  CHECK(all.expert_layers_on_gpu == 3);
+  CHECK(all.expert_cache_per_layer == 0);
+
+  // Bad text, or no GPU.
+  r.flags.expert_cache = "lots";
+  CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::invalid_argument),
+             Contains("--expert-cache 'lots'"));
+  r.flags.expert_cache = "1G";
+  r.flags.vram_budget = "";
+  r.gpu_available = false;
+  r.flags.vram_total_bytes = 0;
+  CHECK_THAT(error_message([&] { plan_placement(m.files, m.weights, r); }, ErrorKind::invalid_argument),
+             Contains("--expert-cache 1G") && Contains("no GPU"));
 }
 
 TEST_CASE("the automatic hybrid defaults: experts on the CPU, the rest on the GPU, or all on the CPU saying why",

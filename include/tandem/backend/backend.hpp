@@ -14,10 +14,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 
 #include "tandem/backend/cpu_kernels.hpp"
 #include "tandem/backend/device_buffer.hpp"
 #include "tandem/backend/op_params.hpp"
+#include "tandem/error.hpp"
 #include "tandem/model/weight_roles.hpp"
 #include "tandem/model/weights.hpp"
 #include "tandem/tensor/device.hpp"
@@ -151,6 +153,8 @@ class Backend {
   }
   virtual void silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                             const float* x, int64_t tokens, float* out) = 0;
+  // out[t] = Σ_s weights[t, s] · expert ids[t, s] (x[t]); a negative id adds nothing (the expert
+  // cache's split hands each backend only its share of the pairs).
   virtual void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens,
                                   int64_t hidden, const int32_t* expert_ids, const float* weights,
                                   int64_t top_k, float* out) = 0;
@@ -175,6 +179,26 @@ class Backend {
     (void)experts, (void)next, (void)x, (void)tokens, (void)hidden, (void)expert_ids, (void)weights, (void)top_k,
         (void)out;
     return false;
+  }
+  // ---- the expert cache: routed experts that live in host memory, some held in this backend's ----
+  // Makes `ids` (distinct expert numbers of `experts`) the experts this backend holds for that layer:
+  // the first call fixes the capacity (ids.size()) and allocates it; a later call copies in only the
+  // experts not yet held. From then on moe_routed_experts over these same `experts` computes the held
+  // experts' pairs here (the caller passes ids split by split_cached_experts: only held experts or -1).
+  // False when this backend cannot (the CPU: host memory is where the experts are; experts unlike each
+  // other in type or shape, or with block scales or biases; no room): nothing is held then.
+  virtual bool cache_experts(const ExpertWeights& experts, std::span<const int32_t> ids) {
+    (void)experts, (void)ids;
+    return false;
+  }
+  // Splits routed pairs [pairs] by what this backend holds of `experts` (cache_experts): held[p] =
+  // ids[p] where that expert is held, else -1; rest[p] = ids[p] where it is not, else -1. With counts
+  // (uint32 [experts] in this backend's memory) each pair also adds one to counts[ids[p]]: how often
+  // each expert was routed to, which the expert cache chooses by. Error(internal) when nothing is held.
+  virtual void split_cached_experts(const ExpertWeights& experts, const int32_t* ids, int64_t pairs, int32_t* held,
+                                    int32_t* rest, uint32_t* counts) {
+    (void)experts, (void)ids, (void)pairs, (void)held, (void)rest, (void)counts;
+    throw Error(ErrorKind::internal, "split_cached_experts: this backend holds no routed experts");
   }
   // Each token's experts from its router logits [tokens, experts], as route_tokens_to_experts
   // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].

@@ -101,6 +101,13 @@ class ForwardingBackend : public Backend {
                                      float* out) override {
     return inner_.stream_routed_experts(experts, next, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
+  bool cache_experts(const ExpertWeights& experts, std::span<const int32_t> ids) override {
+    return inner_.cache_experts(experts, ids);
+  }
+  void split_cached_experts(const ExpertWeights& experts, const int32_t* ids, int64_t pairs, int32_t* held,
+                            int32_t* rest, uint32_t* counts) override {
+    inner_.split_cached_experts(experts, ids, pairs, held, rest, counts);
+  }
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {
     inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights);

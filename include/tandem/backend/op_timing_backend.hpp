@@ -66,6 +66,8 @@ class OpTimingBackend final : public ForwardingBackend {
   bool stream_routed_experts(const ExpertWeights& experts, const ExpertWeights* next, const float* x, int64_t tokens,
                                      int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
                                      float* out) override;
+  void split_cached_experts(const ExpertWeights& experts, const int32_t* ids, int64_t pairs, int32_t* held,
+                            int32_t* rest, uint32_t* counts) override;
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override;
   void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tandem/backend/cpu_kernels.hpp"
+#include "tandem/engine/forward.hpp"
 #include "tandem/engine/placement.hpp"
 #include "tandem/engine/placement_plan.hpp"
 #include "tandem/kv/kv_disk_tier.hpp"
@@ -156,6 +157,14 @@ class Engine {
   // MoE layers whose host-memory experts were streamed to a GPU for a prefill so far
   // (LoadOptions::stream_experts_min_tokens).
   virtual int64_t streamed_expert_layers() const { return 0; }
+  // The GPU expert cache (PlacementFlags::expert_cache; ForwardPass::set_expert_cache): its layers,
+  // experts held per layer and how many routed pairs its held experts took so far.
+  virtual ForwardPass::ExpertCacheStats expert_cache_stats() { return {}; }
+  // Between requests (a new session, the scheduler admitting work after being idle): each cached
+  // layer holds its most routed experts from now on, once kExpertCacheRefreshTokens tokens ran since
+  // the last refresh. Returns the experts copied to the GPU.
+  static constexpr int64_t kExpertCacheRefreshTokens = 64;
+  virtual int64_t refresh_expert_cache() { return 0; }
   // Frees the prefix cache's blocks no session holds from the KV pool and empties the host tier;
   // with a disk tier, also asks the kernel to drop its files from the page cache, so the next hits
   // read from the device (KvDiskStats::page_cache_resident says how far that worked). For

@@ -70,6 +70,26 @@ class ForwardPass {
   void set_stream_experts_min_tokens(int64_t tokens);
   // Bytes of the routed experts that could stream (in host memory, their router on a GPU).
   uint64_t streamable_expert_bytes() const;
+  // The GPU expert cache (issue 17, item 4). In each MoE layer whose routed experts live in host
+  // memory and whose router runs on a GPU (as for streaming), that GPU holds `experts_per_layer` of
+  // them (Backend::cache_experts) and computes their pairs while the experts' backend computes the
+  // rest (Backend::split_cached_experts); every pair's expert is counted. Held at first: the lowest
+  // numbers; refresh_expert_cache() then holds each layer's most routed. A layer whose GPU declines
+  // (experts of mixed types, no room) or with no more experts than that stays as it was. Returns the
+  // layers cached; 0 turns nothing on. Set once: Error(invalid_argument) for another size later.
+  int64_t set_expert_cache(int64_t experts_per_layer);
+  int64_t expert_cache_layers() const;
+  // Holds each cached layer's most routed experts (counts since the start, each refresh halving the
+  // older ones), copying in those not held; returns how many were copied. Nothing happens until
+  // `min_tokens` tokens (at least 1) ran since the last refresh. Between requests: it synchronizes
+  // the GPUs and copies weights.
+  int64_t refresh_expert_cache(int64_t min_tokens = 1);
+  struct ExpertCacheStats {
+    int64_t layers = 0, experts_per_layer = 0;
+    uint64_t counted_pairs = 0;  // routed (token, expert) pairs in the cached layers so far
+    uint64_t held_pairs = 0;     // of them, computed by the GPU's held experts
+  };
+  ExpertCacheStats expert_cache_stats() const;
   // Passes of up to `tokens` tokens from now on (the constructor's max_batch_tokens until then): the
   // activation buffers are made again at that size and recorded passes dropped. Error(invalid_argument)
   // unless positive.

@@ -25,9 +25,14 @@ struct PlacementFlags {
   std::vector<std::string> override_tensor;  // -ot REGEX=DEVICE[,REGEX=DEVICE...], each flag in order
   std::string vram_budget;                   // --vram-budget: "" (none), bytes, "24G", "500M", "80%"
   uint64_t vram_total_bytes = 0;             // --vram-total: the card's memory; 0: ask cuda:0
+  // --expert-cache: VRAM for the GPU expert cache (each host-expert layer's most routed experts held
+  // on the GPU): "" (automatic: with --vram-budget, what the whole expert layers leave of it), "off",
+  // or a size ("8G", bytes, "50%" of the budget) taken before whole expert layers fill the rest.
+  std::string expert_cache;
 
   // Whether anything here changes placement from the rules alone.
   bool any() const;
+  bool explicit_expert_cache() const;  // --expert-cache SIZE (not "" or "off")
   // Whether the rules not written by the user default to the GPU ones (experts=cpu,*=cuda:0):
   // with --vram-budget, --cpu-moe or --n-cpu-moe. -ngl and -ot say where everything goes themselves.
   bool wants_gpu_defaults() const;
@@ -44,8 +49,10 @@ std::vector<PlacementRule> placement_shorthand_rules(const PlacementFlags& flags
 
 // "24G", "500M", "1.5GiB", "123456" (bytes), "80%" (of `card_total_bytes`). K/M/G/T are binary
 // (1024-based). Throws Error(invalid_argument) for bad text, a percentage without a card, or a
-// budget larger than the card (when `card_total_bytes` is known).
-uint64_t parse_vram_budget(std::string_view text, uint64_t card_total_bytes);
+// budget larger than the card (when `card_total_bytes` is known). `flag` names the option in errors
+// (--expert-cache parses its size the same way, a percentage then being of the budget).
+uint64_t parse_vram_budget(std::string_view text, uint64_t card_total_bytes,
+                           std::string_view flag = "--vram-budget");
 
 // The card's memory: `flags.vram_total_bytes` when given, else cuda:0's total when the CUDA
 // backend is built and a GPU is visible, else 0.
@@ -92,6 +99,12 @@ struct PlacementPlan {
   uint64_t cuda_working_bytes = 0;  // what the CUDA backend's own scratch grows to (planned_cuda_working_bytes)
   std::string gpu_defaults_declined;  // why the automatic hybrid defaults stayed on the CPU ("" = they did not)
   int64_t expert_layers_on_gpu = 0;  // layers whose routed experts the budget fill put on the GPU
+  // The GPU expert cache (PlacementFlags::expert_cache): experts held per layer in each MoE layer
+  // whose experts stay in host memory with its router on the GPU, and the VRAM that takes (also a
+  // line "expert cache"); 0 when off or too small for one expert per layer.
+  int64_t expert_cache_per_layer = 0;
+  int64_t expert_cache_layers = 0;
+  uint64_t expert_cache_bytes = 0;
 };
 
 // The KV pool of `request` (max_sessions × context at the KV type, whole blocks of 16 tokens).

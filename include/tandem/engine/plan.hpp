@@ -67,8 +67,11 @@ struct PerformancePrediction {
 };
 
 // The cost of one decode token and of prefill, by the model above.
+// `expert_cache_per_layer`: experts the GPU expert cache holds in each host-expert layer
+// (PlacementPlan::expert_cache_per_layer), whose share of the decode bytes it reads from VRAM.
 PerformancePrediction predict_performance(const ModelConfig& config, const Weights& weights,
-                                          const Placement& placement, const MachineRates& rates);
+                                          const Placement& placement, const MachineRates& rates,
+                                          int64_t expert_cache_per_layer = 0);
 // Prefill of one `tokens`-token pass.
 double predict_prefill_tok_s(const ModelConfig& config, const Weights& weights, const Placement& placement,
                              const MachineRates& rates, int64_t tokens);

@@ -289,6 +289,7 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
           float* o = out + t * out_features;
           std::fill(o + o0, o + o1, 0.0f);
           for (int64_t s = 0; s < combine.top_k; ++s) {
+            if (combine.position[t * combine.top_k + s] < 0) continue;  // a pair computed elsewhere
             const float w = combine.weights[t * combine.top_k + s];
             const float* y = down_tile_rows +
                              (tile * total_rows + static_cast<int64_t>(combine.position[t * combine.top_k + s])) * kDownRows - o0;
@@ -320,18 +321,21 @@ bool FastCpuOps::moe_routed_experts(const ExpertWeights& experts, const float* x
                                     int64_t hidden, const int32_t* expert_ids, const float* weights,
                                     int64_t top_k, float* out) {
   const auto count = static_cast<int64_t>(experts.count());
-  const int64_t routed = tokens * top_k;
-  for (int64_t r = 0; r < routed; ++r)
-    if (expert_ids[r] < 0 || expert_ids[r] >= count)
-      throw Error(ErrorKind::internal, "expert id out of range");
+  const int64_t pairs = tokens * top_k;
+  int64_t routed = 0;  // pairs with an expert (a negative id adds nothing: the expert cache's split)
+  for (int64_t r = 0; r < pairs; ++r) {
+    if (expert_ids[r] >= count) throw Error(ErrorKind::internal, "expert id out of range");
+    routed += expert_ids[r] >= 0;
+  }
   std::lock_guard lock(mutex_);
   // Counting sort of (token, slot) rows by expert; position_ maps a row back to its sorted place.
   int64_t* begin = grown(expert_begin_, count + 1);
   std::fill(begin, begin + count + 1, 0);
-  for (int64_t r = 0; r < routed; ++r) ++begin[expert_ids[r] + 1];
+  for (int64_t r = 0; r < pairs; ++r)
+    if (expert_ids[r] >= 0) ++begin[expert_ids[r] + 1];
   for (int64_t e = 0; e < count; ++e) begin[e + 1] += begin[e];
-  int32_t* order = grown(order_, routed);
-  int32_t* position = grown(position_, routed);
+  int32_t* order = grown(order_, std::max<int64_t>(routed, 1));
+  int32_t* position = grown(position_, pairs);
   groups_.clear();
   for (int64_t e = 0; e < count; ++e) {
     const int64_t n = begin[e + 1] - begin[e];
@@ -348,10 +352,18 @@ bool FastCpuOps::moe_routed_experts(const ExpertWeights& experts, const float* x
         kernels::act_format(kind_of(experts.down[i])) != kernels::act_format(kind_of(*first.down)))
       return false;
   }
-  if (groups_.empty()) return false;
+  if (groups_.empty()) {
+    if (routed > 0) return false;
+    std::fill(out, out + tokens * hidden, 0.0f);  // every pair went elsewhere
+    return true;
+  }
   {
     // Place rows: walk in order, filling each expert's range (begin[] is restored afterwards).
-    for (int64_t r = 0; r < routed; ++r) {
+    for (int64_t r = 0; r < pairs; ++r) {
+      if (expert_ids[r] < 0) {
+        position[r] = -1;
+        continue;
+      }
       const int64_t slot = begin[expert_ids[r]]++;
       order[slot] = static_cast<int32_t>(r);
       position[r] = static_cast<int32_t>(slot);
@@ -378,6 +390,7 @@ bool FastCpuOps::moe_routed_experts(const ExpertWeights& experts, const float* x
       float* o = out + t * hidden;
       std::fill(o, o + hidden, 0.0f);
       for (int64_t s = 0; s < top_k; ++s) {
+        if (position[t * top_k + s] < 0) continue;
         const float w = weights[t * top_k + s];
         const float* y = down_out + static_cast<int64_t>(position[t * top_k + s]) * hidden;
         for (int64_t i = 0; i < hidden; ++i) o[i] += w * y[i];

@@ -135,6 +135,9 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     session->prefill(random_ids(std::max<int64_t>(o.prompt_tokens, 1)));
     session->reset();
     session->decode(pick(rng));
+    // The warm-up was a request: the expert cache now holds what it routed to most.
+    engine->refresh_expert_cache();
+    const ForwardPass::ExpertCacheStats cache_before = engine->expert_cache_stats();
     std::vector<double> pp, tg;
     // Each test starts from an empty cache, or from `depth` cached tokens of context (not timed).
     auto start_test = [&] {
@@ -160,6 +163,12 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
       for (int32_t id : ids) session->decode(id);
       tg.push_back(static_cast<double>(o.gen_tokens) / seconds_since(start));
     }
+    const ForwardPass::ExpertCacheStats cache = engine->expert_cache_stats();
+    r.expert_cache_per_layer = cache.experts_per_layer;
+    r.expert_cache_layers = cache.layers;
+    if (cache.counted_pairs > cache_before.counted_pairs)
+      r.expert_cache_held_fraction = static_cast<double>(cache.held_pairs - cache_before.held_pairs) /
+                                     static_cast<double>(cache.counted_pairs - cache_before.counted_pairs);
     probe_stream();
     const MeanSd p = mean_sd(pp), t = mean_sd(tg);
     r.prefill_tok_s = p.mean;

@@ -257,6 +257,12 @@ void split_deferred_experts(Stream& stream, const int32_t* expert_ids, const flo
                             int64_t top_k, int64_t defer, int32_t* kept_ids, float* kept_weights,
                             int32_t* deferred_ids, float* deferred_weights);
 
+// The expert cache's split of routed pairs, as split_cached_experts
+// (tandem/backend/cpu/reference/expert_cache_split.hpp); held_map [experts] nonzero where held; counts
+// (uint32 [experts]) or null. An id outside [0, experts) goes to neither side (the host version throws).
+void split_cached_experts(Stream& stream, const int32_t* expert_ids, int64_t pairs, const int32_t* held_map,
+                          int64_t experts, int32_t* held, int32_t* rest, uint32_t* counts);
+
 // acc[r, i] += g(r) · x[r, i]; g = sigmoid(gate_logits[r]) or 1 when gate_logits is null.
 void gated_add(Stream& stream, float* acc, const float* x, const float* gate_logits, int64_t rows, int64_t width);
 

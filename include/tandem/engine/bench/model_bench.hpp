@@ -50,6 +50,10 @@ struct ModelBenchResult {
   double experts_hit_uniform = 0;    // what uniform random routing would give for those tokens
   std::vector<double> experts_hit_per_layer;  // per MoE layer, in layer order
   int64_t model_bytes = 0, parameters = 0;
+  // The GPU expert cache (--expert-cache; refreshed after the warm-up): experts held per layer, its
+  // layers, and the share of those layers' routed pairs the held experts took during the tests.
+  int64_t expert_cache_per_layer = 0, expert_cache_layers = 0;
+  double expert_cache_held_fraction = 0;
   std::vector<std::string> warnings;  // what loading worked around (Engine::warnings)
 };
 

@@ -38,15 +38,15 @@ void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const fl
   const auto count = static_cast<int64_t>(experts.count());
   const int64_t routed = tokens * top_k;
   for (int64_t r = 0; r < routed; ++r)
-    if (expert_ids[r] < 0 || expert_ids[r] >= count)
-      throw Error(ErrorKind::internal, "expert id out of range");
+    if (expert_ids[r] >= count) throw Error(ErrorKind::internal, "expert id out of range");
   grow(ws.expert_out_, routed * hidden);
   grow(ws.tokens_by_expert_, routed);
   ws.expert_begin_.assign(static_cast<size_t>(count + 1), 0);
   grow(ws.expert_fill_, count);
 
-  // Counting sort of (token, slot) pairs by expert.
-  for (int64_t r = 0; r < tokens * top_k; ++r) ++ws.expert_begin_[static_cast<size_t>(expert_ids[r]) + 1];
+  // Counting sort of (token, slot) pairs by expert; pairs of a negative id are left out.
+  for (int64_t r = 0; r < tokens * top_k; ++r)
+    if (expert_ids[r] >= 0) ++ws.expert_begin_[static_cast<size_t>(expert_ids[r]) + 1];
   int64_t largest = 0, widest = 1;  // the most rows of one expert, the widest intermediate
   for (int64_t e = 0; e < count; ++e) {
     const int64_t n = ws.expert_begin_[static_cast<size_t>(e + 1)];
@@ -60,8 +60,9 @@ void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const fl
     ws.expert_begin_[static_cast<size_t>(e + 1)] += ws.expert_begin_[static_cast<size_t>(e)];
   std::copy(ws.expert_begin_.begin(), ws.expert_begin_.begin() + count, ws.expert_fill_.begin());
   for (int64_t r = 0; r < tokens * top_k; ++r)
-    ws.tokens_by_expert_[static_cast<size_t>(ws.expert_fill_[static_cast<size_t>(expert_ids[r])]++)] =
-        static_cast<int32_t>(r);
+    if (expert_ids[r] >= 0)
+      ws.tokens_by_expert_[static_cast<size_t>(ws.expert_fill_[static_cast<size_t>(expert_ids[r])]++)] =
+          static_cast<int32_t>(r);
 
   // Each expert over its tokens; results land in per-(token, slot) rows, summed in slot order
   // afterwards so the result does not depend on which expert ran first.
@@ -91,6 +92,7 @@ void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const fl
     float* o = out + t * hidden;
     std::fill(o, o + hidden, 0.0f);
     for (int64_t s = 0; s < top_k; ++s) {
+      if (expert_ids[t * top_k + s] < 0) continue;
       const float w = weights[t * top_k + s];
       const float* y = ws.expert_out_.data() + (t * top_k + s) * hidden;
       for (int64_t i = 0; i < hidden; ++i) o[i] += w * y[i];

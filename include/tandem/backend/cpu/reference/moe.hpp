@@ -31,7 +31,7 @@ void silu_glu_mlp(ThreadPool* pool, const LinearWeight& gate, const LinearWeight
                   float* out);
 
 // out[t] = Σ_i weights[t, i] · expert_{ids[t, i]}(x[t]), computed expert by expert over the tokens
-// routed to it.
+// routed to it; a pair with a negative id adds nothing (a token whose pairs all are: zeros).
 void moe_routed_experts(ThreadPool* pool, const ExpertWeights& experts, const float* x, int64_t tokens,
                         int64_t hidden, const int32_t* expert_ids, const float* weights, int64_t top_k,
                         FeedForwardWorkspace& ws, float* out);
