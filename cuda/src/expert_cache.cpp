@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "expert_shape.hpp"
 #include "tandem/error.hpp"
 #include "tandem/tensor/dtype.hpp"
 
@@ -14,41 +15,15 @@ constexpr uint64_t kAlign = 256;
 
 uint64_t aligned(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
-int64_t stored_row_bytes(const LinearWeight& w) {
-  return static_cast<int64_t>(row_bytes(w.weight.dtype, w.in_features()).value_or(0));
-}
-
 }  // namespace
 
 std::unique_ptr<ExpertCache> ExpertCache::make(int device, const ExpertWeights& ew, int64_t capacity) {
   const auto count = static_cast<int64_t>(ew.count());
-  if (count == 0 || capacity <= 0 || capacity > count || ew.up.size() != ew.gate.size() ||
-      ew.down.size() != ew.gate.size())
-    return nullptr;
-  const LinearWeight &g0 = ew.gate[0], &u0 = ew.up[0], &d0 = ew.down[0];
-  ExpertTable t;
-  t.experts = count;
-  t.intermediate = g0.out_features();
-  t.gate_type = g0.weight.dtype;
-  t.up_type = u0.weight.dtype;
-  t.down_type = d0.weight.dtype;
-  t.gate_row_bytes = stored_row_bytes(g0);
-  t.up_row_bytes = stored_row_bytes(u0);
-  t.down_row_bytes = stored_row_bytes(d0);
-  if (t.gate_type != t.up_type || t.gate_row_bytes == 0 || t.up_row_bytes == 0 || t.down_row_bytes == 0 ||
-      !weight_type_supported(t.gate_type) || !weight_type_supported(t.down_type))
-    return nullptr;
-  for (int64_t e = 0; e < count; ++e) {
-    const auto i = static_cast<size_t>(e);
-    const LinearWeight &g = ew.gate[i], &u = ew.up[i], &d = ew.down[i];
-    const bool alike = g.weight.dtype == t.gate_type && u.weight.dtype == t.up_type && d.weight.dtype == t.down_type &&
-                       g.out_features() == t.intermediate && u.out_features() == t.intermediate &&
-                       d.in_features() == t.intermediate && u.in_features() == g.in_features() &&
-                       d.out_features() == g.in_features() && g.scale_inv.empty() && u.scale_inv.empty() &&
-                       d.scale_inv.empty() && g.bias.empty() && u.bias.empty() && d.bias.empty() &&
-                       g.weight.data != nullptr && u.weight.data != nullptr && d.weight.data != nullptr;
-    if (!alike) return nullptr;
-  }
+  const std::optional<ExpertShape> shape = alike_expert_shape(ew);
+  if (!shape || shape->scaled || capacity <= 0 || capacity > count) return nullptr;
+  const ExpertTable& t = shape->table;
+  if (!weight_type_supported(t.gate_type) || !weight_type_supported(t.down_type)) return nullptr;
+  const LinearWeight& d0 = ew.down[0];
   const uint64_t slot_bytes = aligned(static_cast<uint64_t>(t.intermediate * t.gate_row_bytes)) +
                               aligned(static_cast<uint64_t>(t.intermediate * t.up_row_bytes)) +
                               aligned(static_cast<uint64_t>(d0.out_features() * t.down_row_bytes));

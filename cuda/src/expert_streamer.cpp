@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "expert_shape.hpp"
 #include "tandem/error.hpp"
 #include "tandem/tensor/dtype.hpp"
 
@@ -37,32 +38,11 @@ ExpertStreamer::~ExpertStreamer() {
 
 ExpertStreamer::Layout ExpertStreamer::layout_of(const ExpertWeights& ew) const {
   Layout l;
+  const std::optional<ExpertShape> shape = alike_expert_shape(ew);
+  if (!shape) return l;
+  l.shape = shape->table;
+  const bool scaled = shape->scaled;
   const auto count = static_cast<int64_t>(ew.count());
-  if (count == 0 || ew.up.size() != ew.gate.size() || ew.down.size() != ew.gate.size()) return l;
-  const LinearWeight &g0 = ew.gate[0], &u0 = ew.up[0], &d0 = ew.down[0];
-  ExpertTable& t = l.shape;
-  t.experts = count;
-  t.intermediate = g0.out_features();
-  t.gate_type = g0.weight.dtype;
-  t.up_type = u0.weight.dtype;
-  t.down_type = d0.weight.dtype;
-  const auto rb = [](const LinearWeight& w) { return static_cast<int64_t>(row_bytes(w.weight.dtype, w.in_features()).value_or(0)); };
-  t.gate_row_bytes = rb(g0);
-  t.up_row_bytes = rb(u0);
-  t.down_row_bytes = rb(d0);
-  if (t.gate_type != t.up_type || t.gate_row_bytes == 0 || t.up_row_bytes == 0 || t.down_row_bytes == 0) return l;
-  const bool scaled = !g0.scale_inv.empty();
-  for (int64_t e = 0; e < count; ++e) {
-    const auto i = static_cast<size_t>(e);
-    const LinearWeight &g = ew.gate[i], &u = ew.up[i], &d = ew.down[i];
-    const bool alike = g.weight.dtype == t.gate_type && u.weight.dtype == t.up_type && d.weight.dtype == t.down_type &&
-                       g.out_features() == t.intermediate && u.out_features() == t.intermediate &&
-                       d.in_features() == t.intermediate && u.in_features() == g.in_features() &&
-                       d.out_features() == g.in_features() && g.bias.empty() && u.bias.empty() && d.bias.empty() &&
-                       g.scale_inv.empty() != scaled && u.scale_inv.empty() != scaled && d.scale_inv.empty() != scaled &&
-                       g.weight.data != nullptr && u.weight.data != nullptr && d.weight.data != nullptr;
-    if (!alike) return l;
-  }
   l.offsets.assign(static_cast<size_t>(6 * count), kNone);
   // Each matrix kind (and scale kind): one range when the experts sit back to back in one tensor
   // (GGUF's merged [E, out, in]), else one range per expert.
