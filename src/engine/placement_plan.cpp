@@ -186,7 +186,9 @@ void size_expert_cache(PlacementPlan& plan, const Weights& weights, const ModelC
   }
   if (layers == 0 || per_held == 0) return;
   const int64_t held = std::min<int64_t>(static_cast<int64_t>(bytes / per_held), fewest - 1);
-  if (held <= 0) return;
+  // Below 1/32 of a layer's experts the cache's three launches per layer (split, held pairs, add)
+  // cost about what its bytes save the CPU: none then.
+  if (held <= 0 || held * 32 < fewest) return;
   plan.expert_cache_per_layer = held;
   plan.expert_cache_layers = layers;
   plan.expert_cache_bytes = static_cast<uint64_t>(held) * per_held;
