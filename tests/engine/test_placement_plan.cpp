@@ -550,6 +550,22 @@ TEST_CASE("tandem plan: the hybrid split by default for a card, declined with th
   CHECK(hybrid["gpu_defaults_declined"] == "");
   CHECK(hybrid["vram_bytes"].get<uint64_t>() > 0);
   CHECK(hybrid["split_layers"].get<int64_t>() > 0);
+  // --expert-cache SIZE without a budget: that much holds experts of every layer (all but one each
+  // here), whose share of the decode bytes the speed model reads from VRAM.
+  const nlohmann::json cached = plan_json(model + " --dram-gbps 10 --vram-total 24G --expert-cache 1G");
+  CHECK(cached["expert_cache_per_layer"] == 7);
+  CHECK(cached["expert_cache_layers"] == 3);
+  CHECK(cached["expert_cache_bytes"].get<uint64_t>() > 0);
+  CHECK(cached["vram_bytes"].get<uint64_t>() == hybrid["vram_bytes"].get<uint64_t>() +
+                                                     cached["expert_cache_bytes"].get<uint64_t>());
+  CHECK(cached["decode_bytes_per_token_cpu"].get<double>() < hybrid["decode_bytes_per_token_cpu"].get<double>());
+  CHECK(cached["decode_bytes_per_token_gpu"].get<double>() > hybrid["decode_bytes_per_token_gpu"].get<double>());
+  CHECK(hybrid["expert_cache_bytes"] == 0);
+  const auto cache_text = test::run_cli_captured("plan " + model + " --dram-gbps 10 --vram-total 24G --expert-cache 1G");
+  CHECK_THAT(cache_text.out, Contains("expert cache     7 experts held in each of 3 layers"));
+  const auto bad = test::run_cli_captured("plan " + model + " --dram-gbps 10 --vram-total 24G --expert-cache lots");
+  CHECK(bad.exit_code != 0);
+  CHECK_THAT(bad.err, Contains("--expert-cache 'lots'"));
   const nlohmann::json int4 = plan_json(model + " --dram-gbps 10 --vram-total 24G --kv-type int4");
   CHECK(int4["placement"]["rules"] == "*=cpu");
   CHECK(int4["vram_bytes"] == 0);
