@@ -247,6 +247,23 @@ struct ForwardPass::Impl {
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
   Mirror& main() { return mirrors.front(); }
+  // A cached layer's counts as they are now; the pairs counted since they were last uploaded are
+  // added to `counted`, and those of experts held now to `held_pairs_out`.
+  std::vector<uint32_t> read_counts(int64_t layer, uint64_t& counted, uint64_t& held_pairs_out) {
+    const CachedLayer& c = cached_layers[static_cast<size_t>(layer)];
+    Backend& router = on(WeightGroup::router, layer);
+    std::vector<uint32_t> counts(c.baseline.size());
+    router.copy_to_host(counts.data(), c.counts.data(), c.counts.bytes());
+    router.synchronize();
+    std::vector<char> held(c.baseline.size(), 0);
+    for (const int32_t e : c.held) held[static_cast<size_t>(e)] = 1;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      const uint64_t fresh = counts[e] - c.baseline[e];
+      counted += fresh;
+      if (held[e]) held_pairs_out += fresh;
+    }
+    return counts;
+  }
   bool cache_active(int64_t layer) const {
     return !cached_layers.empty() && cached_layers[static_cast<size_t>(layer)].active;
   }
@@ -654,23 +671,15 @@ int64_t ForwardPass::refresh_expert_cache(int64_t min_tokens) {
   if (expert_cache_layers() == 0 || m.tokens_since_refresh < std::max<int64_t>(1, min_tokens)) return 0;
   m.tokens_since_refresh = 0;
   int64_t copied = 0;
-  std::vector<uint32_t> counts;
   std::vector<int32_t> order;
   for (int64_t layer = 0; layer < m.cfg.num_layers && !m.cached_layers.empty(); ++layer) {
     Impl::CachedLayer& c = m.cached_layers[static_cast<size_t>(layer)];
     if (!c.active) continue;
     Backend& router = m.on(WeightGroup::router, layer);
     const auto count = static_cast<int64_t>(c.baseline.size());
-    counts.resize(static_cast<size_t>(count));
-    router.copy_to_host(counts.data(), c.counts.data(), c.counts.bytes());
-    router.synchronize();
+    std::vector<uint32_t> counts = m.read_counts(layer, m.counted_pairs, m.held_pairs);
     std::vector<char> was_held(static_cast<size_t>(count), 0);
     for (const int32_t e : c.held) was_held[static_cast<size_t>(e)] = 1;
-    for (int64_t e = 0; e < count; ++e) {
-      const uint64_t fresh = counts[static_cast<size_t>(e)] - c.baseline[static_cast<size_t>(e)];
-      m.counted_pairs += fresh;
-      if (was_held[static_cast<size_t>(e)]) m.held_pairs += fresh;
-    }
     // The most routed experts; on equal counts the held one stays (no copy), then the lower number.
     order.resize(static_cast<size_t>(count));
     for (int64_t e = 0; e < count; ++e) order[static_cast<size_t>(e)] = static_cast<int32_t>(e);
@@ -696,28 +705,14 @@ int64_t ForwardPass::refresh_expert_cache(int64_t min_tokens) {
 }
 
 ForwardPass::ExpertCacheStats ForwardPass::expert_cache_stats() const {
-  const Impl& m = *impl_;
+  Impl& m = *impl_;
   ExpertCacheStats st;
   st.layers = expert_cache_layers();
   st.experts_per_layer = st.layers > 0 ? m.cache_per_layer : 0;
   st.counted_pairs = m.counted_pairs;
   st.held_pairs = m.held_pairs;
-  std::vector<uint32_t> counts;
-  for (int64_t layer = 0; layer < m.cfg.num_layers && !m.cached_layers.empty(); ++layer) {
-    const Impl::CachedLayer& c = m.cached_layers[static_cast<size_t>(layer)];
-    if (!c.active) continue;
-    Backend& router = m.backend_for(WeightGroup::router, layer);
-    counts.resize(c.baseline.size());
-    router.copy_to_host(counts.data(), c.counts.data(), c.counts.bytes());
-    router.synchronize();
-    std::vector<char> held(c.baseline.size(), 0);
-    for (const int32_t e : c.held) held[static_cast<size_t>(e)] = 1;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      const uint64_t fresh = counts[e] - c.baseline[e];
-      st.counted_pairs += fresh;
-      if (held[e]) st.held_pairs += fresh;
-    }
-  }
+  for (int64_t layer = 0; layer < m.cfg.num_layers && !m.cached_layers.empty(); ++layer)
+    if (m.cached_layers[static_cast<size_t>(layer)].active) (void)m.read_counts(layer, st.counted_pairs, st.held_pairs);
   return st;
 }
 

@@ -14,7 +14,8 @@
 
 #include "backend/cpu/fast_ops.hpp"
 #include "support/fixtures.hpp"
-#include "support/random_weights.hpp"
+#include "support/forward_runs.hpp"
+#include "support/random_experts.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/expert_cache_split.hpp"
 #include "tandem/backend/cpu/reference/moe.hpp"
@@ -28,18 +29,6 @@
 using namespace tandem;
 
 namespace {
-
-struct Matrix {
-  std::vector<uint8_t> bytes;
-  LinearWeight weight;
-  Matrix(DType type, int64_t rows, int64_t in, std::mt19937& rng)
-      : bytes(test::random_weight_rows(type, rows, in, rng, 0.1f, /*modest_fp8=*/true)) {
-    weight.weight.dtype = type;
-    weight.weight.shape = Shape{rows, in};
-    weight.weight.data = bytes.data();
-    weight.weight.nbytes = bytes.size();
-  }
-};
 
 // A CPU backend that answers as cuda:0 and holds experts by number (their rows stay where they are):
 // the forward pass takes it for a GPU with an expert cache. Records the pairs it split per layer.
@@ -57,16 +46,12 @@ class StandInGpu final : public ForwardingBackend {
     const auto count = static_cast<int64_t>(experts.count());
     std::vector<int32_t> map(static_cast<size_t>(count), 0);
     for (const int32_t e : held.at(&experts)) map[static_cast<size_t>(e)] = 1;
-    split_cached_experts_reference(ids, pairs, map.data(), count, held_ids, rest, counts);
+    tandem::split_cached_experts(ids, pairs, map.data(), count, held_ids, rest, counts);
     std::vector<int64_t>& seen = routed[&experts];
     seen.resize(static_cast<size_t>(count));
     for (int64_t p = 0; p < pairs; ++p) ++seen[static_cast<size_t>(ids[p])];
     for (int64_t p = 0; p < pairs; ++p) held_pairs += held_ids[p] >= 0;
     split_pairs += pairs;
-  }
-  static void split_cached_experts_reference(const int32_t* ids, int64_t pairs, const int32_t* map, int64_t count,
-                                             int32_t* held_ids, int32_t* rest, uint32_t* counts) {
-    tandem::split_cached_experts(ids, pairs, map, count, held_ids, rest, counts);
   }
   std::map<const ExpertWeights*, std::vector<int32_t>> held;
   std::map<const ExpertWeights*, std::vector<int64_t>> routed;
@@ -89,19 +74,8 @@ double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 TEST_CASE("routed experts: a pair with a negative id adds nothing, bit for bit as weight 0", "[engine][moe][expert-cache]") {
   std::mt19937 rng(11);
   const int64_t count = 8, hidden = 256, inter = 512;
-  std::vector<Matrix> matrices;
-  matrices.reserve(3 * count);
-  ExpertWeights experts;
-  for (int64_t e = 0; e < count; ++e) {
-    matrices.emplace_back(DType::q4_k, inter, hidden, rng);
-    matrices.emplace_back(DType::q4_k, inter, hidden, rng);
-    matrices.emplace_back(DType::q6_k, hidden, inter, rng);
-  }
-  for (int64_t e = 0; e < count; ++e) {
-    experts.gate.push_back(matrices[static_cast<size_t>(3 * e)].weight);
-    experts.up.push_back(matrices[static_cast<size_t>(3 * e + 1)].weight);
-    experts.down.push_back(matrices[static_cast<size_t>(3 * e + 2)].weight);
-  }
+  const test::RandomExperts random(count, hidden, inter, DType::q4_k, DType::q6_k, rng);
+  const ExpertWeights& experts = random.weights;
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> weight(0.05f, 1.0f);
   for (const int64_t tokens : {1, 3, 40}) {
@@ -181,16 +155,9 @@ TEST_CASE("forward pass: the expert cache on a stand-in GPU gives the logits wit
     auto route = [&](WeightGroup g, int64_t) -> Backend& {
       return g == WeightGroup::experts ? static_cast<Backend&>(*cpu) : gpu;
     };
-    KvPool kv({c.attention == AttentionKind::mla ? KvLayout::mla_latent : KvLayout::gqa, c.num_layers,
-               c.kv_values_per_token_per_layer(), 4, 8, Device::cpu(), KvType::f32});
+    KvPool kv(test::small_f32_pool(c));
     auto run = [&](ForwardPass& forward, std::span<const int32_t> ids) {
-      BlockTable table;
-      table.reserve(kv, static_cast<int64_t>(ids.size()));
-      std::vector<float> logits(ids.size() * static_cast<size_t>(c.vocab_size));
-      const SequenceChunk chunk{ids, 0, &table, true};
-      forward.run({&chunk, 1}, logits.data());
-      table.release(kv);
-      return logits;
+      return test::prompt_logits(forward, kv, ids, c.vocab_size);
     };
     ForwardPass plain(c, weights, route, kv, 64);
     const std::vector<float> expected = run(plain, prompt);

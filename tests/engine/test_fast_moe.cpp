@@ -15,56 +15,13 @@
 
 #include "backend/cpu/fast_ops.hpp"
 #include "backend/cpu/partitioned_items.hpp"
-#include "support/random_weights.hpp"
+#include "support/random_experts.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/formats/dequantize.hpp"
 
 using namespace tandem;
 
 namespace {
-
-// Random rows of `type`: random quants, small block scales, no NaN or Inf.
-struct RandomMatrix {
-  std::vector<uint8_t> bytes;
-  std::vector<float> scales;  // FP8 block scales
-  LinearWeight weight;
-
-  RandomMatrix(DType type, int64_t rows, int64_t in, std::mt19937& rng)
-      : bytes(test::random_weight_rows(type, rows, in, rng, 0.1f, /*modest_fp8=*/true)) {
-    weight.weight.dtype = type;
-    weight.weight.shape = Shape{rows, in};
-    weight.weight.data = bytes.data();
-    weight.weight.nbytes = bytes.size();
-    if (type == DType::f8_e4m3) {
-      const int64_t sr = (rows + 127) / 128, sc = (in + 127) / 128;
-      std::uniform_real_distribution<float> s(0.01f, 0.05f);
-      for (int64_t i = 0; i < sr * sc; ++i) scales.push_back(s(rng));
-      weight.scale_inv.dtype = DType::f32;
-      weight.scale_inv.shape = Shape{sr, sc};
-      weight.scale_inv.data = scales.data();
-      weight.scale_inv.nbytes = scales.size() * 4;
-    }
-  }
-};
-
-struct Experts {
-  std::vector<RandomMatrix> matrices;  // gate, up, down of each expert
-  ExpertWeights weights;
-
-  Experts(int64_t count, int64_t hidden, int64_t inter, DType gate_type, DType down_type, std::mt19937& rng) {
-    matrices.reserve(static_cast<size_t>(3 * count));
-    for (int64_t e = 0; e < count; ++e) {
-      matrices.emplace_back(gate_type, inter, hidden, rng);
-      matrices.emplace_back(gate_type, inter, hidden, rng);
-      matrices.emplace_back(down_type, hidden, inter, rng);
-    }
-    for (int64_t e = 0; e < count; ++e) {
-      weights.gate.push_back(matrices[static_cast<size_t>(3 * e)].weight);
-      weights.up.push_back(matrices[static_cast<size_t>(3 * e + 1)].weight);
-      weights.down.push_back(matrices[static_cast<size_t>(3 * e + 2)].weight);
-    }
-  }
-};
 
 struct Routing {
   std::vector<int32_t> ids;
@@ -111,7 +68,7 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
   const kernels::IsaLevel level = kernels::best_isa_level();
   for (const Mix& mix : mixes) {
     const int64_t count = 12;
-    const Experts experts(count, mix.hidden, mix.inter, mix.gate, mix.down, rng);
+    const test::RandomExperts experts(count, mix.hidden, mix.inter, mix.gate, mix.down, rng);
     struct Shape {
       int64_t tokens, top_k;
       bool skewed;

@@ -15,6 +15,7 @@
 
 #include "support/cli.hpp"
 #include "support/fixtures.hpp"
+#include "support/forward_runs.hpp"
 #include "tandem/formats/read_file.hpp"
 #include "tandem/backend/forwarding_backend.hpp"
 #include "tandem/backend/op_timing_backend.hpp"
@@ -344,16 +345,9 @@ class RecordingBackend final : public ForwardingBackend {
 std::vector<float> run_forward(const ModelFiles& files, const Weights& weights, ForwardPass::BackendForRole route,
                                const std::vector<int32_t>& ids) {
   const ModelConfig& c = files.config;
-  KvPool kv({c.attention == AttentionKind::mla ? KvLayout::mla_latent : KvLayout::gqa, c.num_layers,
-             c.kv_values_per_token_per_layer(), 4, 8, Device::cpu(), KvType::f32});
+  KvPool kv(test::small_f32_pool(c));
   ForwardPass forward(c, weights, std::move(route), kv, 64);
-  BlockTable table;
-  table.reserve(kv, static_cast<int64_t>(ids.size()));
-  std::vector<float> logits(ids.size() * static_cast<size_t>(c.vocab_size));
-  const SequenceChunk chunk{ids, 0, &table, true};
-  forward.run({&chunk, 1}, logits.data());
-  table.release(kv);
-  return logits;
+  return test::prompt_logits(forward, kv, ids, c.vocab_size);
 }
 
 }  // namespace
