@@ -301,6 +301,22 @@ class CudaBackend final : public Backend {
                          rope.layout == RopeLayout::neox, prepared.attention_factor);
   }
 
+  void gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
+                    int64_t head_dim, const float* q_norm, const float* k_norm, double eps,
+                    const int64_t* positions, KvPool& kv, int64_t layer, const AttentionBatch& batch) override {
+    stream_.make_current();
+    if (batch.tokens <= 0) return;
+    check_batch(kv, batch);
+    if (!cuda::gqa_prologue_fused(kv.dtype(), head_dim) || kv.planes() != 2 || kv.row_width() != kv_heads * head_dim)
+      return Backend::gqa_prologue(rope, q, k, v, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, kv, layer,
+                                   batch);
+    const PreparedRope& prepared = prepared_rope(rope);
+    cuda::gqa_prologue(stream_, q, k, v, batch.tokens, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions,
+                       static_cast<const double*>(prepared.table.data()), rope.rotary_dim,
+                       rope.layout == RopeLayout::neox, prepared.attention_factor, planes(layer), paged(kv, layer),
+                       batch.positions, batch.block_tables, batch.table_stride);
+  }
+
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {
     stream_.make_current();
@@ -518,7 +534,7 @@ class CudaBackend final : public Backend {
     spec.norm_topk_prob = p.norm_topk_prob;
     spec.routed_scaling_factor = p.routed_scaling_factor;
     auto* d_scratch = static_cast<double*>(
-        scratch_bytes(kRouter, static_cast<size_t>(tokens * (2 * p.experts + p.n_group)) * sizeof(double)));
+        scratch_bytes(kRouter, static_cast<size_t>(tokens * (2 * p.experts + p.n_group + p.top_k)) * sizeof(double)));
     cuda::router_topk(stream_, spec, logits, tokens, selection_bias, d_scratch, expert_ids, weights);
   }
 

@@ -1,6 +1,8 @@
 // The forward pass's glue between kernels, on the device: KV row writes, router top-k, expert
 // deferral's split, the shared expert's gated add, row gathers. Each mirrors a CPU reference
 // (cpu_backend.cpp, ops/router.cpp, ops/expert_deferral.cpp).
+#include <algorithm>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -14,21 +16,6 @@ namespace {
 constexpr int kThreads = 128;
 
 template <typename T>
-__device__ __forceinline__ T encode(float v);
-template <>
-__device__ __forceinline__ float encode<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half encode<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 encode<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T>
 __global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t block_stride, int64_t row_bytes,
                                  int64_t plane, const int64_t* slots, const int32_t* block_tables,
                                  int64_t table_stride, const float* rows, const float* next_plane_rows,
@@ -40,7 +27,7 @@ __global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t
   T* dst = reinterpret_cast<T*>(layer_base + block * block_stride +
                                 (plane * block_tokens + slot % block_tokens) * row_bytes);
   const float* src = rows + t * row_stride;
-  for (int64_t i = threadIdx.x; i < row_width; i += blockDim.x) dst[i] = encode<T>(src[i]);
+  for (int64_t i = threadIdx.x; i < row_width; i += blockDim.x) dst[i] = detail::encode_kv<T>(src[i]);
 }
 
 // fp8/int8 rows as kv_quant_encode_row writes them: a warp per group of values (its absmax by a warp
@@ -75,58 +62,63 @@ __global__ void kv_append_quantised_kernel(char* layer_base, int64_t block_token
     detail::store_f16(tail + 2 * i, src[width + i]);
 }
 
-// Indices of the k largest values, ties to the lower index (as a stable partial sort).
-__device__ void top_k(const double* values, int64_t n, int64_t k, int32_t* out) {
-  for (int64_t j = 0; j < k; ++j) {
-    int32_t best = -1;
-    for (int64_t i = 0; i < n; ++i) {
-      bool taken = false;
-      for (int64_t p = 0; p < j; ++p) taken = taken || out[p] == i;
-      if (taken) continue;
-      if (best < 0 || values[i] > values[best]) best = static_cast<int32_t>(i);
-    }
-    out[j] = best;
-  }
+// The order the routers choose in: a larger value first, ties to the lower index (a stable partial
+// sort's order). NaN ranks as -inf, so every value has a distinct rank.
+__device__ __forceinline__ bool ranks_before(double a, int64_t i, double b, int64_t j) {
+  a = isnan(a) ? -INFINITY : a;
+  b = isnan(b) ? -INFINITY : b;
+  return a > b || (a == b && i < j);
 }
 
-constexpr int64_t kPickedInShared = 64;
+// How many of values[0, n) rank before values[i]: its slot in a top-k.
+__device__ __forceinline__ int64_t rank_of(const double* values, int64_t n, int64_t i) {
+  const double v = values[i];
+  int64_t rank = 0;
+  for (int64_t j = 0; j < n; ++j) rank += ranks_before(values[j], j, v, i) ? 1 : 0;
+  return rank;
+}
 
-// One warp per token: the lanes share the exponentials, the softmax sum and each round of the top-k
-// scan; the group choice and the final weights stay on lane 0, in the reference's order. The
-// per-token arrays live in shared memory when they fit (always, for real routers), else in scratch.
+// One block per token, a thread per expert (more experts than threads are looped): each expert counts
+// the experts that rank before it, and the top_k write their own slot, so no round waits on the
+// last. Groups are ranked the same way. The weights' sum stays on one thread, in slot order, as the
+// reference adds it. The per-token arrays live in shared memory when they fit (always, for real
+// routers), else in scratch.
 __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
                               double* scratch, bool in_shared, int32_t* expert_ids, float* weights) {
   extern __shared__ double token_arrays[];
-  __shared__ int32_t picked[kPickedInShared];  // the ids chosen so far, read back without a global round trip
+  __shared__ float max_scratch[32];
+  __shared__ double sum_scratch[32];
+  __shared__ double picked_sum;
   const int64_t t = blockIdx.x;
-  const int lane = threadIdx.x;
   if (t >= tokens) return;
-  const int64_t n = spec.experts, k = spec.top_k;
-  double* scores = in_shared ? token_arrays : scratch + t * (2 * n + spec.n_group);
+  const int64_t n = spec.experts, k = spec.top_k, groups = spec.n_group;
+  const int64_t tid = threadIdx.x, threads = blockDim.x;
+  double* scores = in_shared ? token_arrays : scratch + t * (2 * n + groups + k);
   double* choice = scores + n;
   double* group_scores = choice + n;
+  double* picked = group_scores + groups;  // the chosen experts' scores, by slot
   const float* row = logits + t * n;
   if (spec.kind == 2) {
-    for (int64_t e = lane; e < n; e += 32) {
+    for (int64_t e = tid; e < n; e += threads) {
       scores[e] = 1.0 / (1.0 + exp(-static_cast<double>(row[e])));
       choice[e] = scores[e] + (bias ? static_cast<double>(bias[e]) : 0.0);
     }
   } else {
     float max_logit = -INFINITY;
-    for (int64_t e = lane; e < n; e += 32) max_logit = fmaxf(max_logit, row[e]);
-    max_logit = detail::warp_max(max_logit);
-    for (int64_t e = lane; e < n; e += 32) scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
-    __syncwarp();
+    for (int64_t e = tid; e < n; e += threads) max_logit = fmaxf(max_logit, row[e]);
+    max_logit = detail::block_max(max_logit, max_scratch);
     double part = 0;
-    for (int64_t e = lane; e < n; e += 32) part += scores[e];
-    const double sum = detail::warp_sum(part);
-    for (int64_t e = lane; e < n; e += 32) choice[e] = scores[e] /= sum;
+    for (int64_t e = tid; e < n; e += threads) {
+      scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
+      part += scores[e];
+    }
+    const double sum = detail::block_sum(part, sum_scratch);
+    for (int64_t e = tid; e < n; e += threads) choice[e] = scores[e] /= sum;
   }
-  __syncwarp();
-  int32_t* ids = expert_ids + t * k;
-  if (spec.kind != 0 && spec.n_group > 1) {
-    const int64_t per_group = n / spec.n_group;
-    for (int64_t g = lane; g < spec.n_group; g += 32) {
+  __syncthreads();
+  if (spec.kind != 0 && groups > 1) {
+    const int64_t per_group = n / groups;
+    for (int64_t g = tid; g < groups; g += threads) {
       const double* gs = choice + g * per_group;
       double best = -INFINITY, second = -INFINITY;
       for (int64_t i = 0; i < per_group; ++i) {
@@ -139,51 +131,30 @@ __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t toke
       }
       group_scores[g] = spec.kind == 2 && per_group > 1 ? best + second : best;
     }
-    __syncwarp();
-    if (lane == 0) {
-      int32_t kept[64];  // topk_group <= 64, checked by the caller
-      top_k(group_scores, spec.n_group, spec.topk_group, kept);
-      for (int64_t g = 0; g < spec.n_group; ++g) {
-        bool keep = false;
-        for (int64_t j = 0; j < spec.topk_group; ++j) keep = keep || kept[j] == g;
-        if (!keep)
-          for (int64_t i = 0; i < per_group; ++i) choice[g * per_group + i] = 0.0;
-      }
-    }
-    __syncwarp();
+    __syncthreads();
+    // A group outside the topk_group best has its experts' choice zeroed (as the reference: 0, not -inf).
+    for (int64_t e = tid; e < n; e += threads)
+      if (rank_of(group_scores, groups, e / per_group) >= spec.topk_group) choice[e] = 0.0;
+    __syncthreads();
   }
-  // k rounds of a warp-wide arg-max over the experts not yet taken (ties to the lower index, as a
-  // stable partial sort); a taken expert's choice becomes -inf (the scores keep the weights).
-  for (int64_t j = 0; j < k; ++j) {
-    double best = -INFINITY;
-    int32_t best_index = 0x7fffffff;
-    for (int64_t i = lane; i < n; i += 32)
-      if (choice[i] > best || (best_index == 0x7fffffff && choice[i] == best)) {
-        best = choice[i];
-        best_index = static_cast<int32_t>(i);
-      }
-    for (int off = 16; off > 0; off /= 2) {
-      const double other = __shfl_xor_sync(0xffffffffu, best, off);
-      const int32_t other_index = __shfl_xor_sync(0xffffffffu, best_index, off);
-      if (other > best || (other == best && other_index < best_index)) {
-        best = other;
-        best_index = other_index;
-      }
+  int32_t* ids = expert_ids + t * k;
+  for (int64_t e = tid; e < n; e += threads) {
+    const int64_t slot = rank_of(choice, n, e);
+    if (slot < k) {
+      ids[slot] = static_cast<int32_t>(e);
+      picked[slot] = scores[e];
     }
-    if (lane == 0) {
-      ids[j] = best_index;
-      if (j < kPickedInShared) picked[j] = best_index;
-      choice[best_index] = -INFINITY;
-    }
-    __syncwarp();
   }
-  if (lane != 0) return;
-  const auto id_of = [&](int64_t i) { return i < kPickedInShared ? picked[i] : ids[i]; };
-  double sum = 0;
-  for (int64_t i = 0; i < k; ++i) sum += scores[id_of(i)];
-  const double denominator = spec.kind == 2 ? sum + 1e-20 : sum;
-  for (int64_t i = 0; i < k; ++i) {
-    double value = scores[id_of(i)];
+  __syncthreads();
+  if (tid == 0) {
+    double sum = 0;
+    for (int64_t i = 0; i < k; ++i) sum += picked[i];
+    picked_sum = sum;
+  }
+  __syncthreads();
+  const double denominator = spec.kind == 2 ? picked_sum + 1e-20 : picked_sum;
+  for (int64_t i = tid; i < k; i += threads) {
+    double value = picked[i];
     if (spec.norm_topk_prob) value /= denominator;
     weights[t * k + i] = static_cast<float>(value * spec.routed_scaling_factor);
   }
@@ -302,14 +273,15 @@ void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, in
                  const float* selection_bias, double* scratch, int32_t* expert_ids, float* weights) {
   if (tokens <= 0) return;
   if (spec.experts <= 0 || spec.top_k <= 0 || spec.top_k > spec.experts || spec.n_group <= 0 ||
-      spec.topk_group <= 0 || spec.topk_group > spec.n_group || spec.topk_group > 64 ||
+      spec.topk_group <= 0 || spec.topk_group > spec.n_group ||
       spec.experts % spec.n_group != 0)
     throw Error(ErrorKind::invalid_argument,
                 text("CUDA router: ", spec.experts, " experts, top ", spec.top_k, ", ", spec.n_group, " groups, top ",
                      spec.topk_group, " groups is not a routing the kernel takes"));
-  const auto arrays = static_cast<size_t>(2 * spec.experts + spec.n_group) * sizeof(double);
+  const auto arrays = static_cast<size_t>(2 * spec.experts + spec.n_group + spec.top_k) * sizeof(double);
   const bool in_shared = arrays <= 48 * 1024;
-  router_kernel<<<detail::grid_dim(tokens, "router_topk"), 32, in_shared ? arrays : 0, detail::native(stream)>>>(
+  const auto threads = static_cast<unsigned>(std::min<int64_t>((spec.experts + 31) / 32 * 32, 1024));
+  router_kernel<<<detail::grid_dim(tokens, "router_topk"), threads, in_shared ? arrays : 0, detail::native(stream)>>>(
       spec, logits, tokens, selection_bias, scratch, in_shared, expert_ids, weights);
   detail::check_launch("router_topk");
 }

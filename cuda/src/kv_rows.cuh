@@ -5,9 +5,11 @@
 // quantised kinds code · scale, the same product the CPU's kv_quant_decode_values forms, so both
 // backends attend over identical floats. The encoder writes the bytes kv_quant_encode_row writes.
 // Quantised rows are read and written bytewise: a row of an odd width has unaligned scales.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "tandem/kv/kv_quant.hpp"
 #include "tandem/kv/kv_type.hpp"
@@ -44,6 +46,14 @@ __device__ __forceinline__ void store_f16(uint8_t* p, float v) {
     p[0] = static_cast<uint8_t>(bits & 0xffu);
     p[1] = static_cast<uint8_t>(bits >> 8);
   }
+}
+
+// A value as a float KV row stores it (f32, f16 or bf16), rounded to nearest.
+template <typename T>
+__device__ __forceinline__ T encode_kv(float v) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else return v;
 }
 
 // An E4M3 code's value (0x7f/0xff are NaN; the encoder writes them only for a NaN input).

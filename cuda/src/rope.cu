@@ -2,6 +2,7 @@
 // CPU's inverse-frequency table, cos/sin scaled by the attention factor, then rounded to float.
 #include <algorithm>
 
+#include "head_norm_rope.cuh"
 #include "launch.cuh"
 #include "tandem/cuda/kernels.hpp"
 
@@ -9,6 +10,10 @@ namespace tandem::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+using detail::head_rope_table;
+using detail::kHeadWarps;
+using detail::kMaxFusedHeadDim;
+using detail::norm_rope_head;
 
 // Blocks (token, share of the (head, pair) items); a thread per item, so the double-precision sin
 // and cos of one decode token's 2,048 pairs spread over 16 blocks instead of 16 rounds of one.
@@ -31,13 +36,9 @@ __global__ void rope_kernel(float* data, int64_t row_stride, int64_t heads, int6
   }
 }
 
-constexpr int kHeadWarps = 8;  // heads per block, a warp each
-constexpr int64_t kMaxFusedHeadDim = 1024;
-
-// Block (token, kHeadWarps heads): the token's cos/sin computed once into shared memory (as
-// rope_kernel: the angle in double, scaled, rounded to float), then warp w normalises head w's values
-// (the sum of squares in double, as rms_norm) and rotates each pair; the rest are copied back. The
-// trigonometry of a decode token's 32 query heads is done 4 times instead of 32.
+// Block (token, kHeadWarps heads): the token's cos/sin computed once (head_rope_table), then warp w
+// normalises and rotates head w (norm_rope_head). The trigonometry of a decode token's 32 query heads
+// is done 4 times instead of 32.
 __global__ void __launch_bounds__(kHeadWarps * 32)
     head_norm_rope_kernel(float* data, int64_t heads, int64_t head_dim, const float* norm_weight, double eps,
                           const int64_t* positions, const double* inv_freq, int64_t half, bool neox,
@@ -45,37 +46,13 @@ __global__ void __launch_bounds__(kHeadWarps * 32)
   __shared__ float values[kHeadWarps][kMaxFusedHeadDim];
   __shared__ float cos_of[kMaxFusedHeadDim / 2], sin_of[kMaxFusedHeadDim / 2];
   const int64_t t = blockIdx.x;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const double pos = static_cast<double>(positions[t]);
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const double angle = inv_freq[i] * pos;
-    cos_of[i] = static_cast<float>(cos(angle) * attention_factor);
-    sin_of[i] = static_cast<float>(sin(angle) * attention_factor);
-  }
+  head_rope_table(positions[t], inv_freq, half, attention_factor, cos_of, sin_of);
   __syncthreads();
+  const int warp = threadIdx.x / 32;
   const int64_t h = static_cast<int64_t>(blockIdx.y) * kHeadWarps + warp;
   if (h >= heads) return;
-  float* v = data + (t * heads + h) * head_dim;
-  float* own = values[warp];
-  double sum = 0;
-  for (int64_t i = lane; i < head_dim; i += 32) {
-    own[i] = v[i];
-    if (norm_weight != nullptr) sum += static_cast<double>(own[i]) * own[i];
-  }
-  if (norm_weight != nullptr) {
-    sum = detail::warp_sum(sum);
-    const float inv = static_cast<float>(1.0 / sqrt(sum / static_cast<double>(head_dim) + eps));
-    for (int64_t i = lane; i < head_dim; i += 32) own[i] = __fmul_rn(__fmul_rn(own[i], inv), norm_weight[i]);
-  }
-  __syncwarp();
-  for (int64_t i = lane; i < half; i += 32) {
-    const float c = cos_of[i], s = sin_of[i];
-    const int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-    const float x0 = own[a], x1 = own[b];
-    v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-    v[b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
-  }
-  for (int64_t i = 2 * half + lane; i < head_dim; i += 32) v[i] = own[i];
+  norm_rope_head(data + (t * heads + h) * head_dim, values[warp], head_dim, norm_weight, eps, cos_of, sin_of, half,
+                 neox);
 }
 
 }  // namespace

@@ -351,17 +351,16 @@ struct ForwardPass::Impl {
   void attention_gqa(int64_t layer, int64_t T) {
     const LayerWeights& L = w.layers[static_cast<size_t>(layer)];
     const LayerVectors& V = layer_vectors[static_cast<size_t>(layer)];
-    const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim, kv_width = nkv * hd;
+    const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
     Backend& b = on(WeightGroup::attention, layer);
     Mirror& m = send(b, kNormed, T);
     float *q = m.f(kQ), *k = m.f(kK), *v = m.f(kV);
     const LinearWeight* qkv[] = {&L.q, &L.k, &L.v};
     float* const outs[] = {q, k, v};
     b.linears(qkv, outs, 3, m.f(kNormed), T);
-    b.head_norm_rope(rope, q, T, nh, hd, V.q_norm, cfg.rms_norm_eps, m.i64(kPositions));
-    b.head_norm_rope(rope, k, T, nkv, hd, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions));
     const AttentionBatch batch = attention_batch(m, T);
-    b.kv_append_pair(kv, layer, batch, k, v, kv_width);
+    b.gqa_prologue(rope, q, k, v, nh, nkv, hd, V.q_norm, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions), kv, layer,
+                   batch);
     b.gqa_attention(kv, layer, batch, q, nh, nkv, hd, softmax_scale, m.f(kHeadsOut));
     b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
     back(m, kBlockOut, T);

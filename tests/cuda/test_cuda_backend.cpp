@@ -2,6 +2,7 @@
 // at several shapes and for every stored type the kernels read. Runs on the GPU machine; skips, saying so,
 // without a GPU (where it checks the clear error instead).
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -483,6 +484,68 @@ TEST_CASE("cuda kv_append and copy-on-write keep the VRAM planes equal to the ho
   }
 }
 
+TEST_CASE("cuda gqa_prologue in one launch equals its three calls bit for bit, and the CPU's", "[cuda]") {
+  // The fused kernel (float KV types) against the same GPU's head_norm_rope ×2 + kv_append_pair, on a
+  // second backend so that each has its own VRAM planes: q, k and the attention over the written
+  // cache equal bit for bit; against the CPU within float rounding (fp8/int8 take the three calls).
+  if (!have_gpu()) return;
+  struct Shape {
+    int64_t heads, kv_heads, head_dim, rotary;
+  };
+  // Qwen3's 32 query and 4 key heads of 128; 12 query heads (a second block partly filled) with half
+  // the head rotated; 16 key heads (two key blocks).
+  const Shape shapes[] = {{32, 4, 128, 128}, {12, 4, 64, 32}, {16, 16, 128, 64}};
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8})
+    for (const Shape& shape : shapes)
+      for (bool with_norm : {true, false}) {
+        Backends b;
+        std::unique_ptr<Backend> second_gpu = make_cuda_backend(0);
+        const int64_t heads = shape.heads, kv_heads = shape.kv_heads, head_dim = shape.head_dim, tokens = 4;
+        ModelConfig c;
+        c.rope_theta = 1000000.0;
+        c.max_position_embeddings = 4096;
+        const RopeParams rope = RopeParams::from_config(c, shape.rotary);
+        const std::vector<int64_t> rope_positions = {5, 300, 4000, 1};  // not the cache slots
+        const auto q = random_floats(static_cast<size_t>(tokens * heads * head_dim), 21);
+        const auto k = random_floats(static_cast<size_t>(tokens * kv_heads * head_dim), 22);
+        const auto v = random_floats(static_cast<size_t>(tokens * kv_heads * head_dim), 23);
+        const auto q_norm = random_floats(static_cast<size_t>(head_dim), 24);
+        const auto k_norm = random_floats(static_cast<size_t>(head_dim), 25);
+        struct Result {
+          std::vector<float> q, k, attended;
+        };
+        auto run = [&](Backend& be, bool fused) {
+          AttentionSetup s(KvLayout::gqa, type, 2 * kv_heads * head_dim, 1);
+          s.fill(be);
+          std::vector<DeviceBuffer> keep;
+          const AttentionBatch batch = s.batch(be, keep);
+          DeviceBuffer dq = put(be, q), dk = put(be, k), dv = put(be, v), pos = put(be, rope_positions),
+                       dqn = put(be, q_norm), dkn = put(be, k_norm), out = be.allocate(q.size() * sizeof(float));
+          const float* qn = with_norm ? dqn.as<float>() : nullptr;
+          const float* kn = with_norm ? dkn.as<float>() : nullptr;
+          if (fused)
+            be.gqa_prologue(rope, dq.as<float>(), dk.as<float>(), dv.as<float>(), heads, kv_heads, head_dim, qn, kn,
+                            1e-6, pos.as<int64_t>(), s.pool, 1, batch);
+          else
+            be.Backend::gqa_prologue(rope, dq.as<float>(), dk.as<float>(), dv.as<float>(), heads, kv_heads, head_dim,
+                                     qn, kn, 1e-6, pos.as<int64_t>(), s.pool, 1, batch);
+          be.gqa_attention(s.pool, 1, batch, dq.as<float>(), heads, kv_heads, head_dim, 0.1f, out.as<float>());
+          return Result{get(be, dq, q.size()), get(be, dk, k.size()), get(be, out, q.size())};
+        };
+        INFO(kv_type_name(type) << " heads " << heads << "/" << kv_heads << " of " << head_dim << " rotary "
+                                << shape.rotary << (with_norm ? " normed" : ""));
+        const Result fused = run(*b.gpu, true), three = run(*second_gpu, false), cpu = run(*b.cpu, true);
+        CHECK(fused.q == three.q);
+        CHECK(fused.k == three.k);
+        CHECK(fused.attended == three.attended);
+        CHECK(relative_error(fused.q, cpu.q) < 1e-6);
+        CHECK(relative_error(fused.k, cpu.k) < 1e-6);
+        // A K value a float rounding apart may round to a neighbouring f16/bf16/fp8/int8 code.
+        CHECK(relative_error(fused.attended, cpu.attended) < (type == KvType::f32 ? 1e-5 : 2e-3));
+        CHECK(fused.q != q);
+      }
+}
+
 TEST_CASE("cuda MLA absorption and value expansion equal the CPU reference", "[cuda]") {
   if (!have_gpu()) return;
   Backends b;
@@ -794,33 +857,55 @@ TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, 
 }
 
 TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cuda]") {
+  // Shapes: small ones, the real models' (Qwen3 128 top 8; DeepSeek-V2 160 in 8 groups; V3 256 in 8
+  // groups), more experts than a block's threads, and more than shared memory holds (the kernel's
+  // arrays in scratch). Each also with values on a coarse grid, so that many experts tie.
   if (!have_gpu()) return;
   Backends b;
-  for (RouterKind kind : {RouterKind::softmax_topk, RouterKind::softmax_group_topk, RouterKind::sigmoid_noaux_tc})
-    for (int64_t tokens : {1, 7, 70}) {
-      RoutingParams p;
-      p.kind = kind;
-      p.experts = kind == RouterKind::sigmoid_noaux_tc ? 64 : 60;
-      p.top_k = kind == RouterKind::sigmoid_noaux_tc ? 8 : 4;
-      p.norm_topk_prob = kind != RouterKind::softmax_group_topk;
-      p.routed_scaling_factor = kind == RouterKind::sigmoid_noaux_tc ? 2.5 : 1.0;
-      p.n_group = kind == RouterKind::softmax_topk ? 1 : 4;
-      p.topk_group = kind == RouterKind::softmax_topk ? 1 : 2;
-      const auto logits = random_floats(static_cast<size_t>(tokens * p.experts), 70 + static_cast<uint32_t>(tokens));
-      const auto bias = random_floats(static_cast<size_t>(p.experts), 71, 0.1f);
-      const bool with_bias = kind == RouterKind::sigmoid_noaux_tc;
-      const auto pairs = static_cast<size_t>(tokens * p.top_k);
-      auto run = [&](Backend& be) {
-        DeviceBuffer dl = put(be, logits), db = put(be, bias), ids = be.allocate(pairs * 4), w = be.allocate(pairs * 4);
-        be.router_topk(p, dl.as<float>(), tokens, with_bias ? db.as<float>() : nullptr, ids.as<int32_t>(), w.as<float>());
-        return std::pair{get<int32_t>(be, ids, pairs), get(be, w, pairs)};
-      };
-      const auto [gpu_ids, gpu_w] = run(*b.gpu);
-      const auto [cpu_ids, cpu_w] = run(*b.cpu);
-      INFO("kind " << static_cast<int>(kind) << " tokens " << tokens);
-      CHECK(gpu_ids == cpu_ids);
-      CHECK(relative_error(gpu_w, cpu_w) < 1e-6);
-    }
+  struct Shape {
+    RouterKind kind;
+    int64_t experts, top_k, n_group, topk_group;
+  };
+  const Shape shapes[] = {{RouterKind::softmax_topk, 60, 4, 1, 1},
+                          {RouterKind::softmax_topk, 128, 8, 1, 1},
+                          {RouterKind::softmax_topk, 1500, 3, 1, 1},
+                          {RouterKind::softmax_topk, 3500, 5, 1, 1},
+                          {RouterKind::softmax_group_topk, 60, 4, 4, 2},
+                          {RouterKind::softmax_group_topk, 160, 6, 8, 3},
+                          {RouterKind::sigmoid_noaux_tc, 64, 8, 4, 2},
+                          {RouterKind::sigmoid_noaux_tc, 256, 8, 8, 4}};
+  for (const Shape& shape : shapes)
+    for (bool ties : {false, true})
+      for (int64_t tokens : {1, 7, 70}) {
+        RoutingParams p;
+        p.kind = shape.kind;
+        p.experts = shape.experts;
+        p.top_k = shape.top_k;
+        p.norm_topk_prob = shape.kind != RouterKind::softmax_group_topk;
+        p.routed_scaling_factor = shape.kind == RouterKind::sigmoid_noaux_tc ? 2.5 : 1.0;
+        p.n_group = shape.n_group;
+        p.topk_group = shape.topk_group;
+        auto logits = random_floats(static_cast<size_t>(tokens * p.experts), 70 + static_cast<uint32_t>(tokens));
+        auto bias = random_floats(static_cast<size_t>(p.experts), 71, 0.1f);
+        if (ties) {
+          for (float& v : logits) v = std::round(v * 4.f) / 4.f;
+          for (float& v : bias) v = v > 0.f ? 0.05f : 0.f;
+        }
+        const bool with_bias = shape.kind == RouterKind::sigmoid_noaux_tc;
+        const auto pairs = static_cast<size_t>(tokens * p.top_k);
+        auto run = [&](Backend& be) {
+          DeviceBuffer dl = put(be, logits), db = put(be, bias), ids = be.allocate(pairs * 4), w = be.allocate(pairs * 4);
+          be.router_topk(p, dl.as<float>(), tokens, with_bias ? db.as<float>() : nullptr, ids.as<int32_t>(),
+                         w.as<float>());
+          return std::pair{get<int32_t>(be, ids, pairs), get(be, w, pairs)};
+        };
+        const auto [gpu_ids, gpu_w] = run(*b.gpu);
+        const auto [cpu_ids, cpu_w] = run(*b.cpu);
+        INFO("kind " << static_cast<int>(p.kind) << " experts " << p.experts << " top " << p.top_k << " groups "
+                     << p.n_group << (ties ? " tied" : "") << " tokens " << tokens);
+        CHECK(gpu_ids == cpu_ids);
+        CHECK(relative_error(gpu_w, cpu_w) < 1e-6);
+      }
 }
 
 TEST_CASE("cuda split_deferred_experts equals the CPU backend", "[cuda][deferral]") {

@@ -239,9 +239,21 @@ void kv_append_pair(Stream& stream, void* layer_base, const PagedKv& kv, int64_t
                     const int32_t* block_tables, int64_t table_stride, const float* k_rows, const float* v_rows,
                     int64_t row_stride, int64_t row_width);
 
-// Routing as route_tokens_to_experts (ops/router.cpp), one thread per token, in double. kind: 0
-// softmax top-k, 1 softmax with group-limited choice (V2), 2 sigmoid with selection bias and
-// grouped choice (V3), matching RouterKind's order. scratch: tokens · (2·experts + n_group) doubles.
+// A GQA layer between its projections and its attention, in one launch: q's `heads` and k's `kv_heads`
+// heads normalised by q_norm / k_norm (none when null) and rotated, as head_norm_rope, then each
+// token's rotated K row and its V row appended at its slot, as kv_append_pair (q, k, v rows contiguous).
+// Only where gqa_prologue_fused holds (float KV types, head_dim ≤ 1024); callers otherwise make the
+// three calls.
+bool gqa_prologue_fused(KvType type, int64_t head_dim);
+void gqa_prologue(Stream& stream, float* q, float* k, const float* v, int64_t tokens, int64_t heads, int64_t kv_heads,
+                  int64_t head_dim, const float* q_norm, const float* k_norm, double eps, const int64_t* positions,
+                  const double* inv_freq, int64_t rotary_dim, bool neox, double attention_factor, void* layer_base,
+                  const PagedKv& kv, const int64_t* slots, const int32_t* block_tables, int64_t table_stride);
+
+// Routing as route_tokens_to_experts (ops/router.cpp), in double: a block per token, a thread per
+// expert. kind: 0 softmax top-k, 1 softmax with group-limited choice (V2), 2 sigmoid with selection
+// bias and grouped choice (V3), matching RouterKind's order. scratch: tokens · (2·experts + n_group +
+// top_k) doubles.
 struct RouterSpec {
   int kind = 0;
   int64_t experts = 0, top_k = 0, n_group = 1, topk_group = 1;
