@@ -15,6 +15,8 @@ namespace {
 
 constexpr int kThreads = 128;
 
+using detail::kv_row_at;
+
 template <typename T>
 __global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t block_stride, int64_t row_bytes,
                                  int64_t plane, const int64_t* slots, const int32_t* block_tables,
@@ -22,10 +24,8 @@ __global__ void kv_append_kernel(char* layer_base, int64_t block_tokens, int64_t
                                  int64_t row_stride, int64_t row_width) {
   const int64_t t = blockIdx.x;
   if (blockIdx.y == 1) plane += 1, rows = next_plane_rows;
-  const int64_t slot = slots[t];
-  const int32_t block = block_tables[t * table_stride + slot / block_tokens];
-  T* dst = reinterpret_cast<T*>(layer_base + block * block_stride +
-                                (plane * block_tokens + slot % block_tokens) * row_bytes);
+  T* dst = reinterpret_cast<T*>(
+      kv_row_at(layer_base, block_tokens, block_stride, row_bytes, plane, slots[t], block_tables + t * table_stride));
   const float* src = rows + t * row_stride;
   for (int64_t i = threadIdx.x; i < row_width; i += blockDim.x) dst[i] = detail::encode_kv<T>(src[i]);
 }
@@ -40,10 +40,8 @@ __global__ void kv_append_quantised_kernel(char* layer_base, int64_t block_token
                                            int64_t rope_values) {
   const int64_t t = blockIdx.x;
   if (blockIdx.y == 1) plane += 1, rows = next_plane_rows;
-  const int64_t slot = slots[t];
-  const int32_t block = block_tables[t * table_stride + slot / block_tokens];
-  auto* dst = reinterpret_cast<uint8_t*>(layer_base + block * block_stride +
-                                         (plane * block_tokens + slot % block_tokens) * row_bytes);
+  auto* dst = reinterpret_cast<uint8_t*>(
+      kv_row_at(layer_base, block_tokens, block_stride, row_bytes, plane, slots[t], block_tables + t * table_stride));
   const float* src = rows + t * row_stride;
   const int64_t width = row_width - rope_values, group = kv_group_values(width), groups = width / group;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;

@@ -43,11 +43,10 @@ __global__ void __launch_bounds__(kHeadWarps * 32) gqa_prologue_kernel(Prologue 
   const int64_t q_blocks = (p.heads + kHeadWarps - 1) / kHeadWarps;
   const int64_t k_blocks = (p.kv_heads + kHeadWarps - 1) / kHeadWarps;
   const int64_t kv_width = p.kv_heads * p.head_dim;
-  const int64_t slot = p.slots[t];
-  const int32_t block = p.block_tables[t * p.table_stride + slot / p.block_tokens];
-  char* k_row = p.layer_base + block * p.block_stride + (slot % p.block_tokens) * p.row_bytes;
+  char* k_row = detail::kv_row_at(p.layer_base, p.block_tokens, p.block_stride, p.row_bytes, 0, p.slots[t],
+                                  p.block_tables + t * p.table_stride);
   if (y == q_blocks + k_blocks) {
-    T* dst = reinterpret_cast<T*>(k_row + p.block_tokens * p.row_bytes);
+    T* dst = reinterpret_cast<T*>(k_row + p.block_tokens * p.row_bytes);  // plane 1, the same slot
     const float* src = p.v + t * kv_width;
     for (int64_t i = threadIdx.x; i < kv_width; i += blockDim.x) dst[i] = detail::encode_kv<T>(src[i]);
     return;

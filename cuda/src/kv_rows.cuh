@@ -48,6 +48,14 @@ __device__ __forceinline__ void store_f16(uint8_t* p, float v) {
   }
 }
 
+// The bytes of the row at `slot` of a sequence (its block table `table`) in plane `plane` of a layer's
+// paged planes (PagedKv's layout).
+__device__ __forceinline__ char* kv_row_at(char* layer_base, int64_t block_tokens, int64_t block_stride,
+                                           int64_t row_bytes, int64_t plane, int64_t slot, const int32_t* table) {
+  const int32_t block = table[slot / block_tokens];
+  return layer_base + block * block_stride + (plane * block_tokens + slot % block_tokens) * row_bytes;
+}
+
 // A value as a float KV row stores it (f32, f16 or bf16), rounded to nearest.
 template <typename T>
 __device__ __forceinline__ T encode_kv(float v) {
