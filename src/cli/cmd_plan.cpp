@@ -123,7 +123,8 @@ int plan_command(const PlanFlags& f) {
     j["layer_sync_seconds"] = kLayerSyncSeconds;
     j["gpu_layer_seconds"] = kGpuLayerSeconds;
     j["gpu_token_seconds"] = kGpuTokenSeconds;
-    j["gpu_decode_read_fraction"] = kGpuDecodeReadFraction;
+    j["gpu_decode_read_gbps"] = gpu_decode_read_gbps(rates.vram_read_gbps);
+    j["gpu_decode_read_fraction"] = gpu_decode_read_gbps(rates.vram_read_gbps) / rates.vram_read_gbps;
     j["threads"] = rates.threads;
     j["dram_read_gbps"] = rates.dram_read_gbps;
     j["dram_source"] = dram_source;

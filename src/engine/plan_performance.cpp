@@ -110,7 +110,7 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
                                           const MachineRates& rates, int64_t expert_cache_per_layer) {
   check_rates(rates);
   const std::vector<LayerCost> costs = layer_costs(c, weights, placement, expert_cache_per_layer);
-  const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9 * kGpuDecodeReadFraction};
+  const double bw[2] = {rates.dram_read_gbps * 1e9, gpu_decode_read_gbps(rates.vram_read_gbps) * 1e9};
   PerformancePrediction p;
   double seconds = 0, bytes[2] = {0, 0};
   for (size_t i = 0; i < costs.size(); ++i) {

@@ -2,6 +2,7 @@
 // per-role devices on the bundled models, --vram-budget parsing and fitting, and `tandem plan`
 // (JSON keys, the budget kept, the CPU-only decode prediction against its definition).
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -500,11 +501,16 @@ void check_plan_file(const std::string& path) {
   // at the GEMV kernels' share of the VRAM bandwidth.
   REQUIRE(budget["decode_bytes_per_token_cpu"] == 0);
   REQUIRE(budget["split_layers"] == 0);
+  // The GEMV kernels' rate: the fitted one, or a share of a slower GPU's bandwidth.
+  const double vram_gbps = budget["vram_read_gbps"].get<double>();
+  CHECK(budget["gpu_decode_read_gbps"].get<double>() ==
+        Approx(std::min(kGpuDecodeReadGbps, kGpuDecodeReadShare * vram_gbps)).epsilon(1e-12));
+  CHECK(budget["gpu_decode_read_fraction"].get<double>() ==
+        Approx(budget["gpu_decode_read_gbps"].get<double>() / vram_gbps).epsilon(1e-12));
   const double gpu_seconds =
       budget["gpu_token_seconds"].get<double>() +
       static_cast<double>(m.files.config.num_layers) * budget["gpu_layer_seconds"].get<double>() +
-      budget["decode_bytes_per_token_gpu"].get<double>() /
-          (budget["vram_read_gbps"].get<double>() * 1e9 * budget["gpu_decode_read_fraction"].get<double>());
+      budget["decode_bytes_per_token_gpu"].get<double>() / (budget["gpu_decode_read_gbps"].get<double>() * 1e9);
   CHECK(budget["decode_tok_s"].get<double>() == Approx(1.0 / gpu_seconds).epsilon(1e-6));
   // Routed experts on the CPU, the rest on the GPU: each MoE layer runs both sides in turn and pays
   // the hand-off; every layer pays the GPU's kernel latency; the embedding and head stay on the GPU.
@@ -518,8 +524,7 @@ void check_plan_file(const std::string& path) {
       static_cast<double>(m.files.config.num_layers) * hybrid["gpu_layer_seconds"].get<double>() +
       static_cast<double>(moe_layers) * hybrid["layer_sync_seconds"].get<double>() +
       hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 +
-      hybrid["decode_bytes_per_token_gpu"].get<double>() /
-          (hybrid["vram_read_gbps"].get<double>() * 1e9 * hybrid["gpu_decode_read_fraction"].get<double>());
+      hybrid["decode_bytes_per_token_gpu"].get<double>() / (hybrid["gpu_decode_read_gbps"].get<double>() * 1e9);
   CHECK(hybrid["decode_bytes_per_token_cpu"].get<double>() > 0);
   CHECK(hybrid["decode_tok_s"].get<double>() == Approx(1.0 / hybrid_seconds).epsilon(1e-6));
   // Which placement wins depends on the model (a tiny one decodes faster from 10 GB/s of DRAM than

@@ -3,8 +3,8 @@
 // tokens per second, before any weight is loaded. The model (docs/PLACEMENT.md):
 //   decode, one token: each layer reads, on each device, the bytes of its non-expert tensors and
 //     top_k/num_experts of its routed experts; the embedding reads one row, the output head all of
-//     it. On the CPU a layer takes bytes / DRAM bandwidth; on a GPU, bytes / (kGpuDecodeReadFraction
-//     × VRAM bandwidth) plus kGpuLayerSeconds of kernel latency per transformer layer. A layer whose
+//     it. On the CPU a layer takes bytes / DRAM bandwidth; on a GPU, bytes / gpu_decode_read_gbps
+//     (the GEMV kernels' rate) plus kGpuLayerSeconds of kernel latency per transformer layer. A layer whose
 //     roles span the CPU and a GPU takes both in turn (attention, then the routed experts it waits
 //     for) plus kLayerSyncSeconds. With the output head on a GPU a token adds kGpuTokenSeconds.
 //     tok/s = 1 / Σ.
@@ -21,15 +21,24 @@
 
 namespace tandem {
 
-// Decode on a GPU, fitted to the H200 machine (2026-12-05, Qwen3-30B-A3B Q4_K_M files of 8 and 48
-// layers, docs/PERF.md): the GEMV kernels read big matrices at ~0.19 of the HBM bandwidth the probe
-// measures (the output head: 255 MB in 310 µs, 824 of 4,355 GB/s); a transformer layer's small
-// kernels take ~62 µs beyond their bytes, and a token ~200 µs more (the step's launch, the logits
-// copied to the host and sampled): all on cuda:0, 1.34 ms per token at 8 layers and 5.48 ms at 48
-// = n × (62 µs + 34.7 MB at 824 GB/s) + the head + 200 µs.
-inline constexpr double kGpuDecodeReadFraction = 0.19;
-inline constexpr double kGpuLayerSeconds = 62e-6;
-inline constexpr double kGpuTokenSeconds = 200e-6;
+// Decode on a GPU, fitted to the GPU machine's H100 (2026-12-05, Qwen3-30B-A3B Q4_K_M files of 8 and
+// 48 layers all on cuda:0, docs/PERF.md "The router by rank…"): the decode GEMV kernels are bound by
+// latency, not bytes, so they read at about the same rate on the H100 and the H200 though their HBM
+// differs 1.4× (the output head, 255 MB: 932 GB/s on the H100 of 3,073, 924 on the H200 of 4,355):
+// kGpuDecodeReadGbps, or kGpuDecodeReadShare of a slower GPU's measured bandwidth. A transformer
+// layer's kernels take ~51 µs beyond their bytes, and a token ~300 µs more (the step's launch, the
+// logits copied to the host and sampled): 1.28 ms per token at 8 layers and 4.81 ms at 48 = n × (51 µs
+// + 34.7 MB at 925 GB/s) + the head + 300 µs.
+inline constexpr double kGpuDecodeReadGbps = 925.0;
+inline constexpr double kGpuDecodeReadShare = 0.75;
+inline constexpr double kGpuLayerSeconds = 51e-6;
+inline constexpr double kGpuTokenSeconds = 300e-6;
+// The rate the decode GEMV kernels read a GPU's weights at, given its measured (or assumed) VRAM
+// bandwidth (GB/s).
+inline double gpu_decode_read_gbps(double vram_read_gbps) {
+  return vram_read_gbps * kGpuDecodeReadShare < kGpuDecodeReadGbps ? vram_read_gbps * kGpuDecodeReadShare
+                                                                   : kGpuDecodeReadGbps;
+}
 // One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
 // down, the CPU pool woken, the output copied up. Fitted on the same machine: the 48-layer hybrid
 // (experts=cpu,*=cuda:0, 16 threads) took 19.9 ms per token = 48 × (76 µs GPU + 184 µs of expert
