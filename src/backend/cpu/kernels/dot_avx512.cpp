@@ -20,15 +20,10 @@
 #include "backend/cpu/kernels/small_block_dot.hpp"
 #include "backend/cpu/kernels/k4_scale_bytes.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
+#include "backend/cpu/kernels/stored_elements.hpp"
 
 namespace tandem::kernels::avx512 {
 namespace {
-
-inline float half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
 
 template <class Act>
 inline const Act* act_row(const void* x, int64_t stride, int t) {
@@ -348,21 +343,6 @@ inline __m512 load_f8(const uint8_t* p) {
   const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7f)), 7),
                                     _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8));
   return _mm512_cvtph_ps(h);
-}
-inline float tail_f32(const uint8_t* p) {
-  float f;
-  std::memcpy(&f, p, 4);
-  return f;
-}
-inline float tail_f16(const uint8_t* p) { return half(p); }
-inline float tail_bf16(const uint8_t* p) {
-  const uint32_t bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-inline float tail_f8(const uint8_t* p) {
-  return _cvtsh_ss(static_cast<unsigned short>(((p[0] & 0x7f) << 7) | ((p[0] & 0x80) << 8)));
 }
 
 template <int NT, __m512 (*Load)(const uint8_t*), float (*Tail)(const uint8_t*), int Bytes>

@@ -13,16 +13,11 @@
 
 #include "backend/cpu/kernels/dot_kernels.hpp"
 #include "backend/cpu/kernels/quant_layouts.hpp"
+#include "backend/cpu/kernels/stored_elements.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
 
 namespace tandem::kernels {
 namespace {
-
-inline float tile_half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
 
 // The strip's rows (row r at base + r·row_stride; rows past `rows` read as zeros). transpose(p, out):
 // for the 32 bytes at the same offset `p` of every row, out[k] = dword k of rows 0..15 side by side —
@@ -105,7 +100,7 @@ inline void pack_q8_0(const uint8_t* w, int64_t row_stride, int rows, int64_t in
     strip.transpose(blk + 2, quads);
     for (int k = 0; k < 8; ++k) _mm512_store_si512(packed + k, _mm512_xor_si512(quads[k], flip));
     auto* scale = reinterpret_cast<float*>(packed + 8);
-    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? tile_half(blk + r * row_stride) : 0.0f;
+    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? half(blk + r * row_stride) : 0.0f;
   }
 }
 
@@ -139,10 +134,10 @@ inline void pack_small(const uint8_t* w, int64_t row_stride, int rows, int64_t i
       _mm512_store_si512(packed + k, value);
     }
     auto* scale = reinterpret_cast<float*>(packed + 8);
-    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? tile_half(blk + r * row_stride) : 0.0f;
+    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? half(blk + r * row_stride) : 0.0f;
     if constexpr (Min) {
       auto* minimum = reinterpret_cast<float*>(packed + 9);
-      for (int r = 0; r < kTileRows; ++r) minimum[r] = r < rows ? tile_half(blk + r * row_stride + 2) : 0.0f;
+      for (int r = 0; r < kTileRows; ++r) minimum[r] = r < rows ? half(blk + r * row_stride + 2) : 0.0f;
     }
   }
 }
@@ -187,8 +182,8 @@ void pack_k4(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t
       float d = 0, dmin = 0;
       if (r < rows) {
         const uint8_t* row_blk = blk + r * row_stride;
-        d = tile_half(row_blk);
-        dmin = tile_half(row_blk + 2);
+        d = half(row_blk);
+        dmin = half(row_blk + 2);
         unpack_k4_scales(row_blk + 4, sc, mn);
       }
       for (int s = 0; s < 8; ++s) {
@@ -227,7 +222,7 @@ inline void pack_q6k(const uint8_t* w, int64_t row_stride, int rows, int64_t in,
     float* sum_scale = dot_scale + 256;
     for (int r = 0; r < kTileRows; ++r) {
       const uint8_t* row_blk = blk + r * row_stride;
-      const float d = r < rows ? tile_half(row_blk + 208) : 0.0f;
+      const float d = r < rows ? half(row_blk + 208) : 0.0f;
       for (int g = 0; g < 16; ++g) {
         const float s = r < rows ? d * static_cast<float>(static_cast<int8_t>(row_blk[192 + g])) : 0.0f;
         dot_scale[g * 16 + r] = s;
