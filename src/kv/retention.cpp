@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "tandem/error.hpp"
@@ -31,8 +33,13 @@ std::vector<int64_t> top_slots(std::span<const float> scores, int64_t end, int64
   std::vector<int64_t> order(static_cast<size_t>(end));
   std::iota(order.begin(), order.end(), int64_t{0});
   keep = std::min(keep, end);
+  // A NaN score ranks as -inf: `>` against NaN would break the sort's strict weak order.
+  const auto key = [&](int64_t i) {
+    const float s = scores[static_cast<size_t>(i)];
+    return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
+  };
   std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
-    const float sa = scores[static_cast<size_t>(a)], sb = scores[static_cast<size_t>(b)];
+    const float sa = key(a), sb = key(b);
     return sa != sb ? sa > sb : a < b;
   });
   order.resize(static_cast<size_t>(keep));

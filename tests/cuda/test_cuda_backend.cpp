@@ -3,6 +3,7 @@
 // without a GPU (where it checks the clear error instead).
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -859,7 +860,8 @@ TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, 
 TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cuda]") {
   // Shapes: small ones, the real models' (Qwen3 128 top 8; DeepSeek-V2 160 in 8 groups; V3 256 in 8
   // groups), more experts than a block's threads, and more than shared memory holds (the kernel's
-  // arrays in scratch). Each also with values on a coarse grid, so that many experts tie.
+  // arrays in scratch). Each also with values on a coarse grid, so that many experts tie, and the
+  // sigmoid ones with NaN logits.
   if (!have_gpu()) return;
   Backends b;
   struct Shape {
@@ -874,9 +876,12 @@ TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cud
                           {RouterKind::softmax_group_topk, 160, 6, 8, 3},
                           {RouterKind::sigmoid_noaux_tc, 64, 8, 4, 2},
                           {RouterKind::sigmoid_noaux_tc, 256, 8, 8, 4}};
+  enum Values { plain, tied, with_nan };
   for (const Shape& shape : shapes)
-    for (bool ties : {false, true})
+    for (Values values : {plain, tied, with_nan})
       for (int64_t tokens : {1, 7, 70}) {
+        // NaN logits: sigmoid scores only (a softmax's NaN spreads to every weight); NaN ranks last.
+        if (values == with_nan && shape.kind != RouterKind::sigmoid_noaux_tc) continue;
         RoutingParams p;
         p.kind = shape.kind;
         p.experts = shape.experts;
@@ -887,10 +892,12 @@ TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cud
         p.topk_group = shape.topk_group;
         auto logits = random_floats(static_cast<size_t>(tokens * p.experts), 70 + static_cast<uint32_t>(tokens));
         auto bias = random_floats(static_cast<size_t>(p.experts), 71, 0.1f);
-        if (ties) {
+        if (values == tied) {
           for (float& v : logits) v = std::round(v * 4.f) / 4.f;
           for (float& v : bias) v = v > 0.f ? 0.05f : 0.f;
         }
+        if (values == with_nan)
+          for (size_t i = 3; i < logits.size(); i += 7) logits[i] = std::numeric_limits<float>::quiet_NaN();
         const bool with_bias = shape.kind == RouterKind::sigmoid_noaux_tc;
         const auto pairs = static_cast<size_t>(tokens * p.top_k);
         auto run = [&](Backend& be) {
@@ -902,7 +909,8 @@ TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cud
         const auto [gpu_ids, gpu_w] = run(*b.gpu);
         const auto [cpu_ids, cpu_w] = run(*b.cpu);
         INFO("kind " << static_cast<int>(p.kind) << " experts " << p.experts << " top " << p.top_k << " groups "
-                     << p.n_group << (ties ? " tied" : "") << " tokens " << tokens);
+                     << p.n_group << (values == tied ? " tied" : values == with_nan ? " with NaN" : "")
+                     << " tokens " << tokens);
         CHECK(gpu_ids == cpu_ids);
         CHECK(relative_error(gpu_w, cpu_w) < 1e-6);
       }

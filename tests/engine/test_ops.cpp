@@ -2,7 +2,10 @@
 // selection bias, RoPE layouts with linear scaling. References are the definitions, computed here.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <map>
+#include <utility>
+#include <vector>
 
 #include "tandem/backend/cpu/reference/rope.hpp"
 #include "tandem/backend/cpu/reference/router.hpp"
@@ -70,6 +73,36 @@ TEST_CASE("noaux_tc: the bias chooses experts, unbiased scores weight them", "[e
   const double s5 = sigmoid(0.4), s0 = sigmoid(2.0);
   CHECK(got.at(5) == Approx(s5 / (s5 + s0) * 2.5).epsilon(1e-6));
   CHECK(got.at(0) == Approx(s0 / (s5 + s0) * 2.5).epsilon(1e-6));
+}
+
+TEST_CASE("routing with NaN logits: NaN ranks last, ids stay distinct (as the CUDA router)", "[engine][ops][router]") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto ids_of = [](const RoutingParams& p, const std::vector<float>& logits) {
+    std::vector<int32_t> ids(static_cast<size_t>(p.top_k));
+    std::vector<float> weights(ids.size());
+    RouterScratch scratch;
+    route_tokens_to_experts(p, logits.data(), 1, nullptr, ids.data(), weights.data(), scratch);
+    return std::pair{ids, weights};
+  };
+  RoutingParams p;
+  p.kind = RouterKind::sigmoid_noaux_tc;
+  p.experts = 8;
+  p.top_k = 3;
+  p.norm_topk_prob = true;
+  // Sigmoid scores are per expert: the NaN experts rank after every number, the rest by score.
+  const auto [ids, weights] = ids_of(p, {0.5f, nan, 2.0f, nan, 1.0f, -1.0f, 0.0f, 3.0f});
+  CHECK(ids == std::vector<int32_t>{7, 2, 4});
+  for (float w : weights) CHECK(std::isfinite(w));
+  // Fewer numbers than slots: then the NaN experts, lowest index first.
+  CHECK(ids_of(p, {nan, 1.0f, nan, nan, 2.0f, nan, nan, nan}).first == std::vector<int32_t>{4, 1, 0});
+  // Softmax: one NaN makes every probability NaN; all rank alike, so by index.
+  p.kind = RouterKind::softmax_topk;
+  for (size_t at : {size_t{0}, size_t{5}}) {
+    std::vector<float> logits = {0.5f, 0.1f, 2.0f, 0.3f, 1.0f, -1.0f, 0.0f, 3.0f};
+    logits[at] = nan;
+    INFO("NaN at " << at);
+    CHECK(ids_of(p, logits).first == std::vector<int32_t>{0, 1, 2});
+  }
 }
 
 TEST_CASE("RoPE rotates half-split and interleaved pairs, with linear scaling", "[engine][ops][rope]") {

@@ -8,12 +8,16 @@
 namespace tandem {
 namespace {
 
-// Indices of the k largest values (ties: lower index first, like a stable sort).
+// Indices of the k largest values (ties: lower index first, like a stable sort). NaN ranks as -inf
+// (after every number, by index among themselves), so the order stays a strict weak order — a NaN
+// compared with `>` would break it, and the sort with it — and matches the CUDA router's.
 void top_k_indices(const double* values, int64_t n, int64_t k, int32_t* out, std::vector<int32_t>& order) {
   order.resize(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
+  const auto key = [&](int32_t i) { return std::isnan(values[i]) ? -INFINITY : values[i]; };
   std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
+    const double va = key(a), vb = key(b);
+    return va > vb || (va == vb && a < b);
   });
   std::copy(order.begin(), order.begin() + k, out);
 }
