@@ -307,7 +307,8 @@ class CudaBackend final : public Backend {
     stream_.make_current();
     if (batch.tokens <= 0) return;
     check_batch(kv, batch);
-    if (!cuda::gqa_prologue_fused(kv.dtype(), head_dim) || kv.planes() != 2 || kv.row_width() != kv_heads * head_dim)
+    if (!cuda::gqa_prologue_fused(kv.dtype(), head_dim) || kv.planes() != 2 || kv.row_width() != kv_heads * head_dim ||
+        rope.rotary_dim > head_dim)  // the three calls name what is wrong
       return Backend::gqa_prologue(rope, q, k, v, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, kv, layer,
                                    batch);
     const PreparedRope& prepared = prepared_rope(rope);

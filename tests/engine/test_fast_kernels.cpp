@@ -16,6 +16,7 @@
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "support/fixtures.hpp"
+#include "support/random_experts.hpp"
 #include "support/random_weights.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/linear.hpp"
@@ -45,29 +46,15 @@ std::vector<float> random_activations(int64_t rows, int64_t in, std::mt19937& rn
   return x;
 }
 
-struct Case {
+// Random rows at full scale (unit float deviation, every FP8 code, block scales 0.5–2) and their
+// dequantised values.
+struct Case : test::RandomMatrix {
   DType type;
   int64_t rows, in;
-  std::vector<uint8_t> weight_bytes;
-  std::vector<float> scales;  // FP8 block scales [ceil(rows/128), ceil(in/128)]
-  LinearWeight weight;
   std::vector<float> dequantised;  // [rows, in], FP8 scales applied
 
-  Case(DType t, int64_t r, int64_t n, std::mt19937& rng) : type(t), rows(r), in(n) {
-    weight_bytes = test::random_weight_rows(t, r, n, rng);
-    weight.weight.dtype = t;
-    weight.weight.shape = Shape{r, n};
-    weight.weight.data = weight_bytes.data();
-    weight.weight.nbytes = weight_bytes.size();
-    if (t == DType::f8_e4m3) {
-      const int64_t sr = (r + 127) / 128, sc = (n + 127) / 128;
-      std::uniform_real_distribution<float> s(0.5f, 2.0f);
-      for (int64_t i = 0; i < sr * sc; ++i) scales.push_back(s(rng));
-      weight.scale_inv.dtype = DType::f32;
-      weight.scale_inv.shape = Shape{sr, sc};
-      weight.scale_inv.data = scales.data();
-      weight.scale_inv.nbytes = scales.size() * 4;
-    }
+  Case(DType t, int64_t r, int64_t n, std::mt19937& rng)
+      : RandomMatrix(t, r, n, rng, 1.0f, /*modest_fp8=*/false, 0.5f, 2.0f), type(t), rows(r), in(n) {
     dequantised.resize(static_cast<size_t>(r * n));
     dequantize_weight_rows(weight, 0, r, dequantised.data());
   }

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <random>
@@ -110,6 +111,20 @@ TEST_CASE("KV policies parse; bad ones name the accepted forms", "[kv][retention
   LoadOptions o;
   o.kv_policy = "h2o:one";
   CHECK_THROWS_AS(Engine::load(test::data_dir() + "/tiny-qwen3moe", o), Error);
+}
+
+TEST_CASE("H2O with NaN scores keeps the best numbers; NaN ranks last", "[kv][retention]") {
+  // h2o:8 over 16 slots: the last 4 always, then the 4 best scores of slots 0-11. A NaN compared with
+  // `>` broke the sort's order (any slot could come out); it now ranks after every number.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> scores = {0.1f, nan, 0.5f, 0.2f, nan, 0.9f, 0.3f, 0.05f, 0.4f, nan, 0.7f, 0.6f,
+                                     0.f,  0.f, 0.f,  0.f};
+  CHECK(select_kept_slots(RetentionPolicy::parse("h2o:8"), 16, scores) ==
+        std::vector<int64_t>{2, 5, 10, 11, 12, 13, 14, 15});
+  std::vector<float> mostly_nan(16, nan);
+  mostly_nan[7] = 1.f;  // fewer numbers than places: then the NaN slots, lowest first
+  CHECK(select_kept_slots(RetentionPolicy::parse("h2o:8"), 16, mostly_nan) ==
+        std::vector<int64_t>{0, 1, 2, 7, 12, 13, 14, 15});
 }
 
 TEST_CASE("Each policy keeps exactly the tokens its definition says", "[kv][retention]") {

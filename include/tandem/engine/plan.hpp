@@ -12,6 +12,7 @@
 //     bandwidth) with every expert read once; FLOPs = 2 × weight elements per token (routed experts
 //     × top_k/num_experts) + causal attention 2·heads·(qk+v width)·N/2 per token; the slower device
 //     bounds the layer. tok/s = N / Σ.
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -36,8 +37,7 @@ inline constexpr double kGpuTokenSeconds = 300e-6;
 // The rate the decode GEMV kernels read a GPU's weights at, given its measured (or assumed) VRAM
 // bandwidth (GB/s).
 inline double gpu_decode_read_gbps(double vram_read_gbps) {
-  return vram_read_gbps * kGpuDecodeReadShare < kGpuDecodeReadGbps ? vram_read_gbps * kGpuDecodeReadShare
-                                                                   : kGpuDecodeReadGbps;
+  return std::min(kGpuDecodeReadGbps, kGpuDecodeReadShare * vram_read_gbps);
 }
 // One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
 // down, the CPU pool woken, the output copied up. Fitted on the same machine: the 48-layer hybrid
