@@ -11,22 +11,27 @@
 #   ROUNDS  alternations (default 2); BENCH  bench model's size flags (default "-p 512 -n 64 -r 2")
 #   TESTS   a test_cuda filter run on this tree first ("" skips, "all" runs every case; default all)
 #   KEYS    the JSON keys printed (default prefill_tok_s decode_tok_s decode_tok_s_sd)
+#   AB_ENV  a variable name: instead of a base revision, this tree's binary with VAR=0 ("base") against
+#           VAR=1 ("new"), no .ab-base.tar needed
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH="/tmp/tandem-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 out=${OUT:-/tmp/tandem-ab}
 mkdir -p "$out"
 t0=$SECONDS
-[ -s .ab-base.tar ] || { echo "no .ab-base.tar: git archive BASE -o .ab-base.tar on the dev machine, and carry it" >&2; exit 2; }
+ab_env=${AB_ENV:-}
+[ -n "$ab_env" ] || [ -s .ab-base.tar ] || { echo "no .ab-base.tar: git archive BASE -o .ab-base.tar on the dev machine, and carry it" >&2; exit 2; }
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 TANDEM_DEVICE_TARGETS="test_cuda tandem_cli" TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh build-gpu \
   > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 echo "== this tree built $((SECONDS - t0))s"
-base=/tmp/ab-base
-rm -rf "$base" && mkdir -p "$base" && tar -xf .ab-base.tar -C "$base" && cp -r .deps "$base/"
-(cd "$base" && TANDEM_DEVICE_TARGETS=tandem_cli TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh build \
-   > "$out/build-base.log" 2>&1; echo "== base built rc=$? $((SECONDS - t0))s") &
-new=build-gpu/bin/tandem old=$base/build/bin/tandem
+new=build-gpu/bin/tandem old=$new
+if [ -z "$ab_env" ]; then
+  base=/tmp/ab-base old=/tmp/ab-base/build/bin/tandem
+  rm -rf "$base" && mkdir -p "$base" && tar -xf .ab-base.tar -C "$base" && cp -r .deps "$base/"
+  (cd "$base" && TANDEM_DEVICE_TARGETS=tandem_cli TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh build \
+     > "$out/build-base.log" 2>&1; echo "== base built rc=$? $((SECONDS - t0))s") &
+fi
 cases=${CASES:-"q48 --placement *=cuda:0"}
 declare -A file=([q8]=/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf [q48]=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf)
 [[ $cases == *q8* && ! -s ${file[q8]} ]] && $new synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o "${file[q8]}" > /dev/null 2>&1 &
@@ -43,8 +48,9 @@ echo "== ready $((SECONDS - t0))s"
 [ -x "$old" ] || { tail -30 "$out/build-base.log"; exit 1; }
 run() {  # label binary file flags...
   local label=$1 bin=$2 f=$3; shift 3
-  local json
-  json=$("$bin" bench model -m "$f" ${BENCH:--p 512 -n 64 -r 2} -t 16 --spread-tokens 0 "$@" --json 2>"$out/stderr.log")
+  local json env=()
+  [ -n "$ab_env" ] && env=("$ab_env=$([[ $label == base* ]] && echo 0 || echo 1)")
+  json=$(env "${env[@]}" "$bin" bench model -m "$f" ${BENCH:--p 512 -n 64 -r 2} -t 16 --spread-tokens 0 "$@" --json 2>"$out/stderr.log")
   KEYS="${KEYS:-prefill_tok_s decode_tok_s decode_tok_s_sd}" python3 -c '
 import json, os, sys
 j = json.loads(sys.argv[2])

@@ -59,6 +59,10 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device), stream_(device), blas_(device) {
     const char* blas = std::getenv("TANDEM_CUDA_BLAS");
     blas_enabled_ = !(blas != nullptr && std::string_view(blas) == "0");
+    // For A/B runs: TANDEM_CUDA_Q8_DOT=0 or 1 overrides set_decode_q8.
+    if (const char* q8 = std::getenv("TANDEM_CUDA_Q8_DOT"); q8 != nullptr && (q8 == std::string_view("0") || q8 == std::string_view("1")))
+      q8_override_ = q8 == std::string_view("1") ? 1 : 0;
+    decode_q8_ = q8_override_ == 1;
   }
   ~CudaBackend() override {
     try {
@@ -70,6 +74,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::cuda(device_); }
   int threads() const override { return 1; }
   void set_prefill_bf16(bool bf16) { prefill_bf16_ = bf16; }
+  void set_decode_q8(bool on) { decode_q8_ = q8_override_ >= 0 ? q8_override_ == 1 : on; }
 
   // ---- memory, copies, events ----
   DeviceBuffer allocate(size_t bytes) override {
@@ -213,7 +218,7 @@ class CudaBackend final : public Backend {
     stream_.make_current();
     if (rows <= 0) return;
     if (blas_linear(w, x, rows, y)) return;
-    cuda::linear(stream_, weight(w), x, rows, y, math_for(w.weight.dtype));
+    cuda::linear(stream_, weight(w), x, rows, y, math_for(w.weight.dtype), decode_q8_);
   }
 
   void linears(const LinearWeight* const* ws, float* const* ys, int count, const float* x, int64_t rows) override {
@@ -227,7 +232,7 @@ class CudaBackend final : public Backend {
       device[i] = weight(*ws[i]);
       maths[i] = math_for(ws[i]->weight.dtype);
     }
-    cuda::linears(stream_, device, ys, count, x, rows, maths);
+    cuda::linears(stream_, device, ys, count, x, rows, maths, decode_q8_);
   }
 
   // Prefill batches of kBlasMinRows+ tokens with bf16 math multiply through cuBLAS when it loads
@@ -380,10 +385,10 @@ class CudaBackend final : public Backend {
     const cuda::DeviceWeight g = weight(gate), u = weight(up), d = weight(down);
     float* d_gate = scratch(kGate, tokens * g.out_features);
     float* d_up = scratch(kUp, tokens * u.out_features);
-    cuda::linear(stream_, g, x, tokens, d_gate, math_for(g.type));
-    cuda::linear(stream_, u, x, tokens, d_up, math_for(u.type));
+    cuda::linear(stream_, g, x, tokens, d_gate, math_for(g.type), decode_q8_);
+    cuda::linear(stream_, u, x, tokens, d_up, math_for(u.type), decode_q8_);
     cuda::silu_glu(stream_, d_gate, d_up, tokens * g.out_features, d_gate);
-    cuda::linear(stream_, d, d_gate, tokens, out, math_for(d.type));
+    cuda::linear(stream_, d, d_gate, tokens, out, math_for(d.type), decode_q8_);
   }
 
   // Queued on the stream like every call: the event the caller records after it is the wait.
@@ -407,9 +412,10 @@ class CudaBackend final : public Backend {
     if (const cuda::ExpertTable* table =
             cached != expert_caches_.end() ? &cached->second->table() : expert_table(experts)) {
       if (tokens <= kPairwiseMaxTokens) {
-        float* d_act = scratch(kGate, pairs * table->intermediate);
+        float* d_act = scratch(kGate, cuda::pairwise_act_floats(*table, hidden, pairs, decode_q8_));
         if (cuda::pairwise_aligned(x, d_act))
-          return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out);
+          return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out,
+                                    decode_q8_);
       } else if (blas_moe(*table, x, tokens, hidden, expert_ids, weights, top_k, out)) {
         return;
       } else {
@@ -863,6 +869,8 @@ class CudaBackend final : public Backend {
   cuda::BlasGemm blas_;
   cuda::MoeBlasHost moe_blas_host_;
   bool blas_enabled_ = true;
+  bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
+  int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
@@ -902,6 +910,10 @@ uint64_t cuda_backend_kv_bytes(const Backend& backend) {
 
 void cuda_backend_set_prefill_bf16(Backend& backend, bool bf16) {
   if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_prefill_bf16(bf16);
+}
+
+void cuda_backend_set_decode_q8(Backend& backend, bool on) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_decode_q8(on);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

@@ -10,6 +10,7 @@
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
+#include "q8_activations.cuh"
 #include "staged_rows.cuh"
 #include "tensor_core_linear.cuh"
 #include "tandem/cuda/kernels.hpp"
@@ -141,6 +142,52 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
     if (lane == 0 && r < nrows) group.y[m][(r0 + r) * out_features + o] = acc[r] + (bias != nullptr ? bias[o] : 0.f);
 }
 
+// linear_lanes_kernel<·, 1> for Q4_K/Q6_K rows with the token quantised per 32 values into shared
+// memory first (q8_activations.cuh) and the rows' codes multiplied by dp4a: the float kernel spends
+// four instructions per weight turning codes into float products, and that, not HBM, bounds it.
+// A block takes row groups blockIdx.x, + gridDim.x, …, so that a tall matrix (the output head:
+// 151,936 rows) quantises the token once per block, not once per 8 rows.
+template <DType T>
+__global__ void __launch_bounds__(kLaneWarps * 32)
+    linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
+                           int64_t row_groups) {
+  extern __shared__ __align__(16) char shared[];
+  __shared__ float partial[kLaneWarps];
+  const auto xq = detail::q8_arrays<32>(shared, in_features);
+  detail::quantize_q8_32(x, in_features, xq);
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
+  const int64_t total = group.end[group.count - 1];
+  for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
+    const int64_t row = g * (kLaneWarps / splits) + warp / splits;
+    int m = 0;
+    while (m + 1 < group.count && row >= group.end[m]) ++m;
+    const int64_t first = m == 0 ? 0 : group.end[m - 1];
+    const int64_t o = row - first, out_features = group.end[m] - first;
+    float acc = 0.f;
+    if (row < total)
+      acc = detail::lane_row_dot_q8<detail::Q8Lanes<T>, 8>(group.weight[m] + o * row_bytes, part, in_features / 256,
+                                                           splits, lane, xq.view());
+    acc = detail::warp_sum(acc);
+    if (splits > 1) {
+      if (lane == 0) partial[warp] = acc;
+      __syncthreads();
+      float sum = 0.f;
+      if (part == 0)
+        for (int j = 0; j < splits; ++j) sum += partial[warp + j];
+      acc = sum;
+      __syncthreads();  // partial is rewritten by the next group
+    }
+    if (row < total && part == 0 && lane == 0) {
+      const float* bias = group.bias[m];
+      group.y[m][o] = acc + (bias != nullptr ? bias[o] : 0.f);
+    }
+  }
+}
+
+// Blocks of the int8 kernel at most: enough to fill a large GPU several times over.
+constexpr int64_t kQ8MaxBlocks = 1024;
+
 // Warps per row for the lane kernel: enough that the launch has ~kTargetWarps warps, at most one per
 // unit of the row (lane_row_dot) and kLaneWarps. On the H200 (bench_cuda_kernels, a4c13b3) splitting helped the
 // 512- and 128-row matrices (7.7 → 5.0 and 7.5 → 3.9 µs) and cost the 4096- and 2048-row ones
@@ -217,8 +264,21 @@ void add_to_group(LaneGroup& group, const DeviceWeight& w, float* y) {
   group.end[m] = (m == 0 ? 0 : group.end[m - 1]) + w.out_features;
 }
 
+// Whether one token's rows of `type` take the integer products (Q4_K rows 16-byte aligned, Q6_K rows
+// 2-byte aligned, whole 256-value blocks whose quantised token fits the shared memory).
+bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features) {
+  const int alignment = type == DType::q4_k ? detail::Q8Lanes<DType::q4_k>::kAlignment
+                                            : detail::Q8Lanes<DType::q6_k>::kAlignment;
+  if ((type != DType::q4_k && type != DType::q6_k) || in_features % 256 != 0 ||
+      detail::q8_bytes<32>(in_features) > kSharedBytes)
+    return false;
+  for (int m = 0; m < group.count; ++m)
+    if (reinterpret_cast<uintptr_t>(group.weight[m]) % alignment != 0) return false;
+  return true;
+}
+
 void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t row_bytes, int64_t in_features,
-                  const float* x, int64_t rows) {
+                  const float* x, int64_t rows, bool quantised_x) {
   const int tile = rows == 1 ? 1 : kTile;
   const int64_t token_tiles = (rows + tile - 1) / tile;
   const int64_t out_features = group.end[group.count - 1];
@@ -230,6 +290,22 @@ void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t ro
                     detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
     kernel<<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(group, row_bytes, in_features, x, rows, splits);
   };
+  if (quantised_x && rows == 1 && lanes_q8_take(group, type, in_features)) {
+    const auto launch_q8 = [&](auto kernel, int64_t unit_blocks) {
+      const int splits = lane_splits(out_features, (in_features / 256 + unit_blocks - 1) / unit_blocks, 1);
+      const int64_t rows_per_block = kLaneWarps / splits;
+      const int64_t row_groups = (out_features + rows_per_block - 1) / rows_per_block;
+      kernel<<<detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "linear"), kLaneWarps * 32,
+               detail::q8_bytes<32>(in_features), detail::native(stream)>>>(group, row_bytes, in_features, x, splits,
+                                                                            row_groups);
+    };
+    if (type == DType::q4_k)
+      launch_q8(linear_lanes_q8_kernel<DType::q4_k>, detail::Q8Lanes<DType::q4_k>::kUnitBlocks);
+    else
+      launch_q8(linear_lanes_q8_kernel<DType::q6_k>, detail::Q8Lanes<DType::q6_k>::kUnitBlocks);
+    detail::check_launch("linear (lanes, int8 products)");
+    return;
+  }
   dispatch_weight_type(type, [&](auto decoder) {
     using D = decltype(decoder);
     if constexpr (detail::LaneBlocks<D>::available) {
@@ -251,7 +327,8 @@ bool weight_type_supported(DType t) noexcept {
   return dispatch_weight_type(t, [](auto) {});
 }
 
-void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y, TensorCoreMath math) {
+void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y, TensorCoreMath math,
+            bool quantised_x) {
   if (rows <= 0 || w.out_features <= 0) return;
   const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear");
   if (detail::tensor_core_linear_supported(w, x, rows))
@@ -259,7 +336,7 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
   if (lane_kernel_takes(w, x)) {
     LaneGroup group;
     add_to_group(group, w, y);
-    launch_lanes(stream, group, w.type, rb, w.in_features, x, rows);
+    launch_lanes(stream, group, w.type, rb, w.in_features, x, rows, quantised_x);
     return;
   }
   // As many tokens per block as fit the shared-memory budget (a decode token up to ~11.9k inputs);
@@ -287,14 +364,14 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
 }
 
 void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const float* x, int64_t rows,
-             const TensorCoreMath* maths) {
+             const TensorCoreMath* maths, bool quantised_x) {
   // Consecutive matrices the lane kernel takes, of one type and width, share a launch; the others
   // (and batches for the tensor cores) go one by one.
   for (int i = 0; i < count;) {
     const DeviceWeight& w = ws[i];
     if (rows <= 0 || w.out_features <= 0 || detail::tensor_core_linear_supported(w, x, rows) ||
         !lane_kernel_takes(w, x)) {
-      linear(stream, w, x, rows, ys[i], maths[i]);
+      linear(stream, w, x, rows, ys[i], maths[i], quantised_x);
       ++i;
       continue;
     }
@@ -309,7 +386,7 @@ void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count
         break;
       add_to_group(group, o, ys[j]);
     }
-    launch_lanes(stream, group, w.type, rb, w.in_features, x, rows);
+    launch_lanes(stream, group, w.type, rb, w.in_features, x, rows, quantised_x);
     i = j;
   }
 }

@@ -8,6 +8,7 @@
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
+#include "q8_activations.cuh"
 #include "staged_rows.cuh"
 #include "tandem/cuda/kernels.hpp"
 
@@ -100,6 +101,80 @@ __global__ void __launch_bounds__(kGateWarps * 32)
   if (lane == 0) act[p * table.intermediate + o] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
 }
 
+// The two rows' parts of dot products with quantised activations, Batch blocks of each in flight
+// (lane_row_dot_q8 of both rows at once: they share the codes' reads and their loads overlap).
+template <typename Q, int Batch, int G>
+__device__ __forceinline__ void lane_row_dot2_q8(const uint8_t* row_a, const uint8_t* row_b, int64_t blocks, int lane,
+                                                 const detail::Q8View<G>& x, float& acc_a, float& acc_b) {
+  constexpr int64_t U = Q::kUnitBlocks;
+  constexpr int kUnits = Batch / U > 0 ? Batch / U : 1;
+  const int64_t units = (blocks + U - 1) / U;
+  for (int64_t u0 = 0; u0 < units; u0 += kUnits) {
+    typename Q::Raw ra[kUnits], rb[kUnits];
+#pragma unroll
+    for (int b = 0; b < kUnits; ++b) {
+      const int64_t blk = (u0 + b) * U + lane / (32 / U);
+      if (u0 + b < units && blk < blocks) {
+        ra[b] = Q::load(row_a, blk, lane);
+        rb[b] = Q::load(row_b, blk, lane);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kUnits; ++b) {
+      const int64_t blk = (u0 + b) * U + lane / (32 / U);
+      if (u0 + b < units && blk < blocks) {
+        acc_a += Q::dot(ra[b], blk, lane, x);
+        acc_b += Q::dot(rb[b], blk, lane, x);
+      }
+    }
+  }
+}
+
+// gate_up_kernel for Q4_K/Q6_K rows with the token's activations quantised per 32 values into
+// shared memory first (q8_activations.cuh) and the rows' codes multiplied by dp4a: a weight's product
+// costs a fraction of an instruction instead of four (shift, mask, int→float, FMA), which is what
+// bounds the float kernel (Nsight Compute, H100: 0.39 instructions issued per scheduler cycle, DRAM
+// 19 % busy). A row not aligned for Q8Lanes falls back to the float dot. With `out_q8`, the block's 8
+// outputs (one group: intermediate is a multiple of 8) are also quantised there for the down kernel.
+template <DType T>
+__global__ void __launch_bounds__(kGateWarps * 32, 3)
+    gate_up_q8_kernel(ExpertTable table, const int32_t* ids, int64_t top_k, const float* x, int64_t hidden,
+                      float* act, detail::Q8Arrays<8> out_q8, bool quantise_out) {
+  static_assert(kGateWarps == 8, "a block's outputs are one group of 8");
+  extern __shared__ __align__(16) char shared[];
+  __shared__ float outs[kGateWarps];
+  using Q = detail::Q8Lanes<T>;
+  using L = detail::LaneBlocks<detail::Decoder<T>>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t p = blockIdx.y, t = p / top_k;
+  const float* xt = x + t * hidden;
+  const auto xq = detail::q8_arrays<32>(shared, hidden);
+  detail::quantize_q8_32(xt, hidden, xq);
+  __syncthreads();
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kGateWarps, o = o0 + warp;
+  const int32_t e = ids[p];
+  if (e < 0 || e >= table.experts) return;  // the whole block: one pair
+  float v = 0.f;
+  if (o < table.intermediate) {
+    const auto* gate = static_cast<const uint8_t*>(table.gate[e]) + o * table.gate_row_bytes;
+    const auto* up = static_cast<const uint8_t*>(table.up[e]) + o * table.up_row_bytes;
+    float g = 0.f, u = 0.f;
+    if (reinterpret_cast<uintptr_t>(gate) % Q::kAlignment != 0 || reinterpret_cast<uintptr_t>(up) % Q::kAlignment != 0)
+      detail::lane_row_dot2<L, 8>(gate, up, hidden / 256, lane, xt, g, u);
+    else
+      lane_row_dot2_q8<Q, (Q::kUnitBlocks > 1 ? 8 : 4)>(gate, up, hidden / 256, lane, xq.view(), g, u);
+    g = detail::warp_sum(g);
+    u = detail::warp_sum(u);
+    v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
+    if (lane == 0) act[p * table.intermediate + o] = v;
+  }
+  if (!quantise_out) return;
+  if (lane == 0) outs[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0 && o0 + kGateWarps <= table.intermediate)
+    detail::quantize_q8_8(outs, (p * table.intermediate + o0) / 8, out_q8);
+}
+
 // out[t, o] = Σ_s weights[t, s] · (down_e[o] · act[(t, s)]), e = ids[(t, s)], in slot order.
 template <typename D, bool SharedX>
 __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k,
@@ -182,14 +257,74 @@ __global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
   out[t * hidden + o] = sum;
 }
 
+// down_slots_kernel on the activations gate_up_q8_kernel quantised per 8 (act_q8), the rows' codes
+// multiplied by dp4a; a row not aligned for Q8Lanes takes the float dot on act.
+template <DType T>
+__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
+    down_slots_q8_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
+                         detail::Q8View<8> act_q8, int64_t hidden, float* out) {
+  __shared__ float dots[kDownRows][kMaxSlots];
+  using Q = detail::Q8Lanes<T>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int row = warp / kSlotWarps, slot_warp = warp % kSlotWarps;
+  const int64_t t = blockIdx.y, o = static_cast<int64_t>(blockIdx.x) * kDownRows + row;
+  const int64_t blocks = table.intermediate / 256;
+  if (o < hidden)
+    for (int64_t s = slot_warp; s < top_k; s += kSlotWarps) {
+      const int32_t e = ids[t * top_k + s];
+      float part = 0.f;
+      if (e >= 0 && e < table.experts) {
+        const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
+        const int64_t at = (t * top_k + s) * table.intermediate;
+        // Q6_K rows are 2-byte aligned wherever the float kernels take them: only Q4_K needs the fallback.
+        if (Q::kAlignment <= 2 || reinterpret_cast<uintptr_t>(down) % Q::kAlignment == 0)
+          part = detail::lane_row_dot_q8<Q, 4>(down, 0, blocks, 1, lane, act_q8.at(at));
+        else if constexpr (Q::kAlignment > 2)
+          detail::lane_row_dot<detail::LaneBlocks<detail::Decoder<T>>, 1, 4>(down, 0, blocks, 1, lane, act + at, 0, 1,
+                                                                             &part);
+      }
+      part = detail::warp_sum(part);
+      if (lane == 0) dots[row][s] = part;
+    }
+  __syncthreads();
+  if (o >= hidden || slot_warp != 0 || lane != 0) return;
+  float sum = 0.f;
+  for (int64_t s = 0; s < top_k; ++s) {
+    const int32_t e = ids[t * top_k + s];
+    if (e >= 0 && e < table.experts) sum = __fadd_rn(sum, __fmul_rn(weights[t * top_k + s], dots[row][s]));
+  }
+  out[t * hidden + o] = sum;
+}
+
+bool q8_type(DType t) { return t == DType::q4_k || t == DType::q6_k; }
+
+// Where the down projections also take the integer products (after gate_up_q8_kernel).
+bool down_q8_applies(const ExpertTable& table, int64_t top_k) {
+  return q8_type(table.down_type) && table.down_scales == nullptr && table.intermediate % 256 == 0 &&
+         top_k <= kMaxSlots;
+}
+
 }  // namespace
 
 bool pairwise_aligned(const float* x, const float* act) noexcept {
   return reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(act) % 16 == 0;
 }
 
+bool pairwise_q8_applies(const ExpertTable& table, int64_t hidden) noexcept {
+  return q8_type(table.gate_type) && table.up_type == table.gate_type && table.gate_scales == nullptr &&
+         table.up_scales == nullptr && hidden % 256 == 0 && table.intermediate % 8 == 0 &&
+         detail::q8_bytes<32>(hidden) <= kSharedBytes;
+}
+
+int64_t pairwise_act_floats(const ExpertTable& table, int64_t hidden, int64_t pairs, bool quantised_x) noexcept {
+  const int64_t floats = pairs * table.intermediate;
+  if (!quantised_x || !pairwise_q8_applies(table, hidden)) return floats;
+  return floats + (detail::q8_bytes<8>(floats) + 3) / 4;
+}
+
 void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
-                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out) {
+                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out,
+                  bool quantised_x) {
   if (tokens <= 0) return;
   if (table.gate_type != table.up_type)
     throw Error(ErrorKind::internal, "cuda::moe_by_pairs: the experts' gate and up differ in type");
@@ -201,7 +336,22 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
                        detail::grid_dim(tokens, "moe down (tokens)", 65535));
   const auto x_bytes = static_cast<size_t>(padded_floats(hidden) * 4);
   const auto act_bytes = static_cast<size_t>(top_k * padded_floats(table.intermediate) * 4);
-  const bool gate_known = dispatch_weight_type(table.gate_type, [&](auto decoder) {
+  const bool q8 = quantised_x && pairwise_q8_applies(table, hidden);
+  const bool down_q8 = q8 && down_q8_applies(table, top_k);
+  // The down kernel's codes follow act's floats (pairwise_act_floats; 16-byte aligned: intermediate is
+  // a multiple of 256 there).
+  const int64_t act_floats = tokens * top_k * table.intermediate;
+  const auto act_q8 = detail::q8_arrays<8>(act + act_floats, act_floats);
+  if (q8) {
+    const auto shared = static_cast<size_t>(detail::q8_bytes<32>(hidden));
+    if (table.gate_type == DType::q4_k)
+      gate_up_q8_kernel<DType::q4_k><<<gate_grid, kGateWarps * 32, shared, detail::native(stream)>>>(
+          table, ids, top_k, x, hidden, act, act_q8, down_q8);
+    else
+      gate_up_q8_kernel<DType::q6_k><<<gate_grid, kGateWarps * 32, shared, detail::native(stream)>>>(
+          table, ids, top_k, x, hidden, act, act_q8, down_q8);
+  }
+  const bool gate_known = q8 || dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
     if (x_bytes <= kSharedBytes && !detail::LaneBlocks<D>::available)
       gate_up_kernel<D, true><<<gate_grid, kGateWarps * 32, x_bytes, detail::native(stream)>>>(table, ids, top_k, x,
@@ -212,6 +362,19 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   });
   if (!gate_known) throw Error(ErrorKind::unsupported, text("cuda::moe_by_pairs: no kernel for ", dtype_name(table.gate_type)));
   detail::check_launch("moe gate/up");
+  if (down_q8) {
+    const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
+                    detail::grid_dim(tokens, "moe down (tokens)", 65535));
+    const detail::Q8View<8> view{act_q8.q, act_q8.d, act_q8.sum};
+    if (table.down_type == DType::q4_k)
+      down_slots_q8_kernel<DType::q4_k><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
+          table, ids, weights, top_k, act, view, hidden, out);
+    else
+      down_slots_q8_kernel<DType::q6_k><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
+          table, ids, weights, top_k, act, view, hidden, out);
+    detail::check_launch("moe down (int8 products)");
+    return;
+  }
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
     using D = decltype(decoder);
     if constexpr (detail::LaneBlocks<D>::available) {

@@ -52,6 +52,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
                                           "-DTANDEM_CUDA=ON where nvcc is installed)");
 }
 void cuda_backend_set_prefill_bf16(Backend&, bool) {}
+void cuda_backend_set_decode_q8(Backend&, bool) {}
 uint64_t cuda_backend_weight_bytes(const Backend&) { return 0; }
 uint64_t cuda_backend_kv_bytes(const Backend&) { return 0; }
 #endif

@@ -311,7 +311,10 @@ class CpuEngine final : public Engine {
       }
       prefix_cache_ = std::make_unique<PrefixCache>(*kv_, std::move(disk), std::move(host));
     }
-    for (auto& [index, gpu] : gpu_backends_) cuda_backend_set_prefill_bf16(*gpu, options_.cuda_prefill_bf16);
+    for (auto& [index, gpu] : gpu_backends_) {
+      cuda_backend_set_prefill_bf16(*gpu, options_.cuda_prefill_bf16);
+      cuda_backend_set_decode_q8(*gpu, options_.cuda_decode_q8);
+    }
     if (!gpu_backends_.empty()) {
       // Weights placed on a GPU go there now, so a type without a kernel or a full GPU fails the
       // load, not the first step.

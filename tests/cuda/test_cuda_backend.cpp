@@ -20,6 +20,7 @@
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/cuda/moe_blas.hpp"
 #include "tandem/error.hpp"
+#include "tandem/formats/dequantize.hpp"
 #include "tandem/formats/safetensors.hpp"
 #include "tandem/kv/kv_pool.hpp"
 #include "tandem/model/model_config.hpp"
@@ -801,6 +802,139 @@ TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equ
       }
     }
   }
+}
+
+TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithmetic on those activations",
+          "[cuda][q8]") {
+  // The integer products multiply exactly the values quantize_q8_reference dequantises to. Gate and up:
+  // the quantised path on x equals the float path on x's codes (per 32) within float rounding. Down:
+  // the output equals Σ weight · down_e · codes (per 8) of the SiLU-GLU outputs the device wrote, in
+  // double on the host from the dequantised rows. Against the float path on x itself it differs by
+  // the quantisation (and must differ: else it did not run).
+  if (!have_gpu()) return;
+  const int64_t experts = 16, top_k = 4, tokens = 3;
+  uint32_t seed = 160;
+  for (DType gate_type : {DType::q4_k, DType::q6_k})
+    for (DType down_type : {DType::q4_k, DType::q6_k})
+      for (auto [hidden, inter] : {std::pair<int64_t, int64_t>{512, 256}, {1280, 768}, {2048, 512}}) {
+        // 1,280 and 768: a last wide unit of four Q4_K blocks cut short
+        const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, seed += 7);
+        const UploadedExperts up = upload_experts(random.weights);
+        REQUIRE(cuda::pairwise_q8_applies(up.table, hidden));
+        const std::vector<int32_t> ids = skewed_ids(tokens, top_k, experts);
+        const auto weights = random_floats(static_cast<size_t>(tokens * top_k), seed + 1);
+        const auto x = random_floats(static_cast<size_t>(tokens * hidden), seed + 2);
+        std::vector<float> x_codes(x.size());
+        cuda::quantize_q8_reference(x.data(), static_cast<int64_t>(x.size()), 32, x_codes.data());
+        cuda::Stream stream(0);
+        cuda::DeviceBuffer di = put_dev(ids), dw = put_dev(weights);
+        const int64_t act_values = tokens * top_k * inter;
+        auto run = [&](const std::vector<float>& input, bool quantised) {
+          const int64_t act_floats = cuda::pairwise_act_floats(up.table, hidden, tokens * top_k, quantised);
+          CHECK(act_floats >= act_values + (quantised ? act_values / 2 : 0));  // codes, scales and sums
+          cuda::DeviceBuffer dx = put_dev(input), out(0, input.size() * 4), act(0, static_cast<size_t>(act_floats) * 4);
+          cuda::moe_by_pairs(stream, up.table, static_cast<const float*>(dx.data()), tokens, hidden,
+                             static_cast<const int32_t*>(di.data()), static_cast<const float*>(dw.data()), top_k,
+                             static_cast<float*>(act.data()), static_cast<float*>(out.data()), quantised);
+          stream.synchronize();
+          std::vector<float> a(static_cast<size_t>(act_values)), o(input.size());
+          act.download(a.data(), a.size() * 4);
+          out.download(o.data(), o.size() * 4);
+          return std::pair{a, o};
+        };
+        const auto [q8_act, q8_out] = run(x, true);
+        const auto [codes_act, codes_out] = run(x_codes, false);
+        const auto [float_act, float_out] = run(x, false);
+        std::vector<float> act_codes(q8_act.size());
+        cuda::quantize_q8_reference(q8_act.data(), act_values, 8, act_codes.data());
+        std::vector<float> expected(x.size(), 0.f), row(static_cast<size_t>(inter));
+        const int64_t down_row = *row_bytes(down_type, inter);
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t o = 0; o < hidden; ++o) {
+            double sum = 0;
+            for (int64_t s = 0; s < top_k; ++s) {
+              const int32_t e = ids[static_cast<size_t>(t * top_k + s)];
+              const auto* bytes = static_cast<const uint8_t*>(random.weights.down[static_cast<size_t>(e)].weight.data);
+              dequantize_row(down_type, bytes + o * down_row, row.data(), inter);
+              double dot = 0;
+              for (int64_t i = 0; i < inter; ++i)
+                dot += double(row[static_cast<size_t>(i)]) * act_codes[static_cast<size_t>((t * top_k + s) * inter + i)];
+              sum += double(weights[static_cast<size_t>(t * top_k + s)]) * dot;
+            }
+            expected[static_cast<size_t>(t * hidden + o)] = static_cast<float>(sum);
+          }
+        INFO(type_name(gate_type) << " / " << type_name(down_type) << ", hidden " << hidden << ", intermediate " << inter);
+        CHECK(relative_error(q8_act, codes_act) < 1e-5);
+        CHECK(relative_error(q8_out, expected) < 1e-5);
+        const double act_quantisation = relative_error(q8_act, float_act), quantisation = relative_error(q8_out, float_out);
+        CHECK(act_quantisation > 0);
+        CHECK(act_quantisation < 2e-2);
+        CHECK(relative_error(codes_out, q8_out) > 0);  // the down codes differ from the float outputs
+        CHECK(quantisation < 3e-2);
+      }
+}
+
+TEST_CASE("cuda decode linears on int8 activations (dp4a) equal the float kernel on those activations",
+          "[cuda][q8]") {
+  if (!have_gpu()) return;
+  uint32_t seed = 900;
+  cuda::Stream stream(0);
+  for (DType t : {DType::q4_k, DType::q6_k})
+    // q (4096 × 2048), a 512-row matrix (its rows split over warps), o (2048 × 4096), a width of one block,
+    // rows that leave the last block of the launch part-empty
+    for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 2048}, {512, 2048}, {2048, 4096}, {7, 256}, {130, 768}}) {
+      const auto w = random_weight(t, out, in, ++seed, /*with_bias=*/true);
+      const auto x = random_floats(static_cast<size_t>(in), ++seed);
+      std::vector<float> x_codes(x.size());
+      cuda::quantize_q8_reference(x.data(), in, 32, x_codes.data());
+      // A copy of the weight 4 bytes into its buffer: Q4_K rows then miss the 16-byte alignment of the
+      // wide loads and must take the float kernel.
+      const auto* bytes = static_cast<const uint8_t*>(w.w.weight.data);
+      std::vector<uint8_t> shifted_bytes(4, 0);
+      shifted_bytes.insert(shifted_bytes.end(), bytes, bytes + w.w.weight.nbytes);
+      cuda::DeviceBuffer dw = put_dev(std::vector<uint8_t>(bytes, bytes + w.w.weight.nbytes)),
+                         shifted = put_dev(shifted_bytes), db = put_dev(w.bias);
+      const auto run = [&](const std::vector<float>& input, bool quantised, bool misaligned = false) {
+        cuda::DeviceBuffer dx = put_dev(input), dy(0, static_cast<size_t>(out) * 4);
+        const void* base = misaligned ? static_cast<const char*>(shifted.data()) + 4 : dw.data();
+        const cuda::DeviceWeight dev{t, base, out, in, nullptr, static_cast<const float*>(db.data())};
+        cuda::linear(stream, dev, static_cast<const float*>(dx.data()), 1, static_cast<float*>(dy.data()),
+                     cuda::TensorCoreMath::tf32x3, quantised);
+        stream.synchronize();
+        std::vector<float> y(static_cast<size_t>(out));
+        dy.download(y.data(), y.size() * 4);
+        return y;
+      };
+      const auto q8 = run(x, true), on_codes = run(x_codes, false), on_x = run(x, false);
+      INFO(type_name(t) << " [" << out << ", " << in << "]");
+      CHECK(relative_error(q8, on_codes) < 1e-5);
+      const double quantisation = relative_error(q8, on_x);
+      CHECK(quantisation > 0);
+      CHECK(quantisation < 2e-2);
+      if (t == DType::q4_k) CHECK(run(x, true, true) == run(x, false, true));  // the float kernel, bit for bit
+      // In a group with others of its type and width (one launch), each output as alone.
+      const auto w2 = random_weight(t, 96, in, ++seed);
+      cuda::DeviceBuffer dw2 = put_dev(std::vector<uint8_t>(static_cast<const uint8_t*>(w2.w.weight.data),
+                                                            static_cast<const uint8_t*>(w2.w.weight.data) + w2.w.weight.nbytes));
+      cuda::DeviceBuffer dx = put_dev(x), dy1(0, static_cast<size_t>(out) * 4), dy2(0, 96 * 4);
+      const cuda::DeviceWeight pair[2] = {{t, dw.data(), out, in, nullptr, static_cast<const float*>(db.data())},
+                                          {t, dw2.data(), 96, in, nullptr, nullptr}};
+      float* ys[2] = {static_cast<float*>(dy1.data()), static_cast<float*>(dy2.data())};
+      const cuda::TensorCoreMath maths[2] = {cuda::TensorCoreMath::tf32x3, cuda::TensorCoreMath::tf32x3};
+      cuda::linears(stream, pair, ys, 2, static_cast<const float*>(dx.data()), 1, maths, true);
+      cuda::DeviceBuffer dy3(0, 96 * 4);
+      cuda::linear(stream, pair[1], static_cast<const float*>(dx.data()), 1, static_cast<float*>(dy3.data()),
+                   cuda::TensorCoreMath::tf32x3, true);
+      stream.synchronize();
+      std::vector<float> y1(static_cast<size_t>(out)), y2(96), y3(96);
+      dy1.download(y1.data(), y1.size() * 4);
+      dy2.download(y2.data(), y2.size() * 4);
+      dy3.download(y3.data(), y3.size() * 4);
+      // The same codes; the rows' splits over warps (and so the order of their partial sums) follow
+      // the launch's row count.
+      CHECK(relative_error(y1, q8) < 1e-6);
+      CHECK(relative_error(y2, y3) < 1e-6);
+    }
 }
 
 TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, within bf16 rounding, the pairs",

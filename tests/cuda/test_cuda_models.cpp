@@ -10,6 +10,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <span>
 #include <string>
 
 #include "cuda/cuda_test_support.hpp"
@@ -17,6 +20,7 @@
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/safetensors.hpp"
+#include "tandem/text/tokenizer.hpp"
 
 using namespace tandem;
 using test::have_gpu;
@@ -30,6 +34,7 @@ std::unique_ptr<Engine> load(const std::string& path, const std::string& placeme
                              KvType kv_type = KvType::f32) {
   LoadOptions o;
   o.cuda_prefill_bf16 = prefill_bf16;
+  o.cuda_decode_q8 = false;  // float activations: the int8 products have their own test
   o.stream_experts_min_tokens = stream_experts_min_tokens;
   o.defer_experts = defer_experts;
   o.kv_type = kv_type;
@@ -198,6 +203,72 @@ TEST_CASE("cuda whole model: bf16 prefill tiles on quantised files stay within t
                                         << " positions off by 1e-2, " << flips << " argmax differ, NLL " << nll
                                         << " vs " << nll_cpu);
     }
+  }
+}
+
+// Token by token, so that every position goes through the decode GEMVs: each position's logits
+// (appended to `logits`) and the mean negative log-likelihood of the next id.
+double decode_nll(Engine& engine, const std::vector<int32_t>& ids, std::vector<float>& logits) {
+  auto session = engine.new_session();
+  session->prefill(std::span(ids).first(1));
+  std::vector<float> mine;
+  for (size_t t = 1; t < ids.size(); ++t) {
+    const auto l = session->logits();
+    mine.insert(mine.end(), l.begin(), l.end());
+    if (t + 1 < ids.size()) session->decode(ids[t]);
+  }
+  logits.insert(logits.end(), mine.begin(), mine.end());
+  return mean_nll(mine, ids, engine.config().vocab_size);
+}
+
+TEST_CASE("cuda whole model: int8 decode products on the trained Q4_K_M file stay within their error",
+          "[cuda][model][q8]") {
+  if (!have_gpu()) return;
+  const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
+  std::string text;
+  {
+    std::ifstream in(test::data_dir() + "/trained-qwen3moe/eval-dev-head.txt", std::ios::binary);
+    REQUIRE(in);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::vector<int32_t> tokens;
+  {
+    LoadOptions o;
+    o.max_sessions = 1;
+    o.max_context_tokens = 64;
+    o.placement = "*=cpu";
+    tokens = Engine::load(path, o)->tokenizer()->encode(text, /*add_special=*/false);
+  }
+  REQUIRE(tokens.size() >= 512);
+  const auto cpu = load(path, "*=cpu");
+  for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
+    LoadOptions o = cpu->options();
+    o.placement = placement;
+    const auto precise = load(path, placement);
+    o.cuda_decode_q8 = true;
+    o.cuda_prefill_bf16 = false;
+    const auto q8 = Engine::load(path, o);
+    double nll_cpu = 0, nll_precise = 0, nll_q8 = 0;
+    std::vector<float> l_cpu, l_precise, l_q8;
+    for (size_t w = 0; w < 2; ++w) {  // two windows of 256 tokens
+      const std::vector<int32_t> ids(tokens.begin() + static_cast<long>(256 * w),
+                                     tokens.begin() + static_cast<long>(256 * (w + 1)));
+      nll_cpu += decode_nll(*cpu, ids, l_cpu) / 2;
+      nll_precise += decode_nll(*precise, ids, l_precise) / 2;
+      nll_q8 += decode_nll(*q8, ids, l_q8) / 2;
+    }
+    const int64_t vocab = cpu->config().vocab_size;
+    const double error = relative_error(l_q8, l_cpu);
+    INFO("--placement '" << placement << "': int8 products " << error << " from the CPU (float "
+                         << relative_error(l_precise, l_cpu) << "), " << argmax_mismatches(l_q8, l_cpu, vocab)
+                         << " of 510 argmax differ, NLL " << nll_q8 << " vs " << nll_cpu);
+    CHECK(relative_error(l_precise, l_cpu) <= 1e-3);
+    CHECK(l_q8 != l_precise);  // the int8 products ran
+    CHECK(std::fabs(nll_q8 - nll_cpu) <= 3e-3 * nll_cpu);  // the issue's perplexity bound: 0.3 %
+    CHECK(argmax_mismatches(l_q8, l_cpu, vocab) <= 10);    // 2 % of positions: near ties
+    WARN("int8 decode (measured): '" << placement << "' " << error << " from the CPU, "
+                                     << argmax_mismatches(l_q8, l_cpu, vocab) << " of 510 argmax differ, NLL "
+                                     << nll_q8 << " vs " << nll_cpu << " (float on the GPU " << nll_precise << ")");
   }
 }
 
@@ -507,6 +578,7 @@ TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal
   o.load_tokenizer = false;
   o.cpu_kernels = CpuKernels::reference;
   o.cuda_prefill_bf16 = false;
+  o.cuda_decode_q8 = false;
   o.placement = "experts=cpu,*=cuda:0";
   REQUIRE(o.stream_experts_min_tokens == LoadOptions::kStreamExpertsAutomatic);
   REQUIRE(o.max_batch_tokens == LoadOptions::kBatchTokensAutomatic);
@@ -542,6 +614,7 @@ TEST_CASE("cuda hybrid: the GPU expert cache (half of each layer's experts) equa
     auto hybrid = [&](const std::string& cache) {
       LoadOptions o;
       o.cuda_prefill_bf16 = false;
+      o.cuda_decode_q8 = false;
       o.stream_experts_min_tokens = 0;
       o.kv_type = KvType::f32;
       o.max_context_tokens = 512;

@@ -48,6 +48,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device);
 // true also lets prompt chunks of 64+ tokens over an f16/bf16 cache attend on the tensor cores
 // (cuda::flash_gqa_attention). Nothing for other backends.
 void cuda_backend_set_prefill_bf16(Backend& backend, bool bf16);
+// Decode GEMVs (one token) over Q4_K/Q6_K rows — the linears, the dense MLP and the routed experts
+// taken pair by pair — multiply activations quantised to int8 (per 32 values; the experts' SiLU-GLU
+// outputs per 8) by dp4a (true) or the float activations (false, the default of a new backend).
+// TANDEM_CUDA_Q8_DOT=0/1 in the environment overrides it. Nothing for other backends.
+void cuda_backend_set_decode_q8(Backend& backend, bool on);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);
 // Bytes of KV cache `backend` holds on its GPU (0 for other backends).

@@ -33,13 +33,15 @@ enum class TensorCoreMath { bf16, tf32x3 };
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias). A GEMV per output row and tile of up to 8 tokens: one
 // warp streams the row once, dequantising 32 values at a time in registers; from 32 tokens (inputs a
 // multiple of 64 wide) tiles on the tensor cores, multiplying as `math` says.
+// quantised_x: one token (rows == 1) over Q4_K/Q6_K rows multiplies x quantised per 32 values
+// (quantize_q8_reference's codes) by dp4a; other shapes and types are unaffected.
 void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows, float* y,
-            TensorCoreMath math = TensorCoreMath::bf16);
+            TensorCoreMath math = TensorCoreMath::bf16, bool quantised_x = false);
 // ys[i] = x · ws[i]ᵀ for `count` matrices of one input: consecutive ones the decode kernel takes, of
 // one type and width, are read by one launch (a layer's q, k and v); the rest as linear() each, with
 // maths[i].
 void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const float* x, int64_t rows,
-             const TensorCoreMath* maths);
+             const TensorCoreMath* maths, bool quantised_x = false);
 // The same as linear() without scales or bias (kept for callers holding a bare stored matrix).
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
             const float* x, int64_t rows, float* y);
@@ -191,9 +193,20 @@ struct ExpertTable {
 // out[t] = Σ_s weights[t, s] · down_e(silu(gate_e · x[t]) · up_e · x[t]) with e = ids[t, s], the
 // sum in slot order. Gate and up must share one stored type, x and act be 16-byte aligned
 // (pairwise_aligned; the Q4_K/Q6_K rows read them as float4): Error(internal) otherwise.
+// quantised_x: where pairwise_q8_applies (Q4_K or Q6_K gate and up, hidden a multiple of 256),
+// gate and up multiply the token quantised per 32 values by dp4a, and where the down rows are Q4_K or
+// Q6_K too (intermediate a multiple of 256) they multiply the SiLU-GLU outputs quantised per 8
+// (quantize_q8_reference's codes); act must then hold pairwise_act_floats(…, true) floats.
 bool pairwise_aligned(const float* x, const float* act) noexcept;
+bool pairwise_q8_applies(const ExpertTable& table, int64_t hidden) noexcept;
+int64_t pairwise_act_floats(const ExpertTable& table, int64_t hidden, int64_t pairs, bool quantised_x) noexcept;
 void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
-                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out);
+                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out,
+                  bool quantised_x = false);
+// The host definition of the device's activation quantisation (q8_activations.cuh): per `group`
+// values (32 or 8) d = max|x| / 127 and q = round-to-even(x · (127 / max|x|)), both rounded as float;
+// dequantised[i] = d · q (what the integer products multiply). n a multiple of group.
+void quantize_q8_reference(const float* x, int64_t n, int64_t group, float* dequantised);
 
 // The routed experts of many tokens (prefill), grouped by expert on the device: one launch for
 // gate+up of every hit expert and one for the down projections, each expert's rows read once per
