@@ -222,28 +222,22 @@ constexpr int kDownRows = 1;    // output rows per block of the slot-parallel do
 constexpr int kSlotWarps = 8;   // warps per output row: slot s on warp s mod kSlotWarps
 constexpr int64_t kMaxSlots = 64;
 
-// out[t, o] as down_kernel computes it, bit for bit, with each (row, slot) dot on a warp of its own:
-// a token's top_k down rows are all read at once, where down_kernel's one warp per row read them
-// kSlotsInFlight after kSlotsInFlight and could keep only a quarter of the GPU's warps busy (Qwen3's
-// 2,048 rows). Rows read as LaneBlocks, no block scales, top_k <= kMaxSlots.
-template <typename D>
-__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
-    down_slots_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
-                      int64_t hidden, float* out) {
+// The slot-parallel down projection's frame: each (output row, slot) on a warp of its own, the
+// dots met in shared memory and summed with the routing weights in slot order by one thread.
+// lane_part(down_row, pair) is a lane's part of that row's dot with pair (t, s)'s activations.
+template <typename LanePart>
+__device__ __forceinline__ void down_slots(const ExpertTable& table, const int32_t* ids, const float* weights,
+                                           int64_t top_k, int64_t hidden, float* out, LanePart lane_part) {
   __shared__ float dots[kDownRows][kMaxSlots];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int row = warp / kSlotWarps, slot_warp = warp % kSlotWarps;
   const int64_t t = blockIdx.y, o = static_cast<int64_t>(blockIdx.x) * kDownRows + row;
-  const float* rows = act + t * top_k * table.intermediate;  // the token's top_k activation rows
   if (o < hidden)
     for (int64_t s = slot_warp; s < top_k; s += kSlotWarps) {
       const int32_t e = ids[t * top_k + s];
       float part = 0.f;
-      if (e >= 0 && e < table.experts) {
-        const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
-        detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(down, 0, table.intermediate / 256, 1, lane,
-                                                          rows + s * table.intermediate, 0, 1, &part);
-      }
+      if (e >= 0 && e < table.experts)
+        part = lane_part(static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes, t * top_k + s, lane);
       part = detail::warp_sum(part);
       if (lane == 0) dots[row][s] = part;
     }
@@ -257,43 +251,40 @@ __global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
   out[t * hidden + o] = sum;
 }
 
+// out[t, o] as down_kernel computes it, bit for bit, with each (row, slot) dot on a warp of its own:
+// a token's top_k down rows are all read at once, where down_kernel's one warp per row read them
+// kSlotsInFlight after kSlotsInFlight and could keep only a quarter of the GPU's warps busy (Qwen3's
+// 2,048 rows). Rows read as LaneBlocks, no block scales, top_k <= kMaxSlots.
+template <typename D>
+__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
+    down_slots_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
+                      int64_t hidden, float* out) {
+  down_slots(table, ids, weights, top_k, hidden, out, [&](const uint8_t* down, int64_t pair, int lane) {
+    float part = 0.f;
+    detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(down, 0, table.intermediate / 256, 1, lane,
+                                                      act + pair * table.intermediate, 0, 1, &part);
+    return part;
+  });
+}
+
 // down_slots_kernel on the activations gate_up_q8_kernel quantised per 8 (act_q8), the rows' codes
-// multiplied by dp4a; a row not aligned for Q8Lanes takes the float dot on act.
+// multiplied by dp4a; a Q4_K row not 16-byte aligned takes the float dot on act (Q6_K rows are
+// 2-byte aligned wherever the float kernels take them).
 template <DType T>
 __global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
     down_slots_q8_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
                          detail::Q8View<8> act_q8, int64_t hidden, float* out) {
-  __shared__ float dots[kDownRows][kMaxSlots];
   using Q = detail::Q8Lanes<T>;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int row = warp / kSlotWarps, slot_warp = warp % kSlotWarps;
-  const int64_t t = blockIdx.y, o = static_cast<int64_t>(blockIdx.x) * kDownRows + row;
-  const int64_t blocks = table.intermediate / 256;
-  if (o < hidden)
-    for (int64_t s = slot_warp; s < top_k; s += kSlotWarps) {
-      const int32_t e = ids[t * top_k + s];
-      float part = 0.f;
-      if (e >= 0 && e < table.experts) {
-        const auto* down = static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes;
-        const int64_t at = (t * top_k + s) * table.intermediate;
-        // Q6_K rows are 2-byte aligned wherever the float kernels take them: only Q4_K needs the fallback.
-        if (Q::kAlignment <= 2 || reinterpret_cast<uintptr_t>(down) % Q::kAlignment == 0)
-          part = detail::lane_row_dot_q8<Q, 4>(down, 0, blocks, 1, lane, act_q8.at(at));
-        else if constexpr (Q::kAlignment > 2)
-          detail::lane_row_dot<detail::LaneBlocks<detail::Decoder<T>>, 1, 4>(down, 0, blocks, 1, lane, act + at, 0, 1,
-                                                                             &part);
-      }
-      part = detail::warp_sum(part);
-      if (lane == 0) dots[row][s] = part;
-    }
-  __syncthreads();
-  if (o >= hidden || slot_warp != 0 || lane != 0) return;
-  float sum = 0.f;
-  for (int64_t s = 0; s < top_k; ++s) {
-    const int32_t e = ids[t * top_k + s];
-    if (e >= 0 && e < table.experts) sum = __fadd_rn(sum, __fmul_rn(weights[t * top_k + s], dots[row][s]));
-  }
-  out[t * hidden + o] = sum;
+  down_slots(table, ids, weights, top_k, hidden, out, [&](const uint8_t* down, int64_t pair, int lane) {
+    const int64_t at = pair * table.intermediate, blocks = table.intermediate / 256;
+    float part = 0.f;
+    if (Q::kAlignment <= 2 || reinterpret_cast<uintptr_t>(down) % Q::kAlignment == 0)
+      part = detail::lane_row_dot_q8<Q, 4>(down, 0, blocks, 1, lane, act_q8.at(at));
+    else if constexpr (Q::kAlignment > 2)
+      detail::lane_row_dot<detail::LaneBlocks<detail::Decoder<T>>, 1, 4>(down, 0, blocks, 1, lane, act + at, 0, 1,
+                                                                         &part);
+    return part;
+  });
 }
 
 bool q8_type(DType t) { return t == DType::q4_k || t == DType::q6_k; }
