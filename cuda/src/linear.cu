@@ -162,8 +162,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
     const int64_t row = g * (kLaneWarps / splits) + warp / splits;
     int m = 0;
     while (m + 1 < group.count && row >= group.end[m]) ++m;
-    const int64_t first = m == 0 ? 0 : group.end[m - 1];
-    const int64_t o = row - first, out_features = group.end[m] - first;
+    const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
     float acc = 0.f;
     if (row < total)
       acc = detail::lane_row_dot_q8<detail::Q8Lanes<T>, 8>(group.weight[m] + o * row_bytes, part, in_features / 256,
