@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "support/fixtures.hpp"
+#include "support/random_experts.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/engine/forward.hpp"
@@ -167,32 +168,6 @@ TEST_CASE("thread pool: short tasks, joins and loops from the submitter interlea
 
 namespace {
 
-// Routed experts of float32 weights (the fast and the reference kernels both read them).
-struct RandomExperts {
-  std::vector<std::vector<float>> storage;
-  ExpertWeights weights;
-  RandomExperts(int64_t count, int64_t hidden, int64_t inter, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, 0.05f);
-    auto matrix = [&](int64_t rows, int64_t cols) {
-      storage.emplace_back(static_cast<size_t>(rows * cols));
-      for (float& v : storage.back()) v = dist(rng);
-      LinearWeight w;
-      w.weight.dtype = DType::f32;
-      w.weight.shape = Shape{rows, cols};
-      w.weight.data = storage.back().data();
-      w.weight.nbytes = storage.back().size() * sizeof(float);
-      return w;
-    };
-    storage.reserve(static_cast<size_t>(3 * count));
-    for (int64_t e = 0; e < count; ++e) {
-      weights.gate.push_back(matrix(inter, hidden));
-      weights.up.push_back(matrix(inter, hidden));
-      weights.down.push_back(matrix(hidden, inter));
-    }
-  }
-};
-
 struct Routing {
   std::vector<float> x, weights;
   std::vector<int32_t> ids;
@@ -224,7 +199,8 @@ Routing random_routing(int64_t tokens, int64_t hidden, int64_t experts, int64_t 
 TEST_CASE("cpu backend: submitted routed experts equal the synchronous call bit for bit",
           "[backend][moe_submit]") {
   const int64_t hidden = 128, inter = 96, count = 8, top_k = 3;
-  const RandomExperts experts(count, hidden, inter, 5);
+  std::mt19937 rng(5);
+  const test::RandomExperts experts(count, hidden, inter, DType::f32, DType::f32, rng);  // both kernels read f32
   for (CpuKernels kernels : {CpuKernels::fast, CpuKernels::reference})
     for (int threads : {1, 2, 4})
       for (int64_t tokens : {int64_t{1}, int64_t{7}, int64_t{70}}) {
@@ -264,7 +240,8 @@ TEST_CASE("cpu backend: a submit returns before its work is done; another backen
           "[backend][moe_submit]") {
   // A layer big enough that the reference kernels take a while (~0.1-1 s on two threads).
   const int64_t hidden = 512, inter = 1024, count = 16, top_k = 4, tokens = 192;
-  const RandomExperts experts(count, hidden, inter, 9);
+  std::mt19937 rng(9);
+  const test::RandomExperts experts(count, hidden, inter, DType::f32, DType::f32, rng);
   const Routing r = random_routing(tokens, hidden, count, top_k, 3);
   auto b = make_cpu_backend(2, CpuKernels::reference);
   auto other = make_cpu_backend(1, CpuKernels::reference);
