@@ -306,18 +306,17 @@ class CudaBackend final : public Backend {
                          rope.layout == RopeLayout::neox, prepared.attention_factor);
   }
 
-  void gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
-                    int64_t head_dim, const float* q_norm, const float* k_norm, double eps,
-                    const int64_t* positions, KvPool& kv, int64_t layer, const AttentionBatch& batch) override {
+  void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                    const AttentionBatch& batch) override {
     stream_.make_current();
     if (batch.tokens <= 0) return;
     check_batch(kv, batch);
-    if (!cuda::gqa_prologue_fused(kv.dtype(), head_dim) || kv.planes() != 2 || kv.row_width() != kv_heads * head_dim ||
-        rope.rotary_dim > head_dim)  // the three calls name what is wrong
-      return Backend::gqa_prologue(rope, q, k, v, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, kv, layer,
-                                   batch);
+    if (!cuda::gqa_prologue_fused(kv.dtype(), h.head_dim) || kv.planes() != 2 ||
+        kv.row_width() != h.kv_heads * h.head_dim || rope.rotary_dim > h.head_dim)  // the three calls name what is wrong
+      return Backend::gqa_prologue(rope, h, kv, layer, batch);
     const PreparedRope& prepared = prepared_rope(rope);
-    cuda::gqa_prologue(stream_, q, k, v, batch.tokens, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions,
+    cuda::gqa_prologue(stream_, h.q, h.k, h.v, batch.tokens, h.heads, h.kv_heads, h.head_dim, h.q_norm, h.k_norm, h.eps,
+                       h.positions,
                        static_cast<const double*>(prepared.table.data()), rope.rotary_dim,
                        rope.layout == RopeLayout::neox, prepared.attention_factor, planes(layer), paged(kv, layer),
                        batch.positions, batch.block_tables, batch.table_stride);

@@ -74,12 +74,9 @@ void OpTimingBackend::head_norm_rope(const RopeParams& rope, float* data, int64_
                                      const int64_t* positions) {
   timed("head_norm_rope", rows, [&] { inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions); });
 }
-void OpTimingBackend::gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
-                                   int64_t head_dim, const float* q_norm, const float* k_norm, double eps,
-                                   const int64_t* positions, KvPool& kv, int64_t layer, const AttentionBatch& batch) {
-  timed("gqa_prologue", batch.tokens, [&] {
-    inner_.gqa_prologue(rope, q, k, v, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, kv, layer, batch);
-  });
+void OpTimingBackend::gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                                   const AttentionBatch& batch) {
+  timed("gqa_prologue", batch.tokens, [&] { inner_.gqa_prologue(rope, h, kv, layer, batch); });
 }
 void OpTimingBackend::rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, int64_t stride,
                                double eps, float* out) {

@@ -359,8 +359,8 @@ struct ForwardPass::Impl {
     float* const outs[] = {q, k, v};
     b.linears(qkv, outs, 3, m.f(kNormed), T);
     const AttentionBatch batch = attention_batch(m, T);
-    b.gqa_prologue(rope, q, k, v, nh, nkv, hd, V.q_norm, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions), kv, layer,
-                   batch);
+    b.gqa_prologue(rope, GqaHeads{q, k, v, nh, nkv, hd, V.q_norm, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions)}, kv,
+                   layer, batch);
     b.gqa_attention(kv, layer, batch, q, nh, nkv, hd, softmax_scale, m.f(kHeadsOut));
     b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
     back(m, kBlockOut, T);

@@ -525,12 +525,12 @@ TEST_CASE("cuda gqa_prologue in one launch equals its three calls bit for bit, a
                        dqn = put(be, q_norm), dkn = put(be, k_norm), out = be.allocate(q.size() * sizeof(float));
           const float* qn = with_norm ? dqn.as<float>() : nullptr;
           const float* kn = with_norm ? dkn.as<float>() : nullptr;
+          const GqaHeads heads_in{dq.as<float>(), dk.as<float>(), dv.as<float>(), heads, kv_heads, head_dim, qn, kn,
+                                  1e-6, pos.as<int64_t>()};
           if (fused)
-            be.gqa_prologue(rope, dq.as<float>(), dk.as<float>(), dv.as<float>(), heads, kv_heads, head_dim, qn, kn,
-                            1e-6, pos.as<int64_t>(), s.pool, 1, batch);
+            be.gqa_prologue(rope, heads_in, s.pool, 1, batch);
           else
-            be.Backend::gqa_prologue(rope, dq.as<float>(), dk.as<float>(), dv.as<float>(), heads, kv_heads, head_dim,
-                                     qn, kn, 1e-6, pos.as<int64_t>(), s.pool, 1, batch);
+            be.Backend::gqa_prologue(rope, heads_in, s.pool, 1, batch);
           be.gqa_attention(s.pool, 1, batch, dq.as<float>(), heads, kv_heads, head_dim, 0.1f, out.as<float>());
           return Result{get(be, dq, q.size()), get(be, dk, k.size()), get(be, out, q.size())};
         };

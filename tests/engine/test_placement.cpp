@@ -321,11 +321,10 @@ class RecordingBackend final : public ForwardingBackend {
     calls["kv_append"] += 2;  // one call, two planes
     inner_.kv_append_pair(kv, layer, batch, k_rows, v_rows, row_stride);
   }
-  void gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
-                    int64_t head_dim, const float* q_norm, const float* k_norm, double eps, const int64_t* positions,
-                    KvPool& kv, int64_t layer, const AttentionBatch& batch) override {
+  void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                    const AttentionBatch& batch) override {
     calls["kv_append"] += 2;  // K and V appended inside
-    inner_.gqa_prologue(rope, q, k, v, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, kv, layer, batch);
+    inner_.gqa_prologue(rope, h, kv, layer, batch);
   }
   void moe_routed_experts(const ExpertWeights& experts, const float* x, int64_t tokens, int64_t hidden,
                           const int32_t* expert_ids, const float* weights, int64_t top_k,

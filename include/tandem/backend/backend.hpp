@@ -130,16 +130,14 @@ class Backend {
     if (norm_weight != nullptr) rms_norm(data, norm_weight, rows * heads, head_dim, head_dim, eps, data);
     this->rope(rope, data, rows, heads * head_dim, heads, head_dim, positions);
   }
-  // A GQA layer between its projections and its attention: q's `heads` and k's `kv_heads` heads of
-  // batch.tokens rows head_norm_rope'd (by q_norm and k_norm, none when null) at `positions`, then K
-  // and V appended (kv_append_pair; rows of kv_heads·head_dim). A GPU does it in one launch; the
-  // default is the three calls.
-  virtual void gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
-                            int64_t head_dim, const float* q_norm, const float* k_norm, double eps,
-                            const int64_t* positions, KvPool& kv, int64_t layer, const AttentionBatch& batch) {
-    head_norm_rope(rope, q, batch.tokens, heads, head_dim, q_norm, eps, positions);
-    head_norm_rope(rope, k, batch.tokens, kv_heads, head_dim, k_norm, eps, positions);
-    kv_append_pair(kv, layer, batch, k, v, kv_heads * head_dim);
+  // A GQA layer between its projections and its attention: the heads of batch.tokens rows
+  // head_norm_rope'd (GqaHeads), then K and V appended (kv_append_pair). A GPU does it in one launch;
+  // the default is the three calls.
+  virtual void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                            const AttentionBatch& batch) {
+    head_norm_rope(rope, h.q, batch.tokens, h.heads, h.head_dim, h.q_norm, h.eps, h.positions);
+    head_norm_rope(rope, h.k, batch.tokens, h.kv_heads, h.head_dim, h.k_norm, h.eps, h.positions);
+    kv_append_pair(kv, layer, batch, h.k, h.v, h.kv_heads * h.head_dim);
   }
   virtual void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                              int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,

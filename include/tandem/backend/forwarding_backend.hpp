@@ -60,10 +60,9 @@ class ForwardingBackend : public Backend {
                       const float* norm_weight, double eps, const int64_t* positions) override {
     inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions);
   }
-  void gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
-                    int64_t head_dim, const float* q_norm, const float* k_norm, double eps,
-                    const int64_t* positions, KvPool& kv, int64_t layer, const AttentionBatch& batch) override {
-    inner_.gqa_prologue(rope, q, k, v, heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, kv, layer, batch);
+  void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                    const AttentionBatch& batch) override {
+    inner_.gqa_prologue(rope, h, kv, layer, batch);
   }
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override {

@@ -58,6 +58,20 @@ struct RoutingParams {
 // under YaRN (DeepSeek-V2/V3).
 double mla_softmax_scale(const ModelConfig& config);
 
+// Backend::gqa_prologue's heads: q's `heads` and k's `kv_heads` heads of head_dim values per token
+// row, normed by q_norm / k_norm over each head (none when null; eps) and rotated at `positions`; v's
+// rows (kv_heads · head_dim) go into the cache beside k's.
+struct GqaHeads {
+  float* q = nullptr;
+  float* k = nullptr;
+  const float* v = nullptr;
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  double eps = 0;
+  const int64_t* positions = nullptr;
+};
+
 // Rotary position embedding, as the model configures it. A backend builds its tables from it
 // (rope_tables, tandem/backend/rope_tables.hpp) once per distinct value.
 struct RopeParams {

@@ -43,9 +43,8 @@ class OpTimingBackend final : public ForwardingBackend {
                       const float* norm_weight, double eps, const int64_t* positions) override;
   void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,
             int64_t head_stride, const int64_t* positions) override;
-  void gqa_prologue(const RopeParams& rope, float* q, float* k, const float* v, int64_t heads, int64_t kv_heads,
-                    int64_t head_dim, const float* q_norm, const float* k_norm, double eps,
-                    const int64_t* positions, KvPool& kv, int64_t layer, const AttentionBatch& batch) override;
+  void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                    const AttentionBatch& batch) override;
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override;
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
