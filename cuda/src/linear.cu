@@ -266,11 +266,11 @@ void add_to_group(LaneGroup& group, const DeviceWeight& w, float* y) {
 // Whether one token's rows of `type` take the integer products (Q4_K rows 16-byte aligned, Q6_K rows
 // 2-byte aligned, whole 256-value blocks whose quantised token fits the shared memory).
 bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features) {
-  const int alignment = type == DType::q4_k ? detail::Q8Lanes<DType::q4_k>::kAlignment
-                                            : detail::Q8Lanes<DType::q6_k>::kAlignment;
   if ((type != DType::q4_k && type != DType::q6_k) || in_features % 256 != 0 ||
       detail::q8_bytes<32>(in_features) > kSharedBytes)
     return false;
+  const int alignment = type == DType::q4_k ? detail::Q8Lanes<DType::q4_k>::kAlignment
+                                            : detail::Q8Lanes<DType::q6_k>::kAlignment;
   for (int m = 0; m < group.count; ++m)
     if (reinterpret_cast<uintptr_t>(group.weight[m]) % alignment != 0) return false;
   return true;

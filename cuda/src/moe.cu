@@ -159,10 +159,13 @@ __global__ void __launch_bounds__(kGateWarps * 32, 3)
     const auto* gate = static_cast<const uint8_t*>(table.gate[e]) + o * table.gate_row_bytes;
     const auto* up = static_cast<const uint8_t*>(table.up[e]) + o * table.up_row_bytes;
     float g = 0.f, u = 0.f;
-    if (reinterpret_cast<uintptr_t>(gate) % Q::kAlignment != 0 || reinterpret_cast<uintptr_t>(up) % Q::kAlignment != 0)
-      detail::lane_row_dot2<L, 8>(gate, up, hidden / 256, lane, xt, g, u);
-    else
+    // Q6_K rows are 2-byte aligned wherever the float kernels take them: only Q4_K needs the fallback.
+    const bool aligned = Q::kAlignment <= 2 || (reinterpret_cast<uintptr_t>(gate) % Q::kAlignment == 0 &&
+                                                reinterpret_cast<uintptr_t>(up) % Q::kAlignment == 0);
+    if (aligned)
       lane_row_dot2_q8<Q, (Q::kUnitBlocks > 1 ? 8 : 4)>(gate, up, hidden / 256, lane, xq.view(), g, u);
+    else if constexpr (Q::kAlignment > 2)
+      detail::lane_row_dot2<L, 8>(gate, up, hidden / 256, lane, xt, g, u);
     g = detail::warp_sum(g);
     u = detail::warp_sum(u);
     v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
@@ -356,13 +359,12 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   if (down_q8) {
     const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
                     detail::grid_dim(tokens, "moe down (tokens)", 65535));
-    const detail::Q8View<8> view{act_q8.q, act_q8.d, act_q8.sum};
     if (table.down_type == DType::q4_k)
       down_slots_q8_kernel<DType::q4_k><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
-          table, ids, weights, top_k, act, view, hidden, out);
+          table, ids, weights, top_k, act, act_q8.view(), hidden, out);
     else
       down_slots_q8_kernel<DType::q6_k><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
-          table, ids, weights, top_k, act, view, hidden, out);
+          table, ids, weights, top_k, act, act_q8.view(), hidden, out);
     detail::check_launch("moe down (int8 products)");
     return;
   }

@@ -15,7 +15,6 @@ namespace tandem::cuda::detail {
 
 template <int G>
 struct Q8View {
-  static constexpr int kGroup = G;
   static constexpr int kSumRun = G < 16 ? G : 16;
   const int8_t* q;     // [n]
   const float* d;      // [n / G]
@@ -36,7 +35,7 @@ struct Q8Arrays {
   int8_t* q;
   float* d;
   int32_t* sum;
-  __device__ __forceinline__ Q8View<G> view() const { return {q, d, sum}; }
+  __host__ __device__ Q8View<G> view() const { return {q, d, sum}; }
 };
 template <int G>
 __host__ __device__ inline Q8Arrays<G> q8_arrays(void* base, int64_t n) {
@@ -119,15 +118,12 @@ __device__ __forceinline__ void quantize_q8_8(const float* v, int64_t g, const Q
 // Row readers for the integer products, one per weight type: a warp step reads kUnitBlocks blocks
 // (load, then dot, so that several blocks' loads are in flight), each lane returning its part.
 template <DType T>
-struct Q8Lanes {
-  static constexpr bool available = false;
-};
+struct Q8Lanes;
 
 // Q4_K rows 16-byte aligned, read wide as LaneBlocks<Q4_K> does: 8 lanes per block, each lane the
 // block's head and 16 nibble bytes (values base…+15 low, base+32…+47 high).
 template <>
 struct Q8Lanes<DType::q4_k> {
-  static constexpr bool available = true;
   using L = LaneBlocks<Decoder<DType::q4_k>>;
   static constexpr int64_t kUnitBlocks = L::kUnitBlocks;
   using Raw = L::Wide;
@@ -180,7 +176,6 @@ struct Q8Lanes<DType::q4_k> {
 // of high bits at 128 + 32h + j0, as 16-bit pieces: values 128h + 32q + j0…+3 and the same +64.
 template <>
 struct Q8Lanes<DType::q6_k> {
-  static constexpr bool available = true;
   static constexpr int64_t kUnitBlocks = 1;
   static constexpr int64_t kBlockBytes = 210;
   static constexpr int kAlignment = 2;

@@ -811,6 +811,10 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
   // the output equals Σ weight · down_e · codes (per 8) of the SiLU-GLU outputs the device wrote, in
   // double on the host from the dequantised rows. Against the float path on x itself it differs by
   // the quantisation (and must differ: else it did not run).
+  // The host definition refuses a length that is not whole groups, and a group of 0 (it runs without a GPU).
+  std::vector<float> scratch(40);
+  CHECK_THROWS_AS(cuda::quantize_q8_reference(scratch.data(), 40, 32, scratch.data()), Error);
+  CHECK_THROWS_AS(cuda::quantize_q8_reference(scratch.data(), 40, 0, scratch.data()), Error);
   if (!have_gpu()) return;
   const int64_t experts = 16, top_k = 4, tokens = 3;
   uint32_t seed = 160;
