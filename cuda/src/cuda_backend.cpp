@@ -411,10 +411,11 @@ class CudaBackend final : public Backend {
     if (const cuda::ExpertTable* table =
             cached != expert_caches_.end() ? &cached->second->table() : expert_table(experts)) {
       if (tokens <= kPairwiseMaxTokens) {
-        float* d_act = scratch(kGate, cuda::pairwise_act_floats(*table, hidden, pairs, decode_q8_));
+        const int64_t act_floats = cuda::pairwise_act_floats(*table, hidden, pairs, decode_q8_);
+        float* d_act = scratch(kGate, act_floats);
         if (cuda::pairwise_aligned(x, d_act))
-          return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, out,
-                                    decode_q8_);
+          return cuda::moe_by_pairs(stream_, *table, x, tokens, hidden, expert_ids, weights, top_k, d_act, act_floats,
+                                    out, decode_q8_);
       } else if (blas_moe(*table, x, tokens, hidden, expert_ids, weights, top_k, out)) {
         return;
       } else {

@@ -317,9 +317,12 @@ int64_t pairwise_act_floats(const ExpertTable& table, int64_t hidden, int64_t pa
 }
 
 void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
-                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out,
-                  bool quantised_x) {
+                  const int32_t* ids, const float* weights, int64_t top_k, float* act, int64_t act_floats,
+                  float* out, bool quantised_x) {
   if (tokens <= 0) return;
+  if (const int64_t needed = pairwise_act_floats(table, hidden, tokens * top_k, quantised_x); act_floats < needed)
+    throw Error(ErrorKind::internal, text("cuda::moe_by_pairs: act holds ", act_floats, " floats, ", needed,
+                                          " needed (pairwise_act_floats)"));
   if (table.gate_type != table.up_type)
     throw Error(ErrorKind::internal, "cuda::moe_by_pairs: the experts' gate and up differ in type");
   if (!pairwise_aligned(x, act))
@@ -334,8 +337,8 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   const bool down_q8 = q8 && down_q8_applies(table, top_k);
   // The down kernel's codes follow act's floats (pairwise_act_floats; 16-byte aligned: intermediate is
   // a multiple of 256 there).
-  const int64_t act_floats = tokens * top_k * table.intermediate;
-  const auto act_q8 = detail::q8_arrays<8>(act + act_floats, act_floats);
+  const int64_t act_values = tokens * top_k * table.intermediate;
+  const auto act_q8 = detail::q8_arrays<8>(act + act_values, act_values);
   if (q8) {
     const auto shared = static_cast<size_t>(detail::q8_bytes<32>(hidden));
     if (table.gate_type == DType::q4_k)

@@ -775,7 +775,7 @@ TEST_CASE("cuda routed experts grouped on the device (CUDA and tensor cores) equ
       const auto* ip = static_cast<const int32_t*>(di.data());
       const auto* wp = static_cast<const float*>(dw.data());
       cuda::moe_by_pairs(stream, up.table, xp, tokens, hidden, ip, wp, top_k, static_cast<float*>(act.data()),
-                         static_cast<float*>(pairwise.data()));
+                         tokens * top_k * inter, static_cast<float*>(pairwise.data()));
       stream.synchronize();
       std::vector<float> a(static_cast<size_t>(tokens * hidden)), b(a.size());
       pairwise.download(b.data(), out_bytes);
@@ -839,13 +839,21 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
           cuda::DeviceBuffer dx = put_dev(input), out(0, input.size() * 4), act(0, static_cast<size_t>(act_floats) * 4);
           cuda::moe_by_pairs(stream, up.table, static_cast<const float*>(dx.data()), tokens, hidden,
                              static_cast<const int32_t*>(di.data()), static_cast<const float*>(dw.data()), top_k,
-                             static_cast<float*>(act.data()), static_cast<float*>(out.data()), quantised);
+                             static_cast<float*>(act.data()), act_floats, static_cast<float*>(out.data()), quantised);
           stream.synchronize();
           std::vector<float> a(static_cast<size_t>(act_values)), o(input.size());
           act.download(a.data(), a.size() * 4);
           out.download(o.data(), o.size() * 4);
           return std::pair{a, o};
         };
+        {  // an act buffer sized for the float path is refused with the int8 path, before any launch
+          cuda::DeviceBuffer dx = put_dev(x), out(0, x.size() * 4), act(0, static_cast<size_t>(act_values) * 4);
+          CHECK_THROWS_AS(cuda::moe_by_pairs(stream, up.table, static_cast<const float*>(dx.data()), tokens, hidden,
+                                             static_cast<const int32_t*>(di.data()), static_cast<const float*>(dw.data()),
+                                             top_k, static_cast<float*>(act.data()), act_values,
+                                             static_cast<float*>(out.data()), true),
+                          Error);
+        }
         const auto [q8_act, q8_out] = run(x, true);
         const auto [codes_act, codes_out] = run(x_codes, false);
         const auto [float_act, float_out] = run(x, false);
@@ -974,7 +982,7 @@ TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, 
       return v;
     };
     cuda::moe_by_pairs(stream, up.table, xp, tokens, hidden, ip, wp, top_k, static_cast<float*>(act.data()),
-                       static_cast<float*>(out.data()));
+                       static_cast<int64_t>(act.bytes() / 4), static_cast<float*>(out.data()));
     const std::vector<float> pairwise = download();
     cuda::moe_grouped(stream, up.table, xp, tokens, hidden, ip, wp, top_k, work.data(), static_cast<float*>(out.data()),
                       cuda::GroupedTiles::tensor_cores, cuda::TensorCoreMath::bf16);

@@ -196,13 +196,14 @@ struct ExpertTable {
 // quantised_x: where pairwise_q8_applies (Q4_K or Q6_K gate and up, hidden a multiple of 256),
 // gate and up multiply the token quantised per 32 values by dp4a, and where the down rows are Q4_K or
 // Q6_K too (intermediate a multiple of 256) they multiply the SiLU-GLU outputs quantised per 8
-// (quantize_q8_reference's codes); act must then hold pairwise_act_floats(…, true) floats.
+// (quantize_q8_reference's codes). act holds act_floats floats, at least pairwise_act_floats(…)
+// (Error(internal) otherwise).
 bool pairwise_aligned(const float* x, const float* act) noexcept;
 bool pairwise_q8_applies(const ExpertTable& table, int64_t hidden) noexcept;
 int64_t pairwise_act_floats(const ExpertTable& table, int64_t hidden, int64_t pairs, bool quantised_x) noexcept;
 void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
-                  const int32_t* ids, const float* weights, int64_t top_k, float* act, float* out,
-                  bool quantised_x = false);
+                  const int32_t* ids, const float* weights, int64_t top_k, float* act, int64_t act_floats,
+                  float* out, bool quantised_x = false);
 // The host definition of the device's activation quantisation (q8_activations.cuh): per `group`
 // values (32 or 8) d = max|x| / 127 and q = round-to-even(x · (127 / max|x|)), both rounded as float;
 // dequantised[i] = d · q (what the integer products multiply). n a multiple of group.
