@@ -200,7 +200,8 @@ void bench_moe(benchmark::State& state, DType down, MoeRun how, cuda::GroupedTil
               [&] { cuda::moe_grouped(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, work, y, tiles, math); }, bytes);
   } else {
     run_timed(state, gpu,
-              [&] { cuda::moe_by_pairs(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, act, y); }, bytes);
+              [&] { cuda::moe_by_pairs(gpu.stream, t, x, tokens, hidden, d_ids, d_weights, top_k, act, tokens * top_k * inter, y); },
+              bytes);
   }
   state.counters["TFLOP/s"] = benchmark::Counter(2e-12 * static_cast<double>(tokens * top_k * 3 * inter * hidden) *
                                                      static_cast<double>(state.iterations()),
