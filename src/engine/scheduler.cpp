@@ -558,6 +558,9 @@ void Scheduler::finish(Sequence& seq, StopReason reason, std::string error) {
   {
     std::lock_guard lock(mutex_);
     ++stats_.finished;
+    // Before on_finish answers the caller: a finished sequence no longer counts as running, though
+    // it leaves running_ only at retire_finished (the stats a caller reads once answered agree).
+    stats_.running = std::count_if(running_.begin(), running_.end(), [](const auto& s) { return !s->done; });
     live_ids_.erase(seq.id);
     cancel_requests_.erase(seq.id);
     if (reason == StopReason::cancelled) ++stats_.cancelled;
