@@ -16,6 +16,7 @@
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/fast_ops.hpp"
 #include "tandem/backend/thread_pool.hpp"
 #include "tandem/formats/dequantize.hpp"
@@ -48,7 +49,7 @@ void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
   if (format == ActFormat::f32)
     std::memcpy(q.data(), x.data(), q.size());
   else
-    quantize_rows(format, x.data(), kIn, kIn, 0, tokens, q.data());
+    quantize_rows(make_kernel_table(IsaLevel::scalar), format, x.data(), kIn, kIn, 0, tokens, q.data());
   std::vector<float> scales(16 * 16, 1.0f);
   const KernelTable table = make_kernel_table(level);
   const DotFn dot = table.dot[static_cast<int>(kind)];
@@ -66,8 +67,9 @@ void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
 // Prefill tiles: matmul_tile over `rows` × 2048 weights and `tokens` tokens, as FastCpuOps calls it
 // (16-row strips; at >= kTileMinTokens tokens the tile kernels of the level: "avx512" vpdpbusd on
 // packed strips, "amx" TDPBSUD; "avx512_dot" the 4-token dot kernels alone). "emulated_amx" is the AMX tile code with the tile instructions in plain C++
-// (correctness only: slow by design). Reported as multiply-adds per CPU second.
-enum Variant { avx512_dot, avx512_tile, amx_tile, emulated_amx_tile };
+// (correctness only: slow by design); "avx512_repacked" the strips repacked at preparation
+// (strip_repack.hpp), every token count. Reported as multiply-adds per CPU second.
+enum Variant { avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked };
 
 // `rows` × 2048 random weights of `type` and `tokens` activation rows quantised for its kernels.
 struct MatmulCase {
@@ -90,7 +92,25 @@ struct MatmulCase {
     const ActFormat format = act_format(kind);
     stride = act_row_bytes(format, kIn);
     q.resize(static_cast<size_t>(stride * tokens));
-    quantize_rows(format, x.data(), kIn, kIn, 0, tokens, q.data());
+    quantize_rows(make_kernel_table(IsaLevel::scalar), format, x.data(), kIn, kIn, 0, tokens, q.data());
+  }
+  // The weights repacked into strips (64-byte aligned), made on first use.
+  const uint8_t* repacked() {
+    if (repacked_storage.empty()) {
+      const int64_t rows = weight.out_features();
+      repacked_storage.resize(static_cast<size_t>(repacked_bytes(kind, rows, kIn) + kRepackedAlign));
+      uint8_t* at = aligned_repacked();
+      repack_strips(kind, w.data(), weight.weight.row_stride_bytes(), rows, kIn, 0, (rows + kTileRows - 1) / kTileRows,
+                    at);
+    }
+    return aligned_repacked();
+  }
+
+ private:
+  std::vector<uint8_t> repacked_storage;
+  uint8_t* aligned_repacked() {
+    return repacked_storage.data() +
+           (kRepackedAlign - reinterpret_cast<uintptr_t>(repacked_storage.data()) % kRepackedAlign) % kRepackedAlign;
   }
 };
 
@@ -103,13 +123,14 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
   KernelTable table = variant == emulated_amx_tile ? make_emulated_amx_table() : make_kernel_table(level);
   if (variant == avx512_dot) std::fill(std::begin(table.tile), std::end(table.tile), nullptr);
   const int64_t rows = state.range(0), tokens = state.range(1);
-  const MatmulCase c(type, rows, tokens);
+  MatmulCase c(type, rows, tokens);
+  const uint8_t* repacked = variant == avx512_repacked ? c.repacked() : nullptr;
   std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, c.kind, kIn)) + 1);
   std::vector<float> y(static_cast<size_t>(rows * tokens));
   for (auto _ : state) {
     for (int64_t o = 0; o < rows; o += 16)
       matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, tokens, o, std::min<int64_t>(rows, o + 16), nullptr,
-                  y.data() + o, rows, workspace.data());
+                  y.data() + o, rows, workspace.data(), repacked);
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn * tokens),
@@ -119,19 +140,20 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
 // Decode's matrix-vector product: matmul_tile at one token over `rows` × 2048 of the AVX-512
 // kernels, in runs of 64 rows as one pool worker takes its share of a layer, with the weight
 // prefetch: 256 rows stay in L2, 32,768 (37-54 MB) come from DRAM. Weight bytes per CPU second.
-void bench_gemv(benchmark::State& state, DType type) {
+void bench_gemv(benchmark::State& state, DType type, bool repack) {
   if (!isa_level_supported(IsaLevel::avx512)) {
     state.SkipWithError("this CPU lacks the ISA level");
     return;
   }
   const KernelTable table = make_kernel_table(IsaLevel::avx512);
   const int64_t rows = state.range(0);
-  const MatmulCase c(type, rows, 1);
+  MatmulCase c(type, rows, 1);
+  const uint8_t* repacked = repack ? c.repacked() : nullptr;
   std::vector<float> y(static_cast<size_t>(rows));
   for (auto _ : state) {
     for (int64_t o = 0; o < rows; o += 64)
       matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, 1, o, std::min<int64_t>(rows, o + 64), nullptr,
-                  y.data() + o, rows, nullptr);
+                  y.data() + o, rows, nullptr, repacked);
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(c.w.size()));
@@ -225,19 +247,24 @@ void register_all() {
       ->ArgNames({"threads", "batch", "dispatches"})
       ->UseManualTime();
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q4_0, DType::q4_1, DType::q5_1})
-    for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile}) {
+    for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked}) {
       const bool k_quant = type == DType::q4_k || type == DType::q5_k || type == DType::q6_k;
       if (!k_quant && (variant == amx_tile || variant == emulated_amx_tile)) continue;  // AVX-512 tiles only
-      const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx"};
+      if (variant == avx512_repacked && !repackable(*weight_kind_for(type))) continue;
+      const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx", "avx512_repacked"};
       const std::string name = std::string("tile/") + std::string(dtype_name(type)) + "/" + names[variant];
+      const std::vector<int64_t> tokens = variant == avx512_repacked ? std::vector<int64_t>{1, 4, 8, 16, 32, 64, 256}
+                                                                     : std::vector<int64_t>{8, 16, 32, 64, 256};
       benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)
-          ->ArgsProduct({{256}, {8, 16, 64, 256}})
+          ->ArgsProduct({{256}, tokens})
           ->ArgNames({"rows", "tokens"});
     }
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k}) {
-    const std::string name = std::string("gemv/") + std::string(dtype_name(type));
-    benchmark::RegisterBenchmark(name.c_str(), bench_gemv, type)->Arg(256)->Arg(32768)->ArgName("rows");
-  }
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
+    for (bool repack : {false, true}) {
+      if (repack && !repackable(*weight_kind_for(type))) continue;
+      const std::string name = std::string("gemv/") + std::string(dtype_name(type)) + (repack ? "/repacked" : "");
+      benchmark::RegisterBenchmark(name.c_str(), bench_gemv, type, repack)->Arg(256)->Arg(32768)->ArgName("rows");
+    }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0, DType::bf16,
                      DType::f16, DType::f32, DType::f8_e4m3})
     for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512}) {

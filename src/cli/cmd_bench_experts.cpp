@@ -74,6 +74,7 @@ CommandRun setup(CLI::App& sub) {
       j["ratio"] = r.ratio;
       j["layer_copies"] = r.layer_copies;
       j["tflops"] = r.tflops;
+      j["repacked_bytes"] = r.repacked_bytes;
       fmt::print("{}\n", j.dump());
       return 0;
     }

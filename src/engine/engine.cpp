@@ -12,6 +12,7 @@
 #include <tuple>
 #include <set>
 #include <type_traits>
+#include <utility>
 
 #include <unistd.h>
 
@@ -115,12 +116,20 @@ void check_options(const LoadOptions& o) {
 // LoadOptions::kStreamExpertsAutomatic resolved from the bytes that could stream
 // (ForwardPass::streamable_expert_bytes): streaming when there are some and their pinned copies take
 // at most 40 % of the machine's memory.
-int64_t automatic_stream_min_tokens(uint64_t streamable_bytes) {
+double physical_memory() {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  if (streamable_bytes == 0 || pages <= 0 || page <= 0) return 0;
-  const double memory = static_cast<double>(pages) * static_cast<double>(page);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
+int64_t automatic_stream_min_tokens(uint64_t streamable_bytes) {
+  const double memory = physical_memory();
+  if (streamable_bytes == 0 || memory <= 0) return 0;
   return static_cast<double>(streamable_bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
 }
+
+// Repacked copies of the CPU's weights may take at most this share of the machine's memory (beside
+// the mapping, whose pages they were read from and which the kernel may then reclaim).
+constexpr double kRepackMemoryShare = 0.45;
 
 // The host tier's blocks for a pool with device layers (LoadOptions::kv_host_bytes): by default the
 // device layers' own bytes, at most a quarter of the machine's memory; 0 without device layers.
@@ -362,6 +371,7 @@ class CpuEngine final : public Engine {
     if (const auto env = integer_from_environment("TANDEM_STREAM_EXPERTS_MIN_TOKENS", 0, INT64_MAX)) stream_min = *env;
     if (stream_min > 0 && !gpu_backends_.empty()) step(0.7f, "copying streamed experts to pinned memory");
     forward_->set_stream_experts_min_tokens(stream_min);
+    repack_cpu_weights(stream_min > 0 && !gpu_backends_.empty() && forward_->streamable_expert_bytes() > 0, step);
     if (expert_cache_per_layer_ > 0) {
       step(0.75f, "filling the GPU expert cache");
       forward_->set_expert_cache(expert_cache_per_layer_);
@@ -502,6 +512,38 @@ class CpuEngine final : public Engine {
 
  private:
   friend class EngineSession;
+
+  // LoadOptions::cpu_repack: the CPU backend repacks the Q4_K matrices placed on the CPU into 16-row
+  // strips (Backend::prepare). Not the routed experts when prefill streams them to a GPU (the CPU
+  // then only decodes them, and their pinned copies already take memory); nothing when the copies
+  // would take more than kRepackMemoryShare of the machine's memory (a warning says so).
+  template <class Step>
+  void repack_cpu_weights(bool experts_streamed, Step& step) {
+    if (integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(options_.cpu_repack ? 1 : 0) != 1) return;
+    const auto chosen = [&](WeightGroup g, int64_t layer, const LinearWeight& w) {
+      return w.weight.dtype == DType::q4_k && placement_.device_for(g, layer).kind == DeviceKind::cpu &&
+             !(experts_streamed && g == WeightGroup::experts);
+    };
+    double bytes = 0;
+    for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
+      if constexpr (sizeof...(item) == 1)
+        if (chosen(g, layer, item...)) bytes += static_cast<double>(std::get<0>(std::tie(item...)).weight.nbytes) * 1.056;
+    });
+    if (bytes == 0) return;
+    const bool forced = integer_from_environment("TANDEM_CPU_REPACK", 0, 1).has_value();
+    if (const double memory = physical_memory(); !forced && memory > 0 && bytes > kRepackMemoryShare * memory) {
+      files_.warnings.push_back(fmt::format(
+          "CPU weights not repacked into strips: the copies would take {:.1f} GiB, more than {:.0f} % of this machine's "
+          "{:.1f} GiB (TANDEM_CPU_REPACK=1 forces them)",
+          bytes / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30)));
+      return;
+    }
+    step(0.72f, "repacking CPU weights");
+    for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
+      if constexpr (sizeof...(item) == 1)
+        if (chosen(g, layer, item...)) backend_->prepare(g, item...);
+    });
+  }
 
   void load_text_side() {
     // The tokenizer and chat template are optional for inference by ids: a model without them (or

@@ -15,6 +15,7 @@
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "support/fixtures.hpp"
 #include "support/random_experts.hpp"
 #include "support/random_weights.hpp"
@@ -134,6 +135,30 @@ TEST_CASE("activation quantisation: Q8K and Q8 blocks round within d/2 and carry
   CHECK(k[0].q[17] == 0);
 }
 
+TEST_CASE("activation quantisers at every ISA level write the scalar quantiser's bytes", "[engine][kernels]") {
+  std::mt19937 rng(11);
+  // Random rows at several magnitudes, a zero block, and values that land exactly halfway between
+  // two codes (block maximum 127: the inverse scale is 1, so 2.5 must round to 2 and -3.5 to -4).
+  std::vector<float> x = random_activations(1, 2048, rng);
+  for (int64_t i = 256; i < 512; ++i) x[static_cast<size_t>(i)] *= 1e-4f;
+  for (int64_t i = 512; i < 768; ++i) x[static_cast<size_t>(i)] = 0.0f;
+  for (int64_t i = 768; i < 1024; ++i) x[static_cast<size_t>(i)] = static_cast<float>(i % 17) - 8.5f;
+  x[768] = 127.0f;
+  for (int64_t i = 1024; i < 1280; ++i) x[static_cast<size_t>(i)] *= 3e4f;
+  const KernelTable scalar_table = make_kernel_table(IsaLevel::scalar);
+  for (const ActFormat format : {ActFormat::q8k, ActFormat::q8}) {
+    const int64_t bytes = act_row_bytes(format, 2048);
+    std::vector<uint8_t> want(static_cast<size_t>(bytes));
+    quantize_rows(scalar_table, format, x.data(), 2048, 2048, 0, 1, want.data());
+    for (IsaLevel level : levels_here()) {
+      INFO(isa_level_name(level) << (format == ActFormat::q8k ? " q8k" : " q8"));
+      std::vector<uint8_t> got(static_cast<size_t>(bytes), 0xcd);
+      quantize_rows(make_kernel_table(level), format, x.data(), 2048, 2048, 0, 1, got.data());
+      CHECK(got == want);
+    }
+  }
+}
+
 TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and dequantise-then-f32",
           "[engine][kernels]") {
   std::mt19937 rng(42);
@@ -151,7 +176,7 @@ TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and de
         const auto x = random_activations(tokens, in, rng);
         const int64_t stride = act_row_bytes(format, in);
         std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
-        quantize_rows(format, x.data(), in, in, 0, tokens, q.data());
+        quantize_rows(table, format, x.data(), in, in, 0, tokens, q.data());
         const ActRows xa = quantised ? ActRows{q.data(), stride}
                                      : ActRows{reinterpret_cast<const uint8_t*>(x.data()), in * 4};
         for (int nt = 1; nt <= tokens; ++nt) {
@@ -226,7 +251,7 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
         const auto x = random_activations(tokens, in, rng);
         const int64_t stride = act_row_bytes(format, in);
         std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
-        quantize_rows(format, x.data(), in, in, 0, tokens, q.data());
+        quantize_rows(make_kernel_table(IsaLevel::scalar), format, x.data(), in, in, 0, tokens, q.data());
         std::vector<float> y_ref(static_cast<size_t>(tokens * rows));
         for (int64_t o = 0; o < rows; ++o)
           for (int64_t t = 0; t < tokens; ++t)
@@ -255,6 +280,67 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
             for (int64_t o = rows - o0; o < y_stride; ++o) CHECK(y[static_cast<size_t>(t * y_stride + o)] == -99.0f);
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bits and the scalar kernel's sums",
+          "[engine][kernels]") {
+  if (!isa_level_supported(IsaLevel::avx512)) {
+    WARN("SKIPPED: this CPU lacks avx512: the repacked kernels are not tested here");
+    return;
+  }
+  const KernelTable table = make_kernel_table(IsaLevel::avx512);
+  const KernelTable reference = make_kernel_table(IsaLevel::scalar);
+  const WeightKind kind = WeightKind::q4_k;
+  REQUIRE(repackable(kind));
+  REQUIRE(table.repacked[static_cast<int>(kind)] != nullptr);
+  std::mt19937 rng(9);
+  for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{2048}}) {
+    // 37 rows: two full strips and a partial one.
+    const int64_t rows = 37;
+    const Case c(DType::q4_k, rows, in, rng);
+    const int64_t bytes = repacked_bytes(kind, rows, in);
+    REQUIRE(bytes == 3 * (in / 256) * kRepackedQ4KBlockBytes);
+    std::vector<uint8_t> storage(static_cast<size_t>(bytes + kRepackedAlign));
+    uint8_t* repacked = storage.data() + (kRepackedAlign - reinterpret_cast<uintptr_t>(storage.data()) % kRepackedAlign);
+    // In two calls, as the pool splits the work.
+    repack_strips(kind, static_cast<const uint8_t*>(c.weight.weight.data), c.weight.weight.row_stride_bytes(), rows,
+                  in, 0, 1, repacked);
+    repack_strips(kind, static_cast<const uint8_t*>(c.weight.weight.data), c.weight.weight.row_stride_bytes(), rows,
+                  in, 1, 3, repacked);
+    for (const int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{16}, int64_t{19}, int64_t{40}}) {
+      const auto x = random_activations(tokens, in, rng);
+      const int64_t stride = act_row_bytes(ActFormat::q8k, in);
+      std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
+      quantize_rows(reference, ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
+      // Rows [16, 37): the second and the partial third strip; y wider than the tile.
+      const int64_t o0 = 16, y_stride = rows + 3;
+      std::vector<float> got(static_cast<size_t>(tokens * y_stride), -99.0f), packed_per_call = got;
+      matmul_tile(table, c.weight, kind, {q.data(), stride}, tokens, o0, rows, nullptr, got.data(), y_stride, nullptr,
+                  repacked);
+      // The per-call packing tile kernel, on any token count (called directly: matmul_tile takes the
+      // dot kernels below kTileMinTokens).
+      std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, kind, in)) + 64);
+      uint8_t* aligned = workspace.data() + (64 - reinterpret_cast<uintptr_t>(workspace.data()) % 64);
+      for (int64_t o = o0; o < rows; o += kTileRows)
+        table.tile[static_cast<int>(kind)](c.weight.weight.row_ptr(o), c.weight.weight.row_stride_bytes(),
+                                           static_cast<int>(std::min<int64_t>(kTileRows, rows - o)), q.data(), stride,
+                                           tokens, in, packed_per_call.data() + (o - o0), y_stride, aligned);
+      for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t o = o0; o < rows; ++o) {
+          INFO("in=" << in << " tokens=" << tokens << " t=" << t << " row=" << o);
+          const float value = got[static_cast<size_t>(t * y_stride + o - o0)];
+          CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
+          float want = 0;
+          reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride, 1, in,
+                                                nullptr, &want, 1);
+          double magnitude = 0;
+          for (int64_t i = 0; i < in; ++i) magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
+          CHECK(std::fabs(value - want) <= 2e-6 * magnitude + 1e-6);
+        }
+        for (int64_t o = rows - o0; o < y_stride; ++o) CHECK(got[static_cast<size_t>(t * y_stride + o)] == -99.0f);
       }
     }
   }
@@ -296,6 +382,11 @@ TEST_CASE("fast linear equals the reference linear within the activation roundin
       INFO(dtype_name(type) << " tokens=" << tokens);
       const int64_t rows = 37, in = 512;
       Case c(type, rows, in, rng);
+      // Q4_K twice: rows as stored, then repacked into strips at preparation.
+      const auto repacked_fast = make_cpu_backend(2, CpuKernels::fast);
+      repacked_fast->prepare(WeightGroup::attention, c.weight);
+      CHECK((cpu_backend_repacked_bytes(*repacked_fast) > 0) ==
+            (type == DType::q4_k && isa_level_supported(IsaLevel::avx512)));
       std::vector<float> bias(rows);
       for (auto& b : bias) b = std::uniform_real_distribution<float>(-1, 1)(rng);
       if (type == DType::f32) {
@@ -306,7 +397,9 @@ TEST_CASE("fast linear equals the reference linear within the activation roundin
       }
       const auto x = random_activations(tokens, in, rng);
       std::vector<float> y(static_cast<size_t>(tokens * rows)), y_ref(y.size());
+      std::vector<float> y_repacked(y.size());
       fast->linear(c.weight, x.data(), tokens, y.data());
+      repacked_fast->linear(c.weight, x.data(), tokens, y_repacked.data());
       reference->linear(c.weight, x.data(), tokens, y_ref.data());
       for (int64_t t = 0; t < tokens; ++t) {
         const auto bound = rounding_bound(format, x.data() + t * in, in);
@@ -318,6 +411,7 @@ TEST_CASE("fast linear equals the reference linear within the activation roundin
           }
           const size_t k = static_cast<size_t>(t * rows + o);
           CHECK(std::fabs(y[k] - y_ref[k]) <= rounding + 4e-6 * magnitude + 1e-5);
+          CHECK(std::fabs(y_repacked[k] - y_ref[k]) <= rounding + 4e-6 * magnitude + 1e-5);
         }
       }
     }
@@ -362,6 +456,9 @@ double relative_max_error(const std::vector<float>& a, const std::vector<float>&
 }  // namespace
 
 TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][moe]") {
+  // Twice: the experts read from their rows, then repacked into strips at preparation.
+  const bool repack = GENERATE(false, true);
+  INFO((repack ? "repacked" : "rows as stored"));
   std::mt19937 rng(11);
   const auto fast = make_cpu_backend(2, CpuKernels::fast);
   const auto reference = make_cpu_backend(2, CpuKernels::reference);
@@ -375,6 +472,13 @@ TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][m
   for (const Mix mix : {Mix{DType::q4_k, DType::q6_k, 8e-2}, Mix{DType::iq4_xs, DType::q8_0, 8e-2},
                         Mix{DType::bf16, DType::f32, 1e-5}}) {
     const Experts e = make_experts(count, hidden, inter, mix.gate, mix.down, rng);
+    if (repack) {
+      const int64_t before = cpu_backend_repacked_bytes(*fast);
+      for (const auto* set : {&e.weights.gate, &e.weights.up, &e.weights.down})
+        for (const LinearWeight& w : *set) fast->prepare(WeightGroup::experts, w);
+      const bool repackable_type = mix.gate == DType::q4_k;
+      CHECK((cpu_backend_repacked_bytes(*fast) > before) == (repackable_type && isa_level_supported(IsaLevel::avx512)));
+    }
     // 1 token (decode), 5, and 150 (an expert gets more than one 64-token block).
     for (const int64_t tokens : {int64_t{1}, int64_t{5}, int64_t{150}}) {
       INFO(dtype_name(mix.gate) << "/" << dtype_name(mix.down) << " tokens=" << tokens);

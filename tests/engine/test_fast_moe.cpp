@@ -64,11 +64,20 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
   const Mix mixes[] = {{DType::q4_k, DType::q6_k, 512, 768},  {DType::q5_k, DType::q8_0, 256, 512},
                        {DType::iq4_xs, DType::q4_0, 256, 256}, {DType::q4_k, DType::q5_0, 256, 1408 / 2}, {DType::bf16, DType::f32, 200, 72},
                        {DType::f16, DType::f8_e4m3, 256, 136}};
+  // Twice: the experts read from their rows, then repacked into strips at preparation (Q4_K).
+  const bool repack = GENERATE(false, true);
+  INFO((repack ? "repacked" : "rows as stored"));
   std::mt19937 rng(7);
   const kernels::IsaLevel level = kernels::best_isa_level();
   for (const Mix& mix : mixes) {
     const int64_t count = 12;
     const test::RandomExperts experts(count, mix.hidden, mix.inter, mix.gate, mix.down, rng);
+    const auto prepare = [&](FastCpuOps& ops) {
+      if (!repack) return;
+      for (const auto* set : {&experts.weights.gate, &experts.weights.up, &experts.weights.down})
+        for (const LinearWeight& w : *set) ops.prepare(w);
+      CHECK((ops.repacked_bytes() > 0) == (mix.gate == DType::q4_k && level >= kernels::IsaLevel::avx512));
+    };
     struct Shape {
       int64_t tokens, top_k;
       bool skewed;
@@ -85,6 +94,7 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
       {
         ThreadPool pool(2);
         FastCpuOps ops(pool, level);
+        prepare(ops);
         ops.set_single_dispatch_rows(0);
         REQUIRE(ops.moe_routed_experts(experts.weights, x.data(), shape.tokens, mix.hidden, routing.ids.data(),
                                        routing.weights.data(), shape.top_k, two_dispatch.data()));
@@ -98,6 +108,7 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
         INFO("threads=" << threads);
         ThreadPool pool(threads);
         FastCpuOps ops(pool, level);
+        prepare(ops);
         std::vector<float> y(x.size(), -1.0f), mlp(x.size(), -1.0f);
         for (int repeat = 0; repeat < 2; ++repeat) {  // the second call reuses the grown workspace
           REQUIRE(ops.moe_routed_experts(experts.weights, x.data(), shape.tokens, mix.hidden, routing.ids.data(),

@@ -78,8 +78,9 @@ class Backend {
   // Readies a linear's matrix (bias and FP8 scales with it) or an embedding table, of role group
   // `role`, for this backend's kernels now, at load, instead of at its first use: a GPU uploads it
   // to its memory (counted in its weight bytes). Throws the errors first use would (a stored type
-  // without a kernel, out of memory naming the bytes). The CPU reads the mapping as it is: nothing
-  // to do (the default).
+  // without a kernel, out of memory naming the bytes). The CPU backend repacks Q4_K matrices into
+  // 16-row strips its kernels read in place of the mapped rows (cpu_backend_repacked_bytes); other
+  // types it reads from the mapping as they are. The weight's memory must outlive the backend's use.
   virtual void prepare(WeightGroup role, const LinearWeight& w) { (void)role, (void)w; }
   virtual void prepare_table(WeightGroup role, const TensorView& table) { (void)role, (void)table; }
 
@@ -244,5 +245,8 @@ class Backend {
 
 // `threads` <= 0: one per physical core. `kernels`: the fast SIMD kernels or the reference path.
 std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels = CpuKernels::fast);
+// Bytes of weight copies a CPU backend made in prepare (Q4_K matrices repacked into 16-row strips
+// for its fast kernels); 0 for other backends.
+int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept;
 
 }  // namespace tandem

@@ -108,6 +108,12 @@ class CpuBackend final : public Backend {
   void wait(BackendEvent&) override {}  // this backend's later calls wait for its own work anyway
   void synchronize() override { drain(); }
 
+  // Q4_K matrices the fast kernels serve are repacked into 16-row strips (FastCpuOps::prepare).
+  void prepare(WeightGroup, const LinearWeight& w) override {
+    if (fast_) fast_->prepare(w);
+  }
+  int64_t repacked_bytes() const { return fast_ ? fast_->repacked_bytes() : 0; }
+
   const float* prepare_vector(const TensorView& view) override {
     if (view.empty()) return nullptr;
     std::lock_guard lock(prepared_mutex_);
@@ -312,6 +318,11 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels) {
   return std::make_unique<CpuBackend>(threads, kernels);
+}
+
+int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept {
+  const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
+  return cpu ? cpu->repacked_bytes() : 0;
 }
 
 std::string_view cpu_kernels_name(CpuKernels kernels) noexcept {

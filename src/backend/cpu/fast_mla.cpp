@@ -29,12 +29,7 @@ bool shape_fits(const LinearWeight& kv_b, const MlaShape& s) {
 const LinearWeight& FastCpuOps::absorbed_keys(const LinearWeight& kv_b, const MlaShape& s) {
   std::lock_guard lock(absorbed_mutex_);
   const TensorView& view = kv_b.weight;
-  WeightFingerprint source{view.dtype, view.shape[0], view.shape[1], {}};
-  const auto* bytes = static_cast<const uint8_t*>(view.data);
-  const uint64_t size = view.row_stride_bytes() * static_cast<uint64_t>(view.shape[0]);
-  const uint64_t edge = std::min<uint64_t>(source.edges.size() / 2, size);
-  std::memcpy(source.edges.data(), bytes, edge);
-  std::memcpy(source.edges.data() + source.edges.size() / 2, bytes + size - edge, edge);
+  const WeightFingerprint source = fingerprint_of(view);
   auto [it, made] = absorbed_.try_emplace(kv_b.weight.data);
   AbsorbedKeys& keys = it->second;
   if (!made && keys.source == source) return keys.weight;
@@ -89,6 +84,7 @@ bool FastCpuOps::mla_expand_values(const LinearWeight& kv_b, const MlaShape& s, 
   // Rows (token, head) of `attended`, each kv_lora wide, quantised once.
   const kernels::ActRows xa = quantize(kernels::act_format(kind), attended, tokens * s.heads, s.kv_lora, act_);
   const int64_t tiles = (s.v + kRowTile - 1) / kRowTile;
+  const uint8_t* strips = repacked_.find(kv_b);  // read where a head's value rows start on a strip
   pool_.parallel_for(s.heads * tiles, [&](int64_t begin, int64_t end, int worker) {
     void* workspace = tokens >= kernels::kTileMinTokens ? tile_workspace(worker, kv_b) : nullptr;
     for (int64_t item = begin; item < end; ++item) {
@@ -96,7 +92,7 @@ bool FastCpuOps::mla_expand_values(const LinearWeight& kv_b, const MlaShape& s, 
       const int64_t first = h * (s.nope + s.v) + s.nope;
       const kernels::ActRows x{xa.data + h * xa.stride, xa.stride * s.heads};
       kernels::matmul_tile(table_, kv_b, kind, x, tokens, first + v0, first + v1, nullptr, out + h * s.v + v0,
-                           s.heads * s.v, workspace);
+                           s.heads * s.v, workspace, strips);
     }
   });
   return true;

@@ -73,6 +73,13 @@ bool FastCpuOps::supports(const LinearWeight& w) const {
   return true;
 }
 
+bool FastCpuOps::prepare(const LinearWeight& w) { return supports(w) && repacked_.add(table_, w, pool_); }
+
+FastCpuOps::Group FastCpuOps::group_of(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
+                                       int64_t row0, int64_t rows) const {
+  return Group{&gate, &up, &down, row0, rows, repacked_.find(gate), repacked_.find(up), repacked_.find(down)};
+}
+
 bool FastCpuOps::supports_ffn(const LinearWeight& gate, const LinearWeight& up,
                               const LinearWeight& down) const {
   return supports(gate) && supports(up) && supports(down) && gate.bias.empty() && up.bias.empty() &&
@@ -88,10 +95,10 @@ ActRows FastCpuOps::quantize(ActFormat format, const float* x, int64_t rows, int
   uint8_t* dst = grown(storage, rows * bytes);
   if (rows * in >= kParallelQuantizeValues && rows > 1) {
     pool_.parallel_for(rows, [&](int64_t begin, int64_t end, int) {
-      kernels::quantize_rows(format, x, in, in, begin, end, dst);
+      kernels::quantize_rows(table_, format, x, in, in, begin, end, dst);
     });
   } else {
-    kernels::quantize_rows(format, x, in, in, 0, rows, dst);
+    kernels::quantize_rows(table_, format, x, in, in, 0, rows, dst);
   }
   return {dst, bytes};
 }
@@ -115,12 +122,13 @@ void FastCpuOps::linear(const LinearWeight& w, const float* x, int64_t rows, flo
   const int64_t in = w.in_features(), out = w.out_features();
   const ActRows xa = quantize(kernels::act_format(kind), x, rows, in, act_);
   const float* bias = bias_of(w, bias_);
+  const uint8_t* strips = repacked_.find(w);
   const int64_t tiles = (out + kRowTile - 1) / kRowTile;
   pool_.parallel_for(tiles, [&](int64_t begin, int64_t end, int worker) {
     void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, w) : nullptr;
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t o0 = tile * kRowTile, o1 = std::min(out, o0 + kRowTile);
-      kernels::matmul_tile(table_, w, kind, xa, rows, o0, o1, bias, y + o0, out, workspace);
+      kernels::matmul_tile(table_, w, kind, xa, rows, o0, o1, bias, y + o0, out, workspace, strips);
     }
   });
 }
@@ -145,10 +153,10 @@ void FastCpuOps::gate_up_item(const Item& it, ActRows x, float* hidden, int64_t 
   const int64_t width = it.o1 - it.o0;
   void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.gate) : nullptr;
   kernels::matmul_tile(table_, *group.gate, kind_of(*group.gate), rows, it.rows, it.o0, it.o1, nullptr, g, width,
-                       workspace);
+                       workspace, group.gate_strips);
   workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.up) : nullptr;
   kernels::matmul_tile(table_, *group.up, kind_of(*group.up), rows, it.rows, it.o0, it.o1, nullptr, u, width,
-                       workspace);
+                       workspace, group.up_strips);
   for (int64_t t = 0; t < it.rows; ++t) {
     float* h = hidden + (it.row0 + t) * inter + it.o0;
     for (int64_t o = 0; o < width; ++o) {
@@ -180,7 +188,8 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
       const Group& group = groups_[static_cast<size_t>(it.group)];
       void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.down) : nullptr;
       kernels::matmul_tile(table_, *group.down, kind_of(*group.down), {h.data + it.row0 * h.stride, h.stride},
-                           it.rows, it.o0, it.o1, nullptr, down_out + it.row0 * out + it.o0, out, workspace);
+                           it.rows, it.o0, it.o1, nullptr, down_out + it.row0 * out + it.o0, out, workspace,
+                           group.down_strips);
     }
   });
 }
@@ -266,7 +275,7 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
         if (std::atomic_ref(items_left[it.group]).fetch_sub(1, std::memory_order_acq_rel) == 1) {
           const Group& group = groups_[static_cast<size_t>(it.group)];
           if (hidden_q)
-            kernels::quantize_rows(down_format, hidden, inter, inter, group.row0, group.row0 + group.rows, hidden_q);
+            kernels::quantize_rows(table_, down_format, hidden, inter, inter, group.row0, group.row0 + group.rows, hidden_q);
           set_group(ready[it.group], kGroupReady);
         }
       }
@@ -281,7 +290,7 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
           void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.down) : nullptr;
           float* y = down_tile_rows ? down_tile_rows + (tile * total_rows + r) * kDownRows : out + r * out_features + o0;
           kernels::matmul_tile(table_, *group.down, kind_of(*group.down), {h.data + r * h.stride, h.stride}, rows, o0,
-                               o1, nullptr, y, down_tile_rows ? kDownRows : out_features, workspace);
+                               o1, nullptr, y, down_tile_rows ? kDownRows : out_features, workspace, group.down_strips);
         }
         if (!combine.weights || std::atomic_ref(groups_left[tile]).fetch_sub(1, std::memory_order_acq_rel) != 1)
           continue;
@@ -308,7 +317,7 @@ bool FastCpuOps::silu_glu_mlp(const LinearWeight& gate, const LinearWeight& up, 
                               const float* x, int64_t tokens, float* out) {
   if (!supports_ffn(gate, up, down)) return false;
   std::lock_guard lock(mutex_);
-  groups_.assign(1, Group{&gate, &up, &down, 0, tokens});
+  groups_.assign(1, group_of(gate, up, down, 0, tokens));
   const ActRows xa = quantize(kernels::act_format(kind_of(gate)), x, tokens, gate.in_features(), act_);
   if (tokens <= single_dispatch_rows_ && pool_.size() > 1)
     run_groups_fused(xa, tokens, Combine{tokens, 1, nullptr, nullptr}, out);
@@ -344,7 +353,7 @@ bool FastCpuOps::moe_routed_experts(const ExpertWeights& experts, const float* x
     if (!supports_ffn(experts.gate[i], experts.up[i], experts.down[i]) ||
         experts.down[i].out_features() != hidden)
       return false;
-    groups_.push_back({&experts.gate[i], &experts.up[i], &experts.down[i], begin[e], n});
+    groups_.push_back(group_of(experts.gate[i], experts.up[i], experts.down[i], begin[e], n));
     // One activation format and intermediate width for all: the phases quantise once.
     const Group& first = groups_.front();
     if (experts.gate[i].out_features() != first.gate->out_features() ||

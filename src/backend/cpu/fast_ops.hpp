@@ -19,6 +19,8 @@
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "backend/cpu/partitioned_items.hpp"
+#include "backend/cpu/repacked_weights.hpp"
+#include "backend/cpu/weight_fingerprint.hpp"
 #include "tandem/backend/op_params.hpp"
 #include "tandem/model/weights.hpp"
 
@@ -32,6 +34,11 @@ class FastCpuOps {
 
   kernels::IsaLevel level() const { return level_; }
   bool supports(const LinearWeight& w) const;
+
+  // Repacks `w` into 16-row strips (RepackedWeights) when its type has a repacked kernel at this
+  // level; later calls on `w` read the copy. Returns whether one is held.
+  bool prepare(const LinearWeight& w);
+  int64_t repacked_bytes() const { return repacked_.bytes(); }
 
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y);
   // Both return false (doing nothing) when a weight has no fast kernel.
@@ -63,7 +70,12 @@ class FastCpuOps {
     const LinearWeight* up;
     const LinearWeight* down;
     int64_t row0, rows;
+    const uint8_t* gate_strips = nullptr;  // the repacked copies, where held
+    const uint8_t* up_strips = nullptr;
+    const uint8_t* down_strips = nullptr;
   };
+  Group group_of(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, int64_t row0,
+                 int64_t rows) const;
   struct Item {  // one unit of work: a group's token block × output row tile
     int32_t group;
     int64_t row0, rows, o0, o1;
@@ -91,14 +103,6 @@ class FastCpuOps {
   kernels::ActRows quantize(kernels::ActFormat format, const float* x, int64_t rows, int64_t in,
                             std::vector<uint8_t>& storage);
 
-  // What tells a weight's contents apart cheaply (a new weight at a freed weight's address is not
-  // taken for it): type, shape, its first and last 64 bytes. Fixed size: checked on every call.
-  struct WeightFingerprint {
-    DType dtype = DType::f32;
-    int64_t rows = 0, cols = 0;
-    std::array<uint8_t, 128> edges{};
-    bool operator==(const WeightFingerprint&) const = default;
-  };
   struct AbsorbedKeys {
     WeightFingerprint source;
     std::vector<uint16_t> f16;
@@ -121,6 +125,7 @@ class FastCpuOps {
   // and ready; per output row tile, groups left.
   std::vector<int32_t> items_left_, group_ready_, tile_groups_left_;
   PartitionedItems gate_up_queue_, down_queue_;
+  RepackedWeights repacked_;
   std::mutex absorbed_mutex_;
   std::map<const void*, AbsorbedKeys> absorbed_;  // by kv_b's data
 };

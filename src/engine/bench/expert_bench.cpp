@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
@@ -121,15 +122,19 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
   r.layer_bytes = expert_bytes * static_cast<uint64_t>(p.experts);
   r.layer_copies =
       static_cast<int64_t>(std::max<uint64_t>(1, (options.stream_bytes + r.layer_bytes - 1) / r.layer_bytes));
+  // A repacked copy (at most 1.056 × the bytes, kept beside the originals the views read) per layer copy.
+  const bool repack = integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(options.repack ? 1 : 0) == 1 &&
+                      options.kernels == CpuKernels::fast;
+  const uint64_t footprint = repack ? r.layer_bytes + r.layer_bytes / 1000 * 1056 : r.layer_bytes;
   const uint64_t memory = physical_memory_bytes();
-  if (memory && r.layer_bytes + options.stream_bytes > memory / 10 * 8)
+  if (memory && footprint + options.stream_bytes > memory / 10 * 8)
     throw Error(ErrorKind::out_of_memory, "bench experts: one " + std::string(p.name) + " layer (" +
                                               std::to_string(r.layer_bytes >> 20) + " MiB) and the stream probe do not fit in 80% of this machine's " +
                                               std::to_string(memory >> 20) + " MiB");
   // Fewer copies where memory is short: the figure then says how many it cycled through.
   if (memory)
     r.layer_copies = std::clamp<int64_t>(
-        static_cast<int64_t>((memory / 10 * 8 - options.stream_bytes) / r.layer_bytes), 1, r.layer_copies);
+        static_cast<int64_t>((memory / 10 * 8 - options.stream_bytes) / footprint), 1, r.layer_copies);
 
   auto backend = make_cpu_backend(options.threads, options.kernels);
   r.threads = backend->threads();
@@ -151,6 +156,11 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
                                     seed + 2, down_expert * e));
     layers[static_cast<size_t>(c)].down = expert_views(storage.back(), r.down_type, p.experts, p.hidden, p.moe_intermediate);
   }
+  if (repack)
+    for (const ExpertWeights& copy : layers)
+      for (const auto* set : {&copy.gate, &copy.up, &copy.down})
+        for (const LinearWeight& w : *set) backend->prepare(WeightGroup::experts, w);
+  r.repacked_bytes = cpu_backend_repacked_bytes(*backend);
 
   const auto tokens = static_cast<size_t>(options.batch);
   const auto k = static_cast<size_t>(p.top_k);

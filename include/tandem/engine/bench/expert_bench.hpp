@@ -20,6 +20,9 @@ struct ExpertBenchOptions {
   uint64_t stream_bytes = uint64_t{1} << 30;  // the stream read probe's buffer
   uint64_t seed = 1;
   CpuKernels kernels = CpuKernels::fast;  // the CPU backend's kernels (reference: to compare)
+  // The experts prepared as the engine prepares CPU weights (Q4_K repacked into strips;
+  // LoadOptions::cpu_repack); TANDEM_CPU_REPACK=0/1 in the environment overrides it.
+  bool repack = true;
   static constexpr int64_t kMaxBatch = 16384;
 };
 
@@ -41,6 +44,7 @@ struct ExpertBenchResult {
   double stream_read_gbps = 0;            // measured in the same run, same threads
   double ratio = 0;                       // achieved / stream
   double tflops = 0;                      // 2·3·hidden·moe_intermediate·batch·top_k per step / time
+  int64_t repacked_bytes = 0;             // the CPU backend's repacked copies of the experts
 };
 
 // Error(invalid_argument) for an unknown preset, a batch outside 1..kMaxBatch or threads outside

@@ -36,6 +36,12 @@ constexpr int64_t kTileMinTokens = 16;
 using TileFn = void (*)(const uint8_t* w, int64_t row_stride, int rows, const void* x, int64_t x_stride,
                         int64_t tokens, int64_t in, float* y, int64_t y_stride, uint8_t* workspace);
 int64_t tile_workspace_bytes(int64_t in) noexcept;
+// Kernels over weights repacked at preparation (strip_repack.hpp): the strip of `rows` <= kTileRows
+// rows at `strip` against any number of tokens, y as TileFn's, the integer sums of the scalar dot
+// kernel. No workspace: the strip is already in the order the kernel reads. `prefetch_bytes`: how
+// far past the block it reads the kernel asks for the strip's bytes (0: not at all).
+using RepackedFn = void (*)(const uint8_t* strip, int rows, const void* x, int64_t x_stride, int64_t tokens,
+                            int64_t in, float* y, int64_t y_stride, int64_t prefetch_bytes);
 
 // How far ahead of the row a dot kernel reads matmul_tile asks the caches for the weight bytes
 // (software prefetch into L2): on the GPU machine's Xeon the hardware prefetchers alone kept too few
@@ -43,9 +49,19 @@ int64_t tile_workspace_bytes(int64_t in) noexcept;
 // 63 → 85 GB/s (docs/PERF.md, "Software prefetch"). 0 turns it off; TANDEM_CPU_PREFETCH=BYTES sets it.
 constexpr int64_t kDefaultPrefetchBytes = 4096;
 
+// Activation rows into the dot kernels' blocks (activation_blocks.hpp); every level gives the
+// scalar definitions' bytes.
+struct ActQ8K;
+struct ActQ8;
+using QuantizeQ8KFn = void (*)(const float* x, int64_t n, ActQ8K* out) noexcept;
+using QuantizeQ8Fn = void (*)(const float* x, int64_t n, ActQ8* out) noexcept;
+
 struct KernelTable {
   DotFn dot[static_cast<int>(WeightKind::count)];
   TileFn tile[static_cast<int>(WeightKind::count)];
+  RepackedFn repacked[static_cast<int>(WeightKind::count)];
+  QuantizeQ8KFn quantize_q8k = nullptr;
+  QuantizeQ8Fn quantize_q8 = nullptr;
   int64_t prefetch_bytes = kDefaultPrefetchBytes;
 };
 
@@ -54,10 +70,12 @@ void fill_kernels(KernelTable& t) noexcept;
 }
 namespace avx2 {
 void fill_kernels(KernelTable& t) noexcept;
+void fill_quantize_kernels(KernelTable& t) noexcept;
 }
 namespace avx512 {
 void fill_kernels(KernelTable& t) noexcept;
-void fill_tile_kernels(KernelTable& t) noexcept;  // vpdpbusd on packed 16-row strips
+void fill_quantize_kernels(KernelTable& t) noexcept;
+void fill_tile_kernels(KernelTable& t) noexcept;  // vpdpbusd on packed 16-row strips, and on repacked ones
 }
 namespace amx {
 void fill_kernels(KernelTable& t) noexcept;           // the tile kernels; needs AMX-TILE/INT8 enabled

@@ -261,6 +261,8 @@ void dot_f8_e4m3(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_
 }  // namespace
 
 void fill_kernels(KernelTable& t) noexcept {
+  t.quantize_q8k = quantize_act_q8k;
+  t.quantize_q8 = quantize_act_q8;
   auto set = [&](WeightKind k, DotFn f) { t.dot[static_cast<int>(k)] = f; };
   set(WeightKind::q4_k, dot_q4_k);
   set(WeightKind::q5_k, dot_q5_k);

@@ -184,9 +184,13 @@ KernelTable make_kernel_table(IsaLevel level) {
   KernelTable t{};
   t.prefetch_bytes = integer_from_environment("TANDEM_CPU_PREFETCH", 0, int64_t{1} << 20).value_or(kDefaultPrefetchBytes);
   scalar::fill_kernels(t);
-  if (level == IsaLevel::avx2) avx2::fill_kernels(t);
+  if (level == IsaLevel::avx2) {
+    avx2::fill_kernels(t);
+    avx2::fill_quantize_kernels(t);
+  }
   if (level == IsaLevel::avx512 || level == IsaLevel::amx) {
     avx512::fill_kernels(t);
+    avx512::fill_quantize_kernels(t);
     avx512::fill_tile_kernels(t);
   }
   if (level == IsaLevel::amx) amx::fill_kernels(t);

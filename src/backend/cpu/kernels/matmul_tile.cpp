@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
 
 namespace tandem::kernels {
@@ -14,6 +15,12 @@ constexpr int64_t kCacheLine = 64;
 // Asks for the cache lines of data[begin, begin + bytes) ∩ data[0, size) to be brought into L2.
 void prefetch_lines(const uint8_t* data, int64_t begin, int64_t bytes, int64_t size) {
   for (int64_t at = begin; at < std::min(begin + bytes, size); at += kCacheLine) __builtin_prefetch(data + at, 0, 2);
+}
+
+void add_bias(const float* bias, int64_t tokens, int64_t o0, int64_t o1, float* y, int64_t y_stride) {
+  if (bias)
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t o = o0; o < o1; ++o) y[t * y_stride + (o - o0)] += bias[o];
 }
 
 }  // namespace
@@ -28,19 +35,31 @@ int64_t act_row_bytes(ActFormat format, int64_t in) noexcept {
   return in / act_block_values(format) * act_block_bytes(format);
 }
 
-void quantize_rows(ActFormat format, const float* x, int64_t x_stride, int64_t in, int64_t row_begin,
+void quantize_rows(const KernelTable& table, ActFormat format, const float* x, int64_t x_stride, int64_t in, int64_t row_begin,
                    int64_t row_end, uint8_t* dst) {
   const int64_t bytes = act_row_bytes(format, in);
   for (int64_t r = row_begin; r < row_end; ++r) {
     if (format == ActFormat::q8k)
-      quantize_act_q8k(x + r * x_stride, in, reinterpret_cast<ActQ8K*>(dst + r * bytes));
+      table.quantize_q8k(x + r * x_stride, in, reinterpret_cast<ActQ8K*>(dst + r * bytes));
     else if (format == ActFormat::q8)
-      quantize_act_q8(x + r * x_stride, in, reinterpret_cast<ActQ8*>(dst + r * bytes));
+      table.quantize_q8(x + r * x_stride, in, reinterpret_cast<ActQ8*>(dst + r * bytes));
   }
 }
 
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
-                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace) {
+                 int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace,
+                 const uint8_t* repacked) {
+  const RepackedFn strip_kernel = table.repacked[static_cast<int>(kind)];
+  if (repacked && strip_kernel && o0 % kTileRows == 0) {
+    const int64_t in = w.in_features(), strip_bytes = repacked_strip_bytes(kind, in);
+    for (int64_t o = o0; o < o1; o += kTileRows) {
+      const int n = static_cast<int>(std::min<int64_t>(kTileRows, o1 - o));
+      strip_kernel(repacked + o / kTileRows * strip_bytes, n, x.data, x.stride, tokens, in, y + (o - o0), y_stride,
+                   table.prefetch_bytes);
+    }
+    add_bias(bias, tokens, o0, o1, y, y_stride);
+    return;
+  }
   const TileFn tile = table.tile[static_cast<int>(kind)];
   if (tile && workspace && tokens >= kTileMinTokens && w.scale_inv.empty()) {
     const auto address = reinterpret_cast<uintptr_t>(workspace);
@@ -52,9 +71,7 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
       tile(rows + o * row_stride, row_stride, n, x.data, x.stride, tokens, w.in_features(), y + (o - o0), y_stride,
            aligned);
     }
-    if (bias)
-      for (int64_t t = 0; t < tokens; ++t)
-        for (int64_t o = o0; o < o1; ++o) y[t * y_stride + (o - o0)] += bias[o];
+    add_bias(bias, tokens, o0, o1, y, y_stride);
     return;
   }
   const DotFn dot = table.dot[static_cast<int>(kind)];
@@ -84,9 +101,7 @@ void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kin
           y_stride);
     }
   }
-  if (bias)
-    for (int64_t t = 0; t < tokens; ++t)
-      for (int64_t o = o0; o < o1; ++o) y[t * y_stride + (o - o0)] += bias[o];
+  add_bias(bias, tokens, o0, o1, y, y_stride);
 }
 
 }  // namespace tandem::kernels

@@ -15,6 +15,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
 #include "backend/cpu/kernels/tile_pack.hpp"
 
@@ -173,9 +174,95 @@ void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, 
   }
 }
 
+// NT tokens against a Q4_K strip repacked at preparation (strip_repack.hpp): the quant bytes are
+// read as stored, split into their low (group 2j) and high (group 2j + 1) nibbles in registers, and
+// each group's float factors formed from the rows' d/dmin and byte scales — the same products, in
+// the same order, as strip_tokens<8> on a strip pack_k4 gathered, so the results are its bits.
+template <int NT>
+void repacked_q4k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, int64_t xs, float* y, int64_t ys,
+                         __mmask16 row_mask, int64_t prefetch_bytes) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blkp = strip + b * kRepackedQ4KBlockBytes;
+    if (prefetch_bytes > 0)  // into L2, as matmul_tile does for the dot kernels' rows
+      for (int64_t line = 0; line < kRepackedQ4KBlockBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    const auto* quants = reinterpret_cast<const __m512i*>(blkp);
+    const __m512 d = _mm512_load_ps(blkp + 2048), dmin = _mm512_load_ps(blkp + 2112);
+    const ActQ8K* ab[NT];
+    __m512 blk[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      ab[t] = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
+      blk[t] = _mm512_setzero_ps();
+    }
+    for (int j = 0; j < 4; ++j) {
+      __m512i low[NT], high[NT];
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) low[t] = high[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) {
+        const __m512i q = _mm512_load_si512(quants + 8 * j + k);
+        const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+          low[t] = _mm512_dpbusd_epi32(low[t], lo, broadcast4(ab[t]->q + 64 * j + 4 * k));
+          high[t] = _mm512_dpbusd_epi32(high[t], hi, broadcast4(ab[t]->q + 64 * j + 32 + 4 * k));
+        }
+      }
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const int g = 2 * j + h;
+        const auto bytes = [&](int64_t offset) {
+          return _mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + offset + 16 * g))));
+        };
+        const __m512 ds = _mm512_mul_ps(d, bytes(2176)), ss = _mm512_mul_ps(dmin, bytes(2304));
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+          const int group_sum = ab[t]->sums[2 * g] + ab[t]->sums[2 * g + 1];
+          blk[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h == 0 ? low[t] : high[t]), ds, blk[t]);
+          blk[t] = _mm512_fnmadd_ps(_mm512_set1_ps(static_cast<float>(group_sum)), ss, blk[t]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(blk[t], _mm512_set1_ps(ab[t]->d), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, acc[t]);
+}
+
+// Only the first pass over the strip asks for its bytes: later passes find them in cache.
+void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in, float* y,
+                  int64_t ys, int64_t prefetch_bytes) {
+  if (rows <= 0 || tokens <= 0) return;
+  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
+  const auto* x0 = static_cast<const uint8_t*>(x);
+  int64_t t = 0;
+  for (; t + 4 <= tokens; t += 4)
+    repacked_q4k_tokens<4>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, t == 0 ? prefetch_bytes : 0);
+  const int64_t ahead = t == 0 ? prefetch_bytes : 0;
+  switch (tokens - t) {
+    case 3:
+      repacked_q4k_tokens<3>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, ahead);
+      break;
+    case 2:
+      repacked_q4k_tokens<2>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, ahead);
+      break;
+    case 1:
+      repacked_q4k_tokens<1>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, ahead);
+      break;
+    default:
+      break;
+  }
+}
+
 }  // namespace
 
 void fill_tile_kernels(KernelTable& t) noexcept {
+  t.repacked[static_cast<int>(WeightKind::q4_k)] = repacked_q4k;
   t.tile[static_cast<int>(WeightKind::q4_k)] = tile_kernel<WeightKind::q4_k>;
   t.tile[static_cast<int>(WeightKind::q5_k)] = tile_kernel<WeightKind::q5_k>;
   t.tile[static_cast<int>(WeightKind::q6_k)] = tile_kernel<WeightKind::q6_k>;

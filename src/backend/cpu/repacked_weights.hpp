@@ -1,0 +1,41 @@
+#pragma once
+// The CPU backend's copies of weight matrices repacked into 16-row strips at preparation
+// (kernels/strip_repack.hpp), by the weight's address: made once by add (at load, from the file's
+// mapping, which stays unchanged), looked up by every operator call. The copy replaces the mapped
+// rows for the kernels that read it, so the mapping's pages are read once and can then leave the
+// page cache; kept only where the kernel table has a repacked kernel for the type.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "backend/cpu/kernels/kernel_table.hpp"
+#include "backend/cpu/weight_fingerprint.hpp"
+#include "tandem/model/weights.hpp"
+
+namespace tandem {
+
+class ThreadPool;
+
+class RepackedWeights {
+ public:
+  // Repacks `w` (its strips split over the pool) if the table has a repacked kernel for its type
+  // and it is not held already; returns whether a copy is held now.
+  bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool);
+  // The repacked strips of `w`, or nullptr.
+  const uint8_t* find(const LinearWeight& w) const;
+  int64_t bytes() const;
+
+ private:
+  struct Copy {
+    WeightFingerprint source;
+    std::unique_ptr<uint8_t[]> storage;
+    uint8_t* strips = nullptr;  // storage aligned to kernels::kRepackedAlign
+    int64_t bytes = 0;
+  };
+  mutable std::mutex mutex_;
+  std::map<const void*, Copy> copies_;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace tandem
