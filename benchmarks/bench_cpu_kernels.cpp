@@ -68,8 +68,9 @@ void bench_dot(benchmark::State& state, DType type, IsaLevel level) {
 // (16-row strips; at >= kTileMinTokens tokens the tile kernels of the level: "avx512" vpdpbusd on
 // packed strips, "amx" TDPBSUD; "avx512_dot" the 4-token dot kernels alone). "emulated_amx" is the AMX tile code with the tile instructions in plain C++
 // (correctness only: slow by design); "avx512_repacked" the strips repacked at preparation
-// (strip_repack.hpp), every token count. Reported as multiply-adds per CPU second.
-enum Variant { avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked };
+// (strip_repack.hpp), every token count; "amx_repacked" AMX on them from kTileMinTokens tokens.
+// Reported as multiply-adds per CPU second.
+enum Variant { avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked, amx_repacked };
 
 // `rows` × 2048 random weights of `type` and `tokens` activation rows quantised for its kernels.
 struct MatmulCase {
@@ -115,7 +116,7 @@ struct MatmulCase {
 };
 
 void bench_tile(benchmark::State& state, DType type, Variant variant) {
-  const IsaLevel level = variant == amx_tile ? IsaLevel::amx : IsaLevel::avx512;
+  const IsaLevel level = variant == amx_tile || variant == amx_repacked ? IsaLevel::amx : IsaLevel::avx512;
   if (!isa_level_supported(level)) {
     state.SkipWithError("this CPU lacks the ISA level");
     return;
@@ -124,7 +125,7 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
   if (variant == avx512_dot) std::fill(std::begin(table.tile), std::end(table.tile), nullptr);
   const int64_t rows = state.range(0), tokens = state.range(1);
   MatmulCase c(type, rows, tokens);
-  const uint8_t* repacked = variant == avx512_repacked ? c.repacked() : nullptr;
+  const uint8_t* repacked = variant == avx512_repacked || variant == amx_repacked ? c.repacked() : nullptr;
   std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, c.kind, kIn)) + 1);
   std::vector<float> y(static_cast<size_t>(rows * tokens));
   for (auto _ : state) {
@@ -247,13 +248,14 @@ void register_all() {
       ->ArgNames({"threads", "batch", "dispatches"})
       ->UseManualTime();
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q4_0, DType::q4_1, DType::q5_1})
-    for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked}) {
+    for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked, amx_repacked}) {
       const bool k_quant = type == DType::q4_k || type == DType::q5_k || type == DType::q6_k;
       if (!k_quant && (variant == amx_tile || variant == emulated_amx_tile)) continue;  // AVX-512 tiles only
-      if (variant == avx512_repacked && !repackable(*weight_kind_for(type))) continue;
-      const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx", "avx512_repacked"};
+      const bool on_repacked = variant == avx512_repacked || variant == amx_repacked;
+      if (on_repacked && !repackable(*weight_kind_for(type))) continue;
+      const char* names[] = {"avx512_dot", "avx512", "amx", "emulated_amx", "avx512_repacked", "amx_repacked"};
       const std::string name = std::string("tile/") + std::string(dtype_name(type)) + "/" + names[variant];
-      const std::vector<int64_t> tokens = variant == avx512_repacked ? std::vector<int64_t>{1, 4, 8, 16, 32, 64, 256}
+      const std::vector<int64_t> tokens = on_repacked ? std::vector<int64_t>{1, 4, 8, 16, 32, 64, 256}
                                                                      : std::vector<int64_t>{8, 16, 32, 64, 256};
       benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)
           ->ArgsProduct({{256}, tokens})

@@ -3,7 +3,8 @@
 # tile kernels against the scalar kernels included: "[amx]"), the tile kernels alone (AMX vs AVX-512,
 # bench_cpu_kernels), then `tandem run --stats` prefill/decode, fast vs reference, on an 8-layer
 # synthetic Qwen3-30B-A3B Q4_K_M and on the bundled trained model, with a thread-scaling pass for the
-# fast kernels, and bench model pp512/tg64 with AMX and with AMX held off (TANDEM_CPU_ISA=avx512).
+# fast kernels, and bench model pp512/tg64 with AMX and with AMX held off (TANDEM_CPU_ISA=avx512), each
+# on Q4_K strips repacked at load and on the mapped rows (TANDEM_CPU_REPACK=1/0).
 # Usage (after scripts/device-build.sh): scripts/kernels-bench.sh [BUILD_DIR]   (default build-gpu)
 # ONLY_AMX=1: the AMX test, the tile benchmark and the bench model pair only.
 set -euo pipefail
@@ -15,13 +16,16 @@ grep -o -m1 -w amx_tile /proc/cpuinfo || echo "no amx_tile flag in /proc/cpuinfo
 "$build/bin/test_engine" "[amx]" -s 2>&1 | grep -E "SKIPPED|FAILED|passed|failed" | head -20
 "$build/bin/test_engine" "[kernels]" | tail -3
 if [ -x "$build/bin/bench_cpu_kernels" ]; then
-  "$build/bin/bench_cpu_kernels" --benchmark_filter='tile/q[456]_k/(avx512_dot|avx512|amx)/' --benchmark_min_time=0.2 2>&1 | grep tile/
+  "$build/bin/bench_cpu_kernels" --benchmark_filter='tile/q[456]_k/(avx512_dot|avx512|amx|avx512_repacked|amx_repacked)/' --benchmark_min_time=0.2 2>&1 | grep tile/
 fi
 synth=/tmp/kernels-q3-8l.gguf
 [ -f "$synth" ] || "$tandem" synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o "$synth"
 for isa in amx avx512; do
-  echo "== bench model, TANDEM_CPU_ISA=$isa, -t 16"
-  TANDEM_CPU_ISA=$isa "$tandem" bench model -m "$synth" -p 512 -n 64 -r 3 -t 16 --spread-tokens 0 --placement '*=cpu' --json
+  for repack in 1 0; do
+    echo "== bench model, TANDEM_CPU_ISA=$isa TANDEM_CPU_REPACK=$repack, -t 16"
+    TANDEM_CPU_ISA=$isa TANDEM_CPU_REPACK=$repack "$tandem" bench model -m "$synth" -p 512 -n 64 -r 3 -t 16 \
+      --spread-tokens 0 --placement '*=cpu' --json
+  done
 done
 [ "${ONLY_AMX:-0}" = 1 ] && exit 0
 prompt=$(head -c 2000 src/engine/forward.cpp)

@@ -296,6 +296,18 @@ TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bit
   const WeightKind kind = WeightKind::q4_k;
   REQUIRE(repackable(kind));
   REQUIRE(table.repacked[static_cast<int>(kind)] != nullptr);
+  // The AVX-512 kernel at every count; with AMX (emulated here, the hardware where the CPU has it)
+  // the tile kernel from kTileMinTokens tokens on.
+  struct Table {
+    const char* name;
+    KernelTable table;
+  };
+  std::vector<Table> tables{{"avx512", table}, {"emulated amx", make_emulated_amx_table()}};
+  REQUIRE(tables[1].table.repacked_wide[static_cast<int>(kind)] != nullptr);
+  if (isa_level_supported(IsaLevel::amx))
+    tables.push_back({"amx", make_kernel_table(IsaLevel::amx)});
+  else
+    WARN("SKIPPED: this CPU (or OS) lacks AMX-TILE/AMX-INT8: the hardware AMX kernel on repacked strips is not tested here");
   std::mt19937 rng(9);
   for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{2048}}) {
     // 37 rows: two full strips and a partial one.
@@ -317,9 +329,7 @@ TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bit
       quantize_rows(reference, ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
       // Rows [16, 37): the second and the partial third strip; y wider than the tile.
       const int64_t o0 = 16, y_stride = rows + 3;
-      std::vector<float> got(static_cast<size_t>(tokens * y_stride), -99.0f), packed_per_call = got;
-      matmul_tile(table, c.weight, kind, {q.data(), stride}, tokens, o0, rows, nullptr, got.data(), y_stride, nullptr,
-                  repacked);
+      std::vector<float> packed_per_call(static_cast<size_t>(tokens * y_stride), -99.0f);
       // The per-call packing tile kernel, on any token count (called directly: matmul_tile takes the
       // dot kernels below kTileMinTokens).
       std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, kind, in)) + 64);
@@ -328,19 +338,26 @@ TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bit
         table.tile[static_cast<int>(kind)](c.weight.weight.row_ptr(o), c.weight.weight.row_stride_bytes(),
                                            static_cast<int>(std::min<int64_t>(kTileRows, rows - o)), q.data(), stride,
                                            tokens, in, packed_per_call.data() + (o - o0), y_stride, aligned);
-      for (int64_t t = 0; t < tokens; ++t) {
-        for (int64_t o = o0; o < rows; ++o) {
-          INFO("in=" << in << " tokens=" << tokens << " t=" << t << " row=" << o);
-          const float value = got[static_cast<size_t>(t * y_stride + o - o0)];
-          CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
-          float want = 0;
-          reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride, 1, in,
-                                                nullptr, &want, 1);
-          double magnitude = 0;
-          for (int64_t i = 0; i < in; ++i) magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
-          CHECK(std::fabs(value - want) <= 2e-6 * magnitude + 1e-6);
+      for (const Table& tb : tables) {
+        std::vector<float> got(static_cast<size_t>(tokens * y_stride), -99.0f);
+        matmul_tile(tb.table, c.weight, kind, {q.data(), stride}, tokens, o0, rows, nullptr, got.data(),
+                    y_stride, nullptr, repacked);
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t o = o0; o < rows; ++o) {
+            INFO(tb.name << " in=" << in << " tokens=" << tokens << " t=" << t << " row=" << o);
+            const float value = got[static_cast<size_t>(t * y_stride + o - o0)];
+            CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
+            float want = 0;
+            reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride,
+                                                  1, in, nullptr, &want, 1);
+            double magnitude = 0;
+            for (int64_t i = 0; i < in; ++i)
+              magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
+            CHECK(std::fabs(value - want) <= 2e-6 * magnitude + 1e-6);
+          }
+          for (int64_t o = rows - o0; o < y_stride; ++o)
+            CHECK(got[static_cast<size_t>(t * y_stride + o)] == -99.0f);
         }
-        for (int64_t o = rows - o0; o < y_stride; ++o) CHECK(got[static_cast<size_t>(t * y_stride + o)] == -99.0f);
       }
     }
   }
@@ -348,7 +365,8 @@ TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bit
 
 // The prefetch itself cannot change a result (the kernel tests above run with it on); what can go
 // wrong is the knob: the table must take the variable, and junk must be refused, not read as 0.
-TEST_CASE("the weight prefetch distance: TANDEM_CPU_PREFETCH sets it and junk is refused", "[engine][kernels]") {
+TEST_CASE("the weight prefetch distance: TANDEM_CPU_PREFETCH sets it and junk is refused",
+          "[engine][kernels]") {
   const char* saved = std::getenv("TANDEM_CPU_PREFETCH");
   const std::string restore = saved ? saved : "";
   ::unsetenv("TANDEM_CPU_PREFETCH");

@@ -7,7 +7,8 @@ namespace tandem {
 
 bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool) {
   const TensorView& view = w.weight;
-  if (view.empty() || view.shape.rank != 2 || view.device.kind != DeviceKind::cpu || !w.scale_inv.empty()) return false;
+  if (view.empty() || view.shape.rank != 2 || view.device.kind != DeviceKind::cpu || !w.scale_inv.empty())
+    return false;
   const auto kind = kernels::weight_kind_for(view.dtype);
   if (!kind || !kernels::repackable(*kind) || !table.repacked[static_cast<int>(*kind)]) return false;
   const int64_t rows = w.out_features(), in = w.in_features();
@@ -22,9 +23,11 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   Copy copy;
   copy.source = source;
   copy.bytes = kernels::repacked_bytes(*kind, rows, in);
-  copy.storage = std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
+  copy.storage =
+      std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
   const auto address = reinterpret_cast<uintptr_t>(copy.storage.get());
-  copy.strips = copy.storage.get() + (kernels::kRepackedAlign - address % kernels::kRepackedAlign) % kernels::kRepackedAlign;
+  copy.strips = copy.storage.get() +
+                (kernels::kRepackedAlign - address % kernels::kRepackedAlign) % kernels::kRepackedAlign;
   const int64_t strips = (rows + kernels::kTileRows - 1) / kernels::kTileRows;
   const auto* rows_data = static_cast<const uint8_t*>(view.data);
   const auto row_stride = static_cast<int64_t>(view.row_stride_bytes());
@@ -41,7 +44,8 @@ const uint8_t* RepackedWeights::find(const LinearWeight& w) const {
   std::lock_guard lock(mutex_);
   if (copies_.empty()) return nullptr;
   const auto it = copies_.find(w.weight.data);
-  if (it == copies_.end() || w.weight.shape.rank != 2 || !(it->second.source == fingerprint_of(w.weight))) return nullptr;
+  if (it == copies_.end() || w.weight.shape.rank != 2 || !(it->second.source == fingerprint_of(w.weight)))
+    return nullptr;
   return it->second.strips;
 }
 

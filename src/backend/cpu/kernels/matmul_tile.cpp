@@ -49,7 +49,8 @@ void quantize_rows(const KernelTable& table, ActFormat format, const float* x, i
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
                  int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace,
                  const uint8_t* repacked) {
-  const RepackedFn strip_kernel = table.repacked[static_cast<int>(kind)];
+  const RepackedFn wide = tokens >= kTileMinTokens ? table.repacked_wide[static_cast<int>(kind)] : nullptr;
+  const RepackedFn strip_kernel = wide ? wide : table.repacked[static_cast<int>(kind)];
   if (repacked && strip_kernel && o0 % kTileRows == 0) {
     const int64_t in = w.in_features(), strip_bytes = repacked_strip_bytes(kind, in);
     for (int64_t o = o0; o < o1; o += kTileRows) {

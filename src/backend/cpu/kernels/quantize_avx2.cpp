@@ -34,8 +34,10 @@ inline int horizontal_sum(__m256i v) {
 // 16 values (two vectors) × inverse scale → int8 codes in [-127, 127] at `q`; returns their sum.
 inline int codes16(__m256 lo, __m256 hi, __m256 inverse, int8_t* q) {
   const __m256i low = _mm256_set1_epi32(-127), high = _mm256_set1_epi32(127);
-  const __m256i a = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(lo, inverse)), low), high);
-  const __m256i b = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(hi, inverse)), low), high);
+  const __m256i a =
+      _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(lo, inverse)), low), high);
+  const __m256i b =
+      _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(hi, inverse)), low), high);
   // packs works within 128-bit lanes: a0-3 b0-3 | a4-7 b4-7 as int16, put back in order.
   const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
   const __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));

@@ -24,6 +24,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
 #include "backend/cpu/kernels/tile_pack.hpp"
 
@@ -133,6 +134,24 @@ struct EmulatedTiles {
   void release() {}
 };
 
+// One block's epilogue for n tokens: per token, Σ_g dot_g·dot_scale_g − asum_g·sum_scale_g (16 rows
+// each), times the activation block's scale, added to acc[t].
+template <int G>
+void accumulate_block(const int32_t* results, const float* dot_scale, const float* sum_scale, const uint8_t* x0,
+                      int64_t xs, int64_t b, int n, __m512* acc) {
+  for (int t = 0; t < n; ++t) {
+    const auto* ab = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
+    __m512 sum = _mm512_setzero_ps();
+    for (int g = 0; g < G; ++g) {
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(results + g * 256 + t * 16));
+      sum = _mm512_fmadd_ps(dot, _mm512_load_ps(dot_scale + g * 16), sum);
+      const int group_sum = G == 8 ? ab->sums[2 * g] + ab->sums[2 * g + 1] : ab->sums[g];
+      sum = _mm512_fnmadd_ps(_mm512_set1_ps(static_cast<float>(group_sum)), _mm512_load_ps(sum_scale + g * 16), sum);
+    }
+    acc[t] = _mm512_fmadd_ps(sum, _mm512_set1_ps(ab->d), acc[t]);
+  }
+}
+
 // G scale groups per 256-value block (8: Q4_K/Q5_K, 16: Q6_K).
 template <int G, class Tiles>
 void compute(Tiles& tiles, uint8_t* ws, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in,
@@ -159,19 +178,66 @@ void compute(Tiles& tiles, uint8_t* ws, int rows, const void* x, int64_t xs, int
                                     results + (g + 1) * 256);
       }
       const float* dot_scale = reinterpret_cast<const float*>(ws + tile_scales_offset(in) + b * kTileScaleBlockBytes);
-      const float* sum_scale = dot_scale + 256;
-      for (int t = 0; t < n; ++t) {
-        const auto* ab = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
-        __m512 sum = _mm512_setzero_ps();
-        for (int g = 0; g < G; ++g) {
-          const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(results + g * 256 + t * 16));
-          sum = _mm512_fmadd_ps(dot, _mm512_load_ps(dot_scale + g * 16), sum);
-          const int group_sum = G == 8 ? ab->sums[2 * g] + ab->sums[2 * g + 1] : ab->sums[g];
-          sum = _mm512_fnmadd_ps(_mm512_set1_ps(static_cast<float>(group_sum)), _mm512_load_ps(sum_scale + g * 16),
-                                 sum);
+      accumulate_block<G>(results, dot_scale, dot_scale + 256, x0, xs, b, n, acc);
+    }
+    for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ys, row_mask, acc[t]);
+  }
+  tiles.release();
+}
+
+// Q4_K strips repacked at preparation (strip_repack.hpp), at kTileMinTokens tokens or more: per 16
+// tokens and block, the block's quant bytes are split into their nibbles straight into B-tile order
+// (the low nibbles of vector 8j + k are row k of group 2j's tile, the high ones of group 2j + 1's: no
+// gather across rows), the group factors formed from the rows' d/dmin and byte scales, then the
+// TDPBSUDs and the epilogue of `compute`. Tiles and factors live on the stack (12 KiB).
+template <class Tiles>
+void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in,
+                  float* y, int64_t ys, int64_t prefetch_bytes) {
+  if (rows <= 0 || tokens <= 0) return;
+  Tiles tiles;
+  alignas(64) uint8_t weights[8 * 512];
+  alignas(64) int32_t results[8 * 256];
+  alignas(64) float dot_scale[8 * 16], sum_scale[8 * 16];
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
+  int configured = 0;
+  for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
+    const int n = tokens - t0 < 16 ? static_cast<int>(tokens - t0) : 16;
+    if (n != configured) {
+      tiles.configure(make_config(n, 32));
+      configured = n;
+    }
+    __m512 acc[16];
+    for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+    const uint8_t* x0 = static_cast<const uint8_t*>(x) + t0 * xs;
+    for (int64_t b = 0; b < in / 256; ++b) {
+      const uint8_t* blkp = strip + b * kRepackedQ4KBlockBytes;
+      if (t0 == 0 && prefetch_bytes > 0)  // the first pass over the strip asks for it, as the AVX-512 kernel does
+        for (int64_t line = 0; line < kRepackedQ4KBlockBytes; line += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+      const auto* quants = reinterpret_cast<const __m512i*>(blkp);
+      auto* tile_rows = reinterpret_cast<__m512i*>(weights);
+      for (int j = 0; j < 4; ++j)
+        for (int k = 0; k < 8; ++k) {
+          const __m512i q = _mm512_load_si512(quants + 8 * j + k);
+          _mm512_store_si512(tile_rows + (2 * j) * 8 + k, _mm512_and_si512(q, m4));
+          _mm512_store_si512(tile_rows + (2 * j + 1) * 8 + k, _mm512_and_si512(_mm512_srli_epi16(q, 4), m4));
         }
-        acc[t] = _mm512_fmadd_ps(sum, _mm512_set1_ps(ab->d), acc[t]);
+      const __m512 d = _mm512_load_ps(blkp + 2048), dmin = _mm512_load_ps(blkp + 2112);
+      for (int g = 0; g < 8; ++g) {
+        const auto bytes = [&](int64_t offset) {
+          return _mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + offset + 16 * g))));
+        };
+        _mm512_store_ps(dot_scale + 16 * g, _mm512_mul_ps(d, bytes(2176)));
+        _mm512_store_ps(sum_scale + 16 * g, _mm512_mul_ps(dmin, bytes(2304)));
       }
+      const uint8_t* act = x0 + b * static_cast<int64_t>(sizeof(ActQ8K)) + offsetof(ActQ8K, q);
+      for (int g = 0; g < 8; g += 2) {
+        tiles.template group_dot<0>(act + g * 32, xs, weights + g * 512, results + g * 256);
+        tiles.template group_dot<1>(act + (g + 1) * 32, xs, weights + (g + 1) * 512, results + (g + 1) * 256);
+      }
+      accumulate_block<8>(results, dot_scale, sum_scale, x0, xs, b, n, acc);
     }
     for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ys, row_mask, acc[t]);
   }
@@ -179,8 +245,8 @@ void compute(Tiles& tiles, uint8_t* ws, int rows, const void* x, int64_t xs, int
 }
 
 template <WeightKind Kind, class Tiles>
-void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, int64_t x_stride, int64_t tokens,
-                 int64_t in, float* y, int64_t y_stride, uint8_t* workspace) {
+void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, int64_t x_stride,
+                 int64_t tokens, int64_t in, float* y, int64_t y_stride, uint8_t* workspace) {
   if (rows <= 0 || tokens <= 0) return;
   Tiles tiles;
   if constexpr (Kind == WeightKind::q6_k) {
@@ -197,6 +263,7 @@ void fill(KernelTable& t) {
   t.tile[static_cast<int>(WeightKind::q4_k)] = tile_kernel<WeightKind::q4_k, Tiles>;
   t.tile[static_cast<int>(WeightKind::q5_k)] = tile_kernel<WeightKind::q5_k, Tiles>;
   t.tile[static_cast<int>(WeightKind::q6_k)] = tile_kernel<WeightKind::q6_k, Tiles>;
+  t.repacked_wide[static_cast<int>(WeightKind::q4_k)] = repacked_q4k<Tiles>;
 }
 
 }  // namespace
