@@ -60,8 +60,8 @@ struct KernelTable {
   DotFn dot[static_cast<int>(WeightKind::count)];
   TileFn tile[static_cast<int>(WeightKind::count)];
   RepackedFn repacked[static_cast<int>(WeightKind::count)];
-  // The same at kTileMinTokens tokens or more where the level has a faster kernel for many tokens
-  // (AMX); nullptr: `repacked` serves every count.
+  // The same for whole runs of kTileMinTokens tokens where the level has a faster kernel for them
+  // (AMX; matmul_tile gives `repacked` the rest); nullptr: `repacked` serves every count.
   RepackedFn repacked_wide[static_cast<int>(WeightKind::count)];
   QuantizeQ8KFn quantize_q8k = nullptr;
   QuantizeQ8Fn quantize_q8 = nullptr;

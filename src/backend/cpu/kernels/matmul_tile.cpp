@@ -49,14 +49,20 @@ void quantize_rows(const KernelTable& table, ActFormat format, const float* x, i
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
                  int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace,
                  const uint8_t* repacked) {
-  const RepackedFn wide = tokens >= kTileMinTokens ? table.repacked_wide[static_cast<int>(kind)] : nullptr;
-  const RepackedFn strip_kernel = wide ? wide : table.repacked[static_cast<int>(kind)];
-  if (repacked && strip_kernel && o0 % kTileRows == 0) {
+  const RepackedFn narrow = table.repacked[static_cast<int>(kind)];
+  if (repacked && narrow && o0 % kTileRows == 0) {
+    // The wide kernel (AMX) takes whole runs of kTileMinTokens tokens — a partial tile costs it a
+    // whole one — and the narrow kernel the rest; both give the same bits.
+    const RepackedFn wide = table.repacked_wide[static_cast<int>(kind)];
+    const int64_t wide_tokens = wide ? tokens / kTileMinTokens * kTileMinTokens : 0;
     const int64_t in = w.in_features(), strip_bytes = repacked_strip_bytes(kind, in);
     for (int64_t o = o0; o < o1; o += kTileRows) {
       const int n = static_cast<int>(std::min<int64_t>(kTileRows, o1 - o));
-      strip_kernel(repacked + o / kTileRows * strip_bytes, n, x.data, x.stride, tokens, in, y + (o - o0), y_stride,
-                   table.prefetch_bytes);
+      const uint8_t* strip = repacked + o / kTileRows * strip_bytes;
+      if (wide_tokens > 0) wide(strip, n, x.data, x.stride, wide_tokens, in, y + (o - o0), y_stride, table.prefetch_bytes);
+      if (tokens > wide_tokens)
+        narrow(strip, n, x.data + wide_tokens * x.stride, x.stride, tokens - wide_tokens, in,
+               y + wide_tokens * y_stride + (o - o0), y_stride, table.prefetch_bytes);
     }
     add_bias(bias, tokens, o0, o1, y, y_stride);
     return;
