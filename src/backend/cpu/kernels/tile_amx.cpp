@@ -60,26 +60,33 @@ TileConfig make_config(int tokens, int group_bytes) {
 }
 
 // One scale group: C = 0; A = activations (row stride x_stride); B = weights (row stride 64);
-// C += A·B (TDPBSUD); C stored (row stride 64). GCC's tile intrinsics paste the register number into
-// the assembly text, so each set is spelled out with literal numbers.
+// C += A·B (TDPBSUD) in multiply, C stored (row stride 64) in store — apart, so that the two sets'
+// multiplications are both under way before the first result is stored (group_pair). GCC's tile
+// intrinsics paste the register number into the assembly text, so each set is spelled out with
+// literal numbers.
 struct HardwareTiles {
   void configure(const TileConfig& c) { _tile_loadconfig(&c); }
   template <int Set>
-  void group_dot(const uint8_t* act, int64_t x_stride, const uint8_t* weights, int32_t* result) {
+  void multiply(const uint8_t* act, int64_t x_stride, const uint8_t* weights) {
     static_assert(kC0 == 0 && kA0 == 1 && kB0 == 2 && kC1 == 3 && kA1 == 4 && kB1 == 5, "tile numbers");
     if constexpr (Set == 0) {
       _tile_zero(0);
       _tile_loadd(1, act, x_stride);
       _tile_loadd(2, weights, 64);
       _tile_dpbsud(0, 1, 2);
-      _tile_stored(0, result, 64);
     } else {
       _tile_zero(3);
       _tile_loadd(4, act, x_stride);
       _tile_loadd(5, weights, 64);
       _tile_dpbsud(3, 4, 5);
-      _tile_stored(3, result, 64);
     }
+  }
+  template <int Set>
+  void store(int32_t* result) {
+    if constexpr (Set == 0)
+      _tile_stored(0, result, 64);
+    else
+      _tile_stored(3, result, 64);
   }
   void release() { _tile_release(); }
 };
@@ -105,7 +112,7 @@ struct EmulatedTiles {
       std::memcpy(reg[T] + 64 * r, static_cast<const uint8_t*>(p) + r * stride, static_cast<size_t>(colsb[T]));
   }
   template <int T>
-  void store(void* p, int64_t stride) {
+  void store_tile(void* p, int64_t stride) {
     for (int r = 0; r < rows[T]; ++r)
       std::memcpy(static_cast<uint8_t*>(p) + r * stride, reg[T] + 64 * r, static_cast<size_t>(colsb[T]));
   }
@@ -123,16 +130,30 @@ struct EmulatedTiles {
       }
   }
   template <int Set>
-  void group_dot(const uint8_t* act, int64_t x_stride, const uint8_t* weights, int32_t* result) {
+  void multiply(const uint8_t* act, int64_t x_stride, const uint8_t* weights) {
     constexpr int C = Set == 0 ? kC0 : kC1, A = C + 1, B = C + 2;
     zero<C>();
     load<A>(act, x_stride);
     load<B>(weights, 64);
     dot<C, A, B>();
-    store<C>(result, 64);
+  }
+  template <int Set>
+  void store(int32_t* result) {
+    store_tile<Set == 0 ? kC0 : kC1>(result, 64);
   }
   void release() {}
 };
+
+// Scale groups g and g + 1 of a block: activations at act + g·group, weights at weights + g·group·16,
+// int32 results at results + g·256.
+template <class Tiles>
+void group_pair(Tiles& tiles, const uint8_t* act, int64_t x_stride, const uint8_t* weights, int32_t* results, int g,
+                int group) {
+  tiles.template multiply<0>(act + g * group, x_stride, weights + g * group * 16);
+  tiles.template multiply<1>(act + (g + 1) * group, x_stride, weights + (g + 1) * group * 16);
+  tiles.template store<0>(results + g * 256);
+  tiles.template store<1>(results + (g + 1) * 256);
+}
 
 // One block's epilogue for n tokens: per token, Σ_g dot_g·dot_scale_g − asum_g·sum_scale_g (16 rows
 // each), times the activation block's scale, added to acc[t].
@@ -172,11 +193,7 @@ void compute(Tiles& tiles, uint8_t* ws, int rows, const void* x, int64_t xs, int
     for (int64_t b = 0; b < in / 256; ++b) {
       const uint8_t* act = x0 + b * static_cast<int64_t>(sizeof(ActQ8K)) + offsetof(ActQ8K, q);
       const uint8_t* packed = ws + tile_packed_offset(in) + b * kTilePackedBlockBytes;
-      for (int g = 0; g < G; g += 2) {
-        tiles.template group_dot<0>(act + g * kGroup, xs, packed + g * kGroup * 16, results + g * 256);
-        tiles.template group_dot<1>(act + (g + 1) * kGroup, xs, packed + (g + 1) * kGroup * 16,
-                                    results + (g + 1) * 256);
-      }
+      for (int g = 0; g < G; g += 2) group_pair(tiles, act, xs, packed, results, g, kGroup);
       const float* dot_scale = reinterpret_cast<const float*>(ws + tile_scales_offset(in) + b * kTileScaleBlockBytes);
       accumulate_block<G>(results, dot_scale, dot_scale + 256, x0, xs, b, n, acc);
     }
@@ -233,10 +250,7 @@ void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int
         _mm512_store_ps(sum_scale + 16 * g, _mm512_mul_ps(dmin, bytes(2304)));
       }
       const uint8_t* act = x0 + b * static_cast<int64_t>(sizeof(ActQ8K)) + offsetof(ActQ8K, q);
-      for (int g = 0; g < 8; g += 2) {
-        tiles.template group_dot<0>(act + g * 32, xs, weights + g * 512, results + g * 256);
-        tiles.template group_dot<1>(act + (g + 1) * 32, xs, weights + (g + 1) * 512, results + (g + 1) * 256);
-      }
+      for (int g = 0; g < 8; g += 2) group_pair(tiles, act, xs, weights, results, g, 32);
       accumulate_block<8>(results, dot_scale, sum_scale, x0, xs, b, n, acc);
     }
     for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ys, row_mask, acc[t]);
