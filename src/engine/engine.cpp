@@ -435,6 +435,9 @@ class CpuEngine final : public Engine {
     for (const PlacedBytes& p : place_weights(weights_, placement_))
       r.lines.push_back({weight_group_display_name(p.group), p.device.to_string(), p.bytes,
                          p.device.kind == DeviceKind::cpu});
+    // Q4_K matrices the CPU backend repacked into strips at load (LoadOptions::cpu_repack).
+    if (const int64_t repacked = cpu_backend_repacked_bytes(*backend_); repacked > 0)
+      r.lines.push_back({"repacked CPU weights", Device::cpu().to_string(), static_cast<uint64_t>(repacked), false});
     r.lines.push_back({"KV pool", kv_->spec().device.to_string(), kv_->bytes(), false});
     // The KV layers whose attention runs on a GPU also live in its memory.
     for (const auto& [index, gpu] : gpu_backends_)
