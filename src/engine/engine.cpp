@@ -544,7 +544,10 @@ class CpuEngine final : public Engine {
     step(0.72f, "repacking CPU weights");
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
       if constexpr (sizeof...(item) == 1)
-        if (chosen(g, layer, item...)) backend_->prepare(g, item...);
+        if (chosen(g, layer, item...)) {
+          if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
+          backend_->prepare(g, item...);
+        }
     });
   }
 

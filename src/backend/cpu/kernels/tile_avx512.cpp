@@ -28,6 +28,31 @@ inline __m512i broadcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+template <int N>
+struct Tokens {
+  static constexpr int value = N;
+};
+
+// run(Tokens<4>{}, t) for t = 0, 4, ... while 4 tokens are left, then run(Tokens<rest>{}, t) once.
+template <class Run>
+void token_runs(int64_t tokens, Run&& run) {
+  int64_t t = 0;
+  for (; t + 4 <= tokens; t += 4) run(Tokens<4>{}, t);
+  switch (tokens - t) {
+    case 3:
+      run(Tokens<3>{}, t);
+      break;
+    case 2:
+      run(Tokens<2>{}, t);
+      break;
+    case 1:
+      run(Tokens<1>{}, t);
+      break;
+    default:
+      break;
+  }
+}
+
 // NT tokens (rows x0, x0 + xs, ...) against the packed strip; G scale groups per 256-value block.
 template <int G, int NT>
 void strip_tokens(const uint8_t* ws, int64_t in, const uint8_t* x0, int64_t xs, float* y, int64_t ys,
@@ -76,21 +101,9 @@ void strip(const uint8_t* ws, int rows, const void* x, int64_t xs, int64_t token
            int64_t ys) {
   const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
   const auto* x0 = static_cast<const uint8_t*>(x);
-  int64_t t = 0;
-  for (; t + 4 <= tokens; t += 4) strip_tokens<G, 4>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
-  switch (tokens - t) {
-    case 3:
-      strip_tokens<G, 3>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
-      break;
-    case 2:
-      strip_tokens<G, 2>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
-      break;
-    case 1:
-      strip_tokens<G, 1>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
-      break;
-    default:
-      break;
-  }
+  token_runs(tokens, [&](auto n, int64_t t) {
+    strip_tokens<G, decltype(n)::value>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask);
+  });
 }
 
 // Strips of the 32-value block types (pack_q8_0, pack_small) against ActQ8 rows: per block, 8
@@ -135,21 +148,9 @@ void strip_q8(const uint8_t* ws, int rows, const void* x, int64_t xs, int64_t to
               int64_t ys, float offset) {
   const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
   const auto* x0 = static_cast<const uint8_t*>(x);
-  int64_t t = 0;
-  for (; t + 4 <= tokens; t += 4) strip_tokens_q8<4, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
-  switch (tokens - t) {
-    case 3:
-      strip_tokens_q8<3, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
-      break;
-    case 2:
-      strip_tokens_q8<2, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
-      break;
-    case 1:
-      strip_tokens_q8<1, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
-      break;
-    default:
-      break;
-  }
+  token_runs(tokens, [&](auto n, int64_t t) {
+    strip_tokens_q8<decltype(n)::value, Min>(ws, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, offset);
+  });
 }
 
 template <WeightKind Kind>
@@ -240,23 +241,10 @@ void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int
   if (rows <= 0 || tokens <= 0) return;
   const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
   const auto* x0 = static_cast<const uint8_t*>(x);
-  int64_t t = 0;
-  for (; t + 4 <= tokens; t += 4)
-    repacked_q4k_tokens<4>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, t == 0 ? prefetch_bytes : 0);
-  const int64_t ahead = t == 0 ? prefetch_bytes : 0;
-  switch (tokens - t) {
-    case 3:
-      repacked_q4k_tokens<3>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, ahead);
-      break;
-    case 2:
-      repacked_q4k_tokens<2>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, ahead);
-      break;
-    case 1:
-      repacked_q4k_tokens<1>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask, ahead);
-      break;
-    default:
-      break;
-  }
+  token_runs(tokens, [&](auto n, int64_t t) {
+    repacked_q4k_tokens<decltype(n)::value>(strip, in, x0 + t * xs, xs, y + t * ys, ys, row_mask,
+                                            t == 0 ? prefetch_bytes : 0);
+  });
 }
 
 }  // namespace
