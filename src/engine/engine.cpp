@@ -522,7 +522,9 @@ class CpuEngine final : public Engine {
   // would take more than kRepackMemoryShare of the machine's memory (a warning says so).
   template <class Step>
   void repack_cpu_weights(bool experts_streamed, Step& step) {
-    if (integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(options_.cpu_repack ? 1 : 0) != 1) return;
+    if (options_.cpu_kernels != CpuKernels::fast ||
+        integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(options_.cpu_repack ? 1 : 0) != 1)
+      return;
     const auto chosen = [&](WeightGroup g, int64_t layer, const LinearWeight& w) {
       return w.weight.dtype == DType::q4_k && placement_.device_for(g, layer).kind == DeviceKind::cpu &&
              !(experts_streamed && g == WeightGroup::experts);

@@ -387,6 +387,42 @@ TEST_CASE("the weight prefetch distance: TANDEM_CPU_PREFETCH sets it and junk is
   else ::unsetenv("TANDEM_CPU_PREFETCH");
 }
 
+TEST_CASE("a repacked weight changed in place and prepared again is read anew; unprepared, the mapped rows",
+          "[engine][kernels]") {
+  if (!isa_level_supported(IsaLevel::avx512)) {
+    WARN("SKIPPED: this CPU lacks avx512: no repacked kernels here");
+    return;
+  }
+  std::mt19937 rng(21);
+  const int64_t rows = 48, in = 512, tokens = 3;
+  Case c(DType::q4_k, rows, in, rng);
+  const Case other(DType::q4_k, rows, in, rng);
+  const auto x = random_activations(tokens, in, rng);
+  const auto reference = make_cpu_backend(1, CpuKernels::fast);  // never prepares: reads the rows
+  const auto backend = make_cpu_backend(1, CpuKernels::fast);
+  std::vector<float> want(static_cast<size_t>(tokens * rows)), got(want.size());
+  backend->prepare(WeightGroup::experts, c.weight);
+  const int64_t bytes = cpu_backend_repacked_bytes(*backend);
+  CHECK(bytes == repacked_bytes(WeightKind::q4_k, rows, in));
+  backend->prepare(WeightGroup::experts, c.weight);  // the same contents: kept, not copied twice
+  CHECK(cpu_backend_repacked_bytes(*backend) == bytes);
+  std::copy(other.bytes.begin(), other.bytes.end(), c.bytes.begin());
+  backend->prepare(WeightGroup::experts, c.weight);  // changed contents at the same address: copied anew
+  CHECK(cpu_backend_repacked_bytes(*backend) == bytes);
+  backend->linear(c.weight, x.data(), tokens, got.data());
+  reference->linear(c.weight, x.data(), tokens, want.data());
+  for (size_t i = 0; i < want.size(); ++i)
+    CHECK(std::fabs(got[i] - want[i]) <= 1e-4f * (1.0f + std::fabs(want[i])));
+  // A view of other rows at another address is not taken for the prepared one.
+  LinearWeight shorter = c.weight;
+  shorter.weight.shape = Shape{rows - 16, in};
+  shorter.weight.nbytes = c.weight.weight.row_stride_bytes() * static_cast<uint64_t>(rows - 16);
+  std::vector<float> part(static_cast<size_t>(tokens * (rows - 16))), part_want(part.size());
+  backend->linear(shorter, x.data(), tokens, part.data());
+  reference->linear(shorter, x.data(), tokens, part_want.data());
+  CHECK(part == part_want);
+}
+
 TEST_CASE("fast linear equals the reference linear within the activation rounding bound",
           "[engine][kernels]") {
   std::mt19937 rng(3);

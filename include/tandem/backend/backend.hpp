@@ -80,7 +80,8 @@ class Backend {
   // to its memory (counted in its weight bytes). Throws the errors first use would (a stored type
   // without a kernel, out of memory naming the bytes). The CPU backend repacks Q4_K matrices into
   // 16-row strips its kernels read in place of the mapped rows (cpu_backend_repacked_bytes); other
-  // types it reads from the mapping as they are. The weight's memory must outlive the backend's use.
+  // types it reads from the mapping as they are. The weight's memory must outlive the backend's use
+  // and stay unchanged, or be prepared again after it changed (the copy is found by address).
   virtual void prepare(WeightGroup role, const LinearWeight& w) { (void)role, (void)w; }
   virtual void prepare_table(WeightGroup role, const TensorView& table) { (void)role, (void)table; }
 

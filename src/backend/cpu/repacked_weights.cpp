@@ -22,6 +22,7 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   }
   Copy copy;
   copy.source = source;
+  copy.nbytes = view.nbytes;
   copy.bytes = kernels::repacked_bytes(*kind, rows, in);
   copy.storage =
       std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
@@ -44,9 +45,13 @@ const uint8_t* RepackedWeights::find(const LinearWeight& w) const {
   std::lock_guard lock(mutex_);
   if (copies_.empty()) return nullptr;
   const auto it = copies_.find(w.weight.data);
-  if (it == copies_.end() || w.weight.shape.rank != 2 || !(it->second.source == fingerprint_of(w.weight)))
-    return nullptr;
-  return it->second.strips;
+  if (it == copies_.end()) return nullptr;
+  const Copy& copy = it->second;
+  const TensorView& view = w.weight;
+  const bool same = view.shape.rank == 2 && view.dtype == copy.source.dtype &&
+                    view.shape[0] == copy.source.rows && view.shape[1] == copy.source.cols &&
+                    view.nbytes == copy.nbytes;
+  return same ? copy.strips : nullptr;
 }
 
 int64_t RepackedWeights::bytes() const {

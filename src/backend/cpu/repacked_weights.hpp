@@ -3,7 +3,10 @@
 // (kernels/strip_repack.hpp), by the weight's address: made once by add (at load, from the file's
 // mapping, which stays unchanged), looked up by every operator call. The copy replaces the mapped
 // rows for the kernels that read it, so the mapping's pages are read once and can then leave the
-// page cache; kept only where the kernel table has a repacked kernel for the type.
+// page cache — find therefore matches by address, type, shape and byte size only and never reads the
+// weight (a lookup must not fault an evicted page back in); add compares the contents' fingerprint,
+// so preparing a changed weight at the same address replaces its copy. Kept only where the kernel
+// table has a repacked kernel for the type.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -29,6 +32,7 @@ class RepackedWeights {
  private:
   struct Copy {
     WeightFingerprint source;
+    uint64_t nbytes = 0;  // the weight view's
     std::unique_ptr<uint8_t[]> storage;
     uint8_t* strips = nullptr;  // storage aligned to kernels::kRepackedAlign
     int64_t bytes = 0;
