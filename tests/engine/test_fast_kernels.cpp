@@ -285,7 +285,7 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
   }
 }
 
-TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bits and the scalar kernel's sums",
+TEST_CASE("repacked Q4_K strips: AVX-512 gives the per-call tile kernel's bits, AMX the scalar kernel's sums",
           "[engine][kernels]") {
   if (!isa_level_supported(IsaLevel::avx512)) {
     WARN("SKIPPED: this CPU lacks avx512: the repacked kernels are not tested here");
@@ -346,7 +346,10 @@ TEST_CASE("repacked Q4_K strips: the kernel gives the per-call tile kernel's bit
           for (int64_t o = o0; o < rows; ++o) {
             INFO(tb.name << " in=" << in << " tokens=" << tokens << " t=" << t << " row=" << o);
             const float value = got[static_cast<size_t>(t * y_stride + o - o0)];
-            CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
+            // The AVX-512 kernel (every token of its table, an AMX table's tokens past its last whole
+            // 16) gives the per-call kernel's bits; AMX's split-scale sums are rounded once instead.
+            if (std::string_view(tb.name) == "avx512" || t >= tokens / kTileMinTokens * kTileMinTokens)
+              CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
             float want = 0;
             reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride,
                                                   1, in, nullptr, &want, 1);

@@ -106,9 +106,9 @@ IsaLevel best_isa_level() noexcept {
   // CPU). AMX is opt-in: on the GPU machine's Xeon the AMX tile kernels, which gather each strip's
   // quants into B-tile order per call, beat the AVX-512 tile kernels only for Q4_K at >= 64 tokens
   // (171 vs 142 GMAC/s) and lose for Q5_K/Q6_K and short batches; pp512 of the 8-layer
-  // Qwen3-30B-A3B file was 658 (amx) vs 696 (avx512) tok/s. With Q4_K repacked at load the AMX kernel
-  // on the strips wins alone (dev host with AMX: 108-164 vs 85-95 GMAC/s) but not in the model (pp512
-  // 190-197 vs 203-219: its per-group float epilogue and result stores): docs/PERF.md.
+  // Qwen3-30B-A3B file was 658 (amx) vs 696 (avx512) tok/s. On Q4_K repacked at load, with the scales
+  // in the integer products, the AMX kernel alone is 1.9-2.6x the AVX-512 one at 32-256 tokens (dev host
+  // with AMX) but the MoE layer only 1.12x and pp512 within noise: docs/PERF.md.
   const char* cap = std::getenv("TANDEM_CPU_ISA");
   const std::string_view limit = cap ? cap : "avx512";
   for (IsaLevel level : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2}) {

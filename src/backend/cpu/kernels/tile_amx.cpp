@@ -43,6 +43,25 @@ static_assert(sizeof(TileConfig) == 64, "tile configuration layout");
 // Two sets of result / activation / weight tiles, used by alternate scale groups.
 constexpr int kC0 = 0, kA0 = 1, kB0 = 2, kC1 = 3, kA1 = 4, kB1 = 5;
 
+// The split-scale kernel's tiles (repacked_q4k): three results, one activation tile of 64 values a
+// token, three weight operands of 64 values × 16 rows.
+constexpr int kSplitC1 = 0, kSplitC2 = 1, kSplitC3 = 2, kSplitA = 3, kSplitB1 = 4, kSplitB2 = 5, kSplitB3 = 6;
+
+TileConfig make_split_config(int tokens) {
+  TileConfig c;
+  std::memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = kSplitC1; t <= kSplitA; ++t) {  // results and activations: tokens × 64 bytes
+    c.rows[t] = static_cast<uint8_t>(tokens);
+    c.colsb[t] = 64;
+  }
+  for (int t = kSplitB1; t <= kSplitB3; ++t) {  // operands: 16 × (16 rows × 4)
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  return c;
+}
+
 TileConfig make_config(int tokens, int group_bytes) {
   TileConfig c;
   std::memset(&c, 0, sizeof c);
@@ -87,6 +106,29 @@ struct HardwareTiles {
       _tile_stored(0, result, 64);
     else
       _tile_stored(3, result, 64);
+  }
+  // The split-scale kernel: results zeroed, then per 64 values C1..C3 += A·B1..B3, then stored.
+  void split_zero() {
+    static_assert(kSplitC1 == 0 && kSplitC2 == 1 && kSplitC3 == 2 && kSplitA == 3 && kSplitB1 == 4 && kSplitB2 == 5 &&
+                      kSplitB3 == 6,
+                  "tile numbers");
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+  }
+  void split_chunk(const uint8_t* act, int64_t x_stride, const uint8_t* b1, const uint8_t* b2, const uint8_t* b3) {
+    _tile_loadd(3, act, x_stride);
+    _tile_loadd(4, b1, 64);
+    _tile_dpbsud(0, 3, 4);
+    _tile_loadd(5, b2, 64);
+    _tile_dpbsud(1, 3, 5);
+    _tile_loadd(6, b3, 64);
+    _tile_dpbsud(2, 3, 6);
+  }
+  void split_store(int32_t* c1, int32_t* c2, int32_t* c3) {
+    _tile_stored(0, c1, 64);
+    _tile_stored(1, c2, 64);
+    _tile_stored(2, c3, 64);
   }
   void release() { _tile_release(); }
 };
@@ -140,6 +182,25 @@ struct EmulatedTiles {
   template <int Set>
   void store(int32_t* result) {
     store_tile<Set == 0 ? kC0 : kC1>(result, 64);
+  }
+  void split_zero() {
+    zero<kSplitC1>();
+    zero<kSplitC2>();
+    zero<kSplitC3>();
+  }
+  void split_chunk(const uint8_t* act, int64_t x_stride, const uint8_t* b1, const uint8_t* b2, const uint8_t* b3) {
+    load<kSplitA>(act, x_stride);
+    load<kSplitB1>(b1, 64);
+    load<kSplitB2>(b2, 64);
+    load<kSplitB3>(b3, 64);
+    dot<kSplitC1, kSplitA, kSplitB1>();
+    dot<kSplitC2, kSplitA, kSplitB2>();
+    dot<kSplitC3, kSplitA, kSplitB3>();
+  }
+  void split_store(int32_t* c1, int32_t* c2, int32_t* c3) {
+    store_tile<kSplitC1>(c1, 64);
+    store_tile<kSplitC2>(c2, 64);
+    store_tile<kSplitC3>(c3, 64);
   }
   void release() {}
 };
@@ -202,58 +263,95 @@ void compute(Tiles& tiles, uint8_t* ws, int rows, const void* x, int64_t xs, int
   tiles.release();
 }
 
-// Q4_K strips repacked at preparation (strip_repack.hpp), at kTileMinTokens tokens or more: per 16
-// tokens and block, the block's quant bytes are split into their nibbles straight into B-tile order
-// (the low nibbles of vector 8j + k are row k of group 2j's tile, the high ones of group 2j + 1's: no
-// gather across rows), the group factors formed from the rows' d/dmin and byte scales, then the
-// TDPBSUDs and the epilogue of `compute`. Tiles and factors live on the stack (12 KiB).
+// Q4_K strips repacked at preparation (strip_repack.hpp), in whole runs of 16 tokens. Storing and
+// scaling 8 int32 result tiles a block (one per scale group) cost more than the multiplications, so
+// the scales go into the integer products instead: each 6-bit scale is 8·hi + lo with hi, lo ≤ 7,
+// q·lo and q·hi fit a byte, and per block three operands over all 256 values give
+//   C1 = Σ a·q·lo,  C2 = Σ a·q·hi,  C3 = Σ a·min  (each group's minimum repeated over its values),
+// exact int32 sums, so that Σ a·w = d·(C1 + 8·C2) − dmin·C3: three result tiles a block and one
+// float step a token. The operands are formed once per block for all the tokens; the results are
+// accumulated into y. Not the AVX-512 kernel's float order (its per-group sums): the scalar kernel's
+// integer sums, rounded once.
+inline __m512i replicate_bytes(__m128i bytes16) {  // byte r → the 4 bytes of dword r
+  return _mm512_mullo_epi32(_mm512_cvtepu8_epi32(bytes16), _mm512_set1_epi32(0x01010101));
+}
+
+// Bytewise product of two vectors of small values (product < 256), through 16-bit multiplies.
+struct ByteFactor {
+  __m512i even, odd;
+  explicit ByteFactor(__m512i f)
+      : even(_mm512_and_si512(f, _mm512_set1_epi16(0x00ff))), odd(_mm512_srli_epi16(f, 8)) {}
+  __m512i times(__m512i v) const {
+    const __m512i lo = _mm512_mullo_epi16(_mm512_and_si512(v, _mm512_set1_epi16(0x00ff)), even);
+    const __m512i hi = _mm512_mullo_epi16(_mm512_srli_epi16(v, 8), odd);
+    return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 8));
+  }
+};
+
 template <class Tiles>
 void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in,
                   float* y, int64_t ys, int64_t prefetch_bytes) {
   if (rows <= 0 || tokens <= 0) return;
   Tiles tiles;
-  alignas(64) uint8_t weights[8 * 512];
-  alignas(64) int32_t results[8 * 256];
-  alignas(64) float dot_scale[8 * 16], sum_scale[8 * 16];
-  const __m512i m4 = _mm512_set1_epi8(0x0f);
-  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
   int configured = 0;
-  for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
-    const int n = tokens - t0 < 16 ? static_cast<int>(tokens - t0) : 16;
-    if (n != configured) {
-      tiles.configure(make_config(n, 32));
-      configured = n;
-    }
-    __m512 acc[16];
-    for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
-    const uint8_t* x0 = static_cast<const uint8_t*>(x) + t0 * xs;
-    for (int64_t b = 0; b < in / 256; ++b) {
-      const uint8_t* blkp = strip + b * kRepackedQ4KBlockBytes;
-      if (t0 == 0 && prefetch_bytes > 0)  // the first pass over the strip asks for it, as the AVX-512 kernel does
-        for (int64_t line = 0; line < kRepackedQ4KBlockBytes; line += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
-      const auto* quants = reinterpret_cast<const __m512i*>(blkp);
-      auto* tile_rows = reinterpret_cast<__m512i*>(weights);
-      for (int j = 0; j < 4; ++j)
+  alignas(64) uint8_t operands[4][3][1024];  // per 64-value chunk: q·lo, q·hi, minimums
+  alignas(64) int32_t results[3][256];
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m7 = _mm512_set1_epi8(0x07);
+  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
+  const auto* x0 = static_cast<const uint8_t*>(x);
+  for (int64_t t = 0; t < tokens; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, _mm512_setzero_ps());
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blkp = strip + b * kRepackedQ4KBlockBytes;
+    if (prefetch_bytes > 0)
+      for (int64_t line = 0; line < kRepackedQ4KBlockBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    const auto* quants = reinterpret_cast<const __m512i*>(blkp);
+    for (int c = 0; c < 4; ++c) {  // groups 2c (low nibbles: operand rows 0-7) and 2c + 1 (high: rows 8-15)
+      auto* lo_rows = reinterpret_cast<__m512i*>(operands[c][0]);
+      auto* hi_rows = reinterpret_cast<__m512i*>(operands[c][1]);
+      auto* min_rows = reinterpret_cast<__m512i*>(operands[c][2]);
+      for (int h = 0; h < 2; ++h) {
+        const int g = 2 * c + h;
+        const __m512i scale =
+            replicate_bytes(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + 2176 + 16 * g)));
+        const ByteFactor lo(_mm512_and_si512(scale, m7)),
+            hi(_mm512_and_si512(_mm512_srli_epi16(scale, 3), m7));
+        const __m512i minimum =
+            replicate_bytes(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + 2304 + 16 * g)));
         for (int k = 0; k < 8; ++k) {
-          const __m512i q = _mm512_load_si512(quants + 8 * j + k);
-          _mm512_store_si512(tile_rows + (2 * j) * 8 + k, _mm512_and_si512(q, m4));
-          _mm512_store_si512(tile_rows + (2 * j + 1) * 8 + k, _mm512_and_si512(_mm512_srli_epi16(q, 4), m4));
+          const __m512i q = _mm512_load_si512(quants + 8 * c + k);
+          const __m512i nibbles =
+              h == 0 ? _mm512_and_si512(q, m4) : _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+          _mm512_store_si512(lo_rows + 8 * h + k, lo.times(nibbles));
+          _mm512_store_si512(hi_rows + 8 * h + k, hi.times(nibbles));
+          _mm512_store_si512(min_rows + 8 * h + k, minimum);
         }
-      const __m512 d = _mm512_load_ps(blkp + 2048), dmin = _mm512_load_ps(blkp + 2112);
-      for (int g = 0; g < 8; ++g) {
-        const auto bytes = [&](int64_t offset) {
-          return _mm512_cvtepi32_ps(
-              _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + offset + 16 * g))));
-        };
-        _mm512_store_ps(dot_scale + 16 * g, _mm512_mul_ps(d, bytes(2176)));
-        _mm512_store_ps(sum_scale + 16 * g, _mm512_mul_ps(dmin, bytes(2304)));
       }
-      const uint8_t* act = x0 + b * static_cast<int64_t>(sizeof(ActQ8K)) + offsetof(ActQ8K, q);
-      for (int g = 0; g < 8; g += 2) group_pair(tiles, act, xs, weights, results, g, 32);
-      accumulate_block<8>(results, dot_scale, sum_scale, x0, xs, b, n, acc);
     }
-    for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ys, row_mask, acc[t]);
+    const __m512 d = _mm512_load_ps(blkp + 2048), dmin = _mm512_load_ps(blkp + 2112);
+    for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
+      const int n = tokens - t0 < 16 ? static_cast<int>(tokens - t0) : 16;
+      if (n != configured) {
+        tiles.configure(make_split_config(n));
+        configured = n;
+      }
+      const uint8_t* act = x0 + t0 * xs + b * static_cast<int64_t>(sizeof(ActQ8K)) + offsetof(ActQ8K, q);
+      tiles.split_zero();
+      for (int c = 0; c < 4; ++c)
+        tiles.split_chunk(act + 64 * c, xs, operands[c][0], operands[c][1], operands[c][2]);
+      tiles.split_store(results[0], results[1], results[2]);
+      for (int t = 0; t < n; ++t) {
+        const auto* ab = reinterpret_cast<const ActQ8K*>(x0 + (t0 + t) * xs) + b;
+        const __m512i scaled = _mm512_add_epi32(_mm512_load_si512(results[0] + 16 * t),
+                                                _mm512_slli_epi32(_mm512_load_si512(results[1] + 16 * t), 3));
+        const __m512 sum =
+            _mm512_fmsub_ps(_mm512_cvtepi32_ps(scaled), d,
+                            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(results[2] + 16 * t)), dmin));
+        float* yt = y + (t0 + t) * ys;
+        _mm512_mask_storeu_ps(
+            yt, row_mask, _mm512_fmadd_ps(sum, _mm512_set1_ps(ab->d), _mm512_maskz_loadu_ps(row_mask, yt)));
+      }
+    }
   }
   tiles.release();
 }
