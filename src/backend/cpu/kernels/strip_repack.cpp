@@ -18,10 +18,10 @@ void repack_q4_k_strip(const uint8_t* w, int64_t row_stride, int rows, int64_t i
   std::memset(out, 0, static_cast<size_t>(in / 256 * kRepackedQ4KBlockBytes));
   for (int64_t b = 0; b < in / 256; ++b) {
     uint8_t* dst = out + b * kRepackedQ4KBlockBytes;
-    auto* d = reinterpret_cast<float*>(dst + 2048);
+    auto* d = reinterpret_cast<float*>(dst + kRepackedQ4KD);
     auto* dmin = d + 16;
-    uint8_t* scale = dst + 2176;
-    uint8_t* minimum = dst + 2304;
+    uint8_t* scale = dst + kRepackedQ4KScales;
+    uint8_t* minimum = dst + kRepackedQ4KMins;
     for (int r = 0; r < rows; ++r) {
       const uint8_t* blk = w + r * row_stride + b * kQ4KBytes;
       const uint8_t* qs = blk + 16;

@@ -21,6 +21,8 @@
 namespace tandem::kernels {
 
 constexpr int64_t kRepackedQ4KBlockBytes = 2432;
+// Where the parts of a repacked Q4_K block start (bytes from the block's start).
+constexpr int64_t kRepackedQ4KD = 2048, kRepackedQ4KDmin = 2112, kRepackedQ4KScales = 2176, kRepackedQ4KMins = 2304;
 constexpr int64_t kRepackedAlign = 64;
 
 // Whether `kind` has a repacked layout.

@@ -313,11 +313,11 @@ void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int
       for (int h = 0; h < 2; ++h) {
         const int g = 2 * c + h;
         const __m512i scale =
-            replicate_bytes(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + 2176 + 16 * g)));
+            replicate_bytes(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + kRepackedQ4KScales + 16 * g)));
         const ByteFactor lo(_mm512_and_si512(scale, m7)),
             hi(_mm512_and_si512(_mm512_srli_epi16(scale, 3), m7));
         const __m512i minimum =
-            replicate_bytes(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + 2304 + 16 * g)));
+            replicate_bytes(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + kRepackedQ4KMins + 16 * g)));
         for (int k = 0; k < 8; ++k) {
           const __m512i q = _mm512_load_si512(quants + 8 * c + k);
           const __m512i nibbles =
@@ -328,7 +328,7 @@ void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int
         }
       }
     }
-    const __m512 d = _mm512_load_ps(blkp + 2048), dmin = _mm512_load_ps(blkp + 2112);
+    const __m512 d = _mm512_load_ps(blkp + kRepackedQ4KD), dmin = _mm512_load_ps(blkp + kRepackedQ4KDmin);
     for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
       const int n = tokens - t0 < 16 ? static_cast<int>(tokens - t0) : 16;
       if (n != configured) {

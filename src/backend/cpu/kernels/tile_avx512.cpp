@@ -191,7 +191,7 @@ void repacked_q4k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, in
       for (int64_t line = 0; line < kRepackedQ4KBlockBytes; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
     const auto* quants = reinterpret_cast<const __m512i*>(blkp);
-    const __m512 d = _mm512_load_ps(blkp + 2048), dmin = _mm512_load_ps(blkp + 2112);
+    const __m512 d = _mm512_load_ps(blkp + kRepackedQ4KD), dmin = _mm512_load_ps(blkp + kRepackedQ4KDmin);
     const ActQ8K* ab[NT];
     __m512 blk[NT];
 #pragma GCC unroll 8
@@ -220,7 +220,7 @@ void repacked_q4k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, in
           return _mm512_cvtepi32_ps(
               _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blkp + offset + 16 * g))));
         };
-        const __m512 ds = _mm512_mul_ps(d, bytes(2176)), ss = _mm512_mul_ps(dmin, bytes(2304));
+        const __m512 ds = _mm512_mul_ps(d, bytes(kRepackedQ4KScales)), ss = _mm512_mul_ps(dmin, bytes(kRepackedQ4KMins));
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
           const int group_sum = ab[t]->sums[2 * g] + ab[t]->sums[2 * g + 1];
