@@ -522,21 +522,19 @@ class CpuEngine final : public Engine {
   // would take more than kRepackMemoryShare of the machine's memory (a warning says so).
   template <class Step>
   void repack_cpu_weights(bool experts_streamed, Step& step) {
-    if (options_.cpu_kernels != CpuKernels::fast ||
-        integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(options_.cpu_repack ? 1 : 0) != 1)
-      return;
-    const auto chosen = [&](WeightGroup g, int64_t layer, const LinearWeight& w) {
-      return w.weight.dtype == DType::q4_k && placement_.device_for(g, layer).kind == DeviceKind::cpu &&
-             !(experts_streamed && g == WeightGroup::experts);
+    if (options_.cpu_kernels != CpuKernels::fast || !cpu_repack_enabled(options_.cpu_repack)) return;
+    const auto copy_bytes = [&](WeightGroup g, int64_t layer, const LinearWeight& w) -> int64_t {
+      if (placement_.device_for(g, layer).kind != DeviceKind::cpu || (experts_streamed && g == WeightGroup::experts) ||
+          w.weight.shape.rank != 2)
+        return 0;
+      return cpu_repacked_bytes(w.weight.dtype, w.out_features(), w.in_features());
     };
     double bytes = 0;
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
-      if constexpr (sizeof...(item) == 1)
-        if (chosen(g, layer, item...)) bytes += static_cast<double>(std::get<0>(std::tie(item...)).weight.nbytes) * 1.056;
+      if constexpr (sizeof...(item) == 1) bytes += static_cast<double>(copy_bytes(g, layer, item...));
     });
     if (bytes == 0) return;
-    const bool forced = integer_from_environment("TANDEM_CPU_REPACK", 0, 1).has_value();
-    if (const double memory = physical_memory(); !forced && memory > 0 && bytes > kRepackMemoryShare * memory) {
+    if (const double memory = physical_memory(); !cpu_repack_forced() && memory > 0 && bytes > kRepackMemoryShare * memory) {
       files_.warnings.push_back(fmt::format(
           "CPU weights not repacked into strips: the copies would take {:.1f} GiB, more than {:.0f} % of this machine's "
           "{:.1f} GiB (TANDEM_CPU_REPACK=1 forces them)",
@@ -546,7 +544,7 @@ class CpuEngine final : public Engine {
     step(0.72f, "repacking CPU weights");
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
       if constexpr (sizeof...(item) == 1)
-        if (chosen(g, layer, item...)) {
+        if (copy_bytes(g, layer, item...) > 0) {
           if (options_.cancel && options_.cancel->load()) throw Error(ErrorKind::cancelled, "loading cancelled");
           backend_->prepare(g, item...);
         }

@@ -407,6 +407,9 @@ TEST_CASE("a repacked weight changed in place and prepared again is read anew; u
   backend->prepare(WeightGroup::experts, c.weight);
   const int64_t bytes = cpu_backend_repacked_bytes(*backend);
   CHECK(bytes == repacked_bytes(WeightKind::q4_k, rows, in));
+  CHECK(cpu_repacked_bytes(DType::q4_k, rows, in) == bytes);  // what the engine's memory guard counts
+  CHECK(cpu_repacked_bytes(DType::q6_k, rows, in) == 0);
+  CHECK(cpu_repacked_bytes(DType::q4_k, rows, 300) == 0);
   backend->prepare(WeightGroup::experts, c.weight);  // the same contents: kept, not copied twice
   CHECK(cpu_backend_repacked_bytes(*backend) == bytes);
   std::copy(other.bytes.begin(), other.bytes.end(), c.bytes.begin());

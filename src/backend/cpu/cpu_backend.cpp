@@ -17,6 +17,7 @@
 
 #include "backend/cpu/fast_attention.hpp"
 #include "backend/cpu/fast_ops.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/attention.hpp"
@@ -338,5 +339,17 @@ std::optional<CpuKernels> parse_cpu_kernels(std::string_view name) noexcept {
 bool cpu_fast_kernel_available(DType type) noexcept { return kernels::weight_kind_for(type).has_value(); }
 
 std::string_view cpu_kernel_isa() noexcept { return kernels::isa_level_name(kernels::best_isa_level()); }
+
+int64_t cpu_repacked_bytes(DType type, int64_t rows, int64_t in) noexcept {
+  const auto kind = kernels::weight_kind_for(type);
+  if (!kind || !kernels::repackable(*kind) || rows <= 0 || in % 256 != 0) return 0;
+  return kernels::repacked_bytes(*kind, rows, in);
+}
+
+bool cpu_repack_enabled(bool requested) {
+  return integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(requested ? 1 : 0) == 1;
+}
+
+bool cpu_repack_forced() { return integer_from_environment("TANDEM_CPU_REPACK", 0, 1).has_value(); }
 
 }  // namespace tandem

@@ -1,7 +1,12 @@
 #include "backend/cpu/repacked_weights.hpp"
 
+#include <fmt/format.h>
+
+#include <new>
+
 #include "backend/cpu/kernels/strip_repack.hpp"
 #include "tandem/backend/thread_pool.hpp"
+#include "tandem/error.hpp"
 
 namespace tandem {
 
@@ -24,8 +29,15 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   copy.source = source;
   copy.nbytes = view.nbytes;
   copy.bytes = kernels::repacked_bytes(*kind, rows, in);
-  copy.storage =
-      std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
+  try {
+    copy.storage =
+        std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorKind::out_of_memory,
+                fmt::format("cannot allocate {} bytes of host memory for a repacked copy of a {}×{} weight "
+                            "(TANDEM_CPU_REPACK=0 keeps the weights in place)",
+                            copy.bytes, rows, in));
+  }
   const auto address = reinterpret_cast<uintptr_t>(copy.storage.get());
   copy.strips = copy.storage.get() +
                 (kernels::kRepackedAlign - address % kernels::kRepackedAlign) % kernels::kRepackedAlign;

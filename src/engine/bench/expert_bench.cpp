@@ -123,7 +123,7 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
   r.layer_copies =
       static_cast<int64_t>(std::max<uint64_t>(1, (options.stream_bytes + r.layer_bytes - 1) / r.layer_bytes));
   // A repacked copy (at most 1.056 × the bytes, kept beside the originals the views read) per layer copy.
-  const bool repack = integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(options.repack ? 1 : 0) == 1 &&
+  const bool repack = cpu_repack_enabled(options.repack) &&
                       options.kernels == CpuKernels::fast;
   const uint64_t footprint = repack ? r.layer_bytes + r.layer_bytes / 1000 * 1056 : r.layer_bytes;
   const uint64_t memory = physical_memory_bytes();
