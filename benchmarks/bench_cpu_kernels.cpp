@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/attention_block.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "backend/cpu/kernels/strip_repack.hpp"
@@ -238,7 +239,56 @@ void bench_moe(benchmark::State& state) {
   state.SetBytesProcessed(bytes);
 }
 
+// One key block of CPU flash attention (attend_keys): `rows` query rows (a prompt chunk's tokens ×
+// a head's query group) against 16 keys of width 128, reported as multiply-adds (scores and
+// values) per CPU second.
+void bench_attend(benchmark::State& state, IsaLevel level) {
+  if (!isa_level_supported(level)) {
+    state.SkipWithError("this CPU lacks the ISA level");
+    return;
+  }
+  const int64_t rows = state.range(0), dim = 128;
+  std::mt19937 rng(3);
+  const auto values = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
+    return v;
+  };
+  const std::vector<float> q = values(rows * dim), keys_t = values(kAttendKeys * dim), vals = values(kAttendKeys * dim);
+  std::vector<const float*> q_rows(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) q_rows[static_cast<size_t>(r)] = q.data() + r * dim;
+  std::vector<int64_t> visible(static_cast<size_t>(rows), kAttendKeys);
+  std::vector<float> max(static_cast<size_t>(rows), -1e30f), sum(static_cast<size_t>(rows)),
+      acc(static_cast<size_t>(rows * dim)), scores(static_cast<size_t>(rows * kAttendKeys));
+  AttendBlock b;
+  b.rows = rows;
+  b.key_dim = b.value_dim = dim;
+  b.q = q_rows.data();
+  b.visible = visible.data();
+  b.keys_t = keys_t.data();
+  b.values = vals.data();
+  b.scale = 0.088f;
+  b.max = max.data();
+  b.sum = sum.data();
+  b.acc = acc.data();
+  b.scores = scores.data();
+  const AttendKeysFn attend = attend_keys_for(level);
+  for (auto _ : state) {
+    attend(b);
+    benchmark::DoNotOptimize(acc.data());
+  }
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kAttendKeys * dim * 2),
+                                               benchmark::Counter::kIsRate);
+}
+
 void register_all() {
+  for (const IsaLevel level : {IsaLevel::avx2, IsaLevel::avx512})
+    benchmark::RegisterBenchmark((std::string("attend/") + std::string(isa_level_name(level))).c_str(), bench_attend,
+                                 level)
+        ->Arg(8)
+        ->Arg(64)
+        ->Arg(128)
+        ->ArgName("rows");
   benchmark::RegisterBenchmark("pool/dispatch", bench_dispatch)
       ->ArgsProduct({{1, 2, 4, 8, 16}, {0, 100}})
       ->ArgNames({"threads", "gap_us"})

@@ -111,11 +111,15 @@ void compare(ThreadPool& threads, const Cache& cache, const Batch& b, int64_t he
   for (kernels::IsaLevel level : {kernels::IsaLevel::scalar, kernels::IsaLevel::avx2, kernels::IsaLevel::avx512}) {
     if (!kernels::isa_level_supported(level)) continue;
     INFO("isa " << kernels::isa_level_name(level));
-    std::vector<float> got(static_cast<size_t>(n), std::nanf(""));
-    CpuFlashAttention flash(threads, level);
-    flash.set_min_split_keys(min_split_keys);
-    flash.gqa(cache.pool, 1, b.batch, q.data(), heads, kv_heads, head_dim, scale, got.data());
-    check_close(got, want);
+    for (const bool share : {true, false}) {  // a prompt chunk's keys widened once, or by each item
+      INFO("prompt keys shared " << share);
+      std::vector<float> got(static_cast<size_t>(n), std::nanf(""));
+      CpuFlashAttention flash(threads, level);
+      flash.set_min_split_keys(min_split_keys);
+      flash.set_share_prompt_keys(share);
+      flash.gqa(cache.pool, 1, b.batch, q.data(), heads, kv_heads, head_dim, scale, got.data());
+      check_close(got, want);
+    }
   }
 }
 
@@ -131,11 +135,15 @@ void compare_mla(ThreadPool& threads, const Cache& cache, const Batch& b, int64_
   for (kernels::IsaLevel level : {kernels::IsaLevel::scalar, kernels::IsaLevel::avx2, kernels::IsaLevel::avx512}) {
     if (!kernels::isa_level_supported(level)) continue;
     INFO("isa " << kernels::isa_level_name(level));
-    std::vector<float> got(want.size(), std::nanf(""));
-    CpuFlashAttention flash(threads, level);
-    flash.set_min_split_keys(min_split_keys);
-    flash.mla(cache.pool, 1, b.batch, q_latent.data(), q_rope.data(), heads, kv_lora, rope, scale, got.data());
-    check_close(got, want);
+    for (const bool share : {true, false}) {
+      INFO("prompt keys shared " << share);
+      std::vector<float> got(want.size(), std::nanf(""));
+      CpuFlashAttention flash(threads, level);
+      flash.set_min_split_keys(min_split_keys);
+      flash.set_share_prompt_keys(share);
+      flash.mla(cache.pool, 1, b.batch, q_latent.data(), q_rope.data(), heads, kv_lora, rope, scale, got.data());
+      check_close(got, want);
+    }
   }
 }
 

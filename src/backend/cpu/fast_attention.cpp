@@ -22,6 +22,11 @@ constexpr int kRowSlot = 1;   // one cached key row widened to float32
 
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
+// A prompt chunk's key blocks are widened once into a shared buffer (instead of once per item that
+// reads them) when at least this many items of a head read them and the buffer stays under the cap.
+constexpr int64_t kSharedMinTokenBlocks = 4;
+constexpr int64_t kSharedMaxBytes = int64_t{256} << 20;
+
 }  // namespace
 
 // What differs between GQA and MLA: where a head's query, key, value and output rows are.
@@ -69,6 +74,50 @@ void CpuFlashAttention::run(const KvPool& kv, int64_t layer, const AttentionBatc
     const int64_t t0 = block * per_item;
     return std::pair{t0, std::min(batch.tokens, t0 + per_item)};
   };
+
+  // Keys [k0, k0 + n) of KV head g widened: keys_t [kd][kAttendKeys] (transposed), values
+  // [kAttendKeys][vd]; unread columns zero (finite, masked by `visible`).
+  const auto widen_block = [&](const int32_t* blocks, int32_t open, int64_t g, int64_t k0, int64_t n, float* row,
+                               float* keys_t, float* values) {
+    const int64_t key_first = p.values_in_key_row ? 0 : g * kd;
+    for (int64_t c = 0; c < n; ++c) {
+      const float* k = kv.values_at(blocks, open, layer, 0, k0 + c, key_first, kd, row);
+      for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = k[d];
+      float* v_row = values + c * vd;
+      const float* v = p.values_in_key_row ? k : kv.values_at(blocks, open, layer, 1, k0 + c, g * vd, vd, v_row);
+      if (v != v_row) std::memcpy(v_row, v, static_cast<size_t>(vd) * sizeof(float));
+    }
+    for (int64_t c = n; c < kAttendKeys; ++c) {
+      for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = 0.0f;
+      std::fill(values + c * vd, values + (c + 1) * vd, 0.0f);
+    }
+  };
+
+  // A prompt chunk's items of one head read the same keys (each up to its own last token): widen
+  // every key block once, for all of them, when several items share it and the copy is not too big.
+  const int64_t block_floats = kAttendKeys * (kd + vd);
+  const int64_t shared_blocks = (longest + kAttendKeys - 1) / kAttendKeys;
+  const float* shared = nullptr;
+  if (share_prompt_keys_ && batch.one_sequence && splits == 1 && token_blocks >= kSharedMinTokenBlocks &&
+      p.kv_heads * shared_blocks * block_floats * static_cast<int64_t>(sizeof(float)) <= kSharedMaxBytes) {
+    const auto need = static_cast<size_t>(p.kv_heads * shared_blocks * block_floats);
+    if (shared_keys_.size() < need) shared_keys_.resize(need);
+    int64_t widest = 0;
+    for (int64_t t = 0; t < batch.tokens; ++t)
+      if (batch.positions[t] > batch.positions[widest]) widest = t;
+    const int32_t* blocks = batch.block_tables + widest * batch.table_stride;
+    const int32_t open = open_rows_of(batch, widest);
+    float* base = shared_keys_.data();
+    pool_.parallel_for(p.kv_heads * shared_blocks, [&](int64_t begin, int64_t end, int worker) {
+      float* row = pool_.scratch(worker, kRowSlot, static_cast<size_t>(kd));
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t g = i / shared_blocks, k0 = i % shared_blocks * kAttendKeys;
+        float* keys_t = base + i * block_floats;
+        widen_block(blocks, open, g, k0, std::min(kAttendKeys, longest - k0), row, keys_t, keys_t + kAttendKeys * kd);
+      }
+    });
+    shared = base;
+  }
 
   pool_.parallel_for(items * splits, [&](int64_t begin, int64_t end, int worker) {
     std::array<const float*, kFlashMaxRows> q_rows;
@@ -130,20 +179,13 @@ void CpuFlashAttention::run(const KvPool& kv, int64_t layer, const AttentionBatc
       b.sum = sum;
       b.acc = acc;
       b.scores = scores;
-      const int64_t key_first = p.values_in_key_row ? 0 : g * kd;
       for (int64_t k0 = k_begin; k0 < k_end; k0 += kAttendKeys) {
         const int64_t n = std::min(kAttendKeys, k_end - k0);
-        for (int64_t c = 0; c < n; ++c) {
-          const float* k = kv.values_at(blocks, open, layer, 0, k0 + c, key_first, kd, widened);
-          for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = k[d];
-          float* v_row = values + c * vd;
-          const float* v =
-              p.values_in_key_row ? k : kv.values_at(blocks, open, layer, 1, k0 + c, g * vd, vd, v_row);
-          if (v != v_row) std::memcpy(v_row, v, static_cast<size_t>(vd) * sizeof(float));
-        }
-        for (int64_t c = n; c < kAttendKeys; ++c) {  // unread columns: finite, masked by `visible`
-          for (int64_t d = 0; d < kd; ++d) keys_t[d * kAttendKeys + c] = 0.0f;
-          std::fill(values + c * vd, values + (c + 1) * vd, 0.0f);
+        if (shared != nullptr) {
+          b.keys_t = shared + (g * shared_blocks + k0 / kAttendKeys) * block_floats;
+          b.values = b.keys_t + kAttendKeys * kd;
+        } else {
+          widen_block(blocks, open, g, k0, n, widened, keys_t, values);
         }
         for (int64_t r = 0; r < rows; ++r)
           visible[static_cast<size_t>(r)] = std::clamp<int64_t>(batch.positions[t0 + r / group] + 1 - k0, 0, n);

@@ -40,6 +40,9 @@ class CpuFlashAttention {
   // Keys per split at least (a split's fixed cost is one item's setup and its merge); tests lower it.
   static constexpr int64_t kMinSplitKeys = 256;
   void set_min_split_keys(int64_t keys) { min_split_keys_ = keys; }
+  // Whether a prompt chunk's key blocks are widened once for all its items (the default) or by each
+  // item that reads them; tests compare both.
+  void set_share_prompt_keys(bool share) { share_prompt_keys_ = share; }
 
  private:
   struct Problem;
@@ -48,8 +51,10 @@ class CpuFlashAttention {
   ThreadPool& pool_;
   kernels::AttendKeysFn attend_;
   int64_t min_split_keys_ = kMinSplitKeys;
-  std::mutex mutex_;             // partials_ serves one call at a time
-  std::vector<float> partials_;  // split items' softmax states (grown, then reused)
+  bool share_prompt_keys_ = true;
+  std::mutex mutex_;                // partials_ and shared_keys_ serve one call at a time
+  std::vector<float> partials_;     // split items' softmax states (grown, then reused)
+  std::vector<float> shared_keys_;  // a prompt chunk's key blocks, widened once for all its items
 };
 
 }  // namespace tandem
