@@ -159,6 +159,37 @@ TEST_CASE("activation quantisers at every ISA level write the scalar quantiser's
   }
 }
 
+TEST_CASE("SiLU-GLU at every ISA level matches the scalar definition", "[engine][kernels]") {
+  // Gate values across SiLU's range (deep negative: exp(-g) overflows; large positive: SiLU ≈ g),
+  // lengths that end mid-vector, and the result written over the gate (the MoE's in-place use).
+  std::vector<float> gate, up;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> wide(-12.0f, 12.0f);
+  for (int i = 0; i < 301; ++i) {
+    gate.push_back(wide(rng));
+    up.push_back(wide(rng) / 4);
+  }
+  for (const float extreme : {-200.0f, -88.5f, -87.0f, -20.0f, -1e-30f, 0.0f, 1e-30f, 20.0f, 87.0f, 89.0f, 300.0f}) {
+    gate.push_back(extreme);
+    up.push_back(1.5f);
+  }
+  const KernelTable scalar_table = make_kernel_table(IsaLevel::scalar);
+  for (const int64_t n : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, static_cast<int64_t>(gate.size())}) {
+    std::vector<float> want(static_cast<size_t>(n));
+    scalar_table.silu_mul(gate.data() + gate.size() - n, up.data() + up.size() - n, n, want.data());
+    for (IsaLevel level : levels_here()) {
+      INFO(isa_level_name(level) << " n " << n);
+      std::vector<float> got(gate.end() - n, gate.end());
+      make_kernel_table(level).silu_mul(got.data(), up.data() + up.size() - n, n, got.data());
+      for (size_t i = 0; i < want.size(); ++i) {
+        INFO("gate " << gate[gate.size() - static_cast<size_t>(n) + i]);
+        CHECK(std::isfinite(got[i]));
+        CHECK(std::fabs(got[i] - want[i]) <= 1e-6f * std::fabs(want[i]) + 1e-30f);
+      }
+    }
+  }
+}
+
 TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and dequantise-then-f32",
           "[engine][kernels]") {
   std::mt19937 rng(42);

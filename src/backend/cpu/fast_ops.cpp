@@ -160,13 +160,8 @@ void FastCpuOps::gate_up_item(const Item& it, ActRows x, float* hidden, int64_t 
   workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.up) : nullptr;
   kernels::matmul_tile(table_, *group.up, kind_of(*group.up), rows, it.rows, it.o0, it.o1, nullptr, u, width,
                        workspace, group.up_strips);
-  for (int64_t t = 0; t < it.rows; ++t) {
-    float* h = hidden + (it.row0 + t) * inter + it.o0;
-    for (int64_t o = 0; o < width; ++o) {
-      const float gv = g[t * width + o];
-      h[o] = gv / (1.0f + std::exp(-gv)) * u[t * width + o];
-    }
-  }
+  for (int64_t t = 0; t < it.rows; ++t)
+    table_.silu_mul(g + t * width, u + t * width, width, hidden + (it.row0 + t) * inter + it.o0);
 }
 
 void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {

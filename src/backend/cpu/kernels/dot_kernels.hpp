@@ -55,6 +55,8 @@ struct ActQ8K;
 struct ActQ8;
 using QuantizeQ8KFn = void (*)(const float* x, int64_t n, ActQ8K* out) noexcept;
 using QuantizeQ8Fn = void (*)(const float* x, int64_t n, ActQ8* out) noexcept;
+// out[i] = SiLU(gate[i]) · up[i] (out may be gate or up).
+using SiluMulFn = void (*)(const float* gate, const float* up, int64_t n, float* out) noexcept;
 
 struct KernelTable {
   DotFn dot[static_cast<int>(WeightKind::count)];
@@ -65,6 +67,7 @@ struct KernelTable {
   RepackedFn repacked_wide[static_cast<int>(WeightKind::count)];
   QuantizeQ8KFn quantize_q8k = nullptr;
   QuantizeQ8Fn quantize_q8 = nullptr;
+  SiluMulFn silu_mul = nullptr;
   int64_t prefetch_bytes = kDefaultPrefetchBytes;
 };
 
@@ -78,6 +81,7 @@ void fill_quantize_kernels(KernelTable& t) noexcept;
 namespace avx512 {
 void fill_kernels(KernelTable& t) noexcept;
 void fill_quantize_kernels(KernelTable& t) noexcept;
+void fill_activation_kernels(KernelTable& t) noexcept;  // silu_mul
 void fill_tile_kernels(KernelTable& t) noexcept;  // vpdpbusd on packed 16-row strips, and on repacked ones
 }
 namespace amx {

@@ -258,9 +258,15 @@ void dot_f8_e4m3(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_
   }
 }
 
+// The reference SiLU-GLU: std::exp, as the reference MLP computes it.
+void silu_mul(const float* gate, const float* up, int64_t n, float* out) noexcept {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 }  // namespace
 
 void fill_kernels(KernelTable& t) noexcept {
+  t.silu_mul = silu_mul;
   t.quantize_q8k = quantize_act_q8k;
   t.quantize_q8 = quantize_act_q8;
   auto set = [&](WeightKind k, DotFn f) { t.dot[static_cast<int>(k)] = f; };

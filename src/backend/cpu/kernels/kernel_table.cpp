@@ -193,6 +193,7 @@ KernelTable make_kernel_table(IsaLevel level) {
   if (level == IsaLevel::avx512 || level == IsaLevel::amx) {
     avx512::fill_kernels(t);
     avx512::fill_quantize_kernels(t);
+    avx512::fill_activation_kernels(t);
     avx512::fill_tile_kernels(t);
   }
   if (level == IsaLevel::amx) amx::fill_kernels(t);
