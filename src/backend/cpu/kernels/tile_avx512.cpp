@@ -66,10 +66,15 @@ void strip_tokens(const uint8_t* ws, int64_t in, const uint8_t* x0, int64_t xs, 
     const float* sum_scale = dot_scale + 256;
     const ActQ8K* ab[NT];
     __m512 blk[NT];
+    // Each token's 8 group sums (pairs of the block's 16-value sums) as floats, once a block: the
+    // minimums' products then take them as broadcast memory operands.
+    alignas(32) float group_sums[NT][8];
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       ab[t] = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
       blk[t] = _mm512_setzero_ps();
+      const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab[t]->sums));
+      _mm256_store_ps(group_sums[t], _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, _mm256_set1_epi16(1))));
     }
     for (int g = 0; g < G; ++g) {
       __m512i dot[NT];
@@ -194,10 +199,15 @@ void repacked_q4k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, in
     const __m512 d = _mm512_load_ps(blkp + kRepackedQ4KD), dmin = _mm512_load_ps(blkp + kRepackedQ4KDmin);
     const ActQ8K* ab[NT];
     __m512 blk[NT];
+    // Each token's 8 group sums (pairs of the block's 16-value sums) as floats, once a block: the
+    // minimums' products then take them as broadcast memory operands.
+    alignas(32) float group_sums[NT][8];
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       ab[t] = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
       blk[t] = _mm512_setzero_ps();
+      const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab[t]->sums));
+      _mm256_store_ps(group_sums[t], _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, _mm256_set1_epi16(1))));
     }
     for (int j = 0; j < 4; ++j) {
       __m512i low[NT], high[NT];
@@ -223,9 +233,8 @@ void repacked_q4k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, in
         const __m512 ds = _mm512_mul_ps(d, bytes(kRepackedQ4KScales)), ss = _mm512_mul_ps(dmin, bytes(kRepackedQ4KMins));
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
-          const int group_sum = ab[t]->sums[2 * g] + ab[t]->sums[2 * g + 1];
           blk[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h == 0 ? low[t] : high[t]), ds, blk[t]);
-          blk[t] = _mm512_fnmadd_ps(_mm512_set1_ps(static_cast<float>(group_sum)), ss, blk[t]);
+          blk[t] = _mm512_fnmadd_ps(_mm512_set1_ps(group_sums[t][g]), ss, blk[t]);
         }
       }
     }
