@@ -1,4 +1,5 @@
 // attend_keys for the avx2 build (the body is attention_block_body.hpp, the same for every ISA).
+#define TANDEM_ATTEND_LANES 8  // one ymm a vector
 #include "backend/cpu/kernels/attention_block_body.hpp"
 
 namespace tandem::kernels::avx2 {
