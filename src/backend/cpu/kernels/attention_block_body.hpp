@@ -74,7 +74,7 @@ inline vf exp_nonpositive(vf x) {
   const vf lo = splat(-87.0f);
   x = select(x < lo, lo, x);
   const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const vf g = (x - n * 0.693359375f) + n * 2.12194440e-4f;              // Cody-Waite: ln2 in two parts
+  const vf g = (x - n * 0.693359375f) + n * 2.12194440e-4f;             // Cody-Waite: ln2 in two parts
   vf p = splat(1.0f / 720);
   p = p * g + 1.0f / 120;
   p = p * g + 1.0f / 24;
@@ -111,13 +111,14 @@ inline void score_rows(const AttendBlock& b, int64_t r0) {
 #pragma GCC unroll 16
   for (int i = 0; i < N; ++i)
 #pragma GCC unroll 2
-    for (int j = 0; j < kKeyVectors; ++j) store(b.scores + (r0 + i) * kAttendKeys + j * kLanes, acc[i][j] * b.scale);
+    for (int j = 0; j < kKeyVectors; ++j)
+      store(b.scores + (r0 + i) * kAttendKeys + j * kLanes, acc[i][j] * b.scale);
 }
 
 // acc_row[d0, d0 + lanes·C) = alpha · acc_row + Σ_{c < visible} p[c] · values[c][d0, d0 + lanes·C).
 template <int C>
-inline void accumulate_values(const AttendBlock& b, float* acc_row, const float* p, int64_t visible, float alpha,
-                              int64_t d0) {
+inline void accumulate_values(const AttendBlock& b, float* acc_row, const float* p, int64_t visible,
+                              float alpha, int64_t d0) {
   vf a[C];
 #pragma GCC unroll 8
   for (int i = 0; i < C; ++i) a[i] = load(acc_row + d0 + kLanes * i) * alpha;
@@ -187,16 +188,32 @@ inline void attend_keys_body(const AttendBlock& b) {
     float* acc_row = b.acc + r * b.value_dim;
     // Eight accumulators a pass (128 values on AVX-512, 64 on AVX2), then the rest in one pass.
     int64_t d0 = 0;
-    for (; d0 + 8 * kLanes <= b.value_dim; d0 += 8 * kLanes) accumulate_values<8>(b, acc_row, scores, visible, alpha, d0);
+    for (; d0 + 8 * kLanes <= b.value_dim; d0 += 8 * kLanes)
+      accumulate_values<8>(b, acc_row, scores, visible, alpha, d0);
     switch ((b.value_dim - d0) / kLanes) {
-      case 7: accumulate_values<7>(b, acc_row, scores, visible, alpha, d0); break;
-      case 6: accumulate_values<6>(b, acc_row, scores, visible, alpha, d0); break;
-      case 5: accumulate_values<5>(b, acc_row, scores, visible, alpha, d0); break;
-      case 4: accumulate_values<4>(b, acc_row, scores, visible, alpha, d0); break;
-      case 3: accumulate_values<3>(b, acc_row, scores, visible, alpha, d0); break;
-      case 2: accumulate_values<2>(b, acc_row, scores, visible, alpha, d0); break;
-      case 1: accumulate_values<1>(b, acc_row, scores, visible, alpha, d0); break;
-      default: break;
+      case 7:
+        accumulate_values<7>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      case 6:
+        accumulate_values<6>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      case 5:
+        accumulate_values<5>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      case 4:
+        accumulate_values<4>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      case 3:
+        accumulate_values<3>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      case 2:
+        accumulate_values<2>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      case 1:
+        accumulate_values<1>(b, acc_row, scores, visible, alpha, d0);
+        break;
+      default:
+        break;
     }
   }
 }
