@@ -5,11 +5,7 @@
 // int8 activations (u8·s8 pairs to int16, no saturation for these ranges), vpmaddwd against the
 // sub-block scale. Signed weights (Q8_0, IQ4_XS) go through |w| and sign(a, w).
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include <cstring>
 

@@ -7,11 +7,7 @@
 // sub-block scales (VNNI), so a 256-value block costs two instructions per 64 values and token.
 // Q4_0/Q8_0 use vpdpbusd directly; IQ4_XS's signed table values go through |v| and the activation's sign.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include <cstring>
 

@@ -1,11 +1,7 @@
 // Activation quantisation (activation_blocks.hpp) in AVX2: the scalar definitions' results bit for
 // bit (the same max and float product; _mm256_cvtps_epi32 rounds half to even as std::nearbyint
 // does in the default rounding mode). Built with the AVX2 flags.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"

@@ -1,11 +1,7 @@
 // Activation quantisation (activation_blocks.hpp) in AVX-512: the scalar definitions' results bit
 // for bit — the same max, the same float product, and _mm512_cvtps_epi32 rounds half to even as
 // std::nearbyint does in the default rounding mode. Built with the AVX-512 flags.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"

@@ -2,11 +2,7 @@
 // e^x from a polynomial (relative error ~2e-7 against std::exp; the scalar definition in
 // dot_scalar.cpp is the reference the tests compare with). Built with the AVX-512 flags; like the
 // other ISA files it must not instantiate library templates or shared inline functions.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include "backend/cpu/kernels/dot_kernels.hpp"
 

@@ -13,11 +13,7 @@
 // The tile instructions go through a policy class: HardwareTiles (the AMX instructions) or
 // EmulatedTiles (the same semantics in plain code), so everything but the instructions themselves is
 // tested on CPUs without AMX.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include <cstddef>
 #include <cstring>

@@ -4,11 +4,7 @@
 // broadcast), so the weight unpacking is paid once per strip instead of once per 4 tokens and each
 // instruction does 64 multiply-adds. Per scale group, the int32 sums are scaled in float as in
 // tile_amx.cpp. Built with the AVX-512 flags; intrinsics and internal functions only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "backend/cpu/kernels/intrinsics.hpp"
 
 #include <cstddef>
 #include <cstring>
