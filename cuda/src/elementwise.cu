@@ -19,6 +19,7 @@ __global__ void silu_glu_kernel(const float* gate, const float* up, int64_t coun
 }
 
 __global__ void add_kernel(const float* a, const float* b, int64_t count, float* out) {
+  detail::wait_for_prior_grids();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) out[i] = a[i] + b[i];
 }
@@ -54,8 +55,7 @@ void silu_glu(Stream& stream, const float* gate, const float* up, int64_t count,
 
 void add(Stream& stream, const float* a, const float* b, int64_t count, float* out) {
   if (count <= 0) return;
-  add_kernel<<<blocks_for(count, "add"), kThreads, 0, detail::native(stream)>>>(a, b, count, out);
-  detail::check_launch("add");
+  detail::launch_dependent(stream, "add", add_kernel, blocks_for(count, "add"), kThreads, 0, a, b, count, out);
 }
 
 void scatter_rows(Stream& stream, const float* src, const int32_t* rows, int64_t count, int64_t width, float* dst) {

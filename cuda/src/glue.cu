@@ -83,6 +83,7 @@ __device__ __forceinline__ int64_t rank_of(const double* values, int64_t n, int6
 // routers), else in scratch.
 __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
                               double* scratch, bool in_shared, int32_t* expert_ids, float* weights) {
+  detail::wait_for_prior_grids();
   extern __shared__ double token_arrays[];
   __shared__ float max_scratch[32];
   __shared__ double sum_scratch[32];
@@ -207,6 +208,7 @@ __global__ void gated_add_kernel(float* acc, const float* x, const float* gate_l
 
 __global__ void gather_rows_kernel(const float* src, int64_t src_stride, const int32_t* rows, int64_t width,
                                    float* dst, int64_t dst_stride) {
+  detail::wait_for_prior_grids();
   const int64_t i = blockIdx.x;
   const int64_t r = rows ? rows[i] : i;
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) dst[i * dst_stride + j] = src[r * src_stride + j];
@@ -279,9 +281,9 @@ void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, in
   const auto arrays = static_cast<size_t>(2 * spec.experts + spec.n_group + spec.top_k) * sizeof(double);
   const bool in_shared = arrays <= 48 * 1024;
   const auto threads = static_cast<unsigned>(std::min<int64_t>((spec.experts + 31) / 32 * 32, 1024));
-  router_kernel<<<detail::grid_dim(tokens, "router_topk"), threads, in_shared ? arrays : 0, detail::native(stream)>>>(
-      spec, logits, tokens, selection_bias, scratch, in_shared, expert_ids, weights);
-  detail::check_launch("router_topk");
+  detail::launch_dependent(stream, "router_topk", router_kernel, detail::grid_dim(tokens, "router_topk"), threads,
+                           in_shared ? arrays : 0, spec, logits, tokens, selection_bias, scratch, in_shared, expert_ids,
+                           weights);
 }
 
 void split_deferred_experts(Stream& stream, const int32_t* expert_ids, const float* weights, int64_t tokens,
@@ -316,9 +318,8 @@ void gated_add(Stream& stream, float* acc, const float* x, const float* gate_log
 void gather_rows(Stream& stream, const float* src, int64_t src_stride, const int32_t* rows, int64_t count,
                  int64_t width, float* dst, int64_t dst_stride) {
   if (count <= 0 || width <= 0) return;
-  gather_rows_kernel<<<detail::grid_dim(count, "gather_rows"), kThreads, 0, detail::native(stream)>>>(
-      src, src_stride, rows, width, dst, dst_stride);
-  detail::check_launch("gather_rows");
+  detail::launch_dependent(stream, "gather_rows", gather_rows_kernel, detail::grid_dim(count, "gather_rows"), kThreads,
+                           0, src, src_stride, rows, width, dst, dst_stride);
 }
 
 }  // namespace tandem::cuda

@@ -37,6 +37,7 @@ struct Prologue {
 // heads (each also stored, rotated, into plane 0), and the last block copies the V row into plane 1.
 template <typename T>
 __global__ void __launch_bounds__(kHeadWarps * 32) gqa_prologue_kernel(Prologue p) {
+  detail::wait_for_prior_grids();
   __shared__ float values[kHeadWarps][kMaxFusedHeadDim];
   __shared__ float cos_of[kMaxFusedHeadDim / 2], sin_of[kMaxFusedHeadDim / 2];
   const int64_t t = blockIdx.x, y = blockIdx.y;
@@ -104,13 +105,14 @@ void gqa_prologue(Stream& stream, float* q, float* k, const float* v, int64_t to
                    .table_stride = table_stride};
   const int64_t blocks = (heads + kHeadWarps - 1) / kHeadWarps + (kv_heads + kHeadWarps - 1) / kHeadWarps + 1;
   const dim3 grid(detail::grid_dim(tokens, "gqa_prologue"), detail::grid_dim(blocks, "gqa_prologue (heads)", 65535));
-  cudaStream_t s = detail::native(stream);
+  const auto launch = [&](auto kernel) {
+    detail::launch_dependent(stream, "gqa_prologue", kernel, grid, kHeadWarps * 32, 0, p);
+  };
   switch (kv.type) {
-    case KvType::f32: gqa_prologue_kernel<float><<<grid, kHeadWarps * 32, 0, s>>>(p); break;
-    case KvType::f16: gqa_prologue_kernel<__half><<<grid, kHeadWarps * 32, 0, s>>>(p); break;
-    default: gqa_prologue_kernel<__nv_bfloat16><<<grid, kHeadWarps * 32, 0, s>>>(p); break;
+    case KvType::f32: launch(gqa_prologue_kernel<float>); break;
+    case KvType::f16: launch(gqa_prologue_kernel<__half>); break;
+    default: launch(gqa_prologue_kernel<__nv_bfloat16>); break;
   }
-  detail::check_launch("gqa_prologue");
 }
 
 }  // namespace tandem::cuda

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "tandem/cuda/cuda_device.hpp"
 #include "text.cuh"
@@ -25,6 +26,42 @@ template <typename Kernel>
 void opt_in_shared_memory(Kernel kernel, size_t bytes, const char* what) {
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) != cudaSuccess)
     check_launch(what);
+}
+
+// The first statement of a kernel that launch_dependent starts: it returns once the kernels before
+// it on the stream have completed and their writes are visible (a no-op for a plain launch, and
+// below sm_90). Nothing of another kernel's may be read or written before it.
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where the
+// stream asks for it (Stream::set_dependent_launch): the kernel's blocks may be scheduled while the
+// previous kernel finishes, so that its launch latency overlaps that kernel's tail. Only for
+// kernels that begin with wait_for_prior_grids().
+template <typename... Params, typename... Args>
+void launch_dependent(Stream& stream, const char* what, void (*kernel)(Params...), dim3 grid, dim3 block,
+                      size_t shared, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "launch_dependent: one argument per kernel parameter");
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = native(stream);
+  cudaLaunchAttribute attribute[1] = {};
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  if (stream.dependent_launch()) {
+    config.attrs = attribute;
+    config.numAttrs = 1;
+  }
+  const cudaError_t status = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it: the error is thrown here
+    throw Error(ErrorKind::internal, text("CUDA: launching ", what, " failed: ", cudaGetErrorString(status)));
+  }
 }
 
 // A grid dimension, refused (never truncated) past CUDA's limit.

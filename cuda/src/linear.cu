@@ -106,6 +106,7 @@ template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
                         int splits) {
+  detail::wait_for_prior_grids();
   constexpr int kBatch = Tile == 1 ? 8 : 4;
   __shared__ float partial[kLaneWarps][Tile];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
@@ -151,6 +152,7 @@ template <DType T>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
                            int64_t row_groups) {
+  detail::wait_for_prior_grids();
   extern __shared__ __align__(16) char shared[];
   __shared__ float partial[kLaneWarps];
   const auto xq = detail::q8_arrays<32>(shared, in_features);
@@ -206,6 +208,7 @@ template <typename D, typename Out>
 __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int64_t in_features,
                                   const float* block_scales, int64_t scale_cols, const int32_t* row_ids,
                                   int64_t row_begin, Out* out) {
+  detail::wait_for_prior_grids();
   const int64_t r = blockIdx.x;
   const int64_t src = row_ids != nullptr ? row_ids[r] : row_begin + r;
   const uint8_t* w = weight + src * row_bytes;
@@ -287,16 +290,17 @@ void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t ro
     const int64_t rows_per_block = kLaneWarps / splits;
     const dim3 grid(detail::grid_dim((out_features + rows_per_block - 1) / rows_per_block, "linear"),
                     detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
-    kernel<<<grid, kLaneWarps * 32, 0, detail::native(stream)>>>(group, row_bytes, in_features, x, rows, splits);
+    detail::launch_dependent(stream, "linear (lanes)", kernel, grid, kLaneWarps * 32, 0, group, row_bytes, in_features, x,
+                             rows, splits);
   };
   if (quantised_x && rows == 1 && lanes_q8_take(group, type, in_features)) {
     const auto launch_q8 = [&](auto kernel, int64_t unit_blocks) {
       const int splits = lane_splits(out_features, (in_features / 256 + unit_blocks - 1) / unit_blocks, 1);
       const int64_t rows_per_block = kLaneWarps / splits;
       const int64_t row_groups = (out_features + rows_per_block - 1) / rows_per_block;
-      kernel<<<detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "linear"), kLaneWarps * 32,
-               detail::q8_bytes<32>(in_features), detail::native(stream)>>>(group, row_bytes, in_features, x, splits,
-                                                                            row_groups);
+      detail::launch_dependent(stream, "linear (lanes, int8 products)", kernel,
+                               detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "linear"), kLaneWarps * 32,
+                               detail::q8_bytes<32>(in_features), group, row_bytes, in_features, x, splits, row_groups);
     };
     if (type == DType::q4_k)
       launch_q8(linear_lanes_q8_kernel<DType::q4_k>, detail::Q8Lanes<DType::q4_k>::kUnitBlocks);
@@ -435,10 +439,9 @@ void embedding(Stream& stream, DType type, const void* table, int64_t width, con
   const int64_t rb = checked_row_bytes(type, width, "embedding");
   dispatch_weight_type(type, [&](auto decoder) {
     using D = decltype(decoder);
-    dequantize_kernel<D, float><<<detail::grid_dim(count, "embedding"), 128, 0, detail::native(stream)>>>(
-        static_cast<const uint8_t*>(table), rb, width, nullptr, 0, ids, 0, out);
+    detail::launch_dependent(stream, "embedding", dequantize_kernel<D, float>, detail::grid_dim(count, "embedding"), 128,
+                             0, static_cast<const uint8_t*>(table), rb, width, nullptr, 0, ids, 0, out);
   });
-  detail::check_launch("embedding");
 }
 
 }  // namespace tandem::cuda

@@ -140,6 +140,7 @@ template <DType T>
 __global__ void __launch_bounds__(kGateWarps * 32, 3)
     gate_up_q8_kernel(ExpertTable table, const int32_t* ids, int64_t top_k, const float* x, int64_t hidden,
                       float* act, detail::Q8Arrays<8> out_q8, bool quantise_out) {
+  detail::wait_for_prior_grids();
   static_assert(kGateWarps == 8, "a block's outputs are one group of 8");
   extern __shared__ __align__(16) char shared[];
   __shared__ float outs[kGateWarps];
@@ -262,6 +263,7 @@ template <typename D>
 __global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
     down_slots_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
                       int64_t hidden, float* out) {
+  detail::wait_for_prior_grids();
   down_slots(table, ids, weights, top_k, hidden, out, [&](const uint8_t* down, int64_t pair, int lane) {
     float part = 0.f;
     detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(down, 0, table.intermediate / 256, 1, lane,
@@ -277,6 +279,7 @@ template <DType T>
 __global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
     down_slots_q8_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
                          detail::Q8View<8> act_q8, int64_t hidden, float* out) {
+  detail::wait_for_prior_grids();
   using Q = detail::Q8Lanes<T>;
   down_slots(table, ids, weights, top_k, hidden, out, [&](const uint8_t* down, int64_t pair, int lane) {
     const int64_t at = pair * table.intermediate, blocks = table.intermediate / 256;
@@ -341,12 +344,9 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   const auto act_q8 = detail::q8_arrays<8>(act + act_values, act_values);
   if (q8) {
     const auto shared = static_cast<size_t>(detail::q8_bytes<32>(hidden));
-    if (table.gate_type == DType::q4_k)
-      gate_up_q8_kernel<DType::q4_k><<<gate_grid, kGateWarps * 32, shared, detail::native(stream)>>>(
-          table, ids, top_k, x, hidden, act, act_q8, down_q8);
-    else
-      gate_up_q8_kernel<DType::q6_k><<<gate_grid, kGateWarps * 32, shared, detail::native(stream)>>>(
-          table, ids, top_k, x, hidden, act, act_q8, down_q8);
+    detail::launch_dependent(stream, "moe gate/up (int8 products)",
+                             table.gate_type == DType::q4_k ? gate_up_q8_kernel<DType::q4_k> : gate_up_q8_kernel<DType::q6_k>,
+                             gate_grid, kGateWarps * 32, shared, table, ids, top_k, x, hidden, act, act_q8, down_q8);
   }
   const bool gate_known = q8 || dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
@@ -362,13 +362,10 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   if (down_q8) {
     const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
                     detail::grid_dim(tokens, "moe down (tokens)", 65535));
-    if (table.down_type == DType::q4_k)
-      down_slots_q8_kernel<DType::q4_k><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
-          table, ids, weights, top_k, act, act_q8.view(), hidden, out);
-    else
-      down_slots_q8_kernel<DType::q6_k><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
-          table, ids, weights, top_k, act, act_q8.view(), hidden, out);
-    detail::check_launch("moe down (int8 products)");
+    detail::launch_dependent(
+        stream, "moe down (int8 products)",
+        table.down_type == DType::q4_k ? down_slots_q8_kernel<DType::q4_k> : down_slots_q8_kernel<DType::q6_k>, grid,
+        kDownRows * kSlotWarps * 32, 0, table, ids, weights, top_k, act, act_q8.view(), hidden, out);
     return;
   }
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
@@ -377,8 +374,8 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
       if (table.down_scales == nullptr && top_k <= kMaxSlots) {
         const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
                         detail::grid_dim(tokens, "moe down (tokens)", 65535));
-        down_slots_kernel<D><<<grid, kDownRows * kSlotWarps * 32, 0, detail::native(stream)>>>(
-            table, ids, weights, top_k, act, hidden, out);
+        detail::launch_dependent(stream, "moe down", down_slots_kernel<D>, grid, kDownRows * kSlotWarps * 32, 0, table,
+                                 ids, weights, top_k, act, hidden, out);
         return;
       }
     }

@@ -30,6 +30,7 @@ constexpr int64_t kMaxRegisterDim = kValuesPerThread * 1024;
 // With `delta`: x += delta first (x is then the residual stream, written back), as add_rms_norm.
 __global__ void rms_norm_registers_kernel(const float* x, const float* delta, float* sum_out, const float* weight,
                                           int64_t dim, int64_t stride, double eps, float* out) {
+  detail::wait_for_prior_grids();
   __shared__ double partial[32];
   const int64_t first = static_cast<int64_t>(blockIdx.x) * stride;
   const float* row = x + first;
@@ -69,8 +70,8 @@ void rms_norm(Stream& stream, const float* x, const float* weight, int64_t rows,
   if (rows <= 0) return;
   const auto grid = detail::grid_dim(rows, "rms_norm");
   if (dim <= kMaxRegisterDim) {
-    rms_norm_registers_kernel<<<grid, register_threads(dim), 0, detail::native(stream)>>>(x, nullptr, nullptr, weight,
-                                                                                        dim, stride, eps, out);
+    detail::launch_dependent(stream, "rms_norm", rms_norm_registers_kernel, grid, register_threads(dim), 0, x, nullptr,
+                             nullptr, weight, dim, stride, eps, out);
   } else {
     rms_norm_kernel<<<grid, kThreads, 0, detail::native(stream)>>>(x, weight, dim, stride, eps, out);
   }
@@ -89,9 +90,8 @@ void add_rms_norm(Stream& stream, float* hidden, const float* delta, const float
     rms_norm(stream, hidden, weight, rows, dim, dim, eps, out);
     return;
   }
-  rms_norm_registers_kernel<<<detail::grid_dim(rows, "add_rms_norm"), register_threads(dim), 0,
-                              detail::native(stream)>>>(hidden, delta, hidden, weight, dim, dim, eps, out);
-  detail::check_launch("add_rms_norm");
+  detail::launch_dependent(stream, "add_rms_norm", rms_norm_registers_kernel, detail::grid_dim(rows, "add_rms_norm"),
+                           register_threads(dim), 0, hidden, delta, hidden, weight, dim, dim, eps, out);
 }
 
 }  // namespace tandem::cuda

@@ -83,6 +83,7 @@ template <KvType K, int D>
 __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_t heads, int64_t kv_heads,
                              float softmax_scale, int64_t target_splits, int64_t split_stride, float* partials,
                              float* out) {
+  wait_for_prior_grids();
   constexpr int64_t head_dim = 32 * D;
   const int64_t t = blockIdx.z, g = blockIdx.y, split = blockIdx.x;
   const int lane = threadIdx.x % 32;
@@ -157,6 +158,7 @@ __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int6
 // (token, head), a thread per value. Tokens whose context fit one split were written already.
 __global__ void merge_kernel(DeviceBatch batch, int64_t heads, int64_t head_dim, int64_t target_splits,
                              int64_t quantum, int64_t split_stride, const float* partials, float* out) {
+  wait_for_prior_grids();
   const int64_t t = blockIdx.x / heads, h = blockIdx.x % heads;
   const int64_t n = batch.positions[t] + 1;
   const int64_t len = split_length(n, target_splits, quantum);
@@ -322,8 +324,8 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(kv_heads), static_cast<unsigned>(batch.tokens));
   const auto threads = static_cast<unsigned>(32 * (heads / kv_heads));
   auto launch = [&](auto k, auto d) {
-    split_kernel<decltype(k)::value, decltype(d)::value><<<grid, threads, 0, native(stream)>>>(
-        kv, batch, q, heads, kv_heads, softmax_scale, target, slots, scratch, out);
+    launch_dependent(stream, "gqa_attention (splits)", split_kernel<decltype(k)::value, decltype(d)::value>, grid,
+                     threads, 0, kv, batch, q, heads, kv_heads, softmax_scale, target, slots, scratch, out);
   };
   auto by_dim = [&](auto k) {
     if (head_dim == 64) launch(k, std::integral_constant<int, 2>{});
@@ -339,9 +341,8 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   }
   check_launch("gqa_attention (splits)");
   if (slots > 1) {
-    merge_kernel<<<grid_dim(batch.tokens * heads, "gqa_attention (merge)"), 128, 0, native(stream)>>>(
-        batch, heads, head_dim, target, kSplitQuantum, slots, scratch, out);
-    check_launch("gqa_attention (merge)");
+    launch_dependent(stream, "gqa_attention (merge)", merge_kernel, grid_dim(batch.tokens * heads, "gqa_attention (merge)"),
+                     128, 0, batch, heads, head_dim, target, kSplitQuantum, slots, scratch, out);
   }
 }
 

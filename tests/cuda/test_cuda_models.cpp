@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -269,6 +270,40 @@ TEST_CASE("cuda whole model: int8 decode products on the trained Q4_K_M file sta
     WARN("int8 decode (measured): '" << placement << "' " << error << " from the CPU, "
                                      << argmax_mismatches(l_q8, l_cpu, vocab) << " of 510 argmax differ, NLL "
                                      << nll_q8 << " vs " << nll_cpu << " (float on the GPU " << nll_precise << ")");
+  }
+}
+
+// Programmatic dependent launch (TANDEM_CUDA_PDL=1, read when a backend is made; branch gpu-pdl):
+// the decode chain's kernels may be scheduled while their predecessor finishes and wait for it
+// inside, so every logit must equal the plain launches' bit for bit, recorded (graphs) and eager.
+TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", "[cuda][model][pdl]") {
+  if (!have_gpu()) return;
+  const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
+  const std::vector<int32_t> prompt = {1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11};
+  for (const bool graphs : {true, false}) {
+    LoadOptions o;
+    o.kv_type = KvType::f16;
+    o.max_context_tokens = 256;
+    o.max_sessions = 1;
+    o.load_tokenizer = false;
+    o.placement = "*=cuda:0";
+    o.cuda_graphs = graphs;
+    auto steps = [&](bool dependent) {
+      if (dependent) setenv("TANDEM_CUDA_PDL", "1", 1);
+      const auto engine = Engine::load(path, o);
+      unsetenv("TANDEM_CUDA_PDL");
+      auto session = engine->new_session();
+      session->prefill(prompt);
+      std::vector<float> all;
+      for (int step = 0; step < 40; ++step) {
+        const auto logits = session->logits();
+        all.insert(all.end(), logits.begin(), logits.end());
+        session->decode(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+      }
+      return all;
+    };
+    INFO((graphs ? "graphs" : "eager"));
+    CHECK(steps(true) == steps(false));
   }
 }
 

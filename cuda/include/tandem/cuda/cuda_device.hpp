@@ -91,10 +91,16 @@ class Stream {
   void zero(void* device_dst, size_t bytes);
   void* native() const { return stream_; }  // cudaStream_t
   int device() const { return device_; }
+  // Programmatic dependent launch (sm_90) for the kernels that allow it (launch.cuh's
+  // launch_dependent): such a kernel may be scheduled while the one before it on this stream is
+  // finishing, and waits for it inside (griddepcontrol.wait) before touching memory. Off by default.
+  void set_dependent_launch(bool on) { dependent_launch_ = on; }
+  bool dependent_launch() const { return dependent_launch_; }
 
  private:
   void* stream_ = nullptr;
   int device_ = 0;
+  bool dependent_launch_ = false;
 };
 
 // Work recorded from a stream (a CUDA graph, instantiated) and launched again as one unit. Recording
