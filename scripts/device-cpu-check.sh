@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU-machine call: build, the CUDA tests, the AMX/repack kernel bench, bench experts at 16 threads.
+# One GPU-machine call after CPU kernel work: build, the CUDA tests (test_cuda), bench experts at 16 threads
+# (AVX-512 and AMX, batch 1 and 512), then scripts/kernels-bench.sh with ONLY_AMX=1. Logs in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/tmp/tandem-deps/usr/lib/x86_64-linux-gnu
