@@ -2,6 +2,7 @@
 // Each turn renders the whole conversation; generate() then prefills only the tokens the session
 // does not already hold. Ctrl-C stops a reply (twice at the prompt: exit); Ctrl-D exits with 0.
 #include <fmt/core.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -40,9 +41,28 @@ class LineReader {
         buffer_.erase(0, nl + 1);
         return ReadStatus::line;
       }
-      if (InterruptScope::interrupted()) {  // Ctrl-C arrived before we blocked in read()
+      // Wait for input with SIGINT blocked except inside ppoll, which unblocks it atomically: a
+      // Ctrl-C arriving between the flag's check and the wait would otherwise leave read() blocked
+      // with the flag set (the hint never printed until the next key).
+      sigset_t sigint, previous;
+      sigemptyset(&sigint);
+      sigaddset(&sigint, SIGINT);
+      pthread_sigmask(SIG_BLOCK, &sigint, &previous);
+      if (InterruptScope::interrupted()) {
+        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
         buffer_.clear();
         return ReadStatus::interrupted;
+      }
+      pollfd input{STDIN_FILENO, POLLIN, 0};
+      const int ready = ppoll(&input, 1, nullptr, &previous);
+      pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+      if (ready < 0) {
+        if (errno == EINTR && !InterruptScope::interrupted()) continue;
+        if (errno == EINTR) {
+          buffer_.clear();
+          return ReadStatus::interrupted;
+        }
+        return ReadStatus::end_of_input;
       }
       char chunk[4096];
       const ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
