@@ -524,10 +524,9 @@ class CpuEngine final : public Engine {
   void repack_cpu_weights(bool experts_streamed, Step& step) {
     if (options_.cpu_kernels != CpuKernels::fast || !cpu_repack_enabled(options_.cpu_repack)) return;
     const auto copy_bytes = [&](WeightGroup g, int64_t layer, const LinearWeight& w) -> int64_t {
-      if (placement_.device_for(g, layer).kind != DeviceKind::cpu || (experts_streamed && g == WeightGroup::experts) ||
-          w.weight.shape.rank != 2)
+      if (placement_.device_for(g, layer).kind != DeviceKind::cpu || (experts_streamed && g == WeightGroup::experts))
         return 0;
-      return cpu_repacked_bytes(w.weight.dtype, w.out_features(), w.in_features());
+      return cpu_backend_repack_bytes(*backend_, w);
     };
     double bytes = 0;
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {

@@ -438,9 +438,10 @@ TEST_CASE("a repacked weight changed in place and prepared again is read anew; u
   backend->prepare(WeightGroup::experts, c.weight);
   const int64_t bytes = cpu_backend_repacked_bytes(*backend);
   CHECK(bytes == repacked_bytes(WeightKind::q4_k, rows, in));
-  CHECK(cpu_repacked_bytes(DType::q4_k, rows, in) == bytes);  // what the engine's memory guard counts
-  CHECK(cpu_repacked_bytes(DType::q6_k, rows, in) == 0);
-  CHECK(cpu_repacked_bytes(DType::q4_k, rows, 300) == 0);
+  CHECK(cpu_backend_repack_bytes(*backend, c.weight) == bytes);  // what the engine's memory guard counts
+  const Case q6(DType::q6_k, rows, in, rng);
+  CHECK(cpu_backend_repack_bytes(*backend, q6.weight) == 0);  // read in place
+  CHECK(cpu_backend_repack_bytes(*make_cpu_backend(1, CpuKernels::reference), c.weight) == 0);
   backend->prepare(WeightGroup::experts, c.weight);  // the same contents: kept, not copied twice
   CHECK(cpu_backend_repacked_bytes(*backend) == bytes);
   std::copy(other.bytes.begin(), other.bytes.end(), c.bytes.begin());

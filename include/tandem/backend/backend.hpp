@@ -249,5 +249,8 @@ std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels = CpuK
 // Bytes of weight copies a CPU backend made in prepare (Q4_K matrices repacked into 16-row strips
 // for its fast kernels); 0 for other backends.
 int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept;
+// Bytes of the copy a CPU backend's prepare would make of `w` (its kernels' repackable types and
+// shapes, at its ISA level); 0 for other backends and for weights read in place.
+int64_t cpu_backend_repack_bytes(const Backend& backend, const LinearWeight& w);
 
 }  // namespace tandem

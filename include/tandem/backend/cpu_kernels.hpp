@@ -21,10 +21,6 @@ bool cpu_fast_kernel_available(DType type) noexcept;
 // The instruction set the fast kernels use on this CPU ("avx512", "avx2" or "scalar").
 std::string_view cpu_kernel_isa() noexcept;
 
-// Bytes of the strip copy the fast kernels would make of a rows × in matrix stored as `type` when a
-// CPU backend prepares it (Backend::prepare); 0 when that type is read in place.
-int64_t cpu_repacked_bytes(DType type, int64_t rows, int64_t in) noexcept;
-
 // Whether CPU weights are repacked at load: TANDEM_CPU_REPACK=0/1 when set (an out-of-range value
 // is an error naming the variable), else `requested` (LoadOptions::cpu_repack).
 bool cpu_repack_enabled(bool requested);

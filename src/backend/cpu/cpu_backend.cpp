@@ -17,7 +17,6 @@
 
 #include "backend/cpu/fast_attention.hpp"
 #include "backend/cpu/fast_ops.hpp"
-#include "backend/cpu/kernels/strip_repack.hpp"
 #include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/attention.hpp"
@@ -114,6 +113,7 @@ class CpuBackend final : public Backend {
     if (fast_) fast_->prepare(w);
   }
   int64_t repacked_bytes() const { return fast_ ? fast_->repacked_bytes() : 0; }
+  int64_t repack_bytes(const LinearWeight& w) const { return fast_ ? fast_->repack_bytes(w) : 0; }
 
   const float* prepare_vector(const TensorView& view) override {
     if (view.empty()) return nullptr;
@@ -326,6 +326,11 @@ int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept {
   return cpu ? cpu->repacked_bytes() : 0;
 }
 
+int64_t cpu_backend_repack_bytes(const Backend& backend, const LinearWeight& w) {
+  const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
+  return cpu ? cpu->repack_bytes(w) : 0;
+}
+
 std::string_view cpu_kernels_name(CpuKernels kernels) noexcept {
   return kernels == CpuKernels::fast ? "fast" : "reference";
 }
@@ -339,12 +344,6 @@ std::optional<CpuKernels> parse_cpu_kernels(std::string_view name) noexcept {
 bool cpu_fast_kernel_available(DType type) noexcept { return kernels::weight_kind_for(type).has_value(); }
 
 std::string_view cpu_kernel_isa() noexcept { return kernels::isa_level_name(kernels::best_isa_level()); }
-
-int64_t cpu_repacked_bytes(DType type, int64_t rows, int64_t in) noexcept {
-  const auto kind = kernels::weight_kind_for(type);
-  if (!kind || !kernels::repackable(*kind) || rows <= 0 || in % 256 != 0) return 0;
-  return kernels::repacked_bytes(*kind, rows, in);
-}
 
 bool cpu_repack_enabled(bool requested) {
   return integer_from_environment("TANDEM_CPU_REPACK", 0, 1).value_or(requested ? 1 : 0) == 1;

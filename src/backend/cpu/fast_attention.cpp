@@ -55,8 +55,10 @@ void CpuFlashAttention::run(const KvPool& kv, int64_t layer, const AttentionBatc
 
   // Fewer items than threads (decode): each item's keys in `splits` ranges of split_keys, a multiple
   // of the key block, each range's softmax state kept in partials_ and merged below.
-  int64_t longest = 0;
-  for (int64_t t = 0; t < batch.tokens; ++t) longest = std::max(longest, batch.positions[t] + 1);
+  int64_t last_token = 0;  // the token reading the most keys (its table covers a prompt chunk's every key)
+  for (int64_t t = 0; t < batch.tokens; ++t)
+    if (batch.positions[t] > batch.positions[last_token]) last_token = t;
+  const int64_t longest = batch.tokens > 0 ? batch.positions[last_token] + 1 : 0;
   int64_t splits = 1;
   if (items < pool_.size() && longest >= 2 * min_split_keys_)
     splits = std::min((2 * pool_.size() + items - 1) / items, longest / min_split_keys_);
@@ -102,11 +104,8 @@ void CpuFlashAttention::run(const KvPool& kv, int64_t layer, const AttentionBatc
       p.kv_heads * shared_blocks * block_floats * static_cast<int64_t>(sizeof(float)) <= kSharedMaxBytes) {
     const auto need = static_cast<size_t>(p.kv_heads * shared_blocks * block_floats);
     if (shared_keys_.size() < need) shared_keys_.resize(need);
-    int64_t widest = 0;
-    for (int64_t t = 0; t < batch.tokens; ++t)
-      if (batch.positions[t] > batch.positions[widest]) widest = t;
-    const int32_t* blocks = batch.block_tables + widest * batch.table_stride;
-    const int32_t open = open_rows_of(batch, widest);
+    const int32_t* blocks = batch.block_tables + last_token * batch.table_stride;
+    const int32_t open = open_rows_of(batch, last_token);
     float* base = shared_keys_.data();
     pool_.parallel_for(p.kv_heads * shared_blocks, [&](int64_t begin, int64_t end, int worker) {
       float* row = pool_.scratch(worker, kRowSlot, static_cast<size_t>(kd));

@@ -39,6 +39,10 @@ class FastCpuOps {
   // level; later calls on `w` read the copy. Returns whether one is held.
   bool prepare(const LinearWeight& w);
   int64_t repacked_bytes() const { return repacked_.bytes(); }
+  // The bytes prepare(w) would copy (0: none).
+  int64_t repack_bytes(const LinearWeight& w) const {
+    return supports(w) ? RepackedWeights::bytes_for(table_, w) : 0;
+  }
 
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y);
   // Both return false (doing nothing) when a weight has no fast kernel.

@@ -10,14 +10,20 @@
 
 namespace tandem {
 
-bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool) {
+int64_t RepackedWeights::bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {
   const TensorView& view = w.weight;
-  if (view.empty() || view.shape.rank != 2 || view.device.kind != DeviceKind::cpu || !w.scale_inv.empty())
-    return false;
+  if (view.empty() || view.shape.rank != 2 || view.device.kind != DeviceKind::cpu || !w.scale_inv.empty()) return 0;
   const auto kind = kernels::weight_kind_for(view.dtype);
-  if (!kind || !kernels::repackable(*kind) || !table.repacked[static_cast<int>(*kind)]) return false;
+  if (!kind || !table.repacked[static_cast<int>(*kind)]) return 0;
+  return kernels::repacked_bytes(*kind, w.out_features(), w.in_features());
+}
+
+bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool) {
+  const int64_t bytes = bytes_for(table, w);
+  if (bytes == 0) return false;
+  const TensorView& view = w.weight;
+  const auto kind = *kernels::weight_kind_for(view.dtype);
   const int64_t rows = w.out_features(), in = w.in_features();
-  if (in % 256 != 0 || rows <= 0) return false;
   const WeightFingerprint source = fingerprint_of(view);
   std::lock_guard lock(mutex_);
   if (auto it = copies_.find(view.data); it != copies_.end()) {
@@ -28,7 +34,7 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   Copy copy;
   copy.source = source;
   copy.nbytes = view.nbytes;
-  copy.bytes = kernels::repacked_bytes(*kind, rows, in);
+  copy.bytes = bytes;
   try {
     copy.storage =
         std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
@@ -46,7 +52,7 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   const auto row_stride = static_cast<int64_t>(view.row_stride_bytes());
   uint8_t* out = copy.strips;
   pool.parallel_for(strips, [&](int64_t begin, int64_t end, int) {
-    kernels::repack_strips(*kind, rows_data, row_stride, rows, in, begin, end, out);
+    kernels::repack_strips(kind, rows_data, row_stride, rows, in, begin, end, out);
   });
   bytes_ += copy.bytes;
   copies_.emplace(view.data, std::move(copy));

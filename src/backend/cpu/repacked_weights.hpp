@@ -25,6 +25,8 @@ class RepackedWeights {
   // Repacks `w` (its strips split over the pool) if the table has a repacked kernel for its type
   // and it is not held already; returns whether a copy is held now.
   bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool);
+  // The bytes add would copy for `w` with this table (0: it would not copy it).
+  static int64_t bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
   // The repacked strips of `w`, or nullptr.
   const uint8_t* find(const LinearWeight& w) const;
   int64_t bytes() const;

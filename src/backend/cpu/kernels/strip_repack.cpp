@@ -48,6 +48,7 @@ int64_t repacked_strip_bytes(WeightKind kind, int64_t in) noexcept {
 }
 
 int64_t repacked_bytes(WeightKind kind, int64_t rows, int64_t in) noexcept {
+  if (rows <= 0 || in <= 0 || in % 256 != 0) return 0;
   return (rows + kTileRows - 1) / kTileRows * repacked_strip_bytes(kind, in);
 }
 

@@ -27,7 +27,8 @@ constexpr int64_t kRepackedAlign = 64;
 
 // Whether `kind` has a repacked layout.
 bool repackable(WeightKind kind) noexcept;
-// Bytes of one strip, and of the whole repacked matrix of `rows` × `in`.
+// Bytes of one strip, and of the whole repacked matrix of `rows` × `in` (0: no repacked layout for
+// this type or shape).
 int64_t repacked_strip_bytes(WeightKind kind, int64_t in) noexcept;
 int64_t repacked_bytes(WeightKind kind, int64_t rows, int64_t in) noexcept;
 // Writes strips [strip_begin, strip_end) of the `rows` × `in` matrix whose row r is at
