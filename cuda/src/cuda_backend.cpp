@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string_view>
 #include <utility>
+#include <span>
 #include <vector>
 
 #include "tandem/backend/rope_tables.hpp"
@@ -854,6 +855,25 @@ class CudaBackend final : public Backend {
                              host + static_cast<size_t>(layer) * bytes, bytes);
     stream_.synchronize();
   }
+  // kv_block_from_host of each blocks[i] from hosts[i]: every (block, layer) copy in one batch, one wait
+  // (a prefix run of 500 blocks over 48 layers was 24,000 copy calls and 500 waits).
+  void kv_blocks_from_host(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
+    stream_.make_current();
+    const size_t bytes = layer_block_bytes(*kv_);
+    const size_t count = std::min(blocks.size(), hosts.size()) * kv_layers_.size();
+    copy_dsts_.clear();
+    copy_srcs_.clear();
+    copy_dsts_.reserve(count);
+    copy_srcs_.reserve(count);
+    for (size_t i = 0; i < blocks.size() && i < hosts.size(); ++i)
+      for (auto& [layer, buffer] : kv_layers_) {
+        copy_dsts_.push_back(static_cast<std::byte*>(buffer.data()) + static_cast<size_t>(blocks[i]) * bytes);
+        copy_srcs_.push_back(hosts[i] + static_cast<size_t>(layer) * bytes);
+      }
+    copy_sizes_.assign(copy_dsts_.size(), bytes);
+    stream_.copy_many_to_device(copy_dsts_.data(), copy_srcs_.data(), copy_sizes_.data(), copy_dsts_.size());
+    stream_.synchronize();
+  }
   class KvBlockTransfer final : public KvPool::BlockTransfer {
    public:
     explicit KvBlockTransfer(CudaBackend& backend) : backend_(backend) {}
@@ -861,6 +881,9 @@ class CudaBackend final : public Backend {
     void to_host(int32_t block, std::byte* host) override { backend_.kv_block_to_host(block, host); }
     void from_host(int32_t block, const std::byte* host) override {
       backend_.kv_block_from_host(block, host);
+    }
+    void from_host_many(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) override {
+      backend_.kv_blocks_from_host(blocks, hosts);
     }
 
    private:
@@ -872,6 +895,9 @@ class CudaBackend final : public Backend {
   bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
   cuda::BlasGemm blas_;
   cuda::MoeBlasHost moe_blas_host_;
+  std::vector<void*> copy_dsts_;  // kv_blocks_from_host's batch
+  std::vector<const void*> copy_srcs_;
+  std::vector<size_t> copy_sizes_;
   bool blas_enabled_ = true;
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1

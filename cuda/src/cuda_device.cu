@@ -151,6 +151,30 @@ void Stream::copy_to_device(void* device_dst, const void* host_src, size_t bytes
         "cudaMemcpyAsync(H2D)");
 }
 
+void Stream::copy_many_to_device(void* const* dsts, const void* const* srcs, const size_t* sizes, size_t count) {
+  if (count == 0) return;
+  const auto stream = static_cast<cudaStream_t>(stream_);
+  if (batch_copies_) {
+    cudaMemcpyAttributes attributes{};
+    attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    attributes.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t attribute_index = 0;
+    // The batch API takes non-const pointers to the arrays it only reads.
+    const cudaError_t status = cudaMemcpyBatchAsync(const_cast<void**>(dsts), const_cast<const void**>(srcs),
+                                                    const_cast<size_t*>(sizes), count, &attributes, &attribute_index,
+                                                    1, stream);
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotSupported && status != cudaErrorInvalidValue) check(status, "cudaMemcpyBatchAsync(H2D)");
+    (void)cudaGetLastError();
+    // A driver without batches: one by one from now on; a batch it declines (say, of pageable
+    // sources): one by one this time.
+    if (status == cudaErrorNotSupported) batch_copies_ = false;
+  }
+  for (size_t i = 0; i < count; ++i)
+    if (sizes[i] != 0)
+      check(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(H2D)");
+}
+
 void Stream::copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
   if (bytes == 0) return;
   check(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream_)),

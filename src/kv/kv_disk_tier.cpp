@@ -415,8 +415,11 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
   }
   for (Read& r : reads)
     if (r.fd >= 0) ::close(r.fd);
-  if (staged)
-    for (size_t i = 0; i < good; ++i) pool_.import_block(blocks[i], reads[i].staged.data());
+  if (staged && good > 0) {
+    std::vector<const std::byte*> sources(good);
+    for (size_t i = 0; i < good; ++i) sources[i] = reads[i].staged.data();
+    pool_.import_blocks(blocks.first(good), sources);
+  }
   stats_.loaded += static_cast<int64_t>(good);
   return good;
 }

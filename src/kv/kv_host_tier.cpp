@@ -66,6 +66,19 @@ bool KvHostTier::load(uint64_t key, int32_t block) {
   return true;
 }
 
+size_t KvHostTier::load_run(std::span<const uint64_t> keys, std::span<const int32_t> blocks) {
+  std::vector<const std::byte*> sources;
+  for (size_t i = 0; i < keys.size() && i < blocks.size(); ++i) {
+    const auto it = index_.find(keys[i]);
+    if (it == index_.end()) break;
+    sources.push_back(slot_data(it->second.slot));
+  }
+  pool_.import_blocks(blocks.first(sources.size()), sources);
+  for (size_t i = 0; i < sources.size(); ++i) touch(keys[i]);
+  stats_.loaded += static_cast<int64_t>(sources.size());
+  return sources.size();
+}
+
 void KvHostTier::clear() {
   for (const auto& [key, entry] : index_) free_slots_.push_back(entry.slot);
   index_.clear();

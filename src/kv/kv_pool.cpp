@@ -200,6 +200,20 @@ void KvPool::import_block(int32_t block, const std::byte* host) {
   for (const auto& transfer : transfers) transfer->from_host(block, host);
 }
 
+void KvPool::import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
+  if (blocks.size() != hosts.size())
+    throw Error(ErrorKind::internal, fmt::format("KV pool: {} blocks to import from {} host copies", blocks.size(),
+                                                 hosts.size()));
+  for (const int32_t block : blocks) check_block(block, "imported");
+  for (size_t i = 0; i < blocks.size(); ++i)
+    for (int64_t layer = 0; layer < spec_.layers; ++layer)
+      if (on_host(layer))
+        std::memcpy(plane_data(blocks[i], layer, 0), hosts[i] + static_cast<size_t>(layer) * block_layer_bytes_,
+                    block_layer_bytes_);
+  if (!has_device_layers() || blocks.empty()) return;
+  for (const auto& transfer : live_transfers()) transfer->from_host_many(blocks, hosts);
+}
+
 void KvPool::seal_block(int32_t block, int64_t layer, int64_t plane, const float* rows, int64_t tokens) {
   kv_channel_encode_block(rows, tokens, row_width_, spec_.block_tokens, plane_data(block, layer, plane));
 }

@@ -83,7 +83,7 @@ void PrefixCache::adopt_from(Tier tier, std::span<const uint64_t> keys, std::vec
     if (tier == Tier::disk) {
       good = disk_->load(keys.first(fresh.size()), fresh);
     } else {
-      while (good < fresh.size() && host_->load(keys[good], fresh[good])) ++good;
+      good = host_->load_run(keys.first(fresh.size()), fresh);
     }
   } catch (...) {
     for (const int32_t b : fresh) pool_.release_block(b);

@@ -156,6 +156,30 @@ TEST_CASE("KV pool: a block with device layers exports and imports bit-exactly",
   }
 }
 
+TEST_CASE("KV pool: import_blocks equals import_block of each, device layers included", "[kv][host]") {
+  DevicePool d(device_spec());
+  KvPool& pool = d.pool;
+  const int32_t a = pool.allocate_block(), b = pool.allocate_block(), c = pool.allocate_block(),
+                e = pool.allocate_block(), f = pool.allocate_block();
+  d.fill(a, 4);
+  d.fill(b, 7);
+  d.fill(f, 2);
+  const auto want_f = d.bytes(f);
+  std::vector<std::byte> host_a(pool.block_bytes()), host_b(pool.block_bytes());
+  pool.export_block(a, host_a.data());
+  pool.export_block(b, host_b.data());
+  const std::vector<int32_t> targets{c, e};
+  const std::vector<const std::byte*> sources{host_b.data(), host_a.data()};
+  pool.import_blocks(targets, sources);
+  CHECK(d.bytes(c) == d.bytes(b));
+  CHECK(d.bytes(e) == d.bytes(a));
+  CHECK(d.bytes(f) == want_f);
+  pool.import_blocks({}, {});  // nothing to do
+  CHECK_THROWS_AS(pool.import_blocks(targets, std::vector<const std::byte*>{host_a.data()}), Error);
+  const std::vector<int32_t> freed{c, 9};
+  CHECK_THROWS_AS(pool.import_blocks(freed, sources), Error);  // block 9 is not in use
+}
+
 TEST_CASE("KV pool: without device layers, export is the host planes as they are", "[kv][host]") {
   KvPoolSpec spec = device_spec();
   spec.device_layers.clear();

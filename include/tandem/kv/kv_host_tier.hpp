@@ -49,6 +49,9 @@ class KvHostTier {
   void store(uint64_t key, int32_t block, std::span<const uint64_t> keep = {});
   // Copies the block under `key` into pool block `block` (in use); false when the key is not here.
   bool load(uint64_t key, int32_t block);
+  // load of keys[i] into blocks[i] for the leading keys that are here, their copies issued together
+  // (KvPool::import_blocks); returns how many were loaded.
+  size_t load_run(std::span<const uint64_t> keys, std::span<const int32_t> blocks);
   // Marks `key` most recently used (when here), so the next stores drop others first.
   void touch(uint64_t key);
   void clear();  // drops every block

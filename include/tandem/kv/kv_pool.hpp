@@ -119,12 +119,20 @@ class KvPool {
     // (from it, for from_host), and returns once the copy is complete.
     virtual void to_host(int32_t block, std::byte* host) = 0;
     virtual void from_host(int32_t block, const std::byte* host) = 0;
+    // from_host for several blocks (blocks[i] from hosts[i]), once complete for all: a transfer that
+    // can issue the copies together (a GPU's one batch and one wait) overrides it.
+    virtual void from_host_many(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
+      for (size_t i = 0; i < blocks.size() && i < hosts.size(); ++i) from_host(blocks[i], hosts[i]);
+    }
   };
   void add_block_transfer(std::weak_ptr<BlockTransfer> transfer);
   // Copies block `block` (in use) out to `host` (block_bytes()) / in from it: host layers by
   // memcpy, device layers through their transfer.
   void export_block(int32_t block, std::byte* host) const;
   void import_block(int32_t block, const std::byte* host);
+  // import_block of blocks[i] from hosts[i] for every i (equal sizes), the device layers' copies issued
+  // together (a prefix run coming back from a tier: one wait, not one per block).
+  void import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts);
 
   // One plane of one block (its whole per-token rows, or a per-channel block).
   std::byte* plane_data(int32_t block, int64_t layer, int64_t plane) {

@@ -87,6 +87,10 @@ class Stream {
   void copy_to_host(void* host_dst, const void* device_src, size_t bytes);
   // D2H without waiting: the host bytes are filled once the stream passes the copy.
   void copy_to_host_async(void* host_dst, const void* device_src, size_t bytes);
+  // `count` H2D copies (dsts[i] ← srcs[i], sizes[i] bytes) in one call where the driver takes a batch
+  // (cudaMemcpyBatchAsync), else one cudaMemcpyAsync each; no order among them, all after the work
+  // before them on this stream. Without waiting: pinned sources must stay put until the stream passes.
+  void copy_many_to_device(void* const* dsts, const void* const* srcs, const size_t* sizes, size_t count);
   void copy_on_device(void* device_dst, const void* device_src, size_t bytes);
   void zero(void* device_dst, size_t bytes);
   void* native() const { return stream_; }  // cudaStream_t
@@ -101,6 +105,7 @@ class Stream {
   void* stream_ = nullptr;
   int device_ = 0;
   bool dependent_launch_ = false;
+  bool batch_copies_ = true;  // until cudaMemcpyBatchAsync says the driver has none
 };
 
 // Work recorded from a stream (a CUDA graph, instantiated) and launched again as one unit. Recording
