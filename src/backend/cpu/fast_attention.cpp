@@ -26,6 +26,8 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 // reads them) when at least this many items of a head read them and the buffer stays under the cap.
 constexpr int64_t kSharedMinTokenBlocks = 4;
 constexpr int64_t kSharedMaxBytes = int64_t{256} << 20;
+// What of that buffer stays allocated between calls (a long prompt's larger one is let go after it).
+constexpr int64_t kSharedKeepBytes = int64_t{32} << 20;
 
 }  // namespace
 
@@ -200,6 +202,7 @@ void CpuFlashAttention::run(const KvPool& kv, int64_t layer, const AttentionBatc
       }
     }
   });
+  if (shared_keys_.capacity() * sizeof(float) > static_cast<size_t>(kSharedKeepBytes)) std::vector<float>().swap(shared_keys_);
   if (splits == 1) return;
 
   // Merge each item's split states: out = Σ_s e^(m_s − m) acc_s / Σ_s e^(m_s − m) sum_s, m = max_s m_s.
