@@ -310,6 +310,10 @@ void register_all() {
       benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)
           ->ArgsProduct({{256}, tokens})
           ->ArgNames({"rows", "tokens"});
+      if (on_repacked)  // a prefill MoE expert's size class, its rows coming from DRAM (18 MB)
+        benchmark::RegisterBenchmark(name.c_str(), bench_tile, type, variant)
+            ->ArgsProduct({{16384}, {32}})
+            ->ArgNames({"rows", "tokens"});
     }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
     for (bool repack : {false, true}) {
