@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One GPU-machine call for this stop's open questions: build; test_cuda (the KV tiers' batched import
+# included), then again with programmatic dependent launch on; the 48-layer TTFT from the host and
+# SSD tiers (bench kv, all-GPU); the 48-layer all-GPU decode with PDL off/on; per-op tables of an
+# 8-layer CPU pp512 at 16 threads (TANDEM_PROFILE_OPS=1) with AVX-512 and AMX and the MoE layer at
+# 512 and 4096 tokens with both. STEPS picks (default all): test pdltest kv pdl profile experts.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export LD_LIBRARY_PATH=/tmp/tandem-deps/usr/lib/x86_64-linux-gnu
+steps=" ${STEPS:-test pdltest kv pdl profile experts} "
+has() { [[ "$steps" == *" $1 "* ]]; }
+t0=$SECONDS
+lscpu | grep -E 'Model name|^CPU\(s\)'; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+TANDEM_DEVICE_TARGETS="${TARGETS:-test_cuda tandem_cli}" TANDEM_DEVICE_CTEST=0 \
+  bash scripts/device-build.sh build-gpu > $OUT/build.log 2>&1 || { tail -40 $OUT/build.log; exit 1; }
+echo "== built $((SECONDS-t0))s"
+t=build-gpu/bin/tandem
+if has test; then
+  timeout 200 build-gpu/bin/test_cuda > $OUT/test_cuda.log 2>&1; echo "test_cuda rc=$? $((SECONDS-t0))s"
+  tail -3 $OUT/test_cuda.log; grep -B3 -A8 "FAILED" $OUT/test_cuda.log | head -40
+fi
+if has pdltest; then
+  TANDEM_CUDA_PDL=1 timeout 200 build-gpu/bin/test_cuda > $OUT/test_cuda_pdl.log 2>&1
+  echo "test_cuda PDL rc=$? $((SECONDS-t0))s"; tail -3 $OUT/test_cuda_pdl.log
+fi
+f48=/tmp/q3-48l.gguf
+if has kv || has pdl; then [ -f $f48 ] || $t synth --preset qwen3-30b-a3b --quant q4_k_m -o $f48 > /dev/null; fi
+if has kv; then
+  mkdir -p /tmp/kvdisk
+  echo "== kv: $(timeout 240 $t bench kv -m $f48 --placement '*=cuda:0' --prompt-tokens 8192 --cached-tokens 7936 -t 16 --kv-disk /tmp/kvdisk --json 2>&1 | tail -1)"
+  echo "== kv done $((SECONDS-t0))s"
+fi
+if has pdl; then for pdl in 0 1 0 1; do
+  echo "== 48L all-GPU PDL=$pdl: $(TANDEM_CUDA_PDL=$pdl $t bench model -m $f48 -p 512 -n 64 -r 2 -t 16 --spread-tokens 0 --placement '*=cuda:0' --json 2>&1 | tail -1 | cut -c1-300)"
+done; fi
+f=/tmp/q3-8l.gguf
+if has profile; then
+  [ -f $f ] || $t synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o $f > /dev/null
+  for isa in avx512 amx; do
+    TANDEM_PROFILE_OPS=1 TANDEM_CPU_ISA=$isa $t bench model -m $f -p 512 -n 1 -r 1 -t 16 --spread-tokens 0 \
+      --placement '*=cpu' > $OUT/profile-$isa.log 2>&1
+    echo "== profile $isa $((SECONDS-t0))s"; head -14 $OUT/profile-$isa.log | cut -c1-130; grep pp512 $OUT/profile-$isa.log
+  done
+fi
+if has experts; then for b in 512 4096; do for isa in avx512 amx; do
+  echo "== experts b$b $isa: $(TANDEM_CPU_ISA=$isa $t bench experts --preset qwen3-30b-a3b --batch $b -t 16 --seconds 2 --stream-mib 512 --json 2>&1 | tail -1)"
+done; done; fi
+echo "== all done $((SECONDS-t0))s"
