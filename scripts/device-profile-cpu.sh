@@ -3,7 +3,8 @@
 # included), then again with programmatic dependent launch on; the 48-layer TTFT from the host and
 # SSD tiers (bench kv, all-GPU); the 48-layer all-GPU decode with PDL off/on; per-op tables of an
 # 8-layer CPU pp512 at 16 threads (TANDEM_PROFILE_OPS=1) with AVX-512 and AMX and the MoE layer at
-# 512 and 4096 tokens with both. STEPS picks (default all): test pdltest kv pdl profile experts.
+# 512 and 4096 tokens with both, and (scaling) at 512 tokens on 1, 4, 8 and 16 threads.
+# STEPS picks (default all but scaling): test pdltest kv pdl profile experts scaling.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/tmp/tandem-deps/usr/lib/x86_64-linux-gnu
@@ -44,5 +45,8 @@ if has profile; then
 fi
 if has experts; then for b in 512 4096; do for isa in avx512 amx; do
   echo "== experts b$b $isa: $(TANDEM_CPU_ISA=$isa $t bench experts --preset qwen3-30b-a3b --batch $b -t 16 --seconds 2 --stream-mib 512 --json 2>&1 | tail -1)"
+done; done; fi
+if has scaling; then for th in 1 4 8 16; do for isa in avx512 amx; do
+  echo "== experts b512 -t $th $isa: $(TANDEM_CPU_ISA=$isa $t bench experts --preset qwen3-30b-a3b --batch 512 -t $th --seconds 2 --stream-mib 256 --json 2>&1 | tail -1 | grep -o '"tflops[^,]*')"
 done; done; fi
 echo "== all done $((SECONDS-t0))s"
