@@ -4,7 +4,9 @@
 # SSD tiers (bench kv, all-GPU); the 48-layer all-GPU decode with PDL off/on; per-op tables of an
 # 8-layer CPU pp512 at 16 threads (TANDEM_PROFILE_OPS=1) with AVX-512 and AMX and the MoE layer at
 # 512 and 4096 tokens with both, and (scaling) at 512 tokens on 1, 4, 8 and 16 threads.
-# STEPS picks (default all but scaling): test pdltest kv pdl profile experts scaling.
+# STEPS picks (default all but scaling and int8): test pdltest kv pdl profile experts scaling int8
+# (int8: the [amx] kernel tests and the Q4_K tile kernels alone, the int8 strips among them; needs
+# TARGETS to name test_engine and bench_cpu_kernels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/tmp/tandem-deps/usr/lib/x86_64-linux-gnu
@@ -16,6 +18,12 @@ TANDEM_DEVICE_TARGETS="${TARGETS:-test_cuda tandem_cli}" TANDEM_DEVICE_CTEST=0 \
   bash scripts/device-build.sh build-gpu > $OUT/build.log 2>&1 || { tail -40 $OUT/build.log; exit 1; }
 echo "== built $((SECONDS-t0))s"
 t=build-gpu/bin/tandem
+if has int8; then
+  build-gpu/bin/test_engine "[amx]" 2>&1 | grep -E "SKIPPED|FAILED|passed|failed" | head
+  build-gpu/bin/bench_cpu_kernels --benchmark_filter='tile/q[46]_k/(avx512_repacked|amx_repacked|amx_int8|avx512|amx)/' \
+    --benchmark_min_time=0.2 2>&1 | grep tile/ | awk '{print $1, $NF}'
+  echo "== int8 done $((SECONDS-t0))s"
+fi
 if has test; then
   timeout 200 build-gpu/bin/test_cuda > $OUT/test_cuda.log 2>&1; echo "test_cuda rc=$? $((SECONDS-t0))s"
   tail -3 $OUT/test_cuda.log; grep -B3 -A8 "FAILED" $OUT/test_cuda.log | head -40
