@@ -22,6 +22,12 @@ if has int8; then
   build-gpu/bin/test_engine "[amx]" 2>&1 | grep -E "SKIPPED|FAILED|passed|failed" | head
   build-gpu/bin/bench_cpu_kernels --benchmark_filter='tile/q[46]_k/(avx512_repacked|amx_repacked|amx_int8|avx512|amx)/' \
     --benchmark_min_time=0.2 2>&1 | grep tile/ | awk '{print $1, $NF}'
+  f=/tmp/q3-8l.gguf; [ -f $f ] || $t synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o $f > /dev/null
+  for r in 1 2; do for cfg in "avx512 0" "amx 0" "amx 1"; do set -- $cfg
+    echo "== pp512 isa=$1 int8=$2: $(TANDEM_CPU_ISA=$1 TANDEM_CPU_INT8=$2 $t bench model -m $f -p 512 -n 16 -r 2 -t 16 \
+      --spread-tokens 0 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"(prefill|decode)_tok_s[a-z_]*": [0-9.]+' | tr '\n' ' ')"
+  done; done
+  for b in 512 4096; do echo "== experts b$b amx int8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=1 $t bench experts --preset qwen3-30b-a3b --batch $b -t 16 --seconds 2 --stream-mib 256 --json 2>&1 | tail -1 | grep -o '"tflops[^,]*')"; done
   echo "== int8 done $((SECONDS-t0))s"
 fi
 if has test; then
