@@ -27,6 +27,9 @@ if has int8; then
     echo "== pp512 isa=$1 int8=$2: $(TANDEM_CPU_ISA=$1 TANDEM_CPU_INT8=$2 $t bench model -m $f -p 512 -n 16 -r 2 -t 16 \
       --spread-tokens 0 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"(prefill|decode)_tok_s[a-z_]*": [0-9.]+' | tr '\n' ' ')"
   done; done
+  m=tests/data/trained-qwen3moe/qwen3moe-q4_k_m.gguf
+  for i8 in 0 1; do echo "== ppl trained q4_k_m amx int8=$i8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=$i8 $t perplexity -m $m \
+    -f tests/data/trained-qwen3moe/eval-dev-head.txt -c 512 -t 16 --placement '*=cpu' --json 2>&1 | tail -1)"; done
   for b in 512 4096; do echo "== experts b$b amx int8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=1 $t bench experts --preset qwen3-30b-a3b --batch $b -t 16 --seconds 2 --stream-mib 256 --json 2>&1 | tail -1 | grep -o '"tflops[^,]*')"; done
   echo "== int8 done $((SECONDS-t0))s"
 fi
