@@ -34,7 +34,7 @@ int64_t RepackedWeights::int8_bytes_for(const kernels::KernelTable& table, const
 
 template <class Fill>
 void RepackedWeights::add_copy(Copies& copies, const LinearWeight& w, int64_t bytes, ThreadPool& pool,
-                               const Fill& fill) {
+                               const char* what, const Fill& fill) {
   const TensorView& view = w.weight;
   const int64_t rows = w.out_features(), in = w.in_features();
   const WeightFingerprint source = fingerprint_of(view);
@@ -53,9 +53,8 @@ void RepackedWeights::add_copy(Copies& copies, const LinearWeight& w, int64_t by
         std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(copy.bytes + kernels::kRepackedAlign));
   } catch (const std::bad_alloc&) {
     throw Error(ErrorKind::out_of_memory,
-                fmt::format("cannot allocate {} bytes of host memory for a repacked copy of a {}×{} weight "
-                            "(TANDEM_CPU_REPACK=0 keeps the weights in place)",
-                            copy.bytes, rows, in));
+                fmt::format("cannot allocate {} bytes of host memory for {} of a {}×{} weight", copy.bytes, what,
+                            rows, in));
   }
   const auto address = reinterpret_cast<uintptr_t>(copy.storage.get());
   copy.strips = copy.storage.get() +
@@ -75,13 +74,15 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   bool held = false;
   if (const int64_t bytes = bytes_for(table, w) - int8_bytes_for(table, w); bytes > 0) {
     const auto kind = *kernels::weight_kind_for(view.dtype);
-    add_copy(copies_, w, bytes, pool, [&](int64_t begin, int64_t end, uint8_t* out) {
+    add_copy(copies_, w, bytes, pool, "a repacked copy (TANDEM_CPU_REPACK=0 keeps the weights in place)",
+             [&](int64_t begin, int64_t end, uint8_t* out) {
       kernels::repack_strips(kind, rows_data, row_stride, rows, in, begin, end, out);
     });
     held = true;
   }
   if (const int64_t bytes = int8 ? int8_bytes_for(table, w) : 0; bytes > 0) {
-    add_copy(int8_copies_, w, bytes, pool, [&](int64_t begin, int64_t end, uint8_t* out) {
+    add_copy(int8_copies_, w, bytes, pool, "an int8 copy (TANDEM_CPU_INT8=0 makes none)",
+             [&](int64_t begin, int64_t end, uint8_t* out) {
       kernels::requantise_int8_strips(view.dtype, rows_data, row_stride, rows, in, begin, end, out);
     });
     held = true;

@@ -43,9 +43,11 @@ class RepackedWeights {
     int64_t bytes = 0;
   };
   using Copies = std::map<const void*, Copy>;
-  // Makes (or keeps) copies[w]: `bytes` filled strip by strip by fill(begin, end, out) over the pool.
+  // Makes (or keeps) copies[w]: `bytes` filled strip by strip by fill(begin, end, out) over the pool;
+  // `what` names the copy and the switch that avoids it in an allocation failure's message.
   template <class Fill>
-  void add_copy(Copies& copies, const LinearWeight& w, int64_t bytes, ThreadPool& pool, const Fill& fill);
+  void add_copy(Copies& copies, const LinearWeight& w, int64_t bytes, ThreadPool& pool, const char* what,
+                const Fill& fill);
   const uint8_t* find_in(const Copies& copies, const LinearWeight& w) const;
   static int64_t int8_bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
 
