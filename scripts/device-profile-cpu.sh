@@ -25,11 +25,11 @@ if has int8q; then  # the int8 strips in brief: real-tile test, kernels alone, p
   f=/tmp/q3-8l.gguf; [ -f $f ] || $t synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o $f > /dev/null
   for cfg in "avx512 0" "amx 1" "amx 0" "amx 1"; do set -- $cfg
     echo "== pp512 isa=$1 int8=$2: $(TANDEM_CPU_ISA=$1 TANDEM_CPU_INT8=$2 timeout 60 $t bench model -m $f -p 512 -n 4 -r 2 -t 16 \
-      --spread-tokens 0 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"prefill_tok_s[a-z_]*": [0-9.]+' | tr '\n' ' ')"
+      --spread-tokens 0 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"prefill_tok_s[a-z_]*": ?[0-9.]+' | tr '\n' ' ')"
   done
   m=tests/data/trained-qwen3moe/qwen3moe-q4_k_m.gguf
   for i8 in 0 1; do echo "== ppl amx int8=$i8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=$i8 $t perplexity -m $m \
-    -f tests/data/trained-qwen3moe/eval-dev-head.txt -c 512 -t 16 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"ppl": [0-9.]+')"; done
+    -f tests/data/trained-qwen3moe/eval-dev-head.txt -c 512 -t 16 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"ppl": ?[0-9.]+')"; done
   echo "== int8q done $((SECONDS-t0))s"
 fi
 if has int8; then
