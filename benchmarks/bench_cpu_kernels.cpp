@@ -15,6 +15,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/attention_block.hpp"
+#include "backend/cpu/kernels/int8_strips.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "backend/cpu/kernels/strip_repack.hpp"
@@ -133,6 +134,32 @@ void bench_tile(benchmark::State& state, DType type, Variant variant) {
     for (int64_t o = 0; o < rows; o += 16)
       matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, tokens, o, std::min<int64_t>(rows, o + 16), nullptr,
                   y.data() + o, rows, workspace.data(), repacked);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn * tokens),
+                                               benchmark::Counter::kIsRate);
+}
+
+// The int8 strips (int8_strips.hpp) on AMX: `rows` × 2048 of `type` requantised once, then the
+// int8 kernel strip by strip over `tokens` (a multiple of 16) activation rows.
+void bench_int8(benchmark::State& state, DType type) {
+  if (!isa_level_supported(IsaLevel::amx)) {
+    state.SkipWithError("this CPU lacks the ISA level");
+    return;
+  }
+  const KernelTable table = make_kernel_table(IsaLevel::amx);
+  const int64_t rows = state.range(0), tokens = state.range(1);
+  MatmulCase c(type, rows, tokens);
+  const int64_t strips = (rows + kTileRows - 1) / kTileRows, strip_bytes = int8_strip_bytes(kIn);
+  std::vector<uint8_t> storage(static_cast<size_t>(int8_strips_bytes(type, rows, kIn) + 64));
+  uint8_t* copy = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  requantise_int8_strips(type, c.w.data(), static_cast<int64_t>(c.weight.weight.row_stride_bytes()), rows, kIn, 0,
+                         strips, copy);
+  std::vector<float> y(static_cast<size_t>(rows * tokens));
+  for (auto _ : state) {
+    for (int64_t st = 0; st < strips; ++st)
+      table.int8_wide(copy + st * strip_bytes, static_cast<int>(std::min<int64_t>(kTileRows, rows - st * kTileRows)),
+                      c.q.data(), c.stride, tokens, kIn, y.data() + st * kTileRows, rows, table.prefetch_bytes);
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn * tokens),
@@ -315,6 +342,13 @@ void register_all() {
             ->ArgsProduct({{16384}, {32}})
             ->ArgNames({"rows", "tokens"});
     }
+  for (DType type : {DType::q4_k, DType::q6_k}) {
+    const std::string name = std::string("tile/") + std::string(dtype_name(type)) + "/amx_int8";
+    benchmark::RegisterBenchmark(name.c_str(), bench_int8, type)
+        ->ArgsProduct({{256}, {16, 32, 64, 256}})
+        ->ArgNames({"rows", "tokens"});
+    benchmark::RegisterBenchmark(name.c_str(), bench_int8, type)->ArgsProduct({{16384}, {32}})->ArgNames({"rows", "tokens"});
+  }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k})
     for (bool repack : {false, true}) {
       if (repack && !repackable(*weight_kind_for(type))) continue;

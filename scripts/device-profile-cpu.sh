@@ -4,7 +4,9 @@
 # SSD tiers (bench kv, all-GPU); the 48-layer all-GPU decode with PDL off/on; per-op tables of an
 # 8-layer CPU pp512 at 16 threads (TANDEM_PROFILE_OPS=1) with AVX-512 and AMX and the MoE layer at
 # 512 and 4096 tokens with both, and (scaling) at 512 tokens on 1, 4, 8 and 16 threads.
-# STEPS picks (default all but scaling): test pdltest kv pdl profile experts scaling.
+# STEPS picks (default all but scaling and int8): test pdltest kv pdl profile experts scaling int8 int8q
+# (int8: the [amx] kernel tests and the Q4_K tile kernels alone, the int8 strips among them; needs
+# TARGETS to name test_engine and bench_cpu_kernels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/tmp/tandem-deps/usr/lib/x86_64-linux-gnu
@@ -16,6 +18,35 @@ TANDEM_DEVICE_TARGETS="${TARGETS:-test_cuda tandem_cli}" TANDEM_DEVICE_CTEST=0 \
   bash scripts/device-build.sh build-gpu > $OUT/build.log 2>&1 || { tail -40 $OUT/build.log; exit 1; }
 echo "== built $((SECONDS-t0))s"
 t=build-gpu/bin/tandem
+if has int8q; then  # the int8 strips in brief: real-tile test, kernels alone, pp512 with and without, perplexity
+  build-gpu/bin/test_engine "[amx]" 2>&1 | grep -E "SKIPPED|FAILED|passed|failed" | head -5
+  build-gpu/bin/bench_cpu_kernels --benchmark_filter='tile/q4_k/(avx512_repacked|amx_repacked|amx_int8)/rows:(256/tokens:(32|256)|16384)' \
+    --benchmark_min_time=0.1 2>&1 | grep tile/ | awk '{print $1, $NF}'
+  f=/tmp/q3-8l.gguf; [ -f $f ] || $t synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o $f > /dev/null
+  for cfg in "avx512 0" "amx 1" "amx 0" "amx 1"; do set -- $cfg
+    echo "== pp512 isa=$1 int8=$2: $(TANDEM_CPU_ISA=$1 TANDEM_CPU_INT8=$2 timeout 60 $t bench model -m $f -p 512 -n 4 -r 2 -t 16 \
+      --spread-tokens 0 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"prefill_tok_s[a-z_]*": ?[0-9.]+' | tr '\n' ' ')"
+  done
+  m=tests/data/trained-qwen3moe/qwen3moe-q4_k_m.gguf
+  for i8 in 0 1; do echo "== ppl amx int8=$i8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=$i8 $t perplexity -m $m \
+    -f tests/data/trained-qwen3moe/eval-dev-head.txt -c 512 -t 16 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"ppl": ?[0-9.]+')"; done
+  echo "== int8q done $((SECONDS-t0))s"
+fi
+if has int8; then
+  build-gpu/bin/test_engine "[amx]" 2>&1 | grep -E "SKIPPED|FAILED|passed|failed" | head
+  build-gpu/bin/bench_cpu_kernels --benchmark_filter='tile/q[46]_k/(avx512_repacked|amx_repacked|amx_int8|avx512|amx)/' \
+    --benchmark_min_time=0.2 2>&1 | grep tile/ | awk '{print $1, $NF}'
+  f=/tmp/q3-8l.gguf; [ -f $f ] || $t synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o $f > /dev/null
+  for r in 1 2; do for cfg in "avx512 0" "amx 0" "amx 1"; do set -- $cfg
+    echo "== pp512 isa=$1 int8=$2: $(TANDEM_CPU_ISA=$1 TANDEM_CPU_INT8=$2 $t bench model -m $f -p 512 -n 16 -r 2 -t 16 \
+      --spread-tokens 0 --placement '*=cpu' --json 2>&1 | tail -1 | grep -oE '"(prefill|decode)_tok_s[a-z_]*": [0-9.]+' | tr '\n' ' ')"
+  done; done
+  m=tests/data/trained-qwen3moe/qwen3moe-q4_k_m.gguf
+  for i8 in 0 1; do echo "== ppl trained q4_k_m amx int8=$i8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=$i8 $t perplexity -m $m \
+    -f tests/data/trained-qwen3moe/eval-dev-head.txt -c 512 -t 16 --placement '*=cpu' --json 2>&1 | tail -1)"; done
+  for b in 512 4096; do echo "== experts b$b amx int8: $(TANDEM_CPU_ISA=amx TANDEM_CPU_INT8=1 $t bench experts --preset qwen3-30b-a3b --batch $b -t 16 --seconds 2 --stream-mib 256 --json 2>&1 | tail -1 | grep -o '"tflops[^,]*')"; done
+  echo "== int8 done $((SECONDS-t0))s"
+fi
 if has test; then
   timeout 200 build-gpu/bin/test_cuda > $OUT/test_cuda.log 2>&1; echo "test_cuda rc=$? $((SECONDS-t0))s"
   tail -3 $OUT/test_cuda.log; grep -B3 -A8 "FAILED" $OUT/test_cuda.log | head -40

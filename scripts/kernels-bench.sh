@@ -16,7 +16,7 @@ grep -o -m1 -w amx_tile /proc/cpuinfo || echo "no amx_tile flag in /proc/cpuinfo
 "$build/bin/test_engine" "[amx]" -s 2>&1 | grep -E "SKIPPED|FAILED|passed|failed" | head -20
 "$build/bin/test_engine" "[kernels]" | tail -3
 if [ -x "$build/bin/bench_cpu_kernels" ]; then
-  "$build/bin/bench_cpu_kernels" --benchmark_filter='tile/q[456]_k/(avx512_dot|avx512|amx|avx512_repacked|amx_repacked)/' --benchmark_min_time=0.2 2>&1 | grep tile/
+  "$build/bin/bench_cpu_kernels" --benchmark_filter='tile/q[456]_k/(avx512_dot|avx512|amx|avx512_repacked|amx_repacked|amx_int8)/' --benchmark_min_time=0.2 2>&1 | grep tile/
 fi
 synth=/tmp/kernels-q3-8l.gguf
 [ -f "$synth" ] || "$tandem" synth --preset qwen3-30b-a3b --layers 8 --quant q4_k_m -o "$synth"

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/int8_strips.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/matmul_tile.hpp"
 #include "backend/cpu/kernels/strip_repack.hpp"
@@ -309,6 +310,102 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
                     2e-6 * magnitude + 1e-6);
             }
             for (int64_t o = rows - o0; o < y_stride; ++o) CHECK(y[static_cast<size_t>(t * y_stride + o)] == -99.0f);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("int8 strips: requantised within half a step; the AMX kernel (emulated, and the hardware) gives the "
+          "reference's bits",
+          "[engine][kernels][amx]") {
+  if (!isa_level_supported(IsaLevel::avx512)) {
+    WARN("SKIPPED: this CPU lacks avx512: the int8 tile kernels are not tested here");
+    return;
+  }
+  struct Table {
+    const char* name;
+    KernelTable table;
+  };
+  std::vector<Table> tables{{"emulated amx", make_emulated_amx_table()}};
+  if (isa_level_supported(IsaLevel::amx))
+    tables.push_back({"amx", make_kernel_table(IsaLevel::amx)});
+  else
+    WARN("SKIPPED: this CPU (or OS) lacks AMX-INT8: the hardware int8 kernel is not tested here");
+  for (const Table& tb : tables) REQUIRE(tb.table.int8_wide != nullptr);
+  CHECK(make_kernel_table(IsaLevel::avx512).int8_wide == nullptr);
+  CHECK_FALSE(int8_requantisable(DType::q4_k, 300));  // not whole 256-value blocks
+  CHECK(int8_strips_bytes(DType::q4_k, 37, 300) == 0);
+  CHECK(int8_strips_bytes(DType::q4_k, 37, 512) == 3 * 2 * kInt8BlockBytes);
+
+  std::mt19937 rng(11);
+  const KernelTable scalar = make_kernel_table(IsaLevel::scalar);
+  for (DType type : {DType::q4_k, DType::q6_k, DType::q5_k, DType::q8_0, DType::bf16}) {
+    for (const int64_t in : {int64_t{256}, int64_t{768}}) {
+      const int64_t rows = 37;  // two whole strips and a partial one
+      const Case c(type, rows, in, rng);
+      const int64_t strips = (rows + kTileRows - 1) / kTileRows, strip_bytes = int8_strip_bytes(in);
+      std::vector<uint8_t> storage(static_cast<size_t>(int8_strips_bytes(type, rows, in) + 64));
+      uint8_t* copy = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+      requantise_int8_strips(type, static_cast<const uint8_t*>(c.weight.weight.data),
+                             static_cast<int64_t>(c.weight.weight.row_stride_bytes()), rows, in, 0, strips, copy);
+      // Each value within half a step of its stored value; the step is max|w| / 127 of its block.
+      const auto code_of = [&](int64_t r, int64_t i) {
+        const uint8_t* blk = copy + r / kTileRows * strip_bytes + i / 256 * kInt8BlockBytes;
+        const int64_t v = i % 256;
+        return static_cast<int8_t>(blk[1024 * (v / 64) + 64 * (v % 64 / 4) + 4 * (r % kTileRows) + v % 4]);
+      };
+      const auto scale_of = [&](int64_t r, int64_t b) {
+        float s;
+        std::memcpy(&s, copy + r / kTileRows * strip_bytes + b * kInt8BlockBytes + kInt8Scales + 4 * (r % kTileRows), 4);
+        return s;
+      };
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < in / 256; ++b) {
+          float amax = 0;
+          for (int64_t i = b * 256; i < (b + 1) * 256; ++i) amax = std::max(amax, std::fabs(c.w_row(r)[i]));
+          const float s = scale_of(r, b);
+          REQUIRE(s == amax / 127.0f);
+          for (int64_t i = b * 256; i < (b + 1) * 256; ++i) {
+            INFO(dtype_name(type) << " row " << r << " value " << i);
+            CHECK(std::fabs(c.w_row(r)[i] - s * code_of(r, i)) <= 0.5f * s * 1.0001f + 1e-12f);
+          }
+        }
+      // The partial strip's missing rows are zeros.
+      for (int64_t r = rows; r < strips * kTileRows; ++r) CHECK(scale_of(r, 0) == 0.0f);
+
+      for (const int64_t tokens : {int64_t{16}, int64_t{32}, int64_t{48}, int64_t{80}}) {
+        const auto x = random_activations(tokens, in, rng);
+        const int64_t stride = act_row_bytes(ActFormat::q8k, in);
+        std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
+        quantize_rows(scalar, ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
+        const int64_t y_stride = 21;
+        for (int64_t st = 0; st < strips; ++st) {
+          const int n = static_cast<int>(std::min<int64_t>(kTileRows, rows - st * kTileRows));
+          std::vector<float> want(static_cast<size_t>(tokens * y_stride), -7.0f);
+          int8_strip_reference(copy + st * strip_bytes, n, q.data(), stride, tokens, in, want.data(), y_stride);
+          for (const Table& tb : tables) {
+            std::vector<float> y(static_cast<size_t>(tokens * y_stride), -7.0f);
+            tb.table.int8_wide(copy + st * strip_bytes, n, q.data(), stride, tokens, in, y.data(), y_stride, 4096);
+            INFO(tb.name << " " << dtype_name(type) << " in=" << in << " tokens=" << tokens << " strip=" << st);
+            CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0);  // untouched columns too
+          }
+          // The reference against the stored weights on the quantised activations: the requantisation
+          // moves each product by at most |x̂|·s/2.
+          for (int64_t t = 0; t < tokens; ++t) {
+            const auto xh = dequantised_activations(ActFormat::q8k, q.data() + t * stride, in);
+            for (int r = 0; r < n; ++r) {
+              const int64_t row = st * kTileRows + r;
+              double exact = 0, bound = 0, magnitude = 0;
+              for (int64_t i = 0; i < in; ++i) {
+                exact += double(c.w_row(row)[i]) * xh[static_cast<size_t>(i)];
+                bound += std::fabs(xh[static_cast<size_t>(i)]) * 0.5 * scale_of(row, i / 256);
+                magnitude += std::fabs(double(c.w_row(row)[i]) * xh[static_cast<size_t>(i)]);
+              }
+              INFO(dtype_name(type) << " in=" << in << " t=" << t << " row=" << row);
+              CHECK(std::fabs(want[static_cast<size_t>(t * y_stride + r)] - exact) <= bound * 1.0001 + 2e-6 * magnitude + 1e-6);
+            }
           }
         }
       }

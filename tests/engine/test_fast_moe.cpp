@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "backend/cpu/fast_ops.hpp"
+#include "backend/cpu/kernels/int8_strips.hpp"
+#include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/partitioned_items.hpp"
 #include "support/random_experts.hpp"
 #include "tandem/backend/thread_pool.hpp"
@@ -170,4 +172,47 @@ TEST_CASE("PartitionedItems: every item taken exactly once, owners first, thieve
       for (const auto& n : taken) CHECK(n.load() == 1);
     }
   }
+}
+
+TEST_CASE("fast MoE on int8 strips (TANDEM_CPU_INT8=1, emulated AMX): whole 16-row runs read them, within the "
+          "requantisation's error of the strips as stored",
+          "[engine][kernels][moe][amx]") {
+  if (!kernels::isa_level_supported(kernels::IsaLevel::avx512)) {
+    WARN("SKIPPED: this CPU lacks avx512: the emulated AMX kernels are not tested here");
+    return;
+  }
+  std::mt19937 rng(3);
+  const int64_t count = 4, hidden = 512, inter = 256, tokens = 40, top_k = 2;
+  const test::RandomExperts experts(count, hidden, inter, DType::q4_k, DType::q6_k, rng);
+  const Routing routing = random_routing(tokens, top_k, count, /*skewed=*/true, rng);
+  const std::vector<float> x = random_rows(tokens, hidden, rng);
+  const kernels::KernelTable table = kernels::make_emulated_amx_table();
+  const auto run = [&](bool int8, int64_t& copy_bytes) {
+    if (int8) setenv("TANDEM_CPU_INT8", "1", 1);
+    ThreadPool pool(2);
+    FastCpuOps ops(pool, kernels::IsaLevel::avx512, table);
+    for (const auto* set : {&experts.weights.gate, &experts.weights.up, &experts.weights.down})
+      for (const LinearWeight& w : *set) ops.prepare(w);
+    unsetenv("TANDEM_CPU_INT8");
+    copy_bytes = ops.repacked_bytes();
+    std::vector<float> y(static_cast<size_t>(tokens * hidden));
+    REQUIRE(ops.moe_routed_experts(experts.weights, x.data(), tokens, hidden, routing.ids.data(),
+                                   routing.weights.data(), top_k, y.data()));
+    return y;
+  };
+  int64_t strips_bytes = 0, with_int8_bytes = 0;
+  const std::vector<float> stored = run(false, strips_bytes);
+  const std::vector<float> requantised = run(true, with_int8_bytes);
+  // Gate and up (Q4_K, 256 × 512) and down (Q6_K, 512 × 256) of 4 experts, 1.016 bytes a weight.
+  CHECK(with_int8_bytes - strips_bytes ==
+        count * (2 * kernels::int8_strips_bytes(DType::q4_k, inter, hidden) +
+                 kernels::int8_strips_bytes(DType::q6_k, hidden, inter)));
+  double max_diff = 0, max_y = 0;
+  for (size_t i = 0; i < stored.size(); ++i) {
+    REQUIRE(std::isfinite(requantised[i]));
+    max_diff = std::max(max_diff, std::fabs(double(requantised[i]) - stored[i]));
+    max_y = std::max(max_y, std::fabs(double(stored[i])));
+  }
+  CHECK(max_diff > 0);               // the int8 kernel ran (expert 0 has 40 rows: two 16-row runs)
+  CHECK(max_diff < 0.02 * max_y);    // and stayed within the requantisation's error
 }

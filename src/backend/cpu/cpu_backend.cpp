@@ -109,8 +109,9 @@ class CpuBackend final : public Backend {
   void synchronize() override { drain(); }
 
   // Q4_K matrices the fast kernels serve are repacked into 16-row strips (FastCpuOps::prepare).
-  void prepare(WeightGroup, const LinearWeight& w) override {
-    if (fast_) fast_->prepare(w);
+  void prepare(WeightGroup role, const LinearWeight& w) override {
+    // The output head multiplies one token a prompt: no int8 copy for it.
+    if (fast_) fast_->prepare(w, role != WeightGroup::output && role != WeightGroup::embedding);
   }
   int64_t repacked_bytes() const { return fast_ ? fast_->repacked_bytes() : 0; }
   int64_t repack_bytes(const LinearWeight& w) const { return fast_ ? fast_->repack_bytes(w) : 0; }
@@ -350,5 +351,7 @@ bool cpu_repack_enabled(bool requested) {
 }
 
 bool cpu_repack_forced() { return integer_from_environment("TANDEM_CPU_REPACK", 0, 1).has_value(); }
+
+bool cpu_int8_enabled() { return integer_from_environment("TANDEM_CPU_INT8", 0, 1).value_or(0) == 1; }
 
 }  // namespace tandem

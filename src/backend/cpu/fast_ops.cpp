@@ -53,11 +53,10 @@ namespace {
 }  // namespace
 
 FastCpuOps::FastCpuOps(ThreadPool& pool, kernels::IsaLevel level)
-    : pool_(pool),
-      level_(level),
-      table_(kernels::make_kernel_table(level)),
-      gate_up_queue_(pool.size()),
-      down_queue_(pool.size()) {}
+    : FastCpuOps(pool, level, kernels::make_kernel_table(level)) {}
+
+FastCpuOps::FastCpuOps(ThreadPool& pool, kernels::IsaLevel level, const kernels::KernelTable& table)
+    : pool_(pool), level_(level), table_(table), gate_up_queue_(pool.size()), down_queue_(pool.size()) {}
 
 bool FastCpuOps::supports(const LinearWeight& w) const {
   if (w.empty() || w.weight.device.kind != DeviceKind::cpu || w.weight.shape.rank != 2) return false;
@@ -76,11 +75,21 @@ bool FastCpuOps::supports(const LinearWeight& w) const {
   return true;
 }
 
-bool FastCpuOps::prepare(const LinearWeight& w) { return supports(w) && repacked_.add(table_, w, pool_); }
+bool FastCpuOps::prepare(const LinearWeight& w, bool int8) { return supports(w) && repacked_.add(table_, w, pool_, int8); }
 
 FastCpuOps::Group FastCpuOps::group_of(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                                        int64_t row0, int64_t rows) const {
-  return Group{&gate, &up, &down, row0, rows, repacked_.find(gate), repacked_.find(up), repacked_.find(down)};
+  return Group{&gate,
+               &up,
+               &down,
+               row0,
+               rows,
+               repacked_.find(gate),
+               repacked_.find(up),
+               repacked_.find(down),
+               repacked_.find_int8(gate),
+               repacked_.find_int8(up),
+               repacked_.find_int8(down)};
 }
 
 bool FastCpuOps::supports_ffn(const LinearWeight& gate, const LinearWeight& up,
@@ -126,12 +135,13 @@ void FastCpuOps::linear(const LinearWeight& w, const float* x, int64_t rows, flo
   const ActRows xa = quantize(kernels::act_format(kind), x, rows, in, act_);
   const float* bias = bias_of(w, bias_);
   const uint8_t* strips = repacked_.find(w);
+  const uint8_t* int8 = repacked_.find_int8(w);
   const int64_t tiles = (out + kRowTile - 1) / kRowTile;
   pool_.parallel_for(tiles, [&](int64_t begin, int64_t end, int worker) {
     void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, w) : nullptr;
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t o0 = tile * kRowTile, o1 = std::min(out, o0 + kRowTile);
-      kernels::matmul_tile(table_, w, kind, xa, rows, o0, o1, bias, y + o0, out, workspace, strips);
+      kernels::matmul_tile(table_, w, kind, xa, rows, o0, o1, bias, y + o0, out, workspace, strips, int8);
     }
   });
 }
@@ -156,10 +166,10 @@ void FastCpuOps::gate_up_item(const Item& it, ActRows x, float* hidden, int64_t 
   const int64_t width = it.o1 - it.o0;
   void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.gate) : nullptr;
   kernels::matmul_tile(table_, *group.gate, kind_of(*group.gate), rows, it.rows, it.o0, it.o1, nullptr, g, width,
-                       workspace, group.gate_strips);
+                       workspace, group.gate_strips, group.gate_int8);
   workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.up) : nullptr;
   kernels::matmul_tile(table_, *group.up, kind_of(*group.up), rows, it.rows, it.o0, it.o1, nullptr, u, width,
-                       workspace, group.up_strips);
+                       workspace, group.up_strips, group.up_int8);
   for (int64_t t = 0; t < it.rows; ++t)
     table_.silu_mul(g + t * width, u + t * width, width, hidden + (it.row0 + t) * inter + it.o0);
 }
@@ -187,7 +197,7 @@ void FastCpuOps::run_groups(ActRows x, int64_t total_rows, float* down_out) {
       void* workspace = it.rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.down) : nullptr;
       kernels::matmul_tile(table_, *group.down, kind_of(*group.down), {h.data + it.row0 * h.stride, h.stride},
                            it.rows, it.o0, it.o1, nullptr, down_out + it.row0 * out + it.o0, out, workspace,
-                           group.down_strips);
+                           group.down_strips, group.down_int8);
     }
   });
 }
@@ -331,7 +341,7 @@ void FastCpuOps::run_groups_fused(ActRows x, int64_t total_rows, const Combine& 
           void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, *group.down) : nullptr;
           float* y = down_tile_rows ? down_tile_rows + (tile * total_rows + r) * kDownRows : out + r * out_features + o0;
           kernels::matmul_tile(table_, *group.down, kind_of(*group.down), {h.data + r * h.stride, h.stride}, rows, o0,
-                               o1, nullptr, y, down_tile_rows ? kDownRows : out_features, workspace, group.down_strips);
+                               o1, nullptr, y, down_tile_rows ? kDownRows : out_features, workspace, group.down_strips, group.down_int8);
         }
         ++run_groups_done;
       }

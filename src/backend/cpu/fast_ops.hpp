@@ -31,13 +31,16 @@ class ThreadPool;
 class FastCpuOps {
  public:
   FastCpuOps(ThreadPool& pool, kernels::IsaLevel level);
+  // With a given kernel table (tests: the emulated AMX kernels on a CPU without AMX).
+  FastCpuOps(ThreadPool& pool, kernels::IsaLevel level, const kernels::KernelTable& table);
 
   kernels::IsaLevel level() const { return level_; }
   bool supports(const LinearWeight& w) const;
 
   // Repacks `w` into 16-row strips (RepackedWeights) when its type has a repacked kernel at this
   // level; later calls on `w` read the copy. Returns whether one is held.
-  bool prepare(const LinearWeight& w);
+  // `int8`: also the int8 copy, where enabled (cpu_int8_enabled) and the table has the kernel.
+  bool prepare(const LinearWeight& w, bool int8 = true);
   int64_t repacked_bytes() const { return repacked_.bytes(); }
   // The bytes prepare(w) would copy (0: none).
   int64_t repack_bytes(const LinearWeight& w) const {
@@ -77,6 +80,9 @@ class FastCpuOps {
     const uint8_t* gate_strips = nullptr;  // the repacked copies, where held
     const uint8_t* up_strips = nullptr;
     const uint8_t* down_strips = nullptr;
+    const uint8_t* gate_int8 = nullptr;  // the int8 copies, where held
+    const uint8_t* up_int8 = nullptr;
+    const uint8_t* down_int8 = nullptr;
   };
   Group group_of(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down, int64_t row0,
                  int64_t rows) const;

@@ -24,11 +24,14 @@ class RepackedWeights {
  public:
   // Repacks `w` (its strips split over the pool) if the table has a repacked kernel for its type
   // and it is not held already; returns whether a copy is held now.
-  bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool);
+  // With `int8` (and cpu_int8_enabled, and the table's int8 kernel, and a requantisable weight on
+  // Q8K activations) also its int8 strips (kernels/int8_strips.hpp). Returns whether a copy is held.
+  bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool, bool int8 = true);
   // The bytes add would copy for `w` with this table (0: it would not copy it).
   static int64_t bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
-  // The repacked strips of `w`, or nullptr.
+  // The repacked strips of `w`, or nullptr; its int8 strips, or nullptr.
   const uint8_t* find(const LinearWeight& w) const;
+  const uint8_t* find_int8(const LinearWeight& w) const;
   int64_t bytes() const;
 
  private:
@@ -39,8 +42,17 @@ class RepackedWeights {
     uint8_t* strips = nullptr;  // storage aligned to kernels::kRepackedAlign
     int64_t bytes = 0;
   };
+  using Copies = std::map<const void*, Copy>;
+  // Makes (or keeps) copies[w]: `bytes` filled strip by strip by fill(begin, end, out) over the pool;
+  // `what` names the copy and the switch that avoids it in an allocation failure's message.
+  template <class Fill>
+  void add_copy(Copies& copies, const LinearWeight& w, int64_t bytes, ThreadPool& pool, const char* what,
+                const Fill& fill);
+  const uint8_t* find_in(const Copies& copies, const LinearWeight& w) const;
+  static int64_t int8_bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
+
   mutable std::mutex mutex_;
-  std::map<const void*, Copy> copies_;
+  Copies copies_, int8_copies_;
   int64_t bytes_ = 0;
 };
 

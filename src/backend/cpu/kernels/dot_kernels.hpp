@@ -65,6 +65,9 @@ struct KernelTable {
   // The same for whole runs of kTileMinTokens tokens where the level has a faster kernel for them
   // (AMX; matmul_tile gives `repacked` the rest); nullptr: `repacked` serves every count.
   RepackedFn repacked_wide[static_cast<int>(WeightKind::count)];
+  // Strips requantised to int8 at preparation (int8_strips.hpp), any stored type, whole runs of
+  // kTileMinTokens tokens on Q8K activations (AMX-INT8); nullptr where the level has none.
+  RepackedFn int8_wide = nullptr;
   QuantizeQ8KFn quantize_q8k = nullptr;
   QuantizeQ8Fn quantize_q8 = nullptr;
   SiluMulFn silu_mul = nullptr;

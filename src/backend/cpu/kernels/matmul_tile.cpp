@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
+#include "backend/cpu/kernels/int8_strips.hpp"
+#include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
 
@@ -48,7 +50,19 @@ void quantize_rows(const KernelTable& table, ActFormat format, const float* x, i
 
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
                  int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace,
-                 const uint8_t* repacked) {
+                 const uint8_t* repacked, const uint8_t* int8) {
+  if (int8 && table.int8_wide && o0 % kTileRows == 0 && tokens >= kTileMinTokens && act_format(kind) == ActFormat::q8k) {
+    const int64_t wide = tokens / kTileMinTokens * kTileMinTokens, in = w.in_features();
+    const int64_t strip_bytes = int8_strip_bytes(in);
+    for (int64_t o = o0; o < o1; o += kTileRows)
+      table.int8_wide(int8 + o / kTileRows * strip_bytes, static_cast<int>(std::min<int64_t>(kTileRows, o1 - o)), x.data,
+                      x.stride, wide, in, y + (o - o0), y_stride, table.prefetch_bytes);
+    add_bias(bias, wide, o0, o1, y, y_stride);
+    if (tokens > wide)
+      matmul_tile(table, w, kind, {x.data + wide * x.stride, x.stride}, tokens - wide, o0, o1, bias, y + wide * y_stride,
+                  y_stride, workspace, repacked);
+    return;
+  }
   const RepackedFn narrow = table.repacked[static_cast<int>(kind)];
   if (repacked && narrow && o0 % kTileRows == 0) {
     // The wide kernel (AMX) takes whole runs of kTileMinTokens tokens — a partial tile costs it a

@@ -33,10 +33,12 @@ void quantize_rows(const KernelTable& table, ActFormat format, const float* x, i
 // with a tile kernel in `table` takes it; otherwise (or with workspace == nullptr) the dot kernels.
 // `repacked`: w repacked at preparation (strip_repack.hpp) or nullptr; with it, a kind with a
 // repacked kernel in `table`, and o0 on a strip's first row, every token count reads the repacked
-// strips instead of w's rows.
+// strips instead of w's rows. `int8`: w's int8 strips (int8_strips.hpp) or nullptr; with it, the
+// table's int8 kernel, Q8K activations and o0 on a strip's first row, whole runs of kTileMinTokens
+// tokens read them (the requantised weights: not the stored type's bits) and the rest as above.
 void matmul_tile(const KernelTable& table, const LinearWeight& w, WeightKind kind, ActRows x, int64_t tokens,
                  int64_t o0, int64_t o1, const float* bias, float* y, int64_t y_stride, void* workspace,
-                 const uint8_t* repacked = nullptr);
+                 const uint8_t* repacked = nullptr, const uint8_t* int8 = nullptr);
 
 // Bytes of workspace matmul_tile may use for this weight type and width (0: none), alignment slack included.
 constexpr int64_t kTileWorkspaceAlign = 64;

@@ -20,6 +20,7 @@
 
 #include "backend/cpu/kernels/activation_blocks.hpp"
 #include "backend/cpu/kernels/dot_kernels.hpp"
+#include "backend/cpu/kernels/int8_strip_layout.hpp"
 #include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/kernels/tile_layout.hpp"
 #include "backend/cpu/kernels/tile_pack.hpp"
@@ -52,6 +53,19 @@ TileConfig make_split_config(int tokens) {
     c.colsb[t] = 64;
   }
   for (int t = kSplitB1; t <= kSplitB3; ++t) {  // operands: 16 × (16 rows × 4)
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  return c;
+}
+
+// The int8 kernel's tiles: results of two 16-token tiles per set (set 0: 0, 1; set 1: 2, 3),
+// activations 4 and 5, weights 6; every one 16 rows × 64 bytes.
+TileConfig make_int8_config() {
+  TileConfig c;
+  std::memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t <= 6; ++t) {
     c.rows[t] = 16;
     c.colsb[t] = 64;
   }
@@ -126,6 +140,43 @@ struct HardwareTiles {
     _tile_stored(1, c2, 64);
     _tile_stored(2, c3, 64);
   }
+  // The int8 kernel: one block's products for NT (1 or 2) token tiles into result set Set — C
+  // zeroed, then per 64-value chunk the weights' B tile once and C_i += A_i·B signed × signed.
+  template <int Set, int NT>
+  void int8_block(const uint8_t* act, int64_t x_stride, const uint8_t* blk) {
+    if constexpr (Set == 0) {
+      _tile_zero(0);
+      if constexpr (NT == 2) _tile_zero(1);
+    } else {
+      _tile_zero(2);
+      if constexpr (NT == 2) _tile_zero(3);
+    }
+    for (int c = 0; c < 4; ++c) {
+      _tile_loadd(6, blk + 1024 * c, 64);
+      _tile_loadd(4, act + 64 * c, x_stride);
+      if constexpr (Set == 0)
+        _tile_dpbssd(0, 4, 6);
+      else
+        _tile_dpbssd(2, 4, 6);
+      if constexpr (NT == 2) {
+        _tile_loadd(5, act + 16 * x_stride + 64 * c, x_stride);
+        if constexpr (Set == 0)
+          _tile_dpbssd(1, 5, 6);
+        else
+          _tile_dpbssd(3, 5, 6);
+      }
+    }
+  }
+  template <int Set, int NT>
+  void int8_store(int32_t* r0, int32_t* r1) {
+    if constexpr (Set == 0) {
+      _tile_stored(0, r0, 64);
+      if constexpr (NT == 2) _tile_stored(1, r1, 64);
+    } else {
+      _tile_stored(2, r0, 64);
+      if constexpr (NT == 2) _tile_stored(3, r1, 64);
+    }
+  }
   void release() { _tile_release(); }
 };
 
@@ -166,6 +217,39 @@ struct EmulatedTiles {
             acc += static_cast<int8_t>(reg[A][64 * m + 4 * k + i]) * static_cast<int32_t>(reg[B][64 * k + 4 * n + i]);
         std::memcpy(reg[C] + 64 * m + 4 * n, &acc, 4);
       }
+  }
+  // TDPBSSD: as dot, B signed.
+  template <int C, int A, int B>
+  void dot_ss() {
+    for (int m = 0; m < rows[C]; ++m)
+      for (int n = 0; n < colsb[C] / 4; ++n) {
+        int32_t acc;
+        std::memcpy(&acc, reg[C] + 64 * m + 4 * n, 4);
+        for (int k = 0; k < colsb[A] / 4; ++k)
+          for (int i = 0; i < 4; ++i)
+            acc += static_cast<int8_t>(reg[A][64 * m + 4 * k + i]) * static_cast<int8_t>(reg[B][64 * k + 4 * n + i]);
+        std::memcpy(reg[C] + 64 * m + 4 * n, &acc, 4);
+      }
+  }
+  template <int Set, int NT>
+  void int8_block(const uint8_t* act, int64_t x_stride, const uint8_t* blk) {
+    constexpr int C0 = Set == 0 ? 0 : 2, C1 = C0 + 1;
+    zero<C0>();
+    if constexpr (NT == 2) zero<C1>();
+    for (int c = 0; c < 4; ++c) {
+      load<6>(blk + 1024 * c, 64);
+      load<4>(act + 64 * c, x_stride);
+      dot_ss<C0, 4, 6>();
+      if constexpr (NT == 2) {
+        load<5>(act + 16 * x_stride + 64 * c, x_stride);
+        dot_ss<C1, 5, 6>();
+      }
+    }
+  }
+  template <int Set, int NT>
+  void int8_store(int32_t* r0, int32_t* r1) {
+    store_tile<Set == 0 ? 0 : 2>(r0, 64);
+    if constexpr (NT == 2) store_tile<Set == 0 ? 1 : 3>(r1, 64);
   }
   template <int Set>
   void multiply(const uint8_t* act, int64_t x_stride, const uint8_t* weights) {
@@ -352,6 +436,75 @@ void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int
   tiles.release();
 }
 
+// Int8 strips (int8_strips.hpp) against whole runs of 16 tokens, 32 at a time: per 256-value block
+// four TDPBSSDs a token tile (the weights' B tile loaded once for both), then per token one float
+// step, acc = fma(float(C), s · d_a, acc) — int8_strip_reference's arithmetic, so its bits. The
+// products of block b + 1 are issued before block b's results are stored and scaled, so the tile
+// unit works while the vector units do the float steps.
+inline void int8_epilogue(const int32_t* results, const uint8_t* blk, const uint8_t* x_tile, int64_t xs, int64_t b,
+                          float* acc) {
+  const __m512 scale = _mm512_load_ps(blk + kInt8Scales);
+  for (int t = 0; t < 16; ++t) {
+    const auto* ab = reinterpret_cast<const ActQ8K*>(x_tile + t * xs) + b;
+    const __m512 sum = _mm512_cvtepi32_ps(_mm512_load_si512(results + 16 * t));
+    _mm512_store_ps(acc + 16 * t,
+                    _mm512_fmadd_ps(sum, _mm512_mul_ps(scale, _mm512_set1_ps(ab->d)), _mm512_load_ps(acc + 16 * t)));
+  }
+}
+
+template <class Tiles, int NT>
+void int8_tokens(Tiles& tiles, const uint8_t* strip, const uint8_t* x_tile, int64_t xs, int64_t blocks,
+                 int64_t prefetch_bytes, float* acc) {
+  alignas(64) int32_t results[2][256];
+  const uint8_t* q = x_tile + offsetof(ActQ8K, q);
+  const auto issue = [&](int64_t b) {
+    const uint8_t* blk = strip + b * kInt8BlockBytes;
+    if (prefetch_bytes > 0)
+      for (int64_t line = 0; line < kInt8BlockBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blk + prefetch_bytes + line), _MM_HINT_T1);
+    const uint8_t* act = q + b * static_cast<int64_t>(sizeof(ActQ8K));
+    if (b % 2 == 0)
+      tiles.template int8_block<0, NT>(act, xs, blk);
+    else
+      tiles.template int8_block<1, NT>(act, xs, blk);
+  };
+  const auto finish = [&](int64_t b) {
+    if (b % 2 == 0)
+      tiles.template int8_store<0, NT>(results[0], results[1]);
+    else
+      tiles.template int8_store<1, NT>(results[0], results[1]);
+    const uint8_t* blk = strip + b * kInt8BlockBytes;
+    for (int i = 0; i < NT; ++i) int8_epilogue(results[i], blk, x_tile + 16 * i * xs, xs, b, acc + 256 * i);
+  };
+  for (int64_t b = 0; b < blocks; ++b) {
+    issue(b);
+    if (b > 0) finish(b - 1);
+  }
+  finish(blocks - 1);
+}
+
+template <class Tiles>
+void int8_q8k(const uint8_t* strip, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in, float* y,
+              int64_t ys, int64_t prefetch_bytes) {
+  if (rows <= 0 || tokens < 16 || in < 256) return;
+  Tiles tiles;
+  tiles.configure(make_int8_config());
+  alignas(64) float acc[32 * 16];
+  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
+  const auto* x0 = static_cast<const uint8_t*>(x);
+  for (int64_t t0 = 0; t0 + 16 <= tokens; t0 += 32) {
+    const int nt = tokens - t0 >= 32 ? 2 : 1;
+    std::memset(acc, 0, sizeof acc);
+    const int64_t ahead = t0 == 0 ? prefetch_bytes : 0;
+    if (nt == 2)
+      int8_tokens<Tiles, 2>(tiles, strip, x0 + t0 * xs, xs, in / 256, ahead, acc);
+    else
+      int8_tokens<Tiles, 1>(tiles, strip, x0 + t0 * xs, xs, in / 256, ahead, acc);
+    for (int t = 0; t < 16 * nt; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ys, row_mask, _mm512_load_ps(acc + 16 * t));
+  }
+  tiles.release();
+}
+
 template <WeightKind Kind, class Tiles>
 void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, int64_t x_stride,
                  int64_t tokens, int64_t in, float* y, int64_t y_stride, uint8_t* workspace) {
@@ -372,6 +525,7 @@ void fill(KernelTable& t) {
   t.tile[static_cast<int>(WeightKind::q5_k)] = tile_kernel<WeightKind::q5_k, Tiles>;
   t.tile[static_cast<int>(WeightKind::q6_k)] = tile_kernel<WeightKind::q6_k, Tiles>;
   t.repacked_wide[static_cast<int>(WeightKind::q4_k)] = repacked_q4k<Tiles>;
+  t.int8_wide = int8_q8k<Tiles>;
 }
 
 }  // namespace
