@@ -536,8 +536,9 @@ class CpuEngine final : public Engine {
     if (const double memory = physical_memory(); !cpu_repack_forced() && memory > 0 && bytes > kRepackMemoryShare * memory) {
       files_.warnings.push_back(fmt::format(
           "CPU weights not repacked into strips: the copies would take {:.1f} GiB, more than {:.0f} % of this machine's "
-          "{:.1f} GiB (TANDEM_CPU_REPACK=1 forces them)",
-          bytes / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30)));
+          "{:.1f} GiB (TANDEM_CPU_REPACK=1 forces them{})",
+          bytes / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30),
+          cpu_int8_enabled() ? "; the int8 copies of TANDEM_CPU_INT8=1 are part of them" : ""));
       return;
     }
     step(0.72f, "repacking CPU weights");
