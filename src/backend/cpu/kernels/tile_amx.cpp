@@ -205,29 +205,19 @@ struct EmulatedTiles {
     for (int r = 0; r < rows[T]; ++r)
       std::memcpy(static_cast<uint8_t*>(p) + r * stride, reg[T] + 64 * r, static_cast<size_t>(colsb[T]));
   }
-  // TDPBSUD: C[m][n] += Σ_k Σ_i A[m][4k + i] (signed) · B[k][4n + i] (unsigned).
-  template <int C, int A, int B>
+  // TDPBSUD: C[m][n] += Σ_k Σ_i A[m][4k + i] (signed) · B[k][4n + i] (unsigned); TDPBSSD with SignedB.
+  template <int C, int A, int B, bool SignedB = false>
   void dot() {
     for (int m = 0; m < rows[C]; ++m)
       for (int n = 0; n < colsb[C] / 4; ++n) {
         int32_t acc;
         std::memcpy(&acc, reg[C] + 64 * m + 4 * n, 4);
         for (int k = 0; k < colsb[A] / 4; ++k)
-          for (int i = 0; i < 4; ++i)
-            acc += static_cast<int8_t>(reg[A][64 * m + 4 * k + i]) * static_cast<int32_t>(reg[B][64 * k + 4 * n + i]);
-        std::memcpy(reg[C] + 64 * m + 4 * n, &acc, 4);
-      }
-  }
-  // TDPBSSD: as dot, B signed.
-  template <int C, int A, int B>
-  void dot_ss() {
-    for (int m = 0; m < rows[C]; ++m)
-      for (int n = 0; n < colsb[C] / 4; ++n) {
-        int32_t acc;
-        std::memcpy(&acc, reg[C] + 64 * m + 4 * n, 4);
-        for (int k = 0; k < colsb[A] / 4; ++k)
-          for (int i = 0; i < 4; ++i)
-            acc += static_cast<int8_t>(reg[A][64 * m + 4 * k + i]) * static_cast<int8_t>(reg[B][64 * k + 4 * n + i]);
+          for (int i = 0; i < 4; ++i) {
+            const uint8_t b = reg[B][64 * k + 4 * n + i];
+            acc += static_cast<int8_t>(reg[A][64 * m + 4 * k + i]) *
+                   (SignedB ? static_cast<int32_t>(static_cast<int8_t>(b)) : static_cast<int32_t>(b));
+          }
         std::memcpy(reg[C] + 64 * m + 4 * n, &acc, 4);
       }
   }
@@ -239,10 +229,10 @@ struct EmulatedTiles {
     for (int c = 0; c < 4; ++c) {
       load<6>(blk + 1024 * c, 64);
       load<4>(act + 64 * c, x_stride);
-      dot_ss<C0, 4, 6>();
+      dot<C0, 4, 6, true>();
       if constexpr (NT == 2) {
         load<5>(act + 16 * x_stride + 64 * c, x_stride);
-        dot_ss<C1, 5, 6>();
+        dot<C1, 5, 6, true>();
       }
     }
   }
