@@ -848,23 +848,15 @@ class CudaBackend final : public Backend {
     stream_.synchronize();
   }
   void kv_block_from_host(int32_t block, const std::byte* host) {
-    stream_.make_current();
-    const size_t bytes = layer_block_bytes(*kv_);
-    for (auto& [layer, buffer] : kv_layers_)
-      stream_.copy_to_device(static_cast<std::byte*>(buffer.data()) + static_cast<size_t>(block) * bytes,
-                             host + static_cast<size_t>(layer) * bytes, bytes);
-    stream_.synchronize();
+    kv_blocks_from_host(std::span<const int32_t>(&block, 1), std::span<const std::byte* const>(&host, 1));
   }
   // kv_block_from_host of each blocks[i] from hosts[i]: every (block, layer) copy in one batch, one wait
   // (a prefix run of 500 blocks over 48 layers was 24,000 copy calls and 500 waits).
   void kv_blocks_from_host(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
     stream_.make_current();
     const size_t bytes = layer_block_bytes(*kv_);
-    const size_t count = std::min(blocks.size(), hosts.size()) * kv_layers_.size();
     copy_dsts_.clear();
     copy_srcs_.clear();
-    copy_dsts_.reserve(count);
-    copy_srcs_.reserve(count);
     for (size_t i = 0; i < blocks.size() && i < hosts.size(); ++i)
       for (auto& [layer, buffer] : kv_layers_) {
         copy_dsts_.push_back(static_cast<std::byte*>(buffer.data()) + static_cast<size_t>(blocks[i]) * bytes);

@@ -58,12 +58,7 @@ void KvHostTier::store(uint64_t key, int32_t block, std::span<const uint64_t> ke
 }
 
 bool KvHostTier::load(uint64_t key, int32_t block) {
-  const auto it = index_.find(key);
-  if (it == index_.end()) return false;
-  pool_.import_block(block, slot_data(it->second.slot));
-  touch(key);
-  ++stats_.loaded;
-  return true;
+  return load_run(std::span<const uint64_t>(&key, 1), std::span<const int32_t>(&block, 1)) == 1;
 }
 
 size_t KvHostTier::load_run(std::span<const uint64_t> keys, std::span<const int32_t> blocks) {

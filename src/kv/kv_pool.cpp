@@ -190,14 +190,7 @@ void KvPool::export_block(int32_t block, std::byte* host) const {
 }
 
 void KvPool::import_block(int32_t block, const std::byte* host) {
-  check_block(block, "imported");
-  const auto transfers =
-      has_device_layers() ? live_transfers() : std::vector<std::shared_ptr<BlockTransfer>>{};
-  for (int64_t layer = 0; layer < spec_.layers; ++layer)
-    if (on_host(layer))
-      std::memcpy(plane_data(block, layer, 0), host + static_cast<size_t>(layer) * block_layer_bytes_,
-                  block_layer_bytes_);
-  for (const auto& transfer : transfers) transfer->from_host(block, host);
+  import_blocks(std::span<const int32_t>(&block, 1), std::span<const std::byte* const>(&host, 1));
 }
 
 void KvPool::import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {

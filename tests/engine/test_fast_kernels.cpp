@@ -353,8 +353,7 @@ TEST_CASE("int8 strips: requantised within half a step; the AMX kernel (emulated
       // Each value within half a step of its stored value; the step is max|w| / 127 of its block.
       const auto code_of = [&](int64_t r, int64_t i) {
         const uint8_t* blk = copy + r / kTileRows * strip_bytes + i / 256 * kInt8BlockBytes;
-        const int64_t v = i % 256;
-        return static_cast<int8_t>(blk[1024 * (v / 64) + 64 * (v % 64 / 4) + 4 * (r % kTileRows) + v % 4]);
+        return static_cast<int8_t>(blk[int8_code_offset(i % 256, r % kTileRows)]);
       };
       const auto scale_of = [&](int64_t r, int64_t b) {
         float s;

@@ -236,6 +236,18 @@ TEST_CASE("KV host tier: blocks round-trip, least recently used dropped first", 
   tier.store(16, c, std::vector<uint64_t>{11, 15});
   CHECK_FALSE(tier.contains(16));
   CHECK(tier.stats().stored == 5);
+  // A run loads its leading keys that are here and stops at the first that is not.
+  const int32_t second = pool.allocate_block();
+  d.fill(target, 9);
+  d.fill(second, 9);
+  const auto untouched = d.bytes(second);
+  CHECK(tier.load_run(std::vector<uint64_t>{11, 16, 15}, std::vector<int32_t>{target, second, a}) == 1);
+  CHECK(d.bytes(target) == want_a);
+  CHECK(d.bytes(second) == untouched);
+  CHECK(tier.stats().loaded == 3);
+  CHECK(tier.load_run(std::vector<uint64_t>{15, 11}, std::vector<int32_t>{second, target}) == 2);
+  CHECK(d.bytes(second) == d.bytes(c));
+  CHECK(d.bytes(target) == want_a);
   tier.clear();
   CHECK(tier.stats().blocks == 0);
   CHECK_FALSE(tier.contains(11));

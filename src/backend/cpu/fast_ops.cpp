@@ -82,17 +82,10 @@ bool FastCpuOps::prepare(const LinearWeight& w, bool int8) { return supports(w) 
 
 FastCpuOps::Group FastCpuOps::group_of(const LinearWeight& gate, const LinearWeight& up, const LinearWeight& down,
                                        int64_t row0, int64_t rows) const {
-  return Group{&gate,
-               &up,
-               &down,
-               row0,
-               rows,
-               repacked_.find(gate),
-               repacked_.find(up),
-               repacked_.find(down),
-               repacked_.find_int8(gate),
-               repacked_.find_int8(up),
-               repacked_.find_int8(down)};
+  const auto [gate_strips, gate_int8] = repacked_.find_both(gate);
+  const auto [up_strips, up_int8] = repacked_.find_both(up);
+  const auto [down_strips, down_int8] = repacked_.find_both(down);
+  return Group{&gate, &up, &down, row0, rows, gate_strips, up_strips, down_strips, gate_int8, up_int8, down_int8};
 }
 
 bool FastCpuOps::supports_ffn(const LinearWeight& gate, const LinearWeight& up,
@@ -137,8 +130,7 @@ void FastCpuOps::linear(const LinearWeight& w, const float* x, int64_t rows, flo
   const int64_t in = w.in_features(), out = w.out_features();
   const ActRows xa = quantize(kernels::act_format(kind), x, rows, in, act_);
   const float* bias = bias_of(w, bias_);
-  const uint8_t* strips = repacked_.find(w);
-  const uint8_t* int8 = repacked_.find_int8(w);
+  const auto [strips, int8] = repacked_.find_both(w);
   const int64_t tiles = (out + kRowTile - 1) / kRowTile;
   pool_.parallel_for(tiles, [&](int64_t begin, int64_t end, int worker) {
     void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, w) : nullptr;

@@ -13,13 +13,15 @@
 namespace tandem {
 
 int64_t RepackedWeights::bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {
+  return strip_bytes_for(table, w) + int8_bytes_for(table, w);
+}
+
+int64_t RepackedWeights::strip_bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {
   const TensorView& view = w.weight;
   if (view.empty() || view.shape.rank != 2 || view.device.kind != DeviceKind::cpu || !w.scale_inv.empty()) return 0;
   const auto kind = kernels::weight_kind_for(view.dtype);
-  if (!kind) return 0;
-  const int64_t strips =
-      table.repacked[static_cast<int>(*kind)] ? kernels::repacked_bytes(*kind, w.out_features(), w.in_features()) : 0;
-  return strips + int8_bytes_for(table, w);
+  if (!kind || !table.repacked[static_cast<int>(*kind)]) return 0;
+  return kernels::repacked_bytes(*kind, w.out_features(), w.in_features());
 }
 
 int64_t RepackedWeights::int8_bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {
@@ -72,7 +74,7 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   const auto* rows_data = static_cast<const uint8_t*>(view.data);
   const auto row_stride = static_cast<int64_t>(view.row_stride_bytes());
   bool held = false;
-  if (const int64_t bytes = bytes_for(table, w) - int8_bytes_for(table, w); bytes > 0) {
+  if (const int64_t bytes = strip_bytes_for(table, w); bytes > 0) {
     const auto kind = *kernels::weight_kind_for(view.dtype);
     add_copy(copies_, w, bytes, pool, "a repacked copy (TANDEM_CPU_REPACK=0 keeps the weights in place)",
              [&](int64_t begin, int64_t end, uint8_t* out) {
@@ -90,11 +92,14 @@ bool RepackedWeights::add(const kernels::KernelTable& table, const LinearWeight&
   return held;
 }
 
-const uint8_t* RepackedWeights::find(const LinearWeight& w) const { return find_in(copies_, w); }
-const uint8_t* RepackedWeights::find_int8(const LinearWeight& w) const { return find_in(int8_copies_, w); }
+const uint8_t* RepackedWeights::find(const LinearWeight& w) const { return find_both(w).strips; }
+
+RepackedWeights::Found RepackedWeights::find_both(const LinearWeight& w) const {
+  std::lock_guard lock(mutex_);
+  return {find_in(copies_, w), find_in(int8_copies_, w)};
+}
 
 const uint8_t* RepackedWeights::find_in(const Copies& copies, const LinearWeight& w) const {
-  std::lock_guard lock(mutex_);
   if (copies.empty()) return nullptr;
   const auto it = copies.find(w.weight.data);
   if (it == copies.end()) return nullptr;

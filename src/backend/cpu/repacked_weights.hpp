@@ -29,9 +29,13 @@ class RepackedWeights {
   bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool, bool int8 = true);
   // The bytes add would copy for `w` with this table (0: it would not copy it).
   static int64_t bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
-  // The repacked strips of `w`, or nullptr; its int8 strips, or nullptr.
+  // The repacked strips of `w`, or nullptr; with its int8 strips (or nullptr), in one lookup.
   const uint8_t* find(const LinearWeight& w) const;
-  const uint8_t* find_int8(const LinearWeight& w) const;
+  struct Found {
+    const uint8_t* strips = nullptr;
+    const uint8_t* int8 = nullptr;
+  };
+  Found find_both(const LinearWeight& w) const;
   int64_t bytes() const;
 
  private:
@@ -48,7 +52,8 @@ class RepackedWeights {
   template <class Fill>
   void add_copy(Copies& copies, const LinearWeight& w, int64_t bytes, ThreadPool& pool, const char* what,
                 const Fill& fill);
-  const uint8_t* find_in(const Copies& copies, const LinearWeight& w) const;
+  const uint8_t* find_in(const Copies& copies, const LinearWeight& w) const;  // under mutex_
+  static int64_t strip_bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
   static int64_t int8_bytes_for(const kernels::KernelTable& table, const LinearWeight& w);
 
   mutable std::mutex mutex_;

@@ -21,4 +21,7 @@ namespace tandem::kernels {
 constexpr int64_t kInt8BlockBytes = 4160;
 constexpr int64_t kInt8Scales = 4096;
 
+// Where, in its block, the code of value v (< 256) of strip row r (< 16) lies.
+constexpr int64_t int8_code_offset(int64_t v, int64_t r) { return 1024 * (v / 64) + 64 * (v % 64 / 4) + 4 * r + v % 4; }
+
 }  // namespace tandem::kernels

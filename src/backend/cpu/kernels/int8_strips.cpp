@@ -44,8 +44,7 @@ void requantise_int8_strips(DType type, const uint8_t* w, int64_t row_stride, in
         const float inverse = 1.0f / scale;
         for (int i = 0; i < 256; ++i) {
           const long code = std::clamp(std::lround(v[i] * inverse), -127L, 127L);
-          // value i: chunk i / 64, tile row (i % 64) / 4, byte i % 4 of row r's dword
-          blk[1024 * (i / 64) + 64 * (i % 64 / 4) + 4 * r + i % 4] = static_cast<uint8_t>(static_cast<int8_t>(code));
+          blk[int8_code_offset(i, r)] = static_cast<uint8_t>(static_cast<int8_t>(code));
         }
       }
     }
@@ -63,7 +62,7 @@ void int8_strip_reference(const uint8_t* strip, int rows, const void* x, int64_t
         int32_t sum = 0;
         for (int i = 0; i < 256; ++i)
           sum += static_cast<int32_t>(act[b].q[i]) *
-                 static_cast<int8_t>(blk[1024 * (i / 64) + 64 * (i % 64 / 4) + 4 * r + i % 4]);
+                 static_cast<int8_t>(blk[int8_code_offset(i, r)]);
         float scale;
         std::memcpy(&scale, blk + kInt8Scales + 4 * r, 4);
         acc = std::fma(static_cast<float>(sum), scale * act[b].d, acc);
