@@ -130,7 +130,10 @@ void FastCpuOps::linear(const LinearWeight& w, const float* x, int64_t rows, flo
   const int64_t in = w.in_features(), out = w.out_features();
   const ActRows xa = quantize(kernels::act_format(kind), x, rows, in, act_);
   const float* bias = bias_of(w, bias_);
-  const auto [strips, int8] = repacked_.find_both(w);
+  // Plain variables, not a structured binding: clang 14 cannot capture one in the lambda below.
+  const RepackedWeights::Found copies = repacked_.find_both(w);
+  const uint8_t* strips = copies.strips;
+  const uint8_t* int8 = copies.int8;
   const int64_t tiles = (out + kRowTile - 1) / kRowTile;
   pool_.parallel_for(tiles, [&](int64_t begin, int64_t end, int worker) {
     void* workspace = rows >= kernels::kTileMinTokens ? tile_workspace(worker, w) : nullptr;
