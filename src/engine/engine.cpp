@@ -435,7 +435,7 @@ class CpuEngine final : public Engine {
     for (const PlacedBytes& p : place_weights(weights_, placement_))
       r.lines.push_back({weight_group_display_name(p.group), p.device.to_string(), p.bytes,
                          p.device.kind == DeviceKind::cpu});
-    // Q4_K matrices the CPU backend repacked into strips at load (LoadOptions::cpu_repack).
+    // Q4_K and Q6_K matrices the CPU backend repacked into strips at load (LoadOptions::cpu_repack).
     if (const int64_t repacked = cpu_backend_repacked_bytes(*backend_); repacked > 0)
       r.lines.push_back({"repacked CPU weights", Device::cpu().to_string(), static_cast<uint64_t>(repacked), false});
     r.lines.push_back({"KV pool", kv_->spec().device.to_string(), kv_->bytes(), false});
@@ -516,7 +516,7 @@ class CpuEngine final : public Engine {
  private:
   friend class EngineSession;
 
-  // LoadOptions::cpu_repack: the CPU backend repacks the Q4_K matrices placed on the CPU into 16-row
+  // LoadOptions::cpu_repack: the CPU backend repacks the Q4_K and Q6_K matrices placed on the CPU into 16-row
   // strips (Backend::prepare). Not the routed experts when prefill streams them to a GPU (the CPU
   // then only decodes them, and their pinned copies already take memory); nothing when the copies
   // would take more than kRepackMemoryShare of the machine's memory (a warning says so).
@@ -526,7 +526,7 @@ class CpuEngine final : public Engine {
     const auto copy_bytes = [&](WeightGroup g, int64_t layer, const LinearWeight& w) -> int64_t {
       if (placement_.device_for(g, layer).kind != DeviceKind::cpu || (experts_streamed && g == WeightGroup::experts))
         return 0;
-      return cpu_backend_repack_bytes(*backend_, w);
+      return cpu_backend_repack_bytes(*backend_, g, w);
     };
     double bytes = 0;
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {

@@ -412,7 +412,7 @@ TEST_CASE("int8 strips: requantised within half a step; the AMX kernel (emulated
   }
 }
 
-TEST_CASE("repacked Q4_K strips: AVX-512 gives the per-call tile kernel's bits, AMX the scalar kernel's sums",
+TEST_CASE("repacked Q4_K and Q6_K strips: AVX-512 gives the per-call tile kernel's bits, AMX the scalar kernel's sums",
           "[engine][kernels]") {
   if (!isa_level_supported(IsaLevel::avx512)) {
     WARN("SKIPPED: this CPU lacks avx512: the repacked kernels are not tested here");
@@ -420,73 +420,78 @@ TEST_CASE("repacked Q4_K strips: AVX-512 gives the per-call tile kernel's bits, 
   }
   const KernelTable table = make_kernel_table(IsaLevel::avx512);
   const KernelTable reference = make_kernel_table(IsaLevel::scalar);
-  const WeightKind kind = WeightKind::q4_k;
-  REQUIRE(repackable(kind));
-  REQUIRE(table.repacked[static_cast<int>(kind)] != nullptr);
-  // The AVX-512 kernel at every count; with AMX (emulated here, the hardware where the CPU has it)
-  // the tile kernel from kTileMinTokens tokens on.
-  struct Table {
-    const char* name;
-    KernelTable table;
-  };
-  std::vector<Table> tables{{"avx512", table}, {"emulated amx", make_emulated_amx_table()}};
-  REQUIRE(tables[1].table.repacked_wide[static_cast<int>(kind)] != nullptr);
-  if (isa_level_supported(IsaLevel::amx))
-    tables.push_back({"amx", make_kernel_table(IsaLevel::amx)});
-  else
-    WARN("SKIPPED: this CPU (or OS) lacks AMX-TILE/AMX-INT8: the hardware AMX kernel on repacked strips is not tested here");
-  std::mt19937 rng(9);
-  for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{2048}}) {
-    // 37 rows: two full strips and a partial one.
-    const int64_t rows = 37;
-    const Case c(DType::q4_k, rows, in, rng);
-    const int64_t bytes = repacked_bytes(kind, rows, in);
-    REQUIRE(bytes == 3 * (in / 256) * kRepackedQ4KBlockBytes);
-    std::vector<uint8_t> storage(static_cast<size_t>(bytes + kRepackedAlign));
-    uint8_t* repacked = storage.data() + (kRepackedAlign - reinterpret_cast<uintptr_t>(storage.data()) % kRepackedAlign);
-    // In two calls, as the pool splits the work.
-    repack_strips(kind, static_cast<const uint8_t*>(c.weight.weight.data), c.weight.weight.row_stride_bytes(), rows,
-                  in, 0, 1, repacked);
-    repack_strips(kind, static_cast<const uint8_t*>(c.weight.weight.data), c.weight.weight.row_stride_bytes(), rows,
-                  in, 1, 3, repacked);
-    for (const int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{16}, int64_t{19}, int64_t{40}}) {
-      const auto x = random_activations(tokens, in, rng);
-      const int64_t stride = act_row_bytes(ActFormat::q8k, in);
-      std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
-      quantize_rows(reference, ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
-      // Rows [16, 37): the second and the partial third strip; y wider than the tile.
-      const int64_t o0 = 16, y_stride = rows + 3;
-      std::vector<float> packed_per_call(static_cast<size_t>(tokens * y_stride), -99.0f);
-      // The per-call packing tile kernel, on any token count (called directly: matmul_tile takes the
-      // dot kernels below kTileMinTokens).
-      std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, kind, in)) + 64);
-      uint8_t* aligned = workspace.data() + (64 - reinterpret_cast<uintptr_t>(workspace.data()) % 64);
-      for (int64_t o = o0; o < rows; o += kTileRows)
-        table.tile[static_cast<int>(kind)](c.weight.weight.row_ptr(o), c.weight.weight.row_stride_bytes(),
-                                           static_cast<int>(std::min<int64_t>(kTileRows, rows - o)), q.data(), stride,
-                                           tokens, in, packed_per_call.data() + (o - o0), y_stride, aligned);
-      for (const Table& tb : tables) {
-        std::vector<float> got(static_cast<size_t>(tokens * y_stride), -99.0f);
-        matmul_tile(tb.table, c.weight, kind, {q.data(), stride}, tokens, o0, rows, nullptr, got.data(),
-                    y_stride, nullptr, repacked);
-        for (int64_t t = 0; t < tokens; ++t) {
-          for (int64_t o = o0; o < rows; ++o) {
-            INFO(tb.name << " in=" << in << " tokens=" << tokens << " t=" << t << " row=" << o);
-            const float value = got[static_cast<size_t>(t * y_stride + o - o0)];
-            // The AVX-512 kernel (every token of its table, an AMX table's tokens past its last whole
-            // 16) gives the per-call kernel's bits; AMX's split-scale sums are rounded once instead.
-            if (std::string_view(tb.name) == "avx512" || t >= tokens / kTileMinTokens * kTileMinTokens)
-              CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
-            float want = 0;
-            reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride,
-                                                  1, in, nullptr, &want, 1);
-            double magnitude = 0;
-            for (int64_t i = 0; i < in; ++i)
-              magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
-            CHECK(std::fabs(value - want) <= 2e-6 * magnitude + 1e-6);
+  for (const DType type : {DType::q4_k, DType::q6_k}) {
+    const WeightKind kind = *weight_kind_for(type);
+    INFO(dtype_name(type));
+    REQUIRE(repackable(kind));
+    REQUIRE(table.repacked[static_cast<int>(kind)] != nullptr);
+    // The AVX-512 kernel at every count; with AMX (emulated here, the hardware where the CPU has it)
+    // the tile kernel from kTileMinTokens tokens on.
+    struct Table {
+      const char* name;
+      KernelTable table;
+    };
+    // Q6_K has no AMX kernel on its strips: every count takes the AVX-512 one there too.
+    std::vector<Table> tables{{"avx512", table}, {"emulated amx", make_emulated_amx_table()}};
+    const bool amx_wide = kind == WeightKind::q4_k;
+    REQUIRE((tables[1].table.repacked_wide[static_cast<int>(kind)] != nullptr) == amx_wide);
+    if (isa_level_supported(IsaLevel::amx))
+      tables.push_back({"amx", make_kernel_table(IsaLevel::amx)});
+    else
+      WARN("SKIPPED: this CPU (or OS) lacks AMX-TILE/AMX-INT8: the hardware AMX kernel on repacked strips is not tested here");
+    std::mt19937 rng(9);
+    for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{2048}}) {
+      // 37 rows: two full strips and a partial one.
+      const int64_t rows = 37;
+      const Case c(type, rows, in, rng);
+      const int64_t bytes = repacked_bytes(kind, rows, in);
+      REQUIRE(bytes == 3 * (in / 256) * (kind == WeightKind::q4_k ? kRepackedQ4KBlockBytes : kRepackedQ6KBlockBytes));
+      std::vector<uint8_t> storage(static_cast<size_t>(bytes + kRepackedAlign));
+      uint8_t* repacked = storage.data() + (kRepackedAlign - reinterpret_cast<uintptr_t>(storage.data()) % kRepackedAlign);
+      // In two calls, as the pool splits the work.
+      repack_strips(kind, static_cast<const uint8_t*>(c.weight.weight.data), c.weight.weight.row_stride_bytes(), rows,
+                    in, 0, 1, repacked);
+      repack_strips(kind, static_cast<const uint8_t*>(c.weight.weight.data), c.weight.weight.row_stride_bytes(), rows,
+                    in, 1, 3, repacked);
+      for (const int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{16}, int64_t{19}, int64_t{40}}) {
+        const auto x = random_activations(tokens, in, rng);
+        const int64_t stride = act_row_bytes(ActFormat::q8k, in);
+        std::vector<uint8_t> q(static_cast<size_t>(tokens * stride));
+        quantize_rows(reference, ActFormat::q8k, x.data(), in, in, 0, tokens, q.data());
+        // Rows [16, 37): the second and the partial third strip; y wider than the tile.
+        const int64_t o0 = 16, y_stride = rows + 3;
+        std::vector<float> packed_per_call(static_cast<size_t>(tokens * y_stride), -99.0f);
+        // The per-call packing tile kernel, on any token count (called directly: matmul_tile takes the
+        // dot kernels below kTileMinTokens).
+        std::vector<uint8_t> workspace(static_cast<size_t>(matmul_tile_workspace_bytes(table, kind, in)) + 64);
+        uint8_t* aligned = workspace.data() + (64 - reinterpret_cast<uintptr_t>(workspace.data()) % 64);
+        for (int64_t o = o0; o < rows; o += kTileRows)
+          table.tile[static_cast<int>(kind)](c.weight.weight.row_ptr(o), c.weight.weight.row_stride_bytes(),
+                                             static_cast<int>(std::min<int64_t>(kTileRows, rows - o)), q.data(), stride,
+                                             tokens, in, packed_per_call.data() + (o - o0), y_stride, aligned);
+        for (const Table& tb : tables) {
+          std::vector<float> got(static_cast<size_t>(tokens * y_stride), -99.0f);
+          matmul_tile(tb.table, c.weight, kind, {q.data(), stride}, tokens, o0, rows, nullptr, got.data(),
+                      y_stride, nullptr, repacked);
+          for (int64_t t = 0; t < tokens; ++t) {
+            for (int64_t o = o0; o < rows; ++o) {
+              INFO(tb.name << " in=" << in << " tokens=" << tokens << " t=" << t << " row=" << o);
+              const float value = got[static_cast<size_t>(t * y_stride + o - o0)];
+              // The AVX-512 kernel (every token of its table, an AMX table's tokens past its last whole
+              // 16) gives the per-call kernel's bits; AMX's split-scale sums are rounded once instead.
+              if (std::string_view(tb.name) == "avx512" || !amx_wide || t >= tokens / kTileMinTokens * kTileMinTokens)
+                CHECK(value == packed_per_call[static_cast<size_t>(t * y_stride + o - o0)]);
+              float want = 0;
+              reference.dot[static_cast<int>(kind)](c.weight.weight.row_ptr(o), q.data() + t * stride, stride,
+                                                    1, in, nullptr, &want, 1);
+              double magnitude = 0;
+              for (int64_t i = 0; i < in; ++i)
+                magnitude += std::fabs(c.w_row(o)[i] * x[static_cast<size_t>(t * in + i)]);
+              CHECK(std::fabs(value - want) <= 2e-6 * magnitude + 1e-6);
+            }
+            for (int64_t o = rows - o0; o < y_stride; ++o)
+              CHECK(got[static_cast<size_t>(t * y_stride + o)] == -99.0f);
           }
-          for (int64_t o = rows - o0; o < y_stride; ++o)
-            CHECK(got[static_cast<size_t>(t * y_stride + o)] == -99.0f);
         }
       }
     }
@@ -534,10 +539,10 @@ TEST_CASE("a repacked weight changed in place and prepared again is read anew; u
   backend->prepare(WeightGroup::experts, c.weight);
   const int64_t bytes = cpu_backend_repacked_bytes(*backend);
   CHECK(bytes == repacked_bytes(WeightKind::q4_k, rows, in));
-  CHECK(cpu_backend_repack_bytes(*backend, c.weight) == bytes);  // what the engine's memory guard counts
-  const Case q6(DType::q6_k, rows, in, rng);
-  CHECK(cpu_backend_repack_bytes(*backend, q6.weight) == 0);  // read in place
-  CHECK(cpu_backend_repack_bytes(*make_cpu_backend(1, CpuKernels::reference), c.weight) == 0);
+  CHECK(cpu_backend_repack_bytes(*backend, WeightGroup::experts, c.weight) == bytes);  // what the engine's memory guard counts
+  const Case q5(DType::q5_k, rows, in, rng);
+  CHECK(cpu_backend_repack_bytes(*backend, WeightGroup::experts, q5.weight) == 0);  // read in place
+  CHECK(cpu_backend_repack_bytes(*make_cpu_backend(1, CpuKernels::reference), WeightGroup::experts, c.weight) == 0);
   backend->prepare(WeightGroup::experts, c.weight);  // the same contents: kept, not copied twice
   CHECK(cpu_backend_repacked_bytes(*backend) == bytes);
   std::copy(other.bytes.begin(), other.bytes.end(), c.bytes.begin());
@@ -570,11 +575,11 @@ TEST_CASE("fast linear equals the reference linear within the activation roundin
       INFO(dtype_name(type) << " tokens=" << tokens);
       const int64_t rows = 37, in = 512;
       Case c(type, rows, in, rng);
-      // Q4_K twice: rows as stored, then repacked into strips at preparation.
+      // Q4_K and Q6_K twice: rows as stored, then repacked into strips at preparation.
       const auto repacked_fast = make_cpu_backend(2, CpuKernels::fast);
       repacked_fast->prepare(WeightGroup::attention, c.weight);
       CHECK((cpu_backend_repacked_bytes(*repacked_fast) > 0) ==
-            (type == DType::q4_k && isa_level_supported(IsaLevel::avx512)));
+            ((type == DType::q4_k || type == DType::q6_k) && isa_level_supported(IsaLevel::avx512)));
       std::vector<float> bias(rows);
       for (auto& b : bias) b = std::uniform_real_distribution<float>(-1, 1)(rng);
       if (type == DType::f32) {

@@ -78,8 +78,8 @@ class Backend {
   // Readies a linear's matrix (bias and FP8 scales with it) or an embedding table, of role group
   // `role`, for this backend's kernels now, at load, instead of at its first use: a GPU uploads it
   // to its memory (counted in its weight bytes). Throws the errors first use would (a stored type
-  // without a kernel, out of memory naming the bytes). The CPU backend repacks Q4_K matrices into
-  // 16-row strips its kernels read in place of the mapped rows (cpu_backend_repacked_bytes); other
+  // without a kernel, out of memory naming the bytes). The CPU backend repacks Q4_K and Q6_K matrices
+  // into 16-row strips its kernels read in place of the mapped rows (cpu_backend_repacked_bytes); other
   // types it reads from the mapping as they are. The weight's memory must outlive the backend's use
   // and stay unchanged, or be prepared again after it changed (the copy is found by address).
   virtual void prepare(WeightGroup role, const LinearWeight& w) { (void)role, (void)w; }
@@ -246,11 +246,12 @@ class Backend {
 
 // `threads` <= 0: one per physical core. `kernels`: the fast SIMD kernels or the reference path.
 std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels = CpuKernels::fast);
-// Bytes of weight copies a CPU backend made in prepare (Q4_K matrices repacked into 16-row strips
-// for its fast kernels); 0 for other backends.
+// Bytes of weight copies a CPU backend made in prepare (Q4_K and Q6_K matrices repacked into 16-row
+// strips for its fast kernels, and int8 strips where TANDEM_CPU_INT8 asks for them); 0 for other backends.
 int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept;
-// Bytes of the copy a CPU backend's prepare would make of `w` (its kernels' repackable types and
-// shapes, at its ISA level); 0 for other backends and for weights read in place.
-int64_t cpu_backend_repack_bytes(const Backend& backend, const LinearWeight& w);
+// Bytes of the copies a CPU backend's prepare(role, w) would make (its kernels' repackable types and
+// shapes at its ISA level; an int8 copy only for the roles that get one); 0 for other backends and
+// for weights read in place.
+int64_t cpu_backend_repack_bytes(const Backend& backend, WeightGroup role, const LinearWeight& w);
 
 }  // namespace tandem

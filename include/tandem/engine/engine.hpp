@@ -112,8 +112,8 @@ struct LoadOptions {
   // is measured by the test "cuda whole model: int8 decode products ..." (NLL within 0.3 %);
   // false: float activations (the CPU's results within float rounding).
   bool cuda_decode_q8 = true;
-  // Q4_K weights placed on the CPU are repacked at load into 16-row strips the fast kernels read
-  // directly (1.056 × their bytes in host memory; the file's mapping stays unchanged, its pages of
+  // Q4_K and Q6_K weights placed on the CPU are repacked at load into 16-row strips the fast kernels
+  // read directly (1.056 × / 1.0095 × their bytes in host memory; the file's mapping stays unchanged, its pages of
   // those weights read once). Prefill no longer gathers each strip per call, decode reads one
   // stream per strip (docs/PERF.md). false: the kernels read the mapped rows. TANDEM_CPU_REPACK=0/1
   // in the environment overrides it.

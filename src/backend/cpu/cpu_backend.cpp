@@ -108,13 +108,16 @@ class CpuBackend final : public Backend {
   void wait(BackendEvent&) override {}  // this backend's later calls wait for its own work anyway
   void synchronize() override { drain(); }
 
-  // Q4_K matrices the fast kernels serve are repacked into 16-row strips (FastCpuOps::prepare).
+  // Q4_K and Q6_K matrices the fast kernels serve are repacked into 16-row strips (FastCpuOps::prepare).
   void prepare(WeightGroup role, const LinearWeight& w) override {
-    // The output head multiplies one token a prompt: no int8 copy for it.
-    if (fast_) fast_->prepare(w, role != WeightGroup::output && role != WeightGroup::embedding);
+    if (fast_) fast_->prepare(w, int8_copy_for(role));
   }
   int64_t repacked_bytes() const { return fast_ ? fast_->repacked_bytes() : 0; }
-  int64_t repack_bytes(const LinearWeight& w) const { return fast_ ? fast_->repack_bytes(w) : 0; }
+  int64_t repack_bytes(WeightGroup role, const LinearWeight& w) const {
+    return fast_ ? fast_->repack_bytes(w, int8_copy_for(role)) : 0;
+  }
+  // The output head multiplies one token a prompt (and the embedding is gathered): no int8 copy for them.
+  static bool int8_copy_for(WeightGroup role) { return role != WeightGroup::output && role != WeightGroup::embedding; }
 
   const float* prepare_vector(const TensorView& view) override {
     if (view.empty()) return nullptr;
@@ -327,9 +330,9 @@ int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept {
   return cpu ? cpu->repacked_bytes() : 0;
 }
 
-int64_t cpu_backend_repack_bytes(const Backend& backend, const LinearWeight& w) {
+int64_t cpu_backend_repack_bytes(const Backend& backend, WeightGroup role, const LinearWeight& w) {
   const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
-  return cpu ? cpu->repack_bytes(w) : 0;
+  return cpu ? cpu->repack_bytes(role, w) : 0;
 }
 
 std::string_view cpu_kernels_name(CpuKernels kernels) noexcept {

@@ -43,8 +43,8 @@ class FastCpuOps {
   bool prepare(const LinearWeight& w, bool int8 = true);
   int64_t repacked_bytes() const { return repacked_.bytes(); }
   // The bytes prepare(w) would copy (0: none).
-  int64_t repack_bytes(const LinearWeight& w) const {
-    return supports(w) ? RepackedWeights::bytes_for(table_, w) : 0;
+  int64_t repack_bytes(const LinearWeight& w, bool int8) const {
+    return supports(w) ? RepackedWeights::bytes_for(table_, w, int8) : 0;
   }
 
   void linear(const LinearWeight& w, const float* x, int64_t rows, float* y);

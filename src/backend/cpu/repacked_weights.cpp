@@ -12,8 +12,8 @@
 
 namespace tandem {
 
-int64_t RepackedWeights::bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {
-  return strip_bytes_for(table, w) + int8_bytes_for(table, w);
+int64_t RepackedWeights::bytes_for(const kernels::KernelTable& table, const LinearWeight& w, bool int8) {
+  return strip_bytes_for(table, w) + (int8 ? int8_bytes_for(table, w) : 0);
 }
 
 int64_t RepackedWeights::strip_bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {

@@ -20,7 +20,7 @@ struct ExpertBenchOptions {
   uint64_t stream_bytes = uint64_t{1} << 30;  // the stream read probe's buffer
   uint64_t seed = 1;
   CpuKernels kernels = CpuKernels::fast;  // the CPU backend's kernels (reference: to compare)
-  // The experts prepared as the engine prepares CPU weights (Q4_K repacked into strips;
+  // The experts prepared as the engine prepares CPU weights (Q4_K and Q6_K repacked into strips;
   // LoadOptions::cpu_repack); TANDEM_CPU_REPACK=0/1 in the environment overrides it.
   bool repack = true;
   static constexpr int64_t kMaxBatch = 16384;

@@ -39,12 +39,54 @@ void repack_q4_k_strip(const uint8_t* w, int64_t row_stride, int rows, int64_t i
   }
 }
 
+// A Q6_K block's value v (0..255) as its unsigned 6-bit code: value 128h + 32q + l is the low (q < 2)
+// or high (q >= 2) nibble of ql[64h + 32·(q % 2) + l] with bits 2q, 2q + 1 of qh[32h + l] on top.
+int q6_code(const uint8_t* blk, int v) {
+  const int h = v / 128, q = v % 128 / 32, l = v % 32;
+  const uint8_t low = blk[64 * h + 32 * (q % 2) + l];
+  const int nibble = q < 2 ? low & 0x0f : low >> 4;
+  return nibble | ((blk[128 + 32 * h + l] >> (2 * q)) & 3) << 4;
+}
+
+void repack_q6_k_strip(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* out) {
+  std::memset(out, 0, static_cast<size_t>(in / 256 * kRepackedQ6KBlockBytes));
+  for (int64_t b = 0; b < in / 256; ++b) {
+    uint8_t* dst = out + b * kRepackedQ6KBlockBytes;
+    auto* d = reinterpret_cast<float*>(dst + kRepackedQ6KD);
+    for (int r = 0; r < rows; ++r) {
+      const uint8_t* blk = w + r * row_stride + b * kQ6KBytes;
+      int code[256];
+      for (int v = 0; v < 256; ++v) code[v] = q6_code(blk, v);
+      for (int j = 0; j < 4; ++j)
+        for (int k = 0; k < 4; ++k)
+          for (int i = 0; i < 4; ++i) {
+            const int v = 64 * j + 4 * k + i;  // group 4j's value at step k, byte i
+            for (int p = 0; p < 2; ++p)
+              dst[64 * (8 * j + 2 * k + p) + 4 * r + i] =
+                  static_cast<uint8_t>((code[v + 32 * p] & 0x0f) | (code[v + 32 * p + 16] & 0x0f) << 4);
+            int high = 0;
+            for (int q = 0; q < 4; ++q) high |= (code[v + 16 * q] >> 4) << (2 * q);
+            dst[kRepackedQ6KHigh + 64 * (4 * j + k) + 4 * r + i] = static_cast<uint8_t>(high);
+          }
+      for (int g = 0; g < 16; ++g) dst[kRepackedQ6KScales + 16 * g + r] = blk[192 + g];
+      d[r] = load_half(blk + 208);
+    }
+  }
+}
+
 }  // namespace
 
-bool repackable(WeightKind kind) noexcept { return kind == WeightKind::q4_k; }
+bool repackable(WeightKind kind) noexcept { return kind == WeightKind::q4_k || kind == WeightKind::q6_k; }
 
 int64_t repacked_strip_bytes(WeightKind kind, int64_t in) noexcept {
-  return repackable(kind) ? in / 256 * kRepackedQ4KBlockBytes : 0;
+  switch (kind) {
+    case WeightKind::q4_k:
+      return in / 256 * kRepackedQ4KBlockBytes;
+    case WeightKind::q6_k:
+      return in / 256 * kRepackedQ6KBlockBytes;
+    default:
+      return 0;
+  }
 }
 
 int64_t repacked_bytes(WeightKind kind, int64_t rows, int64_t in) noexcept {
@@ -54,12 +96,15 @@ int64_t repacked_bytes(WeightKind kind, int64_t rows, int64_t in) noexcept {
 
 void repack_strips(WeightKind kind, const uint8_t* w, int64_t row_stride, int64_t rows, int64_t in,
                    int64_t strip_begin, int64_t strip_end, uint8_t* out) {
-  if (kind != WeightKind::q4_k) return;
+  if (!repackable(kind)) return;
   const int64_t strip_bytes = repacked_strip_bytes(kind, in);
   for (int64_t s = strip_begin; s < strip_end; ++s) {
     const int64_t r0 = s * kTileRows;
     const int n = static_cast<int>(rows - r0 < kTileRows ? rows - r0 : kTileRows);
-    repack_q4_k_strip(w + r0 * row_stride, row_stride, n, in, out + s * strip_bytes);
+    if (kind == WeightKind::q4_k)
+      repack_q4_k_strip(w + r0 * row_stride, row_stride, n, in, out + s * strip_bytes);
+    else
+      repack_q6_k_strip(w + r0 * row_stride, row_stride, n, in, out + s * strip_bytes);
   }
 }
 

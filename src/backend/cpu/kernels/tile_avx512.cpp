@@ -6,6 +6,7 @@
 // tile_amx.cpp. Built with the AVX-512 flags; intrinsics and internal functions only.
 #include "backend/cpu/kernels/intrinsics.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 
@@ -252,10 +253,96 @@ void repacked_q4k(const uint8_t* strip, int rows, const void* x, int64_t xs, int
   });
 }
 
+// Tokens against a Q6_K strip repacked at preparation (strip_repack.hpp), in runs of kQ6Run: per
+// block and four groups, two nibble vectors and one high-bit vector a 4-value step give the four
+// groups' unsigned codes (a mask, a shift and an or each), formed once for the whole run and kept in
+// registers while each token of the run takes one vpdpbusd per group and step; then per group the
+// same float steps, in the same order, as strip_tokens<16> on a strip pack_q6k gathered — its bits.
+// The run's per-block sums and totals live on the stack (the codes take half the registers).
+constexpr int kQ6Run = 32;
+
+void repacked_q6k_run(const uint8_t* strip, int64_t in, const uint8_t* x0, int64_t xs, int n, float* y, int64_t ys,
+                      __mmask16 row_mask, int64_t prefetch_bytes) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+  const __m512 k32 = _mm512_set1_ps(32.0f);
+  alignas(64) float acc[kQ6Run][16], blk[kQ6Run][16], group_sums[kQ6Run][16];
+  for (int t = 0; t < n; ++t) _mm512_store_ps(acc[t], _mm512_setzero_ps());
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blkp = strip + b * kRepackedQ6KBlockBytes;
+    if (prefetch_bytes > 0)  // into L2, as matmul_tile does for the dot kernels' rows
+      for (int64_t line = 0; line < kRepackedQ6KBlockBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    const auto* low = reinterpret_cast<const __m512i*>(blkp);
+    const auto* high = reinterpret_cast<const __m512i*>(blkp + kRepackedQ6KHigh);
+    const __m512 d = _mm512_load_ps(blkp + kRepackedQ6KD);
+    for (int t = 0; t < n; ++t) {
+      const auto* ab = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
+      _mm512_store_ps(blk[t], _mm512_setzero_ps());
+      _mm512_store_ps(group_sums[t], _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(
+                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab->sums)))));
+    }
+    for (int j = 0; j < 4; ++j) {
+      __m512i codes[4][4];  // [step][group]
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const __m512i l0 = _mm512_load_si512(low + 8 * j + 2 * k), l1 = _mm512_load_si512(low + 8 * j + 2 * k + 1);
+        const __m512i h = _mm512_load_si512(high + 4 * j + k);
+        codes[k][0] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+        codes[k][1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+                                      _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
+        codes[k][2] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(h, m30));
+        codes[k][3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                                      _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
+      }
+      __m512 ds[4], ss[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        ds[q] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(
+                                     reinterpret_cast<const __m128i*>(blkp + kRepackedQ6KScales + 16 * (4 * j + q))))));
+        ss[q] = _mm512_mul_ps(ds[q], k32);
+      }
+      for (int t = 0; t < n; ++t) {
+        const int8_t* aq = (reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b)->q + 64 * j;
+        __m512i dot[4];
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) dot[q] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k)
+#pragma GCC unroll 4
+          for (int q = 0; q < 4; ++q) dot[q] = _mm512_dpbusd_epi32(dot[q], codes[k][q], broadcast4(aq + 16 * q + 4 * k));
+        __m512 sum = _mm512_load_ps(blk[t]);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[q]), ds[q], sum);
+          sum = _mm512_fnmadd_ps(_mm512_set1_ps(group_sums[t][4 * j + q]), ss[q], sum);
+        }
+        _mm512_store_ps(blk[t], sum);
+      }
+    }
+    for (int t = 0; t < n; ++t) {
+      const float act_d = (reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b)->d;
+      _mm512_store_ps(acc[t], _mm512_fmadd_ps(_mm512_load_ps(blk[t]), _mm512_set1_ps(act_d), _mm512_load_ps(acc[t])));
+    }
+  }
+  for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, _mm512_load_ps(acc[t]));
+}
+
+// Only the first run over the strip asks for its bytes: later runs find them in cache.
+void repacked_q6k(const uint8_t* strip, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in, float* y,
+                  int64_t ys, int64_t prefetch_bytes) {
+  if (rows <= 0 || tokens <= 0) return;
+  const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
+  const auto* x0 = static_cast<const uint8_t*>(x);
+  for (int64_t t = 0; t < tokens; t += kQ6Run)
+    repacked_q6k_run(strip, in, x0 + t * xs, xs, static_cast<int>(std::min<int64_t>(kQ6Run, tokens - t)), y + t * ys,
+                     ys, row_mask, t == 0 ? prefetch_bytes : 0);
+}
+
 }  // namespace
 
 void fill_tile_kernels(KernelTable& t) noexcept {
   t.repacked[static_cast<int>(WeightKind::q4_k)] = repacked_q4k;
+  t.repacked[static_cast<int>(WeightKind::q6_k)] = repacked_q6k;
   t.tile[static_cast<int>(WeightKind::q4_k)] = tile_kernel<WeightKind::q4_k>;
   t.tile[static_cast<int>(WeightKind::q5_k)] = tile_kernel<WeightKind::q5_k>;
   t.tile[static_cast<int>(WeightKind::q6_k)] = tile_kernel<WeightKind::q6_k>;
