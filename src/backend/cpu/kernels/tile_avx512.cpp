@@ -327,12 +327,88 @@ void repacked_q6k_run(const uint8_t* strip, int64_t in, const uint8_t* x0, int64
   for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, _mm512_load_ps(acc[t]));
 }
 
+// 1-3 tokens against a repacked Q6_K strip (decode): the same steps as repacked_q6k_run with the
+// sums in registers, each group's codes formed as its four steps are taken.
+template <int NT>
+void repacked_q6k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, int64_t xs, float* y, int64_t ys,
+                         __mmask16 row_mask, int64_t prefetch_bytes) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+  const __m512 k32 = _mm512_set1_ps(32.0f);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blkp = strip + b * kRepackedQ6KBlockBytes;
+    if (prefetch_bytes > 0)
+      for (int64_t line = 0; line < kRepackedQ6KBlockBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    const auto* low = reinterpret_cast<const __m512i*>(blkp);
+    const auto* high = reinterpret_cast<const __m512i*>(blkp + kRepackedQ6KHigh);
+    const __m512 d = _mm512_load_ps(blkp + kRepackedQ6KD);
+    const ActQ8K* ab[NT];
+    __m512 blk[NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      ab[t] = reinterpret_cast<const ActQ8K*>(x0 + t * xs) + b;
+      blk[t] = _mm512_setzero_ps();
+    }
+    for (int j = 0; j < 4; ++j) {
+      __m512i dot[NT][4];
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t)
+        for (int q = 0; q < 4; ++q) dot[t][q] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const __m512i l0 = _mm512_load_si512(low + 8 * j + 2 * k), l1 = _mm512_load_si512(low + 8 * j + 2 * k + 1);
+        const __m512i h = _mm512_load_si512(high + 4 * j + k);
+        const __m512i codes[4] = {
+            _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+                            _mm512_and_si512(_mm512_slli_epi16(h, 2), m30)),
+            _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(h, m30)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                            _mm512_and_si512(_mm512_srli_epi16(h, 2), m30))};
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+          for (int q = 0; q < 4; ++q)
+            dot[t][q] = _mm512_dpbusd_epi32(dot[t][q], codes[q], broadcast4(ab[t]->q + 64 * j + 16 * q + 4 * k));
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        const int g = 4 * j + q;
+        const __m512 ds = _mm512_mul_ps(
+            d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                   _mm_load_si128(reinterpret_cast<const __m128i*>(blkp + kRepackedQ6KScales + 16 * g)))));
+        const __m512 ss = _mm512_mul_ps(ds, k32);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; ++t) {
+          blk[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][q]), ds, blk[t]);
+          blk[t] = _mm512_fnmadd_ps(_mm512_set1_ps(static_cast<float>(ab[t]->sums[g])), ss, blk[t]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(blk[t], _mm512_set1_ps(ab[t]->d), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, row_mask, acc[t]);
+}
+
 // Only the first run over the strip asks for its bytes: later runs find them in cache.
 void repacked_q6k(const uint8_t* strip, int rows, const void* x, int64_t xs, int64_t tokens, int64_t in, float* y,
                   int64_t ys, int64_t prefetch_bytes) {
   if (rows <= 0 || tokens <= 0) return;
   const auto row_mask = static_cast<__mmask16>((1u << rows) - 1u);
   const auto* x0 = static_cast<const uint8_t*>(x);
+  switch (tokens) {  // decode: per-token registers beat the run's stack for so few
+    case 1:
+      return repacked_q6k_tokens<1>(strip, in, x0, xs, y, ys, row_mask, prefetch_bytes);
+    case 2:
+      return repacked_q6k_tokens<2>(strip, in, x0, xs, y, ys, row_mask, prefetch_bytes);
+    case 3:
+      return repacked_q6k_tokens<3>(strip, in, x0, xs, y, ys, row_mask, prefetch_bytes);
+    default:
+      break;
+  }
   for (int64_t t = 0; t < tokens; t += kQ6Run)
     repacked_q6k_run(strip, in, x0 + t * xs, xs, static_cast<int>(std::min<int64_t>(kQ6Run, tokens - t)), y + t * ys,
                      ys, row_mask, t == 0 ? prefetch_bytes : 0);
