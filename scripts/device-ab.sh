@@ -13,6 +13,11 @@
 #   KEYS    the JSON keys printed (default prefill_tok_s decode_tok_s decode_tok_s_sd)
 #   AB_ENV  a variable name: instead of a base revision, this tree's binary with VAR=0 ("base") against
 #           VAR=1 ("new"), no .ab-base.tar needed
+#   TESTS_ENV  variables for the test_cuda run (e.g. "TANDEM_CUDA_PDL=1")
+#   TARGETS extra build targets of this tree (e.g. "test_engine bench_cpu_kernels"); PRE: a command run
+#           once they are built (e.g. 'build-gpu/bin/test_engine "[amx]"')
+#   PEER=1  ik_llama.cpp's llama-bench (scripts/peer-ik-llama.sh, .deps/ik_llama.tar.gz) on each case's
+#           file in every round, CPU only, 16 threads, the same -p/-n/-r
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH="/tmp/tandem-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
@@ -22,7 +27,8 @@ t0=$SECONDS
 ab_env=${AB_ENV:-}
 [ -n "$ab_env" ] || [ -s .ab-base.tar ] || { echo "no .ab-base.tar: git archive BASE -o .ab-base.tar on the dev machine, and carry it" >&2; exit 2; }
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-TANDEM_DEVICE_TARGETS="test_cuda tandem_cli" TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh build-gpu \
+[ "${PEER:-0}" = 1 ] && (bash scripts/peer-ik-llama.sh > "$out/peer-build.log" 2>&1; echo "== peer built rc=$? $((SECONDS - t0))s") &
+TANDEM_DEVICE_TARGETS="test_cuda tandem_cli ${TARGETS:-}" TANDEM_DEVICE_CTEST=0 bash scripts/device-build.sh build-gpu \
   > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 echo "== this tree built $((SECONDS - t0))s"
 new=build-gpu/bin/tandem old=$new
@@ -39,10 +45,11 @@ declare -A file=([q8]=/tmp/tandem-qwen3-30b-a3b-8l-q4_k_m.gguf [q48]=/tmp/tandem
 tests=${TESTS-all}
 if [ -n "$tests" ]; then
   filter=$([ "$tests" = all ] || echo "$tests")
-  timeout 240 build-gpu/bin/test_cuda $filter > "$out/test_cuda.log" 2>&1
+  env ${TESTS_ENV:-} timeout 240 build-gpu/bin/test_cuda $filter > "$out/test_cuda.log" 2>&1
   echo "== test_cuda rc=$? $((SECONDS - t0))s: $(tail -2 "$out/test_cuda.log" | head -1)"
   grep -B3 -A12 FAILED "$out/test_cuda.log" | head -60
 fi
+[ -n "${PRE:-}" ] && { echo "== pre: $PRE"; bash -c "$PRE" 2>&1 | tail -${PRE_LINES:-6}; }
 wait
 echo "== ready $((SECONDS - t0))s"
 [ -x "$old" ] || { tail -30 "$out/build-base.log"; exit 1; }
@@ -66,6 +73,11 @@ for c in "${list[@]}"; do
   for ((r = 1; r <= ${ROUNDS:-2}; ++r)); do
     run "base r$r" "$old" "${file[$key]}" "${flags[@]}"
     run "new  r$r" "$new" "${file[$key]}" "${flags[@]}"
+    if [ "${PEER:-0}" = 1 ] && [ -x /tmp/ik_llama-build/bin/llama-bench ]; then
+      read -ra size <<< "${BENCH:--p 512 -n 64 -r 2}"
+      echo "peer r$r $(/tmp/ik_llama-build/bin/llama-bench -m "${file[$key]}" "${size[@]}" -t 16 2>/dev/null | grep -E '^\|.*(pp|tg)[0-9]' \
+        | awk -F'|' '{gsub(/ /, "", $(NF-2)); gsub(/^ +| +$/, "", $(NF-1)); printf "%s=%s  ", $(NF-2), $(NF-1)}')"
+    fi
   done
 done
 echo "== done $((SECONDS - t0))s"
