@@ -64,10 +64,10 @@ class CudaBackend final : public Backend {
     if (const char* q8 = std::getenv("TANDEM_CUDA_Q8_DOT"); q8 != nullptr && (q8 == std::string_view("0") || q8 == std::string_view("1")))
       q8_override_ = q8 == std::string_view("1") ? 1 : 0;
     decode_q8_ = q8_override_ == 1;
-    // Opt-in until the whole CUDA suite has run with it on: the decode chain's kernels with programmatic
-    // dependent launch (TANDEM_CUDA_PDL=1; docs/PERF.md, "Programmatic dependent launch").
+    // The decode chain's kernels with programmatic dependent launch, the default since the whole CUDA
+    // suite passed with it (docs/PERF.md, "Programmatic dependent launch"); TANDEM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("TANDEM_CUDA_PDL");
-    stream_.set_dependent_launch(pdl != nullptr && std::string_view(pdl) == "1");
+    stream_.set_dependent_launch(!(pdl != nullptr && std::string_view(pdl) == "0"));
   }
   ~CudaBackend() override {
     try {

@@ -273,7 +273,7 @@ TEST_CASE("cuda whole model: int8 decode products on the trained Q4_K_M file sta
   }
 }
 
-// Programmatic dependent launch (TANDEM_CUDA_PDL=1, read when a backend is made; branch gpu-pdl):
+// Programmatic dependent launch (the default; TANDEM_CUDA_PDL=0 turns it off, read when a backend is made):
 // the decode chain's kernels may be scheduled while their predecessor finishes and wait for it
 // inside, so every logit must equal the plain launches' bit for bit, recorded (graphs) and eager.
 TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", "[cuda][model][pdl]") {
@@ -289,7 +289,7 @@ TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", 
     o.placement = "*=cuda:0";
     o.cuda_graphs = graphs;
     auto steps = [&](bool dependent) {
-      if (dependent) setenv("TANDEM_CUDA_PDL", "1", 1);
+      setenv("TANDEM_CUDA_PDL", dependent ? "1" : "0", 1);
       const auto engine = Engine::load(path, o);
       unsetenv("TANDEM_CUDA_PDL");
       auto session = engine->new_session();
