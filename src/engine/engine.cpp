@@ -517,9 +517,10 @@ class CpuEngine final : public Engine {
   friend class EngineSession;
 
   // LoadOptions::cpu_repack: the CPU backend repacks the Q4_K and Q6_K matrices placed on the CPU into 16-row
-  // strips (Backend::prepare). Not the routed experts when prefill streams them to a GPU (the CPU
-  // then only decodes them, and their pinned copies already take memory); nothing when the copies
-  // would take more than kRepackMemoryShare of the machine's memory (a warning says so).
+  // strips (Backend::prepare), with int8 copies for AMX prefill where it makes them. Not the routed
+  // experts when prefill streams them to a GPU (the CPU then only decodes them, and their pinned
+  // copies already take memory). When the copies would take more than kRepackMemoryShare of the
+  // machine's memory, the int8 copies are dropped first, then everything (a warning says which).
   template <class Step>
   void repack_cpu_weights(bool experts_streamed, Step& step) {
     if (options_.cpu_kernels != CpuKernels::fast || !cpu_repack_enabled(options_.cpu_repack)) return;
@@ -528,18 +529,33 @@ class CpuEngine final : public Engine {
         return 0;
       return cpu_backend_repack_bytes(*backend_, g, w);
     };
-    double bytes = 0;
-    for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
-      if constexpr (sizeof...(item) == 1) bytes += static_cast<double>(copy_bytes(g, layer, item...));
-    });
+    const auto total_bytes = [&] {
+      double bytes = 0;
+      for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
+        if constexpr (sizeof...(item) == 1) bytes += static_cast<double>(copy_bytes(g, layer, item...));
+      });
+      return bytes;
+    };
+    double bytes = total_bytes();
     if (bytes == 0) return;
-    if (const double memory = physical_memory(); !cpu_repack_forced() && memory > 0 && bytes > kRepackMemoryShare * memory) {
-      files_.warnings.push_back(fmt::format(
-          "CPU weights not repacked into strips: the copies would take {:.1f} GiB, more than {:.0f} % of this machine's "
-          "{:.1f} GiB (TANDEM_CPU_REPACK=1 forces them{})",
-          bytes / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30),
-          cpu_int8_enabled() ? "; the int8 copies of TANDEM_CPU_INT8=1 are part of them" : ""));
-      return;
+    const double memory = physical_memory();
+    const auto too_much = [&](double b) { return !cpu_repack_forced() && memory > 0 && b > kRepackMemoryShare * memory; };
+    if (too_much(bytes)) {
+      // The int8 copies (AMX prefill) go first: the strips serve decode and prefill alike.
+      cpu_backend_set_int8_copies(*backend_, false);
+      const double strips = total_bytes();
+      if (strips < bytes && !too_much(strips)) {
+        files_.warnings.push_back(fmt::format(
+            "CPU weights repacked without int8 copies for AMX prefill: with them the copies would take {:.1f} GiB, more "
+            "than {:.0f} % of this machine's {:.1f} GiB (without, {:.1f} GiB; TANDEM_CPU_REPACK=1 forces them)",
+            bytes / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30), strips / (1 << 30)));
+      } else {
+        files_.warnings.push_back(fmt::format(
+            "CPU weights not repacked into strips: the copies would take {:.1f} GiB, more than {:.0f} % of this "
+            "machine's {:.1f} GiB (TANDEM_CPU_REPACK=1 forces them)",
+            strips / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30)));
+        return;
+      }
     }
     step(0.72f, "repacking CPU weights");
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {

@@ -15,6 +15,7 @@
 
 #include "backend/cpu/fast_ops.hpp"
 #include "backend/cpu/kernels/int8_strips.hpp"
+#include "backend/cpu/kernels/strip_repack.hpp"
 #include "backend/cpu/kernels/kernel_table.hpp"
 #include "backend/cpu/partitioned_items.hpp"
 #include "support/random_experts.hpp"
@@ -174,7 +175,7 @@ TEST_CASE("PartitionedItems: every item taken exactly once, owners first, thieve
   }
 }
 
-TEST_CASE("fast MoE on int8 strips (TANDEM_CPU_INT8=1, emulated AMX): whole 16-row runs read them, within the "
+TEST_CASE("fast MoE on int8 strips (emulated AMX): whole 16-row runs read them, within the "
           "requantisation's error of the strips as stored",
           "[engine][kernels][moe][amx]") {
   if (!kernels::isa_level_supported(kernels::IsaLevel::avx512)) {
@@ -188,12 +189,10 @@ TEST_CASE("fast MoE on int8 strips (TANDEM_CPU_INT8=1, emulated AMX): whole 16-r
   const std::vector<float> x = random_rows(tokens, hidden, rng);
   const kernels::KernelTable table = kernels::make_emulated_amx_table();
   const auto run = [&](bool int8, int64_t& copy_bytes) {
-    if (int8) setenv("TANDEM_CPU_INT8", "1", 1);
     ThreadPool pool(2);
     FastCpuOps ops(pool, kernels::IsaLevel::avx512, table);
     for (const auto* set : {&experts.weights.gate, &experts.weights.up, &experts.weights.down})
-      for (const LinearWeight& w : *set) ops.prepare(w);
-    unsetenv("TANDEM_CPU_INT8");
+      for (const LinearWeight& w : *set) ops.prepare(w, int8);
     copy_bytes = ops.repacked_bytes();
     std::vector<float> y(static_cast<size_t>(tokens * hidden));
     REQUIRE(ops.moe_routed_experts(experts.weights, x.data(), tokens, hidden, routing.ids.data(),
@@ -215,4 +214,11 @@ TEST_CASE("fast MoE on int8 strips (TANDEM_CPU_INT8=1, emulated AMX): whole 16-r
   }
   CHECK(max_diff > 0);               // the int8 kernel ran (expert 0 has 40 rows: two 16-row runs)
   CHECK(max_diff < 0.02 * max_y);    // and stayed within the requantisation's error
+  // What the engine's memory guard counts before preparing: the same bytes, with and without.
+  ThreadPool pool(1);
+  const FastCpuOps counter(pool, kernels::IsaLevel::avx512, table);
+  const LinearWeight& down = experts.weights.down[0];
+  CHECK(counter.repack_bytes(down, true) - counter.repack_bytes(down, false) ==
+        kernels::int8_strips_bytes(DType::q6_k, hidden, inter));
+  CHECK(counter.repack_bytes(down, false) == kernels::repacked_bytes(kernels::WeightKind::q6_k, hidden, inter));
 }

@@ -253,5 +253,8 @@ int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept;
 // shapes at its ISA level; an int8 copy only for the roles that get one); 0 for other backends and
 // for weights read in place.
 int64_t cpu_backend_repack_bytes(const Backend& backend, WeightGroup role, const LinearWeight& w);
+// Whether a CPU backend's later prepare calls make int8 copies (default: cpu_int8_enabled); the
+// engine turns them off when they alone would break its memory guard. No effect on other backends.
+void cpu_backend_set_int8_copies(Backend& backend, bool on);
 
 }  // namespace tandem

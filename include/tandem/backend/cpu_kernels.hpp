@@ -27,8 +27,8 @@ bool cpu_repack_enabled(bool requested);
 // Whether TANDEM_CPU_REPACK is set (=1 then also overrides the memory guard).
 bool cpu_repack_forced();
 // Whether the CPU weights that prefill multiplies (attention, experts, dense and shared MLPs) also
-// get an int8 copy for the AMX int8 kernel, where the CPU has AMX: TANDEM_CPU_INT8=1 (off by
-// default while it is measured; it costs ~1 byte a weight more).
+// get an int8 copy for the AMX int8 kernel, where the CPU has AMX: on unless TANDEM_CPU_INT8=0 (it
+// costs ~1 byte a weight more; the engine's memory guard drops these copies first).
 bool cpu_int8_enabled();
 
 }  // namespace tandem

@@ -112,12 +112,15 @@ class CpuBackend final : public Backend {
   void prepare(WeightGroup role, const LinearWeight& w) override {
     if (fast_) fast_->prepare(w, int8_copy_for(role));
   }
+  void set_int8_copies(bool on) { int8_copies_ = on; }
   int64_t repacked_bytes() const { return fast_ ? fast_->repacked_bytes() : 0; }
   int64_t repack_bytes(WeightGroup role, const LinearWeight& w) const {
     return fast_ ? fast_->repack_bytes(w, int8_copy_for(role)) : 0;
   }
   // The output head multiplies one token a prompt (and the embedding is gathered): no int8 copy for them.
-  static bool int8_copy_for(WeightGroup role) { return role != WeightGroup::output && role != WeightGroup::embedding; }
+  bool int8_copy_for(WeightGroup role) const {
+    return int8_copies_ && role != WeightGroup::output && role != WeightGroup::embedding;
+  }
 
   const float* prepare_vector(const TensorView& view) override {
     if (view.empty()) return nullptr;
@@ -311,6 +314,7 @@ class CpuBackend final : public Backend {
   std::optional<FastCpuOps> fast_;  // empty: the reference path only
   std::optional<CpuFlashAttention> flash_;
   std::mutex prepared_mutex_, router_mutex_;
+  bool int8_copies_ = cpu_int8_enabled();  // TANDEM_CPU_INT8; the engine's memory guard may turn it off
   std::map<std::pair<const void*, uint64_t>, std::vector<float>> prepared_;  // by the view's bytes
   std::deque<RotaryEmbedding> ropes_;  // one per RopeParams value seen (a model has one or two)
   std::vector<RouterScratch> router_scratch_;  // per pool worker
@@ -328,6 +332,10 @@ std::unique_ptr<Backend> make_cpu_backend(int threads, CpuKernels kernels) {
 int64_t cpu_backend_repacked_bytes(const Backend& backend) noexcept {
   const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
   return cpu ? cpu->repacked_bytes() : 0;
+}
+
+void cpu_backend_set_int8_copies(Backend& backend, bool on) {
+  if (auto* cpu = dynamic_cast<CpuBackend*>(&backend)) cpu->set_int8_copies(on);
 }
 
 int64_t cpu_backend_repack_bytes(const Backend& backend, WeightGroup role, const LinearWeight& w) {
@@ -355,6 +363,6 @@ bool cpu_repack_enabled(bool requested) {
 
 bool cpu_repack_forced() { return integer_from_environment("TANDEM_CPU_REPACK", 0, 1).has_value(); }
 
-bool cpu_int8_enabled() { return integer_from_environment("TANDEM_CPU_INT8", 0, 1).value_or(0) == 1; }
+bool cpu_int8_enabled() { return integer_from_environment("TANDEM_CPU_INT8", 0, 1).value_or(1) == 1; }
 
 }  // namespace tandem

@@ -39,7 +39,8 @@ class FastCpuOps {
 
   // Repacks `w` into 16-row strips (RepackedWeights) when its type has a repacked kernel at this
   // level; later calls on `w` read the copy. Returns whether one is held.
-  // `int8`: also the int8 copy, where enabled (cpu_int8_enabled) and the table has the kernel.
+  // `int8`: also the int8 copy, where the table has the kernel (the CPU backend asks for it as
+  // cpu_int8_enabled and the memory guard say).
   bool prepare(const LinearWeight& w, bool int8 = true);
   int64_t repacked_bytes() const { return repacked_.bytes(); }
   // The bytes prepare(w) would copy (0: none).

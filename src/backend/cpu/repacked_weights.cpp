@@ -27,7 +27,7 @@ int64_t RepackedWeights::strip_bytes_for(const kernels::KernelTable& table, cons
 int64_t RepackedWeights::int8_bytes_for(const kernels::KernelTable& table, const LinearWeight& w) {
   const TensorView& view = w.weight;
   if (!table.int8_wide || view.empty() || view.shape.rank != 2 || view.device.kind != DeviceKind::cpu ||
-      !w.scale_inv.empty() || !cpu_int8_enabled())
+      !w.scale_inv.empty())
     return 0;
   const auto kind = kernels::weight_kind_for(view.dtype);
   if (!kind || kernels::act_format(*kind) != kernels::ActFormat::q8k) return 0;

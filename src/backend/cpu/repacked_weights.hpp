@@ -24,8 +24,8 @@ class RepackedWeights {
  public:
   // Repacks `w` (its strips split over the pool) if the table has a repacked kernel for its type
   // and it is not held already; returns whether a copy is held now.
-  // With `int8` (and cpu_int8_enabled, and the table's int8 kernel, and a requantisable weight on
-  // Q8K activations) also its int8 strips (kernels/int8_strips.hpp). Returns whether a copy is held.
+  // With `int8` (and the table's int8 kernel, and a requantisable weight on Q8K activations) also
+  // its int8 strips (kernels/int8_strips.hpp). Returns whether a copy is held.
   bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool, bool int8 = true);
   // The bytes add would copy for `w` with this table (0: it would not copy it).
   static int64_t bytes_for(const kernels::KernelTable& table, const LinearWeight& w, bool int8);

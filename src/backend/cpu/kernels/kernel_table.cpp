@@ -66,7 +66,7 @@ namespace {
 IsaLevel limit_level(std::string_view name) noexcept {
   for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512, IsaLevel::amx})
     if (name == isa_level_name(level)) return level;
-  return IsaLevel::avx512;  // an unknown name keeps the default cap (AMX stays opt-in)
+  return IsaLevel::amx;  // an unknown name keeps the default: no cap
 }
 }  // namespace
 
@@ -103,14 +103,13 @@ bool isa_level_supported(IsaLevel level) noexcept {
 
 IsaLevel best_isa_level() noexcept {
   // TANDEM_CPU_ISA=scalar|avx2|avx512|amx caps the choice (to hold one level against another on one
-  // CPU). AMX is opt-in: on the GPU machine's Xeon the AMX tile kernels, which gather each strip's
-  // quants into B-tile order per call, beat the AVX-512 tile kernels only for Q4_K at >= 64 tokens
-  // (171 vs 142 GMAC/s) and lose for Q5_K/Q6_K and short batches; pp512 of the 8-layer
-  // Qwen3-30B-A3B file was 658 (amx) vs 696 (avx512) tok/s. On Q4_K repacked at load, with the scales
-  // in the integer products, the AMX kernel alone is 1.9-2.6x the AVX-512 one at 32-256 tokens (dev host
-  // with AMX) but the MoE layer only 1.12x and pp512 within noise: docs/PERF.md.
+  // CPU). AMX is the default where the CPU has it, since prefill reads the int8 strips made at load
+  // (cpu_int8_enabled): pp512 of the 8-layer Qwen3-30B-A3B file on the GPU machine's Xeon 2,362-2,505
+  // tok/s against AVX-512's 1,888-2,029 (docs/PERF.md). Without those copies (TANDEM_CPU_INT8=0, or
+  // the memory guard) the AMX kernels on the stored types were within noise of AVX-512's on Q4_K and
+  // lost on Q5_K (the per-call gather).
   const char* cap = std::getenv("TANDEM_CPU_ISA");
-  const std::string_view limit = cap ? cap : "avx512";
+  const std::string_view limit = cap ? cap : "amx";
   for (IsaLevel level : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2}) {
     if (!limit.empty() && static_cast<int>(level) > static_cast<int>(limit_level(limit))) continue;
     if (isa_level_supported(level)) return level;
