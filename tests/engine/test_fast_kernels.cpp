@@ -412,6 +412,13 @@ TEST_CASE("int8 strips: requantised within half a step; the AMX kernel (emulated
   }
 }
 
+// A fast CPU backend whose prepare makes the repacked strips only: on a CPU with AMX it would also
+// make int8 copies (cpu_int8_enabled), which these tests of the strips do not count or expect.
+static std::unique_ptr<Backend> strips_only(std::unique_ptr<Backend> backend) {
+  cpu_backend_set_int8_copies(*backend, false);
+  return backend;
+}
+
 TEST_CASE("repacked Q4_K and Q6_K strips: AVX-512 gives the per-call tile kernel's bits, AMX the scalar kernel's sums",
           "[engine][kernels]") {
   if (!isa_level_supported(IsaLevel::avx512)) {
@@ -534,7 +541,7 @@ TEST_CASE("a repacked weight changed in place and prepared again is read anew; u
   const Case other(DType::q4_k, rows, in, rng);
   const auto x = random_activations(tokens, in, rng);
   const auto reference = make_cpu_backend(1, CpuKernels::fast);  // never prepares: reads the rows
-  const auto backend = make_cpu_backend(1, CpuKernels::fast);
+  const auto backend = strips_only(make_cpu_backend(1, CpuKernels::fast));
   std::vector<float> want(static_cast<size_t>(tokens * rows)), got(want.size());
   backend->prepare(WeightGroup::experts, c.weight);
   const int64_t bytes = cpu_backend_repacked_bytes(*backend);
@@ -576,7 +583,7 @@ TEST_CASE("fast linear equals the reference linear within the activation roundin
       const int64_t rows = 37, in = 512;
       Case c(type, rows, in, rng);
       // Q4_K and Q6_K twice: rows as stored, then repacked into strips at preparation.
-      const auto repacked_fast = make_cpu_backend(2, CpuKernels::fast);
+      const auto repacked_fast = strips_only(make_cpu_backend(2, CpuKernels::fast));
       repacked_fast->prepare(WeightGroup::attention, c.weight);
       CHECK((cpu_backend_repacked_bytes(*repacked_fast) > 0) ==
             ((type == DType::q4_k || type == DType::q6_k) && isa_level_supported(IsaLevel::avx512)));
@@ -653,7 +660,7 @@ TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][m
   const bool repack = GENERATE(false, true);
   INFO((repack ? "repacked" : "rows as stored"));
   std::mt19937 rng(11);
-  const auto fast = make_cpu_backend(2, CpuKernels::fast);
+  const auto fast = strips_only(make_cpu_backend(2, CpuKernels::fast));
   const auto reference = make_cpu_backend(2, CpuKernels::reference);
   const int64_t hidden = 256, inter = 512, count = 6, top_k = 2;
   struct Mix {

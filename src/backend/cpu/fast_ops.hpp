@@ -41,7 +41,7 @@ class FastCpuOps {
   // level; later calls on `w` read the copy. Returns whether one is held.
   // `int8`: also the int8 copy, where the table has the kernel (the CPU backend asks for it as
   // cpu_int8_enabled and the memory guard say).
-  bool prepare(const LinearWeight& w, bool int8 = true);
+  bool prepare(const LinearWeight& w, bool int8 = false);
   int64_t repacked_bytes() const { return repacked_.bytes(); }
   // The bytes prepare(w) would copy (0: none).
   int64_t repack_bytes(const LinearWeight& w, bool int8) const {
