@@ -27,8 +27,9 @@ bool cpu_repack_enabled(bool requested);
 // Whether TANDEM_CPU_REPACK is set (=1 then also overrides the memory guard).
 bool cpu_repack_forced();
 // Whether the CPU weights that prefill multiplies (attention, experts, dense and shared MLPs) also
-// get an int8 copy for the AMX int8 kernel, where the CPU has AMX: on unless TANDEM_CPU_INT8=0 (it
-// costs ~1 byte a weight more; the engine's memory guard drops these copies first).
+// get an int8 copy for the AMX int8 kernel, where the kernels are AMX's (TANDEM_CPU_ISA=amx on a CPU
+// with AMX): on unless TANDEM_CPU_INT8=0 (it costs ~1 byte a weight more; the engine's memory guard
+// drops these copies first).
 bool cpu_int8_enabled();
 
 }  // namespace tandem

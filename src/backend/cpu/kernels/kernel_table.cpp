@@ -66,7 +66,7 @@ namespace {
 IsaLevel limit_level(std::string_view name) noexcept {
   for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512, IsaLevel::amx})
     if (name == isa_level_name(level)) return level;
-  return IsaLevel::amx;  // an unknown name keeps the default: no cap
+  return IsaLevel::avx512;  // an unknown name keeps the default cap (AMX stays opt-in)
 }
 }  // namespace
 
@@ -103,13 +103,14 @@ bool isa_level_supported(IsaLevel level) noexcept {
 
 IsaLevel best_isa_level() noexcept {
   // TANDEM_CPU_ISA=scalar|avx2|avx512|amx caps the choice (to hold one level against another on one
-  // CPU). AMX is the default where the CPU has it, since prefill reads the int8 strips made at load
-  // (cpu_int8_enabled): pp512 of the 8-layer Qwen3-30B-A3B file on the GPU machine's Xeon 2,362-2,505
-  // tok/s against AVX-512's 1,888-2,029 (docs/PERF.md). Without those copies (TANDEM_CPU_INT8=0, or
-  // the memory guard) the AMX kernels on the stored types were within noise of AVX-512's on Q4_K and
-  // lost on Q5_K (the per-call gather).
+  // CPU). AMX is opt-in although prefill on its int8 strips (made at load, cpu_int8_enabled) is
+  // faster — pp512 of the 8-layer Qwen3-30B-A3B file on the GPU machine's Xeon 2,434-2,712 tok/s
+  // against AVX-512's 1,929-1,956 (docs/PERF.md) — because its results depend on the batch: whole
+  // 16-token runs take the tiles (int8 copies, or split-scale sums rounded once) and the rest the
+  // AVX-512 kernels, so a sequence batched with others is not bit-identical to it alone (the
+  // scheduler's "batched equals solo" test fails there), which the AVX-512 kernels guarantee.
   const char* cap = std::getenv("TANDEM_CPU_ISA");
-  const std::string_view limit = cap ? cap : "amx";
+  const std::string_view limit = cap ? cap : "avx512";
   for (IsaLevel level : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2}) {
     if (!limit.empty() && static_cast<int>(level) > static_cast<int>(limit_level(limit))) continue;
     if (isa_level_supported(level)) return level;
