@@ -177,6 +177,26 @@ void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, 
   }
 }
 
+// Asks for a repacked block's bytes `prefetch_bytes` past it into L2, as matmul_tile does for the dot
+// kernels' rows (0: not at all).
+inline void prefetch_block(const uint8_t* block, int64_t block_bytes, int64_t prefetch_bytes) {
+  if (prefetch_bytes > 0)
+    for (int64_t line = 0; line < block_bytes; line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(block + prefetch_bytes + line), _MM_HINT_T1);
+}
+
+// The unsigned 6-bit codes of groups 4j..4j + 3 at 4-value step k of a repacked Q6_K block
+// (strip_repack.hpp): each from one nibble vector and the high-bit vector by a mask, a shift and an or.
+inline void q6_codes(const __m512i* low, const __m512i* high, int j, int k, __m512i codes[4]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+  const __m512i l0 = _mm512_load_si512(low + 8 * j + 2 * k), l1 = _mm512_load_si512(low + 8 * j + 2 * k + 1);
+  const __m512i h = _mm512_load_si512(high + 4 * j + k);
+  codes[0] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+  codes[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
+  codes[2] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(h, m30));
+  codes[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
+}
+
 // NT tokens against a Q4_K strip repacked at preparation (strip_repack.hpp): the quant bytes are
 // read as stored, split into their low (group 2j) and high (group 2j + 1) nibbles in registers, and
 // each group's float factors formed from the rows' d/dmin and byte scales — the same products, in
@@ -189,9 +209,7 @@ void repacked_q4k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, in
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blkp = strip + b * kRepackedQ4KBlockBytes;
-    if (prefetch_bytes > 0)  // into L2, as matmul_tile does for the dot kernels' rows
-      for (int64_t line = 0; line < kRepackedQ4KBlockBytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    prefetch_block(blkp, kRepackedQ4KBlockBytes, prefetch_bytes);
     const auto* quants = reinterpret_cast<const __m512i*>(blkp);
     const __m512 d = _mm512_load_ps(blkp + kRepackedQ4KD), dmin = _mm512_load_ps(blkp + kRepackedQ4KDmin);
     const ActQ8K* ab[NT];
@@ -263,15 +281,12 @@ constexpr int kQ6Run = 32;
 
 void repacked_q6k_run(const uint8_t* strip, int64_t in, const uint8_t* x0, int64_t xs, int n, float* y, int64_t ys,
                       __mmask16 row_mask, int64_t prefetch_bytes) {
-  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
   const __m512 k32 = _mm512_set1_ps(32.0f);
   alignas(64) float acc[kQ6Run][16], blk[kQ6Run][16], group_sums[kQ6Run][16];
   for (int t = 0; t < n; ++t) _mm512_store_ps(acc[t], _mm512_setzero_ps());
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blkp = strip + b * kRepackedQ6KBlockBytes;
-    if (prefetch_bytes > 0)  // into L2, as matmul_tile does for the dot kernels' rows
-      for (int64_t line = 0; line < kRepackedQ6KBlockBytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    prefetch_block(blkp, kRepackedQ6KBlockBytes, prefetch_bytes);
     const auto* low = reinterpret_cast<const __m512i*>(blkp);
     const auto* high = reinterpret_cast<const __m512i*>(blkp + kRepackedQ6KHigh);
     const __m512 d = _mm512_load_ps(blkp + kRepackedQ6KD);
@@ -284,16 +299,7 @@ void repacked_q6k_run(const uint8_t* strip, int64_t in, const uint8_t* x0, int64
     for (int j = 0; j < 4; ++j) {
       __m512i codes[4][4];  // [step][group]
 #pragma GCC unroll 4
-      for (int k = 0; k < 4; ++k) {
-        const __m512i l0 = _mm512_load_si512(low + 8 * j + 2 * k), l1 = _mm512_load_si512(low + 8 * j + 2 * k + 1);
-        const __m512i h = _mm512_load_si512(high + 4 * j + k);
-        codes[k][0] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
-        codes[k][1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
-                                      _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
-        codes[k][2] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(h, m30));
-        codes[k][3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
-                                      _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
-      }
+      for (int k = 0; k < 4; ++k) q6_codes(low, high, j, k, codes[k]);
       __m512 ds[4], ss[4];
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) {
@@ -332,15 +338,12 @@ void repacked_q6k_run(const uint8_t* strip, int64_t in, const uint8_t* x0, int64
 template <int NT>
 void repacked_q6k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, int64_t xs, float* y, int64_t ys,
                          __mmask16 row_mask, int64_t prefetch_bytes) {
-  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
   const __m512 k32 = _mm512_set1_ps(32.0f);
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < in / 256; ++b) {
     const uint8_t* blkp = strip + b * kRepackedQ6KBlockBytes;
-    if (prefetch_bytes > 0)
-      for (int64_t line = 0; line < kRepackedQ6KBlockBytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(blkp + prefetch_bytes + line), _MM_HINT_T1);
+    prefetch_block(blkp, kRepackedQ6KBlockBytes, prefetch_bytes);
     const auto* low = reinterpret_cast<const __m512i*>(blkp);
     const auto* high = reinterpret_cast<const __m512i*>(blkp + kRepackedQ6KHigh);
     const __m512 d = _mm512_load_ps(blkp + kRepackedQ6KD);
@@ -358,15 +361,8 @@ void repacked_q6k_tokens(const uint8_t* strip, int64_t in, const uint8_t* x0, in
         for (int q = 0; q < 4; ++q) dot[t][q] = _mm512_setzero_si512();
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m512i l0 = _mm512_load_si512(low + 8 * j + 2 * k), l1 = _mm512_load_si512(low + 8 * j + 2 * k + 1);
-        const __m512i h = _mm512_load_si512(high + 4 * j + k);
-        const __m512i codes[4] = {
-            _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
-                            _mm512_and_si512(_mm512_slli_epi16(h, 2), m30)),
-            _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(h, m30)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
-                            _mm512_and_si512(_mm512_srli_epi16(h, 2), m30))};
+        __m512i codes[4];
+        q6_codes(low, high, j, k, codes);
 #pragma GCC unroll 4
         for (int t = 0; t < NT; ++t)
 #pragma GCC unroll 4
