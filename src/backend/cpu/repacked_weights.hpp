@@ -26,7 +26,7 @@ class RepackedWeights {
   // and it is not held already; returns whether a copy is held now.
   // With `int8` (and the table's int8 kernel, and a requantisable weight on Q8K activations) also
   // its int8 strips (kernels/int8_strips.hpp). Returns whether a copy is held.
-  bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool, bool int8 = true);
+  bool add(const kernels::KernelTable& table, const LinearWeight& w, ThreadPool& pool, bool int8);
   // The bytes add would copy for `w` with this table (0: it would not copy it).
   static int64_t bytes_for(const kernels::KernelTable& table, const LinearWeight& w, bool int8);
   // The repacked strips of `w`, or nullptr; with its int8 strips (or nullptr), in one lookup.

@@ -108,7 +108,8 @@ IsaLevel best_isa_level() noexcept {
   // against AVX-512's 1,929-1,956 (docs/PERF.md) — because its results depend on the batch: whole
   // 16-token runs take the tiles (int8 copies, or split-scale sums rounded once) and the rest the
   // AVX-512 kernels, so a sequence batched with others is not bit-identical to it alone (the
-  // scheduler's "batched equals solo" test fails there), which the AVX-512 kernels guarantee.
+  // scheduler's "batched equals solo" test fails there); on the strips repacked at load (Q4_K,
+  // Q6_K) one AVX-512 kernel serves every count with each token's bits unchanged.
   const char* cap = std::getenv("TANDEM_CPU_ISA");
   const std::string_view limit = cap ? cap : "avx512";
   for (IsaLevel level : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2}) {
