@@ -101,35 +101,6 @@ __global__ void __launch_bounds__(kGateWarps * 32)
   if (lane == 0) act[p * table.intermediate + o] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
 }
 
-// The two rows' parts of dot products with quantised activations, Batch blocks of each in flight
-// (lane_row_dot_q8 of both rows at once: they share the codes' reads and their loads overlap).
-template <typename Q, int Batch, int G>
-__device__ __forceinline__ void lane_row_dot2_q8(const uint8_t* row_a, const uint8_t* row_b, int64_t blocks, int lane,
-                                                 const detail::Q8View<G>& x, float& acc_a, float& acc_b) {
-  constexpr int64_t U = Q::kUnitBlocks;
-  constexpr int kUnits = Batch / U > 0 ? Batch / U : 1;
-  const int64_t units = (blocks + U - 1) / U;
-  for (int64_t u0 = 0; u0 < units; u0 += kUnits) {
-    typename Q::Raw ra[kUnits], rb[kUnits];
-#pragma unroll
-    for (int b = 0; b < kUnits; ++b) {
-      const int64_t blk = (u0 + b) * U + lane / (32 / U);
-      if (u0 + b < units && blk < blocks) {
-        ra[b] = Q::load(row_a, blk, lane);
-        rb[b] = Q::load(row_b, blk, lane);
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < kUnits; ++b) {
-      const int64_t blk = (u0 + b) * U + lane / (32 / U);
-      if (u0 + b < units && blk < blocks) {
-        acc_a += Q::dot(ra[b], blk, lane, x);
-        acc_b += Q::dot(rb[b], blk, lane, x);
-      }
-    }
-  }
-}
-
 // gate_up_kernel for Q4_K/Q6_K rows with the token's activations quantised per 32 values into
 // shared memory first (q8_activations.cuh) and the rows' codes multiplied by dp4a: a weight's product
 // costs a fraction of an instruction instead of four (shift, mask, int→float, FMA), which is what
@@ -163,8 +134,12 @@ __global__ void __launch_bounds__(kGateWarps * 32, 3)
     // Q6_K rows are 2-byte aligned wherever the float kernels take them: only Q4_K needs the fallback.
     const bool aligned = Q::kAlignment <= 2 || (reinterpret_cast<uintptr_t>(gate) % Q::kAlignment == 0 &&
                                                 reinterpret_cast<uintptr_t>(up) % Q::kAlignment == 0);
-    if (aligned)
-      lane_row_dot2_q8<Q, (Q::kUnitBlocks > 1 ? 8 : 4)>(gate, up, hidden / 256, lane, xq.view(), g, u);
+    if (aligned) {
+      const uint8_t* const rows[2] = {gate, up};  // both rows' loads in flight together
+      float acc[2];
+      detail::lane_rows_dot_q8<Q, (Q::kUnitBlocks > 1 ? 8 : 4)>(rows, 2, 0, hidden / 256, 1, lane, xq.view(), acc);
+      g = acc[0], u = acc[1];
+    }
     else if constexpr (Q::kAlignment > 2)
       detail::lane_row_dot2<L, 8>(gate, up, hidden / 256, lane, xt, g, u);
     g = detail::warp_sum(g);
@@ -222,75 +197,117 @@ __global__ void down_kernel(ExpertTable table, const int32_t* ids, const float* 
   if (lane == 0) out[t * hidden + o] = sum;
 }
 
-constexpr int kDownRows = 1;    // output rows per block of the slot-parallel down kernel
-constexpr int kSlotWarps = 8;   // warps per output row: slot s on warp s mod kSlotWarps
+constexpr int kSlotWarps = 8;       // warps per block: slot s on warp s mod kSlotWarps
+constexpr int kDownBlockRows = 8;   // output rows of one token per block (the int8 kernels)
+// Rows of one slot whose loads a warp keeps in flight: measured (Nsight Compute, H100, Qwen3's down,
+// µs per call) Q4_K 11.6 at 4 rows against 12.5 at 2; Q6_K (seven 2-byte loads a block) 14.8 at 2
+// against 15.6 at 1, and 4 spill registers.
+constexpr int kQ4kDownRowsInFlight = 4, kQ6kDownRowsInFlight = 2;
+constexpr int kDownBlocksPerSm = 2;  // Qwen3's 2,048 rows are 256 blocks a token: one wave at 2 per SM
+constexpr int kFloatDownBlocksPerSm = 3;
 constexpr int64_t kMaxSlots = 64;
 
-// The slot-parallel down projection's frame: each (output row, slot) on a warp of its own, the
-// dots met in shared memory and summed with the routing weights in slot order by one thread.
-// lane_part(down_row, pair) is a lane's part of that row's dot with pair (t, s)'s activations.
-template <typename LanePart>
+// The slot-parallel down projection's frame: a block takes BlockRows output rows of one token,
+// each warp a slot's expert for all of them (its id and row pointer read once), InFlight rows'
+// loads at a time; the dots meet in shared memory and each row's thread sums them with the
+// routing weights in slot order. rows_part(first_row, nrows, pair, lane, parts) puts a lane's parts of
+// rows first_row + r · down_row_bytes (r < nrows) against pair (t, s)'s activations in parts[r], or
+// returns false where it cannot take them (rows not aligned for it): then row_part(row, pair, lane)
+// takes them one at a time. Each row's dot is the one-row kernel's and so is the sum (the same bits
+// as one warp per (row, slot)), but a block's warps stay busy through all its rows instead of one
+// load round each: that kernel took 15 µs for Qwen3's 2,048 rows of 3 Q4_K blocks even from L2, in
+// 5.2 waves of blocks that each waited out an id, a table entry and a row in turn.
+template <int BlockRows, int InFlight, typename RowsPart, typename RowPart>
 __device__ __forceinline__ void down_slots(const ExpertTable& table, const int32_t* ids, const float* weights,
-                                           int64_t top_k, int64_t hidden, float* out, LanePart lane_part) {
-  __shared__ float dots[kDownRows][kMaxSlots];
+                                           int64_t top_k, int64_t hidden, float* out, RowsPart rows_part,
+                                           RowPart row_part) {
+  __shared__ float dots[kMaxSlots][BlockRows];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int row = warp / kSlotWarps, slot_warp = warp % kSlotWarps;
-  const int64_t t = blockIdx.y, o = static_cast<int64_t>(blockIdx.x) * kDownRows + row;
-  if (o < hidden)
-    for (int64_t s = slot_warp; s < top_k; s += kSlotWarps) {
-      const int32_t e = ids[t * top_k + s];
-      float part = 0.f;
-      if (e >= 0 && e < table.experts)
-        part = lane_part(static_cast<const uint8_t*>(table.down[e]) + o * table.down_row_bytes, t * top_k + s, lane);
-      part = detail::warp_sum(part);
-      if (lane == 0) dots[row][s] = part;
+  const int64_t t = blockIdx.y, o0 = static_cast<int64_t>(blockIdx.x) * BlockRows;
+  const int rows = static_cast<int>(hidden - o0 < BlockRows ? hidden - o0 : BlockRows);
+  for (int64_t s = warp; s < top_k; s += kSlotWarps) {
+    const int64_t pair = t * top_k + s;
+    const int32_t e = ids[pair];
+    if (e < 0 || e >= table.experts) continue;  // the whole warp; the sum below leaves the slot out
+    const auto* first = static_cast<const uint8_t*>(table.down[e]) + o0 * table.down_row_bytes;
+    for (int r0 = 0; r0 < rows; r0 += InFlight) {
+      const int n = rows - r0 < InFlight ? rows - r0 : InFlight;
+      float parts[InFlight] = {};
+      if (rows_part(first + r0 * table.down_row_bytes, n, pair, lane, parts)) {
+#pragma unroll
+        for (int r = 0; r < InFlight; ++r) {
+          const float dot = detail::warp_sum(parts[r]);
+          if (lane == 0 && r < n) dots[s][r0 + r] = dot;
+        }
+        continue;
+      }
+      for (int r = 0; r < n; ++r) {
+        const float dot = detail::warp_sum(row_part(first + (r0 + r) * table.down_row_bytes, pair, lane));
+        if (lane == 0) dots[s][r0 + r] = dot;
+      }
     }
+  }
   __syncthreads();
-  if (o >= hidden || slot_warp != 0 || lane != 0) return;
+  if (threadIdx.x >= rows) return;
   float sum = 0.f;
   for (int64_t s = 0; s < top_k; ++s) {
     const int32_t e = ids[t * top_k + s];
-    if (e >= 0 && e < table.experts) sum = __fadd_rn(sum, __fmul_rn(weights[t * top_k + s], dots[row][s]));
+    if (e >= 0 && e < table.experts) sum = __fadd_rn(sum, __fmul_rn(weights[t * top_k + s], dots[s][threadIdx.x]));
   }
-  out[t * hidden + o] = sum;
+  out[t * hidden + o0 + threadIdx.x] = sum;
 }
 
-// out[t, o] as down_kernel computes it, bit for bit, with each (row, slot) dot on a warp of its own:
-// a token's top_k down rows are all read at once, where down_kernel's one warp per row read them
-// kSlotsInFlight after kSlotsInFlight and could keep only a quarter of the GPU's warps busy (Qwen3's
-// 2,048 rows). Rows read as LaneBlocks, no block scales, top_k <= kMaxSlots.
+// out[t, o] as down_kernel computes it, bit for bit, with each (row, slot) dot on a warp of its own
+// (a block per output row): a token's top_k down rows are read at once, where down_kernel's one warp
+// per row read them kSlotsInFlight after kSlotsInFlight and could keep only a quarter of the GPU's
+// warps busy (Qwen3's 2,048 rows). Rows read as LaneBlocks, no block scales, top_k <= kMaxSlots.
 template <typename D>
-__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
+__global__ void __launch_bounds__(kSlotWarps * 32, kFloatDownBlocksPerSm)
     down_slots_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
                       int64_t hidden, float* out) {
   detail::wait_for_prior_grids();
-  down_slots(table, ids, weights, top_k, hidden, out, [&](const uint8_t* down, int64_t pair, int lane) {
-    float part = 0.f;
-    detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(down, 0, table.intermediate / 256, 1, lane,
-                                                      act + pair * table.intermediate, 0, 1, &part);
-    return part;
-  });
+  down_slots<1, 1>(
+      table, ids, weights, top_k, hidden, out, [](const uint8_t*, int, int64_t, int, float (&)[1]) { return false; },
+      [&](const uint8_t* row, int64_t pair, int lane) {
+        float part = 0.f;
+        detail::lane_row_dot<detail::LaneBlocks<D>, 1, 4>(row, 0, table.intermediate / 256, 1, lane,
+                                                          act + pair * table.intermediate, 0, 1, &part);
+        return part;
+      });
 }
 
 // down_slots_kernel on the activations gate_up_q8_kernel quantised per 8 (act_q8), the rows' codes
-// multiplied by dp4a; a Q4_K row not 16-byte aligned takes the float dot on act (Q6_K rows are
-// 2-byte aligned wherever the float kernels take them).
-template <DType T>
-__global__ void __launch_bounds__(kDownRows * kSlotWarps * 32, 3)
+// multiplied by dp4a, InFlight rows at once; Q4_K rows not 16-byte aligned take the float
+// dot on act one at a time (Q6_K rows are 2-byte aligned wherever the float kernels take them).
+template <DType T, int InFlight>
+__global__ void __launch_bounds__(kSlotWarps * 32, kDownBlocksPerSm)
     down_slots_q8_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
                          detail::Q8View<8> act_q8, int64_t hidden, float* out) {
   detail::wait_for_prior_grids();
   using Q = detail::Q8Lanes<T>;
-  down_slots(table, ids, weights, top_k, hidden, out, [&](const uint8_t* down, int64_t pair, int lane) {
-    const int64_t at = pair * table.intermediate, blocks = table.intermediate / 256;
-    float part = 0.f;
-    if (Q::kAlignment <= 2 || reinterpret_cast<uintptr_t>(down) % Q::kAlignment == 0)
-      part = detail::lane_row_dot_q8<Q, 4>(down, 0, blocks, 1, lane, act_q8.at(at));
-    else if constexpr (Q::kAlignment > 2)
-      detail::lane_row_dot<detail::LaneBlocks<detail::Decoder<T>>, 1, 4>(down, 0, blocks, 1, lane, act + at, 0, 1,
-                                                                         &part);
-    return part;
-  });
+  const int64_t blocks = table.intermediate / 256, stride = table.down_row_bytes;
+  const auto aligned = [](const uint8_t* p) {
+    return Q::kAlignment <= 2 || reinterpret_cast<uintptr_t>(p) % Q::kAlignment == 0;
+  };
+  down_slots<kDownBlockRows, InFlight>(
+      table, ids, weights, top_k, hidden, out,
+      [&](const uint8_t* first, int nrows, int64_t pair, int lane, float (&parts)[InFlight]) {
+        if (!aligned(first) || stride % Q::kAlignment != 0) return false;
+        const uint8_t* rows[InFlight];
+#pragma unroll
+        for (int r = 0; r < InFlight; ++r) rows[r] = first + r * stride;
+        detail::lane_rows_dot_q8<Q, 4>(rows, nrows, 0, blocks, 1, lane, act_q8.at(pair * table.intermediate), parts);
+        return true;
+      },
+      [&](const uint8_t* row, int64_t pair, int lane) {
+        const int64_t at = pair * table.intermediate;
+        if (aligned(row)) return detail::lane_row_dot_q8<Q, 4>(row, 0, blocks, 1, lane, act_q8.at(at));
+        float part = 0.f;
+        if constexpr (Q::kAlignment > 2)
+          detail::lane_row_dot<detail::LaneBlocks<detail::Decoder<T>>, 1, 4>(row, 0, blocks, 1, lane, act + at, 0, 1,
+                                                                             &part);
+        return part;
+      });
 }
 
 bool q8_type(DType t) { return t == DType::q4_k || t == DType::q6_k; }
@@ -334,6 +351,8 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
                        detail::grid_dim(tokens * top_k, "moe gate/up (pairs)", 65535));
   const dim3 down_grid(detail::grid_dim((hidden + kWarps - 1) / kWarps, "moe down"),
                        detail::grid_dim(tokens, "moe down (tokens)", 65535));
+  const dim3 down_slots_grid(detail::grid_dim((hidden + kDownBlockRows - 1) / kDownBlockRows, "moe down"),
+                             detail::grid_dim(tokens, "moe down (tokens)", 65535));
   const auto x_bytes = static_cast<size_t>(padded_floats(hidden) * 4);
   const auto act_bytes = static_cast<size_t>(top_k * padded_floats(table.intermediate) * 4);
   const bool q8 = quantised_x && pairwise_q8_applies(table, hidden);
@@ -360,21 +379,19 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
   if (!gate_known) throw Error(ErrorKind::unsupported, text("cuda::moe_by_pairs: no kernel for ", dtype_name(table.gate_type)));
   detail::check_launch("moe gate/up");
   if (down_q8) {
-    const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
-                    detail::grid_dim(tokens, "moe down (tokens)", 65535));
     detail::launch_dependent(
         stream, "moe down (int8 products)",
-        table.down_type == DType::q4_k ? down_slots_q8_kernel<DType::q4_k> : down_slots_q8_kernel<DType::q6_k>, grid,
-        kDownRows * kSlotWarps * 32, 0, table, ids, weights, top_k, act, act_q8.view(), hidden, out);
+        table.down_type == DType::q4_k ? down_slots_q8_kernel<DType::q4_k, kQ4kDownRowsInFlight>
+                                       : down_slots_q8_kernel<DType::q6_k, kQ6kDownRowsInFlight>,
+        down_slots_grid, kSlotWarps * 32, 0, table, ids, weights, top_k, act, act_q8.view(), hidden, out);
     return;
   }
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {
     using D = decltype(decoder);
     if constexpr (detail::LaneBlocks<D>::available) {
       if (table.down_scales == nullptr && top_k <= kMaxSlots) {
-        const dim3 grid(detail::grid_dim((hidden + kDownRows - 1) / kDownRows, "moe down"),
-                        detail::grid_dim(tokens, "moe down (tokens)", 65535));
-        detail::launch_dependent(stream, "moe down", down_slots_kernel<D>, grid, kDownRows * kSlotWarps * 32, 0, table,
+        const dim3 grid(detail::grid_dim(hidden, "moe down"), detail::grid_dim(tokens, "moe down (tokens)", 65535));
+        detail::launch_dependent(stream, "moe down", down_slots_kernel<D>, grid, kSlotWarps * 32, 0, table,
                                  ids, weights, top_k, act, hidden, out);
         return;
       }

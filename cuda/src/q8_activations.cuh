@@ -212,29 +212,46 @@ struct Q8Lanes<DType::q6_k> {
   }
 };
 
-// This lane's part of the dot of a row (blocks first, first + step, … of `blocks`, counted in units of
-// Q::kUnitBlocks) with quantised activations, Batch blocks' loads in flight (lane_row_dot's order).
-template <typename Q, int Batch, int G>
-__device__ __forceinline__ float lane_row_dot_q8(const uint8_t* row, int64_t first, int64_t blocks, int64_t step,
-                                                 int lane, const Q8View<G>& x) {
+// This lane's parts of the dots of rows[r] (r < nrows; blocks first, first + step, … of `blocks`,
+// counted in units of Q::kUnitBlocks) with quantised activations: each round loads Batch blocks of
+// every row before the first product, so Rows × Batch blocks' loads are in flight, and each row adds
+// its blocks in lane_row_dot_q8's order (the same bits as one row at a time).
+template <typename Q, int Batch, int Rows, int G>
+__device__ __forceinline__ void lane_rows_dot_q8(const uint8_t* const (&rows)[Rows], int nrows, int64_t first,
+                                                 int64_t blocks, int64_t step, int lane, const Q8View<G>& x,
+                                                 float (&acc)[Rows]) {
   constexpr int64_t U = Q::kUnitBlocks;
   constexpr int kUnits = Batch / U > 0 ? Batch / U : 1;
   const int64_t units = (blocks + U - 1) / U;
-  float acc = 0.f;
+#pragma unroll
+  for (int r = 0; r < Rows; ++r) acc[r] = 0.f;
   for (int64_t u0 = first; u0 < units; u0 += kUnits * step) {
-    typename Q::Raw raw[kUnits];
+    typename Q::Raw raw[Rows][kUnits];
 #pragma unroll
-    for (int b = 0; b < kUnits; ++b) {
-      const int64_t blk = (u0 + b * step) * U + lane / (32 / U);
-      if (u0 + b * step < units && blk < blocks) raw[b] = Q::load(row, blk, lane);
-    }
+    for (int r = 0; r < Rows; ++r)
 #pragma unroll
-    for (int b = 0; b < kUnits; ++b) {
-      const int64_t blk = (u0 + b * step) * U + lane / (32 / U);
-      if (u0 + b * step < units && blk < blocks) acc += Q::dot(raw[b], blk, lane, x);
-    }
+      for (int b = 0; b < kUnits; ++b) {
+        const int64_t blk = (u0 + b * step) * U + lane / (32 / U);
+        if (r < nrows && u0 + b * step < units && blk < blocks) raw[r][b] = Q::load(rows[r], blk, lane);
+      }
+#pragma unroll
+    for (int r = 0; r < Rows; ++r)
+#pragma unroll
+      for (int b = 0; b < kUnits; ++b) {
+        const int64_t blk = (u0 + b * step) * U + lane / (32 / U);
+        if (r < nrows && u0 + b * step < units && blk < blocks) acc[r] += Q::dot(raw[r][b], blk, lane, x);
+      }
   }
-  return acc;
+}
+
+// This lane's part of the dot of one row, Batch blocks' loads in flight.
+template <typename Q, int Batch, int G>
+__device__ __forceinline__ float lane_row_dot_q8(const uint8_t* row, int64_t first, int64_t blocks, int64_t step,
+                                                 int lane, const Q8View<G>& x) {
+  const uint8_t* const rows[1] = {row};
+  float acc[1];
+  lane_rows_dot_q8<Q, Batch>(rows, 1, first, blocks, step, lane, x, acc);
+  return acc[0];
 }
 
 }  // namespace tandem::cuda::detail
