@@ -1,6 +1,7 @@
 // Engine::load and the CPU engine: weights bound in place, one backend, one KV pool shared by the
 // sessions, one forward pass (its scratch reused under a lock, so sessions may run on any thread).
 #include "tandem/engine/engine.hpp"
+#include "tandem/engine/repack_budget.hpp"
 
 #include <fmt/format.h>
 
@@ -126,10 +127,6 @@ int64_t automatic_stream_min_tokens(uint64_t streamable_bytes) {
   if (streamable_bytes == 0 || memory <= 0) return 0;
   return static_cast<double>(streamable_bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
 }
-
-// Repacked copies of the CPU's weights may take at most this share of the machine's memory (beside
-// the mapping, whose pages they were read from and which the kernel may then reclaim).
-constexpr double kRepackMemoryShare = 0.45;
 
 // The host tier's blocks for a pool with device layers (LoadOptions::kv_host_bytes): by default the
 // device layers' own bytes, at most a quarter of the machine's memory; 0 without device layers.
@@ -536,26 +533,14 @@ class CpuEngine final : public Engine {
       });
       return bytes;
     };
-    double bytes = total_bytes();
+    const double bytes = total_bytes();
     if (bytes == 0) return;
     const double memory = physical_memory();
-    const auto too_much = [&](double b) { return !cpu_repack_forced() && memory > 0 && b > kRepackMemoryShare * memory; };
-    if (too_much(bytes)) {
-      // The int8 copies (AMX prefill) go first: the strips serve decode and prefill alike.
-      cpu_backend_set_int8_copies(*backend_, false);
-      const double strips = total_bytes();
-      if (strips < bytes && !too_much(strips)) {
-        files_.warnings.push_back(fmt::format(
-            "CPU weights repacked without int8 copies for AMX prefill: with them the copies would take {:.1f} GiB, more "
-            "than {:.0f} % of this machine's {:.1f} GiB (without, {:.1f} GiB; TANDEM_CPU_REPACK=1 forces them)",
-            bytes / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30), strips / (1 << 30)));
-      } else {
-        files_.warnings.push_back(fmt::format(
-            "CPU weights not repacked into strips: the copies would take {:.1f} GiB, more than {:.0f} % of this "
-            "machine's {:.1f} GiB (TANDEM_CPU_REPACK=1 forces them)",
-            strips / (1 << 30), kRepackMemoryShare * 100, memory / (1 << 30)));
-        return;
-      }
+    if (repack_budget(bytes, bytes, memory, cpu_repack_forced()).choice != RepackChoice::strips_and_int8) {
+      cpu_backend_set_int8_copies(*backend_, false);  // then total_bytes() is what the strips alone take
+      const RepackBudget budget = repack_budget(bytes, total_bytes(), memory, cpu_repack_forced());
+      files_.warnings.push_back(budget.warning);
+      if (budget.choice == RepackChoice::none) return;
     }
     step(0.72f, "repacking CPU weights");
     for_each_weight(std::as_const(weights_), [&](WeightGroup g, int64_t layer, auto&&... item) {
