@@ -139,9 +139,9 @@ __global__ void __launch_bounds__(kGateWarps * 32, 3)
       float acc[2];
       detail::lane_rows_dot_q8<Q, (Q::kUnitBlocks > 1 ? 8 : 4)>(rows, 2, 0, hidden / 256, 1, lane, xq.view(), acc);
       g = acc[0], u = acc[1];
-    }
-    else if constexpr (Q::kAlignment > 2)
+    } else if constexpr (Q::kAlignment > 2) {
       detail::lane_row_dot2<L, 8>(gate, up, hidden / 256, lane, xt, g, u);
+    }
     g = detail::warp_sum(g);
     u = detail::warp_sum(u);
     v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
@@ -201,7 +201,7 @@ constexpr int kSlotWarps = 8;       // warps per block: slot s on warp s mod kSl
 constexpr int kDownBlockRows = 8;   // output rows of one token per block (the int8 kernels)
 // Rows of one slot whose loads a warp keeps in flight: measured (Nsight Compute, H100, Qwen3's down,
 // µs per call) Q4_K 11.6 at 4 rows against 12.5 at 2; Q6_K (seven 2-byte loads a block) 14.8 at 2
-// against 15.6 at 1, and 4 spill registers.
+// against 15.6 at 1, and at 4 ptxas spills 356 bytes a thread.
 constexpr int kQ4kDownRowsInFlight = 4, kQ6kDownRowsInFlight = 2;
 constexpr int kDownBlocksPerSm = 2;  // Qwen3's 2,048 rows are 256 blocks a token: one wave at 2 per SM
 constexpr int kFloatDownBlocksPerSm = 3;

@@ -1,7 +1,6 @@
 // Engine::load and the CPU engine: weights bound in place, one backend, one KV pool shared by the
 // sessions, one forward pass (its scratch reused under a lock, so sessions may run on any thread).
 #include "tandem/engine/engine.hpp"
-#include "tandem/engine/repack_budget.hpp"
 
 #include <fmt/format.h>
 
@@ -22,6 +21,7 @@
 #include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
 #include "tandem/engine/forward.hpp"
+#include "tandem/engine/repack_budget.hpp"
 #include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_host_tier.hpp"
