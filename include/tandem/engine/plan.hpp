@@ -22,18 +22,19 @@
 
 namespace tandem {
 
-// Decode on a GPU, fitted to the GPU machine's H100 (2026-12-05, Qwen3-30B-A3B Q4_K_M files of 8 and
-// 48 layers all on cuda:0, int8 decode products, docs/PERF.md "Decode GEMVs on int8 activations"):
+// Decode on a GPU, fitted to the GPU machine's H100 (2026-12-05, refitted 2026-12-06; Qwen3-30B-A3B
+// Q4_K_M files of 8 and 48 layers all on cuda:0, int8 decode products, docs/PERF.md "Decode GEMVs on
+// int8 activations" and "The routed experts' int8 down kernel by rows of a slot"):
 // the decode GEMV kernels are bound by latency and instruction issue, not bytes, so they read at
 // about the same rate on the H100 and the H200 though their HBM differs 1.4× (the output head, 255
 // MB: 971 GB/s on the H100 of 3,073 with int8 products; 932 and 924 on the H100 and H200 with float
 // ones): kGpuDecodeReadGbps, or kGpuDecodeReadShare of a slower GPU's measured bandwidth. A
-// transformer layer's kernels take ~41 µs beyond their bytes, and a token ~300 µs more (the step's
-// launch, the logits copied to the host and sampled): 1.18 ms per token at 8 layers and 4.25 ms at 48
-// (measured 1.16–1.24 and 4.25) = n × (41 µs + 34.7 MB at 970 GB/s) + the head + 300 µs.
+// transformer layer's kernels take ~36 µs beyond their bytes, and a token ~300 µs more (the step's
+// launch, the logits copied to the host and sampled): 1.14 ms per token at 8 layers and 4.01 ms at 48
+// (measured 1.07–1.12 and 3.97–4.07) = n × (36 µs + 34.7 MB at 970 GB/s) + the head + 300 µs.
 inline constexpr double kGpuDecodeReadGbps = 970.0;
 inline constexpr double kGpuDecodeReadShare = 0.75;
-inline constexpr double kGpuLayerSeconds = 41e-6;
+inline constexpr double kGpuLayerSeconds = 36e-6;
 inline constexpr double kGpuTokenSeconds = 300e-6;
 // The rate the decode GEMV kernels read a GPU's weights at, given its measured (or assumed) VRAM
 // bandwidth (GB/s).
