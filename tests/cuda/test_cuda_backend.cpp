@@ -692,14 +692,15 @@ struct UploadedExperts {
   std::vector<cuda::DeviceBuffer> buffers;
   cuda::ExpertTable table;
 };
-UploadedExperts upload_experts(const ExpertWeights& ew) {
+// shift: each matrix placed that many bytes into its buffer (rows off the wide loads' alignment).
+UploadedExperts upload_experts(const ExpertWeights& ew, size_t shift = 0) {
   UploadedExperts u;
   const auto count = static_cast<int64_t>(ew.count());
   auto up_view = [&](const TensorView& v) -> const void* {
     if (v.empty()) return nullptr;
-    u.buffers.emplace_back(0, v.nbytes);
-    u.buffers.back().upload(v.data, v.nbytes);
-    return u.buffers.back().data();
+    u.buffers.emplace_back(0, v.nbytes + shift);
+    u.buffers.back().upload(v.data, v.nbytes, shift);
+    return static_cast<const char*>(u.buffers.back().data()) + shift;
   };
   std::vector<const void*> ptrs(static_cast<size_t>(6 * count));
   for (int64_t e = 0; e < count; ++e) {
@@ -833,11 +834,13 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
         cuda::Stream stream(0);
         cuda::DeviceBuffer di = put_dev(ids), dw = put_dev(weights);
         const int64_t act_values = tokens * top_k * inter;
-        auto run = [&](const std::vector<float>& input, bool quantised) {
-          const int64_t act_floats = cuda::pairwise_act_floats(up.table, hidden, tokens * top_k, quantised);
+        // Every matrix 4 bytes into its buffer: Q4_K rows miss the 16-byte alignment of the int8 readers.
+        const UploadedExperts shifted = upload_experts(random.weights, 4);
+        auto run = [&](const std::vector<float>& input, bool quantised, const UploadedExperts& uploaded) {
+          const int64_t act_floats = cuda::pairwise_act_floats(uploaded.table, hidden, tokens * top_k, quantised);
           CHECK(act_floats >= act_values + (quantised ? act_values / 2 : 0));  // codes, scales and sums
           cuda::DeviceBuffer dx = put_dev(input), out(0, input.size() * 4), act(0, static_cast<size_t>(act_floats) * 4);
-          cuda::moe_by_pairs(stream, up.table, static_cast<const float*>(dx.data()), tokens, hidden,
+          cuda::moe_by_pairs(stream, uploaded.table, static_cast<const float*>(dx.data()), tokens, hidden,
                              static_cast<const int32_t*>(di.data()), static_cast<const float*>(dw.data()), top_k,
                              static_cast<float*>(act.data()), act_floats, static_cast<float*>(out.data()), quantised);
           stream.synchronize();
@@ -854,9 +857,9 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
                                              static_cast<float*>(out.data()), true),
                           Error);
         }
-        const auto [q8_act, q8_out] = run(x, true);
-        const auto [codes_act, codes_out] = run(x_codes, false);
-        const auto [float_act, float_out] = run(x, false);
+        const auto [q8_act, q8_out] = run(x, true, up);
+        const auto [codes_act, codes_out] = run(x_codes, false, up);
+        const auto [float_act, float_out] = run(x, false, up);
         std::vector<float> act_codes(q8_act.size());
         cuda::quantize_q8_reference(q8_act.data(), act_values, 8, act_codes.data());
         std::vector<float> expected(x.size(), 0.f), row(static_cast<size_t>(inter));
@@ -883,6 +886,13 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
         CHECK(act_quantisation < 2e-2);
         CHECK(relative_error(codes_out, q8_out) > 0);  // the down codes differ from the float outputs
         CHECK(quantisation < 3e-2);
+        // Rows off alignment: Q4_K gate/up and down rows take the float dots (on x, on act) one row at a
+        // time, bit for bit the float kernels on the same rows; Q6_K rows keep the int8 products.
+        const auto [off_q8_act, off_q8_out] = run(x, true, shifted);
+        const auto [off_float_act, off_float_out] = run(x, false, shifted);
+        CHECK(off_q8_act == (gate_type == DType::q4_k ? off_float_act : q8_act));
+        if (gate_type == DType::q4_k && down_type == DType::q4_k) CHECK(off_q8_out == off_float_out);
+        if (gate_type == DType::q6_k && down_type == DType::q6_k) CHECK(off_q8_out == q8_out);
       }
 }
 
