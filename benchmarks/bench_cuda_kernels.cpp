@@ -398,7 +398,7 @@ void register_all() {
                                      std::tuple{"moe_grouped_cuda_cores/", GroupedTiles::cuda_cores, TensorCoreMath::bf16},
                                      std::tuple{"moe_grouped_tensor_cores/", GroupedTiles::tensor_cores, TensorCoreMath::bf16},
                                      std::tuple{"moe_grouped_tf32x3/", GroupedTiles::tensor_cores, TensorCoreMath::tf32x3}})
-      moe(name, down, MoeRun::grouped, tiles, math, {64, 256, 512, 4096});
+      moe(name, down, MoeRun::grouped, tiles, math, {32, 64, 256, 512, 4096});
     // Through cuBLAS (the CUDA backend's path from kBlasMoePairsPerExpert pairs per expert): eager,
     // each call waits for the stream once for the grouping.
     moe("moe_blas/", down, MoeRun::blas, GroupedTiles::automatic, TensorCoreMath::bf16, {512, 1024, 4096});

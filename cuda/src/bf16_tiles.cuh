@@ -1,10 +1,12 @@
 #pragma once
 // The bf16 tensor-core tiles of prefill (linear_tensor_cores.cu, moe_grouped.cu): a block of eight
 // warps multiplies 64 activation rows by 128 weight rows, stepping through the inputs 64 at a time.
-// Each step's weight bytes are copied raw into shared memory a step ahead (cp.async, coalesced),
-// then decoded there by dequant.cuh's decoders (a 32-value chunk per thread) into bf16; activations
-// are loaded a step ahead into registers and rounded to bf16; two operand stages let one be staged
-// while the tensor cores (mma.sync m16n8k16 bf16, float32 accumulators) work on the other.
+// The weights' raw bytes are copied into shared memory a block-type segment at a time (cp.async,
+// coalesced; a K-quant's 256-value block spans four steps) well ahead of their use, then decoded
+// there by dequant.cuh's decoders (a 32-value chunk per thread) into bf16; activations are loaded a
+// step ahead into registers and rounded to bf16; two operand stages let one be staged while the
+// tensor cores (mma.sync m16n8k16 bf16, float32 accumulators) work on the other, and 16-row halves
+// holding no activation row skip them.
 // Error: each operand rounded to 8 bits of mantissa, about 1.6e-3 of an output's RMS with random
 // signs (the accumulators' truncation, 2.5e-4 over 12,800 inputs, is not worth promoting against);
 // the float32-accurate 3xTF32 tiles (tensor_core_tiles.cuh) stay for callers who need that.
@@ -54,11 +56,17 @@ struct Segment {
   static constexpr size_t kBufferBytes = size_t{kCols} * kStrideWords * 4;
 };
 
-// Shared memory multiply_tile<D> needs: two bf16 operand stages and two raw weight stages (the
-// result tile reuses the start).
+// Raw weight stages in flight: a K-quant's segment (a 256-value block) spans four steps, so two
+// stages let each segment's copy start four steps before it is decoded; plain types' segments are
+// one step, so three stages keep two steps' copies in flight.
+template <typename D>
+inline constexpr int kRawStages = Segment<D>::kValues > kStep ? 2 : 3;
+
+// Shared memory multiply_tile<D> needs: two bf16 operand stages and kRawStages<D> raw weight
+// stages (the result tile reuses the start).
 template <typename D>
 constexpr size_t shared_bytes() {
-  return 2 * kStageValues * sizeof(__nv_bfloat16) + 2 * Segment<D>::kBufferBytes;
+  return 2 * kStageValues * sizeof(__nv_bfloat16) + kRawStages<D> * Segment<D>::kBufferBytes;
 }
 
 // lanes on consecutive words (coalesced; each thread decoding its own row from global memory read
@@ -144,35 +152,44 @@ __device__ __forceinline__ void store_activations(const ActivationRegisters& x, 
   }
 }
 
-// acc += this warp's 32 rows × 32 weight rows of the staged step.
-__device__ __forceinline__ void multiply_step(const __nv_bfloat16* xs, const __nv_bfloat16* ws, Accumulators& acc) {
+// acc += this warp's 32 rows × 32 weight rows of the staged step; 16-row halves at or past `rows`
+// (zeros, never stored) are skipped, so a tile of few pairs costs the tensor cores little.
+__device__ __forceinline__ void multiply_step(const __nv_bfloat16* xs, const __nv_bfloat16* ws, int64_t rows,
+                                              Accumulators& acc) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp / 4, wn = warp % 4;
+  const int halves = rows <= wm * 32 ? 0 : rows <= wm * 32 + 16 ? 1 : 2;
+  if (halves == 0) return;
 #pragma unroll
   for (int kk = 0; kk < kStep; kk += 16) {
     uint32_t a[2][4], b[2][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) ldmatrix_x4(xs + (wm * 32 + i * 16 + lane % 16) * kLd + kk + (lane / 16) * 8, a[i]);
+    for (int i = 0; i < 2; ++i)
+      if (i < halves) ldmatrix_x4(xs + (wm * 32 + i * 16 + lane % 16) * kLd + kk + (lane / 16) * 8, a[i]);
 #pragma unroll
     for (int p = 0; p < 2; ++p)
       ldmatrix_x4(ws + (wn * 32 + p * 16 + lane % 8 + (lane / 16) * 8) * kLd + kk + ((lane / 8) % 2) * 8, b[p]);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
+      if (i < halves)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], a[i], b[j / 2][(j % 2) * 2], b[j / 2][(j % 2) * 2 + 1]);
+        for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], a[i], b[j / 2][(j % 2) * 2], b[j / 2][(j % 2) * 2 + 1]);
   }
 }
 
 // The whole product of the tile: out[m][n] (kLdOut apart, in `shared`) = Σ_k a[m][k] · row_of(n)[k]
 // over `in` inputs (a multiple of kStep), for m < rows. `shared` holds shared_bytes<D>(); every
-// thread of the block calls this and the result is complete when it returns. Per step s: the next
-// step's activations are loaded into registers, the tensor cores multiply step s, then the next
-// step's activations and weights (copied asynchronously one step earlier) are staged in bf16 and
-// the raw copy of the step after is started.
+// thread of the block calls this and the result is complete when it returns. The weights' raw bytes
+// are copied a segment at a time (one commit group each), kRawStages<D> − 1 segments ahead; at
+// each segment's first step the block waits for its copy and starts the copy of the segment
+// kRawStages − 1 later into the stage the previous segment used. Per step s: the next step's
+// activations are loaded into registers, the tensor cores multiply step s, then the next step's
+// activations and weights are staged in bf16.
 template <typename D, typename RowOf>
 __device__ __forceinline__ void multiply_tile(const float* a, int64_t in, int64_t rows, const RowOf& row_of,
                                               unsigned char* shared) {
   using S = Segment<D>;
+  constexpr int kRaw = kRawStages<D>;
   auto* stages = reinterpret_cast<__nv_bfloat16*>(shared);
   auto* raw = reinterpret_cast<uint32_t*>(shared + 2 * kStageValues * sizeof(__nv_bfloat16));
   constexpr int kRawWords = kCols * S::kStrideWords;
@@ -184,19 +201,23 @@ __device__ __forceinline__ void multiply_tile(const float* a, int64_t in, int64_
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
   const int64_t steps = in / kStep;
+  const int64_t segments = (in + S::kValues - 1) / S::kValues;
+  // Waits for segment g's copy (every thread's), then starts segment g + kRaw − 1's: one commit group
+  // per segment, empty past the end, so kRaw − 2 groups are younger than g's when it is awaited.
+  const auto segment_ready = [&](int64_t g) {
+    wait_copies<kRaw - 2>();
+    __syncthreads();
+    if (g + kRaw - 1 < segments) copy_raw_weights<D>(row_of, (g + kRaw - 1) * S::kValues, raw + ((g + kRaw - 1) % kRaw) * kRawWords);
+    commit_copies();
+  };
   ActivationRegisters x;
-  copy_raw_weights<D>(row_of, 0, raw);
-  commit_copies();
+  for (int g = 0; g < kRaw - 1; ++g) {
+    if (g < segments) copy_raw_weights<D>(row_of, g * S::kValues, raw + g * kRawWords);
+    commit_copies();
+  }
   load_activations(a, in, rows, 0, x);
   store_activations(x, stages);
-  if (steps > 1) {
-    copy_raw_weights<D>(row_of, kStep, raw + kRawWords);
-    commit_copies();
-    wait_copies<1>();
-  } else {
-    wait_copies<0>();
-  }
-  __syncthreads();
+  segment_ready(0);
   decode_weights<D>(row_of, 0, raw, stages + kRows * kLd);
   __syncthreads();
   for (int64_t s = 0; s < steps; ++s) {
@@ -204,19 +225,16 @@ __device__ __forceinline__ void multiply_tile(const float* a, int64_t in, int64_
     __nv_bfloat16* current = stages + (s % 2) * kStageValues;
     __nv_bfloat16* following = stages + ((s + 1) % 2) * kStageValues;
     if (next) load_activations(a, in, rows, (s + 1) * kStep, x);
-    multiply_step(current, current + kRows * kLd, acc);
+    multiply_step(current, current + kRows * kLd, rows, acc);
     if (next) {
+      const int64_t k1 = (s + 1) * kStep, g1 = k1 / S::kValues;
       store_activations(x, following);
-      wait_copies<0>();
-      __syncthreads();  // the raw stage of step s + 1 is complete; every warp is done with step s
-      decode_weights<D>(row_of, (s + 1) * kStep, raw + ((s + 1) % 2) * kRawWords, following + kRows * kLd);
-      if (s + 2 < steps) {
-        copy_raw_weights<D>(row_of, (s + 2) * kStep, raw + (s % 2) * kRawWords);
-        commit_copies();
-      }
+      if (k1 % S::kValues == 0) segment_ready(g1);  // every warp is past segment g1 − 1's decodes
+      decode_weights<D>(row_of, k1, raw + (g1 % kRaw) * kRawWords, following + kRows * kLd);
     }
     __syncthreads();
   }
+  wait_copies<0>();  // no copy outlives the block's use of shared memory
   float* out = reinterpret_cast<float*>(shared);  // the operand stages are free after the last barrier
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp / 4, wn = warp % 4, g = lane / 4, t = lane % 4;
