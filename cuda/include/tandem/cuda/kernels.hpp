@@ -214,11 +214,11 @@ void quantize_q8_reference(const float* x, int64_t n, int64_t group, float* dequ
 // tile of its pairs: 8 pairs on the CUDA cores (equal to moe_by_pairs bit for bit) or 64 on the
 // tensor cores, multiplying as `math` says (3xTF32: float32 accuracy in another order). `automatic`
 // takes the tensor cores when the experts average
-// kGroupedTensorCorePairs pairs or more: on the H200 (Qwen3-30B-A3B's layer, bench_cuda_kernels)
-// the CUDA cores took 1.27 ms at 4 pairs per expert and 7.7 ms at 32, the 3xTF32 tiles 4.7-4.8 ms.
+// kGroupedTensorCorePairs pairs or more: on an H100 (Qwen3-30B-A3B's layer, bench_cuda_kernels)
+// the CUDA cores took 1.53 ms at 4 pairs per expert and 5.5 ms at 16, the bf16 tiles 0.71 and 0.76.
 // scratch: moe_grouped_scratch_bytes, 16-byte aligned. Gate and up must share one stored type.
 enum class GroupedTiles { automatic, cuda_cores, tensor_cores };
-inline constexpr int64_t kGroupedTensorCorePairs = 16;
+inline constexpr int64_t kGroupedTensorCorePairs = 4;
 int64_t moe_grouped_scratch_bytes(const ExpertTable& table, int64_t tokens, int64_t hidden, int64_t top_k);
 void moe_grouped(Stream& stream, const ExpertTable& table, const float* x, int64_t tokens, int64_t hidden,
                  const int32_t* ids, const float* weights, int64_t top_k, void* scratch, float* out,
