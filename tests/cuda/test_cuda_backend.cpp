@@ -657,14 +657,14 @@ TEST_CASE("cuda routed experts: few tokens pair by pair equal many tokens groupe
   // 20 > 16 >= 5 tokens; 64 experts keep the 20 tokens' pairs (at most 200) below
   // kGroupedTensorCorePairs (4) an expert, so the grouping stays on the CUDA cores, which add in the
   // pairwise kernels' order.
-  const int64_t hidden = 512, inter = 256, experts = 64, many = 20, few = 5;
-  static_assert(20 * 10 < cuda::kGroupedTensorCorePairs * 64, "the grouped run stays on the CUDA cores");
+  constexpr int64_t hidden = 512, inter = 256, experts = 64, many = 20, few = 5, most_slots = 10;
+  static_assert(many * most_slots < cuda::kGroupedTensorCorePairs * experts, "the grouped run stays on the CUDA cores");
   // {gate/up type, down type}: Q4_K_M stores some layers' down projections as Q6_K. Top 10: more slots
   // than the pairwise down kernel has warps per row (8), so a warp takes two.
   for (auto [gate_type, down_type] : {std::pair{DType::q4_k, DType::q4_k}, std::pair{DType::q4_k, DType::q6_k},
                                       std::pair{DType::q8_0, DType::q8_0}, std::pair{DType::f8_e4m3, DType::f8_e4m3},
                                       std::pair{DType::bf16, DType::bf16}}) {
-    for (const int64_t top_k : {int64_t{3}, int64_t{10}}) {
+    for (const int64_t top_k : {int64_t{3}, most_slots}) {
       b.gpu = make_cuda_backend(0);
       const RandomExperts random = random_experts(gate_type, down_type, experts, hidden, inter, 140);
       const ExpertWeights& ew = random.weights;
