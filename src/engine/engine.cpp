@@ -536,7 +536,7 @@ class CpuEngine final : public Engine {
     const double bytes = total_bytes();
     if (bytes == 0) return;
     const double memory = physical_memory();
-    if (repack_budget(bytes, bytes, memory, cpu_repack_forced()).choice != RepackChoice::strips_and_int8) {
+    if (!repack_fits(bytes, memory, cpu_repack_forced())) {
       cpu_backend_set_int8_copies(*backend_, false);  // then total_bytes() is what the strips alone take
       const RepackBudget budget = repack_budget(bytes, total_bytes(), memory, cpu_repack_forced());
       files_.warnings.push_back(budget.warning);

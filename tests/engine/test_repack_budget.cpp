@@ -41,4 +41,10 @@ TEST_CASE("repack budget: int8 copies dropped first, then the strips, each with 
     CHECK(repack_budget(500 * GiB, 400 * GiB, 0, false).choice == RepackChoice::strips_and_int8);
     CHECK(repack_budget(500 * GiB, 400 * GiB, -1, false).warning.empty());
   }
+  SECTION("repack_fits, the test the engine asks first: the share itself fits, a byte more does not") {
+    CHECK(repack_fits(share, memory, false));
+    CHECK_FALSE(repack_fits(share + 1, memory, false));
+    CHECK(repack_fits(share + 1, memory, true));
+    CHECK(repack_fits(share + 1, 0, false));
+  }
 }

@@ -16,6 +16,9 @@ struct RepackBudget {
   std::string warning;  // what was left out and why; empty where nothing was
 };
 
+// Whether copies of `bytes` fit the share of memory_bytes (0 or less: unknown, they fit), or are forced.
+bool repack_fits(double bytes, double memory_bytes, bool forced);
+
 // with_int8_bytes: the copies as asked (strips and, where the CPU makes them, int8 copies);
 // strips_bytes: the strips alone; memory_bytes: the machine's (0 or less: unknown, nothing refused).
 RepackBudget repack_budget(double with_int8_bytes, double strips_bytes, double memory_bytes, bool forced);
