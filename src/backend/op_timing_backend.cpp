@@ -16,7 +16,9 @@ void OpTimingBackend::timed(const char* op, int64_t tokens, Fn&& fn) {
   const auto start = std::chrono::steady_clock::now();
   fn();
   inner_.synchronize();
-  Entry& e = table_[fmt::format("{}{}", op, tokens == 0 ? "" : tokens == 1 ? " (1 token)" : " (batch)")];
+  Entry& e = table_[tokens == 0   ? std::string(op)
+                   : tokens == 1 ? fmt::format("{} (1 token)", op)
+                                 : fmt::format("{} ({} tokens)", op, tokens)];
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ++e.calls;
   e.seconds += seconds;

@@ -425,7 +425,7 @@ TEST_CASE("op timing: a timed backend gives the same logits and counts every cal
           counted.calls["attention"]);
     // Six prompt tokens in one pass: every call is a batch.
     for (const auto& [name, entry] : timed.table()) CHECK(name.find("(1 token)") == std::string::npos);
-    CHECK(timed.report().find("moe_routed_experts (batch)") != std::string::npos);
+    CHECK(timed.report().find("moe_routed_experts (6 tokens)") != std::string::npos);
     CHECK(timed.record_graph([] {}) == nullptr);  // its waits cannot be recorded
   }
 }
