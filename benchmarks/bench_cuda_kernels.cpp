@@ -252,15 +252,18 @@ void bench_gqa(benchmark::State& state) {
             c.bytes);
 }
 
-// Qwen3-30B-A3B's GQA over one sequence's prompt (causal, positions 0 … range(0) − 1); range(1) 1:
-// the tensor-core flash kernel, 0: the float32 split-K kernel it replaces in prefill.
+// Qwen3-30B-A3B's GQA over one sequence's prompt chunk (causal): range(0) query tokens at positions
+// range(2) … range(2) + range(0) − 1 (range(2) positions already cached: a prefix hit's suffix pass);
+// range(1) 1: the tensor-core flash kernel, 2: the same never splitting the cached positions among
+// blocks (no scratch), 0: the float32 split-K kernel it replaces in prefill.
 void bench_gqa_prefill(benchmark::State& state) {
   if (!have_gpu(state)) return;
   Gpu gpu;
-  const int64_t heads = 32, kv_heads = 4, dim = 128, tokens = state.range(0);
-  PagedCache c = paged_cache(gpu, tokens, 1, kv_heads * dim, 2, heads);
+  const int64_t heads = 32, kv_heads = 4, dim = 128, tokens = state.range(0), cached = state.range(2);
+  const int64_t context = cached + tokens;
+  PagedCache c = paged_cache(gpu, context, 1, kv_heads * dim, 2, heads);
   // Small finite halves (random bytes could be NaN): sign, exponent 0x0e (~2^-1), random mantissa.
-  std::vector<uint16_t> halves(static_cast<size_t>(c.kv.block_stride / 2 * ((tokens + 15) / 16)));
+  std::vector<uint16_t> halves(static_cast<size_t>(c.kv.block_stride / 2 * ((context + 15) / 16)));
   for (auto& h : halves) h = static_cast<uint16_t>((gpu.rng() & 0x83ffu) | 0x3800u);
   c.kv.layer_base = gpu.upload(halves);
   std::vector<int32_t> table(static_cast<size_t>(c.batch.table_stride)), rows;
@@ -268,7 +271,7 @@ void bench_gqa_prefill(benchmark::State& state) {
   std::vector<int64_t> positions;
   for (int64_t t = 0; t < tokens; ++t) {
     rows.insert(rows.end(), table.begin(), table.end());
-    positions.push_back(t);
+    positions.push_back(cached + t);
   }
   c.batch.tokens = tokens;
   c.batch.positions = gpu.upload(positions);
@@ -278,16 +281,22 @@ void bench_gqa_prefill(benchmark::State& state) {
   const float* q = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
   float* out = gpu.random_floats(static_cast<size_t>(tokens * heads * dim));
   const bool flash = state.range(1) != 0;
+  float* split_scratch = state.range(1) == 1 ? gpu.random_floats(static_cast<size_t>(std::max<int64_t>(
+                                     1, cuda::flash_attention_scratch_floats(c.batch, heads, dim))))
+                               : nullptr;
   run_timed(state, gpu,
             [&] {
-              if (flash) cuda::flash_gqa_attention(gpu.stream, c.kv, c.batch, q, heads, kv_heads, dim, 0.088f, out);
+              if (flash)
+                cuda::flash_gqa_attention(gpu.stream, c.kv, c.batch, q, heads, kv_heads, dim, 0.088f, split_scratch,
+                                          out);
               else cuda::gqa_attention(gpu.stream, c.kv, c.batch, q, heads, kv_heads, dim, 0.088f, c.scores, out);
             },
-            static_cast<double>(tokens * 2 * kv_heads * dim * 2));
-  // Q·Kᵀ and P·V over the causal triangle: 2 · 2 · dim multiply-adds per (head, query, key ≤ query).
+            static_cast<double>(context * 2 * kv_heads * dim * 2));
+  // Q·Kᵀ and P·V over the keys each query sees: 2 · 2 · dim multiply-adds per (head, query, key ≤ query).
+  const double pairs = static_cast<double>(tokens) * static_cast<double>(cached) +
+                       static_cast<double>(tokens) * static_cast<double>(tokens + 1) / 2;
   state.counters["TFLOP/s"] = benchmark::Counter(
-      4.0 * static_cast<double>(heads * dim) * static_cast<double>(tokens) * static_cast<double>(tokens + 1) / 2 *
-          1e-12 * static_cast<double>(state.iterations()),
+      4.0 * static_cast<double>(heads * dim) * pairs * 1e-12 * static_cast<double>(state.iterations()),
       benchmark::Counter::kIsRate);
 }
 
@@ -380,8 +389,8 @@ void register_all() {
       for (int64_t tokens : {1, 4, 16}) b->Args({out, in, tokens, 0});
     for (int64_t math : {0, 1}) b->Args({4096, 2048, 512, math});  // prefill: the tensor-core tiles
     b->Args({4096, 2048, 4096, 0});
-    if (type == DType::q4_k || type == DType::bf16)
-      for (int64_t tokens : {512, 4096}) b->Args({4096, 2048, tokens, 2});
+    if (type == DType::q4_k || type == DType::q6_k || type == DType::bf16)
+      for (int64_t tokens : {256, 512, 4096}) b->Args({4096, 2048, tokens, 2});
     if (type == DType::q6_k) b->Args({151936, 2048, 1, 0});
   }
   using cuda::GroupedTiles, cuda::TensorCoreMath;
@@ -411,10 +420,14 @@ void register_all() {
              ->Args({1024, 16})
              ->Args({512, 512}));
   manual(benchmark::RegisterBenchmark("gqa_prefill/f16", bench_gqa_prefill)
-             ->Args({512, 0})
-             ->Args({512, 1})
-             ->Args({4096, 0})
-             ->Args({4096, 1}));
+             ->Args({512, 0, 0})
+             ->Args({512, 1, 0})
+             ->Args({4096, 0, 0})
+             ->Args({4096, 1, 0})
+             ->Args({256, 1, 7936})
+             ->Args({256, 2, 7936})
+             ->Args({1024, 1, 7168})
+             ->Args({1024, 2, 7168}));
   manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla)
              ->Args({64, 1})
              ->Args({4096, 1})

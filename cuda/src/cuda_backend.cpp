@@ -335,7 +335,9 @@ class CudaBackend final : public Backend {
     const cuda::DeviceBatch db = device_batch(batch);
     const cuda::PagedKv pkv = paged(kv, layer);
     if (prefill_bf16_ && cuda::flash_attention_supported(db, heads, kv_heads, head_dim, pkv)) {
-      cuda::flash_gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, out);
+      const int64_t floats = cuda::flash_attention_scratch_floats(db, heads, head_dim);
+      cuda::flash_gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale,
+                                floats > 0 ? scratch(kScores, floats) : nullptr, out);
       return;
     }
     float* d_scores = scratch(kScores, cuda::gqa_attention_scratch_floats(db, heads, kv_heads, head_dim));

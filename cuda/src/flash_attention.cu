@@ -6,7 +6,9 @@
 // cache's type; the online softmax (running max and sum per row, float32) rescales the output
 // accumulators; the probabilities go back into the tensor cores, in the cache's type, as the A
 // operand of O += P·V without passing through shared memory. The last query tiles (the most
-// positions) are started first.
+// positions) are started first. A chunk of few query tiles after a long cached prefix splits the
+// positions among blocks (grid z), each leaving its rows unnormalised with their maximum and sum, and
+// merge_splits_kernel combines them.
 // MLA prompts (flash_mla_prefill) take the same kernel in multi-head form: the chunk's context is
 // decompressed once through kv_b into dense K = [k_nope | k_rope] and V rows per head (in the cache's
 // type), and the kernel reads those instead of the paged planes.
@@ -17,6 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kv_rows.cuh"
@@ -31,6 +34,13 @@ constexpr int kQueryTile = 64;  // query tokens per block (16 per warp)
 constexpr int kKeyTile = 64;    // cached positions per step
 constexpr int kThreads = 128;
 constexpr int64_t kMinTokens = 64;  // fewer query tokens: the split-K kernel keeps more SMs busy
+// A chunk of few query tiles after a long cached prefix (a prefix hit's suffix pass: 4 tiles × 32 heads
+// over 8k positions) would leave most SMs idle with one block a tile and head: its cached positions are
+// split among blocks until the grid has about kTargetBlocks (two blocks an SM of an H100/H200 are
+// resident: 194 registers a thread at head_dim 128), each split at least kMinSplitTiles key tiles, and a
+// second kernel merges the splits.
+constexpr int64_t kTargetBlocks = 264;
+constexpr int64_t kMinSplitTiles = 4;
 
 template <int D>
 constexpr int row_stride() {  // shared row stride in 16-bit values: rows 16-byte aligned, ldmatrix conflict-free
@@ -89,17 +99,37 @@ __device__ __forceinline__ void dequantise8(const uint8_t* row, int64_t first, i
   *reinterpret_cast<uint4*>(shared) = make_uint4(words[0], words[1], words[2], words[3]);
 }
 
+// Block and slot of position s in blocks of `tokens` (≤ 2^16; positions < 2^31): every 16-byte piece
+// of a tile finds its row this way, so a power of two (the default 16) takes a shift and a mask, and
+// other sizes a 32-bit division (the 64-bit one cost more instructions than the tile's products).
+struct BlockSlot {
+  int tokens, shift;  // shift < 0: not a power of two
+  __device__ __forceinline__ explicit BlockSlot(int64_t block_tokens) : tokens(static_cast<int>(block_tokens)), shift(0) {
+    while ((1 << shift) < tokens) ++shift;
+    if ((1 << shift) != tokens) shift = -1;
+  }
+  __device__ __forceinline__ void operator()(int64_t position, int& block, int& slot) const {
+    const int s = static_cast<int>(position);
+    block = shift >= 0 ? s >> shift : s / tokens;
+    slot = s - block * tokens;
+  }
+};
+
 template <bool kPaged, int Dqk, int Dv>
 struct RowAddress {
   const KvRows& r;
   const int32_t* table;
+  BlockSlot split;
+  __device__ __forceinline__ RowAddress(const KvRows& rows, const int32_t* block_table)
+      : r(rows), table(block_table), split(rows.paged.block_tokens > 0 ? rows.paged.block_tokens : 1) {}
   __device__ __forceinline__ void operator()(int64_t s, int g, const uint8_t*& k, const uint8_t*& v) const {
     if constexpr (kPaged) {
-      const uint8_t* block = static_cast<const uint8_t*>(r.paged.layer_base) +
-                             static_cast<int64_t>(table[s / r.paged.block_tokens]) * r.paged.block_stride;
-      const int64_t slot = s % r.paged.block_tokens;
-      k = block + slot * r.paged.row_bytes + static_cast<int64_t>(g) * Dqk * 2;
-      v = block + (r.paged.block_tokens + slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dv * 2;
+      int b, slot;
+      split(s, b, slot);
+      const uint8_t* block =
+          static_cast<const uint8_t*>(r.paged.layer_base) + static_cast<int64_t>(table[b]) * r.paged.block_stride;
+      k = block + static_cast<int64_t>(slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dqk * 2;
+      v = block + static_cast<int64_t>(split.tokens + slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dv * 2;
     } else {
       const int64_t row = s * r.kv_heads + g;
       k = r.k + row * Dqk * 2;
@@ -113,9 +143,17 @@ constexpr size_t kernel_shared_bytes() {
   return size_t{2} * kKeyTile * (row_stride<Dqk>() + row_stride<Dv>()) * 2;  // two stages of K and V
 }
 
+// Where a split block leaves its rows (split_tiles > 0): per (split, token, head) the unnormalised
+// output [Dv], then the running maximum (log2 units) and the sum; merge_splits_kernel combines them.
+struct Splits {
+  int64_t tiles = 0;  // key tiles a split covers; 0: one block covers all, out is written directly
+  float* partials = nullptr;
+};
+
 template <KvType Stored, bool kPaged, int Dqk, int Dv>
 __global__ void __launch_bounds__(kThreads)
-    flash_kernel(KvRows rows, DeviceBatch batch, const float* q, int heads, int group, float scale_log2, float* out) {
+    flash_kernel(KvRows rows, DeviceBatch batch, const float* q, int heads, int group, float scale_log2, Splits split,
+                 float* out) {
   constexpr KvType K = detail::kv_tile_type(Stored);  // the tiles' 16-bit type
   constexpr int kLdK = row_stride<Dqk>(), kLdV = row_stride<Dv>();
   extern __shared__ uint4 shared_words[];
@@ -162,13 +200,14 @@ __global__ void __launch_bounds__(kThreads)
         const int row = i / kChunks, chunk = i % kChunks;
         const int64_t s = s0 + row < n_end ? s0 + row : n_end - 1;
         const int32_t* table = batch.block_tables + last * batch.table_stride;
-        const uint8_t* block = base + static_cast<int64_t>(table[s / rows.paged.block_tokens]) * rows.paged.block_stride;
-        const int64_t slot = s % rows.paged.block_tokens;
+        int b, slot;
+        address.split(s, b, slot);
+        const uint8_t* block = base + static_cast<int64_t>(table[b]) * rows.paged.block_stride;
         if (chunk < kChunksK)
-          dequantise8<Stored>(block + slot * rows.paged.row_bytes, static_cast<int64_t>(g) * Dqk + chunk * 8, width,
+          dequantise8<Stored>(block + static_cast<int64_t>(slot) * rows.paged.row_bytes, static_cast<int64_t>(g) * Dqk + chunk * 8, width,
                               k_stage + (stage * kKeyTile + row) * kLdK + chunk * 8);
         else
-          dequantise8<Stored>(block + (rows.paged.block_tokens + slot) * rows.paged.row_bytes,
+          dequantise8<Stored>(block + static_cast<int64_t>(address.split.tokens + slot) * rows.paged.row_bytes,
                               static_cast<int64_t>(g) * Dv + (chunk - kChunksK) * 8, width,
                               v_stage + (stage * kKeyTile + row) * kLdV + (chunk - kChunksK) * 8);
       }
@@ -192,9 +231,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int n = 0; n < Dv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;  // in log2 units; l: this thread's columns
-  const int64_t tiles = (n_end + kKeyTile - 1) / kKeyTile;
-  copy_tile(0, 0);
-  for (int64_t i = 0; i < tiles; ++i) {
+  const int64_t all_tiles = (n_end + kKeyTile - 1) / kKeyTile;
+  const int64_t first = split.tiles > 0 ? static_cast<int64_t>(blockIdx.z) * split.tiles : 0;
+  const int64_t tiles = split.tiles > 0 && first + split.tiles < all_tiles ? first + split.tiles : all_tiles;
+  if (first < tiles) copy_tile(first * kKeyTile, static_cast<int>(first % 2));
+  for (int64_t i = first; i < tiles; ++i) {
     if (i + 1 < tiles) {
       copy_tile((i + 1) * kKeyTile, static_cast<int>((i + 1) % 2));
       detail::wait_copies<1>();
@@ -230,9 +271,12 @@ __global__ void __launch_bounds__(kThreads)
           if (e < 2) mx_a = fmaxf(mx_a, v);
           else mx_b = fmaxf(mx_b, v);
         }
-      mx_a = quad_max(mx_a);  // finite: every row sees position 0 in the first tile
+      // Finite unsplit (every row sees position 0 in the first tile); a split's row may see no position
+      // of its first tiles, and then keeps a maximum of −∞ with zero sums (exponents taken from 0).
+      mx_a = quad_max(mx_a);
       mx_b = quad_max(mx_b);
-      const float ca = exp2f(m_a - mx_a), cb = exp2f(m_b - mx_b);  // 0 on the first tile
+      const float ua = mx_a == -INFINITY ? 0.f : mx_a, ub = mx_b == -INFINITY ? 0.f : mx_b;
+      const float ca = exp2f(m_a - ua), cb = exp2f(m_b - ub);  // 0 on the first tile
       m_a = mx_a;
       m_b = mx_b;
       l_a *= ca;
@@ -246,10 +290,10 @@ __global__ void __launch_bounds__(kThreads)
       }
 #pragma unroll
       for (int j = 0; j < kKeyTile / 8; ++j) {
-        s[j][0] = exp2f(s[j][0] - mx_a);
-        s[j][1] = exp2f(s[j][1] - mx_a);
-        s[j][2] = exp2f(s[j][2] - mx_b);
-        s[j][3] = exp2f(s[j][3] - mx_b);
+        s[j][0] = exp2f(s[j][0] - ua);
+        s[j][1] = exp2f(s[j][1] - ua);
+        s[j][2] = exp2f(s[j][2] - ub);
+        s[j][3] = exp2f(s[j][3] - ub);
         l_a += s[j][0] + s[j][1];
         l_b += s[j][2] + s[j][3];
       }
@@ -271,6 +315,23 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // every warp is done with this stage before the next copy overwrites it
   }
+  if (split.tiles > 0) {
+    const float sum_a = quad_sum(l_a), sum_b = quad_sum(l_b);
+    const int64_t stride = static_cast<int64_t>(Dv) + 2;
+    float* part = split.partials + static_cast<int64_t>(blockIdx.z) * T * heads * stride;
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) {
+      if (ta < T)
+        *reinterpret_cast<float2*>(part + (ta * heads + h) * stride + 8 * n + 2 * c) = make_float2(o[n][0], o[n][1]);
+      if (tb < T)
+        *reinterpret_cast<float2*>(part + (tb * heads + h) * stride + 8 * n + 2 * c) = make_float2(o[n][2], o[n][3]);
+    }
+    if (c == 0) {
+      if (ta < T) *reinterpret_cast<float2*>(part + (ta * heads + h) * stride + Dv) = make_float2(m_a, sum_a);
+      if (tb < T) *reinterpret_cast<float2*>(part + (tb * heads + h) * stride + Dv) = make_float2(m_b, sum_b);
+    }
+    return;
+  }
   const float inv_a = 1.f / quad_sum(l_a), inv_b = 1.f / quad_sum(l_b);
 #pragma unroll
   for (int n = 0; n < Dv / 8; ++n) {
@@ -281,6 +342,23 @@ __global__ void __launch_bounds__(kThreads)
       *reinterpret_cast<float2*>(out + (tb * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
           make_float2(o[n][2] * inv_b, o[n][3] * inv_b);
   }
+}
+
+// out[t, h] = Σ_s 2^(m_s − M) o_s / Σ_s 2^(m_s − M) l_s over the splits (M their largest maximum, finite:
+// split 0 holds position 0, which every token sees); a block per (token, head), a thread per value.
+__global__ void merge_splits_kernel(const float* partials, int64_t splits, int64_t rows, int dv, float* out) {
+  const int64_t row = blockIdx.x;
+  const int64_t stride = dv + 2;
+  float m = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) m = fmaxf(m, partials[(s * rows + row) * stride + dv]);
+  float l = 0.f, acc = 0.f;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float* part = partials + (s * rows + row) * stride;
+    const float w = exp2f(part[dv] - m);  // 0 for a split that saw none of the token's positions
+    l += w * part[dv + 1];
+    if (static_cast<int>(threadIdx.x) < dv) acc += w * part[threadIdx.x];
+  }
+  if (static_cast<int>(threadIdx.x) < dv) out[row * dv + threadIdx.x] = acc / l;
 }
 
 // MLA's context, decompressed: latent[s] = the cache row's kv_lora values as floats (zeros past the
@@ -333,18 +411,37 @@ __global__ void build_heads_kernel(PagedKv kv, DeviceBatch batch, const float* e
   }
 }
 
+// How many splits of the cached positions the batch's grid takes (1: none), and the key tiles of each.
+struct SplitPlan {
+  int64_t splits = 1, tiles = 0;
+};
+SplitPlan split_plan(const DeviceBatch& b, int64_t heads) {
+  const int64_t blocks = (b.tokens + kQueryTile - 1) / kQueryTile * heads;
+  const int64_t key_tiles = (b.max_context + kKeyTile - 1) / kKeyTile;
+  const int64_t wanted = std::min((kTargetBlocks + blocks - 1) / blocks, key_tiles / kMinSplitTiles);
+  if (wanted <= 1) return {};
+  const int64_t tiles = (key_tiles + wanted - 1) / wanted;
+  return {(key_tiles + tiles - 1) / tiles, tiles};
+}
+
 template <KvType Stored, bool kPaged, int Dqk, int Dv>
 void launch_flash(Stream& stream, const KvRows& rows, const DeviceBatch& batch, const float* q, int64_t heads,
-                  int64_t group, float softmax_scale, float* out) {
+                  int64_t group, float softmax_scale, const SplitPlan& plan, float* scratch, float* out) {
   const dim3 grid(detail::grid_dim((batch.tokens + kQueryTile - 1) / kQueryTile, "flash attention"),
-                  static_cast<unsigned>(heads));
+                  static_cast<unsigned>(heads), static_cast<unsigned>(plan.splits));
   auto* kernel = flash_kernel<Stored, kPaged, Dqk, Dv>;
   constexpr size_t shared = kernel_shared_bytes<Dqk, Dv>();
   detail::opt_in_shared_memory(kernel, shared, "flash attention (shared memory opt-in)");
+  const Splits split{plan.splits > 1 ? plan.tiles : 0, plan.splits > 1 ? scratch : nullptr};
   kernel<<<grid, kThreads, shared, detail::native(stream)>>>(rows, batch, q, static_cast<int>(heads),
                                                             static_cast<int>(group),
-                                                            softmax_scale * static_cast<float>(M_LOG2E), out);
+                                                            softmax_scale * static_cast<float>(M_LOG2E), split, out);
   detail::check_launch("flash attention");
+  if (plan.splits == 1) return;
+  const int64_t rows_out = batch.tokens * heads;
+  merge_splits_kernel<<<detail::grid_dim(rows_out, "flash attention (merge)"), Dv, 0, detail::native(stream)>>>(
+      scratch, plan.splits, rows_out, Dv, out);
+  detail::check_launch("flash attention (merge)");
 }
 
 // cp.async copies 16-byte pieces of f16/bf16 rows; fp8/int8 rows are read bytewise.
@@ -376,8 +473,13 @@ bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_h
          !(detail::kv_quantised(kv.type) && kv.rope_values != 0);
 }
 
+int64_t flash_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t head_dim) {
+  const SplitPlan plan = split_plan(b, heads);
+  return plan.splits == 1 ? 0 : plan.splits * b.tokens * heads * (head_dim + 2);
+}
+
 void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
-                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) {
+                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out) {
   if (batch.tokens <= 0) return;
   if (!flash_attention_supported(batch, heads, kv_heads, head_dim, kv))
     throw Error(ErrorKind::internal,
@@ -387,10 +489,13 @@ void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   rows.paged = kv;
   rows.kv_heads = static_cast<int>(kv_heads);
   const int64_t group = heads / kv_heads;
+  const SplitPlan plan = scratch != nullptr ? split_plan(batch, heads) : SplitPlan{};
   by_tile_kind(kv.type, [&](auto k) {
     constexpr KvType kType = decltype(k)::value;
-    if (head_dim == 64) launch_flash<kType, true, 64, 64>(stream, rows, batch, q, heads, group, softmax_scale, out);
-    else launch_flash<kType, true, 128, 128>(stream, rows, batch, q, heads, group, softmax_scale, out);
+    if (head_dim == 64)
+      launch_flash<kType, true, 64, 64>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
+    else
+      launch_flash<kType, true, 128, 128>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
   });
 }
 
@@ -438,7 +543,7 @@ void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& bat
     rows.v = reinterpret_cast<const uint8_t*>(v_rows);
     rows.kv_heads = static_cast<int>(heads);
     launch_flash<detail::kv_tile_type(kType), false, kMlaNope + kMlaRope, kMlaV>(stream, rows, batch, q, heads, 1,
-                                                                               softmax_scale, out);
+                                                                               softmax_scale, SplitPlan{}, nullptr, out);
   });
 }
 

@@ -133,11 +133,14 @@ int64_t gqa_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_
 // type (f16: 2⁻¹¹, bf16: 2⁻⁸ relative); K and V are used exactly (fp8/int8: dequantised into f16 tiles,
 // 2⁻¹¹ relative, and Q and P in f16). Applies when flash_attention_supported: batch.one_sequence, at
 // least 64 tokens, an f16, bf16, fp8 or int8 cache, head_dim 64 or 128, 16-byte aligned f16/bf16 rows.
-// No scratch.
+// Given scratch of flash_attention_scratch_floats (0 when the grid is wide enough unsplit), a chunk of
+// few query tiles over a long context (a prefix hit's suffix) splits the cached positions among blocks
+// and merges the splits, within float rounding of the unsplit kernel; null scratch: never split.
 bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim,
                                const PagedKv& kv);
+int64_t flash_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t head_dim);
 void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
-                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out);
+                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out);
 
 // MLA attention of one sequence's prompt chunk in multi-head form on the tensor cores: the context's
 // latent rows (positions [0, batch.max_context), max_context = the last token's position + 1) are
