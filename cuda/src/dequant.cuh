@@ -4,6 +4,7 @@
 // block type holds a whole number of them); plain types also by element, for rows whose width is
 // not a multiple of 32. Products and differences use explicit _rn intrinsics so nvcc does not fuse
 // them into an FMA: the values equal the reference's bit for bit.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -296,6 +297,34 @@ bool dispatch_weight_type(DType t, Fn&& fn) {
     case DType::iq4_xs: fn(Decoder<DType::iq4_xs>{}); return true;
     default: return false;
   }
+}
+
+// A decoded chunk's 32 values stored in 16-byte pieces where dst allows them (rounded to bf16 for a
+// bf16 dst): 32 scalar stores a thread, 64 or 128 bytes apart across a warp, made the dequantisation
+// ahead of a cuBLAS call cost more than the GEMM at 256 tokens.
+__device__ __forceinline__ void store32(float* dst, const float (&v)[32]) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) {
+#pragma unroll
+    for (int j = 0; j < 32; ++j) dst[j] = v[j];
+    return;
+  }
+  auto* d = reinterpret_cast<float4*>(dst);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) d[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+}
+__device__ __forceinline__ void store32(__nv_bfloat16* dst, const float (&v)[32]) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) {
+#pragma unroll
+    for (int j = 0; j < 32; ++j) dst[j] = __float2bfloat16_rn(v[j]);
+    return;
+  }
+  uint4 packed[4];
+  auto* words = reinterpret_cast<__nv_bfloat162*>(packed);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) words[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+  auto* d = reinterpret_cast<uint4*>(dst);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) d[j] = packed[j];
 }
 
 }  // namespace tandem::cuda::detail

@@ -203,34 +203,6 @@ int lane_splits(int64_t out_features, int64_t units, int64_t token_tiles) {
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// 32 consecutive values of a thread in 16-byte stores where dst allows them: a thread's 32 scalar
-// stores 64 or 128 bytes apart across the warp made the bf16 dequantisation ahead of each cuBLAS call
-// cost more than the GEMM at 256 tokens.
-__device__ __forceinline__ void store32(float* dst, const float (&v)[32]) {
-  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) {
-#pragma unroll
-    for (int j = 0; j < 32; ++j) dst[j] = v[j];
-    return;
-  }
-  auto* d = reinterpret_cast<float4*>(dst);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) d[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
-}
-__device__ __forceinline__ void store32(__nv_bfloat16* dst, const float (&v)[32]) {
-  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) {
-#pragma unroll
-    for (int j = 0; j < 32; ++j) dst[j] = __float2bfloat16_rn(v[j]);
-    return;
-  }
-  uint4 packed[4];
-  auto* words = reinterpret_cast<__nv_bfloat162*>(packed);
-#pragma unroll
-  for (int j = 0; j < 16; ++j) words[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-  auto* d = reinterpret_cast<uint4*>(dst);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) d[j] = packed[j];
-}
-
 // out[r] = row (row_ids[r] or row_begin + r) of the weight as float32, or rounded to bf16.
 template <typename D, typename Out>
 __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int64_t in_features,
@@ -251,7 +223,7 @@ __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int6
     float v[32];
     for (int64_t c = threadIdx.x; c < in_features / 32; c += blockDim.x) {
       D::chunk(w, c, v);
-      store32(dst + c * 32, v);
+      detail::store32(dst + c * 32, v);
     }
   }
 }

@@ -67,13 +67,7 @@ __global__ void dequantize_experts_kernel(ExpertTable table, int part, const int
 #pragma unroll
       for (int j = 0; j < 32; ++j) v[j] = __fmul_rn(v[j], s);
     }
-    uint4 packed[4];
-    auto* words = reinterpret_cast<__nv_bfloat162*>(packed);
-#pragma unroll
-    for (int j = 0; j < 16; ++j) words[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-    auto* d = reinterpret_cast<uint4*>(dst + c * 32);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) d[j] = packed[j];
+    detail::store32(dst + c * 32, v);
   }
 }
 
