@@ -9,6 +9,9 @@
 # cuda:0, each kernel's time and DRAM bytes, summarised by scripts/ncu-decode-step.py; a private rates
 # cache, since the bandwidth probes run under ncu too and would poison the one bench and plan read).
 # NCU_FLAGS="--cache-control none" keeps the caches warm between kernels (closer to a replayed step).
+# Prefill and prefix hits on the 48-layer file, all on the GPU: STEPS="build prefill" (the flash attention and
+# cuBLAS-linear kernels, `bench kv` 8k with 7.75k cached, a 4k prompt in one pass; for where the time goes,
+# run bench kv again with TANDEM_PROFILE_OPS=1: a row per op and batch size).
 # Hybrid prefill streaming (opt-in): STEPS="build bench48stream" (48-layer file, pp4096 in one
 # --ubatch 4096 pass, experts streamed from their pinned mirrors; STREAM_MIN, UBATCH, PROMPT).
 set -uo pipefail
@@ -51,6 +54,11 @@ for s in ${STEPS:-build cuda amx cli bench}; do
                REPS=1 GEN=${GEN:-8} PROMPT=${PROMPT:-4096} LAYERS=48 BENCH_FLAGS="--ubatch ${UBATCH:-4096}" PLACEMENTS="experts=cpu,*=cuda:0" \
                bash -c "[ -s \$MODEL ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$MODEL; bash scripts/device-bench-cuda.sh $build" ;;
     benchds) step benchds 560 env FREE_QWEN48=1 bash scripts/device-bench-deepseek.sh "$build" ;;
+    prefill) step prefill 500 bash -c "m=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf; [ -s \$m ] || $build/bin/tandem synth --preset qwen3-30b-a3b --quant q4_k_m -o \$m >/dev/null; \
+               $build/bin/bench_cuda_kernels --benchmark_min_time=0.05 --benchmark_counters_tabular=true \
+                 --benchmark_filter='gqa_prefill/f16/(256|1024|4096)/[12]/|linear/(q4_k|q6_k)/4096/2048/(256|512|4096)/2' 2>&1 | grep -E '^(gqa|linear)'; \
+               $build/bin/tandem bench kv -m \$m --placement '*=cuda:0' --prompt-tokens 8192 --cached-tokens 7936 -t 16 -r 2 --json; \
+               $build/bin/tandem bench model -m \$m -p 4096 -n 8 -r 2 -t 16 --spread-tokens 0 --ubatch 4096 --placement '*=cuda:0' --json" ;;
     bench48eager) step bench48eager 300 env TANDEM_CUDA_GRAPHS=0 MODEL=/tmp/tandem-qwen3-30b-a3b-48l-q4_k_m.gguf REPS=1 GEN=${GEN:-32} \
                PROMPT=${PROMPT:-512} LAYERS=48 PLACEMENTS="*=cuda:0" bash scripts/device-bench-cuda.sh "$build" ;;
     kernels) step kernels 150 "$build/bin/bench_cuda_kernels" --benchmark_min_time=${KERNEL_SECONDS:-0.05} \
