@@ -47,9 +47,13 @@ inline double gpu_decode_read_gbps(double vram_read_gbps) {
 // bytes at the 124 GB/s probe + 145 µs) + the head + 200 µs. (DESIGN's 24-33 µs is the bare round trip.)
 inline constexpr double kLayerSyncSeconds = 145e-6;
 // Compute rates assumed where none is measured (GFLOP/s): per CPU core with AVX-512/AMX-class
-// kernels, and one H200-class GPU at ~40 % of its dense BF16 peak.
+// kernels, and one H100/H200-class GPU as this model counts FLOPs, fitted to the 48-layer Qwen3-30B-A3B
+// Q4_K_M all on an H100, a 4,096-token prompt in one pass: 17,401 tok/s = 603 GFLOP a layer in 4.9 ms
+// (docs/PERF.md, "A prefix hit's suffix pass and the 4k prompt, profiled"; the routed experts' grouped
+// GEMMs and flash attention run far below the tensor cores' peak; the 400 TFLOP/s assumed before
+// predicted 3.3× the measured speed).
 inline constexpr double kAssumedCpuGflopsPerCore = 50.0;
-inline constexpr double kAssumedGpuGflops = 400'000.0;
+inline constexpr double kAssumedGpuGflops = 123'000.0;
 // Bandwidths assumed for a GPU the process cannot measure (GB/s): H200 HBM3e at ~80 % of 4.8 TB/s,
 // pinned PCIe 5.0 x16 as measured on the GPU machine.
 inline constexpr double kAssumedVramGbps = 3800.0;
