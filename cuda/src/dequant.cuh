@@ -3,7 +3,7 @@
 // src/formats/dequantize.cpp (the reference). Quantised rows are read in chunks of 32 values (every
 // block type holds a whole number of them); plain types also by element, for rows whose width is
 // not a multiple of 32. Products and differences use explicit _rn intrinsics so nvcc does not fuse
-// them into an FMA: the values equal the reference's bit for bit.
+// them into an FMA: the values equal the reference's bit for bit. store32 writes a decoded chunk out.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

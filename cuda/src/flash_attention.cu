@@ -99,37 +99,21 @@ __device__ __forceinline__ void dequantise8(const uint8_t* row, int64_t first, i
   *reinterpret_cast<uint4*>(shared) = make_uint4(words[0], words[1], words[2], words[3]);
 }
 
-// Block and slot of position s in blocks of `tokens` (≤ 2^16; positions < 2^31): every 16-byte piece
-// of a tile finds its row this way, so a power of two (the default 16) takes a shift and a mask, and
-// other sizes a 32-bit division (the 64-bit one cost more instructions than the tile's products).
-struct BlockSlot {
-  int tokens, shift;  // shift < 0: not a power of two
-  __device__ __forceinline__ explicit BlockSlot(int64_t block_tokens) : tokens(static_cast<int>(block_tokens)), shift(0) {
-    while ((1 << shift) < tokens) ++shift;
-    if ((1 << shift) != tokens) shift = -1;
-  }
-  __device__ __forceinline__ void operator()(int64_t position, int& block, int& slot) const {
-    const int s = static_cast<int>(position);
-    block = shift >= 0 ? s >> shift : s / tokens;
-    slot = s - block * tokens;
-  }
-};
-
 template <bool kPaged, int Dqk, int Dv>
 struct RowAddress {
   const KvRows& r;
   const int32_t* table;
-  BlockSlot split;
+  detail::BlockSlot block_slot;
   __device__ __forceinline__ RowAddress(const KvRows& rows, const int32_t* block_table)
-      : r(rows), table(block_table), split(rows.paged.block_tokens > 0 ? rows.paged.block_tokens : 1) {}
+      : r(rows), table(block_table), block_slot(rows.paged.block_tokens > 0 ? rows.paged.block_tokens : 1) {}
   __device__ __forceinline__ void operator()(int64_t s, int g, const uint8_t*& k, const uint8_t*& v) const {
     if constexpr (kPaged) {
       int b, slot;
-      split(s, b, slot);
+      block_slot(s, b, slot);
       const uint8_t* block =
           static_cast<const uint8_t*>(r.paged.layer_base) + static_cast<int64_t>(table[b]) * r.paged.block_stride;
       k = block + static_cast<int64_t>(slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dqk * 2;
-      v = block + static_cast<int64_t>(split.tokens + slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dv * 2;
+      v = block + static_cast<int64_t>(block_slot.tokens + slot) * r.paged.row_bytes + static_cast<int64_t>(g) * Dv * 2;
     } else {
       const int64_t row = s * r.kv_heads + g;
       k = r.k + row * Dqk * 2;
@@ -201,13 +185,13 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t s = s0 + row < n_end ? s0 + row : n_end - 1;
         const int32_t* table = batch.block_tables + last * batch.table_stride;
         int b, slot;
-        address.split(s, b, slot);
+        address.block_slot(s, b, slot);
         const uint8_t* block = base + static_cast<int64_t>(table[b]) * rows.paged.block_stride;
         if (chunk < kChunksK)
           dequantise8<Stored>(block + static_cast<int64_t>(slot) * rows.paged.row_bytes, static_cast<int64_t>(g) * Dqk + chunk * 8, width,
                               k_stage + (stage * kKeyTile + row) * kLdK + chunk * 8);
         else
-          dequantise8<Stored>(block + static_cast<int64_t>(address.split.tokens + slot) * rows.paged.row_bytes,
+          dequantise8<Stored>(block + static_cast<int64_t>(address.block_slot.tokens + slot) * rows.paged.row_bytes,
                               static_cast<int64_t>(g) * Dv + (chunk - kChunksK) * 8, width,
                               v_stage + (stage * kKeyTile + row) * kLdV + (chunk - kChunksK) * 8);
       }
@@ -417,6 +401,7 @@ struct SplitPlan {
 };
 SplitPlan split_plan(const DeviceBatch& b, int64_t heads) {
   const int64_t blocks = (b.tokens + kQueryTile - 1) / kQueryTile * heads;
+  if (blocks <= 0) return {};  // an empty batch (or no heads) launches nothing
   const int64_t key_tiles = (b.max_context + kKeyTile - 1) / kKeyTile;
   // Rounded down: a grid just past one wave of resident blocks waits out a second, partial one (3
   // splits of 128 blocks, 384 for 264 places, took 424 µs where 2 take about half the unsplit 469).

@@ -56,6 +56,23 @@ __device__ __forceinline__ char* kv_row_at(char* layer_base, int64_t block_token
   return layer_base + block * block_stride + (plane * block_tokens + slot % block_tokens) * row_bytes;
 }
 
+// Block and slot of position s in blocks of `tokens` (≤ 2^16; positions < 2^31), for loops that find
+// many rows (flash attention: every 16-byte piece of a tile): a power of two (the default 16) takes a
+// shift and a mask, other sizes a 32-bit division (the 64-bit one cost the flash kernel more
+// instructions than its tile's products).
+struct BlockSlot {
+  int tokens, shift;  // shift < 0: not a power of two
+  __device__ __forceinline__ explicit BlockSlot(int64_t block_tokens) : tokens(static_cast<int>(block_tokens)), shift(0) {
+    while ((1 << shift) < tokens) ++shift;
+    if ((1 << shift) != tokens) shift = -1;
+  }
+  __device__ __forceinline__ void operator()(int64_t position, int& block, int& slot) const {
+    const int s = static_cast<int>(position);
+    block = shift >= 0 ? s >> shift : s / tokens;
+    slot = s - block * tokens;
+  }
+};
+
 // A value as a float KV row stores it (f32, f16 or bf16), rounded to nearest.
 template <typename T>
 __device__ __forceinline__ T encode_kv(float v) {

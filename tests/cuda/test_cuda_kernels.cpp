@@ -351,7 +351,8 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
     // Qwen3-30B-A3B (32/4 × 128), plain MHA at 64, a wide group, two KV heads of 64
     for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 64}})
       // whole tiles, a partial last tile, a chunk after a cached prefix (not tile-aligned), a long prompt,
-      // short chunks after long prefixes (their positions split among blocks, then merged)
+      // short chunks after long prefixes (their positions split among blocks, then merged; for 8 heads the
+      // 1000+513 chunk splits too, at position 1,024, so its first rows see nothing of the last split)
       for (Chunk ch : {Chunk{0, 64}, Chunk{0, 200}, Chunk{37, 100}, Chunk{1000, 513}, Chunk{0, 2048},
                        Chunk{3001, 64}, Chunk{2000, 130}}) {
         if (ch.tokens == 2048 && s.heads != 32) continue;
