@@ -9,7 +9,10 @@
 // bf16, or fp8/int8 codes with their group scales), written by kv_append and read by the attention
 // kernels in place; a copy-on-write block copy of the pool is repeated here (KvPool's block-copy
 // listener), raw bytes, scales included, and the prefix cache's tiers move blocks to and from host
-// memory through this backend (KvPool's block transfer).
+// memory through this backend (KvPool's block transfer). A run of blocks coming back from host copies
+// that stay put (the host tier) is copied on a stream of its own a layer at a time, each layer's
+// copies issued when the layer before it is first used and waited for by the first kernel that
+// reads that layer, so a prefix hit's copies run under its suffix's first layers.
 #include "tandem/backend/cuda_backend.hpp"
 
 #include <fmt/format.h>
@@ -19,9 +22,12 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string_view>
 #include <utility>
 #include <span>
@@ -71,6 +77,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     try {
+      if (kv_copies_) kv_copies_->synchronize();
       stream_.synchronize();
     } catch (...) {  // a failed step already reported its error
     }
@@ -116,6 +123,7 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override {
     refuse_while_recording("a wait for the GPU");
+    await_kv_imports();
     stream_.synchronize();
   }
 
@@ -128,6 +136,7 @@ class CudaBackend final : public Backend {
       // Any allocation since the recording may have replaced a buffer it reads or writes.
       if (backend_.allocations_ != allocations_) return false;
       backend_.stream_.make_current();
+      backend_.await_kv_imports();  // the graph's kernels reach the KV layers without planes()
       graph_.launch(backend_.stream_);
       return true;
     }
@@ -139,6 +148,7 @@ class CudaBackend final : public Backend {
   };
   std::unique_ptr<BackendGraph> record_graph(const std::function<void()>& issue) override {
     stream_.make_current();
+    await_kv_imports();  // no wait on the copy stream's events inside the capture
     cuda::Graph::begin_capture(stream_);
     recording_ = true;
     bool issued = true;
@@ -176,6 +186,7 @@ class CudaBackend final : public Backend {
     if (block_bytes != kv.block_layer_bytes())
       throw Error(ErrorKind::internal, "CUDA backend: the KV pool's layout is not the one its kernels read");
     if (kv_layers_.contains(layer)) return;
+    await_kv_imports();  // an import in progress covers the layers it started with
     const size_t bytes = block_bytes * static_cast<size_t>(kv.spec().blocks);
     cuda::DeviceBuffer planes = allocate_named(bytes, "the KV cache of one layer");
     stream_.zero(planes.data(), bytes);
@@ -797,6 +808,7 @@ class CudaBackend final : public Backend {
     const auto it = kv_layers_.find(layer);
     if (it == kv_layers_.end())
       throw Error(ErrorKind::internal, fmt::format("CUDA backend: KV layer {} was not attached to this GPU", layer));
+    await_kv_layer(layer);
     return it->second.data();
   }
   cuda::PagedKv paged(const KvPool& kv, int64_t layer) {
@@ -830,6 +842,7 @@ class CudaBackend final : public Backend {
   }
   void copy_kv_block(int32_t from, int32_t to) {
     stream_.make_current();
+    await_kv_imports();
     const size_t bytes = layer_block_bytes(*kv_);
     for (auto& [layer, buffer] : kv_layers_) {
       auto* base = static_cast<std::byte*>(buffer.data());
@@ -842,6 +855,7 @@ class CudaBackend final : public Backend {
   // the host bytes are complete (to_host) or free to reuse (from_host) on return.
   void kv_block_to_host(int32_t block, std::byte* host) {
     stream_.make_current();
+    await_kv_imports();  // the block may be one still arriving, or `host` a source still being read
     const size_t bytes = layer_block_bytes(*kv_);
     for (auto& [layer, buffer] : kv_layers_)
       stream_.copy_to_host_async(
@@ -850,35 +864,91 @@ class CudaBackend final : public Backend {
     stream_.synchronize();
   }
   void kv_block_from_host(int32_t block, const std::byte* host) {
-    kv_blocks_from_host(std::span<const int32_t>(&block, 1), std::span<const std::byte* const>(&host, 1));
+    kv_blocks_from_host(std::span<const int32_t>(&block, 1), std::span<const std::byte* const>(&host, 1),
+                        HostCopies::reused);
   }
-  // kv_block_from_host of each blocks[i] from hosts[i]: every (block, layer) copy in one batch, one wait
-  // (a prefix run of 500 blocks over 48 layers was 24,000 copy calls and 500 waits).
-  void kv_blocks_from_host(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
+  // kv_block_from_host of each blocks[i] from hosts[i], on kv_copies_ after the work queued so far on
+  // stream_: a layer's copies in one batch (a prefix run of 500 blocks over 48 layers was 24,000 copy
+  // calls and 500 waits). Reused host copies: all issued and waited for here. Kept ones: issued a
+  // layer at a time as the layers are reached (await_kv_layer).
+  void kv_blocks_from_host(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts,
+                           HostCopies copies) {
     stream_.make_current();
+    if (!kv_copies_) {
+      kv_copies_ = std::make_unique<cuda::Stream>(device_);
+      kv_import_start_ = std::make_unique<cuda::Event>(device_);
+    }
+    issue_kv_import(kAllLayers);  // an earlier import's copies go first (the two may share a block)
+    kv_import_start_->record(stream_);
+    kv_import_start_->wait_on(*kv_copies_);
+    const size_t n = std::min(blocks.size(), hosts.size());
+    kv_import_ = KvImport{{blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(n)},
+                          {hosts.begin(), hosts.begin() + static_cast<std::ptrdiff_t>(n)}, 0};
+    if (copies == HostCopies::kept) return;
+    issue_kv_import(kAllLayers);
+    kv_copies_->synchronize();
+    kv_layers_awaited_.clear();  // every copy issued so far is complete
+  }
+  // The pending import's copies of the attached layers up to `last`, each layer's one batch on
+  // kv_copies_ followed by its arrival event (awaited by stream_ at the layer's first use).
+  static constexpr int64_t kAllLayers = std::numeric_limits<int64_t>::max();
+  void issue_kv_import(int64_t last) {
+    if (!kv_import_) return;
+    KvImport& import = *kv_import_;
     const size_t bytes = layer_block_bytes(*kv_);
-    copy_dsts_.clear();
-    copy_srcs_.clear();
-    for (size_t i = 0; i < blocks.size() && i < hosts.size(); ++i)
-      for (auto& [layer, buffer] : kv_layers_) {
-        copy_dsts_.push_back(static_cast<std::byte*>(buffer.data()) + static_cast<size_t>(blocks[i]) * bytes);
-        copy_srcs_.push_back(hosts[i] + static_cast<size_t>(layer) * bytes);
+    auto it = kv_layers_.lower_bound(import.next_layer);
+    for (; it != kv_layers_.end() && it->first <= last; ++it) {
+      copy_dsts_.clear();
+      copy_srcs_.clear();
+      for (size_t i = 0; i < import.blocks.size(); ++i) {
+        copy_dsts_.push_back(static_cast<std::byte*>(it->second.data()) + static_cast<size_t>(import.blocks[i]) * bytes);
+        copy_srcs_.push_back(import.hosts[i] + static_cast<size_t>(it->first) * bytes);
       }
-    copy_sizes_.assign(copy_dsts_.size(), bytes);
-    stream_.copy_many_to_device(copy_dsts_.data(), copy_srcs_.data(), copy_sizes_.data(), copy_dsts_.size());
-    stream_.synchronize();
+      copy_sizes_.assign(copy_dsts_.size(), bytes);
+      kv_copies_->copy_many_to_device(copy_dsts_.data(), copy_srcs_.data(), copy_sizes_.data(), copy_dsts_.size());
+      std::unique_ptr<cuda::Event>& arrived = kv_layer_arrived_[it->first];
+      if (!arrived) arrived = std::make_unique<cuda::Event>(device_);
+      arrived->record(*kv_copies_);
+      kv_layers_awaited_.insert(it->first);
+      import.next_layer = it->first + 1;
+    }
+    if (it == kv_layers_.end()) kv_import_.reset();
+  }
+  // Before stream_'s work on layer `layer`: the pending import's copies of it and of the next attached
+  // layer are issued (the next layer's run while this one computes), and stream_ waits for this layer's.
+  void await_kv_layer(int64_t layer) {
+    if (kv_import_) {
+      const auto next = kv_layers_.upper_bound(layer);
+      issue_kv_import(next == kv_layers_.end() ? layer : next->first);
+    }
+    if (kv_layers_awaited_.erase(layer) != 0) kv_layer_arrived_.at(layer)->wait_on(stream_);
+  }
+  // Every import issued, and stream_'s later work after all of them: before work that reaches the
+  // layers without planes() (a graph, a block copy, a copy to the host).
+  void await_kv_imports() {
+    issue_kv_import(kAllLayers);
+    for (const int64_t layer : kv_layers_awaited_) kv_layer_arrived_.at(layer)->wait_on(stream_);
+    kv_layers_awaited_.clear();
+  }
+  // Every import issued and complete (its host copies free to change).
+  void settle_kv_imports() {
+    if (!kv_copies_) return;
+    stream_.make_current();
+    issue_kv_import(kAllLayers);
+    kv_copies_->synchronize();
+    kv_layers_awaited_.clear();
   }
   class KvBlockTransfer final : public KvPool::BlockTransfer {
    public:
     explicit KvBlockTransfer(CudaBackend& backend) : backend_(backend) {}
     bool holds_layer(int64_t layer) const override { return backend_.kv_layers_.contains(layer); }
     void to_host(int32_t block, std::byte* host) override { backend_.kv_block_to_host(block, host); }
-    void from_host(int32_t block, const std::byte* host) override {
-      backend_.kv_block_from_host(block, host);
+    void from_host(int32_t block, const std::byte* host) override { backend_.kv_block_from_host(block, host); }
+    void from_host_many(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts,
+                        HostCopies copies) override {
+      backend_.kv_blocks_from_host(blocks, hosts, copies);
     }
-    void from_host_many(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) override {
-      backend_.kv_blocks_from_host(blocks, hosts);
-    }
+    void settle() override { backend_.settle_kv_imports(); }
 
    private:
     CudaBackend& backend_;
@@ -889,7 +959,18 @@ class CudaBackend final : public Backend {
   bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
   cuda::BlasGemm blas_;
   cuda::MoeBlasHost moe_blas_host_;
-  std::vector<void*> copy_dsts_;  // kv_blocks_from_host's batch
+  // An import from kept host copies whose later layers are not issued yet (kv_blocks_from_host).
+  struct KvImport {
+    std::vector<int32_t> blocks;
+    std::vector<const std::byte*> hosts;
+    int64_t next_layer = 0;  // the first layer whose copies are not issued
+  };
+  std::unique_ptr<cuda::Stream> kv_copies_;  // the imports' copies, made at the first
+  std::unique_ptr<cuda::Event> kv_import_start_;
+  std::optional<KvImport> kv_import_;
+  std::map<int64_t, std::unique_ptr<cuda::Event>> kv_layer_arrived_;  // recorded after a layer's copies
+  std::set<int64_t> kv_layers_awaited_;  // layers with copies issued that stream_ has not waited for
+  std::vector<void*> copy_dsts_;  // issue_kv_import's batch
   std::vector<const void*> copy_srcs_;
   std::vector<size_t> copy_sizes_;
   bool blas_enabled_ = true;

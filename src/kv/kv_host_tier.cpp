@@ -24,6 +24,13 @@ KvHostTier::KvHostTier(KvPool& pool, int64_t blocks, Backend& memory_from) : poo
   stats_.capacity_bytes = static_cast<uint64_t>(blocks) * block_bytes;
 }
 
+KvHostTier::~KvHostTier() {
+  try {
+    pool_.settle_imports();
+  } catch (...) {  // a failed GPU already reported its error; its copies are gone with it
+  }
+}
+
 std::byte* KvHostTier::slot_data(int64_t slot) const {
   return memory_.as<std::byte>() + static_cast<size_t>(slot) * pool_.block_bytes();
 }
@@ -68,7 +75,7 @@ size_t KvHostTier::load_run(std::span<const uint64_t> keys, std::span<const int3
     if (it == index_.end()) break;
     sources.push_back(slot_data(it->second.slot));
   }
-  pool_.import_blocks(blocks.first(sources.size()), sources);
+  pool_.import_blocks(blocks.first(sources.size()), sources, HostCopies::kept);  // a slot changes by export_block only
   for (size_t i = 0; i < sources.size(); ++i) touch(keys[i]);
   stats_.loaded += static_cast<int64_t>(sources.size());
   return sources.size();

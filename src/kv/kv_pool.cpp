@@ -193,7 +193,8 @@ void KvPool::import_block(int32_t block, const std::byte* host) {
   import_blocks(std::span<const int32_t>(&block, 1), std::span<const std::byte* const>(&host, 1));
 }
 
-void KvPool::import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
+void KvPool::import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts,
+                           HostCopies copies) {
   if (blocks.size() != hosts.size())
     throw Error(ErrorKind::internal, fmt::format("KV pool: {} blocks to import from {} host copies", blocks.size(),
                                                  hosts.size()));
@@ -204,7 +205,12 @@ void KvPool::import_blocks(std::span<const int32_t> blocks, std::span<const std:
         std::memcpy(plane_data(blocks[i], layer, 0), hosts[i] + static_cast<size_t>(layer) * block_layer_bytes_,
                     block_layer_bytes_);
   if (!has_device_layers() || blocks.empty()) return;
-  for (const auto& transfer : live_transfers()) transfer->from_host_many(blocks, hosts);
+  for (const auto& transfer : live_transfers()) transfer->from_host_many(blocks, hosts, copies);
+}
+
+void KvPool::settle_imports() {
+  if (!has_device_layers()) return;
+  for (const auto& transfer : live_transfers()) transfer->settle();
 }
 
 void KvPool::seal_block(int32_t block, int64_t layer, int64_t plane, const float* rows, int64_t tokens) {

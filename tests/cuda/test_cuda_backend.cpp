@@ -486,6 +486,98 @@ TEST_CASE("cuda kv_append and copy-on-write keep the VRAM planes equal to the ho
   }
 }
 
+// A run of blocks coming back from the host tier (HostCopies::kept): the GPU issues each layer's copies
+// when the layer before it is first used, on a stream of its own, and returns at once. Every later use
+// must see the imported bytes: attention over the last layer (against the CPU over the same bytes), an
+// export right after the import (the copy to the host waits for them), a copy-on-write of an imported
+// block, a second import over a first one still in flight, and settle_imports (after which the host
+// copies may change). Reused host copies (the SSD tier's buffer) are complete when import returns.
+TEST_CASE("cuda KV import from kept host copies: every later use sees the imported blocks", "[cuda][kv]") {
+  if (!have_gpu()) return;
+  Backends b;
+  const int64_t layers = 8, kv_heads = 2, head_dim = 128, heads = 8, block_tokens = 64, n = 48;
+  const int64_t width = 2 * kv_heads * head_dim;
+  KvPoolSpec spec{KvLayout::gqa, layers, width, block_tokens, 2 * n + 4, Device::cpu(), KvType::f16};
+  KvPool cpu_pool(spec);
+  spec.device_layers.assign(static_cast<size_t>(layers), true);
+  KvPool pool(spec);
+  for (int64_t layer = 0; layer < layers; ++layer) b.gpu->kv_attach(pool, layer);
+  const size_t block_bytes = pool.block_bytes();
+  DeviceBuffer host = b.gpu->allocate_host(static_cast<size_t>(n) * block_bytes);
+  auto* bytes = host.as<std::byte>();
+  const auto values = random_floats(static_cast<size_t>(n) * block_bytes / 2, 31);
+  kv_encode_row(KvType::f16, values.data(), bytes, static_cast<int64_t>(values.size()));
+  const std::vector<std::byte> original(bytes, bytes + static_cast<size_t>(n) * block_bytes);
+  std::vector<const std::byte*> sources;
+  for (int64_t i = 0; i < n; ++i) sources.push_back(bytes + static_cast<size_t>(i) * block_bytes);
+  const auto fresh_blocks = [](KvPool& p, int64_t count) {
+    std::vector<int32_t> out;
+    for (int64_t i = 0; i < count; ++i) out.push_back(p.allocate_block());
+    return out;
+  };
+  const auto exported = [&](int32_t block) {
+    std::vector<std::byte> out(block_bytes);
+    pool.export_block(block, out.data());
+    return out;
+  };
+  const auto source_of = [&](int64_t i) {
+    return std::vector<std::byte>(original.begin() + static_cast<std::ptrdiff_t>(i * block_bytes),
+                                  original.begin() + static_cast<std::ptrdiff_t>((i + 1) * block_bytes));
+  };
+
+  // Attention of the last layer over the imported run, issued right after the import.
+  const std::vector<int32_t> run = fresh_blocks(pool, n);
+  pool.import_blocks(run, sources, HostCopies::kept);
+  const std::vector<int32_t> cpu_run = fresh_blocks(cpu_pool, n);
+  cpu_pool.import_blocks(cpu_run, sources);
+  const std::vector<int64_t> positions = {n * block_tokens - 1, n * block_tokens / 2};
+  const auto q = random_floats(static_cast<size_t>(2 * heads * head_dim), 32);
+  const auto attend = [&](Backend& be, KvPool& p, const std::vector<int32_t>& blocks) {
+    std::vector<int32_t> tables(blocks);
+    tables.insert(tables.end(), blocks.begin(), blocks.end());
+    DeviceBuffer d_positions = put(be, positions), d_tables = put(be, tables), dq = put(be, q),
+                 out = be.allocate(q.size() * sizeof(float));
+    AttentionBatch batch;
+    batch.tokens = 2;
+    batch.positions = d_positions.as<int64_t>();
+    batch.block_tables = d_tables.as<int32_t>();
+    batch.table_stride = n;
+    batch.max_context = n * block_tokens;
+    be.gqa_attention(p, layers - 1, batch, dq.as<float>(), heads, kv_heads, head_dim, 0.1f, out.as<float>());
+    return get(be, out, q.size());
+  };
+  CHECK(relative_error(attend(*b.gpu, pool, run), attend(*b.cpu, cpu_pool, cpu_run)) < 1e-5);
+
+  // An export right after an import, of the run's last block (its last layer's copy goes last).
+  const std::vector<int32_t> second = fresh_blocks(pool, n);
+  pool.import_blocks(second, sources, HostCopies::kept);
+  CHECK(exported(second.back()) == source_of(n - 1));
+  // A copy-on-write of a block still arriving, and an import over one whose layers are not issued.
+  for (const int32_t block : second) pool.release_block(block);
+  const std::vector<int32_t> third = fresh_blocks(pool, n);
+  pool.import_blocks(third, sources, HostCopies::kept);
+  const int32_t copied = pool.copy_block(third[n / 2]);
+  pool.import_blocks(std::span<const int32_t>(third).first(1), std::span<const std::byte* const>(sources).last(1),
+                     HostCopies::kept);
+  CHECK(exported(copied) == source_of(n / 2));
+  CHECK(exported(third[0]) == source_of(n - 1));
+  CHECK(exported(third[1]) == source_of(1));
+
+  // Settled imports no longer read their host copies; reused ones never do after the import.
+  for (const int32_t block : third) pool.release_block(block);
+  pool.release_block(copied);
+  const std::vector<int32_t> fourth = fresh_blocks(pool, n);
+  pool.import_blocks(fourth, sources, HostCopies::kept);
+  pool.settle_imports();
+  std::memset(bytes, 0, static_cast<size_t>(n) * block_bytes);
+  CHECK(exported(fourth[n - 1]) == source_of(n - 1));
+  std::vector<std::byte> buffer(source_of(3));
+  const std::byte* one = buffer.data();
+  pool.import_blocks(std::span<const int32_t>(fourth).first(1), std::span<const std::byte* const>(&one, 1));
+  std::fill(buffer.begin(), buffer.end(), std::byte{0});
+  CHECK(exported(fourth[0]) == source_of(3));
+}
+
 TEST_CASE("cuda gqa_prologue in one launch equals its three calls bit for bit, and the CPU's", "[cuda]") {
   // The fused kernel (float KV types) against the same GPU's head_norm_rope ×2 + kv_append_pair, on a
   // second backend so that each has its own VRAM planes: q, k and the attention over the written

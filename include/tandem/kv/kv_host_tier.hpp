@@ -39,6 +39,7 @@ class KvHostTier {
   // backend). Error(invalid_argument) for a negative count, Error(out_of_memory) from the
   // allocation.
   KvHostTier(KvPool& pool, int64_t blocks, Backend& memory_from);
+  ~KvHostTier();  // after the device copies still reading its slots (KvPool::settle_imports)
   KvHostTier(const KvHostTier&) = delete;
   KvHostTier& operator=(const KvHostTier&) = delete;
 
@@ -50,7 +51,8 @@ class KvHostTier {
   // Copies the block under `key` into pool block `block` (in use); false when the key is not here.
   bool load(uint64_t key, int32_t block);
   // load of keys[i] into blocks[i] for the leading keys that are here, their copies issued together
-  // (KvPool::import_blocks); returns how many were loaded.
+  // (KvPool::import_blocks, HostCopies::kept: a GPU may still be copying when it returns); returns how
+  // many were loaded.
   size_t load_run(std::span<const uint64_t> keys, std::span<const int32_t> blocks);
   // Marks `key` most recently used (when here), so the next stores drop others first.
   void touch(uint64_t key);

@@ -63,6 +63,13 @@ struct KvPoolSpec {
   std::vector<bool> device_layers;
 };
 
+// What KvPool::import_blocks may assume of the host copies it reads. `reused`: the caller may change
+// or free them once it returns, so the device layers' copies are complete by then. `kept`: they stay
+// unchanged until the pool's next export_block or settle_imports (the host tier's pinned slots), so
+// a GPU may leave its copies in flight behind the work it has queued and issue each layer's copies
+// just ahead of that layer's first use: a prefix's blocks arrive while its suffix's first layers run.
+enum class HostCopies { reused, kept };
+
 class KvPool {
  public:
   // Throws Error(invalid_argument) for non-positive sizes (or an odd GQA width), Error(out_of_memory)
@@ -119,11 +126,17 @@ class KvPool {
     // (from it, for from_host), and returns once the copy is complete.
     virtual void to_host(int32_t block, std::byte* host) = 0;
     virtual void from_host(int32_t block, const std::byte* host) = 0;
-    // from_host for several blocks (blocks[i] from hosts[i]), once complete for all: a transfer that
-    // can issue the copies together (a GPU's one batch and one wait) overrides it.
-    virtual void from_host_many(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts) {
+    // from_host for several blocks (blocks[i] from hosts[i]): a transfer that can issue the copies
+    // together (a GPU's one batch and one wait) overrides it. With HostCopies::reused it returns once
+    // complete for all; with `kept` it may leave them in flight (see HostCopies), as long as every use
+    // of a block's layer through it (its kernels, to_host, a block copy) sees the imported bytes.
+    virtual void from_host_many(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts,
+                                HostCopies copies) {
+      (void)copies;
       for (size_t i = 0; i < blocks.size() && i < hosts.size(); ++i) from_host(blocks[i], hosts[i]);
     }
+    // Returns once no copy from host memory that from_host_many left in flight still reads it.
+    virtual void settle() {}
   };
   void add_block_transfer(std::weak_ptr<BlockTransfer> transfer);
   // Copies block `block` (in use) out to `host` (block_bytes()) / in from it: host layers by
@@ -131,8 +144,12 @@ class KvPool {
   void export_block(int32_t block, std::byte* host) const;
   void import_block(int32_t block, const std::byte* host);
   // import_block of blocks[i] from hosts[i] for every i (equal sizes), the device layers' copies issued
-  // together (a prefix run coming back from a tier: one wait, not one per block).
-  void import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts);
+  // together (a prefix run coming back from a tier: one wait, not one per block). With `kept` host
+  // copies a GPU may return before its copies are done (see HostCopies).
+  void import_blocks(std::span<const int32_t> blocks, std::span<const std::byte* const> hosts,
+                     HostCopies copies = HostCopies::reused);
+  // Waits for every device copy that import_blocks left reading `kept` host copies (before freeing them).
+  void settle_imports();
 
   // One plane of one block (its whole per-token rows, or a per-channel block).
   std::byte* plane_data(int32_t block, int64_t layer, int64_t plane) {
