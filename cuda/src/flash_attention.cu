@@ -13,11 +13,13 @@
 // decompressed once through kv_b into dense K = [k_nope | k_rope] and V rows per head (in the cache's
 // type), and the kernel reads those instead of the paged planes.
 // An fp8/int8 cache is read as stored too, but dequantised on its way into shared memory (code ·
-// group scale, rounded to f16; plain loads instead of cp.async), and the tiles multiply in f16.
+// group scale, rounded to f16 by half2 arithmetic; plain loads instead of cp.async), and the tiles
+// multiply in f16.
 // Error: K and V are used exactly (fp8/int8: rounded to f16, 2⁻¹¹ relative); Q and P are rounded to
 // the cache's 16-bit type (f16 2⁻¹¹, bf16 2⁻⁸ relative), accumulation and softmax in float32.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cmath>
@@ -85,15 +87,40 @@ struct KvRows {
 };
 
 // Eight values [first, first + 8) of an fp8/int8 row of `width` coded values, as f16, into 16 bytes of
-// shared memory (the eight share a 32-value group: first is a multiple of 8).
+// shared memory (the eight share a 32-value group: first is a multiple of 8). The value is code ·
+// scale rounded once to f16: the product is exact in float32 (≤ 4 or 7 significant bits times the
+// f16 scale's 11), so half2 multiplies of the codes widened to f16 give the bits the float products
+// rounded to f16 give. fp8 codes widen in the hardware conversion (every e4m3 value is an f16 value),
+// int8 as the f16 of 1152 + code (its bits 0x6400 | code + 128) minus 1152; the eight codes come in
+// one 8-byte load where they are aligned.
 template <KvType Stored>
 __device__ __forceinline__ void dequantise8(const uint8_t* row, int64_t first, int64_t width, uint16_t* shared) {
-  const float scale = detail::group_scale(row, width, first / kKvGroupValues);
+  const __half scale = __ushort_as_half(detail::load_u16_bytes(row + width + 2 * (first / kKvGroupValues)));
+  const __half2 scale2 = __halves2half2(scale, scale);
+  const uint8_t* codes = row + first;
+  uint32_t packed[2];
+  if ((reinterpret_cast<uintptr_t>(codes) & 7) == 0) {
+    const uint2 w = *reinterpret_cast<const uint2*>(codes);
+    packed[0] = w.x;
+    packed[1] = w.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      packed[i] = static_cast<uint32_t>(codes[4 * i]) | (static_cast<uint32_t>(codes[4 * i + 1]) << 8) |
+                  (static_cast<uint32_t>(codes[4 * i + 2]) << 16) | (static_cast<uint32_t>(codes[4 * i + 3]) << 24);
+  }
   uint32_t words[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const __half2 h = __floats2half2_rn(detail::code_value<Stored>(row[first + 2 * i]) * scale,
-                                        detail::code_value<Stored>(row[first + 2 * i + 1]) * scale);
+    const uint32_t pair = (packed[i / 2] >> (16 * (i % 2))) & 0xffffu;  // codes 2i (low byte) and 2i + 1
+    __half2 h;
+    if constexpr (Stored == KvType::fp8) {
+      h = __half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3));
+    } else {
+      const uint32_t biased = (((pair & 0xffu) | ((pair & 0xff00u) << 8)) ^ 0x00800080u) | 0x64006400u;
+      h = __hsub2(*reinterpret_cast<const __half2*>(&biased), __float2half2_rn(1152.f));
+    }
+    h = __hmul2(h, scale2);
     words[i] = *reinterpret_cast<const uint32_t*>(&h);
   }
   *reinterpret_cast<uint4*>(shared) = make_uint4(words[0], words[1], words[2], words[3]);
