@@ -894,15 +894,15 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kAllLayers = std::numeric_limits<int64_t>::max();
   void issue_kv_import(int64_t last) {
     if (!kv_import_) return;
-    KvImport& import = *kv_import_;
+    KvImport& pending = *kv_import_;
     const size_t bytes = layer_block_bytes(*kv_);
-    auto it = kv_layers_.lower_bound(import.next_layer);
+    auto it = kv_layers_.lower_bound(pending.next_layer);
     for (; it != kv_layers_.end() && it->first <= last; ++it) {
       copy_dsts_.clear();
       copy_srcs_.clear();
-      for (size_t i = 0; i < import.blocks.size(); ++i) {
-        copy_dsts_.push_back(static_cast<std::byte*>(it->second.data()) + static_cast<size_t>(import.blocks[i]) * bytes);
-        copy_srcs_.push_back(import.hosts[i] + static_cast<size_t>(it->first) * bytes);
+      for (size_t i = 0; i < pending.blocks.size(); ++i) {
+        copy_dsts_.push_back(static_cast<std::byte*>(it->second.data()) + static_cast<size_t>(pending.blocks[i]) * bytes);
+        copy_srcs_.push_back(pending.hosts[i] + static_cast<size_t>(it->first) * bytes);
       }
       copy_sizes_.assign(copy_dsts_.size(), bytes);
       kv_copies_->copy_many_to_device(copy_dsts_.data(), copy_srcs_.data(), copy_sizes_.data(), copy_dsts_.size());
@@ -910,7 +910,7 @@ class CudaBackend final : public Backend {
       if (!arrived) arrived = std::make_unique<cuda::Event>(device_);
       arrived->record(*kv_copies_);
       kv_layers_awaited_.insert(it->first);
-      import.next_layer = it->first + 1;
+      pending.next_layer = it->first + 1;
     }
     if (it == kv_layers_.end()) kv_import_.reset();
   }
