@@ -906,9 +906,7 @@ class CudaBackend final : public Backend {
       }
       copy_sizes_.assign(copy_dsts_.size(), bytes);
       kv_copies_->copy_many_to_device(copy_dsts_.data(), copy_srcs_.data(), copy_sizes_.data(), copy_dsts_.size());
-      std::unique_ptr<cuda::Event>& arrived = kv_layer_arrived_[it->first];
-      if (!arrived) arrived = std::make_unique<cuda::Event>(device_);
-      arrived->record(*kv_copies_);
+      kv_layer_arrived_.try_emplace(it->first, device_).first->second.record(*kv_copies_);
       kv_layers_awaited_.insert(it->first);
       pending.next_layer = it->first + 1;
     }
@@ -921,13 +919,13 @@ class CudaBackend final : public Backend {
       const auto next = kv_layers_.upper_bound(layer);
       issue_kv_import(next == kv_layers_.end() ? layer : next->first);
     }
-    if (kv_layers_awaited_.erase(layer) != 0) kv_layer_arrived_.at(layer)->wait_on(stream_);
+    if (kv_layers_awaited_.erase(layer) != 0) kv_layer_arrived_.at(layer).wait_on(stream_);
   }
   // Every import issued, and stream_'s later work after all of them: before work that reaches the
   // layers without planes() (a graph, a block copy, a copy to the host).
   void await_kv_imports() {
     issue_kv_import(kAllLayers);
-    for (const int64_t layer : kv_layers_awaited_) kv_layer_arrived_.at(layer)->wait_on(stream_);
+    for (const int64_t layer : kv_layers_awaited_) kv_layer_arrived_.at(layer).wait_on(stream_);
     kv_layers_awaited_.clear();
   }
   // Every import issued and complete (its host copies free to change).
@@ -968,7 +966,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Stream> kv_copies_;  // the imports' copies, made at the first
   std::unique_ptr<cuda::Event> kv_import_start_;
   std::optional<KvImport> kv_import_;
-  std::map<int64_t, std::unique_ptr<cuda::Event>> kv_layer_arrived_;  // recorded after a layer's copies
+  std::map<int64_t, cuda::Event> kv_layer_arrived_;  // recorded after a layer's copies
   std::set<int64_t> kv_layers_awaited_;  // layers with copies issued that stream_ has not waited for
   std::vector<void*> copy_dsts_;  // issue_kv_import's batch
   std::vector<const void*> copy_srcs_;
