@@ -73,6 +73,7 @@ CommandRun setup(CLI::App& sub) {
       j["decode_cost_disk"] = 1.0 - r.decode_tok_s_disk / r.decode_tok_s_cold;
       j["disk_fs"] = r.disk_fs;
       j["disk_io"] = r.disk_io;
+      j["disk_read_direct"] = r.disk_read_direct;
       j["disk_page_cache_resident"] = r.disk_page_cache_resident;
       fmt::print("{}\n", j.dump());
       return 0;

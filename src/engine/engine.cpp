@@ -299,21 +299,26 @@ class CpuEngine final : public Engine {
       }
     if (!options_.kv_disk_dir.empty()) options_.kv_prefix_cache = true;
     if (options_.kv_prefix_cache) {
+      // Layers whose KV lives on a GPU: the tiers' host memory is that GPU's pinned memory.
+      Backend* kv_gpu = nullptr;
+      if (kv_->has_device_layers()) {
+        int64_t first_device_layer = 0;
+        while (kv_->on_host(first_device_layer)) ++first_device_layer;
+        kv_gpu = gpu_backends_.at(placement_.device_for(WeightGroup::attention, first_device_layer).index).get();
+      }
       std::unique_ptr<KvDiskTier> disk;
       if (!options_.kv_disk_dir.empty()) {
         KvDiskTierOptions disk_options;
         disk_options.dir = options_.kv_disk_dir;
         disk_options.max_bytes = options_.kv_disk_bytes;
+        disk_options.staging_from = kv_gpu;
         disk = std::make_unique<KvDiskTier>(disk_options, model_identity(files_), *kv_);
       }
-      // Layers whose KV lives on a GPU: blocks the VRAM pool frees go to pinned host memory first.
+      // Blocks the VRAM pool frees go to pinned host memory first.
       std::unique_ptr<KvHostTier> host;
       if (const int64_t blocks = host_tier_blocks(*kv_, options_.kv_host_bytes); blocks > 0) {
         step(0.55f, "allocating the KV host tier");
-        int64_t first_device_layer = 0;
-        while (kv_->on_host(first_device_layer)) ++first_device_layer;
-        const Device gpu = placement_.device_for(WeightGroup::attention, first_device_layer);
-        host = std::make_unique<KvHostTier>(*kv_, blocks, *gpu_backends_.at(gpu.index));
+        host = std::make_unique<KvHostTier>(*kv_, blocks, *kv_gpu);
       }
       prefix_cache_ = std::make_unique<PrefixCache>(*kv_, std::move(disk), std::move(host));
     }

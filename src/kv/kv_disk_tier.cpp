@@ -21,8 +21,10 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "kv/async_file_io.hpp"
+#include "tandem/backend/backend.hpp"
 #include "tandem/error.hpp"
 #include "tandem/kv/kv_pool.hpp"
 
@@ -34,6 +36,13 @@ constexpr uint32_t kVersion = 1;
 // Requests in flight at once (each write holds an open file): a 4k-token prompt's blocks (256 at
 // 16 tokens a block) are written without waiting for the disk.
 constexpr unsigned kRequestsInFlight = 256;
+// O_DIRECT wants the buffer, the file offset and the length aligned to the device's logical block;
+// 4 KiB covers every device in use.
+constexpr uint64_t kDirectAlignment = 4096;
+constexpr uint64_t kStagingChunkBytes = uint64_t{64} << 20;
+// Staged reads where io_uring is unavailable: this many threads each read their share of a chunk
+// (an SSD needs several requests in flight to reach its read rate).
+constexpr size_t kReaderThreads = 8;
 
 struct RecordHeader {
   char magic[8];
@@ -123,6 +132,15 @@ bool parse_record_name(const std::string& name, uint64_t& tier, uint64_t& key) {
 
 [[noreturn]] void fail(const std::string& message) { throw Error(ErrorKind::invalid_argument, message); }
 
+void read_now(AsyncFileIo::Request& r) {
+  ssize_t n = 0;
+  do {
+    n = preadv(r.fd, r.iov.data(), static_cast<int>(r.iov.size()), static_cast<off_t>(r.offset));
+  } while (n < 0 && errno == EINTR);
+  r.result = n < 0 ? -errno : n;
+  r.done = true;
+}
+
 }  // namespace
 
 uint64_t parse_byte_size(std::string_view text, std::string_view flag) {
@@ -176,6 +194,23 @@ KvDiskTier::KvDiskTier(const KvDiskTierOptions& options, uint64_t model_identity
   tier_id_ = XXH3_64bits(&h, offsetof(RecordHeader, chain_key));
   io_ = std::make_unique<AsyncFileIo>(kRequestsInFlight, options.try_io_uring);
   stats_.io = io_->description();
+  staged_reads_ = options.staged_reads || pool.has_device_layers();
+  if (staged_reads_) {
+    slot_bytes_ = (record_bytes_ + kDirectAlignment - 1) / kDirectAlignment * kDirectAlignment;
+    const uint64_t chunk = options.staging_chunk_bytes > 0 ? options.staging_chunk_bytes : kStagingChunkBytes;
+    slots_per_chunk_ = static_cast<size_t>(std::max<uint64_t>(1, chunk / slot_bytes_));
+    const size_t bytes = 2 * slots_per_chunk_ * slot_bytes_ + kDirectAlignment;
+    std::byte* base = nullptr;
+    if (options.staging_from != nullptr) {
+      staging_memory_ = options.staging_from->allocate_host(bytes);
+      base = staging_memory_.as<std::byte>();
+    } else {
+      staging_plain_ = std::make_unique_for_overwrite<std::byte[]>(bytes);
+      base = staging_plain_.get();
+    }
+    const auto address = reinterpret_cast<uintptr_t>(base);
+    staging_ = base + ((kDirectAlignment - address % kDirectAlignment) % kDirectAlignment);
+  }
   scan();
 }
 
@@ -357,15 +392,14 @@ void KvDiskTier::flush() {
 
 size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t> blocks) {
   flush();
+  if (staged_reads_) return load_staged(keys, blocks);
   const size_t n = std::min(keys.size(), blocks.size());
   struct Read {
     AsyncFileIo::Request request;
     RecordHeader header{};
     int fd = -1;
     uint64_t file_bytes = 0;
-    std::vector<std::byte> staged;  // a pool with device layers: the payload, imported once checked
   };
-  const bool staged = pool_.has_device_layers();
   std::vector<Read> reads(n);  // sized once: requests stay where the ring points
   size_t submitted = 0;
   for (; submitted < n && contains(keys[submitted]); ++submitted) {
@@ -379,12 +413,7 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
     r.file_bytes = static_cast<uint64_t>(st.st_size);
     r.request.fd = r.fd;
     r.request.iov.push_back({&r.header, sizeof(RecordHeader)});
-    if (staged) {
-      r.staged.resize(payload_bytes_);
-      r.request.iov.push_back({r.staged.data(), r.staged.size()});
-    } else {
-      fill_payload_iov(r.request.iov, pool_, blocks[submitted]);
-    }
+    fill_payload_iov(r.request.iov, pool_, blocks[submitted]);
     io_->submit(r.request);
   }
   io_->drain();
@@ -398,9 +427,7 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
                     ? Verdict::truncated
                     : check_header(r.header, expected, keys[i], r.file_bytes);
     if (v == Verdict::good && r.request.result != static_cast<int64_t>(record_bytes_)) v = Verdict::truncated;
-    if (v == Verdict::good && (staged ? XXH3_64bits(r.staged.data(), r.staged.size())
-                                      : payload_checksum(pool_, blocks[i])) != r.header.payload_xxh3)
-      v = Verdict::corrupt;
+    if (v == Verdict::good && payload_checksum(pool_, blocks[i]) != r.header.payload_xxh3) v = Verdict::corrupt;
     if (v != Verdict::good) {
       ++(v == Verdict::corrupt ? stats_.rejected_corrupt
                                 : v == Verdict::foreign ? stats_.rejected_foreign : stats_.rejected_truncated);
@@ -415,10 +442,171 @@ size_t KvDiskTier::load(std::span<const uint64_t> keys, std::span<const int32_t>
   }
   for (Read& r : reads)
     if (r.fd >= 0) ::close(r.fd);
-  if (staged && good > 0) {
-    std::vector<const std::byte*> sources(good);
-    for (size_t i = 0; i < good; ++i) sources[i] = reads[i].staged.data();
-    pool_.import_blocks(blocks.first(good), sources);
+  stats_.loaded += static_cast<int64_t>(good);
+  return good;
+}
+
+struct KvDiskTier::StagedChunk {
+  struct Read {
+    AsyncFileIo::Request request;
+    uint64_t key = 0;
+    int fd = -1;
+    uint64_t file_bytes = 0;
+    bool direct = false;
+  };
+  std::byte* slots = nullptr;  // slots_per_chunk_ slots of slot_bytes_
+  size_t first = 0;            // the load's keys [first, first + reads.size()) are this chunk's
+  std::vector<Read> reads;
+  std::vector<std::jthread> readers;  // no io_uring: the reads run on these (declared after reads: joined first)
+
+  std::byte* slot(size_t i) const { return slots + i * slot_bytes; }
+  uint64_t slot_bytes = 0;
+  void close_files() {
+    for (Read& r : reads)
+      if (r.fd >= 0) ::close(std::exchange(r.fd, -1));
+  }
+};
+
+// Opens the files of keys [chunk.first, chunk.first + chunk.reads.size()) and starts reading each
+// whole into its slot. A file gone from under us (deleted by another process) is a miss: the chunk
+// ends before it.
+void KvDiskTier::submit_staged(StagedChunk& chunk, std::span<const uint64_t> keys) {
+  size_t opened = 0;
+  for (; opened < chunk.reads.size(); ++opened) {
+    StagedChunk::Read& r = chunk.reads[opened];
+    const uint64_t key = keys[chunk.first + opened];
+    r.key = key;
+    const std::string path = path_of(key);
+    if (try_direct_) {
+      r.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+      if (r.fd < 0 && errno == EINVAL) try_direct_ = false;  // tmpfs and a few others refuse it
+      r.direct = r.fd >= 0;
+    }
+    if (r.fd < 0) r.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (r.fd < 0 || fstat(r.fd, &st) != 0) {
+      if (r.fd >= 0) ::close(std::exchange(r.fd, -1));
+      forget(key, false);
+      break;
+    }
+    r.file_bytes = static_cast<uint64_t>(st.st_size);
+    r.request.fd = r.fd;
+    // The whole slot: O_DIRECT reads whole aligned blocks, and the file ends before the slot does.
+    r.request.iov.assign(1, iovec{chunk.slot(opened), static_cast<size_t>(slot_bytes_)});
+  }
+  chunk.reads.resize(opened);
+  if (io_->uses_uring()) {
+    for (StagedChunk::Read& r : chunk.reads) io_->submit(r.request);
+    return;
+  }
+  const size_t threads = std::min(chunk.reads.size(), kReaderThreads);
+  for (size_t t = 0; t < threads; ++t)
+    chunk.readers.emplace_back([&chunk, t, threads] {
+      for (size_t i = t; i < chunk.reads.size(); i += threads) read_now(chunk.reads[i].request);
+    });
+}
+
+void KvDiskTier::wait_staged(StagedChunk& chunk) {
+  const auto pending = [&] {
+    return std::any_of(chunk.reads.begin(), chunk.reads.end(), [](const auto& r) { return !r.request.done; });
+  };
+  if (io_->uses_uring())
+    while (pending() && io_->reap(true) > 0) {
+    }
+  chunk.readers.clear();  // joins
+  for (StagedChunk::Read& r : chunk.reads) {
+    if (r.direct && r.request.result == -EINVAL) {
+      // The file system took O_DIRECT at open but not this read (an alignment it wants larger):
+      // read the record through the page cache, and from now on every record.
+      try_direct_ = false;
+      r.direct = false;
+      const int fd = ::open(path_of(r.key).c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        ::close(std::exchange(r.fd, fd));
+        r.request.fd = fd;
+        read_now(r.request);
+      }
+    }
+  }
+}
+
+size_t KvDiskTier::load_staged(std::span<const uint64_t> keys, std::span<const int32_t> blocks) {
+  const size_t n = std::min(keys.size(), blocks.size());
+  size_t run = 0;  // the keys to read: those in the index, up to the first that is not
+  while (run < n && contains(keys[run])) ++run;
+  StagedChunk chunks[2];
+  for (int c = 0; c < 2; ++c) {
+    chunks[c].slot_bytes = slot_bytes_;
+    chunks[c].slots = staging_ + static_cast<size_t>(c) * slots_per_chunk_ * slot_bytes_;
+  }
+  // Whatever happens below (a GPU copy that throws), no read may still be landing in the staging
+  // chunks or hold a file open when this returns.
+  struct Settle {
+    KvDiskTier& tier;
+    StagedChunk* chunks;
+    ~Settle() {
+      tier.io_->drain();
+      for (int c = 0; c < 2; ++c) {
+        chunks[c].readers.clear();
+        chunks[c].close_files();
+      }
+    }
+  } settle{*this, chunks};
+  size_t next = 0;  // the first key not yet submitted
+  const auto submit = [&](StagedChunk& chunk) {
+    chunk.close_files();
+    chunk.reads.clear();
+    chunk.first = next;
+    chunk.reads.resize(std::min(slots_per_chunk_, run - next));
+    const size_t wanted = chunk.reads.size();
+    submit_staged(chunk, keys);
+    next += chunk.reads.size();
+    if (chunk.reads.size() < wanted) run = next;  // a file was gone: the run ends there
+  };
+  const RecordHeader expected = tier_header(model_identity_, pool_, payload_bytes_);
+  size_t good = 0;     // keys [0, good) were read, checked and imported
+  bool ended = false;  // a bad record was found: nothing after it is used (but every record read is checked)
+  std::vector<const std::byte*> sources;
+  if (run > 0) submit(chunks[0]);
+  for (int current = 0; !chunks[current].reads.empty(); current ^= 1) {
+    StagedChunk& chunk = chunks[current];
+    StagedChunk& other = chunks[current ^ 1];
+    other.close_files();
+    other.reads.clear();
+    if (!ended && next < run) submit(other);  // its reads run while this chunk is checked and copied
+    wait_staged(chunk);
+    sources.clear();
+    for (size_t i = 0; i < chunk.reads.size(); ++i) {
+      const StagedChunk::Read& r = chunk.reads[i];
+      const uint64_t key = keys[chunk.first + i];
+      const std::byte* slot = chunk.slot(i);
+      RecordHeader h{};
+      Verdict v = Verdict::truncated;
+      if (r.request.result >= static_cast<int64_t>(sizeof h)) {
+        std::memcpy(&h, slot, sizeof h);
+        v = check_header(h, expected, key, r.file_bytes);
+      }
+      if (v == Verdict::good && r.request.result != static_cast<int64_t>(record_bytes_)) v = Verdict::truncated;
+      if (v == Verdict::good && XXH3_64bits(slot + sizeof h, payload_bytes_) != h.payload_xxh3) v = Verdict::corrupt;
+      if (r.direct && r.request.result > 0) ++stats_.read_direct;
+      if (v != Verdict::good) {
+        ++(v == Verdict::corrupt ? stats_.rejected_corrupt
+                                  : v == Verdict::foreign ? stats_.rejected_foreign : stats_.rejected_truncated);
+        forget(key, true);
+        ended = true;
+        continue;
+      }
+      if (ended) continue;
+      futimens(r.fd, nullptr);  // the file's time carries the LRU order to the next process
+      touch(key);
+      sources.push_back(slot + sizeof h);
+    }
+    chunk.close_files();
+    if (!sources.empty()) {
+      pool_.import_blocks(blocks.subspan(chunk.first, sources.size()), sources);
+      good += sources.size();
+    }
+    chunk.reads.clear();
   }
   stats_.loaded += static_cast<int64_t>(good);
   return good;

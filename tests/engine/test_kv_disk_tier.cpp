@@ -126,6 +126,88 @@ TEST_CASE("KV disk tier: blocks round-trip bit-exactly, and a later tier finds t
   }
 }
 
+TEST_CASE("KV disk tier: staged reads (a GPU pool's path) run chunk after chunk, check every record, "
+          "stop the run at the first bad one", "[kv][disk]") {
+  for (const bool uring : {true, false}) {
+    INFO("io_uring asked for: " << uring);
+    TempDir dir("staged");
+    KvPoolSpec spec = small_spec();
+    spec.blocks = 16;
+    KvPool pool(spec);
+    constexpr int kBlocks = 5;
+    std::vector<int32_t> stored;
+    std::vector<std::vector<std::byte>> want;
+    for (int i = 0; i < kBlocks; ++i) {
+      stored.push_back(filled_block(pool, 40 + static_cast<uint32_t>(i)));
+      want.push_back(bytes_of(pool, stored.back()));
+    }
+    KvDiskTierOptions o = options(dir, uint64_t{1} << 30, uring);
+    o.staged_reads = true;
+    o.staging_chunk_bytes = 2 * 4096;  // two records a chunk (each fits a 4 KiB slot): three chunks for five
+    KvDiskTier tier(o, kModel, pool);
+    REQUIRE(tier.record_bytes() <= 4096);
+    std::vector<uint64_t> keys;
+    for (int i = 0; i < kBlocks; ++i) {
+      keys.push_back(700 + static_cast<uint64_t>(i));
+      tier.store(keys.back(), stored[static_cast<size_t>(i)]);
+    }
+    tier.flush();
+    const auto fresh_blocks = [&](size_t n) {
+      std::vector<int32_t> out;
+      for (size_t i = 0; i < n; ++i) out.push_back(filled_block(pool, 99));  // not the records' bytes
+      return out;
+    };
+    const auto release = [&](const std::vector<int32_t>& blocks) {
+      for (const int32_t b : blocks) pool.release_block(b);
+    };
+    {
+      const std::vector<int32_t> into = fresh_blocks(kBlocks);
+      REQUIRE(tier.load(keys, into) == kBlocks);
+      for (int i = 0; i < kBlocks; ++i) CHECK(bytes_of(pool, into[static_cast<size_t>(i)]) == want[static_cast<size_t>(i)]);
+      const KvDiskStats s = tier.stats();
+      CHECK(s.loaded == kBlocks);
+      const std::string fs_type = KvDiskTier::file_system_type(dir.str());
+      INFO("file system " << fs_type);
+      if (fs_type == "ext4" || fs_type == "xfs") CHECK(s.read_direct == kBlocks);
+      if (fs_type == "tmpfs") CHECK(s.read_direct == 0);
+      release(into);
+    }
+    // A flipped payload byte in the fourth record (second chunk) and the fifth file truncated: the
+    // run ends at the fourth, and both are checked, counted and deleted.
+    {
+      std::fstream f(tier.path_of(keys[3]), std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(tier.record_bytes() - 3));
+      const char c = 0x55;
+      f.write(&c, 1);
+    }
+    fs::resize_file(tier.path_of(keys[4]), tier.record_bytes() - 10);
+    const KvDiskStats before = tier.stats();
+    {
+      const std::vector<int32_t> into = fresh_blocks(kBlocks);
+      CHECK(tier.load(keys, into) == 3);
+      for (int i = 0; i < 3; ++i) CHECK(bytes_of(pool, into[static_cast<size_t>(i)]) == want[static_cast<size_t>(i)]);
+      const KvDiskStats s = tier.stats();
+      CHECK(s.loaded == before.loaded + 3);
+      CHECK(s.rejected_corrupt == before.rejected_corrupt + 1);
+      CHECK(s.rejected_truncated == before.rejected_truncated + 1);
+      CHECK_FALSE(tier.contains(keys[3]));
+      CHECK_FALSE(tier.contains(keys[4]));
+      CHECK_FALSE(fs::exists(tier.path_of(keys[3])));
+      release(into);
+    }
+    // A file deleted from under the tier (another process): a miss from there on, nothing after it read.
+    fs::remove(tier.path_of(keys[1]));
+    {
+      const std::vector<int32_t> into = fresh_blocks(3);
+      CHECK(tier.load(std::span<const uint64_t>(keys).first(3), into) == 1);
+      CHECK(bytes_of(pool, into[0]) == want[0]);
+      CHECK_FALSE(tier.contains(keys[1]));
+      CHECK(tier.contains(keys[2]));
+      release(into);
+    }
+  }
+}
+
 TEST_CASE("KV disk tier: corrupt, truncated and foreign records are detected, counted and not used",
           "[kv][disk]") {
   TempDir dir("bad");

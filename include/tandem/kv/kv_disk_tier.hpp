@@ -8,11 +8,16 @@
 // layout, block shape (layers, values per token, tokens per block, rope values), the block's
 // token-hash chain key, payload length, the payload's xxHash3-64 and the header's own — then the
 // payload: the block's bytes layer after layer, exactly as the pool stores them (one layer's
-// planes of one block are contiguous). Reads land straight in pool blocks and writes leave from
-// them (no staging copy), through io_uring when the sandbox allows it, else preadv/pwritev. A pool
-// whose layers live on a GPU (KvPoolSpec::device_layers) is read and written through a copy of the
-// block in host memory (KvPool::export_block/import_block): same layout, same records, so a record
-// written with attention on a GPU serves attention on the CPU and back (same model and KV type).
+// planes of one block are contiguous). For a host pool reads land straight in pool blocks and
+// writes leave from them (no staging copy), through io_uring when the sandbox allows it, else
+// preadv/pwritev. A pool whose layers live on a GPU (KvPoolSpec::device_layers) is written through
+// a copy of the block in host memory (KvPool::export_block) and read through two staging chunks in
+// turn (pinned memory of the GPU's backend, 4 KiB-aligned slots): each record in one read of its
+// whole file with O_DIRECT where the file system takes it (the page cache would only copy the
+// bytes once more), one chunk's reads in flight (io_uring, or a few reader threads where io_uring
+// is unavailable) while the chunk before is checked and copied to the GPU
+// (KvPool::import_blocks). Same layout, same records either way, so a record written with
+// attention on a GPU serves attention on the CPU and back (same model and KV type).
 //
 // A record is used only when every header field matches this tier and the payload checksum holds:
 // a corrupt, truncated or foreign (other model, KV type or shape) record is counted, deleted and
@@ -32,15 +37,26 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tandem/backend/device_buffer.hpp"
+
 namespace tandem {
 
 class KvPool;
 class AsyncFileIo;
+class Backend;
 
 struct KvDiskTierOptions {
   std::string dir;         // an existing, writable directory
   uint64_t max_bytes = 0;  // records of this tier kept at most (headers included)
   bool try_io_uring = true;
+  // Reads through the staging chunks (above) for a host pool too; a pool with device layers always
+  // reads that way.
+  bool staged_reads = false;
+  // The staging chunks' memory: pinned host memory of this backend (a GPU's: its copies from there
+  // run at the bus's speed), or plain host memory when null. Must outlive the tier.
+  Backend* staging_from = nullptr;
+  // One staging chunk's bytes (two alternate), at least one record; 0: 64 MiB.
+  uint64_t staging_chunk_bytes = 0;
 };
 
 struct KvDiskStats {
@@ -51,6 +67,7 @@ struct KvDiskStats {
   int64_t written = 0;         // records written (completed)
   int64_t write_failures = 0;  // writes that failed (full disk, I/O error); their blocks stay host-only
   int64_t loaded = 0;          // records read back into the pool and used
+  int64_t read_direct = 0;     // records read with O_DIRECT (staged reads on a file system that takes it)
   int64_t rejected_corrupt = 0;    // bad magic, version, header or payload checksum
   int64_t rejected_truncated = 0;  // shorter (or longer) than the header says
   int64_t rejected_foreign = 0;    // another model identity, KV type, layout or block shape
@@ -121,6 +138,10 @@ class KvDiskTier {
   void touch(uint64_t key);
   void reap_writes(bool wait);
   void finish_write(PendingWrite& write);
+  struct StagedChunk;
+  size_t load_staged(std::span<const uint64_t> keys, std::span<const int32_t> blocks);
+  void submit_staged(StagedChunk& chunk, std::span<const uint64_t> keys);
+  void wait_staged(StagedChunk& chunk);
 
   std::string dir_;
   uint64_t max_bytes_ = 0;
@@ -135,6 +156,13 @@ class KvDiskTier {
   std::list<std::unique_ptr<PendingWrite>> writes_;
   KvDiskStats stats_;
   bool warned_write_failure_ = false;
+  bool staged_reads_ = false;
+  uint64_t slot_bytes_ = 0;       // a record rounded up to 4 KiB (O_DIRECT reads whole slots)
+  size_t slots_per_chunk_ = 0;
+  DeviceBuffer staging_memory_;   // from options.staging_from, or
+  std::unique_ptr<std::byte[]> staging_plain_;
+  std::byte* staging_ = nullptr;  // 4 KiB-aligned: two chunks of slots_per_chunk_ slots
+  bool try_direct_ = true;        // cleared once the file system refuses O_DIRECT
 };
 
 }  // namespace tandem

@@ -201,6 +201,8 @@ KvBenchResult run_kv_bench(const KvBenchOptions& o) {
   }
   const KvDiskStats stats = *disk_engine->kv_disk_stats();
   r.disk_io = stats.io;
+  if (stats.loaded > 0)
+    r.disk_read_direct = static_cast<double>(stats.read_direct) / static_cast<double>(stats.loaded);
   if (stats.rejected_corrupt + stats.rejected_truncated + stats.rejected_foreign + stats.write_failures > 0)
     throw Error(ErrorKind::internal, "bench kv: the disk tier rejected or failed records: " + stats.io);
   r.ttft_disk_s = median(disk);

@@ -47,6 +47,7 @@ struct KvBenchResult {
   double ttft_device_s = 0, decode_tok_s_device = 0;  // the prefix in VRAM (device_tier only)
   std::string disk_fs;  // file system type of disk_dir ("ext4", "tmpfs", ...)
   std::string disk_io;  // "io_uring" or the preadv/pwritev fallback and why
+  double disk_read_direct = 0;  // of the records read back, the fraction read with O_DIRECT
   // Fraction of the records' bytes still in the page cache when the timed reads began (the
   // largest over the repetitions): 0 = read from the device.
   double disk_page_cache_resident = 0;
