@@ -9,6 +9,7 @@
 // they are loaded (each code times its group's f16 scale, in registers or the staged tile).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 
@@ -29,8 +30,40 @@ template <KvType K, int D>
 __device__ __forceinline__ void load_slice(const uint8_t* row, int64_t first, int64_t width, float* out) {
   if constexpr (kv_quantised(K)) {
     const float scale = group_scale(row, width, first / kKvGroupValues);
+    // The D codes in one load where aligned (rows are, unless a row's bytes are odd); fp8 pairs widen
+    // in the hardware conversion (every e4m3 value is an f16 value, so the products are the
+    // software decoder's bits).
+    const uint8_t* codes = row + first;
+    uint32_t packed[(D + 3) / 4];
+    if ((reinterpret_cast<uintptr_t>(codes) & (D - 1)) == 0) {
+      if constexpr (D == 8) {
+        const uint2 w = *reinterpret_cast<const uint2*>(codes);
+        packed[0] = w.x;
+        packed[1] = w.y;
+      } else if constexpr (D == 4) {
+        packed[0] = *reinterpret_cast<const uint32_t*>(codes);
+      } else {
+        packed[0] = *reinterpret_cast<const uint16_t*>(codes);
+      }
+    } else {
 #pragma unroll
-    for (int i = 0; i < D; ++i) out[i] = code_value<K>(row[first + i]) * scale;
+      for (int i = 0; i < (D + 3) / 4; ++i) packed[i] = 0;
+#pragma unroll
+      for (int i = 0; i < D; ++i) packed[i / 4] |= static_cast<uint32_t>(codes[i]) << (8 * (i % 4));
+    }
+#pragma unroll
+    for (int i = 0; i < D; i += 2) {
+      const uint32_t pair = (packed[i / 4] >> (8 * (i % 4))) & 0xffffu;  // codes i (low byte) and i + 1
+      if constexpr (K == KvType::fp8) {
+        const float2 f =
+            __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3)));
+        out[i] = f.x * scale;
+        out[i + 1] = f.y * scale;
+      } else {
+        out[i] = static_cast<float>(static_cast<int8_t>(pair & 0xffu)) * scale;
+        out[i + 1] = static_cast<float>(static_cast<int8_t>(pair >> 8)) * scale;
+      }
+    }
     return;
   }
   const uint8_t* p = row + first * (K == KvType::f32 ? 4 : 2);

@@ -21,6 +21,7 @@
 #include "tandem/engine/engine.hpp"
 #include "tandem/error.hpp"
 #include "tandem/formats/safetensors.hpp"
+#include "tandem/kv/kv_disk_tier.hpp"
 #include "tandem/text/tokenizer.hpp"
 
 using namespace tandem;
@@ -510,6 +511,10 @@ TEST_CASE(
       CHECK_FALSE(engine->kv_host_stats().has_value());
       REQUIRE(engine->kv_disk_stats().has_value());
       CHECK(engine->kv_disk_stats()->loaded == 5);
+      // Read through the pinned staging chunks, whole files with O_DIRECT where the file system takes it.
+      const std::string fs_type = KvDiskTier::file_system_type(disk_dir.string());
+      INFO("file system " << fs_type);
+      if (fs_type == "ext4" || fs_type == "xfs") CHECK(engine->kv_disk_stats()->read_direct == 5);
       // The records are the ones a CPU pool writes: an engine with attention on the CPU adopts them.
       LoadOptions on_cpu = o;
       on_cpu.placement = "*=cpu";
