@@ -1,12 +1,13 @@
 // GQA attention over the paged cache as split-K flash decoding: a block per (token, KV head, split of
-// the positions) with one warp per query head of the group, so every cached K/V row is read once per
-// block and shared by the group's heads; each warp keeps a running softmax (max, sum, weighted values)
-// over its split with four positions' K and V loads in flight at a time; a second kernel merges the
-// splits. The split length depends only on the token's own context length, the KV heads and the
-// batch size (never on the capacity the batch was sized for), so a recorded pass and an eager one
-// split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way, its
-// blocks sharing each staged latent row among eight query heads. fp8/int8 rows are dequantised as
-// they are loaded (each code times its group's f16 scale, in registers or the staged tile).
+// the positions) with one warp per query head of the group; the KV head's slice of each cached row
+// is copied into shared memory as stored (cp.async, three tiles of 16 positions in flight ahead of the
+// one being read), so every row is read from memory once per block and shared by the group's heads;
+// each warp keeps a running softmax (max, sum, weighted values) over its split; a second kernel
+// merges the splits. The split length depends only on the token's own context length, the KV heads
+// and the batch size (never on the capacity the batch was sized for), so a recorded pass and an eager
+// one split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way,
+// its blocks sharing each staged latent row among eight query heads. fp8/int8 rows are dequantised
+// as they are read (each code times its group's f16 scale, in registers or the staged tile).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -15,41 +16,82 @@
 
 #include "kv_rows.cuh"
 #include "launch.cuh"
+#include "mma.cuh"
 #include "split_attention.cuh"
 
 namespace tandem::cuda::detail {
 namespace {
 
-constexpr int kPositionsInFlight = 4;
 constexpr int64_t kSplitQuantum = 16;  // positions; splits start on block_tokens-sized boundaries
 constexpr int64_t kTargetBlocks = 528;  // ~4 blocks per SM of an H200
 
-// Values [first, first + D) of a K or V row as floats: one vector load of D elements, or for fp8/int8
-// D codes and their group's scale (D divides the 32-value groups: head_dim is 64, 128 or 256).
+__device__ __forceinline__ int64_t split_length(int64_t n, int64_t target_splits, int64_t quantum = kSplitQuantum) {
+  const int64_t quanta = (n + quantum - 1) / quantum;
+  return quantum * ((quanta + target_splits - 1) / target_splits);
+}
+
+// Block (split, kv head, token); warp w takes query head kv_head · group + w, lane its D values
+// (lane·D …) of the head. The block's KV head slice of each cached row — its K and V values, and for
+// fp8/int8 their group scales — is copied into shared memory as stored, a tile of kTile positions at
+// a time (cp.async), kStages − 1 tiles in flight ahead of the one the warps read: each row is read
+// from memory once per block, not once per warp, and the copies overlap the arithmetic. A warp
+// scores a tile's positions with one reduce-scatter over its lanes (lane pair 2p, 2p + 1 ends with
+// position p's dot product) instead of one full reduction per position. partials per (token, head,
+// split): max, sum, then head_dim weighted values; with one split the normalised output goes straight
+// to out.
+constexpr int kTile = 16;   // positions per tile: a split's tiles start on multiples of 16, inside one cache block
+constexpr int kStages = 4;  // tiles in shared memory: one read, three in flight
+
+template <KvType K>
+constexpr int kv_value_bytes() {
+  return K == KvType::f32 ? 4 : kv_quantised(K) ? 1 : 2;
+}
+
+// Shared bytes of one stage for a head of 32·D values: K and V slices of kTile rows, then (fp8/int8)
+// their D group scales each (f16).
 template <KvType K, int D>
-__device__ __forceinline__ void load_slice(const uint8_t* row, int64_t first, int64_t width, float* out) {
-  if constexpr (kv_quantised(K)) {
-    const float scale = group_scale(row, width, first / kKvGroupValues);
-    // The D codes in one load where aligned (rows are, unless a row's bytes are odd); fp8 pairs widen
-    // in the hardware conversion (every e4m3 value is an f16 value, so the products are the
-    // software decoder's bits).
-    const uint8_t* codes = row + first;
-    uint32_t packed[(D + 3) / 4];
-    if ((reinterpret_cast<uintptr_t>(codes) & (D - 1)) == 0) {
-      if constexpr (D == 8) {
-        const uint2 w = *reinterpret_cast<const uint2*>(codes);
-        packed[0] = w.x;
-        packed[1] = w.y;
-      } else if constexpr (D == 4) {
-        packed[0] = *reinterpret_cast<const uint32_t*>(codes);
+constexpr int stage_bytes() {
+  return 2 * kTile * 32 * D * kv_value_bytes<K>() + (kv_quantised(K) ? 2 * kTile * D * 2 : 0);
+}
+
+// Value i (of D) of this lane's slice of row r of a stage, as float.
+template <KvType K, int D>
+__device__ __forceinline__ void stage_values(const uint8_t* stage, int r, int lane, float* out) {
+  constexpr int slice = 32 * D * kv_value_bytes<K>();
+  const uint8_t* p = stage + r * slice + lane * D * kv_value_bytes<K>();
+  if constexpr (K == KvType::f32) {
+#pragma unroll
+    for (int i = 0; i < D; i += 2) {
+      const float2 v = reinterpret_cast<const float2*>(p)[i / 2];
+      out[i] = v.x;
+      out[i + 1] = v.y;
+    }
+  } else if constexpr (K == KvType::f16 || K == KvType::bf16) {
+#pragma unroll
+    for (int i = 0; i < D; i += 2) {
+      const uint32_t w = reinterpret_cast<const uint32_t*>(p)[i / 2];
+      if constexpr (K == KvType::f16) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+        out[i] = f.x;
+        out[i + 1] = f.y;
       } else {
-        packed[0] = *reinterpret_cast<const uint16_t*>(codes);
+        out[i] = __uint_as_float(w << 16);
+        out[i + 1] = __uint_as_float(w & 0xffff0000u);
       }
+    }
+  } else {
+    // The lane's D codes lie in one 32-value group: (lane · D) / 32 of the head's D groups.
+    const uint16_t* scales = reinterpret_cast<const uint16_t*>(stage + 2 * kTile * slice);
+    const float scale = f16_bits_to_float(scales[r * D + lane * D / 32]);
+    uint32_t packed[(D + 3) / 4];  // the D codes in one shared load (the slot is D-byte aligned)
+    if constexpr (D == 8) {
+      const uint2 w = *reinterpret_cast<const uint2*>(p);
+      packed[0] = w.x;
+      packed[1] = w.y;
+    } else if constexpr (D == 4) {
+      packed[0] = *reinterpret_cast<const uint32_t*>(p);
     } else {
-#pragma unroll
-      for (int i = 0; i < (D + 3) / 4; ++i) packed[i] = 0;
-#pragma unroll
-      for (int i = 0; i < D; ++i) packed[i / 4] |= static_cast<uint32_t>(codes[i]) << (8 * (i % 4));
+      packed[0] = *reinterpret_cast<const uint16_t*>(p);
     }
 #pragma unroll
     for (int i = 0; i < D; i += 2) {
@@ -64,60 +106,63 @@ __device__ __forceinline__ void load_slice(const uint8_t* row, int64_t first, in
         out[i + 1] = static_cast<float>(static_cast<int8_t>(pair >> 8)) * scale;
       }
     }
-    return;
   }
-  const uint8_t* p = row + first * (K == KvType::f32 ? 4 : 2);
-  if constexpr (K == KvType::f32) {
-#pragma unroll
-    for (int i = 0; i < D; i += 2) {
-      const float2 v = reinterpret_cast<const float2*>(p)[i / 2];
-      out[i] = v.x;
-      out[i + 1] = v.y;
-    }
-  } else {
-    // D 16-bit values: D/2 words (D is 2, 4 or 8).
-    uint32_t words[D / 2];
-    if constexpr (D == 2) {
-      words[0] = *reinterpret_cast<const uint32_t*>(p);
-    } else if constexpr (D == 4) {
-      const uint2 v = *reinterpret_cast<const uint2*>(p);
-      words[0] = v.x;
-      words[1] = v.y;
-    } else {
-      const uint4 v = *reinterpret_cast<const uint4*>(p);
-      words[0] = v.x;
-      words[1] = v.y;
-      words[2] = v.z;
-      words[3] = v.w;
-    }
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) {
-      const auto lo = static_cast<unsigned short>(words[i] & 0xffffu), hi = static_cast<unsigned short>(words[i] >> 16);
-      if constexpr (K == KvType::f16) {
-        out[2 * i] = __half2float(__ushort_as_half(lo));
-        out[2 * i + 1] = __half2float(__ushort_as_half(hi));
-      } else {
-        out[2 * i] = __uint_as_float(static_cast<uint32_t>(lo) << 16);
-        out[2 * i + 1] = __uint_as_float(static_cast<uint32_t>(hi) << 16);
-      }
+}
+
+// Starts copying tile [s0, s0 + kTile) of this block's KV head into `stage` (positions past `end` repeat
+// end − 1, whose scores are masked). kChunk: bytes per cp.async of the values (16 where every row
+// address is 16-byte aligned, else 4); scales go 4 bytes at a time.
+template <KvType K, int D, int kChunk>
+__device__ __forceinline__ void copy_tile(uint8_t* stage, const PagedKv& kv, const int32_t* table, int64_t s0,
+                                          int64_t end, int64_t g, int64_t width) {
+  constexpr int slice = 32 * D * kv_value_bytes<K>();
+  constexpr int chunks_per_row = slice / kChunk;
+  const uint8_t* blk = static_cast<const uint8_t*>(kv.layer_base) +
+                       static_cast<int64_t>(table[s0 / kv.block_tokens]) * kv.block_stride;
+  const int64_t slot0 = s0 % kv.block_tokens, last = end - 1 - s0;
+  const int threads = static_cast<int>(blockDim.x);
+  for (int c = static_cast<int>(threadIdx.x); c < 2 * kTile * chunks_per_row; c += threads) {
+    const int r = c / chunks_per_row, piece = c % chunks_per_row;  // r: plane · kTile + position
+    const int plane = r / kTile;
+    const int64_t pos = (r % kTile) <= last ? r % kTile : last;
+    const uint8_t* src = blk + (plane * kv.block_tokens + slot0 + pos) * kv.row_bytes +
+                         g * slice + piece * kChunk;
+    uint8_t* dst = stage + r * slice + piece * kChunk;
+    if constexpr (kChunk == 16) copy_async16(dst, src);
+    else copy_async4(dst, src);
+  }
+  if constexpr (kv_quantised(K)) {
+    constexpr int scale_words = D / 2;  // D f16 scales per row and head: D · 2 bytes in 4-byte words
+    uint8_t* scales = stage + 2 * kTile * slice;
+    for (int c = static_cast<int>(threadIdx.x); c < 2 * kTile * scale_words; c += threads) {
+      const int r = c / scale_words, word = c % scale_words;
+      const int plane = r / kTile;
+      const int64_t pos = (r % kTile) <= last ? r % kTile : last;
+      const uint8_t* src = blk + (plane * kv.block_tokens + slot0 + pos) * kv.row_bytes + width + g * D * 2 + word * 4;
+      copy_async4(scales + r * D * 2 + word * 4, src);
     }
   }
 }
 
-__device__ __forceinline__ int64_t split_length(int64_t n, int64_t target_splits, int64_t quantum = kSplitQuantum) {
-  const int64_t quanta = (n + quantum - 1) / quantum;
-  return quantum * ((quanta + target_splits - 1) / target_splits);
+// One step of the reduce-scatter over lane bit 2·Half: values [0, 2·Half) → [0, Half).
+template <int Half>
+__device__ __forceinline__ void scatter_step(float* d, int lane) {
+  const bool upper = lane & (2 * Half);
+#pragma unroll
+  for (int j = 0; j < Half; ++j) {
+    const float keep = upper ? d[j + Half] : d[j], give = upper ? d[j] : d[j + Half];
+    d[j] = keep + __shfl_xor_sync(0xffffffffu, give, 2 * Half);
+  }
 }
 
-// Block (split, kv head, token); warp w takes query head kv_head · group + w. Each lane holds D values
-// of the head (values lane·D …). partials per (token, head, split): max, sum, then head_dim weighted
-// values; with one split the normalised output goes straight to out.
-template <KvType K, int D>
+template <KvType K, int D, int kChunk>
 __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_t heads, int64_t kv_heads,
                              float softmax_scale, int64_t target_splits, int64_t split_stride, float* partials,
                              float* out) {
+  extern __shared__ __align__(16) uint8_t stages[];
   wait_for_prior_grids();
   constexpr int64_t head_dim = 32 * D;
+  constexpr int kStage = stage_bytes<K, D>();
   const int64_t t = blockIdx.z, g = blockIdx.y, split = blockIdx.x;
   const int lane = threadIdx.x % 32;
   const int64_t group = heads / kv_heads, h = g * group + threadIdx.x / 32;
@@ -126,6 +171,14 @@ __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int6
   const int64_t splits = (n + len - 1) / len;
   if (split >= splits) return;
   const int64_t begin = split * len, end = begin + len < n ? begin + len : n;
+  const int64_t width = kv_heads * head_dim;
+  const int32_t* table = batch.block_tables + t * batch.table_stride;
+  const int tiles = static_cast<int>((end - begin + kTile - 1) / kTile);
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < tiles) copy_tile<K, D, kChunk>(stages + i * kStage, kv, table, begin + i * kTile, end, g, width);
+    commit_copies();  // an empty group past the last tile keeps the count the waits below assume
+  }
   float qv[D], acc[D];
   const float* qh = q + (t * heads + h) * head_dim + lane * D;
 #pragma unroll
@@ -133,44 +186,53 @@ __global__ void split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int6
     qv[i] = qh[i];
     acc[i] = 0.f;
   }
-  const int64_t first = g * head_dim + lane * D, width = kv_heads * head_dim;  // this lane's values of a row
-  const int32_t* table = batch.block_tables + t * batch.table_stride;
-  const auto* base = static_cast<const uint8_t*>(kv.layer_base);
-  float m = -INFINITY, l = 0.f;
-  for (int64_t s0 = begin; s0 < end; s0 += kPositionsInFlight) {
-    float kx[kPositionsInFlight][D], vx[kPositionsInFlight][D];
-    // s0 and its next three positions share a cache block (splits and steps are multiples of 4 ≤ 16)
-    const uint8_t* blk = base + static_cast<int64_t>(table[s0 / kv.block_tokens]) * kv.block_stride;
+  float m = -INFINITY, l = 0.f;  // l: this lane's share (lanes 2p), summed over the warp at the end
+  const int my_position = (lane >> 1) & (kTile - 1);
+  for (int tile = 0; tile < tiles; ++tile) {
+    wait_copies<kStages - 2>();  // this tile's copies are done (this thread's; the barrier: everyone's)
+    __syncthreads();             // and every warp is done with the stage the next copy overwrites
+    if (tile + kStages - 1 < tiles)
+      copy_tile<K, D, kChunk>(stages + ((tile + kStages - 1) % kStages) * kStage, kv, table,
+                              begin + static_cast<int64_t>(tile + kStages - 1) * kTile, end, g, width);
+    commit_copies();
+    const uint8_t* stage = stages + (tile % kStages) * kStage;
+    const int64_t s0 = begin + static_cast<int64_t>(tile) * kTile;
+    float d[kTile];
 #pragma unroll
-    for (int p = 0; p < kPositionsInFlight; ++p) {
-      const int64_t s = s0 + p < end ? s0 + p : end - 1;
-      const int64_t slot = s % kv.block_tokens;
-      load_slice<K, D>(blk + slot * kv.row_bytes, first, width, kx[p]);
-      load_slice<K, D>(blk + (kv.block_tokens + slot) * kv.row_bytes, first, width, vx[p]);
+    for (int p = 0; p < kTile; ++p) {
+      float kx[D];
+      stage_values<K, D>(stage, p, lane, kx);
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < D; ++i) dot += qv[i] * kx[i];
+      d[p] = dot;
     }
-    float score[kPositionsInFlight];
-    float step_max = m;
-#pragma unroll
-    for (int p = 0; p < kPositionsInFlight; ++p) {
-      float d = 0.f;
-#pragma unroll
-      for (int i = 0; i < D; ++i) d += qv[i] * kx[p][i];
-      score[p] = s0 + p < end ? __fmul_rn(warp_sum(d), softmax_scale) : -INFINITY;
-      step_max = fmaxf(step_max, score[p]);
-    }
-    const float correction = expf(m - step_max);  // 0 on the first step (m = -inf)
-    l *= correction;
+    // Reduce-scatter: after the step over lane bit 2·half (16, 8, 4, 2) a lane keeps the half of its
+    // values its bit selects, plus its partner's of that half; the last step (bit 1) sums a pair.
+    scatter_step<8>(d, lane);
+    scatter_step<4>(d, lane);
+    scatter_step<2>(d, lane);
+    scatter_step<1>(d, lane);
+    const float dot = d[0] + __shfl_xor_sync(0xffffffffu, d[0], 1);  // position my_position's q·k
+    const float score = s0 + my_position < end ? __fmul_rn(dot, softmax_scale) : -INFINITY;
+    const float step_max = fmaxf(m, warp_max(score));
+    const float correction = expf(m - step_max);  // 0 on the first tile (m = -inf)
+    const float e = expf(score - step_max);        // 0 past the end
+    l = l * correction + ((lane & 1) == 0 ? e : 0.f);
 #pragma unroll
     for (int i = 0; i < D; ++i) acc[i] *= correction;
 #pragma unroll
-    for (int p = 0; p < kPositionsInFlight; ++p) {
-      const float e = expf(score[p] - step_max);  // 0 past the end
-      l += e;
+    for (int p = 0; p < kTile; ++p) {
+      const float ep = __shfl_sync(0xffffffffu, e, 2 * p);
+      float vx[D];
+      stage_values<K, D>(stage, kTile + p, lane, vx);
 #pragma unroll
-      for (int i = 0; i < D; ++i) acc[i] += e * vx[p][i];
+      for (int i = 0; i < D; ++i) acc[i] += ep * vx[i];
     }
     m = step_max;
   }
+  wait_copies<0>();  // no copy may land in shared memory after the block is gone
+  l = warp_sum(l);
   if (splits == 1) {
     float* o = out + (t * heads + h) * head_dim + lane * D;
     const float inv = 1.f / l;
@@ -356,14 +418,31 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   const int64_t slots = split_slots(batch, kv_heads), target = target_splits(batch.tokens, kv_heads);
   const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(kv_heads), static_cast<unsigned>(batch.tokens));
   const auto threads = static_cast<unsigned>(32 * (heads / kv_heads));
-  auto launch = [&](auto k, auto d) {
-    launch_dependent(stream, "gqa_attention (splits)", split_kernel<decltype(k)::value, decltype(d)::value>, grid,
-                     threads, 0, kv, batch, q, heads, kv_heads, softmax_scale, target, slots, scratch, out);
+  // 16-byte copies where every row's slice starts 16-byte aligned; else 4-byte ones.
+  const auto aligned16 = [&](int64_t value_bytes) {
+    return reinterpret_cast<uintptr_t>(kv.layer_base) % 16 == 0 && kv.block_stride % 16 == 0 &&
+           kv.row_bytes % 16 == 0 && (head_dim * value_bytes) % 16 == 0;
+  };
+  auto launch = [&](auto k, auto d, auto chunk) {
+    constexpr KvType K = decltype(k)::value;
+    constexpr int D = decltype(d)::value;
+    auto* kernel = split_kernel<K, D, decltype(chunk)::value>;
+    constexpr int shared = kStages * stage_bytes<K, D>();
+    // Above 48 KiB of dynamic shared memory a kernel must opt in (f32 rows of 256 values: 128 KiB).
+    if (shared > 48 * 1024 &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared) != cudaSuccess)
+      check_launch("gqa_attention (shared memory opt-in)");
+    launch_dependent(stream, "gqa_attention (splits)", kernel, grid, threads, static_cast<size_t>(shared), kv, batch,
+                     q, heads, kv_heads, softmax_scale, target, slots, scratch, out);
+  };
+  auto by_chunk = [&](auto k, auto d) {
+    if (aligned16(kv_value_bytes<decltype(k)::value>())) launch(k, d, std::integral_constant<int, 16>{});
+    else launch(k, d, std::integral_constant<int, 4>{});
   };
   auto by_dim = [&](auto k) {
-    if (head_dim == 64) launch(k, std::integral_constant<int, 2>{});
-    else if (head_dim == 128) launch(k, std::integral_constant<int, 4>{});
-    else launch(k, std::integral_constant<int, 8>{});
+    if (head_dim == 64) by_chunk(k, std::integral_constant<int, 2>{});
+    else if (head_dim == 128) by_chunk(k, std::integral_constant<int, 4>{});
+    else by_chunk(k, std::integral_constant<int, 8>{});
   };
   switch (kv.type) {
     case KvType::f32: by_dim(std::integral_constant<KvType, KvType::f32>{}); break;

@@ -277,7 +277,8 @@ TEST_CASE("cuda split-K GQA attention equals the one-block-per-head kernel at ev
   };
   const std::vector<std::vector<int64_t>> batches = {{1}, {17}, {300}, {5000}, {3, 64, 1000}, {40000}};
   for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8})
-    for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 256}})
+    // {32, 1, 64}: 32 warps a block, and fp8/int8 rows of 68 bytes (the 4-byte copies into shared memory).
+    for (Shape s : {Shape{32, 4, 128}, Shape{8, 8, 64}, Shape{64, 4, 128}, Shape{16, 2, 256}, Shape{32, 1, 64}})
       for (const auto& contexts : batches) {
         if (contexts.size() == 1 && contexts[0] == 40000 && (type != KvType::f16 || s.head_dim != 128)) continue;
         RandomPagedCache c = random_paged_cache(type, contexts, s.kv_heads * s.head_dim, 5);
