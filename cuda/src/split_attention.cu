@@ -67,9 +67,23 @@ __device__ __forceinline__ void stage_values(const uint8_t* stage, int r, int la
       out[i + 1] = v.y;
     }
   } else if constexpr (K == KvType::f16 || K == KvType::bf16) {
+    uint32_t words[D / 2];  // one shared load of the lane's D values
+    if constexpr (D == 8) {
+      const uint4 v = *reinterpret_cast<const uint4*>(p);
+      words[0] = v.x;
+      words[1] = v.y;
+      words[2] = v.z;
+      words[3] = v.w;
+    } else if constexpr (D == 4) {
+      const uint2 v = *reinterpret_cast<const uint2*>(p);
+      words[0] = v.x;
+      words[1] = v.y;
+    } else {
+      words[0] = *reinterpret_cast<const uint32_t*>(p);
+    }
 #pragma unroll
     for (int i = 0; i < D; i += 2) {
-      const uint32_t w = reinterpret_cast<const uint32_t*>(p)[i / 2];
+      const uint32_t w = words[i / 2];
       if constexpr (K == KvType::f16) {
         const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
         out[i] = f.x;
