@@ -10,9 +10,7 @@
 #endif
 
 namespace tandem {
-namespace {
-
-void run_now(AsyncFileIo::Request& r) {
+void AsyncFileIo::run_now(Request& r) {
   ssize_t n = 0;
   do {
     n = r.write ? pwritev(r.fd, r.iov.data(), static_cast<int>(r.iov.size()), static_cast<off_t>(r.offset))
@@ -21,8 +19,6 @@ void run_now(AsyncFileIo::Request& r) {
   r.result = n < 0 ? -errno : n;
   r.done = true;
 }
-
-}  // namespace
 
 #ifdef TANDEM_HAVE_LIBURING
 struct AsyncFileIo::Ring {

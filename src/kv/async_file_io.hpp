@@ -31,6 +31,9 @@ class AsyncFileIo {
   AsyncFileIo& operator=(const AsyncFileIo&) = delete;
 
   bool uses_uring() const { return ring_ != nullptr; }
+  // Runs `request` now on the calling thread (preadv/pwritev, retried on EINTR) and marks it done:
+  // the synchronous path, also for callers that spread requests over threads of their own.
+  static void run_now(Request& request);
   // "io_uring" or "preadv/pwritev (io_uring unavailable: <reason>)".
   const std::string& description() const { return description_; }
 

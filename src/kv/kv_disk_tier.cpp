@@ -132,14 +132,6 @@ bool parse_record_name(const std::string& name, uint64_t& tier, uint64_t& key) {
 
 [[noreturn]] void fail(const std::string& message) { throw Error(ErrorKind::invalid_argument, message); }
 
-void read_now(AsyncFileIo::Request& r) {
-  ssize_t n = 0;
-  do {
-    n = preadv(r.fd, r.iov.data(), static_cast<int>(r.iov.size()), static_cast<off_t>(r.offset));
-  } while (n < 0 && errno == EINTR);
-  r.result = n < 0 ? -errno : n;
-  r.done = true;
-}
 
 }  // namespace
 
@@ -502,7 +494,7 @@ void KvDiskTier::submit_staged(StagedChunk& chunk, std::span<const uint64_t> key
   const size_t threads = std::min(chunk.reads.size(), kReaderThreads);
   for (size_t t = 0; t < threads; ++t)
     chunk.readers.emplace_back([&chunk, t, threads] {
-      for (size_t i = t; i < chunk.reads.size(); i += threads) read_now(chunk.reads[i].request);
+      for (size_t i = t; i < chunk.reads.size(); i += threads) AsyncFileIo::run_now(chunk.reads[i].request);
     });
 }
 
@@ -524,7 +516,7 @@ void KvDiskTier::wait_staged(StagedChunk& chunk) {
       if (fd >= 0) {
         ::close(std::exchange(r.fd, fd));
         r.request.fd = fd;
-        read_now(r.request);
+        AsyncFileIo::run_now(r.request);
       }
     }
   }
