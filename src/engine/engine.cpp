@@ -448,6 +448,9 @@ class CpuEngine final : public Engine {
     // Their prefix cache's blocks freed from VRAM, in pinned host memory.
     if (prefix_cache_ && prefix_cache_->host() && prefix_cache_->host()->bytes() > 0)
       r.lines.push_back({"KV host tier", Device::cpu().to_string(), prefix_cache_->host()->bytes(), false});
+    // The SSD tier's staging chunks for reading records back into a GPU's layers.
+    if (prefix_cache_ && prefix_cache_->disk() && prefix_cache_->disk()->staging_bytes() > 0)
+      r.lines.push_back({"KV disk tier staging", Device::cpu().to_string(), prefix_cache_->disk()->staging_bytes(), false});
     return r;
   }
 

@@ -515,6 +515,11 @@ TEST_CASE(
       const std::string fs_type = KvDiskTier::file_system_type(disk_dir.string());
       INFO("file system " << fs_type);
       if (fs_type == "ext4" || fs_type == "xfs") CHECK(engine->kv_disk_stats()->read_direct == 5);
+      uint64_t staging = 0;
+      for (const auto& line : engine->memory_report().lines)
+        if (line.what == "KV disk tier staging" && line.device == "cpu") staging += line.bytes;
+      CHECK(staging > 0);
+      CHECK(staging <= uint64_t{128} << 20);
       // The records are the ones a CPU pool writes: an engine with attention on the CPU adopts them.
       LoadOptions on_cpu = o;
       on_cpu.placement = "*=cpu";

@@ -96,6 +96,8 @@ class KvDiskTier {
 
   // Size of one record: header plus the payload of one block.
   uint64_t record_bytes() const { return record_bytes_; }
+  // Host memory of the staged reads' two chunks (pinned where staging_from gave it); 0 without them.
+  uint64_t staging_bytes() const { return 2 * static_cast<uint64_t>(slots_per_chunk_) * slot_bytes_; }
   bool contains(uint64_t key) const { return index_.count(key) != 0; }
 
   // Writes pool block `block` under `key`, asynchronously, unless the key is on disk already. The
