@@ -74,6 +74,12 @@ class CudaBackend final : public Backend {
     // suite passed with it (docs/PERF.md, "Programmatic dependent launch"); TANDEM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("TANDEM_CUDA_PDL");
     stream_.set_dependent_launch(!(pdl != nullptr && std::string_view(pdl) == "0"));
+    // A decode token's add + RMSNorm inside the linears after it (add_rms_norm_linears), the default;
+    // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
+    const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
+    fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
+    norm_arrivals_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
+    stream_.zero(norm_arrivals_.data(), sizeof(unsigned));
   }
   ~CudaBackend() override {
     try {
@@ -249,6 +255,21 @@ class CudaBackend final : public Backend {
       maths[i] = math_for(ws[i]->weight.dtype);
     }
     cuda::linears(stream_, device, ys, count, x, rows, maths, decode_q8_);
+  }
+
+  void add_rms_norm_linears(float* hidden, const float* delta, const float* norm_weight, int64_t rows, int64_t dim,
+                            double eps, float* normed, const LinearWeight* const* ws, float* const* ys,
+                            int count) override {
+    constexpr int kMaxAtOnce = 4;
+    if (fused_norm_ && rows == 1 && count <= kMaxAtOnce && norm_weight != nullptr) {
+      stream_.make_current();
+      cuda::DeviceWeight device[kMaxAtOnce];
+      for (int i = 0; i < count; ++i) device[i] = weight(*ws[i]);
+      const cuda::AddRmsNorm norm{hidden, delta, norm_weight, dim, eps, normed,
+                                  static_cast<unsigned*>(norm_arrivals_.data())};
+      if (cuda::norm_linears(stream_, device, ys, count, norm, decode_q8_)) return;
+    }
+    Backend::add_rms_norm_linears(hidden, delta, norm_weight, rows, dim, eps, normed, ws, ys, count);
   }
 
   // Prefill batches of kBlasMinRows+ tokens with bf16 math multiply through cuBLAS when it loads
@@ -974,6 +995,8 @@ class CudaBackend final : public Backend {
   bool blas_enabled_ = true;
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
+  bool fused_norm_ = true;
+  cuda::DeviceBuffer norm_arrivals_;  // cuda::norm_linears' block counter, zero between launches
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).

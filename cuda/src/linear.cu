@@ -10,6 +10,7 @@
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
+#include "normed_input.cuh"
 #include "q8_activations.cuh"
 #include "staged_rows.cuh"
 #include "tensor_core_linear.cuh"
@@ -101,12 +102,21 @@ struct LaneGroup {
 // `splits` warps of the block (1, 2, 4 or 8; blocks part, part + splits, …), whose sums meet in
 // shared memory in part order: a warp keeps only a few loads in flight, so a matrix of few rows
 // (K/V, O, the router) needs more warps than rows to keep enough of HBM's bandwidth busy. Tile 1 is
-// the decode token's kernel (no per-row guards); Tile kTile takes up to kTile tokens.
+// the decode token's kernel (no per-row guards); Tile kTile takes up to kTile tokens. With
+// norm.hidden, the decode token is the layer's add + RMSNorm of the residual row (normed_input.cuh),
+// staged in dynamic shared memory.
 template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
-                        int splits) {
+                        int splits, detail::NormedInput norm) {
   detail::wait_for_prior_grids();
+  if constexpr (Tile == 1) {
+    extern __shared__ __align__(16) float normed_row[];
+    if (norm.hidden != nullptr) {
+      detail::normalise_input(norm, in_features, normed_row);
+      x = normed_row;
+    }
+  }
   constexpr int kBatch = Tile == 1 ? 8 : 4;
   __shared__ float partial[kLaneWarps][Tile];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
@@ -151,11 +161,16 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 template <DType T>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
-                           int64_t row_groups) {
+                           int64_t row_groups, detail::NormedInput norm) {
   detail::wait_for_prior_grids();
   extern __shared__ __align__(16) char shared[];
   __shared__ float partial[kLaneWarps];
   const auto xq = detail::q8_arrays<32>(shared, in_features);
+  if (norm.hidden != nullptr) {  // the normalised row after the codes (q8_bytes keeps 16-byte alignment)
+    float* normed_row = reinterpret_cast<float*>(shared + detail::q8_bytes<32>(in_features));
+    detail::normalise_input(norm, in_features, normed_row);
+    x = normed_row;
+  }
   detail::quantize_q8_32(x, in_features, xq);
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
@@ -267,9 +282,9 @@ void add_to_group(LaneGroup& group, const DeviceWeight& w, float* y) {
 
 // Whether one token's rows of `type` take the integer products (Q4_K rows 16-byte aligned, Q6_K rows
 // 2-byte aligned, whole 256-value blocks whose quantised token fits the shared memory).
-bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features) {
+bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features, size_t more_shared = 0) {
   if ((type != DType::q4_k && type != DType::q6_k) || in_features % 256 != 0 ||
-      detail::q8_bytes<32>(in_features) > kSharedBytes)
+      detail::q8_bytes<32>(in_features) + static_cast<int64_t>(more_shared) > kSharedBytes)
     return false;
   const int alignment = type == DType::q4_k ? detail::Q8Lanes<DType::q4_k>::kAlignment
                                             : detail::Q8Lanes<DType::q6_k>::kAlignment;
@@ -279,7 +294,8 @@ bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features) {
 }
 
 void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t row_bytes, int64_t in_features,
-                  const float* x, int64_t rows, bool quantised_x) {
+                  const float* x, int64_t rows, bool quantised_x, const detail::NormedInput& norm = {}) {
+  const size_t normed_bytes = norm.hidden != nullptr ? static_cast<size_t>(in_features) * sizeof(float) : 0;
   const int tile = rows == 1 ? 1 : kTile;
   const int64_t token_tiles = (rows + tile - 1) / tile;
   const int64_t out_features = group.end[group.count - 1];
@@ -289,17 +305,18 @@ void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t ro
     const int64_t rows_per_block = kLaneWarps / splits;
     const dim3 grid(detail::grid_dim((out_features + rows_per_block - 1) / rows_per_block, "linear"),
                     detail::grid_dim(token_tiles, "linear (token tiles)", 65535));
-    detail::launch_dependent(stream, "linear (lanes)", kernel, grid, kLaneWarps * 32, 0, group, row_bytes, in_features, x,
-                             rows, splits);
+    detail::launch_dependent(stream, "linear (lanes)", kernel, grid, kLaneWarps * 32, normed_bytes, group, row_bytes,
+                             in_features, x, rows, splits, norm);
   };
-  if (quantised_x && rows == 1 && lanes_q8_take(group, type, in_features)) {
+  if (quantised_x && rows == 1 && lanes_q8_take(group, type, in_features, normed_bytes)) {
     const auto launch_q8 = [&](auto kernel, int64_t unit_blocks) {
       const int splits = lane_splits(out_features, (in_features / 256 + unit_blocks - 1) / unit_blocks, 1);
       const int64_t rows_per_block = kLaneWarps / splits;
       const int64_t row_groups = (out_features + rows_per_block - 1) / rows_per_block;
       detail::launch_dependent(stream, "linear (lanes, int8 products)", kernel,
                                detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "linear"), kLaneWarps * 32,
-                               detail::q8_bytes<32>(in_features), group, row_bytes, in_features, x, splits, row_groups);
+                               detail::q8_bytes<32>(in_features) + normed_bytes, group, row_bytes, in_features, x,
+                               splits, row_groups, norm);
     };
     if (type == DType::q4_k)
       launch_q8(linear_lanes_q8_kernel<DType::q4_k>, detail::Q8Lanes<DType::q4_k>::kUnitBlocks);
@@ -391,6 +408,24 @@ void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count
     launch_lanes(stream, group, w.type, rb, w.in_features, x, rows, quantised_x);
     i = j;
   }
+}
+
+bool norm_linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const AddRmsNorm& norm,
+                  bool quantised_x) {
+  if (count <= 0 || count > kMaxLaneGroup || norm.hidden == nullptr || norm.weight == nullptr || norm.dim <= 0 ||
+      norm.arrivals == nullptr || norm.dim * static_cast<int64_t>(sizeof(float)) > kSharedBytes)
+    return false;
+  LaneGroup group;
+  for (int i = 0; i < count; ++i) {
+    const DeviceWeight& w = ws[i];
+    if (w.type != ws[0].type || w.in_features != norm.dim || w.out_features <= 0 || !lane_kernel_takes(w, norm.hidden))
+      return false;
+    add_to_group(group, w, ys[i]);
+  }
+  const int64_t rb = checked_row_bytes(ws[0].type, norm.dim, "norm_linears");
+  const detail::NormedInput input{norm.hidden, norm.delta, norm.weight, norm.normed, norm.arrivals, norm.eps};
+  launch_lanes(stream, group, ws[0].type, rb, norm.dim, norm.hidden, 1, quantised_x, input);
+  return true;
 }
 
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,

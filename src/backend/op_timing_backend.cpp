@@ -71,6 +71,12 @@ void OpTimingBackend::add_rms_norm(float* hidden, const float* delta, const floa
                                    int64_t dim, double eps, float* out) {
   timed("add_rms_norm", rows, [&] { inner_.add_rms_norm(hidden, delta, weight, rows, dim, eps, out); });
 }
+void OpTimingBackend::add_rms_norm_linears(float* hidden, const float* delta, const float* norm_weight, int64_t rows,
+                                           int64_t dim, double eps, float* normed, const LinearWeight* const* ws,
+                                           float* const* ys, int count) {
+  timed("add_rms_norm_linears", rows,
+        [&] { inner_.add_rms_norm_linears(hidden, delta, norm_weight, rows, dim, eps, normed, ws, ys, count); });
+}
 void OpTimingBackend::head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads,
                                      int64_t head_dim, const float* norm_weight, double eps,
                                      const int64_t* positions) {

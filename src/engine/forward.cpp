@@ -340,6 +340,38 @@ struct ForwardPass::Impl {
     return b;
   }
 
+  // A norm of kHidden into kNormed left to the linears that read it first (add_rms_norm_linears: a
+  // GPU folds it into their launch for a decode token).
+  struct PendingNorm {
+    const float* weight = nullptr;  // null: none pending
+    bool add = false;               // kHidden += kBlockOut first
+  };
+  PendingNorm pending_norm;
+
+  // kHidden (+= kBlockOut when add) normalised into kNormed for the linears `reader` runs next: left
+  // pending for them where the norms and the reader are the main backend (which holds kHidden), else
+  // done now. reader null: the next reader is no linears call.
+  void norm_for(int64_t layer, const float* weight, bool add, const Backend* reader, int64_t T) {
+    if (pending_norm.weight != nullptr) throw Error(ErrorKind::internal, "forward pass: a norm was left unapplied");
+    Backend& b = on(WeightGroup::norms, layer);
+    if (&b == reader && &mirror(b) == &main()) {
+      pending_norm = {weight, add};
+    } else if (add) {
+      add_to_hidden_and_norm(layer, weight, T);
+    } else {
+      rms_norm(layer, weight, T);
+    }
+  }
+  // b.linears over kNormed (m: b's mirror), with the pending norm folded in.
+  void normed_linears(Backend& b, Mirror& m, const LinearWeight* const* ws, float* const* ys, int count, int64_t T) {
+    const PendingNorm n = std::exchange(pending_norm, {});
+    if (n.weight == nullptr)
+      b.linears(ws, ys, count, m.f(kNormed), T);
+    else
+      b.add_rms_norm_linears(m.f(kHidden), n.add ? m.f(kBlockOut) : nullptr, n.weight, T, cfg.hidden_size,
+                             cfg.rms_norm_eps, m.f(kNormed), ws, ys, count);
+  }
+
   void rms_norm(int64_t layer, const float* weight, int64_t T) {
     Backend& b = on(WeightGroup::norms, layer);
     Mirror& m = send(b, kHidden, T);
@@ -357,7 +389,7 @@ struct ForwardPass::Impl {
     float *q = m.f(kQ), *k = m.f(kK), *v = m.f(kV);
     const LinearWeight* qkv[] = {&L.q, &L.k, &L.v};
     float* const outs[] = {q, k, v};
-    b.linears(qkv, outs, 3, m.f(kNormed), T);
+    normed_linears(b, m, qkv, outs, 3, T);
     const AttentionBatch batch = attention_batch(m, T);
     b.gqa_prologue(rope, GqaHeads{q, k, v, nh, nkv, hd, V.q_norm, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions)}, kv,
                    layer, batch);
@@ -377,7 +409,7 @@ struct ForwardPass::Impl {
     const bool q_lora = !L.q_a.empty();
     const LinearWeight* first[] = {q_lora ? &L.q_a : &L.q, &L.kv_a};
     float* const first_out[] = {q_lora ? m.f(kQa) : q, kv_a};
-    b.linears(first, first_out, 2, m.f(kNormed), T);
+    normed_linears(b, m, first, first_out, 2, T);
     if (q_lora) {
       b.rms_norm(m.f(kQa), V.q_a_norm, T, cfg.q_lora_rank, cfg.q_lora_rank, cfg.rms_norm_eps, m.f(kQa));
       b.linear(L.q_b, m.f(kQa), T, q);
@@ -416,7 +448,9 @@ struct ForwardPass::Impl {
     const int64_t top_k = deferring ? routing.top_k - defer : routing.top_k;
     Backend& router = on(WeightGroup::router, layer);
     Mirror& r = send(router, kNormed, T);
-    router.linear(L.router, r.f(kNormed), T, r.f(kRouterLogits));
+    const LinearWeight* router_matrix[] = {&L.router};
+    float* const router_logits[] = {r.f(kRouterLogits)};
+    normed_linears(router, r, router_matrix, router_logits, 1, T);
     router.router_topk(routing, r.f(kRouterLogits), T, V.router_bias, r.i32(kExpertIds), r.f(kRouteWeights));
     if (deferring) {
       router.split_deferred_experts(r.i32(kExpertIds), r.f(kRouteWeights), T, routing.top_k, defer,
@@ -849,6 +883,7 @@ void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const st
   Impl& m = *this;
   const int64_t H = cfg.hidden_size;
   m.produced = m.waiting = {};  // a cancelled pass may have left them
+  m.pending_norm = {};
   Backend& embed = m.on(WeightGroup::embedding, kNoLayer);
   Mirror& e = m.mirror(embed);
   embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));
@@ -858,16 +893,19 @@ void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const st
     if (cancel && cancel->load(std::memory_order_relaxed))
       throw Error(ErrorKind::cancelled, "forward pass cancelled");
     const LayerVectors& V = m.layer_vectors[static_cast<size_t>(layer)];
-    if (!std::exchange(normed, false)) m.rms_norm(layer, V.attn_norm, T);
+    if (!std::exchange(normed, false))
+      m.norm_for(layer, V.attn_norm, false, &m.on(WeightGroup::attention, layer), T);
     if (cfg.attention == AttentionKind::mla)
       m.attention_mla(layer, T);
     else
       m.attention_gqa(layer, T);
-    m.add_to_hidden_and_norm(layer, V.ffn_norm, T);
+    const bool moe = m.w.layers[static_cast<size_t>(layer)].is_moe;
+    m.norm_for(layer, V.ffn_norm, true, moe ? &m.on(WeightGroup::router, layer) : nullptr, T);
     m.waiting = std::exchange(m.produced, {});  // the previous layer's deferred part, if any
     m.feed_forward(layer, T);
     if (m.waiting.on == nullptr && layer + 1 < cfg.num_layers) {
-      m.add_to_hidden_and_norm(layer + 1, m.layer_vectors[static_cast<size_t>(layer + 1)].attn_norm, T);
+      m.norm_for(layer + 1, m.layer_vectors[static_cast<size_t>(layer + 1)].attn_norm, true,
+                 &m.on(WeightGroup::attention, layer + 1), T);
       normed = true;
     } else {
       m.add_to_hidden(T);

@@ -992,6 +992,85 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
       }
 }
 
+TEST_CASE("cuda add_rms_norm_linears: the norm folded into a decode token's linears equals the two steps, and the "
+          "CPU's", "[cuda][q8]") {
+  // One launch normalises the residual row in every block and writes the sum and the normalised row
+  // back (the last block to arrive writes the sum); it must give what add_rms_norm then linears give,
+  // twice in a row (the block counter left at zero), with and without the residual add, on the float
+  // and the int8 (dp4a) kernels — and the two steps where the matrices cannot share one launch
+  // (mixed types) or for more than one token.
+  if (!have_gpu()) return;
+  struct Group {
+    std::vector<DType> types;
+    std::vector<int64_t> outs;
+    int64_t in;
+  };
+  const Group groups[] = {{{DType::q4_k, DType::q4_k, DType::q4_k}, {4096, 512, 512}, 2048},  // q, k, v
+                          {{DType::f32}, {128}, 2048},                                          // a router
+                          {{DType::q6_k}, {130}, 768},
+                          {{DType::q4_k}, {64}, 7168},  // DeepSeek-V3's width
+                          {{DType::bf16, DType::bf16}, {300, 7}, 512},
+                          {{DType::q4_k, DType::q6_k}, {256, 96}, 1024}};
+  uint32_t seed = 1300;
+  for (const Group& g : groups) {
+    std::vector<test::OwnedWeight> ws;
+    for (size_t i = 0; i < g.types.size(); ++i) ws.push_back(random_weight(g.types[i], g.outs[i], g.in, ++seed));
+    std::vector<const LinearWeight*> pointers;
+    for (const auto& w : ws) pointers.push_back(&w.w);
+    for (int64_t rows : {1, 3})
+      for (bool add : {true, false})
+        for (bool q8 : {false, true}) {
+          const auto hidden = random_floats(static_cast<size_t>(rows * g.in), ++seed);
+          const auto delta = random_floats(static_cast<size_t>(rows * g.in), ++seed);
+          const auto norm = random_floats(static_cast<size_t>(g.in), ++seed);
+          // Two steps in a row: the second adds delta to the first's sum.
+          auto run = [&](Backend& be, bool fused) {
+            DeviceBuffer dh = put(be, hidden), dd = put(be, delta), dn = put(be, norm),
+                         normed = put(be, std::vector<float>(hidden.size(), -1.f));
+            std::vector<DeviceBuffer> dys;
+            std::vector<float*> ys;
+            for (int64_t out : g.outs) {
+              dys.push_back(be.allocate(static_cast<size_t>(rows * out) * sizeof(float)));
+              ys.push_back(dys.back().as<float>());
+            }
+            const float* d = add ? dd.as<float>() : nullptr;
+            for (int step = 0; step < 2; ++step) {
+              if (fused) {
+                be.add_rms_norm_linears(dh.as<float>(), d, dn.as<float>(), rows, g.in, 1e-6, normed.as<float>(),
+                                        pointers.data(), ys.data(), static_cast<int>(ys.size()));
+              } else {
+                if (add)
+                  be.add_rms_norm(dh.as<float>(), d, dn.as<float>(), rows, g.in, 1e-6, normed.as<float>());
+                else
+                  be.rms_norm(dh.as<float>(), dn.as<float>(), rows, g.in, g.in, 1e-6, normed.as<float>());
+                be.linears(pointers.data(), ys.data(), static_cast<int>(ys.size()), normed.as<float>(), rows);
+              }
+            }
+            std::vector<float> all;
+            for (size_t i = 0; i < ys.size(); ++i) {
+              const auto y = get(be, dys[i], static_cast<size_t>(rows * g.outs[i]));
+              all.insert(all.end(), y.begin(), y.end());
+            }
+            return std::tuple{get(be, dh, hidden.size()), get(be, normed, hidden.size()), all};
+          };
+          Backends b;
+          cuda_backend_set_decode_q8(*b.gpu, q8);
+          INFO(type_name(g.types[0]) << " group of " << g.types.size() << ", width " << g.in << ", rows " << rows
+                                     << (add ? ", with the add" : ", norm only") << (q8 ? ", int8" : ", float"));
+          const auto [fused_sum, fused_normed, fused_ys] = run(*b.gpu, true);
+          const auto [steps_sum, steps_normed, steps_ys] = run(*b.gpu, false);
+          const auto [cpu_sum, cpu_normed, cpu_ys] = run(*b.cpu, false);
+          CHECK(fused_sum == steps_sum);  // one float add per value and step
+          CHECK(fused_sum == cpu_sum);
+          CHECK(relative_error(fused_normed, steps_normed) < 1e-6);
+          CHECK(relative_error(fused_ys, steps_ys) < 2e-6);
+          // int8 codes of Q4_K/Q6_K rows against the CPU's float products: the quantisation's error
+          const bool quantised = q8 && rows == 1 && (g.types[0] == DType::q4_k || g.types[0] == DType::q6_k);
+          CHECK(relative_error(fused_ys, cpu_ys) < (quantised ? 2e-2 : 2e-5));
+        }
+  }
+}
+
 TEST_CASE("cuda decode linears on int8 activations (dp4a) equal the float kernel on those activations",
           "[cuda][q8]") {
   if (!have_gpu()) return;

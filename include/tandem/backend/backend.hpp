@@ -121,6 +121,17 @@ class Backend {
     add(hidden, delta, rows * dim, hidden);
     rms_norm(hidden, weight, rows, dim, dim, eps, out);
   }
+  // add_rms_norm into `normed` (rms_norm of hidden when delta is null), then linears over normed: a
+  // GPU may fold the norm into the linears' launch for a decode token.
+  virtual void add_rms_norm_linears(float* hidden, const float* delta, const float* norm_weight, int64_t rows,
+                                    int64_t dim, double eps, float* normed, const LinearWeight* const* ws,
+                                    float* const* ys, int count) {
+    if (delta != nullptr)
+      add_rms_norm(hidden, delta, norm_weight, rows, dim, eps, normed);
+    else
+      rms_norm(hidden, norm_weight, rows, dim, dim, eps, normed);
+    linears(ws, ys, count, normed, rows);
+  }
   // kv_append of K rows into plane 0 and V rows into plane 1 (a GQA layer's two planes).
   virtual void kv_append_pair(KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* k_rows,
                               const float* v_rows, int64_t row_stride) {

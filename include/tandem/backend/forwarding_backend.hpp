@@ -56,6 +56,11 @@ class ForwardingBackend : public Backend {
                     float* out) override {
     inner_.add_rms_norm(hidden, delta, weight, rows, dim, eps, out);
   }
+  void add_rms_norm_linears(float* hidden, const float* delta, const float* norm_weight, int64_t rows, int64_t dim,
+                            double eps, float* normed, const LinearWeight* const* ws, float* const* ys,
+                            int count) override {
+    inner_.add_rms_norm_linears(hidden, delta, norm_weight, rows, dim, eps, normed, ws, ys, count);
+  }
   void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
                       const float* norm_weight, double eps, const int64_t* positions) override {
     inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions);

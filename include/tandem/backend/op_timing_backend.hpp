@@ -39,6 +39,9 @@ class OpTimingBackend final : public ForwardingBackend {
                 float* out) override;
   void add_rms_norm(float* hidden, const float* delta, const float* weight, int64_t rows, int64_t dim, double eps,
                     float* out) override;
+  void add_rms_norm_linears(float* hidden, const float* delta, const float* norm_weight, int64_t rows, int64_t dim,
+                            double eps, float* normed, const LinearWeight* const* ws, float* const* ys,
+                            int count) override;
   void head_norm_rope(const RopeParams& rope, float* data, int64_t rows, int64_t heads, int64_t head_dim,
                       const float* norm_weight, double eps, const int64_t* positions) override;
   void rope(const RopeParams& rope, float* data, int64_t rows, int64_t row_stride, int64_t heads,

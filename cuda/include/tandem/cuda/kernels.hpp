@@ -42,6 +42,23 @@ void linear(Stream& stream, const DeviceWeight& w, const float* x, int64_t rows,
 // maths[i].
 void linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const float* x, int64_t rows,
              const TensorCoreMath* maths, bool quantised_x = false);
+// One decode token's add + RMSNorm folded into the linears that read its result: hidden += delta
+// (when delta is given), normed = RMSNorm(hidden) · weight (add_rms_norm's values), then
+// ys[i] = normed · ws[i]ᵀ — one launch instead of two. `arrivals` is a zeroed device counter the
+// launch leaves zeroed (its blocks count themselves in before hidden is written back); one per
+// stream. False, with nothing enqueued, where the matrices do not share one decode launch (types,
+// widths, alignment, more than four, a row too wide for shared memory): the caller runs the two steps.
+struct AddRmsNorm {
+  float* hidden = nullptr;
+  const float* delta = nullptr;
+  const float* weight = nullptr;
+  int64_t dim = 0;
+  double eps = 0;
+  float* normed = nullptr;
+  unsigned* arrivals = nullptr;
+};
+bool norm_linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int count, const AddRmsNorm& norm,
+                  bool quantised_x = false);
 // The same as linear() without scales or bias (kept for callers holding a bare stored matrix).
 void linear(Stream& stream, DType weight_type, const void* weight, int64_t out_features, int64_t in_features,
             const float* x, int64_t rows, float* y);
