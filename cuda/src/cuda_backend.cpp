@@ -78,8 +78,12 @@ class CudaBackend final : public Backend {
     // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
     const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
     fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
-    norm_arrivals_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
-    stream_.zero(norm_arrivals_.data(), sizeof(unsigned));
+    // Split-K decode attention merging its splits in the last block of each KV head (no merge launch),
+    // the default; TANDEM_CUDA_SPLIT_MERGE=0 launches the merge kernel, for A/B runs.
+    const char* merge = std::getenv("TANDEM_CUDA_SPLIT_MERGE");
+    merge_in_splits_ = !(merge != nullptr && std::string_view(merge) == "0");
+    arrivals_ = allocate_named((1 + kAttentionArrivals) * sizeof(unsigned), "block counters");
+    stream_.zero(arrivals_.data(), arrivals_.bytes());
   }
   ~CudaBackend() override {
     try {
@@ -265,8 +269,7 @@ class CudaBackend final : public Backend {
       stream_.make_current();
       cuda::DeviceWeight device[kMaxAtOnce];
       for (int i = 0; i < count; ++i) device[i] = weight(*ws[i]);
-      const cuda::AddRmsNorm norm{hidden, delta, norm_weight, dim, eps, normed,
-                                  static_cast<unsigned*>(norm_arrivals_.data())};
+      const cuda::AddRmsNorm norm{hidden, delta, norm_weight, dim, eps, normed, counters()};
       if (cuda::norm_linears(stream_, device, ys, count, norm, decode_q8_)) return;
     }
     Backend::add_rms_norm_linears(hidden, delta, norm_weight, rows, dim, eps, normed, ws, ys, count);
@@ -373,7 +376,8 @@ class CudaBackend final : public Backend {
       return;
     }
     float* d_scores = scratch(kScores, cuda::gqa_attention_scratch_floats(db, heads, kv_heads, head_dim));
-    cuda::gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out);
+    cuda::gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out,
+                        merge_in_splits_ ? counters() + 1 : nullptr, kAttentionArrivals);
   }
 
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
@@ -995,8 +999,12 @@ class CudaBackend final : public Backend {
   bool blas_enabled_ = true;
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
-  bool fused_norm_ = true;
-  cuda::DeviceBuffer norm_arrivals_;  // cuda::norm_linears' block counter, zero between launches
+  bool fused_norm_ = true, merge_in_splits_ = true;
+  // Device counters the kernels leave zeroed: [0] cuda::norm_linears', then kAttentionArrivals for
+  // split-K attention (one per token and KV head).
+  static constexpr int64_t kAttentionArrivals = 4096;
+  cuda::DeviceBuffer arrivals_;
+  unsigned* counters() { return static_cast<unsigned*>(arrivals_.data()); }
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
