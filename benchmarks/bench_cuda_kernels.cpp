@@ -109,7 +109,7 @@ int64_t stored_row_bytes(DType type, int64_t in) { return static_cast<int64_t>(*
 
 // y = W x for one token (or a few): range(0) out, range(1) in, range(2) tokens, range(3) the
 // tensor-core math of 32+ tokens (0 bf16 tiles, 1 3xTF32 tiles, 2 the weight dequantised to bf16 and
-// cuBLAS, as the CUDA backend does from 256 tokens).
+// cuBLAS, as the CUDA backend does from 256 tokens; 3 one token on int8 activations).
 void bench_linear(benchmark::State& state, DType type) {
   if (!have_gpu(state)) return;
   Gpu gpu;
@@ -138,7 +138,10 @@ void bench_linear(benchmark::State& state, DType type) {
         },
         static_cast<double>(wbytes));
   } else {
-    run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y, math); }, static_cast<double>(wbytes));
+    // math 3: one token's int8 activations (dp4a), as decode runs Q4_K/Q6_K rows
+    const bool quantised_x = state.range(3) == 3;
+    run_timed(state, gpu, [&] { cuda::linear(gpu.stream, w, x, tokens, y, math, quantised_x); },
+              static_cast<double>(wbytes));
   }
   state.counters["TFLOP/s"] = benchmark::Counter(2e-12 * static_cast<double>(out * in * tokens) *
                                                      static_cast<double>(state.iterations()),
@@ -392,6 +395,8 @@ void register_all() {
     if (type == DType::q4_k || type == DType::q6_k || type == DType::bf16)
       for (int64_t tokens : {256, 512, 4096}) b->Args({4096, 2048, tokens, 2});
     if (type == DType::q6_k) b->Args({151936, 2048, 1, 0});
+    if (type == DType::q4_k || type == DType::q6_k)
+      for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 2048}, {151936, 2048}}) b->Args({out, in, 1, 3});
   }
   using cuda::GroupedTiles, cuda::TensorCoreMath;
   const auto moe = [&](const char* name, DType down, MoeRun how, GroupedTiles tiles, TensorCoreMath math,
