@@ -110,11 +110,13 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
                         int splits, detail::NormedInput norm) {
   detail::wait_for_prior_grids();
+  unsigned ticket = 0;
   if constexpr (Tile == 1) {
     extern __shared__ __align__(16) float normed_row[];
     if (norm.hidden != nullptr) {
       detail::normalise_input(norm, in_features, normed_row);
       x = normed_row;
+      ticket = detail::count_in(norm);
     }
   }
   constexpr int kBatch = Tile == 1 ? 8 : 4;
@@ -133,6 +135,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
                                           x + r0 * in_features, in_features, nrows, acc);
 #pragma unroll
   for (int r = 0; r < Tile; ++r) acc[r] = detail::warp_sum(acc[r]);
+  if (warp == 0) detail::finish_normed_input(norm, in_features, ticket);
   if (splits > 1) {
     if (lane == 0)
 #pragma unroll
@@ -173,6 +176,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   }
   detail::quantize_q8_32(x, in_features, xq);
   __syncthreads();
+  const unsigned ticket = detail::count_in(norm);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
   const int64_t total = group.end[group.count - 1];
   for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
@@ -199,6 +203,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
       group.y[m][o] = acc + (bias != nullptr ? bias[o] : 0.f);
     }
   }
+  if (warp == 0) detail::finish_normed_input(norm, in_features, ticket);
 }
 
 // Blocks of the int8 kernel at most: enough to fill a large GPU several times over.
