@@ -74,14 +74,16 @@ class CudaBackend final : public Backend {
     // suite passed with it (docs/PERF.md, "Programmatic dependent launch"); TANDEM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("TANDEM_CUDA_PDL");
     stream_.set_dependent_launch(!(pdl != nullptr && std::string_view(pdl) == "0"));
-    // A decode token's add + RMSNorm inside the linears after it (add_rms_norm_linears), the default;
-    // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
-    const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
-    fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
-    // Split-K decode attention merging its splits in the last block of each KV head (no merge launch),
-    // the default; TANDEM_CUDA_SPLIT_MERGE=0 launches the merge kernel, for A/B runs.
-    const char* merge = std::getenv("TANDEM_CUDA_SPLIT_MERGE");
-    merge_in_splits_ = !(merge != nullptr && std::string_view(merge) == "0");
+    // Opt-in until measured and tested on a GPU (docs/PERF.md, "Launches folded away in decode"):
+    // TANDEM_CUDA_FUSED_NORM=1 folds a decode token's add + RMSNorm into the linears after it
+    // (add_rms_norm_linears); TANDEM_CUDA_SPLIT_MERGE=1 lets split-K decode attention merge its splits
+    // in the last block of each KV head instead of a merge launch.
+    const auto opted_in = [](const char* name) {
+      const char* value = std::getenv(name);
+      return value != nullptr && std::string_view(value) == "1";
+    };
+    fused_norm_ = opted_in("TANDEM_CUDA_FUSED_NORM");
+    merge_in_splits_ = opted_in("TANDEM_CUDA_SPLIT_MERGE");
     arrivals_ = allocate_named((1 + kAttentionArrivals) * sizeof(unsigned), "block counters");
     stream_.zero(arrivals_.data(), arrivals_.bytes());
   }
@@ -97,6 +99,7 @@ class CudaBackend final : public Backend {
   int threads() const override { return 1; }
   void set_prefill_bf16(bool bf16) { prefill_bf16_ = bf16; }
   void set_decode_q8(bool on) { decode_q8_ = q8_override_ >= 0 ? q8_override_ == 1 : on; }
+  void set_fused_norm(bool on) { fused_norm_ = on; }
 
   // ---- memory, copies, events ----
   DeviceBuffer allocate(size_t bytes) override {
@@ -999,7 +1002,7 @@ class CudaBackend final : public Backend {
   bool blas_enabled_ = true;
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
-  bool fused_norm_ = true, merge_in_splits_ = true;
+  bool fused_norm_ = false, merge_in_splits_ = false;
   // Device counters the kernels leave zeroed: [0] cuda::norm_linears', then kAttentionArrivals for
   // split-K attention (one per token and KV head).
   static constexpr int64_t kAttentionArrivals = 4096;
@@ -1048,6 +1051,10 @@ void cuda_backend_set_prefill_bf16(Backend& backend, bool bf16) {
 
 void cuda_backend_set_decode_q8(Backend& backend, bool on) {
   if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_decode_q8(on);
+}
+
+void cuda_backend_set_fused_norm(Backend& backend, bool on) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_fused_norm(on);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

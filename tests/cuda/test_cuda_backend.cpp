@@ -1055,6 +1055,7 @@ TEST_CASE("cuda add_rms_norm_linears: the norm folded into a decode token's line
           };
           Backends b;
           cuda_backend_set_decode_q8(*b.gpu, q8);
+          cuda_backend_set_fused_norm(*b.gpu, true);
           INFO(type_name(g.types[0]) << " group of " << g.types.size() << ", width " << g.in << ", rows " << rows
                                      << (add ? ", with the add" : ", norm only") << (q8 ? ", int8" : ", float"));
           const auto [fused_sum, fused_normed, fused_ys] = run(*b.gpu, true);
