@@ -69,8 +69,8 @@ __device__ __forceinline__ unsigned count_in(const NormedInput& n) {
   return n.hidden != nullptr && n.delta != nullptr && threadIdx.x == 0 ? atomicAdd(n.arrivals, 1u) : 0u;
 }
 
-// Called by warp 0 (all its lanes) once the block's work is done, with normalise_input's ticket: the
-// block that counted in last writes hidden + delta back and leaves the counter at zero.
+// Called by warp 0 (all its lanes) once the block's work is done, with count_in's ticket: the block
+// that counted in last writes hidden + delta back and leaves the counter at zero.
 __device__ __forceinline__ void finish_normed_input(const NormedInput& n, int64_t dim, unsigned ticket) {
   if (n.hidden == nullptr || n.delta == nullptr) return;
   ticket = __shfl_sync(0xffffffffu, ticket, 0);
