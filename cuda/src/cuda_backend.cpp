@@ -272,7 +272,7 @@ class CudaBackend final : public Backend {
       stream_.make_current();
       cuda::DeviceWeight device[kMaxAtOnce];
       for (int i = 0; i < count; ++i) device[i] = weight(*ws[i]);
-      const cuda::AddRmsNorm norm{hidden, delta, norm_weight, dim, eps, normed, counters()};
+      const cuda::AddRmsNorm norm{hidden, delta, norm_weight, dim, eps, normed, norm_counter()};
       if (cuda::norm_linears(stream_, device, ys, count, norm, decode_q8_)) return;
     }
     Backend::add_rms_norm_linears(hidden, delta, norm_weight, rows, dim, eps, normed, ws, ys, count);
@@ -380,7 +380,7 @@ class CudaBackend final : public Backend {
     }
     float* d_scores = scratch(kScores, cuda::gqa_attention_scratch_floats(db, heads, kv_heads, head_dim));
     cuda::gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out,
-                        merge_in_splits_ ? counters() + 1 : nullptr, kAttentionArrivals);
+                        merge_in_splits_ ? attention_counters() : nullptr, kAttentionArrivals);
   }
 
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
@@ -1007,7 +1007,8 @@ class CudaBackend final : public Backend {
   // split-K attention (one per token and KV head).
   static constexpr int64_t kAttentionArrivals = 4096;
   cuda::DeviceBuffer arrivals_;
-  unsigned* counters() { return static_cast<unsigned*>(arrivals_.data()); }
+  unsigned* norm_counter() { return static_cast<unsigned*>(arrivals_.data()); }
+  unsigned* attention_counters() { return norm_counter() + 1; }
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).

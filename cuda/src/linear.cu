@@ -108,13 +108,13 @@ struct LaneGroup {
 template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
-                        int splits, detail::NormedInput norm) {
+                        int splits, AddRmsNorm norm) {
   detail::wait_for_prior_grids();
   unsigned ticket = 0;
   if constexpr (Tile == 1) {
     extern __shared__ __align__(16) float normed_row[];
     if (norm.hidden != nullptr) {
-      detail::normalise_input(norm, in_features, normed_row);
+      detail::normalise_input(norm, normed_row);
       x = normed_row;
       ticket = detail::count_in(norm);
     }
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
                                           x + r0 * in_features, in_features, nrows, acc);
 #pragma unroll
   for (int r = 0; r < Tile; ++r) acc[r] = detail::warp_sum(acc[r]);
-  if (warp == 0) detail::finish_normed_input(norm, in_features, ticket);
+  if (warp == 0) detail::finish_normed_input(norm, ticket);
   if (splits > 1) {
     if (lane == 0)
 #pragma unroll
@@ -164,14 +164,14 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 template <DType T>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
-                           int64_t row_groups, detail::NormedInput norm) {
+                           int64_t row_groups, AddRmsNorm norm) {
   detail::wait_for_prior_grids();
   extern __shared__ __align__(16) char shared[];
   __shared__ float partial[kLaneWarps];
   const auto xq = detail::q8_arrays<32>(shared, in_features);
   if (norm.hidden != nullptr) {  // the normalised row after the codes (q8_bytes keeps 16-byte alignment)
     float* normed_row = reinterpret_cast<float*>(shared + detail::q8_bytes<32>(in_features));
-    detail::normalise_input(norm, in_features, normed_row);
+    detail::normalise_input(norm, normed_row);
     x = normed_row;
   }
   detail::quantize_q8_32(x, in_features, xq);
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
       group.y[m][o] = acc + (bias != nullptr ? bias[o] : 0.f);
     }
   }
-  if (warp == 0) detail::finish_normed_input(norm, in_features, ticket);
+  if (warp == 0) detail::finish_normed_input(norm, ticket);
 }
 
 // Blocks of the int8 kernel at most: enough to fill a large GPU several times over.
@@ -299,7 +299,7 @@ bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features, size
 }
 
 void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t row_bytes, int64_t in_features,
-                  const float* x, int64_t rows, bool quantised_x, const detail::NormedInput& norm = {}) {
+                  const float* x, int64_t rows, bool quantised_x, const AddRmsNorm& norm = {}) {
   const size_t normed_bytes = norm.hidden != nullptr ? static_cast<size_t>(in_features) * sizeof(float) : 0;
   const int tile = rows == 1 ? 1 : kTile;
   const int64_t token_tiles = (rows + tile - 1) / tile;
@@ -428,8 +428,7 @@ bool norm_linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int 
     add_to_group(group, w, ys[i]);
   }
   const int64_t rb = checked_row_bytes(ws[0].type, norm.dim, "norm_linears");
-  const detail::NormedInput input{norm.hidden, norm.delta, norm.weight, norm.normed, norm.arrivals, norm.eps};
-  launch_lanes(stream, group, ws[0].type, rb, norm.dim, norm.hidden, 1, quantised_x, input);
+  launch_lanes(stream, group, ws[0].type, rb, norm.dim, norm.hidden, 1, quantised_x, norm);
   return true;
 }
 

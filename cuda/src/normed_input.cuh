@@ -6,18 +6,14 @@
 #include <cstdint>
 
 #include "launch.cuh"
+#include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda::detail {
 
-struct NormedInput {
-  float* hidden = nullptr;       // the residual stream's row; null: the linear reads x as it is
-  const float* delta = nullptr;  // added to hidden first (and written back), or null
-  const float* weight = nullptr;
-  float* normed = nullptr;  // the normalised row, for the layer's other readers (block 0 writes it)
-  unsigned* arrivals = nullptr;  // zero between launches: counts the blocks done reading hidden
-  double eps = 0;
-};
-
+// The row comes from cuda::AddRmsNorm (kernels.hpp): hidden (null: the linear reads x as it is),
+// delta (or null), the norm weight, dim, eps, normed (block 0 writes it for the layer's other
+// readers) and the arrivals counter (zero between launches).
+//
 // out [dim] (shared memory) = RMSNorm(hidden + delta) · weight, by the whole block; each thread's
 // values and weights are loaded together before the sum (one memory latency, not three). Every block
 // reads hidden, so none may write it until all have read it: each block counts itself in at a
@@ -25,7 +21,8 @@ struct NormedInput {
 // end of the kernel — the atomic's round trip (hundreds of blocks on one address) stays off the
 // block's path to its loads — and the last block to count in writes hidden + delta back.
 constexpr int kNormValuesPerThread = 8;
-__device__ __forceinline__ void normalise_input(const NormedInput& n, int64_t dim, float* out) {
+__device__ __forceinline__ void normalise_input(const AddRmsNorm& n, float* out) {
+  const int64_t dim = n.dim;
   __shared__ double partial[32];
   double sum = 0;
   if (dim <= kNormValuesPerThread * static_cast<int64_t>(blockDim.x)) {
@@ -65,17 +62,17 @@ __device__ __forceinline__ void normalise_input(const NormedInput& n, int64_t di
 // The block's count at the device counter, taken by thread 0 once the block has read hidden (after
 // normalise_input), and best after the kernel's last barrier before its main loop: nothing waits for
 // the answer until finish_normed_input.
-__device__ __forceinline__ unsigned count_in(const NormedInput& n) {
+__device__ __forceinline__ unsigned count_in(const AddRmsNorm& n) {
   return n.hidden != nullptr && n.delta != nullptr && threadIdx.x == 0 ? atomicAdd(n.arrivals, 1u) : 0u;
 }
 
 // Called by warp 0 (all its lanes) once the block's work is done, with count_in's ticket: the block
 // that counted in last writes hidden + delta back and leaves the counter at zero.
-__device__ __forceinline__ void finish_normed_input(const NormedInput& n, int64_t dim, unsigned ticket) {
+__device__ __forceinline__ void finish_normed_input(const AddRmsNorm& n, unsigned ticket) {
   if (n.hidden == nullptr || n.delta == nullptr) return;
   ticket = __shfl_sync(0xffffffffu, ticket, 0);
   if (ticket + 1 != gridDim.x * gridDim.y) return;
-  for (int64_t i = threadIdx.x; i < dim; i += 32) n.hidden[i] = n.hidden[i] + n.delta[i];
+  for (int64_t i = threadIdx.x; i < n.dim; i += 32) n.hidden[i] = n.hidden[i] + n.delta[i];
   if (threadIdx.x == 0) *n.arrivals = 0;
 }
 

@@ -3,8 +3,8 @@
 // is copied into shared memory as stored (cp.async, three tiles of 16 positions in flight ahead of the
 // one being read), so every row is read from memory once per block and shared by the group's heads;
 // each warp keeps a running softmax (max, sum, weighted values) over its split; the last split of a
-// KV head to finish merges them (given a counter per token and KV head), else a second kernel. The split length depends only on the token's own context length, the KV heads
-// and the batch size (never on the capacity the batch was sized for), so a recorded pass and an eager
+// KV head to finish merges them (given a counter per token and KV head), else a second kernel. The
+// split length depends only on the token's own context length, the KV heads and the batch size (never on the capacity the batch was sized for), so a recorded pass and an eager
 // one split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way,
 // its blocks sharing each staged latent row among eight query heads. fp8/int8 rows are dequantised
 // as they are read (each code times its group's f16 scale, in registers or the staged tile).
@@ -172,9 +172,9 @@ __device__ __forceinline__ void scatter_step(float* d, int lane) {
 // With `arrivals` (a zeroed counter per token and KV head), the last of a group's splits to finish
 // merges them as merge_kernel would (the same arithmetic in the same order), so no merge launch.
 template <KvType K, int D, int kChunk>
-__global__ void __launch_bounds__(1024) split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_t heads, int64_t kv_heads,
-                             float softmax_scale, int64_t target_splits, int64_t split_stride, float* partials,
-                             float* out, unsigned* arrivals) {
+__global__ void __launch_bounds__(1024)
+    split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_t heads, int64_t kv_heads, float softmax_scale,
+                 int64_t target_splits, int64_t split_stride, float* partials, float* out, unsigned* arrivals) {
   extern __shared__ __align__(16) uint8_t stages[];
   wait_for_prior_grids();
   constexpr int64_t head_dim = 32 * D;
