@@ -209,6 +209,60 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 // Blocks of the int8 kernel at most: enough to fill a large GPU several times over.
 constexpr int64_t kQ8MaxBlocks = 1024;
 
+// linear_lanes_q8_kernel for Q6_K rows that start 16-byte aligned (2,048 values: 1,680 bytes), one
+// warp per row: Q6_K's 210-byte blocks leave the direct reader 2-byte loads only (seven per lane and
+// block, the output head's 255 MB at ~980 GB/s), so the warp copies its whole row into shared memory in
+// 16-byte pieces (kPieces per lane at most) and decodes the blocks from there, the next row's pieces
+// already loading into registers. Each row adds its blocks in the direct reader's order: the same bits.
+template <int kPieces>
+__global__ void __launch_bounds__(kLaneWarps * 32)
+    linear_q6k_rows_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x,
+                              int64_t row_groups) {
+  detail::wait_for_prior_grids();
+  using Q = detail::Q8Lanes<DType::q6_k>;
+  extern __shared__ __align__(16) char shared[];
+  const auto xq = detail::q8_arrays<32>(shared, in_features);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint8_t* stage = reinterpret_cast<uint8_t*>(shared + detail::q8_bytes<32>(in_features)) + warp * row_bytes;
+  const int64_t total = group.end[group.count - 1], pieces = row_bytes / 16, blocks = in_features / 256;
+  const auto matrix_of = [&](int64_t row) {
+    int m = 0;
+    while (m + 1 < group.count && row >= group.end[m]) ++m;
+    return m;
+  };
+  uint4 next[kPieces];
+  const auto fetch = [&](int64_t row) {
+    if (row >= total) return;
+    const int m = matrix_of(row);
+    const auto* src =
+        reinterpret_cast<const uint4*>(group.weight[m] + (row - (m == 0 ? 0 : group.end[m - 1])) * row_bytes);
+#pragma unroll
+    for (int k = 0; k < kPieces; ++k)
+      if (lane + 32 * k < pieces) next[k] = __ldg(src + lane + 32 * k);
+  };
+  fetch(static_cast<int64_t>(blockIdx.x) * kLaneWarps + warp);  // in flight while the token is quantised
+  detail::quantize_q8_32(x, in_features, xq);
+  __syncthreads();
+  for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
+    const int64_t row = g * kLaneWarps + warp;
+    __syncwarp();  // the previous row's blocks are read
+#pragma unroll
+    for (int k = 0; k < kPieces; ++k)
+      if (lane + 32 * k < pieces) reinterpret_cast<uint4*>(stage)[lane + 32 * k] = next[k];
+    __syncwarp();
+    fetch((g + gridDim.x) * kLaneWarps + warp);
+    if (row >= total) continue;
+    float acc = 0.f;
+    for (int64_t blk = 0; blk < blocks; ++blk) acc += Q::dot(Q::load(stage, blk, lane), blk, lane, xq.view());
+    acc = detail::warp_sum(acc);
+    if (lane == 0) {
+      const int m = matrix_of(row);
+      const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
+      group.y[m][o] = acc + (group.bias[m] != nullptr ? group.bias[m][o] : 0.f);
+    }
+  }
+}
+
 // Warps per row for the lane kernel: enough that the launch has ~kTargetWarps warps, at most one per
 // unit of the row (lane_row_dot) and kLaneWarps. On the H200 (bench_cuda_kernels, a4c13b3) splitting helped the
 // 512- and 128-row matrices (7.7 → 5.0 and 7.5 → 3.9 µs) and cost the 4096- and 2048-row ones
@@ -298,6 +352,32 @@ bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features, size
   return true;
 }
 
+// Whether linear_q6k_rows_q8_kernel takes one token over these Q6_K rows: rows 16-byte aligned of at
+// most 8 · 32 pieces, enough of them for a warp each (a matrix of fewer rows splits them among warps),
+// the staged rows and the token within the default shared memory, and no norm to apply first.
+constexpr int64_t kQ6kStagedMinRows = 2048;
+bool q6k_rows_staged(const LaneGroup& group, int64_t row_bytes, int64_t in_features, const AddRmsNorm& norm) {
+  if (norm.hidden != nullptr || row_bytes % 16 != 0 || row_bytes / 16 > 8 * 32 ||
+      group.end[group.count - 1] < kQ6kStagedMinRows ||
+      detail::q8_bytes<32>(in_features) + kLaneWarps * row_bytes > kSharedBytes)
+    return false;
+  for (int m = 0; m < group.count; ++m)
+    if (reinterpret_cast<uintptr_t>(group.weight[m]) % 16 != 0) return false;
+  return true;
+}
+
+void launch_q6k_rows(Stream& stream, const LaneGroup& group, int64_t row_bytes, int64_t in_features, const float* x) {
+  const int64_t row_groups = (group.end[group.count - 1] + kLaneWarps - 1) / kLaneWarps;
+  const auto grid = detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "linear");
+  const auto shared = static_cast<size_t>(detail::q8_bytes<32>(in_features) + kLaneWarps * row_bytes);
+  if (row_bytes / 16 <= 4 * 32)
+    detail::launch_dependent(stream, "linear (Q6_K rows staged, int8 products)", linear_q6k_rows_q8_kernel<4>, grid,
+                             kLaneWarps * 32, shared, group, row_bytes, in_features, x, row_groups);
+  else
+    detail::launch_dependent(stream, "linear (Q6_K rows staged, int8 products)", linear_q6k_rows_q8_kernel<8>, grid,
+                             kLaneWarps * 32, shared, group, row_bytes, in_features, x, row_groups);
+}
+
 void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t row_bytes, int64_t in_features,
                   const float* x, int64_t rows, bool quantised_x, const AddRmsNorm& norm = {}) {
   const size_t normed_bytes = norm.hidden != nullptr ? static_cast<size_t>(in_features) * sizeof(float) : 0;
@@ -325,6 +405,8 @@ void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t ro
     };
     if (type == DType::q4_k)
       launch_q8(linear_lanes_q8_kernel<DType::q4_k>, detail::Q8Lanes<DType::q4_k>::kUnitBlocks);
+    else if (q6k_rows_staged(group, row_bytes, in_features, norm))
+      launch_q6k_rows(stream, group, row_bytes, in_features, x);
     else
       launch_q8(linear_lanes_q8_kernel<DType::q6_k>, detail::Q8Lanes<DType::q6_k>::kUnitBlocks);
     detail::check_launch("linear (lanes, int8 products)");
