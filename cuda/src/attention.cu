@@ -129,16 +129,14 @@ void check_tail(const PagedKv& kv, int64_t rope_values, const char* what) {
 }  // namespace
 
 void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
-                   int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores, float* out,
-                   unsigned* arrivals, int64_t arrival_slots) {
+                   int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores, float* out) {
   if (batch.tokens <= 0) return;
   if (kv_heads <= 0 || heads % kv_heads != 0)
     throw Error(ErrorKind::invalid_argument,
                 text("cuda gqa_attention: ", heads, " heads are not a multiple of ", kv_heads, " kv heads"));
   check_tail(kv, 0, "gqa_attention");
   if (detail::split_attention_supported(batch.tokens, heads, kv_heads, head_dim, kv)) {
-    detail::split_gqa_attention(stream, kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out,
-                                batch.tokens * kv_heads <= arrival_slots ? arrivals : nullptr);
+    detail::split_gqa_attention(stream, kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out);
     return;
   }
   gqa_attention_unsplit(stream, kv, batch, q, heads, kv_heads, head_dim, softmax_scale, scores, out);

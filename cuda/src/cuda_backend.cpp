@@ -74,17 +74,12 @@ class CudaBackend final : public Backend {
     // suite passed with it (docs/PERF.md, "Programmatic dependent launch"); TANDEM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("TANDEM_CUDA_PDL");
     stream_.set_dependent_launch(!(pdl != nullptr && std::string_view(pdl) == "0"));
-    // Opt-in until measured and tested on a GPU (docs/PERF.md, "Launches folded away in decode"):
-    // TANDEM_CUDA_FUSED_NORM=1 folds a decode token's add + RMSNorm into the linears after it
-    // (add_rms_norm_linears); TANDEM_CUDA_SPLIT_MERGE=1 lets split-K decode attention merge its splits
-    // in the last block of each KV head instead of a merge launch.
-    const auto opted_in = [](const char* name) {
-      const char* value = std::getenv(name);
-      return value != nullptr && std::string_view(value) == "1";
-    };
-    fused_norm_ = opted_in("TANDEM_CUDA_FUSED_NORM");
-    merge_in_splits_ = opted_in("TANDEM_CUDA_SPLIT_MERGE");
-    arrivals_ = allocate_named((1 + kAttentionArrivals) * sizeof(unsigned), "block counters");
+    // A decode token's add + RMSNorm folded into the linears after it (add_rms_norm_linears), the
+    // default since it measured faster on the H100 (docs/PERF.md, "Launches folded away in decode");
+    // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
+    const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
+    fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
+    arrivals_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
     stream_.zero(arrivals_.data(), arrivals_.bytes());
   }
   ~CudaBackend() override {
@@ -379,8 +374,7 @@ class CudaBackend final : public Backend {
       return;
     }
     float* d_scores = scratch(kScores, cuda::gqa_attention_scratch_floats(db, heads, kv_heads, head_dim));
-    cuda::gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out,
-                        merge_in_splits_ ? attention_counters() : nullptr, kAttentionArrivals);
+    cuda::gqa_attention(stream_, pkv, db, q, heads, kv_heads, head_dim, softmax_scale, d_scores, out);
   }
 
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,
@@ -1002,13 +996,9 @@ class CudaBackend final : public Backend {
   bool blas_enabled_ = true;
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
-  bool fused_norm_ = false, merge_in_splits_ = false;
-  // Device counters the kernels leave zeroed: [0] cuda::norm_linears', then kAttentionArrivals for
-  // split-K attention (one per token and KV head).
-  static constexpr int64_t kAttentionArrivals = 4096;
-  cuda::DeviceBuffer arrivals_;
+  bool fused_norm_ = true;
+  cuda::DeviceBuffer arrivals_;  // cuda::norm_linears' block counter, left zeroed by its kernels
   unsigned* norm_counter() { return static_cast<unsigned*>(arrivals_.data()); }
-  unsigned* attention_counters() { return norm_counter() + 1; }
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).

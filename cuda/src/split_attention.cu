@@ -2,9 +2,9 @@
 // the positions) with one warp per query head of the group; the KV head's slice of each cached row
 // is copied into shared memory as stored (cp.async, three tiles of 16 positions in flight ahead of the
 // one being read), so every row is read from memory once per block and shared by the group's heads;
-// each warp keeps a running softmax (max, sum, weighted values) over its split; the last split of a
-// KV head to finish merges them (given a counter per token and KV head), else a second kernel. The
-// split length depends only on the token's own context length, the KV heads and the batch size (never on the capacity the batch was sized for), so a recorded pass and an eager
+// each warp keeps a running softmax (max, sum, weighted values) over its split; a second kernel
+// merges the splits. The split length depends only on the token's own context length, the KV heads
+// and the batch size (never on the capacity the batch was sized for), so a recorded pass and an eager
 // one split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way,
 // its blocks sharing each staged latent row among eight query heads. fp8/int8 rows are dequantised
 // as they are read (each code times its group's f16 scale, in registers or the staged tile).
@@ -169,12 +169,10 @@ __device__ __forceinline__ void scatter_step(float* d, int lane) {
   }
 }
 
-// With `arrivals` (a zeroed counter per token and KV head), the last of a group's splits to finish
-// merges them as merge_kernel would (the same arithmetic in the same order), so no merge launch.
 template <KvType K, int D, int kChunk>
 __global__ void __launch_bounds__(1024)
     split_kernel(PagedKv kv, DeviceBatch batch, const float* q, int64_t heads, int64_t kv_heads, float softmax_scale,
-                 int64_t target_splits, int64_t split_stride, float* partials, float* out, unsigned* arrivals) {
+                 int64_t target_splits, int64_t split_stride, float* partials, float* out) {
   extern __shared__ __align__(16) uint8_t stages[];
   wait_for_prior_grids();
   constexpr int64_t head_dim = 32 * D;
@@ -263,35 +261,6 @@ __global__ void __launch_bounds__(1024)
   }
 #pragma unroll
   for (int i = 0; i < D; ++i) part[2 + lane * D + i] = acc[i];
-  if (arrivals == nullptr) return;
-  __shared__ bool last;
-  __threadfence();  // this thread's partial values, visible to the block that merges
-  __syncthreads();
-  unsigned* count = arrivals + t * kv_heads + g;
-  if (threadIdx.x == 0) last = atomicAdd(count, 1u) + 1 == static_cast<unsigned>(splits);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  // Each warp merges its own head over the splits (L2 reads: other blocks wrote them).
-  const float* first = partials + (t * heads + h) * split_stride * (head_dim + 2);
-  const int64_t stride = head_dim + 2;
-  float max_all = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) max_all = fmaxf(max_all, __ldcg(first + s * stride));
-  float sum = 0.f;
-  float merged[D];
-#pragma unroll
-  for (int i = 0; i < D; ++i) merged[i] = 0.f;
-  for (int64_t s = 0; s < splits; ++s) {
-    const float factor = expf(__ldcg(first + s * stride) - max_all);
-    sum += factor * __ldcg(first + s * stride + 1);
-#pragma unroll
-    for (int i = 0; i < D; ++i) merged[i] += factor * __ldcg(first + s * stride + 2 + lane * D + i);
-  }
-  const float inv = 1.f / sum;
-  float* o = out + (t * heads + h) * head_dim + lane * D;
-#pragma unroll
-  for (int i = 0; i < D; ++i) o[i] = merged[i] * inv;
-  if (threadIdx.x == 0) *count = 0;  // zero again for the next launch
 }
 
 // out[t, h] = Σ_s e^(m_s − M) acc_s / Σ_s e^(m_s − M) l_s over the token's splits; a block per
@@ -459,8 +428,7 @@ int64_t split_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int6
 }
 
 void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
-                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out,
-                         unsigned* arrivals) {
+                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out) {
   const int64_t slots = split_slots(batch, kv_heads), target = target_splits(batch.tokens, kv_heads);
   const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(kv_heads), static_cast<unsigned>(batch.tokens));
   const auto threads = static_cast<unsigned>(32 * (heads / kv_heads));
@@ -479,7 +447,7 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared) != cudaSuccess)
       check_launch("gqa_attention (shared memory opt-in)");
     launch_dependent(stream, "gqa_attention (splits)", kernel, grid, threads, static_cast<size_t>(shared), kv, batch,
-                     q, heads, kv_heads, softmax_scale, target, slots, scratch, out, slots > 1 ? arrivals : nullptr);
+                     q, heads, kv_heads, softmax_scale, target, slots, scratch, out);
   };
   auto by_chunk = [&](auto k, auto d) {
     if (aligned16(kv_value_bytes<decltype(k)::value>())) launch(k, d, std::integral_constant<int, 16>{});
@@ -498,7 +466,7 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
     default: by_dim(std::integral_constant<KvType, KvType::bf16>{}); break;
   }
   check_launch("gqa_attention (splits)");
-  if (slots > 1 && arrivals == nullptr) {
+  if (slots > 1) {
     launch_dependent(stream, "gqa_attention (merge)", merge_kernel, grid_dim(batch.tokens * heads, "gqa_attention (merge)"),
                      128, 0, batch, heads, head_dim, target, kSplitQuantum, slots, scratch, out);
   }

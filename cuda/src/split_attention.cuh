@@ -11,11 +11,8 @@ namespace tandem::cuda::detail {
 bool split_attention_supported(int64_t tokens, int64_t heads, int64_t kv_heads, int64_t head_dim, const PagedKv& kv);
 // Floats of scratch the split kernels need for the batch (the per-split partial results).
 int64_t split_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_heads, int64_t head_dim);
-// arrivals: zeroed counters, one per token and KV head (left zeroed), with which the splits merge
-// themselves; null: a merge launch.
 void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
-                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out,
-                         unsigned* arrivals = nullptr);
+                         int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scratch, float* out);
 
 bool split_mla_supported(int64_t tokens, int64_t heads, int64_t kv_lora, int64_t rope_dim, const PagedKv& kv);
 int64_t split_mla_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora);

@@ -54,8 +54,8 @@ void cuda_backend_set_prefill_bf16(Backend& backend, bool bf16);
 // TANDEM_CUDA_Q8_DOT=0/1 in the environment overrides it. Nothing for other backends.
 void cuda_backend_set_decode_q8(Backend& backend, bool on);
 // A decode token's add + RMSNorm folded into the linears after it (add_rms_norm_linears) in one
-// launch (true), or the two launches (false, the default of a new backend until the fold is measured
-// on a GPU; TANDEM_CUDA_FUSED_NORM=1 in the environment turns it on). Nothing for other backends.
+// launch (true, the default of a new backend), or the two launches (false; TANDEM_CUDA_FUSED_NORM=0
+// in the environment turns it off). Nothing for other backends.
 void cuda_backend_set_fused_norm(Backend& backend, bool on);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);

@@ -136,12 +136,9 @@ inline int64_t attention_scratch_floats(const DeviceBatch& b, int64_t heads) {
 // Shapes with head_dim 64/128/256 and at most 32 query heads per KV head run as split-K flash
 // decoding (a block per token, KV head and split of the positions; results within float rounding of
 // the reference, whose softmax sums in double); others, and gqa_attention_unsplit always, one block
-// per (token, head). scores: gqa_attention_scratch_floats of scratch. arrivals: `arrival_slots`
-// zeroed device counters (left zeroed) with which the last split of each token's KV head merges the
-// splits itself where tokens · kv_heads ≤ arrival_slots (the same bits as the merge launch it saves).
+// per (token, head). scores: gqa_attention_scratch_floats of scratch.
 void gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q, int64_t heads,
-                   int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores, float* out,
-                   unsigned* arrivals = nullptr, int64_t arrival_slots = 0);
+                   int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores, float* out);
 void gqa_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q,
                            int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale, float* scores,
                            float* out);
