@@ -30,23 +30,11 @@ void opt_in_shared_memory(Kernel kernel, size_t bytes, const char* what) {
 
 // The first statement of a kernel that launch_dependent starts: it returns once the kernels before
 // it on the stream have completed and their writes are visible (a no-op for a plain launch, and
-// below sm_90). Nothing of another kernel's may be read or written before it; only what no kernel
-// writes (weights) may be, and prefetch_l2 hints may name anything. Then it lets the next kernel's
-// blocks be scheduled (each waits here in turn), so that one kernel ahead starts its weights toward
-// L2 while this one runs — one ahead only, since a kernel lets its follower go only past its own wait.
+// below sm_90). Nothing of another kernel's may be read or written before it.
 __device__ __forceinline__ void wait_for_prior_grids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-
-// Asks L2 for the 128-byte lines of [begin, begin + bytes), line index, index + count, … (a hint:
-// nothing is read into the thread, so stale data cannot result).
-__device__ __forceinline__ void prefetch_l2(const void* begin, int64_t bytes, int index, int count) {
-  const auto base = static_cast<uint64_t>(__cvta_generic_to_global(begin));
-  for (int64_t offset = static_cast<int64_t>(index) * 128; offset < bytes; offset += static_cast<int64_t>(count) * 128)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + static_cast<uint64_t>(offset)));
 }
 
 // kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where the

@@ -109,13 +109,6 @@ template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
                         int splits, AddRmsNorm norm) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
-  int m = 0;
-  while (m + 1 < group.count && row >= group.end[m]) ++m;
-  const int64_t first = m == 0 ? 0 : group.end[m - 1];
-  const int64_t o = row - first, out_features = group.end[m] - first;
-  if (o < out_features) detail::prefetch_l2(group.weight[m] + o * row_bytes, row_bytes, part * 32 + lane, splits * 32);
   detail::wait_for_prior_grids();
   unsigned ticket = 0;
   if constexpr (Tile == 1) {
@@ -128,6 +121,12 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   }
   constexpr int kBatch = Tile == 1 ? 8 : 4;
   __shared__ float partial[kLaneWarps][Tile];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
+  int m = 0;
+  while (m + 1 < group.count && row >= group.end[m]) ++m;
+  const int64_t first = m == 0 ? 0 : group.end[m - 1];
+  const int64_t o = row - first, out_features = group.end[m] - first;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * Tile;
   const int nrows = static_cast<int>(rows - r0 < Tile ? rows - r0 : Tile);
   float acc[Tile] = {};
@@ -166,18 +165,6 @@ template <DType T>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
                            int64_t row_groups, AddRmsNorm norm) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
-  const int64_t total = group.end[group.count - 1];
-  const auto matrix_row = [&](int64_t row, int& m) {
-    m = 0;
-    while (m + 1 < group.count && row >= group.end[m]) ++m;
-    return row - (m == 0 ? 0 : group.end[m - 1]);
-  };
-  if (const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits; row < total) {
-    int m = 0;
-    const int64_t o = matrix_row(row, m);
-    detail::prefetch_l2(group.weight[m] + o * row_bytes, row_bytes, part * 32 + lane, splits * 32);
-  }
   detail::wait_for_prior_grids();
   extern __shared__ __align__(16) char shared[];
   __shared__ float partial[kLaneWarps];
@@ -190,10 +177,13 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   detail::quantize_q8_32(x, in_features, xq);
   __syncthreads();
   const unsigned ticket = detail::count_in(norm);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
+  const int64_t total = group.end[group.count - 1];
   for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
     const int64_t row = g * (kLaneWarps / splits) + warp / splits;
     int m = 0;
-    const int64_t o = matrix_row(row, m);
+    while (m + 1 < group.count && row >= group.end[m]) ++m;
+    const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
     float acc = 0.f;
     if (row < total)
       acc = detail::lane_row_dot_q8<detail::Q8Lanes<T>, 8>(group.weight[m] + o * row_bytes, part, in_features / 256,
@@ -228,6 +218,7 @@ template <int kPieces>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_q6k_rows_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x,
                               int64_t row_groups) {
+  detail::wait_for_prior_grids();
   using Q = detail::Q8Lanes<DType::q6_k>;
   extern __shared__ __align__(16) char shared[];
   const auto xq = detail::q8_arrays<32>(shared, in_features);
@@ -249,9 +240,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
     for (int k = 0; k < kPieces; ++k)
       if (lane + 32 * k < pieces) next[k] = __ldg(src + lane + 32 * k);
   };
-  // The first row in flight before the wait (no kernel writes weights) and while the token is quantised.
-  fetch(static_cast<int64_t>(blockIdx.x) * kLaneWarps + warp);
-  detail::wait_for_prior_grids();
+  fetch(static_cast<int64_t>(blockIdx.x) * kLaneWarps + warp);  // in flight while the token is quantised
   detail::quantize_q8_32(x, in_features, xq);
   __syncthreads();
   for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
