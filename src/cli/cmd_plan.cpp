@@ -125,6 +125,8 @@ int plan_command(const PlanFlags& f) {
     j["gpu_token_seconds"] = kGpuTokenSeconds;
     j["gpu_decode_read_gbps"] = gpu_decode_read_gbps(rates.vram_read_gbps);
     j["gpu_decode_read_fraction"] = gpu_decode_read_gbps(rates.vram_read_gbps) / rates.vram_read_gbps;
+    j["gpu_staged_head_read_gbps"] = gpu_staged_head_read_gbps(rates.vram_read_gbps);
+    j["decode_bytes_staged_head"] = p.staged_head_bytes;
     j["threads"] = rates.threads;
     j["dram_read_gbps"] = rates.dram_read_gbps;
     j["dram_source"] = dram_source;

@@ -19,6 +19,7 @@ struct LayerCost {
   double weight_bytes[2] = {0, 0};       // every byte, for prefill (each weight read once per pass)
   double flops_per_token[2] = {0, 0};    // 2 × elements, routed experts scaled by top_k/num_experts
   double once_flops[2] = {0, 0};         // per pass: the output head's one row of logits
+  double staged_head_bytes = 0;          // GPU decode bytes read at the staged head's rate
   bool used[2] = {false, false};
 };
 
@@ -44,6 +45,7 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
       case WeightGroup::output:
         cost.decode_bytes[d] += bytes;
         cost.once_flops[d] += flops;
+        if (d == 1 && gpu_head_staged(v)) cost.staged_head_bytes += bytes;
         break;
       case WeightGroup::experts: {
         // The GPU expert cache takes its share of a host layer's pairs (at least held/experts; more
@@ -67,6 +69,16 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
   });
   return costs;
 }
+
+}  // namespace
+
+bool gpu_head_staged(const TensorView& head) {
+  if (head.dtype != DType::q6_k || head.shape.rank != 2 || head.shape.rows() < 2048) return false;
+  const uint64_t row_bytes = head.row_stride_bytes();
+  return row_bytes % 16 == 0 && row_bytes <= 4096;
+}
+
+namespace {
 
 double attention_flops_per_token(const ModelConfig& c, int64_t context) {
   const bool mla = c.attention == AttentionKind::mla;
@@ -111,6 +123,7 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
   check_rates(rates);
   const std::vector<LayerCost> costs = layer_costs(c, weights, placement, expert_cache_per_layer);
   const double bw[2] = {rates.dram_read_gbps * 1e9, gpu_decode_read_gbps(rates.vram_read_gbps) * 1e9};
+  const double staged_bw = gpu_staged_head_read_gbps(rates.vram_read_gbps) * 1e9;
   PerformancePrediction p;
   double seconds = 0, bytes[2] = {0, 0};
   for (size_t i = 0; i < costs.size(); ++i) {
@@ -121,8 +134,11 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
       bytes[d] += cost.decode_bytes[d];
       p.decode_flops_per_token += cost.flops_per_token[d] + cost.once_flops[d];
       if (!cost.used[d]) continue;
-      t += cost.decode_bytes[d] / bw[d] + (d == 1 && transformer_layer ? kGpuLayerSeconds : 0.0);
+      const double staged = d == 1 ? cost.staged_head_bytes : 0.0;
+      t += (cost.decode_bytes[d] - staged) / bw[d] + staged / staged_bw +
+           (d == 1 && transformer_layer ? kGpuLayerSeconds : 0.0);
     }
+    p.staged_head_bytes += static_cast<uint64_t>(std::llround(cost.staged_head_bytes));
     const bool split = cost.used[0] && cost.used[1];
     p.split_layers += split ? 1 : 0;
     seconds += t + (split ? kLayerSyncSeconds : 0.0);

@@ -428,6 +428,25 @@ TEST_CASE("the weight and KV types the CUDA backend reads, known in every build"
   CHECK(cuda_kv_type_supported(KvType::bf16));
 }
 
+TEST_CASE("the plan's staged output head: the Q6_K shapes the CUDA decode kernel stages in shared memory",
+          "[engine][plan]") {
+  const auto head = [](DType t, int64_t rows, int64_t width) {
+    TensorView v;
+    v.dtype = t;
+    v.shape = Shape{rows, width};
+    return v;
+  };
+  CHECK(gpu_head_staged(head(DType::q6_k, 151936, 2048)));   // Qwen3-30B-A3B: 1,680-byte rows
+  CHECK(gpu_head_staged(head(DType::q6_k, 151936, 4096)));   // Qwen3-235B-A22B: 3,360
+  CHECK_FALSE(gpu_head_staged(head(DType::q6_k, 129280, 7168)));  // DeepSeek-V3: 5,880, not 16-byte aligned
+  CHECK_FALSE(gpu_head_staged(head(DType::q6_k, 32000, 1024)));   // 840-byte rows, not 16-byte aligned
+  CHECK_FALSE(gpu_head_staged(head(DType::q6_k, 1024, 2048)));    // too few rows
+  CHECK_FALSE(gpu_head_staged(head(DType::q4_k, 151936, 2048)));
+  // Reads at the fitted rate, or that share of a slower card's bandwidth.
+  CHECK(gpu_staged_head_read_gbps(3073) == kGpuStagedHeadReadGbps);
+  CHECK(gpu_staged_head_read_gbps(1008) == Approx(0.72 * 1008));
+}
+
 TEST_CASE("an engine loads with llama.cpp's spellings; without a GPU everything stays on the CPU", "[engine][plan]") {
   if (cuda_forward_available()) {
     WARN("skipped: this machine has a GPU, so the CPU-only fallback is not what runs");
@@ -515,10 +534,16 @@ void check_plan_file(const std::string& path) {
         Approx(std::min(kGpuDecodeReadGbps, kGpuDecodeReadShare * vram_gbps)).epsilon(1e-12));
   CHECK(budget["gpu_decode_read_fraction"].get<double>() ==
         Approx(budget["gpu_decode_read_gbps"].get<double>() / vram_gbps).epsilon(1e-12));
+  // A Q6_K head the CUDA kernel stages (gpu_head_staged) reads at its own rate, the other GPU bytes
+  // at the GEMV rate.
+  const auto gpu_read_seconds = [](const nlohmann::json& j) {
+    const double staged = j["decode_bytes_staged_head"].get<double>();
+    return (j["decode_bytes_per_token_gpu"].get<double>() - staged) / (j["gpu_decode_read_gbps"].get<double>() * 1e9) +
+           staged / (j["gpu_staged_head_read_gbps"].get<double>() * 1e9);
+  };
   const double gpu_seconds =
       budget["gpu_token_seconds"].get<double>() +
-      static_cast<double>(m.files.config.num_layers) * budget["gpu_layer_seconds"].get<double>() +
-      budget["decode_bytes_per_token_gpu"].get<double>() / (budget["gpu_decode_read_gbps"].get<double>() * 1e9);
+      static_cast<double>(m.files.config.num_layers) * budget["gpu_layer_seconds"].get<double>() + gpu_read_seconds(budget);
   CHECK(budget["decode_tok_s"].get<double>() == Approx(1.0 / gpu_seconds).epsilon(1e-6));
   // Routed experts on the CPU, the rest on the GPU: each MoE layer runs both sides in turn and pays
   // the hand-off; every layer pays the GPU's kernel latency; the embedding and head stay on the GPU.
@@ -531,8 +556,7 @@ void check_plan_file(const std::string& path) {
       hybrid["gpu_token_seconds"].get<double>() +
       static_cast<double>(m.files.config.num_layers) * hybrid["gpu_layer_seconds"].get<double>() +
       static_cast<double>(moe_layers) * hybrid["layer_sync_seconds"].get<double>() +
-      hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 +
-      hybrid["decode_bytes_per_token_gpu"].get<double>() / (hybrid["gpu_decode_read_gbps"].get<double>() * 1e9);
+      hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 + gpu_read_seconds(hybrid);
   CHECK(hybrid["decode_bytes_per_token_cpu"].get<double>() > 0);
   CHECK(hybrid["decode_tok_s"].get<double>() == Approx(1.0 / hybrid_seconds).epsilon(1e-6));
   // Which placement wins depends on the model (a tiny one decodes faster from 10 GB/s of DRAM than
@@ -625,6 +649,17 @@ TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli]
                                        " --dram-gbps 10 --vram-total 80G --placement '*=cuda:0' --max-batch-tokens 4096");
   CHECK(gpu["cuda_working_bytes"].get<double>() > 0.9e9);
   CHECK(gpu["cuda_working_bytes"].get<double>() < 1.2e9);
+  // Decode: the Q6_K output head (151,936 rows of 1,680 bytes) at the staged kernel's rate, the rest
+  // at the GEMV rate, one layer's latency and the token's.
+  const double staged = gpu["decode_bytes_staged_head"].get<double>();
+  CHECK(staged == 151936.0 * 1680.0);
+  CHECK(gpu["gpu_staged_head_read_gbps"].get<double>() ==
+        Approx(gpu_staged_head_read_gbps(gpu["vram_read_gbps"].get<double>())).epsilon(1e-12));
+  const double token_seconds =
+      gpu["gpu_token_seconds"].get<double>() + gpu["gpu_layer_seconds"].get<double>() +
+      (gpu["decode_bytes_per_token_gpu"].get<double>() - staged) / (gpu["gpu_decode_read_gbps"].get<double>() * 1e9) +
+      staged / (gpu["gpu_staged_head_read_gbps"].get<double>() * 1e9);
+  CHECK(gpu["decode_tok_s"].get<double>() == Approx(1.0 / token_seconds).epsilon(1e-6));
   // Prefill all on the GPU at the fitted compute rate: the 48-layer file's one 4,096-token pass ran at
   // 17,401 tok/s on an H100 (docs/PERF.md), 4.90 ms a layer; this file's one layer takes that, plus
   // the output head read once (~0.07 ms; it computes one row).

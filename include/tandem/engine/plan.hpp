@@ -19,6 +19,7 @@
 
 #include "tandem/engine/placement.hpp"
 #include "tandem/model/model_config.hpp"
+#include "tandem/tensor/tensor_view.hpp"
 
 namespace tandem {
 
@@ -32,15 +33,29 @@ namespace tandem {
 // transformer layer's kernels take ~36 µs beyond their bytes, and a token ~300 µs more (the step's
 // launch, the logits copied to the host and sampled): 1.14 ms per token at 8 layers and 4.01 ms at 48
 // (measured 1.07–1.12 and 3.97–4.07) = n × (36 µs + 34.7 MB at 970 GB/s) + the head + 300 µs.
+// Since (2026-12-07, docs/PERF.md "The fold and the Q6_K head measured"): the add + RMSNorm folded
+// into the linears after it took ~2 µs off a layer (+2.4 % at 48 layers), and a Q6_K head whose rows
+// the kernel stages in shared memory (gpu_head_staged) reads at 2,200 GB/s (115 µs for Qwen3's 255
+// MB on the H100, 0.72 of its measured 3,073), or that share of a slower GPU's bandwidth: 48 ×
+// (34 µs + 35.8 µs) + 116 µs + 300 µs = 3.77 ms a token against 3.51–3.62 measured.
 inline constexpr double kGpuDecodeReadGbps = 970.0;
 inline constexpr double kGpuDecodeReadShare = 0.75;
-inline constexpr double kGpuLayerSeconds = 36e-6;
+inline constexpr double kGpuStagedHeadReadGbps = 2200.0;
+inline constexpr double kGpuStagedHeadReadShare = 0.72;
+inline constexpr double kGpuLayerSeconds = 34e-6;
 inline constexpr double kGpuTokenSeconds = 300e-6;
 // The rate the decode GEMV kernels read a GPU's weights at, given its measured (or assumed) VRAM
 // bandwidth (GB/s).
 inline double gpu_decode_read_gbps(double vram_read_gbps) {
   return std::min(kGpuDecodeReadGbps, kGpuDecodeReadShare * vram_read_gbps);
 }
+// ... and the output head's rate where gpu_head_staged.
+inline double gpu_staged_head_read_gbps(double vram_read_gbps) {
+  return std::min(kGpuStagedHeadReadGbps, kGpuStagedHeadReadShare * vram_read_gbps);
+}
+// Whether the CUDA decode GEMV stages this output head's rows in shared memory (cuda/src/linear.cu,
+// q6k_rows_staged): Q6_K, 2,048+ rows each starting 16-byte aligned and at most 4,096 bytes.
+bool gpu_head_staged(const TensorView& head);
 // One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
 // down, the CPU pool woken, the output copied up. Fitted on the same machine: the 48-layer hybrid
 // (experts=cpu,*=cuda:0, 16 threads) took 19.9 ms per token = 48 × (76 µs GPU + 184 µs of expert
@@ -77,6 +92,7 @@ struct PerformancePrediction {
   double prefill_8k_tok_s = 0;
   uint64_t decode_bytes_cpu = 0;  // bytes one decode token reads on the CPU
   uint64_t decode_bytes_gpu = 0;  // ... and on GPUs
+  uint64_t staged_head_bytes = 0; // of those, an output head read at gpu_staged_head_read_gbps
   int64_t split_layers = 0;       // layers whose roles span the CPU and a GPU (each pays the sync)
   double decode_flops_per_token = 0;
 };
