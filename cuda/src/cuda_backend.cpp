@@ -75,7 +75,7 @@ class CudaBackend final : public Backend {
     const char* pdl = std::getenv("TANDEM_CUDA_PDL");
     stream_.set_dependent_launch(!(pdl != nullptr && std::string_view(pdl) == "0"));
     // A decode token's add + RMSNorm folded into the linears after it (add_rms_norm_linears), the
-    // default since it measured faster on the H100 (docs/PERF.md, "Launches folded away in decode");
+    // default since it measured faster on the H100 (docs/PERF.md, "The fold and the Q6_K head measured");
     // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
     const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
     fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
