@@ -21,6 +21,14 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 }
 }  // namespace
 
+void LatencyHistogram::add(double seconds) {
+  for (size_t b = 0; b < std::size(kBounds); ++b)
+    if (seconds <= kBounds[b]) ++buckets[b];
+  ++buckets.back();
+  sum += seconds;
+  ++count;
+}
+
 struct Scheduler::Sequence {
   Sequence(uint64_t id_, SequenceParams p, const Tokenizer* tokenizer)
       : id(id_),
@@ -41,6 +49,7 @@ struct Scheduler::Sequence {
   int64_t cached = 0;
   SequenceResult result;
   Clock::time_point submitted;
+  Clock::time_point last_token;  // when the latest id was sampled
   bool admitted_once = false;
   bool done = false;
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - cached; }
@@ -87,7 +96,6 @@ Scheduler::Scheduler(Engine& engine, const Tokenizer* tokenizer, SchedulerOption
   vocab_ = engine.config().vocab_size;
   max_context_tokens_ = load.max_context_tokens;
   logits_.assign(static_cast<size_t>(std::min<int64_t>(options_.max_running, load.max_batch_tokens) * vocab_), 0.0f);
-  stats_.step_seconds_buckets.assign(std::size(SchedulerStats::kStepBuckets) + 1, 0);
   stats_.kv_blocks_total = engine_.kv_pool().spec().blocks;
   thread_ = std::thread([this] { loop(); });
 }
@@ -459,10 +467,7 @@ void Scheduler::step() {
     if (chunks.size() > 1) ++stats_.batched_steps;
     stats_.session_chunks += static_cast<int64_t>(sessions.size());
     stats_.prefilled_tokens += prefill_tokens;
-    stats_.step_seconds_sum += seconds;
-    for (size_t b = 0; b < std::size(SchedulerStats::kStepBuckets); ++b)
-      if (seconds <= SchedulerStats::kStepBuckets[b]) ++stats_.step_seconds_buckets[b];
-    ++stats_.step_seconds_buckets.back();
+    stats_.step_seconds.add(seconds);
   }
   // The sessions' rows follow the sequences' one row each.
   std::vector<SessionChunk*> cancelled;
@@ -505,12 +510,17 @@ void Scheduler::sample_next(Sequence& seq, std::span<const float> logits) {
   const int32_t id = seq.sampler.sample(logits, seq.tokens);
   seq.tokens.push_back(id);
   seq.result.ids.push_back(id);
-  if (seq.result.ids.size() == 1)
-    seq.result.first_token_seconds = seconds_between(seq.submitted, Clock::now());
+  const auto now = Clock::now();
+  if (seq.result.ids.size() == 1) seq.result.first_token_seconds = seconds_between(seq.submitted, now);
   {
     std::lock_guard lock(mutex_);
     ++stats_.generated_tokens;
+    if (seq.result.ids.size() == 1)
+      stats_.first_token_seconds.add(seq.result.first_token_seconds);
+    else
+      stats_.inter_token_seconds.add(seconds_between(seq.last_token, now));
   }
+  seq.last_token = now;
   const auto& eos = seq.params.eos_ids;
   if (std::find(eos.begin(), eos.end(), id) != eos.end()) return finish(seq, StopReason::eos);
   bool stopped = false;

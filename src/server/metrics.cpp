@@ -10,6 +10,13 @@ namespace {
 void metric(std::string& out, const char* name, const char* type, const char* help, double value) {
   out += fmt::format("# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}\n", name, help, type, value);
 }
+
+void histogram(std::string& out, const char* name, const char* help, const LatencyHistogram& h) {
+  out += fmt::format("# HELP {0} {1}\n# TYPE {0} histogram\n", name, help);
+  for (size_t b = 0; b < std::size(LatencyHistogram::kBounds); ++b)
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, LatencyHistogram::kBounds[b], h.buckets[b]);
+  out += fmt::format("{0}_bucket{{le=\"+Inf\"}} {1}\n{0}_sum {2}\n{0}_count {1}\n", name, h.count, h.sum);
+}
 }  // namespace
 
 std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
@@ -17,11 +24,8 @@ std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
   out +=
       "# HELP tandem_http_requests_total HTTP requests answered, by status code.\n"
       "# TYPE tandem_http_requests_total counter\n";
-  int64_t total = 0;
-  for (const auto& [status, count] : http.responses_by_status) {
+  for (const auto& [status, count] : http.responses_by_status)
     out += fmt::format("tandem_http_requests_total{{code=\"{}\"}} {}\n", status, count);
-    total += count;
-  }
   if (http.responses_by_status.empty()) out += "tandem_http_requests_total{code=\"200\"} 0\n";
   metric(out, "tandem_chat_completion_requests_total", "counter", "POST /v1/chat/completions requests.",
          static_cast<double>(http.chat_requests));
@@ -64,16 +68,11 @@ std::string prometheus_text(const SchedulerStats& s, const HttpCounters& http) {
   metric(out, "tandem_kv_host_tier_loaded_blocks_total", "counter",
          "KV blocks copied back from the host tier into the GPU's pool (host-tier hits).",
          static_cast<double>(s.kv_host_tier_loaded_blocks));
-  out +=
-      "# HELP tandem_step_seconds Time of one scheduler step (one batched forward pass).\n"
-      "# TYPE tandem_step_seconds histogram\n";
-  for (size_t b = 0; b < std::size(SchedulerStats::kStepBuckets); ++b)
-    out += fmt::format("tandem_step_seconds_bucket{{le=\"{}\"}} {}\n", SchedulerStats::kStepBuckets[b],
-                       s.step_seconds_buckets.empty() ? 0 : s.step_seconds_buckets[b]);
-  out += fmt::format("tandem_step_seconds_bucket{{le=\"+Inf\"}} {}\n", s.steps);
-  out +=
-      fmt::format("tandem_step_seconds_sum {}\ntandem_step_seconds_count {}\n", s.step_seconds_sum, s.steps);
-  (void)total;
+  histogram(out, "tandem_step_seconds", "Time of one scheduler step (one batched forward pass).", s.step_seconds);
+  histogram(out, "tandem_time_to_first_token_seconds", "A sequence's submit to its first sampled token.",
+            s.first_token_seconds);
+  histogram(out, "tandem_inter_token_latency_seconds", "Time between a sequence's consecutive sampled tokens.",
+            s.inter_token_seconds);
   return out;
 }
 

@@ -2,6 +2,7 @@
 // exactly the tokens each gives alone (greedy and seeded sampling), also when a small KV pool forces
 // preemption and recomputation and a tiny token budget forces prompt chunking; cancellation, stop
 // strings, limits, and every KV block returned at the end.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
@@ -82,6 +83,21 @@ std::vector<SequenceResult> run_batched(Scheduler& scheduler, const std::vector<
 
 }  // namespace
 
+TEST_CASE("scheduler: a latency histogram counts each observation in every bucket at or above it", "[scheduler]") {
+  LatencyHistogram h;
+  h.add(0.001);  // on a bound: counted in it
+  h.add(0.003);
+  h.add(100.0);  // past the last bound: +Inf only
+  CHECK(h.count == 3);
+  CHECK(h.sum == Approx(100.004));
+  CHECK(h.buckets.size() == std::size(LatencyHistogram::kBounds) + 1);
+  CHECK(h.buckets[0] == 1);                            // le 0.001
+  CHECK(h.buckets[1] == 1);                            // le 0.0025
+  CHECK(h.buckets[2] == 2);                            // le 0.005
+  CHECK(h.buckets[std::size(LatencyHistogram::kBounds) - 1] == 2);  // le 60
+  CHECK(h.buckets.back() == 3);                        // +Inf
+}
+
 TEST_CASE("scheduler: greedy batched outputs equal solo outputs", "[scheduler]") {
   for (const char* name : {"tiny-qwen3moe", "tiny-deepseekv3"}) {
     INFO(name);
@@ -113,7 +129,15 @@ TEST_CASE("scheduler: greedy batched outputs equal solo outputs", "[scheduler]")
     int64_t serial_steps = 0;
     for (const auto& p : ps) serial_steps += (static_cast<int64_t>(p.size()) + 15) / 16 + 19;
     CHECK(stats.steps < serial_steps);
-    CHECK(stats.step_seconds_buckets.back() == stats.steps);
+    CHECK(stats.step_seconds.count == stats.steps);
+    CHECK(stats.step_seconds.buckets.back() == stats.steps);
+    // A first token per sequence and an interval between each later pair of its tokens.
+    CHECK(stats.first_token_seconds.count == 5);
+    CHECK(stats.inter_token_seconds.count == 5 * 19);
+    CHECK(stats.inter_token_seconds.buckets.back() == 5 * 19);
+    CHECK(stats.first_token_seconds.sum > 0);
+    for (const LatencyHistogram* h : {&stats.step_seconds, &stats.first_token_seconds, &stats.inter_token_seconds})
+      CHECK(std::is_sorted(h->buckets.begin(), h->buckets.end()));  // cumulative
   }
 }
 

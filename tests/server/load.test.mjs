@@ -98,6 +98,10 @@ await withServer(['-c', '512', '--parallel', '8', '--queue', '64', '--max-batch-
             `${m['tandem_client_disconnects_total']} disconnects, ${aborted} clients hung up`);
   assert.ok(m['tandem_generation_tokens_total'] >= completed.length);
   assert.equal(m['tandem_step_seconds_count'], m['tandem_step_seconds_bucket{le="+Inf"}']);
+  // Every sampled token is a sequence's first or follows one of its own.
+  assert.equal(m['tandem_time_to_first_token_seconds_count'] + m['tandem_inter_token_latency_seconds_count'],
+               m['tandem_generation_tokens_total']);
+  assert.ok(m['tandem_time_to_first_token_seconds_count'] <= seen);
   // Still serving.
   assert.equal(await ask(url, prompts[0], false), solo[0]);
   console.log('load test passed');

@@ -29,6 +29,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -80,6 +81,17 @@ struct SequenceParams {
   std::function<void(const SequenceResult&)> on_finish;
 };
 
+// Latencies as a Prometheus histogram: counts of observations at or below each bound (seconds),
+// cumulative, the last entry +Inf (= count), and their sum.
+struct LatencyHistogram {
+  static constexpr double kBounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                       0.5,   1.0,    2.5,   5.0,  10.0,  30.0, 60.0};
+  std::vector<int64_t> buckets = std::vector<int64_t>(std::size(kBounds) + 1, 0);
+  double sum = 0;
+  int64_t count = 0;
+  void add(double seconds);
+};
+
 struct SchedulerStats {
   int64_t running = 0;
   int64_t waiting = 0;
@@ -100,12 +112,9 @@ struct SchedulerStats {
   int64_t kv_blocks_cached = 0;  // blocks the engine's prefix cache holds (some may also be in use)
   int64_t kv_host_tier_blocks = 0;         // blocks in its host tier (PrefixCacheCounts)
   int64_t kv_host_tier_loaded_blocks = 0;  // blocks copied back from the host tier since load
-  // Step latency: counts of steps at or below each bound (seconds), cumulative as Prometheus wants,
-  // plus their sum; the last bucket is +Inf (= steps).
-  static constexpr double kStepBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                            0.1,   0.25,   0.5,   1.0,  2.5};
-  std::vector<int64_t> step_seconds_buckets;  // size(kStepBuckets) + 1
-  double step_seconds_sum = 0;
+  LatencyHistogram step_seconds;         // one scheduler step (a batched forward pass); count = steps
+  LatencyHistogram first_token_seconds;  // a sequence's submit → its first sampled token
+  LatencyHistogram inter_token_seconds;  // between a sequence's consecutive sampled tokens
 };
 
 class Scheduler {
