@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "kv/async_file_io.hpp"
 #include "tandem/backend/backend.hpp"
@@ -216,9 +217,24 @@ void KvDiskTier::check_directory(const std::string& dir) {
   if (!fs::is_directory(dir, ec)) fail(fmt::format("--kv-disk '{}' is not a directory", dir));
   const std::string probe = fmt::format("{}/.tandem-kv-probe-{}", dir, getpid());
   const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(fmt::format("--kv-disk '{}' is not writable: {}", dir, std::strerror(errno)));
+  if (fd < 0) {
+    if (errno == ENOSPC || errno == EDQUOT) fail(fmt::format("--kv-disk '{}' is full: no space for a file", dir));
+    fail(fmt::format("--kv-disk '{}' is not writable: {}", dir, std::strerror(errno)));
+  }
+  // A page written and synced: a full file system (or quota) takes a name but no data.
+  const std::vector<char> page(4096, 0);
+  const bool wrote = ::write(fd, page.data(), page.size()) == static_cast<ssize_t>(page.size()) && ::fsync(fd) == 0;
+  const int write_errno = errno;
   ::close(fd);
   ::unlink(probe.c_str());
+  if (!wrote) {
+    struct statvfs vfs {};
+    const uint64_t free_bytes =
+        statvfs(dir.c_str(), &vfs) == 0 ? static_cast<uint64_t>(vfs.f_bavail) * static_cast<uint64_t>(vfs.f_frsize) : 0;
+    if (write_errno == ENOSPC || write_errno == EDQUOT)
+      fail(fmt::format("--kv-disk '{}' is full: {} bytes free on its file system", dir, free_bytes));
+    fail(fmt::format("--kv-disk '{}': writing a test file failed: {}", dir, std::strerror(write_errno)));
+  }
 }
 
 uint64_t KvDiskTier::file_system_bytes(const std::string& dir) {

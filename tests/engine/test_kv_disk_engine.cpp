@@ -4,10 +4,13 @@
 // fewer cached); another KV type finds nothing; `tandem run --kv-disk` works and refuses bad flags.
 #include <catch2/catch.hpp>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <vector>
@@ -203,6 +206,32 @@ TEST_CASE("tandem run --kv-disk: reuses the prefix across processes; bad flags e
     CHECK(r.err.find(b.says) != std::string::npos);
     CHECK(r.out.empty());
   }
+}
+
+TEST_CASE("tandem run --kv-disk on a full file system: a clear error naming it, before the model loads",
+          "[engine][kv][disk][cli]") {
+  TempDir dir("full");
+  const fs::path mount = dir.path / "mnt", err = dir.path / "stderr";
+  fs::create_directories(mount);
+  // A 256 KiB tmpfs in a private mount namespace (unshare -rm: no root needed where user namespaces
+  // are allowed), filled to its last byte, then the run.
+  const std::string m = test::shell_quote(mount.string());
+  const std::string inner = "mount -t tmpfs -o size=256k none " + m + " || exit 77; dd if=/dev/zero of=" + m +
+                            "/fill bs=4096 >/dev/null 2>&1; exec " + test::shell_quote(test::cli_path()) +
+                            " run -m " + test::shell_quote(test::data_dir() + "/tiny-qwen3moe") +
+                            " --ids 1,2,3 -n 1 --kv-disk " + m;
+  const int status = std::system(("unshare -rm sh -c " + test::shell_quote(inner) + " 2>" +
+                                  test::shell_quote(err.string()) + " >/dev/null").c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code == 77 || code == 127 || (code == 1 && fs::file_size(err) == 0)) {
+    WARN("skipped: no private tmpfs here (unshare -rm or mount refused)");
+    return;
+  }
+  std::ifstream in(err);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO(text);
+  CHECK(code == 1);
+  CHECK(text.find("--kv-disk '" + mount.string() + "' is full") != std::string::npos);
 }
 
 TEST_CASE("tandem bench kv --json reports the SSD tier's TTFT", "[engine][kv][disk][cli][bench]") {

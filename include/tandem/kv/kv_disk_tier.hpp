@@ -88,8 +88,8 @@ class KvDiskTier {
   KvDiskTier(const KvDiskTier&) = delete;
   KvDiskTier& operator=(const KvDiskTier&) = delete;
 
-  // Error(invalid_argument) when `dir` is missing, not a directory or not writable (a file is
-  // made and removed to find out).
+  // Error(invalid_argument) when `dir` is missing, not a directory, not writable or full (a file of
+  // one page is written, synced and removed to find out).
   static void check_directory(const std::string& dir);
   // The size of the file system holding `dir` (0 when unknown).
   static uint64_t file_system_bytes(const std::string& dir);
