@@ -18,6 +18,7 @@
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
 #include "cli/interrupt.hpp"
+#include "cli/load_report.hpp"
 #include "cli/model_text.hpp"
 #include "cli/progress.hpp"
 #include "tandem/engine/engine.hpp"
@@ -129,6 +130,7 @@ int chat_command(const ChatFlags& flags) {
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
+  print_load_report(*engine);
   const int64_t context_tokens = engine->options().max_context_tokens;
   warn_past_trained_context(engine->config(), context_tokens, "-c/--ctx");
   const Tokenizer* tokenizer = &require_tokenizer(*engine, flags.model_path);

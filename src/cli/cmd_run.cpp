@@ -18,6 +18,7 @@
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
 #include "cli/interrupt.hpp"
+#include "cli/load_report.hpp"
 #include "cli/model_text.hpp"
 #include "cli/progress.hpp"
 #include "tandem/engine/engine.hpp"
@@ -81,9 +82,7 @@ int run_command(const RunFlags& flags) {
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  for (const auto& warning : engine->warnings())
-    if (!warning.starts_with("no tokenizer: ") && !warning.starts_with("no chat template: "))
-      fmt::print(stderr, "tandem: warning: {}\n", warning);
+  print_load_report(*engine);
   const Tokenizer* tokenizer = load.load_tokenizer ? engine->tokenizer() : nullptr;
   const int64_t vocab = engine->config().vocab_size;
 

@@ -11,6 +11,7 @@
 
 #include "cli/command.hpp"
 #include "cli/interrupt.hpp"
+#include "cli/load_report.hpp"
 #include "cli/model_text.hpp"
 #include "cli/progress.hpp"
 #include "cli/serve_flags.hpp"
@@ -59,6 +60,7 @@ int serve_command(const ServeCommandFlags& flags) {
   load.progress = progress.callback();
   const auto engine = Engine::load(flags.model_path, load);
   progress.finish();
+  print_load_report(*engine);
   const Tokenizer& tokenizer = require_tokenizer(*engine, flags.model_path);
   std::unique_ptr<ChatTemplate> custom;
   if (flags.chat_template || !flags.chat_template_file.empty())

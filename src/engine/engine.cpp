@@ -58,6 +58,30 @@ uint64_t MemoryReport::total_bytes() const {
   return total;
 }
 
+bool MemoryReport::uses_gpu() const {
+  return std::any_of(lines.begin(), lines.end(), [](const Line& l) { return l.device.starts_with("cuda"); });
+}
+
+std::string MemoryReport::placement_text() const {
+  const auto gib = [](uint64_t bytes) { return static_cast<double>(bytes) / (uint64_t{1} << 30); };
+  std::vector<std::string> devices;
+  for (const Line& l : lines)
+    if (std::find(devices.begin(), devices.end(), l.device) == devices.end()) devices.push_back(l.device);
+  std::string out;
+  for (const std::string& device : devices) {
+    std::string parts;
+    uint64_t total = 0;
+    for (const Line& l : lines) {
+      if (l.device != device || l.bytes == 0) continue;
+      parts += fmt::format("{}{} {:.2f} GiB{}", parts.empty() ? "" : ", ", l.what, gib(l.bytes), l.mapped ? " mapped" : "");
+      total += l.bytes;
+    }
+    if (parts.empty()) continue;
+    out += fmt::format("{}{}: {} ({:.2f} GiB)", out.empty() ? "" : "; ", device, parts, gib(total));
+  }
+  return out;
+}
+
 namespace {
 
 // One line per type of CPU-placed linear weights the fast CPU kernels lack (those layers run on

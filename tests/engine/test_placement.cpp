@@ -86,6 +86,24 @@ TEST_CASE("placement defaults: experts on cpu, the rest on cuda:0 only with a GP
   CHECK(Placement::parse("  ", false).to_string() == "*=cpu");
 }
 
+TEST_CASE("the memory report says what went where, device by device", "[engine][placement]") {
+  MemoryReport r;
+  const uint64_t gib = uint64_t{1} << 30;
+  r.lines = {{"attention", "cuda:0", gib + gib / 4, false},
+             {"routed experts", "cpu", 15 * gib + gib / 2, true},
+             {"output", "cuda:0", gib / 4, false},
+             {"router", "cpu", 0, true},  // nothing: not named
+             {"KV cache", "cuda:0", gib / 2, false}};
+  CHECK(r.uses_gpu());
+  CHECK(r.placement_text() ==
+        "cuda:0: attention 1.25 GiB, output 0.25 GiB, KV cache 0.50 GiB (2.00 GiB); "
+        "cpu: routed experts 15.50 GiB mapped (15.50 GiB)");
+  MemoryReport cpu;
+  cpu.lines = {{"attention", "cpu", gib, true}, {"KV pool", "cpu", gib / 2, false}};
+  CHECK_FALSE(cpu.uses_gpu());
+  CHECK(cpu.placement_text() == "cpu: attention 1.00 GiB mapped, KV pool 0.50 GiB (1.50 GiB)");
+}
+
 TEST_CASE("placement rules: groups, devices, first match wins, defaults fill in", "[engine][placement]") {
   const Placement p = Placement::parse("experts=cpu, attention=cuda:1 ,router=cuda,norms=cpu,*=cuda:0", true);
   CHECK(p.device_for(WeightGroup::experts, 0) == Device::cpu());

@@ -144,6 +144,11 @@ struct MemoryReport {
   };
   std::vector<Line> lines;
   uint64_t total_bytes() const;
+  // Whether any line is on a GPU.
+  bool uses_gpu() const;
+  // What went where, one device after another in the order they first appear: "cuda:0: attention
+  // 1.20 GiB, KV cache 0.75 GiB (1.95 GiB); cpu: routed experts 15.40 GiB mapped (15.40 GiB)".
+  std::string placement_text() const;
 };
 
 class Engine {
