@@ -73,7 +73,8 @@ std::string MemoryReport::placement_text() const {
     uint64_t total = 0;
     for (const Line& l : lines) {
       if (l.device != device || l.bytes == 0) continue;
-      parts += fmt::format("{}{} {:.2f} GiB{}", parts.empty() ? "" : ", ", l.what, gib(l.bytes), l.mapped ? " mapped" : "");
+      parts += fmt::format("{}{} {:.2f} GiB{}", parts.empty() ? "" : ", ", l.what, gib(l.bytes),
+                           l.mapped ? " mapped" : "");
       total += l.bytes;
     }
     if (parts.empty()) continue;

@@ -543,7 +543,8 @@ void check_plan_file(const std::string& path) {
   };
   const double gpu_seconds =
       budget["gpu_token_seconds"].get<double>() +
-      static_cast<double>(m.files.config.num_layers) * budget["gpu_layer_seconds"].get<double>() + gpu_read_seconds(budget);
+      static_cast<double>(m.files.config.num_layers) * budget["gpu_layer_seconds"].get<double>() +
+      gpu_read_seconds(budget);
   CHECK(budget["decode_tok_s"].get<double>() == Approx(1.0 / gpu_seconds).epsilon(1e-6));
   // Routed experts on the CPU, the rest on the GPU: each MoE layer runs both sides in turn and pays
   // the hand-off; every layer pays the GPU's kernel latency; the embedding and head stay on the GPU.
