@@ -221,13 +221,15 @@ void KvDiskTier::check_directory(const std::string& dir) {
     if (errno == ENOSPC || errno == EDQUOT) fail(fmt::format("--kv-disk '{}' is full: no space for a file", dir));
     fail(fmt::format("--kv-disk '{}' is not writable: {}", dir, std::strerror(errno)));
   }
-  // A page written and synced: a full file system (or quota) takes a name but no data.
+  // A page written and synced: a full file system (or quota) takes a name but no data. A short write
+  // (no error, fewer bytes) is a full one too.
   const std::vector<char> page(4096, 0);
-  const bool wrote = ::write(fd, page.data(), page.size()) == static_cast<ssize_t>(page.size()) && ::fsync(fd) == 0;
-  const int write_errno = errno;
+  const ssize_t written = ::write(fd, page.data(), page.size());
+  int write_errno = written < 0 ? errno : written < static_cast<ssize_t>(page.size()) ? ENOSPC : 0;
+  if (write_errno == 0 && ::fsync(fd) != 0) write_errno = errno;
   ::close(fd);
   ::unlink(probe.c_str());
-  if (!wrote) {
+  if (write_errno != 0) {
     struct statvfs vfs {};
     const uint64_t free_bytes =
         statvfs(dir.c_str(), &vfs) == 0 ? static_cast<uint64_t>(vfs.f_bavail) * static_cast<uint64_t>(vfs.f_frsize) : 0;
