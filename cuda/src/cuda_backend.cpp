@@ -79,8 +79,8 @@ class CudaBackend final : public Backend {
     // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
     const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
     fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
-    arrivals_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
-    stream_.zero(arrivals_.data(), arrivals_.bytes());
+    norm_counter_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
+    stream_.zero(norm_counter_.data(), norm_counter_.bytes());
   }
   ~CudaBackend() override {
     try {
@@ -997,8 +997,8 @@ class CudaBackend final : public Backend {
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool fused_norm_ = true;
-  cuda::DeviceBuffer arrivals_;  // cuda::norm_linears' block counter, left zeroed by its kernels
-  unsigned* norm_counter() { return static_cast<unsigned*>(arrivals_.data()); }
+  cuda::DeviceBuffer norm_counter_;  // cuda::norm_linears' block counter, left zeroed by its kernels
+  unsigned* norm_counter() { return static_cast<unsigned*>(norm_counter_.data()); }
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).

@@ -14,6 +14,7 @@
 #include "q8_activations.cuh"
 #include "staged_rows.cuh"
 #include "tensor_core_linear.cuh"
+#include "tandem/backend/cuda_q6k_staging.hpp"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -352,13 +353,12 @@ bool lanes_q8_take(const LaneGroup& group, DType type, int64_t in_features, size
   return true;
 }
 
-// Whether linear_q6k_rows_q8_kernel takes one token over these Q6_K rows: rows 16-byte aligned of at
-// most 8 · 32 pieces, enough of them for a warp each (a matrix of fewer rows splits them among warps),
-// the staged rows and the token within the default shared memory, and no norm to apply first.
-constexpr int64_t kQ6kStagedMinRows = 2048;
+// Whether linear_q6k_rows_q8_kernel takes one token over these Q6_K rows: the shapes
+// cuda_q6k_rows_staged allows (tandem plan prices by the same rule), each matrix 16-byte aligned, the
+// staged rows and the token within the default shared memory, and no norm to apply first.
 bool q6k_rows_staged(const LaneGroup& group, int64_t row_bytes, int64_t in_features, const AddRmsNorm& norm) {
-  if (norm.hidden != nullptr || row_bytes % 16 != 0 || row_bytes / 16 > 8 * 32 ||
-      group.end[group.count - 1] < kQ6kStagedMinRows ||
+  static_assert(kCudaQ6kStagedMaxRowBytes == 8 * 32 * 16, "linear_q6k_rows_q8_kernel<8>: 8 pieces a lane at most");
+  if (norm.hidden != nullptr || !cuda_q6k_rows_staged(group.end[group.count - 1], row_bytes) ||
       detail::q8_bytes<32>(in_features) + kLaneWarps * row_bytes > kSharedBytes)
     return false;
   for (int m = 0; m < group.count; ++m)

@@ -6,6 +6,7 @@
 #include <tuple>
 #include <vector>
 
+#include "tandem/backend/cuda_q6k_staging.hpp"
 #include "tandem/engine/plan.hpp"
 #include "tandem/error.hpp"
 #include "tandem/model/weight_roles.hpp"
@@ -73,9 +74,8 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
 }  // namespace
 
 bool gpu_head_staged(const TensorView& head) {
-  if (head.dtype != DType::q6_k || head.shape.rank != 2 || head.shape.rows() < 2048) return false;
-  const uint64_t row_bytes = head.row_stride_bytes();
-  return row_bytes % 16 == 0 && row_bytes <= 4096;
+  return head.dtype == DType::q6_k && head.shape.rank == 2 &&
+         cuda_q6k_rows_staged(head.shape.rows(), static_cast<int64_t>(head.row_stride_bytes()));
 }
 
 namespace {
@@ -135,7 +135,7 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
       p.decode_flops_per_token += cost.flops_per_token[d] + cost.once_flops[d];
       if (!cost.used[d]) continue;
       const double staged = d == 1 ? cost.staged_head_bytes : 0.0;
-      t += (cost.decode_bytes[d] - staged) / bw[d] + staged / staged_bw +
+      t += (cost.decode_bytes[d] - staged) / bw[d] + (staged > 0 ? staged / staged_bw : 0.0) +
            (d == 1 && transformer_layer ? kGpuLayerSeconds : 0.0);
     }
     p.staged_head_bytes += static_cast<uint64_t>(std::llround(cost.staged_head_bytes));

@@ -21,14 +21,6 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 }
 }  // namespace
 
-void LatencyHistogram::add(double seconds) {
-  for (size_t b = 0; b < std::size(kBounds); ++b)
-    if (seconds <= kBounds[b]) ++buckets[b];
-  ++buckets.back();
-  sum += seconds;
-  ++count;
-}
-
 struct Scheduler::Sequence {
   Sequence(uint64_t id_, SequenceParams p, const Tokenizer* tokenizer)
       : id(id_),

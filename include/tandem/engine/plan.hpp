@@ -53,8 +53,8 @@ inline double gpu_decode_read_gbps(double vram_read_gbps) {
 inline double gpu_staged_head_read_gbps(double vram_read_gbps) {
   return std::min(kGpuStagedHeadReadGbps, kGpuStagedHeadReadShare * vram_read_gbps);
 }
-// Whether the CUDA decode GEMV stages this output head's rows in shared memory (cuda/src/linear.cu,
-// q6k_rows_staged): Q6_K, 2,048+ rows each starting 16-byte aligned and at most 4,096 bytes.
+// Whether the CUDA decode GEMV stages this output head's rows in shared memory: Q6_K and the shapes
+// cuda_q6k_rows_staged allows (backend/cuda_q6k_staging.hpp).
 bool gpu_head_staged(const TensorView& head);
 // One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
 // down, the CPU pool woken, the output copied up. Fitted on the same machine: the 48-layer hybrid

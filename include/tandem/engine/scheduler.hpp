@@ -29,7 +29,6 @@
 #include <deque>
 #include <exception>
 #include <functional>
-#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,6 +39,7 @@
 #include <vector>
 
 #include "tandem/engine/generate.hpp"
+#include "tandem/engine/latency_histogram.hpp"
 #include "tandem/text/sampler.hpp"
 
 namespace tandem {
@@ -79,17 +79,6 @@ struct SequenceParams {
   TokenCallback on_token;
   // Exactly once, when the sequence leaves the scheduler (finished, cancelled, failed or shut down).
   std::function<void(const SequenceResult&)> on_finish;
-};
-
-// Latencies as a Prometheus histogram: counts of observations at or below each bound (seconds),
-// cumulative, the last entry +Inf (= count), and their sum.
-struct LatencyHistogram {
-  static constexpr double kBounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                       0.5,   1.0,    2.5,   5.0,  10.0,  30.0, 60.0};
-  std::vector<int64_t> buckets = std::vector<int64_t>(std::size(kBounds) + 1, 0);
-  double sum = 0;
-  int64_t count = 0;
-  void add(double seconds);
 };
 
 struct SchedulerStats {
