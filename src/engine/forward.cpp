@@ -11,6 +11,7 @@
 #include <optional>
 #include <utility>
 
+#include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/op_params.hpp"
 #include "tandem/error.hpp"
@@ -99,6 +100,7 @@ struct ForwardPass::Impl {
   std::vector<LayerVectors> layer_vectors;
   const float* output_norm = nullptr;
   DeviceBuffer staging;  // pinned host bytes for copies between two devices
+  bool pinned_mirrors = integer_from_environment("TANDEM_PINNED_MIRRORS", 0, 1).value_or(1) == 1;
   // A layer's deferred part: its experts call was issued on the experts' mirror `on` right after the
   // layer's kept experts, its output lands in `slot`.out. Layer L leaves it in `produced`; layer L+1
   // takes it as `waiting` and adds its output after its own feed-forward, waiting for `done` first
@@ -235,13 +237,20 @@ struct ForwardPass::Impl {
     open_rows.assign(T, KvPool::kNoOpenRows);
     attention_rows.assign(T, nullptr);
   }
-  // A mirror's activation buffers, [max_tokens, width] each (the old ones freed first).
+  // A mirror's activation buffers, [max_tokens, width] each (the old ones freed first). A host
+  // backend's, in a pass whose main backend is a GPU, are that GPU's pinned memory: the copies between
+  // the two (a hybrid MoE layer's rows down and its output up, every layer) are then queued behind the
+  // GPU's work, where pageable memory makes each a staged copy the host waits through.
+  // TANDEM_PINNED_MIRRORS=0 keeps them pageable (for A/B runs).
   void allocate_activations(Mirror& m) {
+    const bool pinned = pinned_mirrors && !mirrors.empty() && &m != &main() && on_host(*m.backend) &&
+                        !on_host(*main().backend);
     for (int a = 0; a < kActCount; ++a) {
       DeviceBuffer& buffer = m.act[static_cast<size_t>(a)];
       buffer = DeviceBuffer();
-      buffer = m.backend->allocate(static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) *
-                                   element_bytes(static_cast<Act>(a)));
+      const size_t bytes =
+          static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) * element_bytes(static_cast<Act>(a));
+      buffer = pinned ? main().backend->allocate_host(bytes) : m.backend->allocate(bytes);
     }
   }
 
