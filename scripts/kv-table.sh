@@ -18,7 +18,7 @@ json_dir=${JSON_DIR:-$(mktemp -d)}
 mkdir -p "$json_dir"
 half=$((ctx / 2))
 quarter=$((ctx / 4))
-settings=${SETTINGS:-"f32/full f16/full bf16/full fp8/full int8/full int4/full
+settings=${SETTINGS:-"f32/full f16/full bf16/full fp8/full int8/full int4/full int4:64/full
   f16/sinks:4,$((half - 4)) f16/sinks:4,$((quarter - 4)) f16/h2o:$half f16/h2o:$quarter
   f16/snapkv:$half f16/snapkv:$quarter int8/h2o:$half int4/sinks:4,$((half - 4))"}
 chunks=()
@@ -30,7 +30,7 @@ for model in $models; do
   for setting in $settings; do
     type=${setting%%/*}
     policy=${setting#*/}
-    out="$json_dir/$model-$type-${policy//[:,]/_}.json"
+    out="$json_dir/$model-${type//:/_}-${policy//[:,]/_}.json"
     echo "== $model --kv-type $type --kv-policy $policy" >&2
     "$tandem" perplexity -m "$fixtures/$model" -f "$fixtures/text/eval-dev.txt" --ctx "$ctx" -t "$threads" \
       --kv-type "$type" --kv-policy "$policy" --kv-compare --json "${chunks[@]}" > "$out"
@@ -51,7 +51,7 @@ def capacity(policy):
     if policy == "full": return ctx
     kind, arg = policy.split(":")
     return sum(int(x) for x in arg.split(",")) if kind == "sinks" else int(arg)
-order = {"f32": 0, "f16": 1, "bf16": 2, "fp8": 3, "int8": 4, "int4": 5}
+order = {"f32": 0, "f16": 1, "bf16": 2, "fp8": 3, "int8": 4, "int4": 5, "int4:64": 6}
 rows.sort(key=lambda mr: (mr[0], mr[1]["kv_policy"] != "full", order.get(mr[1]["kv_type"], 9), mr[1]["kv_policy"]))
 for model, r in rows:
     change = 100.0 * (r["ppl"] / r["ppl_exact"] - 1.0)

@@ -145,7 +145,8 @@ TANDEM_API tandem_status tandem_model_load_with_overrides(const char* path, cons
  * tandem_kv_default_params, change what you need and pass it to tandem_model_load_with_kv. */
 typedef struct tandem_kv_params {
   size_t struct_size;
-  const char* kv_type;       /* "f16" (default), "bf16", "f32", "fp8", "int8", "int4"; NULL = default */
+  const char* kv_type;       /* "f16" (default), "bf16", "f32", "fp8", "int8", "int4" (= "int4:32"),
+                              * "int4:64" (values in groups of 64; docs/KV.md); NULL = default       */
   int32_t prefix_cache;      /* keep prompts' full KV blocks for later sessions that start alike      */
   /* The prefix cache's SSD tier (docs/KV.md): an existing writable directory, or NULL / "" for none.
    * Blocks written there serve later processes loading the same model with the same KV type. A

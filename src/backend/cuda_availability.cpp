@@ -22,7 +22,7 @@ bool cuda_weight_type_supported(DType type) noexcept {
   }
 }
 
-bool cuda_kv_type_supported(KvType type) noexcept { return type != KvType::int4; }
+bool cuda_kv_type_supported(KvType type) noexcept { return !kv_type_is_int4(type); }
 
 #ifdef TANDEM_WITH_CUDA
 bool cuda_backend_built() noexcept { return true; }

@@ -70,13 +70,15 @@ inline uint64_t vram_total_from_flag(const std::string& text) {
   }
 }
 
-// `--kv-type f32|f16|bf16|fp8|int8|int4`: the one definition, used by every command that runs a model (run,
-// chat, eval, perplexity). An empty string means the default (LoadOptions::kv_type, f16).
+// `--kv-type f32|f16|bf16|fp8|int8|int4|int4:64`: the one definition, used by every command that runs a model
+// (run, chat, eval, perplexity). An empty string means the default (LoadOptions::kv_type, f16).
 inline CLI::Option* add_kv_type_flag(CLI::App& app, std::string& type) {
-  return app.add_option("--kv-type", type,
-                        "KV cache element type: f16 (default, as llama.cpp), bf16, f32 (exact float32 "
-                        "attention inputs; twice the memory), or quantised: fp8 (E4M3), int8, int4 (keys per "
-                        "channel, values per token; docs/KV.md)");
+  return app.add_option(
+      "--kv-type", type,
+      "KV cache element type: f16 (default, as llama.cpp), bf16, f32 (exact float32 "
+      "attention inputs; twice the memory), or quantised: fp8 (E4M3), int8, int4 (keys per "
+      "channel, values per token in groups of 32; int4:32 the same), int4:64 (values in groups "
+      "of 64; docs/KV.md)");
 }
 
 inline CLI::Option* add_cpu_kernels_flag(CLI::App& app, std::string& kernels) {
@@ -140,8 +142,11 @@ inline CpuKernels cpu_kernels_from_flag(const std::string& kernels) {
 inline KvType kv_type_from_flag(const std::string& type) {
   if (type.empty()) return LoadOptions{}.kv_type;
   if (!is_kv_type_name(type))
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("--kv-type must be f32, f16, bf16, fp8, int8 or int4, not '{}'", type));
+    throw Error(
+        ErrorKind::invalid_argument,
+        fmt::format("--kv-type must be f32, f16, bf16, fp8, int8 or int4, not '{}' (int4 takes a group "
+                    "size: int4:32, the default, or int4:64)",
+                    type));
   return parse_kv_type(type);
 }
 

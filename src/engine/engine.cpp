@@ -122,7 +122,7 @@ void check_options(const LoadOptions& o) {
   positive(o.max_sessions, "max_sessions");
   positive(o.kv_block_tokens, "kv_block_tokens");
   if (o.max_batch_tokens != LoadOptions::kBatchTokensAutomatic) positive(o.max_batch_tokens, "max_batch_tokens");
-  if (static_cast<int>(o.kv_type) < 0 || static_cast<int>(o.kv_type) > static_cast<int>(KvType::int4))
+  if (static_cast<int>(o.kv_type) < 0 || static_cast<int>(o.kv_type) > static_cast<int>(KvType::int4_g64))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("load option kv_type {} is not a KV type", static_cast<int>(o.kv_type)));
   if (!o.kv_policy.empty()) (void)RetentionPolicy::parse(o.kv_policy);

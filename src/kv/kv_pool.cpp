@@ -35,7 +35,7 @@ KvPool::KvPool(const KvPoolSpec& spec) : spec_(spec) {
                             spec.block_tokens, spec.values_per_token));
   planes_ = spec.layout == KvLayout::gqa ? 2 : 1;
   row_width_ = spec.values_per_token / planes_;
-  channel_keys_ = spec.layout == KvLayout::gqa && spec.dtype == KvType::int4;
+  channel_keys_ = spec.layout == KvLayout::gqa && kv_type_is_int4(spec.dtype);
   if (spec.rope_values < 0 || spec.rope_values >= row_width_ || (spec.rope_values > 0 && spec.layout != KvLayout::mla_latent))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("KV pool: {} rope values do not fit an MLA row of {}", spec.rope_values, row_width_));

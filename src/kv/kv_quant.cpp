@@ -122,12 +122,13 @@ const std::array<float, 256>& e4m3_values() noexcept {
 float e4m3_to_f32(uint8_t code) noexcept { return e4m3_values()[code]; }
 
 size_t kv_quant_row_bytes(KvQuantRow format, int64_t width) noexcept {
-  const auto groups = static_cast<size_t>(width / kv_group_values(width));
+  const auto groups = static_cast<size_t>(width / kv_quant_group_values(format, width));
   switch (format) {
     case KvQuantRow::fp8:
     case KvQuantRow::int8:
       return static_cast<size_t>(width) + 2 * groups;
     case KvQuantRow::int4:
+    case KvQuantRow::int4_g64:
       return packed_bytes(width) + 4 * groups;
   }
   return 0;
@@ -135,8 +136,8 @@ size_t kv_quant_row_bytes(KvQuantRow format, int64_t width) noexcept {
 
 void kv_quant_encode_row(KvQuantRow format, const float* src, void* dst, int64_t width) noexcept {
   auto* out = static_cast<std::byte*>(dst);
-  const int64_t g = kv_group_values(width), groups = width / g;
-  if (format == KvQuantRow::int4) {
+  const int64_t g = kv_quant_group_values(format, width), groups = width / g;
+  if (format == KvQuantRow::int4 || format == KvQuantRow::int4_g64) {
     std::byte* params = out + packed_bytes(width);
     std::memset(out, 0, packed_bytes(width));
     for (int64_t k = 0; k < groups; ++k) {
@@ -168,9 +169,9 @@ void kv_quant_encode_row(KvQuantRow format, const float* src, void* dst, int64_t
 void kv_quant_decode_values(KvQuantRow format, const void* row, int64_t width, int64_t first, int64_t n,
                             float* dst) noexcept {
   const auto* in = static_cast<const std::byte*>(row);
-  const int64_t g = kv_group_values(width);
+  const int64_t g = kv_quant_group_values(format, width);
   const int64_t end = first + n;
-  if (format == KvQuantRow::int4) {
+  if (format == KvQuantRow::int4 || format == KvQuantRow::int4_g64) {
     const std::byte* params = in + packed_bytes(width);
     for (int64_t i = first; i < end;) {
       const int64_t k = i / g, stop = std::min(end, (k + 1) * g);

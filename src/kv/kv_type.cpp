@@ -65,12 +65,15 @@ const char* kv_type_name(KvType t) noexcept {
       return "int8";
     case KvType::int4:
       return "int4";
+    case KvType::int4_g64:
+      return "int4:64";
   }
   return "unknown";
 }
 
 bool is_kv_type_name(std::string_view name) noexcept {
-  return name == "f32" || name == "f16" || name == "bf16" || name == "fp8" || name == "int8" || name == "int4";
+  return name == "f32" || name == "f16" || name == "bf16" || name == "fp8" || name == "int8" ||
+         name == "int4" || name == "int4:32" || name == "int4:64";
 }
 
 KvType parse_kv_type(std::string_view name) {
@@ -79,14 +82,26 @@ KvType parse_kv_type(std::string_view name) {
   if (name == "bf16") return KvType::bf16;
   if (name == "fp8") return KvType::fp8;
   if (name == "int8") return KvType::int8;
-  if (name == "int4") return KvType::int4;
+  if (name == "int4" || name == "int4:32") return KvType::int4;
+  if (name == "int4:64") return KvType::int4_g64;
   throw Error(ErrorKind::invalid_argument,
-              "unknown KV cache type '" + std::string(name) + "': use f32, f16, bf16, fp8, int8 or int4");
+              "unknown KV cache type '" + std::string(name) +
+                  "': use f32, f16, bf16, fp8, int8 or int4 (int4:32, or int4:64 for "
+                  "groups of 64 values)");
 }
 
 namespace {
 KvQuantRow quant_row(KvType t) {
-  return t == KvType::fp8 ? KvQuantRow::fp8 : t == KvType::int8 ? KvQuantRow::int8 : KvQuantRow::int4;
+  switch (t) {
+    case KvType::fp8:
+      return KvQuantRow::fp8;
+    case KvType::int8:
+      return KvQuantRow::int8;
+    case KvType::int4_g64:
+      return KvQuantRow::int4_g64;
+    default:
+      return KvQuantRow::int4;
+  }
 }
 }  // namespace
 
@@ -105,6 +120,7 @@ void kv_encode_row(KvType t, const float* src, void* dst, int64_t n) noexcept {
     case KvType::fp8:
     case KvType::int8:
     case KvType::int4:
+    case KvType::int4_g64:
       return kv_quant_encode_row(quant_row(t), src, dst, n);
     case KvType::f32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
@@ -130,6 +146,7 @@ void kv_decode_row(KvType t, const void* src, float* dst, int64_t n) noexcept {
     case KvType::fp8:
     case KvType::int8:
     case KvType::int4:
+    case KvType::int4_g64:
       return kv_quant_decode_values(quant_row(t), src, n, 0, n, dst);
     case KvType::f32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));

@@ -115,6 +115,8 @@ TEST_CASE("C ABI 4: tandem_kv_default_params and bad KV settings", "[capi][kv]")
   std::vector<Case> cases;
   cases.push_back({kv, "fp9"});
   cases.back().kv.kv_type = "fp9";
+  cases.push_back({kv, "int4:16"});  // int4's group sizes are 32 and 64
+  cases.back().kv.kv_type = "int4:16";
   cases.push_back({kv, "tandem-capi-no-such-dir"});
   cases.back().kv.kv_disk_dir = missing.c_str();
   cases.push_back({kv, "without a kv_disk_dir"});
@@ -129,6 +131,23 @@ TEST_CASE("C ABI 4: tandem_kv_default_params and bad KV settings", "[capi][kv]")
     CHECK(model == nullptr);
     CHECK(std::string(tandem_last_error()).find(c.message) != std::string::npos);
   }
+}
+
+TEST_CASE("C ABI 4: kv_type takes int4's group size (int4:32 = int4, int4:64)", "[capi][kv]") {
+  const std::vector<int32_t> prompt = long_prompt();
+  std::vector<std::vector<int32_t>> ids;
+  for (const char* type : {"int4", "int4:32", "int4:64"}) {
+    INFO(type);
+    tandem_kv_params kv = kv_defaults();
+    kv.kv_type = type;
+    tandem_model* model = load(&kv);
+    tandem_session* session = new_session(model);
+    ids.push_back(generate(session, prompt, 4).ids);
+    CHECK(ids.back().size() == 4);
+    tandem_session_free(session);
+    tandem_model_free(model);
+  }
+  CHECK(ids[1] == ids[0]);
 }
 
 TEST_CASE("C ABI 4: tandem_model_get_stats counts blocks, steps and prefix hits", "[capi][kv]") {

@@ -119,6 +119,19 @@ TEST_CASE("cli habits: --kv-type, and -ctk/-ctv naming one supported type, choos
   const auto bad = run_cli_captured(run_ids("-n 2 --kv-type q4_0"));
   CHECK(bad.exit_code != 0);
   CHECK(bad.err.find("--kv-type must be f32, f16, bf16, fp8, int8 or int4, not 'q4_0'") != std::string::npos);
+  CHECK(bad.err.find("int4:32, the default, or int4:64") != std::string::npos);
+  // int4's group size spelt out: int4:32 is int4; int4:64 runs (groups of 64 values).
+  const auto int4 = run_cli_captured(run_ids("-n 4 --kv-type int4"));
+  const auto int4_32 = run_cli_captured(run_ids("-n 4 --kv-type int4:32"));
+  const auto int4_64 = run_cli_captured(run_ids("-n 4 --kv-type int4:64"));
+  REQUIRE(int4.exit_code == 0);
+  REQUIRE(int4_32.exit_code == 0);
+  REQUIRE(int4_64.exit_code == 0);
+  CHECK(int4_32.out == int4.out);
+  CHECK_FALSE(int4_64.out.empty());
+  const auto bad_group = run_cli_captured(run_ids("-n 2 --kv-type int4:16"));
+  CHECK(bad_group.exit_code != 0);
+  CHECK(bad_group.err.find("not 'int4:16'") != std::string::npos);
 }
 
 TEST_CASE("cli habits: -s seeds sampling; -s -1 is random", "[cli][habits]") {

@@ -152,7 +152,8 @@ void compare_mla(ThreadPool& threads, const Cache& cache, const Batch& b, int64_
 TEST_CASE("CPU flash attention equals the reference: every KV type, prompt chunks after a prefix",
           "[fast_attention]") {
   ThreadPool threads(3);
-  for (const KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4}) {
+  for (const KvType type :
+       {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4, KvType::int4_g64}) {
     for (const auto& [heads, kv_heads, head_dim] :
          {std::tuple<int64_t, int64_t, int64_t>{8, 2, 128}, {12, 4, 64}, {16, 1, 16}, {4, 4, 256}, {32, 2, 48}}) {
       INFO(kv_type_name(type) << " heads " << heads << " kv_heads " << kv_heads << " head_dim " << head_dim);
@@ -173,7 +174,7 @@ TEST_CASE("CPU flash attention equals the reference: every KV type, prompt chunk
 
 TEST_CASE("CPU flash attention equals the reference on a decode batch of separate sequences", "[fast_attention]") {
   ThreadPool threads(12);  // more threads than a decode step's items: its keys are split
-  for (const KvType type : {KvType::f16, KvType::int4}) {
+  for (const KvType type : {KvType::f16, KvType::int4, KvType::int4_g64}) {
     INFO(kv_type_name(type));
     const int64_t heads = 16, kv_heads = 4, head_dim = 64;
     const Cache cache(type, kv_heads * head_dim, {5, 33, 16, 80}, 300);
@@ -194,8 +195,11 @@ TEST_CASE("CPU flash attention equals the reference on a decode batch of separat
 
 TEST_CASE("CPU flash attention equals the reference for MLA (latent keys, absorbed queries)", "[fast_attention]") {
   ThreadPool threads(3);
-  for (const KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4}) {
-    for (const auto& [heads, kv_lora, rope] : {std::tuple<int64_t, int64_t, int64_t>{16, 128, 32}, {5, 64, 16}, {128, 32, 8}}) {
+  for (const KvType type :
+       {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4, KvType::int4_g64}) {
+    // Rows of 160, 80, 40 and 192 values (the cache quantises the whole row here): 192 has groups of 64.
+    for (const auto& [heads, kv_lora, rope] :
+         {std::tuple<int64_t, int64_t, int64_t>{16, 128, 32}, {5, 64, 16}, {128, 32, 8}, {8, 128, 64}}) {
       INFO(kv_type_name(type) << " heads " << heads << " kv_lora " << kv_lora << " rope " << rope);
       const Cache cache(type, kv_lora + rope, {50, 19}, 500, KvLayout::mla_latent);
       std::vector<int64_t> positions;

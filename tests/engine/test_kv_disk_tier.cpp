@@ -312,6 +312,48 @@ TEST_CASE("KV disk tier: corrupt, truncated and foreign records are detected, co
   }
 }
 
+TEST_CASE(
+    "KV disk tier: an int4 record (groups of 32) is never adopted by an int4:64 tier, same length or not",
+    "[kv][disk]") {
+  // Rows of 96 values: 64 does not divide them, so int4:64 stores int4's bytes; 128: it does.
+  for (const int64_t width : {int64_t{96}, int64_t{128}}) {
+    INFO("row width " << width);
+    const auto spec = [&](KvType type) {
+      KvPoolSpec s = small_spec(type);
+      s.values_per_token = 2 * width;
+      return s;
+    };
+    KvPool g32(spec(KvType::int4)), g64(spec(KvType::int4_g64));
+    CHECK((g32.block_layer_bytes() == g64.block_layer_bytes()) == (width == 96));
+    const int32_t a = filled_block(g32, 9);
+    const std::vector<uint64_t> key = {77};
+    TempDir dir("int4-groups");
+    std::string from;
+    {
+      KvDiskTier tier(options(dir), kModel, g32);
+      tier.store(77, a);
+      tier.flush();
+      from = tier.path_of(77);
+    }
+    {
+      KvDiskTier mine(options(dir), kModel, g64);
+      CHECK(mine.path_of(77) != from);  // the file name carries the type: not even opened
+      CHECK(mine.stats().found_at_start == 0);
+      CHECK(mine.load(key, std::vector<int32_t>{g64.allocate_block()}) == 0);
+      fs::copy_file(from, mine.path_of(77));  // the record under the int4:64 tier's name
+    }
+    KvDiskTier mine(options(dir), kModel, g64);
+    CHECK(mine.stats().rejected_foreign == 1);
+    CHECK_FALSE(mine.contains(77));
+    CHECK(mine.load(key, std::vector<int32_t>{g64.allocate_block()}) == 0);
+    // The int4 tier still adopts its own record, bit for bit.
+    KvDiskTier own(options(dir), kModel, g32);
+    const int32_t back = g32.allocate_block();
+    REQUIRE(own.load(key, std::vector<int32_t>{back}) == 1);
+    CHECK(bytes_of(g32, back) == bytes_of(g32, a));
+  }
+}
+
 TEST_CASE("KV disk tier: a write the disk refuses leaves the block host-only, counted; the tier goes on",
           "[kv][disk]") {
   for (const bool uring : {true, false}) {

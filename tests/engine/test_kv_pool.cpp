@@ -49,6 +49,19 @@ TEST_CASE("KV types: names, parsing, sizes", "[kv]") {
   CHECK(parse_kv_type("bf16") == KvType::bf16);
   CHECK(parse_kv_type("f32") == KvType::f32);
   CHECK(std::string(kv_type_name(KvType::bf16)) == "bf16");
+  // int4 names its group size only when asked to: int4 = int4:32.
+  CHECK(parse_kv_type("int4") == KvType::int4);
+  CHECK(parse_kv_type("int4:32") == KvType::int4);
+  CHECK(parse_kv_type("int4:64") == KvType::int4_g64);
+  CHECK(std::string(kv_type_name(KvType::int4)) == "int4");
+  CHECK(std::string(kv_type_name(KvType::int4_g64)) == "int4:64");
+  CHECK(is_kv_type_name("int4:64"));
+  CHECK(is_kv_type_name("int4:32"));
+  for (const char* bad : {"int4:16", "int4:", "int4:064", "int4_g64", "INT4:64"}) {
+    INFO(bad);
+    CHECK_FALSE(is_kv_type_name(bad));
+    CHECK_THROWS_AS(parse_kv_type(bad), Error);
+  }
   CHECK(kv_type_bytes(KvType::f32) == 4);
   CHECK(kv_type_bytes(KvType::f16) == 2);
   try {
@@ -57,6 +70,7 @@ TEST_CASE("KV types: names, parsing, sizes", "[kv]") {
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::invalid_argument);
     CHECK(std::string(e.what()).find("f32, f16, bf16, fp8, int8 or int4") != std::string::npos);
+    CHECK(std::string(e.what()).find("int4:64") != std::string::npos);
   }
 }
 

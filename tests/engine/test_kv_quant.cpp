@@ -1,4 +1,4 @@
-// Quantised KV (fp8 E4M3, int8, int4 with per-channel keys): the E4M3 code table, round trips
+// Quantised KV (fp8 E4M3, int8, int4 and int4:64 with per-channel keys): the E4M3 code table, round trips
 // within each format's stated error, the per-channel open block (truncate, share, compact), and
 // attention reading quantised rows equals attention over the dequantised rows in an f32 cache.
 #include <catch2/catch.hpp>
@@ -18,7 +18,8 @@ using namespace tandem;
 
 namespace {
 
-const KvType kAllTypes[] = {KvType::f32, KvType::f16, KvType::bf16, KvType::fp8, KvType::int8, KvType::int4};
+const KvType kAllTypes[] = {KvType::f32,  KvType::f16,  KvType::bf16,    KvType::fp8,
+                            KvType::int8, KvType::int4, KvType::int4_g64};
 
 // Rows with a spread of magnitudes and a few outlier channels (as real keys have).
 std::vector<float> random_rows(int64_t rows, int64_t width, uint32_t seed) {
@@ -79,15 +80,16 @@ TEST_CASE("E4M3: every code decodes and encodes back to itself; encoding rounds 
 }
 
 TEST_CASE("Quantised KV rows round-trip within each format's stated error", "[kv][kvquant]") {
-  for (const int64_t width : {int64_t{64}, int64_t{96}, int64_t{40}}) {
-    const int64_t g = kv_group_values(width);
-    CHECK(width % g == 0);
+  for (const int64_t width : {int64_t{64}, int64_t{96}, int64_t{40}, int64_t{128}}) {
     const std::vector<float> rows = random_rows(24, width, 11);
-    for (const KvType type : {KvType::fp8, KvType::int8, KvType::int4}) {
+    for (const KvType type : {KvType::fp8, KvType::int8, KvType::int4, KvType::int4_g64}) {
       INFO(kv_type_name(type) << " width " << width);
+      // int4:64: groups of 64 where 64 divides the row, else int4's groups.
+      const int64_t g = type == KvType::int4_g64 && width % 64 == 0 ? 64 : kv_group_values(width);
+      CHECK(width % g == 0);
       const size_t bytes = kv_row_bytes(type, width);
       const auto groups = static_cast<size_t>(width / g);
-      CHECK(bytes == (type == KvType::int4 ? static_cast<size_t>(width / 2) + 4 * groups
+      CHECK(bytes == (kv_type_is_int4(type) ? static_cast<size_t>(width / 2) + 4 * groups
                                             : static_cast<size_t>(width) + 2 * groups));
       std::vector<uint8_t> stored(bytes);
       std::vector<float> back(static_cast<size_t>(width)), slice(5);
@@ -316,6 +318,10 @@ TEST_CASE("KV pool bytes per token follow the format", "[kv][kvquant]") {
   CHECK(per_token(KvLayout::gqa, KvType::fp8, 512) == 2.0 * (512 + 2 * 16));
   CHECK(per_token(KvLayout::gqa, KvType::int4, 512) == (256 + 4.0 * 512 / 16) + (256 + 4 * 16));
   CHECK(per_token(KvLayout::mla_latent, KvType::int4, 576) == 288 + 4 * 18);
+  // int4:64: the values' (scale, min) pairs per 64 values; the per-channel keys as int4's.
+  CHECK(per_token(KvLayout::gqa, KvType::int4_g64, 512) == (256 + 4.0 * 512 / 16) + (256 + 4 * 8));
+  CHECK(per_token(KvLayout::mla_latent, KvType::int4_g64, 576) == 288 + 4 * 9);
+  CHECK(per_token(KvLayout::mla_latent, KvType::int4_g64, 96) == 48 + 4 * 3);  // 64 does not divide 96
   // DeepSeek-V3's row: a 512-value latent quantised, the 64-value roped key in f16.
   KvPoolSpec mla = spec_for(KvLayout::mla_latent, KvType::fp8, 576, 1);
   mla.layers = 1;

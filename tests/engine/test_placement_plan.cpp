@@ -328,6 +328,10 @@ TEST_CASE("the automatic hybrid defaults: experts on the CPU, the rest on the GP
     const PlacementPlan p = plan_placement(m.files, m.weights, r);
     CHECK_THAT(p.gpu_defaults_declined, Contains("--kv-type int4"));
     all_on_cpu(p);
+    r.kv_type = KvType::int4_g64;
+    const PlacementPlan g64 = plan_placement(m.files, m.weights, r);
+    CHECK_THAT(g64.gpu_defaults_declined, Contains("--kv-type int4:64"));
+    all_on_cpu(g64);
     r.kv_type = KvType::bf16;
     CHECK(plan_placement(m.files, m.weights, r).gpu_defaults_declined.empty());
     // fp8 runs on the GPU for GQA and for an MLA latent cache
@@ -425,6 +429,7 @@ TEST_CASE("the weight and KV types the CUDA backend reads, known in every build"
   CHECK(cuda_kv_type_supported(KvType::fp8));
   CHECK(cuda_kv_type_supported(KvType::int8));
   CHECK_FALSE(cuda_kv_type_supported(KvType::int4));
+  CHECK_FALSE(cuda_kv_type_supported(KvType::int4_g64));
   CHECK(cuda_kv_type_supported(KvType::bf16));
 }
 

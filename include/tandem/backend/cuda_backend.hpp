@@ -11,8 +11,8 @@
 // biases are prepared (prepare_vector) the same way. The KV layers this backend runs attention for
 // live in VRAM (kv_attach): the host KvPool keeps block ids, references and tables, the GPU the rows,
 // with the same block ids and layout; kv_append and the attention kernels use them in place, and a
-// copy-on-write block copy of the pool is repeated on the GPU. KV types: f32, f16, bf16 (fp8, int8
-// and int4 → Error(unsupported) naming --kv-type); retention policies that compact or score rows
+// copy-on-write block copy of the pool is repeated on the GPU. KV types: f32, f16, bf16, fp8, int8
+// (int4 and int4:64 → Error(unsupported) naming --kv-type); retention policies that compact or score rows
 // need attention on the CPU (the engine refuses the combination at load).
 #include <cstdint>
 #include <memory>

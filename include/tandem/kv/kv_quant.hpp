@@ -2,7 +2,8 @@
 // The quantised KV formats: what one row (or one block's key channels) looks like in memory, and
 // the conversions to and from float32. Scales and minimums are f16; a group's scale is rounded up
 // when stored, so no value ever clips. Values are grouped along the row in groups of
-// kv_group_values(width) (32, or the whole row when 32 does not divide it).
+// kv_quant_group_values(format, width): 32, or the whole row when 32 does not divide it; int4_g64
+// takes 64 where 64 divides the row, else the same.
 //
 // Per-token rows (one row = one token's K, V or MLA latent row of `width` values, G groups):
 //   fp8   [width × E4M3 code][G × f16 scale]               scale = absmax / 448
@@ -30,8 +31,11 @@ constexpr int64_t kv_group_values(int64_t width) {
 uint8_t f32_to_e4m3(float x) noexcept;  // saturates at ±448, rounds to nearest even
 float e4m3_to_f32(uint8_t code) noexcept;
 
-// Per-token quantised rows (KvType fp8 = 0, int8 = 1, int4 = 2 here; kv_type.hpp dispatches).
-enum class KvQuantRow { fp8, int8, int4 };
+// Per-token quantised rows (kv_type.hpp dispatches). int4_g64 is int4's layout with G = width/64.
+enum class KvQuantRow { fp8, int8, int4, int4_g64 };
+constexpr int64_t kv_quant_group_values(KvQuantRow format, int64_t width) {
+  return format == KvQuantRow::int4_g64 && width % 64 == 0 ? 64 : kv_group_values(width);
+}
 size_t kv_quant_row_bytes(KvQuantRow format, int64_t width) noexcept;
 void kv_quant_encode_row(KvQuantRow format, const float* src, void* dst, int64_t width) noexcept;
 // dst[0, n) = values [first, first + n) of a stored row of `width` values.
