@@ -5,7 +5,8 @@
 // Quantised types: weights unpacked to unsigned bytes, products with the int8 activations by
 // vpmaddubsw (u8·s8 pairs to int16, no saturation for these ranges) then vpdpwssd against the
 // sub-block scales (VNNI), so a 256-value block costs two instructions per 64 values and token.
-// Q4_0/Q8_0 use vpdpbusd directly; IQ4_XS's signed table values go through |v| and the activation's sign.
+// Q4_0/Q8_0 use vpdpbusd directly; IQ4_XS's and IQ4_NL's signed table values go through |v| and the
+// activation's sign.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
 #include "backend/cpu/kernels/intrinsics.hpp"
 
@@ -324,6 +325,37 @@ template <int NT>
 constexpr auto dot_q41 = dot_small_block<NT, false, true>;
 template <int NT>
 constexpr auto dot_q51 = dot_small_block<NT, true, true>;
+
+// IQ4_NL: Q4_0's nibbles through the codebook by vpshufb (signed values, never 0), then |v| times
+// (a with v's sign) by vpdpbusd (|v|, |a| <= 127): no offset, so no activation sum.
+template <int NT>
+void dot_iq4nl(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+  }
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
+    const uint8_t* blk = w + b * kIq4NlBytes;
+    const float d = half(blk);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m256i V = _mm256_shuffle_epi8(lut, _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)));
+    const __m256i magnitude = _mm256_abs_epi8(V);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, _mm256_sign_epi8(load32(ab.q), V));
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d), sums[t]);
+    }
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) y[t * ys] = sum_both(acc[0][t], acc[1][t]);
+}
 
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
 inline __m512 load_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
