@@ -202,10 +202,11 @@ TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and de
       const WeightKind kind = *weight_kind_for(type);
       const ActFormat format = act_format(kind);
       const bool quantised = format != ActFormat::f32;
-      // K-quants take whole 256-value rows, the 32-value block types also 1408 (not a multiple of 256:
-      // the rows they exist for); float types get odd widths and partial FP8 blocks too.
+      // K-quants take whole 256-value rows, the 32-value block types also 1408 and 1440 (not multiples
+      // of 256: the rows they exist for; 1440 an odd count of blocks, for kernels that take two at a
+      // time); float types get odd widths and partial FP8 blocks too.
       const std::vector<int64_t> widths = format == ActFormat::q8k  ? std::vector<int64_t>{256, 768}
-                                          : format == ActFormat::q8 ? std::vector<int64_t>{256, 768, 1408}
+                                          : format == ActFormat::q8 ? std::vector<int64_t>{256, 768, 1408, 1440}
                                                                     : std::vector<int64_t>{256, 200, 37};
       for (int64_t in : widths) {
         const int64_t rows = 3, tokens = 4;
