@@ -324,7 +324,8 @@ void register_all() {
       ->ArgsProduct({{1, 2, 4, 8, 16}, {1, 4, 16}, {1, 2}})
       ->ArgNames({"threads", "batch", "dispatches"})
       ->UseManualTime();
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q4_0, DType::q4_1, DType::q5_1})
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q4_0, DType::q4_1, DType::q5_1,
+                     DType::iq4_nl})
     for (Variant variant : {avx512_dot, avx512_tile, amx_tile, emulated_amx_tile, avx512_repacked, amx_repacked}) {
       const bool k_quant = type == DType::q4_k || type == DType::q5_k || type == DType::q6_k;
       if (!k_quant && (variant == amx_tile || variant == emulated_amx_tile)) continue;  // AVX-512 tiles only
@@ -355,8 +356,8 @@ void register_all() {
       const std::string name = std::string("gemv/") + std::string(dtype_name(type)) + (repack ? "/repacked" : "");
       benchmark::RegisterBenchmark(name.c_str(), bench_gemv, type, repack)->Arg(256)->Arg(32768)->ArgName("rows");
     }
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0, DType::bf16,
-                     DType::f16, DType::f32, DType::f8_e4m3})
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0,
+                     DType::iq4_nl, DType::bf16, DType::f16, DType::f32, DType::f8_e4m3})
     for (IsaLevel level : {IsaLevel::scalar, IsaLevel::avx2, IsaLevel::avx512}) {
       const std::string name = std::string("dot/") + std::string(dtype_name(type)) + "/" + isa_level_name(level);
       benchmark::RegisterBenchmark(name.c_str(), bench_dot, type, level)

@@ -33,8 +33,9 @@ using namespace tandem::kernels;
 
 namespace {
 
-constexpr DType kTypes[] = {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0,
-                            DType::q4_0, DType::q5_0, DType::q4_1, DType::q5_1, DType::f32,  DType::f16,  DType::bf16,   DType::f8_e4m3};
+constexpr DType kTypes[] = {DType::q4_k, DType::q5_k, DType::q6_k,   DType::iq4_xs, DType::q8_0,
+                            DType::q4_0, DType::q5_0, DType::q4_1,   DType::q5_1,   DType::iq4_nl,
+                            DType::f32,  DType::f16,  DType::bf16,   DType::f8_e4m3};
 
 // Activations whose blocks differ in scale (as hidden states do), with an outlier now and then.
 std::vector<float> random_activations(int64_t rows, int64_t in, std::mt19937& rng) {
@@ -201,8 +202,13 @@ TEST_CASE("every fast kernel at every ISA level matches the scalar kernel and de
       const WeightKind kind = *weight_kind_for(type);
       const ActFormat format = act_format(kind);
       const bool quantised = format != ActFormat::f32;
-      // K-quants take whole 256-value rows; float types get odd widths and partial FP8 blocks too.
-      for (int64_t in : quantised ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{256, 200, 37}) {
+      // K-quants take whole 256-value rows, the 32-value block types also 1408 and 1440 (not multiples
+      // of 256: the rows they exist for; 1440 an odd count of blocks, for kernels that take two at a
+      // time); float types get odd widths and partial FP8 blocks too.
+      const std::vector<int64_t> widths = format == ActFormat::q8k  ? std::vector<int64_t>{256, 768}
+                                          : format == ActFormat::q8 ? std::vector<int64_t>{256, 768, 1408, 1440}
+                                                                    : std::vector<int64_t>{256, 200, 37};
+      for (int64_t in : widths) {
         const int64_t rows = 3, tokens = 4;
         const Case c(type, rows, in, rng);
         const auto x = random_activations(tokens, in, rng);
@@ -268,8 +274,8 @@ TEST_CASE("tile kernels (AVX-512, AMX, emulated AMX) match the scalar dot kernel
   if (tables.empty()) return;
   std::mt19937 rng(5);
   const KernelTable reference = make_kernel_table(IsaLevel::scalar);
-  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::q8_0, DType::q4_0, DType::q5_0, DType::q4_1,
-                     DType::q5_1}) {
+  for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0,
+                     DType::q4_1, DType::q5_1, DType::iq4_nl}) {
     const WeightKind kind = *weight_kind_for(type);
     const ActFormat format = act_format(kind);
     for (const int64_t in : {int64_t{256}, int64_t{768}, int64_t{1408}}) {
@@ -684,6 +690,7 @@ TEST_CASE("fast MoE and MLP equal the reference operators", "[engine][kernels][m
     double tolerance;
   };
   for (const Mix mix : {Mix{DType::q4_k, DType::q6_k, 8e-2}, Mix{DType::iq4_xs, DType::q8_0, 8e-2},
+                        Mix{DType::iq4_nl, DType::iq4_xs, 8e-2},
                         Mix{DType::bf16, DType::f32, 1e-5}}) {
     const Experts e = make_experts(count, hidden, inter, mix.gate, mix.down, rng);
     if (repack) {

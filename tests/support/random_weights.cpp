@@ -37,6 +37,7 @@ std::vector<uint8_t> random_weight_rows(DType type, int64_t rows, int64_t in, st
         put_half(p + 208, scale(rng));
         break;
       case DType::iq4_xs:
+      case DType::iq4_nl:
       case DType::q8_0:
       case DType::q4_0:
       case DType::q5_0:

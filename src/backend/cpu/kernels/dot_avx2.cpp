@@ -3,7 +3,7 @@
 //
 // Quantised types: one sub-block of 32 unsigned weight bytes per register, vpmaddubsw against the
 // int8 activations (u8·s8 pairs to int16, no saturation for these ranges), vpmaddwd against the
-// sub-block scale. Signed weights (Q8_0, IQ4_XS) go through |w| and sign(a, w).
+// sub-block scale. Signed weights (Q8_0, IQ4_XS, IQ4_NL) go through |w| and sign(a, w).
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
 #include "backend/cpu/kernels/intrinsics.hpp"
 
@@ -262,6 +262,35 @@ template <int NT>
 constexpr auto dot_q41 = dot_small_block<NT, false, true>;
 template <int NT>
 constexpr auto dot_q51 = dot_small_block<NT, true, true>;
+
+// IQ4_NL: Q4_0's nibbles through the codebook by vpshufb (signed values, never 0), then
+// |v| · sign(a, v) as Q8_0's.
+template <int NT>
+void dot_iq4nl(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m256 acc[2][NT];  // even and odd blocks (even_odd_blocks)
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+  }
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const auto block = [&](int64_t b, __m256* sums) __attribute__((always_inline)) {
+    const uint8_t* blk = w + b * kIq4NlBytes;
+    const float d = half(blk);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m256i V = _mm256_shuffle_epi8(lut, _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)));
+    const __m256i magnitude = _mm256_abs_epi8(V);
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(load32(ab.q), V));
+      sums[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), _mm256_set1_ps(d * ab.d), sums[t]);
+    }
+  };
+  even_odd_blocks<NT>(in / 32, acc, block);
+  for (int t = 0; t < NT; ++t) y[t * ys] = sum_both(acc[0][t], acc[1][t]);
+}
 
 inline __m256 load_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
 inline __m256 load_f16(const uint8_t* p) {

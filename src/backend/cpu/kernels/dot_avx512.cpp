@@ -5,7 +5,8 @@
 // Quantised types: weights unpacked to unsigned bytes, products with the int8 activations by
 // vpmaddubsw (u8·s8 pairs to int16, no saturation for these ranges) then vpdpwssd against the
 // sub-block scales (VNNI), so a 256-value block costs two instructions per 64 values and token.
-// Q4_0/Q8_0 use vpdpbusd directly; IQ4_XS's signed table values go through |v| and the activation's sign.
+// Q4_0/Q8_0 use vpdpbusd directly; IQ4_XS's and IQ4_NL's signed table values go through |v| and the
+// activation's sign.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsics as uninitialised.
 #include "backend/cpu/kernels/intrinsics.hpp"
 
@@ -324,6 +325,68 @@ template <int NT>
 constexpr auto dot_q41 = dot_small_block<NT, false, true>;
 template <int NT>
 constexpr auto dot_q51 = dot_small_block<NT, true, true>;
+
+// IQ4_NL: Q4_0's nibbles through the codebook by vpshufb (signed values, never 0), then |v| times
+// (a with v's sign) by vpdpbusd (|v|, |a| <= 127): no offset, so no activation sum. Two blocks per
+// zmm (block b in the low half, b + 1 in the high), each half with its own d · a.d; an odd last block
+// in a ymm.
+template <int NT>
+void dot_iq4nl(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, int64_t ys) {
+  const ActQ8* a[NT];
+  __m512 acc[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    a[t] = act_row<ActQ8>(x, xs, t);
+    acc[t] = _mm512_setzero_ps();
+  }
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m512i zero = _mm512_setzero_si512();
+  const int64_t blocks = in / 32;
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    const uint8_t* blk = w + b * kIq4NlBytes;
+    const float d0 = half(blk), d1 = half(blk + kIq4NlBytes);
+    const __m256i q = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kIq4NlBytes + 2)), 1);
+    // [low nibbles of b | of b + 1 | high of b | of b + 1] -> [low b | high b | low b + 1 | high b + 1]
+    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
+                                         _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+    const __m512i v = _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
+    const __m512i magnitude = _mm512_abs_epi8(v);
+    const __mmask64 negative = _mm512_movepi8_mask(v);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8* ab = a[t] + b;
+      const __m512i act = _mm512_inserti64x4(_mm512_castsi256_si512(load32(ab[0].q)), load32(ab[1].q), 1);
+      const __m512i dot = _mm512_dpbusd_epi32(zero, magnitude, _mm512_mask_sub_epi8(act, negative, zero, act));
+      const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(d0 * ab[0].d), _mm256_set1_ps(d1 * ab[1].d), 1);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
+    }
+  }
+  __m256 last[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) last[t] = _mm256_setzero_ps();
+  if (b < blocks) {
+    const uint8_t* blk = w + b * kIq4NlBytes;
+    const float d = half(blk);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i m4x = _mm256_castsi256_si128(m4);
+    const __m256i v = _mm256_shuffle_epi8(
+        _mm512_castsi512_si256(lut),
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4x), _mm_and_si128(q, m4x)));
+    const __m256i magnitude = _mm256_abs_epi8(v);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const ActQ8& ab = a[t][b];
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, _mm256_sign_epi8(load32(ab.q), v));
+      last[t] = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * ab.d));
+    }
+  }
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(last[t])));
+}
 
 // Float weights: 16 values to float32 per step, FMA against float32 activations.
 inline __m512 load_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }

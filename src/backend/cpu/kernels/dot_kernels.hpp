@@ -17,7 +17,9 @@ constexpr int kMaxTokens = 4;
 enum class ActFormat : uint8_t { f32, q8k, q8 };
 
 // The kernels a weight type has (its index in a KernelTable).
-enum class WeightKind : uint8_t { q4_k, q5_k, q6_k, iq4_xs, q8_0, q4_0, q5_0, q4_1, q5_1, f32, f16, bf16, f8_e4m3, count };
+enum class WeightKind : uint8_t {
+  q4_k, q5_k, q6_k, iq4_xs, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, f32, f16, bf16, f8_e4m3, count
+};
 
 using DotFn = void (*)(const uint8_t* w, const void* x, int64_t x_stride, int tokens, int64_t in,
                        const float* block_scales, float* y, int64_t y_stride);

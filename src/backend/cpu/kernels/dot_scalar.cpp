@@ -220,6 +220,26 @@ void dot_small_block(const uint8_t* w, const void* x, int64_t xs, int tokens, in
   }
 }
 
+// IQ4_NL: value = d · kIq4Values[nibble], the codebook signed, so no offset and no activation sum.
+void dot_iq4_nl(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
+                int64_t ys) {
+  for (int t = 0; t < tokens; ++t) {
+    const ActQ8* a = act_row<ActQ8>(x, xs, t);
+    float sum = 0;
+    for (int64_t b = 0; b < in / 32; ++b) {
+      const uint8_t* blk = w + b * kIq4NlBytes;
+      const uint8_t* qs = blk + 2;
+      int32_t s = 0;
+      for (int j = 0; j < 16; ++j) {
+        s += kIq4Values[qs[j] & 0xf] * a[b].q[j];
+        s += kIq4Values[qs[j] >> 4] * a[b].q[j + 16];
+      }
+      sum += load_half(blk) * a[b].d * static_cast<float>(s);
+    }
+    y[t * ys] = sum;
+  }
+}
+
 template <float (*Load)(const uint8_t*), int Bytes>
 void dot_float(const uint8_t* w, const void* x, int64_t xs, int tokens, int64_t in, const float*, float* y,
                int64_t ys) {
@@ -279,6 +299,7 @@ void fill_kernels(KernelTable& t) noexcept {
   set(WeightKind::q5_0, dot_small_block<true, false>);
   set(WeightKind::q4_1, dot_small_block<false, true>);
   set(WeightKind::q5_1, dot_small_block<true, true>);
+  set(WeightKind::iq4_nl, dot_iq4_nl);
   set(WeightKind::f32, dot_float<load_f32, 4>);
   set(WeightKind::f16, dot_float<load_half, 2>);
   set(WeightKind::bf16, dot_float<load_bf16, 2>);

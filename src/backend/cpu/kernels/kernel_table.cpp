@@ -139,6 +139,8 @@ std::optional<WeightKind> weight_kind_for(DType type) noexcept {
       return WeightKind::q4_1;
     case DType::q5_1:
       return WeightKind::q5_1;
+    case DType::iq4_nl:
+      return WeightKind::iq4_nl;
     case DType::f32:
       return WeightKind::f32;
     case DType::f16:
@@ -164,6 +166,7 @@ ActFormat act_format(WeightKind kind) noexcept {
     case WeightKind::q5_0:
     case WeightKind::q4_1:
     case WeightKind::q5_1:
+    case WeightKind::iq4_nl:
       return ActFormat::q8;
     default:
       return ActFormat::f32;

@@ -24,6 +24,10 @@ constexpr int64_t kQ5_0Bytes = 22;
 // for rows whose width is not a multiple of 256.
 constexpr int64_t kQ4_1Bytes = 20;
 constexpr int64_t kQ5_1Bytes = 24;
+// IQ4_NL: Q4_0's layout (f16 d, 16 bytes of nibbles, byte j: values j and j + 16) with each nibble an
+// index into kIq4Values instead of q − 8 — IQ4_XS's codebook on 32-value blocks, its type for rows whose
+// width is not a multiple of 256.
+constexpr int64_t kIq4NlBytes = 18;
 
 // The 32-value block types: bytes, and where the fifth bits and the nibbles start.
 template <bool Q5, bool Min>

@@ -1,5 +1,5 @@
-// AVX-512 VNNI tile kernels for prefill (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 at >= kTileMinTokens tokens): a strip of 16
-// weight rows packed once (tile_pack.hpp: [value / 4][row][4] unsigned bytes), then per 4 tokens one
+// AVX-512 VNNI tile kernels for prefill (Q4_K, Q5_K, Q6_K, IQ4_XS, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL at
+// >= kTileMinTokens tokens): a strip of 16 weight rows packed once (tile_pack.hpp: [value / 4][row][4] unsigned bytes), then per 4 tokens one
 // vpdpbusd per 4 values feeds all 16 rows (the packed weights against the token's 4 int8 activations,
 // broadcast), so the weight unpacking is paid once per strip instead of once per 4 tokens and each
 // instruction does 64 multiply-adds. Per scale group, the int32 sums are scaled in float as in
@@ -168,6 +168,12 @@ void tile_kernel(const uint8_t* w, int64_t row_stride, int rows, const void* x, 
     constexpr bool kMin = Kind == WeightKind::q4_1 || Kind == WeightKind::q5_1;
     pack_small<kQ5, kMin>(w, row_stride, rows, in, workspace);
     strip_q8<kMin>(workspace, rows, x, x_stride, tokens, in, y, y_stride, kMin ? 0.0f : kQ5 ? 16.0f : 8.0f);
+  } else if constexpr (Kind == WeightKind::iq4_nl) {
+    pack_iq4_nl(w, row_stride, rows, in, workspace);
+    strip_q8<false>(workspace, rows, x, x_stride, tokens, in, y, y_stride, 128.0f);
+  } else if constexpr (Kind == WeightKind::iq4_xs) {
+    pack_iq4_xs(w, row_stride, rows, in, workspace);
+    strip<8>(workspace, rows, x, x_stride, tokens, in, y, y_stride);
   } else if constexpr (Kind == WeightKind::q6_k) {
     pack_q6k(w, row_stride, rows, in, workspace);
     strip<16>(workspace, rows, x, x_stride, tokens, in, y, y_stride);
@@ -423,6 +429,8 @@ void fill_tile_kernels(KernelTable& t) noexcept {
   t.tile[static_cast<int>(WeightKind::q4_0)] = tile_kernel<WeightKind::q4_0>;
   t.tile[static_cast<int>(WeightKind::q4_1)] = tile_kernel<WeightKind::q4_1>;
   t.tile[static_cast<int>(WeightKind::q5_1)] = tile_kernel<WeightKind::q5_1>;
+  t.tile[static_cast<int>(WeightKind::iq4_nl)] = tile_kernel<WeightKind::iq4_nl>;
+  t.tile[static_cast<int>(WeightKind::iq4_xs)] = tile_kernel<WeightKind::iq4_xs>;
 }
 
 }  // namespace tandem::kernels::avx512

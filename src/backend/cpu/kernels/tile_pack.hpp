@@ -2,9 +2,9 @@
 // Packing a strip of up to 16 weight rows for the tile kernels (tile_avx512.cpp, tile_amx.cpp): the
 // quants, unpacked to unsigned bytes, gathered into the order [value / 4][row][4] — per 4
 // consecutive values the 16 rows side by side, which is AMX's B-tile layout and what one vpdpbusd
-// multiplies for 16 rows at once — and per scale group (32 values for Q4_K/Q5_K, 16 for Q6_K) and row
-// the float factors of the group's integer dot product and of the activation's group sum (the
-// K-quants' minimums, Q6_K's −32 offset). Layout of the workspace: tile_layout.hpp.
+// multiplies for 16 rows at once — and per scale group (32 values for Q4_K/Q5_K/IQ4_XS, 16 for Q6_K)
+// and row the float factors of the group's integer dot product and of the activation's group sum
+// (the K-quants' minimums, Q6_K's −32 offset, IQ4_XS's +128). Layout of the workspace: tile_layout.hpp.
 // Internal linkage and AVX-512 intrinsics: include only from files built with the AVX-512 flags.
 #include <immintrin.h>
 
@@ -142,6 +142,36 @@ inline void pack_small(const uint8_t* w, int64_t row_stride, int rows, int64_t i
   }
 }
 
+// IQ4_NL and IQ4_XS: the codebook value + 128 (unsigned, 1..241) of each nibble, by one vpshufb
+// through the 16 table bytes in every 128-bit lane; the kernels subtract 128 times the activation
+// sum. `nibbles`: 16 bytes per row, byte j holding values j (low) and j + 16 (high); out[k] as
+// pack_small stores them (values 4k..4k+3 of the 32).
+inline void iq4_codes(const StripRows& strip, const uint8_t* nibbles, __m512i out[8]) {
+  const __m512i m4 = _mm512_set1_epi32(0x0f0f0f0f);
+  const __m512i lut = _mm512_xor_si512(
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values))),
+      _mm512_set1_epi8(static_cast<char>(0x80)));
+  __m512i quads[4];
+  transpose16(strip, nibbles, quads);
+  for (int k = 0; k < 8; ++k)
+    out[k] = _mm512_shuffle_epi8(
+        lut, k < 4 ? _mm512_and_si512(quads[k], m4) : _mm512_and_si512(_mm512_srli_epi32(quads[k - 4], 4), m4));
+}
+
+// IQ4_NL: Q4_0's strip layout (tile_small_block_bytes<false>()), the codes through iq4_codes.
+inline void pack_iq4_nl(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
+  const StripRows strip{row_stride, rows};
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const uint8_t* blk = w + b * kIq4NlBytes;
+    auto* packed = reinterpret_cast<__m512i*>(ws + b * tile_small_block_bytes<false>());
+    __m512i codes[8];
+    iq4_codes(strip, blk + 2, codes);
+    for (int k = 0; k < 8; ++k) _mm512_store_si512(packed + k, codes[k]);
+    auto* scale = reinterpret_cast<float*>(packed + 8);
+    for (int r = 0; r < kTileRows; ++r) scale[r] = r < rows ? half(blk + r * row_stride) : 0.0f;
+  }
+}
+
 inline float* scale_block(uint8_t* ws, int64_t in, int64_t b) {
   return reinterpret_cast<float*>(ws + tile_scales_offset(in) + b * kTileScaleBlockBytes);
 }
@@ -189,6 +219,32 @@ void pack_k4(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t
       for (int s = 0; s < 8; ++s) {
         dot_scale[s * 16 + r] = d * static_cast<float>(sc[s]);
         sum_scale[s * 16 + r] = dmin * static_cast<float>(mn[s]);
+      }
+    }
+  }
+}
+
+// IQ4_XS: scale group s = sub-block s (values 32s..32s+31, nibble bytes 8 + 16s..), codes as
+// IQ4_NL's; the group's factors d·scale and 128·d·scale (the codes' offset times the activation sum).
+inline void pack_iq4_xs(const uint8_t* w, int64_t row_stride, int rows, int64_t in, uint8_t* ws) {
+  const StripRows strip{row_stride, rows};
+  for (int64_t b = 0; b < in / 256; ++b) {
+    const uint8_t* blk = w + b * kIq4XsBytes;
+    auto* packed = reinterpret_cast<__m512i*>(ws + tile_packed_offset(in) + b * kTilePackedBlockBytes);
+    for (int s = 0; s < 8; ++s) {
+      __m512i codes[8];
+      iq4_codes(strip, blk + 8 + 16 * s, codes);
+      for (int k = 0; k < 8; ++k) _mm512_store_si512(packed + 8 * s + k, codes[k]);
+    }
+    float* dot_scale = scale_block(ws, in, b);
+    float* sum_scale = dot_scale + 256;
+    for (int r = 0; r < kTileRows; ++r) {
+      const uint8_t* row_blk = blk + r * row_stride;
+      const float d = r < rows ? half(row_blk) : 0.0f;
+      for (int s = 0; s < 8; ++s) {
+        const float f = r < rows ? d * static_cast<float>(iq4_xs_scale(row_blk, s)) : 0.0f;
+        dot_scale[s * 16 + r] = f;
+        sum_scale[s * 16 + r] = 128.0f * f;
       }
     }
   }
