@@ -24,10 +24,10 @@ inline bool cuda_experts_alike(const ExpertWeights& ew) {
     const bool alike = g.weight.dtype == g0.weight.dtype && u.weight.dtype == u0.weight.dtype &&
                        d.weight.dtype == d0.weight.dtype && g.out_features() == intermediate &&
                        u.out_features() == intermediate && d.in_features() == intermediate &&
-                       u.in_features() == g.in_features() && d.out_features() == g.in_features() && g.bias.empty() &&
-                       u.bias.empty() && d.bias.empty() && g.scale_inv.empty() != scaled &&
-                       u.scale_inv.empty() != scaled && d.scale_inv.empty() != scaled && g.weight.data != nullptr &&
-                       u.weight.data != nullptr && d.weight.data != nullptr;
+                       u.in_features() == g.in_features() && d.out_features() == g.in_features() &&
+                       g.bias.empty() && u.bias.empty() && d.bias.empty() && g.scale_inv.empty() != scaled &&
+                       u.scale_inv.empty() != scaled && d.scale_inv.empty() != scaled &&
+                       g.weight.data != nullptr && u.weight.data != nullptr && d.weight.data != nullptr;
     if (!alike) return false;
   }
   return true;

@@ -81,14 +81,16 @@ inline constexpr double kAssumedGpuGflops = 123'000.0;
 // (DeepSeek-V3's layers are 17× Qwen3's), so the one fitted constant is a share of the probed PCIe
 // rate, not seconds a layer. Fitted to the H200 machine (pinned PCIe measured at 55 GB/s; docs/PERF.md
 // "Prefill linears through cuBLAS", cuBLAS batched experts): the 48-layer Qwen3-30B-A3B Q4_K_M,
-// experts=cpu,*=cuda:0, one 4,096-token pass, 11,649 ± 326 tok/s measured = 351.6 ms for 17.55 GB of
-// experts, 0.91 of 55 GB/s (each layer's GPU work, ~4.9 ms, is under its 6.2–7.1 ms copy); predicted
-// 11,675 (1.00, the fit). Checked against DeepSeek-V3 Q4_K_M (5- and 8-layer files, the MoE layer
-// as (t8 − t5)/3): 8k in one pass, 143 ms a layer measured, 154 ms predicted (compute-bound: 18.9
-// TFLOP at 123 TFLOP/s over 126.8–146.2 ms of copies; 0.93 of the measured speed); 8k in 4,096-token
-// passes, 148 ms a layer and pass measured, 139.7 predicted (copy-bound; 1.06); 61 layers at 8k,
-// 928 tok/s extrapolated, ~870 predicted (0.94). Figures with the earlier grouped-tile experts
-// (hybrid 4k 5.9–6.3k tok/s, DeepSeek-V3's 174 ms a 4k layer) predate the fitted compute rate.
+// experts=cpu,*=cuda:0, one 4,096-token pass, 11,649 ± 326 tok/s measured = 351.6 ms for 17.55 GB
+// of experts, 0.91 of 55 GB/s (each layer's GPU work, ~4.9 ms, is under its 6.2–7.1 ms copy at 55
+// GB/s); predicted 11,675 (1.00, the fit). Checked against DeepSeek-V3 Q4_K_M, the MoE layer as
+// docs/PERF.md reads it from 5- and 8-layer files, (t8 − t5)/3 (rough: the 5-layer file's two
+// streamed layers stay in the slots between passes): 8k in one pass, 143 ms measured, 154 predicted
+// (compute-bound: 18.9 TFLOP at 123 TFLOP/s against 126.8–146.2 ms of copies; speed 0.93 of the
+// measured); 8k in 4,096-token passes, 148 ms a layer and pass measured, 139.6 predicted
+// (copy-bound; 1.06); 61 layers at 8k in one pass, 928 tok/s extrapolated, ~870 predicted (0.94).
+// Figures with the earlier grouped-tile experts (hybrid 4k 5.9–6.3k tok/s, DeepSeek-V3's 174 ms a
+// 4k layer) predate the fitted GPU compute rate and are not fitted.
 inline constexpr double kStreamedCopyShare = 0.91;
 inline double streamed_copy_gbps(double pcie_gbps) { return kStreamedCopyShare * pcie_gbps; }
 // Bandwidths assumed for a GPU the process cannot measure (GB/s): H200 HBM3e at ~80 % of 4.8 TB/s,
