@@ -2,6 +2,7 @@
 // how fast decode and prefill should run there, from the file's metadata and tensor table (the
 // weights are mapped, never read) and this machine's measured (or cached) bandwidth.
 #include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -10,6 +11,7 @@
 
 #include "cli/command.hpp"
 #include "cli/generation_flags.hpp"
+#include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/gpu_bandwidth.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
@@ -92,6 +94,11 @@ int plan_command(const PlanFlags& f) {
   }
   double pcie_h2d_gbps = 0, pcie_d2h_gbps = 0;
   const std::string gpu_rates = load_gpu_rates(rates, f.remeasure, pcie_h2d_gbps, pcie_d2h_gbps);
+  // As the engine resolves it on this machine (engine.cpp): automatic, or the environment's override.
+  rates.stream_experts_min_tokens =
+      automatic_stream_experts_min_tokens(streamable_expert_bytes(weights, plan.placement), physical_memory_bytes());
+  if (const auto env = integer_from_environment("TANDEM_STREAM_EXPERTS_MIN_TOKENS", 0, INT64_MAX))
+    rates.stream_experts_min_tokens = *env;
   const PerformancePrediction p =
       predict_performance(files.config, weights, plan.placement, rates, plan.expert_cache_per_layer);
 
@@ -138,6 +145,10 @@ int plan_command(const PlanFlags& f) {
     j["gpu_rates"] = gpu_rates;
     j["cpu_gflops"] = rates.cpu_gflops;
     j["gpu_gflops"] = rates.gpu_gflops;
+    j["stream_experts_min_tokens"] = rates.stream_experts_min_tokens;
+    j["prefill_streamed_layers"] = p.prefill_streamed_layers;
+    j["prefill_streamed_bytes"] = p.prefill_streamed_bytes;
+    j["prefill_stream_gbps"] = streamed_copy_gbps(rates.pcie_gbps);
     fmt::print("{}\n", j.dump());
     return 0;
   }
@@ -162,6 +173,9 @@ int plan_command(const PlanFlags& f) {
              p.split_layers, kLayerSyncSeconds * 1e6);
   fmt::print("prefill 4k, 8k   {:.1f} tok/s, {:.1f} tok/s (CPU {:.0f} GFLOP/s, GPU {:.0f} GFLOP/s assumed)\n",
              p.prefill_4k_tok_s, p.prefill_8k_tok_s, rates.cpu_gflops, rates.gpu_gflops);
+  if (p.prefill_streamed_layers > 0)
+    fmt::print("                 routed experts of {} layers streamed to the GPU per pass ({} over PCIe at {:.0f} GB/s)\n",
+               p.prefill_streamed_layers, gib(p.prefill_streamed_bytes), streamed_copy_gbps(rates.pcie_gbps));
   return 0;
 }
 

@@ -21,6 +21,7 @@
 #include "tandem/backend/op_timing_backend.hpp"
 #include "tandem/backend/cuda_backend.hpp"
 #include "tandem/engine/forward.hpp"
+#include "tandem/engine/plan.hpp"
 #include "tandem/engine/repack_budget.hpp"
 #include "tandem/engine/scheduler.hpp"
 #include "tandem/error.hpp"
@@ -83,6 +84,9 @@ std::string MemoryReport::placement_text() const {
   return out;
 }
 
+// tandem plan predicts with the threshold the engine picks.
+static_assert(LoadOptions::kStreamExpertsAutoTokens == kStreamExpertsMinTokens);
+
 namespace {
 
 // One line per type of CPU-placed linear weights the fast CPU kernels lack (those layers run on
@@ -137,20 +141,6 @@ void check_options(const LoadOptions& o) {
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("load option stream_experts_min_tokens {} is not a token count (0: never, -1: automatic)",
                             o.stream_experts_min_tokens));
-}
-
-// LoadOptions::kStreamExpertsAutomatic resolved from the bytes that could stream
-// (ForwardPass::streamable_expert_bytes): streaming when there are some and their pinned copies take
-// at most 40 % of the machine's memory.
-double physical_memory() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
-}
-
-int64_t automatic_stream_min_tokens(uint64_t streamable_bytes) {
-  const double memory = physical_memory();
-  if (streamable_bytes == 0 || memory <= 0) return 0;
-  return static_cast<double>(streamable_bytes) <= 0.4 * memory ? LoadOptions::kStreamExpertsAutoTokens : 0;
 }
 
 // The host tier's blocks for a pool with device layers (LoadOptions::kv_host_bytes): by default the
@@ -393,7 +383,8 @@ class CpuEngine final : public Engine {
     forward_->set_record_graphs(options_.cuda_graphs && !(graphs != nullptr && std::string_view(graphs) == "0") &&
                                 timed_backends_.empty());
     int64_t stream_min = options_.stream_experts_min_tokens;
-    if (stream_min < 0) stream_min = automatic_stream_min_tokens(forward_->streamable_expert_bytes());
+    if (stream_min < 0)
+      stream_min = automatic_stream_experts_min_tokens(forward_->streamable_expert_bytes(), physical_memory_bytes());
     // A token count; 0 turns streaming off.
     if (const auto env = integer_from_environment("TANDEM_STREAM_EXPERTS_MIN_TOKENS", 0, INT64_MAX)) stream_min = *env;
     if (stream_min > 0 && !gpu_backends_.empty()) step(0.7f, "copying streamed experts to pinned memory");
@@ -568,7 +559,7 @@ class CpuEngine final : public Engine {
     };
     const double bytes = total_bytes();
     if (bytes == 0) return;
-    const double memory = physical_memory();
+    const double memory = physical_memory_bytes();
     if (!repack_fits(bytes, memory, cpu_repack_forced())) {
       cpu_backend_set_int8_copies(*backend_, false);  // then total_bytes() is what the strips alone take
       const RepackBudget budget = repack_budget(bytes, total_bytes(), memory, cpu_repack_forced());

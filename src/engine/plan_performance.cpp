@@ -6,6 +6,10 @@
 #include <tuple>
 #include <vector>
 
+#include <unistd.h>
+
+#include "tandem/backend/cuda_backend.hpp"
+#include "tandem/backend/cuda_expert_layout.hpp"
 #include "tandem/backend/cuda_q6k_staging.hpp"
 #include "tandem/engine/plan.hpp"
 #include "tandem/error.hpp"
@@ -21,8 +25,22 @@ struct LayerCost {
   double flops_per_token[2] = {0, 0};    // 2 × elements, routed experts scaled by top_k/num_experts
   double once_flops[2] = {0, 0};         // per pass: the output head's one row of logits
   double staged_head_bytes = 0;          // GPU decode bytes read at the staged head's rate
+  double host_expert_bytes = 0;          // routed experts in host memory: what a streamed pass copies
+  double host_expert_flops_per_token = 0;
+  bool streamable = false;               // a pass of stream_experts_min_tokens+ computes them on the router's GPU
   bool used[2] = {false, false};
 };
+
+// The engine's rule (ForwardPass's can_stream_experts, then the CUDA streamer's table): a MoE layer
+// whose routed experts live in host memory and whose router runs on a GPU, the experts alike
+// (cuda_experts_alike) and of types the CUDA kernels read.
+bool layer_streams_experts(const Weights& weights, const Placement& placement, int64_t layer) {
+  const LayerWeights& L = weights.layers[static_cast<size_t>(layer)];
+  return L.is_moe && placement.device_for(WeightGroup::experts, layer).kind == DeviceKind::cpu &&
+         placement.device_for(WeightGroup::router, layer).kind == DeviceKind::cuda && cuda_experts_alike(L.experts) &&
+         cuda_weight_type_supported(L.experts.gate[0].weight.dtype) &&
+         cuda_weight_type_supported(L.experts.down[0].weight.dtype);
+}
 
 std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights, const Placement& placement,
                                    int64_t expert_cache_per_layer = 0) {
@@ -60,6 +78,10 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
         cost.decode_bytes[0] += d == 0 ? bytes * expert_share * (1.0 - held) : 0.0;
         cost.decode_bytes[1] += d == 1 ? bytes * expert_share : bytes * expert_share * held;
         cost.flops_per_token[d] += flops * expert_share;
+        if (d == 0) {
+          cost.host_expert_bytes += bytes;
+          cost.host_expert_flops_per_token += flops * expert_share;
+        }
         break;
       }
       default:
@@ -68,6 +90,8 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
         break;
     }
   });
+  for (int64_t layer = 0; layer < c.num_layers && static_cast<size_t>(layer) < weights.layers.size(); ++layer)
+    costs[static_cast<size_t>(layer + 1)].streamable = layer_streams_experts(weights, placement, layer);
   return costs;
 }
 
@@ -92,30 +116,57 @@ void check_rates(const MachineRates& r) {
     throw Error(ErrorKind::invalid_argument, "plan: bandwidths and compute rates must be positive");
 }
 
+struct PrefillPass {
+  double tok_s = 0;
+  int64_t streamed_layers = 0;
+  double streamed_bytes = 0;
+};
+
+PrefillPass predict_prefill(const ModelConfig& c, const std::vector<LayerCost>& costs, const Placement& placement,
+                            const MachineRates& rates, int64_t tokens) {
+  const double n = static_cast<double>(tokens);
+  const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9};
+  const double rate[2] = {rates.cpu_gflops * 1e9, rates.gpu_gflops * 1e9};
+  const bool streaming = rates.stream_experts_min_tokens > 0 && tokens >= rates.stream_experts_min_tokens &&
+                         rates.pcie_gbps > 0;
+  PrefillPass pass;
+  double seconds = 0;
+  for (size_t i = 0; i < costs.size(); ++i) {
+    const LayerCost& cost = costs[i];
+    const int64_t layer = static_cast<int64_t>(i) - 1;
+    // A streamed layer's host experts are copied to the router's GPU and computed there.
+    const bool streamed = streaming && cost.streamable && cost.host_expert_bytes > 0;
+    const double moved_bytes = streamed ? cost.host_expert_bytes : 0.0;
+    const double moved_flops = streamed ? cost.host_expert_flops_per_token : 0.0;
+    const double bytes[2] = {cost.weight_bytes[0] - moved_bytes, cost.weight_bytes[1] + moved_bytes};
+    const double flops_per_token[2] = {cost.flops_per_token[0] - moved_flops, cost.flops_per_token[1] + moved_flops};
+    const bool used[2] = {cost.used[0] && bytes[0] > 0, cost.used[1] || streamed};
+    double t = 0;
+    for (int d = 0; d < 2; ++d) {
+      if (!used[d]) continue;
+      double flops = flops_per_token[d] * n + cost.once_flops[d];
+      if (layer >= 0 && (placement.device_for(WeightGroup::attention, layer).kind == DeviceKind::cuda) == (d == 1))
+        flops += attention_flops_per_token(c, tokens / 2) * n;  // causal: a row sees N/2 keys on average
+      double device_seconds = std::max(flops / rate[d], bytes[d] / bw[d]);
+      // The next layer's copy runs while this one computes (two VRAM slots): the slower of the two.
+      if (d == 1 && streamed)
+        device_seconds = std::max(device_seconds, moved_bytes / (streamed_copy_gbps(rates.pcie_gbps) * 1e9));
+      t = std::max(t, device_seconds);
+    }
+    pass.streamed_layers += streamed ? 1 : 0;
+    pass.streamed_bytes += moved_bytes;
+    seconds += t + (used[0] && used[1] ? kLayerSyncSeconds : 0.0);
+  }
+  pass.tok_s = seconds > 0 ? n / seconds : 0.0;
+  return pass;
+}
+
 }  // namespace
 
 double predict_prefill_tok_s(const ModelConfig& c, const Weights& weights, const Placement& placement,
                              const MachineRates& rates, int64_t tokens) {
   check_rates(rates);
-  const std::vector<LayerCost> costs = layer_costs(c, weights, placement);
-  const double n = static_cast<double>(tokens);
-  const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9};
-  const double rate[2] = {rates.cpu_gflops * 1e9, rates.gpu_gflops * 1e9};
-  double seconds = 0;
-  for (size_t i = 0; i < costs.size(); ++i) {
-    const LayerCost& cost = costs[i];
-    const int64_t layer = static_cast<int64_t>(i) - 1;
-    double t = 0;
-    for (int d = 0; d < 2; ++d) {
-      if (!cost.used[d]) continue;
-      double flops = cost.flops_per_token[d] * n + cost.once_flops[d];
-      if (layer >= 0 && (placement.device_for(WeightGroup::attention, layer).kind == DeviceKind::cuda) == (d == 1))
-        flops += attention_flops_per_token(c, tokens / 2) * n;  // causal: a row sees N/2 keys on average
-      t = std::max(t, std::max(flops / rate[d], cost.weight_bytes[d] / bw[d]));
-    }
-    seconds += t + (cost.used[0] && cost.used[1] ? kLayerSyncSeconds : 0.0);
-  }
-  return seconds > 0 ? n / seconds : 0.0;
+  return predict_prefill(c, layer_costs(c, weights, placement), placement, rates, tokens).tok_s;
 }
 
 PerformancePrediction predict_performance(const ModelConfig& c, const Weights& weights, const Placement& placement,
@@ -147,9 +198,34 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
   p.decode_bytes_cpu = static_cast<uint64_t>(std::llround(bytes[0]));
   p.decode_bytes_gpu = static_cast<uint64_t>(std::llround(bytes[1]));
   p.decode_tok_s = seconds > 0 ? 1.0 / seconds : 0.0;
-  p.prefill_4k_tok_s = predict_prefill_tok_s(c, weights, placement, rates, 4096);
-  p.prefill_8k_tok_s = predict_prefill_tok_s(c, weights, placement, rates, 8192);
+  const std::vector<LayerCost> prefill_costs = layer_costs(c, weights, placement);
+  const PrefillPass pass_4k = predict_prefill(c, prefill_costs, placement, rates, 4096);
+  p.prefill_4k_tok_s = pass_4k.tok_s;
+  p.prefill_8k_tok_s = predict_prefill(c, prefill_costs, placement, rates, 8192).tok_s;
+  p.prefill_streamed_layers = pass_4k.streamed_layers;
+  p.prefill_streamed_bytes = static_cast<uint64_t>(std::llround(pass_4k.streamed_bytes));
   return p;
+}
+
+uint64_t streamable_expert_bytes(const Weights& weights, const Placement& placement) {
+  uint64_t bytes = 0;
+  for (int64_t layer = 0; static_cast<size_t>(layer) < weights.layers.size(); ++layer) {
+    if (!layer_streams_experts(weights, placement, layer)) continue;
+    const ExpertWeights& e = weights.layers[static_cast<size_t>(layer)].experts;
+    for (const auto* list : {&e.gate, &e.up, &e.down})
+      for (const LinearWeight& m : *list) bytes += m.weight.nbytes + m.scale_inv.nbytes;
+  }
+  return bytes;
+}
+
+int64_t automatic_stream_experts_min_tokens(uint64_t streamable_bytes, double memory_bytes) {
+  if (streamable_bytes == 0 || !(memory_bytes > 0)) return 0;
+  return static_cast<double>(streamable_bytes) <= 0.4 * memory_bytes ? kStreamExpertsMinTokens : 0;
+}
+
+double physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
 }
 
 }  // namespace tandem

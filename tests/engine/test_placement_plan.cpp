@@ -558,6 +558,15 @@ void check_plan_file(const std::string& path) {
   int64_t moe_layers = 0;
   for (const LayerWeights& layer : m.weights.layers) moe_layers += layer.is_moe ? 1 : 0;
   CHECK(hybrid["split_layers"] == moe_layers);  // a dense layer runs wholly on the GPU
+  // Its prefill streams every MoE layer's experts to the GPU; with nothing in host memory, or no GPU
+  // router, nothing streams.
+  CHECK(hybrid["stream_experts_min_tokens"] == kStreamExpertsMinTokens);
+  CHECK(hybrid["prefill_streamed_layers"] == moe_layers);
+  CHECK(hybrid["prefill_streamed_bytes"].get<double>() == static_cast<double>(streamable_expert_bytes(
+                                                              m.weights, Placement::parse("experts=cpu,*=cuda:0", true))));
+  CHECK(cpu_only["prefill_streamed_layers"] == 0);
+  CHECK(cpu_only["prefill_streamed_bytes"] == 0);
+  CHECK(budget["prefill_streamed_layers"] == 0);
   const double hybrid_seconds =
       hybrid["gpu_token_seconds"].get<double>() +
       static_cast<double>(m.files.config.num_layers) * hybrid["gpu_layer_seconds"].get<double>() +
@@ -622,6 +631,90 @@ TEST_CASE("tandem plan: the hybrid split by default for a card, declined with th
   CHECK_THAT(text.out, Contains("not the hybrid defaults") && Contains("--kv-type int4"));
 }
 
+namespace {
+
+// The GPU's FLOPs of one Qwen3-30B-A3B layer in an N-token pass by the plan's count: 2 × the weight
+// elements a token reads (the routed experts at top_k/num_experts, every norm) and causal attention
+// over N/2 keys.
+double qwen3_layer_flops(const ModelConfig& c, int64_t tokens) {
+  const auto hidden = static_cast<double>(c.hidden_size), head = static_cast<double>(c.head_dim);
+  const auto heads = static_cast<double>(c.num_heads), kv_heads = static_cast<double>(c.num_kv_heads);
+  const double attention = hidden * head * (2 * heads + 2 * kv_heads) + 2 * head + 2 * hidden;  // q, o, k, v; 4 norms
+  const double experts = static_cast<double>(c.num_experts_per_tok) * 3 * static_cast<double>(c.moe_intermediate_size) * hidden;
+  const double router = static_cast<double>(c.num_experts) * hidden;
+  const auto n = static_cast<double>(tokens);
+  return 2 * (attention + experts + router) * n + 2 * heads * 2 * head * static_cast<double>(tokens / 2) * n;
+}
+
+// Hybrid prefill on the one-layer synthetic Qwen3-30B-A3B Q4_K_M: the pass streams the layer's
+// routed experts (gate and up Q4_K, 144 bytes a 256-value block; down Q6_K, 210, llama.cpp's "more
+// bits" for a last layer) and computes them on the GPU, the layer taking max(copy, GPU compute).
+// `gpu`: the same file all on cuda:0.
+void check_streamed_prefill(const Model& m, const std::string& path, const nlohmann::json& gpu) {
+  const ModelConfig& c = m.files.config;
+  const nlohmann::json hybrid =
+      plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10 --vram-total 80G --placement 'experts=cpu,*=cuda:0'");
+  const double values = static_cast<double>(c.num_experts * c.moe_intermediate_size * c.hidden_size);
+  const double layer_bytes = values / 256 * (144 + 144 + 210);
+  CHECK(layer_bytes == 128.0 * (2 * 884736 + 1290240));
+  CHECK(hybrid["prefill_streamed_layers"] == 1);
+  CHECK(hybrid["prefill_streamed_bytes"].get<double>() == layer_bytes);
+  const double stream_gbps = hybrid["prefill_stream_gbps"].get<double>();
+  CHECK(stream_gbps == Approx(0.91 * hybrid["pcie_gbps"].get<double>()).epsilon(1e-12));
+  const double copy = layer_bytes / (stream_gbps * 1e9);
+  const double compute = qwen3_layer_flops(c, 4096) / (gpu["gpu_gflops"].get<double>() * 1e9);
+  // 391.6 MB at 0.91 × 55 GB/s (7.8 ms) against 4.9 ms of compute: the copy bounds it.
+  CHECK(copy > compute);
+  const double gpu_pass = 4096.0 / gpu["prefill_4k_tok_s"].get<double>();
+  const double hybrid_pass = 4096.0 / hybrid["prefill_4k_tok_s"].get<double>();
+  CHECK(hybrid_pass == Approx(gpu_pass - compute + std::max(copy, compute)).epsilon(1e-6));
+  // The CPU computing the experts instead (streaming off in the environment, as for the engine).
+  setenv("TANDEM_STREAM_EXPERTS_MIN_TOKENS", "0", 1);
+  const nlohmann::json unstreamed =
+      plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10 --vram-total 80G --placement 'experts=cpu,*=cuda:0'");
+  unsetenv("TANDEM_STREAM_EXPERTS_MIN_TOKENS");
+  CHECK(unstreamed["stream_experts_min_tokens"] == 0);
+  CHECK(unstreamed["prefill_streamed_layers"] == 0);
+  CHECK(unstreamed["prefill_4k_tok_s"].get<double>() < hybrid["prefill_4k_tok_s"].get<double>());
+
+  // In process: with a link fast enough the streamed layer is the all-GPU one; a pass below the
+  // threshold keeps the CPU's experts; CPU-only and all-GPU placements stream nothing.
+  MachineRates rates;
+  rates.dram_read_gbps = 10;
+  rates.cpu_gflops = 800;
+  rates.gpu_present = true;
+  const Placement hybrid_placement = Placement::parse("experts=cpu,*=cuda:0", true);
+  const Placement gpu_placement = Placement::parse("*=cuda:0", true);
+  const Placement cpu_placement = Placement::parse("*=cpu", true);
+  const auto prefill = [&](const Placement& placement, const MachineRates& r, int64_t tokens) {
+    return predict_prefill_tok_s(c, m.weights, placement, r, tokens);
+  };
+  MachineRates off = rates;
+  off.stream_experts_min_tokens = 0;
+  MachineRates fast_link = rates;
+  fast_link.pcie_gbps = 1e6;
+  CHECK(prefill(hybrid_placement, fast_link, 4096) == Approx(prefill(gpu_placement, fast_link, 4096)).epsilon(1e-12));
+  const double copy_here = layer_bytes / (streamed_copy_gbps(rates.pcie_gbps) * 1e9);
+  const double compute_here = qwen3_layer_flops(c, 4096) / (rates.gpu_gflops * 1e9);
+  CHECK(4096.0 / prefill(hybrid_placement, rates, 4096) ==
+        Approx(4096.0 / prefill(gpu_placement, rates, 4096) - compute_here + std::max(copy_here, compute_here))
+            .epsilon(1e-6));
+  CHECK(rates.stream_experts_min_tokens == 256);
+  CHECK(prefill(hybrid_placement, rates, 255) == prefill(hybrid_placement, off, 255));
+  CHECK(prefill(hybrid_placement, rates, 256) > 2 * prefill(hybrid_placement, off, 256));
+  for (const Placement* p : {&cpu_placement, &gpu_placement}) {
+    CHECK(prefill(*p, rates, 4096) == prefill(*p, off, 4096));
+    CHECK(prefill(*p, rates, 8192) == prefill(*p, off, 8192));
+  }
+  // The automatic threshold: streaming while the pinned mirrors take at most 40 % of the memory.
+  CHECK(automatic_stream_experts_min_tokens(400, 1000.0) == 256);
+  CHECK(automatic_stream_experts_min_tokens(401, 1000.0) == 0);
+  CHECK(automatic_stream_experts_min_tokens(0, 1000.0) == 0);
+  CHECK(automatic_stream_experts_min_tokens(400, 0.0) == 0);
+}
+
+}  // namespace
+
 TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli][synth]") {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "tandem-plan-test";
   std::filesystem::create_directories(dir);
@@ -675,6 +768,7 @@ TEST_CASE("tandem plan on a synthetic Qwen3-30B-A3B layer", "[engine][plan][cli]
   const Model m(path);
   CHECK(cached["decode_tok_s"].get<double>() ==
         Approx(cached["dram_read_gbps"].get<double>() * 1e9 / decode_bytes_by_definition(m)).epsilon(1e-6));
+  check_streamed_prefill(m, path, gpu);
   unsetenv("XDG_CACHE_HOME");
   std::filesystem::remove_all(dir);
 }

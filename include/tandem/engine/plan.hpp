@@ -11,7 +11,11 @@
 //   prefill, one pass of N tokens: per layer and device, max(FLOPs / compute rate, bytes /
 //     bandwidth) with every expert read once; FLOPs = 2 × weight elements per token (routed experts
 //     × top_k/num_experts) + causal attention 2·heads·(qk+v width)·N/2 per token; the slower device
-//     bounds the layer. tok/s = N / Σ.
+//     bounds the layer. A pass of stream_experts_min_tokens or more streams each MoE layer whose
+//     routed experts live in host memory and whose router runs on a GPU (the engine's rule:
+//     streamable_expert_bytes): those experts' FLOPs and bytes count on the GPU, whose time is then
+//     max(its compute, the layer's expert bytes / streamed_copy_gbps) — the next layer's copy runs
+//     while this one computes. tok/s = N / Σ.
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -69,10 +73,33 @@ inline constexpr double kLayerSyncSeconds = 145e-6;
 // predicted 3.3× the measured speed).
 inline constexpr double kAssumedCpuGflopsPerCore = 50.0;
 inline constexpr double kAssumedGpuGflops = 123'000.0;
+// Streamed prefill: each MoE layer's host experts copied in one DMA from a pinned mirror to one of
+// two VRAM slots, the next layer's copy overlapping this one's compute (ForwardPass, ExpertStreamer).
+// The copies of a pass priced at bytes / (pcie_gbps × kStreamedCopyShare): besides the copies the
+// engine waits for each layer's routing on the host before it issues the next copy, and the first
+// streamed layer of a pass is copied before anything overlaps it; those costs grow with the bytes
+// (DeepSeek-V3's layers are 17× Qwen3's), so the one fitted constant is a share of the probed PCIe
+// rate, not seconds a layer. Fitted to the H200 machine (pinned PCIe measured at 55 GB/s; docs/PERF.md
+// "Prefill linears through cuBLAS", cuBLAS batched experts): the 48-layer Qwen3-30B-A3B Q4_K_M,
+// experts=cpu,*=cuda:0, one 4,096-token pass, 11,649 ± 326 tok/s measured = 351.6 ms for 17.55 GB
+// of experts, 0.91 of 55 GB/s (each layer's GPU work, ~4.9 ms, is under its 6.2–7.1 ms copy at 55
+// GB/s); predicted 11,675 (1.00, the fit). Checked against DeepSeek-V3 Q4_K_M, the MoE layer as
+// docs/PERF.md reads it from 5- and 8-layer files, (t8 − t5)/3 (rough: the 5-layer file's two
+// streamed layers stay in the slots between passes): 8k in one pass, 143 ms measured, 154 predicted
+// (compute-bound: 18.9 TFLOP at 123 TFLOP/s against 126.8–146.2 ms of copies; speed 0.93 of the
+// measured); 8k in 4,096-token passes, 148 ms a layer and pass measured, 139.6 predicted
+// (copy-bound; 1.06); 61 layers at 8k in one pass, 928 tok/s extrapolated, ~870 predicted (0.94).
+// Figures with the earlier grouped-tile experts (hybrid 4k 5.9–6.3k tok/s, DeepSeek-V3's 174 ms a
+// 4k layer) predate the fitted GPU compute rate and are not fitted.
+inline constexpr double kStreamedCopyShare = 0.91;
+inline double streamed_copy_gbps(double pcie_gbps) { return kStreamedCopyShare * pcie_gbps; }
 // Bandwidths assumed for a GPU the process cannot measure (GB/s): H200 HBM3e at ~80 % of 4.8 TB/s,
 // pinned PCIe 5.0 x16 as measured on the GPU machine.
 inline constexpr double kAssumedVramGbps = 3800.0;
 inline constexpr double kAssumedPcieGbps = 55.0;
+
+// The engine's automatic streaming threshold (LoadOptions::kStreamExpertsAutoTokens).
+inline constexpr int64_t kStreamExpertsMinTokens = 256;
 
 struct MachineRates {
   double dram_read_gbps = 0;  // 1e9 bytes/s
@@ -84,6 +111,9 @@ struct MachineRates {
   double cpu_gflops = 0;
   double gpu_gflops = kAssumedGpuGflops;
   int threads = 1;
+  // Prefill passes of this many tokens or more stream host experts to the router's GPU (the engine's
+  // stream_experts_min_tokens as it resolves it here: automatic_stream_experts_min_tokens); 0: never.
+  int64_t stream_experts_min_tokens = kStreamExpertsMinTokens;
 };
 
 struct PerformancePrediction {
@@ -95,6 +125,8 @@ struct PerformancePrediction {
   uint64_t staged_head_bytes = 0; // of those, an output head read at gpu_staged_head_read_gbps
   int64_t split_layers = 0;       // layers whose roles span the CPU and a GPU (each pays the sync)
   double decode_flops_per_token = 0;
+  int64_t prefill_streamed_layers = 0;  // MoE layers whose host experts the 4k pass streams to a GPU
+  uint64_t prefill_streamed_bytes = 0;  // ... and the bytes it copies over PCIe
 };
 
 // The cost of one decode token and of prefill, by the model above.
@@ -106,6 +138,14 @@ PerformancePrediction predict_performance(const ModelConfig& config, const Weigh
 // Prefill of one `tokens`-token pass.
 double predict_prefill_tok_s(const ModelConfig& config, const Weights& weights, const Placement& placement,
                              const MachineRates& rates, int64_t tokens);
+
+// The routed-expert bytes of the layers a long enough prefill streams under this placement (MoE
+// layers with experts in host memory and the router on a GPU, experts the CUDA kernels read).
+uint64_t streamable_expert_bytes(const Weights& weights, const Placement& placement);
+// LoadOptions::kStreamExpertsAutomatic resolved: kStreamExpertsMinTokens when there are streamable
+// bytes and their pinned host mirrors take at most 40 % of `memory_bytes`, else 0 (never).
+int64_t automatic_stream_experts_min_tokens(uint64_t streamable_bytes, double memory_bytes);
+double physical_memory_bytes();  // this machine's memory; 0 when unknown
 
 // Measured rates cached in $XDG_CACHE_HOME/tandem/machine-rates.json (or ~/.cache/tandem/...),
 // keyed by machine: host name, CPU model and thread count (GPU rates: the GPU's index in place of
