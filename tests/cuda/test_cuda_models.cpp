@@ -208,6 +208,21 @@ TEST_CASE("cuda whole model: bf16 prefill tiles on quantised files stay within t
   }
 }
 
+// The first `max_bytes` of a text file as the model's tokenizer encodes them (no special tokens).
+std::vector<int32_t> text_tokens(const std::string& model, const std::string& text_path,
+                                 size_t max_bytes = SIZE_MAX) {
+  std::ifstream in(text_path, std::ios::binary);
+  REQUIRE(in);
+  std::string text;
+  text.assign(std::istreambuf_iterator<char>(in), {});
+  if (text.size() > max_bytes) text.resize(max_bytes);
+  LoadOptions o;
+  o.max_sessions = 1;
+  o.max_context_tokens = 64;
+  o.placement = "*=cpu";
+  return Engine::load(model, o)->tokenizer()->encode(text, /*add_special=*/false);
+}
+
 // Token by token, so that every position goes through the decode GEMVs: each position's logits
 // (appended to `logits`) and the mean negative log-likelihood of the next id.
 double decode_nll(Engine& engine, const std::vector<int32_t>& ids, std::vector<float>& logits) {
@@ -227,20 +242,7 @@ TEST_CASE("cuda whole model: int8 decode products on the trained Q4_K_M file sta
           "[cuda][model][q8]") {
   if (!have_gpu()) return;
   const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
-  std::string text;
-  {
-    std::ifstream in(test::data_dir() + "/trained-qwen3moe/eval-dev-head.txt", std::ios::binary);
-    REQUIRE(in);
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  std::vector<int32_t> tokens;
-  {
-    LoadOptions o;
-    o.max_sessions = 1;
-    o.max_context_tokens = 64;
-    o.placement = "*=cpu";
-    tokens = Engine::load(path, o)->tokenizer()->encode(text, /*add_special=*/false);
-  }
+  const std::vector<int32_t> tokens = text_tokens(path, test::data_dir() + "/trained-qwen3moe/eval-dev-head.txt");
   REQUIRE(tokens.size() >= 512);
   const auto cpu = load(path, "*=cpu");
   for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
@@ -285,21 +287,7 @@ TEST_CASE("cuda whole model: trained DeepSeek-V3 Q4_K_M on the GPU's default pat
   if (!have_gpu()) return;
   TANDEM_REQUIRE_FIXTURES(fx);
   const std::string path = fx + "/trained/deepseekv3-q4_k_m.gguf";
-  std::string text(96 * 1024, '\0');
-  {
-    std::ifstream in(fx + "/trained/text/eval-dev.txt", std::ios::binary);
-    REQUIRE(in);
-    in.read(text.data(), static_cast<std::streamsize>(text.size()));
-    text.resize(static_cast<size_t>(in.gcount()));
-  }
-  std::vector<int32_t> tokens;
-  {
-    LoadOptions o;
-    o.max_sessions = 1;
-    o.max_context_tokens = 64;
-    o.placement = "*=cpu";
-    tokens = Engine::load(path, o)->tokenizer()->encode(text, /*add_special=*/false);
-  }
+  const std::vector<int32_t> tokens = text_tokens(path, fx + "/trained/text/eval-dev.txt", 96 * 1024);
   REQUIRE(tokens.size() >= 512);
   const auto cpu = load(path, "*=cpu");
   const int64_t vocab = cpu->config().vocab_size;
