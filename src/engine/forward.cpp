@@ -100,7 +100,7 @@ struct ForwardPass::Impl {
   std::vector<LayerVectors> layer_vectors;
   const float* output_norm = nullptr;
   DeviceBuffer staging;  // pinned host bytes for copies between two devices
-  bool pinned_mirrors = integer_from_environment("TANDEM_PINNED_MIRRORS", 0, 1).value_or(1) == 1;
+  bool pinned_mirrors = integer_from_environment("TANDEM_PINNED_MIRRORS", 0, 1).value_or(0) == 1;
   // A layer's deferred part: its experts call was issued on the experts' mirror `on` right after the
   // layer's kept experts, its output lands in `slot`.out. Layer L leaves it in `produced`; layer L+1
   // takes it as `waiting` and adds its output after its own feed-forward, waiting for `done` first
@@ -238,10 +238,10 @@ struct ForwardPass::Impl {
     attention_rows.assign(T, nullptr);
   }
   // A mirror's activation buffers, [max_tokens, width] each (the old ones freed first). A host
-  // backend's, in a pass whose main backend is a GPU, are that GPU's pinned memory: the copies between
+  // backend's, in a pass whose main backend is a GPU, may be that GPU's pinned memory: the copies between
   // the two (a hybrid MoE layer's rows down and its output up, every layer) are then queued behind the
-  // GPU's work, where pageable memory makes each a staged copy the host waits through.
-  // TANDEM_PINNED_MIRRORS=0 keeps them pageable (for A/B runs).
+  // GPU's work, where pageable memory makes each a staged copy the host waits through. Opt-in
+  // (TANDEM_PINNED_MIRRORS=1) until it has run on a GPU.
   void allocate_activations(Mirror& m) {
     const bool pinned = pinned_mirrors && !mirrors.empty() && &m != &main() && on_host(*m.backend) &&
                         !on_host(*main().backend);
