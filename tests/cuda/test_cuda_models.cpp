@@ -280,7 +280,7 @@ TEST_CASE("cuda whole model: int8 decode products on the trained Q4_K_M file sta
 // shared expert, group-limited routing) in Q4_K_M, each placement with the GPU's default paths (int8
 // decode products, bf16 prefill tiles) and the CPU's fast kernels, as users run it, against the CPU's
 // reference kernels: perplexity token by token over two 256-token windows of the held-out text, and
-// over one window in one prefill (the prefill tiles), each within 0.3 % of the CPU's.
+// over four windows each in one prefill (the prefill tiles), each within 0.3 % of the CPU's.
 TEST_CASE("cuda whole model: trained DeepSeek-V3 Q4_K_M on the GPU's default paths keeps the CPU's perplexity "
           "within 0.3 %",
           "[cuda][model][q8][fixtures]") {
@@ -288,17 +288,26 @@ TEST_CASE("cuda whole model: trained DeepSeek-V3 Q4_K_M on the GPU's default pat
   TANDEM_REQUIRE_FIXTURES(fx);
   const std::string path = fx + "/trained/deepseekv3-q4_k_m.gguf";
   const std::vector<int32_t> tokens = text_tokens(path, fx + "/trained/text/eval-dev.txt", 96 * 1024);
-  REQUIRE(tokens.size() >= 512);
   const auto cpu = load(path, "*=cpu");
   const int64_t vocab = cpu->config().vocab_size;
-  const std::vector<int32_t> first(tokens.begin(), tokens.begin() + 256);
-  const auto cpu_prompt = prompt_logits(*cpu, first);
+  // One prefill per 256-token window, four windows: a single window's perplexity moves by up to
+  // ~0.6 % between the CPU's own fast and reference kernels on this model (windows 1-2 of `tandem
+  // perplexity --ctx 256`), where eight agree within 0.013 %; on the H100 the hybrid's one window
+  // was past 0.3 % while its 510 decode positions were within it.
+  const auto window = [&](size_t w) {
+    return std::vector<int32_t>(tokens.begin() + static_cast<long>(256 * w),
+                                tokens.begin() + static_cast<long>(256 * (w + 1)));
+  };
+  const auto prefill_nll = [&](Engine& engine) {
+    double nll = 0;
+    for (size_t w = 0; w < 4; ++w) nll += mean_nll(prompt_logits(engine, window(w)), window(w), vocab) / 4;
+    return nll;
+  };
+  REQUIRE(tokens.size() >= 4 * 256);
+  const double prefill_nll_cpu = prefill_nll(*cpu);
   double nll_cpu = 0;
   std::vector<float> l_cpu;
-  for (size_t w = 0; w < 2; ++w)
-    nll_cpu += decode_nll(*cpu, std::vector<int32_t>(tokens.begin() + static_cast<long>(256 * w),
-                                                     tokens.begin() + static_cast<long>(256 * (w + 1))),
-                          l_cpu) / 2;
+  for (size_t w = 0; w < 2; ++w) nll_cpu += decode_nll(*cpu, window(w), l_cpu) / 2;
   for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
     LoadOptions o = cpu->options();
     o.placement = placement;
@@ -308,23 +317,19 @@ TEST_CASE("cuda whole model: trained DeepSeek-V3 Q4_K_M on the GPU's default pat
     const auto gpu = Engine::load(path, o);
     double nll_gpu = 0;
     std::vector<float> l_gpu;
-    for (size_t w = 0; w < 2; ++w)
-      nll_gpu += decode_nll(*gpu, std::vector<int32_t>(tokens.begin() + static_cast<long>(256 * w),
-                                                       tokens.begin() + static_cast<long>(256 * (w + 1))),
-                            l_gpu) / 2;
-    const double prefill_nll_cpu = mean_nll(cpu_prompt, first, vocab);
-    const double prefill_nll_gpu = mean_nll(prompt_logits(*gpu, first), first, vocab);
+    for (size_t w = 0; w < 2; ++w) nll_gpu += decode_nll(*gpu, window(w), l_gpu) / 2;
+    const double prefill_nll_gpu = prefill_nll(*gpu);
     // exp(Δ mean NLL) is the perplexity ratio.
     const double decode_ratio = std::exp(nll_gpu - nll_cpu), prefill_ratio = std::exp(prefill_nll_gpu - prefill_nll_cpu);
     INFO("--placement '" << placement << "': perplexity token by token " << std::exp(nll_gpu) << " vs the CPU's "
                          << std::exp(nll_cpu) << " (" << decode_ratio << "), " << argmax_mismatches(l_gpu, l_cpu, vocab)
-                         << " of 510 argmax differ; one prefill " << std::exp(prefill_nll_gpu) << " vs "
+                         << " of 510 argmax differ; four prefills " << std::exp(prefill_nll_gpu) << " vs "
                          << std::exp(prefill_nll_cpu) << " (" << prefill_ratio << ")");
     CHECK(std::fabs(decode_ratio - 1) <= 3e-3);
     CHECK(std::fabs(prefill_ratio - 1) <= 3e-3);
     CHECK(argmax_mismatches(l_gpu, l_cpu, vocab) <= 10);  // 2 % of positions: near ties
     WARN("trained DeepSeek-V3 (measured): '" << placement << "' perplexity ratio " << decode_ratio
-                                              << " token by token, " << prefill_ratio << " in one prefill");
+                                              << " token by token, " << prefill_ratio << " in four prefills");
   }
 }
 
