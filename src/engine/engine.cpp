@@ -413,6 +413,7 @@ class CpuEngine final : public Engine {
   std::vector<std::string> warnings() const override { return files_.warnings; }
   int64_t replayed_passes() const override { return forward_->replayed_passes(); }
   int64_t streamed_expert_layers() const override { return forward_->streamed_expert_layers(); }
+  int64_t stream_experts_min_tokens() const override { return forward_->stream_experts_min_tokens(); }
   ForwardPass::ExpertCacheStats expert_cache_stats() override {
     std::lock_guard lock(mutex_);
     return forward_->expert_cache_stats();

@@ -647,6 +647,7 @@ ForwardPass::~ForwardPass() = default;
 
 int64_t ForwardPass::replayed_passes() const { return impl_->replayed_passes; }
 int64_t ForwardPass::streamed_expert_layers() const { return impl_->streamed_layers; }
+int64_t ForwardPass::stream_experts_min_tokens() const { return impl_->stream_min_tokens; }
 
 void ForwardPass::set_stream_experts_min_tokens(int64_t tokens) {
   impl_->stream_min_tokens = tokens;

@@ -126,6 +126,10 @@ TEST_CASE("bench model: JSON keys and consistent values on the bundled model", "
   CHECK(j["plan_decode_tok_s"].get<double>() > 0);
   CHECK(j["plan_decode_fraction"].get<double>() ==
         Approx(j["decode_tok_s"].get<double>() / j["plan_decode_tok_s"].get<double>()).epsilon(1e-9));
+  REQUIRE(j.contains("plan_prefill_tok_s"));
+  CHECK(j["plan_prefill_tok_s"].get<double>() > 0);
+  CHECK(j["plan_prefill_fraction"].get<double>() ==
+        Approx(j["prefill_tok_s"].get<double>() / j["plan_prefill_tok_s"].get<double>()).epsilon(1e-9));
   // A trained router spreads 64 tokens over most experts of each layer.
   const double hit = j["experts_hit_fraction"];
   REQUIRE(j["experts_hit_per_layer"].size() == 4);  // the bundled model's four MoE layers

@@ -174,6 +174,9 @@ class Engine {
   // MoE layers whose host-memory experts were streamed to a GPU for a prefill so far
   // (LoadOptions::stream_experts_min_tokens).
   virtual int64_t streamed_expert_layers() const { return 0; }
+  // The pass size from which they stream, as resolved at load (automatic, the option or
+  // TANDEM_STREAM_EXPERTS_MIN_TOKENS); 0: never.
+  virtual int64_t stream_experts_min_tokens() const { return 0; }
   // The GPU expert cache (PlacementFlags::expert_cache; ForwardPass::set_expert_cache): its layers,
   // experts held per layer and how many routed pairs its held experts took so far.
   virtual ForwardPass::ExpertCacheStats expert_cache_stats() { return {}; }

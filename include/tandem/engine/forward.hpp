@@ -68,6 +68,7 @@ class ForwardPass {
   // At load, with tokens > 0, the GPUs prepare (Backend::prepare_streamed_experts) the layers they
   // will stream.
   void set_stream_experts_min_tokens(int64_t tokens);
+  int64_t stream_experts_min_tokens() const;
   // Bytes of the routed experts that could stream (in host memory, their router on a GPU).
   uint64_t streamable_expert_bytes() const;
   // The GPU expert cache (issue 17, item 4). In each MoE layer whose routed experts live in host

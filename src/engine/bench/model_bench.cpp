@@ -119,6 +119,7 @@ ModelBenchResult run_model_bench(const ModelBenchOptions& o) {
     r.warnings = engine->warnings();
     r.placement = engine->placement().to_string();
     r.ubatch = engine->options().max_batch_tokens;
+    r.stream_experts_min_tokens = engine->stream_experts_min_tokens();
     auto probe_stream = [&] {
       auto backend = make_cpu_backend(o.threads, o.kernels);  // the same threads as the engine's
       r.threads = backend->threads();

@@ -39,6 +39,7 @@ struct ModelBenchResult {
   double decode_tok_s = 0, decode_tok_s_sd = 0;
   double stream_read_gbps = 0;
   int64_t ubatch = 0;            // tokens per forward pass the engine ran with
+  int64_t stream_experts_min_tokens = 0;  // the engine's: passes this long stream host experts to a GPU
   int64_t prefill_passes = 0;    // forward passes of one pp prompt (its chunks), counted by the scheduler
   int64_t depth_passes = 0;      // forward passes that cached the -d tokens before a test (not timed)
   std::string placement;  // the rules the engine resolved (placement_flags applied), Placement::to_string
