@@ -79,11 +79,11 @@ CommandRun setup(CLI::App& sub) {
     const PerformancePrediction plan =
         predict_performance(files.config, weights, placement, rates, r.expert_cache_per_layer);
     const double plan_decode_tok_s = plan.decode_tok_s;
-    // ... and for one prefill pass of the bench's pass size, streaming as the engine resolved it: the
-    // prediction of the whole prompt where it fits one pass (later passes also attend to the earlier ones).
+    // ... and for the bench's prompt in the engine's passes after its -d context, streaming as the
+    // engine resolved it.
     rates.stream_experts_min_tokens = r.stream_experts_min_tokens;
-    const int64_t pass_tokens = std::min<int64_t>(o.prompt_tokens, r.ubatch);
-    const double plan_prefill_tok_s = predict_prefill_tok_s(files.config, weights, placement, rates, pass_tokens);
+    const double plan_prefill_tok_s = predict_prompt_prefill_tok_s(files.config, weights, placement, rates,
+                                                                   o.prompt_tokens, r.ubatch, o.depth);
     // With every weight on the GPU, the decode roofline is the GPU's: HBM bytes per token at its rate.
     const bool all_gpu = on_gpu && plan.decode_bytes_cpu == 0 && plan.decode_bytes_gpu > 0;
     const double hbm_roofline_tok_s =
@@ -156,9 +156,9 @@ CommandRun setup(CLI::App& sub) {
                  r.decode_tok_s / hbm_roofline_tok_s);
     fmt::print("plan_decode_tok_s {:.1f} (tandem plan's prediction for this placement and these rates); decode at {:.3f} of it\n",
                plan_decode_tok_s, r.decode_tok_s / plan_decode_tok_s);
-    fmt::print("plan_prefill_tok_s {:.1f} (tandem plan's prediction for a pass of {} tokens{}); prefill at {:.3f} of it\n",
-               plan_prefill_tok_s, pass_tokens,
-               r.prefill_passes > 1 ? ", one of the prompt's passes" : "", r.prefill_tok_s / plan_prefill_tok_s);
+    fmt::print("plan_prefill_tok_s {:.1f} (tandem plan's prediction for this prompt in passes of up to {} tokens); "
+               "prefill at {:.3f} of it\n",
+               plan_prefill_tok_s, r.ubatch, r.prefill_tok_s / plan_prefill_tok_s);
     if (o.spread_tokens > 0)
       fmt::print("experts hit per MoE layer over {} tokens: {:.3f} (uniform routing: {:.3f})\n", o.spread_tokens,
                  r.experts_hit_fraction, r.experts_hit_uniform);

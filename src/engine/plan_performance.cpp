@@ -122,8 +122,9 @@ struct PrefillPass {
   double streamed_bytes = 0;
 };
 
+// One pass of `tokens` tokens after `context_before` tokens already in the cache (attended to by each).
 PrefillPass predict_prefill(const ModelConfig& c, const std::vector<LayerCost>& costs, const Placement& placement,
-                            const MachineRates& rates, int64_t tokens) {
+                            const MachineRates& rates, int64_t tokens, int64_t context_before = 0) {
   const double n = static_cast<double>(tokens);
   const double bw[2] = {rates.dram_read_gbps * 1e9, rates.vram_read_gbps * 1e9};
   const double rate[2] = {rates.cpu_gflops * 1e9, rates.gpu_gflops * 1e9};
@@ -146,7 +147,7 @@ PrefillPass predict_prefill(const ModelConfig& c, const std::vector<LayerCost>& 
       if (!used[d]) continue;
       double flops = flops_per_token[d] * n + cost.once_flops[d];
       if (layer >= 0 && (placement.device_for(WeightGroup::attention, layer).kind == DeviceKind::cuda) == (d == 1))
-        flops += attention_flops_per_token(c, tokens / 2) * n;  // causal: a row sees N/2 keys on average
+        flops += attention_flops_per_token(c, context_before + tokens / 2) * n;  // causal: N/2 keys on average
       double device_seconds = std::max(flops / rate[d], bytes[d] / bw[d]);
       // The next layer's copy runs while this one computes (two VRAM slots): the slower of the two.
       if (d == 1 && streamed)
@@ -167,6 +168,24 @@ double predict_prefill_tok_s(const ModelConfig& c, const Weights& weights, const
                              const MachineRates& rates, int64_t tokens) {
   check_rates(rates);
   return predict_prefill(c, layer_costs(c, weights, placement), placement, rates, tokens).tok_s;
+}
+
+double predict_prompt_prefill_tok_s(const ModelConfig& c, const Weights& weights, const Placement& placement,
+                                    const MachineRates& rates, int64_t prompt_tokens, int64_t pass_tokens,
+                                    int64_t context_before) {
+  check_rates(rates);
+  if (prompt_tokens <= 0 || pass_tokens <= 0 || context_before < 0)
+    throw Error(ErrorKind::invalid_argument, "plan: a prompt's tokens, its pass size and its context must be positive");
+  const std::vector<LayerCost> costs = layer_costs(c, weights, placement);
+  double seconds = 0;
+  for (int64_t done = 0; done < prompt_tokens;) {
+    const int64_t n = std::min(pass_tokens, prompt_tokens - done);
+    const double tok_s = predict_prefill(c, costs, placement, rates, n, context_before + done).tok_s;
+    if (!(tok_s > 0)) return 0.0;
+    seconds += static_cast<double>(n) / tok_s;
+    done += n;
+  }
+  return static_cast<double>(prompt_tokens) / seconds;
 }
 
 PerformancePrediction predict_performance(const ModelConfig& c, const Weights& weights, const Placement& placement,

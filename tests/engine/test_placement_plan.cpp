@@ -706,6 +706,24 @@ void check_streamed_prefill(const Model& m, const std::string& path, const nlohm
     CHECK(prefill(*p, rates, 4096) == prefill(*p, off, 4096));
     CHECK(prefill(*p, rates, 8192) == prefill(*p, off, 8192));
   }
+  // A prompt in passes (as bench model predicts it): one pass is the pass above; a pass after cached
+  // tokens adds their attention (the CPU's layer is compute-bound here); a streamed 8k prompt in 4k
+  // passes copies each layer's experts twice, slower than one 8k pass.
+  const auto prompt = [&](const Placement& placement, int64_t tokens, int64_t pass, int64_t before) {
+    return predict_prompt_prefill_tok_s(c, m.weights, placement, rates, tokens, pass, before);
+  };
+  CHECK(prompt(hybrid_placement, 4096, 4096, 0) == prefill(hybrid_placement, rates, 4096));
+  CHECK(prompt(cpu_placement, 4096, 8192, 0) == prefill(cpu_placement, rates, 4096));
+  const double attention_seconds =
+      2.0 * c.num_heads * (2.0 * c.head_dim) * 4096.0 * 4096.0 * static_cast<double>(c.num_layers) / (rates.cpu_gflops * 1e9);
+  CHECK(4096.0 / prompt(cpu_placement, 4096, 4096, 4096) ==
+        Approx(4096.0 / prompt(cpu_placement, 4096, 4096, 0) + attention_seconds).epsilon(1e-9));
+  CHECK(8192.0 / prompt(cpu_placement, 8192, 4096, 0) ==
+        Approx(4096.0 / prompt(cpu_placement, 4096, 4096, 0) + 4096.0 / prompt(cpu_placement, 4096, 4096, 4096))
+            .epsilon(1e-9));
+  CHECK(prompt(hybrid_placement, 8192, 4096, 0) < prefill(hybrid_placement, rates, 8192));
+  CHECK_THROWS_AS(prompt(cpu_placement, 0, 4096, 0), Error);
+  CHECK_THROWS_AS(prompt(cpu_placement, 4096, 0, 0), Error);
   // The automatic threshold: streaming while the pinned mirrors take at most 40 % of the memory.
   CHECK(automatic_stream_experts_min_tokens(400, 1000.0) == 256);
   CHECK(automatic_stream_experts_min_tokens(401, 1000.0) == 0);

@@ -138,6 +138,12 @@ PerformancePrediction predict_performance(const ModelConfig& config, const Weigh
 // Prefill of one `tokens`-token pass.
 double predict_prefill_tok_s(const ModelConfig& config, const Weights& weights, const Placement& placement,
                              const MachineRates& rates, int64_t tokens);
+// A `prompt_tokens` prompt in passes of `pass_tokens` after `context_before` cached tokens, as the
+// engine runs it: each pass as above, attending also to the tokens before it (a streamed pass copies
+// its layers' experts again). Error(invalid_argument) for a non-positive prompt or pass size.
+double predict_prompt_prefill_tok_s(const ModelConfig& config, const Weights& weights, const Placement& placement,
+                                    const MachineRates& rates, int64_t prompt_tokens, int64_t pass_tokens,
+                                    int64_t context_before = 0);
 
 // The routed-expert bytes of the layers a long enough prefill streams under this placement (MoE
 // layers with experts in host memory and the router on a GPU, experts the CUDA kernels read).
