@@ -175,7 +175,7 @@ double predict_prompt_prefill_tok_s(const ModelConfig& c, const Weights& weights
                                     int64_t context_before) {
   check_rates(rates);
   if (prompt_tokens <= 0 || pass_tokens <= 0 || context_before < 0)
-    throw Error(ErrorKind::invalid_argument, "plan: a prompt's tokens, its pass size and its context must be positive");
+    throw Error(ErrorKind::invalid_argument, "plan: a prompt's tokens and its pass size must be positive, its cached context not negative");
   const std::vector<LayerCost> costs = layer_costs(c, weights, placement);
   double seconds = 0;
   for (int64_t done = 0; done < prompt_tokens;) {
