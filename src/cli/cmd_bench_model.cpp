@@ -2,7 +2,6 @@
 // [--kv-type T] [--json]`: prefill and decode
 // speed as llama-bench measures them, the decode roofline implied by the file and this machine's
 // stream bandwidth, and how widely the routers spread tokens over the experts.
-#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>

@@ -14,8 +14,6 @@
 #include <type_traits>
 #include <utility>
 
-#include <unistd.h>
-
 #include "core/environment.hpp"
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/op_timing_backend.hpp"
@@ -158,9 +156,8 @@ int64_t host_tier_blocks(const KvPool& pool, std::optional<uint64_t> asked_bytes
     int64_t device_layers = 0;
     for (int64_t layer = 0; layer < pool.spec().layers; ++layer) device_layers += pool.on_host(layer) ? 0 : 1;
     bytes = static_cast<uint64_t>(pool.spec().blocks) * pool.block_layer_bytes() * static_cast<uint64_t>(device_layers);
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    if (pages > 0 && page > 0)
-      bytes = std::min(bytes, static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 4);
+    if (const double memory = physical_memory_bytes(); memory > 0)
+      bytes = std::min(bytes, static_cast<uint64_t>(memory) / 4);
   }
   return static_cast<int64_t>(bytes / pool.block_bytes());
 }

@@ -1,7 +1,5 @@
 #include "tandem/engine/bench/expert_bench.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -15,6 +13,7 @@
 #include "tandem/backend/backend.hpp"
 #include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/backend/stream_bandwidth.hpp"
+#include "tandem/engine/plan.hpp"
 #include "tandem/error.hpp"
 
 namespace tandem {
@@ -71,11 +70,6 @@ std::vector<LinearWeight> expert_views(const AlignedBytes& merged, DType dtype, 
   return views;
 }
 
-uint64_t physical_memory_bytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
-}
-
 // The layer the bench runs: for the Q4_K_M mix, the first MoE layer past the middle that is not
 // one of llama.cpp's "more bits" layers (the common case: Q4_K everywhere).
 int64_t representative_layer(const SynthPreset& p, SynthQuant quant) {
@@ -126,7 +120,7 @@ ExpertBenchResult run_expert_bench(const ExpertBenchOptions& options) {
   const bool repack = cpu_repack_enabled(options.repack) &&
                       options.kernels == CpuKernels::fast;
   const uint64_t footprint = repack ? r.layer_bytes + r.layer_bytes / 1000 * 1056 : r.layer_bytes;
-  const uint64_t memory = physical_memory_bytes();
+  const auto memory = static_cast<uint64_t>(physical_memory_bytes());
   if (memory && footprint + options.stream_bytes > memory / 10 * 8)
     throw Error(ErrorKind::out_of_memory, "bench experts: one " + std::string(p.name) + " layer (" +
                                               std::to_string(r.layer_bytes >> 20) + " MiB) and the stream probe do not fit in 80% of this machine's " +
