@@ -264,25 +264,69 @@ __global__ void __launch_bounds__(1024)
 }
 
 // out[t, h] = Σ_s e^(m_s − M) acc_s / Σ_s e^(m_s − M) l_s over the token's splits; a block per
-// (token, head), a thread per value. Tokens whose context fit one split were written already.
-__global__ void merge_kernel(DeviceBatch batch, int64_t heads, int64_t head_dim, int64_t target_splits,
-                             int64_t quantum, int64_t split_stride, const float* partials, float* out) {
+// (token, head). The splits' weights e^(m_s − M) are computed once, into shared memory; then the
+// block's threads form `groups` sets of head_dim (as many as fit), set g adding the splits
+// s ≡ g (mod groups) for its value, so one token's 132 splits (a long context) are read ~33 loads
+// deep per thread instead of 132; the sets' sums are added in set order. Many tokens have few splits
+// each and many blocks: 128 threads a block there. Tokens whose context fit one split were written
+// already.
+constexpr int kMergeThreads = 512;
+
+unsigned merge_threads(int64_t split_stride) { return split_stride >= 32 ? kMergeThreads : 128; }
+
+size_t merge_shared_bytes(int64_t split_stride) {
+  return static_cast<size_t>(split_stride + kMergeThreads + 32) * sizeof(float);
+}
+
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_kernel(DeviceBatch batch, int64_t heads, int64_t head_dim, int64_t target_splits, int64_t quantum,
+                 int64_t split_stride, const float* partials, float* out) {
+  extern __shared__ float merge_shared[];
+  float* weight = merge_shared;                       // [split_stride]
+  float* sums = merge_shared + split_stride;          // [groups · head_dim] (≤ kMergeThreads)
+  float* scratch = sums + kMergeThreads;              // [32]
   wait_for_prior_grids();
   const int64_t t = blockIdx.x / heads, h = blockIdx.x % heads;
   const int64_t n = batch.positions[t] + 1;
   const int64_t len = split_length(n, target_splits, quantum);
   const int64_t splits = (n + len - 1) / len;
   if (splits == 1) return;
-  const float* part = partials + (t * heads + h) * split_stride * (head_dim + 2);
+  const int64_t stride = head_dim + 2;
+  const float* part = partials + (t * heads + h) * split_stride * stride;
   float m = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) m = fmaxf(m, part[s * (head_dim + 2)]);
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) m = fmaxf(m, part[s * stride]);
+  m = block_max(m, scratch);
   float l = 0.f;
-  for (int64_t s = 0; s < splits; ++s) l += expf(part[s * (head_dim + 2)] - m) * part[s * (head_dim + 2) + 1];
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) {
+    const float w = expf(part[s * stride] - m);
+    weight[s] = w;
+    l += w * part[s * stride + 1];
+  }
+  l = block_sum(l, scratch);  // its barriers also publish `weight`
   const float inv = 1.f / l;
-  for (int64_t i = threadIdx.x; i < head_dim; i += blockDim.x) {
+  const int64_t groups = head_dim < blockDim.x ? blockDim.x / head_dim : 1;
+  const int64_t g = threadIdx.x / (blockDim.x / groups), first = threadIdx.x % (blockDim.x / groups);
+  float* o = out + (t * heads + h) * head_dim;
+  if (groups == 1) {
+    for (int64_t i = threadIdx.x; i < head_dim; i += blockDim.x) {
+      float acc = 0.f;
+#pragma unroll 4
+      for (int64_t s = 0; s < splits; ++s) acc += weight[s] * part[s * stride + 2 + i];
+      o[i] = acc * inv;
+    }
+    return;
+  }
+  if (g < groups && first < head_dim) {
     float acc = 0.f;
-    for (int64_t s = 0; s < splits; ++s) acc += expf(part[s * (head_dim + 2)] - m) * part[s * (head_dim + 2) + 2 + i];
-    out[(t * heads + h) * head_dim + i] = acc * inv;
+#pragma unroll 4
+    for (int64_t s = g; s < splits; s += groups) acc += weight[s] * part[s * stride + 2 + first];
+    sums[g * head_dim + first] = acc;
+  }
+  __syncthreads();
+  if (g == 0 && first < head_dim) {
+    float acc = 0.f;
+    for (int64_t k = 0; k < groups; ++k) acc += sums[k * head_dim + first];
+    o[first] = acc * inv;
   }
 }
 
@@ -468,7 +512,8 @@ void split_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   check_launch("gqa_attention (splits)");
   if (slots > 1) {
     launch_dependent(stream, "gqa_attention (merge)", merge_kernel, grid_dim(batch.tokens * heads, "gqa_attention (merge)"),
-                     128, 0, batch, heads, head_dim, target, kSplitQuantum, slots, scratch, out);
+                     merge_threads(slots), merge_shared_bytes(slots), batch, heads, head_dim, target, kSplitQuantum,
+                     slots, scratch, out);
   }
 }
 
@@ -510,7 +555,8 @@ void split_mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   }
   check_launch("mla_attention (splits)");
   if (slots > 1) {
-    merge_kernel<<<grid_dim(batch.tokens * heads, "mla_attention (merge)"), 128, 0, native(stream)>>>(
+    merge_kernel<<<grid_dim(batch.tokens * heads, "mla_attention (merge)"), merge_threads(slots),
+                   merge_shared_bytes(slots), native(stream)>>>(
         batch, heads, kv_lora, target, kMlaTile, slots, scratch, out);
     check_launch("mla_attention (merge)");
   }

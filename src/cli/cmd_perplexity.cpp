@@ -86,6 +86,12 @@ int run_perplexity(const PerplexityFlags& flags) {
   for (const auto& warning : engine->warnings())
     if (!warning.starts_with("no tokenizer: ") && !warning.starts_with("no chat template: "))
       fmt::print(stderr, "tandem: warning: {}\n", warning);
+  const int64_t stream_from = engine->stream_experts_min_tokens();
+  if (load.defer_experts > 0 && stream_from > 0 && std::min(flags.ctx, engine->options().max_batch_tokens) >= stream_from)
+    fmt::print(stderr,
+               "tandem: warning: passes of {}+ tokens stream the experts to the GPU and defer none, so these windows "
+               "measure no deferral; --batch {} measures it\n",
+               stream_from, stream_from - 1);
 
   // --kv-compare: the exact cache (f32, every token) on a second engine over the same mapping.
   std::unique_ptr<Engine> exact;

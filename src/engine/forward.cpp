@@ -100,7 +100,7 @@ struct ForwardPass::Impl {
   std::vector<LayerVectors> layer_vectors;
   const float* output_norm = nullptr;
   DeviceBuffer staging;  // pinned host bytes for copies between two devices
-  bool pinned_mirrors = integer_from_environment("TANDEM_PINNED_MIRRORS", 0, 1).value_or(0) == 1;
+  bool pinned_mirrors = integer_from_environment("TANDEM_PINNED_MIRRORS", 0, 1).value_or(1) == 1;
   // A layer's deferred part: its experts call was issued on the experts' mirror `on` right after the
   // layer's kept experts, its output lands in `slot`.out. Layer L leaves it in `produced`; layer L+1
   // takes it as `waiting` and adds its output after its own feed-forward, waiting for `done` first
@@ -126,6 +126,10 @@ struct ForwardPass::Impl {
   // recording: the backend could not record this shape.
   bool record_graphs = true;
   int64_t stream_min_tokens = 0;
+  bool any_layer_streams = false;  // some MoE layer's experts can stream (set with stream_min_tokens)
+  // This pass defers experts: deferral is on and the pass does not stream experts to a GPU (a
+  // streamed pass computes every expert on the GPU, where deferral buys no overlap).
+  bool pass_defers = false;
   int64_t replayed_passes = 0;
   int64_t streamed_layers = 0;
   struct Shape {
@@ -240,8 +244,9 @@ struct ForwardPass::Impl {
   // A mirror's activation buffers, [max_tokens, width] each (the old ones freed first). A host
   // backend's, in a pass whose main backend is a GPU, may be that GPU's pinned memory: the copies between
   // the two (a hybrid MoE layer's rows down and its output up, every layer) are then queued behind the
-  // GPU's work, where pageable memory makes each a staged copy the host waits through. Opt-in
-  // (TANDEM_PINNED_MIRRORS=1): the CUDA tests pass with it, its speed is not measured yet.
+  // GPU's work, where pageable memory makes each a staged copy the host waits through (hybrid decode
+  // 1.05–1.15× faster with it, docs/PERF.md). TANDEM_PINNED_MIRRORS=0 turns it off; where the GPU
+  // cannot pin that much, the buffer stays pageable.
   void allocate_activations(Mirror& m) {
     const bool pinned = pinned_mirrors && !mirrors.empty() && &m != &main() && on_host(*m.backend) &&
                         !on_host(*main().backend);
@@ -250,7 +255,13 @@ struct ForwardPass::Impl {
       buffer = DeviceBuffer();
       const size_t bytes =
           static_cast<size_t>(max_tokens * std::max<int64_t>(1, width[a])) * element_bytes(static_cast<Act>(a));
-      buffer = pinned ? main().backend->allocate_host(bytes) : m.backend->allocate(bytes);
+      if (pinned) try {
+          buffer = main().backend->allocate_host(bytes);
+          continue;
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::out_of_memory) throw;
+        }
+      buffer = m.backend->allocate(bytes);
     }
   }
 
@@ -451,7 +462,7 @@ struct ForwardPass::Impl {
       return;
     }
     // The last layer defers nothing: no later layer would take its deferred part.
-    const bool deferring = defer > 0 && layer + 1 < cfg.num_layers;
+    const bool deferring = pass_defers && layer + 1 < cfg.num_layers;
     const DeferredSlot& slot = kDeferredSlots[static_cast<size_t>(layer % 2)];
     const Act ids = deferring ? kKeptIds : kExpertIds, weights = deferring ? kKeptWeights : kRouteWeights;
     const int64_t top_k = deferring ? routing.top_k - defer : routing.top_k;
@@ -651,11 +662,14 @@ int64_t ForwardPass::stream_experts_min_tokens() const { return impl_->stream_mi
 
 void ForwardPass::set_stream_experts_min_tokens(int64_t tokens) {
   impl_->stream_min_tokens = tokens;
-  if (tokens <= 0 || impl_->defer > 0) return;  // deferral turns streaming off (but for the last layer)
+  impl_->any_layer_streams = false;
+  if (tokens <= 0) return;
   // The layers that will stream get ready now (pinned copies of their experts), not on the first pass.
   for (int64_t layer = 0; layer < impl_->cfg.num_layers; ++layer)
-    if (impl_->can_stream_experts(layer))
+    if (impl_->can_stream_experts(layer)) {
       impl_->on(WeightGroup::router, layer).prepare_streamed_experts(impl_->w.layers[static_cast<size_t>(layer)].experts);
+      impl_->any_layer_streams = true;
+    }
 }
 
 uint64_t ForwardPass::streamable_expert_bytes() const {
@@ -894,6 +908,7 @@ void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const st
   const int64_t H = cfg.hidden_size;
   m.produced = m.waiting = {};  // a cancelled pass may have left them
   m.pending_norm = {};
+  m.pass_defers = m.defer > 0 && !(m.any_layer_streams && m.stream_min_tokens > 0 && T >= m.stream_min_tokens);
   Backend& embed = m.on(WeightGroup::embedding, kNoLayer);
   Mirror& e = m.mirror(embed);
   embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));

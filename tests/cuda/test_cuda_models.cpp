@@ -747,6 +747,26 @@ TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal
   CHECK(relative_error(got, prompt_logits(*load(tiny, "*=cpu"), ids)) <= 1e-3);
 }
 
+TEST_CASE("cuda hybrid: with expert deferral on, a pass that streams experts defers none; a short pass defers",
+          "[cuda][model][stream][deferral]") {
+  if (!have_gpu()) return;
+  const std::string path = test::data_dir() + "/tiny-qwen3moe/qwen3moe-q8_0.gguf";
+  const auto plain = load(path, "experts=cpu,*=cuda:0", 0, 8);
+  const auto deferring = load(path, "experts=cpu,*=cuda:0", 1, 8);
+  const auto cpu_deferring = load(path, "*=cpu", 1);
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < 40; ++i) ids.push_back(1 + (i * 37) % 200);
+  // 40 tokens stream (from 8): every expert computed on the GPU in its own layer, as without deferral.
+  const auto streamed = prompt_logits(*deferring, ids);
+  CHECK(deferring->streamed_expert_layers() > 0);
+  CHECK(relative_error(streamed, prompt_logits(*plain, ids)) == 0);
+  // 4 tokens do not stream: the CPU computes the deferred experts one layer later, as the CPU alone does.
+  const std::vector<int32_t> few(ids.begin(), ids.begin() + 4);
+  const auto deferred = prompt_logits(*deferring, few);
+  CHECK(relative_error(deferred, prompt_logits(*cpu_deferring, few)) <= 1e-3);
+  CHECK(deferred != prompt_logits(*plain, few));
+}
+
 TEST_CASE("cuda hybrid: the GPU expert cache (half of each layer's experts) equals the CPU, before and after a "
           "refresh; greedy as with the cache off",
           "[cuda][model][expert-cache]") {
