@@ -76,7 +76,7 @@ CommandRun setup(CLI::App& sub) {
     double pcie_h2d = 0, pcie_d2h = 0;
     if (on_gpu) load_gpu_rates(rates, false, pcie_h2d, pcie_d2h);
     const PerformancePrediction plan =
-        predict_performance(files.config, weights, placement, rates, r.expert_cache_per_layer);
+        predict_performance(files.config, weights, placement, rates, r.expert_cache_per_layer, o.defer_experts);
     const double plan_decode_tok_s = plan.decode_tok_s;
     // ... and for the bench's prompt in the engine's passes after its -d context, streaming as the
     // engine resolved it.

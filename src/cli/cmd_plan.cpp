@@ -34,6 +34,7 @@ struct PlanFlags {
   int64_t max_batch_tokens = 512;
   double dram_gbps = 0;  // 0: measure (or read the cache)
   uint64_t stream_mib = 1024;
+  int64_t defer_experts = 0;
   bool remeasure = false;
   bool json = false;
 };
@@ -55,8 +56,12 @@ int plan_command(const PlanFlags& f) {
   if (f.stream_mib < 1 || f.stream_mib > (uint64_t{1} << 20))
     fail(fmt::format("--stream-mib must be within [1, 1048576], not {}", f.stream_mib));
 
+  const int64_t defer = defer_experts_from_flag(f.defer_experts);
   const ModelFiles files = open_model_files(f.model_path);
   const Weights weights = bind_weights(files);
+  if (defer > 0 && defer >= files.config.num_experts_per_tok)
+    fail(fmt::format("--defer-experts {}: must be below the model's {} routed expert(s) per token (0 = off)", defer,
+                     std::max<int64_t>(0, files.config.num_experts_per_tok)));
   PlanRequest request;
   request.rules = f.placement;
   request.flags = f.placement_flags;
@@ -100,7 +105,7 @@ int plan_command(const PlanFlags& f) {
   if (const auto env = integer_from_environment("TANDEM_STREAM_EXPERTS_MIN_TOKENS", 0, INT64_MAX))
     rates.stream_experts_min_tokens = *env;
   const PerformancePrediction p =
-      predict_performance(files.config, weights, plan.placement, rates, plan.expert_cache_per_layer);
+      predict_performance(files.config, weights, plan.placement, rates, plan.expert_cache_per_layer, defer);
 
   nlohmann::ordered_json groups = nlohmann::ordered_json::array();
   for (const PlanLine& l : plan.lines)
@@ -127,6 +132,7 @@ int plan_command(const PlanFlags& f) {
     j["decode_bytes_per_token_gpu"] = p.decode_bytes_gpu;
     j["decode_flops_per_token"] = p.decode_flops_per_token;
     j["split_layers"] = p.split_layers;
+    j["defer_experts"] = f.defer_experts;
     j["layer_sync_seconds"] = kLayerSyncSeconds;
     j["gpu_layer_seconds"] = kGpuLayerSeconds;
     j["gpu_token_seconds"] = kGpuTokenSeconds;
@@ -171,6 +177,10 @@ int plan_command(const PlanFlags& f) {
              "{:.0f} us each)\n",
              p.decode_tok_s, static_cast<double>(p.decode_bytes_cpu) / 1e6, static_cast<double>(p.decode_bytes_gpu) / 1e6,
              p.split_layers, kLayerSyncSeconds * 1e6);
+  if (defer > 0)
+    fmt::print("                 {} of {} routed experts a token deferred a layer (on the CPU while the GPU runs the "
+               "next layer)\n",
+               defer, files.config.num_experts_per_tok);
   fmt::print("prefill 4k, 8k   {:.1f} tok/s, {:.1f} tok/s (CPU {:.0f} GFLOP/s, GPU {:.0f} GFLOP/s assumed)\n",
              p.prefill_4k_tok_s, p.prefill_8k_tok_s, rates.cpu_gflops, rates.gpu_gflops);
   if (p.prefill_streamed_layers > 0)
@@ -195,6 +205,7 @@ const RegisterCommand registered{
            ->capture_default_str();
        sub.add_option("--dram-gbps", f->dram_gbps, "use this DRAM read bandwidth (GB/s) instead of measuring");
        sub.add_option("--stream-mib", f->stream_mib, "the stream read probe's buffer in MiB")->capture_default_str();
+       add_defer_experts_flag(sub, f->defer_experts);
        sub.add_flag("--remeasure", f->remeasure, "measure even when the cache has this machine");
        sub.add_flag("--json", f->json, "print one JSON object (keys: docs/CLI.md)");
        return [f] { return plan_command(*f); };

@@ -26,6 +26,7 @@ struct LayerCost {
   double once_flops[2] = {0, 0};         // per pass: the output head's one row of logits
   double staged_head_bytes = 0;          // GPU decode bytes read at the staged head's rate
   double host_expert_bytes = 0;          // routed experts in host memory: what a streamed pass copies
+  double host_expert_decode_bytes = 0;   // of those, what the CPU reads for one decode token
   double host_expert_flops_per_token = 0;
   bool streamable = false;               // a pass of stream_experts_min_tokens+ computes them on the router's GPU
   bool used[2] = {false, false};
@@ -80,6 +81,7 @@ std::vector<LayerCost> layer_costs(const ModelConfig& c, const Weights& weights,
         cost.flops_per_token[d] += flops * expert_share;
         if (d == 0) {
           cost.host_expert_bytes += bytes;
+          cost.host_expert_decode_bytes += bytes * expert_share * (1.0 - held);
           cost.host_expert_flops_per_token += flops * expert_share;
         }
         break;
@@ -189,30 +191,43 @@ double predict_prompt_prefill_tok_s(const ModelConfig& c, const Weights& weights
 }
 
 PerformancePrediction predict_performance(const ModelConfig& c, const Weights& weights, const Placement& placement,
-                                          const MachineRates& rates, int64_t expert_cache_per_layer) {
+                                          const MachineRates& rates, int64_t expert_cache_per_layer,
+                                          int64_t defer_experts) {
   check_rates(rates);
+  if (defer_experts < 0) throw Error(ErrorKind::invalid_argument, "plan: deferred experts must be 0 or more");
   const std::vector<LayerCost> costs = layer_costs(c, weights, placement, expert_cache_per_layer);
   const double bw[2] = {rates.dram_read_gbps * 1e9, gpu_decode_read_gbps(rates.vram_read_gbps) * 1e9};
   const double staged_bw = gpu_staged_head_read_gbps(rates.vram_read_gbps) * 1e9;
+  // Expert deferral: that share of a split layer's routed experts (the engine refuses N ≥ top_k)
+  // runs on the CPU while the GPU works on the next layer.
+  const double deferred_share = defer_experts > 0 && defer_experts < c.num_experts_per_tok
+                                    ? static_cast<double>(defer_experts) / static_cast<double>(c.num_experts_per_tok)
+                                    : 0.0;
   PerformancePrediction p;
   double seconds = 0, bytes[2] = {0, 0};
+  double waiting = 0;  // the previous layer's deferred experts, on the CPU while this layer's GPU part runs
   for (size_t i = 0; i < costs.size(); ++i) {
     const LayerCost& cost = costs[i];
     const bool transformer_layer = i > 0;  // costs[0]: the embedding, final norm and output head
-    double t = 0;
+    double t_device[2] = {0, 0};
     for (int d = 0; d < 2; ++d) {
       bytes[d] += cost.decode_bytes[d];
       p.decode_flops_per_token += cost.flops_per_token[d] + cost.once_flops[d];
       if (!cost.used[d]) continue;
       const double staged = d == 1 ? cost.staged_head_bytes : 0.0;
-      t += (cost.decode_bytes[d] - staged) / bw[d] + (staged > 0 ? staged / staged_bw : 0.0) +
-           (d == 1 && transformer_layer ? kGpuLayerSeconds : 0.0);
+      t_device[d] = (cost.decode_bytes[d] - staged) / bw[d] + (staged > 0 ? staged / staged_bw : 0.0) +
+                    (d == 1 && transformer_layer ? kGpuLayerSeconds : 0.0);
     }
     p.staged_head_bytes += static_cast<uint64_t>(std::llround(cost.staged_head_bytes));
     const bool split = cost.used[0] && cost.used[1];
     p.split_layers += split ? 1 : 0;
-    seconds += t + (split ? kLayerSyncSeconds : 0.0);
+    // The model's last layer defers nothing (costs[num_layers]).
+    const bool defers = split && deferred_share > 0 && transformer_layer && i + 1 < costs.size();
+    const double deferred = defers ? cost.host_expert_decode_bytes * deferred_share / bw[0] : 0.0;
+    seconds += std::max(t_device[1], waiting) + t_device[0] - deferred + (split ? kLayerSyncSeconds : 0.0);
+    waiting = deferred;
   }
+  seconds += waiting;
   if (!costs.empty() && costs[0].used[1]) seconds += kGpuTokenSeconds;  // the output head on a GPU
   p.decode_bytes_cpu = static_cast<uint64_t>(std::llround(bytes[0]));
   p.decode_bytes_gpu = static_cast<uint64_t>(std::llround(bytes[1]));

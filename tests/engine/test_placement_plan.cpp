@@ -574,6 +574,26 @@ void check_plan_file(const std::string& path) {
       hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 + gpu_read_seconds(hybrid);
   CHECK(hybrid["decode_bytes_per_token_cpu"].get<double>() > 0);
   CHECK(hybrid["decode_tok_s"].get<double>() == Approx(1.0 / hybrid_seconds).epsilon(1e-6));
+  // Expert deferral (N of top_k): every split layer but the model's last runs N/top_k of its CPU experts
+  // while the next layer's GPU part runs, hiding the shorter of the two. From 10 GB/s these tiny
+  // experts take nanoseconds against the GPU's 34 µs a layer: each MoE layer but the last hides its
+  // deferred part whole.
+  const int64_t top_k = m.files.config.num_experts_per_tok;
+  REQUIRE(top_k >= 2);
+  const nlohmann::json deferred = plan_json("-m " + test::shell_quote(path) +
+                                            " --dram-gbps 10 --placement 'experts=cpu,*=cuda:0' --vram-total 80G --defer-experts 1");
+  CHECK(deferred["defer_experts"] == 1);
+  const double cpu_layer_seconds = hybrid["decode_bytes_per_token_cpu"].get<double>() / 10e9 / static_cast<double>(moe_layers);
+  CHECK(1.0 / deferred["decode_tok_s"].get<double>() ==
+        Approx(hybrid_seconds - static_cast<double>(moe_layers - 1) * cpu_layer_seconds / static_cast<double>(top_k))
+            .epsilon(1e-9));
+  // With nothing split, nothing overlaps: the prediction stays.
+  CHECK(plan_json("-m " + test::shell_quote(path) + " --dram-gbps 10 --placement '*=cpu' --defer-experts 1")["decode_tok_s"] ==
+        cpu_only["decode_tok_s"]);
+  const auto too_many = test::run_cli_captured("plan -m " + test::shell_quote(path) + " --dram-gbps 10 --defer-experts " +
+                                               std::to_string(top_k));
+  CHECK(too_many.exit_code != 0);
+  CHECK_THAT(too_many.err, Contains("--defer-experts " + std::to_string(top_k)));
   // Which placement wins depends on the model (a tiny one decodes faster from 10 GB/s of DRAM than
   // through a GPU's kernel latency); from DRAM a thousand times slower, the GPU's always does.
   const std::string slow_dram = "-m " + test::shell_quote(path) + " --dram-gbps 0.01";

@@ -7,6 +7,8 @@
 //     (the GEMV kernels' rate) plus kGpuLayerSeconds of kernel latency per transformer layer. A layer whose
 //     roles span the CPU and a GPU takes both in turn (attention, then the routed experts it waits
 //     for) plus kLayerSyncSeconds. With the output head on a GPU a token adds kGpuTokenSeconds.
+//     With expert deferral (N of top_k), N/top_k of such a layer's CPU expert bytes run while the
+//     next layer's GPU part does: that layer's GPU time becomes max(GPU, the deferred CPU time).
 //     tok/s = 1 / Σ.
 //   prefill, one pass of N tokens: per layer and device, max(FLOPs / compute rate, bytes /
 //     bandwidth) with every expert read once; FLOPs = 2 × weight elements per token (routed experts
@@ -61,10 +63,12 @@ inline double gpu_staged_head_read_gbps(double vram_read_gbps) {
 // cuda_q6k_rows_staged allows (backend/cuda_q6k_staging.hpp).
 bool gpu_head_staged(const TensorView& head);
 // One GPU→CPU→GPU hand-off per layer whose routed experts run on the CPU: the rows and ids copied
-// down, the CPU pool woken, the output copied up. Fitted on the same machine: the 48-layer hybrid
-// (experts=cpu,*=cuda:0, 16 threads) took 19.9 ms per token = 48 × (76 µs GPU + 184 µs of expert
-// bytes at the 124 GB/s probe + 145 µs) + the head + 200 µs. (DESIGN's 24-33 µs is the bare round trip.)
-inline constexpr double kLayerSyncSeconds = 145e-6;
+// down, the CPU pool woken, the output copied up. Fitted on the H100 machine with the host mirrors
+// pinned (docs/PERF.md, 2026-12-07 fourth session): the 48-layer hybrid (experts=cpu,*=cuda:0, 16
+// threads) decoded at 71.5, 68.2 and 66.5 tok/s where this model with 145 µs (the pageable mirrors'
+// fit) gave 57.2, 55.8 and 56.5 at each run's measured DRAM rate: 72, 77 and 90 µs. (DESIGN's 24-33 µs
+// is the bare round trip.)
+inline constexpr double kLayerSyncSeconds = 80e-6;
 // Compute rates assumed where none is measured (GFLOP/s): per CPU core with AVX-512/AMX-class
 // kernels, and one H100/H200-class GPU as this model counts FLOPs, fitted to the 48-layer Qwen3-30B-A3B
 // Q4_K_M all on an H100, a 4,096-token prompt in one pass: 17,401 tok/s = 603 GFLOP a layer in 4.9 ms
@@ -134,7 +138,7 @@ struct PerformancePrediction {
 // (PlacementPlan::expert_cache_per_layer), whose share of the decode bytes it reads from VRAM.
 PerformancePrediction predict_performance(const ModelConfig& config, const Weights& weights,
                                           const Placement& placement, const MachineRates& rates,
-                                          int64_t expert_cache_per_layer = 0);
+                                          int64_t expert_cache_per_layer = 0, int64_t defer_experts = 0);
 // Prefill of one `tokens`-token pass.
 double predict_prefill_tok_s(const ModelConfig& config, const Weights& weights, const Placement& placement,
                              const MachineRates& rates, int64_t tokens);
