@@ -722,7 +722,7 @@ TEST_CASE("cuda hybrid prefill: experts in host memory streamed to the GPU equal
   }
   // The default (automatic) streams passes of 256+ tokens when the experts' pinned copies are small
   // beside the machine's memory, as the tiny model's are.
-  // The automatic pass size is then 4096 tokens (every pass copies the streamed experts), cut to the
+  // The automatic pass size is then 8192 tokens (every pass copies the streamed experts), cut to the
   // context.
   LoadOptions o;
   o.kv_type = KvType::f32;
