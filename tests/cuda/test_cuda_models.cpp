@@ -480,7 +480,7 @@ TEST_CASE("cuda automatic pass size: 4096 tokens when every MoE layer's experts 
     o.max_context_tokens = 8192;
     o.max_sessions = 1;
     o.load_tokenizer = false;
-    o.stream_experts_min_tokens = 0;  // no streaming: its own rule would also choose 4096
+    o.stream_experts_min_tokens = 0;  // no streaming: its own rule would choose 8192
     o.placement = placement;
     return Engine::load(test::data_dir() + "/tiny-qwen3moe", o)->options().max_batch_tokens;
   };
