@@ -132,7 +132,7 @@ int plan_command(const PlanFlags& f) {
     j["decode_bytes_per_token_gpu"] = p.decode_bytes_gpu;
     j["decode_flops_per_token"] = p.decode_flops_per_token;
     j["split_layers"] = p.split_layers;
-    j["defer_experts"] = f.defer_experts;
+    j["defer_experts"] = defer;
     j["layer_sync_seconds"] = kLayerSyncSeconds;
     j["gpu_layer_seconds"] = kGpuLayerSeconds;
     j["gpu_token_seconds"] = kGpuTokenSeconds;

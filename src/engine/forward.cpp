@@ -127,9 +127,6 @@ struct ForwardPass::Impl {
   bool record_graphs = true;
   int64_t stream_min_tokens = 0;
   bool any_layer_streams = false;  // some MoE layer's experts can stream (set with stream_min_tokens)
-  // This pass defers experts: deferral is on and the pass does not stream experts to a GPU (a
-  // streamed pass computes every expert on the GPU, where deferral buys no overlap).
-  bool pass_defers = false;
   int64_t replayed_passes = 0;
   int64_t streamed_layers = 0;
   struct Shape {
@@ -266,6 +263,8 @@ struct ForwardPass::Impl {
   }
 
   Backend& on(WeightGroup g, int64_t layer) { return backend_for(g, layer); }
+  // A pass of T tokens streams the experts of the layers that can stream them to their router's GPU.
+  bool pass_streams(int64_t T) const { return any_layer_streams && stream_min_tokens > 0 && T >= stream_min_tokens; }
   Mirror& main() { return mirrors.front(); }
   // A cached layer's counts as they are now; the pairs counted since they were last uploaded are
   // added to `counted`, and those of experts held now to `held_pairs_out`.
@@ -461,8 +460,9 @@ struct ForwardPass::Impl {
       back(m, kBlockOut, T);
       return;
     }
-    // The last layer defers nothing: no later layer would take its deferred part.
-    const bool deferring = pass_defers && layer + 1 < cfg.num_layers;
+    // The last layer defers nothing: no later layer would take its deferred part. Nor does a pass that
+    // streams: the GPU computes every expert there, so deferral would buy no overlap.
+    const bool deferring = defer > 0 && !pass_streams(T) && layer + 1 < cfg.num_layers;
     const DeferredSlot& slot = kDeferredSlots[static_cast<size_t>(layer % 2)];
     const Act ids = deferring ? kKeptIds : kExpertIds, weights = deferring ? kKeptWeights : kRouteWeights;
     const int64_t top_k = deferring ? routing.top_k - defer : routing.top_k;
@@ -484,7 +484,7 @@ struct ForwardPass::Impl {
     // A prefill whose experts live in host memory and whose router runs on a GPU: the GPU streams
     // the layer's experts in and computes them (the next MoE layer's copy starting now).
     Backend& experts = on(WeightGroup::experts, layer);
-    if (!deferring && stream_min_tokens > 0 && T >= stream_min_tokens && can_stream_experts(layer)) {
+    if (!deferring && pass_streams(T) && can_stream_experts(layer)) {
       const ExpertWeights* next = nullptr;
       for (int64_t l = layer + 1; l < cfg.num_layers && next == nullptr; ++l)
         if (w.layers[static_cast<size_t>(l)].is_moe) next = &w.layers[static_cast<size_t>(l)].experts;
@@ -908,7 +908,6 @@ void ForwardPass::Impl::compute(int64_t T, int64_t rows, float* logits, const st
   const int64_t H = cfg.hidden_size;
   m.produced = m.waiting = {};  // a cancelled pass may have left them
   m.pending_norm = {};
-  m.pass_defers = m.defer > 0 && !(m.any_layer_streams && m.stream_min_tokens > 0 && T >= m.stream_min_tokens);
   Backend& embed = m.on(WeightGroup::embedding, kNoLayer);
   Mirror& e = m.mirror(embed);
   embed.embedding(m.w.token_embedding, e.i32(kIds), T, e.f(kHidden));

@@ -225,9 +225,8 @@ PerformancePrediction predict_performance(const ModelConfig& c, const Weights& w
     const bool defers = split && deferred_share > 0 && transformer_layer && i + 1 < costs.size();
     const double deferred = defers ? cost.host_expert_decode_bytes * deferred_share / bw[0] : 0.0;
     seconds += std::max(t_device[1], waiting) + t_device[0] - deferred + (split ? kLayerSyncSeconds : 0.0);
-    waiting = deferred;
+    waiting = deferred;  // 0 after the last layer, which defers nothing
   }
-  seconds += waiting;
   if (!costs.empty() && costs[0].used[1]) seconds += kGpuTokenSeconds;  // the output head on a GPU
   p.decode_bytes_cpu = static_cast<uint64_t>(std::llround(bytes[0]));
   p.decode_bytes_gpu = static_cast<uint64_t>(std::llround(bytes[1]));

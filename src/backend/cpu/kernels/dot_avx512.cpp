@@ -200,6 +200,15 @@ void dot_q6k(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y, 
   for (int t = 0; t < NT; ++t) y[t * ys] = _mm512_reduce_add_ps(acc[t]);
 }
 
+// IQ4 codes to their signed codebook values: 32 bytes of nibble pairs (two 16-byte halves) become
+// 64 values in block order, each half's low nibbles then its high ones:
+// [low of half 0 | high of half 0 | low of half 1 | high of half 1].
+inline __m512i iq4_codebook_values(__m256i q, __m512i lut, __m256i m4) {
+  const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+  return _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
+}
+
 // IQ4_XS: table values through vpshufb, then |v| · (a with v's sign) by vpmaddubsw (|v|, |a| <= 127:
 // no saturation) and vpdpwssd against the two sub-blocks' scales.
 template <int NT>
@@ -221,10 +230,8 @@ void dot_iq4xs(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
     __mmask64 negative[4];
     #pragma GCC unroll 8
     for (int k = 0; k < 4; ++k) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * k));
-      const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-      const __m512i v = _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
+      const __m512i v = iq4_codebook_values(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * k)), lut, m4);
       M[k] = _mm512_abs_epi8(v);
       negative[k] = _mm512_movepi8_mask(v);
       S[k] = _mm512_inserti64x4(
@@ -350,10 +357,7 @@ void dot_iq4nl(const uint8_t* w, const void* x, int64_t xs, int64_t in, float* y
     const __m256i q = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kIq4NlBytes + 2)), 1);
-    // [low nibbles of b | of b + 1 | high of b | of b + 1] -> [low b | high b | low b + 1 | high b + 1]
-    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
-                                         _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
-    const __m512i v = _mm512_shuffle_epi8(lut, _mm512_shuffle_i64x2(z, z, 0xD8));
+    const __m512i v = iq4_codebook_values(q, lut, m4);  // [low b | high b | low b + 1 | high b + 1]
     const __m512i magnitude = _mm512_abs_epi8(v);
     const __mmask64 negative = _mm512_movepi8_mask(v);
     #pragma GCC unroll 8
