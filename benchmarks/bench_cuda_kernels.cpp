@@ -8,6 +8,7 @@
 #include <chrono>
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <initializer_list>
@@ -303,8 +304,10 @@ void bench_gqa_prefill(benchmark::State& state) {
       benchmark::Counter::kIsRate);
 }
 
-// DeepSeek-V3's absorbed MLA decode (128 heads, latent 512 + rope 64): range(0) context.
-void bench_mla(benchmark::State& state) {
+// DeepSeek-V3's absorbed MLA decode (128 heads, latent 512 + rope 64): range(0) context, range(1)
+// tokens (sequences). cuda_cores: the float32 CUDA-core split kernel (TANDEM_CUDA_MLA_TC=0 while the
+// calls are recorded), else what mla_attention picks for an f16 cache (the tensor-core kernel).
+void bench_mla(benchmark::State& state, bool cuda_cores) {
   if (!have_gpu(state)) return;
   Gpu gpu;
   const int64_t heads = 128, lora = 512, rope = 64, tokens = state.range(1);
@@ -312,9 +315,20 @@ void bench_mla(benchmark::State& state) {
   const float* ql = gpu.random_floats(static_cast<size_t>(tokens * heads * lora));
   const float* qr = gpu.random_floats(static_cast<size_t>(tokens * heads * rope));
   float* out = gpu.random_floats(static_cast<size_t>(tokens * heads * lora));
+  const char* previous = std::getenv("TANDEM_CUDA_MLA_TC");
+  const std::string saved = previous != nullptr ? previous : "";
+  if (cuda_cores) setenv("TANDEM_CUDA_MLA_TC", "0", 1);
+  state.counters["tensor_cores"] = cuda::mla_attention_tensor_cores(c.batch, heads, lora, rope, c.kv) ? 1 : 0;
   run_timed(state, gpu,
             [&] { cuda::mla_attention(gpu.stream, c.kv, c.batch, ql, qr, heads, lora, rope, 0.07f, c.scores, out); },
             c.bytes);
+  if (previous != nullptr) setenv("TANDEM_CUDA_MLA_TC", saved.c_str(), 1);
+  else unsetenv("TANDEM_CUDA_MLA_TC");
+  // Q·Kᵀ over latent + rope and P·V over the latent: 2 · (576 + 512) flops per head and position.
+  state.counters["TFLOP/s"] = benchmark::Counter(
+      2e-12 * static_cast<double>(heads * (lora + rope + lora)) * static_cast<double>(tokens * state.range(0)) *
+          static_cast<double>(state.iterations()),
+      benchmark::Counter::kIsRate);
 }
 
 // Router top-k: range(0) tokens; range(1) kind (0 Qwen3 softmax 128/8, 2 DeepSeek-V3 sigmoid 256/8
@@ -433,12 +447,18 @@ void register_all() {
              ->Args({256, 2, 7936})
              ->Args({1024, 1, 7168})
              ->Args({1024, 2, 7168}));
-  manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla)
+  manual(benchmark::RegisterBenchmark("mla_attention/f16", bench_mla, false)
              ->Args({64, 1})
              ->Args({4096, 1})
              ->Args({32768, 1})
              ->Args({512, 16})
              ->Args({512, 512}));
+  // The float32 kernel the tensor cores replace, in the same run (the ratio at each context).
+  manual(benchmark::RegisterBenchmark("mla_attention_cuda_cores/f16", bench_mla, true)
+             ->Args({64, 1})
+             ->Args({4096, 1})
+             ->Args({32768, 1})
+             ->Args({512, 16}));
   manual(benchmark::RegisterBenchmark("router_topk", bench_router)->Args({1, 0})->Args({16, 0})->Args({1, 2})->Args({16, 2}));
   manual(benchmark::RegisterBenchmark("rms_norm", bench_rms_norm)->Args({1, 2048})->Args({32, 128})->Args({16, 2048}));
   manual(benchmark::RegisterBenchmark("rope", bench_rope)->Arg(1)->Arg(16));

@@ -6,8 +6,11 @@
 // merges the splits. The split length depends only on the token's own context length, the KV heads
 // and the batch size (never on the capacity the batch was sized for), so a recorded pass and an eager
 // one split alike and give the same bits. Absorbed MLA (mla_split_kernel below) splits the same way,
-// its blocks sharing each staged latent row among eight query heads. fp8/int8 rows are dequantised
-// as they are read (each code times its group's f16 scale, in registers or the staged tile).
+// its blocks sharing each staged latent row among eight query heads; for f16/bf16 caches of DeepSeek's
+// shapes split_mla_attention runs the tensor-core kernel of mla_tensor_cores.cu instead (this one
+// stays the reference and the fallback; TANDEM_CUDA_MLA_TC=0 forces it), and both leave their
+// partials for the same merge_kernel. fp8/int8 rows are dequantised as they are read (each code
+// times its group's f16 scale, in registers or the staged tile).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -16,6 +19,7 @@
 
 #include "kv_rows.cuh"
 #include "launch.cuh"
+#include "mla_tensor_cores.cuh"
 #include "mma.cuh"
 #include "split_attention.cuh"
 
@@ -26,8 +30,7 @@ constexpr int64_t kSplitQuantum = 16;  // positions; splits start on block_token
 constexpr int64_t kTargetBlocks = 528;  // ~4 blocks per SM of an H200
 
 __device__ __forceinline__ int64_t split_length(int64_t n, int64_t target_splits, int64_t quantum = kSplitQuantum) {
-  const int64_t quanta = (n + quantum - 1) / quantum;
-  return quantum * ((quanta + target_splits - 1) / target_splits);
+  return split_positions(n, target_splits, quantum);
 }
 
 // Block (split, kv head, token); warp w takes query head kv_head · group + w, lane its D values
@@ -524,14 +527,31 @@ bool split_mla_supported(int64_t tokens, int64_t heads, int64_t kv_lora, int64_t
          kv_lora + rope_dim <= kMlaMaxWidth && tokens <= 65535 && mla_groups(heads) <= 65535;
 }
 
+// Room for either kernel's partials (the tensor-core kernel's groups of up to 64 heads take more
+// splits than the 8-head groups here): which one runs depends on the cache kind, not known here.
 int64_t split_mla_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora) {
-  const int64_t slots = mla_split_slots(b, heads);
+  const int64_t slots = std::max(mla_split_slots(b, heads), mla_tensor_cores_split_slots(b, heads));
   return slots > 1 ? b.tokens * heads * slots * (kv_lora + 2) : 0;
+}
+
+bool split_mla_tensor_cores(int64_t tokens, int64_t heads, int64_t kv_lora, int64_t rope_dim, const PagedKv& kv) {
+  return mla_tensor_cores_enabled() && mla_tensor_cores_supported(tokens, heads, kv_lora, rope_dim, kv);
 }
 
 void split_mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
                          const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                          float* scratch, float* out) {
+  if (split_mla_tensor_cores(batch.tokens, heads, kv_lora, rope_dim, kv)) {
+    const int64_t slots = mla_tensor_cores_split_slots(batch, heads);
+    const int64_t target = mla_tensor_cores_target_splits(batch.tokens, heads);
+    mla_tensor_cores_splits(stream, kv, batch, q_latent, q_rope, heads, kv_lora, rope_dim, softmax_scale, target, slots,
+                            scratch, out);
+    if (slots > 1)
+      launch_dependent(stream, "mla_attention (tensor cores: merge)", merge_kernel,
+                       dim3(grid_dim(batch.tokens * heads, "mla_attention (merge)")), dim3(merge_threads(slots)),
+                       merge_shared_bytes(slots), batch, heads, kv_lora, target, kMlaTcTile, slots, scratch, out);
+    return;
+  }
   const int64_t slots = mla_split_slots(batch, heads), target = mla_target_splits(batch.tokens, heads);
   const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(mla_groups(heads)),
                   static_cast<unsigned>(batch.tokens));
@@ -563,3 +583,13 @@ void split_mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
 }
 
 }  // namespace tandem::cuda::detail
+
+namespace tandem::cuda {
+
+bool mla_attention_tensor_cores(const DeviceBatch& b, int64_t heads, int64_t kv_lora, int64_t rope_dim,
+                                const PagedKv& kv) {
+  return b.tokens > 0 && detail::split_mla_supported(b.tokens, heads, kv_lora, rope_dim, kv) &&
+         detail::split_mla_tensor_cores(b.tokens, heads, kv_lora, rope_dim, kv);
+}
+
+}  // namespace tandem::cuda

@@ -6,9 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "tandem/backend/backend.hpp"
@@ -24,6 +27,26 @@ inline bool have_gpu() {
   WARN("skipped: no CUDA device on this machine");
   return false;
 }
+
+// Environment variable `name` set to `value` while in scope (read at each call by what it switches:
+// TANDEM_CUDA_MLA_TC=0 keeps MLA decode on the float32 kernel); its previous value, or none, after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) setenv(name_.c_str(), old_->c_str(), 1);
+    else unsetenv(name_.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 inline std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
   std::mt19937 rng(seed);

@@ -179,6 +179,10 @@ void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& bat
 // Latents of at most 1024 values (any cache kind but int4) run as split-K flash decoding (a block per
 // token, group of 8 heads and split of the positions, each staged row shared by the group); others,
 // and mla_attention_unsplit always, one block per (token, head). scores: mla_attention_scratch_floats.
+// f16/bf16 caches of kv_lora 128, 256 or 512 (rope_dim a multiple of 16, 16-byte aligned rows) split
+// on the tensor cores instead (mla_attention_tensor_cores: groups of up to 64 heads, Q and the
+// probabilities rounded to the cache's type — f16 2⁻¹¹, bf16 2⁻⁸ relative — float32 accumulation);
+// TANDEM_CUDA_MLA_TC=0 in the environment (read at each call) keeps them on the float32 kernel.
 void mla_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& batch, const float* q_latent,
                    const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                    float* scores, float* out);
@@ -186,6 +190,9 @@ void mla_attention_unsplit(Stream& stream, const PagedKv& kv, const DeviceBatch&
                            const float* q_rope, int64_t heads, int64_t kv_lora, int64_t rope_dim, float softmax_scale,
                            float* scores, float* out);
 int64_t mla_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t kv_lora);
+// Whether mla_attention runs this case on the tensor cores now (TANDEM_CUDA_MLA_TC read as it would be).
+bool mla_attention_tensor_cores(const DeviceBatch& b, int64_t heads, int64_t kv_lora, int64_t rope_dim,
+                                const PagedKv& kv);
 
 // MLA absorption from kv_b's stored rows [heads·(nope + v), kv_lora] (kv_lora a multiple of 32, at
 // most 1024): q_latent[t, h] = W_K(h)ᵀ · q[t, h, :nope] for q [tokens, heads·(nope + rope)].
