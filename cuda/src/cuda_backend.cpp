@@ -79,6 +79,14 @@ class CudaBackend final : public Backend {
     // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
     const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
     fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
+    // For A/B runs: TANDEM_CUDA_GRAPH_EDGES=promote makes a recording's full kernel-to-kernel edges into
+    // a dependent-launched follower programmatic; TANDEM_CUDA_GRAPH_REPORT=1 prints each recording's shape.
+    const char* edges = std::getenv("TANDEM_CUDA_GRAPH_EDGES");
+    promote_graph_edges_ = edges != nullptr && std::string_view(edges) == "promote";
+    const char* report = std::getenv("TANDEM_CUDA_GRAPH_REPORT");
+    report_graphs_ = report != nullptr && std::string_view(report) == "1";
+    // The tests' CUDA error inside a step: the n-th dependent launch from now fails (Stream::inject_launch_fault).
+    if (const char* fault = std::getenv("TANDEM_CUDA_FAULT_AT_LAUNCH")) stream_.inject_launch_fault(std::atoll(fault));
     norm_counter_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
     stream_.zero(norm_counter_.data(), norm_counter_.bytes());
   }
@@ -166,7 +174,13 @@ class CudaBackend final : public Backend {
       issued = false;
     }
     recording_ = false;
-    cuda::Graph graph = cuda::Graph::end_capture(stream_);
+    cuda::Graph graph = cuda::Graph::end_capture(stream_, promote_graph_edges_);
+    if (report_graphs_) {
+      const cuda::GraphShape& shape = graph.shape();
+      fmt::print(stderr, "cuda graph: {} nodes, {} kernels, {} edges, {} programmatic ({} promoted){}\n", shape.nodes,
+                 shape.kernels, shape.edges, shape.programmatic_edges, shape.promoted_edges,
+                 graph.empty() ? ", not instantiated" : "");
+    }
     if (!issued || graph.empty()) return nullptr;
     return std::make_unique<Recording>(*this, std::move(graph));
   }
@@ -997,6 +1011,8 @@ class CudaBackend final : public Backend {
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool fused_norm_ = true;
+  bool promote_graph_edges_ = false;
+  bool report_graphs_ = false;
   cuda::DeviceBuffer norm_counter_;  // cuda::norm_linears' block counter, left zeroed by its kernels
   unsigned* norm_counter() { return static_cast<unsigned*>(norm_counter_.data()); }
   bool recording_ = false;

@@ -1,5 +1,7 @@
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "text.cuh"
 
 #include "tandem/cuda/cuda_device.hpp"
@@ -201,13 +203,16 @@ void Stream::zero(void* device_dst, size_t bytes) {
 
 Graph::~Graph() { reset(); }
 
-Graph::Graph(Graph&& o) noexcept : graph_(o.graph_), exec_(o.exec_) { o.graph_ = o.exec_ = nullptr; }
+Graph::Graph(Graph&& o) noexcept : graph_(o.graph_), exec_(o.exec_), shape_(o.shape_) {
+  o.graph_ = o.exec_ = nullptr;
+}
 
 Graph& Graph::operator=(Graph&& o) noexcept {
   if (this != &o) {
     reset();
     graph_ = o.graph_;
     exec_ = o.exec_;
+    shape_ = o.shape_;
     o.graph_ = o.exec_ = nullptr;
   }
   return *this;
@@ -224,7 +229,65 @@ void Graph::begin_capture(Stream& stream) {
         "cudaStreamBeginCapture");
 }
 
-Graph Graph::end_capture(Stream& stream) noexcept {
+namespace {
+bool is_kernel(cudaGraphNode_t node) {
+  cudaGraphNodeType type{};
+  return cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel;
+}
+
+bool launched_dependent(cudaGraphNode_t kernel) {
+  cudaLaunchAttributeValue value{};
+  return cudaGraphKernelNodeGetAttribute(kernel, cudaLaunchAttributeProgrammaticStreamSerialization, &value) ==
+             cudaSuccess &&
+         value.programmaticStreamSerializationAllowed != 0;
+}
+
+// Counts the graph's nodes and edges; with promote, turns each full kernel-to-kernel edge into
+// a programmatic one where the follower was launched dependent (it begins with griddepcontrol.wait,
+// so it may be scheduled while its predecessor finishes). Any failing query leaves the graph as
+// captured: the shape is for reports and the promotion an optimisation.
+GraphShape inspect_graph(cudaGraph_t graph, bool promote) {
+  GraphShape shape;
+  size_t nodes = 0;
+  if (cudaGraphGetNodes(graph, nullptr, &nodes) != cudaSuccess) return shape;
+  std::vector<cudaGraphNode_t> node_list(nodes);
+  if (nodes > 0 && cudaGraphGetNodes(graph, node_list.data(), &nodes) != cudaSuccess) return shape;
+  shape.nodes = static_cast<int64_t>(nodes);
+  for (cudaGraphNode_t node : node_list) shape.kernels += is_kernel(node) ? 1 : 0;
+  size_t edges = 0;
+  if (cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &edges) != cudaSuccess) return shape;
+  std::vector<cudaGraphNode_t> from(edges), to(edges);
+  std::vector<cudaGraphEdgeData> data(edges);
+  if (edges > 0 && cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &edges) != cudaSuccess) return shape;
+  shape.edges = static_cast<int64_t>(edges);
+  for (size_t i = 0; i < edges; ++i) {
+    if (data[i].type == cudaGraphDependencyTypeProgrammatic) {
+      ++shape.programmatic_edges;
+      continue;
+    }
+    if (!promote || data[i].type != cudaGraphDependencyTypeDefault || !is_kernel(from[i]) || !is_kernel(to[i]) ||
+        !launched_dependent(to[i]))
+      continue;
+    cudaGraphEdgeData programmatic{};
+    programmatic.from_port = cudaGraphKernelNodePortProgrammatic;
+    programmatic.type = cudaGraphDependencyTypeProgrammatic;
+    if (cudaGraphRemoveDependencies(graph, &from[i], &to[i], &data[i], 1) != cudaSuccess) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    if (cudaGraphAddDependencies(graph, &from[i], &to[i], &programmatic, 1) != cudaSuccess) {
+      (void)cudaGetLastError();
+      (void)cudaGraphAddDependencies(graph, &from[i], &to[i], &data[i], 1);  // restore the full edge
+      continue;
+    }
+    ++shape.promoted_edges;
+    ++shape.programmatic_edges;
+  }
+  return shape;
+}
+}  // namespace
+
+Graph Graph::end_capture(Stream& stream, bool promote_dependent_edges) noexcept {
   Graph g;
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(static_cast<cudaStream_t>(stream.native()), &graph);
@@ -234,6 +297,10 @@ Graph Graph::end_capture(Stream& stream) noexcept {
     return g;
   }
   g.graph_ = graph;
+  try {
+    g.shape_ = inspect_graph(graph, promote_dependent_edges);
+  } catch (...) {  // the node lists' allocation: the shape stays empty
+  }
   cudaGraphExec_t exec = nullptr;
   if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
     (void)cudaGetLastError();

@@ -57,10 +57,13 @@ void launch_dependent(Stream& stream, const char* what, void (*kernel)(Params...
     config.attrs = attribute;
     config.numAttrs = 1;
   }
+  const bool injected = stream.take_launch_fault();
+  if (injected) config.blockDim = dim3(4096);  // past every GPU's 1,024 threads a block
   const cudaError_t status = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
   if (status != cudaSuccess) {
     (void)cudaGetLastError();  // clear it: the error is thrown here
-    throw Error(ErrorKind::internal, text("CUDA: launching ", what, " failed: ", cudaGetErrorString(status)));
+    throw Error(ErrorKind::internal, text("CUDA: launching ", what, " failed: ", cudaGetErrorString(status),
+                                          injected ? " (injected: TANDEM_CUDA_FAULT_AT_LAUNCH)" : ""));
   }
 }
 

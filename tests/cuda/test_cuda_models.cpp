@@ -335,7 +335,8 @@ TEST_CASE("cuda whole model: trained DeepSeek-V3 Q4_K_M on the GPU's default pat
 
 // Programmatic dependent launch (the default; TANDEM_CUDA_PDL=0 turns it off, read when a backend is made):
 // the decode chain's kernels may be scheduled while their predecessor finishes and wait for it
-// inside, so every logit must equal the plain launches' bit for bit, recorded (graphs) and eager.
+// inside, so every logit must equal the plain launches' bit for bit, recorded (graphs) and eager, and
+// with a recording's edges made programmatic after the capture (TANDEM_CUDA_GRAPH_EDGES=promote).
 TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", "[cuda][model][pdl]") {
   if (!have_gpu()) return;
   const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
@@ -348,10 +349,12 @@ TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", 
     o.load_tokenizer = false;
     o.placement = "*=cuda:0";
     o.cuda_graphs = graphs;
-    auto steps = [&](bool dependent) {
+    auto steps = [&](bool dependent, bool promote = false) {
       setenv("TANDEM_CUDA_PDL", dependent ? "1" : "0", 1);
+      if (promote) setenv("TANDEM_CUDA_GRAPH_EDGES", "promote", 1);
       const auto engine = Engine::load(path, o);
       unsetenv("TANDEM_CUDA_PDL");
+      unsetenv("TANDEM_CUDA_GRAPH_EDGES");
       auto session = engine->new_session();
       session->prefill(prompt);
       std::vector<float> all;
@@ -363,7 +366,58 @@ TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", 
       return all;
     };
     INFO((graphs ? "graphs" : "eager"));
-    CHECK(steps(true) == steps(false));
+    const std::vector<float> plain = steps(false);
+    CHECK(steps(true) == plain);
+    if (graphs) CHECK(steps(true, true) == plain);
+  }
+}
+
+// Issue 16's bad input: a CUDA error inside a step fails that call with an error naming it, and the
+// process, the engine and the session (once reset) go on — a later run gives a clean engine's logits.
+// The error is CUDA's own: a launch made with an invalid block size (TANDEM_CUDA_FAULT_AT_LAUNCH=n, the
+// n-th dependent launch after the backend is made), early in the first prefill or decode step.
+TEST_CASE("cuda: a CUDA error inside a step is that call's error; the engine and a reset session go on",
+          "[cuda][model][fault]") {
+  if (!have_gpu()) return;
+  const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
+  const std::vector<int32_t> prompt = {1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11};
+  for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
+    for (const bool graphs : {false, true}) {
+      LoadOptions o;
+      o.kv_type = KvType::f16;
+      o.max_context_tokens = 256;
+      o.max_sessions = 2;
+      o.load_tokenizer = false;
+      o.placement = placement;
+      o.cuda_graphs = graphs;
+      auto run = [&](Session& session) {
+        session.prefill(prompt);
+        std::vector<float> all;
+        for (int step = 0; step < 6; ++step) {
+          const auto logits = session.logits();
+          all.insert(all.end(), logits.begin(), logits.end());
+          session.decode(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+        }
+        return all;
+      };
+      const std::vector<float> reference = run(*Engine::load(path, o)->new_session());
+      INFO(placement << (graphs ? ", graphs" : ", eager"));
+      setenv("TANDEM_CUDA_FAULT_AT_LAUNCH", "12", 1);
+      const auto engine = Engine::load(path, o);
+      unsetenv("TANDEM_CUDA_FAULT_AT_LAUNCH");
+      auto session = engine->new_session();
+      std::string message;
+      try {
+        run(*session);
+      } catch (const Error& e) {
+        message = e.what();
+      }
+      INFO("the failed run's error: " << message);
+      CHECK(message.find("TANDEM_CUDA_FAULT_AT_LAUNCH") != std::string::npos);
+      session->reset();
+      CHECK(run(*session) == reference);
+      CHECK(run(*engine->new_session()) == reference);
+    }
   }
 }
 

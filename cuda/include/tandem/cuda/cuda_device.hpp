@@ -100,11 +100,16 @@ class Stream {
   // finishing, and waits for it inside (griddepcontrol.wait) before touching memory. Off by default.
   void set_dependent_launch(bool on) { dependent_launch_ = on; }
   bool dependent_launch() const { return dependent_launch_; }
+  // Fault injection for the tests of error handling: the n-th launch_dependent on this stream from
+  // now (n ≥ 1) is made with an invalid block size, so that CUDA itself refuses it; 0 disarms.
+  void inject_launch_fault(int64_t n) { launches_to_fault_ = n; }
+  bool take_launch_fault() { return launches_to_fault_ > 0 && --launches_to_fault_ == 0; }
 
  private:
   void* stream_ = nullptr;
   int device_ = 0;
   bool dependent_launch_ = false;
+  int64_t launches_to_fault_ = 0;
   bool batch_copies_ = true;  // until cudaMemcpyBatchAsync says the driver has none
 };
 
@@ -112,6 +117,16 @@ class Stream {
 // starts with begin_capture: the stream's work is then recorded, not run, until end_capture. A call
 // that cannot be recorded (a copy from pageable host memory, a wait on the host) makes the CUDA call
 // fail, which the wrappers throw; end_capture then returns an empty Graph.
+// What a recording holds: its nodes, its kernels, its edges and how many of those are programmatic
+// (the follower may start while its predecessor finishes, as a dependent launch does on a stream).
+struct GraphShape {
+  int64_t nodes = 0;
+  int64_t kernels = 0;
+  int64_t edges = 0;
+  int64_t programmatic_edges = 0;
+  int64_t promoted_edges = 0;  // made programmatic after the capture (promote_dependent_edges)
+};
+
 class Graph {
  public:
   Graph() = default;
@@ -122,14 +137,18 @@ class Graph {
   Graph& operator=(const Graph&) = delete;
 
   static void begin_capture(Stream& stream);
-  static Graph end_capture(Stream& stream) noexcept;
+  // promote_dependent_edges: a kernel-to-kernel edge whose follower was launched as a dependent launch
+  // but that the capture recorded as a full dependency becomes a programmatic edge before instantiation.
+  static Graph end_capture(Stream& stream, bool promote_dependent_edges = false) noexcept;
   bool empty() const { return exec_ == nullptr; }
+  const GraphShape& shape() const { return shape_; }
   void launch(Stream& stream);
 
  private:
   void reset() noexcept;
   void* graph_ = nullptr;  // cudaGraph_t
   void* exec_ = nullptr;   // cudaGraphExec_t
+  GraphShape shape_;
 };
 
 }  // namespace tandem::cuda
