@@ -79,10 +79,7 @@ class CudaBackend final : public Backend {
     // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.
     const char* fused = std::getenv("TANDEM_CUDA_FUSED_NORM");
     fused_norm_ = !(fused != nullptr && std::string_view(fused) == "0");
-    // For A/B runs: TANDEM_CUDA_GRAPH_EDGES=promote makes a recording's full kernel-to-kernel edges into
-    // a dependent-launched follower programmatic; TANDEM_CUDA_GRAPH_REPORT=1 prints each recording's shape.
-    const char* edges = std::getenv("TANDEM_CUDA_GRAPH_EDGES");
-    promote_graph_edges_ = edges != nullptr && std::string_view(edges) == "promote";
+    // TANDEM_CUDA_GRAPH_REPORT=1 prints each recording's shape (are its dependent launches' edges programmatic?).
     const char* report = std::getenv("TANDEM_CUDA_GRAPH_REPORT");
     report_graphs_ = report != nullptr && std::string_view(report) == "1";
     // The tests' CUDA error inside a step: the n-th dependent launch from now fails (Stream::inject_launch_fault).
@@ -174,12 +171,11 @@ class CudaBackend final : public Backend {
       issued = false;
     }
     recording_ = false;
-    cuda::Graph graph = cuda::Graph::end_capture(stream_, promote_graph_edges_);
+    cuda::Graph graph = cuda::Graph::end_capture(stream_);
     if (report_graphs_) {
       const cuda::GraphShape& shape = graph.shape();
-      fmt::print(stderr, "cuda graph: {} nodes, {} kernels, {} edges, {} programmatic ({} promoted){}\n", shape.nodes,
-                 shape.kernels, shape.edges, shape.programmatic_edges, shape.promoted_edges,
-                 graph.empty() ? ", not instantiated" : "");
+      fmt::print(stderr, "cuda graph: {} nodes, {} kernels, {} edges, {} programmatic{}\n", shape.nodes, shape.kernels,
+                 shape.edges, shape.programmatic_edges, graph.empty() ? ", not instantiated" : "");
     }
     if (!issued || graph.empty()) return nullptr;
     return std::make_unique<Recording>(*this, std::move(graph));
@@ -1011,7 +1007,6 @@ class CudaBackend final : public Backend {
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool fused_norm_ = true;
-  bool promote_graph_edges_ = false;
   bool report_graphs_ = false;
   cuda::DeviceBuffer norm_counter_;  // cuda::norm_linears' block counter, left zeroed by its kernels
   unsigned* norm_counter() { return static_cast<unsigned*>(norm_counter_.data()); }

@@ -235,18 +235,9 @@ bool is_kernel(cudaGraphNode_t node) {
   return cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel;
 }
 
-bool launched_dependent(cudaGraphNode_t kernel) {
-  cudaLaunchAttributeValue value{};
-  return cudaGraphKernelNodeGetAttribute(kernel, cudaLaunchAttributeProgrammaticStreamSerialization, &value) ==
-             cudaSuccess &&
-         value.programmaticStreamSerializationAllowed != 0;
-}
-
-// Counts the graph's nodes and edges; with promote, turns each full kernel-to-kernel edge into
-// a programmatic one where the follower was launched dependent (it begins with griddepcontrol.wait,
-// so it may be scheduled while its predecessor finishes). Any failing query leaves the graph as
-// captured: the shape is for reports and the promotion an optimisation.
-GraphShape inspect_graph(cudaGraph_t graph, bool promote) {
+// Counts the graph's nodes, kernels, edges and programmatic edges (for reports; a failing query
+// leaves the counts it had).
+GraphShape inspect_graph(cudaGraph_t graph) {
   GraphShape shape;
   size_t nodes = 0;
   if (cudaGraphGetNodes(graph, nullptr, &nodes) != cudaSuccess) return shape;
@@ -260,34 +251,12 @@ GraphShape inspect_graph(cudaGraph_t graph, bool promote) {
   std::vector<cudaGraphEdgeData> data(edges);
   if (edges > 0 && cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &edges) != cudaSuccess) return shape;
   shape.edges = static_cast<int64_t>(edges);
-  for (size_t i = 0; i < edges; ++i) {
-    if (data[i].type == cudaGraphDependencyTypeProgrammatic) {
-      ++shape.programmatic_edges;
-      continue;
-    }
-    if (!promote || data[i].type != cudaGraphDependencyTypeDefault || !is_kernel(from[i]) || !is_kernel(to[i]) ||
-        !launched_dependent(to[i]))
-      continue;
-    cudaGraphEdgeData programmatic{};
-    programmatic.from_port = cudaGraphKernelNodePortProgrammatic;
-    programmatic.type = cudaGraphDependencyTypeProgrammatic;
-    if (cudaGraphRemoveDependencies(graph, &from[i], &to[i], &data[i], 1) != cudaSuccess) {
-      (void)cudaGetLastError();
-      continue;
-    }
-    if (cudaGraphAddDependencies(graph, &from[i], &to[i], &programmatic, 1) != cudaSuccess) {
-      (void)cudaGetLastError();
-      (void)cudaGraphAddDependencies(graph, &from[i], &to[i], &data[i], 1);  // restore the full edge
-      continue;
-    }
-    ++shape.promoted_edges;
-    ++shape.programmatic_edges;
-  }
+  for (size_t i = 0; i < edges; ++i) shape.programmatic_edges += data[i].type == cudaGraphDependencyTypeProgrammatic;
   return shape;
 }
 }  // namespace
 
-Graph Graph::end_capture(Stream& stream, bool promote_dependent_edges) noexcept {
+Graph Graph::end_capture(Stream& stream) noexcept {
   Graph g;
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(static_cast<cudaStream_t>(stream.native()), &graph);
@@ -298,7 +267,7 @@ Graph Graph::end_capture(Stream& stream, bool promote_dependent_edges) noexcept 
   }
   g.graph_ = graph;
   try {
-    g.shape_ = inspect_graph(graph, promote_dependent_edges);
+    g.shape_ = inspect_graph(graph);
   } catch (...) {  // the node lists' allocation: the shape stays empty
   }
   cudaGraphExec_t exec = nullptr;

@@ -335,8 +335,7 @@ TEST_CASE("cuda whole model: trained DeepSeek-V3 Q4_K_M on the GPU's default pat
 
 // Programmatic dependent launch (the default; TANDEM_CUDA_PDL=0 turns it off, read when a backend is made):
 // the decode chain's kernels may be scheduled while their predecessor finishes and wait for it
-// inside, so every logit must equal the plain launches' bit for bit, recorded (graphs) and eager, and
-// with a recording's edges made programmatic after the capture (TANDEM_CUDA_GRAPH_EDGES=promote).
+// inside, so every logit must equal the plain launches' bit for bit, recorded (graphs) and eager.
 TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", "[cuda][model][pdl]") {
   if (!have_gpu()) return;
   const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
@@ -349,12 +348,10 @@ TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", 
     o.load_tokenizer = false;
     o.placement = "*=cuda:0";
     o.cuda_graphs = graphs;
-    auto steps = [&](bool dependent, bool promote = false) {
+    auto steps = [&](bool dependent) {
       setenv("TANDEM_CUDA_PDL", dependent ? "1" : "0", 1);
-      if (promote) setenv("TANDEM_CUDA_GRAPH_EDGES", "promote", 1);
       const auto engine = Engine::load(path, o);
       unsetenv("TANDEM_CUDA_PDL");
-      unsetenv("TANDEM_CUDA_GRAPH_EDGES");
       auto session = engine->new_session();
       session->prefill(prompt);
       std::vector<float> all;
@@ -366,41 +363,86 @@ TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", 
       return all;
     };
     INFO((graphs ? "graphs" : "eager"));
-    const std::vector<float> plain = steps(false);
-    CHECK(steps(true) == plain);
-    if (graphs) CHECK(steps(true, true) == plain);
+    CHECK(steps(true) == steps(false));
+  }
+}
+
+namespace {
+// The trained Qwen3-MoE prompt's prefill and 6 greedy steps: every position's logits.
+std::vector<float> prefill_and_decode(Session& session) {
+  const std::vector<int32_t> prompt = {1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11};
+  session.prefill(prompt);
+  std::vector<float> all;
+  for (int step = 0; step < 6; ++step) {
+    const auto logits = session.logits();
+    all.insert(all.end(), logits.begin(), logits.end());
+    session.decode(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+  }
+  return all;
+}
+
+LoadOptions trained_qwen3_options(const std::string& placement, bool graphs) {
+  LoadOptions o;
+  o.kv_type = KvType::f16;
+  o.max_context_tokens = 256;
+  o.max_sessions = 2;
+  o.load_tokenizer = false;
+  o.placement = placement;
+  o.cuda_graphs = graphs;
+  return o;
+}
+
+// The first differing float of two runs, for the failure message.
+std::string first_difference(const std::vector<float>& a, const std::vector<float>& b, int64_t vocab) {
+  if (a.size() != b.size()) return "sizes " + std::to_string(a.size()) + " and " + std::to_string(b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i] && !(std::isnan(a[i]) && std::isnan(b[i])))
+      return "step " + std::to_string(static_cast<int64_t>(i) / vocab) + ", logit " +
+             std::to_string(static_cast<int64_t>(i) % vocab) + ": " + std::to_string(a[i]) + " vs " +
+             std::to_string(b[i]);
+  return "none";
+}
+}  // namespace
+
+// A shape's first pass runs unrecorded and later ones replay its recording (graphs): the same prompt
+// run again on one engine must give its first run's logits bit for bit.
+TEST_CASE("cuda: a prompt run again on one engine gives its first logits bit for bit", "[cuda][model][graphs]") {
+  if (!have_gpu()) return;
+  const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
+  for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
+    const auto engine = Engine::load(path, trained_qwen3_options(placement, true));
+    auto session = engine->new_session();
+    const std::vector<float> first = prefill_and_decode(*session);
+    session->reset();
+    const std::vector<float> second = prefill_and_decode(*session);
+    const std::vector<float> third = prefill_and_decode(*engine->new_session());
+    const int64_t vocab = static_cast<int64_t>(first.size()) / 6;
+    INFO(placement << ": first difference of the second run " << first_difference(first, second, vocab)
+                   << "; of the third " << first_difference(first, third, vocab));
+    CHECK(second == first);
+    CHECK(third == first);
   }
 }
 
 // Issue 16's bad input: a CUDA error inside a step fails that call with an error naming it, and the
-// process, the engine and the session (once reset) go on — a later run gives a clean engine's logits.
-// The error is CUDA's own: a launch made with an invalid block size (TANDEM_CUDA_FAULT_AT_LAUNCH=n, the
-// n-th dependent launch after the backend is made), early in the first prefill or decode step.
+// process, the engine and the session (once reset) go on, giving what an engine that never failed
+// gives after the same runs. The error is CUDA's own: a launch made with an invalid block size
+// (TANDEM_CUDA_FAULT_AT_LAUNCH=n, the n-th dependent launch after the backend is made), early in the
+// first prefill.
 TEST_CASE("cuda: a CUDA error inside a step is that call's error; the engine and a reset session go on",
           "[cuda][model][fault]") {
   if (!have_gpu()) return;
   const std::string path = test::data_dir() + "/trained-qwen3moe/qwen3moe-q4_k_m.gguf";
-  const std::vector<int32_t> prompt = {1, 22, 333, 44, 5, 66, 7, 88, 9, 100, 11};
   for (const std::string placement : {"*=cuda:0", "experts=cpu,*=cuda:0"}) {
     for (const bool graphs : {false, true}) {
-      LoadOptions o;
-      o.kv_type = KvType::f16;
-      o.max_context_tokens = 256;
-      o.max_sessions = 2;
-      o.load_tokenizer = false;
-      o.placement = placement;
-      o.cuda_graphs = graphs;
-      auto run = [&](Session& session) {
-        session.prefill(prompt);
-        std::vector<float> all;
-        for (int step = 0; step < 6; ++step) {
-          const auto logits = session.logits();
-          all.insert(all.end(), logits.begin(), logits.end());
-          session.decode(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-        }
-        return all;
-      };
-      const std::vector<float> reference = run(*Engine::load(path, o)->new_session());
+      const LoadOptions o = trained_qwen3_options(placement, graphs);
+      // The same history without the fault: a first run, a run after reset, a run on a new session.
+      const auto clean = Engine::load(path, o);
+      auto clean_session = clean->new_session();
+      prefill_and_decode(*clean_session);
+      clean_session->reset();
+      const std::vector<float> again = prefill_and_decode(*clean_session);
+      const std::vector<float> fresh = prefill_and_decode(*clean->new_session());
       INFO(placement << (graphs ? ", graphs" : ", eager"));
       setenv("TANDEM_CUDA_FAULT_AT_LAUNCH", "12", 1);
       const auto engine = Engine::load(path, o);
@@ -408,15 +450,15 @@ TEST_CASE("cuda: a CUDA error inside a step is that call's error; the engine and
       auto session = engine->new_session();
       std::string message;
       try {
-        run(*session);
+        prefill_and_decode(*session);
       } catch (const Error& e) {
         message = e.what();
       }
       INFO("the failed run's error: " << message);
       CHECK(message.find("TANDEM_CUDA_FAULT_AT_LAUNCH") != std::string::npos);
       session->reset();
-      CHECK(run(*session) == reference);
-      CHECK(run(*engine->new_session()) == reference);
+      CHECK(prefill_and_decode(*session) == again);
+      CHECK(prefill_and_decode(*engine->new_session()) == fresh);
     }
   }
 }

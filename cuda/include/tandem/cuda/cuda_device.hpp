@@ -124,7 +124,6 @@ struct GraphShape {
   int64_t kernels = 0;
   int64_t edges = 0;
   int64_t programmatic_edges = 0;
-  int64_t promoted_edges = 0;  // made programmatic after the capture (promote_dependent_edges)
 };
 
 class Graph {
@@ -137,9 +136,7 @@ class Graph {
   Graph& operator=(const Graph&) = delete;
 
   static void begin_capture(Stream& stream);
-  // promote_dependent_edges: a kernel-to-kernel edge whose follower was launched as a dependent launch
-  // but that the capture recorded as a full dependency becomes a programmatic edge before instantiation.
-  static Graph end_capture(Stream& stream, bool promote_dependent_edges = false) noexcept;
+  static Graph end_capture(Stream& stream) noexcept;
   bool empty() const { return exec_ == nullptr; }
   const GraphShape& shape() const { return shape_; }
   void launch(Stream& stream);
