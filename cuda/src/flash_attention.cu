@@ -49,31 +49,10 @@ constexpr int row_stride() {  // shared row stride in 16-bit values: rows 16-byt
   return D + 8;
 }
 
-template <KvType K>
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  if constexpr (K == KvType::f16) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
-template <KvType K>
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (K == KvType::f16) detail::mma_f16(c, a, b0, b1);
-  else detail::mma_bf16(c, a, b0, b1);
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
+using detail::mma;
+using detail::pack;
+using detail::quad_max;
+using detail::quad_sum;
 
 // Thread (warp w, lane 4r + c) holds rows r and r + 8 of the warp's 16 query tokens, and in each
 // 8-wide column tile of S and O the columns 2c and 2c + 1 (the mma accumulator layout).

@@ -62,38 +62,12 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int64_t kTargetBlocks = 132;  // one block an SM of an H100/H200 (shared memory): one wave
 
-template <KvType K>
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  if constexpr (K == KvType::f16) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
-template <KvType K>
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (K == KvType::f16) mma_f16(c, a, b0, b1);
-  else mma_bf16(c, a, b0, b1);
-}
-
 // Two 8×8 matrices of 16-bit values; lanes 0–7 give matrix 0's row addresses, 8–15 matrix 1's (the
 // other lanes' addresses are not used).
 __device__ __forceinline__ void ldmatrix_x2(const void* p, uint32_t (&r)[2]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(shared_address(p)));
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 // Offset, in 16-bit values, of value `col` of row `row` in a swizzled tile of rows `ld` values apart

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "tandem/kv/kv_type.hpp"
+
 namespace tandem::cuda::detail {
 
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
@@ -52,6 +54,35 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], u
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The attention kernels multiply in their cache's 16-bit type (f16, else bf16): two floats as one
+// register of it (lo in the low half), and the mma.sync over it.
+template <KvType K>
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  if constexpr (K == KvType::f16) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+template <KvType K>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (K == KvType::f16) mma_f16(c, a, b0, b1);
+  else mma_bf16(c, a, b0, b1);
+}
+
+// An accumulator fragment's row is spread over a quad of lanes (4r … 4r + 3): its max and sum.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 }  // namespace tandem::cuda::detail

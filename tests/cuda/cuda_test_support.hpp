@@ -16,11 +16,38 @@
 
 #include "tandem/backend/backend.hpp"
 #include "tandem/cuda/cuda_device.hpp"
+#include "tandem/cuda/kernels.hpp"
 #include "tandem/formats/dequantize.hpp"
 #include "tandem/model/weights.hpp"
 #include "tandem/tensor/dtype.hpp"
 
 namespace tandem::test {
+
+// A paged KV layer on the GPU for the attention kernels' tests: its planes, the tokens' positions
+// (each token a sequence at position context − 1) and block tables, and the PagedKv / DeviceBatch
+// pointing at them. The caller sets kv's row layout (type, block_tokens, row and block strides) first.
+struct DevicePagedCache {
+  cuda::DeviceBuffer planes, positions, tables;
+  cuda::PagedKv kv;
+  cuda::DeviceBatch batch;
+  void upload(const void* bytes, size_t size, const std::vector<int64_t>& contexts, const std::vector<int32_t>& ids,
+              int64_t table_stride) {
+    planes = cuda::DeviceBuffer(0, size);
+    planes.upload(bytes, size);
+    std::vector<int64_t> pos;
+    for (int64_t n : contexts) pos.push_back(n - 1);
+    positions = cuda::DeviceBuffer(0, pos.size() * 8);
+    positions.upload(pos.data(), pos.size() * 8);
+    tables = cuda::DeviceBuffer(0, ids.size() * 4);
+    tables.upload(ids.data(), ids.size() * 4);
+    kv.layer_base = planes.data();
+    batch.tokens = static_cast<int64_t>(contexts.size());
+    batch.positions = static_cast<const int64_t*>(positions.data());
+    batch.block_tables = static_cast<const int32_t*>(tables.data());
+    batch.table_stride = table_stride;
+    batch.max_context = table_stride * kv.block_tokens;
+  }
+};
 
 inline bool have_gpu() {
   if (cuda::device_count() > 0) return true;

@@ -206,11 +206,7 @@ namespace {
 // A paged cache of `tokens` sequences, each at its own context (contexts[t] positions filled with
 // random rows; block ids shuffled so a sequence's blocks are not contiguous). fp8/int8 rows are
 // encoded by the CPU's kv_encode_row, their last rope_values values in f16 (as KvPool writes MLA rows).
-struct RandomPagedCache {
-  cuda::DeviceBuffer planes, positions, tables;
-  cuda::PagedKv kv;
-  cuda::DeviceBatch batch;
-};
+using RandomPagedCache = test::DevicePagedCache;
 RandomPagedCache random_paged_cache(KvType type, const std::vector<int64_t>& contexts, int64_t row_values,
                                     uint32_t seed, int64_t rope_values = 0) {
   RandomPagedCache c;
@@ -250,20 +246,7 @@ RandomPagedCache random_paged_cache(KvType type, const std::vector<int64_t>& con
       std::memcpy(bytes.data() + 2 * i, &v, 2);
     }
   }
-  c.planes = cuda::DeviceBuffer(0, bytes.size());
-  c.planes.upload(bytes.data(), bytes.size());
-  std::vector<int64_t> pos;
-  for (int64_t n : contexts) pos.push_back(n - 1);
-  c.positions = cuda::DeviceBuffer(0, pos.size() * 8);
-  c.positions.upload(pos.data(), pos.size() * 8);
-  c.tables = cuda::DeviceBuffer(0, ids.size() * 4);
-  c.tables.upload(ids.data(), ids.size() * 4);
-  c.kv.layer_base = c.planes.data();
-  c.batch.tokens = tokens;
-  c.batch.positions = static_cast<const int64_t*>(c.positions.data());
-  c.batch.block_tables = static_cast<const int32_t*>(c.tables.data());
-  c.batch.table_stride = stride;
-  c.batch.max_context = stride * bt;
+  c.upload(bytes.data(), bytes.size(), contexts, ids, stride);
   return c;
 }
 

@@ -27,10 +27,7 @@ namespace {
 // sequence's blocks are not contiguous), f16 or bf16 rows of `width` values (latent, then rope key);
 // token t is its own sequence at position contexts[t] − 1. `values` keeps every sequence's rows as the
 // cache holds them, decoded to float, for the host's float64 evaluation.
-struct LatentCache {
-  cuda::DeviceBuffer planes, positions, tables;
-  cuda::PagedKv kv;
-  cuda::DeviceBatch batch;
+struct LatentCache : test::DevicePagedCache {
   std::vector<std::vector<float>> values;  // [token][position · width + i]
 };
 
@@ -65,20 +62,7 @@ LatentCache latent_cache(KvType type, const std::vector<int64_t>& contexts, int6
         v[static_cast<size_t>(p * width + i)] = type == KvType::bf16 ? bf16_to_f32(row[i]) : f16_to_f32(row[i]);
     }
   }
-  c.planes = cuda::DeviceBuffer(0, bits.size() * 2);
-  c.planes.upload(bits.data(), bits.size() * 2);
-  std::vector<int64_t> pos;
-  for (int64_t n : contexts) pos.push_back(n - 1);
-  c.positions = cuda::DeviceBuffer(0, pos.size() * 8);
-  c.positions.upload(pos.data(), pos.size() * 8);
-  c.tables = cuda::DeviceBuffer(0, ids.size() * 4);
-  c.tables.upload(ids.data(), ids.size() * 4);
-  c.kv.layer_base = c.planes.data();
-  c.batch.tokens = tokens;
-  c.batch.positions = static_cast<const int64_t*>(c.positions.data());
-  c.batch.block_tables = static_cast<const int32_t*>(c.tables.data());
-  c.batch.table_stride = stride;
-  c.batch.max_context = stride * bt;
+  c.upload(bits.data(), bits.size() * 2, contexts, ids, stride);
   return c;
 }
 
