@@ -444,9 +444,10 @@ TEST_CASE("cuda: a CUDA error inside a step is that call's error; the engine and
       const std::vector<float> again = prefill_and_decode(*clean_session);
       const std::vector<float> fresh = prefill_and_decode(*clean->new_session());
       INFO(placement << (graphs ? ", graphs" : ", eager"));
-      setenv("TANDEM_CUDA_FAULT_AT_LAUNCH", "12", 1);
-      const auto engine = Engine::load(path, o);
-      unsetenv("TANDEM_CUDA_FAULT_AT_LAUNCH");
+      const auto engine = [&] {
+        const test::ScopedEnv fault("TANDEM_CUDA_FAULT_AT_LAUNCH", "12");  // read as the backend is made
+        return Engine::load(path, o);
+      }();
       auto session = engine->new_session();
       std::string message;
       try {
