@@ -74,6 +74,10 @@ class CudaBackend final : public Backend {
     // suite passed with it (docs/PERF.md, "Programmatic dependent launch"); TANDEM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("TANDEM_CUDA_PDL");
     stream_.set_dependent_launch(!(pdl != nullptr && std::string_view(pdl) == "0"));
+    // TANDEM_CUDA_PREFETCH=0: the decode linears no longer ask L2 for their rows before they wait
+    // (Stream::set_prefetch_ahead), for A/B runs.
+    const char* prefetch = std::getenv("TANDEM_CUDA_PREFETCH");
+    stream_.set_prefetch_ahead(!(prefetch != nullptr && std::string_view(prefetch) == "0"));
     // A decode token's add + RMSNorm folded into the linears after it (add_rms_norm_linears), the
     // default since it measured faster on the H100 (docs/PERF.md, "The fold and the Q6_K head measured");
     // TANDEM_CUDA_FUSED_NORM=0 launches the two steps apart, for A/B runs.

@@ -28,13 +28,31 @@ void opt_in_shared_memory(Kernel kernel, size_t bytes, const char* what) {
     check_launch(what);
 }
 
-// The first statement of a kernel that launch_dependent starts: it returns once the kernels before
-// it on the stream have completed and their writes are visible (a no-op for a plain launch, and
-// below sm_90). Nothing of another kernel's may be read or written before it.
+// The first statement of a kernel that launch_dependent starts (after prefetch_l2 hints, if any): it
+// returns once the kernels before it on the stream have completed and their writes are visible (a
+// no-op for a plain launch, and below sm_90). Nothing of another kernel's may be read or written
+// before it. Then it lets the next dependent kernel be scheduled: once every block of this one has
+// passed here, that kernel's blocks start and issue their own prefetches while this one runs — they
+// cannot take a place this kernel's blocks still need (all of them are resident by then), and they
+// read nothing before their own wait, which returns only when this kernel has completed.
 __device__ __forceinline__ void wait_for_prior_grids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Asks L2 for the 128-byte lines of [p, p + bytes), thread `worker` of `workers` taking every
+// workers-th line: a hint (nothing waits for it, and no value is read), for weights a kernel reads
+// after wait_for_prior_grids, issued before it so that HBM's latency overlaps the kernel before.
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes, int worker, int workers) {
+  if (bytes <= 0) return;
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t first = begin / 128, last = (begin + static_cast<uintptr_t>(bytes) - 1) / 128;
+  for (uintptr_t line = first + static_cast<uintptr_t>(worker); line <= last; line += static_cast<uintptr_t>(workers)) {
+    const uintptr_t at = line * 128 < begin ? begin : line * 128;  // within [p, p + bytes)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(reinterpret_cast<const void*>(at))));
+  }
 }
 
 // kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where the

@@ -96,7 +96,20 @@ struct LaneGroup {
   float* y[kMaxLaneGroup] = {};
   int64_t end[kMaxLaneGroup] = {};  // rows of matrices 0..m together
   int count = 0;
+  bool prefetch = false;  // each block asks L2 for its first rows before it waits (Stream::prefetch_ahead)
 };
+
+// Before wait_for_prior_grids, with group.prefetch: row `row` of the launch (its matrix's row o)
+// asked of L2 by the `splits` warps that share it (part = this warp's place among them).
+__device__ __forceinline__ void prefetch_row(const LaneGroup& group, int64_t row_bytes, int64_t row, int part,
+                                             int splits) {
+  if (!group.prefetch || row >= group.end[group.count - 1]) return;
+  int m = 0;
+  while (m + 1 < group.count && row >= group.end[m]) ++m;
+  const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
+  detail::prefetch_l2(group.weight[m] + o * row_bytes, row_bytes, part * 32 + static_cast<int>(threadIdx.x % 32),
+                      splits * 32);
+}
 
 // Rows read a 256-value block at a time by the whole warp (lane_blocks.cuh: Q4_K/Q6_K, and plain
 // f32/f16/bf16 rows), Batch blocks' loads in flight per warp. A row's blocks are shared among
@@ -110,6 +123,9 @@ template <typename L, int Tile>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
                         int splits, AddRmsNorm norm) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
+  if (blockIdx.y == 0) prefetch_row(group, row_bytes, row, part, splits);
   detail::wait_for_prior_grids();
   unsigned ticket = 0;
   if constexpr (Tile == 1) {
@@ -122,8 +138,6 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   }
   constexpr int kBatch = Tile == 1 ? 8 : 4;
   __shared__ float partial[kLaneWarps][Tile];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
   int m = 0;
   while (m + 1 < group.count && row >= group.end[m]) ++m;
   const int64_t first = m == 0 ? 0 : group.end[m - 1];
@@ -166,6 +180,9 @@ template <DType T>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
                            int64_t row_groups, AddRmsNorm norm) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
+  prefetch_row(group, row_bytes, static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits, part,
+               splits);  // the first row group's
   detail::wait_for_prior_grids();
   extern __shared__ __align__(16) char shared[];
   __shared__ float partial[kLaneWarps];
@@ -178,7 +195,6 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   detail::quantize_q8_32(x, in_features, xq);
   __syncthreads();
   const unsigned ticket = detail::count_in(norm);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
   const int64_t total = group.end[group.count - 1];
   for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
     const int64_t row = g * (kLaneWarps / splits) + warp / splits;
@@ -219,6 +235,7 @@ template <int kPieces>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_q6k_rows_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x,
                               int64_t row_groups) {
+  prefetch_row(group, row_bytes, static_cast<int64_t>(blockIdx.x) * kLaneWarps + threadIdx.x / 32, 0, 1);
   detail::wait_for_prior_grids();
   using Q = detail::Q8Lanes<DType::q6_k>;
   extern __shared__ __align__(16) char shared[];
@@ -378,8 +395,10 @@ void launch_q6k_rows(Stream& stream, const LaneGroup& group, int64_t row_bytes, 
                              kLaneWarps * 32, shared, group, row_bytes, in_features, x, row_groups);
 }
 
-void launch_lanes(Stream& stream, const LaneGroup& group, DType type, int64_t row_bytes, int64_t in_features,
+void launch_lanes(Stream& stream, const LaneGroup& matrices, DType type, int64_t row_bytes, int64_t in_features,
                   const float* x, int64_t rows, bool quantised_x, const AddRmsNorm& norm = {}) {
+  LaneGroup group = matrices;
+  group.prefetch = stream.prefetch_ahead();
   const size_t normed_bytes = norm.hidden != nullptr ? static_cast<size_t>(in_features) * sizeof(float) : 0;
   const int tile = rows == 1 ? 1 : kTile;
   const int64_t token_tiles = (rows + tile - 1) / tile;

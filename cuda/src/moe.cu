@@ -282,7 +282,20 @@ __global__ void __launch_bounds__(kSlotWarps * 32, kFloatDownBlocksPerSm)
 template <DType T, int InFlight>
 __global__ void __launch_bounds__(kSlotWarps * 32, kDownBlocksPerSm)
     down_slots_q8_kernel(ExpertTable table, const int32_t* ids, const float* weights, int64_t top_k, const float* act,
-                         detail::Q8View<8> act_q8, int64_t hidden, float* out) {
+                         detail::Q8View<8> act_q8, int64_t hidden, float* out, bool prefetch) {
+  // The block's down rows asked of L2 while the gate/up kernel before runs: that kernel passed its
+  // own wait (it let this one start only then), so the router's ids two kernels back are final; they
+  // are read from L2 (__ldcg), and the prefetch only hints — the rows are read after the wait.
+  if (prefetch) {
+    const int64_t t = blockIdx.y, o0 = static_cast<int64_t>(blockIdx.x) * kDownBlockRows;
+    const int64_t rows = hidden - o0 < kDownBlockRows ? hidden - o0 : kDownBlockRows;
+    for (int64_t s = threadIdx.x / 32; s < top_k; s += kSlotWarps) {
+      const int32_t e = __ldcg(ids + t * top_k + s);
+      if (e >= 0 && e < table.experts)
+        detail::prefetch_l2(static_cast<const uint8_t*>(table.down[e]) + o0 * table.down_row_bytes,
+                            rows * table.down_row_bytes, static_cast<int>(threadIdx.x % 32), 32);
+    }
+  }
   detail::wait_for_prior_grids();
   using Q = detail::Q8Lanes<T>;
   const int64_t blocks = table.intermediate / 256, stride = table.down_row_bytes;
@@ -383,7 +396,8 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
         stream, "moe down (int8 products)",
         table.down_type == DType::q4_k ? down_slots_q8_kernel<DType::q4_k, kQ4kDownRowsInFlight>
                                        : down_slots_q8_kernel<DType::q6_k, kQ6kDownRowsInFlight>,
-        down_slots_grid, kSlotWarps * 32, 0, table, ids, weights, top_k, act, act_q8.view(), hidden, out);
+        down_slots_grid, kSlotWarps * 32, 0, table, ids, weights, top_k, act, act_q8.view(), hidden, out,
+        stream.prefetch_ahead());
     return;
   }
   const bool down_known = dispatch_weight_type(table.down_type, [&](auto decoder) {

@@ -989,6 +989,12 @@ TEST_CASE("cuda routed experts on int8 activations (dp4a) equal the float arithm
         CHECK(off_q8_act == (gate_type == DType::q4_k ? off_float_act : q8_act));
         if (gate_type == DType::q4_k && down_type == DType::q4_k) CHECK(off_q8_out == off_float_out);
         if (gate_type == DType::q6_k && down_type == DType::q6_k) CHECK(off_q8_out == q8_out);
+        // Dependent launch, with the down rows asked of L2 before the wait: the same bits.
+        stream.set_dependent_launch(true);
+        REQUIRE(stream.prefetch_ahead());
+        const auto [ahead_act, ahead_out] = run(x, true, up);
+        CHECK(ahead_act == q8_act);
+        CHECK(ahead_out == q8_out);
       }
 }
 

@@ -100,6 +100,12 @@ class Stream {
   // finishing, and waits for it inside (griddepcontrol.wait) before touching memory. Off by default.
   void set_dependent_launch(bool on) { dependent_launch_ = on; }
   bool dependent_launch() const { return dependent_launch_; }
+  // With dependent launch: a kernel lets the next one start once it has waited for its own
+  // predecessors, and the decode linears ask L2 for their first weight rows before they wait, so
+  // that those loads overlap the kernel before them (launch.cuh's prefetch_l2). On by default;
+  // TANDEM_CUDA_PREFETCH=0 turns the prefetches off, for A/B runs.
+  void set_prefetch_ahead(bool on) { prefetch_ahead_ = on; }
+  bool prefetch_ahead() const { return dependent_launch_ && prefetch_ahead_; }
   // Fault injection for the tests of error handling: the n-th launch_dependent on this stream from
   // now (n ≥ 1) is made with an invalid block size, so that CUDA itself refuses it; 0 disarms.
   void inject_launch_fault(int64_t n) { launches_to_fault_ = n; }
@@ -109,6 +115,7 @@ class Stream {
   void* stream_ = nullptr;
   int device_ = 0;
   bool dependent_launch_ = false;
+  bool prefetch_ahead_ = true;
   int64_t launches_to_fault_ = 0;
   bool batch_copies_ = true;  // until cudaMemcpyBatchAsync says the driver has none
 };
