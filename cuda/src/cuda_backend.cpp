@@ -738,12 +738,13 @@ class CudaBackend final : public Backend {
       if (r.params == params) return r;
     const RopeTables tables = rope_tables(params);
     const size_t bytes = tables.inverse_frequencies.size() * sizeof(double);
-    PreparedRope& r = ropes_.emplace_back();
+    // Kept only once whole: an allocation refused while a graph is recorded leaves nothing behind.
+    PreparedRope r;
     r.params = params;
     r.attention_factor = tables.attention_factor;
     r.table = allocate_named(std::max<size_t>(bytes, 8), "a RoPE table");
     stream_.copy_to_device(r.table.data(), tables.inverse_frequencies.data(), bytes);
-    return r;
+    return ropes_.emplace_back(std::move(r));
   }
   // The tensor cores' math for a weight type: F32 and F16 weights ask for float32 compute (3xTF32),
   // as do all types when bf16 prefill is off; the rest carry more error than bf16 operands add.
@@ -777,13 +778,20 @@ class CudaBackend final : public Backend {
   // The device table of a layer's expert pointers, made once; null when the experts are not alike
   // (gate and up of one stored type, down of one, the same shapes in every expert, no bias), which the pairwise
   // kernels need.
+  // The entry is kept only once decided: a table whose allocation is refused while a graph is
+  // recorded (or fails) leaves nothing behind, so a later call makes it — kept half-made, it read as
+  // "not alike" for good and moved the layer to other kernels (other bits) after one failed recording.
   const cuda::ExpertTable* expert_table(const ExpertWeights& experts) {
     const auto found = expert_tables_.find(&experts);
     if (found != expert_tables_.end()) return found->second.usable ? &found->second.table : nullptr;
-    ExpertTableEntry& entry = expert_tables_[&experts];
+    ExpertTableEntry entry;
+    const auto not_alike = [&]() -> const cuda::ExpertTable* {
+      expert_tables_.emplace(&experts, ExpertTableEntry{});
+      return nullptr;
+    };
     const auto count = static_cast<int64_t>(experts.count());
     if (count == 0 || experts.up.size() != experts.gate.size() || experts.down.size() != experts.gate.size())
-      return nullptr;
+      return not_alike();
     std::vector<const void*> pointers(static_cast<size_t>(6 * count), nullptr);
     cuda::ExpertTable& t = entry.table;
     bool scaled = false;
@@ -804,7 +812,7 @@ class CudaBackend final : public Backend {
                          u.in_features == g.in_features && d.out_features == g.in_features && g.bias == nullptr &&
                          u.bias == nullptr && d.bias == nullptr && (g.block_scales != nullptr) == scaled &&
                          (u.block_scales != nullptr) == scaled && (d.block_scales != nullptr) == scaled;
-      if (!alike) return nullptr;
+      if (!alike) return not_alike();
       pointers[i] = g.data;
       pointers[static_cast<size_t>(count) + i] = u.data;
       pointers[static_cast<size_t>(2 * count) + i] = d.data;
@@ -815,7 +823,7 @@ class CudaBackend final : public Backend {
         t.gate_row_bytes = static_cast<int64_t>(row_bytes(g.type, g.in_features).value_or(0));
         t.up_row_bytes = static_cast<int64_t>(row_bytes(u.type, u.in_features).value_or(0));
         t.down_row_bytes = static_cast<int64_t>(row_bytes(d.type, d.in_features).value_or(0));
-        if (t.gate_row_bytes == 0 || t.up_row_bytes == 0 || t.down_row_bytes == 0) return nullptr;
+        if (t.gate_row_bytes == 0 || t.up_row_bytes == 0 || t.down_row_bytes == 0) return not_alike();
       }
     }
     entry.pointers = allocate_named(pointers.size() * sizeof(void*), "the experts' pointer tables");
@@ -831,7 +839,7 @@ class CudaBackend final : public Backend {
       t.down_scales = scales + 5 * count;
     }
     entry.usable = true;
-    return &entry.table;
+    return &expert_tables_.emplace(&experts, std::move(entry)).first->second.table;
   }
 
   // kv_b as float32 [rows, kv_lora], dequantised on the device per call (not kept).
