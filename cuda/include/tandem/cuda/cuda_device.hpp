@@ -100,10 +100,10 @@ class Stream {
   // finishing, and waits for it inside (griddepcontrol.wait) before touching memory. Off by default.
   void set_dependent_launch(bool on) { dependent_launch_ = on; }
   bool dependent_launch() const { return dependent_launch_; }
-  // With dependent launch: a kernel lets the next one start once it has waited for its own
-  // predecessors, and the decode linears ask L2 for their first weight rows before they wait, so
-  // that those loads overlap the kernel before them (launch.cuh's prefetch_l2). On by default;
-  // TANDEM_CUDA_PREFETCH=0 turns the prefetches off, for A/B runs.
+  // With dependent launch a kernel lets the next one start once it has waited for its own
+  // predecessors (always); with this on, the decode linears and the routed experts' down rows also ask
+  // L2 for their first weight rows before they wait, so that those loads overlap the kernel before them
+  // (launch.cuh's prefetch_l2). On by default; TANDEM_CUDA_PREFETCH=0 turns the prefetches off, for A/B runs.
   void set_prefetch_ahead(bool on) { prefetch_ahead_ = on; }
   bool prefetch_ahead() const { return dependent_launch_ && prefetch_ahead_; }
   // Fault injection for the tests of error handling: the n-th launch_dependent on this stream from
