@@ -99,16 +99,25 @@ struct LaneGroup {
   bool prefetch = false;  // each block asks L2 for its first rows before it waits (Stream::prefetch_ahead)
 };
 
-// Before wait_for_prior_grids, with group.prefetch: row `row` of the launch (its matrix's row o)
-// asked of L2 by the `splits` warps that share it (part = this warp's place among them).
+// Row `row` of a launch: matrix m's row o (a row past the last matrix's end stays in the last).
+struct GroupRow {
+  int m;
+  int64_t o;
+};
+__device__ __forceinline__ GroupRow locate(const LaneGroup& group, int64_t row) {
+  int m = 0;
+  while (m + 1 < group.count && row >= group.end[m]) ++m;
+  return {m, row - (m == 0 ? 0 : group.end[m - 1])};
+}
+
+// Before wait_for_prior_grids, with group.prefetch: row `row` of the launch asked of L2 by the
+// `splits` warps that share it (part = this warp's place among them).
 __device__ __forceinline__ void prefetch_row(const LaneGroup& group, int64_t row_bytes, int64_t row, int part,
                                              int splits) {
   if (!group.prefetch || row >= group.end[group.count - 1]) return;
-  int m = 0;
-  while (m + 1 < group.count && row >= group.end[m]) ++m;
-  const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
-  detail::prefetch_l2(group.weight[m] + o * row_bytes, row_bytes, part * 32 + static_cast<int>(threadIdx.x % 32),
-                      splits * 32);
+  const GroupRow at = locate(group, row);
+  detail::prefetch_l2(group.weight[at.m] + at.o * row_bytes, row_bytes,
+                      part * 32 + static_cast<int>(threadIdx.x % 32), splits * 32);
 }
 
 // Rows read a 256-value block at a time by the whole warp (lane_blocks.cuh: Q4_K/Q6_K, and plain
@@ -138,10 +147,8 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   }
   constexpr int kBatch = Tile == 1 ? 8 : 4;
   __shared__ float partial[kLaneWarps][Tile];
-  int m = 0;
-  while (m + 1 < group.count && row >= group.end[m]) ++m;
-  const int64_t first = m == 0 ? 0 : group.end[m - 1];
-  const int64_t o = row - first, out_features = group.end[m] - first;
+  const auto [m, o] = locate(group, row);
+  const int64_t out_features = group.end[m] - (m == 0 ? 0 : group.end[m - 1]);
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * Tile;
   const int nrows = static_cast<int>(rows - r0 < Tile ? rows - r0 : Tile);
   float acc[Tile] = {};
@@ -198,9 +205,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   const int64_t total = group.end[group.count - 1];
   for (int64_t g = blockIdx.x; g < row_groups; g += gridDim.x) {
     const int64_t row = g * (kLaneWarps / splits) + warp / splits;
-    int m = 0;
-    while (m + 1 < group.count && row >= group.end[m]) ++m;
-    const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
+    const auto [m, o] = locate(group, row);
     float acc = 0.f;
     if (row < total)
       acc = detail::lane_row_dot_q8<detail::Q8Lanes<T>, 8>(group.weight[m] + o * row_bytes, part, in_features / 256,
@@ -243,17 +248,11 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   uint8_t* stage = reinterpret_cast<uint8_t*>(shared + detail::q8_bytes<32>(in_features)) + warp * row_bytes;
   const int64_t total = group.end[group.count - 1], pieces = row_bytes / 16, blocks = in_features / 256;
-  const auto matrix_of = [&](int64_t row) {
-    int m = 0;
-    while (m + 1 < group.count && row >= group.end[m]) ++m;
-    return m;
-  };
   uint4 next[kPieces];
   const auto fetch = [&](int64_t row) {
     if (row >= total) return;
-    const int m = matrix_of(row);
-    const auto* src =
-        reinterpret_cast<const uint4*>(group.weight[m] + (row - (m == 0 ? 0 : group.end[m - 1])) * row_bytes);
+    const GroupRow at = locate(group, row);
+    const auto* src = reinterpret_cast<const uint4*>(group.weight[at.m] + at.o * row_bytes);
 #pragma unroll
     for (int k = 0; k < kPieces; ++k)
       if (lane + 32 * k < pieces) next[k] = __ldg(src + lane + 32 * k);
@@ -274,9 +273,8 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
     for (int64_t blk = 0; blk < blocks; ++blk) acc += Q::dot(Q::load(stage, blk, lane), blk, lane, xq.view());
     acc = detail::warp_sum(acc);
     if (lane == 0) {
-      const int m = matrix_of(row);
-      const int64_t o = row - (m == 0 ? 0 : group.end[m - 1]);
-      group.y[m][o] = acc + (group.bias[m] != nullptr ? group.bias[m][o] : 0.f);
+      const GroupRow at = locate(group, row);
+      group.y[at.m][at.o] = acc + (group.bias[at.m] != nullptr ? group.bias[at.m][at.o] : 0.f);
     }
   }
 }

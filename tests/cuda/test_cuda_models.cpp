@@ -349,9 +349,10 @@ TEST_CASE("cuda dependent launch gives the plain launches' logits bit for bit", 
     o.placement = "*=cuda:0";
     o.cuda_graphs = graphs;
     auto steps = [&](bool dependent) {
-      setenv("TANDEM_CUDA_PDL", dependent ? "1" : "0", 1);
-      const auto engine = Engine::load(path, o);
-      unsetenv("TANDEM_CUDA_PDL");
+      const auto engine = [&] {
+        const test::ScopedEnv pdl("TANDEM_CUDA_PDL", dependent ? "1" : "0");  // read as the backend is made
+        return Engine::load(path, o);
+      }();
       auto session = engine->new_session();
       session->prefill(prompt);
       std::vector<float> all;
