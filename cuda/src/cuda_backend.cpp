@@ -88,8 +88,12 @@ class CudaBackend final : public Backend {
     report_graphs_ = report != nullptr && std::string_view(report) == "1";
     // The tests' CUDA error inside a step: the n-th dependent launch from now fails (Stream::inject_launch_fault).
     if (const char* fault = std::getenv("TANDEM_CUDA_FAULT_AT_LAUNCH")) stream_.inject_launch_fault(std::atoll(fault));
-    norm_counter_ = allocate_named(sizeof(unsigned), "the fused norm's block counter");
-    stream_.zero(norm_counter_.data(), norm_counter_.bytes());
+    // A decode token's router matrix and top-k in one launch (router_and_topk), the default;
+    // TANDEM_CUDA_FUSED_ROUTER=0 keeps the two launches, for A/B runs.
+    const char* router = std::getenv("TANDEM_CUDA_FUSED_ROUTER");
+    fused_router_ = !(router != nullptr && std::string_view(router) == "0");
+    block_counters_ = allocate_named(2 * sizeof(unsigned), "the fused launches' block counters");
+    stream_.zero(block_counters_.data(), block_counters_.bytes());
   }
   ~CudaBackend() override {
     try {
@@ -104,6 +108,7 @@ class CudaBackend final : public Backend {
   void set_prefill_bf16(bool bf16) { prefill_bf16_ = bf16; }
   void set_decode_q8(bool on) { decode_q8_ = q8_override_ >= 0 ? q8_override_ == 1 : on; }
   void set_fused_norm(bool on) { fused_norm_ = on; }
+  void set_fused_router(bool on) { fused_router_ = on; }
 
   // ---- memory, copies, events ----
   DeviceBuffer allocate(size_t bytes) override {
@@ -582,10 +587,7 @@ class CudaBackend final : public Backend {
     return true;
   }
 
-  void router_topk(const RoutingParams& p, const float* logits, int64_t tokens, const float* selection_bias,
-                   int32_t* expert_ids, float* weights) override {
-    stream_.make_current();
-    if (tokens <= 0) return;
+  static cuda::RouterSpec router_spec(const RoutingParams& p) {
     cuda::RouterSpec spec;
     spec.kind = static_cast<int>(p.kind);
     spec.experts = p.experts;
@@ -594,6 +596,29 @@ class CudaBackend final : public Backend {
     spec.topk_group = p.topk_group;
     spec.norm_topk_prob = p.norm_topk_prob;
     spec.routed_scaling_factor = p.routed_scaling_factor;
+    return spec;
+  }
+  // A decode token's norm (when folding is on), router matrix and top-k in one launch where
+  // cuda::linear_route takes them.
+  void router_and_topk(const RoutingParams& p, const LinearWeight& router, const NormFirst& norm, int64_t tokens,
+                       float* logits, const float* selection_bias, int32_t* expert_ids, float* weights) override {
+    if (fused_router_ && tokens == 1 && (norm.weight == nullptr || fused_norm_)) {
+      stream_.make_current();
+      const cuda::DeviceWeight w = weight(router);
+      cuda::AddRmsNorm fold;
+      if (norm.weight != nullptr)
+        fold = {norm.hidden, norm.delta, norm.weight, norm.dim, norm.eps, norm.normed, norm_counter()};
+      const cuda::RouteAfter route{router_spec(p), selection_bias, expert_ids, weights, route_counter()};
+      if (cuda::linear_route(stream_, w, logits, fold, norm.normed, route)) return;
+    }
+    Backend::router_and_topk(p, router, norm, tokens, logits, selection_bias, expert_ids, weights);
+  }
+
+  void router_topk(const RoutingParams& p, const float* logits, int64_t tokens, const float* selection_bias,
+                   int32_t* expert_ids, float* weights) override {
+    stream_.make_current();
+    if (tokens <= 0) return;
+    const cuda::RouterSpec spec = router_spec(p);
     auto* d_scratch = static_cast<double*>(
         scratch_bytes(kRouter, static_cast<size_t>(tokens * (2 * p.experts + p.n_group + p.top_k)) * sizeof(double)));
     cuda::router_topk(stream_, spec, logits, tokens, selection_bias, d_scratch, expert_ids, weights);
@@ -1019,9 +1044,13 @@ class CudaBackend final : public Backend {
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool fused_norm_ = true;
+  bool fused_router_ = true;
   bool report_graphs_ = false;
-  cuda::DeviceBuffer norm_counter_;  // cuda::norm_linears' block counter, left zeroed by its kernels
-  unsigned* norm_counter() { return static_cast<unsigned*>(norm_counter_.data()); }
+  // The block counters of cuda::norm_linears (and linear_route's norm) and of linear_route's routing,
+  // left zeroed by their kernels.
+  cuda::DeviceBuffer block_counters_;
+  unsigned* norm_counter() { return static_cast<unsigned*>(block_counters_.data()); }
+  unsigned* route_counter() { return static_cast<unsigned*>(block_counters_.data()) + 1; }
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
@@ -1069,6 +1098,10 @@ void cuda_backend_set_decode_q8(Backend& backend, bool on) {
 
 void cuda_backend_set_fused_norm(Backend& backend, bool on) {
   if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_fused_norm(on);
+}
+
+void cuda_backend_set_fused_router(Backend& backend, bool on) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_fused_router(on);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

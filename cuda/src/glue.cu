@@ -8,6 +8,7 @@
 
 #include "kv_rows.cuh"
 #include "launch.cuh"
+#include "router_topk.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -60,103 +61,17 @@ __global__ void kv_append_quantised_kernel(char* layer_base, int64_t block_token
     detail::store_f16(tail + 2 * i, src[width + i]);
 }
 
-// The order the routers choose in: a larger value first, ties to the lower index (a stable partial
-// sort's order). NaN ranks as -inf, so every value has a distinct rank.
-__device__ __forceinline__ bool ranks_before(double a, int64_t i, double b, int64_t j) {
-  a = isnan(a) ? -INFINITY : a;
-  b = isnan(b) ? -INFINITY : b;
-  return a > b || (a == b && i < j);
-}
-
-// How many of values[0, n) rank before values[i]: its slot in a top-k.
-__device__ __forceinline__ int64_t rank_of(const double* values, int64_t n, int64_t i) {
-  const double v = values[i];
-  int64_t rank = 0;
-  for (int64_t j = 0; j < n; ++j) rank += ranks_before(values[j], j, v, i) ? 1 : 0;
-  return rank;
-}
-
-// One block per token, a thread per expert (more experts than threads are looped): each expert counts
-// the experts that rank before it, and the top_k write their own slot, so no round waits on the
-// last. Groups are ranked the same way. The weights' sum stays on one thread, in slot order, as the
-// reference adds it. The per-token arrays live in shared memory when they fit (always, for real
-// routers), else in scratch.
+// One block per token (router_topk.cuh's route_token); the per-token arrays live in shared memory
+// when they fit (always, for real routers), else in scratch.
 __global__ void router_kernel(RouterSpec spec, const float* logits, int64_t tokens, const float* bias,
                               double* scratch, bool in_shared, int32_t* expert_ids, float* weights) {
   detail::wait_for_prior_grids();
   extern __shared__ double token_arrays[];
-  __shared__ float max_scratch[32];
-  __shared__ double sum_scratch[32];
-  __shared__ double picked_sum;
   const int64_t t = blockIdx.x;
   if (t >= tokens) return;
-  const int64_t n = spec.experts, k = spec.top_k, groups = spec.n_group;
-  const int64_t tid = threadIdx.x, threads = blockDim.x;
-  double* scores = in_shared ? token_arrays : scratch + t * (2 * n + groups + k);
-  double* choice = scores + n;
-  double* group_scores = choice + n;
-  double* picked = group_scores + groups;  // the chosen experts' scores, by slot
-  const float* row = logits + t * n;
-  if (spec.kind == 2) {
-    for (int64_t e = tid; e < n; e += threads) {
-      scores[e] = 1.0 / (1.0 + exp(-static_cast<double>(row[e])));
-      choice[e] = scores[e] + (bias ? static_cast<double>(bias[e]) : 0.0);
-    }
-  } else {
-    float max_logit = -INFINITY;
-    for (int64_t e = tid; e < n; e += threads) max_logit = fmaxf(max_logit, row[e]);
-    max_logit = detail::block_max(max_logit, max_scratch);
-    double part = 0;
-    for (int64_t e = tid; e < n; e += threads) {
-      scores[e] = exp(static_cast<double>(row[e]) - static_cast<double>(max_logit));
-      part += scores[e];
-    }
-    const double sum = detail::block_sum(part, sum_scratch);
-    for (int64_t e = tid; e < n; e += threads) choice[e] = scores[e] /= sum;
-  }
-  __syncthreads();
-  if (spec.kind != 0 && groups > 1) {
-    const int64_t per_group = n / groups;
-    for (int64_t g = tid; g < groups; g += threads) {
-      const double* gs = choice + g * per_group;
-      double best = -INFINITY, second = -INFINITY;
-      for (int64_t i = 0; i < per_group; ++i) {
-        if (gs[i] > best) {
-          second = best;
-          best = gs[i];
-        } else if (gs[i] > second) {
-          second = gs[i];
-        }
-      }
-      group_scores[g] = spec.kind == 2 && per_group > 1 ? best + second : best;
-    }
-    __syncthreads();
-    // A group outside the topk_group best has its experts' choice zeroed (as the reference: 0, not -inf).
-    for (int64_t e = tid; e < n; e += threads)
-      if (rank_of(group_scores, groups, e / per_group) >= spec.topk_group) choice[e] = 0.0;
-    __syncthreads();
-  }
-  int32_t* ids = expert_ids + t * k;
-  for (int64_t e = tid; e < n; e += threads) {
-    const int64_t slot = rank_of(choice, n, e);
-    if (slot < k) {
-      ids[slot] = static_cast<int32_t>(e);
-      picked[slot] = scores[e];
-    }
-  }
-  __syncthreads();
-  if (tid == 0) {
-    double sum = 0;
-    for (int64_t i = 0; i < k; ++i) sum += picked[i];
-    picked_sum = sum;
-  }
-  __syncthreads();
-  const double denominator = spec.kind == 2 ? picked_sum + 1e-20 : picked_sum;
-  for (int64_t i = tid; i < k; i += threads) {
-    double value = picked[i];
-    if (spec.norm_topk_prob) value /= denominator;
-    weights[t * k + i] = static_cast<float>(value * spec.routed_scaling_factor);
-  }
+  double* arrays = in_shared ? token_arrays : scratch + t * detail::route_arrays(spec);
+  detail::route_token(spec, logits + t * spec.experts, bias, arrays, expert_ids + t * spec.top_k,
+                      weights + t * spec.top_k);
 }
 
 // The expert cache's split (split_cached_experts, ops in backend/cpu/reference/expert_cache_split.cpp):
@@ -278,7 +193,7 @@ void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, in
     throw Error(ErrorKind::invalid_argument,
                 text("CUDA router: ", spec.experts, " experts, top ", spec.top_k, ", ", spec.n_group, " groups, top ",
                      spec.topk_group, " groups is not a routing the kernel takes"));
-  const auto arrays = static_cast<size_t>(2 * spec.experts + spec.n_group + spec.top_k) * sizeof(double);
+  const auto arrays = static_cast<size_t>(detail::route_arrays(spec)) * sizeof(double);
   const bool in_shared = arrays <= 48 * 1024;
   const auto threads = static_cast<unsigned>(std::min<int64_t>((spec.experts + 31) / 32 * 32, 1024));
   detail::launch_dependent(stream, "router_topk", router_kernel, detail::grid_dim(tokens, "router_topk"), threads,

@@ -12,6 +12,7 @@
 #include "launch.cuh"
 #include "normed_input.cuh"
 #include "q8_activations.cuh"
+#include "router_topk.cuh"
 #include "staged_rows.cuh"
 #include "tensor_core_linear.cuh"
 #include "tandem/backend/cuda_q6k_staging.hpp"
@@ -127,18 +128,16 @@ __device__ __forceinline__ void prefetch_row(const LaneGroup& group, int64_t row
 // (K/V, O, the router) needs more warps than rows to keep enough of HBM's bandwidth busy. Tile 1 is
 // the decode token's kernel (no per-row guards); Tile kTile takes up to kTile tokens. With
 // norm.hidden, the decode token is the layer's add + RMSNorm of the residual row (normed_input.cuh),
-// staged in dynamic shared memory.
+// staged in dynamic shared memory (normed_row). lane_rows is the kernels' body: a thread that returns
+// has no more rows to write.
 template <typename L, int Tile>
-__global__ void __launch_bounds__(kLaneWarps * 32)
-    linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
-                        int splits, AddRmsNorm norm) {
+__device__ __forceinline__ void lane_rows(const LaneGroup& group, int64_t row_bytes, int64_t in_features,
+                                          const float* x, int64_t rows, int splits, const AddRmsNorm& norm,
+                                          float* normed_row) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits;
-  if (blockIdx.y == 0) prefetch_row(group, row_bytes, row, part, splits);
-  detail::wait_for_prior_grids();
   unsigned ticket = 0;
   if constexpr (Tile == 1) {
-    extern __shared__ __align__(16) float normed_row[];
     if (norm.hidden != nullptr) {
       detail::normalise_input(norm, normed_row);
       x = normed_row;
@@ -176,6 +175,49 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 #pragma unroll
   for (int r = 0; r < Tile; ++r)
     if (lane == 0 && r < nrows) group.y[m][(r0 + r) * out_features + o] = acc[r] + (bias != nullptr ? bias[o] : 0.f);
+}
+
+// Before wait_for_prior_grids: the rows of this block's warps asked of L2 (the first token tile's blocks).
+__device__ __forceinline__ void prefetch_block_rows(const LaneGroup& group, int64_t row_bytes, int splits) {
+  const int warp = threadIdx.x / 32;
+  if (blockIdx.y == 0)
+    prefetch_row(group, row_bytes, static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits,
+                 warp % splits, splits);
+}
+
+template <typename L, int Tile>
+__global__ void __launch_bounds__(kLaneWarps * 32)
+    linear_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int64_t rows,
+                        int splits, AddRmsNorm norm) {
+  prefetch_block_rows(group, row_bytes, splits);
+  detail::wait_for_prior_grids();
+  extern __shared__ __align__(16) float normed_row[];
+  lane_rows<L, Tile>(group, row_bytes, in_features, x, rows, splits, norm, normed_row);
+}
+
+// The router matrix's decode launch (one matrix, one token: linear_lanes_kernel<L, 1>), then the
+// token's routing (router_topk.cuh) by the block that finishes last: one launch instead of two, the
+// router kernel's ~6 µs a layer that move a few hundred bytes. Each block fences its logits and counts
+// itself in at route.arrivals (zero between launches; the last block leaves it so); the last one
+// routes with the dynamic shared memory the normalised row had.
+template <typename L>
+__global__ void __launch_bounds__(kLaneWarps * 32)
+    route_lanes_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
+                       AddRmsNorm norm, RouteAfter route) {
+  prefetch_block_rows(group, row_bytes, splits);
+  detail::wait_for_prior_grids();
+  extern __shared__ __align__(16) float normed_row[];
+  lane_rows<L, 1>(group, row_bytes, in_features, x, 1, splits, norm, normed_row);
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(route.arrivals, 1u) + 1 == gridDim.x * gridDim.y;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  detail::route_token(route.spec, group.y[0], route.bias, reinterpret_cast<double*>(normed_row), route.ids,
+                      route.weights);
+  if (threadIdx.x == 0) *route.arrivals = 0;
 }
 
 // linear_lanes_kernel<·, 1> for Q4_K/Q6_K rows with the token quantised per 32 values into shared
@@ -528,6 +570,35 @@ bool norm_linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int 
   }
   const int64_t rb = checked_row_bytes(ws[0].type, norm.dim, "norm_linears");
   launch_lanes(stream, group, ws[0].type, rb, norm.dim, norm.hidden, 1, quantised_x, norm);
+  return true;
+}
+
+bool linear_route(Stream& stream, const DeviceWeight& w, float* logits, const AddRmsNorm& norm, const float* x,
+                  const RouteAfter& route) {
+  const RouterSpec& spec = route.spec;
+  const float* input = norm.hidden != nullptr ? norm.hidden : x;
+  // route_token's values equal the router kernel's where the block has a thread per expert.
+  if (w.type != DType::f32 || w.out_features != spec.experts || spec.experts > kLaneWarps * 32 || w.bias != nullptr ||
+      route.arrivals == nullptr || route.ids == nullptr || route.weights == nullptr || spec.top_k <= 0 ||
+      spec.top_k > spec.experts || spec.n_group <= 0 || spec.topk_group <= 0 || spec.topk_group > spec.n_group ||
+      spec.experts % spec.n_group != 0 || input == nullptr || !lane_kernel_takes(w, input))
+    return false;
+  if (norm.hidden != nullptr && (norm.weight == nullptr || norm.dim != w.in_features || norm.arrivals == nullptr))
+    return false;
+  const size_t normed_bytes = norm.hidden != nullptr ? static_cast<size_t>(w.in_features) * sizeof(float) : 0;
+  const size_t shared = std::max(normed_bytes, static_cast<size_t>(detail::route_arrays(spec)) * sizeof(double));
+  if (shared > static_cast<size_t>(kSharedBytes)) return false;
+  const int64_t rb = checked_row_bytes(w.type, w.in_features, "linear_route");
+  LaneGroup group;
+  add_to_group(group, w, logits);
+  group.prefetch = stream.prefetch_ahead();
+  using L = detail::PlainDot<detail::PlainLaneBlocks<Decoder<DType::f32>>>;
+  const int splits = lane_splits(w.out_features, (w.in_features / 256 + L::kUnitBlocks - 1) / L::kUnitBlocks, 1);
+  const int64_t rows_per_block = kLaneWarps / splits;
+  detail::launch_dependent(stream, "router (lanes, then top-k)", route_lanes_kernel<L>,
+                           detail::grid_dim((w.out_features + rows_per_block - 1) / rows_per_block, "linear_route"),
+                           kLaneWarps * 32, shared, group, rb, w.in_features, input, splits, norm, route);
+  detail::check_launch("router (lanes, then top-k)");
   return true;
 }
 

@@ -54,6 +54,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
 void cuda_backend_set_prefill_bf16(Backend&, bool) {}
 void cuda_backend_set_decode_q8(Backend&, bool) {}
 void cuda_backend_set_fused_norm(Backend&, bool) {}
+void cuda_backend_set_fused_router(Backend&, bool) {}
 uint64_t cuda_backend_weight_bytes(const Backend&) { return 0; }
 uint64_t cuda_backend_kv_bytes(const Backend&) { return 0; }
 #endif

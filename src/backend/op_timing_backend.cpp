@@ -149,6 +149,12 @@ bool OpTimingBackend::stream_routed_experts(const ExpertWeights& experts, const 
   });
   return done;
 }
+void OpTimingBackend::router_and_topk(const RoutingParams& params, const LinearWeight& router, const NormFirst& norm,
+                                      int64_t tokens, float* logits, const float* selection_bias, int32_t* expert_ids,
+                                      float* weights) {
+  timed("router_and_topk", tokens,
+        [&] { inner_.router_and_topk(params, router, norm, tokens, logits, selection_bias, expert_ids, weights); });
+}
 void OpTimingBackend::router_topk(const RoutingParams& params, const float* logits, int64_t tokens,
                                   const float* selection_bias, int32_t* expert_ids, float* weights) {
   timed("router_topk", tokens, [&] { inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights); });

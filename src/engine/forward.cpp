@@ -381,14 +381,26 @@ struct ForwardPass::Impl {
       rms_norm(layer, weight, T);
     }
   }
+  // The pending norm for the linears of m's backend to apply (none: they read kNormed as it is).
+  NormFirst take_pending_norm(Mirror& m) {
+    const PendingNorm n = std::exchange(pending_norm, {});
+    NormFirst first;
+    first.normed = m.f(kNormed);
+    if (n.weight == nullptr) return first;
+    first.hidden = m.f(kHidden);
+    first.delta = n.add ? m.f(kBlockOut) : nullptr;
+    first.weight = n.weight;
+    first.dim = cfg.hidden_size;
+    first.eps = cfg.rms_norm_eps;
+    return first;
+  }
   // b.linears over kNormed (m: b's mirror), with the pending norm folded in.
   void normed_linears(Backend& b, Mirror& m, const LinearWeight* const* ws, float* const* ys, int count, int64_t T) {
-    const PendingNorm n = std::exchange(pending_norm, {});
+    const NormFirst n = take_pending_norm(m);
     if (n.weight == nullptr)
-      b.linears(ws, ys, count, m.f(kNormed), T);
+      b.linears(ws, ys, count, n.normed, T);
     else
-      b.add_rms_norm_linears(m.f(kHidden), n.add ? m.f(kBlockOut) : nullptr, n.weight, T, cfg.hidden_size,
-                             cfg.rms_norm_eps, m.f(kNormed), ws, ys, count);
+      b.add_rms_norm_linears(n.hidden, n.delta, n.weight, T, n.dim, n.eps, n.normed, ws, ys, count);
   }
 
   void rms_norm(int64_t layer, const float* weight, int64_t T) {
@@ -468,10 +480,8 @@ struct ForwardPass::Impl {
     const int64_t top_k = deferring ? routing.top_k - defer : routing.top_k;
     Backend& router = on(WeightGroup::router, layer);
     Mirror& r = send(router, kNormed, T);
-    const LinearWeight* router_matrix[] = {&L.router};
-    float* const router_logits[] = {r.f(kRouterLogits)};
-    normed_linears(router, r, router_matrix, router_logits, 1, T);
-    router.router_topk(routing, r.f(kRouterLogits), T, V.router_bias, r.i32(kExpertIds), r.f(kRouteWeights));
+    router.router_and_topk(routing, L.router, take_pending_norm(r), T, r.f(kRouterLogits), V.router_bias,
+                           r.i32(kExpertIds), r.f(kRouteWeights));
     if (deferring) {
       router.split_deferred_experts(r.i32(kExpertIds), r.f(kRouteWeights), T, routing.top_k, defer,
                                     r.i32(kKeptIds), r.f(kKeptWeights), r.i32(slot.ids), r.f(slot.weights));

@@ -1254,6 +1254,117 @@ TEST_CASE("cuda router top-k equals the CPU router for every router kind", "[cud
       }
 }
 
+TEST_CASE("cuda router_and_topk: a decode token's router matrix and top-k in one launch equal the two launches "
+          "bit for bit, and the CPU's", "[cuda]") {
+  // The block that writes its logits last routes the token (the router kernel's body): ids, weights,
+  // logits and the folded norm's sum and row must equal the launches apart bit for bit — three times
+  // in a row (the block counter left at zero), with the residual add, the norm alone and no norm
+  // pending — for the routers of Qwen3 (128, top 8), DeepSeek-V2-Lite (64, top 6), DeepSeek-V3
+  // (sigmoid, 256 in 8 groups, bias) and Mixtral (8, top 2). What one launch cannot take (more than
+  // 256 experts, a BF16 router, 3 tokens) takes the two steps and equals them too. The CPU: the same
+  // ids, weights within float rounding of the logits' sum order.
+  if (!have_gpu()) return;
+  struct Shape {
+    RouterKind kind;
+    int64_t experts, top_k, n_group, topk_group, in;
+    DType type;
+    bool one_launch;
+  };
+  const Shape shapes[] = {{RouterKind::softmax_topk, 128, 8, 1, 1, 2048, DType::f32, true},
+                          {RouterKind::softmax_topk, 64, 6, 1, 1, 2048, DType::f32, true},
+                          {RouterKind::sigmoid_noaux_tc, 256, 8, 8, 4, 7168, DType::f32, true},
+                          {RouterKind::softmax_topk, 8, 2, 1, 1, 4096, DType::f32, true},
+                          {RouterKind::softmax_topk, 300, 4, 1, 1, 512, DType::f32, false},
+                          {RouterKind::softmax_topk, 128, 8, 1, 1, 1024, DType::bf16, false}};
+  enum Norm { add_and_norm, norm_only, no_norm };
+  uint32_t seed = 1900;
+  for (const Shape& shape : shapes)
+    for (Norm norm : {add_and_norm, norm_only, no_norm})
+      for (int64_t tokens : {1, 3}) {
+        RoutingParams p;
+        p.kind = shape.kind;
+        p.experts = shape.experts;
+        p.top_k = shape.top_k;
+        p.norm_topk_prob = true;
+        p.routed_scaling_factor = shape.kind == RouterKind::sigmoid_noaux_tc ? 2.5 : 1.0;
+        p.n_group = shape.n_group;
+        p.topk_group = shape.topk_group;
+        const auto router = random_weight(shape.type, shape.experts, shape.in, ++seed);
+        const auto rows = static_cast<size_t>(tokens * shape.in);
+        const auto hidden = random_floats(rows, ++seed), delta = random_floats(rows, ++seed);
+        const auto norm_weight = random_floats(static_cast<size_t>(shape.in), ++seed);
+        const auto bias = random_floats(static_cast<size_t>(shape.experts), ++seed, 0.1f);
+        const bool with_bias = shape.kind == RouterKind::sigmoid_noaux_tc;
+        const auto pairs = static_cast<size_t>(tokens * p.top_k);
+        const auto run = [&](Backend& be) {
+          DeviceBuffer dh = put(be, hidden), dd = put(be, delta), dn = put(be, norm_weight), db = put(be, bias),
+                       normed = put(be, hidden), logits = be.allocate(static_cast<size_t>(tokens * p.experts) * 4),
+                       ids = be.allocate(pairs * 4), weights = be.allocate(pairs * 4);
+          NormFirst first;
+          first.normed = normed.as<float>();
+          if (norm != no_norm) {
+            first.hidden = dh.as<float>();
+            first.delta = norm == add_and_norm ? dd.as<float>() : nullptr;
+            first.weight = dn.as<float>();
+            first.dim = shape.in;
+            first.eps = 1e-6;
+          }
+          for (int step = 0; step < 3; ++step)
+            be.router_and_topk(p, router.w, first, tokens, logits.as<float>(), with_bias ? db.as<float>() : nullptr,
+                               ids.as<int32_t>(), weights.as<float>());
+          return std::tuple{get<int32_t>(be, ids, pairs), get(be, weights, pairs),
+                            get(be, logits, static_cast<size_t>(tokens * p.experts)), get(be, dh, rows),
+                            get(be, normed, rows)};
+        };
+        Backends b;
+        INFO(type_name(shape.type) << " router of " << shape.experts << " experts, top " << shape.top_k << ", width "
+                                   << shape.in << ", " << tokens << " tokens, "
+                                   << (norm == add_and_norm ? "add + norm" : norm == norm_only ? "norm" : "no norm"));
+        const auto [one_ids, one_weights, one_logits, one_hidden, one_normed] = run(*b.gpu);
+        cuda_backend_set_fused_router(*b.gpu, false);
+        const auto [two_ids, two_weights, two_logits, two_hidden, two_normed] = run(*b.gpu);
+        const auto [cpu_ids, cpu_weights, cpu_logits, cpu_hidden, cpu_normed] = run(*b.cpu);
+        CHECK(one_ids == two_ids);
+        CHECK(one_weights == two_weights);
+        CHECK(one_logits == two_logits);
+        CHECK(one_hidden == two_hidden);
+        if (norm != no_norm && tokens == 1) CHECK(one_normed == two_normed);  // block 0's row, as norm_linears'
+        CHECK(one_ids == cpu_ids);
+        CHECK(relative_error(one_weights, cpu_weights) < 1e-5);
+        CHECK(relative_error(one_logits, cpu_logits) < 2e-6);
+        CHECK(one_hidden == cpu_hidden);
+        // The one launch was taken where it should be: the kernel's own entry says so, with the same bits.
+        if (tokens != 1 || norm != no_norm) continue;
+        cuda::Stream stream(0);
+        const auto* bytes = static_cast<const uint8_t*>(router.w.weight.data);
+        cuda::DeviceBuffer dw = put_dev(std::vector<uint8_t>(bytes, bytes + router.w.weight.nbytes)),
+                           dx = put_dev(hidden), db = put_dev(bias), dl(0, static_cast<size_t>(p.experts) * 4),
+                           di(0, pairs * 4), dwt(0, pairs * 4), counter = put_dev(std::vector<uint32_t>{0u});
+        cuda::RouteAfter route;
+        route.spec = {static_cast<int>(p.kind), p.experts, p.top_k, p.n_group, p.topk_group, p.norm_topk_prob,
+                      p.routed_scaling_factor};
+        route.bias = with_bias ? static_cast<const float*>(db.data()) : nullptr;
+        route.ids = static_cast<int32_t*>(di.data());
+        route.weights = static_cast<float*>(dwt.data());
+        route.arrivals = static_cast<unsigned*>(counter.data());
+        const bool taken = cuda::linear_route(stream, cuda::DeviceWeight{shape.type, dw.data(), p.experts, shape.in},
+                                              static_cast<float*>(dl.data()), {}, static_cast<const float*>(dx.data()),
+                                              route);
+        CHECK(taken == shape.one_launch);
+        if (!taken) continue;
+        stream.synchronize();
+        std::vector<int32_t> kernel_ids(pairs);
+        std::vector<float> kernel_weights(pairs);
+        std::vector<uint32_t> left(1, 7u);
+        di.download(kernel_ids.data(), pairs * 4);
+        dwt.download(kernel_weights.data(), pairs * 4);
+        counter.download(left.data(), 4);
+        CHECK(kernel_ids == one_ids);
+        CHECK(kernel_weights == one_weights);
+        CHECK(left[0] == 0u);
+      }
+}
+
 TEST_CASE("cuda split_deferred_experts equals the CPU backend", "[cuda][deferral]") {
   if (!have_gpu()) return;
   Backends b;

@@ -350,6 +350,11 @@ class RecordingBackend final : public ForwardingBackend {
     ++calls["moe_routed_experts"];
     inner_.moe_routed_experts(experts, x, tokens, hidden, expert_ids, weights, top_k, out);
   }
+  void router_and_topk(const RoutingParams& params, const LinearWeight& router, const NormFirst& norm, int64_t tokens,
+                       float* logits, const float* selection_bias, int32_t* expert_ids, float* weights) override {
+    ++calls["router_and_topk"];
+    inner_.router_and_topk(params, router, norm, tokens, logits, selection_bias, expert_ids, weights);
+  }
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {
     ++calls["router_topk"];
@@ -409,7 +414,7 @@ TEST_CASE("placement executes: each role group runs on the backend its rule name
     CHECK(a.calls["kv_append"] == (files.config.attention == AttentionKind::mla ? 1 : 2) * (files.config.num_layers - 1));
     CHECK(b.calls["add"] == 2 * files.config.num_layers);
     CHECK(a.calls["add"] == 0);
-    CHECK(a.calls["router_topk"] == moe_layers);
+    CHECK(a.calls["router_and_topk"] == moe_layers);  // each router's matrix and top-k in one call
   }
 }
 

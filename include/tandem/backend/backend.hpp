@@ -226,6 +226,20 @@ class Backend {
   // (every RouterKind); selection_bias [experts] or null. expert_ids, weights: [tokens, top_k].
   virtual void router_topk(const RoutingParams& params, const float* logits, int64_t tokens,
                            const float* selection_bias, int32_t* expert_ids, float* weights) = 0;
+  // A MoE layer's router: `norm` (NormFirst: applied into norm.normed, or none), the router matrix
+  // over norm.normed into logits [tokens, experts], then router_topk. A GPU may do the three in one
+  // decode launch.
+  virtual void router_and_topk(const RoutingParams& params, const LinearWeight& router, const NormFirst& norm,
+                               int64_t tokens, float* logits, const float* selection_bias, int32_t* expert_ids,
+                               float* weights) {
+    const LinearWeight* matrix[] = {&router};
+    float* const out[] = {logits};
+    if (norm.weight != nullptr)
+      add_rms_norm_linears(norm.hidden, norm.delta, norm.weight, tokens, norm.dim, norm.eps, norm.normed, matrix, out, 1);
+    else
+      linear(router, norm.normed, tokens, logits);
+    router_topk(params, logits, tokens, selection_bias, expert_ids, weights);
+  }
   // Expert deferral's split of each token's routing (tandem/backend/cpu/reference/expert_deferral.hpp defines
   // it): of expert_ids/weights [tokens, top_k], the `defer` lowest-weighted go to deferred_* [tokens, defer],
   // the rest, in routing order, to kept_* [tokens, top_k - defer] (ties: the later slot is deferred).

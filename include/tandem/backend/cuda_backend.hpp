@@ -57,6 +57,10 @@ void cuda_backend_set_decode_q8(Backend& backend, bool on);
 // launch (true, the default of a new backend), or the two launches (false; TANDEM_CUDA_FUSED_NORM=0
 // in the environment turns it off). Nothing for other backends.
 void cuda_backend_set_fused_norm(Backend& backend, bool on);
+// A decode token's router matrix and top-k (router_and_topk) in one launch (true, the default of a
+// new backend), or two (false; TANDEM_CUDA_FUSED_ROUTER=0 in the environment turns it off).
+// Nothing for other backends.
+void cuda_backend_set_fused_router(Backend& backend, bool on);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);
 // Bytes of KV cache `backend` holds on its GPU (0 for other backends).

@@ -117,6 +117,10 @@ class ForwardingBackend : public Backend {
                             int32_t* rest, uint32_t* counts) override {
     inner_.split_cached_experts(experts, ids, pairs, held, rest, counts);
   }
+  void router_and_topk(const RoutingParams& params, const LinearWeight& router, const NormFirst& norm, int64_t tokens,
+                       float* logits, const float* selection_bias, int32_t* expert_ids, float* weights) override {
+    inner_.router_and_topk(params, router, norm, tokens, logits, selection_bias, expert_ids, weights);
+  }
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override {
     inner_.router_topk(params, logits, tokens, selection_bias, expert_ids, weights);

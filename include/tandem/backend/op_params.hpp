@@ -54,6 +54,18 @@ struct RoutingParams {
   static RoutingParams from_config(const ModelConfig& config);
 };
 
+// The add + RMSNorm a backend may fold into the linears that read it first (add_rms_norm_linears'
+// arguments): normed = RMSNorm(hidden += delta, or hidden when delta is null) · weight over rows of
+// dim. weight null: nothing to apply; the linears read normed as it is.
+struct NormFirst {
+  float* hidden = nullptr;
+  const float* delta = nullptr;
+  const float* weight = nullptr;
+  int64_t dim = 0;
+  double eps = 0;
+  float* normed = nullptr;
+};
+
 // Softmax scale of MLA attention: 1/sqrt(qk_nope + qk_rope), times mscale(factor, mscale_all_dim)²
 // under YaRN (DeepSeek-V2/V3).
 double mla_softmax_scale(const ModelConfig& config);

@@ -73,6 +73,8 @@ class OpTimingBackend final : public ForwardingBackend {
                                      float* out) override;
   void split_cached_experts(const ExpertWeights& experts, const int32_t* ids, int64_t pairs, int32_t* held,
                             int32_t* rest, uint32_t* counts) override;
+  void router_and_topk(const RoutingParams& params, const LinearWeight& router, const NormFirst& norm, int64_t tokens,
+                       float* logits, const float* selection_bias, int32_t* expert_ids, float* weights) override;
   void router_topk(const RoutingParams& params, const float* logits, int64_t tokens, const float* selection_bias,
                    int32_t* expert_ids, float* weights) override;
   void split_deferred_experts(const int32_t* expert_ids, const float* weights, int64_t tokens, int64_t top_k,

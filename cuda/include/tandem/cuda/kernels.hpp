@@ -303,6 +303,21 @@ struct RouterSpec {
 };
 void router_topk(Stream& stream, const RouterSpec& spec, const float* logits, int64_t tokens,
                  const float* selection_bias, double* scratch, int32_t* expert_ids, float* weights);
+// One decode token's router matrix (after the add + RMSNorm of `norm` where norm.hidden is set, as
+// norm_linears; else over x) into logits, then its routing into ids and weights [top_k], as
+// router_topk, in one launch: the block that writes its logits last routes. arrivals: a device
+// counter, zero between launches. False, with nothing enqueued, where one launch cannot do it (a
+// matrix other than F32 rows the lane kernel takes, more than 256 experts, a routing router_topk
+// refuses): the caller runs the steps apart.
+struct RouteAfter {
+  RouterSpec spec;
+  const float* bias = nullptr;  // selection bias [experts] or null
+  int32_t* ids = nullptr;
+  float* weights = nullptr;
+  unsigned* arrivals = nullptr;
+};
+bool linear_route(Stream& stream, const DeviceWeight& router, float* logits, const AddRmsNorm& norm, const float* x,
+                  const RouteAfter& route);
 
 // Expert deferral's split of each token's routing, as split_deferred_experts (ops/expert_deferral.cpp):
 // one thread per token; the caller checks 0 < defer < top_k <= 64.
