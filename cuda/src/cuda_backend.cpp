@@ -286,8 +286,15 @@ class CudaBackend final : public Backend {
       stream_.make_current();
       cuda::DeviceWeight device[kMaxAtOnce];
       for (int i = 0; i < count; ++i) device[i] = weight(*ws[i]);
+      // The first matrices of one type fold the norm into their launch; the others (a Q6_K v after
+      // Q4_K q and k, on the Q4_K_M mix's "more bits" layers) read the row it writes to `normed`.
+      int first = 1;
+      while (first < count && device[first].type == device[0].type) ++first;
       const cuda::AddRmsNorm norm{hidden, delta, norm_weight, dim, eps, normed, norm_counter()};
-      if (cuda::norm_linears(stream_, device, ys, count, norm, decode_q8_)) return;
+      if (cuda::norm_linears(stream_, device, ys, first, norm, decode_q8_)) {
+        if (first < count) linears(ws + first, ys + first, count - first, normed, rows);
+        return;
+      }
     }
     Backend::add_rms_norm_linears(hidden, delta, norm_weight, rows, dim, eps, normed, ws, ys, count);
   }

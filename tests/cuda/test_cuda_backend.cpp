@@ -1003,8 +1003,8 @@ TEST_CASE("cuda add_rms_norm_linears: the norm folded into a decode token's line
   // One launch normalises the residual row in every block and writes the sum and the normalised row
   // back (the last block to arrive writes the sum); it must give what add_rms_norm then linears give,
   // twice in a row (the block counter left at zero), with and without the residual add, on the float
-  // and the int8 (dp4a) kernels — and the two steps where the matrices cannot share one launch
-  // (mixed types) or for more than one token.
+  // and the int8 (dp4a) kernels — with mixed types the first run of one type folding the norm and
+  // the others reading the row it writes, and the two steps for more than one token.
   if (!have_gpu()) return;
   struct Group {
     std::vector<DType> types;
