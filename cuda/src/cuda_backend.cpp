@@ -92,7 +92,11 @@ class CudaBackend final : public Backend {
     // TANDEM_CUDA_FUSED_ROUTER=0 keeps the two launches, for A/B runs.
     const char* router = std::getenv("TANDEM_CUDA_FUSED_ROUTER");
     fused_router_ = !(router != nullptr && std::string_view(router) == "0");
-    block_counters_ = allocate_named(2 * sizeof(unsigned), "the fused launches' block counters");
+    // A decode token's GQA prologue done by its projections' launches (gqa_projections), the default;
+    // TANDEM_CUDA_FUSED_PROLOGUE=0 keeps the prologue's own launch, for A/B runs.
+    const char* prologue = std::getenv("TANDEM_CUDA_FUSED_PROLOGUE");
+    fused_prologue_ = !(prologue != nullptr && std::string_view(prologue) == "0");
+    block_counters_ = allocate_named((2 + kHeadCounters) * sizeof(unsigned), "the fused launches' block counters");
     stream_.zero(block_counters_.data(), block_counters_.bytes());
   }
   ~CudaBackend() override {
@@ -109,6 +113,7 @@ class CudaBackend final : public Backend {
   void set_decode_q8(bool on) { decode_q8_ = q8_override_ >= 0 ? q8_override_ == 1 : on; }
   void set_fused_norm(bool on) { fused_norm_ = on; }
   void set_fused_router(bool on) { fused_router_ = on; }
+  void set_fused_prologue(bool on) { fused_prologue_ = on; }
 
   // ---- memory, copies, events ----
   DeviceBuffer allocate(size_t bytes) override {
@@ -384,6 +389,45 @@ class CudaBackend final : public Backend {
                        static_cast<const double*>(prepared.table.data()), rope.rotary_dim,
                        rope.layout == RopeLayout::neox, prepared.attention_factor, planes(layer), paged(kv, layer),
                        batch.positions, batch.block_tables, batch.table_stride);
+  }
+
+  // A decode token's projections with the prologue in their launches (cuda::gqa_projections) where
+  // the int8 decode kernels read them and the norm, if pending, may fold.
+  void gqa_projections(const LinearWeight& q, const LinearWeight& k, const LinearWeight& v, const NormFirst& norm,
+                       const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                       const AttentionBatch& batch) override {
+    if (fused_prologue_ && decode_q8_ && batch.tokens == 1 && (norm.weight == nullptr || fused_norm_) &&
+        h.heads + h.kv_heads <= kHeadCounters && cuda::gqa_prologue_fused(kv.dtype(), h.head_dim) &&
+        kv.planes() == 2 && kv.row_width() == h.kv_heads * h.head_dim && rope.rotary_dim <= h.head_dim &&
+        batch.positions != nullptr && batch.block_tables != nullptr) {
+      stream_.make_current();
+      check_batch(kv, batch);
+      const PreparedRope& prepared = prepared_rope(rope);
+      const cuda::DeviceWeight ws[3] = {weight(q), weight(k), weight(v)};
+      float* const ys[3] = {h.q, h.k, h.v};
+      cuda::AddRmsNorm fold;
+      if (norm.weight != nullptr)
+        fold = {norm.hidden, norm.delta, norm.weight, norm.dim, norm.eps, norm.normed, norm_counter()};
+      cuda::GqaTail tail;
+      tail.heads = h.heads;
+      tail.kv_heads = h.kv_heads;
+      tail.head_dim = h.head_dim;
+      tail.q_norm = h.q_norm;
+      tail.k_norm = h.k_norm;
+      tail.eps = h.eps;
+      tail.rope_position = h.positions;
+      tail.inv_freq = static_cast<const double*>(prepared.table.data());
+      tail.half = rope.rotary_dim < 2 ? 0 : rope.rotary_dim / 2;
+      tail.neox = rope.layout == RopeLayout::neox;
+      tail.attention_factor = prepared.attention_factor;
+      tail.layer_base = planes(layer);
+      tail.kv = paged(kv, layer);
+      tail.slot = batch.positions;
+      tail.block_table = batch.block_tables;
+      tail.arrivals = head_counters();
+      if (cuda::gqa_projections(stream_, ws, ys, fold, norm.normed, tail)) return;
+    }
+    Backend::gqa_projections(q, k, v, norm, rope, h, kv, layer, batch);
   }
 
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
@@ -1052,12 +1096,15 @@ class CudaBackend final : public Backend {
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool fused_norm_ = true;
   bool fused_router_ = true;
+  bool fused_prologue_ = true;
   bool report_graphs_ = false;
   // The block counters of cuda::norm_linears (and linear_route's norm) and of linear_route's routing,
   // left zeroed by their kernels.
   cuda::DeviceBuffer block_counters_;
   unsigned* norm_counter() { return static_cast<unsigned*>(block_counters_.data()); }
   unsigned* route_counter() { return static_cast<unsigned*>(block_counters_.data()) + 1; }
+  static constexpr int64_t kHeadCounters = 1024;  // gqa_projections' per-head counters (query and key heads)
+  unsigned* head_counters() { return static_cast<unsigned*>(block_counters_.data()) + 2; }
   bool recording_ = false;
   uint64_t allocations_ = 0;  // device and pinned allocations so far (recordings check it)
   // Device copies by the host bytes they were made from (a view is its data pointer and size).
@@ -1109,6 +1156,10 @@ void cuda_backend_set_fused_norm(Backend& backend, bool on) {
 
 void cuda_backend_set_fused_router(Backend& backend, bool on) {
   if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_fused_router(on);
+}
+
+void cuda_backend_set_fused_prologue(Backend& backend, bool on) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->set_fused_prologue(on);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

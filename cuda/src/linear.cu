@@ -8,6 +8,8 @@
 #include <algorithm>
 
 #include "dequant.cuh"
+#include "head_norm_rope.cuh"
+#include "kv_rows.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "normed_input.cuh"
@@ -109,6 +111,63 @@ __device__ __forceinline__ GroupRow locate(const LaneGroup& group, int64_t row) 
   int m = 0;
   while (m + 1 < group.count && row >= group.end[m]) ++m;
   return {m, row - (m == 0 ? 0 : group.end[m - 1])};
+}
+
+// What the int8 lane kernel does with a row's output after writing it, per matrix of its group: a
+// GQA layer's prologue (gqa_prologue) spread over the q, k and v launch. A value row goes into the
+// cache's plane 1 as it is written; each query and key row counts itself in at its head's counter,
+// and the warp whose row completes a head normalises and rotates it (head_norm_rope.cuh, the
+// prologue kernel's device code: the same bits), a key head also into plane 0.
+enum RowRole : int { kPlainRows = 0, kQueryHeads, kKeyHeads, kValueRows };
+struct HeadsTail {
+  GqaTail gqa;
+  int role[kMaxLaneGroup] = {};
+  bool active = false;
+};
+
+__device__ __forceinline__ void store_kv(const GqaTail& g, int64_t plane, int64_t index, float value) {
+  char* row = detail::kv_row_at(static_cast<char*>(g.layer_base), g.kv.block_tokens, g.kv.block_stride,
+                                g.kv.row_bytes, plane, *g.slot, g.block_table);
+  switch (g.kv.type) {
+    case KvType::f16: reinterpret_cast<__half*>(row)[index] = detail::encode_kv<__half>(value); break;
+    case KvType::bf16:
+      reinterpret_cast<__nv_bfloat16*>(row)[index] = detail::encode_kv<__nv_bfloat16>(value);
+      break;
+    default: reinterpret_cast<float*>(row)[index] = value; break;
+  }
+}
+
+// By the whole warp that wrote row o (value) of matrix m; scratch: 2 · head_dim floats of its own.
+__device__ __forceinline__ void finish_row(const HeadsTail& tail, const LaneGroup& group, int m, int64_t o, float value,
+                                           float* scratch) {
+  const GqaTail& g = tail.gqa;
+  const int role = tail.role[m], lane = threadIdx.x % 32;
+  if (role == kValueRows) {
+    if (lane == 0) store_kv(g, 1, o, value);
+    return;
+  }
+  if (role != kQueryHeads && role != kKeyHeads) return;
+  const bool key = role == kKeyHeads;
+  const int64_t h = o / g.head_dim;
+  unsigned* counter = g.arrivals + (key ? g.heads : 0) + h;
+  unsigned arrived = 0;
+  if (lane == 0) {
+    __threadfence();  // the row written above, before it counts
+    arrived = atomicAdd(counter, 1u) + 1;
+  }
+  arrived = __shfl_sync(0xffffffffu, arrived, 0);
+  if (arrived != static_cast<unsigned>(g.head_dim)) return;
+  __threadfence();
+  float* own = scratch;
+  float* cos_of = scratch + g.head_dim;
+  float* sin_of = cos_of + g.half;
+  detail::head_rope_table(*g.rope_position, g.inv_freq, g.half, g.attention_factor, cos_of, sin_of, lane, 32);
+  __syncwarp();
+  detail::norm_rope_head(group.y[m] + h * g.head_dim, own, g.head_dim, key ? g.k_norm : g.q_norm, g.eps, cos_of,
+                         sin_of, g.half, g.neox);
+  if (key)
+    for (int64_t i = lane; i < g.head_dim; i += 32) store_kv(g, 0, h * g.head_dim + i, own[i]);
+  if (lane == 0) *counter = 0;
 }
 
 // Before wait_for_prior_grids, with group.prefetch: row `row` of the launch asked of L2 by the
@@ -228,7 +287,7 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 template <DType T>
 __global__ void __launch_bounds__(kLaneWarps * 32)
     linear_lanes_q8_kernel(LaneGroup group, int64_t row_bytes, int64_t in_features, const float* x, int splits,
-                           int64_t row_groups, AddRmsNorm norm) {
+                           int64_t row_groups, AddRmsNorm norm, HeadsTail tail) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % splits;
   prefetch_row(group, row_bytes, static_cast<int64_t>(blockIdx.x) * (kLaneWarps / splits) + warp / splits, part,
                splits);  // the first row group's
@@ -236,8 +295,10 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
   extern __shared__ __align__(16) char shared[];
   __shared__ float partial[kLaneWarps];
   const auto xq = detail::q8_arrays<32>(shared, in_features);
-  if (norm.hidden != nullptr) {  // the normalised row after the codes (q8_bytes keeps 16-byte alignment)
-    float* normed_row = reinterpret_cast<float*>(shared + detail::q8_bytes<32>(in_features));
+  // After the codes (q8_bytes keeps 16-byte alignment): the normalised row, then the tail's scratch.
+  float* normed_row = reinterpret_cast<float*>(shared + detail::q8_bytes<32>(in_features));
+  float* head_scratch = normed_row + (norm.hidden != nullptr ? in_features : 0);
+  if (norm.hidden != nullptr) {
     detail::normalise_input(norm, normed_row);
     x = normed_row;
   }
@@ -262,9 +323,11 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
       acc = sum;
       __syncthreads();  // partial is rewritten by the next group
     }
-    if (row < total && part == 0 && lane == 0) {
+    if (row < total && part == 0) {
       const float* bias = group.bias[m];
-      group.y[m][o] = acc + (bias != nullptr ? bias[o] : 0.f);
+      const float value = acc + (bias != nullptr ? bias[o] : 0.f);
+      if (lane == 0) group.y[m][o] = value;
+      if (tail.active) finish_row(tail, group, m, o, value, head_scratch + warp * 2 * tail.gqa.head_dim);
     }
   }
   if (warp == 0) detail::finish_normed_input(norm, ticket);
@@ -460,7 +523,7 @@ void launch_lanes(Stream& stream, const LaneGroup& matrices, DType type, int64_t
       detail::launch_dependent(stream, "linear (lanes, int8 products)", kernel,
                                detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "linear"), kLaneWarps * 32,
                                detail::q8_bytes<32>(in_features) + normed_bytes, group, row_bytes, in_features, x,
-                               splits, row_groups, norm);
+                               splits, row_groups, norm, HeadsTail{});
     };
     if (type == DType::q4_k)
       launch_q8(linear_lanes_q8_kernel<DType::q4_k>, detail::Q8Lanes<DType::q4_k>::kUnitBlocks);
@@ -570,6 +633,79 @@ bool norm_linears(Stream& stream, const DeviceWeight* ws, float* const* ys, int 
   }
   const int64_t rb = checked_row_bytes(ws[0].type, norm.dim, "norm_linears");
   launch_lanes(stream, group, ws[0].type, rb, norm.dim, norm.hidden, 1, quantised_x, norm);
+  return true;
+}
+
+namespace {
+
+// One run of gqa_projections: matrices [begin, end) of one type in one int8 launch with their roles.
+void launch_heads_run(Stream& stream, const DeviceWeight* w, float* const* ys, int begin, int end,
+                      const AddRmsNorm& norm, const float* x, const HeadsTail& proto, size_t shared) {
+  LaneGroup group;
+  HeadsTail tail = proto;
+  for (int i = begin; i < end; ++i) {
+    tail.role[group.count] = i == 0 ? kQueryHeads : i == 1 ? kKeyHeads : kValueRows;
+    add_to_group(group, w[i], ys[i]);
+  }
+  group.prefetch = stream.prefetch_ahead();
+  const DType type = w[begin].type;
+  const int64_t in = w[begin].in_features, out = group.end[group.count - 1];
+  const int64_t rb = checked_row_bytes(type, in, "gqa_projections");
+  const int64_t unit_blocks =
+      type == DType::q4_k ? detail::Q8Lanes<DType::q4_k>::kUnitBlocks : detail::Q8Lanes<DType::q6_k>::kUnitBlocks;
+  const int splits = lane_splits(out, (in / 256 + unit_blocks - 1) / unit_blocks, 1);
+  const int64_t rows_per_block = kLaneWarps / splits;
+  const int64_t row_groups = (out + rows_per_block - 1) / rows_per_block;
+  const auto grid = detail::grid_dim(std::min(row_groups, kQ8MaxBlocks), "gqa_projections");
+  if (type == DType::q4_k)
+    detail::launch_dependent(stream, "gqa projections (lanes, int8 products, heads)",
+                             linear_lanes_q8_kernel<DType::q4_k>, grid, kLaneWarps * 32, shared, group, rb, in, x,
+                             splits, row_groups, norm, tail);
+  else
+    detail::launch_dependent(stream, "gqa projections (lanes, int8 products, heads)",
+                             linear_lanes_q8_kernel<DType::q6_k>, grid, kLaneWarps * 32, shared, group, rb, in, x,
+                             splits, row_groups, norm, tail);
+  detail::check_launch("gqa projections (lanes, int8 products, heads)");
+}
+
+}  // namespace
+
+bool gqa_projections(Stream& stream, const DeviceWeight* w, float* const* ys, const AddRmsNorm& norm, const float* x,
+                     const GqaTail& gqa) {
+  const int64_t hd = gqa.head_dim;
+  if (!gqa_prologue_fused(gqa.kv.type, hd) || hd <= 0 || gqa.heads <= 0 || gqa.kv_heads <= 0 || 2 * gqa.half > hd ||
+      gqa.arrivals == nullptr || gqa.layer_base == nullptr || gqa.slot == nullptr || gqa.block_table == nullptr ||
+      gqa.rope_position == nullptr || (gqa.half > 0 && gqa.inv_freq == nullptr))
+    return false;
+  const float* input = norm.hidden != nullptr ? norm.hidden : x;
+  const int64_t in = w[0].in_features;
+  const int64_t outs[3] = {gqa.heads * hd, gqa.kv_heads * hd, gqa.kv_heads * hd};
+  for (int i = 0; i < 3; ++i)
+    if ((w[i].type != DType::q4_k && w[i].type != DType::q6_k) || w[i].in_features != in ||
+        w[i].out_features != outs[i] || input == nullptr || !lane_kernel_takes(w[i], input))
+      return false;
+  if (norm.hidden != nullptr &&
+      (norm.weight == nullptr || norm.dim != in || norm.arrivals == nullptr || norm.normed == nullptr))
+    return false;
+  int first = 1;
+  while (first < 3 && w[first].type == w[0].type) ++first;
+  const size_t scratch = static_cast<size_t>(kLaneWarps) * 2 * static_cast<size_t>(hd) * sizeof(float);
+  const size_t normed_bytes = norm.hidden != nullptr ? static_cast<size_t>(in) * sizeof(float) : 0;
+  const auto takes = [&](int begin, int end, size_t more) {
+    LaneGroup group;
+    for (int i = begin; i < end; ++i) add_to_group(group, w[i], ys[i]);
+    return lanes_q8_take(group, w[begin].type, in, more);
+  };
+  if (!takes(0, first, normed_bytes + scratch) || (first < 3 && !takes(first, 3, scratch))) return false;
+  HeadsTail proto;
+  proto.gqa = gqa;
+  proto.active = true;
+  const size_t codes = static_cast<size_t>(detail::q8_bytes<32>(in));
+  launch_heads_run(stream, w, ys, 0, first, norm, x, proto, codes + normed_bytes + scratch);
+  // The other type's rows read the row the first launch normalised.
+  if (first < 3)
+    launch_heads_run(stream, w, ys, first, 3, AddRmsNorm{}, norm.hidden != nullptr ? norm.normed : x, proto,
+                     codes + scratch);
   return true;
 }
 

@@ -55,6 +55,7 @@ void cuda_backend_set_prefill_bf16(Backend&, bool) {}
 void cuda_backend_set_decode_q8(Backend&, bool) {}
 void cuda_backend_set_fused_norm(Backend&, bool) {}
 void cuda_backend_set_fused_router(Backend&, bool) {}
+void cuda_backend_set_fused_prologue(Backend&, bool) {}
 uint64_t cuda_backend_weight_bytes(const Backend&) { return 0; }
 uint64_t cuda_backend_kv_bytes(const Backend&) { return 0; }
 #endif

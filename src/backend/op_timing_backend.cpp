@@ -82,6 +82,11 @@ void OpTimingBackend::head_norm_rope(const RopeParams& rope, float* data, int64_
                                      const int64_t* positions) {
   timed("head_norm_rope", rows, [&] { inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions); });
 }
+void OpTimingBackend::gqa_projections(const LinearWeight& q, const LinearWeight& k, const LinearWeight& v,
+                                      const NormFirst& norm, const RopeParams& rope, const GqaHeads& h, KvPool& kv,
+                                      int64_t layer, const AttentionBatch& batch) {
+  timed("gqa_projections", batch.tokens, [&] { inner_.gqa_projections(q, k, v, norm, rope, h, kv, layer, batch); });
+}
 void OpTimingBackend::gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
                                    const AttentionBatch& batch) {
   timed("gqa_prologue", batch.tokens, [&] { inner_.gqa_prologue(rope, h, kv, layer, batch); });

@@ -418,12 +418,10 @@ struct ForwardPass::Impl {
     Backend& b = on(WeightGroup::attention, layer);
     Mirror& m = send(b, kNormed, T);
     float *q = m.f(kQ), *k = m.f(kK), *v = m.f(kV);
-    const LinearWeight* qkv[] = {&L.q, &L.k, &L.v};
-    float* const outs[] = {q, k, v};
-    normed_linears(b, m, qkv, outs, 3, T);
     const AttentionBatch batch = attention_batch(m, T);
-    b.gqa_prologue(rope, GqaHeads{q, k, v, nh, nkv, hd, V.q_norm, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions)}, kv,
-                   layer, batch);
+    b.gqa_projections(L.q, L.k, L.v, take_pending_norm(m), rope,
+                      GqaHeads{q, k, v, nh, nkv, hd, V.q_norm, V.k_norm, cfg.rms_norm_eps, m.i64(kPositions)}, kv,
+                      layer, batch);
     b.gqa_attention(kv, layer, batch, q, nh, nkv, hd, softmax_scale, m.f(kHeadsOut));
     b.linear(L.o, m.f(kHeadsOut), T, m.f(kBlockOut));
     back(m, kBlockOut, T);

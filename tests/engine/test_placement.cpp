@@ -339,6 +339,13 @@ class RecordingBackend final : public ForwardingBackend {
     calls["kv_append"] += 2;  // one call, two planes
     inner_.kv_append_pair(kv, layer, batch, k_rows, v_rows, row_stride);
   }
+  void gqa_projections(const LinearWeight& q, const LinearWeight& k, const LinearWeight& v, const NormFirst& norm,
+                       const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                       const AttentionBatch& batch) override {
+    calls["linear"] += 3;
+    calls["kv_append"] += 2;  // K and V appended inside
+    inner_.gqa_projections(q, k, v, norm, rope, h, kv, layer, batch);
+  }
   void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
                     const AttentionBatch& batch) override {
     calls["kv_append"] += 2;  // K and V appended inside

@@ -152,6 +152,21 @@ class Backend {
     head_norm_rope(rope, h.k, batch.tokens, h.kv_heads, h.head_dim, h.k_norm, h.eps, h.positions);
     kv_append_pair(kv, layer, batch, h.k, h.v, h.kv_heads * h.head_dim);
   }
+  // A GQA layer's projections and prologue: `norm` (NormFirst: applied into norm.normed, or none),
+  // q, k and v over norm.normed into h.q, h.k and h.v, then gqa_prologue. A GPU may do a decode
+  // token's in the projections' launches.
+  virtual void gqa_projections(const LinearWeight& q, const LinearWeight& k, const LinearWeight& v,
+                               const NormFirst& norm, const RopeParams& rope, const GqaHeads& h, KvPool& kv,
+                               int64_t layer, const AttentionBatch& batch) {
+    const LinearWeight* ws[] = {&q, &k, &v};
+    float* const ys[] = {h.q, h.k, h.v};
+    if (norm.weight != nullptr)
+      add_rms_norm_linears(norm.hidden, norm.delta, norm.weight, batch.tokens, norm.dim, norm.eps, norm.normed, ws, ys,
+                           3);
+    else
+      linears(ws, ys, 3, norm.normed, batch.tokens);
+    gqa_prologue(rope, h, kv, layer, batch);
+  }
   virtual void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q,
                              int64_t heads, int64_t kv_heads, int64_t head_dim, float softmax_scale,
                              float* out) = 0;

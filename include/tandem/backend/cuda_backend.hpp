@@ -61,6 +61,11 @@ void cuda_backend_set_fused_norm(Backend& backend, bool on);
 // new backend), or two (false; TANDEM_CUDA_FUSED_ROUTER=0 in the environment turns it off).
 // Nothing for other backends.
 void cuda_backend_set_fused_router(Backend& backend, bool on);
+// A decode token's GQA prologue (q/k head norms, RoPE, the K and V rows into the cache) done by its q,
+// k and v projections' int8 launches (gqa_projections; true, the default of a new backend), or its
+// own launch after them (false; TANDEM_CUDA_FUSED_PROLOGUE=0 in the environment turns it off).
+// Nothing for other backends.
+void cuda_backend_set_fused_prologue(Backend& backend, bool on);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);
 // Bytes of KV cache `backend` holds on its GPU (0 for other backends).

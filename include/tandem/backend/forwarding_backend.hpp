@@ -65,6 +65,11 @@ class ForwardingBackend : public Backend {
                       const float* norm_weight, double eps, const int64_t* positions) override {
     inner_.head_norm_rope(rope, data, rows, heads, head_dim, norm_weight, eps, positions);
   }
+  void gqa_projections(const LinearWeight& q, const LinearWeight& k, const LinearWeight& v, const NormFirst& norm,
+                       const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                       const AttentionBatch& batch) override {
+    inner_.gqa_projections(q, k, v, norm, rope, h, kv, layer, batch);
+  }
   void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
                     const AttentionBatch& batch) override {
     inner_.gqa_prologue(rope, h, kv, layer, batch);

@@ -76,7 +76,7 @@ double mla_softmax_scale(const ModelConfig& config);
 struct GqaHeads {
   float* q = nullptr;
   float* k = nullptr;
-  const float* v = nullptr;
+  float* v = nullptr;  // read by gqa_prologue; gqa_projections' output
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
   const float* q_norm = nullptr;
   const float* k_norm = nullptr;

@@ -48,6 +48,9 @@ class OpTimingBackend final : public ForwardingBackend {
             int64_t head_stride, const int64_t* positions) override;
   void gqa_prologue(const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
                     const AttentionBatch& batch) override;
+  void gqa_projections(const LinearWeight& q, const LinearWeight& k, const LinearWeight& v, const NormFirst& norm,
+                       const RopeParams& rope, const GqaHeads& h, KvPool& kv, int64_t layer,
+                       const AttentionBatch& batch) override;
   void gqa_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q, int64_t heads,
                      int64_t kv_heads, int64_t head_dim, float softmax_scale, float* out) override;
   void mla_attention(const KvPool& kv, int64_t layer, const AttentionBatch& batch, const float* q_latent,

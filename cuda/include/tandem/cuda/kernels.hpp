@@ -291,6 +291,33 @@ void gqa_prologue(Stream& stream, float* q, float* k, const float* v, int64_t to
                   const double* inv_freq, int64_t rotary_dim, bool neox, double attention_factor, void* layer_base,
                   const PagedKv& kv, const int64_t* slots, const int32_t* block_tables, int64_t table_stride);
 
+// One decode token's q, k and v projections (ws [3], into ys [3]; after the add + RMSNorm of `norm`
+// where norm.hidden is set, as norm_linears; else over x) with the GQA prologue done by the same
+// launches, as gqa_prologue: each value row written into the cache's plane 1, and each query and key
+// head, once its rows are all written, normalised and rotated by the warp that wrote its last row (a
+// key head also into plane 0). int8 activations (dp4a) over Q4_K/Q6_K rows: one launch where the three
+// share a type, else one for the first run of one type (with the norm) and one for the rest (reading
+// the row that launch normalised into norm.normed). False, with nothing enqueued, where these
+// launches cannot do it: the caller runs the projections, then gqa_prologue.
+struct GqaTail {
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  const float* q_norm = nullptr;  // or null: no norm
+  const float* k_norm = nullptr;
+  double eps = 0;
+  const int64_t* rope_position = nullptr;  // the token's position for RoPE
+  const double* inv_freq = nullptr;        // [half]
+  int64_t half = 0;                        // rotary pairs
+  bool neox = true;
+  double attention_factor = 1.0;
+  void* layer_base = nullptr;  // the layer's planes, laid out as kv says
+  PagedKv kv;
+  const int64_t* slot = nullptr;         // the token's cache slot
+  const int32_t* block_table = nullptr;  // its sequence's block ids
+  unsigned* arrivals = nullptr;          // heads + kv_heads counters, zero between launches
+};
+bool gqa_projections(Stream& stream, const DeviceWeight* ws, float* const* ys, const AddRmsNorm& norm, const float* x,
+                     const GqaTail& tail);
+
 // Routing as route_tokens_to_experts (ops/router.cpp), in double: a block per token, a thread per
 // expert. kind: 0 softmax top-k, 1 softmax with group-limited choice (V2), 2 sigmoid with selection
 // bias and grouped choice (V3), matching RouterKind's order. scratch: tokens · (2·experts + n_group +
