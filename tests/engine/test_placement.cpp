@@ -443,13 +443,17 @@ TEST_CASE("op timing: a timed backend gives the same logits and counts every cal
         if (name == op || name.rfind(op + " (", 0) == 0) n += entry.calls;
       return n;
     };
-    // "linear (output) ..." included; a layer's q, k, v (MLA: its two first projections) in one linears call
+    // "linear (output) ..." included; a layer's q, k, v (MLA: its two first projections) in one linears
+    // call, or GQA's q, k and v with its prologue in one gqa_projections call
     const int64_t per_linears = files.config.attention == AttentionKind::mla ? 2 : 3;
-    CHECK(calls("linear") + per_linears * calls("linears") == counted.calls["linear"]);
+    CHECK(calls("linear") + per_linears * calls("linears") + 3 * calls("gqa_projections") == counted.calls["linear"]);
     CHECK(calls("moe_routed_experts") == counted.calls["moe_routed_experts"]);
     CHECK(calls("router_topk") == counted.calls["router_topk"]);
+    CHECK(calls("router_and_topk") == counted.calls["router_and_topk"]);
+    CHECK(calls("router_and_topk") > 0);
     // a pair, and the GQA prologue: two planes
-    CHECK(calls("kv_append") + 2 * calls("kv_append_pair") + 2 * calls("gqa_prologue") == counted.calls["kv_append"]);
+    CHECK(calls("kv_append") + 2 * calls("kv_append_pair") + 2 * calls("gqa_prologue") + 2 * calls("gqa_projections") ==
+          counted.calls["kv_append"]);
     CHECK(calls("add") == counted.calls["add"]);
     CHECK(calls(files.config.attention == AttentionKind::mla ? "mla_attention" : "gqa_attention") ==
           counted.calls["attention"]);
