@@ -88,14 +88,14 @@ class CudaBackend final : public Backend {
     report_graphs_ = report != nullptr && std::string_view(report) == "1";
     // The tests' CUDA error inside a step: the n-th dependent launch from now fails (Stream::inject_launch_fault).
     if (const char* fault = std::getenv("TANDEM_CUDA_FAULT_AT_LAUNCH")) stream_.inject_launch_fault(std::atoll(fault));
-    // A decode token's router matrix and top-k in one launch (router_and_topk), the default;
-    // TANDEM_CUDA_FUSED_ROUTER=0 keeps the two launches, for A/B runs.
+    // A decode token's router matrix and top-k in one launch (router_and_topk) and its GQA prologue in
+    // its projections' launches (gqa_projections): opt-in, TANDEM_CUDA_FUSED_ROUTER=1 and
+    // TANDEM_CUDA_FUSED_PROLOGUE=1 — both the same bits and both measured slower on the H100 (docs/PERF.md,
+    // "A kernel boundary traded for fences and counters").
     const char* router = std::getenv("TANDEM_CUDA_FUSED_ROUTER");
-    fused_router_ = !(router != nullptr && std::string_view(router) == "0");
-    // A decode token's GQA prologue done by its projections' launches (gqa_projections), the default;
-    // TANDEM_CUDA_FUSED_PROLOGUE=0 keeps the prologue's own launch, for A/B runs.
+    fused_router_ = router != nullptr && std::string_view(router) == "1";
     const char* prologue = std::getenv("TANDEM_CUDA_FUSED_PROLOGUE");
-    fused_prologue_ = !(prologue != nullptr && std::string_view(prologue) == "0");
+    fused_prologue_ = prologue != nullptr && std::string_view(prologue) == "1";
     block_counters_ = allocate_named((2 + kHeadCounters) * sizeof(unsigned), "the fused launches' block counters");
     stream_.zero(block_counters_.data(), block_counters_.bytes());
   }
@@ -1095,8 +1095,8 @@ class CudaBackend final : public Backend {
   bool decode_q8_ = false;  // see cuda_backend_set_decode_q8
   int q8_override_ = -1;    // TANDEM_CUDA_Q8_DOT: -1 none, else 0 or 1
   bool fused_norm_ = true;
-  bool fused_router_ = true;
-  bool fused_prologue_ = true;
+  bool fused_router_ = false;
+  bool fused_prologue_ = false;
   bool report_graphs_ = false;
   // The block counters of cuda::norm_linears (and linear_route's norm) and of linear_route's routing,
   // left zeroed by their kernels.

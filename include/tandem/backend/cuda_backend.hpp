@@ -57,14 +57,14 @@ void cuda_backend_set_decode_q8(Backend& backend, bool on);
 // launch (true, the default of a new backend), or the two launches (false; TANDEM_CUDA_FUSED_NORM=0
 // in the environment turns it off). Nothing for other backends.
 void cuda_backend_set_fused_norm(Backend& backend, bool on);
-// A decode token's router matrix and top-k (router_and_topk) in one launch (true, the default of a
-// new backend), or two (false; TANDEM_CUDA_FUSED_ROUTER=0 in the environment turns it off).
-// Nothing for other backends.
+// A decode token's router matrix and top-k (router_and_topk) in one launch (true; TANDEM_CUDA_FUSED_ROUTER=1
+// in the environment turns it on), or two (false, the default of a new backend: one launch measured
+// slower). Nothing for other backends.
 void cuda_backend_set_fused_router(Backend& backend, bool on);
 // A decode token's GQA prologue (q/k head norms, RoPE, the K and V rows into the cache) done by its q,
-// k and v projections' int8 launches (gqa_projections; true, the default of a new backend), or its
-// own launch after them (false; TANDEM_CUDA_FUSED_PROLOGUE=0 in the environment turns it off).
-// Nothing for other backends.
+// k and v projections' int8 launches (gqa_projections; true; TANDEM_CUDA_FUSED_PROLOGUE=1 in the
+// environment turns it on), or its own launch after them (false, the default of a new backend: the
+// fused form measured slower). Nothing for other backends.
 void cuda_backend_set_fused_prologue(Backend& backend, bool on);
 // Bytes of weights `backend` holds on its GPU (0 for other backends).
 uint64_t cuda_backend_weight_bytes(const Backend& backend);
