@@ -405,9 +405,7 @@ class CudaBackend final : public Backend {
       const PreparedRope& prepared = prepared_rope(rope);
       const cuda::DeviceWeight ws[3] = {weight(q), weight(k), weight(v)};
       float* const ys[3] = {h.q, h.k, h.v};
-      cuda::AddRmsNorm fold;
-      if (norm.weight != nullptr)
-        fold = {norm.hidden, norm.delta, norm.weight, norm.dim, norm.eps, norm.normed, norm_counter()};
+      const cuda::AddRmsNorm fold = folded(norm);
       cuda::GqaTail tail;
       tail.heads = h.heads;
       tail.kv_heads = h.kv_heads;
@@ -638,6 +636,11 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  // A pending norm as the fused launches take it (none: hidden null, the launch reads normed).
+  cuda::AddRmsNorm folded(const NormFirst& norm) {
+    if (norm.weight == nullptr) return {};
+    return {norm.hidden, norm.delta, norm.weight, norm.dim, norm.eps, norm.normed, norm_counter()};
+  }
   static cuda::RouterSpec router_spec(const RoutingParams& p) {
     cuda::RouterSpec spec;
     spec.kind = static_cast<int>(p.kind);
@@ -656,9 +659,7 @@ class CudaBackend final : public Backend {
     if (fused_router_ && tokens == 1 && (norm.weight == nullptr || fused_norm_)) {
       stream_.make_current();
       const cuda::DeviceWeight w = weight(router);
-      cuda::AddRmsNorm fold;
-      if (norm.weight != nullptr)
-        fold = {norm.hidden, norm.delta, norm.weight, norm.dim, norm.eps, norm.normed, norm_counter()};
+      const cuda::AddRmsNorm fold = folded(norm);
       const cuda::RouteAfter route{router_spec(p), selection_bias, expert_ids, weights, route_counter()};
       if (cuda::linear_route(stream_, w, logits, fold, norm.normed, route)) return;
     }

@@ -117,7 +117,8 @@ __device__ __forceinline__ GroupRow locate(const LaneGroup& group, int64_t row) 
 // GQA layer's prologue (gqa_prologue) spread over the q, k and v launch. A value row goes into the
 // cache's plane 1 as it is written; each query and key row counts itself in at its head's counter,
 // and the warp whose row completes a head normalises and rotates it (head_norm_rope.cuh, the
-// prologue kernel's device code: the same bits), a key head also into plane 0.
+// prologue kernel's device code: the same bits), a key head also into plane 0. Opt-in: a fence and an
+// atomic's round trip per row cost more than the prologue's own launch (docs/PERF.md).
 enum RowRole : int { kPlainRows = 0, kQueryHeads, kKeyHeads, kValueRows };
 struct HeadsTail {
   GqaTail gqa;
@@ -255,8 +256,9 @@ __global__ void __launch_bounds__(kLaneWarps * 32)
 }
 
 // The router matrix's decode launch (one matrix, one token: linear_lanes_kernel<L, 1>), then the
-// token's routing (router_topk.cuh) by the block that finishes last: one launch instead of two, the
-// router kernel's ~6 µs a layer that move a few hundred bytes. Each block fences its logits and counts
+// token's routing (router_topk.cuh) by the block that finishes last: one launch instead of two
+// (opt-in: measured slower than the two, docs/PERF.md — the fence, the atomic's round trip and the
+// serial tail cost more than the boundary they remove). Each block fences its logits and counts
 // itself in at route.arrivals (zero between launches; the last block leaves it so); the last one
 // routes with the dynamic shared memory the normalised row had.
 template <typename L>
