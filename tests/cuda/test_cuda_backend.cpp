@@ -16,6 +16,7 @@
 #include "tandem/backend/cpu/reference/moe.hpp"
 #include "tandem/backend/cpu/reference/rope.hpp"
 #include "tandem/backend/cuda_backend.hpp"
+#include "tandem/backend/rope_tables.hpp"
 #include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
 #include "tandem/cuda/moe_blas.hpp"
@@ -41,6 +42,14 @@ struct Backends {
 };
 
 std::string type_name(DType t) { return std::string(dtype_name(t)); }
+
+// A host vector's bytes in a fresh device buffer of GPU 0.
+template <typename Host>
+cuda::DeviceBuffer put_dev(const Host& host) {
+  cuda::DeviceBuffer b(0, host.size() * sizeof(host[0]));
+  b.upload(host.data(), b.bytes());
+  return b;
+}
 
 }  // namespace
 
@@ -730,6 +739,67 @@ TEST_CASE("cuda gqa_projections: a decode token's prologue in its projections' l
         // on float caches, 0.083 on fp8).
         CHECK(relative_error(one.q, cpu.q) < 3e-2);
         CHECK(relative_error(one.attended, cpu.attended) < (type == KvType::fp8 ? 0.15 : 0.06));
+        // The launches themselves (a silent fall-back would pass the comparisons above): the kernel entry
+        // over plain buffers — one f32 cache block, slot 37 at its row 5 — takes the shape and gives the
+        // steps' q, k and v, k's and v's rows in planes 0 and 1, and leaves its head counters at zero.
+        if (type != KvType::f32 || with_norm) continue;
+        const auto bytes = [](const test::OwnedWeight& w) {
+          const auto* p = static_cast<const uint8_t*>(w.w.weight.data);
+          return std::vector<uint8_t>(p, p + w.w.weight.nbytes);
+        };
+        const int64_t kv_width = shape.kv_heads * hd, row_bytes = kv_width * 4, counters = shape.heads + shape.kv_heads;
+        const RopeTables tables = rope_tables(rope);
+        cuda::Stream stream(0);
+        cuda::DeviceBuffer dwq = put_dev(bytes(wq)), dwk = put_dev(bytes(wk)), dwv = put_dev(bytes(wv)),
+                           dx = put_dev(hidden), dq(0, static_cast<size_t>(shape.heads * hd) * 4),
+                           dk(0, static_cast<size_t>(kv_width) * 4), dv(0, static_cast<size_t>(kv_width) * 4),
+                           layer = put_dev(std::vector<float>(static_cast<size_t>(2 * 16 * kv_width), 0.f)),
+                           slot = put_dev(std::vector<int64_t>{37}), table = put_dev(std::vector<int32_t>{0, 0, 0}),
+                           pos = put_dev(std::vector<int64_t>{300}), dqn = put_dev(q_norm), dkn = put_dev(k_norm),
+                           inv = put_dev(tables.inverse_frequencies),
+                           arrivals = put_dev(std::vector<uint32_t>(static_cast<size_t>(counters), 0u));
+        const cuda::DeviceWeight ws[3] = {{DType::q4_k, dwq.data(), shape.heads * hd, in},
+                                          {DType::q4_k, dwk.data(), kv_width, in},
+                                          {shape.v_type, dwv.data(), kv_width, in}};
+        float* const ys[3] = {static_cast<float*>(dq.data()), static_cast<float*>(dk.data()),
+                              static_cast<float*>(dv.data())};
+        cuda::GqaTail tail;
+        tail.heads = shape.heads;
+        tail.kv_heads = shape.kv_heads;
+        tail.head_dim = hd;
+        tail.q_norm = static_cast<const float*>(dqn.data());
+        tail.k_norm = static_cast<const float*>(dkn.data());
+        tail.eps = 1e-6;
+        tail.rope_position = static_cast<const int64_t*>(pos.data());
+        tail.inv_freq = static_cast<const double*>(inv.data());
+        tail.half = shape.rotary / 2;
+        tail.neox = rope.layout == RopeLayout::neox;
+        tail.attention_factor = tables.attention_factor;
+        tail.layer_base = layer.data();
+        tail.kv = cuda::PagedKv{layer.data(), KvType::f32, 16, 2 * 16 * row_bytes, row_bytes, 0};
+        tail.slot = static_cast<const int64_t*>(slot.data());
+        tail.block_table = static_cast<const int32_t*>(table.data());
+        tail.arrivals = static_cast<unsigned*>(arrivals.data());
+        REQUIRE(cuda::gqa_projections(stream, ws, ys, {}, static_cast<const float*>(dx.data()), tail));
+        stream.synchronize();
+        const auto download = [](cuda::DeviceBuffer& d, size_t n) {
+          std::vector<float> v(n);
+          d.download(v.data(), n * 4);
+          return v;
+        };
+        const auto planes = download(layer, static_cast<size_t>(2 * 16 * kv_width));
+        const auto row = [&](int64_t plane) {
+          const auto first = planes.begin() + (plane * 16 + 37 % 16) * kv_width;
+          return std::vector<float>(first, first + kv_width);
+        };
+        std::vector<uint32_t> left(static_cast<size_t>(counters), 7u);
+        arrivals.download(left.data(), left.size() * 4);
+        CHECK(download(dq, two.q.size()) == two.q);
+        CHECK(download(dk, two.k.size()) == two.k);
+        CHECK(download(dv, two.v.size()) == two.v);
+        CHECK(row(0) == two.k);
+        CHECK(row(1) == two.v);
+        CHECK(left == std::vector<uint32_t>(left.size(), 0u));
       }
 }
 
@@ -934,12 +1004,6 @@ std::vector<int32_t> skewed_ids(int64_t tokens, int64_t top_k, int64_t spread) {
   return ids;
 }
 
-template <typename Host>
-cuda::DeviceBuffer put_dev(const Host& host) {
-  cuda::DeviceBuffer b(0, host.size() * sizeof(host[0]));
-  b.upload(host.data(), b.bytes());
-  return b;
-}
 
 }  // namespace
 

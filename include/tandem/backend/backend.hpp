@@ -252,7 +252,7 @@ class Backend {
     if (norm.weight != nullptr)
       add_rms_norm_linears(norm.hidden, norm.delta, norm.weight, tokens, norm.dim, norm.eps, norm.normed, matrix, out, 1);
     else
-      linear(router, norm.normed, tokens, logits);
+      linears(matrix, out, 1, norm.normed, tokens);
     router_topk(params, logits, tokens, selection_bias, expert_ids, weights);
   }
   // Expert deferral's split of each token's routing (tandem/backend/cpu/reference/expert_deferral.hpp defines
