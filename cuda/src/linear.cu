@@ -6,7 +6,9 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <type_traits>
 
+#include "bf16_rows.cuh"
 #include "dequant.cuh"
 #include "head_norm_rope.cuh"
 #include "kv_rows.cuh"
@@ -417,6 +419,13 @@ __global__ void dequantize_kernel(const uint8_t* weight, int64_t row_bytes, int6
       store(dst + i, v);
     }
   } else {
+    if constexpr (std::is_same_v<Out, __nv_bfloat16> && detail::Bf16Rows<D>::available) {
+      if (in_features % 256 == 0 && detail::Bf16Rows<D>::aligned(w, dst)) {  // a warp per block in turn
+        detail::Bf16Rows<D>::blocks(w, threadIdx.x / 32, in_features / 256, blockDim.x / 32,
+                                    static_cast<int>(threadIdx.x % 32), dst);
+        return;
+      }
+    }
     float v[32];
     for (int64_t c = threadIdx.x; c < in_features / 32; c += blockDim.x) {
       D::chunk(w, c, v);

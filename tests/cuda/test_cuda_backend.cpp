@@ -1337,6 +1337,7 @@ TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, 
                       cuda::GroupedTiles::tensor_cores, cuda::TensorCoreMath::bf16);
     const std::vector<float> tiles = download();
     const int64_t expert_bytes = 3 * inter * hidden * 2;
+    cuda::MoeBlasOverlap overlap(0);
     for (int64_t chunk : {int64_t{1} << 30, 2 * expert_bytes, expert_bytes}) {  // one chunk, five, thirteen
       cuda::DeviceBuffer blas_work(0, static_cast<size_t>(cuda::moe_blas_scratch_bytes(up.table, tokens, hidden, top_k, chunk)));
       cuda::MoeBlasHost host;
@@ -1348,6 +1349,14 @@ TEST_CASE("cuda routed experts through cuBLAS equal the bf16 grouped tiles and, 
       // the bf16 rounding of both operands (the grouped test's bound).
       CHECK(relative_error(got, tiles) < 2e-3);
       CHECK(relative_error(got, pairwise) < 1e-2);
+      // Dequantised on a second stream into two alternating buffers: the same GEMMs on the same
+      // operands, so the same bits; twice, so that the second call's first chunks wait for the first's.
+      for (int round = 0; round < 2; ++round) {
+        stream.zero(out.data(), out_bytes);
+        cuda::moe_blas(stream, blas, up.table, xp, tokens, hidden, ip, wp, top_k, blas_work.data(), host,
+                       static_cast<float*>(out.data()), chunk, &overlap);
+        CHECK(download() == got);
+      }
     }
   }
 }

@@ -171,6 +171,36 @@ TEST_CASE("cuda cuBLAS GEMM over bf16-rounded operands equals the bf16 tensor-co
   }
 }
 
+TEST_CASE("cuda dequantize_bf16 equals the CPU's values rounded to bf16, bit for bit, aligned or not", "[cuda]") {
+  // Q4_K and Q6_K rows go a 256-value block per warp (bf16_rows.cuh) where aligned, other types and
+  // misaligned rows 32 values a lane (Decoder::chunk): every path must give the reference's bits.
+  if (!have_gpu()) return;
+  cuda::Stream stream(0);
+  for (DType t : {DType::q4_k, DType::q6_k, DType::q5_k, DType::q8_0, DType::iq4_xs})
+    for (int64_t in : {int64_t{256}, int64_t{768}, int64_t{2048}})
+      for (size_t offset : {size_t{0}, size_t{1}, size_t{4}}) {  // the weight's first byte this far off 16
+        const int64_t out = 37;
+        const test::OwnedWeight o = test::random_weight(t, out, in, 41);
+        cuda::DeviceBuffer bytes(0, o.bytes.size() + 16), w16(0, static_cast<size_t>(out * in) * 2);
+        auto* base = static_cast<unsigned char*>(bytes.data()) + offset;
+        stream.copy_to_device(base, o.bytes.data(), o.bytes.size());
+        cuda::DeviceWeight w{t, base, out, in, nullptr, nullptr};
+        cuda::dequantize_bf16(stream, w, w16.data());
+        stream.synchronize();
+        std::vector<uint16_t> got(static_cast<size_t>(out * in));
+        w16.download(got.data(), got.size() * 2);
+        std::vector<float> row(static_cast<size_t>(in));
+        const size_t row_bytes = o.bytes.size() / static_cast<size_t>(out);
+        size_t differ = 0;
+        for (int64_t r = 0; r < out; ++r) {
+          dequantize_row(t, o.bytes.data() + static_cast<size_t>(r) * row_bytes, row.data(), in);
+          for (int64_t i = 0; i < in; ++i) differ += got[static_cast<size_t>(r * in + i)] != f32_to_bf16(row[static_cast<size_t>(i)]);
+        }
+        INFO(dtype_name(t) << ", " << in << " columns, weight " << offset << " bytes off 16-byte alignment");
+        CHECK(differ == 0);
+      }
+}
+
 TEST_CASE("cuda rms_norm and silu_glu match the CPU formulas", "[cuda]") {
   if (!have_gpu()) return;
   const int64_t rows = 5, dim = 300;

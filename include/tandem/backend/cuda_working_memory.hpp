@@ -17,20 +17,22 @@ inline constexpr int64_t kCudaBlasMaxWeightValues = int64_t{64} << 20;
 // Routed experts take cuBLAS from this many (token, expert) pairs per expert on average: on the H200
 // (bench_cuda_kernels, Qwen3-30B-A3B's layer) the grouped tiles and it were even at 32 (1.70 vs
 // 1.63 ms), it was 3.2× faster at 256. Its experts' bf16 copies are made a chunk at a time, at most
-// this many bytes (at least one expert).
+// this many bytes (at least one expert), into two buffers: the next chunk is dequantised (memory-bound)
+// while cuBLAS multiplies the one before (compute-bound).
 inline constexpr int64_t kCudaBlasMoePairsPerExpert = 64;
-inline constexpr int64_t kCudaBlasMoeWeightChunkBytes = int64_t{256} << 20;
+inline constexpr int64_t kCudaBlasMoeWeightChunkBytes = int64_t{128} << 20;
+inline constexpr int64_t kCudaBlasMoeWeightBuffers = 2;
 // Each expert's grouped rows start a multiple of this apart, so experts with the same padded count
 // form one batched GEMM (the pad rows are computed and never read).
 inline constexpr int64_t kCudaMoeRowAlign = 32;
 
 // Byte offsets of the experts' cuBLAS scratch: pair positions and hit flags, the batched GEMMs'
 // pointers, the gathered bf16 rows, gate|up float outputs, bf16 activations, float down outputs, then
-// one chunk of dequantised experts.
+// kCudaBlasMoeWeightBuffers chunks of dequantised experts (`w`, each `chunk_bytes` apart).
 struct CudaMoeBlasLayout {
   int64_t rows = 0;  // grouped rows, pads included, at most
   int64_t index = 0, pointers = 0, xg = 0, gu = 0, act = 0, y = 0, w = 0, total = 0;
-  int64_t chunk_experts = 0;
+  int64_t chunk_experts = 0, chunk_bytes = 0;
 };
 
 inline CudaMoeBlasLayout cuda_moe_blas_layout(int64_t experts, int64_t intermediate, int64_t tokens, int64_t hidden,
@@ -48,7 +50,8 @@ inline CudaMoeBlasLayout cuda_moe_blas_layout(int64_t experts, int64_t intermedi
   l.act = l.gu + align256(l.rows * 2 * intermediate * 4);
   l.y = l.act + align256(l.rows * intermediate * 2);
   l.w = l.y + align256(l.rows * hidden * 4);
-  l.total = l.w + align256(l.chunk_experts * per_expert);
+  l.chunk_bytes = align256(l.chunk_experts * per_expert);
+  l.total = l.w + kCudaBlasMoeWeightBuffers * l.chunk_bytes;
   return l;
 }
 

@@ -7,6 +7,9 @@
 // float32 — the bf16 tiles' rounding, in another order), experts with the same (padded) number of
 // pairs in one batched call. The grouping needs the counts on the host
 // (cuBLAS takes sizes from the host), so one call waits for the stream once; prefill only.
+// The hit experts go in chunks ordered by their padded pair counts, so that a chunk's experts share
+// few sizes and its batched calls are few and large; with a MoeBlasOverlap each chunk is dequantised
+// on a second stream into one of two buffers while the GEMMs of the chunk before run.
 #include <cstdint>
 #include <vector>
 
@@ -33,17 +36,28 @@ struct MoeBlasHost {
   struct Batch {
     int64_t chunk, pointer, count, rows;  // first hit index of its chunk, offset in pointers, experts, rows each
   };
-  std::vector<int32_t> ids, index, hit, order;
-  std::vector<int64_t> begin, fill;
+  std::vector<int32_t> ids, index, hit;  // hit: the hit experts in chunk order (by padded count)
+  std::vector<int64_t> padded, begin, fill;  // per expert: padded pair count, first grouped row
   std::vector<void*> pointers;
   std::vector<Batch> batches;
 };
 
+// The second stream and the events that order the two weight buffers' reuse; owned by the caller.
+struct MoeBlasOverlap {
+  explicit MoeBlasOverlap(int device);
+  Stream side;
+  Event start;             // the main stream's work before the call (ids, index and pointers copied)
+  Event dequantised[2];    // buffer b holds its chunk
+  Event consumed[2];       // the GEMMs of buffer b's chunk are done with it
+};
+
 // out[t] = Σ_s weights[t, s] · down_e(silu(gate_e · x[t]) · up_e · x[t]), e = ids[t, s], summed in
 // slot order; an id outside the table leaves its pair out. scratch: moe_blas_scratch_bytes, 256-byte
-// aligned, sized with the same chunk_bytes. Requires moe_blas_fits and blas.available().
+// aligned, sized with the same chunk_bytes. Requires moe_blas_fits and blas.available(). With
+// `overlap`, the dequantisation runs on overlap->side (the results are the same bits either way).
 void moe_blas(Stream& stream, BlasGemm& blas, const ExpertTable& table, const float* x, int64_t tokens,
               int64_t hidden, const int32_t* ids, const float* weights, int64_t top_k, void* scratch,
-              MoeBlasHost& host, float* out, int64_t chunk_bytes = kBlasMoeWeightChunkBytes);
+              MoeBlasHost& host, float* out, int64_t chunk_bytes = kBlasMoeWeightChunkBytes,
+              MoeBlasOverlap* overlap = nullptr);
 
 }  // namespace tandem::cuda
