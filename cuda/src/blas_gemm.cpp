@@ -68,17 +68,19 @@ bool BlasGemm::available() {
   return true;
 }
 
-void BlasGemm::gemm_bf16(Stream& stream, const void* w, const void* x, int64_t rows, int64_t out, int64_t in,
-                         float* y) {
+void BlasGemm::gemm(Stream& stream, const void* w, const void* x, bool f32_operands, int64_t rows, int64_t out,
+                    int64_t in, float* y) {
   if (handle_ == nullptr) throw Error(ErrorKind::internal, "cuBLAS GEMM called without cuBLAS: " + why_not_);
   check_dimensions(rows, out, in);
   auto* handle = static_cast<cublasHandle_t>(handle_);
   reinterpret_cast<SetStreamFn>(set_stream_)(handle, static_cast<cudaStream_t>(stream.native()));
   const float one = 1.f, zero = 0.f;
-  // Column-major view: yᵀ [out, rows] = (w [in, out] col-major)ᵀ · xᵀ [in, rows].
+  const cudaDataType operands = f32_operands ? CUDA_R_32F : CUDA_R_16BF;
+  // Column-major view: yᵀ [out, rows] = (w [in, out] col-major)ᵀ · xᵀ [in, rows]. CUBLAS_COMPUTE_32F
+  // on float32 operands is plain float32 arithmetic (the handle keeps the default math mode: no TF32).
   const cublasStatus_t status = reinterpret_cast<GemmExFn>(gemm_)(
       handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows), static_cast<int>(in), &one, w,
-      CUDA_R_16BF, static_cast<int>(in), x, CUDA_R_16BF, static_cast<int>(in), &zero, y, CUDA_R_32F,
+      operands, static_cast<int>(in), x, operands, static_cast<int>(in), &zero, y, CUDA_R_32F,
       static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS)
     throw Error(ErrorKind::internal, "cuBLAS GemmEx failed with status " + std::to_string(static_cast<int>(status)));

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -168,6 +169,44 @@ TEST_CASE("cuda cuBLAS GEMM over bf16-rounded operands equals the bf16 tensor-co
     CHECK(max_ref > 0);
     // The same bf16 operands; only the float32 accumulation order differs.
     CHECK(max_err <= 1e-4 * max_ref);
+  }
+}
+
+TEST_CASE("cuda cuBLAS float32 GEMM equals a double reference to float32 rounding", "[cuda]") {
+  // F32 weights of prefill batches (the routers' matrices) go through it: plain float32 arithmetic
+  // (no TF32), so a few ulps of the largest product sum from the exact result.
+  if (!have_gpu()) return;
+  cuda::BlasGemm blas(0);
+  if (!blas.available()) {
+    WARN("skipped: cuBLAS is not loadable here (" << blas.why_not() << ")");
+    return;
+  }
+  for (auto [rows, out, in] : {std::array<int64_t, 3>{300, 128, 2048}, std::array<int64_t, 3>{257, 67, 96}}) {
+    const auto w = random_floats(static_cast<size_t>(out * in), 51), x = random_floats(static_cast<size_t>(rows * in), 52);
+    cuda::Stream stream(0);
+    cuda::DeviceBuffer dw(0, w.size() * 4), dx(0, x.size() * 4), dy(0, static_cast<size_t>(rows * out) * 4);
+    dw.upload(w.data(), w.size() * 4);
+    dx.upload(x.data(), x.size() * 4);
+    blas.gemm_f32(stream, static_cast<const float*>(dw.data()), static_cast<const float*>(dx.data()), rows, out, in,
+                  static_cast<float*>(dy.data()));
+    stream.synchronize();
+    std::vector<float> got(static_cast<size_t>(rows * out));
+    dy.download(got.data(), got.size() * 4);
+    double worst = 0, scale = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < out; ++o) {
+        double exact = 0, magnitude = 0;
+        for (int64_t i = 0; i < in; ++i) {
+          const double p = static_cast<double>(w[static_cast<size_t>(o * in + i)]) * x[static_cast<size_t>(r * in + i)];
+          exact += p;
+          magnitude += std::abs(p);
+        }
+        worst = std::max(worst, std::abs(got[static_cast<size_t>(r * out + o)] - exact) / magnitude);
+        scale = std::max(scale, std::abs(exact));
+      }
+    INFO(rows << " × " << out << " × " << in << ": worst error " << worst << " of the products' magnitude");
+    CHECK(scale > 0);
+    CHECK(worst < 4e-6);  // float32: ~1e-7 here; TF32 operands (10-bit mantissas) would give 1e-5 and more
   }
 }
 
