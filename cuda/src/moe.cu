@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(kGateWarps * 32)
 template <DType T>
 __global__ void __launch_bounds__(kGateWarps * 32, 3)
     gate_up_q8_kernel(ExpertTable table, const int32_t* ids, int64_t top_k, const float* x, int64_t hidden,
-                      float* act, detail::Q8Arrays<8> out_q8, bool quantise_out, bool prefetch) {
+                      float* act, detail::Q8Arrays<8> out_q8, bool quantise_out) {
   detail::wait_for_prior_grids();
   static_assert(kGateWarps == 8, "a block's outputs are one group of 8");
   extern __shared__ __align__(16) char shared[];
@@ -120,19 +120,11 @@ __global__ void __launch_bounds__(kGateWarps * 32, 3)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t p = blockIdx.y, t = p / top_k;
   const float* xt = x + t * hidden;
-  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kGateWarps, o = o0 + warp;
-  const int32_t e = ids[p];
-  // The warp's two rows asked of L2 before the token is quantised, so that their HBM latency passes
-  // under the quantisation instead of after it (a hint: the rows are read below, after the barrier).
-  if (prefetch && e >= 0 && e < table.experts && o < table.intermediate) {
-    detail::prefetch_l2(static_cast<const uint8_t*>(table.gate[e]) + o * table.gate_row_bytes, table.gate_row_bytes,
-                        lane, 32);
-    detail::prefetch_l2(static_cast<const uint8_t*>(table.up[e]) + o * table.up_row_bytes, table.up_row_bytes, lane,
-                        32);
-  }
   const auto xq = detail::q8_arrays<32>(shared, hidden);
   detail::quantize_q8_32(xt, hidden, xq);
   __syncthreads();
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kGateWarps, o = o0 + warp;
+  const int32_t e = ids[p];
   if (e < 0 || e >= table.experts) return;  // the whole block: one pair
   float v = 0.f;
   if (o < table.intermediate) {
@@ -386,8 +378,7 @@ void moe_by_pairs(Stream& stream, const ExpertTable& table, const float* x, int6
     const auto shared = static_cast<size_t>(detail::q8_bytes<32>(hidden));
     detail::launch_dependent(stream, "moe gate/up (int8 products)",
                              table.gate_type == DType::q4_k ? gate_up_q8_kernel<DType::q4_k> : gate_up_q8_kernel<DType::q6_k>,
-                             gate_grid, kGateWarps * 32, shared, table, ids, top_k, x, hidden, act, act_q8, down_q8,
-                             stream.prefetch_ahead());
+                             gate_grid, kGateWarps * 32, shared, table, ids, top_k, x, hidden, act, act_q8, down_q8);
   }
   const bool gate_known = q8 || dispatch_weight_type(table.gate_type, [&](auto decoder) {
     using D = decltype(decoder);
