@@ -66,8 +66,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device), stream_(device), blas_(device) {
     const char* blas = std::getenv("TANDEM_CUDA_BLAS");
     blas_enabled_ = !(blas != nullptr && std::string_view(blas) == "0");
-    const char* overlap = std::getenv("TANDEM_CUDA_MOE_OVERLAP");
-    moe_overlap_enabled_ = !(overlap != nullptr && std::string_view(overlap) == "0");
+    // The cuBLAS experts' next chunk dequantised beside this chunk's GEMMs (TANDEM_CUDA_MOE_OVERLAP=0: one stream).
+    if (const char* overlap = std::getenv("TANDEM_CUDA_MOE_OVERLAP"); !(overlap != nullptr && std::string_view(overlap) == "0"))
+      moe_overlap_ = std::make_unique<cuda::MoeBlasOverlap>(device_);
     // For A/B runs: TANDEM_CUDA_Q8_DOT=0 or 1 overrides set_decode_q8.
     if (const char* q8 = std::getenv("TANDEM_CUDA_Q8_DOT"); q8 != nullptr && (q8 == std::string_view("0") || q8 == std::string_view("1")))
       q8_override_ = q8 == std::string_view("1") ? 1 : 0;
@@ -345,10 +346,8 @@ class CudaBackend final : public Backend {
         math_for(table) != cuda::TensorCoreMath::bf16 || !cuda::moe_blas_fits(table, hidden) || !blas_.available())
       return false;
     void* work = scratch_bytes(kGathered, static_cast<size_t>(cuda::moe_blas_scratch_bytes(table, tokens, hidden, top_k)));
-    // The next chunk's dequantisation beside this chunk's GEMMs (TANDEM_CUDA_MOE_OVERLAP=0: one stream).
-    if (moe_overlap_enabled_ && !moe_overlap_) moe_overlap_ = std::make_unique<cuda::MoeBlasOverlap>(device_);
     cuda::moe_blas(stream_, blas_, table, x, tokens, hidden, expert_ids, weights, top_k, work, moe_blas_host_, out,
-                   cuda::kBlasMoeWeightChunkBytes, moe_overlap_enabled_ ? moe_overlap_.get() : nullptr);
+                   cuda::kBlasMoeWeightChunkBytes, moe_overlap_.get());
     return true;
   }
 
@@ -1093,8 +1092,7 @@ class CudaBackend final : public Backend {
   bool prefill_bf16_ = true;  // see cuda_backend_set_prefill_bf16
   cuda::BlasGemm blas_;
   cuda::MoeBlasHost moe_blas_host_;
-  bool moe_overlap_enabled_ = true;
-  std::unique_ptr<cuda::MoeBlasOverlap> moe_overlap_;  // made at the first cuBLAS experts call
+  std::unique_ptr<cuda::MoeBlasOverlap> moe_overlap_;  // null: TANDEM_CUDA_MOE_OVERLAP=0
   // An import from kept host copies whose later layers are not issued yet (kv_blocks_from_host).
   struct KvImport {
     std::vector<int32_t> blocks;

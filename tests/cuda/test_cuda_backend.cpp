@@ -169,6 +169,30 @@ TEST_CASE("cuda linear equals the CPU reference for every stored type", "[cuda]"
   }
 }
 
+TEST_CASE("cuda linear from 256 rows (cuBLAS: F32 in float32, Q4_K/Q6_K copied to bf16 a block per warp) equals the "
+          "CPU reference", "[cuda]") {
+  // The prefill path the test above stops short of: F32 weights without a bias go to cuBLAS in float32 as
+  // stored; K-quant weights are copied to bf16 (bf16_rows.cuh) and multiplied in bf16.
+  if (!have_gpu()) return;
+  Backends b;
+  uint32_t seed = 700;
+  for (DType t : {DType::f32, DType::q4_k, DType::q6_k})
+    for (auto [out, in] : {std::pair<int64_t, int64_t>{128, 2048}, {67, 768}}) {
+      const auto w = random_weight(t, out, in, ++seed, /*with_bias=*/false);
+      b.gpu = make_cuda_backend(0);
+      const int64_t rows = 300;
+      const auto x = random_floats(static_cast<size_t>(rows * in), ++seed);
+      auto run = [&](Backend& be) {
+        DeviceBuffer dx = put(be, x), dy = be.allocate(static_cast<size_t>(rows * out) * sizeof(float));
+        be.linear(w.w, dx.as<float>(), rows, dy.as<float>());
+        return get(be, dy, static_cast<size_t>(rows * out));
+      };
+      INFO(type_name(t) << " [" << out << ", " << in << "] rows " << rows);
+      // F32: float32 products in another order (2e-5, as the tiles' 3xTF32); K-quants: bf16 operands.
+      CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < (t == DType::f32 ? 2e-5 : 1e-2));
+    }
+}
+
 TEST_CASE("cuda linears (several matrices of one input, one launch where they agree) equal the CPU's calls",
           "[cuda]") {
   if (!have_gpu()) return;
