@@ -1,6 +1,7 @@
 // Element-wise kernels of the forward pass: SiLU-GLU, the residual add, and the MoE scatter and
 // slot-ordered combine.
 #include "launch.cuh"
+#include "silu_glu.cuh"
 #include "tandem/cuda/kernels.hpp"
 
 namespace tandem::cuda {
@@ -14,7 +15,7 @@ __global__ void silu_glu_kernel(const float* gate, const float* up, int64_t coun
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) {
     const float g = gate[i];
-    out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), up[i]);
+    out[i] = detail::silu_glu(g, up[i]);
   }
 }
 

@@ -9,6 +9,7 @@
 #include "lane_blocks.cuh"
 #include "launch.cuh"
 #include "q8_activations.cuh"
+#include "silu_glu.cuh"
 #include "staged_rows.cuh"
 #include "tandem/cuda/kernels.hpp"
 
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kGateWarps * 32)
   }
   g = detail::warp_sum(g);
   u = detail::warp_sum(u);
-  if (lane == 0) act[p * table.intermediate + o] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
+  if (lane == 0) act[p * table.intermediate + o] = detail::silu_glu(g, u);
 }
 
 // gate_up_kernel for Q4_K/Q6_K rows with the token's activations quantised per 32 values into
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kGateWarps * 32, 3)
     }
     g = detail::warp_sum(g);
     u = detail::warp_sum(u);
-    v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
+    v = detail::silu_glu(g, u);
     if (lane == 0) act[p * table.intermediate + o] = v;
   }
   if (!quantise_out) return;

@@ -11,6 +11,7 @@
 #include "bf16_rows.cuh"
 #include "dequant.cuh"
 #include "launch.cuh"
+#include "silu_glu.cuh"
 #include "staged_rows.cuh"
 #include "tandem/cuda/blas_gemm.hpp"
 #include "tandem/cuda/kernels.hpp"
@@ -92,7 +93,6 @@ __global__ void dequantize_experts_kernel(ExpertTable table, int part, const int
 // act[i, o] = bf16(silu(gu[i, o]) · gu[i, I + o]), as the bf16 tiles' SiLU (moe_grouped.cu); 8 outputs a
 // thread where inter is a multiple of 8 (gu and act then 16-byte aligned rows: the scratch is 256-aligned).
 __global__ void silu_glu_bf16_kernel(const float* gu, int64_t rows, int64_t inter, __nv_bfloat16* act) {
-  const auto silu_glu = [](float g, float u) { return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u); };
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   if (inter % 8 == 0) {
     const int64_t groups = inter / 8, n = rows * groups;
@@ -101,8 +101,10 @@ __global__ void silu_glu_bf16_kernel(const float* gu, int64_t rows, int64_t inte
       const float* g = gu + i * 2 * inter + o;
       const float4 g0 = *reinterpret_cast<const float4*>(g), g1 = *reinterpret_cast<const float4*>(g + 4);
       const float4 u0 = *reinterpret_cast<const float4*>(g + inter), u1 = *reinterpret_cast<const float4*>(g + inter + 4);
-      const float y[8] = {silu_glu(g0.x, u0.x), silu_glu(g0.y, u0.y), silu_glu(g0.z, u0.z), silu_glu(g0.w, u0.w),
-                          silu_glu(g1.x, u1.x), silu_glu(g1.y, u1.y), silu_glu(g1.z, u1.z), silu_glu(g1.w, u1.w)};
+      const float y[8] = {detail::silu_glu(g0.x, u0.x), detail::silu_glu(g0.y, u0.y),
+                          detail::silu_glu(g0.z, u0.z), detail::silu_glu(g0.w, u0.w),
+                          detail::silu_glu(g1.x, u1.x), detail::silu_glu(g1.y, u1.y),
+                          detail::silu_glu(g1.z, u1.z), detail::silu_glu(g1.w, u1.w)};
       detail::store8_bf16(act + i * inter + o, y);
     }
     return;
@@ -110,7 +112,7 @@ __global__ void silu_glu_bf16_kernel(const float* gu, int64_t rows, int64_t inte
   const int64_t n = rows * inter;
   for (int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; k < n; k += stride) {
     const int64_t i = k / inter, o = k % inter;
-    act[k] = __float2bfloat16_rn(silu_glu(gu[i * 2 * inter + o], gu[i * 2 * inter + inter + o]));
+    act[k] = __float2bfloat16_rn(detail::silu_glu(gu[i * 2 * inter + o], gu[i * 2 * inter + inter + o]));
   }
 }
 

@@ -14,6 +14,7 @@
 #include "dequant.cuh"
 #include "lane_blocks.cuh"
 #include "launch.cuh"
+#include "silu_glu.cuh"
 #include "staged_rows.cuh"
 #include "tandem/backend/cuda_working_memory.hpp"
 #include "tandem/cuda/kernels.hpp"
@@ -154,7 +155,7 @@ __global__ void grouped_gate_up_kernel(ExpertTable table, const int32_t* tiles, 
   for (int r = 0; r < kTile; ++r) {
     const float gs = detail::warp_sum(g[r]), us = detail::warp_sum(u[r]);
     if (lane == 0 && r < s.rows)
-      act[(s.begin + r) * table.intermediate + o] = __fmul_rn(__fdiv_rn(gs, __fadd_rn(1.f, expf(-gs))), us);
+      act[(s.begin + r) * table.intermediate + o] = detail::silu_glu(gs, us);
   }
 }
 
@@ -224,7 +225,7 @@ __global__ void __launch_bounds__(tc::kThreads)
 #pragma unroll
       for (int e = 0; e < g[i][j].num_elements; ++e) {
         const float gv = g[i][j].x[e];
-        g[i][j].x[e] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.f, expf(-gv))), u[i][j].x[e]);
+        g[i][j].x[e] = detail::silu_glu(gv, u[i][j].x[e]);
       }
   tc::store(g, shared);
   __syncthreads();
@@ -304,7 +305,7 @@ __global__ void __launch_bounds__(bf16::kThreads)
     const int64_t o = o0 + c;
     if (m < s.rows && o < table.intermediate) {
       const float gv = out[m * bf16::kLdOut + c], uv = out[m * bf16::kLdOut + kHalf + c];
-      act[(static_cast<int64_t>(s.begin) + m) * table.intermediate + o] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.f, expf(-gv))), uv);
+      act[(static_cast<int64_t>(s.begin) + m) * table.intermediate + o] = detail::silu_glu(gv, uv);
     }
   }
 }
