@@ -1,11 +1,12 @@
 // Causal GQA attention of one sequence's prompt chunk on the tensor cores (flash attention): a block
-// of four warps takes 64 query tokens of one head, each warp 16 of them. The block walks the cached
-// positions 64 at a time up to its last token's; each tile's K and V rows are copied straight from
-// the paged cache into shared memory as stored (f16 or bf16, cp.async, the next tile's copy in
-// flight while this one is used). Scores S = Q·Kᵀ come from mma.sync with Q in registers as the
-// cache's type; the online softmax (running max and sum per row, float32) rescales the output
-// accumulators; the probabilities go back into the tensor cores, in the cache's type, as the A
-// operand of O += P·V without passing through shared memory. The last query tiles (the most
+// of four warps takes 64 query tokens of one head, each warp 16 (GQA prompts with
+// TANDEM_CUDA_FLASH_ROW_TILES=2: 128 and 32). The block walks the cached positions 64 at a time up
+// to its last token's; each tile's K and V rows are copied straight from the paged cache into shared
+// memory as stored (f16 or bf16, cp.async, the next tile's copy in flight while this one is used).
+// Scores S = Q·Kᵀ come from mma.sync with Q as the cache's type (in registers for 16 rows a warp, in
+// shared memory for 32); the online softmax (running max and sum per row, float32) rescales the
+// output accumulators; the probabilities go back into the tensor cores, in the cache's type, as the
+// A operand of O += P·V without passing through shared memory. The last query tiles (the most
 // positions) are started first. A chunk of few query tiles after a long cached prefix splits the
 // positions among blocks (grid z), each leaving its rows unnormalised with their maximum and sum, and
 // merge_splits_kernel combines them.
@@ -23,6 +24,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include "kv_rows.cuh"
 #include "launch.cuh"
@@ -32,15 +35,22 @@
 namespace tandem::cuda {
 namespace {
 
-constexpr int kQueryTile = 64;  // query tokens per block (16 per warp)
-constexpr int kKeyTile = 64;    // cached positions per step
+// A warp takes 16 · kM query tokens (kM row tiles of the mma); a block of four warps 64 · kM. Two row
+// tiles a warp use each K and V fragment loaded from shared memory twice (half the loads per product)
+// and give each warp twice the independent products; their Q tile is staged in shared memory, where one
+// row tile's Q fits in registers.
+template <int kM>
+constexpr int query_tile() {
+  return 64 * kM;
+}
+constexpr int kKeyTile = 64;  // cached positions per step
 constexpr int kThreads = 128;
 constexpr int64_t kMinTokens = 64;  // fewer query tokens: the split-K kernel keeps more SMs busy
 // A chunk of few query tiles after a long cached prefix (a prefix hit's suffix pass: 4 tiles × 32 heads
 // over 8k positions) would leave most SMs idle with one block a tile and head: its cached positions are
 // split among blocks while the grid stays within kTargetBlocks (two blocks an SM of an H100/H200 are
-// resident: 192 registers a thread at head_dim 128), each split at least kMinSplitTiles key tiles, and a
-// second kernel merges the splits.
+// resident: up to 255 registers a thread), each split at least kMinSplitTiles key tiles, and a second
+// kernel merges the splits.
 constexpr int64_t kTargetBlocks = 264;
 constexpr int64_t kMinSplitTiles = 4;
 
@@ -128,9 +138,12 @@ struct RowAddress {
   }
 };
 
-template <int Dqk, int Dv>
+// Two stages of K and V tiles, and with two row tiles a warp the block's Q tile.
+template <int Dqk, int Dv, int kM>
 constexpr size_t kernel_shared_bytes() {
-  return size_t{2} * kKeyTile * (row_stride<Dqk>() + row_stride<Dv>()) * 2;  // two stages of K and V
+  return (size_t{2} * kKeyTile * (row_stride<Dqk>() + row_stride<Dv>()) +
+          (kM > 1 ? size_t{query_tile<kM>()} * row_stride<Dqk>() : 0)) *
+         2;
 }
 
 // Where a split block leaves its rows (tiles > 0): per (split, token, head) the unnormalised
@@ -140,33 +153,42 @@ struct Splits {
   float* partials = nullptr;
 };
 
-template <KvType Stored, bool kPaged, int Dqk, int Dv>
-__global__ void __launch_bounds__(kThreads)
+template <KvType Stored, bool kPaged, int Dqk, int Dv, int kM>
+__global__ void __launch_bounds__(kThreads, 2)
     flash_kernel(KvRows rows, DeviceBatch batch, const float* q, int heads, int group, float scale_log2, Splits split,
                  float* out) {
   constexpr KvType K = detail::kv_tile_type(Stored);  // the tiles' 16-bit type
-  constexpr int kLdK = row_stride<Dqk>(), kLdV = row_stride<Dv>();
+  constexpr int kLdK = row_stride<Dqk>(), kLdV = row_stride<Dv>(), kTile = query_tile<kM>();
   extern __shared__ uint4 shared_words[];
   auto* k_stage = reinterpret_cast<uint16_t*>(shared_words);  // [2][kKeyTile][kLdK]
   uint16_t* v_stage = k_stage + 2 * kKeyTile * kLdK;             // [2][kKeyTile][kLdV]
+  uint16_t* q_tile = v_stage + 2 * kKeyTile * kLdV;              // [kTile][kLdK] (kM > 1)
   const int64_t T = batch.tokens;
-  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kQueryTile;
+  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kTile;
   const int h = static_cast<int>(blockIdx.y), g = h / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
-  const int64_t last = t0 + kQueryTile - 1 < T ? t0 + kQueryTile - 1 : T - 1;
+  const int64_t last = t0 + kTile - 1 < T ? t0 + kTile - 1 : T - 1;
   const int64_t n_end = batch.positions[last] + 1;  // one sequence, increasing positions: the tile's widest
   const RowAddress<kPaged, Dqk, Dv> address{rows, batch.block_tables + last * batch.table_stride};
 
-  const int64_t ta = t0 + warp * 16 + r, tb = ta + 8;
-  // Rows past the batch attend to position 0 only (finite sums) and are not written.
-  const int64_t pa = ta < T ? batch.positions[ta] : 0, pb = tb < T ? batch.positions[tb] : 0;
-  const int64_t warp_last = t0 + warp * 16 + 15 < T ? t0 + warp * 16 + 15 : T - 1;
-  const int64_t warp_end = t0 + warp * 16 < T ? batch.positions[warp_last] + 1 : 1;
+  // This thread's rows: 2m (row r of row tile m) and 2m + 1 (row r + 8); rows past the batch attend to
+  // position 0 only (finite sums) and are not written.
+  const int64_t warp_first = t0 + warp * 16 * kM;
+  int row_token[2 * kM], row_position[2 * kM];  // a prompt chunk's tokens and positions fit 31 bits
+#pragma unroll
+  for (int i = 0; i < 2 * kM; ++i) {
+    row_token[i] = static_cast<int>(warp_first) + 16 * (i / 2) + r + 8 * (i % 2);
+    row_position[i] = row_token[i] < T ? static_cast<int>(batch.positions[row_token[i]]) : 0;
+  }
+  const int64_t warp_last = warp_first + 16 * kM - 1 < T ? warp_first + 16 * kM - 1 : T - 1;
+  const int64_t warp_end = warp_first < T ? batch.positions[warp_last] + 1 : 1;
 
-  uint32_t qf[Dqk / 16][4];
-  {
-    const float* qa = q + ((ta < T ? ta : T - 1) * heads + h) * int64_t{Dqk} + 2 * c;
-    const float* qb = q + ((tb < T ? tb : T - 1) * heads + h) * int64_t{Dqk} + 2 * c;
+  // Q in the tiles' type: one row tile's fragments in registers, two row tiles' in shared memory
+  // (read back by ldmatrix for each product; __syncthreads in the loop publishes them).
+  uint32_t qf[kM == 1 ? Dqk / 16 : 1][4];
+  if constexpr (kM == 1) {
+    const float* qa = q + ((row_token[0] < T ? row_token[0] : T - 1) * int64_t{heads} + h) * Dqk + 2 * c;
+    const float* qb = q + ((row_token[1] < T ? row_token[1] : T - 1) * int64_t{heads} + h) * Dqk + 2 * c;
 #pragma unroll
     for (int kk = 0; kk < Dqk / 16; ++kk) {
       const float2 a0 = *reinterpret_cast<const float2*>(qa + 16 * kk);
@@ -177,6 +199,14 @@ __global__ void __launch_bounds__(kThreads)
       qf[kk][1] = pack<K>(b0.x, b0.y);
       qf[kk][2] = pack<K>(a1.x, a1.y);
       qf[kk][3] = pack<K>(b1.x, b1.y);
+    }
+  } else {
+    constexpr int kQuads = Dqk / 4;  // float4 pieces of a row
+    for (int i = threadIdx.x; i < kTile * kQuads; i += kThreads) {
+      const int row = i / kQuads, quad = i % kQuads;
+      const int64_t t = t0 + row < T ? t0 + row : T - 1;
+      const float4 v = *reinterpret_cast<const float4*>(q + (t * heads + h) * int64_t{Dqk} + 4 * quad);
+      *reinterpret_cast<uint2*>(q_tile + row * kLdK + 4 * quad) = make_uint2(pack<K>(v.x, v.y), pack<K>(v.z, v.w));
     }
   }
 
@@ -217,10 +247,18 @@ __global__ void __launch_bounds__(kThreads)
     detail::commit_copies();  // fp8/int8: an empty group, so the waits below count alike for every kind
   };
 
-  float o[Dv / 8][4];
+  float o[kM][Dv / 8][4];
 #pragma unroll
-  for (int n = 0; n < Dv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;  // in log2 units; l: this thread's columns
+  for (int m = 0; m < kM; ++m)
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.f;
+  // Per row of this thread, in log2 units: the running maximum and (this thread's columns') sum.
+  float row_max[2 * kM], row_sum[2 * kM];
+#pragma unroll
+  for (int i = 0; i < 2 * kM; ++i) {
+    row_max[i] = -INFINITY;
+    row_sum[i] = 0.f;
+  }
   const int64_t all_tiles = (n_end + kKeyTile - 1) / kKeyTile;
   const int64_t first = split.tiles > 0 ? static_cast<int64_t>(blockIdx.z) * split.tiles : 0;
   const int64_t tiles = split.tiles > 0 && first + split.tiles < all_tiles ? first + split.tiles : all_tiles;
@@ -237,100 +275,138 @@ __global__ void __launch_bounds__(kThreads)
     if (s0 < warp_end) {  // else every row of this warp is causally before the tile
       const uint16_t* ks = k_stage + (i % 2) * kKeyTile * kLdK;
       const uint16_t* vs = v_stage + (i % 2) * kKeyTile * kLdV;
-      float s[kKeyTile / 8][4];
+      float s[kM][kKeyTile / 8][4];
 #pragma unroll
-      for (int j = 0; j < kKeyTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+      for (int m = 0; m < kM; ++m)
 #pragma unroll
-      for (int kk = 0; kk < Dqk / 16; ++kk)
+        for (int j = 0; j < kKeyTile / 8; ++j) s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < Dqk / 16; ++kk) {
+        uint32_t a[kM][4];
+#pragma unroll
+        for (int m = 0; m < kM; ++m) {
+          if constexpr (kM == 1) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[m][e] = qf[kk][e];
+          } else {
+            detail::ldmatrix_x4(q_tile + (warp * 16 * kM + 16 * m + lane % 16) * kLdK + kk * 16 + (lane / 16) * 8,
+                                a[m]);
+          }
+        }
 #pragma unroll
         for (int p = 0; p < kKeyTile / 16; ++p) {
           uint32_t b[4];
           detail::ldmatrix_x4(ks + (p * 16 + lane % 8 + (lane / 16) * 8) * kLdK + kk * 16 + ((lane / 8) % 2) * 8, b);
-          mma<K>(s[2 * p], qf[kk], b[0], b[1]);
-          mma<K>(s[2 * p + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+          for (int m = 0; m < kM; ++m) {
+            mma<K>(s[m][2 * p], a[m], b[0], b[1]);
+            mma<K>(s[m][2 * p + 1], a[m], b[2], b[3]);
+          }
         }
-      const bool masked = s0 + kKeyTile - 1 > pa || s0 + kKeyTile - 1 > pb;
-      float mx_a = m_a, mx_b = m_b;
-#pragma unroll
-      for (int j = 0; j < kKeyTile / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[j][e] * scale_log2;
-          if (masked && s0 + 8 * j + 2 * c + (e % 2) > (e < 2 ? pa : pb)) v = -INFINITY;
-          s[j][e] = v;
-          if (e < 2) mx_a = fmaxf(mx_a, v);
-          else mx_b = fmaxf(mx_b, v);
-        }
-      // Finite unsplit (every row sees position 0 in the first tile); a split's row may see no position
-      // of its first tiles, and then keeps a maximum of −∞ with zero sums (exponents taken from 0).
-      mx_a = quad_max(mx_a);
-      mx_b = quad_max(mx_b);
-      const float ua = mx_a == -INFINITY ? 0.f : mx_a, ub = mx_b == -INFINITY ? 0.f : mx_b;
-      const float ca = exp2f(m_a - ua), cb = exp2f(m_b - ub);  // 0 on the first tile
-      m_a = mx_a;
-      m_b = mx_b;
-      l_a *= ca;
-      l_b *= cb;
-#pragma unroll
-      for (int n = 0; n < Dv / 8; ++n) {
-        o[n][0] *= ca;
-        o[n][1] *= ca;
-        o[n][2] *= cb;
-        o[n][3] *= cb;
       }
 #pragma unroll
-      for (int j = 0; j < kKeyTile / 8; ++j) {
-        s[j][0] = exp2f(s[j][0] - ua);
-        s[j][1] = exp2f(s[j][1] - ua);
-        s[j][2] = exp2f(s[j][2] - ub);
-        s[j][3] = exp2f(s[j][3] - ub);
-        l_a += s[j][0] + s[j][1];
-        l_b += s[j][2] + s[j][3];
+      for (int m = 0; m < kM; ++m) {
+        const int pa = row_position[2 * m], pb = row_position[2 * m + 1], first_key = static_cast<int>(s0);
+        const bool masked = first_key + kKeyTile - 1 > pa || first_key + kKeyTile - 1 > pb;
+        float mx_a = row_max[2 * m], mx_b = row_max[2 * m + 1];
+#pragma unroll
+        for (int j = 0; j < kKeyTile / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float v = s[m][j][e] * scale_log2;
+            if (masked && first_key + 8 * j + 2 * c + (e % 2) > (e < 2 ? pa : pb)) v = -INFINITY;
+            s[m][j][e] = v;
+            if (e < 2) mx_a = fmaxf(mx_a, v);
+            else mx_b = fmaxf(mx_b, v);
+          }
+        // Finite unsplit (every row sees position 0 in the first tile); a split's row may see no position
+        // of its first tiles, and then keeps a maximum of −∞ with zero sums (exponents taken from 0).
+        mx_a = quad_max(mx_a);
+        mx_b = quad_max(mx_b);
+        const float ua = mx_a == -INFINITY ? 0.f : mx_a, ub = mx_b == -INFINITY ? 0.f : mx_b;
+        const float ca = exp2f(row_max[2 * m] - ua), cb = exp2f(row_max[2 * m + 1] - ub);  // 0 on the first tile
+        row_max[2 * m] = mx_a;
+        row_max[2 * m + 1] = mx_b;
+        float la = row_sum[2 * m] * ca, lb = row_sum[2 * m + 1] * cb;
+#pragma unroll
+        for (int n = 0; n < Dv / 8; ++n) {
+          o[m][n][0] *= ca;
+          o[m][n][1] *= ca;
+          o[m][n][2] *= cb;
+          o[m][n][3] *= cb;
+        }
+#pragma unroll
+        for (int j = 0; j < kKeyTile / 8; ++j) {
+          s[m][j][0] = exp2f(s[m][j][0] - ua);
+          s[m][j][1] = exp2f(s[m][j][1] - ua);
+          s[m][j][2] = exp2f(s[m][j][2] - ub);
+          s[m][j][3] = exp2f(s[m][j][3] - ub);
+          la += s[m][j][0] + s[m][j][1];
+          lb += s[m][j][2] + s[m][j][3];
+        }
+        row_sum[2 * m] = la;
+        row_sum[2 * m + 1] = lb;
       }
 #pragma unroll
       for (int kk = 0; kk < kKeyTile / 16; ++kk) {
         // S's accumulators for columns 16kk … 16kk + 15 are, as written, P's A fragment for that k-step.
-        const uint32_t a[4] = {pack<K>(s[2 * kk][0], s[2 * kk][1]), pack<K>(s[2 * kk][2], s[2 * kk][3]),
-                               pack<K>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack<K>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t a[kM][4];
+#pragma unroll
+        for (int m = 0; m < kM; ++m) {
+          a[m][0] = pack<K>(s[m][2 * kk][0], s[m][2 * kk][1]);
+          a[m][1] = pack<K>(s[m][2 * kk][2], s[m][2 * kk][3]);
+          a[m][2] = pack<K>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+          a[m][3] = pack<K>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int np = 0; np < Dv / 16; ++np) {
           uint32_t b[4];
           detail::ldmatrix_x4_trans(vs + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLdV + np * 16 + (lane / 16) * 8,
                                     b);
-          mma<K>(o[2 * np], a, b[0], b[1]);
-          mma<K>(o[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+          for (int m = 0; m < kM; ++m) {
+            mma<K>(o[m][2 * np], a[m], b[0], b[1]);
+            mma<K>(o[m][2 * np + 1], a[m], b[2], b[3]);
+          }
         }
       }
     }
     __syncthreads();  // every warp is done with this stage before the next copy overwrites it
   }
-  if (split.tiles > 0) {
-    const float sum_a = quad_sum(l_a), sum_b = quad_sum(l_b);
-    const int64_t stride = static_cast<int64_t>(Dv) + 2;
-    float* part = split.partials + static_cast<int64_t>(blockIdx.z) * T * heads * stride;
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    const int64_t ta = row_token[2 * m], tb = row_token[2 * m + 1];  // widened for the offsets below
+    if (split.tiles > 0) {
+      const float sum_a = quad_sum(row_sum[2 * m]), sum_b = quad_sum(row_sum[2 * m + 1]);
+      const int64_t stride = static_cast<int64_t>(Dv) + 2;
+      float* part = split.partials + static_cast<int64_t>(blockIdx.z) * T * heads * stride;
+#pragma unroll
+      for (int n = 0; n < Dv / 8; ++n) {
+        if (ta < T)
+          *reinterpret_cast<float2*>(part + (ta * heads + h) * stride + 8 * n + 2 * c) =
+              make_float2(o[m][n][0], o[m][n][1]);
+        if (tb < T)
+          *reinterpret_cast<float2*>(part + (tb * heads + h) * stride + 8 * n + 2 * c) =
+              make_float2(o[m][n][2], o[m][n][3]);
+      }
+      if (c == 0) {
+        if (ta < T)
+          *reinterpret_cast<float2*>(part + (ta * heads + h) * stride + Dv) = make_float2(row_max[2 * m], sum_a);
+        if (tb < T)
+          *reinterpret_cast<float2*>(part + (tb * heads + h) * stride + Dv) = make_float2(row_max[2 * m + 1], sum_b);
+      }
+      continue;
+    }
+    const float inv_a = 1.f / quad_sum(row_sum[2 * m]), inv_b = 1.f / quad_sum(row_sum[2 * m + 1]);
 #pragma unroll
     for (int n = 0; n < Dv / 8; ++n) {
       if (ta < T)
-        *reinterpret_cast<float2*>(part + (ta * heads + h) * stride + 8 * n + 2 * c) = make_float2(o[n][0], o[n][1]);
+        *reinterpret_cast<float2*>(out + (ta * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
+            make_float2(o[m][n][0] * inv_a, o[m][n][1] * inv_a);
       if (tb < T)
-        *reinterpret_cast<float2*>(part + (tb * heads + h) * stride + 8 * n + 2 * c) = make_float2(o[n][2], o[n][3]);
+        *reinterpret_cast<float2*>(out + (tb * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
+            make_float2(o[m][n][2] * inv_b, o[m][n][3] * inv_b);
     }
-    if (c == 0) {
-      if (ta < T) *reinterpret_cast<float2*>(part + (ta * heads + h) * stride + Dv) = make_float2(m_a, sum_a);
-      if (tb < T) *reinterpret_cast<float2*>(part + (tb * heads + h) * stride + Dv) = make_float2(m_b, sum_b);
-    }
-    return;
-  }
-  const float inv_a = 1.f / quad_sum(l_a), inv_b = 1.f / quad_sum(l_b);
-#pragma unroll
-  for (int n = 0; n < Dv / 8; ++n) {
-    if (ta < T)
-      *reinterpret_cast<float2*>(out + (ta * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
-          make_float2(o[n][0] * inv_a, o[n][1] * inv_a);
-    if (tb < T)
-      *reinterpret_cast<float2*>(out + (tb * heads + h) * int64_t{Dv} + 8 * n + 2 * c) =
-          make_float2(o[n][2] * inv_b, o[n][3] * inv_b);
   }
 }
 
@@ -405,8 +481,8 @@ __global__ void build_heads_kernel(PagedKv kv, DeviceBatch batch, const float* e
 struct SplitPlan {
   int64_t splits = 1, tiles = 0;
 };
-SplitPlan split_plan(const DeviceBatch& b, int64_t heads) {
-  const int64_t blocks = (b.tokens + kQueryTile - 1) / kQueryTile * heads;
+SplitPlan split_plan(const DeviceBatch& b, int64_t heads, int64_t query_tokens) {
+  const int64_t blocks = (b.tokens + query_tokens - 1) / query_tokens * heads;
   if (blocks <= 0) return {};  // an empty batch (or no heads) launches nothing
   const int64_t key_tiles = (b.max_context + kKeyTile - 1) / kKeyTile;
   // Rounded down: a grid just past one wave of resident blocks waits out a second, partial one (3
@@ -417,13 +493,21 @@ SplitPlan split_plan(const DeviceBatch& b, int64_t heads) {
   return {(key_tiles + tiles - 1) / tiles, tiles};
 }
 
-template <KvType Stored, bool kPaged, int Dqk, int Dv>
+// Row tiles a warp for GQA prompts: 1 unless TANDEM_CUDA_FLASH_ROW_TILES=2 (not yet measured on a GPU:
+// opt-in until an A/B run decides the default).
+int gqa_row_tiles() {
+  const char* v = std::getenv("TANDEM_CUDA_FLASH_ROW_TILES");
+  return v != nullptr && std::string_view(v) == "2" ? 2 : 1;
+}
+
+template <KvType Stored, bool kPaged, int Dqk, int Dv, int kM>
 void launch_flash(Stream& stream, const KvRows& rows, const DeviceBatch& batch, const float* q, int64_t heads,
                   int64_t group, float softmax_scale, const SplitPlan& plan, float* scratch, float* out) {
-  const dim3 grid(detail::grid_dim((batch.tokens + kQueryTile - 1) / kQueryTile, "flash attention"),
+  constexpr int64_t kTile = query_tile<kM>();
+  const dim3 grid(detail::grid_dim((batch.tokens + kTile - 1) / kTile, "flash attention"),
                   static_cast<unsigned>(heads), static_cast<unsigned>(plan.splits));
-  auto* kernel = flash_kernel<Stored, kPaged, Dqk, Dv>;
-  constexpr size_t shared = kernel_shared_bytes<Dqk, Dv>();
+  auto* kernel = flash_kernel<Stored, kPaged, Dqk, Dv, kM>;
+  constexpr size_t shared = kernel_shared_bytes<Dqk, Dv, kM>();
   detail::opt_in_shared_memory(kernel, shared, "flash attention (shared memory opt-in)");
   const Splits split{plan.splits > 1 ? plan.tiles : 0, plan.splits > 1 ? scratch : nullptr};
   kernel<<<grid, kThreads, shared, detail::native(stream)>>>(rows, batch, q, static_cast<int>(heads),
@@ -467,7 +551,7 @@ bool flash_attention_supported(const DeviceBatch& b, int64_t heads, int64_t kv_h
 }
 
 int64_t flash_attention_scratch_floats(const DeviceBatch& b, int64_t heads, int64_t head_dim) {
-  const SplitPlan plan = split_plan(b, heads);
+  const SplitPlan plan = split_plan(b, heads, gqa_row_tiles() * query_tile<1>());
   return plan.splits == 1 ? 0 : plan.splits * b.tokens * heads * (head_dim + 2);
 }
 
@@ -482,13 +566,20 @@ void flash_gqa_attention(Stream& stream, const PagedKv& kv, const DeviceBatch& b
   rows.paged = kv;
   rows.kv_heads = static_cast<int>(kv_heads);
   const int64_t group = heads / kv_heads;
-  const SplitPlan plan = scratch != nullptr ? split_plan(batch, heads) : SplitPlan{};
+  const int row_tiles = gqa_row_tiles();
+  const SplitPlan plan = scratch != nullptr ? split_plan(batch, heads, row_tiles * query_tile<1>()) : SplitPlan{};
   by_tile_kind(kv.type, [&](auto k) {
     constexpr KvType kType = decltype(k)::value;
-    if (head_dim == 64)
-      launch_flash<kType, true, 64, 64>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
-    else
-      launch_flash<kType, true, 128, 128>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
+    if (row_tiles == 1) {
+      if (head_dim == 64)
+        launch_flash<kType, true, 64, 64, 1>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
+      else
+        launch_flash<kType, true, 128, 128, 1>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
+    } else if (head_dim == 64) {
+      launch_flash<kType, true, 64, 64, 2>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
+    } else {
+      launch_flash<kType, true, 128, 128, 2>(stream, rows, batch, q, heads, group, softmax_scale, plan, scratch, out);
+    }
   });
 }
 
@@ -535,7 +626,7 @@ void flash_mla_prefill(Stream& stream, const PagedKv& kv, const DeviceBatch& bat
     rows.k = reinterpret_cast<const uint8_t*>(k_rows);
     rows.v = reinterpret_cast<const uint8_t*>(v_rows);
     rows.kv_heads = static_cast<int>(heads);
-    launch_flash<detail::kv_tile_type(kType), false, kMlaNope + kMlaRope, kMlaV>(stream, rows, batch, q, heads, 1,
+    launch_flash<detail::kv_tile_type(kType), false, kMlaNope + kMlaRope, kMlaV, 1>(stream, rows, batch, q, heads, 1,
                                                                                softmax_scale, SplitPlan{}, nullptr, out);
   });
 }
