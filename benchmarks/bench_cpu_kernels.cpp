@@ -81,29 +81,29 @@ struct MatmulCase {
   WeightKind kind;
   int64_t stride;
   std::vector<uint8_t> q;
-  MatmulCase(DType type, int64_t rows, int64_t tokens) : kind(*weight_kind_for(type)) {
+  MatmulCase(DType type, int64_t rows, int64_t tokens, int64_t in = kIn) : kind(*weight_kind_for(type)) {
     const auto& tr = dtype_traits(type);
-    w.resize(static_cast<size_t>(rows * (kIn / tr.block_elems * tr.block_bytes)));
+    w.resize(static_cast<size_t>(rows * (in / tr.block_elems * tr.block_bytes)));
     std::mt19937 rng(1);
     for (auto& b : w) b = static_cast<uint8_t>(rng() & 0x3f);
     weight.weight.dtype = type;
-    weight.weight.shape = Shape{rows, kIn};
+    weight.weight.shape = Shape{rows, in};
     weight.weight.data = w.data();
     weight.weight.nbytes = w.size();
-    std::vector<float> x(static_cast<size_t>(kIn * tokens));
+    std::vector<float> x(static_cast<size_t>(in * tokens));
     for (auto& v : x) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
     const ActFormat format = act_format(kind);
-    stride = act_row_bytes(format, kIn);
+    stride = act_row_bytes(format, in);
     q.resize(static_cast<size_t>(stride * tokens));
-    quantize_rows(make_kernel_table(IsaLevel::scalar), format, x.data(), kIn, kIn, 0, tokens, q.data());
+    quantize_rows(make_kernel_table(IsaLevel::scalar), format, x.data(), in, in, 0, tokens, q.data());
   }
   // The weights repacked into strips (64-byte aligned), made on first use.
   const uint8_t* repacked() {
     if (repacked_storage.empty()) {
-      const int64_t rows = weight.out_features();
-      repacked_storage.resize(static_cast<size_t>(repacked_bytes(kind, rows, kIn) + kRepackedAlign));
+      const int64_t rows = weight.out_features(), in = weight.in_features();
+      repacked_storage.resize(static_cast<size_t>(repacked_bytes(kind, rows, in) + kRepackedAlign));
       uint8_t* at = aligned_repacked();
-      repack_strips(kind, w.data(), weight.weight.row_stride_bytes(), rows, kIn, 0, (rows + kTileRows - 1) / kTileRows,
+      repack_strips(kind, w.data(), weight.weight.row_stride_bytes(), rows, in, 0, (rows + kTileRows - 1) / kTileRows,
                     at);
     }
     return aligned_repacked();
@@ -166,27 +166,29 @@ void bench_int8(benchmark::State& state, DType type) {
                                                benchmark::Counter::kIsRate);
 }
 
-// Decode's matrix-vector product: matmul_tile at one token over `rows` × 2048 of the AVX-512
-// kernels, in runs of 64 rows as one pool worker takes its share of a layer, with the weight
-// prefetch: 256 rows stay in L2, 32,768 (37-54 MB) come from DRAM. Weight bytes per CPU second.
+// Decode's matrix-vector product: matmul_tile at one token over `rows` × range(1) (2048, or 768 as
+// Qwen3-30B-A3B's expert down projections) of the AVX-512 kernels, in runs of range(2) rows (64 as
+// one pool worker takes its share of a layer, 16 as a MoE gate/up item), with the weight prefetch:
+// 256 rows stay in L2, 131,072 (57-216 MB) come from DRAM (32,768 rows, 37-54 MB at 2048, partly
+// from a large L3). Weight bytes per CPU second.
 void bench_gemv(benchmark::State& state, DType type, bool repack) {
   if (!isa_level_supported(IsaLevel::avx512)) {
     state.SkipWithError("this CPU lacks the ISA level");
     return;
   }
   const KernelTable table = make_kernel_table(IsaLevel::avx512);
-  const int64_t rows = state.range(0);
-  MatmulCase c(type, rows, 1);
+  const int64_t rows = state.range(0), in = state.range(1), run = state.range(2);
+  MatmulCase c(type, rows, 1, in);
   const uint8_t* repacked = repack ? c.repacked() : nullptr;
   std::vector<float> y(static_cast<size_t>(rows));
   for (auto _ : state) {
-    for (int64_t o = 0; o < rows; o += 64)
-      matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, 1, o, std::min<int64_t>(rows, o + 64), nullptr,
+    for (int64_t o = 0; o < rows; o += run)
+      matmul_tile(table, c.weight, c.kind, {c.q.data(), c.stride}, 1, o, std::min<int64_t>(rows, o + run), nullptr,
                   y.data() + o, rows, nullptr, repacked);
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(c.w.size()));
-  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * kIn),
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(state.iterations() * rows * in),
                                                benchmark::Counter::kIsRate);
 }
 
@@ -354,7 +356,15 @@ void register_all() {
     for (bool repack : {false, true}) {
       if (repack && !repackable(*weight_kind_for(type))) continue;
       const std::string name = std::string("gemv/") + std::string(dtype_name(type)) + (repack ? "/repacked" : "");
-      benchmark::RegisterBenchmark(name.c_str(), bench_gemv, type, repack)->Arg(256)->Arg(32768)->ArgName("rows");
+      benchmark::RegisterBenchmark(name.c_str(), bench_gemv, type, repack)
+          ->Args({256, 2048, 64})
+          ->Args({32768, 2048, 64})
+          ->Args({131072, 2048, 64})
+          ->Args({131072, 2048, 16})
+          ->Args({256, 768, 64})
+          ->Args({131072, 768, 64})
+          ->Args({131072, 768, 16})
+          ->ArgNames({"rows", "in", "run"});
     }
   for (DType type : {DType::q4_k, DType::q5_k, DType::q6_k, DType::iq4_xs, DType::q8_0, DType::q4_0, DType::q5_0,
                      DType::iq4_nl, DType::bf16, DType::f16, DType::f32, DType::f8_e4m3})
