@@ -391,6 +391,10 @@ RandomPagedCache one_sequence_cache(KvType type, int64_t start, int64_t tokens, 
 
 }  // namespace
 
+// Both row-tile forms (TANDEM_CUDA_FLASH_ROW_TILES: 16 query rows a warp, the default, or 32): each
+// within the tolerances below of the float32 kernel; and, unsplit, the same bits — the 32-row form runs
+// the same per-row operations in the same order, and the extra key tiles its wider blocks walk are
+// wholly masked for the rows that see none of them (probabilities exactly 0, rescales exactly 1).
 TEST_CASE("cuda flash prefill attention equals the float32 kernel within its operands' rounding",
           "[cuda][attention]") {
   if (!have_gpu()) return;
@@ -415,45 +419,56 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
         std::vector<float> q3(q.size());
         for (size_t i = 0; i < q.size(); ++i) q3[i] = 3.f * q[i];  // sharper softmax than unit queries
         const int64_t scratch_floats = cuda::attention_scratch_floats(c.batch, s.heads);
-        const int64_t split_floats = cuda::flash_attention_scratch_floats(c.batch, s.heads, s.head_dim);
-        // Qwen3's chunk after a 3,001-position prefix: 32 blocks unsplit, so its positions split
-        if (s.heads == 32 && ch.start == 3001) CHECK(split_floats > 0);
-        if (ch.start == 0 && ch.tokens == 2048) CHECK(split_floats == 0);
-        cuda::Stream stream(0);
-        cuda::DeviceBuffer dq(0, q3.size() * 4), scratch(0, static_cast<size_t>(scratch_floats) * 4),
-            split_scratch(0, static_cast<size_t>(std::max<int64_t>(split_floats, 1)) * 4),
-            flash_out(0, q3.size() * 4), plain_out(0, q3.size() * 4);
-        dq.upload(q3.data(), q3.size() * 4);
-        const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
-        const auto* qp = static_cast<const float*>(dq.data());
-        cuda::flash_gqa_attention(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
-                                  split_floats > 0 ? static_cast<float*>(split_scratch.data()) : nullptr,
-                                  static_cast<float*>(flash_out.data()));
-        cuda::gqa_attention_unsplit(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
-                                    static_cast<float*>(scratch.data()), static_cast<float*>(plain_out.data()));
-        stream.synchronize();
-        std::vector<float> a(q3.size()), b(q3.size());
-        flash_out.download(a.data(), a.size() * 4);
-        plain_out.download(b.data(), b.size() * 4);
-        const auto [max_err, max_ref, mean_err] = deviation(a, b);
-        INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim << " chunk "
-                                << ch.start << "+" << ch.tokens << " split scratch " << split_floats << ": max err " << max_err << " mean err "
-                                << mean_err << " of " << max_ref);
-        CHECK(max_ref > 0);
-        CHECK(std::isfinite(max_err));
-        // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8; fp8/int8 K and V are
-        // dequantised into f16 tiles (one more f16 rounding each: at most twice the f16 cache's error).
-        CHECK(max_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 4e-3) * max_ref);
-        if (split_floats == 0) continue;
-        // Split and merged against one block over all positions (null scratch): each split's probabilities
-        // are rounded to the cache's type against its own maximum, so they differ by that rounding too.
-        cuda::flash_gqa_attention(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale, nullptr,
-                                  static_cast<float*>(plain_out.data()));
-        stream.synchronize();
-        plain_out.download(b.data(), b.size() * 4);
-        const auto [split_err, split_ref, split_mean] = deviation(a, b);
-        INFO("split against unsplit: max err " << split_err << " of " << split_ref);
-        CHECK(split_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 4e-3) * split_ref);
+        std::vector<float> unsplit_one_tile;
+        for (const char* row_tiles : {"1", "2"}) {
+          const test::ScopedEnv form("TANDEM_CUDA_FLASH_ROW_TILES", row_tiles);
+          const int64_t split_floats = cuda::flash_attention_scratch_floats(c.batch, s.heads, s.head_dim);
+          // Qwen3's chunk after a 3,001-position prefix: 32 blocks unsplit, so its positions split
+          if (s.heads == 32 && ch.start == 3001) CHECK(split_floats > 0);
+          if (ch.start == 0 && ch.tokens == 2048) CHECK(split_floats == 0);
+          cuda::Stream stream(0);
+          cuda::DeviceBuffer dq(0, q3.size() * 4), scratch(0, static_cast<size_t>(scratch_floats) * 4),
+              split_scratch(0, static_cast<size_t>(std::max<int64_t>(split_floats, 1)) * 4),
+              flash_out(0, q3.size() * 4), plain_out(0, q3.size() * 4);
+          dq.upload(q3.data(), q3.size() * 4);
+          const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
+          const auto* qp = static_cast<const float*>(dq.data());
+          cuda::flash_gqa_attention(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
+                                    split_floats > 0 ? static_cast<float*>(split_scratch.data()) : nullptr,
+                                    static_cast<float*>(flash_out.data()));
+          cuda::gqa_attention_unsplit(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
+                                      static_cast<float*>(scratch.data()),
+                                      static_cast<float*>(plain_out.data()));
+          stream.synchronize();
+          std::vector<float> a(q3.size()), b(q3.size());
+          flash_out.download(a.data(), a.size() * 4);
+          plain_out.download(b.data(), b.size() * 4);
+          const auto [max_err, max_ref, mean_err] = deviation(a, b);
+          INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim
+                                  << " chunk " << ch.start << "+" << ch.tokens << " row tiles " << row_tiles
+                                  << " split scratch " << split_floats << ": max err " << max_err
+                                  << " mean err " << mean_err << " of " << max_ref);
+          CHECK(max_ref > 0);
+          CHECK(std::isfinite(max_err));
+          // Q and P rounded to the cache's type: f16 keeps 11 bits, bf16 8; fp8/int8 K and V are
+          // dequantised into f16 tiles (one more f16 rounding each: at most twice the f16 cache's error).
+          CHECK(max_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 4e-3) * max_ref);
+          // One block over all positions (null scratch): the row-tile forms' bits compared.
+          cuda::flash_gqa_attention(stream, c.kv, c.batch, qp, s.heads, s.kv_heads, s.head_dim, scale,
+                                    nullptr, static_cast<float*>(plain_out.data()));
+          stream.synchronize();
+          plain_out.download(b.data(), b.size() * 4);
+          if (unsplit_one_tile.empty())
+            unsplit_one_tile = b;
+          else
+            CHECK(std::memcmp(unsplit_one_tile.data(), b.data(), b.size() * 4) == 0);
+          if (split_floats == 0) continue;
+          // Split and merged against one block over all positions: each split's probabilities are rounded
+          // to the cache's type against its own maximum, so they differ by that rounding too.
+          const auto [split_err, split_ref, split_mean] = deviation(a, b);
+          INFO("split against unsplit: max err " << split_err << " of " << split_ref);
+          CHECK(split_err <= (type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 4e-3) * split_ref);
+        }
       }
 }
 
