@@ -1,6 +1,6 @@
 // Causal GQA attention of one sequence's prompt chunk on the tensor cores (flash attention): a block
 // of four warps takes 64 query tokens of one head, each warp 16 (GQA prompts with
-// TANDEM_CUDA_FLASH_ROW_TILES=2: 128 and 32). The block walks the cached positions 64 at a time up
+// TANDEM_CUDA_FLASH_TWO_TILES=1: 128 and 32). The block walks the cached positions 64 at a time up
 // to its last token's; each tile's K and V rows are copied straight from the paged cache into shared
 // memory as stored (f16 or bf16, cp.async, the next tile's copy in flight while this one is used).
 // Scores S = Q·Kᵀ come from mma.sync with Q as the cache's type (in registers for 16 rows a warp, in
@@ -493,11 +493,11 @@ SplitPlan split_plan(const DeviceBatch& b, int64_t heads, int64_t query_tokens) 
   return {(key_tiles + tiles - 1) / tiles, tiles};
 }
 
-// Row tiles a warp for GQA prompts: 1 unless TANDEM_CUDA_FLASH_ROW_TILES=2 (not yet measured on a GPU:
+// Row tiles a warp for GQA prompts: 1 unless TANDEM_CUDA_FLASH_TWO_TILES=1 (not yet measured on a GPU:
 // opt-in until an A/B run decides the default).
 int gqa_row_tiles() {
-  const char* v = std::getenv("TANDEM_CUDA_FLASH_ROW_TILES");
-  return v != nullptr && std::string_view(v) == "2" ? 2 : 1;
+  const char* v = std::getenv("TANDEM_CUDA_FLASH_TWO_TILES");
+  return v != nullptr && std::string_view(v) == "1" ? 2 : 1;
 }
 
 template <KvType Stored, bool kPaged, int Dqk, int Dv, int kM>

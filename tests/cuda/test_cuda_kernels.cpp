@@ -391,7 +391,7 @@ RandomPagedCache one_sequence_cache(KvType type, int64_t start, int64_t tokens, 
 
 }  // namespace
 
-// Both row-tile forms (TANDEM_CUDA_FLASH_ROW_TILES: 16 query rows a warp, the default, or 32): each
+// Both row-tile forms (16 query rows a warp, the default, or 32 with TANDEM_CUDA_FLASH_TWO_TILES=1): each
 // within the tolerances below of the float32 kernel; and, unsplit, the same bits — the 32-row form runs
 // the same per-row operations in the same order, and the extra key tiles its wider blocks walk are
 // wholly masked for the rows that see none of them (probabilities exactly 0, rescales exactly 1).
@@ -420,8 +420,8 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
         for (size_t i = 0; i < q.size(); ++i) q3[i] = 3.f * q[i];  // sharper softmax than unit queries
         const int64_t scratch_floats = cuda::attention_scratch_floats(c.batch, s.heads);
         std::vector<float> unsplit_one_tile;
-        for (const char* row_tiles : {"1", "2"}) {
-          const test::ScopedEnv form("TANDEM_CUDA_FLASH_ROW_TILES", row_tiles);
+        for (const char* two_tiles : {"0", "1"}) {
+          const test::ScopedEnv form("TANDEM_CUDA_FLASH_TWO_TILES", two_tiles);
           const int64_t split_floats = cuda::flash_attention_scratch_floats(c.batch, s.heads, s.head_dim);
           // Qwen3's chunk after a 3,001-position prefix: 32 blocks unsplit, so its positions split
           if (s.heads == 32 && ch.start == 3001) CHECK(split_floats > 0);
@@ -445,7 +445,7 @@ TEST_CASE("cuda flash prefill attention equals the float32 kernel within its ope
           plain_out.download(b.data(), b.size() * 4);
           const auto [max_err, max_ref, mean_err] = deviation(a, b);
           INFO(kv_type_name(type) << " heads " << s.heads << "/" << s.kv_heads << " dim " << s.head_dim
-                                  << " chunk " << ch.start << "+" << ch.tokens << " row tiles " << row_tiles
+                                  << " chunk " << ch.start << "+" << ch.tokens << " two tiles " << two_tiles
                                   << " split scratch " << split_floats << ": max err " << max_err
                                   << " mean err " << mean_err << " of " << max_ref);
           CHECK(max_ref > 0);
