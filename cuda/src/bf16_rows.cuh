@@ -22,14 +22,6 @@ struct Bf16Rows {
   static constexpr bool available = false;
 };
 
-__device__ __forceinline__ void store8_bf16(__nv_bfloat16* dst, const float (&y)[8]) {
-  uint4 packed;
-  auto* words = reinterpret_cast<__nv_bfloat162*>(&packed);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) words[j] = __floats2bfloat162_rn(y[2 * j], y[2 * j + 1]);
-  *reinterpret_cast<uint4*>(dst) = packed;
-}
-
 template <>
 struct Bf16Rows<Decoder<DType::q4_k>> {
   static constexpr bool available = true;

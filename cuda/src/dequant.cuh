@@ -3,7 +3,8 @@
 // src/formats/dequantize.cpp (the reference). Quantised rows are read in chunks of 32 values (every
 // block type holds a whole number of them); plain types also by element, for rows whose width is
 // not a multiple of 32. Products and differences use explicit _rn intrinsics so nvcc does not fuse
-// them into an FMA: the values equal the reference's bit for bit. store32 writes a decoded chunk out.
+// them into an FMA: the values equal the reference's bit for bit. store32 writes a decoded chunk out
+// (store8_bf16 eight values of one, as bf16).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -312,19 +313,22 @@ __device__ __forceinline__ void store32(float* dst, const float (&v)[32]) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) d[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
 }
+// Eight values rounded to bf16 in one 16-byte store (dst 16-byte aligned).
+__device__ __forceinline__ void store8_bf16(__nv_bfloat16* dst, const float* v) {
+  uint4 packed;
+  auto* words = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) words[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+  *reinterpret_cast<uint4*>(dst) = packed;
+}
 __device__ __forceinline__ void store32(__nv_bfloat16* dst, const float (&v)[32]) {
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) {
 #pragma unroll
     for (int j = 0; j < 32; ++j) dst[j] = __float2bfloat16_rn(v[j]);
     return;
   }
-  uint4 packed[4];
-  auto* words = reinterpret_cast<__nv_bfloat162*>(packed);
 #pragma unroll
-  for (int j = 0; j < 16; ++j) words[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-  auto* d = reinterpret_cast<uint4*>(dst);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) d[j] = packed[j];
+  for (int j = 0; j < 4; ++j) store8_bf16(dst + 8 * j, v + 8 * j);
 }
 
 }  // namespace tandem::cuda::detail
