@@ -43,6 +43,13 @@ struct Backends {
 
 std::string type_name(DType t) { return std::string(dtype_name(t)); }
 
+// y = w · x on backend `be` (x: rows × w's inputs), back on the host.
+std::vector<float> linear_on(Backend& be, const LinearWeight& w, const std::vector<float>& x, int64_t rows) {
+  DeviceBuffer dx = put(be, x), dy = be.allocate(static_cast<size_t>(rows * w.out_features()) * sizeof(float));
+  be.linear(w, dx.as<float>(), rows, dy.as<float>());
+  return get(be, dy, static_cast<size_t>(rows * w.out_features()));
+}
+
 // A host vector's bytes in a fresh device buffer of GPU 0.
 template <typename Host>
 cuda::DeviceBuffer put_dev(const Host& host) {
@@ -130,14 +137,9 @@ TEST_CASE("cuda linear equals the CPU reference for every stored type", "[cuda]"
       for (int64_t rows : {1, 5, 17, 40, 130}) {  // 40 and 130: the tensor-core tiles, whole and partial
         if (rows > 17 && in == 12800 && t != DType::q4_k) continue;  // the wide rows once are enough
         const auto x = random_floats(static_cast<size_t>(rows * in), ++seed);
-        auto run = [&](Backend& be) {
-          DeviceBuffer dx = put(be, x), dy = be.allocate(static_cast<size_t>(rows * out) * sizeof(float));
-          be.linear(w.w, dx.as<float>(), rows, dy.as<float>());
-          return get(be, dy, static_cast<size_t>(rows * out));
-        };
         INFO(type_name(t) << " [" << out << ", " << in << "] rows " << rows);
-        const auto reference = run(*b.cpu);
-        const double error = relative_error(run(*b.gpu), reference);
+        const auto reference = linear_on(*b.cpu, w.w, x, rows);
+        const double error = relative_error(linear_on(*b.gpu, w.w, x, rows), reference);
         if (rows < 32 || in % 64 != 0) {
           CHECK(error < 2e-5);
           continue;
@@ -182,14 +184,10 @@ TEST_CASE("cuda linear from 256 rows (cuBLAS: F32 in float32, Q4_K/Q6_K copied t
       b.gpu = make_cuda_backend(0);
       const int64_t rows = 300;
       const auto x = random_floats(static_cast<size_t>(rows * in), ++seed);
-      auto run = [&](Backend& be) {
-        DeviceBuffer dx = put(be, x), dy = be.allocate(static_cast<size_t>(rows * out) * sizeof(float));
-        be.linear(w.w, dx.as<float>(), rows, dy.as<float>());
-        return get(be, dy, static_cast<size_t>(rows * out));
-      };
       INFO(type_name(t) << " [" << out << ", " << in << "] rows " << rows);
       // F32: float32 products in another order (2e-5, as the tiles' 3xTF32); K-quants: bf16 operands.
-      CHECK(relative_error(run(*b.gpu), run(*b.cpu)) < (t == DType::f32 ? 2e-5 : 1e-2));
+      CHECK(relative_error(linear_on(*b.gpu, w.w, x, rows), linear_on(*b.cpu, w.w, x, rows)) <
+            (t == DType::f32 ? 2e-5 : 1e-2));
     }
 }
 
